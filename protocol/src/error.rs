@@ -1,0 +1,234 @@
+//! The one error catalogue: every failure a client can see has a [`Code`], which fixes its
+//! HTTP status and the stable string that clients match on. Socket error frames carry the
+//! same strings, so a client handles `rate_limited` the same way on every transport.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable, documented error code. The string form (`as_str`) never changes once shipped;
+/// new codes may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Code {
+    // --- generic request errors ---
+    /// The body or query did not parse or failed validation.
+    BadRequest,
+    /// A JSON body was not valid JSON.
+    MalformedJson,
+    /// A JSON body named a field the endpoint does not accept.
+    UnknownField,
+    /// A field had a value outside its allowed range or format.
+    InvalidField,
+    /// The request body is larger than the route allows.
+    PayloadTooLarge,
+    /// The `Content-Type` is not one the route accepts.
+    UnsupportedMediaType,
+    /// No route matches the path.
+    NotFound,
+    /// The route exists but not with this method.
+    MethodNotAllowed,
+    /// The caller is not authenticated (no, bad or expired credentials).
+    Unauthenticated,
+    /// The caller is authenticated but lacks the permission.
+    Forbidden,
+    /// Multi-factor authentication must be enrolled or completed first.
+    MfaRequired,
+    /// Too many requests; see `Retry-After`.
+    RateLimited,
+    /// A conflicting state (generic).
+    Conflict,
+    /// `If-Match` did not match the current version.
+    PreconditionFailed,
+    /// A required `If-Match` header was missing.
+    PreconditionRequired,
+    /// The service is starting, draining or a dependency is down.
+    Unavailable,
+    /// Something failed on the server; the message never reveals internals.
+    Internal,
+
+    // --- identity ---
+    EmailTaken,
+    WeakPassword,
+    InvalidCredentials,
+    AccountLocked,
+    AccountDisabled,
+    TokenExpired,
+    TokenRevoked,
+    InvalidTotp,
+    OriginNotAllowed,
+
+    // --- scheduling ---
+    SlotTaken,
+    HoldExpired,
+    TooManyHolds,
+
+    // --- scan streaming ---
+    UnsupportedVersion,
+    FrameTooLarge,
+    MalformedMessage,
+    InvalidFrame,
+    SequenceGap,
+    Superseded,
+    ScanNotStreamable,
+    ConsentRequired,
+}
+
+impl Code {
+    /// The HTTP status this code is answered with.
+    pub fn http_status(self) -> u16 {
+        use Code::*;
+        match self {
+            BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | InvalidTotp
+            | MalformedMessage | InvalidFrame | SequenceGap => 400,
+            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked => 401,
+            Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired => 403,
+            NotFound => 404,
+            MethodNotAllowed => 405,
+            Conflict | EmailTaken | SlotTaken | HoldExpired | Superseded | ScanNotStreamable => 409,
+            PreconditionFailed => 412,
+            PayloadTooLarge | FrameTooLarge => 413,
+            UnsupportedMediaType => 415,
+            UnsupportedVersion => 426,
+            PreconditionRequired => 428,
+            RateLimited | AccountLocked | TooManyHolds => 429,
+            Unavailable => 503,
+            Internal => 500,
+        }
+    }
+
+    /// The stable string clients match on (the serde name).
+    pub fn as_str(self) -> &'static str {
+        use Code::*;
+        match self {
+            BadRequest => "bad_request",
+            MalformedJson => "malformed_json",
+            UnknownField => "unknown_field",
+            InvalidField => "invalid_field",
+            PayloadTooLarge => "payload_too_large",
+            UnsupportedMediaType => "unsupported_media_type",
+            NotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            MfaRequired => "mfa_required",
+            RateLimited => "rate_limited",
+            Conflict => "conflict",
+            PreconditionFailed => "precondition_failed",
+            PreconditionRequired => "precondition_required",
+            Unavailable => "unavailable",
+            Internal => "internal",
+            EmailTaken => "email_taken",
+            WeakPassword => "weak_password",
+            InvalidCredentials => "invalid_credentials",
+            AccountLocked => "account_locked",
+            AccountDisabled => "account_disabled",
+            TokenExpired => "token_expired",
+            TokenRevoked => "token_revoked",
+            InvalidTotp => "invalid_totp",
+            OriginNotAllowed => "origin_not_allowed",
+            SlotTaken => "slot_taken",
+            HoldExpired => "hold_expired",
+            TooManyHolds => "too_many_holds",
+            UnsupportedVersion => "unsupported_version",
+            FrameTooLarge => "frame_too_large",
+            MalformedMessage => "malformed_message",
+            InvalidFrame => "invalid_frame",
+            SequenceGap => "sequence_gap",
+            Superseded => "superseded",
+            ScanNotStreamable => "scan_not_streamable",
+            ConsentRequired => "consent_required",
+        }
+    }
+
+    /// Every code, for documentation and tests.
+    pub const ALL: &'static [Code] = &[
+        Code::BadRequest,
+        Code::MalformedJson,
+        Code::UnknownField,
+        Code::InvalidField,
+        Code::PayloadTooLarge,
+        Code::UnsupportedMediaType,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::Unauthenticated,
+        Code::Forbidden,
+        Code::MfaRequired,
+        Code::RateLimited,
+        Code::Conflict,
+        Code::PreconditionFailed,
+        Code::PreconditionRequired,
+        Code::Unavailable,
+        Code::Internal,
+        Code::EmailTaken,
+        Code::WeakPassword,
+        Code::InvalidCredentials,
+        Code::AccountLocked,
+        Code::AccountDisabled,
+        Code::TokenExpired,
+        Code::TokenRevoked,
+        Code::InvalidTotp,
+        Code::OriginNotAllowed,
+        Code::SlotTaken,
+        Code::HoldExpired,
+        Code::TooManyHolds,
+        Code::UnsupportedVersion,
+        Code::FrameTooLarge,
+        Code::MalformedMessage,
+        Code::InvalidFrame,
+        Code::SequenceGap,
+        Code::Superseded,
+        Code::ScanNotStreamable,
+        Code::ConsentRequired,
+    ];
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Implemented by every crate's error enum so the server can answer any of them uniformly.
+pub trait ErrorCode {
+    /// The catalogue entry for this error.
+    fn code(&self) -> Code;
+}
+
+/// The JSON error body: `{"error":{"code":…,"message":…,"request_id":…}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// The field a validation error is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_serde_name_equal_to_its_string() {
+        for c in Code::ALL {
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+    }
+
+    #[test]
+    fn statuses_are_client_or_server_errors() {
+        for c in Code::ALL {
+            let s = c.http_status();
+            assert!((400..600).contains(&s), "{c} -> {s}");
+        }
+    }
+}

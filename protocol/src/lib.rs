@@ -1,0 +1,15 @@
+//! Wire types shared by the Coherency server and its clients: the error catalogue, typed
+//! ids, limits and the socket message sets (MessagePack via rmp-serde). With the `client`
+//! feature, a Rust scan stream client with resume built in, used by tests and `loadtest`.
+//!
+//! This crate depends on no other crate of the workspace.
+
+pub mod error;
+pub mod ids;
+pub mod limits;
+pub mod scan;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use error::{Code, ErrorBody, ErrorCode};

@@ -1,0 +1,186 @@
+//! Frame checks: geometry, camera model, pose and bounded plane decompression. Cheap checks
+//! run first; decompression runs last and never writes more than the plane's exact size.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+
+use super::codec::DecodeError;
+use super::plane::Compression;
+use super::DepthFrame;
+use crate::limits::{MAX_HEIGHT, MAX_JPEG_BYTES, MAX_WIDTH};
+
+/// Largest deviation of a pose's rotation block from orthonormal (`|R·Rᵀ − I|`, any entry)
+/// that is still accepted. Rotations from ARKit/ARCore are orthonormal to ~1e-6; a scaled
+/// or sheared matrix is far outside this.
+pub const ROTATION_TOLERANCE: f32 = 1e-2;
+
+fn invalid(seq: u64, reason: impl Into<String>) -> DecodeError {
+    DecodeError::InvalidFrame { seq, reason: reason.into() }
+}
+
+/// Checks a frame and returns its decompressed depth and confidence planes.
+pub(crate) fn check_frame(f: &DepthFrame) -> Result<(Bytes, Option<Bytes>), DecodeError> {
+    let seq = f.seq;
+    if seq == 0 {
+        return Err(invalid(seq, "seq starts at 1"));
+    }
+    if f.width == 0 || f.height == 0 {
+        return Err(invalid(seq, "width and height must be at least 1"));
+    }
+    if f.width > MAX_WIDTH {
+        return Err(DecodeError::TooLarge {
+            seq: Some(seq),
+            what: "width",
+            size: f.width.into(),
+            max: MAX_WIDTH.into(),
+        });
+    }
+    if f.height > MAX_HEIGHT {
+        return Err(DecodeError::TooLarge {
+            seq: Some(seq),
+            what: "height",
+            size: f.height.into(),
+            max: MAX_HEIGHT.into(),
+        });
+    }
+    if let Some(jpeg) = &f.colour_jpeg {
+        if jpeg.len() > MAX_JPEG_BYTES {
+            return Err(DecodeError::TooLarge {
+                seq: Some(seq),
+                what: "jpeg bytes",
+                size: jpeg.len() as u64,
+                max: MAX_JPEG_BYTES as u64,
+            });
+        }
+        if !jpeg.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            return Err(invalid(seq, "jpeg does not start with a JPEG SOI marker (FF D8 FF)"));
+        }
+    }
+    check_intrinsics(seq, &f.intrinsics, f.width, f.height)?;
+    check_pose(seq, &f.pose)?;
+
+    let pixels = f.pixel_count();
+    let depth =
+        unpack(seq, "depth", f.depth.compression(), f.depth.data(), pixels * f.depth.format().bytes_per_sample())?;
+    let confidence = match &f.confidence {
+        None => None,
+        Some(c) => {
+            if c.max() == 0 {
+                return Err(invalid(seq, "confidence max must be at least 1"));
+            }
+            let raw = unpack(seq, "confidence", c.compression(), c.data(), pixels)?;
+            if let Some(i) = raw.iter().position(|&v| v > c.max()) {
+                return Err(invalid(seq, format!("confidence pixel {i} is {}, above max {}", raw[i], c.max())));
+            }
+            Some(raw)
+        }
+    };
+    Ok((depth, confidence))
+}
+
+fn check_intrinsics(seq: u64, k: &[f32; 9], width: u32, height: u32) -> Result<(), DecodeError> {
+    if k.iter().any(|v| !v.is_finite()) {
+        return Err(invalid(seq, "intrinsics contain NaN or infinity"));
+    }
+    if k[3] != 0.0 || k[6] != 0.0 || k[7] != 0.0 || k[8] != 1.0 {
+        return Err(invalid(seq, "intrinsics must be row-major [fx, s, cx, 0, fy, cy, 0, 0, 1]"));
+    }
+    if k[0] <= 0.0 || k[4] <= 0.0 {
+        return Err(invalid(seq, "focal lengths fx and fy must be positive"));
+    }
+    let (cx, cy) = (k[2], k[5]);
+    if !(0.0..=width as f32).contains(&cx) || !(0.0..=height as f32).contains(&cy) {
+        return Err(invalid(
+            seq,
+            "principal point lies outside the depth image: intrinsics must be scaled to the \
+             depth image size",
+        ));
+    }
+    Ok(())
+}
+
+fn check_pose(seq: u64, m: &[f32; 16]) -> Result<(), DecodeError> {
+    if m.iter().any(|v| !v.is_finite()) {
+        return Err(invalid(seq, "pose contains NaN or infinity"));
+    }
+    if m[12] != 0.0 || m[13] != 0.0 || m[14] != 0.0 || m[15] != 1.0 {
+        return Err(invalid(seq, "pose must be row-major with bottom row [0, 0, 0, 1]"));
+    }
+    let r = |i: usize, j: usize| m[i * 4 + j];
+    for i in 0..3 {
+        for j in 0..3 {
+            let dot: f32 = (0..3).map(|c| r(i, c) * r(j, c)).sum();
+            let want = if i == j { 1.0 } else { 0.0 };
+            if (dot - want).abs() > ROTATION_TOLERANCE {
+                return Err(invalid(seq, "pose rotation is not orthonormal (scaled or sheared matrix)"));
+            }
+        }
+    }
+    let det = r(0, 0) * (r(1, 1) * r(2, 2) - r(1, 2) * r(2, 1)) - r(0, 1) * (r(1, 0) * r(2, 2) - r(1, 2) * r(2, 0))
+        + r(0, 2) * (r(1, 0) * r(2, 1) - r(1, 1) * r(2, 0));
+    if det <= 0.0 {
+        return Err(invalid(seq, "pose rotation is a reflection (determinant < 0)"));
+    }
+    Ok(())
+}
+
+thread_local! {
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
+}
+
+/// Returns exactly `expected` decompressed bytes or an error; never allocates more than
+/// `expected` for the output.
+pub(crate) fn unpack(
+    seq: u64,
+    what: &str,
+    compression: Compression,
+    data: &Bytes,
+    expected: usize,
+) -> Result<Bytes, DecodeError> {
+    match compression {
+        Compression::None => {
+            if data.len() != expected {
+                return Err(invalid(
+                    seq,
+                    format!("{what} plane is {} bytes, expected {expected} (w × h × bytes per sample)", data.len()),
+                ));
+            }
+            Ok(data.clone())
+        }
+        Compression::Zstd => {
+            match zstd::zstd_safe::get_frame_content_size(data) {
+                Ok(Some(declared)) if declared > expected as u64 => {
+                    return Err(invalid(
+                        seq,
+                        format!(
+                            "{what} plane declares {declared} decompressed bytes, expected \
+                             {expected}"
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(invalid(seq, format!("{what} plane is not zstd data")));
+                }
+            }
+            let mut out = Vec::with_capacity(expected);
+            let result = DECOMPRESSOR.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.is_none() {
+                    *slot = Some(zstd::bulk::Decompressor::new()?);
+                }
+                match slot.as_mut() {
+                    Some(d) => d.decompress_to_buffer(data.as_ref(), &mut out),
+                    None => Err(std::io::Error::other("no zstd decompressor")),
+                }
+            });
+            match result {
+                Ok(n) if n == expected => Ok(Bytes::from(out)),
+                Ok(n) => Err(invalid(seq, format!("{what} plane decompresses to {n} bytes, expected {expected}"))),
+                Err(e) => Err(invalid(seq, format!("{what} plane does not decompress to {expected} bytes: {e}"))),
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The command line: `coherency [--config FILE] serve | migrate | create-admin | seed-demo |
+//! audit verify`. Each command loads the layered config, then calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "coherency", version, about = "Telehealth and LiDAR wound-scan streaming server")]
+pub struct Cli {
+    /// Optional TOML file with settings (environment variables override it).
+    #[arg(long, global = true, env = "COHERENCY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Connect to the services, apply migrations and serve HTTP and sockets.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create an administrator account; the password is read from standard input.
+    CreateAdmin {
+        #[arg(long)]
+        email: String,
+        /// Display name.
+        #[arg(long, default_value = "Administrator")]
+        name: String,
+    },
+    /// Load the demo clinic (idempotent).
+    SeedDemo,
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Check the hash chain; names the first broken link.
+    Verify,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let matches = Cli::command().after_help(Config::help_table()).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("coherency: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config);
+    let system = actix_web::rt::System::new();
+    match system.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coherency: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = crate::Application::build(config).await?;
+            tracing::info!(port = app.port(), "listening");
+            app.run_until_stopped().await?;
+        }
+        Command::Migrate => {
+            let pool = crate::store::pg::connect(&config).await?;
+            let n = crate::store::pg::migrate(&pool).await?;
+            println!("migrations applied: {n}");
+        }
+        Command::CreateAdmin { email, name } => {
+            let _ = (email, name);
+            anyhow::bail!("create-admin needs the identity module");
+        }
+        Command::SeedDemo => {
+            let pool = crate::store::pg::connect(&config).await?;
+            crate::store::pg::migrate(&pool).await?;
+            println!("demo clinic: nothing to seed yet");
+        }
+        Command::Audit { command: AuditCommand::Verify } => {
+            anyhow::bail!("audit verify needs the identity module");
+        }
+    }
+    Ok(())
+}

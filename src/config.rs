@@ -1,0 +1,417 @@
+//! Typed, layered configuration: built-in defaults, then an optional TOML file
+//! (`--config`), then `COHERENCY_*` environment variables. Unknown keys are rejected, a bad
+//! value names its key, and secrets are wrapped so they never print.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Prefix of every environment variable that sets a configuration key.
+pub const ENV_PREFIX: &str = "COHERENCY_";
+
+/// Environment variables with the prefix that are not configuration keys.
+const ENV_NOT_SETTINGS: &[&str] = &["config"];
+
+/// One documented setting: used for `--help`, the README table and tests.
+pub struct Setting {
+    pub key: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// The environment variable that sets this key.
+    pub fn env(&self) -> String {
+        format!("{ENV_PREFIX}{}", self.key.to_ascii_uppercase())
+    }
+}
+
+/// Every setting, in the order the README lists them.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        key: "http_addr",
+        default: "127.0.0.1:8080",
+        help: "Address the HTTP/websocket listener binds (port 0 picks a free port).",
+    },
+    Setting {
+        key: "public_url",
+        default: "http://127.0.0.1:8080",
+        help: "Base URL clients use to reach this server (links, otpauth issuer, Origin default).",
+    },
+    Setting {
+        key: "database_url",
+        default: "postgres://postgres@127.0.0.1:5432/coherency",
+        help: "PostgreSQL URL (system of record).",
+    },
+    Setting { key: "database_max_connections", default: "20", help: "Size of the PostgreSQL pool." },
+    Setting {
+        key: "redis_url",
+        default: "redis://127.0.0.1:6379",
+        help: "Redis URL (rate limits, presence, leases, cross-node bus).",
+    },
+    Setting {
+        key: "redis_prefix",
+        default: "coherency:",
+        help: "Prefix of every Redis key and channel this deployment uses.",
+    },
+    Setting {
+        key: "mongo_url",
+        default: "mongodb://127.0.0.1:27017",
+        help: "MongoDB URL (reconstruction documents, activity streams).",
+    },
+    Setting { key: "mongo_database", default: "coherency", help: "MongoDB database name." },
+    Setting {
+        key: "blob_url",
+        default: "file://.local/blobs",
+        help: "Blob store: file://DIR (relative or absolute), s3://bucket/prefix or az://container/prefix.",
+    },
+    Setting {
+        key: "log_format",
+        default: "auto",
+        help: "Log format: json, pretty, or auto (pretty on a terminal, JSON otherwise).",
+    },
+    Setting {
+        key: "log_level",
+        default: "info",
+        help: "Log filter in tracing's EnvFilter syntax, e.g. `info,coherency=debug`.",
+    },
+    Setting {
+        key: "allowed_origins",
+        default: "",
+        help:
+            "Comma-separated browser origins allowed to open sockets and call the API (public_url is always allowed).",
+    },
+    Setting {
+        key: "token_secret",
+        default: "(random per process)",
+        help: "Secret keying token hashes and socket tickets; must be shared by all nodes. Secret.",
+    },
+    Setting {
+        key: "encryption_key",
+        default: "(none)",
+        help: "Base64 32-byte AES-256-GCM key for field encryption at rest, as `KEYID:BASE64`. Secret.",
+    },
+    Setting {
+        key: "max_body_bytes",
+        default: "1048576",
+        help: "Largest request body accepted by routes that do not set their own limit.",
+    },
+    Setting { key: "readiness_timeout_ms", default: "1000", help: "Time each dependency ping in /readyz may take." },
+    Setting {
+        key: "shutdown_grace_secs",
+        default: "30",
+        help: "On SIGTERM, how long in-flight requests get to finish.",
+    },
+    Setting {
+        key: "drain_delay_ms",
+        default: "0",
+        help: "On SIGTERM, how long /readyz answers 503 before the listener stops accepting.",
+    },
+    Setting { key: "node_id", default: "(hostname-pid)", help: "Name of this node in leases, logs and metrics." },
+    Setting { key: "web_dir", default: "web", help: "Folder with the dashboard and consult pages." },
+];
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+    Auto,
+}
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http_addr: String,
+    pub public_url: String,
+    pub database_url: ServiceUrl,
+    pub database_max_connections: u32,
+    pub redis_url: ServiceUrl,
+    pub redis_prefix: String,
+    pub mongo_url: ServiceUrl,
+    pub mongo_database: String,
+    pub blob_url: String,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub allowed_origins: String,
+    pub token_secret: Option<SecretString>,
+    pub encryption_key: Option<SecretString>,
+    pub max_body_bytes: usize,
+    pub readiness_timeout_ms: u64,
+    pub shutdown_grace_secs: u64,
+    pub drain_delay_ms: u64,
+    pub node_id: Option<String>,
+    pub web_dir: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http_addr: "127.0.0.1:8080".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            database_url: ServiceUrl::new("postgres://postgres@127.0.0.1:5432/coherency"),
+            database_max_connections: 20,
+            redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
+            redis_prefix: "coherency:".into(),
+            mongo_url: ServiceUrl::new("mongodb://127.0.0.1:27017"),
+            mongo_database: "coherency".into(),
+            blob_url: "file://.local/blobs".into(),
+            log_format: LogFormat::Auto,
+            log_level: "info".into(),
+            allowed_origins: String::new(),
+            token_secret: None,
+            encryption_key: None,
+            max_body_bytes: 1024 * 1024,
+            readiness_timeout_ms: 1000,
+            shutdown_grace_secs: 30,
+            drain_delay_ms: 0,
+            node_id: None,
+            web_dir: "web".into(),
+        }
+    }
+}
+
+/// Why configuration could not be loaded. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(String),
+    #[error("configuration: invalid value for `{key}` ({env}): {reason}")]
+    Invalid { key: &'static str, env: String, reason: String },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, exposed so tests can add their own on top.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut fig = Figment::new();
+        if let Some(path) = file {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig.merge(Env::prefixed(ENV_PREFIX).ignore(ENV_NOT_SETTINGS))
+    }
+
+    /// Extracts and validates.
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let config: Config = fig.extract().map_err(|e| ConfigError::Load(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { key, env: format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()), reason: reason.into() }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.http_addr
+            .parse::<SocketAddr>()
+            .map_err(|e| Self::invalid("http_addr", format!("`{}` is not host:port ({e})", self.http_addr)))?;
+        url::Url::parse(&self.public_url).map_err(|e| Self::invalid("public_url", e.to_string()))?;
+        for (key, url, schemes) in [
+            ("database_url", &self.database_url, &["postgres", "postgresql"][..]),
+            ("redis_url", &self.redis_url, &["redis", "rediss"][..]),
+            ("mongo_url", &self.mongo_url, &["mongodb", "mongodb+srv"][..]),
+        ] {
+            let parsed = url::Url::parse(url.expose()).map_err(|e| Self::invalid(key, e.to_string()))?;
+            if !schemes.contains(&parsed.scheme()) {
+                return Err(Self::invalid(key, format!("scheme must be one of {schemes:?}")));
+            }
+        }
+        if self.database_max_connections == 0 {
+            return Err(Self::invalid("database_max_connections", "must be at least 1"));
+        }
+        if self.redis_prefix.is_empty() {
+            return Err(Self::invalid("redis_prefix", "must not be empty"));
+        }
+        if self.mongo_database.is_empty() || self.mongo_database.contains(['/', '.', ' ', '$']) {
+            return Err(Self::invalid("mongo_database", "must be a plain database name"));
+        }
+        crate::store::blob::BlobLocation::parse(&self.blob_url).map_err(|e| Self::invalid("blob_url", e))?;
+        if self.max_body_bytes < 1024 {
+            return Err(Self::invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if !(10..=30_000).contains(&self.readiness_timeout_ms) {
+            return Err(Self::invalid("readiness_timeout_ms", "must be between 10 and 30000"));
+        }
+        if let Some(secret) = &self.token_secret {
+            if secret.expose_secret().len() < 32 {
+                return Err(Self::invalid("token_secret", "must be at least 32 characters"));
+            }
+        }
+        if let Some(key) = &self.encryption_key {
+            crate::crypto::FieldKey::parse(key.expose_secret()).map_err(|e| Self::invalid("encryption_key", e))?;
+        }
+        for origin in self.origins() {
+            url::Url::parse(&origin).map_err(|e| Self::invalid("allowed_origins", format!("`{origin}`: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Browser origins allowed to call the API and open sockets.
+    pub fn origins(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .allowed_origins
+            .split(',')
+            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Ok(u) = url::Url::parse(&self.public_url) {
+            out.push(u.origin().ascii_serialization());
+        }
+        out
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> String {
+        self.node_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        })
+    }
+
+    /// The text `coherency --help` prints after the usage: every setting.
+    pub fn help_table() -> String {
+        let mut s = String::from("Settings (TOML key, or environment variable; default):\n");
+        for set in SETTINGS {
+            s.push_str(&format!("  {:<26} {}\n      {} [default: {}]\n", set.key, set.env(), set.help, set.default));
+        }
+        s
+    }
+}
+
+/// Turns a figment error into one line naming the key and the source.
+fn describe(e: figment::Error) -> String {
+    let mut lines = Vec::new();
+    for err in e {
+        let key = err.path.join(".");
+        let src = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let mut kind = err.kind.to_string();
+        if let figment::error::Kind::UnknownField(field, _) = &err.kind {
+            kind = format!("unknown key `{field}` ({ENV_PREFIX}{})", field.to_ascii_uppercase());
+        }
+        if key.is_empty() {
+            lines.push(format!("{kind} in {src}"));
+        } else {
+            lines.push(format!("`{key}` ({ENV_PREFIX}{}): {kind} in {src}", key.to_ascii_uppercase()));
+        }
+    }
+    lines.join("; ")
+}
+
+/// A service URL whose password never prints.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct ServiceUrl(SecretString);
+
+impl ServiceUrl {
+    pub fn new(s: &str) -> Self {
+        Self(SecretString::from(s.to_string()))
+    }
+    /// The URL with its password, for connecting only.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+    /// The URL with any password replaced by `***`, for messages.
+    pub fn masked(&self) -> String {
+        mask_url(self.expose())
+    }
+}
+
+impl std::fmt::Debug for ServiceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl std::fmt::Display for ServiceUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Replaces the password in a URL with `***`.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparseable url)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn with(key: &str, value: &str) -> Result<Config, ConfigError> {
+        Config::from_figment(Figment::new().merge(Serialized::default(key, value)))
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected_with_its_name() {
+        let err = with("http_adress", "127.0.0.1:1").unwrap_err().to_string();
+        assert!(err.contains("http_adress"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let err = with("http_addr", "not an address").unwrap_err().to_string();
+        assert!(err.contains("http_addr") && err.contains("COHERENCY_HTTP_ADDR"), "{err}");
+        let err = Config::from_figment(Figment::new().merge(Serialized::default("shutdown_grace_secs", "soon")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("shutdown_grace_secs"), "{err}");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let u = ServiceUrl::new("postgres://app:hunter2@db:5432/x");
+        assert_eq!(format!("{u:?}"), "postgres://app:***@db:5432/x");
+        assert!(!format!("{u}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_do_not_print_in_debug() {
+        let c = Config { token_secret: Some(SecretString::from("x".repeat(40))), ..Config::default() };
+        assert!(!format!("{c:?}").contains("xxxxxxxx"));
+    }
+
+    #[test]
+    fn every_setting_in_the_table_is_a_real_key() {
+        for s in SETTINGS {
+            let value = match s.key {
+                "database_max_connections"
+                | "max_body_bytes"
+                | "readiness_timeout_ms"
+                | "shutdown_grace_secs"
+                | "drain_delay_ms" => "1024",
+                _ => "x",
+            };
+            let fig = Figment::new().merge(Serialized::default(s.key, value));
+            let r: Result<Config, _> = fig.extract();
+            if let Err(e) = r {
+                assert!(!e.to_string().contains("unknown field"), "{}: {e}", s.key);
+            }
+        }
+    }
+}

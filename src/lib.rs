@@ -1,0 +1,19 @@
+//! Coherency: a real-time telehealth and LiDAR wound-scan streaming server.
+//!
+//! `main.rs` is a thin CLI; everything it runs lives here: configuration, application
+//! wiring, HTTP resources, socket pumps and the storage layer.
+
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod openapi;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::Application;

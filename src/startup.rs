@@ -1,0 +1,158 @@
+//! Building and running the application: `Application::build` connects the services,
+//! applies migrations, binds the listener (port 0 works) and returns a handle that runs
+//! until stopped. SIGTERM drains: readiness turns 503, the listener stops, in-flight
+//! requests finish within the grace period, sockets close with 1001.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{from_fn, Compress};
+use actix_web::{web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::error::{json_error, path_error, query_error};
+use crate::metrics::Metrics;
+use crate::state::{AppState, Lifecycle};
+use crate::store::Stores;
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Unreachable(#[from] crate::store::Unreachable),
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Connects, migrates and binds.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let stores = Stores::connect(&config).await?;
+        crate::store::pg::migrate(&stores.pg).await?;
+        Self::build_with(config, stores).await
+    }
+
+    /// Binds with already-connected stores.
+    pub async fn build_with(config: Config, stores: Stores) -> Result<Self, StartError> {
+        let node = config.node_name();
+        let listener = TcpListener::bind(&config.http_addr)
+            .map_err(|source| StartError::Bind { addr: config.http_addr.clone(), source })?;
+        let port =
+            listener.local_addr().map_err(|source| StartError::Bind { addr: config.http_addr.clone(), source })?.port();
+        let grace = config.shutdown_grace_secs;
+        let metrics = Arc::new(Metrics::new(&node));
+        let state = web::Data::new(AppState {
+            config: Arc::new(config),
+            stores,
+            metrics,
+            lifecycle: Lifecycle::default(),
+            node,
+        });
+        let server = {
+            let state = state.clone();
+            HttpServer::new(move || {
+                let max_body = state.config.max_body_bytes;
+                App::new()
+                    .app_data(state.clone())
+                    .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
+                    .app_data(web::PayloadConfig::new(max_body))
+                    .app_data(web::QueryConfig::default().error_handler(query_error))
+                    .app_data(web::PathConfig::default().error_handler(path_error))
+                    .configure(crate::http::configure)
+                    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
+                    .default_service(web::to(crate::http::not_found))
+                    .wrap(from_fn(crate::metrics::record))
+                    .wrap(from_fn(envelope_mw))
+                    .wrap(Compress::default())
+                    .wrap(TracingLogger::default())
+            })
+            .listen(listener)
+            .map_err(|source| StartError::Bind { addr: "listener".into(), source })?
+            .disable_signals()
+            .shutdown_timeout(grace)
+            .run()
+        };
+        Ok(Self { port, server, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle to start draining from outside (tests, signal handler).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { state: self.state.clone(), server: self.server.handle() }
+    }
+
+    /// Runs until SIGTERM/SIGINT (drain) or a [`ShutdownHandle`] stops it.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.shutdown_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            handle.drain().await;
+        });
+        self.server.await
+    }
+}
+
+/// Starts the drain sequence.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    state: web::Data<AppState>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl ShutdownHandle {
+    /// Readiness 503 → wait `drain_delay_ms` → sockets told to close (1001) → stop
+    /// accepting and let in-flight requests finish.
+    pub async fn drain(&self) {
+        tracing::info!("draining");
+        self.state.lifecycle.start_draining();
+        self.state.metrics.draining.set(1);
+        tokio::time::sleep(Duration::from_millis(self.state.config.drain_delay_ms)).await;
+        self.state.lifecycle.close_sockets();
+        self.server.stop(true).await;
+        tracing::info!("stopped");
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            tracing::error!("cannot install signal handlers");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn envelope_mw(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let res = next.call(req).await?;
+    crate::error::envelope(res).await
+}

@@ -1,0 +1,49 @@
+//! What every handler can reach: config, backing services, metrics, lifecycle.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Stores;
+
+/// Shared application state (cheap to clone: everything inside is shared).
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Lifecycle,
+    pub node: String,
+}
+
+/// Draining and shutdown signals.
+#[derive(Clone)]
+pub struct Lifecycle {
+    draining: Arc<AtomicBool>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self { draining: Arc::new(AtomicBool::new(false)), shutdown: watch::channel(false).0 }
+    }
+}
+
+impl Lifecycle {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+    /// Tells every socket to close with 1001 (going away).
+    pub fn close_sockets(&self) {
+        let _ = self.shutdown.send(true);
+    }
+    /// Resolves when sockets must close.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+}
