@@ -85,8 +85,26 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("migrations applied: {n}");
         }
         Command::CreateAdmin { email, name } => {
-            let _ = (email, name);
-            anyhow::bail!("create-admin needs the identity module");
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password)?;
+            let password = password.trim_end_matches(['\r', '\n']).to_string();
+            let app = crate::Application::build(config).await?;
+            let state = app.state();
+            let id = crate::http::admin::create_staff(
+                &state,
+                crate::http::admin::CreateUser { email, password, display_name: name, role: crate::auth::Role::Admin },
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("{}: {}{}", e.code, e.field.map(|f| format!("{f} ")).unwrap_or_default(), e.message)
+            })?;
+            crate::audit::record(
+                &state.stores.pg,
+                state.clock.now(),
+                &crate::audit::AuditEvent::new("user.create_admin_cli", "success").target("user", id),
+            )
+            .await?;
+            println!("admin created: {id}");
         }
         Command::SeedDemo => {
             let pool = crate::store::pg::connect(&config).await?;
@@ -94,7 +112,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("demo clinic: nothing to seed yet");
         }
         Command::Audit { command: AuditCommand::Verify } => {
-            anyhow::bail!("audit verify needs the identity module");
+            let pool = crate::store::pg::connect(&config).await?;
+            match crate::audit::verify(&pool).await? {
+                crate::audit::Verdict::Intact(n) => println!("audit trail intact: {n} rows"),
+                crate::audit::Verdict::Broken { id, reason } => {
+                    anyhow::bail!("audit trail broken at row {id}: {reason}");
+                }
+            }
         }
     }
     Ok(())

@@ -111,6 +111,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "0",
         help: "On SIGTERM, how long /readyz answers 503 before the listener stops accepting.",
     },
+    Setting {
+        key: "trust_forwarded_for",
+        default: "false",
+        help: "Take the client address from X-Forwarded-For (only behind a proxy that sets it).",
+    },
     Setting { key: "node_id", default: "(hostname-pid)", help: "Name of this node in leases, logs and metrics." },
     Setting { key: "web_dir", default: "web", help: "Folder with the dashboard and consult pages." },
 ];
@@ -146,6 +151,7 @@ pub struct Config {
     pub readiness_timeout_ms: u64,
     pub shutdown_grace_secs: u64,
     pub drain_delay_ms: u64,
+    pub trust_forwarded_for: bool,
     pub node_id: Option<String>,
     pub web_dir: String,
 }
@@ -171,6 +177,7 @@ impl Default for Config {
             readiness_timeout_ms: 1000,
             shutdown_grace_secs: 30,
             drain_delay_ms: 0,
+            trust_forwarded_for: false,
             node_id: None,
             web_dir: "web".into(),
         }
@@ -400,6 +407,7 @@ mod tests {
     fn every_setting_in_the_table_is_a_real_key() {
         for s in SETTINGS {
             let value = match s.key {
+                "trust_forwarded_for" => "true",
                 "database_max_connections"
                 | "max_body_bytes"
                 | "readiness_timeout_ms"

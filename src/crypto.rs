@@ -37,9 +37,14 @@ impl FieldKey {
 
     /// A random key (tests, first-run dev setups).
     pub fn generate(id: &str) -> Self {
+        Self::parse(&Self::generate_encoded(id)).unwrap_or_else(|_| unreachable!("generated key is valid"))
+    }
+
+    /// A random key in the `KEYID:BASE64` form the configuration takes.
+    pub fn generate_encoded(id: &str) -> String {
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
-        Self::parse(&format!("{id}:{}", B64.encode(raw))).unwrap_or_else(|_| unreachable!("generated key is valid"))
+        format!("{id}:{}", B64.encode(raw))
     }
 
     /// `v1:KEYID:BASE64(nonce || ciphertext)`.

@@ -3,7 +3,10 @@
 //! `main.rs` is a thin CLI; everything it runs lives here: configuration, application
 //! wiring, HTTP resources, socket pumps and the storage layer.
 
+pub mod audit;
+pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod error;
@@ -14,6 +17,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod ws;
 
 pub use config::Config;
 pub use startup::Application;

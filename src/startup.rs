@@ -14,7 +14,11 @@ use tracing_actix_web::TracingLogger;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::crypto::FieldKey;
 use crate::error::{json_error, path_error, query_error};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Lifecycle};
@@ -27,6 +31,8 @@ pub enum StartError {
     Unreachable(#[from] crate::store::Unreachable),
     #[error("migrations failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot bind {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -55,13 +61,28 @@ impl Application {
             listener.local_addr().map_err(|source| StartError::Bind { addr: config.http_addr.clone(), source })?.port();
         let grace = config.shutdown_grace_secs;
         let metrics = Arc::new(Metrics::new(&node));
+        let token_secret = config.token_secret.clone().unwrap_or_else(|| {
+            tracing::warn!("token_secret is not set: using a random one (sessions will not survive a restart or work across nodes)");
+            SecretString::from(crate::auth::new_token(""))
+        });
+        let field_key = match &config.encryption_key {
+            Some(k) => FieldKey::parse(k.expose_secret()).map_err(StartError::Config)?,
+            None => return Err(StartError::Config("encryption_key (COHERENCY_ENCRYPTION_KEY) is required".into())),
+        };
+        crate::auth::password::Hasher::warm_up();
         let state = web::Data::new(AppState {
             config: Arc::new(config),
             stores,
             metrics,
             lifecycle: Lifecycle::default(),
             node,
+            clock: Clock::default(),
+            hasher: Default::default(),
+            token_secret,
+            field_key,
+            sockets: Default::default(),
         });
+        actix_web::rt::spawn(crate::auth::sockets::listen(state.clone()));
         let server = {
             let state = state.clone();
             HttpServer::new(move || {
@@ -91,6 +112,16 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The application's clock (tests move it forward).
+    pub fn clock(&self) -> Clock {
+        self.state.clock.clone()
+    }
+
+    /// Shared state, for in-process tests and tools.
+    pub fn state(&self) -> web::Data<AppState> {
+        self.state.clone()
     }
 
     /// A handle to start draining from outside (tests, signal handler).

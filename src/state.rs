@@ -5,7 +5,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use secrecy::SecretString;
+
+use crate::auth::password::Hasher;
+use crate::auth::sockets::SocketRegistry;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::crypto::FieldKey;
 use crate::metrics::Metrics;
 use crate::store::Stores;
 
@@ -16,6 +22,14 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub lifecycle: Lifecycle,
     pub node: String,
+    pub clock: Clock,
+    pub hasher: Hasher,
+    /// Keys token hashes and tickets; shared by every node.
+    pub token_secret: SecretString,
+    /// Encrypts the most sensitive fields at rest.
+    pub field_key: FieldKey,
+    /// Sockets open on this node, for revocation.
+    pub sockets: Arc<SocketRegistry>,
 }
 
 /// Draining and shutdown signals.

@@ -78,9 +78,9 @@ impl Code {
     pub fn http_status(self) -> u16 {
         use Code::*;
         match self {
-            BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | InvalidTotp
-            | MalformedMessage | InvalidFrame | SequenceGap => 400,
-            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked => 401,
+            BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | MalformedMessage
+            | InvalidFrame | SequenceGap => 400,
+            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp => 401,
             Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired => 403,
             NotFound => 404,
             MethodNotAllowed => 405,

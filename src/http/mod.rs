@@ -1,6 +1,11 @@
 //! HTTP routes, one module per resource.
 
+pub mod admin;
+pub mod auth;
 pub mod health;
+pub mod json;
+
+pub use json::Json;
 
 use actix_web::web;
 
@@ -10,7 +15,22 @@ use crate::error::ApiError;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/livez").route(web::get().to(health::livez)))
         .service(resource("/readyz").route(web::get().to(health::readyz)))
-        .service(resource("/metrics").route(web::get().to(crate::metrics::metrics)));
+        .service(resource("/metrics").route(web::get().to(crate::metrics::metrics)))
+        .service(resource("/v1/auth/register").route(web::post().to(auth::register)))
+        .service(resource("/v1/auth/login").route(web::post().to(auth::login)))
+        .service(resource("/v1/auth/refresh").route(web::post().to(auth::refresh)))
+        .service(resource("/v1/auth/logout").route(web::post().to(auth::logout)))
+        .service(resource("/v1/auth/logout-all").route(web::post().to(auth::logout_all)))
+        .service(resource("/v1/auth/ws-ticket").route(web::post().to(auth::ws_ticket)))
+        .service(resource("/v1/me").route(web::get().to(auth::me)))
+        .service(resource("/v1/me/mfa/totp").route(web::post().to(auth::totp_enrol)))
+        .service(resource("/v1/me/mfa/totp/confirm").route(web::post().to(auth::totp_confirm)))
+        .service(resource("/v1/ws").route(web::get().to(crate::ws::events::socket)))
+        .service(resource("/v1/admin/users").route(web::post().to(admin::create_user)))
+        .service(resource("/v1/admin/users/{id}/revoke-sessions").route(web::post().to(admin::revoke_sessions)))
+        .service(resource("/v1/admin/users/{id}/disable").route(web::post().to(admin::disable_user)))
+        .service(resource("/v1/admin/emergency-access").route(web::get().to(admin::list_emergency_access)))
+        .service(resource("/v1/patients/{id}/emergency-access").route(web::post().to(admin::emergency_access)));
 }
 
 /// A resource that answers 405 (not the app-wide 404) to methods it has no route for.

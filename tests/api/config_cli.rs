@@ -43,6 +43,7 @@ fn an_unreachable_service_is_one_line_naming_it_with_the_password_masked() {
         .arg("serve")
         .env("COHERENCY_HTTP_ADDR", "127.0.0.1:0")
         .env("COHERENCY_DATABASE_URL", "postgres://app:s3cretpw@127.0.0.1:1/coherency")
+        .env("COHERENCY_ENCRYPTION_KEY", coherency::crypto::FieldKey::generate_encoded("t"))
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -61,6 +61,7 @@ struct Overrides {
     blob_url: String,
     node_id: Option<String>,
     token_secret: String,
+    encryption_key: String,
 }
 
 impl From<&coherency::Config> for Overrides {
@@ -73,6 +74,7 @@ impl From<&coherency::Config> for Overrides {
             blob_url: c.blob_url.clone(),
             node_id: c.node_id.clone(),
             token_secret: "t".repeat(40),
+            encryption_key: coherency::crypto::FieldKey::generate_encoded("t"),
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct TestApp {
     pub pg: PgPool,
     pub config: Config,
     pub shutdown: ShutdownHandle,
+    pub clock: coherency::clock::Clock,
+    pub state: actix_web::web::Data<coherency::state::AppState>,
     cleanup: Option<Cleanup>,
 }
 
@@ -61,7 +63,8 @@ pub async fn isolated_config() -> (Config, String) {
         .merge(Serialized::default("mongo_database", format!("t_{}", &id[..16])))
         .merge(Serialized::default("blob_url", format!("file://{}", blob_dir.display())))
         .merge(Serialized::default("node_id", format!("test-{}", &id[..8])))
-        .merge(Serialized::default("token_secret", format!("test-token-secret-{id}")));
+        .merge(Serialized::default("token_secret", format!("test-token-secret-{id}")))
+        .merge(Serialized::default("encryption_key", coherency::crypto::FieldKey::generate_encoded("test")));
     let config = Config::from_figment(fig).expect("test config");
     (config, admin_url)
 }
@@ -90,6 +93,8 @@ pub async fn spawn_app_with(adjust: impl FnOnce(Config) -> Config) -> TestApp {
     let app = Application::build(config.clone()).await.expect("application builds");
     let port = app.port();
     let shutdown = app.shutdown_handle();
+    let clock = app.clock();
+    let state = app.state();
     actix_web::rt::spawn(app.run_until_stopped());
     let pg = PgPool::connect(original.database_url.expose()).await.expect("test pool");
     let client = reqwest::Client::builder()
@@ -97,7 +102,17 @@ pub async fn spawn_app_with(adjust: impl FnOnce(Config) -> Config) -> TestApp {
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    TestApp { address: format!("http://127.0.0.1:{port}"), port, client, pg, config, shutdown, cleanup: Some(cleanup) }
+    TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        client,
+        pg,
+        config,
+        shutdown,
+        clock,
+        state,
+        cleanup: Some(cleanup),
+    }
 }
 
 impl TestApp {
@@ -220,4 +235,177 @@ impl TcpProxy {
 pub fn host_port(service_url: &ServiceUrl) -> String {
     let u = url::Url::parse(service_url.expose()).expect("url");
     format!("{}:{}", u.host_str().unwrap_or("127.0.0.1"), u.port_or_known_default().unwrap_or(0))
+}
+
+/// A signed-in user for tests.
+#[derive(Clone, Debug)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+    pub refresh: String,
+    pub patient_id: Option<Uuid>,
+    /// Base32 TOTP secret when enrolled.
+    pub totp_secret: Option<String>,
+}
+
+pub const PASSWORD: &str = "correct-horse-battery-staple-42";
+
+impl TestApp {
+    pub async fn post_auth(&self, path: &str, token: &str, body: &serde_json::Value) -> reqwest::Response {
+        self.client.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("request")
+    }
+
+    pub async fn get_auth(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.expect("request")
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> reqwest::Response {
+        self.post_json("/v1/auth/login", &serde_json::json!({"email": email, "password": password})).await
+    }
+
+    /// Registers a patient and logs them in.
+    pub async fn patient(&self) -> User {
+        let email = format!("p-{}@example.test", Uuid::new_v4().simple());
+        let res = self
+            .post_json(
+                "/v1/auth/register",
+                &serde_json::json!({"email": email, "password": PASSWORD, "given_name": "Ada", "family_name": "Lovelace", "birth_date": "1985-12-10"}),
+            )
+            .await;
+        assert_eq!(res.status(), 201, "register: {}", res.text().await.unwrap_or_default());
+        let reg: serde_json::Value = res.json().await.expect("json");
+        let mut u = self.sign_in(&email, PASSWORD).await;
+        u.patient_id = reg["patient_id"].as_str().and_then(|s| s.parse().ok());
+        u
+    }
+
+    async fn sign_in(&self, email: &str, password: &str) -> User {
+        let res = self.login(email, password).await;
+        assert_eq!(res.status(), 200, "login: {}", res.text().await.unwrap_or_default());
+        let body: serde_json::Value = res.json().await.expect("json");
+        User {
+            id: body["user"]["id"].as_str().unwrap().parse().unwrap(),
+            email: email.to_string(),
+            password: password.to_string(),
+            token: body["access_token"].as_str().unwrap().to_string(),
+            refresh: body["refresh_token"].as_str().unwrap().to_string(),
+            patient_id: body["user"]["patient_id"].as_str().and_then(|s| s.parse().ok()),
+            totp_secret: None,
+        }
+    }
+
+    /// Creates a staff account directly (as `create-admin` does), signs in and enrols TOTP
+    /// unless `enrol` is false.
+    pub async fn staff(&self, role: coherency::auth::Role, enrol: bool) -> User {
+        let email = format!("{}-{}@clinic.test", role.as_str(), Uuid::new_v4().simple());
+        coherency::http::admin::create_staff(
+            &self.state,
+            coherency::http::admin::CreateUser {
+                email: email.clone(),
+                password: PASSWORD.into(),
+                display_name: "Dr Test".into(),
+                role,
+            },
+        )
+        .await
+        .expect("create staff");
+        let mut u = self.sign_in(&email, PASSWORD).await;
+        if enrol {
+            let res = self.post_auth("/v1/me/mfa/totp", &u.token, &serde_json::json!({})).await;
+            assert_eq!(res.status(), 200);
+            let secret = res.json::<serde_json::Value>().await.unwrap()["secret"].as_str().unwrap().to_string();
+            let code = coherency::auth::totp::code_at(&secret, self.clock.now()).unwrap();
+            let res = self.post_auth("/v1/me/mfa/totp/confirm", &u.token, &serde_json::json!({"code": code})).await;
+            assert_eq!(res.status(), 200, "confirm: {}", res.text().await.unwrap_or_default());
+            u.totp_secret = Some(secret);
+        }
+        u
+    }
+}
+
+/// A `coherency serve` child process sharing a test app's services.
+pub struct NodeProcess {
+    pub port: u16,
+    pub child: std::process::Child,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl NodeProcess {
+    /// Starts the binary with the same database, Redis prefix, Mongo database and secrets.
+    pub fn start(config: &Config, extra_env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_coherency"));
+        cmd.arg("serve")
+            .env("COHERENCY_HTTP_ADDR", "127.0.0.1:0")
+            .env("COHERENCY_DATABASE_URL", config.database_url.expose())
+            .env("COHERENCY_REDIS_URL", config.redis_url.expose())
+            .env("COHERENCY_REDIS_PREFIX", &config.redis_prefix)
+            .env("COHERENCY_MONGO_URL", config.mongo_url.expose())
+            .env("COHERENCY_MONGO_DATABASE", &config.mongo_database)
+            .env("COHERENCY_BLOB_URL", &config.blob_url)
+            .env("COHERENCY_LOG_FORMAT", "json")
+            .env("COHERENCY_LOG_LEVEL", "info")
+            .env("COHERENCY_NODE_ID", format!("node-{}", Uuid::new_v4().simple()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        use secrecy::ExposeSecret;
+        if let Some(s) = &config.token_secret {
+            cmd.env("COHERENCY_TOKEN_SECRET", s.expose_secret());
+        }
+        if let Some(s) = &config.encryption_key {
+            cmd.env("COHERENCY_ENCRYPTION_KEY", s.expose_secret());
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn coherency");
+        let stdout = child.stdout.take().expect("stdout");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("\"listening\"") {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        if let Some(p) = v["port"].as_u64() {
+                            let _ = tx.send(p as u16);
+                        }
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let log3 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                log3.lock().unwrap().push(line);
+            }
+        });
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("node did not start: {:?}", log.lock().unwrap()));
+        Self { port, child, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

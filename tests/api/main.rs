@@ -1,9 +1,14 @@
 //! Integration tests: one binary, each test against its own isolated app.
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
 
 #[allow(dead_code)] // each test uses part of the helper set
 mod helpers;
 
+mod audit;
+mod auth;
 mod config_cli;
 mod errors;
 mod health;
 mod metrics;
+mod rbac;
+mod shutdown;

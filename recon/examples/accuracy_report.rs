@@ -1,0 +1,100 @@
+//! Prints measured vs true values for every preset phantom over several trajectories:
+//! `cargo run -p coherency-recon --example accuracy_report [seeds] [frames]`.
+
+use std::time::Instant;
+
+use coherency_recon::measure::{measure_auto, measure_polygon, MeasureConfig};
+use coherency_recon::phantom::{presets, Phantom, PhantomSpec, ScanConfig};
+use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let seeds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let frames: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60);
+    let only: Option<&str> = args.get(3).map(|s| s.as_str());
+    let cases: Vec<(&str, PhantomSpec)> = vec![
+        ("cap/plane", presets::spherical_cap(false)),
+        ("ellipsoid/plane", presets::ellipsoid(false)),
+        ("irregular/plane", presets::irregular(false)),
+        ("cap/limb", presets::spherical_cap(true)),
+        ("ellipsoid/limb", presets::ellipsoid(true)),
+        ("irregular/limb", presets::irregular(true)),
+    ];
+    for (name, spec) in cases {
+        if only.is_some_and(|o| !name.contains(o)) {
+            continue;
+        }
+        let ph = Phantom::new(spec);
+        let t = *ph.truth();
+        println!(
+            "== {name}: truth area {:.1} bed {:.1} perim {:.2} L {:.2} W {:.2} maxd {:.2} meand {:.2} vol {:.1}",
+            t.outline_area_mm2,
+            t.bed_area_mm2,
+            t.perimeter_mm,
+            t.length_mm,
+            t.width_mm,
+            t.max_depth_mm,
+            t.mean_depth_mm,
+            t.volume_mm3
+        );
+        for seed in 0..seeds {
+            let t0 = Instant::now();
+            let mut sc = ScanConfig::iphone(seed);
+            sc.frames = frames;
+            let scan = ph.scan(&sc);
+            let t_render = t0.elapsed();
+            let cfg = TsdfConfig { roi: Some(Aabb::around(t.target_world, 0.06)), ..TsdfConfig::default() };
+            let mut vol = TsdfVolume::new(cfg)?;
+            let t1 = Instant::now();
+            for f in &scan.frames {
+                vol.integrate(f)?;
+            }
+            let t_fuse = t1.elapsed();
+            let t2 = Instant::now();
+            let m = measure_auto(&vol, t.target_world, &MeasureConfig::default());
+            let t_meas = t2.elapsed();
+            match m {
+                Ok(m) => {
+                    let e = |v: &coherency_recon::Measurement, tv: f64| {
+                        format!("{:+.2}{}", v.value - tv, if v.contains(tv) { "" } else { "!" })
+                    };
+                    println!(
+                        "  seed {seed}: area {:.1}±{:.1} ({}, {:+.2}%) bed {} perim {} L {} W {} maxd {}±{:.2} vol {:.0}±{:.0} ({:+.2}%) {:?} res {:.3}mm  [render {:.0?} fuse {:.0?} measure {:.0?}, {} KiB]",
+                        m.outline_area_mm2.value, m.outline_area_mm2.uncertainty,
+                        e(&m.outline_area_mm2, t.outline_area_mm2),
+                        (m.outline_area_mm2.value / t.outline_area_mm2 - 1.0) * 100.0,
+                        e(&m.bed_area_mm2, t.bed_area_mm2),
+                        e(&m.perimeter_mm, t.perimeter_mm),
+                        e(&m.length_mm, t.length_mm),
+                        e(&m.width_mm, t.width_mm),
+                        e(&m.max_depth_mm, t.max_depth_mm), m.max_depth_mm.uncertainty,
+                        m.volume_mm3.value, m.volume_mm3.uncertainty,
+                        (m.volume_mm3.value / t.volume_mm3 - 1.0) * 100.0,
+                        m.skin_model, m.skin_residual_mm,
+                        t_render, t_fuse, t_meas, vol.memory_bytes() / 1024,
+                    );
+                }
+                Err(err) => println!("  seed {seed}: ERROR {err}"),
+            }
+            let k = scan.frames.len() / 2;
+            let key = &scan.frames[k];
+            let poly = ph.outline_in_image(&key.intrinsics, &scan.true_poses[k], 64);
+            match measure_polygon(&vol, &poly, &key.intrinsics, &key.pose, &MeasureConfig::default()) {
+                Ok(m) => println!(
+                    "          polygon: area {:+.2}% vol {:+.2}% L {:+.2} W {:+.2} maxd {:+.2} in={}{}{}{}",
+                    (m.outline_area_mm2.value / t.outline_area_mm2 - 1.0) * 100.0,
+                    (m.volume_mm3.value / t.volume_mm3 - 1.0) * 100.0,
+                    m.length_mm.value - t.length_mm,
+                    m.width_mm.value - t.width_mm,
+                    m.max_depth_mm.value - t.max_depth_mm,
+                    u8::from(m.outline_area_mm2.contains(t.outline_area_mm2)),
+                    u8::from(m.volume_mm3.contains(t.volume_mm3)),
+                    u8::from(m.length_mm.contains(t.length_mm)),
+                    u8::from(m.max_depth_mm.contains(t.max_depth_mm)),
+                ),
+                Err(err) => println!("          polygon: ERROR {err}"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! Writes phantom frames to a dump directory, or fuses a dump and reports timing,
+//! mesh size and measurements — the Rust half of the side-by-side with Open3D
+//! (`recon/bench/open3d_compare.py` reads the same dump).
+//!
+//! ```text
+//! cargo run --release -p coherency-recon --example fuse_frames -- write DIR [seed] [frames] [cap|ellipsoid|irregular] [plane|limb]
+//! cargo run --release -p coherency-recon --example fuse_frames -- fuse DIR [voxel_mm] [out.ply]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use coherency_recon::io::{read_dump, write_dump};
+use coherency_recon::measure::{measure_auto, MeasureConfig};
+use coherency_recon::mesh::MeshExtractor;
+use coherency_recon::phantom::{presets, Phantom, ScanConfig};
+use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: fuse_frames write DIR [seed] [frames] [shape] [skin] | fuse DIR [voxel_mm] [out.ply]";
+    let (Some(cmd), Some(dir)) = (args.first(), args.get(1)) else {
+        return Err(usage.into());
+    };
+    let dir = PathBuf::from(dir);
+    match cmd.as_str() {
+        "write" => {
+            let seed = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+            let frames = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(60);
+            let curved = args.get(5).is_some_and(|s| s == "limb");
+            let spec = match args.get(4).map(String::as_str) {
+                Some("ellipsoid") => presets::ellipsoid(curved),
+                Some("irregular") => presets::irregular(curved),
+                _ => presets::spherical_cap(curved),
+            };
+            let phantom = Phantom::new(spec);
+            let mut sc = ScanConfig::iphone(seed);
+            sc.frames = frames;
+            let scan = phantom.scan(&sc);
+            write_dump(&dir, &scan.frames, Some(scan.truth.target_world), Some(&scan.truth))?;
+            println!("wrote {} frames to {}", scan.frames.len(), dir.display());
+        }
+        "fuse" => {
+            let voxel_mm: f32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            let dump = read_dump(&dir)?;
+            let mut cfg = TsdfConfig::with_voxel_size(voxel_mm / 1000.0);
+            if let Some(t) = dump.target {
+                cfg.roi = Some(Aabb::around(t, 0.06));
+            }
+            let mut vol = TsdfVolume::new(cfg)?;
+            let t0 = Instant::now();
+            for f in &dump.frames {
+                vol.integrate(f)?;
+            }
+            let fuse = t0.elapsed();
+            let t1 = Instant::now();
+            let mut ex = MeshExtractor::new(0.5);
+            ex.update(&vol);
+            let mesh = ex.mesh();
+            let extract = t1.elapsed();
+            println!(
+                "fused {} frames in {:.1} ms ({:.0} frames/s), {} bricks, {:.1} MiB; mesh {} vertices {} triangles in {:.1} ms",
+                dump.frames.len(),
+                fuse.as_secs_f64() * 1e3,
+                dump.frames.len() as f64 / fuse.as_secs_f64(),
+                vol.brick_count(),
+                vol.memory_bytes() as f64 / (1 << 20) as f64,
+                mesh.positions.len(),
+                mesh.triangle_count(),
+                extract.as_secs_f64() * 1e3
+            );
+            if let Some(out) = args.get(3) {
+                std::fs::write(out, mesh.to_ply())?;
+            }
+            if let Some(t) = dump.target {
+                let m = measure_auto(&vol, t, &MeasureConfig::default())?;
+                println!(
+                    "area {} mm², volume {} mm³, max depth {} mm, length {} mm, width {} mm",
+                    m.outline_area_mm2, m.volume_mm3, m.max_depth_mm, m.length_mm, m.width_mm
+                );
+            }
+        }
+        _ => return Err(usage.into()),
+    }
+    Ok(())
+}

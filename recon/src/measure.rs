@@ -1,0 +1,1392 @@
+//! Wound segmentation and measurement on a fused TSDF volume.
+//!
+//! Both methods work in a local frame at the wound: a robust RANSAC plane through the
+//! surrounding skin gives the normal `n`; the fused surface is ray cast along `-n` on a
+//! regular grid (0.5 mm) into a height field `h(x, y)`; the skin is a polynomial
+//! surface `s(x, y)` (quadratic, or quartic when the quadratic leaves a curvature
+//! misfit, as on a limb) fitted robustly to an annulus of skin around the wound; the
+//! wound depth is `D = s - h`.
+//!
+//! - [`measure_auto`]: the connected region deeper than `core_depth_m` around the
+//!   target point, grown to `rim_low_m`; its outline is the `rim_level_m` contour of
+//!   the normal depth, moved outward to where the wall meets the skin by extrapolating
+//!   the wall slope between two depth levels (sub-voxel rim).
+//! - [`measure_polygon`]: a clinician's outline in a keyframe image, ray cast onto the
+//!   fused surface.
+//!
+//! Definitions of every measurement, and the uncertainty model behind each `±`, are in
+//! `docs/measurement.md`; the phantom's ground truth uses the same definitions.
+
+use ndarray::Array2;
+
+use crate::geometry::{Intrinsics, Pose, Vec3};
+use crate::linalg::{sym3_eigen, NormalEquations};
+use crate::phantom::length_width;
+use crate::tsdf::{TsdfVolume, BRICK};
+use crate::ReconError;
+
+/// Segmentation and measurement settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeasureConfig {
+    /// Height-field cell size, metres.
+    pub cell_m: f64,
+    /// Wounds are searched within this distance of the target, metres.
+    pub max_radius_m: f64,
+    /// Core of the wound: connected region at least this deep, metres.
+    pub core_depth_m: f64,
+    /// The core is grown into cells at least this deep, metres.
+    pub rim_low_m: f64,
+    /// Outline contour level, metres (then extrapolated to zero depth).
+    pub rim_level_m: f64,
+    /// Upper level for the wall-slope estimate, metres.
+    pub rim_upper_m: f64,
+    /// Gap between the wound outline and the skin annulus used for the skin fit, metres.
+    pub skin_margin_m: f64,
+    /// Width of that annulus, metres.
+    pub skin_ring_m: f64,
+    /// Coverage factor of the reported uncertainties (3 ≈ 99.7 % for Gaussian errors).
+    pub coverage_factor: f64,
+}
+
+impl Default for MeasureConfig {
+    fn default() -> Self {
+        MeasureConfig {
+            cell_m: 0.0005,
+            max_radius_m: 0.06,
+            core_depth_m: 0.0015,
+            rim_low_m: 0.0003,
+            rim_level_m: 0.0008,
+            rim_upper_m: 0.0025,
+            skin_margin_m: 0.002,
+            skin_ring_m: 0.012,
+            coverage_factor: 3.0,
+        }
+    }
+}
+
+/// A value with its uncertainty: the true value lies in `value ± uncertainty`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// Best estimate.
+    pub value: f64,
+    /// Half-width of the interval.
+    pub uncertainty: f64,
+}
+
+impl Measurement {
+    /// Whether `x` lies inside the interval.
+    pub fn contains(&self, x: f64) -> bool {
+        (x - self.value).abs() <= self.uncertainty
+    }
+}
+
+impl std::fmt::Display for Measurement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ± {:.2}", self.value, self.uncertainty)
+    }
+}
+
+/// How the outline was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutlineMethod {
+    /// Automatic depth segmentation around a target point.
+    Automatic,
+    /// A clinician-drawn polygon projected onto the surface.
+    ClinicianPolygon,
+}
+
+/// The skin model fitted around the wound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkinModel {
+    /// Quadratic polynomial height field.
+    Quadratic,
+    /// Quartic polynomial height field (curved limbs).
+    Quartic,
+}
+
+/// Wound measurements, in clinical units (mm, mm², mm³), each with its `±`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WoundMeasurements {
+    /// Area enclosed by the outline, measured on the skin surface.
+    pub outline_area_mm2: Measurement,
+    /// Area of the wound bed surface.
+    pub bed_area_mm2: Measurement,
+    /// Outline length on the skin.
+    pub perimeter_mm: Measurement,
+    /// Longest straight distance between two outline points.
+    pub length_mm: Measurement,
+    /// Extent perpendicular to the length, in the skin tangent plane.
+    pub width_mm: Measurement,
+    /// Deepest point below the skin, along the skin normal.
+    pub max_depth_mm: Measurement,
+    /// Volume divided by outline area.
+    pub mean_depth_mm: Measurement,
+    /// Volume between the skin surface and the wound bed.
+    pub volume_mm3: Measurement,
+    /// Outline on the skin, world coordinates (metres), counter-clockwise seen from outside.
+    pub outline_world: Vec<Vec3>,
+    /// Outline centroid on the skin, world coordinates.
+    pub centre_world: Vec3,
+    /// Outward skin normal at the centre.
+    pub normal_world: Vec3,
+    /// Endpoints of the length, world coordinates.
+    pub length_endpoints_world: [Vec3; 2],
+    /// How the outline was obtained.
+    pub method: OutlineMethod,
+    /// Skin model used.
+    pub skin_model: SkinModel,
+    /// Robust RMS of the skin fit residuals, mm.
+    pub skin_residual_mm: f64,
+    /// Fraction of grid cells inside the outline without a fused surface (filled by interpolation).
+    pub missing_fraction: f64,
+}
+
+/// The quartic skin model is used when its residual RMS is below this fraction of the quadratic's.
+const QUARTIC_GAIN: f64 = 0.95;
+
+/// Polynomial skin height field `s(x, y)` in the local frame (coordinates scaled by `scale`).
+#[derive(Debug, Clone)]
+struct Skin {
+    degree: usize,
+    coef: Vec<f64>,
+    scale: f64,
+    rms: f64,
+    n_points: usize,
+}
+
+fn terms(degree: usize) -> Vec<(i32, i32)> {
+    let mut t = Vec::new();
+    for d in 0..=degree as i32 {
+        for i in 0..=d {
+            t.push((d - i, i));
+        }
+    }
+    t
+}
+
+impl Skin {
+    fn eval(&self, x: f64, y: f64) -> f64 {
+        let (u, v) = (x / self.scale, y / self.scale);
+        terms(self.degree).iter().zip(&self.coef).map(|(&(a, b), c)| c * u.powi(a) * v.powi(b)).sum()
+    }
+
+    fn grad(&self, x: f64, y: f64) -> (f64, f64) {
+        let (u, v) = (x / self.scale, y / self.scale);
+        let mut gx = 0.0;
+        let mut gy = 0.0;
+        for (&(a, b), c) in terms(self.degree).iter().zip(&self.coef) {
+            if a > 0 {
+                gx += c * f64::from(a) * u.powi(a - 1) * v.powi(b);
+            }
+            if b > 0 {
+                gy += c * f64::from(b) * u.powi(a) * v.powi(b - 1);
+            }
+        }
+        (gx / self.scale, gy / self.scale)
+    }
+
+    /// Least-squares fit to `(x, y, h)` points.
+    fn fit(points: &[[f64; 3]], degree: usize, scale: f64) -> Option<Skin> {
+        let t = terms(degree);
+        if points.len() < t.len() * 3 {
+            return None;
+        }
+        let mut ne = NormalEquations::new(t.len());
+        let mut row = vec![0.0; t.len()];
+        for p in points {
+            let (u, v) = (p[0] / scale, p[1] / scale);
+            for (k, &(a, b)) in t.iter().enumerate() {
+                row[k] = u.powi(a) * v.powi(b);
+            }
+            ne.add(&row, p[2], 1.0);
+        }
+        let coef = ne.solve()?.to_vec();
+        let mut s = Skin { degree, coef, scale, rms: 0.0, n_points: points.len() };
+        let ss: f64 = points.iter().map(|p| (p[2] - s.eval(p[0], p[1])).powi(2)).sum();
+        s.rms = (ss / points.len() as f64).sqrt();
+        Some(s)
+    }
+
+    /// Robust fit: iteratively drops points whose residual exceeds 3 robust sigmas.
+    fn fit_robust(points: &[[f64; 3]], degree: usize, scale: f64) -> Option<Skin> {
+        let mut s = Skin::fit(points, degree, scale)?;
+        for _ in 0..5 {
+            let mut res: Vec<f64> = points.iter().map(|p| (p[2] - s.eval(p[0], p[1])).abs()).collect();
+            let mid = res.len() / 2;
+            res.select_nth_unstable_by(mid, f64::total_cmp);
+            let sigma = 1.4826 * res[mid];
+            let lim = (3.0 * sigma).max(5e-5);
+            let kept: Vec<[f64; 3]> =
+                points.iter().copied().filter(|p| (p[2] - s.eval(p[0], p[1])).abs() < lim).collect();
+            s = Skin::fit(&kept, degree, scale)?;
+        }
+        Some(s)
+    }
+}
+
+/// The fused surface resampled as heights along the local normal.
+struct HeightField {
+    origin: Vec3,
+    e1: Vec3,
+    e2: Vec3,
+    n: Vec3,
+    cell: f64,
+    half: usize,
+    /// Height above the local plane, metres (NaN where nothing was found).
+    h: Array2<f64>,
+    /// Fusion weight at the surface (0 where nothing was found).
+    w: Array2<f64>,
+}
+
+impl HeightField {
+    fn side(&self) -> usize {
+        2 * self.half + 1
+    }
+
+    fn xy(&self, i: usize, j: usize) -> (f64, f64) {
+        ((i as f64 - self.half as f64) * self.cell, (j as f64 - self.half as f64) * self.cell)
+    }
+
+    fn world(&self, x: f64, y: f64, z: f64) -> Vec3 {
+        self.origin + self.e1 * x + self.e2 * y + self.n * z
+    }
+
+    fn local(&self, p: Vec3) -> [f64; 3] {
+        let d = p - self.origin;
+        [d.dot(self.e1), d.dot(self.e2), d.dot(self.n)]
+    }
+
+    fn build(vol: &TsdfVolume, origin: Vec3, n: Vec3, half_m: f64, cell: f64) -> HeightField {
+        let e1 = n.any_perpendicular();
+        let e2 = n.cross(e1);
+        let half = (half_m / cell).ceil() as usize;
+        let side = 2 * half + 1;
+        let mut f = HeightField {
+            origin,
+            e1,
+            e2,
+            n,
+            cell,
+            half,
+            h: Array2::from_elem((side, side), f64::NAN),
+            w: Array2::zeros((side, side)),
+        };
+        let top = 0.02;
+        let mut sampler = vol.sampler();
+        for j in 0..side {
+            for i in 0..side {
+                let (x, y) = f.xy(i, j);
+                let start = f.world(x, y, top);
+                if let Some(t) = sampler.raycast(start, -n, 0.0, top + 0.045) {
+                    f.h[[j, i]] = top - t;
+                    let w = sampler.sample(start - n * t).map_or(0.0, |s| s.weight);
+                    f.w[[j, i]] = w;
+                }
+            }
+        }
+        f
+    }
+
+    /// Bilinear interpolation of a grid at local `(x, y)`.
+    fn bilinear(&self, g: &Array2<f64>, x: f64, y: f64) -> f64 {
+        let fi = x / self.cell + self.half as f64;
+        let fj = y / self.cell + self.half as f64;
+        let max = (self.side() - 1) as f64;
+        let fi = fi.clamp(0.0, max - 1e-9);
+        let fj = fj.clamp(0.0, max - 1e-9);
+        let (i0, j0) = (fi.floor() as usize, fj.floor() as usize);
+        let (tx, ty) = (fi - i0 as f64, fj - j0 as f64);
+        let v = |i: usize, j: usize| g[[j, i]];
+        (v(i0, j0) * (1.0 - tx) + v(i0 + 1, j0) * tx) * (1.0 - ty)
+            + (v(i0, j0 + 1) * (1.0 - tx) + v(i0 + 1, j0 + 1) * tx) * ty
+    }
+}
+
+/// Zero-crossing points of the TSDF within `radius` of `centre`, with the summed gradient
+/// direction (which side is free space).
+fn surface_points(vol: &TsdfVolume, centre: Vec3, radius: f64) -> (Vec<Vec3>, Vec3) {
+    let vs = vol.voxel_size();
+    let bm = vs * BRICK as f64;
+    let mut pts = Vec::new();
+    let mut grad = Vec3::ZERO;
+    let mut s = vol.sampler();
+    for b in vol.bricks() {
+        let c = Vec3::new(
+            (f64::from(b.key.x) + 0.5) * bm,
+            (f64::from(b.key.y) + 0.5) * bm,
+            (f64::from(b.key.z) + 0.5) * bm,
+        );
+        if (c - centre).norm() > radius + bm {
+            continue;
+        }
+        for (i, (&sd, &w)) in b.sdf.iter().zip(b.weight.iter()).enumerate() {
+            if w <= 0.0 || sd.abs() > 0.5 {
+                continue;
+            }
+            let g = [
+                i64::from(b.key.x) * 8 + (i % BRICK) as i64,
+                i64::from(b.key.y) * 8 + ((i / BRICK) % BRICK) as i64,
+                i64::from(b.key.z) * 8 + (i / (BRICK * BRICK)) as i64,
+            ];
+            for axis in 0..3 {
+                let mut o = g;
+                o[axis] += 1;
+                let Some((s2, w2)) = s.voxel(o) else { continue };
+                if w2 <= 0.0 || (sd < 0.0) == (s2 < 0.0) || s2.abs() > 0.5 {
+                    continue;
+                }
+                let t = f64::from(sd / (sd - s2));
+                let mut p = [g[0] as f64 + 0.5, g[1] as f64 + 0.5, g[2] as f64 + 0.5];
+                p[axis] += t;
+                let p = Vec3::new(p[0] * vs, p[1] * vs, p[2] * vs);
+                if (p - centre).norm() <= radius {
+                    pts.push(p);
+                    let mut gv = [0.0; 3];
+                    gv[axis] = f64::from((s2 - sd).signum());
+                    grad = grad + Vec3::from_array(gv);
+                }
+            }
+        }
+    }
+    (pts, grad)
+}
+
+/// RANSAC plane (deterministic sampling) refined by least squares on its inliers.
+/// Returns a point on the plane and the unit normal.
+fn ransac_plane(pts: &[Vec3], threshold: f64) -> Option<(Vec3, Vec3)> {
+    if pts.len() < 50 {
+        return None;
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let stride = (pts.len() / 4000).max(1);
+    let mut best: Option<(usize, Vec3, Vec3)> = None;
+    for _ in 0..300 {
+        let (a, b, c) = (pts[next(pts.len())], pts[next(pts.len())], pts[next(pts.len())]);
+        let n = (b - a).cross(c - a);
+        if n.norm() < 1e-9 {
+            continue;
+        }
+        let n = n.normalized();
+        let count = pts.iter().step_by(stride).filter(|p| (**p - a).dot(n).abs() < threshold).count();
+        if best.as_ref().is_none_or(|bb| count > bb.0) {
+            best = Some((count, a, n));
+        }
+    }
+    let (_, a, n) = best?;
+    let inliers: Vec<Vec3> = pts.iter().copied().filter(|p| (*p - a).dot(n).abs() < threshold).collect();
+    let mean = inliers.iter().fold(Vec3::ZERO, |s, p| s + *p) * (1.0 / inliers.len() as f64);
+    let mut cov = [[0.0; 3]; 3];
+    for p in &inliers {
+        let d = (*p - mean).to_array();
+        for r in 0..3 {
+            for c in 0..3 {
+                cov[r][c] += d[r] * d[c];
+            }
+        }
+    }
+    let (_, vecs) = sym3_eigen(cov);
+    let normal = Vec3::new(vecs[0][0], vecs[1][0], vecs[2][0]).normalized();
+    Some((mean, normal))
+}
+
+/// Chamfer distance (cells) from every cell to the nearest `true` cell of `mask`.
+fn distance_to(mask: &Array2<bool>) -> Array2<f64> {
+    let (h, w) = mask.dim();
+    let big = 1e9f64;
+    let mut d = Array2::from_shape_fn((h, w), |(j, i)| if mask[[j, i]] { 0.0 } else { big });
+    let (a, b) = (1.0, std::f64::consts::SQRT_2);
+    for j in 0..h {
+        for i in 0..w {
+            let mut v = d[[j, i]];
+            if i > 0 {
+                v = v.min(d[[j, i - 1]] + a);
+            }
+            if j > 0 {
+                v = v.min(d[[j - 1, i]] + a);
+                if i > 0 {
+                    v = v.min(d[[j - 1, i - 1]] + b);
+                }
+                if i + 1 < w {
+                    v = v.min(d[[j - 1, i + 1]] + b);
+                }
+            }
+            d[[j, i]] = v;
+        }
+    }
+    for j in (0..h).rev() {
+        for i in (0..w).rev() {
+            let mut v = d[[j, i]];
+            if i + 1 < w {
+                v = v.min(d[[j, i + 1]] + a);
+            }
+            if j + 1 < h {
+                v = v.min(d[[j + 1, i]] + a);
+                if i + 1 < w {
+                    v = v.min(d[[j + 1, i + 1]] + b);
+                }
+                if i > 0 {
+                    v = v.min(d[[j + 1, i - 1]] + b);
+                }
+            }
+            d[[j, i]] = v;
+        }
+    }
+    d
+}
+
+/// 4-connected flood fill from `seed` over cells where `ok` holds.
+fn flood(ok: &Array2<bool>, seed: (usize, usize)) -> Array2<bool> {
+    let (h, w) = ok.dim();
+    let mut out = Array2::from_elem((h, w), false);
+    if !ok[[seed.1, seed.0]] {
+        return out;
+    }
+    let mut stack = vec![seed];
+    out[[seed.1, seed.0]] = true;
+    while let Some((i, j)) = stack.pop() {
+        let mut push = |ii: usize, jj: usize| {
+            if ok[[jj, ii]] && !out[[jj, ii]] {
+                out[[jj, ii]] = true;
+                stack.push((ii, jj));
+            }
+        };
+        if i > 0 {
+            push(i - 1, j);
+        }
+        if i + 1 < w {
+            push(i + 1, j);
+        }
+        if j > 0 {
+            push(i, j - 1);
+        }
+        if j + 1 < h {
+            push(i, j + 1);
+        }
+    }
+    out
+}
+
+/// Closed contours of `f` at `level` (marching squares on cell centres), as local
+/// `(x, y)` polygons. Values below the level (or NaN) are outside.
+fn contours(field: &HeightField, f: &Array2<f64>, level: f64) -> Vec<Vec<[f64; 2]>> {
+    let side = field.side();
+    let inside = |i: usize, j: usize| f[[j, i]] >= level;
+    let val = |i: usize, j: usize| {
+        let v = f[[j, i]];
+        if v.is_nan() {
+            level - 1.0
+        } else {
+            v
+        }
+    };
+    // Edge ids: horizontal edge (i,j)-(i+1,j) = 2*(j*side+i), vertical (i,j)-(i,j+1) = +1.
+    let point = |id: usize| -> [f64; 2] {
+        let cell = id / 2;
+        let (i, j) = (cell % side, cell / side);
+        let (i2, j2) = if id.is_multiple_of(2) { (i + 1, j) } else { (i, j + 1) };
+        let (a, b) = (val(i, j), val(i2, j2));
+        let t = ((level - a) / (b - a)).clamp(0.0, 1.0);
+        let (x0, y0) = field.xy(i, j);
+        let (x1, y1) = field.xy(i2, j2);
+        [x0 + (x1 - x0) * t, y0 + (y1 - y0) * t]
+    };
+    let mut next: std::collections::HashMap<usize, usize> = std::collections::HashMap::new();
+    for j in 0..side - 1 {
+        for i in 0..side - 1 {
+            // Corners counter-clockwise: (i,j), (i+1,j), (i+1,j+1), (i,j+1).
+            let c = [inside(i, j), inside(i + 1, j), inside(i + 1, j + 1), inside(i, j + 1)];
+            let e = [
+                2 * (j * side + i),         // bottom: (i,j)-(i+1,j)
+                2 * (j * side + i + 1) + 1, // right: (i+1,j)-(i+1,j+1)
+                2 * ((j + 1) * side + i),   // top: (i,j+1)-(i+1,j+1)
+                2 * (j * side + i) + 1,     // left: (i,j)-(i,j+1)
+            ];
+            // Crossing on side k between corner k and k+1; oriented so inside is on the left.
+            let mut crossings: Vec<(usize, bool)> = Vec::new();
+            for k in 0..4 {
+                let (a, b) = (c[k], c[(k + 1) % 4]);
+                if a != b {
+                    crossings.push((e[k], b));
+                }
+            }
+            if crossings.is_empty() {
+                continue;
+            }
+            let saddle_join = if crossings.len() == 4 {
+                let m = (val(i, j) + val(i + 1, j) + val(i + 1, j + 1) + val(i, j + 1)) / 4.0;
+                m >= level
+            } else {
+                false
+            };
+            // Segments run from an exit crossing (inside → outside along the CCW walk)
+            // to an entry crossing, keeping the inside on the left. Saddles: the
+            // centre value decides whether the two inside corners are joined.
+            let n = crossings.len();
+            let step = if n == 4 && saddle_join { 1 } else { n - 1 };
+            for (k, &(eid, enters)) in crossings.iter().enumerate() {
+                if enters {
+                    continue;
+                }
+                next.insert(eid, crossings[(k + step) % n].0);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut used = std::collections::HashSet::new();
+    let keys: Vec<usize> = next.keys().copied().collect();
+    for start in keys {
+        if used.contains(&start) {
+            continue;
+        }
+        let mut poly = Vec::new();
+        let mut cur = start;
+        let mut closed = false;
+        while used.insert(cur) {
+            poly.push(point(cur));
+            match next.get(&cur) {
+                Some(&n) => {
+                    cur = n;
+                    if cur == start {
+                        closed = true;
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        if closed && poly.len() >= 8 {
+            out.push(poly);
+        }
+    }
+    out
+}
+
+fn shoelace(p: &[[f64; 2]]) -> f64 {
+    let n = p.len();
+    (0..n)
+        .map(|i| {
+            let (a, b) = (p[i], p[(i + 1) % n]);
+            a[0] * b[1] - b[0] * a[1]
+        })
+        .sum::<f64>()
+        / 2.0
+}
+
+fn point_in_polygon(p: [f64; 2], poly: &[[f64; 2]]) -> bool {
+    let mut inside = false;
+    let n = poly.len();
+    let mut j = n - 1;
+    for i in 0..n {
+        let (a, b) = (poly[i], poly[j]);
+        if (a[1] > p[1]) != (b[1] > p[1]) && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0] {
+            inside = !inside;
+        }
+        j = i;
+    }
+    inside
+}
+
+/// Integrates `f(x, y)` over a polygon by scanlines (rows `dy` apart, samples `dx` apart).
+fn integrate_polygon(poly: &[[f64; 2]], step: f64, mut f: impl FnMut(f64, f64) -> f64) -> f64 {
+    let (mut ymin, mut ymax) = (f64::INFINITY, f64::NEG_INFINITY);
+    for p in poly {
+        ymin = ymin.min(p[1]);
+        ymax = ymax.max(p[1]);
+    }
+    let rows = ((ymax - ymin) / step).ceil().max(1.0) as usize;
+    let dy = (ymax - ymin) / rows as f64;
+    let n = poly.len();
+    let mut xs = Vec::new();
+    let mut total = 0.0;
+    for r in 0..rows {
+        let y = ymin + (r as f64 + 0.5) * dy;
+        xs.clear();
+        for i in 0..n {
+            let (a, b) = (poly[i], poly[(i + 1) % n]);
+            if (a[1] > y) != (b[1] > y) {
+                xs.push(a[0] + (y - a[1]) * (b[0] - a[0]) / (b[1] - a[1]));
+            }
+        }
+        xs.sort_by(f64::total_cmp);
+        for pair in xs.chunks_exact(2) {
+            let (x0, x1) = (pair[0], pair[1]);
+            let k = ((x1 - x0) / step).ceil().max(1.0) as usize;
+            let dx = (x1 - x0) / k as f64;
+            for s in 0..k {
+                total += f(x0 + (s as f64 + 0.5) * dx, y) * dx * dy;
+            }
+        }
+    }
+    total
+}
+
+/// Position uncertainty of the outline on the skin.
+#[derive(Debug, Clone, Copy)]
+struct Boundary {
+    /// Random part (one standard deviation), metres.
+    sigma_m: f64,
+    /// Systematic bound, metres.
+    systematic_m: f64,
+}
+
+struct Prepared {
+    field: HeightField,
+    skin: Skin,
+    alt_skin_delta: f64,
+    missing_fraction: f64,
+    depth: Array2<f64>,
+    grad_h: (Array2<f64>, Array2<f64>),
+}
+
+/// Fits the skin on the annulus around `wound` (grid mask) and prepares depth grids.
+fn prepare(field: HeightField, wound: &Array2<bool>, cfg: &MeasureConfig) -> Result<Prepared, ReconError> {
+    let dist = distance_to(wound);
+    let side = field.side();
+    let (lo, hi) = (cfg.skin_margin_m / field.cell, (cfg.skin_margin_m + cfg.skin_ring_m) / field.cell);
+    let mut pts = Vec::new();
+    for j in 0..side {
+        for i in 0..side {
+            let d = dist[[j, i]];
+            let h = field.h[[j, i]];
+            if d >= lo && d <= hi && h.is_finite() {
+                let (x, y) = field.xy(i, j);
+                pts.push([x, y, h]);
+            }
+        }
+    }
+    let scale = 0.02;
+    let quad = Skin::fit_robust(&pts, 2, scale)
+        .ok_or_else(|| ReconError::NotEnoughData("too little skin around the wound".into()))?;
+    let quart = Skin::fit_robust(&pts, 4, scale);
+    // Prefer the quartic only when it explains clearly more (a curvature misfit).
+    // The quartic only when it explains clearly more than the quadratic: on flat skin
+    // its extra freedom follows low-frequency fusion noise and extrapolates it into the
+    // wound; on a limb the quadratic leaves a curvature misfit the quartic removes.
+    let (skin, alt) = match quart {
+        Some(q) if q.rms < QUARTIC_GAIN * quad.rms => (q, Some(quad)),
+        Some(q) => (quad, Some(q)),
+        None => (quad, None),
+    };
+    let mut alt_sq = 0.0;
+    let mut alt_n = 0usize;
+    let mut missing = 0usize;
+    let mut total = 0usize;
+    let mut depth = Array2::from_elem((side, side), f64::NAN);
+    let mut hfill = field.h.clone();
+    for j in 0..side {
+        for i in 0..side {
+            let (x, y) = field.xy(i, j);
+            if wound[[j, i]] {
+                total += 1;
+                if !field.h[[j, i]].is_finite() {
+                    missing += 1;
+                }
+                if let Some(a) = &alt {
+                    alt_sq += (a.eval(x, y) - skin.eval(x, y)).powi(2);
+                    alt_n += 1;
+                }
+            }
+        }
+    }
+    // Fill holes in the height field by iterated neighbour averaging.
+    for _ in 0..50 {
+        let mut changed = false;
+        let prev = hfill.clone();
+        for j in 0..side {
+            for i in 0..side {
+                if prev[[j, i]].is_finite() {
+                    continue;
+                }
+                let mut s = 0.0;
+                let mut c = 0;
+                for (di, dj) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
+                    let (ii, jj) = (i as i64 + di, j as i64 + dj);
+                    if ii >= 0 && jj >= 0 && (ii as usize) < side && (jj as usize) < side {
+                        let v = prev[[jj as usize, ii as usize]];
+                        if v.is_finite() {
+                            s += v;
+                            c += 1;
+                        }
+                    }
+                }
+                if c > 0 {
+                    hfill[[j, i]] = s / f64::from(c);
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+    for j in 0..side {
+        for i in 0..side {
+            let (x, y) = field.xy(i, j);
+            if hfill[[j, i]].is_finite() {
+                depth[[j, i]] = skin.eval(x, y) - hfill[[j, i]];
+            }
+        }
+    }
+    // Gradients of the bed from a lightly smoothed copy (binomial, σ ≈ 1 cell): noise
+    // would otherwise inflate the bed area.
+    let mut hs = hfill.clone();
+    for _ in 0..2 {
+        for axis in 0..2 {
+            let prev = hs.clone();
+            for j in 1..side - 1 {
+                for i in 1..side - 1 {
+                    let (a, b) = if axis == 0 {
+                        (prev[[j, i - 1]], prev[[j, i + 1]])
+                    } else {
+                        (prev[[j - 1, i]], prev[[j + 1, i]])
+                    };
+                    let v = 0.25 * a + 0.5 * prev[[j, i]] + 0.25 * b;
+                    if v.is_finite() {
+                        hs[[j, i]] = v;
+                    }
+                }
+            }
+        }
+    }
+    let mut gx = Array2::zeros((side, side));
+    let mut gy = Array2::zeros((side, side));
+    for j in 1..side - 1 {
+        for i in 1..side - 1 {
+            let (a, b, c, d) = (hs[[j, i + 1]], hs[[j, i - 1]], hs[[j + 1, i]], hs[[j - 1, i]]);
+            if a.is_finite() && b.is_finite() && c.is_finite() && d.is_finite() {
+                gx[[j, i]] = (a - b) / (2.0 * field.cell);
+                gy[[j, i]] = (c - d) / (2.0 * field.cell);
+            }
+        }
+    }
+    let mut f = field;
+    f.h = hfill;
+    Ok(Prepared {
+        field: f,
+        skin,
+        alt_skin_delta: if alt_n > 0 { (alt_sq / alt_n as f64).sqrt() } else { 0.0 },
+        missing_fraction: if total > 0 { missing as f64 / total as f64 } else { 0.0 },
+        depth,
+        grad_h: (gx, gy),
+    })
+}
+
+/// Normal depth (depth along the skin normal) at local `(x, y)`.
+fn normal_depth(p: &Prepared, x: f64, y: f64) -> f64 {
+    let d = p.field.bilinear(&p.depth, x, y);
+    let (gx, gy) = p.skin.grad(x, y);
+    d / (1.0 + gx * gx + gy * gy).sqrt()
+}
+
+/// Computes every measurement for an outline (local `(x, y)` polygon, counter-clockwise).
+fn measure_outline(
+    p: &Prepared,
+    outline: &[[f64; 2]],
+    boundary: Boundary,
+    method: OutlineMethod,
+    cfg: &MeasureConfig,
+    vol: &TsdfVolume,
+) -> WoundMeasurements {
+    let f = &p.field;
+    let skin = &p.skin;
+    let step = f.cell / 2.0;
+    let outline_area = integrate_polygon(outline, step, |x, y| {
+        let (gx, gy) = skin.grad(x, y);
+        (1.0 + gx * gx + gy * gy).sqrt()
+    });
+    let volume = integrate_polygon(outline, step, |x, y| f.bilinear(&p.depth, x, y).max(0.0));
+    let bed_area = integrate_polygon(outline, step, |x, y| {
+        let gx = f.bilinear(&p.grad_h.0, x, y);
+        let gy = f.bilinear(&p.grad_h.1, x, y);
+        (1.0 + gx * gx + gy * gy).sqrt()
+    });
+    let outline3: Vec<Vec3> = outline.iter().map(|q| f.world(q[0], q[1], skin.eval(q[0], q[1]))).collect();
+    let perimeter: f64 = (0..outline3.len()).map(|i| (outline3[(i + 1) % outline3.len()] - outline3[i]).norm()).sum();
+    let n = outline.len() as f64;
+    let (cx, cy) = outline.iter().fold((0.0, 0.0), |s, q| (s.0 + q[0] / n, s.1 + q[1] / n));
+    let (gx, gy) = skin.grad(cx, cy);
+    let normal = (f.n - f.e1 * gx - f.e2 * gy).normalized();
+    let centre = f.world(cx, cy, skin.eval(cx, cy));
+    let (length, width) = length_width(&outline3, normal);
+    let mut ends = [outline3[0], outline3[0]];
+    let mut best = 0.0;
+    for a in &outline3 {
+        for b in &outline3 {
+            let d = (*a - *b).norm();
+            if d > best {
+                best = d;
+                ends = [*a, *b];
+            }
+        }
+    }
+
+    // Deepest point: quadratic fit around the deepest cell, to average out noise.
+    let side = f.side();
+    let mut best_cell = None;
+    let mut best_d = f64::NEG_INFINITY;
+    let mut sigma_sum = 0.0;
+    let mut sigma_n = 0.0;
+    for j in 0..side {
+        for i in 0..side {
+            let (x, y) = f.xy(i, j);
+            if !point_in_polygon([x, y], outline) {
+                continue;
+            }
+            let d = normal_depth(p, x, y);
+            if d > best_d {
+                best_d = d;
+                best_cell = Some((x, y));
+            }
+            let w = f.w[[j, i]];
+            if w > 0.0 {
+                sigma_sum += vol.sigma_for_weight(w);
+                sigma_n += 1.0;
+            }
+        }
+    }
+    let sigma_h = if sigma_n > 0.0 { sigma_sum / sigma_n } else { f64::from(vol.config().noise_sigma_at_reference_m) };
+    let mut max_depth = best_d.max(0.0);
+    if let Some((x0, y0)) = best_cell {
+        let r = 1.5e-3;
+        let mut pts = Vec::new();
+        let k = (r / f.cell) as i64;
+        for dj in -k..=k {
+            for di in -k..=k {
+                let (x, y) = (x0 + di as f64 * f.cell, y0 + dj as f64 * f.cell);
+                pts.push([x - x0, y - y0, normal_depth(p, x, y)]);
+            }
+        }
+        if let Some(q) = Skin::fit(&pts, 2, 0.001) {
+            // Vertex of the fitted paraboloid, if it lies within the window.
+            let c = &q.coef; // terms: 1, u, v, u², uv, v²
+            let (a, b, cc, d, e, ff) = (c[0], c[1], c[2], c[3], c[4], c[5]);
+            let det = 4.0 * d * ff - e * e;
+            if det > 0.0 && d < 0.0 {
+                let u = (e * cc - 2.0 * ff * b) / det;
+                let v = (e * b - 2.0 * d * cc) / det;
+                if u.abs() <= r / 0.001 && v.abs() <= r / 0.001 {
+                    max_depth = a + b * u + cc * v + d * u * u + e * u * v + ff * v * v;
+                }
+            } else {
+                max_depth = a;
+            }
+        }
+    }
+
+    let k = cfg.coverage_factor;
+    let vs = vol.voxel_size();
+    // Skin surface uncertainty over the wound: fit noise extrapolated into the hole plus
+    // the disagreement between the two skin models.
+    let p_terms = terms(skin.degree).len() as f64;
+    let sigma_skin =
+        (skin.rms.powi(2) * 4.0 * p_terms / skin.n_points.max(1) as f64 + p.alt_skin_delta.powi(2) * 0.25).sqrt();
+    // Systematic sub-voxel floor of the fused surface position.
+    let floor = 0.1 * vs;
+    let delta_b = k * boundary.sigma_m + boundary.systematic_m + floor;
+    // Extremes (length, width) also pick up the outline's local roughness.
+    let smooth = taubin(outline, 30);
+    let rough = (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
+        / outline.len() as f64)
+        .sqrt();
+    let area_u = perimeter * delta_b + outline_area * 0.002;
+    let vol_u = outline_area * (k * sigma_skin + floor) + perimeter * delta_b * 1.0e-3 + volume * 0.01;
+    let depth_u = k * (sigma_h + sigma_skin) + floor + 0.05e-3;
+    let to_mm = 1e3;
+    let to_mm2 = 1e6;
+    let to_mm3 = 1e9;
+    let mm = |v: f64, u: f64, s: f64| Measurement { value: v * s, uncertainty: u * s };
+    WoundMeasurements {
+        outline_area_mm2: mm(outline_area, area_u, to_mm2),
+        bed_area_mm2: mm(bed_area, area_u * 1.2 + bed_area * 0.01, to_mm2),
+        perimeter_mm: mm(perimeter, std::f64::consts::TAU * delta_b + perimeter * 0.03, to_mm),
+        length_mm: mm(length, 2.0 * (delta_b + k * rough) + 0.2 * vs, to_mm),
+        width_mm: mm(width, 2.0 * (delta_b + k * rough) + 0.2 * vs, to_mm),
+        max_depth_mm: mm(max_depth, depth_u, to_mm),
+        mean_depth_mm: mm(
+            volume / outline_area.max(1e-12),
+            (vol_u / volume.max(1e-15) + area_u / outline_area.max(1e-12)) * volume / outline_area.max(1e-12),
+            to_mm,
+        ),
+        volume_mm3: mm(volume, vol_u, to_mm3),
+        outline_world: outline3,
+        centre_world: centre,
+        normal_world: normal,
+        length_endpoints_world: ends,
+        method,
+        skin_model: if skin.degree == 2 { SkinModel::Quadratic } else { SkinModel::Quartic },
+        skin_residual_mm: skin.rms * 1e3,
+        missing_fraction: p.missing_fraction,
+    }
+}
+
+/// Local plane at `target` from the surrounding surface: (point on plane, outward normal).
+fn local_plane(vol: &TsdfVolume, target: Vec3, radius: f64) -> Result<(Vec3, Vec3), ReconError> {
+    let (pts, grad) = surface_points(vol, target, radius);
+    let (c, mut n) = ransac_plane(&pts, 1.5e-3)
+        .ok_or_else(|| ReconError::NotEnoughData("no fused surface near the target".into()))?;
+    if n.dot(grad) < 0.0 {
+        n = -n;
+    }
+    let origin = target - n * (target - c).dot(n);
+    Ok((origin, n))
+}
+
+fn smooth_closed(v: &[f64], half: usize) -> Vec<f64> {
+    let n = v.len();
+    (0..n)
+        .map(|i| {
+            let mut s = 0.0;
+            for k in 0..=2 * half {
+                s += v[(i + n + k - half) % n];
+            }
+            s / (2 * half + 1) as f64
+        })
+        .collect()
+}
+
+/// Taubin (λ|μ) smoothing of a closed polyline: removes vertex noise without the
+/// shrinkage plain Laplacian smoothing causes.
+fn taubin(p: &[[f64; 2]], iterations: usize) -> Vec<[f64; 2]> {
+    let n = p.len();
+    let mut cur = p.to_vec();
+    for _ in 0..iterations {
+        for factor in [0.5, -0.53] {
+            let prev = cur.clone();
+            for i in 0..n {
+                let (a, b) = (prev[(i + n - 1) % n], prev[(i + 1) % n]);
+                for k in 0..2 {
+                    cur[i][k] = prev[i][k] + factor * (0.5 * (a[k] + b[k]) - prev[i][k]);
+                }
+            }
+        }
+    }
+    cur
+}
+
+/// Error function (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
+fn erf(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let y = 1.0
+        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t + 0.254_829_592)
+            * t
+            * (-x * x).exp();
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
+}
+
+/// Basis of the blurred rim model at inward distance `u` from the rim: the ramp
+/// `max(u, 0)` and the half parabola `max(u, 0)²`, each convolved with a Gaussian of
+/// standard deviation `sigma` (closed forms).
+fn blurred_basis(u: f64, sigma: f64) -> (f64, f64) {
+    let z = u / sigma;
+    let cdf = 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2));
+    let pdf = (-0.5 * z * z).exp() / (std::f64::consts::TAU).sqrt();
+    (u * cdf + sigma * pdf, (u * u + sigma * sigma) * cdf + u * sigma * pdf)
+}
+
+/// Least-squares fit of `b + m·R(s - s0) + c·Q(s - s0)` to a profile for a fixed rim
+/// position `s0` and blur `sigma`; returns the residual sum of squares (and the slope).
+fn rim_model_sse(profile: &[(f64, f64)], s0: f64, sigma: f64) -> (f64, f64) {
+    let mut ne = NormalEquations::new(3);
+    let mut rows = Vec::with_capacity(profile.len());
+    for &(s, d) in profile {
+        let (r, q) = blurred_basis(s - s0, sigma);
+        let row = [1.0, r, q];
+        ne.add(&row, d, 1.0);
+        rows.push((row, d));
+    }
+    let Some(c) = ne.solve() else { return (f64::INFINITY, 0.0) };
+    if c[1] <= 0.05 {
+        return (f64::INFINITY, c[1]);
+    }
+    let sse = rows.iter().map(|(r, d)| (r[0] * c[0] + r[1] * c[1] + r[2] * c[2] - d).powi(2)).sum();
+    (sse, c[1])
+}
+
+/// Best rim offset (outward, mm) for one profile and blur, by grid search refined by a parabola.
+fn best_rim_offset(profile: &[(f64, f64)], sigma: f64, lo: f64, hi: f64, step: f64) -> (f64, f64) {
+    let n = ((hi - lo) / step).round() as usize;
+    let sse: Vec<f64> = (0..=n).map(|k| rim_model_sse(profile, -(lo + step * k as f64), sigma).0).collect();
+    let (kbest, &best) = sse.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &f64::INFINITY));
+    let mut t = lo + step * kbest as f64;
+    if kbest > 0 && kbest < n {
+        let (a, b, c) = (sse[kbest - 1], best, sse[kbest + 1]);
+        let den = a - 2.0 * b + c;
+        if den > 0.0 && den.is_finite() {
+            t += step * (0.5 * (a - c) / den).clamp(-0.5, 0.5);
+        }
+    }
+    (t, best)
+}
+
+/// Keeps a profile `(inward distance, depth)` from the skin side up to where the wall
+/// first gets deeper than `cap` (mm).
+fn wall_window(mut prof: Vec<(f64, f64)>, cap: f64) -> Vec<(f64, f64)> {
+    prof.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut out = Vec::with_capacity(prof.len());
+    for &(s, d) in &prof {
+        if s > 0.0 && d > cap {
+            break;
+        }
+        out.push((s, d));
+    }
+    out
+}
+
+/// Locates the rim (where the wound wall meets the skin) along the outward normals of
+/// the `rim_level_m` contour by fitting a blurred-corner model to the depth profile.
+///
+/// Fusion blurs the rim crease (pixel footprint, noise, pose jitter, voxels), so the
+/// measured profile near the rim is the true profile — zero on the skin, a wall of
+/// slope `m` and curvature `c` inside — convolved with a Gaussian of width `σ`. With
+/// `s` the inward distance, the model `b + m·R(s − s0; σ) + c·Q(s − s0; σ)` (closed
+/// forms of the blurred ramp and half parabola) is linear in `b, m, c`; the rim `s0`
+/// and one `σ` for the whole outline are found by search. Profiles are averaged over
+/// a few millimetres of outline. Returns the rim, the scatter of the single offsets
+/// about their smoothed curve, the fitted `σ`, and the mean offset (metres).
+#[allow(clippy::needless_range_loop)] // per-vertex index across several parallel arrays
+fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64; 2]>, f64, f64, f64) {
+    let m = outline.len();
+    // Work in millimetres.
+    let (t_min, t_max, dt) = (-4.5f64, 4.0f64, 0.2f64);
+    let nt = ((t_max - t_min) / dt).round() as usize + 1;
+    let normals: Vec<[f64; 2]> = (0..m)
+        .map(|i| {
+            let (a, b) = (outline[(i + m - 2) % m], outline[(i + 2) % m]);
+            let (tx, ty) = (b[0] - a[0], b[1] - a[1]);
+            let tl = (tx * tx + ty * ty).sqrt().max(1e-12);
+            [ty / tl, -tx / tl]
+        })
+        .collect();
+    let raw: Vec<Vec<f64>> = (0..m)
+        .map(|i| {
+            (0..nt)
+                .map(|k| {
+                    let t = (t_min + dt * k as f64) * 1e-3;
+                    let (x, y) = (outline[i][0] + normals[i][0] * t, outline[i][1] + normals[i][1] * t);
+                    normal_depth(p, x, y) * 1e3
+                })
+                .collect()
+        })
+        .collect();
+    let perim: f64 = (0..m)
+        .map(|i| {
+            let (a, b) = (outline[i], outline[(i + 1) % m]);
+            ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt()
+        })
+        .sum();
+    let cap = cfg.rim_upper_m * 1e3;
+    // One blur for the whole outline, from the mean profiles of eight sectors (the
+    // mean over many vertices pins the blur far better than any single window).
+    let (lo, hi) = (-0.6, 3.0);
+    // Sectors of about 5 mm of outline: their mean profiles are averaged over ~10–15
+    // vertices, enough to pin the blurred-corner fit; vertices in between interpolate.
+    let sectors = ((perim / 5e-3).round() as usize).clamp(8, 64).min(m);
+    let sector_profiles: Vec<Vec<(f64, f64)>> = (0..sectors)
+        .map(|q| {
+            let (a, b) = (q * m / sectors, (q + 1) * m / sectors);
+            let mut prof = Vec::with_capacity(nt);
+            for k in 0..nt {
+                let (mut s, mut c) = (0.0, 0.0);
+                for r in &raw[a..b] {
+                    if r[k].is_finite() {
+                        s += r[k];
+                        c += 1.0;
+                    }
+                }
+                if c > 0.0 {
+                    prof.push((-(t_min + dt * k as f64), s / c));
+                }
+            }
+            wall_window(prof, cap)
+        })
+        .collect();
+    let mut best_sigma = (f64::INFINITY, 0.8);
+    let mut sigma = 0.3;
+    while sigma <= 2.0 + 1e-9 {
+        let total: f64 = sector_profiles.iter().map(|pr| best_rim_offset(pr, sigma, lo, hi, 0.02).1).sum();
+        if total < best_sigma.0 {
+            best_sigma = (total, sigma);
+        }
+        sigma += 0.05;
+    }
+    let sigma = best_sigma.1;
+    let sector_off: Vec<f64> =
+        sector_profiles.iter().map(|pr| if pr.len() < 8 { f64::NAN } else { best_rim_offset(pr, sigma, lo, hi, 0.01).0 * 1e-3 }).collect();
+    let finite: Vec<f64> = sector_off.iter().copied().filter(|v| v.is_finite()).collect();
+    let fallback = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
+    let sector_off: Vec<f64> = sector_off.iter().map(|v| if v.is_finite() { *v } else { fallback }).collect();
+    // Per vertex: linear interpolation between sector centres (periodic).
+    let offsets: Vec<f64> = (0..m)
+        .map(|i| {
+            let pos = (i as f64 + 0.5) * sectors as f64 / m as f64 - 0.5;
+            let k0 = pos.floor();
+            let t = pos - k0;
+            let k0 = (k0 as i64).rem_euclid(sectors as i64) as usize;
+            sector_off[k0] * (1.0 - t) + sector_off[(k0 + 1) % sectors] * t
+        })
+        .collect();
+    let smooth = offsets.clone();
+    let sector_smooth = smooth_closed(&sector_off, 1);
+    let sector_scatter = (sector_off.iter().zip(&sector_smooth).map(|(a, b)| (a - b).powi(2)).sum::<f64>()
+        / sectors as f64)
+        .sqrt();
+    let resid = sector_scatter;
+    let rim: Vec<[f64; 2]> = (0..m)
+        .map(|i| [outline[i][0] + normals[i][0] * smooth[i], outline[i][1] + normals[i][1] * smooth[i]])
+        .collect();
+    let rim = taubin(&rim, 10);
+    let mean_offset = smooth.iter().sum::<f64>() / m as f64;
+    (rim, resid, sigma * 1e-3, mean_offset)
+}
+
+/// Automatic segmentation and measurement of the wound at `target` (a world point on
+/// or near the wound, e.g. where the clinician tapped, or the centre of the scan).
+pub fn measure_auto(vol: &TsdfVolume, target: Vec3, cfg: &MeasureConfig) -> Result<WoundMeasurements, ReconError> {
+    let (origin, n) = local_plane(vol, target, cfg.max_radius_m * 0.6)?;
+    let field = HeightField::build(vol, origin, n, cfg.max_radius_m * 0.75, cfg.cell_m);
+    let side = field.side();
+    let c = field.half;
+
+    // First pass: skin from everything within reach, excluding cells far below it.
+    let mut pts: Vec<[f64; 3]> = Vec::new();
+    for j in 0..side {
+        for i in 0..side {
+            let h = field.h[[j, i]];
+            if h.is_finite() {
+                let (x, y) = field.xy(i, j);
+                pts.push([x, y, h]);
+            }
+        }
+    }
+    if pts.len() < 100 {
+        return Err(ReconError::NotEnoughData("no fused surface near the target".into()));
+    }
+    let mut skin = Skin { degree: 0, coef: vec![0.0], scale: 0.02, rms: 0.0, n_points: 0 };
+    for _ in 0..8 {
+        let kept: Vec<[f64; 3]> =
+            pts.iter().copied().filter(|p| (p[2] - skin.eval(p[0], p[1])).abs() < 0.8e-3).collect();
+        if let Some(s) = Skin::fit(&kept, 2, 0.02) {
+            skin = s;
+        }
+    }
+    let mut d0 = Array2::from_elem((side, side), f64::NAN);
+    for j in 0..side {
+        for i in 0..side {
+            let (x, y) = field.xy(i, j);
+            d0[[j, i]] = skin.eval(x, y) - field.h[[j, i]];
+        }
+    }
+    let core_ok = d0.mapv(|d| d.is_finite() && d > cfg.core_depth_m);
+    // Seed: the core cell nearest to the target.
+    let mut seed = None;
+    let mut best = f64::INFINITY;
+    for j in 0..side {
+        for i in 0..side {
+            if core_ok[[j, i]] {
+                let r2 = (i as f64 - c as f64).powi(2) + (j as f64 - c as f64).powi(2);
+                if r2 < best {
+                    best = r2;
+                    seed = Some((i, j));
+                }
+            }
+        }
+    }
+    let seed = seed.filter(|_| best.sqrt() * cfg.cell_m < 0.015).ok_or_else(|| {
+        ReconError::SegmentationFailed("no depression deeper than the threshold near the target".into())
+    })?;
+    let core = flood(&core_ok, seed);
+    let grow_ok = d0.mapv(|d| d.is_finite() && d > cfg.rim_low_m);
+    // Grow from the core (hysteresis), then fill holes.
+    let mut region = Array2::from_elem((side, side), false);
+    let mut stack: Vec<(usize, usize)> = Vec::new();
+    for j in 0..side {
+        for i in 0..side {
+            if core[[j, i]] {
+                region[[j, i]] = true;
+                stack.push((i, j));
+            }
+        }
+    }
+    while let Some((i, j)) = stack.pop() {
+        for (di, dj) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
+            let (ii, jj) = (i as i64 + di, j as i64 + dj);
+            if ii < 0 || jj < 0 || ii as usize >= side || jj as usize >= side {
+                continue;
+            }
+            let (ii, jj) = (ii as usize, jj as usize);
+            if grow_ok[[jj, ii]] && !region[[jj, ii]] {
+                region[[jj, ii]] = true;
+                stack.push((ii, jj));
+            }
+        }
+    }
+    let outside = flood(&region.mapv(|v| !v), (0, 0));
+    let region = outside.mapv(|v| !v);
+    for j in 0..side {
+        if region[[j, 0]] || region[[j, side - 1]] || region[[0, j]] || region[[side - 1, j]] {
+            return Err(ReconError::SegmentationFailed("the depression reaches the edge of the search area".into()));
+        }
+    }
+
+    let prepared = prepare(field, &region, cfg)?;
+    let f = &prepared.field;
+
+    // Outline: contour of the normal depth, restricted to the region (dilated by 2 mm).
+    let near = distance_to(&region).mapv(|d| d * f.cell <= 2e-3);
+    let mut nd = Array2::from_elem((side, side), f64::NAN);
+    for j in 0..side {
+        for i in 0..side {
+            if near[[j, i]] {
+                let (x, y) = f.xy(i, j);
+                nd[[j, i]] = normal_depth(&prepared, x, y);
+            }
+        }
+    }
+    let (sx, sy) = f.xy(seed.0, seed.1);
+    let loops = contours(f, &nd, cfg.rim_level_m);
+    let mut outline = loops
+        .into_iter()
+        .filter(|l| point_in_polygon([sx, sy], l))
+        .max_by(|a, b| shoelace(a).abs().total_cmp(&shoelace(b).abs()))
+        .ok_or_else(|| ReconError::SegmentationFailed("no closed outline around the wound".into()))?;
+    if shoelace(&outline) < 0.0 {
+        outline.reverse();
+    }
+
+    let outline = taubin(&outline, 5);
+    let (rim, scatter, blur, _offset) = fit_rim(&prepared, &outline, cfg);
+    // The model's error (wall shape beyond a parabola, blur not exactly Gaussian or
+    // not the same all around) scales with the blur: a tenth of it, from the phantoms.
+    let boundary = Boundary { sigma_m: scatter, systematic_m: 0.1 * blur };
+    Ok(measure_outline(&prepared, &rim, boundary, OutlineMethod::Automatic, cfg, vol))
+}
+
+/// Measurement with a clinician-drawn outline: `polygon_px` are image coordinates
+/// `[u, v]` in a keyframe taken with `intrinsics` from `pose` (world-from-camera).
+pub fn measure_polygon(
+    vol: &TsdfVolume,
+    polygon_px: &[[f64; 2]],
+    intrinsics: &Intrinsics,
+    pose: &Pose,
+    cfg: &MeasureConfig,
+) -> Result<WoundMeasurements, ReconError> {
+    intrinsics.validate()?;
+    pose.validate()?;
+    if polygon_px.len() < 3 {
+        return Err(ReconError::SegmentationFailed("a polygon needs at least 3 points".into()));
+    }
+    // Densify to ~0.5 px and cast every point onto the fused surface.
+    let mut px = Vec::new();
+    for i in 0..polygon_px.len() {
+        let (a, b) = (polygon_px[i], polygon_px[(i + 1) % polygon_px.len()]);
+        let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
+        let k = (len / 0.5).ceil().max(1.0) as usize;
+        for s in 0..k {
+            let t = s as f64 / k as f64;
+            px.push([a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t]);
+        }
+    }
+    let o = pose.position();
+    let mut sampler = vol.sampler();
+    let mut hits = Vec::new();
+    for q in &px {
+        let dir = pose.rotate(intrinsics.ray(q[0], q[1])).normalized();
+        if let Some(t) = sampler.raycast(o, dir, 0.05, 1.0) {
+            hits.push(o + dir * t);
+        }
+    }
+    if hits.len() * 10 < px.len() * 8 {
+        return Err(ReconError::SegmentationFailed("the outline does not lie on the reconstructed surface".into()));
+    }
+    let centroid = hits.iter().fold(Vec3::ZERO, |s, p| s + *p) * (1.0 / hits.len() as f64);
+    let radius = hits.iter().map(|p| (*p - centroid).norm()).fold(0.0, f64::max);
+    // The outline itself lies on skin: its plane orients the local frame.
+    let (c, mut n) = ransac_plane(&hits, 2e-3)
+        .or_else(|| ransac_plane(&hits.repeat(10), 2e-3))
+        .ok_or_else(|| ReconError::NotEnoughData("outline too small".into()))?;
+    if n.dot(o - c) < 0.0 {
+        n = -n;
+    }
+    let origin = centroid - n * (centroid - c).dot(n);
+    let half = radius + cfg.skin_margin_m + cfg.skin_ring_m + 0.004;
+    let field = HeightField::build(vol, origin, n, half, cfg.cell_m);
+    let mut outline: Vec<[f64; 2]> = hits
+        .iter()
+        .map(|p| {
+            let l = field.local(*p);
+            [l[0], l[1]]
+        })
+        .collect();
+    if shoelace(&outline) < 0.0 {
+        outline.reverse();
+    }
+    let side = field.side();
+    let mut wound = Array2::from_elem((side, side), false);
+    for j in 0..side {
+        for i in 0..side {
+            let (x, y) = field.xy(i, j);
+            wound[[j, i]] = point_in_polygon([x, y], &outline);
+        }
+    }
+    let prepared = prepare(field, &wound, cfg)?;
+    // A traced outline is only as good as its pixels: half a pixel on the surface.
+    let dist = (centroid - o).norm();
+    let half_px = 0.5 * dist / intrinsics.fx;
+    let boundary = Boundary { sigma_m: half_px, systematic_m: 0.0 };
+    Ok(measure_outline(&prepared, &outline, boundary, OutlineMethod::ClinicianPolygon, cfg, vol))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polygon_integration_of_a_unit_square_and_circle() {
+        let sq = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]];
+        assert!((integrate_polygon(&sq, 0.01, |_, _| 1.0) - 1.0).abs() < 1e-9);
+        assert!((integrate_polygon(&sq, 0.01, |x, _| x) - 0.5).abs() < 1e-6);
+        let circle: Vec<[f64; 2]> = (0..2000)
+            .map(|i| {
+                let a = f64::from(i) * std::f64::consts::TAU / 2000.0;
+                [a.cos(), a.sin()]
+            })
+            .collect();
+        let a = integrate_polygon(&circle, 0.002, |_, _| 1.0);
+        assert!((a - std::f64::consts::PI).abs() < 1e-4, "{a}");
+        assert!(point_in_polygon([0.1, 0.2], &circle) && !point_in_polygon([0.9, 0.9], &circle));
+    }
+
+    #[test]
+    fn skin_fit_recovers_a_quadratic() {
+        let mut pts = Vec::new();
+        for i in -20..=20 {
+            for j in -20..=20 {
+                let (x, y) = (f64::from(i) * 1e-3, f64::from(j) * 1e-3);
+                pts.push([x, y, 0.001 + 0.1 * x - 3.0 * x * x + 2.0 * x * y]);
+            }
+        }
+        let s = Skin::fit_robust(&pts, 2, 0.02).unwrap();
+        assert!((s.eval(0.01, -0.005) - (0.001 + 0.001 - 3e-4 - 1e-4)).abs() < 1e-12);
+        let (gx, gy) = s.grad(0.0, 0.0);
+        assert!((gx - 0.1).abs() < 1e-9 && gy.abs() < 1e-9);
+    }
+
+    #[test]
+    fn distance_transform_measures_cells() {
+        let mut m = Array2::from_elem((11, 11), false);
+        m[[5, 5]] = true;
+        let d = distance_to(&m);
+        assert_eq!(d[[5, 8]], 3.0);
+        assert!((d[[8, 8]] - 3.0 * std::f64::consts::SQRT_2).abs() < 1e-12);
+    }
+}

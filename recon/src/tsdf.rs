@@ -1,0 +1,935 @@
+//! Incremental TSDF fusion on a sparse grid of 8³-voxel bricks.
+//!
+//! Owns the volume: brick storage and its hash index, per-frame integration,
+//! trilinear sampling, ray casting, memory accounting and scan coverage.
+//!
+//! Integration of one frame is two passes over reusable scratch buffers (no per-frame
+//! allocation once warm):
+//! 1. per pixel: validity, a weight from the confidence level, the distance noise law
+//!    (inverse variance) and the view angle (from the depth map's local normal); pixels
+//!    at depth discontinuities are dropped. Every second pixel then marks the bricks
+//!    its truncation band passes through, allocating missing ones;
+//! 2. per touched brick: each voxel centre is projected into the depth map and updated
+//!    with the truncated projective distance (weighted running average).
+//!
+//! Weights are inverse variances relative to a high-confidence measurement at the
+//! reference depth, so `noise_sigma_at_reference_m / sqrt(weight)` is the standard
+//! deviation of a fused value: the measurement module uses this for its uncertainties.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use crate::geometry::{DepthImage, Frame, Intrinsics, Pose, Vec3};
+use crate::ReconError;
+
+/// Voxels per brick edge.
+pub const BRICK: usize = 8;
+/// Voxels per brick.
+pub const BRICK_VOXELS: usize = BRICK * BRICK * BRICK;
+
+/// Integer coordinates of a brick (voxel coordinates divided by [`BRICK`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BrickKey {
+    /// Brick x.
+    pub x: i32,
+    /// Brick y.
+    pub y: i32,
+    /// Brick z.
+    pub z: i32,
+}
+
+impl BrickKey {
+    /// Builds a key.
+    pub const fn new(x: i32, y: i32, z: i32) -> Self {
+        BrickKey { x, y, z }
+    }
+
+    /// The key offset by `(dx, dy, dz)` bricks.
+    pub fn offset(self, dx: i32, dy: i32, dz: i32) -> Self {
+        BrickKey::new(self.x + dx, self.y + dy, self.z + dz)
+    }
+}
+
+/// Multiply-rotate hasher for brick keys (FxHash-style): SipHash is several times
+/// slower and hash-flooding is not a concern for keys computed from our own geometry.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn write_i32(&mut self, i: i32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(i as u32)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Hash map keyed by brick coordinates.
+pub type BrickMap<V> = HashMap<BrickKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// One brick: normalised TSDF values in [-1, 1] and fusion weights, x fastest.
+#[derive(Clone)]
+pub(crate) struct Brick {
+    pub(crate) sdf: [f32; BRICK_VOXELS],
+    pub(crate) weight: [f32; BRICK_VOXELS],
+    pub(crate) key: BrickKey,
+    last_frame: u32,
+    /// Integration counter value when this brick last changed.
+    pub(crate) modified: u64,
+}
+
+/// Axis-aligned box in world coordinates, metres.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aabb {
+    /// Minimum corner.
+    pub min: Vec3,
+    /// Maximum corner.
+    pub max: Vec3,
+}
+
+impl Aabb {
+    /// A cube of half-size `half` around `centre`.
+    pub fn around(centre: Vec3, half: f64) -> Self {
+        let h = Vec3::new(half, half, half);
+        Aabb { min: centre - h, max: centre + h }
+    }
+
+    fn intersects(&self, min: Vec3, max: Vec3) -> bool {
+        min.x <= self.max.x
+            && max.x >= self.min.x
+            && min.y <= self.max.y
+            && max.y >= self.min.y
+            && min.z <= self.max.z
+            && max.z >= self.min.z
+    }
+}
+
+/// Fusion settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TsdfConfig {
+    /// Voxel edge, metres (default 1 mm).
+    pub voxel_size_m: f32,
+    /// Truncation distance in voxels (default 4).
+    pub truncation_voxels: f32,
+    /// Depths outside [min, max] are ignored, metres.
+    pub depth_min_m: f32,
+    /// See `depth_min_m`.
+    pub depth_max_m: f32,
+    /// Pixels with a lower ARKit confidence are ignored.
+    pub min_confidence: u8,
+    /// Relative weight per confidence level 0, 1, 2 (inverse variance: 1/3², 1/1.5², 1).
+    pub confidence_weights: [f32; 3],
+    /// Depth noise at the reference depth for a high-confidence pixel, metres.
+    pub noise_sigma_at_reference_m: f32,
+    /// Reference depth of the noise law, metres.
+    pub reference_depth_m: f32,
+    /// Noise grows as `(depth / reference)^exponent`.
+    pub noise_exponent: f32,
+    /// Multiply weights by the cosine between the ray and the surface normal.
+    pub view_angle_weighting: bool,
+    /// A pixel whose depth differs from a 4-neighbour by more than this is an edge and dropped, metres.
+    pub edge_threshold_m: f32,
+    /// Cap on the accumulated weight of a voxel.
+    pub max_weight: f32,
+    /// Interpolate depth bilinearly between pixels instead of taking the nearest one
+    /// (slower; on the phantoms it did not improve the wound outline, so off by default).
+    pub bilinear_depth: bool,
+    /// Only bricks intersecting this box are allocated (the wound region).
+    pub roi: Option<Aabb>,
+    /// No bricks are allocated beyond this many bytes of volume memory (the index may
+    /// overshoot by at most [`MEMORY_SLACK_BYTES`]; the default keeps a scan ≤ 32 MiB).
+    pub memory_budget_bytes: usize,
+}
+
+impl Default for TsdfConfig {
+    fn default() -> Self {
+        TsdfConfig {
+            voxel_size_m: 0.001,
+            truncation_voxels: 4.0,
+            depth_min_m: 0.08,
+            depth_max_m: 0.8,
+            min_confidence: 0,
+            confidence_weights: [1.0 / 9.0, 1.0 / 2.25, 1.0],
+            noise_sigma_at_reference_m: 0.001,
+            reference_depth_m: 0.25,
+            noise_exponent: 2.0,
+            view_angle_weighting: true,
+            edge_threshold_m: 0.006,
+            max_weight: 1.0e4,
+            bilinear_depth: false,
+            roi: None,
+            memory_budget_bytes: (32 << 20) - MEMORY_SLACK_BYTES,
+        }
+    }
+}
+
+impl TsdfConfig {
+    /// Default settings with another voxel size (truncation stays 4 voxels).
+    pub fn with_voxel_size(voxel_size_m: f32) -> Self {
+        TsdfConfig { voxel_size_m, ..TsdfConfig::default() }
+    }
+
+    /// Truncation distance, metres.
+    pub fn truncation_m(&self) -> f32 {
+        self.voxel_size_m * self.truncation_voxels
+    }
+
+    fn validate(&self) -> Result<(), ReconError> {
+        let bad = |m: &str| Err(ReconError::InvalidConfig(m.to_string()));
+        if !(self.voxel_size_m > 0.0001 && self.voxel_size_m < 0.1) {
+            return bad("voxel size must be in (0.1 mm, 10 cm)");
+        }
+        if !(self.truncation_voxels >= 1.0 && self.truncation_voxels <= 32.0) {
+            return bad("truncation must be 1..=32 voxels");
+        }
+        if !(self.depth_min_m >= 0.0 && self.depth_max_m > self.depth_min_m) {
+            return bad("depth range is empty");
+        }
+        if !(self.noise_sigma_at_reference_m > 0.0 && self.reference_depth_m > 0.0) {
+            return bad("noise model must be positive");
+        }
+        if self.confidence_weights.iter().any(|w| w.is_nan() || *w < 0.0)
+            || self.max_weight.is_nan()
+            || self.max_weight <= 0.0
+        {
+            return bad("weights must be non-negative");
+        }
+        Ok(())
+    }
+}
+
+/// What one call to [`TsdfVolume::integrate`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IntegrateStats {
+    /// Pixels that contributed.
+    pub pixels_used: usize,
+    /// Bricks updated.
+    pub bricks_touched: usize,
+    /// Bricks newly allocated.
+    pub bricks_allocated: usize,
+    /// Bricks not allocated because of the memory budget.
+    pub bricks_refused: usize,
+    /// Voxel updates performed.
+    pub voxels_updated: usize,
+}
+
+/// Live scan progress around the wound.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Coverage {
+    /// Frames fused so far.
+    pub frames_integrated: u64,
+    /// Bricks allocated.
+    pub bricks: usize,
+    /// Bytes held by the volume.
+    pub memory_bytes: usize,
+    /// Fraction (0..1) of the disc of the requested radius around the target, seen
+    /// along the mean viewing direction, covered by confidently fused surface.
+    pub observed_fraction: f64,
+    /// Angle between the most different viewing directions onto the target, degrees.
+    pub view_spread_deg: f64,
+    /// Median fusion weight of surface voxels near the target.
+    pub median_surface_weight: f64,
+}
+
+/// A fused TSDF sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TsdfSample {
+    /// Signed distance, metres (positive in front of the surface).
+    pub sdf_m: f64,
+    /// Smallest fusion weight of the 8 voxels interpolated.
+    pub weight: f64,
+}
+
+/// The sparse TSDF volume of one scan.
+pub struct TsdfVolume {
+    cfg: TsdfConfig,
+    bricks: Vec<Box<Brick>>,
+    index: BrickMap<u32>,
+    frame_id: u32,
+    counter: u64,
+    camera_positions: Vec<Vec3>,
+    // Scratch, reused across frames.
+    rays_for: Option<Intrinsics>,
+    rays: Vec<[f32; 2]>,
+    pixel_weight: Vec<f32>,
+    scratch_bytes: usize,
+    touched: Vec<u32>,
+}
+
+impl std::fmt::Debug for TsdfVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TsdfVolume")
+            .field("config", &self.cfg)
+            .field("bricks", &self.bricks.len())
+            .field("frames", &self.counter)
+            .finish()
+    }
+}
+
+/// Headroom for one growth step of the brick index beyond the memory budget check.
+pub const MEMORY_SLACK_BYTES: usize = 256 << 10;
+
+/// Fusion weight from which a surface voxel counts as confidently observed in
+/// [`Coverage::observed_fraction`]: about four high-confidence views at 25 cm.
+pub const CONFIDENT_WEIGHT: f32 = 3.5;
+
+const BRICK_BYTES: usize = std::mem::size_of::<Brick>() + std::mem::size_of::<usize>();
+
+impl TsdfVolume {
+    /// An empty volume.
+    pub fn new(cfg: TsdfConfig) -> Result<Self, ReconError> {
+        cfg.validate()?;
+        Ok(TsdfVolume {
+            cfg,
+            bricks: Vec::new(),
+            index: BrickMap::default(),
+            frame_id: 0,
+            counter: 0,
+            camera_positions: Vec::new(),
+            rays_for: None,
+            rays: Vec::new(),
+            pixel_weight: Vec::new(),
+            scratch_bytes: 0,
+            touched: Vec::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TsdfConfig {
+        &self.cfg
+    }
+
+    /// Voxel edge, metres.
+    pub fn voxel_size(&self) -> f64 {
+        f64::from(self.cfg.voxel_size_m)
+    }
+
+    /// Number of allocated bricks.
+    pub fn brick_count(&self) -> usize {
+        self.bricks.len()
+    }
+
+    /// Number of frames integrated.
+    pub fn frames_integrated(&self) -> u64 {
+        self.counter
+    }
+
+    /// Integration counter value; bricks changed after a given value are "dirty".
+    pub fn generation(&self) -> u64 {
+        self.counter
+    }
+
+    /// Bytes held by the volume: bricks, index and scratch buffers.
+    pub fn memory_bytes(&self) -> usize {
+        let index = self.index.capacity() * (std::mem::size_of::<BrickKey>() + std::mem::size_of::<u32>() + 1);
+        // Scratch buffers are counted from a snapshot: they are moved out while a frame
+        // is being integrated, and the budget check must still see them.
+        let scratch = self.scratch_bytes
+            + self.touched.capacity() * 4
+            + self.camera_positions.capacity() * std::mem::size_of::<Vec3>();
+        self.bricks.capacity() * std::mem::size_of::<usize>()
+            + self.bricks.len() * std::mem::size_of::<Brick>()
+            + index
+            + scratch
+    }
+
+    /// Fuses one frame.
+    pub fn integrate(&mut self, frame: &Frame) -> Result<IntegrateStats, ReconError> {
+        self.integrate_parts(&frame.depth, &frame.intrinsics, &frame.pose)
+    }
+
+    /// Fuses one frame given as parts.
+    pub fn integrate_parts(
+        &mut self,
+        depth: &DepthImage,
+        intr: &Intrinsics,
+        pose: &Pose,
+    ) -> Result<IntegrateStats, ReconError> {
+        intr.validate()?;
+        pose.validate()?;
+        if intr.width != depth.width || intr.height != depth.height {
+            return Err(ReconError::DimensionMismatch {
+                what: "intrinsics vs depth image",
+                expected: intr.pixel_count(),
+                got: depth.depth.len(),
+            });
+        }
+        let n = intr.pixel_count();
+        if depth.depth.len() != n || depth.confidence.as_ref().is_some_and(|c| c.len() != n) {
+            return Err(ReconError::DimensionMismatch { what: "depth", expected: n, got: depth.depth.len() });
+        }
+        self.frame_id = self.frame_id.wrapping_add(1);
+        self.counter += 1;
+        self.camera_positions.push(pose.position());
+        let mut stats = IntegrateStats::default();
+        self.compute_pixel_weights(depth, intr, &mut stats);
+        self.scratch_bytes = self.pixel_weight.capacity() * 4 + self.rays.capacity() * 8;
+        self.allocate_bricks(depth, intr, pose, &mut stats);
+        self.update_bricks(depth, intr, pose, &mut stats);
+        Ok(stats)
+    }
+
+    fn ensure_rays(&mut self, intr: &Intrinsics) {
+        if self.rays_for.as_ref() != Some(intr) {
+            let (w, h) = (intr.width as usize, intr.height as usize);
+            self.rays.clear();
+            self.rays.reserve(w * h);
+            for j in 0..h {
+                for i in 0..w {
+                    let r = intr.ray(i as f64, j as f64);
+                    self.rays.push([r.x as f32, r.y as f32]);
+                }
+            }
+            self.rays_for = Some(*intr);
+        }
+    }
+
+    fn compute_pixel_weights(&mut self, depth: &DepthImage, intr: &Intrinsics, stats: &mut IntegrateStats) {
+        let cfg = self.cfg;
+        let (w, h) = (intr.width as usize, intr.height as usize);
+        let mut weights = std::mem::take(&mut self.pixel_weight);
+        weights.clear();
+        weights.resize(w * h, 0.0);
+        self.ensure_rays(intr);
+        let rays = &self.rays;
+        let d = &depth.depth;
+        let conf = depth.confidence.as_deref();
+        let (dmin, dmax, thr) = (cfg.depth_min_m, cfg.depth_max_m, cfg.edge_threshold_m);
+        let quartic_law = cfg.noise_exponent == 2.0;
+        let mut used = 0usize;
+        // The one-pixel border is skipped: its normal cannot be estimated.
+        for j in 1..h.saturating_sub(1) {
+            for i in 1..w - 1 {
+                let idx = j * w + i;
+                let z = d[idx];
+                if !(z >= dmin && z <= dmax) {
+                    continue;
+                }
+                let c = conf.map_or(2u8, |c| c[idx].min(2));
+                if c < cfg.min_confidence {
+                    continue;
+                }
+                let (zl, zr, zu, zd) = (d[idx - 1], d[idx + 1], d[idx - w], d[idx + w]);
+                // Depth edges (and holes next to the pixel) are dropped: their depth
+                // mixes foreground and background.
+                if !((zl - z).abs() <= thr && (zr - z).abs() <= thr && (zu - z).abs() <= thr && (zd - z).abs() <= thr) {
+                    continue;
+                }
+                let r = cfg.reference_depth_m / z;
+                let law = if quartic_law {
+                    let r2 = r * r;
+                    r2 * r2
+                } else {
+                    r.powf(2.0 * cfg.noise_exponent)
+                };
+                let mut wgt = cfg.confidence_weights[usize::from(c)] * law;
+                if cfg.view_angle_weighting {
+                    let (rl, rr, ru, rd) = (rays[idx - 1], rays[idx + 1], rays[idx - w], rays[idx + w]);
+                    let tx = [rr[0] * zr - rl[0] * zl, rr[1] * zr - rl[1] * zl, zr - zl];
+                    let ty = [rd[0] * zd - ru[0] * zu, rd[1] * zd - ru[1] * zu, zd - zu];
+                    let n =
+                        [tx[1] * ty[2] - tx[2] * ty[1], tx[2] * ty[0] - tx[0] * ty[2], tx[0] * ty[1] - tx[1] * ty[0]];
+                    let p = [rays[idx][0], rays[idx][1], 1.0];
+                    let np = n[0] * p[0] + n[1] * p[1] + n[2] * p[2];
+                    let nn = n[0] * n[0] + n[1] * n[1] + n[2] * n[2];
+                    let pp = p[0] * p[0] + p[1] * p[1] + 1.0;
+                    if nn > 0.0 {
+                        wgt *= (np * np / (nn * pp)).sqrt().max(0.1);
+                    }
+                }
+                weights[idx] = wgt;
+                used += 1;
+            }
+        }
+        stats.pixels_used = used;
+        self.pixel_weight = weights;
+    }
+
+    fn allocate_bricks(&mut self, depth: &DepthImage, intr: &Intrinsics, pose: &Pose, stats: &mut IntegrateStats) {
+        let cfg = self.cfg;
+        let (w, h) = (intr.width as usize, intr.height as usize);
+        let brick_m = cfg.voxel_size_m * BRICK as f32;
+        let inv_brick = 1.0 / brick_m;
+        let trunc = cfg.truncation_m();
+        let r = pose.rotation.map(|row| row.map(|v| v as f32));
+        let t = pose.translation.map(|v| v as f32);
+        self.ensure_rays(intr);
+        let rays = std::mem::take(&mut self.rays);
+        let weights = std::mem::take(&mut self.pixel_weight);
+        self.touched.clear();
+        let frame_id = self.frame_id;
+        let mut last_key: Option<BrickKey> = None;
+        let steps = [-0.75f32, -0.25, 0.25, 0.75];
+        for j in (0..h).step_by(2) {
+            for i in (0..w).step_by(2) {
+                let idx = j * w + i;
+                if weights[idx] <= 0.0 {
+                    continue;
+                }
+                let z = depth.depth[idx];
+                let [rx, ry] = rays[idx];
+                for s in steps {
+                    let zz = z + s * trunc;
+                    let pc = [rx * zz, ry * zz, zz];
+                    let pw = [
+                        r[0][0] * pc[0] + r[0][1] * pc[1] + r[0][2] * pc[2] + t[0],
+                        r[1][0] * pc[0] + r[1][1] * pc[1] + r[1][2] * pc[2] + t[1],
+                        r[2][0] * pc[0] + r[2][1] * pc[1] + r[2][2] * pc[2] + t[2],
+                    ];
+                    let key = BrickKey::new(
+                        (pw[0] * inv_brick).floor() as i32,
+                        (pw[1] * inv_brick).floor() as i32,
+                        (pw[2] * inv_brick).floor() as i32,
+                    );
+                    if last_key == Some(key) {
+                        continue;
+                    }
+                    last_key = Some(key);
+                    let slot = match self.index.get(&key) {
+                        Some(&s) => Some(s),
+                        None => self.try_allocate(key, stats),
+                    };
+                    if let Some(s) = slot {
+                        let b = &mut self.bricks[s as usize];
+                        if b.last_frame != frame_id {
+                            b.last_frame = frame_id;
+                            self.touched.push(s);
+                        }
+                    }
+                }
+            }
+        }
+        self.pixel_weight = weights;
+        self.rays = rays;
+    }
+
+    fn try_allocate(&mut self, key: BrickKey, stats: &mut IntegrateStats) -> Option<u32> {
+        if let Some(roi) = &self.cfg.roi {
+            let bm = self.voxel_size() * BRICK as f64;
+            let min = Vec3::new(f64::from(key.x) * bm, f64::from(key.y) * bm, f64::from(key.z) * bm);
+            let max = min + Vec3::new(bm, bm, bm);
+            if !roi.intersects(min, max) {
+                return None;
+            }
+        }
+        if self.memory_bytes() + BRICK_BYTES * 2 > self.cfg.memory_budget_bytes {
+            stats.bricks_refused += 1;
+            return None;
+        }
+        let slot = self.bricks.len() as u32;
+        self.bricks.push(Box::new(Brick {
+            sdf: [0.0; BRICK_VOXELS],
+            weight: [0.0; BRICK_VOXELS],
+            key,
+            last_frame: 0,
+            modified: 0,
+        }));
+        self.index.insert(key, slot);
+        stats.bricks_allocated += 1;
+        Some(slot)
+    }
+
+    fn update_bricks(&mut self, depth: &DepthImage, intr: &Intrinsics, pose: &Pose, stats: &mut IntegrateStats) {
+        let cfg = self.cfg;
+        let vs = cfg.voxel_size_m;
+        let trunc = cfg.truncation_m();
+        let inv_trunc = 1.0 / trunc;
+        let (w, h) = (intr.width as f32, intr.height as f32);
+        let wi = intr.width as usize;
+        let (fx, fy, cx, cy) = (intr.fx as f32, intr.fy as f32, intr.cx as f32 + 0.5, intr.cy as f32 + 0.5);
+        let cam = pose.inverse();
+        let rc = cam.rotation.map(|row| row.map(|v| v as f32));
+        let tc = cam.translation.map(|v| v as f32);
+        let step = |a: usize| [rc[0][a] * vs, rc[1][a] * vs, rc[2][a] * vs];
+        let (dx, dy, dz) = (step(0), step(1), step(2));
+        let zmin = cfg.depth_min_m;
+        let max_w = cfg.max_weight;
+        let weights = &self.pixel_weight;
+        let dep = &depth.depth;
+        let counter = self.counter;
+        let bilinear = cfg.bilinear_depth;
+        let mut updated = 0usize;
+        for &slot in &self.touched {
+            let b = &mut self.bricks[slot as usize];
+            let k = b.key;
+            let base = [
+                (k.x as f32 * BRICK as f32 + 0.5) * vs,
+                (k.y as f32 * BRICK as f32 + 0.5) * vs,
+                (k.z as f32 * BRICK as f32 + 0.5) * vs,
+            ];
+            let p0 = [
+                rc[0][0] * base[0] + rc[0][1] * base[1] + rc[0][2] * base[2] + tc[0],
+                rc[1][0] * base[0] + rc[1][1] * base[1] + rc[1][2] * base[2] + tc[1],
+                rc[2][0] * base[0] + rc[2][1] * base[1] + rc[2][2] * base[2] + tc[2],
+            ];
+            let mut changed = false;
+            for z in 0..BRICK {
+                let fz = z as f32;
+                for y in 0..BRICK {
+                    let fy_ = y as f32;
+                    let row = [
+                        p0[0] + dz[0] * fz + dy[0] * fy_,
+                        p0[1] + dz[1] * fz + dy[1] * fy_,
+                        p0[2] + dz[2] * fz + dy[2] * fy_,
+                    ];
+                    let vbase = (z * BRICK + y) * BRICK;
+                    for x in 0..BRICK {
+                        let fx_ = x as f32;
+                        let pz = row[2] + dx[2] * fx_;
+                        if pz < zmin {
+                            continue;
+                        }
+                        let inv = 1.0 / pz;
+                        let u = fx * (row[0] + dx[0] * fx_) * inv + cx;
+                        let v = fy * (row[1] + dx[1] * fx_) * inv + cy;
+                        if !(u >= 0.0 && v >= 0.0 && u < w && v < h) {
+                            continue;
+                        }
+                        let pix = v as usize * wi + u as usize;
+                        let mut pw = weights[pix];
+                        if pw <= 0.0 {
+                            continue;
+                        }
+                        let mut d = dep[pix];
+                        if bilinear {
+                            // Bilinear depth between the 4 surrounding pixel centres when all
+                            // are usable: nearest-pixel lookup blurs walls by a pixel footprint.
+                            let (bu, bv) = (u - 0.5, v - 0.5);
+                            if bu >= 0.0 && bv >= 0.0 && bu < w - 1.0 && bv < h - 1.0 {
+                                let (i0, j0) = (bu as usize, bv as usize);
+                                let (tx, ty) = (bu - i0 as f32, bv - j0 as f32);
+                                let p00 = j0 * wi + i0;
+                                let (w00, w10, w01, w11) =
+                                    (weights[p00], weights[p00 + 1], weights[p00 + wi], weights[p00 + wi + 1]);
+                                if w00 > 0.0 && w10 > 0.0 && w01 > 0.0 && w11 > 0.0 {
+                                    let (a, b2, c, e) = (dep[p00], dep[p00 + 1], dep[p00 + wi], dep[p00 + wi + 1]);
+                                    d = (a * (1.0 - tx) + b2 * tx) * (1.0 - ty) + (c * (1.0 - tx) + e * tx) * ty;
+                                    pw =
+                                        (w00 * (1.0 - tx) + w10 * tx) * (1.0 - ty) + (w01 * (1.0 - tx) + w11 * tx) * ty;
+                                }
+                            }
+                        }
+                        let sdf = d - pz;
+                        if sdf < -trunc {
+                            continue;
+                        }
+                        let tsdf = (sdf * inv_trunc).min(1.0);
+                        let vi = vbase + x;
+                        let w0 = b.weight[vi];
+                        let nw = w0 + pw;
+                        b.sdf[vi] = (b.sdf[vi] * w0 + tsdf * pw) / nw;
+                        b.weight[vi] = nw.min(max_w);
+                        changed = true;
+                        updated += 1;
+                    }
+                }
+            }
+            if changed {
+                b.modified = counter;
+            }
+        }
+        stats.bricks_touched = self.touched.len();
+        stats.voxels_updated = updated;
+    }
+
+    pub(crate) fn brick_slot(&self, key: BrickKey) -> Option<&Brick> {
+        self.index.get(&key).map(|&s| &*self.bricks[s as usize])
+    }
+
+    pub(crate) fn bricks(&self) -> impl Iterator<Item = &Brick> {
+        self.bricks.iter().map(|b| &**b)
+    }
+
+    /// Normalised TSDF value and weight of the voxel with global integer coordinates `g`.
+    pub fn voxel(&self, g: [i64; 3]) -> Option<(f32, f32)> {
+        let b = BRICK as i64;
+        let key = BrickKey::new(g[0].div_euclid(b) as i32, g[1].div_euclid(b) as i32, g[2].div_euclid(b) as i32);
+        let brick = self.brick_slot(key)?;
+        let i = ((g[2].rem_euclid(b) * b + g[1].rem_euclid(b)) * b + g[0].rem_euclid(b)) as usize;
+        Some((brick.sdf[i], brick.weight[i]))
+    }
+
+    /// A sampler with a one-brick cache, for many nearby lookups.
+    pub fn sampler(&self) -> Sampler<'_> {
+        Sampler { vol: self, cache: None }
+    }
+
+    /// Trilinear sample at a world point; `None` where any of the 8 voxels is unobserved.
+    pub fn sample(&self, p: Vec3) -> Option<TsdfSample> {
+        self.sampler().sample(p)
+    }
+
+    /// First surface crossing (front side, positive to negative) of the ray
+    /// `origin + t·dir` for `t` in `[t_min, t_max]`; `dir` must be a unit vector.
+    pub fn raycast(&self, origin: Vec3, dir: Vec3, t_min: f64, t_max: f64) -> Option<f64> {
+        self.sampler().raycast(origin, dir, t_min, t_max)
+    }
+
+    /// Live coverage of the disc of `radius_m` around `target`.
+    pub fn coverage(&self, target: Vec3, radius_m: f64) -> Coverage {
+        let mut mean_dir = Vec3::ZERO;
+        let dirs: Vec<Vec3> = self.camera_positions.iter().map(|c| (*c - target).normalized()).collect();
+        for d in &dirs {
+            mean_dir = mean_dir + *d;
+        }
+        let n = mean_dir.normalized();
+        let mut spread: f64 = 0.0;
+        for (i, a) in dirs.iter().enumerate() {
+            for b in dirs.iter().skip(i + 1).step_by(1 + dirs.len() / 200) {
+                spread = spread.max(a.dot(*b).clamp(-1.0, 1.0).acos());
+            }
+        }
+        let vs = self.voxel_size();
+        let mut observed_fraction = 0.0;
+        let mut median_w = 0.0;
+        if n.norm() > 0.5 && radius_m > 0.0 {
+            let e1 = n.any_perpendicular();
+            let e2 = n.cross(e1);
+            let cells = (radius_m / vs).ceil() as i64;
+            let side = (2 * cells + 1) as usize;
+            let mut grid = vec![false; side * side];
+            let mut ws = Vec::new();
+            let bm = vs * BRICK as f64;
+            let reach = radius_m + bm * 1.8;
+            let good = CONFIDENT_WEIGHT;
+            for b in self.bricks() {
+                let centre = Vec3::new(
+                    (f64::from(b.key.x) + 0.5) * bm,
+                    (f64::from(b.key.y) + 0.5) * bm,
+                    (f64::from(b.key.z) + 0.5) * bm,
+                );
+                let rel = centre - target;
+                if (rel - n * rel.dot(n)).norm() > reach {
+                    continue;
+                }
+                for (i, (&s, &w)) in b.sdf.iter().zip(b.weight.iter()).enumerate() {
+                    if w <= 0.0 || s.abs() > 0.25 {
+                        continue;
+                    }
+                    let (x, y, z) = (i % BRICK, (i / BRICK) % BRICK, i / (BRICK * BRICK));
+                    let p = Vec3::new(
+                        (f64::from(b.key.x) * 8.0 + x as f64 + 0.5) * vs,
+                        (f64::from(b.key.y) * 8.0 + y as f64 + 0.5) * vs,
+                        (f64::from(b.key.z) * 8.0 + z as f64 + 0.5) * vs,
+                    ) - target;
+                    let (a, c) = (p.dot(e1), p.dot(e2));
+                    if a * a + c * c > radius_m * radius_m {
+                        continue;
+                    }
+                    ws.push(w);
+                    if w >= good {
+                        let gi = ((a / vs).round() as i64 + cells) as usize;
+                        let gj = ((c / vs).round() as i64 + cells) as usize;
+                        grid[gj * side + gi] = true;
+                    }
+                }
+            }
+            let mut total = 0usize;
+            let mut hit = 0usize;
+            for gj in 0..side {
+                for gi in 0..side {
+                    let (a, c) = ((gi as f64 - cells as f64) * vs, (gj as f64 - cells as f64) * vs);
+                    if a * a + c * c <= radius_m * radius_m {
+                        total += 1;
+                        hit += usize::from(grid[gj * side + gi]);
+                    }
+                }
+            }
+            observed_fraction = hit as f64 / total.max(1) as f64;
+            if !ws.is_empty() {
+                let mid = ws.len() / 2;
+                ws.select_nth_unstable_by(mid, f32::total_cmp);
+                median_w = f64::from(ws[mid]);
+            }
+        }
+        Coverage {
+            frames_integrated: self.counter,
+            bricks: self.bricks.len(),
+            memory_bytes: self.memory_bytes(),
+            observed_fraction,
+            view_spread_deg: spread.to_degrees(),
+            median_surface_weight: median_w,
+        }
+    }
+
+    /// Standard deviation (metres) of a fused distance with fusion weight `weight`,
+    /// under the configured noise law.
+    pub fn sigma_for_weight(&self, weight: f64) -> f64 {
+        f64::from(self.cfg.noise_sigma_at_reference_m) / weight.max(1e-6).sqrt()
+    }
+}
+
+/// Cached TSDF lookups (remembers the last brick).
+pub struct Sampler<'a> {
+    vol: &'a TsdfVolume,
+    cache: Option<(BrickKey, Option<&'a Brick>)>,
+}
+
+impl<'a> Sampler<'a> {
+    fn brick(&mut self, key: BrickKey) -> Option<&'a Brick> {
+        if let Some((k, b)) = self.cache {
+            if k == key {
+                return b;
+            }
+        }
+        let b = self.vol.brick_slot(key);
+        self.cache = Some((key, b));
+        b
+    }
+
+    /// Normalised TSDF value and weight of a voxel by global integer coordinates.
+    pub fn voxel(&mut self, g: [i64; 3]) -> Option<(f32, f32)> {
+        let b = BRICK as i64;
+        let key = BrickKey::new(g[0].div_euclid(b) as i32, g[1].div_euclid(b) as i32, g[2].div_euclid(b) as i32);
+        let brick = self.brick(key)?;
+        let i = ((g[2].rem_euclid(b) * b + g[1].rem_euclid(b)) * b + g[0].rem_euclid(b)) as usize;
+        Some((brick.sdf[i], brick.weight[i]))
+    }
+
+    /// Trilinear sample at a world point.
+    pub fn sample(&mut self, p: Vec3) -> Option<TsdfSample> {
+        let vs = self.vol.voxel_size();
+        let q = [p.x / vs - 0.5, p.y / vs - 0.5, p.z / vs - 0.5];
+        let g0 = q.map(|v| v.floor());
+        let f = [q[0] - g0[0], q[1] - g0[1], q[2] - g0[2]];
+        let g = g0.map(|v| v as i64);
+        let mut acc = 0.0f64;
+        let mut wmin = f64::INFINITY;
+        for c in 0..8 {
+            let (ox, oy, oz) = (c & 1, (c >> 1) & 1, (c >> 2) & 1);
+            let (s, w) = self.voxel([g[0] + ox as i64, g[1] + oy as i64, g[2] + oz as i64])?;
+            if w <= 0.0 {
+                return None;
+            }
+            let wx = if ox == 1 { f[0] } else { 1.0 - f[0] };
+            let wy = if oy == 1 { f[1] } else { 1.0 - f[1] };
+            let wz = if oz == 1 { f[2] } else { 1.0 - f[2] };
+            acc += f64::from(s) * wx * wy * wz;
+            wmin = wmin.min(f64::from(w));
+        }
+        Some(TsdfSample { sdf_m: acc * f64::from(self.vol.cfg.truncation_m()), weight: wmin })
+    }
+
+    /// See [`TsdfVolume::raycast`].
+    pub fn raycast(&mut self, origin: Vec3, dir: Vec3, t_min: f64, t_max: f64) -> Option<f64> {
+        let vs = self.vol.voxel_size();
+        let trunc = f64::from(self.vol.cfg.truncation_m());
+        let mut t = t_min;
+        let mut prev: Option<(f64, f64)> = None;
+        while t <= t_max {
+            match self.sample(origin + dir * t) {
+                None => {
+                    prev = None;
+                    t += vs;
+                }
+                Some(s) => {
+                    if let Some((tp, sp)) = prev {
+                        if sp > 0.0 && s.sdf_m <= 0.0 {
+                            let mut lo = (tp, sp);
+                            let mut hi = (t, s.sdf_m);
+                            for _ in 0..3 {
+                                let tm = lo.0 + (hi.0 - lo.0) * lo.1 / (lo.1 - hi.1);
+                                match self.sample(origin + dir * tm) {
+                                    Some(m) if m.sdf_m > 0.0 => lo = (tm, m.sdf_m),
+                                    Some(m) => hi = (tm, m.sdf_m),
+                                    None => break,
+                                }
+                            }
+                            return Some(lo.0 + (hi.0 - lo.0) * lo.1 / (lo.1 - hi.1));
+                        }
+                    }
+                    prev = Some((t, s.sdf_m));
+                    let step = if s.sdf_m > 0.0 { (0.8 * s.sdf_m).clamp(0.5 * vs, 0.8 * trunc) } else { vs };
+                    t += step;
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fronto-parallel wall at `dist` seen by a camera at the origin looking along +z.
+    fn wall_frame(dist: f32) -> Frame {
+        let k = Intrinsics::iphone_256x192();
+        Frame {
+            depth: DepthImage::new(k.width, k.height, vec![dist; k.pixel_count()], None).unwrap(),
+            intrinsics: k,
+            pose: Pose::IDENTITY,
+        }
+    }
+
+    #[test]
+    fn a_flat_wall_is_found_where_it_is() {
+        let mut vol = TsdfVolume::new(TsdfConfig::default()).unwrap();
+        let f = wall_frame(0.25);
+        let s = vol.integrate(&f).unwrap();
+        assert!(s.bricks_allocated > 100 && s.voxels_updated > 10_000);
+        let t = vol.raycast(Vec3::new(0.001, 0.002, 0.0), Vec3::new(0.0, 0.0, 1.0), 0.2, 0.3).unwrap();
+        assert!((t - 0.25).abs() < 1e-4, "{t}");
+        let s = vol.sample(Vec3::new(0.0, 0.0, 0.2485)).unwrap();
+        assert!((s.sdf_m - 0.0015).abs() < 1e-4, "{s:?}");
+    }
+
+    #[test]
+    fn roi_limits_allocation_and_budget_refuses_bricks() {
+        let cfg = TsdfConfig { roi: Some(Aabb::around(Vec3::new(0.0, 0.0, 0.25), 0.01)), ..TsdfConfig::default() };
+        let mut vol = TsdfVolume::new(cfg).unwrap();
+        vol.integrate(&wall_frame(0.25)).unwrap();
+        // ±10 mm spans 4 bricks per axis; the ±4 mm band at 0.25 m spans 2 along z.
+        assert!(vol.brick_count() <= 32, "{}", vol.brick_count());
+        assert!(vol.brick_count() >= 16, "{}", vol.brick_count());
+
+        let cfg = TsdfConfig { memory_budget_bytes: 1 << 20, ..TsdfConfig::default() };
+        let mut vol = TsdfVolume::new(cfg).unwrap();
+        let s = vol.integrate(&wall_frame(0.25)).unwrap();
+        assert!(s.bricks_refused > 0 && vol.brick_count() > 10);
+        // The index may grow by one step past the check; that is the allowed slack.
+        assert!(vol.memory_bytes() <= (1 << 20) + MEMORY_SLACK_BYTES, "{}", vol.memory_bytes());
+    }
+
+    #[test]
+    fn weights_follow_the_inverse_variance_law() {
+        let mut near = TsdfVolume::new(TsdfConfig::default()).unwrap();
+        near.integrate(&wall_frame(0.25)).unwrap();
+        let mut far = TsdfVolume::new(TsdfConfig::default()).unwrap();
+        far.integrate(&wall_frame(0.5)).unwrap();
+        let wn = near.sample(Vec3::new(0.0, 0.0, 0.25)).unwrap().weight;
+        let wf = far.sample(Vec3::new(0.0, 0.0, 0.5)).unwrap().weight;
+        // Noise doubles → quadruples in sigma² at 2x the distance with exponent 2: 1/16 the weight.
+        assert!((wn / wf - 16.0).abs() < 0.5, "{wn} {wf}");
+    }
+
+    #[test]
+    fn mismatched_frames_are_rejected() {
+        let mut vol = TsdfVolume::new(TsdfConfig::default()).unwrap();
+        let mut f = wall_frame(0.25);
+        f.intrinsics.width = 100;
+        assert!(vol.integrate(&f).is_err());
+        assert!(TsdfVolume::new(TsdfConfig::with_voxel_size(0.0)).is_err());
+    }
+
+    #[test]
+    fn coverage_grows_with_frames() {
+        let mut vol = TsdfVolume::new(TsdfConfig::default()).unwrap();
+        let target = Vec3::new(0.0, 0.0, 0.25);
+        assert_eq!(vol.coverage(target, 0.02).observed_fraction, 0.0);
+        vol.integrate(&wall_frame(0.25)).unwrap();
+        let one = vol.coverage(target, 0.02);
+        assert!(one.observed_fraction < 0.05, "one view is not yet confident: {one:?}");
+        for _ in 0..4 {
+            vol.integrate(&wall_frame(0.25)).unwrap();
+        }
+        let c = vol.coverage(target, 0.02);
+        assert!(c.observed_fraction > 0.9, "{c:?}");
+        assert_eq!(c.frames_integrated, 5);
+    }
+}

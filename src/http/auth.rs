@@ -1,0 +1,534 @@
+//! Accounts and sessions: registration, login (with TOTP when enrolled), refresh, logout,
+//! `/v1/me`, MFA enrolment, and single-use socket tickets.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::NaiveDate;
+use coherency_protocol::Code;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, limits, password, sessions, totp, Authenticated, Principal, Role};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub const MAX_EMAIL: usize = 254;
+pub const MAX_NAME: usize = 100;
+
+/// Lower-cases and trims; checks the shape (one `@`, a dot in the domain, no spaces).
+pub fn normalise_email(raw: &str, field: &str) -> Result<String, ApiError> {
+    let e = raw.trim().to_lowercase();
+    let ok = e.len() <= MAX_EMAIL
+        && e.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
+        && e.matches('@').count() == 1
+        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(e)
+    } else {
+        Err(ApiError::field(Code::InvalidField, field, "not a valid email address"))
+    }
+}
+
+/// Trims and bounds a display name.
+pub fn name(raw: &str, field: &str) -> Result<String, ApiError> {
+    let s = raw.trim();
+    if s.is_empty() || s.chars().count() > MAX_NAME || s.chars().any(|c| c.is_control()) {
+        return Err(ApiError::field(Code::InvalidField, field, format!("must be 1-{MAX_NAME} characters")));
+    }
+    Ok(s.to_string())
+}
+
+fn email_subject(email: &str) -> String {
+    hex::encode(&Sha256::digest(email.as_bytes())[..16])
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub email: String,
+    pub password: String,
+    pub given_name: String,
+    pub family_name: String,
+    /// `YYYY-MM-DD`
+    #[schema(value_type = String, format = Date)]
+    pub birth_date: NaiveDate,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    pub user_id: Uuid,
+    pub patient_id: Uuid,
+}
+
+/// Inserts a user; `email_taken` on a duplicate.
+pub async fn insert_user(
+    state: &AppState,
+    tx: &mut sqlx::PgConnection,
+    email: &str,
+    display_name: &str,
+    role: Role,
+    password_hash: &str,
+) -> Result<Uuid, ApiError> {
+    let id = Uuid::now_v7();
+    let now = state.clock.now();
+    let res = sqlx::query(
+        "INSERT INTO users (id, email, display_name, role, password_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)
+         ON CONFLICT (email) DO NOTHING",
+    )
+    .bind(id)
+    .bind(email)
+    .bind(display_name)
+    .bind(role.as_str())
+    .bind(password_hash)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if res.rows_affected() == 0 {
+        return Err(ApiError::field(Code::EmailTaken, "email", "an account with this email already exists"));
+    }
+    Ok(id)
+}
+
+/// `POST /v1/auth/register`: a patient creates their account and patient record.
+#[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest, responses(
+    (status = 201, body = Registered), (status = 400, description = "invalid_field / weak_password"),
+    (status = 409, description = "email_taken"), (status = 429, description = "rate_limited")))]
+pub async fn register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: crate::http::Json<RegisterRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.parse()?;
+    let now = state.clock.now();
+    let ip = auth::client_ip(&req, &state).unwrap_or_default();
+    if let Some(wait) = limits::check_and_hit(&state.stores.redis, &limits::REGISTER_PER_IP, &ip, now).await? {
+        return Err(ApiError::new(Code::RateLimited, "too many registrations; try later").with_retry_after(wait));
+    }
+    if let Some(wait) = limits::blocked(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await? {
+        return Err(ApiError::new(Code::RateLimited, "too many attempts; try later").with_retry_after(wait));
+    }
+    let email = normalise_email(&body.email, "email")?;
+    let given = name(&body.given_name, "given_name")?;
+    let family = name(&body.family_name, "family_name")?;
+    let today = now.date_naive();
+    if body.birth_date > today || body.birth_date < NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(today) {
+        return Err(ApiError::field(Code::InvalidField, "birth_date", "must be a real date between 1900 and today"));
+    }
+    password::validate(&body.password, "password")?;
+    let hash = state.hasher.hash(body.password).await?;
+    let mut tx = state.stores.pg.begin().await?;
+    let user_id = match insert_user(&state, &mut tx, &email, &format!("{given} {family}"), Role::Patient, &hash).await {
+        Ok(id) => id,
+        Err(e) if e.code == Code::EmailTaken => {
+            tx.rollback().await?;
+            limits::hit(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await?;
+            auth::audit(
+                &state,
+                &req,
+                None,
+                AuditEvent::new("account.register", "failure").details(serde_json::json!({"reason": "email_taken"})),
+            )
+            .await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let patient_id = Uuid::now_v7();
+    sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)")
+        .bind(patient_id)
+        .bind(user_id)
+        .bind(&given)
+        .bind(&family)
+        .bind(body.birth_date)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let who = Principal {
+        user_id,
+        role: Role::Patient,
+        session_id: Uuid::nil(),
+        mfa_enrolled: false,
+        mfa_verified: false,
+        patient_id: Some(patient_id),
+    };
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("account.register", "success").target("patient", patient_id))
+        .await?;
+    Ok(HttpResponse::Created().json(Registered { user_id, patient_id }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub email: String,
+    pub password: String,
+    /// Required once TOTP is enrolled (or `recovery_code`).
+    pub totp_code: Option<String>,
+    pub recovery_code: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    #[serde(flatten)]
+    pub tokens: sessions::TokenPair,
+    pub user: Me,
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(Code::InvalidCredentials, "email or password is incorrect")
+}
+
+/// `POST /v1/auth/login`
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
+    (status = 200, body = LoginResponse), (status = 401, description = "invalid_credentials / mfa_required / invalid_totp"),
+    (status = 429, description = "rate_limited or account_locked, with Retry-After")))]
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: crate::http::Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.parse()?;
+    let now = state.clock.now();
+    let ip = auth::client_ip(&req, &state).unwrap_or_default();
+    if let Some(wait) = limits::check_and_hit(&state.stores.redis, &limits::LOGIN_PER_IP, &ip, now).await? {
+        return Err(
+            ApiError::new(Code::RateLimited, "too many login attempts from this address").with_retry_after(wait)
+        );
+    }
+    if body.password.len() > 1024 || body.email.len() > 1024 {
+        return Err(invalid_credentials());
+    }
+    let email = body.email.trim().to_lowercase();
+    let subject = email_subject(&email);
+    if let Some(wait) = limits::blocked(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject, now).await?
+    {
+        auth::audit(
+            &state,
+            &req,
+            None,
+            AuditEvent::new("auth.login", "denied").details(serde_json::json!({"reason": "locked"})),
+        )
+        .await?;
+        return Err(
+            ApiError::new(Code::AccountLocked, "too many failed attempts; try again later").with_retry_after(wait)
+        );
+    }
+    let row = sqlx::query("SELECT id, password_hash, role, disabled_at IS NOT NULL AS disabled, totp_enabled, totp_secret, totp_last_step FROM users WHERE email = $1")
+        .bind(&email)
+        .fetch_optional(&state.stores.pg)
+        .await?;
+    let ok = state.hasher.verify(body.password, row.as_ref().map(|r| r.get::<String, _>("password_hash"))).await?;
+    let Some(row) = row.filter(|_| ok) else {
+        limits::hit(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject, now).await?;
+        auth::audit(
+            &state,
+            &req,
+            None,
+            AuditEvent::new("auth.login", "failure").details(serde_json::json!({"reason": "invalid_credentials"})),
+        )
+        .await?;
+        return Err(invalid_credentials());
+    };
+    let user_id: Uuid = row.get("id");
+    let role = Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| ApiError::internal("bad role"))?;
+    let who = Principal {
+        user_id,
+        role,
+        session_id: Uuid::nil(),
+        mfa_enrolled: row.get("totp_enabled"),
+        mfa_verified: false,
+        patient_id: None,
+    };
+    if row.get::<bool, _>("disabled") {
+        auth::audit(
+            &state,
+            &req,
+            Some(&who),
+            AuditEvent::new("auth.login", "denied").details(serde_json::json!({"reason": "disabled"})),
+        )
+        .await?;
+        return Err(invalid_credentials());
+    }
+    let mut mfa_verified = false;
+    if who.mfa_enrolled {
+        let secret = decrypt_totp(&state, row.get("totp_secret"))?;
+        let verdict = if let Some(code) = body.totp_code.as_deref() {
+            use_totp(&state, user_id, &secret, code).await?
+        } else if let Some(code) = body.recovery_code.as_deref() {
+            use_recovery_code(&state, user_id, code).await?
+        } else {
+            return Err(ApiError::new(
+                Code::MfaRequired,
+                "enter the code from your authenticator app (totp_code) or a recovery code",
+            ));
+        };
+        if !verdict {
+            limits::hit(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject, now).await?;
+            auth::audit(
+                &state,
+                &req,
+                Some(&who),
+                AuditEvent::new("auth.login", "failure").details(serde_json::json!({"reason": "invalid_totp"})),
+            )
+            .await?;
+            return Err(ApiError::new(Code::InvalidTotp, "that code is not valid (or was already used)"));
+        }
+        mfa_verified = true;
+    }
+    limits::clear(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject).await?;
+    let ua = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let tokens = sessions::create(&state, user_id, mfa_verified, Some(ip), ua).await?;
+    let who = Principal { session_id: tokens.session_id, mfa_verified, ..who };
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("auth.login", "success").target("session", tokens.session_id),
+    )
+    .await?;
+    let user = me_of(&state, user_id).await?;
+    Ok(HttpResponse::Ok().json(LoginResponse { tokens, user }))
+}
+
+fn decrypt_totp(state: &AppState, stored: Option<String>) -> Result<String, ApiError> {
+    let stored = stored.ok_or_else(|| ApiError::internal("TOTP enabled without a secret"))?;
+    state.field_key.decrypt(&stored).map_err(ApiError::internal)
+}
+
+/// Accepts a TOTP code once: its step must be newer than the last one used.
+async fn use_totp(state: &AppState, user_id: Uuid, secret: &str, code: &str) -> Result<bool, ApiError> {
+    let Some(step) = totp::matching_step(secret, code.trim(), state.clock.now()) else { return Ok(false) };
+    let n = sqlx::query("UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2")
+        .bind(user_id)
+        .bind(step)
+        .execute(&state.stores.pg)
+        .await?
+        .rows_affected();
+    Ok(n == 1)
+}
+
+async fn use_recovery_code(state: &AppState, user_id: Uuid, code: &str) -> Result<bool, ApiError> {
+    let hash = auth::token_hash(state.token_secret.expose_secret().as_bytes(), &totp::normalise_recovery(code));
+    let n =
+        sqlx::query("UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
+            .bind(user_id)
+            .bind(hash)
+            .bind(state.clock.now())
+            .execute(&state.stores.pg)
+            .await?
+            .rows_affected();
+    Ok(n == 1)
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+/// `POST /v1/auth/refresh`: single-use rotation; reuse revokes the session.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest, responses(
+    (status = 200, body = sessions::TokenPair), (status = 401, description = "token_revoked / token_expired / unauthenticated")))]
+pub async fn refresh(
+    state: web::Data<AppState>,
+    body: crate::http::Json<RefreshRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.parse()?;
+    if body.refresh_token.len() > 100 {
+        return Err(ApiError::unauthenticated());
+    }
+    Ok(HttpResponse::Ok().json(sessions::refresh(&state, &body.refresh_token).await?))
+}
+
+/// `POST /v1/auth/logout`: ends this session.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = ["self"])), responses((status = 204)))]
+pub async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    sessions::end(&state, who.0.session_id, "logout").await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who.0),
+        AuditEvent::new("auth.logout", "success").target("session", who.0.session_id),
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// `POST /v1/auth/logout-all`: ends every session of the caller, on every node.
+#[utoipa::path(post, path = "/v1/auth/logout-all", tag = "auth", security(("bearer" = ["self"])), responses((status = 204)))]
+pub async fn logout_all(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    sessions::end_all(&state, who.0.user_id, "logout-all").await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who.0),
+        AuditEvent::new("auth.logout_all", "success").target("user", who.0.user_id),
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The caller's account.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    pub id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub mfa_enrolled: bool,
+    pub patient_id: Option<Uuid>,
+}
+
+pub async fn me_of(state: &AppState, user_id: Uuid) -> Result<Me, ApiError> {
+    let r = sqlx::query("SELECT u.id, u.email, u.display_name, u.role, u.totp_enabled, p.id AS patient_id FROM users u LEFT JOIN patients p ON p.user_id = u.id WHERE u.id = $1")
+        .bind(user_id)
+        .fetch_one(&state.stores.pg)
+        .await?;
+    Ok(Me {
+        id: r.get("id"),
+        email: r.get("email"),
+        display_name: r.get("display_name"),
+        role: Role::parse(r.get::<String, _>("role").as_str()).unwrap_or(Role::Patient),
+        mfa_enrolled: r.get("totp_enabled"),
+        patient_id: r.get("patient_id"),
+    })
+}
+
+/// `GET /v1/me`
+#[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = ["self"])), responses((status = 200, body = Me)))]
+pub async fn me(state: web::Data<AppState>, who: Authenticated) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(me_of(&state, who.0.user_id).await?))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TotpEnrolment {
+    /// Base32 secret, for manual entry.
+    pub secret: String,
+    /// `otpauth://totp/…` for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// `POST /v1/me/mfa/totp`: starts (or restarts) enrolment. Not allowed once enrolled.
+#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "auth", security(("bearer" = ["self"])), responses((status = 200, body = TotpEnrolment), (status = 409)))]
+pub async fn totp_enrol(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let me = me_of(&state, who.0.user_id).await?;
+    if me.mfa_enrolled {
+        return Err(ApiError::new(Code::Conflict, "TOTP is already enrolled"));
+    }
+    let secret = totp::new_secret();
+    sqlx::query("UPDATE users SET totp_secret = $2, updated_at = $3 WHERE id = $1")
+        .bind(who.0.user_id)
+        .bind(state.field_key.encrypt(&secret))
+        .bind(state.clock.now())
+        .execute(&state.stores.pg)
+        .await?;
+    let issuer = "Coherency";
+    let otpauth_uri = totp::uri(&secret, &me.email, issuer).ok_or_else(|| ApiError::internal("otpauth uri"))?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who.0),
+        AuditEvent::new("mfa.enrol_start", "success").target("user", who.0.user_id),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(TotpEnrolment { secret, otpauth_uri }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TotpConfirm {
+    pub code: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RecoveryCodes {
+    /// Shown once; each works once.
+    pub recovery_codes: Vec<String>,
+}
+
+/// `POST /v1/me/mfa/totp/confirm`: proves the authenticator works; enables TOTP, marks this
+/// session verified and returns ten recovery codes.
+#[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", tag = "auth", security(("bearer" = ["self"])), request_body = TotpConfirm,
+    responses((status = 200, body = RecoveryCodes), (status = 400, description = "invalid_totp")))]
+pub async fn totp_confirm(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Authenticated,
+    body: crate::http::Json<TotpConfirm>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.parse()?;
+    let now = state.clock.now();
+    let subject = who.0.user_id.to_string();
+    if let Some(wait) = limits::blocked(&state.stores.redis, &limits::TOTP_FAILURES, &subject, now).await? {
+        return Err(ApiError::new(Code::RateLimited, "too many wrong codes").with_retry_after(wait));
+    }
+    let row = sqlx::query("SELECT totp_secret, totp_enabled FROM users WHERE id = $1")
+        .bind(who.0.user_id)
+        .fetch_one(&state.stores.pg)
+        .await?;
+    if row.get::<bool, _>("totp_enabled") {
+        return Err(ApiError::new(Code::Conflict, "TOTP is already enrolled"));
+    }
+    let Some(stored) = row.get::<Option<String>, _>("totp_secret") else {
+        return Err(ApiError::new(Code::Conflict, "start enrolment first (POST /v1/me/mfa/totp)"));
+    };
+    let secret = state.field_key.decrypt(&stored).map_err(ApiError::internal)?;
+    if !use_totp(&state, who.0.user_id, &secret, &body.code).await? {
+        limits::hit(&state.stores.redis, &limits::TOTP_FAILURES, &subject, now).await?;
+        return Err(ApiError::field(Code::InvalidTotp, "code", "that code is not valid"));
+    }
+    let codes = totp::new_recovery_codes();
+    let mut tx = state.stores.pg.begin().await?;
+    sqlx::query("UPDATE users SET totp_enabled = true, updated_at = $2 WHERE id = $1")
+        .bind(who.0.user_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(who.0.user_id).execute(&mut *tx).await?;
+    for c in &codes {
+        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
+            .bind(who.0.user_id)
+            .bind(auth::token_hash(state.token_secret.expose_secret().as_bytes(), &totp::normalise_recovery(c)))
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query("UPDATE sessions SET mfa_verified = true WHERE id = $1")
+        .bind(who.0.session_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    auth::audit(&state, &req, Some(&who.0), AuditEvent::new("mfa.enrolled", "success").target("user", who.0.user_id))
+        .await?;
+    Ok(HttpResponse::Ok().json(RecoveryCodes { recovery_codes: codes }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ticket {
+    /// Pass as `?ticket=` when opening a socket; valid 30 s, once.
+    pub ticket: String,
+    pub expires_in_secs: u64,
+}
+
+/// `POST /v1/auth/ws-ticket`: a single-use ticket for opening a socket from a browser.
+#[utoipa::path(post, path = "/v1/auth/ws-ticket", tag = "auth", security(("bearer" = ["self"])), responses((status = 200, body = Ticket)))]
+pub async fn ws_ticket(state: web::Data<AppState>, who: Authenticated) -> Result<HttpResponse, ApiError> {
+    let ticket = sessions::issue_ticket(&state, who.0.session_id).await?;
+    Ok(HttpResponse::Ok().json(Ticket { ticket, expires_in_secs: sessions::TICKET_TTL_SECS }))
+}
