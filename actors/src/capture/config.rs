@@ -1,0 +1,91 @@
+//! Tunables of the capture path. The server fills these from its config struct; the
+//! defaults suit 256×192 frames at 30–60 fps.
+
+use std::time::Duration;
+
+use coherency_protocol::limits;
+
+use crate::retry::RetryPolicy;
+
+/// Everything a capture session can be tuned with.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// `welcome.window`: most unacked frames a phone may have in flight.
+    pub window: u32,
+    /// A chunk object is cut after this many frames…
+    pub chunk_max_frames: usize,
+    /// …or this many bytes…
+    pub chunk_max_bytes: usize,
+    /// …or this long after its first frame arrived, whichever comes first.
+    pub flush_after: Duration,
+    /// Chunks that may wait between the session and the blob writer, and between the blob
+    /// writer and the index writer; beyond it the session keeps frames in its backlog.
+    pub writer_queue_chunks: usize,
+    /// Tell the phone `slow` (and stop answering the pump) once this many frames are
+    /// received but not durable…
+    pub slow_above_frames: usize,
+    /// …or this many bytes.
+    pub slow_above_bytes: usize,
+    /// Send `resume` once the backlog is at most this many frames…
+    pub resume_below_frames: usize,
+    /// …and at most this many bytes.
+    pub resume_below_bytes: usize,
+    /// Retries of blob and index writes. When it gives up, the phone gets `unavailable`
+    /// (close 1013) and resumes later; frames not yet durable are dropped by the server and
+    /// resent by the phone.
+    pub durable_retry: RetryPolicy,
+    /// Retries of quality writes (derived data; long budget).
+    pub quality_retry: RetryPolicy,
+    /// Retries of loading the scan on attach and of status changes.
+    pub control_retry: RetryPolicy,
+    /// Most quality records waiting for MongoDB per session; more are dropped (and counted)
+    /// to be rebuilt from the raw frames.
+    pub quality_queue_cap: usize,
+    /// Most quality records written in one call.
+    pub quality_batch: usize,
+    /// Records per outbox: a pump that falls this far behind is disconnected.
+    pub outbox_capacity: usize,
+    /// How often `progress` is sent while frames arrive (must be ≤ `PROGRESS_INTERVAL`).
+    pub progress_every: Duration,
+    /// A session with no connection and nothing left to write stops after this long.
+    pub idle_timeout: Duration,
+    /// The same, once the stream has finished.
+    pub finished_idle_timeout: Duration,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self {
+            window: limits::DEFAULT_WINDOW,
+            chunk_max_frames: 8,
+            chunk_max_bytes: 4 * 1024 * 1024,
+            flush_after: Duration::from_millis(50),
+            writer_queue_chunks: 4,
+            slow_above_frames: 48,
+            slow_above_bytes: 32 * 1024 * 1024,
+            resume_below_frames: 16,
+            resume_below_bytes: 8 * 1024 * 1024,
+            durable_retry: RetryPolicy {
+                initial: Duration::from_millis(20),
+                max_delay: Duration::from_secs(1),
+                give_up_after: Some(Duration::from_secs(30)),
+            },
+            quality_retry: RetryPolicy {
+                initial: Duration::from_millis(50),
+                max_delay: Duration::from_secs(5),
+                give_up_after: Some(Duration::from_secs(3600)),
+            },
+            control_retry: RetryPolicy {
+                initial: Duration::from_millis(20),
+                max_delay: Duration::from_millis(500),
+                give_up_after: Some(Duration::from_secs(5)),
+            },
+            quality_queue_cap: 4096,
+            quality_batch: 64,
+            outbox_capacity: 256,
+            progress_every: Duration::from_millis(100),
+            idle_timeout: Duration::from_secs(60),
+            finished_idle_timeout: Duration::from_secs(5),
+        }
+    }
+}

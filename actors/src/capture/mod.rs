@@ -1,0 +1,21 @@
+//! Scan capture: the [`CaptureRegistry`] (one per node), the [`CaptureSession`] actor (one
+//! per scan) and the messages a socket pump exchanges with it. See [`messages`] for the
+//! pump contract and [`writer`] for the durable and quality write paths.
+
+mod config;
+mod error;
+pub mod messages;
+mod registry;
+mod session;
+pub mod writer;
+
+pub use config::CaptureConfig;
+pub use error::CaptureError;
+pub use messages::{
+    Attach, AttachOutcome, ConnId, Detach, Finish, Frame, GetSnapshot, Outbound, Outbox, SessionPhase, SessionSnapshot,
+    Shutdown,
+};
+pub use registry::{
+    attach, CaptureDeps, CaptureRegistry, Drain, GetOrStart, ListSessions, SessionStopped, StopSession,
+};
+pub use session::CaptureSession;

@@ -1,0 +1,235 @@
+//! `CaptureRegistry`: one per node. Finds or starts the capture session of a scan, forgets
+//! sessions when they stop (they stop themselves when idle), and drains them on shutdown.
+//!
+//! Ownership across nodes (a Redis lease per scan) is the server's job before it calls
+//! [`attach`]; this registry only knows its own node.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use coherency_protocol::ids::ScanId;
+
+use super::config::CaptureConfig;
+use super::error::CaptureError;
+use super::messages::{Attach, AttachOutcome, ConnId, Outbox, Shutdown};
+use super::session::CaptureSession;
+use crate::metrics::{NoMetrics, SessionMetrics};
+use crate::store::{FinishHook, FrameStore, NoReconstruction, QualitySink, ScanIndex};
+
+/// Everything capture sessions need from the outside world.
+#[derive(Clone)]
+pub struct CaptureDeps {
+    /// Raw frame chunks (blob store).
+    pub frames: Arc<dyn FrameStore>,
+    /// Frame index and scan status (PostgreSQL).
+    pub index: Arc<dyn ScanIndex>,
+    /// Per-frame quality records (MongoDB).
+    pub quality: Arc<dyn QualitySink>,
+    /// What runs once a stream has finished (reconstruction).
+    pub finish: Arc<dyn FinishHook>,
+    /// Where queue depths, lag and retries are reported.
+    pub metrics: Arc<dyn SessionMetrics>,
+    /// Tunables.
+    pub config: CaptureConfig,
+}
+
+impl CaptureDeps {
+    /// The three stores, with no reconstruction, no metrics and the default config.
+    pub fn new(frames: Arc<dyn FrameStore>, index: Arc<dyn ScanIndex>, quality: Arc<dyn QualitySink>) -> Self {
+        Self {
+            frames,
+            index,
+            quality,
+            finish: Arc::new(NoReconstruction),
+            metrics: Arc::new(NoMetrics),
+            config: CaptureConfig::default(),
+        }
+    }
+
+    /// Replaces the finish hook.
+    pub fn with_finish_hook(mut self, hook: Arc<dyn FinishHook>) -> Self {
+        self.finish = hook;
+        self
+    }
+
+    /// Replaces the metrics sink.
+    pub fn with_metrics(mut self, metrics: Arc<dyn SessionMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Replaces the config.
+    pub fn with_config(mut self, config: CaptureConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+struct Entry {
+    instance: u64,
+    addr: Addr<CaptureSession>,
+}
+
+/// The node's capture sessions, by scan.
+pub struct CaptureRegistry {
+    deps: Arc<CaptureDeps>,
+    arbiters: Vec<ArbiterHandle>,
+    sessions: HashMap<ScanId, Entry>,
+    next_instance: u64,
+    draining: bool,
+}
+
+impl CaptureRegistry {
+    /// A registry whose sessions run on the arbiter that starts it.
+    pub fn new(deps: CaptureDeps) -> Self {
+        Self { deps: Arc::new(deps), arbiters: Vec::new(), sessions: HashMap::new(), next_instance: 1, draining: false }
+    }
+
+    /// Spreads sessions over these arbiters (by scan id), so that many scans use several
+    /// cores.
+    pub fn with_arbiters(mut self, arbiters: Vec<ArbiterHandle>) -> Self {
+        self.arbiters = arbiters;
+        self
+    }
+}
+
+impl Actor for CaptureRegistry {
+    type Context = Context<Self>;
+}
+
+/// Returns the scan's session on this node, starting it if needed.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Addr<CaptureSession>, CaptureError>")]
+pub struct GetOrStart {
+    /// The scan.
+    pub scan_id: ScanId,
+}
+
+impl Handler<GetOrStart> for CaptureRegistry {
+    type Result = Result<Addr<CaptureSession>, CaptureError>;
+
+    #[tracing::instrument(skip_all, fields(scan_id = %msg.scan_id))]
+    fn handle(&mut self, msg: GetOrStart, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(e) = self.sessions.get(&msg.scan_id) {
+            if e.addr.connected() {
+                return Ok(e.addr.clone());
+            }
+        }
+        if self.draining {
+            return Err(CaptureError::Draining);
+        }
+        let instance = self.next_instance;
+        self.next_instance += 1;
+        let deps = self.deps.clone();
+        let registry = ctx.address().recipient();
+        let scan_id = msg.scan_id;
+        let make = move |_: &mut Context<CaptureSession>| CaptureSession::new(scan_id, instance, deps, Some(registry));
+        let addr = if self.arbiters.is_empty() {
+            CaptureSession::create(make)
+        } else {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            scan_id.hash(&mut h);
+            let arbiter = &self.arbiters[(h.finish() % self.arbiters.len() as u64) as usize];
+            CaptureSession::start_in_arbiter(arbiter, make)
+        };
+        tracing::debug!(instance, "capture session started");
+        self.sessions.insert(scan_id, Entry { instance, addr: addr.clone() });
+        Ok(addr)
+    }
+}
+
+/// A session has stopped (sent by the session itself).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct SessionStopped {
+    /// The scan.
+    pub scan_id: ScanId,
+    /// Which start of the session (a newer one may already be registered).
+    pub instance: u64,
+}
+
+impl Handler<SessionStopped> for CaptureRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionStopped, _ctx: &mut Context<Self>) {
+        if self.sessions.get(&msg.scan_id).is_some_and(|e| e.instance == msg.instance) {
+            self.sessions.remove(&msg.scan_id);
+        }
+    }
+}
+
+/// Ends one scan's session now (scan cancelled, lease lost). Returns whether one was running.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "bool")]
+pub struct StopSession {
+    /// The scan.
+    pub scan_id: ScanId,
+}
+
+impl Handler<StopSession> for CaptureRegistry {
+    type Result = bool;
+
+    fn handle(&mut self, msg: StopSession, _ctx: &mut Context<Self>) -> bool {
+        match self.sessions.remove(&msg.scan_id) {
+            Some(e) => {
+                e.addr.do_send(Shutdown);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Stops taking new sessions and ends every running one (their phones get close 1001 and
+/// resume elsewhere). Returns how many were running.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "usize")]
+pub struct Drain;
+
+impl Handler<Drain> for CaptureRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _msg: Drain, _ctx: &mut Context<Self>) -> usize {
+        self.draining = true;
+        let n = self.sessions.len();
+        for (_, e) in self.sessions.drain() {
+            e.addr.do_send(Shutdown);
+        }
+        n
+    }
+}
+
+/// The scans with a running session on this node.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<ScanId>")]
+pub struct ListSessions;
+
+impl Handler<ListSessions> for CaptureRegistry {
+    type Result = MessageResult<ListSessions>;
+
+    fn handle(&mut self, _msg: ListSessions, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.sessions.keys().copied().collect())
+    }
+}
+
+/// Gets (or starts) the scan's session and attaches a connection to it: what a pump calls
+/// after `hello`. Retries when it catches a session that is just stopping.
+pub async fn attach(
+    registry: &Addr<CaptureRegistry>,
+    scan_id: ScanId,
+    conn_id: ConnId,
+    resume_from: Option<u64>,
+    outbox: Outbox,
+) -> Result<(Addr<CaptureSession>, AttachOutcome), CaptureError> {
+    let mut last = CaptureError::Stopped;
+    for _ in 0..3 {
+        let session = registry.send(GetOrStart { scan_id }).await??;
+        match session.send(Attach { conn_id, resume_from, outbox: outbox.clone() }).await {
+            Ok(res) => return res.map(|o| (session, o)),
+            Err(e) => last = e.into(),
+        }
+    }
+    Err(last)
+}

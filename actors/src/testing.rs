@@ -1,0 +1,272 @@
+//! In-memory implementations of the storage traits, with fault injection, for tests (here
+//! and in the server) and for running the capture path without services.
+//!
+//! Each fake has a [`Faults`] handle: fail the next N calls, be "down" until told
+//! otherwise, refuse permanently, panic, or add latency.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use coherency_protocol::ids::ScanId;
+use sha2::{Digest, Sha256};
+
+use crate::store::{
+    ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus,
+    StoreError, StoredChunk,
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Faults to inject into a fake store.
+#[derive(Debug, Default)]
+pub struct Faults {
+    down: AtomicBool,
+    fail_next: AtomicU32,
+    permanent_next: AtomicU32,
+    panic_next: AtomicU32,
+    latency_us: AtomicU64,
+    injected: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl Faults {
+    /// While down, every call fails with a transient error.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls fail with a transient error.
+    pub fn fail_next(&self, n: u32) {
+        self.fail_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls fail with a permanent error.
+    pub fn refuse_next(&self, n: u32) {
+        self.permanent_next.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` calls panic.
+    pub fn panic_next(&self, n: u32) {
+        self.panic_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Every call takes at least this long.
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_us.store(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Ordering::SeqCst);
+    }
+
+    /// How many calls have failed (or panicked) because of an injected fault.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    /// How many calls were made.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn take(counter: &AtomicU32) -> bool {
+        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let latency = self.latency_us.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_micros(latency)).await;
+        }
+        if Self::take(&self.panic_next) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            panic!("injected store panic");
+        }
+        if self.down.load(Ordering::SeqCst) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Transient("injected: store down".into()));
+        }
+        if Self::take(&self.fail_next) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Transient("injected: transient failure".into()));
+        }
+        if Self::take(&self.permanent_next) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Permanent("injected: permanent failure".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A blob store in memory.
+#[derive(Debug, Default)]
+pub struct MemFrameStore {
+    /// Fault injection.
+    pub faults: Faults,
+    objects: Mutex<HashMap<String, Bytes>>,
+    puts: AtomicU64,
+}
+
+impl MemFrameStore {
+    /// An object's bytes.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        lock(&self.objects).get(key).cloned()
+    }
+
+    /// Number of objects.
+    pub fn object_count(&self) -> usize {
+        lock(&self.objects).len()
+    }
+
+    /// Number of successful writes (rewrites included).
+    pub fn puts(&self) -> u64 {
+        self.puts.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl FrameStore for MemFrameStore {
+    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError> {
+        self.faults.check().await?;
+        let key = spec.suggested_key();
+        let stored = StoredChunk { key: key.clone(), sha256: Sha256::digest(&bytes).into(), size: bytes.len() as u64 };
+        lock(&self.objects).insert(key, bytes);
+        self.puts.fetch_add(1, Ordering::SeqCst);
+        Ok(stored)
+    }
+}
+
+#[derive(Debug, Default)]
+struct IndexInner {
+    scans: HashMap<ScanId, ScanState>,
+    rows: BTreeMap<(ScanId, u64), (String, FrameRow)>,
+    row_inserts: u64,
+    violations: Vec<String>,
+    statuses: HashMap<ScanId, Vec<ScanStatus>>,
+}
+
+/// A scan index in memory. Checks the invariants the real one relies on and records
+/// violations for tests to assert on.
+#[derive(Debug, Default)]
+pub struct MemScanIndex {
+    /// Fault injection.
+    pub faults: Faults,
+    inner: Mutex<IndexInner>,
+}
+
+impl MemScanIndex {
+    /// Registers a scan in `created` (what `POST /v1/scans` does).
+    pub fn create_scan(&self, scan_id: ScanId) {
+        lock(&self.inner).scans.insert(scan_id, ScanState { status: ScanStatus::Created, acked_seq: 0 });
+    }
+
+    /// Sets a scan's state directly (e.g. `failed`).
+    pub fn put_state(&self, scan_id: ScanId, state: ScanState) {
+        lock(&self.inner).scans.insert(scan_id, state);
+    }
+
+    /// A scan's state.
+    pub fn state(&self, scan_id: ScanId) -> Option<ScanState> {
+        lock(&self.inner).scans.get(&scan_id).copied()
+    }
+
+    /// Every status a scan was set to, in order.
+    pub fn status_history(&self, scan_id: ScanId) -> Vec<ScanStatus> {
+        lock(&self.inner).statuses.get(&scan_id).cloned().unwrap_or_default()
+    }
+
+    /// A scan's frame rows in seq order, with their chunk keys.
+    pub fn frames(&self, scan_id: ScanId) -> Vec<(String, FrameRow)> {
+        lock(&self.inner).rows.range((scan_id, 0)..=(scan_id, u64::MAX)).map(|(_, v)| v.clone()).collect()
+    }
+
+    /// Rows actually inserted (conflicts not counted).
+    pub fn row_inserts(&self) -> u64 {
+        lock(&self.inner).row_inserts
+    }
+
+    /// Invariant violations seen (a commit that would leave a hole, rows out of order, …).
+    pub fn violations(&self) -> Vec<String> {
+        lock(&self.inner).violations.clone()
+    }
+}
+
+#[async_trait]
+impl ScanIndex for MemScanIndex {
+    async fn load_scan(&self, scan_id: ScanId) -> Result<ScanState, StoreError> {
+        self.faults.check().await?;
+        lock(&self.inner).scans.get(&scan_id).copied().ok_or_else(|| StoreError::Permanent("no such scan".into()))
+    }
+
+    async fn commit_frames(&self, commit: &FrameCommit) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        let mut inner = lock(&self.inner);
+        let Some(state) = inner.scans.get(&commit.scan_id).copied() else {
+            return Err(StoreError::Permanent("no such scan".into()));
+        };
+        let first = commit.frames.first().map_or(0, |r| r.seq);
+        let contiguous = commit.frames.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        if first > state.acked_seq + 1 || !contiguous || commit.frames.last().map(|r| r.seq) != Some(commit.acked_seq) {
+            let v = format!("commit {first}..={} with acked {}", commit.acked_seq, state.acked_seq);
+            inner.violations.push(v);
+        }
+        for row in &commit.frames {
+            let key = (commit.scan_id, row.seq);
+            if let std::collections::btree_map::Entry::Vacant(e) = inner.rows.entry(key) {
+                e.insert((commit.chunk.key.clone(), row.clone()));
+                inner.row_inserts += 1;
+            }
+        }
+        let status = if state.status == ScanStatus::Created { ScanStatus::Streaming } else { state.status };
+        inner.scans.insert(commit.scan_id, ScanState { status, acked_seq: state.acked_seq.max(commit.acked_seq) });
+        Ok(())
+    }
+
+    async fn set_status(&self, scan_id: ScanId, status: ScanStatus) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        let mut inner = lock(&self.inner);
+        let Some(state) = inner.scans.get_mut(&scan_id) else {
+            return Err(StoreError::Permanent("no such scan".into()));
+        };
+        state.status = status;
+        inner.statuses.entry(scan_id).or_default().push(status);
+        Ok(())
+    }
+}
+
+/// A quality sink in memory.
+#[derive(Debug, Default)]
+pub struct MemQualitySink {
+    /// Fault injection.
+    pub faults: Faults,
+    records: Mutex<BTreeMap<(ScanId, u64), (QualityRecord, u32)>>,
+}
+
+impl MemQualitySink {
+    /// A scan's records in seq order.
+    pub fn records(&self, scan_id: ScanId) -> Vec<QualityRecord> {
+        lock(&self.records).range((scan_id, 0)..=(scan_id, u64::MAX)).map(|(_, (r, _))| r.clone()).collect()
+    }
+
+    /// How often each of a scan's records was written, by seq.
+    pub fn write_counts(&self, scan_id: ScanId) -> BTreeMap<u64, u32> {
+        lock(&self.records).range((scan_id, 0)..=(scan_id, u64::MAX)).map(|((_, s), (_, n))| (*s, *n)).collect()
+    }
+}
+
+#[async_trait]
+impl QualitySink for MemQualitySink {
+    async fn write_quality(&self, records: &[QualityRecord]) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        let mut map = lock(&self.records);
+        for r in records {
+            let e = map.entry((r.scan_id, r.seq)).or_insert_with(|| (r.clone(), 0));
+            e.0 = r.clone();
+            e.1 += 1;
+        }
+        Ok(())
+    }
+}
