@@ -107,9 +107,16 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("admin created: {id}");
         }
         Command::SeedDemo => {
-            let pool = crate::store::pg::connect(&config).await?;
-            crate::store::pg::migrate(&pool).await?;
-            println!("demo clinic: nothing to seed yet");
+            let app = crate::Application::build(config).await?;
+            let state = app.state();
+            let logins = crate::demo::seed(&state).await?;
+            println!("Demo logins (passwords are new on every seed-demo run):");
+            for l in logins {
+                match l.totp_secret {
+                    Some(s) => println!("  {:<10} {:<34} {}   TOTP secret {}", l.role.as_str(), l.email, l.password, s),
+                    None => println!("  {:<10} {:<34} {}", l.role.as_str(), l.email, l.password),
+                }
+            }
         }
         Command::Audit { command: AuditCommand::Verify } => {
             let pool = crate::store::pg::connect(&config).await?;

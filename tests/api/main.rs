@@ -7,6 +7,7 @@ mod helpers;
 mod audit;
 mod auth;
 mod config_cli;
+mod demo;
 mod errors;
 mod health;
 mod metrics;
