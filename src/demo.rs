@@ -19,7 +19,9 @@ pub struct DemoLogin {
 }
 
 fn password() -> String {
-    const WORDS: &[&str] = &["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lumen"];
+    const WORDS: &[&str] = &[
+        "amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "harbor", "indigo", "juniper", "kelp", "lumen",
+    ];
     let mut rng = rand::thread_rng();
     let words: Vec<&str> = (0..3).map(|_| WORDS[rng.gen_range(0..WORDS.len())]).collect();
     format!("{}-{}", words.join("-"), rng.gen_range(100..1000))
@@ -46,7 +48,10 @@ async fn upsert_user(state: &AppState, email: &str, name: &str, role: Role) -> a
 }
 
 async fn enrol_totp(state: &AppState, user_id: Uuid) -> anyhow::Result<String> {
-    let row = sqlx::query("SELECT totp_secret, totp_enabled FROM users WHERE id = $1").bind(user_id).fetch_one(&state.stores.pg).await?;
+    let row = sqlx::query("SELECT totp_secret, totp_enabled FROM users WHERE id = $1")
+        .bind(user_id)
+        .fetch_one(&state.stores.pg)
+        .await?;
     if row.get::<bool, _>("totp_enabled") {
         if let Some(s) = row.get::<Option<String>, _>("totp_secret") {
             if let Ok(secret) = state.field_key.decrypt(&s) {
@@ -68,10 +73,20 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
     let mut out = Vec::new();
     let (admin, pw) = upsert_user(state, "admin@demo.coherency.test", "Demo Administrator", Role::Admin).await?;
     let secret = enrol_totp(state, admin).await?;
-    out.push(DemoLogin { role: Role::Admin, email: "admin@demo.coherency.test".into(), password: pw, totp_secret: Some(secret) });
+    out.push(DemoLogin {
+        role: Role::Admin,
+        email: "admin@demo.coherency.test".into(),
+        password: pw,
+        totp_secret: Some(secret),
+    });
     let (clin, pw) = upsert_user(state, "clinician@demo.coherency.test", "Dr. Demo Clinician", Role::Clinician).await?;
     let secret = enrol_totp(state, clin).await?;
-    out.push(DemoLogin { role: Role::Clinician, email: "clinician@demo.coherency.test".into(), password: pw, totp_secret: Some(secret) });
+    out.push(DemoLogin {
+        role: Role::Clinician,
+        email: "clinician@demo.coherency.test".into(),
+        password: pw,
+        totp_secret: Some(secret),
+    });
     let (pat_user, pw) = upsert_user(state, "patient@demo.coherency.test", "Demo Patient", Role::Patient).await?;
     let now = state.clock.now();
     let patient_id: Uuid = sqlx::query_scalar(
@@ -89,6 +104,11 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
         .bind(now)
         .execute(&state.stores.pg)
         .await?;
-    out.push(DemoLogin { role: Role::Patient, email: "patient@demo.coherency.test".into(), password: pw, totp_secret: None });
+    out.push(DemoLogin {
+        role: Role::Patient,
+        email: "patient@demo.coherency.test".into(),
+        password: pw,
+        totp_secret: None,
+    });
     Ok(out)
 }
