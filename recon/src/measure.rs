@@ -1120,8 +1120,10 @@ fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64
         sigma += 0.05;
     }
     let sigma = best_sigma.1;
-    let sector_off: Vec<f64> =
-        sector_profiles.iter().map(|pr| if pr.len() < 8 { f64::NAN } else { best_rim_offset(pr, sigma, lo, hi, 0.01).0 * 1e-3 }).collect();
+    let sector_off: Vec<f64> = sector_profiles
+        .iter()
+        .map(|pr| if pr.len() < 8 { f64::NAN } else { best_rim_offset(pr, sigma, lo, hi, 0.01).0 * 1e-3 })
+        .collect();
     let finite: Vec<f64> = sector_off.iter().copied().filter(|v| v.is_finite()).collect();
     let fallback = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
     let sector_off: Vec<f64> = sector_off.iter().map(|v| if v.is_finite() { *v } else { fallback }).collect();
@@ -1137,9 +1139,8 @@ fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64
         .collect();
     let smooth = offsets.clone();
     let sector_smooth = smooth_closed(&sector_off, 1);
-    let sector_scatter = (sector_off.iter().zip(&sector_smooth).map(|(a, b)| (a - b).powi(2)).sum::<f64>()
-        / sectors as f64)
-        .sqrt();
+    let sector_scatter =
+        (sector_off.iter().zip(&sector_smooth).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / sectors as f64).sqrt();
     let resid = sector_scatter;
     let rim: Vec<[f64; 2]> = (0..m)
         .map(|i| [outline[i][0] + normals[i][0] * smooth[i], outline[i][1] + normals[i][1] * smooth[i]])
