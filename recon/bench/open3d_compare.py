@@ -56,7 +56,9 @@ def fuse_legacy(k, frames, voxel, trunc, depth_max):
     for img, (_, pose) in zip(images, frames):
         vol.integrate(img, intr, np.linalg.inv(pose))  # Open3D wants camera-from-world
     dt = time.perf_counter() - t0
-    return vol.extract_triangle_mesh(), dt
+    t1 = time.perf_counter()
+    mesh = vol.extract_triangle_mesh()
+    return mesh, dt, (time.perf_counter() - t1) * 1e3
 
 
 def fuse_tensor(k, frames, voxel, trunc, depth_max):
@@ -92,21 +94,42 @@ def surface_distance(a, b, n=200000):
     return d.mean(), np.percentile(d, 95)
 
 
+def bench_legacy(k, frames, voxel, trunc, depth_max, runs):
+    """Median frames/s and extract_triangle_mesh ms over `runs` runs after one warm-up."""
+    fps, ext = [], []
+    mesh = None
+    for run in range(runs + 1):
+        mesh, dt, ext_ms = fuse_legacy(k, frames, voxel, trunc, depth_max)
+        if run > 0:
+            fps.append(len(frames) / dt)
+            ext.append(ext_ms)
+    return float(np.median(fps)), float(np.median(ext)), mesh
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("dump")
     ap.add_argument("--voxel-mm", type=float, default=1.0)
     ap.add_argument("--trunc-voxels", type=float, default=4.0)
     ap.add_argument("--depth-max", type=float, default=0.8)
+    ap.add_argument("--runs", type=int, default=0, help="benchmark mode: warm-up + RUNS runs, one JSON line")
+    ap.add_argument("--threads", type=int, default=0, help="label only; set OMP_NUM_THREADS to limit Open3D")
     args = ap.parse_args()
     o3d.utility.set_verbosity_level(o3d.utility.VerbosityLevel.Error)
     doc, k, frames = load(args.dump)
     voxel = args.voxel_mm / 1000.0
     trunc = voxel * args.trunc_voxels
+    if args.runs > 0:
+        fps, ext, mesh = bench_legacy(k, frames, voxel, trunc, args.depth_max, args.runs)
+        print(json.dumps({"impl": f"open3d-{o3d.__version__}-ScalableTSDFVolume", "voxel_mm": args.voxel_mm,
+                          "threads": args.threads, "frames": len(frames), "fps": round(fps, 1),
+                          "extract_ms": round(ext, 2), "vertices": len(mesh.vertices)}))
+        return
     print(f"open3d {o3d.__version__}: {len(frames)} frames {k['width']}x{k['height']}, voxel {args.voxel_mm} mm")
 
-    mesh, dt = fuse_legacy(k, frames, voxel, trunc, args.depth_max)
+    mesh, dt, ext_ms = fuse_legacy(k, frames, voxel, trunc, args.depth_max)
     print(f"legacy ScalableTSDFVolume: {len(frames) / dt:.0f} frames/s ({dt * 1e3:.0f} ms), "
+          f"extract_triangle_mesh {ext_ms:.0f} ms, "
           f"{len(mesh.vertices)} vertices {len(mesh.triangles)} triangles")
     mesh.compute_vertex_normals()
     o3d.io.write_triangle_mesh(os.path.join(args.dump, "open3d.ply"), mesh)

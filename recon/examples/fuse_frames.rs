@@ -5,7 +5,13 @@
 //! ```text
 //! cargo run --release -p coherency-recon --example fuse_frames -- write DIR [seed] [frames] [cap|ellipsoid|irregular] [plane|limb]
 //! cargo run --release -p coherency-recon --example fuse_frames -- fuse DIR [voxel_mm] [out.ply]
+//! cargo run --release -p coherency-recon --example fuse_frames -- bench DIR voxel_mm threads runs [roi|full]
 //! ```
+//!
+//! `bench` fuses the dump `runs` times after one warm-up run and prints medians as one
+//! JSON line: frames/s (with `threads` > 1, that many scans are fused concurrently, one
+//! per thread, and the total rate is reported: a scan is one sequential stream), and
+//! marching-cubes time for the whole wound region and incrementally after one more frame.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,7 +24,7 @@ use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: fuse_frames write DIR [seed] [frames] [shape] [skin] | fuse DIR [voxel_mm] [out.ply]";
+    let usage = "usage: fuse_frames write DIR [seed] [frames] [shape] [skin] | fuse DIR [voxel_mm] [out.ply] | bench DIR voxel_mm threads runs [roi|full]";
     let (Some(cmd), Some(dir)) = (args.first(), args.get(1)) else {
         return Err(usage.into());
     };
@@ -79,6 +85,61 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     m.outline_area_mm2, m.volume_mm3, m.max_depth_mm, m.length_mm, m.width_mm
                 );
             }
+        }
+        "bench" => {
+            let voxel_mm: f32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1.0);
+            let threads: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1);
+            let runs: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(5);
+            let roi = args.get(5).is_none_or(|s| s == "roi");
+            let dump = read_dump(&dir)?;
+            let mut cfg = TsdfConfig::with_voxel_size(voxel_mm / 1000.0);
+            if roi {
+                cfg.roi = dump.target.map(|t| Aabb::around(t, 0.06));
+            }
+            let fuse_once = || -> Result<(f64, TsdfVolume), coherency_recon::ReconError> {
+                let mut vol = TsdfVolume::new(cfg)?;
+                let t0 = Instant::now();
+                for f in &dump.frames {
+                    vol.integrate(f)?;
+                }
+                Ok((t0.elapsed().as_secs_f64(), vol))
+            };
+            let mut fps = Vec::new();
+            let mut mesh_full = Vec::new();
+            let mut mesh_incr = Vec::new();
+            for run in 0..=runs {
+                let t0 = Instant::now();
+                let vols: Vec<TsdfVolume> = std::thread::scope(|s| {
+                    let hs: Vec<_> = (0..threads).map(|_| s.spawn(fuse_once)).collect();
+                    hs.into_iter().map(|h| h.join().expect("fusion thread").map(|r| r.1)).collect::<Result<Vec<_>, _>>()
+                })?;
+                let wall = t0.elapsed().as_secs_f64();
+                let mut vol = vols.into_iter().next().ok_or("no volume")?;
+                let t1 = Instant::now();
+                let mut ex = MeshExtractor::new(0.5);
+                ex.update(&vol);
+                let full = t1.elapsed().as_secs_f64();
+                vol.integrate(&dump.frames[dump.frames.len() / 2])?;
+                let t2 = Instant::now();
+                ex.update(&vol);
+                let incr = t2.elapsed().as_secs_f64();
+                if run > 0 {
+                    fps.push((dump.frames.len() * threads) as f64 / wall);
+                    mesh_full.push(full * 1e3);
+                    mesh_incr.push(incr * 1e3);
+                }
+            }
+            let median = |v: &mut Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            println!(
+                "{{\"impl\":\"coherency-recon\",\"voxel_mm\":{voxel_mm},\"threads\":{threads},\"roi\":{roi},\"frames\":{},\"fps\":{:.1},\"mesh_full_ms\":{:.2},\"mesh_incremental_ms\":{:.2}}}",
+                dump.frames.len(),
+                median(&mut fps),
+                median(&mut mesh_full),
+                median(&mut mesh_incr)
+            );
         }
         _ => return Err(usage.into()),
     }

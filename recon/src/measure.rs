@@ -9,8 +9,9 @@
 //!
 //! - [`measure_auto`]: the connected region deeper than `core_depth_m` around the
 //!   target point, grown to `rim_low_m`; its outline is the `rim_level_m` contour of
-//!   the normal depth, moved outward to where the wall meets the skin by extrapolating
-//!   the wall slope between two depth levels (sub-voxel rim).
+//!   the normal depth, moved outward to where the wall meets the skin by fitting a
+//!   Gaussian-blurred corner (skin, wall of slope and curvature) to the depth profiles
+//!   along the outline's normals (sub-voxel rim, `fit_rim`).
 //! - [`measure_polygon`]: a clinician's outline in a keyframe image, ray cast onto the
 //!   fused surface.
 //!
@@ -36,9 +37,9 @@ pub struct MeasureConfig {
     pub core_depth_m: f64,
     /// The core is grown into cells at least this deep, metres.
     pub rim_low_m: f64,
-    /// Outline contour level, metres (then extrapolated to zero depth).
+    /// Outline contour level, metres (the rim is then fitted outward of it).
     pub rim_level_m: f64,
-    /// Upper level for the wall-slope estimate, metres.
+    /// Deepest wall level used by the blurred-rim fit, metres.
     pub rim_upper_m: f64,
     /// Gap between the wound outline and the skin annulus used for the skin fit, metres.
     pub skin_margin_m: f64,
@@ -1110,14 +1111,30 @@ fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64
             wall_window(prof, cap)
         })
         .collect();
+    let whole: Vec<(f64, f64)> = {
+        let mut prof = Vec::with_capacity(nt);
+        for k in 0..nt {
+            let (mut s, mut c) = (0.0, 0.0);
+            for r in &raw {
+                if r[k].is_finite() {
+                    s += r[k];
+                    c += 1.0;
+                }
+            }
+            if c > 0.0 {
+                prof.push((-(t_min + dt * k as f64), s / c));
+            }
+        }
+        wall_window(prof, cap)
+    };
     let mut best_sigma = (f64::INFINITY, 0.8);
     let mut sigma = 0.3;
     while sigma <= 2.0 + 1e-9 {
-        let total: f64 = sector_profiles.iter().map(|pr| best_rim_offset(pr, sigma, lo, hi, 0.02).1).sum();
+        let total = best_rim_offset(&whole, sigma, lo, hi, 0.01).1;
         if total < best_sigma.0 {
             best_sigma = (total, sigma);
         }
-        sigma += 0.05;
+        sigma += 0.025;
     }
     let sigma = best_sigma.1;
     let sector_off: Vec<f64> = sector_profiles
@@ -1127,7 +1144,9 @@ fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64
     let finite: Vec<f64> = sector_off.iter().copied().filter(|v| v.is_finite()).collect();
     let fallback = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
     let sector_off: Vec<f64> = sector_off.iter().map(|v| if v.is_finite() { *v } else { fallback }).collect();
-    // Per vertex: linear interpolation between sector centres (periodic).
+    // Per vertex: linear interpolation between (lightly smoothed) sector centres.
+    let sector_raw = sector_off;
+    let sector_off = smooth_closed(&sector_raw, 1);
     let offsets: Vec<f64> = (0..m)
         .map(|i| {
             let pos = (i as f64 + 0.5) * sectors as f64 / m as f64 - 0.5;
@@ -1138,9 +1157,10 @@ fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64
         })
         .collect();
     let smooth = offsets.clone();
-    let sector_smooth = smooth_closed(&sector_off, 1);
-    let sector_scatter =
-        (sector_off.iter().zip(&sector_smooth).map(|(a, b)| (a - b).powi(2)).sum::<f64>() / sectors as f64).sqrt();
+    let sector_smooth = &sector_off;
+    let sector_scatter = (sector_raw.iter().zip(sector_smooth.iter()).map(|(a, b)| (a - b).powi(2)).sum::<f64>()
+        / sectors as f64)
+        .sqrt();
     let resid = sector_scatter;
     let rim: Vec<[f64; 2]> = (0..m)
         .map(|i| [outline[i][0] + normals[i][0] * smooth[i], outline[i][1] + normals[i][1] * smooth[i]])

@@ -8,11 +8,12 @@
 //! within 5 %, coefficient of variation across trajectories ≤ 1 % (area) and ≤ 3 %
 //! (volume), and every `±` interval containing the true value.
 //!
-//! The automatic outline meets the depth, volume and repeatability bars; its area is
-//! biased high by up to ~4 % on the noisiest (farthest) trajectories, because the rim
-//! is found by extrapolating a blurred wall to zero depth. Its tests assert what it
-//! achieves today (area within 5 %, length/width within 1.5 mm, CV ≤ 1.5 %) so a
-//! regression is caught, and its intervals must still contain the truth.
+//! The automatic outline (blurred-rim fit, see `docs/measurement.md`) meets the depth,
+//! volume and volume-CV bars; its area is unbiased on average but one noisy
+//! trajectory in 30 still reads +3.3 % and one −2.3 %, length/width up to 1.1 mm, and
+//! area CV up to 1.8 % on the limb cap. Its tests assert that level (area within 3.5 %,
+//! length/width within 1.25 mm, area CV ≤ 2 %) so a regression is caught, and its
+//! intervals must contain the truth.
 
 use coherency_recon::measure::{measure_auto, measure_polygon, MeasureConfig, WoundMeasurements};
 use coherency_recon::phantom::{presets, GroundTruth, Phantom, PhantomSpec, ScanConfig};
@@ -105,13 +106,13 @@ fn check(spec: PhantomSpec, label: &str) {
         let a = &r.auto;
         let tag = format!("{label} seed {seed} auto");
         assert!(
-            rel(a.outline_area_mm2.value, t.outline_area_mm2) <= 0.05,
+            rel(a.outline_area_mm2.value, t.outline_area_mm2) <= 0.035,
             "{tag}: area {} vs {}",
             a.outline_area_mm2,
             t.outline_area_mm2
         );
-        assert!((a.length_mm.value - t.length_mm).abs() <= 1.5, "{tag}: length {} vs {}", a.length_mm, t.length_mm);
-        assert!((a.width_mm.value - t.width_mm).abs() <= 1.5, "{tag}: width {} vs {}", a.width_mm, t.width_mm);
+        assert!((a.length_mm.value - t.length_mm).abs() <= 1.25, "{tag}: length {} vs {}", a.length_mm, t.length_mm);
+        assert!((a.width_mm.value - t.width_mm).abs() <= 1.25, "{tag}: width {} vs {}", a.width_mm, t.width_mm);
         assert!(
             (a.max_depth_mm.value - t.max_depth_mm).abs() <= 0.5,
             "{tag}: max depth {} vs {}",
@@ -128,7 +129,7 @@ fn check(spec: PhantomSpec, label: &str) {
     assert!(p_vol <= 0.03, "{label}: polygon volume CV {p_vol:.4}");
     let a_area = cv(&series(&|r| r.auto.outline_area_mm2.value));
     let a_vol = cv(&series(&|r| r.auto.volume_mm3.value));
-    assert!(a_area <= 0.015, "{label}: auto area CV {a_area:.4}");
+    assert!(a_area <= 0.02, "{label}: auto area CV {a_area:.4}");
     assert!(a_vol <= 0.03, "{label}: auto volume CV {a_vol:.4}");
 }
 
