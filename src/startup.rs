@@ -70,13 +70,15 @@ impl Application {
             None => return Err(StartError::Config("encryption_key (COHERENCY_ENCRYPTION_KEY) is required".into())),
         };
         crate::auth::password::Hasher::warm_up();
+        let clock = Clock::default();
         let state = web::Data::new(AppState {
+            capture: crate::ws::scan::start_registry(&stores, &clock, &metrics),
             config: Arc::new(config),
             stores,
             metrics,
             lifecycle: Lifecycle::default(),
             node,
-            clock: Clock::default(),
+            clock,
             hasher: Default::default(),
             token_secret,
             field_key,
@@ -99,7 +101,7 @@ impl Application {
                     .wrap(from_fn(crate::metrics::record))
                     .wrap(from_fn(envelope_mw))
                     .wrap(Compress::default())
-                    .wrap(TracingLogger::default())
+                    .wrap(TracingLogger::<crate::telemetry::PhiSafeRootSpan>::new())
             })
             .listen(listener)
             .map_err(|source| StartError::Bind { addr: "listener".into(), source })?
@@ -156,6 +158,7 @@ impl ShutdownHandle {
         self.state.metrics.draining.set(1);
         tokio::time::sleep(Duration::from_millis(self.state.config.drain_delay_ms)).await;
         self.state.lifecycle.close_sockets();
+        self.state.capture.do_send(coherency_actors::capture::Drain);
         self.server.stop(true).await;
         tracing::info!("stopped");
     }

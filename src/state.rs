@@ -30,6 +30,8 @@ pub struct AppState {
     pub field_key: FieldKey,
     /// Sockets open on this node, for revocation.
     pub sockets: Arc<SocketRegistry>,
+    /// This node's scan capture sessions (`crate::ws::scan`).
+    pub capture: actix::Addr<coherency_actors::CaptureRegistry>,
 }
 
 /// Draining and shutdown signals.

@@ -32,3 +32,37 @@ pub fn init(config: &Config) {
         registry.with(tracing_subscriber::fmt::layer().pretty()).try_init()
     };
 }
+
+/// Root span for every request: method, route pattern and request id — never the raw path
+/// or query string, which can carry names, birth dates or ids (PHI).
+pub struct PhiSafeRootSpan;
+
+impl tracing_actix_web::RootSpanBuilder for PhiSafeRootSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        use actix_web::HttpMessage;
+        let request_id =
+            request.extensions().get::<tracing_actix_web::RequestId>().map(|r| r.to_string()).unwrap_or_default();
+        let route = request.match_pattern().unwrap_or_else(|| "unmatched".into());
+        tracing::info_span!(
+            "http_request",
+            http.method = %request.method(),
+            http.route = %route,
+            request_id = %request_id,
+            http.status_code = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+        match outcome {
+            Ok(res) => {
+                span.record("http.status_code", res.status().as_u16());
+            }
+            Err(e) => {
+                span.record("http.status_code", e.as_response_error().status_code().as_u16());
+            }
+        }
+    }
+}

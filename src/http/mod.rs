@@ -2,8 +2,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod fhir;
 pub mod health;
 pub mod json;
+pub mod patients;
+pub mod scans;
 
 pub use json::Json;
 
@@ -30,7 +33,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/admin/users/{id}/revoke-sessions").route(web::post().to(admin::revoke_sessions)))
         .service(resource("/v1/admin/users/{id}/disable").route(web::post().to(admin::disable_user)))
         .service(resource("/v1/admin/emergency-access").route(web::get().to(admin::list_emergency_access)))
-        .service(resource("/v1/patients/{id}/emergency-access").route(web::post().to(admin::emergency_access)));
+        .service(resource("/v1/patients/{id}/emergency-access").route(web::post().to(admin::emergency_access)))
+        .service(resource("/v1/scans").route(web::post().to(scans::create)))
+        .service(resource("/v1/scans/{id}").route(web::get().to(scans::get)))
+        .service(resource("/v1/scans/{id}/stream").route(web::get().to(crate::ws::scan::stream)))
+        .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
+    cfg.configure(patients::configure).configure(fhir::configure);
 }
 
 /// A resource that answers 405 (not the app-wide 404) to methods it has no route for.

@@ -6,6 +6,7 @@ pub mod blob;
 pub mod mongo;
 pub mod pg;
 pub mod redis;
+pub mod scans;
 
 use std::time::Duration;
 

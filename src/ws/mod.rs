@@ -2,6 +2,7 @@
 //! holds no domain state. Shared here: authentication of the upgrade request.
 
 pub mod events;
+pub mod scan;
 
 use actix_web::{web, HttpRequest};
 use coherency_protocol::Code;

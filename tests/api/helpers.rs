@@ -183,43 +183,61 @@ where
     }
 }
 
-/// A TCP forwarder the test can cut, to make a service unreachable for one app only.
+/// A TCP forwarder the test can cut (and restore), to make a service unreachable for one
+/// app only.
 pub struct TcpProxy {
     pub port: u16,
-    stop: tokio::sync::watch::Sender<bool>,
+    /// `(epoch, cut)`: a cut bumps the epoch (ending every connection of the previous one)
+    /// and refuses new connections until restored.
+    state: tokio::sync::watch::Sender<(u64, bool)>,
 }
 
 impl TcpProxy {
     pub async fn start(upstream: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        let mut accept_rx = rx.clone();
+        let (state, rx) = tokio::sync::watch::channel((0u64, false));
         tokio::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = accept_rx.changed() => break,
-                    accepted = listener.accept() => {
-                        let Ok((mut inbound, _)) = accepted else { break };
-                        let upstream = upstream.clone();
-                        let mut conn_rx = rx.clone();
-                        tokio::spawn(async move {
-                            let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
-                            tokio::select! {
-                                _ = conn_rx.changed() => {},
-                                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
-                            }
-                        });
-                    }
+                let Ok((mut inbound, _)) = listener.accept().await else { break };
+                let (epoch, cut) = *rx.borrow();
+                if cut {
+                    // Refused: closed at once, before a byte is exchanged.
+                    drop(inbound);
+                    continue;
                 }
+                let upstream = upstream.clone();
+                let mut conn_rx = rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                    let ended = async {
+                        loop {
+                            if conn_rx.changed().await.is_err() || conn_rx.borrow().0 != epoch {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = ended => {},
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {},
+                    }
+                });
             }
         });
-        Self { port, stop }
+        Self { port, state }
     }
 
-    /// Closes the listening port and every connection through it.
+    /// Closes every connection through the proxy and refuses new ones until [`Self::restore`].
     pub fn cut(&self) {
-        let _ = self.stop.send(true);
+        self.state.send_modify(|s| {
+            s.0 += 1;
+            s.1 = true;
+        });
+    }
+
+    /// Accepts connections again after [`Self::cut`].
+    pub fn restore(&self) {
+        self.state.send_modify(|s| s.1 = false);
     }
 
     /// The URL of `service_url` with its host and port replaced by this proxy.

@@ -1,0 +1,881 @@
+//! A patient's lists: allergies, medications, conditions, coverages, related persons
+//! (emergency contacts), consents — each entry a validated document of a fixed shape per
+//! kind, versioned for `If-Match` — and the care team (which clinicians may see the record).
+//!
+//! Patients may add and edit their own contacts, coverages and consents; clinical lists and
+//! the care team are written by staff.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, NaiveDate, Utc};
+use coherency_protocol::Code;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Row};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{etag, if_match, opt_text, past_date, path_id, phone, require_access, text, MAX_TEXT};
+use crate::audit::AuditEvent;
+use crate::auth::{self, perm, Principal, Require, Role};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The kinds of entry, with their table value and URL segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Allergy,
+    Medication,
+    Condition,
+    Coverage,
+    Contact,
+    Consent,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Allergy => "allergy",
+            Kind::Medication => "medication",
+            Kind::Condition => "condition",
+            Kind::Coverage => "coverage",
+            Kind::Contact => "contact",
+            Kind::Consent => "consent",
+        }
+    }
+
+    /// Whether a patient may write entries of this kind on their own record.
+    pub fn patient_writable(self) -> bool {
+        matches!(self, Kind::Coverage | Kind::Contact | Kind::Consent)
+    }
+}
+
+/// Implemented by each entry body: its kind and its normalisation.
+pub trait Entry: DeserializeOwned + Serialize {
+    const KIND: Kind;
+    fn validate(self, today: NaiveDate) -> Result<Self, ApiError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Mild,
+    Moderate,
+    Severe,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AllergyStatus {
+    #[default]
+    Active,
+    Inactive,
+    Resolved,
+}
+
+/// An allergy or intolerance.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Allergy {
+    /// What the patient reacts to (`penicillin`, `latex`).
+    pub substance: String,
+    /// The reaction observed (`hives`).
+    pub reaction: Option<String>,
+    pub severity: Option<Severity>,
+    #[serde(default)]
+    pub status: AllergyStatus,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub onset_date: Option<NaiveDate>,
+}
+
+impl Entry for Allergy {
+    const KIND: Kind = Kind::Allergy;
+    fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
+        Ok(Self {
+            substance: text(&self.substance, "substance", MAX_TEXT)?,
+            reaction: opt_text(self.reaction.as_deref(), "reaction", MAX_TEXT)?,
+            onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?,
+            ..self
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MedicationStatus {
+    #[default]
+    Active,
+    Completed,
+    Stopped,
+    OnHold,
+    Intended,
+}
+
+impl MedicationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MedicationStatus::Active => "active",
+            MedicationStatus::Completed => "completed",
+            MedicationStatus::Stopped => "stopped",
+            MedicationStatus::OnHold => "on-hold",
+            MedicationStatus::Intended => "intended",
+        }
+    }
+}
+
+/// A medication the patient takes or took.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Medication {
+    pub name: String,
+    /// Free-text dosage (`500 mg twice daily`).
+    pub dosage: Option<String>,
+    #[serde(default)]
+    pub status: MedicationStatus,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub start_date: Option<NaiveDate>,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub end_date: Option<NaiveDate>,
+}
+
+fn period(start: Option<NaiveDate>, end: Option<NaiveDate>) -> Result<(), ApiError> {
+    if let (Some(s), Some(e)) = (start, end) {
+        if e < s {
+            return Err(ApiError::field(Code::InvalidField, "end_date", "`end_date` must not be before `start_date`"));
+        }
+    }
+    Ok(())
+}
+
+impl Entry for Medication {
+    const KIND: Kind = Kind::Medication;
+    fn validate(self, _today: NaiveDate) -> Result<Self, ApiError> {
+        period(self.start_date, self.end_date)?;
+        Ok(Self {
+            name: text(&self.name, "name", MAX_TEXT)?,
+            dosage: opt_text(self.dosage.as_deref(), "dosage", MAX_TEXT)?,
+            ..self
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConditionStatus {
+    #[default]
+    Active,
+    Recurrence,
+    Relapse,
+    Inactive,
+    Remission,
+    Resolved,
+}
+
+/// A problem or diagnosis.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// Human description (`Type 2 diabetes mellitus`).
+    pub description: String,
+    /// Optional SNOMED CT concept id.
+    pub snomed_code: Option<String>,
+    #[serde(default)]
+    pub clinical_status: ConditionStatus,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub onset_date: Option<NaiveDate>,
+}
+
+impl Entry for Condition {
+    const KIND: Kind = Kind::Condition;
+    fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
+        if let Some(c) = &self.snomed_code {
+            if !(6..=18).contains(&c.len()) || !c.chars().all(|ch| ch.is_ascii_digit()) {
+                return Err(ApiError::field(Code::InvalidField, "snomed_code", "`snomed_code` must be 6-18 digits"));
+            }
+        }
+        Ok(Self {
+            description: text(&self.description, "description", MAX_TEXT)?,
+            onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?,
+            ..self
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CoverageStatus {
+    #[default]
+    Active,
+    Cancelled,
+}
+
+/// An insurance coverage.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Coverage {
+    /// The insurer.
+    pub payer: String,
+    pub member_id: String,
+    pub group_number: Option<String>,
+    pub plan_name: Option<String>,
+    #[serde(default)]
+    pub status: CoverageStatus,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub start_date: Option<NaiveDate>,
+    #[schema(value_type = Option<String>, format = Date)]
+    pub end_date: Option<NaiveDate>,
+}
+
+impl Entry for Coverage {
+    const KIND: Kind = Kind::Coverage;
+    fn validate(self, _today: NaiveDate) -> Result<Self, ApiError> {
+        period(self.start_date, self.end_date)?;
+        Ok(Self {
+            payer: text(&self.payer, "payer", MAX_TEXT)?,
+            member_id: text(&self.member_id, "member_id", 64)?,
+            group_number: opt_text(self.group_number.as_deref(), "group_number", 64)?,
+            plan_name: opt_text(self.plan_name.as_deref(), "plan_name", MAX_TEXT)?,
+            ..self
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Relationship {
+    Spouse,
+    Partner,
+    Parent,
+    Child,
+    Sibling,
+    Guardian,
+    Friend,
+    Other,
+}
+
+/// A related person; `emergency` marks an emergency contact.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    pub name: String,
+    pub relationship: Relationship,
+    #[serde(default)]
+    pub emergency: bool,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+}
+
+impl Entry for Contact {
+    const KIND: Kind = Kind::Contact;
+    fn validate(self, _today: NaiveDate) -> Result<Self, ApiError> {
+        if self.phone.is_none() && self.email.is_none() {
+            return Err(ApiError::field(Code::InvalidField, "phone", "a contact needs a `phone` or an `email`"));
+        }
+        Ok(Self {
+            name: text(&self.name, "name", super::MAX_NAME)?,
+            phone: self.phone.as_deref().map(|p| phone(p, "phone")).transpose()?,
+            email: self.email.as_deref().map(|e| crate::http::auth::normalise_email(e, "email")).transpose()?,
+            ..self
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsentScope {
+    Telehealth,
+    ScanCapture,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentStatus {
+    Granted,
+    Withdrawn,
+}
+
+/// A consent decision. The newest decision per scope is the one in force.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Consent {
+    pub scope: ConsentScope,
+    pub status: ConsentStatus,
+    /// The version of the consent text agreed to (`2026-01`).
+    pub version: String,
+    /// When it was given or withdrawn (default today).
+    #[schema(value_type = Option<String>, format = Date)]
+    pub date: Option<NaiveDate>,
+}
+
+impl Entry for Consent {
+    const KIND: Kind = Kind::Consent;
+    fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
+        let v = self.version.trim();
+        if v.is_empty() || v.len() > 32 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                "version",
+                "`version` must be 1-32 letters, digits, . _ or -",
+            ));
+        }
+        Ok(Self { version: v.to_string(), date: Some(past_date(self.date.unwrap_or(today), today, "date")?), ..self })
+    }
+}
+
+/// Whether the patient's newest scan-capture consent decision is a grant. The scan API
+/// refuses to start a capture without one.
+pub async fn has_scan_consent(pg: &PgPool, patient_id: Uuid) -> Result<bool, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT data->>'status' FROM patient_entries
+         WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
+         ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1",
+    )
+    .bind(patient_id)
+    .fetch_optional(pg)
+    .await?;
+    Ok(status.as_deref() == Some("granted"))
+}
+
+/// A stored entry.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    pub version: i64,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Stored {
+    /// The API form: the entry's fields plus `id`, `version` and timestamps.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = self.data.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("id".into(), serde_json::json!(self.id));
+            o.insert("patient_id".into(), serde_json::json!(self.patient_id));
+            o.insert("version".into(), serde_json::json!(self.version));
+            o.insert("created_at".into(), serde_json::json!(self.created_at));
+            o.insert("updated_at".into(), serde_json::json!(self.updated_at));
+        }
+        v
+    }
+}
+
+fn stored(r: &sqlx::postgres::PgRow) -> Stored {
+    Stored {
+        id: r.get("id"),
+        patient_id: r.get("patient_id"),
+        version: r.get("version"),
+        data: r.get("data"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+    }
+}
+
+/// Every entry of a kind for a patient, oldest first.
+pub async fn list_of(pg: &PgPool, patient_id: Uuid, kind: Kind) -> Result<Vec<Stored>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, patient_id, version, data, created_at, updated_at FROM patient_entries
+         WHERE patient_id = $1 AND kind = $2 ORDER BY created_at, id",
+    )
+    .bind(patient_id)
+    .bind(kind.as_str())
+    .fetch_all(pg)
+    .await?;
+    Ok(rows.iter().map(stored).collect())
+}
+
+/// Inserts a validated entry (also used by the demo seed).
+pub async fn insert<T: Entry>(
+    pg: &PgPool,
+    patient_id: Uuid,
+    body: &T,
+    by: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> Result<Stored, ApiError> {
+    let row = sqlx::query(
+        "INSERT INTO patient_entries (id, patient_id, kind, data, created_by, created_at, updated_at)
+         VALUES ($1,$2,$3,$4,$5,$6,$6) RETURNING id, patient_id, version, data, created_at, updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(patient_id)
+    .bind(T::KIND.as_str())
+    .bind(serde_json::to_value(body).map_err(ApiError::internal)?)
+    .bind(by)
+    .bind(now)
+    .fetch_one(pg)
+    .await?;
+    Ok(stored(&row))
+}
+
+fn may_write(who: &Principal, kind: Kind) -> Result<(), ApiError> {
+    if who.role == Role::Patient && !kind.patient_writable() {
+        return Err(ApiError::new(Code::Forbidden, format!("your care team keeps your {} list", kind.as_str())));
+    }
+    Ok(())
+}
+
+fn action(kind: Kind, verb: &str) -> String {
+    format!("patient.{}.{verb}", kind.as_str())
+}
+
+async fn list_entries<T: Entry>(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(req, "id")?;
+    let act = action(T::KIND, "read");
+    require_access(state, req, who, pid, &act).await?;
+    let items = list_of(&state.stores.pg, pid, T::KIND).await?;
+    let ids: Vec<Uuid> = items.iter().map(|e| e.id).collect();
+    auth::audit(
+        state,
+        req,
+        Some(who),
+        AuditEvent::new(&act, "success").target("patient", pid).details(serde_json::json!({"ids": ids})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(items.iter().map(Stored::to_json).collect::<Vec<_>>()))
+}
+
+async fn create_entry<T: Entry>(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    body: crate::http::Json<T>,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(req, "id")?;
+    let act = action(T::KIND, "create");
+    require_access(state, req, who, pid, &act).await?;
+    may_write(who, T::KIND)?;
+    let now = state.clock.now();
+    let body = body.parse()?.validate(now.date_naive())?;
+    let e = insert(&state.stores.pg, pid, &body, Some(who.user_id), now).await?;
+    auth::audit(
+        state,
+        req,
+        Some(who),
+        AuditEvent::new(&act, "success").target("patient", pid).details(serde_json::json!({"entry_id": e.id})),
+    )
+    .await?;
+    Ok(HttpResponse::Created().insert_header((header::ETAG, etag(e.version))).json(e.to_json()))
+}
+
+/// RFC 7386 merge of `patch` into `target`.
+fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
+    match (target.as_object_mut(), patch) {
+        (Some(t), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(&k);
+                } else {
+                    merge(t.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+        }
+        (_, p) => *target = p,
+    }
+}
+
+async fn update_entry<T: Entry>(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    body: crate::http::Json<serde_json::Map<String, serde_json::Value>>,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(req, "id")?;
+    let act = action(T::KIND, "update");
+    require_access(state, req, who, pid, &act).await?;
+    let eid = path_id(req, "entry_id")?;
+    may_write(who, T::KIND)?;
+    let patch = body.parse()?;
+    let expected = if_match(req)?;
+    let now = state.clock.now();
+    let mut tx = state.stores.pg.begin().await?;
+    let row = sqlx::query(
+        "SELECT id, patient_id, version, data, created_at, updated_at FROM patient_entries
+         WHERE id = $1 AND patient_id = $2 AND kind = $3 FOR UPDATE",
+    )
+    .bind(eid)
+    .bind(pid)
+    .bind(T::KIND.as_str())
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let current = stored(&row);
+    if current.version != expected {
+        return Err(ApiError::new(Code::PreconditionFailed, "the entry changed since you read it; read it again"));
+    }
+    let mut merged = current.data.clone();
+    merge(&mut merged, serde_json::Value::Object(patch));
+    let body: T = crate::http::json::parse(merged.to_string().as_bytes())?;
+    let body = body.validate(now.date_naive())?;
+    let row = sqlx::query(
+        "UPDATE patient_entries SET data = $2, version = version + 1, updated_at = $3 WHERE id = $1
+         RETURNING id, patient_id, version, data, created_at, updated_at",
+    )
+    .bind(eid)
+    .bind(serde_json::to_value(&body).map_err(ApiError::internal)?)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let e = stored(&row);
+    auth::audit(
+        state,
+        req,
+        Some(who),
+        AuditEvent::new(&act, "success").target("patient", pid).details(serde_json::json!({"entry_id": e.id})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().insert_header((header::ETAG, etag(e.version))).json(e.to_json()))
+}
+
+async fn delete_entry<T: Entry>(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(req, "id")?;
+    let act = action(T::KIND, "delete");
+    require_access(state, req, who, pid, &act).await?;
+    let eid = path_id(req, "entry_id")?;
+    may_write(who, T::KIND)?;
+    let n = sqlx::query("DELETE FROM patient_entries WHERE id = $1 AND patient_id = $2 AND kind = $3")
+        .bind(eid)
+        .bind(pid)
+        .bind(T::KIND.as_str())
+        .execute(&state.stores.pg)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::not_found());
+    }
+    auth::audit(
+        state,
+        req,
+        Some(who),
+        AuditEvent::new(&act, "success").target("patient", pid).details(serde_json::json!({"entry_id": eid})),
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The four handlers of one entry kind, with their OpenAPI annotations.
+macro_rules! entry_routes {
+    ($ty:ty, $list:ident, $create:ident, $update:ident, $delete:ident, $path:tt, $item:tt, $what:tt) => {
+        #[doc = concat!("`GET ", $path, "`: every ", $what, " on the record.")]
+        #[utoipa::path(get, path = $path, tag = "patients", security(("bearer" = ["patients:read"])), params(("id" = Uuid, Path)),
+            responses((status = 200, body = Vec<$ty>), (status = 404)))]
+        pub async fn $list(
+            state: web::Data<AppState>,
+            req: HttpRequest,
+            who: Require<perm::PatientsRead>,
+        ) -> Result<HttpResponse, ApiError> {
+            list_entries::<$ty>(&state, &req, &who).await
+        }
+
+        #[doc = concat!("`POST ", $path, "`: adds a ", $what, ".")]
+        #[utoipa::path(post, path = $path, tag = "patients", security(("bearer" = ["patients:write"])), params(("id" = Uuid, Path)),
+            request_body = $ty, responses((status = 201, body = $ty), (status = 400, description = "invalid_field naming the field"),
+            (status = 403, description = "patients may not write this list"), (status = 404)))]
+        pub async fn $create(
+            state: web::Data<AppState>,
+            req: HttpRequest,
+            who: Require<perm::PatientsWrite>,
+            body: crate::http::Json<$ty>,
+        ) -> Result<HttpResponse, ApiError> {
+            create_entry::<$ty>(&state, &req, &who, body).await
+        }
+
+        #[doc = concat!("`PATCH ", $item, "`: merge-patches a ", $what, " (`If-Match` required).")]
+        #[utoipa::path(patch, path = $item, tag = "patients", security(("bearer" = ["patients:write"])),
+            params(("id" = Uuid, Path), ("entry_id" = Uuid, Path), ("If-Match" = String, Header)),
+            request_body = $ty, responses((status = 200, body = $ty), (status = 400), (status = 404), (status = 412), (status = 428)))]
+        pub async fn $update(
+            state: web::Data<AppState>,
+            req: HttpRequest,
+            who: Require<perm::PatientsWrite>,
+            body: crate::http::Json<serde_json::Map<String, serde_json::Value>>,
+        ) -> Result<HttpResponse, ApiError> {
+            update_entry::<$ty>(&state, &req, &who, body).await
+        }
+
+        #[doc = concat!("`DELETE ", $item, "`: removes a ", $what, ".")]
+        #[utoipa::path(delete, path = $item, tag = "patients", security(("bearer" = ["patients:write"])),
+            params(("id" = Uuid, Path), ("entry_id" = Uuid, Path)), responses((status = 204), (status = 404)))]
+        pub async fn $delete(
+            state: web::Data<AppState>,
+            req: HttpRequest,
+            who: Require<perm::PatientsWrite>,
+        ) -> Result<HttpResponse, ApiError> {
+            delete_entry::<$ty>(&state, &req, &who).await
+        }
+    };
+}
+
+entry_routes!(
+    Allergy,
+    list_allergies,
+    create_allergy,
+    update_allergy,
+    delete_allergy,
+    "/v1/patients/{id}/allergies",
+    "/v1/patients/{id}/allergies/{entry_id}",
+    "allergy"
+);
+entry_routes!(
+    Medication,
+    list_medications,
+    create_medication,
+    update_medication,
+    delete_medication,
+    "/v1/patients/{id}/medications",
+    "/v1/patients/{id}/medications/{entry_id}",
+    "medication"
+);
+entry_routes!(
+    Condition,
+    list_conditions,
+    create_condition,
+    update_condition,
+    delete_condition,
+    "/v1/patients/{id}/conditions",
+    "/v1/patients/{id}/conditions/{entry_id}",
+    "condition"
+);
+entry_routes!(
+    Coverage,
+    list_coverages,
+    create_coverage,
+    update_coverage,
+    delete_coverage,
+    "/v1/patients/{id}/coverages",
+    "/v1/patients/{id}/coverages/{entry_id}",
+    "coverage"
+);
+entry_routes!(
+    Contact,
+    list_contacts,
+    create_contact,
+    update_contact,
+    delete_contact,
+    "/v1/patients/{id}/contacts",
+    "/v1/patients/{id}/contacts/{entry_id}",
+    "contact"
+);
+entry_routes!(
+    Consent,
+    list_consents,
+    create_consent,
+    update_consent,
+    delete_consent,
+    "/v1/patients/{id}/consents",
+    "/v1/patients/{id}/consents/{entry_id}",
+    "consent decision"
+);
+
+/// Registers the entry routes (each resource answers 405 to other methods).
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::http::resource;
+    macro_rules! reg {
+        ($path:literal, $item:literal, $list:ident, $create:ident, $update:ident, $delete:ident) => {
+            cfg.service(resource($path).route(web::get().to($list)).route(web::post().to($create)));
+            cfg.service(resource($item).route(web::patch().to($update)).route(web::delete().to($delete)));
+        };
+    }
+    reg!(
+        "/v1/patients/{id}/allergies",
+        "/v1/patients/{id}/allergies/{entry_id}",
+        list_allergies,
+        create_allergy,
+        update_allergy,
+        delete_allergy
+    );
+    reg!(
+        "/v1/patients/{id}/medications",
+        "/v1/patients/{id}/medications/{entry_id}",
+        list_medications,
+        create_medication,
+        update_medication,
+        delete_medication
+    );
+    reg!(
+        "/v1/patients/{id}/conditions",
+        "/v1/patients/{id}/conditions/{entry_id}",
+        list_conditions,
+        create_condition,
+        update_condition,
+        delete_condition
+    );
+    reg!(
+        "/v1/patients/{id}/coverages",
+        "/v1/patients/{id}/coverages/{entry_id}",
+        list_coverages,
+        create_coverage,
+        update_coverage,
+        delete_coverage
+    );
+    reg!(
+        "/v1/patients/{id}/contacts",
+        "/v1/patients/{id}/contacts/{entry_id}",
+        list_contacts,
+        create_contact,
+        update_contact,
+        delete_contact
+    );
+    reg!(
+        "/v1/patients/{id}/consents",
+        "/v1/patients/{id}/consents/{entry_id}",
+        list_consents,
+        create_consent,
+        update_consent,
+        delete_consent
+    );
+    cfg.service(
+        resource("/v1/patients/{id}/care-team").route(web::get().to(care_team)).route(web::post().to(add_care_team)),
+    );
+    cfg.service(resource("/v1/patients/{id}/care-team/{clinician_id}").route(web::delete().to(remove_care_team)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Care team
+
+/// A clinician on a patient's care team.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CareTeamMember {
+    pub clinician_id: Uuid,
+    pub display_name: String,
+    /// `primary`, `clinician`, `nurse`, … (free text, 1-50 characters).
+    pub role: String,
+    pub added_at: DateTime<Utc>,
+}
+
+/// `POST /v1/patients/{id}/care-team` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddCareTeam {
+    pub clinician_id: Uuid,
+    pub role: Option<String>,
+}
+
+/// The care team of a patient.
+pub async fn care_team_of(pg: &PgPool, patient_id: Uuid) -> Result<Vec<CareTeamMember>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT c.clinician_id, u.display_name, c.role, c.added_at FROM care_team c JOIN users u ON u.id = c.clinician_id
+         WHERE c.patient_id = $1 ORDER BY c.added_at, c.clinician_id",
+    )
+    .bind(patient_id)
+    .fetch_all(pg)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| CareTeamMember {
+            clinician_id: r.get("clinician_id"),
+            display_name: r.get("display_name"),
+            role: r.get("role"),
+            added_at: r.get("added_at"),
+        })
+        .collect())
+}
+
+/// `GET /v1/patients/{id}/care-team`
+#[utoipa::path(get, path = "/v1/patients/{id}/care-team", tag = "patients", security(("bearer" = ["patients:read"])), params(("id" = Uuid, Path)),
+    responses((status = 200, body = Vec<CareTeamMember>), (status = 404)))]
+pub async fn care_team(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::PatientsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(&req, "id")?;
+    require_access(&state, &req, &who, pid, "patient.care_team.read").await?;
+    let team = care_team_of(&state.stores.pg, pid).await?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("patient.care_team.read", "success").target("patient", pid))
+        .await?;
+    Ok(HttpResponse::Ok().json(team))
+}
+
+/// `POST /v1/patients/{id}/care-team`: staff with access add a clinician (idempotent).
+#[utoipa::path(post, path = "/v1/patients/{id}/care-team", tag = "patients", security(("bearer" = ["patients:write"])), params(("id" = Uuid, Path)),
+    request_body = AddCareTeam, responses((status = 200, body = Vec<CareTeamMember>), (status = 400, description = "`clinician_id` is not an active clinician"),
+    (status = 403, description = "patients cannot change their care team"), (status = 404)))]
+pub async fn add_care_team(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::PatientsWrite>,
+    body: crate::http::Json<AddCareTeam>,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(&req, "id")?;
+    require_access(&state, &req, &who, pid, "patient.care_team.add").await?;
+    if who.role == Role::Patient {
+        return Err(ApiError::new(Code::Forbidden, "your care team is managed by the clinic"));
+    }
+    let body = body.parse()?;
+    let role = opt_text(body.role.as_deref(), "role", 50)?.unwrap_or_else(|| "clinician".into());
+    let ok: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician' AND disabled_at IS NULL)",
+    )
+    .bind(body.clinician_id)
+    .fetch_one(&state.stores.pg)
+    .await?;
+    if !ok {
+        return Err(ApiError::field(Code::InvalidField, "clinician_id", "`clinician_id` is not an active clinician"));
+    }
+    sqlx::query(
+        "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,$3,$4)
+         ON CONFLICT (patient_id, clinician_id) DO UPDATE SET role = EXCLUDED.role",
+    )
+    .bind(pid)
+    .bind(body.clinician_id)
+    .bind(&role)
+    .bind(state.clock.now())
+    .execute(&state.stores.pg)
+    .await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("patient.care_team.add", "success")
+            .target("patient", pid)
+            .details(serde_json::json!({"clinician_id": body.clinician_id})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(care_team_of(&state.stores.pg, pid).await?))
+}
+
+/// `DELETE /v1/patients/{id}/care-team/{clinician_id}`
+#[utoipa::path(delete, path = "/v1/patients/{id}/care-team/{clinician_id}", tag = "patients", security(("bearer" = ["patients:write"])),
+    params(("id" = Uuid, Path), ("clinician_id" = Uuid, Path)), responses((status = 204), (status = 403), (status = 404)))]
+pub async fn remove_care_team(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::PatientsWrite>,
+) -> Result<HttpResponse, ApiError> {
+    let pid = path_id(&req, "id")?;
+    require_access(&state, &req, &who, pid, "patient.care_team.remove").await?;
+    if who.role == Role::Patient {
+        return Err(ApiError::new(Code::Forbidden, "your care team is managed by the clinic"));
+    }
+    let cid = path_id(&req, "clinician_id")?;
+    let n = sqlx::query("DELETE FROM care_team WHERE patient_id = $1 AND clinician_id = $2")
+        .bind(pid)
+        .bind(cid)
+        .execute(&state.stores.pg)
+        .await?
+        .rows_affected();
+    if n == 0 {
+        return Err(ApiError::not_found());
+    }
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("patient.care_team.remove", "success")
+            .target("patient", pid)
+            .details(serde_json::json!({"clinician_id": cid})),
+    )
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,245 @@
+//! Demo patients with full profiles for `coherency seed-demo` (idempotent: keyed by MRN).
+
+use chrono::NaiveDate;
+use uuid::Uuid;
+
+use super::entries::{
+    self, Allergy, AllergyStatus, Condition, ConditionStatus, Consent, ConsentScope, ConsentStatus, Contact, Coverage,
+    CoverageStatus, Medication, MedicationStatus, Relationship, Severity,
+};
+use super::{Address, DEFAULT_ORG};
+use crate::state::AppState;
+
+struct Demo {
+    mrn: &'static str,
+    given: &'static str,
+    family: &'static str,
+    birth: (i32, u32, u32),
+    sex: &'static str,
+    lang: &'static str,
+    city: &'static str,
+    country: &'static str,
+}
+
+const DEMO: &[Demo] = &[
+    Demo {
+        mrn: "DEMO-0001",
+        given: "Ada",
+        family: "Lovelace",
+        birth: (1985, 12, 10),
+        sex: "female",
+        lang: "en-GB",
+        city: "London",
+        country: "GB",
+    },
+    Demo {
+        mrn: "DEMO-0002",
+        given: "Zoë",
+        family: "Ångström",
+        birth: (1972, 3, 4),
+        sex: "female",
+        lang: "sv",
+        city: "Uppsala",
+        country: "SE",
+    },
+    Demo {
+        mrn: "DEMO-0003",
+        given: "José",
+        family: "Müller",
+        birth: (1958, 7, 21),
+        sex: "male",
+        lang: "es",
+        city: "Madrid",
+        country: "ES",
+    },
+    Demo {
+        mrn: "DEMO-0004",
+        given: "Amara",
+        family: "Okafor",
+        birth: (1990, 1, 30),
+        sex: "female",
+        lang: "en",
+        city: "Lagos",
+        country: "NG",
+    },
+    Demo {
+        mrn: "DEMO-0005",
+        given: "Hiroshi",
+        family: "Tanaka",
+        birth: (1949, 11, 2),
+        sex: "male",
+        lang: "ja",
+        city: "Osaka",
+        country: "JP",
+    },
+    Demo {
+        mrn: "DEMO-0006",
+        given: "Noor",
+        family: "Haddad",
+        birth: (2001, 5, 17),
+        sex: "other",
+        lang: "ar",
+        city: "Amman",
+        country: "JO",
+    },
+];
+
+/// Creates the demo patients (skipping those already there), each with contact details,
+/// an encrypted national id and note, an allergy, a medication, a condition, a coverage, an
+/// emergency contact, both consents, and every active clinician on the care team. Returns
+/// how many were created.
+pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
+    let pg = &state.stores.pg;
+    let now = state.clock.now();
+    let clinicians: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM users WHERE role = 'clinician' AND disabled_at IS NULL ORDER BY created_at")
+            .fetch_all(pg)
+            .await?;
+    let mut created = 0;
+    for (i, d) in DEMO.iter().enumerate() {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM patients WHERE organization_id = $1 AND mrn = $2)")
+                .bind(DEFAULT_ORG)
+                .bind(d.mrn)
+                .fetch_one(pg)
+                .await?;
+        if exists {
+            continue;
+        }
+        let id = Uuid::now_v7();
+        let birth =
+            NaiveDate::from_ymd_opt(d.birth.0, d.birth.1, d.birth.2).ok_or_else(|| anyhow::anyhow!("bad date"))?;
+        let address = Address {
+            lines: vec![format!("{} Demo Street", 10 + i)],
+            city: Some(d.city.into()),
+            region: None,
+            postal_code: Some(format!("D{:04}", 1000 + i)),
+            country: Some(d.country.into()),
+        };
+        sqlx::query(
+            "INSERT INTO patients (id, given_name, family_name, birth_date, sex, preferred_language, phone, email, address,
+                 mrn, national_id_enc, notes_enc, organization_id, created_at, updated_at)
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$14)",
+        )
+        .bind(id)
+        .bind(d.given)
+        .bind(d.family)
+        .bind(birth)
+        .bind(d.sex)
+        .bind(d.lang)
+        .bind(format!("+4420790{:05}", 10000 + i))
+        .bind(format!("{}.{}@demo.example", i, d.mrn.to_lowercase()))
+        .bind(serde_json::to_value(&address)?)
+        .bind(d.mrn)
+        .bind(state.field_key.encrypt(&format!("DEMO-NID-{:06}", 100000 + i)))
+        .bind(state.field_key.encrypt("Demo record: chronic venous leg ulcer, weekly wound review by video."))
+        .bind(DEFAULT_ORG)
+        .bind(now)
+        .execute(pg)
+        .await?;
+        for c in &clinicians {
+            sqlx::query("INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'clinician',$3) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .bind(c)
+                .bind(now)
+                .execute(pg)
+                .await?;
+        }
+        let e = |err: crate::error::ApiError| anyhow::anyhow!("{}: {}", err.code, err.message);
+        let since = NaiveDate::from_ymd_opt(2024, 2, 1);
+        entries::insert(
+            pg,
+            id,
+            &Allergy {
+                substance: "Penicillin".into(),
+                reaction: Some("Hives".into()),
+                severity: Some(Severity::Moderate),
+                status: AllergyStatus::Active,
+                onset_date: NaiveDate::from_ymd_opt(2010, 6, 1),
+            },
+            None,
+            now,
+        )
+        .await
+        .map_err(e)?;
+        entries::insert(
+            pg,
+            id,
+            &Medication {
+                name: "Metformin".into(),
+                dosage: Some("500 mg twice daily".into()),
+                status: MedicationStatus::Active,
+                start_date: since,
+                end_date: None,
+            },
+            None,
+            now,
+        )
+        .await
+        .map_err(e)?;
+        entries::insert(
+            pg,
+            id,
+            &Condition {
+                description: "Venous leg ulcer".into(),
+                snomed_code: Some("402863005".into()),
+                clinical_status: ConditionStatus::Active,
+                onset_date: since,
+            },
+            None,
+            now,
+        )
+        .await
+        .map_err(e)?;
+        entries::insert(
+            pg,
+            id,
+            &Coverage {
+                payer: "Demo Health Mutual".into(),
+                member_id: format!("MEM{:06}", 500 + i),
+                group_number: Some("GRP-42".into()),
+                plan_name: Some("Standard".into()),
+                status: CoverageStatus::Active,
+                start_date: NaiveDate::from_ymd_opt(2024, 1, 1),
+                end_date: None,
+            },
+            None,
+            now,
+        )
+        .await
+        .map_err(e)?;
+        entries::insert(
+            pg,
+            id,
+            &Contact {
+                name: format!("Sam {}", d.family),
+                relationship: Relationship::Partner,
+                emergency: true,
+                phone: Some(format!("+4420790{:05}", 20000 + i)),
+                email: None,
+            },
+            None,
+            now,
+        )
+        .await
+        .map_err(e)?;
+        for scope in [ConsentScope::Telehealth, ConsentScope::ScanCapture] {
+            entries::insert(
+                pg,
+                id,
+                &Consent {
+                    scope,
+                    status: ConsentStatus::Granted,
+                    version: "2026-01".into(),
+                    date: Some(now.date_naive()),
+                },
+                None,
+                now,
+            )
+            .await
+            .map_err(e)?;
+        }
+        created += 1;
+    }
+    Ok(created)
+}

@@ -1,0 +1,188 @@
+//! Wound scans over HTTP: create a scan (then stream it on `GET /v1/scans/{id}/stream`,
+//! `crate::ws::scan`), read one, list a patient's. Object access follows the patient
+//! record (`crate::http::patients::can_access_patient`): the patient themself, a clinician
+//! on their care team (or with a live break-glass grant), an admin. A scan the caller may
+//! not see answers 404, as if it did not exist. Creating and streaming need the patient's
+//! scan-capture consent. Every read and write is audited.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use coherency_protocol::Code;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, perm, Principal, Require};
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::scans::{self, NewScan, ScanRecord};
+
+/// Longest `body_site`, in characters.
+pub const MAX_BODY_SITE_CHARS: usize = 100;
+/// Most scans one list call returns.
+pub const MAX_LIST: i64 = 200;
+
+/// `POST /v1/scans` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateScan {
+    /// The patient being scanned.
+    pub patient_id: Uuid,
+    /// Where the wound is, e.g. `left heel` or a SNOMED CT body-structure code
+    /// (1–100 characters, no control characters).
+    pub body_site: String,
+    /// The consult the scan is taken in, if any.
+    #[serde(default)]
+    pub consult_id: Option<Uuid>,
+}
+
+/// A scan list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScanList {
+    pub scans: Vec<ScanRecord>,
+}
+
+/// Query of `GET /v1/patients/{id}/scans`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// At most this many (1–200, default 50), newest first.
+    pub limit: Option<i64>,
+}
+
+fn body_site(raw: &str) -> Result<String, ApiError> {
+    let s = raw.trim();
+    let n = s.chars().count();
+    if n == 0 || n > MAX_BODY_SITE_CHARS || s.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "body_site",
+            format!("body_site must be 1-{MAX_BODY_SITE_CHARS} characters without control characters"),
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// Refuses with `consent_required` unless the patient's newest scan-capture consent
+/// decision is a grant.
+pub async fn require_scan_consent(state: &AppState, patient_id: Uuid) -> Result<(), ApiError> {
+    if crate::http::patients::has_scan_consent(&state.stores.pg, patient_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::new(Code::ConsentRequired, "the patient's scan-capture consent is not on file"))
+    }
+}
+
+/// Answers 404, audited as a denial of `action`, unless `who` may see the patient.
+pub async fn require_access(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    patient_id: Uuid,
+    action: &str,
+) -> Result<(), ApiError> {
+    crate::http::patients::require_access(state, req, who, patient_id, action).await
+}
+
+async fn visible_scan(state: &AppState, req: &HttpRequest, who: &Principal, id: Uuid) -> Result<ScanRecord, ApiError> {
+    let scan = scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    require_access(state, req, who, scan.patient_id, "scan.read").await?;
+    Ok(scan)
+}
+
+/// `POST /v1/scans`: creates a scan in `created`; the phone then streams it.
+#[utoipa::path(post, path = "/v1/scans", tag = "scans", security(("bearer" = ["scans:create"])), request_body = CreateScan,
+    responses((status = 201, body = ScanRecord), (status = 400, description = "invalid_field, unknown_field, malformed_json"),
+              (status = 403, description = "consent_required, mfa_required"),
+              (status = 404, description = "not_found: no such patient visible to the caller")))]
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansCreate>,
+    body: crate::http::Json<CreateScan>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.parse()?;
+    let site = body_site(&body.body_site)?;
+    require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
+    require_scan_consent(&state, body.patient_id).await?;
+    let new = NewScan {
+        id: Uuid::now_v7(),
+        patient_id: body.patient_id,
+        consult_id: body.consult_id,
+        body_site: site,
+        created_by: who.user_id,
+        at: state.clock.now(),
+    };
+    let scan = scans::insert(&state.stores.pg, &new).await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("scan.create", "success")
+            .target("scan", scan.id)
+            .details(serde_json::json!({"patient_id": scan.patient_id})),
+    )
+    .await?;
+    Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
+}
+
+/// `GET /v1/scans/{id}`
+#[utoipa::path(get, path = "/v1/scans/{id}", tag = "scans", security(("bearer" = ["scans:read"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = ScanRecord), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansRead>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let scan = visible_scan(&state, &req, &who, id.into_inner()).await?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.read", "success").target("scan", scan.id)).await?;
+    Ok(HttpResponse::Ok().json(scan))
+}
+
+/// `GET /v1/patients/{id}/scans`: the patient's scans, newest first.
+#[utoipa::path(get, path = "/v1/patients/{id}/scans", tag = "scans", security(("bearer" = ["scans:read"])),
+    params(("id" = Uuid, Path), ListQuery), responses((status = 200, body = ScanList), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn list_for_patient(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansRead>,
+    id: web::Path<Uuid>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let patient_id = id.into_inner();
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(ApiError::field(Code::InvalidField, "limit", format!("limit must be 1-{MAX_LIST}")));
+    }
+    require_access(&state, &req, &who, patient_id, "scan.list").await?;
+    let list = scans::list_for_patient(&state.stores.pg, patient_id, limit).await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("scan.list", "success")
+            .target("patient", patient_id)
+            .details(serde_json::json!({"count": list.len()})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(ScanList { scans: list }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_sites_are_bounded_and_trimmed() {
+        assert_eq!(body_site("  left heel ").unwrap(), "left heel");
+        assert!(body_site("").is_err());
+        assert!(body_site("   ").is_err());
+        assert!(body_site(&"x".repeat(101)).is_err());
+        assert!(body_site("a\nb").is_err());
+        assert_eq!(body_site(&"é".repeat(100)).unwrap().chars().count(), 100);
+    }
+}

@@ -1,0 +1,444 @@
+//! Scans in storage: the `scans` / `scan_frames` / `scan_chunks` tables (PostgreSQL, the
+//! system of record), raw frame chunks in the blob store, and per-frame quality records in
+//! MongoDB (`scan_frame_quality`). Implements the capture actors' storage traits
+//! ([`ScanIndex`], [`FrameStore`], [`QualitySink`]) and the queries the scan API needs.
+//!
+//! Error messages never carry PHI or database values: only the store, the kind of failure
+//! and, for PostgreSQL, the SQLSTATE. Connection-level failures are `Transient` (the writers
+//! retry them); everything else is `Permanent`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use coherency_actors::store::{
+    ChunkSpec, FrameCommit, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus, StoreError,
+    StoredChunk,
+};
+use coherency_protocol::ids::ScanId;
+use mongodb::bson::{doc, Document};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use super::blob::BlobStore;
+use crate::clock::Clock;
+
+/// The MongoDB collection holding per-frame quality records.
+pub const QUALITY_COLLECTION: &str = "scan_frame_quality";
+
+// ---------------------------------------------------------------------------------------
+// error mapping
+// ---------------------------------------------------------------------------------------
+
+/// Classifies a PostgreSQL error without echoing its message (which can quote values).
+pub fn pg_error(e: &sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
+            StoreError::Transient(format!("postgres: {}", pg_kind(e)))
+        }
+        E::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            // 08: connection exception; 40001 / 40P01: serialisation failure / deadlock;
+            // 53: insufficient resources; 57P01-57P03: admin shutdown, crash, cannot connect now.
+            let transient = code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(code.as_str(), "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03");
+            let msg = format!("postgres: database error {code}");
+            if transient {
+                StoreError::Transient(msg)
+            } else {
+                StoreError::Permanent(msg)
+            }
+        }
+        _ => StoreError::Permanent(format!("postgres: {}", pg_kind(e))),
+    }
+}
+
+fn pg_kind(e: &sqlx::Error) -> &'static str {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_) => "connection i/o error",
+        E::Tls(_) => "tls error",
+        E::PoolTimedOut => "pool timed out",
+        E::PoolClosed => "pool closed",
+        E::WorkerCrashed => "connection worker crashed",
+        E::Protocol(_) => "protocol error",
+        E::RowNotFound => "row not found",
+        E::ColumnDecode { .. } | E::Decode(_) => "decode error",
+        _ => "error",
+    }
+}
+
+/// Classifies a MongoDB error. Anything that is not a programming or configuration error
+/// is worth retrying: quality records are derived data with a long retry budget.
+pub fn mongo_error(e: &mongodb::error::Error) -> StoreError {
+    use mongodb::error::ErrorKind as K;
+    match &*e.kind {
+        K::InvalidArgument { .. } | K::BsonSerialization(_) | K::BsonDeserialization(_) | K::Authentication { .. } => {
+            StoreError::Permanent("mongo: request refused".into())
+        }
+        K::Io(_) | K::ServerSelection { .. } | K::ConnectionPoolCleared { .. } => {
+            StoreError::Transient("mongo: unreachable".into())
+        }
+        _ => StoreError::Transient("mongo: error".into()),
+    }
+}
+
+/// Classifies a blob store error.
+pub fn blob_error(e: &object_store::Error) -> StoreError {
+    use object_store::Error as E;
+    match e {
+        E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented
+        | E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::UnknownConfigurationKey { .. } => StoreError::Permanent("blob: request refused".into()),
+        _ => StoreError::Transient("blob: write failed".into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// FrameStore over the blob store
+// ---------------------------------------------------------------------------------------
+
+/// Raw frame chunks in the blob store, written through to stable storage.
+#[derive(Clone)]
+pub struct BlobFrameStore {
+    blobs: BlobStore,
+}
+
+impl BlobFrameStore {
+    pub fn new(blobs: BlobStore) -> Self {
+        Self { blobs }
+    }
+}
+
+#[async_trait]
+impl FrameStore for BlobFrameStore {
+    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError> {
+        let key = spec.suggested_key();
+        let stored = self.blobs.put_durable(&key, bytes).await.map_err(|e| blob_error(&e))?;
+        let mut sha256 = [0u8; 32];
+        hex::decode_to_slice(&stored.sha256, &mut sha256)
+            .map_err(|_| StoreError::Permanent("blob: bad digest".into()))?;
+        Ok(StoredChunk { key: stored.key, sha256, size: stored.size })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ScanIndex over PostgreSQL
+// ---------------------------------------------------------------------------------------
+
+/// The frame index and scan status in PostgreSQL.
+#[derive(Clone)]
+pub struct PgScanIndex {
+    pool: PgPool,
+    clock: Clock,
+}
+
+impl PgScanIndex {
+    pub fn new(pool: PgPool, clock: Clock) -> Self {
+        Self { pool, clock }
+    }
+}
+
+fn parse_status(s: &str) -> Result<ScanStatus, StoreError> {
+    Ok(match s {
+        "created" => ScanStatus::Created,
+        "streaming" => ScanStatus::Streaming,
+        "processing" => ScanStatus::Processing,
+        "complete" => ScanStatus::Complete,
+        "failed" => ScanStatus::Failed,
+        "cancelled" => ScanStatus::Cancelled,
+        _ => return Err(StoreError::Permanent("postgres: unknown scan status".into())),
+    })
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl ScanIndex for PgScanIndex {
+    async fn load_scan(&self, scan_id: ScanId) -> Result<ScanState, StoreError> {
+        let row = sqlx::query("SELECT status, acked_seq FROM scans WHERE id = $1")
+            .bind(scan_id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| pg_error(&e))?
+            .ok_or_else(|| StoreError::Permanent("postgres: no such scan".into()))?;
+        let status: String = row.get("status");
+        let acked: i64 = row.get("acked_seq");
+        Ok(ScanState { status: parse_status(&status)?, acked_seq: u64::try_from(acked).unwrap_or(0) })
+    }
+
+    async fn commit_frames(&self, commit: &FrameCommit) -> Result<(), StoreError> {
+        let scan = commit.scan_id.as_uuid();
+        let n = commit.frames.len();
+        let mut seqs = Vec::with_capacity(n);
+        let mut offsets = Vec::with_capacity(n);
+        let mut lengths = Vec::with_capacity(n);
+        let mut hashes = Vec::with_capacity(n);
+        let mut captured_us = Vec::with_capacity(n);
+        let mut captured_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+        for f in &commit.frames {
+            seqs.push(to_i64(f.seq));
+            offsets.push(to_i64(f.offset));
+            lengths.push(to_i64(f.length));
+            hashes.push(hex::encode(f.sha256));
+            captured_us.push(to_i64(f.captured_at_us));
+            captured_at.push(f.captured_at());
+        }
+        let now = self.clock.now();
+        let mut tx = self.pool.begin().await.map_err(|e| pg_error(&e))?;
+        sqlx::query(
+            "INSERT INTO scan_chunks (key, scan_id, sha256, size) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size",
+        )
+        .bind(&commit.chunk.key)
+        .bind(scan)
+        .bind(hex::encode(commit.chunk.sha256))
+        .bind(to_i64(commit.chunk.size))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| pg_error(&e))?;
+        sqlx::query(
+            r#"INSERT INTO scan_frames (scan_id, seq, chunk_key, "offset", length, sha256, captured_us, captured_at)
+               SELECT $1, f.seq, $2, f.off, f.len, f.sha, f.cus, f.cat
+               FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::timestamptz[])
+                    AS f(seq, off, len, sha, cus, cat)
+               ON CONFLICT (scan_id, seq) DO NOTHING"#,
+        )
+        .bind(scan)
+        .bind(&commit.chunk.key)
+        .bind(&seqs)
+        .bind(&offsets)
+        .bind(&lengths)
+        .bind(&hashes)
+        .bind(&captured_us)
+        .bind(&captured_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| pg_error(&e))?;
+        let updated = sqlx::query(
+            "UPDATE scans SET acked_seq = GREATEST(acked_seq, $2),
+                    status = CASE WHEN status = 'created' THEN 'streaming' ELSE status END,
+                    updated_at = $3
+             WHERE id = $1",
+        )
+        .bind(scan)
+        .bind(to_i64(commit.acked_seq))
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| pg_error(&e))?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Permanent("postgres: no such scan".into()));
+        }
+        tx.commit().await.map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
+    async fn set_status(&self, scan_id: ScanId, status: ScanStatus) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let finished = matches!(status, ScanStatus::Processing);
+        let res = sqlx::query(
+            "UPDATE scans SET status = $2, updated_at = $3,
+                    finished_at = CASE WHEN $4 THEN coalesce(finished_at, $3) ELSE finished_at END
+             WHERE id = $1",
+        )
+        .bind(scan_id.as_uuid())
+        .bind(status.as_str())
+        .bind(now)
+        .bind(finished)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| pg_error(&e))?;
+        if res.rows_affected() != 1 {
+            return Err(StoreError::Permanent("postgres: no such scan".into()));
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// QualitySink over MongoDB
+// ---------------------------------------------------------------------------------------
+
+/// Per-frame quality records in MongoDB, upserted on (scan_id, seq). The database in tests
+/// (SecantusDB) has no multi-document transactions, so a batch is one `update` command with
+/// one upsert per record: each is idempotent on its own, and a retried batch converges.
+#[derive(Clone)]
+pub struct MongoQualitySink {
+    db: mongodb::Database,
+    index_made: std::sync::Arc<OnceCell<()>>,
+}
+
+impl MongoQualitySink {
+    pub fn new(db: mongodb::Database) -> Self {
+        Self { db, index_made: Default::default() }
+    }
+
+    async fn ensure_index(&self) {
+        let _ = self
+            .index_made
+            .get_or_init(|| async {
+                let cmd = doc! {
+                    "createIndexes": QUALITY_COLLECTION,
+                    "indexes": [{ "key": { "scan_id": 1, "seq": 1 }, "name": "scan_seq", "unique": true }],
+                };
+                if let Err(e) = self.db.run_command(cmd).await {
+                    tracing::debug!(error = %mongo_error(&e), "could not create the quality index");
+                }
+            })
+            .await;
+    }
+}
+
+fn quality_doc(r: &QualityRecord) -> Document {
+    let opt = |v: Option<f32>| v.map(f64::from);
+    doc! {
+        "scan_id": r.scan_id.to_string(),
+        "seq": to_i64(r.seq),
+        "captured_at_us": to_i64(r.captured_at_us),
+        "width": i64::from(r.width),
+        "height": i64::from(r.height),
+        "valid_fraction": f64::from(r.valid_fraction),
+        "median_depth_m": opt(r.median_depth_m),
+        "pose_jump_mm": opt(r.pose_jump_mm),
+        "pose_jump_deg": opt(r.pose_jump_deg),
+        "accepted": r.accepted,
+        "warnings": r.warnings.clone(),
+    }
+}
+
+#[async_trait]
+impl QualitySink for MongoQualitySink {
+    async fn write_quality(&self, records: &[QualityRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.ensure_index().await;
+        let updates: Vec<Document> = records
+            .iter()
+            .map(|r| {
+                doc! {
+                    "q": { "scan_id": r.scan_id.to_string(), "seq": to_i64(r.seq) },
+                    "u": { "$set": quality_doc(r) },
+                    "upsert": true,
+                }
+            })
+            .collect();
+        let reply = self
+            .db
+            .run_command(doc! { "update": QUALITY_COLLECTION, "updates": updates, "ordered": false })
+            .await
+            .map_err(|e| mongo_error(&e))?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            if !errors.is_empty() {
+                // A duplicate key means a concurrent upsert of the same record won the race:
+                // retrying turns it into an update.
+                return Err(StoreError::Transient(format!("mongo: {} write errors", errors.len())));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// queries for the scan API
+// ---------------------------------------------------------------------------------------
+
+/// A scan as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ScanRecord {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    pub consult_id: Option<Uuid>,
+    pub body_site: String,
+    /// `created`, `streaming`, `processing`, `complete`, `failed` or `cancelled`.
+    pub status: String,
+    /// Every frame with `seq <= acked_seq` is durable.
+    pub acked_seq: i64,
+    /// Frames indexed for the scan.
+    pub frames: i64,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const SCAN_COLUMNS: &str = "s.id, s.patient_id, s.consult_id, s.body_site, s.status, s.acked_seq, s.created_by,
+     s.created_at, s.updated_at, s.finished_at,
+     (SELECT count(*) FROM scan_frames f WHERE f.scan_id = s.id) AS frames";
+
+fn record(row: &sqlx::postgres::PgRow) -> ScanRecord {
+    ScanRecord {
+        id: row.get("id"),
+        patient_id: row.get("patient_id"),
+        consult_id: row.get("consult_id"),
+        body_site: row.get("body_site"),
+        status: row.get("status"),
+        acked_seq: row.get("acked_seq"),
+        frames: row.get("frames"),
+        created_by: row.get("created_by"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        finished_at: row.get("finished_at"),
+    }
+}
+
+/// What `POST /v1/scans` stores.
+pub struct NewScan {
+    pub id: Uuid,
+    pub patient_id: Uuid,
+    pub consult_id: Option<Uuid>,
+    pub body_site: String,
+    pub created_by: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn insert(pool: &PgPool, s: &NewScan) -> Result<ScanRecord, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO scans (id, patient_id, consult_id, body_site, status, acked_seq, created_by, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'created', 0, $5, $6, $6)",
+    )
+    .bind(s.id)
+    .bind(s.patient_id)
+    .bind(s.consult_id)
+    .bind(&s.body_site)
+    .bind(s.created_by)
+    .bind(s.at)
+    .execute(pool)
+    .await?;
+    get(pool, s.id).await?.ok_or(sqlx::Error::RowNotFound)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScanRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {SCAN_COLUMNS} FROM scans s WHERE s.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.as_ref().map(record))
+}
+
+/// The patient's scans, newest first, at most `limit`.
+pub async fn list_for_patient(pool: &PgPool, patient_id: Uuid, limit: i64) -> Result<Vec<ScanRecord>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SCAN_COLUMNS} FROM scans s WHERE s.patient_id = $1 ORDER BY s.created_at DESC, s.id DESC LIMIT $2"
+    ))
+    .bind(patient_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.iter().map(record).collect())
+}
+
+/// The patient a scan belongs to, and its status (the stream route's pre-upgrade check).
+pub async fn owner_and_status(pool: &PgPool, id: Uuid) -> Result<Option<(Uuid, String)>, sqlx::Error> {
+    let row = sqlx::query("SELECT patient_id, status FROM scans WHERE id = $1").bind(id).fetch_optional(pool).await?;
+    Ok(row.map(|r| (r.get("patient_id"), r.get("status"))))
+}

@@ -1,0 +1,227 @@
+//! FHIR R4: every resource and Bundle the server emits passes the outside validator
+//! (`fhir.resources` 6.4.0, strict R4, via `tests/fhir_validate.py`); search Bundles carry
+//! `total` and a working `next` link; errors are `OperationOutcome`s.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use coherency::auth::Role;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app, TestApp, User};
+use crate::patients::{cast, create_patient, send};
+
+/// Runs the strict R4 validator over `resources`; panics with its report on any failure.
+pub fn validate(resources: &[Value]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let python = format!("{root}/.local/venv-fhir/bin/python");
+    assert!(std::path::Path::new(&python).exists(), "run scripts/fhir-venv first (creates {python})");
+    let mut child = Command::new(&python)
+        .arg(format!("{root}/tests/fhir_validate.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the FHIR validator");
+    child.stdin.take().unwrap().write_all(serde_json::to_string(resources).unwrap().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "fhir.resources rejected an emitted resource:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn fhir_get(app: &TestApp, user: Option<&User>, path: &str) -> (u16, Value) {
+    let mut req = app.client.get(app.url(path));
+    if let Some(u) = user {
+        req = req.bearer_auth(&u.token);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(ct.starts_with("application/fhir+json"), "{path}: content type {ct}");
+    (status, res.json().await.unwrap())
+}
+
+async fn full_patient(app: &TestApp, clin: &User) -> String {
+    let p = create_patient(
+        app,
+        &clin.token,
+        json!({"given_name": "Zoë", "middle_name": "Maria", "family_name": "Ångström", "prefix": "Dr", "birth_date": "1972-03-04",
+               "sex": "female", "gender_identity": "woman", "preferred_language": "sv", "phone": "+46 70 123 45 67",
+               "email": "zoe@example.test", "mrn": "FHIR-1", "national_id": "19720304-1234", "notes": "prefers video",
+               "address": {"lines": ["Storgatan 1"], "city": "Uppsala", "postal_code": "75310", "country": "SE"}}),
+    )
+    .await;
+    let id = p["id"].as_str().unwrap().to_string();
+    for (kind, body) in [
+        (
+            "allergies",
+            json!({"substance": "Penicillin", "reaction": "Hives", "severity": "moderate", "onset_date": "2010-06-01"}),
+        ),
+        ("allergies", json!({"substance": "Latex", "status": "resolved"})),
+        ("medications", json!({"name": "Metformin", "dosage": "500 mg twice daily", "start_date": "2024-02-01"})),
+        ("medications", json!({"name": "Ibuprofen", "status": "on-hold"})),
+        (
+            "conditions",
+            json!({"description": "Venous leg ulcer", "snomed_code": "402863005", "onset_date": "2024-02-01"}),
+        ),
+        ("conditions", json!({"description": "Hypertension", "clinical_status": "remission"})),
+        (
+            "coverages",
+            json!({"payer": "Acme Health", "member_id": "M-1", "group_number": "G-2", "plan_name": "Gold", "start_date": "2024-01-01"}),
+        ),
+        ("coverages", json!({"payer": "Old Insurer", "member_id": "M-0", "status": "cancelled"})),
+        (
+            "contacts",
+            json!({"name": "Sam Ångström", "relationship": "partner", "emergency": true, "phone": "+46701234568"}),
+        ),
+        ("contacts", json!({"name": "Kim", "relationship": "friend", "email": "kim@example.test"})),
+        ("consents", json!({"scope": "scan_capture", "status": "granted", "version": "2026-01"})),
+    ] {
+        let (s, v, _) =
+            send(app, Method::POST, &format!("/v1/patients/{id}/{kind}"), Some(&clin.token), Some(&body), None).await;
+        assert_eq!(s, 201, "{kind}: {v}");
+    }
+    id
+}
+
+#[actix_web::test]
+async fn every_emitted_resource_and_bundle_passes_the_r4_validator() {
+    let app = spawn_app().await;
+    let clin = app.staff(Role::Clinician, true).await;
+    let id = full_patient(&app, &clin).await;
+    let mut emitted = vec![];
+    let (s, p) = fhir_get(&app, Some(&clin), &format!("/fhir/Patient/{id}")).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["resourceType"], "Patient");
+    assert_eq!(p["gender"], "female");
+    assert_eq!(p["birthDate"], "1972-03-04");
+    assert_eq!(p["name"][0]["given"], json!(["Zoë", "Maria"]));
+    assert!(p.to_string().find("19720304-1234").is_none(), "national id stays out of FHIR output");
+    emitted.push(p);
+    for (kind, n) in [
+        ("AllergyIntolerance", 2),
+        ("MedicationStatement", 2),
+        ("Condition", 2),
+        ("Coverage", 2),
+        ("RelatedPerson", 2),
+        ("CareTeam", 1),
+    ] {
+        let (s, b) = fhir_get(&app, Some(&clin), &format!("/fhir/{kind}?patient={id}")).await;
+        assert_eq!(s, 200, "{kind}: {b}");
+        assert_eq!((b["type"].as_str(), b["total"].as_u64()), (Some("searchset"), Some(n)), "{kind}: {b}");
+        for e in b["entry"].as_array().unwrap() {
+            assert_eq!(e["resource"]["resourceType"], kind);
+        }
+        emitted.push(b);
+    }
+    let (s, everything) = fhir_get(&app, Some(&clin), &format!("/fhir/Patient/{id}/$everything")).await;
+    assert_eq!(s, 200);
+    let kinds: Vec<&str> = everything["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 12, "{kinds:?}");
+    assert_eq!(kinds[0], "Patient");
+    assert!(kinds.contains(&"CareTeam") && kinds.contains(&"Coverage") && kinds.contains(&"RelatedPerson"));
+    emitted.push(everything);
+    let (s, search) =
+        fhir_get(&app, Some(&clin), "/fhir/Patient?name=angstrom&birthdate=1972-03-04&identifier=FHIR-1").await;
+    assert_eq!(s, 200);
+    assert_eq!(search["total"], 1, "{search}");
+    emitted.push(search);
+    // Errors are OperationOutcomes, validated too.
+    let other = app.patient().await;
+    for (user, path, status) in [
+        (Some(&other), format!("/fhir/Patient/{id}"), 404),
+        (None, format!("/fhir/Patient/{id}"), 401),
+        (Some(&other), "/fhir/Patient?name=x".to_string(), 403),
+        (Some(&clin), "/fhir/Patient?birthdate=1972-02-31".to_string(), 400),
+        (Some(&clin), "/fhir/Patient?_count=0".to_string(), 400),
+        (Some(&clin), "/fhir/Patient?gender=female".to_string(), 400),
+        (Some(&clin), "/fhir/Condition".to_string(), 400),
+    ] {
+        let (s, o) = fhir_get(&app, user, &path).await;
+        assert_eq!(s, status, "{path}: {o}");
+        assert_eq!(o["resourceType"], "OperationOutcome", "{path}: {o}");
+        if s == 400 {
+            assert!(o["issue"][0]["expression"][0].is_string(), "names the parameter: {o}");
+        }
+        emitted.push(o);
+    }
+    validate(&emitted);
+}
+
+#[actix_web::test]
+async fn patient_search_bundles_page_with_total_and_next_links() {
+    let app = spawn_app().await;
+    let admin = app.staff(Role::Admin, true).await;
+    for i in 0..7 {
+        create_patient(
+            &app,
+            &admin.token,
+            json!({"given_name": format!("N{i}"), "family_name": "Bundleton", "birth_date": "1990-01-01"}),
+        )
+        .await;
+    }
+    let mut path = "/fhir/Patient?name=bundleton&_count=3".to_string();
+    let mut seen = vec![];
+    let mut bundles = vec![];
+    for _ in 0..5 {
+        let (s, b) = fhir_get(&app, Some(&admin), &path).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["total"], 7);
+        for e in b["entry"].as_array().unwrap() {
+            seen.push(e["resource"]["id"].as_str().unwrap().to_string());
+            assert!(e["fullUrl"].as_str().unwrap().ends_with(e["resource"]["id"].as_str().unwrap()));
+        }
+        let next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+        bundles.push(b);
+        match next {
+            Some(url) => path = url.split_once("/fhir/").map(|(_, rest)| format!("/fhir/{rest}")).unwrap(),
+            None => break,
+        }
+    }
+    assert_eq!(bundles.len(), 3);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((seen.len(), unique.len()), (7, 7));
+    validate(&bundles);
+    // The searches are audited with the ids they returned.
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'fhir.patient.search' ORDER BY id")
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(rows.len(), 3);
+    let logged: usize =
+        rows.iter().map(|d| serde_json::from_str::<Value>(d).unwrap()["ids"].as_array().unwrap().len()).sum();
+    assert_eq!(logged, 7);
+}
+
+#[actix_web::test]
+async fn fhir_follows_the_same_access_rules() {
+    let app = spawn_app().await;
+    let c = cast(&app).await;
+    let pa = c.a.patient_id.unwrap();
+    for (who, want) in
+        [(&c.a, 200), (&c.b, 404), (&c.assigned, 200), (&c.unassigned, 404), (&c.emergency, 200), (&c.admin, 200)]
+    {
+        let (s, body) = fhir_get(&app, Some(who), &format!("/fhir/Patient/{pa}/$everything")).await;
+        assert_eq!(s, want, "{body}");
+        let (s, body) = fhir_get(&app, Some(who), &format!("/fhir/Coverage?patient=Patient/{pa}")).await;
+        assert_eq!(s, want, "{body}");
+    }
+}

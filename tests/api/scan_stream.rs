@@ -1,0 +1,518 @@
+//! The scan stream socket end to end: real server, real services, real sockets, the
+//! protocol crate's Rust client (and raw websockets where the client would refuse to
+//! misbehave).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use coherency::config::ServiceUrl;
+use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStreamClient};
+use coherency_protocol::ids::ScanId;
+use coherency_protocol::limits;
+use coherency_protocol::scan::{
+    decode_server, encode_client, ClientMsg, Compression, DepthFormat, DepthFrame, DepthPlane, Hello, ServerMsg,
+};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::helpers::{base_config, eventually, host_port, spawn_app, spawn_app_with, TcpProxy, TestApp, User};
+
+pub const W: u32 = 256;
+pub const H: u32 = 192;
+
+/// A deterministic 256×192 frame (uint16 0.1 mm, zstd): a tilted plane about 30 cm away,
+/// the camera drifting slowly along x.
+pub fn frame(seq: u64) -> DepthFrame {
+    let mut metres = Vec::with_capacity((W * H) as usize);
+    for y in 0..H {
+        for x in 0..W {
+            let hole = (x + y + seq as u32) % 97 == 0;
+            metres.push(if hole { 0.0 } else { 0.3 + 0.0002 * x as f32 + 0.0001 * y as f32 });
+        }
+    }
+    let tx = 0.0005 * seq as f32;
+    DepthFrame {
+        seq,
+        captured_at_us: 1_764_000_000_000_000 + seq * 33_333,
+        width: W,
+        height: H,
+        depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &metres),
+        confidence: None,
+        intrinsics: [200.0, 0.0, 128.0, 0.0, 200.0, 96.0, 0.0, 0.0, 1.0],
+        pose: [1.0, 0.0, 0.0, tx, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+        colour_jpeg: None,
+    }
+}
+
+/// The exact bytes the client sends for frame `seq`.
+pub fn frame_bytes(seq: u64) -> Vec<u8> {
+    encode_client(&ClientMsg::Frame(Box::new(frame(seq))))
+}
+
+/// Records the patient's scan-capture consent.
+pub async fn consent(app: &TestApp, patient: &User) {
+    let pid = patient.patient_id.expect("patient id");
+    let res = app
+        .post_auth(
+            &format!("/v1/patients/{pid}/consents"),
+            &patient.token,
+            &json!({"scope": "scan_capture", "status": "granted", "version": "1"}),
+        )
+        .await;
+    assert!(res.status().is_success(), "consent: {}", res.text().await.unwrap_or_default());
+}
+
+/// A patient with consent on file and a new scan of theirs.
+pub async fn patient_with_scan(app: &TestApp) -> (User, ScanId) {
+    let patient = app.patient().await;
+    consent(app, &patient).await;
+    let scan = create_scan(app, &patient, patient.patient_id.unwrap()).await;
+    (patient, scan)
+}
+
+pub async fn create_scan(app: &TestApp, who: &User, patient_id: Uuid) -> ScanId {
+    let res =
+        app.post_auth("/v1/scans", &who.token, &json!({"patient_id": patient_id, "body_site": "left heel"})).await;
+    assert_eq!(res.status(), 201, "create scan: {}", res.text().await.unwrap_or_default());
+    let v: Value = res.json().await.unwrap();
+    v["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn config(app: &TestApp, user: &User, scan: ScanId) -> ClientConfig {
+    ClientConfig::new(app.address.clone(), user.token.clone(), scan)
+}
+
+async fn scan_status(app: &TestApp, scan: ScanId) -> String {
+    sqlx::query_scalar("SELECT status FROM scans WHERE id = $1").bind(scan.as_uuid()).fetch_one(&app.pg).await.unwrap()
+}
+
+/// Every frame `1..=n` is indexed exactly once, and its bytes in the blob store are exactly
+/// what the client sent (hash checked against the index, the chunk and a recomputation).
+async fn assert_stored_exactly(app: &TestApp, scan: ScanId, n: u64) {
+    let rows = sqlx::query(
+        r#"SELECT f.seq, f.chunk_key, f."offset", f.length, f.sha256, c.sha256 AS chunk_sha, c.size
+           FROM scan_frames f JOIN scan_chunks c ON c.key = f.chunk_key WHERE f.scan_id = $1 ORDER BY f.seq"#,
+    )
+    .bind(scan.as_uuid())
+    .fetch_all(&app.pg)
+    .await
+    .unwrap();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.get("seq")).collect();
+    assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>(), "every frame indexed once, in order");
+    let mut chunks = std::collections::HashMap::new();
+    for r in &rows {
+        let key: String = r.get("chunk_key");
+        if !chunks.contains_key(&key) {
+            let bytes = app.state.stores.blobs.get(&key).await.expect("chunk in the blob store");
+            assert_eq!(bytes.len() as i64, r.get::<i64, _>("size"), "chunk size");
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), r.get::<String, _>("chunk_sha"), "chunk hash");
+            chunks.insert(key.clone(), bytes);
+        }
+        let chunk = &chunks[&key];
+        let (off, len) = (r.get::<i64, _>("offset") as usize, r.get::<i64, _>("length") as usize);
+        let stored = &chunk[off..off + len];
+        let seq = r.get::<i64, _>("seq") as u64;
+        assert_eq!(hex::encode(Sha256::digest(stored)), r.get::<String, _>("sha256"), "frame {seq} hash");
+        assert!(stored == frame_bytes(seq).as_slice(), "frame {seq} is byte-exact");
+    }
+    let acked: i64 = sqlx::query_scalar("SELECT acked_seq FROM scans WHERE id = $1")
+        .bind(scan.as_uuid())
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(acked, n as i64);
+}
+
+async fn quality_count(app: &TestApp, scan: ScanId) -> u64 {
+    let client = mongodb::Client::with_uri_str(base_config().mongo_url.expose()).await.unwrap();
+    let coll = client
+        .database(&app.config.mongo_database)
+        .collection::<mongodb::bson::Document>(coherency::store::scans::QUALITY_COLLECTION);
+    coll.count_documents(mongodb::bson::doc! {"scan_id": scan.to_string()}).await.unwrap_or(0)
+}
+
+async fn assert_quality_records(app: &TestApp, scan: ScanId, n: u64, within: Duration) {
+    eventually(within, "every quality record in mongo", || async {
+        (quality_count(app, scan).await == n).then_some(())
+    })
+    .await;
+}
+
+async fn stream(client: &mut ScanStreamClient, from: u64, to: u64) {
+    for seq in from..=to {
+        let got = client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
+        assert_eq!(got, seq);
+    }
+}
+
+#[actix_web::test]
+async fn six_hundred_frames_are_durable_byte_exact_indexed_and_the_scan_completes() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    let mut events = client.take_events().unwrap();
+    stream(&mut client, 1, 600).await;
+    let finished = client.finish().await.unwrap();
+    assert_eq!((finished.frames, finished.last_seq), (600, 600));
+    assert_stored_exactly(&app, scan, 600).await;
+    eventually(Duration::from_secs(10), "scan complete", || async {
+        (scan_status(&app, scan).await == "complete").then_some(())
+    })
+    .await;
+    assert_quality_records(&app, scan, 600, Duration::from_secs(30)).await;
+    let mut progress = 0;
+    while let Ok(ev) = events.try_recv() {
+        if let ClientEvent::Progress(p) = ev {
+            assert!(p.frames_received <= 600);
+            progress += 1;
+        }
+    }
+    assert!(progress > 0, "progress was sent");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("coherency_capture_frames_durable_total 600"), "{metrics}");
+    assert!(metrics.contains("coherency_capture_durable_lag_seconds_count"));
+    assert!(metrics.contains(r#"coherency_queue_depth{queue="capture_durable_frames"}"#));
+}
+
+#[actix_web::test]
+async fn twenty_random_cuts_with_resume_lose_nothing_and_duplicate_nothing() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let n = 400u64;
+    let mut cuts: HashSet<u64> = HashSet::new();
+    let mut rng = rand::thread_rng();
+    while cuts.len() < 20 {
+        cuts.insert(rng.gen_range(2..n));
+    }
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    for seq in 1..=n {
+        client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
+        if cuts.contains(&seq) {
+            client.cut_connection();
+        }
+    }
+    let reconnects_before_finish = client.reconnects();
+    let finished = client.finish().await.unwrap();
+    assert_eq!(finished.last_seq, n);
+    assert!(reconnects_before_finish >= 10, "the client resumed after the cuts ({reconnects_before_finish})");
+    assert_stored_exactly(&app, scan, n).await;
+    assert_quality_records(&app, scan, n, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(10), "scan complete", || async {
+        (scan_status(&app, scan).await == "complete").then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn postgres_unreachable_pauses_acks_slows_the_phone_and_then_completes_with_nothing_lost() {
+    let proxy = TcpProxy::start(host_port(&base_config().database_url)).await;
+    let app = spawn_app_with(|mut c| {
+        c.database_url = ServiceUrl::new(&proxy.rewrite(&c.database_url));
+        c
+    })
+    .await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    let mut events = client.take_events().unwrap();
+    stream(&mut client, 1, 100).await;
+    eventually(Duration::from_secs(10), "first acks", || async { (client.last_ack() >= 90).then_some(()) }).await;
+
+    proxy.cut();
+    let cut_at = tokio::time::Instant::now();
+    let acked_at_cut = client.last_ack();
+    // Keep capturing at ~60 fps; the phone must be told to slow down and acks must stop.
+    let mut seq = 101;
+    let mut slowed = false;
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        if !client.is_slowed() && (seq - 1 - client.last_ack()) < 64 {
+            client.send_frame(frame(seq)).await.unwrap();
+            seq += 1;
+        }
+        while let Ok(ev) = events.try_recv() {
+            slowed |= ev == ClientEvent::Slow;
+        }
+        tokio::time::sleep(Duration::from_millis(16)).await;
+    }
+    let acked_during = client.last_ack();
+    assert!(slowed || client.is_slowed(), "the phone was told to slow down");
+    // At most the chunk being committed when the cut happened may still have been acked.
+    assert!(acked_during <= acked_at_cut + 16, "acks paused: {acked_at_cut} -> {acked_during}");
+    assert!(seq - 1 > acked_during, "frames are waiting");
+
+    proxy.restore();
+    let last = seq - 1 + 50;
+    stream(&mut client, seq, last).await;
+    let finished = client.finish().await.unwrap();
+    assert_eq!(finished.last_seq, last);
+    assert_stored_exactly(&app, scan, last).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(!metrics.contains(r#"coherency_capture_store_retries_total{store="index"} 0"#), "retries counted");
+}
+
+#[actix_web::test]
+async fn mongo_unreachable_does_not_hold_up_acks_and_every_quality_record_arrives_later() {
+    let proxy = TcpProxy::start(host_port(&base_config().mongo_url)).await;
+    let app = spawn_app_with(|mut c| {
+        let url = proxy.rewrite(&c.mongo_url)
+            + if c.mongo_url.expose().contains('?') { "" } else { "?directConnection=true" };
+        c.mongo_url = ServiceUrl::new(&url);
+        c
+    })
+    .await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 60).await;
+
+    proxy.cut();
+    let cut_at = tokio::time::Instant::now();
+    let acked_at_cut = client.last_ack();
+    let mut seq = 61;
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        client.send_frame(frame(seq)).await.unwrap();
+        seq += 1;
+        tokio::time::sleep(Duration::from_millis(33)).await;
+    }
+    let sent = seq - 1;
+    eventually(Duration::from_secs(5), "acks during the mongo outage", || async {
+        (client.last_ack() >= sent).then_some(())
+    })
+    .await;
+    assert!(client.last_ack() > acked_at_cut + 200, "acks continued");
+    assert!(!client.is_slowed());
+
+    proxy.restore();
+    let finished = client.finish().await.unwrap();
+    assert_eq!(finished.last_seq, sent);
+    assert_stored_exactly(&app, scan, sent).await;
+    assert_quality_records(&app, scan, sent, Duration::from_secs(90)).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// protocol errors, on raw sockets
+// ---------------------------------------------------------------------------------------
+
+type Raw = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw_connect(app: &TestApp, token: &str, scan: ScanId) -> Raw {
+    let url = format!("ws://127.0.0.1:{}/v1/scans/{scan}/stream", app.port);
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("upgrade");
+    ws
+}
+
+fn hello(scan: ScanId, version: u32) -> Message {
+    Message::Binary(
+        encode_client(&ClientMsg::Hello(Hello { version, scan_id: scan, resume_from: None, agent: None })).into(),
+    )
+}
+
+/// Reads until the close: every server message, then the close code.
+async fn until_close(ws: &mut Raw) -> (Vec<ServerMsg>, Option<u16>) {
+    let mut msgs = Vec::new();
+    let res = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = ws.next().await {
+            match m {
+                Ok(Message::Binary(b)) => msgs.push(decode_server(&b).expect("server message decodes")),
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closes in time");
+    (msgs, res)
+}
+
+fn error_code(msgs: &[ServerMsg]) -> Option<(String, Option<u64>, Option<Vec<u32>>)> {
+    msgs.iter().find_map(|m| match m {
+        ServerMsg::Error(e) => Some((e.code.clone(), e.seq, e.supported_versions.clone())),
+        _ => None,
+    })
+}
+
+async fn welcomed(app: &TestApp, user: &User, scan: ScanId) -> Raw {
+    let mut ws = raw_connect(app, &user.token, scan).await;
+    ws.send(hello(scan, 1)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    let Message::Binary(b) = first else { panic!("expected welcome, got {first:?}") };
+    assert!(matches!(decode_server(&b).unwrap(), ServerMsg::Welcome(_)));
+    ws
+}
+
+#[actix_web::test]
+async fn an_oversize_message_gets_frame_too_large_and_close_1009_and_the_server_keeps_serving() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let ws = welcomed(&app, &patient, scan).await;
+    let (mut tx, mut rx) = ws.split();
+    let big = vec![0x80u8; limits::MAX_FRAME_MESSAGE_BYTES + 1];
+    // Send from another task: the server may stop reading before the message is through.
+    let sender = tokio::spawn(async move {
+        let _ = tx.send(Message::Binary(big.into())).await;
+        tx
+    });
+    let mut msgs = Vec::new();
+    let mut code = None;
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = rx.next().await {
+            match m {
+                Message::Binary(b) => msgs.push(decode_server(&b).unwrap()),
+                Message::Close(f) => {
+                    code = f.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    sender.abort();
+    assert_eq!(error_code(&msgs).map(|e| e.0).as_deref(), Some("frame_too_large"), "{msgs:?}");
+    assert_eq!(code, Some(1009));
+    // Unharmed: the same scan streams on a new connection.
+    assert_eq!(app.get("/livez").await.status(), 200);
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 5).await;
+    assert_eq!(client.finish().await.unwrap().last_seq, 5);
+}
+
+#[actix_web::test]
+async fn malformed_messagepack_wrong_dimensions_and_nan_poses_get_error_frames_with_codes() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+
+    let mut ws = welcomed(&app, &patient, scan).await;
+    ws.send(Message::Binary(vec![0xc1, 0x00, 0x01].into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap().0, "malformed_message");
+    assert_eq!(code, Some(1008));
+
+    let mut ws = welcomed(&app, &patient, scan).await;
+    let mut f = frame(1);
+    f.width = 128; // the plane still holds 256×192 samples
+    ws.send(Message::Binary(encode_client(&ClientMsg::Frame(Box::new(f))).into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap(), ("invalid_frame".into(), Some(1), None));
+    assert_eq!(code, Some(1008));
+
+    let mut ws = welcomed(&app, &patient, scan).await;
+    let mut f = frame(1);
+    f.width = limits::MAX_WIDTH + 1;
+    ws.send(Message::Binary(encode_client(&ClientMsg::Frame(Box::new(f))).into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap().0, "frame_too_large");
+    assert_eq!(code, Some(1009));
+
+    let mut ws = welcomed(&app, &patient, scan).await;
+    let mut f = frame(1);
+    f.pose[3] = f32::NAN;
+    ws.send(Message::Binary(encode_client(&ClientMsg::Frame(Box::new(f))).into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap(), ("invalid_frame".into(), Some(1), None));
+    assert_eq!(code, Some(1008));
+
+    let mut ws = welcomed(&app, &patient, scan).await;
+    ws.send(Message::Text("hello".into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap().0, "malformed_message");
+    assert_eq!(code, Some(1008));
+
+    // A gap is refused with its own code.
+    let mut ws = welcomed(&app, &patient, scan).await;
+    ws.send(Message::Binary(frame_bytes(5).into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap().0, "sequence_gap");
+    assert_eq!(code, Some(1008));
+
+    // None of it was stored, and the scan still streams.
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 3).await;
+    assert_eq!(client.finish().await.unwrap().last_seq, 3);
+    assert_stored_exactly(&app, scan, 3).await;
+}
+
+#[actix_web::test]
+async fn an_unknown_protocol_version_is_refused_with_the_supported_versions() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut ws = raw_connect(&app, &patient.token, scan).await;
+    ws.send(hello(scan, 2)).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).unwrap(), ("unsupported_version".into(), None, Some(vec![1])));
+    assert_eq!(code, Some(1008));
+}
+
+#[actix_web::test]
+async fn a_second_streamer_takes_over_and_the_first_is_closed_with_4001() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut first = welcomed(&app, &patient, scan).await;
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    let (msgs, code) = until_close(&mut first).await;
+    assert_eq!(error_code(&msgs).unwrap().0, "superseded");
+    assert_eq!(code, Some(4001));
+    stream(&mut client, 1, 3).await;
+    assert_eq!(client.finish().await.unwrap().last_seq, 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// who may open a stream
+// ---------------------------------------------------------------------------------------
+
+fn rejected_status(e: ClientError) -> (u16, String) {
+    match e {
+        ClientError::Rejected { status, body } => (status, body),
+        other => panic!("expected a refused upgrade, got {other}"),
+    }
+}
+
+#[actix_web::test]
+async fn a_patient_cannot_stream_to_another_patients_scan() {
+    let app = spawn_app().await;
+    let (_owner, scan) = patient_with_scan(&app).await;
+    let other = app.patient().await;
+    let err = ScanStreamClient::connect_with(config(&app, &other, scan)).await.err().expect("refused");
+    let (status, body) = rejected_status(err);
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("not_found"));
+    let denied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'scan.stream' AND outcome = 'denied' AND actor_id = $1",
+    )
+    .bind(other.id)
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(denied, 1, "the denial is audited");
+}
+
+#[actix_web::test]
+async fn no_socket_without_credentials_or_from_a_foreign_origin() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut anon = config(&app, &patient, scan);
+    anon.token = "cha_not-a-token".into();
+    let (status, body) = rejected_status(ScanStreamClient::connect_with(anon).await.err().expect("refused"));
+    assert_eq!(status, 401, "{body}");
+
+    // No Authorization header at all.
+    let url = format!("ws://127.0.0.1:{}/v1/scans/{scan}/stream", app.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {other:?}"),
+    }
+
+    let mut foreign = config(&app, &patient, scan);
+    foreign.origin = Some("https://evil.example".into());
+    let (status, body) = rejected_status(ScanStreamClient::connect_with(foreign).await.err().expect("refused"));
+    assert_eq!(status, 403);
+    assert!(body.contains("origin_not_allowed"), "{body}");
+}
