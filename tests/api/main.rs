@@ -11,6 +11,7 @@ mod demo;
 mod errors;
 mod fhir;
 mod health;
+mod logs;
 mod metrics;
 mod patients;
 mod rbac;
