@@ -540,7 +540,10 @@ fn contours(field: &HeightField, f: &Array2<f64>, level: f64) -> Vec<Vec<[f64; 2
     }
     let mut out = Vec::new();
     let mut used = std::collections::HashSet::new();
-    let keys: Vec<usize> = next.keys().copied().collect();
+    // Sorted so the outline (and every measurement fitted along it) is the same on every
+    // run: hash-map order is randomised per process.
+    let mut keys: Vec<usize> = next.keys().copied().collect();
+    keys.sort_unstable();
     for start in keys {
         if used.contains(&start) {
             continue;
