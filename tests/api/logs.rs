@@ -21,10 +21,12 @@ async fn a_searched_name_and_birth_date_never_reach_the_logs() {
         .unwrap();
     assert_eq!(res.status(), 201);
     for q in [format!("name={name}"), "birth_date=1961-07-13".to_string(), format!("name={name}&limit=notanumber")] {
-        let res = app.client.get(node.url(&format!("/v1/patients?{q}"))).bearer_auth(&admin.token).send().await.unwrap();
+        let res =
+            app.client.get(node.url(&format!("/v1/patients?{q}"))).bearer_auth(&admin.token).send().await.unwrap();
         assert!(res.status().is_success() || res.status() == 400, "{q}: {}", res.status());
     }
-    let res = app.client.get(node.url(&format!("/fhir/Patient?name={name}"))).bearer_auth(&admin.token).send().await.unwrap();
+    let res =
+        app.client.get(node.url(&format!("/fhir/Patient?name={name}"))).bearer_auth(&admin.token).send().await.unwrap();
     assert!(res.status().is_success());
     let logs = node.log.lock().unwrap().join("\n");
     assert!(logs.contains("/v1/patients"), "requests were logged by route");
