@@ -69,6 +69,8 @@ use utoipa::OpenApi;
         crate::http::scans::get,
         crate::http::scans::list_for_patient,
         crate::ws::scan::stream,
+        crate::http::measurements::list,
+        crate::http::measurements::remeasure,
     ),
     components(schemas(crate::http::health::Status, ErrorResponse, ErrorDetailSchema)),
     modifiers(&Security),

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod fhir;
 pub mod health;
 pub mod json;
+pub mod measurements;
 pub mod patients;
 pub mod scans;
 
@@ -37,6 +38,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/scans").route(web::post().to(scans::create)))
         .service(resource("/v1/scans/{id}").route(web::get().to(scans::get)))
         .service(resource("/v1/scans/{id}/stream").route(web::get().to(crate::ws::scan::stream)))
+        .service(
+            resource("/v1/scans/{id}/measurements")
+                .route(web::get().to(measurements::list))
+                .route(web::post().to(measurements::remeasure)),
+        )
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
     cfg.configure(patients::configure).configure(fhir::configure);
 }

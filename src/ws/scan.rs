@@ -386,6 +386,7 @@ pub fn start_registry(stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr
         Arc::new(MongoQualitySink::new(stores.mongo.clone())),
     )
     .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
+    .with_finish_hook(Arc::new(crate::recon_hook::ReconstructionHook::new(stores, clock.clone())))
     .with_config(capture_config());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let arbiters = (0..cores).map(|_| actix::Arbiter::new().handle()).collect();

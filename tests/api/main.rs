@@ -12,6 +12,7 @@ mod errors;
 mod fhir;
 mod health;
 mod logs;
+mod measurements;
 mod metrics;
 mod patients;
 mod rbac;

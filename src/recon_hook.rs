@@ -1,0 +1,707 @@
+//! Finish-time reconstruction: the capture sessions' [`FinishHook`] over the real stores.
+//!
+//! When a stream finishes, [`ReconstructionHook::on_finish`]:
+//!
+//! 1. reads the scan's frames back from the blob store through the `scan_frames` index, in
+//!    seq order, and decodes each stored `frame` message (`scan::decode_client`);
+//! 2. converts them to `coherency_recon` frames: depth in f32 metres, intrinsics from the
+//!    row-major `k` (`fx`, `fy`, `cx`, `cy`; the skew term is ignored), the pose from the
+//!    row-major world-from-camera `pose` (OpenCV axes, as the protocol specifies), and the
+//!    confidence plane rescaled from `0..=max` to ARKit's `0..=2`;
+//! 3. on a blocking thread, bounded by a semaphore with one permit per core so that many
+//!    finishing scans share the CPU fairly: gates frames (`QualityGate`), fuses them into a
+//!    `TsdfVolume` limited to a 12 cm box around the target, meshes the volume and runs
+//!    [`measure_auto`];
+//! 4. writes the mesh as PLY and GLB to the blob store (`scans/{id}/mesh.ply|glb`), the
+//!    measurements to PostgreSQL (`scan_measurements`, method `auto`, idempotent) and a
+//!    reconstruction document to MongoDB (`reconstructions`: inputs, parameters, per-stage
+//!    timings, quality), one per scan, replaced on a re-run.
+//!
+//! Outcomes: no usable frame (none decodes, passes the quality gate or has depth at its
+//! centre) fails the scan. When the surface is built but the automatic segmentation finds
+//! no wound near the target, the scan still completes, with its mesh and no automatic
+//! measurement (the document says why): a clinician can then draw the outline.
+//!
+//! **Target point.** The protocol carries no wound position, so the target is where the
+//! phone was pointing in the middle of the scan: the ray through the principal point
+//! (`cx`, `cy`) of the middle accepted frame. Before fusion (to place the region of
+//! interest) it is the median depth of the 5×5 pixels around that point; after fusion the
+//! same ray is cast onto the fused surface and the hit replaces it. A phone held over a
+//! wound keeps it near the centre of the view, and the automatic segmentation looks for the
+//! wound within 15 mm of the target. If no depth is found at the centre of the middle frame,
+//! the frames nearest the middle are tried in turn.
+//!
+//! [`ReconstructionHook::remeasure_polygon`] re-runs fusion from the stored frames (the
+//! volume is not kept in memory or storage: it is cheap to rebuild and this keeps the result
+//! reproducible) and measures the clinician's outline drawn on a keyframe.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use coherency_actors::store::{FinishHook, FinishedScan, StoreError};
+use coherency_protocol::ids::ScanId;
+use coherency_protocol::scan::{decode_client, ClientMsg, DepthFrame};
+use coherency_recon::measure::{OutlineMethod, SkinModel};
+use coherency_recon::mesh::extract_mesh;
+use coherency_recon::tsdf::Aabb;
+use coherency_recon::{
+    measure_auto, measure_polygon, DepthImage, Frame, FrameStats, Intrinsics, MeasureConfig, Measurement, Pose,
+    QualityGate, ReconError, TsdfConfig, TsdfVolume, Vec3, WoundMeasurements,
+};
+use mongodb::bson::{doc, Document};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::store::blob::BlobStore;
+use crate::store::scans::{blob_error, mongo_error, pg_error};
+use crate::store::Stores;
+
+/// The MongoDB collection holding one reconstruction document per scan.
+pub const RECONSTRUCTIONS: &str = "reconstructions";
+/// Half the side of the fusion region of interest around the target, metres (a 12 cm box).
+pub const ROI_HALF_M: f64 = 0.06;
+/// Fusion weight below which mesh cubes are left out.
+pub const MESH_MIN_WEIGHT: f32 = 0.5;
+/// Radius of the coverage disc reported in the reconstruction document, metres.
+const COVERAGE_RADIUS_M: f64 = 0.025;
+
+/// The finish hook that reconstructs and measures a scan.
+#[derive(Clone)]
+pub struct ReconstructionHook {
+    blobs: BlobStore,
+    pg: PgPool,
+    mongo: mongodb::Database,
+    clock: Clock,
+    cpu: Arc<Semaphore>,
+}
+
+/// A frame as read back from storage.
+struct StoredFrame {
+    seq: u64,
+    frame: Frame,
+}
+
+/// What fusion produced.
+struct Fusion {
+    vol: TsdfVolume,
+    target: Vec3,
+    target_from_surface: bool,
+    middle_seq: u64,
+    fused: usize,
+    rejected: Vec<(u64, &'static str)>,
+    fuse_ms: f64,
+}
+
+/// Why a re-measurement could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum RemeasureError {
+    /// No stored frame with that seq.
+    #[error("no frame with that seq")]
+    NoKeyframe,
+    /// The scan has no frames yet.
+    #[error("the scan has no frames")]
+    NoFrames,
+    /// The outline could not be measured (misses the surface, too few points...).
+    #[error("{0}")]
+    Recon(ReconError),
+    /// Storage failed.
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+impl ReconstructionHook {
+    /// A hook over the node's stores. Every hook of the process shares one CPU pool: at most
+    /// one reconstruction (finish or re-measurement) per core runs at a time.
+    pub fn new(stores: &Stores, clock: Clock) -> Self {
+        static CPU: OnceLock<Arc<Semaphore>> = OnceLock::new();
+        let cpu = CPU
+            .get_or_init(|| {
+                let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+                Arc::new(Semaphore::new(cores))
+            })
+            .clone();
+        Self { blobs: stores.blobs.clone(), pg: stores.pg.clone(), mongo: stores.mongo.clone(), clock, cpu }
+    }
+
+    /// Runs CPU-heavy work on the blocking pool once a core is free.
+    async fn on_cpu<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
+        let _permit =
+            self.cpu.clone().acquire_owned().await.map_err(|_| StoreError::Permanent("recon: pool closed".into()))?;
+        tokio::task::spawn_blocking(f).await.map_err(|_| StoreError::Permanent("recon: worker panicked".into()))
+    }
+
+    /// The scan's frames, in seq order, read back from the blob store via the index.
+    async fn load_frames(&self, scan_id: ScanId) -> Result<Vec<StoredFrame>, StoreError> {
+        let rows =
+            sqlx::query(r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#)
+                .bind(scan_id.as_uuid())
+                .fetch_all(&self.pg)
+                .await
+                .map_err(|e| pg_error(&e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut chunk: Option<(String, Bytes)> = None;
+        for r in &rows {
+            let key: String = r.get("chunk_key");
+            if chunk.as_ref().is_none_or(|(k, _)| *k != key) {
+                let bytes = self.blobs.get(&key).await.map_err(|e| blob_error(&e))?;
+                chunk = Some((key, bytes));
+            }
+            let bytes = &chunk.as_ref().expect("chunk loaded").1;
+            let seq = u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0);
+            let off = usize::try_from(r.get::<i64, _>("offset")).unwrap_or(usize::MAX);
+            let len = usize::try_from(r.get::<i64, _>("length")).unwrap_or(usize::MAX);
+            let msg = off
+                .checked_add(len)
+                .and_then(|end| bytes.get(off..end))
+                .ok_or_else(|| StoreError::Permanent("recon: frame outside its chunk".into()))?;
+            match decode_client(msg) {
+                Ok(ClientMsg::Frame(f)) => match to_recon_frame(&f) {
+                    Ok(frame) => out.push(StoredFrame { seq, frame }),
+                    Err(e) => tracing::warn!(seq, error = %e, "stored frame not usable for reconstruction"),
+                },
+                Ok(_) | Err(_) => return Err(StoreError::Permanent("recon: stored frame does not decode".into())),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reconstructs and measures one finished scan (see the module docs).
+    #[tracing::instrument(skip_all, fields(scan_id = %scan.scan_id))]
+    async fn reconstruct(&self, scan: &FinishedScan) -> Result<(), StoreError> {
+        let started = self.clock.now();
+        let t0 = Instant::now();
+        let frames = self.load_frames(scan.scan_id).await?;
+        let load_ms = ms(t0);
+        let n_frames = frames.len();
+        let work = self
+            .on_cpu(move || {
+                let fusion = fuse(&frames)?;
+                let t = Instant::now();
+                let mesh = extract_mesh(&fusion.vol, MESH_MIN_WEIGHT);
+                let (ply, glb) = (mesh.to_ply(), mesh.to_glb());
+                let triangles = mesh.triangle_count();
+                let mesh_ms = ms(t);
+                let t = Instant::now();
+                let coverage = fusion.vol.coverage(fusion.target, COVERAGE_RADIUS_M);
+                let measured = measure_auto(&fusion.vol, fusion.target, &MeasureConfig::default());
+                let measure_ms = ms(t);
+                Ok::<_, ReconError>((fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms))
+            })
+            .await?;
+        let mut doc = doc! {
+            "scan_id": scan.scan_id.to_string(),
+            "started_at": bson_time(started),
+            "inputs": { "last_seq": to_i64(scan.last_seq), "frames_stored": to_i64(n_frames as u64),
+                        "quality_dropped": to_i64(scan.quality_dropped) },
+            "parameters": parameters(),
+        };
+        let (fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms) = match work {
+            Ok(w) => w,
+            Err(e) => {
+                doc.insert("status", "failed");
+                doc.insert("error", e.to_string());
+                doc.insert("timings_ms", doc! { "load": load_ms });
+                self.write_doc(scan.scan_id, doc).await?;
+                return Err(StoreError::Permanent(format!("recon: {e}")));
+            }
+        };
+        let t = Instant::now();
+        let ply = self.put(&format!("scans/{}/mesh.ply", scan.scan_id), ply).await?;
+        let glb = self.put(&format!("scans/{}/mesh.glb", scan.scan_id), glb).await?;
+        let store_mesh_ms = ms(t);
+        let t_pt = fusion.target;
+        doc.insert(
+            "target",
+            doc! {
+                "world_m": [t_pt.x, t_pt.y, t_pt.z],
+                "method": "centre ray of the middle frame",
+                "middle_seq": to_i64(fusion.middle_seq),
+                "on_fused_surface": fusion.target_from_surface,
+            },
+        );
+        doc.insert("quality", doc! {
+            "frames_fused": to_i64(fusion.fused as u64),
+            "frames_rejected": fusion.rejected.iter().map(|(s, c)| doc! {"seq": to_i64(*s), "code": *c}).collect::<Vec<_>>(),
+            "bricks": to_i64(coverage.bricks as u64),
+            "memory_bytes": to_i64(coverage.memory_bytes as u64),
+            "observed_fraction": coverage.observed_fraction,
+            "view_spread_deg": coverage.view_spread_deg,
+            "median_surface_weight": coverage.median_surface_weight,
+        });
+        doc.insert(
+            "mesh",
+            doc! {
+                "triangles": to_i64(triangles as u64),
+                "ply": { "key": &ply.key, "sha256": &ply.sha256, "size": to_i64(ply.size) },
+                "glb": { "key": &glb.key, "sha256": &glb.sha256, "size": to_i64(glb.size) },
+            },
+        );
+        let m = match measured {
+            Ok(m) => m,
+            Err(e) => {
+                // The surface exists; only the automatic outline failed (no wound near the
+                // target). The scan completes without an automatic measurement and a
+                // clinician can draw the outline (POST /v1/scans/{id}/measurements).
+                doc.insert("status", "complete");
+                doc.insert("measurement_error", e.to_string());
+                doc.insert(
+                    "timings_ms",
+                    doc! { "load": load_ms, "fuse": fusion.fuse_ms, "mesh": mesh_ms,
+                    "measure": measure_ms, "store_mesh": store_mesh_ms, "total": ms(t0) },
+                );
+                self.write_doc(scan.scan_id, doc).await?;
+                tracing::info!(frames = fusion.fused, "scan reconstructed; no automatic outline");
+                return Ok(());
+            }
+        };
+        let t = Instant::now();
+        let row = NewMeasurement {
+            scan_id: scan.scan_id.as_uuid(),
+            method: "auto",
+            keyframe_seq: None,
+            polygon: None,
+            m: &m,
+            mesh: Some(MeshKeys { ply_key: ply.key, ply_sha256: ply.sha256, glb_key: glb.key, glb_sha256: glb.sha256 }),
+            created_by: None,
+            at: self.clock.now(),
+        };
+        let id = insert_measurement(&self.pg, &row).await?;
+        let pg_ms = ms(t);
+        doc.insert("status", "complete");
+        doc.insert("measurement_id", id.to_string());
+        doc.insert("measurements", measurements_doc(&m));
+        doc.insert(
+            "timings_ms",
+            doc! { "load": load_ms, "fuse": fusion.fuse_ms, "mesh": mesh_ms,
+            "measure": measure_ms, "store_mesh": store_mesh_ms, "store_measurements": pg_ms, "total": ms(t0) },
+        );
+        self.write_doc(scan.scan_id, doc).await?;
+        tracing::info!(frames = fusion.fused, total_ms = ms(t0), "scan reconstructed and measured");
+        Ok(())
+    }
+
+    async fn put(&self, key: &str, data: Vec<u8>) -> Result<crate::store::blob::Stored, StoreError> {
+        self.blobs.put_durable(key, Bytes::from(data)).await.map_err(|e| blob_error(&e))
+    }
+
+    /// Upserts the scan's reconstruction document.
+    async fn write_doc(&self, scan_id: ScanId, mut d: Document) -> Result<(), StoreError> {
+        d.insert("updated_at", bson_time(self.clock.now()));
+        let cmd = doc! {
+            "update": RECONSTRUCTIONS,
+            "updates": [{ "q": { "scan_id": scan_id.to_string() }, "u": d, "upsert": true }],
+        };
+        self.mongo.run_command(cmd).await.map_err(|e| mongo_error(&e))?;
+        Ok(())
+    }
+
+    /// Re-measures a scan with a clinician-drawn outline on the keyframe `keyframe_seq`
+    /// (image coordinates of that frame), fusing the stored frames again. Stores and returns
+    /// the new measurement row.
+    pub async fn remeasure_polygon(
+        &self,
+        scan_id: ScanId,
+        keyframe_seq: u64,
+        polygon: Vec<[f64; 2]>,
+        created_by: Uuid,
+    ) -> Result<MeasurementRecord, RemeasureError> {
+        let frames = self.load_frames(scan_id).await.map_err(RemeasureError::Store)?;
+        if frames.is_empty() {
+            return Err(RemeasureError::NoFrames);
+        }
+        let key = frames.iter().find(|f| f.seq == keyframe_seq).ok_or(RemeasureError::NoKeyframe)?;
+        let (k, pose) = (key.frame.intrinsics, key.frame.pose);
+        let px = polygon.clone();
+        let m = self
+            .on_cpu(move || {
+                let fusion = fuse(&frames)?;
+                measure_polygon(&fusion.vol, &px, &k, &pose, &MeasureConfig::default())
+            })
+            .await
+            .map_err(RemeasureError::Store)?
+            .map_err(RemeasureError::Recon)?;
+        let mesh = auto_mesh_keys(&self.pg, scan_id.as_uuid()).await.map_err(RemeasureError::Store)?;
+        let row = NewMeasurement {
+            scan_id: scan_id.as_uuid(),
+            method: "polygon",
+            keyframe_seq: Some(keyframe_seq),
+            polygon: Some(serde_json::to_value(&polygon).unwrap_or_default()),
+            m: &m,
+            mesh,
+            created_by: Some(created_by),
+            at: self.clock.now(),
+        };
+        let id = insert_measurement(&self.pg, &row).await.map_err(RemeasureError::Store)?;
+        let all =
+            list_measurements(&self.pg, scan_id.as_uuid()).await.map_err(|e| RemeasureError::Store(pg_error(&e)))?;
+        all.into_iter().find(|r| r.id == id).ok_or(RemeasureError::Store(StoreError::Permanent("lost row".into())))
+    }
+}
+
+#[async_trait]
+impl FinishHook for ReconstructionHook {
+    async fn on_finish(&self, scan: FinishedScan) -> Result<(), StoreError> {
+        self.reconstruct(&scan).await
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn bson_time(t: DateTime<Utc>) -> mongodb::bson::DateTime {
+    mongodb::bson::DateTime::from_millis(t.timestamp_millis())
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn parameters() -> Document {
+    let t = TsdfConfig::default();
+    let m = MeasureConfig::default();
+    doc! {
+        "voxel_size_m": f64::from(t.voxel_size_m),
+        "truncation_voxels": f64::from(t.truncation_voxels),
+        "depth_min_m": f64::from(t.depth_min_m),
+        "depth_max_m": f64::from(t.depth_max_m),
+        "roi_half_m": ROI_HALF_M,
+        "memory_budget_bytes": to_i64(t.memory_budget_bytes as u64),
+        "mesh_min_weight": f64::from(MESH_MIN_WEIGHT),
+        "measure_cell_m": m.cell_m,
+        "measure_max_radius_m": m.max_radius_m,
+        "coverage_factor": m.coverage_factor,
+    }
+}
+
+/// Converts a decoded protocol frame to a reconstruction frame.
+fn to_recon_frame(f: &DepthFrame) -> Result<Frame, ReconError> {
+    let depth = f.depth_metres().map_err(|e| ReconError::Format(e.to_string()))?;
+    let confidence = match f.confidence_raw().map_err(|e| ReconError::Format(e.to_string()))? {
+        Some(raw) => {
+            let max = f.confidence.as_ref().map_or(2, |c| c.max()).max(1) as u32;
+            Some(raw.iter().map(|&c| ((u32::from(c) * 2 + max / 2) / max).min(2) as u8).collect())
+        }
+        None => None,
+    };
+    let k = &f.intrinsics;
+    let intrinsics = Intrinsics {
+        fx: f64::from(k[0]),
+        fy: f64::from(k[4]),
+        cx: f64::from(k[2]),
+        cy: f64::from(k[5]),
+        width: f.width,
+        height: f.height,
+    };
+    let p = f.pose.map(f64::from);
+    let pose = Pose::from_matrix([
+        [p[0], p[1], p[2], p[3]],
+        [p[4], p[5], p[6], p[7]],
+        [p[8], p[9], p[10], p[11]],
+        [p[12], p[13], p[14], p[15]],
+    ])?;
+    let frame = Frame { depth: DepthImage::new(f.width, f.height, depth, confidence)?, intrinsics, pose };
+    frame.validate()?;
+    Ok(frame)
+}
+
+/// The world point seen at the principal point of `f`: the median valid depth of the 5×5
+/// pixels around it.
+fn centre_point(f: &Frame) -> Option<Vec3> {
+    let k = &f.intrinsics;
+    let (ci, cj) = (k.cx.round() as i64, k.cy.round() as i64);
+    let mut d: Vec<f32> = Vec::new();
+    for j in cj - 2..=cj + 2 {
+        for i in ci - 2..=ci + 2 {
+            if i >= 0 && j >= 0 {
+                if let Some(z) = f.depth.get(i as u32, j as u32) {
+                    d.push(z);
+                }
+            }
+        }
+    }
+    if d.is_empty() {
+        return None;
+    }
+    d.sort_by(f32::total_cmp);
+    let z = f64::from(d[d.len() / 2]);
+    Some(f.pose.transform(k.ray(k.cx, k.cy) * z))
+}
+
+/// Gates and fuses the frames around the target (see the module docs).
+fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
+    let t = Instant::now();
+    let gate = QualityGate::default();
+    let mut accepted: Vec<&StoredFrame> = Vec::with_capacity(frames.len());
+    let mut rejected = Vec::new();
+    let mut prev: Option<Pose> = None;
+    for f in frames {
+        let issues = gate.check(&FrameStats::compute(&f.frame, prev.as_ref()));
+        match issues.first() {
+            None => {
+                accepted.push(f);
+                prev = Some(f.frame.pose);
+            }
+            Some(i) => rejected.push((f.seq, i.code())),
+        }
+    }
+    if accepted.is_empty() {
+        return Err(ReconError::NotEnoughData("no frame passed the quality gate".into()));
+    }
+    // The middle accepted frame, else the nearest one with depth at its centre.
+    let mid = accepted.len() / 2;
+    let order = (0..accepted.len()).map(|d| if d % 2 == 0 { mid + d / 2 } else { mid.wrapping_sub(d / 2 + 1) });
+    let (key, p0) = order
+        .filter_map(|i| accepted.get(i))
+        .find_map(|f| centre_point(&f.frame).map(|p| (*f, p)))
+        .ok_or_else(|| ReconError::NotEnoughData("no depth at the centre of any frame".into()))?;
+    let cfg = TsdfConfig { roi: Some(Aabb::around(p0, ROI_HALF_M)), ..TsdfConfig::default() };
+    let mut vol = TsdfVolume::new(cfg)?;
+    let mut fused = 0;
+    for f in &accepted {
+        match vol.integrate(&f.frame) {
+            Ok(_) => fused += 1,
+            Err(ReconError::MemoryBudgetExceeded { .. }) => {
+                rejected.push((f.seq, "memory_budget"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let k = &key.frame.intrinsics;
+    let origin = key.frame.pose.position();
+    let dir = key.frame.pose.rotate(k.ray(k.cx, k.cy)).normalized();
+    let hit = vol.raycast(origin, dir, 0.05, 1.0).map(|t| origin + dir * t);
+    Ok(Fusion {
+        target: hit.unwrap_or(p0),
+        target_from_surface: hit.is_some(),
+        middle_seq: key.seq,
+        vol,
+        fused,
+        rejected,
+        fuse_ms: ms(t),
+    })
+}
+
+fn measurements_doc(m: &WoundMeasurements) -> Document {
+    let v = |x: Measurement| doc! { "value": x.value, "uncertainty": x.uncertainty };
+    doc! {
+        "outline_area_mm2": v(m.outline_area_mm2),
+        "bed_area_mm2": v(m.bed_area_mm2),
+        "perimeter_mm": v(m.perimeter_mm),
+        "length_mm": v(m.length_mm),
+        "width_mm": v(m.width_mm),
+        "max_depth_mm": v(m.max_depth_mm),
+        "mean_depth_mm": v(m.mean_depth_mm),
+        "volume_mm3": v(m.volume_mm3),
+        "skin_model": skin_model(m.skin_model),
+        "skin_residual_mm": m.skin_residual_mm,
+        "missing_fraction": m.missing_fraction,
+        "outline_method": match m.method { OutlineMethod::Automatic => "auto", OutlineMethod::ClinicianPolygon => "polygon" },
+    }
+}
+
+fn skin_model(s: SkinModel) -> &'static str {
+    match s {
+        SkinModel::Quadratic => "quadratic",
+        SkinModel::Quartic => "quartic",
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// scan_measurements (PostgreSQL)
+// ---------------------------------------------------------------------------------------
+
+/// Where a scan's mesh is.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MeshKeys {
+    /// Blob key of the PLY mesh.
+    pub ply_key: String,
+    /// Its SHA-256 (hex).
+    pub ply_sha256: String,
+    /// Blob key of the binary glTF mesh.
+    pub glb_key: String,
+    /// Its SHA-256 (hex).
+    pub glb_sha256: String,
+}
+
+struct NewMeasurement<'a> {
+    scan_id: Uuid,
+    method: &'static str,
+    keyframe_seq: Option<u64>,
+    polygon: Option<serde_json::Value>,
+    m: &'a WoundMeasurements,
+    mesh: Option<MeshKeys>,
+    created_by: Option<Uuid>,
+    at: DateTime<Utc>,
+}
+
+/// Inserts a measurement row; the automatic row of a scan is replaced (a re-run of the
+/// finish hook converges). Returns the row's id.
+async fn insert_measurement(pg: &PgPool, n: &NewMeasurement<'_>) -> Result<Uuid, StoreError> {
+    let m = n.m;
+    let conflict = if n.method == "auto" {
+        "ON CONFLICT (scan_id) WHERE method = 'auto' DO UPDATE SET
+            outline_area_mm2 = EXCLUDED.outline_area_mm2, outline_area_mm2_pm = EXCLUDED.outline_area_mm2_pm,
+            bed_area_mm2 = EXCLUDED.bed_area_mm2, bed_area_mm2_pm = EXCLUDED.bed_area_mm2_pm,
+            perimeter_mm = EXCLUDED.perimeter_mm, perimeter_mm_pm = EXCLUDED.perimeter_mm_pm,
+            length_mm = EXCLUDED.length_mm, length_mm_pm = EXCLUDED.length_mm_pm,
+            width_mm = EXCLUDED.width_mm, width_mm_pm = EXCLUDED.width_mm_pm,
+            max_depth_mm = EXCLUDED.max_depth_mm, max_depth_mm_pm = EXCLUDED.max_depth_mm_pm,
+            mean_depth_mm = EXCLUDED.mean_depth_mm, mean_depth_mm_pm = EXCLUDED.mean_depth_mm_pm,
+            volume_mm3 = EXCLUDED.volume_mm3, volume_mm3_pm = EXCLUDED.volume_mm3_pm,
+            skin_model = EXCLUDED.skin_model, skin_residual_mm = EXCLUDED.skin_residual_mm,
+            missing_fraction = EXCLUDED.missing_fraction,
+            mesh_ply_key = EXCLUDED.mesh_ply_key, mesh_ply_sha256 = EXCLUDED.mesh_ply_sha256,
+            mesh_glb_key = EXCLUDED.mesh_glb_key, mesh_glb_sha256 = EXCLUDED.mesh_glb_sha256,
+            created_at = EXCLUDED.created_at"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "INSERT INTO scan_measurements (id, scan_id, method, keyframe_seq, polygon,
+            outline_area_mm2, outline_area_mm2_pm, bed_area_mm2, bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm,
+            length_mm, length_mm_pm, width_mm, width_mm_pm, max_depth_mm, max_depth_mm_pm,
+            mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
+            skin_model, skin_residual_mm, missing_fraction,
+            mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_by, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                 $22, $23, $24, $25, $26, $27, $28, $29, $30)
+         {conflict}
+         RETURNING id"
+    );
+    let mesh = n.mesh.as_ref();
+    let mut q = sqlx::query_scalar::<_, Uuid>(&sql)
+        .bind(Uuid::now_v7())
+        .bind(n.scan_id)
+        .bind(n.method)
+        .bind(n.keyframe_seq.map(to_i64))
+        .bind(n.polygon.clone());
+    for x in [
+        m.outline_area_mm2,
+        m.bed_area_mm2,
+        m.perimeter_mm,
+        m.length_mm,
+        m.width_mm,
+        m.max_depth_mm,
+        m.mean_depth_mm,
+        m.volume_mm3,
+    ] {
+        q = q.bind(x.value).bind(x.uncertainty);
+    }
+    q.bind(skin_model(m.skin_model))
+        .bind(m.skin_residual_mm)
+        .bind(m.missing_fraction)
+        .bind(mesh.map(|k| k.ply_key.clone()))
+        .bind(mesh.map(|k| k.ply_sha256.clone()))
+        .bind(mesh.map(|k| k.glb_key.clone()))
+        .bind(mesh.map(|k| k.glb_sha256.clone()))
+        .bind(n.created_by)
+        .bind(n.at)
+        .fetch_one(pg)
+        .await
+        .map_err(|e| pg_error(&e))
+}
+
+async fn auto_mesh_keys(pg: &PgPool, scan_id: Uuid) -> Result<Option<MeshKeys>, StoreError> {
+    let row = sqlx::query(
+        "SELECT mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256 FROM scan_measurements
+         WHERE scan_id = $1 AND method = 'auto' AND mesh_ply_key IS NOT NULL",
+    )
+    .bind(scan_id)
+    .fetch_optional(pg)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    Ok(row.map(|r| MeshKeys {
+        ply_key: r.get("mesh_ply_key"),
+        ply_sha256: r.get("mesh_ply_sha256"),
+        glb_key: r.get("mesh_glb_key"),
+        glb_sha256: r.get("mesh_glb_sha256"),
+    }))
+}
+
+/// A value and its uncertainty: the true value lies in `value ± uncertainty`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct ValuePm {
+    pub value: f64,
+    pub uncertainty: f64,
+}
+
+/// One set of wound measurements of a scan (mm, mm², mm³).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MeasurementRecord {
+    pub id: Uuid,
+    pub scan_id: Uuid,
+    /// `auto` (segmented at finish) or `polygon` (clinician-drawn outline).
+    pub method: String,
+    /// Polygon only: the keyframe the outline was drawn on.
+    pub keyframe_seq: Option<i64>,
+    /// Polygon only: the outline in the keyframe's image coordinates.
+    #[schema(value_type = Option<Vec<Vec<f64>>>)]
+    pub polygon: Option<serde_json::Value>,
+    /// Area enclosed by the outline on the skin surface (the clinical wound area).
+    pub outline_area_mm2: ValuePm,
+    pub bed_area_mm2: ValuePm,
+    pub perimeter_mm: ValuePm,
+    pub length_mm: ValuePm,
+    pub width_mm: ValuePm,
+    pub max_depth_mm: ValuePm,
+    pub mean_depth_mm: ValuePm,
+    pub volume_mm3: ValuePm,
+    /// `quadratic` or `quartic`.
+    pub skin_model: String,
+    pub skin_residual_mm: f64,
+    pub missing_fraction: f64,
+    pub mesh: Option<MeshKeys>,
+    pub created_by: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The scan's measurements, oldest first.
+pub async fn list_measurements(pg: &PgPool, scan_id: Uuid) -> Result<Vec<MeasurementRecord>, sqlx::Error> {
+    let rows = sqlx::query("SELECT * FROM scan_measurements WHERE scan_id = $1 ORDER BY created_at, id")
+        .bind(scan_id)
+        .fetch_all(pg)
+        .await?;
+    let pm = |r: &sqlx::postgres::PgRow, c: &str| ValuePm {
+        value: r.get(c),
+        uncertainty: r.get(format!("{c}_pm").as_str()),
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ply_key: Option<String> = r.get("mesh_ply_key");
+            MeasurementRecord {
+                id: r.get("id"),
+                scan_id: r.get("scan_id"),
+                method: r.get("method"),
+                keyframe_seq: r.get("keyframe_seq"),
+                polygon: r.get("polygon"),
+                outline_area_mm2: pm(r, "outline_area_mm2"),
+                bed_area_mm2: pm(r, "bed_area_mm2"),
+                perimeter_mm: pm(r, "perimeter_mm"),
+                length_mm: pm(r, "length_mm"),
+                width_mm: pm(r, "width_mm"),
+                max_depth_mm: pm(r, "max_depth_mm"),
+                mean_depth_mm: pm(r, "mean_depth_mm"),
+                volume_mm3: pm(r, "volume_mm3"),
+                skin_model: r.get("skin_model"),
+                skin_residual_mm: r.get("skin_residual_mm"),
+                missing_fraction: r.get("missing_fraction"),
+                mesh: ply_key.map(|ply_key| MeshKeys {
+                    ply_key,
+                    ply_sha256: r.get::<Option<String>, _>("mesh_ply_sha256").unwrap_or_default(),
+                    glb_key: r.get::<Option<String>, _>("mesh_glb_key").unwrap_or_default(),
+                    glb_sha256: r.get::<Option<String>, _>("mesh_glb_sha256").unwrap_or_default(),
+                }),
+                created_by: r.get("created_by"),
+                created_at: r.get("created_at"),
+            }
+        })
+        .collect())
+}
