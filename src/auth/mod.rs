@@ -210,6 +210,14 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
 }
 
+/// Resolves the bearer token of `req` to its principal.
+async fn caller(req: &HttpRequest) -> Result<(web::Data<AppState>, Principal), ApiError> {
+    let state = req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("no state"))?;
+    let token = bearer(req).ok_or_else(ApiError::unauthenticated)?.to_string();
+    let p = sessions::authenticate(&state, &token).await?;
+    Ok((state, p))
+}
+
 /// Any authenticated caller (no permission check): used by `/v1/me`, logout, MFA enrolment.
 pub struct Authenticated(pub Principal);
 
@@ -219,12 +227,7 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let req = req.clone();
-        Box::pin(async move {
-            let state = req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("no state"))?;
-            let token = bearer(&req).ok_or_else(ApiError::unauthenticated)?.to_string();
-            let p = sessions::authenticate(&state, &token).await?;
-            Ok(Authenticated(p))
-        })
+        Box::pin(async move { Ok(Authenticated(caller(&req).await?.1)) })
     }
 }
 
@@ -245,9 +248,7 @@ impl<P: Perm + 'static> FromRequest for Require<P> {
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move {
-            let state = req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("no state"))?;
-            let token = bearer(&req).ok_or_else(ApiError::unauthenticated)?.to_string();
-            let p = sessions::authenticate(&state, &token).await?;
+            let (state, p) = caller(&req).await?;
             authorize(&state, &req, &p, P::P).await?;
             Ok(Require(p, PhantomData))
         })
