@@ -83,6 +83,48 @@ pub async fn create(
     })
 }
 
+/// The columns a principal is built from; `{where}` selects the session.
+const PRINCIPAL_SELECT: &str =
+    "SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
+        u.role, u.disabled_at, u.totp_enabled, p.id AS patient_id
+ FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id";
+
+/// Why a session row no longer authenticates anyone.
+enum Dead {
+    Revoked,
+    Disabled,
+    /// `idle` or `absolute`.
+    Expired(&'static str),
+}
+
+/// The one liveness rule (revocation, disabled account, both timeouts) and the principal
+/// of a live session row.
+fn live_principal(row: &sqlx::postgres::PgRow, now: DateTime<Utc>) -> Result<Result<Principal, Dead>, ApiError> {
+    if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some() {
+        return Ok(Err(Dead::Revoked));
+    }
+    if row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some() {
+        return Ok(Err(Dead::Disabled));
+    }
+    let last_seen: DateTime<Utc> = row.get("last_seen_at");
+    let absolute: DateTime<Utc> = row.get("absolute_expires_at");
+    if now >= absolute {
+        return Ok(Err(Dead::Expired("absolute")));
+    }
+    if now - last_seen >= IDLE_TIMEOUT {
+        return Ok(Err(Dead::Expired("idle")));
+    }
+    let role = Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| ApiError::internal("unknown role"))?;
+    Ok(Ok(Principal {
+        user_id: row.get("user_id"),
+        role,
+        session_id: row.get("id"),
+        mfa_enrolled: row.get("totp_enabled"),
+        mfa_verified: row.get("mfa_verified"),
+        patient_id: row.get("patient_id"),
+    }))
+}
+
 /// Resolves an access token to its principal, enforcing revocation, disabled accounts and
 /// both timeouts.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
@@ -90,46 +132,29 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, Ap
         return Err(ApiError::unauthenticated());
     }
     let now = state.clock.now();
-    let row = sqlx::query(
-        "SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
-                u.role, u.disabled_at, u.totp_enabled, p.id AS patient_id
-         FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id
-         WHERE s.access_hash = $1",
-    )
-    .bind(token_hash(secret(state), token))
-    .fetch_optional(&state.stores.pg)
-    .await?
-    .ok_or_else(ApiError::unauthenticated)?;
-    let session_id: Uuid = row.get("id");
-    if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some() {
-        return Err(ApiError::new(Code::TokenRevoked, "this session has ended; log in again"));
-    }
-    if row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some() {
-        return Err(ApiError::new(Code::AccountDisabled, "this account is disabled"));
-    }
+    let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE s.access_hash = $1"))
+        .bind(token_hash(secret(state), token))
+        .fetch_optional(&state.stores.pg)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    let principal = match live_principal(&row, now)? {
+        Ok(p) => p,
+        Err(Dead::Revoked) => return Err(ApiError::new(Code::TokenRevoked, "this session has ended; log in again")),
+        Err(Dead::Disabled) => return Err(ApiError::new(Code::AccountDisabled, "this account is disabled")),
+        Err(Dead::Expired(reason)) => {
+            end(state, row.get("id"), reason).await?;
+            return Err(ApiError::new(Code::TokenExpired, "this session has expired; log in again"));
+        }
+    };
     let last_seen: DateTime<Utc> = row.get("last_seen_at");
-    let absolute: DateTime<Utc> = row.get("absolute_expires_at");
-    if now >= absolute || now - last_seen >= IDLE_TIMEOUT {
-        let reason = if now >= absolute { "absolute" } else { "idle" };
-        end(state, session_id, reason).await?;
-        return Err(ApiError::new(Code::TokenExpired, "this session has expired; log in again"));
-    }
     if now - last_seen >= TOUCH_EVERY {
         sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(session_id)
+            .bind(principal.session_id)
             .bind(now)
             .execute(&state.stores.pg)
             .await?;
     }
-    let role = Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| ApiError::internal("unknown role"))?;
-    Ok(Principal {
-        user_id: row.get("user_id"),
-        role,
-        session_id,
-        mfa_enrolled: row.get("totp_enabled"),
-        mfa_verified: row.get("mfa_verified"),
-        patient_id: row.get("patient_id"),
-    })
+    Ok(principal)
 }
 
 /// Rotates a refresh token. A used token revokes its family.
@@ -251,42 +276,19 @@ pub async fn redeem_ticket(state: &AppState, ticket: &str) -> Result<Principal, 
     let session_id: Uuid = session
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| ApiError::new(Code::Unauthenticated, "invalid or used ticket"))?;
-    let row = sqlx::query("SELECT access_hash FROM sessions WHERE id = $1")
-        .bind(session_id)
-        .fetch_optional(&state.stores.pg)
-        .await?;
-    let _ = row.ok_or_else(ApiError::unauthenticated)?;
     principal_for_session(state, session_id).await
 }
 
 /// The principal of a live session (tickets and socket re-checks).
 pub async fn principal_for_session(state: &AppState, session_id: Uuid) -> Result<Principal, ApiError> {
-    let now = state.clock.now();
-    let row = sqlx::query(
-        "SELECT s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified, u.role, u.disabled_at, u.totp_enabled, p.id AS patient_id
-         FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id WHERE s.id = $1",
-    )
-    .bind(session_id)
-    .fetch_optional(&state.stores.pg)
-    .await?
-    .ok_or_else(ApiError::unauthenticated)?;
-    if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some()
-        || row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some()
-    {
-        return Err(ApiError::new(Code::TokenRevoked, "this session has ended"));
+    let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE s.id = $1"))
+        .bind(session_id)
+        .fetch_optional(&state.stores.pg)
+        .await?
+        .ok_or_else(ApiError::unauthenticated)?;
+    match live_principal(&row, state.clock.now())? {
+        Ok(p) => Ok(p),
+        Err(Dead::Revoked | Dead::Disabled) => Err(ApiError::new(Code::TokenRevoked, "this session has ended")),
+        Err(Dead::Expired(_)) => Err(ApiError::new(Code::TokenExpired, "this session has expired")),
     }
-    let last_seen: DateTime<Utc> = row.get("last_seen_at");
-    let absolute: DateTime<Utc> = row.get("absolute_expires_at");
-    if now >= absolute || now - last_seen >= IDLE_TIMEOUT {
-        return Err(ApiError::new(Code::TokenExpired, "this session has expired"));
-    }
-    let role = Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| ApiError::internal("unknown role"))?;
-    Ok(Principal {
-        user_id: row.get("user_id"),
-        role,
-        session_id,
-        mfa_enrolled: row.get("totp_enabled"),
-        mfa_verified: row.get("mfa_verified"),
-        patient_id: row.get("patient_id"),
-    })
 }
