@@ -116,6 +116,17 @@ pub const SETTINGS: &[Setting] = &[
         default: "false",
         help: "Take the client address from X-Forwarded-For (only behind a proxy that sets it).",
     },
+    Setting {
+        key: "api_rate_per_sec",
+        default: "50",
+        help:
+            "Requests per second each caller (bearer token, or address when anonymous) may make, sustained, per node.",
+    },
+    Setting {
+        key: "api_rate_burst",
+        default: "200",
+        help: "Requests a caller may make at once before api_rate_per_sec applies.",
+    },
     Setting { key: "node_id", default: "(hostname-pid)", help: "Name of this node in leases, logs and metrics." },
     Setting { key: "web_dir", default: "web", help: "Folder with the dashboard and consult pages." },
 ];
@@ -152,6 +163,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     pub drain_delay_ms: u64,
     pub trust_forwarded_for: bool,
+    pub api_rate_per_sec: u32,
+    pub api_rate_burst: u32,
     pub node_id: Option<String>,
     pub web_dir: String,
 }
@@ -178,6 +191,8 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             drain_delay_ms: 0,
             trust_forwarded_for: false,
+            api_rate_per_sec: 50,
+            api_rate_burst: 200,
             node_id: None,
             web_dir: "web".into(),
         }
@@ -247,6 +262,12 @@ impl Config {
         crate::store::blob::BlobLocation::parse(&self.blob_url).map_err(|e| Self::invalid("blob_url", e))?;
         if self.max_body_bytes < 1024 {
             return Err(Self::invalid("max_body_bytes", "must be at least 1024"));
+        }
+        if !(1..=1_000_000).contains(&self.api_rate_per_sec) {
+            return Err(Self::invalid("api_rate_per_sec", "must be between 1 and 1000000"));
+        }
+        if !(1..=1_000_000).contains(&self.api_rate_burst) {
+            return Err(Self::invalid("api_rate_burst", "must be between 1 and 1000000"));
         }
         if !(10..=30_000).contains(&self.readiness_timeout_ms) {
             return Err(Self::invalid("readiness_timeout_ms", "must be between 10 and 30000"));
@@ -412,7 +433,9 @@ mod tests {
                 | "max_body_bytes"
                 | "readiness_timeout_ms"
                 | "shutdown_grace_secs"
-                | "drain_delay_ms" => "1024",
+                | "drain_delay_ms"
+                | "api_rate_per_sec"
+                | "api_rate_burst" => "1024",
                 _ => "x",
             };
             let fig = Figment::new().merge(Serialized::default(s.key, value));

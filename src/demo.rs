@@ -110,5 +110,6 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
         password: pw,
         totp_secret: None,
     });
+    crate::booking::seed_schedules(state).await?;
     Ok(out)
 }

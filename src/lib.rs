@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod booking;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -73,6 +73,7 @@ impl Application {
         let clock = Clock::default();
         let state = web::Data::new(AppState {
             capture: crate::ws::scan::start_registry(&stores, &clock, &metrics),
+            booking_locks: Default::default(),
             config: Arc::new(config),
             stores,
             metrics,
@@ -85,12 +86,18 @@ impl Application {
             sockets: Default::default(),
         });
         actix_web::rt::spawn(crate::auth::sockets::listen(state.clone()));
+        crate::booking::spawn_sweeper(state.clone());
+        let limiter = web::Data::new(crate::http::ratelimit::RateLimiter::new(
+            state.config.api_rate_per_sec,
+            state.config.api_rate_burst,
+        ));
         let server = {
             let state = state.clone();
             HttpServer::new(move || {
                 let max_body = state.config.max_body_bytes;
                 App::new()
                     .app_data(state.clone())
+                    .app_data(limiter.clone())
                     .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
                     .app_data(web::PayloadConfig::new(max_body))
                     .app_data(web::QueryConfig::default().error_handler(query_error))
@@ -98,6 +105,7 @@ impl Application {
                     .configure(crate::http::configure)
                     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
                     .default_service(web::to(crate::http::not_found))
+                    .wrap(from_fn(crate::http::ratelimit::limit))
                     .wrap(from_fn(crate::metrics::record))
                     .wrap(from_fn(envelope_mw))
                     .wrap(Compress::default())

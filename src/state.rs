@@ -32,6 +32,8 @@ pub struct AppState {
     pub sockets: Arc<SocketRegistry>,
     /// This node's scan capture sessions (`crate::ws::scan`).
     pub capture: actix::Addr<coherency_actors::CaptureRegistry>,
+    /// This node's per-clinician booking locks (`crate::http::booking`).
+    pub booking_locks: Arc<coherency_actors::BookingLocks>,
 }
 
 /// Draining and shutdown signals.

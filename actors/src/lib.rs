@@ -13,3 +13,6 @@ pub mod store;
 pub mod testing;
 
 pub use capture::{attach, CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry, CaptureSession};
+
+pub mod booking;
+pub use booking::{BookingLock, BookingLocks};

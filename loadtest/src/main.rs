@@ -1,1 +1,245 @@
-fn main() {}
+//! `loadtest`: drives a Coherency deployment with simulated phones (and, later, consults,
+//! booking storms and dashboards), reports throughput, HDR latency percentiles and errors
+//! by code as a table and as JSON, and exits non-zero when an SLO is missed.
+//!
+//! Exit codes: 0 success, 1 an SLO was missed, 2 usage error or scenario not implemented
+//! yet, 3 the run could not be carried out (target not ready, setup failed).
+
+mod api;
+mod frames;
+mod scan;
+mod slo;
+mod stats;
+
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::frames::Encoding;
+use crate::slo::Slo;
+
+/// A duration on the command line: `30s`, `500ms`, `2m`, or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationArg(pub Duration);
+
+impl FromStr for DurationArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+            (n, 0.001)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1.0)
+        } else if let Some(n) = s.strip_suffix('m') {
+            (n, 60.0)
+        } else if let Some(n) = s.strip_suffix('h') {
+            (n, 3600.0)
+        } else {
+            (s, 1.0)
+        };
+        let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 500ms, 2m)"))?;
+        let secs = v * mult;
+        if !secs.is_finite() || !(0.0..=86_400.0).contains(&secs) {
+            return Err(format!("{s:?}: a duration between 0 and 24 h"));
+        }
+        Ok(DurationArg(Duration::from_secs_f64(secs)))
+    }
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Base URL of a node; repeat for several nodes (used round-robin). Docs and tests use
+    /// 127.0.0.1 only.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "LOADTEST_TARGET", value_delimiter = ',')]
+    pub target: Vec<String>,
+    /// Spread the start of the clients evenly over this long.
+    #[arg(long, default_value = "0s")]
+    pub ramp_up: DurationArg,
+    /// How long each client runs (for `scan`: stream time per phone; with `--frames`,
+    /// whichever ends first).
+    #[arg(long)]
+    pub duration: Option<DurationArg>,
+    /// An objective, e.g. `ack_p99_ms=50`, `min_fps=900`, `min_fps_ratio=0.99`,
+    /// `max_errors=0`; repeatable. Exit code 1 when any is missed.
+    #[arg(long = "slo", value_name = "NAME=VALUE")]
+    pub slo: Vec<Slo>,
+    /// Also write the report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<std::path::PathBuf>,
+    /// No progress bar or status lines (the report table is still printed).
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Transports for the scan stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// The websocket `GET /v1/scans/{id}/stream`.
+    Ws,
+    /// A WebRTC data channel (not implemented yet).
+    Datachannel,
+}
+
+/// `scan` options.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Concurrent phones, each with its own patient and scan.
+    #[arg(long, default_value_t = 1)]
+    pub scans: usize,
+    /// Frames per second each phone sends.
+    #[arg(long, default_value_t = 30.0)]
+    pub fps: f64,
+    /// Frames per phone (default 300, or what `--duration` allows).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// Depth encoding on the wire.
+    #[arg(long, value_enum, default_value = "u16zstd")]
+    pub encoding: Encoding,
+    /// Send the confidence plane too (as the app does when ARKit provides it).
+    #[arg(long)]
+    pub confidence: bool,
+    /// Transport.
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
+    /// Most unacked frames per phone (the server's `welcome.window` may lower it).
+    #[arg(long, default_value_t = 64)]
+    pub window: u32,
+    /// Distinct pre-rendered frames, cycled.
+    #[arg(long, default_value_t = 30)]
+    pub ring: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Phones streaming phantom LiDAR frames at a fixed rate.
+    Scan(ScanArgs),
+    /// Video consults with two peers each (not implemented yet).
+    Consult(Common),
+    /// Booking storms on hot clinicians (not implemented yet).
+    Booking(Common),
+    /// Dashboard watchers (not implemented yet).
+    Dashboard(Common),
+    /// A mix of every scenario (not implemented yet).
+    Mixed(Common),
+}
+
+/// Load harness for Coherency.
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+fn finish(mut report: stats::Report, common: &Common) -> ExitCode {
+    report.slo = common.slo.iter().map(|s| s.check(&report)).collect();
+    print!("{}", report.table());
+    if let Some(path) = &common.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => {
+                if let Err(e) = std::fs::write(path, j + "\n") {
+                    eprintln!("loadtest: writing {}: {e}", path.display());
+                    return ExitCode::from(3);
+                }
+            }
+            Err(e) => {
+                eprintln!("loadtest: serialising the report: {e}");
+                return ExitCode::from(3);
+            }
+        }
+    }
+    if report.slo_met() {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("loadtest: SLO missed");
+        ExitCode::from(1)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.scenario {
+        Scenario::Scan(a) => a,
+        Scenario::Consult(_) | Scenario::Booking(_) | Scenario::Dashboard(_) | Scenario::Mixed(_) => {
+            eprintln!("loadtest: this scenario is not implemented yet (only `scan` is)");
+            return ExitCode::from(2);
+        }
+    };
+    if args.transport == Transport::Datachannel {
+        eprintln!("loadtest: --transport datachannel is not implemented yet (use ws)");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: starting the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(scan::run(&args)) {
+        Ok(report) => finish(report, &args.common),
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        let d = |s: &str| s.parse::<DurationArg>().map(|d| d.0);
+        assert_eq!(d("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(d("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(d("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(d("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(d("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "fast", "-1s", "2d", "1e9"] {
+            assert!(d(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cli_parses_a_scan_run() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "scan",
+            "--target",
+            "http://127.0.0.1:18300",
+            "--target",
+            "http://127.0.0.1:18301",
+            "--scans",
+            "8",
+            "--fps",
+            "60",
+            "--duration",
+            "10s",
+            "--ramp-up",
+            "2s",
+            "--encoding",
+            "f32",
+            "--slo",
+            "ack_p99_ms=50",
+            "--slo",
+            "max_errors=0",
+            "--json",
+            "/tmp/x.json",
+        ]);
+        let Ok(Cli { scenario: Scenario::Scan(a) }) = cli else { panic!("{cli:?}") };
+        assert_eq!(a.common.target.len(), 2);
+        assert_eq!((a.scans, a.fps, a.encoding), (8, 60.0, Encoding::F32));
+        assert_eq!(a.common.slo.len(), 2);
+        assert_eq!(a.common.ramp_up.0, Duration::from_secs(2));
+        assert!(Cli::try_parse_from(["loadtest", "scan", "--slo", "p99=5"]).is_err());
+        assert!(Cli::try_parse_from(["loadtest", "scan", "--encoding", "png"]).is_err());
+    }
+}

@@ -2,11 +2,13 @@
 
 pub mod admin;
 pub mod auth;
+pub mod booking;
 pub mod fhir;
 pub mod health;
 pub mod json;
 pub mod measurements;
 pub mod patients;
+pub mod ratelimit;
 pub mod scans;
 
 pub use json::Json;
@@ -45,6 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
     cfg.configure(patients::configure).configure(fhir::configure);
+    cfg.configure(booking::configure);
 }
 
 /// A resource that answers 405 (not the app-wide 404) to methods it has no route for.

@@ -1,4 +1,5 @@
-use serde_json::json;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 use crate::helpers::spawn_app;
 
@@ -9,12 +10,44 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     let logins = coherency::demo::seed(&app.state).await.unwrap();
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.pg).await.unwrap();
     assert_eq!(users, 3);
+    let mut patient_token = None;
     for l in logins {
         let mut body = json!({"email": l.email, "password": l.password});
         if let Some(secret) = &l.totp_secret {
             body["totp_code"] = json!(coherency::auth::totp::code_at(secret, app.clock.now()).unwrap());
         }
         let res = app.post_json("/v1/auth/login", &body).await;
-        assert_eq!(res.status(), 200, "{}: {}", l.email, res.text().await.unwrap());
+        assert_eq!(res.status(), 200, "{}", l.email);
+        let v: Value = res.json().await.unwrap();
+        if l.role == coherency::auth::Role::Patient {
+            patient_token = v["access_token"].as_str().map(str::to_string);
+        }
     }
+    // The demo patient can book the demo clinician: weekday hours and two appointment types,
+    // seeded once however often seed-demo runs.
+    let (clinician, ty, types): (Uuid, Uuid, i64) = sqlx::query_as(
+        "SELECT clinician_id, min(id::text)::uuid, count(*) FROM appointment_types GROUP BY clinician_id",
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(types, 2);
+    let now = app.clock.now();
+    let q = [
+        ("clinician", clinician.to_string()),
+        ("type", ty.to_string()),
+        ("from", (now + chrono::Duration::days(1)).to_rfc3339()),
+        ("to", (now + chrono::Duration::days(8)).to_rfc3339()),
+    ];
+    let res = app
+        .client
+        .get(app.url("/v1/slots"))
+        .query(&q)
+        .bearer_auth(patient_token.expect("the patient logged in"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert!(v["slots"].as_array().unwrap().len() >= 5 * 8, "a week of weekday hours: {v}");
 }

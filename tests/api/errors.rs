@@ -98,3 +98,31 @@ async fn a_bad_value_is_400_naming_the_field() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["field"], "birth_date", "{body}");
 }
+
+#[actix_web::test]
+async fn a_caller_over_its_request_rate_gets_429_and_others_do_not() {
+    let app = crate::helpers::spawn_app_with(|mut c| {
+        c.api_rate_per_sec = 1;
+        c.api_rate_burst = 5;
+        c
+    })
+    .await;
+    let p = app.patient().await; // registration and login spent the address's first two
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(app.get_auth("/v1/me", &p.token).await.status().as_u16());
+    }
+    assert_eq!(&statuses[..5], &[200; 5], "the burst is served: {statuses:?}");
+    assert_eq!(statuses[7], 429, "{statuses:?}");
+    let res = app.get_auth("/v1/me", &p.token).await;
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&wait), "{wait}");
+    assert_envelope(&res.json().await.unwrap(), "rate_limited");
+    // Another signed-in caller has its own bucket, and probes are never limited.
+    let other = app.staff(coherency::auth::Role::Clinician, false).await;
+    assert_eq!(app.get_auth("/v1/me", &other.token).await.status(), 200);
+    for _ in 0..20 {
+        assert_eq!(app.get("/livez").await.status(), 200);
+    }
+}

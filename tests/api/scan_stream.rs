@@ -161,7 +161,7 @@ async fn six_hundred_frames_are_durable_byte_exact_indexed_and_the_scan_complete
     let finished = client.finish().await.unwrap();
     assert_eq!((finished.frames, finished.last_seq), (600, 600));
     assert_stored_exactly(&app, scan, 600).await;
-    eventually(Duration::from_secs(10), "scan complete", || async {
+    eventually(Duration::from_secs(60), "scan complete", || async {
         (scan_status(&app, scan).await == "complete").then_some(())
     })
     .await;
@@ -203,7 +203,7 @@ async fn twenty_random_cuts_with_resume_lose_nothing_and_duplicate_nothing() {
     assert!(reconnects_before_finish >= 10, "the client resumed after the cuts ({reconnects_before_finish})");
     assert_stored_exactly(&app, scan, n).await;
     assert_quality_records(&app, scan, n, Duration::from_secs(30)).await;
-    eventually(Duration::from_secs(10), "scan complete", || async {
+    eventually(Duration::from_secs(60), "scan complete", || async {
         (scan_status(&app, scan).await == "complete").then_some(())
     })
     .await;

@@ -1,0 +1,128 @@
+//! Setting up through the public API: an account, a patient, scan-capture consent and a
+//! scan per simulated phone, exactly as the app would.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Password of every account the load tester creates (long enough for the server's policy).
+const PASSWORD: &str = "loadtest-correct-horse-battery-staple";
+
+/// A failed setup call, with a code for the report (`setup_http_429`, `setup_connect`, …).
+#[derive(Debug)]
+pub struct SetupError {
+    /// For the errors-by-code table.
+    pub code: String,
+    /// What happened.
+    pub error: anyhow::Error,
+}
+
+/// What one phone needs to stream.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    /// Base URL of the node used for this phone.
+    pub target: String,
+    /// Bearer token of the patient.
+    pub token: String,
+    /// The scan to stream to.
+    pub scan_id: Uuid,
+}
+
+/// An HTTP client with bounded timeouts.
+pub fn http_client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("building the HTTP client")
+}
+
+/// Checks `/readyz` on a target.
+pub async fn ready(http: &reqwest::Client, target: &str) -> anyhow::Result<()> {
+    let url = format!("{}/readyz", target.trim_end_matches('/'));
+    let res = http.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    if !res.status().is_success() {
+        return Err(anyhow!("GET {url}: HTTP {}: {}", res.status(), res.text().await.unwrap_or_default()));
+    }
+    Ok(())
+}
+
+async fn call(
+    http: &reqwest::Client,
+    target: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> Result<Value, SetupError> {
+    let url = format!("{}{path}", target.trim_end_matches('/'));
+    let mut req = http.post(&url).json(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.map_err(|e| SetupError {
+        code: if e.is_timeout() { "setup_timeout".into() } else { "setup_connect".into() },
+        error: anyhow!("POST {url}: {e}"),
+    })?;
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(SetupError {
+            code: format!("setup_http_{}", status.as_u16()),
+            error: anyhow!("POST {path}: HTTP {status}: {text}"),
+        });
+    }
+    if text.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("POST {path}: {e}: {text}") })
+}
+
+fn field<'a>(v: &'a Value, ptr: &str, what: &str) -> Result<&'a str, SetupError> {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .ok_or_else(|| SetupError { code: "setup_bad_json".into(), error: anyhow!("{what}: no {ptr} in {v}") })
+}
+
+/// Registers a patient account, signs in, records scan-capture consent and creates a scan.
+pub async fn provision(
+    http: &reqwest::Client,
+    target: &str,
+    run_tag: &str,
+    i: usize,
+) -> Result<Provisioned, SetupError> {
+    let email = format!("loadtest-{run_tag}-{i}@example.test");
+    let reg = call(
+        http,
+        target,
+        "/v1/auth/register",
+        None,
+        &json!({"email": email, "password": PASSWORD, "given_name": "Load", "family_name": format!("Tester {i}"), "birth_date": "1980-01-01"}),
+    )
+    .await?;
+    let patient_id = field(&reg, "/patient_id", "register")?.to_owned();
+    let login = call(http, target, "/v1/auth/login", None, &json!({"email": email, "password": PASSWORD})).await?;
+    let token = field(&login, "/access_token", "login")?.to_owned();
+    call(
+        http,
+        target,
+        &format!("/v1/patients/{patient_id}/consents"),
+        Some(&token),
+        &json!({"scope": "scan_capture", "status": "granted", "version": "1"}),
+    )
+    .await?;
+    let scan = call(
+        http,
+        target,
+        "/v1/scans",
+        Some(&token),
+        &json!({"patient_id": patient_id, "body_site": "left lower leg (loadtest)"}),
+    )
+    .await?;
+    let scan_id = field(&scan, "/id", "create scan")?
+        .parse()
+        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("scan id: {e}") })?;
+    Ok(Provisioned { target: target.to_owned(), token, scan_id })
+}

@@ -1,0 +1,200 @@
+//! Service-level objectives given on the command line (`--slo ack_p99_ms=50`), checked
+//! against the report at the end of a run.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::stats::{Report, SloOutcome};
+
+/// What an SLO constrains, and in which direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metric {
+    /// `ack_p50_ms`: frame→ack median at most this.
+    AckP50Ms,
+    /// `ack_p90_ms`.
+    AckP90Ms,
+    /// `ack_p99_ms`.
+    AckP99Ms,
+    /// `ack_p999_ms`.
+    AckP999Ms,
+    /// `ack_max_ms`.
+    AckMaxMs,
+    /// `min_fps`: throughput (acked frames/s) at least this.
+    MinFps,
+    /// `min_fps_ratio`: throughput at least this fraction of the offered rate (0–1).
+    MinFpsRatio,
+    /// `max_errors`: at most this many errors of any code.
+    MaxErrors,
+}
+
+impl Metric {
+    /// Every metric with its name, for parsing and help.
+    pub const ALL: &'static [(&'static str, Metric)] = &[
+        ("ack_p50_ms", Metric::AckP50Ms),
+        ("ack_p90_ms", Metric::AckP90Ms),
+        ("ack_p99_ms", Metric::AckP99Ms),
+        ("ack_p999_ms", Metric::AckP999Ms),
+        ("ack_max_ms", Metric::AckMaxMs),
+        ("min_fps", Metric::MinFps),
+        ("min_fps_ratio", Metric::MinFpsRatio),
+        ("max_errors", Metric::MaxErrors),
+    ];
+
+    /// The command-line name.
+    pub fn name(self) -> &'static str {
+        Metric::ALL.iter().find(|(_, m)| *m == self).map_or("?", |(n, _)| n)
+    }
+
+    /// True when the value must not exceed the limit; false when it must reach it.
+    pub fn is_upper_bound(self) -> bool {
+        !matches!(self, Metric::MinFps | Metric::MinFpsRatio)
+    }
+
+    /// The measured value in a report.
+    pub fn value(self, r: &Report) -> f64 {
+        match self {
+            Metric::AckP50Ms => r.ack_latency.p50_ms,
+            Metric::AckP90Ms => r.ack_latency.p90_ms,
+            Metric::AckP99Ms => r.ack_latency.p99_ms,
+            Metric::AckP999Ms => r.ack_latency.p999_ms,
+            Metric::AckMaxMs => r.ack_latency.max_ms,
+            Metric::MinFps => r.throughput_fps,
+            Metric::MinFpsRatio => {
+                if r.offered_fps > 0.0 {
+                    r.throughput_fps / r.offered_fps
+                } else {
+                    0.0
+                }
+            }
+            Metric::MaxErrors => r.errors.total() as f64,
+        }
+    }
+}
+
+/// One objective: a metric and its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Slo {
+    /// What is constrained.
+    pub metric: Metric,
+    /// The limit (inclusive).
+    pub limit: f64,
+}
+
+/// Why an `--slo` argument did not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SloParseError(String);
+
+impl fmt::Display for SloParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SloParseError {}
+
+impl FromStr for Slo {
+    type Err = SloParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let known = || Metric::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ");
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| SloParseError(format!("expected NAME=VALUE, e.g. ack_p99_ms=50; got {s:?}")))?;
+        let key = key.trim();
+        let metric = Metric::ALL
+            .iter()
+            .find(|(n, _)| *n == key)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| SloParseError(format!("unknown SLO {key:?}; known: {}", known())))?;
+        let limit: f64 =
+            value.trim().parse().map_err(|_| SloParseError(format!("SLO {key}: {value:?} is not a number")))?;
+        if !limit.is_finite() || limit < 0.0 {
+            return Err(SloParseError(format!("SLO {key}: the limit must be a finite number ≥ 0")));
+        }
+        if metric == Metric::MinFpsRatio && limit > 1.0 {
+            return Err(SloParseError(format!("SLO {key}: a ratio is between 0 and 1")));
+        }
+        Ok(Slo { metric, limit })
+    }
+}
+
+impl fmt::Display for Slo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.metric.name(), self.limit)
+    }
+}
+
+impl Slo {
+    /// Whether `actual` meets this objective.
+    pub fn met_by(&self, actual: f64) -> bool {
+        if actual.is_nan() {
+            return false;
+        }
+        if self.metric.is_upper_bound() {
+            actual <= self.limit
+        } else {
+            actual >= self.limit
+        }
+    }
+
+    /// Checks the objective against a report.
+    pub fn check(&self, r: &Report) -> SloOutcome {
+        let actual = self.metric.value(r);
+        SloOutcome { slo: self.to_string(), actual, met: self.met_by(actual) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_known_names() {
+        let s: Slo = "ack_p99_ms=50".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s, Slo { metric: Metric::AckP99Ms, limit: 50.0 });
+        let s: Slo = " min_fps = 900.5 ".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s, Slo { metric: Metric::MinFps, limit: 900.5 });
+        assert_eq!(s.to_string(), "min_fps=900.5");
+        for (name, m) in Metric::ALL {
+            let s: Slo = format!("{name}=0").parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.metric, *m);
+            assert_eq!(m.name(), *name);
+        }
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for bad in [
+            "",
+            "ack_p99_ms",
+            "ack_p99_ms=",
+            "ack_p99=50",
+            "ack_p99_ms=fast",
+            "ack_p99_ms=-1",
+            "ack_p99_ms=NaN",
+            "ack_p99_ms=inf",
+            "min_fps_ratio=1.5",
+            "=5",
+        ] {
+            assert!(bad.parse::<Slo>().is_err(), "{bad:?} should not parse");
+        }
+        let e = "p99=5".parse::<Slo>().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("ack_p99_ms"), "the error lists the known names: {e}");
+    }
+
+    #[test]
+    fn direction_and_boundaries() {
+        let upper = Slo { metric: Metric::AckP99Ms, limit: 50.0 };
+        assert!(upper.met_by(49.9));
+        assert!(upper.met_by(50.0));
+        assert!(!upper.met_by(50.001));
+        assert!(!upper.met_by(f64::NAN));
+        let lower = Slo { metric: Metric::MinFps, limit: 960.0 };
+        assert!(lower.met_by(960.0));
+        assert!(lower.met_by(1000.0));
+        assert!(!lower.met_by(959.0));
+        let errs = Slo { metric: Metric::MaxErrors, limit: 0.0 };
+        assert!(errs.met_by(0.0));
+        assert!(!errs.met_by(1.0));
+    }
+}

@@ -1,0 +1,886 @@
+//! Booking over HTTP: clinicians' schedules and appointment types, free slots, holds,
+//! confirmation, cancellation, atomic reschedule, no-shows and the waitlist. The domain
+//! (transactions, the exclusion constraint, sweeping, offers) is `crate::booking`; the FHIR
+//! R4 face (`Schedule`, `Slot`, `Appointment`) is [`fhir`].
+//!
+//! Who: patients book for themselves; clinicians and admins for patients they may see
+//! (`patients::can_access_patient`); a clinician also sees and manages appointments in their
+//! own calendar. What the caller may not see answers 404. Every action is audited.
+//! Attempts that take calendar time (hold, reschedule) run under the clinician's
+//! `BookingLock` on this node; across nodes the constraint alone decides.
+
+pub mod fhir;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveTime, Utc};
+use chrono_tz::Tz;
+use coherency_protocol::Code;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, perm, Principal, Require, Role};
+use crate::booking::{self, Appointment, AppointmentType, NewHold, WaitlistEntry};
+use crate::error::ApiError;
+use crate::http::patients::{can_access_patient, parse_query, path_id};
+use crate::state::AppState;
+
+/// Longest cancellation reason, in characters.
+pub const MAX_REASON: usize = 500;
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY: usize = 100;
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+
+/// One weekly window, wall-clock in the schedule's zone.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeeklyWindow {
+    /// ISO weekday: 1 = Monday … 7 = Sunday.
+    pub weekday: u32,
+    /// `HH:MM`.
+    #[schema(value_type = String)]
+    pub start: NaiveTime,
+    /// `HH:MM`, after `start`.
+    #[schema(value_type = String)]
+    pub end: NaiveTime,
+}
+
+/// A dated exception.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleException {
+    #[schema(value_type = String, format = Date)]
+    pub date: NaiveDate,
+    /// `off` (remove hours; the whole day without `start`/`end`) or `extra` (add hours).
+    pub kind: String,
+    #[schema(value_type = Option<String>)]
+    pub start: Option<NaiveTime>,
+    #[schema(value_type = Option<String>)]
+    pub end: Option<NaiveTime>,
+}
+
+/// `PUT /v1/clinicians/{id}/schedule` body (replaces the schedule).
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    /// IANA zone, e.g. `Europe/London`.
+    pub time_zone: String,
+    /// How far ahead patients may book (1–730 days, default 60).
+    pub horizon_days: Option<i32>,
+    /// Minimum notice before a slot (minutes, default 0).
+    pub min_notice_minutes: Option<i32>,
+    pub weekly: Vec<WeeklyWindow>,
+    #[serde(default)]
+    pub exceptions: Vec<ScheduleException>,
+}
+
+/// A schedule with its appointment types.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScheduleView {
+    pub clinician_id: Uuid,
+    pub time_zone: String,
+    pub horizon_days: i32,
+    pub min_notice_minutes: i32,
+    pub weekly: Vec<WeeklyWindow>,
+    pub exceptions: Vec<ScheduleException>,
+    pub appointment_types: Vec<AppointmentType>,
+}
+
+/// `POST /v1/clinicians/{id}/appointment-types` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TypeBody {
+    pub name: String,
+    /// 5–480.
+    pub duration_minutes: i32,
+    #[serde(default)]
+    pub buffer_before_minutes: i32,
+    #[serde(default)]
+    pub buffer_after_minutes: i32,
+    /// `telehealth` or `in_person`.
+    pub modality: String,
+}
+
+/// Query of `GET /v1/slots`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SlotsQuery {
+    /// Clinician (user) id.
+    pub clinician: Uuid,
+    /// Appointment type id.
+    #[serde(rename = "type")]
+    pub type_id: Uuid,
+    /// RFC 3339 instant (default now).
+    pub from: Option<DateTime<FixedOffset>>,
+    /// RFC 3339 instant (default `from` + 7 days; at most 31 days after `from`).
+    pub to: Option<DateTime<FixedOffset>>,
+    /// IANA zone the answer is written in (default the clinician's).
+    pub tz: Option<String>,
+}
+
+/// One free slot, written in the requested zone.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlotView {
+    pub start: String,
+    pub end: String,
+}
+
+/// Free slots.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlotList {
+    pub clinician_id: Uuid,
+    pub type_id: Uuid,
+    pub time_zone: String,
+    pub slots: Vec<SlotView>,
+}
+
+/// `POST /v1/appointments` body: holds a slot for [`booking::HOLD_TTL`] (or books it
+/// outright with `confirm: true`). Send `Idempotency-Key` to make retries safe.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAppointment {
+    /// Defaults to the caller's own patient record.
+    pub patient_id: Option<Uuid>,
+    pub clinician_id: Uuid,
+    pub type_id: Uuid,
+    /// A slot start from `GET /v1/slots` (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
+    pub start: DateTime<FixedOffset>,
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+/// `POST /v1/appointments/{id}/cancel` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Why (1–500 characters).
+    pub reason: String,
+}
+
+/// `POST /v1/appointments/{id}/reschedule` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RescheduleBody {
+    #[schema(value_type = String, format = DateTime)]
+    pub start: DateTime<FixedOffset>,
+    /// A different appointment type of the same clinician (default: unchanged).
+    pub type_id: Option<Uuid>,
+}
+
+/// Query of `GET /v1/appointments`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AppointmentQuery {
+    pub patient: Option<Uuid>,
+    pub clinician: Option<Uuid>,
+    pub from: Option<DateTime<FixedOffset>>,
+    pub to: Option<DateTime<FixedOffset>>,
+}
+
+/// Appointments, by start.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AppointmentList {
+    pub appointments: Vec<Appointment>,
+}
+
+/// `POST /v1/waitlist` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WaitlistBody {
+    pub patient_id: Option<Uuid>,
+    pub clinician_id: Uuid,
+    pub type_id: Uuid,
+    #[schema(value_type = String, format = DateTime)]
+    pub from: DateTime<FixedOffset>,
+    #[schema(value_type = String, format = DateTime)]
+    pub to: DateTime<FixedOffset>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn parse_tz(field: &str, s: &str) -> Result<Tz, ApiError> {
+    s.parse::<Tz>().map_err(|_| ApiError::field(Code::InvalidField, field, "not an IANA time zone"))
+}
+
+async fn audit(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    action: &str,
+    outcome: &str,
+    a: Option<&Appointment>,
+    extra: serde_json::Value,
+) -> Result<(), ApiError> {
+    let mut ev = AuditEvent::new(action, outcome);
+    let mut details = extra;
+    if let Some(a) = a {
+        ev = ev.target("appointment", a.id);
+        details["patient_id"] = serde_json::json!(a.patient_id);
+        details["clinician_id"] = serde_json::json!(a.clinician_id);
+    }
+    auth::audit(state, req, Some(who), ev.details(details)).await
+}
+
+/// Whether `who` may see appointment `a`.
+pub async fn may_see(state: &AppState, who: &Principal, a: &Appointment) -> Result<bool, ApiError> {
+    Ok(who.user_id == a.clinician_id || can_access_patient(state, who, a.patient_id).await?)
+}
+
+async fn visible(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    id: Uuid,
+    action: &str,
+) -> Result<Appointment, ApiError> {
+    let a = booking::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    if !may_see(state, who, &a).await? {
+        audit(state, req, who, action, "denied", Some(&a), serde_json::json!({})).await?;
+        return Err(ApiError::not_found());
+    }
+    Ok(a)
+}
+
+/// The patient a create names: patients always themselves.
+async fn patient_for(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    given: Option<Uuid>,
+    action: &str,
+) -> Result<Uuid, ApiError> {
+    let pid = match (who.role, given, who.patient_id) {
+        (Role::Patient, None, Some(own)) => own,
+        (_, Some(p), _) => p,
+        _ => return Err(ApiError::field(Code::InvalidField, "patient_id", "patient_id is required")),
+    };
+    crate::http::patients::require_access(state, req, who, pid, action).await?;
+    Ok(pid)
+}
+
+async fn clinician_type(
+    state: &AppState,
+    clinician_id: Uuid,
+    type_id: Uuid,
+) -> Result<(booking::Schedule, AppointmentType), ApiError> {
+    let sched = booking::load_schedule(&state.stores.pg, clinician_id)
+        .await?
+        .ok_or_else(|| ApiError::field(Code::NotFound, "clinician", "no schedule for that clinician"))?;
+    let ty = booking::load_type(&state.stores.pg, type_id)
+        .await?
+        .filter(|t| t.clinician_id == clinician_id && t.active)
+        .ok_or_else(|| ApiError::field(Code::NotFound, "type", "no such appointment type for that clinician"))?;
+    Ok((sched, ty))
+}
+
+/// A clinician manages their own schedule; admins any clinician's. Others see 404.
+async fn require_manage(state: &AppState, who: &Principal, clinician_id: Uuid) -> Result<(), ApiError> {
+    let is_clinician: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician')")
+            .bind(clinician_id)
+            .fetch_one(&state.stores.pg)
+            .await?;
+    if !is_clinician || !(who.role == Role::Admin || who.user_id == clinician_id) {
+        return Err(ApiError::not_found());
+    }
+    Ok(())
+}
+
+fn ok_json<T: Serialize>(v: &T) -> HttpResponse {
+    HttpResponse::Ok().json(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedules
+
+/// `PUT /v1/clinicians/{id}/schedule`: replaces the clinician's weekly rules and exceptions.
+#[utoipa::path(put, path = "/v1/clinicians/{id}/schedule", tag = "booking", security(("bearer" = ["schedule:manage"])),
+    params(("id" = Uuid, Path)), request_body = ScheduleBody,
+    responses((status = 200, body = ScheduleView), (status = 400, description = "invalid_field"), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn put_schedule(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScheduleManage>,
+    body: crate::http::Json<ScheduleBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let body = body.parse()?;
+    parse_tz("time_zone", &body.time_zone)?;
+    let horizon = body.horizon_days.unwrap_or(60);
+    if !(1..=730).contains(&horizon) {
+        return Err(ApiError::field(Code::InvalidField, "horizon_days", "horizon_days must be 1-730"));
+    }
+    let notice = body.min_notice_minutes.unwrap_or(0);
+    if !(0..=43200).contains(&notice) {
+        return Err(ApiError::field(Code::InvalidField, "min_notice_minutes", "min_notice_minutes must be 0-43200"));
+    }
+    for (i, w) in body.weekly.iter().enumerate() {
+        if !(1..=7).contains(&w.weekday) || w.end <= w.start {
+            return Err(ApiError::field(Code::InvalidField, format!("weekly[{i}]"), "weekday 1-7 and end after start"));
+        }
+    }
+    for (i, e) in body.exceptions.iter().enumerate() {
+        let ok = match (e.kind.as_str(), e.start, e.end) {
+            ("off", None, None) => true,
+            ("off" | "extra", Some(s), Some(en)) => en > s,
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                format!("exceptions[{i}]"),
+                "kind off|extra; extra needs start < end",
+            ));
+        }
+    }
+    require_manage(&state, &who, id).await?;
+    let now = state.clock.now();
+    let mut tx = state.stores.pg.begin().await?;
+    sqlx::query(
+        "INSERT INTO schedules (clinician_id, tz, horizon_days, min_notice_min, updated_at) VALUES ($1,$2,$3,$4,$5)
+         ON CONFLICT (clinician_id) DO UPDATE SET tz = $2, horizon_days = $3, min_notice_min = $4, updated_at = $5",
+    )
+    .bind(id)
+    .bind(&body.time_zone)
+    .bind(horizon)
+    .bind(notice)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM schedule_rules WHERE clinician_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM schedule_exceptions WHERE clinician_id = $1").bind(id).execute(&mut *tx).await?;
+    for w in &body.weekly {
+        sqlx::query(
+            "INSERT INTO schedule_rules (id, clinician_id, weekday, start_time, end_time) VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(id)
+        .bind(w.weekday as i16)
+        .bind(w.start)
+        .bind(w.end)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for e in &body.exceptions {
+        sqlx::query("INSERT INTO schedule_exceptions (id, clinician_id, day, kind, start_time, end_time) VALUES ($1,$2,$3,$4,$5,$6)")
+            .bind(Uuid::now_v7())
+            .bind(id)
+            .bind(e.date)
+            .bind(&e.kind)
+            .bind(e.start)
+            .bind(e.end)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("schedule.update", "success").target("clinician", id))
+        .await?;
+    Ok(ok_json(&schedule_view(&state, id).await?))
+}
+
+async fn schedule_view(state: &AppState, id: Uuid) -> Result<ScheduleView, ApiError> {
+    let s = booking::load_schedule(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    let mut weekly: Vec<WeeklyWindow> =
+        s.rules.iter().map(|r| WeeklyWindow { weekday: r.weekday, start: r.start, end: r.end }).collect();
+    weekly.sort_by_key(|w| (w.weekday, w.start));
+    let mut exceptions: Vec<ScheduleException> = s
+        .exceptions
+        .iter()
+        .map(|e| ScheduleException {
+            date: e.day,
+            kind: if e.extra { "extra" } else { "off" }.into(),
+            start: e.hours.map(|h| h.0),
+            end: e.hours.map(|h| h.1),
+        })
+        .collect();
+    exceptions.sort_by_key(|e| (e.date, e.start));
+    Ok(ScheduleView {
+        clinician_id: id,
+        time_zone: s.tz.name().into(),
+        horizon_days: s.horizon_days,
+        min_notice_minutes: s.min_notice_min,
+        weekly,
+        exceptions,
+        appointment_types: booking::list_types(&state.stores.pg, id).await?,
+    })
+}
+
+/// `GET /v1/clinicians/{id}/schedule`: the schedule and its appointment types.
+#[utoipa::path(get, path = "/v1/clinicians/{id}/schedule", tag = "booking", security(("bearer" = ["bookings:read"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = ScheduleView), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn get_schedule(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    _who: Require<perm::BookingsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    Ok(ok_json(&schedule_view(&state, id).await?))
+}
+
+/// `POST /v1/clinicians/{id}/appointment-types`
+#[utoipa::path(post, path = "/v1/clinicians/{id}/appointment-types", tag = "booking", security(("bearer" = ["schedule:manage"])),
+    params(("id" = Uuid, Path)), request_body = TypeBody,
+    responses((status = 201, body = AppointmentType), (status = 400, description = "invalid_field"), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn create_type(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScheduleManage>,
+    body: crate::http::Json<TypeBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let b = body.parse()?;
+    let name = b.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::field(Code::InvalidField, "name", "name must be 1-100 characters"));
+    }
+    if !(5..=480).contains(&b.duration_minutes) {
+        return Err(ApiError::field(Code::InvalidField, "duration_minutes", "duration_minutes must be 5-480"));
+    }
+    for (f, v) in [("buffer_before_minutes", b.buffer_before_minutes), ("buffer_after_minutes", b.buffer_after_minutes)]
+    {
+        if !(0..=240).contains(&v) {
+            return Err(ApiError::field(Code::InvalidField, f, format!("{f} must be 0-240")));
+        }
+    }
+    if !matches!(b.modality.as_str(), "telehealth" | "in_person") {
+        return Err(ApiError::field(Code::InvalidField, "modality", "modality must be telehealth or in_person"));
+    }
+    require_manage(&state, &who, id).await?;
+    let ty = sqlx::query_as::<_, AppointmentType>(
+        "INSERT INTO appointment_types (id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, created_at)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
+         RETURNING id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, active",
+    )
+    .bind(Uuid::now_v7())
+    .bind(id)
+    .bind(name)
+    .bind(b.duration_minutes)
+    .bind(b.buffer_before_minutes)
+    .bind(b.buffer_after_minutes)
+    .bind(&b.modality)
+    .bind(state.clock.now())
+    .fetch_one(&state.stores.pg)
+    .await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("appointment_type.create", "success").target("appointment_type", ty.id),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(ty))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slots
+
+/// `GET /v1/slots`: free slots of one appointment type, written in the caller's zone.
+#[utoipa::path(get, path = "/v1/slots", tag = "booking", security(("bearer" = ["bookings:read"])), params(SlotsQuery),
+    responses((status = 200, body = SlotList), (status = 400, description = "invalid_field"), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn slots(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    _who: Require<perm::BookingsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let q: SlotsQuery = parse_query(&req)?;
+    let (sched, ty) = clinician_type(&state, q.clinician, q.type_id).await?;
+    let out_tz = match &q.tz {
+        Some(t) => parse_tz("tz", t)?,
+        None => sched.tz,
+    };
+    let from = q.from.map(|d| d.with_timezone(&Utc)).unwrap_or_else(|| state.clock.now());
+    let to = q.to.map(|d| d.with_timezone(&Utc)).unwrap_or(from + Duration::days(7));
+    if to <= from || to - from > Duration::days(booking::MAX_SLOT_RANGE_DAYS) {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "to",
+            format!("to must be after from, at most {} days", booking::MAX_SLOT_RANGE_DAYS),
+        ));
+    }
+    let free = booking::free_slots(&state, &sched, &ty, from, to).await?;
+    Ok(ok_json(&SlotList {
+        clinician_id: q.clinician,
+        type_id: q.type_id,
+        time_zone: out_tz.name().into(),
+        slots: free
+            .into_iter()
+            .map(|(s, e)| SlotView {
+                start: s.with_timezone(&out_tz).to_rfc3339(),
+                end: e.with_timezone(&out_tz).to_rfc3339(),
+            })
+            .collect(),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Appointments
+
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let s =
+        v.to_str().map_err(|_| ApiError::field(Code::InvalidField, "Idempotency-Key", "must be visible ASCII"))?.trim();
+    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "Idempotency-Key",
+            format!("1-{MAX_IDEMPOTENCY_KEY} characters"),
+        ));
+    }
+    Ok(Some(s.to_string()))
+}
+
+/// `POST /v1/appointments`: holds a slot (5 minutes) or, with `confirm`, books it.
+/// Replaying an `Idempotency-Key` answers the appointment it created (200).
+#[utoipa::path(post, path = "/v1/appointments", tag = "booking", security(("bearer" = ["bookings:write"])), request_body = CreateAppointment,
+    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries safe")),
+    responses((status = 201, body = Appointment), (status = 200, body = Appointment, description = "idempotent replay"),
+              (status = 400, description = "invalid_field"), (status = 404), (status = 409, description = "slot_taken"),
+              (status = 429, description = "too_many_holds")))]
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsWrite>,
+    body: crate::http::Json<CreateAppointment>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.parse()?;
+    let key = idempotency_key(&req)?;
+    let start = b.start.with_timezone(&Utc);
+    if let Some(k) = &key {
+        if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
+            if a.clinician_id != b.clinician_id || a.start_at != start {
+                return Err(ApiError::new(Code::Conflict, "Idempotency-Key was used for a different request"));
+            }
+            return Ok(ok_json(&a));
+        }
+    }
+    let patient_id = patient_for(&state, &req, &who, b.patient_id, "booking.hold").await?;
+    let (sched, ty) = clinician_type(&state, b.clinician_id, b.type_id).await?;
+    booking::require_slot(&sched, &ty, start, state.clock.now())?;
+    let hold = NewHold {
+        clinician_id: b.clinician_id,
+        patient_id,
+        ty,
+        start,
+        confirm: b.confirm,
+        created_by: who.user_id,
+        idempotency_key: key.clone(),
+    };
+    let st = state.clone();
+    let res = state
+        .booking_locks
+        .run(b.clinician_id, async move { booking::hold(&st, hold).await })
+        .await
+        .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?;
+    let action = if b.confirm { "booking.book" } else { "booking.hold" };
+    match res {
+        Ok((a, events)) => {
+            booking::publish(&state, events);
+            audit(&state, &req, &who, action, "success", Some(&a), serde_json::json!({})).await?;
+            Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/appointments/{}", a.id))).json(a))
+        }
+        Err(e) => {
+            if let (Some(k), true) = (&key, e.code == Code::Internal || e.code == Code::Conflict) {
+                // A concurrent replay of the same key won the unique index.
+                if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
+                    return Ok(ok_json(&a));
+                }
+            }
+            audit(
+                &state,
+                &req,
+                &who,
+                action,
+                "failure",
+                None,
+                serde_json::json!({"code": e.code.as_str(), "clinician_id": b.clinician_id, "patient_id": patient_id}),
+            )
+            .await?;
+            Err(e)
+        }
+    }
+}
+
+/// `GET /v1/appointments/{id}`
+#[utoipa::path(get, path = "/v1/appointments/{id}", tag = "booking", security(("bearer" = ["bookings:read"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = Appointment), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let a = visible(&state, &req, &who, id, "booking.read").await?;
+    audit(&state, &req, &who, "booking.read", "success", Some(&a), serde_json::json!({})).await?;
+    Ok(ok_json(&a))
+}
+
+/// Appointments matching `q` the caller may see (patient: own; clinician: own calendar or a
+/// named patient they may see; admin: any).
+pub async fn search(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    q: &AppointmentQuery,
+) -> Result<Vec<Appointment>, ApiError> {
+    let patient = match (who.role, q.patient) {
+        (Role::Patient, None) => who.patient_id,
+        (_, p) => p,
+    };
+    if let Some(p) = patient {
+        crate::http::patients::require_access(state, req, who, p, "booking.search").await?;
+    }
+    let clinician = match (who.role, patient, q.clinician) {
+        (Role::Clinician, None, None) => Some(who.user_id),
+        (Role::Clinician, None, Some(c)) if c != who.user_id => return Err(ApiError::not_found()),
+        (Role::Admin, None, None) => {
+            return Err(ApiError::field(Code::InvalidField, "patient", "name a patient or a clinician"))
+        }
+        (_, _, c) => c,
+    };
+    let from = q.from.map(|d| d.with_timezone(&Utc));
+    let to = q.to.map(|d| d.with_timezone(&Utc));
+    let sql =
+        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                      rescheduled_from, waitlist_id, version, created_at, updated_at
+                 FROM appointments
+                WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
+                  AND ($3::timestamptz IS NULL OR end_at > $3) AND ($4::timestamptz IS NULL OR start_at < $4)
+                ORDER BY start_at, id LIMIT 500";
+    Ok(sqlx::query_as::<_, Appointment>(sql)
+        .bind(patient)
+        .bind(clinician)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&state.stores.pg)
+        .await?)
+}
+
+/// `GET /v1/appointments?patient=&clinician=&from=&to=`
+#[utoipa::path(get, path = "/v1/appointments", tag = "booking", security(("bearer" = ["bookings:read"])), params(AppointmentQuery),
+    responses((status = 200, body = AppointmentList), (status = 400), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let q: AppointmentQuery = parse_query(&req)?;
+    let appointments = search(&state, &req, &who, &q).await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("booking.search", "success")
+            .details(serde_json::json!({"ids": appointments.iter().map(|a| a.id).collect::<Vec<_>>()})),
+    )
+    .await?;
+    Ok(ok_json(&AppointmentList { appointments }))
+}
+
+/// `POST /v1/appointments/{id}/confirm`: turns a live hold into a booking.
+#[utoipa::path(post, path = "/v1/appointments/{id}/confirm", tag = "booking", security(("bearer" = ["bookings:write"])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = Appointment), (status = 404), (status = 409, description = "hold_expired, conflict")))]
+#[tracing::instrument(skip_all)]
+pub async fn confirm(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsWrite>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let cur = visible(&state, &req, &who, id, "booking.confirm").await?;
+    finish(&state, &req, &who, "booking.confirm", &cur, booking::confirm(&state, id).await).await
+}
+
+async fn finish(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    action: &str,
+    cur: &Appointment,
+    res: Result<(Appointment, Vec<(&'static str, Appointment)>), ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    match res {
+        Ok((a, events)) => {
+            booking::publish(state, events);
+            audit(state, req, who, action, "success", Some(&a), serde_json::json!({"from": cur.id})).await?;
+            Ok(ok_json(&a))
+        }
+        Err(e) => {
+            audit(state, req, who, action, "failure", Some(cur), serde_json::json!({"code": e.code.as_str()})).await?;
+            Err(e)
+        }
+    }
+}
+
+/// `POST /v1/appointments/{id}/cancel`: by the patient or staff, with a reason. The freed
+/// time goes to the first matching waitlist entry.
+#[utoipa::path(post, path = "/v1/appointments/{id}/cancel", tag = "booking", security(("bearer" = ["bookings:write"])),
+    params(("id" = Uuid, Path)), request_body = CancelBody,
+    responses((status = 200, body = Appointment), (status = 400), (status = 404), (status = 409)))]
+#[tracing::instrument(skip_all)]
+pub async fn cancel(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsWrite>,
+    body: crate::http::Json<CancelBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let b = body.parse()?;
+    let reason = b.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(ApiError::field(Code::InvalidField, "reason", format!("reason must be 1-{MAX_REASON} characters")));
+    }
+    let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
+    let res = booking::cancel(&state, id, who.user_id, reason).await;
+    finish(&state, &req, &who, "booking.cancel", &cur, res).await
+}
+
+/// `POST /v1/appointments/{id}/reschedule`: atomically moves a hold or booking; answers the
+/// new appointment (the old one is `cancelled` with reason `rescheduled`).
+#[utoipa::path(post, path = "/v1/appointments/{id}/reschedule", tag = "booking", security(("bearer" = ["bookings:write"])),
+    params(("id" = Uuid, Path)), request_body = RescheduleBody,
+    responses((status = 200, body = Appointment), (status = 400), (status = 404), (status = 409, description = "slot_taken")))]
+#[tracing::instrument(skip_all)]
+pub async fn reschedule(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsWrite>,
+    body: crate::http::Json<RescheduleBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let b = body.parse()?;
+    let cur = visible(&state, &req, &who, id, "booking.reschedule").await?;
+    let (sched, ty) = clinician_type(&state, cur.clinician_id, b.type_id.unwrap_or(cur.type_id)).await?;
+    let start = b.start.with_timezone(&Utc);
+    booking::require_slot(&sched, &ty, start, state.clock.now())?;
+    let st = state.clone();
+    let by = who.user_id;
+    let res = state
+        .booking_locks
+        .run(cur.clinician_id, async move { booking::reschedule(&st, id, by, &ty, start).await })
+        .await
+        .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?;
+    finish(&state, &req, &who, "booking.reschedule", &cur, res).await
+}
+
+/// `POST /v1/appointments/{id}/no-show`: staff mark a started booking as a no-show.
+#[utoipa::path(post, path = "/v1/appointments/{id}/no-show", tag = "booking", security(("bearer" = ["bookings:write"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = Appointment), (status = 403), (status = 404), (status = 409)))]
+#[tracing::instrument(skip_all)]
+pub async fn no_show(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsWrite>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let cur = visible(&state, &req, &who, id, "booking.no_show").await?;
+    if who.role == Role::Patient {
+        audit(&state, &req, &who, "booking.no_show", "denied", Some(&cur), serde_json::json!({})).await?;
+        return Err(ApiError::forbidden());
+    }
+    let res = booking::no_show(&state, id).await;
+    finish(&state, &req, &who, "booking.no_show", &cur, res).await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waitlist
+
+/// `POST /v1/waitlist`: waits for a freed slot of the clinician between `from` and `to`.
+/// When one frees, the first waiting entry gets a hold (an offer, `booking.offered` event)
+/// to confirm; an offer left to lapse passes to the next entry.
+#[utoipa::path(post, path = "/v1/waitlist", tag = "booking", security(("bearer" = ["bookings:write"])), request_body = WaitlistBody,
+    responses((status = 201, body = WaitlistEntry), (status = 400), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn join_waitlist(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsWrite>,
+    body: crate::http::Json<WaitlistBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.parse()?;
+    let (from, to) = (b.from.with_timezone(&Utc), b.to.with_timezone(&Utc));
+    if to <= from {
+        return Err(ApiError::field(Code::InvalidField, "to", "to must be after from"));
+    }
+    let patient_id = patient_for(&state, &req, &who, b.patient_id, "waitlist.join").await?;
+    clinician_type(&state, b.clinician_id, b.type_id).await?;
+    let now = state.clock.now();
+    let w = sqlx::query_as::<_, WaitlistEntry>(&format!(
+        "INSERT INTO waitlist (id, clinician_id, patient_id, type_id, from_at, to_at, status, created_at, updated_at)
+         VALUES ($1,$2,$3,$4,$5,$6,'waiting',$7,$7) RETURNING {}",
+        booking::WAITLIST_COLS
+    ))
+    .bind(Uuid::now_v7())
+    .bind(b.clinician_id)
+    .bind(patient_id)
+    .bind(b.type_id)
+    .bind(from)
+    .bind(to)
+    .bind(now)
+    .fetch_one(&state.stores.pg)
+    .await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("waitlist.join", "success")
+            .target("waitlist", w.id)
+            .details(serde_json::json!({"patient_id": patient_id})),
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(w))
+}
+
+/// `GET /v1/waitlist/{id}`: the entry and, when offered, the held appointment to confirm.
+#[utoipa::path(get, path = "/v1/waitlist/{id}", tag = "booking", security(("bearer" = ["bookings:read"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = WaitlistEntry), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn get_waitlist(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::BookingsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path_id(&req, "id")?;
+    let w =
+        sqlx::query_as::<_, WaitlistEntry>(&format!("SELECT {} FROM waitlist WHERE id = $1", booking::WAITLIST_COLS))
+            .bind(id)
+            .fetch_optional(&state.stores.pg)
+            .await?
+            .ok_or_else(ApiError::not_found)?;
+    crate::http::patients::require_access(&state, &req, &who, w.patient_id, "waitlist.read").await?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("waitlist.read", "success").target("waitlist", w.id)).await?;
+    Ok(ok_json(&w))
+}
+
+/// Registers the booking routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::http::resource;
+    cfg.service(
+        resource("/v1/clinicians/{id}/schedule").route(web::put().to(put_schedule)).route(web::get().to(get_schedule)),
+    )
+    .service(resource("/v1/clinicians/{id}/appointment-types").route(web::post().to(create_type)))
+    .service(resource("/v1/slots").route(web::get().to(slots)))
+    .service(resource("/v1/appointments").route(web::post().to(create)).route(web::get().to(list)))
+    .service(resource("/v1/appointments/{id}").route(web::get().to(get)))
+    .service(resource("/v1/appointments/{id}/confirm").route(web::post().to(confirm)))
+    .service(resource("/v1/appointments/{id}/cancel").route(web::post().to(cancel)))
+    .service(resource("/v1/appointments/{id}/reschedule").route(web::post().to(reschedule)))
+    .service(resource("/v1/appointments/{id}/no-show").route(web::post().to(no_show)))
+    .service(resource("/v1/waitlist").route(web::post().to(join_waitlist)))
+    .service(resource("/v1/waitlist/{id}").route(web::get().to(get_waitlist)));
+    cfg.configure(fhir::configure);
+}

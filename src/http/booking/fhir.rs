@@ -1,0 +1,258 @@
+//! FHIR R4 views of booking: `Schedule` (one per clinician, id = the clinician's id),
+//! `Slot` (free, busy, busy-tentative; generated, not stored) and `Appointment` (read and
+//! search by patient, practitioner, date). Errors are `OperationOutcome`s.
+
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
+use coherency_protocol::Code;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, perm, Require};
+use crate::booking::{self, Appointment};
+use crate::error::ApiError;
+use crate::http::fhir::{outcome, FHIR_JSON};
+use crate::http::patients::{parse_query, path_id};
+use crate::state::AppState;
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+fn ok(v: Value) -> HttpResponse {
+    HttpResponse::Ok().content_type(FHIR_JSON).body(v.to_string())
+}
+
+fn respond(r: Result<HttpResponse, ApiError>) -> HttpResponse {
+    r.unwrap_or_else(|e| outcome(&e))
+}
+
+fn bundle(req: &HttpRequest, kind: &str, resources: Vec<Value>) -> Value {
+    let base = format!("{}://{}/fhir", req.connection_info().scheme(), req.connection_info().host());
+    let total = resources.len();
+    let entry: Vec<Value> = resources
+        .into_iter()
+        .map(|r| json!({"fullUrl": format!("{base}/{kind}/{}", r["id"].as_str().unwrap_or_default()), "resource": r, "search": {"mode": "match"}}))
+        .collect();
+    let mut b = json!({"resourceType": "Bundle", "type": "searchset", "total": total,
+        "link": [{"relation": "self", "url": format!("{base}/{kind}?{}", req.query_string())}]});
+    if !entry.is_empty() {
+        b["entry"] = json!(entry);
+    }
+    b
+}
+
+/// The FHIR `Appointment` for a row.
+pub fn appointment_resource(a: &Appointment) -> Value {
+    let status = match a.status.as_str() {
+        "held" => "pending",
+        "booked" => "booked",
+        "no_show" => "noshow",
+        _ => "cancelled",
+    };
+    let mut r = json!({
+        "resourceType": "Appointment",
+        "id": a.id.to_string(),
+        "meta": {"versionId": a.version.to_string(), "lastUpdated": instant(a.updated_at)},
+        "status": status,
+        "serviceType": [{"text": a.modality.replace('_', " ")}],
+        "start": instant(a.start_at),
+        "end": instant(a.end_at),
+        "minutesDuration": (a.end_at - a.start_at).num_minutes(),
+        "created": instant(a.created_at),
+        "participant": [
+            {"actor": {"reference": format!("Patient/{}", a.patient_id)}, "required": "required",
+             "status": if status == "pending" { "tentative" } else { "accepted" }},
+            {"actor": {"reference": format!("Practitioner/{}", a.clinician_id)}, "required": "required", "status": "accepted"},
+        ],
+    });
+    if let Some(reason) = &a.cancel_reason {
+        r["cancelationReason"] = json!({"text": reason});
+    }
+    r
+}
+
+/// The FHIR `Schedule` of a clinician.
+pub fn schedule_resource(s: &booking::Schedule, now: DateTime<Utc>) -> Value {
+    json!({
+        "resourceType": "Schedule",
+        "id": s.clinician_id.to_string(),
+        "active": true,
+        "actor": [{"reference": format!("Practitioner/{}", s.clinician_id)}],
+        "planningHorizon": {"start": instant(now), "end": instant(now + Duration::days(s.horizon_days.into()))},
+        "comment": format!("Availability in {}", s.tz.name()),
+    })
+}
+
+fn slot_resource(clinician: Uuid, type_id: Uuid, start: DateTime<Utc>, end: DateTime<Utc>, status: &str) -> Value {
+    json!({
+        "resourceType": "Slot",
+        "id": format!("{}-{}", type_id, start.timestamp()),
+        "schedule": {"reference": format!("Schedule/{clinician}")},
+        "status": status,
+        "start": instant(start),
+        "end": instant(end),
+    })
+}
+
+/// `GET /fhir/Schedule/{id}`
+#[utoipa::path(get, path = "/fhir/Schedule/{id}", tag = "fhir", security(("bearer" = ["bookings:read"])), params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Schedule (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
+pub async fn read_schedule(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            Require::<perm::BookingsRead>::extract(&req).await?;
+            let id = path_id(&req, "id")?;
+            let s = booking::load_schedule(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+            Ok(ok(schedule_resource(&s, state.clock.now())))
+        }
+        .await,
+    )
+}
+
+/// Query of `GET /fhir/Slot`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SlotSearch {
+    /// `Schedule/{clinician id}` or the id.
+    pub schedule: String,
+    /// Appointment type id (`service-type`).
+    #[serde(rename = "service-type")]
+    pub service_type: Uuid,
+    /// A day, `YYYY-MM-DD` (UTC).
+    pub start: NaiveDate,
+}
+
+/// `GET /fhir/Slot?schedule=&service-type=&start=`: the day's slots, free or busy
+/// (busy-tentative while held).
+#[utoipa::path(get, path = "/fhir/Slot", tag = "fhir", security(("bearer" = ["bookings:read"])), params(SlotSearch),
+    responses((status = 200, description = "Bundle searchset (application/fhir+json)")))]
+pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            Require::<perm::BookingsRead>::extract(&req).await?;
+            let q: SlotSearch = parse_query(&req)?;
+            let cid: Uuid = q
+                .schedule
+                .trim_start_matches("Schedule/")
+                .parse()
+                .map_err(|_| ApiError::field(Code::InvalidField, "schedule", "Schedule/{id}"))?;
+            let sched = booking::load_schedule(&state.stores.pg, cid).await?.ok_or_else(ApiError::not_found)?;
+            let ty = booking::load_type(&state.stores.pg, q.service_type)
+                .await?
+                .filter(|t| t.clinician_id == cid)
+                .ok_or_else(ApiError::not_found)?;
+            let from = q.start.and_time(chrono::NaiveTime::MIN).and_utc();
+            let to = from + Duration::days(1);
+            let now = state.clock.now();
+            let cands = booking::candidate_slots(&sched, &ty, from, to, now);
+            let s = ty.shape();
+            let taken = booking::busy(&state.stores.pg, cid, from - s.buffer_before, to + s.buffer_after, now).await?;
+            let out = cands
+                .into_iter()
+                .map(|(st, en)| {
+                    let (bs, be) = (st - s.buffer_before, en + s.buffer_after);
+                    let hit = taken.iter().find(|(ts, te, _)| bs < *te && *ts < be);
+                    let status = match hit {
+                        None => "free",
+                        Some((_, _, a)) if a.status == "held" => "busy-tentative",
+                        Some(_) => "busy",
+                    };
+                    slot_resource(cid, ty.id, st, en, status)
+                })
+                .collect();
+            Ok(ok(bundle(&req, "Slot", out)))
+        }
+        .await,
+    )
+}
+
+/// `GET /fhir/Appointment/{id}`
+#[utoipa::path(get, path = "/fhir/Appointment/{id}", tag = "fhir", security(("bearer" = ["bookings:read"])), params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Appointment (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
+pub async fn read_appointment(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            let who = Require::<perm::BookingsRead>::extract(&req).await?;
+            let id = path_id(&req, "id")?;
+            let a = booking::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+            if !super::may_see(&state, &who, &a).await? {
+                return Err(ApiError::not_found());
+            }
+            auth::audit(
+                &state,
+                &req,
+                Some(&who),
+                AuditEvent::new("fhir.appointment.read", "success").target("appointment", a.id),
+            )
+            .await?;
+            Ok(ok(appointment_resource(&a)))
+        }
+        .await,
+    )
+}
+
+/// Query of `GET /fhir/Appointment`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AppointmentSearch {
+    /// `Patient/{id}` or the id.
+    pub patient: Option<String>,
+    /// `Practitioner/{id}` or the id.
+    pub practitioner: Option<String>,
+    /// A day, `YYYY-MM-DD` (UTC).
+    pub date: Option<NaiveDate>,
+}
+
+fn reference(field: &str, kind: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> {
+    v.as_deref()
+        .map(|s| {
+            s.trim_start_matches(&format!("{kind}/"))
+                .parse()
+                .map_err(|_| ApiError::field(Code::InvalidField, field, format!("{kind}/{{id}}")))
+        })
+        .transpose()
+}
+
+/// `GET /fhir/Appointment?patient=&practitioner=&date=`
+#[utoipa::path(get, path = "/fhir/Appointment", tag = "fhir", security(("bearer" = ["bookings:read"])), params(AppointmentSearch),
+    responses((status = 200, description = "Bundle searchset (application/fhir+json)")))]
+pub async fn search_appointments(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            let who = Require::<perm::BookingsRead>::extract(&req).await?;
+            let q: AppointmentSearch = parse_query(&req)?;
+            let from = q.date.map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().fixed_offset());
+            let aq = super::AppointmentQuery {
+                patient: reference("patient", "Patient", &q.patient)?,
+                clinician: reference("practitioner", "Practitioner", &q.practitioner)?,
+                from,
+                to: from.map(|f| f + Duration::days(1)),
+            };
+            let found = super::search(&state, &req, &who, &aq).await?;
+            auth::audit(
+                &state,
+                &req,
+                Some(&who),
+                AuditEvent::new("fhir.appointment.search", "success")
+                    .details(json!({"ids": found.iter().map(|a| a.id).collect::<Vec<_>>()})),
+            )
+            .await?;
+            Ok(ok(bundle(&req, "Appointment", found.iter().map(appointment_resource).collect())))
+        }
+        .await,
+    )
+}
+
+/// Registers the booking FHIR routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::http::resource;
+    cfg.service(resource("/fhir/Schedule/{id}").route(web::get().to(read_schedule)))
+        .service(resource("/fhir/Slot").route(web::get().to(search_slots)))
+        .service(resource("/fhir/Appointment/{id}").route(web::get().to(read_appointment)))
+        .service(resource("/fhir/Appointment").route(web::get().to(search_appointments)));
+}
