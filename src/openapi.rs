@@ -86,6 +86,7 @@ use utoipa::OpenApi;
         crate::http::booking::get_waitlist,
         crate::http::booking::fhir::read_schedule,
         crate::http::booking::fhir::search_slots,
+        crate::http::booking::fhir::book,
         crate::http::booking::fhir::read_appointment,
         crate::http::booking::fhir::search_appointments,
     ),

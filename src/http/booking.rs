@@ -526,7 +526,7 @@ pub async fn slots(
 // ---------------------------------------------------------------------------------------------
 // Appointments
 
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
     let s =
         v.to_str().map_err(|_| ApiError::field(Code::InvalidField, "Idempotency-Key", "must be visible ASCII"))?.trim();
@@ -556,17 +556,34 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.parse()?;
     let key = idempotency_key(&req)?;
+    let (a, replayed) = place(&state, &req, &who, b, key).await?;
+    Ok(if replayed {
+        ok_json(&a)
+    } else {
+        HttpResponse::Created().insert_header(("Location", format!("/v1/appointments/{}", a.id))).json(a)
+    })
+}
+
+/// Holds or books a slot for `who` (the REST and FHIR `$book` entry points); answers the
+/// appointment and whether it is the replay of an earlier request with the same key.
+pub(crate) async fn place(
+    state: &web::Data<AppState>,
+    req: &HttpRequest,
+    who: &Principal,
+    b: CreateAppointment,
+    key: Option<String>,
+) -> Result<(Appointment, bool), ApiError> {
     let start = b.start.with_timezone(&Utc);
     if let Some(k) = &key {
         if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
             if a.clinician_id != b.clinician_id || a.start_at != start {
                 return Err(ApiError::new(Code::Conflict, "Idempotency-Key was used for a different request"));
             }
-            return Ok(ok_json(&a));
+            return Ok((a, true));
         }
     }
-    let patient_id = patient_for(&state, &req, &who, b.patient_id, "booking.hold").await?;
-    let (sched, ty) = clinician_type(&state, b.clinician_id, b.type_id).await?;
+    let patient_id = patient_for(state, req, who, b.patient_id, "booking.hold").await?;
+    let (sched, ty) = clinician_type(state, b.clinician_id, b.type_id).await?;
     booking::require_slot(&sched, &ty, start, state.clock.now())?;
     let hold = NewHold {
         clinician_id: b.clinician_id,
@@ -586,21 +603,21 @@ pub async fn create(
     let action = if b.confirm { "booking.book" } else { "booking.hold" };
     match res {
         Ok((a, events)) => {
-            booking::publish(&state, events);
-            audit(&state, &req, &who, action, "success", Some(&a), serde_json::json!({})).await?;
-            Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/appointments/{}", a.id))).json(a))
+            booking::publish(state, events);
+            audit(state, req, who, action, "success", Some(&a), serde_json::json!({})).await?;
+            Ok((a, false))
         }
         Err(e) => {
             if let (Some(k), true) = (&key, e.code == Code::Internal || e.code == Code::Conflict) {
                 // A concurrent replay of the same key won the unique index.
                 if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
-                    return Ok(ok_json(&a));
+                    return Ok((a, true));
                 }
             }
             audit(
-                &state,
-                &req,
-                &who,
+                state,
+                req,
+                who,
                 action,
                 "failure",
                 None,
@@ -705,13 +722,16 @@ pub async fn confirm(
     finish(&state, &req, &who, "booking.confirm", &cur, booking::confirm(&state, id).await).await
 }
 
+/// A booking transition's outcome: the appointment and the events to publish.
+type Transition = Result<(Appointment, Vec<(&'static str, Appointment)>), ApiError>;
+
 async fn finish(
     state: &AppState,
     req: &HttpRequest,
     who: &Principal,
     action: &str,
     cur: &Appointment,
-    res: Result<(Appointment, Vec<(&'static str, Appointment)>), ApiError>,
+    res: Transition,
 ) -> Result<HttpResponse, ApiError> {
     match res {
         Ok((a, events)) => {

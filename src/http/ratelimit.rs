@@ -10,7 +10,7 @@
 //! metrics are never limited, so an orchestrator can always see the node.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -55,9 +55,7 @@ impl RateLimiter {
 
     /// Takes one token for `caller` at `now`; `Err(wait)` when the bucket is empty.
     pub fn take(&self, caller: &str, now: Instant) -> Result<(), Duration> {
-        let mut h = self.hasher.build_hasher();
-        caller.hash(&mut h);
-        let key = h.finish();
+        let key = self.hasher.hash_one(caller);
         let mut shard = self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
         if shard.len() >= PRUNE_AT {
             let full = Duration::from_secs_f64(self.burst / self.per_sec.max(f64::MIN_POSITIVE));

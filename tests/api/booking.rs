@@ -386,6 +386,50 @@ async fn booking_resources_pass_the_fhir_r4_validator() {
     crate::fhir::validate(&resources);
 }
 
+#[actix_web::test]
+async fn a_fhir_client_books_a_free_slot_with_the_book_operation() {
+    let app = spawn_app().await;
+    let c = clinic(&app).await;
+    let (p, other) = (app.patient().await, app.patient().await);
+    let res = app
+        .get_auth(&format!("/fhir/Slot?schedule=Schedule/{}&service-type={}&start={DAY}", c.clin.id, c.ty), &p.token)
+        .await;
+    let bundle: Value = res.json().await.unwrap();
+    let slot =
+        bundle["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).find(|r| r["status"] == "free").unwrap();
+    let appointment = |status: &str| {
+        json!({"resourceType": "Appointment", "status": status,
+               "slot": [{"reference": format!("Slot/{}", slot["id"].as_str().unwrap())}],
+               "participant": [{"actor": {"reference": format!("Patient/{}", p.patient_id.unwrap())}, "status": "accepted"}]})
+    };
+    let post = |who: &User, body: Value| {
+        let req = app.client.post(app.url("/fhir/Appointment/$book")).bearer_auth(&who.token).json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, booked) = post(&p, appointment("booked")).await;
+    assert_eq!(status, 201, "{booked}");
+    assert_eq!((booked["status"].as_str(), booked["start"].as_str()), (Some("booked"), slot["start"].as_str()));
+    let read = app.get_auth(&format!("/fhir/Appointment/{}", id(&booked)), &p.token).await;
+    assert_eq!(read.status(), 200);
+    crate::fhir::validate(&[booked.clone(), read.json().await.unwrap()]);
+    // The slot is now busy: a second booking is a 409 OperationOutcome naming the code.
+    let (status, taken) = post(&p, appointment("booked")).await;
+    assert_eq!(status, 409);
+    assert_eq!(taken["resourceType"], "OperationOutcome");
+    assert!(taken.to_string().contains("slot_taken"), "{taken}");
+    // A patient cannot book for someone else, and a malformed reference names its field.
+    let (status, _) = post(&other, appointment("proposed")).await;
+    assert_eq!(status, 404);
+    let (status, bad) =
+        post(&p, json!({"resourceType": "Appointment", "status": "booked", "slot": [{"reference": "Slot/x"}]})).await;
+    assert_eq!(status, 400);
+    assert!(bad.to_string().contains("slot"), "{bad}");
+    assert_eq!(overlaps(&app).await, 0);
+}
+
 /// Random hold / confirm / cancel / reschedule from several patients at a handful of
 /// overlapping times; after every step no two live rows overlap and each answer agrees
 /// with what the calendar allowed.

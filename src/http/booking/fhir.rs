@@ -248,10 +248,99 @@ pub async fn search_appointments(state: web::Data<AppState>, req: HttpRequest) -
     )
 }
 
+/// Reads a `Slot/{type}-{epoch seconds}` reference (the ids `GET /fhir/Slot` hands out).
+fn slot_reference(v: &Value) -> Result<(Uuid, DateTime<Utc>), ApiError> {
+    let bad = || ApiError::field(Code::InvalidField, "slot", "one reference Slot/{id} from GET /fhir/Slot");
+    let slots = v["slot"].as_array().ok_or_else(bad)?;
+    let [only] = slots.as_slice() else { return Err(bad()) };
+    let id = only["reference"].as_str().and_then(|r| r.strip_prefix("Slot/")).ok_or_else(bad)?;
+    let (ty, secs) = id.rsplit_once('-').ok_or_else(bad)?;
+    let ty: Uuid = ty.parse().map_err(|_| bad())?;
+    let start = secs.parse::<i64>().ok().and_then(|s| DateTime::from_timestamp(s, 0)).ok_or_else(bad)?;
+    Ok((ty, start))
+}
+
+/// The `Patient/{id}` and `Practitioner/{id}` participants named in an Appointment.
+fn participants(v: &Value) -> Result<(Option<Uuid>, Option<Uuid>), ApiError> {
+    let (mut patient, mut practitioner) = (None, None);
+    for p in v["participant"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let r = p["actor"]["reference"].as_str().unwrap_or_default();
+        if r.starts_with("Patient/") {
+            patient = reference("participant", "Patient", &Some(r.to_string()))?;
+        } else if r.starts_with("Practitioner/") {
+            practitioner = reference("participant", "Practitioner", &Some(r.to_string()))?;
+        } else {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                "participant",
+                "actors are Patient/{id} or Practitioner/{id}",
+            ));
+        }
+    }
+    Ok((patient, practitioner))
+}
+
+/// `POST /fhir/Appointment/$book`: books (`status: booked`) or holds (`proposed`/`pending`) the
+/// one Slot the Appointment names, for its Patient participant (default: the caller). Same
+/// rules, audit and `Idempotency-Key` as `POST /v1/appointments`; a taken slot is a 409
+/// OperationOutcome with code `slot_taken`.
+#[utoipa::path(post, path = "/fhir/Appointment/$book", tag = "fhir", security(("bearer" = ["bookings:write"])),
+    request_body(content = Object, description = "FHIR Appointment with one slot reference", content_type = "application/fhir+json"),
+    responses((status = 201, description = "Appointment (application/fhir+json)"), (status = 200, description = "idempotent replay"),
+              (status = 400, description = "OperationOutcome invalid_field"), (status = 409, description = "OperationOutcome slot_taken")))]
+pub async fn book(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    respond(
+        async {
+            let who = Require::<perm::BookingsWrite>::extract(&req).await?;
+            let v: Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::new(Code::MalformedJson, format!("the body is not JSON: {e}")))?;
+            if v["resourceType"] != "Appointment" {
+                return Err(ApiError::field(Code::InvalidField, "resourceType", "must be Appointment"));
+            }
+            let confirm = match v["status"].as_str() {
+                Some("booked") => true,
+                Some("proposed" | "pending") => false,
+                _ => {
+                    return Err(ApiError::field(Code::InvalidField, "status", "booked, or proposed/pending for a hold"))
+                }
+            };
+            let (type_id, start) = slot_reference(&v)?;
+            let (patient_id, practitioner) = participants(&v)?;
+            let clinician_id: Uuid = sqlx::query_scalar("SELECT clinician_id FROM appointment_types WHERE id = $1")
+                .bind(type_id)
+                .fetch_optional(&state.stores.pg)
+                .await?
+                .ok_or_else(|| ApiError::field(Code::InvalidField, "slot", "no such slot"))?;
+            if practitioner.is_some_and(|p| p != clinician_id) {
+                return Err(ApiError::field(
+                    Code::InvalidField,
+                    "participant",
+                    "the Practitioner does not own this slot",
+                ));
+            }
+            let b =
+                super::CreateAppointment { patient_id, clinician_id, type_id, start: start.fixed_offset(), confirm };
+            let key = super::idempotency_key(&req)?;
+            let (a, replayed) = super::place(&state, &req, &who, b, key).await?;
+            let body = appointment_resource(&a).to_string();
+            Ok(if replayed {
+                HttpResponse::Ok().content_type(FHIR_JSON).body(body)
+            } else {
+                HttpResponse::Created()
+                    .content_type(FHIR_JSON)
+                    .insert_header(("Location", format!("/fhir/Appointment/{}", a.id)))
+                    .body(body)
+            })
+        }
+        .await,
+    )
+}
+
 /// Registers the booking FHIR routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::http::resource;
-    cfg.service(resource("/fhir/Schedule/{id}").route(web::get().to(read_schedule)))
+    cfg.service(resource("/fhir/Appointment/$book").route(web::post().to(book)))
+        .service(resource("/fhir/Schedule/{id}").route(web::get().to(read_schedule)))
         .service(resource("/fhir/Slot").route(web::get().to(search_slots)))
         .service(resource("/fhir/Appointment/{id}").route(web::get().to(read_appointment)))
         .service(resource("/fhir/Appointment").route(web::get().to(search_appointments)));
