@@ -41,15 +41,16 @@ use std::time::Instant;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use coherency_actors::reconstruction::{centre_point, to_recon_frame, Accepted, LiveResult};
 use coherency_actors::store::{FinishHook, FinishedScan, StoreError};
 use coherency_protocol::ids::ScanId;
-use coherency_protocol::scan::{decode_client, ClientMsg, DepthFrame};
+use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
 use coherency_recon::mesh::extract_mesh;
 use coherency_recon::tsdf::Aabb;
 use coherency_recon::{
-    measure_auto, measure_polygon, DepthImage, Frame, FrameStats, Intrinsics, MeasureConfig, Measurement, Pose,
-    QualityGate, ReconError, TsdfConfig, TsdfVolume, Vec3, WoundMeasurements,
+    measure_auto, measure_polygon, Frame, FrameStats, MeasureConfig, Measurement, Pose, QualityGate, ReconError,
+    TsdfConfig, TsdfVolume, Vec3, WoundMeasurements,
 };
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
@@ -65,11 +66,11 @@ use crate::store::Stores;
 /// The MongoDB collection holding one reconstruction document per scan.
 pub const RECONSTRUCTIONS: &str = "reconstructions";
 /// Half the side of the fusion region of interest around the target, metres (a 12 cm box).
-pub const ROI_HALF_M: f64 = 0.06;
+pub const ROI_HALF_M: f64 = coherency_actors::reconstruction::ROI_HALF_M;
 /// Fusion weight below which mesh cubes are left out.
 pub const MESH_MIN_WEIGHT: f32 = 0.5;
 /// Radius of the coverage disc reported in the reconstruction document, metres.
-const COVERAGE_RADIUS_M: f64 = 0.025;
+const COVERAGE_RADIUS_M: f64 = coherency_actors::reconstruction::COVERAGE_RADIUS_M;
 
 /// The finish hook that reconstructs and measures a scan.
 #[derive(Clone)]
@@ -95,6 +96,8 @@ struct Fusion {
     middle_seq: u64,
     fused: usize,
     rejected: Vec<(u64, &'static str)>,
+    /// `live` (fused while streaming) or `at_finish` (fused from the stored frames).
+    mode: &'static str,
     fuse_ms: f64,
 }
 
@@ -176,12 +179,35 @@ impl ReconstructionHook {
     async fn reconstruct(&self, scan: &FinishedScan) -> Result<(), StoreError> {
         let started = self.clock.now();
         let t0 = Instant::now();
-        let frames = self.load_frames(scan.scan_id).await?;
+        let live = match &scan.live {
+            Some(l) => l.finish().await,
+            None => None,
+        };
+        // Frames live fusion skipped because the pool was behind (None: no live fusion).
+        let live_skipped = live.as_ref().map(|l| l.skipped_load);
+        let live = match live {
+            Some(l) if l.complete && l.last_seq == scan.last_seq => Some(l),
+            Some(l) => {
+                tracing::info!(skipped = l.skipped_load, "live fusion incomplete; fusing the stored frames");
+                None
+            }
+            None => None,
+        };
+        let (frames, n_frames) = match live {
+            Some(_) => (Vec::new(), scan.last_seq as usize),
+            None => {
+                let frames = self.load_frames(scan.scan_id).await?;
+                let n = frames.len();
+                (frames, n)
+            }
+        };
         let load_ms = ms(t0);
-        let n_frames = frames.len();
         let work = self
             .on_cpu(move || {
-                let fusion = fuse(&frames)?;
+                let fusion = match live {
+                    Some(l) => from_live(l)?,
+                    None => fuse(&frames)?,
+                };
                 let t = Instant::now();
                 let mesh = extract_mesh(&fusion.vol, MESH_MIN_WEIGHT);
                 let (ply, glb) = (mesh.to_ply(), mesh.to_glb());
@@ -226,6 +252,8 @@ impl ReconstructionHook {
             },
         );
         doc.insert("quality", doc! {
+            "fusion": fusion.mode,
+            "live_skipped_load": live_skipped.map(to_i64),
             "frames_fused": to_i64(fusion.fused as u64),
             "frames_rejected": fusion.rejected.iter().map(|(s, c)| doc! {"seq": to_i64(*s), "code": *c}).collect::<Vec<_>>(),
             "bricks": to_i64(coverage.bricks as u64),
@@ -380,91 +408,36 @@ fn parameters() -> Document {
     }
 }
 
-/// Converts a decoded protocol frame to a reconstruction frame.
-fn to_recon_frame(f: &DepthFrame) -> Result<Frame, ReconError> {
-    let depth = f.depth_metres().map_err(|e| ReconError::Format(e.to_string()))?;
-    let confidence = match f.confidence_raw().map_err(|e| ReconError::Format(e.to_string()))? {
-        Some(raw) => {
-            let max = f.confidence.as_ref().map_or(2, |c| c.max()).max(1) as u32;
-            Some(raw.iter().map(|&c| ((u32::from(c) * 2 + max / 2) / max).min(2) as u8).collect())
-        }
-        None => None,
-    };
-    let k = &f.intrinsics;
-    let intrinsics = Intrinsics {
-        fx: f64::from(k[0]),
-        fy: f64::from(k[4]),
-        cx: f64::from(k[2]),
-        cy: f64::from(k[5]),
-        width: f.width,
-        height: f.height,
-    };
-    let p = f.pose.map(f64::from);
-    let pose = Pose::from_matrix([
-        [p[0], p[1], p[2], p[3]],
-        [p[4], p[5], p[6], p[7]],
-        [p[8], p[9], p[10], p[11]],
-        [p[12], p[13], p[14], p[15]],
-    ])?;
-    let frame = Frame { depth: DepthImage::new(f.width, f.height, depth, confidence)?, intrinsics, pose };
-    frame.validate()?;
-    Ok(frame)
-}
-
-/// The world point seen at the principal point of `f`: the median valid depth of the 5×5
-/// pixels around it.
-fn centre_point(f: &Frame) -> Option<Vec3> {
-    let k = &f.intrinsics;
-    let (ci, cj) = (k.cx.round() as i64, k.cy.round() as i64);
-    let mut d: Vec<f32> = Vec::new();
-    for j in cj - 2..=cj + 2 {
-        for i in ci - 2..=ci + 2 {
-            if i >= 0 && j >= 0 {
-                if let Some(z) = f.depth.get(i as u32, j as u32) {
-                    d.push(z);
-                }
-            }
-        }
-    }
-    if d.is_empty() {
-        return None;
-    }
-    d.sort_by(f32::total_cmp);
-    let z = f64::from(d[d.len() / 2]);
-    Some(f.pose.transform(k.ray(k.cx, k.cy) * z))
-}
-
-/// Gates and fuses the frames around the target (see the module docs).
+/// Gates and fuses the stored frames around the target (see the module docs): the path
+/// when no complete live fusion exists (a restarted session, frames skipped under load).
 fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
     let t = Instant::now();
     let gate = QualityGate::default();
-    let mut accepted: Vec<&StoredFrame> = Vec::with_capacity(frames.len());
+    let mut accepted: Vec<(&StoredFrame, Accepted)> = Vec::with_capacity(frames.len());
     let mut rejected = Vec::new();
     let mut prev: Option<Pose> = None;
     for f in frames {
         let issues = gate.check(&FrameStats::compute(&f.frame, prev.as_ref()));
         match issues.first() {
             None => {
-                accepted.push(f);
+                let a = Accepted {
+                    seq: f.seq,
+                    pose: f.frame.pose,
+                    intrinsics: f.frame.intrinsics,
+                    centre: centre_point(&f.frame),
+                };
+                accepted.push((f, a));
                 prev = Some(f.frame.pose);
             }
             Some(i) => rejected.push((f.seq, i.code())),
         }
     }
-    if accepted.is_empty() {
-        return Err(ReconError::NotEnoughData("no frame passed the quality gate".into()));
-    }
-    // The middle accepted frame, else the nearest one with depth at its centre.
-    let mid = accepted.len() / 2;
-    let order = (0..accepted.len()).map(|d| if d % 2 == 0 { mid + d / 2 } else { mid.wrapping_sub(d / 2 + 1) });
-    let (key, p0) = order
-        .filter_map(|i| accepted.get(i))
-        .find_map(|f| centre_point(&f.frame).map(|p| (*f, p)))
-        .ok_or_else(|| ReconError::NotEnoughData("no depth at the centre of any frame".into()))?;
+    let keys: Vec<Accepted> = accepted.iter().map(|(_, a)| *a).collect();
+    let (key, p0) = middle_key(&keys)?;
     let cfg = TsdfConfig { roi: Some(Aabb::around(p0, ROI_HALF_M)), ..TsdfConfig::default() };
     let mut vol = TsdfVolume::new(cfg)?;
     let mut fused = 0;
-    for f in &accepted {
+    for (f, _) in &accepted {
         match vol.integrate(&f.frame) {
             Ok(_) => fused += 1,
             Err(ReconError::MemoryBudgetExceeded { .. }) => {
@@ -473,19 +446,53 @@ fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
             Err(e) => return Err(e),
         }
     }
-    let k = &key.frame.intrinsics;
-    let origin = key.frame.pose.position();
-    let dir = key.frame.pose.rotate(k.ray(k.cx, k.cy)).normalized();
+    Ok(locate(vol, key, p0, fused, rejected, "at_finish", ms(t)))
+}
+
+/// The middle accepted frame, else the nearest one with depth at its centre, and that point.
+fn middle_key(accepted: &[Accepted]) -> Result<(Accepted, Vec3), ReconError> {
+    if accepted.is_empty() {
+        return Err(ReconError::NotEnoughData("no frame passed the quality gate".into()));
+    }
+    let mid = accepted.len() / 2;
+    let order = (0..accepted.len()).map(|d| if d % 2 == 0 { mid + d / 2 } else { mid.wrapping_sub(d / 2 + 1) });
+    order
+        .filter_map(|i| accepted.get(i))
+        .find_map(|a| a.centre.map(|p| (*a, p)))
+        .ok_or_else(|| ReconError::NotEnoughData("no depth at the centre of any frame".into()))
+}
+
+/// Casts the key frame's centre ray onto the fused surface: the target.
+fn locate(
+    vol: TsdfVolume,
+    key: Accepted,
+    p0: Vec3,
+    fused: usize,
+    rejected: Vec<(u64, &'static str)>,
+    mode: &'static str,
+    fuse_ms: f64,
+) -> Fusion {
+    let k = &key.intrinsics;
+    let origin = key.pose.position();
+    let dir = key.pose.rotate(k.ray(k.cx, k.cy)).normalized();
     let hit = vol.raycast(origin, dir, 0.05, 1.0).map(|t| origin + dir * t);
-    Ok(Fusion {
+    Fusion {
         target: hit.unwrap_or(p0),
         target_from_surface: hit.is_some(),
         middle_seq: key.seq,
         vol,
         fused,
         rejected,
-        fuse_ms: ms(t),
-    })
+        mode,
+        fuse_ms,
+    }
+}
+
+/// The finished live fusion, if it holds every frame of the scan.
+fn from_live(live: LiveResult) -> Result<Fusion, ReconError> {
+    let (key, p0) = middle_key(&live.accepted)?;
+    let vol = live.vol.ok_or_else(|| ReconError::NotEnoughData("no depth at the centre of any frame".into()))?;
+    Ok(locate(vol, key, p0, live.fused as usize, live.rejected, "live", live.fuse_ms))
 }
 
 fn measurements_doc(m: &WoundMeasurements) -> Document {
@@ -608,7 +615,7 @@ async fn insert_measurement(pg: &PgPool, n: &NewMeasurement<'_>) -> Result<Uuid,
         .map_err(|e| pg_error(&e))
 }
 
-async fn auto_mesh_keys(pg: &PgPool, scan_id: Uuid) -> Result<Option<MeshKeys>, StoreError> {
+pub async fn auto_mesh_keys(pg: &PgPool, scan_id: Uuid) -> Result<Option<MeshKeys>, StoreError> {
     let row = sqlx::query(
         "SELECT mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256 FROM scan_measurements
          WHERE scan_id = $1 AND method = 'auto' AND mesh_ply_key IS NOT NULL",

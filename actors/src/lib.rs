@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod metrics;
+pub mod reconstruction;
 pub mod retry;
 pub mod stats;
 pub mod store;

@@ -272,6 +272,8 @@ pub trait QualitySink: Send + Sync + 'static {
 /// is `processing`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedScan {
+    /// The scan's live fusion, if the session ran one (`None` with `live_fusion` off).
+    pub live: Option<crate::reconstruction::LiveScan>,
     /// The scan.
     pub scan_id: ScanId,
     /// Seq of the last frame (also the number of frames).

@@ -62,29 +62,29 @@ pub fn outcome(e: &ApiError) -> HttpResponse {
     resp
 }
 
-fn ok(body: Value) -> HttpResponse {
+pub(crate) fn ok(body: Value) -> HttpResponse {
     HttpResponse::Ok().content_type(FHIR_JSON).body(body.to_string())
 }
 
 /// Wraps a handler body: any error becomes an `OperationOutcome`.
-fn respond(r: Result<HttpResponse, ApiError>) -> HttpResponse {
+pub(crate) fn respond(r: Result<HttpResponse, ApiError>) -> HttpResponse {
     r.unwrap_or_else(|e| outcome(&e))
 }
 
 /// Authenticates and checks `perm` (the same checks as `Require<P>`), after which errors are
 /// still answered as FHIR.
-async fn principal(req: &HttpRequest, state: &AppState, perm: Permission) -> Result<Principal, ApiError> {
+pub(crate) async fn principal(req: &HttpRequest, state: &AppState, perm: Permission) -> Result<Principal, ApiError> {
     let Authenticated(p) = Authenticated::from_request(req, &mut actix_web::dev::Payload::None).await?;
     auth::authorize(state, req, &p, perm).await?;
     Ok(p)
 }
 
-fn base(req: &HttpRequest) -> String {
+pub(crate) fn base(req: &HttpRequest) -> String {
     let c = req.connection_info();
     format!("{}://{}/fhir", c.scheme(), c.host())
 }
 
-fn reference(kind: &str, id: impl std::fmt::Display) -> Value {
+pub(crate) fn reference(kind: &str, id: impl std::fmt::Display) -> Value {
     json!({"reference": format!("{kind}/{id}")})
 }
 
@@ -101,7 +101,7 @@ fn coded(system: &str, code: &str) -> Value {
 }
 
 /// Drops `null` members so the output never carries empty elements (FHIR forbids them).
-fn prune(v: Value) -> Value {
+pub(crate) fn prune(v: Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
             m.into_iter()
@@ -324,7 +324,7 @@ pub fn care_team_resource(patient_id: Uuid, team: &[entries::CareTeamMember]) ->
     }))
 }
 
-fn bundle(base: &str, resources: Vec<(&str, Value)>, total: usize, links: Vec<(&str, String)>) -> Value {
+pub(crate) fn bundle(base: &str, resources: Vec<(&str, Value)>, total: usize, links: Vec<(&str, String)>) -> Value {
     let entry: Vec<Value> = resources
         .into_iter()
         .map(|(kind, r)| {

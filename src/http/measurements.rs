@@ -4,6 +4,8 @@
 //! keyframe, from the stored frames: no re-streaming). Object access is the scan's
 //! (`crate::http::scans`): a scan the caller may not see answers 404. Audited.
 
+pub mod fhir;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::Code;

@@ -46,7 +46,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(measurements::remeasure)),
         )
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
-    cfg.configure(patients::configure).configure(fhir::configure);
+    cfg.configure(patients::configure).configure(fhir::configure).configure(measurements::fhir::configure);
     cfg.configure(booking::configure);
 }
 

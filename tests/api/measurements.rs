@@ -15,7 +15,9 @@ use coherency_recon::phantom::{presets, GroundTruth, Phantom, ScanConfig};
 use coherency_recon::Frame;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, spawn_app};
+use coherency_protocol::ids::ScanId;
+
+use crate::helpers::{eventually, spawn_app, TestApp, User};
 use crate::scan_stream::patient_with_scan;
 
 /// A phantom frame as the phone sends it: uint16 0.1 mm depth + zstd, confidence 0..=2,
@@ -151,4 +153,217 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
     let res = app.get_auth(&path, &admin.token).await;
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["measurements"].as_array().unwrap().len(), 2);
+
+    fhir_views_of_the_scan(&app, &patient, scan, &truth, auto, &poly).await;
+}
+
+async fn fhir_get(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value) {
+    let mut req = app.client.get(app.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let ct = res.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    assert!(ct.starts_with("application/fhir+json"), "{path}: content type {ct}");
+    (status, res.json().await.unwrap())
+}
+
+/// The component of a wound size panel with LOINC `code`: (value, low, high, unit).
+fn component(obs: &Value, code: &str) -> (f64, f64, f64, String) {
+    let c = obs["component"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["code"]["coding"][0]["code"] == code)
+        .unwrap_or_else(|| panic!("component {code} in {obs}"));
+    let range = &c["extension"][0]["valueRange"];
+    assert_eq!(c["extension"][0]["url"], coherency::http::measurements::fhir::INTERVAL_EXTENSION);
+    let unit = c["valueQuantity"]["code"].as_str().unwrap().to_string();
+    assert_eq!(c["valueQuantity"]["system"], "http://unitsofmeasure.org");
+    assert_eq!(range["low"]["code"], unit.as_str());
+    (
+        c["valueQuantity"]["value"].as_f64().unwrap(),
+        range["low"]["value"].as_f64().unwrap(),
+        range["high"]["value"].as_f64().unwrap(),
+        unit,
+    )
+}
+
+/// Both measurements as FHIR `Observation`s (read and searched by patient and date), the
+/// mesh as a `DocumentReference` and its bytes; every resource accepted by `fhir.resources`
+/// (strict R4); other patients and clinicians off the care team see nothing.
+async fn fhir_views_of_the_scan(
+    app: &TestApp,
+    patient: &User,
+    scan: ScanId,
+    truth: &GroundTruth,
+    auto: &Value,
+    poly: &Value,
+) {
+    let pid = patient.patient_id.unwrap();
+    let tok = Some(patient.token.as_str());
+    let (s, b) = fhir_get(app, tok, &format!("/fhir/Observation?patient={pid}")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["total"], 2, "{b}");
+    let mut emitted = vec![b.clone()];
+    let today = app.clock.now().date_naive();
+    for (q, n) in [
+        (format!("date={today}"), 2),
+        (format!("date=ge{today}&date=lt{}", today.succ_opt().unwrap()), 2),
+        (format!("date=lt{today}"), 0),
+        ("date=gt2100".to_string(), 0),
+        ("code=http://loinc.org|72287-6".to_string(), 2),
+    ] {
+        let (s, b) = fhir_get(app, tok, &format!("/fhir/Observation?patient=Patient/{pid}&{q}")).await;
+        assert_eq!((s, b["total"].as_u64()), (200, Some(n)), "{q}: {b}");
+    }
+    for (m, label) in [(auto, "auto"), (poly, "polygon")] {
+        let (s, obs) = fhir_get(app, tok, &format!("/fhir/Observation/{}", m["id"].as_str().unwrap())).await;
+        assert_eq!(s, 200, "{obs}");
+        assert_eq!(obs["code"]["coding"][0]["code"], "72287-6");
+        assert_eq!(obs["code"]["coding"][0]["system"], "http://loinc.org");
+        assert_eq!(obs["subject"]["reference"], format!("Patient/{pid}"));
+        assert_eq!(obs["derivedFrom"][0]["reference"], format!("DocumentReference/{scan}"));
+        assert!(obs["effectiveDateTime"].as_str().unwrap().starts_with(&today.to_string()), "{obs}");
+        for (code, name, scale, unit, true_value) in [
+            ("39126-8", "length_mm", 0.1, "cm", truth.length_mm),
+            ("39125-0", "width_mm", 0.1, "cm", truth.width_mm),
+            ("39127-6", "max_depth_mm", 0.1, "cm", truth.max_depth_mm),
+            ("89260-4", "outline_area_mm2", 0.01, "cm2", truth.outline_area_mm2),
+            ("94083-3", "volume_mm3", 0.001, "mL", truth.volume_mm3),
+        ] {
+            let (v, lo, hi, u) = component(&obs, code);
+            let (api, _) = value(m, name);
+            assert_eq!(u, unit, "{label} {code}");
+            assert!((v - api * scale).abs() <= 1e-4, "{label} {code}: {v} vs {api} × {scale}");
+            let t = true_value * scale;
+            assert!(lo - 1e-4 <= t && t <= hi + 1e-4, "{label} {code}: true {t} outside [{lo}, {hi}]");
+        }
+        emitted.push(obs);
+    }
+    let (s, doc) = fhir_get(app, tok, &format!("/fhir/DocumentReference/{scan}")).await;
+    assert_eq!(s, 200, "{doc}");
+    assert_eq!(doc["subject"]["reference"], format!("Patient/{pid}"));
+    for content in doc["content"].as_array().unwrap() {
+        let url = content["attachment"]["url"].as_str().unwrap();
+        let path = url.split_once("/v1/").map(|(_, rest)| format!("/v1/{rest}")).unwrap();
+        let res = app.get_auth(&path, &patient.token).await;
+        assert_eq!(res.status(), 200, "{path}");
+        let sha = res.headers()["x-content-sha256"].to_str().unwrap().to_string();
+        let bytes = res.bytes().await.unwrap();
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha, "{path}");
+        assert_eq!(content["attachment"]["extension"][0]["valueString"], sha.as_str());
+    }
+    emitted.push(doc);
+    crate::fhir::validate(&emitted);
+
+    // The same access rules as the patient's record: 404 for other patients and for
+    // clinicians off the care team, 401 without a token, 400 for a bad parameter.
+    let stranger = app.patient().await;
+    let outsider = app.staff(Role::Clinician, true).await;
+    let obs_id = auto["id"].as_str().unwrap();
+    for (token, path, status) in [
+        (Some(stranger.token.as_str()), format!("/fhir/Observation/{obs_id}"), 404),
+        (Some(outsider.token.as_str()), format!("/fhir/Observation?patient={pid}"), 404),
+        (Some(stranger.token.as_str()), format!("/fhir/DocumentReference/{scan}"), 404),
+        (None, format!("/fhir/Observation/{obs_id}"), 401),
+        (tok, format!("/fhir/Observation?patient={pid}&date=yesterday"), 400),
+        (tok, "/fhir/Observation".to_string(), 400),
+    ] {
+        let (s, o) = fhir_get(app, token, &path).await;
+        assert_eq!(s, status, "{path}: {o}");
+        assert_eq!(o["resourceType"], "OperationOutcome");
+    }
+    let res = app.get_auth(&format!("/v1/scans/{scan}/mesh?format=ply"), &stranger.token).await;
+    assert_eq!(res.status(), 404);
+    let reads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action LIKE 'fhir.observation.%'")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert!(reads >= 9, "observation reads are audited ({reads})");
+}
+
+/// A phone streaming at 30 fps sees live fusion: `progress` at ≥ 5 Hz whose fused-frame
+/// count and wound coverage rise while it streams, and the finish step uses the live volume
+/// (the reconstruction document says `fusion: live`) and still measures within the bars.
+#[actix_web::test]
+async fn progress_reports_rising_fused_frames_and_coverage_at_5_hz_while_streaming() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let truth = *phantom.truth();
+    let rendered = phantom.scan(&ScanConfig::iphone(2));
+
+    let mut client =
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), patient.token.clone(), scan))
+            .await
+            .unwrap();
+    let mut events = client.take_events().unwrap();
+    let collector = tokio::spawn(async move {
+        let mut seen = vec![];
+        while let Some(e) = events.recv().await {
+            if let coherency_protocol::client::ClientEvent::Progress(p) = e {
+                seen.push((std::time::Instant::now(), p));
+            }
+        }
+        seen
+    });
+    // The phone's frame clock: one frame every 33 ms, as a 30 fps capture would send them.
+    let mut clock = tokio::time::interval(Duration::from_millis(33));
+    let started = std::time::Instant::now();
+    for (i, f) in rendered.frames.iter().enumerate() {
+        clock.tick().await;
+        client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+    }
+    let streamed = started.elapsed();
+    let n = rendered.frames.len() as u64;
+    assert_eq!(client.finish().await.unwrap().last_seq, n);
+    let seen = tokio::time::timeout(Duration::from_secs(10), collector).await.expect("event stream ends").unwrap();
+
+    let during: Vec<_> = seen.iter().filter(|(t, _)| t.duration_since(started) <= streamed).collect();
+    let rate = during.len() as f64 / streamed.as_secs_f64();
+    assert!(rate >= 5.0, "{} progress messages in {streamed:?} ({rate:.1} Hz)", during.len());
+    let mut worst_gap = Duration::ZERO;
+    for w in during.windows(2) {
+        worst_gap = worst_gap.max(w[1].0 - w[0].0);
+        assert!(w[1].1.frames_fused >= w[0].1.frames_fused, "fused count never goes down");
+    }
+    let (first, last) = (&during[0].1, &during.last().unwrap().1);
+    let mut distinct: Vec<u64> = during.iter().map(|(_, p)| p.frames_fused).collect();
+    distinct.dedup();
+    assert!(distinct.len() >= 5, "the fused count rises step by step while streaming: {distinct:?}");
+    assert!(last.frames_fused > first.frames_fused, "fused rises while streaming: {first:?} → {last:?}");
+    let peak = during.iter().map(|(_, p)| p.coverage).fold(0.0f32, f32::max);
+    assert!(peak > 0.5 && peak > first.coverage, "coverage rises: first {} peak {peak}", first.coverage);
+    eprintln!(
+        "progress: {rate:.1} Hz, worst gap {worst_gap:?}, fused {} → {}, coverage {} → {peak}",
+        first.frames_fused, last.frames_fused, first.coverage
+    );
+
+    let path = format!("/v1/scans/{scan}/measurements");
+    let list: Value = eventually(Duration::from_secs(120), "automatic measurements", || async {
+        let v: Value = app.get_auth(&path, &patient.token).await.json().await.unwrap();
+        assert_ne!(v["status"], "failed", "reconstruction failed");
+        (v["status"] == "complete").then_some(v)
+    })
+    .await;
+    check(&list["measurements"][0], &truth, 0.035, 1.25, "auto (live fusion)");
+    let doc = app
+        .state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>("reconstructions")
+        .find_one(mongodb::bson::doc! {"scan_id": scan.to_string()})
+        .await
+        .unwrap()
+        .expect("reconstruction document");
+    // The finish step took the live volume, unless the (shared, loaded) machine made live
+    // fusion skip frames, in which case it fused the stored frames (never a partial volume).
+    let quality = doc.get_document("quality").unwrap();
+    let skipped = quality.get_i64("live_skipped_load").unwrap();
+    let mode = quality.get_str("fusion").unwrap();
+    assert_eq!(mode, if skipped == 0 { "live" } else { "at_finish" }, "{doc}");
+    eprintln!("finish used the {mode} volume ({skipped} frames skipped live)");
 }

@@ -47,6 +47,9 @@ pub struct CaptureConfig {
     pub outbox_capacity: usize,
     /// How often `progress` is sent while frames arrive (must be ≤ `PROGRESS_INTERVAL`).
     pub progress_every: Duration,
+    /// Fuse frames into the scan's TSDF volume as they arrive (`crate::reconstruction`),
+    /// so progress carries fused frames and coverage and finish only meshes and measures.
+    pub live_fusion: bool,
     /// A session with no connection and nothing left to write stops after this long.
     pub idle_timeout: Duration,
     /// The same, once the stream has finished.
@@ -84,6 +87,7 @@ impl Default for CaptureConfig {
             quality_batch: 64,
             outbox_capacity: 256,
             progress_every: Duration::from_millis(100),
+            live_fusion: true,
             idle_timeout: Duration::from_secs(60),
             finished_idle_timeout: Duration::from_secs(5),
         }

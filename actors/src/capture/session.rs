@@ -81,6 +81,8 @@ pub struct CaptureSession {
     quality: QualityQueue,
     stats: CaptureStats,
     live: Live,
+    /// The scan's incremental fusion (created with the first frame this session judges).
+    fusion: Option<crate::reconstruction::LiveScan>,
     last_frame_at: Option<Instant>,
     last_activity: Instant,
     finalizing: bool,
@@ -125,6 +127,7 @@ impl CaptureSession {
             quality,
             stats: CaptureStats::default(),
             live: Live::default(),
+            fusion: None,
             last_frame_at: None,
             last_activity: Instant::now(),
             finalizing: false,
@@ -307,11 +310,16 @@ impl CaptureSession {
         self.try_flush(ctx);
     }
 
-    /// Judges a frame once. This is where frames will be handed to the scan's
-    /// `Reconstruction` actor.
+    /// Judges a frame once and hands it to the scan's live fusion (which decodes and fuses
+    /// it on the fusion pool, never here).
     fn observe(&mut self, frame: &coherency_protocol::scan::DepthFrame) {
         let v = self.stats.observe_frame(frame);
-        if v.accepted {
+        if self.deps.config.live_fusion {
+            // Earlier frames were received by another session: this one cannot fuse them.
+            let from_start = self.fused_seq == 0;
+            let fusion = self.fusion.get_or_insert_with(|| crate::reconstruction::LiveScan::new(from_start));
+            fusion.push(frame.clone());
+        } else if v.accepted {
             self.frames_fused += 1;
         }
         self.live.quality = Some(match self.live.quality {
@@ -335,18 +343,28 @@ impl CaptureSession {
         self.live.last = Some(v);
     }
 
-    fn progress(&self) -> Progress {
+    fn progress(&mut self) -> Progress {
+        let fusion = self.fusion.as_ref().map(|f| f.progress());
+        if let Some(f) = &fusion {
+            self.frames_fused = f.frames_fused;
+        }
         let last = self.live.last.as_ref();
+        let mut warnings: Vec<String> =
+            last.map(|v| v.warnings.iter().map(|w| (*w).to_owned()).collect()).unwrap_or_default();
+        for w in fusion.iter().flat_map(|f| f.warnings.iter()) {
+            if !warnings.iter().any(|x| x == w) {
+                warnings.push((*w).to_owned());
+            }
+        }
         Progress {
             frames_received: self.received_seq,
             frames_fused: self.frames_fused,
-            // Coverage needs the reconstruction (next issue).
-            coverage: 0.0,
+            coverage: fusion.as_ref().map_or(0.0, |f| f.coverage),
             quality: self.live.quality.unwrap_or(0.0),
             valid_fraction: last.map_or(0.0, |v| v.depth.valid_fraction),
             distance_m: last.and_then(|v| v.depth.median_m),
             pose_jump_m: last.and_then(|v| v.jump).map(|j| j.translation_mm / 1000.0),
-            warnings: last.map(|v| v.warnings.iter().map(|w| (*w).to_owned()).collect()).unwrap_or_default(),
+            warnings,
         }
     }
 
@@ -535,7 +553,12 @@ impl CaptureSession {
         let hook = self.deps.finish.clone();
         let index = self.deps.index.clone();
         let retry = self.deps.config.quality_retry;
-        let scan = FinishedScan { scan_id: self.scan_id, last_seq: last, quality_dropped: self.quality.dropped() };
+        let scan = FinishedScan {
+            scan_id: self.scan_id,
+            last_seq: last,
+            quality_dropped: self.quality.dropped(),
+            live: self.fusion.clone(),
+        };
         tokio::spawn(async move {
             let scan_id = scan.scan_id;
             let outcome = match isolated(async move { hook.on_finish(scan).await }).await {
@@ -773,7 +796,7 @@ impl Handler<GetSnapshot> for CaptureSession {
             conn: self.conn.as_ref().map(|c| c.id),
             quality_queue: self.quality.len(),
             quality_dropped: self.quality.dropped(),
-            frames_fused: self.frames_fused,
+            frames_fused: self.fusion.as_ref().map_or(self.frames_fused, |f| f.progress().frames_fused),
         })
     }
 }

@@ -1,0 +1,421 @@
+//! FHIR R4 views of wound measurements: `Observation` (LOINC 72287-6 wound size panel, one
+//! per `scan_measurements` row; read and search by `patient` and `date`) and the scan's mesh
+//! as a `DocumentReference` (id = the scan's id) that each `Observation` is `derivedFrom`;
+//! its attachments point at `GET /v1/scans/{id}/mesh`, which serves the mesh itself. The
+//! same object-level access rules and audit rows as `/v1/scans/{id}/measurements`; errors
+//! are `OperationOutcome`s. Mapping decisions are in `docs/fhir.md`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Datelike, Months, NaiveDate, SecondsFormat, Utc};
+use coherency_protocol::Code;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, perm, Permission, Principal, Require};
+use crate::error::ApiError;
+use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
+use crate::http::patients::{path_id, require_access};
+use crate::recon_hook::{auto_mesh_keys, list_measurements, MeasurementRecord, MeshKeys, ValuePm};
+use crate::state::AppState;
+
+const LOINC: &str = "http://loinc.org";
+const UCUM: &str = "http://unitsofmeasure.org";
+/// Extension on each component: the interval that contains the true value (see
+/// `docs/fhir.md`, *Observation*).
+pub const INTERVAL_EXTENSION: &str = "urn:coherency:fhir:StructureDefinition:measurement-interval";
+/// Extension on a mesh attachment: its SHA-256 (hex). `Attachment.hash` is SHA-1 in R4.
+pub const SHA256_EXTENSION: &str = "urn:coherency:fhir:StructureDefinition:sha256";
+/// Most `date` parameters a search accepts (a range is two).
+const MAX_DATE_PARAMS: usize = 2;
+
+fn instant(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A measurement row with what its `Observation` needs from the scan.
+struct Observed {
+    rec: MeasurementRecord,
+    patient_id: Uuid,
+    /// When the capture ended (the stream finished), else when the scan was created.
+    effective: DateTime<Utc>,
+}
+
+/// One panel component: LOINC code, text, the value converted from mm-based units.
+fn component(code: &str, text: &str, v: ValuePm, scale: f64, unit: &str) -> Value {
+    let q = |x: f64| json!({"value": round(x * scale), "unit": unit, "system": UCUM, "code": unit});
+    json!({
+        "extension": [{"url": INTERVAL_EXTENSION, "valueRange": {
+            "low": q((v.value - v.uncertainty).max(0.0)), "high": q(v.value + v.uncertainty)}}],
+        "code": {"coding": [{"system": LOINC, "code": code}], "text": text},
+        "valueQuantity": q(v.value),
+    })
+}
+
+/// Four significant decimals of the FHIR unit: 0.1 µm in cm, 0.01 mm² in cm², 0.1 mm³ in mL.
+fn round(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// The `Observation` for one measurement row.
+fn observation_resource(o: &Observed) -> Value {
+    let m = &o.rec;
+    let (method, performer) = match m.method.as_str() {
+        "polygon" => (
+            "Clinician-drawn outline on a keyframe of a LiDAR scan, measured on the fused 3D surface",
+            m.created_by.map(|u| reference("Practitioner", u)),
+        ),
+        _ => ("Automatic segmentation of a LiDAR scan's fused 3D surface (Coherency)", None),
+    };
+    let note = format!(
+        "Each component's extension {INTERVAL_EXTENSION} (valueRange) is the interval value ± uncertainty that \
+         contains the true value (coverage factor 3 plus systematic bounds). Depth is the maximum depth below \
+         the fitted skin surface; area is the wound outline's area on the skin surface. Outline: {}.",
+        m.method
+    );
+    prune(json!({
+        "resourceType": "Observation",
+        "id": m.id.to_string(),
+        "meta": {"lastUpdated": instant(m.created_at)},
+        "identifier": [{"system": "urn:coherency:scan-measurement", "value": m.id.to_string()}],
+        "status": "final",
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "exam", "display": "Exam"}]}],
+        "code": {"coding": [{"system": LOINC, "code": "72287-6"}], "text": "Wound size panel"},
+        "subject": reference("Patient", o.patient_id),
+        "effectiveDateTime": instant(o.effective),
+        "issued": instant(m.created_at),
+        "performer": performer.into_iter().collect::<Vec<_>>(),
+        "note": [{"text": note}],
+        "method": {"text": method},
+        "derivedFrom": m.mesh.as_ref().map(|_| vec![reference("DocumentReference", m.scan_id)]),
+        "component": [
+            component("39126-8", "Length of wound", m.length_mm, 0.1, "cm"),
+            component("39125-0", "Width of wound", m.width_mm, 0.1, "cm"),
+            component("39127-6", "Depth of wound (maximum)", m.max_depth_mm, 0.1, "cm"),
+            component("89260-4", "Area of wound", m.outline_area_mm2, 0.01, "cm2"),
+            component("94083-3", "Volume of wound", m.volume_mm3, 0.001, "mL"),
+        ],
+    }))
+}
+
+/// The `DocumentReference` for a scan's mesh.
+fn mesh_resource(b: &str, scan_id: Uuid, patient_id: Uuid, effective: DateTime<Utc>, mesh: &MeshKeys) -> Value {
+    let attachment = |fmt: &str, ct: &str, sha: &str| {
+        json!({"attachment": {
+            "extension": [{"url": SHA256_EXTENSION, "valueString": sha}],
+            "contentType": ct,
+            "url": format!("{}/v1/scans/{scan_id}/mesh?format={fmt}", b.trim_end_matches("/fhir")),
+            "title": format!("mesh.{fmt}"),
+        }})
+    };
+    prune(json!({
+        "resourceType": "DocumentReference",
+        "id": scan_id.to_string(),
+        "identifier": [{"system": "urn:coherency:scan", "value": scan_id.to_string()}],
+        "status": "current",
+        "type": {"text": "Wound 3D surface mesh (LiDAR scan reconstruction)"},
+        "subject": reference("Patient", patient_id),
+        "date": instant(effective),
+        "description": "Triangle mesh of the fused wound region, metres, world frame of the scan",
+        "content": [
+            attachment("glb", "model/gltf-binary", &mesh.glb_sha256),
+            attachment("ply", "application/octet-stream", &mesh.ply_sha256),
+        ],
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Queries
+
+const OBSERVED: &str = "SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS effective
+     FROM scan_measurements m JOIN scans s ON s.id = m.scan_id";
+
+/// Loads the rows of `(id, scan_id, patient, effective)` with their full records.
+async fn observed(state: &AppState, rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Observed>, ApiError> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut cache: Vec<(Uuid, Vec<MeasurementRecord>)> = Vec::new();
+    for r in rows {
+        let (id, scan_id): (Uuid, Uuid) = (r.get("id"), r.get("scan_id"));
+        if !cache.iter().any(|(s, _)| *s == scan_id) {
+            cache.push((scan_id, list_measurements(&state.stores.pg, scan_id).await?));
+        }
+        let rec = cache.iter().find(|(s, _)| *s == scan_id).and_then(|(_, l)| l.iter().find(|m| m.id == id));
+        if let Some(rec) = rec {
+            out.push(Observed { rec: rec.clone(), patient_id: r.get("patient_id"), effective: r.get("effective") });
+        }
+    }
+    Ok(out)
+}
+
+/// A `date` search parameter as a condition on the effective time: `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DateBound {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+}
+
+/// Parses a FHIR `date` parameter: prefix `eq` (default), `ge`, `gt`, `le`, `lt`; value
+/// `YYYY`, `YYYY-MM`, `YYYY-MM-DD` (UTC days) or an RFC 3339 date-time (to the second).
+/// The value is a range `[lo, hi)`; `eq` matches inside it, `ge` from `lo`, `gt` from `hi`,
+/// `le` before `hi`, `lt` before `lo`.
+pub fn parse_date(raw: &str) -> Option<DateBound> {
+    let (prefix, v) = match raw.get(..2) {
+        Some(p @ ("eq" | "ge" | "gt" | "le" | "lt")) => (p, &raw[2..]),
+        _ => ("eq", raw),
+    };
+    let day = |d: NaiveDate| d.and_time(chrono::NaiveTime::MIN).and_utc();
+    let (lo, hi) = if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        let t = t.with_timezone(&Utc);
+        (t, t + chrono::Duration::seconds(1))
+    } else if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        (day(d), day(d.succ_opt()?))
+    } else if v.len() == 7 {
+        let d = NaiveDate::parse_from_str(&format!("{v}-01"), "%Y-%m-%d").ok()?;
+        (day(d), day(d.checked_add_months(Months::new(1))?))
+    } else if v.len() == 4 && v.bytes().all(|b| b.is_ascii_digit()) {
+        let d = NaiveDate::from_ymd_opt(v.parse().ok()?, 1, 1)?;
+        (day(d), day(NaiveDate::from_ymd_opt(d.year() + 1, 1, 1)?))
+    } else {
+        return None;
+    };
+    Some(match prefix {
+        "ge" => DateBound { from: Some(lo), to: None },
+        "gt" => DateBound { from: Some(hi), to: None },
+        "le" => DateBound { from: None, to: Some(hi) },
+        "lt" => DateBound { from: None, to: Some(lo) },
+        _ => DateBound { from: Some(lo), to: Some(hi) },
+    })
+}
+
+fn patient_param(raw: &str) -> Result<Uuid, ApiError> {
+    raw.trim_start_matches("Patient/")
+        .parse()
+        .map_err(|_| ApiError::field(Code::InvalidField, "patient", "`patient` must be a patient id"))
+}
+
+/// Query of `GET /fhir/Observation` (documentation; the handler parses the query string
+/// itself because `date` may repeat).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ObservationSearch {
+    /// The patient's id (or `Patient/{id}`); required.
+    pub patient: Option<String>,
+    /// Effective time: `[eq|ge|gt|le|lt]` + `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or an RFC 3339
+    /// date-time; up to two (a range).
+    pub date: Option<String>,
+    /// `72287-6` or `http://loinc.org|72287-6` (the only code served).
+    pub code: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+/// `GET /fhir/Observation/{id}`: one wound size panel (id = the measurement's id).
+#[utoipa::path(get, path = "/fhir/Observation/{id}", tag = "fhir", security(("bearer" = ["scans:read"])), params(("id" = Uuid, Path)),
+    responses((status = 200, description = "Observation (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
+pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            let who = principal(&req, &state, Permission::ScansRead).await?;
+            let id = path_id(&req, "id")?;
+            let rows = sqlx::query(&format!("{OBSERVED} WHERE m.id = $1")).bind(id).fetch_all(&state.stores.pg).await?;
+            let o = observed(&state, rows).await?.pop().ok_or_else(ApiError::not_found)?;
+            require_access(&state, &req, &who, o.patient_id, "fhir.observation.read").await?;
+            auth::audit(
+                &state,
+                &req,
+                Some(&who),
+                AuditEvent::new("fhir.observation.read", "success")
+                    .target("patient", o.patient_id)
+                    .details(json!({"observation": id, "scan": o.rec.scan_id})),
+            )
+            .await?;
+            Ok::<_, ApiError>(ok(observation_resource(&o)))
+        }
+        .await,
+    )
+}
+
+/// `GET /fhir/Observation?patient=&date=`: the patient's wound size panels, newest first.
+#[utoipa::path(get, path = "/fhir/Observation", tag = "fhir", security(("bearer" = ["scans:read"])), params(ObservationSearch),
+    responses((status = 200, description = "Bundle searchset (application/fhir+json)"), (status = 400, description = "OperationOutcome naming the parameter"), (status = 404)))]
+pub async fn search_observations(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(search(&state, &req).await)
+}
+
+async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
+    let who = principal(req, state, Permission::ScansRead).await?;
+    let mut patient = None;
+    let mut dates = vec![];
+    let mut other_code = false;
+    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        match k.as_ref() {
+            "patient" | "subject" if patient.is_none() => patient = Some(patient_param(&v)?),
+            "date" if dates.len() < MAX_DATE_PARAMS => dates.push(parse_date(&v).ok_or_else(|| {
+                ApiError::field(
+                    Code::InvalidField,
+                    "date",
+                    "`date` must be [eq|ge|gt|le|lt]YYYY[-MM[-DD]] or a date-time",
+                )
+            })?),
+            "code" if matches!(v.as_ref(), "72287-6" | "http://loinc.org|72287-6") => {}
+            "code" => other_code = true,
+            other => {
+                return Err(ApiError::field(
+                    Code::InvalidField,
+                    other,
+                    format!("unsupported or repeated parameter `{other}`"),
+                ))
+            }
+        }
+    }
+    let pid = patient.ok_or_else(|| ApiError::field(Code::InvalidField, "patient", "`patient` is required"))?;
+    require_access(state, req, &who, pid, "fhir.observation.search").await?;
+    let mut q = sqlx::QueryBuilder::new(OBSERVED);
+    q.push(" WHERE s.patient_id = ").push_bind(pid);
+    for d in &dates {
+        if let Some(from) = d.from {
+            q.push(" AND COALESCE(s.finished_at, s.created_at) >= ").push_bind(from);
+        }
+        if let Some(to) = d.to {
+            q.push(" AND COALESCE(s.finished_at, s.created_at) < ").push_bind(to);
+        }
+    }
+    q.push(" ORDER BY COALESCE(s.finished_at, s.created_at) DESC, m.created_at, m.id");
+    let rows = if other_code { vec![] } else { q.build().fetch_all(&state.stores.pg).await? };
+    let found = observed(state, rows).await?;
+    let ids: Vec<Uuid> = found.iter().map(|o| o.rec.id).collect();
+    auth::audit(
+        state,
+        req,
+        Some(&who),
+        AuditEvent::new("fhir.observation.search", "success").target("patient", pid).details(json!({"ids": ids})),
+    )
+    .await?;
+    let b = base(req);
+    let resources: Vec<(&str, Value)> = found.iter().map(|o| ("Observation", observation_resource(o))).collect();
+    let n = resources.len();
+    Ok(ok(bundle(&b, resources, n, vec![("self", format!("{b}/Observation?{}", req.query_string()))])))
+}
+
+/// `GET /fhir/DocumentReference/{id}`: the mesh of scan `id` (once reconstructed).
+#[utoipa::path(get, path = "/fhir/DocumentReference/{id}", tag = "fhir", security(("bearer" = ["scans:read"])), params(("id" = Uuid, Path)),
+    responses((status = 200, description = "DocumentReference (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
+pub async fn read_mesh_document(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
+    respond(
+        async {
+            let who = principal(&req, &state, Permission::ScansRead).await?;
+            let (scan, mesh) = scan_mesh(&state, &req, &who, "fhir.documentreference.read").await?;
+            auth::audit(
+                &state,
+                &req,
+                Some(&who),
+                AuditEvent::new("fhir.documentreference.read", "success").target("scan", scan.id),
+            )
+            .await?;
+            let effective = scan.finished_at.unwrap_or(scan.created_at);
+            Ok::<_, ApiError>(ok(mesh_resource(&base(&req), scan.id, scan.patient_id, effective, &mesh)))
+        }
+        .await,
+    )
+}
+
+/// The visible scan named by the `id` path segment and its mesh keys (404 when either is
+/// missing or the caller may not see the scan).
+async fn scan_mesh(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    action: &str,
+) -> Result<(crate::store::scans::ScanRecord, MeshKeys), ApiError> {
+    let id = path_id(req, "id")?;
+    let scan = crate::store::scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    require_access(state, req, who, scan.patient_id, action).await?;
+    let mesh =
+        auto_mesh_keys(&state.stores.pg, id).await.map_err(ApiError::internal)?.ok_or_else(ApiError::not_found)?;
+    Ok((scan, mesh))
+}
+
+/// Query of `GET /v1/scans/{id}/mesh`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct MeshQuery {
+    /// `glb` (binary glTF, default) or `ply`.
+    pub format: Option<String>,
+}
+
+/// `GET /v1/scans/{id}/mesh`: the reconstructed mesh (binary glTF or PLY) with its SHA-256.
+#[utoipa::path(get, path = "/v1/scans/{id}/mesh", tag = "scans", security(("bearer" = ["scans:read"])),
+    params(("id" = Uuid, Path), MeshQuery),
+    responses((status = 200, description = "model/gltf-binary or application/octet-stream (PLY); `x-content-sha256` header"),
+              (status = 400, description = "invalid_field (format)"),
+              (status = 404, description = "not_found: no such scan visible to the caller, or not reconstructed")))]
+#[tracing::instrument(skip_all)]
+pub async fn mesh(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansRead>,
+) -> Result<HttpResponse, ApiError> {
+    let q: MeshQuery = crate::http::patients::parse_query(&req)?;
+    let glb = match q.format.as_deref() {
+        None | Some("glb") => true,
+        Some("ply") => false,
+        Some(_) => return Err(ApiError::field(Code::InvalidField, "format", "format must be `glb` or `ply`")),
+    };
+    let (scan, keys) = scan_mesh(&state, &req, &who, "scan.mesh.read").await?;
+    let (key, sha, ct, name) = if glb {
+        (&keys.glb_key, &keys.glb_sha256, "model/gltf-binary", "mesh.glb")
+    } else {
+        (&keys.ply_key, &keys.ply_sha256, "application/octet-stream", "mesh.ply")
+    };
+    let bytes = state.stores.blobs.get(key).await.map_err(ApiError::internal)?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("scan.mesh.read", "success").target("scan", scan.id).details(json!({"format": name})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type(ct)
+        .insert_header(("x-content-sha256", sha.as_str()))
+        .insert_header((header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")))
+        .insert_header((header::CACHE_CONTROL, "private, no-store"))
+        .body(bytes))
+}
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    use crate::http::resource;
+    cfg.service(resource("/fhir/Observation").route(web::get().to(search_observations)))
+        .service(resource("/fhir/Observation/{id}").route(web::get().to(read_observation)))
+        .service(resource("/fhir/DocumentReference/{id}").route(web::get().to(read_mesh_document)))
+        .service(resource("/v1/scans/{id}/mesh").route(web::get().to(mesh)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn date_parameters_become_half_open_ranges() {
+        let d = parse_date("2026-11-26").unwrap();
+        assert_eq!(d, DateBound { from: Some(t("2026-11-26T00:00:00Z")), to: Some(t("2026-11-27T00:00:00Z")) });
+        assert_eq!(parse_date("ge2026-11").unwrap().from, Some(t("2026-11-01T00:00:00Z")));
+        assert_eq!(parse_date("lt2026").unwrap().to, Some(t("2026-01-01T00:00:00Z")));
+        assert_eq!(parse_date("le2026-12").unwrap().to, Some(t("2027-01-01T00:00:00Z")));
+        assert_eq!(parse_date("gt2026-11-26T10:00:00+01:00").unwrap().from, Some(t("2026-11-26T09:00:01Z")));
+        for bad in ["", "2026-13-01", "ne2026", "yesterday", "26-11-2026"] {
+            assert!(parse_date(bad).is_none(), "{bad}");
+        }
+    }
+}
