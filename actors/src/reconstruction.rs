@@ -254,12 +254,17 @@ impl LiveScan {
         lock(&self.0.progress).clone()
     }
 
-    /// Stops accepting frames, waits until every queued frame is fused and returns the
-    /// result. Later calls return `None`.
+    /// Stops accepting frames, waits until every queued frame is fused (only the batch in
+    /// flight when frames were already skipped) and returns the result. Later calls return
+    /// `None`.
     pub async fn finish(&self) -> Option<LiveResult> {
         let skipped_load = {
             let mut q = lock(&self.0.queue);
             q.closed = true;
+            if q.skipped_load > 0 {
+                // The volume misses frames and will not be used: fusing the rest is waste.
+                q.frames.clear();
+            }
             q.skipped_load
         };
         loop {
