@@ -49,6 +49,11 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { key: "database_max_connections", default: "20", help: "Size of the PostgreSQL pool." },
     Setting {
+        key: "scan_flush_window_ms",
+        default: "0",
+        help: "0: group commit — a scan's frames are written and indexed as soon as its previous write finished (lowest ack latency). N: hold a partial chunk until its oldest frame is N ms old (fewer, larger blob objects; acks wait up to N ms).",
+    },
+    Setting {
         key: "redis_url",
         default: "redis://127.0.0.1:6379",
         help: "Redis URL (rate limits, presence, leases, cross-node bus).",
@@ -148,6 +153,7 @@ pub struct Config {
     pub public_url: String,
     pub database_url: ServiceUrl,
     pub database_max_connections: u32,
+    pub scan_flush_window_ms: u64,
     pub redis_url: ServiceUrl,
     pub redis_prefix: String,
     pub mongo_url: ServiceUrl,
@@ -176,6 +182,7 @@ impl Default for Config {
             public_url: "http://127.0.0.1:8080".into(),
             database_url: ServiceUrl::new("postgres://postgres@127.0.0.1:5432/coherency"),
             database_max_connections: 20,
+            scan_flush_window_ms: 0,
             redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
             redis_prefix: "coherency:".into(),
             mongo_url: ServiceUrl::new("mongodb://127.0.0.1:27017"),
@@ -252,6 +259,9 @@ impl Config {
         }
         if self.database_max_connections == 0 {
             return Err(Self::invalid("database_max_connections", "must be at least 1"));
+        }
+        if self.scan_flush_window_ms > 1000 {
+            return Err(Self::invalid("scan_flush_window_ms", "must be at most 1000"));
         }
         if self.redis_prefix.is_empty() {
             return Err(Self::invalid("redis_prefix", "must not be empty"));

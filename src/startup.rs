@@ -72,7 +72,7 @@ impl Application {
         crate::auth::password::Hasher::warm_up();
         let clock = Clock::default();
         let state = web::Data::new(AppState {
-            capture: crate::ws::scan::start_registry(&stores, &clock, &metrics),
+            capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics),
             booking_locks: Default::default(),
             config: Arc::new(config),
             stores,

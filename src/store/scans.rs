@@ -7,6 +7,8 @@
 //! and, for PostgreSQL, the SQLSTATE. Connection-level failures are `Transient` (the writers
 //! retry them); everything else is `Permanent`.
 
+use std::collections::{BTreeMap, HashSet};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -18,7 +20,7 @@ use coherency_protocol::ids::ScanId;
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, oneshot, OnceCell};
 use uuid::Uuid;
 
 use super::blob::BlobStore;
@@ -132,17 +134,165 @@ impl FrameStore for BlobFrameStore {
 // ScanIndex over PostgreSQL
 // ---------------------------------------------------------------------------------------
 
+/// Most frame commits merged into one transaction by the group-commit task.
+const GROUP_COMMIT_MAX: usize = 256;
+
 /// The frame index and scan status in PostgreSQL.
+///
+/// Frame commits from every capture session of the node go through one group-commit task:
+/// it takes whatever commits are waiting, writes them in one transaction (three statements
+/// whatever the number of scans), and answers each caller only once that transaction has
+/// committed. While a transaction is in flight the next commits queue up, so under load one
+/// WAL flush covers many scans, and alone a commit waits for nothing.
 #[derive(Clone)]
 pub struct PgScanIndex {
     pool: PgPool,
     clock: Clock,
+    commits: mpsc::Sender<PendingCommit>,
+}
+
+/// A frame commit waiting for the group-commit task, and who to tell.
+struct PendingCommit {
+    commit: FrameCommit,
+    done: oneshot::Sender<Result<(), StoreError>>,
 }
 
 impl PgScanIndex {
+    /// Starts the group-commit task on the current tokio runtime; it ends when every handle
+    /// is dropped.
     pub fn new(pool: PgPool, clock: Clock) -> Self {
-        Self { pool, clock }
+        let (commits, rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
+        tokio::spawn(group_commit_task(pool.clone(), clock.clone(), rx));
+        Self { pool, clock, commits }
     }
+}
+
+async fn group_commit_task(pool: PgPool, clock: Clock, mut rx: mpsc::Receiver<PendingCommit>) {
+    let mut batch: Vec<PendingCommit> = Vec::with_capacity(GROUP_COMMIT_MAX);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < GROUP_COMMIT_MAX {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let commits: Vec<&FrameCommit> = batch.iter().map(|p| &p.commit).collect();
+        let res = commit_isolated(&pool, &clock, &commits).await;
+        match res {
+            // A permanent error (a scan that no longer exists, a constraint) must not fail
+            // the other scans of the batch: each is tried on its own.
+            Err(StoreError::Permanent(_)) if batch.len() > 1 => {
+                for p in batch.drain(..) {
+                    let res = commit_isolated(&pool, &clock, &[&p.commit]).await;
+                    let _ = p.done.send(res);
+                }
+            }
+            res => {
+                for p in batch.drain(..) {
+                    let _ = p.done.send(res.clone());
+                }
+            }
+        }
+    }
+}
+
+/// [`commit_batch`], with a panic turned into a transient error so the task lives on.
+async fn commit_isolated(pool: &PgPool, clock: &Clock, commits: &[&FrameCommit]) -> Result<(), StoreError> {
+    use futures_util::FutureExt;
+    std::panic::AssertUnwindSafe(commit_batch(pool, clock, commits))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Transient("postgres: index commit panicked".into())))
+}
+
+/// One transaction for the frame rows, chunks and `acked_seq` of several commits (any
+/// scans). Idempotent, like each commit alone: chunks are upserted on their key, frame rows
+/// kept on (scan, seq), `acked_seq` only moves forward.
+async fn commit_batch(pool: &PgPool, clock: &Clock, commits: &[&FrameCommit]) -> Result<(), StoreError> {
+    let mut chunks: BTreeMap<&str, (Uuid, String, i64)> = BTreeMap::new();
+    let mut acked: BTreeMap<Uuid, i64> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let n: usize = commits.iter().map(|c| c.frames.len()).sum();
+    let mut scan_ids = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut chunk_keys = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
+    let mut lengths = Vec::with_capacity(n);
+    let mut hashes = Vec::with_capacity(n);
+    let mut captured_us = Vec::with_capacity(n);
+    let mut captured_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    for c in commits {
+        let scan = c.scan_id.as_uuid();
+        chunks.insert(&c.chunk.key, (scan, hex::encode(c.chunk.sha256), to_i64(c.chunk.size)));
+        let a = acked.entry(scan).or_insert(0);
+        *a = (*a).max(to_i64(c.acked_seq));
+        for f in &c.frames {
+            if !seen.insert((scan, f.seq)) {
+                continue;
+            }
+            scan_ids.push(scan);
+            seqs.push(to_i64(f.seq));
+            chunk_keys.push(c.chunk.key.as_str());
+            offsets.push(to_i64(f.offset));
+            lengths.push(to_i64(f.length));
+            hashes.push(hex::encode(f.sha256));
+            captured_us.push(to_i64(f.captured_at_us));
+            captured_at.push(f.captured_at());
+        }
+    }
+    let (chunk_keys_u, (chunk_scans, (chunk_hashes, chunk_sizes))): (Vec<&str>, (Vec<Uuid>, (Vec<String>, Vec<i64>))) =
+        chunks.into_iter().map(|(k, (scan, sha, size))| (k, (scan, (sha, size)))).unzip();
+    let (acked_ids, acked_seqs): (Vec<Uuid>, Vec<i64>) = acked.into_iter().unzip();
+    let now = clock.now();
+    let mut tx = pool.begin().await.map_err(|e| pg_error(&e))?;
+    sqlx::query(
+        "INSERT INTO scan_chunks (key, scan_id, sha256, size)
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[])
+         ON CONFLICT (key) DO UPDATE SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size",
+    )
+    .bind(&chunk_keys_u)
+    .bind(&chunk_scans)
+    .bind(&chunk_hashes)
+    .bind(&chunk_sizes)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    sqlx::query(
+        r#"INSERT INTO scan_frames (scan_id, seq, chunk_key, "offset", length, sha256, captured_us, captured_at)
+           SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
+                                $7::bigint[], $8::timestamptz[])
+           ON CONFLICT (scan_id, seq) DO NOTHING"#,
+    )
+    .bind(&scan_ids)
+    .bind(&seqs)
+    .bind(&chunk_keys)
+    .bind(&offsets)
+    .bind(&lengths)
+    .bind(&hashes)
+    .bind(&captured_us)
+    .bind(&captured_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    let updated = sqlx::query(
+        "UPDATE scans AS s SET acked_seq = GREATEST(s.acked_seq, u.acked),
+                status = CASE WHEN s.status = 'created' THEN 'streaming' ELSE s.status END,
+                updated_at = $3
+         FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, acked)
+         WHERE s.id = u.id",
+    )
+    .bind(&acked_ids)
+    .bind(&acked_seqs)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    if updated.rows_affected() != acked_ids.len() as u64 {
+        return Err(StoreError::Permanent("postgres: no such scan".into()));
+    }
+    tx.commit().await.map_err(|e| pg_error(&e))?;
+    Ok(())
 }
 
 fn parse_status(s: &str) -> Result<ScanStatus, StoreError> {
@@ -176,70 +326,10 @@ impl ScanIndex for PgScanIndex {
     }
 
     async fn commit_frames(&self, commit: &FrameCommit) -> Result<(), StoreError> {
-        let scan = commit.scan_id.as_uuid();
-        let n = commit.frames.len();
-        let mut seqs = Vec::with_capacity(n);
-        let mut offsets = Vec::with_capacity(n);
-        let mut lengths = Vec::with_capacity(n);
-        let mut hashes = Vec::with_capacity(n);
-        let mut captured_us = Vec::with_capacity(n);
-        let mut captured_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
-        for f in &commit.frames {
-            seqs.push(to_i64(f.seq));
-            offsets.push(to_i64(f.offset));
-            lengths.push(to_i64(f.length));
-            hashes.push(hex::encode(f.sha256));
-            captured_us.push(to_i64(f.captured_at_us));
-            captured_at.push(f.captured_at());
-        }
-        let now = self.clock.now();
-        let mut tx = self.pool.begin().await.map_err(|e| pg_error(&e))?;
-        sqlx::query(
-            "INSERT INTO scan_chunks (key, scan_id, sha256, size) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (key) DO UPDATE SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size",
-        )
-        .bind(&commit.chunk.key)
-        .bind(scan)
-        .bind(hex::encode(commit.chunk.sha256))
-        .bind(to_i64(commit.chunk.size))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| pg_error(&e))?;
-        sqlx::query(
-            r#"INSERT INTO scan_frames (scan_id, seq, chunk_key, "offset", length, sha256, captured_us, captured_at)
-               SELECT $1, f.seq, $2, f.off, f.len, f.sha, f.cus, f.cat
-               FROM UNNEST($3::bigint[], $4::bigint[], $5::bigint[], $6::text[], $7::bigint[], $8::timestamptz[])
-                    AS f(seq, off, len, sha, cus, cat)
-               ON CONFLICT (scan_id, seq) DO NOTHING"#,
-        )
-        .bind(scan)
-        .bind(&commit.chunk.key)
-        .bind(&seqs)
-        .bind(&offsets)
-        .bind(&lengths)
-        .bind(&hashes)
-        .bind(&captured_us)
-        .bind(&captured_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| pg_error(&e))?;
-        let updated = sqlx::query(
-            "UPDATE scans SET acked_seq = GREATEST(acked_seq, $2),
-                    status = CASE WHEN status = 'created' THEN 'streaming' ELSE status END,
-                    updated_at = $3
-             WHERE id = $1",
-        )
-        .bind(scan)
-        .bind(to_i64(commit.acked_seq))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| pg_error(&e))?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Permanent("postgres: no such scan".into()));
-        }
-        tx.commit().await.map_err(|e| pg_error(&e))?;
-        Ok(())
+        let gone = || StoreError::Transient("postgres: group commit stopped".into());
+        let (done, answer) = oneshot::channel();
+        self.commits.send(PendingCommit { commit: commit.clone(), done }).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     async fn set_status(&self, scan_id: ScanId, status: ScanStatus) -> Result<(), StoreError> {

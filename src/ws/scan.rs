@@ -35,6 +35,7 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, Permission, Principal};
 use crate::clock::Clock;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::state::AppState;
@@ -155,7 +156,7 @@ impl Pump {
         gauge.inc();
         let mut guard = self.state.sockets.register(self.who.user_id, self.who.session_id);
         let mut shutdown = self.state.lifecycle.subscribe();
-        let (outbox, mut inbox) = mpsc::channel(capture_config().outbox_capacity.max(1));
+        let (outbox, mut inbox) = mpsc::channel(CaptureConfig::default().outbox_capacity.max(1));
         let mut session_addr = None;
         let end =
             self.pump(&mut messages, &mut guard.closed, &mut shutdown, outbox, &mut inbox, &mut session_addr).await;
@@ -373,13 +374,13 @@ fn protocol_error(e: &ProtocolError) -> End {
 // ---------------------------------------------------------------------------------------
 
 /// The capture tunables this node runs with.
-pub fn capture_config() -> CaptureConfig {
-    CaptureConfig::default()
+pub fn capture_config(config: &Config) -> CaptureConfig {
+    CaptureConfig { flush_window: Duration::from_millis(config.scan_flush_window_ms), ..CaptureConfig::default() }
 }
 
 /// Starts the node's capture registry over the real stores, its sessions spread over one
 /// arbiter per core.
-pub fn start_registry(stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr<CaptureRegistry> {
+pub fn start_registry(config: &Config, stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr<CaptureRegistry> {
     let deps = CaptureDeps::new(
         Arc::new(BlobFrameStore::new(stores.blobs.clone())),
         Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone())),
@@ -387,7 +388,7 @@ pub fn start_registry(stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr
     )
     .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
     .with_finish_hook(Arc::new(crate::recon_hook::ReconstructionHook::new(stores, clock.clone())))
-    .with_config(capture_config());
+    .with_config(capture_config(config));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let arbiters = (0..cores).map(|_| actix::Arbiter::new().handle()).collect();
     CaptureRegistry::new(deps).with_arbiters(arbiters).start()

@@ -12,12 +12,16 @@ use crate::retry::RetryPolicy;
 pub struct CaptureConfig {
     /// `welcome.window`: most unacked frames a phone may have in flight.
     pub window: u32,
-    /// A chunk object is cut after this many frames…
+    /// A chunk object holds at most this many frames…
     pub chunk_max_frames: usize,
-    /// …or this many bytes…
+    /// …and at most this many bytes (a single larger frame is a chunk of its own).
     pub chunk_max_bytes: usize,
-    /// …or this long after its first frame arrived, whichever comes first.
-    pub flush_after: Duration,
+    /// Zero (the default): group commit — a partial chunk is written as soon as nothing of
+    /// the scan is in flight in the durable pipeline, so a frame waits at most for the
+    /// write already under way. Otherwise a partial chunk waits until its oldest frame is
+    /// this old (fewer, larger objects, e.g. for object stores billed per request; every
+    /// ack then waits up to this long).
+    pub flush_window: Duration,
     /// Chunks that may wait between the session and the blob writer, and between the blob
     /// writer and the index writer; beyond it the session keeps frames in its backlog.
     pub writer_queue_chunks: usize,
@@ -62,7 +66,7 @@ impl Default for CaptureConfig {
             window: limits::DEFAULT_WINDOW,
             chunk_max_frames: 8,
             chunk_max_bytes: 4 * 1024 * 1024,
-            flush_after: Duration::from_millis(50),
+            flush_window: Duration::ZERO,
             writer_queue_chunks: 4,
             slow_above_frames: 48,
             slow_above_bytes: 32 * 1024 * 1024,

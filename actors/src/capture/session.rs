@@ -75,6 +75,7 @@ pub struct CaptureSession {
     pipeline: Option<DurablePipeline>,
     /// The pipeline's queue was full: wait for a `Durable` before submitting again.
     queue_blocked: bool,
+    /// Pending when a partial chunk waits for a non-zero `flush_window`.
     flush_timer: Option<SpawnHandle>,
     slowed: bool,
     flow_waiters: Vec<oneshot::Sender<Result<(), CaptureError>>>,
@@ -376,8 +377,14 @@ impl CaptureSession {
         self.queue_blocked = false;
     }
 
-    /// Cuts chunks from the frames not yet submitted: full chunks at once, a partial one
-    /// when its oldest frame has waited `flush_after` or the stream is finishing.
+    /// Cuts chunks from the frames not yet submitted. A full chunk goes at once, and so
+    /// does everything when the stream is finishing. Otherwise, with the default zero
+    /// `flush_window` (group commit), a partial chunk goes as soon as nothing of this scan
+    /// is in flight in the durable pipeline: the first frame after a quiet spell is written
+    /// alone and at once, and the frames that arrive while a chunk's write and commit are in
+    /// flight gather into the next chunk, so the chunk size follows the store's speed and
+    /// no frame waits for a timer. With a non-zero `flush_window` a partial chunk waits
+    /// until its oldest frame is that old.
     fn try_flush(&mut self, ctx: &mut Context<Self>) {
         let cfg = self.deps.config.clone();
         while !self.queue_blocked && self.received_seq > self.submitted_seq {
@@ -392,8 +399,12 @@ impl CaptureSession {
                 bytes += h.raw.len();
             }
             let full = start + n < self.backlog.len() || n >= cfg.chunk_max_frames;
-            let oldest = self.backlog[start].received_at;
-            let force = matches!(self.phase, SessionPhase::Finishing { .. }) || oldest.elapsed() >= cfg.flush_after;
+            let due = if cfg.flush_window.is_zero() {
+                self.submitted_seq == self.durable_seq
+            } else {
+                self.backlog[start].received_at.elapsed() >= cfg.flush_window
+            };
+            let force = due || matches!(self.phase, SessionPhase::Finishing { .. });
             if !full && !force {
                 break;
             }
@@ -421,10 +432,14 @@ impl CaptureSession {
                 }
             }
         }
-        if self.received_seq > self.submitted_seq && !self.queue_blocked && self.flush_timer.is_none() {
+        if !cfg.flush_window.is_zero()
+            && self.received_seq > self.submitted_seq
+            && !self.queue_blocked
+            && self.flush_timer.is_none()
+        {
             let start = (self.submitted_seq - self.durable_seq) as usize;
             let waited = self.backlog[start].received_at.elapsed();
-            let wait = cfg.flush_after.saturating_sub(waited).max(std::time::Duration::from_millis(1));
+            let wait = cfg.flush_window.saturating_sub(waited).max(std::time::Duration::from_millis(1));
             self.flush_timer = Some(ctx.run_later(wait, |act, ctx| {
                 act.flush_timer = None;
                 act.try_flush(ctx);

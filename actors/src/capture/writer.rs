@@ -1,8 +1,11 @@
 //! The write paths under a capture session.
 //!
 //! Durable path: session → `BlobWriter` stage (chunk objects) → `PgWriter` stage (frame
-//! index rows + `acked_seq`, one transaction per chunk) → `Durable { up_to }` back to the
-//! session, which then acks. Both stages are tokio tasks fed by bounded channels, so a slow
+//! index rows + `acked_seq` of a chunk, committed atomically; the server's index merges the
+//! chunks of every scan that are ready at once into one transaction) → `Durable { up_to }`
+//! back to the session, which then acks. The session cuts chunks by group commit (see
+//! `CaptureSession::try_flush`), so under light load a chunk is one frame and under heavy
+//! load chunks grow. Both stages are tokio tasks fed by bounded channels, so a slow
 //! store fills the channels and the frames stay in the session's backlog, which drives
 //! `slow`. Chunks are committed strictly in seq order, so `acked_seq` never covers a hole.
 //! Each store call runs isolated ([`isolated`]): a panic is a transient failure and is
