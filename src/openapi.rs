@@ -19,6 +19,7 @@ use utoipa::OpenApi;
         crate::http::auth::totp_enrol,
         crate::http::auth::totp_confirm,
         crate::ws::events::socket,
+        crate::ws::dashboard::socket,
         crate::http::admin::create_user,
         crate::http::admin::revoke_sessions,
         crate::http::admin::disable_user,
@@ -69,6 +70,7 @@ use utoipa::OpenApi;
         crate::http::scans::get,
         crate::http::scans::list_for_patient,
         crate::ws::scan::stream,
+        crate::http::measurements::mesh,
         crate::http::measurements::list,
         crate::http::measurements::remeasure,
         crate::http::measurements::fhir::mesh,
@@ -102,6 +104,7 @@ use utoipa::OpenApi;
         (name = "admin", description = "Administration"),
         (name = "patients", description = "Patient records"),
         (name = "scans", description = "Wound scans and their stream"),
+        (name = "dashboard", description = "Live board socket and wound viewer data"),
         (name = "booking", description = "Schedules, slots, appointments, waitlist"),
         (name = "fhir", description = "FHIR R4 (application/fhir+json); errors are OperationOutcome resources"),
     )

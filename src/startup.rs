@@ -74,6 +74,7 @@ impl Application {
         let state = web::Data::new(AppState {
             capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics),
             booking_locks: Default::default(),
+            dashboard: crate::dashboard::start_hub(),
             config: Arc::new(config),
             stores,
             metrics,
@@ -91,6 +92,7 @@ impl Application {
             state.config.api_rate_per_sec,
             state.config.api_rate_burst,
         ));
+        crate::dashboard::spawn_inputs(state.clone());
         let server = {
             let state = state.clone();
             HttpServer::new(move || {

@@ -17,3 +17,6 @@ pub use capture::{attach, CaptureConfig, CaptureDeps, CaptureError, CaptureRegis
 
 pub mod booking;
 pub use booking::{BookingLock, BookingLocks};
+
+pub mod dashboard;
+pub use dashboard::DashboardHub;

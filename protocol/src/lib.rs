@@ -4,6 +4,7 @@
 //!
 //! This crate depends on no other crate of the workspace.
 
+pub mod dashboard;
 pub mod error;
 pub mod ids;
 pub mod limits;

@@ -301,9 +301,9 @@ pub fn publish(state: &AppState, events: Vec<(&'static str, Appointment)>) {
     let channel = state.stores.redis.key("booking.events");
     tokio::spawn(async move {
         for (kind, a) in events {
-            // No patient identifiers beyond ids; the hub authorises each subscriber.
+            // Ids and times only (no PHI); the hub scopes each viewer by these ids.
             let msg = serde_json::json!({"kind": kind, "appointment_id": a.id, "clinician_id": a.clinician_id,
-                "start_at": a.start_at, "end_at": a.end_at, "status": a.status})
+                "patient_id": a.patient_id, "start_at": a.start_at, "end_at": a.end_at, "status": a.status})
             .to_string();
             let r: Result<i64, _> = redis::cmd("PUBLISH").arg(&channel).arg(msg).query_async(&mut conn).await;
             if let Err(e) = r {

@@ -126,3 +126,54 @@ pub async fn remeasure(
     .await?;
     Ok(HttpResponse::Created().json(rec))
 }
+
+/// Query of `GET /v1/scans/{id}/mesh`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct MeshQuery {
+    /// `glb` (binary glTF, default) or `ply`.
+    pub format: Option<String>,
+}
+
+/// `GET /v1/scans/{id}/mesh`: the fused wound surface of a finished scan, as written by
+/// reconstruction (`scans/{id}/mesh.glb|ply` in the blob store). Audited.
+#[utoipa::path(get, path = "/v1/scans/{id}/mesh", tag = "scans", security(("bearer" = ["scans:read"])),
+    params(("id" = Uuid, Path), MeshQuery),
+    responses((status = 200, description = "model/gltf-binary or application/octet-stream (PLY)"),
+              (status = 400, description = "invalid_field: format"),
+              (status = 404, description = "not_found: no such scan visible to the caller, or no mesh yet")))]
+#[tracing::instrument(skip_all)]
+pub async fn mesh(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansRead>,
+    id: web::Path<Uuid>,
+    query: web::Query<MeshQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let (ext, mime) = match query.format.as_deref().unwrap_or("glb") {
+        "glb" => ("glb", "model/gltf-binary"),
+        "ply" => ("ply", "application/octet-stream"),
+        _ => return Err(ApiError::field(Code::InvalidField, "format", "format must be glb or ply")),
+    };
+    let scan = visible_scan(&state, &req, &who, id.into_inner()).await?;
+    let key = format!("scans/{}/mesh.{ext}", scan.id);
+    let bytes = match state.stores.blobs.get(&key).await {
+        Ok(b) => b,
+        Err(object_store::Error::NotFound { .. }) => return Err(ApiError::not_found()),
+        Err(e) => return Err(ApiError::internal(e)),
+    };
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("scan.mesh.read", "success")
+            .target("scan", scan.id)
+            .details(serde_json::json!({"format": ext, "bytes": bytes.len()})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type(mime)
+        .insert_header(("Cache-Control", "private, no-store"))
+        .insert_header(("Content-Disposition", format!("attachment; filename=\"scan-{}.{ext}\"", scan.id)))
+        .body(bytes))
+}

@@ -7,6 +7,7 @@ pub mod fhir;
 pub mod health;
 pub mod json;
 pub mod measurements;
+pub mod pages;
 pub mod patients;
 pub mod ratelimit;
 pub mod scans;
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/me/mfa/totp").route(web::post().to(auth::totp_enrol)))
         .service(resource("/v1/me/mfa/totp/confirm").route(web::post().to(auth::totp_confirm)))
         .service(resource("/v1/ws").route(web::get().to(crate::ws::events::socket)))
+        .service(resource("/v1/dashboard/ws").route(web::get().to(crate::ws::dashboard::socket)))
         .service(resource("/v1/admin/users").route(web::post().to(admin::create_user)))
         .service(resource("/v1/admin/users/{id}/revoke-sessions").route(web::post().to(admin::revoke_sessions)))
         .service(resource("/v1/admin/users/{id}/disable").route(web::post().to(admin::disable_user)))
@@ -45,6 +47,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(measurements::list))
                 .route(web::post().to(measurements::remeasure)),
         )
+        .service(resource("/v1/scans/{id}/mesh").route(web::get().to(measurements::mesh)))
+        .service(resource("/").route(web::get().to(pages::root)))
+        .service(resource("/web/dashboard").route(web::get().to(pages::dashboard_dir)))
+        .service(resource("/web/{tail:.*}").route(web::get().to(pages::file)))
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
     cfg.configure(patients::configure).configure(fhir::configure).configure(measurements::fhir::configure);
     cfg.configure(booking::configure);

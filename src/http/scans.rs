@@ -124,6 +124,7 @@ pub async fn create(
             .details(serde_json::json!({"patient_id": scan.patient_id})),
     )
     .await?;
+    crate::dashboard::scan_created(&state, &scan).await;
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
 }
 

@@ -8,6 +8,7 @@
 //! retry them); everything else is `Permanent`.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -149,6 +150,7 @@ pub struct PgScanIndex {
     pool: PgPool,
     clock: Clock,
     commits: mpsc::Sender<PendingCommit>,
+    events: Option<Arc<crate::dashboard::ScanEvents>>,
 }
 
 /// A frame commit waiting for the group-commit task, and who to tell.
@@ -157,13 +159,22 @@ struct PendingCommit {
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// Longest a dashboard event may hold up a commit or status change.
+const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
+
 impl PgScanIndex {
     /// Starts the group-commit task on the current tokio runtime; it ends when every handle
     /// is dropped.
     pub fn new(pool: PgPool, clock: Clock) -> Self {
         let (commits, rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
         tokio::spawn(group_commit_task(pool.clone(), clock.clone(), rx));
-        Self { pool, clock, commits }
+        Self { pool, clock, commits, events: None }
+    }
+
+    /// Also publishes progress and status changes for the dashboard.
+    pub fn with_events(mut self, events: crate::dashboard::ScanEvents) -> Self {
+        self.events = Some(Arc::new(events));
+        self
     }
 }
 
@@ -329,7 +340,15 @@ impl ScanIndex for PgScanIndex {
         let gone = || StoreError::Transient("postgres: group commit stopped".into());
         let (done, answer) = oneshot::channel();
         self.commits.send(PendingCommit { commit: commit.clone(), done }).await.map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?
+        answer.await.map_err(|_| gone())??;
+        if let Some(ev) = self.events.clone() {
+            // Off the ack path: the board may lag a little, the phone's ack must not.
+            let (scan, acked) = (commit.scan_id, commit.acked_seq);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(EVENT_TIMEOUT, ev.progress(scan, acked)).await;
+            });
+        }
+        Ok(())
     }
 
     async fn set_status(&self, scan_id: ScanId, status: ScanStatus) -> Result<(), StoreError> {
@@ -349,6 +368,9 @@ impl ScanIndex for PgScanIndex {
         .map_err(|e| pg_error(&e))?;
         if res.rows_affected() != 1 {
             return Err(StoreError::Permanent("postgres: no such scan".into()));
+        }
+        if let Some(ev) = &self.events {
+            let _ = tokio::time::timeout(EVENT_TIMEOUT, ev.status(scan_id, status.as_str())).await;
         }
         Ok(())
     }

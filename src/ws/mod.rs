@@ -1,6 +1,7 @@
 //! Socket pumps. A socket task decodes, forwards to the owning actor and writes back; it
 //! holds no domain state. Shared here: authentication of the upgrade request.
 
+pub mod dashboard;
 pub mod events;
 pub mod scan;
 

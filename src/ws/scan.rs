@@ -381,9 +381,10 @@ pub fn capture_config(config: &Config) -> CaptureConfig {
 /// Starts the node's capture registry over the real stores, its sessions spread over one
 /// arbiter per core.
 pub fn start_registry(config: &Config, stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr<CaptureRegistry> {
+    let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
     let deps = CaptureDeps::new(
         Arc::new(BlobFrameStore::new(stores.blobs.clone())),
-        Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone())),
+        Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events)),
         Arc::new(MongoQualitySink::new(stores.mongo.clone())),
     )
     .with_metrics(Arc::new(CaptureMetrics::new(metrics)))

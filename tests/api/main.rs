@@ -8,6 +8,8 @@ mod audit;
 mod auth;
 mod booking;
 mod config_cli;
+mod dashboard;
+mod dashboard_browser;
 mod demo;
 mod errors;
 mod fhir;

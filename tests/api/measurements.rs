@@ -22,7 +22,7 @@ use crate::scan_stream::patient_with_scan;
 
 /// A phantom frame as the phone sends it: uint16 0.1 mm depth + zstd, confidence 0..=2,
 /// row-major intrinsics and world-from-camera pose.
-fn wire_frame(seq: u64, f: &Frame) -> DepthFrame {
+pub fn wire_frame(seq: u64, f: &Frame) -> DepthFrame {
     let k = &f.intrinsics;
     let m = f.pose.matrix();
     let mut pose = [0f32; 16];

@@ -1,0 +1,450 @@
+//! The dashboard's inputs: domain events from every node (Redis pub/sub) turned into board
+//! changes for this node's [`DashboardHub`], a reload from PostgreSQL whenever the bus
+//! (re)connects, pruning of past items, and the scan-event publisher used by the capture
+//! path. The socket is `crate::ws::dashboard`; the design is in `docs/dashboard.md`.
+//!
+//! Every bus message is a [`BusEvent`] — kind, ids, a time and a small data map, never a
+//! name or other PHI — on `<prefix>booking.events`, `<prefix>scan.events` or
+//! `<prefix>consult.events`. [`change_for`] is the one place that maps kinds to board
+//! changes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use chrono::{DateTime, Utc};
+use coherency_actors::dashboard::{Apply, DashboardHub, HubConfig, Reload, RemoveWhere};
+use coherency_protocol::dashboard::{Change, Item, Section};
+use coherency_protocol::ids::ScanId;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::state::AppState;
+use crate::store::redis::Redis;
+
+/// Bus channels (under the deployment's Redis prefix) the hub listens to.
+pub const CHANNELS: [&str; 3] = ["booking.events", "scan.events", "consult.events"];
+/// Appointments are on the board from this long before their start…
+pub const BOOKINGS_AHEAD: chrono::Duration = chrono::Duration::days(7);
+/// …until this long after their end.
+pub const BOOKINGS_AFTER_END: chrono::Duration = chrono::Duration::hours(1);
+/// Finished scans stay on the board this long after their last change.
+pub const FINISHED_SCANS_KEPT: chrono::Duration = chrono::Duration::hours(12);
+/// Least time between two progress events of one scan (status changes are never held).
+pub const SCAN_PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often past items are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// One domain event on the bus. `kind` is `<domain>.<what>`; ids scope it; `data` holds a
+/// few small values (counts, fractions, times, statuses), never names or free text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BusEvent {
+    pub kind: String,
+    /// The entity (appointment, scan, waiting-room entry, consult).
+    pub id: Uuid,
+    #[serde(default)]
+    pub patient_id: Option<Uuid>,
+    #[serde(default)]
+    pub clinician_id: Option<Uuid>,
+    /// When it happened, Unix ms.
+    pub at_ms: i64,
+    /// When the entity began (appointment start, scan creation, check-in), Unix ms.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    #[serde(default)]
+    pub data: Map<String, Value>,
+}
+
+/// The booking channel's message (`crate::booking::publish`), adapted to a [`BusEvent`].
+#[derive(Debug, Deserialize)]
+struct BookingMsg {
+    kind: String,
+    appointment_id: Uuid,
+    clinician_id: Uuid,
+    #[serde(default)]
+    patient_id: Option<Uuid>,
+    start_at: DateTime<Utc>,
+    end_at: DateTime<Utc>,
+    status: String,
+}
+
+/// Parses a message from `channel` (the name without prefix).
+pub fn parse(channel: &str, payload: &str, now_ms: i64) -> Option<BusEvent> {
+    if channel == "booking.events" {
+        let m: BookingMsg = serde_json::from_str(payload).ok()?;
+        let mut data = Map::new();
+        data.insert("status".into(), m.status.into());
+        data.insert("end_ms".into(), m.end_at.timestamp_millis().into());
+        return Some(BusEvent {
+            kind: format!("booking.{}", m.kind),
+            id: m.appointment_id,
+            patient_id: m.patient_id,
+            clinician_id: Some(m.clinician_id),
+            at_ms: now_ms,
+            since_ms: Some(m.start_at.timestamp_millis()),
+            data,
+        });
+    }
+    serde_json::from_str(payload).ok()
+}
+
+fn item(section: Section, ev: &BusEvent, status: &str) -> Item {
+    let mut data = ev.data.clone();
+    data.remove("status");
+    Item {
+        section,
+        id: ev.id,
+        patient_id: ev.patient_id,
+        clinician_id: ev.clinician_id,
+        status: status.to_string(),
+        since_ms: ev.since_ms.unwrap_or(ev.at_ms),
+        updated_ms: ev.at_ms,
+        data,
+        patient_name: None,
+    }
+}
+
+/// The board change an event makes, if any. Consult events (`consult.events`) are
+/// expected as:
+///
+/// | kind | section | effect |
+/// |---|---|---|
+/// | `waiting.checked_in` | waiting | upsert, status `waiting`, `since_ms` = check-in |
+/// | `waiting.admitted`, `waiting.left` | waiting | remove |
+/// | `consult.started`, `consult.updated` | consults | upsert, status `in_consult`, `data.participants` |
+/// | `consult.ended` | consults | remove |
+pub fn change_for(ev: &BusEvent) -> Option<Change> {
+    let status = ev.data.get("status").and_then(Value::as_str).unwrap_or_default().to_string();
+    let (domain, what) = ev.kind.split_once('.')?;
+    let remove = |section| Some(Change::Remove { section, id: ev.id });
+    match (domain, what) {
+        ("booking", _) => match status.as_str() {
+            "held" | "booked" | "no_show" => Some(Change::Upsert { item: item(Section::Bookings, ev, &status) }),
+            _ => remove(Section::Bookings),
+        },
+        ("scan", _) if !status.is_empty() => Some(Change::Upsert { item: item(Section::Scans, ev, &status) }),
+        ("waiting", "checked_in") => Some(Change::Upsert { item: item(Section::Waiting, ev, "waiting") }),
+        ("waiting", "admitted" | "left") => remove(Section::Waiting),
+        ("consult", "started" | "updated") => Some(Change::Upsert { item: item(Section::Consults, ev, "in_consult") }),
+        ("consult", "ended") => remove(Section::Consults),
+        _ => None,
+    }
+}
+
+/// Starts the node's hub.
+pub fn start_hub() -> Addr<DashboardHub> {
+    DashboardHub::new(HubConfig::default()).start()
+}
+
+/// Starts the hub's bus listener and pruner.
+pub fn spawn_inputs(state: actix_web::web::Data<AppState>) {
+    let hub = state.dashboard.clone();
+    actix_web::rt::spawn(listen(state.clone(), hub.clone()));
+    let clock = state.clock.clone();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        loop {
+            tick.tick().await;
+            hub.do_send(prune(&clock));
+        }
+    });
+}
+
+/// Removes appointments well past their end and scans long finished.
+fn prune(clock: &Clock) -> RemoveWhere {
+    let now = clock.now();
+    let booking_cut = (now - BOOKINGS_AFTER_END).timestamp_millis();
+    let scan_cut = (now - FINISHED_SCANS_KEPT).timestamp_millis();
+    RemoveWhere(Box::new(move |i: &Item| match i.section {
+        Section::Bookings => i.data.get("end_ms").and_then(Value::as_i64).is_some_and(|e| e < booking_cut),
+        Section::Scans => matches!(i.status.as_str(), "complete" | "failed" | "cancelled") && i.updated_ms < scan_cut,
+        _ => false,
+    }))
+}
+
+/// Listens to the bus for as long as the node runs; after each (re)subscription the board
+/// is reloaded from PostgreSQL so nothing missed while disconnected stays missing.
+async fn listen(state: actix_web::web::Data<AppState>, hub: Addr<DashboardHub>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match subscribe_once(&state, &hub).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(e) => tracing::warn!(error = %e, "dashboard bus disconnected"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<(), redis::RedisError> {
+    let redis = &state.stores.redis;
+    let mut pubsub = redis.client.get_async_pubsub().await?;
+    for c in CHANNELS {
+        pubsub.subscribe(redis.key(c)).await?;
+    }
+    match reload(&state.stores.pg, &state.clock).await {
+        Ok(r) => hub.do_send(r),
+        Err(e) => tracing::warn!(error = %e, "dashboard reload failed"),
+    }
+    let prefix = redis.prefix().to_string();
+    let mut stream = pubsub.on_message();
+    while let Some(msg) = stream.next().await {
+        let payload: String = msg.get_payload()?;
+        let channel = msg.get_channel_name().strip_prefix(prefix.as_str()).unwrap_or_default().to_string();
+        let Some(ev) = parse(&channel, &payload, state.clock.now().timestamp_millis()) else {
+            tracing::debug!(channel, "unreadable dashboard event");
+            continue;
+        };
+        if let Some(change) = change_for(&ev) {
+            hub.do_send(Apply(vec![change]));
+        }
+    }
+    Ok(())
+}
+
+/// The bookings and scans sections as the system of record has them.
+pub async fn reload(pg: &PgPool, clock: &Clock) -> Result<Reload, sqlx::Error> {
+    let now = clock.now();
+    let mut items = Vec::new();
+    let rows = sqlx::query(
+        "SELECT id, clinician_id, patient_id, status, start_at, end_at, updated_at FROM appointments
+          WHERE status IN ('held', 'booked', 'no_show') AND end_at > $1 AND start_at < $2
+          ORDER BY start_at LIMIT 5000",
+    )
+    .bind(now - BOOKINGS_AFTER_END)
+    .bind(now + BOOKINGS_AHEAD)
+    .fetch_all(pg)
+    .await?;
+    for r in rows {
+        let end: DateTime<Utc> = r.get("end_at");
+        let mut data = Map::new();
+        data.insert("end_ms".into(), end.timestamp_millis().into());
+        items.push(Item {
+            section: Section::Bookings,
+            id: r.get("id"),
+            patient_id: Some(r.get("patient_id")),
+            clinician_id: Some(r.get("clinician_id")),
+            status: r.get("status"),
+            since_ms: r.get::<DateTime<Utc>, _>("start_at").timestamp_millis(),
+            updated_ms: r.get::<DateTime<Utc>, _>("updated_at").timestamp_millis(),
+            data,
+            patient_name: None,
+        });
+    }
+    let rows = sqlx::query(
+        "SELECT s.id, s.patient_id, s.status, s.acked_seq, s.created_at, s.updated_at, u.role, s.created_by
+           FROM scans s JOIN users u ON u.id = s.created_by
+          WHERE s.status IN ('created', 'streaming', 'processing') OR s.updated_at > $1
+          ORDER BY s.created_at DESC LIMIT 2000",
+    )
+    .bind(now - FINISHED_SCANS_KEPT)
+    .fetch_all(pg)
+    .await?;
+    for r in rows {
+        let role: String = r.get("role");
+        let mut data = Map::new();
+        data.insert("frames".into(), r.get::<i64, _>("acked_seq").into());
+        items.push(Item {
+            section: Section::Scans,
+            id: r.get("id"),
+            patient_id: Some(r.get("patient_id")),
+            clinician_id: (role == "clinician").then(|| r.get("created_by")),
+            status: r.get("status"),
+            since_ms: r.get::<DateTime<Utc>, _>("created_at").timestamp_millis(),
+            updated_ms: r.get::<DateTime<Utc>, _>("updated_at").timestamp_millis(),
+            data,
+            patient_name: None,
+        });
+    }
+    Ok(Reload { sections: vec![Section::Bookings, Section::Scans], items })
+}
+
+/// Publishes one event on `<prefix>{channel}`. Best effort: the hub reloads from the
+/// database whenever its bus reconnects.
+pub async fn publish(redis: &Redis, channel: &str, ev: &BusEvent) {
+    let mut conn = redis.conn.clone();
+    let payload = serde_json::to_string(ev).unwrap_or_default();
+    let r: Result<i64, _> = redis::cmd("PUBLISH").arg(redis.key(channel)).arg(payload).query_async(&mut conn).await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, channel, "dashboard event publish failed");
+    }
+}
+
+/// Announces a scan created through the API.
+pub async fn scan_created(state: &AppState, scan: &crate::store::scans::ScanRecord) {
+    let clinician = sqlx::query_scalar::<_, String>("SELECT role FROM users WHERE id = $1")
+        .bind(scan.created_by)
+        .fetch_optional(&state.stores.pg)
+        .await
+        .ok()
+        .flatten()
+        .filter(|r| r == "clinician")
+        .map(|_| scan.created_by);
+    let mut data = Map::new();
+    data.insert("status".into(), "created".into());
+    data.insert("frames".into(), 0.into());
+    let ev = BusEvent {
+        kind: "scan.created".into(),
+        id: scan.id,
+        patient_id: Some(scan.patient_id),
+        clinician_id: clinician,
+        at_ms: state.clock.now().timestamp_millis(),
+        since_ms: Some(scan.created_at.timestamp_millis()),
+        data,
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(250), publish(&state.stores.redis, "scan.events", &ev)).await;
+}
+
+/// What the publisher remembers of a live scan.
+struct ScanMeta {
+    patient_id: Uuid,
+    clinician_id: Option<Uuid>,
+    since_ms: i64,
+    status: String,
+    frames: u64,
+    last_sent: Option<Instant>,
+}
+
+/// Publishes scan lifecycle and progress on `<prefix>scan.events`: status changes at once,
+/// frame progress at most every [`SCAN_PROGRESS_EVERY`] per scan.
+#[derive(Clone)]
+pub struct ScanEvents {
+    redis: Redis,
+    pg: PgPool,
+    clock: Clock,
+    live: Arc<Mutex<HashMap<ScanId, ScanMeta>>>,
+}
+
+impl ScanEvents {
+    pub fn new(redis: Redis, pg: PgPool, clock: Clock) -> Self {
+        Self { redis, pg, clock, live: Default::default() }
+    }
+
+    async fn meta(&self, scan: ScanId) -> Option<()> {
+        if self.live.lock().ok()?.contains_key(&scan) {
+            return Some(());
+        }
+        let r = sqlx::query(
+            "SELECT s.patient_id, s.created_at, s.status, s.acked_seq, s.created_by, u.role
+               FROM scans s JOIN users u ON u.id = s.created_by WHERE s.id = $1",
+        )
+        .bind(scan.as_uuid())
+        .fetch_optional(&self.pg)
+        .await
+        .ok()??;
+        let role: String = r.get("role");
+        let meta = ScanMeta {
+            patient_id: r.get("patient_id"),
+            clinician_id: (role == "clinician").then(|| r.get("created_by")),
+            since_ms: r.get::<DateTime<Utc>, _>("created_at").timestamp_millis(),
+            status: r.get("status"),
+            frames: u64::try_from(r.get::<i64, _>("acked_seq")).unwrap_or(0),
+            last_sent: None,
+        };
+        self.live.lock().ok()?.entry(scan).or_insert(meta);
+        Some(())
+    }
+
+    /// Frames up to `acked` are durable.
+    pub async fn progress(&self, scan: ScanId, acked: u64) {
+        if self.meta(scan).await.is_none() {
+            return;
+        }
+        let ev = {
+            let Ok(mut live) = self.live.lock() else { return };
+            let Some(m) = live.get_mut(&scan) else { return };
+            m.frames = m.frames.max(acked);
+            let due = m.last_sent.is_none_or(|t| t.elapsed() >= SCAN_PROGRESS_EVERY);
+            if m.status == "created" {
+                m.status = "streaming".into();
+            } else if !due {
+                return;
+            }
+            m.last_sent = Some(Instant::now());
+            self.event(scan, m, "scan.progress")
+        };
+        publish(&self.redis, "scan.events", &ev).await;
+    }
+
+    /// The scan moved to `status`.
+    pub async fn status(&self, scan: ScanId, status: &str) {
+        if self.meta(scan).await.is_none() {
+            return;
+        }
+        let ev = {
+            let Ok(mut live) = self.live.lock() else { return };
+            let Some(m) = live.get_mut(&scan) else { return };
+            m.status = status.to_string();
+            m.last_sent = Some(Instant::now());
+            let ev = self.event(scan, m, &format!("scan.{status}"));
+            if matches!(status, "complete" | "failed" | "cancelled") {
+                live.remove(&scan);
+            }
+            ev
+        };
+        publish(&self.redis, "scan.events", &ev).await;
+    }
+
+    fn event(&self, scan: ScanId, m: &ScanMeta, kind: &str) -> BusEvent {
+        let mut data = Map::new();
+        data.insert("status".into(), m.status.clone().into());
+        data.insert("frames".into(), m.frames.into());
+        BusEvent {
+            kind: kind.to_string(),
+            id: scan.as_uuid(),
+            patient_id: Some(m.patient_id),
+            clinician_id: m.clinician_id,
+            at_ms: self.clock.now().timestamp_millis(),
+            since_ms: Some(m.since_ms),
+            data,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn booking_messages_become_board_items_and_cancellations_removals() {
+        let id = Uuid::now_v7();
+        let msg = serde_json::json!({"kind": "booked", "appointment_id": id, "clinician_id": Uuid::nil(),
+            "patient_id": Uuid::nil(), "start_at": "2027-01-05T10:00:00Z", "end_at": "2027-01-05T10:30:00Z",
+            "status": "booked"});
+        let ev = parse("booking.events", &msg.to_string(), 5).unwrap();
+        let Some(Change::Upsert { item }) = change_for(&ev) else { panic!("no upsert") };
+        assert_eq!((item.section, item.status.as_str(), item.updated_ms), (Section::Bookings, "booked", 5));
+        assert_eq!(item.data["end_ms"], 1_799_145_000_000i64);
+        let mut msg = msg;
+        msg["status"] = "cancelled".into();
+        let ev = parse("booking.events", &msg.to_string(), 6).unwrap();
+        assert_eq!(change_for(&ev), Some(Change::Remove { section: Section::Bookings, id }));
+    }
+
+    #[test]
+    fn consult_events_slot_into_waiting_and_consults() {
+        let ev = |kind: &str| BusEvent {
+            kind: kind.into(),
+            id: Uuid::nil(),
+            patient_id: None,
+            clinician_id: None,
+            at_ms: 1,
+            since_ms: None,
+            data: Map::new(),
+        };
+        assert!(
+            matches!(change_for(&ev("waiting.checked_in")), Some(Change::Upsert { item }) if item.section == Section::Waiting)
+        );
+        assert!(matches!(change_for(&ev("waiting.admitted")), Some(Change::Remove { section: Section::Waiting, .. })));
+        assert!(
+            matches!(change_for(&ev("consult.started")), Some(Change::Upsert { item }) if item.status == "in_consult")
+        );
+        assert!(matches!(change_for(&ev("consult.ended")), Some(Change::Remove { section: Section::Consults, .. })));
+        assert_eq!(change_for(&ev("unknown.thing")), None);
+    }
+}

@@ -1,0 +1,218 @@
+//! The live board socket over real sockets: role scoping of booking deltas, resume after a
+//! drop, and a fresh snapshot for a viewer too far behind.
+
+use std::time::Duration;
+
+use coherency::auth::Role;
+use coherency_actors::dashboard::{Apply, BoardMirror, Status};
+use coherency_protocol::dashboard::{Change, Item, Position, Section, ServerMsg};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, TestApp, User};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A board socket and what it has seen.
+struct Board {
+    ws: Ws,
+    mirror: BoardMirror,
+    log: Vec<ServerMsg>,
+}
+
+impl Board {
+    /// Opens a board; with `from`, resumes from that board's position and keeps its view.
+    async fn open(app: &TestApp, user: &User, from: Option<BoardMirror>) -> Self {
+        let resume: Option<Position> = from.as_ref().map(BoardMirror::position);
+        let mut req = format!("ws://127.0.0.1:{}/v1/dashboard/ws", app.port).into_client_request().unwrap();
+        req.headers_mut().insert("authorization", format!("Bearer {}", user.token).parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.expect("board socket opens");
+        let hello = json!({"t": "hello", "v": 1, "resume": resume});
+        ws.send(Message::text(hello.to_string())).await.unwrap();
+        let mut b = Self { ws, mirror: from.unwrap_or_default(), log: Vec::new() };
+        b.until("the start", |m| matches!(m, ServerMsg::Snapshot(_) | ServerMsg::Resumed { .. })).await;
+        b
+    }
+
+    /// Reads until a message satisfies `done` (bounded).
+    async fn until(&mut self, what: &str, mut done: impl FnMut(&ServerMsg) -> bool) -> ServerMsg {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+            let Some(Ok(Message::Text(t))) = next else { continue };
+            let msg: ServerMsg = serde_json::from_str(&t).expect("server message");
+            self.mirror.apply(&msg);
+            self.log.push(msg.clone());
+            if done(&msg) {
+                return msg;
+            }
+        }
+    }
+
+    /// Reads everything up to the hub's current sequence (a ping carries the position).
+    async fn catch_up(&mut self, app: &TestApp) {
+        let head = app.state.dashboard.send(Status).await.unwrap().seq;
+        if self.mirror.seq >= head {
+            return;
+        }
+        self.until("catching up", |m| match m {
+            ServerMsg::Delta(d) => d.seq >= head,
+            ServerMsg::Ping { seq } => *seq >= head,
+            _ => false,
+        })
+        .await;
+    }
+
+    fn bookings(&self) -> Vec<&Item> {
+        self.mirror.items.values().filter(|i| i.section == Section::Bookings).collect()
+    }
+}
+
+/// A clinician with weekday hours and a 30-minute telehealth type.
+async fn clinician_with_calendar(app: &TestApp) -> (User, Uuid) {
+    let clin = app.staff(Role::Clinician, true).await;
+    let weekly: Vec<Value> = (1..=7).map(|d| json!({"weekday": d, "start": "08:00", "end": "18:00"})).collect();
+    let res = app
+        .client
+        .put(app.url(&format!("/v1/clinicians/{}/schedule", clin.id)))
+        .bearer_auth(&clin.token)
+        .json(&json!({"time_zone": "UTC", "horizon_days": 30, "min_notice_minutes": 0, "weekly": weekly}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let res = app
+        .post_auth(
+            &format!("/v1/clinicians/{}/appointment-types", clin.id),
+            &clin.token,
+            &json!({"name": "Wound review", "duration_minutes": 30, "buffer_before_minutes": 0,
+                    "buffer_after_minutes": 0, "modality": "telehealth"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let ty = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+    (clin, ty)
+}
+
+/// Books `patient` with `clin` the day after tomorrow at `hour`:00 UTC (inside the board's
+/// window, clear of any notice).
+async fn book(app: &TestApp, patient: &User, clin: &User, ty: Uuid, hour: u32) -> Uuid {
+    let day = (app.clock.now() + chrono::Duration::days(2)).date_naive();
+    let start = format!("{day}T{hour:02}:00:00Z");
+    let res = app
+        .post_auth(
+            "/v1/appointments",
+            &patient.token,
+            &json!({"clinician_id": clin.id, "type_id": ty, "start": start, "confirm": true}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "book: {}", res.text().await.unwrap());
+    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap()
+}
+
+fn has_upsert(m: &ServerMsg, id: Uuid) -> bool {
+    matches!(m, ServerMsg::Delta(d) if matches!(&d.change, Change::Upsert { item } if item.id == id))
+}
+
+#[actix_rt::test]
+async fn a_booking_reaches_its_clinicians_board_and_never_another_clinicians() {
+    let app = spawn_app().await;
+    let (alice, alice_ty) = clinician_with_calendar(&app).await;
+    let (bob, bob_ty) = clinician_with_calendar(&app).await;
+    let patient = app.patient().await;
+    let mut alice_board = Board::open(&app, &alice, None).await;
+    let mut bob_board = Board::open(&app, &bob, None).await;
+
+    let for_alice = book(&app, &patient, &alice, alice_ty, 10).await;
+    let msg = alice_board.until("alice's booking", |m| has_upsert(m, for_alice)).await;
+    let ServerMsg::Delta(d) = msg else { unreachable!() };
+    let Change::Upsert { item } = d.change else { unreachable!() };
+    assert_eq!((item.status.as_str(), item.clinician_id), ("booked", Some(alice.id)));
+    assert_eq!(item.patient_name.as_deref(), Some("Ada Lovelace"), "the name is added for the viewer");
+
+    // Bob's own booking arrives after Alice's on the hub: by then Alice's would have too.
+    let for_bob = book(&app, &patient, &bob, bob_ty, 11).await;
+    bob_board.until("bob's booking", |m| has_upsert(m, for_bob)).await;
+    bob_board.catch_up(&app).await;
+    alice_board.catch_up(&app).await;
+    let seen_by_bob: Vec<Uuid> = bob_board.bookings().iter().map(|i| i.id).collect();
+    assert_eq!(seen_by_bob, vec![for_bob]);
+    assert!(!bob_board.log.iter().any(|m| has_upsert(m, for_alice)), "bob never saw alice's booking");
+    assert!(!alice_board.log.iter().any(|m| has_upsert(m, for_bob)), "alice never saw bob's booking");
+
+    // A patient sees their own appointments; a stranger sees none.
+    let patient_board = Board::open(&app, &patient, None).await;
+    assert_eq!(patient_board.bookings().len(), 2);
+    let stranger = app.patient().await;
+    let stranger_board = Board::open(&app, &stranger, None).await;
+    assert!(stranger_board.bookings().is_empty());
+}
+
+#[actix_rt::test]
+async fn a_board_that_drops_and_resumes_ends_like_one_that_never_dropped() {
+    let app = spawn_app().await;
+    let admin = app.staff(Role::Admin, true).await;
+    let (clin, ty) = clinician_with_calendar(&app).await;
+    let patient = app.patient().await;
+    let mut steady = Board::open(&app, &admin, None).await;
+    let mut flaky = Board::open(&app, &admin, None).await;
+    let first = book(&app, &patient, &clin, ty, 9).await;
+    flaky.until("the first booking", |m| has_upsert(m, first)).await;
+    let left_with = flaky.mirror.clone();
+    drop(flaky);
+
+    // Missed while away: a booking, a cancellation, a second booking.
+    let second = book(&app, &patient, &clin, ty, 12).await;
+    let res =
+        app.post_auth(&format!("/v1/appointments/{first}/cancel"), &patient.token, &json!({"reason": "ill"})).await;
+    assert!(res.status().is_success(), "cancel: {}", res.text().await.unwrap());
+    let third = book(&app, &patient, &clin, ty, 14).await;
+    steady.until("the third booking", |m| has_upsert(m, third)).await;
+
+    let mut resumed = Board::open(&app, &admin, Some(left_with)).await;
+    assert!(matches!(resumed.log[0], ServerMsg::Resumed { .. }), "resumed, not a new snapshot: {:?}", resumed.log[0]);
+    resumed.catch_up(&app).await;
+    steady.catch_up(&app).await;
+    assert_eq!(resumed.mirror.items, steady.mirror.items);
+    let ids: Vec<Uuid> = steady.bookings().iter().map(|i| i.id).collect();
+    assert!(ids.contains(&second) && ids.contains(&third) && !ids.contains(&first));
+}
+
+#[actix_rt::test]
+async fn a_board_too_far_behind_gets_a_fresh_snapshot() {
+    let app = spawn_app().await;
+    let admin = app.staff(Role::Admin, true).await;
+    let board = Board::open(&app, &admin, None).await;
+    let left_with = board.mirror.clone();
+    let pos = left_with.position();
+    drop(board);
+    // More changes than the ring keeps.
+    let id = Uuid::now_v7();
+    let changes: Vec<Change> = (0..5000)
+        .map(|n| Change::Upsert {
+            item: Item {
+                section: Section::Scans,
+                id,
+                patient_id: None,
+                clinician_id: None,
+                status: "streaming".into(),
+                since_ms: 0,
+                updated_ms: n,
+                data: Default::default(),
+                patient_name: None,
+            },
+        })
+        .collect();
+    app.state.dashboard.send(Apply(changes)).await.unwrap();
+    let status = app.state.dashboard.send(Status).await.unwrap();
+    assert!(status.oldest > pos.seq + 1, "the ring no longer holds the position");
+    let back = Board::open(&app, &admin, Some(left_with)).await;
+    let ServerMsg::Snapshot(s) = &back.log[0] else { panic!("expected a snapshot, got {:?}", back.log[0]) };
+    assert_eq!(s.seq, status.seq);
+    assert_eq!(s.items.iter().find(|i| i.id == id).map(|i| i.updated_ms), Some(4999));
+}

@@ -1,0 +1,166 @@
+//! The dashboard pages in headless Chromium (Playwright, `web/tests/dashboard.board.mjs`),
+//! against a real server: live scan progress then measurements on the board, the 3D
+//! viewer drawing the mesh, one history point per completed scan, a board that loses its
+//! socket ending like one that did not, and a clinician never seeing another's patients.
+//!
+//! This test drives the scenario from Rust (accounts, bookings, streaming phantom scans
+//! with `coherency_protocol::client`) and the browser side runs in Node; they talk over the
+//! script's stdin/stdout. Needs `scripts/browser-setup` (Chromium, `web/node_modules`, the
+//! bundle), which `scripts/test` runs first.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use coherency::auth::Role;
+use coherency_protocol::client::{ClientConfig, ScanStreamClient};
+use coherency_protocol::ids::ScanId;
+use coherency_recon::phantom::{presets, Phantom, ScanConfig};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{eventually, spawn_app_with, TestApp, User};
+use crate::measurements::wire_frame;
+use crate::scan_stream::{consent, create_scan};
+
+fn web_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web")
+}
+
+/// Streams a phantom wound scan of `patient`, `pace` between frames, and waits for it to
+/// complete.
+async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let rendered = phantom.scan(&ScanConfig::iphone(1));
+    let mut client =
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), who.token.clone(), scan)).await.unwrap();
+    for (i, f) in rendered.frames.iter().enumerate() {
+        client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
+    }
+    client.finish().await.unwrap();
+    let pg = app.pg.clone();
+    eventually(Duration::from_secs(180), "the scan to complete", || {
+        let pg = pg.clone();
+        async move {
+            let s: String = sqlx::query_scalar("SELECT status FROM scans WHERE id = $1")
+                .bind(scan.as_uuid())
+                .fetch_one(&pg)
+                .await
+                .ok()?;
+            assert_ne!(s, "failed");
+            (s == "complete").then_some(())
+        }
+    })
+    .await;
+}
+
+/// A fresh TOTP step for `u` (codes are single-use per step), moving the app clock.
+fn next_code(app: &TestApp, u: &User) -> String {
+    app.clock.advance(Duration::from_secs(31));
+    coherency::auth::totp::code_at(u.totp_secret.as_deref().unwrap(), app.clock.now()).unwrap()
+}
+
+async fn token(app: &TestApp, u: &User) -> String {
+    let code = next_code(app, u);
+    let res =
+        app.post_json("/v1/auth/login", &json!({"email": u.email, "password": u.password, "totp_code": code})).await;
+    assert_eq!(res.status(), 200);
+    res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
+}
+
+async fn add_to_care_team(app: &TestApp, patient: Uuid, clinician: Uuid) {
+    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1, $2, 'primary', now())")
+        .bind(patient)
+        .bind(clinician)
+        .execute(&app.pg)
+        .await
+        .unwrap();
+}
+
+/// The next line from the browser script starting with `what`.
+async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> String {
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(240), rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for the browser: {what}"))
+            .unwrap_or_else(|| panic!("the browser script ended before {what}"));
+        if line.starts_with(what) {
+            return line;
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers_patients() {
+    let web = web_dir();
+    assert!(
+        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
+        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
+    );
+    let app = spawn_app_with(|mut c| {
+        c.web_dir = web.display().to_string();
+        c
+    })
+    .await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let bob = app.staff(Role::Clinician, true).await;
+    let ada = app.patient().await; // Alice's patient
+    let bea = app.patient().await; // Bob's patient
+    let (ada_id, bea_id) = (ada.patient_id.unwrap(), bea.patient_id.unwrap());
+    add_to_care_team(&app, ada_id, alice.id).await;
+    add_to_care_team(&app, bea_id, bob.id).await;
+    consent(&app, &ada).await;
+    consent(&app, &bea).await;
+    // Bob's patient is scanning too: it must never reach Alice's board, nor Ada's Bob's.
+    let bea_scan = create_scan(&app, &bea, bea_id).await;
+
+    // One scan of Ada's completed before the boards open.
+    let first = create_scan(&app, &ada, ada_id).await;
+    stream_scan(&app, &ada, first, Duration::ZERO).await;
+
+    let alice_code = next_code(&app, &alice);
+    let alice_token = token(&app, &alice).await;
+    let bob_token = token(&app, &bob).await;
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let params = json!({
+        "base": app.address,
+        "artifacts": artifacts,
+        "alice": {"email": alice.email, "password": alice.password, "code": alice_code, "token": alice_token},
+        "bob": {"token": bob_token},
+        "ada": ada_id, "bea": bea_id, "first_scan": first, "bea_scan": bea_scan,
+    });
+    let mut child = Command::new("node")
+        .arg(web.join("tests/dashboard.board.mjs"))
+        .env("DASHBOARD_TEST", params.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("browser: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    expect(&mut rx, "READY").await;
+    // The live scan: paced so the board sees it streaming.
+    let second = create_scan(&app, &ada, ada_id).await;
+    writeln!(stdin, "SCAN {second}").unwrap();
+    stream_scan(&app, &ada, second, Duration::from_millis(40)).await;
+    writeln!(stdin, "COMPLETE {second}").unwrap();
+    expect(&mut rx, "DONE").await;
+    let status = child.wait().unwrap();
+    assert!(status.success(), "the browser checks failed (see the output above)");
+    assert!(artifacts.join("dashboard-viewer.png").is_file());
+}

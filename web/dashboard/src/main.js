@@ -1,0 +1,350 @@
+// Coherency dashboard: sign-in through the API, the live board (socket /v1/dashboard/ws),
+// the scan page (3D mesh + measurements) and the patient page (measurement history).
+// Hash routes: #/board, #/scan/<id>, #/patient/<id>. No data is kept beyond the tab's
+// session storage (the access token).
+
+import { showMesh } from './viewer.js';
+
+const $main = () => document.getElementById('main');
+const el = (tag, attrs = {}, ...kids) => {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v == null) continue;
+    if (k === 'text') e.textContent = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const k of kids) if (k != null) e.append(k);
+  return e;
+};
+
+// ---- API ---------------------------------------------------------------------------
+
+const auth = {
+  get token() { return sessionStorage.getItem('coherency.token'); },
+  get user() { try { return JSON.parse(sessionStorage.getItem('coherency.user')); } catch { return null; } },
+  set(token, user) { sessionStorage.setItem('coherency.token', token); sessionStorage.setItem('coherency.user', JSON.stringify(user)); },
+  clear() { sessionStorage.removeItem('coherency.token'); sessionStorage.removeItem('coherency.user'); },
+};
+
+async function api(path, opts = {}) {
+  const headers = { ...(opts.headers || {}) };
+  if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
+  if (opts.json !== undefined) { headers['Content-Type'] = 'application/json'; opts.body = JSON.stringify(opts.json); }
+  const res = await fetch(path, { method: opts.method || (opts.json !== undefined ? 'POST' : 'GET'), headers, body: opts.body });
+  if (res.status === 401 && path !== '/v1/auth/login') { auth.clear(); route(); throw new Error('signed out'); }
+  if (!res.ok) {
+    let msg = `${res.status}`;
+    try { const b = await res.json(); msg = b.error?.message || b.error?.code || msg; } catch { /* not json */ }
+    const err = new Error(msg); err.status = res.status; throw err;
+  }
+  return opts.raw ? res : res.json();
+}
+
+// ---- sign-in ---------------------------------------------------------------------------
+
+function loginPage() {
+  const err = el('p', { class: 'error', role: 'alert' });
+  const form = el('form', { class: 'login', 'aria-label': 'Sign in' },
+    el('h2', { text: 'Sign in' }),
+    el('label', { for: 'email', text: 'Email' }), el('input', { id: 'email', type: 'email', autocomplete: 'username', required: '' }),
+    el('label', { for: 'password', text: 'Password' }), el('input', { id: 'password', type: 'password', autocomplete: 'current-password', required: '' }),
+    el('label', { for: 'totp', text: 'Authenticator code (staff)' }), el('input', { id: 'totp', inputmode: 'numeric', autocomplete: 'one-time-code' }),
+    el('button', { type: 'submit', text: 'Sign in' }), err);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    err.textContent = '';
+    const body = { email: form.querySelector('#email').value, password: form.querySelector('#password').value };
+    const code = form.querySelector('#totp').value.trim();
+    if (code) body.totp_code = code;
+    try {
+      const r = await api('/v1/auth/login', { json: body });
+      auth.set(r.access_token, r.user);
+      route();
+    } catch (e) { err.textContent = `Sign-in failed: ${e.message}`; }
+  });
+  $main().replaceChildren(form);
+  form.querySelector('#email').focus();
+}
+
+// ---- the live board ----------------------------------------------------------------------
+
+const SECTIONS = [
+  ['waiting', 'Waiting room'],
+  ['consults', 'Consults in progress'],
+  ['scans', 'Scans'],
+  ['bookings', 'Bookings'],
+];
+
+/// The board's state and socket. Exposed as `window.coherencyBoard` for tests.
+class Board {
+  constructor() {
+    this.items = new Map();
+    this.epoch = null; this.seq = 0;
+    this.socket = null; this.stopped = false; this.retry = 0;
+    this.measurements = new Map();
+    this.onchange = () => {};
+    this.connects = 0;
+  }
+
+  view() { return [...this.items.values()].sort((a, b) => (a.section + a.id).localeCompare(b.section + b.id)); }
+
+  async connect() {
+    if (this.stopped) return;
+    let ticket;
+    try { ticket = (await api('/v1/auth/ws-ticket', { json: {} })).ticket; } catch { return this.later(); }
+    const proto = location.protocol === 'https:' ? 'wss' : 'ws';
+    const ws = new WebSocket(`${proto}://${location.host}/v1/dashboard/ws?ticket=${encodeURIComponent(ticket)}`);
+    this.socket = ws;
+    ws.onopen = () => {
+      this.connects += 1;
+      const hello = { t: 'hello', v: 1 };
+      if (this.epoch != null) hello.resume = { epoch: this.epoch, seq: this.seq };
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (ev) => this.receive(JSON.parse(ev.data));
+    ws.onclose = () => { if (this.socket === ws) { this.socket = null; this.status('down'); this.later(); } };
+  }
+
+  later() {
+    if (this.stopped) return;
+    const delay = Math.min(5000, 250 * 2 ** this.retry++);
+    setTimeout(() => this.connect(), delay);
+  }
+
+  /// Closes the socket as a network failure would (the board reconnects and resumes).
+  dropSocket() { if (this.socket) this.socket.close(); }
+
+  stop() { this.stopped = true; if (this.socket) this.socket.close(); }
+
+  status(s) { const c = document.getElementById('conn'); if (c) { c.className = s; c.textContent = s === 'live' ? '● live' : '○ reconnecting'; } }
+
+  receive(m) {
+    switch (m.t) {
+      case 'snapshot':
+        this.epoch = m.epoch; this.seq = m.seq; this.retry = 0;
+        this.items = new Map(m.items.map((i) => [`${i.section}:${i.id}`, i]));
+        this.status('live');
+        break;
+      case 'resumed':
+        this.epoch = m.epoch; this.retry = 0; this.status('live');
+        break;
+      case 'delta':
+        this.seq = m.seq;
+        if (m.op === 'upsert') this.items.set(`${m.item.section}:${m.item.id}`, m.item);
+        else this.items.delete(`${m.section}:${m.id}`);
+        break;
+      case 'ping':
+        this.seq = Math.max(this.seq, m.seq);
+        this.socket?.send(JSON.stringify({ t: 'pong' }));
+        return;
+      default: return;
+    }
+    this.onchange();
+  }
+}
+
+const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+const fmtDay = (ms) => new Date(ms).toLocaleDateString([], { weekday: 'short', day: 'numeric', month: 'short' });
+const since = (ms) => { const m = Math.max(0, Math.round((Date.now() - ms) / 60000)); return m < 60 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`; };
+const pm = (v, unit, digits = 1) => (v ? `${v.value.toFixed(digits)} ± ${v.uncertainty.toFixed(digits)} ${unit}` : '—');
+const who = (i) => i.patient_name || `patient ${String(i.patient_id || '').slice(0, 8)}`;
+
+function patientLink(i) {
+  return i.patient_id && auth.user?.role !== 'patient'
+    ? el('a', { href: `#/patient/${i.patient_id}`, text: who(i) })
+    : el('span', { text: who(i) });
+}
+
+function renderItem(board, i) {
+  const li = el('li', { 'data-testid': `${i.section}-${i.id}`, 'data-status': i.status });
+  if (i.section === 'waiting') {
+    li.append(patientLink(i), el('span', { class: 'muted', text: `waiting ${since(i.since_ms)}` }));
+  } else if (i.section === 'consults') {
+    const n = Array.isArray(i.data?.participants) ? i.data.participants.length : i.data?.participants;
+    li.append(patientLink(i), el('span', { class: 'muted', text: `${n ?? '?'} in call · ${since(i.since_ms)}` }));
+  } else if (i.section === 'scans') {
+    const frames = i.data?.frames ?? 0;
+    const right = el('span', {},
+      el('span', { class: `badge ${i.status}`, text: i.status }), ' ',
+      el('span', { 'data-testid': 'frames', text: `${frames} frames` }));
+    if (typeof i.data?.coverage === 'number') {
+      right.append(' ', el('progress', { max: '1', value: String(i.data.coverage), 'aria-label': 'coverage' }));
+    }
+    if (i.status === 'complete') {
+      const m = board.measurements.get(i.id);
+      if (m === undefined) {
+        board.measurements.set(i.id, null);
+        api(`/v1/scans/${i.id}/measurements`).then((r) => {
+          board.measurements.set(i.id, r.measurements.find((x) => x.method === 'auto') || r.measurements[0] || false);
+          board.onchange();
+        }).catch(() => board.measurements.delete(i.id));
+      } else if (m) {
+        right.append(' ', el('span', { 'data-testid': 'area', text: `area ${pm(m.outline_area_mm2, 'mm²')}` }));
+      } else if (m === false) {
+        right.append(' ', el('span', { class: 'muted', text: 'no automatic measurement' }));
+      }
+    }
+    li.append(el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` })), right);
+  } else {
+    const end = i.data?.end_ms;
+    li.append(el('span', {}, el('time', { text: `${fmtDay(i.since_ms)} ${fmtTime(i.since_ms)}${end ? `–${fmtTime(end)}` : ''}` }), ' ', patientLink(i)),
+      el('span', { class: `badge ${i.status}`, text: i.status }));
+  }
+  return li;
+}
+
+function boardPage() {
+  const board = window.coherencyBoard && !window.coherencyBoard.stopped ? window.coherencyBoard : new Board();
+  window.coherencyBoard = board;
+  const root = el('div', {},
+    el('p', {}, el('span', { id: 'conn', class: 'down', role: 'status', text: '○ connecting' })),
+    el('div', { class: 'grid' }));
+  const grid = root.querySelector('.grid');
+  const today = new Date().toDateString();
+  const render = () => {
+    const items = board.view();
+    const parts = SECTIONS.map(([key, title]) => {
+      let list = items.filter((i) => i.section === key).sort((a, b) => a.since_ms - b.since_ms);
+      let extra = null;
+      if (key === 'bookings') {
+        const todays = list.filter((i) => new Date(i.since_ms).toDateString() === today);
+        const later = list.filter((i) => new Date(i.since_ms).toDateString() !== today);
+        extra = later;
+        list = todays;
+      }
+      const ul = el('ul', { class: 'items', 'aria-label': title });
+      for (const i of list) ul.append(renderItem(board, i));
+      const sec = el('section', { class: 'card', 'data-testid': `section-${key}`, 'aria-labelledby': `h-${key}` },
+        el('h2', { id: `h-${key}` }, el('span', { text: key === 'bookings' ? "Today's bookings" : title }), el('span', { class: 'muted', text: String(list.length) })),
+        list.length ? ul : el('p', { class: 'empty', text: 'Nothing right now.' }));
+      if (extra && extra.length) {
+        const ul2 = el('ul', { class: 'items', 'aria-label': 'Upcoming bookings' });
+        for (const i of extra) ul2.append(renderItem(board, i));
+        sec.append(el('h3', { text: 'Upcoming' }), ul2);
+      }
+      return sec;
+    });
+    grid.replaceChildren(...parts);
+    board.status(board.socket && board.epoch != null ? 'live' : 'down');
+  };
+  board.onchange = render;
+  $main().replaceChildren(root);
+  render();
+  if (!board.socket && !board.started) { board.started = true; board.connect(); }
+  // Wait times and durations tick.
+  clearInterval(window.coherencyTick);
+  window.coherencyTick = setInterval(render, 30000);
+}
+
+// ---- scan page ---------------------------------------------------------------------------
+
+const ROWS = [
+  ['outline_area_mm2', 'Area', 'mm²'], ['bed_area_mm2', 'Bed area', 'mm²'], ['length_mm', 'Length', 'mm'],
+  ['width_mm', 'Width', 'mm'], ['perimeter_mm', 'Perimeter', 'mm'], ['max_depth_mm', 'Max depth', 'mm', 2],
+  ['mean_depth_mm', 'Mean depth', 'mm', 2], ['volume_mm3', 'Volume', 'mm³'],
+];
+
+async function scanPage(id) {
+  const canvas = el('canvas', { id: 'viewer', 'data-testid': 'viewer', tabindex: '0', 'aria-label': '3D wound surface: arrow keys rotate, + and - zoom' });
+  const side = el('div', { class: 'card', 'data-testid': 'measurements' }, el('p', { text: 'Loading…' }));
+  const head = el('h2', { text: 'Scan' });
+  $main().replaceChildren(head, el('div', { class: 'scan-layout' }, el('section', { class: 'card' }, canvas, el('p', { class: 'muted', id: 'viewer-status', role: 'status' })), side));
+  try {
+    const scan = await api(`/v1/scans/${id}`);
+    head.textContent = `Scan · ${scan.body_site} · ${new Date(scan.created_at).toLocaleString()}`;
+    const ms = await api(`/v1/scans/${id}/measurements`);
+    const m = ms.measurements.find((x) => x.method === 'auto') || ms.measurements[ms.measurements.length - 1];
+    const tbody = el('tbody');
+    if (m) for (const [k, label, unit, d] of ROWS) tbody.append(el('tr', { 'data-testid': `m-${k}` }, el('th', { scope: 'row', text: label }), el('td', { text: pm(m[k], unit, d || 1) })));
+    side.replaceChildren(
+      el('h3', { text: 'Measurements' }),
+      el('p', {}, el('span', { class: `badge ${ms.status}`, text: ms.status }), ' ', el('a', { href: `#/patient/${scan.patient_id}`, text: 'History' })),
+      m ? el('table', { class: 'm' }, tbody) : el('p', { class: 'empty', text: 'No measurement yet.' }),
+      m ? el('p', { class: 'muted', text: `± is the half-width of the interval the true value lies in (${m.method}).` }) : null);
+    if (ms.status === 'complete') {
+      const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
+      const info = await showMesh(canvas, await res.arrayBuffer());
+      document.getElementById('viewer-status').textContent = `${info.triangles} triangles; the wound region is highlighted.`;
+      canvas.dataset.ready = 'true';
+    } else {
+      document.getElementById('viewer-status').textContent = 'The mesh appears when the scan is complete.';
+    }
+  } catch (e) {
+    side.replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the scan: ${e.message}` }));
+  }
+}
+
+// ---- patient page ------------------------------------------------------------------------
+
+const SERIES = [['outline_area_mm2', 'Area (mm²)'], ['max_depth_mm', 'Max depth (mm)'], ['volume_mm3', 'Volume (mm³)']];
+
+function chart(points, key, title) {
+  const W = 640, H = 200, P = 40;
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('viewBox', `0 0 ${W} ${H}`); svg.setAttribute('class', 'chart'); svg.setAttribute('role', 'group'); svg.setAttribute('aria-label', title);
+  svg.dataset.testid = `chart-${key}`;
+  const ns = (t, a) => { const e = document.createElementNS('http://www.w3.org/2000/svg', t); for (const [k, v] of Object.entries(a)) e.setAttribute(k, v); return e; };
+  const vals = points.map((p) => p.m[key]);
+  const t0 = Math.min(...points.map((p) => p.t)), t1 = Math.max(...points.map((p) => p.t));
+  const hi = Math.max(...vals.map((v) => v.value + v.uncertainty), 1e-9), lo = 0;
+  const x = (t) => (t1 === t0 ? W / 2 : P + ((t - t0) / (t1 - t0)) * (W - 2 * P));
+  const y = (v) => H - P + ((lo - v) / (hi - lo)) * (H - 2 * P);
+  svg.append(ns('text', { x: 4, y: 14, 'font-size': 12 })); svg.lastChild.textContent = title;
+  svg.append(ns('line', { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: '#999' }));
+  const tick = ns('text', { x: 4, y: y(hi) + 4, 'font-size': 10, fill: '#555' }); tick.textContent = hi.toFixed(1); svg.append(tick);
+  if (points.length > 1) svg.append(ns('polyline', { points: points.map((p) => `${x(p.t)},${y(p.m[key].value)}`).join(' '), fill: 'none', stroke: '#0b5cad', 'stroke-width': 2 }));
+  for (const p of points) {
+    const v = p.m[key];
+    const a = ns('a', { href: `#/scan/${p.scan}`, 'data-testid': 'history-point', 'aria-label': `${new Date(p.t).toLocaleDateString()}: ${v.value.toFixed(1)} ± ${v.uncertainty.toFixed(1)}` });
+    a.append(ns('line', { x1: x(p.t), x2: x(p.t), y1: y(v.value - v.uncertainty), y2: y(v.value + v.uncertainty), stroke: '#8aa' }));
+    a.append(ns('circle', { cx: x(p.t), cy: y(v.value), r: 6, fill: '#0b5cad' }));
+    const lbl = ns('text', { x: x(p.t), y: H - P + 16, 'font-size': 10, 'text-anchor': 'middle' }); lbl.textContent = new Date(p.t).toLocaleDateString([], { day: 'numeric', month: 'short' });
+    svg.append(a, lbl);
+  }
+  return svg;
+}
+
+async function patientPage(id) {
+  $main().replaceChildren(el('h2', { text: 'Measurement history' }), el('p', { text: 'Loading…' }));
+  try {
+    const { scans } = await api(`/v1/patients/${id}/scans?limit=200`);
+    const done = scans.filter((s) => s.status === 'complete');
+    const points = [];
+    for (const s of done) {
+      const ms = await api(`/v1/scans/${s.id}/measurements`);
+      const m = ms.measurements.find((x) => x.method === 'auto') || ms.measurements[ms.measurements.length - 1];
+      if (m) points.push({ scan: s.id, t: Date.parse(s.created_at), m });
+    }
+    points.sort((a, b) => a.t - b.t);
+    const body = points.length
+      ? SERIES.map(([k, t]) => el('section', { class: 'card' }, chart(points, k, t)))
+      : [el('p', { class: 'empty', text: 'No measured scans yet.' })];
+    const list = el('ul', { class: 'items' }, ...scans.map((s) => el('li', {}, el('a', { href: `#/scan/${s.id}`, text: `${new Date(s.created_at).toLocaleString()} · ${s.body_site}` }), el('span', { class: `badge ${s.status}`, text: s.status }))));
+    $main().replaceChildren(el('h2', { text: 'Measurement history' }), el('div', { 'data-testid': 'history', 'data-points': String(points.length) }, ...body), el('section', { class: 'card' }, el('h3', { text: 'Scans' }), list));
+  } catch (e) {
+    $main().replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the history: ${e.message}` }));
+  }
+}
+
+// ---- router ------------------------------------------------------------------------------
+
+function route() {
+  const user = auth.user;
+  document.getElementById('who').textContent = user ? `${user.role}` : '';
+  document.getElementById('logout').hidden = !user;
+  if (!auth.token) { window.coherencyBoard?.stop(); return loginPage(); }
+  const [, page, id] = (location.hash || '#/board').split('/');
+  if (page === 'scan' && id) return scanPage(id);
+  if (page === 'patient' && id) return patientPage(id);
+  return boardPage();
+}
+
+window.addEventListener('hashchange', route);
+window.addEventListener('DOMContentLoaded', () => {
+  document.getElementById('logout').addEventListener('click', async () => {
+    try { await api('/v1/auth/logout', { json: {} }); } catch { /* already gone */ }
+    auth.clear(); window.coherencyBoard?.stop(); location.hash = '#/board'; route();
+  });
+  route();
+});
