@@ -18,12 +18,20 @@ struct TicketQuery {
     ticket: Option<String>,
 }
 
-/// Authenticates a socket upgrade: a browser's `Origin` must be allowed; credentials come
+/// Whether `origin` names the host the request was sent to (a page served by this server:
+/// a cross-site page cannot make the browser send another site's origin).
+fn same_origin(req: &HttpRequest, origin: &str) -> bool {
+    let Some(host) = req.headers().get("host").and_then(|h| h.to_str().ok()) else { return false };
+    origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")).is_some_and(|rest| rest == host)
+}
+
+/// Authenticates a socket upgrade: a browser's `Origin` must be allowed (or be this
+/// server's own); credentials come
 /// from a single-use `?ticket=` or an `Authorization: Bearer` header (native clients).
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
     if let Some(origin) = req.headers().get("origin") {
         let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        if !state.config.origins().iter().any(|o| o == origin) {
+        if !state.config.origins().iter().any(|o| o == origin) && !same_origin(req, origin) {
             return Err(ApiError::new(Code::OriginNotAllowed, "this origin may not open sockets"));
         }
     }

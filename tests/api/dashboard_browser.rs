@@ -122,9 +122,10 @@ async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers
     let first = create_scan(&app, &ada, ada_id).await;
     stream_scan(&app, &ada, first, Duration::ZERO).await;
 
-    let alice_code = next_code(&app, &alice);
     let alice_token = token(&app, &alice).await;
     let bob_token = token(&app, &bob).await;
+    // Last: a code is refused once a later step has been used.
+    let alice_code = next_code(&app, &alice);
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let params = json!({

@@ -36,6 +36,8 @@ async function page(viewport, token) {
   }
   const p = await ctx.newPage();
   p.on('pageerror', (e) => say(`page error: ${e.message}`));
+  p.on('console', (m) => say(`console: ${m.text()}`));
+  p.on('response', (r) => { if (r.status() >= 400) say(`http ${r.status()} ${r.url()}`); });
   return p;
 }
 
