@@ -134,6 +134,62 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { key: "node_id", default: "(hostname-pid)", help: "Name of this node in leases, logs and metrics." },
     Setting { key: "web_dir", default: "web", help: "Folder with the dashboard and consult pages." },
+    Setting {
+        key: "consult_max_participants",
+        default: "6",
+        help: "Most participants admitted to one consult at once (host included).",
+    },
+    Setting {
+        key: "consult_empty_timeout_secs",
+        default: "300",
+        help: "A consult room with no connection for this long ends.",
+    },
+    Setting {
+        key: "consult_max_duration_secs",
+        default: "14400",
+        help: "A consult room ends this long after it opened.",
+    },
+    Setting {
+        key: "consult_reconnect_grace_secs",
+        default: "20",
+        help: "How long a dropped consult connection keeps its seat.",
+    },
+    Setting {
+        key: "consult_media",
+        default: "true",
+        help: "Run the SFU (WebRTC media); off leaves signalling and chat.",
+    },
+    Setting {
+        key: "webrtc_loopback_only",
+        default: "false",
+        help: "SFU gathers loopback candidates only (tests, single-machine demos).",
+    },
+    Setting {
+        key: "stun_urls",
+        default: "",
+        help: "Comma-separated STUN URLs given to clients and used by the SFU, e.g. `stun:stun.example.org:3478`.",
+    },
+    Setting {
+        key: "turn_urls",
+        default: "",
+        help: "Comma-separated TURN URLs given to clients with time-limited credentials (needs turn_secret).",
+    },
+    Setting {
+        key: "turn_secret",
+        default: "(none)",
+        help: "Shared secret of the TURN server's REST-API credentials (coturn `static-auth-secret`). Secret.",
+    },
+    Setting { key: "turn_ttl_secs", default: "3600", help: "Lifetime of the TURN credentials handed to a client." },
+    Setting {
+        key: "webhook_url",
+        default: "",
+        help: "URL that receives every consult event (signed JSON POST, in order, retried); empty: none.",
+    },
+    Setting {
+        key: "webhook_secret",
+        default: "(none)",
+        help: "HMAC-SHA256 key signing webhook bodies (`X-Coherency-Signature`). Secret.",
+    },
 ];
 
 /// How log lines are written.
@@ -173,6 +229,18 @@ pub struct Config {
     pub api_rate_burst: u32,
     pub node_id: Option<String>,
     pub web_dir: String,
+    pub consult_max_participants: usize,
+    pub consult_empty_timeout_secs: u64,
+    pub consult_max_duration_secs: u64,
+    pub consult_reconnect_grace_secs: u64,
+    pub consult_media: bool,
+    pub webrtc_loopback_only: bool,
+    pub stun_urls: String,
+    pub turn_urls: String,
+    pub turn_secret: Option<SecretString>,
+    pub turn_ttl_secs: u64,
+    pub webhook_url: String,
+    pub webhook_secret: Option<SecretString>,
 }
 
 impl Default for Config {
@@ -202,6 +270,18 @@ impl Default for Config {
             api_rate_burst: 200,
             node_id: None,
             web_dir: "web".into(),
+            consult_max_participants: 6,
+            consult_empty_timeout_secs: 300,
+            consult_max_duration_secs: 4 * 3600,
+            consult_reconnect_grace_secs: 20,
+            consult_media: true,
+            webrtc_loopback_only: false,
+            stun_urls: String::new(),
+            turn_urls: String::new(),
+            turn_secret: None,
+            turn_ttl_secs: 3600,
+            webhook_url: String::new(),
+            webhook_secret: None,
         }
     }
 }
@@ -289,6 +369,24 @@ impl Config {
         }
         if let Some(key) = &self.encryption_key {
             crate::crypto::FieldKey::parse(key.expose_secret()).map_err(|e| Self::invalid("encryption_key", e))?;
+        }
+        if !(2..=100).contains(&self.consult_max_participants) {
+            return Err(Self::invalid("consult_max_participants", "must be between 2 and 100"));
+        }
+        if self.consult_reconnect_grace_secs > 600 {
+            return Err(Self::invalid("consult_reconnect_grace_secs", "must be at most 600"));
+        }
+        if self.consult_max_duration_secs < 60 {
+            return Err(Self::invalid("consult_max_duration_secs", "must be at least 60"));
+        }
+        if !self.turn_urls.trim().is_empty() && self.turn_secret.is_none() {
+            return Err(Self::invalid("turn_secret", "required when turn_urls is set"));
+        }
+        if !self.webhook_url.is_empty() {
+            url::Url::parse(&self.webhook_url).map_err(|e| Self::invalid("webhook_url", e.to_string()))?;
+            if self.webhook_secret.is_none() {
+                return Err(Self::invalid("webhook_secret", "required when webhook_url is set"));
+            }
         }
         for origin in self.origins() {
             url::Url::parse(&origin).map_err(|e| Self::invalid("allowed_origins", format!("`{origin}`: {e}")))?;
@@ -438,14 +536,19 @@ mod tests {
     fn every_setting_in_the_table_is_a_real_key() {
         for s in SETTINGS {
             let value = match s.key {
-                "trust_forwarded_for" => "true",
+                "trust_forwarded_for" | "consult_media" | "webrtc_loopback_only" => "true",
                 "database_max_connections"
                 | "max_body_bytes"
                 | "readiness_timeout_ms"
                 | "shutdown_grace_secs"
                 | "drain_delay_ms"
                 | "api_rate_per_sec"
-                | "api_rate_burst" => "1024",
+                | "api_rate_burst"
+                | "consult_max_participants"
+                | "consult_empty_timeout_secs"
+                | "consult_max_duration_secs"
+                | "consult_reconnect_grace_secs"
+                | "turn_ttl_secs" => "1024",
                 _ => "x",
             };
             let fig = Figment::new().merge(Serialized::default(s.key, value));

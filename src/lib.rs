@@ -9,6 +9,7 @@ pub mod booking;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod consults;
 pub mod crypto;
 pub mod dashboard;
 pub mod demo;

@@ -71,7 +71,12 @@ impl Application {
         };
         crate::auth::password::Hasher::warm_up();
         let clock = Clock::default();
+        let webhook_wake = Arc::new(tokio::sync::Notify::new());
+        let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
         let state = web::Data::new(AppState {
+            rooms: Default::default(),
+            room_deps,
+            webhook_wake,
             capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics),
             booking_locks: Default::default(),
             dashboard: crate::dashboard::start_hub(),
@@ -93,6 +98,7 @@ impl Application {
             state.config.api_rate_burst,
         ));
         crate::dashboard::spawn_inputs(state.clone());
+        crate::consults::spawn_webhooks(state.clone());
         let server = {
             let state = state.clone();
             HttpServer::new(move || {

@@ -36,6 +36,12 @@ pub struct AppState {
     pub booking_locks: Arc<coherency_actors::BookingLocks>,
     /// This node's dashboard hub (`crate::dashboard`, `crate::ws::dashboard`).
     pub dashboard: actix::Addr<coherency_actors::DashboardHub>,
+    /// This node's consult rooms (`crate::consults`).
+    pub rooms: Arc<coherency_actors::Rooms>,
+    /// What every room of this node shares (storage, limits, clock, waiting rooms).
+    pub room_deps: coherency_actors::RoomDeps,
+    /// Wakes the webhook dispatcher when events are written.
+    pub webhook_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Draining and shutdown signals.

@@ -20,3 +20,5 @@ pub use booking::{BookingLock, BookingLocks};
 
 pub mod dashboard;
 pub use dashboard::DashboardHub;
+pub mod room;
+pub use room::{Room, RoomConfig, RoomDeps, RoomError, RoomStore, Rooms};

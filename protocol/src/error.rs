@@ -71,6 +71,16 @@ pub enum Code {
     Superseded,
     ScanNotStreamable,
     ConsentRequired,
+
+    // --- consults ---
+    /// Only admitted participants may send media or chat, or see the room.
+    NotAdmitted,
+    /// The consult has ended.
+    ConsultEnded,
+    /// Check-in opens 15 minutes before the appointment starts.
+    CheckInTooEarly,
+    /// The room has reached its participant limit.
+    RoomFull,
 }
 
 impl Code {
@@ -81,10 +91,11 @@ impl Code {
             BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | MalformedMessage
             | InvalidFrame | SequenceGap => 400,
             Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp => 401,
-            Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired => 403,
+            Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired | NotAdmitted => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            Conflict | EmailTaken | SlotTaken | HoldExpired | Superseded | ScanNotStreamable => 409,
+            Conflict | EmailTaken | SlotTaken | HoldExpired | Superseded | ScanNotStreamable | ConsultEnded
+            | CheckInTooEarly | RoomFull => 409,
             PreconditionFailed => 412,
             PayloadTooLarge | FrameTooLarge => 413,
             UnsupportedMediaType => 415,
@@ -137,6 +148,10 @@ impl Code {
             Superseded => "superseded",
             ScanNotStreamable => "scan_not_streamable",
             ConsentRequired => "consent_required",
+            NotAdmitted => "not_admitted",
+            ConsultEnded => "consult_ended",
+            CheckInTooEarly => "check_in_too_early",
+            RoomFull => "room_full",
         }
     }
 
@@ -179,6 +194,10 @@ impl Code {
         Code::Superseded,
         Code::ScanNotStreamable,
         Code::ConsentRequired,
+        Code::NotAdmitted,
+        Code::ConsultEnded,
+        Code::CheckInTooEarly,
+        Code::RoomFull,
     ];
 }
 

@@ -5,6 +5,7 @@
 //! This crate depends on no other crate of the workspace.
 
 pub mod dashboard;
+pub mod consult;
 pub mod error;
 pub mod ids;
 pub mod limits;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod booking;
+pub mod consults;
 pub mod fhir;
 pub mod health;
 pub mod json;
@@ -32,6 +33,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/me").route(web::get().to(auth::me)))
         .service(resource("/v1/me/mfa/totp").route(web::post().to(auth::totp_enrol)))
         .service(resource("/v1/me/mfa/totp/confirm").route(web::post().to(auth::totp_confirm)))
+        .service(resource("/consult").route(web::get().to(pages::consult_page)))
         .service(resource("/v1/ws").route(web::get().to(crate::ws::events::socket)))
         .service(resource("/v1/dashboard/ws").route(web::get().to(crate::ws::dashboard::socket)))
         .service(resource("/v1/admin/users").route(web::post().to(admin::create_user)))
@@ -54,6 +56,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
     cfg.configure(patients::configure).configure(fhir::configure).configure(measurements::fhir::configure);
     cfg.configure(booking::configure);
+    cfg.configure(consults::configure);
 }
 
 /// A resource that answers 405 (not the app-wide 404) to methods it has no route for.

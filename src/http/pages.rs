@@ -1,5 +1,5 @@
 //! The browser pages: files under `web_dir` served at `/web/…` (the dashboard at
-//! `/web/dashboard/`), and `/` redirecting there. Only files inside `web_dir` with a known
+//! `/web/dashboard/`), `/` redirecting there, and the consult page at `/consult`. Only files inside `web_dir` with a known
 //! type are served; everything else is the ordinary 404. The pages hold no data: they log
 //! in through the API like any client.
 
@@ -57,10 +57,15 @@ pub async fn file(state: web::Data<AppState>, tail: web::Path<String>) -> Result
         .insert_header(("X-Content-Type-Options", "nosniff"))
         .insert_header((
             "Content-Security-Policy",
-            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; style-src 'self'; \
-             script-src 'self'; frame-ancestors 'none'",
+            "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data: blob:; media-src 'self' blob:; \
+             style-src 'self'; script-src 'self'; object-src 'none'; frame-ancestors 'none'; base-uri 'none'",
         ))
         .body(body))
+}
+
+/// `GET /consult`: the consult page.
+pub async fn consult_page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    file(state, web::Path::from("consult.html".to_string())).await
 }
 
 /// `GET /`: to the dashboard.

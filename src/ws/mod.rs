@@ -2,6 +2,7 @@
 //! holds no domain state. Shared here: authentication of the upgrade request.
 
 pub mod dashboard;
+pub mod consult;
 pub mod events;
 pub mod scan;
 

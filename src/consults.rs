@@ -1,0 +1,521 @@
+//! Consults on the server side: loading a consult and starting its `Room`, the storage the
+//! rooms write through (Postgres event log and participants, Mongo chat activity stream,
+//! Redis bus), the webhook dispatcher, and ICE server lists with time-limited TURN
+//! credentials.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use coherency_actors::room::{Change, ConsultStatus, Participant, Room, RoomDeps, RoomSnapshot, RoomStore};
+use coherency_protocol::consult::{IceServer, ParticipantRole, ParticipantState, RoomEvent};
+use coherency_protocol::ids::ConsultId;
+use coherency_protocol::Code;
+use hmac::{Hmac, Mac};
+use secrecy::ExposeSecret;
+use sha2::Sha256;
+use sqlx::{PgPool, Row};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::redis::Redis;
+
+/// Patients may check in from this long before the appointment starts.
+pub const CHECK_IN_OPENS_BEFORE: chrono::Duration = chrono::Duration::minutes(15);
+/// Redis channel (under the prefix) carrying every room event.
+pub const BUS_CHANNEL: &str = "consult.events";
+/// Mongo collection of room activity (chat).
+pub const ACTIVITY: &str = "consult_activity";
+/// Advisory lock key: one node delivers webhooks at a time, so their order holds.
+const WEBHOOK_LOCK: i64 = 0x0C0A_5017_4E0B;
+/// Longest wait between two delivery attempts of one event.
+const WEBHOOK_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// First retry delay (doubles per attempt).
+const WEBHOOK_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Time a receiver has to answer.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A consult row.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Consult {
+    pub id: Uuid,
+    pub appointment_id: Option<Uuid>,
+    pub clinician_id: Uuid,
+    pub patient_id: Option<Uuid>,
+    /// `open`, `live` or `ended`.
+    pub status: String,
+    pub scheduled_start: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub end_reason: Option<String>,
+}
+
+const CONSULT_COLS: &str =
+    "id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_at, started_at, ended_at, end_reason";
+
+fn consult_from(r: &sqlx::postgres::PgRow) -> Result<Consult, sqlx::Error> {
+    Ok(Consult {
+        id: r.try_get("id")?,
+        appointment_id: r.try_get("appointment_id")?,
+        clinician_id: r.try_get("clinician_id")?,
+        patient_id: r.try_get("patient_id")?,
+        status: r.try_get("status")?,
+        scheduled_start: r.try_get("scheduled_start")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        end_reason: r.try_get("end_reason")?,
+    })
+}
+
+pub async fn load(pg: &PgPool, id: Uuid) -> Result<Option<Consult>, ApiError> {
+    let row =
+        sqlx::query(&format!("SELECT {CONSULT_COLS} FROM consults WHERE id = $1")).bind(id).fetch_optional(pg).await?;
+    Ok(match row {
+        Some(r) => Some(consult_from(&r)?),
+        None => None,
+    })
+}
+
+pub async fn by_appointment(pg: &PgPool, appointment_id: Uuid) -> Result<Option<Consult>, ApiError> {
+    let row = sqlx::query(&format!("SELECT {CONSULT_COLS} FROM consults WHERE appointment_id = $1"))
+        .bind(appointment_id)
+        .fetch_optional(pg)
+        .await?;
+    Ok(match row {
+        Some(r) => Some(consult_from(&r)?),
+        None => None,
+    })
+}
+
+/// Creates a consult with its host and its `opened` event (seq 1).
+pub async fn create(
+    state: &AppState,
+    appointment_id: Option<Uuid>,
+    clinician_id: Uuid,
+    patient_id: Option<Uuid>,
+    scheduled_start: Option<DateTime<Utc>>,
+    created_by: Uuid,
+) -> Result<Consult, ApiError> {
+    let now = state.clock.now();
+    let id = Uuid::now_v7();
+    let mut tx = state.stores.pg.begin().await?;
+    sqlx::query(
+        "INSERT INTO consults (id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_by, created_at)
+         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(appointment_id)
+    .bind(clinician_id)
+    .bind(patient_id)
+    .bind(scheduled_start)
+    .bind(created_by)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            ApiError::new(Code::Conflict, "this appointment already has a consult")
+        }
+        _ => ApiError::from(e),
+    })?;
+    let host = Participant {
+        id: Uuid::now_v7(),
+        user_id: clinician_id,
+        role: ParticipantRole::Host,
+        state: ParticipantState::Admitted,
+        invited_by: None,
+        checked_in_at: None,
+        admitted_at: Some(now),
+        joined_at: None,
+        left_at: None,
+    };
+    upsert_participant(&mut tx, id, &host, now).await?;
+    let ev = RoomEvent {
+        consult_id: ConsultId::from_uuid(id),
+        seq: 1,
+        kind: coherency_protocol::consult::EventKind::Opened,
+        participant_id: None,
+        user_id: None,
+        role: None,
+        by: Some(created_by),
+        data: serde_json::json!({ "appointment_id": appointment_id }),
+        at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    insert_event(&mut tx, &ev, now, webhooks_on(&state.config)).await?;
+    tx.commit().await?;
+    publish(&state.stores.redis, std::slice::from_ref(&ev)).await;
+    state.webhook_wake.notify_one();
+    load(&state.stores.pg, id).await?.ok_or_else(|| ApiError::internal("consult vanished"))
+}
+
+fn webhooks_on(config: &Config) -> bool {
+    !config.webhook_url.is_empty()
+}
+
+async fn upsert_participant(
+    tx: &mut sqlx::PgConnection,
+    consult_id: Uuid,
+    p: &Participant,
+    now: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO consult_participants
+            (id, consult_id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         ON CONFLICT (id) DO UPDATE SET role = $4, state = $5, invited_by = $6, checked_in_at = $7, admitted_at = $8,
+            joined_at = $9, left_at = $10, updated_at = $11",
+    )
+    .bind(p.id)
+    .bind(consult_id)
+    .bind(p.user_id)
+    .bind(p.role.as_str())
+    .bind(p.state.as_str())
+    .bind(p.invited_by)
+    .bind(p.checked_in_at)
+    .bind(p.admitted_at)
+    .bind(p.joined_at)
+    .bind(p.left_at)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::PgConnection,
+    ev: &RoomEvent,
+    now: DateTime<Utc>,
+    webhooks: bool,
+) -> Result<(), sqlx::Error> {
+    let body = serde_json::to_value(ev).unwrap_or(serde_json::Value::Null);
+    sqlx::query(
+        "INSERT INTO consult_events (consult_id, seq, kind, body, at, webhook_next_at, webhook_done_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(ev.consult_id.as_uuid())
+    .bind(ev.seq as i64)
+    .bind(ev.kind.as_str())
+    .bind(body)
+    .bind(now)
+    .bind(webhooks.then_some(now))
+    .bind((!webhooks).then_some(now))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn publish(redis: &Redis, events: &[RoomEvent]) {
+    let mut c = redis.conn.clone();
+    for ev in events {
+        let payload = serde_json::to_string(ev).unwrap_or_default();
+        let res: Result<i64, _> =
+            redis::cmd("PUBLISH").arg(redis.key(BUS_CHANNEL)).arg(payload).query_async(&mut c).await;
+        if let Err(e) = res {
+            // The event is durable in Postgres (and reaches webhooks); only live listeners miss it.
+            tracing::warn!(error = %e, "could not publish a consult event");
+        }
+    }
+}
+
+/// The storage rooms write through.
+pub struct PgRoomStore {
+    pub pg: PgPool,
+    pub redis: Redis,
+    pub mongo: mongodb::Database,
+    pub clock: Clock,
+    pub webhooks: bool,
+    pub wake: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl RoomStore for PgRoomStore {
+    async fn record(&self, changes: &[Change]) -> Result<(), String> {
+        let now = self.clock.now();
+        let mut tx = self.pg.begin().await.map_err(|e| e.to_string())?;
+        for ch in changes {
+            let cid = ch.event.consult_id.as_uuid();
+            if let Some(p) = &ch.participant {
+                upsert_participant(&mut tx, cid, p, now).await.map_err(|e| e.to_string())?;
+            }
+            match ch.status {
+                Some(ConsultStatus::Live) => {
+                    sqlx::query(
+                        "UPDATE consults SET status = 'live', started_at = coalesce(started_at, $2) WHERE id = $1",
+                    )
+                    .bind(cid)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+                Some(ConsultStatus::Ended) => {
+                    let reason = ch.event.data.get("reason").and_then(|r| r.as_str()).unwrap_or("ended").to_string();
+                    sqlx::query("UPDATE consults SET status = 'ended', ended_at = $2, end_reason = $3 WHERE id = $1")
+                        .bind(cid)
+                        .bind(now)
+                        .bind(reason)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                _ => {}
+            }
+            insert_event(&mut tx, &ch.event, now, self.webhooks).await.map_err(|e| e.to_string())?;
+        }
+        tx.commit().await.map_err(|e| e.to_string())?;
+        let events: Vec<RoomEvent> = changes.iter().map(|c| c.event.clone()).collect();
+        publish(&self.redis, &events).await;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    async fn chat(
+        &self,
+        consult_id: ConsultId,
+        from: Uuid,
+        role: ParticipantRole,
+        text: &str,
+        at: DateTime<Utc>,
+    ) -> Result<(), String> {
+        use mongodb::bson::{doc, Bson};
+        let d = doc! {
+            "_id": Uuid::now_v7().to_string(),
+            "consult_id": consult_id.as_uuid().to_string(),
+            "type": "Create",
+            "actor": { "id": from.to_string(), "role": role.as_str() },
+            "object": { "type": "Note", "content": text },
+            "published": Bson::DateTime(mongodb::bson::DateTime::from_millis(at.timestamp_millis())),
+        };
+        self.mongo.collection::<mongodb::bson::Document>(ACTIVITY).insert_one(d).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// The room deps of a node.
+pub fn room_deps(config: &Config, stores: &crate::store::Stores, clock: &Clock, wake: Arc<Notify>) -> RoomDeps {
+    let store = PgRoomStore {
+        pg: stores.pg.clone(),
+        redis: stores.redis.clone(),
+        mongo: stores.mongo.clone(),
+        clock: clock.clone(),
+        webhooks: webhooks_on(config),
+        wake,
+    };
+    let clock2 = clock.clone();
+    let stun: Vec<String> = split_list(&config.stun_urls);
+    RoomDeps {
+        store: Arc::new(store),
+        config: coherency_actors::room::RoomConfig {
+            max_participants: config.consult_max_participants,
+            empty_timeout: Duration::from_secs(config.consult_empty_timeout_secs),
+            max_duration: Duration::from_secs(config.consult_max_duration_secs),
+            reconnect_grace: Duration::from_secs(config.consult_reconnect_grace_secs),
+            ice_servers: if stun.is_empty() {
+                Vec::new()
+            } else {
+                vec![IceServer { urls: stun, username: None, credential: None }]
+            },
+            media: config
+                .consult_media
+                .then(|| coherency_actors::room::sfu::SfuConfig { loopback_only: config.webrtc_loopback_only }),
+        },
+        now: Arc::new(move || clock2.now()),
+        waiting: Default::default(),
+    }
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect()
+}
+
+/// The ICE servers for `user_id`: STUN as configured, TURN with credentials valid for
+/// `turn_ttl_secs` (the TURN REST API scheme: username `expiry:user`, password
+/// base64(HMAC-SHA1(secret, username))).
+pub fn ice_servers_for(config: &Config, user_id: Uuid, now: DateTime<Utc>) -> Vec<IceServer> {
+    let mut out = Vec::new();
+    let stun = split_list(&config.stun_urls);
+    if !stun.is_empty() {
+        out.push(IceServer { urls: stun, username: None, credential: None });
+    }
+    let turn = split_list(&config.turn_urls);
+    if let (false, Some(secret)) = (turn.is_empty(), &config.turn_secret) {
+        let expiry = now.timestamp() + config.turn_ttl_secs as i64;
+        let username = format!("{expiry}:{user_id}");
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.expose_secret().as_bytes())
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(username.as_bytes());
+        let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        out.push(IceServer { urls: turn, username: Some(username), credential: Some(credential) });
+    }
+    out
+}
+
+/// The consult's room on this node, started from the database if it is not running.
+pub async fn room(state: &AppState, c: &Consult) -> Result<Addr<Room>, ApiError> {
+    let cid = ConsultId::from_uuid(c.id);
+    if c.status == "ended" {
+        return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
+    }
+    if let Some(r) = state.rooms.get(cid) {
+        return Ok(r);
+    }
+    let rows = sqlx::query(
+        "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at
+         FROM consult_participants WHERE consult_id = $1",
+    )
+    .bind(c.id)
+    .fetch_all(&state.stores.pg)
+    .await?;
+    let mut participants = Vec::new();
+    for r in rows {
+        let role: String = r.try_get("role")?;
+        let st: String = r.try_get("state")?;
+        participants.push(Participant {
+            id: r.try_get("id")?,
+            user_id: r.try_get("user_id")?,
+            role: ParticipantRole::parse(&role).ok_or_else(|| ApiError::internal("bad role"))?,
+            state: ParticipantState::parse(&st).ok_or_else(|| ApiError::internal("bad state"))?,
+            invited_by: r.try_get("invited_by")?,
+            checked_in_at: r.try_get("checked_in_at")?,
+            admitted_at: r.try_get("admitted_at")?,
+            // A room that starts has no connections: nobody is joined.
+            joined_at: None,
+            left_at: r.try_get("left_at")?,
+        });
+    }
+    let last_seq: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM consult_events WHERE consult_id = $1")
+        .bind(c.id)
+        .fetch_one(&state.stores.pg)
+        .await?;
+    let snap = RoomSnapshot {
+        consult_id: cid,
+        clinician_id: c.clinician_id,
+        status: ConsultStatus::parse(&c.status).unwrap_or(ConsultStatus::Open),
+        last_seq: last_seq as u64,
+        participants,
+    };
+    Ok(state.rooms.get_or_start(snap, &state.room_deps))
+}
+
+/// Delivers consult events to the configured webhook, in order, for as long as the node
+/// runs. Only one node delivers at a time (advisory lock), so order holds across nodes.
+pub fn spawn_webhooks(state: actix_web::web::Data<AppState>) {
+    if !webhooks_on(&state.config) {
+        return;
+    }
+    actix_web::rt::spawn(async move {
+        let client = match reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "webhook client");
+                return;
+            }
+        };
+        loop {
+            let wait = match deliver_next(&state, &client).await {
+                Ok(Some(w)) => w,
+                Ok(None) => Duration::ZERO,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook delivery");
+                    Duration::from_secs(1)
+                }
+            };
+            if wait > Duration::ZERO {
+                let _ = tokio::time::timeout(wait, state.webhook_wake.notified()).await;
+            }
+        }
+    });
+}
+
+/// The signature header value for `body` sent at `timestamp`.
+pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Attempts the oldest undelivered event. `Ok(None)`: try the next one now; `Ok(Some(d))`:
+/// wait up to `d` (or a wake-up).
+async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Option<Duration>, sqlx::Error> {
+    let mut tx = state.stores.pg.begin().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(WEBHOOK_LOCK).fetch_one(&mut *tx).await?;
+    if !locked {
+        return Ok(Some(Duration::from_secs(1)));
+    }
+    let row = sqlx::query(
+        "SELECT id, consult_id, seq, kind, body, webhook_attempts, webhook_next_at FROM consult_events
+         WHERE webhook_done_at IS NULL ORDER BY id LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else { return Ok(Some(Duration::from_secs(5))) };
+    let now = state.clock.now();
+    let next_at: Option<DateTime<Utc>> = row.try_get("webhook_next_at")?;
+    if let Some(n) = next_at {
+        if n > now {
+            return Ok(Some((n - now).to_std().unwrap_or(Duration::from_millis(50))));
+        }
+    }
+    let id: i64 = row.try_get("id")?;
+    let consult_id: Uuid = row.try_get("consult_id")?;
+    let seq: i64 = row.try_get("seq")?;
+    let kind: String = row.try_get("kind")?;
+    let body: serde_json::Value = row.try_get("body")?;
+    let attempts: i32 = row.try_get("webhook_attempts")?;
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let ts = now.timestamp();
+    let secret =
+        state.config.webhook_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()).unwrap_or_default();
+    let res = client
+        .post(&state.config.webhook_url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", format!("{consult_id}:{seq}"))
+        .header("x-coherency-event", kind)
+        .header("x-coherency-delivery", id.to_string())
+        .header("x-coherency-timestamp", ts.to_string())
+        .header("x-coherency-signature", sign(&secret, ts, &body))
+        .body(body)
+        .send()
+        .await;
+    let outcome = match res {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(format!("status {}", r.status().as_u16())),
+        Err(e) => Err(if e.is_timeout() { "timeout".into() } else { "connection failed".into() }),
+    };
+    match outcome {
+        Ok(()) => {
+            sqlx::query("UPDATE consult_events SET webhook_done_at = $2, webhook_attempts = webhook_attempts + 1, webhook_error = NULL WHERE id = $1")
+                .bind(id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(None)
+        }
+        Err(why) => {
+            let backoff =
+                (WEBHOOK_FIRST_BACKOFF * 2u32.saturating_pow(attempts.clamp(0, 16) as u32)).min(WEBHOOK_MAX_BACKOFF);
+            let next = now + chrono::Duration::from_std(backoff).unwrap_or_default();
+            sqlx::query("UPDATE consult_events SET webhook_attempts = webhook_attempts + 1, webhook_next_at = $2, webhook_error = $3 WHERE id = $1")
+                .bind(id)
+                .bind(next)
+                .bind(why)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(backoff))
+        }
+    }
+}

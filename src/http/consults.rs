@@ -1,0 +1,577 @@
+//! Consults over HTTP: create (from an appointment, or ad hoc by a clinician), read, patient
+//! check-in, the host's queue and decisions (admit, deny, remove), invitations, ending, the
+//! event log and the clinician's waiting room. Live state lives in the consult's `Room`
+//! (`coherency_actors::room`); this module authorises, audits and forwards.
+//!
+//! Who: the consult's clinician is its host (admins may act as host); the patient is the
+//! consult's patient; invited users are participants with the role the host gave them.
+//! Anyone else gets 404. Every admit, deny, invite, remove and end is audited.
+
+use actix::MailboxError;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use coherency_actors::room::{self, Decision, Participant};
+use coherency_protocol::consult::{ParticipantRole, RoomEvent};
+use coherency_protocol::{Code, ErrorCode};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::audit::AuditEvent;
+use crate::auth::{self, perm, Principal, Require, Role};
+use crate::consults::{self, Consult};
+use crate::error::ApiError;
+use crate::http::patients::{can_access_patient, path_id};
+use crate::http::resource;
+use crate::state::AppState;
+
+/// `POST /v1/consults`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConsult {
+    /// The appointment this consult is for (the clinician, patient and start come from it).
+    pub appointment_id: Option<Uuid>,
+    /// For an ad hoc consult: the patient (optional; invite others instead).
+    pub patient_id: Option<Uuid>,
+}
+
+/// `POST /v1/consults/{id}/invite`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteBody {
+    pub user_id: Uuid,
+    /// `interpreter`, `family` or `clinician`.
+    pub role: String,
+}
+
+/// `POST /v1/consults/{id}/end`
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndBody {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A participant as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParticipantView {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub role: String,
+    pub state: String,
+    pub checked_in_at: Option<DateTime<Utc>>,
+    pub admitted_at: Option<DateTime<Utc>>,
+    pub joined: bool,
+}
+
+impl From<&Participant> for ParticipantView {
+    fn from(p: &Participant) -> Self {
+        Self {
+            id: p.id,
+            user_id: p.user_id,
+            role: p.role.as_str().into(),
+            state: p.state.as_str().into(),
+            checked_in_at: p.checked_in_at,
+            admitted_at: p.admitted_at,
+            joined: p.joined_at.is_some(),
+        }
+    }
+}
+
+/// A consult and its participants.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConsultView {
+    #[serde(flatten)]
+    pub consult: Consult,
+    pub participants: Vec<ParticipantView>,
+    /// The caller's own part, when they have one.
+    pub me: Option<ParticipantView>,
+}
+
+/// `POST /v1/consults/{id}/check-in` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckInView {
+    pub participant_id: Uuid,
+    pub state: String,
+    /// 1-based place in the queue (0 when not waiting).
+    pub position: u32,
+}
+
+fn room_error(e: room::RoomError) -> ApiError {
+    ApiError::new(e.code(), e.to_string())
+}
+
+fn mailbox(_: MailboxError) -> ApiError {
+    ApiError::new(Code::ConsultEnded, "the consult has ended")
+}
+
+fn is_host(who: &Principal, c: &Consult) -> bool {
+    who.user_id == c.clinician_id || who.role == Role::Admin
+}
+
+async fn audit_consult(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    action: &str,
+    outcome: &str,
+    c: &Consult,
+    extra: serde_json::Value,
+) -> Result<(), ApiError> {
+    let mut details = extra;
+    details["patient_id"] = serde_json::json!(c.patient_id);
+    auth::audit(state, req, Some(who), AuditEvent::new(action, outcome).target("consult", c.id).details(details)).await
+}
+
+/// The consult if the caller has any part in it (host, its patient, a participant); else 404.
+pub async fn visible(
+    state: &AppState,
+    who: &Principal,
+    id: Uuid,
+) -> Result<(Consult, Option<ParticipantRole>), ApiError> {
+    let c = consults::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    if is_host(who, &c) {
+        return Ok((c, Some(ParticipantRole::Host)));
+    }
+    if who.role == Role::Patient && who.patient_id.is_some() && who.patient_id == c.patient_id {
+        return Ok((c, Some(ParticipantRole::Patient)));
+    }
+    let role: Option<String> =
+        sqlx::query_scalar("SELECT role FROM consult_participants WHERE consult_id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(who.user_id)
+            .fetch_optional(&state.stores.pg)
+            .await?;
+    match role.and_then(|r| ParticipantRole::parse(&r)) {
+        Some(r) => Ok((c, Some(r))),
+        None => Err(ApiError::not_found()),
+    }
+}
+
+async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &str) -> Result<Consult, ApiError> {
+    let id = path_id(req, "id")?;
+    let (c, _) = visible(state, who, id).await?;
+    if !is_host(who, &c) {
+        audit_consult(state, req, who, action, "denied", &c, serde_json::json!({})).await?;
+        return Err(ApiError::forbidden());
+    }
+    Ok(c)
+}
+
+async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participant>, ApiError> {
+    if let Some(r) = state.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
+        if let Ok(ps) = r.send(room::Participants).await {
+            return Ok(ps);
+        }
+    }
+    let rows = sqlx::query(
+        "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at
+         FROM consult_participants WHERE consult_id = $1 ORDER BY id",
+    )
+    .bind(c.id)
+    .fetch_all(&state.stores.pg)
+    .await?;
+    let mut out = Vec::new();
+    for r in rows {
+        let role: String = r.try_get("role")?;
+        let st: String = r.try_get("state")?;
+        let (Some(role), Some(st)) =
+            (ParticipantRole::parse(&role), coherency_protocol::consult::ParticipantState::parse(&st))
+        else {
+            continue;
+        };
+        out.push(Participant {
+            id: r.try_get("id")?,
+            user_id: r.try_get("user_id")?,
+            role,
+            state: st,
+            invited_by: r.try_get("invited_by")?,
+            checked_in_at: r.try_get("checked_in_at")?,
+            admitted_at: r.try_get("admitted_at")?,
+            joined_at: r.try_get("joined_at")?,
+            left_at: r.try_get("left_at")?,
+        });
+    }
+    Ok(out)
+}
+
+async fn view(state: &AppState, who: &Principal, c: Consult) -> Result<ConsultView, ApiError> {
+    let ps = participants_of(state, &c).await?;
+    let me = ps.iter().find(|p| p.user_id == who.user_id).map(ParticipantView::from);
+    let host = is_host(who, &c);
+    let participants = if host { ps.iter().map(ParticipantView::from).collect() } else { Vec::new() };
+    Ok(ConsultView { consult: c, participants, me })
+}
+
+/// Opens a consult for an appointment (idempotent per appointment) or ad hoc.
+#[utoipa::path(post, path = "/v1/consults", tag = "consults", security(("bearer" = ["consults:host"])),
+    request_body = CreateConsult,
+    responses((status = 201, body = ConsultView), (status = 200, description = "the appointment's existing consult"),
+              (status = 404, description = "no such appointment or patient visible to the caller"),
+              (status = 409, description = "the appointment is not booked")))]
+#[tracing::instrument(skip_all)]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+    body: crate::http::Json<CreateConsult>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.parse()?;
+    let c = if let Some(aid) = b.appointment_id {
+        let a = crate::booking::load(&state.stores.pg, aid).await?.ok_or_else(ApiError::not_found)?;
+        if a.clinician_id != who.user_id && who.role != Role::Admin {
+            return Err(ApiError::not_found());
+        }
+        if let Some(existing) = consults::by_appointment(&state.stores.pg, aid).await? {
+            let v = view(&state, &who, existing).await?;
+            return Ok(HttpResponse::Ok().json(v));
+        }
+        if a.status != "booked" {
+            return Err(ApiError::new(Code::Conflict, "only a booked appointment can have a consult"));
+        }
+        consults::create(&state, Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id).await?
+    } else {
+        if let Some(pid) = b.patient_id {
+            if !can_access_patient(&state, &who, pid).await? {
+                return Err(ApiError::not_found());
+            }
+        }
+        consults::create(&state, None, who.user_id, b.patient_id, None, who.user_id).await?
+    };
+    audit_consult(&state, &req, &who, "consult.create", "success", &c, serde_json::json!({})).await?;
+    let v = view(&state, &who, c).await?;
+    Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/consults/{}", v.consult.id))).json(v))
+}
+
+/// A consult the caller takes part in.
+#[utoipa::path(get, path = "/v1/consults/{id}", tag = "consults", security(("bearer" = ["consults:join"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = ConsultView), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn get(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsJoin>,
+) -> Result<HttpResponse, ApiError> {
+    let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
+    audit_consult(&state, &req, &who, "consult.read", "success", &c, serde_json::json!({})).await?;
+    Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
+}
+
+/// Whether check-in is open for `c` at `now`.
+pub fn check_in_open(c: &Consult, now: DateTime<Utc>) -> Result<(), ApiError> {
+    if let Some(start) = c.scheduled_start {
+        if now < start - consults::CHECK_IN_OPENS_BEFORE {
+            return Err(ApiError::new(Code::CheckInTooEarly, "check-in opens 15 minutes before the appointment"));
+        }
+    }
+    Ok(())
+}
+
+/// The consult's patient checks in: they enter the host's waiting room.
+#[utoipa::path(post, path = "/v1/consults/{id}/check-in", tag = "consults", security(("bearer" = ["consults:join"])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, body = CheckInView), (status = 403, description = "denied or removed"), (status = 404),
+              (status = 409, description = "check_in_too_early, consult_ended")))]
+#[tracing::instrument(skip_all)]
+pub async fn check_in(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsJoin>,
+) -> Result<HttpResponse, ApiError> {
+    let (c, role) = visible(&state, &who, path_id(&req, "id")?).await?;
+    if role != Some(ParticipantRole::Patient) {
+        return Err(ApiError::new(Code::Conflict, "only the consult's patient checks in"));
+    }
+    check_in_open(&c, state.clock.now())?;
+    let r = consults::room(&state, &c).await?;
+    let (pid, st, position) = r
+        .send(room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
+        .await
+        .map_err(mailbox)?
+        .map_err(room_error)?;
+    audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
+    Ok(HttpResponse::Ok().json(CheckInView { participant_id: pid, state: st.as_str().into(), position }))
+}
+
+/// The waiting participants of one consult, oldest check-in first (host only).
+#[utoipa::path(get, path = "/v1/consults/{id}/queue", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = [ParticipantView]), (status = 403), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn queue(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+) -> Result<HttpResponse, ApiError> {
+    let c = hosted(&state, &req, &who, "consult.queue").await?;
+    let r = consults::room(&state, &c).await?;
+    let q = r.send(room::Queue).await.map_err(mailbox)?;
+    let v: Vec<ParticipantView> = q.iter().map(ParticipantView::from).collect();
+    Ok(HttpResponse::Ok().json(v))
+}
+
+async fn decide(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+    decision: Decision,
+) -> Result<HttpResponse, ApiError> {
+    let action = match decision {
+        Decision::Admit => "consult.admit",
+        Decision::Deny => "consult.deny",
+        Decision::Remove => "consult.remove",
+    };
+    let c = hosted(&state, &req, &who, action).await?;
+    let participant_id = path_id(&req, "pid")?;
+    let r = consults::room(&state, &c).await?;
+    let res = r.send(room::Decide { participant_id, by: who.user_id, decision }).await.map_err(mailbox)?;
+    match res {
+        Ok(p) => {
+            audit_consult(
+                &state,
+                &req,
+                &who,
+                action,
+                "success",
+                &c,
+                serde_json::json!({"participant_id": p.id, "user_id": p.user_id}),
+            )
+            .await?;
+            Ok(HttpResponse::Ok().json(ParticipantView::from(&p)))
+        }
+        Err(e) => {
+            audit_consult(
+                &state,
+                &req,
+                &who,
+                action,
+                "failure",
+                &c,
+                serde_json::json!({"participant_id": participant_id, "code": e.code().as_str()}),
+            )
+            .await?;
+            Err(room_error(e))
+        }
+    }
+}
+
+/// Admits a waiting participant.
+#[utoipa::path(post, path = "/v1/consults/{id}/participants/{pid}/admit", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path), ("pid" = Uuid, Path)),
+    responses((status = 200, body = ParticipantView), (status = 403), (status = 404), (status = 409, description = "not waiting, room_full, consult_ended")))]
+pub async fn admit(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+) -> Result<HttpResponse, ApiError> {
+    decide(state, req, who, Decision::Admit).await
+}
+
+/// Denies a waiting participant (final for this consult).
+#[utoipa::path(post, path = "/v1/consults/{id}/participants/{pid}/deny", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path), ("pid" = Uuid, Path)),
+    responses((status = 200, body = ParticipantView), (status = 403), (status = 404), (status = 409)))]
+pub async fn deny(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+) -> Result<HttpResponse, ApiError> {
+    decide(state, req, who, Decision::Deny).await
+}
+
+/// Removes a participant (final for this consult).
+#[utoipa::path(post, path = "/v1/consults/{id}/participants/{pid}/remove", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path), ("pid" = Uuid, Path)),
+    responses((status = 200, body = ParticipantView), (status = 403), (status = 404), (status = 409)))]
+pub async fn remove(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+) -> Result<HttpResponse, ApiError> {
+    decide(state, req, who, Decision::Remove).await
+}
+
+/// Invites another user (interpreter, family member, clinician); they are admitted when they connect.
+#[utoipa::path(post, path = "/v1/consults/{id}/invite", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path)), request_body = InviteBody,
+    responses((status = 201, body = ParticipantView), (status = 400, description = "invalid_field"), (status = 403), (status = 404), (status = 409)))]
+#[tracing::instrument(skip_all)]
+pub async fn invite(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+    body: crate::http::Json<InviteBody>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.parse()?;
+    let c = hosted(&state, &req, &who, "consult.invite").await?;
+    let role = ParticipantRole::parse(&b.role)
+        .filter(|r| matches!(r, ParticipantRole::Interpreter | ParticipantRole::Family | ParticipantRole::Clinician))
+        .ok_or_else(|| ApiError::field(Code::InvalidField, "role", "role must be interpreter, family or clinician"))?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL)")
+        .bind(b.user_id)
+        .fetch_one(&state.stores.pg)
+        .await?;
+    if !exists {
+        return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
+    }
+    let r = consults::room(&state, &c).await?;
+    let res = r.send(room::Invite { user_id: b.user_id, role, by: who.user_id }).await.map_err(mailbox)?;
+    match res {
+        Ok(p) => {
+            audit_consult(
+                &state,
+                &req,
+                &who,
+                "consult.invite",
+                "success",
+                &c,
+                serde_json::json!({"participant_id": p.id, "user_id": p.user_id, "role": role.as_str()}),
+            )
+            .await?;
+            Ok(HttpResponse::Created().json(ParticipantView::from(&p)))
+        }
+        Err(e) => {
+            audit_consult(
+                &state,
+                &req,
+                &who,
+                "consult.invite",
+                "failure",
+                &c,
+                serde_json::json!({"user_id": b.user_id, "code": e.code().as_str()}),
+            )
+            .await?;
+            Err(room_error(e))
+        }
+    }
+}
+
+/// Ends the consult: everyone is disconnected.
+#[utoipa::path(post, path = "/v1/consults/{id}/end", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path)), request_body = EndBody,
+    responses((status = 200, body = ConsultView), (status = 403), (status = 404), (status = 409, description = "consult_ended")))]
+#[tracing::instrument(skip_all)]
+pub async fn end(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+    body: Option<crate::http::Json<EndBody>>,
+) -> Result<HttpResponse, ApiError> {
+    let b = match body {
+        Some(b) => b.parse()?,
+        None => EndBody::default(),
+    };
+    let c = hosted(&state, &req, &who, "consult.end").await?;
+    let reason = b.reason.unwrap_or_else(|| "host_ended".into()).chars().take(100).collect();
+    let r = consults::room(&state, &c).await?;
+    r.send(room::End { by: who.user_id, reason }).await.map_err(mailbox)?.map_err(room_error)?;
+    audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
+    let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
+    Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct AfterQuery {
+    after: Option<i64>,
+}
+
+/// The room's event log in sequence order (host, admitted participants).
+#[utoipa::path(get, path = "/v1/consults/{id}/events", tag = "consults", security(("bearer" = ["consults:join"])),
+    params(("id" = Uuid, Path), ("after" = Option<i64>, Query, description = "only events with a larger seq")),
+    responses((status = 200, description = "array of room events"), (status = 403, description = "not_admitted"), (status = 404)))]
+#[tracing::instrument(skip_all)]
+pub async fn events(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsJoin>,
+) -> Result<HttpResponse, ApiError> {
+    let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
+    if !is_host(&who, &c) {
+        let ever_admitted: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM consult_participants WHERE consult_id = $1 AND user_id = $2 AND admitted_at IS NOT NULL
+                            AND state NOT IN ('denied', 'removed'))",
+        )
+        .bind(c.id)
+        .bind(who.user_id)
+        .fetch_one(&state.stores.pg)
+        .await?;
+        if !ever_admitted {
+            return Err(ApiError::new(Code::NotAdmitted, "only admitted participants see the room's events"));
+        }
+    }
+    let q = web::Query::<AfterQuery>::from_query(req.query_string())
+        .map_err(|_| ApiError::new(Code::BadRequest, "bad query"))?;
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+        "SELECT body FROM consult_events WHERE consult_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+    )
+    .bind(c.id)
+    .bind(q.after.unwrap_or(0))
+    .fetch_all(&state.stores.pg)
+    .await?;
+    let events: Vec<RoomEvent> = rows.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
+    audit_consult(&state, &req, &who, "consult.events", "success", &c, serde_json::json!({})).await?;
+    Ok(HttpResponse::Ok().json(events))
+}
+
+/// One entry of the clinician's waiting room.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitingEntryView {
+    pub consult_id: Uuid,
+    pub participant_id: Uuid,
+    pub user_id: Uuid,
+    pub role: String,
+    pub checked_in_at: DateTime<Utc>,
+}
+
+/// The caller's waiting room: everyone checked in to their consults, oldest first.
+#[utoipa::path(get, path = "/v1/waiting-room", tag = "consults", security(("bearer" = ["consults:host"])),
+    responses((status = 200, body = [WaitingEntryView])))]
+#[tracing::instrument(skip_all)]
+pub async fn waiting_room(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+) -> Result<HttpResponse, ApiError> {
+    // Rooms with waiting patients that this node has not started yet are started first.
+    let open: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT c.id FROM consults c JOIN consult_participants p ON p.consult_id = c.id
+         WHERE c.clinician_id = $1 AND c.status <> 'ended' AND p.state = 'waiting'",
+    )
+    .bind(who.user_id)
+    .fetch_all(&state.stores.pg)
+    .await?;
+    for id in open {
+        if let Some(c) = consults::load(&state.stores.pg, id).await? {
+            let _ = consults::room(&state, &c).await?;
+        }
+    }
+    let list = state.room_deps.waiting.of(who.user_id).send(room::waiting::List).await.map_err(mailbox)?;
+    let v: Vec<WaitingEntryView> = list
+        .into_iter()
+        .map(|e| WaitingEntryView {
+            consult_id: e.consult_id.as_uuid(),
+            participant_id: e.participant_id,
+            user_id: e.user_id,
+            role: e.role.as_str().into(),
+            checked_in_at: e.checked_in_at,
+        })
+        .collect();
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("consult.waiting_room", "success")).await?;
+    Ok(HttpResponse::Ok().json(v))
+}
+
+/// Registers the consult routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v1/consults").route(web::post().to(create)))
+        .service(resource("/v1/waiting-room").route(web::get().to(waiting_room)))
+        .service(resource("/v1/consults/{id}").route(web::get().to(get)))
+        .service(resource("/v1/consults/{id}/check-in").route(web::post().to(check_in)))
+        .service(resource("/v1/consults/{id}/queue").route(web::get().to(queue)))
+        .service(resource("/v1/consults/{id}/participants/{pid}/admit").route(web::post().to(admit)))
+        .service(resource("/v1/consults/{id}/participants/{pid}/deny").route(web::post().to(deny)))
+        .service(resource("/v1/consults/{id}/participants/{pid}/remove").route(web::post().to(remove)))
+        .service(resource("/v1/consults/{id}/invite").route(web::post().to(invite)))
+        .service(resource("/v1/consults/{id}/end").route(web::post().to(end)))
+        .service(resource("/v1/consults/{id}/events").route(web::get().to(events)))
+        .service(resource("/v1/consults/{id}/signal").route(web::get().to(crate::ws::consult::signal)));
+}

@@ -1,0 +1,446 @@
+//! Consults: the waiting room is enforced by the server, events are ordered, reconnects keep
+//! the seat, webhooks arrive signed, once and in order.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coherency::auth::Role;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp, User};
+
+pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = WsStream;
+
+/// A bounded wait for one frame.
+const FRAME_WAIT: Duration = Duration::from_secs(10);
+
+/// A clinician caring for a patient, and an ad hoc consult between them.
+pub struct Setup {
+    pub clin: User,
+    pub patient: User,
+    pub consult: Uuid,
+}
+
+pub async fn setup(app: &TestApp) -> Setup {
+    let clin = app.staff(Role::Clinician, true).await;
+    let patient = app.patient().await;
+    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())")
+        .bind(patient.patient_id.unwrap())
+        .bind(clin.id)
+        .execute(&app.pg)
+        .await
+        .unwrap();
+    let res = app.post_auth("/v1/consults", &clin.token, &json!({"patient_id": patient.patient_id})).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let consult = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+    Setup { clin, patient, consult }
+}
+
+pub async fn connect(app: &TestApp, consult: Uuid, who: &User) -> Result<Ws, u16> {
+    let mut req = format!("ws://127.0.0.1:{}/v1/consults/{consult}/signal", app.port).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", who.token).parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+        Err(e) => panic!("connect: {e}"),
+    }
+}
+
+/// The next JSON frame, or None on close / timeout.
+pub async fn next(ws: &mut Ws, wait: Duration) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(wait, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => return None,
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// Frames until one of `ty` arrives (panics on close or timeout).
+pub async fn until(ws: &mut Ws, ty: &str) -> Value {
+    loop {
+        let f = next(ws, FRAME_WAIT).await.unwrap_or_else(|| panic!("closed or timed out waiting for {ty}"));
+        if f["type"] == ty {
+            return f;
+        }
+    }
+}
+
+/// Frames until an `event` of `kind`.
+pub async fn until_event(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let f = until(ws, "event").await;
+        if f["event"]["kind"] == kind {
+            return f["event"].clone();
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+async fn events(app: &TestApp, consult: Uuid, who: &User) -> Vec<Value> {
+    let res = app.get_auth(&format!("/v1/consults/{consult}/events"), &who.token).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+fn kinds(evs: &[Value]) -> Vec<String> {
+    evs.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+}
+
+fn assert_gapless(evs: &[Value]) {
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e["seq"].as_u64().unwrap(), i as u64 + 1, "{evs:?}");
+    }
+}
+
+#[actix_web::test]
+async fn a_patient_waits_until_admitted_then_chats_and_the_events_are_ordered() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let mut host = connect(&app, s.consult, &s.clin).await.unwrap();
+    let w = until(&mut host, "welcome").await;
+    assert_eq!(w["role"], "host");
+    assert_eq!(w["state"], "admitted");
+
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let w = until(&mut pat, "welcome").await;
+    assert_eq!(w["state"], "waiting");
+    let pid = w["participant_id"].as_str().unwrap().to_string();
+    assert_eq!(until(&mut pat, "waiting").await["position"], 1);
+
+    // Waiting: chat and offers are refused, and nothing from the room arrives.
+    send(&mut pat, json!({"type": "chat", "text": "hello?"})).await;
+    let e = until(&mut pat, "error").await;
+    assert_eq!(e["code"], "not_admitted");
+    send(&mut host, json!({"type": "chat", "text": "private note"})).await;
+    until(&mut host, "chat").await;
+    if let Some(f) = next(&mut pat, Duration::from_millis(500)).await {
+        assert_ne!(f["type"], "chat", "a waiting patient saw chat: {f}");
+        assert_ne!(f["type"], "event", "a waiting patient saw events: {f}");
+    }
+
+    // The host's queue shows them; admitting seats them.
+    let q: Vec<Value> =
+        app.get_auth(&format!("/v1/consults/{}/queue", s.consult), &s.clin.token).await.json().await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["id"], pid.as_str());
+    let wr: Vec<Value> = app.get_auth("/v1/waiting-room", &s.clin.token).await.json().await.unwrap();
+    assert_eq!(wr.len(), 1);
+    let res =
+        app.post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    until(&mut pat, "admitted").await;
+    until_event(&mut pat, "joined").await;
+
+    send(&mut pat, json!({"type": "chat", "text": "hello doctor"})).await;
+    let c = until(&mut host, "chat").await;
+    assert_eq!(c["text"], "hello doctor");
+    assert_eq!(c["role"], "patient");
+
+    send(&mut pat, json!({"type": "leave"})).await;
+    until_event(&mut host, "left").await;
+    let res = app.post_auth(&format!("/v1/consults/{}/end", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(until(&mut host, "ended").await["reason"], "host_ended");
+
+    let evs = events(&app, s.consult, &s.clin).await;
+    assert_gapless(&evs);
+    assert_eq!(
+        kinds(&evs),
+        ["opened", "joined", "checked_in", "admitted", "joined", "left", "left", "ended"],
+        "{evs:#?}"
+    );
+    // Chat is in the room's activity stream.
+    let n = app
+        .state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>("consult_activity")
+        .count_documents(mongodb::bson::doc! {"consult_id": s.consult.to_string()})
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    // Every decision is audited.
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action IN ('consult.admit', 'consult.end') AND target_id = $1",
+    )
+    .bind(s.consult.to_string())
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+}
+
+#[actix_web::test]
+async fn a_patient_cannot_join_another_patients_consult() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let other = app.patient().await;
+    assert_eq!(connect(&app, s.consult, &other).await.err(), Some(404));
+    let res = app.post_auth(&format!("/v1/consults/{}/check-in", s.consult), &other.token, &json!({})).await;
+    assert_eq!(res.status(), 404);
+    let res = app.get_auth(&format!("/v1/consults/{}/events", s.consult), &other.token).await;
+    assert_eq!(res.status(), 404);
+}
+
+#[actix_web::test]
+async fn a_patient_cannot_skip_the_waiting_room_or_admit_themself() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let res = app.post_auth(&format!("/v1/consults/{}/check-in", s.consult), &s.patient.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["state"], "waiting");
+    assert_eq!(body["position"], 1);
+    let pid = body["participant_id"].as_str().unwrap();
+    let res = app
+        .post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.patient.token, &json!({}))
+        .await;
+    assert_eq!(res.status(), 403);
+    let res = app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.patient.token).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "not_admitted");
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    assert_eq!(until(&mut pat, "welcome").await["state"], "waiting");
+    send(&mut pat, json!({"type": "offer", "sdp": "v=0"})).await;
+    assert_eq!(until(&mut pat, "error").await["code"], "not_admitted");
+}
+
+#[actix_web::test]
+async fn a_denied_patient_gets_nothing_and_cannot_come_back() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let mut host = connect(&app, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    let res =
+        app.post_auth(&format!("/v1/consults/{}/participants/{pid}/deny", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    // Only `denied`, then the close.
+    let mut seen = Vec::new();
+    while let Some(f) = next(&mut pat, FRAME_WAIT).await {
+        seen.push(f["type"].as_str().unwrap().to_string());
+    }
+    assert!(seen.iter().all(|t| t == "waiting" || t == "denied"), "{seen:?}");
+    assert!(seen.contains(&"denied".to_string()));
+    send(&mut host, json!({"type": "chat", "text": "after deny"})).await;
+    until(&mut host, "chat").await;
+    assert_eq!(connect(&app, s.consult, &s.patient).await.err(), Some(403));
+    let res = app.post_auth(&format!("/v1/consults/{}/check-in", s.consult), &s.patient.token, &json!({})).await;
+    assert_eq!(res.status(), 403);
+    let res = app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.patient.token).await;
+    assert_eq!(res.status(), 403);
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'consult.deny' AND target_id = $1")
+            .bind(s.consult.to_string())
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(audited, 1);
+}
+
+#[actix_web::test]
+async fn a_reconnect_within_grace_keeps_the_seat_and_after_it_the_participant_has_left() {
+    let app = spawn_app_with(|mut c| {
+        c.consult_reconnect_grace_secs = 2;
+        c
+    })
+    .await;
+    let s = setup(&app).await;
+    let mut host = connect(&app, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    app.post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.clin.token, &json!({})).await;
+    until_event(&mut pat, "joined").await;
+
+    // Drop the connection without a leave, come back at once.
+    drop(pat);
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let w = until(&mut pat, "welcome").await;
+    assert_eq!(w["state"], "admitted");
+    assert_eq!(w["resumed"], true);
+    assert_eq!(w["participant_id"], pid.as_str());
+    send(&mut pat, json!({"type": "chat", "text": "still here"})).await;
+    assert_eq!(until(&mut host, "chat").await["text"], "still here");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let evs = events(&app, s.consult, &s.clin).await;
+    assert!(!kinds(&evs).contains(&"left".to_string()), "{evs:#?}");
+
+    // Gone past the grace period: left, and a new connection waits again.
+    drop(pat);
+    let left = until_event(&mut host, "left").await;
+    assert_eq!(left["participant_id"], pid.as_str());
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    assert_eq!(until(&mut pat, "welcome").await["state"], "waiting");
+    let evs = events(&app, s.consult, &s.clin).await;
+    assert_gapless(&evs);
+    assert_eq!(kinds(&evs), ["opened", "joined", "checked_in", "admitted", "joined", "left", "checked_in"]);
+}
+
+#[actix_web::test]
+async fn a_patient_who_leaves_the_waiting_room_left_before_joining() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    until(&mut pat, "welcome").await;
+    send(&mut pat, json!({"type": "leave"})).await;
+    eventually(Duration::from_secs(10), "left_before_joined", || async {
+        let evs = events(&app, s.consult, &s.clin).await;
+        kinds(&evs).contains(&"left_before_joined".to_string()).then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn check_in_opens_fifteen_minutes_before_the_appointment() {
+    let app = spawn_app().await;
+    let clin = app.staff(Role::Clinician, true).await;
+    let patient = app.patient().await;
+    let start = app.clock.now() + chrono::Duration::minutes(20);
+    let c =
+        coherency::consults::create(&app.state, None, clin.id, patient.patient_id, Some(start), clin.id).await.unwrap();
+    let res = app.post_auth(&format!("/v1/consults/{}/check-in", c.id), &patient.token, &json!({})).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "check_in_too_early");
+    app.clock.advance(Duration::from_secs(6 * 60));
+    let res = app.post_auth(&format!("/v1/consults/{}/check-in", c.id), &patient.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+}
+
+#[actix_web::test]
+async fn an_invited_interpreter_is_admitted_on_connecting_and_can_be_removed() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let interp = app.staff(Role::Clinician, true).await;
+    let res = app
+        .post_auth(
+            &format!("/v1/consults/{}/invite", s.consult),
+            &s.clin.token,
+            &json!({"user_id": interp.id, "role": "interpreter"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let pid = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    let mut ws = connect(&app, s.consult, &interp).await.unwrap();
+    let w = until(&mut ws, "welcome").await;
+    assert_eq!(w["role"], "interpreter");
+    until(&mut ws, "admitted").await;
+    let res = app
+        .post_auth(&format!("/v1/consults/{}/participants/{pid}/remove", s.consult), &s.clin.token, &json!({}))
+        .await;
+    assert_eq!(res.status(), 200);
+    until(&mut ws, "removed").await;
+    assert_eq!(connect(&app, s.consult, &interp).await.err(), Some(403));
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action IN ('consult.invite', 'consult.remove') AND target_id = $1",
+    )
+    .bind(s.consult.to_string())
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(audited, 2);
+}
+
+/// A local webhook receiver: refuses the first attempt of every third delivery (to force
+/// retries), records what it accepted.
+struct Receiver {
+    port: u16,
+    accepted: Arc<Mutex<Vec<(String, Value)>>>,
+    attempts: Arc<Mutex<u32>>,
+    bad_signatures: Arc<Mutex<u32>>,
+}
+
+async fn receiver(secret: &'static str) -> Receiver {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let accepted: Arc<Mutex<Vec<(String, Value)>>> = Default::default();
+    let attempts: Arc<Mutex<u32>> = Default::default();
+    let bad: Arc<Mutex<u32>> = Default::default();
+    let seen_keys: Arc<Mutex<std::collections::HashSet<String>>> = Default::default();
+    let (a, t, b) = (accepted.clone(), attempts.clone(), bad.clone());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        let (a, t, b, seen) = (a.clone(), t.clone(), b.clone(), seen_keys.clone());
+        App::new().route(
+            "/hook",
+            web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                let (a, t, b, seen) = (a.clone(), t.clone(), b.clone(), seen.clone());
+                async move {
+                    let n = {
+                        let mut t = t.lock().unwrap();
+                        *t += 1;
+                        *t
+                    };
+                    let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let ts: i64 = h("x-coherency-timestamp").parse().unwrap_or(0);
+                    let expected = coherency::consults::sign(secret.as_bytes(), ts, &body);
+                    if h("x-coherency-signature") != expected {
+                        *b.lock().unwrap() += 1;
+                        return HttpResponse::Unauthorized().finish();
+                    }
+                    if n % 3 == 0 {
+                        return HttpResponse::ServiceUnavailable().finish();
+                    }
+                    let key = h("idempotency-key");
+                    if seen.lock().unwrap().insert(key.clone()) {
+                        a.lock().unwrap().push((key, serde_json::from_slice(&body).unwrap()));
+                    }
+                    HttpResponse::Ok().finish()
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    actix_web::rt::spawn(server);
+    Receiver { port, accepted, attempts, bad_signatures: bad }
+}
+
+#[actix_web::test]
+async fn a_webhook_receiver_sees_every_event_once_in_order_with_a_valid_signature() {
+    const SECRET: &str = "webhook-secret-for-tests-0123456789";
+    let rx = receiver(SECRET).await;
+    let port = rx.port;
+    let app = spawn_app_with(move |mut c| {
+        c.webhook_url = format!("http://127.0.0.1:{port}/hook");
+        c.webhook_secret = Some(secrecy::SecretString::from(SECRET.to_string()));
+        c
+    })
+    .await;
+    let s = setup(&app).await;
+    let mut host = connect(&app, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    app.post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.clin.token, &json!({})).await;
+    until_event(&mut pat, "joined").await;
+    send(&mut pat, json!({"type": "leave"})).await;
+    until_event(&mut host, "left").await;
+    app.post_auth(&format!("/v1/consults/{}/end", s.consult), &s.clin.token, &json!({})).await;
+    let stored = events(&app, s.consult, &s.clin).await;
+    let got = eventually(Duration::from_secs(30), "every event delivered", || async {
+        let a = rx.accepted.lock().unwrap().clone();
+        (a.len() >= stored.len()).then_some(a)
+    })
+    .await;
+    assert_eq!(*rx.bad_signatures.lock().unwrap(), 0);
+    assert!(*rx.attempts.lock().unwrap() > got.len() as u32, "some deliveries were retried");
+    let bodies: Vec<Value> = got.iter().map(|(_, b)| b.clone()).collect();
+    assert_eq!(bodies, stored, "delivered once each, in order");
+    for (key, b) in &got {
+        assert_eq!(key, &format!("{}:{}", s.consult, b["seq"]));
+    }
+}

@@ -1,0 +1,220 @@
+//! The SFU with in-process webrtc-rs peers on loopback: the host publishes a synthetic VP8
+//! track, the admitted patient receives its RTP through the server.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::api::interceptor_registry::register_default_interceptors;
+use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_VP8};
+use webrtc::api::setting_engine::SettingEngine;
+use webrtc::api::APIBuilder;
+use webrtc::ice::mdns::MulticastDnsMode;
+use webrtc::ice::network_type::NetworkType;
+use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
+use webrtc::interceptor::registry::Registry;
+use webrtc::peer_connection::configuration::RTCConfiguration;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+use crate::consults::{connect, setup, until, until_event};
+use crate::helpers::{eventually, spawn_app_with, TestApp, User};
+
+type Sink = Arc<Mutex<futures_util::stream::SplitSink<super::consults::WsStream, Message>>>;
+
+async fn peer() -> Arc<RTCPeerConnection> {
+    let mut media = MediaEngine::default();
+    media.register_default_codecs().unwrap();
+    let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
+    let mut s = SettingEngine::default();
+    s.set_include_loopback_candidate(true);
+    s.set_interface_filter(Box::new(|name: &str| name == "lo"));
+    s.set_network_types(vec![NetworkType::Udp4]);
+    s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    let api =
+        APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(s).build();
+    Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap())
+}
+
+async fn send(sink: &Sink, v: Value) {
+    sink.lock().await.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Joins `who` with a peer connection, pumping signalling until the socket ends.
+async fn join_media(app: &TestApp, consult: uuid::Uuid, who: &User, pc: Arc<RTCPeerConnection>, admit: Option<&User>) {
+    let mut ws = connect(app, consult, who).await.unwrap();
+    let w = until(&mut ws, "welcome").await;
+    if let Some(host) = admit {
+        let pid = w["participant_id"].as_str().unwrap();
+        let res =
+            app.post_auth(&format!("/v1/consults/{consult}/participants/{pid}/admit"), &host.token, &json!({})).await;
+        assert_eq!(res.status(), 200);
+        until_event(&mut ws, "joined").await;
+    }
+    let (sink, mut stream) = ws.split();
+    let sink: Sink = Arc::new(Mutex::new(sink));
+    let s2 = sink.clone();
+    pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
+        let sink = s2.clone();
+        Box::pin(async move {
+            if let Some(c) = c {
+                let init = c.to_json().unwrap();
+                send(&sink, json!({"type": "ice", "candidate": {"candidate": init.candidate, "sdpMid": init.sdp_mid, "sdpMLineIndex": init.sdp_mline_index}})).await;
+            }
+        })
+    }));
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    send(&sink, json!({"type": "offer", "sdp": pc.local_description().await.unwrap().sdp})).await;
+    let pc2 = pc.clone();
+    tokio::spawn(async move {
+        let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
+        while let Some(Ok(Message::Text(t))) = stream.next().await {
+            let m: Value = serde_json::from_str(&t).unwrap();
+            match m["type"].as_str().unwrap() {
+                "answer" => {
+                    pc2.set_remote_description(
+                        RTCSessionDescription::answer(m["sdp"].as_str().unwrap().into()).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                    for c in pending.drain(..) {
+                        let _ = pc2.add_ice_candidate(c).await;
+                    }
+                }
+                "offer" => {
+                    pc2.set_remote_description(
+                        RTCSessionDescription::offer(m["sdp"].as_str().unwrap().into()).unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                    for c in pending.drain(..) {
+                        let _ = pc2.add_ice_candidate(c).await;
+                    }
+                    let a = pc2.create_answer(None).await.unwrap();
+                    pc2.set_local_description(a).await.unwrap();
+                    send(&sink, json!({"type": "answer", "sdp": pc2.local_description().await.unwrap().sdp})).await;
+                }
+                "ice" => {
+                    let c: RTCIceCandidateInit = serde_json::from_value(m["candidate"].clone()).unwrap();
+                    if pc2.remote_description().await.is_some() {
+                        let _ = pc2.add_ice_candidate(c).await;
+                    } else {
+                        pending.push(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+#[actix_web::test]
+async fn a_published_video_track_reaches_the_other_participant_through_the_sfu() {
+    let app = spawn_app_with(|mut c| {
+        c.webrtc_loopback_only = true;
+        c
+    })
+    .await;
+    let s = setup(&app).await;
+
+    // Host publishes a synthetic VP8 track.
+    let host_pc = peer().await;
+    let track = Arc::new(TrackLocalStaticRTP::new(
+        RTCRtpCodecCapability { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90000, ..Default::default() },
+        "video".into(),
+        "host-camera".into(),
+    ));
+    let sender = host_pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
+    let plis = Arc::new(AtomicUsize::new(0));
+    let plis2 = plis.clone();
+    tokio::spawn(async move {
+        while let Ok((pkts, _)) = sender.read_rtcp().await {
+            for p in pkts {
+                if p.as_any()
+                    .downcast_ref::<webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication>()
+                    .is_some()
+                {
+                    plis2.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    join_media(&app, s.consult, &s.clin, host_pc.clone(), None).await;
+
+    // Patient receives only.
+    let pat_pc = peer().await;
+    pat_pc
+        .add_transceiver_from_kind(
+            RTPCodecType::Audio,
+            Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] }),
+        )
+        .await
+        .unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let marker_ok = Arc::new(AtomicUsize::new(0));
+    let (r2, m2) = (received.clone(), marker_ok.clone());
+    pat_pc.on_track(Box::new(move |remote, _, _| {
+        let (r, m) = (r2.clone(), m2.clone());
+        Box::pin(async move {
+            tokio::spawn(async move {
+                while let Ok((pkt, _)) = remote.read_rtp().await {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if pkt.payload.starts_with(b"coherency-frame") {
+                        m.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        })
+    }));
+    join_media(&app, s.consult, &s.patient, pat_pc.clone(), Some(&s.clin)).await;
+
+    // Write synthetic RTP (the SFU does not decode, so any payload forwards) for at most 20 s.
+    let writer_track = track.clone();
+    let writer = tokio::spawn(async move {
+        let mut seq: u16 = 0;
+        for i in 0..2000u32 {
+            let pkt = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: seq,
+                    timestamp: i * 3000,
+                    marker: true,
+                    ssrc: 0,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(format!("coherency-frame-{i}").into_bytes()),
+            };
+            seq = seq.wrapping_add(1);
+            let _ = writer_track.write_rtp(&pkt).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    eventually(Duration::from_secs(20), "RTP through the SFU", || async {
+        (marker_ok.load(Ordering::SeqCst) >= 20).then_some(())
+    })
+    .await;
+    assert!(received.load(Ordering::SeqCst) >= 20);
+    // The SFU asks the publisher for keyframes (its own ticker and the subscriber's PLIs).
+    eventually(Duration::from_secs(10), "a PLI at the publisher", || async {
+        (plis.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await;
+    writer.abort();
+    let evs: Vec<Value> =
+        app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
+    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"track_published"), "{kinds:?}");
+    let _ = host_pc.close().await;
+    let _ = pat_pc.close().await;
+}
