@@ -216,3 +216,76 @@ async fn a_board_too_far_behind_gets_a_fresh_snapshot() {
     assert_eq!(s.seq, status.seq);
     assert_eq!(s.items.iter().find(|i| i.id == id).map(|i| i.updated_ms), Some(4999));
 }
+
+/// Benchmark (ignored by default): 1,000 dashboard sockets, deltas applied on the hub,
+/// delivery latency from `Apply` to each socket reading the delta. Run with
+/// `cargo nextest run -p coherency --run-ignored only dashboard_delivery --no-capture`.
+#[actix_rt::test]
+#[ignore = "benchmark"]
+async fn dashboard_delivery_p99_with_1000_sockets() {
+    const SOCKETS: usize = 1000;
+    const DELTAS: u64 = 20;
+    let app = spawn_app().await;
+    let admin = app.staff(Role::Admin, true).await;
+    let epoch = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(SOCKETS);
+    for _ in 0..SOCKETS {
+        let mut board = Board::open(&app, &admin, None).await;
+        let ready = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = ready.send(()).await;
+            let mut lat = Vec::new();
+            while lat.len() < DELTAS as usize {
+                let Ok(Some(Ok(Message::Text(t)))) =
+                    tokio::time::timeout(Duration::from_secs(30), board.ws.next()).await
+                else {
+                    break;
+                };
+                if let Ok(ServerMsg::Delta(d)) = serde_json::from_str::<ServerMsg>(&t) {
+                    if let Change::Upsert { item } = d.change {
+                        let sent = item.data["sent_us"].as_u64().unwrap_or(0);
+                        lat.push(epoch.elapsed().as_micros() as u64 - sent);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    for _ in 0..SOCKETS {
+        ready_rx.recv().await.unwrap();
+    }
+    for n in 0..DELTAS {
+        let mut data = serde_json::Map::new();
+        data.insert("sent_us".into(), (epoch.elapsed().as_micros() as u64).into());
+        let item = Item {
+            section: Section::Scans,
+            id: Uuid::from_u128(u128::from(n % 4) + 1),
+            patient_id: None,
+            clinician_id: None,
+            status: "streaming".into(),
+            since_ms: 0,
+            updated_ms: n as i64,
+            data,
+            patient_name: None,
+        };
+        app.state.dashboard.do_send(Apply(vec![Change::Upsert { item }]));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    println!(
+        "dashboard delivery: {} sockets, {} deltas, {} deliveries: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        SOCKETS,
+        DELTAS,
+        all.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    assert_eq!(all.len(), SOCKETS * DELTAS as usize, "every socket got every delta");
+}
