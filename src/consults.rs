@@ -325,7 +325,7 @@ pub fn room_deps(config: &Config, stores: &crate::store::Stores, clock: &Clock, 
             },
             media: config
                 .consult_media
-                .then(|| coherency_actors::room::sfu::SfuConfig { loopback_only: config.webrtc_loopback_only }),
+                .then_some(coherency_actors::room::sfu::SfuConfig { loopback_only: config.webrtc_loopback_only }),
         },
         now: Arc::new(move || clock2.now()),
         waiting: Default::default(),

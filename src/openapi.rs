@@ -70,7 +70,6 @@ use utoipa::OpenApi;
         crate::http::scans::get,
         crate::http::scans::list_for_patient,
         crate::ws::scan::stream,
-        crate::http::measurements::mesh,
         crate::http::measurements::list,
         crate::http::measurements::remeasure,
         crate::http::measurements::fhir::mesh,

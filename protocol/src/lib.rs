@@ -4,8 +4,8 @@
 //!
 //! This crate depends on no other crate of the workspace.
 
-pub mod dashboard;
 pub mod consult;
+pub mod dashboard;
 pub mod error;
 pub mod ids;
 pub mod limits;

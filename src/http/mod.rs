@@ -49,7 +49,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(measurements::list))
                 .route(web::post().to(measurements::remeasure)),
         )
-        .service(resource("/v1/scans/{id}/mesh").route(web::get().to(measurements::mesh)))
         .service(resource("/").route(web::get().to(pages::root)))
         .service(resource("/web/dashboard").route(web::get().to(pages::dashboard_dir)))
         .service(resource("/web/{tail:.*}").route(web::get().to(pages::file)))

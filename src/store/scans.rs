@@ -252,8 +252,16 @@ async fn commit_batch(pool: &PgPool, clock: &Clock, commits: &[&FrameCommit]) ->
             captured_at.push(f.captured_at());
         }
     }
-    let (chunk_keys_u, (chunk_scans, (chunk_hashes, chunk_sizes))): (Vec<&str>, (Vec<Uuid>, (Vec<String>, Vec<i64>))) =
-        chunks.into_iter().map(|(k, (scan, sha, size))| (k, (scan, (sha, size)))).unzip();
+    let mut chunk_keys_u = Vec::with_capacity(chunks.len());
+    let mut chunk_scans = Vec::with_capacity(chunks.len());
+    let mut chunk_hashes = Vec::with_capacity(chunks.len());
+    let mut chunk_sizes = Vec::with_capacity(chunks.len());
+    for (key, (scan, sha, size)) in chunks {
+        chunk_keys_u.push(key);
+        chunk_scans.push(scan);
+        chunk_hashes.push(sha);
+        chunk_sizes.push(size);
+    }
     let (acked_ids, acked_seqs): (Vec<Uuid>, Vec<i64>) = acked.into_iter().unzip();
     let now = clock.now();
     let mut tx = pool.begin().await.map_err(|e| pg_error(&e))?;

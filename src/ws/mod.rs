@@ -1,8 +1,8 @@
 //! Socket pumps. A socket task decodes, forwards to the owning actor and writes back; it
 //! holds no domain state. Shared here: authentication of the upgrade request.
 
-pub mod dashboard;
 pub mod consult;
+pub mod dashboard;
 pub mod events;
 pub mod scan;
 

@@ -213,6 +213,9 @@ pub struct Room {
     sfu: Option<Arc<sfu::Sfu>>,
 }
 
+/// An event about to be numbered: kind, subject, actor, data, and the consult status it sets.
+type PendingEvent = (EventKind, Option<Participant>, Option<Uuid>, serde_json::Value, Option<ConsultStatus>);
+
 impl Room {
     fn new(snap: RoomSnapshot, deps: RoomDeps, rooms: Arc<Rooms>) -> Self {
         Self {
@@ -257,10 +260,7 @@ impl Room {
     }
 
     /// Builds changes with consecutive sequence numbers.
-    fn changes(
-        &self,
-        items: Vec<(EventKind, Option<Participant>, Option<Uuid>, serde_json::Value, Option<ConsultStatus>)>,
-    ) -> Vec<Change> {
+    fn changes(&self, items: Vec<PendingEvent>) -> Vec<Change> {
         items
             .into_iter()
             .enumerate()
@@ -449,10 +449,7 @@ impl Room {
     }
 
     /// Joined event for an admitted participant that has a connection and has not joined.
-    fn join_item(
-        &self,
-        p: &Participant,
-    ) -> Option<(EventKind, Option<Participant>, Option<Uuid>, serde_json::Value, Option<ConsultStatus>)> {
+    fn join_item(&self, p: &Participant) -> Option<PendingEvent> {
         if p.state != ParticipantState::Admitted || p.joined_at.is_some() || !self.seats.contains_key(&p.id) {
             return None;
         }
