@@ -4,16 +4,13 @@
 // Run by tests/api/browser.rs, which starts the server and passes BASE, CONSULT,
 // PATIENT_TOKEN and CLINICIAN_TOKEN. Prints one JSON line; exits non-zero on failure.
 import { chromium } from 'playwright-core';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 
 const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN } = process.env;
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP = 30_000;
 
 const args = [
-  '--headless=new', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
   '--disable-background-networking', '--disable-component-update', '--disable-sync',
   '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
   '--allow-loopback-in-peer-connection',
@@ -45,7 +42,8 @@ async function rising(page, name) {
 }
 
 const result = { ok: false };
-const browser = await chromium.launch({ executablePath: CHROMIUM, args: [...args, `--user-data-dir=${mkdtempSync(join(tmpdir(), 'coh-chromium-'))}`], timeout: STEP });
+// Playwright gives every launch a fresh temporary profile (the user data dir).
+const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: STEP });
 try {
   const clinician = await (await browser.newContext()).newPage();
   const patient = await (await browser.newContext()).newPage();

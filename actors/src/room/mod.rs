@@ -365,6 +365,31 @@ impl Room {
             }
             let ev = ServerSignal::Event { event: ch.event.clone() };
             self.broadcast(&ev, None);
+            // Someone who just stopped being admitted (left, or the room ending) still hears
+            // about it on a connection that is open.
+            let leaving = before == Some(ParticipantState::Admitted)
+                && ch.participant.as_ref().is_some_and(|p| p.state != ParticipantState::Admitted);
+            if leaving {
+                if let Some(p) = &ch.participant {
+                    self.send_to(p.id, Outbound::Signal(ev.clone()));
+                }
+            }
+            if ch.event.kind == EventKind::Ended {
+                for (pid, conn_id) in &self.seats {
+                    let was_in = self.participants.get(pid).is_some_and(|p| {
+                        p.admitted_at.is_some()
+                            && !matches!(
+                                p.state,
+                                ParticipantState::Admitted | ParticipantState::Denied | ParticipantState::Removed
+                            )
+                    });
+                    if was_in {
+                        if let Some(c) = self.conns.get(conn_id) {
+                            let _ = c.tx.send(Outbound::Signal(ev.clone()));
+                        }
+                    }
+                }
+            }
             let pid = ch.participant.as_ref().map(|p| p.id);
             match ch.event.kind {
                 EventKind::Admitted => {
