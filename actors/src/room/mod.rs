@@ -188,6 +188,10 @@ impl coherency_protocol::ErrorCode for RoomError {
     }
 }
 
+/// A change before it has a sequence number: kind, participant row, who caused it, data, and
+/// the consult status it sets.
+type Item = (EventKind, Option<Participant>, Option<Uuid>, serde_json::Value, Option<ConsultStatus>);
+
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
 struct Conn {
@@ -212,9 +216,6 @@ pub struct Room {
     rooms: Arc<Rooms>,
     sfu: Option<Arc<sfu::Sfu>>,
 }
-
-/// An event about to be numbered: kind, subject, actor, data, and the consult status it sets.
-type PendingEvent = (EventKind, Option<Participant>, Option<Uuid>, serde_json::Value, Option<ConsultStatus>);
 
 impl Room {
     fn new(snap: RoomSnapshot, deps: RoomDeps, rooms: Arc<Rooms>) -> Self {
@@ -260,7 +261,7 @@ impl Room {
     }
 
     /// Builds changes with consecutive sequence numbers.
-    fn changes(&self, items: Vec<PendingEvent>) -> Vec<Change> {
+    fn changes(&self, items: Vec<Item>) -> Vec<Change> {
         items
             .into_iter()
             .enumerate()
@@ -474,7 +475,7 @@ impl Room {
     }
 
     /// Joined event for an admitted participant that has a connection and has not joined.
-    fn join_item(&self, p: &Participant) -> Option<PendingEvent> {
+    fn join_item(&self, p: &Participant) -> Option<Item> {
         if p.state != ParticipantState::Admitted || p.joined_at.is_some() || !self.seats.contains_key(&p.id) {
             return None;
         }
