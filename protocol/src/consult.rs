@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(m, ClientSignal::Offer { sdp: "v=0".into() });
         let m: ClientSignal = serde_json::from_str(r#"{"type":"leave"}"#).unwrap();
         assert_eq!(m, ClientSignal::Leave);
-        assert!(serde_json::from_str::<ClientSignal>(r#"{"type":"leave","x":1}"#).is_err());
+        assert!(serde_json::from_str::<ClientSignal>(r#"{"type":"chat","text":"hi","x":1}"#).is_err());
         let m: ClientSignal = serde_json::from_str(
             r#"{"type":"ice","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 5000 typ host","sdpMid":"0","sdpMLineIndex":0}}"#,
         )
