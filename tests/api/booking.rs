@@ -507,12 +507,19 @@ async fn benchmark_attempts_per_second_on_one_hot_clinician() {
     use rand::Rng;
     const ATTEMPTS: usize = 4000;
     const CONCURRENCY: usize = 64;
-    let app = spawn_app().await;
+    // Many requests per token per second: lift the per-caller limit on every node.
+    let app = crate::helpers::spawn_app_with(|mut c| {
+        c.api_rate_per_sec = 1_000_000;
+        c.api_rate_burst = 1_000_000;
+        c
+    })
+    .await;
     let mut patients = Vec::new();
     for _ in 0..8 {
         patients.push(app.patient().await);
     }
-    let extra = [NodeProcess::start(&app.config, &[]), NodeProcess::start(&app.config, &[])];
+    let unlimited = [("COHERENCY_API_RATE_PER_SEC", "1000000"), ("COHERENCY_API_RATE_BURST", "1000000")];
+    let extra = [NodeProcess::start(&app.config, &unlimited), NodeProcess::start(&app.config, &unlimited)];
     for nodes in [1usize, 3] {
         let c = clinic(&app).await;
         let bases: Vec<String> = [app.url(""), extra[0].url(""), extra[1].url("")].into_iter().take(nodes).collect();
