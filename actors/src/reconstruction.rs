@@ -155,6 +155,8 @@ struct Queue {
     /// A worker is fusing this scan's frames or the scan is in the run queue.
     scheduled: bool,
     closed: bool,
+    /// `finish` ran.
+    finished: bool,
     /// Frames skipped because the queue was full.
     skipped_load: u64,
 }
@@ -205,7 +207,13 @@ impl LiveScan {
     /// false when earlier frames of the scan were received by another session.
     pub fn new(complete_from_start: bool) -> Self {
         Self(Arc::new(Inner {
-            queue: Mutex::new(Queue { frames: VecDeque::new(), scheduled: false, closed: false, skipped_load: 0 }),
+            queue: Mutex::new(Queue {
+                frames: VecDeque::new(),
+                scheduled: false,
+                closed: false,
+                finished: false,
+                skipped_load: 0,
+            }),
             state: Mutex::new(State {
                 gate: QualityGate::default(),
                 prev: None,
@@ -258,15 +266,19 @@ impl LiveScan {
     /// flight when frames were already skipped) and returns the result. Later calls return
     /// `None`.
     pub async fn finish(&self) -> Option<LiveResult> {
-        let skipped_load = {
+        let (skipped_load, again) = {
             let mut q = lock(&self.0.queue);
+            let again = std::mem::replace(&mut q.finished, true);
             q.closed = true;
             if q.skipped_load > 0 {
                 // The volume misses frames and will not be used: fusing the rest is waste.
                 q.frames.clear();
             }
-            q.skipped_load
+            (q.skipped_load, again)
         };
+        if again {
+            return None;
+        }
         loop {
             let mut notified = std::pin::pin!(self.0.idle.notified());
             notified.as_mut().enable();
@@ -276,8 +288,9 @@ impl LiveScan {
             notified.await;
         }
         let mut s = lock(&self.0.state);
-        if s.last_seq == 0 {
-            // Nothing was pushed, or finish ran already.
+        if s.last_seq == 0 && skipped_load == 0 {
+            // Nothing was pushed. (Frames were, but none fused before the queue was dropped:
+            // the result below says incomplete, so the scan is fused from storage.)
             return None;
         }
         // Accepted frames still waiting for a region of interest were never fused.
