@@ -56,7 +56,8 @@ async function join(consultId) {
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
     const ws = new WebSocket(`${proto}://${location.host}/v1/consults/${consultId}/signal?ticket=${encodeURIComponent(ticket)}`);
     C.ws = ws;
-    ws.onmessage = (m) => onSignal(JSON.parse(m.data));
+    // One message at a time, in order: descriptions must not interleave.
+    ws.onmessage = (m) => { signalChain = signalChain.then(() => onSignal(JSON.parse(m.data))).catch((e) => C.errors.push(String(e))); };
     ws.onclose = (ev) => {
       if (C.state !== 'ended' && C.state !== 'denied' && C.state !== 'removed') setState(`closed:${ev.code}`);
       if (C.pc) { C.pc.close(); C.pc = null; }
@@ -100,11 +101,15 @@ async function startMedia(iceServers) {
   } catch (err) { C.errors.push(`media: ${err}`); }
 }
 
+let signalChain = Promise.resolve();
+
 async function onRemoteDescription(desc) {
   const pc = C.pc;
   if (!pc) return;
-  const collision = desc.type === 'offer' && (makingOffer || pc.signalingState !== 'stable');
-  if (collision) await pc.setLocalDescription({ type: 'rollback' });
+  // The client is polite: a server offer that collides with its own wins. Setting a remote
+  // offer over a local one rolls the local one back implicitly; an explicit rollback would
+  // throw while our own offer is still being made (state still `stable`).
+  if (desc.type === 'answer' && pc.signalingState !== 'have-local-offer') return; // stale answer
   await pc.setRemoteDescription(desc);
   for (const c of pendingCandidates) await pc.addIceCandidate(c).catch(() => {});
   pendingCandidates = [];
