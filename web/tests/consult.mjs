@@ -75,8 +75,10 @@ try {
 
   const events = await clinician.evaluate(() => window.coherency.events);
   const seqs = events.map((e) => e.seq);
+  // Delivered in order. (The log itself is gapless — checked through the API in
+  // tests/api/consults.rs; the page of someone hanging up may close before its own `left`.)
   for (let i = 1; i < seqs.length; i++) {
-    if (seqs[i] !== seqs[i - 1] + 1) throw new Error(`events out of order or with gaps: ${seqs}`);
+    if (seqs[i] <= seqs[i - 1]) throw new Error(`events out of order: ${seqs}`);
   }
   const kinds = events.map((e) => e.kind);
   const order = ['checked_in', 'admitted', 'joined', 'track_published', 'ended'];
