@@ -3,10 +3,12 @@
 //! (re)connects, pruning of past items, and the scan-event publisher used by the capture
 //! path. The socket is `crate::ws::dashboard`; the design is in `docs/dashboard.md`.
 //!
-//! Every bus message is a [`BusEvent`] — kind, ids, a time and a small data map, never a
-//! name or other PHI — on `<prefix>booking.events`, `<prefix>scan.events` or
-//! `<prefix>consult.events`. [`change_for`] is the one place that maps kinds to board
-//! changes.
+//! Booking and scan messages are [`BusEvent`]s — kind, ids, a time and a small data map,
+//! never a name or other PHI — on `<prefix>booking.events` and `<prefix>scan.events`;
+//! [`change_for`] maps them to board changes. `<prefix>consult.events` carries the rooms'
+//! own `RoomEvent`s, which [`consults`] turns into the waiting and consults sections.
+
+mod consults;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +17,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr};
 use chrono::{DateTime, Utc};
 use coherency_actors::dashboard::{Apply, DashboardHub, HubConfig, Reload, RemoveWhere};
+use coherency_protocol::consult::RoomEvent;
 use coherency_protocol::dashboard::{Change, Item, Section};
 use coherency_protocol::ids::ScanId;
 use futures_util::StreamExt;
@@ -109,15 +112,7 @@ fn item(section: Section, ev: &BusEvent, status: &str) -> Item {
     }
 }
 
-/// The board change an event makes, if any. Consult events (`consult.events`) are
-/// expected as:
-///
-/// | kind | section | effect |
-/// |---|---|---|
-/// | `waiting.checked_in` | waiting | upsert, status `waiting`, `since_ms` = check-in |
-/// | `waiting.admitted`, `waiting.left` | waiting | remove |
-/// | `consult.started`, `consult.updated` | consults | upsert, status `in_consult`, `data.participants` |
-/// | `consult.ended` | consults | remove |
+/// The board change a booking or scan event makes, if any.
 pub fn change_for(ev: &BusEvent) -> Option<Change> {
     let status = ev.data.get("status").and_then(Value::as_str).unwrap_or_default().to_string();
     let (domain, what) = ev.kind.split_once('.')?;
@@ -128,10 +123,6 @@ pub fn change_for(ev: &BusEvent) -> Option<Change> {
             _ => remove(Section::Bookings),
         },
         ("scan", _) if !status.is_empty() => Some(Change::Upsert { item: item(Section::Scans, ev, &status) }),
-        ("waiting", "checked_in") => Some(Change::Upsert { item: item(Section::Waiting, ev, "waiting") }),
-        ("waiting", "admitted" | "left") => remove(Section::Waiting),
-        ("consult", "started" | "updated") => Some(Change::Upsert { item: item(Section::Consults, ev, "in_consult") }),
-        ("consult", "ended") => remove(Section::Consults),
         _ => None,
     }
 }
@@ -196,7 +187,21 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
     while let Some(msg) = stream.next().await {
         let payload: String = msg.get_payload()?;
         let channel = msg.get_channel_name().strip_prefix(prefix.as_str()).unwrap_or_default().to_string();
-        let Some(ev) = parse(&channel, &payload, state.clock.now().timestamp_millis()) else {
+        let now_ms = state.clock.now().timestamp_millis();
+        if channel == crate::consults::BUS_CHANNEL {
+            let Ok(ev) = serde_json::from_str::<RoomEvent>(&payload) else {
+                tracing::debug!(channel, "unreadable consult event");
+                continue;
+            };
+            match consults::changes(&state.stores.pg, &ev, now_ms).await {
+                Ok(changes) if !changes.is_empty() => hub.do_send(Apply(changes)),
+                Ok(_) => {}
+                // The next reload (bus reconnect) brings the board back in line.
+                Err(e) => tracing::warn!(error = %e, "consult event not applied to the board"),
+            }
+            continue;
+        }
+        let Some(ev) = parse(&channel, &payload, now_ms) else {
             tracing::debug!(channel, "unreadable dashboard event");
             continue;
         };
@@ -207,7 +212,7 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
     Ok(())
 }
 
-/// The bookings and scans sections as the system of record has them.
+/// The whole board as the system of record has it.
 pub async fn reload(pg: &PgPool, clock: &Clock) -> Result<Reload, sqlx::Error> {
     let now = clock.now();
     let mut items = Vec::new();
@@ -261,7 +266,8 @@ pub async fn reload(pg: &PgPool, clock: &Clock) -> Result<Reload, sqlx::Error> {
             patient_name: None,
         });
     }
-    Ok(Reload { sections: vec![Section::Bookings, Section::Scans], items })
+    items.extend(consults::reload(pg).await?);
+    Ok(Reload { sections: vec![Section::Bookings, Section::Scans, Section::Waiting, Section::Consults], items })
 }
 
 /// Publishes one event on `<prefix>{channel}`. Best effort: the hub reloads from the
@@ -307,6 +313,9 @@ struct ScanMeta {
     since_ms: i64,
     status: String,
     frames: u64,
+    /// Live fusion figures from the capture session, once it has reported them.
+    fused: Option<u64>,
+    coverage: Option<f32>,
     last_sent: Option<Instant>,
 }
 
@@ -344,6 +353,8 @@ impl ScanEvents {
             since_ms: r.get::<DateTime<Utc>, _>("created_at").timestamp_millis(),
             status: r.get("status"),
             frames: u64::try_from(r.get::<i64, _>("acked_seq")).unwrap_or(0),
+            fused: None,
+            coverage: None,
             last_sent: None,
         };
         self.live.lock().ok()?.entry(scan).or_insert(meta);
@@ -394,6 +405,12 @@ impl ScanEvents {
         let mut data = Map::new();
         data.insert("status".into(), m.status.clone().into());
         data.insert("frames".into(), m.frames.into());
+        if let Some(f) = m.fused {
+            data.insert("fused".into(), f.into());
+        }
+        if let Some(c) = m.coverage {
+            data.insert("coverage".into(), ((f64::from(c) * 1000.0).round() / 1000.0).into());
+        }
         BusEvent {
             kind: kind.to_string(),
             id: scan.as_uuid(),
@@ -402,6 +419,18 @@ impl ScanEvents {
             at_ms: self.clock.now().timestamp_millis(),
             since_ms: Some(m.since_ms),
             data,
+        }
+    }
+}
+
+/// The capture session's live figures ride along on the next progress event (they are
+/// only recorded here: publishing stays at the ack-driven, rate-limited pace).
+impl coherency_actors::store::ProgressObserver for ScanEvents {
+    fn progress(&self, scan: ScanId, p: &coherency_protocol::scan::Progress) {
+        let Ok(mut live) = self.live.lock() else { return };
+        if let Some(m) = live.get_mut(&scan) {
+            m.fused = Some(p.frames_fused);
+            m.coverage = Some(p.coverage.clamp(0.0, 1.0));
         }
     }
 }
@@ -427,9 +456,9 @@ mod tests {
     }
 
     #[test]
-    fn consult_events_slot_into_waiting_and_consults() {
-        let ev = |kind: &str| BusEvent {
-            kind: kind.into(),
+    fn unknown_kinds_change_nothing() {
+        let ev = BusEvent {
+            kind: "consult.started".into(),
             id: Uuid::nil(),
             patient_id: None,
             clinician_id: None,
@@ -437,14 +466,6 @@ mod tests {
             since_ms: None,
             data: Map::new(),
         };
-        assert!(
-            matches!(change_for(&ev("waiting.checked_in")), Some(Change::Upsert { item }) if item.section == Section::Waiting)
-        );
-        assert!(matches!(change_for(&ev("waiting.admitted")), Some(Change::Remove { section: Section::Waiting, .. })));
-        assert!(
-            matches!(change_for(&ev("consult.started")), Some(Change::Upsert { item }) if item.status == "in_consult")
-        );
-        assert!(matches!(change_for(&ev("consult.ended")), Some(Change::Remove { section: Section::Consults, .. })));
-        assert_eq!(change_for(&ev("unknown.thing")), None);
+        assert_eq!(change_for(&ev), None);
     }
 }

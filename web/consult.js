@@ -68,7 +68,6 @@ async function join(consultId) {
 
 function send(msg) { if (C.ws && C.ws.readyState === WebSocket.OPEN) C.ws.send(JSON.stringify(msg)); }
 
-let makingOffer = false;
 let pendingCandidates = [];
 
 async function startMedia(iceServers) {
@@ -89,10 +88,9 @@ async function startMedia(iceServers) {
   // The client is the polite peer: it offers its own tracks, and yields to a server offer.
   pc.onnegotiationneeded = async () => {
     try {
-      makingOffer = true;
       await pc.setLocalDescription();
       send({ type: 'offer', sdp: pc.localDescription.sdp });
-    } catch (err) { C.errors.push(String(err)); } finally { makingOffer = false; }
+    } catch (err) { C.errors.push(String(err)); }
   };
   try {
     C.localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240 } });

@@ -513,13 +513,6 @@ mod tests {
     use coherency_recon::phantom::{presets, Phantom, ScanConfig};
 
     fn wire(seq: u64, f: &Frame) -> DepthFrame {
-        let k = &f.intrinsics;
-        let mut pose = [0f32; 16];
-        for (r, row) in f.pose.matrix().iter().enumerate() {
-            for (c, v) in row.iter().enumerate() {
-                pose[r * 4 + c] = *v as f32;
-            }
-        }
         DepthFrame {
             seq,
             captured_at_us: seq * 16_667,
@@ -527,8 +520,8 @@ mod tests {
             height: f.depth.height,
             depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &f.depth.depth),
             confidence: f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(Compression::Zstd, 2, c)),
-            intrinsics: [k.fx as f32, 0.0, k.cx as f32, 0.0, k.fy as f32, k.cy as f32, 0.0, 0.0, 1.0],
-            pose,
+            intrinsics: f.intrinsics.to_row_major_f32(),
+            pose: f.pose.to_row_major_f32(),
             colour_jpeg: None,
         }
     }

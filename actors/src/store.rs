@@ -292,6 +292,20 @@ pub trait FinishHook: Send + Sync + 'static {
     async fn on_finish(&self, scan: FinishedScan) -> Result<(), StoreError>;
 }
 
+/// Hears each live scan's progress, the same figures the phone is sent (at the session's
+/// progress rate). Called on the session's thread: it must only record, never block.
+pub trait ProgressObserver: Send + Sync + 'static {
+    fn progress(&self, scan_id: ScanId, progress: &coherency_protocol::scan::Progress);
+}
+
+/// Hears nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl ProgressObserver for NoObserver {
+    fn progress(&self, _: ScanId, _: &coherency_protocol::scan::Progress) {}
+}
+
 /// The placeholder hook: nothing to do yet, the scan completes at once.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoReconstruction;

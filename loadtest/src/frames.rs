@@ -59,30 +59,20 @@ pub fn ring(n: usize, encoding: Encoding, confidence: bool, seed: u64) -> Vec<De
     let (format, compression) = encoding.plane();
     scan.frames
         .iter()
-        .map(|f| {
-            let k = &f.intrinsics;
-            let m = f.pose.matrix();
-            let mut pose = [0f32; 16];
-            for (r, row) in m.iter().enumerate() {
-                for (c, v) in row.iter().enumerate() {
-                    pose[r * 4 + c] = *v as f32;
-                }
-            }
-            DepthFrame {
-                seq: 0,
-                captured_at_us: 0,
-                width: f.depth.width,
-                height: f.depth.height,
-                depth: DepthPlane::encode(format, compression, &f.depth.depth),
-                confidence: if confidence {
-                    f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(encoding.compression(), 2, c))
-                } else {
-                    None
-                },
-                intrinsics: [k.fx as f32, 0.0, k.cx as f32, 0.0, k.fy as f32, k.cy as f32, 0.0, 0.0, 1.0],
-                pose,
-                colour_jpeg: None,
-            }
+        .map(|f| DepthFrame {
+            seq: 0,
+            captured_at_us: 0,
+            width: f.depth.width,
+            height: f.depth.height,
+            depth: DepthPlane::encode(format, compression, &f.depth.depth),
+            confidence: if confidence {
+                f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(encoding.compression(), 2, c))
+            } else {
+                None
+            },
+            intrinsics: f.intrinsics.to_row_major_f32(),
+            pose: f.pose.to_row_major_f32(),
+            colour_jpeg: None,
         })
         .collect()
 }

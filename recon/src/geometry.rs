@@ -125,6 +125,11 @@ impl Intrinsics {
         Intrinsics { fx: 212.0, fy: 212.0, cx: 127.5, cy: 95.5, width: 256, height: 192 }
     }
 
+    /// The 3×3 camera matrix, row-major, in single precision (the wire format's `intrinsics`).
+    pub fn to_row_major_f32(&self) -> [f32; 9] {
+        [self.fx as f32, 0.0, self.cx as f32, 0.0, self.fy as f32, self.cy as f32, 0.0, 0.0, 1.0]
+    }
+
     /// Checks the values are usable (positive focal lengths, non-empty image).
     pub fn validate(&self) -> Result<(), ReconError> {
         let finite = [self.fx, self.fy, self.cx, self.cy].iter().all(|v| v.is_finite());
@@ -252,6 +257,12 @@ impl Pose {
             [r[2][0], r[2][1], r[2][2], t[2]],
             [0.0, 0.0, 0.0, 1.0],
         ]
+    }
+
+    /// [`Pose::matrix`] flattened row by row in single precision (the wire format's `pose`).
+    pub fn to_row_major_f32(&self) -> [f32; 16] {
+        let m = self.matrix();
+        std::array::from_fn(|i| m[i / 4][i % 4] as f32)
     }
 
     /// A camera at `eye` looking at `target`; `up` is the world direction that should

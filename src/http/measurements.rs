@@ -14,11 +14,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::AuditEvent;
-use crate::auth::{self, perm, Principal, Require};
+use crate::auth::{self, perm, Require};
 use crate::error::ApiError;
 use crate::recon_hook::{list_measurements, MeasurementRecord, ReconstructionHook, RemeasureError};
 use crate::state::AppState;
-use crate::store::scans::{self, ScanRecord};
 
 /// Most vertices a drawn outline may have.
 pub const MAX_POLYGON_POINTS: usize = 2000;
@@ -44,12 +43,6 @@ pub struct PolygonRequest {
     pub polygon: Vec<[f64; 2]>,
 }
 
-async fn visible_scan(state: &AppState, req: &HttpRequest, who: &Principal, id: Uuid) -> Result<ScanRecord, ApiError> {
-    let scan = scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::scans::require_access(state, req, who, scan.patient_id, "scan.measurements.read").await?;
-    Ok(scan)
-}
-
 /// `GET /v1/scans/{id}/measurements`
 #[utoipa::path(get, path = "/v1/scans/{id}/measurements", tag = "scans", security(("bearer" = ["scans:read"])),
     params(("id" = Uuid, Path)),
@@ -61,7 +54,7 @@ pub async fn list(
     who: Require<perm::ScansRead>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let scan = visible_scan(&state, &req, &who, id.into_inner()).await?;
+    let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
     let measurements = list_measurements(&state.stores.pg, scan.id).await?;
     auth::audit(
         &state,
@@ -93,7 +86,7 @@ pub async fn remeasure(
     body: crate::http::Json<PolygonRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
-    let scan = visible_scan(&state, &req, &who, id.into_inner()).await?;
+    let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
     let n = body.polygon.len();
     if !(3..=MAX_POLYGON_POINTS).contains(&n) || body.polygon.iter().flatten().any(|v| !v.is_finite()) {
         return Err(ApiError::field(

@@ -49,8 +49,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(measurements::list))
                 .route(web::post().to(measurements::remeasure)),
         )
-        .service(resource("/").route(web::get().to(pages::root)))
-        .service(resource("/web/dashboard").route(web::get().to(pages::dashboard_dir)))
+        .service(resource("/").route(web::get().to(pages::to_dashboard)))
+        .service(resource("/web/dashboard").route(web::get().to(pages::to_dashboard)))
         .service(resource("/web/{tail:.*}").route(web::get().to(pages::file)))
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
     cfg.configure(patients::configure).configure(fhir::configure).configure(measurements::fhir::configure);

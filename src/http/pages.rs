@@ -68,13 +68,9 @@ pub async fn consult_page(state: web::Data<AppState>) -> Result<HttpResponse, Ap
     file(state, web::Path::from("consult.html".to_string())).await
 }
 
-/// `GET /`: to the dashboard.
-pub async fn root() -> HttpResponse {
-    HttpResponse::Found().insert_header(("Location", "/web/dashboard/")).finish()
-}
-
-/// `GET /web/dashboard`: to the folder, so relative links resolve.
-pub async fn dashboard_dir() -> HttpResponse {
+/// `GET /` and `GET /web/dashboard`: to the dashboard folder (with the slash, so the page's
+/// relative links resolve).
+pub async fn to_dashboard() -> HttpResponse {
     HttpResponse::Found().insert_header(("Location", "/web/dashboard/")).finish()
 }
 

@@ -666,6 +666,32 @@ fn stale() -> ApiError {
     ApiError::new(Code::PreconditionFailed, "the record changed since you read it; read it again")
 }
 
+/// Binds a profile's columns, in the order `given_name … notes_enc` of the patients table
+/// ($2–$16 after the id), encrypting the protected fields.
+trait BindProfile<'q> {
+    fn bind_profile(self, state: &AppState, p: &'q Profile) -> Self;
+}
+
+impl<'q> BindProfile<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    fn bind_profile(self, state: &AppState, p: &'q Profile) -> Self {
+        self.bind(&p.given_name)
+            .bind(&p.family_name)
+            .bind(&p.middle_name)
+            .bind(&p.prefix)
+            .bind(&p.suffix)
+            .bind(p.birth_date)
+            .bind(p.sex.as_str())
+            .bind(&p.gender_identity)
+            .bind(&p.preferred_language)
+            .bind(&p.phone)
+            .bind(&p.email)
+            .bind(p.address.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()))
+            .bind(&p.mrn)
+            .bind(p.national_id.as_deref().map(|v| state.field_key.encrypt(v)))
+            .bind(p.notes.as_deref().map(|v| state.field_key.encrypt(v)))
+    }
+}
+
 fn with_etag(mut b: actix_web::HttpResponseBuilder, p: &Patient) -> HttpResponse {
     b.insert_header((header::ETAG, etag(p.version))).json(p)
 }
@@ -695,21 +721,7 @@ pub async fn create(
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$19)",
     )
     .bind(id)
-    .bind(&p.given_name)
-    .bind(&p.family_name)
-    .bind(&p.middle_name)
-    .bind(&p.prefix)
-    .bind(&p.suffix)
-    .bind(p.birth_date)
-    .bind(p.sex.as_str())
-    .bind(&p.gender_identity)
-    .bind(&p.preferred_language)
-    .bind(&p.phone)
-    .bind(&p.email)
-    .bind(p.address.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()))
-    .bind(&p.mrn)
-    .bind(p.national_id.as_deref().map(|v| state.field_key.encrypt(v)))
-    .bind(p.notes.as_deref().map(|v| state.field_key.encrypt(v)))
+    .bind_profile(&state, &p)
     .bind(DEFAULT_ORG)
     .bind(who.user_id)
     .bind(now)
@@ -784,21 +796,7 @@ pub async fn update(
          WHERE id = $1",
     )
     .bind(id)
-    .bind(&p.given_name)
-    .bind(&p.family_name)
-    .bind(&p.middle_name)
-    .bind(&p.prefix)
-    .bind(&p.suffix)
-    .bind(p.birth_date)
-    .bind(p.sex.as_str())
-    .bind(&p.gender_identity)
-    .bind(&p.preferred_language)
-    .bind(&p.phone)
-    .bind(&p.email)
-    .bind(p.address.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()))
-    .bind(&p.mrn)
-    .bind(p.national_id.as_deref().map(|v| state.field_key.encrypt(v)))
-    .bind(p.notes.as_deref().map(|v| state.field_key.encrypt(v)))
+    .bind_profile(&state, &p)
     .bind(now)
     .execute(&mut *tx)
     .await

@@ -10,7 +10,7 @@
 //! metrics are never limited, so an orchestrator can always see the node.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ impl RateLimiter {
     }
 
     /// Takes one token for `caller` at `now`; `Err(wait)` when the bucket is empty.
-    pub fn take(&self, caller: &str, now: Instant) -> Result<(), Duration> {
+    pub fn take(&self, caller: impl Hash, now: Instant) -> Result<(), Duration> {
         let key = self.hasher.hash_one(caller);
         let mut shard = self.shards[(key as usize) % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
         if shard.len() >= PRUNE_AT {
@@ -76,6 +76,13 @@ impl RateLimiter {
     }
 }
 
+/// Who a bucket belongs to: a bearer token, or the client address of an anonymous call.
+#[derive(Hash)]
+enum Caller<'a> {
+    Token(&'a str),
+    Address(String),
+}
+
 /// Middleware: answers `429 rate_limited` with `Retry-After` when the caller's bucket is empty.
 pub async fn limit(
     req: ServiceRequest,
@@ -86,10 +93,10 @@ pub async fn limit(
             (req.app_data::<web::Data<RateLimiter>>(), req.app_data::<web::Data<AppState>>())
         {
             let caller = match req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
-                Some(auth) => format!("t:{auth}"),
-                None => format!("a:{}", crate::auth::client_ip(req.request(), state).unwrap_or_default()),
+                Some(auth) => Caller::Token(auth),
+                None => Caller::Address(crate::auth::client_ip(req.request(), state).unwrap_or_default()),
             };
-            if let Err(wait) = limiter.take(&caller, Instant::now()) {
+            if let Err(wait) = limiter.take(caller, Instant::now()) {
                 let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
                 // An answer, not an error, so the envelope middleware outside adds the request id.
                 let err = ApiError::new(Code::RateLimited, "too many requests; slow down").with_retry_after(secs);
@@ -123,7 +130,7 @@ mod tests {
         let l = RateLimiter::new(100, 10);
         let t0 = Instant::now();
         for i in 0..(PRUNE_AT * SHARDS * 2) {
-            let _ = l.take(&format!("caller-{i}"), t0 + Duration::from_millis(i as u64));
+            let _ = l.take(format!("caller-{i}"), t0 + Duration::from_millis(i as u64));
         }
         let total: usize = l.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(total <= PRUNE_AT * SHARDS, "{total}");

@@ -73,20 +73,16 @@ pub async fn require_scan_consent(state: &AppState, patient_id: Uuid) -> Result<
     }
 }
 
-/// Answers 404, audited as a denial of `action`, unless `who` may see the patient.
-pub async fn require_access(
+/// The scan `id` if `who` may see its patient; otherwise 404, the refusal audited as `action`.
+pub async fn visible_scan(
     state: &AppState,
     req: &HttpRequest,
     who: &Principal,
-    patient_id: Uuid,
+    id: Uuid,
     action: &str,
-) -> Result<(), ApiError> {
-    crate::http::patients::require_access(state, req, who, patient_id, action).await
-}
-
-async fn visible_scan(state: &AppState, req: &HttpRequest, who: &Principal, id: Uuid) -> Result<ScanRecord, ApiError> {
+) -> Result<ScanRecord, ApiError> {
     let scan = scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    require_access(state, req, who, scan.patient_id, "scan.read").await?;
+    crate::http::patients::require_access(state, req, who, scan.patient_id, action).await?;
     Ok(scan)
 }
 
@@ -104,7 +100,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
     let site = body_site(&body.body_site)?;
-    require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
+    crate::http::patients::require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
     require_scan_consent(&state, body.patient_id).await?;
     let new = NewScan {
         id: Uuid::now_v7(),
@@ -138,7 +134,7 @@ pub async fn get(
     who: Require<perm::ScansRead>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let scan = visible_scan(&state, &req, &who, id.into_inner()).await?;
+    let scan = visible_scan(&state, &req, &who, id.into_inner(), "scan.read").await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.read", "success").target("scan", scan.id)).await?;
     Ok(HttpResponse::Ok().json(scan))
 }
@@ -159,7 +155,7 @@ pub async fn list_for_patient(
     if !(1..=MAX_LIST).contains(&limit) {
         return Err(ApiError::field(Code::InvalidField, "limit", format!("limit must be 1-{MAX_LIST}")));
     }
-    require_access(&state, &req, &who, patient_id, "scan.list").await?;
+    crate::http::patients::require_access(&state, &req, &who, patient_id, "scan.list").await?;
     let list = scans::list_for_patient(&state.stores.pg, patient_id, limit).await?;
     auth::audit(
         &state,

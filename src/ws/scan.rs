@@ -75,7 +75,7 @@ pub async fn stream(
     tracing::Span::current().record("scan_id", tracing::field::display(scan_uuid));
     let (patient_id, status) =
         crate::store::scans::owner_and_status(&state.stores.pg, scan_uuid).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::scans::require_access(&state, &req, &who, patient_id, "scan.stream").await?;
+    crate::http::patients::require_access(&state, &req, &who, patient_id, "scan.stream").await?;
     crate::http::scans::require_scan_consent(&state, patient_id).await?;
     if matches!(status.as_str(), "failed" | "cancelled") {
         return Err(ApiError::new(Code::ScanNotStreamable, "the scan failed or was cancelled"));
@@ -384,10 +384,11 @@ pub fn start_registry(config: &Config, stores: &Stores, clock: &Clock, metrics: 
     let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
     let deps = CaptureDeps::new(
         Arc::new(BlobFrameStore::new(stores.blobs.clone())),
-        Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events)),
+        Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events.clone())),
         Arc::new(MongoQualitySink::new(stores.mongo.clone())),
     )
     .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
+    .with_observer(Arc::new(events))
     .with_finish_hook(Arc::new(crate::recon_hook::ReconstructionHook::new(stores, clock.clone())))
     .with_config(capture_config(config));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);

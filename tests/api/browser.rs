@@ -1,6 +1,6 @@
 //! Real browsers on the consult page: runs `web/tests/consult.mjs` (Playwright driving the
 //! system Chromium) against a server started here. Ignored by a plain `cargo test` because
-//! it needs Chromium and `web/tests/node_modules`; `scripts/test-browser` installs both and
+//! it needs Chromium and `web/node_modules` (`scripts/browser-setup`); `scripts/test-browser` installs them and
 //! runs it with `--run-ignored only`.
 
 use std::time::Duration;

@@ -154,6 +154,63 @@ async fn a_booking_reaches_its_clinicians_board_and_never_another_clinicians() {
 }
 
 #[actix_rt::test]
+async fn a_checked_in_patient_waits_on_their_clinicians_board_then_moves_to_in_consult() {
+    let app = spawn_app().await;
+    let s = crate::consults::setup(&app).await;
+    let other = app.staff(Role::Clinician, true).await;
+    let admin = app.staff(Role::Admin, true).await;
+    let mut board = Board::open(&app, &s.clin, None).await;
+    let mut other_board = Board::open(&app, &other, None).await;
+
+    let res = app.post_auth(&format!("/v1/consults/{}/check-in", s.consult), &s.patient.token, &json!({})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let checked_in = std::time::Instant::now();
+    let pid: Uuid = res.json::<Value>().await.unwrap()["participant_id"].as_str().unwrap().parse().unwrap();
+    board.until("the waiting patient", |m| has_upsert(m, pid)).await;
+    let waited = checked_in.elapsed();
+    assert!(waited < Duration::from_secs(1), "on the board {waited:?} after check-in");
+    let item = board.mirror.items.values().find(|i| i.id == pid).unwrap().clone();
+    assert_eq!((item.section, item.status.as_str()), (Section::Waiting, "waiting"));
+    assert_eq!(item.patient_id, s.patient.patient_id);
+    assert_eq!(item.data["consult_id"], s.consult.to_string());
+    assert_eq!(item.patient_name.as_deref(), Some("Ada Lovelace"));
+
+    let res =
+        app.post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    board.until("the consult", |m| has_upsert(m, s.consult)).await;
+    board.catch_up(&app).await;
+    let sections: Vec<(Section, &str)> = board.mirror.items.values().map(|i| (i.section, i.status.as_str())).collect();
+    assert_eq!(sections, vec![(Section::Consults, "in_consult")], "the patient moved from waiting to in consult");
+    let consult = board.mirror.items.values().next().unwrap();
+    assert_eq!(consult.data["participants"], json!(["host", "patient"]));
+
+    // A board opened now (snapshot from the hub) and one rebuilt from the database agree.
+    let admin_board = Board::open(&app, &admin, None).await;
+    assert!(admin_board.mirror.items.values().any(|i| i.id == s.consult && i.section == Section::Consults));
+    let reloaded = coherency::dashboard::reload(&app.pg, &app.state.clock).await.unwrap();
+    let live: Vec<&Item> = reloaded.items.iter().filter(|i| i.id == s.consult || i.id == pid).collect();
+    assert_eq!(live.len(), 1, "the database has the consult in progress and nobody waiting");
+    assert_eq!(live[0].data["participants"], consult.data["participants"]);
+
+    // Ending the consult takes it off the board.
+    let res = app.post_auth(&format!("/v1/consults/{}/end", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    board
+        .until(
+            "the consult's end",
+            |m| matches!(m, ServerMsg::Delta(d) if matches!(&d.change, Change::Remove { id, .. } if *id == s.consult)),
+        )
+        .await;
+
+    other_board.catch_up(&app).await;
+    assert!(
+        !other_board.log.iter().any(|m| has_upsert(m, pid) || has_upsert(m, s.consult)),
+        "another clinician never sees this patient waiting or in consult"
+    );
+}
+
+#[actix_rt::test]
 async fn a_board_that_drops_and_resumes_ends_like_one_that_never_dropped() {
     let app = spawn_app().await;
     let admin = app.staff(Role::Admin, true).await;

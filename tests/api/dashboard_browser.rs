@@ -1,7 +1,9 @@
 //! The dashboard pages in headless Chromium (Playwright, `web/tests/dashboard.board.mjs`),
-//! against a real server: live scan progress then measurements on the board, the 3D
-//! viewer drawing the mesh, one history point per completed scan, a board that loses its
-//! socket ending like one that did not, and a clinician never seeing another's patients.
+//! against a real server: a patient checking in through the API on the clinician's board
+//! within 1 s and moving to "in consult" when admitted, live scan progress then
+//! measurements on the board, the 3D viewer drawing the mesh, one history point per
+//! completed scan, a board that loses its socket ending like one that did not, and a
+//! clinician never seeing another's patients.
 //!
 //! This test drives the scenario from Rust (accounts, bookings, streaming phantom scans
 //! with `coherency_protocol::client`) and the browser side runs in Node; they talk over the
@@ -123,6 +125,10 @@ async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers
     stream_scan(&app, &ada, first, Duration::ZERO).await;
 
     let alice_token = token(&app, &alice).await;
+    // An ad hoc consult of Alice's with Ada; Ada checks in from the browser script.
+    let res = app.post_auth("/v1/consults", &alice_token, &json!({"patient_id": ada_id})).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let consult = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
     let bob_token = token(&app, &bob).await;
     // Last: a code is refused once a later step has been used.
     let alice_code = next_code(&app, &alice);
@@ -134,6 +140,7 @@ async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers
         "alice": {"email": alice.email, "password": alice.password, "code": alice_code, "token": alice_token},
         "bob": {"token": bob_token},
         "ada": ada_id, "bea": bea_id, "first_scan": first, "bea_scan": bea_scan,
+        "consult": consult, "ada_token": ada.token,
     });
     let mut child = Command::new("node")
         .arg(web.join("tests/dashboard.board.mjs"))

@@ -23,14 +23,6 @@ use crate::scan_stream::patient_with_scan;
 /// A phantom frame as the phone sends it: uint16 0.1 mm depth + zstd, confidence 0..=2,
 /// row-major intrinsics and world-from-camera pose.
 pub fn wire_frame(seq: u64, f: &Frame) -> DepthFrame {
-    let k = &f.intrinsics;
-    let m = f.pose.matrix();
-    let mut pose = [0f32; 16];
-    for (r, row) in m.iter().enumerate() {
-        for (c, v) in row.iter().enumerate() {
-            pose[r * 4 + c] = *v as f32;
-        }
-    }
     DepthFrame {
         seq,
         captured_at_us: 1_764_000_000_000_000 + seq * 16_667,
@@ -38,8 +30,8 @@ pub fn wire_frame(seq: u64, f: &Frame) -> DepthFrame {
         height: f.depth.height,
         depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &f.depth.depth),
         confidence: f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(Compression::Zstd, 2, c)),
-        intrinsics: [k.fx as f32, 0.0, k.cx as f32, 0.0, k.fy as f32, k.cy as f32, 0.0, 0.0, 1.0],
-        pose,
+        intrinsics: f.intrinsics.to_row_major_f32(),
+        pose: f.pose.to_row_major_f32(),
         colour_jpeg: None,
     }
 }

@@ -84,6 +84,8 @@ try {
   await a.waitForSelector(`${row}[data-status="complete"] [data-testid="area"]`, { timeout: 30000 });
   const area = await a.textContent(`${row} [data-testid="area"]`);
   check(/area [0-9.]+ ± [0-9.]+ mm²/.test(area), `measurements on the board: ${area}`);
+  const cov = await a.getAttribute(`${row} progress[aria-label="coverage"]`, 'value');
+  check(Number(cov) > 0, `live coverage from fusion on the board: ${cov}`);
 
   // The dropped board reconnected and ends in the same state as the steady one.
   await b.waitForSelector('#conn.live', { timeout: 15000 });
@@ -103,6 +105,28 @@ try {
   check((await c.locator(`[data-testid="scans-${scan}"]`).count()) === 0, 'bob\'s page does not show alice\'s scan');
   const aliceItems = (await boardState(a)).items;
   check(!aliceItems.some((i) => i.patient_id === P.bea), 'alice\'s board has none of bob\'s patients');
+
+  // Ada checks in through the API: she is in Alice's waiting room within 1 s; admitting
+  // her moves her to the consults in progress. Bob's board never shows her.
+  const call = async (path, token) => {
+    const r = await fetch(`${P.base}${path}`, { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: '{}' });
+    if (!r.ok) throw new Error(`${path}: ${r.status} ${await r.text()}`);
+    return r.json();
+  };
+  const t0 = Date.now();
+  const { participant_id: pid } = await call(`/v1/consults/${P.consult}/check-in`, P.ada_token);
+  await a.waitForSelector(`[data-testid="waiting-${pid}"]`, { timeout: 5000 });
+  const waited = Date.now() - t0;
+  check(waited <= 1000, `the checked-in patient is on the clinician's board after ${waited} ms`);
+  check(/waiting/.test(await a.textContent(`[data-testid="waiting-${pid}"]`)), 'shown as waiting');
+  await call(`/v1/consults/${P.consult}/participants/${pid}/admit`, P.alice.token);
+  await a.waitForSelector(`[data-testid="consults-${P.consult}"][data-status="in_consult"]`, { timeout: 5000 });
+  await a.waitForSelector(`[data-testid="waiting-${pid}"]`, { state: 'detached', timeout: 5000 });
+  const inCall = await a.textContent(`[data-testid="consults-${P.consult}"]`);
+  check(/2 in call/.test(inCall), `admitting moved her to "in consult": ${inCall}`);
+  await b.waitForSelector(`[data-testid="consults-${P.consult}"]`, { timeout: 5000 });
+  check((await c.locator(`[data-testid="consults-${P.consult}"], [data-testid="waiting-${pid}"]`).count()) === 0,
+    'bob\'s board shows neither her wait nor her consult');
 
   // The scan page: the 3D viewer draws the mesh, measurements beside it.
   await a.click(`${row} a[href^="#/scan/"]`);

@@ -16,7 +16,7 @@ use super::error::CaptureError;
 use super::messages::{Attach, AttachOutcome, ConnId, Outbox, Shutdown};
 use super::session::CaptureSession;
 use crate::metrics::{NoMetrics, SessionMetrics};
-use crate::store::{FinishHook, FrameStore, NoReconstruction, QualitySink, ScanIndex};
+use crate::store::{FinishHook, FrameStore, NoObserver, NoReconstruction, ProgressObserver, QualitySink, ScanIndex};
 
 /// Everything capture sessions need from the outside world.
 #[derive(Clone)]
@@ -31,6 +31,8 @@ pub struct CaptureDeps {
     pub finish: Arc<dyn FinishHook>,
     /// Where queue depths, lag and retries are reported.
     pub metrics: Arc<dyn SessionMetrics>,
+    /// Who else hears live progress (the dashboard).
+    pub observer: Arc<dyn ProgressObserver>,
     /// Tunables.
     pub config: CaptureConfig,
 }
@@ -44,6 +46,7 @@ impl CaptureDeps {
             quality,
             finish: Arc::new(NoReconstruction),
             metrics: Arc::new(NoMetrics),
+            observer: Arc::new(NoObserver),
             config: CaptureConfig::default(),
         }
     }
@@ -57,6 +60,12 @@ impl CaptureDeps {
     /// Replaces the metrics sink.
     pub fn with_metrics(mut self, metrics: Arc<dyn SessionMetrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Replaces the progress observer.
+    pub fn with_observer(mut self, observer: Arc<dyn ProgressObserver>) -> Self {
+        self.observer = observer;
         self
     }
 

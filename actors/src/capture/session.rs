@@ -602,6 +602,7 @@ impl CaptureSession {
         let flowing = self.last_frame_at.is_some_and(|t| t.elapsed() < FLOWING);
         if flowing && matches!(self.phase, SessionPhase::Streaming | SessionPhase::Finishing { .. }) {
             let p = self.progress();
+            self.deps.observer.progress(self.scan_id, &p);
             self.send_lossy(ServerMsg::Progress(p));
         }
         let cfg = &self.deps.config;

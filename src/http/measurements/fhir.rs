@@ -333,8 +333,7 @@ async fn scan_mesh(
     action: &str,
 ) -> Result<(crate::store::scans::ScanRecord, MeshKeys), ApiError> {
     let id = path_id(req, "id")?;
-    let scan = crate::store::scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    require_access(state, req, who, scan.patient_id, action).await?;
+    let scan = crate::http::scans::visible_scan(state, req, who, id, action).await?;
     let mesh =
         auto_mesh_keys(&state.stores.pg, id).await.map_err(ApiError::internal)?.ok_or_else(ApiError::not_found)?;
     Ok((scan, mesh))
