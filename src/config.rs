@@ -54,6 +54,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "0: group commit — a scan's frames are written and indexed as soon as its previous write finished (lowest ack latency). N: hold a partial chunk until its oldest frame is N ms old (fewer, larger blob objects; acks wait up to N ms).",
     },
     Setting {
+        key: "fusion_nice",
+        default: "10",
+        help: "Niceness (0–19) of the live-fusion worker threads: under load the scheduler prefers the ack path over the live preview. 0: same priority as the rest of the server.",
+    },
+    Setting {
         key: "redis_url",
         default: "redis://127.0.0.1:6379",
         help: "Redis URL (rate limits, presence, leases, cross-node bus).",
@@ -210,6 +215,7 @@ pub struct Config {
     pub database_url: ServiceUrl,
     pub database_max_connections: u32,
     pub scan_flush_window_ms: u64,
+    pub fusion_nice: i32,
     pub redis_url: ServiceUrl,
     pub redis_prefix: String,
     pub mongo_url: ServiceUrl,
@@ -251,6 +257,7 @@ impl Default for Config {
             database_url: ServiceUrl::new("postgres://postgres@127.0.0.1:5432/coherency"),
             database_max_connections: 20,
             scan_flush_window_ms: 0,
+            fusion_nice: coherency_actors::reconstruction::DEFAULT_WORKER_NICE,
             redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
             redis_prefix: "coherency:".into(),
             mongo_url: ServiceUrl::new("mongodb://127.0.0.1:27017"),
@@ -342,6 +349,9 @@ impl Config {
         }
         if self.scan_flush_window_ms > 1000 {
             return Err(Self::invalid("scan_flush_window_ms", "must be at most 1000"));
+        }
+        if !(0..=19).contains(&self.fusion_nice) {
+            return Err(Self::invalid("fusion_nice", "must be between 0 and 19"));
         }
         if self.redis_prefix.is_empty() {
             return Err(Self::invalid("redis_prefix", "must not be empty"));

@@ -10,7 +10,7 @@ use actix::Addr;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use coherency_actors::room::{Change, ConsultStatus, Participant, Room, RoomDeps, RoomSnapshot, RoomStore};
-use coherency_protocol::consult::{IceServer, ParticipantRole, ParticipantState, RoomEvent};
+use coherency_protocol::consult::{IceServer, ParticipantRole, ParticipantState, RoomEvent, ServerSignal};
 use coherency_protocol::ids::ConsultId;
 use coherency_protocol::Code;
 use hmac::{Hmac, Mac};
@@ -154,6 +154,57 @@ pub async fn create(
     publish(&state.stores.redis, std::slice::from_ref(&ev)).await;
     state.webhook_wake.notify_one();
     load(&state.stores.pg, id).await?.ok_or_else(|| ApiError::internal("consult vanished"))
+}
+
+/// A scan was asked for inside consult `c`: the room records `scan_requested` and, unless
+/// the patient asked themself, their app gets `scan_request`. Best effort after the scan's
+/// own commit: the scan exists (with its `consult_id`) whatever the room does.
+pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uuid) {
+    let patient_user: Option<Uuid> = match c.patient_id {
+        Some(p) => sqlx::query_scalar("SELECT user_id FROM patients WHERE id = $1")
+            .bind(p)
+            .fetch_optional(&state.stores.pg)
+            .await
+            .ok()
+            .flatten(),
+        None => None,
+    };
+    let raise = coherency_actors::room::Raise {
+        kind: coherency_protocol::consult::EventKind::ScanRequested,
+        by: Some(by),
+        data: serde_json::json!({ "scan_id": scan_id }),
+        notify: patient_user.filter(|u| *u != by).map(|u| (u, ServerSignal::ScanRequest { scan_id })),
+    };
+    let res = match room(state, c).await {
+        Ok(r) => r.send(raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = res {
+        tracing::warn!(consult_id = %c.id, %scan_id, error = %e, "scan request not recorded in the room");
+    }
+}
+
+/// A scan of consult `consult_id` changed status: if its room runs on this node, the room
+/// records `scan_progress` (streaming, processing) or `scan_finished` (complete, failed,
+/// cancelled). Every node hears the scan bus; only the room's node records the event.
+pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, status: &str) {
+    let kind = match status {
+        "streaming" | "processing" => coherency_protocol::consult::EventKind::ScanProgress,
+        "complete" | "failed" | "cancelled" => coherency_protocol::consult::EventKind::ScanFinished,
+        _ => return,
+    };
+    let Some(r) = state.rooms.get(ConsultId::from_uuid(consult_id)) else { return };
+    let raise = coherency_actors::room::Raise {
+        kind,
+        by: None,
+        data: serde_json::json!({ "scan_id": scan_id, "status": status }),
+        notify: None,
+    };
+    match r.send(raise).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(%consult_id, %scan_id, error = %e, "scan status not recorded in the room"),
+        Err(e) => tracing::debug!(%consult_id, %scan_id, error = %e, "room gone"),
+    }
 }
 
 fn webhooks_on(config: &Config) -> bool {

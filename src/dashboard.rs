@@ -208,6 +208,12 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
         if let Some(change) = change_for(&ev) {
             hub.do_send(Apply(vec![change]));
         }
+        if let Some(consult) = ev.data.get("consult_id").and_then(Value::as_str).and_then(|c| c.parse().ok()) {
+            // A scan taken inside a consult: its status changes are room events too.
+            if let Some(status) = ev.kind.strip_prefix("scan.").filter(|k| *k != "progress" && *k != "created") {
+                crate::consults::scan_status(state, consult, ev.id, status).await;
+            }
+        }
     }
     Ok(())
 }
@@ -294,6 +300,9 @@ pub async fn scan_created(state: &AppState, scan: &crate::store::scans::ScanReco
     let mut data = Map::new();
     data.insert("status".into(), "created".into());
     data.insert("frames".into(), 0.into());
+    if let Some(c) = scan.consult_id {
+        data.insert("consult_id".into(), c.to_string().into());
+    }
     let ev = BusEvent {
         kind: "scan.created".into(),
         id: scan.id,
@@ -309,6 +318,7 @@ pub async fn scan_created(state: &AppState, scan: &crate::store::scans::ScanReco
 /// What the publisher remembers of a live scan.
 struct ScanMeta {
     patient_id: Uuid,
+    consult_id: Option<Uuid>,
     clinician_id: Option<Uuid>,
     since_ms: i64,
     status: String,
@@ -339,7 +349,7 @@ impl ScanEvents {
             return Some(());
         }
         let r = sqlx::query(
-            "SELECT s.patient_id, s.created_at, s.status, s.acked_seq, s.created_by, u.role
+            "SELECT s.patient_id, s.consult_id, s.created_at, s.status, s.acked_seq, s.created_by, u.role
                FROM scans s JOIN users u ON u.id = s.created_by WHERE s.id = $1",
         )
         .bind(scan.as_uuid())
@@ -349,6 +359,7 @@ impl ScanEvents {
         let role: String = r.get("role");
         let meta = ScanMeta {
             patient_id: r.get("patient_id"),
+            consult_id: r.get("consult_id"),
             clinician_id: (role == "clinician").then(|| r.get("created_by")),
             since_ms: r.get::<DateTime<Utc>, _>("created_at").timestamp_millis(),
             status: r.get("status"),
@@ -405,6 +416,9 @@ impl ScanEvents {
         let mut data = Map::new();
         data.insert("status".into(), m.status.clone().into());
         data.insert("frames".into(), m.frames.into());
+        if let Some(c) = m.consult_id {
+            data.insert("consult_id".into(), c.to_string().into());
+        }
         if let Some(f) = m.fused {
             data.insert("fused".into(), f.into());
         }

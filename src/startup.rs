@@ -80,6 +80,7 @@ impl Application {
             capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics),
             booking_locks: Default::default(),
             dashboard: crate::dashboard::start_hub(),
+            patient_names: Default::default(),
             config: Arc::new(config),
             stores,
             metrics,

@@ -36,6 +36,8 @@ pub struct AppState {
     pub booking_locks: Arc<coherency_actors::BookingLocks>,
     /// This node's dashboard hub (`crate::dashboard`, `crate::ws::dashboard`).
     pub dashboard: actix::Addr<coherency_actors::DashboardHub>,
+    /// Patient names for this node's boards (`crate::ws::dashboard`).
+    pub patient_names: Arc<crate::ws::dashboard::PatientNames>,
     /// This node's consult rooms (`crate::consults`).
     pub rooms: Arc<coherency_actors::Rooms>,
     /// What every room of this node shares (storage, limits, clock, waiting rooms).

@@ -22,7 +22,7 @@
 //! holds the wound either way while the phone is held over it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -443,6 +443,28 @@ impl State {
     }
 }
 
+/// Default niceness of the fusion workers: live fusion is a preview, acks are the promise,
+/// so under load the scheduler prefers the ack path (weight 110 against 1024 at nice 0).
+pub const DEFAULT_WORKER_NICE: i32 = 10;
+static WORKER_NICE: AtomicI32 = AtomicI32::new(DEFAULT_WORKER_NICE);
+
+/// Lowers the calling thread's priority to [`WORKER_NICE`] (Linux; elsewhere a no-op).
+fn lower_priority() {
+    let nice = WORKER_NICE.load(Ordering::Relaxed);
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: on Linux, PRIO_PROCESS with who = 0 sets the nice value of the calling
+        // thread only; the call reads and writes no memory of ours.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if r != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "fusion worker keeps normal priority");
+        }
+    }
+}
+
 /// The process-wide fusion workers (one per core).
 pub struct FusionPool {
     run: Mutex<VecDeque<LiveScan>>,
@@ -451,6 +473,11 @@ pub struct FusionPool {
 }
 
 impl FusionPool {
+    /// The niceness (0–19) workers take when they start; call before the first scan.
+    pub fn set_worker_nice(nice: i32) {
+        WORKER_NICE.store(nice.clamp(0, 19), Ordering::Relaxed);
+    }
+
     /// The pool shared by every scan of the process; its workers start on first use.
     pub fn global() -> &'static FusionPool {
         static POOL: OnceLock<FusionPool> = OnceLock::new();
@@ -462,7 +489,10 @@ impl FusionPool {
         if !pool.started.swap(true, Ordering::AcqRel) {
             let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
             for i in 0..cores {
-                let spawned = std::thread::Builder::new().name(format!("fusion-{i}")).spawn(move || pool.work());
+                let spawned = std::thread::Builder::new().name(format!("fusion-{i}")).spawn(move || {
+                    lower_priority();
+                    pool.work()
+                });
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "could not start a fusion worker");
                 }

@@ -49,7 +49,8 @@ pub async fn ready(http: &reqwest::Client, target: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn call(
+/// `POST {target}{path}` with a JSON body, the answer's JSON.
+pub async fn call(
     http: &reqwest::Client,
     target: &str,
     path: &str,
@@ -80,7 +81,110 @@ async fn call(
         .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("POST {path}: {e}: {text}") })
 }
 
-fn field<'a>(v: &'a Value, ptr: &str, what: &str) -> Result<&'a str, SetupError> {
+/// `GET {target}{path}` with a bearer token, the answer's JSON.
+pub async fn get(http: &reqwest::Client, target: &str, path: &str, token: &str) -> Result<Value, SetupError> {
+    let url = format!("{}{path}", target.trim_end_matches('/'));
+    let res = http.get(&url).bearer_auth(token).send().await.map_err(|e| SetupError {
+        code: if e.is_timeout() { "setup_timeout".into() } else { "setup_connect".into() },
+        error: anyhow!("GET {url}: {e}"),
+    })?;
+    let status = res.status();
+    let text = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(SetupError {
+            code: format!("setup_http_{}", status.as_u16()),
+            error: anyhow!("GET {path}: HTTP {status}: {text}"),
+        });
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("GET {path}: {e}: {text}") })
+}
+
+/// A signed-in staff member.
+#[derive(Debug, Clone)]
+pub struct Staff {
+    pub token: String,
+    pub user_id: Uuid,
+    pub role: String,
+}
+
+/// The current TOTP code (RFC 6238: SHA-1, 6 digits, 30 s) of a base32 secret.
+fn totp_code(secret: &str) -> Result<String, SetupError> {
+    let bad = |e: String| SetupError { code: "setup_bad_totp_secret".into(), error: anyhow!("TOTP secret: {e}") };
+    let bytes = totp_rs::Secret::Encoded(secret.trim().to_string()).to_bytes().map_err(|e| bad(format!("{e:?}")))?;
+    let totp = totp_rs::TOTP::new_unchecked(totp_rs::Algorithm::SHA1, 6, 1, 30, bytes, None, "loadtest".into());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(totp.generate(now))
+}
+
+/// Signs a staff member in with a password and, for an enrolled account, the current TOTP
+/// code. A code is accepted once per 30 s step, so a refused code is tried again (at most
+/// twice) in the next step.
+pub async fn staff_login(
+    http: &reqwest::Client,
+    target: &str,
+    email: &str,
+    password: &str,
+    totp_secret: Option<&str>,
+) -> Result<Staff, SetupError> {
+    let mut tries = 0;
+    loop {
+        let mut body = json!({"email": email, "password": password});
+        if let Some(s) = totp_secret {
+            body["totp_code"] = totp_code(s)?.into();
+        }
+        match call(http, target, "/v1/auth/login", None, &body).await {
+            Ok(v) => {
+                let token = field(&v, "/access_token", "login")?.to_owned();
+                let role = field(&v, "/user/role", "login")?.to_owned();
+                let user_id = field(&v, "/user/id", "login")?
+                    .parse()
+                    .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("user id: {e}") })?;
+                return Ok(Staff { token, user_id, role });
+            }
+            Err(e) if e.code == "setup_http_401" && totp_secret.is_some() && tries < 2 => {
+                tries += 1;
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                tokio::time::sleep(Duration::from_secs(30 - now % 30 + 1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The staff member an access token belongs to (`GET /v1/me`).
+pub async fn staff_of_token(http: &reqwest::Client, target: &str, token: &str) -> Result<Staff, SetupError> {
+    let me = get(http, target, "/v1/me", token).await?;
+    let role = field(&me, "/role", "me")?.to_owned();
+    let user_id = field(&me, "/id", "me")?
+        .parse()
+        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("user id: {e}") })?;
+    Ok(Staff { token: token.to_owned(), user_id, role })
+}
+
+/// Registers and signs in a patient account; returns (token, patient id).
+pub async fn patient(
+    http: &reqwest::Client,
+    target: &str,
+    run_tag: &str,
+    i: usize,
+) -> Result<(String, String), SetupError> {
+    let email = format!("loadtest-{run_tag}-{i}@example.test");
+    let reg = call(
+        http,
+        target,
+        "/v1/auth/register",
+        None,
+        &json!({"email": email, "password": PASSWORD, "given_name": "Load", "family_name": format!("Tester {i}"), "birth_date": "1980-01-01"}),
+    )
+    .await?;
+    let patient_id = field(&reg, "/patient_id", "register")?.to_owned();
+    let login = call(http, target, "/v1/auth/login", None, &json!({"email": email, "password": PASSWORD})).await?;
+    Ok((field(&login, "/access_token", "login")?.to_owned(), patient_id))
+}
+
+/// A string field of an answer.
+pub fn field<'a>(v: &'a Value, ptr: &str, what: &str) -> Result<&'a str, SetupError> {
     v.pointer(ptr)
         .and_then(Value::as_str)
         .ok_or_else(|| SetupError { code: "setup_bad_json".into(), error: anyhow!("{what}: no {ptr} in {v}") })
@@ -93,18 +197,7 @@ pub async fn provision(
     run_tag: &str,
     i: usize,
 ) -> Result<Provisioned, SetupError> {
-    let email = format!("loadtest-{run_tag}-{i}@example.test");
-    let reg = call(
-        http,
-        target,
-        "/v1/auth/register",
-        None,
-        &json!({"email": email, "password": PASSWORD, "given_name": "Load", "family_name": format!("Tester {i}"), "birth_date": "1980-01-01"}),
-    )
-    .await?;
-    let patient_id = field(&reg, "/patient_id", "register")?.to_owned();
-    let login = call(http, target, "/v1/auth/login", None, &json!({"email": email, "password": PASSWORD})).await?;
-    let token = field(&login, "/access_token", "login")?.to_owned();
+    let (token, patient_id) = patient(http, target, run_tag, i).await?;
     call(
         http,
         target,

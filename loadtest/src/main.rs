@@ -1,11 +1,13 @@
-//! `loadtest`: drives a Coherency deployment with simulated phones (and, later, consults,
-//! booking storms and dashboards), reports throughput, HDR latency percentiles and errors
-//! by code as a table and as JSON, and exits non-zero when an SLO is missed.
+//! `loadtest`: drives a Coherency deployment with simulated phones and live dashboards
+//! (consults, booking storms and a mix are still to come), reports throughput, HDR latency
+//! percentiles and errors by code as a table and as JSON, and exits non-zero when an SLO is
+//! missed.
 //!
 //! Exit codes: 0 success, 1 an SLO was missed, 2 usage error or scenario not implemented
 //! yet, 3 the run could not be carried out (target not ready, setup failed).
 
 mod api;
+mod dashboard;
 mod frames;
 mod scan;
 mod slo;
@@ -115,6 +117,31 @@ pub struct ScanArgs {
     pub ring: usize,
 }
 
+/// `dashboard` options.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Boards held open, all signed in as the clinician below.
+    #[arg(long, default_value_t = 100)]
+    pub sockets: usize,
+    /// Calendar changes per second (a patient booking a slot, or cancelling it).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// A clinician's email (boards watch their calendar; the demo clinician works).
+    #[arg(long, env = "LOADTEST_STAFF_EMAIL")]
+    pub staff_email: Option<String>,
+    /// Their password.
+    #[arg(long, env = "LOADTEST_STAFF_PASSWORD", hide_env_values = true)]
+    pub staff_password: Option<String>,
+    /// Their TOTP secret (base32), when enrolled: the current code is computed.
+    #[arg(long, env = "LOADTEST_STAFF_TOTP", hide_env_values = true)]
+    pub staff_totp: Option<String>,
+    /// Instead of signing in: an access token the clinician already holds.
+    #[arg(long, env = "LOADTEST_STAFF_TOKEN", hide_env_values = true, conflicts_with = "staff_email")]
+    pub staff_token: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 enum Scenario {
     /// Phones streaming phantom LiDAR frames at a fixed rate.
@@ -123,8 +150,8 @@ enum Scenario {
     Consult(Common),
     /// Booking storms on hot clinicians (not implemented yet).
     Booking(Common),
-    /// Dashboard watchers (not implemented yet).
-    Dashboard(Common),
+    /// Live boards watching a clinician's calendar change.
+    Dashboard(DashboardArgs),
     /// A mix of every scenario (not implemented yet).
     Mixed(Common),
 }
@@ -162,19 +189,7 @@ fn finish(mut report: stats::Report, common: &Common) -> ExitCode {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let args = match cli.scenario {
-        Scenario::Scan(a) => a,
-        Scenario::Consult(_) | Scenario::Booking(_) | Scenario::Dashboard(_) | Scenario::Mixed(_) => {
-            eprintln!("loadtest: this scenario is not implemented yet (only `scan` is)");
-            return ExitCode::from(2);
-        }
-    };
-    if args.transport == Transport::Datachannel {
-        eprintln!("loadtest: --transport datachannel is not implemented yet (use ws)");
-        return ExitCode::from(2);
-    }
+fn block_on<F: std::future::Future<Output = anyhow::Result<stats::Report>>>(run: F, common: &Common) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -182,11 +197,28 @@ fn main() -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    match rt.block_on(scan::run(&args)) {
-        Ok(report) => finish(report, &args.common),
+    match rt.block_on(run) {
+        Ok(report) => finish(report, common),
         Err(e) => {
             eprintln!("loadtest: {e:#}");
             ExitCode::from(3)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().scenario {
+        Scenario::Scan(args) => {
+            if args.transport == Transport::Datachannel {
+                eprintln!("loadtest: --transport datachannel is not implemented yet (use ws)");
+                return ExitCode::from(2);
+            }
+            block_on(scan::run(&args), &args.common)
+        }
+        Scenario::Dashboard(args) => block_on(dashboard::run(&args), &args.common),
+        Scenario::Consult(_) | Scenario::Booking(_) | Scenario::Mixed(_) => {
+            eprintln!("loadtest: this scenario is not implemented yet (`scan` and `dashboard` are)");
+            ExitCode::from(2)
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::api::{self, Provisioned};
 use crate::frames;
-use crate::stats::{Errors, Latencies, Report};
+use crate::stats::{Errors, Latencies, Report, ScanFigures};
 use crate::ScanArgs;
 
 /// Setup calls in flight at once (registration hashes a password: keep the server's CPU for
@@ -295,16 +295,12 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
         completed += u64::from(r.completed);
     }
     let throughput = acked as f64 / elapsed;
-    Ok(Report {
-        scenario: "scan".into(),
-        targets: common.target.clone(),
+    let figures = ScanFigures {
         scans: args.scans,
         fps: args.fps,
         encoding: args.encoding.name().into(),
         transport: "ws".into(),
         frame_message_bytes: frame_bytes,
-        ramp_up_s: ramp.as_secs_f64(),
-        elapsed_s: (elapsed * 1000.0).round() / 1000.0,
         frames_sent: sent,
         frames_acked: acked,
         throughput_fps: (throughput * 10.0).round() / 10.0,
@@ -315,6 +311,15 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
         scans_completed: completed,
         scans_failed: args.scans as u64 - completed,
         reconnects,
+    };
+    Ok(Report {
+        scenario: "scan".into(),
+        targets: common.target.clone(),
+        ramp_up_s: ramp.as_secs_f64(),
+        elapsed_s: (elapsed * 1000.0).round() / 1000.0,
+        scan: Some(figures),
+        latencies: Default::default(),
+        counts: Default::default(),
         errors,
         slo: Vec::new(),
     })

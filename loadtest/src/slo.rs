@@ -1,13 +1,44 @@
 //! Service-level objectives given on the command line (`--slo ack_p99_ms=50`), checked
-//! against the report at the end of a run.
+//! against the report at the end of a run. Besides the scan scenario's fixed names, any
+//! named latency of a report is constrained as `NAME_p50_ms`, `NAME_p90_ms`, `NAME_p99_ms`,
+//! `NAME_p999_ms` or `NAME_max_ms` (e.g. `delivery_p99_ms=100`).
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::stats::{Report, SloOutcome};
+use crate::stats::{LatencySummary, Report, SloOutcome};
+
+/// A percentile of a named latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pct {
+    P50,
+    P90,
+    P99,
+    P999,
+    Max,
+}
+
+impl Pct {
+    const ALL: [(&'static str, Pct); 5] =
+        [("p50", Pct::P50), ("p90", Pct::P90), ("p99", Pct::P99), ("p999", Pct::P999), ("max", Pct::Max)];
+
+    fn name(self) -> &'static str {
+        Pct::ALL.iter().find(|(_, p)| *p == self).map_or("?", |(n, _)| n)
+    }
+
+    fn of(self, l: &LatencySummary) -> f64 {
+        match self {
+            Pct::P50 => l.p50_ms,
+            Pct::P90 => l.p90_ms,
+            Pct::P99 => l.p99_ms,
+            Pct::P999 => l.p999_ms,
+            Pct::Max => l.max_ms,
+        }
+    }
+}
 
 /// What an SLO constrains, and in which direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Metric {
     /// `ack_p50_ms`: frame→ack median at most this.
     AckP50Ms,
@@ -25,6 +56,8 @@ pub enum Metric {
     MinFpsRatio,
     /// `max_errors`: at most this many errors of any code.
     MaxErrors,
+    /// `NAME_pXX_ms`: a percentile of the report's latency `NAME` at most this.
+    Latency { name: String, pct: Pct },
 }
 
 impl Metric {
@@ -41,38 +74,47 @@ impl Metric {
     ];
 
     /// The command-line name.
-    pub fn name(self) -> &'static str {
-        Metric::ALL.iter().find(|(_, m)| *m == self).map_or("?", |(n, _)| n)
+    pub fn name(&self) -> String {
+        match self {
+            Metric::Latency { name, pct } => format!("{name}_{}_ms", pct.name()),
+            m => Metric::ALL.iter().find(|(_, x)| x == m).map_or("?", |(n, _)| n).to_string(),
+        }
     }
 
     /// True when the value must not exceed the limit; false when it must reach it.
-    pub fn is_upper_bound(self) -> bool {
+    pub fn is_upper_bound(&self) -> bool {
         !matches!(self, Metric::MinFps | Metric::MinFpsRatio)
     }
 
-    /// The measured value in a report.
-    pub fn value(self, r: &Report) -> f64 {
+    /// `NAME_pXX_ms` for a named latency.
+    fn latency(key: &str) -> Option<Metric> {
+        let stem = key.strip_suffix("_ms")?;
+        Pct::ALL.iter().find_map(|(p, pct)| {
+            let name = stem.strip_suffix(p)?.strip_suffix('_')?;
+            let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            ok.then(|| Metric::Latency { name: name.to_string(), pct: *pct })
+        })
+    }
+
+    /// The measured value in a report (NaN, so never met, when the report lacks it).
+    pub fn value(&self, r: &Report) -> f64 {
+        let scan = |f: fn(&crate::stats::ScanFigures) -> f64| r.scan.as_ref().map_or(f64::NAN, f);
         match self {
-            Metric::AckP50Ms => r.ack_latency.p50_ms,
-            Metric::AckP90Ms => r.ack_latency.p90_ms,
-            Metric::AckP99Ms => r.ack_latency.p99_ms,
-            Metric::AckP999Ms => r.ack_latency.p999_ms,
-            Metric::AckMaxMs => r.ack_latency.max_ms,
-            Metric::MinFps => r.throughput_fps,
-            Metric::MinFpsRatio => {
-                if r.offered_fps > 0.0 {
-                    r.throughput_fps / r.offered_fps
-                } else {
-                    0.0
-                }
-            }
+            Metric::AckP50Ms => scan(|f| f.ack_latency.p50_ms),
+            Metric::AckP90Ms => scan(|f| f.ack_latency.p90_ms),
+            Metric::AckP99Ms => scan(|f| f.ack_latency.p99_ms),
+            Metric::AckP999Ms => scan(|f| f.ack_latency.p999_ms),
+            Metric::AckMaxMs => scan(|f| f.ack_latency.max_ms),
+            Metric::MinFps => scan(|f| f.throughput_fps),
+            Metric::MinFpsRatio => scan(|f| if f.offered_fps > 0.0 { f.throughput_fps / f.offered_fps } else { 0.0 }),
             Metric::MaxErrors => r.errors.total() as f64,
+            Metric::Latency { name, pct } => r.latencies.get(name).map_or(f64::NAN, |l| pct.of(l)),
         }
     }
 }
 
 /// One objective: a metric and its limit.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Slo {
     /// What is constrained.
     pub metric: Metric,
@@ -104,8 +146,11 @@ impl FromStr for Slo {
         let metric = Metric::ALL
             .iter()
             .find(|(n, _)| *n == key)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| SloParseError(format!("unknown SLO {key:?}; known: {}", known())))?;
+            .map(|(_, m)| m.clone())
+            .or_else(|| Metric::latency(key))
+            .ok_or_else(|| {
+                SloParseError(format!("unknown SLO {key:?}; known: {}, or NAME_p99_ms (p50/p90/p99/p999/max)", known()))
+            })?;
         let limit: f64 =
             value.trim().parse().map_err(|_| SloParseError(format!("SLO {key}: {value:?} is not a number")))?;
         if !limit.is_finite() || limit < 0.0 {
@@ -157,9 +202,37 @@ mod tests {
         assert_eq!(s.to_string(), "min_fps=900.5");
         for (name, m) in Metric::ALL {
             let s: Slo = format!("{name}=0").parse().unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(s.metric, *m);
+            assert_eq!(&s.metric, m);
             assert_eq!(m.name(), *name);
         }
+    }
+
+    #[test]
+    fn named_latencies_parse_and_read_from_the_report() {
+        let s: Slo = "delivery_p99_ms=100".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.metric, Metric::Latency { name: "delivery".into(), pct: Pct::P99 });
+        assert_eq!(s.to_string(), "delivery_p99_ms=100");
+        let s: Slo = "change_call_max_ms=5".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.metric, Metric::Latency { name: "change_call".into(), pct: Pct::Max });
+        let mut l = crate::stats::Latencies::new();
+        l.record(std::time::Duration::from_millis(80));
+        let mut r = Report {
+            scenario: "dashboard".into(),
+            targets: vec![],
+            ramp_up_s: 0.0,
+            elapsed_s: 1.0,
+            scan: None,
+            latencies: Default::default(),
+            counts: Default::default(),
+            errors: Default::default(),
+            slo: vec![],
+        };
+        let slo: Slo = "delivery_p99_ms=100".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!slo.check(&r).met, "a latency the report lacks is missed");
+        r.latencies.insert("delivery".into(), l.summary());
+        assert!(slo.check(&r).met);
+        let ack: Slo = "ack_p99_ms=50".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(!ack.check(&r).met, "scan figures are missing from a dashboard report");
     }
 
     #[test]
@@ -175,6 +248,9 @@ mod tests {
             "ack_p99_ms=inf",
             "min_fps_ratio=1.5",
             "=5",
+            "_p99_ms=5",
+            "Delivery_p99_ms=5",
+            "delivery_p98_ms=5",
         ] {
             assert!(bad.parse::<Slo>().is_err(), "{bad:?} should not parse");
         }

@@ -140,10 +140,33 @@ pub struct SloOutcome {
 /// The result of a run, printed as a table and written as JSON.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `scan`, …
+    /// `scan`, `dashboard`, …
     pub scenario: String,
     /// Target base URLs, used round-robin.
     pub targets: Vec<String>,
+    /// Ramp-up, seconds.
+    pub ramp_up_s: f64,
+    /// Wall time of the measured part of the run.
+    pub elapsed_s: f64,
+    /// The scan scenario's figures (flattened into the JSON).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanFigures>,
+    /// The other scenarios' latencies by name (`delivery`, `change_call`, …); `--slo
+    /// NAME_p99_ms=…` checks them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub latencies: BTreeMap<String, LatencySummary>,
+    /// The other scenarios' counts and rates by name (`sockets`, `changes`, …).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub counts: BTreeMap<String, f64>,
+    /// Errors by code (setup and run).
+    pub errors: Errors,
+    /// Every SLO given and whether it held.
+    pub slo: Vec<SloOutcome>,
+}
+
+/// What a `scan` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanFigures {
     /// Concurrent streams (phones).
     pub scans: usize,
     /// Frames per second each phone offers.
@@ -154,10 +177,6 @@ pub struct Report {
     pub transport: String,
     /// Mean size of one encoded `frame` message, bytes.
     pub frame_message_bytes: u64,
-    /// Ramp-up, seconds.
-    pub ramp_up_s: f64,
-    /// Wall time from the first phone's first frame to the last phone's `finished`.
-    pub elapsed_s: f64,
     /// Frames handed to the socket.
     pub frames_sent: u64,
     /// Frames acknowledged as durable.
@@ -178,10 +197,6 @@ pub struct Report {
     pub scans_failed: u64,
     /// Reconnections the clients made.
     pub reconnects: u64,
-    /// Errors by code (setup and streaming).
-    pub errors: Errors,
-    /// Every SLO given and whether it held.
-    pub slo: Vec<SloOutcome>,
 }
 
 impl Report {
@@ -197,24 +212,7 @@ impl Report {
             let _ = writeln!(s, "  {k:<26} {v}");
         };
         let _ = writeln!(s, "loadtest {} — {}", self.scenario, self.targets.join(", "));
-        row(
-            &mut s,
-            "scans × fps",
-            format!(
-                "{} × {} ({}, {}, {} B/frame)",
-                self.scans, self.fps, self.encoding, self.transport, self.frame_message_bytes
-            ),
-        );
         row(&mut s, "elapsed", format!("{:.2} s (ramp-up {:.1} s)", self.elapsed_s, self.ramp_up_s));
-        row(&mut s, "frames sent / acked", format!("{} / {}", self.frames_sent, self.frames_acked));
-        row(
-            &mut s,
-            "throughput",
-            format!(
-                "{:.1} frames/s of {:.1} offered ({:.2} MB/s)",
-                self.throughput_fps, self.offered_fps, self.throughput_mb_s
-            ),
-        );
         let lat = |s: &mut String, name: &str, l: &LatencySummary| {
             row(
                 s,
@@ -225,13 +223,35 @@ impl Report {
                 ),
             );
         };
-        lat(&mut s, "frame→ack latency", &self.ack_latency);
-        lat(&mut s, "send wait (backpressure)", &self.send_wait);
-        row(
-            &mut s,
-            "scans completed / failed",
-            format!("{} / {} ({} reconnects)", self.scans_completed, self.scans_failed, self.reconnects),
-        );
+        if let Some(f) = &self.scan {
+            row(
+                &mut s,
+                "scans × fps",
+                format!("{} × {} ({}, {}, {} B/frame)", f.scans, f.fps, f.encoding, f.transport, f.frame_message_bytes),
+            );
+            row(&mut s, "frames sent / acked", format!("{} / {}", f.frames_sent, f.frames_acked));
+            row(
+                &mut s,
+                "throughput",
+                format!(
+                    "{:.1} frames/s of {:.1} offered ({:.2} MB/s)",
+                    f.throughput_fps, f.offered_fps, f.throughput_mb_s
+                ),
+            );
+            lat(&mut s, "frame→ack latency", &f.ack_latency);
+            lat(&mut s, "send wait (backpressure)", &f.send_wait);
+            row(
+                &mut s,
+                "scans completed / failed",
+                format!("{} / {} ({} reconnects)", f.scans_completed, f.scans_failed, f.reconnects),
+            );
+        }
+        for (name, v) in &self.counts {
+            row(&mut s, name, if v.fract() == 0.0 { format!("{v:.0}") } else { format!("{v:.2}") });
+        }
+        for (name, l) in &self.latencies {
+            lat(&mut s, &format!("{name} latency"), l);
+        }
         if self.errors.0.is_empty() {
             row(&mut s, "errors", "none".into());
         } else {

@@ -86,11 +86,27 @@ pub async fn visible_scan(
     Ok(scan)
 }
 
-/// `POST /v1/scans`: creates a scan in `created`; the phone then streams it.
+/// The consult a new scan names: it must exist (404), be with the scan's patient and not
+/// have ended (409 `conflict`, `consult_ended`).
+async fn scan_consult(state: &AppState, id: Uuid, patient_id: Uuid) -> Result<crate::consults::Consult, ApiError> {
+    let c = crate::consults::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    if c.patient_id != Some(patient_id) {
+        return Err(ApiError::new(Code::Conflict, "the consult is with another patient"));
+    }
+    if c.status == "ended" {
+        return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
+    }
+    Ok(c)
+}
+
+/// `POST /v1/scans`: creates a scan in `created`; the phone then streams it. With a
+/// `consult_id`, the scan is asked for inside that consult: the room records
+/// `scan_requested` and the patient's app is sent `scan_request` (`docs/consults.md`).
 #[utoipa::path(post, path = "/v1/scans", tag = "scans", security(("bearer" = ["scans:create"])), request_body = CreateScan,
     responses((status = 201, body = ScanRecord), (status = 400, description = "invalid_field, unknown_field, malformed_json"),
               (status = 403, description = "consent_required, mfa_required"),
-              (status = 404, description = "not_found: no such patient visible to the caller")))]
+              (status = 404, description = "not_found: no such patient visible to the caller, or no such consult"),
+              (status = 409, description = "conflict: the consult is with another patient; consult_ended")))]
 #[tracing::instrument(skip_all)]
 pub async fn create(
     state: web::Data<AppState>,
@@ -102,6 +118,10 @@ pub async fn create(
     let site = body_site(&body.body_site)?;
     crate::http::patients::require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
     require_scan_consent(&state, body.patient_id).await?;
+    let consult = match body.consult_id {
+        Some(cid) => Some(scan_consult(&state, cid, body.patient_id).await?),
+        None => None,
+    };
     let new = NewScan {
         id: Uuid::now_v7(),
         patient_id: body.patient_id,
@@ -121,6 +141,9 @@ pub async fn create(
     )
     .await?;
     crate::dashboard::scan_created(&state, &scan).await;
+    if let Some(c) = consult {
+        crate::consults::scan_requested(&state, &c, scan.id, who.user_id).await;
+    }
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
 }
 

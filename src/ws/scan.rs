@@ -381,6 +381,7 @@ pub fn capture_config(config: &Config) -> CaptureConfig {
 /// Starts the node's capture registry over the real stores, its sessions spread over one
 /// arbiter per core.
 pub fn start_registry(config: &Config, stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr<CaptureRegistry> {
+    coherency_actors::reconstruction::FusionPool::set_worker_nice(config.fusion_nice);
     let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
     let deps = CaptureDeps::new(
         Arc::new(BlobFrameStore::new(stores.blobs.clone())),

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coherency::auth::Role;
+use coherency_protocol::ids::ScanId;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -443,4 +444,104 @@ async fn a_webhook_receiver_sees_every_event_once_in_order_with_a_valid_signatur
     for (key, b) in &got {
         assert_eq!(key, &format!("{}:{}", s.consult, b["seq"]));
     }
+}
+
+/// Admits the setup's patient: both are then connected and joined.
+async fn in_consult(app: &TestApp, s: &Setup) -> (Ws, Ws) {
+    let mut host = connect(app, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut pat = connect(app, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    let res =
+        app.post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    until(&mut pat, "admitted").await;
+    until_event(&mut host, "joined").await;
+    (host, pat)
+}
+
+#[actix_web::test]
+async fn a_scan_requested_in_a_consult_reaches_the_patients_app_and_is_measured_in_the_room() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    crate::scan_stream::consent(&app, &s.patient).await;
+    let (mut host, mut pat) = in_consult(&app, &s).await;
+
+    // The clinician asks for a scan inside the consult.
+    let body = json!({"patient_id": s.patient.patient_id, "consult_id": s.consult, "body_site": "left heel"});
+    let res = app.post_auth("/v1/scans", &s.clin.token, &body).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let scan: Uuid = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+    let ask = until(&mut pat, "scan_request").await;
+    assert_eq!(ask["scan_id"], scan.to_string(), "the patient's app is asked to scan");
+    let ev = until_event(&mut host, "scan_requested").await;
+    assert_eq!(
+        (ev["data"]["scan_id"].as_str(), ev["by"].as_str()),
+        (Some(&*scan.to_string()), Some(&*s.clin.id.to_string()))
+    );
+
+    // The patient's app streams it; the room hears it start, then its measurement.
+    let stream = crate::dashboard_browser::stream_scan(&app, &s.patient, ScanId::from_uuid(scan), Duration::ZERO);
+    let watch = async {
+        let mut seen = Vec::new();
+        while seen.last().map(String::as_str) != Some("scan_finished") {
+            let f = until(&mut host, "event").await;
+            let e = &f["event"];
+            if e["data"]["scan_id"] == scan.to_string() {
+                seen.push(e["kind"].as_str().unwrap().to_string());
+                if e["kind"] == "scan_finished" {
+                    assert_eq!(e["data"]["status"], "complete", "{e}");
+                }
+            }
+        }
+        seen
+    };
+    let ((), seen) = tokio::join!(stream, watch);
+    assert_eq!(seen.first().map(String::as_str), Some("scan_progress"), "{seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("scan_finished"), "{seen:?}");
+    until_event(&mut pat, "scan_finished").await;
+    let res = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &s.clin.token).await;
+    assert_eq!(res.status(), 200);
+    let m: Value = res.json().await.unwrap();
+    assert!(m["measurements"][0]["outline_area_mm2"]["value"].as_f64().unwrap() > 0.0, "{m}");
+
+    // The log has it all, in order, without gaps; the events carry ids and statuses only.
+    let evs = events(&app, s.consult, &s.clin).await;
+    assert_gapless(&evs);
+    let k = kinds(&evs);
+    let first = k.iter().position(|x| x == "scan_requested").unwrap();
+    let last = k.iter().position(|x| x == "scan_finished").unwrap();
+    assert!(first < last, "{k:?}");
+    for e in evs.iter().filter(|e| e["kind"].as_str().unwrap().starts_with("scan_")) {
+        let keys: Vec<&String> = e["data"].as_object().unwrap().keys().collect();
+        assert!(keys.iter().all(|k| ["scan_id", "status"].contains(&k.as_str())), "{e}");
+    }
+}
+
+#[actix_web::test]
+async fn a_scan_cannot_name_another_patients_or_an_ended_consult() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let other = app.patient().await;
+    crate::scan_stream::consent(&app, &other).await;
+    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())")
+        .bind(other.patient_id.unwrap())
+        .bind(s.clin.id)
+        .execute(&app.pg)
+        .await
+        .unwrap();
+    let body = json!({"patient_id": other.patient_id, "consult_id": s.consult, "body_site": "left heel"});
+    let res = app.post_auth("/v1/scans", &s.clin.token, &body).await;
+    assert_eq!(res.status(), 409, "{}", res.text().await.unwrap());
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "conflict");
+    let body = json!({"patient_id": other.patient_id, "consult_id": Uuid::now_v7(), "body_site": "left heel"});
+    assert_eq!(app.post_auth("/v1/scans", &s.clin.token, &body).await.status(), 404);
+
+    crate::scan_stream::consent(&app, &s.patient).await;
+    let res = app.post_auth(&format!("/v1/consults/{}/end", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    let body = json!({"patient_id": s.patient.patient_id, "consult_id": s.consult, "body_site": "left heel"});
+    let res = app.post_auth("/v1/scans", &s.clin.token, &body).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "consult_ended");
 }

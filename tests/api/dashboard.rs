@@ -346,3 +346,47 @@ async fn dashboard_delivery_p99_with_1000_sockets() {
     );
     assert_eq!(all.len(), SOCKETS * DELTAS as usize, "every socket got every delta");
 }
+
+/// The `loadtest` binary (built by `scripts/test` before the suite, beside this test binary).
+pub fn loadtest_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/api-… → target/debug/loadtest
+    let bin = exe.parent().and_then(|d| d.parent()).map(|d| d.join("loadtest")).expect("target dir");
+    assert!(bin.is_file(), "{} is missing: run `cargo build -p coherency-loadtest` (scripts/test does)", bin.display());
+    bin
+}
+
+#[actix_rt::test]
+async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() {
+    let app = spawn_app().await;
+    let (clin, _) = clinician_with_calendar(&app).await;
+    let json = std::env::temp_dir().join(format!("loadtest-dashboard-{}.json", Uuid::now_v7()));
+    let out = tokio::process::Command::new(loadtest_bin())
+        .args(["dashboard", "-q", "--target", &app.address, "--sockets", "20", "--rate", "8", "--duration", "3s"])
+        .args(["--slo", "max_errors=0", "--slo", "delivery_p99_ms=5000", "--json"])
+        .arg(&json)
+        .env("LOADTEST_STAFF_TOKEN", &clin.token)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("loadtest finishes").unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default()).unwrap_or(Value::Null);
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "loadtest failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let changes = report["counts"]["changes"].as_f64().unwrap();
+    assert!(changes >= 10.0, "the driver made changes: {report}");
+    assert_eq!(report["counts"]["sockets"], 20.0);
+    assert_eq!(report["counts"]["deliveries"].as_f64(), Some(changes * 20.0), "every board saw every change");
+    assert_eq!(report["latencies"]["delivery"]["count"].as_f64(), Some(changes * 20.0));
+    // The driver's bookings and cancellations are real: all of them are in the database.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments WHERE clinician_id = $1")
+        .bind(clin.id)
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert!(n >= 1 && n as f64 <= changes, "{n} appointments for {changes} changes");
+}

@@ -32,7 +32,7 @@ fn web_dir() -> PathBuf {
 
 /// Streams a phantom wound scan of `patient`, `pace` between frames, and waits for it to
 /// complete.
-async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
+pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
     let phantom = Phantom::new(presets::spherical_cap(false));
     let rendered = phantom.scan(&ScanConfig::iphone(1));
     let mut client =

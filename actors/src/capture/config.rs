@@ -47,6 +47,9 @@ pub struct CaptureConfig {
     pub quality_queue_cap: usize,
     /// Most quality records written in one call.
     pub quality_batch: usize,
+    /// How long a quality write waits for more records after the first (fewer, larger
+    /// writes: MongoDB's cost is per command far more than per record).
+    pub quality_linger: Duration,
     /// Records per outbox: a pump that falls this far behind is disconnected.
     pub outbox_capacity: usize,
     /// How often `progress` is sent while frames arrive (must be ≤ `PROGRESS_INTERVAL`).
@@ -89,6 +92,7 @@ impl Default for CaptureConfig {
             },
             quality_queue_cap: 4096,
             quality_batch: 64,
+            quality_linger: Duration::from_millis(250),
             outbox_capacity: 256,
             progress_every: Duration::from_millis(100),
             live_fusion: true,

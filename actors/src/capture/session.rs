@@ -104,6 +104,7 @@ impl CaptureSession {
             cfg.quality_retry,
             cfg.quality_queue_cap,
             cfg.quality_batch,
+            cfg.quality_linger,
         );
         Self {
             scan_id,

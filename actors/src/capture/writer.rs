@@ -25,6 +25,8 @@ use std::sync::Arc;
 use actix::{Message, Recipient};
 use bytes::Bytes;
 use coherency_protocol::ids::ScanId;
+use std::time::Duration;
+
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -188,10 +190,12 @@ impl QualityQueue {
         retry: RetryPolicy,
         cap: usize,
         batch: usize,
+        linger: Duration,
     ) -> Self {
         let (tx, rx) = mpsc::channel(cap.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
-        tokio::spawn(quality_task(scan_id, sink, metrics, retry, batch.max(1), rx, dropped.clone()));
+        let shape = BatchShape { max: batch.max(1), linger };
+        tokio::spawn(quality_task(scan_id, sink, metrics, retry, shape, rx, dropped.clone()));
         Self { tx, dropped }
     }
 
@@ -214,23 +218,33 @@ impl QualityQueue {
     }
 }
 
+/// How quality writes are batched: at most `max` records, gathered for at most `linger`
+/// after the first.
+#[derive(Clone, Copy)]
+struct BatchShape {
+    max: usize,
+    linger: Duration,
+}
+
 async fn quality_task(
     scan_id: ScanId,
     sink: Arc<dyn QualitySink>,
     metrics: Arc<dyn SessionMetrics>,
     retry: RetryPolicy,
-    batch_max: usize,
+    shape: BatchShape,
     mut rx: mpsc::Receiver<QualityRecord>,
     dropped: Arc<AtomicU64>,
 ) {
-    let mut batch = Vec::with_capacity(batch_max);
+    let mut batch = Vec::with_capacity(shape.max);
     while let Some(first) = rx.recv().await {
         batch.clear();
         batch.push(first);
-        while batch.len() < batch_max {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        let until = tokio::time::Instant::now() + shape.linger;
+        while batch.len() < shape.max {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                // Closed (the session ended) or lingered long enough: write what we have.
+                Ok(None) | Err(_) => break,
             }
         }
         let records: Arc<[QualityRecord]> = batch.drain(..).collect();
