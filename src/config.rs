@@ -54,6 +54,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "0: group commit — a scan's frames are written and indexed as soon as its previous write finished (lowest ack latency). N: hold a partial chunk until its oldest frame is N ms old (fewer, larger blob objects; acks wait up to N ms).",
     },
     Setting {
+        key: "scan_live_fusion",
+        default: "true",
+        help: "Fuse frames into the scan's volume while they stream (live coverage and fused frames in progress; finish then only meshes and measures). false: fuse everything at finish, leaving the CPU to ingest.",
+    },
+    Setting {
         key: "fusion_nice",
         default: "10",
         help: "Niceness (0–19) of the live-fusion worker threads: under load the scheduler prefers the ack path over the live preview. 0: same priority as the rest of the server.",
@@ -215,6 +220,7 @@ pub struct Config {
     pub database_url: ServiceUrl,
     pub database_max_connections: u32,
     pub scan_flush_window_ms: u64,
+    pub scan_live_fusion: bool,
     pub fusion_nice: i32,
     pub redis_url: ServiceUrl,
     pub redis_prefix: String,
@@ -257,6 +263,7 @@ impl Default for Config {
             database_url: ServiceUrl::new("postgres://postgres@127.0.0.1:5432/coherency"),
             database_max_connections: 20,
             scan_flush_window_ms: 0,
+            scan_live_fusion: true,
             fusion_nice: coherency_actors::reconstruction::DEFAULT_WORKER_NICE,
             redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
             redis_prefix: "coherency:".into(),

@@ -120,6 +120,10 @@ impl Application {
                     .wrap(Compress::default())
                     .wrap(TracingLogger::<crate::telemetry::PhiSafeRootSpan>::new())
             })
+            // Small, latency-critical messages (scan acks, board deltas, signalling) must not
+            // wait for the peer's delayed ACK (Nagle): without this an ack sat until the
+            // phone's next frame carried the TCP ACK, one frame interval later.
+            .tcp_nodelay(true)
             .listen(listener)
             .map_err(|source| StartError::Bind { addr: "listener".into(), source })?
             .disable_signals()

@@ -4,7 +4,8 @@
 //! Each change is a delta every board must receive; the run reports how long each took
 //! from the start of the API call that made it to each board reading it ("delivery"), the
 //! API calls' own latency, the hub-to-board time of each upsert, and every board delta that
-//! never arrived.
+//! never arrived. With `--waiting N` (and an administrator's login) N more patients sit in
+//! the clinician's waiting room during the run, so a demo board shows someone waiting.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -144,6 +145,49 @@ async fn calendar(http: &reqwest::Client, target: &str, staff: &Staff) -> anyhow
     Ok((ty, starts))
 }
 
+/// Signs in with a token or a login, whichever was given.
+async fn sign_in(
+    http: &reqwest::Client,
+    target: &str,
+    token: Option<&str>,
+    login: (Option<&String>, Option<&String>, Option<&str>),
+) -> Option<Result<Staff, api::SetupError>> {
+    Some(match (token, login) {
+        (Some(t), _) => api::staff_of_token(http, target, t).await,
+        (None, (Some(e), Some(p), totp)) => api::staff_login(http, target, e, p, totp).await,
+        _ => return None,
+    })
+}
+
+/// Puts `n` new patients in consults with the clinician and checks them in: they wait on
+/// the boards. Returns the consults.
+async fn check_in_patients(
+    http: &reqwest::Client,
+    target: &str,
+    staff: &Staff,
+    admin: &Staff,
+    tag: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut consults = Vec::new();
+    for i in 0..n {
+        let (token, patient_id) = api::patient(http, target, tag, 1000 + i).await.map_err(|e| e.error)?;
+        let path = format!("/v1/patients/{patient_id}/care-team");
+        api::call(http, target, &path, Some(&admin.token), &json!({"clinician_id": staff.user_id}))
+            .await
+            .map_err(|e| e.error.context("adding the clinician to the care team"))?;
+        let c = api::call(http, target, "/v1/consults", Some(&staff.token), &json!({"patient_id": patient_id}))
+            .await
+            .map_err(|e| e.error.context("creating a consult"))?;
+        let id = api::field(&c, "/id", "consult").map_err(|e| e.error)?.to_owned();
+        api::call(http, target, &format!("/v1/consults/{id}/check-in"), Some(&token), &json!({}))
+            .await
+            .map_err(|e| e.error.context("checking in"))?;
+        consults.push(id);
+    }
+    Ok(consults)
+}
+
 pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let common = &args.common;
     let target = common.target.first().context("no --target")?.clone();
@@ -151,14 +195,13 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     for t in &common.target {
         api::ready(&http, t).await?;
     }
-    let staff = match (&args.staff_token, &args.staff_email, &args.staff_password) {
-        (Some(t), _, _) => api::staff_of_token(&http, &target, t).await,
-        (None, Some(e), Some(p)) => api::staff_login(&http, &target, e, p, args.staff_totp.as_deref()).await,
-        _ => bail!(
-            "the dashboard scenario runs as a clinician: give --staff-email and --staff-password, or --staff-token"
-        ),
-    }
-    .map_err(|e| e.error.context("staff sign-in"))?;
+    let login = (args.staff_email.as_ref(), args.staff_password.as_ref(), args.staff_totp.as_deref());
+    let staff = sign_in(&http, &target, args.staff_token.as_deref(), login)
+        .await
+        .context(
+            "the dashboard scenario runs as a clinician: give --staff-email and --staff-password, or --staff-token",
+        )?
+        .map_err(|e| e.error.context("staff sign-in"))?;
     if staff.role != "clinician" {
         bail!("--staff-email must be a clinician (boards watch their calendar); it is {}", staff.role);
     }
@@ -167,6 +210,15 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let mut patients = Vec::new();
     for i in 0..PATIENTS {
         patients.push(api::patient(&http, &target, &tag[..12], i).await.map_err(|e| e.error)?);
+    }
+    let mut waiting = Vec::new();
+    if args.waiting > 0 {
+        let login = (args.admin_email.as_ref(), args.admin_password.as_ref(), args.admin_totp.as_deref());
+        let admin = sign_in(&http, &target, args.admin_token.as_deref(), login)
+            .await
+            .context("--waiting needs an administrator: --admin-email and --admin-password, or --admin-token")?
+            .map_err(|e| e.error.context("admin sign-in"))?;
+        waiting = check_in_patients(&http, &target, &staff, &admin, &tag[..12], args.waiting).await?;
     }
 
     // Open the boards, spread over the ramp-up and the targets.
@@ -261,6 +313,15 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
         }
     }
     let driven = driving.elapsed().as_secs_f64();
+    if !args.keep_waiting {
+        for id in &waiting {
+            let ended =
+                api::call(&http, &target, &format!("/v1/consults/{id}/end"), Some(&staff.token), &json!({})).await;
+            if let Err(e) = ended {
+                errors.add(e.code.replacen("setup_", "end_", 1));
+            }
+        }
+    }
 
     // Join what the boards saw with what was made.
     let mut delivery = Latencies::new();
@@ -291,6 +352,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
 
     let mut counts = std::collections::BTreeMap::new();
     counts.insert("sockets".into(), open as f64);
+    counts.insert("waiting".into(), waiting.len() as f64);
     counts.insert("changes".into(), made.len() as f64);
     counts.insert("changes_per_s".into(), (made.len() as f64 / driven.max(1e-9) * 10.0).round() / 10.0);
     counts.insert("deliveries".into(), delivered as f64);

@@ -140,6 +140,26 @@ pub struct DashboardArgs {
     /// Instead of signing in: an access token the clinician already holds.
     #[arg(long, env = "LOADTEST_STAFF_TOKEN", hide_env_values = true, conflicts_with = "staff_email")]
     pub staff_token: Option<String>,
+    /// Patients checked in to consults with the clinician, waiting on the boards during the
+    /// run (needs an admin login below, to put them on the clinician's care team).
+    #[arg(long, default_value_t = 0)]
+    pub waiting: usize,
+    /// Leave those patients waiting when the run ends (a demo board); by default their
+    /// consults are ended.
+    #[arg(long)]
+    pub keep_waiting: bool,
+    /// An administrator's email (for `--waiting`).
+    #[arg(long, env = "LOADTEST_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Their password.
+    #[arg(long, env = "LOADTEST_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Their TOTP secret (base32), when enrolled.
+    #[arg(long, env = "LOADTEST_ADMIN_TOTP", hide_env_values = true)]
+    pub admin_totp: Option<String>,
+    /// Instead of signing in: an administrator's access token.
+    #[arg(long, env = "LOADTEST_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_email")]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -375,7 +375,11 @@ fn protocol_error(e: &ProtocolError) -> End {
 
 /// The capture tunables this node runs with.
 pub fn capture_config(config: &Config) -> CaptureConfig {
-    CaptureConfig { flush_window: Duration::from_millis(config.scan_flush_window_ms), ..CaptureConfig::default() }
+    CaptureConfig {
+        flush_window: Duration::from_millis(config.scan_flush_window_ms),
+        live_fusion: config.scan_live_fusion,
+        ..CaptureConfig::default()
+    }
 }
 
 /// Starts the node's capture registry over the real stores, its sessions spread over one

@@ -360,9 +360,12 @@ pub fn loadtest_bin() -> std::path::PathBuf {
 async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() {
     let app = spawn_app().await;
     let (clin, _) = clinician_with_calendar(&app).await;
+    let admin = app.staff(Role::Admin, true).await;
     let json = std::env::temp_dir().join(format!("loadtest-dashboard-{}.json", Uuid::now_v7()));
     let out = tokio::process::Command::new(loadtest_bin())
         .args(["dashboard", "-q", "--target", &app.address, "--sockets", "20", "--rate", "8", "--duration", "3s"])
+        .args(["--waiting", "2"])
+        .env("LOADTEST_ADMIN_TOKEN", &admin.token)
         .args(["--slo", "max_errors=0", "--slo", "delivery_p99_ms=5000", "--json"])
         .arg(&json)
         .env("LOADTEST_STAFF_TOKEN", &clin.token)
@@ -389,4 +392,12 @@ async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() 
         .await
         .unwrap();
     assert!(n >= 1 && n as f64 <= changes, "{n} appointments for {changes} changes");
+    // Two patients waited in the clinician's consults during the run, which then ended.
+    assert_eq!(report["counts"]["waiting"], 2.0);
+    let ended: Vec<String> = sqlx::query_scalar("SELECT status FROM consults WHERE clinician_id = $1")
+        .bind(clin.id)
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(ended, vec!["ended".to_string(); 2]);
 }

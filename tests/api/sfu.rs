@@ -200,10 +200,20 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    eventually(Duration::from_secs(20), "RTP through the SFU", || async {
-        (marker_ok.load(Ordering::SeqCst) >= 20).then_some(())
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while marker_ok.load(Ordering::SeqCst) < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no RTP through the SFU in 20 s: received {}, host {:?}/{:?}, patient {:?}/{:?}, transceivers {}",
+            received.load(Ordering::SeqCst),
+            host_pc.connection_state(),
+            host_pc.signaling_state(),
+            pat_pc.connection_state(),
+            pat_pc.signaling_state(),
+            pat_pc.get_transceivers().await.len(),
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     assert!(received.load(Ordering::SeqCst) >= 20);
     // The SFU asks the publisher for keyframes (its own ticker and the subscriber's PLIs).
     eventually(Duration::from_secs(10), "a PLI at the publisher", || async {

@@ -218,6 +218,10 @@ struct PeerState {
     senders: HashMap<String, Arc<RTCRtpSender>>,
     pending: Vec<RTCIceCandidateInit>,
     needs_offer: bool,
+    /// The client's first offer has been answered. The server renegotiates only after
+    /// that: an offer of ours crossing the client's first offer was the glare that lost
+    /// video (docs/consults.md).
+    client_offered: bool,
 }
 
 async fn run_peer(shared: Arc<Shared>, pid: Uuid, mut rx: mpsc::UnboundedReceiver<Cmd>) {
@@ -255,7 +259,8 @@ async fn run_peer(shared: Arc<Shared>, pid: Uuid, mut rx: mpsc::UnboundedReceive
             Box::pin(async move { publish(shared, pid, remote, weak) })
         }));
     }
-    let mut st = PeerState { pc, senders: HashMap::new(), pending: Vec::new(), needs_offer: false };
+    let mut st =
+        PeerState { pc, senders: HashMap::new(), pending: Vec::new(), needs_offer: false, client_offered: false };
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Cmd::Close => break,
@@ -317,7 +322,8 @@ async fn run_peer(shared: Arc<Shared>, pid: Uuid, mut rx: mpsc::UnboundedReceive
                 }
             }
         }
-        if st.needs_offer && st.pc.signaling_state() == RTCSignalingState::Stable && rx.is_empty() {
+        if st.client_offered && st.needs_offer && st.pc.signaling_state() == RTCSignalingState::Stable && rx.is_empty()
+        {
             st.needs_offer = false;
             if let Err(e) = server_offer(&shared, pid, &st).await {
                 tracing::warn!(error = %e, "server offer failed");
@@ -340,6 +346,7 @@ async fn answer_offer(shared: &Shared, pid: Uuid, st: &mut PeerState, sdp: Strin
     st.pc.set_local_description(answer.clone()).await?;
     let sdp = st.pc.local_description().await.map(|d| d.sdp).unwrap_or(answer.sdp);
     signal(shared, pid, ServerSignal::Answer { sdp });
+    st.client_offered = true;
     Ok(())
 }
 
