@@ -62,42 +62,35 @@ pub async fn call(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
+    answer(req, &format!("POST {path}")).await
+}
+
+/// `GET {target}{path}` with a bearer token, the answer's JSON.
+pub async fn get(http: &reqwest::Client, target: &str, path: &str, token: &str) -> Result<Value, SetupError> {
+    let url = format!("{}{path}", target.trim_end_matches('/'));
+    answer(http.get(&url).bearer_auth(token), &format!("GET {path}")).await
+}
+
+/// Sends a request and reads its JSON answer (`null` for an empty body); `what` names the
+/// request in errors.
+async fn answer(req: reqwest::RequestBuilder, what: &str) -> Result<Value, SetupError> {
     let res = req.send().await.map_err(|e| SetupError {
         code: if e.is_timeout() { "setup_timeout".into() } else { "setup_connect".into() },
-        error: anyhow!("POST {url}: {e}"),
+        error: anyhow!("{what}: {e}"),
     })?;
     let status = res.status();
     let text = res.text().await.unwrap_or_default();
     if !status.is_success() {
         return Err(SetupError {
             code: format!("setup_http_{}", status.as_u16()),
-            error: anyhow!("POST {path}: HTTP {status}: {text}"),
+            error: anyhow!("{what}: HTTP {status}: {text}"),
         });
     }
     if text.is_empty() {
         return Ok(Value::Null);
     }
     serde_json::from_str(&text)
-        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("POST {path}: {e}: {text}") })
-}
-
-/// `GET {target}{path}` with a bearer token, the answer's JSON.
-pub async fn get(http: &reqwest::Client, target: &str, path: &str, token: &str) -> Result<Value, SetupError> {
-    let url = format!("{}{path}", target.trim_end_matches('/'));
-    let res = http.get(&url).bearer_auth(token).send().await.map_err(|e| SetupError {
-        code: if e.is_timeout() { "setup_timeout".into() } else { "setup_connect".into() },
-        error: anyhow!("GET {url}: {e}"),
-    })?;
-    let status = res.status();
-    let text = res.text().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(SetupError {
-            code: format!("setup_http_{}", status.as_u16()),
-            error: anyhow!("GET {path}: HTTP {status}: {text}"),
-        });
-    }
-    serde_json::from_str(&text)
-        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("GET {path}: {e}: {text}") })
+        .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("{what}: {e}: {text}") })
 }
 
 /// A signed-in staff member.
