@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Sourced by the bench-* scripts: starts one release `coherency serve` on 127.0.0.1:$PORT
 # with its own database (coherency_loadtest, recreated), Mongo database, Redis prefix and
-# blob folder; request rate limits lifted (the load is the point); stopped on exit.
+# blob folder; request, sign-in and registration rate limits lifted (the load is the point,
+# and every simulated client shares one address); stopped on exit.
 #
 # Needs: PORT, OUT (folder for server.log), BLOBS; optional BENCH_SERVER_ENV (extra
 # `NAME=VALUE ...` for the server only). Sets SERVER, LOADTEST, SERVER_PID; defines
@@ -30,6 +31,8 @@ export COHERENCY_PUBLIC_URL="http://127.0.0.1:$PORT"
 export COHERENCY_LOG_FORMAT=json COHERENCY_LOG_LEVEL=warn
 export COHERENCY_API_RATE_PER_SEC="${COHERENCY_API_RATE_PER_SEC:-100000}"
 export COHERENCY_API_RATE_BURST="${COHERENCY_API_RATE_BURST:-100000}"
+export COHERENCY_LOGIN_PER_ADDRESS_PER_MIN="${COHERENCY_LOGIN_PER_ADDRESS_PER_MIN:-100000}"
+export COHERENCY_REGISTER_PER_ADDRESS_PER_MIN="${COHERENCY_REGISTER_PER_ADDRESS_PER_MIN:-100000}"
 export COHERENCY_TOKEN_SECRET="bench-$(head -c 24 /dev/urandom | base64 | tr -d '\n/+=')"
 export COHERENCY_ENCRYPTION_KEY="bench1:$(head -c 32 /dev/urandom | base64 | tr -d '\n')"
 

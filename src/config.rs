@@ -142,6 +142,16 @@ pub const SETTINGS: &[Setting] = &[
         default: "200",
         help: "Requests a caller may make at once before api_rate_per_sec applies.",
     },
+    Setting {
+        key: "login_per_address_per_min",
+        default: "100",
+        help: "Sign-in attempts one client address may make per minute (all accounts together); raise it where many people share an address.",
+    },
+    Setting {
+        key: "register_per_address_per_min",
+        default: "1000",
+        help: "Patient registrations one client address may make per minute.",
+    },
     Setting { key: "node_id", default: "(hostname-pid)", help: "Name of this node in leases, logs and metrics." },
     Setting { key: "web_dir", default: "web", help: "Folder with the dashboard and consult pages." },
     Setting {
@@ -239,6 +249,8 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     pub api_rate_per_sec: u32,
     pub api_rate_burst: u32,
+    pub login_per_address_per_min: u32,
+    pub register_per_address_per_min: u32,
     pub node_id: Option<String>,
     pub web_dir: String,
     pub consult_max_participants: usize,
@@ -282,6 +294,8 @@ impl Default for Config {
             trust_forwarded_for: false,
             api_rate_per_sec: 50,
             api_rate_burst: 200,
+            login_per_address_per_min: crate::auth::limits::LOGIN_PER_IP.max,
+            register_per_address_per_min: crate::auth::limits::REGISTER_PER_IP.max,
             node_id: None,
             web_dir: "web".into(),
             consult_max_participants: 6,
@@ -359,6 +373,9 @@ impl Config {
         }
         if !(0..=19).contains(&self.fusion_nice) {
             return Err(Self::invalid("fusion_nice", "must be between 0 and 19"));
+        }
+        if self.login_per_address_per_min == 0 || self.register_per_address_per_min == 0 {
+            return Err(Self::invalid("login_per_address_per_min", "address limits must be at least 1"));
         }
         if self.redis_prefix.is_empty() {
             return Err(Self::invalid("redis_prefix", "must not be empty"));

@@ -212,3 +212,65 @@ pub async fn provision(
         .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("scan id: {e}") })?;
     Ok(Provisioned { target: target.to_owned(), token, scan_id })
 }
+
+/// Signs in with a token or a login, whichever was given (`None` when neither was).
+pub async fn sign_in(
+    http: &reqwest::Client,
+    target: &str,
+    token: Option<&str>,
+    login: (Option<&String>, Option<&String>, Option<&str>),
+) -> Option<Result<Staff, SetupError>> {
+    Some(match (token, login) {
+        (Some(t), _) => staff_of_token(http, target, t).await,
+        (None, (Some(e), Some(p), totp)) => staff_login(http, target, e, p, totp).await,
+        _ => return None,
+    })
+}
+
+/// The clinician a scenario runs as (`--staff-*`).
+pub async fn clinician(http: &reqwest::Client, target: &str, args: &crate::StaffArgs) -> anyhow::Result<Staff> {
+    let login = (args.staff_email.as_ref(), args.staff_password.as_ref(), args.staff_totp.as_deref());
+    let staff = sign_in(http, target, args.staff_token.as_deref(), login)
+        .await
+        .context("this scenario runs as a clinician: give --staff-email and --staff-password, or --staff-token")?
+        .map_err(|e| e.error.context("staff sign-in"))?;
+    if staff.role != "clinician" {
+        return Err(anyhow!("--staff-email must be a clinician (the run uses their calendar); it is {}", staff.role));
+    }
+    Ok(staff)
+}
+
+/// The clinician's own 15-minute appointment type for the run and the free slots of the
+/// next 7 days (at least `min_slots` of them).
+pub async fn calendar(
+    http: &reqwest::Client,
+    target: &str,
+    staff: &Staff,
+    min_slots: usize,
+) -> anyhow::Result<(String, Vec<String>)> {
+    let ty = call(
+        http,
+        target,
+        &format!("/v1/clinicians/{}/appointment-types", staff.user_id),
+        Some(&staff.token),
+        &json!({"name": "Load test review", "duration_minutes": 15, "buffer_before_minutes": 0,
+                "buffer_after_minutes": 0, "modality": "telehealth"}),
+    )
+    .await
+    .map_err(|e| e.error)?;
+    let ty = field(&ty, "/id", "appointment type").map_err(|e| e.error)?.to_owned();
+    let slots = get(http, target, &format!("/v1/slots?clinician={}&type={ty}", staff.user_id), &staff.token)
+        .await
+        .map_err(|e| e.error)?;
+    let starts: Vec<String> = slots["slots"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["start"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    if starts.len() < min_slots {
+        return Err(anyhow!(
+            "the clinician has {} free slots in the next 7 days ({min_slots} needed); give them working hours",
+            starts.len()
+        ));
+    }
+    Ok((ty, starts))
+}

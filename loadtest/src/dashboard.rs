@@ -119,46 +119,6 @@ async fn watch(mut ws: Ws, stop: Instant) -> (Watched, Option<String>) {
     }
 }
 
-/// The clinician's own appointment type for the run and the free slots of the next days.
-async fn calendar(http: &reqwest::Client, target: &str, staff: &Staff) -> anyhow::Result<(String, Vec<String>)> {
-    let ty = api::call(
-        http,
-        target,
-        &format!("/v1/clinicians/{}/appointment-types", staff.user_id),
-        Some(&staff.token),
-        &json!({"name": "Load test review", "duration_minutes": 15, "buffer_before_minutes": 0,
-                "buffer_after_minutes": 0, "modality": "telehealth"}),
-    )
-    .await
-    .map_err(|e| e.error)?;
-    let ty = api::field(&ty, "/id", "appointment type").map_err(|e| e.error)?.to_owned();
-    let slots = api::get(http, target, &format!("/v1/slots?clinician={}&type={ty}", staff.user_id), &staff.token)
-        .await
-        .map_err(|e| e.error)?;
-    let starts: Vec<String> = slots["slots"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|s| s["start"].as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    if starts.len() < PATIENTS {
-        bail!("the clinician has {} free slots in the next 7 days; give them working hours", starts.len());
-    }
-    Ok((ty, starts))
-}
-
-/// Signs in with a token or a login, whichever was given.
-async fn sign_in(
-    http: &reqwest::Client,
-    target: &str,
-    token: Option<&str>,
-    login: (Option<&String>, Option<&String>, Option<&str>),
-) -> Option<Result<Staff, api::SetupError>> {
-    Some(match (token, login) {
-        (Some(t), _) => api::staff_of_token(http, target, t).await,
-        (None, (Some(e), Some(p), totp)) => api::staff_login(http, target, e, p, totp).await,
-        _ => return None,
-    })
-}
-
 /// Puts `n` new patients in consults with the clinician and checks them in: they wait on
 /// the boards. Returns the consults.
 async fn check_in_patients(
@@ -195,17 +155,8 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     for t in &common.target {
         api::ready(&http, t).await?;
     }
-    let login = (args.staff_email.as_ref(), args.staff_password.as_ref(), args.staff_totp.as_deref());
-    let staff = sign_in(&http, &target, args.staff_token.as_deref(), login)
-        .await
-        .context(
-            "the dashboard scenario runs as a clinician: give --staff-email and --staff-password, or --staff-token",
-        )?
-        .map_err(|e| e.error.context("staff sign-in"))?;
-    if staff.role != "clinician" {
-        bail!("--staff-email must be a clinician (boards watch their calendar); it is {}", staff.role);
-    }
-    let (type_id, slots) = calendar(&http, &target, &staff).await?;
+    let staff = api::clinician(&http, &target, &args.staff).await?;
+    let (type_id, slots) = api::calendar(&http, &target, &staff, PATIENTS).await?;
     let tag = Uuid::now_v7().simple().to_string();
     let mut patients = Vec::new();
     for i in 0..PATIENTS {
@@ -214,7 +165,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let mut waiting = Vec::new();
     if args.waiting > 0 {
         let login = (args.admin_email.as_ref(), args.admin_password.as_ref(), args.admin_totp.as_deref());
-        let admin = sign_in(&http, &target, args.admin_token.as_deref(), login)
+        let admin = api::sign_in(&http, &target, args.admin_token.as_deref(), login)
             .await
             .context("--waiting needs an administrator: --admin-email and --admin-password, or --admin-token")?
             .map_err(|e| e.error.context("admin sign-in"))?;

@@ -1,5 +1,5 @@
-//! `loadtest`: drives a Coherency deployment with simulated phones and live dashboards
-//! (consults, booking storms and a mix are still to come), reports throughput, HDR latency
+//! `loadtest`: drives a Coherency deployment with simulated phones, live dashboards and
+//! booking storms (consults and a mix are still to come), reports throughput, HDR latency
 //! percentiles and errors by code as a table and as JSON, and exits non-zero when an SLO is
 //! missed.
 //!
@@ -7,6 +7,7 @@
 //! yet, 3 the run could not be carried out (target not ready, setup failed).
 
 mod api;
+mod booking;
 mod dashboard;
 mod frames;
 mod scan;
@@ -117,18 +118,10 @@ pub struct ScanArgs {
     pub ring: usize,
 }
 
-/// `dashboard` options.
+/// The clinician a scenario runs as: a login, or a token they already hold.
 #[derive(Debug, Args)]
-pub struct DashboardArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// Boards held open, all signed in as the clinician below.
-    #[arg(long, default_value_t = 100)]
-    pub sockets: usize,
-    /// Calendar changes per second (a patient booking a slot, or cancelling it).
-    #[arg(long, default_value_t = 10.0)]
-    pub rate: f64,
-    /// A clinician's email (boards watch their calendar; the demo clinician works).
+pub struct StaffArgs {
+    /// A clinician's email (the demo clinician works).
     #[arg(long, env = "LOADTEST_STAFF_EMAIL")]
     pub staff_email: Option<String>,
     /// Their password.
@@ -140,6 +133,36 @@ pub struct DashboardArgs {
     /// Instead of signing in: an access token the clinician already holds.
     #[arg(long, env = "LOADTEST_STAFF_TOKEN", hide_env_values = true, conflicts_with = "staff_email")]
     pub staff_token: Option<String>,
+}
+
+/// `booking` options.
+#[derive(Debug, Args)]
+pub struct BookingArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Patients booking at once, each in a loop.
+    #[arg(long, default_value_t = 50)]
+    pub concurrency: usize,
+    /// Hot slots they race for (the clinician's first free slots).
+    #[arg(long, default_value_t = 10)]
+    pub slots: usize,
+    #[command(flatten)]
+    pub staff: StaffArgs,
+}
+
+/// `dashboard` options.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Boards held open, all signed in as the clinician below.
+    #[arg(long, default_value_t = 100)]
+    pub sockets: usize,
+    /// Calendar changes per second (a patient booking a slot, or cancelling it).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    #[command(flatten)]
+    pub staff: StaffArgs,
     /// Patients checked in to consults with the clinician, waiting on the boards during the
     /// run (needs an admin login below, to put them on the clinician's care team).
     #[arg(long, default_value_t = 0)]
@@ -168,8 +191,8 @@ enum Scenario {
     Scan(ScanArgs),
     /// Video consults with two peers each (not implemented yet).
     Consult(Common),
-    /// Booking storms on hot clinicians (not implemented yet).
-    Booking(Common),
+    /// Patients racing for a few hot slots of one clinician.
+    Booking(BookingArgs),
     /// Live boards watching a clinician's calendar change.
     Dashboard(DashboardArgs),
     /// A mix of every scenario (not implemented yet).
@@ -236,8 +259,9 @@ fn main() -> ExitCode {
             block_on(scan::run(&args), &args.common)
         }
         Scenario::Dashboard(args) => block_on(dashboard::run(&args), &args.common),
-        Scenario::Consult(_) | Scenario::Booking(_) | Scenario::Mixed(_) => {
-            eprintln!("loadtest: this scenario is not implemented yet (`scan` and `dashboard` are)");
+        Scenario::Booking(args) => block_on(booking::run(&args), &args.common),
+        Scenario::Consult(_) | Scenario::Mixed(_) => {
+            eprintln!("loadtest: this scenario is not implemented yet (`scan`, `dashboard` and `booking` are)");
             ExitCode::from(2)
         }
     }

@@ -106,7 +106,14 @@ pub async fn register(
     let body = body.parse()?;
     let now = state.clock.now();
     let ip = auth::client_ip(&req, &state).unwrap_or_default();
-    if let Some(wait) = limits::check_and_hit(&state.stores.redis, &limits::REGISTER_PER_IP, &ip, now).await? {
+    if let Some(wait) = limits::check_and_hit(
+        &state.stores.redis,
+        &limits::per_minute(limits::REGISTER_PER_IP, state.config.register_per_address_per_min),
+        &ip,
+        now,
+    )
+    .await?
+    {
         return Err(ApiError::new(Code::RateLimited, "too many registrations; try later").with_retry_after(wait));
     }
     if let Some(wait) = limits::blocked(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await? {
@@ -195,7 +202,14 @@ pub async fn login(
     let body = body.parse()?;
     let now = state.clock.now();
     let ip = auth::client_ip(&req, &state).unwrap_or_default();
-    if let Some(wait) = limits::check_and_hit(&state.stores.redis, &limits::LOGIN_PER_IP, &ip, now).await? {
+    if let Some(wait) = limits::check_and_hit(
+        &state.stores.redis,
+        &limits::per_minute(limits::LOGIN_PER_IP, state.config.login_per_address_per_min),
+        &ip,
+        now,
+    )
+    .await?
+    {
         return Err(
             ApiError::new(Code::RateLimited, "too many login attempts from this address").with_retry_after(wait)
         );

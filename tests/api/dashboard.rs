@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, TestApp, User};
+use crate::helpers::{spawn_app, spawn_app_with, TestApp, User};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -400,4 +400,47 @@ async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() 
         .await
         .unwrap();
     assert_eq!(ended, vec!["ended".to_string(); 2]);
+}
+
+#[actix_rt::test]
+async fn the_loadtest_booking_storm_never_double_books_and_leaves_every_slot_free() {
+    let app = spawn_app_with(|mut c| {
+        // The storm is the point: 16 patients hammering one calendar.
+        c.api_rate_per_sec = 10_000;
+        c.api_rate_burst = 10_000;
+        c
+    })
+    .await;
+    let (clin, _) = clinician_with_calendar(&app).await;
+    let json = std::env::temp_dir().join(format!("loadtest-booking-{}.json", Uuid::now_v7()));
+    let out = tokio::process::Command::new(loadtest_bin())
+        .args(["booking", "-q", "--target", &app.address, "--concurrency", "16", "--slots", "3", "--duration", "3s"])
+        .args(["--slo", "max_errors=0", "--json"])
+        .arg(&json)
+        .env("LOADTEST_STAFF_TOKEN", &clin.token)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("loadtest finishes").unwrap();
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default()).unwrap_or(Value::Null);
+    let _ = std::fs::remove_file(&json);
+    assert!(
+        out.status.success(),
+        "loadtest failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = &report["counts"];
+    assert!(c["booked"].as_f64().unwrap() >= 3.0, "{report}");
+    assert!(c["refused_409"].as_f64().unwrap() >= 1.0, "16 patients on 3 slots collide: {report}");
+    assert_eq!(c["double_bookings"], 0.0);
+    assert_eq!(c["booked_at_end"], 0.0, "every winner cancelled");
+    assert_eq!(c["attempts"], c["booked"].as_f64().unwrap() + c["refused_409"].as_f64().unwrap());
+    // The database agrees: no two live bookings of this clinician ever overlap now, and
+    // every win is a row.
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments WHERE clinician_id = $1")
+        .bind(clin.id)
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(rows as f64, c["booked"].as_f64().unwrap());
 }
