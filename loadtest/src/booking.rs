@@ -190,17 +190,7 @@ pub async fn run(args: &BookingArgs) -> anyhow::Result<Report> {
     let mut latencies = std::collections::BTreeMap::new();
     latencies.insert("attempt".into(), all.attempt.summary());
     latencies.insert("cancel".into(), all.cancel.summary());
-    Ok(Report {
-        scenario: "booking".into(),
-        targets: common.target.clone(),
-        ramp_up_s: 0.0,
-        elapsed_s: (elapsed * 1000.0).round() / 1000.0,
-        scan: None,
-        latencies,
-        counts,
-        errors,
-        slo: Vec::new(),
-    })
+    Ok(Report::named("booking", &common.target, 0.0, elapsed, latencies, counts, errors))
 }
 
 #[cfg(test)]

@@ -313,17 +313,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     latencies.insert("after_answer".into(), after_answer.summary());
     latencies.insert("change_call".into(), change_call.summary());
     latencies.insert("hub_to_board".into(), from_hub.summary());
-    Ok(Report {
-        scenario: "dashboard".into(),
-        targets: common.target.clone(),
-        ramp_up_s: ramp.as_secs_f64(),
-        elapsed_s: (driven * 1000.0).round() / 1000.0,
-        scan: None,
-        latencies,
-        counts,
-        errors,
-        slo: Vec::new(),
-    })
+    Ok(Report::named("dashboard", &common.target, ramp.as_secs_f64(), driven, latencies, counts, errors))
 }
 
 #[cfg(test)]

@@ -200,6 +200,29 @@ pub struct ScanFigures {
 }
 
 impl Report {
+    /// The report of a scenario measured by named latencies and counts.
+    pub fn named(
+        scenario: &str,
+        targets: &[String],
+        ramp_up_s: f64,
+        elapsed_s: f64,
+        latencies: BTreeMap<String, LatencySummary>,
+        counts: BTreeMap<String, f64>,
+        errors: Errors,
+    ) -> Self {
+        Report {
+            scenario: scenario.into(),
+            targets: targets.to_vec(),
+            ramp_up_s,
+            elapsed_s: (elapsed_s * 1000.0).round() / 1000.0,
+            scan: None,
+            latencies,
+            counts,
+            errors,
+            slo: Vec::new(),
+        }
+    }
+
     /// Whether every SLO held.
     pub fn slo_met(&self) -> bool {
         self.slo.iter().all(|s| s.met)

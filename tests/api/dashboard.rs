@@ -356,19 +356,15 @@ pub fn loadtest_bin() -> std::path::PathBuf {
     bin
 }
 
-#[actix_rt::test]
-async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() {
-    let app = spawn_app().await;
-    let (clin, _) = clinician_with_calendar(&app).await;
-    let admin = app.staff(Role::Admin, true).await;
-    let json = std::env::temp_dir().join(format!("loadtest-dashboard-{}.json", Uuid::now_v7()));
+/// Runs the `loadtest` binary against `app` with `args` and `env`, bounded to 2 minutes;
+/// panics with its output unless it exits 0. Returns its JSON report.
+async fn run_loadtest(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let json = std::env::temp_dir().join(format!("loadtest-{}.json", Uuid::now_v7()));
     let out = tokio::process::Command::new(loadtest_bin())
-        .args(["dashboard", "-q", "--target", &app.address, "--sockets", "20", "--rate", "8", "--duration", "3s"])
-        .args(["--waiting", "2"])
-        .env("LOADTEST_ADMIN_TOKEN", &admin.token)
-        .args(["--slo", "max_errors=0", "--slo", "delivery_p99_ms=5000", "--json"])
+        .args(args)
+        .args(["-q", "--target", &app.address, "--json"])
         .arg(&json)
-        .env("LOADTEST_STAFF_TOKEN", &clin.token)
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("loadtest finishes").unwrap();
@@ -380,6 +376,18 @@ async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() 
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    report
+}
+
+#[actix_rt::test]
+async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() {
+    let app = spawn_app().await;
+    let (clin, _) = clinician_with_calendar(&app).await;
+    let admin = app.staff(Role::Admin, true).await;
+    let args = ["dashboard", "--sockets", "20", "--rate", "8", "--duration", "3s", "--waiting", "2"];
+    let slo = ["--slo", "max_errors=0", "--slo", "delivery_p99_ms=5000"];
+    let env = [("LOADTEST_STAFF_TOKEN", clin.token.as_str()), ("LOADTEST_ADMIN_TOKEN", admin.token.as_str())];
+    let report = run_loadtest(&app, &[&args[..], &slo[..]].concat(), &env).await;
     let changes = report["counts"]["changes"].as_f64().unwrap();
     assert!(changes >= 10.0, "the driver made changes: {report}");
     assert_eq!(report["counts"]["sockets"], 20.0);
@@ -412,23 +420,8 @@ async fn the_loadtest_booking_storm_never_double_books_and_leaves_every_slot_fre
     })
     .await;
     let (clin, _) = clinician_with_calendar(&app).await;
-    let json = std::env::temp_dir().join(format!("loadtest-booking-{}.json", Uuid::now_v7()));
-    let out = tokio::process::Command::new(loadtest_bin())
-        .args(["booking", "-q", "--target", &app.address, "--concurrency", "16", "--slots", "3", "--duration", "3s"])
-        .args(["--slo", "max_errors=0", "--json"])
-        .arg(&json)
-        .env("LOADTEST_STAFF_TOKEN", &clin.token)
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("loadtest finishes").unwrap();
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default()).unwrap_or(Value::Null);
-    let _ = std::fs::remove_file(&json);
-    assert!(
-        out.status.success(),
-        "loadtest failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = ["booking", "--concurrency", "16", "--slots", "3", "--duration", "3s", "--slo", "max_errors=0"];
+    let report = run_loadtest(&app, &args, &[("LOADTEST_STAFF_TOKEN", clin.token.as_str())]).await;
     let c = &report["counts"];
     assert!(c["booked"].as_f64().unwrap() >= 3.0, "{report}");
     assert!(c["refused_409"].as_f64().unwrap() >= 1.0, "16 patients on 3 slots collide: {report}");
