@@ -174,6 +174,7 @@ pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uu
         by: Some(by),
         data: serde_json::json!({ "scan_id": scan_id }),
         notify: patient_user.filter(|u| *u != by).map(|u| (u, ServerSignal::ScanRequest { scan_id })),
+        broadcast: None,
     };
     let res = match room(state, c).await {
         Ok(r) => r.send(raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
@@ -194,11 +195,31 @@ pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, stat
         _ => return,
     };
     let Some(r) = state.rooms.get(ConsultId::from_uuid(consult_id)) else { return };
+    // The measurements go live to the admitted participants only (not into the log or
+    // webhooks), and the disclosure is audited.
+    let mut broadcast = None;
+    if status == "complete" {
+        match crate::recon_hook::list_measurements(&state.stores.pg, scan_id).await {
+            Ok(m) => {
+                let measurements = serde_json::to_value(&m).unwrap_or(serde_json::Value::Null);
+                broadcast = Some(ServerSignal::ScanResult { scan_id, measurements });
+                let ev = crate::audit::AuditEvent::new("consult.scan_result.shared", "success")
+                    .target("consult", consult_id)
+                    .details(serde_json::json!({ "scan_id": scan_id, "measurements": m.len() }));
+                if let Err(e) = crate::audit::record(&state.stores.pg, state.clock.now(), &ev).await {
+                    tracing::error!(%consult_id, error = %e, "scan result not audited, not shared");
+                    broadcast = None;
+                }
+            }
+            Err(e) => tracing::warn!(%consult_id, %scan_id, error = %e, "measurements not loaded for the room"),
+        }
+    }
     let raise = coherency_actors::room::Raise {
         kind,
         by: None,
         data: serde_json::json!({ "scan_id": scan_id, "status": status }),
         notify: None,
+        broadcast,
     };
     match r.send(raise).await {
         Ok(Ok(_)) => {}

@@ -256,6 +256,13 @@ pub enum ServerSignal {
     ScanRequest {
         scan_id: Uuid,
     },
+    /// A scan taken in this consult was measured: its measurements (as
+    /// `GET /v1/scans/{id}/measurements` lists them), sent live to everyone admitted and
+    /// connected. Not part of the event log (which carries ids and statuses only).
+    ScanResult {
+        scan_id: Uuid,
+        measurements: serde_json::Value,
+    },
     /// The room ended; the socket closes.
     Ended {
         reason: String,

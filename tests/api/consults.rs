@@ -499,7 +499,21 @@ async fn a_scan_requested_in_a_consult_reaches_the_patients_app_and_is_measured_
     let ((), seen) = tokio::join!(stream, watch);
     assert_eq!(seen.first().map(String::as_str), Some("scan_progress"), "{seen:?}");
     assert_eq!(seen.last().map(String::as_str), Some("scan_finished"), "{seen:?}");
+    // Everyone admitted gets the measurements live (not in the log).
+    let shared = until(&mut host, "scan_result").await;
+    assert_eq!(shared["scan_id"], scan.to_string());
+    assert!(shared["measurements"][0]["outline_area_mm2"]["value"].as_f64().unwrap() > 0.0, "{shared}");
     until_event(&mut pat, "scan_finished").await;
+    let shared = until(&mut pat, "scan_result").await;
+    assert_eq!(shared["scan_id"], scan.to_string());
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'consult.scan_result.shared' AND target_id = $1",
+    )
+    .bind(s.consult.to_string())
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1, "sharing the measurements is audited");
     let res = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &s.clin.token).await;
     assert_eq!(res.status(), 200);
     let m: Value = res.json().await.unwrap();

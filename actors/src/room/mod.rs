@@ -1068,6 +1068,8 @@ pub struct Raise {
     pub data: serde_json::Value,
     /// Also send this signal to the participant with this user id.
     pub notify: Option<(Uuid, ServerSignal)>,
+    /// Also send this signal to everyone admitted and connected; answers how many got it.
+    pub broadcast: Option<ServerSignal>,
 }
 
 impl Handler<Raise> for Room {
@@ -1078,12 +1080,15 @@ impl Handler<Raise> for Room {
             return err(RoomError::Ended);
         }
         let changes = self.changes(vec![(msg.kind, None, msg.by, msg.data, None)]);
-        let notify = msg.notify;
+        let (notify, everyone) = (msg.notify, msg.broadcast);
         self.commit(changes, move |act, _| {
             if let Some((user, sig)) = notify {
                 if let Some(p) = act.by_user(user).map(|p| p.id) {
                     act.send_to(p, Outbound::Signal(sig));
                 }
+            }
+            if let Some(sig) = everyone {
+                act.broadcast(&sig, None);
             }
             Ok(act.last_seq)
         })
