@@ -119,6 +119,10 @@ pub enum EventKind {
     ScanRequested,
     ScanProgress,
     ScanFinished,
+    /// The host muted a participant's audio or video (`data.kind`).
+    Muted,
+    /// The host unmuted it.
+    Unmuted,
     Ended,
 }
 
@@ -139,6 +143,8 @@ impl EventKind {
             EventKind::ScanRequested => "scan_requested",
             EventKind::ScanProgress => "scan_progress",
             EventKind::ScanFinished => "scan_finished",
+            EventKind::Muted => "muted",
+            EventKind::Unmuted => "unmuted",
             EventKind::Ended => "ended",
         }
     }
@@ -207,6 +213,26 @@ pub enum ClientSignal {
     Leave,
     /// Application-level keepalive; answered with `pong`.
     Ping,
+    /// Host only: stop (`muted: true`) or resume forwarding a participant's `audio` or
+    /// `video` to the others. Recorded as a `muted` / `unmuted` event.
+    Mute { participant_id: Uuid, kind: MediaKind, muted: bool },
+}
+
+/// A kind of media track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
 }
 
 /// Server → client.

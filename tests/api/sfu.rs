@@ -49,10 +49,18 @@ async fn send(sink: &Sink, v: Value) {
     sink.lock().await.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
-/// Joins `who` with a peer connection, pumping signalling until the socket ends.
-async fn join_media(app: &TestApp, consult: uuid::Uuid, who: &User, pc: Arc<RTCPeerConnection>, admit: Option<&User>) {
+/// Joins `who` with a peer connection, pumping signalling until the socket ends. Returns
+/// the socket's sending half and the participant id.
+async fn join_media(
+    app: &TestApp,
+    consult: uuid::Uuid,
+    who: &User,
+    pc: Arc<RTCPeerConnection>,
+    admit: Option<&User>,
+) -> (Sink, String) {
     let mut ws = connect(app, consult, who).await.unwrap();
     let w = until(&mut ws, "welcome").await;
+    let me = w["participant_id"].as_str().unwrap().to_string();
     if let Some(host) = admit {
         let pid = w["participant_id"].as_str().unwrap();
         let res =
@@ -76,6 +84,7 @@ async fn join_media(app: &TestApp, consult: uuid::Uuid, who: &User, pc: Arc<RTCP
     pc.set_local_description(offer).await.unwrap();
     send(&sink, json!({"type": "offer", "sdp": pc.local_description().await.unwrap().sdp})).await;
     let pc2 = pc.clone();
+    let out = (sink.clone(), me);
     tokio::spawn(async move {
         let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
         while let Some(Ok(Message::Text(t))) = stream.next().await {
@@ -116,6 +125,7 @@ async fn join_media(app: &TestApp, consult: uuid::Uuid, who: &User, pc: Arc<RTCP
             }
         }
     });
+    out
 }
 
 #[actix_web::test]
@@ -149,7 +159,7 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
             }
         }
     });
-    join_media(&app, s.consult, &s.clin, host_pc.clone(), None).await;
+    let (host_sink, host_pid) = join_media(&app, s.consult, &s.clin, host_pc.clone(), None).await;
 
     // Patient receives only.
     let pat_pc = peer().await;
@@ -176,7 +186,7 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
             });
         })
     }));
-    join_media(&app, s.consult, &s.patient, pat_pc.clone(), Some(&s.clin)).await;
+    let (pat_sink, _) = join_media(&app, s.consult, &s.patient, pat_pc.clone(), Some(&s.clin)).await;
 
     // Write synthetic RTP (the SFU does not decode, so any payload forwards) for at most 20 s.
     let writer_track = track.clone();
@@ -220,11 +230,28 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
         (plis.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await;
+    // The host mutes their own video: the SFU stops forwarding it; unmuted, it flows again.
+    // A patient cannot mute anyone.
+    send(&pat_sink, json!({"type": "mute", "participant_id": host_pid, "kind": "video", "muted": true})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(marker_ok.load(Ordering::SeqCst) > 0);
+    send(&host_sink, json!({"type": "mute", "participant_id": host_pid, "kind": "video", "muted": true})).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // packets already in flight
+    let at_mute = marker_ok.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(marker_ok.load(Ordering::SeqCst), at_mute, "nothing is forwarded while muted");
+    send(&host_sink, json!({"type": "mute", "participant_id": host_pid, "kind": "video", "muted": false})).await;
+    eventually(Duration::from_secs(10), "RTP again after unmuting", || async {
+        (marker_ok.load(Ordering::SeqCst) >= at_mute + 10).then_some(())
+    })
+    .await;
     writer.abort();
     let evs: Vec<Value> =
         app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
     let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert!(kinds.contains(&"track_published"), "{kinds:?}");
+    let mutes: Vec<&str> = kinds.iter().copied().filter(|k| k.ends_with("muted")).collect();
+    assert_eq!(mutes, ["muted", "unmuted"], "the patient's mute was refused; the host's are in the log");
     let _ = host_pc.close().await;
     let _ = pat_pc.close().await;
 }

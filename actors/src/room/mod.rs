@@ -986,6 +986,27 @@ impl Handler<FromClient> for Room {
                     sfu.candidate(pid, candidate);
                 }
             }
+            ClientSignal::Mute { participant_id, kind, muted } => {
+                if p.role != ParticipantRole::Host {
+                    error(Code::Forbidden, "only the host mutes participants");
+                    return;
+                }
+                let Some(target) = self.participants.get(&participant_id).cloned() else {
+                    error(Code::NotFound, "no such participant in this consult");
+                    return;
+                };
+                if target.state != ParticipantState::Admitted {
+                    error(Code::Conflict, "that participant is not admitted");
+                    return;
+                }
+                if let Some(sfu) = &self.sfu {
+                    sfu.set_muted(participant_id, kind, muted);
+                }
+                let ev = if muted { EventKind::Muted } else { EventKind::Unmuted };
+                let data = serde_json::json!({ "kind": kind.as_str() });
+                let changes = self.changes(vec![(ev, Some(target), Some(p.user_id), data, None)]);
+                self.commit_now(ctx, changes);
+            }
             ClientSignal::Ping | ClientSignal::Leave => {}
         }
     }

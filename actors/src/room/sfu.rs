@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use actix::Recipient;
-use coherency_protocol::consult::{IceCandidate, IceServer, ServerSignal};
+use coherency_protocol::consult::{IceCandidate, IceServer, MediaKind, ServerSignal};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 use webrtc::api::interceptor_registry::register_default_interceptors;
@@ -90,6 +90,8 @@ struct Shared {
     room: Recipient<SfuReport>,
     peers: StdMutex<HashMap<Uuid, mpsc::UnboundedSender<Cmd>>>,
     tracks: StdMutex<HashMap<String, Arc<Published>>>,
+    /// (publisher, kind) pairs the host muted: their packets are not forwarded.
+    muted: StdMutex<std::collections::HashSet<(Uuid, MediaKind)>>,
 }
 
 /// A room's SFU.
@@ -134,6 +136,7 @@ impl Sfu {
                 room,
                 peers: StdMutex::new(HashMap::new()),
                 tracks: StdMutex::new(HashMap::new()),
+                muted: StdMutex::new(Default::default()),
             }),
         })
     }
@@ -175,6 +178,16 @@ impl Sfu {
             return;
         }
         self.push(pid, Cmd::Candidate(c));
+    }
+
+    /// Stops (or resumes) forwarding `pid`'s tracks of `kind`.
+    pub fn set_muted(&self, pid: Uuid, kind: MediaKind, muted: bool) {
+        let mut set = lock(&self.shared.muted);
+        if muted {
+            set.insert((pid, kind));
+        } else {
+            set.remove(&(pid, kind));
+        }
     }
 
     /// Closes a participant's peer connection (their published tracks end with it).
@@ -375,7 +388,8 @@ async fn relay_feedback(sender: Arc<RTCRtpSender>, t: Arc<Published>) {
 /// A participant published `remote`: fan it out until it ends.
 fn publish(shared: Arc<Shared>, pid: Uuid, remote: Arc<TrackRemote>, pc: std::sync::Weak<RTCPeerConnection>) {
     let kind = remote.kind();
-    let kind_s = if kind == RTPCodecType::Audio { "audio" } else { "video" };
+    let media_kind = if kind == RTPCodecType::Audio { MediaKind::Audio } else { MediaKind::Video };
+    let kind_s = media_kind.as_str();
     let key = format!("{pid}:{}:{}", remote.stream_id(), remote.id());
     let local = Arc::new(TrackLocalStaticRTP::new(
         remote.codec().capability,
@@ -415,6 +429,9 @@ fn publish(shared: Arc<Shared>, pid: Uuid, remote: Arc<TrackRemote>, pc: std::sy
             }
         });
         while let Ok((pkt, _)) = remote.read_rtp().await {
+            if lock(&shared.muted).contains(&(pid, media_kind)) {
+                continue;
+            }
             if let Err(e) = t.local.write_rtp(&pkt).await {
                 if matches!(e, webrtc::Error::ErrClosedPipe) {
                     break;
