@@ -15,6 +15,11 @@ die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# demo_login ROLE FILE
+# Prints "EMAIL PASSWORD TOTP_SECRET" of that role's login in `coherency seed-demo` output
+# (lines: role email password [TOTP secret SECRET]).
+demo_login() { awk -v r="$1" '$1 == r { print $2, $3, $6; exit }' "$2"; }
+
 # ---------------------------------------------------------------------------------------------
 # URLs
 

@@ -187,7 +187,9 @@ pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uu
 
 /// A scan of consult `consult_id` changed status: if its room runs on this node, the room
 /// records `scan_progress` (streaming, processing) or `scan_finished` (complete, failed,
-/// cancelled). Every node hears the scan bus; only the room's node records the event.
+/// cancelled); other statuses (created, progress) are ignored. Every node hears the scan
+/// bus; only the room's node records the event. The room is not awaited (its mailbox keeps
+/// the order), so the bus listener is not held up by the room's commit.
 pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, status: &str) {
     let kind = match status {
         "streaming" | "processing" => coherency_protocol::consult::EventKind::ScanProgress,
@@ -221,11 +223,7 @@ pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, stat
         notify: None,
         broadcast,
     };
-    match r.send(raise).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::debug!(%consult_id, %scan_id, error = %e, "scan status not recorded in the room"),
-        Err(e) => tracing::debug!(%consult_id, %scan_id, error = %e, "room gone"),
-    }
+    r.do_send(raise);
 }
 
 fn webhooks_on(config: &Config) -> bool {

@@ -213,6 +213,21 @@ pub async fn provision(
     Ok(Provisioned { target: target.to_owned(), token, scan_id })
 }
 
+/// The start of a scenario run as a clinician: the first target, a client, every target
+/// ready, the clinician signed in.
+pub async fn start_as_clinician(
+    common: &crate::Common,
+    staff: &crate::StaffArgs,
+) -> anyhow::Result<(String, reqwest::Client, Staff)> {
+    let target = common.target.first().context("no --target")?.clone();
+    let http = http_client()?;
+    for t in &common.target {
+        ready(&http, t).await?;
+    }
+    let staff = clinician(&http, &target, staff).await?;
+    Ok((target, http, staff))
+}
+
 /// Signs in with a token or a login, whichever was given (`None` when neither was).
 pub async fn sign_in(
     http: &reqwest::Client,

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::time::Instant;
@@ -118,12 +117,7 @@ async fn still_booked(http: &reqwest::Client, target: &str, staff: &Staff) -> an
 
 pub async fn run(args: &BookingArgs) -> anyhow::Result<Report> {
     let common = &args.common;
-    let target = common.target.first().context("no --target")?.clone();
-    let http = api::http_client()?;
-    for t in &common.target {
-        api::ready(&http, t).await?;
-    }
-    let staff = api::clinician(&http, &target, &args.staff).await?;
+    let (target, http, staff) = api::start_as_clinician(common, &args.staff).await?;
     let (type_id, mut slots) = api::calendar(&http, &target, &staff, args.slots.max(1)).await?;
     slots.truncate(args.slots.max(1));
     let tag = uuid::Uuid::now_v7().simple().to_string();

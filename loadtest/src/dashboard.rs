@@ -150,12 +150,7 @@ async fn check_in_patients(
 
 pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let common = &args.common;
-    let target = common.target.first().context("no --target")?.clone();
-    let http = api::http_client()?;
-    for t in &common.target {
-        api::ready(&http, t).await?;
-    }
-    let staff = api::clinician(&http, &target, &args.staff).await?;
+    let (target, http, staff) = api::start_as_clinician(common, &args.staff).await?;
     let (type_id, slots) = api::calendar(&http, &target, &staff, PATIENTS).await?;
     let tag = Uuid::now_v7().simple().to_string();
     let mut patients = Vec::new();

@@ -89,7 +89,6 @@ pub async fn scope_for(state: &AppState, who: &Principal) -> Result<Scope, ApiEr
 struct Pump {
     state: Arc<AppState>,
     session: Session,
-    names: HashMap<Uuid, Option<String>>,
     /// Everything up to this hub seq has been sent (the client's resume position).
     position: u64,
     last_heard: Instant,
@@ -111,8 +110,7 @@ async fn run(
     gauge.inc();
     let mut guard = state.sockets.register(who.user_id, who.session_id);
     let mut shutdown = state.lifecycle.subscribe();
-    let mut pump =
-        Pump { state: state.clone(), session, names: HashMap::new(), position: 0, last_heard: Instant::now() };
+    let mut pump = Pump { state: state.clone(), session, position: 0, last_heard: Instant::now() };
     let mut sub = None;
     let end = pump.pump(&who, scope, &mut messages, &mut guard.closed, &mut shutdown, &mut sub).await;
     if let Some(id) = sub {
@@ -210,14 +208,10 @@ impl Pump {
         self.session.text(msg.to_json()).await.is_ok()
     }
 
-    /// Adds the patient's name to an item (this socket's copy, else the node's cache).
-    async fn named(&mut self, mut item: Item) -> Item {
+    /// Adds the patient's name to an item (from the node's cache).
+    async fn named(&self, mut item: Item) -> Item {
         if let Some(p) = item.patient_id {
-            if !self.names.contains_key(&p) {
-                let name = self.state.patient_names.get(&self.state.stores.pg, p).await;
-                self.names.insert(p, name);
-            }
-            item.patient_name = self.names.get(&p).cloned().flatten();
+            item.patient_name = self.state.patient_names.get(&self.state.stores.pg, p).await;
         }
         item
     }

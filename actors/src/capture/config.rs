@@ -47,8 +47,9 @@ pub struct CaptureConfig {
     pub quality_queue_cap: usize,
     /// Most quality records written in one call.
     pub quality_batch: usize,
-    /// How long a quality write waits for more records after the first (fewer, larger
-    /// writes: MongoDB's cost is per command far more than per record).
+    /// How long a quality write waits for more records after the first: about one write
+    /// command per scan per 250 ms instead of one per frame (the Mongo server's CPU in the
+    /// 32-scan benchmark did not measurably change; `docs/performance.md`).
     pub quality_linger: Duration,
     /// Records per outbox: a pump that falls this far behind is disconnected.
     pub outbox_capacity: usize,
