@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::{PgPool, Row};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// Key of the advisory lock that serialises appends (the chain needs a total order).
@@ -77,51 +79,196 @@ fn row_hash(
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// Appends one row (in its own transaction).
+/// Appends one row (in its own transaction). Request handlers go through [`AuditLog`],
+/// which merges concurrent appends into one transaction; this is for one-off callers (the
+/// CLI) and for the group-commit task itself.
 pub async fn record(pool: &PgPool, at: DateTime<Utc>, ev: &AuditEvent) -> Result<i64, sqlx::Error> {
+    let ids = append(pool, &[(at, ev)]).await?;
+    Ok(ids[0])
+}
+
+/// Appends rows in the order given, in one transaction: one advisory lock, one read of the
+/// chain's tail, one `INSERT … SELECT FROM UNNEST`, one commit. Answers their ids.
+async fn append(pool: &PgPool, events: &[(DateTime<Utc>, &AuditEvent)]) -> Result<Vec<i64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
     let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
-    let (id, prev) = match last {
-        Some(row) => (row.get::<i64, _>(0) + 1, row.get::<String, _>(1)),
-        None => (1, GENESIS.to_string()),
+    let (mut id, mut prev) = match last {
+        Some(row) => (row.get::<i64, _>(0), row.get::<String, _>(1)),
+        None => (0, GENESIS.to_string()),
     };
-    let details = ev.details.to_string();
-    let hash = row_hash(
-        id,
-        at,
-        ev.actor_id,
-        ev.actor_role.as_deref(),
-        &ev.action,
-        ev.target_type.as_deref(),
-        ev.target_id.as_deref(),
-        &ev.outcome,
-        ev.ip.as_deref(),
-        ev.request_id.as_deref(),
-        &details,
-        &prev,
-    );
+    let n = events.len();
+    let mut cols = Columns::with_capacity(n);
+    for (at, ev) in events {
+        id += 1;
+        let details = ev.details.to_string();
+        let hash = row_hash(
+            id,
+            *at,
+            ev.actor_id,
+            ev.actor_role.as_deref(),
+            &ev.action,
+            ev.target_type.as_deref(),
+            ev.target_id.as_deref(),
+            &ev.outcome,
+            ev.ip.as_deref(),
+            ev.request_id.as_deref(),
+            &details,
+            &prev,
+        );
+        cols.ids.push(id);
+        cols.at.push(*at);
+        cols.actor_id.push(ev.actor_id);
+        cols.actor_role.push(ev.actor_role.clone());
+        cols.action.push(ev.action.clone());
+        cols.target_type.push(ev.target_type.clone());
+        cols.target_id.push(ev.target_id.clone());
+        cols.outcome.push(ev.outcome.clone());
+        cols.ip.push(ev.ip.clone());
+        cols.request_id.push(ev.request_id.clone());
+        cols.details.push(details);
+        cols.prev_hash.push(std::mem::replace(&mut prev, hash.clone()));
+        cols.hash.push(hash);
+    }
     sqlx::query(
         "INSERT INTO audit_log (id, at, actor_id, actor_role, action, target_type, target_id, outcome, ip, request_id, details, prev_hash, hash)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
+         SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
+                              $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])",
     )
-    .bind(id)
-    .bind(at)
-    .bind(ev.actor_id)
-    .bind(&ev.actor_role)
-    .bind(&ev.action)
-    .bind(&ev.target_type)
-    .bind(&ev.target_id)
-    .bind(&ev.outcome)
-    .bind(&ev.ip)
-    .bind(&ev.request_id)
-    .bind(&details)
-    .bind(&prev)
-    .bind(&hash)
+    .bind(&cols.ids)
+    .bind(&cols.at)
+    .bind(&cols.actor_id)
+    .bind(&cols.actor_role)
+    .bind(&cols.action)
+    .bind(&cols.target_type)
+    .bind(&cols.target_id)
+    .bind(&cols.outcome)
+    .bind(&cols.ip)
+    .bind(&cols.request_id)
+    .bind(&cols.details)
+    .bind(&cols.prev_hash)
+    .bind(&cols.hash)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(id)
+    Ok(cols.ids)
+}
+
+/// The rows of one append, column by column (for `UNNEST`).
+#[derive(Default)]
+struct Columns {
+    ids: Vec<i64>,
+    at: Vec<DateTime<Utc>>,
+    actor_id: Vec<Option<Uuid>>,
+    actor_role: Vec<Option<String>>,
+    action: Vec<String>,
+    target_type: Vec<Option<String>>,
+    target_id: Vec<Option<String>>,
+    outcome: Vec<String>,
+    ip: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    details: Vec<String>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+}
+
+impl Columns {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            ids: Vec::with_capacity(n),
+            at: Vec::with_capacity(n),
+            actor_id: Vec::with_capacity(n),
+            actor_role: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            target_type: Vec::with_capacity(n),
+            target_id: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            ip: Vec::with_capacity(n),
+            request_id: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+            prev_hash: Vec::with_capacity(n),
+            hash: Vec::with_capacity(n),
+        }
+    }
+}
+
+/// Most rows merged into one append.
+const GROUP_MAX: usize = 256;
+
+/// The node's audit writer. Every append waits until its row is committed (an action is
+/// not answered before it is on the record), but appends that arrive while a transaction is
+/// in flight are merged into the next one, so under load one advisory-lock round and one
+/// WAL flush cover many rows instead of one each. The chain's order is the order the writer
+/// takes them in; across nodes the advisory lock still gives one total order.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Pending>,
+}
+
+struct Pending {
+    at: DateTime<Utc>,
+    ev: AuditEvent,
+    done: oneshot::Sender<Result<i64, AppendError>>,
+}
+
+/// Why an append failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AppendError {
+    #[error("audit append failed: {0}")]
+    Database(Arc<sqlx::Error>),
+    #[error("the audit writer stopped")]
+    Stopped,
+}
+
+impl AuditLog {
+    /// Starts the writer task on the current tokio runtime; it ends when every handle is
+    /// dropped.
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::channel(GROUP_MAX * 8);
+        tokio::spawn(writer(pool, rx));
+        Self { tx }
+    }
+
+    /// Appends `ev` and answers its row id once committed.
+    pub async fn append(&self, at: DateTime<Utc>, ev: AuditEvent) -> Result<i64, AppendError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Pending { at, ev, done }).await.map_err(|_| AppendError::Stopped)?;
+        rx.await.map_err(|_| AppendError::Stopped)?
+    }
+}
+
+async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(GROUP_MAX);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let events: Vec<(DateTime<Utc>, &AuditEvent)> = batch.iter().map(|p| (p.at, &p.ev)).collect();
+        match append(&pool, &events).await {
+            Ok(ids) => {
+                for (p, id) in batch.drain(..).zip(ids) {
+                    let _ = p.done.send(Ok(id));
+                }
+            }
+            // One bad row must not fail the others: each is tried on its own.
+            Err(_) if batch.len() > 1 => {
+                for p in batch.drain(..) {
+                    let res = append(&pool, &[(p.at, &p.ev)]).await;
+                    let _ = p.done.send(res.map(|ids| ids[0]).map_err(|e| AppendError::Database(Arc::new(e))));
+                }
+            }
+            Err(e) => {
+                let e = AppendError::Database(Arc::new(e));
+                for p in batch.drain(..) {
+                    let _ = p.done.send(Err(e.clone()));
+                }
+            }
+        }
+    }
 }
 
 /// The outcome of checking the chain.

@@ -208,7 +208,7 @@ pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, stat
                 let ev = crate::audit::AuditEvent::new("consult.scan_result.shared", "success")
                     .target("consult", consult_id)
                     .details(serde_json::json!({ "scan_id": scan_id, "measurements": m.len() }));
-                if let Err(e) = crate::audit::record(&state.stores.pg, state.clock.now(), &ev).await {
+                if let Err(e) = state.audit.append(state.clock.now(), ev).await {
                     tracing::error!(%consult_id, error = %e, "scan result not audited, not shared");
                     broadcast = None;
                 }

@@ -102,6 +102,17 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::audit::AppendError> for ApiError {
+    fn from(e: crate::audit::AppendError) -> Self {
+        match e {
+            crate::audit::AppendError::Database(e) if matches!(*e, sqlx::Error::PoolTimedOut) => {
+                Self::unavailable("the database is not answering; try again")
+            }
+            e => Self::internal(e),
+        }
+    }
+}
+
 impl From<redis::RedisError> for ApiError {
     fn from(e: redis::RedisError) -> Self {
         tracing::warn!(error = %e, "redis error");

@@ -79,6 +79,7 @@ impl Application {
             webhook_wake,
             capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics),
             booking_locks: Default::default(),
+            audit: crate::audit::AuditLog::start(stores.pg.clone()),
             dashboard: crate::dashboard::start_hub(),
             patient_names: Default::default(),
             config: Arc::new(config),

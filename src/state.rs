@@ -42,6 +42,8 @@ pub struct AppState {
     pub rooms: Arc<coherency_actors::Rooms>,
     /// What every room of this node shares (storage, limits, clock, waiting rooms).
     pub room_deps: coherency_actors::RoomDeps,
+    /// This node's audit writer (group commit; `crate::audit`).
+    pub audit: crate::audit::AuditLog,
     /// Wakes the webhook dispatcher when events are written.
     pub webhook_wake: Arc<tokio::sync::Notify>,
 }

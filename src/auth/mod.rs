@@ -200,7 +200,7 @@ pub async fn audit(
         ev.actor_id = Some(p.user_id);
         ev.actor_role = Some(p.role.as_str().into());
     }
-    crate::audit::record(&state.stores.pg, state.clock.now(), &ev).await?;
+    state.audit.append(state.clock.now(), ev).await?;
     Ok(())
 }
 

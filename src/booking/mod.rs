@@ -106,7 +106,7 @@ pub struct Schedule {
 pub fn db_error(e: sqlx::Error) -> ApiError {
     if let sqlx::Error::Database(d) = &e {
         if d.code().as_deref() == Some("23P01") {
-            return ApiError::new(Code::SlotTaken, "that time is no longer available");
+            return slot_taken();
         }
     }
     ApiError::from(e)
@@ -132,43 +132,49 @@ pub async fn list_types(pg: &PgPool, clinician_id: Uuid) -> Result<Vec<Appointme
     .await?)
 }
 
+/// One clinician's schedule with its rules and exceptions, in one round trip (a booking
+/// attempt reads it every time).
 pub async fn load_schedule(pg: &PgPool, clinician_id: Uuid) -> Result<Option<Schedule>, ApiError> {
-    let Some(row) = sqlx::query("SELECT tz, horizon_days, min_notice_min FROM schedules WHERE clinician_id = $1")
-        .bind(clinician_id)
-        .fetch_optional(pg)
-        .await?
+    // Each array is sorted on every column of its table, so the arrays of one table line up
+    // row by row even where rows share a weekday or a day.
+    let Some(row) = sqlx::query(
+        "SELECT s.tz, s.horizon_days, s.min_notice_min,
+                ARRAY(SELECT weekday FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS r_weekday,
+                ARRAY(SELECT start_time FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS r_start,
+                ARRAY(SELECT end_time FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS r_end,
+                ARRAY(SELECT day FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_day,
+                ARRAY(SELECT kind FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_kind,
+                ARRAY(SELECT start_time FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_start,
+                ARRAY(SELECT end_time FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_end
+           FROM schedules s WHERE s.clinician_id = $1",
+    )
+    .bind(clinician_id)
+    .fetch_optional(pg)
+    .await?
     else {
         return Ok(None);
     };
     let tz: String = row.get("tz");
     let tz: Tz = tz.parse().map_err(|_| ApiError::internal("stored time zone does not parse"))?;
-    let rules = sqlx::query("SELECT weekday, start_time, end_time FROM schedule_rules WHERE clinician_id = $1")
-        .bind(clinician_id)
-        .fetch_all(pg)
-        .await?
+    let weekdays: Vec<i16> = row.get("r_weekday");
+    let starts: Vec<NaiveTime> = row.get("r_start");
+    let ends: Vec<NaiveTime> = row.get("r_end");
+    let rules = weekdays
         .into_iter()
-        .map(|r| slots::Rule {
-            weekday: r.get::<i16, _>("weekday") as u32,
-            start: r.get("start_time"),
-            end: r.get("end_time"),
-        })
+        .zip(starts)
+        .zip(ends)
+        .map(|((weekday, start), end)| slots::Rule { weekday: weekday as u32, start, end })
         .collect();
-    let exceptions =
-        sqlx::query("SELECT day, kind, start_time, end_time FROM schedule_exceptions WHERE clinician_id = $1")
-            .bind(clinician_id)
-            .fetch_all(pg)
-            .await?
-            .into_iter()
-            .map(|r| {
-                let s: Option<NaiveTime> = r.get("start_time");
-                let e: Option<NaiveTime> = r.get("end_time");
-                slots::Exception {
-                    day: r.get::<NaiveDate, _>("day"),
-                    extra: r.get::<String, _>("kind") == "extra",
-                    hours: s.zip(e),
-                }
-            })
-            .collect();
+    let days: Vec<NaiveDate> = row.get("e_day");
+    let kinds: Vec<String> = row.get("e_kind");
+    let e_starts: Vec<Option<NaiveTime>> = row.get("e_start");
+    let e_ends: Vec<Option<NaiveTime>> = row.get("e_end");
+    let exceptions = days
+        .into_iter()
+        .zip(kinds)
+        .zip(e_starts.into_iter().zip(e_ends))
+        .map(|((day, kind), (s, e))| slots::Exception { day, extra: kind == "extra", hours: s.zip(e) })
+        .collect();
     Ok(Some(Schedule {
         clinician_id,
         tz,
@@ -227,6 +233,36 @@ pub async fn busy(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(ApiError::from)
+}
+
+/// Whether a live row (expired holds excluded) already blocks part of `[bs, be)`: a plain
+/// read, no lock and no transaction. A yes is a final answer (the slot was taken when we
+/// looked, which is what a caller arriving a moment later would also have seen); a no
+/// proves nothing, and the attempt goes on to the lock and the constraint.
+pub async fn taken(
+    pg: &PgPool,
+    clinician_id: Uuid,
+    bs: DateTime<Utc>,
+    be: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<bool, ApiError> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM appointments
+          WHERE clinician_id = $1 AND status IN ('held','booked','no_show')
+            AND NOT (status = 'held' AND expires_at <= $4)
+            AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)'))",
+    )
+    .bind(clinician_id)
+    .bind(bs)
+    .bind(be)
+    .bind(now)
+    .fetch_one(pg)
+    .await?)
+}
+
+/// The answer to an attempt at a time a live row blocks.
+pub fn slot_taken() -> ApiError {
+    ApiError::new(Code::SlotTaken, "that time is no longer available")
 }
 
 /// Free slots: candidates whose blocked range overlaps nothing live.

@@ -594,12 +594,19 @@ pub(crate) async fn place(
         created_by: who.user_id,
         idempotency_key: key.clone(),
     };
-    let st = state.clone();
-    let res = state
-        .booking_locks
-        .run(b.clinician_id, async move { booking::hold(&st, hold).await })
-        .await
-        .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?;
+    // Most attempts at a hot time lose; those are answered from one read, in parallel,
+    // without queueing behind the clinician's lock for a transaction that would fail.
+    let (_, _, bs, be) = hold.ty.block(start);
+    let res = if booking::taken(&state.stores.pg, b.clinician_id, bs, be, state.clock.now()).await? {
+        Err(booking::slot_taken())
+    } else {
+        let st = state.clone();
+        state
+            .booking_locks
+            .run(b.clinician_id, async move { booking::hold(&st, hold).await })
+            .await
+            .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?
+    };
     let action = if b.confirm { "booking.book" } else { "booking.hold" };
     match res {
         Ok((a, events)) => {
@@ -608,8 +615,9 @@ pub(crate) async fn place(
             Ok((a, false))
         }
         Err(e) => {
-            if let (Some(k), true) = (&key, e.code == Code::Internal || e.code == Code::Conflict) {
-                // A concurrent replay of the same key won the unique index.
+            if let (Some(k), true) = (&key, matches!(e.code, Code::Internal | Code::Conflict | Code::SlotTaken)) {
+                // A concurrent replay of the same key got there first (its row blocks the
+                // time, or won the unique index).
                 if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
                     return Ok((a, true));
                 }

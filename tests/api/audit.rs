@@ -65,3 +65,53 @@ async fn auth_events_are_audited_without_secrets() {
         .unwrap();
     assert_eq!(ip.as_deref(), Some("127.0.0.1"));
 }
+
+/// Appends from many requests at once, on two nodes, are merged into shared transactions
+/// (group commit) yet every request still gets its own row, in one unbroken chain.
+#[actix_web::test]
+async fn concurrent_audited_requests_on_two_nodes_keep_one_intact_chain() {
+    let app = crate::helpers::spawn_app_with(|mut c| {
+        c.api_rate_per_sec = 100_000;
+        c.api_rate_burst = 100_000;
+        c
+    })
+    .await;
+    let p = app.patient().await;
+    let pid = p.patient_id.unwrap();
+    let unlimited = [("COHERENCY_API_RATE_PER_SEC", "100000"), ("COHERENCY_API_RATE_BURST", "100000")];
+    let other = crate::helpers::NodeProcess::start(&app.config, &unlimited);
+    let bases = [app.url(""), other.url("")];
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'patient.read'")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    const N: usize = 160;
+    let mut calls = Vec::new();
+    for i in 0..N {
+        let (client, url, token) = (app.client.clone(), format!("{}/v1/patients/{pid}", bases[i % 2]), p.token.clone());
+        calls.push(tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap().status() }));
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 200);
+    }
+    // Every answered read is on the record by the time it was answered.
+    let rows: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT id, request_id FROM audit_log WHERE action = 'patient.read' ORDER BY id")
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(rows.len() as i64 - before, N as i64);
+    let distinct: std::collections::HashSet<_> = rows.iter().filter_map(|r| r.1.clone()).collect();
+    assert_eq!(distinct.len(), rows.len(), "one row per request");
+    let out = verify(&app);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
+    // Some appends shared a transaction (rows of one transaction share its xmin).
+    let shared: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT xmin::text FROM audit_log GROUP BY xmin::text HAVING count(*) > 1) t",
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert!(shared > 0, "no two appends shared a transaction");
+}

@@ -10,7 +10,7 @@
 pub mod sfu;
 pub mod waiting;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use coherency_protocol::consult::{
-    close, ClientSignal, EventKind, IceServer, ParticipantRole, ParticipantState, RoomEvent, ServerSignal,
+    close, ClientSignal, EventKind, IceServer, MediaKind, ParticipantRole, ParticipantState, RoomEvent, ServerSignal,
     MAX_CHAT_CHARS, SIGNAL_VERSION,
 };
 use coherency_protocol::ids::ConsultId;
@@ -215,6 +215,9 @@ pub struct Room {
     deps: RoomDeps,
     rooms: Arc<Rooms>,
     sfu: Option<Arc<sfu::Sfu>>,
+    /// (participant, kind) pairs the host muted; applied to the SFU whenever it starts, so a
+    /// mute given before anyone sent media holds once media flows.
+    muted: HashSet<(Uuid, MediaKind)>,
 }
 
 impl Room {
@@ -232,6 +235,7 @@ impl Room {
             deps,
             rooms,
             sfu: None,
+            muted: HashSet::new(),
         }
     }
 
@@ -519,7 +523,12 @@ impl Room {
         if self.sfu.is_none() {
             let cfg = self.deps.config.media.clone()?;
             match sfu::Sfu::new(cfg, self.deps.config.ice_servers.clone(), ctx.address().recipient()) {
-                Ok(s) => self.sfu = Some(Arc::new(s)),
+                Ok(s) => {
+                    for &(pid, kind) in &self.muted {
+                        s.set_muted(pid, kind, true);
+                    }
+                    self.sfu = Some(Arc::new(s));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot start the SFU");
                     return None;
@@ -998,6 +1007,11 @@ impl Handler<FromClient> for Room {
                 if target.state != ParticipantState::Admitted {
                     error(Code::Conflict, "that participant is not admitted");
                     return;
+                }
+                if muted {
+                    self.muted.insert((participant_id, kind));
+                } else {
+                    self.muted.remove(&(participant_id, kind));
                 }
                 if let Some(sfu) = &self.sfu {
                     sfu.set_muted(participant_id, kind, muted);
