@@ -6,6 +6,8 @@
 const C = (window.coherency = {
   token: null, consultId: null, role: null, state: 'signed-out', participantId: null,
   ws: null, pc: null, events: [], chats: [], errors: [], localStream: null,
+  // Other admitted participants (host view): id → { role, muted: { audio, video } }.
+  people: {},
 });
 const $ = (id) => document.getElementById(id);
 const show = (id, on) => { $(id).hidden = !on; };
@@ -122,6 +124,7 @@ function admitted() {
   show('waiting', false);
   show('room', true);
   show('queue-panel', C.role === 'host');
+  show('people-panel', C.role === 'host');
   if (C.role === 'host') refreshQueue();
   startMedia(C.iceServers || []);
 }
@@ -154,7 +157,7 @@ async function onSignal(m) {
       const li = document.createElement('li');
       li.textContent = `#${m.event.seq} ${m.event.kind}${m.event.role ? ` (${m.event.role})` : ''}`;
       $('events').appendChild(li);
-      if (C.role === 'host') refreshQueue();
+      if (C.role === 'host') { refreshQueue(); trackPeople(m.event); }
       break;
     }
     case 'ended':
@@ -164,6 +167,47 @@ async function onSignal(m) {
       break;
     case 'error': C.errors.push(`${m.code}: ${m.message}`); break;
     default: break;
+  }
+}
+
+// The host's list of who is in the call, kept from the room's events, with a mute toggle
+// per medium: the server stops forwarding that participant's track to everyone.
+function trackPeople(e) {
+  const id = e.participant_id;
+  if (!id || id === C.participantId) return;
+  const p = C.people[id];
+  switch (e.kind) {
+    case 'admitted': case 'joined':
+      if (!p) C.people[id] = { role: e.role, muted: { audio: false, video: false } };
+      break;
+    case 'left': case 'removed': case 'denied': case 'left_before_joined':
+      delete C.people[id];
+      break;
+    case 'muted': case 'unmuted':
+      if (p && e.data && e.data.kind) p.muted[e.data.kind] = e.kind === 'muted';
+      break;
+    default: return;
+  }
+  renderPeople();
+}
+
+function renderPeople() {
+  const ul = $('people');
+  ul.replaceChildren();
+  for (const [id, p] of Object.entries(C.people)) {
+    const li = document.createElement('li');
+    li.dataset.participant = id;
+    li.append(`${p.role || 'participant'} `);
+    for (const kind of ['audio', 'video']) {
+      const b = document.createElement('button');
+      const muted = p.muted[kind];
+      b.textContent = `${muted ? 'Unmute' : 'Mute'} ${kind}`;
+      b.className = `mute-${kind}`;
+      b.dataset.muted = String(muted);
+      b.onclick = () => send({ type: 'mute', participant_id: id, kind, muted: !muted });
+      li.append(b);
+    }
+    ul.appendChild(li);
   }
 }
 

@@ -1,6 +1,7 @@
 // Two headless Chromium pages on the consult page (fake camera and microphone): the patient
 // waits, the clinician admits, each page decodes the other's video (framesDecoded rising in
-// getStats), a chat message arrives, hanging up ends the room, and the events came in order.
+// getStats), a chat message arrives, the clinician mutes and unmutes the patient's video,
+// hanging up ends the room, and the events came in order.
 // Run by tests/api/browser.rs, which starts the server and passes BASE, CONSULT,
 // PATIENT_TOKEN and CLINICIAN_TOKEN. Prints one JSON line; exits non-zero on failure.
 import { chromium } from 'playwright-core';
@@ -68,6 +69,20 @@ try {
   await patient.click('#chat-form button');
   await clinician.waitForFunction(() => window.coherency.chats.some((c) => c.text === 'Hello from the patient'), null, { timeout: STEP });
   result.chat = true;
+
+  // The clinician mutes the patient's video: the server stops forwarding it, so the
+  // clinician's decoder stops counting frames; unmuting brings the video back.
+  await clinician.click('#people li button.mute-video', { timeout: STEP });
+  await clinician.waitForFunction(() => Object.values(window.coherency.people).some((p) => p.muted.video), null, { timeout: STEP });
+  await clinician.waitForTimeout(500);
+  const before = await framesDecoded(clinician);
+  await clinician.waitForTimeout(1500);
+  const during = (await framesDecoded(clinician)) - before;
+  if (during > 3) throw new Error(`video still decoded while muted: ${during} frames in 1.5 s`);
+  result.framesWhileMuted = during;
+  await clinician.click('#people li button.mute-video[data-muted="true"]', { timeout: STEP });
+  await clinician.waitForFunction(() => Object.values(window.coherency.people).every((p) => !p.muted.video), null, { timeout: STEP });
+  result.clinicianFramesAfterUnmute = await rising(clinician, 'clinician after unmute');
 
   await clinician.click('#hangup');
   await patient.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
