@@ -182,7 +182,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "webrtc_loopback_only",
         default: "false",
-        help: "SFU gathers loopback candidates only (tests, single-machine demos).",
+        help: "The SFU and scan data channels gather loopback candidates only (tests, single-machine demos).",
     },
     Setting {
         key: "stun_urls",

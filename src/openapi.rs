@@ -70,6 +70,7 @@ use utoipa::OpenApi;
         crate::http::scans::get,
         crate::http::scans::list_for_patient,
         crate::ws::scan::stream,
+        crate::ws::scan_rtc::signal,
         crate::http::measurements::list,
         crate::http::measurements::remeasure,
         crate::http::measurements::fhir::mesh,

@@ -83,7 +83,7 @@ pub struct Common {
 pub enum Transport {
     /// The websocket `GET /v1/scans/{id}/stream`.
     Ws,
-    /// A WebRTC data channel (not implemented yet).
+    /// A WebRTC data channel signalled over `GET /v1/scans/{id}/rtc`.
     Datachannel,
 }
 
@@ -251,13 +251,7 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<stats::Report>>>(run:
 
 fn main() -> ExitCode {
     match Cli::parse().scenario {
-        Scenario::Scan(args) => {
-            if args.transport == Transport::Datachannel {
-                eprintln!("loadtest: --transport datachannel is not implemented yet (use ws)");
-                return ExitCode::from(2);
-            }
-            block_on(scan::run(&args), &args.common)
-        }
+        Scenario::Scan(args) => block_on(scan::run(&args), &args.common),
         Scenario::Dashboard(args) => block_on(dashboard::run(&args), &args.common),
         Scenario::Booking(args) => block_on(booking::run(&args), &args.common),
         Scenario::Consult(_) | Scenario::Mixed(_) => {

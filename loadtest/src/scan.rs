@@ -1,11 +1,12 @@
 //! The `scan` scenario: N phones, each with its own patient, consent and scan, streaming
-//! phantom depth frames at a fixed rate over the scan stream websocket and finishing.
+//! phantom depth frames at a fixed rate over the scan stream websocket (or a WebRTC data
+//! channel, `--transport datachannel`) and finishing.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use coherency_protocol::client::{ClientConfig, ClientError, ScanStreamClient};
+use coherency_protocol::client::{ClientConfig, ClientError, ScanStreamClient, Transport};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::DepthFrame;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -62,6 +63,13 @@ struct Plan {
     frames: u64,
     duration: Option<Duration>,
     window: u32,
+    transport: Transport,
+}
+
+/// Whether the server URL names a loopback host.
+fn is_loopback_target(url: &str) -> bool {
+    let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or_default();
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn unix_us() -> u64 {
@@ -91,6 +99,9 @@ async fn phone(
     let mut config = ClientConfig::new(p.target.clone(), p.token.clone(), ScanId::from_uuid(p.scan_id));
     config.agent = Some(concat!("coherency-loadtest/", env!("CARGO_PKG_VERSION")).into());
     config.window = plan.window;
+    config.transport = plan.transport;
+    // The data channel's ICE gathers loopback candidates only when the target is loopback.
+    config.rtc_loopback_only = is_loopback_target(&p.target);
     config.send_timeout = Duration::from_secs(30);
     config.finish_timeout = Duration::from_secs(60);
     let mut client = match ScanStreamClient::connect_with(config).await {
@@ -229,7 +240,11 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
     }
     provisioned.sort_by_key(|(i, _)| *i);
 
-    let plan = Arc::new(Plan { fps: args.fps, frames, duration, window: args.window });
+    let transport = match args.transport {
+        crate::Transport::Ws => Transport::WebSocket,
+        crate::Transport::Datachannel => Transport::DataChannel,
+    };
+    let plan = Arc::new(Plan { fps: args.fps, frames, duration, window: args.window, transport });
     let live = Arc::new(Live::default());
     let n = provisioned.len();
     let expected = n as u64 * frames;
@@ -299,7 +314,10 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
         scans: args.scans,
         fps: args.fps,
         encoding: args.encoding.name().into(),
-        transport: "ws".into(),
+        transport: match transport {
+            Transport::WebSocket => "ws".into(),
+            Transport::DataChannel => "datachannel".into(),
+        },
         frame_message_bytes: frame_bytes,
         frames_sent: sent,
         frames_acked: acked,

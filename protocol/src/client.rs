@@ -1,5 +1,7 @@
-//! A Rust scan stream client (websocket transport) with resume built in, used by the
-//! server's tests and by `loadtest`.
+//! A Rust scan stream client with resume built in, used by the server's tests and by
+//! `loadtest`. It speaks over the websocket, or (feature `rtc`) over a WebRTC data channel
+//! (`crate::client_rtc`), chosen by [`ClientConfig::transport`]; everything above the
+//! transport — seqs, window, acks, resume — is the same code.
 //!
 //! [`ScanStreamClient`] is a handle; a background task owns the socket. The handle assigns
 //! sequence numbers, holds at most `window` unacked frames (waiting while the server says
@@ -34,6 +36,27 @@ use crate::scan::{
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// What carries the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// `GET /v1/scans/{id}/stream`, one binary websocket message per v1 message.
+    #[default]
+    WebSocket,
+    /// A WebRTC data channel signalled over `GET /v1/scans/{id}/rtc` (needs the `rtc` feature).
+    DataChannel,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ws" | "websocket" => Ok(Transport::WebSocket),
+            "datachannel" | "dc" => Ok(Transport::DataChannel),
+            other => Err(format!("unknown transport {other:?}: ws or datachannel")),
+        }
+    }
+}
+
 /// How to reach and talk to the server.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -52,7 +75,11 @@ pub struct ClientConfig {
     /// Most unacked frames this client holds; the effective window is the smaller of this
     /// and the server's `welcome.window`.
     pub window: u32,
-    /// Limit for one TCP + websocket handshake + `hello`/`welcome` exchange.
+    /// What carries the stream.
+    pub transport: Transport,
+    /// Data channel only: gather loopback candidates only (tests and single-machine runs).
+    pub rtc_loopback_only: bool,
+    /// Limit for one TCP + websocket handshake (+ data channel setup) + `hello`/`welcome` exchange.
     pub connect_timeout: Duration,
     /// Consecutive failed reconnection attempts before giving up.
     pub max_reconnect_attempts: u32,
@@ -82,6 +109,8 @@ impl ClientConfig {
             origin: None,
             agent: Some(concat!("coherency-protocol/", env!("CARGO_PKG_VERSION")).to_owned()),
             resume_from: None,
+            transport: Transport::WebSocket,
+            rtc_loopback_only: false,
             window: limits::DEFAULT_WINDOW,
             connect_timeout: Duration::from_secs(10),
             max_reconnect_attempts: 20,
@@ -391,7 +420,7 @@ impl ScanStreamClient {
 }
 
 enum Opened {
-    Welcome(Box<Socket>, Welcome),
+    Welcome(Box<Conn>, Welcome),
     Finished(Finished),
 }
 
@@ -406,46 +435,137 @@ fn retryable(err: &ClientError) -> bool {
     }
 }
 
-/// One connection: handshake, `hello`, and the first answer.
+/// One connection of the stream, whatever carries it.
+pub(crate) enum Conn {
+    Ws(Box<Socket>),
+    #[cfg(feature = "rtc")]
+    Dc(Box<crate::client_rtc::DataChannelConn>),
+}
+
+/// What one read from a connection gave.
+enum ConnIn {
+    Message(Bytes),
+    Closed(u16, String),
+    Other,
+}
+
+impl Conn {
+    /// Queues one v1 message (data channel: waits while its buffer is above the high mark).
+    async fn feed(&mut self, msg: Bytes) -> Result<(), String> {
+        match self {
+            Conn::Ws(ws) => ws.feed(Message::Binary(msg)).await.map_err(|e| e.to_string()),
+            #[cfg(feature = "rtc")]
+            Conn::Dc(dc) => dc.send_message(&msg).await,
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        match self {
+            Conn::Ws(ws) => ws.flush().await.map_err(|e| e.to_string()),
+            #[cfg(feature = "rtc")]
+            Conn::Dc(_) => Ok(()),
+        }
+    }
+
+    async fn send(&mut self, msg: Bytes) -> Result<(), String> {
+        self.feed(msg).await?;
+        self.flush().await
+    }
+
+    /// The next message; `None` when the connection is gone. Cancel-safe.
+    async fn next(&mut self) -> Option<Result<ConnIn, String>> {
+        match self {
+            Conn::Ws(ws) => ws.next().await.map(|m| match m {
+                Err(e) => Err(e.to_string()),
+                Ok(Message::Binary(b)) => Ok(ConnIn::Message(b)),
+                Ok(Message::Close(frame)) => Ok(frame
+                    .map(|f| ConnIn::Closed(u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or(ConnIn::Closed(1005, String::new()))),
+                // Websocket pings are answered by tungstenite itself.
+                Ok(_) => Ok(ConnIn::Other),
+            }),
+            #[cfg(feature = "rtc")]
+            Conn::Dc(dc) => dc.recv().await.map(|m| match m {
+                crate::client_rtc::DcIncoming::Message(b) => Ok(ConnIn::Message(b)),
+                crate::client_rtc::DcIncoming::Closed(code, reason) => Ok(ConnIn::Closed(code, reason)),
+                crate::client_rtc::DcIncoming::Broken(e) => Err(e),
+            }),
+        }
+    }
+
+    /// Closes politely with `code` (and, after `finished`, waits briefly for the server's end).
+    async fn close(&mut self, code: Option<u16>, reason: &str, drain: bool) {
+        match self {
+            Conn::Ws(ws) => {
+                let frame = code
+                    .map(|c| tungstenite::protocol::CloseFrame { code: c.into(), reason: reason.to_owned().into() });
+                let _ = WebSocketStream::close(ws.as_mut(), frame).await;
+                if drain {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            }
+            #[cfg(feature = "rtc")]
+            Conn::Dc(dc) => dc.close(code.unwrap_or(scan::close::NORMAL), reason).await,
+        }
+    }
+}
+
+/// Opens the transport the config names (no protocol message yet).
+async fn connect(config: &ClientConfig) -> Result<Conn, ClientError> {
+    match config.transport {
+        Transport::WebSocket => {
+            let mut request =
+                config.stream_url().into_client_request().map_err(|e| ClientError::Connect(e.to_string()))?;
+            let headers = request.headers_mut();
+            let auth = HeaderValue::from_str(&format!("Bearer {}", config.token))
+                .map_err(|_| ClientError::Connect("token is not a valid header value".into()))?;
+            headers.insert("authorization", auth);
+            if let Some(origin) = &config.origin {
+                let origin = HeaderValue::from_str(origin)
+                    .map_err(|_| ClientError::Connect("origin is not a valid header value".into()))?;
+                headers.insert("origin", origin);
+            }
+            let ws_config = WebSocketConfig::default()
+                .max_message_size(Some(limits::MAX_SERVER_MESSAGE_BYTES))
+                .max_frame_size(Some(limits::MAX_SERVER_MESSAGE_BYTES));
+            let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
+                .await
+                .map_err(|e| match e {
+                    tungstenite::Error::Http(resp) => ClientError::Rejected {
+                        status: resp.status().as_u16(),
+                        body: resp
+                            .body()
+                            .as_deref()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .unwrap_or_default(),
+                    },
+                    other => ClientError::Connect(other.to_string()),
+                })?;
+            Ok(Conn::Ws(Box::new(socket)))
+        }
+        #[cfg(feature = "rtc")]
+        Transport::DataChannel => Ok(Conn::Dc(Box::new(crate::client_rtc::DataChannelConn::open(config).await?))),
+        #[cfg(not(feature = "rtc"))]
+        Transport::DataChannel => Err(ClientError::Connect("built without the rtc feature".into())),
+    }
+}
+
+/// One connection: transport, `hello`, and the first answer.
 async fn open(config: &ClientConfig, resume_from: Option<u64>) -> Result<Opened, ClientError> {
     tokio::time::timeout(config.connect_timeout, async {
-        let mut request = config.stream_url().into_client_request().map_err(|e| ClientError::Connect(e.to_string()))?;
-        let headers = request.headers_mut();
-        let auth = HeaderValue::from_str(&format!("Bearer {}", config.token))
-            .map_err(|_| ClientError::Connect("token is not a valid header value".into()))?;
-        headers.insert("authorization", auth);
-        if let Some(origin) = &config.origin {
-            let origin = HeaderValue::from_str(origin)
-                .map_err(|_| ClientError::Connect("origin is not a valid header value".into()))?;
-            headers.insert("origin", origin);
-        }
-        let ws_config = WebSocketConfig::default()
-            .max_message_size(Some(limits::MAX_SERVER_MESSAGE_BYTES))
-            .max_frame_size(Some(limits::MAX_SERVER_MESSAGE_BYTES));
-        let (mut socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
-            .await
-            .map_err(|e| match e {
-                tungstenite::Error::Http(resp) => ClientError::Rejected {
-                    status: resp.status().as_u16(),
-                    body: resp.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
-                },
-                other => ClientError::Connect(other.to_string()),
-            })?;
+        let mut socket = connect(config).await?;
         let hello = ClientMsg::Hello(Hello {
             version: PROTOCOL_VERSION,
             scan_id: config.scan_id,
             resume_from,
             agent: config.agent.clone(),
         });
-        socket
-            .send(Message::Binary(scan::encode_client(&hello).into()))
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        socket.send(scan::encode_client(&hello).into()).await.map_err(ClientError::Connect)?;
         loop {
             match socket.next().await {
                 None => return Err(ClientError::Connect("closed before welcome".into())),
-                Some(Err(e)) => return Err(ClientError::Connect(e.to_string())),
-                Some(Ok(Message::Binary(b))) => match scan::decode_server(&b) {
+                Some(Err(e)) => return Err(ClientError::Connect(e)),
+                Some(Ok(ConnIn::Message(b))) => match scan::decode_server(&b) {
                     Ok(ServerMsg::Welcome(w)) => {
                         if w.scan_id != config.scan_id || w.next <= w.acked {
                             return Err(ClientError::Protocol(format!("bad welcome {w:?}")));
@@ -453,26 +573,19 @@ async fn open(config: &ClientConfig, resume_from: Option<u64>) -> Result<Opened,
                         return Ok(Opened::Welcome(Box::new(socket), w));
                     }
                     Ok(ServerMsg::Finished(f)) => {
-                        let _ = socket.close(None).await;
+                        socket.close(None, "", false).await;
                         return Ok(Opened::Finished(f));
                     }
                     Ok(ServerMsg::Error(e)) => return Err(ClientError::Server(e)),
                     Ok(ServerMsg::Ping(p)) => {
                         let msg = scan::encode_client(&ClientMsg::Pong(p));
-                        socket
-                            .send(Message::Binary(msg.into()))
-                            .await
-                            .map_err(|e| ClientError::Connect(e.to_string()))?;
+                        socket.send(msg.into()).await.map_err(ClientError::Connect)?;
                     }
                     Ok(_) | Err(DecodeError::UnknownType(_)) => {}
                     Err(e) => return Err(ClientError::Protocol(e.to_string())),
                 },
-                Some(Ok(Message::Close(frame))) => {
-                    let (code, reason) =
-                        frame.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
-                    return Err(ClientError::Closed { code, reason });
-                }
-                Some(Ok(_)) => {}
+                Some(Ok(ConnIn::Closed(code, reason))) => return Err(ClientError::Closed { code, reason }),
+                Some(Ok(ConnIn::Other)) => {}
             }
         }
     })
@@ -514,17 +627,13 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, first: Socket) {
+    async fn run(mut self, first: Conn) {
         let mut socket = first;
         loop {
             let ended = self.pump(&mut socket).await;
             match ended {
                 Ended::Finished(f) => {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        let _ = socket.close(None).await;
-                        while let Some(Ok(_)) = socket.next().await {}
-                    })
-                    .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), socket.close(None, "", true)).await;
                     self.status.send_modify(|s| {
                         s.acked = s.acked.max(f.last_seq);
                         s.finished = Some(f);
@@ -532,17 +641,12 @@ impl Driver {
                     return;
                 }
                 Ended::Fatal(err) => {
-                    let _ = socket.close(None).await;
+                    socket.close(None, "", false).await;
                     self.fail(err);
                     return;
                 }
                 Ended::HandleGone => {
-                    let _ = socket
-                        .close(Some(tungstenite::protocol::CloseFrame {
-                            code: scan::close::GOING_AWAY.into(),
-                            reason: "client stopped".into(),
-                        }))
-                        .await;
+                    socket.close(Some(scan::close::GOING_AWAY), "client stopped", false).await;
                     return;
                 }
                 Ended::Dropped(reason) => {
@@ -570,7 +674,7 @@ impl Driver {
     }
 
     /// Reconnects with backoff. `Ok(None)`: the scan turned out to be finished.
-    async fn reconnect(&mut self, mut reason: String) -> Result<Option<Socket>, ClientError> {
+    async fn reconnect(&mut self, mut reason: String) -> Result<Option<Conn>, ClientError> {
         let started = Instant::now();
         let mut backoff = self.config.initial_backoff;
         let mut attempt = 0;
@@ -655,29 +759,29 @@ impl Driver {
 
     /// Sends every frame the server lacks on this connection (unless slowed), then
     /// `finish` if it was asked for and everything is out.
-    async fn transmit(&mut self, socket: &mut Socket) -> Result<(), String> {
+    async fn transmit(&mut self, socket: &mut Conn) -> Result<(), String> {
         if !self.slowed {
             let mut sent_any = false;
             for p in self.pending.iter_mut().filter(|p| !p.sent_on_this_connection) {
-                socket.feed(Message::Binary(p.bytes.clone())).await.map_err(|e| e.to_string())?;
+                socket.feed(p.bytes.clone()).await?;
                 p.sent_on_this_connection = true;
                 p.first_sent.get_or_insert_with(Instant::now);
                 sent_any = true;
             }
             if sent_any {
-                socket.flush().await.map_err(|e| e.to_string())?;
+                socket.flush().await?;
             }
         }
         let all_out = self.pending.iter().all(|p| p.sent_on_this_connection);
         if let (Some(last_seq), false, true) = (self.finish, self.finish_sent, all_out) {
             let msg = scan::encode_client(&ClientMsg::Finish(Finish { last_seq }));
-            socket.send(Message::Binary(msg.into())).await.map_err(|e| e.to_string())?;
+            socket.send(msg.into()).await?;
             self.finish_sent = true;
         }
         Ok(())
     }
 
-    async fn pump(&mut self, socket: &mut Socket) -> Ended {
+    async fn pump(&mut self, socket: &mut Conn) -> Ended {
         let mut last_rx = Instant::now();
         let mut last_tx = Instant::now();
         let tick_every = (self.config.heartbeat_interval / 4).max(Duration::from_millis(10));
@@ -716,25 +820,21 @@ impl Driver {
                     last_rx = Instant::now();
                     match msg {
                         None => return Ended::Dropped("connection closed".into()),
-                        Some(Err(e)) => return Ended::Dropped(e.to_string()),
-                        Some(Ok(Message::Binary(b))) => {
+                        Some(Err(e)) => return Ended::Dropped(e),
+                        Some(Ok(ConnIn::Message(b))) => {
                             match self.on_server_message(socket, &b).await {
                                 Ok(Some(ended)) => return ended,
                                 Ok(None) => {}
                                 Err(e) => return Ended::Dropped(e),
                             }
                         }
-                        Some(Ok(Message::Close(frame))) => {
-                            let (code, reason) = frame
-                                .map(|f| (u16::from(f.code), f.reason.to_string()))
-                                .unwrap_or((1005, String::new()));
+                        Some(Ok(ConnIn::Closed(code, reason))) => {
                             if scan::close_is_retryable(code) || code == scan::close::NORMAL {
                                 return Ended::Dropped(format!("closed with {code}: {reason}"));
                             }
                             return Ended::Fatal(ClientError::Closed { code, reason });
                         }
-                        // Websocket pings are answered by tungstenite itself.
-                        Some(Ok(_)) => {}
+                        Some(Ok(ConnIn::Other)) => {}
                     }
                 }
                 _ = tick.tick() => {
@@ -744,8 +844,8 @@ impl Driver {
                     if last_tx.elapsed() >= self.config.heartbeat_interval {
                         self.ping_n += 1;
                         let ping = scan::encode_client(&ClientMsg::Ping(Heartbeat { n: self.ping_n }));
-                        if let Err(e) = socket.send(Message::Binary(ping.into())).await {
-                            return Ended::Dropped(e.to_string());
+                        if let Err(e) = socket.send(ping.into()).await {
+                            return Ended::Dropped(e);
                         }
                         last_tx = Instant::now();
                     }
@@ -754,7 +854,7 @@ impl Driver {
         }
     }
 
-    async fn on_server_message(&mut self, socket: &mut Socket, bytes: &[u8]) -> Result<Option<Ended>, String> {
+    async fn on_server_message(&mut self, socket: &mut Conn, bytes: &[u8]) -> Result<Option<Ended>, String> {
         let msg = match scan::decode_server(bytes) {
             Ok(msg) => msg,
             Err(DecodeError::UnknownType(_)) => return Ok(None),
@@ -789,7 +889,7 @@ impl Driver {
             }
             ServerMsg::Ping(p) => {
                 let pong = scan::encode_client(&ClientMsg::Pong(p));
-                socket.send(Message::Binary(pong.into())).await.map_err(|e| e.to_string())?;
+                socket.send(pong.into()).await?;
             }
             ServerMsg::Pong(_) | ServerMsg::Welcome(_) => {}
         }

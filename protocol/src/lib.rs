@@ -6,6 +6,7 @@
 
 pub mod consult;
 pub mod dashboard;
+pub mod datachannel;
 pub mod error;
 pub mod ids;
 pub mod limits;
@@ -13,5 +14,7 @@ pub mod scan;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "rtc")]
+pub mod client_rtc;
 
 pub use error::{Code, ErrorBody, ErrorCode};

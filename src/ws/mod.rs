@@ -5,6 +5,7 @@ pub mod consult;
 pub mod dashboard;
 pub mod events;
 pub mod scan;
+pub mod scan_rtc;
 
 use actix_web::{web, HttpRequest};
 use coherency_protocol::Code;

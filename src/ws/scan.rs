@@ -69,31 +69,112 @@ pub async fn stream(
     body: web::Payload,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let who = super::authenticate(&req, &state).await?;
-    auth::authorize(&state, &req, &who, Permission::ScansCreate).await?;
+    let (who, scan_id) = authorize_stream(&state, &req, &path).await?;
+    let (response, session, messages) =
+        actix_ws::handle(&req, body).map_err(|_| ApiError::new(Code::BadRequest, "expected a websocket upgrade"))?;
+    auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.stream", "success").target("scan", scan_id.as_uuid()))
+        .await?;
+    // A single websocket frame is refused by its header; a fragmented message by its sum.
+    let messages = messages
+        .max_frame_size(limits::MAX_FRAME_MESSAGE_BYTES)
+        .aggregate_continuations()
+        .max_continuation_size(limits::MAX_FRAME_MESSAGE_BYTES);
+    let wire = WsWire { session, messages };
+    actix_web::rt::spawn(run_pump(state.into_inner(), who, scan_id, wire));
+    Ok(response)
+}
+
+/// Everything checked before a scan's stream opens, whatever its transport: Origin,
+/// credentials, `scans:create` (MFA for staff), the scan exists and is visible to the caller,
+/// scan consent, the scan is not failed or cancelled, the node is not draining.
+pub(crate) async fn authorize_stream(
+    state: &AppState,
+    req: &HttpRequest,
+    path: &str,
+) -> Result<(Principal, ScanId), ApiError> {
+    let who = super::authenticate(req, state).await?;
+    auth::authorize(state, req, &who, Permission::ScansCreate).await?;
     let scan_uuid: Uuid = path.parse().map_err(|_| ApiError::not_found())?;
     tracing::Span::current().record("scan_id", tracing::field::display(scan_uuid));
     let (patient_id, status) =
         crate::store::scans::owner_and_status(&state.stores.pg, scan_uuid).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::patients::require_access(&state, &req, &who, patient_id, "scan.stream").await?;
-    crate::http::scans::require_scan_consent(&state, patient_id).await?;
+    crate::http::patients::require_access(state, req, &who, patient_id, "scan.stream").await?;
+    crate::http::scans::require_scan_consent(state, patient_id).await?;
     if matches!(status.as_str(), "failed" | "cancelled") {
         return Err(ApiError::new(Code::ScanNotStreamable, "the scan failed or was cancelled"));
     }
     if state.lifecycle.is_draining() {
         return Err(ApiError::unavailable("the server is draining; reconnect"));
     }
-    let (response, session, messages) =
-        actix_ws::handle(&req, body).map_err(|_| ApiError::new(Code::BadRequest, "expected a websocket upgrade"))?;
-    auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.stream", "success").target("scan", scan_uuid)).await?;
-    // A single websocket frame is refused by its header; a fragmented message by its sum.
-    let messages = messages
-        .max_frame_size(limits::MAX_FRAME_MESSAGE_BYTES)
-        .aggregate_continuations()
-        .max_continuation_size(limits::MAX_FRAME_MESSAGE_BYTES);
-    let pump = Pump::new(state.into_inner(), who, ScanId::from_uuid(scan_uuid), session);
-    actix_web::rt::spawn(pump.run(messages));
-    Ok(response)
+    Ok((who, ScanId::from_uuid(scan_uuid)))
+}
+
+/// What one read from a transport gave the pump.
+pub(crate) enum WireIn {
+    /// One whole binary protocol message.
+    Binary(bytes::Bytes),
+    /// A text message (not part of the protocol).
+    Text,
+    /// A transport-level control message (websocket ping/pong): a sign of life only.
+    Control,
+    /// The peer closed, or the transport is gone.
+    Closed,
+    /// The transport's framing was broken: the code and detail for the `error`.
+    Broken(Code, String),
+}
+
+/// A transport the scan stream pump drives: the websocket, or a WebRTC data channel
+/// (`super::scan_rtc`). Both carry the same v1 messages; only framing and closing differ.
+pub(crate) trait Wire {
+    /// Label for the open-connections gauge.
+    const KIND: &'static str;
+    /// The next message. Must be cancel-safe (it is raced in a `select!`).
+    fn recv(&mut self) -> impl Future<Output = WireIn>;
+    /// Sends one encoded server message; `false` when the transport is gone.
+    fn send(&mut self, message: Vec<u8>) -> impl Future<Output = bool>;
+    /// Closes the transport with a close code.
+    fn close(self, code: u16, reason: &'static str) -> impl Future<Output = ()>;
+}
+
+/// The websocket transport.
+struct WsWire {
+    session: Session,
+    messages: actix_ws::AggregatedMessageStream,
+}
+
+impl Wire for WsWire {
+    const KIND: &'static str = "scan";
+
+    async fn recv(&mut self) -> WireIn {
+        match self.messages.recv().await {
+            None | Some(Ok(AggregatedMessage::Close(_))) => WireIn::Closed,
+            Some(Ok(AggregatedMessage::Binary(raw))) => WireIn::Binary(raw),
+            Some(Ok(AggregatedMessage::Text(_))) => WireIn::Text,
+            Some(Ok(AggregatedMessage::Ping(b))) => {
+                if self.session.pong(&b).await.is_err() {
+                    return WireIn::Closed;
+                }
+                WireIn::Control
+            }
+            Some(Ok(AggregatedMessage::Pong(_))) => WireIn::Control,
+            Some(Err(e)) => protocol_error(&e),
+        }
+    }
+
+    async fn send(&mut self, message: Vec<u8>) -> bool {
+        self.session.binary(message).await.is_ok()
+    }
+
+    async fn close(self, code: u16, reason: &'static str) {
+        let reason = CloseReason { code: CloseCode::from(code), description: Some(reason.into()) };
+        let _ = self.session.close(Some(reason)).await;
+    }
+}
+
+/// Runs one connection of a scan's stream over `wire` until it ends; returns the close code
+/// it ended with.
+pub(crate) async fn run_pump<W: Wire>(state: Arc<AppState>, who: Principal, scan_id: ScanId, wire: W) -> u16 {
+    Pump::new(state, who, scan_id, wire).run().await
 }
 
 /// How a connection ends: an optional `error` for the phone, then the close code.
@@ -119,25 +200,25 @@ impl End {
     }
 }
 
-struct Pump {
+struct Pump<W> {
     state: Arc<AppState>,
     who: Principal,
     scan_id: ScanId,
-    session: Session,
+    wire: W,
     conn_id: coherency_actors::capture::ConnId,
     last_heard: Instant,
     last_sent: Instant,
     ping_n: u64,
 }
 
-impl Pump {
-    fn new(state: Arc<AppState>, who: Principal, scan_id: ScanId, session: Session) -> Self {
+impl<W: Wire> Pump<W> {
+    fn new(state: Arc<AppState>, who: Principal, scan_id: ScanId, wire: W) -> Self {
         let now = Instant::now();
         Self {
             state,
             who,
             scan_id,
-            session,
+            wire,
             conn_id: coherency_actors::capture::ConnId::next(),
             last_heard: now,
             last_sent: now,
@@ -147,19 +228,18 @@ impl Pump {
 
     async fn send(&mut self, msg: &ServerMsg) -> bool {
         self.last_sent = Instant::now();
-        self.session.binary(encode_server(msg)).await.is_ok()
+        self.wire.send(encode_server(msg)).await
     }
 
-    #[tracing::instrument(skip_all, fields(scan_id = %self.scan_id, conn = self.conn_id.0))]
-    async fn run(mut self, mut messages: actix_ws::AggregatedMessageStream) {
-        let gauge = self.state.metrics.websockets_open.with_label_values(&["scan"]);
+    #[tracing::instrument(skip_all, fields(scan_id = %self.scan_id, conn = self.conn_id.0, transport = W::KIND))]
+    async fn run(mut self) -> u16 {
+        let gauge = self.state.metrics.websockets_open.with_label_values(&[W::KIND]);
         gauge.inc();
         let mut guard = self.state.sockets.register(self.who.user_id, self.who.session_id);
         let mut shutdown = self.state.lifecycle.subscribe();
         let (outbox, mut inbox) = mpsc::channel(CaptureConfig::default().outbox_capacity.max(1));
         let mut session_addr = None;
-        let end =
-            self.pump(&mut messages, &mut guard.closed, &mut shutdown, outbox, &mut inbox, &mut session_addr).await;
+        let end = self.pump(&mut guard.closed, &mut shutdown, outbox, &mut inbox, &mut session_addr).await;
         if let Some(addr) = &session_addr {
             addr.do_send(Detach { conn_id: self.conn_id });
         }
@@ -175,41 +255,33 @@ impl Pump {
             tracing::debug!(code = %err.code, close = end.code, "closing the scan stream with an error");
             let _ = self.send(&ServerMsg::Error(err.clone())).await;
         }
-        let reason = CloseReason { code: CloseCode::from(end.code), description: Some(end.reason.into()) };
-        let _ = self.session.clone().close(Some(reason)).await;
+        self.wire.close(end.code, end.reason).await;
         gauge.dec();
         drop(guard);
+        end.code
     }
 
-    /// Reads one websocket message: a decoded protocol message with its raw bytes, a
-    /// control frame handled here, or the end of the connection.
-    async fn read(&mut self, m: Option<Result<AggregatedMessage, ProtocolError>>) -> Result<Incoming, End> {
+    /// Reads one transport message: a decoded protocol message with its raw bytes, a
+    /// control message handled here, or the end of the connection.
+    fn read(&mut self, m: WireIn) -> Result<Incoming, End> {
         self.last_heard = Instant::now();
         match m {
-            None | Some(Ok(AggregatedMessage::Close(_))) => Ok(Incoming::Closed),
-            Some(Ok(AggregatedMessage::Binary(raw))) => match decode_client(&raw) {
+            WireIn::Closed => Ok(Incoming::Closed),
+            WireIn::Binary(raw) => match decode_client(&raw) {
                 Ok(msg) => Ok(Incoming::Msg(msg, raw)),
                 Err(e) => Err(End::decode(&e)),
             },
-            Some(Ok(AggregatedMessage::Text(_))) => {
+            WireIn::Text => {
                 Err(End::protocol(Code::MalformedMessage, "text messages are not part of the protocol; send binary"))
             }
-            Some(Ok(AggregatedMessage::Ping(b))) => {
-                self.last_sent = Instant::now();
-                if self.session.pong(&b).await.is_err() {
-                    return Ok(Incoming::Closed);
-                }
-                Ok(Incoming::Control)
-            }
-            Some(Ok(AggregatedMessage::Pong(_))) => Ok(Incoming::Control),
-            Some(Err(e)) => Err(protocol_error(&e)),
+            WireIn::Control => Ok(Incoming::Control),
+            WireIn::Broken(code, message) => Err(End::protocol(code, &message)),
         }
     }
 
     /// The connection's life; returns how it ends.
     async fn pump(
         &mut self,
-        messages: &mut actix_ws::AggregatedMessageStream,
         revoked: &mut tokio::sync::watch::Receiver<Option<u16>>,
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
         outbox: mpsc::Sender<Outbound>,
@@ -220,11 +292,11 @@ impl Pump {
         let hello_deadline = Instant::now() + limits::HELLO_TIMEOUT;
         let hello = loop {
             tokio::select! {
-                m = tokio::time::timeout_at(hello_deadline, messages.recv()) => {
+                m = tokio::time::timeout_at(hello_deadline, self.wire.recv()) => {
                     let Ok(m) = m else {
                         return End::protocol(Code::MalformedMessage, "no hello within the hello timeout");
                     };
-                    match self.read(m).await {
+                    match self.read(m) {
                         Err(end) => return end,
                         Ok(Incoming::Closed) => return End::close(close::NORMAL, "closed by the client"),
                         Ok(Incoming::Control) => {}
@@ -284,8 +356,8 @@ impl Pump {
                         Ok(Err(_)) => closing_since = Some(Instant::now()),
                     }
                 }
-                m = messages.recv(), if reading => {
-                    let msg = match self.read(m).await {
+                m = self.wire.recv(), if reading => {
+                    let msg = match self.read(m) {
                         Err(end) => return end,
                         Ok(Incoming::Closed) => return End::close(close::NORMAL, "closed by the client"),
                         Ok(Incoming::Control) => continue,
@@ -353,19 +425,19 @@ enum Incoming {
 
 /// A websocket-level failure: oversize (a frame's header, or a fragmented message's sum)
 /// is `frame_too_large` with close 1009; anything else breaks the protocol.
-fn protocol_error(e: &ProtocolError) -> End {
+fn protocol_error(e: &ProtocolError) -> WireIn {
     let oversize = match e {
         ProtocolError::Overflow => true,
         ProtocolError::Io(io) => io.to_string().contains("maximum continuation size"),
         _ => false,
     };
     if oversize {
-        End::protocol(
+        WireIn::Broken(
             Code::FrameTooLarge,
-            &format!("a message exceeds the limit of {} bytes", limits::MAX_FRAME_MESSAGE_BYTES),
+            format!("a message exceeds the limit of {} bytes", limits::MAX_FRAME_MESSAGE_BYTES),
         )
     } else {
-        End::protocol(Code::MalformedMessage, "websocket protocol error")
+        WireIn::Broken(Code::MalformedMessage, "websocket protocol error".into())
     }
 }
 

@@ -21,6 +21,7 @@ mod measurements;
 mod metrics;
 mod patients;
 mod rbac;
+mod scan_datachannel;
 mod scan_stream;
 mod scans;
 mod sfu;

@@ -84,17 +84,17 @@ pub async fn create_scan(app: &TestApp, who: &User, patient_id: Uuid) -> ScanId 
     v["id"].as_str().unwrap().parse().unwrap()
 }
 
-fn config(app: &TestApp, user: &User, scan: ScanId) -> ClientConfig {
+pub fn config(app: &TestApp, user: &User, scan: ScanId) -> ClientConfig {
     ClientConfig::new(app.address.clone(), user.token.clone(), scan)
 }
 
-async fn scan_status(app: &TestApp, scan: ScanId) -> String {
+pub async fn scan_status(app: &TestApp, scan: ScanId) -> String {
     sqlx::query_scalar("SELECT status FROM scans WHERE id = $1").bind(scan.as_uuid()).fetch_one(&app.pg).await.unwrap()
 }
 
 /// Every frame `1..=n` is indexed exactly once, and its bytes in the blob store are exactly
 /// what the client sent (hash checked against the index, the chunk and a recomputation).
-async fn assert_stored_exactly(app: &TestApp, scan: ScanId, n: u64) {
+pub async fn assert_stored_exactly(app: &TestApp, scan: ScanId, n: u64) {
     let rows = sqlx::query(
         r#"SELECT f.seq, f.chunk_key, f."offset", f.length, f.sha256, c.sha256 AS chunk_sha, c.size
            FROM scan_frames f JOIN scan_chunks c ON c.key = f.chunk_key WHERE f.scan_id = $1 ORDER BY f.seq"#,
@@ -137,7 +137,7 @@ async fn quality_count(app: &TestApp, scan: ScanId) -> u64 {
     coll.count_documents(mongodb::bson::doc! {"scan_id": scan.to_string()}).await.unwrap_or(0)
 }
 
-async fn assert_quality_records(app: &TestApp, scan: ScanId, n: u64, within: Duration) {
+pub async fn assert_quality_records(app: &TestApp, scan: ScanId, n: u64, within: Duration) {
     eventually(within, "every quality record in mongo", || async {
         (quality_count(app, scan).await == n).then_some(())
     })
