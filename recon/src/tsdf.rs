@@ -17,8 +17,9 @@
 //!
 //! The passes are written branch-free over short fixed-size arrays (a pixel row, the 4 ray
 //! samples, a row of 8 voxels) so that the compiler vectorises them with plain x86-64 SSE2;
-//! per value they perform exactly the operations of the obvious scalar loops, and a test
-//! checks that the fused volume is bit-identical to such a scalar reference.
+//! the pixel and voxel passes also have an AVX2 build, chosen at run time when the CPU has
+//! it. Per value they perform exactly the operations of the obvious scalar loops, and a test
+//! checks that the fused volume (both builds) is bit-identical to such a scalar reference.
 //!
 //! Weights are inverse variances relative to a high-confidence measurement at the
 //! reference depth, so `noise_sigma_at_reference_m / sqrt(weight)` is the standard
@@ -329,6 +330,9 @@ pub struct TsdfVolume {
     recent: Box<[(BrickKey, u32); RECENT]>,
     scratch_bytes: usize,
     touched: Vec<u32>,
+    /// Use wider SIMD builds of the kernels where the CPU has them (tests turn it off to
+    /// check the baseline build).
+    wide_simd: bool,
 }
 
 impl std::fmt::Debug for TsdfVolume {
@@ -370,6 +374,7 @@ impl TsdfVolume {
             recent: Box::new([(BrickKey::new(0, 0, 0), u32::MAX); RECENT]),
             scratch_bytes: 0,
             touched: Vec::new(),
+            wide_simd: true,
         })
     }
 
@@ -485,11 +490,12 @@ impl TsdfVolume {
             law_exponent: 2.0 * cfg.noise_exponent,
         };
         let row = match (cfg.noise_exponent == 2.0, cfg.view_angle_weighting) {
-            (true, true) => PixelLaw::row::<true, true>,
-            (true, false) => PixelLaw::row::<true, false>,
-            (false, true) => PixelLaw::row::<false, true>,
-            (false, false) => PixelLaw::row::<false, false>,
+            (true, true) => PixelLaw::row_dispatch::<true, true>,
+            (true, false) => PixelLaw::row_dispatch::<true, false>,
+            (false, true) => PixelLaw::row_dispatch::<false, true>,
+            (false, false) => PixelLaw::row_dispatch::<false, false>,
         };
+        let avx2 = self.wide_simd && has_avx2();
         let d = &depth.depth;
         let mut used = 0usize;
         // The one-pixel border is skipped: its normal cannot be estimated.
@@ -505,6 +511,7 @@ impl TsdfVolume {
                 [self.ray_y[j - 1], self.ray_y[j], self.ray_y[j + 1]],
                 conf,
                 &mut weights[j * w..(j + 1) * w],
+                avx2,
             );
         }
         stats.pixels_used = used;
@@ -645,6 +652,7 @@ impl TsdfVolume {
             trunc: cfg.truncation_m(),
             inv_trunc: 1.0 / cfg.truncation_m(),
             max_w: cfg.max_weight,
+            avx2: self.wide_simd && has_avx2(),
             // One entry past the image: the weight 0 that projections outside it read.
             weights: &self.pixel_weight[..=n],
             depth: &depth.depth[..n],
@@ -813,6 +821,40 @@ struct PixelLaw {
 }
 
 impl PixelLaw {
+    /// [`PixelLaw::row`] with the widest vectors the CPU has (`avx2`: it has AVX2).
+    #[allow(clippy::too_many_arguments)]
+    fn row_dispatch<const QUARTIC: bool, const VIEW_ANGLE: bool>(
+        &self,
+        d: [&[f32]; 3],
+        ray_x: &[f32],
+        ry: [f32; 3],
+        conf: &[u8],
+        out: &mut [f32],
+        avx2: bool,
+    ) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: `avx2` is only set when the running CPU supports AVX2.
+            return unsafe { self.row_avx2::<QUARTIC, VIEW_ANGLE>(d, ray_x, ry, conf, out) };
+        }
+        let _ = avx2;
+        self.row::<QUARTIC, VIEW_ANGLE>(d, ray_x, ry, conf, out)
+    }
+
+    /// [`PixelLaw::row`] compiled for AVX2 (the same operations per value).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn row_avx2<const QUARTIC: bool, const VIEW_ANGLE: bool>(
+        &self,
+        d: [&[f32]; 3],
+        ray_x: &[f32],
+        ry: [f32; 3],
+        conf: &[u8],
+        out: &mut [f32],
+    ) -> usize {
+        self.row::<QUARTIC, VIEW_ANGLE>(d, ray_x, ry, conf, out)
+    }
+
     /// Weights of the inner pixels of one row (0 where unusable); returns how many are
     /// usable. `d` holds the rows above, at and below, `ry` their ray y; `conf` and `out`
     /// are the row's. Branch-free per pixel, so the compiler vectorises it: every pixel's
@@ -923,6 +965,18 @@ fn small_int_bits(x: f32) -> u32 {
     (x + MAGIC).to_bits() & 0x7f_ffff
 }
 
+/// Whether the running CPU has AVX2 (detected once, then a relaxed atomic load).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Per-frame constants of the voxel update: the camera-from-world steps along the volume
 /// axes (one voxel), the pinhole model and the frame's pixel weights and depths.
 ///
@@ -944,6 +998,8 @@ struct Kernel<'a> {
     trunc: f32,
     inv_trunc: f32,
     max_w: f32,
+    /// Use the AVX2 build of the voxel update (the CPU has it).
+    avx2: bool,
     /// Pixel weights, one past the image: `weights[pixels]` is 0 (outside).
     weights: &'a [f32],
     depth: &'a [f32],
@@ -958,15 +1014,40 @@ impl Kernel<'_> {
         [p0[0] + dz[0] * fz + dy[0] * fy, p0[1] + dz[1] * fz + dy[1] * fy, p0[2] + dz[2] * fz + dy[2] * fy]
     }
 
-    /// Nearest-pixel update of one brick; returns the voxels updated.
-    ///
-    /// Each row of 8 voxels goes through three branch-free passes that the compiler turns
-    /// into SIMD (plain SSE2): projection (a voxel behind the near plane or outside the
-    /// image gets the sentinel pixel, whose weight is 0), a gather of the pixels' weight and
-    /// depth, and the weighted running average, stored only where the voxel was updated.
-    /// Per voxel these are the same operations as a scalar loop, so the same numbers.
-    #[inline(never)]
+    /// Nearest-pixel update of one brick with the widest vectors the CPU has; returns the
+    /// voxels updated.
     fn update_brick(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is only set when the running CPU supports AVX2.
+            return unsafe { self.update_brick_avx2(b, p0) };
+        }
+        self.update_brick_baseline(b, p0)
+    }
+
+    /// [`Kernel::update_brick_body`] for the baseline target (SSE2 on x86-64).
+    #[inline(never)]
+    fn update_brick_baseline(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
+        self.update_brick_body(b, p0)
+    }
+
+    /// [`Kernel::update_brick_body`] compiled for AVX2 (8 lanes per operation). Without
+    /// fast-math the compiler never fuses or reorders float operations, so each value is
+    /// computed exactly as in the baseline build.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline(never)]
+    fn update_brick_avx2(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
+        self.update_brick_body(b, p0)
+    }
+
+    /// Each row of 8 voxels goes through three branch-free passes that the compiler turns
+    /// into SIMD: projection (a voxel behind the near plane or outside the image gets the
+    /// sentinel pixel, whose weight is 0), a gather of the pixels' weight and depth, and
+    /// the weighted running average, stored only where the voxel was updated. Per voxel
+    /// these are the same operations as a scalar loop, so the same numbers.
+    #[inline(always)]
+    fn update_brick_body(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
         let dx = self.dx;
         let outside = self.depth.len() as u32;
         let (weights, depth) = (self.weights, self.depth);
@@ -1365,8 +1446,9 @@ mod tests {
                 assert_eq!(key.within(lo, hi), roi.intersects(min, min + Vec3::new(bm, bm, bm)), "{key:?}");
             }
         }
-        for cfg in configs {
+        for (cfg, wide_simd) in configs.into_iter().flat_map(|c| [(c, true), (c, false)]) {
             let mut vol = TsdfVolume::new(cfg).unwrap();
+            vol.wide_simd = wide_simd;
             let mut refv = reference::Bricks::new();
             for f in &frames {
                 let s = vol.integrate(f).unwrap();
