@@ -118,7 +118,8 @@ async fn still_booked(http: &reqwest::Client, target: &str, staff: &Staff) -> an
 pub async fn run(args: &BookingArgs) -> anyhow::Result<Report> {
     let common = &args.common;
     let (target, http, staff) = api::start_as_clinician(common, &args.staff).await?;
-    let (type_id, mut slots) = api::calendar(&http, &target, &staff, args.slots.max(1)).await?;
+    let (type_id, mut slots) = api::calendar(&http, &target, &staff, args.slots.max(1) + args.skip_slots).await?;
+    slots.drain(..args.skip_slots);
     slots.truncate(args.slots.max(1));
     let tag = uuid::Uuid::now_v7().simple().to_string();
     let tag = &tag[..12];

@@ -1,5 +1,5 @@
-//! `loadtest`: drives a Coherency deployment with simulated phones, live dashboards and
-//! booking storms (consults and a mix are still to come), reports throughput, HDR latency
+//! `loadtest`: drives a Coherency deployment with simulated phones, live dashboards,
+//! booking storms, video consults and a mix of them all, reports throughput, HDR latency
 //! percentiles and errors by code as a table and as JSON, and exits non-zero when an SLO is
 //! missed.
 //!
@@ -8,8 +8,10 @@
 
 mod api;
 mod booking;
+mod consult;
 mod dashboard;
 mod frames;
+mod mixed;
 mod scan;
 mod slo;
 mod stats;
@@ -135,6 +137,81 @@ pub struct StaffArgs {
     pub staff_token: Option<String>,
 }
 
+/// An administrator (for scenarios that put patients on a clinician's care team).
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// An administrator's email.
+    #[arg(long, env = "LOADTEST_ADMIN_EMAIL")]
+    pub admin_email: Option<String>,
+    /// Their password.
+    #[arg(long, env = "LOADTEST_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Their TOTP secret (base32), when enrolled.
+    #[arg(long, env = "LOADTEST_ADMIN_TOTP", hide_env_values = true)]
+    pub admin_totp: Option<String>,
+    /// Instead of signing in: an administrator's access token.
+    #[arg(long, env = "LOADTEST_ADMIN_TOKEN", hide_env_values = true, conflicts_with = "admin_email")]
+    pub admin_token: Option<String>,
+}
+
+/// `consult` options.
+#[derive(Debug, Args)]
+pub struct ConsultArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Concurrent two-person rooms (the clinician below hosts them all; a new patient each).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Video bitrate each participant publishes, kbit/s (RTP payload).
+    #[arg(long, default_value_t = 500)]
+    pub video_kbps: u32,
+    /// Video frames per second (each frame split into packets of at most 1200 bytes).
+    #[arg(long, default_value_t = 30.0)]
+    pub video_fps: f64,
+    /// How often each participant pings on its signalling socket while measuring.
+    #[arg(long, default_value = "250ms")]
+    pub ping_every: DurationArg,
+    #[command(flatten)]
+    pub staff: StaffArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// `mixed` options: a small part of every scenario at once; 0 leaves a part out.
+#[derive(Debug, Args)]
+pub struct MixedArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Phones streaming scans (`scan`).
+    #[arg(long, default_value_t = 2)]
+    pub scans: usize,
+    /// Their frames per second.
+    #[arg(long, default_value_t = 30.0)]
+    pub fps: f64,
+    /// Two-person video rooms (`consult`; needs an administrator).
+    #[arg(long, default_value_t = 2)]
+    pub rooms: usize,
+    /// Video bitrate per participant, kbit/s.
+    #[arg(long, default_value_t = 500)]
+    pub video_kbps: u32,
+    /// Live boards (`dashboard`).
+    #[arg(long, default_value_t = 20)]
+    pub boards: usize,
+    /// Calendar changes per second the boards watch.
+    #[arg(long, default_value_t = 5.0)]
+    pub rate: f64,
+    /// Patients in the booking storm (`booking`).
+    #[arg(long, default_value_t = 8)]
+    pub bookers: usize,
+    /// Hot slots they race for.
+    #[arg(long, default_value_t = 3)]
+    pub slots: usize,
+    #[command(flatten)]
+    pub staff: StaffArgs,
+    #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
 /// `booking` options.
 #[derive(Debug, Args)]
 pub struct BookingArgs {
@@ -146,6 +223,10 @@ pub struct BookingArgs {
     /// Hot slots they race for (the clinician's first free slots).
     #[arg(long, default_value_t = 10)]
     pub slots: usize,
+    /// Leave the clinician's first N free slots alone (`mixed` keeps the storm off the
+    /// slots its dashboard part books).
+    #[arg(long, default_value_t = 0)]
+    pub skip_slots: usize,
     #[command(flatten)]
     pub staff: StaffArgs,
 }
@@ -189,14 +270,14 @@ pub struct DashboardArgs {
 enum Scenario {
     /// Phones streaming phantom LiDAR frames at a fixed rate.
     Scan(ScanArgs),
-    /// Video consults with two peers each (not implemented yet).
-    Consult(Common),
+    /// Two-person video rooms: webrtc-rs peers sending synthetic video through the SFU.
+    Consult(ConsultArgs),
     /// Patients racing for a few hot slots of one clinician.
     Booking(BookingArgs),
     /// Live boards watching a clinician's calendar change.
     Dashboard(DashboardArgs),
-    /// A mix of every scenario (not implemented yet).
-    Mixed(Common),
+    /// A little of every scenario at once, one combined report.
+    Mixed(MixedArgs),
 }
 
 /// Load harness for Coherency.
@@ -249,15 +330,24 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<stats::Report>>>(run:
     }
 }
 
+fn usage(e: &str) -> ExitCode {
+    eprintln!("loadtest: {e}");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     match Cli::parse().scenario {
         Scenario::Scan(args) => block_on(scan::run(&args), &args.common),
         Scenario::Dashboard(args) => block_on(dashboard::run(&args), &args.common),
         Scenario::Booking(args) => block_on(booking::run(&args), &args.common),
-        Scenario::Consult(_) | Scenario::Mixed(_) => {
-            eprintln!("loadtest: this scenario is not implemented yet (`scan`, `dashboard` and `booking` are)");
-            ExitCode::from(2)
-        }
+        Scenario::Consult(args) => match consult::check(&args) {
+            Ok(()) => block_on(consult::run(&args), &args.common),
+            Err(e) => usage(&e),
+        },
+        Scenario::Mixed(args) => match mixed::check(&args) {
+            Ok(()) => block_on(mixed::run(&args), &args.common),
+            Err(e) => usage(&e),
+        },
     }
 }
 
@@ -311,5 +401,55 @@ mod tests {
         assert_eq!(a.common.ramp_up.0, Duration::from_secs(2));
         assert!(Cli::try_parse_from(["loadtest", "scan", "--slo", "p99=5"]).is_err());
         assert!(Cli::try_parse_from(["loadtest", "scan", "--encoding", "png"]).is_err());
+    }
+
+    #[test]
+    fn cli_parses_consult_and_mixed_runs() {
+        let cli = Cli::try_parse_from([
+            "loadtest",
+            "consult",
+            "--rooms",
+            "20",
+            "--video-kbps",
+            "500",
+            "--duration",
+            "20s",
+            "--staff-token",
+            "t",
+            "--admin-token",
+            "a",
+            "--slo",
+            "signalling_p99_ms=50",
+            "--slo",
+            "loss_pct=1",
+        ]);
+        let Ok(Cli { scenario: Scenario::Consult(a) }) = cli else { panic!("{cli:?}") };
+        assert_eq!((a.rooms, a.video_kbps, a.video_fps), (20, 500, 30.0));
+        assert_eq!(a.ping_every.0, Duration::from_millis(250));
+        assert_eq!(a.admin.admin_token.as_deref(), Some("a"));
+        assert_eq!(a.common.slo.len(), 2);
+        assert!(consult::check(&a).is_ok());
+        let bad = Cli::try_parse_from(["loadtest", "consult", "--rooms", "0"]);
+        let Ok(Cli { scenario: Scenario::Consult(b) }) = bad else { panic!("{bad:?}") };
+        assert!(consult::check(&b).is_err());
+
+        let cli = Cli::try_parse_from(["loadtest", "mixed", "--rooms", "0", "--bookers", "4"]);
+        let Ok(Cli { scenario: Scenario::Mixed(m) }) = cli else { panic!("{cli:?}") };
+        assert_eq!((m.scans, m.rooms, m.boards, m.bookers, m.slots), (2, 0, 20, 4, 3));
+        assert!(mixed::check(&m).is_ok());
+        let none = Cli::try_parse_from([
+            "loadtest",
+            "mixed",
+            "--scans",
+            "0",
+            "--rooms",
+            "0",
+            "--boards",
+            "0",
+            "--bookers",
+            "0",
+        ]);
+        let Ok(Cli { scenario: Scenario::Mixed(n) }) = none else { panic!("{none:?}") };
+        assert!(mixed::check(&n).is_err());
     }
 }

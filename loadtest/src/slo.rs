@@ -1,7 +1,10 @@
 //! Service-level objectives given on the command line (`--slo ack_p99_ms=50`), checked
 //! against the report at the end of a run. Besides the scan scenario's fixed names, any
 //! named latency of a report is constrained as `NAME_p50_ms`, `NAME_p90_ms`, `NAME_p99_ms`,
-//! `NAME_p999_ms` or `NAME_max_ms` (e.g. `delivery_p99_ms=100`).
+//! `NAME_p999_ms` or `NAME_max_ms` (e.g. `delivery_p99_ms=100`; the consult scenario's
+//! signalling round trip is `signalling_p99_ms`), and the consult scenario's packet loss and
+//! room count have names of their own (`loss_pct`, `room_loss_pct`, `min_rooms`,
+//! `min_send_ratio`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -56,6 +59,15 @@ pub enum Metric {
     MinFpsRatio,
     /// `max_errors`: at most this many errors of any code.
     MaxErrors,
+    /// `loss_pct`: media packets lost, all rooms together, at most this percentage.
+    LossPct,
+    /// `room_loss_pct`: the worst room's loss at most this percentage.
+    RoomLossPct,
+    /// `min_rooms`: at least this many rooms set up with media both ways.
+    MinRooms,
+    /// `min_send_ratio`: the consult senders sent at least this fraction of what they
+    /// offered (0–1), i.e. the harness kept up.
+    MinSendRatio,
     /// `NAME_pXX_ms`: a percentile of the report's latency `NAME` at most this.
     Latency { name: String, pct: Pct },
 }
@@ -71,6 +83,10 @@ impl Metric {
         ("min_fps", Metric::MinFps),
         ("min_fps_ratio", Metric::MinFpsRatio),
         ("max_errors", Metric::MaxErrors),
+        ("loss_pct", Metric::LossPct),
+        ("room_loss_pct", Metric::RoomLossPct),
+        ("min_rooms", Metric::MinRooms),
+        ("min_send_ratio", Metric::MinSendRatio),
     ];
 
     /// The command-line name.
@@ -83,7 +99,7 @@ impl Metric {
 
     /// True when the value must not exceed the limit; false when it must reach it.
     pub fn is_upper_bound(&self) -> bool {
-        !matches!(self, Metric::MinFps | Metric::MinFpsRatio)
+        !matches!(self, Metric::MinFps | Metric::MinFpsRatio | Metric::MinRooms | Metric::MinSendRatio)
     }
 
     /// `NAME_pXX_ms` for a named latency.
@@ -108,9 +124,19 @@ impl Metric {
             Metric::MinFps => scan(|f| f.throughput_fps),
             Metric::MinFpsRatio => scan(|f| if f.offered_fps > 0.0 { f.throughput_fps / f.offered_fps } else { 0.0 }),
             Metric::MaxErrors => r.errors.total() as f64,
+            Metric::LossPct => consult_count(r, "loss_pct"),
+            Metric::RoomLossPct => consult_count(r, "worst_room_loss_pct"),
+            Metric::MinRooms => consult_count(r, "rooms_established"),
+            Metric::MinSendRatio => consult_count(r, "send_ratio"),
             Metric::Latency { name, pct } => r.latencies.get(name).map_or(f64::NAN, |l| pct.of(l)),
         }
     }
+}
+
+/// A count of the consult scenario, alone or as the `consult` part of `mixed` (NaN when
+/// the report has none).
+fn consult_count(r: &Report, name: &str) -> f64 {
+    r.counts.get(name).or_else(|| r.counts.get(&format!("consult_{name}"))).copied().unwrap_or(f64::NAN)
 }
 
 /// One objective: a metric and its limit.
@@ -156,7 +182,10 @@ impl FromStr for Slo {
         if !limit.is_finite() || limit < 0.0 {
             return Err(SloParseError(format!("SLO {key}: the limit must be a finite number ≥ 0")));
         }
-        if metric == Metric::MinFpsRatio && limit > 1.0 {
+        if matches!(metric, Metric::LossPct | Metric::RoomLossPct) && limit > 100.0 {
+            return Err(SloParseError(format!("SLO {key}: a percentage is between 0 and 100")));
+        }
+        if matches!(metric, Metric::MinFpsRatio | Metric::MinSendRatio) && limit > 1.0 {
             return Err(SloParseError(format!("SLO {key}: a ratio is between 0 and 1")));
         }
         Ok(Slo { metric, limit })
@@ -247,6 +276,8 @@ mod tests {
             "ack_p99_ms=NaN",
             "ack_p99_ms=inf",
             "min_fps_ratio=1.5",
+            "loss_pct=101",
+            "min_send_ratio=2",
             "=5",
             "_p99_ms=5",
             "Delivery_p99_ms=5",
@@ -256,6 +287,31 @@ mod tests {
         }
         let e = "p99=5".parse::<Slo>().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("ack_p99_ms"), "the error lists the known names: {e}");
+    }
+
+    #[test]
+    fn consult_loss_and_rooms_read_from_the_report() {
+        let mut r = Report::named("consult", &[], 0.0, 1.0, Default::default(), Default::default(), Default::default());
+        let loss: Slo = "loss_pct=1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let worst: Slo = "room_loss_pct=2.5".parse().unwrap_or_else(|e| panic!("{e}"));
+        let rooms: Slo = "min_rooms=10".parse().unwrap_or_else(|e| panic!("{e}"));
+        let rtt: Slo = "signalling_p99_ms=20".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rtt.metric, Metric::Latency { name: "signalling".into(), pct: Pct::P99 });
+        for s in [&loss, &worst, &rooms, &rtt] {
+            assert!(!s.check(&r).met, "{s} is missed when the report lacks it");
+        }
+        r.counts.insert("loss_pct".into(), 0.4);
+        r.counts.insert("worst_room_loss_pct".into(), 3.0);
+        r.counts.insert("rooms_established".into(), 10.0);
+        let mut l = crate::stats::Latencies::new();
+        l.record(std::time::Duration::from_millis(3));
+        r.latencies.insert("signalling".into(), l.summary());
+        assert!(loss.check(&r).met);
+        assert!(!worst.check(&r).met, "3 % in the worst room is over 2.5");
+        assert!(rooms.check(&r).met, "min_rooms is a lower bound, inclusive");
+        r.counts.insert("rooms_established".into(), 9.0);
+        assert!(!rooms.check(&r).met);
+        assert!(rtt.check(&r).met);
     }
 
     #[test]
