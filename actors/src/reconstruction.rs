@@ -8,6 +8,11 @@
 //! frames is scheduled once; a worker fuses at most [`BATCH`] of its frames and puts it
 //! back at the end of the run queue, so concurrent scans share the cores round-robin.
 //!
+//! **Latency.** Each frame's time from [`LiveScan::push`] to the end of its fusion is
+//! recorded in a bounded histogram ([`FuseLag`], read with [`LiveScan::fuse_lag`]);
+//! `cargo run --release -p coherency-actors --example fusion_latency` drives the pool with
+//! several scans at a fixed frame rate and reports its percentiles.
+//!
 //! **Bounded queue, frame selection under load.** Each scan queues at most [`QUEUE_CAP`]
 //! frames; a frame arriving at a full queue is skipped (counted). Fusion then no longer
 //! covers every frame, so the live volume is marked incomplete and the finish hook fuses
@@ -22,9 +27,9 @@
 //! holds the wound either way while the phone is held over it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use coherency_protocol::scan::{warning, DepthFrame};
 use coherency_recon::tsdf::Aabb;
@@ -151,7 +156,8 @@ pub struct LiveProgress {
 }
 
 struct Queue {
-    frames: VecDeque<DepthFrame>,
+    /// Frames with the time they were pushed.
+    frames: VecDeque<(DepthFrame, Instant)>,
     /// A worker is fusing this scan's frames or the scan is in the run queue.
     scheduled: bool,
     closed: bool,
@@ -181,6 +187,7 @@ struct Inner {
     queue: Mutex<Queue>,
     state: Mutex<State>,
     progress: Mutex<LiveProgress>,
+    lag: Mutex<FuseLag>,
     idle: tokio::sync::Notify,
     pool: &'static FusionPool,
 }
@@ -230,6 +237,7 @@ impl LiveScan {
                 last_coverage: None,
             }),
             progress: Mutex::new(LiveProgress::default()),
+            lag: Mutex::new(FuseLag::default()),
             idle: tokio::sync::Notify::new(),
             pool: FusionPool::global(),
         }))
@@ -248,7 +256,7 @@ impl LiveScan {
                 q.skipped_load += 1;
                 return false;
             }
-            q.frames.push_back(frame);
+            q.frames.push_back((frame, Instant::now()));
             !std::mem::replace(&mut q.scheduled, true)
         };
         if schedule {
@@ -260,6 +268,12 @@ impl LiveScan {
     /// The latest live figures.
     pub fn progress(&self) -> LiveProgress {
         lock(&self.0.progress).clone()
+    }
+
+    /// Push → fused latencies of the frames processed so far (fused or rejected by the
+    /// quality gate; frames skipped on a full queue are not in it, see `skipped_load`).
+    pub fn fuse_lag(&self) -> FuseLag {
+        lock(&self.0.lag).clone()
     }
 
     /// Stops accepting frames, waits until every queued frame is fused (only the batch in
@@ -311,16 +325,23 @@ impl LiveScan {
 
     /// Fuses up to [`BATCH`] queued frames (on a pool worker). Returns whether frames remain.
     fn run_batch(&self) -> bool {
-        let (frames, skipped_load): (Vec<DepthFrame>, u64) = {
+        let (frames, skipped_load): (Vec<(DepthFrame, Instant)>, u64) = {
             let mut q = lock(&self.0.queue);
             let n = q.frames.len().min(BATCH);
             (q.frames.drain(..n).collect(), q.skipped_load)
         };
         {
             let mut s = lock(&self.0.state);
-            for f in frames {
-                s.fuse_one(&f);
+            let mut lags = [Duration::ZERO; BATCH];
+            for (lag, (f, pushed)) in lags.iter_mut().zip(&frames) {
+                s.fuse_one(f);
+                *lag = pushed.elapsed();
             }
+            let mut hist = lock(&self.0.lag);
+            for lag in &lags[..frames.len()] {
+                hist.record(*lag);
+            }
+            drop(hist);
             let now = Instant::now();
             let mut coverage = None;
             if s.last_coverage.is_none_or(|t| now.duration_since(t) >= COVERAGE_EVERY) {
@@ -443,6 +464,91 @@ impl State {
     }
 }
 
+/// Push → fused latencies: a log histogram with 16 buckets per power of two of
+/// microseconds (values within about 6 %), fixed size whatever the number of frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FuseLag {
+    buckets: Vec<u64>,
+    count: u64,
+    max_us: u64,
+}
+
+/// Sub-buckets per power of two in [`FuseLag`].
+const LAG_SUB: u64 = 16;
+/// Buckets of [`FuseLag`]: up to 2⁴⁰ µs, far beyond any real lag.
+const LAG_BUCKETS: usize = (LAG_SUB as usize) * 37;
+
+impl Default for FuseLag {
+    fn default() -> Self {
+        FuseLag { buckets: vec![0; LAG_BUCKETS], count: 0, max_us: 0 }
+    }
+}
+
+impl FuseLag {
+    fn bucket(us: u64) -> usize {
+        if us < LAG_SUB {
+            return us as usize;
+        }
+        let octave = u64::from(63 - us.leading_zeros()); // ≥ 4
+        let sub = (us >> (octave - 4)) & (LAG_SUB - 1);
+        (((octave - 3) * LAG_SUB + sub) as usize).min(LAG_BUCKETS - 1)
+    }
+
+    /// The largest value, µs, that falls in bucket `i`.
+    fn upper_us(i: usize) -> u64 {
+        let i = i as u64;
+        if i < LAG_SUB {
+            return i;
+        }
+        let (octave, sub) = (i / LAG_SUB + 3, i % LAG_SUB);
+        ((LAG_SUB + sub + 1) << (octave - 4)) - 1
+    }
+
+    /// Adds one latency.
+    pub fn record(&mut self, lag: Duration) {
+        let us = u64::try_from(lag.as_micros()).unwrap_or(u64::MAX);
+        self.buckets[Self::bucket(us)] += 1;
+        self.count += 1;
+        self.max_us = self.max_us.max(us);
+    }
+
+    /// Adds every latency of `other`.
+    pub fn merge(&mut self, other: &FuseLag) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.max_us = self.max_us.max(other.max_us);
+    }
+
+    /// Latencies recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The `q`-quantile (0..=1), rounded up to its bucket's upper edge (never above the
+    /// maximum); zero when empty.
+    pub fn quantile(&self, q: f64) -> Duration {
+        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Duration::from_micros(Self::upper_us(i).min(self.max_us));
+            }
+        }
+        Duration::from_micros(self.max_us)
+    }
+
+    /// The largest latency.
+    pub fn max(&self) -> Duration {
+        Duration::from_micros(self.max_us)
+    }
+}
+
+/// Fusion workers to start (0: one per core).
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
 /// Default niceness of the fusion workers: live fusion is a preview, acks are the promise,
 /// so under load the scheduler prefers the ack path (weight 110 against 1024 at nice 0).
 pub const DEFAULT_WORKER_NICE: i32 = 10;
@@ -478,6 +584,12 @@ impl FusionPool {
         WORKER_NICE.store(nice.clamp(0, 19), Ordering::Relaxed);
     }
 
+    /// How many workers the pool starts (0, the default: one per core); call before the
+    /// first scan. Benchmarks use it to measure one core.
+    pub fn set_threads(threads: usize) {
+        WORKERS.store(threads, Ordering::Relaxed);
+    }
+
     /// The pool shared by every scan of the process; its workers start on first use.
     pub fn global() -> &'static FusionPool {
         static POOL: OnceLock<FusionPool> = OnceLock::new();
@@ -487,7 +599,10 @@ impl FusionPool {
             started: AtomicBool::new(false),
         });
         if !pool.started.swap(true, Ordering::AcqRel) {
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            let cores = match WORKERS.load(Ordering::Relaxed) {
+                0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                n => n,
+            };
             for i in 0..cores {
                 let spawned = std::thread::Builder::new().name(format!("fusion-{i}")).spawn(move || {
                     lower_priority();
@@ -559,6 +674,26 @@ mod tests {
     fn frames(n: usize) -> Vec<DepthFrame> {
         let rendered = Phantom::new(presets::spherical_cap(false)).scan(&ScanConfig::iphone(1));
         rendered.frames.iter().take(n).enumerate().map(|(i, f)| wire(i as u64 + 1, f)).collect()
+    }
+
+    #[test]
+    fn the_lag_histogram_brackets_its_quantiles_within_its_resolution() {
+        let mut h = FuseLag::default();
+        assert_eq!(h.quantile(0.99), Duration::ZERO);
+        for us in 1..=10_000u64 {
+            h.record(Duration::from_micros(us));
+        }
+        for (q, exact) in [(0.5, 5_000.0), (0.99, 9_900.0), (1.0, 10_000.0)] {
+            let got = h.quantile(q).as_micros() as f64;
+            assert!(got >= exact && got <= exact * 1.07, "q{q}: {got} vs {exact}");
+        }
+        let mut m = FuseLag::default();
+        m.record(Duration::from_secs(3));
+        m.merge(&h);
+        assert_eq!((m.count(), m.max()), (10_001, Duration::from_secs(3)));
+        for us in [0, 1, 15, 16, 17, 31, 32, 1_000, 123_456, u64::MAX / 2] {
+            assert!(FuseLag::upper_us(FuseLag::bucket(us)) >= us.min(FuseLag::upper_us(LAG_BUCKETS - 1)), "{us}");
+        }
     }
 
     #[tokio::test]

@@ -32,14 +32,25 @@ impl FrameStats {
     /// Same as [`FrameStats::compute`] from parts.
     pub fn from_parts(depth: &DepthImage, pose: &Pose, previous_pose: Option<&Pose>) -> FrameStats {
         let n = depth.depth.len().max(1);
-        let mut valid: Vec<f32> = depth.depth.iter().copied().filter(|d| DepthImage::is_valid_depth(*d)).collect();
+        // Valid depths are finite and positive, so their bit patterns sort like the values:
+        // the median is selected on integers (same value as on floats, cheaper compares),
+        // and the compaction is branch-free.
+        let mut valid = vec![0u32; depth.depth.len()];
+        let mut count = 0usize;
+        for &d in &depth.depth {
+            if let Some(slot) = valid.get_mut(count) {
+                *slot = d.to_bits();
+            }
+            count += usize::from(DepthImage::is_valid_depth(d));
+        }
+        valid.truncate(count);
         let valid_fraction = valid.len() as f64 / n as f64;
         let median_depth_m = if valid.is_empty() {
             None
         } else {
             let mid = valid.len() / 2;
-            valid.select_nth_unstable_by(mid, f32::total_cmp);
-            Some(f64::from(valid[mid]))
+            valid.select_nth_unstable(mid);
+            Some(f64::from(f32::from_bits(valid[mid])))
         };
         let high_confidence_fraction =
             depth.confidence.as_ref().map(|c| c.iter().filter(|v| **v >= 2).count() as f64 / n as f64);
@@ -218,6 +229,24 @@ mod tests {
             intrinsics: k,
             pose,
         }
+    }
+
+    #[test]
+    fn the_median_depth_is_the_median_of_the_valid_depths() {
+        let specials = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, -0.3, f32::MIN_POSITIVE];
+        let depth: Vec<f32> = (0..5_001u32)
+            .map(|i| match i % 11 {
+                0..=6 => specials[(i % 7) as usize],
+                _ => 0.1 + ((i.wrapping_mul(2_654_435_761) >> 8) % 10_000) as f32 * 1e-4,
+            })
+            .collect();
+        let mut valid: Vec<f32> = depth.iter().copied().filter(|d| DepthImage::is_valid_depth(*d)).collect();
+        let mid = valid.len() / 2;
+        valid.select_nth_unstable_by(mid, f32::total_cmp);
+        let img = DepthImage::new(5_001, 1, depth, None).unwrap();
+        let s = FrameStats::from_parts(&img, &Pose::IDENTITY, None);
+        assert_eq!(s.median_depth_m, Some(f64::from(valid[mid])));
+        assert_eq!(s.valid_fraction, valid.len() as f64 / 5_001.0);
     }
 
     #[test]
