@@ -5,11 +5,12 @@
 # and every simulated client shares one address); stopped on exit.
 #
 # Needs: PORT, OUT (folder for server.log), BLOBS; optional BENCH_SERVER_ENV (extra
-# `NAME=VALUE ...` for the server only). Sets SERVER, LOADTEST, SERVER_PID; defines
+# `NAME=VALUE ...` for the server only), BENCH_SERVER_BIN (another server binary, e.g. a
+# baseline build; default the release build). Sets SERVER, LOADTEST, SERVER_PID; defines
 # cpu_snapshot. Defines nothing else; a function bench_before_serve, if the sourcing script
 # defines one, runs after the migrations and before the server starts.
 TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/coherency/target}"
-SERVER="$TARGET_DIR/release/coherency"
+SERVER="${BENCH_SERVER_BIN:-$TARGET_DIR/release/coherency}"
 LOADTEST="$TARGET_DIR/release/loadtest"
 [ -x "$SERVER" ] && [ -x "$LOADTEST" ] || die "build first: cargo build --release -p coherency -p coherency-loadtest"
 mkdir -p "$OUT"

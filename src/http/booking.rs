@@ -600,10 +600,18 @@ pub(crate) async fn place(
     let res = if booking::taken(&state.stores.pg, b.clinician_id, bs, be, state.clock.now()).await? {
         Err(booking::slot_taken())
     } else {
-        let st = state.clone();
+        // Under the lock the read is made again: when a time frees up, every attempt that
+        // saw it free queues here, and after the first one books it the rest lose to a read
+        // rather than to a whole transaction each.
+        let (st, clinician) = (state.clone(), b.clinician_id);
         state
             .booking_locks
-            .run(b.clinician_id, async move { booking::hold(&st, hold).await })
+            .run(b.clinician_id, async move {
+                if booking::taken(&st.stores.pg, clinician, bs, be, st.clock.now()).await? {
+                    return Err(booking::slot_taken());
+                }
+                booking::hold(&st, hold).await
+            })
             .await
             .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?
     };
