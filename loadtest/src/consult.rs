@@ -256,7 +256,10 @@ async fn open_signal(target: &str, consult: &str, token: &str) -> Result<Ws, Set
     let mut req = signal_url(target, consult).into_client_request().map_err(|e| setup_err("signal_url", e.into()))?;
     let auth = format!("Bearer {token}").parse().map_err(|_| setup_err("signal_url", anyhow!("bad token")))?;
     req.headers_mut().insert("authorization", auth);
-    let (mut ws, _) = match tokio::time::timeout(FRAME_WAIT, tokio_tungstenite::connect_async(req)).await {
+    // No Nagle (as browsers): a ping queued behind an unacknowledged small frame would wait
+    // for the peer's delayed ACK (40 ms) and show up as a signalling delay.
+    let connecting = tokio_tungstenite::connect_async_with_config(req, None, true);
+    let (mut ws, _) = match tokio::time::timeout(FRAME_WAIT, connecting).await {
         Err(_) => return Err(setup_err("signal_timeout_connect", anyhow!("signalling connect timed out"))),
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(r))) => {
             let status = r.status().as_u16();

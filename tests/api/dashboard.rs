@@ -74,7 +74,7 @@ impl Board {
 }
 
 /// A clinician with weekday hours and a 30-minute telehealth type.
-async fn clinician_with_calendar(app: &TestApp) -> (User, Uuid) {
+pub async fn clinician_with_calendar(app: &TestApp) -> (User, Uuid) {
     let clin = app.staff(Role::Clinician, true).await;
     let weekly: Vec<Value> = (1..=7).map(|d| json!({"weekday": d, "start": "08:00", "end": "18:00"})).collect();
     let res = app
@@ -358,7 +358,7 @@ pub fn loadtest_bin() -> std::path::PathBuf {
 
 /// Runs the `loadtest` binary against `app` with `args` and `env`, bounded to 2 minutes;
 /// panics with its output unless it exits 0. Returns its JSON report.
-async fn run_loadtest(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Value {
+pub async fn run_loadtest(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Value {
     let json = std::env::temp_dir().join(format!("loadtest-{}.json", Uuid::now_v7()));
     let out = tokio::process::Command::new(loadtest_bin())
         .args(args)

@@ -16,6 +16,7 @@ mod demo;
 mod errors;
 mod fhir;
 mod health;
+mod loadtest;
 mod logs;
 mod measurements;
 mod metrics;
