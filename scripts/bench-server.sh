@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Sourced by the bench-* scripts: starts one release `coherency serve` on 127.0.0.1:$PORT
-# with its own database (coherency_loadtest, recreated), Mongo database, Redis prefix and
+# with its own database (coherency_loadtest_<port>, recreated, so benchmarks on different
+# ports never clear each other's data), Mongo database, Redis prefix and
 # blob folder; request, sign-in and registration rate limits lifted (the load is the point,
 # and every simulated client shares one address); stopped on exit.
 #
@@ -19,12 +20,12 @@ scripts/services >/dev/null
 # shellcheck disable=SC1091
 source "$LOCAL/services.env"
 BASE_DB_URL="${COHERENCY_DATABASE_URL%/*}"
-psql "$COHERENCY_DATABASE_URL" -qc "DROP DATABASE IF EXISTS coherency_loadtest WITH (FORCE)" \
-  -c "CREATE DATABASE coherency_loadtest" >/dev/null
+psql "$COHERENCY_DATABASE_URL" -qc "DROP DATABASE IF EXISTS coherency_loadtest_$PORT WITH (FORCE)" \
+  -c "CREATE DATABASE coherency_loadtest_$PORT" >/dev/null
 rm -rf "$BLOBS"
 
-export COHERENCY_DATABASE_URL="$BASE_DB_URL/coherency_loadtest"
-export COHERENCY_MONGO_DATABASE=coherency_loadtest
+export COHERENCY_DATABASE_URL="$BASE_DB_URL/coherency_loadtest_$PORT"
+export COHERENCY_MONGO_DATABASE=coherency_loadtest_$PORT
 export COHERENCY_REDIS_PREFIX="loadtest-$$:"
 export COHERENCY_BLOB_URL="file://$BLOBS"
 export COHERENCY_HTTP_ADDR="127.0.0.1:$PORT"
