@@ -23,6 +23,7 @@ use std::time::Duration;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message, Session};
 use bytes::Bytes;
+use coherency_actors::room::sfu::{is_loopback_candidate, restrict_to_loopback, rtc_ice_servers};
 use coherency_protocol::consult::{IceCandidate, MAX_SIGNAL_FRAME};
 use coherency_protocol::datachannel::{self as dcp, Assembled, Reassembler, SignalIn, SignalOut};
 use coherency_protocol::ids::ScanId;
@@ -36,10 +37,7 @@ use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::data::data_channel::DataChannel;
 use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
-use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
@@ -106,12 +104,6 @@ fn error(code: Code, message: &str) -> String {
     json(&SignalOut::Error { code: code.as_str().into(), message: message.into() })
 }
 
-/// Whether a candidate line's connection address is a loopback IP.
-fn is_loopback_candidate(line: &str) -> bool {
-    // candidate:<foundation> <component> <transport> <priority> <address> <port> typ …
-    line.split_whitespace().nth(4).and_then(|a| a.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| ip.is_loopback())
-}
-
 /// A peer connection for one scan connection: data channels only, detached.
 async fn new_peer(
     state: &AppState,
@@ -121,20 +113,10 @@ async fn new_peer(
     let mut setting = SettingEngine::default();
     setting.detach_data_channels();
     if state.config.webrtc_loopback_only {
-        setting.set_include_loopback_candidate(true);
-        setting.set_interface_filter(Box::new(|name: &str| name == "lo"));
-        setting.set_network_types(vec![NetworkType::Udp4]);
-        setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        restrict_to_loopback(&mut setting);
     }
     let api = APIBuilder::new().with_media_engine(MediaEngine::default()).with_setting_engine(setting).build();
-    let ice_servers = crate::consults::ice_servers_for(&state.config, who.user_id, state.clock.now())
-        .into_iter()
-        .map(|s| RTCIceServer {
-            urls: s.urls,
-            username: s.username.unwrap_or_default(),
-            credential: s.credential.unwrap_or_default(),
-        })
-        .collect();
+    let ice_servers = rtc_ice_servers(crate::consults::ice_servers_for(&state.config, who.user_id, state.clock.now()));
     let pc = Arc::new(api.new_peer_connection(RTCConfiguration { ice_servers, ..Default::default() }).await?);
     let tx = events.clone();
     pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStreamClient, Transport};
+use coherency_protocol::client::{ClientConfig, ClientError, ScanStreamClient, Transport};
 use coherency_protocol::client_rtc::{DataChannelConn, DcIncoming};
 use coherency_protocol::datachannel::{self as dcp};
 use coherency_protocol::ids::ScanId;
@@ -20,7 +20,8 @@ use sqlx::Row;
 
 use crate::helpers::{eventually, spawn_app_with, TestApp, User};
 use crate::scan_stream::{
-    assert_quality_records, assert_stored_exactly, config, frame, patient_with_scan, scan_status, H, W,
+    assert_quality_records, assert_stored_exactly, config, frame, patient_with_scan, scan_status,
+    six_hundred_frames_durable_and_complete, stream, H, W,
 };
 
 async fn rtc_app() -> TestApp {
@@ -38,38 +39,11 @@ fn dc_config(app: &TestApp, user: &User, scan: ScanId) -> ClientConfig {
     c
 }
 
-async fn stream(client: &mut ScanStreamClient, from: u64, to: u64) {
-    for seq in from..=to {
-        let got = client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
-        assert_eq!(got, seq);
-    }
-}
-
 #[actix_web::test]
 async fn six_hundred_frames_over_a_data_channel_are_durable_byte_exact_and_the_scan_completes() {
     let app = rtc_app().await;
     let (patient, scan) = patient_with_scan(&app).await;
-    let mut client = ScanStreamClient::connect_with(dc_config(&app, &patient, scan)).await.unwrap();
-    let mut events = client.take_events().unwrap();
-    stream(&mut client, 1, 600).await;
-    let finished = client.finish().await.unwrap();
-    assert_eq!((finished.frames, finished.last_seq), (600, 600));
-    assert_stored_exactly(&app, scan, 600).await;
-    eventually(Duration::from_secs(60), "scan complete", || async {
-        (scan_status(&app, scan).await == "complete").then_some(())
-    })
-    .await;
-    assert_quality_records(&app, scan, 600, Duration::from_secs(30)).await;
-    let mut progress = 0;
-    while let Ok(ev) = events.try_recv() {
-        if let ClientEvent::Progress(p) = ev {
-            assert!(p.frames_received <= 600);
-            progress += 1;
-        }
-    }
-    assert!(progress > 0, "progress was sent");
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("coherency_capture_frames_durable_total 600"), "{metrics}");
+    six_hundred_frames_durable_and_complete(&app, scan, dc_config(&app, &patient, scan)).await;
 }
 
 #[actix_web::test]

@@ -144,28 +144,29 @@ pub async fn assert_quality_records(app: &TestApp, scan: ScanId, n: u64, within:
     .await;
 }
 
-async fn stream(client: &mut ScanStreamClient, from: u64, to: u64) {
+pub async fn stream(client: &mut ScanStreamClient, from: u64, to: u64) {
     for seq in from..=to {
         let got = client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
         assert_eq!(got, seq);
     }
 }
 
-#[actix_web::test]
-async fn six_hundred_frames_are_durable_byte_exact_indexed_and_the_scan_completes() {
-    let app = spawn_app().await;
-    let (patient, scan) = patient_with_scan(&app).await;
-    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+/// Streams frames 1..=600 with `cfg` (either transport) and checks what the phone and the
+/// clinic would see: every frame acked in order, stored byte-exact and indexed, the scan
+/// complete, every quality record in Mongo, progress sent, the durable counter at 600.
+/// Answers the metrics text for further checks.
+pub async fn six_hundred_frames_durable_and_complete(app: &TestApp, scan: ScanId, cfg: ClientConfig) -> String {
+    let mut client = ScanStreamClient::connect_with(cfg).await.unwrap();
     let mut events = client.take_events().unwrap();
     stream(&mut client, 1, 600).await;
     let finished = client.finish().await.unwrap();
     assert_eq!((finished.frames, finished.last_seq), (600, 600));
-    assert_stored_exactly(&app, scan, 600).await;
+    assert_stored_exactly(app, scan, 600).await;
     eventually(Duration::from_secs(60), "scan complete", || async {
-        (scan_status(&app, scan).await == "complete").then_some(())
+        (scan_status(app, scan).await == "complete").then_some(())
     })
     .await;
-    assert_quality_records(&app, scan, 600, Duration::from_secs(30)).await;
+    assert_quality_records(app, scan, 600, Duration::from_secs(30)).await;
     let mut progress = 0;
     while let Ok(ev) = events.try_recv() {
         if let ClientEvent::Progress(p) = ev {
@@ -176,6 +177,14 @@ async fn six_hundred_frames_are_durable_byte_exact_indexed_and_the_scan_complete
     assert!(progress > 0, "progress was sent");
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("coherency_capture_frames_durable_total 600"), "{metrics}");
+    metrics
+}
+
+#[actix_web::test]
+async fn six_hundred_frames_are_durable_byte_exact_indexed_and_the_scan_completes() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let metrics = six_hundred_frames_durable_and_complete(&app, scan, config(&app, &patient, scan)).await;
     assert!(metrics.contains("coherency_capture_durable_lag_seconds_count"));
     assert!(metrics.contains(r#"coherency_queue_depth{queue="capture_durable_frames"}"#));
 }

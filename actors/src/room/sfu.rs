@@ -110,24 +110,14 @@ impl Sfu {
         let registry = register_default_interceptors(Registry::new(), &mut media)?;
         let mut setting = SettingEngine::default();
         if cfg.loopback_only {
-            setting.set_include_loopback_candidate(true);
-            setting.set_interface_filter(Box::new(|name: &str| name == "lo"));
-            setting.set_network_types(vec![NetworkType::Udp4]);
-            setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+            restrict_to_loopback(&mut setting);
         }
         let api = APIBuilder::new()
             .with_media_engine(media)
             .with_interceptor_registry(registry)
             .with_setting_engine(setting)
             .build();
-        let ice_servers = ice_servers
-            .into_iter()
-            .map(|s| RTCIceServer {
-                urls: s.urls,
-                username: s.username.unwrap_or_default(),
-                credential: s.credential.unwrap_or_default(),
-            })
-            .collect();
+        let ice_servers = rtc_ice_servers(ice_servers);
         Ok(Self {
             shared: Arc::new(Shared {
                 api,
@@ -212,8 +202,30 @@ impl Sfu {
     }
 }
 
+/// Gathers loopback UDP4 host candidates only, with multicast DNS off (tests and
+/// single-machine demos: `webrtc_loopback_only`). Shared by every peer connection the server
+/// makes (the SFU, scan data channels).
+pub fn restrict_to_loopback(setting: &mut SettingEngine) {
+    setting.set_include_loopback_candidate(true);
+    setting.set_interface_filter(Box::new(|name: &str| name == "lo"));
+    setting.set_network_types(vec![NetworkType::Udp4]);
+    setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+}
+
+/// The configured ICE servers in webrtc-rs's form.
+pub fn rtc_ice_servers(servers: Vec<IceServer>) -> Vec<RTCIceServer> {
+    servers
+        .into_iter()
+        .map(|s| RTCIceServer {
+            urls: s.urls,
+            username: s.username.unwrap_or_default(),
+            credential: s.credential.unwrap_or_default(),
+        })
+        .collect()
+}
+
 /// Whether a candidate line's connection address is a loopback IP.
-fn is_loopback_candidate(line: &str) -> bool {
+pub fn is_loopback_candidate(line: &str) -> bool {
     // candidate:<foundation> <component> <transport> <priority> <address> <port> typ …
     line.split_whitespace().nth(4).and_then(|a| a.parse::<std::net::IpAddr>().ok()).is_some_and(|ip| ip.is_loopback())
 }
