@@ -6,10 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Addr;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use coherency_actors::room::{Change, ConsultStatus, Participant, Room, RoomDeps, RoomSnapshot, RoomStore};
+use coherency_actors::room::{Change, ConsultStatus, Participant, RoomDeps, RoomSnapshot, RoomStore};
 use coherency_protocol::consult::{IceServer, ParticipantRole, ParticipantState, RoomEvent, ServerSignal};
 use coherency_protocol::ids::ConsultId;
 use coherency_protocol::Code;
@@ -21,6 +20,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::clock::Clock;
+pub use crate::cluster::rooms::RoomRef;
+use crate::cluster::Claim;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -177,7 +178,7 @@ pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uu
         broadcast: None,
     };
     let res = match room(state, c).await {
-        Ok(r) => r.send(raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+        Ok(r) => r.call(state, raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = res {
@@ -428,14 +429,39 @@ pub fn ice_servers_for(config: &Config, user_id: Uuid, now: DateTime<Utc>) -> Ve
     out
 }
 
-/// The consult's room on this node, started from the database if it is not running.
-pub async fn room(state: &AppState, c: &Consult) -> Result<Addr<Room>, ApiError> {
+/// The consult's room: on this node if this node holds (or now claims) its lease, started
+/// from the database if it is not running; otherwise a handle on the owner's room.
+pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
     let cid = ConsultId::from_uuid(c.id);
     if c.status == "ended" {
         return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
     }
+    let key = crate::cluster::room_key(c.id);
     if let Some(r) = state.rooms.get(cid) {
-        return Ok(r);
+        if state.leases.holds(&key) {
+            return Ok(RoomRef::Local(r));
+        }
+    }
+    // Kept while the room runs here; a just-claimed lease survives the start-up.
+    let rooms = state.rooms.clone();
+    let claimed = std::time::Instant::now();
+    let alive = move || claimed.elapsed() < crate::cluster::lease::RENEW_EVERY * 2 || rooms.get(cid).is_some();
+    match state.leases.claim(&key, alive).await {
+        Ok(Claim::Ours) => {}
+        Ok(Claim::Theirs(node)) => {
+            if let Some(r) = state.rooms.get(cid) {
+                // This node lost the lease (it stalled): the other node's room is the room.
+                r.do_send(coherency_actors::room::Retire);
+            }
+            return Ok(RoomRef::Remote { node, consult: c.id });
+        }
+        Err(e) => {
+            // Without Redis there is no other node to ask: serve the room here.
+            tracing::warn!(error = %e, "room lease not claimed; serving the room on this node");
+        }
+    }
+    if let Some(r) = state.rooms.get(cid) {
+        return Ok(RoomRef::Local(r));
     }
     let rows = sqlx::query(
         "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at
@@ -472,7 +498,7 @@ pub async fn room(state: &AppState, c: &Consult) -> Result<Addr<Room>, ApiError>
         last_seq: last_seq as u64,
         participants,
     };
-    Ok(state.rooms.get_or_start(snap, &state.room_deps))
+    Ok(RoomRef::Local(state.rooms.get_or_start(snap, &state.room_deps)))
 }
 
 /// Delivers consult events to the configured webhook, in order, for as long as the node

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod booking;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod consults;
 pub mod crypto;

@@ -73,7 +73,12 @@ impl Application {
         let clock = Clock::default();
         let webhook_wake = Arc::new(tokio::sync::Notify::new());
         let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
+        let leases = Arc::new(crate::cluster::Leases::new(stores.redis.clone(), node.clone()));
+        let bus = Arc::new(crate::cluster::Bus::new(stores.redis.clone(), node.clone()));
         let state = web::Data::new(AppState {
+            leases,
+            bus,
+            relay: Default::default(),
             rooms: Default::default(),
             room_deps,
             webhook_wake,
@@ -94,6 +99,12 @@ impl Application {
             sockets: Default::default(),
         });
         actix_web::rt::spawn(crate::auth::sockets::listen(state.clone()));
+        let (bus_ready, bus_up) = tokio::sync::oneshot::channel();
+        actix_web::rt::spawn(crate::cluster::bus::listen(state.clone(), bus_ready));
+        if tokio::time::timeout(std::time::Duration::from_secs(5), bus_up).await.is_err() {
+            tracing::warn!("node bus not subscribed yet; requests from other nodes wait until it is");
+        }
+        state.leases.spawn_renewer();
         crate::booking::spawn_sweeper(state.clone());
         let limiter = web::Data::new(crate::http::ratelimit::RateLimiter::new(
             state.config.api_rate_per_sec,
@@ -180,6 +191,9 @@ impl ShutdownHandle {
         self.state.metrics.draining.set(1);
         tokio::time::sleep(Duration::from_millis(self.state.config.drain_delay_ms)).await;
         self.state.lifecycle.close_sockets();
+        // Rooms move: participants reconnect (1001) to another node, which claims them.
+        self.state.rooms.retire_all();
+        self.state.leases.release_prefix("lease:room:").await;
         self.state.capture.do_send(coherency_actors::capture::Drain);
         self.server.stop(true).await;
         tracing::info!("stopped");

@@ -44,6 +44,12 @@ pub struct AppState {
     pub room_deps: coherency_actors::RoomDeps,
     /// This node's audit writer (group commit; `crate::audit`).
     pub audit: crate::audit::AuditLog,
+    /// Leases this node holds on rooms and capture sessions (`crate::cluster`).
+    pub leases: Arc<crate::cluster::Leases>,
+    /// This node's end of the node bus (`crate::cluster::bus`).
+    pub bus: Arc<crate::cluster::Bus>,
+    /// Signalling sockets here whose room runs on another node.
+    pub relay: Arc<crate::cluster::rooms::Relay>,
     /// Wakes the webhook dispatcher when events are written.
     pub webhook_wake: Arc<tokio::sync::Notify>,
 }

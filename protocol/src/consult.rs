@@ -312,6 +312,8 @@ pub mod close {
     pub const SUPERSEDED: u16 = 4009;
     /// The caller left (`leave`).
     pub const LEFT: u16 = 1000;
+    /// The room moved to another node (or this one is draining): reconnect.
+    pub const MOVED: u16 = 1001;
 }
 
 #[cfg(test)]

@@ -160,8 +160,17 @@ async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &s
 }
 
 async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participant>, ApiError> {
-    if let Some(r) = state.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
-        if let Ok(ps) = r.send(room::Participants).await {
+    // A running room (here or on its owner) knows who is joined right now; otherwise the
+    // stored rows do.
+    let running = match state.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
+        Some(a) => Some(consults::RoomRef::Local(a)),
+        None => match state.leases.owner(&crate::cluster::room_key(c.id)).await {
+            Ok(Some(node)) if node != state.node => Some(consults::RoomRef::Remote { node, consult: c.id }),
+            _ => None,
+        },
+    };
+    if let Some(r) = running {
+        if let Ok(ps) = r.call(state, room::Participants).await {
             return Ok(ps);
         }
     }
@@ -286,9 +295,8 @@ pub async fn check_in(
     check_in_open(&c, state.clock.now())?;
     let r = consults::room(&state, &c).await?;
     let (pid, st, position) = r
-        .send(room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
-        .await
-        .map_err(mailbox)?
+        .call(&state, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
+        .await?
         .map_err(room_error)?;
     audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
     Ok(HttpResponse::Ok().json(CheckInView { participant_id: pid, state: st.as_str().into(), position }))
@@ -305,7 +313,7 @@ pub async fn queue(
 ) -> Result<HttpResponse, ApiError> {
     let c = hosted(&state, &req, &who, "consult.queue").await?;
     let r = consults::room(&state, &c).await?;
-    let q = r.send(room::Queue).await.map_err(mailbox)?;
+    let q = r.call(&state, room::Queue).await?;
     let v: Vec<ParticipantView> = q.iter().map(ParticipantView::from).collect();
     Ok(HttpResponse::Ok().json(v))
 }
@@ -324,7 +332,7 @@ async fn decide(
     let c = hosted(&state, &req, &who, action).await?;
     let participant_id = path_id(&req, "pid")?;
     let r = consults::room(&state, &c).await?;
-    let res = r.send(room::Decide { participant_id, by: who.user_id, decision }).await.map_err(mailbox)?;
+    let res = r.call(&state, room::Decide { participant_id, by: who.user_id, decision }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -415,7 +423,7 @@ pub async fn invite(
         return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
     }
     let r = consults::room(&state, &c).await?;
-    let res = r.send(room::Invite { user_id: b.user_id, role, by: who.user_id }).await.map_err(mailbox)?;
+    let res = r.call(&state, room::Invite { user_id: b.user_id, role, by: who.user_id }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -464,7 +472,7 @@ pub async fn end(
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.unwrap_or_else(|| "host_ended".into()).chars().take(100).collect();
     let r = consults::room(&state, &c).await?;
-    r.send(room::End { by: who.user_id, reason }).await.map_err(mailbox)?.map_err(room_error)?;
+    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(room_error)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
@@ -540,22 +548,32 @@ pub async fn waiting_room(
     .bind(who.user_id)
     .fetch_all(&state.stores.pg)
     .await?;
+    // Rooms another node runs are asked for their queues.
+    let mut v: Vec<WaitingEntryView> = Vec::new();
     for id in open {
         if let Some(c) = consults::load(&state.stores.pg, id).await? {
-            let _ = consults::room(&state, &c).await?;
+            if let r @ consults::RoomRef::Remote { .. } = consults::room(&state, &c).await? {
+                for p in r.call(&state, room::Queue).await? {
+                    v.push(WaitingEntryView {
+                        consult_id: c.id,
+                        participant_id: p.id,
+                        user_id: p.user_id,
+                        role: p.role.as_str().into(),
+                        checked_in_at: p.checked_in_at.unwrap_or(c.created_at),
+                    });
+                }
+            }
         }
     }
     let list = state.room_deps.waiting.of(who.user_id).send(room::waiting::List).await.map_err(mailbox)?;
-    let v: Vec<WaitingEntryView> = list
-        .into_iter()
-        .map(|e| WaitingEntryView {
-            consult_id: e.consult_id.as_uuid(),
-            participant_id: e.participant_id,
-            user_id: e.user_id,
-            role: e.role.as_str().into(),
-            checked_in_at: e.checked_in_at,
-        })
-        .collect();
+    v.extend(list.into_iter().map(|e| WaitingEntryView {
+        consult_id: e.consult_id.as_uuid(),
+        participant_id: e.participant_id,
+        user_id: e.user_id,
+        role: e.role.as_str().into(),
+        checked_in_at: e.checked_in_at,
+    }));
+    v.sort_by_key(|e| e.checked_in_at);
     auth::audit(&state, &req, Some(&who), AuditEvent::new("consult.waiting_room", "success")).await?;
     Ok(HttpResponse::Ok().json(v))
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
-use coherency_actors::room::{self, Outbound};
+use coherency_actors::room::Outbound;
 use coherency_protocol::consult::{ClientSignal, ParticipantRole, ServerSignal, MAX_SIGNAL_FRAME};
-use coherency_protocol::{Code, ErrorCode};
+use coherency_protocol::Code;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -58,15 +58,11 @@ pub async fn signal(
     let room = crate::consults::room(&state, &c).await?;
     let (tx, mut rx) = mpsc::unbounded_channel::<Outbound>();
     let ice_servers = crate::consults::ice_servers_for(&state.config, who.user_id, state.clock.now());
-    let conn_id = room
-        .send(room::Connect { user_id: who.user_id, role, ice_servers, tx })
-        .await
-        .map_err(|_| ApiError::new(Code::ConsultEnded, "the consult has ended"))?
-        .map_err(|e| ApiError::new(e.code(), e.to_string()))?;
+    let conn = room.connect(&state, who.user_id, role, ice_servers, tx).await?;
     let (response, mut session, stream) = match actix_ws::handle(&req, body) {
         Ok(x) => x,
         Err(_) => {
-            room.do_send(room::Disconnect { conn_id });
+            conn.disconnect(&state).await;
             return Err(ApiError::new(Code::BadRequest, "expected a websocket upgrade"));
         }
     };
@@ -106,7 +102,7 @@ pub async fn signal(
                     Some(Ok(Message::Text(t))) => {
                         last_heard = Instant::now();
                         match serde_json::from_str::<ClientSignal>(&t) {
-                            Ok(m) => room.do_send(room::FromClient { conn_id, msg: m }),
+                            Ok(m) => conn.send(&state2, m).await,
                             Err(_) => { let _ = session.text(error(Code::MalformedMessage, "not a signalling message")).await; }
                         }
                     }
@@ -135,7 +131,7 @@ pub async fn signal(
                 }
             }
         };
-        room.do_send(room::Disconnect { conn_id });
+        conn.disconnect(&state2).await;
         let _ = session.close(reason).await;
         gauge.dec();
         drop(guard);

@@ -256,19 +256,27 @@ async fn closed_within(
 }
 
 #[actix_web::test]
-async fn logging_out_everywhere_closes_a_socket_on_another_node_within_5_seconds() {
+async fn logging_out_everywhere_closes_sockets_on_every_node_of_three_within_5_seconds() {
     let app = spawn_app().await;
-    let node_b = NodeProcess::start(&app.config, &[]);
+    let nodes = [NodeProcess::start(&app.config, &[]), NodeProcess::start(&app.config, &[])];
     let p = app.patient().await;
-    let mut ws = open_socket(node_b.port, &p.token).await;
-    let first = ws.next().await.unwrap().unwrap();
-    assert!(first.to_text().unwrap().contains("welcome"));
+    let mut sockets = Vec::new();
+    for port in [app.port, nodes[0].port, nodes[1].port] {
+        let mut ws = open_socket(port, &p.token).await;
+        let first = ws.next().await.unwrap().unwrap();
+        assert!(first.to_text().unwrap().contains("welcome"));
+        sockets.push(ws);
+    }
     let started = std::time::Instant::now();
     assert_eq!(app.post_auth("/v1/auth/logout-all", &p.token, &json!({})).await.status(), 204);
-    let code = closed_within(&mut ws, Duration::from_secs(5)).await;
-    assert_eq!(code, Some(4002), "closed after {:?}", started.elapsed());
-    let res = app.client.get(node_b.url("/v1/me")).bearer_auth(&p.token).send().await.unwrap();
-    assert_eq!(res.status(), 401, "the other node refuses the token too");
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let code = closed_within(ws, Duration::from_secs(5)).await;
+        assert_eq!(code, Some(4002), "node {i}: closed after {:?}", started.elapsed());
+    }
+    for n in &nodes {
+        let res = app.client.get(n.url("/v1/me")).bearer_auth(&p.token).send().await.unwrap();
+        assert_eq!(res.status(), 401, "every other node refuses the token too");
+    }
 }
 
 #[actix_web::test]

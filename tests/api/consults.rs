@@ -43,7 +43,12 @@ pub async fn setup(app: &TestApp) -> Setup {
 }
 
 pub async fn connect(app: &TestApp, consult: Uuid, who: &User) -> Result<Ws, u16> {
-    let mut req = format!("ws://127.0.0.1:{}/v1/consults/{consult}/signal", app.port).into_client_request().unwrap();
+    connect_at(app.port, consult, who).await
+}
+
+/// [`connect`] to the node listening on `port`.
+pub async fn connect_at(port: u16, consult: Uuid, who: &User) -> Result<Ws, u16> {
+    let mut req = format!("ws://127.0.0.1:{port}/v1/consults/{consult}/signal").into_client_request().unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {}", who.token).parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Ok((ws, _)) => Ok(ws),

@@ -8,6 +8,7 @@ mod audit;
 mod auth;
 mod booking;
 mod browser;
+mod cluster_consult;
 mod config_cli;
 mod consults;
 mod dashboard;

@@ -21,17 +21,18 @@ use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::rtp_codec::{RTCRtpCodecCapability, RTPCodecType};
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
 use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
 use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
-use crate::consults::{connect, setup, until, until_event};
+use crate::consults::{connect_at, setup, until, until_event};
 use crate::helpers::{eventually, spawn_app_with, TestApp, User};
 
-type Sink = Arc<Mutex<futures_util::stream::SplitSink<super::consults::WsStream, Message>>>;
+pub type Sink = Arc<Mutex<futures_util::stream::SplitSink<super::consults::WsStream, Message>>>;
 
-async fn peer() -> Arc<RTCPeerConnection> {
+pub async fn peer() -> Arc<RTCPeerConnection> {
     let mut media = MediaEngine::default();
     media.register_default_codecs().unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
@@ -45,7 +46,7 @@ async fn peer() -> Arc<RTCPeerConnection> {
     Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap())
 }
 
-async fn send(sink: &Sink, v: Value) {
+pub async fn send(sink: &Sink, v: Value) {
     sink.lock().await.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
@@ -58,18 +59,38 @@ async fn join_media(
     pc: Arc<RTCPeerConnection>,
     admit: Option<&User>,
 ) -> (Sink, String) {
-    let mut ws = connect(app, consult, who).await.unwrap();
+    join_media_at(app, app.port, app.port, consult, who, pc, admit, None).await
+}
+
+/// [`join_media`] with the socket on the node at `port` and the host's admission sent to
+/// the node at `admit_port`; with `mute_first`, the participant (a host) mutes their own
+/// media of that kind before offering any.
+#[allow(clippy::too_many_arguments)]
+pub async fn join_media_at(
+    app: &TestApp,
+    port: u16,
+    admit_port: u16,
+    consult: uuid::Uuid,
+    who: &User,
+    pc: Arc<RTCPeerConnection>,
+    admit: Option<&User>,
+    mute_first: Option<&str>,
+) -> (Sink, String) {
+    let mut ws = connect_at(port, consult, who).await.unwrap();
     let w = until(&mut ws, "welcome").await;
     let me = w["participant_id"].as_str().unwrap().to_string();
     if let Some(host) = admit {
         let pid = w["participant_id"].as_str().unwrap();
-        let res =
-            app.post_auth(&format!("/v1/consults/{consult}/participants/{pid}/admit"), &host.token, &json!({})).await;
+        let url = format!("http://127.0.0.1:{admit_port}/v1/consults/{consult}/participants/{pid}/admit");
+        let res = app.client.post(url).bearer_auth(&host.token).json(&json!({})).send().await.unwrap();
         assert_eq!(res.status(), 200);
         until_event(&mut ws, "joined").await;
     }
     let (sink, mut stream) = ws.split();
     let sink: Sink = Arc::new(Mutex::new(sink));
+    if let Some(kind) = mute_first {
+        send(&sink, json!({"type": "mute", "participant_id": me, "kind": kind, "muted": true})).await;
+    }
     let s2 = sink.clone();
     pc.on_ice_candidate(Box::new(move |c: Option<RTCIceCandidate>| {
         let sink = s2.clone();
@@ -128,6 +149,70 @@ async fn join_media(
     out
 }
 
+/// Adds a synthetic VP8 track to `pc`; returns it and its RTP sender.
+pub async fn publish_video(pc: &Arc<RTCPeerConnection>) -> (Arc<TrackLocalStaticRTP>, Arc<RTCRtpSender>) {
+    let track = Arc::new(TrackLocalStaticRTP::new(
+        RTCRtpCodecCapability { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90000, ..Default::default() },
+        "video".into(),
+        "host-camera".into(),
+    ));
+    let sender = pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
+    (track, sender)
+}
+
+/// Writes marked synthetic RTP (the SFU does not decode, so any payload forwards) to
+/// `track`, 100 packets a second for at most 20 s.
+pub fn write_frames(track: Arc<TrackLocalStaticRTP>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut seq: u16 = 0;
+        for i in 0..2000u32 {
+            let pkt = webrtc::rtp::packet::Packet {
+                header: webrtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: seq,
+                    timestamp: i * 3000,
+                    marker: true,
+                    ssrc: 0,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(format!("coherency-frame-{i}").into_bytes()),
+            };
+            seq = seq.wrapping_add(1);
+            let _ = track.write_rtp(&pkt).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+/// Makes `pc` receive (a recvonly audio transceiver, plus whatever the SFU offers) and
+/// counts the RTP packets it gets: all of them, and those carrying [`write_frames`]' marker.
+pub async fn count_frames(pc: &Arc<RTCPeerConnection>) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    pc.add_transceiver_from_kind(
+        RTPCodecType::Audio,
+        Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] }),
+    )
+    .await
+    .unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let marked = Arc::new(AtomicUsize::new(0));
+    let (r2, m2) = (received.clone(), marked.clone());
+    pc.on_track(Box::new(move |remote, _, _| {
+        let (r, m) = (r2.clone(), m2.clone());
+        Box::pin(async move {
+            tokio::spawn(async move {
+                while let Ok((pkt, _)) = remote.read_rtp().await {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if pkt.payload.starts_with(b"coherency-frame") {
+                        m.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        })
+    }));
+    (received, marked)
+}
+
 #[actix_web::test]
 async fn a_published_video_track_reaches_the_other_participant_through_the_sfu() {
     let app = spawn_app_with(|mut c| {
@@ -139,12 +224,7 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
 
     // Host publishes a synthetic VP8 track.
     let host_pc = peer().await;
-    let track = Arc::new(TrackLocalStaticRTP::new(
-        RTCRtpCodecCapability { mime_type: MIME_TYPE_VP8.to_owned(), clock_rate: 90000, ..Default::default() },
-        "video".into(),
-        "host-camera".into(),
-    ));
-    let sender = host_pc.add_track(track.clone() as Arc<dyn TrackLocal + Send + Sync>).await.unwrap();
+    let (track, sender) = publish_video(&host_pc).await;
     let plis = Arc::new(AtomicUsize::new(0));
     let plis2 = plis.clone();
     tokio::spawn(async move {
@@ -163,53 +243,10 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
 
     // Patient receives only.
     let pat_pc = peer().await;
-    pat_pc
-        .add_transceiver_from_kind(
-            RTPCodecType::Audio,
-            Some(RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Recvonly, send_encodings: vec![] }),
-        )
-        .await
-        .unwrap();
-    let received = Arc::new(AtomicUsize::new(0));
-    let marker_ok = Arc::new(AtomicUsize::new(0));
-    let (r2, m2) = (received.clone(), marker_ok.clone());
-    pat_pc.on_track(Box::new(move |remote, _, _| {
-        let (r, m) = (r2.clone(), m2.clone());
-        Box::pin(async move {
-            tokio::spawn(async move {
-                while let Ok((pkt, _)) = remote.read_rtp().await {
-                    r.fetch_add(1, Ordering::SeqCst);
-                    if pkt.payload.starts_with(b"coherency-frame") {
-                        m.fetch_add(1, Ordering::SeqCst);
-                    }
-                }
-            });
-        })
-    }));
+    let (received, marker_ok) = count_frames(&pat_pc).await;
     let (pat_sink, _) = join_media(&app, s.consult, &s.patient, pat_pc.clone(), Some(&s.clin)).await;
 
-    // Write synthetic RTP (the SFU does not decode, so any payload forwards) for at most 20 s.
-    let writer_track = track.clone();
-    let writer = tokio::spawn(async move {
-        let mut seq: u16 = 0;
-        for i in 0..2000u32 {
-            let pkt = webrtc::rtp::packet::Packet {
-                header: webrtc::rtp::header::Header {
-                    version: 2,
-                    payload_type: 96,
-                    sequence_number: seq,
-                    timestamp: i * 3000,
-                    marker: true,
-                    ssrc: 0,
-                    ..Default::default()
-                },
-                payload: bytes::Bytes::from(format!("coherency-frame-{i}").into_bytes()),
-            };
-            seq = seq.wrapping_add(1);
-            let _ = writer_track.write_rtp(&pkt).await;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    });
+    let writer = write_frames(track.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while marker_ok.load(Ordering::SeqCst) < 20 {
         assert!(
@@ -253,6 +290,41 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
     assert!(kinds.contains(&"track_published"), "{kinds:?}");
     let mutes: Vec<&str> = kinds.iter().copied().filter(|k| k.ends_with("muted")).collect();
     assert_eq!(mutes, ["muted", "unmuted"], "the patient's mute was refused; the host's are in the log");
+    let _ = host_pc.close().await;
+    let _ = pat_pc.close().await;
+}
+
+#[actix_web::test]
+async fn a_mute_given_before_any_media_holds_once_media_flows() {
+    let app = spawn_app_with(|mut c| {
+        c.webrtc_loopback_only = true;
+        c
+    })
+    .await;
+    let s = setup(&app).await;
+    // The host mutes their own video before the SFU exists (nobody has offered yet).
+    let host_pc = peer().await;
+    let (track, _sender) = publish_video(&host_pc).await;
+    let (host_sink, host_pid) =
+        join_media_at(&app, app.port, app.port, s.consult, &s.clin, host_pc.clone(), None, Some("video")).await;
+    let pat_pc = peer().await;
+    let (_, marked) = count_frames(&pat_pc).await;
+    join_media(&app, s.consult, &s.patient, pat_pc.clone(), Some(&s.clin)).await;
+    let writer = write_frames(track);
+    use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState as St;
+    eventually(Duration::from_secs(20), "both peers connected to the SFU", || async {
+        (host_pc.connection_state() == St::Connected && pat_pc.connection_state() == St::Connected).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(marked.load(Ordering::SeqCst), 0, "video muted before media was forwarded anyway");
+    // Unmuted, the same track reaches the patient: the silence above was the mute.
+    send(&host_sink, json!({"type": "mute", "participant_id": host_pid, "kind": "video", "muted": false})).await;
+    eventually(Duration::from_secs(15), "video after unmuting", || async {
+        (marked.load(Ordering::SeqCst) >= 10).then_some(())
+    })
+    .await;
+    writer.abort();
     let _ = host_pc.close().await;
     let _ = pat_pc.close().await;
 }

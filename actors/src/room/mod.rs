@@ -85,7 +85,7 @@ impl ConsultStatus {
 }
 
 /// A participant as stored.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Participant {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -157,7 +157,7 @@ pub enum Outbound {
 pub type Outbox = mpsc::UnboundedSender<Outbound>;
 
 /// Why a room refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RoomError {
     #[error("no such participant")]
     NoParticipant,
@@ -170,7 +170,7 @@ pub enum RoomError {
     #[error("the room is full")]
     Full,
     #[error("not allowed in this state: {0}")]
-    State(&'static str),
+    State(String),
     #[error("storage failed")]
     Storage,
 }
@@ -563,7 +563,7 @@ impl Actor for Room {
 
 /// A patient checks in (from HTTP or on connecting). Returns their queue position (0 when
 /// already admitted).
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<(Uuid, ParticipantState, u32), RoomError>")]
 pub struct CheckIn {
     pub user_id: Uuid,
@@ -619,7 +619,7 @@ fn err<T: 'static>(e: RoomError) -> AtomicResponse<Room, Result<T, RoomError>> {
 }
 
 /// A host decision about one participant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Decision {
     Admit,
     Deny,
@@ -627,7 +627,7 @@ pub enum Decision {
 }
 
 /// The host admits, denies or removes a participant.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<Participant, RoomError>")]
 pub struct Decide {
     pub participant_id: Uuid,
@@ -641,7 +641,7 @@ impl Handler<Decide> for Room {
     fn handle(&mut self, msg: Decide, _: &mut Context<Self>) -> Self::Result {
         let Some(p) = self.participants.get(&msg.participant_id).cloned() else { return err(RoomError::NoParticipant) };
         if p.role == ParticipantRole::Host {
-            return err(RoomError::State("the host cannot be admitted, denied or removed"));
+            return err(RoomError::State("the host cannot be admitted, denied or removed".into()));
         }
         let now = self.now();
         let mut np = p.clone();
@@ -649,7 +649,7 @@ impl Handler<Decide> for Room {
         match msg.decision {
             Decision::Admit => {
                 if p.state != ParticipantState::Waiting {
-                    return err(RoomError::State("only a waiting participant can be admitted"));
+                    return err(RoomError::State("only a waiting participant can be admitted".into()));
                 }
                 if self.admitted_count() >= self.deps.config.max_participants {
                     return err(RoomError::Full);
@@ -667,7 +667,7 @@ impl Handler<Decide> for Room {
             }
             Decision::Deny => {
                 if p.state != ParticipantState::Waiting {
-                    return err(RoomError::State("only a waiting participant can be denied"));
+                    return err(RoomError::State("only a waiting participant can be denied".into()));
                 }
                 np.state = ParticipantState::Denied;
                 np.left_at = Some(now);
@@ -675,7 +675,7 @@ impl Handler<Decide> for Room {
             }
             Decision::Remove => {
                 if matches!(p.state, ParticipantState::Removed | ParticipantState::Denied) {
-                    return err(RoomError::State("already out of the room"));
+                    return err(RoomError::State("already out of the room".into()));
                 }
                 np.state = ParticipantState::Removed;
                 np.joined_at = None;
@@ -690,7 +690,7 @@ impl Handler<Decide> for Room {
 }
 
 /// The host invites another user with a role; they are admitted when they connect.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<Participant, RoomError>")]
 pub struct Invite {
     pub user_id: Uuid,
@@ -703,7 +703,7 @@ impl Handler<Invite> for Room {
 
     fn handle(&mut self, msg: Invite, _: &mut Context<Self>) -> Self::Result {
         if matches!(msg.role, ParticipantRole::Host | ParticipantRole::Patient) {
-            return err(RoomError::State("invite an interpreter, family member or clinician"));
+            return err(RoomError::State("invite an interpreter, family member or clinician".into()));
         }
         let np = match self.by_user(msg.user_id) {
             Some(p)
@@ -715,7 +715,7 @@ impl Handler<Invite> for Room {
                 np.invited_by = Some(msg.by);
                 np
             }
-            Some(_) => return err(RoomError::State("already a participant")),
+            Some(_) => return err(RoomError::State("already a participant".into())),
             None => Participant {
                 id: Uuid::now_v7(),
                 user_id: msg.user_id,
@@ -735,7 +735,7 @@ impl Handler<Invite> for Room {
 }
 
 /// The host ends the consult.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<u64, RoomError>")]
 pub struct End {
     pub by: Uuid,
@@ -755,7 +755,7 @@ impl Handler<End> for Room {
 }
 
 /// The waiting participants in order.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Vec<Participant>")]
 pub struct Queue;
 
@@ -768,7 +768,7 @@ impl Handler<Queue> for Room {
 }
 
 /// Every participant.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Vec<Participant>")]
 pub struct Participants;
 
@@ -1093,9 +1093,37 @@ impl Handler<SfuReport> for Room {
     }
 }
 
+/// The node gives the room up (draining, or its lease went to another node): every
+/// connection is told to reconnect (1001) and the room stops here without ending the
+/// consult; wherever the participants reconnect it starts again from storage.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+impl Handler<Retire> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
+        for c in self.conns.values() {
+            let _ = c.tx.send(Outbound::Close(close::MOVED, "room moved"));
+        }
+        for p in self.participants.values() {
+            if p.state == ParticipantState::Waiting {
+                self.deps.waiting.remove(self.clinician_id, p.id);
+            }
+        }
+        self.conns.clear();
+        self.seats.clear();
+        if let Some(sfu) = self.sfu.take() {
+            sfu.close();
+        }
+        ctx.stop();
+    }
+}
+
 /// A room event that the server raises (scan requested, progress, finished), with data, and
 /// an optional signal for one participant.
-#[derive(Message)]
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<u64, RoomError>")]
 pub struct Raise {
     pub kind: EventKind,
@@ -1159,6 +1187,14 @@ impl Rooms {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.get(&id) == Some(addr) {
             map.remove(&id);
+        }
+    }
+
+    /// Retires every room running on this node (drain).
+    pub fn retire_all(&self) {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        for a in map.values() {
+            a.do_send(Retire);
         }
     }
 
