@@ -213,6 +213,19 @@ pub async fn provision(
     Ok(Provisioned { target: target.to_owned(), token, scan_id })
 }
 
+/// Which of `n` nodes the `i`-th piece of a run's work (a phone, a room, a booking attempt,
+/// a board, a calendar change) goes to: round-robin, so every node takes an equal share, the
+/// same run always spreads the same way, and a consult's two sides can be put on different
+/// nodes (`i` and `i + 1`). Node 0 when there are none.
+pub fn node_for(i: usize, n: usize) -> usize {
+    i.checked_rem(n).unwrap_or(0)
+}
+
+/// The target of the `i`-th piece of work (see [`node_for`]); `""` when there are none.
+pub fn target_for(targets: &[String], i: usize) -> &str {
+    targets.get(node_for(i, targets.len())).map_or("", String::as_str)
+}
+
 /// The start of a scenario run as a clinician: the first target, a client, every target
 /// ready, the clinician signed in.
 pub async fn start_as_clinician(
@@ -288,4 +301,22 @@ pub async fn calendar(
         ));
     }
     Ok((ty, starts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_is_dealt_round_robin_over_the_nodes() {
+        let spread: Vec<usize> = (0..7).map(|i| node_for(i, 3)).collect();
+        assert_eq!(spread, [0, 1, 2, 0, 1, 2, 0]);
+        assert!((0..100).all(|i| node_for(i, 1) == 0), "one node takes everything");
+        assert_eq!(node_for(5, 0), 0, "no nodes: never a division by zero");
+        // A consult's clinician (i + 1) lands on another node than its patient (i).
+        assert!((0..10).all(|i| node_for(i, 2) != node_for(i + 1, 2)));
+        let targets = ["http://127.0.0.1:1".to_owned(), "http://127.0.0.1:2".to_owned()];
+        assert_eq!(target_for(&targets, 3), "http://127.0.0.1:2");
+        assert_eq!(target_for(&[], 3), "");
+    }
 }

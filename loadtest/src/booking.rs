@@ -7,7 +7,12 @@
 //! cancel (a slot is marked free just before its cancel is sent, so this never reports a
 //! double booking that did not happen). At the end the clinician's booked appointments
 //! are listed too: with every winner cancelled, none may remain.
+//!
+//! With several `--target`s the attempts are dealt round-robin over the nodes in the order
+//! they start (attempt `k` goes to node `k mod n`, its cancel to the same node), so the
+//! nodes' booking locks contend on one calendar; patients register round-robin too.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +58,10 @@ struct Race {
     /// Which patient holds each hot slot, as far as the patients know.
     held: std::sync::Mutex<Vec<Option<u64>>>,
     http: reqwest::Client,
-    target: String,
+    /// Every node, taken round-robin by attempt number.
+    targets: Vec<String>,
+    /// Attempts started so far in the whole run: the next one's number.
+    next_attempt: AtomicUsize,
     clinician: uuid::Uuid,
     type_id: String,
     slots: Vec<String>,
@@ -67,8 +75,9 @@ async fn patient_loop(race: Arc<Race>, token: String, seed: u64) -> Tally {
         let k = pick.next(race.slots.len());
         let slot = &race.slots[k];
         let body = json!({"clinician_id": race.clinician, "type_id": race.type_id, "start": slot, "confirm": true});
+        let target = api::target_for(&race.targets, race.next_attempt.fetch_add(1, Ordering::Relaxed));
         let start = Instant::now();
-        let res = api::call(&race.http, &race.target, "/v1/appointments", Some(&token), &body).await;
+        let res = api::call(&race.http, target, "/v1/appointments", Some(&token), &body).await;
         t.attempt.record(start.elapsed());
         t.attempts += 1;
         match res {
@@ -90,7 +99,7 @@ async fn patient_loop(race: Arc<Race>, token: String, seed: u64) -> Tally {
                 race.held.lock().unwrap_or_else(|p| p.into_inner())[k] = None;
                 let start = Instant::now();
                 let path = format!("/v1/appointments/{id}/cancel");
-                match api::call(&race.http, &race.target, &path, Some(&token), &json!({"reason": "load test"})).await {
+                match api::call(&race.http, target, &path, Some(&token), &json!({"reason": "load test"})).await {
                     Ok(_) => t.cancel.record(start.elapsed()),
                     Err(e) => t.errors.add(e.code.replacen("setup_", "cancel_", 1)),
                 }
@@ -127,7 +136,7 @@ pub async fn run(args: &BookingArgs) -> anyhow::Result<Report> {
     let mut errors = Errors::default();
     let mut tokens = Vec::with_capacity(args.concurrency);
     let mut registering = futures_util::stream::iter((0..args.concurrency).map(|i| {
-        let (http, t) = (http.clone(), common.target[i % common.target.len()].clone());
+        let (http, t) = (http.clone(), api::target_for(&common.target, i).to_owned());
         async move { api::patient(&http, &t, tag, i).await }
     }))
     .buffer_unordered(SETUP_CONCURRENCY);
@@ -148,7 +157,8 @@ pub async fn run(args: &BookingArgs) -> anyhow::Result<Report> {
     let race = Arc::new(Race {
         held: std::sync::Mutex::new(vec![None; slots.len()]),
         http: http.clone(),
-        target: target.clone(),
+        targets: common.target.clone(),
+        next_attempt: AtomicUsize::new(0),
         clinician: staff.user_id,
         type_id,
         slots,

@@ -9,6 +9,10 @@
 //! time, so the other side counts what it received (loss, duplicates) and how long each
 //! packet took through the SFU (both peers live in this process: one clock).
 //!
+//! With several `--target`s, room `i`'s patient (calls and socket) uses node `i` and its
+//! clinician node `i + 1`, round-robin, so every room spans two nodes and the relay of
+//! sockets and host actions to the node running the room is part of what is measured.
+//!
 //! A room is set up when media flows both ways. When every room is set up (or failed), the
 //! clock starts: for `--duration` the packets are marked "measured", and each participant
 //! pings on its signalling socket every `--ping-every` (the room actor answers `pong`, in
@@ -237,6 +241,8 @@ struct Participant {
 /// A room with media flowing both ways.
 struct Room {
     consult: String,
+    /// The node the clinician uses for this room (it ends the consult there).
+    host_target: String,
     host: Participant,
     patient: Participant,
 }
@@ -580,34 +586,41 @@ impl Participant {
 /// Everything a room needs from the run.
 struct Ctx {
     http: reqwest::Client,
-    target: String,
+    /// Every node; room `i`'s patient uses node `i`, its clinician node `i + 1` (round-robin).
+    targets: Vec<String>,
     staff: Staff,
     admin: Staff,
     tag: String,
     run: Arc<Run>,
 }
 
-/// Sets up room `i`: API calls, both sockets, admission, media both ways.
+/// Sets up room `i`: API calls, both sockets, admission, media both ways. With several
+/// nodes the patient's calls and socket go to one node and the clinician's to the next, so
+/// one side's socket and actions are relayed to the node running the room.
 async fn set_up_room(ctx: &Ctx, i: usize) -> Result<Room, SetupError> {
-    let (http, target) = (&ctx.http, ctx.target.as_str());
-    let (token, patient_id) = api::patient(http, target, &ctx.tag, i).await?;
+    let http = &ctx.http;
+    let patient_target = api::target_for(&ctx.targets, i);
+    let host_target = api::target_for(&ctx.targets, i + 1);
+    let (token, patient_id) = api::patient(http, patient_target, &ctx.tag, i).await?;
     let path = format!("/v1/patients/{patient_id}/care-team");
-    api::call(http, target, &path, Some(&ctx.admin.token), &json!({"clinician_id": ctx.staff.user_id})).await?;
-    let c = api::call(http, target, "/v1/consults", Some(&ctx.staff.token), &json!({"patient_id": patient_id})).await?;
+    let team = json!({"clinician_id": ctx.staff.user_id});
+    api::call(http, patient_target, &path, Some(&ctx.admin.token), &team).await?;
+    let opened = json!({"patient_id": patient_id});
+    let c = api::call(http, host_target, "/v1/consults", Some(&ctx.staff.token), &opened).await?;
     let consult = api::field(&c, "/id", "consult")?.to_owned();
-    let checked =
-        api::call(http, target, &format!("/v1/consults/{consult}/check-in"), Some(&token), &json!({})).await?;
+    let check_in = format!("/v1/consults/{consult}/check-in");
+    let checked = api::call(http, patient_target, &check_in, Some(&token), &json!({})).await?;
     let pid = api::field(&checked, "/participant_id", "check-in")?.to_owned();
-    let mut patient_ws = open_signal(target, &consult, &token).await?;
+    let mut patient_ws = open_signal(patient_target, &consult, &token).await?;
     let admit = format!("/v1/consults/{consult}/participants/{pid}/admit");
-    api::call(http, target, &admit, Some(&ctx.staff.token), &json!({})).await?;
+    api::call(http, host_target, &admit, Some(&ctx.staff.token), &json!({})).await?;
     until(&mut patient_ws, "admitted", |s| matches!(s, ServerSignal::Admitted)).await?;
-    let host_ws = open_signal(target, &consult, &ctx.staff.token).await?;
+    let host_ws = open_signal(host_target, &consult, &ctx.staff.token).await?;
     let media_err = |e: anyhow::Error| setup_err("media_setup", e);
     let seed = (i as u16).wrapping_mul(7919);
     let host = start_media(&ctx.run, host_ws, "host", seed).await.map_err(media_err)?;
     let patient = start_media(&ctx.run, patient_ws, "patient", seed ^ 0x8000).await.map_err(media_err)?;
-    let room = Room { consult, host, patient };
+    let room = Room { consult, host_target: host_target.to_owned(), host, patient };
     let both = async {
         room.host.got_media.notified().await;
         room.patient.got_media.notified().await;
@@ -634,7 +647,7 @@ async fn set_up_room(ctx: &Ctx, i: usize) -> Result<Room, SetupError> {
 async fn tear_down(ctx: &Ctx, room: Room) -> (Sig, Sig) {
     let (mut a, b) = tokio::join!(room.host.leave(), room.patient.leave());
     let path = format!("/v1/consults/{}/end", room.consult);
-    if let Err(e) = api::call(&ctx.http, &ctx.target, &path, Some(&ctx.staff.token), &json!({})).await {
+    if let Err(e) = api::call(&ctx.http, &room.host_target, &path, Some(&ctx.staff.token), &json!({})).await {
         // Already ended is fine.
         if e.code != "setup_http_409" {
             a.errors.add(e.code.replacen("setup_", "end_", 1));
@@ -693,12 +706,13 @@ pub async fn run(args: &ConsultArgs) -> anyhow::Result<Report> {
         ping_every: args.ping_every.0,
     });
     let tag = Uuid::now_v7().simple().to_string()[..12].to_owned();
-    let ctx = Arc::new(Ctx { http, target, staff, admin, tag, run: run.clone() });
+    let ctx = Arc::new(Ctx { http, targets: common.target.clone(), staff, admin, tag, run: run.clone() });
 
     // Set the rooms up, spread over the ramp-up, a few at a time.
     say(format!(
-        "setting up {} rooms ({} packets × {} B per frame at {} fps = {:.0} kbit/s each way)…",
+        "setting up {} rooms on {} node(s) ({} packets × {} B per frame at {} fps = {:.0} kbit/s each way)…",
         args.rooms,
+        common.target.len(),
         pack.packets,
         pack.payload,
         args.video_fps,

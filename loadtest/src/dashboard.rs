@@ -6,6 +6,10 @@
 //! API calls' own latency, the hub-to-board time of each upsert, and every board delta that
 //! never arrived. With `--waiting N` (and an administrator's login) N more patients sit in
 //! the clinician's waiting room during the run, so a demo board shows someone waiting.
+//!
+//! With several `--target`s the boards are opened round-robin over the nodes (board `i` on
+//! node `i mod n`) and so are the driver's changes (change `k` through node `k mod n`), so
+//! every change made on one node must reach the boards of every other node.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -155,7 +159,8 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let tag = Uuid::now_v7().simple().to_string();
     let mut patients = Vec::new();
     for i in 0..PATIENTS {
-        patients.push(api::patient(&http, &target, &tag[..12], i).await.map_err(|e| e.error)?);
+        let at = api::target_for(&common.target, i);
+        patients.push(api::patient(&http, at, &tag[..12], i).await.map_err(|e| e.error)?);
     }
     let mut waiting = Vec::new();
     if args.waiting > 0 {
@@ -173,7 +178,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let mut boards = Vec::with_capacity(args.sockets);
     let started = Instant::now();
     let mut opening = futures_util::stream::iter((0..args.sockets).map(|i| {
-        let t = common.target[i % common.target.len()].clone();
+        let t = api::target_for(&common.target, i).to_owned();
         let token = staff.token.clone();
         let at = started + ramp.mul_f64(i as f64 / args.sockets.max(1) as f64);
         async move {
@@ -213,7 +218,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let mut change_call = Latencies::new();
     while driving.elapsed() < duration {
         tick.tick().await;
-        let p = turn % PATIENTS;
+        let (p, at) = (turn % PATIENTS, api::target_for(&common.target, turn));
         turn += 1;
         let (token, _) = &patients[p];
         let start = Instant::now();
@@ -222,7 +227,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
                 let slot = &slots[p];
                 api::call(
                     &http,
-                    &target,
+                    at,
                     "/v1/appointments",
                     Some(token),
                     &json!({"clinician_id": staff.user_id, "type_id": type_id, "start": slot, "confirm": true}),
@@ -238,7 +243,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
             }
             Some(id) => api::call(
                 &http,
-                &target,
+                at,
                 &format!("/v1/appointments/{id}/cancel"),
                 Some(token),
                 &json!({"reason": "load test"}),

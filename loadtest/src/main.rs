@@ -57,8 +57,9 @@ impl FromStr for DurationArg {
 /// Options every scenario takes.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// Base URL of a node; repeat for several nodes (used round-robin). Docs and tests use
-    /// 127.0.0.1 only.
+    /// Base URL of a node; repeat (or comma-separate) for several nodes sharing one
+    /// deployment: every scenario deals its phones, rooms, boards, changes or attempts
+    /// round-robin over them. Docs and tests use 127.0.0.1 only.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "LOADTEST_TARGET", value_delimiter = ',')]
     pub target: Vec<String>,
     /// Spread the start of the clients evenly over this long.
@@ -399,6 +400,9 @@ mod tests {
         assert_eq!((a.scans, a.fps, a.encoding), (8, 60.0, Encoding::F32));
         assert_eq!(a.common.slo.len(), 2);
         assert_eq!(a.common.ramp_up.0, Duration::from_secs(2));
+        let two = Cli::try_parse_from(["loadtest", "booking", "--target", "http://127.0.0.1:1,http://127.0.0.1:2"]);
+        let Ok(Cli { scenario: Scenario::Booking(b) }) = two else { panic!("{two:?}") };
+        assert_eq!(b.common.target, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
         assert!(Cli::try_parse_from(["loadtest", "scan", "--slo", "p99=5"]).is_err());
         assert!(Cli::try_parse_from(["loadtest", "scan", "--encoding", "png"]).is_err());
     }

@@ -9,6 +9,9 @@
 //! clinician and the administrator sign in once, up front, and the parts share their tokens
 //! (a TOTP code is accepted once: three parts signing in at the same moment would wait for
 //! the next codes).
+//!
+//! Every part gets all the `--target`s and spreads its own work over them as it does when
+//! run alone (phones, rooms, boards, changes and booking attempts round-robin).
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,9 @@
 //! The `scan` scenario: N phones, each with its own patient, consent and scan, streaming
 //! phantom depth frames at a fixed rate over the scan stream websocket (or a WebRTC data
 //! channel, `--transport datachannel`) and finishing.
+//!
+//! With several `--target`s phone `i` uses node `i mod n` for its setup and its stream
+//! (either transport), round-robin.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -216,7 +219,7 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
     let mut setup = tokio::task::JoinSet::new();
     for i in 0..args.scans {
         let (http, target, tag, sem) =
-            (http.clone(), common.target[i % common.target.len()].clone(), run_tag.clone(), sem.clone());
+            (http.clone(), api::target_for(&common.target, i).to_owned(), run_tag.clone(), sem.clone());
         setup.spawn(async move {
             let _permit = sem.acquire_owned().await;
             (i, api::provision(&http, &target, &tag, i).await)

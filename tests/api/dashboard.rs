@@ -359,10 +359,17 @@ pub fn loadtest_bin() -> std::path::PathBuf {
 /// Runs the `loadtest` binary against `app` with `args` and `env`, bounded to 2 minutes;
 /// panics with its output unless it exits 0. Returns its JSON report.
 pub async fn run_loadtest(app: &TestApp, args: &[&str], env: &[(&str, &str)]) -> Value {
+    run_loadtest_on(&[&app.address], args, env).await
+}
+
+/// [`run_loadtest`] against several nodes, given in this order as `--target`s.
+pub async fn run_loadtest_on(targets: &[&str], args: &[&str], env: &[(&str, &str)]) -> Value {
     let json = std::env::temp_dir().join(format!("loadtest-{}.json", Uuid::now_v7()));
     let out = tokio::process::Command::new(loadtest_bin())
         .args(args)
-        .args(["-q", "--target", &app.address, "--json"])
+        .arg("-q")
+        .args(targets.iter().flat_map(|t| ["--target", t]))
+        .arg("--json")
         .arg(&json)
         .envs(env.iter().copied())
         .kill_on_drop(true)

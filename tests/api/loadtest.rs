@@ -1,8 +1,10 @@
 //! Smoke runs of the `loadtest` consult and mixed scenarios against a test app (the SFU on
-//! loopback only): short, so the suite stays quick, but every part really runs.
+//! loopback only), and of `consult` against two nodes: short, so the suite stays quick, but
+//! every part really runs.
 
-use crate::dashboard::{clinician_with_calendar, run_loadtest};
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::dashboard::{clinician_with_calendar, run_loadtest, run_loadtest_on};
+use crate::helpers::{spawn_app_with, NodeProcess, TestApp};
+use crate::metrics::counter;
 use coherency::auth::Role;
 
 async fn app() -> TestApp {
@@ -92,4 +94,40 @@ async fn the_loadtest_mixed_scenario_runs_every_part_at_once() {
         assert!(l[name]["count"].as_f64().unwrap_or(0.0) > 0.0, "{name}: {report}");
     }
     assert!(report["ack_latency"]["count"].as_f64().unwrap() > 0.0, "{report}");
+}
+
+#[actix_rt::test]
+async fn the_loadtest_consult_scenario_spans_two_nodes_with_every_room_set_up() {
+    let app = app().await;
+    let node_b = NodeProcess::start(
+        &app.config,
+        &[
+            ("COHERENCY_WEBRTC_LOOPBACK_ONLY", "true"),
+            ("COHERENCY_API_RATE_PER_SEC", "10000"),
+            ("COHERENCY_API_RATE_BURST", "10000"),
+        ],
+    );
+    let clin = app.staff(Role::Clinician, true).await;
+    let admin = app.staff(Role::Admin, true).await;
+    let b = node_b.url("");
+    let args = ["consult", "--rooms", "2", "--video-kbps", "200", "--duration", "2s"];
+    let slo = ["--slo", "min_rooms=2", "--slo", "max_errors=0"];
+    let env = [("LOADTEST_STAFF_TOKEN", clin.token.as_str()), ("LOADTEST_ADMIN_TOKEN", admin.token.as_str())];
+    let report = run_loadtest_on(&[&app.address, &b], &[&args[..], &slo[..]].concat(), &env).await;
+    assert_eq!(report["targets"], serde_json::json!([app.address, b]), "{report}");
+    assert_eq!(report["counts"]["rooms_established"], 2.0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    assert!(report["counts"]["packets_received"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["latencies"]["signalling"]["count"].as_f64().unwrap() > 0.0, "{report}");
+    // Each room's patient was on one node and its clinician on the other: each node took one
+    // check-in, one admission and two signalling sockets (one room's patient, the other's host).
+    for (name, metrics) in [
+        ("this node", app.get("/metrics").await.text().await.unwrap()),
+        ("node B", app.client.get(node_b.url("/metrics")).send().await.unwrap().text().await.unwrap()),
+    ] {
+        assert_eq!(counter(&metrics, "/v1/consults/{id}/check-in", "200"), 1, "{name}");
+        assert_eq!(counter(&metrics, "/v1/consults/{id}/participants/{pid}/admit", "200"), 1, "{name}");
+        assert_eq!(counter(&metrics, "/v1/consults/{id}/signal", "101"), 2, "{name}");
+    }
+    assert_eq!(consult_statuses(&app, clin.id).await, vec!["ended".to_string(); 2]);
 }

@@ -1,6 +1,7 @@
 use crate::helpers::spawn_app;
 
-fn counter(text: &str, route: &str, status: &str) -> u64 {
+/// The request counter of `route` answered with `status` in a `/metrics` text.
+pub fn counter(text: &str, route: &str, status: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with("coherency_http_requests_total{"))
         .filter(|l| l.contains(&format!("route=\"{route}\"")) && l.contains(&format!("status=\"{status}\"")))
