@@ -510,37 +510,46 @@ impl Conn {
     }
 }
 
+/// A websocket upgrade request for `url` with the config's bearer token and `Origin`.
+pub(crate) fn authorized_request(
+    url: String,
+    config: &ClientConfig,
+) -> Result<tungstenite::handshake::client::Request, ClientError> {
+    let mut request = url.into_client_request().map_err(|e| ClientError::Connect(e.to_string()))?;
+    let headers = request.headers_mut();
+    let auth = HeaderValue::from_str(&format!("Bearer {}", config.token))
+        .map_err(|_| ClientError::Connect("token is not a valid header value".into()))?;
+    headers.insert("authorization", auth);
+    if let Some(origin) = &config.origin {
+        let origin = HeaderValue::from_str(origin)
+            .map_err(|_| ClientError::Connect("origin is not a valid header value".into()))?;
+        headers.insert("origin", origin);
+    }
+    Ok(request)
+}
+
+/// A failed upgrade: the server's refusal (status and body), or why nothing answered.
+pub(crate) fn handshake_error(e: tungstenite::Error) -> ClientError {
+    match e {
+        tungstenite::Error::Http(resp) => ClientError::Rejected {
+            status: resp.status().as_u16(),
+            body: resp.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
+        },
+        other => ClientError::Connect(other.to_string()),
+    }
+}
+
 /// Opens the transport the config names (no protocol message yet).
 async fn connect(config: &ClientConfig) -> Result<Conn, ClientError> {
     match config.transport {
         Transport::WebSocket => {
-            let mut request =
-                config.stream_url().into_client_request().map_err(|e| ClientError::Connect(e.to_string()))?;
-            let headers = request.headers_mut();
-            let auth = HeaderValue::from_str(&format!("Bearer {}", config.token))
-                .map_err(|_| ClientError::Connect("token is not a valid header value".into()))?;
-            headers.insert("authorization", auth);
-            if let Some(origin) = &config.origin {
-                let origin = HeaderValue::from_str(origin)
-                    .map_err(|_| ClientError::Connect("origin is not a valid header value".into()))?;
-                headers.insert("origin", origin);
-            }
+            let request = authorized_request(config.stream_url(), config)?;
             let ws_config = WebSocketConfig::default()
                 .max_message_size(Some(limits::MAX_SERVER_MESSAGE_BYTES))
                 .max_frame_size(Some(limits::MAX_SERVER_MESSAGE_BYTES));
             let (socket, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true)
                 .await
-                .map_err(|e| match e {
-                    tungstenite::Error::Http(resp) => ClientError::Rejected {
-                        status: resp.status().as_u16(),
-                        body: resp
-                            .body()
-                            .as_deref()
-                            .map(|b| String::from_utf8_lossy(b).into_owned())
-                            .unwrap_or_default(),
-                    },
-                    other => ClientError::Connect(other.to_string()),
-                })?;
+                .map_err(handshake_error)?;
             Ok(Conn::Ws(Box::new(socket)))
         }
         #[cfg(feature = "rtc")]

@@ -16,9 +16,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
@@ -104,23 +102,8 @@ fn to_init(c: IceCandidate) -> RTCIceCandidateInit {
 impl DataChannelConn {
     /// Signals a new peer connection and waits for the `scan` channel to open.
     pub async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
-        let mut request = signal_url(config).into_client_request().map_err(|e| ClientError::Connect(e.to_string()))?;
-        let headers = request.headers_mut();
-        let auth = HeaderValue::from_str(&format!("Bearer {}", config.token))
-            .map_err(|_| ClientError::Connect("token is not a valid header value".into()))?;
-        headers.insert("authorization", auth);
-        if let Some(origin) = &config.origin {
-            let origin = HeaderValue::from_str(origin)
-                .map_err(|_| ClientError::Connect("origin is not a valid header value".into()))?;
-            headers.insert("origin", origin);
-        }
-        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| match e {
-            tungstenite::Error::Http(resp) => ClientError::Rejected {
-                status: resp.status().as_u16(),
-                body: resp.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default(),
-            },
-            other => ClientError::Connect(other.to_string()),
-        })?;
+        let request = crate::client::authorized_request(signal_url(config), config)?;
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.map_err(crate::client::handshake_error)?;
         let ice_servers = loop {
             match next_signal(&mut ws).await? {
                 SignalOut::Welcome { ice_servers } => break ice_servers,

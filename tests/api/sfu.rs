@@ -108,7 +108,10 @@ pub async fn join_media_at(
     let out = (sink.clone(), me);
     tokio::spawn(async move {
         let mut pending: Vec<RTCIceCandidateInit> = Vec::new();
-        while let Some(Ok(Message::Text(t))) = stream.next().await {
+        // Pings (the server's heartbeat starts with one, before or after `welcome`) are
+        // skipped, not taken for the end of the socket.
+        while let Some(Ok(frame)) = stream.next().await {
+            let Message::Text(t) = frame else { continue };
             let m: Value = serde_json::from_str(&t).unwrap();
             match m["type"].as_str().unwrap() {
                 "answer" => {
