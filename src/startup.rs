@@ -75,6 +75,7 @@ impl Application {
         let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
         let leases = Arc::new(crate::cluster::Leases::new(stores.redis.clone(), node.clone()));
         let bus = Arc::new(crate::cluster::Bus::new(stores.redis.clone(), node.clone()));
+        let capture_live = coherency_actors::capture::LiveSessions::default();
         let state = web::Data::new(AppState {
             leases,
             bus,
@@ -82,7 +83,8 @@ impl Application {
             rooms: Default::default(),
             room_deps,
             webhook_wake,
-            capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics),
+            capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone()),
+            capture_live,
             booking_locks: Default::default(),
             audit: crate::audit::AuditLog::start(stores.pg.clone()),
             dashboard: crate::dashboard::start_hub(),
@@ -194,7 +196,12 @@ impl ShutdownHandle {
         // Rooms move: participants reconnect (1001) to another node, which claims them.
         self.state.rooms.retire_all();
         self.state.leases.release_prefix("lease:room:").await;
-        self.state.capture.do_send(coherency_actors::capture::Drain);
+        // Capture sessions hand over (what they received made durable) before their leases
+        // go, so the node a phone resumes on starts from everything acked here.
+        if self.state.capture.send(coherency_actors::capture::Drain).await.is_err() {
+            tracing::warn!("capture registry gone before the drain");
+        }
+        self.state.leases.release_prefix("lease:scan:").await;
         self.server.stop(true).await;
         tracing::info!("stopped");
     }

@@ -46,6 +46,9 @@ pub struct AppState {
     pub audit: crate::audit::AuditLog,
     /// Leases this node holds on rooms and capture sessions (`crate::cluster`).
     pub leases: Arc<crate::cluster::Leases>,
+    /// The scans whose capture session runs on this node (kept by `capture`; the scan
+    /// leases' renewer reads it).
+    pub capture_live: coherency_actors::capture::LiveSessions,
     /// This node's end of the node bus (`crate::cluster::bus`).
     pub bus: Arc<crate::cluster::Bus>,
     /// Signalling sockets here whose room runs on another node.

@@ -5,7 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use coherency_actors::capture::{CaptureError, GetSnapshot, ListSessions, Outbound, SessionPhase, StopSession};
+use coherency_actors::capture::{
+    CaptureError, Drain, GetSnapshot, HandOverScan, ListSessions, Outbound, SessionPhase, StopSession,
+};
 use coherency_actors::retry::RetryPolicy;
 use coherency_actors::store::{ScanState, ScanStatus};
 use coherency_protocol::scan::{close, ServerMsg};
@@ -119,6 +121,61 @@ async fn a_restarted_session_resumes_from_the_durable_seq_in_the_index() {
     finish_run(&h, &mut phone).await;
     h.assert_stored_exactly(&frames);
     wait_complete(&h).await;
+}
+
+/// A config whose partial chunks wait (a long flush window): only a handover or a drain
+/// makes the last frames durable.
+fn holding_config() -> coherency_actors::CaptureConfig {
+    coherency_actors::CaptureConfig { flush_window: Duration::from_secs(60), ..test_config() }
+}
+
+#[actix_rt::test]
+async fn a_handover_makes_every_received_frame_durable_supersedes_the_connection_and_stops() {
+    let h = Harness::new(holding_config());
+    let frames = make_frames(60, 64, 48);
+    let mut phone = Phone::new(h.scan_id, frames.clone());
+    let mut conn = phone.connect(&h.registry).await.expect("attach");
+    // Frame n+1 is built (not yet sent) once frame n's reply came: 20 frames received.
+    phone.run(&mut conn, false, |p, _| p.highest_sent > 20).await;
+    let durable = h.registry.send(HandOverScan { scan_id: h.scan_id }).await.expect("registry");
+    assert_eq!(durable, Some(20), "every frame received is durable before the session lets go");
+    assert_eq!(h.index.state(h.scan_id).map(|s| s.acked_seq), Some(20));
+    let end = phone.run(&mut conn, false, |_, _| false).await;
+    assert_eq!(end, RunEnd::Closed(close::SUPERSEDED));
+    assert_eq!(conn.errors.iter().map(|e| e.code.as_str()).collect::<Vec<_>>(), vec!["superseded"]);
+    let live = h.live.clone();
+    let scan = h.scan_id;
+    eventually("the session stopped", || {
+        let live = live.clone();
+        async move { !live.contains(scan) }
+    })
+    .await;
+    assert_eq!(h.registry.send(HandOverScan { scan_id: h.scan_id }).await.expect("registry"), None);
+
+    // A new session (here, or on the node that took the scan) starts from the index.
+    let mut p2 = Phone::new(h.scan_id, frames.clone());
+    p2.highest_sent = 20;
+    p2.next = 21;
+    let c2 = finish_run(&h, &mut p2).await;
+    assert!(c2.errors.is_empty());
+    h.assert_stored_exactly(&frames);
+    wait_complete(&h).await;
+}
+
+#[actix_rt::test]
+async fn draining_closes_connections_with_1001_after_making_their_frames_durable() {
+    let h = Harness::new(holding_config());
+    let frames = make_frames(30, 64, 48);
+    let mut phone = Phone::new(h.scan_id, frames);
+    let mut conn = phone.connect(&h.registry).await.expect("attach");
+    phone.run(&mut conn, false, |p, _| p.highest_sent > 13).await;
+    assert_eq!(h.registry.send(Drain).await.expect("registry"), 1);
+    assert_eq!(h.index.state(h.scan_id).map(|s| s.acked_seq), Some(13));
+    let end = phone.run(&mut conn, false, |_, _| false).await;
+    assert_eq!(end, RunEnd::Closed(close::GOING_AWAY));
+    assert!(conn.errors.is_empty(), "{:?}", conn.errors);
+    let err = phone.connect(&h.registry).await.err();
+    assert_eq!(err, Some(CaptureError::Draining));
 }
 
 #[actix_rt::test]

@@ -80,6 +80,8 @@ pub struct ClientConfig {
     /// Data channel only: gather loopback candidates only (tests and single-machine runs).
     pub rtc_loopback_only: bool,
     /// Limit for one TCP + websocket handshake (+ data channel setup) + `hello`/`welcome` exchange.
+    /// The upgrade itself may take up to 10 s while the scan moves from a server that died
+    /// (`docs/protocol.md` §2.6).
     pub connect_timeout: Duration,
     /// Consecutive failed reconnection attempts before giving up.
     pub max_reconnect_attempts: u32,
@@ -112,7 +114,7 @@ impl ClientConfig {
             transport: Transport::WebSocket,
             rtc_loopback_only: false,
             window: limits::DEFAULT_WINDOW,
-            connect_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(15),
             max_reconnect_attempts: 20,
             reconnect_deadline: Duration::from_secs(60),
             initial_backoff: Duration::from_millis(50),

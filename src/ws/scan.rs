@@ -2,9 +2,12 @@
 //!
 //! Before the upgrade: Origin, credentials, the `scans:create` permission (with MFA for
 //! staff), and object access (the scan's patient themself, a clinician caring for them, an
-//! admin) — refusals are ordinary JSON errors. After it, this task is a pump: it decodes
-//! each message (size checked first), forwards frames and `finish` to the scan's
-//! `CaptureSession` and writes back whatever the session puts in the connection's outbox.
+//! admin) — refusals are ordinary JSON errors. Then this node takes the scan's lease
+//! (`crate::cluster::scans`; 503 `unavailable` while another node will not let go). After
+//! the upgrade, this task is a pump: it decodes each message (size checked first), forwards
+//! frames and `finish` to the scan's `CaptureSession` and writes back whatever the session
+//! puts in the connection's outbox; every second it also checks that the scan's lease is
+//! still this node's.
 //! Backpressure: while a frame's reply is pending (the session holds it back when its
 //! backlog is high) the socket is not read, so TCP pushes back on the phone; nothing here
 //! buffers without bound. Also here: the Prometheus side of the capture metrics.
@@ -18,7 +21,7 @@ use std::time::Duration;
 use actix::{Actor, Addr, MailboxError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
-use coherency_actors::capture::{Detach, Finish, Frame, Outbound};
+use coherency_actors::capture::{Detach, Finish, Frame, LiveSessions, Outbound};
 use coherency_actors::metrics::SessionMetrics;
 use coherency_actors::store::StoreKind;
 use coherency_actors::{CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry};
@@ -35,6 +38,7 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, Permission, Principal};
 use crate::clock::Clock;
+use crate::cluster::scans::{self, Standing};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -61,7 +65,7 @@ type Pending = Pin<Box<dyn Future<Output = Result<Result<(), CaptureError>, Mail
               (status = 403, description = "forbidden, origin_not_allowed, consent_required, mfa_required"),
               (status = 404, description = "not_found: no such scan visible to the caller"),
               (status = 409, description = "scan_not_streamable: failed or cancelled"),
-              (status = 503, description = "unavailable: draining")))]
+              (status = 503, description = "unavailable: draining, or another server still holds the scan")))]
 #[tracing::instrument(skip_all, fields(scan_id = tracing::field::Empty))]
 pub async fn stream(
     state: web::Data<AppState>,
@@ -72,6 +76,7 @@ pub async fn stream(
     let (who, scan_id) = authorize_stream(&state, &req, &path).await?;
     let (response, session, messages) =
         actix_ws::handle(&req, body).map_err(|_| ApiError::new(Code::BadRequest, "expected a websocket upgrade"))?;
+    scans::acquire(&state, scan_id).await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.stream", "success").target("scan", scan_id.as_uuid()))
         .await?;
     // A single websocket frame is refused by its header; a fragmented message by its sum.
@@ -198,6 +203,10 @@ impl End {
     fn protocol(code: Code, message: &str) -> Self {
         Self::error(ErrorMsg::new(code, message), "protocol error")
     }
+    /// The scan now streams through another node (its lease moved there).
+    fn superseded() -> Self {
+        Self::error(CaptureError::Superseded.to_error_msg(), "superseded")
+    }
 }
 
 struct Pump<W> {
@@ -313,6 +322,11 @@ impl<W: Wire> Pump<W> {
         if hello.scan_id != self.scan_id {
             return End::protocol(Code::MalformedMessage, "hello.scan does not match the scan in the URL");
         }
+        // The lease was taken before the upgrade; a newer connection elsewhere may have
+        // moved the scan since.
+        if let Standing::Lost = scans::standing(&self.state, self.scan_id).await {
+            return End::superseded();
+        }
         let registry = self.state.capture.clone();
         match coherency_actors::attach(&registry, self.scan_id, self.conn_id, hello.resume_from, outbox).await {
             Ok((addr, _)) => *session_addr = Some(addr),
@@ -394,6 +408,11 @@ impl<W: Wire> Pump<W> {
                     if self.last_heard.elapsed() > limits::HEARTBEAT_TIMEOUT {
                         return End::close(close::GOING_AWAY, "heartbeat timeout");
                     }
+                    if session_addr.is_some() {
+                        if let Standing::Lost = scans::standing(&self.state, self.scan_id).await {
+                            return End::superseded();
+                        }
+                    }
                     if self.last_sent.elapsed() >= limits::HEARTBEAT_INTERVAL {
                         self.ping_n += 1;
                         let n = self.ping_n;
@@ -455,8 +474,14 @@ pub fn capture_config(config: &Config) -> CaptureConfig {
 }
 
 /// Starts the node's capture registry over the real stores, its sessions spread over one
-/// arbiter per core.
-pub fn start_registry(config: &Config, stores: &Stores, clock: &Clock, metrics: &Metrics) -> Addr<CaptureRegistry> {
+/// arbiter per core, publishing its running sessions through `live`.
+pub fn start_registry(
+    config: &Config,
+    stores: &Stores,
+    clock: &Clock,
+    metrics: &Metrics,
+    live: LiveSessions,
+) -> Addr<CaptureRegistry> {
     coherency_actors::reconstruction::FusionPool::set_worker_nice(config.fusion_nice);
     let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
     let deps = CaptureDeps::new(
@@ -470,7 +495,7 @@ pub fn start_registry(config: &Config, stores: &Stores, clock: &Clock, metrics: 
     .with_config(capture_config(config));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let arbiters = (0..cores).map(|_| actix::Arbiter::new().handle()).collect();
-    CaptureRegistry::new(deps).with_arbiters(arbiters).start()
+    CaptureRegistry::new(deps).with_arbiters(arbiters).with_live(live).start()
 }
 
 /// Capture metrics in Prometheus: node-wide totals of the per-session figures the actors

@@ -1,16 +1,17 @@
 //! `GET /v1/scans/{id}/rtc`: the scan stream over a WebRTC data channel
 //! (`docs/protocol.md`, "WebRTC data channel transport").
 //!
-//! The socket itself is only signalling (JSON text): the same checks as the websocket
-//! stream run before the upgrade, the server sends `welcome` with its ICE servers, the phone
-//! sends one SDP offer carrying a data channel labelled `scan`, the server answers, and both
-//! trickle candidates. Each such socket gets its own peer connection (webrtc-rs 0.17, data
-//! channels detached so that this module reads them itself). Once the channel opens, the same
-//! pump as the websocket's (`super::scan::run_pump`) drives it: same `CaptureSession`, same
-//! v1 messages, acks, resume, limits and error codes. Only the framing differs: every v1
-//! message travels in fragments (`coherency_protocol::datachannel`), and the close code goes
-//! in a `CLOSE` fragment — and, while the signalling socket is still open, as its websocket
-//! close code too.
+//! The socket itself is only signalling (JSON text): the same checks (and the same claim of
+//! the scan's lease) as the websocket stream run before the upgrade, the server sends
+//! `welcome` with its ICE servers, the phone sends one SDP offer carrying a data channel
+//! labelled `scan`, the server answers, and both trickle candidates. Each such socket gets
+//! its own peer connection (webrtc-rs 0.17, data channels detached so that this module reads
+//! them itself). Once the channel opens, the same pump as the websocket's
+//! (`super::scan::run_pump`) drives it: same `CaptureSession`, same v1 messages, acks,
+//! resume, limits and error codes. Only the framing differs: every v1 message travels in
+//! fragments (`coherency_protocol::datachannel`), and the close code goes in a `CLOSE`
+//! fragment — and, while the signalling socket is still open, as its websocket close code
+//! too.
 //!
 //! Backpressure: the channel's reader hands one whole message at a time to the pump; while
 //! the pump holds a frame back (the session is congested) the reader stops reading, the SCTP
@@ -71,7 +72,7 @@ const FLUSH_GRACE: Duration = Duration::from_secs(1);
               (status = 403, description = "forbidden, origin_not_allowed, consent_required, mfa_required"),
               (status = 404, description = "not_found: no such scan visible to the caller"),
               (status = 409, description = "scan_not_streamable: failed or cancelled"),
-              (status = 503, description = "unavailable: draining")))]
+              (status = 503, description = "unavailable: draining, or another server still holds the scan")))]
 #[tracing::instrument(skip_all, fields(scan_id = tracing::field::Empty))]
 pub async fn signal(
     state: web::Data<AppState>,
@@ -82,6 +83,7 @@ pub async fn signal(
     let (who, scan_id) = super::scan::authorize_stream(&state, &req, &path).await?;
     let (response, session, messages) =
         actix_ws::handle(&req, body).map_err(|_| ApiError::new(Code::BadRequest, "expected a websocket upgrade"))?;
+    crate::cluster::scans::acquire(&state, scan_id).await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.stream", "success").target("scan", scan_id.as_uuid()))
         .await?;
     let messages = messages.max_frame_size(MAX_SIGNAL_FRAME);

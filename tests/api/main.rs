@@ -9,6 +9,7 @@ mod auth;
 mod booking;
 mod browser;
 mod cluster_consult;
+mod cluster_scan;
 mod config_cli;
 mod consults;
 mod dashboard;

@@ -306,7 +306,7 @@ async fn mongo_unreachable_does_not_hold_up_acks_and_every_quality_record_arrive
 // protocol errors, on raw sockets
 // ---------------------------------------------------------------------------------------
 
-type Raw = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Raw = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn raw_connect(app: &TestApp, token: &str, scan: ScanId) -> Raw {
     let url = format!("ws://127.0.0.1:{}/v1/scans/{scan}/stream", app.port);
@@ -323,7 +323,7 @@ fn hello(scan: ScanId, version: u32) -> Message {
 }
 
 /// Reads until the close: every server message, then the close code.
-async fn until_close(ws: &mut Raw) -> (Vec<ServerMsg>, Option<u16>) {
+pub async fn until_close(ws: &mut Raw) -> (Vec<ServerMsg>, Option<u16>) {
     let mut msgs = Vec::new();
     let res = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = ws.next().await {
@@ -348,7 +348,7 @@ fn error_code(msgs: &[ServerMsg]) -> Option<(String, Option<u64>, Option<Vec<u32
     })
 }
 
-async fn welcomed(app: &TestApp, user: &User, scan: ScanId) -> Raw {
+pub async fn welcomed(app: &TestApp, user: &User, scan: ScanId) -> Raw {
     let mut ws = raw_connect(app, &user.token, scan).await;
     ws.send(hello(scan, 1)).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();

@@ -62,6 +62,11 @@ pub struct CaptureConfig {
     pub idle_timeout: Duration,
     /// The same, once the stream has finished.
     pub finished_idle_timeout: Duration,
+    /// Longest a session handing its scan over (another node takes it, or this node drains)
+    /// spends making its received frames durable before it stops anyway; what is still not
+    /// durable then is resent by the phone. Stays under the node bus's 3 s request timeout,
+    /// so the node asking for the scan hears the answer.
+    pub handover_timeout: Duration,
 }
 
 impl Default for CaptureConfig {
@@ -99,6 +104,7 @@ impl Default for CaptureConfig {
             live_fusion: true,
             idle_timeout: Duration::from_secs(60),
             finished_idle_timeout: Duration::from_secs(5),
+            handover_timeout: Duration::from_secs(2),
         }
     }
 }

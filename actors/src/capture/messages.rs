@@ -122,6 +122,30 @@ pub struct GetSnapshot;
 #[rtype(result = "()")]
 pub struct Shutdown;
 
+/// Why a session hands its scan on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandOverReason {
+    /// The phone reconnected to another node, which asked for the scan: the connection
+    /// here (if still attached) gets `error {superseded}` and close 4001, as in a takeover
+    /// on one node.
+    Takeover,
+    /// This node is draining: the connection gets close 1001 and the phone resumes
+    /// elsewhere.
+    Drain,
+}
+
+/// Ends a session gracefully so that another node can take the scan: the attached
+/// connection is closed (see [`HandOverReason`]), no frame is taken any more, the frames
+/// already received are made durable (within `CaptureConfig::handover_timeout`; what is
+/// still not durable then is dropped and resent by the phone), then the session stops.
+/// Answers the highest durable seq once it has stopped writing.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "u64")]
+pub struct HandOver {
+    /// Why.
+    pub reason: HandOverReason,
+}
+
 /// Where a session stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionPhase {

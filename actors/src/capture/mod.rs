@@ -12,10 +12,11 @@ pub mod writer;
 pub use config::CaptureConfig;
 pub use error::CaptureError;
 pub use messages::{
-    Attach, AttachOutcome, ConnId, Detach, Finish, Frame, GetSnapshot, Outbound, Outbox, SessionPhase, SessionSnapshot,
-    Shutdown,
+    Attach, AttachOutcome, ConnId, Detach, Finish, Frame, GetSnapshot, HandOver, HandOverReason, Outbound, Outbox,
+    SessionPhase, SessionSnapshot, Shutdown,
 };
 pub use registry::{
-    attach, CaptureDeps, CaptureRegistry, Drain, GetOrStart, ListSessions, SessionStopped, StopSession,
+    attach, CaptureDeps, CaptureRegistry, Drain, GetOrStart, HandOverScan, ListSessions, LiveSessions, SessionStopped,
+    StopSession,
 };
 pub use session::CaptureSession;

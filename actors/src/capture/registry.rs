@@ -1,19 +1,21 @@
 //! `CaptureRegistry`: one per node. Finds or starts the capture session of a scan, forgets
-//! sessions when they stop (they stop themselves when idle), and drains them on shutdown.
+//! sessions when they stop (they stop themselves when idle), hands a scan's session over
+//! when another node takes the scan, and drains them on shutdown.
 //!
 //! Ownership across nodes (a Redis lease per scan) is the server's job before it calls
-//! [`attach`]; this registry only knows its own node.
+//! [`attach`]; this registry only knows its own node. It publishes which scans have a
+//! session actor running here ([`LiveSessions`]), which the server's lease renewer reads.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use coherency_protocol::ids::ScanId;
 
 use super::config::CaptureConfig;
 use super::error::CaptureError;
-use super::messages::{Attach, AttachOutcome, ConnId, Outbox, Shutdown};
+use super::messages::{Attach, AttachOutcome, ConnId, HandOver, HandOverReason, Outbox, Shutdown};
 use super::session::CaptureSession;
 use crate::metrics::{NoMetrics, SessionMetrics};
 use crate::store::{FinishHook, FrameStore, NoObserver, NoReconstruction, ProgressObserver, QualitySink, ScanIndex};
@@ -81,11 +83,54 @@ struct Entry {
     addr: Addr<CaptureSession>,
 }
 
+/// The scans whose session actor runs on this node, from its start until it has stopped
+/// (including while it hands over or drains, after the registry has forgotten it).
+/// Readable from outside the actor system without a message: the server's lease renewer
+/// asks it every pass.
+#[derive(Clone, Default)]
+pub struct LiveSessions(Arc<Mutex<HashMap<ScanId, usize>>>);
+
+impl LiveSessions {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ScanId, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a session of `scan_id` runs here.
+    pub fn contains(&self, scan_id: ScanId) -> bool {
+        self.map().contains_key(&scan_id)
+    }
+
+    /// Scans with a running session.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether no session runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn started(&self, scan_id: ScanId) {
+        *self.map().entry(scan_id).or_insert(0) += 1;
+    }
+
+    fn stopped(&self, scan_id: ScanId) {
+        let mut map = self.map();
+        if let Some(n) = map.get_mut(&scan_id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&scan_id);
+            }
+        }
+    }
+}
+
 /// The node's capture sessions, by scan.
 pub struct CaptureRegistry {
     deps: Arc<CaptureDeps>,
     arbiters: Vec<ArbiterHandle>,
     sessions: HashMap<ScanId, Entry>,
+    live: LiveSessions,
     next_instance: u64,
     draining: bool,
 }
@@ -93,7 +138,25 @@ pub struct CaptureRegistry {
 impl CaptureRegistry {
     /// A registry whose sessions run on the arbiter that starts it.
     pub fn new(deps: CaptureDeps) -> Self {
-        Self { deps: Arc::new(deps), arbiters: Vec::new(), sessions: HashMap::new(), next_instance: 1, draining: false }
+        Self {
+            deps: Arc::new(deps),
+            arbiters: Vec::new(),
+            sessions: HashMap::new(),
+            live: LiveSessions::default(),
+            next_instance: 1,
+            draining: false,
+        }
+    }
+
+    /// Publishes the running sessions through `live` (the server keeps a clone).
+    pub fn with_live(mut self, live: LiveSessions) -> Self {
+        self.live = live;
+        self
+    }
+
+    /// The running sessions, as [`Self::with_live`] set them.
+    pub fn live(&self) -> LiveSessions {
+        self.live.clone()
     }
 
     /// Spreads sessions over these arbiters (by scan id), so that many scans use several
@@ -144,6 +207,7 @@ impl Handler<GetOrStart> for CaptureRegistry {
             CaptureSession::start_in_arbiter(arbiter, make)
         };
         tracing::debug!(instance, "capture session started");
+        self.live.started(scan_id);
         self.sessions.insert(scan_id, Entry { instance, addr: addr.clone() });
         Ok(addr)
     }
@@ -163,6 +227,7 @@ impl Handler<SessionStopped> for CaptureRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: SessionStopped, _ctx: &mut Context<Self>) {
+        self.live.stopped(msg.scan_id);
         if self.sessions.get(&msg.scan_id).is_some_and(|e| e.instance == msg.instance) {
             self.sessions.remove(&msg.scan_id);
         }
@@ -191,22 +256,51 @@ impl Handler<StopSession> for CaptureRegistry {
     }
 }
 
-/// Stops taking new sessions and ends every running one (their phones get close 1001 and
-/// resume elsewhere). Returns how many were running.
+/// Another node takes the scan: its session here hands over ([`HandOver`] with
+/// [`HandOverReason::Takeover`]) and is forgotten at once, so a later attach on this node
+/// starts afresh from storage. Answers the session's durable seq once it has stopped
+/// writing, or `None` when no session was registered.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<u64>")]
+pub struct HandOverScan {
+    /// The scan.
+    pub scan_id: ScanId,
+}
+
+impl Handler<HandOverScan> for CaptureRegistry {
+    type Result = ResponseFuture<Option<u64>>;
+
+    #[tracing::instrument(skip_all, fields(scan_id = %msg.scan_id))]
+    fn handle(&mut self, msg: HandOverScan, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(e) = self.sessions.remove(&msg.scan_id) else { return Box::pin(async { None }) };
+        let asked = e.addr.send(HandOver { reason: HandOverReason::Takeover });
+        Box::pin(async move { asked.await.ok() })
+    }
+}
+
+/// Stops taking new sessions and hands every running one over ([`HandOver`] with
+/// [`HandOverReason::Drain`]: phones get close 1001 and resume elsewhere, frames received
+/// are made durable first). Answers how many were running, once they have all stopped
+/// writing (each within `CaptureConfig::handover_timeout`).
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "usize")]
 pub struct Drain;
 
 impl Handler<Drain> for CaptureRegistry {
-    type Result = usize;
+    type Result = ResponseFuture<usize>;
 
-    fn handle(&mut self, _msg: Drain, _ctx: &mut Context<Self>) -> usize {
+    fn handle(&mut self, _msg: Drain, _ctx: &mut Context<Self>) -> Self::Result {
         self.draining = true;
         let n = self.sessions.len();
-        for (_, e) in self.sessions.drain() {
-            e.addr.do_send(Shutdown);
-        }
-        n
+        // Every request is queued now, so the sessions flush side by side.
+        let asked: Vec<_> =
+            self.sessions.drain().map(|(_, e)| e.addr.send(HandOver { reason: HandOverReason::Drain })).collect();
+        Box::pin(async move {
+            for a in asked {
+                let _ = a.await;
+            }
+            n
+        })
     }
 }
 
@@ -224,7 +318,8 @@ impl Handler<ListSessions> for CaptureRegistry {
 }
 
 /// Gets (or starts) the scan's session and attaches a connection to it: what a pump calls
-/// after `hello`. Retries when it catches a session that is just stopping.
+/// after `hello`. Retries when it catches a session that is just stopping (or handing
+/// over).
 pub async fn attach(
     registry: &Addr<CaptureRegistry>,
     scan_id: ScanId,
@@ -236,6 +331,7 @@ pub async fn attach(
     for _ in 0..3 {
         let session = registry.send(GetOrStart { scan_id }).await??;
         match session.send(Attach { conn_id, resume_from, outbox: outbox.clone() }).await {
+            Ok(Err(CaptureError::Stopped)) => last = CaptureError::Stopped,
             Ok(res) => return res.map(|o| (session, o)),
             Err(e) => last = e.into(),
         }

@@ -3,6 +3,8 @@
 //! durable pipeline, acks what the pipeline reports durable, tells the phone to slow down
 //! when the backlog grows, computes per-frame statistics and live progress, and finishes
 //! the stream. It never touches a socket: it talks to the attached connection's outbox.
+//! When the scan moves to another node (or this node drains) it hands over: closes the
+//! connection, makes what it received durable, and stops.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,8 +19,8 @@ use tokio::time::Instant;
 
 use super::error::CaptureError;
 use super::messages::{
-    Attach, AttachOutcome, ConnId, Detach, Finish, Frame, GetSnapshot, Outbound, Outbox, SessionPhase, SessionSnapshot,
-    Shutdown,
+    Attach, AttachOutcome, ConnId, Detach, Finish, Frame, GetSnapshot, HandOver, HandOverReason, Outbound, Outbox,
+    SessionPhase, SessionSnapshot, Shutdown,
 };
 use super::registry::{CaptureDeps, SessionStopped};
 use super::writer::{spawn_durable, ChunkJob, DurablePipeline, QualityQueue, WriterDeps, WriterEvent};
@@ -87,6 +89,11 @@ pub struct CaptureSession {
     last_frame_at: Option<Instant>,
     last_activity: Instant,
     finalizing: bool,
+    /// Handing over: no connection is taken any more, the backlog is being made durable
+    /// and the session stops once it is (or `handover_timeout` passed).
+    handing_over: bool,
+    /// Who waits for the handover to end (answered with the durable seq).
+    handover_waiters: Vec<oneshot::Sender<u64>>,
 }
 
 impl CaptureSession {
@@ -133,6 +140,8 @@ impl CaptureSession {
             last_frame_at: None,
             last_activity: Instant::now(),
             finalizing: false,
+            handing_over: false,
+            handover_waiters: Vec::new(),
             deps,
         }
     }
@@ -405,7 +414,7 @@ impl CaptureSession {
             } else {
                 self.backlog[start].received_at.elapsed() >= cfg.flush_window
             };
-            let force = due || matches!(self.phase, SessionPhase::Finishing { .. });
+            let force = due || self.handing_over || matches!(self.phase, SessionPhase::Finishing { .. });
             if !full && !force {
                 break;
             }
@@ -484,6 +493,7 @@ impl CaptureSession {
         self.update_flow();
         self.try_flush(ctx);
         self.check_finish(ctx);
+        self.check_handed_over(ctx);
     }
 
     /// The durable path failed for good. Frames that are not durable are forgotten — the
@@ -509,6 +519,7 @@ impl CaptureSession {
         let err = if error.is_transient() { CaptureError::Unavailable } else { CaptureError::Internal };
         self.fail_conn(&err, None);
         self.deps.metrics.durable_backlog(self.scan_id, 0, 0);
+        self.check_handed_over(ctx);
     }
 
     // --- finishing ---------------------------------------------------------------------
@@ -534,7 +545,7 @@ impl CaptureSession {
             )
             .await
         };
-        ctx.spawn(mark.into_actor(self).map(move |res, act, _ctx| {
+        ctx.spawn(mark.into_actor(self).map(move |res, act, ctx| {
             act.finalizing = false;
             match res {
                 Ok(()) => act.finish_stream(last),
@@ -547,6 +558,7 @@ impl CaptureSession {
                     act.fail_conn(&err, None);
                 }
             }
+            act.check_handed_over(ctx);
         }));
     }
 
@@ -599,6 +611,53 @@ impl CaptureSession {
         });
     }
 
+    // --- handing over ------------------------------------------------------------------
+
+    /// Starts a handover: the connection goes, every received frame is submitted at once,
+    /// and the session stops when they are durable or `handover_timeout` has passed. A
+    /// finish already under way (the scan being marked processing) completes first.
+    fn begin_handover(&mut self, reason: HandOverReason, ctx: &mut Context<Self>) {
+        self.handing_over = true;
+        tracing::info!(?reason, durable = self.durable_seq, received = self.received_seq, "handing the scan over");
+        match reason {
+            HandOverReason::Takeover => self.fail_conn(&CaptureError::Superseded, None),
+            HandOverReason::Drain => {
+                if let Some(conn) = self.conn.take() {
+                    let _ = conn.outbox.try_send(Outbound::Close(close::GOING_AWAY));
+                }
+                self.release_waiters(Err(CaptureError::Stopped));
+            }
+        }
+        if let Some(t) = self.flush_timer.take() {
+            ctx.cancel_future(t);
+        }
+        self.try_flush(ctx);
+        ctx.run_later(self.deps.config.handover_timeout, |act, ctx| {
+            if !act.backlog.is_empty() {
+                tracing::warn!(
+                    durable = act.durable_seq,
+                    received = act.received_seq,
+                    "handover timed out; the phone resends what is not durable"
+                );
+            }
+            act.handed_over(ctx);
+        });
+        self.check_handed_over(ctx);
+    }
+
+    fn check_handed_over(&mut self, ctx: &mut Context<Self>) {
+        if self.handing_over && self.backlog.is_empty() && !self.finalizing {
+            self.handed_over(ctx);
+        }
+    }
+
+    fn handed_over(&mut self, ctx: &mut Context<Self>) {
+        for w in self.handover_waiters.drain(..) {
+            let _ = w.send(self.durable_seq);
+        }
+        ctx.stop();
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let flowing = self.last_frame_at.is_some_and(|t| t.elapsed() < FLOWING);
         if flowing && matches!(self.phase, SessionPhase::Streaming | SessionPhase::Finishing { .. }) {
@@ -631,6 +690,9 @@ impl Actor for CaptureSession {
         self.deps.metrics.sessions(-1);
         self.deps.metrics.durable_backlog(self.scan_id, 0, 0);
         self.release_waiters(Err(CaptureError::Stopped));
+        for w in self.handover_waiters.drain(..) {
+            let _ = w.send(self.durable_seq);
+        }
         if let Some(r) = &self.registry {
             r.do_send(SessionStopped { scan_id: self.scan_id, instance: self.instance });
         }
@@ -643,6 +705,10 @@ impl Handler<Attach> for CaptureSession {
     #[tracing::instrument(skip_all, fields(scan_id = %self.scan_id, conn = msg.conn_id.0))]
     fn handle(&mut self, msg: Attach, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_activity = Instant::now();
+        if self.handing_over {
+            // The registry has forgotten this session: `attach` starts a new one.
+            return AtomicResponse::new(Box::pin(fut::ready(Err(CaptureError::Stopped))));
+        }
         if self.phase != SessionPhase::Unloaded {
             let res = self.attach_loaded(msg);
             return AtomicResponse::new(Box::pin(fut::ready(res)));
@@ -815,6 +881,21 @@ impl Handler<GetSnapshot> for CaptureSession {
             quality_dropped: self.quality.dropped(),
             frames_fused: self.fusion.as_ref().map_or(self.frames_fused, |f| f.progress().frames_fused),
         })
+    }
+}
+
+impl Handler<HandOver> for CaptureSession {
+    type Result = Response<u64>;
+
+    #[tracing::instrument(skip_all, fields(scan_id = %self.scan_id))]
+    fn handle(&mut self, msg: HandOver, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.handover_waiters.push(tx);
+        if !self.handing_over {
+            self.begin_handover(msg.reason, ctx);
+        }
+        let durable = self.durable_seq;
+        Response::fut(async move { rx.await.unwrap_or(durable) })
     }
 }
 

@@ -13,7 +13,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use coherency_actors::capture::{
     attach, AttachOutcome, CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry, CaptureSession, ConnId, Detach,
-    Finish, Frame, Outbound,
+    Finish, Frame, LiveSessions, Outbound,
 };
 use coherency_actors::metrics::SessionMetrics;
 use coherency_actors::retry::RetryPolicy;
@@ -54,6 +54,8 @@ pub struct Harness {
     pub quality: Arc<MemQualitySink>,
     pub registry: Addr<CaptureRegistry>,
     pub scan_id: ScanId,
+    /// The registry's running sessions.
+    pub live: LiveSessions,
 }
 
 /// Counts what the sessions report through [`SessionMetrics`].
@@ -100,8 +102,9 @@ impl Harness {
         let deps = CaptureDeps::new(frames.clone(), index.clone(), quality.clone())
             .with_config(config)
             .with_metrics(metrics.clone());
-        let registry = CaptureRegistry::new(deps).start();
-        (Self { frames, index, quality, registry, scan_id }, metrics)
+        let live = LiveSessions::default();
+        let registry = CaptureRegistry::new(deps).with_live(live.clone()).start();
+        (Self { frames, index, quality, registry, scan_id, live }, metrics)
     }
 
     /// Every frame `1..=n` is indexed exactly once and its stored bytes are the bytes sent.

@@ -1,0 +1,297 @@
+//! A scan's capture session across nodes (`docs/architecture.md`, Scale-out): the scan's
+//! lease follows the phone. Real nodes — the test app and `coherency serve` child processes
+//! sharing its services — real sockets, the protocol crate's client (raw sockets where the
+//! test plays an old connection).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use coherency::cluster::scan_key;
+use coherency_actors::capture::{GetOrStart, GetSnapshot};
+use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStreamClient, Transport};
+use coherency_protocol::client_rtc::{DataChannelConn, DcIncoming};
+use coherency_protocol::ids::ScanId;
+use coherency_protocol::scan::{decode_server, encode_client, ClientMsg, Hello, ServerMsg, Welcome};
+use futures_util::SinkExt;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{eventually, spawn_app, spawn_app_with, NodeProcess, TestApp, User};
+use crate::scan_stream::{
+    assert_quality_records, assert_stored_exactly, frame_bytes, patient_with_scan, scan_status, stream, until_close,
+    welcomed,
+};
+
+/// A TCP load balancer in front of the nodes: each new connection goes to the node it
+/// currently routes to (a phone keeps one address while the node behind it changes).
+struct Balancer {
+    port: u16,
+    upstream: watch::Sender<u16>,
+}
+
+impl Balancer {
+    async fn start(to: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind balancer");
+        let port = listener.local_addr().expect("addr").port();
+        let (upstream, rx) = watch::channel(to);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let to = *rx.borrow();
+                tokio::spawn(async move {
+                    // A node that is gone: the phone sees its connection close.
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { return };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                });
+            }
+        });
+        Self { port, upstream }
+    }
+
+    fn route_to(&self, port: u16) {
+        self.upstream.send_replace(port);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The node currently holding the scan's lease.
+async fn holder(app: &TestApp, scan: ScanId) -> Option<String> {
+    app.state.leases.owner(&scan_key(scan.as_uuid())).await.expect("redis answers")
+}
+
+/// Waits until the in-process node's session of `scan` has received `seq`; answers its
+/// durable seq then.
+async fn received_here(app: &TestApp, scan: ScanId, seq: u64) -> u64 {
+    let session = app.state.capture.send(GetOrStart { scan_id: scan }).await.unwrap().unwrap();
+    eventually(Duration::from_secs(10), "the session received every frame", || async {
+        let s = session.send(GetSnapshot).await.ok()?;
+        (s.received_seq == seq).then_some(s.durable_seq)
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn a_phone_whose_node_is_killed_mid_scan_resumes_on_another_node_from_its_last_ack() {
+    let app = spawn_app().await;
+    let mut node_a = NodeProcess::start(&app.config, &[]);
+    let (patient, scan) = patient_with_scan(&app).await;
+    let lb = Balancer::start(node_a.port).await;
+    // Taking over from a dead node waits out its lease (at most 6 s) inside the upgrade,
+    // within the client's default connect timeout.
+    let cfg = ClientConfig::new(lb.url(), patient.token.clone(), scan);
+    let mut client = ScanStreamClient::connect_with(cfg).await.unwrap();
+    let welcomes = collect_welcomes(client.take_events().unwrap());
+
+    stream(&mut client, 1, 150).await;
+    let node_a_name = holder(&app, scan).await.expect("node A holds the scan");
+    assert_ne!(node_a_name, app.state.node);
+    let acked_before_kill = client.last_ack();
+    assert!(acked_before_kill > 0, "node A acked frames");
+
+    node_a.child.kill().unwrap(); // SIGKILL: no drain, no release, frames in flight
+    node_a.child.wait().unwrap();
+    lb.route_to(app.port);
+
+    stream(&mut client, 151, 300).await;
+    assert_eq!(holder(&app, scan).await.as_deref(), Some(app.state.node.as_str()), "node B took the scan");
+    let reconnects = client.reconnects();
+    let finished = client.finish().await.unwrap();
+    assert_eq!((finished.frames, finished.last_seq), (300, 300));
+    assert!(reconnects >= 1, "the phone reconnected");
+
+    // Node B's session started from what was durable: from at least the phone's last ack,
+    // and from no frame node A had not stored.
+    let first = welcomes.lock().unwrap().first().cloned().expect("the phone was welcomed again");
+    assert!(first.acked >= acked_before_kill && first.acked <= 150, "{first:?} after ack {acked_before_kill}");
+    assert_eq!(first.next, first.acked + 1, "a fresh session expects the frame after the durable ones");
+    assert_stored_exactly(&app, scan, 300).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let by_b = 300 - first.acked;
+    assert!(
+        metrics.contains(&format!("coherency_capture_frames_durable_total {by_b}")),
+        "node B stored only the frames node A had not ({by_b}): {metrics}"
+    );
+    eventually(Duration::from_secs(60), "scan complete", || async {
+        (scan_status(&app, scan).await == "complete").then_some(())
+    })
+    .await;
+}
+
+fn collect_welcomes(mut events: tokio::sync::mpsc::Receiver<ClientEvent>) -> Arc<Mutex<Vec<Welcome>>> {
+    let welcomes = Arc::new(Mutex::new(Vec::new()));
+    let w = welcomes.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let ClientEvent::Reconnected(welcome) = ev {
+                w.lock().unwrap().push(welcome);
+            }
+        }
+    });
+    welcomes
+}
+
+#[actix_web::test]
+async fn a_phone_moving_to_another_node_closes_its_old_socket_with_4001_and_loses_nothing() {
+    // Node A holds partial chunks back (a long flush window), so only the handover makes
+    // the last frames it received durable.
+    let app = spawn_app_with(|mut c| {
+        c.scan_flush_window_ms = 60_000;
+        c
+    })
+    .await;
+    let node_b = NodeProcess::start(&app.config, &[]);
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut old = welcomed(&app, &patient, scan).await;
+    for seq in 1..=20 {
+        old.send(Message::Binary(frame_bytes(seq).into())).await.unwrap();
+    }
+    let durable_on_a = received_here(&app, scan, 20).await;
+    assert!(durable_on_a < 20, "frames wait for the flush window ({durable_on_a} durable)");
+
+    let cfg = ClientConfig::new(format!("http://127.0.0.1:{}", node_b.port), patient.token.clone(), scan);
+    let mut client = ScanStreamClient::connect_with(cfg).await.unwrap();
+    assert_eq!(client.last_ack(), 20, "node A made every frame it had received durable before letting go");
+    assert_eq!(client.next_seq(), 21);
+    let (msgs, code) = until_close(&mut old).await;
+    assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Error(e) if e.code == "superseded")), "{msgs:?}");
+    assert_eq!(code, Some(4001));
+    eventually(Duration::from_secs(5), "node A no longer runs the scan", || async {
+        (!app.state.capture_live.contains(scan)).then_some(())
+    })
+    .await;
+    let b = holder(&app, scan).await.expect("node B holds the scan");
+    assert_ne!(b, app.state.node);
+
+    stream(&mut client, 21, 200).await;
+    let finished = client.finish().await.unwrap();
+    assert_eq!(finished.last_seq, 200);
+    assert_stored_exactly(&app, scan, 200).await;
+    assert_quality_records(&app, scan, 200, Duration::from_secs(30)).await;
+    eventually(Duration::from_secs(60), "scan complete", || async {
+        (scan_status(&app, scan).await == "complete").then_some(())
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn a_phone_on_a_data_channel_moving_to_another_node_is_superseded_there_and_loses_nothing() {
+    let app = spawn_app_with(|mut c| {
+        c.webrtc_loopback_only = true;
+        c.scan_flush_window_ms = 60_000;
+        c
+    })
+    .await;
+    let node_b = NodeProcess::start(&app.config, &[("COHERENCY_WEBRTC_LOOPBACK_ONLY", "true")]);
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut old = dc_welcomed(&dc_config(&app.address, &patient, scan), scan).await;
+    for seq in 1..=12 {
+        old.send_message(&frame_bytes(seq)).await.unwrap();
+    }
+    received_here(&app, scan, 12).await;
+
+    let b_url = format!("http://127.0.0.1:{}", node_b.port);
+    let mut client = ScanStreamClient::connect_with(dc_config(&b_url, &patient, scan)).await.unwrap();
+    assert_eq!(client.last_ack(), 12, "node A made every frame it had received durable before letting go");
+    let (msgs, code) = dc_until_close(&mut old).await;
+    assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Error(e) if e.code == "superseded")), "{msgs:?}");
+    assert_eq!(code, Some(4001));
+
+    stream(&mut client, 13, 100).await;
+    assert_eq!(client.finish().await.unwrap().last_seq, 100);
+    assert_stored_exactly(&app, scan, 100).await;
+}
+
+fn dc_config(base: &str, user: &User, scan: ScanId) -> ClientConfig {
+    let mut c = ClientConfig::new(base, user.token.clone(), scan);
+    c.transport = Transport::DataChannel;
+    c.rtc_loopback_only = true;
+    c
+}
+
+async fn dc_welcomed(cfg: &ClientConfig, scan: ScanId) -> DataChannelConn {
+    let mut dc = DataChannelConn::open(cfg).await.expect("data channel opens");
+    let hello = ClientMsg::Hello(Hello { version: 1, scan_id: scan, resume_from: None, agent: None });
+    dc.send_message(&encode_client(&hello)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), dc.recv()).await.expect("welcome in time");
+    let Some(DcIncoming::Message(b)) = first else { panic!("expected welcome, got {first:?}") };
+    assert!(matches!(decode_server(&b).unwrap(), ServerMsg::Welcome(_)));
+    dc
+}
+
+async fn dc_until_close(dc: &mut DataChannelConn) -> (Vec<ServerMsg>, Option<u16>) {
+    let mut msgs = Vec::new();
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = dc.recv().await {
+            match m {
+                DcIncoming::Message(b) => msgs.push(decode_server(&b).expect("server message decodes")),
+                DcIncoming::Closed(code, _) => return Some(code),
+                DcIncoming::Broken(e) => panic!("the server broke the framing: {e}"),
+            }
+        }
+        None
+    })
+    .await
+    .expect("the server closes in time");
+    (msgs, code)
+}
+
+#[actix_web::test]
+async fn a_draining_node_makes_its_scans_durable_before_it_lets_go_of_their_leases() {
+    // Partial chunks wait for a long flush window: only the drain makes them durable.
+    let app = spawn_app_with(|mut c| {
+        c.scan_flush_window_ms = 60_000;
+        c
+    })
+    .await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut client = ScanStreamClient::connect_with(crate::scan_stream::config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 20).await;
+    let durable = received_here(&app, scan, 20).await;
+    assert!(durable < 20, "frames wait for the flush window ({durable} durable)");
+    assert_eq!(holder(&app, scan).await.as_deref(), Some(app.state.node.as_str()));
+
+    tokio::time::timeout(Duration::from_secs(30), app.shutdown.drain()).await.expect("the drain ends");
+    // Released, not left to expire (a lease outlives its renewals by seconds).
+    assert_eq!(holder(&app, scan).await, None, "the node let go of the scan");
+    let acked: i64 = sqlx::query_scalar("SELECT acked_seq FROM scans WHERE id = $1")
+        .bind(scan.as_uuid())
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(acked, 20, "every frame received was made durable before the lease went");
+    eventually(Duration::from_secs(5), "no session left after the drain", || async {
+        app.state.capture_live.is_empty().then_some(())
+    })
+    .await;
+    drop(client);
+}
+
+#[actix_web::test]
+async fn an_upgrade_is_refused_with_503_while_another_node_keeps_the_scan() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    // A node that renews the lease but does not listen on the bus (stalled, or partitioned
+    // from it) never lets go.
+    let mut redis = app.state.stores.redis.conn.clone();
+    let key = app.state.stores.redis.key(&scan_key(scan.as_uuid()));
+    let _: () =
+        redis::cmd("SET").arg(&key).arg("node-stalled").arg("PX").arg(60_000).query_async(&mut redis).await.unwrap();
+
+    let mut cfg = ClientConfig::new(app.address.clone(), patient.token.clone(), scan);
+    cfg.connect_timeout = Duration::from_secs(30);
+    let started = tokio::time::Instant::now();
+    let err = ScanStreamClient::connect_with(cfg).await.err().expect("refused");
+    let waited = started.elapsed();
+    let ClientError::Rejected { status, body } = err else { panic!("expected a refused upgrade, got {err}") };
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"unavailable\""), "{body}");
+    assert!(waited >= Duration::from_secs(9) && waited < Duration::from_secs(15), "waited {waited:?}");
+
+    // Once the lease is gone the scan streams here.
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
+    let mut client = ScanStreamClient::connect_with(crate::scan_stream::config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 3).await;
+    assert_eq!(client.finish().await.unwrap().last_seq, 3);
+}
