@@ -58,11 +58,14 @@ pub struct Leases {
     redis: Redis,
     node: String,
     held: Mutex<HashMap<String, Alive>>,
+    /// Claims and the renewer's releases of stopped entities take turns, so a release
+    /// never deletes a lease claimed again between its liveness check and its `DEL`.
+    gate: tokio::sync::Mutex<()>,
 }
 
 impl Leases {
     pub fn new(redis: Redis, node: String) -> Self {
-        Self { redis, node, held: Mutex::new(HashMap::new()) }
+        Self { redis, node, held: Mutex::new(HashMap::new()), gate: tokio::sync::Mutex::new(()) }
     }
 
     /// Claims `name` for this node; while `alive()` answers true the renewer keeps it.
@@ -71,6 +74,7 @@ impl Leases {
         name: &str,
         alive: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Result<Claim, redis::RedisError> {
+        let _turn = self.gate.lock().await;
         let holder: String = self.eval(CLAIM, name).await?;
         if holder == self.node {
             self.held().insert(name.to_string(), Box::new(alive));
@@ -126,7 +130,12 @@ impl Leases {
             (g.into_iter().map(|(k, _)| k.clone()).collect(), l.into_iter().map(|(k, _)| k.clone()).collect())
         };
         for n in gone {
-            self.release(&n).await;
+            let _turn = self.gate.lock().await;
+            // Claimed again since the check above (a new session or room): keep it.
+            let still_gone = self.held().get(&n).is_some_and(|alive| !alive());
+            if still_gone {
+                self.release(&n).await;
+            }
         }
         for n in live {
             match self.eval::<i64>(RENEW, &n).await {
