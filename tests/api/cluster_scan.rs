@@ -74,8 +74,10 @@ async fn received_here(app: &TestApp, scan: ScanId, seq: u64) -> u64 {
 
 #[actix_web::test]
 async fn a_phone_whose_node_is_killed_mid_scan_resumes_on_another_node_from_its_last_ack() {
+    // Three nodes: this process, node A (killed) and node C (where the phone lands).
     let app = spawn_app().await;
     let mut node_a = NodeProcess::start(&app.config, &[]);
+    let node_c = NodeProcess::start(&app.config, &[]);
     let (patient, scan) = patient_with_scan(&app).await;
     let lb = Balancer::start(node_a.port).await;
     // Taking over from a dead node waits out its lease (at most 6 s) inside the upgrade,
@@ -92,26 +94,27 @@ async fn a_phone_whose_node_is_killed_mid_scan_resumes_on_another_node_from_its_
 
     node_a.child.kill().unwrap(); // SIGKILL: no drain, no release, frames in flight
     node_a.child.wait().unwrap();
-    lb.route_to(app.port);
+    lb.route_to(node_c.port);
 
     stream(&mut client, 151, 300).await;
-    assert_eq!(holder(&app, scan).await.as_deref(), Some(app.state.node.as_str()), "node B took the scan");
+    let now_held_by = holder(&app, scan).await.expect("a node holds the scan");
+    assert!(now_held_by != node_a_name && now_held_by != app.state.node, "node C took the scan: {now_held_by}");
     let reconnects = client.reconnects();
     let finished = client.finish().await.unwrap();
     assert_eq!((finished.frames, finished.last_seq), (300, 300));
     assert!(reconnects >= 1, "the phone reconnected");
 
-    // Node B's session started from what was durable: from at least the phone's last ack,
+    // Node C's session started from what was durable: from at least the phone's last ack,
     // and from no frame node A had not stored.
     let first = welcomes.lock().unwrap().first().cloned().expect("the phone was welcomed again");
     assert!(first.acked >= acked_before_kill && first.acked <= 150, "{first:?} after ack {acked_before_kill}");
     assert_eq!(first.next, first.acked + 1, "a fresh session expects the frame after the durable ones");
     assert_stored_exactly(&app, scan, 300).await;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    let by_b = 300 - first.acked;
+    let metrics = app.client.get(node_c.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let by_c = 300 - first.acked;
     assert!(
-        metrics.contains(&format!("coherency_capture_frames_durable_total {by_b}")),
-        "node B stored only the frames node A had not ({by_b}): {metrics}"
+        metrics.contains(&format!("coherency_capture_frames_durable_total {by_c}")),
+        "node C stored only the frames node A had not ({by_c}): {metrics}"
     );
     eventually(Duration::from_secs(60), "scan complete", || async {
         (scan_status(&app, scan).await == "complete").then_some(())
