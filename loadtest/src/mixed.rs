@@ -92,7 +92,9 @@ fn scan_defaults() -> anyhow::Result<ScanArgs> {
 pub fn fold(into: &mut Report, part: &str, r: anyhow::Result<Report>) {
     let r = match r {
         Ok(r) => r,
-        Err(_) => {
+        Err(e) => {
+            // Said even with --quiet: without it a failed part is only a count.
+            eprintln!("loadtest: the {part} part failed: {e:#}");
             into.errors.add(format!("{part}_failed"));
             return;
         }
