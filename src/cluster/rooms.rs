@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use actix::{Addr, Handler, Message};
 use coherency_actors::room::{self, Outbound, Outbox, Room};
-use coherency_protocol::consult::{ClientSignal, IceServer, ParticipantRole, ServerSignal};
+use coherency_protocol::consult::{close, ClientSignal, IceServer, ParticipantRole, ServerSignal};
 use coherency_protocol::ids::ConsultId;
 use coherency_protocol::Code;
 use serde::de::DeserializeOwned;
@@ -291,7 +291,7 @@ impl Relay {
                 match leases.owner(&key).await {
                     Ok(Some(n)) if n == node => {}
                     Ok(_) => {
-                        relay.deliver(edge, Outbound::Close(1001, "room moved"));
+                        relay.deliver(edge, Outbound::Close(close::MOVED, "room moved".into()));
                         relay.remove(edge);
                         return;
                     }
@@ -299,19 +299,6 @@ impl Relay {
                 }
             }
         });
-    }
-}
-
-/// A close reason as it crossed the bus, back to the fixed text the socket sends.
-fn reason(s: &str) -> &'static str {
-    match s {
-        "denied" => "denied",
-        "ended" => "ended",
-        "left" => "left",
-        "removed" => "removed",
-        "superseded" => "superseded",
-        "room moved" => "room moved",
-        _ => "closed by the room",
     }
 }
 
@@ -334,7 +321,7 @@ pub fn on_push(state: &actix_web::web::Data<AppState>, from: &str, p: RoomPush) 
             }
         }
         RoomPush::Close { edge, code, reason: r } => {
-            state.relay.deliver(edge, Outbound::Close(code, reason(&r)));
+            state.relay.deliver(edge, Outbound::Close(code, r.into()));
             state.relay.remove(edge);
         }
         RoomPush::Gone { edge } => state.relay.remove(edge),
@@ -413,7 +400,7 @@ fn forward(
             let push = tokio::select! {
                 out = rx.recv() => match out {
                     Some(Outbound::Signal(signal)) => RoomPush::Signal { edge, signal },
-                    Some(Outbound::Close(code, why)) => RoomPush::Close { edge, code, reason: why.to_string() },
+                    Some(Outbound::Close(code, why)) => RoomPush::Close { edge, code, reason: why.into_owned() },
                     None => RoomPush::Gone { edge },
                 },
                 _ = tick.tick() => {

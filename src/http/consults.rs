@@ -164,6 +164,8 @@ async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participan
     // stored rows do.
     let running = match state.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
         Some(a) => Some(consults::RoomRef::Local(a)),
+        // An ended consult has no room anywhere: no need to ask Redis.
+        None if c.status == "ended" => None,
         None => match state.leases.owner(&crate::cluster::room_key(c.id)).await {
             Ok(Some(node)) if node != state.node => Some(consults::RoomRef::Remote { node, consult: c.id }),
             _ => None,

@@ -95,7 +95,7 @@ pub async fn signal(
                         let text = serde_json::to_string(&s).unwrap_or_default();
                         if session.text(text).await.is_err() { break None; }
                     }
-                    Some(Outbound::Close(code, why)) => break Some(CloseReason { code: CloseCode::Other(code), description: Some(why.into()) }),
+                    Some(Outbound::Close(code, why)) => break Some(CloseReason { code: CloseCode::Other(code), description: Some(why.into_owned()) }),
                     None => break Some(CloseReason { code: CloseCode::Away, description: Some("room closed".into()) }),
                 },
                 msg = stream.next() => match msg {

@@ -10,6 +10,7 @@
 pub mod sfu;
 pub mod waiting;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,8 +150,8 @@ pub struct RoomDeps {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outbound {
     Signal(ServerSignal),
-    /// Send this close code and stop.
-    Close(u16, &'static str),
+    /// Send this close code (and reason) and stop.
+    Close(u16, Cow<'static, str>),
 }
 
 /// One signalling connection's outbox.
@@ -405,34 +406,20 @@ impl Room {
                 EventKind::Denied => {
                     if let Some(pid) = pid {
                         self.send_to(pid, Outbound::Signal(ServerSignal::Denied));
-                        self.send_to(pid, Outbound::Close(close::DENIED, "denied"));
+                        self.send_to(pid, Outbound::Close(close::DENIED, "denied".into()));
                         self.drop_seat(pid);
                     }
                 }
                 EventKind::Removed => {
                     if let Some(pid) = pid {
                         self.send_to(pid, Outbound::Signal(ServerSignal::Removed));
-                        self.send_to(pid, Outbound::Close(close::REMOVED, "removed"));
+                        self.send_to(pid, Outbound::Close(close::REMOVED, "removed".into()));
                         self.drop_seat(pid);
                     }
                 }
                 EventKind::Ended => {
                     let reason = ch.event.data.get("reason").and_then(|r| r.as_str()).unwrap_or("ended").to_string();
-                    for c in self.conns.values() {
-                        let _ = c.tx.send(Outbound::Signal(ServerSignal::Ended { reason: reason.clone() }));
-                        let _ = c.tx.send(Outbound::Close(close::ENDED, "ended"));
-                    }
-                    for p in self.participants.values() {
-                        if p.state == ParticipantState::Waiting {
-                            self.deps.waiting.remove(self.clinician_id, p.id);
-                        }
-                    }
-                    self.conns.clear();
-                    self.seats.clear();
-                    if let Some(sfu) = self.sfu.take() {
-                        sfu.close();
-                    }
-                    ctx.stop();
+                    self.shut_down(ctx, Some(ServerSignal::Ended { reason }), close::ENDED, "ended");
                 }
                 _ => {}
             }
@@ -517,6 +504,26 @@ impl Room {
         }
         items.push((EventKind::Ended, None, by, serde_json::json!({ "reason": reason }), Some(ConsultStatus::Ended)));
         self.changes(items)
+    }
+
+    /// Stops the room here: every connection gets `last` (if any) and the close code, the
+    /// waiting participants leave this node's waiting room, and the SFU closes (in
+    /// `stopped`).
+    fn shut_down(&mut self, ctx: &mut Context<Self>, last: Option<ServerSignal>, code: u16, reason: &'static str) {
+        for c in self.conns.values() {
+            if let Some(s) = &last {
+                let _ = c.tx.send(Outbound::Signal(s.clone()));
+            }
+            let _ = c.tx.send(Outbound::Close(code, reason.into()));
+        }
+        for p in self.participants.values() {
+            if p.state == ParticipantState::Waiting {
+                self.deps.waiting.remove(self.clinician_id, p.id);
+            }
+        }
+        self.conns.clear();
+        self.seats.clear();
+        ctx.stop();
     }
 
     fn sfu(&mut self, ctx: &mut Context<Self>) -> Option<Arc<sfu::Sfu>> {
@@ -868,7 +875,7 @@ impl Handler<Connect> for Room {
         }
         if let Some(old) = self.seats.insert(p.id, conn_id) {
             if let Some(c) = self.conns.remove(&old) {
-                let _ = c.tx.send(Outbound::Close(close::SUPERSEDED, "superseded"));
+                let _ = c.tx.send(Outbound::Close(close::SUPERSEDED, "superseded".into()));
             }
             resumed = true;
         }
@@ -931,7 +938,7 @@ impl Handler<FromClient> for Room {
                 if let Some(h) = self.grace.remove(&pid) {
                     ctx.cancel_future(h);
                 }
-                let _ = tx.send(Outbound::Close(close::LEFT, "left"));
+                let _ = tx.send(Outbound::Close(close::LEFT, "left".into()));
                 self.drop_seat(pid);
                 if matches!(p.state, ParticipantState::Admitted | ParticipantState::Waiting) {
                     let (kind, np) = self.leave_change(&p);
@@ -1104,20 +1111,7 @@ impl Handler<Retire> for Room {
     type Result = ();
 
     fn handle(&mut self, _: Retire, ctx: &mut Context<Self>) {
-        for c in self.conns.values() {
-            let _ = c.tx.send(Outbound::Close(close::MOVED, "room moved"));
-        }
-        for p in self.participants.values() {
-            if p.state == ParticipantState::Waiting {
-                self.deps.waiting.remove(self.clinician_id, p.id);
-            }
-        }
-        self.conns.clear();
-        self.seats.clear();
-        if let Some(sfu) = self.sfu.take() {
-            sfu.close();
-        }
-        ctx.stop();
+        self.shut_down(ctx, None, close::MOVED, "room moved");
     }
 }
 
