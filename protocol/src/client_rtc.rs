@@ -22,8 +22,6 @@ use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
 use webrtc::data::data_channel::DataChannel;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -115,10 +113,7 @@ impl DataChannelConn {
         let mut setting = SettingEngine::default();
         setting.detach_data_channels();
         if config.rtc_loopback_only {
-            setting.set_include_loopback_candidate(true);
-            setting.set_interface_filter(Box::new(|name: &str| name == "lo"));
-            setting.set_network_types(vec![NetworkType::Udp4]);
-            setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+            crate::rtc_loopback::restrict_to_loopback(&mut setting);
         }
         let api = APIBuilder::new().with_media_engine(MediaEngine::default()).with_setting_engine(setting).build();
         let rtc_config = RTCConfiguration {

@@ -16,5 +16,7 @@ pub mod scan;
 pub mod client;
 #[cfg(feature = "rtc")]
 pub mod client_rtc;
+#[cfg(feature = "rtc-loopback")]
+pub mod rtc_loopback;
 
 pub use error::{Code, ErrorBody, ErrorCode};

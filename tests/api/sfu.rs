@@ -13,8 +13,6 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::APIBuilder;
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
 use webrtc::interceptor::registry::Registry;
 use webrtc::peer_connection::configuration::RTCConfiguration;
@@ -37,10 +35,7 @@ pub async fn peer() -> Arc<RTCPeerConnection> {
     media.register_default_codecs().unwrap();
     let registry = register_default_interceptors(Registry::new(), &mut media).unwrap();
     let mut s = SettingEngine::default();
-    s.set_include_loopback_candidate(true);
-    s.set_interface_filter(Box::new(|name: &str| name == "lo"));
-    s.set_network_types(vec![NetworkType::Udp4]);
-    s.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+    coherency_protocol::rtc_loopback::restrict_to_loopback(&mut s);
     let api =
         APIBuilder::new().with_media_engine(media).with_interceptor_registry(registry).with_setting_engine(s).build();
     Arc::new(api.new_peer_connection(RTCConfiguration::default()).await.unwrap())

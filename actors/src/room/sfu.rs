@@ -25,8 +25,6 @@ use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::MediaEngine;
 use webrtc::api::setting_engine::SettingEngine;
 use webrtc::api::{APIBuilder, API};
-use webrtc::ice::mdns::MulticastDnsMode;
-use webrtc::ice::network_type::NetworkType;
 use webrtc::ice_transport::ice_candidate::{RTCIceCandidate, RTCIceCandidateInit};
 use webrtc::ice_transport::ice_server::RTCIceServer;
 use webrtc::interceptor::registry::Registry;
@@ -202,15 +200,9 @@ impl Sfu {
     }
 }
 
-/// Gathers loopback UDP4 host candidates only, with multicast DNS off (tests and
-/// single-machine demos: `webrtc_loopback_only`). Shared by every peer connection the server
-/// makes (the SFU, scan data channels).
-pub fn restrict_to_loopback(setting: &mut SettingEngine) {
-    setting.set_include_loopback_candidate(true);
-    setting.set_interface_filter(Box::new(|name: &str| name == "lo"));
-    setting.set_network_types(vec![NetworkType::Udp4]);
-    setting.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
-}
+/// Loopback only (`webrtc_loopback_only`) for every peer connection the server makes (the
+/// SFU, scan data channels): the project's one setting, shared with its clients.
+pub use coherency_protocol::rtc_loopback::restrict_to_loopback;
 
 /// The configured ICE servers in webrtc-rs's form.
 pub fn rtc_ice_servers(servers: Vec<IceServer>) -> Vec<RTCIceServer> {
