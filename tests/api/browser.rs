@@ -6,40 +6,49 @@
 use std::time::Duration;
 
 use crate::consults::setup;
-use crate::helpers::spawn_app_with;
+use crate::helpers::{spawn_app_with, TestApp};
 
 /// The whole browser scenario may take this long.
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(180);
+const BROWSER_TIMEOUT: Duration = Duration::from_secs(200);
 
-#[actix_web::test]
-#[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
-async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_and_hangs_up_in_order() {
-    // The page must be same-origin with public_url (sockets check Origin), so the port is
-    // chosen before the server binds it.
+/// An app serving `web/` for a browser page: same-origin with `public_url` (sockets check
+/// Origin), so the port is chosen before the server binds it; WebRTC on loopback only.
+pub async fn page_app() -> TestApp {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app_with(move |mut c| {
+    spawn_app_with(move |mut c| {
         c.http_addr = format!("127.0.0.1:{port}");
         c.public_url = format!("http://127.0.0.1:{port}");
         c.webrtc_loopback_only = true;
         c.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").into();
         c
     })
-    .await;
-    let s = setup(&app).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/web/tests/consult.mjs");
+    .await
+}
+
+/// Runs the Playwright script `web/tests/<script>` with `BASE` and `env`; fails unless it
+/// succeeds within [`BROWSER_TIMEOUT`].
+pub async fn run_page_script(app: &TestApp, script: &str, env: &[(&str, &str)]) {
     let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script)
-        .env("BASE", &app.address)
-        .env("CONSULT", s.consult.to_string())
-        .env("PATIENT_TOKEN", &s.patient.token)
-        .env("CLINICIAN_TOKEN", &s.clin.token)
-        .kill_on_drop(true);
+    cmd.arg(format!("{}/web/tests/{script}", env!("CARGO_MANIFEST_DIR"))).env("BASE", &app.address).kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let out =
         tokio::time::timeout(BROWSER_TIMEOUT, cmd.output()).await.expect("browser test finishes").expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!("{stdout}");
     assert!(out.status.success(), "browser scenario failed:\n{stdout}\n{stderr}");
+}
+
+#[actix_web::test]
+#[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
+async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_and_hangs_up_in_order() {
+    let app = page_app().await;
+    let s = setup(&app).await;
+    let consult = s.consult.to_string();
+    let env = [("CONSULT", consult.as_str()), ("PATIENT_TOKEN", &s.patient.token), ("CLINICIAN_TOKEN", &s.clin.token)];
+    run_page_script(&app, "consult.mjs", &env).await;
     let evs: Vec<serde_json::Value> =
         app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
     for (i, e) in evs.iter().enumerate() {

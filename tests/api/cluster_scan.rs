@@ -8,55 +8,19 @@ use std::time::Duration;
 
 use coherency::cluster::scan_key;
 use coherency_actors::capture::{GetOrStart, GetSnapshot};
-use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStreamClient, Transport};
-use coherency_protocol::client_rtc::{DataChannelConn, DcIncoming};
+use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStreamClient};
 use coherency_protocol::ids::ScanId;
-use coherency_protocol::scan::{decode_server, encode_client, ClientMsg, Hello, ServerMsg, Welcome};
+use coherency_protocol::scan::{ServerMsg, Welcome};
 use futures_util::SinkExt;
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, NodeProcess, TestApp, User};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, NodeProcess, TcpProxy, TestApp};
+use crate::scan_datachannel as dc;
 use crate::scan_stream::{
     assert_quality_records, assert_stored_exactly, frame_bytes, patient_with_scan, scan_status, stream, until_close,
     welcomed,
 };
 
-/// A TCP load balancer in front of the nodes: each new connection goes to the node it
-/// currently routes to (a phone keeps one address while the node behind it changes).
-struct Balancer {
-    port: u16,
-    upstream: watch::Sender<u16>,
-}
-
-impl Balancer {
-    async fn start(to: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind balancer");
-        let port = listener.local_addr().expect("addr").port();
-        let (upstream, rx) = watch::channel(to);
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let to = *rx.borrow();
-                tokio::spawn(async move {
-                    // A node that is gone: the phone sees its connection close.
-                    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { return };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                });
-            }
-        });
-        Self { port, upstream }
-    }
-
-    fn route_to(&self, port: u16) {
-        self.upstream.send_replace(port);
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-}
-
-/// The node currently holding the scan's lease.
 async fn holder(app: &TestApp, scan: ScanId) -> Option<String> {
     app.state.leases.owner(&scan_key(scan.as_uuid())).await.expect("redis answers")
 }
@@ -79,10 +43,12 @@ async fn a_phone_whose_node_is_killed_mid_scan_resumes_on_another_node_from_its_
     let mut node_a = NodeProcess::start(&app.config, &[]);
     let node_c = NodeProcess::start(&app.config, &[]);
     let (patient, scan) = patient_with_scan(&app).await;
-    let lb = Balancer::start(node_a.port).await;
+    // A load balancer in front of the nodes: the phone keeps one address while the node
+    // behind it changes.
+    let lb = TcpProxy::start(format!("127.0.0.1:{}", node_a.port)).await;
     // Taking over from a dead node waits out its lease (at most 6 s) inside the upgrade,
     // within the client's default connect timeout.
-    let cfg = ClientConfig::new(lb.url(), patient.token.clone(), scan);
+    let cfg = ClientConfig::new(format!("http://127.0.0.1:{}", lb.port), patient.token.clone(), scan);
     let mut client = ScanStreamClient::connect_with(cfg).await.unwrap();
     let welcomes = collect_welcomes(client.take_events().unwrap());
 
@@ -94,7 +60,7 @@ async fn a_phone_whose_node_is_killed_mid_scan_resumes_on_another_node_from_its_
 
     node_a.child.kill().unwrap(); // SIGKILL: no drain, no release, frames in flight
     node_a.child.wait().unwrap();
-    lb.route_to(node_c.port);
+    lb.route_to(format!("127.0.0.1:{}", node_c.port));
 
     stream(&mut client, 151, 300).await;
     let now_held_by = holder(&app, scan).await.expect("a node holds the scan");
@@ -188,56 +154,22 @@ async fn a_phone_on_a_data_channel_moving_to_another_node_is_superseded_there_an
     .await;
     let node_b = NodeProcess::start(&app.config, &[("COHERENCY_WEBRTC_LOOPBACK_ONLY", "true")]);
     let (patient, scan) = patient_with_scan(&app).await;
-    let mut old = dc_welcomed(&dc_config(&app.address, &patient, scan), scan).await;
+    let mut old = dc::welcomed_with(&dc::dc_config_at(&app.address, &patient, scan), scan).await;
     for seq in 1..=12 {
         old.send_message(&frame_bytes(seq)).await.unwrap();
     }
     received_here(&app, scan, 12).await;
 
     let b_url = format!("http://127.0.0.1:{}", node_b.port);
-    let mut client = ScanStreamClient::connect_with(dc_config(&b_url, &patient, scan)).await.unwrap();
+    let mut client = ScanStreamClient::connect_with(dc::dc_config_at(&b_url, &patient, scan)).await.unwrap();
     assert_eq!(client.last_ack(), 12, "node A made every frame it had received durable before letting go");
-    let (msgs, code) = dc_until_close(&mut old).await;
+    let (msgs, code) = dc::until_close(&mut old).await;
     assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Error(e) if e.code == "superseded")), "{msgs:?}");
     assert_eq!(code, Some(4001));
 
     stream(&mut client, 13, 100).await;
     assert_eq!(client.finish().await.unwrap().last_seq, 100);
     assert_stored_exactly(&app, scan, 100).await;
-}
-
-fn dc_config(base: &str, user: &User, scan: ScanId) -> ClientConfig {
-    let mut c = ClientConfig::new(base, user.token.clone(), scan);
-    c.transport = Transport::DataChannel;
-    c.rtc_loopback_only = true;
-    c
-}
-
-async fn dc_welcomed(cfg: &ClientConfig, scan: ScanId) -> DataChannelConn {
-    let mut dc = DataChannelConn::open(cfg).await.expect("data channel opens");
-    let hello = ClientMsg::Hello(Hello { version: 1, scan_id: scan, resume_from: None, agent: None });
-    dc.send_message(&encode_client(&hello)).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), dc.recv()).await.expect("welcome in time");
-    let Some(DcIncoming::Message(b)) = first else { panic!("expected welcome, got {first:?}") };
-    assert!(matches!(decode_server(&b).unwrap(), ServerMsg::Welcome(_)));
-    dc
-}
-
-async fn dc_until_close(dc: &mut DataChannelConn) -> (Vec<ServerMsg>, Option<u16>) {
-    let mut msgs = Vec::new();
-    let code = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(m) = dc.recv().await {
-            match m {
-                DcIncoming::Message(b) => msgs.push(decode_server(&b).expect("server message decodes")),
-                DcIncoming::Closed(code, _) => return Some(code),
-                DcIncoming::Broken(e) => panic!("the server broke the framing: {e}"),
-            }
-        }
-        None
-    })
-    .await
-    .expect("the server closes in time");
-    (msgs, code)
 }
 
 #[actix_web::test]

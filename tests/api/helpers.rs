@@ -184,12 +184,14 @@ where
 }
 
 /// A TCP forwarder the test can cut (and restore), to make a service unreachable for one
-/// app only.
+/// app only, or point at another upstream (a load balancer in front of nodes).
 pub struct TcpProxy {
     pub port: u16,
     /// `(epoch, cut)`: a cut bumps the epoch (ending every connection of the previous one)
     /// and refuses new connections until restored.
     state: tokio::sync::watch::Sender<(u64, bool)>,
+    /// Where new connections go.
+    upstream: tokio::sync::watch::Sender<String>,
 }
 
 impl TcpProxy {
@@ -197,6 +199,7 @@ impl TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let (state, rx) = tokio::sync::watch::channel((0u64, false));
+        let (upstream, upstream_rx) = tokio::sync::watch::channel(upstream);
         tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { break };
@@ -206,7 +209,7 @@ impl TcpProxy {
                     drop(inbound);
                     continue;
                 }
-                let upstream = upstream.clone();
+                let upstream = upstream_rx.borrow().clone();
                 let mut conn_rx = rx.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await else { return };
@@ -224,7 +227,12 @@ impl TcpProxy {
                 });
             }
         });
-        Self { port, state }
+        Self { port, state, upstream }
+    }
+
+    /// Sends new connections to `upstream` (open ones stay where they are).
+    pub fn route_to(&self, upstream: String) {
+        self.upstream.send_replace(upstream);
     }
 
     /// Closes every connection through the proxy and refuses new ones until [`Self::restore`].

@@ -3,7 +3,6 @@
 //! `Transport::DataChannel`, and its raw `DataChannelConn` where the client would refuse to
 //! misbehave). The checks are the websocket tests' own.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use coherency_protocol::client::{ClientConfig, ClientError, ScanStreamClient, Transport};
@@ -14,14 +13,12 @@ use coherency_protocol::limits;
 use coherency_protocol::scan::{
     decode_server, encode_client, ClientMsg, Compression, DepthFormat, DepthPlane, Hello, ServerMsg,
 };
-use rand::Rng;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::helpers::{eventually, spawn_app_with, TestApp, User};
+use crate::helpers::{spawn_app_with, TestApp, User};
 use crate::scan_stream::{
-    assert_quality_records, assert_stored_exactly, config, frame, patient_with_scan, scan_status,
-    six_hundred_frames_durable_and_complete, stream, H, W,
+    frame, patient_with_scan, six_hundred_frames_durable_and_complete, stream, twenty_cuts_lose_nothing, H, W,
 };
 
 async fn rtc_app() -> TestApp {
@@ -33,7 +30,12 @@ async fn rtc_app() -> TestApp {
 }
 
 fn dc_config(app: &TestApp, user: &User, scan: ScanId) -> ClientConfig {
-    let mut c = config(app, user, scan);
+    dc_config_at(&app.address, user, scan)
+}
+
+/// A data-channel client of the node at `base`, gathering loopback candidates only.
+pub fn dc_config_at(base: &str, user: &User, scan: ScanId) -> ClientConfig {
+    let mut c = ClientConfig::new(base, user.token.clone(), scan);
     c.transport = Transport::DataChannel;
     c.rtc_loopback_only = true;
     c
@@ -50,29 +52,7 @@ async fn six_hundred_frames_over_a_data_channel_are_durable_byte_exact_and_the_s
 async fn twenty_cuts_over_data_channels_resume_with_nothing_lost_and_nothing_duplicated() {
     let app = rtc_app().await;
     let (patient, scan) = patient_with_scan(&app).await;
-    let n = 400u64;
-    let mut cuts: HashSet<u64> = HashSet::new();
-    let mut rng = rand::thread_rng();
-    while cuts.len() < 20 {
-        cuts.insert(rng.gen_range(2..n));
-    }
-    let mut client = ScanStreamClient::connect_with(dc_config(&app, &patient, scan)).await.unwrap();
-    for seq in 1..=n {
-        client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
-        if cuts.contains(&seq) {
-            client.cut_connection();
-        }
-    }
-    let reconnects_before_finish = client.reconnects();
-    let finished = client.finish().await.unwrap();
-    assert_eq!(finished.last_seq, n);
-    assert!(reconnects_before_finish >= 10, "the client resumed after the cuts ({reconnects_before_finish})");
-    assert_stored_exactly(&app, scan, n).await;
-    assert_quality_records(&app, scan, n, Duration::from_secs(30)).await;
-    eventually(Duration::from_secs(60), "scan complete", || async {
-        (scan_status(&app, scan).await == "complete").then_some(())
-    })
-    .await;
+    twenty_cuts_lose_nothing(&app, scan, dc_config(&app, &patient, scan)).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -84,7 +64,12 @@ fn hello(scan: ScanId) -> Vec<u8> {
 }
 
 async fn welcomed(app: &TestApp, user: &User, scan: ScanId) -> DataChannelConn {
-    let mut dc = DataChannelConn::open(&dc_config(app, user, scan)).await.expect("data channel opens");
+    welcomed_with(&dc_config(app, user, scan), scan).await
+}
+
+/// A raw data channel opened with `cfg`, past its `hello` and `welcome`.
+pub async fn welcomed_with(cfg: &ClientConfig, scan: ScanId) -> DataChannelConn {
+    let mut dc = DataChannelConn::open(cfg).await.expect("data channel opens");
     dc.send_message(&hello(scan)).await.unwrap();
     let first = tokio::time::timeout(Duration::from_secs(10), dc.recv()).await.expect("welcome in time");
     let Some(DcIncoming::Message(b)) = first else { panic!("expected welcome, got {first:?}") };
@@ -93,7 +78,7 @@ async fn welcomed(app: &TestApp, user: &User, scan: ScanId) -> DataChannelConn {
 }
 
 /// Reads until the close: every server message, then the close code.
-async fn until_close(dc: &mut DataChannelConn) -> (Vec<ServerMsg>, Option<u16>) {
+pub async fn until_close(dc: &mut DataChannelConn) -> (Vec<ServerMsg>, Option<u16>) {
     let mut msgs = Vec::new();
     let code = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(m) = dc.recv().await {
@@ -232,37 +217,14 @@ async fn the_signalling_socket_is_refused_like_the_stream() {
     assert!(body.contains("origin_not_allowed"), "{body}");
 }
 
-/// The whole browser scenario may take this long.
-const BROWSER_TIMEOUT: Duration = Duration::from_secs(200);
-
 #[actix_web::test]
 #[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
 async fn a_browser_streams_a_phantom_scan_over_a_data_channel_and_it_is_measured() {
-    // The page must be same-origin with public_url (sockets check Origin), so the port is
-    // chosen before the server binds it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app_with(move |mut c| {
-        c.http_addr = format!("127.0.0.1:{port}");
-        c.public_url = format!("http://127.0.0.1:{port}");
-        c.webrtc_loopback_only = true;
-        c.web_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/web").into();
-        c
-    })
-    .await;
+    let app = crate::browser::page_app().await;
     let (patient, scan) = patient_with_scan(&app).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/web/tests/scan_datachannel.mjs");
-    let mut cmd = tokio::process::Command::new("node");
-    cmd.arg(script)
-        .env("BASE", &app.address)
-        .env("SCAN", scan.to_string())
-        .env("TOKEN", &patient.token)
-        .kill_on_drop(true);
-    let out =
-        tokio::time::timeout(BROWSER_TIMEOUT, cmd.output()).await.expect("browser test finishes").expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(out.status.success(), "browser scenario failed:\n{stdout}\n{stderr}");
+    let scan_id = scan.to_string();
+    crate::browser::run_page_script(&app, "scan_datachannel.mjs", &[("SCAN", &scan_id), ("TOKEN", &patient.token)])
+        .await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM scan_frames WHERE scan_id = $1")
         .bind(scan.as_uuid())
         .fetch_one(&app.pg)

@@ -189,17 +189,16 @@ async fn six_hundred_frames_are_durable_byte_exact_indexed_and_the_scan_complete
     assert!(metrics.contains(r#"coherency_queue_depth{queue="capture_durable_frames"}"#));
 }
 
-#[actix_web::test]
-async fn twenty_random_cuts_with_resume_lose_nothing_and_duplicate_nothing() {
-    let app = spawn_app().await;
-    let (patient, scan) = patient_with_scan(&app).await;
+/// 400 frames with 20 random cuts of the connection in `cfg`'s transport: the client
+/// resumes after each, and every frame is stored exactly once with its quality record.
+pub async fn twenty_cuts_lose_nothing(app: &TestApp, scan: ScanId, cfg: ClientConfig) {
     let n = 400u64;
     let mut cuts: HashSet<u64> = HashSet::new();
     let mut rng = rand::thread_rng();
     while cuts.len() < 20 {
         cuts.insert(rng.gen_range(2..n));
     }
-    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    let mut client = ScanStreamClient::connect_with(cfg).await.unwrap();
     for seq in 1..=n {
         client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
         if cuts.contains(&seq) {
@@ -210,12 +209,19 @@ async fn twenty_random_cuts_with_resume_lose_nothing_and_duplicate_nothing() {
     let finished = client.finish().await.unwrap();
     assert_eq!(finished.last_seq, n);
     assert!(reconnects_before_finish >= 10, "the client resumed after the cuts ({reconnects_before_finish})");
-    assert_stored_exactly(&app, scan, n).await;
-    assert_quality_records(&app, scan, n, Duration::from_secs(30)).await;
+    assert_stored_exactly(app, scan, n).await;
+    assert_quality_records(app, scan, n, Duration::from_secs(30)).await;
     eventually(Duration::from_secs(60), "scan complete", || async {
-        (scan_status(&app, scan).await == "complete").then_some(())
+        (scan_status(app, scan).await == "complete").then_some(())
     })
     .await;
+}
+
+#[actix_web::test]
+async fn twenty_random_cuts_with_resume_lose_nothing_and_duplicate_nothing() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    twenty_cuts_lose_nothing(&app, scan, config(&app, &patient, scan)).await;
 }
 
 #[actix_web::test]
