@@ -136,3 +136,38 @@ async fn when_the_rooms_node_dies_the_room_starts_again_where_the_participants_r
     let evs = events_at(&app, app.port, s.consult, &s.clin.token).await;
     assert_gapless(&evs);
 }
+
+#[actix_web::test]
+async fn when_a_relaying_node_dies_the_room_lets_its_participant_go_after_the_grace_period() {
+    let app = spawn_app_with(|mut c| {
+        c.webrtc_loopback_only = true;
+        c.consult_reconnect_grace_secs = 1;
+        c
+    })
+    .await;
+    let node_b = loopback_node(&app);
+    let s = setup(&app).await;
+
+    // The room runs here; the patient's socket lands on node B and is relayed.
+    let mut host = connect_at(app.port, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut pat = connect_at(node_b.port, s.consult, &s.patient).await.unwrap();
+    let w = until(&mut pat, "welcome").await;
+    let pid = w["participant_id"].as_str().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{}/v1/consults/{}/participants/{pid}/admit", app.port, s.consult);
+    let res = app.client.post(url).bearer_auth(&s.clin.token).json(&json!({})).send().await.unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // The host's own `joined` may come first.
+    while until_event(&mut host, "joined").await["participant_id"] != pid.as_str() {}
+
+    // Node B dies: nobody hears the relayed socket's close. The room notices that node B no
+    // longer listens on the bus (checked every 2 s), holds the seat for the 1 s grace
+    // period, then records that the patient left.
+    let mut node_b = node_b;
+    node_b.child.kill().unwrap();
+    let _ = node_b.child.wait();
+    let left = tokio::time::timeout(Duration::from_secs(15), until_event(&mut host, "left"))
+        .await
+        .expect("the patient left within 15 s of their node dying");
+    assert_eq!(left["participant_id"], pid);
+}
