@@ -205,6 +205,12 @@ pub fn candidate_slots(
     slots::slots(&w, ty.shape()).into_iter().filter(|(s, _)| *s >= earliest && *s < latest).collect()
 }
 
+/// Live rows (expired holds excluded) of clinician `$1` whose blocked range overlaps
+/// `[$2, $3)`, at time `$4`.
+const LIVE_OVERLAP: &str = "clinician_id = $1 AND status IN ('held','booked','no_show')
+    AND NOT (status = 'held' AND expires_at <= $4)
+    AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')";
+
 /// Blocked ranges of live rows (expired holds excluded) overlapping `[from, to)`.
 pub async fn busy(
     pg: &PgPool,
@@ -214,11 +220,7 @@ pub async fn busy(
     now: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>, Appointment)>, ApiError> {
     let rows = sqlx::query(&format!(
-        "SELECT {COLS}, block_start, block_end FROM appointments
-          WHERE clinician_id = $1 AND status IN ('held','booked','no_show')
-            AND NOT (status = 'held' AND expires_at <= $4)
-            AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')
-          ORDER BY block_start"
+        "SELECT {COLS}, block_start, block_end FROM appointments WHERE {LIVE_OVERLAP} ORDER BY block_start"
     ))
     .bind(clinician_id)
     .bind(from)
@@ -246,18 +248,13 @@ pub async fn taken(
     be: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<bool, ApiError> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM appointments
-          WHERE clinician_id = $1 AND status IN ('held','booked','no_show')
-            AND NOT (status = 'held' AND expires_at <= $4)
-            AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)'))",
-    )
-    .bind(clinician_id)
-    .bind(bs)
-    .bind(be)
-    .bind(now)
-    .fetch_one(pg)
-    .await?)
+    Ok(sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM appointments WHERE {LIVE_OVERLAP})"))
+        .bind(clinician_id)
+        .bind(bs)
+        .bind(be)
+        .bind(now)
+        .fetch_one(pg)
+        .await?)
 }
 
 /// The answer to an attempt at a time a live row blocks.
