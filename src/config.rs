@@ -152,6 +152,11 @@ pub const SETTINGS: &[Setting] = &[
         default: "1000",
         help: "Patient registrations one client address may make per minute.",
     },
+    Setting {
+        key: "booking_view_max_age_ms",
+        default: "1000",
+        help: "Longest a node answers `slot_taken` from its in-memory calendar before rereading it (changes arrive on the bus in between); 0 rereads on every attempt.",
+    },
     Setting { key: "node_id", default: "(hostname-pid)", help: "Name of this node in leases, logs and metrics." },
     Setting { key: "web_dir", default: "web", help: "Folder with the dashboard and consult pages." },
     Setting {
@@ -251,6 +256,7 @@ pub struct Config {
     pub api_rate_burst: u32,
     pub login_per_address_per_min: u32,
     pub register_per_address_per_min: u32,
+    pub booking_view_max_age_ms: u64,
     pub node_id: Option<String>,
     pub web_dir: String,
     pub consult_max_participants: usize,
@@ -296,6 +302,7 @@ impl Default for Config {
             api_rate_burst: 200,
             login_per_address_per_min: crate::auth::limits::LOGIN_PER_IP.max,
             register_per_address_per_min: crate::auth::limits::REGISTER_PER_IP.max,
+            booking_view_max_age_ms: 1000,
             node_id: None,
             web_dir: "web".into(),
             consult_max_participants: 6,
@@ -406,6 +413,9 @@ impl Config {
         }
         if !(2..=100).contains(&self.consult_max_participants) {
             return Err(Self::invalid("consult_max_participants", "must be between 2 and 100"));
+        }
+        if self.booking_view_max_age_ms > 60_000 {
+            return Err(Self::invalid("booking_view_max_age_ms", "must be at most 60000"));
         }
         if self.consult_reconnect_grace_secs > 600 {
             return Err(Self::invalid("consult_reconnect_grace_secs", "must be at most 600"));
@@ -582,6 +592,7 @@ mod tests {
                 | "consult_empty_timeout_secs"
                 | "consult_max_duration_secs"
                 | "consult_reconnect_grace_secs"
+                | "booking_view_max_age_ms"
                 | "turn_ttl_secs" => "1024",
                 _ => "x",
             };

@@ -201,6 +201,11 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
             }
             continue;
         }
+        if channel == "booking.events" {
+            if let Ok(c) = serde_json::from_str::<crate::booking::view::Change>(&payload) {
+                state.calendars.apply(&[c]);
+            }
+        }
         let Some(ev) = parse(&channel, &payload, now_ms) else {
             tracing::debug!(channel, "unreadable dashboard event");
             continue;

@@ -86,6 +86,9 @@ impl Application {
             capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone()),
             capture_live,
             booking_locks: Default::default(),
+            calendars: Arc::new(crate::booking::view::Calendars::new(std::time::Duration::from_millis(
+                config.booking_view_max_age_ms,
+            ))),
             audit: crate::audit::AuditLog::start(stores.pg.clone()),
             dashboard: crate::dashboard::start_hub(),
             patient_names: Default::default(),

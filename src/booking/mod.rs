@@ -8,6 +8,7 @@
 //! to the waitlist. HTTP lives in `crate::http::booking`.
 
 pub mod slots;
+pub mod view;
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use chrono_tz::Tz;
@@ -56,11 +57,16 @@ pub struct Appointment {
     pub version: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The range the appointment blocks (buffers included); internal.
+    #[serde(skip)]
+    pub block_start: DateTime<Utc>,
+    #[serde(skip)]
+    pub block_end: DateTime<Utc>,
 }
 
-const COLS: &str =
+pub(crate) const COLS: &str =
     "id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason, \
-                    rescheduled_from, waitlist_id, version, created_at, updated_at";
+                    rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end";
 
 /// An appointment type.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
@@ -325,18 +331,22 @@ pub async fn emit(conn: &mut PgConnection, now: DateTime<Utc>, kind: &str, a: &A
 }
 
 /// Publishes committed events to the node bus (`<prefix>booking.events`) for the dashboard
-/// hub. Best effort: the outbox is the durable record.
+/// hubs and the calendar views of every node, after applying them to this node's view.
+/// Best effort: the outbox is the durable record.
 pub fn publish(state: &AppState, events: Vec<(&'static str, Appointment)>) {
     if events.is_empty() {
         return;
     }
+    state.calendars.apply(&events.iter().map(|(_, a)| view::Change::of(a)).collect::<Vec<_>>());
     let mut conn = state.stores.redis.conn.clone();
     let channel = state.stores.redis.key("booking.events");
     tokio::spawn(async move {
         for (kind, a) in events {
             // Ids and times only (no PHI); the hub scopes each viewer by these ids.
             let msg = serde_json::json!({"kind": kind, "appointment_id": a.id, "clinician_id": a.clinician_id,
-                "patient_id": a.patient_id, "start_at": a.start_at, "end_at": a.end_at, "status": a.status})
+                "patient_id": a.patient_id, "start_at": a.start_at, "end_at": a.end_at, "status": a.status,
+                "block_start": a.block_start, "block_end": a.block_end, "expires_at": a.expires_at,
+                "version": a.version})
             .to_string();
             let r: Result<i64, _> = redis::cmd("PUBLISH").arg(&channel).arg(msg).query_async(&mut conn).await;
             if let Err(e) = r {

@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
+use crate::booking::view::{Change, Verdict};
 use crate::booking::{self, Appointment, AppointmentType, NewHold, WaitlistEntry};
 use crate::error::ApiError;
 use crate::http::patients::{can_access_patient, parse_query, path_id};
@@ -381,6 +382,7 @@ pub async fn put_schedule(
             .await?;
     }
     tx.commit().await?;
+    state.calendars.invalidate(id);
     auth::audit(&state, &req, Some(&who), AuditEvent::new("schedule.update", "success").target("clinician", id))
         .await?;
     Ok(ok_json(&schedule_view(&state, id).await?))
@@ -471,6 +473,7 @@ pub async fn create_type(
     .bind(state.clock.now())
     .fetch_one(&state.stores.pg)
     .await?;
+    state.calendars.invalidate(id);
     auth::audit(
         &state,
         &req,
@@ -583,37 +586,50 @@ pub(crate) async fn place(
         }
     }
     let patient_id = patient_for(state, req, who, b.patient_id, "booking.hold").await?;
-    let (sched, ty) = clinician_type(state, b.clinician_id, b.type_id).await?;
-    booking::require_slot(&sched, &ty, start, state.clock.now())?;
-    let hold = NewHold {
-        clinician_id: b.clinician_id,
-        patient_id,
-        ty,
-        start,
-        confirm: b.confirm,
-        created_by: who.user_id,
-        idempotency_key: key.clone(),
-    };
-    // Most attempts at a hot time lose; those are answered from one read, in parallel,
-    // without queueing behind the clinician's lock for a transaction that would fail.
-    let (_, _, bs, be) = hold.ty.block(start);
-    let res = if booking::taken(&state.stores.pg, b.clinician_id, bs, be, state.clock.now()).await? {
+    // Most attempts at a hot time lose. This node's calendar view answers those from memory;
+    // what it does not know to be taken goes the full way (fresh schedule, a read, the
+    // clinician's lock, the constraint).
+    let views = state.calendars.clone();
+    let res = if views.verdict(&state.stores.pg, b.clinician_id, b.type_id, start, state.clock.now()).await?
+        == Verdict::Taken
+    {
         Err(booking::slot_taken())
     } else {
-        // Under the lock the read is made again: when a time frees up, every attempt that
-        // saw it free queues here, and after the first one books it the rest lose to a read
-        // rather than to a whole transaction each.
-        let (st, clinician) = (state.clone(), b.clinician_id);
-        state
-            .booking_locks
-            .run(b.clinician_id, async move {
-                if booking::taken(&st.stores.pg, clinician, bs, be, st.clock.now()).await? {
-                    return Err(booking::slot_taken());
-                }
-                booking::hold(&st, hold).await
-            })
-            .await
-            .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?
+        let (sched, ty) = clinician_type(state, b.clinician_id, b.type_id).await?;
+        booking::require_slot(&sched, &ty, start, state.clock.now())?;
+        let hold = NewHold {
+            clinician_id: b.clinician_id,
+            patient_id,
+            ty,
+            start,
+            confirm: b.confirm,
+            created_by: who.user_id,
+            idempotency_key: key.clone(),
+        };
+        let (_, _, bs, be) = hold.ty.block(start);
+        if booking::taken(&state.stores.pg, b.clinician_id, bs, be, state.clock.now()).await? {
+            Err(booking::slot_taken())
+        } else {
+            // Under the lock the view is asked again: when a time frees up, every attempt
+            // that saw it free queues here, and once the first one has booked it (applied to
+            // the view before the next attempt runs) the rest lose without a round trip.
+            let (st, clinician, type_id) = (state.clone(), b.clinician_id, b.type_id);
+            state
+                .booking_locks
+                .run(b.clinician_id, async move {
+                    let now = st.clock.now();
+                    if views.verdict(&st.stores.pg, clinician, type_id, start, now).await? == Verdict::Taken
+                        || booking::taken(&st.stores.pg, clinician, bs, be, now).await?
+                    {
+                        return Err(booking::slot_taken());
+                    }
+                    let done = booking::hold(&st, hold).await?;
+                    views.apply(&done.1.iter().map(|(_, a)| Change::of(a)).collect::<Vec<_>>());
+                    Ok(done)
+                })
+                .await
+                .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?
+        }
     };
     let action = if b.confirm { "booking.book" } else { "booking.hold" };
     match res {
@@ -685,14 +701,14 @@ pub async fn search(
     };
     let from = q.from.map(|d| d.with_timezone(&Utc));
     let to = q.to.map(|d| d.with_timezone(&Utc));
-    let sql =
-        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
-                      rescheduled_from, waitlist_id, version, created_at, updated_at
-                 FROM appointments
-                WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
-                  AND ($3::timestamptz IS NULL OR end_at > $3) AND ($4::timestamptz IS NULL OR start_at < $4)
-                ORDER BY start_at, id LIMIT 500";
-    Ok(sqlx::query_as::<_, Appointment>(sql)
+    let sql = format!(
+        "SELECT {} FROM appointments
+          WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
+            AND ($3::timestamptz IS NULL OR end_at > $3) AND ($4::timestamptz IS NULL OR start_at < $4)
+          ORDER BY start_at, id LIMIT 500",
+        booking::COLS
+    );
+    Ok(sqlx::query_as::<_, Appointment>(&sql)
         .bind(patient)
         .bind(clinician)
         .bind(from)

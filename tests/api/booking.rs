@@ -8,7 +8,7 @@ use coherency::auth::Role;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, NodeProcess, TestApp, User};
+use crate::helpers::{spawn_app, spawn_app_with, NodeProcess, TestApp, User};
 
 /// A Tuesday far enough ahead that notice never bites and inside a 730-day horizon.
 const DAY: &str = "2027-01-05";
@@ -135,6 +135,48 @@ async fn two_hundred_attempts_at_one_slot_over_three_nodes_book_it_once() {
         .await
         .unwrap();
     assert_eq!(live, 1);
+}
+
+#[actix_web::test]
+async fn a_time_cancelled_on_another_node_is_bookable_here_at_once() {
+    // Neither node rereads its calendar view during the test, so only the booking bus can
+    // tell this node that the time came free.
+    let app = spawn_app_with(|mut c| {
+        c.booking_view_max_age_ms = 60_000;
+        c
+    })
+    .await;
+    let c = clinic(&app).await;
+    let other = NodeProcess::start(&app.config, &[("COHERENCY_BOOKING_VIEW_MAX_AGE_MS", "60000")]);
+    let (p1, p2) = (app.patient().await, app.patient().await);
+    let (s, a) = book(&app, &p1, &c, c.ty, &at("09:00"), true).await;
+    assert_eq!(s, 201);
+    let (s, v) = book(&app, &p2, &c, c.ty, &at("09:00"), true).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("slot_taken")));
+    let res = app
+        .client
+        .post(other.url(&format!("/v1/appointments/{}/cancel", id(&a))))
+        .bearer_auth(&p1.token)
+        .json(&json!({"reason": "cannot make it"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // The cancel's bus message takes milliseconds; 50 tries over 10 s leave room for a slow
+    // machine without waiting out the 60 s view.
+    let mut rebooked = false;
+    for _ in 0..50 {
+        match book(&app, &p2, &c, c.ty, &at("09:00"), true).await {
+            (201, _) => {
+                rebooked = true;
+                break;
+            }
+            (409, _) => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(rebooked, "a time cancelled on another node stayed taken on this one");
+    assert_eq!(overlaps(&app).await, 0);
 }
 
 #[actix_web::test]
@@ -459,6 +501,19 @@ async fn random_operation_sequences_keep_the_invariant() {
                 assert!([201, 400, 409, 429].contains(&s), "{s} {v}");
                 if s == 201 {
                     mine[who].push(id(&v));
+                }
+                if v["error"]["code"] == "slot_taken" {
+                    // A refusal (answered from the node's calendar view when it can) is
+                    // only right when a live row really blocks the range.
+                    let start: chrono::DateTime<chrono::Utc> = at(times[t]).parse().unwrap();
+                    let pad = chrono::Duration::minutes(if ty == buffered { 5 } else { 0 });
+                    let (bs, be) = (start - pad, start + chrono::Duration::minutes(30) + pad);
+                    let now = app.clock.now();
+                    assert!(
+                        coherency::booking::taken(&app.pg, c.clin.id, bs, be, now).await.unwrap(),
+                        "slot_taken at {} with nothing live there",
+                        times[t]
+                    );
                 }
             }
             _ if mine[who].is_empty() => continue,
