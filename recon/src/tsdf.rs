@@ -699,11 +699,10 @@ impl TsdfVolume {
         let tc = cam.translation.map(|v| v as f32);
         let step = |a: usize| [rc[0][a] * vs, rc[1][a] * vs, rc[2][a] * vs];
         let n = intr.pixel_count();
-        let times = |d: [f32; 3]| std::array::from_fn(|i| d.map(|c| c * i as f32));
         let k = Kernel {
             dx: step(0),
-            y_steps: times(step(1)),
-            z_steps: times(step(2)),
+            dy: step(1),
+            dz: step(2),
             fx: intr.fx as f32,
             fy: intr.fy as f32,
             cx: intr.cx as f32 + 0.5,
@@ -1028,37 +1027,6 @@ fn small_int_bits(x: f32) -> u32 {
     (x + MAGIC).to_bits() & 0x7f_ffff
 }
 
-/// `table[idx[k]]` for the 8 lanes, or 0.0 where `idx[k] >= limit` or past the table,
-/// with one AVX2 masked gather (lanes outside the mask are not read).
-///
-/// # Safety
-/// The CPU must support AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn gather_or_zero(table: &[f32], idx: &[u32; BRICK], limit: u32) -> [f32; BRICK] {
-    use std::arch::x86_64::{
-        _mm256_andnot_si256, _mm256_castsi256_ps, _mm256_cmpgt_epi32, _mm256_loadu_si256, _mm256_mask_i32gather_ps,
-        _mm256_set1_epi32, _mm256_setzero_ps, _mm256_setzero_si256, _mm256_storeu_ps,
-    };
-    // Every lane read is in 0..limit ≤ table.len() (indices are compared as i32, so the
-    // limit is kept below 2³¹ and indices ≥ 2³¹, negative as i32, are masked off).
-    let limit = limit.min(u32::try_from(table.len()).unwrap_or(u32::MAX)).min(i32::MAX as u32) as i32;
-    let mut out = [0f32; BRICK];
-    // SAFETY: the loads and the store touch `idx` and `out`, 8 lanes of 4 bytes each; the
-    // gather reads only masked-in lanes, whose indices are in bounds (above).
-    unsafe {
-        let vi = _mm256_loadu_si256(idx.as_ptr().cast());
-        let in_range = _mm256_andnot_si256(
-            _mm256_cmpgt_epi32(_mm256_setzero_si256(), vi),
-            _mm256_cmpgt_epi32(_mm256_set1_epi32(limit), vi),
-        );
-        let g = _mm256_mask_i32gather_ps::<4>(_mm256_setzero_ps(), table.as_ptr(), vi, _mm256_castsi256_ps(in_range));
-        _mm256_storeu_ps(out.as_mut_ptr(), g);
-    }
-    out
-}
-
 /// Whether the running CPU has AVX2 (detected once, then a relaxed atomic load).
 fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -1079,9 +1047,8 @@ fn has_avx2() -> bool {
 /// fused values do not depend on which one ran.
 struct Kernel<'a> {
     dx: [f32; 3],
-    /// `dy·y` and `dz·z` for `y, z` in `0..8` (each product computed once per frame).
-    y_steps: [[f32; 3]; BRICK],
-    z_steps: [[f32; 3]; BRICK],
+    dy: [f32; 3],
+    dz: [f32; 3],
     fx: f32,
     fy: f32,
     cx: f32,
@@ -1101,12 +1068,12 @@ struct Kernel<'a> {
 }
 
 impl Kernel<'_> {
-    /// Camera-space start of row `(y, z)` of a brick whose first voxel centre is `p0`:
-    /// `p0 + dz·z + dy·y`, the products taken from the per-frame tables.
+    /// Camera-space start of row `(y, z)` of a brick whose first voxel centre is `p0`.
     #[inline(always)]
     fn row(&self, p0: [f32; 3], y: usize, z: usize) -> [f32; 3] {
-        let (sz, sy) = (self.z_steps[z % BRICK], self.y_steps[y % BRICK]);
-        [p0[0] + sz[0] + sy[0], p0[1] + sz[1] + sy[1], p0[2] + sz[2] + sy[2]]
+        let (fz, fy) = (z as f32, y as f32);
+        let (dy, dz) = (self.dy, self.dz);
+        [p0[0] + dz[0] * fz + dy[0] * fy, p0[1] + dz[1] * fz + dy[1] * fy, p0[2] + dz[2] * fz + dy[2] * fy]
     }
 
     /// Nearest-pixel update of one brick with the widest vectors the CPU has; returns the
@@ -1123,7 +1090,7 @@ impl Kernel<'_> {
     /// [`Kernel::update_brick_body`] for the baseline target (SSE2 on x86-64).
     #[inline(never)]
     fn update_brick_baseline(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
-        self.update_brick_body::<false>(b, p0)
+        self.update_brick_body(b, p0)
     }
 
     /// [`Kernel::update_brick_body`] compiled for AVX2 (8 lanes per operation). Without
@@ -1133,26 +1100,21 @@ impl Kernel<'_> {
     #[target_feature(enable = "avx2")]
     #[inline(never)]
     fn update_brick_avx2(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
-        self.update_brick_body::<true>(b, p0)
+        self.update_brick_body(b, p0)
     }
 
     /// Each row of 8 voxels goes through three branch-free passes that the compiler turns
     /// into SIMD: projection (a voxel behind the near plane or outside the image gets the
-    /// sentinel pixel, whose weight is 0), a gather of the pixels' weight and depth (with
-    /// `GATHER`, two AVX2 gather instructions instead of 16 checked scalar loads and lane
-    /// inserts, which were half the instructions of a row), and the weighted running
-    /// average, stored only where the voxel was updated. Per voxel these are the same
-    /// operations as a scalar loop, so the same numbers.
-    ///
-    /// `GATHER` must only be set from [`Kernel::update_brick_avx2`] (the CPU has AVX2).
+    /// sentinel pixel, whose weight is 0), a gather of the pixels' weight and depth, and
+    /// the weighted running average, stored only where the voxel was updated. Per voxel
+    /// these are the same operations as a scalar loop, so the same numbers.
     #[inline(always)]
-    fn update_brick_body<const GATHER: bool>(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
+    fn update_brick_body(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
         let dx = self.dx;
         let outside = self.depth.len() as u32;
         let (weights, depth) = (self.weights, self.depth);
         let (trunc, inv_trunc, max_w) = (self.trunc, self.inv_trunc, self.max_w);
-        // Per-lane counts of updated voxels, summed at the end.
-        let mut updated = [0u32; BRICK];
+        let mut updated = 0usize;
         for (r, (sdf_row, weight_row)) in
             b.sdf.chunks_exact_mut(BRICK).zip(b.weight.chunks_exact_mut(BRICK)).enumerate()
         {
@@ -1175,44 +1137,20 @@ impl Kernel<'_> {
             }
             let mut pws = [0f32; BRICK];
             let mut ds = [0f32; BRICK];
-            #[cfg(target_arch = "x86_64")]
-            if GATHER {
-                // SAFETY: GATHER is only set by `update_brick_avx2`, which runs only when the
-                // CPU has AVX2. Lanes at or past `outside` read 0, as `get` below gives for
-                // the depth and as the sentinel weight is.
-                unsafe {
-                    pws = gather_or_zero(weights, &pix, outside);
-                    ds = gather_or_zero(depth, &pix, outside);
-                }
-            }
-            if !GATHER || cfg!(not(target_arch = "x86_64")) {
-                for x in 0..BRICK {
-                    let p = pix[x] as usize;
-                    pws[x] = weights.get(p).copied().unwrap_or(0.0);
-                    ds[x] = depth.get(p).copied().unwrap_or(0.0);
-                }
-            }
-            // All ones where the voxel is updated (a bit mask, so the stores below become
-            // vector blends). Negated so that NaN behaves as in the scalar code's
-            // `continue` tests.
-            let mut oks = [0u32; BRICK];
-            let mut any = 0u32;
             for x in 0..BRICK {
-                #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                let ok = !(pws[x] <= 0.0) & !(ds[x] - pzs[x] < -trunc);
-                oks[x] = if ok { u32::MAX } else { 0 };
-                any |= oks[x];
-            }
-            // A row none of whose voxels is updated (about a quarter of the rows: behind
-            // the surface, or seeing no usable pixel) stores nothing.
-            if any == 0 {
-                continue;
+                let p = pix[x] as usize;
+                pws[x] = weights.get(p).copied().unwrap_or(0.0);
+                ds[x] = depth.get(p).copied().unwrap_or(0.0);
             }
             let (sdf_row, weight_row) = (&mut sdf_row[..BRICK], &mut weight_row[..BRICK]);
             for x in 0..BRICK {
                 let pw = pws[x];
                 let sdf = ds[x] - pzs[x];
-                let ok = oks[x];
+                // All ones where the voxel is updated (a bit mask, so the stores below
+                // become vector blends).
+                // Negated so that NaN behaves as in the scalar code's `continue` tests.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
+                let ok = if !(pw <= 0.0) & !(sdf < -trunc) { u32::MAX } else { 0 };
                 let t = sdf * inv_trunc;
                 // `min` written out: the same value (NaN gives the bound) without the
                 // NaN fix-up of `f32::min`.
@@ -1223,10 +1161,10 @@ impl Kernel<'_> {
                 let wc = if nw < max_w { nw } else { max_w };
                 sdf_row[x] = f32::from_bits((s.to_bits() & ok) | (sdf_row[x].to_bits() & !ok));
                 weight_row[x] = f32::from_bits((wc.to_bits() & ok) | (w0.to_bits() & !ok));
-                updated[x] += ok & 1;
+                updated += (ok & 1) as usize;
             }
         }
-        updated.iter().map(|&n| n as usize).sum()
+        updated
     }
 
     /// Like [`Kernel::update_brick`] with depth (and weight) interpolated bilinearly between
