@@ -21,8 +21,8 @@
 //! restart on another node) or a frame did not decode.
 //!
 //! **Frame selection.** The [`QualityGate`] also turns away frames whose camera moved less
-//! than 2 mm and 1° since the last accepted frame (code `redundant`, no warning to the
-//! phone): at 60 fps most frames of a steady scan add no new view, and skipping them before
+//! than 1 mm and 0.5° since the last accepted frame (code `redundant`, no warning to the
+//! phone): at 60 fps a steady scan repeats its view for several frames, and skipping them before
 //! integration is most of the per-frame cost. The decision depends only on the frames.
 //!
 //! **Same result as fusing at finish.** Frames go through the same [`QualityGate`] (against

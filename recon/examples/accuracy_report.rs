@@ -1,8 +1,9 @@
 //! Prints measured vs true values for every preset phantom over several trajectories:
-//! `cargo run -p coherency-recon --example accuracy_report [seeds] [frames] [phantom] [select|all]`.
+//! `cargo run -p coherency-recon --example accuracy_report [seeds] [frames] [phantom] [select|all|MM,DEG]`.
 //!
 //! Frames go through the server's quality gate first (each against the last accepted one),
-//! with its frame selection (`select`, the default) or without it (`all`); each run prints
+//! with its frame selection (`select`, the default; `MM,DEG` for other thresholds) or
+//! without it (`all`); each run prints
 //! how many frames were fused. `phantom` filters by name (`cap`, `limb`, …; `-` for all).
 
 use std::time::Instant;
@@ -19,6 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let only: Option<&str> = args.get(3).map(|s| s.as_str()).filter(|s| *s != "-");
     let gate = match args.get(4).map(String::as_str) {
         Some("all") => QualityGate::default().without_selection(),
+        // `MM,DEG`: selection with other thresholds.
+        Some(t) if t.contains(',') => {
+            let mut v = t.split(',').filter_map(|x| x.parse::<f64>().ok());
+            let (mm, deg) = (v.next().ok_or("MM,DEG")?, v.next().ok_or("MM,DEG")?);
+            QualityGate { min_translation_mm: mm, min_rotation_deg: deg, ..QualityGate::default() }
+        }
         _ => QualityGate::default(),
     };
     let (mut total_frames, mut total_fused) = (0usize, 0usize);

@@ -4,8 +4,8 @@
 //! Live fusion and the finish step compute [`FrameStats`] for every frame against the
 //! last *accepted* frame's pose and run the [`QualityGate`]; its issues become live
 //! guidance for the phone ("move closer", "tracking lost"). The gate also does the frame
-//! selection: a frame whose camera moved less than both `min_translation_mm` and
-//! `min_rotation_deg` since the last accepted frame is [`QualityIssue::Redundant`] (no
+//! selection: a frame whose camera moved less than both `min_translation_mm` (1 mm) and
+//! `min_rotation_deg` (0.5°) since the last accepted frame is [`QualityIssue::Redundant`] (no
 //! guidance: holding still is fine). The decision depends only on the frames, never on
 //! timing or load, so live fusion and a re-fusion of the stored frames keep the same
 //! frames.
@@ -152,8 +152,10 @@ impl Default for QualityGate {
             max_median_depth_m: 0.5,
             max_translation_jump_mm: 40.0,
             max_rotation_jump_deg: 15.0,
-            min_translation_mm: 2.0,
-            min_rotation_deg: 1.0,
+            // Conservative: 2 mm and 1° lost accuracy on a phantom trajectory with few usable
+            // frames (docs/measurement.md, Frame selection).
+            min_translation_mm: 1.0,
+            min_rotation_deg: 0.5,
         }
     }
 }
@@ -292,15 +294,17 @@ mod tests {
             p.translation = [x_mm / 1000.0, 0.0, 0.0];
             frame(0.25, 1, p)
         };
-        // Still, then creeping 0.6 mm a frame: every 4th frame has moved 2 mm from the
-        // last accepted one (the comparison is with it, not with the previous frame).
+        // Still, then creeping 0.3 of the threshold a frame: every 4th frame has moved far
+        // enough from the last accepted one (the comparison is with it, not with the
+        // previous frame).
+        let step = 0.3 * gate.min_translation_mm;
         let mut frames: Vec<Frame> = (0..3).map(|_| at(0.0, 0.0)).collect();
-        frames.extend((1..=8).map(|k| at(0.6 * f64::from(k), 0.0)));
+        frames.extend((1..=8).map(|k| at(step * f64::from(k), 0.0)));
         assert_eq!(gate.accepted_indices(&frames), vec![0, 6, 10]);
         let s = FrameStats::compute(&frames[1], Some(&frames[0].pose));
         assert_eq!(gate.check(&s).iter().map(|i| i.code()).collect::<Vec<_>>(), vec!["redundant"]);
-        // A turn of a degree or more alone is a new view; so is the first frame.
-        let turned = at(0.0, 1.5);
+        // A turn past the rotation threshold alone is a new view; so is the first frame.
+        let turned = at(0.0, 1.5 * gate.min_rotation_deg);
         assert!(gate.passes(&FrameStats::compute(&turned, Some(&frames[0].pose))));
         assert!(gate.passes(&FrameStats::compute(&frames[0], None)));
         // Without selection every usable frame is accepted.
@@ -318,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn a_phantom_orbit_at_60_fps_keeps_about_one_frame_in_five_and_the_fast_one_all() {
+    fn a_phantom_orbit_at_60_fps_keeps_about_two_frames_in_five_and_the_fast_one_all() {
         use crate::phantom::{presets, Phantom, ScanConfig};
         let phantom = Phantom::new(presets::spherical_cap(false));
         let gate = QualityGate::default();
@@ -328,6 +332,6 @@ mod tests {
         // The same arc captured at 60 fps over 10 s: about 0.5 mm and 0.2° a frame.
         let slow = phantom.scan(&ScanConfig { frames: 600, ..ScanConfig::iphone(1) });
         let kept = gate.accepted_indices(&slow.frames).len();
-        assert!((90..=200).contains(&kept), "{kept} of 600 kept");
+        assert!((150..=350).contains(&kept), "{kept} of 600 kept");
     }
 }
