@@ -259,6 +259,28 @@ mod tests {
         let s = FrameStats::from_parts(&img, &Pose::IDENTITY, None);
         assert_eq!(s.median_depth_m, Some(f64::from(valid[mid])));
         assert_eq!(s.valid_fraction, valid.len() as f64 / 5_001.0);
+        // Other shapes: many equal values, neighbouring bit patterns, subnormals beside
+        // +0.0, an even count, one value, none.
+        let shapes: Vec<Vec<f32>> = vec![
+            (0..4_000).map(|i| if i % 3 == 0 { 0.25 } else { 0.25 + (i % 7) as f32 * 1e-7 }).collect(),
+            (0..4_096).map(|i| f32::from_bits(0x3e80_0000 + (i * 977 % 8_192))).collect(),
+            (0..1_000).map(|i| f32::from_bits(1 + i * 3)).chain([0.0, f32::NAN, -1.0]).collect(),
+            (1..=10).map(|i| 0.1 * i as f32).collect(),
+            vec![0.3],
+            vec![0.0, f32::NAN, f32::INFINITY],
+        ];
+        for d in shapes {
+            let mut v: Vec<f32> = d.iter().copied().filter(|x| DepthImage::is_valid_depth(*x)).collect();
+            let want = if v.is_empty() {
+                None
+            } else {
+                let m = v.len() / 2;
+                v.select_nth_unstable_by(m, f32::total_cmp);
+                Some(f64::from(v[m]))
+            };
+            let img = DepthImage::new(d.len() as u32, 1, d.clone(), None).unwrap();
+            assert_eq!(FrameStats::from_parts(&img, &Pose::IDENTITY, None).median_depth_m, want, "{:?}", &d[..1]);
+        }
     }
 
     #[test]
