@@ -20,6 +20,11 @@
 //! on load). The same happens when a session did not see the stream from frame 1 (a
 //! restart on another node) or a frame did not decode.
 //!
+//! **Frame selection.** The [`QualityGate`] also turns away frames whose camera moved less
+//! than 1 mm and 0.5° since the last accepted frame (code `redundant`, no warning to the
+//! phone): at 60 fps a steady scan repeats its view for several frames, and skipping them before
+//! integration is most of the per-frame cost. The decision depends only on the frames.
+//!
 //! **Same result as fusing at finish.** Frames go through the same [`QualityGate`] (against
 //! the previous accepted pose) and the same [`TsdfConfig`]; the only difference is the
 //! region of interest, placed around the point seen at the principal point of the first
@@ -77,16 +82,22 @@ pub fn to_recon_frame(f: &DepthFrame) -> Result<Frame, ReconError> {
         width: f.width,
         height: f.height,
     };
+    let pose = wire_pose(f)?;
+    let frame = Frame { depth: DepthImage::new(f.width, f.height, depth, confidence)?, intrinsics, pose };
+    frame.validate()?;
+    Ok(frame)
+}
+
+/// The frame's world-from-camera pose from its row-major matrix (OpenCV axes), without
+/// decoding the depth.
+pub fn wire_pose(f: &DepthFrame) -> Result<Pose, ReconError> {
     let p = f.pose.map(f64::from);
-    let pose = Pose::from_matrix([
+    Pose::from_matrix([
         [p[0], p[1], p[2], p[3]],
         [p[4], p[5], p[6], p[7]],
         [p[8], p[9], p[10], p[11]],
         [p[12], p[13], p[14], p[15]],
-    ])?;
-    let frame = Frame { depth: DepthImage::new(f.width, f.height, depth, confidence)?, intrinsics, pose };
-    frame.validate()?;
-    Ok(frame)
+    ])
 }
 
 /// The world point seen at the principal point of `f`: the median valid depth of the 5×5
@@ -381,6 +392,12 @@ impl State {
             self.complete = false;
         }
         self.last_seq = self.last_seq.max(seq);
+        // Frame selection first, on the pose alone: a redundant frame is never fused, so its
+        // depth need not be decoded (the gate reports `redundant` first for it too).
+        if wire_pose(wire).is_ok_and(|pose| self.gate.is_redundant(&pose, self.prev.as_ref())) {
+            self.rejected.push((seq, "redundant"));
+            return;
+        }
         let frame = match to_recon_frame(wire) {
             Ok(f) => f,
             Err(e) => {
@@ -734,6 +751,36 @@ mod tests {
             assert!(!r.complete);
         }
         assert!(live.progress().frames_fused <= pushed as u64);
+    }
+
+    #[tokio::test]
+    async fn live_fusion_keeps_exactly_the_frames_the_gate_keeps_on_the_stored_sequence() {
+        // A slow orbit (the accuracy arc over 600 frames): many frames barely move.
+        let rendered =
+            Phantom::new(presets::spherical_cap(false)).scan(&ScanConfig { frames: 600, ..ScanConfig::iphone(1) });
+        // Decoding rounds depth to 0.1 mm, so the finish step sees the decoded frames.
+        let wires: Vec<DepthFrame> =
+            rendered.frames.iter().take(90).enumerate().map(|(i, f)| wire(i as u64 + 1, f)).collect();
+        let stored: Vec<Frame> = wires.iter().map(|w| to_recon_frame(w).expect("decodes")).collect();
+        let expected: Vec<u64> =
+            QualityGate::default().accepted_indices(&stored).into_iter().map(|i| i as u64 + 1).collect();
+        assert!(expected.len() < 60, "most frames are redundant: {} of 90 kept", expected.len());
+        let live = LiveScan::new(true);
+        for w in wires {
+            let seq = w.seq;
+            assert!(live.push(w));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while lock(&live.0.queue).scheduled {
+                assert!(Instant::now() < deadline, "frame {seq} not fused");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        let r = live.finish().await.expect("a result");
+        assert!(r.complete);
+        assert_eq!(r.accepted.iter().map(|a| a.seq).collect::<Vec<_>>(), expected);
+        assert_eq!(r.fused as usize, expected.len());
+        assert!(r.rejected.iter().all(|(_, code)| *code == "redundant"), "{:?}", r.rejected);
+        assert!(live.progress().warnings.is_empty(), "holding still is not a problem to report");
     }
 
     #[tokio::test]

@@ -1,17 +1,34 @@
 //! Prints measured vs true values for every preset phantom over several trajectories:
-//! `cargo run -p coherency-recon --example accuracy_report [seeds] [frames]`.
+//! `cargo run -p coherency-recon --example accuracy_report [seeds] [frames] [phantom] [select|all|MM,DEG]`.
+//!
+//! Frames go through the server's quality gate first (each against the last accepted one),
+//! with its frame selection (`select`, the default; `MM,DEG` for other thresholds) or
+//! without it (`all`); each run prints
+//! how many frames were fused. `phantom` filters by name (`cap`, `limb`, …; `-` for all).
 
 use std::time::Instant;
 
 use coherency_recon::measure::{measure_auto, measure_polygon, MeasureConfig};
 use coherency_recon::phantom::{presets, Phantom, PhantomSpec, ScanConfig};
 use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
+use coherency_recon::QualityGate;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let seeds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let frames: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60);
-    let only: Option<&str> = args.get(3).map(|s| s.as_str());
+    let only: Option<&str> = args.get(3).map(|s| s.as_str()).filter(|s| *s != "-");
+    let gate = match args.get(4).map(String::as_str) {
+        Some("all") => QualityGate::default().without_selection(),
+        // `MM,DEG`: selection with other thresholds.
+        Some(t) if t.contains(',') => {
+            let mut v = t.split(',').filter_map(|x| x.parse::<f64>().ok());
+            let (mm, deg) = (v.next().ok_or("MM,DEG")?, v.next().ok_or("MM,DEG")?);
+            QualityGate { min_translation_mm: mm, min_rotation_deg: deg, ..QualityGate::default() }
+        }
+        _ => QualityGate::default(),
+    };
+    let (mut total_frames, mut total_fused) = (0usize, 0usize);
     let cases: Vec<(&str, PhantomSpec)> = vec![
         ("cap/plane", presets::spherical_cap(false)),
         ("ellipsoid/plane", presets::ellipsoid(false)),
@@ -46,10 +63,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let cfg = TsdfConfig { roi: Some(Aabb::around(t.target_world, 0.06)), ..TsdfConfig::default() };
             let mut vol = TsdfVolume::new(cfg)?;
             let t1 = Instant::now();
-            for f in &scan.frames {
-                vol.integrate(f)?;
+            let kept = gate.accepted_indices(&scan.frames);
+            for &i in &kept {
+                vol.integrate(&scan.frames[i])?;
             }
             let t_fuse = t1.elapsed();
+            total_frames += scan.frames.len();
+            total_fused += kept.len();
             let t2 = Instant::now();
             let m = measure_auto(&vol, t.target_world, &MeasureConfig::default());
             let t_meas = t2.elapsed();
@@ -59,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         format!("{:+.2}{}", v.value - tv, if v.contains(tv) { "" } else { "!" })
                     };
                     println!(
-                        "  seed {seed}: area {:.1}±{:.1} ({}, {:+.2}%) bed {} perim {} L {} W {} maxd {}±{:.2} vol {:.0}±{:.0} ({:+.2}%) {:?} res {:.3}mm  [render {:.0?} fuse {:.0?} measure {:.0?}, {} KiB]",
+                        "  seed {seed}: area {:.1}±{:.1} ({}, {:+.2}%) bed {} perim {} L {} W {} maxd {}±{:.2} vol {:.0}±{:.0} ({:+.2}%) {:?} res {:.3}mm  [fused {}/{}, render {:.0?} fuse {:.0?} measure {:.0?}, {} KiB]",
                         m.outline_area_mm2.value, m.outline_area_mm2.uncertainty,
                         e(&m.outline_area_mm2, t.outline_area_mm2),
                         (m.outline_area_mm2.value / t.outline_area_mm2 - 1.0) * 100.0,
@@ -71,6 +91,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         m.volume_mm3.value, m.volume_mm3.uncertainty,
                         (m.volume_mm3.value / t.volume_mm3 - 1.0) * 100.0,
                         m.skin_model, m.skin_residual_mm,
+                        kept.len(), scan.frames.len(),
                         t_render, t_fuse, t_meas, vol.memory_bytes() / 1024,
                     );
                 }
@@ -96,5 +117,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    println!(
+        "fused {total_fused} of {total_frames} frames ({:.1} % skipped as redundant or unusable)",
+        100.0 * (1.0 - total_fused as f64 / total_frames.max(1) as f64)
+    );
     Ok(())
 }

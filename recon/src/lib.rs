@@ -4,8 +4,8 @@
 //! mesh plus wound measurements": no I/O beyond byte buffers, no async, no threads.
 //! The `Reconstruction` actor drives it frame by frame:
 //!
-//! 1. [`quality::FrameStats::compute`] / [`quality::QualityGate`] /
-//!    [`quality::FrameSelector`] decide whether a frame is worth fusing;
+//! 1. [`quality::FrameStats::compute`] / [`quality::QualityGate`] decide whether a frame
+//!    is usable and worth fusing (frame selection);
 //! 2. [`tsdf::TsdfVolume::integrate`] fuses it (sparse 8³ bricks, ~1 mm voxels);
 //!    [`tsdf::TsdfVolume::coverage`] reports live progress;
 //! 3. [`mesh::MeshExtractor`] turns changed bricks into a mesh (PLY / GLB export);
@@ -29,7 +29,7 @@ pub mod tsdf;
 pub use geometry::{DepthImage, Frame, Intrinsics, Pose, Vec3};
 pub use measure::{measure_auto, measure_polygon, MeasureConfig, Measurement, WoundMeasurements};
 pub use mesh::{Mesh, MeshExtractor};
-pub use quality::{FrameSelector, FrameStats, QualityGate, QualityIssue};
+pub use quality::{FrameStats, QualityGate, QualityIssue};
 pub use tsdf::{Coverage, TsdfConfig, TsdfVolume};
 
 /// Everything that can go wrong in reconstruction. Callers map these to the

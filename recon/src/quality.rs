@@ -1,10 +1,14 @@
-//! Per-frame quality: statistics, a gate that rejects unusable frames with reasons,
-//! and a selector that skips frames adding nothing (the phone barely moved).
+//! Per-frame quality: statistics, and a gate that turns away frames that are unusable
+//! or add nothing, with reasons.
 //!
-//! The capture session computes [`FrameStats`] for every frame (cheap: one pass over
-//! the depth map), runs the [`QualityGate`] and reports its issues back to the phone
-//! as live guidance ("move closer", "hold steady"), then asks the [`FrameSelector`]
-//! whether the frame is worth fusing.
+//! Live fusion and the finish step compute [`FrameStats`] for every frame against the
+//! last *accepted* frame's pose and run the [`QualityGate`]; its issues become live
+//! guidance for the phone ("move closer", "tracking lost"). The gate also does the frame
+//! selection: a frame whose camera moved less than both `min_translation_mm` (1 mm) and
+//! `min_rotation_deg` (0.5°) since the last accepted frame is [`QualityIssue::Redundant`] (no
+//! guidance: holding still is fine). The decision depends only on the frames, never on
+//! timing or load, so live fusion and a re-fusion of the stored frames keep the same
+//! frames.
 
 use crate::geometry::{DepthImage, Frame, Pose};
 
@@ -96,6 +100,14 @@ pub enum QualityIssue {
         /// Rotation, degrees.
         rotation_deg: f64,
     },
+    /// The camera barely moved since the last accepted frame: the view is already fused
+    /// (frame selection; not a problem to report to the person scanning).
+    Redundant {
+        /// Translation since the last accepted frame, millimetres.
+        translation_mm: f64,
+        /// Rotation since the last accepted frame, degrees.
+        rotation_deg: f64,
+    },
 }
 
 impl QualityIssue {
@@ -106,6 +118,7 @@ impl QualityIssue {
             QualityIssue::TooClose { .. } => "too_close",
             QualityIssue::TooFar { .. } => "too_far",
             QualityIssue::PoseJump { .. } => "pose_jump",
+            QualityIssue::Redundant { .. } => "redundant",
         }
     }
 }
@@ -123,6 +136,12 @@ pub struct QualityGate {
     pub max_translation_jump_mm: f64,
     /// Maximum rotation between consecutive frames, degrees.
     pub max_rotation_jump_deg: f64,
+    /// Frame selection: a frame that moved less than this *and* less than
+    /// `min_rotation_deg` since the last accepted frame is redundant, millimetres (0
+    /// turns selection off).
+    pub min_translation_mm: f64,
+    /// See `min_translation_mm`, degrees.
+    pub min_rotation_deg: f64,
 }
 
 impl Default for QualityGate {
@@ -133,6 +152,10 @@ impl Default for QualityGate {
             max_median_depth_m: 0.5,
             max_translation_jump_mm: 40.0,
             max_rotation_jump_deg: 15.0,
+            // Conservative: 2 mm and 1° lost accuracy on a phantom trajectory with few usable
+            // frames (docs/measurement.md, Frame selection).
+            min_translation_mm: 1.0,
+            min_rotation_deg: 0.5,
         }
     }
 }
@@ -141,6 +164,13 @@ impl QualityGate {
     /// All issues of a frame; empty means the frame passes.
     pub fn check(&self, s: &FrameStats) -> Vec<QualityIssue> {
         let mut issues = Vec::new();
+        // First, so that a caller may decide on the poses alone (before decoding the depth)
+        // and still report the same first issue.
+        if let (Some(t), Some(r)) = (s.translation_jump_mm, s.rotation_jump_deg) {
+            if self.redundant_motion(t, r) {
+                issues.push(QualityIssue::Redundant { translation_mm: t, rotation_deg: r });
+            }
+        }
         if s.valid_fraction < self.min_valid_fraction {
             issues.push(QualityIssue::TooLittleValidDepth { fraction: s.valid_fraction, min: self.min_valid_fraction });
         }
@@ -159,60 +189,42 @@ impl QualityGate {
         issues
     }
 
+    fn redundant_motion(&self, translation_mm: f64, rotation_deg: f64) -> bool {
+        translation_mm < self.min_translation_mm && rotation_deg < self.min_rotation_deg
+    }
+
+    /// Whether a frame at `pose` is [`QualityIssue::Redundant`] after the last accepted
+    /// frame's pose: the first issue [`QualityGate::check`] would report, decided from the
+    /// poses alone (live fusion skips such a frame without decoding its depth).
+    pub fn is_redundant(&self, pose: &Pose, last_accepted: Option<&Pose>) -> bool {
+        last_accepted.is_some_and(|p| {
+            let (t, r) = p.difference(pose);
+            self.redundant_motion(t * 1000.0, r)
+        })
+    }
+
     /// Whether a frame passes.
     pub fn passes(&self, s: &FrameStats) -> bool {
         self.check(s).is_empty()
     }
-}
 
-/// Decision of the [`FrameSelector`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Selection {
-    /// Fuse this frame.
-    Keep,
-    /// The camera barely moved since the last kept frame.
-    SkipRedundant,
-}
-
-/// Keeps frames that add viewpoints: skips a frame when the camera moved less than
-/// both thresholds since the last kept frame, but never skips more than
-/// `max_skipped` in a row (a steady hand still averages noise down).
-#[derive(Debug, Clone, PartialEq)]
-pub struct FrameSelector {
-    /// Minimum translation since the last kept frame, millimetres.
-    pub min_translation_mm: f64,
-    /// Minimum rotation since the last kept frame, degrees.
-    pub min_rotation_deg: f64,
-    /// Frames skipped in a row before one is kept anyway.
-    pub max_skipped: u32,
-    last_kept: Option<Pose>,
-    skipped: u32,
-}
-
-impl Default for FrameSelector {
-    fn default() -> Self {
-        FrameSelector::new(2.0, 1.0, 5)
-    }
-}
-
-impl FrameSelector {
-    /// A selector with the given thresholds.
-    pub fn new(min_translation_mm: f64, min_rotation_deg: f64, max_skipped: u32) -> Self {
-        FrameSelector { min_translation_mm, min_rotation_deg, max_skipped, last_kept: None, skipped: 0 }
+    /// The same gate without frame selection (every usable frame is accepted).
+    pub fn without_selection(self) -> Self {
+        QualityGate { min_translation_mm: 0.0, min_rotation_deg: 0.0, ..self }
     }
 
-    /// Decides for a frame that passed the quality gate.
-    pub fn consider(&mut self, pose: &Pose) -> Selection {
-        if let Some(last) = &self.last_kept {
-            let (t, r) = last.difference(pose);
-            if t * 1000.0 < self.min_translation_mm && r < self.min_rotation_deg && self.skipped < self.max_skipped {
-                self.skipped += 1;
-                return Selection::SkipRedundant;
+    /// Runs the gate over a sequence as live fusion and the finish step do (each frame
+    /// against the last accepted one) and returns the accepted frames' indices.
+    pub fn accepted_indices(&self, frames: &[Frame]) -> Vec<usize> {
+        let mut prev: Option<&Pose> = None;
+        let mut out = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            if self.passes(&FrameStats::compute(f, prev)) {
+                prev = Some(&f.pose);
+                out.push(i);
             }
         }
-        self.last_kept = Some(*pose);
-        self.skipped = 0;
-        Selection::Keep
+        out
     }
 }
 
@@ -247,6 +259,28 @@ mod tests {
         let s = FrameStats::from_parts(&img, &Pose::IDENTITY, None);
         assert_eq!(s.median_depth_m, Some(f64::from(valid[mid])));
         assert_eq!(s.valid_fraction, valid.len() as f64 / 5_001.0);
+        // Other shapes: many equal values, neighbouring bit patterns, subnormals beside
+        // +0.0, an even count, one value, none.
+        let shapes: Vec<Vec<f32>> = vec![
+            (0..4_000).map(|i| if i % 3 == 0 { 0.25 } else { 0.25 + (i % 7) as f32 * 1e-7 }).collect(),
+            (0..4_096).map(|i| f32::from_bits(0x3e80_0000 + (i * 977 % 8_192))).collect(),
+            (0..1_000).map(|i| f32::from_bits(1 + i * 3)).chain([0.0, f32::NAN, -1.0]).collect(),
+            (1..=10).map(|i| 0.1 * i as f32).collect(),
+            vec![0.3],
+            vec![0.0, f32::NAN, f32::INFINITY],
+        ];
+        for d in shapes {
+            let mut v: Vec<f32> = d.iter().copied().filter(|x| DepthImage::is_valid_depth(*x)).collect();
+            let want = if v.is_empty() {
+                None
+            } else {
+                let m = v.len() / 2;
+                v.select_nth_unstable_by(m, f32::total_cmp);
+                Some(f64::from(v[m]))
+            };
+            let img = DepthImage::new(d.len() as u32, 1, d.clone(), None).unwrap();
+            assert_eq!(FrameStats::from_parts(&img, &Pose::IDENTITY, None).median_depth_m, want, "{:?}", &d[..1]);
+        }
     }
 
     #[test]
@@ -275,16 +309,51 @@ mod tests {
     }
 
     #[test]
-    fn selector_skips_a_still_camera_but_not_forever() {
-        let mut sel = FrameSelector::new(2.0, 1.0, 3);
-        let p = Pose::IDENTITY;
-        assert_eq!(sel.consider(&p), Selection::Keep);
-        for _ in 0..3 {
-            assert_eq!(sel.consider(&p), Selection::SkipRedundant);
+    fn frames_that_barely_moved_since_the_last_accepted_one_are_redundant() {
+        let gate = QualityGate::default();
+        let at = |x_mm: f64, deg: f64| {
+            let mut p = Pose::from_axis_angle(Vec3::new(0.0, 1.0, 0.0), deg.to_radians());
+            p.translation = [x_mm / 1000.0, 0.0, 0.0];
+            frame(0.25, 1, p)
+        };
+        // Still, then creeping 0.3 of the threshold a frame: every 4th frame has moved far
+        // enough from the last accepted one (the comparison is with it, not with the
+        // previous frame).
+        let step = 0.3 * gate.min_translation_mm;
+        let mut frames: Vec<Frame> = (0..3).map(|_| at(0.0, 0.0)).collect();
+        frames.extend((1..=8).map(|k| at(step * f64::from(k), 0.0)));
+        assert_eq!(gate.accepted_indices(&frames), vec![0, 6, 10]);
+        let s = FrameStats::compute(&frames[1], Some(&frames[0].pose));
+        assert_eq!(gate.check(&s).iter().map(|i| i.code()).collect::<Vec<_>>(), vec!["redundant"]);
+        // A turn past the rotation threshold alone is a new view; so is the first frame.
+        let turned = at(0.0, 1.5 * gate.min_rotation_deg);
+        assert!(gate.passes(&FrameStats::compute(&turned, Some(&frames[0].pose))));
+        assert!(gate.passes(&FrameStats::compute(&frames[0], None)));
+        // Without selection every usable frame is accepted.
+        assert_eq!(gate.without_selection().accepted_indices(&frames), (0..11).collect::<Vec<_>>());
+        // Redundancy is decided from the poses alone and reported first.
+        for (i, f) in frames.iter().enumerate().skip(1) {
+            let last = &frames[*gate.accepted_indices(&frames[..i]).last().expect("frame 0")].pose;
+            let first = gate.check(&FrameStats::compute(f, Some(last))).first().map(QualityIssue::code);
+            assert_eq!(gate.is_redundant(&f.pose, Some(last)), first == Some("redundant"), "frame {i}");
         }
-        assert_eq!(sel.consider(&p), Selection::Keep);
-        let mut q = p;
-        q.translation = [0.005, 0.0, 0.0];
-        assert_eq!(sel.consider(&q), Selection::Keep);
+        let far = FrameStats::compute(&frame(0.9, 1, Pose::IDENTITY), Some(&Pose::IDENTITY));
+        let codes: Vec<_> = gate.check(&far).iter().map(|i| i.code()).collect();
+        assert_eq!(codes, vec!["redundant", "too_far"]);
+        assert!(!gate.is_redundant(&Pose::IDENTITY, None));
+    }
+
+    #[test]
+    fn a_phantom_orbit_at_60_fps_keeps_about_two_frames_in_five_and_the_fast_one_all() {
+        use crate::phantom::{presets, Phantom, ScanConfig};
+        let phantom = Phantom::new(presets::spherical_cap(false));
+        let gate = QualityGate::default();
+        // The accuracy trajectories: 60 frames along a 100–200° arc, a few degrees apart.
+        let fast = phantom.scan(&ScanConfig::iphone(1));
+        assert_eq!(gate.accepted_indices(&fast.frames).len(), fast.frames.len());
+        // The same arc captured at 60 fps over 10 s: about 0.5 mm and 0.2° a frame.
+        let slow = phantom.scan(&ScanConfig { frames: 600, ..ScanConfig::iphone(1) });
+        let kept = gate.accepted_indices(&slow.frames).len();
+        assert!((150..=350).contains(&kept), "{kept} of 600 kept");
     }
 }
