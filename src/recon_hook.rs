@@ -417,7 +417,8 @@ fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
     let mut rejected = Vec::new();
     let mut prev: Option<Pose> = None;
     for f in frames {
-        let issues = gate.check(&FrameStats::compute(&f.frame, prev.as_ref()));
+        let gap = accepted.last().map_or(1, |(_, a)| f.seq.saturating_sub(a.seq));
+        let issues = gate.after_gap(gap).check(&FrameStats::compute(&f.frame, prev.as_ref()));
         match issues.first() {
             None => {
                 let a = Accepted {

@@ -406,7 +406,8 @@ impl State {
                 return;
             }
         };
-        if let Some(issue) = self.gate.check(&FrameStats::compute(&frame, self.prev.as_ref())).first() {
+        let gap = self.accepted.last().map_or(1, |a| seq.saturating_sub(a.seq));
+        if let Some(issue) = self.gate.after_gap(gap).check(&FrameStats::compute(&frame, self.prev.as_ref())).first() {
             self.rejected.push((seq, issue.code()));
             return;
         }

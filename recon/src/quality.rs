@@ -123,6 +123,10 @@ impl QualityIssue {
     }
 }
 
+/// Most frames a pose-jump limit is multiplied by (see [`QualityGate::after_gap`]): one
+/// second at 30 frames/s.
+pub const MAX_JUMP_GAP: u64 = 30;
+
 /// Thresholds for accepting a frame.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct QualityGate {
@@ -189,6 +193,21 @@ impl QualityGate {
         issues
     }
 
+    /// The gate for a frame `gap` frames (by sequence number) after the last accepted one:
+    /// the pose-jump limits are per frame, so the pose may have moved up to `gap` times
+    /// them (at most [`MAX_JUMP_GAP`] times). Without this a stretch of rejected frames
+    /// (a covered lens, a look away) would make every later frame a "jump" from a pose long
+    /// past, and the rest of the scan would be rejected. A glitch right after an accepted
+    /// frame still is one.
+    pub fn after_gap(&self, gap: u64) -> QualityGate {
+        let n = gap.clamp(1, MAX_JUMP_GAP) as f64;
+        QualityGate {
+            max_translation_jump_mm: self.max_translation_jump_mm * n,
+            max_rotation_jump_deg: self.max_rotation_jump_deg * n,
+            ..*self
+        }
+    }
+
     fn redundant_motion(&self, translation_mm: f64, rotation_deg: f64) -> bool {
         translation_mm < self.min_translation_mm && rotation_deg < self.min_rotation_deg
     }
@@ -217,9 +236,10 @@ impl QualityGate {
     /// against the last accepted one) and returns the accepted frames' indices.
     pub fn accepted_indices(&self, frames: &[Frame]) -> Vec<usize> {
         let mut prev: Option<&Pose> = None;
-        let mut out = Vec::new();
+        let mut out: Vec<usize> = Vec::new();
         for (i, f) in frames.iter().enumerate() {
-            if self.passes(&FrameStats::compute(f, prev)) {
+            let gap = out.last().map_or(1, |&j| (i - j) as u64);
+            if self.after_gap(gap).passes(&FrameStats::compute(f, prev)) {
                 prev = Some(&f.pose);
                 out.push(i);
             }
@@ -306,6 +326,27 @@ mod tests {
         let near = FrameStats::compute(&frame(0.05, 1, Pose::IDENTITY), None);
         let codes: Vec<_> = QualityGate::default().check(&near).iter().map(|i| i.code()).collect();
         assert_eq!(codes, vec!["too_close"]);
+    }
+
+    #[test]
+    fn a_stretch_of_unusable_frames_does_not_make_the_rest_of_the_scan_a_pose_jump() {
+        let gate = QualityGate::default();
+        let at = |x_mm: f64, usable: bool| {
+            let mut p = Pose::IDENTITY;
+            p.translation = [x_mm / 1000.0, 0.0, 0.0];
+            frame(0.25, if usable { 1 } else { 10 }, p)
+        };
+        // 10 mm a frame (a steady sweep); frames 1..=9 have too little depth. Frame 10 is
+        // 100 mm from the last accepted one, 10 frames later: a sweep, not a jump.
+        let mut frames: Vec<Frame> = (0..=12).map(|k| at(10.0 * f64::from(k), !(1..=9).contains(&k))).collect();
+        assert_eq!(gate.accepted_indices(&frames), vec![0, 10, 11, 12]);
+        // The same 100 mm one frame after an accepted frame is a tracking glitch.
+        frames[1] = at(100.0, true);
+        let s = FrameStats::compute(&frames[1], Some(&frames[0].pose));
+        assert_eq!(gate.after_gap(1).check(&s).iter().map(|i| i.code()).collect::<Vec<_>>(), vec!["pose_jump"]);
+        // And however long the gap, the limit stops growing at MAX_JUMP_GAP frames.
+        let far = FrameStats::compute(&at(40.0 * MAX_JUMP_GAP as f64 + 50.0, true), Some(&frames[0].pose));
+        assert!(!gate.after_gap(10 * MAX_JUMP_GAP).passes(&far));
     }
 
     #[test]
