@@ -404,6 +404,22 @@ async fn requeue_offer(conn: &mut PgConnection, a: &Appointment, now: DateTime<U
     Ok(())
 }
 
+/// First key of the clinician calendar locks (two-key advisory locks; the audit chain uses
+/// the one-key space, which does not overlap).
+const CALENDAR_LOCK_CLASS: i32 = 0x6361_6c31;
+
+/// Takes the clinician's calendar lock until the transaction ends. Writers that insert into
+/// one calendar, on any node, then go one at a time: two overlapping inserts never wait on
+/// each other's exclusion-constraint check, which Postgres can only settle as a deadlock
+/// after `deadlock_timeout` (a second), aborting one with an error instead of `slot_taken`.
+/// The constraint still decides; the lock only orders the writers.
+async fn lock_calendar(conn: &mut PgConnection, clinician_id: Uuid) -> Result<(), ApiError> {
+    let b = clinician_id.as_bytes();
+    let key = (0..4).fold(0i32, |k, i| k ^ i32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]));
+    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)").bind(CALENDAR_LOCK_CLASS).bind(key).execute(conn).await?;
+    Ok(())
+}
+
 /// A request to hold (or directly book) a slot.
 pub struct NewHold {
     pub clinician_id: Uuid,
@@ -420,6 +436,7 @@ pub async fn hold(state: &AppState, h: NewHold) -> Result<(Appointment, Vec<(&'s
     let now = state.clock.now();
     let (start, end, bs, be) = h.ty.block(h.start);
     let mut tx = state.stores.pg.begin().await?;
+    lock_calendar(&mut tx, h.clinician_id).await?;
     let mut events = Vec::new();
     for a in expire_overlapping(&mut tx, h.clinician_id, bs, be, now).await? {
         events.push(("expired", a));
@@ -589,6 +606,15 @@ pub async fn reschedule(
     let now = state.clock.now();
     let (start, end, bs, be) = ty.block(new_start);
     let mut tx = state.stores.pg.begin().await?;
+    // The calendar lock before the row lock, in the same order as a hold takes them (an
+    // appointment's clinician never changes, so a plain read names the calendar).
+    let clinician: Option<Uuid> = sqlx::query_scalar("SELECT clinician_id FROM appointments WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if let Some(c) = clinician {
+        lock_calendar(&mut tx, c).await?;
+    }
     let cur = lock_row(&mut tx, id).await?;
     if !matches!(cur.status.as_str(), "held" | "booked") || cur.expires_at.is_some_and(|e| e <= now) {
         return Err(not_live(&cur, now));
