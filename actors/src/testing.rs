@@ -243,12 +243,19 @@ pub struct MemQualitySink {
     /// Fault injection.
     pub faults: Faults,
     records: Mutex<BTreeMap<(ScanId, u64), (QualityRecord, u32)>>,
+    /// The seqs of each successful write, in order.
+    writes: Mutex<Vec<Vec<u64>>>,
 }
 
 impl MemQualitySink {
     /// A scan's records in seq order.
     pub fn records(&self, scan_id: ScanId) -> Vec<QualityRecord> {
         lock(&self.records).range((scan_id, 0)..=(scan_id, u64::MAX)).map(|(_, (r, _))| r.clone()).collect()
+    }
+
+    /// The seqs each successful write carried, in write order (every scan).
+    pub fn writes(&self) -> Vec<Vec<u64>> {
+        lock(&self.writes).clone()
     }
 
     /// How often each of a scan's records was written, by seq.
@@ -267,6 +274,7 @@ impl QualitySink for MemQualitySink {
             e.0 = r.clone();
             e.1 += 1;
         }
+        lock(&self.writes).push(records.iter().map(|r| r.seq).collect());
         Ok(())
     }
 }
