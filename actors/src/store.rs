@@ -108,8 +108,15 @@ pub struct StoredChunk {
 pub trait FrameStore: Send + Sync + 'static {
     /// Writes one chunk object and returns only once it is durable (written through to
     /// stable storage). Idempotent: writing the same spec again with the same bytes must
-    /// succeed (overwrite or keep the existing object).
-    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError>;
+    /// succeed (overwrite or keep the existing object). `sha256`, when given, is the SHA-256
+    /// of `bytes`, already computed by the caller (a one-frame chunk is its frame, which the
+    /// session hashed on arrival); the store returns it instead of hashing the bytes again.
+    async fn put_chunk(
+        &self,
+        spec: &ChunkSpec,
+        bytes: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<StoredChunk, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------

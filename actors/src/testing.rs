@@ -129,10 +129,19 @@ impl MemFrameStore {
 
 #[async_trait]
 impl FrameStore for MemFrameStore {
-    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError> {
+    async fn put_chunk(
+        &self,
+        spec: &ChunkSpec,
+        bytes: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<StoredChunk, StoreError> {
         self.faults.check().await?;
         let key = spec.suggested_key();
-        let stored = StoredChunk { key: key.clone(), sha256: Sha256::digest(&bytes).into(), size: bytes.len() as u64 };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if sha256.is_some_and(|given| given != digest) {
+            return Err(StoreError::Permanent(format!("chunk {key}: the given SHA-256 is not the bytes' digest")));
+        }
+        let stored = StoredChunk { key: key.clone(), sha256: digest, size: bytes.len() as u64 };
         lock(&self.objects).insert(key, bytes);
         self.puts.fetch_add(1, Ordering::SeqCst);
         Ok(stored)

@@ -124,9 +124,14 @@ impl BlobFrameStore {
 
 #[async_trait]
 impl FrameStore for BlobFrameStore {
-    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError> {
+    async fn put_chunk(
+        &self,
+        spec: &ChunkSpec,
+        bytes: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<StoredChunk, StoreError> {
         let key = spec.suggested_key();
-        let stored = self.blobs.put_durable(&key, bytes).await.map_err(|e| blob_error(&e))?;
+        let stored = self.blobs.put_durable_hashed(&key, bytes, sha256).await.map_err(|e| blob_error(&e))?;
         let mut sha256 = [0u8; 32];
         hex::decode_to_slice(&stored.sha256, &mut sha256)
             .map_err(|_| StoreError::Permanent("blob: bad digest".into()))?;

@@ -43,6 +43,8 @@ use crate::store::{
 pub(crate) struct ChunkJob {
     pub spec: ChunkSpec,
     pub bytes: Bytes,
+    /// SHA-256 of `bytes` when already known (a one-frame chunk: its frame's digest).
+    pub sha256: Option<[u8; 32]>,
     pub rows: Vec<FrameRow>,
     /// When the oldest frame of the chunk was received.
     pub oldest: Instant,
@@ -119,8 +121,8 @@ async fn blob_stage(
             || {
                 let frames = deps.frames.clone();
                 let spec = job.spec;
-                let bytes = job.bytes.clone();
-                isolated(async move { frames.put_chunk(&spec, bytes).await })
+                let (bytes, sha256) = (job.bytes.clone(), job.sha256);
+                isolated(async move { frames.put_chunk(&spec, bytes, sha256).await })
             },
             |e, attempt| {
                 deps.metrics.store_retry(StoreKind::Blob);
