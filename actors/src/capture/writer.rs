@@ -14,11 +14,11 @@
 //! idempotent on (scan, seq), so nothing is stored twice in the index.
 //!
 //! Quality path: records go through a bounded queue to one task that batches them by
-//! storage bucket ([`crate::store::QUALITY_BUCKET_FRAMES`] consecutive seqs) and upserts them, retrying
-//! for a long time (derived data must not hold up acks). When the queue is full the newest
-//! record is dropped and counted: quality records are derived from the raw frames and the
-//! reconstruction step rebuilds any that are missing. The task outlives its session until
-//! its queue is written (or its retry budget runs out).
+//! storage bucket ([`crate::store::QUALITY_BUCKET_FRAMES`] consecutive seqs) and upserts
+//! them, retrying for a long time (derived data must not hold up acks). When the queue is
+//! full the newest record is dropped and counted: quality records are derived from the raw
+//! frames and the reconstruction step rebuilds any that are missing. The task outlives its
+//! session until its queue is written (or its retry budget runs out).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -224,9 +224,9 @@ impl QualityQueue {
 
 /// How quality writes are batched: at most `max` records, gathered for at most `linger`
 /// after the first, and never past the last seq of a storage bucket
-/// ([`crate::store::QUALITY_BUCKET_FRAMES`]): a scan streaming steadily fills a bucket well within the
-/// linger, so each bucket is written once, whole — one document for the Mongo server to
-/// write instead of one per frame, or one partial bucket updated again and again.
+/// ([`crate::store::QUALITY_BUCKET_FRAMES`]): a scan streaming steadily fills a bucket well
+/// within the linger, so each bucket is written once, whole — one document for the Mongo
+/// server to write instead of one per frame, or one partial bucket updated again and again.
 #[derive(Clone, Copy)]
 struct BatchShape {
     max: usize,
