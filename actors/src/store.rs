@@ -108,8 +108,15 @@ pub struct StoredChunk {
 pub trait FrameStore: Send + Sync + 'static {
     /// Writes one chunk object and returns only once it is durable (written through to
     /// stable storage). Idempotent: writing the same spec again with the same bytes must
-    /// succeed (overwrite or keep the existing object).
-    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError>;
+    /// succeed (overwrite or keep the existing object). `sha256`, when given, is the SHA-256
+    /// of `bytes`, already computed by the caller (a one-frame chunk is its frame, which the
+    /// session hashed on arrival); the store returns it instead of hashing the bytes again.
+    async fn put_chunk(
+        &self,
+        spec: &ChunkSpec,
+        bytes: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<StoredChunk, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -256,11 +263,26 @@ pub struct QualityRecord {
     pub warnings: Vec<String>,
 }
 
+/// Quality records are stored in buckets of this many consecutive seqs of one scan: bucket
+/// `k` holds seqs `k·32 + 1 ..= (k + 1)·32` (MongoDB: one document per bucket, see
+/// `docs/api.md` § Scans). The quality writer ends a batch at a bucket's last seq, so a
+/// steadily streaming scan writes each bucket once, whole: the Mongo server's cost is per
+/// document written, not per record (`docs/performance.md` § Scan ingest).
+pub const QUALITY_BUCKET_FRAMES: u64 = 32;
+
+/// The bucket holding `seq`: its first and last seq (seq 0, never sent, maps to bucket 0).
+pub fn quality_bucket(seq: u64) -> (u64, u64) {
+    let first = seq.saturating_sub(1) / QUALITY_BUCKET_FRAMES * QUALITY_BUCKET_FRAMES + 1;
+    (first, first.saturating_add(QUALITY_BUCKET_FRAMES - 1))
+}
+
 /// Where per-frame quality records go (MongoDB). Derived data: writes may fail and are
 /// retried without holding up acks.
 #[async_trait]
 pub trait QualitySink: Send + Sync + 'static {
-    /// Upserts the records on (scan_id, seq). Returns once acknowledged by the database.
+    /// Upserts the records on (scan_id, seq): a record written again replaces the earlier
+    /// one, records of other seqs are kept. The records may span several buckets
+    /// ([`QUALITY_BUCKET_FRAMES`]). Returns once acknowledged by the database.
     async fn write_quality(&self, records: &[QualityRecord]) -> Result<(), StoreError>;
 }
 
@@ -314,5 +336,21 @@ pub struct NoReconstruction;
 impl FinishHook for NoReconstruction {
     async fn on_finish(&self, _scan: FinishedScan) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_buckets_are_aligned_runs_of_consecutive_seqs() {
+        assert_eq!(quality_bucket(1), (1, 32));
+        assert_eq!(quality_bucket(32), (1, 32));
+        assert_eq!(quality_bucket(33), (33, 64));
+        assert_eq!(quality_bucket(0), (1, 32));
+        // Never panics, even for a seq no phone can reach.
+        let (first, last) = quality_bucket(u64::MAX);
+        assert_eq!((first % QUALITY_BUCKET_FRAMES, last), (1, u64::MAX));
     }
 }

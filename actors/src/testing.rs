@@ -129,10 +129,19 @@ impl MemFrameStore {
 
 #[async_trait]
 impl FrameStore for MemFrameStore {
-    async fn put_chunk(&self, spec: &ChunkSpec, bytes: Bytes) -> Result<StoredChunk, StoreError> {
+    async fn put_chunk(
+        &self,
+        spec: &ChunkSpec,
+        bytes: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<StoredChunk, StoreError> {
         self.faults.check().await?;
         let key = spec.suggested_key();
-        let stored = StoredChunk { key: key.clone(), sha256: Sha256::digest(&bytes).into(), size: bytes.len() as u64 };
+        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+        if sha256.is_some_and(|given| given != digest) {
+            return Err(StoreError::Permanent(format!("chunk {key}: the given SHA-256 is not the bytes' digest")));
+        }
+        let stored = StoredChunk { key: key.clone(), sha256: digest, size: bytes.len() as u64 };
         lock(&self.objects).insert(key, bytes);
         self.puts.fetch_add(1, Ordering::SeqCst);
         Ok(stored)
@@ -243,12 +252,19 @@ pub struct MemQualitySink {
     /// Fault injection.
     pub faults: Faults,
     records: Mutex<BTreeMap<(ScanId, u64), (QualityRecord, u32)>>,
+    /// The seqs of each successful write, in order.
+    writes: Mutex<Vec<Vec<u64>>>,
 }
 
 impl MemQualitySink {
     /// A scan's records in seq order.
     pub fn records(&self, scan_id: ScanId) -> Vec<QualityRecord> {
         lock(&self.records).range((scan_id, 0)..=(scan_id, u64::MAX)).map(|(_, (r, _))| r.clone()).collect()
+    }
+
+    /// The seqs each successful write carried, in write order (every scan).
+    pub fn writes(&self) -> Vec<Vec<u64>> {
+        lock(&self.writes).clone()
     }
 
     /// How often each of a scan's records was written, by seq.
@@ -267,6 +283,7 @@ impl QualitySink for MemQualitySink {
             e.0 = r.clone();
             e.1 += 1;
         }
+        lock(&self.writes).push(records.iter().map(|r| r.seq).collect());
         Ok(())
     }
 }

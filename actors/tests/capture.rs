@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use coherency_actors::capture::{
-    CaptureError, Drain, GetSnapshot, HandOverScan, ListSessions, Outbound, SessionPhase, StopSession,
+    CaptureConfig, CaptureError, Drain, GetSnapshot, HandOverScan, ListSessions, Outbound, SessionPhase, StopSession,
 };
 use coherency_actors::retry::RetryPolicy;
 use coherency_actors::store::{ScanState, ScanStatus};
@@ -259,6 +259,22 @@ async fn a_quality_sink_outage_does_not_hold_up_acks_and_every_record_arrives_af
     let seqs: Vec<u64> = h.quality.records(h.scan_id).iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=300).collect::<Vec<_>>());
     h.assert_stored_exactly(&frames);
+}
+
+#[actix_rt::test]
+async fn a_steady_30_fps_stream_writes_its_quality_records_one_whole_bucket_at_a_time() {
+    // A longer linger than the default 2 s, so a loaded test machine that slows the paced
+    // phone below 16 fps cannot cut a bucket.
+    let h = Harness::new(CaptureConfig { quality_linger: Duration::from_secs(5), ..test_config() });
+    let frames = make_frames(100, 64, 48);
+    let mut phone = Phone::new(h.scan_id, frames);
+    phone.pace = Some(Duration::from_millis(33));
+    finish_run(&h, &mut phone).await;
+    wait_quality(&h, 100).await;
+    // One write per storage bucket of 32 seqs (one Mongo document each); the last, partial
+    // bucket goes when its linger is up or the session ends.
+    let bucket = |first: u64, last: u64| (first..=last).collect::<Vec<u64>>();
+    assert_eq!(h.quality.writes(), vec![bucket(1, 32), bucket(33, 64), bucket(65, 96), bucket(97, 100)]);
 }
 
 #[actix_rt::test]

@@ -116,7 +116,18 @@ impl BlobStore {
     /// Writes `data` at `key`, durably (fsync on local folders; the services' own guarantee
     /// on S3/Azure), and returns its SHA-256.
     pub async fn put_durable(&self, key: &str, data: Bytes) -> Result<Stored, object_store::Error> {
-        let sha256 = hex::encode(Sha256::digest(&data));
+        self.put_durable_hashed(key, data, None).await
+    }
+
+    /// [`Self::put_durable`] with the data's SHA-256 when the caller already has it (it is
+    /// trusted: pass only a digest computed over exactly `data`).
+    pub async fn put_durable_hashed(
+        &self,
+        key: &str,
+        data: Bytes,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<Stored, object_store::Error> {
+        let sha256 = hex::encode(sha256.unwrap_or_else(|| Sha256::digest(&data).into()));
         let size = data.len() as u64;
         let path = self.path(key);
         self.store.put(&path, PutPayload::from(data)).await?;

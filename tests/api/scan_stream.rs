@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use coherency::config::ServiceUrl;
+use coherency_actors::store::QualityRecord;
 use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStreamClient};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::limits;
@@ -39,7 +40,7 @@ pub fn frame(seq: u64) -> DepthFrame {
     let tx = 0.0005 * seq as f32;
     DepthFrame {
         seq,
-        captured_at_us: 1_764_000_000_000_000 + seq * 33_333,
+        captured_at_us: captured_at_us(seq),
         width: W,
         height: H,
         depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &metres),
@@ -48,6 +49,11 @@ pub fn frame(seq: u64) -> DepthFrame {
         pose: [1.0, 0.0, 0.0, tx, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: None,
     }
+}
+
+/// Frame `seq`'s capture time: 30 fps from a fixed instant.
+pub fn captured_at_us(seq: u64) -> u64 {
+    1_764_000_000_000_000 + seq * 33_333
 }
 
 /// The exact bytes the client sends for frame `seq`.
@@ -129,19 +135,31 @@ pub async fn assert_stored_exactly(app: &TestApp, scan: ScanId, n: u64) {
     assert_eq!(acked, n as i64);
 }
 
-async fn quality_count(app: &TestApp, scan: ScanId) -> u64 {
+/// The scan's quality records as a reader finds them in Mongo (through the real server
+/// address, not the test's proxy), in seq order; empty while Mongo cannot be read.
+pub async fn quality_records(app: &TestApp, scan: ScanId) -> Vec<QualityRecord> {
     let client = mongodb::Client::with_uri_str(base_config().mongo_url.expose()).await.unwrap();
-    let coll = client
-        .database(&app.config.mongo_database)
-        .collection::<mongodb::bson::Document>(coherency::store::scans::QUALITY_COLLECTION);
-    coll.count_documents(mongodb::bson::doc! {"scan_id": scan.to_string()}).await.unwrap_or(0)
+    let db = client.database(&app.config.mongo_database);
+    coherency::store::scans::quality_records(&db, scan).await.unwrap_or_default()
 }
 
+/// Every frame `1..=n` has exactly one quality record in Mongo, and it describes that
+/// frame (the test frames are 256×192 with a few holes, about 30 cm away).
 pub async fn assert_quality_records(app: &TestApp, scan: ScanId, n: u64, within: Duration) {
-    eventually(within, "every quality record in mongo", || async {
-        (quality_count(app, scan).await == n).then_some(())
+    let records = eventually(within, "every quality record in mongo", || async {
+        let records = quality_records(app, scan).await;
+        (records.len() as u64 == n).then_some(records)
     })
     .await;
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "one record per frame");
+    for r in &records {
+        assert_eq!((r.scan_id, r.width, r.height), (scan, W, H), "frame {}", r.seq);
+        assert_eq!(r.captured_at_us, captured_at_us(r.seq), "frame {}", r.seq);
+        assert!(r.valid_fraction > 0.95, "frame {}: valid fraction {}", r.seq, r.valid_fraction);
+        let median = r.median_depth_m.unwrap_or_default();
+        assert!((0.3..0.4).contains(&median), "frame {}: median depth {median}", r.seq);
+    }
 }
 
 pub async fn stream(client: &mut ScanStreamClient, from: u64, to: u64) {
@@ -306,6 +324,47 @@ async fn mongo_unreachable_does_not_hold_up_acks_and_every_quality_record_arrive
     assert_eq!(finished.last_seq, sent);
     assert_stored_exactly(&app, scan, sent).await;
     assert_quality_records(&app, scan, sent, Duration::from_secs(90)).await;
+}
+
+#[actix_web::test]
+async fn quality_records_are_kept_once_per_frame_whatever_the_batches_repeats_and_rewrites() {
+    use coherency_actors::store::QualitySink;
+    let app = spawn_app().await;
+    let scan = ScanId::new();
+    let sink = coherency::store::scans::MongoQualitySink::new(app.state.stores.mongo.clone());
+    let record = |seq: u64, valid_fraction: f32| QualityRecord {
+        scan_id: scan,
+        seq,
+        captured_at_us: captured_at_us(seq),
+        width: W,
+        height: H,
+        valid_fraction,
+        median_depth_m: Some(0.3),
+        pose_jump_mm: (seq > 1).then_some(1.5),
+        pose_jump_deg: None,
+        accepted: true,
+        warnings: if seq == 7 { vec!["too_close".into()] } else { vec![] },
+    };
+    let batch = |seqs: std::ops::RangeInclusive<u64>, v: f32| seqs.map(|s| record(s, v)).collect::<Vec<_>>();
+    // A partial bucket; then a write that overlaps it with newer values and crosses into the
+    // next bucket (a resumed session re-judging frames); then that write again (a retry).
+    sink.write_quality(&batch(1..=10, 0.5)).await.unwrap();
+    sink.write_quality(&batch(5..=40, 0.9)).await.unwrap();
+    sink.write_quality(&batch(5..=40, 0.9)).await.unwrap();
+
+    let got = quality_records(&app, scan).await;
+    let mut want = batch(1..=4, 0.5);
+    want.extend(batch(5..=40, 0.9));
+    assert_eq!(got, want, "every record once, the latest write of each seq");
+    let buckets = app
+        .state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>(coherency::store::scans::QUALITY_COLLECTION)
+        .count_documents(mongodb::bson::doc! {"scan_id": scan.to_string()})
+        .await
+        .unwrap();
+    assert_eq!(buckets, 2, "seqs 1..=32 and 33..=40: two documents");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -45,11 +45,15 @@ pub struct CaptureConfig {
     /// Most quality records waiting for MongoDB per session; more are dropped (and counted)
     /// to be rebuilt from the raw frames.
     pub quality_queue_cap: usize,
-    /// Most quality records written in one call.
+    /// Most quality records written in one call (a call also ends at the last seq of a
+    /// storage bucket, `store::QUALITY_BUCKET_FRAMES`).
     pub quality_batch: usize,
-    /// How long a quality write waits for more records after the first: about one write
-    /// command per scan per 250 ms instead of one per frame (the Mongo server's CPU in the
-    /// 32-scan benchmark did not measurably change; `docs/performance.md`).
+    /// How long a quality write waits for the rest of its bucket after its first record.
+    /// Long enough for a bucket of 32 frames to fill at 30 fps (≈ 1.07 s), so a steady
+    /// stream writes each bucket once, whole — a bucket written in pieces costs the Mongo
+    /// server a document rewrite per piece (`docs/performance.md` § Scan ingest). A scan
+    /// slower than 16 fps writes its buckets in two pieces or more. Quality records never
+    /// hold up acks; only readers of the quality collection see them this much later.
     pub quality_linger: Duration,
     /// Records per outbox: a pump that falls this far behind is disconnected.
     pub outbox_capacity: usize,
@@ -98,7 +102,7 @@ impl Default for CaptureConfig {
             },
             quality_queue_cap: 4096,
             quality_batch: 64,
-            quality_linger: Duration::from_millis(250),
+            quality_linger: Duration::from_secs(2),
             outbox_capacity: 256,
             progress_every: Duration::from_millis(100),
             live_fusion: true,

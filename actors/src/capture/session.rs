@@ -457,26 +457,35 @@ impl CaptureSession {
         }
     }
 
+    /// The chunk of backlog frames `start..start + n` (`bytes` long). A one-frame chunk — the
+    /// usual case while the store keeps up, see [`Self::try_flush`] — is the frame's own
+    /// bytes and digest: no copy, and the blob store does not hash it again.
     fn build_job(&self, start: usize, n: usize, bytes: usize) -> ChunkJob {
+        let first = &self.backlog[start];
+        let spec = ChunkSpec { scan_id: self.scan_id, first_seq: first.seq, last_seq: first.seq + n as u64 - 1 };
+        let row = |h: &Held, offset: u64| FrameRow {
+            seq: h.seq,
+            offset,
+            length: h.raw.len() as u64,
+            sha256: h.sha256,
+            captured_at_us: h.captured_at_us,
+        };
+        if n == 1 {
+            return ChunkJob {
+                spec,
+                bytes: first.raw.clone(),
+                sha256: Some(first.sha256),
+                rows: vec![row(first, 0)],
+                oldest: first.received_at,
+            };
+        }
         let mut buf = BytesMut::with_capacity(bytes);
         let mut rows = Vec::with_capacity(n);
         for h in self.backlog.range(start..start + n) {
-            rows.push(FrameRow {
-                seq: h.seq,
-                offset: buf.len() as u64,
-                length: h.raw.len() as u64,
-                sha256: h.sha256,
-                captured_at_us: h.captured_at_us,
-            });
+            rows.push(row(h, buf.len() as u64));
             buf.extend_from_slice(&h.raw);
         }
-        let first = &self.backlog[start];
-        ChunkJob {
-            spec: ChunkSpec { scan_id: self.scan_id, first_seq: first.seq, last_seq: first.seq + n as u64 - 1 },
-            bytes: buf.freeze(),
-            rows,
-            oldest: first.received_at,
-        }
+        ChunkJob { spec, bytes: buf.freeze(), sha256: None, rows, oldest: first.received_at }
     }
 
     fn on_durable(&mut self, up_to: u64, ctx: &mut Context<Self>) {

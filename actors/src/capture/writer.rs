@@ -13,7 +13,8 @@
 //! (a new *generation*) and resubmits every frame that is not durable — writes are
 //! idempotent on (scan, seq), so nothing is stored twice in the index.
 //!
-//! Quality path: records go through a bounded queue to one task that batches and upserts
+//! Quality path: records go through a bounded queue to one task that batches them by
+//! storage bucket ([`crate::store::QUALITY_BUCKET_FRAMES`] consecutive seqs) and upserts
 //! them, retrying for a long time (derived data must not hold up acks). When the queue is
 //! full the newest record is dropped and counted: quality records are derived from the raw
 //! frames and the reconstruction step rebuilds any that are missing. The task outlives its
@@ -34,13 +35,16 @@ use tokio::time::Instant;
 use crate::metrics::SessionMetrics;
 use crate::retry::{isolated, with_retry, RetryPolicy};
 use crate::store::{
-    ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, StoreError, StoreKind,
+    quality_bucket, ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, StoreError,
+    StoreKind,
 };
 
 /// One chunk object to write and index.
 pub(crate) struct ChunkJob {
     pub spec: ChunkSpec,
     pub bytes: Bytes,
+    /// SHA-256 of `bytes` when already known (a one-frame chunk: its frame's digest).
+    pub sha256: Option<[u8; 32]>,
     pub rows: Vec<FrameRow>,
     /// When the oldest frame of the chunk was received.
     pub oldest: Instant,
@@ -117,8 +121,8 @@ async fn blob_stage(
             || {
                 let frames = deps.frames.clone();
                 let spec = job.spec;
-                let bytes = job.bytes.clone();
-                isolated(async move { frames.put_chunk(&spec, bytes).await })
+                let (bytes, sha256) = (job.bytes.clone(), job.sha256);
+                isolated(async move { frames.put_chunk(&spec, bytes, sha256).await })
             },
             |e, attempt| {
                 deps.metrics.store_retry(StoreKind::Blob);
@@ -219,11 +223,21 @@ impl QualityQueue {
 }
 
 /// How quality writes are batched: at most `max` records, gathered for at most `linger`
-/// after the first.
+/// after the first, and never past the last seq of a storage bucket
+/// ([`crate::store::QUALITY_BUCKET_FRAMES`]): a scan streaming steadily fills a bucket well
+/// within the linger, so each bucket is written once, whole — one document for the Mongo
+/// server to write instead of one per frame, or one partial bucket updated again and again.
 #[derive(Clone, Copy)]
 struct BatchShape {
     max: usize,
     linger: Duration,
+}
+
+impl BatchShape {
+    /// Whether the batch, ending with `last`, is ready to write before the linger is up.
+    fn complete(&self, len: usize, last: u64) -> bool {
+        len >= self.max || quality_bucket(last).1 == last
+    }
 }
 
 async fn quality_task(
@@ -240,7 +254,7 @@ async fn quality_task(
         batch.clear();
         batch.push(first);
         let until = tokio::time::Instant::now() + shape.linger;
-        while batch.len() < shape.max {
+        while !shape.complete(batch.len(), batch.last().map_or(0, |r: &QualityRecord| r.seq)) {
             match tokio::time::timeout_at(until, rx.recv()).await {
                 Ok(Some(r)) => batch.push(r),
                 // Closed (the session ended) or lingered long enough: write what we have.
