@@ -59,6 +59,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "Fuse frames into the scan's volume while they stream (live coverage and fused frames in progress; finish then only meshes and measures). false: fuse everything at finish, leaving the CPU to ingest.",
     },
     Setting {
+        key: "scan_live_fusion_max_scans",
+        default: "0",
+        help: "Most scans fused live at once on this node; a scan that starts beyond it streams without the live preview (no coverage in progress) and is fused when it finishes, so a crowded node keeps its cores for acks. 0: four per core.",
+    },
+    Setting {
         key: "fusion_nice",
         default: "10",
         help: "Niceness (0–19) of the live-fusion worker threads: under load the scheduler prefers the ack path over the live preview. 0: same priority as the rest of the server.",
@@ -236,6 +241,7 @@ pub struct Config {
     pub database_max_connections: u32,
     pub scan_flush_window_ms: u64,
     pub scan_live_fusion: bool,
+    pub scan_live_fusion_max_scans: usize,
     pub fusion_nice: i32,
     pub redis_url: ServiceUrl,
     pub redis_prefix: String,
@@ -282,6 +288,7 @@ impl Default for Config {
             database_max_connections: 20,
             scan_flush_window_ms: 0,
             scan_live_fusion: true,
+            scan_live_fusion_max_scans: 0,
             fusion_nice: coherency_actors::reconstruction::DEFAULT_WORKER_NICE,
             redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
             redis_prefix: "coherency:".into(),
@@ -593,6 +600,7 @@ mod tests {
                 | "consult_max_duration_secs"
                 | "consult_reconnect_grace_secs"
                 | "booking_view_max_age_ms"
+                | "scan_live_fusion_max_scans"
                 | "turn_ttl_secs" => "1024",
                 _ => "x",
             };

@@ -220,10 +220,36 @@ impl PartialEq for LiveScan {
 }
 impl Eq for LiveScan {}
 
+/// Scans with live fusion in this process (counted while any handle of one exists).
+static LIVE_SCANS: AtomicUsize = AtomicUsize::new(0);
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        LIVE_SCANS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl LiveScan {
+    /// Starts live fusion for a scan unless `max` scans of this process already have it
+    /// (`None`: the scan streams without a live volume and is fused at finish).
+    pub fn try_new(complete_from_start: bool, max: usize) -> Option<Self> {
+        LIVE_SCANS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Self::counted(complete_from_start))
+    }
+
     /// Starts live fusion for a scan on the process-wide pool. `complete_from_start` is
     /// false when earlier frames of the scan were received by another session.
     pub fn new(complete_from_start: bool) -> Self {
+        LIVE_SCANS.fetch_add(1, Ordering::AcqRel);
+        Self::counted(complete_from_start)
+    }
+
+    /// Scans with live fusion in this process now.
+    pub fn running() -> usize {
+        LIVE_SCANS.load(Ordering::Acquire)
+    }
+
+    fn counted(complete_from_start: bool) -> Self {
         Self(Arc::new(Inner {
             queue: Mutex::new(Queue {
                 frames: VecDeque::new(),
@@ -692,6 +718,18 @@ mod tests {
     fn frames(n: usize) -> Vec<DepthFrame> {
         let rendered = Phantom::new(presets::spherical_cap(false)).scan(&ScanConfig::iphone(1));
         rendered.frames.iter().take(n).enumerate().map(|(i, f)| wire(i as u64 + 1, f)).collect()
+    }
+
+    #[test]
+    fn live_fusion_admits_scans_up_to_its_cap_and_frees_a_place_when_one_ends() {
+        let base = LiveScan::running();
+        let first = LiveScan::try_new(true, base + 1).expect("a place under the cap");
+        let shared = first.clone();
+        assert!(LiveScan::try_new(true, base + 1).is_none(), "a second scan passed the cap");
+        drop(first);
+        assert!(LiveScan::try_new(true, base + 1).is_none(), "a handle still alive freed its place");
+        drop(shared);
+        assert!(LiveScan::try_new(true, base + 1).is_some(), "an ended scan kept its place");
     }
 
     #[test]

@@ -469,6 +469,10 @@ pub fn capture_config(config: &Config) -> CaptureConfig {
     CaptureConfig {
         flush_window: Duration::from_millis(config.scan_flush_window_ms),
         live_fusion: config.scan_live_fusion,
+        live_fusion_max_scans: match config.scan_live_fusion_max_scans {
+            0 => 4 * std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+            n => n,
+        },
         ..CaptureConfig::default()
     }
 }

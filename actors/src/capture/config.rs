@@ -62,6 +62,10 @@ pub struct CaptureConfig {
     /// Fuse frames into the scan's TSDF volume as they arrive (`crate::reconstruction`),
     /// so progress carries fused frames and coverage and finish only meshes and measures.
     pub live_fusion: bool,
+    /// Most scans of this process fused live at once; a scan that starts beyond it streams
+    /// without a live volume (progress without coverage) and is fused at finish, so a
+    /// crowded node keeps its cores for acks.
+    pub live_fusion_max_scans: usize,
     /// A session with no connection and nothing left to write stops after this long.
     pub idle_timeout: Duration,
     /// The same, once the stream has finished.
@@ -106,6 +110,7 @@ impl Default for CaptureConfig {
             outbox_capacity: 256,
             progress_every: Duration::from_millis(100),
             live_fusion: true,
+            live_fusion_max_scans: usize::MAX,
             idle_timeout: Duration::from_secs(60),
             finished_idle_timeout: Duration::from_secs(5),
             handover_timeout: Duration::from_secs(2),

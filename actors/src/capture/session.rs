@@ -86,6 +86,8 @@ pub struct CaptureSession {
     live: Live,
     /// The scan's incremental fusion (created with the first frame this session judges).
     fusion: Option<crate::reconstruction::LiveScan>,
+    /// Live fusion was full when this session first judged a frame: fused at finish.
+    live_refused: bool,
     last_frame_at: Option<Instant>,
     last_activity: Instant,
     finalizing: bool,
@@ -137,6 +139,7 @@ impl CaptureSession {
             stats: CaptureStats::default(),
             live: Live::default(),
             fusion: None,
+            live_refused: false,
             last_frame_at: None,
             last_activity: Instant::now(),
             finalizing: false,
@@ -325,10 +328,14 @@ impl CaptureSession {
     /// it on the fusion pool, never here).
     fn observe(&mut self, frame: &coherency_protocol::scan::DepthFrame) {
         let v = self.stats.observe_frame(frame);
-        if self.deps.config.live_fusion {
+        if self.deps.config.live_fusion && self.fusion.is_none() && !self.live_refused {
             // Earlier frames were received by another session: this one cannot fuse them.
             let from_start = self.fused_seq == 0;
-            let fusion = self.fusion.get_or_insert_with(|| crate::reconstruction::LiveScan::new(from_start));
+            let max = self.deps.config.live_fusion_max_scans;
+            self.fusion = crate::reconstruction::LiveScan::try_new(from_start, max);
+            self.live_refused = self.fusion.is_none();
+        }
+        if let Some(fusion) = &self.fusion {
             fusion.push(frame.clone());
         } else if v.accepted {
             self.frames_fused += 1;
