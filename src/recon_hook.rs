@@ -132,11 +132,22 @@ impl ReconstructionHook {
         Self { blobs: stores.blobs.clone(), pg: stores.pg.clone(), mongo: stores.mongo.clone(), clock, cpu }
     }
 
-    /// Runs CPU-heavy work on the blocking pool once a core is free.
+    /// Runs CPU-heavy work once a core is free, on a thread of its own at the live-fusion
+    /// workers' lower priority: a scan's finish (seconds of fusion when it was not fused
+    /// live) must not delay the acks of phones still streaming. The thread ends with the
+    /// work, so its lowered priority never reaches other work.
     async fn on_cpu<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
         let _permit =
             self.cpu.clone().acquire_owned().await.map_err(|_| StoreError::Permanent("recon: pool closed".into()))?;
-        tokio::task::spawn_blocking(f).await.map_err(|_| StoreError::Permanent("recon: worker panicked".into()))
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("recon-finish".into())
+            .spawn(move || {
+                coherency_actors::reconstruction::lower_priority();
+                let _ = tx.send(f());
+            })
+            .map_err(|e| StoreError::Transient(format!("recon: no thread: {e}")))?;
+        rx.await.map_err(|_| StoreError::Permanent("recon: worker panicked".into()))
     }
 
     /// The scan's frames, in seq order, read back from the blob store via the index.

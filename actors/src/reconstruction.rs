@@ -599,7 +599,9 @@ pub const DEFAULT_WORKER_NICE: i32 = 10;
 static WORKER_NICE: AtomicI32 = AtomicI32::new(DEFAULT_WORKER_NICE);
 
 /// Lowers the calling thread's priority to [`WORKER_NICE`] (Linux; elsewhere a no-op).
-fn lower_priority() {
+/// For threads that do reconstruction work and then end (a thread cannot raise itself
+/// back without privileges).
+pub fn lower_priority() {
     let nice = WORKER_NICE.load(Ordering::Relaxed);
     if nice == 0 {
         return;
