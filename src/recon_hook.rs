@@ -49,8 +49,8 @@ use coherency_recon::measure::{OutlineMethod, SkinModel};
 use coherency_recon::mesh::extract_mesh;
 use coherency_recon::tsdf::Aabb;
 use coherency_recon::{
-    measure_auto, measure_polygon, Frame, FrameStats, MeasureConfig, Measurement, Pose, QualityGate, ReconError,
-    TsdfConfig, TsdfVolume, Vec3, WoundMeasurements,
+    measure_auto, measure_polygon, Frame, GateRun, MeasureConfig, Measurement, QualityGate, ReconError, TsdfConfig,
+    TsdfVolume, Vec3, WoundMeasurements,
 };
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
@@ -423,14 +423,11 @@ fn parameters() -> Document {
 /// when no complete live fusion exists (a restarted session, frames skipped under load).
 fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
     let t = Instant::now();
-    let gate = QualityGate::default();
+    let mut gate = GateRun::new(QualityGate::default());
     let mut accepted: Vec<(&StoredFrame, Accepted)> = Vec::with_capacity(frames.len());
     let mut rejected = Vec::new();
-    let mut prev: Option<Pose> = None;
     for f in frames {
-        let gap = accepted.last().map_or(1, |(_, a)| f.seq.saturating_sub(a.seq));
-        let issues = gate.after_gap(gap).check(&FrameStats::compute(&f.frame, prev.as_ref()));
-        match issues.first() {
+        match gate.judge(f.seq, &f.frame) {
             None => {
                 let a = Accepted {
                     seq: f.seq,
@@ -439,7 +436,6 @@ fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
                     centre: centre_point(&f.frame),
                 };
                 accepted.push((f, a));
-                prev = Some(f.frame.pose);
             }
             Some(i) => rejected.push((f.seq, i.code())),
         }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use coherency_protocol::scan::{warning, DepthFrame};
 use coherency_recon::tsdf::Aabb;
 use coherency_recon::{
-    DepthImage, Frame, FrameStats, Intrinsics, Pose, QualityGate, ReconError, TsdfConfig, TsdfVolume, Vec3,
+    DepthImage, Frame, GateRun, Intrinsics, Pose, QualityGate, ReconError, TsdfConfig, TsdfVolume, Vec3,
 };
 
 /// Frames a scan may queue before new ones are skipped.
@@ -179,8 +179,7 @@ struct Queue {
 }
 
 struct State {
-    gate: QualityGate,
-    prev: Option<Pose>,
+    gate: GateRun,
     vol: Option<TsdfVolume>,
     target: Option<Vec3>,
     pre_roi: VecDeque<(u64, Frame)>,
@@ -259,8 +258,7 @@ impl LiveScan {
                 skipped_load: 0,
             }),
             state: Mutex::new(State {
-                gate: QualityGate::default(),
-                prev: None,
+                gate: GateRun::new(QualityGate::default()),
                 vol: None,
                 target: None,
                 pre_roi: VecDeque::new(),
@@ -420,7 +418,7 @@ impl State {
         self.last_seq = self.last_seq.max(seq);
         // Frame selection first, on the pose alone: a redundant frame is never fused, so its
         // depth need not be decoded (the gate reports `redundant` first for it too).
-        if wire_pose(wire).is_ok_and(|pose| self.gate.is_redundant(&pose, self.prev.as_ref())) {
+        if wire_pose(wire).is_ok_and(|pose| self.gate.is_redundant(&pose)) {
             self.rejected.push((seq, "redundant"));
             return;
         }
@@ -432,12 +430,10 @@ impl State {
                 return;
             }
         };
-        let gap = self.accepted.last().map_or(1, |a| seq.saturating_sub(a.seq));
-        if let Some(issue) = self.gate.after_gap(gap).check(&FrameStats::compute(&frame, self.prev.as_ref())).first() {
+        if let Some(issue) = self.gate.judge(seq, &frame) {
             self.rejected.push((seq, issue.code()));
             return;
         }
-        self.prev = Some(frame.pose);
         let centre = centre_point(&frame);
         self.accepted.push(Accepted { seq, pose: frame.pose, intrinsics: frame.intrinsics, centre });
         if self.vol.is_none() {

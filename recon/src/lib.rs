@@ -29,7 +29,7 @@ pub mod tsdf;
 pub use geometry::{DepthImage, Frame, Intrinsics, Pose, Vec3};
 pub use measure::{measure_auto, measure_polygon, MeasureConfig, Measurement, WoundMeasurements};
 pub use mesh::{Mesh, MeshExtractor};
-pub use quality::{FrameStats, QualityGate, QualityIssue};
+pub use quality::{FrameStats, GateRun, QualityGate, QualityIssue};
 pub use tsdf::{Coverage, TsdfConfig, TsdfVolume};
 
 /// Everything that can go wrong in reconstruction. Callers map these to the

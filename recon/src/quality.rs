@@ -232,19 +232,48 @@ impl QualityGate {
         QualityGate { min_translation_mm: 0.0, min_rotation_deg: 0.0, ..self }
     }
 
-    /// Runs the gate over a sequence as live fusion and the finish step do (each frame
-    /// against the last accepted one) and returns the accepted frames' indices.
+    /// Runs the gate over a sequence as live fusion and the finish step do ([`GateRun`])
+    /// and returns the accepted frames' indices.
     pub fn accepted_indices(&self, frames: &[Frame]) -> Vec<usize> {
-        let mut prev: Option<&Pose> = None;
-        let mut out: Vec<usize> = Vec::new();
-        for (i, f) in frames.iter().enumerate() {
-            let gap = out.last().map_or(1, |&j| (i - j) as u64);
-            if self.after_gap(gap).passes(&FrameStats::compute(f, prev)) {
-                prev = Some(&f.pose);
-                out.push(i);
-            }
+        let mut run = GateRun::new(*self);
+        (0..frames.len()).filter(|&i| run.judge(i as u64, &frames[i]).is_none()).collect()
+    }
+}
+
+/// The gate run over one scan's frames in sequence order. It remembers the last accepted
+/// frame (sequence number and pose), against which every frame is judged: redundancy, and
+/// the pose jump scaled by the frames since ([`QualityGate::after_gap`]). Live fusion, the
+/// finish step and [`QualityGate::accepted_indices`] all judge through it, so they keep the
+/// same frames.
+#[derive(Debug, Clone)]
+pub struct GateRun {
+    gate: QualityGate,
+    last: Option<(u64, Pose)>,
+}
+
+impl GateRun {
+    pub fn new(gate: QualityGate) -> Self {
+        GateRun { gate, last: None }
+    }
+
+    /// Whether a frame at `pose` is redundant: [`GateRun::judge`]'s first issue for it,
+    /// decided before its depth is decoded.
+    pub fn is_redundant(&self, pose: &Pose) -> bool {
+        self.gate.is_redundant(pose, self.last.as_ref().map(|(_, p)| p))
+    }
+
+    /// Judges frame `seq`: its first issue, or `None` when it is accepted (it then becomes
+    /// the frame the next ones are judged against).
+    pub fn judge(&mut self, seq: u64, frame: &Frame) -> Option<QualityIssue> {
+        let (gap, prev) = match &self.last {
+            Some((s, p)) => (seq.saturating_sub(*s), Some(p)),
+            None => (1, None),
+        };
+        let issue = self.gate.after_gap(gap).check(&FrameStats::compute(frame, prev)).first().copied();
+        if issue.is_none() {
+            self.last = Some((seq, frame.pose));
         }
-        out
+        issue
     }
 }
 
