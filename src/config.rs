@@ -64,6 +64,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "Most scans fused live at once on this node; a scan that starts beyond it streams without the live preview (no coverage in progress) and is fused when it finishes, so a crowded node keeps its cores for acks. 0: four per core.",
     },
     Setting {
+        key: "scan_finish_defer_max_ms",
+        default: "30000",
+        help: "A finished scan's reconstruction (fusion when not fused live, mesh, measurements) waits while phones are still streaming to this node — until no frame has arrived for 1 s — for at most this long, so it does not delay their acks. 0: start at once.",
+    },
+    Setting {
         key: "fusion_nice",
         default: "10",
         help: "Niceness (0–19) of the live-fusion worker threads: under load the scheduler prefers the ack path over the live preview. 0: same priority as the rest of the server.",
@@ -242,6 +247,7 @@ pub struct Config {
     pub scan_flush_window_ms: u64,
     pub scan_live_fusion: bool,
     pub scan_live_fusion_max_scans: usize,
+    pub scan_finish_defer_max_ms: u64,
     pub fusion_nice: i32,
     pub redis_url: ServiceUrl,
     pub redis_prefix: String,
@@ -289,6 +295,7 @@ impl Default for Config {
             scan_flush_window_ms: 0,
             scan_live_fusion: true,
             scan_live_fusion_max_scans: 0,
+            scan_finish_defer_max_ms: 30_000,
             fusion_nice: coherency_actors::reconstruction::DEFAULT_WORKER_NICE,
             redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
             redis_prefix: "coherency:".into(),
@@ -601,6 +608,7 @@ mod tests {
                 | "consult_reconnect_grace_secs"
                 | "booking_view_max_age_ms"
                 | "scan_live_fusion_max_scans"
+                | "scan_finish_defer_max_ms"
                 | "turn_ttl_secs" => "1024",
                 _ => "x",
             };

@@ -2,16 +2,21 @@
 //!
 //! When a stream finishes, [`ReconstructionHook::on_finish`]:
 //!
-//! 1. reads the scan's frames back from the blob store through the `scan_frames` index, in
-//!    seq order, and decodes each stored `frame` message (`scan::decode_client`);
-//! 2. converts them to `coherency_recon` frames: depth in f32 metres, intrinsics from the
-//!    row-major `k` (`fx`, `fy`, `cx`, `cy`; the skew term is ignored), the pose from the
-//!    row-major world-from-camera `pose` (OpenCV axes, as the protocol specifies), and the
-//!    confidence plane rescaled from `0..=max` to ARKit's `0..=2`;
-//! 3. on a blocking thread, bounded by a semaphore with one permit per core so that many
-//!    finishing scans share the CPU fairly: gates frames (`QualityGate`), fuses them into a
-//!    `TsdfVolume` limited to a 12 cm box around the target, meshes the volume and runs
-//!    [`measure_auto`];
+//! 0. waits while phones are still streaming to this node (until no frame has arrived for
+//!    [`FINISH_QUIET`]), for at most `scan_finish_defer_max_ms`: the acks of the scans still
+//!    streaming come first, and the scan stays `processing` meanwhile;
+//! 1. unless live fusion already holds every frame, reads the scan's stored `frame`
+//!    messages back from the blob store through the `scan_frames` index, in seq order;
+//! 2. on a thread of its own at the live-fusion workers' lower priority, bounded by a
+//!    semaphore with one permit per core so that many finishing scans share the CPU fairly
+//!    (and never on the I/O threads that serve the phones' sockets): decodes each message
+//!    (`scan::decode_client`) and converts it to a `coherency_recon` frame: depth in f32
+//!    metres, intrinsics from the row-major `k` (`fx`, `fy`, `cx`, `cy`; the skew term is
+//!    ignored), the pose from the row-major world-from-camera `pose` (OpenCV axes, as the
+//!    protocol specifies), and the confidence plane rescaled from `0..=max` to ARKit's
+//!    `0..=2`;
+//! 3. on that thread: gates frames (`QualityGate`), fuses them into a `TsdfVolume` limited
+//!    to a 12 cm box around the target, meshes the volume and runs [`measure_auto`];
 //! 4. writes the mesh as PLY and GLB to the blob store (`scans/{id}/mesh.ply|glb`), the
 //!    measurements to PostgreSQL (`scan_measurements`, method `auto`, idempotent) and a
 //!    reconstruction document to MongoDB (`reconstructions`: inputs, parameters, per-stage
@@ -36,11 +41,12 @@
 //! reproducible) and measures the clinician's outline drawn on a keyframe.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use coherency_actors::capture::activity::wait_for_quiet;
 use coherency_actors::reconstruction::{centre_point, to_recon_frame, Accepted, LiveResult};
 use coherency_actors::store::{FinishHook, FinishedScan, StoreError};
 use coherency_protocol::ids::ScanId;
@@ -49,8 +55,8 @@ use coherency_recon::measure::{OutlineMethod, SkinModel};
 use coherency_recon::mesh::extract_mesh;
 use coherency_recon::tsdf::Aabb;
 use coherency_recon::{
-    measure_auto, measure_polygon, Frame, GateRun, MeasureConfig, Measurement, QualityGate, ReconError, TsdfConfig,
-    TsdfVolume, Vec3, WoundMeasurements,
+    measure_auto, measure_polygon, Coverage, Frame, GateRun, MeasureConfig, Measurement, QualityGate, ReconError,
+    TsdfConfig, TsdfVolume, Vec3, WoundMeasurements,
 };
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
@@ -69,6 +75,8 @@ pub const RECONSTRUCTIONS: &str = "reconstructions";
 pub const ROI_HALF_M: f64 = coherency_actors::reconstruction::ROI_HALF_M;
 /// Fusion weight below which mesh cubes are left out.
 pub const MESH_MIN_WEIGHT: f32 = 0.5;
+/// How long no frame must have arrived on the node before a deferred finish starts.
+pub const FINISH_QUIET: Duration = Duration::from_secs(1);
 /// Radius of the coverage disc reported in the reconstruction document, metres.
 const COVERAGE_RADIUS_M: f64 = coherency_actors::reconstruction::COVERAGE_RADIUS_M;
 
@@ -80,6 +88,22 @@ pub struct ReconstructionHook {
     mongo: mongodb::Database,
     clock: Clock,
     cpu: Arc<Semaphore>,
+    /// Longest a finished scan's reconstruction waits for phones to stop streaming here.
+    defer_max: Duration,
+}
+
+/// Where one stored `frame` message is.
+struct IndexRow {
+    seq: u64,
+    chunk_key: String,
+    offset: usize,
+    length: usize,
+}
+
+/// A stored `frame` message, not yet decoded.
+struct RawFrame {
+    seq: u64,
+    msg: Bytes,
 }
 
 /// A frame as read back from storage.
@@ -129,7 +153,22 @@ impl ReconstructionHook {
                 Arc::new(Semaphore::new(cores))
             })
             .clone();
-        Self { blobs: stores.blobs.clone(), pg: stores.pg.clone(), mongo: stores.mongo.clone(), clock, cpu }
+        Self {
+            blobs: stores.blobs.clone(),
+            pg: stores.pg.clone(),
+            mongo: stores.mongo.clone(),
+            clock,
+            cpu,
+            defer_max: Duration::ZERO,
+        }
+    }
+
+    /// Finish-time reconstruction first waits until no frame has arrived on this node for
+    /// [`FINISH_QUIET`], for at most `max` (zero, the default: it starts at once). Phones
+    /// still streaming keep the cores for their acks; the scan stays `processing` meanwhile.
+    pub fn with_finish_defer(mut self, max: Duration) -> Self {
+        self.defer_max = max;
+        self
     }
 
     /// Runs CPU-heavy work once a core is free, on a thread of its own at the live-fusion
@@ -150,45 +189,49 @@ impl ReconstructionHook {
         rx.await.map_err(|_| StoreError::Permanent("recon: worker panicked".into()))
     }
 
-    /// The scan's frames, in seq order, read back from the blob store via the index.
-    async fn load_frames(&self, scan_id: ScanId) -> Result<Vec<StoredFrame>, StoreError> {
+    /// Where the scan's stored `frame` messages are, in seq order (`scan_frames`).
+    async fn frame_index(&self, scan_id: ScanId) -> Result<Vec<IndexRow>, StoreError> {
         let rows =
             sqlx::query(r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#)
                 .bind(scan_id.as_uuid())
                 .fetch_all(&self.pg)
                 .await
                 .map_err(|e| pg_error(&e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        let mut chunk: Option<(String, Bytes)> = None;
-        for r in &rows {
-            let key: String = r.get("chunk_key");
-            if chunk.as_ref().is_none_or(|(k, _)| *k != key) {
-                let bytes = self.blobs.get(&key).await.map_err(|e| blob_error(&e))?;
-                chunk = Some((key, bytes));
-            }
-            let bytes = &chunk.as_ref().expect("chunk loaded").1;
-            let seq = u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0);
-            let off = usize::try_from(r.get::<i64, _>("offset")).unwrap_or(usize::MAX);
-            let len = usize::try_from(r.get::<i64, _>("length")).unwrap_or(usize::MAX);
-            let msg = off
-                .checked_add(len)
-                .and_then(|end| bytes.get(off..end))
-                .ok_or_else(|| StoreError::Permanent("recon: frame outside its chunk".into()))?;
-            match decode_client(msg) {
-                Ok(ClientMsg::Frame(f)) => match to_recon_frame(&f) {
-                    Ok(frame) => out.push(StoredFrame { seq, frame }),
-                    Err(e) => tracing::warn!(seq, error = %e, "stored frame not usable for reconstruction"),
-                },
-                Ok(_) | Err(_) => return Err(StoreError::Permanent("recon: stored frame does not decode".into())),
-            }
-        }
-        Ok(out)
+        Ok(rows
+            .iter()
+            .map(|r| IndexRow {
+                seq: u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0),
+                chunk_key: r.get("chunk_key"),
+                offset: usize::try_from(r.get::<i64, _>("offset")).unwrap_or(usize::MAX),
+                length: usize::try_from(r.get::<i64, _>("length")).unwrap_or(usize::MAX),
+            })
+            .collect())
+    }
+
+    /// Runs `f` on the reconstruction thread ([`Self::on_cpu`]) with the scan's stored
+    /// frames, read and decoded there: reading a scan's chunks and decoding its hundreds of
+    /// frames is CPU work that must not run on the I/O threads serving the phones' sockets,
+    /// nor at their priority (a finishing scan would hold up the acks of those still
+    /// streaming).
+    async fn with_stored_frames<T: Send + 'static>(
+        &self,
+        scan_id: ScanId,
+        f: impl FnOnce(Result<Vec<StoredFrame>, StoreError>) -> T + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let index = self.frame_index(scan_id).await?;
+        let (blobs, rt) = (self.blobs.clone(), tokio::runtime::Handle::current());
+        self.on_cpu(move || f(read_frames(&blobs, &rt, &index).and_then(decode_frames))).await
     }
 
     /// Reconstructs and measures one finished scan (see the module docs).
     #[tracing::instrument(skip_all, fields(scan_id = %scan.scan_id))]
     async fn reconstruct(&self, scan: &FinishedScan) -> Result<(), StoreError> {
         let started = self.clock.now();
+        let deferred_ms = if self.defer_max.is_zero() {
+            0.0
+        } else {
+            wait_for_quiet(FINISH_QUIET, self.defer_max).await.as_secs_f64() * 1e3
+        };
         let t0 = Instant::now();
         let live = match &scan.live {
             Some(l) => l.finish().await,
@@ -204,33 +247,22 @@ impl ReconstructionHook {
             }
             None => None,
         };
-        let (frames, n_frames) = match live {
-            Some(_) => (Vec::new(), scan.last_seq as usize),
+        let work = match live {
+            Some(l) => {
+                let n = scan.last_seq as usize;
+                let (load_ms, work) = (ms(t0), self.on_cpu(move || finish_work(Some(l), &[])).await?);
+                (work, n, load_ms)
+            }
             None => {
-                let frames = self.load_frames(scan.scan_id).await?;
-                let n = frames.len();
-                (frames, n)
+                self.with_stored_frames(scan.scan_id, move |frames| {
+                    let frames = frames?;
+                    let (n, load_ms) = (frames.len(), ms(t0));
+                    Ok::<_, StoreError>((finish_work(None, &frames), n, load_ms))
+                })
+                .await??
             }
         };
-        let load_ms = ms(t0);
-        let work = self
-            .on_cpu(move || {
-                let fusion = match live {
-                    Some(l) => from_live(l)?,
-                    None => fuse(&frames)?,
-                };
-                let t = Instant::now();
-                let mesh = extract_mesh(&fusion.vol, MESH_MIN_WEIGHT);
-                let (ply, glb) = (mesh.to_ply(), mesh.to_glb());
-                let triangles = mesh.triangle_count();
-                let mesh_ms = ms(t);
-                let t = Instant::now();
-                let coverage = fusion.vol.coverage(fusion.target, COVERAGE_RADIUS_M);
-                let measured = measure_auto(&fusion.vol, fusion.target, &MeasureConfig::default());
-                let measure_ms = ms(t);
-                Ok::<_, ReconError>((fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms))
-            })
-            .await?;
+        let (work, n_frames, load_ms) = work;
         let mut doc = doc! {
             "scan_id": scan.scan_id.to_string(),
             "started_at": bson_time(started),
@@ -238,7 +270,7 @@ impl ReconstructionHook {
                         "quality_dropped": to_i64(scan.quality_dropped) },
             "parameters": parameters(),
         };
-        let (fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms) = match work {
+        let Built { fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms } = match work {
             Ok(w) => w,
             Err(e) => {
                 doc.insert("status", "failed");
@@ -291,7 +323,7 @@ impl ReconstructionHook {
                 doc.insert("measurement_error", e.to_string());
                 doc.insert(
                     "timings_ms",
-                    doc! { "load": load_ms, "fuse": fusion.fuse_ms, "mesh": mesh_ms,
+                    doc! { "deferred": deferred_ms, "load": load_ms, "fuse": fusion.fuse_ms, "mesh": mesh_ms,
                     "measure": measure_ms, "store_mesh": store_mesh_ms, "total": ms(t0) },
                 );
                 self.write_doc(scan.scan_id, doc).await?;
@@ -317,7 +349,7 @@ impl ReconstructionHook {
         doc.insert("measurements", measurements_doc(&m));
         doc.insert(
             "timings_ms",
-            doc! { "load": load_ms, "fuse": fusion.fuse_ms, "mesh": mesh_ms,
+            doc! { "deferred": deferred_ms, "load": load_ms, "fuse": fusion.fuse_ms, "mesh": mesh_ms,
             "measure": measure_ms, "store_mesh": store_mesh_ms, "store_measurements": pg_ms, "total": ms(t0) },
         );
         self.write_doc(scan.scan_id, doc).await?;
@@ -350,21 +382,20 @@ impl ReconstructionHook {
         polygon: Vec<[f64; 2]>,
         created_by: Uuid,
     ) -> Result<MeasurementRecord, RemeasureError> {
-        let frames = self.load_frames(scan_id).await.map_err(RemeasureError::Store)?;
-        if frames.is_empty() {
-            return Err(RemeasureError::NoFrames);
-        }
-        let key = frames.iter().find(|f| f.seq == keyframe_seq).ok_or(RemeasureError::NoKeyframe)?;
-        let (k, pose) = (key.frame.intrinsics, key.frame.pose);
         let px = polygon.clone();
         let m = self
-            .on_cpu(move || {
-                let fusion = fuse(&frames)?;
-                measure_polygon(&fusion.vol, &px, &k, &pose, &MeasureConfig::default())
+            .with_stored_frames(scan_id, move |frames| {
+                let frames = frames.map_err(RemeasureError::Store)?;
+                if frames.is_empty() {
+                    return Err(RemeasureError::NoFrames);
+                }
+                let key = frames.iter().find(|f| f.seq == keyframe_seq).ok_or(RemeasureError::NoKeyframe)?;
+                let (k, pose) = (key.frame.intrinsics, key.frame.pose);
+                let fusion = fuse(&frames).map_err(RemeasureError::Recon)?;
+                measure_polygon(&fusion.vol, &px, &k, &pose, &MeasureConfig::default()).map_err(RemeasureError::Recon)
             })
             .await
-            .map_err(RemeasureError::Store)?
-            .map_err(RemeasureError::Recon)?;
+            .map_err(RemeasureError::Store)??;
         let mesh = auto_mesh_keys(&self.pg, scan_id.as_uuid()).await.map_err(RemeasureError::Store)?;
         let row = NewMeasurement {
             scan_id: scan_id.as_uuid(),
@@ -417,6 +448,81 @@ fn parameters() -> Document {
         "measure_max_radius_m": m.max_radius_m,
         "coverage_factor": m.coverage_factor,
     }
+}
+
+/// What the finish step computed.
+struct Built {
+    fusion: Fusion,
+    ply: Vec<u8>,
+    glb: Vec<u8>,
+    triangles: usize,
+    mesh_ms: f64,
+    coverage: Coverage,
+    measured: Result<WoundMeasurements, ReconError>,
+    measure_ms: f64,
+}
+
+/// The CPU part of a finish: the live volume (else fusion of `frames`), its mesh,
+/// coverage and automatic measurement.
+fn finish_work(live: Option<LiveResult>, frames: &[StoredFrame]) -> Result<Built, ReconError> {
+    let fusion = match live {
+        Some(l) => from_live(l)?,
+        None => fuse(frames)?,
+    };
+    let t = Instant::now();
+    let mesh = extract_mesh(&fusion.vol, MESH_MIN_WEIGHT);
+    let (ply, glb) = (mesh.to_ply(), mesh.to_glb());
+    let triangles = mesh.triangle_count();
+    let mesh_ms = ms(t);
+    let t = Instant::now();
+    let coverage = fusion.vol.coverage(fusion.target, COVERAGE_RADIUS_M);
+    let measured = measure_auto(&fusion.vol, fusion.target, &MeasureConfig::default());
+    let measure_ms = ms(t);
+    Ok(Built { fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms })
+}
+
+/// Reads the stored `frame` messages at `index` (slices of their chunks, each chunk read
+/// once).
+fn read_frames(
+    blobs: &BlobStore,
+    rt: &tokio::runtime::Handle,
+    index: &[IndexRow],
+) -> Result<Vec<RawFrame>, StoreError> {
+    let mut out = Vec::with_capacity(index.len());
+    let mut chunk: Option<(&str, Bytes)> = None;
+    for row in index {
+        let bytes = match &chunk {
+            Some((k, b)) if *k == row.chunk_key => b.clone(),
+            _ => {
+                let b = blobs.get_blocking(&row.chunk_key, rt).map_err(|e| blob_error(&e))?;
+                chunk = Some((&row.chunk_key, b.clone()));
+                b
+            }
+        };
+        let end = row
+            .offset
+            .checked_add(row.length)
+            .filter(|&end| end <= bytes.len())
+            .ok_or_else(|| StoreError::Permanent("recon: frame outside its chunk".into()))?;
+        out.push(RawFrame { seq: row.seq, msg: bytes.slice(row.offset..end) });
+    }
+    Ok(out)
+}
+
+/// Decodes stored `frame` messages into reconstruction frames; a frame that decodes but
+/// cannot be used (its depth or pose is unusable) is left out with a warning.
+fn decode_frames(raw: Vec<RawFrame>) -> Result<Vec<StoredFrame>, StoreError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for RawFrame { seq, msg } in raw {
+        match decode_client(&msg) {
+            Ok(ClientMsg::Frame(f)) => match to_recon_frame(&f) {
+                Ok(frame) => out.push(StoredFrame { seq, frame }),
+                Err(e) => tracing::warn!(seq, error = %e, "stored frame not usable for reconstruction"),
+            },
+            Ok(_) | Err(_) => return Err(StoreError::Permanent("recon: stored frame does not decode".into())),
+        }
+    }
+    Ok(out)
 }
 
 /// Gates and fuses the stored frames around the target (see the module docs): the path

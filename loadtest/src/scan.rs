@@ -17,7 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::api::{self, Provisioned};
 use crate::frames;
-use crate::stats::{Errors, Latencies, Report, ScanFigures};
+use crate::stats::{AckSecond, Errors, Latencies, Report, ScanFigures, MAX_TIMELINE_SECONDS};
 use crate::ScanArgs;
 
 /// Setup calls in flight at once (registration hashes a password: keep the server's CPU for
@@ -59,6 +59,9 @@ struct PhoneResult {
     completed: bool,
     errors: Errors,
     last_activity: Option<Instant>,
+    /// Acks by second of the run in which their frame was sent (approximately: the ack's
+    /// arrival is taken as when it was drained, at most 8 frames late).
+    timeline: Vec<AckSecond>,
 }
 
 struct Plan {
@@ -79,9 +82,17 @@ fn unix_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-fn drain(client: &ScanStreamClient, out: &mut PhoneResult, live: &Live) {
+fn drain(client: &ScanStreamClient, out: &mut PhoneResult, live: &Live, t0: Instant) {
+    let now = Instant::now();
     for l in client.take_ack_latencies() {
         out.ack.record(l);
+        let second = (now - l).saturating_duration_since(t0).as_secs() as usize;
+        if second < MAX_TIMELINE_SECONDS {
+            if out.timeline.len() <= second {
+                out.timeline.resize(second + 1, AckSecond::default());
+            }
+            out.timeline[second].add(l);
+        }
     }
     let acked = client.last_ack();
     if acked > out.acked {
@@ -96,6 +107,7 @@ async fn phone(
     plan: Arc<Plan>,
     start_at: Instant,
     live: Arc<Live>,
+    t0: Instant,
 ) -> PhoneResult {
     let mut out = PhoneResult::default();
     tokio::time::sleep_until(start_at).await;
@@ -144,17 +156,17 @@ async fn phone(
             }
         }
         if i % 8 == 7 {
-            drain(&client, &mut out, &live);
+            drain(&client, &mut out, &live, t0);
         }
     }
     // Wait (bounded) for every frame's ack so its latency is recorded before `finish`
     // consumes the client.
     let wait_until = Instant::now() + Duration::from_secs(30);
     while !failed && client.last_ack() + 1 < client.next_seq() && Instant::now() < wait_until {
-        drain(&client, &mut out, &live);
+        drain(&client, &mut out, &live, t0);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    drain(&client, &mut out, &live);
+    drain(&client, &mut out, &live, t0);
     out.last_activity = Some(Instant::now());
     out.reconnects = u64::from(client.reconnects());
     if failed {
@@ -266,7 +278,7 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
     let mut tasks = tokio::task::JoinSet::new();
     for (k, (_, p)) in provisioned.into_iter().enumerate() {
         let offset = if n > 1 { ramp.mul_f64(k as f64 / (n - 1) as f64) } else { Duration::ZERO };
-        tasks.spawn(phone(p, ring.clone(), plan.clone(), t0 + offset, live.clone()));
+        tasks.spawn(phone(p, ring.clone(), plan.clone(), t0 + offset, live.clone(), t0));
     }
     // A hard bound on the whole run: ramp-up + three times the nominal stream time + 2 min.
     let nominal = duration.unwrap_or(Duration::from_secs_f64(frames as f64 / args.fps));
@@ -303,7 +315,14 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
     let mut ack = Latencies::new();
     let mut send_wait = Latencies::new();
     let (mut sent, mut acked, mut reconnects, mut completed) = (0, 0, 0, 0);
+    let mut timeline: Vec<AckSecond> = Vec::new();
     for r in &results {
+        if timeline.len() < r.timeline.len() {
+            timeline.resize(r.timeline.len(), AckSecond::default());
+        }
+        for (t, s) in timeline.iter_mut().zip(&r.timeline) {
+            t.merge(s);
+        }
         ack.merge(&r.ack);
         send_wait.merge(&r.send_wait);
         errors.merge(&r.errors);
@@ -332,6 +351,7 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
         scans_completed: completed,
         scans_failed: args.scans as u64 - completed,
         reconnects,
+        ack_timeline: timeline,
     };
     Ok(Report {
         scenario: "scan".into(),

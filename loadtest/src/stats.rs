@@ -197,6 +197,39 @@ pub struct ScanFigures {
     pub scans_failed: u64,
     /// Reconnections the clients made.
     pub reconnects: u64,
+    /// Acks by second of the run in which their frame was sent: where in the run the slow
+    /// ones were.
+    pub ack_timeline: Vec<AckSecond>,
+}
+
+/// Seconds of a run the ack timeline covers (later frames count only in the totals).
+pub const MAX_TIMELINE_SECONDS: usize = 3600;
+
+/// The acks of the frames sent in one second of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct AckSecond {
+    /// Frames acknowledged.
+    pub acked: u64,
+    /// Of which later than 50 ms after they were sent.
+    pub over_50ms: u64,
+    /// The slowest, ms.
+    pub max_ms: f64,
+}
+
+impl AckSecond {
+    /// Counts one ack `latency` after its frame was sent.
+    pub fn add(&mut self, latency: Duration) {
+        self.acked += 1;
+        self.over_50ms += u64::from(latency > Duration::from_millis(50));
+        self.max_ms = self.max_ms.max(round3(latency.as_secs_f64() * 1000.0));
+    }
+
+    /// Adds another phone's counts for the same second.
+    pub fn merge(&mut self, other: &AckSecond) {
+        self.acked += other.acked;
+        self.over_50ms += other.over_50ms;
+        self.max_ms = self.max_ms.max(other.max_ms);
+    }
 }
 
 impl Report {

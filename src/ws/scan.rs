@@ -495,7 +495,10 @@ pub fn start_registry(
     )
     .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
     .with_observer(Arc::new(events))
-    .with_finish_hook(Arc::new(crate::recon_hook::ReconstructionHook::new(stores, clock.clone())))
+    .with_finish_hook(Arc::new(
+        crate::recon_hook::ReconstructionHook::new(stores, clock.clone())
+            .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms)),
+    ))
     .with_config(capture_config(config));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let arbiters = (0..cores).map(|_| actix::Arbiter::new().handle()).collect();

@@ -590,3 +590,58 @@ async fn no_socket_without_credentials_or_from_a_foreign_origin() {
     assert_eq!(status, 403);
     assert!(body.contains("origin_not_allowed"), "{body}");
 }
+
+/// Streams frames `from..` to `client` at `fps` for `secs` seconds.
+async fn stream_for(client: &mut ScanStreamClient, from: u64, fps: u64, secs: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(1000 / fps));
+    for seq in from..from + fps * secs {
+        tick.tick().await;
+        client.send_frame(frame(seq)).await.unwrap_or_else(|e| panic!("frame {seq}: {e}"));
+    }
+}
+
+/// A scan that finishes while another phone is streaming to the same node is reconstructed
+/// once that phone has stopped (the streaming phone's acks come first), and a node that
+/// never goes quiet still gets to it within `scan_finish_defer_max_ms`.
+#[actix_web::test]
+async fn a_finished_scan_is_processed_once_other_phones_stop_streaming_or_the_bound_passes() {
+    let app = spawn_app_with(|mut c| {
+        c.scan_finish_defer_max_ms = 6_000;
+        c
+    })
+    .await;
+    let (pa, a) = patient_with_scan(&app).await;
+    let (pb, b) = patient_with_scan(&app).await;
+    let mut phone_b = ScanStreamClient::connect_with(config(&app, &pb, b)).await.unwrap();
+    let mut phone_a = ScanStreamClient::connect_with(config(&app, &pa, a)).await.unwrap();
+    stream(&mut phone_a, 1, 20).await;
+    phone_a.finish().await.unwrap();
+    // B streams for 3 s: A waits, still processing.
+    stream_for(&mut phone_b, 1, 20, 3).await;
+    assert_eq!(scan_status(&app, a).await, "processing", "A waited while B streamed");
+    // B pauses (its phone still connected): A is processed.
+    eventually(Duration::from_secs(30), "A complete once B paused", || async {
+        (scan_status(&app, a).await == "complete").then_some(())
+    })
+    .await;
+    // B finishes while C streams without pause for longer than the bound: B completes
+    // within it, while C is still streaming.
+    let (pc, c) = patient_with_scan(&app).await;
+    let mut phone_c = ScanStreamClient::connect_with(config(&app, &pc, c)).await.unwrap();
+    stream(&mut phone_c, 1, 5).await;
+    phone_b.finish().await.unwrap();
+    let finished_b = std::time::Instant::now();
+    let streaming = tokio::spawn(async move {
+        stream_for(&mut phone_c, 6, 20, 12).await;
+        phone_c
+    });
+    eventually(Duration::from_secs(30), "B complete while C streams", || async {
+        (scan_status(&app, b).await == "complete").then_some(())
+    })
+    .await;
+    let waited = finished_b.elapsed();
+    assert!(!streaming.is_finished(), "C was still streaming when B completed ({waited:?})");
+    assert!(waited >= Duration::from_secs(5), "B waited for the bound while C streamed ({waited:?})");
+    let phone_c = streaming.await.unwrap();
+    phone_c.finish().await.unwrap();
+}

@@ -2,6 +2,7 @@
 //! per scan) and the messages a socket pump exchanges with it. See [`messages`] for the
 //! pump contract and [`writer`] for the durable and quality write paths.
 
+pub mod activity;
 mod config;
 mod error;
 pub mod messages;

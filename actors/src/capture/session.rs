@@ -316,6 +316,7 @@ impl CaptureSession {
             received_at: now,
         });
         self.last_frame_at = Some(now);
+        super::activity::frame_accepted();
         if seq > self.fused_seq {
             self.observe(frame);
             self.fused_seq = seq;
