@@ -69,6 +69,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "A finished scan's reconstruction (fusion when not fused live, mesh, measurements) waits while phones are still streaming to this node — until no frame has arrived for 1 s — for at most this long, so it does not delay their acks. 0: start at once.",
     },
     Setting {
+        key: "scan_processing_stale_secs",
+        default: "600",
+        help: "A scan still `processing` this long after it finished (its node stopped while it waited or was being reconstructed) is taken over and reconstructed by a node that notices, checking every quarter of this (1–60 s). Keep it well above scan_finish_defer_max_ms plus a reconstruction. 0: never.",
+    },
+    Setting {
         key: "fusion_nice",
         default: "10",
         help: "Niceness (0–19) of the live-fusion worker threads: under load the scheduler prefers the ack path over the live preview. 0: same priority as the rest of the server.",
@@ -248,6 +253,7 @@ pub struct Config {
     pub scan_live_fusion: bool,
     pub scan_live_fusion_max_scans: usize,
     pub scan_finish_defer_max_ms: u64,
+    pub scan_processing_stale_secs: u64,
     pub fusion_nice: i32,
     pub redis_url: ServiceUrl,
     pub redis_prefix: String,
@@ -296,6 +302,7 @@ impl Default for Config {
             scan_live_fusion: true,
             scan_live_fusion_max_scans: 0,
             scan_finish_defer_max_ms: 30_000,
+            scan_processing_stale_secs: 600,
             fusion_nice: coherency_actors::reconstruction::DEFAULT_WORKER_NICE,
             redis_url: ServiceUrl::new("redis://127.0.0.1:6379"),
             redis_prefix: "coherency:".into(),
@@ -388,6 +395,15 @@ impl Config {
         }
         if self.database_max_connections == 0 {
             return Err(Self::invalid("database_max_connections", "must be at least 1"));
+        }
+        if self.scan_processing_stale_secs != 0
+            && self.scan_processing_stale_secs.saturating_mul(1000)
+                <= self.scan_finish_defer_max_ms.saturating_add(1000)
+        {
+            return Err(Self::invalid(
+                "scan_processing_stale_secs",
+                "must be 0 or more than scan_finish_defer_max_ms plus a second (a scan waiting to be processed is not stale)",
+            ));
         }
         if self.scan_flush_window_ms > 1000 {
             return Err(Self::invalid("scan_flush_window_ms", "must be at most 1000"));
@@ -609,6 +625,7 @@ mod tests {
                 | "booking_view_max_age_ms"
                 | "scan_live_fusion_max_scans"
                 | "scan_finish_defer_max_ms"
+                | "scan_processing_stale_secs"
                 | "turn_ttl_secs" => "1024",
                 _ => "x",
             };

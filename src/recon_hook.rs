@@ -48,7 +48,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coherency_actors::capture::activity::wait_for_quiet;
 use coherency_actors::reconstruction::{centre_point, to_recon_frame, Accepted, LiveResult};
-use coherency_actors::store::{FinishHook, FinishedScan, StoreError};
+use coherency_actors::store::{FinishHook, FinishedScan, ScanIndex, ScanStatus, StoreError};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
@@ -412,6 +412,82 @@ impl ReconstructionHook {
             list_measurements(&self.pg, scan_id.as_uuid()).await.map_err(|e| RemeasureError::Store(pg_error(&e)))?;
         all.into_iter().find(|r| r.id == id).ok_or(RemeasureError::Store(StoreError::Permanent("lost row".into())))
     }
+}
+
+/// Most scans one recovery pass takes over.
+const RECOVER_BATCH: usize = 16;
+
+impl ReconstructionHook {
+    /// Claims one scan left `processing` for longer than `stale` (the node reconstructing
+    /// it stopped): its `updated_at` moves to now, so no other node claims it again before
+    /// `stale` has passed once more. Answers the scan and its last durable seq.
+    async fn claim_stale(&self, stale: Duration) -> Result<Option<(ScanId, u64)>, StoreError> {
+        let now = self.clock.now();
+        let cutoff = now - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+        let row = sqlx::query(
+            "UPDATE scans SET updated_at = $1
+             WHERE id = (SELECT id FROM scans WHERE status = 'processing' AND updated_at < $2
+                         ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, acked_seq",
+        )
+        .bind(now)
+        .bind(cutoff)
+        .fetch_optional(&self.pg)
+        .await
+        .map_err(|e| pg_error(&e))?;
+        Ok(row.map(|r| {
+            let last = u64::try_from(r.get::<i64, _>("acked_seq")).unwrap_or(0);
+            (ScanId::from_uuid(r.get("id")), last)
+        }))
+    }
+
+    /// Reconstructs the scans other nodes left `processing` for longer than `stale` (they
+    /// were stopped while the scan waited or was being reconstructed), at most
+    /// [`RECOVER_BATCH`] per call, and records each outcome through `index`. Every step is
+    /// idempotent (the measurement row, the mesh keys, the reconstruction document), so a
+    /// scan taken over twice ends the same. Answers how many it took over.
+    pub async fn recover_stale(&self, stale: Duration, index: &dyn ScanIndex) -> usize {
+        let mut taken = 0;
+        while taken < RECOVER_BATCH {
+            let (scan_id, last_seq) = match self.claim_stale(stale).await {
+                Ok(Some(claimed)) => claimed,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for scans left processing");
+                    break;
+                }
+            };
+            tracing::warn!(%scan_id, "scan left processing by a stopped node; reconstructing it here");
+            let scan = FinishedScan { live: None, scan_id, last_seq, quality_dropped: 0 };
+            let outcome = match self.reconstruct(&scan).await {
+                Ok(()) => ScanStatus::Complete,
+                Err(e) => {
+                    tracing::error!(%scan_id, error = %e, "processing failed");
+                    ScanStatus::Failed
+                }
+            };
+            if let Err(e) = index.set_status(scan_id, outcome).await {
+                tracing::error!(%scan_id, error = %e, "could not record the end of processing");
+            }
+            taken += 1;
+        }
+        taken
+    }
+}
+
+/// Runs [`ReconstructionHook::recover_stale`] every quarter of `stale` (1–60 s) for the
+/// life of the process; `stale` zero: never.
+pub fn spawn_recovery(hook: Arc<ReconstructionHook>, index: Arc<dyn ScanIndex>, stale: Duration) {
+    if stale.is_zero() {
+        return;
+    }
+    let every = (stale / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            hook.recover_stale(stale, &*index).await;
+        }
+    });
 }
 
 #[async_trait]

@@ -488,17 +488,24 @@ pub fn start_registry(
 ) -> Addr<CaptureRegistry> {
     coherency_actors::reconstruction::FusionPool::set_worker_nice(config.fusion_nice);
     let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
+    let index = Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events.clone()));
+    let hook = Arc::new(
+        crate::recon_hook::ReconstructionHook::new(stores, clock.clone())
+            .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms)),
+    );
+    crate::recon_hook::spawn_recovery(
+        hook.clone(),
+        index.clone(),
+        Duration::from_secs(config.scan_processing_stale_secs),
+    );
     let deps = CaptureDeps::new(
         Arc::new(BlobFrameStore::new(stores.blobs.clone())),
-        Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events.clone())),
+        index,
         Arc::new(MongoQualitySink::new(stores.mongo.clone())),
     )
     .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
     .with_observer(Arc::new(events))
-    .with_finish_hook(Arc::new(
-        crate::recon_hook::ReconstructionHook::new(stores, clock.clone())
-            .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms)),
-    ))
+    .with_finish_hook(hook)
     .with_config(capture_config(config));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let arbiters = (0..cores).map(|_| actix::Arbiter::new().handle()).collect();

@@ -230,3 +230,57 @@ async fn an_upgrade_is_refused_with_503_while_another_node_keeps_the_scan() {
     stream(&mut client, 1, 3).await;
     assert_eq!(client.finish().await.unwrap().last_seq, 3);
 }
+
+#[actix_web::test]
+async fn a_scan_left_processing_by_a_killed_node_is_reconstructed_by_a_surviving_one() {
+    // This process survives and looks for stale scans every second. Node A holds a finished
+    // scan's reconstruction back while another phone streams to it, and is killed then.
+    let app = spawn_app_with(|mut c| {
+        c.scan_processing_stale_secs = 4;
+        c.scan_finish_defer_max_ms = 2_000;
+        c
+    })
+    .await;
+    let mut node_a = NodeProcess::start(
+        &app.config,
+        &[("COHERENCY_SCAN_FINISH_DEFER_MAX_MS", "600000"), ("COHERENCY_SCAN_PROCESSING_STALE_SECS", "0")],
+    );
+    let a_url = format!("http://127.0.0.1:{}", node_a.port);
+    let (p1, s1) = patient_with_scan(&app).await;
+    let (p2, s2) = patient_with_scan(&app).await;
+    let mut other =
+        ScanStreamClient::connect_with(ClientConfig::new(a_url.clone(), p2.token.clone(), s2)).await.unwrap();
+    let streaming = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for seq in 1..=1200 {
+            tick.tick().await;
+            if other.send_frame(crate::scan_stream::frame(seq)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut phone = ScanStreamClient::connect_with(ClientConfig::new(a_url, p1.token.clone(), s1)).await.unwrap();
+    stream(&mut phone, 1, 40).await;
+    assert_eq!(phone.finish().await.unwrap().last_seq, 40);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(scan_status(&app, s1).await, "processing", "node A waits while the other phone streams");
+
+    node_a.child.kill().unwrap(); // SIGKILL while the scan waits to be reconstructed
+    node_a.child.wait().unwrap();
+    streaming.abort();
+    eventually(Duration::from_secs(60), "the scan completed on the surviving node", || async {
+        (scan_status(&app, s1).await == "complete").then_some(())
+    })
+    .await;
+    let doc = app
+        .state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>("reconstructions")
+        .find_one(mongodb::bson::doc! {"scan_id": s1.to_string()})
+        .await
+        .unwrap()
+        .expect("reconstruction document");
+    assert_eq!(doc.get_str("status").unwrap(), "complete");
+    assert_eq!(doc.get_document("inputs").unwrap().get_i64("frames_stored").unwrap(), 40);
+}
