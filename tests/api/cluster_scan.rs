@@ -272,15 +272,7 @@ async fn a_scan_left_processing_by_a_killed_node_is_reconstructed_by_a_surviving
         (scan_status(&app, s1).await == "complete").then_some(())
     })
     .await;
-    let doc = app
-        .state
-        .stores
-        .mongo
-        .collection::<mongodb::bson::Document>("reconstructions")
-        .find_one(mongodb::bson::doc! {"scan_id": s1.to_string()})
-        .await
-        .unwrap()
-        .expect("reconstruction document");
+    let doc = crate::scan_stream::reconstruction_doc(&app, s1).await;
     assert_eq!(doc.get_str("status").unwrap(), "complete");
     assert_eq!(doc.get_document("inputs").unwrap().get_i64("frames_stored").unwrap(), 40);
 }

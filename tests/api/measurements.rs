@@ -112,15 +112,7 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
         assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), auto["mesh"][format!("{fmt}_sha256")], "{fmt} hash");
     }
     // The reconstruction document is in MongoDB.
-    let doc = app
-        .state
-        .stores
-        .mongo
-        .collection::<mongodb::bson::Document>("reconstructions")
-        .find_one(mongodb::bson::doc! {"scan_id": scan.to_string()})
-        .await
-        .unwrap()
-        .expect("reconstruction document");
+    let doc = crate::scan_stream::reconstruction_doc(&app, scan).await;
     assert_eq!(doc.get_str("status").unwrap(), "complete");
     assert!(doc.get_document("timings_ms").unwrap().contains_key("fuse"));
 
@@ -342,15 +334,7 @@ async fn progress_reports_rising_fused_frames_and_coverage_at_5_hz_while_streami
     })
     .await;
     check(&list["measurements"][0], &truth, 0.035, 1.25, "auto (live fusion)");
-    let doc = app
-        .state
-        .stores
-        .mongo
-        .collection::<mongodb::bson::Document>("reconstructions")
-        .find_one(mongodb::bson::doc! {"scan_id": scan.to_string()})
-        .await
-        .unwrap()
-        .expect("reconstruction document");
+    let doc = crate::scan_stream::reconstruction_doc(&app, scan).await;
     // The finish step took the live volume, unless the (shared, loaded) machine made live
     // fusion skip frames, in which case it fused the stored frames (never a partial volume).
     let quality = doc.get_document("quality").unwrap();

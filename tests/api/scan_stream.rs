@@ -94,6 +94,18 @@ pub fn config(app: &TestApp, user: &User, scan: ScanId) -> ClientConfig {
     ClientConfig::new(app.address.clone(), user.token.clone(), scan)
 }
 
+/// The scan's reconstruction document in MongoDB (panics when there is none).
+pub async fn reconstruction_doc(app: &TestApp, scan: ScanId) -> mongodb::bson::Document {
+    app.state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>("reconstructions")
+        .find_one(mongodb::bson::doc! {"scan_id": scan.to_string()})
+        .await
+        .unwrap()
+        .expect("reconstruction document")
+}
+
 pub async fn scan_status(app: &TestApp, scan: ScanId) -> String {
     sqlx::query_scalar("SELECT status FROM scans WHERE id = $1").bind(scan.as_uuid()).fetch_one(&app.pg).await.unwrap()
 }
