@@ -40,6 +40,7 @@
 //! volume is not kept in memory or storage: it is cheap to rebuild and this keeps the result
 //! reproducible) and measures the clinician's outline drawn on a keyframe.
 
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -48,7 +49,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coherency_actors::capture::activity::wait_for_quiet;
 use coherency_actors::reconstruction::{centre_point, to_recon_frame, Accepted, LiveResult};
-use coherency_actors::store::{FinishHook, FinishedScan, ScanIndex, ScanStatus, StoreError};
+use coherency_actors::stats::CaptureStats;
+use coherency_actors::store::{
+    FinishHook, FinishedScan, QualityRecord, QualitySink, ScanIndex, ScanStatus, StoreError,
+};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
@@ -66,7 +70,7 @@ use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::store::blob::BlobStore;
-use crate::store::scans::{blob_error, mongo_error, pg_error};
+use crate::store::scans::{blob_error, mongo_error, pg_error, MongoQualitySink};
 use crate::store::Stores;
 
 /// The MongoDB collection holding one reconstruction document per scan.
@@ -213,14 +217,50 @@ impl ReconstructionHook {
     /// frames is CPU work that must not run on the I/O threads serving the phones' sockets,
     /// nor at their priority (a finishing scan would hold up the acks of those still
     /// streaming).
+    ///
+    /// The quality records of the seqs in `rebuild` are computed again on the way
+    /// (`CaptureStats` over every frame in seq order, as the capture session does).
     async fn with_stored_frames<T: Send + 'static>(
         &self,
         scan_id: ScanId,
-        f: impl FnOnce(Result<Vec<StoredFrame>, StoreError>) -> T + Send + 'static,
+        rebuild: BTreeSet<u64>,
+        f: impl FnOnce(Result<Decoded, StoreError>) -> T + Send + 'static,
     ) -> Result<T, StoreError> {
         let index = self.frame_index(scan_id).await?;
         let (blobs, rt) = (self.blobs.clone(), tokio::runtime::Handle::current());
-        self.on_cpu(move || f(read_frames(&blobs, &rt, &index).and_then(decode_frames))).await
+        self.on_cpu(move || f(read_frames(&blobs, &rt, &index).and_then(|raw| decode_frames(scan_id, raw, &rebuild))))
+            .await
+    }
+
+    /// The seqs `1..=last_seq` with no quality record in MongoDB (lost with a node that
+    /// stopped before writing them, or dropped when the queue was full). Empty when MongoDB
+    /// cannot be read: the records are derived data, and the session's writer is still
+    /// retrying them then.
+    ///
+    /// The session's writer sends its last records when the session ends and may still be
+    /// writing them: a gap is read again [`QUALITY_RECHECKS`] times, a second apart, before
+    /// it counts as lost.
+    async fn missing_quality(&self, scan_id: ScanId, last_seq: u64) -> BTreeSet<u64> {
+        let mut missing = BTreeSet::new();
+        for attempt in 0..=QUALITY_RECHECKS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            missing = match crate::store::scans::quality_records(&self.mongo, scan_id).await {
+                Ok(records) => {
+                    let have: HashSet<u64> = records.iter().map(|r| r.seq).collect();
+                    (1..=last_seq).filter(|s| !have.contains(s)).collect()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "quality records not checked");
+                    return BTreeSet::new();
+                }
+            };
+            if missing.is_empty() {
+                break;
+            }
+        }
+        missing
     }
 
     /// Reconstructs and measures one finished scan (see the module docs).
@@ -247,27 +287,42 @@ impl ReconstructionHook {
             }
             None => None,
         };
+        let missing = self.missing_quality(scan.scan_id, scan.last_seq).await;
         let work = match live {
-            Some(l) => {
+            Some(l) if missing.is_empty() => {
                 let n = scan.last_seq as usize;
                 let (load_ms, work) = (ms(t0), self.on_cpu(move || finish_work(Some(l), &[])).await?);
-                (work, n, load_ms)
+                (work, n, load_ms, Vec::new())
             }
-            None => {
-                self.with_stored_frames(scan.scan_id, move |frames| {
-                    let frames = frames?;
+            live => {
+                self.with_stored_frames(scan.scan_id, missing, move |decoded| {
+                    let Decoded { frames, quality } = decoded?;
                     let (n, load_ms) = (frames.len(), ms(t0));
-                    Ok::<_, StoreError>((finish_work(None, &frames), n, load_ms))
+                    Ok::<_, StoreError>((finish_work(live, &frames), n, load_ms, quality))
                 })
                 .await??
             }
         };
-        let (work, n_frames, load_ms) = work;
+        let (work, n_frames, load_ms, rebuilt) = work;
+        let quality_rebuilt = match rebuilt.is_empty() {
+            true => 0,
+            false => match MongoQualitySink::new(self.mongo.clone()).write_quality(&rebuilt).await {
+                Ok(()) => {
+                    tracing::info!(records = rebuilt.len(), "missing quality records rebuilt from the stored frames");
+                    rebuilt.len()
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "missing quality records not rebuilt");
+                    0
+                }
+            },
+        };
         let mut doc = doc! {
             "scan_id": scan.scan_id.to_string(),
             "started_at": bson_time(started),
             "inputs": { "last_seq": to_i64(scan.last_seq), "frames_stored": to_i64(n_frames as u64),
-                        "quality_dropped": to_i64(scan.quality_dropped) },
+                        "quality_dropped": to_i64(scan.quality_dropped),
+                        "quality_rebuilt": to_i64(quality_rebuilt as u64) },
             "parameters": parameters(),
         };
         let Built { fusion, ply, glb, triangles, mesh_ms, coverage, measured, measure_ms } = match work {
@@ -384,8 +439,8 @@ impl ReconstructionHook {
     ) -> Result<MeasurementRecord, RemeasureError> {
         let px = polygon.clone();
         let m = self
-            .with_stored_frames(scan_id, move |frames| {
-                let frames = frames.map_err(RemeasureError::Store)?;
+            .with_stored_frames(scan_id, BTreeSet::new(), move |decoded| {
+                let frames = decoded.map_err(RemeasureError::Store)?.frames;
                 if frames.is_empty() {
                     return Err(RemeasureError::NoFrames);
                 }
@@ -413,6 +468,9 @@ impl ReconstructionHook {
         all.into_iter().find(|r| r.id == id).ok_or(RemeasureError::Store(StoreError::Permanent("lost row".into())))
     }
 }
+
+/// How many more times a gap in a scan's quality records is read before it is rebuilt.
+const QUALITY_RECHECKS: u32 = 3;
 
 /// Most scans one recovery pass takes over.
 const RECOVER_BATCH: usize = 16;
@@ -585,20 +643,38 @@ fn read_frames(
     Ok(out)
 }
 
+/// Stored frames decoded for reconstruction, and the quality records rebuilt on the way.
+struct Decoded {
+    frames: Vec<StoredFrame>,
+    quality: Vec<QualityRecord>,
+}
+
 /// Decodes stored `frame` messages into reconstruction frames; a frame that decodes but
-/// cannot be used (its depth or pose is unusable) is left out with a warning.
-fn decode_frames(raw: Vec<RawFrame>) -> Result<Vec<StoredFrame>, StoreError> {
-    let mut out = Vec::with_capacity(raw.len());
+/// cannot be used (its depth or pose is unusable) is left out with a warning. The quality
+/// records of the seqs in `rebuild` are computed again (every frame goes through one
+/// `CaptureStats` in seq order, so pose jumps are measured as during capture).
+fn decode_frames(scan_id: ScanId, raw: Vec<RawFrame>, rebuild: &BTreeSet<u64>) -> Result<Decoded, StoreError> {
+    let mut frames = Vec::with_capacity(raw.len());
+    let mut quality = Vec::with_capacity(rebuild.len());
+    let mut stats = CaptureStats::default();
     for RawFrame { seq, msg } in raw {
         match decode_client(&msg) {
-            Ok(ClientMsg::Frame(f)) => match to_recon_frame(&f) {
-                Ok(frame) => out.push(StoredFrame { seq, frame }),
-                Err(e) => tracing::warn!(seq, error = %e, "stored frame not usable for reconstruction"),
-            },
+            Ok(ClientMsg::Frame(f)) => {
+                if !rebuild.is_empty() {
+                    let v = stats.observe_frame(&f);
+                    if rebuild.contains(&seq) {
+                        quality.push(QualityRecord::of(scan_id, &f, &v));
+                    }
+                }
+                match to_recon_frame(&f) {
+                    Ok(frame) => frames.push(StoredFrame { seq, frame }),
+                    Err(e) => tracing::warn!(seq, error = %e, "stored frame not usable for reconstruction"),
+                }
+            }
             Ok(_) | Err(_) => return Err(StoreError::Permanent("recon: stored frame does not decode".into())),
         }
     }
-    Ok(out)
+    Ok(Decoded { frames, quality })
 }
 
 /// Gates and fuses the stored frames around the target (see the module docs): the path

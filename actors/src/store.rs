@@ -263,6 +263,25 @@ pub struct QualityRecord {
     pub warnings: Vec<String>,
 }
 
+impl QualityRecord {
+    /// The record of `frame` as [`crate::stats::CaptureStats`] judged it (`v`).
+    pub fn of(scan_id: ScanId, frame: &coherency_protocol::scan::DepthFrame, v: &crate::stats::FrameVerdict) -> Self {
+        QualityRecord {
+            scan_id,
+            seq: frame.seq,
+            captured_at_us: frame.captured_at_us,
+            width: frame.width,
+            height: frame.height,
+            valid_fraction: v.depth.valid_fraction,
+            median_depth_m: v.depth.median_m,
+            pose_jump_mm: v.jump.map(|j| j.translation_mm),
+            pose_jump_deg: v.jump.map(|j| j.rotation_deg),
+            accepted: v.accepted,
+            warnings: v.warnings.iter().map(|w| (*w).to_owned()).collect(),
+        }
+    }
+}
+
 /// Quality records are stored in buckets of this many consecutive seqs of one scan: bucket
 /// `k` holds seqs `k·32 + 1 ..= (k + 1)·32` (MongoDB: one document per bucket, see
 /// `docs/api.md` § Scans). The quality writer ends a batch at a bucket's last seq, so a

@@ -657,3 +657,33 @@ async fn a_finished_scan_is_processed_once_other_phones_stop_streaming_or_the_bo
     let phone_c = streaming.await.unwrap();
     phone_c.finish().await.unwrap();
 }
+
+/// Quality records lost before a scan finished (a node stopped with records still queued;
+/// here they are deleted from MongoDB) are rebuilt from the stored frames at finish, equal
+/// to what capture wrote.
+#[actix_web::test]
+async fn quality_records_lost_before_finish_are_rebuilt_from_the_stored_frames() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 100).await;
+    assert_quality_records(&app, scan, 100, Duration::from_secs(30)).await;
+    let written = quality_records(&app, scan).await;
+    app.state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>(coherency::store::scans::QUALITY_COLLECTION)
+        .delete_many(mongodb::bson::doc! {"scan_id": scan.to_string()})
+        .await
+        .unwrap();
+    assert!(quality_records(&app, scan).await.is_empty(), "the records are gone");
+    assert_eq!(client.finish().await.unwrap().last_seq, 100);
+    eventually(Duration::from_secs(60), "scan complete", || async {
+        (scan_status(&app, scan).await == "complete").then_some(())
+    })
+    .await;
+    assert_quality_records(&app, scan, 100, Duration::from_secs(10)).await;
+    assert_eq!(quality_records(&app, scan).await, written, "rebuilt as capture wrote them");
+    let doc = reconstruction_doc(&app, scan).await;
+    assert_eq!(doc.get_document("inputs").unwrap().get_i64("quality_rebuilt").unwrap(), 100);
+}

@@ -345,19 +345,7 @@ impl CaptureSession {
             Some(q) => 0.8 * q + 0.2 * v.quality,
             None => v.quality,
         });
-        let record = QualityRecord {
-            scan_id: self.scan_id,
-            seq: frame.seq,
-            captured_at_us: frame.captured_at_us,
-            width: frame.width,
-            height: frame.height,
-            valid_fraction: v.depth.valid_fraction,
-            median_depth_m: v.depth.median_m,
-            pose_jump_mm: v.jump.map(|j| j.translation_mm),
-            pose_jump_deg: v.jump.map(|j| j.rotation_deg),
-            accepted: v.accepted,
-            warnings: v.warnings.iter().map(|w| (*w).to_owned()).collect(),
-        };
+        let record = QualityRecord::of(self.scan_id, frame, &v);
         self.quality.push(record, &*self.deps.metrics);
         self.live.last = Some(v);
     }
