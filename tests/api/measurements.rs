@@ -343,3 +343,70 @@ async fn progress_reports_rising_fused_frames_and_coverage_at_5_hz_while_streami
     assert_eq!(mode, if skipped == 0 { "live" } else { "at_finish" }, "{doc}");
     eprintln!("finish used the {mode} volume ({skipped} frames skipped live)");
 }
+
+/// Collects a client's `progress` messages until its event stream ends.
+fn collect_progress(client: &mut ScanStreamClient) -> tokio::task::JoinHandle<Vec<coherency_protocol::scan::Progress>> {
+    let mut events = client.take_events().unwrap();
+    tokio::spawn(async move {
+        let mut seen = vec![];
+        while let Some(e) = events.recv().await {
+            if let coherency_protocol::client::ClientEvent::Progress(p) = e {
+                seen.push(p);
+            }
+        }
+        seen
+    })
+}
+
+/// With `scan_live_fusion_max_scans = 1`, the first of two concurrent scans gets the live
+/// preview (coverage in `progress`) and the second does not (coverage 0); both are
+/// measured, the second from its stored frames at finish, and both measure the wound right.
+#[actix_web::test]
+async fn a_node_fuses_live_only_up_to_its_cap_and_measures_the_other_scans_at_finish() {
+    let app = crate::helpers::spawn_app_with(|mut c| {
+        c.scan_live_fusion_max_scans = 1;
+        c
+    })
+    .await;
+    let (pa, a) = patient_with_scan(&app).await;
+    let (pb, b) = patient_with_scan(&app).await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let truth = *phantom.truth();
+    let rendered = phantom.scan(&ScanConfig::iphone(2));
+    let connect = |p: &User, s: ScanId| ClientConfig::new(app.address.clone(), p.token.clone(), s);
+    let mut phone_a = ScanStreamClient::connect_with(connect(&pa, a)).await.unwrap();
+    let mut phone_b = ScanStreamClient::connect_with(connect(&pb, b)).await.unwrap();
+    let (progress_a, progress_b) = (collect_progress(&mut phone_a), collect_progress(&mut phone_b));
+    // A starts first and takes the node's one live place.
+    phone_a.send_frame(wire_frame(1, &rendered.frames[0])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut clock = tokio::time::interval(Duration::from_millis(33));
+    let n = rendered.frames.len() as u64;
+    for (i, f) in rendered.frames.iter().enumerate() {
+        clock.tick().await;
+        if i > 0 {
+            phone_a.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+        }
+        phone_b.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+    }
+    assert_eq!(phone_a.finish().await.unwrap().last_seq, n);
+    assert_eq!(phone_b.finish().await.unwrap().last_seq, n);
+    let peak = |seen: &[coherency_protocol::scan::Progress]| seen.iter().map(|p| p.coverage).fold(0.0f32, f32::max);
+    let seen_a = tokio::time::timeout(Duration::from_secs(10), progress_a).await.unwrap().unwrap();
+    let seen_b = tokio::time::timeout(Duration::from_secs(10), progress_b).await.unwrap().unwrap();
+    assert!(peak(&seen_a) > 0.5, "A had the live preview: coverage peaked at {}", peak(&seen_a));
+    assert!(!seen_b.is_empty() && peak(&seen_b) == 0.0, "B streamed without it: coverage peaked at {}", peak(&seen_b));
+
+    for (who, scan, fusion) in [(&pa, a, "live"), (&pb, b, "at_finish")] {
+        let path = format!("/v1/scans/{scan}/measurements");
+        let list: Value = eventually(Duration::from_secs(120), "automatic measurements", || async {
+            let v: Value = app.get_auth(&path, &who.token).await.json().await.unwrap();
+            assert_ne!(v["status"], "failed", "reconstruction failed");
+            (v["status"] == "complete").then_some(v)
+        })
+        .await;
+        check(&list["measurements"][0], &truth, 0.035, 1.25, fusion);
+        let doc = crate::scan_stream::reconstruction_doc(&app, scan).await;
+        assert_eq!(doc.get_document("quality").unwrap().get_str("fusion").unwrap(), fusion);
+    }
+}
