@@ -578,6 +578,19 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_processing_bound_within_the_finish_deferral_is_refused() {
+        let c = |stale: u64, defer: u64| {
+            Config { scan_processing_stale_secs: stale, scan_finish_defer_max_ms: defer, ..Config::default() }
+                .validate()
+        };
+        let err = c(30, 30_000).unwrap_err().to_string();
+        assert!(err.contains("scan_processing_stale_secs"), "{err}");
+        assert!(c(31, 30_000).is_err(), "a scan that waited the whole deferral is not stale a second later");
+        assert!(c(32, 30_000).is_ok());
+        assert!(c(0, 30_000).is_ok(), "0 turns the takeover off");
+    }
+
+    #[test]
     fn an_unknown_key_is_rejected_with_its_name() {
         let err = with("http_adress", "127.0.0.1:1").unwrap_err().to_string();
         assert!(err.contains("http_adress"), "{err}");

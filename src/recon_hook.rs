@@ -51,7 +51,7 @@ use coherency_actors::capture::activity::wait_for_quiet;
 use coherency_actors::reconstruction::{centre_point, to_recon_frame, Accepted, LiveResult};
 use coherency_actors::stats::CaptureStats;
 use coherency_actors::store::{
-    FinishHook, FinishedScan, QualityRecord, QualitySink, ScanIndex, ScanStatus, StoreError,
+    process_finished, FinishHook, FinishedScan, QualityRecord, QualitySink, ScanIndex, StoreError,
 };
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
@@ -498,42 +498,34 @@ impl ReconstructionHook {
             (ScanId::from_uuid(r.get("id")), last)
         }))
     }
-
-    /// Reconstructs the scans other nodes left `processing` for longer than `stale` (they
-    /// were stopped while the scan waited or was being reconstructed), at most
-    /// [`RECOVER_BATCH`] per call, and records each outcome through `index`. Every step is
-    /// idempotent (the measurement row, the mesh keys, the reconstruction document), so a
-    /// scan taken over twice ends the same. Answers how many it took over.
-    pub async fn recover_stale(&self, stale: Duration, index: &dyn ScanIndex) -> usize {
-        let mut taken = 0;
-        while taken < RECOVER_BATCH {
-            let (scan_id, last_seq) = match self.claim_stale(stale).await {
-                Ok(Some(claimed)) => claimed,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not look for scans left processing");
-                    break;
-                }
-            };
-            tracing::warn!(%scan_id, "scan left processing by a stopped node; reconstructing it here");
-            let scan = FinishedScan { live: None, scan_id, last_seq, quality_dropped: 0 };
-            let outcome = match self.reconstruct(&scan).await {
-                Ok(()) => ScanStatus::Complete,
-                Err(e) => {
-                    tracing::error!(%scan_id, error = %e, "processing failed");
-                    ScanStatus::Failed
-                }
-            };
-            if let Err(e) = index.set_status(scan_id, outcome).await {
-                tracing::error!(%scan_id, error = %e, "could not record the end of processing");
-            }
-            taken += 1;
-        }
-        taken
-    }
 }
 
-/// Runs [`ReconstructionHook::recover_stale`] every quarter of `stale` (1–60 s) for the
+/// Reconstructs the scans other nodes left `processing` for longer than `stale` (they were
+/// stopped while the scan waited or was being reconstructed), at most [`RECOVER_BATCH`] per
+/// call, as a finishing session would (`process_finished`). Every step is idempotent (the
+/// measurement row, the mesh keys, the reconstruction document), so a scan taken over twice
+/// ends the same. Answers how many it took over.
+async fn recover_stale(hook: &Arc<ReconstructionHook>, index: &Arc<dyn ScanIndex>, stale: Duration) -> usize {
+    let retry = coherency_actors::capture::CaptureConfig::default().quality_retry;
+    let mut taken = 0;
+    while taken < RECOVER_BATCH {
+        let (scan_id, last_seq) = match hook.claim_stale(stale).await {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for scans left processing");
+                break;
+            }
+        };
+        tracing::warn!(%scan_id, "scan left processing by a stopped node; reconstructing it here");
+        let scan = FinishedScan { live: None, scan_id, last_seq, quality_dropped: 0 };
+        process_finished(hook.clone(), index.clone(), &retry, scan).await;
+        taken += 1;
+    }
+    taken
+}
+
+/// Runs [`recover_stale`] every quarter of `stale` (1–60 s) for the
 /// life of the process; `stale` zero: never.
 pub fn spawn_recovery(hook: Arc<ReconstructionHook>, index: Arc<dyn ScanIndex>, stale: Duration) {
     if stale.is_zero() {
@@ -543,7 +535,7 @@ pub fn spawn_recovery(hook: Arc<ReconstructionHook>, index: Arc<dyn ScanIndex>, 
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            hook.recover_stale(stale, &*index).await;
+            recover_stale(&hook, &index, stale).await;
         }
     });
 }

@@ -6,6 +6,8 @@
 //! phones resend: a chunk is keyed by (scan, first seq, last seq), a frame index row by
 //! (scan, seq), a quality record by (scan, seq).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -322,6 +324,40 @@ pub struct FinishedScan {
     /// Quality records that could not be queued (queue full) and must be rebuilt from the
     /// raw frames; 0 normally.
     pub quality_dropped: u64,
+}
+
+/// Runs `hook` on a finished scan and records the outcome through `index`: `complete`, or
+/// `failed` when the hook fails (a panic counts as a failure), the status write retried
+/// with `retry`. The capture session calls it when a stream finishes; a node taking over a
+/// scan that another node left `processing` calls it too.
+pub async fn process_finished(
+    hook: Arc<dyn FinishHook>,
+    index: Arc<dyn ScanIndex>,
+    retry: &crate::retry::RetryPolicy,
+    scan: FinishedScan,
+) -> ScanStatus {
+    use crate::retry::{isolated, with_retry};
+    let scan_id = scan.scan_id;
+    let outcome = match isolated(async move { hook.on_finish(scan).await }).await {
+        Ok(()) => ScanStatus::Complete,
+        Err(e) => {
+            tracing::error!(%scan_id, error = %e, "processing failed");
+            ScanStatus::Failed
+        }
+    };
+    let res = with_retry(
+        retry,
+        || {
+            let index = index.clone();
+            isolated(async move { index.set_status(scan_id, outcome).await })
+        },
+        |_, _| {},
+    )
+    .await;
+    if let Err(e) = res {
+        tracing::error!(%scan_id, error = %e, "could not record the end of processing");
+    }
+    outcome
 }
 
 /// What happens after the stream finishes. The reconstruction issue replaces the default

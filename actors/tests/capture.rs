@@ -263,16 +263,23 @@ async fn a_quality_sink_outage_does_not_hold_up_acks_and_every_record_arrives_af
 
 #[actix_rt::test]
 async fn a_steady_30_fps_stream_writes_its_quality_records_one_whole_bucket_at_a_time() {
-    // A longer linger than the default 2 s, so a loaded test machine that slows the paced
-    // phone below 16 fps cannot cut a bucket.
-    let h = Harness::new(CaptureConfig { quality_linger: Duration::from_secs(5), ..test_config() });
+    // A far longer linger than the default 2 s, so a loaded test machine that slows the
+    // paced phone below 16 fps cannot cut a bucket, and a session that outlives it: only
+    // the end of the stream can send the last, partial bucket in time.
+    let h = Harness::new(CaptureConfig {
+        quality_linger: Duration::from_secs(60),
+        finished_idle_timeout: Duration::from_secs(60),
+        ..test_config()
+    });
     let frames = make_frames(100, 64, 48);
     let mut phone = Phone::new(h.scan_id, frames);
     phone.pace = Some(Duration::from_millis(33));
     finish_run(&h, &mut phone).await;
+    let finished = std::time::Instant::now();
     wait_quality(&h, 100).await;
+    assert!(finished.elapsed() < Duration::from_secs(5), "the last bucket waited {:?}", finished.elapsed());
     // One write per storage bucket of 32 seqs (one Mongo document each); the last, partial
-    // bucket goes when its linger is up or the session ends.
+    // bucket goes when the stream finishes.
     let bucket = |first: u64, last: u64| (first..=last).collect::<Vec<u64>>();
     assert_eq!(h.quality.writes(), vec![bucket(1, 32), bucket(33, 64), bucket(65, 96), bucket(97, 100)]);
 }

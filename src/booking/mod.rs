@@ -68,6 +68,13 @@ pub(crate) const COLS: &str =
     "id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason, \
                     rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end";
 
+impl Appointment {
+    /// Whether the range this appointment blocks overlaps `[bs, be)` (half-open ranges).
+    pub fn blocks(&self, bs: DateTime<Utc>, be: DateTime<Utc>) -> bool {
+        bs < self.block_end && self.block_start < be
+    }
+}
+
 /// An appointment type.
 #[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
 pub struct AppointmentType {
@@ -217,30 +224,24 @@ const LIVE_OVERLAP: &str = "clinician_id = $1 AND status IN ('held','booked','no
     AND NOT (status = 'held' AND expires_at <= $4)
     AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')";
 
-/// Blocked ranges of live rows (expired holds excluded) overlapping `[from, to)`.
+/// Live rows (expired holds excluded) whose blocked range overlaps `[from, to)`, by start
+/// of that range.
 pub async fn busy(
     pg: &PgPool,
     clinician_id: Uuid,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>, Appointment)>, ApiError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLS}, block_start, block_end FROM appointments WHERE {LIVE_OVERLAP} ORDER BY block_start"
+) -> Result<Vec<Appointment>, ApiError> {
+    Ok(sqlx::query_as::<_, Appointment>(&format!(
+        "SELECT {COLS} FROM appointments WHERE {LIVE_OVERLAP} ORDER BY block_start"
     ))
     .bind(clinician_id)
     .bind(from)
     .bind(to)
     .bind(now)
     .fetch_all(pg)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            let a = <Appointment as sqlx::FromRow<'_, sqlx::postgres::PgRow>>::from_row(&r)?;
-            Ok((r.get("block_start"), r.get("block_end"), a))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map_err(ApiError::from)
+    .await?)
 }
 
 /// Whether a live row (expired holds excluded) already blocks part of `[bs, be)`: a plain
@@ -286,7 +287,7 @@ pub async fn free_slots(
         .into_iter()
         .filter(|(st, en)| {
             let (bs, be) = (*st - s.buffer_before, *en + s.buffer_after);
-            !taken.iter().any(|(ts, te, _)| bs < *te && *ts < be)
+            !taken.iter().any(|a| a.blocks(bs, be))
         })
         .collect())
 }

@@ -70,12 +70,7 @@ impl Change {
     }
 
     fn live(&self) -> Option<Live> {
-        super::LIVE.contains(&self.status.as_str()).then_some(Live {
-            bs: self.block_start,
-            be: self.block_end,
-            expires_at: if self.status == "held" { self.expires_at } else { None },
-            version: self.version,
-        })
+        Live::of(&self.status, self.block_start, self.block_end, self.expires_at, self.version)
     }
 }
 
@@ -89,6 +84,23 @@ struct Live {
 }
 
 impl Live {
+    /// The range a row with `status` blocks (`None`: the status blocks nothing); only a hold
+    /// stops blocking at its expiry.
+    fn of(
+        status: &str,
+        bs: DateTime<Utc>,
+        be: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+        version: i32,
+    ) -> Option<Live> {
+        super::LIVE.contains(&status).then_some(Live {
+            bs,
+            be,
+            expires_at: if status == "held" { expires_at } else { None },
+            version,
+        })
+    }
+
     fn blocks(&self, bs: DateTime<Utc>, be: DateTime<Utc>, now: DateTime<Utc>) -> bool {
         self.bs < be && bs < self.be && self.expires_at.is_none_or(|e| e > now)
     }
@@ -252,24 +264,20 @@ async fn load(pg: &PgPool, clinician_id: Uuid, now: DateTime<Utc>) -> Result<Cal
     let types = list_types(pg, clinician_id).await?.into_iter().map(|t| (t.id, t)).collect();
     let rows = sqlx::query(
         "SELECT id, block_start, block_end, status, expires_at, version FROM appointments
-          WHERE clinician_id = $1 AND status IN ('held','booked','no_show') AND block_end > $2",
+          WHERE clinician_id = $1 AND status = ANY($3) AND block_end > $2",
     )
     .bind(clinician_id)
     .bind(now)
+    .bind(super::LIVE)
     .fetch_all(pg)
     .await?;
     let mut live = HashMap::with_capacity(rows.len());
     for r in rows {
         let status: String = r.get("status");
-        live.insert(
-            r.get("id"),
-            Live {
-                bs: r.get("block_start"),
-                be: r.get("block_end"),
-                expires_at: if status == "held" { r.get("expires_at") } else { None },
-                version: r.get("version"),
-            },
-        );
+        let range = Live::of(&status, r.get("block_start"), r.get("block_end"), r.get("expires_at"), r.get("version"));
+        if let Some(l) = range {
+            live.insert(r.get("id"), l);
+        }
     }
     Ok(Calendar { loaded, schedule, types, live, gone: HashMap::new() })
 }

@@ -52,7 +52,8 @@ pub struct CaptureConfig {
     /// Long enough for a bucket of 32 frames to fill at 30 fps (≈ 1.07 s), so a steady
     /// stream writes each bucket once, whole — a bucket written in pieces costs the Mongo
     /// server a document rewrite per piece (`docs/performance.md` § Scan ingest). A scan
-    /// slower than 16 fps writes its buckets in two pieces or more. Quality records never
+    /// slower than 16 fps writes its buckets in two pieces or more. When the stream finishes
+    /// the last, partial bucket goes at once (the queue is closed). Quality records never
     /// hold up acks; only readers of the quality collection see them this much later.
     pub quality_linger: Duration,
     /// Records per outbox: a pump that falls this far behind is disconnected.

@@ -26,7 +26,9 @@ use super::registry::{CaptureDeps, SessionStopped};
 use super::writer::{spawn_durable, ChunkJob, DurablePipeline, QualityQueue, WriterDeps, WriterEvent};
 use crate::retry::{isolated, with_retry};
 use crate::stats::{CaptureStats, FrameVerdict};
-use crate::store::{ChunkSpec, FinishedScan, FrameRow, QualityRecord, ScanState, ScanStatus, StoreError, StoreKind};
+use crate::store::{
+    process_finished, ChunkSpec, FinishedScan, FrameRow, QualityRecord, ScanState, ScanStatus, StoreError, StoreKind,
+};
 
 /// Progress is sent while a frame arrived within this long.
 const FLOWING: std::time::Duration = std::time::Duration::from_secs(1);
@@ -576,6 +578,9 @@ impl CaptureSession {
             let _ = conn.outbox.try_send(Outbound::Close(close::NORMAL));
         }
         self.release_waiters(Err(CaptureError::NotStreamable("the stream has finished")));
+        // No record follows the last frame: the writer sends its partial bucket now rather
+        // than when its linger is up, so the finish step finds every record in place.
+        self.quality.close();
         tracing::info!(frames = last, "scan stream finished");
         self.on_finish(last);
     }
@@ -592,28 +597,7 @@ impl CaptureSession {
             quality_dropped: self.quality.dropped(),
             live: self.fusion.clone(),
         };
-        tokio::spawn(async move {
-            let scan_id = scan.scan_id;
-            let outcome = match isolated(async move { hook.on_finish(scan).await }).await {
-                Ok(()) => ScanStatus::Complete,
-                Err(e) => {
-                    tracing::error!(%scan_id, error = %e, "processing failed");
-                    ScanStatus::Failed
-                }
-            };
-            let res = with_retry(
-                &retry,
-                || {
-                    let index = index.clone();
-                    isolated(async move { index.set_status(scan_id, outcome).await })
-                },
-                |_, _| {},
-            )
-            .await;
-            if let Err(e) = res {
-                tracing::error!(%scan_id, error = %e, "could not record the end of processing");
-            }
-        });
+        tokio::spawn(async move { process_finished(hook, index, &retry, scan).await });
     }
 
     // --- handing over ------------------------------------------------------------------

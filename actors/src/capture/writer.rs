@@ -182,7 +182,8 @@ async fn pg_stage(
 
 /// The quality-record queue of one session.
 pub(crate) struct QualityQueue {
-    tx: mpsc::Sender<QualityRecord>,
+    /// `None` once closed: the writer then sends what it holds and ends.
+    tx: Option<mpsc::Sender<QualityRecord>>,
     dropped: Arc<AtomicU64>,
 }
 
@@ -200,21 +201,29 @@ impl QualityQueue {
         let dropped = Arc::new(AtomicU64::new(0));
         let shape = BatchShape { max: batch.max(1), linger };
         tokio::spawn(quality_task(scan_id, sink, metrics, retry, shape, rx, dropped.clone()));
-        Self { tx, dropped }
+        Self { tx: Some(tx), dropped }
     }
 
-    /// Queues a record; when the queue is full the record is dropped and counted.
+    /// Queues a record; when the queue is full (or closed) the record is dropped and
+    /// counted.
     pub fn push(&self, record: QualityRecord, metrics: &dyn SessionMetrics) {
         let scan_id = record.scan_id;
-        if self.tx.try_send(record).is_err() {
+        if self.tx.as_ref().is_none_or(|tx| tx.try_send(record).is_err()) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             metrics.quality_dropped(scan_id, 1);
         }
         metrics.quality_queue(scan_id, self.len());
     }
 
+    /// Records waiting in the queue (0 once closed: the writer holds the rest).
     pub fn len(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.as_ref().map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
+    /// No more records will come: the writer writes what it holds without waiting for its
+    /// linger, then ends.
+    pub fn close(&mut self) {
+        self.tx = None;
     }
 
     pub fn dropped(&self) -> u64 {

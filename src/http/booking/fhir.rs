@@ -155,10 +155,10 @@ pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpR
                 .into_iter()
                 .map(|(st, en)| {
                     let (bs, be) = (st - s.buffer_before, en + s.buffer_after);
-                    let hit = taken.iter().find(|(ts, te, _)| bs < *te && *ts < be);
+                    let hit = taken.iter().find(|a| a.blocks(bs, be));
                     let status = match hit {
                         None => "free",
-                        Some((_, _, a)) if a.status == "held" => "busy-tentative",
+                        Some(a) if a.status == "held" => "busy-tentative",
                         Some(_) => "busy",
                     };
                     slot_resource(cid, ty.id, st, en, status)
