@@ -142,7 +142,6 @@ pub(crate) struct Brick {
     pub(crate) sdf: [f32; BRICK_VOXELS],
     pub(crate) weight: [f32; BRICK_VOXELS],
     pub(crate) key: BrickKey,
-    last_frame: u32,
     /// Integration counter value when this brick last changed.
     pub(crate) modified: u64,
 }
@@ -325,12 +324,21 @@ pub struct TsdfVolume {
     /// A row of confidence 2, for frames without a confidence map.
     all_high: Vec<u8>,
     pixel_weight: Vec<f32>,
+    /// Weight and depth of each pixel side by side, for the AVX2 kernel: one 64-bit gather
+    /// fetches both.
+    pixel_pairs: Vec<[f32; 2]>,
+    /// Greatest usable depth in each [`TILE`]² block of pixels (−∞: none usable).
+    tile_depth: Vec<f32>,
     /// Inclusive brick-key range of the region of interest, when it is finite.
     roi_keys: Option<(BrickKey, BrickKey)>,
     /// Direct-mapped cache of recent brick lookups (`u32::MAX`: empty).
     recent: Box<[(BrickKey, u32); RECENT]>,
     scratch_bytes: usize,
-    touched: Vec<u32>,
+    /// Slot and key of each brick the current frame touches (the key beside the slot: the
+    /// brick's own copy is 4 KiB away from its data and rarely still cached).
+    touched: Vec<(u32, BrickKey)>,
+    /// Per slot, the last frame that touched the brick (dense: one cache line serves 16).
+    brick_frame: Vec<u32>,
     /// Use wider SIMD builds of the kernels where the CPU has them (tests turn it off to
     /// check the baseline build).
     wide_simd: bool,
@@ -353,7 +361,8 @@ pub const MEMORY_SLACK_BYTES: usize = 256 << 10;
 /// [`Coverage::observed_fraction`]: about four high-confidence views at 25 cm.
 pub const CONFIDENT_WEIGHT: f32 = 3.5;
 
-const BRICK_BYTES: usize = std::mem::size_of::<Brick>() + std::mem::size_of::<usize>();
+/// A brick, its slot pointer and its last-frame entry.
+const BRICK_BYTES: usize = std::mem::size_of::<Brick>() + std::mem::size_of::<usize>() + 4;
 
 impl TsdfVolume {
     /// An empty volume.
@@ -371,10 +380,13 @@ impl TsdfVolume {
             ray_y: Vec::new(),
             all_high: Vec::new(),
             pixel_weight: Vec::new(),
+            pixel_pairs: Vec::new(),
+            tile_depth: Vec::new(),
             roi_keys: cfg.roi.and_then(|roi| roi_key_range(&roi, f64::from(cfg.voxel_size_m) * BRICK as f64)),
             recent: Box::new([(BrickKey::new(0, 0, 0), u32::MAX); RECENT]),
             scratch_bytes: 0,
             touched: Vec::new(),
+            brick_frame: Vec::new(),
             wide_simd: true,
         })
     }
@@ -410,7 +422,8 @@ impl TsdfVolume {
         // Scratch buffers are counted from a snapshot: they are moved out while a frame
         // is being integrated, and the budget check must still see them.
         let scratch = self.scratch_bytes
-            + self.touched.capacity() * 4
+            + self.touched.capacity() * std::mem::size_of::<(u32, BrickKey)>()
+            + self.brick_frame.capacity() * 4
             + self.camera_positions.capacity() * std::mem::size_of::<Vec3>();
         self.bricks.capacity() * std::mem::size_of::<usize>()
             + self.bricks.len() * std::mem::size_of::<Brick>()
@@ -449,7 +462,15 @@ impl TsdfVolume {
         let mut stats = IntegrateStats::default();
         let window = self.roi_window(intr, pose);
         self.compute_pixel_weights(depth, intr, window, &mut stats);
+        if self.wide_simd && has_avx2() && !self.cfg.bilinear_depth {
+            self.pixel_pairs.clear();
+            self.pixel_pairs.reserve(n);
+        }
+        let tiles = intr.width.div_ceil(TILE as u32) as usize * intr.height.div_ceil(TILE as u32) as usize;
+        self.tile_depth.reserve(tiles.saturating_sub(self.tile_depth.len()));
         self.scratch_bytes = self.pixel_weight.capacity() * 4
+            + self.pixel_pairs.capacity() * 8
+            + self.tile_depth.capacity() * 4
             + (self.ray_x.capacity() + self.ray_y.capacity()) * 4
             + self.all_high.capacity()
             + std::mem::size_of::<[(BrickKey, u32); RECENT]>();
@@ -637,10 +658,10 @@ impl TsdfVolume {
                         None => self.try_allocate(key, stats),
                     };
                     if let Some(s) = slot {
-                        let b = &mut self.bricks[s as usize];
-                        if b.last_frame != frame_id {
-                            b.last_frame = frame_id;
-                            self.touched.push(s);
+                        let last = &mut self.brick_frame[s as usize];
+                        if *last != frame_id {
+                            *last = frame_id;
+                            self.touched.push((s, key));
                         }
                     }
                 }
@@ -679,13 +700,8 @@ impl TsdfVolume {
             return None;
         }
         let slot = self.bricks.len() as u32;
-        self.bricks.push(Box::new(Brick {
-            sdf: [0.0; BRICK_VOXELS],
-            weight: [0.0; BRICK_VOXELS],
-            key,
-            last_frame: 0,
-            modified: 0,
-        }));
+        self.bricks.push(Box::new(Brick { sdf: [0.0; BRICK_VOXELS], weight: [0.0; BRICK_VOXELS], key, modified: 0 }));
+        self.brick_frame.push(0);
         self.index.insert(key, slot);
         stats.bricks_allocated += 1;
         Some(slot)
@@ -718,12 +734,22 @@ impl TsdfVolume {
             // One entry past the image: the weight 0 that projections outside it read.
             weights: &self.pixel_weight[..=n],
             depth: &depth.depth[..n],
+            pairs: &[],
         };
         let counter = self.counter;
         let mut updated = 0usize;
-        for &slot in &self.touched {
+        let mut pairs = std::mem::take(&mut self.pixel_pairs);
+        pairs.clear();
+        if k.avx2 && !cfg.bilinear_depth {
+            pairs.extend(k.weights[..n].iter().zip(k.depth).map(|(&w, &d)| [w, d]));
+        }
+        let k = Kernel { pairs: &pairs, ..k };
+        let mut tiles = std::mem::take(&mut self.tile_depth);
+        let tw = fill_tile_depth(&mut tiles, k.weights, k.depth, k.wi);
+        let bound =
+            DepthBound { tiles: &tiles, tw, th: tiles.len() / tw.max(1), margin: k.trunc + DEPTH_BOUND_SLACK_M };
+        for &(slot, key) in &self.touched {
             let b = &mut self.bricks[slot as usize];
-            let key = b.key;
             let base = [
                 (key.x as f32 * BRICK as f32 + 0.5) * vs,
                 (key.y as f32 * BRICK as f32 + 0.5) * vs,
@@ -734,12 +760,18 @@ impl TsdfVolume {
                 rc[1][0] * base[0] + rc[1][1] * base[1] + rc[1][2] * base[2] + tc[1],
                 rc[2][0] * base[0] + rc[2][1] * base[1] + rc[2][2] * base[2] + tc[2],
             ];
-            let n = if cfg.bilinear_depth { k.update_brick_bilinear(b, p0) } else { k.update_brick(b, p0) };
+            let n = if cfg.bilinear_depth {
+                k.update_brick_bilinear(b, p0)
+            } else {
+                k.update_brick(b, p0, bound.row_limit(&k, p0))
+            };
             if n > 0 {
                 b.modified = counter;
             }
             updated += n;
         }
+        self.pixel_pairs = pairs;
+        self.tile_depth = tiles;
         stats.bricks_touched = self.touched.len();
         stats.voxels_updated = updated;
     }
@@ -1039,6 +1071,82 @@ fn has_avx2() -> bool {
     }
 }
 
+/// Pixels per side of the blocks whose greatest usable depth bounds the voxels a frame can
+/// update (2: a brick's footprint at 1 mm and 25 cm is about 7 pixels across).
+const TILE: usize = 2;
+
+/// Far more than the float rounding between [`DepthBound::row_limit`] and the kernels
+/// (a few 10⁻⁸ m at working distances).
+const DEPTH_BOUND_SLACK_M: f32 = 1e-4;
+
+/// Fills `tiles` with the greatest depth of the usable pixels (weight > 0) of each
+/// [`TILE`]² block of a `w`-pixel-wide image (−∞ where none is usable); returns the
+/// blocks per row.
+fn fill_tile_depth(tiles: &mut Vec<f32>, weights: &[f32], depth: &[f32], w: usize) -> usize {
+    let h = depth.len() / w.max(1);
+    let tw = w.div_ceil(TILE);
+    tiles.clear();
+    tiles.resize(tw * h.div_ceil(TILE), f32::NEG_INFINITY);
+    for j in 0..h {
+        let t = &mut tiles[(j / TILE) * tw..][..tw];
+        for (i, (&wt, &d)) in weights[j * w..(j + 1) * w].iter().zip(&depth[j * w..(j + 1) * w]).enumerate() {
+            let v = if wt > 0.0 { d } else { f32::NEG_INFINITY };
+            let m = &mut t[i / TILE];
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    tw
+}
+
+/// Which rows of a brick a frame cannot update. A voxel is updated only when the pixel it
+/// projects onto is usable and its depth `d` satisfies `d − z ≥ −trunc`, so a voxel deeper
+/// than the greatest usable depth under the brick's footprint plus the truncation keeps
+/// its value. Skipping the rows made only of such voxels (those behind the surface) changes
+/// nothing in the volume; it only saves their projections and lookups.
+struct DepthBound<'a> {
+    tiles: &'a [f32],
+    tw: usize,
+    th: usize,
+    /// Truncation plus [`DEPTH_BOUND_SLACK_M`].
+    margin: f32,
+}
+
+impl DepthBound<'_> {
+    /// The camera-space depth beyond which no voxel of the brick whose first voxel centre
+    /// is `p0` can be updated (+∞: no bound, −∞: no voxel can be). The voxel centres lie in
+    /// the box spanned by the 8 corner voxels, whose projections bound the footprint; a
+    /// pixel of margin covers rounding.
+    fn row_limit(&self, k: &Kernel, p0: [f32; 3]) -> f32 {
+        let last = (BRICK - 1) as f32;
+        let (mut umin, mut umax, mut vmin, mut vmax) =
+            (f32::INFINITY, f32::NEG_INFINITY, f32::INFINITY, f32::NEG_INFINITY);
+        for c in 0..8 {
+            let (a, b, e) = ((c & 1) as f32 * last, (c >> 1 & 1) as f32 * last, (c >> 2) as f32 * last);
+            let p: [f32; 3] = std::array::from_fn(|i| p0[i] + k.dx[i] * a + k.dy[i] * b + k.dz[i] * e);
+            // Near or behind the camera (or not a number): no bound.
+            if p[2].is_nan() || p[2] < k.zmin {
+                return f32::INFINITY;
+            }
+            let (u, v) = (k.fx * p[0] / p[2] + k.cx, k.fy * p[1] / p[2] + k.cy);
+            (umin, umax, vmin, vmax) = (umin.min(u), umax.max(u), vmin.min(v), vmax.max(v));
+        }
+        if !(umax >= -1.0 && vmax >= -1.0 && umin < k.w + 1.0 && vmin < k.h + 1.0) {
+            // Wholly outside the image (or not a number): nothing is updated, unless NaN.
+            return if umin.is_nan() || vmin.is_nan() { f32::INFINITY } else { f32::NEG_INFINITY };
+        }
+        let tile = |x: f32, n: usize| ((x.max(0.0) as usize) / TILE).min(n - 1);
+        let (t0, t1) = (tile(umin - 1.0, self.tw), tile(umax + 1.0, self.tw));
+        let (s0, s1) = (tile(vmin - 1.0, self.th), tile(vmax + 1.0, self.th));
+        let mut dmax = f32::NEG_INFINITY;
+        for row in self.tiles[s0 * self.tw..(s1 + 1) * self.tw].chunks_exact(self.tw) {
+            for &d in &row[t0..=t1] {
+                dmax = if d > dmax { d } else { dmax };
+            }
+        }
+        dmax + self.margin
+    }
+}
+
 /// Per-frame constants of the voxel update: the camera-from-world steps along the volume
 /// axes (one voxel), the pinhole model and the frame's pixel weights and depths.
 ///
@@ -1065,6 +1173,8 @@ struct Kernel<'a> {
     /// Pixel weights, one past the image: `weights[pixels]` is 0 (outside).
     weights: &'a [f32],
     depth: &'a [f32],
+    /// Weight and depth side by side per pixel (filled for the AVX2 kernel only).
+    pairs: &'a [[f32; 2]],
 }
 
 impl Kernel<'_> {
@@ -1078,29 +1188,138 @@ impl Kernel<'_> {
 
     /// Nearest-pixel update of one brick with the widest vectors the CPU has; returns the
     /// voxels updated.
-    fn update_brick(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
+    fn update_brick(&self, b: &mut Brick, p0: [f32; 3], zlimit: f32) -> usize {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
             // SAFETY: `avx2` is only set when the running CPU supports AVX2.
-            return unsafe { self.update_brick_avx2(b, p0) };
+            return unsafe { self.update_brick_avx2(b, p0, zlimit) };
         }
-        self.update_brick_baseline(b, p0)
+        self.update_brick_baseline(b, p0, zlimit)
+    }
+
+    /// Whether no voxel of the row starting at camera-space `row` can be updated: all its
+    /// voxels lie deeper than `zlimit` (see [`DepthBound::row_limit`]).
+    #[inline(always)]
+    fn row_beyond(&self, row: [f32; 3], zlimit: f32) -> bool {
+        let last = row[2] + self.dx[2] * (BRICK - 1) as f32;
+        (if last < row[2] { last } else { row[2] }) > zlimit
     }
 
     /// [`Kernel::update_brick_body`] for the baseline target (SSE2 on x86-64).
     #[inline(never)]
-    fn update_brick_baseline(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
-        self.update_brick_body(b, p0)
+    fn update_brick_baseline(&self, b: &mut Brick, p0: [f32; 3], zlimit: f32) -> usize {
+        self.update_brick_body(b, p0, zlimit)
     }
 
-    /// [`Kernel::update_brick_body`] compiled for AVX2 (8 lanes per operation). Without
-    /// fast-math the compiler never fuses or reorders float operations, so each value is
-    /// computed exactly as in the baseline build.
+    /// [`Kernel::update_brick_body`] written with AVX2 intrinsics, one row of 8 voxels per
+    /// vector: the same IEEE operations in the same order per voxel (no fused multiply-add),
+    /// so the same numbers. Written out because the compiler's own AVX2 build of the body
+    /// gathers lane by lane and stores through `vmaskmovps`, which is microcoded and slow on
+    /// AMD cores before Zen 5; here the gathers are hardware gathers masked to the voxels
+    /// that project into the image, and the stores are blends and plain stores.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     #[inline(never)]
-    fn update_brick_avx2(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
-        self.update_brick_body(b, p0)
+    fn update_brick_avx2(&self, b: &mut Brick, p0: [f32; 3], zlimit: f32) -> usize {
+        use std::arch::x86_64::*;
+        let lane = _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0);
+        let dx = self.dx.map(|d| _mm256_mul_ps(_mm256_set1_ps(d), lane));
+        let (fx, fy, cx, cy) =
+            (_mm256_set1_ps(self.fx), _mm256_set1_ps(self.fy), _mm256_set1_ps(self.cx), _mm256_set1_ps(self.cy));
+        let (w, h, zmin) = (_mm256_set1_ps(self.w), _mm256_set1_ps(self.h), _mm256_set1_ps(self.zmin));
+        let (zero, one) = (_mm256_setzero_ps(), _mm256_set1_ps(1.0));
+        let magic = _mm256_set1_ps(MAGIC);
+        let mantissa = _mm256_set1_epi32(0x7f_ffff);
+        let (neg_trunc, inv_trunc, max_w) =
+            (_mm256_set1_ps(-self.trunc), _mm256_set1_ps(self.inv_trunc), _mm256_set1_ps(self.max_w));
+        let floor = |x: __m256| {
+            let r = _mm256_sub_ps(_mm256_add_ps(x, magic), magic);
+            _mm256_sub_ps(r, _mm256_and_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(r, x), one))
+        };
+        debug_assert_eq!(self.pairs.len(), self.depth.len());
+        let pairs = self.pairs.as_ptr().cast::<i64>();
+        let mut updated = 0u32;
+        for r in 0..BRICK * BRICK {
+            let row = self.row(p0, r % BRICK, r / BRICK);
+            if self.row_beyond(row, zlimit) {
+                continue;
+            }
+            let px = _mm256_add_ps(_mm256_set1_ps(row[0]), dx[0]);
+            let py = _mm256_add_ps(_mm256_set1_ps(row[1]), dx[1]);
+            let pz = _mm256_add_ps(_mm256_set1_ps(row[2]), dx[2]);
+            let inv = _mm256_div_ps(one, pz);
+            let u = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(fx, px), inv), cx);
+            let v = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(fy, py), inv), cy);
+            let inside = _mm256_and_ps(
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(pz, zmin), _mm256_cmp_ps::<_CMP_GE_OQ>(u, zero)),
+                _mm256_and_ps(
+                    _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(v, zero), _mm256_cmp_ps::<_CMP_LT_OQ>(u, w)),
+                    _mm256_cmp_ps::<_CMP_LT_OQ>(v, h),
+                ),
+            );
+            if _mm256_movemask_ps(inside) == 0 {
+                continue;
+            }
+            let p = _mm256_and_si256(
+                _mm256_castps_si256(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(floor(v), w), floor(u)), magic)),
+                mantissa,
+            );
+            // SAFETY: a lane is read only where the voxel projects inside the image, where
+            // `p` is below the pixel count (see `update_brick_body`); the others give 0.
+            let (lo, hi) = unsafe {
+                let m = _mm256_castps_si256(inside);
+                (
+                    _mm256_mask_i32gather_epi64::<8>(
+                        _mm256_setzero_si256(),
+                        pairs,
+                        _mm256_castsi256_si128(p),
+                        _mm256_cvtepi32_epi64(_mm256_castsi256_si128(m)),
+                    ),
+                    _mm256_mask_i32gather_epi64::<8>(
+                        _mm256_setzero_si256(),
+                        pairs,
+                        _mm256_extracti128_si256::<1>(p),
+                        _mm256_cvtepi32_epi64(_mm256_extracti128_si256::<1>(m)),
+                    ),
+                )
+            };
+            // Lanes (weight, depth) of voxels 0-3 and 4-7 split into weights and depths in
+            // voxel order.
+            let (lo, hi) = (_mm256_castsi256_ps(lo), _mm256_castsi256_ps(hi));
+            let pw = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<
+                0b10_00_10_00,
+            >(lo, hi))));
+            let ds = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(_mm256_shuffle_ps::<
+                0b11_01_11_01,
+            >(lo, hi))));
+            let sdf = _mm256_sub_ps(ds, pz);
+            let ok =
+                _mm256_and_ps(_mm256_cmp_ps::<_CMP_NLE_UQ>(pw, zero), _mm256_cmp_ps::<_CMP_NLT_UQ>(sdf, neg_trunc));
+            let mask = _mm256_movemask_ps(ok);
+            if mask == 0 {
+                continue;
+            }
+            let tsdf = _mm256_min_ps(_mm256_mul_ps(sdf, inv_trunc), one);
+            let (sp, wp) = (b.sdf[r * BRICK..].as_mut_ptr(), b.weight[r * BRICK..].as_mut_ptr());
+            // SAFETY: row `r` of the brick is the 8 values from `r * BRICK`.
+            unsafe {
+                let (s0, w0) = (_mm256_loadu_ps(sp), _mm256_loadu_ps(wp));
+                let nw = _mm256_add_ps(w0, pw);
+                let s = _mm256_div_ps(_mm256_add_ps(_mm256_mul_ps(s0, w0), _mm256_mul_ps(tsdf, pw)), nw);
+                // Volatile: otherwise the compiler turns load, blend and store back into
+                // `vmaskmovps`.
+                // `Unaligned`: a brick row is only 4-byte aligned.
+                #[repr(C, packed)]
+                struct Unaligned(__m256);
+                std::ptr::write_volatile(sp.cast::<Unaligned>(), Unaligned(_mm256_blendv_ps(s0, s, ok)));
+                std::ptr::write_volatile(
+                    wp.cast::<Unaligned>(),
+                    Unaligned(_mm256_blendv_ps(w0, _mm256_min_ps(nw, max_w), ok)),
+                );
+            }
+            updated += (mask as u32).count_ones();
+        }
+        updated as usize
     }
 
     /// Each row of 8 voxels goes through three branch-free passes that the compiler turns
@@ -1109,7 +1328,7 @@ impl Kernel<'_> {
     /// the weighted running average, stored only where the voxel was updated. Per voxel
     /// these are the same operations as a scalar loop, so the same numbers.
     #[inline(always)]
-    fn update_brick_body(&self, b: &mut Brick, p0: [f32; 3]) -> usize {
+    fn update_brick_body(&self, b: &mut Brick, p0: [f32; 3], zlimit: f32) -> usize {
         let dx = self.dx;
         let outside = self.depth.len() as u32;
         let (weights, depth) = (self.weights, self.depth);
@@ -1119,6 +1338,9 @@ impl Kernel<'_> {
             b.sdf.chunks_exact_mut(BRICK).zip(b.weight.chunks_exact_mut(BRICK)).enumerate()
         {
             let row = self.row(p0, r % BRICK, r / BRICK);
+            if self.row_beyond(row, zlimit) {
+                continue;
+            }
             let mut pix = [0u32; BRICK];
             let mut pzs = [0f32; BRICK];
             for x in 0..BRICK {
