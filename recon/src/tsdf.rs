@@ -334,6 +334,8 @@ pub struct TsdfVolume {
     pixel_pairs: Vec<[f32; 2]>,
     /// Greatest usable depth in each [`TILE`]² block of pixels (−∞: none usable).
     tile_depth: Vec<f32>,
+    /// The frame's row steps for the AVX-512 kernel (see [`row_steps`]).
+    row_steps: Vec<[f32; 16]>,
     /// Inclusive brick-key range of the region of interest, when it is finite.
     roi_keys: Option<(BrickKey, BrickKey)>,
     /// Direct-mapped cache of recent brick lookups (`u32::MAX`: empty).
@@ -387,6 +389,7 @@ impl TsdfVolume {
             pixel_weight: Vec::new(),
             pixel_pairs: Vec::new(),
             tile_depth: Vec::new(),
+            row_steps: Vec::new(),
             roi_keys: cfg.roi.and_then(|roi| roi_key_range(&roi, f64::from(cfg.voxel_size_m) * BRICK as f64)),
             recent: Box::new([(BrickKey::new(0, 0, 0), u32::MAX); RECENT]),
             scratch_bytes: 0,
@@ -476,6 +479,7 @@ impl TsdfVolume {
         self.scratch_bytes = self.pixel_weight.capacity() * 4
             + self.pixel_pairs.capacity() * 8
             + self.tile_depth.capacity() * 4
+            + ROW_STEPS * 64
             + (self.ray_x.capacity() + self.ray_y.capacity()) * 4
             + self.all_high.capacity()
             + std::mem::size_of::<[(BrickKey, u32); RECENT]>();
@@ -740,6 +744,7 @@ impl TsdfVolume {
             weights: &self.pixel_weight[..=n],
             depth: &depth.depth[..n],
             pairs: &[],
+            row_steps: &[],
         };
         let counter = self.counter;
         let mut updated = 0usize;
@@ -748,7 +753,11 @@ impl TsdfVolume {
         if k.simd >= Simd::Avx2 && !cfg.bilinear_depth {
             pairs.extend(k.weights[..n].iter().zip(k.depth).map(|(&w, &d)| [w, d]));
         }
-        let k = Kernel { pairs: &pairs, ..k };
+        let mut steps = std::mem::take(&mut self.row_steps);
+        if k.simd == Simd::Avx512 {
+            fill_row_steps(&mut steps, k.dy, k.dz);
+        }
+        let k = Kernel { pairs: &pairs, row_steps: &steps, ..k };
         let mut tiles = std::mem::take(&mut self.tile_depth);
         let tw = fill_tile_depth(&mut tiles, k.weights, k.depth, k.wi);
         let bound =
@@ -782,6 +791,7 @@ impl TsdfVolume {
         }
         self.pixel_pairs = pairs;
         self.tile_depth = tiles;
+        self.row_steps = steps;
         stats.bricks_touched = self.touched.len();
         stats.voxels_updated = updated;
     }
@@ -1096,6 +1106,30 @@ impl Simd {
     }
 }
 
+/// Entries of [`fill_row_steps`]'s table.
+const ROW_STEPS: usize = 2 * 3 * BRICK * BRICK / 2;
+
+/// The per-lane terms of voxel positions for the AVX-512 kernel, which takes a brick's rows
+/// in pairs (rows `2k` and `2k + 1`: 16 voxels, x fastest). Entry `a·32 + k` holds each
+/// lane's `dz[a]·z` and entry `96 + a·32 + k` its `dy[a]·y`, so that the kernel forms
+/// `((p0 + dz·z) + dy·y) + dx·x` per lane — the same operations in the same order as
+/// [`Kernel::row`] and the other builds — with three additions.
+fn fill_row_steps(steps: &mut Vec<[f32; 16]>, dy: [f32; 3], dz: [f32; 3]) {
+    steps.clear();
+    steps.resize(ROW_STEPS, [0.0; 16]);
+    let pairs = BRICK * BRICK / 2;
+    for a in 0..3 {
+        for k in 0..pairs {
+            for lane in 0..16 {
+                let r = 2 * k + lane / BRICK;
+                let (y, z) = ((r % BRICK) as f32, (r / BRICK) as f32);
+                steps[a * pairs + k][lane] = dz[a] * z;
+                steps[3 * pairs + a * pairs + k][lane] = dy[a] * y;
+            }
+        }
+    }
+}
+
 /// Pixels per side of the blocks whose greatest usable depth bounds the voxels a frame can
 /// update (2: a brick's footprint at 1 mm and 25 cm is about 7 pixels across).
 const TILE: usize = 2;
@@ -1200,6 +1234,8 @@ struct Kernel<'a> {
     depth: &'a [f32],
     /// Weight and depth side by side per pixel (filled for the AVX2 kernel only).
     pairs: &'a [[f32; 2]],
+    /// See [`fill_row_steps`] (filled for the AVX-512 kernel only).
+    row_steps: &'a [[f32; 16]],
 }
 
 impl Kernel<'_> {
@@ -1248,19 +1284,23 @@ impl Kernel<'_> {
             (_mm512_set1_ps(self.fx), _mm512_set1_ps(self.fy), _mm512_set1_ps(self.cx), _mm512_set1_ps(self.cy));
         let (w, h, zmin) = (_mm512_set1_ps(self.w), _mm512_set1_ps(self.h), _mm512_set1_ps(self.zmin));
         let (zero, one) = (_mm512_setzero_ps(), _mm512_set1_ps(1.0));
-        let magic = _mm512_set1_ps(MAGIC);
-        let mantissa = _mm512_set1_epi32(0x7f_ffff);
+        let width = _mm512_set1_epi32(self.wi as i32);
         let (neg_trunc, inv_trunc, max_w) =
             (_mm512_set1_ps(-self.trunc), _mm512_set1_ps(self.inv_trunc), _mm512_set1_ps(self.max_w));
         // Weights (even floats) and depths (odd) of the 16 gathered pairs, in voxel order.
         let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let floor = |x: __m512| {
-            let r = _mm512_sub_ps(_mm512_add_ps(x, magic), magic);
-            _mm512_mask_sub_ps(r, _mm512_cmp_ps_mask::<_CMP_GT_OQ>(r, x), r, one)
+        let (p0v, zlimit) = (p0.map(|c| _mm512_set1_ps(c)), _mm512_set1_ps(zlimit));
+        let steps = self.row_steps;
+        assert_eq!(steps.len(), ROW_STEPS);
+        let pairs_per_brick = BRICK * BRICK / 2;
+        // Camera-space coordinate `a` of the 16 voxels of row pair `k`.
+        let position = |a: usize, k: usize| {
+            let (z, y) = (&steps[a * pairs_per_brick + k], &steps[3 * pairs_per_brick + a * pairs_per_brick + k]);
+            // SAFETY: each entry is 16 floats.
+            let (z, y) = unsafe { (_mm512_loadu_ps(z.as_ptr()), _mm512_loadu_ps(y.as_ptr())) };
+            _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(p0v[a], z), y), dx[a])
         };
-        // Both rows' starts, row `a` in the low 8 lanes.
-        let pair = |a: f32, b: f32| _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(a), _mm512_set1_ps(b));
         debug_assert_eq!(self.pairs.len(), self.depth.len());
         let pairs = self.pairs.as_ptr().cast::<i64>();
         let mut updated = 0u32;
@@ -1275,13 +1315,12 @@ impl Kernel<'_> {
                 _mm_prefetch::<_MM_HINT_T0>(next_sdf.add(r * BRICK).cast());
                 _mm_prefetch::<_MM_HINT_T0>(next_weight.add(r * BRICK).cast());
             }
-            let (ra, rb) = (self.row(p0, r % BRICK, r / BRICK), self.row(p0, (r + 1) % BRICK, r / BRICK));
-            if self.row_beyond(ra, zlimit) && self.row_beyond(rb, zlimit) {
+            let pz = position(2, r / 2);
+            // Every voxel of both rows beyond the brick's depth bound: none is updated.
+            if _mm512_cmp_ps_mask::<_CMP_GT_OQ>(pz, zlimit) == u16::MAX {
                 continue;
             }
-            let px = _mm512_add_ps(pair(ra[0], rb[0]), dx[0]);
-            let py = _mm512_add_ps(pair(ra[1], rb[1]), dx[1]);
-            let pz = _mm512_add_ps(pair(ra[2], rb[2]), dx[2]);
+            let (px, py) = (position(0, r / 2), position(1, r / 2));
             let inv = _mm512_div_ps(one, pz);
             let u = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(fx, px), inv), cx);
             let v = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(fy, py), inv), cy);
@@ -1293,9 +1332,11 @@ impl Kernel<'_> {
             if inside == 0 {
                 continue;
             }
-            let p = _mm512_and_si512(
-                _mm512_castps_si512(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(floor(v), w), floor(u)), magic)),
-                mantissa,
+            // Where the voxel is inside (0 ≤ u < w, 0 ≤ v < h) truncation is the floor, so
+            // this is the pixel the other builds compute with float arithmetic.
+            let p = _mm512_add_epi32(
+                _mm512_mullo_epi32(_mm512_cvttps_epi32(v), width),
+                _mm512_cvttps_epi32(u),
             );
             // SAFETY: a lane is read only where the voxel projects inside the image, where
             // `p` is below the pixel count (see `update_brick_body`); the others give 0.
