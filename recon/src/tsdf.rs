@@ -329,8 +329,8 @@ pub struct TsdfVolume {
     /// A row of confidence 2, for frames without a confidence map.
     all_high: Vec<u8>,
     pixel_weight: Vec<f32>,
-    /// Weight and depth of each pixel side by side, for the AVX2 kernel: one 64-bit gather
-    /// fetches both.
+    /// Weight and depth of each pixel side by side, for the AVX2 and AVX-512 kernels: one
+    /// 64-bit gather lane fetches both.
     pixel_pairs: Vec<[f32; 2]>,
     /// Greatest usable depth in each [`TILE`]² block of pixels (−∞: none usable).
     tile_depth: Vec<f32>,
@@ -1232,7 +1232,7 @@ struct Kernel<'a> {
     /// Pixel weights, one past the image: `weights[pixels]` is 0 (outside).
     weights: &'a [f32],
     depth: &'a [f32],
-    /// Weight and depth side by side per pixel (filled for the AVX2 kernel only).
+    /// Weight and depth side by side per pixel (filled for the AVX2 and AVX-512 kernels).
     pairs: &'a [[f32; 2]],
     /// See [`fill_row_steps`] (filled for the AVX-512 kernel only).
     row_steps: &'a [[f32; 16]],
