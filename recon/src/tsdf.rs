@@ -1334,10 +1334,7 @@ impl Kernel<'_> {
             }
             // Where the voxel is inside (0 ≤ u < w, 0 ≤ v < h) truncation is the floor, so
             // this is the pixel the other builds compute with float arithmetic.
-            let p = _mm512_add_epi32(
-                _mm512_mullo_epi32(_mm512_cvttps_epi32(v), width),
-                _mm512_cvttps_epi32(u),
-            );
+            let p = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_cvttps_epi32(v), width), _mm512_cvttps_epi32(u));
             // SAFETY: a lane is read only where the voxel projects inside the image, where
             // `p` is below the pixel count (see `update_brick_body`); the others give 0.
             let (lo, hi) = unsafe {
