@@ -1118,14 +1118,12 @@ fn fill_row_steps(steps: &mut Vec<[f32; 16]>, dy: [f32; 3], dz: [f32; 3]) {
     steps.clear();
     steps.resize(ROW_STEPS, [0.0; 16]);
     let pairs = BRICK * BRICK / 2;
-    for a in 0..3 {
-        for k in 0..pairs {
-            for lane in 0..16 {
-                let r = 2 * k + lane / BRICK;
-                let (y, z) = ((r % BRICK) as f32, (r / BRICK) as f32);
-                steps[a * pairs + k][lane] = dz[a] * z;
-                steps[3 * pairs + a * pairs + k][lane] = dy[a] * y;
-            }
+    let (zs, ys) = steps.split_at_mut(3 * pairs);
+    for (i, (zl, yl)) in zs.iter_mut().zip(ys.iter_mut()).enumerate() {
+        let (a, k) = (i / pairs, i % pairs);
+        for (lane, (z, y)) in zl.iter_mut().zip(yl.iter_mut()).enumerate() {
+            let r = 2 * k + lane / BRICK;
+            (*z, *y) = (dz[a] * (r / BRICK) as f32, dy[a] * (r % BRICK) as f32);
         }
     }
 }
