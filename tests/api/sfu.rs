@@ -282,11 +282,20 @@ async fn a_published_video_track_reaches_the_other_participant_through_the_sfu()
     })
     .await;
     writer.abort();
-    let evs: Vec<Value> =
-        app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
-    let kinds: Vec<&str> = evs.iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(kinds.contains(&"track_published"), "{kinds:?}");
-    let mutes: Vec<&str> = kinds.iter().copied().filter(|k| k.ends_with("muted")).collect();
+    // The SFU applies a mute at once and the room commits its event just after, so media can
+    // flow again before the "unmuted" event is in the log: wait for the log to settle.
+    let kinds = || async {
+        let evs: Vec<Value> =
+            app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
+        evs.iter().map(|e| e["kind"].as_str().unwrap().to_owned()).collect::<Vec<String>>()
+    };
+    eventually(Duration::from_secs(10), "the host's unmute in the consult log", || async {
+        kinds().await.iter().any(|k| k == "unmuted").then_some(())
+    })
+    .await;
+    let kinds = kinds().await;
+    assert!(kinds.iter().any(|k| k == "track_published"), "{kinds:?}");
+    let mutes: Vec<&str> = kinds.iter().map(String::as_str).filter(|k| k.ends_with("muted")).collect();
     assert_eq!(mutes, ["muted", "unmuted"], "the patient's mute was refused; the host's are in the log");
     let _ = host_pc.close().await;
     let _ = pat_pc.close().await;
