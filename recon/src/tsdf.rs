@@ -470,16 +470,11 @@ impl TsdfVolume {
         let mut stats = IntegrateStats::default();
         let window = self.roi_window(intr, pose);
         self.compute_pixel_weights(depth, intr, window, &mut stats);
-        if self.simd >= Simd::Avx2 && !self.cfg.bilinear_depth {
-            self.pixel_pairs.clear();
-            self.pixel_pairs.reserve(n);
-        }
-        let tiles = intr.width.div_ceil(TILE as u32) as usize * intr.height.div_ceil(TILE as u32) as usize;
-        self.tile_depth.reserve(tiles.saturating_sub(self.tile_depth.len()));
+        self.fill_kernel_inputs(&depth.depth, intr.width as usize);
         self.scratch_bytes = self.pixel_weight.capacity() * 4
             + self.pixel_pairs.capacity() * 8
             + self.tile_depth.capacity() * 4
-            + ROW_STEPS * 64
+            + self.row_steps.capacity() * 64
             + (self.ray_x.capacity() + self.ray_y.capacity()) * 4
             + self.all_high.capacity()
             + std::mem::size_of::<[(BrickKey, u32); RECENT]>();
@@ -599,6 +594,22 @@ impl TsdfVolume {
         }
         stats.pixels_used = used;
         self.pixel_weight = weights;
+    }
+
+    /// The nearest-pixel kernels' per-frame inputs beside the pixel weights: weight and depth
+    /// side by side (the AVX2 and AVX-512 builds gather both at once) and the map of greatest
+    /// usable depths that bounds a brick's rows ([`DepthBound`]). None for bilinear depth.
+    fn fill_kernel_inputs(&mut self, depth: &[f32], w: usize) {
+        self.pixel_pairs.clear();
+        self.tile_depth.clear();
+        if self.cfg.bilinear_depth {
+            return;
+        }
+        let weights = &self.pixel_weight[..depth.len()];
+        if self.simd >= Simd::Avx2 {
+            self.pixel_pairs.extend(weights.iter().zip(depth).map(|(&w, &d)| [w, d]));
+        }
+        fill_tile_depth(&mut self.tile_depth, weights, depth, w);
     }
 
     #[inline(never)]
@@ -724,6 +735,9 @@ impl TsdfVolume {
         let tc = cam.translation.map(|v| v as f32);
         let step = |a: usize| [rc[0][a] * vs, rc[1][a] * vs, rc[2][a] * vs];
         let n = intr.pixel_count();
+        if self.simd == Simd::Avx512 && !cfg.bilinear_depth {
+            fill_row_steps(&mut self.row_steps, step(1), step(2));
+        }
         let k = Kernel {
             dx: step(0),
             dy: step(1),
@@ -743,25 +757,18 @@ impl TsdfVolume {
             // One entry past the image: the weight 0 that projections outside it read.
             weights: &self.pixel_weight[..=n],
             depth: &depth.depth[..n],
-            pairs: &[],
-            row_steps: &[],
+            pairs: &self.pixel_pairs,
+            row_steps: &self.row_steps,
         };
         let counter = self.counter;
         let mut updated = 0usize;
-        let mut pairs = std::mem::take(&mut self.pixel_pairs);
-        pairs.clear();
-        if k.simd >= Simd::Avx2 && !cfg.bilinear_depth {
-            pairs.extend(k.weights[..n].iter().zip(k.depth).map(|(&w, &d)| [w, d]));
-        }
-        let mut steps = std::mem::take(&mut self.row_steps);
-        if k.simd == Simd::Avx512 {
-            fill_row_steps(&mut steps, k.dy, k.dz);
-        }
-        let k = Kernel { pairs: &pairs, row_steps: &steps, ..k };
-        let mut tiles = std::mem::take(&mut self.tile_depth);
-        let tw = fill_tile_depth(&mut tiles, k.weights, k.depth, k.wi);
-        let bound =
-            DepthBound { tiles: &tiles, tw, th: tiles.len() / tw.max(1), margin: k.trunc + DEPTH_BOUND_SLACK_M };
+        let tw = k.wi.div_ceil(TILE);
+        let bound = DepthBound {
+            tiles: &self.tile_depth,
+            tw,
+            th: self.tile_depth.len() / tw,
+            margin: k.trunc + DEPTH_BOUND_SLACK_M,
+        };
         for (i, &(slot, key)) in self.touched.iter().enumerate() {
             // The next brick's values, fetched into cache while this one is updated.
             let next = self.touched.get(i + 1).map(|&(n, _)| {
@@ -789,9 +796,6 @@ impl TsdfVolume {
             }
             updated += n;
         }
-        self.pixel_pairs = pairs;
-        self.tile_depth = tiles;
-        self.row_steps = steps;
         stats.bricks_touched = self.touched.len();
         stats.voxels_updated = updated;
     }
@@ -1137,9 +1141,9 @@ const TILE: usize = 2;
 const DEPTH_BOUND_SLACK_M: f32 = 1e-4;
 
 /// Fills `tiles` with the greatest depth of the usable pixels (weight > 0) of each
-/// [`TILE`]² block of a `w`-pixel-wide image (−∞ where none is usable); returns the
+/// [`TILE`]² block of a `w`-pixel-wide image (−∞ where none is usable), `w.div_ceil(TILE)`
 /// blocks per row.
-fn fill_tile_depth(tiles: &mut Vec<f32>, weights: &[f32], depth: &[f32], w: usize) -> usize {
+fn fill_tile_depth(tiles: &mut Vec<f32>, weights: &[f32], depth: &[f32], w: usize) {
     let h = depth.len() / w.max(1);
     let tw = w.div_ceil(TILE);
     tiles.clear();
@@ -1152,7 +1156,6 @@ fn fill_tile_depth(tiles: &mut Vec<f32>, weights: &[f32], depth: &[f32], w: usiz
             *m = if v > *m { v } else { *m };
         }
     }
-    tw
 }
 
 /// Which rows of a brick a frame cannot update. A voxel is updated only when the pixel it
