@@ -3,6 +3,7 @@
 //! `main.rs` is a thin CLI; everything it runs lives here: configuration, application
 //! wiring, HTTP resources, socket pumps and the storage layer.
 
+pub mod alloc;
 pub mod audit;
 pub mod auth;
 pub mod booking;

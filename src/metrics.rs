@@ -18,6 +18,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    /// Each request's peak of live allocated bytes (`crate::alloc`).
+    pub request_alloc_peak: HistogramVec,
     pub draining: IntGauge,
     pub websockets_open: IntGaugeVec,
     pub queue_depth: IntGaugeVec,
@@ -37,6 +39,15 @@ impl Metrics {
             &["method", "route"],
         )
         .unwrap_or_else(|_| unreachable!("static metric definition"));
+        let request_alloc_peak = HistogramVec::new(
+            HistogramOpts::new(
+                "request_alloc_peak_bytes",
+                "Peak bytes allocated at once by one HTTP request, by method and route (budget: 512 MiB)",
+            )
+            .buckets(prometheus::exponential_buckets(16_384.0, 4.0, 10).unwrap_or_default()),
+            &["method", "route"],
+        )
+        .unwrap_or_else(|_| unreachable!("static metric definition"));
         let draining = IntGauge::new("draining", "1 while the node drains after SIGTERM")
             .unwrap_or_else(|_| unreachable!("static metric definition"));
         let websockets_open = IntGaugeVec::new(Opts::new("websockets_open", "Open websockets by kind"), &["kind"])
@@ -50,6 +61,7 @@ impl Metrics {
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
+            Box::new(request_alloc_peak.clone()),
             Box::new(draining.clone()),
             Box::new(websockets_open.clone()),
             Box::new(queue_depth.clone()),
@@ -57,7 +69,7 @@ impl Metrics {
         ] {
             let _ = registry.register(c);
         }
-        Self { registry, http_requests, http_duration, draining, websockets_open, queue_depth }
+        Self { registry, http_requests, http_duration, request_alloc_peak, draining, websockets_open, queue_depth }
     }
 
     /// The text exposition format.
@@ -69,7 +81,8 @@ impl Metrics {
 }
 
 /// Middleware: counts and times every request under its route pattern (never the raw path,
-/// which would carry ids).
+/// which would carry ids), and measures its allocations (`crate::alloc`): the peak goes to
+/// `coherency_request_alloc_peak_bytes`, and a request over the budget is logged.
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -77,9 +90,23 @@ pub async fn record(
     let start = Instant::now();
     let method = req.method().to_string();
     let state = req.app_data::<web::Data<AppState>>().cloned();
-    let res = next.call(req).await?;
+    let account = crate::alloc::Account::new();
+    let res = crate::alloc::track(account.clone(), next.call(req)).await?;
     if let Some(state) = state {
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
+        if account.allocations() > 0 {
+            let peak = account.peak_bytes();
+            state.metrics.request_alloc_peak.with_label_values(&[&method, &route]).observe(peak as f64);
+            if peak > crate::alloc::REQUEST_ALLOC_BUDGET_BYTES {
+                tracing::warn!(
+                    method = %method,
+                    route = %route,
+                    peak_bytes = peak,
+                    budget_bytes = crate::alloc::REQUEST_ALLOC_BUDGET_BYTES,
+                    "request exceeded the allocation budget"
+                );
+            }
+        }
         let status = res.status().as_u16().to_string();
         state.metrics.http_requests.with_label_values(&[&method, &route, &status]).inc();
         state.metrics.http_duration.with_label_values(&[&method, &route]).observe(start.elapsed().as_secs_f64());

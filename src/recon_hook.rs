@@ -55,7 +55,7 @@ use coherency_actors::store::{
 };
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
-use coherency_recon::measure::{OutlineMethod, SkinModel};
+use coherency_recon::measure::{check_outline, OutlineMethod, SkinModel};
 use coherency_recon::mesh::extract_mesh;
 use coherency_recon::tsdf::Aabb;
 use coherency_recon::{
@@ -141,6 +141,9 @@ pub enum RemeasureError {
     /// The outline could not be measured (misses the surface, too few points...).
     #[error("{0}")]
     Recon(ReconError),
+    /// Re-fusing the scan would take the request past its allocation budget.
+    #[error("{0}")]
+    TooLarge(crate::alloc::OverBudget),
     /// Storage failed.
     #[error("{0}")]
     Store(StoreError),
@@ -183,9 +186,12 @@ impl ReconstructionHook {
         let _permit =
             self.cpu.clone().acquire_owned().await.map_err(|_| StoreError::Permanent("recon: pool closed".into()))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // A request waiting on this work (a re-measurement) counts its allocations.
+        let account = crate::alloc::current();
         std::thread::Builder::new()
             .name("recon-finish".into())
             .spawn(move || {
+                let _alloc = account.as_ref().map(crate::alloc::enter);
                 coherency_actors::reconstruction::lower_priority();
                 let _ = tx.send(f());
             })
@@ -430,6 +436,10 @@ impl ReconstructionHook {
     /// Re-measures a scan with a clinician-drawn outline on the keyframe `keyframe_seq`
     /// (image coordinates of that frame), fusing the stored frames again. Stores and returns
     /// the new measurement row.
+    ///
+    /// The keyframe is read alone first and the outline checked against its image
+    /// ([`check_outline`]): an outline outside it is refused before the scan's other
+    /// frames are read or fused.
     pub async fn remeasure_polygon(
         &self,
         scan_id: ScanId,
@@ -437,15 +447,28 @@ impl ReconstructionHook {
         polygon: Vec<[f64; 2]>,
         created_by: Uuid,
     ) -> Result<MeasurementRecord, RemeasureError> {
-        let px = polygon.clone();
+        let index = self.frame_index(scan_id).await.map_err(RemeasureError::Store)?;
+        if index.is_empty() {
+            return Err(RemeasureError::NoFrames);
+        }
+        let key_at = index.iter().position(|r| r.seq == keyframe_seq).ok_or(RemeasureError::NoKeyframe)?;
+        let (blobs, rt, px) = (self.blobs.clone(), tokio::runtime::Handle::current(), polygon.clone());
         let m = self
-            .with_stored_frames(scan_id, BTreeSet::new(), move |decoded| {
-                let frames = decoded.map_err(RemeasureError::Store)?.frames;
-                if frames.is_empty() {
-                    return Err(RemeasureError::NoFrames);
-                }
-                let key = frames.iter().find(|f| f.seq == keyframe_seq).ok_or(RemeasureError::NoKeyframe)?;
+            .on_cpu(move || {
+                let none = BTreeSet::new();
+                let decode = |rows: &[IndexRow]| {
+                    read_frames(&blobs, &rt, rows).and_then(|raw| decode_frames(scan_id, raw, &none))
+                };
+                let key = decode(&index[key_at..=key_at])
+                    .map_err(RemeasureError::Store)?
+                    .frames
+                    .pop()
+                    .ok_or(RemeasureError::NoKeyframe)?;
                 let (k, pose) = (key.frame.intrinsics, key.frame.pose);
+                check_outline(&px, k.width, k.height).map_err(RemeasureError::Recon)?;
+                crate::alloc::check("re-fusing the scan", refuse_bytes(&index, k.pixel_count()))
+                    .map_err(RemeasureError::TooLarge)?;
+                let frames = decode(&index).map_err(RemeasureError::Store)?.frames;
                 let fusion = fuse(&frames).map_err(RemeasureError::Recon)?;
                 measure_polygon(&fusion.vol, &px, &k, &pose, &MeasureConfig::default()).map_err(RemeasureError::Recon)
             })
@@ -467,6 +490,17 @@ impl ReconstructionHook {
             list_measurements(&self.pg, scan_id.as_uuid()).await.map_err(|e| RemeasureError::Store(pg_error(&e)))?;
         all.into_iter().find(|r| r.id == id).ok_or(RemeasureError::Store(StoreError::Permanent("lost row".into())))
     }
+}
+
+/// What re-fusing the frames at `index` holds at once, frames of `pixels` each: the stored
+/// messages, each frame's depth (f32) and confidence (u8), the volume at its memory budget
+/// and the polygon's height-field grids (a dozen f64 grids of at most 473² cells: an outline
+/// within `MAX_OUTLINE_RADIUS_M` at the default 0.5 mm cell).
+fn refuse_bytes(index: &[IndexRow], pixels: usize) -> usize {
+    let stored: usize = index.iter().map(|r| r.length).fold(0, usize::saturating_add);
+    let decoded = index.len().saturating_mul(pixels.saturating_mul(5));
+    let fixed = TsdfConfig::default().memory_budget_bytes + 12 * 8 * 473 * 473;
+    stored.saturating_add(decoded).saturating_add(fixed)
 }
 
 /// How many more times a gap in a scan's quality records is read before it is rebuilt.

@@ -69,6 +69,11 @@ pub enum ReconError {
     /// No wound could be segmented at the requested place.
     #[error("segmentation failed: {0}")]
     SegmentationFailed(String),
+    /// A clinician-drawn outline refused before any work: outside its keyframe's image,
+    /// too many points, too long, enclosing no area, or larger than a wound can be
+    /// (see [`measure::check_outline`]).
+    #[error("invalid outline: {0}")]
+    InvalidOutline(String),
     /// A malformed input file or buffer.
     #[error("format error: {0}")]
     Format(String),

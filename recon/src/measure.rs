@@ -836,10 +836,11 @@ fn measure_outline(
     let mut best_d = f64::NEG_INFINITY;
     let mut sigma_sum = 0.0;
     let mut sigma_n = 0.0;
+    let inside = rasterize(f, outline);
     for j in 0..side {
         for i in 0..side {
             let (x, y) = f.xy(i, j);
-            if !point_in_polygon([x, y], outline) {
+            if !inside[[j, i]] {
                 continue;
             }
             let d = normal_depth(p, x, y);
@@ -1295,8 +1296,134 @@ pub fn measure_auto(vol: &TsdfVolume, target: Vec3, cfg: &MeasureConfig) -> Resu
     Ok(measure_outline(&prepared, &rim, boundary, OutlineMethod::Automatic, cfg, vol))
 }
 
+/// Most vertices a clinician-drawn outline may have.
+pub const MAX_OUTLINE_POINTS: usize = 2000;
+
+/// Longest outline accepted, pixels of its keyframe: eight times the perimeter of the
+/// largest frame (`4 × (640 + 480)` ≈ 4,480 px for a frame filling the image); a wound traced
+/// with a ragged edge stays well within it, a zig-zag across the image does not.
+pub const MAX_OUTLINE_PERIMETER_PX: f64 = 8960.0;
+
+/// Most points an outline is densified to before they are ray cast onto the surface: the
+/// spacing is half a pixel, widened for the longest outlines so the count stays within this.
+pub const MAX_OUTLINE_SAMPLES: usize = 4096;
+
+/// Largest outline on the surface, metres from its centroid: twice the server's fusion
+/// region (a 12 cm cube) could never hold more. Bounds the height field the outline is
+/// measured on (≤ 473² cells at the default 0.5 mm).
+pub const MAX_OUTLINE_RADIUS_M: f64 = 0.1;
+
+/// Most cells on a side of the height field an outline is measured on.
+const MAX_FIELD_SIDE: usize = 1024;
+
+/// Refuses an outline before any work is sized from it: 3 to [`MAX_OUTLINE_POINTS`]
+/// points, each finite and inside an image of `width × height` pixels (pixel centres at
+/// integer coordinates: `0 ≤ u ≤ width − 1`, `0 ≤ v ≤ height − 1`), a perimeter of at most
+/// [`MAX_OUTLINE_PERIMETER_PX`], and an enclosed area (even-odd) of at least one pixel.
+/// Self-crossing outlines are accepted (measured by the even-odd rule): the work they
+/// cause is bounded like any other's.
+pub fn check_outline(polygon_px: &[[f64; 2]], width: u32, height: u32) -> Result<(), ReconError> {
+    let n = polygon_px.len();
+    if !(3..=MAX_OUTLINE_POINTS).contains(&n) {
+        return Err(ReconError::InvalidOutline(format!("an outline needs 3 to {MAX_OUTLINE_POINTS} points, got {n}")));
+    }
+    if width == 0 || height == 0 {
+        return Err(ReconError::InvalidIntrinsics);
+    }
+    let (umax, vmax) = (f64::from(width - 1), f64::from(height - 1));
+    let inside = |p: &[f64; 2]| (0.0..=umax).contains(&p[0]) && (0.0..=vmax).contains(&p[1]);
+    if let Some(i) = polygon_px.iter().position(|p| !inside(p)) {
+        return Err(ReconError::InvalidOutline(format!(
+            "point {i} lies outside the {width}x{height} keyframe (0 <= u <= {umax}, 0 <= v <= {vmax})"
+        )));
+    }
+    let perimeter = outline_perimeter(polygon_px);
+    if perimeter > MAX_OUTLINE_PERIMETER_PX {
+        return Err(ReconError::InvalidOutline(format!(
+            "the outline is {perimeter:.0} px long, more than {MAX_OUTLINE_PERIMETER_PX} px"
+        )));
+    }
+    if shoelace(polygon_px).abs() < 1.0 {
+        return Err(ReconError::InvalidOutline("the outline encloses less than one pixel".into()));
+    }
+    Ok(())
+}
+
+/// Closed perimeter of a polygon (finite for points inside an image).
+fn outline_perimeter(p: &[[f64; 2]]) -> f64 {
+    let n = p.len();
+    (0..n).map(|i| (p[(i + 1) % n][0] - p[i][0]).hypot(p[(i + 1) % n][1] - p[i][1])).sum()
+}
+
+/// The outline densified to about half a pixel (wider for the longest outlines: at most
+/// [`MAX_OUTLINE_SAMPLES`] + one point per vertex). The outline must have passed
+/// [`check_outline`], so every edge is finite and shorter than the image's diagonal.
+fn densify(polygon_px: &[[f64; 2]]) -> Vec<[f64; 2]> {
+    let spacing = (outline_perimeter(polygon_px) / MAX_OUTLINE_SAMPLES as f64).max(0.5);
+    let n = polygon_px.len();
+    let mut px = Vec::with_capacity(MAX_OUTLINE_SAMPLES + n);
+    for i in 0..n {
+        let (a, b) = (polygon_px[i], polygon_px[(i + 1) % n]);
+        let len = (b[0] - a[0]).hypot(b[1] - a[1]);
+        let k = (len / spacing).ceil().clamp(1.0, MAX_OUTLINE_SAMPLES as f64) as usize;
+        for s in 0..k {
+            let t = s as f64 / k as f64;
+            px.push([a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t]);
+        }
+    }
+    px
+}
+
+/// The grid cells whose centre lies inside `outline`, decided exactly as
+/// [`point_in_polygon`] decides (even-odd rule, same crossing arithmetic), but row by row
+/// from the edge crossings: `O(side · (edges + side))`, not `O(side² · edges)`.
+fn rasterize(field: &HeightField, outline: &[[f64; 2]]) -> Array2<bool> {
+    let side = field.side();
+    let mut mask = Array2::from_elem((side, side), false);
+    let n = outline.len();
+    let mut xs = Vec::with_capacity(n);
+    for j in 0..side {
+        let (_, y) = field.xy(0, j);
+        xs.clear();
+        // Each edge from a vertex to the one before it, as `point_in_polygon` takes them:
+        // the crossing's rounding then matches it bit for bit.
+        for i in 0..n {
+            let (a, b) = (outline[i], outline[(i + n - 1) % n]);
+            if (a[1] > y) != (b[1] > y) {
+                xs.push((b[0] - a[0]) * (y - a[1]) / (b[1] - a[1]) + a[0]);
+            }
+        }
+        xs.sort_by(f64::total_cmp);
+        // A centre x is inside when an odd number of crossings lie beyond it:
+        // x0 <= x < x1 for one sorted pair. The index range is widened by a cell and
+        // each candidate tested exactly, so rounding in the division decides nothing.
+        for pair in xs.chunks_exact(2) {
+            let (x0, x1) = (pair[0], pair[1]);
+            let lo = (x0 / field.cell + field.half as f64).floor() - 1.0;
+            let hi = (x1 / field.cell + field.half as f64).ceil() + 1.0;
+            let (lo, hi) = (lo.max(0.0), hi.min((side - 1) as f64));
+            if lo > hi {
+                continue;
+            }
+            for i in lo as usize..=hi as usize {
+                let (x, _) = field.xy(i, j);
+                if x0 <= x && x < x1 {
+                    mask[[j, i]] = true;
+                }
+            }
+        }
+    }
+    mask
+}
+
 /// Measurement with a clinician-drawn outline: `polygon_px` are image coordinates
 /// `[u, v]` in a keyframe taken with `intrinsics` from `pose` (world-from-camera).
+///
+/// Every size derived from the outline is bounded before it is allocated: the outline
+/// must pass [`check_outline`] against the keyframe's image (else
+/// [`ReconError::InvalidOutline`]), it is densified to at most [`MAX_OUTLINE_SAMPLES`]
+/// points, and its extent on the surface (bounded by the fused volume, since every point
+/// is a hit on it) must stay within [`MAX_OUTLINE_RADIUS_M`].
 pub fn measure_polygon(
     vol: &TsdfVolume,
     polygon_px: &[[f64; 2]],
@@ -1306,23 +1433,12 @@ pub fn measure_polygon(
 ) -> Result<WoundMeasurements, ReconError> {
     intrinsics.validate()?;
     pose.validate()?;
-    if polygon_px.len() < 3 {
-        return Err(ReconError::SegmentationFailed("a polygon needs at least 3 points".into()));
-    }
-    // Densify to ~0.5 px and cast every point onto the fused surface.
-    let mut px = Vec::new();
-    for i in 0..polygon_px.len() {
-        let (a, b) = (polygon_px[i], polygon_px[(i + 1) % polygon_px.len()]);
-        let len = ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt();
-        let k = (len / 0.5).ceil().max(1.0) as usize;
-        for s in 0..k {
-            let t = s as f64 / k as f64;
-            px.push([a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t]);
-        }
-    }
+    check_outline(polygon_px, intrinsics.width, intrinsics.height)?;
+    // Densify and cast every point onto the fused surface.
+    let px = densify(polygon_px);
     let o = pose.position();
     let mut sampler = vol.sampler();
-    let mut hits = Vec::new();
+    let mut hits = Vec::with_capacity(px.len());
     for q in &px {
         let dir = pose.rotate(intrinsics.ray(q[0], q[1])).normalized();
         if let Some(t) = sampler.raycast(o, dir, 0.05, 1.0) {
@@ -1334,6 +1450,13 @@ pub fn measure_polygon(
     }
     let centroid = hits.iter().fold(Vec3::ZERO, |s, p| s + *p) * (1.0 / hits.len() as f64);
     let radius = hits.iter().map(|p| (*p - centroid).norm()).fold(0.0, f64::max);
+    if radius > MAX_OUTLINE_RADIUS_M {
+        return Err(ReconError::InvalidOutline(format!(
+            "the outline reaches {:.0} mm from its centre on the surface, more than {:.0} mm",
+            radius * 1e3,
+            MAX_OUTLINE_RADIUS_M * 1e3
+        )));
+    }
     // The outline itself lies on skin: its plane orients the local frame.
     let (c, mut n) = ransac_plane(&hits, 2e-3)
         .or_else(|| ransac_plane(&hits.repeat(10), 2e-3))
@@ -1343,6 +1466,13 @@ pub fn measure_polygon(
     }
     let origin = centroid - n * (centroid - c).dot(n);
     let half = radius + cfg.skin_margin_m + cfg.skin_ring_m + 0.004;
+    let cells = half / cfg.cell_m;
+    if !(cells.is_finite() && cells > 0.0 && 2.0 * cells.ceil() < MAX_FIELD_SIDE as f64) {
+        return Err(ReconError::InvalidConfig(format!(
+            "a {half} m height field at {} m cells exceeds {MAX_FIELD_SIDE} cells a side",
+            cfg.cell_m
+        )));
+    }
     let field = HeightField::build(vol, origin, n, half, cfg.cell_m);
     let mut outline: Vec<[f64; 2]> = hits
         .iter()
@@ -1354,14 +1484,7 @@ pub fn measure_polygon(
     if shoelace(&outline) < 0.0 {
         outline.reverse();
     }
-    let side = field.side();
-    let mut wound = Array2::from_elem((side, side), false);
-    for j in 0..side {
-        for i in 0..side {
-            let (x, y) = field.xy(i, j);
-            wound[[j, i]] = point_in_polygon([x, y], &outline);
-        }
-    }
+    let wound = rasterize(&field, &outline);
     let prepared = prepare(field, &wound, cfg)?;
     // A traced outline is only as good as its pixels: half a pixel on the surface.
     let dist = (centroid - o).norm();
@@ -1388,6 +1511,116 @@ mod tests {
         let a = integrate_polygon(&circle, 0.002, |_, _| 1.0);
         assert!((a - std::f64::consts::PI).abs() < 1e-4, "{a}");
         assert!(point_in_polygon([0.1, 0.2], &circle) && !point_in_polygon([0.9, 0.9], &circle));
+    }
+
+    fn depth_camera() -> Intrinsics {
+        Intrinsics { fx: 210.0, fy: 210.0, cx: 127.5, cy: 95.5, width: 256, height: 192 }
+    }
+
+    fn refused_quickly(polygon: &[[f64; 2]]) -> String {
+        let vol = TsdfVolume::new(crate::tsdf::TsdfConfig::default()).unwrap();
+        let t = std::time::Instant::now();
+        let r = measure_polygon(&vol, polygon, &depth_camera(), &Pose::IDENTITY, &MeasureConfig::default());
+        assert!(t.elapsed() < std::time::Duration::from_millis(100), "took {:?}", t.elapsed());
+        match r {
+            Err(ReconError::InvalidOutline(why)) => why,
+            other => panic!("expected InvalidOutline, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_outline_of_huge_coordinates_is_refused_at_once() {
+        let why = refused_quickly(&[[1e308, 1e308], [-1e308, 1e308], [0.0, -1e308]]);
+        assert!(why.contains("outside the 256x192 keyframe"), "{why}");
+        refused_quickly(&[[1e6, 1e6], [-1e6, 1e6], [0.0, -1e6]]);
+        refused_quickly(&[[10.0, 10.0], [f64::NAN, 20.0], [30.0, 10.0]]);
+        refused_quickly(&[[10.0, 10.0], [f64::INFINITY, 20.0], [30.0, 10.0]]);
+    }
+
+    #[test]
+    fn an_outline_must_lie_within_the_pixel_centres_of_its_keyframe() {
+        let k = depth_camera();
+        let (u, v) = (f64::from(k.width - 1), f64::from(k.height - 1));
+        assert!(check_outline(&[[0.0, 0.0], [u, 0.0], [u, v], [0.0, v]], k.width, k.height).is_ok());
+        for bad in [[u + 0.01, 10.0], [10.0, v + 0.01], [-0.01, 10.0], [10.0, -0.01]] {
+            let poly = [[5.0, 5.0], bad, [50.0, 60.0]];
+            let why = refused_quickly(&poly);
+            assert!(why.contains("point 1 lies outside"), "{why}");
+        }
+    }
+
+    #[test]
+    fn outlines_that_would_make_work_explode_are_refused() {
+        let (w, h) = (256, 192);
+        let too_many: Vec<[f64; 2]> = (0..=MAX_OUTLINE_POINTS)
+            .map(|i| {
+                let a = i as f64 * std::f64::consts::TAU / (MAX_OUTLINE_POINTS + 1) as f64;
+                [128.0 + 50.0 * a.cos(), 96.0 + 50.0 * a.sin()]
+            })
+            .collect();
+        assert!(refused_quickly(&too_many).contains("3 to 2000 points"));
+        assert!(refused_quickly(&too_many[..2]).contains("got 2"));
+        // A comb across the whole image: 2000 vertices, ~380,000 px of outline.
+        let comb: Vec<[f64; 2]> =
+            (0..MAX_OUTLINE_POINTS).map(|i| [(i / 2) as f64 * 0.25, if i % 4 < 2 { 0.0 } else { 191.0 }]).collect();
+        assert!(check_outline(&comb, w, h).unwrap_err().to_string().contains("px long"));
+        // No area: collinear points, or a point repeated.
+        for flat in [[[1.0, 1.0], [50.0, 50.0], [100.0, 100.0]], [[7.0, 7.0], [7.0, 7.0], [7.0, 7.0]]] {
+            assert!(refused_quickly(&flat).contains("encloses less than one pixel"));
+        }
+    }
+
+    #[test]
+    fn densifying_the_longest_outline_stays_within_the_sample_bound() {
+        // A comb of 21 teeth across the image, about 8,000 px of outline (near the bound).
+        let mut comb: Vec<[f64; 2]> =
+            (0..21).flat_map(|i| [[f64::from(12 * i), 0.0], [f64::from(12 * i + 6), 180.0]]).collect();
+        comb.extend([[255.0, 191.0], [0.0, 191.0]]);
+        check_outline(&comb, 256, 192).unwrap();
+        assert!(outline_perimeter(&comb) > 7000.0);
+        let px = densify(&comb);
+        assert!(px.len() <= MAX_OUTLINE_SAMPLES + comb.len(), "{}", px.len());
+        let square = [[10.0, 10.0], [20.0, 10.0], [20.0, 20.0], [10.0, 20.0]];
+        assert_eq!(densify(&square).len(), 80, "half-pixel spacing for ordinary outlines");
+    }
+
+    #[test]
+    fn rasterizing_an_outline_agrees_with_the_point_in_polygon_test() {
+        let field = HeightField {
+            origin: Vec3::ZERO,
+            e1: Vec3::new(1.0, 0.0, 0.0),
+            e2: Vec3::new(0.0, 1.0, 0.0),
+            n: Vec3::new(0.0, 0.0, 1.0),
+            cell: 0.0005,
+            half: 60,
+            h: Array2::zeros((121, 121)),
+            w: Array2::zeros((121, 121)),
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % 10_000) as f64 / 10_000.0
+        };
+        for _ in 0..20 {
+            // Star-shaped and self-crossing outlines, some vertices on cell centres.
+            let poly: Vec<[f64; 2]> = (0..40)
+                .map(|i| {
+                    let a = f64::from(i) * 0.47 * std::f64::consts::TAU / 40.0 * if i % 3 == 0 { 2.1 } else { 1.0 };
+                    let r = 0.005 + 0.025 * rnd();
+                    let mut snap = |v: f64| if rnd() < 0.2 { (v / 0.0005).round() * 0.0005 } else { v };
+                    [snap(r * a.cos()), snap(r * a.sin())]
+                })
+                .collect();
+            let mask = rasterize(&field, &poly);
+            for j in 0..121 {
+                for i in 0..121 {
+                    let (x, y) = field.xy(i, j);
+                    assert_eq!(mask[[j, i]], point_in_polygon([x, y], &poly), "cell {i},{j}");
+                }
+            }
+        }
     }
 
     #[test]

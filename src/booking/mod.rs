@@ -29,6 +29,50 @@ pub const OFFER_TTL: Duration = Duration::minutes(5);
 pub const MAX_ACTIVE_HOLDS: i64 = 3;
 /// Longest range one slots query may cover.
 pub const MAX_SLOT_RANGE_DAYS: i64 = 31;
+/// Longest booking horizon a schedule may set, days.
+pub const MAX_HORIZON_DAYS: i32 = 730;
+/// Most weekly windows in one schedule (ten a day): each booking attempt and slot query
+/// walks all of them for every day it covers.
+pub const MAX_WEEKLY_WINDOWS: usize = 70;
+/// Most dated exceptions in one schedule (every day of the longest horizon, and a year back).
+pub const MAX_EXCEPTIONS: usize = 1100;
+/// Dates and instants a booking input may name reach this many days into the past (so a
+/// schedule read with `GET` can be written back with last year's exceptions)...
+pub const MAX_PAST_DAYS: i64 = 366;
+/// ...and this many days ahead: the longest horizon and one slot query beyond it.
+pub const MAX_FUTURE_DAYS: i64 = MAX_HORIZON_DAYS as i64 + MAX_SLOT_RANGE_DAYS;
+
+/// The instants a booking input may name at `now`: `[now − MAX_PAST_DAYS, now + MAX_FUTURE_DAYS]`.
+pub fn calendar_bounds(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    (now - Duration::days(MAX_PAST_DAYS), now + Duration::days(MAX_FUTURE_DAYS))
+}
+
+/// Refuses an instant outside [`calendar_bounds`] (400 `invalid_field` naming `field`).
+pub fn check_instant(field: &str, t: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), ApiError> {
+    let (lo, hi) = calendar_bounds(now);
+    if t < lo || t > hi {
+        return Err(out_of_calendar(field));
+    }
+    Ok(())
+}
+
+/// Refuses a calendar day outside [`calendar_bounds`] (compared with the UTC dates of its
+/// ends, which a day in any zone is within a day of).
+pub fn check_day(field: &str, day: NaiveDate, now: DateTime<Utc>) -> Result<(), ApiError> {
+    let (lo, hi) = calendar_bounds(now);
+    if day < lo.date_naive() || day > hi.date_naive() {
+        return Err(out_of_calendar(field));
+    }
+    Ok(())
+}
+
+fn out_of_calendar(field: &str) -> ApiError {
+    ApiError::field(
+        Code::InvalidField,
+        field,
+        format!("must lie within {MAX_PAST_DAYS} days before and {MAX_FUTURE_DAYS} days after now"),
+    )
+}
 /// How often each node sweeps expired holds.
 pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 

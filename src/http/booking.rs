@@ -40,6 +40,7 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 100;
 #[serde(deny_unknown_fields)]
 pub struct WeeklyWindow {
     /// ISO weekday: 1 = Monday … 7 = Sunday.
+    #[schema(minimum = 1, maximum = 7)]
     pub weekday: u32,
     /// `HH:MM`.
     #[schema(value_type = String)]
@@ -53,6 +54,7 @@ pub struct WeeklyWindow {
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleException {
+    /// The day, in the schedule's zone: at most 366 days before and 761 days after today.
     #[schema(value_type = String, format = Date)]
     pub date: NaiveDate,
     /// `off` (remove hours; the whole day without `start`/`end`) or `extra` (add hours).
@@ -70,11 +72,18 @@ pub struct ScheduleBody {
     /// IANA zone, e.g. `Europe/London`.
     pub time_zone: String,
     /// How far ahead patients may book (1–730 days, default 60).
+    #[schema(minimum = 1, maximum = 730)]
     pub horizon_days: Option<i32>,
-    /// Minimum notice before a slot (minutes, default 0).
+    /// Minimum notice before a slot (minutes, 0–43,200, default 0).
+    #[schema(minimum = 0, maximum = 43200)]
     pub min_notice_minutes: Option<i32>,
+    /// Weekly windows: at most 70, and windows of one weekday may not overlap (they may
+    /// touch: 09:00–12:00 and 12:00–17:00).
+    #[schema(max_items = 70)]
     pub weekly: Vec<WeeklyWindow>,
+    /// Dated exceptions: at most 1,100, each dated within the calendar range.
     #[serde(default)]
+    #[schema(max_items = 1100)]
     pub exceptions: Vec<ScheduleException>,
 }
 
@@ -115,9 +124,10 @@ pub struct SlotsQuery {
     /// Appointment type id.
     #[serde(rename = "type")]
     pub type_id: Uuid,
-    /// RFC 3339 instant (default now).
+    /// RFC 3339 instant (default now); at most 366 days before and 761 days after now.
     pub from: Option<DateTime<FixedOffset>>,
-    /// RFC 3339 instant (default `from` + 7 days; at most 31 days after `from`).
+    /// RFC 3339 instant (default `from` + 7 days; after `from`, at most 31 days after it,
+    /// and at most 761 days after now).
     pub to: Option<DateTime<FixedOffset>>,
     /// IANA zone the answer is written in (default the clinician's).
     pub tz: Option<String>,
@@ -180,7 +190,10 @@ pub struct RescheduleBody {
 pub struct AppointmentQuery {
     pub patient: Option<Uuid>,
     pub clinician: Option<Uuid>,
+    /// Appointments ending after this instant.
     pub from: Option<DateTime<FixedOffset>>,
+    /// Appointments starting before this instant (after `from` when both are given). At most
+    /// 500 appointments are answered, by start.
     pub to: Option<DateTime<FixedOffset>>,
 }
 
@@ -197,8 +210,10 @@ pub struct WaitlistBody {
     pub patient_id: Option<Uuid>,
     pub clinician_id: Uuid,
     pub type_id: Uuid,
+    /// At most 366 days before and 761 days after now.
     #[schema(value_type = String, format = DateTime)]
     pub from: DateTime<FixedOffset>,
+    /// After `from`, at most 730 days after it and 761 days after now.
     #[schema(value_type = String, format = DateTime)]
     pub to: DateTime<FixedOffset>,
 }
@@ -314,34 +329,7 @@ pub async fn put_schedule(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
     let body = body.parse()?;
-    parse_tz("time_zone", &body.time_zone)?;
-    let horizon = body.horizon_days.unwrap_or(60);
-    if !(1..=730).contains(&horizon) {
-        return Err(ApiError::field(Code::InvalidField, "horizon_days", "horizon_days must be 1-730"));
-    }
-    let notice = body.min_notice_minutes.unwrap_or(0);
-    if !(0..=43200).contains(&notice) {
-        return Err(ApiError::field(Code::InvalidField, "min_notice_minutes", "min_notice_minutes must be 0-43200"));
-    }
-    for (i, w) in body.weekly.iter().enumerate() {
-        if !(1..=7).contains(&w.weekday) || w.end <= w.start {
-            return Err(ApiError::field(Code::InvalidField, format!("weekly[{i}]"), "weekday 1-7 and end after start"));
-        }
-    }
-    for (i, e) in body.exceptions.iter().enumerate() {
-        let ok = match (e.kind.as_str(), e.start, e.end) {
-            ("off", None, None) => true,
-            ("off" | "extra", Some(s), Some(en)) => en > s,
-            _ => false,
-        };
-        if !ok {
-            return Err(ApiError::field(
-                Code::InvalidField,
-                format!("exceptions[{i}]"),
-                "kind off|extra; extra needs start < end",
-            ));
-        }
-    }
+    let (horizon, notice) = check_schedule(&body, state.clock.now())?;
     require_manage(&state, &who, id).await?;
     let now = state.clock.now();
     let mut tx = state.stores.pg.begin().await?;
@@ -386,6 +374,75 @@ pub async fn put_schedule(
     auth::audit(&state, &req, Some(&who), AuditEvent::new("schedule.update", "success").target("clinician", id))
         .await?;
     Ok(ok_json(&schedule_view(&state, id).await?))
+}
+
+/// Refuses a schedule whose size or dates make no sense, before anything is stored: the
+/// bounds are in `docs/booking.md` and `docs/security.md` (Bounded work). Answers the
+/// horizon and notice to store.
+fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32), ApiError> {
+    let tz = parse_tz("time_zone", &body.time_zone)?;
+    let horizon = body.horizon_days.unwrap_or(60);
+    if !(1..=booking::MAX_HORIZON_DAYS).contains(&horizon) {
+        return Err(ApiError::field(Code::InvalidField, "horizon_days", "horizon_days must be 1-730"));
+    }
+    let notice = body.min_notice_minutes.unwrap_or(0);
+    if !(0..=43200).contains(&notice) {
+        return Err(ApiError::field(Code::InvalidField, "min_notice_minutes", "min_notice_minutes must be 0-43200"));
+    }
+    if body.weekly.len() > booking::MAX_WEEKLY_WINDOWS {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "weekly",
+            format!("at most {} weekly windows", booking::MAX_WEEKLY_WINDOWS),
+        ));
+    }
+    if body.exceptions.len() > booking::MAX_EXCEPTIONS {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "exceptions",
+            format!("at most {} exceptions", booking::MAX_EXCEPTIONS),
+        ));
+    }
+    for (i, w) in body.weekly.iter().enumerate() {
+        if !(1..=7).contains(&w.weekday) || w.end <= w.start {
+            return Err(ApiError::field(Code::InvalidField, format!("weekly[{i}]"), "weekday 1-7 and end after start"));
+        }
+        // At most 70 windows: the pairwise check is at most 2,415 comparisons.
+        if let Some(j) =
+            body.weekly[..i].iter().position(|o| o.weekday == w.weekday && o.start < w.end && w.start < o.end)
+        {
+            return Err(ApiError::field(Code::InvalidField, format!("weekly[{i}]"), format!("overlaps weekly[{j}]")));
+        }
+    }
+    let today = now.with_timezone(&tz).date_naive();
+    let (first, last) =
+        (today - Duration::days(booking::MAX_PAST_DAYS), today + Duration::days(booking::MAX_FUTURE_DAYS));
+    for (i, e) in body.exceptions.iter().enumerate() {
+        if e.date < first || e.date > last {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                format!("exceptions[{i}].date"),
+                format!(
+                    "must lie within {} days before and {} days after today",
+                    booking::MAX_PAST_DAYS,
+                    booking::MAX_FUTURE_DAYS
+                ),
+            ));
+        }
+        let ok = match (e.kind.as_str(), e.start, e.end) {
+            ("off", None, None) => true,
+            ("off" | "extra", Some(s), Some(en)) => en > s,
+            _ => false,
+        };
+        if !ok {
+            return Err(ApiError::field(
+                Code::InvalidField,
+                format!("exceptions[{i}]"),
+                "kind off|extra; extra needs start < end",
+            ));
+        }
+    }
+    Ok((horizon, notice))
 }
 
 async fn schedule_view(state: &AppState, id: Uuid) -> Result<ScheduleView, ApiError> {
@@ -497,12 +554,10 @@ pub async fn slots(
     _who: Require<perm::BookingsRead>,
 ) -> Result<HttpResponse, ApiError> {
     let q: SlotsQuery = parse_query(&req)?;
-    let (sched, ty) = clinician_type(&state, q.clinician, q.type_id).await?;
-    let out_tz = match &q.tz {
-        Some(t) => parse_tz("tz", t)?,
-        None => sched.tz,
-    };
-    let from = q.from.map(|d| d.with_timezone(&Utc)).unwrap_or_else(|| state.clock.now());
+    // The window sizes slot generation: bounded before the schedule is read.
+    let now = state.clock.now();
+    let from = q.from.map(|d| d.with_timezone(&Utc)).unwrap_or(now);
+    booking::check_instant("from", from, now)?;
     let to = q.to.map(|d| d.with_timezone(&Utc)).unwrap_or(from + Duration::days(7));
     if to <= from || to - from > Duration::days(booking::MAX_SLOT_RANGE_DAYS) {
         return Err(ApiError::field(
@@ -511,6 +566,12 @@ pub async fn slots(
             format!("to must be after from, at most {} days", booking::MAX_SLOT_RANGE_DAYS),
         ));
     }
+    booking::check_instant("to", to, now)?;
+    let (sched, ty) = clinician_type(&state, q.clinician, q.type_id).await?;
+    let out_tz = match &q.tz {
+        Some(t) => parse_tz("tz", t)?,
+        None => sched.tz,
+    };
     let free = booking::free_slots(&state, &sched, &ty, from, to).await?;
     Ok(ok_json(&SlotList {
         clinician_id: q.clinician,
@@ -701,6 +762,11 @@ pub async fn search(
     };
     let from = q.from.map(|d| d.with_timezone(&Utc));
     let to = q.to.map(|d| d.with_timezone(&Utc));
+    if let (Some(f), Some(t)) = (from, to) {
+        if t <= f {
+            return Err(ApiError::field(Code::InvalidField, "to", "to must be after from"));
+        }
+    }
     let sql = format!(
         "SELECT {} FROM appointments
           WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
@@ -865,12 +931,18 @@ pub async fn join_waitlist(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.parse()?;
     let (from, to) = (b.from.with_timezone(&Utc), b.to.with_timezone(&Utc));
-    if to <= from {
-        return Err(ApiError::field(Code::InvalidField, "to", "to must be after from"));
+    let now = state.clock.now();
+    booking::check_instant("from", from, now)?;
+    if to <= from || to - from > Duration::days(booking::MAX_HORIZON_DAYS.into()) {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "to",
+            format!("to must be after from, at most {} days", booking::MAX_HORIZON_DAYS),
+        ));
     }
+    booking::check_instant("to", to, now)?;
     let patient_id = patient_for(&state, &req, &who, b.patient_id, "waitlist.join").await?;
     clinician_type(&state, b.clinician_id, b.type_id).await?;
-    let now = state.clock.now();
     let w = sqlx::query_as::<_, WaitlistEntry>(&format!(
         "INSERT INTO waitlist (id, clinician_id, patient_id, type_id, from_at, to_at, status, created_at, updated_at)
          VALUES ($1,$2,$3,$4,$5,$6,'waiting',$7,$7) RETURNING {}",

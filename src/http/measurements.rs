@@ -8,7 +8,10 @@ pub mod fhir;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use coherency_protocol::ids::ScanId;
+use coherency_protocol::limits::{MAX_HEIGHT, MAX_WIDTH};
 use coherency_protocol::Code;
+use coherency_recon::measure::check_outline;
+use coherency_recon::ReconError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -20,7 +23,7 @@ use crate::recon_hook::{list_measurements, MeasurementRecord, ReconstructionHook
 use crate::state::AppState;
 
 /// Most vertices a drawn outline may have.
-pub const MAX_POLYGON_POINTS: usize = 2000;
+pub const MAX_POLYGON_POINTS: usize = coherency_recon::measure::MAX_OUTLINE_POINTS;
 
 /// `GET /v1/scans/{id}/measurements` answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,8 +42,43 @@ pub struct PolygonRequest {
     /// The frame the outline was drawn on (its `seq`).
     pub keyframe_seq: u64,
     /// The outline in that frame's image coordinates, `[[u, v], ...]` in pixels of the
-    /// depth image (pixel centres at integer coordinates), 3 to 2000 points.
+    /// depth image (pixel centres at integer coordinates), 3 to 2000 points, each inside
+    /// the keyframe (`0 ≤ u ≤ width − 1`, `0 ≤ v ≤ height − 1`; the schema states the
+    /// largest frame's bounds), at most 8,960 px long and enclosing at least one pixel.
+    #[schema(schema_with = polygon_schema)]
     pub polygon: Vec<[f64; 2]>,
+}
+
+/// The `polygon` schema: 3..=2000 `[u, v]` pairs, each coordinate within the largest
+/// depth frame (`protocol::limits::MAX_WIDTH × MAX_HEIGHT`).
+fn polygon_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ArrayItems, ObjectBuilder, Type};
+    let coordinate = |max: u32, what: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::Number)
+            .minimum(Some(0.0))
+            .maximum(Some(f64::from(max - 1)))
+            .description(Some(what.to_string()))
+            .build()
+    };
+    let point = ArrayBuilder::new()
+        .prefix_items([
+            coordinate(MAX_WIDTH, "u, pixels: at most the keyframe's width − 1"),
+            coordinate(MAX_HEIGHT, "v, pixels: at most the keyframe's height − 1"),
+        ])
+        .items(ArrayItems::False)
+        .min_items(Some(2))
+        .max_items(Some(2));
+    ArrayBuilder::new()
+        .items(point)
+        .min_items(Some(3))
+        .max_items(Some(MAX_POLYGON_POINTS))
+        .description(Some(
+            "The outline, [[u, v], ...] in the keyframe's depth-image pixels: 3 to 2000 points inside \
+             the keyframe, at most 8960 px long, enclosing at least one pixel."
+                .to_string(),
+        ))
+        .build()
 }
 
 /// `GET /v1/scans/{id}/measurements`
@@ -76,7 +114,8 @@ pub async fn list(
               (status = 400, description = "invalid_field (polygon, keyframe_seq), unknown_field, malformed_json"),
               (status = 403, description = "forbidden, mfa_required"),
               (status = 404, description = "not_found: no such scan visible to the caller"),
-              (status = 409, description = "conflict: the scan has not finished streaming")))]
+              (status = 409, description = "conflict: the scan has not finished streaming"),
+              (status = 413, description = "payload_too_large: re-fusing the scan would exceed the per-request allocation budget")))]
 #[tracing::instrument(skip_all)]
 pub async fn remeasure(
     state: web::Data<AppState>,
@@ -86,15 +125,10 @@ pub async fn remeasure(
     body: crate::http::Json<PolygonRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
+    // The static bound (the largest frame) before anything is looked up; the keyframe's
+    // own size is checked once it is read, before the other frames are read or fused.
+    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT).map_err(polygon_error)?;
     let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
-    let n = body.polygon.len();
-    if !(3..=MAX_POLYGON_POINTS).contains(&n) || body.polygon.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            "polygon",
-            format!("polygon must have 3-{MAX_POLYGON_POINTS} finite [u, v] points"),
-        ));
-    }
     if !matches!(scan.status.as_str(), "processing" | "complete" | "failed") {
         return Err(ApiError::new(Code::Conflict, "the scan has not finished streaming"));
     }
@@ -105,7 +139,8 @@ pub async fn remeasure(
         .map_err(|e| match e {
             RemeasureError::NoKeyframe => ApiError::field(Code::InvalidField, "keyframe_seq", "no frame with that seq"),
             RemeasureError::NoFrames => ApiError::new(Code::Conflict, "the scan has no frames"),
-            RemeasureError::Recon(e) => ApiError::field(Code::InvalidField, "polygon", e.to_string()),
+            RemeasureError::Recon(e) => polygon_error(e),
+            RemeasureError::TooLarge(e) => ApiError::new(Code::PayloadTooLarge, e.to_string()),
             RemeasureError::Store(e) => ApiError::internal(e),
         })?;
     auth::audit(
@@ -118,4 +153,9 @@ pub async fn remeasure(
     )
     .await?;
     Ok(HttpResponse::Created().json(rec))
+}
+
+/// A polygon that cannot be measured answers 400 `invalid_field` naming `polygon`.
+fn polygon_error(e: ReconError) -> ApiError {
+    ApiError::field(Code::InvalidField, "polygon", e.to_string())
 }

@@ -4,9 +4,15 @@
 #[allow(dead_code)] // each test uses part of the helper set
 mod helpers;
 
+/// The server's allocator, so the in-process apps measure each request's allocations as
+/// the `coherency` binary does (`coherency::alloc`).
+#[global_allocator]
+static ALLOC: coherency::alloc::CountingAlloc = coherency::alloc::CountingAlloc;
+
 mod audit;
 mod auth;
 mod booking;
+mod bounded_work;
 mod browser;
 mod cluster_consult;
 mod cluster_scan;

@@ -122,7 +122,7 @@ pub struct SlotSearch {
     /// Appointment type id (`service-type`).
     #[serde(rename = "service-type")]
     pub service_type: Uuid,
-    /// A day, `YYYY-MM-DD` (UTC).
+    /// A day, `YYYY-MM-DD` (UTC): at most 366 days before and 761 days after today.
     pub start: NaiveDate,
 }
 
@@ -135,6 +135,8 @@ pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpR
         async {
             Require::<perm::BookingsRead>::extract(&req).await?;
             let q: SlotSearch = parse_query(&req)?;
+            // The day sizes slot generation (and a date near chrono's limits would overflow).
+            booking::check_day("start", q.start, state.clock.now())?;
             let cid: Uuid = q
                 .schedule
                 .trim_start_matches("Schedule/")
