@@ -88,6 +88,16 @@ fn rss_bytes() -> u64 {
     kb.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
 }
 
+/// The summed peaks (bytes) of the allocation-peak histogram for one route.
+async fn alloc_peak_sum(app: &TestApp, method: &str, route: &str) -> f64 {
+    let text = app.get("/metrics").await.text().await.unwrap();
+    let labels = format!("method=\"{method}\",route=\"{route}\"");
+    text.lines()
+        .find(|l| l.starts_with("coherency_request_alloc_peak_bytes_sum") && l.contains(&labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
 /// `(count, count in the bucket le)` of the allocation-peak histogram for one route.
 async fn alloc_peaks(app: &TestApp, method: &str, route: &str, le: &str) -> (u64, u64) {
     let text = app.get("/metrics").await.text().await.unwrap();
@@ -157,8 +167,13 @@ async fn hostile_polygons_are_refused_at_once_and_memory_stays_bounded() {
     let list: Value = app.get_auth(&path, &clinician.token).await.json().await.unwrap();
     assert_eq!(list["measurements"].as_array().unwrap().len(), 1, "{list}");
     let body = json!({"keyframe_seq": s.keyframe_seq, "polygon": s.outline}).to_string();
+    let sum_before = alloc_peak_sum(&app, "POST", route).await;
     let (status, v, _) = post_raw(&app, &path, &clinician.token, &body).await;
     assert_eq!(status, 201, "{v}");
+    let peak = alloc_peak_sum(&app, "POST", route).await - sum_before;
+    // The scan's decoded frames alone are several MiB; without the account carried into
+    // the fusion thread the request would show only its own few hundred KiB.
+    assert!(peak > 4.0 * 1024.0 * 1024.0, "the re-measurement peaked at {peak} bytes");
     let (total, under_1_mib) = alloc_peaks(&app, "POST", route, REFUSED_PEAK_BUCKET).await;
     assert_eq!(total, count + 1);
     assert_eq!(under_1_mib, small, "the re-fusion's allocations count against the request");
