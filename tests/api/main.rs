@@ -6,6 +6,7 @@ mod helpers;
 
 mod audit;
 mod auth;
+mod bad_input;
 mod booking;
 mod browser;
 mod cluster_consult;
