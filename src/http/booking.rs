@@ -24,7 +24,7 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::booking::view::{Change, Verdict};
 use crate::booking::{self, Appointment, AppointmentType, NewHold, WaitlistEntry};
 use crate::error::ApiError;
-use crate::http::input::{Int, Line, Text};
+use crate::http::input::{Instant, Int, Line, Text};
 use crate::http::patients::{can_access_patient, parse_query, path_id};
 use crate::state::AppState;
 
@@ -165,8 +165,7 @@ pub struct CreateAppointment {
     pub clinician_id: Uuid,
     pub type_id: Uuid,
     /// A slot start from `GET /v1/slots` (RFC 3339).
-    #[schema(value_type = String, format = DateTime)]
-    pub start: DateTime<FixedOffset>,
+    pub start: Instant,
     #[serde(default)]
     pub confirm: bool,
 }
@@ -183,8 +182,7 @@ pub struct CancelBody {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleBody {
-    #[schema(value_type = String, format = DateTime)]
-    pub start: DateTime<FixedOffset>,
+    pub start: Instant,
     /// A different appointment type of the same clinician (default: unchanged).
     pub type_id: Option<Uuid>,
 }
@@ -196,8 +194,10 @@ pub struct RescheduleBody {
 pub struct AppointmentQuery {
     pub patient: Option<Uuid>,
     pub clinician: Option<Uuid>,
-    pub from: Option<DateTime<FixedOffset>>,
-    pub to: Option<DateTime<FixedOffset>>,
+    #[param(inline)]
+    pub from: Option<Instant>,
+    #[param(inline)]
+    pub to: Option<Instant>,
 }
 
 /// Appointments, by start.
@@ -213,10 +213,8 @@ pub struct WaitlistBody {
     pub patient_id: Option<Uuid>,
     pub clinician_id: Uuid,
     pub type_id: Uuid,
-    #[schema(value_type = String, format = DateTime)]
-    pub from: DateTime<FixedOffset>,
-    #[schema(value_type = String, format = DateTime)]
-    pub to: DateTime<FixedOffset>,
+    pub from: Instant,
+    pub to: Instant,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -577,7 +575,7 @@ pub(crate) async fn place(
     b: CreateAppointment,
     key: Option<String>,
 ) -> Result<(Appointment, bool), ApiError> {
-    let start = b.start.with_timezone(&Utc);
+    let start = b.start.get().with_timezone(&Utc);
     if let Some(k) = &key {
         if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
             if a.clinician_id != b.clinician_id || a.start_at != start {
@@ -700,8 +698,8 @@ pub async fn search(
         }
         (_, _, c) => c,
     };
-    let from = q.from.map(|d| d.with_timezone(&Utc));
-    let to = q.to.map(|d| d.with_timezone(&Utc));
+    let from = q.from.map(|d| d.get().with_timezone(&Utc));
+    let to = q.to.map(|d| d.get().with_timezone(&Utc));
     let sql = format!(
         "SELECT {} FROM appointments
           WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
@@ -815,7 +813,7 @@ pub async fn reschedule(
     let b = body.parse()?;
     let cur = visible(&state, &req, &who, id, "booking.reschedule").await?;
     let (sched, ty) = clinician_type(&state, cur.clinician_id, b.type_id.unwrap_or(cur.type_id)).await?;
-    let start = b.start.with_timezone(&Utc);
+    let start = b.start.get().with_timezone(&Utc);
     booking::require_slot(&sched, &ty, start, state.clock.now())?;
     let st = state.clone();
     let by = who.user_id;
@@ -862,7 +860,7 @@ pub async fn join_waitlist(
     body: crate::http::Json<WaitlistBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.parse()?;
-    let (from, to) = (b.from.with_timezone(&Utc), b.to.with_timezone(&Utc));
+    let (from, to) = (b.from.get().with_timezone(&Utc), b.to.get().with_timezone(&Utc));
     if to <= from || to - from > Duration::days(MAX_WAITLIST_DAYS) {
         return Err(ApiError::field(
             Code::InvalidField,

@@ -17,7 +17,7 @@ use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::HttpRequest;
-use chrono::NaiveDate;
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate};
 use coherency_protocol::text::{self, Lines};
 use coherency_protocol::Code;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -337,6 +337,45 @@ impl PartialSchema for Date {
 
 impl ToSchema for Date {}
 
+/// An instant written in RFC 3339, from year 1900 to 9999 (UTC): inside what PostgreSQL's
+/// `timestamptz` holds, and far from where chrono's arithmetic overflows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instant(DateTime<FixedOffset>);
+
+impl Instant {
+    pub const RULE: &'static str = "must be an RFC 3339 date-time from year 1900 to 9999";
+
+    pub fn new(t: DateTime<FixedOffset>) -> Result<Self, &'static str> {
+        if (1900..=9999).contains(&t.naive_utc().year()) {
+            Ok(Self(t))
+        } else {
+            Err(Self::RULE)
+        }
+    }
+
+    pub fn get(self) -> DateTime<FixedOffset> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Instant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Instant::new(DateTime::<FixedOffset>::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+impl PartialSchema for Instant {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339 date-time, from year 1900 to 9999"))
+            .into()
+    }
+}
+
+impl ToSchema for Instant {}
+
 // ---------------------------------------------------------------------------------------------
 // Lists
 
@@ -524,6 +563,13 @@ mod tests {
         assert!(Date::parse("2024-02-29").is_ok());
         for bad in ["0000-01-01", "+262143-12-31", "2023-02-29", "2024-1-01", "1899-12-31"] {
             assert!(Date::parse(bad).is_err(), "{bad}");
+        }
+        let instant = |s: &str| serde_json::from_value::<Instant>(s.into());
+        assert!(instant("9999-12-31T23:59:59Z").is_ok());
+        assert!(instant("2027-01-05T10:00:00+01:00").is_ok());
+        for bad in ["+262143-12-31T00:00:00Z", "10000-01-01T00:00:00Z", "-0001-01-01T00:00:00Z", "1899-12-31T23:00:00Z"]
+        {
+            assert!(instant(bad).is_err(), "{bad}");
         }
     }
 

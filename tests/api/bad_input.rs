@@ -161,126 +161,55 @@ fn patient_with(key: &str, v: Value) -> Value {
     b
 }
 
+/// The table: what is sent, by whom, and the field the refusal must name. Every row is a
+/// `400 invalid_field` unless it says otherwise.
+#[rustfmt::skip]
 fn rows(f: &Fixture) -> Vec<Row> {
     use Method as M;
     use Who::*;
     let pid = f.patient_id;
-    let (appt, consult) = (&f.appointment, &f.consult);
+    let (appt, consult, host) = (&f.appointment, &f.consult, f.host.id);
     let long = |n: usize| "x".repeat(n);
-    let nested = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    let raw = |s: String| Some(Body::Raw(s));
+    let cancel = format!("/v1/appointments/{appt}/cancel");
+    let end = format!("/v1/consults/{consult}/end");
+    let events = format!("/v1/consults/{consult}/events");
+    let types = format!("/v1/clinicians/{host}/appointment-types");
+    let allergies = format!("/v1/patients/{pid}/allergies");
     vec![
         // Control characters, refused at deserialisation (finding 2).
-        row(
-            "NUL in an anonymous login's email",
-            Anonymous,
-            M::POST,
-            "/v1/auth/login",
-            json_body(json!({"email": "a\u{0}@b.co", "password": "whatever-password"})),
-        )
-        .field("email"),
-        row(
-            "NUL in an appointment's cancel reason",
-            Patient,
-            M::POST,
-            format!("/v1/appointments/{appt}/cancel"),
-            json_body(json!({"reason": "cannot \u{0} come"})),
-        )
-        .field("reason"),
-        row(
-            "NUL in an emergency-access reason",
-            Outsider,
-            M::POST,
-            format!("/v1/patients/{pid}/emergency-access"),
-            json_body(json!({"reason": "patient collapsed \u{0} in clinic"})),
-        )
-        .field("reason"),
-        row(
-            "NUL in a consult's end reason",
-            Host,
-            M::POST,
-            format!("/v1/consults/{consult}/end"),
-            json_body(json!({"reason": "done\u{0}"})),
-        )
-        .field("reason"),
-        row(
-            "a C0 control in a registering patient's name",
-            Anonymous,
-            M::POST,
-            "/v1/auth/register",
-            json_body(
-                json!({"email": "c0@example.test", "password": "long enough passphrase", "given_name": "Ann\u{7}",
-                             "family_name": "Bell", "birth_date": "1990-01-01"}),
-            ),
-        )
-        .field("given_name"),
-        row(
-            "an escape character in a family name",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("family_name", json!("Smith\u{1b}[31m"))),
-        )
-        .field("family_name"),
-        row(
-            "a C1 control in a middle name",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("middle_name", json!("Jo\u{85}"))),
-        )
-        .field("middle_name"),
+        row("NUL in an anonymous login's email", Anonymous, M::POST, "/v1/auth/login",
+            json_body(json!({"email": "a\u{0}@b.co", "password": "whatever-password"}))).field("email"),
+        row("NUL in an appointment's cancel reason", Patient, M::POST, &cancel,
+            json_body(json!({"reason": "cannot \u{0} come"}))).field("reason"),
+        row("NUL in an emergency-access reason", Outsider, M::POST, format!("/v1/patients/{pid}/emergency-access"),
+            json_body(json!({"reason": "patient collapsed \u{0} in clinic"}))).field("reason"),
+        row("NUL in a consult's end reason", Host, M::POST, &end, json_body(json!({"reason": "done\u{0}"})))
+            .field("reason"),
+        row("a C0 control in a registering patient's name", Anonymous, M::POST, "/v1/auth/register",
+            json_body(json!({"email": "c0@example.test", "password": "long enough passphrase", "given_name": "Ann\u{7}",
+                             "family_name": "Bell", "birth_date": "1990-01-01"}))).field("given_name"),
+        row("an escape sequence in a family name", Admin, M::POST, "/v1/patients",
+            json_body(patient_with("family_name", json!("Smith\u{1b}[31m")))).field("family_name"),
+        row("a C1 control in a middle name", Admin, M::POST, "/v1/patients",
+            json_body(patient_with("middle_name", json!("Jo\u{85}")))).field("middle_name"),
         row("DEL in the notes", Admin, M::POST, "/v1/patients", json_body(patient_with("notes", json!("fine\u{7f}"))))
             .field("notes"),
-        row(
-            "a newline in a name",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("given_name", json!("Ann\nMarie"))),
-        )
-        .field("given_name"),
+        row("a newline in a name", Admin, M::POST, "/v1/patients",
+            json_body(patient_with("given_name", json!("Ann\nMarie")))).field("given_name"),
         row("a tab in an email", Admin, M::POST, "/v1/patients", json_body(patient_with("email", json!("a\t@b.co"))))
             .field("email"),
-        row(
-            "a right-to-left override in a name",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("family_name", json!("\u{202e}nosnhoJ"))),
-        )
-        .field("family_name"),
-        row(
-            "a bidirectional isolate in a staff display name",
-            Admin,
-            M::POST,
-            "/v1/admin/users",
+        row("a right-to-left override in a name", Admin, M::POST, "/v1/patients",
+            json_body(patient_with("family_name", json!("\u{202e}nosnhoJ")))).field("family_name"),
+        row("a bidirectional isolate in a staff display name", Admin, M::POST, "/v1/admin/users",
             json_body(json!({"email": "iso@clinic.test", "password": "long enough passphrase",
-                             "display_name": "Dr \u{2066}Who\u{2069}", "role": "clinician"})),
-        )
-        .field("display_name"),
-        row(
-            "a bidirectional override in free text",
-            Admin,
-            M::POST,
-            format!("/v1/patients/{pid}/allergies"),
-            json_body(json!({"substance": "latex \u{202d}x"})),
-        )
-        .field("substance"),
-        row(
-            "NUL in the second address line",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("address", json!({"lines": ["1 High St", "Flat\u{0}2"]}))),
-        )
-        .field("address.lines[1]"),
-        row(
-            "a control character in a key",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            Some(Body::Raw(r#"{"given_name":"A","family_name":"B","birth_date":"1980-01-01","x\u0000":1}"#.into())),
-        ),
+                             "display_name": "Dr \u{2066}Who\u{2069}", "role": "clinician"}))).field("display_name"),
+        row("a bidirectional override in free text", Admin, M::POST, &allergies,
+            json_body(json!({"substance": "latex \u{202d}x"}))).field("substance"),
+        row("NUL in the second address line", Admin, M::POST, "/v1/patients",
+            json_body(patient_with("address", json!({"lines": ["1 High St", "Flat\u{0}2"]})))).field("address.lines[1]"),
+        row("a control character in a key", Admin, M::POST, "/v1/patients",
+            raw(r#"{"given_name":"A","family_name":"B","birth_date":"1980-01-01","x\u0000":1}"#.into())),
         row("NUL in a patient-search query", Admin, M::GET, "/v1/patients?name=%00", None).field("name"),
         row("a carriage return in a query", Admin, M::GET, "/v1/patients?name=Ann%0D", None).field("name"),
         row("NUL in a FHIR search", Admin, M::GET, "/fhir/Patient?name=%00", None).field("name"),
@@ -289,152 +218,58 @@ fn rows(f: &Fixture) -> Vec<Row> {
         row("a query string over its bound", Admin, M::GET, format!("/v1/patients?name={}", long(5000)), None)
             .field("query"),
         // Loose parsing (finding 3).
-        row(
-            "two JSON documents back to back",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            Some(Body::Raw(format!("{0}{0}", patient_with("sex", json!("female"))))),
-        )
-        .code("malformed_json"),
-        row(
-            "a duplicate key",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            Some(Body::Raw(
-                r#"{"given_name":"A","given_name":"B","family_name":"C","birth_date":"1980-01-01"}"#.into(),
-            )),
-        )
-        .field("given_name"),
-        row(
-            "a duplicate key in a FHIR $book body",
-            Patient,
-            M::POST,
-            "/fhir/Appointment/$book",
-            Some(Body::Raw(r#"{"resourceType":"Appointment","status":"booked","status":"proposed"}"#.into())),
-        )
-        .field("status"),
-        row("nesting deeper than the bound", Admin, M::POST, "/v1/patients", Some(Body::Raw(nested))),
-        row("a negative events cursor", Host, M::GET, format!("/v1/consults/{consult}/events?after=-1"), None)
-            .field("after"),
-        row("a non-numeric events cursor", Host, M::GET, format!("/v1/consults/{consult}/events?after=abc"), None)
-            .field("after"),
-        row(
-            "a huge events cursor",
-            Host,
-            M::GET,
-            format!("/v1/consults/{consult}/events?after=99999999999999999999"),
-            None,
-        )
-        .field("after"),
-        // Bounds (finding 1).
-        row(
-            "an over-long name",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("given_name", json!(long(101)))),
-        )
-        .field("given_name"),
+        row("two JSON documents back to back", Admin, M::POST, "/v1/patients",
+            raw(format!("{0}{0}", patient_with("sex", json!("female"))))).code("malformed_json"),
+        row("a duplicate key", Admin, M::POST, "/v1/patients",
+            raw(r#"{"given_name":"A","given_name":"B","family_name":"C","birth_date":"1980-01-01"}"#.into()))
+            .field("given_name"),
+        row("a duplicate key in a FHIR $book body", Patient, M::POST, "/fhir/Appointment/$book",
+            raw(r#"{"resourceType":"Appointment","status":"booked","status":"proposed"}"#.into())).field("status"),
+        row("nesting deeper than the bound", Admin, M::POST, "/v1/patients",
+            raw(format!("{}1{}", "[".repeat(40), "]".repeat(40)))),
+        row("a negative events cursor", Host, M::GET, format!("{events}?after=-1"), None).field("after"),
+        row("a non-numeric events cursor", Host, M::GET, format!("{events}?after=abc"), None).field("after"),
+        row("a huge events cursor", Host, M::GET, format!("{events}?after=99999999999999999999"), None).field("after"),
+        // Bounds on every input (finding 1).
+        row("an over-long name", Admin, M::POST, "/v1/patients", json_body(patient_with("given_name", json!(long(101)))))
+            .field("given_name"),
         row("over-long notes", Admin, M::POST, "/v1/patients", json_body(patient_with("notes", json!(long(4001)))))
             .field("notes"),
-        row(
-            "an over-long email at login",
-            Anonymous,
-            M::POST,
-            "/v1/auth/login",
-            json_body(json!({"email": format!("{}@b.co", long(300)), "password": "x"})),
-        )
-        .field("email"),
-        row(
-            "an over-long password at login",
-            Anonymous,
-            M::POST,
-            "/v1/auth/login",
-            json_body(json!({"email": "a@b.co", "password": long(2000)})),
-        )
-        .field("password"),
-        row(
-            "an over-long cancel reason",
-            Patient,
-            M::POST,
-            format!("/v1/appointments/{appt}/cancel"),
-            json_body(json!({"reason": long(501)})),
-        )
-        .field("reason"),
-        row(
-            "an over-long consult end reason",
-            Host,
-            M::POST,
-            format!("/v1/consults/{consult}/end"),
-            json_body(json!({"reason": long(101)})),
-        )
-        .field("reason"),
-        row(
-            "an over-long body site",
-            Patient,
-            M::POST,
-            "/v1/scans",
-            json_body(json!({"patient_id": pid, "body_site": long(101)})),
-        )
-        .field("body_site"),
-        row(
-            "an over-long allergy",
-            Admin,
-            M::POST,
-            format!("/v1/patients/{pid}/allergies"),
-            json_body(json!({"substance": long(201)})),
-        )
-        .field("substance"),
-        row(
-            "an over-long list",
-            Admin,
-            M::POST,
-            "/v1/patients",
-            json_body(patient_with("address", json!({"lines": ["a", "b", "c", "d"]}))),
-        )
-        .field("address.lines"),
+        row("an over-long email at login", Anonymous, M::POST, "/v1/auth/login",
+            json_body(json!({"email": format!("{}@b.co", long(300)), "password": "x"}))).field("email"),
+        row("an over-long password at login", Anonymous, M::POST, "/v1/auth/login",
+            json_body(json!({"email": "a@b.co", "password": long(2000)}))).field("password"),
+        row("an over-long cancel reason", Patient, M::POST, &cancel, json_body(json!({"reason": long(501)})))
+            .field("reason"),
+        row("an over-long consult end reason", Host, M::POST, &end, json_body(json!({"reason": long(101)})))
+            .field("reason"),
+        row("an over-long body site", Patient, M::POST, "/v1/scans",
+            json_body(json!({"patient_id": pid, "body_site": long(101)}))).field("body_site"),
+        row("an over-long allergy", Admin, M::POST, &allergies, json_body(json!({"substance": long(201)})))
+            .field("substance"),
+        row("an over-long list", Admin, M::POST, "/v1/patients",
+            json_body(patient_with("address", json!({"lines": ["a", "b", "c", "d"]})))).field("address.lines"),
         row("an out-of-range page size", Admin, M::GET, "/v1/patients?limit=101", None).field("limit"),
         row("a negative page size", Admin, M::GET, "/v1/patients?limit=-5", None).field("limit"),
         row("an out-of-range FHIR _count", Admin, M::GET, "/fhir/Patient?_count=1000", None).field("_count"),
         row("an out-of-range scan list", Patient, M::GET, format!("/v1/patients/{pid}/scans?limit=0"), None)
             .field("limit"),
-        row(
-            "an out-of-range duration",
-            Host,
-            M::POST,
-            format!("/v1/clinicians/{}/appointment-types", f.host.id),
-            json_body(json!({"name": "Long", "duration_minutes": 100000, "modality": "telehealth"})),
-        )
-        .field("duration_minutes"),
-        row(
-            "a negative buffer",
-            Host,
-            M::POST,
-            format!("/v1/clinicians/{}/appointment-types", f.host.id),
-            json_body(
-                json!({"name": "Neg", "duration_minutes": 30, "buffer_before_minutes": -5, "modality": "telehealth"}),
-            ),
-        )
-        .field("buffer_before_minutes"),
-        row(
-            "a FHIR day outside the calendar",
-            Patient,
-            M::GET,
-            format!("/fhir/Appointment?patient=Patient/{pid}&date=%2B262143-12-31"),
-            None,
-        )
-        .field("date"),
-        row(
-            "a waitlist window over its bound",
-            Patient,
-            M::POST,
-            "/v1/waitlist",
-            json_body(json!({"clinician_id": f.host.id, "type_id": Uuid::new_v4(),
-                             "from": "2027-01-01T00:00:00Z", "to": "2029-01-01T00:00:00Z"})),
-        )
-        .field("to"),
+        row("an out-of-range duration", Host, M::POST, &types,
+            json_body(json!({"name": "Long", "duration_minutes": 100000, "modality": "telehealth"})))
+            .field("duration_minutes"),
+        row("a negative buffer", Host, M::POST, &types,
+            json_body(json!({"name": "Neg", "duration_minutes": 30, "buffer_before_minutes": -5, "modality": "telehealth"})))
+            .field("buffer_before_minutes"),
+        row("a FHIR day outside the calendar", Patient, M::GET,
+            format!("/fhir/Appointment?patient=Patient/{pid}&date=%2B262143-12-31"), None).field("date"),
+        row("an appointment before year 1900", Patient, M::POST, "/v1/appointments",
+            json_body(json!({"clinician_id": host, "type_id": Uuid::new_v4(), "start": "-0001-01-01T10:00:00Z"})))
+            .field("start"),
+        row("an appointment search from year 1", Patient, M::GET, "/v1/appointments?from=0001-01-01T00:00:00Z", None)
+            .field("from"),
+        row("a waitlist window over its bound", Patient, M::POST, "/v1/waitlist",
+            json_body(json!({"clinician_id": host, "type_id": Uuid::new_v4(),
+                             "from": "2027-01-01T00:00:00Z", "to": "2029-01-01T00:00:00Z"}))).field("to"),
     ]
 }
 
@@ -565,4 +400,31 @@ async fn the_openapi_document_names_the_bounds() {
     assert_eq!((limit["minimum"].as_f64(), limit["maximum"].as_f64()), (Some(1.0), Some(100.0)), "{limit}");
     assert_eq!(parameter(&doc, "/v1/consults/{id}/events", "after")["minimum"].as_f64(), Some(0.0));
     assert_eq!(parameter(&doc, "/fhir/Patient", "_count")["maximum"].as_f64(), Some(100.0));
+}
+
+/// The backstop behind the boundary: were a value PostgreSQL refuses ever to get past it, the
+/// answer would be a 400, not a 500. (The boundary refuses these before any query, so the
+/// database's own refusals are produced here directly.)
+#[actix_web::test]
+async fn a_value_postgresql_refuses_is_a_client_error_and_a_server_fault_is_not() {
+    use coherency::error::ApiError;
+    use coherency_protocol::Code;
+    let app = spawn_app().await;
+    let refused = [
+        ("NUL in text", sqlx::query("SELECT $1::text").bind("a\0b").execute(&app.pg).await.unwrap_err()),
+        (
+            "NUL in jsonb",
+            sqlx::query("SELECT $1::jsonb").bind(json!({"reason": "a\u{0}b"})).execute(&app.pg).await.unwrap_err(),
+        ),
+        (
+            "a number out of range",
+            sqlx::query("SELECT $1::text::int4").bind("99999999999").execute(&app.pg).await.unwrap_err(),
+        ),
+    ];
+    for (what, e) in refused {
+        let api = ApiError::from(e);
+        assert_eq!((api.code, api.code.http_status()), (Code::BadRequest, 400), "{what}: {}", api.message);
+    }
+    let fault = sqlx::query("SELECT * FROM no_such_table").execute(&app.pg).await.unwrap_err();
+    assert_eq!(ApiError::from(fault).code, Code::Internal);
 }

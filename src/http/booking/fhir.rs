@@ -14,7 +14,7 @@ use crate::auth::{self, perm, Require};
 use crate::booking::{self, Appointment};
 use crate::error::ApiError;
 use crate::http::fhir::{outcome, FHIR_JSON};
-use crate::http::input::{Date, Line};
+use crate::http::input::{invalid, Date, Instant, Line};
 use crate::http::patients::{parse_query, path_id};
 use crate::state::AppState;
 
@@ -232,11 +232,12 @@ pub async fn search_appointments(state: web::Data<AppState>, req: HttpRequest) -
             let who = Require::<perm::BookingsRead>::extract(&req).await?;
             let q: AppointmentSearch = parse_query(&req)?;
             let from = q.date.map(|d| d.get().and_time(chrono::NaiveTime::MIN).and_utc().fixed_offset());
+            let day = |t| Instant::new(t).map_err(|why| invalid("date", why));
             let aq = super::AppointmentQuery {
                 patient: reference("patient", "Patient", q.patient.as_deref())?,
                 clinician: reference("practitioner", "Practitioner", q.practitioner.as_deref())?,
-                from,
-                to: from.map(|f| f + Duration::days(1)),
+                from: from.map(day).transpose()?,
+                to: from.map(|f| day(f + Duration::days(1))).transpose()?,
             };
             let found = super::search(&state, &req, &who, &aq).await?;
             auth::audit(
@@ -333,8 +334,8 @@ pub async fn book(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
                     "the Practitioner does not own this slot",
                 ));
             }
-            let b =
-                super::CreateAppointment { patient_id, clinician_id, type_id, start: start.fixed_offset(), confirm };
+            let start = Instant::new(start.fixed_offset()).map_err(|why| invalid("slot", why))?;
+            let b = super::CreateAppointment { patient_id, clinician_id, type_id, start, confirm };
             let key = super::idempotency_key(&req)?;
             let (a, replayed) = super::place(&state, &req, &who, b, key).await?;
             let body = appointment_resource(&a).to_string();
