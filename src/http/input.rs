@@ -318,6 +318,25 @@ impl Date {
     }
 }
 
+impl TryFrom<NaiveDate> for Date {
+    type Error = &'static str;
+    fn try_from(d: NaiveDate) -> Result<Self, Self::Error> {
+        Date::parse(&d.format("%Y-%m-%d").to_string())
+    }
+}
+
+impl fmt::Display for Date {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.format("%Y-%m-%d"))
+    }
+}
+
+impl Serialize for Date {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Date {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Cow::<str>::deserialize(d)?;

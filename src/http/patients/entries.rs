@@ -19,7 +19,7 @@ use super::{etag, if_match, past_date, path_id, phone, require_access};
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::error::ApiError;
-use crate::http::input::{invalid, Email, Line, PersonName, Phone};
+use crate::http::input::{invalid, Date, Email, Line, PersonName, Phone};
 use crate::state::AppState;
 
 /// The kinds of entry, with their table value and URL segment.
@@ -132,13 +132,11 @@ pub struct Medication {
     pub dosage: Option<Line<0, 200>>,
     #[serde(default)]
     pub status: MedicationStatus,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub start_date: Option<NaiveDate>,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub end_date: Option<NaiveDate>,
+    pub start_date: Option<Date>,
+    pub end_date: Option<Date>,
 }
 
-fn period(start: Option<NaiveDate>, end: Option<NaiveDate>) -> Result<(), ApiError> {
+fn period(start: Option<Date>, end: Option<Date>) -> Result<(), ApiError> {
     if let (Some(s), Some(e)) = (start, end) {
         if e < s {
             return Err(ApiError::field(Code::InvalidField, "end_date", "`end_date` must not be before `start_date`"));
@@ -212,10 +210,8 @@ pub struct Coverage {
     pub plan_name: Option<Line<0, 200>>,
     #[serde(default)]
     pub status: CoverageStatus,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub start_date: Option<NaiveDate>,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub end_date: Option<NaiveDate>,
+    pub start_date: Option<Date>,
+    pub end_date: Option<Date>,
 }
 
 impl Entry for Coverage {

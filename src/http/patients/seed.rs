@@ -8,7 +8,7 @@ use super::entries::{
     CoverageStatus, Medication, MedicationStatus, Relationship, Severity,
 };
 use super::{Address, DEFAULT_ORG};
-use crate::http::input::Line;
+use crate::http::input::{Date, Line};
 use crate::state::AppState;
 
 /// Demo text held to the same bounds as text from a request.
@@ -175,7 +175,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 name: line("Metformin")?,
                 dosage: Some(line("500 mg twice daily")?),
                 status: MedicationStatus::Active,
-                start_date: since,
+                start_date: since.map(Date::try_from).transpose().map_err(anyhow::Error::msg)?,
                 end_date: None,
             },
             None,
@@ -206,7 +206,10 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 group_number: Some(line("GRP-42")?),
                 plan_name: Some(line("Standard")?),
                 status: CoverageStatus::Active,
-                start_date: NaiveDate::from_ymd_opt(2024, 1, 1),
+                start_date: NaiveDate::from_ymd_opt(2024, 1, 1)
+                    .map(Date::try_from)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
                 end_date: None,
             },
             None,
