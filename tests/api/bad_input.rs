@@ -391,6 +391,7 @@ async fn the_openapi_document_names_the_bounds() {
     assert_eq!((given["minLength"].as_u64(), given["maxLength"].as_u64()), (Some(1), Some(100)), "{given}");
     assert!(given["pattern"].as_str().is_some_and(|p| p.contains("\\u202A")), "{given}");
     assert_eq!(property(&doc, "CreatePatient", "notes")["maxLength"], 4000);
+    assert_eq!(property(&doc, "CreateUser", "display_name")["maxLength"], 100);
     assert_eq!(property(&doc, "AddressInput", "lines")["maxItems"], 3);
     assert_eq!(property(&doc, "CancelBody", "reason")["maxLength"], 500);
     assert_eq!(property(&doc, "LoginRequest", "password")["maxLength"], 1024);
