@@ -98,15 +98,41 @@ impl From<sqlx::Error> for ApiError {
         if let sqlx::Error::PoolTimedOut = e {
             return Self::unavailable("the database is not answering; try again");
         }
+        if let Some(refused) = refused_value(&e) {
+            return refused;
+        }
         Self::internal(e)
     }
+}
+
+/// SQLSTATEs by which PostgreSQL refuses a value a statement was given (rather than failing
+/// itself): bad characters or encoding (22021, 22P05), text too long for its column (22001), a
+/// number or date out of range (22003, 22008), text that does not parse as its type (22P02,
+/// 22007), a bad LIKE escape (22025, 22019), and a value too large to index (54000).
+const REFUSED_VALUE_STATES: &[&str] =
+    &["22021", "22P05", "22001", "22003", "22008", "22P02", "22007", "22025", "22019", "54000"];
+
+/// The backstop for input the boundary should have refused but did not: PostgreSQL refusing a
+/// value answers 400, not 500. It is logged as a warning, by SQLSTATE only (the database's
+/// message may quote the value), because each one is a missing bound to add at the boundary.
+fn refused_value(e: &sqlx::Error) -> Option<ApiError> {
+    let sqlx::Error::Database(db) = e else { return None };
+    let state = db.code()?;
+    if !REFUSED_VALUE_STATES.contains(&state.as_ref()) {
+        return None;
+    }
+    tracing::warn!(sqlstate = %state, "the database refused a value from a request; a bound is missing at the boundary");
+    Some(ApiError::new(Code::BadRequest, "the request holds a value that cannot be stored"))
 }
 
 impl From<crate::audit::AppendError> for ApiError {
     fn from(e: crate::audit::AppendError) -> Self {
         match e {
-            crate::audit::AppendError::Database(e) if matches!(*e, sqlx::Error::PoolTimedOut) => {
-                Self::unavailable("the database is not answering; try again")
+            crate::audit::AppendError::Database(db) => {
+                if matches!(*db, sqlx::Error::PoolTimedOut) {
+                    return Self::unavailable("the database is not answering; try again");
+                }
+                refused_value(&db).unwrap_or_else(|| Self::internal(crate::audit::AppendError::Database(db)))
             }
             e => Self::internal(e),
         }

@@ -131,6 +131,8 @@ impl Application {
                     .configure(crate::http::configure)
                     .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
                     .default_service(web::to(crate::http::not_found))
+                    // Refuses a path or query string with a forbidden character (input bounds).
+                    .wrap(from_fn(crate::http::input::clean_target))
                     .wrap(from_fn(crate::http::ratelimit::limit))
                     .wrap(from_fn(crate::metrics::record))
                     .wrap(from_fn(envelope_mw))

@@ -11,6 +11,7 @@ pub mod error;
 pub mod ids;
 pub mod limits;
 pub mod scan;
+pub mod text;
 
 #[cfg(feature = "client")]
 pub mod client;

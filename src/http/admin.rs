@@ -12,17 +12,40 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, password, perm, sessions, Require, Role};
 use crate::error::ApiError;
-use crate::http::auth::{insert_user, name, normalise_email};
+use crate::http::auth::{insert_user, normalise_email};
+use crate::http::input::{invalid, Email, Password, PersonName, Text};
 use crate::state::AppState;
 
+/// `POST /v1/admin/users` body.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = CreateUser)]
+pub struct CreateUserBody {
+    pub email: Email,
+    pub password: Password,
+    pub display_name: PersonName,
+    /// `clinician` or `admin` (patients register themselves).
+    pub role: Role,
+}
+
+/// A staff account to create, from the API or the CLI's `create-admin`; [`create_staff`]
+/// holds it to the same rules as the request body.
 pub struct CreateUser {
     pub email: String,
     pub password: String,
     pub display_name: String,
-    /// `clinician` or `admin` (patients register themselves).
     pub role: Role,
+}
+
+impl From<CreateUserBody> for CreateUser {
+    fn from(b: CreateUserBody) -> Self {
+        Self {
+            email: b.email.into_inner(),
+            password: b.password.into_inner(),
+            display_name: b.display_name.into_inner(),
+            role: b.role,
+        }
+    }
 }
 
 #[derive(Serialize, ToSchema)]
@@ -40,7 +63,7 @@ pub async fn create_staff(state: &AppState, body: CreateUser) -> Result<Uuid, Ap
         ));
     }
     let email = normalise_email(&body.email, "email")?;
-    let display = name(&body.display_name, "display_name")?;
+    let display = PersonName::new(body.display_name).map_err(|why| invalid("display_name", why))?.into_inner();
     password::validate(&body.password, "password")?;
     let hash = state.hasher.hash(body.password).await?;
     let mut tx = state.stores.pg.begin().await?;
@@ -50,17 +73,17 @@ pub async fn create_staff(state: &AppState, body: CreateUser) -> Result<Uuid, Ap
 }
 
 /// `POST /v1/admin/users`
-#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", security(("bearer" = ["users:manage"])), request_body = CreateUser,
+#[utoipa::path(post, path = "/v1/admin/users", tag = "admin", security(("bearer" = ["users:manage"])), request_body = CreateUserBody,
     responses((status = 201, body = Created), (status = 409, description = "email_taken")))]
 pub async fn create_user(
     state: web::Data<AppState>,
     req: HttpRequest,
     who: Require<perm::UsersManage>,
-    body: crate::http::Json<CreateUser>,
+    body: crate::http::Json<CreateUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
     let role = body.role;
-    let id = create_staff(&state, body).await?;
+    let id = create_staff(&state, body.into()).await?;
     auth::audit(
         &state,
         &req,
@@ -133,7 +156,7 @@ pub async fn disable_user(
 #[serde(deny_unknown_fields)]
 pub struct EmergencyRequest {
     /// Why the clinician needs this record now (10–500 characters); audited.
-    pub reason: String,
+    pub reason: Text<10, 500>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -161,12 +184,7 @@ pub async fn emergency_access(
     body: crate::http::Json<EmergencyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let patient_id = id.into_inner();
-    let body = body.parse()?;
-    let reason = body.reason.trim().to_string();
-    let n = reason.chars().count();
-    if !(10..=500).contains(&n) {
-        return Err(ApiError::field(Code::InvalidField, "reason", "state the reason in 10-500 characters"));
-    }
+    let reason = body.parse()?.reason.into_inner();
     sqlx::query("SELECT 1 FROM patients WHERE id = $1")
         .bind(patient_id)
         .fetch_optional(&state.stores.pg)

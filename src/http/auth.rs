@@ -3,6 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::NaiveDate;
+use coherency_protocol::text::{self, Lines};
 use coherency_protocol::Code;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -14,10 +15,10 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, limits, password, sessions, totp, Authenticated, Principal, Role};
 use crate::error::ApiError;
+use crate::http::input::{Email, Line, Password, PersonName};
 use crate::state::AppState;
 
 pub const MAX_EMAIL: usize = 254;
-pub const MAX_NAME: usize = 100;
 
 /// Lower-cases and trims; checks the shape (one `@`, a dot in the domain, no spaces).
 pub fn normalise_email(raw: &str, field: &str) -> Result<String, ApiError> {
@@ -26,21 +27,13 @@ pub fn normalise_email(raw: &str, field: &str) -> Result<String, ApiError> {
         && e.split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
         && e.matches('@').count() == 1
-        && !e.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !e.chars().any(char::is_whitespace)
+        && text::check(&e, Lines::One).is_ok();
     if ok {
         Ok(e)
     } else {
         Err(ApiError::field(Code::InvalidField, field, "not a valid email address"))
     }
-}
-
-/// Trims and bounds a display name.
-pub fn name(raw: &str, field: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    if s.is_empty() || s.chars().count() > MAX_NAME || s.chars().any(|c| c.is_control()) {
-        return Err(ApiError::field(Code::InvalidField, field, format!("must be 1-{MAX_NAME} characters")));
-    }
-    Ok(s.to_string())
 }
 
 fn email_subject(email: &str) -> String {
@@ -50,10 +43,10 @@ fn email_subject(email: &str) -> String {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    pub email: String,
-    pub password: String,
-    pub given_name: String,
-    pub family_name: String,
+    pub email: Email,
+    pub password: Password,
+    pub given_name: PersonName,
+    pub family_name: PersonName,
     /// `YYYY-MM-DD`
     #[schema(value_type = String, format = Date)]
     pub birth_date: NaiveDate,
@@ -120,14 +113,13 @@ pub async fn register(
         return Err(ApiError::new(Code::RateLimited, "too many attempts; try later").with_retry_after(wait));
     }
     let email = normalise_email(&body.email, "email")?;
-    let given = name(&body.given_name, "given_name")?;
-    let family = name(&body.family_name, "family_name")?;
+    let (given, family) = (body.given_name.into_inner(), body.family_name.into_inner());
     let today = now.date_naive();
     if body.birth_date > today || body.birth_date < NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(today) {
         return Err(ApiError::field(Code::InvalidField, "birth_date", "must be a real date between 1900 and today"));
     }
-    password::validate(&body.password, "password")?;
-    let hash = state.hasher.hash(body.password).await?;
+    password::validate(body.password.expose(), "password")?;
+    let hash = state.hasher.hash(body.password.into_inner()).await?;
     let mut tx = state.stores.pg.begin().await?;
     let user_id = match insert_user(&state, &mut tx, &email, &format!("{given} {family}"), Role::Patient, &hash).await {
         Ok(id) => id,
@@ -172,11 +164,11 @@ pub async fn register(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    pub email: String,
-    pub password: String,
+    pub email: Email,
+    pub password: Password,
     /// Required once TOTP is enrolled (or `recovery_code`).
-    pub totp_code: Option<String>,
-    pub recovery_code: Option<String>,
+    pub totp_code: Option<Line<0, 16>>,
+    pub recovery_code: Option<Line<0, 32>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -214,10 +206,7 @@ pub async fn login(
             ApiError::new(Code::RateLimited, "too many login attempts from this address").with_retry_after(wait)
         );
     }
-    if body.password.len() > 1024 || body.email.len() > 1024 {
-        return Err(invalid_credentials());
-    }
-    let email = body.email.trim().to_lowercase();
+    let email = body.email.to_lowercase();
     let subject = email_subject(&email);
     if let Some(wait) = limits::blocked(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject, now).await?
     {
@@ -236,7 +225,10 @@ pub async fn login(
         .bind(&email)
         .fetch_optional(&state.stores.pg)
         .await?;
-    let ok = state.hasher.verify(body.password, row.as_ref().map(|r| r.get::<String, _>("password_hash"))).await?;
+    let ok = state
+        .hasher
+        .verify(body.password.into_inner(), row.as_ref().map(|r| r.get::<String, _>("password_hash")))
+        .await?;
     let Some(row) = row.filter(|_| ok) else {
         limits::hit(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject, now).await?;
         auth::audit(
@@ -342,7 +334,7 @@ async fn use_recovery_code(state: &AppState, user_id: Uuid, code: &str) -> Resul
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
-    pub refresh_token: String,
+    pub refresh_token: Line<1, 100>,
 }
 
 /// `POST /v1/auth/refresh`: single-use rotation; reuse revokes the session.
@@ -353,9 +345,6 @@ pub async fn refresh(
     body: crate::http::Json<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
-    if body.refresh_token.len() > 100 {
-        return Err(ApiError::unauthenticated());
-    }
     Ok(HttpResponse::Ok().json(sessions::refresh(&state, &body.refresh_token).await?))
 }
 
@@ -468,7 +457,7 @@ pub async fn totp_enrol(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TotpConfirm {
-    pub code: String,
+    pub code: Line<1, 16>,
 }
 
 #[derive(Serialize, ToSchema)]

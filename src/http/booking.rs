@@ -24,11 +24,12 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::booking::view::{Change, Verdict};
 use crate::booking::{self, Appointment, AppointmentType, NewHold, WaitlistEntry};
 use crate::error::ApiError;
+use crate::http::input::{Instant, Int, Line, Text};
 use crate::http::patients::{can_access_patient, parse_query, path_id};
 use crate::state::AppState;
 
-/// Longest cancellation reason, in characters.
-pub const MAX_REASON: usize = 500;
+/// Longest waitlist window (`to` − `from`), in days.
+pub const MAX_WAITLIST_DAYS: i64 = 366;
 /// Longest idempotency key.
 pub const MAX_IDEMPOTENCY_KEY: usize = 100;
 
@@ -103,15 +104,30 @@ pub struct ScheduleView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TypeBody {
-    pub name: String,
-    /// 5–480.
-    pub duration_minutes: i32,
-    #[serde(default)]
-    pub buffer_before_minutes: i32,
-    #[serde(default)]
-    pub buffer_after_minutes: i32,
-    /// `telehealth` or `in_person`.
-    pub modality: String,
+    pub name: Line<1, 100>,
+    pub duration_minutes: Int<5, 480>,
+    /// Free time kept before each appointment (default 0).
+    pub buffer_before_minutes: Option<Int<0, 240>>,
+    /// Free time kept after each appointment (default 0).
+    pub buffer_after_minutes: Option<Int<0, 240>>,
+    pub modality: Modality,
+}
+
+/// How an appointment type is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Modality {
+    Telehealth,
+    InPerson,
+}
+
+impl Modality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Modality::Telehealth => "telehealth",
+            Modality::InPerson => "in_person",
+        }
+    }
 }
 
 /// Query of `GET /v1/slots`.
@@ -159,8 +175,7 @@ pub struct CreateAppointment {
     pub clinician_id: Uuid,
     pub type_id: Uuid,
     /// A slot start from `GET /v1/slots` (RFC 3339).
-    #[schema(value_type = String, format = DateTime)]
-    pub start: DateTime<FixedOffset>,
+    pub start: Instant,
     #[serde(default)]
     pub confirm: bool,
 }
@@ -169,16 +184,15 @@ pub struct CreateAppointment {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CancelBody {
-    /// Why (1–500 characters).
-    pub reason: String,
+    /// Why.
+    pub reason: Text<1, 500>,
 }
 
 /// `POST /v1/appointments/{id}/reschedule` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RescheduleBody {
-    #[schema(value_type = String, format = DateTime)]
-    pub start: DateTime<FixedOffset>,
+    pub start: Instant,
     /// A different appointment type of the same clinician (default: unchanged).
     pub type_id: Option<Uuid>,
 }
@@ -191,10 +205,12 @@ pub struct AppointmentQuery {
     pub patient: Option<Uuid>,
     pub clinician: Option<Uuid>,
     /// Appointments ending after this instant.
-    pub from: Option<DateTime<FixedOffset>>,
+    #[param(inline)]
+    pub from: Option<Instant>,
     /// Appointments starting before this instant (after `from` when both are given). At most
     /// 500 appointments are answered, by start.
-    pub to: Option<DateTime<FixedOffset>>,
+    #[param(inline)]
+    pub to: Option<Instant>,
 }
 
 /// Appointments, by start.
@@ -211,11 +227,9 @@ pub struct WaitlistBody {
     pub clinician_id: Uuid,
     pub type_id: Uuid,
     /// At most 366 days before and 761 days after now.
-    #[schema(value_type = String, format = DateTime)]
-    pub from: DateTime<FixedOffset>,
+    pub from: Instant,
     /// After `from`, at most 730 days after it and 761 days after now.
-    #[schema(value_type = String, format = DateTime)]
-    pub to: DateTime<FixedOffset>,
+    pub to: Instant,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,22 +512,7 @@ pub async fn create_type(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
     let b = body.parse()?;
-    let name = b.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::field(Code::InvalidField, "name", "name must be 1-100 characters"));
-    }
-    if !(5..=480).contains(&b.duration_minutes) {
-        return Err(ApiError::field(Code::InvalidField, "duration_minutes", "duration_minutes must be 5-480"));
-    }
-    for (f, v) in [("buffer_before_minutes", b.buffer_before_minutes), ("buffer_after_minutes", b.buffer_after_minutes)]
-    {
-        if !(0..=240).contains(&v) {
-            return Err(ApiError::field(Code::InvalidField, f, format!("{f} must be 0-240")));
-        }
-    }
-    if !matches!(b.modality.as_str(), "telehealth" | "in_person") {
-        return Err(ApiError::field(Code::InvalidField, "modality", "modality must be telehealth or in_person"));
-    }
+    let buffer = |v: Option<Int<0, 240>>| v.map_or(0, Int::get_i32);
     require_manage(&state, &who, id).await?;
     let ty = sqlx::query_as::<_, AppointmentType>(
         "INSERT INTO appointment_types (id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, created_at)
@@ -522,11 +521,11 @@ pub async fn create_type(
     )
     .bind(Uuid::now_v7())
     .bind(id)
-    .bind(name)
-    .bind(b.duration_minutes)
-    .bind(b.buffer_before_minutes)
-    .bind(b.buffer_after_minutes)
-    .bind(&b.modality)
+    .bind(b.name.as_str())
+    .bind(b.duration_minutes.get_i32())
+    .bind(buffer(b.buffer_before_minutes))
+    .bind(buffer(b.buffer_after_minutes))
+    .bind(b.modality.as_str())
     .bind(state.clock.now())
     .fetch_one(&state.stores.pg)
     .await?;
@@ -637,7 +636,7 @@ pub(crate) async fn place(
     b: CreateAppointment,
     key: Option<String>,
 ) -> Result<(Appointment, bool), ApiError> {
-    let start = b.start.with_timezone(&Utc);
+    let start = b.start.get().with_timezone(&Utc);
     if let Some(k) = &key {
         if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
             if a.clinician_id != b.clinician_id || a.start_at != start {
@@ -760,8 +759,8 @@ pub async fn search(
         }
         (_, _, c) => c,
     };
-    let from = q.from.map(|d| d.with_timezone(&Utc));
-    let to = q.to.map(|d| d.with_timezone(&Utc));
+    let from = q.from.map(|d| d.get().with_timezone(&Utc));
+    let to = q.to.map(|d| d.get().with_timezone(&Utc));
     if let (Some(f), Some(t)) = (from, to) {
         if t <= f {
             return Err(ApiError::field(Code::InvalidField, "to", "to must be after from"));
@@ -858,10 +857,7 @@ pub async fn cancel(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
     let b = body.parse()?;
-    let reason = b.reason.trim();
-    if reason.is_empty() || reason.chars().count() > MAX_REASON {
-        return Err(ApiError::field(Code::InvalidField, "reason", format!("reason must be 1-{MAX_REASON} characters")));
-    }
+    let reason = b.reason.as_str();
     let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
     let res = booking::cancel(&state, id, who.user_id, reason).await;
     finish(&state, &req, &who, "booking.cancel", &cur, res).await
@@ -883,7 +879,7 @@ pub async fn reschedule(
     let b = body.parse()?;
     let cur = visible(&state, &req, &who, id, "booking.reschedule").await?;
     let (sched, ty) = clinician_type(&state, cur.clinician_id, b.type_id.unwrap_or(cur.type_id)).await?;
-    let start = b.start.with_timezone(&Utc);
+    let start = b.start.get().with_timezone(&Utc);
     booking::require_slot(&sched, &ty, start, state.clock.now())?;
     let st = state.clone();
     let by = who.user_id;
@@ -930,14 +926,14 @@ pub async fn join_waitlist(
     body: crate::http::Json<WaitlistBody>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.parse()?;
-    let (from, to) = (b.from.with_timezone(&Utc), b.to.with_timezone(&Utc));
+    let (from, to) = (b.from.get().with_timezone(&Utc), b.to.get().with_timezone(&Utc));
     let now = state.clock.now();
     booking::check_instant("from", from, now)?;
-    if to <= from || to - from > Duration::days(booking::MAX_HORIZON_DAYS.into()) {
+    if to <= from || to - from > Duration::days(MAX_WAITLIST_DAYS) {
         return Err(ApiError::field(
             Code::InvalidField,
             "to",
-            format!("to must be after from, at most {} days", booking::MAX_HORIZON_DAYS),
+            format!("to must be after from, at most {MAX_WAITLIST_DAYS} days later"),
         ));
     }
     booking::check_instant("to", to, now)?;

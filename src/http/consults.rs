@@ -22,6 +22,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::consults::{self, Consult};
 use crate::error::ApiError;
+use crate::http::input::{Line, NonNegative};
 use crate::http::patients::{can_access_patient, path_id};
 use crate::http::resource;
 use crate::state::AppState;
@@ -42,15 +43,16 @@ pub struct CreateConsult {
 pub struct InviteBody {
     pub user_id: Uuid,
     /// `interpreter`, `family` or `clinician`.
-    pub role: String,
+    pub role: Line<1, 32>,
 }
 
 /// `POST /v1/consults/{id}/end`
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndBody {
+    /// Why, in a few words (default `host_ended`); shown to everyone in the room.
     #[serde(default)]
-    pub reason: Option<String>,
+    pub reason: Option<Line<0, 100>>,
 }
 
 /// A participant as the API shows it.
@@ -472,7 +474,7 @@ pub async fn end(
         None => EndBody::default(),
     };
     let c = hosted(&state, &req, &who, "consult.end").await?;
-    let reason = b.reason.unwrap_or_else(|| "host_ended".into()).chars().take(100).collect();
+    let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
     let r = consults::room(&state, &c).await?;
     r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(room_error)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
@@ -480,14 +482,19 @@ pub async fn end(
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
 }
 
-#[derive(Debug, Deserialize)]
-struct AfterQuery {
-    after: Option<i64>,
+/// Query of `GET /v1/consults/{id}/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AfterQuery {
+    /// Only events with a larger `seq` (default 0: from the start).
+    #[param(inline)]
+    pub after: Option<NonNegative>,
 }
 
 /// The room's event log in sequence order (host, admitted participants).
 #[utoipa::path(get, path = "/v1/consults/{id}/events", tag = "consults", security(("bearer" = ["consults:join"])),
-    params(("id" = Uuid, Path), ("after" = Option<i64>, Query, description = "only events with a larger seq")),
+    params(("id" = Uuid, Path), AfterQuery),
     responses((status = 200, description = "array of room events"), (status = 403, description = "not_admitted"), (status = 404)))]
 #[tracing::instrument(skip_all)]
 pub async fn events(
@@ -509,13 +516,12 @@ pub async fn events(
             return Err(ApiError::new(Code::NotAdmitted, "only admitted participants see the room's events"));
         }
     }
-    let q = web::Query::<AfterQuery>::from_query(req.query_string())
-        .map_err(|_| ApiError::new(Code::BadRequest, "bad query"))?;
+    let q: AfterQuery = crate::http::input::query(&req)?;
     let rows: Vec<serde_json::Value> = sqlx::query_scalar(
         "SELECT body FROM consult_events WHERE consult_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
     )
     .bind(c.id)
-    .bind(q.after.unwrap_or(0))
+    .bind(q.after.map_or(0, |a| a.get()))
     .fetch_all(&state.stores.pg)
     .await?;
     let events: Vec<RoomEvent> = rows.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();

@@ -15,6 +15,7 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, Authenticated, Permission, Principal};
 use crate::error::ApiError;
+use crate::http::input::{invalid, Date, Line, PageSize};
 use crate::http::patients::entries::{self, Kind, Stored};
 use crate::http::patients::{self, Patient, Scope, SearchParams};
 use crate::state::AppState;
@@ -378,17 +379,22 @@ pub async fn read_patient(state: web::Data<AppState>, req: HttpRequest) -> HttpR
 #[into_params(parameter_in = Query)]
 pub struct PatientSearch {
     /// Name words; accent- and typo-tolerant.
-    pub name: Option<String>,
+    #[param(inline)]
+    pub name: Option<Line<0, 100>>,
     /// `YYYY-MM-DD` (or `eqYYYY-MM-DD`).
-    pub birthdate: Option<String>,
+    #[param(inline)]
+    pub birthdate: Option<Line<1, 12>>,
     /// `system|value` or `value` (an MRN).
-    pub identifier: Option<String>,
-    /// Page size, 1-100 (default 20).
+    #[param(inline)]
+    pub identifier: Option<Line<1, 128>>,
+    /// Page size (default 20).
     #[serde(rename = "_count")]
-    pub count: Option<String>,
+    #[param(inline)]
+    pub count: Option<PageSize>,
     /// Continuation from a `next` link.
     #[serde(rename = "_cursor")]
-    pub cursor: Option<String>,
+    #[param(inline)]
+    pub cursor: Option<Line<1, 1024>>,
 }
 
 /// `GET /fhir/Patient`: a `searchset` Bundle with `total` and a `next` link.
@@ -402,18 +408,24 @@ pub async fn search_patients(state: web::Data<AppState>, req: HttpRequest) -> Ht
             let mrn = match q.identifier.as_deref() {
                 None => None,
                 Some(raw) => match raw.split_once('|') {
-                    Some((sys, v)) if sys.is_empty() || sys == mrn_system(patients::DEFAULT_ORG) => Some(v.to_string()),
+                    Some((sys, v)) if sys.is_empty() || sys == mrn_system(patients::DEFAULT_ORG) => Some(v),
                     Some(_) => {
                         return Err(ApiError::field(Code::InvalidField, "identifier", "unknown identifier system"))
                     }
-                    None => Some(raw.to_string()),
+                    None => Some(raw),
                 },
             };
+            let mrn = mrn.map(|m| Line::new(m).map_err(|why| invalid("identifier", why))).transpose()?;
+            let birth_date = q
+                .birthdate
+                .as_deref()
+                .map(|b| Date::parse(b.strip_prefix("eq").unwrap_or(b)).map_err(|why| invalid("birthdate", why)))
+                .transpose()?;
             let params = patients::search_params(
                 &state,
                 patients::SearchQuery {
                     name: q.name,
-                    birth_date: q.birthdate.map(|b| b.strip_prefix("eq").map(str::to_string).unwrap_or(b)),
+                    birth_date,
                     mrn,
                     limit: q.count,
                     cursor: q.cursor,
@@ -472,7 +484,8 @@ pub async fn search_patients(state: web::Data<AppState>, req: HttpRequest) -> Ht
 #[into_params(parameter_in = Query)]
 pub struct ByPatient {
     /// The patient's id (or `Patient/{id}`).
-    pub patient: Option<String>,
+    #[param(inline)]
+    pub patient: Option<Line<1, 64>>,
 }
 
 async fn by_patient(

@@ -6,6 +6,7 @@ pub mod booking;
 pub mod consults;
 pub mod fhir;
 pub mod health;
+pub mod input;
 pub mod json;
 pub mod measurements;
 pub mod pages;

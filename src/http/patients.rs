@@ -24,20 +24,14 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::error::ApiError;
+use crate::http::input::{at_most, Date, Email, Line, PageSize, PersonName, Phone, Text};
 use crate::state::AppState;
 
 pub use entries::has_scan_consent;
 pub use seed::seed_patients;
 
-/// Longest name part, in characters.
-pub const MAX_NAME: usize = 100;
-/// Longest short free-text field (gender identity, address line, …).
-pub const MAX_TEXT: usize = 200;
-/// Longest free-text note.
-pub const MAX_NOTES: usize = 4000;
-/// Search page size bounds.
+/// Search page size when none is asked for (the bound is [`PageSize`]).
 pub const DEFAULT_LIMIT: i64 = 20;
-pub const MAX_LIMIT: i64 = 100;
 /// The organisation MRNs are unique within (single-tenant for now).
 pub const DEFAULT_ORG: &str = "default";
 
@@ -76,7 +70,23 @@ impl Sex {
     }
 }
 
-/// A postal address.
+/// An address as a request sends it: at most 3 street lines, each one line.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressInput {
+    /// Street lines.
+    #[serde(default, deserialize_with = "at_most::<3, _, _>")]
+    #[schema(max_items = 3)]
+    pub lines: Vec<Line<1, 200>>,
+    pub city: Option<Line<0, 200>>,
+    /// State, province or county.
+    pub region: Option<Line<0, 200>>,
+    pub postal_code: Option<Line<0, 16>>,
+    /// ISO 3166-1 alpha-2 (`GB`, `US`).
+    pub country: Option<Line<0, 2>>,
+}
+
+/// A postal address, as stored and answered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Address {
@@ -95,27 +105,27 @@ pub struct Address {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePatient {
-    pub given_name: String,
-    pub family_name: String,
-    pub middle_name: Option<String>,
-    pub prefix: Option<String>,
-    pub suffix: Option<String>,
+    pub given_name: PersonName,
+    pub family_name: PersonName,
+    pub middle_name: Option<PersonName>,
+    pub prefix: Option<PersonName>,
+    pub suffix: Option<PersonName>,
     /// `YYYY-MM-DD`, 1900 to today.
     #[schema(value_type = String, format = Date)]
     pub birth_date: NaiveDate,
     pub sex: Option<Sex>,
-    pub gender_identity: Option<String>,
+    pub gender_identity: Option<Line<0, 100>>,
     /// BCP 47 tag (`en`, `pt-BR`).
-    pub preferred_language: Option<String>,
-    pub phone: Option<String>,
-    pub email: Option<String>,
-    pub address: Option<Address>,
-    /// Medical record number, unique within the organisation.
-    pub mrn: Option<String>,
-    /// Stored encrypted.
-    pub national_id: Option<String>,
+    pub preferred_language: Option<Line<1, 64>>,
+    pub phone: Option<Phone>,
+    pub email: Option<Email>,
+    pub address: Option<AddressInput>,
+    /// Medical record number (1–32 letters, digits or `-`), unique within the organisation.
+    pub mrn: Option<Line<1, 32>>,
+    /// 1–32 letters, digits, spaces or `-`; stored encrypted.
+    pub national_id: Option<Line<1, 32>>,
     /// Free-text clinical notes; stored encrypted.
-    pub notes: Option<String>,
+    pub notes: Option<Text<0, 4000>>,
 }
 
 /// A field in a PATCH body: absent (unchanged), `null` (cleared) or a value.
@@ -152,36 +162,36 @@ impl<T> Patch<T> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdatePatient {
-    #[schema(value_type = Option<String>)]
-    pub given_name: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub family_name: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub middle_name: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub prefix: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub suffix: Patch<String>,
+    #[schema(value_type = Option<PersonName>)]
+    pub given_name: Patch<PersonName>,
+    #[schema(value_type = Option<PersonName>)]
+    pub family_name: Patch<PersonName>,
+    #[schema(value_type = Option<PersonName>)]
+    pub middle_name: Patch<PersonName>,
+    #[schema(value_type = Option<PersonName>)]
+    pub prefix: Patch<PersonName>,
+    #[schema(value_type = Option<PersonName>)]
+    pub suffix: Patch<PersonName>,
     #[schema(value_type = Option<String>, format = Date)]
     pub birth_date: Patch<NaiveDate>,
     #[schema(value_type = Option<Sex>)]
     pub sex: Patch<Sex>,
-    #[schema(value_type = Option<String>)]
-    pub gender_identity: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub preferred_language: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub phone: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub email: Patch<String>,
-    #[schema(value_type = Option<Address>)]
-    pub address: Patch<Address>,
-    #[schema(value_type = Option<String>)]
-    pub mrn: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub national_id: Patch<String>,
-    #[schema(value_type = Option<String>)]
-    pub notes: Patch<String>,
+    #[schema(value_type = Option<Line<0, 100>>)]
+    pub gender_identity: Patch<Line<0, 100>>,
+    #[schema(value_type = Option<Line<1, 64>>)]
+    pub preferred_language: Patch<Line<1, 64>>,
+    #[schema(value_type = Option<Phone>)]
+    pub phone: Patch<Phone>,
+    #[schema(value_type = Option<Email>)]
+    pub email: Patch<Email>,
+    #[schema(value_type = Option<AddressInput>)]
+    pub address: Patch<AddressInput>,
+    #[schema(value_type = Option<Line<1, 32>>)]
+    pub mrn: Patch<Line<1, 32>>,
+    #[schema(value_type = Option<Line<1, 32>>)]
+    pub national_id: Patch<Line<1, 32>>,
+    #[schema(value_type = Option<Text<0, 4000>>)]
+    pub notes: Patch<Text<0, 4000>>,
 }
 
 impl UpdatePatient {
@@ -310,42 +320,6 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<Option<Patient>, ApiErro
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-/// Trims and bounds a required text field.
-pub fn text(raw: &str, field: &str, max: usize) -> Result<String, ApiError> {
-    let s = raw.trim();
-    if s.is_empty() {
-        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must not be empty")));
-    }
-    if s.chars().count() > max {
-        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must be at most {max} characters")));
-    }
-    if s.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            field,
-            format!("`{field}` must not contain control characters"),
-        ));
-    }
-    Ok(s.to_string())
-}
-
-/// An optional text field; an empty string counts as absent.
-pub fn opt_text(raw: Option<&str>, field: &str, max: usize) -> Result<Option<String>, ApiError> {
-    match raw.map(str::trim) {
-        None | Some("") => Ok(None),
-        Some(s) => text(s, field, max).map(Some),
-    }
-}
-
-/// A single-line name part.
-fn name_part(raw: &str, field: &str) -> Result<String, ApiError> {
-    let s = text(raw, field, MAX_NAME)?;
-    if s.contains(['\n', '\t']) {
-        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must be one line")));
-    }
-    Ok(s)
-}
-
 /// A real birth date between 1900-01-01 and today.
 pub fn birth_date(d: NaiveDate, today: NaiveDate, field: &str) -> Result<NaiveDate, ApiError> {
     let min = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(today);
@@ -417,17 +391,8 @@ fn national_id(raw: &str, field: &str) -> Result<String, ApiError> {
     Ok(s.to_string())
 }
 
-fn address(a: Address, field: &str) -> Result<Address, ApiError> {
-    if a.lines.len() > 3 {
-        return Err(ApiError::field(Code::InvalidField, format!("{field}.lines"), "at most 3 address lines"));
-    }
-    let lines = a
-        .lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| text(l, &format!("{field}.lines[{i}]"), MAX_TEXT))
-        .collect::<Result<Vec<_>, _>>()?;
-    let country = match opt_text(a.country.as_deref(), &format!("{field}.country"), 2)? {
+fn address(a: AddressInput, field: &str) -> Result<Address, ApiError> {
+    let country = match a.country.and_then(Line::non_empty) {
         Some(c) if c.len() == 2 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => Some(c.to_ascii_uppercase()),
         Some(_) => {
             return Err(ApiError::field(
@@ -439,10 +404,10 @@ fn address(a: Address, field: &str) -> Result<Address, ApiError> {
         None => None,
     };
     Ok(Address {
-        lines,
-        city: opt_text(a.city.as_deref(), &format!("{field}.city"), MAX_TEXT)?,
-        region: opt_text(a.region.as_deref(), &format!("{field}.region"), MAX_TEXT)?,
-        postal_code: opt_text(a.postal_code.as_deref(), &format!("{field}.postal_code"), 16)?,
+        lines: a.lines.into_iter().map(Line::into_inner).collect(),
+        city: a.city.and_then(Line::non_empty),
+        region: a.region.and_then(Line::non_empty),
+        postal_code: a.postal_code.and_then(Line::non_empty),
         country,
     })
 }
@@ -490,14 +455,14 @@ impl Profile {
 
     fn from_create(c: CreatePatient, today: NaiveDate) -> Result<Self, ApiError> {
         Ok(Self {
-            given_name: name_part(&c.given_name, "given_name")?,
-            family_name: name_part(&c.family_name, "family_name")?,
-            middle_name: c.middle_name.as_deref().map(|s| name_part(s, "middle_name")).transpose()?,
-            prefix: c.prefix.as_deref().map(|s| name_part(s, "prefix")).transpose()?,
-            suffix: c.suffix.as_deref().map(|s| name_part(s, "suffix")).transpose()?,
+            given_name: c.given_name.into_inner(),
+            family_name: c.family_name.into_inner(),
+            middle_name: c.middle_name.map(Line::into_inner),
+            prefix: c.prefix.map(Line::into_inner),
+            suffix: c.suffix.map(Line::into_inner),
             birth_date: birth_date(c.birth_date, today, "birth_date")?,
             sex: c.sex.unwrap_or(Sex::Unknown),
-            gender_identity: opt_text(c.gender_identity.as_deref(), "gender_identity", MAX_NAME)?,
+            gender_identity: c.gender_identity.and_then(Line::non_empty),
             preferred_language: c
                 .preferred_language
                 .as_deref()
@@ -508,7 +473,7 @@ impl Profile {
             address: c.address.map(|a| address(a, "address")).transpose()?,
             mrn: c.mrn.as_deref().map(|s| mrn(s, "mrn")).transpose()?,
             national_id: c.national_id.as_deref().map(|s| national_id(s, "national_id")).transpose()?,
-            notes: opt_text(c.notes.as_deref(), "notes", MAX_NOTES)?,
+            notes: c.notes.and_then(Text::non_empty),
         })
     }
 
@@ -534,10 +499,10 @@ impl Profile {
             Ok(())
         }
         if let Some(v) = required(p.given_name, "given_name")? {
-            self.given_name = name_part(&v, "given_name")?;
+            self.given_name = v.into_inner();
         }
         if let Some(v) = required(p.family_name, "family_name")? {
-            self.family_name = name_part(&v, "family_name")?;
+            self.family_name = v.into_inner();
         }
         if let Some(v) = required(p.birth_date, "birth_date")? {
             self.birth_date = birth_date(v, today, "birth_date")?;
@@ -547,17 +512,17 @@ impl Profile {
             Patch::Null => self.sex = Sex::Unknown,
             Patch::Value(s) => self.sex = s,
         }
-        optional(&mut self.middle_name, p.middle_name, |s| name_part(&s, "middle_name").map(Some))?;
-        optional(&mut self.prefix, p.prefix, |s| name_part(&s, "prefix").map(Some))?;
-        optional(&mut self.suffix, p.suffix, |s| name_part(&s, "suffix").map(Some))?;
-        optional(&mut self.gender_identity, p.gender_identity, |s| opt_text(Some(&s), "gender_identity", MAX_NAME))?;
+        optional(&mut self.middle_name, p.middle_name, |s| Ok(Some(s.into_inner())))?;
+        optional(&mut self.prefix, p.prefix, |s| Ok(Some(s.into_inner())))?;
+        optional(&mut self.suffix, p.suffix, |s| Ok(Some(s.into_inner())))?;
+        optional(&mut self.gender_identity, p.gender_identity, |s| Ok(s.non_empty()))?;
         optional(&mut self.preferred_language, p.preferred_language, |s| language(&s, "preferred_language").map(Some))?;
         optional(&mut self.phone, p.phone, |s| phone(&s, "phone").map(Some))?;
         optional(&mut self.email, p.email, |s| crate::http::auth::normalise_email(&s, "email").map(Some))?;
         optional(&mut self.address, p.address, |a| address(a, "address").map(Some))?;
         optional(&mut self.mrn, p.mrn, |s| mrn(&s, "mrn").map(Some))?;
         optional(&mut self.national_id, p.national_id, |s| national_id(&s, "national_id").map(Some))?;
-        optional(&mut self.notes, p.notes, |s| opt_text(Some(&s), "notes", MAX_NOTES))?;
+        optional(&mut self.notes, p.notes, |s| Ok(s.non_empty()))?;
         Ok(())
     }
 }
@@ -990,65 +955,51 @@ pub fn decode_cursor(state: &AppState, raw: &str, field: &str) -> Result<(String
 }
 
 /// Query string of `GET /v1/patients`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Name words (accent- and typo-tolerant).
-    pub name: Option<String>,
+    #[param(inline)]
+    pub name: Option<Line<0, 100>>,
     /// `YYYY-MM-DD`
-    pub birth_date: Option<String>,
-    pub mrn: Option<String>,
-    /// 1-100 (default 20).
-    pub limit: Option<String>,
+    #[param(inline)]
+    pub birth_date: Option<Date>,
+    #[param(inline)]
+    pub mrn: Option<Line<1, 32>>,
+    /// Page size (default 20).
+    #[param(inline)]
+    pub limit: Option<PageSize>,
     /// `next_cursor` of the previous page.
-    pub cursor: Option<String>,
+    #[param(inline)]
+    pub cursor: Option<Line<1, 1024>>,
     /// Include deactivated records (default false).
     pub include_inactive: Option<bool>,
 }
 
 /// Parses a query string after authorisation, naming the offending parameter.
 pub fn parse_query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
-    web::Query::<T>::from_query(req.query_string()).map(|q| q.into_inner()).map_err(|e| {
-        let msg = e.to_string();
-        let field = msg.split('`').nth(1).map(str::to_string);
-        match field {
-            Some(f) if msg.contains("unknown field") => {
-                ApiError::field(Code::UnknownField, f.clone(), format!("unknown query parameter `{f}`"))
-            }
-            Some(f) => ApiError::field(Code::InvalidField, f, msg.clone()),
-            None => ApiError::new(Code::BadRequest, msg),
-        }
-    })
+    crate::http::input::query(req)
 }
 
 /// Validates `GET /v1/patients` parameters.
 pub fn search_params(state: &AppState, q: SearchQuery) -> Result<SearchParams, ApiError> {
-    let name = opt_text(q.name.as_deref(), "name", MAX_NAME)?;
+    let name = q.name.and_then(Line::non_empty);
     if let Some(n) = &name {
         if name_words(n).is_empty() {
             return Err(ApiError::field(Code::InvalidField, "name", "`name` needs at least one letter"));
         }
     }
-    let birth_date = q
-        .birth_date
-        .as_deref()
-        .map(|s| {
-            NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
-                ApiError::field(Code::InvalidField, "birth_date", "`birth_date` must be a real YYYY-MM-DD date")
-            })
-        })
-        .transpose()?;
     let mrn = q.mrn.as_deref().map(|s| mrn(s, "mrn")).transpose()?;
-    let limit =
-        match q.limit.as_deref() {
-            None => DEFAULT_LIMIT,
-            Some(s) => s.parse::<i64>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
-                ApiError::field(Code::InvalidField, "limit", format!("`limit` must be 1-{MAX_LIMIT}"))
-            })?,
-        };
     let after = q.cursor.as_deref().map(|c| decode_cursor(state, c, "cursor")).transpose()?;
-    Ok(SearchParams { name, birth_date, mrn, include_inactive: q.include_inactive.unwrap_or(false), limit, after })
+    Ok(SearchParams {
+        name,
+        birth_date: q.birth_date.map(Date::get),
+        mrn,
+        include_inactive: q.include_inactive.unwrap_or(false),
+        limit: q.limit.map_or(DEFAULT_LIMIT, |l| l.get()),
+        after,
+    })
 }
 
 /// `GET /v1/patients`: search by name, birth date and MRN, ordered by name, keyset-paginated.

@@ -14,13 +14,9 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require};
 use crate::error::ApiError;
+use crate::http::input::{Int, Line};
 use crate::state::AppState;
 use crate::store::scans::{self, NewScan, ScanRecord};
-
-/// Longest `body_site`, in characters.
-pub const MAX_BODY_SITE_CHARS: usize = 100;
-/// Most scans one list call returns.
-pub const MAX_LIST: i64 = 200;
 
 /// `POST /v1/scans` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -28,9 +24,8 @@ pub const MAX_LIST: i64 = 200;
 pub struct CreateScan {
     /// The patient being scanned.
     pub patient_id: Uuid,
-    /// Where the wound is, e.g. `left heel` or a SNOMED CT body-structure code
-    /// (1–100 characters, no control characters).
-    pub body_site: String,
+    /// Where the wound is, e.g. `left heel` or a SNOMED CT body-structure code.
+    pub body_site: Line<1, 100>,
     /// The consult the scan is taken in, if any.
     #[serde(default)]
     pub consult_id: Option<Uuid>,
@@ -46,21 +41,9 @@ pub struct ScanList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// At most this many (1–200, default 50), newest first.
-    pub limit: Option<i64>,
-}
-
-fn body_site(raw: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    let n = s.chars().count();
-    if n == 0 || n > MAX_BODY_SITE_CHARS || s.chars().any(char::is_control) {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            "body_site",
-            format!("body_site must be 1-{MAX_BODY_SITE_CHARS} characters without control characters"),
-        ));
-    }
-    Ok(s.to_string())
+    /// At most this many (default 50), newest first.
+    #[param(inline)]
+    pub limit: Option<Int<1, 200>>,
 }
 
 /// Refuses with `consent_required` unless the patient's newest scan-capture consent
@@ -115,7 +98,7 @@ pub async fn create(
     body: crate::http::Json<CreateScan>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
-    let site = body_site(&body.body_site)?;
+    let site = body.body_site.into_inner();
     crate::http::patients::require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
     require_scan_consent(&state, body.patient_id).await?;
     let consult = match body.consult_id {
@@ -171,13 +154,10 @@ pub async fn list_for_patient(
     req: HttpRequest,
     who: Require<perm::ScansRead>,
     id: web::Path<Uuid>,
-    query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let patient_id = id.into_inner();
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=MAX_LIST).contains(&limit) {
-        return Err(ApiError::field(Code::InvalidField, "limit", format!("limit must be 1-{MAX_LIST}")));
-    }
+    let query: ListQuery = crate::http::input::query(&req)?;
+    let limit = query.limit.map_or(50, |l| l.get());
     crate::http::patients::require_access(&state, &req, &who, patient_id, "scan.list").await?;
     let list = scans::list_for_patient(&state.stores.pg, patient_id, limit).await?;
     auth::audit(
@@ -190,19 +170,4 @@ pub async fn list_for_patient(
     )
     .await?;
     Ok(HttpResponse::Ok().json(ScanList { scans: list }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn body_sites_are_bounded_and_trimmed() {
-        assert_eq!(body_site("  left heel ").unwrap(), "left heel");
-        assert!(body_site("").is_err());
-        assert!(body_site("   ").is_err());
-        assert!(body_site(&"x".repeat(101)).is_err());
-        assert!(body_site("a\nb").is_err());
-        assert_eq!(body_site(&"é".repeat(100)).unwrap().chars().count(), 100);
-    }
 }

@@ -11,6 +11,7 @@ static ALLOC: coherency::alloc::CountingAlloc = coherency::alloc::CountingAlloc;
 
 mod audit;
 mod auth;
+mod bad_input;
 mod booking;
 mod bounded_work;
 mod browser;

@@ -3,7 +3,7 @@
 //! search by patient, practitioner, date). Errors are `OperationOutcome`s.
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
-use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use coherency_protocol::Code;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -14,6 +14,7 @@ use crate::auth::{self, perm, Require};
 use crate::booking::{self, Appointment};
 use crate::error::ApiError;
 use crate::http::fhir::{outcome, FHIR_JSON};
+use crate::http::input::{invalid, Date, Instant, Line};
 use crate::http::patients::{parse_query, path_id};
 use crate::state::AppState;
 
@@ -118,12 +119,14 @@ pub async fn read_schedule(state: web::Data<AppState>, req: HttpRequest) -> Http
 #[into_params(parameter_in = Query)]
 pub struct SlotSearch {
     /// `Schedule/{clinician id}` or the id.
-    pub schedule: String,
+    #[param(inline)]
+    pub schedule: Line<1, 64>,
     /// Appointment type id (`service-type`).
     #[serde(rename = "service-type")]
     pub service_type: Uuid,
     /// A day, `YYYY-MM-DD` (UTC): at most 366 days before and 761 days after today.
-    pub start: NaiveDate,
+    #[param(inline)]
+    pub start: Date,
 }
 
 /// `GET /fhir/Slot?schedule=&service-type=&start=`: the day's slots, free or busy
@@ -136,7 +139,7 @@ pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpR
             Require::<perm::BookingsRead>::extract(&req).await?;
             let q: SlotSearch = parse_query(&req)?;
             // The day sizes slot generation (and a date near chrono's limits would overflow).
-            booking::check_day("start", q.start, state.clock.now())?;
+            booking::check_day("start", q.start.get(), state.clock.now())?;
             let cid: Uuid = q
                 .schedule
                 .trim_start_matches("Schedule/")
@@ -147,7 +150,7 @@ pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpR
                 .await?
                 .filter(|t| t.clinician_id == cid)
                 .ok_or_else(ApiError::not_found)?;
-            let from = q.start.and_time(chrono::NaiveTime::MIN).and_utc();
+            let from = q.start.get().and_time(chrono::NaiveTime::MIN).and_utc();
             let to = from + Duration::days(1);
             let now = state.clock.now();
             let cands = booking::candidate_slots(&sched, &ty, from, to, now);
@@ -203,21 +206,23 @@ pub async fn read_appointment(state: web::Data<AppState>, req: HttpRequest) -> H
 #[into_params(parameter_in = Query)]
 pub struct AppointmentSearch {
     /// `Patient/{id}` or the id.
-    pub patient: Option<String>,
+    #[param(inline)]
+    pub patient: Option<Line<1, 64>>,
     /// `Practitioner/{id}` or the id.
-    pub practitioner: Option<String>,
-    /// A day, `YYYY-MM-DD` (UTC).
-    pub date: Option<NaiveDate>,
+    #[param(inline)]
+    pub practitioner: Option<Line<1, 64>>,
+    /// A day (UTC).
+    #[param(inline)]
+    pub date: Option<Date>,
 }
 
-fn reference(field: &str, kind: &str, v: &Option<String>) -> Result<Option<Uuid>, ApiError> {
-    v.as_deref()
-        .map(|s| {
-            s.trim_start_matches(&format!("{kind}/"))
-                .parse()
-                .map_err(|_| ApiError::field(Code::InvalidField, field, format!("{kind}/{{id}}")))
-        })
-        .transpose()
+fn reference(field: &str, kind: &str, v: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    v.map(|s| {
+        s.trim_start_matches(&format!("{kind}/"))
+            .parse()
+            .map_err(|_| ApiError::field(Code::InvalidField, field, format!("{kind}/{{id}}")))
+    })
+    .transpose()
 }
 
 /// `GET /fhir/Appointment?patient=&practitioner=&date=`
@@ -228,12 +233,13 @@ pub async fn search_appointments(state: web::Data<AppState>, req: HttpRequest) -
         async {
             let who = Require::<perm::BookingsRead>::extract(&req).await?;
             let q: AppointmentSearch = parse_query(&req)?;
-            let from = q.date.map(|d| d.and_time(chrono::NaiveTime::MIN).and_utc().fixed_offset());
+            let from = q.date.map(|d| d.get().and_time(chrono::NaiveTime::MIN).and_utc().fixed_offset());
+            let day = |t| Instant::new(t).map_err(|why| invalid("date", why));
             let aq = super::AppointmentQuery {
-                patient: reference("patient", "Patient", &q.patient)?,
-                clinician: reference("practitioner", "Practitioner", &q.practitioner)?,
-                from,
-                to: from.map(|f| f + Duration::days(1)),
+                patient: reference("patient", "Patient", q.patient.as_deref())?,
+                clinician: reference("practitioner", "Practitioner", q.practitioner.as_deref())?,
+                from: from.map(day).transpose()?,
+                to: from.map(|f| day(f + Duration::days(1))).transpose()?,
             };
             let found = super::search(&state, &req, &who, &aq).await?;
             auth::audit(
@@ -262,15 +268,26 @@ fn slot_reference(v: &Value) -> Result<(Uuid, DateTime<Utc>), ApiError> {
     Ok((ty, start))
 }
 
+/// Most participants a `$book` Appointment may list.
+pub const MAX_PARTICIPANTS: usize = 2;
+
 /// The `Patient/{id}` and `Practitioner/{id}` participants named in an Appointment.
 fn participants(v: &Value) -> Result<(Option<Uuid>, Option<Uuid>), ApiError> {
     let (mut patient, mut practitioner) = (None, None);
-    for p in v["participant"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    let all = v["participant"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if all.len() > MAX_PARTICIPANTS {
+        return Err(ApiError::field(
+            Code::InvalidField,
+            "participant",
+            format!("at most {MAX_PARTICIPANTS} participants (a Patient and a Practitioner)"),
+        ));
+    }
+    for p in all {
         let r = p["actor"]["reference"].as_str().unwrap_or_default();
         if r.starts_with("Patient/") {
-            patient = reference("participant", "Patient", &Some(r.to_string()))?;
+            patient = reference("participant", "Patient", Some(r))?;
         } else if r.starts_with("Practitioner/") {
-            practitioner = reference("participant", "Practitioner", &Some(r.to_string()))?;
+            practitioner = reference("participant", "Practitioner", Some(r))?;
         } else {
             return Err(ApiError::field(
                 Code::InvalidField,
@@ -294,8 +311,7 @@ pub async fn book(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
     respond(
         async {
             let who = Require::<perm::BookingsWrite>::extract(&req).await?;
-            let v: Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::new(Code::MalformedJson, format!("the body is not JSON: {e}")))?;
+            let v: Value = crate::http::json::parse(&body)?;
             if v["resourceType"] != "Appointment" {
                 return Err(ApiError::field(Code::InvalidField, "resourceType", "must be Appointment"));
             }
@@ -320,8 +336,8 @@ pub async fn book(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
                     "the Practitioner does not own this slot",
                 ));
             }
-            let b =
-                super::CreateAppointment { patient_id, clinician_id, type_id, start: start.fixed_offset(), confirm };
+            let start = Instant::new(start.fixed_offset()).map_err(|why| invalid("slot", why))?;
+            let b = super::CreateAppointment { patient_id, clinician_id, type_id, start, confirm };
             let key = super::idempotency_key(&req)?;
             let (a, replayed) = super::place(&state, &req, &who, b, key).await?;
             let body = appointment_resource(&a).to_string();

@@ -15,10 +15,11 @@ use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{etag, if_match, opt_text, past_date, path_id, phone, require_access, text, MAX_TEXT};
+use super::{etag, if_match, past_date, path_id, phone, require_access};
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::error::ApiError;
+use crate::http::input::{invalid, Date, Email, Line, PersonName, Phone};
 use crate::state::AppState;
 
 /// The kinds of entry, with their table value and URL segment.
@@ -78,9 +79,9 @@ pub enum AllergyStatus {
 #[serde(deny_unknown_fields)]
 pub struct Allergy {
     /// What the patient reacts to (`penicillin`, `latex`).
-    pub substance: String,
+    pub substance: Line<1, 200>,
     /// The reaction observed (`hives`).
-    pub reaction: Option<String>,
+    pub reaction: Option<Line<0, 200>>,
     pub severity: Option<Severity>,
     #[serde(default)]
     pub status: AllergyStatus,
@@ -92,8 +93,7 @@ impl Entry for Allergy {
     const KIND: Kind = Kind::Allergy;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
         Ok(Self {
-            substance: text(&self.substance, "substance", MAX_TEXT)?,
-            reaction: opt_text(self.reaction.as_deref(), "reaction", MAX_TEXT)?,
+            reaction: self.reaction.filter(|r| !r.is_empty()),
             onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?,
             ..self
         })
@@ -127,18 +127,16 @@ impl MedicationStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Medication {
-    pub name: String,
+    pub name: Line<1, 200>,
     /// Free-text dosage (`500 mg twice daily`).
-    pub dosage: Option<String>,
+    pub dosage: Option<Line<0, 200>>,
     #[serde(default)]
     pub status: MedicationStatus,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub start_date: Option<NaiveDate>,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub end_date: Option<NaiveDate>,
+    pub start_date: Option<Date>,
+    pub end_date: Option<Date>,
 }
 
-fn period(start: Option<NaiveDate>, end: Option<NaiveDate>) -> Result<(), ApiError> {
+fn period(start: Option<Date>, end: Option<Date>) -> Result<(), ApiError> {
     if let (Some(s), Some(e)) = (start, end) {
         if e < s {
             return Err(ApiError::field(Code::InvalidField, "end_date", "`end_date` must not be before `start_date`"));
@@ -151,11 +149,7 @@ impl Entry for Medication {
     const KIND: Kind = Kind::Medication;
     fn validate(self, _today: NaiveDate) -> Result<Self, ApiError> {
         period(self.start_date, self.end_date)?;
-        Ok(Self {
-            name: text(&self.name, "name", MAX_TEXT)?,
-            dosage: opt_text(self.dosage.as_deref(), "dosage", MAX_TEXT)?,
-            ..self
-        })
+        Ok(Self { dosage: self.dosage.filter(|d| !d.is_empty()), ..self })
     }
 }
 
@@ -176,9 +170,9 @@ pub enum ConditionStatus {
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// Human description (`Type 2 diabetes mellitus`).
-    pub description: String,
-    /// Optional SNOMED CT concept id.
-    pub snomed_code: Option<String>,
+    pub description: Line<1, 200>,
+    /// Optional SNOMED CT concept id (6–18 digits).
+    pub snomed_code: Option<Line<6, 18>>,
     #[serde(default)]
     pub clinical_status: ConditionStatus,
     #[schema(value_type = Option<String>, format = Date)]
@@ -193,11 +187,7 @@ impl Entry for Condition {
                 return Err(ApiError::field(Code::InvalidField, "snomed_code", "`snomed_code` must be 6-18 digits"));
             }
         }
-        Ok(Self {
-            description: text(&self.description, "description", MAX_TEXT)?,
-            onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?,
-            ..self
-        })
+        Ok(Self { onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?, ..self })
     }
 }
 
@@ -214,16 +204,14 @@ pub enum CoverageStatus {
 #[serde(deny_unknown_fields)]
 pub struct Coverage {
     /// The insurer.
-    pub payer: String,
-    pub member_id: String,
-    pub group_number: Option<String>,
-    pub plan_name: Option<String>,
+    pub payer: Line<1, 200>,
+    pub member_id: Line<1, 64>,
+    pub group_number: Option<Line<0, 64>>,
+    pub plan_name: Option<Line<0, 200>>,
     #[serde(default)]
     pub status: CoverageStatus,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub start_date: Option<NaiveDate>,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub end_date: Option<NaiveDate>,
+    pub start_date: Option<Date>,
+    pub end_date: Option<Date>,
 }
 
 impl Entry for Coverage {
@@ -231,10 +219,8 @@ impl Entry for Coverage {
     fn validate(self, _today: NaiveDate) -> Result<Self, ApiError> {
         period(self.start_date, self.end_date)?;
         Ok(Self {
-            payer: text(&self.payer, "payer", MAX_TEXT)?,
-            member_id: text(&self.member_id, "member_id", 64)?,
-            group_number: opt_text(self.group_number.as_deref(), "group_number", 64)?,
-            plan_name: opt_text(self.plan_name.as_deref(), "plan_name", MAX_TEXT)?,
+            group_number: self.group_number.filter(|g| !g.is_empty()),
+            plan_name: self.plan_name.filter(|p| !p.is_empty()),
             ..self
         })
     }
@@ -257,12 +243,12 @@ pub enum Relationship {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
-    pub name: String,
+    pub name: PersonName,
     pub relationship: Relationship,
     #[serde(default)]
     pub emergency: bool,
-    pub phone: Option<String>,
-    pub email: Option<String>,
+    pub phone: Option<Phone>,
+    pub email: Option<Email>,
 }
 
 impl Entry for Contact {
@@ -271,10 +257,16 @@ impl Entry for Contact {
         if self.phone.is_none() && self.email.is_none() {
             return Err(ApiError::field(Code::InvalidField, "phone", "a contact needs a `phone` or an `email`"));
         }
+        fn relined<const MIN: usize, const MAX: usize>(field: &str, v: String) -> Result<Line<MIN, MAX>, ApiError> {
+            Line::new(v).map_err(|why| invalid(field, why))
+        }
         Ok(Self {
-            name: text(&self.name, "name", super::MAX_NAME)?,
-            phone: self.phone.as_deref().map(|p| phone(p, "phone")).transpose()?,
-            email: self.email.as_deref().map(|e| crate::http::auth::normalise_email(e, "email")).transpose()?,
+            phone: self.phone.as_deref().map(|p| phone(p, "phone").and_then(|p| relined("phone", p))).transpose()?,
+            email: self
+                .email
+                .as_deref()
+                .map(|e| crate::http::auth::normalise_email(e, "email").and_then(|e| relined("email", e)))
+                .transpose()?,
             ..self
         })
     }
@@ -300,8 +292,8 @@ pub enum ConsentStatus {
 pub struct Consent {
     pub scope: ConsentScope,
     pub status: ConsentStatus,
-    /// The version of the consent text agreed to (`2026-01`).
-    pub version: String,
+    /// The version of the consent text agreed to (`2026-01`): letters, digits, `.`, `_`, `-`.
+    pub version: Line<1, 32>,
     /// When it was given or withdrawn (default today).
     #[schema(value_type = Option<String>, format = Date)]
     pub date: Option<NaiveDate>,
@@ -310,15 +302,14 @@ pub struct Consent {
 impl Entry for Consent {
     const KIND: Kind = Kind::Consent;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
-        let v = self.version.trim();
-        if v.is_empty() || v.len() > 32 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if !self.version.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(ApiError::field(
                 Code::InvalidField,
                 "version",
                 "`version` must be 1-32 letters, digits, . _ or -",
             ));
         }
-        Ok(Self { version: v.to_string(), date: Some(past_date(self.date.unwrap_or(today), today, "date")?), ..self })
+        Ok(Self { date: Some(past_date(self.date.unwrap_or(today), today, "date")?), ..self })
     }
 }
 
@@ -758,7 +749,8 @@ pub struct CareTeamMember {
 #[serde(deny_unknown_fields)]
 pub struct AddCareTeam {
     pub clinician_id: Uuid,
-    pub role: Option<String>,
+    /// `primary`, `clinician`, `nurse`, … (default `clinician`).
+    pub role: Option<Line<0, 50>>,
 }
 
 /// The care team of a patient.
@@ -813,7 +805,7 @@ pub async fn add_care_team(
         return Err(ApiError::new(Code::Forbidden, "your care team is managed by the clinic"));
     }
     let body = body.parse()?;
-    let role = opt_text(body.role.as_deref(), "role", 50)?.unwrap_or_else(|| "clinician".into());
+    let role = body.role.and_then(Line::non_empty).unwrap_or_else(|| "clinician".into());
     let ok: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician' AND disabled_at IS NULL)",
     )

@@ -8,7 +8,13 @@ use super::entries::{
     CoverageStatus, Medication, MedicationStatus, Relationship, Severity,
 };
 use super::{Address, DEFAULT_ORG};
+use crate::http::input::{Date, Line};
 use crate::state::AppState;
+
+/// Demo text held to the same bounds as text from a request.
+fn line<const MIN: usize, const MAX: usize>(s: impl Into<String>) -> anyhow::Result<Line<MIN, MAX>> {
+    Line::new(s).map_err(|why| anyhow::anyhow!("demo text {why}"))
+}
 
 struct Demo {
     mrn: &'static str,
@@ -151,8 +157,8 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             pg,
             id,
             &Allergy {
-                substance: "Penicillin".into(),
-                reaction: Some("Hives".into()),
+                substance: line("Penicillin")?,
+                reaction: Some(line("Hives")?),
                 severity: Some(Severity::Moderate),
                 status: AllergyStatus::Active,
                 onset_date: NaiveDate::from_ymd_opt(2010, 6, 1),
@@ -166,10 +172,10 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             pg,
             id,
             &Medication {
-                name: "Metformin".into(),
-                dosage: Some("500 mg twice daily".into()),
+                name: line("Metformin")?,
+                dosage: Some(line("500 mg twice daily")?),
                 status: MedicationStatus::Active,
-                start_date: since,
+                start_date: since.map(Date::try_from).transpose().map_err(anyhow::Error::msg)?,
                 end_date: None,
             },
             None,
@@ -181,8 +187,8 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             pg,
             id,
             &Condition {
-                description: "Venous leg ulcer".into(),
-                snomed_code: Some("402863005".into()),
+                description: line("Venous leg ulcer")?,
+                snomed_code: Some(line("402863005")?),
                 clinical_status: ConditionStatus::Active,
                 onset_date: since,
             },
@@ -195,12 +201,15 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             pg,
             id,
             &Coverage {
-                payer: "Demo Health Mutual".into(),
-                member_id: format!("MEM{:06}", 500 + i),
-                group_number: Some("GRP-42".into()),
-                plan_name: Some("Standard".into()),
+                payer: line("Demo Health Mutual")?,
+                member_id: line(format!("MEM{:06}", 500 + i))?,
+                group_number: Some(line("GRP-42")?),
+                plan_name: Some(line("Standard")?),
                 status: CoverageStatus::Active,
-                start_date: NaiveDate::from_ymd_opt(2024, 1, 1),
+                start_date: NaiveDate::from_ymd_opt(2024, 1, 1)
+                    .map(Date::try_from)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?,
                 end_date: None,
             },
             None,
@@ -212,10 +221,10 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             pg,
             id,
             &Contact {
-                name: format!("Sam {}", d.family),
+                name: line(format!("Sam {}", d.family))?,
                 relationship: Relationship::Partner,
                 emergency: true,
-                phone: Some(format!("+4420790{:05}", 20000 + i)),
+                phone: Some(line(format!("+4420790{:05}", 20000 + i))?),
                 email: None,
             },
             None,
@@ -230,7 +239,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 &Consent {
                     scope,
                     status: ConsentStatus::Granted,
-                    version: "2026-01".into(),
+                    version: line("2026-01")?,
                     date: Some(now.date_naive()),
                 },
                 None,
