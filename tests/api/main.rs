@@ -22,6 +22,7 @@ mod loadtest;
 mod logs;
 mod measurements;
 mod metrics;
+mod pages;
 mod patients;
 mod rbac;
 mod scan_datachannel;
