@@ -5,7 +5,7 @@
 
 const C = (window.coherency = {
   token: null, consultId: null, role: null, state: 'signed-out', participantId: null,
-  ws: null, pc: null, events: [], chats: [], errors: [], localStream: null,
+  ws: null, pc: null, events: [], chats: [], errors: [], localStream: null, ending: false,
   // Other admitted participants (host view): id → { role, muted: { audio, video } }.
   people: {},
 });
@@ -216,13 +216,21 @@ function renderPeople() {
 // consult ends (or the socket closes) the poll stops, rather than asking for the queue of a
 // consult that no longer has one (409 consult_ended).
 let queuePoll = null;
+// Queue requests in flight: hanging up waits for them, so none reaches the server after the end.
+const queueRequests = new Set();
 function pollQueue(on) {
   if (on && !queuePoll) queuePoll = setInterval(() => { if (C.state === 'admitted') refreshQueue(); }, 1000);
   if (!on && queuePoll) { clearInterval(queuePoll); queuePoll = null; }
 }
 
-async function refreshQueue() {
-  if (C.role !== 'host' || C.state !== 'admitted') return;
+function refreshQueue() {
+  if (C.role !== 'host' || C.state !== 'admitted' || C.ending) return Promise.resolve();
+  const req = loadQueue().finally(() => queueRequests.delete(req));
+  queueRequests.add(req);
+  return req;
+}
+
+async function loadQueue() {
   try {
     const q = await api('GET', `/v1/consults/${C.consultId}/queue`);
     const ul = $('queue');
@@ -255,7 +263,9 @@ $('chat-form').addEventListener('submit', (e) => {
 
 $('hangup').addEventListener('click', async () => {
   if (C.role === 'host') {
+    C.ending = true;
     pollQueue(false);
+    await Promise.allSettled([...queueRequests]);
     await api('POST', `/v1/consults/${C.consultId}/end`, {}).catch((e) => C.errors.push(String(e)));
   } else {
     send({ type: 'leave' });
