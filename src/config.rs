@@ -532,7 +532,8 @@ impl Config {
             }
         }
         for origin in self.allowed_origins.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let u = url::Url::parse(origin).map_err(|e| Self::invalid("allowed_origins", format!("`{origin}`: {e}")))?;
+            let u =
+                url::Url::parse(origin).map_err(|e| Self::invalid("allowed_origins", format!("`{origin}`: {e}")))?;
             // Any other scheme has an opaque origin, which browsers send as `null`: allowing it
             // would allow every sandboxed page.
             if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {

@@ -92,9 +92,7 @@ impl Application {
                         .app_data(web::QueryConfig::default().error_handler(query_error))
                         .app_data(web::PathConfig::default().error_handler(path_error))
                         .configure(crate::http::configure)
-                        .service(
-                            SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()),
-                        )
+                        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
                         .default_service(web::to(crate::http::not_found))
                         .wrap(from_fn(crate::transport::body::deadline))
                         .wrap(from_fn(crate::http::ratelimit::limit))

@@ -45,7 +45,8 @@ pub async fn deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    let limits = req.app_data::<web::Data<AppState>>().map(|s| (s.config.client_body_timeout_ms, s.config.client_body_min_rate));
+    let limits =
+        req.app_data::<web::Data<AppState>>().map(|s| (s.config.client_body_timeout_ms, s.config.client_body_min_rate));
     let Some((timeout_ms, min_rate)) = limits else { return Ok(next.call(req).await?.map_into_left_body()) };
     if req.head().upgrade() || !has_body(&req) {
         return Ok(next.call(req).await?.map_into_left_body());
@@ -137,7 +138,8 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok::<_, PayloadError>(Bytes::from_static(b))
         });
-        let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> = Box::pin(s.chain(futures_util::stream::pending()));
+        let boxed: Pin<Box<dyn Stream<Item = Result<Bytes, PayloadError>>>> =
+            Box::pin(s.chain(futures_util::stream::pending()));
         Payload::Stream { payload: boxed }
     }
 

@@ -56,7 +56,9 @@ impl Refusal {
     /// The answer written before closing, if any.
     fn answer(&self) -> Option<Bytes> {
         let (code, message) = match self {
-            Refusal::HeadTimeout => (Code::RequestTimeout, "the request line and headers did not arrive in time".into()),
+            Refusal::HeadTimeout => {
+                (Code::RequestTimeout, "the request line and headers did not arrive in time".into())
+            }
             Refusal::HeadTooLarge => (Code::HeadersTooLarge, "the request line and headers are too large".into()),
             Refusal::Malformed(why) => (Code::BadRequest, format!("the request could not be parsed: {why}")),
             Refusal::BrokenBody => return None,
@@ -314,7 +316,10 @@ mod tests {
     #[actix_web::test]
     async fn a_body_is_not_a_head_and_the_next_head_starts_after_it() {
         let mut s = shadow();
-        assert_eq!(fed(&mut s, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab"), Fed::Fine { in_head: false });
+        assert_eq!(
+            fed(&mut s, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nab"),
+            Fed::Fine { in_head: false }
+        );
         assert_eq!(fed(&mut s, b"cde"), Fed::Fine { in_head: false });
         assert_eq!(fed(&mut s, b"GET"), Fed::Fine { in_head: true });
     }
@@ -360,9 +365,10 @@ mod tests {
     async fn obs_text_in_a_header_value_is_accepted_by_the_parser() {
         // Bytes 0x80-0xFF are legal (obs-text); routes that read such a header must cope.
         let mut s = shadow();
-        assert_eq!(fed(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer cha_\xe9\r\n\r\n"), Fed::Fine {
-            in_head: false
-        });
+        assert_eq!(
+            fed(&mut s, b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer cha_\xe9\r\n\r\n"),
+            Fed::Fine { in_head: false }
+        );
     }
 
     #[actix_web::test]

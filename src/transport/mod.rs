@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use actix_http::{HttpService, KeepAlive, Request, Response};
 use actix_server::Server;
-use actix_service::{fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt};
+use actix_service::{
+    fn_factory, fn_service, map_config, IntoServiceFactory, Service, ServiceFactory, ServiceFactoryExt,
+};
 use actix_web::body::MessageBody;
 use actix_web::dev::AppConfig;
 use bytes::Bytes;
@@ -171,8 +173,8 @@ fn error_response(code: Code, message: &str, retry_after: Option<u64>) -> (Bytes
         },
     };
     let json = serde_json::to_string(&body).unwrap_or_default();
-    let status = actix_web::http::StatusCode::from_u16(code.http_status())
-        .unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
+    let status =
+        actix_web::http::StatusCode::from_u16(code.http_status()).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST);
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ndate: {}\r\nx-request-id: {request_id}\r\n",
         status.as_str(),

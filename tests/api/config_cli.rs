@@ -107,8 +107,7 @@ fn tool_beside(app: &crate::helpers::TestApp, args: &[&str], stdin: &str) -> std
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    out
+    child.wait_with_output().unwrap()
 }
 
 #[actix_web::test]
@@ -117,7 +116,11 @@ async fn create_admin_and_seed_demo_run_beside_a_server_holding_the_port() {
     // The port in the tools' configuration is taken: by the server already running on it.
     assert!(std::net::TcpListener::bind(("127.0.0.1", app.port)).is_err(), "the port is held");
 
-    let out = tool_beside(&app, &["create-admin", "--email", "cli-admin@clinic.test"], &format!("{}\n", crate::helpers::PASSWORD));
+    let out = tool_beside(
+        &app,
+        &["create-admin", "--email", "cli-admin@clinic.test"],
+        &format!("{}\n", crate::helpers::PASSWORD),
+    );
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "create-admin failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("admin created"), "{stdout}");

@@ -41,9 +41,7 @@ async fn the_icon_browsers_ask_for_is_served() {
 /// The values of `attr="…"` in `html`.
 fn attr_values<'a>(html: &'a str, attr: &str) -> Vec<&'a str> {
     let needle = format!("{attr}=\"");
-    html.match_indices(&needle)
-        .filter_map(|(i, _)| html[i + needle.len()..].split('"').next())
-        .collect()
+    html.match_indices(&needle).filter_map(|(i, _)| html[i + needle.len()..].split('"').next()).collect()
 }
 
 #[actix_web::test]
