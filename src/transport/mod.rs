@@ -139,7 +139,9 @@ where
                         async move {
                             let peer = io.peer_addr().ok();
                             // Small, latency-critical messages (scan acks, board deltas,
-                            // signalling) must not wait for the peer's delayed ACK (Nagle).
+                            // signalling) must not wait for the peer's delayed ACK (Nagle):
+                            // without this an ack sat until the phone's next frame carried
+                            // the TCP ACK, one frame interval later.
                             let _ = io.set_nodelay(true);
                             let slot = match peer {
                                 Some(a) => match peers.admit(a.ip(), limits.per_address) {
