@@ -669,6 +669,45 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_out_of_range_are_refused_naming_their_key() {
+        let bad = [
+            Config { client_header_timeout_ms: 0, ..Config::default() },
+            Config { client_body_timeout_ms: 10, ..Config::default() },
+            Config { client_disconnect_timeout_ms: 600_000, ..Config::default() },
+            Config { keep_alive_secs: 86_400, ..Config::default() },
+            Config { max_header_bytes: 100, ..Config::default() },
+            Config { max_header_bytes: 200_000, ..Config::default() },
+        ];
+        let keys = [
+            "client_header_timeout_ms",
+            "client_body_timeout_ms",
+            "client_disconnect_timeout_ms",
+            "keep_alive_secs",
+            "max_header_bytes",
+            "max_header_bytes",
+        ];
+        for (c, key) in bad.iter().zip(keys) {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        assert!(Config { connections_per_address: 0, keep_alive_secs: 0, ..Config::default() }.validate().is_ok());
+    }
+
+    #[test]
+    fn allowed_origins_are_http_origins_compared_as_browsers_write_them() {
+        let c = Config {
+            allowed_origins: "https://Clinic.Example:443/, http://localhost:8080".into(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.origins(), ["https://clinic.example", "http://localhost:8080", "http://127.0.0.1:8080"]);
+        for bad in ["null", "file:///tmp", "chrome-extension://abc", "not a url"] {
+            let err = Config { allowed_origins: bad.into(), ..Config::default() }.validate().unwrap_err().to_string();
+            assert!(err.contains("allowed_origins"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn an_unknown_key_is_rejected_with_its_name() {
         let err = with("http_adress", "127.0.0.1:1").unwrap_err().to_string();
         assert!(err.contains("http_adress"), "{err}");
