@@ -1,5 +1,7 @@
 //! The command line: `coherency [--config FILE] serve | migrate | create-admin | seed-demo |
-//! audit verify`. Each command loads the layered config, then calls into the library.
+//! audit verify`. Each command loads the layered config, then calls into the library. Only
+//! `serve` binds the HTTP port and starts a node's background work; the others run beside a
+//! running server.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,8 +90,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let mut password = String::new();
             std::io::stdin().read_line(&mut password)?;
             let password = password.trim_end_matches(['\r', '\n']).to_string();
-            let app = crate::Application::build(config).await?;
-            let state = app.state();
+            let state = crate::startup::tool_state(config).await?;
             let id = crate::http::admin::create_staff(
                 &state,
                 crate::http::admin::CreateUser { email, password, display_name: name, role: crate::auth::Role::Admin },
@@ -107,8 +108,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("admin created: {id}");
         }
         Command::SeedDemo => {
-            let app = crate::Application::build(config).await?;
-            let state = app.state();
+            let state = crate::startup::tool_state(config).await?;
             let logins = crate::demo::seed(&state).await?;
             println!("Demo logins (passwords are new on every seed-demo run):");
             for l in logins {

@@ -132,6 +132,41 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { key: "readiness_timeout_ms", default: "1000", help: "Time each dependency ping in /readyz may take." },
     Setting {
+        key: "client_header_timeout_ms",
+        default: "5000",
+        help: "A request's line and headers must arrive within this long: from the connection's opening for its first request, from the first byte for later ones. Over it: `408 request_timeout`, connection closed.",
+    },
+    Setting {
+        key: "client_body_timeout_ms",
+        default: "10000",
+        help: "A request body must arrive within this long after its headers, extended by one second per client_body_min_rate bytes received. Over it: `408 request_timeout`, connection closed.",
+    },
+    Setting {
+        key: "client_body_min_rate",
+        default: "16384",
+        help: "Bytes per second a slow body upload earns in extra time (see client_body_timeout_ms); 0: the whole body within client_body_timeout_ms.",
+    },
+    Setting {
+        key: "client_disconnect_timeout_ms",
+        default: "1000",
+        help: "After the server answers and closes a connection, how long it keeps reading (and discarding) what the client still sends, so the answer is not lost to a reset. 0: close at once.",
+    },
+    Setting {
+        key: "keep_alive_secs",
+        default: "5",
+        help: "An idle connection between requests is closed after this long. 0: one request per connection.",
+    },
+    Setting {
+        key: "max_header_bytes",
+        default: "32768",
+        help: "Largest request line plus headers accepted (1024–65536). Over it: `431 headers_too_large`, connection closed.",
+    },
+    Setting {
+        key: "connections_per_address",
+        default: "256",
+        help: "Most connections one client address (an IPv6 /64) may hold open at once; one more is answered `429 too_many_connections` and closed. Behind a proxy every client has the proxy's address: set 0 (no cap) and limit at the proxy.",
+    },
+    Setting {
         key: "shutdown_grace_secs",
         default: "30",
         help: "On SIGTERM, how long in-flight requests get to finish.",
@@ -267,6 +302,13 @@ pub struct Config {
     pub encryption_key: Option<SecretString>,
     pub max_body_bytes: usize,
     pub readiness_timeout_ms: u64,
+    pub client_header_timeout_ms: u64,
+    pub client_body_timeout_ms: u64,
+    pub client_body_min_rate: u64,
+    pub client_disconnect_timeout_ms: u64,
+    pub keep_alive_secs: u64,
+    pub max_header_bytes: usize,
+    pub connections_per_address: usize,
     pub shutdown_grace_secs: u64,
     pub drain_delay_ms: u64,
     pub trust_forwarded_for: bool,
@@ -316,6 +358,13 @@ impl Default for Config {
             encryption_key: None,
             max_body_bytes: 1024 * 1024,
             readiness_timeout_ms: 1000,
+            client_header_timeout_ms: 5000,
+            client_body_timeout_ms: 10_000,
+            client_body_min_rate: 16 * 1024,
+            client_disconnect_timeout_ms: 1000,
+            keep_alive_secs: 5,
+            max_header_bytes: 32 * 1024,
+            connections_per_address: 256,
             shutdown_grace_secs: 30,
             drain_delay_ms: 0,
             trust_forwarded_for: false,
@@ -433,6 +482,26 @@ impl Config {
         if !(10..=30_000).contains(&self.readiness_timeout_ms) {
             return Err(Self::invalid("readiness_timeout_ms", "must be between 10 and 30000"));
         }
+        if !(100..=120_000).contains(&self.client_header_timeout_ms) {
+            return Err(Self::invalid("client_header_timeout_ms", "must be between 100 and 120000"));
+        }
+        if !(100..=600_000).contains(&self.client_body_timeout_ms) {
+            return Err(Self::invalid("client_body_timeout_ms", "must be between 100 and 600000"));
+        }
+        if self.client_disconnect_timeout_ms > 60_000 {
+            return Err(Self::invalid("client_disconnect_timeout_ms", "must be at most 60000"));
+        }
+        if self.keep_alive_secs > 3600 {
+            return Err(Self::invalid("keep_alive_secs", "must be at most 3600"));
+        }
+        // The HTTP/1 parser itself refuses heads over 128 KiB with a bare 431; staying well
+        // under it means every oversized head is answered by the guard, with the envelope.
+        if !(1024..=65_536).contains(&self.max_header_bytes) {
+            return Err(Self::invalid("max_header_bytes", "must be between 1024 and 65536"));
+        }
+        if self.connections_per_address > 1_000_000 {
+            return Err(Self::invalid("connections_per_address", "must be at most 1000000 (0: no cap)"));
+        }
         if let Some(secret) = &self.token_secret {
             if secret.expose_secret().len() < 32 {
                 return Err(Self::invalid("token_secret", "must be at least 32 characters"));
@@ -462,19 +531,28 @@ impl Config {
                 return Err(Self::invalid("webhook_secret", "required when webhook_url is set"));
             }
         }
-        for origin in self.origins() {
-            url::Url::parse(&origin).map_err(|e| Self::invalid("allowed_origins", format!("`{origin}`: {e}")))?;
+        for origin in self.allowed_origins.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let u =
+                url::Url::parse(origin).map_err(|e| Self::invalid("allowed_origins", format!("`{origin}`: {e}")))?;
+            // Any other scheme has an opaque origin, which browsers send as `null`: allowing it
+            // would allow every sandboxed page.
+            if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
+                return Err(Self::invalid("allowed_origins", format!("`{origin}` is not an http(s) origin")));
+            }
         }
         Ok(())
     }
 
     /// Browser origins allowed to call the API and open sockets.
     pub fn origins(&self) -> Vec<String> {
+        // Each as a browser writes it in `Origin`: lower-case scheme and host, no default port,
+        // no path — so the comparison with the header can be exact.
         let mut out: Vec<String> = self
             .allowed_origins
             .split(',')
-            .map(|s| s.trim().trim_end_matches('/').to_string())
+            .map(|s| s.trim().trim_end_matches('/'))
             .filter(|s| !s.is_empty())
+            .map(|s| url::Url::parse(s).map(|u| u.origin().ascii_serialization()).unwrap_or_else(|_| s.to_string()))
             .collect();
         if let Ok(u) = url::Url::parse(&self.public_url) {
             out.push(u.origin().ascii_serialization());
@@ -591,6 +669,45 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_out_of_range_are_refused_naming_their_key() {
+        let bad = [
+            Config { client_header_timeout_ms: 0, ..Config::default() },
+            Config { client_body_timeout_ms: 10, ..Config::default() },
+            Config { client_disconnect_timeout_ms: 600_000, ..Config::default() },
+            Config { keep_alive_secs: 86_400, ..Config::default() },
+            Config { max_header_bytes: 100, ..Config::default() },
+            Config { max_header_bytes: 200_000, ..Config::default() },
+        ];
+        let keys = [
+            "client_header_timeout_ms",
+            "client_body_timeout_ms",
+            "client_disconnect_timeout_ms",
+            "keep_alive_secs",
+            "max_header_bytes",
+            "max_header_bytes",
+        ];
+        for (c, key) in bad.iter().zip(keys) {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        assert!(Config { connections_per_address: 0, keep_alive_secs: 0, ..Config::default() }.validate().is_ok());
+    }
+
+    #[test]
+    fn allowed_origins_are_http_origins_compared_as_browsers_write_them() {
+        let c = Config {
+            allowed_origins: "https://Clinic.Example:443/, http://localhost:8080".into(),
+            ..Config::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.origins(), ["https://clinic.example", "http://localhost:8080", "http://127.0.0.1:8080"]);
+        for bad in ["null", "file:///tmp", "chrome-extension://abc", "not a url"] {
+            let err = Config { allowed_origins: bad.into(), ..Config::default() }.validate().unwrap_err().to_string();
+            assert!(err.contains("allowed_origins"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn an_unknown_key_is_rejected_with_its_name() {
         let err = with("http_adress", "127.0.0.1:1").unwrap_err().to_string();
         assert!(err.contains("http_adress"), "{err}");
@@ -627,6 +744,13 @@ mod tests {
                 "database_max_connections"
                 | "max_body_bytes"
                 | "readiness_timeout_ms"
+                | "client_header_timeout_ms"
+                | "client_body_timeout_ms"
+                | "client_body_min_rate"
+                | "client_disconnect_timeout_ms"
+                | "keep_alive_secs"
+                | "max_header_bytes"
+                | "connections_per_address"
                 | "shutdown_grace_secs"
                 | "drain_delay_ms"
                 | "api_rate_per_sec"

@@ -24,6 +24,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod ws;
 
 pub use config::Config;

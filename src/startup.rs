@@ -1,7 +1,8 @@
 //! Building and running the application: `Application::build` connects the services,
 //! applies migrations, binds the listener (port 0 works) and returns a handle that runs
 //! until stopped. SIGTERM drains: readiness turns 503, the listener stops, in-flight
-//! requests finish within the grace period, sockets close with 1001.
+//! requests finish within the grace period, sockets close with 1001. Commands that do not
+//! serve get the same state from [`tool_state`], without a listener or background work.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{from_fn, Compress};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use tracing_actix_web::TracingLogger;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
@@ -54,55 +55,11 @@ impl Application {
 
     /// Binds with already-connected stores.
     pub async fn build_with(config: Config, stores: Stores) -> Result<Self, StartError> {
-        let node = config.node_name();
         let listener = TcpListener::bind(&config.http_addr)
             .map_err(|source| StartError::Bind { addr: config.http_addr.clone(), source })?;
         let port =
             listener.local_addr().map_err(|source| StartError::Bind { addr: config.http_addr.clone(), source })?.port();
-        let grace = config.shutdown_grace_secs;
-        let metrics = Arc::new(Metrics::new(&node));
-        let token_secret = config.token_secret.clone().unwrap_or_else(|| {
-            tracing::warn!("token_secret is not set: using a random one (sessions will not survive a restart or work across nodes)");
-            SecretString::from(crate::auth::new_token(""))
-        });
-        let field_key = match &config.encryption_key {
-            Some(k) => FieldKey::parse(k.expose_secret()).map_err(StartError::Config)?,
-            None => return Err(StartError::Config("encryption_key (COHERENCY_ENCRYPTION_KEY) is required".into())),
-        };
-        crate::auth::password::Hasher::warm_up();
-        let clock = Clock::default();
-        let webhook_wake = Arc::new(tokio::sync::Notify::new());
-        let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
-        let leases = Arc::new(crate::cluster::Leases::new(stores.redis.clone(), node.clone()));
-        let bus = Arc::new(crate::cluster::Bus::new(stores.redis.clone(), node.clone()));
-        let capture_live = coherency_actors::capture::LiveSessions::default();
-        let state = web::Data::new(AppState {
-            leases,
-            bus,
-            relay: Default::default(),
-            rooms: Default::default(),
-            room_deps,
-            webhook_wake,
-            capture: crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone()),
-            capture_live,
-            booking_locks: Default::default(),
-            calendars: Arc::new(crate::booking::view::Calendars::new(std::time::Duration::from_millis(
-                config.booking_view_max_age_ms,
-            ))),
-            audit: crate::audit::AuditLog::start(stores.pg.clone()),
-            dashboard: crate::dashboard::start_hub(),
-            patient_names: Default::default(),
-            config: Arc::new(config),
-            stores,
-            metrics,
-            lifecycle: Lifecycle::default(),
-            node,
-            clock,
-            hasher: Default::default(),
-            token_secret,
-            field_key,
-            sockets: Default::default(),
-        });
+        let state = app_state(config, stores, Node::Serving)?;
         actix_web::rt::spawn(crate::auth::sockets::listen(state.clone()));
         let (bus_ready, bus_up) = tokio::sync::oneshot::channel();
         actix_web::rt::spawn(crate::cluster::bus::listen(state.clone(), bus_ready));
@@ -117,37 +74,38 @@ impl Application {
         ));
         crate::dashboard::spawn_inputs(state.clone());
         crate::consults::spawn_webhooks(state.clone());
+        let serving = crate::transport::Serving {
+            limits: crate::transport::Limits::from_config(&state.config),
+            grace_secs: state.config.shutdown_grace_secs,
+        };
         let server = {
             let state = state.clone();
-            HttpServer::new(move || {
-                let max_body = state.config.max_body_bytes;
-                App::new()
-                    .app_data(state.clone())
-                    .app_data(limiter.clone())
-                    .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
-                    .app_data(web::PayloadConfig::new(max_body))
-                    .app_data(web::QueryConfig::default().error_handler(query_error))
-                    .app_data(web::PathConfig::default().error_handler(path_error))
-                    .configure(crate::http::configure)
-                    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
-                    .default_service(web::to(crate::http::not_found))
-                    // Refuses a path or query string with a forbidden character (input bounds).
-                    .wrap(from_fn(crate::http::input::clean_target))
-                    .wrap(from_fn(crate::http::ratelimit::limit))
-                    .wrap(from_fn(crate::metrics::record))
-                    .wrap(from_fn(envelope_mw))
-                    .wrap(Compress::default())
-                    .wrap(TracingLogger::<crate::telemetry::PhiSafeRootSpan>::new())
-            })
-            // Small, latency-critical messages (scan acks, board deltas, signalling) must not
-            // wait for the peer's delayed ACK (Nagle): without this an ack sat until the
-            // phone's next frame carried the TCP ACK, one frame interval later.
-            .tcp_nodelay(true)
-            .listen(listener)
+            crate::transport::serve(
+                listener,
+                move || {
+                    let max_body = state.config.max_body_bytes;
+                    App::new()
+                        .app_data(state.clone())
+                        .app_data(limiter.clone())
+                        .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
+                        .app_data(web::PayloadConfig::new(max_body))
+                        .app_data(web::QueryConfig::default().error_handler(query_error))
+                        .app_data(web::PathConfig::default().error_handler(path_error))
+                        .configure(crate::http::configure)
+                        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
+                        .default_service(web::to(crate::http::not_found))
+                        .wrap(from_fn(crate::transport::body::deadline))
+                        // Refuses a path or query string with a forbidden character (input bounds).
+                        .wrap(from_fn(crate::http::input::clean_target))
+                        .wrap(from_fn(crate::http::ratelimit::limit))
+                        .wrap(from_fn(crate::metrics::record))
+                        .wrap(from_fn(envelope_mw))
+                        .wrap(Compress::default())
+                        .wrap(TracingLogger::<crate::telemetry::PhiSafeRootSpan>::new())
+                },
+                serving,
+            )
             .map_err(|source| StartError::Bind { addr: "listener".into(), source })?
-            .disable_signals()
-            .shutdown_timeout(grace)
-            .run()
         };
         Ok(Self { port, server, state })
     }
@@ -180,6 +138,78 @@ impl Application {
         });
         self.server.await
     }
+}
+
+/// Whether the state is for a node that serves, or for a command that only works on the
+/// data (`create-admin`, `seed-demo`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Node {
+    Serving,
+    Tool,
+}
+
+/// The state a command that does not serve works with: connected and migrated, but no
+/// listener and none of a serving node's background work (bus, leases, sweepers, webhooks,
+/// taking over other nodes' scans), so it runs beside a running server.
+pub async fn tool_state(config: Config) -> Result<web::Data<AppState>, StartError> {
+    let stores = Stores::connect(&config).await?;
+    crate::store::pg::migrate(&stores.pg).await?;
+    app_state(config, stores, Node::Tool)
+}
+
+/// The shared state; only a serving node starts the recovery of other nodes' scans.
+fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<AppState>, StartError> {
+    let node = config.node_name();
+    let metrics = Arc::new(Metrics::new(&node));
+    let token_secret = config.token_secret.clone().unwrap_or_else(|| {
+        if role == Node::Serving {
+            tracing::warn!("token_secret is not set: using a random one (sessions will not survive a restart or work across nodes)");
+        }
+        SecretString::from(crate::auth::new_token(""))
+    });
+    let field_key = match &config.encryption_key {
+        Some(k) => FieldKey::parse(k.expose_secret()).map_err(StartError::Config)?,
+        None => return Err(StartError::Config("encryption_key (COHERENCY_ENCRYPTION_KEY) is required".into())),
+    };
+    crate::auth::password::Hasher::warm_up();
+    let clock = Clock::default();
+    let webhook_wake = Arc::new(tokio::sync::Notify::new());
+    let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
+    let leases = Arc::new(crate::cluster::Leases::new(stores.redis.clone(), node.clone()));
+    let bus = Arc::new(crate::cluster::Bus::new(stores.redis.clone(), node.clone()));
+    let capture_live = coherency_actors::capture::LiveSessions::default();
+    let recovery = match role {
+        Node::Serving => crate::ws::scan::Recovery::Run,
+        Node::Tool => crate::ws::scan::Recovery::Off,
+    };
+    let capture = crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone(), recovery);
+    Ok(web::Data::new(AppState {
+        leases,
+        bus,
+        relay: Default::default(),
+        rooms: Default::default(),
+        room_deps,
+        webhook_wake,
+        capture,
+        capture_live,
+        booking_locks: Default::default(),
+        calendars: Arc::new(crate::booking::view::Calendars::new(std::time::Duration::from_millis(
+            config.booking_view_max_age_ms,
+        ))),
+        audit: crate::audit::AuditLog::start(stores.pg.clone()),
+        dashboard: crate::dashboard::start_hub(),
+        patient_names: Default::default(),
+        config: Arc::new(config),
+        stores,
+        metrics,
+        lifecycle: Lifecycle::default(),
+        node,
+        clock,
+        hasher: Default::default(),
+        token_secret,
+        field_key,
+        sockets: Default::default(),
+    }))
 }
 
 /// Starts the drain sequence.

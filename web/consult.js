@@ -5,7 +5,7 @@
 
 const C = (window.coherency = {
   token: null, consultId: null, role: null, state: 'signed-out', participantId: null,
-  ws: null, pc: null, events: [], chats: [], errors: [], localStream: null,
+  ws: null, pc: null, events: [], chats: [], errors: [], localStream: null, ending: false,
   // Other admitted participants (host view): id → { role, muted: { audio, video } }.
   people: {},
 });
@@ -14,6 +14,7 @@ const show = (id, on) => { $(id).hidden = !on; };
 
 function setState(s) {
   C.state = s;
+  if (s !== 'admitted') pollQueue(false);
   $('status').textContent = s;
   $('status').dataset.state = s;
 }
@@ -125,7 +126,7 @@ function admitted() {
   show('room', true);
   show('queue-panel', C.role === 'host');
   show('people-panel', C.role === 'host');
-  if (C.role === 'host') refreshQueue();
+  if (C.role === 'host') { refreshQueue(); pollQueue(true); }
   startMedia(C.iceServers || []);
 }
 
@@ -157,7 +158,7 @@ async function onSignal(m) {
       const li = document.createElement('li');
       li.textContent = `#${m.event.seq} ${m.event.kind}${m.event.role ? ` (${m.event.role})` : ''}`;
       $('events').appendChild(li);
-      if (C.role === 'host') { refreshQueue(); trackPeople(m.event); }
+      if (C.role === 'host') { if (m.event.kind !== 'ended') refreshQueue(); trackPeople(m.event); }
       break;
     }
     case 'ended':
@@ -211,8 +212,25 @@ function renderPeople() {
   }
 }
 
-async function refreshQueue() {
-  if (C.role !== 'host') return;
+// The host's waiting list is polled while the host is in the room, and only then: once the
+// consult ends (or the socket closes) the poll stops, rather than asking for the queue of a
+// consult that no longer has one (409 consult_ended).
+let queuePoll = null;
+// Queue requests in flight: hanging up waits for them, so none reaches the server after the end.
+const queueRequests = new Set();
+function pollQueue(on) {
+  if (on && !queuePoll) queuePoll = setInterval(() => { if (C.state === 'admitted') refreshQueue(); }, 1000);
+  if (!on && queuePoll) { clearInterval(queuePoll); queuePoll = null; }
+}
+
+function refreshQueue() {
+  if (C.role !== 'host' || C.state !== 'admitted' || C.ending) return Promise.resolve();
+  const req = loadQueue().finally(() => queueRequests.delete(req));
+  queueRequests.add(req);
+  return req;
+}
+
+async function loadQueue() {
   try {
     const q = await api('GET', `/v1/consults/${C.consultId}/queue`);
     const ul = $('queue');
@@ -230,9 +248,11 @@ async function refreshQueue() {
       li.append(admit, deny);
       ul.appendChild(li);
     }
-  } catch (err) { C.errors.push(`queue: ${err.message}`); }
+  } catch (err) {
+    if (err.message === 'consult_ended') { pollQueue(false); return; }
+    C.errors.push(`queue: ${err.message}`);
+  }
 }
-setInterval(() => { if (C.state === 'admitted') refreshQueue(); }, 1000);
 
 $('chat-form').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -243,6 +263,9 @@ $('chat-form').addEventListener('submit', (e) => {
 
 $('hangup').addEventListener('click', async () => {
   if (C.role === 'host') {
+    C.ending = true;
+    pollQueue(false);
+    await Promise.allSettled([...queueRequests]);
     await api('POST', `/v1/consults/${C.consultId}/end`, {}).catch((e) => C.errors.push(String(e)));
   } else {
     send({ type: 'leave' });

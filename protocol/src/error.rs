@@ -81,6 +81,14 @@ pub enum Code {
     CheckInTooEarly,
     /// The room has reached its participant limit.
     RoomFull,
+
+    // --- connections (answered by the transport before any route runs) ---
+    /// The request head or body did not arrive within its time limit.
+    RequestTimeout,
+    /// The request line and headers together exceed the server's limit.
+    HeadersTooLarge,
+    /// This client address already holds as many connections as the server allows.
+    TooManyConnections,
 }
 
 impl Code {
@@ -101,7 +109,9 @@ impl Code {
             UnsupportedMediaType => 415,
             UnsupportedVersion => 426,
             PreconditionRequired => 428,
-            RateLimited | AccountLocked | TooManyHolds => 429,
+            RateLimited | AccountLocked | TooManyHolds | TooManyConnections => 429,
+            RequestTimeout => 408,
+            HeadersTooLarge => 431,
             Unavailable => 503,
             Internal => 500,
         }
@@ -152,6 +162,9 @@ impl Code {
             ConsultEnded => "consult_ended",
             CheckInTooEarly => "check_in_too_early",
             RoomFull => "room_full",
+            RequestTimeout => "request_timeout",
+            HeadersTooLarge => "headers_too_large",
+            TooManyConnections => "too_many_connections",
         }
     }
 
@@ -198,6 +211,9 @@ impl Code {
         Code::ConsultEnded,
         Code::CheckInTooEarly,
         Code::RoomFull,
+        Code::RequestTimeout,
+        Code::HeadersTooLarge,
+        Code::TooManyConnections,
     ];
 }
 

@@ -56,7 +56,8 @@ impl Role {
         }
     }
 
-    /// Clinicians and admins must enrol TOTP before they reach PHI.
+    /// Clinicians and admins must enrol TOTP, and verify it in the session, before any route
+    /// but the enrolment ones.
     pub fn requires_mfa(self) -> bool {
         !matches!(self, Role::Patient)
     }
@@ -204,10 +205,14 @@ pub async fn audit(
     Ok(())
 }
 
-fn bearer(req: &HttpRequest) -> Option<&str> {
+/// The bearer token of a request, if it carries a well-formed one. A header that is not
+/// visible ASCII (obs-text bytes 0x80–0xFF pass the HTTP parser) or names another scheme is no
+/// token: the caller is unauthenticated (401), never an error of ours.
+pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     let v = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Resolves the bearer token of `req` to its principal.
@@ -218,7 +223,10 @@ async fn caller(req: &HttpRequest) -> Result<(web::Data<AppState>, Principal), A
     Ok((state, p))
 }
 
-/// Any authenticated caller (no permission check): used by `/v1/me`, logout, MFA enrolment.
+/// Any authenticated caller, with no permission and no MFA check: only for the routes a staff
+/// member needs before MFA is enrolled and verified — `GET /v1/me`, `POST /v1/me/mfa/totp`,
+/// `POST /v1/me/mfa/totp/confirm`, `POST /v1/auth/logout`, `POST /v1/auth/logout-all`. Every
+/// other route takes [`Require`], whose check includes MFA.
 pub struct Authenticated(pub Principal);
 
 impl FromRequest for Authenticated {
@@ -255,22 +263,26 @@ impl<P: Perm + 'static> FromRequest for Require<P> {
     }
 }
 
-/// Role and MFA checks for `perm`; a denial is audited and answered 403.
+/// MFA and role checks for `perm`; a denial is audited and answered 403. Staff (clinicians
+/// and admins) reach no route before their session is MFA-verified — whatever the route, so
+/// an unenrolled admin cannot create admins, disable users or revoke sessions either. The only
+/// routes a staff session reaches before that take [`Authenticated`] instead (see there).
 pub async fn authorize(state: &AppState, req: &HttpRequest, p: &Principal, perm: Permission) -> Result<(), ApiError> {
+    if p.role.requires_mfa() && !(p.mfa_enrolled && p.mfa_verified) {
+        let ev = AuditEvent::new("access.denied", "denied").details(
+            serde_json::json!({ "permission": perm.as_str(), "route": req.match_pattern(), "reason": "mfa_required" }),
+        );
+        audit(state, req, Some(p), ev).await?;
+        return Err(ApiError::new(
+            Code::MfaRequired,
+            "staff must enrol multi-factor authentication (POST /v1/me/mfa/totp) and sign in with it first",
+        ));
+    }
     if !p.has(perm) {
         let ev = AuditEvent::new("access.denied", "denied")
             .details(serde_json::json!({ "permission": perm.as_str(), "route": req.match_pattern() }));
         audit(state, req, Some(p), ev).await?;
         return Err(ApiError::forbidden());
-    }
-    if perm.is_phi() && p.role.requires_mfa() && !(p.mfa_enrolled && p.mfa_verified) {
-        let ev = AuditEvent::new("access.denied", "denied")
-            .details(serde_json::json!({ "permission": perm.as_str(), "reason": "mfa_required" }));
-        audit(state, req, Some(p), ev).await?;
-        return Err(ApiError::new(
-            Code::MfaRequired,
-            "enrol and verify multi-factor authentication to reach patient data",
-        ));
     }
     Ok(())
 }

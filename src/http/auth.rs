@@ -531,7 +531,10 @@ pub struct Ticket {
 
 /// `POST /v1/auth/ws-ticket`: a single-use ticket for opening a socket from a browser.
 #[utoipa::path(post, path = "/v1/auth/ws-ticket", tag = "auth", security(("bearer" = ["self"])), responses((status = 200, body = Ticket)))]
-pub async fn ws_ticket(state: web::Data<AppState>, who: Authenticated) -> Result<HttpResponse, ApiError> {
-    let ticket = sessions::issue_ticket(&state, who.0.session_id).await?;
+pub async fn ws_ticket(
+    state: web::Data<AppState>,
+    who: auth::Require<auth::perm::SelfService>,
+) -> Result<HttpResponse, ApiError> {
+    let ticket = sessions::issue_ticket(&state, who.session_id).await?;
     Ok(HttpResponse::Ok().json(Ticket { ticket, expires_in_secs: sessions::TICKET_TTL_SECS }))
 }

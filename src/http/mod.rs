@@ -52,6 +52,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(measurements::remeasure)),
         )
         .service(resource("/").route(web::get().to(pages::to_dashboard)))
+        .service(resource("/docs").route(web::get().to(pages::to_docs)))
+        .service(resource("/favicon.ico").route(web::get().to(pages::favicon)))
         .service(resource("/web/dashboard").route(web::get().to(pages::to_dashboard)))
         .service(resource("/web/{tail:.*}").route(web::get().to(pages::file)))
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));

@@ -1,5 +1,6 @@
 //! The browser pages: files under `web_dir` served at `/web/…` (the dashboard at
-//! `/web/dashboard/`), `/` redirecting there, and the consult page at `/consult`. Only files inside `web_dir` with a known
+//! `/web/dashboard/`), `/` redirecting there, the consult page at `/consult`, the icon at
+//! `/favicon.ico`, and `/docs` redirecting to the API docs. Only files inside `web_dir` with a known
 //! type are served; everything else is the ordinary 404. The pages hold no data: they log
 //! in through the API like any client.
 
@@ -66,6 +67,17 @@ pub async fn file(state: web::Data<AppState>, tail: web::Path<String>) -> Result
 /// `GET /consult`: the consult page.
 pub async fn consult_page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     file(state, web::Path::from("consult.html".to_string())).await
+}
+
+/// `GET /favicon.ico`: the icon browsers ask for on every page that names none
+/// (`web/favicon.ico`; the pages themselves link `web/favicon.svg`).
+pub async fn favicon(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    file(state, web::Path::from("favicon.ico".to_string())).await
+}
+
+/// `GET /docs`: to the API docs at `/docs/` (README and `scripts/run` print `/docs`).
+pub async fn to_docs() -> HttpResponse {
+    HttpResponse::PermanentRedirect().insert_header(("Location", "/docs/")).finish()
 }
 
 /// `GET /` and `GET /web/dashboard`: to the dashboard folder (with the slash, so the page's

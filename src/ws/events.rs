@@ -31,6 +31,7 @@ pub async fn socket(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let who = super::authenticate(&req, &state).await?;
+    crate::auth::authorize(&state, &req, &who, crate::auth::Permission::SelfService).await?;
     let (response, mut session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::new(coherency_protocol::Code::BadRequest, e.to_string()))?;
     let mut stream = stream.max_frame_size(MAX_FRAME);

@@ -20,20 +20,19 @@ struct TicketQuery {
     ticket: Option<String>,
 }
 
-/// Whether `origin` names the host the request was sent to (a page served by this server:
-/// a cross-site page cannot make the browser send another site's origin).
-fn same_origin(req: &HttpRequest, origin: &str) -> bool {
-    let Some(host) = req.headers().get("host").and_then(|h| h.to_str().ok()) else { return false };
-    origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")).is_some_and(|rest| rest == host)
-}
-
-/// Authenticates a socket upgrade: a browser's `Origin` must be allowed (or be this
-/// server's own); credentials come
-/// from a single-use `?ticket=` or an `Authorization: Bearer` header (native clients).
+/// Authenticates a socket upgrade. A request carrying `Origin` (every browser sends one) must
+/// come from `public_url` or one of `allowed_origins`, compared exactly (scheme, host, port);
+/// anything else — including an origin that merely equals the request's own `Host`, which the
+/// client chooses — is `403 origin_not_allowed` before any credential is looked at. A request
+/// without `Origin` (a native app) is not a browser and is judged on its credentials alone:
+/// a single-use `?ticket=` or an `Authorization: Bearer` header.
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
     if let Some(origin) = req.headers().get("origin") {
-        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        if !state.config.origins().iter().any(|o| o == origin) && !same_origin(req, origin) {
+        let allowed = origin.to_str().is_ok_and(|o| {
+            let o = o.trim_end_matches('/');
+            state.config.origins().iter().any(|a| a.eq_ignore_ascii_case(o))
+        });
+        if !allowed {
             return Err(ApiError::new(Code::OriginNotAllowed, "this origin may not open sockets"));
         }
     }
@@ -41,13 +40,6 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     if let Some(ticket) = q.ticket.as_deref() {
         return sessions::redeem_ticket(state, ticket).await;
     }
-    let token = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(s, _)| s.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_string())
-        .ok_or_else(ApiError::unauthenticated)?;
-    sessions::authenticate(state, &token).await
+    let token = crate::auth::bearer(req).ok_or_else(ApiError::unauthenticated)?;
+    sessions::authenticate(state, token).await
 }

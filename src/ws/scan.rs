@@ -477,6 +477,14 @@ pub fn capture_config(config: &Config) -> CaptureConfig {
     }
 }
 
+/// Whether a registry also takes over scans whose node stopped while processing them: a
+/// serving node does; a command that only works on the data (`create-admin`) must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    Run,
+    Off,
+}
+
 /// Starts the node's capture registry over the real stores, its sessions spread over one
 /// arbiter per core, publishing its running sessions through `live`.
 pub fn start_registry(
@@ -485,6 +493,7 @@ pub fn start_registry(
     clock: &Clock,
     metrics: &Metrics,
     live: LiveSessions,
+    recovery: Recovery,
 ) -> Addr<CaptureRegistry> {
     coherency_actors::reconstruction::FusionPool::set_worker_nice(config.fusion_nice);
     let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
@@ -493,11 +502,13 @@ pub fn start_registry(
         crate::recon_hook::ReconstructionHook::new(stores, clock.clone())
             .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms)),
     );
-    crate::recon_hook::spawn_recovery(
-        hook.clone(),
-        index.clone(),
-        Duration::from_secs(config.scan_processing_stale_secs),
-    );
+    if recovery == Recovery::Run {
+        crate::recon_hook::spawn_recovery(
+            hook.clone(),
+            index.clone(),
+            Duration::from_secs(config.scan_processing_stale_secs),
+        );
+    }
     let deps = CaptureDeps::new(
         Arc::new(BlobFrameStore::new(stores.blobs.clone())),
         index,

@@ -84,3 +84,53 @@ fn every_variable_docker_compose_sets_is_a_real_setting() {
     }
     assert!(seen >= 5, "docker-compose.yml should configure the server through COHERENCY_* variables");
 }
+
+/// `coherency <args>` against a test app's services, configured with the app's own HTTP
+/// address: the port a running server holds.
+fn tool_beside(app: &crate::helpers::TestApp, args: &[&str], stdin: &str) -> std::process::Output {
+    use secrecy::ExposeSecret;
+    use std::io::Write;
+    let c = &app.config;
+    let mut cmd = coherency();
+    cmd.args(args)
+        .env("COHERENCY_HTTP_ADDR", format!("127.0.0.1:{}", app.port))
+        .env("COHERENCY_DATABASE_URL", c.database_url.expose())
+        .env("COHERENCY_REDIS_URL", c.redis_url.expose())
+        .env("COHERENCY_REDIS_PREFIX", &c.redis_prefix)
+        .env("COHERENCY_MONGO_URL", c.mongo_url.expose())
+        .env("COHERENCY_MONGO_DATABASE", &c.mongo_database)
+        .env("COHERENCY_BLOB_URL", &c.blob_url)
+        .env("COHERENCY_TOKEN_SECRET", c.token_secret.as_ref().unwrap().expose_secret())
+        .env("COHERENCY_ENCRYPTION_KEY", c.encryption_key.as_ref().unwrap().expose_secret())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[actix_web::test]
+async fn create_admin_and_seed_demo_run_beside_a_server_holding_the_port() {
+    let app = crate::helpers::spawn_app().await;
+    // The port in the tools' configuration is taken: by the server already running on it.
+    assert!(std::net::TcpListener::bind(("127.0.0.1", app.port)).is_err(), "the port is held");
+
+    let out = tool_beside(
+        &app,
+        &["create-admin", "--email", "cli-admin@clinic.test"],
+        &format!("{}\n", crate::helpers::PASSWORD),
+    );
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "create-admin failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("admin created"), "{stdout}");
+    // The running server knows the new admin at once.
+    assert_eq!(app.login("cli-admin@clinic.test", crate::helpers::PASSWORD).await.status(), 200);
+
+    let out = tool_beside(&app, &["seed-demo"], "");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "seed-demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("admin@demo.coherency.test"), "{stdout}");
+    assert!(!stderr.contains("Address already in use") && !stdout.contains("listening"), "{stdout}\n{stderr}");
+    assert_eq!(app.get("/readyz").await.status(), 200, "the server serves on");
+}

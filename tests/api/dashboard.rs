@@ -282,7 +282,15 @@ async fn a_board_too_far_behind_gets_a_fresh_snapshot() {
 async fn dashboard_delivery_p99_with_1000_sockets() {
     const SOCKETS: usize = 1000;
     const DELTAS: u64 = 20;
-    let app = spawn_app().await;
+    // A thousand boards from one address and one token: over the per-address connection cap
+    // and the per-caller request rate (a ticket each).
+    let app = spawn_app_with(|mut c| {
+        c.connections_per_address = 0;
+        c.api_rate_per_sec = 1_000_000;
+        c.api_rate_burst = 1_000_000;
+        c
+    })
+    .await;
     let admin = app.staff(Role::Admin, true).await;
     let epoch = std::time::Instant::now();
     let mut tasks = Vec::new();

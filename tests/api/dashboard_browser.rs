@@ -103,7 +103,11 @@ async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers
         web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
         "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
     );
+    // The pages are served from `public_url`: sockets accept no other browser origin.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let app = spawn_app_with(|mut c| {
+        c.http_addr = format!("127.0.0.1:{port}");
+        c.public_url = format!("http://127.0.0.1:{port}");
         c.web_dir = web.display().to_string();
         c
     })

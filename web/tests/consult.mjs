@@ -1,7 +1,8 @@
 // Two headless Chromium pages on the consult page (fake camera and microphone): the patient
 // waits, the clinician admits, each page decodes the other's video (framesDecoded rising in
 // getStats), a chat message arrives, the clinician mutes and unmutes the patient's video,
-// hanging up ends the room, and the events came in order.
+// hanging up ends the room, and the events came in order. Neither page gets an error answer
+// (no 404 for an icon, no 409 from a poll still running after the consult ended).
 // Run by tests/api/browser.rs, which starts the server and passes BASE, CONSULT,
 // PATIENT_TOKEN and CLINICIAN_TOKEN. Prints one JSON line; exits non-zero on failure.
 import { chromium } from 'playwright-core';
@@ -48,8 +49,14 @@ const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true
 try {
   const clinician = await (await browser.newContext()).newPage();
   const patient = await (await browser.newContext()).newPage();
+  const failed = [];
+  const queuePolls = [];
   for (const [p, n] of [[clinician, 'clinician'], [patient, 'patient']]) {
     p.on('pageerror', (e) => console.error(`${n} page error: ${e}`));
+    p.on('response', (r) => {
+      if (r.status() >= 400) failed.push(`${n}: ${r.status()} ${r.request().method()} ${new URL(r.url()).pathname}`);
+      if (n === 'clinician' && r.url().includes('/queue')) queuePolls.push(Date.now());
+    });
   }
   await clinician.goto(`${BASE}/consult#token=${CLINICIAN_TOKEN}&consult=${CONSULT}`);
   await clinician.waitForFunction(() => window.coherency.state === 'admitted', null, { timeout: STEP });
@@ -87,6 +94,13 @@ try {
   await clinician.click('#hangup');
   await patient.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
   await clinician.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
+  // The host's queue poll (every second while in the room) stops with the consult.
+  const endedAt = Date.now();
+  await clinician.waitForTimeout(2500);
+  const late = queuePolls.filter((t) => t > endedAt + 100);
+  if (late.length) throw new Error(`the queue was still polled ${late.length} time(s) after the consult ended`);
+  if (failed.length) throw new Error(`error answers: ${failed.join('; ')}`);
+  result.queuePolls = queuePolls.length;
 
   const events = await clinician.evaluate(() => window.coherency.events);
   const seqs = events.map((e) => e.seq);
