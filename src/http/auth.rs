@@ -277,7 +277,7 @@ pub async fn login(
             use_recovery_code(&state, user_id, code).await?
         } else {
             return Err(ApiError::new(
-                Code::MfaRequired,
+                Code::MfaCodeRequired,
                 "enter the code from your authenticator app (totp_code) or a recovery code",
             ));
         };
