@@ -146,12 +146,14 @@ pub async fn register(
         Err(e) => return Err(e),
     };
     let patient_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)")
+    // The sign-in email is also the record's contact email until the patient changes it.
+    sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7)")
         .bind(patient_id)
         .bind(user_id)
         .bind(&given)
         .bind(&family)
         .bind(body.birth_date)
+        .bind(&email)
         .bind(now)
         .execute(&mut *tx)
         .await?;

@@ -80,7 +80,7 @@ async fn full_patient(app: &TestApp, clin: &User) -> String {
             json!({"name": "Sam Ångström", "relationship": "partner", "emergency": true, "phone": "+46701234568"}),
         ),
         ("contacts", json!({"name": "Kim", "relationship": "friend", "email": "kim@example.test"})),
-        ("consents", json!({"scope": "scan_capture", "status": "granted", "version": "2026-01"})),
+        ("consents", json!({"scope": "scan_capture", "status": "granted", "terms_version": "2026-01"})),
     ] {
         let (s, v, _) =
             send(app, Method::POST, &format!("/v1/patients/{id}/{kind}"), Some(&clin.token), Some(&body), None).await;

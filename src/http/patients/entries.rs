@@ -300,8 +300,9 @@ pub enum ConsentStatus {
 pub struct Consent {
     pub scope: ConsentScope,
     pub status: ConsentStatus,
-    /// The version of the consent text agreed to (`2026-01`).
-    pub version: String,
+    /// The version of the consent text agreed to (`2026-01`). Not the record's `version`,
+    /// which counts its edits (`If-Match`) like every other entry's.
+    pub terms_version: String,
     /// When it was given or withdrawn (default today).
     #[schema(value_type = Option<String>, format = Date)]
     pub date: Option<NaiveDate>,
@@ -310,15 +311,19 @@ pub struct Consent {
 impl Entry for Consent {
     const KIND: Kind = Kind::Consent;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
-        let v = self.version.trim();
+        let v = self.terms_version.trim();
         if v.is_empty() || v.len() > 32 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(ApiError::field(
                 Code::InvalidField,
-                "version",
-                "`version` must be 1-32 letters, digits, . _ or -",
+                "terms_version",
+                "`terms_version` must be 1-32 letters, digits, . _ or -",
             ));
         }
-        Ok(Self { version: v.to_string(), date: Some(past_date(self.date.unwrap_or(today), today, "date")?), ..self })
+        Ok(Self {
+            terms_version: v.to_string(),
+            date: Some(past_date(self.date.unwrap_or(today), today, "date")?),
+            ..self
+        })
     }
 }
 

@@ -230,7 +230,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 &Consent {
                     scope,
                     status: ConsentStatus::Granted,
-                    version: "2026-01".into(),
+                    terms_version: "2026-01".into(),
                     date: Some(now.date_naive()),
                 },
                 None,
