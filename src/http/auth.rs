@@ -194,7 +194,8 @@ fn invalid_credentials() -> ApiError {
 
 /// `POST /v1/auth/login`
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
-    (status = 200, body = LoginResponse), (status = 401, description = "invalid_credentials / mfa_required / invalid_totp"),
+    (status = 200, body = LoginResponse),
+    (status = 401, description = "invalid_credentials; mfa_code_required (MFA is enrolled: send `totp_code` or `recovery_code`); invalid_totp"),
     (status = 429, description = "rate_limited or account_locked, with Retry-After")))]
 pub async fn login(
     state: web::Data<AppState>,
@@ -438,7 +439,8 @@ pub struct TotpEnrolment {
 }
 
 /// `POST /v1/me/mfa/totp`: starts (or restarts) enrolment. Not allowed once enrolled.
-#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "auth", security(("bearer" = ["self"])), responses((status = 200, body = TotpEnrolment), (status = 409)))]
+#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "auth", security(("bearer" = ["self"])),
+    responses((status = 200, body = TotpEnrolment), (status = 409, description = "conflict: TOTP is already enrolled")))]
 pub async fn totp_enrol(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -482,7 +484,9 @@ pub struct RecoveryCodes {
 /// `POST /v1/me/mfa/totp/confirm`: proves the authenticator works; enables TOTP, marks this
 /// session verified and returns ten recovery codes.
 #[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", tag = "auth", security(("bearer" = ["self"])), request_body = TotpConfirm,
-    responses((status = 200, body = RecoveryCodes), (status = 400, description = "invalid_totp")))]
+    responses((status = 200, body = RecoveryCodes), (status = 401, description = "invalid_totp: the code is wrong"),
+    (status = 409, description = "conflict: TOTP is already enrolled, or enrolment was not started"),
+    (status = 429, description = "rate_limited: too many wrong codes")))]
 pub async fn totp_confirm(
     state: web::Data<AppState>,
     req: HttpRequest,

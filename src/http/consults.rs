@@ -306,7 +306,8 @@ pub async fn check_in(
 
 /// The waiting participants of one consult, oldest check-in first (host only).
 #[utoipa::path(get, path = "/v1/consults/{id}/queue", tag = "consults", security(("bearer" = ["consults:host"])),
-    params(("id" = Uuid, Path)), responses((status = 200, body = [ParticipantView]), (status = 403), (status = 404)))]
+    params(("id" = Uuid, Path)), responses((status = 200, body = [ParticipantView]), (status = 403), (status = 404),
+    (status = 409, description = "consult_ended")))]
 #[tracing::instrument(skip_all)]
 pub async fn queue(
     state: web::Data<AppState>,
@@ -458,7 +459,7 @@ pub async fn invite(
 
 /// Ends the consult: everyone is disconnected.
 #[utoipa::path(post, path = "/v1/consults/{id}/end", tag = "consults", security(("bearer" = ["consults:host"])),
-    params(("id" = Uuid, Path)), request_body = EndBody,
+    params(("id" = Uuid, Path)), request_body = Option<EndBody>,
     responses((status = 200, body = ConsultView), (status = 403), (status = 404), (status = 409, description = "consult_ended")))]
 #[tracing::instrument(skip_all)]
 pub async fn end(

@@ -12,6 +12,7 @@ mod cluster_consult;
 mod cluster_scan;
 mod config_cli;
 mod consults;
+mod contract;
 mod dashboard;
 mod dashboard_browser;
 mod demo;
