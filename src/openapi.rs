@@ -65,6 +65,7 @@ use utoipa::OpenApi;
         crate::http::patients::entries::care_team,
         crate::http::patients::entries::add_care_team,
         crate::http::patients::entries::remove_care_team,
+        crate::http::fhir::metadata::metadata,
         crate::http::fhir::read_patient,
         crate::http::fhir::search_patients,
         crate::http::fhir::everything,

@@ -19,6 +19,8 @@ use crate::http::patients::entries::{self, Kind, Stored};
 use crate::http::patients::{self, Patient, Scope, SearchParams};
 use crate::state::AppState;
 
+pub mod metadata;
+
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 // ---------------------------------------------------------------------------------------------
@@ -583,7 +585,8 @@ pub async fn everything(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
 /// Registers the FHIR routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::http::resource;
-    cfg.service(resource("/fhir/Patient").route(web::get().to(search_patients)))
+    cfg.service(resource("/fhir/metadata").route(web::get().to(metadata::metadata)))
+        .service(resource("/fhir/Patient").route(web::get().to(search_patients)))
         .service(resource("/fhir/Patient/{id}/$everything").route(web::get().to(everything)))
         .service(resource("/fhir/Patient/{id}").route(web::get().to(read_patient)))
         .service(resource("/fhir/AllergyIntolerance").route(web::get().to(allergies)))

@@ -104,5 +104,9 @@ fn allowed_methods(pattern: &str) -> String {
 
 /// Answers paths no route matches.
 pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::not_found())
+    Err(ApiError::new(coherency_protocol::Code::NotFound, NO_ROUTE))
 }
+
+/// The message of a 404 for a path no route serves (an object that does not exist is
+/// `not found`).
+pub const NO_ROUTE: &str = "no route matches this path";
