@@ -189,18 +189,14 @@ impl utoipa::Modify for Contract {
         for (path, item) in openapi.paths.paths.iter_mut() {
             let fhir = path.starts_with("/fhir/");
             let limited = !crate::http::ratelimit::EXEMPT.contains(&path.as_str());
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch]
-                .into_iter()
-                .flatten()
+            for op in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
             {
                 complete(path, op, fhir, limited);
             }
         }
         let components = openapi.components.get_or_insert_with(Default::default);
-        for (name, schema) in [
-            ("OperationOutcome", operation_outcome_schema()),
-            ("FhirBundle", bundle_schema()),
-        ] {
+        for (name, schema) in [("OperationOutcome", operation_outcome_schema()), ("FhirBundle", bundle_schema())] {
             components.schemas.insert(name.into(), schema);
         }
         // The error code is one of the catalogue's, so a generated client can match on it.

@@ -66,8 +66,8 @@ pub fn resource(path: &str) -> actix_web::Resource {
 
 async fn method_not_allowed(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
     use actix_web::ResponseError;
-    let mut res =
-        ApiError::new(coherency_protocol::Code::MethodNotAllowed, "method not allowed for this resource").error_response();
+    let mut res = ApiError::new(coherency_protocol::Code::MethodNotAllowed, "method not allowed for this resource")
+        .error_response();
     // RFC 9110 §15.5.6: a 405 lists the methods the resource has.
     let allow = req.match_pattern().map_or_else(|| "GET".to_string(), |p| allowed_methods(&p));
     if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&allow) {

@@ -252,7 +252,8 @@ async fn the_capability_statement_lists_exactly_what_the_fhir_api_serves_and_pas
     want.sort_unstable();
     assert_eq!(types, want);
     let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
-    let codes: Vec<&str> = patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    let codes: Vec<&str> =
+        patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["read", "search-type"]);
     let params: Vec<&str> =
         patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();

@@ -305,8 +305,8 @@ async fn a_stale_etag_is_refused_with_412_and_a_missing_one_with_428() {
 async fn a_patient_who_registered_with_an_email_sees_it_on_their_record() {
     let app = spawn_app().await;
     let a = app.patient().await;
-    let (s, v, _) = send(&app, Method::GET, &format!("/v1/patients/{}", a.patient_id.unwrap()), Some(&a.token), None, None)
-        .await;
+    let (s, v, _) =
+        send(&app, Method::GET, &format!("/v1/patients/{}", a.patient_id.unwrap()), Some(&a.token), None, None).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["email"], json!(a.email), "{v}");
 }

@@ -155,7 +155,11 @@ mod tests {
         for r in &rs {
             for p in r["searchParam"].as_array().into_iter().flatten() {
                 let name = p["name"].as_str().unwrap();
-                assert!(PARAM_TYPES.iter().any(|(n, _)| *n == name), "{}: search parameter `{name}` has no type", r["type"]);
+                assert!(
+                    PARAM_TYPES.iter().any(|(n, _)| *n == name),
+                    "{}: search parameter `{name}` has no type",
+                    r["type"]
+                );
             }
             for o in r["operation"].as_array().into_iter().flatten() {
                 assert!(o["definition"].as_str().is_some_and(|d| !d.is_empty()), "{}: {o}", r["type"]);

@@ -374,13 +374,17 @@ fn record_schema<T: utoipa::PartialSchema>() -> utoipa::openapi::RefOr<utoipa::o
     use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
     let mut s = T::schema();
     if let utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(o)) = &mut s {
-        let string = |f: KnownFormat| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(f)));
+        let string =
+            |f: KnownFormat| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(f)));
         for (name, schema, description) in [
             ("id", string(KnownFormat::Uuid), "the entry's id"),
             ("patient_id", string(KnownFormat::Uuid), "the patient the entry belongs to"),
             (
                 "version",
-                ObjectBuilder::new().schema_type(Type::Integer).format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64))).minimum(Some(1)),
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(1)),
                 "the record's version: 1 on creation, +1 on each change; the `ETag` and `If-Match` value",
             ),
             ("created_at", string(KnownFormat::DateTime), "when the entry was created"),
