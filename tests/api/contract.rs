@@ -86,10 +86,12 @@ struct Ids {
     clinicians: Vec<String>,
     appointments: Vec<String>,
     types: Vec<String>,
+    participants: Vec<String>,
+    waitlist: Vec<String>,
 }
 
-/// A patient on the clinician's care team with one entry of every kind, a scan, a consult and
-/// two appointments (one to cancel, one to keep) on the clinician's calendar.
+/// A patient on the clinician's care team with one entry of every kind, a scan, a consult the
+/// patient checked in to, two appointments on the clinician's calendar and a waitlist entry.
 async fn objects(app: &TestApp, admin: &User, clin: &User, ty: Uuid, patient: &User) -> Ids {
     let pid = patient.patient_id.unwrap().to_string();
     let mut ids = Ids {
@@ -137,6 +139,29 @@ async fn objects(app: &TestApp, admin: &User, clin: &User, ty: Uuid, patient: &U
     let consult =
         created(app.post_auth("/v1/consults", &clin.token, &json!({"patient_id": pid})).await, "consult").await;
     ids.consults.push(id_of(&consult));
+    let consult_id = id_of(&consult);
+    created(
+        app.post_auth(&format!("/v1/consults/{consult_id}/check-in"), &patient.token, &json!({})).await,
+        "check-in",
+    )
+    .await;
+    let queue = app.get_auth(&format!("/v1/consults/{consult_id}/queue"), &clin.token).await;
+    for p in created(queue, "queue").await.as_array().into_iter().flatten() {
+        ids.participants.push(id_of(p));
+    }
+    let from = app.clock.now() + chrono::Duration::days(3);
+    let waiting = created(
+        app.post_auth(
+            "/v1/waitlist",
+            &patient.token,
+            &json!({"clinician_id": clin.id, "type_id": ty, "from": from.to_rfc3339(),
+                    "to": (from + chrono::Duration::days(1)).to_rfc3339()}),
+        )
+        .await,
+        "waitlist",
+    )
+    .await;
+    ids.waitlist.push(id_of(&waiting));
     let other = created(
         app.post_auth(
             "/v1/patients",
@@ -175,6 +200,8 @@ fn config(ids: &Ids) -> String {
         ("clinicians", &ids.clinicians),
         ("appointments", &ids.appointments),
         ("types", &ids.types),
+        ("participants", &ids.participants),
+        ("waitlist", &ids.waitlist),
     ] {
         c += &format!("[dictionaries.{name}]\nvalues = {}\n\n", toml_list(values));
     }
@@ -182,7 +209,8 @@ fn config(ids: &Ids) -> String {
         ("^/v1/patients/\\\\{id\\\\}", &[("path.id", "patients"), ("path.entry_id", "entries")][..]),
         ("^/fhir/Patient/\\\\{id\\\\}", &[("path.id", "patients")][..]),
         ("^/v1/scans/\\\\{id\\\\}", &[("path.id", "scans")][..]),
-        ("^/v1/consults/\\\\{id\\\\}", &[("path.id", "consults")][..]),
+        ("^/v1/consults/\\\\{id\\\\}", &[("path.id", "consults"), ("path.pid", "participants")][..]),
+        ("^/v1/waitlist/\\\\{id\\\\}", &[("path.id", "waitlist")][..]),
         ("^/v1/clinicians/\\\\{id\\\\}", &[("path.id", "clinicians")][..]),
         ("^/v1/appointments/\\\\{id\\\\}", &[("path.id", "appointments")][..]),
         ("^/fhir/Appointment/\\\\{id\\\\}", &[("path.id", "appointments")][..]),
