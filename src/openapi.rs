@@ -211,6 +211,9 @@ impl utoipa::Modify for Contract {
 /// Adds the statuses `op` can answer beyond its annotation, and an error body schema to
 /// every error response that has none.
 fn complete(path: &str, op: &mut Operation, fhir: bool, limited: bool) {
+    if let Some(body) = op.request_body.as_mut() {
+        optional_body_is_absent_not_null(body);
+    }
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let params = op.parameters.as_deref().unwrap_or_default();
     let path_ids = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
@@ -253,6 +256,24 @@ fn complete(path: &str, op: &mut Operation, fhir: bool, limited: bool) {
             error_body(response, code, fhir);
         } else if fhir && (200..300).contains(&code) && response.content.is_empty() {
             response.content.insert(FHIR_JSON.into(), Content::new(Some(fhir_success_schema(path))));
+        }
+    }
+}
+
+/// An optional body (`request_body = Option<T>`) is one that may be left out (`required`
+/// unset), not one that may be the JSON `null`, which the handlers refuse as not a `T`:
+/// `oneOf: [null, T]` becomes `T`.
+fn optional_body_is_absent_not_null(body: &mut utoipa::openapi::request_body::RequestBody) {
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else { continue };
+        let not_null: Vec<RefOr<Schema>> = one_of
+            .items
+            .iter()
+            .filter(|s| serde_json::to_value(s).is_ok_and(|v| v != json!({"type": "null"})))
+            .cloned()
+            .collect();
+        if let [only] = not_null.as_slice() {
+            content.schema = Some(only.clone());
         }
     }
 }
@@ -383,6 +404,14 @@ mod tests {
                 assert!(rs["500"].is_object() && rs["503"].is_object(), "{method} {path}");
             }
         }
+    }
+
+    #[test]
+    fn an_optional_body_may_be_absent_but_not_null() {
+        let doc = doc();
+        let body = &doc["paths"]["/v1/consults/{id}/end"]["post"]["requestBody"];
+        assert!(body["required"].is_null() || body["required"] == false, "{body}");
+        assert_eq!(body["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/EndBody", "{body}");
     }
 
     #[test]
