@@ -797,3 +797,40 @@ async fn seed_demo_patients_have_full_profiles_and_are_idempotent() {
     }
     assert!(coherency::http::patients::has_scan_consent(&app.pg, id.parse().unwrap()).await.unwrap());
 }
+
+#[actix_web::test]
+async fn the_migration_backfills_registered_patients_emails_and_renames_old_consents_version() {
+    let app = spawn_app().await;
+    let a = app.patient().await;
+    let pid = a.patient_id.unwrap();
+    // A record and a consent as they were stored before the fix.
+    sqlx::query("UPDATE patients SET email = NULL WHERE id = $1").bind(pid).execute(&app.pg).await.unwrap();
+    sqlx::query(
+        "INSERT INTO patient_entries (id, patient_id, kind, data, created_at, updated_at)
+         VALUES ($1, $2, 'consent', '{\"scope\":\"scan_capture\",\"status\":\"granted\",\"version\":\"2025-07\",\"date\":\"2025-07-01\"}', now(), now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(pid)
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    let before: i64 =
+        sqlx::query_scalar("SELECT version FROM patients WHERE id = $1").bind(pid).fetch_one(&app.pg).await.unwrap();
+    sqlx::raw_sql(include_str!("../../migrations/20261215120000_patient_email_consent_terms_version.sql"))
+        .execute(&app.pg)
+        .await
+        .unwrap();
+
+    let path = format!("/v1/patients/{pid}");
+    let (s, v, _) = send(&app, Method::GET, &path, Some(&a.token), None, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["email"], json!(a.email));
+    assert_eq!(v["version"], json!(before + 1), "an ETag read before the backfill no longer matches");
+    let (s, list, _) = send(&app, Method::GET, &format!("{path}/consents"), Some(&a.token), None, None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!((&list[0]["terms_version"], &list[0]["version"]), (&json!("2025-07"), &json!(1)), "{list}");
+    assert!(
+        coherency::http::patients::has_scan_consent(&app.pg, pid).await.unwrap(),
+        "the decision itself is unchanged"
+    );
+}
