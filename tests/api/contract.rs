@@ -44,6 +44,9 @@ const EXCLUDED_PATHS: &[&str] = &[
     "/metrics",
 ];
 
+/// A patient's lists, as in their routes.
+const LISTS: &[&str] = &["allergies", "medications", "conditions", "coverages", "contacts", "consents"];
+
 fn schemathesis() -> PathBuf {
     let st = Path::new(env!("CARGO_MANIFEST_DIR")).join(".local/venv-schemathesis/bin/st");
     assert!(
@@ -80,7 +83,8 @@ fn id_of(v: &Value) -> String {
 #[derive(Default)]
 struct Ids {
     patients: Vec<String>,
-    entries: Vec<String>,
+    /// Entry ids by list (`allergies`, …), so an entry route draws ids of its own kind.
+    entries: Vec<(&'static str, String)>,
     scans: Vec<String>,
     consults: Vec<String>,
     clinicians: Vec<String>,
@@ -128,7 +132,7 @@ async fn objects(app: &TestApp, admin: &User, clin: &User, ty: Uuid, patient: &U
         ("consents", json!({"scope": "scan_capture", "status": "granted", "terms_version": "2026-01"})),
     ] {
         let v = created(app.post_auth(&format!("/v1/patients/{pid}/{list}"), &clin.token, &body).await, list).await;
-        ids.entries.push(id_of(&v));
+        ids.entries.push((list, id_of(&v)));
     }
     let scan = created(
         app.post_auth("/v1/scans", &patient.token, &json!({"patient_id": pid, "body_site": "left heel"})).await,
@@ -192,9 +196,15 @@ fn config(ids: &Ids) -> String {
         "[checks.negative_data_rejection]\nexpected-statuses = [\"400\", \"401\", \"403\", \"404\", \"405\", \"406\", \"409\", \"412\", \"413\", \"415\", \"422\", \"428\", \"429\", \"5xx\"]\n\n\
          [checks.positive_data_acceptance]\nexpected-statuses = [\"2xx\", \"400\", \"401\", \"403\", \"404\", \"409\", \"412\", \"428\", \"429\"]\n\n",
     );
+    // Versions a fresh record has, so the fuzzer's first write to one succeeds (and the
+    // success answer's schema is checked) before its `If-Match` goes stale.
+    c += "[dictionaries.versions]\nvalues = [\"\\\"1\\\"\", \"W/\\\"1\\\"\", \"\\\"2\\\"\"]\n\n";
+    for list in LISTS {
+        let of_list: Vec<String> = ids.entries.iter().filter(|(l, _)| l == list).map(|(_, id)| id.clone()).collect();
+        c += &format!("[dictionaries.{list}]\nvalues = {}\n\n", toml_list(&of_list));
+    }
     for (name, values) in [
         ("patients", &ids.patients),
-        ("entries", &ids.entries),
         ("scans", &ids.scans),
         ("consults", &ids.consults),
         ("clinicians", &ids.clinicians),
@@ -205,8 +215,15 @@ fn config(ids: &Ids) -> String {
     ] {
         c += &format!("[dictionaries.{name}]\nvalues = {}\n\n", toml_list(values));
     }
-    for (regex, bindings) in [
-        ("^/v1/patients/\\\\{id\\\\}", &[("path.id", "patients"), ("path.entry_id", "entries")][..]),
+    let mut routes: Vec<(String, Vec<(&str, &str)>)> = LISTS
+        .iter()
+        .map(|list| {
+            let regex = format!("^/v1/patients/\\\\{{id\\\\}}/{list}/\\\\{{entry_id\\\\}}$");
+            (regex, vec![("path.id", "patients"), ("path.entry_id", *list), ("header.If-Match", "versions")])
+        })
+        .collect();
+    let shared: &[(&str, &[(&str, &str)])] = &[
+        ("^/v1/patients/\\\\{id\\\\}(/[a-z-]+)?$", &[("path.id", "patients"), ("header.If-Match", "versions")][..]),
         ("^/fhir/Patient/\\\\{id\\\\}", &[("path.id", "patients")][..]),
         ("^/v1/scans/\\\\{id\\\\}", &[("path.id", "scans")][..]),
         ("^/v1/consults/\\\\{id\\\\}", &[("path.id", "consults"), ("path.pid", "participants")][..]),
@@ -235,7 +252,9 @@ fn config(ids: &Ids) -> String {
                 ("query.service-type", "types"),
             ][..],
         ),
-    ] {
+    ];
+    routes.extend(shared.iter().map(|(regex, bindings)| (regex.to_string(), bindings.to_vec())));
+    for (regex, bindings) in routes {
         c += &format!("[[operations]]\ninclude-path-regex = \"{regex}\"\n[operations.parameters]\n");
         for (param, dict) in bindings {
             c += &format!("\"{param}\" = {{ dictionary = \"{dict}\", probability = 0.5 }}\n");
