@@ -234,7 +234,15 @@ async fn rewrite<B: MessageBody + 'static>(
             out.append_header((name.clone(), value.clone()));
         }
     }
-    let mut resp = out.json(ErrorBody { error: detail });
+    // FHIR clients get FHIR errors, also from the middleware in front of the FHIR handlers
+    // (rate limit, body size, unknown method): the OpenAPI contract promises it.
+    let mut resp = if req.path().starts_with("/fhir/") {
+        let code = Code::ALL.iter().copied().find(|c| c.as_str() == detail.code).unwrap_or(Code::Internal);
+        let body = crate::http::fhir::outcome_json(code, &detail.message, detail.field.as_deref());
+        out.content_type(crate::http::fhir::FHIR_JSON).body(body.to_string())
+    } else {
+        out.json(ErrorBody { error: detail })
+    };
     resp.extensions_mut().insert(Rendered);
     Ok(ServiceResponse::new(req, resp).map_into_right_body())
 }

@@ -1,10 +1,18 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations and completed by
+//! [`Contract`]: the statuses that middleware and extractors answer for every route (401/403
+//! for secured routes, 400/413/415 for JSON bodies, 404 for path ids, 429 from the rate
+//! limiter, 500/503), each error with its body schema — the JSON envelope, or a FHIR
+//! `OperationOutcome` under `/fhir/`. `tests/api/contract.rs` fuzzes the server against it.
 
+use serde_json::json;
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::response::Response;
+use utoipa::openapi::{Content, RefOr, Schema};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Coherency API", description = "Telehealth and LiDAR wound-scan server. Every error body is `{\"error\":{\"code\",\"message\",\"request_id\"}}`."),
+    info(title = "Coherency API", description = "Telehealth and LiDAR wound-scan server. Every error body is `{\"error\":{\"code\",\"message\",\"request_id\",\"field\"?}}` (`ErrorResponse`), except under `/fhir/`, where errors are FHIR `OperationOutcome` resources (`application/fhir+json`)."),
     paths(
         crate::http::health::livez,
         crate::http::health::readyz,
@@ -57,6 +65,7 @@ use utoipa::OpenApi;
         crate::http::patients::entries::care_team,
         crate::http::patients::entries::add_care_team,
         crate::http::patients::entries::remove_care_team,
+        crate::http::fhir::metadata::metadata,
         crate::http::fhir::read_patient,
         crate::http::fhir::search_patients,
         crate::http::fhir::everything,
@@ -109,7 +118,7 @@ use utoipa::OpenApi;
         crate::http::booking::fhir::search_appointments,
     ),
     components(schemas(crate::http::health::Status, ErrorResponse, ErrorDetailSchema)),
-    modifiers(&Security),
+    modifiers(&Security, &Contract),
     tags(
         (name = "operations", description = "Probes and metrics"),
         (name = "auth", description = "Accounts, sessions, MFA, socket tickets"),
@@ -162,4 +171,251 @@ pub struct ErrorDetailSchema {
     pub message: String,
     pub request_id: Option<String>,
     pub field: Option<String>,
+}
+
+/// Error statuses every operation of a kind can answer, whatever its handler does: they come
+/// from the middleware stack (`startup.rs`: rate limiter, envelope), the extractors
+/// (`auth::Require`, `http::Json`, path and query parsing) and the stores.
+struct Contract;
+
+/// Where the error body schemas live.
+const ERROR_REF: &str = "#/components/schemas/ErrorResponse";
+const OUTCOME_REF: &str = "#/components/schemas/OperationOutcome";
+const BUNDLE_REF: &str = "#/components/schemas/FhirBundle";
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+impl utoipa::Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let fhir = path.starts_with("/fhir/");
+            let limited = !crate::http::ratelimit::EXEMPT.contains(&path.as_str());
+            for op in
+                [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+            {
+                complete(path, op, fhir, limited);
+            }
+        }
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, schema) in [("OperationOutcome", operation_outcome_schema()), ("FhirBundle", bundle_schema())] {
+            components.schemas.insert(name.into(), schema);
+        }
+        // The error code is one of the catalogue's, so a generated client can match on it.
+        if let Some(RefOr::T(Schema::Object(detail))) = components.schemas.get_mut("ErrorDetail") {
+            if let Some(RefOr::T(Schema::Object(code))) = detail.properties.get_mut("code") {
+                code.enum_values = Some(coherency_protocol::Code::ALL.iter().map(|c| json!(c.as_str())).collect());
+            }
+        }
+    }
+}
+
+/// Adds the statuses `op` can answer beyond its annotation, and an error body schema to
+/// every error response that has none.
+fn complete(path: &str, op: &mut Operation, fhir: bool, limited: bool) {
+    if let Some(body) = op.request_body.as_mut() {
+        optional_body_is_absent_not_null(body);
+    }
+    let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+    let params = op.parameters.as_deref().unwrap_or_default();
+    let path_ids = params.iter().any(|p| p.parameter_in == ParameterIn::Path);
+    let json_body = op.request_body.as_ref().is_some_and(|b| b.content.keys().any(|ct| ct == "application/json"));
+    let body = op.request_body.is_some();
+    let mut generic: Vec<(u16, &str)> = vec![(
+        400,
+        "`bad_request`, `malformed_json`, `unknown_field` or `invalid_field` (naming the `field`): the request, \
+         its parameters or its body did not parse or failed validation",
+    )];
+    if secured {
+        generic.push((401, "`unauthenticated`, `token_expired` or `token_revoked`: no valid bearer token"));
+        generic.push((
+            403,
+            "`forbidden`: the caller's role lacks the permission (the operation's security scope), or may not \
+             do this to this object; `mfa_required`: staff whose session has no verified MFA",
+        ));
+    }
+    if path_ids {
+        generic.push((404, "`not_found`: no such object, or one the caller may not see"));
+    }
+    if body {
+        generic.push((413, "`payload_too_large`: the body is larger than `max_body_bytes`"));
+    }
+    if json_body {
+        generic.push((415, "`unsupported_media_type`: the body is not `Content-Type: application/json`"));
+    }
+    if limited {
+        generic.push((429, "`rate_limited`: the caller's request budget is spent; see `Retry-After`"));
+    }
+    generic.push((500, "`internal`: the server failed; the message reveals nothing"));
+    generic.push((503, "`unavailable`: a backing service is not answering, or the node is draining"));
+    for (status, description) in generic {
+        op.responses.responses.entry(status.to_string()).or_insert_with(|| RefOr::T(Response::new(description)));
+    }
+    for (status, response) in op.responses.responses.iter_mut() {
+        let RefOr::T(response) = response else { continue };
+        let code: u16 = status.parse().unwrap_or(0);
+        if code >= 400 {
+            error_body(response, code, fhir);
+        } else if fhir && (200..300).contains(&code) && response.content.is_empty() {
+            response.content.insert(FHIR_JSON.into(), Content::new(Some(fhir_success_schema(path))));
+        }
+    }
+}
+
+/// An optional body (`request_body = Option<T>`) is one that may be left out (`required`
+/// unset), not one that may be the JSON `null`, which the handlers refuse as not a `T`:
+/// `oneOf: [null, T]` becomes `T`.
+fn optional_body_is_absent_not_null(body: &mut utoipa::openapi::request_body::RequestBody) {
+    for content in body.content.values_mut() {
+        let Some(RefOr::T(Schema::OneOf(one_of))) = &content.schema else { continue };
+        let not_null: Vec<RefOr<Schema>> = one_of
+            .items
+            .iter()
+            .filter(|s| serde_json::to_value(s).is_ok_and(|v| v != json!({"type": "null"})))
+            .cloned()
+            .collect();
+        if let [only] = not_null.as_slice() {
+            content.schema = Some(only.clone());
+        }
+    }
+}
+
+/// Gives an error response its body schema and, for 429, its `Retry-After` header.
+fn error_body(response: &mut Response, status: u16, fhir: bool) {
+    if response.description.is_empty() {
+        response.description = format!("error ({status})");
+    }
+    if response.content.is_empty() {
+        let (ct, schema) = if fhir { (FHIR_JSON, OUTCOME_REF) } else { ("application/json", ERROR_REF) };
+        response.content.insert(ct.into(), Content::new(Some(RefOr::Ref(utoipa::openapi::Ref::new(schema)))));
+    }
+    if status == 429 {
+        response.headers.entry("Retry-After".into()).or_insert_with(|| {
+            utoipa::openapi::header::HeaderBuilder::new()
+                .schema(schema(json!({"type": "integer", "minimum": 1})))
+                .description(Some("seconds to wait before trying again"))
+                .build()
+        });
+    }
+}
+
+/// The success body of a FHIR route: a `Bundle` for searches and `$everything`, otherwise
+/// the resource named by the path's first segment (an `Appointment` for `$book`, the
+/// `CapabilityStatement` for `metadata`).
+fn fhir_success_schema(path: &str) -> RefOr<Schema> {
+    let segments: Vec<&str> = path.trim_start_matches("/fhir/").split('/').collect();
+    let kind = match segments.as_slice() {
+        ["metadata"] => "CapabilityStatement",
+        [kind, "{id}"] | [kind, "$book"] => kind,
+        _ => return RefOr::Ref(utoipa::openapi::Ref::new(BUNDLE_REF)),
+    };
+    schema(json!({
+        "type": "object",
+        "description": format!("a FHIR R4 `{kind}` resource"),
+        "required": ["resourceType"],
+        "properties": {"resourceType": {"type": "string", "enum": [kind]}, "id": {"type": "string"}}
+    }))
+}
+
+fn operation_outcome_schema() -> RefOr<Schema> {
+    schema(json!({
+        "type": "object",
+        "description": "A FHIR R4 `OperationOutcome`: `issue[0].details.coding[0].code` is the catalogue's error code \
+                        (system `urn:coherency:error`), `issue[0].code` the FHIR issue type.",
+        "required": ["resourceType", "issue"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["OperationOutcome"]},
+            "issue": {"type": "array", "minItems": 1, "items": {
+                "type": "object",
+                "required": ["severity", "code"],
+                "properties": {
+                    "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+                    "code": {"type": "string"},
+                    "details": {"type": "object", "properties": {
+                        "coding": {"type": "array", "items": {"type": "object", "properties": {
+                            "system": {"type": "string"}, "code": {"type": "string"}}}},
+                        "text": {"type": "string"}}},
+                    "diagnostics": {"type": "string"},
+                    "expression": {"type": "array", "items": {"type": "string"}}
+                }
+            }}
+        }
+    }))
+}
+
+fn bundle_schema() -> RefOr<Schema> {
+    schema(json!({
+        "type": "object",
+        "description": "A FHIR R4 `Bundle` of type `searchset` with `total` and paging `link`s.",
+        "required": ["resourceType", "type"],
+        "properties": {
+            "resourceType": {"type": "string", "enum": ["Bundle"]},
+            "type": {"type": "string", "enum": ["searchset"]},
+            "total": {"type": "integer", "minimum": 0},
+            "link": {"type": "array", "items": {"type": "object", "required": ["relation", "url"], "properties": {
+                "relation": {"type": "string"}, "url": {"type": "string"}}}},
+            "entry": {"type": "array", "items": {"type": "object", "properties": {
+                "fullUrl": {"type": "string"},
+                "resource": {"type": "object", "required": ["resourceType"],
+                             "properties": {"resourceType": {"type": "string"}}},
+                "search": {"type": "object"}}}}
+        }
+    }))
+}
+
+/// A schema written as JSON (the static shapes above; a unit test parses each).
+fn schema(v: serde_json::Value) -> RefOr<Schema> {
+    serde_json::from_value(v).unwrap_or_else(|e| unreachable!("static schema does not parse: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> serde_json::Value {
+        serde_json::to_value(ApiDoc::openapi()).unwrap()
+    }
+
+    #[test]
+    fn every_error_response_declares_its_body() {
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                for (status, r) in op["responses"].as_object().unwrap() {
+                    if status.as_str() >= "400" {
+                        let want = if path.starts_with("/fhir/") { FHIR_JSON } else { "application/json" };
+                        assert!(r["content"][want]["schema"].is_object(), "{method} {path} {status}: {r}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn secured_operations_declare_401_and_403_and_bodies_declare_413() {
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let rs = &op["responses"];
+                if op["security"].as_array().is_some_and(|s| !s.is_empty()) {
+                    assert!(rs["401"].is_object() && rs["403"].is_object(), "{method} {path}");
+                }
+                if op["requestBody"].is_object() {
+                    assert!(rs["413"].is_object(), "{method} {path}");
+                }
+                assert!(rs["500"].is_object() && rs["503"].is_object(), "{method} {path}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_optional_body_may_be_absent_but_not_null() {
+        let doc = doc();
+        let body = &doc["paths"]["/v1/consults/{id}/end"]["post"]["requestBody"];
+        assert!(body["required"].is_null() || body["required"] == false, "{body}");
+        assert_eq!(body["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/EndBody", "{body}");
+    }
+
+    #[test]
+    fn the_static_schemas_parse() {
+        let _ = (operation_outcome_schema(), bundle_schema(), fhir_success_schema("/fhir/Patient/{id}"));
+    }
 }

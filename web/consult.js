@@ -38,6 +38,11 @@ $('login-form').addEventListener('submit', async (e) => {
     if ($('totp').value) body.totp_code = $('totp').value;
     const res = await fetch('/v1/auth/login', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
     const json = await res.json();
+    if (!res.ok && json.error.code === 'mfa_code_required') {
+      // The password was right; this account also needs its authenticator code.
+      $('totp').focus();
+      throw new Error('enter the code from your authenticator app, then sign in again');
+    }
     if (!res.ok) throw new Error(json.error.code);
     C.token = json.access_token;
     signedIn();

@@ -135,6 +135,13 @@ pub async fn staff_login(
                     .map_err(|e| SetupError { code: "setup_bad_json".into(), error: anyhow!("user id: {e}") })?;
                 return Ok(Staff { token, user_id, role });
             }
+            // The account has MFA and no secret was given: say which option is missing.
+            Err(e) if e.code == "setup_http_401" && e.error.to_string().contains("\"mfa_code_required\"") => {
+                return Err(SetupError {
+                    code: "setup_mfa_code_required".into(),
+                    error: anyhow!("{email} has MFA enrolled: pass its TOTP secret (--staff-totp / --admin-totp)"),
+                });
+            }
             Err(e) if e.code == "setup_http_401" && totp_secret.is_some() && tries < 2 => {
                 tries += 1;
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -196,7 +203,7 @@ pub async fn provision(
         target,
         &format!("/v1/patients/{patient_id}/consents"),
         Some(&token),
-        &json!({"scope": "scan_capture", "status": "granted", "version": "1"}),
+        &json!({"scope": "scan_capture", "status": "granted", "terms_version": "1"}),
     )
     .await?;
     let scan = call(

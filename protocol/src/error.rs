@@ -31,7 +31,8 @@ pub enum Code {
     Unauthenticated,
     /// The caller is authenticated but lacks the permission.
     Forbidden,
-    /// Multi-factor authentication must be enrolled or completed first.
+    /// Multi-factor authentication must be enrolled or completed first (staff reaching a
+    /// route that needs verified MFA).
     MfaRequired,
     /// Too many requests; see `Retry-After`.
     RateLimited,
@@ -55,6 +56,9 @@ pub enum Code {
     TokenExpired,
     TokenRevoked,
     InvalidTotp,
+    /// Login of an account with MFA enrolled, without `totp_code` or `recovery_code`: ask
+    /// for the code and send the login again. (Distinct from `mfa_required`, a 403 on routes.)
+    MfaCodeRequired,
     OriginNotAllowed,
 
     // --- scheduling ---
@@ -98,7 +102,7 @@ impl Code {
         match self {
             BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | MalformedMessage
             | InvalidFrame | SequenceGap => 400,
-            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp => 401,
+            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp | MfaCodeRequired => 401,
             Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired | NotAdmitted => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
@@ -146,6 +150,7 @@ impl Code {
             TokenExpired => "token_expired",
             TokenRevoked => "token_revoked",
             InvalidTotp => "invalid_totp",
+            MfaCodeRequired => "mfa_code_required",
             OriginNotAllowed => "origin_not_allowed",
             SlotTaken => "slot_taken",
             HoldExpired => "hold_expired",
@@ -195,6 +200,7 @@ impl Code {
         Code::TokenExpired,
         Code::TokenRevoked,
         Code::InvalidTotp,
+        Code::MfaCodeRequired,
         Code::OriginNotAllowed,
         Code::SlotTaken,
         Code::HoldExpired,
@@ -257,6 +263,13 @@ mod tests {
             let json = serde_json::to_string(c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
+    }
+
+    #[test]
+    fn a_login_waiting_for_its_code_is_401_and_not_the_routes_mfa_403() {
+        assert_eq!(Code::MfaCodeRequired.http_status(), 401);
+        assert_eq!(Code::MfaRequired.http_status(), 403);
+        assert_ne!(Code::MfaCodeRequired.as_str(), Code::MfaRequired.as_str());
     }
 
     #[test]

@@ -138,12 +138,14 @@ pub async fn register(
         Err(e) => return Err(e),
     };
     let patient_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)")
+    // The sign-in email is also the record's contact email until the patient changes it.
+    sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7)")
         .bind(patient_id)
         .bind(user_id)
         .bind(&given)
         .bind(&family)
         .bind(body.birth_date)
+        .bind(&email)
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -184,7 +186,8 @@ fn invalid_credentials() -> ApiError {
 
 /// `POST /v1/auth/login`
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest, responses(
-    (status = 200, body = LoginResponse), (status = 401, description = "invalid_credentials / mfa_required / invalid_totp"),
+    (status = 200, body = LoginResponse),
+    (status = 401, description = "invalid_credentials; mfa_code_required (MFA is enrolled: send `totp_code` or `recovery_code`); invalid_totp"),
     (status = 429, description = "rate_limited or account_locked, with Retry-After")))]
 pub async fn login(
     state: web::Data<AppState>,
@@ -269,7 +272,7 @@ pub async fn login(
             use_recovery_code(&state, user_id, code).await?
         } else {
             return Err(ApiError::new(
-                Code::MfaRequired,
+                Code::MfaCodeRequired,
                 "enter the code from your authenticator app (totp_code) or a recovery code",
             ));
         };
@@ -425,7 +428,8 @@ pub struct TotpEnrolment {
 }
 
 /// `POST /v1/me/mfa/totp`: starts (or restarts) enrolment. Not allowed once enrolled.
-#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "auth", security(("bearer" = ["self"])), responses((status = 200, body = TotpEnrolment), (status = 409)))]
+#[utoipa::path(post, path = "/v1/me/mfa/totp", tag = "auth", security(("bearer" = ["self"])),
+    responses((status = 200, body = TotpEnrolment), (status = 409, description = "conflict: TOTP is already enrolled")))]
 pub async fn totp_enrol(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -469,7 +473,9 @@ pub struct RecoveryCodes {
 /// `POST /v1/me/mfa/totp/confirm`: proves the authenticator works; enables TOTP, marks this
 /// session verified and returns ten recovery codes.
 #[utoipa::path(post, path = "/v1/me/mfa/totp/confirm", tag = "auth", security(("bearer" = ["self"])), request_body = TotpConfirm,
-    responses((status = 200, body = RecoveryCodes), (status = 400, description = "invalid_totp")))]
+    responses((status = 200, body = RecoveryCodes), (status = 401, description = "invalid_totp: the code is wrong"),
+    (status = 409, description = "conflict: TOTP is already enrolled, or enrolment was not started"),
+    (status = 429, description = "rate_limited: too many wrong codes")))]
 pub async fn totp_confirm(
     state: web::Data<AppState>,
     req: HttpRequest,

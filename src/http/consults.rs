@@ -220,7 +220,7 @@ async fn view(state: &AppState, who: &Principal, c: Consult) -> Result<ConsultVi
 /// Opens a consult for an appointment (idempotent per appointment) or ad hoc.
 #[utoipa::path(post, path = "/v1/consults", tag = "consults", security(("bearer" = ["consults:host"])),
     request_body = CreateConsult,
-    responses((status = 201, body = ConsultView), (status = 200, description = "the appointment's existing consult"),
+    responses((status = 201, body = ConsultView), (status = 200, body = ConsultView, description = "the appointment's existing consult"),
               (status = 404, description = "no such appointment or patient visible to the caller"),
               (status = 409, description = "the appointment is not booked")))]
 #[tracing::instrument(skip_all)]
@@ -308,7 +308,8 @@ pub async fn check_in(
 
 /// The waiting participants of one consult, oldest check-in first (host only).
 #[utoipa::path(get, path = "/v1/consults/{id}/queue", tag = "consults", security(("bearer" = ["consults:host"])),
-    params(("id" = Uuid, Path)), responses((status = 200, body = [ParticipantView]), (status = 403), (status = 404)))]
+    params(("id" = Uuid, Path)), responses((status = 200, body = [ParticipantView]), (status = 403), (status = 404),
+    (status = 409, description = "consult_ended")))]
 #[tracing::instrument(skip_all)]
 pub async fn queue(
     state: web::Data<AppState>,
@@ -460,7 +461,7 @@ pub async fn invite(
 
 /// Ends the consult: everyone is disconnected.
 #[utoipa::path(post, path = "/v1/consults/{id}/end", tag = "consults", security(("bearer" = ["consults:host"])),
-    params(("id" = Uuid, Path)), request_body = EndBody,
+    params(("id" = Uuid, Path)), request_body = Option<EndBody>,
     responses((status = 200, body = ConsultView), (status = 403), (status = 404), (status = 409, description = "consult_ended")))]
 #[tracing::instrument(skip_all)]
 pub async fn end(
@@ -495,7 +496,8 @@ pub struct AfterQuery {
 /// The room's event log in sequence order (host, admitted participants).
 #[utoipa::path(get, path = "/v1/consults/{id}/events", tag = "consults", security(("bearer" = ["consults:join"])),
     params(("id" = Uuid, Path), AfterQuery),
-    responses((status = 200, description = "array of room events"), (status = 403, description = "not_admitted"), (status = 404)))]
+    responses((status = 200, body = [RoomEventSchema], description = "the room's events after `after`, oldest first (at most 1,000)"),
+    (status = 403, description = "not_admitted"), (status = 404)))]
 #[tracing::instrument(skip_all)]
 pub async fn events(
     state: web::Data<AppState>,
@@ -527,6 +529,33 @@ pub async fn events(
     let events: Vec<RoomEvent> = rows.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
     audit_consult(&state, &req, &who, "consult.events", "success", &c, serde_json::json!({})).await?;
     Ok(HttpResponse::Ok().json(events))
+}
+
+/// A room event as the events route returns it (documentation mirror of
+/// `coherency_protocol::consult::RoomEvent`, which has no schema of its own; a test below
+/// keeps the two in step).
+#[derive(ToSchema)]
+#[schema(as = RoomEvent)]
+#[allow(dead_code)]
+pub struct RoomEventSchema {
+    pub consult_id: Uuid,
+    /// Per-room sequence number: 1, 2, 3, … with no gaps.
+    pub seq: u64,
+    /// `opened`, `checked_in`, `admitted`, `denied`, `invited`, `joined`, `left`,
+    /// `left_before_joined`, `removed`, `track_published`, `track_unpublished`,
+    /// `scan_requested`, `scan_progress`, `scan_finished`, `muted`, `unmuted`, `ended`.
+    pub kind: String,
+    /// The participant the event is about, when there is one.
+    pub participant_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    /// `host`, `patient`, `interpreter`, `family` or `clinician`.
+    pub role: Option<String>,
+    /// Who caused it (the host for admit, deny, invite, remove, end).
+    pub by: Option<Uuid>,
+    /// Kind-specific facts (track id and kind, end reason, scan id, …). Never PHI.
+    pub data: Option<serde_json::Value>,
+    /// RFC 3339 time the room recorded it.
+    pub at: String,
 }
 
 /// One entry of the clinician's waiting room.
@@ -600,4 +629,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/consults/{id}/end").route(web::post().to(end)))
         .service(resource("/v1/consults/{id}/events").route(web::get().to(events)))
         .service(resource("/v1/consults/{id}/signal").route(web::get().to(crate::ws::consult::signal)));
+}
+
+#[cfg(test)]
+mod tests {
+    use utoipa::PartialSchema;
+
+    #[test]
+    fn the_room_event_schema_names_every_field_the_events_route_sends() {
+        let full = serde_json::json!({
+            "consult_id": uuid::Uuid::nil(), "seq": 1, "kind": "opened", "participant_id": uuid::Uuid::nil(),
+            "user_id": uuid::Uuid::nil(), "role": "host", "by": uuid::Uuid::nil(), "data": {"reason": "x"},
+            "at": "2026-01-01T00:00:00Z"
+        });
+        let event: super::RoomEvent = serde_json::from_value(full).unwrap();
+        let sent = serde_json::to_value(event).unwrap();
+        let schema = serde_json::to_value(super::RoomEventSchema::schema()).unwrap();
+        for key in sent.as_object().unwrap().keys() {
+            assert!(schema["properties"][key].is_object(), "RoomEvent sends `{key}`, its schema lacks it");
+        }
+    }
 }

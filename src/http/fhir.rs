@@ -20,6 +20,8 @@ use crate::http::patients::entries::{self, Kind, Stored};
 use crate::http::patients::{self, Patient, Scope, SearchParams};
 use crate::state::AppState;
 
+pub mod metadata;
+
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
 // ---------------------------------------------------------------------------------------------
@@ -40,25 +42,30 @@ fn issue_code(code: Code) -> &'static str {
     }
 }
 
+/// The `OperationOutcome` for an error code, message and field (also used by the envelope
+/// middleware for errors answered before a FHIR handler runs: rate limit, body size, 405).
+pub fn outcome_json(code: Code, message: &str, field: Option<&str>) -> Value {
+    let mut issue = json!({
+        "severity": "error",
+        "code": issue_code(code),
+        "details": {"coding": [{"system": "urn:coherency:error", "code": code.as_str()}], "text": message},
+        "diagnostics": message,
+    });
+    if let Some(f) = field {
+        issue["expression"] = json!([f]);
+    }
+    json!({"resourceType": "OperationOutcome", "issue": [issue]})
+}
+
 /// An `OperationOutcome` for an error, with the error's status; the envelope middleware
 /// leaves it as it is.
 pub fn outcome(e: &ApiError) -> HttpResponse {
     let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut issue = json!({
-        "severity": "error",
-        "code": issue_code(e.code),
-        "details": {"coding": [{"system": "urn:coherency:error", "code": e.code.as_str()}], "text": e.message},
-        "diagnostics": e.message,
-    });
-    if let Some(f) = &e.field {
-        issue["expression"] = json!([f]);
-    }
     let mut b = HttpResponse::build(status);
     if let Some(secs) = e.retry_after {
         b.insert_header((header::RETRY_AFTER, secs.to_string()));
     }
-    let mut resp =
-        b.content_type(FHIR_JSON).body(json!({"resourceType": "OperationOutcome", "issue": [issue]}).to_string());
+    let mut resp = b.content_type(FHIR_JSON).body(outcome_json(e.code, &e.message, e.field.as_deref()).to_string());
     crate::error::mark_rendered(&mut resp);
     resp
 }
@@ -591,7 +598,8 @@ pub async fn everything(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
 /// Registers the FHIR routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::http::resource;
-    cfg.service(resource("/fhir/Patient").route(web::get().to(search_patients)))
+    cfg.service(resource("/fhir/metadata").route(web::get().to(metadata::metadata)))
+        .service(resource("/fhir/Patient").route(web::get().to(search_patients)))
         .service(resource("/fhir/Patient/{id}/$everything").route(web::get().to(everything)))
         .service(resource("/fhir/Patient/{id}").route(web::get().to(read_patient)))
         .service(resource("/fhir/AllergyIntolerance").route(web::get().to(allergies)))

@@ -67,11 +67,49 @@ pub fn resource(path: &str) -> actix_web::Resource {
     web::resource(path).default_service(web::to(method_not_allowed))
 }
 
-async fn method_not_allowed() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::new(coherency_protocol::Code::MethodNotAllowed, "method not allowed for this resource"))
+async fn method_not_allowed(req: actix_web::HttpRequest) -> actix_web::HttpResponse {
+    use actix_web::ResponseError;
+    let mut res = ApiError::new(coherency_protocol::Code::MethodNotAllowed, "method not allowed for this resource")
+        .error_response();
+    // RFC 9110 §15.5.6: a 405 lists the methods the resource has.
+    let allow = req.match_pattern().map_or_else(|| "GET".to_string(), |p| allowed_methods(&p));
+    if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&allow) {
+        res.headers_mut().insert(actix_web::http::header::ALLOW, v);
+    }
+    res
+}
+
+/// The methods the OpenAPI document lists for a route pattern (the routes outside it — the
+/// pages under `/web/` and `/` — are all GET).
+fn allowed_methods(pattern: &str) -> String {
+    static BY_PATH: std::sync::OnceLock<std::collections::HashMap<String, String>> = std::sync::OnceLock::new();
+    let by_path = BY_PATH.get_or_init(|| {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap_or_default();
+        doc["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|(path, item)| {
+                        let methods: Vec<String> = item
+                            .as_object()
+                            .map(|ops| ops.keys().map(|m| m.to_ascii_uppercase()).collect())
+                            .unwrap_or_default();
+                        (path.clone(), methods.join(", "))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    by_path.get(pattern).cloned().unwrap_or_else(|| "GET".into())
 }
 
 /// Answers paths no route matches.
 pub async fn not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::not_found())
+    Err(ApiError::new(coherency_protocol::Code::NotFound, NO_ROUTE))
 }
+
+/// The message of a 404 for a path no route serves (an object that does not exist is
+/// `not found`).
+pub const NO_ROUTE: &str = "no route matches this path";

@@ -27,7 +27,7 @@ const SHARDS: usize = 16;
 /// A shard prunes idle buckets when it grows past this many callers.
 const PRUNE_AT: usize = 4096;
 /// Paths that are never limited.
-const EXEMPT: [&str; 3] = ["/livez", "/readyz", "/metrics"];
+pub(crate) const EXEMPT: [&str; 3] = ["/livez", "/readyz", "/metrics"];
 
 #[derive(Clone, Copy)]
 struct Bucket {

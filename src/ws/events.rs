@@ -21,10 +21,25 @@ pub const MAX_FRAME: usize = 4 * 1024;
 /// How often the session behind the socket is re-checked (a backstop to the bus).
 pub const RECHECK: Duration = Duration::from_secs(30);
 
-/// Opens the user's event socket.
+/// Opens the caller's event socket: a websocket of JSON text frames that carries the events
+/// addressed to the user.
+///
+/// Server → client: `{"type":"welcome","user_id","role"}` on open; `{"type":"pong"}` after a
+/// client's `ping` text; `{"type":"session_ended"}` just before a close with code 4002 when
+/// the session ends on any node (logout, logout-all, revocation, expiry; re-checked every
+/// 30 s). Client → server: `ping` (text) or websocket pings; text frames over 4 KiB close the
+/// socket (1009). The server pings every 5 s and closes a client silent for 15 s (1001), and
+/// closes with 1001 when the node drains.
+///
+/// Credentials: `?ticket=` (browsers; single use, 30 s) or `Authorization: Bearer` (native
+/// clients). A browser's `Origin` must be one the server allows.
 #[utoipa::path(get, path = "/v1/ws", tag = "auth", security(("bearer" = ["self"])),
-    params(("ticket" = Option<String>, Query, description = "single-use ticket from POST /v1/auth/ws-ticket")),
-    responses((status = 101, description = "websocket"), (status = 401), (status = 403, description = "origin_not_allowed")))]
+    params(("ticket" = Option<String>, Query, description = "single-use ticket from POST /v1/auth/ws-ticket (browsers)")),
+    responses(
+        (status = 101, description = "Switching Protocols: the websocket is open (frames above)"),
+        (status = 400, description = "bad_request: not a websocket handshake (`Upgrade: websocket`, `Sec-WebSocket-Key`, version 13)"),
+        (status = 401, description = "unauthenticated, token_expired, token_revoked: no valid ticket or bearer token"),
+        (status = 403, description = "origin_not_allowed: a browser page from an origin the server does not allow")))]
 pub async fn socket(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -170,9 +170,11 @@ async fn a_totp_code_works_once_and_a_recovery_code_works_once() {
     assert_eq!(stored.len(), 10);
     assert!(stored.iter().all(|h| !codes.iter().any(|c| h.contains(&c.replace('-', "")))), "codes are stored hashed");
 
-    // Without a code, login asks for one; the enrolment code cannot be replayed.
+    // Without a code, login asks for one (401, as docs/security.md says); the enrolment code
+    // cannot be replayed.
     let res = app.login(&c.email, PASSWORD).await;
-    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "mfa_required");
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "mfa_code_required");
     let res =
         app.post_json("/v1/auth/login", &json!({"email": c.email, "password": PASSWORD, "totp_code": code})).await;
     assert_eq!(res.status(), 401);

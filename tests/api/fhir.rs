@@ -80,7 +80,7 @@ async fn full_patient(app: &TestApp, clin: &User) -> String {
             json!({"name": "Sam Ångström", "relationship": "partner", "emergency": true, "phone": "+46701234568"}),
         ),
         ("contacts", json!({"name": "Kim", "relationship": "friend", "email": "kim@example.test"})),
-        ("consents", json!({"scope": "scan_capture", "status": "granted", "version": "2026-01"})),
+        ("consents", json!({"scope": "scan_capture", "status": "granted", "terms_version": "2026-01"})),
     ] {
         let (s, v, _) =
             send(app, Method::POST, &format!("/v1/patients/{id}/{kind}"), Some(&clin.token), Some(&body), None).await;
@@ -224,4 +224,60 @@ async fn fhir_follows_the_same_access_rules() {
         let (s, body) = fhir_get(&app, Some(who), &format!("/fhir/Coverage?patient=Patient/{pa}")).await;
         assert_eq!(s, want, "{body}");
     }
+}
+
+#[actix_web::test]
+async fn the_capability_statement_lists_exactly_what_the_fhir_api_serves_and_passes_the_r4_validator() {
+    let app = spawn_app().await;
+    let (s, cs) = fhir_get(&app, None, "/fhir/metadata").await;
+    assert_eq!(s, 200, "public, like any FHIR server's statement: {cs}");
+    validate(std::slice::from_ref(&cs));
+    assert_eq!((cs["fhirVersion"].as_str(), cs["kind"].as_str()), (Some("4.0.1"), Some("instance")));
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let types: Vec<&str> = resources.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    let mut want = vec![
+        "AllergyIntolerance",
+        "Appointment",
+        "CareTeam",
+        "Condition",
+        "Coverage",
+        "DocumentReference",
+        "MedicationStatement",
+        "Observation",
+        "Patient",
+        "RelatedPerson",
+        "Schedule",
+        "Slot",
+    ];
+    want.sort_unstable();
+    assert_eq!(types, want);
+    let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+    let codes: Vec<&str> =
+        patient["interaction"].as_array().unwrap().iter().map(|i| i["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["read", "search-type"]);
+    let params: Vec<&str> =
+        patient["searchParam"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(params, ["name", "birthdate", "identifier"]);
+    assert_eq!(patient["operation"][0]["name"], "everything");
+
+    // Every interaction listed is served: an authenticated call reaches the FHIR handler (a
+    // Bundle, resource or OperationOutcome from it, never the router's 404), and one that is
+    // not listed is not.
+    let clin = app.staff(Role::Clinician, true).await;
+    for r in resources {
+        let kind = r["type"].as_str().unwrap();
+        for i in r["interaction"].as_array().unwrap() {
+            let path = match i["code"].as_str().unwrap() {
+                "read" => format!("/fhir/{kind}/{}", uuid::Uuid::new_v4()),
+                "search-type" => format!("/fhir/{kind}"),
+                other => panic!("{kind}: unexpected interaction {other}"),
+            };
+            let (status, body) = fhir_get(&app, Some(&clin), &path).await;
+            let routed = status != 404 || body["issue"][0]["details"]["text"] != coherency::http::NO_ROUTE;
+            assert!(routed && body["resourceType"].is_string(), "{path}: {status} {body}");
+        }
+    }
+    let (status, body) = fhir_get(&app, Some(&clin), "/fhir/Encounter").await;
+    assert_eq!(status, 404, "a resource the statement does not list is not served");
+    assert_eq!(body["issue"][0]["details"]["text"], coherency::http::NO_ROUTE);
 }

@@ -19,6 +19,7 @@ mod cluster_consult;
 mod cluster_scan;
 mod config_cli;
 mod consults;
+mod contract;
 mod dashboard;
 mod dashboard_browser;
 mod demo;

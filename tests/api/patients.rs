@@ -156,7 +156,7 @@ async fn every_patient_route_answers_each_caller_as_the_access_rules_say() {
         (
             Method::POST,
             format!("/v1/patients/{pa}/consents"),
-            Some(json!({"scope": "telehealth", "status": "granted", "version": "1"})),
+            Some(json!({"scope": "telehealth", "status": "granted", "terms_version": "1"})),
             false,
             patient_write,
         ),
@@ -302,6 +302,16 @@ async fn a_stale_etag_is_refused_with_412_and_a_missing_one_with_428() {
 }
 
 #[actix_web::test]
+async fn a_patient_who_registered_with_an_email_sees_it_on_their_record() {
+    let app = spawn_app().await;
+    let a = app.patient().await;
+    let (s, v, _) =
+        send(&app, Method::GET, &format!("/v1/patients/{}", a.patient_id.unwrap()), Some(&a.token), None, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["email"], json!(a.email), "{v}");
+}
+
+#[actix_web::test]
 async fn a_patient_may_edit_contact_details_but_not_clinical_identity_fields() {
     let app = spawn_app().await;
     let a = app.patient().await;
@@ -374,7 +384,7 @@ async fn bad_input_is_refused_naming_the_field() {
         (format!("/v1/patients/{id}/contacts"), json!({"name": "x", "relationship": "partner"}), "phone"),
         (
             format!("/v1/patients/{id}/consents"),
-            json!({"scope": "scan_capture", "status": "granted", "version": "1", "extra": 1}),
+            json!({"scope": "scan_capture", "status": "granted", "terms_version": "1", "extra": 1}),
             "extra",
         ),
         (format!("/v1/patients/{id}/care-team"), json!({"clinician_id": Uuid::new_v4()}), "clinician_id"),
@@ -678,7 +688,7 @@ async fn scan_consent_follows_the_newest_decision() {
         Method::POST,
         &path,
         Some(&a.token),
-        Some(&json!({"scope": "telehealth", "status": "granted", "version": "2026-01"})),
+        Some(&json!({"scope": "telehealth", "status": "granted", "terms_version": "2026-01"})),
         None,
     )
     .await;
@@ -689,19 +699,24 @@ async fn scan_consent_follows_the_newest_decision() {
         Method::POST,
         &path,
         Some(&a.token),
-        Some(&json!({"scope": "scan_capture", "status": "granted", "version": "2026-01"})),
+        Some(&json!({"scope": "scan_capture", "status": "granted", "terms_version": "2026-01"})),
         None,
     )
     .await;
     assert_eq!(s, 201, "{v}");
     assert!(v["date"].is_string(), "the date defaults to today: {v}");
+    assert_eq!(
+        (&v["terms_version"], &v["version"]),
+        (&json!("2026-01"), &json!(1)),
+        "the consent text's version and the record's row version are both readable: {v}"
+    );
     assert!(has().await.unwrap());
     let (s, _, _) = send(
         &app,
         Method::POST,
         &path,
         Some(&a.token),
-        Some(&json!({"scope": "scan_capture", "status": "withdrawn", "version": "2026-01"})),
+        Some(&json!({"scope": "scan_capture", "status": "withdrawn", "terms_version": "2026-01"})),
         None,
     )
     .await;
@@ -781,4 +796,41 @@ async fn seed_demo_patients_have_full_profiles_and_are_idempotent() {
         assert!(!list.as_array().unwrap().is_empty(), "{kind}");
     }
     assert!(coherency::http::patients::has_scan_consent(&app.pg, id.parse().unwrap()).await.unwrap());
+}
+
+#[actix_web::test]
+async fn the_migration_backfills_registered_patients_emails_and_renames_old_consents_version() {
+    let app = spawn_app().await;
+    let a = app.patient().await;
+    let pid = a.patient_id.unwrap();
+    // A record and a consent as they were stored before the fix.
+    sqlx::query("UPDATE patients SET email = NULL WHERE id = $1").bind(pid).execute(&app.pg).await.unwrap();
+    sqlx::query(
+        "INSERT INTO patient_entries (id, patient_id, kind, data, created_at, updated_at)
+         VALUES ($1, $2, 'consent', '{\"scope\":\"scan_capture\",\"status\":\"granted\",\"version\":\"2025-07\",\"date\":\"2025-07-01\"}', now(), now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(pid)
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    let before: i64 =
+        sqlx::query_scalar("SELECT version FROM patients WHERE id = $1").bind(pid).fetch_one(&app.pg).await.unwrap();
+    sqlx::raw_sql(include_str!("../../migrations/20261215120000_patient_email_consent_terms_version.sql"))
+        .execute(&app.pg)
+        .await
+        .unwrap();
+
+    let path = format!("/v1/patients/{pid}");
+    let (s, v, _) = send(&app, Method::GET, &path, Some(&a.token), None, None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["email"], json!(a.email));
+    assert_eq!(v["version"], json!(before + 1), "an ETag read before the backfill no longer matches");
+    let (s, list, _) = send(&app, Method::GET, &format!("{path}/consents"), Some(&a.token), None, None).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!((&list[0]["terms_version"], &list[0]["version"]), (&json!("2025-07"), &json!(1)), "{list}");
+    assert!(
+        coherency::http::patients::has_scan_consent(&app.pg, pid).await.unwrap(),
+        "the decision itself is unchanged"
+    );
 }

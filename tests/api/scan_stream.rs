@@ -68,7 +68,7 @@ pub async fn consent(app: &TestApp, patient: &User) {
         .post_auth(
             &format!("/v1/patients/{pid}/consents"),
             &patient.token,
-            &json!({"scope": "scan_capture", "status": "granted", "version": "1"}),
+            &json!({"scope": "scan_capture", "status": "granted", "terms_version": "1"}),
         )
         .await;
     assert!(res.status().is_success(), "consent: {}", res.text().await.unwrap_or_default());

@@ -47,11 +47,15 @@ const boardState = (p) => p.evaluate(() => {
 });
 
 try {
-  // Alice signs in through the page (email, password, TOTP) at 1280×800.
+  // Alice signs in through the page (email, password, TOTP) at 1280×800. Without her code the
+  // server answers 401 mfa_code_required and the page asks for it, focusing the code field.
   const a = await page({ width: 1280, height: 800 });
   await a.goto(`${P.base}/`);
   await a.fill('#email', P.alice.email);
   await a.fill('#password', P.alice.password);
+  await a.keyboard.press('Enter');
+  await a.waitForFunction(() => document.activeElement?.id === 'totp', null, { timeout: 15000 });
+  check((await a.textContent('form.login .error')).includes('authenticator app'), 'the sign-in page asks for the authenticator code');
   await a.fill('#totp', P.alice.code);
   await a.keyboard.press('Enter');
   await a.waitForSelector('#conn.live', { timeout: 15000 });

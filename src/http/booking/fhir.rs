@@ -132,7 +132,8 @@ pub struct SlotSearch {
 /// `GET /fhir/Slot?schedule=&service-type=&start=`: the day's slots, free or busy
 /// (busy-tentative while held).
 #[utoipa::path(get, path = "/fhir/Slot", tag = "fhir", security(("bearer" = ["bookings:read"])), params(SlotSearch),
-    responses((status = 200, description = "Bundle searchset (application/fhir+json)")))]
+    responses((status = 200, description = "Bundle searchset (application/fhir+json)"),
+    (status = 404, description = "OperationOutcome: no such schedule or appointment type")))]
 pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     respond(
         async {
@@ -227,7 +228,8 @@ fn reference(field: &str, kind: &str, v: Option<&str>) -> Result<Option<Uuid>, A
 
 /// `GET /fhir/Appointment?patient=&practitioner=&date=`
 #[utoipa::path(get, path = "/fhir/Appointment", tag = "fhir", security(("bearer" = ["bookings:read"])), params(AppointmentSearch),
-    responses((status = 200, description = "Bundle searchset (application/fhir+json)")))]
+    responses((status = 200, description = "Bundle searchset (application/fhir+json)"),
+    (status = 404, description = "OperationOutcome: no such patient or practitioner visible to the caller")))]
 pub async fn search_appointments(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     respond(
         async {

@@ -351,7 +351,9 @@ pub struct MeshQuery {
 /// `GET /v1/scans/{id}/mesh`: the reconstructed mesh (binary glTF or PLY) with its SHA-256.
 #[utoipa::path(get, path = "/v1/scans/{id}/mesh", tag = "scans", security(("bearer" = ["scans:read"])),
     params(("id" = Uuid, Path), MeshQuery),
-    responses((status = 200, description = "model/gltf-binary or application/octet-stream (PLY); `x-content-sha256` header"),
+    responses((status = 200, description = "the mesh: binary glTF (`format=glb`) or PLY (`format=ply`)",
+                content((Vec<u8> = "model/gltf-binary"), (Vec<u8> = "application/octet-stream")),
+                headers(("x-content-sha256" = String, description = "hex SHA-256 of the body"))),
               (status = 400, description = "invalid_field (format)"),
               (status = 404, description = "not_found: no such scan visible to the caller, or not reconstructed")))]
 #[tracing::instrument(skip_all)]

@@ -293,7 +293,8 @@ pub struct Consent {
     pub scope: ConsentScope,
     pub status: ConsentStatus,
     /// The version of the consent text agreed to (`2026-01`): letters, digits, `.`, `_`, `-`.
-    pub version: Line<1, 32>,
+    /// Not the record's `version`, which counts its edits (`If-Match`) like every other entry's.
+    pub terms_version: Line<1, 32>,
     /// When it was given or withdrawn (default today).
     #[schema(value_type = Option<String>, format = Date)]
     pub date: Option<NaiveDate>,
@@ -302,11 +303,11 @@ pub struct Consent {
 impl Entry for Consent {
     const KIND: Kind = Kind::Consent;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
-        if !self.version.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+        if !self.terms_version.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(ApiError::field(
                 Code::InvalidField,
-                "version",
-                "`version` must be 1-32 letters, digits, . _ or -",
+                "terms_version",
+                "`terms_version` must be 1-32 letters, digits, . _ or -",
             ));
         }
         Ok(Self { date: Some(past_date(self.date.unwrap_or(today), today, "date")?), ..self })
@@ -351,6 +352,85 @@ impl Stored {
         }
         v
     }
+}
+
+/// The OpenAPI schema of an entry as the API returns it: the fields of the entry's body
+/// schema `T` plus the record's own (`id`, `patient_id`, `version`, `created_at`,
+/// `updated_at`), all required, nothing else — derived from `T`, so the two never drift.
+fn record_schema<T: utoipa::PartialSchema>() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let mut s = T::schema();
+    if let utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(o)) = &mut s {
+        let string =
+            |f: KnownFormat| ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(f)));
+        for (name, schema, description) in [
+            ("id", string(KnownFormat::Uuid), "the entry's id"),
+            ("patient_id", string(KnownFormat::Uuid), "the patient the entry belongs to"),
+            (
+                "version",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                    .minimum(Some(1)),
+                "the record's version: 1 on creation, +1 on each change; the `ETag` and `If-Match` value",
+            ),
+            ("created_at", string(KnownFormat::DateTime), "when the entry was created"),
+            ("updated_at", string(KnownFormat::DateTime), "when the entry last changed"),
+        ] {
+            o.properties.insert(name.into(), schema.description(Some(description)).build().into());
+            o.required.push(name.into());
+        }
+    }
+    s
+}
+
+/// The OpenAPI schema of a merge patch of an entry (RFC 7386): any of `T`'s fields, none
+/// required; the merged entry must then be a valid `T`.
+fn patch_schema<T: utoipa::PartialSchema>() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    let mut s = T::schema();
+    if let utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(o)) = &mut s {
+        o.required.clear();
+    }
+    s
+}
+
+/// Response and patch schema types of each entry kind (documentation only).
+macro_rules! entry_schemas {
+    ($($ty:ty => $record:ident, $patch:ident;)*) => {$(
+        #[doc = concat!("A stored `", stringify!($ty), "` as the API returns it.")]
+        pub struct $record;
+        impl utoipa::PartialSchema for $record {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+                record_schema::<$ty>()
+            }
+        }
+        impl utoipa::ToSchema for $record {
+            fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)>) {
+                <$ty as utoipa::ToSchema>::schemas(schemas);
+            }
+        }
+        #[doc = concat!("A merge patch of a `", stringify!($ty), "`.")]
+        pub struct $patch;
+        impl utoipa::PartialSchema for $patch {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+                patch_schema::<$ty>()
+            }
+        }
+        impl utoipa::ToSchema for $patch {
+            fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)>) {
+                <$ty as utoipa::ToSchema>::schemas(schemas);
+            }
+        }
+    )*};
+}
+
+entry_schemas! {
+    Allergy => AllergyRecord, AllergyPatch;
+    Medication => MedicationRecord, MedicationPatch;
+    Condition => ConditionRecord, ConditionPatch;
+    Coverage => CoverageRecord, CoveragePatch;
+    Contact => ContactRecord, ContactPatch;
+    Consent => ConsentRecord, ConsentPatch;
 }
 
 fn stored(r: &sqlx::postgres::PgRow) -> Stored {
@@ -556,10 +636,10 @@ async fn delete_entry<T: Entry>(
 
 /// The four handlers of one entry kind, with their OpenAPI annotations.
 macro_rules! entry_routes {
-    ($ty:ty, $list:ident, $create:ident, $update:ident, $delete:ident, $path:tt, $item:tt, $what:tt) => {
+    ($ty:ty, $record:ty, $patch:ty, $list:ident, $create:ident, $update:ident, $delete:ident, $path:tt, $item:tt, $what:tt) => {
         #[doc = concat!("`GET ", $path, "`: every ", $what, " on the record.")]
         #[utoipa::path(get, path = $path, tag = "patients", security(("bearer" = ["patients:read"])), params(("id" = Uuid, Path)),
-            responses((status = 200, body = Vec<$ty>), (status = 404)))]
+            responses((status = 200, body = Vec<$record>, description = "oldest first"), (status = 404)))]
         pub async fn $list(
             state: web::Data<AppState>,
             req: HttpRequest,
@@ -570,7 +650,8 @@ macro_rules! entry_routes {
 
         #[doc = concat!("`POST ", $path, "`: adds a ", $what, ".")]
         #[utoipa::path(post, path = $path, tag = "patients", security(("bearer" = ["patients:write"])), params(("id" = Uuid, Path)),
-            request_body = $ty, responses((status = 201, body = $ty), (status = 400, description = "invalid_field naming the field"),
+            request_body = $ty, responses((status = 201, body = $record, headers(("ETag" = String, description = "the new entry's version"))),
+            (status = 400, description = "invalid_field naming the field"),
             (status = 403, description = "patients may not write this list"), (status = 404)))]
         pub async fn $create(
             state: web::Data<AppState>,
@@ -584,7 +665,10 @@ macro_rules! entry_routes {
         #[doc = concat!("`PATCH ", $item, "`: merge-patches a ", $what, " (`If-Match` required).")]
         #[utoipa::path(patch, path = $item, tag = "patients", security(("bearer" = ["patients:write"])),
             params(("id" = Uuid, Path), ("entry_id" = Uuid, Path), ("If-Match" = String, Header)),
-            request_body = $ty, responses((status = 200, body = $ty), (status = 400), (status = 404), (status = 412), (status = 428)))]
+            request_body = $patch, responses((status = 200, body = $record, headers(("ETag" = String, description = "the entry's new version"))),
+            (status = 400, description = "invalid_field: the patched entry is not valid"), (status = 404),
+            (status = 412, description = "precondition_failed: `If-Match` is not the current version"),
+            (status = 428, description = "precondition_required: no `If-Match`")))]
         pub async fn $update(
             state: web::Data<AppState>,
             req: HttpRequest,
@@ -609,6 +693,8 @@ macro_rules! entry_routes {
 
 entry_routes!(
     Allergy,
+    AllergyRecord,
+    AllergyPatch,
     list_allergies,
     create_allergy,
     update_allergy,
@@ -619,6 +705,8 @@ entry_routes!(
 );
 entry_routes!(
     Medication,
+    MedicationRecord,
+    MedicationPatch,
     list_medications,
     create_medication,
     update_medication,
@@ -629,6 +717,8 @@ entry_routes!(
 );
 entry_routes!(
     Condition,
+    ConditionRecord,
+    ConditionPatch,
     list_conditions,
     create_condition,
     update_condition,
@@ -639,6 +729,8 @@ entry_routes!(
 );
 entry_routes!(
     Coverage,
+    CoverageRecord,
+    CoveragePatch,
     list_coverages,
     create_coverage,
     update_coverage,
@@ -649,6 +741,8 @@ entry_routes!(
 );
 entry_routes!(
     Contact,
+    ContactRecord,
+    ContactPatch,
     list_contacts,
     create_contact,
     update_contact,
@@ -659,6 +753,8 @@ entry_routes!(
 );
 entry_routes!(
     Consent,
+    ConsentRecord,
+    ConsentPatch,
     list_consents,
     create_consent,
     update_consent,

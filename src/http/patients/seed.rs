@@ -239,7 +239,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 &Consent {
                     scope,
                     status: ConsentStatus::Granted,
-                    version: line("2026-01")?,
+                    terms_version: line("2026-01")?,
                     date: Some(now.date_naive()),
                 },
                 None,

@@ -34,9 +34,9 @@ async function api(path, opts = {}) {
   const res = await fetch(path, { method: opts.method || (opts.json !== undefined ? 'POST' : 'GET'), headers, body: opts.body });
   if (res.status === 401 && path !== '/v1/auth/login') { auth.clear(); route(); throw new Error('signed out'); }
   if (!res.ok) {
-    let msg = `${res.status}`;
-    try { const b = await res.json(); msg = b.error?.message || b.error?.code || msg; } catch { /* not json */ }
-    const err = new Error(msg); err.status = res.status; throw err;
+    let msg = `${res.status}`, code = null;
+    try { const b = await res.json(); code = b.error?.code ?? null; msg = b.error?.message || code || msg; } catch { /* not json */ }
+    const err = new Error(msg); err.status = res.status; err.code = code; throw err;
   }
   return opts.raw ? res : res.json();
 }
@@ -61,7 +61,13 @@ function loginPage() {
       const r = await api('/v1/auth/login', { json: body });
       auth.set(r.access_token, r.user);
       route();
-    } catch (e) { err.textContent = `Sign-in failed: ${e.message}`; }
+    } catch (e) {
+      if (e.code === 'mfa_code_required') {
+        // The password was right; this account also needs its authenticator code.
+        err.textContent = 'Enter the code from your authenticator app, then sign in again.';
+        form.querySelector('#totp').focus();
+      } else err.textContent = `Sign-in failed: ${e.message}`;
+    }
   });
   $main().replaceChildren(form);
   form.querySelector('#email').focus();
