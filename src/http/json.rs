@@ -66,7 +66,13 @@ fn trailing() -> ApiError {
 
 /// The first pass: the body is one JSON document whose strings and keys obey the character
 /// rule, whose objects hold each key once and whose nesting is at most [`MAX_DEPTH`].
+/// Every request body is an object: serde would otherwise build a struct from an array of
+/// its fields in order (`[null, null]`), a form no schema of ours describes.
 pub fn check(bytes: &[u8]) -> Result<(), ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|b| *b != b'{') && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+        return Err(ApiError::new(Code::InvalidField, "the body must be a JSON object"));
+    }
     let mut refused = None;
     let mut path = Vec::new();
     let mut de = serde_json::Deserializer::from_slice(bytes);
