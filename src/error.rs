@@ -98,6 +98,11 @@ impl From<sqlx::Error> for ApiError {
         if let sqlx::Error::PoolTimedOut = e {
             return Self::unavailable("the database is not answering; try again");
         }
+        if let sqlx::Error::Database(d) = &e {
+            if d.code().as_deref() == Some(crate::store::pg::QUERY_CANCELED) {
+                return Self::unavailable("the database did not answer in time; try again");
+            }
+        }
         Self::internal(e)
     }
 }
@@ -108,6 +113,7 @@ impl From<crate::audit::AppendError> for ApiError {
             crate::audit::AppendError::Database(e) if matches!(*e, sqlx::Error::PoolTimedOut) => {
                 Self::unavailable("the database is not answering; try again")
             }
+            crate::audit::AppendError::TimedOut => Self::unavailable("the audit trail is not answering; try again"),
             e => Self::internal(e),
         }
     }
