@@ -29,3 +29,4 @@ mod scan_stream;
 mod scans;
 mod sfu;
 mod shutdown;
+mod starvation;
