@@ -10,9 +10,9 @@
 //! 2. on a thread of its own, bounded by a semaphore with one permit per core so that many
 //!    finishing scans share the CPU fairly (and never on the I/O threads that serve the
 //!    phones' sockets), at normal priority while no phone streams to this node and at the
-//!    live-fusion workers' lower priority from the moment one does ([`step_aside_if_streaming`]):
-//!    decodes each message
-//!    (`scan::decode_client`) and converts it to a `coherency_recon` frame: depth in f32
+//!    live-fusion workers' lower priority from the moment one does
+//!    ([`step_aside_if_streaming`]): decodes each message (`scan::decode_client`) and
+//!    converts it to a `coherency_recon` frame: depth in f32
 //!    metres, intrinsics from the row-major `k` (`fx`, `fy`, `cx`, `cy`; the skew term is
 //!    ignored), the pose from the row-major world-from-camera `pose` (OpenCV axes, as the
 //!    protocol specifies), and the confidence plane rescaled from `0..=max` to ARKit's
@@ -562,15 +562,24 @@ pub fn spawn_recovery(hook: Arc<ReconstructionHook>, index: Arc<dyn ScanIndex>, 
     });
 }
 
+/// Ends a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl ReconstructionHook {
-    /// Touches the scan's `updated_at` every [`Self::with_stale_after`] quarter for as long
-    /// as the returned guard lives.
-    fn keep_fresh(&self, scan_id: ScanId) -> Option<tokio::task::JoinHandle<()>> {
+    /// Touches the scan's `updated_at` every quarter of [`Self::with_stale_after`]'s bound
+    /// for as long as the returned guard lives.
+    fn keep_fresh(&self, scan_id: ScanId) -> Option<AbortOnDrop> {
         if self.heartbeat.is_zero() {
             return None;
         }
         let (pg, clock, every) = (self.pg.clone(), self.clock.clone(), self.heartbeat);
-        Some(tokio::spawn(async move {
+        Some(AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -584,19 +593,15 @@ impl ReconstructionHook {
                     tracing::warn!(%scan_id, error = %e, "processing scan not touched; it may be taken over as stale");
                 }
             }
-        }))
+        })))
     }
 }
 
 #[async_trait]
 impl FinishHook for ReconstructionHook {
     async fn on_finish(&self, scan: FinishedScan) -> Result<(), StoreError> {
-        let heartbeat = self.keep_fresh(scan.scan_id);
-        let done = self.reconstruct(&scan).await;
-        if let Some(h) = heartbeat {
-            h.abort();
-        }
-        done
+        let _fresh = self.keep_fresh(scan.scan_id);
+        self.reconstruct(&scan).await
     }
 }
 

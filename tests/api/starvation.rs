@@ -400,3 +400,52 @@ async fn a_lapsed_lease_is_taken_back_unless_another_node_claimed_it_and_one_not
     assert_eq!(ends.lock().unwrap()[2], LeaseEnd::Expired);
     assert!(!leases.holds("lease:test:c"));
 }
+
+/// The scan's status and `updated_at`.
+async fn scan_row(app: &TestApp, scan: ScanId) -> (String, chrono::DateTime<chrono::Utc>) {
+    sqlx::query_as("SELECT status, updated_at FROM scans WHERE id = $1")
+        .bind(scan.as_uuid())
+        .fetch_one(&app.pg)
+        .await
+        .unwrap()
+}
+
+#[actix_web::test]
+async fn a_finished_scan_waiting_on_a_busy_node_is_kept_fresh_so_it_is_not_taken_over_as_stale() {
+    let app = spawn_app_with(|mut c| {
+        c.scan_finish_defer_max_ms = 3_000;
+        c.scan_processing_stale_secs = 4;
+        c
+    })
+    .await;
+    let (pa, a) = patient_with_scan(&app).await;
+    let (pb, b) = patient_with_scan(&app).await;
+    let mut phone_b = ScanStreamClient::connect_with(config(&app, &pb, b)).await.unwrap();
+    let mut phone_a = ScanStreamClient::connect_with(config(&app, &pa, a)).await.unwrap();
+    stream(&mut phone_a, 1, 10).await;
+    phone_a.finish().await.unwrap();
+    let (status, finished) = scan_row(&app, a).await;
+    assert_eq!(status, "processing");
+    // B streams without a pause: A waits in the finish hook for the whole deferral, and is
+    // `processing` for longer than a quarter of the stale bound.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut touched = finished;
+    for seq in 1..=80 {
+        tick.tick().await;
+        phone_b.send_frame(frame(seq)).await.unwrap();
+        let (status, at) = scan_row(&app, a).await;
+        if status == "processing" {
+            touched = touched.max(at);
+        }
+    }
+    assert!(
+        touched - finished >= chrono::Duration::milliseconds(900),
+        "a processing scan's updated_at moved only from {finished} to {touched}"
+    );
+    phone_b.finish().await.unwrap();
+    eventually(Duration::from_secs(30), "both scans complete", || async {
+        let done = scan_status(&app, a).await == "complete" && scan_status(&app, b).await == "complete";
+        done.then_some(())
+    })
+    .await;
+}
