@@ -218,22 +218,33 @@ pub enum AppendError {
     Database(Arc<sqlx::Error>),
     #[error("the audit writer stopped")]
     Stopped,
+    #[error("the audit row was not written within {} s", APPEND_WAIT.as_secs())]
+    TimedOut,
 }
 
+/// Longest a request waits for its audit row: past it the request fails with 503 (an
+/// audited action does not go ahead unaudited), and the row is not written if the writer
+/// has not taken it yet.
+pub const APPEND_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl AuditLog {
-    /// Starts the writer task on the current tokio runtime; it ends when every handle is
+    /// Starts the writer task on the store I/O runtime (every audited request waits for
+    /// it, so it must not share a thread with other work); it ends when every handle is
     /// dropped.
     pub fn start(pool: PgPool) -> Self {
         let (tx, rx) = mpsc::channel(GROUP_MAX * 8);
-        tokio::spawn(writer(pool, rx));
+        crate::store::io_runtime().spawn(writer(pool, rx));
         Self { tx }
     }
 
-    /// Appends `ev` and answers its row id once committed.
+    /// Appends `ev` and answers its row id once committed, within [`APPEND_WAIT`].
     pub async fn append(&self, at: DateTime<Utc>, ev: AuditEvent) -> Result<i64, AppendError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Pending { at, ev, done }).await.map_err(|_| AppendError::Stopped)?;
-        rx.await.map_err(|_| AppendError::Stopped)?
+        let appended = async {
+            self.tx.send(Pending { at, ev, done }).await.map_err(|_| AppendError::Stopped)?;
+            rx.await.map_err(|_| AppendError::Stopped)?
+        };
+        tokio::time::timeout(APPEND_WAIT, appended).await.map_err(|_| AppendError::TimedOut)?
     }
 }
 
@@ -246,6 +257,12 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Pending>) {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
             }
+        }
+        // A request that stopped waiting (APPEND_WAIT) has answered 503: its action did not
+        // happen, so its row is not written.
+        batch.retain(|p| !p.done.is_closed());
+        if batch.is_empty() {
+            continue;
         }
         let events: Vec<(DateTime<Utc>, &AuditEvent)> = batch.iter().map(|p| (p.at, &p.ev)).collect();
         match append(&pool, &events).await {

@@ -76,7 +76,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         key: "fusion_nice",
         default: "10",
-        help: "Niceness (0–19) of the live-fusion worker threads: under load the scheduler prefers the ack path over the live preview. 0: same priority as the rest of the server.",
+        help: "Niceness (0–19) of the live-fusion worker threads, and of a finished scan's reconstruction while phones stream to this node (with none streaming it runs at normal priority): under load the scheduler prefers the ack path. 0: same priority as the rest of the server.",
     },
     Setting {
         key: "redis_url",

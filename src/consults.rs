@@ -446,7 +446,17 @@ pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
     let rooms = state.rooms.clone();
     let claimed = std::time::Instant::now();
     let alive = move || claimed.elapsed() < crate::cluster::lease::RENEW_EVERY * 2 || rooms.get(cid).is_some();
-    match state.leases.claim(&key, alive).await {
+    // Another node holds (or held) the lease while the room runs here: the room retires
+    // (participants reconnect to the holder's room). An expired lease (Redis unreachable)
+    // keeps the room, as a claim that fails does: no other node can claim it either.
+    let rooms = state.rooms.clone();
+    let retire = move |end: &crate::cluster::lease::LeaseEnd| {
+        if let (crate::cluster::lease::LeaseEnd::Lost { .. }, Some(r)) = (end, rooms.get(cid)) {
+            tracing::warn!(consult_id = %cid, "room lease lost; retiring the room here");
+            r.do_send(coherency_actors::room::Retire);
+        }
+    };
+    match state.leases.claim_or_stop(&key, alive, retire).await {
         Ok(Claim::Ours) => {}
         Ok(Claim::Theirs(node)) => {
             if let Some(r) = state.rooms.get(cid) {

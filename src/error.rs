@@ -98,6 +98,11 @@ impl From<sqlx::Error> for ApiError {
         if let sqlx::Error::PoolTimedOut = e {
             return Self::unavailable("the database is not answering; try again");
         }
+        if let sqlx::Error::Database(d) = &e {
+            if d.code().as_deref() == Some(crate::store::pg::QUERY_CANCELED) {
+                return Self::unavailable("the database did not answer in time; try again");
+            }
+        }
         if let Some(refused) = refused_value(&e) {
             return refused;
         }
@@ -134,6 +139,7 @@ impl From<crate::audit::AppendError> for ApiError {
                 }
                 refused_value(&db).unwrap_or_else(|| Self::internal(crate::audit::AppendError::Database(db)))
             }
+            crate::audit::AppendError::TimedOut => Self::unavailable("the audit trail is not answering; try again"),
             e => Self::internal(e),
         }
     }

@@ -7,10 +7,12 @@
 //!    streaming come first, and the scan stays `processing` meanwhile;
 //! 1. unless live fusion already holds every frame, reads the scan's stored `frame`
 //!    messages back from the blob store through the `scan_frames` index, in seq order;
-//! 2. on a thread of its own at the live-fusion workers' lower priority, bounded by a
-//!    semaphore with one permit per core so that many finishing scans share the CPU fairly
-//!    (and never on the I/O threads that serve the phones' sockets): decodes each message
-//!    (`scan::decode_client`) and converts it to a `coherency_recon` frame: depth in f32
+//! 2. on a thread of its own, bounded by a semaphore with one permit per core so that many
+//!    finishing scans share the CPU fairly (and never on the I/O threads that serve the
+//!    phones' sockets), at normal priority while no phone streams to this node and at the
+//!    live-fusion workers' lower priority from the moment one does
+//!    ([`step_aside_if_streaming`]): decodes each message (`scan::decode_client`) and
+//!    converts it to a `coherency_recon` frame: depth in f32
 //!    metres, intrinsics from the row-major `k` (`fx`, `fy`, `cx`, `cy`; the skew term is
 //!    ignored), the pose from the row-major world-from-camera `pose` (OpenCV axes, as the
 //!    protocol specifies), and the confidence plane rescaled from `0..=max` to ARKit's
@@ -21,6 +23,11 @@
 //!    measurements to PostgreSQL (`scan_measurements`, method `auto`, idempotent) and a
 //!    reconstruction document to MongoDB (`reconstructions`: inputs, parameters, per-stage
 //!    timings, quality), one per scan, replaced on a re-run.
+//!
+//! While a scan is in the hook (waiting for quiet, for a core, or being reconstructed) its
+//! `updated_at` is touched every quarter of `scan_processing_stale_secs`
+//! ([`ReconstructionHook::with_stale_after`]), so a node that is merely slow never has its
+//! scan taken over as stale (by another node, or by its own recovery pass).
 //!
 //! Outcomes: no usable frame (none decodes, passes the quality gate or has depth at its
 //! centre) fails the scan. When the surface is built but the automatic segmentation finds
@@ -40,6 +47,7 @@
 //! volume is not kept in memory or storage: it is cheap to rebuild and this keeps the result
 //! reproducible) and measures the clinician's outline drawn on a keyframe.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -47,7 +55,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use coherency_actors::capture::activity::wait_for_quiet;
+use coherency_actors::capture::activity::{since_last_frame, wait_for_quiet};
 use coherency_actors::reconstruction::{centre_point, to_recon_frame, Accepted, LiveResult};
 use coherency_actors::stats::CaptureStats;
 use coherency_actors::store::{
@@ -94,6 +102,8 @@ pub struct ReconstructionHook {
     cpu: Arc<Semaphore>,
     /// Longest a finished scan's reconstruction waits for phones to stop streaming here.
     defer_max: Duration,
+    /// How often a scan in the hook has its `updated_at` touched (zero: never).
+    heartbeat: Duration,
 }
 
 /// Where one stored `frame` message is.
@@ -167,7 +177,16 @@ impl ReconstructionHook {
             clock,
             cpu,
             defer_max: Duration::ZERO,
+            heartbeat: Duration::ZERO,
         }
+    }
+
+    /// Scans still `processing` after `stale` count as abandoned and are taken over
+    /// (`scan_processing_stale_secs`, zero: never): while a scan is in this hook its
+    /// `updated_at` is touched every quarter of that, so it never looks abandoned.
+    pub fn with_stale_after(mut self, stale: Duration) -> Self {
+        self.heartbeat = stale / 4;
+        self
     }
 
     /// Finish-time reconstruction first waits until no frame has arrived on this node for
@@ -178,10 +197,13 @@ impl ReconstructionHook {
         self
     }
 
-    /// Runs CPU-heavy work once a core is free, on a thread of its own at the live-fusion
-    /// workers' lower priority: a scan's finish (seconds of fusion when it was not fused
-    /// live) must not delay the acks of phones still streaming. The thread ends with the
-    /// work, so its lowered priority never reaches other work.
+    /// Runs CPU-heavy work once a core is free, on a thread of its own: at normal priority
+    /// while no phone streams to this node, at the live-fusion workers' lower priority as
+    /// soon as one does ([`step_aside_if_streaming`]), so that a scan's finish (seconds of
+    /// fusion when it was not fused live) never delays the acks of phones still streaming,
+    /// yet is not starved for no one's benefit when the CPU is busy with work from outside
+    /// the node. The thread ends with the work, so a lowered priority never reaches other
+    /// work.
     async fn on_cpu<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
         let _permit =
             self.cpu.clone().acquire_owned().await.map_err(|_| StoreError::Permanent("recon: pool closed".into()))?;
@@ -192,7 +214,7 @@ impl ReconstructionHook {
             .name("recon-finish".into())
             .spawn(move || {
                 let _alloc = account.as_ref().map(crate::alloc::enter);
-                coherency_actors::reconstruction::lower_priority();
+                step_aside_if_streaming();
                 let _ = tx.send(f());
             })
             .map_err(|e| StoreError::Transient(format!("recon: no thread: {e}")))?;
@@ -574,10 +596,63 @@ pub fn spawn_recovery(hook: Arc<ReconstructionHook>, index: Arc<dyn ScanIndex>, 
     });
 }
 
+/// Ends a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl ReconstructionHook {
+    /// Touches the scan's `updated_at` every quarter of [`Self::with_stale_after`]'s bound
+    /// for as long as the returned guard lives.
+    fn keep_fresh(&self, scan_id: ScanId) -> Option<AbortOnDrop> {
+        if self.heartbeat.is_zero() {
+            return None;
+        }
+        let (pg, clock, every) = (self.pg.clone(), self.clock.clone(), self.heartbeat);
+        Some(AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let touched = sqlx::query("UPDATE scans SET updated_at = $2 WHERE id = $1 AND status = 'processing'")
+                    .bind(scan_id.as_uuid())
+                    .bind(clock.now())
+                    .execute(&pg)
+                    .await;
+                if let Err(e) = touched {
+                    tracing::warn!(%scan_id, error = %e, "processing scan not touched; it may be taken over as stale");
+                }
+            }
+        })))
+    }
+}
+
 #[async_trait]
 impl FinishHook for ReconstructionHook {
     async fn on_finish(&self, scan: FinishedScan) -> Result<(), StoreError> {
+        let _fresh = self.keep_fresh(scan.scan_id);
         self.reconstruct(&scan).await
+    }
+}
+
+/// Lowers the calling reconstruction thread to the live-fusion workers' priority
+/// (`fusion_nice`) if a phone has streamed to this node within [`FINISH_QUIET`]; called
+/// when the thread starts and between frames. Until then it keeps normal priority: with
+/// nobody streaming there are no acks to make way for, and at the lower priority a
+/// reconstruction competing with busy processes outside the node runs many times slower
+/// (a nice 10 thread weighs 110 against 1024 for each nice 0 one). A thread cannot raise
+/// its priority again, so once lowered it stays lowered until it ends with its work.
+fn step_aside_if_streaming() {
+    thread_local! {
+        static LOWERED: Cell<bool> = const { Cell::new(false) };
+    }
+    if !LOWERED.get() && since_last_frame().is_some_and(|d| d < FINISH_QUIET) {
+        coherency_actors::reconstruction::lower_priority();
+        LOWERED.set(true);
     }
 }
 
@@ -629,11 +704,13 @@ fn finish_work(live: Option<LiveResult>, frames: &[StoredFrame]) -> Result<Built
         Some(l) => from_live(l)?,
         None => fuse(frames)?,
     };
+    step_aside_if_streaming();
     let t = Instant::now();
     let mesh = extract_mesh(&fusion.vol, MESH_MIN_WEIGHT);
     let (ply, glb) = (mesh.to_ply(), mesh.to_glb());
     let triangles = mesh.triangle_count();
     let mesh_ms = ms(t);
+    step_aside_if_streaming();
     let t = Instant::now();
     let coverage = fusion.vol.coverage(fusion.target, COVERAGE_RADIUS_M);
     let measured = measure_auto(&fusion.vol, fusion.target, &MeasureConfig::default());
@@ -684,6 +761,7 @@ fn decode_frames(scan_id: ScanId, raw: Vec<RawFrame>, rebuild: &BTreeSet<u64>) -
     let mut quality = Vec::with_capacity(rebuild.len());
     let mut stats = CaptureStats::default();
     for RawFrame { seq, msg } in raw {
+        step_aside_if_streaming();
         match decode_client(&msg) {
             Ok(ClientMsg::Frame(f)) => {
                 if !rebuild.is_empty() {
@@ -730,6 +808,7 @@ fn fuse(frames: &[StoredFrame]) -> Result<Fusion, ReconError> {
     let mut vol = TsdfVolume::new(cfg)?;
     let mut fused = 0;
     for (f, _) in &accepted {
+        step_aside_if_streaming();
         match vol.integrate(&f.frame) {
             Ok(_) => fused += 1,
             Err(ReconError::MemoryBudgetExceeded { .. }) => {

@@ -11,16 +11,25 @@
 //! [`super::lease::LEASE_TTL`] and the new node takes it then. Either way the new session
 //! starts from what Postgres and the blob store hold, so the phone resumes from its last
 //! ack. While the lease cannot be had the upgrade is refused with 503 `unavailable`.
+//!
+//! A session whose lease ends while it runs (found held by another node, or not renewed
+//! before it expired: [`super::lease::LeaseEnd`]) hands over at once: what it received is
+//! made durable, and the phone is closed with 4001 when another node holds the scan, 1001
+//! otherwise (it resumes wherever it reconnects).
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use coherency_actors::capture::{HandOverScan, LiveSessions, StopSession};
+use actix::Addr;
+use coherency_actors::capture::{
+    CaptureRegistry, HandOverReason, HandOverScan, HandOverScanFor, LiveSessions, StopSession,
+};
 use coherency_protocol::ids::ScanId;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::bus::Request;
+use super::lease::LeaseEnd;
 use super::Claim;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -86,6 +95,25 @@ fn alive(live: LiveSessions, scan_id: ScanId) -> impl Fn() -> bool + Send + Sync
     move || live.contains(scan_id) || std::time::Instant::now() < until
 }
 
+/// Hands the scan's session here over when its lease ends while it runs (see the module
+/// docs). Runs on the lease renewer's thread: it only sends a message.
+fn stop(capture: Addr<CaptureRegistry>, scan_id: ScanId) -> impl Fn(&LeaseEnd) + Send + Sync + 'static {
+    move |why| {
+        let reason = match why {
+            LeaseEnd::Lost { holder: Some(_) } => HandOverReason::Takeover,
+            LeaseEnd::Lost { holder: None } | LeaseEnd::Expired => HandOverReason::Drain,
+        };
+        tracing::warn!(%scan_id, ?why, "the scan's lease ended; its session here hands over");
+        capture.do_send(HandOverScanFor { scan_id, reason });
+    }
+}
+
+/// Claims the scan's lease for this node (see [`alive`] and [`stop`]).
+async fn claim(state: &AppState, key: &str, scan_id: ScanId) -> Result<Claim, redis::RedisError> {
+    let (live, capture) = (state.capture_live.clone(), state.capture.clone());
+    state.leases.claim_or_stop(key, alive(live, scan_id), stop(capture, scan_id)).await
+}
+
 fn moving() -> ApiError {
     ApiError::unavailable("the scan is being streamed through another server that has not let go of it yet; retry")
         .with_retry_after(1)
@@ -101,7 +129,7 @@ pub async fn acquire(state: &AppState, scan_id: ScanId) -> Result<(), ApiError> 
     // Holders that did not answer: their lease is waited out, not asked for again.
     let mut silent: HashSet<String> = HashSet::new();
     loop {
-        match state.leases.claim(&key, alive(state.capture_live.clone(), scan_id)).await {
+        match claim(state, &key, scan_id).await {
             Ok(Claim::Ours) => return Ok(()),
             Ok(Claim::Theirs(node)) => {
                 if !silent.contains(&node) {
@@ -161,7 +189,7 @@ pub async fn standing(state: &AppState, scan_id: ScanId) -> Standing {
     if state.leases.holds(&key) {
         return Standing::Held;
     }
-    match state.leases.claim(&key, alive(state.capture_live.clone(), scan_id)).await {
+    match claim(state, &key, scan_id).await {
         Ok(Claim::Ours) => Standing::Held,
         Ok(Claim::Theirs(holder)) => {
             tracing::warn!(holder = %holder, "the scan's lease is another node's; stopping the session here");

@@ -1,6 +1,12 @@
 //! Connections to the backing services, opened once at start and shared: PostgreSQL (system
 //! of record), Redis (rate limits, presence, leases, bus), MongoDB (reconstruction and
 //! activity documents) and the blob store (raw frames, meshes).
+//!
+//! The Redis connection and the MongoDB client are driven by [`io_runtime`], a small runtime
+//! of their own, not by whichever runtime thread opened them: the node's request workers,
+//! socket arbiters and main thread all share these connections, and a shared connection
+//! whose I/O only one of those threads could drive would stall everyone's calls while that
+//! thread was busy (CPU starvation, a long synchronous step).
 
 pub mod blob;
 pub mod mongo;
@@ -33,6 +39,33 @@ pub struct Stores {
 
 /// How long start-up waits for each service.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Threads of [`io_runtime`].
+const IO_THREADS: usize = 2;
+
+/// The process-wide runtime that drives the shared store connections (`store-io` threads).
+/// It only moves bytes between sockets and waiting callers: nothing CPU-bound runs on it.
+pub fn io_runtime() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(IO_THREADS)
+            .thread_name("store-io")
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("cannot start the store I/O runtime: {e}"))
+    })
+}
+
+/// Runs `f` on [`io_runtime`] and waits for it from the caller's runtime: whatever `f`
+/// spawns (a connection's driver, a client's monitors) lives there.
+pub async fn on_io<T: Send + 'static>(f: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    match io_runtime().spawn(f).await {
+        Ok(v) => v,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => unreachable!("the store I/O runtime never shuts down or cancels"),
+    }
+}
 
 impl Stores {
     /// Connects to all four; the first that fails is named in the error.

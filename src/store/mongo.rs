@@ -1,4 +1,6 @@
-//! MongoDB client and database handle.
+//! MongoDB client and database handle. The client is made on the store I/O runtime
+//! ([`super::io_runtime`]), so its connection pool and monitors run there and no request
+//! waits for the runtime thread that opened it.
 
 use std::time::Duration;
 
@@ -14,7 +16,9 @@ pub async fn connect(config: &Config) -> Result<mongodb::Database, Unreachable> 
     options.server_selection_timeout = Some(CONNECT_TIMEOUT);
     options.connect_timeout = Some(Duration::from_secs(3));
     options.app_name = Some("coherency".into());
-    let client = mongodb::Client::with_options(options).map_err(|e| unreachable(e.to_string()))?;
+    let client = super::on_io(async move { mongodb::Client::with_options(options) })
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
     let db = client.database(&config.mongo_database);
     ping(&db).await.map_err(|e| unreachable(first_line(&e.to_string())))?;
     Ok(db)

@@ -171,11 +171,12 @@ struct PendingCommit {
 const EVENT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl PgScanIndex {
-    /// Starts the group-commit task on the current tokio runtime; it ends when every handle
-    /// is dropped.
+    /// Starts the group-commit task on the store I/O runtime (every phone's acks wait for
+    /// it, so it must not share a thread with other work); it ends when every handle is
+    /// dropped.
     pub fn new(pool: PgPool, clock: Clock) -> Self {
         let (commits, rx) = mpsc::channel(GROUP_COMMIT_MAX * 4);
-        tokio::spawn(group_commit_task(pool.clone(), clock.clone(), rx));
+        super::io_runtime().spawn(group_commit_task(pool.clone(), clock.clone(), rx));
         Self { pool, clock, commits, events: None }
     }
 

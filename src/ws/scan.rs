@@ -500,7 +500,8 @@ pub fn start_registry(
     let index = Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events.clone()));
     let hook = Arc::new(
         crate::recon_hook::ReconstructionHook::new(stores, clock.clone())
-            .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms)),
+            .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms))
+            .with_stale_after(Duration::from_secs(config.scan_processing_stale_secs)),
     );
     if recovery == Recovery::Run {
         crate::recon_hook::spawn_recovery(

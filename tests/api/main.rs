@@ -38,4 +38,5 @@ mod scan_stream;
 mod scans;
 mod sfu;
 mod shutdown;
+mod starvation;
 mod transport;

@@ -129,8 +129,9 @@ pub enum HandOverReason {
     /// here (if still attached) gets `error {superseded}` and close 4001, as in a takeover
     /// on one node.
     Takeover,
-    /// This node is draining: the connection gets close 1001 and the phone resumes
-    /// elsewhere.
+    /// The scan must leave this node (it is draining, or the scan's lease was lost or
+    /// expired): the connection gets close 1001 and the phone resumes wherever it
+    /// reconnects.
     Drain,
 }
 

@@ -17,7 +17,7 @@ pub use messages::{
     SessionPhase, SessionSnapshot, Shutdown,
 };
 pub use registry::{
-    attach, CaptureDeps, CaptureRegistry, Drain, GetOrStart, HandOverScan, ListSessions, LiveSessions, SessionStopped,
-    StopSession,
+    attach, CaptureDeps, CaptureRegistry, Drain, GetOrStart, HandOverScan, HandOverScanFor, ListSessions, LiveSessions,
+    SessionStopped, StopSession,
 };
 pub use session::CaptureSession;

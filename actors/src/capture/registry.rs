@@ -270,10 +270,30 @@ pub struct HandOverScan {
 impl Handler<HandOverScan> for CaptureRegistry {
     type Result = ResponseFuture<Option<u64>>;
 
+    fn handle(&mut self, msg: HandOverScan, ctx: &mut Context<Self>) -> Self::Result {
+        self.handle(HandOverScanFor { scan_id: msg.scan_id, reason: HandOverReason::Takeover }, ctx)
+    }
+}
+
+/// [`HandOverScan`] with a chosen [`HandOverReason`]: a scan whose lease this node lost or
+/// could not renew in time leaves with [`HandOverReason::Drain`] when no other node asked
+/// for it (the phone gets close 1001 and resumes wherever it reconnects).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<u64>")]
+pub struct HandOverScanFor {
+    /// The scan.
+    pub scan_id: ScanId,
+    /// Why.
+    pub reason: HandOverReason,
+}
+
+impl Handler<HandOverScanFor> for CaptureRegistry {
+    type Result = ResponseFuture<Option<u64>>;
+
     #[tracing::instrument(skip_all, fields(scan_id = %msg.scan_id))]
-    fn handle(&mut self, msg: HandOverScan, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: HandOverScanFor, _ctx: &mut Context<Self>) -> Self::Result {
         let Some(e) = self.sessions.remove(&msg.scan_id) else { return Box::pin(async { None }) };
-        let asked = e.addr.send(HandOver { reason: HandOverReason::Takeover });
+        let asked = e.addr.send(HandOver { reason: msg.reason });
         Box::pin(async move { asked.await.ok() })
     }
 }
