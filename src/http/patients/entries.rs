@@ -54,7 +54,7 @@ impl Kind {
 }
 
 /// Implemented by each entry body: its kind and its normalisation.
-pub trait Entry: DeserializeOwned + Serialize {
+pub trait Entry: DeserializeOwned + Serialize + utoipa::ToSchema {
     const KIND: Kind;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError>;
 }
@@ -536,6 +536,17 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
     }
 }
 
+/// Refuses a merge patch naming a field `T` does not have: `null` on it would otherwise vanish
+/// in the merge and be answered as a successful edit. The fields are those of `T`'s schema,
+/// which the patch schema lists.
+fn known_fields<T: Entry>(patch: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    let schema = serde_json::to_value(T::schema()).map_err(ApiError::internal)?;
+    match patch.keys().find(|k| schema["properties"].get(k.as_str()).is_none()) {
+        Some(k) => Err(ApiError::field(Code::UnknownField, k.as_str(), format!("unknown field `{k}`"))),
+        None => Ok(()),
+    }
+}
+
 async fn update_entry<T: Entry>(
     state: &AppState,
     req: &HttpRequest,
@@ -548,6 +559,7 @@ async fn update_entry<T: Entry>(
     let eid = path_id(req, "entry_id")?;
     may_write(who, T::KIND)?;
     let patch = body.parse()?;
+    known_fields::<T>(&patch)?;
     let expected = if_match(req)?;
     let now = state.clock.now();
     let mut tx = state.stores.pg.begin().await?;
