@@ -395,3 +395,15 @@ async fn the_server_keeps_its_openapi_contract_for_every_role_under_a_property_b
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200, "the server is still ready after the run");
 }
+
+#[test]
+fn every_operation_allowed_a_400_exists_and_is_listed_with_its_reason_in_the_api_docs() {
+    use utoipa::OpenApi;
+    let doc = serde_json::to_value(coherency::openapi::ApiDoc::openapi()).unwrap();
+    let api_md = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/api.md")).unwrap();
+    for (operation, why) in RULES_NO_SCHEMA_STATES {
+        let (method, path) = operation.split_once(' ').unwrap();
+        assert!(doc["paths"][path][method.to_lowercase()].is_object(), "{operation} is not an operation");
+        assert!(api_md.contains(&format!("| `{operation}` | {why} |")), "docs/api.md does not list {operation}");
+    }
+}
