@@ -205,8 +205,54 @@ impl utoipa::Modify for Contract {
                 code.enum_values = Some(coherency_protocol::Code::ALL.iter().map(|c| json!(c.as_str())).collect());
             }
         }
+        // A merge-patch field that may be left out but not cleared (`#[serde(default)]` on the
+        // struct) gets `default: null` from the derive, a value its own schema refuses.
+        for component in components.schemas.values_mut() {
+            let RefOr::T(Schema::Object(o)) = component else { continue };
+            for property in o.properties.values_mut() {
+                if let RefOr::T(Schema::OneOf(one)) = property {
+                    let nullable = one.items.iter().any(|i| serde_json::to_value(i).is_ok_and(|v| v["type"] == "null"));
+                    if !nullable && one.default == Some(serde_json::Value::Null) {
+                        one.default = None;
+                    }
+                }
+            }
+        }
+        // (utoipa's object schema has no `anyOf`: the rule joins it as an `allOf`.)
+        for (name, rule) in CROSS_FIELD_RULES {
+            if let Some(RefOr::T(Schema::Object(o))) = components.schemas.get(*name) {
+                let base = serde_json::to_value(o).unwrap_or_else(|e| unreachable!("a schema serialises: {e}"));
+                components.schemas.insert((*name).to_string(), schema(json!({"allOf": [base, {"anyOf": rule()}]})));
+            }
+        }
     }
 }
+
+/// An `anyOf` list of alternatives a body must match one of.
+type Rule = fn() -> serde_json::Value;
+
+/// Rules across a body's fields that JSON Schema can state (as `anyOf`) but the derive
+/// attributes cannot, each added to its component. The handlers check the same rules; the
+/// ones no schema can state (an end after its start, a date not after today) are in
+/// `docs/api.md`, "Contract".
+const CROSS_FIELD_RULES: &[(&str, Rule)] = &[
+    // `patients::entries::Contact`: a phone, an email or both.
+    ("Contact", || {
+        json!([
+            {"type": "object", "required": ["phone"], "properties": {"phone": {"type": "string"}}},
+            {"type": "object", "required": ["email"], "properties": {"email": {"type": "string"}}},
+        ])
+    }),
+    // `booking::ScheduleException`: `off` alone closes the day; hours come as a pair.
+    ("ScheduleException", || {
+        json!([
+            {"type": "object", "properties": {
+                "kind": {"type": "string", "enum": ["off"]}, "start": {"type": "null"}, "end": {"type": "null"}}},
+            {"type": "object", "required": ["start", "end"],
+             "properties": {"start": {"type": "string"}, "end": {"type": "string"}}},
+        ])
+    }),
+];
 
 /// Adds the statuses `op` can answer beyond its annotation, and an error body schema to
 /// every error response that has none.
@@ -412,6 +458,144 @@ mod tests {
         let body = &doc["paths"]["/v1/consults/{id}/end"]["post"]["requestBody"];
         assert!(body["required"].is_null() || body["required"] == false, "{body}");
         assert_eq!(body["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/EndBody", "{body}");
+    }
+
+    #[test]
+    fn every_path_parameter_is_named_by_its_path_and_no_other_parameter_is_nullable() {
+        // A query struct derived without `parameter_in = Query` lands in the path, required,
+        // where no client ever sends it (`limit` of `GET /v1/patients/{id}/scans` once did:
+        // the fuzzer's out-of-range `limit` never reached the server).
+        let doc = doc();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                for p in &params {
+                    let name = p["name"].as_str().unwrap();
+                    if p["in"] == "path" {
+                        assert!(path.contains(&format!("{{{name}}}")), "{method} {path}: path parameter `{name}`");
+                    }
+                    // A parameter is absent or a value: `null` cannot be sent in a URL or header.
+                    let s = p["schema"].to_string();
+                    assert!(!s.contains("\"null\""), "{method} {path}: parameter `{name}` may be null: {s}");
+                }
+                for seg in path.split('/').filter(|s| s.starts_with('{')) {
+                    let name = seg.trim_matches(|c| c == '{' || c == '}');
+                    assert!(
+                        params.iter().any(|p| p["in"] == "path" && p["name"] == name),
+                        "{method} {path}: `{name}` is not declared"
+                    );
+                }
+            }
+        }
+    }
+
+    /// What is wrong with `s` as the schema of a value a request carries, if anything: a string
+    /// with no pattern, enum or (UUID) format lets a schema-following client send text the
+    /// server refuses (a control character, a date before 1900, a code of the wrong shape); a
+    /// number without bounds, a list without `maxItems`, an open object, work without limit.
+    fn unconstrained(
+        doc: &serde_json::Value,
+        s: &serde_json::Value,
+        at: &str,
+        out: &mut Vec<String>,
+        seen: &mut Vec<String>,
+    ) {
+        if let Some(r) = s["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            // Elements of a FHIR resource the server does not read: only the character rule.
+            if !seen.iter().any(|n| n == name) && name != "FhirElement" {
+                seen.push(name.to_string());
+                unconstrained(doc, &doc["components"]["schemas"][name], &format!("{at}→{name}"), out, seen);
+            }
+            return;
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            for (i, sub) in s[key].as_array().into_iter().flatten().enumerate() {
+                // An `allOf` member that is only an `anyOf` refines its siblings (a cross-field
+                // rule): the values' own rules are in the sibling.
+                let refinement =
+                    key == "allOf" && sub.as_object().is_some_and(|o| o.len() == 1 && o.contains_key("anyOf"));
+                if !refinement {
+                    unconstrained(doc, sub, &format!("{at}/{key}[{i}]"), out, seen);
+                }
+            }
+        }
+        let types: Vec<&str> = match &s["type"] {
+            serde_json::Value::String(t) => vec![t.as_str()],
+            serde_json::Value::Array(ts) => ts.iter().filter_map(|t| t.as_str()).collect(),
+            _ => vec![],
+        };
+        let has = |k: &str| !s[k].is_null();
+        for t in types {
+            let ok = match t {
+                "string" => has("pattern") || has("enum") || has("const") || s["format"] == "uuid",
+                "integer" | "number" => (has("minimum") && has("maximum")) || has("enum"),
+                "array" => has("maxItems"),
+                "object" => s["additionalProperties"] == false || s["additionalProperties"].is_object(),
+                _ => true,
+            };
+            if !ok {
+                out.push(format!("{at}: {s}"));
+            }
+        }
+        if let Some(props) = s["properties"].as_object() {
+            for (k, v) in props {
+                unconstrained(doc, v, &format!("{at}.{k}"), out, seen);
+            }
+        }
+        for key in ["items", "additionalProperties", "propertyNames"] {
+            if s[key].is_object() {
+                unconstrained(doc, &s[key], &format!("{at}[{key}]"), out, seen);
+            }
+        }
+        for (i, sub) in s["prefixItems"].as_array().into_iter().flatten().enumerate() {
+            unconstrained(doc, sub, &format!("{at}[{i}]"), out, seen);
+        }
+    }
+
+    #[test]
+    fn every_value_a_request_carries_has_its_rule_in_the_schema() {
+        let doc = doc();
+        let mut out = vec![];
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let at = format!("{method} {path}");
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    let name = p["name"].as_str().unwrap_or_default();
+                    // A socket's ticket is checked as a credential (401), not a shape.
+                    if name != "ticket" {
+                        unconstrained(&doc, &p["schema"], &format!("{at} ?{name}"), &mut out, &mut vec![]);
+                    }
+                }
+                for (ct, c) in op["requestBody"]["content"].as_object().into_iter().flatten() {
+                    unconstrained(&doc, &c["schema"], &format!("{at} body {ct}"), &mut out, &mut vec![]);
+                }
+            }
+        }
+        assert!(out.is_empty(), "values a request may carry without a stated rule:\n{}", out.join("\n"));
+    }
+
+    #[test]
+    fn every_reference_resolves() {
+        fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+            match v {
+                serde_json::Value::Object(o) => {
+                    if let Some(r) = o.get("$ref").and_then(|r| r.as_str()) {
+                        out.push(r.to_string());
+                    }
+                    o.values().for_each(|v| refs(v, out));
+                }
+                serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+                _ => {}
+            }
+        }
+        let doc = doc();
+        let mut all = vec![];
+        refs(&doc, &mut all);
+        for r in all {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
+            assert!(doc["components"]["schemas"][name].is_object(), "{r} does not resolve");
+        }
     }
 
     #[test]

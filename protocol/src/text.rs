@@ -68,6 +68,20 @@ pub fn check(s: &str, lines: Lines) -> Result<(), Refusal> {
     }
 }
 
+/// One character one-line text may hold, as a regular-expression class (ECMA-262, Rust `regex`
+/// and Python `re` read it alike).
+pub const ONE_LINE_CHAR: &str = r"[^\u0000-\u001F\u007F-\u009F\u2028\u2029\u202A-\u202E\u2066-\u2069]";
+/// One character multi-line text may hold, as a regular-expression class.
+pub const MANY_LINES_CHAR: &str = r"[^\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u202A-\u202E\u2066-\u2069]";
+/// A character any text may hold that is not white space (Unicode `White_Space`, what
+/// `str::trim` removes): what is left of a text once trimmed starts and ends with one.
+pub const VISIBLE_CHAR: &str =
+    r"[^\u0000-\u0020\u007F-\u00A0\u1680\u2000-\u200A\u2028-\u202F\u205F\u2066-\u2069\u3000]";
+/// White space one-line text may hold (trimmed at either end).
+pub const ONE_LINE_BLANK: &str = r"[\u0020\u00A0\u1680\u2000-\u200A\u202F\u205F\u3000]";
+/// White space multi-line text may hold (trimmed at either end).
+pub const MANY_LINES_BLANK: &str = r"[\u0009\u000A\u000D\u0020\u00A0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]";
+
 /// The rule as an ECMA-262 regular expression (the OpenAPI `pattern` of one-line text).
 pub const ONE_LINE_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F\u2028\u2029\u202A-\u202E\u2066-\u2069]*$";
 /// The rule as an ECMA-262 regular expression (the OpenAPI `pattern` of multi-line text).
@@ -101,6 +115,12 @@ mod tests {
             assert_eq!(check(&format!("a{c}b"), Lines::Many), Err(Refusal::Bidi(c)));
         }
         assert_eq!(check("a\u{2029}b", Lines::Many), Ok(()));
+    }
+
+    #[test]
+    fn the_patterns_are_their_character_classes_repeated() {
+        assert_eq!(ONE_LINE_PATTERN, format!("^{ONE_LINE_CHAR}*$"));
+        assert_eq!(MANY_LINES_PATTERN, format!("^{MANY_LINES_CHAR}*$"));
     }
 
     #[test]

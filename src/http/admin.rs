@@ -13,7 +13,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, password, perm, sessions, Require, Role};
 use crate::error::ApiError;
 use crate::http::auth::{insert_user, normalise_email};
-use crate::http::input::{invalid, Email, Password, PersonName, Text};
+use crate::http::input::{invalid, Email, NewPassword, PersonName, Text};
 use crate::state::AppState;
 
 /// `POST /v1/admin/users` body.
@@ -22,10 +22,26 @@ use crate::state::AppState;
 #[schema(as = CreateUser)]
 pub struct CreateUserBody {
     pub email: Email,
-    pub password: Password,
+    pub password: NewPassword,
     pub display_name: PersonName,
-    /// `clinician` or `admin` (patients register themselves).
-    pub role: Role,
+    pub role: StaffRole,
+}
+
+/// A staff account's role (patients register themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StaffRole {
+    Clinician,
+    Admin,
+}
+
+impl From<StaffRole> for Role {
+    fn from(r: StaffRole) -> Self {
+        match r {
+            StaffRole::Clinician => Role::Clinician,
+            StaffRole::Admin => Role::Admin,
+        }
+    }
 }
 
 /// A staff account to create, from the API or the CLI's `create-admin`; [`create_staff`]
@@ -43,7 +59,7 @@ impl From<CreateUserBody> for CreateUser {
             email: b.email.into_inner(),
             password: b.password.into_inner(),
             display_name: b.display_name.into_inner(),
-            role: b.role,
+            role: b.role.into(),
         }
     }
 }
@@ -82,7 +98,7 @@ pub async fn create_user(
     body: crate::http::Json<CreateUserBody>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
-    let role = body.role;
+    let role = Role::from(body.role);
     let id = create_staff(&state, body.into()).await?;
     auth::audit(
         &state,

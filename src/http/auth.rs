@@ -2,8 +2,6 @@
 //! `/v1/me`, MFA enrolment, and single-use socket tickets.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::NaiveDate;
-use coherency_protocol::text::{self, Lines};
 use coherency_protocol::Code;
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -15,25 +13,15 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, limits, password, sessions, totp, Authenticated, Principal, Role};
 use crate::error::ApiError;
-use crate::http::input::{Email, Line, Password, PersonName};
+use crate::http::input::{invalid, Day, Email, EmailAddress, Line, NewPassword, Password, PersonName};
 use crate::state::AppState;
 
-pub const MAX_EMAIL: usize = 254;
+pub const MAX_EMAIL: usize = EmailAddress::MAX;
 
-/// Lower-cases and trims; checks the shape (one `@`, a dot in the domain, no spaces).
+/// Trims, checks the shape ([`EmailAddress`]: one `@`, a dot in the domain, no spaces) and
+/// lower-cases: for addresses that did not arrive as an `EmailAddress` (the CLI).
 pub fn normalise_email(raw: &str, field: &str) -> Result<String, ApiError> {
-    let e = raw.trim().to_lowercase();
-    let ok = e.len() <= MAX_EMAIL
-        && e.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !d.starts_with('.') && !d.ends_with('.'))
-        && e.matches('@').count() == 1
-        && !e.chars().any(char::is_whitespace)
-        && text::check(&e, Lines::One).is_ok();
-    if ok {
-        Ok(e)
-    } else {
-        Err(ApiError::field(Code::InvalidField, field, "not a valid email address"))
-    }
+    EmailAddress::new(raw.trim()).map(|e| e.normalise().into_inner()).map_err(|why| invalid(field, why))
 }
 
 fn email_subject(email: &str) -> String {
@@ -44,12 +32,11 @@ fn email_subject(email: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     pub email: Email,
-    pub password: Password,
+    pub password: NewPassword,
     pub given_name: PersonName,
     pub family_name: PersonName,
-    /// `YYYY-MM-DD`
-    #[schema(value_type = String, format = Date)]
-    pub birth_date: NaiveDate,
+    /// `YYYY-MM-DD`, 1900 to today.
+    pub birth_date: Day,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -112,12 +99,10 @@ pub async fn register(
     if let Some(wait) = limits::blocked(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await? {
         return Err(ApiError::new(Code::RateLimited, "too many attempts; try later").with_retry_after(wait));
     }
-    let email = normalise_email(&body.email, "email")?;
+    let email = body.email.normalise().into_inner();
     let (given, family) = (body.given_name.into_inner(), body.family_name.into_inner());
     let today = now.date_naive();
-    if body.birth_date > today || body.birth_date < NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(today) {
-        return Err(ApiError::field(Code::InvalidField, "birth_date", "must be a real date between 1900 and today"));
-    }
+    let birth_date = crate::http::patients::birth_date(body.birth_date, today, "birth_date")?;
     password::validate(body.password.expose(), "password")?;
     let hash = state.hasher.hash(body.password.into_inner()).await?;
     let mut tx = state.stores.pg.begin().await?;
@@ -144,7 +129,7 @@ pub async fn register(
         .bind(user_id)
         .bind(&given)
         .bind(&family)
-        .bind(body.birth_date)
+        .bind(birth_date)
         .bind(&email)
         .bind(now)
         .execute(&mut *tx)
@@ -166,7 +151,9 @@ pub async fn register(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    pub email: Email,
+    /// The account's email. Any line is taken: an address of another shape is no account's,
+    /// answered like a wrong password (401), so login tells nothing about the rules.
+    pub email: Line<1, 254>,
     pub password: Password,
     /// Required once TOTP is enrolled (or `recovery_code`).
     pub totp_code: Option<Line<0, 16>>,

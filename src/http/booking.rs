@@ -12,7 +12,7 @@
 pub mod fhir;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
@@ -24,14 +24,14 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::booking::view::{Change, Verdict};
 use crate::booking::{self, Appointment, AppointmentType, NewHold, WaitlistEntry};
 use crate::error::ApiError;
-use crate::http::input::{Instant, Int, Line, Text};
+use crate::http::input::{ClockTime, Day, IdempotencyKey, Instant, Int, Line, Text, TimeZone};
 use crate::http::patients::{can_access_patient, parse_query, path_id};
 use crate::state::AppState;
 
 /// Longest waitlist window (`to` − `from`), in days.
 pub const MAX_WAITLIST_DAYS: i64 = 366;
 /// Longest idempotency key.
-pub const MAX_IDEMPOTENCY_KEY: usize = 100;
+pub const MAX_IDEMPOTENCY_KEY: usize = IdempotencyKey::MAX;
 
 // ---------------------------------------------------------------------------------------------
 // Bodies
@@ -41,29 +41,34 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 100;
 #[serde(deny_unknown_fields)]
 pub struct WeeklyWindow {
     /// ISO weekday: 1 = Monday … 7 = Sunday.
-    #[schema(minimum = 1, maximum = 7)]
-    pub weekday: u32,
+    #[schema(inline)]
+    pub weekday: Int<1, 7>,
     /// `HH:MM`.
-    #[schema(value_type = String)]
-    pub start: NaiveTime,
+    pub start: ClockTime,
     /// `HH:MM`, after `start`.
-    #[schema(value_type = String)]
-    pub end: NaiveTime,
+    pub end: ClockTime,
 }
 
-/// A dated exception.
+/// What a dated exception does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExceptionKind {
+    /// Removes hours: the whole day without `start`/`end`, or those hours.
+    Off,
+    /// Adds the hours `start`–`end`.
+    Extra,
+}
+
+/// A dated exception. `off` without hours closes the day; `off` or `extra` with hours needs
+/// both `start` and `end`, `end` after `start`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleException {
     /// The day, in the schedule's zone: at most 366 days before and 761 days after today.
-    #[schema(value_type = String, format = Date)]
-    pub date: NaiveDate,
-    /// `off` (remove hours; the whole day without `start`/`end`) or `extra` (add hours).
-    pub kind: String,
-    #[schema(value_type = Option<String>)]
-    pub start: Option<NaiveTime>,
-    #[schema(value_type = Option<String>)]
-    pub end: Option<NaiveTime>,
+    pub date: Day,
+    pub kind: ExceptionKind,
+    pub start: Option<ClockTime>,
+    pub end: Option<ClockTime>,
 }
 
 /// `PUT /v1/clinicians/{id}/schedule` body (replaces the schedule).
@@ -71,13 +76,13 @@ pub struct ScheduleException {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
     /// IANA zone, e.g. `Europe/London`.
-    pub time_zone: String,
+    pub time_zone: TimeZone,
     /// How far ahead patients may book (1–730 days, default 60).
-    #[schema(minimum = 1, maximum = 730)]
-    pub horizon_days: Option<i32>,
+    #[schema(inline)]
+    pub horizon_days: Option<Int<1, 730>>,
     /// Minimum notice before a slot (minutes, 0–43,200, default 0).
-    #[schema(minimum = 0, maximum = 43200)]
-    pub min_notice_minutes: Option<i32>,
+    #[schema(inline)]
+    pub min_notice_minutes: Option<Int<0, 43200>>,
     /// Weekly windows: at most 70, and windows of one weekday may not overlap (they may
     /// touch: 09:00–12:00 and 12:00–17:00).
     #[schema(max_items = 70)]
@@ -141,12 +146,14 @@ pub struct SlotsQuery {
     #[serde(rename = "type")]
     pub type_id: Uuid,
     /// RFC 3339 instant (default now); at most 366 days before and 761 days after now.
-    pub from: Option<DateTime<FixedOffset>>,
+    #[param(inline)]
+    pub from: Option<Instant>,
     /// RFC 3339 instant (default `from` + 7 days; after `from`, at most 31 days after it,
     /// and at most 761 days after now).
-    pub to: Option<DateTime<FixedOffset>>,
+    #[param(inline)]
+    pub to: Option<Instant>,
     /// IANA zone the answer is written in (default the clinician's).
-    pub tz: Option<String>,
+    pub tz: Option<TimeZone>,
 }
 
 /// One free slot, written in the requested zone.
@@ -234,10 +241,6 @@ pub struct WaitlistBody {
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-fn parse_tz(field: &str, s: &str) -> Result<Tz, ApiError> {
-    s.parse::<Tz>().map_err(|_| ApiError::field(Code::InvalidField, field, "not an IANA time zone"))
-}
 
 async fn audit(
     state: &AppState,
@@ -352,7 +355,7 @@ pub async fn put_schedule(
          ON CONFLICT (clinician_id) DO UPDATE SET tz = $2, horizon_days = $3, min_notice_min = $4, updated_at = $5",
     )
     .bind(id)
-    .bind(&body.time_zone)
+    .bind(body.time_zone.get().name())
     .bind(horizon)
     .bind(notice)
     .bind(now)
@@ -366,9 +369,9 @@ pub async fn put_schedule(
         )
         .bind(Uuid::now_v7())
         .bind(id)
-        .bind(w.weekday as i16)
-        .bind(w.start)
-        .bind(w.end)
+        .bind(w.weekday.get() as i16)
+        .bind(w.start.get())
+        .bind(w.end.get())
         .execute(&mut *tx)
         .await?;
     }
@@ -376,10 +379,13 @@ pub async fn put_schedule(
         sqlx::query("INSERT INTO schedule_exceptions (id, clinician_id, day, kind, start_time, end_time) VALUES ($1,$2,$3,$4,$5,$6)")
             .bind(Uuid::now_v7())
             .bind(id)
-            .bind(e.date)
-            .bind(&e.kind)
-            .bind(e.start)
-            .bind(e.end)
+            .bind(e.date.get())
+            .bind(match e.kind {
+                ExceptionKind::Off => "off",
+                ExceptionKind::Extra => "extra",
+            })
+            .bind(e.start.map(ClockTime::get))
+            .bind(e.end.map(ClockTime::get))
             .execute(&mut *tx)
             .await?;
     }
@@ -394,15 +400,12 @@ pub async fn put_schedule(
 /// bounds are in `docs/booking.md` and `docs/security.md` (Bounded work). Answers the
 /// horizon and notice to store.
 fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32), ApiError> {
-    let tz = parse_tz("time_zone", &body.time_zone)?;
-    let horizon = body.horizon_days.unwrap_or(60);
+    let tz = body.time_zone.get();
+    let horizon = body.horizon_days.map_or(60, Int::get_i32);
     if !(1..=booking::MAX_HORIZON_DAYS).contains(&horizon) {
         return Err(ApiError::field(Code::InvalidField, "horizon_days", "horizon_days must be 1-730"));
     }
-    let notice = body.min_notice_minutes.unwrap_or(0);
-    if !(0..=43200).contains(&notice) {
-        return Err(ApiError::field(Code::InvalidField, "min_notice_minutes", "min_notice_minutes must be 0-43200"));
-    }
+    let notice = body.min_notice_minutes.map_or(0, Int::get_i32);
     if body.weekly.len() > booking::MAX_WEEKLY_WINDOWS {
         return Err(ApiError::field(
             Code::InvalidField,
@@ -418,8 +421,8 @@ fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32),
         ));
     }
     for (i, w) in body.weekly.iter().enumerate() {
-        if !(1..=7).contains(&w.weekday) || w.end <= w.start {
-            return Err(ApiError::field(Code::InvalidField, format!("weekly[{i}]"), "weekday 1-7 and end after start"));
+        if w.end <= w.start {
+            return Err(ApiError::field(Code::InvalidField, format!("weekly[{i}]"), "end after start"));
         }
         // At most 70 windows: the pairwise check is at most 2,415 comparisons.
         if let Some(j) =
@@ -432,7 +435,7 @@ fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32),
     let (first, last) =
         (today - Duration::days(booking::MAX_PAST_DAYS), today + Duration::days(booking::MAX_FUTURE_DAYS));
     for (i, e) in body.exceptions.iter().enumerate() {
-        if e.date < first || e.date > last {
+        if e.date.get() < first || e.date.get() > last {
             return Err(ApiError::field(
                 Code::InvalidField,
                 format!("exceptions[{i}].date"),
@@ -443,9 +446,9 @@ fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32),
                 ),
             ));
         }
-        let ok = match (e.kind.as_str(), e.start, e.end) {
-            ("off", None, None) => true,
-            ("off" | "extra", Some(s), Some(en)) => en > s,
+        let ok = match (e.kind, e.start, e.end) {
+            (ExceptionKind::Off, None, None) => true,
+            (_, Some(s), Some(en)) => en > s,
             _ => false,
         };
         if !ok {
@@ -461,19 +464,27 @@ fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32),
 
 async fn schedule_view(state: &AppState, id: Uuid) -> Result<ScheduleView, ApiError> {
     let s = booking::load_schedule(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    let mut weekly: Vec<WeeklyWindow> =
-        s.rules.iter().map(|r| WeeklyWindow { weekday: r.weekday, start: r.start, end: r.end }).collect();
+    let mut weekly = s
+        .rules
+        .iter()
+        .map(|r| {
+            let weekday = Int::new(i64::from(r.weekday)).map_err(ApiError::internal)?;
+            Ok(WeeklyWindow { weekday, start: r.start.into(), end: r.end.into() })
+        })
+        .collect::<Result<Vec<WeeklyWindow>, ApiError>>()?;
     weekly.sort_by_key(|w| (w.weekday, w.start));
-    let mut exceptions: Vec<ScheduleException> = s
+    let mut exceptions = s
         .exceptions
         .iter()
-        .map(|e| ScheduleException {
-            date: e.day,
-            kind: if e.extra { "extra" } else { "off" }.into(),
-            start: e.hours.map(|h| h.0),
-            end: e.hours.map(|h| h.1),
+        .map(|e| {
+            Ok(ScheduleException {
+                date: Day::try_from(e.day).map_err(ApiError::internal)?,
+                kind: if e.extra { ExceptionKind::Extra } else { ExceptionKind::Off },
+                start: e.hours.map(|h| h.0.into()),
+                end: e.hours.map(|h| h.1.into()),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<ScheduleException>, ApiError>>()?;
     exceptions.sort_by_key(|e| (e.date, e.start));
     Ok(ScheduleView {
         clinician_id: id,
@@ -555,9 +566,9 @@ pub async fn slots(
     let q: SlotsQuery = parse_query(&req)?;
     // The window sizes slot generation: bounded before the schedule is read.
     let now = state.clock.now();
-    let from = q.from.map(|d| d.with_timezone(&Utc)).unwrap_or(now);
+    let from = q.from.map(|d| d.get().with_timezone(&Utc)).unwrap_or(now);
     booking::check_instant("from", from, now)?;
-    let to = q.to.map(|d| d.with_timezone(&Utc)).unwrap_or(from + Duration::days(7));
+    let to = q.to.map(|d| d.get().with_timezone(&Utc)).unwrap_or(from + Duration::days(7));
     if to <= from || to - from > Duration::days(booking::MAX_SLOT_RANGE_DAYS) {
         return Err(ApiError::field(
             Code::InvalidField,
@@ -567,10 +578,7 @@ pub async fn slots(
     }
     booking::check_instant("to", to, now)?;
     let (sched, ty) = clinician_type(&state, q.clinician, q.type_id).await?;
-    let out_tz = match &q.tz {
-        Some(t) => parse_tz("tz", t)?,
-        None => sched.tz,
-    };
+    let out_tz: Tz = q.tz.map_or(sched.tz, TimeZone::get);
     let free = booking::free_slots(&state, &sched, &ty, from, to).await?;
     Ok(ok_json(&SlotList {
         clinician_id: q.clinician,
@@ -591,22 +599,15 @@ pub async fn slots(
 
 pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
-    let s =
-        v.to_str().map_err(|_| ApiError::field(Code::InvalidField, "Idempotency-Key", "must be visible ASCII"))?.trim();
-    if s.is_empty() || s.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            "Idempotency-Key",
-            format!("1-{MAX_IDEMPOTENCY_KEY} characters"),
-        ));
-    }
-    Ok(Some(s.to_string()))
+    let bad = |why: &str| ApiError::field(Code::InvalidField, "Idempotency-Key", format!("`Idempotency-Key` {why}"));
+    let s = v.to_str().map_err(|_| bad(IdempotencyKey::RULE))?;
+    Ok(Some(IdempotencyKey::new(s).map_err(bad)?.into_inner()))
 }
 
 /// `POST /v1/appointments`: holds a slot (5 minutes) or, with `confirm`, books it.
 /// Replaying an `Idempotency-Key` answers the appointment it created (200).
 #[utoipa::path(post, path = "/v1/appointments", tag = "booking", security(("bearer" = ["bookings:write"])), request_body = CreateAppointment,
-    params(("Idempotency-Key" = Option<String>, Header, description = "makes retries safe")),
+    params(("Idempotency-Key" = inline(Option<IdempotencyKey>), Header, nullable = false, description = "makes retries safe")),
     responses((status = 201, body = Appointment), (status = 200, body = Appointment, description = "idempotent replay"),
               (status = 400, description = "invalid_field"), (status = 404), (status = 409, description = "slot_taken"),
               (status = 429, description = "too_many_holds")))]

@@ -42,8 +42,26 @@ pub struct CreateConsult {
 #[serde(deny_unknown_fields)]
 pub struct InviteBody {
     pub user_id: Uuid,
-    /// `interpreter`, `family` or `clinician`.
-    pub role: Line<1, 32>,
+    pub role: InviteRole,
+}
+
+/// The role an invited user joins a consult in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InviteRole {
+    Interpreter,
+    Family,
+    Clinician,
+}
+
+impl From<InviteRole> for ParticipantRole {
+    fn from(r: InviteRole) -> Self {
+        match r {
+            InviteRole::Interpreter => ParticipantRole::Interpreter,
+            InviteRole::Family => ParticipantRole::Family,
+            InviteRole::Clinician => ParticipantRole::Clinician,
+        }
+    }
 }
 
 /// `POST /v1/consults/{id}/end`
@@ -417,9 +435,7 @@ pub async fn invite(
 ) -> Result<HttpResponse, ApiError> {
     let b = body.parse()?;
     let c = hosted(&state, &req, &who, "consult.invite").await?;
-    let role = ParticipantRole::parse(&b.role)
-        .filter(|r| matches!(r, ParticipantRole::Interpreter | ParticipantRole::Family | ParticipantRole::Clinician))
-        .ok_or_else(|| ApiError::field(Code::InvalidField, "role", "role must be interpreter, family or clinician"))?;
+    let role = ParticipantRole::from(b.role);
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL)")
         .bind(b.user_id)
         .fetch_one(&state.stores.pg)

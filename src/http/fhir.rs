@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, Authenticated, Permission, Principal};
 use crate::error::ApiError;
-use crate::http::input::{invalid, Date, Line, PageSize};
+use crate::http::input::{invalid, Cursor, FhirBirthdate, Mrn, MrnIdentifier, NameQuery, PageSize, PatientRef};
 use crate::http::patients::entries::{self, Kind, Stored};
 use crate::http::patients::{self, Patient, Scope, SearchParams};
 use crate::state::AppState;
@@ -387,13 +387,13 @@ pub async fn read_patient(state: web::Data<AppState>, req: HttpRequest) -> HttpR
 pub struct PatientSearch {
     /// Name words; accent- and typo-tolerant.
     #[param(inline)]
-    pub name: Option<Line<0, 100>>,
+    pub name: Option<NameQuery>,
     /// `YYYY-MM-DD` (or `eqYYYY-MM-DD`).
     #[param(inline)]
-    pub birthdate: Option<Line<1, 12>>,
+    pub birthdate: Option<FhirBirthdate>,
     /// `system|value` or `value` (an MRN).
     #[param(inline)]
-    pub identifier: Option<Line<1, 128>>,
+    pub identifier: Option<MrnIdentifier>,
     /// Page size (default 20).
     #[serde(rename = "_count")]
     #[param(inline)]
@@ -401,7 +401,7 @@ pub struct PatientSearch {
     /// Continuation from a `next` link.
     #[serde(rename = "_cursor")]
     #[param(inline)]
-    pub cursor: Option<Line<1, 1024>>,
+    pub cursor: Option<Cursor>,
 }
 
 /// `GET /fhir/Patient`: a `searchset` Bundle with `total` and a `next` link.
@@ -412,22 +412,8 @@ pub async fn search_patients(state: web::Data<AppState>, req: HttpRequest) -> Ht
         async {
             let who = principal(&req, &state, Permission::PatientsSearch).await?;
             let q: PatientSearch = patients::parse_query(&req)?;
-            let mrn = match q.identifier.as_deref() {
-                None => None,
-                Some(raw) => match raw.split_once('|') {
-                    Some((sys, v)) if sys.is_empty() || sys == mrn_system(patients::DEFAULT_ORG) => Some(v),
-                    Some(_) => {
-                        return Err(ApiError::field(Code::InvalidField, "identifier", "unknown identifier system"))
-                    }
-                    None => Some(raw),
-                },
-            };
-            let mrn = mrn.map(|m| Line::new(m).map_err(|why| invalid("identifier", why))).transpose()?;
-            let birth_date = q
-                .birthdate
-                .as_deref()
-                .map(|b| Date::parse(b.strip_prefix("eq").unwrap_or(b)).map_err(|why| invalid("birthdate", why)))
-                .transpose()?;
+            let mrn = q.identifier.map(|i| Mrn::new(i.mrn()).map_err(|why| invalid("identifier", why))).transpose()?;
+            let birth_date = q.birthdate.map(|b| b.date());
             let params = patients::search_params(
                 &state,
                 patients::SearchQuery {
@@ -492,7 +478,7 @@ pub async fn search_patients(state: web::Data<AppState>, req: HttpRequest) -> Ht
 pub struct ByPatient {
     /// The patient's id (or `Patient/{id}`).
     #[param(inline)]
-    pub patient: Option<Line<1, 64>>,
+    pub patient: PatientRef,
 }
 
 async fn by_patient(
@@ -503,11 +489,7 @@ async fn by_patient(
 ) -> Result<HttpResponse, ApiError> {
     let who = principal(req, state, Permission::PatientsRead).await?;
     let q: ByPatient = patients::parse_query(req)?;
-    let raw = q.patient.ok_or_else(|| ApiError::field(Code::InvalidField, "patient", "`patient` is required"))?;
-    let pid: Uuid = raw
-        .trim_start_matches("Patient/")
-        .parse()
-        .map_err(|_| ApiError::field(Code::InvalidField, "patient", "`patient` must be a patient id"))?;
+    let pid = q.patient.id();
     let action = format!("fhir.{}.search", name.to_lowercase());
     patients::require_access(state, req, &who, pid, &action).await?;
     let mut resources = vec![];

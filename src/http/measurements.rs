@@ -40,7 +40,7 @@ pub struct MeasurementList {
 #[serde(deny_unknown_fields)]
 pub struct PolygonRequest {
     /// The frame the outline was drawn on (its `seq`).
-    pub keyframe_seq: u64,
+    pub keyframe_seq: crate::http::input::NonNegative,
     /// The outline in that frame's image coordinates, `[[u, v], ...]` in pixels of the
     /// depth image (pixel centres at integer coordinates), 3 to 2000 points, each inside
     /// the keyframe (`0 ≤ u ≤ width − 1`, `0 ≤ v ≤ height − 1`; the schema states the
@@ -134,7 +134,12 @@ pub async fn remeasure(
     }
     let hook = ReconstructionHook::new(&state.stores, state.clock.clone());
     let rec = hook
-        .remeasure_polygon(ScanId::from_uuid(scan.id), body.keyframe_seq, body.polygon, who.user_id)
+        .remeasure_polygon(
+            ScanId::from_uuid(scan.id),
+            body.keyframe_seq.get().unsigned_abs(),
+            body.polygon,
+            who.user_id,
+        )
         .await
         .map_err(|e| match e {
             RemeasureError::NoKeyframe => ApiError::field(Code::InvalidField, "keyframe_seq", "no frame with that seq"),
@@ -149,7 +154,7 @@ pub async fn remeasure(
         Some(&who),
         AuditEvent::new("scan.measurements.create", "success")
             .target("scan", scan.id)
-            .details(serde_json::json!({"measurement_id": rec.id, "keyframe_seq": body.keyframe_seq})),
+            .details(serde_json::json!({"measurement_id": rec.id, "keyframe_seq": body.keyframe_seq.get()})),
     )
     .await?;
     Ok(HttpResponse::Created().json(rec))

@@ -13,7 +13,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use coherency_protocol::Code;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::postgres::PgRow;
@@ -24,7 +24,10 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::error::ApiError;
-use crate::http::input::{at_most, Date, Email, Line, PageSize, PersonName, Phone, Text};
+use crate::http::input::{
+    at_most, CountryCode, Cursor, Day, Email, EntityTag, LanguageTag, Line, Mrn, NameQuery, NationalId, PageSize,
+    PersonName, Phone, Text,
+};
 use crate::state::AppState;
 
 pub use entries::has_scan_consent;
@@ -83,7 +86,7 @@ pub struct AddressInput {
     pub region: Option<Line<0, 200>>,
     pub postal_code: Option<Line<0, 16>>,
     /// ISO 3166-1 alpha-2 (`GB`, `US`).
-    pub country: Option<Line<0, 2>>,
+    pub country: Option<CountryCode>,
 }
 
 /// A postal address, as stored and answered.
@@ -111,19 +114,18 @@ pub struct CreatePatient {
     pub prefix: Option<PersonName>,
     pub suffix: Option<PersonName>,
     /// `YYYY-MM-DD`, 1900 to today.
-    #[schema(value_type = String, format = Date)]
-    pub birth_date: NaiveDate,
+    pub birth_date: Day,
     pub sex: Option<Sex>,
     pub gender_identity: Option<Line<0, 100>>,
     /// BCP 47 tag (`en`, `pt-BR`).
-    pub preferred_language: Option<Line<1, 64>>,
+    pub preferred_language: Option<LanguageTag>,
     pub phone: Option<Phone>,
     pub email: Option<Email>,
     pub address: Option<AddressInput>,
     /// Medical record number (1–32 letters, digits or `-`), unique within the organisation.
-    pub mrn: Option<Line<1, 32>>,
+    pub mrn: Option<Mrn>,
     /// 1–32 letters, digits, spaces or `-`; stored encrypted.
-    pub national_id: Option<Line<1, 32>>,
+    pub national_id: Option<NationalId>,
     /// Free-text clinical notes; stored encrypted.
     pub notes: Option<Text<0, 4000>>,
 }
@@ -158,13 +160,14 @@ impl<T> Patch<T> {
     }
 }
 
-/// `PATCH /v1/patients/{id}` body (a merge patch: absent keeps, `null` clears).
+/// `PATCH /v1/patients/{id}` body (a merge patch: absent keeps, `null` clears; the names and
+/// the birth date cannot be cleared, so they may not be `null`).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdatePatient {
-    #[schema(value_type = Option<PersonName>)]
+    #[schema(value_type = PersonName)]
     pub given_name: Patch<PersonName>,
-    #[schema(value_type = Option<PersonName>)]
+    #[schema(value_type = PersonName)]
     pub family_name: Patch<PersonName>,
     #[schema(value_type = Option<PersonName>)]
     pub middle_name: Patch<PersonName>,
@@ -172,24 +175,25 @@ pub struct UpdatePatient {
     pub prefix: Patch<PersonName>,
     #[schema(value_type = Option<PersonName>)]
     pub suffix: Patch<PersonName>,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub birth_date: Patch<NaiveDate>,
+    /// `YYYY-MM-DD`, 1900 to today.
+    #[schema(value_type = Day)]
+    pub birth_date: Patch<Day>,
     #[schema(value_type = Option<Sex>)]
     pub sex: Patch<Sex>,
     #[schema(value_type = Option<Line<0, 100>>)]
     pub gender_identity: Patch<Line<0, 100>>,
-    #[schema(value_type = Option<Line<1, 64>>)]
-    pub preferred_language: Patch<Line<1, 64>>,
+    #[schema(value_type = Option<LanguageTag>)]
+    pub preferred_language: Patch<LanguageTag>,
     #[schema(value_type = Option<Phone>)]
     pub phone: Patch<Phone>,
     #[schema(value_type = Option<Email>)]
     pub email: Patch<Email>,
     #[schema(value_type = Option<AddressInput>)]
     pub address: Patch<AddressInput>,
-    #[schema(value_type = Option<Line<1, 32>>)]
-    pub mrn: Patch<Line<1, 32>>,
-    #[schema(value_type = Option<Line<1, 32>>)]
-    pub national_id: Patch<Line<1, 32>>,
+    #[schema(value_type = Option<Mrn>)]
+    pub mrn: Patch<Mrn>,
+    #[schema(value_type = Option<NationalId>)]
+    pub national_id: Patch<NationalId>,
     #[schema(value_type = Option<Text<0, 4000>>)]
     pub notes: Patch<Text<0, 4000>>,
 }
@@ -320,96 +324,33 @@ pub async fn load(state: &AppState, id: Uuid) -> Result<Option<Patient>, ApiErro
 // ---------------------------------------------------------------------------------------------
 // Validation
 
-/// A real birth date between 1900-01-01 and today.
-pub fn birth_date(d: NaiveDate, today: NaiveDate, field: &str) -> Result<NaiveDate, ApiError> {
-    let min = NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or(today);
-    if d < min || d > today {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            field,
-            format!("`{field}` must be between 1900-01-01 and today"),
-        ));
+/// A birth date: a [`Day`] (from 1900) that is not after today.
+pub fn birth_date(d: Day, today: NaiveDate, field: &str) -> Result<NaiveDate, ApiError> {
+    not_future(d, today, field).map(Day::get)
+}
+
+/// A date that is not after today (its lower bound, 1900-01-01, is [`Day`]'s). "Today" moves,
+/// so no schema can state this rule; the field's description does.
+pub fn not_future(d: Day, today: NaiveDate, field: &str) -> Result<Day, ApiError> {
+    if d.get() > today {
+        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must not be after today")));
     }
     Ok(d)
 }
 
-/// A date that is not in the future.
-pub fn past_date(d: NaiveDate, today: NaiveDate, field: &str) -> Result<NaiveDate, ApiError> {
-    if d > today || d.year_ce().1 < 1900 {
-        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must be between 1900 and today")));
-    }
-    Ok(d)
+/// A phone number as stored: without separators.
+pub fn phone(p: Phone) -> String {
+    p.normalise().into_inner()
 }
 
-/// `+` and 7-15 digits once spaces, dashes, dots and parentheses are removed.
-pub fn phone(raw: &str, field: &str) -> Result<String, ApiError> {
-    let s: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
-    let digits = s.strip_prefix('+').unwrap_or(&s);
-    if !(7..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()) {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            field,
-            format!("`{field}` must be a phone number (7-15 digits)"),
-        ));
-    }
-    Ok(s)
-}
-
-/// A BCP 47 language tag, simplified: a 2-3 letter language and up to four subtags.
-pub fn language(raw: &str, field: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    let mut parts = s.split('-');
-    let lang = parts.next().unwrap_or_default();
-    let ok = (2..=3).contains(&lang.len())
-        && lang.chars().all(|c| c.is_ascii_alphabetic())
-        && s.split('-').count() <= 5
-        && parts.all(|p| (1..=8).contains(&p.len()) && p.chars().all(|c| c.is_ascii_alphanumeric()));
-    if !ok {
-        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must be a BCP 47 language tag")));
-    }
-    Ok(s.to_string())
-}
-
-/// 1-32 letters, digits or dashes.
-pub fn mrn(raw: &str, field: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    if s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-        return Err(ApiError::field(Code::InvalidField, field, format!("`{field}` must be 1-32 letters, digits or -")));
-    }
-    Ok(s.to_string())
-}
-
-fn national_id(raw: &str, field: &str) -> Result<String, ApiError> {
-    let s = raw.trim();
-    if s.is_empty() || s.len() > 32 || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == ' ') {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            field,
-            format!("`{field}` must be 1-32 letters, digits, spaces or -"),
-        ));
-    }
-    Ok(s.to_string())
-}
-
-fn address(a: AddressInput, field: &str) -> Result<Address, ApiError> {
-    let country = match a.country.and_then(Line::non_empty) {
-        Some(c) if c.len() == 2 && c.chars().all(|ch| ch.is_ascii_alphabetic()) => Some(c.to_ascii_uppercase()),
-        Some(_) => {
-            return Err(ApiError::field(
-                Code::InvalidField,
-                format!("{field}.country"),
-                "country must be an ISO 3166-1 alpha-2 code",
-            ))
-        }
-        None => None,
-    };
-    Ok(Address {
+fn address(a: AddressInput) -> Address {
+    Address {
         lines: a.lines.into_iter().map(Line::into_inner).collect(),
         city: a.city.and_then(Line::non_empty),
         region: a.region.and_then(Line::non_empty),
         postal_code: a.postal_code.and_then(Line::non_empty),
-        country,
-    })
+        country: a.country.filter(|c| !c.is_empty()).map(|c| c.to_ascii_uppercase()),
+    }
 }
 
 /// The validated, plaintext form of every writable column.
@@ -463,16 +404,12 @@ impl Profile {
             birth_date: birth_date(c.birth_date, today, "birth_date")?,
             sex: c.sex.unwrap_or(Sex::Unknown),
             gender_identity: c.gender_identity.and_then(Line::non_empty),
-            preferred_language: c
-                .preferred_language
-                .as_deref()
-                .map(|s| language(s, "preferred_language"))
-                .transpose()?,
-            phone: c.phone.as_deref().map(|s| phone(s, "phone")).transpose()?,
-            email: c.email.as_deref().map(|s| crate::http::auth::normalise_email(s, "email")).transpose()?,
-            address: c.address.map(|a| address(a, "address")).transpose()?,
-            mrn: c.mrn.as_deref().map(|s| mrn(s, "mrn")).transpose()?,
-            national_id: c.national_id.as_deref().map(|s| national_id(s, "national_id")).transpose()?,
+            preferred_language: c.preferred_language.map(LanguageTag::into_inner),
+            phone: c.phone.map(phone),
+            email: c.email.map(|e| e.normalise().into_inner()),
+            address: c.address.map(address),
+            mrn: c.mrn.map(Mrn::into_inner),
+            national_id: c.national_id.map(|n| n.trim().to_string()),
             notes: c.notes.and_then(Text::non_empty),
         })
     }
@@ -516,12 +453,12 @@ impl Profile {
         optional(&mut self.prefix, p.prefix, |s| Ok(Some(s.into_inner())))?;
         optional(&mut self.suffix, p.suffix, |s| Ok(Some(s.into_inner())))?;
         optional(&mut self.gender_identity, p.gender_identity, |s| Ok(s.non_empty()))?;
-        optional(&mut self.preferred_language, p.preferred_language, |s| language(&s, "preferred_language").map(Some))?;
-        optional(&mut self.phone, p.phone, |s| phone(&s, "phone").map(Some))?;
-        optional(&mut self.email, p.email, |s| crate::http::auth::normalise_email(&s, "email").map(Some))?;
-        optional(&mut self.address, p.address, |a| address(a, "address").map(Some))?;
-        optional(&mut self.mrn, p.mrn, |s| mrn(&s, "mrn").map(Some))?;
-        optional(&mut self.national_id, p.national_id, |s| national_id(&s, "national_id").map(Some))?;
+        optional(&mut self.preferred_language, p.preferred_language, |s| Ok(Some(s.into_inner())))?;
+        optional(&mut self.phone, p.phone, |s| Ok(Some(phone(s))))?;
+        optional(&mut self.email, p.email, |s| Ok(Some(s.normalise().into_inner())))?;
+        optional(&mut self.address, p.address, |a| Ok(Some(address(a))))?;
+        optional(&mut self.mrn, p.mrn, |s| Ok(Some(s.into_inner())))?;
+        optional(&mut self.national_id, p.national_id, |s| Ok(Some(s.trim().to_string())))?;
         optional(&mut self.notes, p.notes, |s| Ok(s.non_empty()))?;
         Ok(())
     }
@@ -616,10 +553,11 @@ pub fn if_match(req: &HttpRequest) -> Result<i64, ApiError> {
         .headers()
         .get(header::IF_MATCH)
         .ok_or_else(|| ApiError::new(Code::PreconditionRequired, "send If-Match with the ETag you last read"))?;
+    // A value that is not one of our entity tags matches no version: 412, as a stale one.
     raw.to_str()
         .ok()
-        .map(|s| s.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|s| EntityTag::new(s).ok())
+        .and_then(|t| t.version())
         .ok_or_else(|| ApiError::new(Code::PreconditionFailed, "If-Match does not match the current version"))
 }
 
@@ -721,7 +659,7 @@ pub async fn read(
 /// `PATCH /v1/patients/{id}`: a merge patch guarded by `If-Match`. Patients may change
 /// only their contact details and identity preferences.
 #[utoipa::path(patch, path = "/v1/patients/{id}", tag = "patients", security(("bearer" = ["patients:write"])), params(("id" = Uuid, Path),
-    ("If-Match" = String, Header, description = "the ETag last read")), request_body = UpdatePatient,
+    ("If-Match" = inline(EntityTag), Header, description = "the ETag last read")), request_body = UpdatePatient,
     responses((status = 200, body = Patient), (status = 400, description = "invalid_field naming the field"),
     (status = 403, description = "forbidden: a field the role may not write (named in `field`)"), (status = 404),
     (status = 412, description = "precondition_failed: stale ETag"), (status = 428, description = "precondition_required: no If-Match")))]
@@ -961,18 +899,18 @@ pub fn decode_cursor(state: &AppState, raw: &str, field: &str) -> Result<(String
 pub struct SearchQuery {
     /// Name words (accent- and typo-tolerant).
     #[param(inline)]
-    pub name: Option<Line<0, 100>>,
+    pub name: Option<NameQuery>,
     /// `YYYY-MM-DD`
     #[param(inline)]
-    pub birth_date: Option<Date>,
+    pub birth_date: Option<Day>,
     #[param(inline)]
-    pub mrn: Option<Line<1, 32>>,
+    pub mrn: Option<Mrn>,
     /// Page size (default 20).
     #[param(inline)]
     pub limit: Option<PageSize>,
     /// `next_cursor` of the previous page.
     #[param(inline)]
-    pub cursor: Option<Line<1, 1024>>,
+    pub cursor: Option<Cursor>,
     /// Include deactivated records (default false).
     pub include_inactive: Option<bool>,
 }
@@ -984,17 +922,12 @@ pub fn parse_query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<
 
 /// Validates `GET /v1/patients` parameters.
 pub fn search_params(state: &AppState, q: SearchQuery) -> Result<SearchParams, ApiError> {
-    let name = q.name.and_then(Line::non_empty);
-    if let Some(n) = &name {
-        if name_words(n).is_empty() {
-            return Err(ApiError::field(Code::InvalidField, "name", "`name` needs at least one letter"));
-        }
-    }
-    let mrn = q.mrn.as_deref().map(|s| mrn(s, "mrn")).transpose()?;
+    let name = q.name.and_then(NameQuery::non_empty);
+    let mrn = q.mrn.map(Mrn::into_inner);
     let after = q.cursor.as_deref().map(|c| decode_cursor(state, c, "cursor")).transpose()?;
     Ok(SearchParams {
         name,
-        birth_date: q.birth_date.map(Date::get),
+        birth_date: q.birth_date.map(Day::get),
         mrn,
         include_inactive: q.include_inactive.unwrap_or(false),
         limit: q.limit.map_or(DEFAULT_LIMIT, |l| l.get()),

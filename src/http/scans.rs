@@ -40,6 +40,7 @@ pub struct ScanList {
 /// Query of `GET /v1/patients/{id}/scans`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most this many (default 50), newest first.
     #[param(inline)]

@@ -101,9 +101,9 @@ pub async fn signal(
                 msg = stream.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         last_heard = Instant::now();
-                        match serde_json::from_str::<ClientSignal>(&t) {
+                        match super::parse_text::<ClientSignal>(&t, "not a signalling message") {
                             Ok(m) => conn.send(&state2, m).await,
-                            Err(_) => { let _ = session.text(error(Code::MalformedMessage, "not a signalling message")).await; }
+                            Err(r) => { let _ = session.text(error(r.code, &r.message)).await; }
                         }
                     }
                     Some(Ok(Message::Ping(b))) => { last_heard = Instant::now(); let _ = session.pong(&b).await; }

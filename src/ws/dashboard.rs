@@ -97,6 +97,8 @@ struct Pump {
 enum End {
     Close(u16, &'static str),
     Error(Code, &'static str, u16),
+    /// A client message refused before it was read: its `error` frame, then 1008.
+    Refused(super::Refused),
 }
 
 async fn run(
@@ -122,6 +124,11 @@ async fn run(
             let msg = ServerMsg::Error { code: code.as_str().to_string(), message: message.to_string() };
             let _ = pump.session.text(msg.to_json()).await;
             (close, message)
+        }
+        End::Refused(r) => {
+            let msg = ServerMsg::Error { code: r.code.as_str().to_string(), message: r.message };
+            let _ = pump.session.text(msg.to_json()).await;
+            (1008, "refused message")
         }
     };
     let _ = pump
@@ -265,9 +272,7 @@ impl Pump {
                 if !rate.allow() {
                     return Err(End::Error(Code::RateLimited, "too many messages", 1008));
                 }
-                serde_json::from_str::<ClientMsg>(&t)
-                    .map(Read::Msg)
-                    .map_err(|_| End::Error(Code::MalformedMessage, "unreadable message", 1008))
+                super::parse_text::<ClientMsg>(&t, "unreadable message").map(Read::Msg).map_err(End::Refused)
             }
             Some(Ok(AggregatedMessage::Binary(_))) => {
                 Err(End::Error(Code::MalformedMessage, "binary messages are not part of this protocol", 1003))

@@ -28,7 +28,9 @@ pub const RECHECK: Duration = Duration::from_secs(30);
 /// client's `ping` text; `{"type":"session_ended"}` just before a close with code 4002 when
 /// the session ends on any node (logout, logout-all, revocation, expiry; re-checked every
 /// 30 s). Client → server: `ping` (text) or websocket pings; text frames over 4 KiB close the
-/// socket (1009). The server pings every 5 s and closes a client silent for 15 s (1001), and
+/// socket (1009). Any other text is answered `{"type":"error","code","message"}` and the
+/// socket stays open: `invalid_field` when it holds a character no text may
+/// (`docs/security.md`, "Input bounds"), otherwise `malformed_message`. The server pings every 5 s and closes a client silent for 15 s (1001), and
 /// closes with 1001 when the node drains.
 ///
 /// Credentials: `?ticket=` (browsers; single use, 30 s) or `Authorization: Bearer` (native
@@ -68,7 +70,12 @@ pub async fn socket(
                     Some(Ok(Message::Pong(_))) => last_heard = Instant::now(),
                     Some(Ok(Message::Text(t))) => {
                         last_heard = Instant::now();
-                        if t.trim() == "ping" { let _ = session.text(json!({"type":"pong"}).to_string()).await; }
+                        let reply = match coherency_protocol::text::check(&t, coherency_protocol::text::Lines::Many) {
+                            Ok(()) if t.trim() == "ping" => json!({"type": "pong"}),
+                            Ok(()) => json!({"type": "error", "code": "malformed_message", "message": "the only client message is ping"}),
+                            Err(why) => json!({"type": "error", "code": "invalid_field", "message": format!("the message {why}")}),
+                        };
+                        let _ = session.text(reply.to_string()).await;
                     }
                     Some(Ok(Message::Close(r))) => break r,
                     Some(Ok(_)) => last_heard = Instant::now(),

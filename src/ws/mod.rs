@@ -1,5 +1,7 @@
 //! Socket pumps. A socket task decodes, forwards to the owning actor and writes back; it
-//! holds no domain state. Shared here: authentication of the upgrade request.
+//! holds no domain state. Shared here: authentication of the upgrade request, and the parse of
+//! a client's JSON text frame ([`parse_text`]), which holds it to the character rule of every
+//! other input before anything reads it.
 
 pub mod consult;
 pub mod dashboard;
@@ -9,6 +11,7 @@ pub mod scan_rtc;
 
 use actix_web::{web, HttpRequest};
 use coherency_protocol::Code;
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::auth::{sessions, Principal};
@@ -42,4 +45,60 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     }
     let token = crate::auth::bearer(req).ok_or_else(ApiError::unauthenticated)?;
     sessions::authenticate(state, token).await
+}
+
+/// A client's text frame refused before it was used: what the socket's `error` frame says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub code: Code,
+    pub message: String,
+}
+
+/// Parses a client's JSON text frame into a message of the socket's protocol. First the rule
+/// every JSON body obeys (`http::json::check`): one JSON object, every string free of control
+/// characters (but tab and line breaks) and of bidirectional formatting characters, every key
+/// one line and given once, nesting bounded; a frame breaking it is `invalid_field`, its
+/// message naming the field (`` `text`: must not contain control characters (U+0000) ``).
+/// Then the message type: anything else is `malformed_message`, worded `not_a_message`.
+pub fn parse_text<T: DeserializeOwned>(text: &str, not_a_message: &str) -> Result<T, Refused> {
+    let malformed = || Refused { code: Code::MalformedMessage, message: not_a_message.to_string() };
+    if let Err(e) = crate::http::json::check(text.as_bytes()) {
+        // A refusal that names a field is about the content; one that does not is about the
+        // frame (not JSON, not an object, two documents).
+        return Err(match e.field {
+            Some(_) => Refused { code: Code::InvalidField, message: e.message },
+            None => malformed(),
+        });
+    }
+    serde_json::from_str(text).map_err(|_| malformed())
+}
+
+#[cfg(test)]
+mod tests {
+    use coherency_protocol::consult::ClientSignal;
+
+    use super::*;
+
+    #[test]
+    fn text_frames_obey_the_character_rule_before_they_are_read() {
+        let chat: ClientSignal = parse_text(r#"{"type":"chat","text":"hej\nnästa rad"}"#, "no").unwrap();
+        assert_eq!(chat, ClientSignal::Chat { text: "hej\nnästa rad".into() });
+        for (frame, code, says) in [
+            (
+                r#"{"type":"chat","text":"a\u0000b"}"#,
+                Code::InvalidField,
+                "`text`: must not contain control characters (U+0000)",
+            ),
+            (r#"{"type":"chat","text":"a\u202Eb"}"#, Code::InvalidField, "`text`: must not contain bidirectional"),
+            (r#"{"type":"chat","text":"a","text":"b"}"#, Code::InvalidField, "`text`: appears twice"),
+            (r#"{"type":"offer","sdp":"v=0\u0007"}"#, Code::InvalidField, "`sdp`: must not contain control characters"),
+            (r#"{"type":"chat","text":"a"}{"type":"leave"}"#, Code::MalformedMessage, "not a signalling message"),
+            (r#"["chat","a"]"#, Code::MalformedMessage, "not a signalling message"),
+            (r#"{"type":"shout","text":"a"}"#, Code::MalformedMessage, "not a signalling message"),
+        ] {
+            let r = parse_text::<ClientSignal>(frame, "not a signalling message").unwrap_err();
+            assert_eq!(r.code, code, "{frame}");
+            assert!(r.message.starts_with(says), "{frame}: {}", r.message);
+        }
+    }
 }

@@ -199,7 +199,7 @@ async fn signalling(
             msg = messages.next() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     last_heard = Instant::now();
-                    match serde_json::from_str::<SignalIn>(&t) {
+                    match super::parse_text::<SignalIn>(&t, "not a signalling message") {
                         Ok(SignalIn::Ping) => {
                             if session.text(json(&SignalOut::Pong)).await.is_err() { break None; }
                         }
@@ -237,8 +237,8 @@ async fn signalling(
                                 pending.push(init);
                             }
                         }
-                        Err(_) => {
-                            let _ = session.text(error(Code::MalformedMessage, "not a signalling message")).await;
+                        Err(r) => {
+                            let _ = session.text(error(r.code, &r.message)).await;
                         }
                     }
                 }

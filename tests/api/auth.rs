@@ -258,6 +258,36 @@ async fn closed_within(
 }
 
 #[actix_web::test]
+async fn the_event_socket_answers_ping_and_refuses_other_text_without_closing() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    async fn next(
+        ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ) -> Value {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a frame in time");
+            if let Message::Text(t) = frame.unwrap().unwrap() {
+                return serde_json::from_str(&t).unwrap();
+            }
+        }
+    }
+    let app = spawn_app().await;
+    let p = app.patient().await;
+    let mut ws = open_socket(app.port, &p.token).await;
+    assert_eq!(next(&mut ws).await["type"], "welcome");
+    for (text, answer, code) in [
+        ("ping\u{0}", "error", Some("invalid_field")),
+        ("\u{202E}gnip", "error", Some("invalid_field")),
+        ("pong", "error", Some("malformed_message")),
+        ("ping\n", "pong", None),
+    ] {
+        ws.send(Message::text(text)).await.unwrap();
+        let v = next(&mut ws).await;
+        assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some(answer), code), "{text:?}: {v}");
+    }
+}
+
+#[actix_web::test]
 async fn logging_out_everywhere_closes_sockets_on_every_node_of_three_within_5_seconds() {
     let app = spawn_app().await;
     let nodes = [NodeProcess::start(&app.config, &[]), NodeProcess::start(&app.config, &[])];

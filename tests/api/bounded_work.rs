@@ -339,7 +339,10 @@ async fn the_openapi_document_names_the_work_bounds() {
     let schedule = &schemas["ScheduleBody"]["properties"];
     assert_eq!(schedule["weekly"]["maxItems"].as_u64(), Some(coherency::booking::MAX_WEEKLY_WINDOWS as u64));
     assert_eq!(schedule["exceptions"]["maxItems"].as_u64(), Some(coherency::booking::MAX_EXCEPTIONS as u64));
-    assert_eq!(schedule["horizon_days"]["maximum"].as_f64(), Some(730.0), "{schedule}");
-    assert_eq!(schemas["WeeklyWindow"]["properties"]["weekday"]["maximum"].as_f64(), Some(7.0));
+    // An optional bound is stated in the non-null branch of its `oneOf`.
+    let maximum =
+        |s: &Value| s["maximum"].as_f64().or_else(|| s["oneOf"].as_array()?.iter().find_map(|b| b["maximum"].as_f64()));
+    assert_eq!(maximum(&schedule["horizon_days"]), Some(730.0), "{schedule}");
+    assert_eq!(maximum(&schemas["WeeklyWindow"]["properties"]["weekday"]), Some(7.0));
     assert_eq!(coherency::http::measurements::MAX_POLYGON_POINTS, 2000);
 }

@@ -466,6 +466,43 @@ async fn in_consult(app: &TestApp, s: &Setup) -> (Ws, Ws) {
 }
 
 #[actix_web::test]
+async fn chat_holding_a_control_or_bidi_character_is_refused_stored_nowhere_and_the_socket_stays_usable() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let (mut host, mut pat) = in_consult(&app, &s).await;
+    let stored = || async {
+        app.state
+            .stores
+            .mongo
+            .collection::<mongodb::bson::Document>("consult_activity")
+            .find(mongodb::bson::doc! {"consult_id": s.consult.to_string()})
+            .await
+            .unwrap()
+            .map(|d| d.unwrap().get_document("object").unwrap().get_str("content").unwrap().to_string())
+            .collect::<Vec<String>>()
+            .await
+    };
+    for (frame, says) in [
+        (json!({"type": "chat", "text": "a\u{0}b"}), "`text`: must not contain control characters (U+0000)"),
+        (json!({"type": "chat", "text": "see invoice_\u{202E}fdp.exe"}), "`text`: must not contain bidirectional"),
+        (json!({"type": "chat", "text": "\u{1B}[2Jcleared"}), "`text`: must not contain control characters (U+001B)"),
+        (json!({"type": "chat", "text": "x".repeat(2001)}), "chat text must be 1 to 2000 characters"),
+    ] {
+        send(&mut pat, frame.clone()).await;
+        let e = until(&mut pat, "error").await;
+        assert_eq!(e["code"], "invalid_field", "{e}");
+        assert!(e["message"].as_str().unwrap().starts_with(says), "{frame}: {e}");
+    }
+    // The same socket goes on working: the next message is delivered, and it is the first chat
+    // the host sees.
+    send(&mut pat, json!({"type": "chat", "text": "hello doctor\nsecond line"})).await;
+    assert_eq!(until(&mut host, "chat").await["text"], "hello doctor\nsecond line");
+    send(&mut pat, json!({"type": "ping"})).await;
+    until(&mut pat, "pong").await;
+    assert_eq!(stored().await, ["hello doctor\nsecond line"]);
+}
+
+#[actix_web::test]
 async fn a_scan_requested_in_a_consult_reaches_the_patients_app_and_is_measured_in_the_room() {
     let app = spawn_app().await;
     let s = setup(&app).await;

@@ -452,3 +452,28 @@ async fn the_loadtest_booking_storm_never_double_books_and_leaves_every_slot_fre
         .unwrap();
     assert_eq!(rows as f64, c["booked"].as_f64().unwrap());
 }
+
+#[actix_web::test]
+async fn a_board_message_breaking_the_character_rule_is_refused_naming_the_field_then_closed() {
+    let app = spawn_app().await;
+    let (clin, _) = clinician_with_calendar(&app).await;
+    let mut board = Board::open(&app, &clin, None).await;
+    board.ws.send(Message::text(json!({"t": "ping\u{0}"}).to_string())).await.unwrap();
+    let error = board.until("the error", |m| matches!(m, ServerMsg::Error { .. })).await;
+    let ServerMsg::Error { code, message } = error else { unreachable!() };
+    assert_eq!(code, "invalid_field");
+    assert!(message.starts_with("`t`: must not contain control characters (U+0000)"), "{message}");
+    // The board's protocol closes on a refused message (1008).
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match board.ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("the socket closes");
+    assert_eq!(close, Some(1008));
+}

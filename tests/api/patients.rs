@@ -772,6 +772,15 @@ async fn entries_update_with_if_match_and_delete() {
     let (s, v, _) =
         send(&app, Method::PATCH, &item, Some(&clin.token), Some(&json!({"colour": "red"})), Some("\"2\"")).await;
     assert_eq!((s, v["error"]["field"].as_str()), (400, Some("colour")));
+    // `null` on a field the entry does not have would vanish in the merge: still refused, and
+    // the entry keeps its version.
+    for patch in [json!({"colour": null}), json!({"": null})] {
+        let (s, v, _) = send(&app, Method::PATCH, &item, Some(&clin.token), Some(&patch), Some("\"2\"")).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("unknown_field")), "{patch}: {v}");
+    }
+    let (_, v, _) =
+        send(&app, Method::GET, &format!("/v1/patients/{id}/medications"), Some(&clin.token), None, None).await;
+    assert_eq!(v[0]["version"], 2, "{v}");
     let (s, _, _) = send(&app, Method::DELETE, &item, Some(&clin.token), None, None).await;
     assert_eq!(s, 204);
     let (s, _, _) = send(&app, Method::DELETE, &item, Some(&clin.token), None, None).await;

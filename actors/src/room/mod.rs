@@ -956,6 +956,12 @@ impl Handler<FromClient> for Room {
         }
         match msg.msg {
             ClientSignal::Chat { text } => {
+                // The socket pump holds every frame to the character rule; the room holds the
+                // text it stores and fans out to it too, whatever delivered the message.
+                if let Err(why) = coherency_protocol::text::check(&text, coherency_protocol::text::Lines::Many) {
+                    error(Code::InvalidField, &format!("`text`: {why}"));
+                    return;
+                }
                 let text = text.trim().to_string();
                 if text.is_empty() || text.chars().count() > MAX_CHAT_CHARS {
                     error(Code::InvalidField, "chat text must be 1 to 2000 characters");

@@ -14,7 +14,7 @@ use crate::auth::{self, perm, Require};
 use crate::booking::{self, Appointment};
 use crate::error::ApiError;
 use crate::http::fhir::{outcome, FHIR_JSON};
-use crate::http::input::{invalid, Date, Instant, Line};
+use crate::http::input::{invalid, Day, Instant, PatientRef, PractitionerRef, ScheduleRef};
 use crate::http::patients::{parse_query, path_id};
 use crate::state::AppState;
 
@@ -120,13 +120,13 @@ pub async fn read_schedule(state: web::Data<AppState>, req: HttpRequest) -> Http
 pub struct SlotSearch {
     /// `Schedule/{clinician id}` or the id.
     #[param(inline)]
-    pub schedule: Line<1, 64>,
+    pub schedule: ScheduleRef,
     /// Appointment type id (`service-type`).
     #[serde(rename = "service-type")]
     pub service_type: Uuid,
     /// A day, `YYYY-MM-DD` (UTC): at most 366 days before and 761 days after today.
     #[param(inline)]
-    pub start: Date,
+    pub start: Day,
 }
 
 /// `GET /fhir/Slot?schedule=&service-type=&start=`: the day's slots, free or busy
@@ -141,11 +141,7 @@ pub async fn search_slots(state: web::Data<AppState>, req: HttpRequest) -> HttpR
             let q: SlotSearch = parse_query(&req)?;
             // The day sizes slot generation (and a date near chrono's limits would overflow).
             booking::check_day("start", q.start.get(), state.clock.now())?;
-            let cid: Uuid = q
-                .schedule
-                .trim_start_matches("Schedule/")
-                .parse()
-                .map_err(|_| ApiError::field(Code::InvalidField, "schedule", "Schedule/{id}"))?;
+            let cid = q.schedule.id();
             let sched = booking::load_schedule(&state.stores.pg, cid).await?.ok_or_else(ApiError::not_found)?;
             let ty = booking::load_type(&state.stores.pg, q.service_type)
                 .await?
@@ -208,13 +204,13 @@ pub async fn read_appointment(state: web::Data<AppState>, req: HttpRequest) -> H
 pub struct AppointmentSearch {
     /// `Patient/{id}` or the id.
     #[param(inline)]
-    pub patient: Option<Line<1, 64>>,
+    pub patient: Option<PatientRef>,
     /// `Practitioner/{id}` or the id.
     #[param(inline)]
-    pub practitioner: Option<Line<1, 64>>,
+    pub practitioner: Option<PractitionerRef>,
     /// A day (UTC).
     #[param(inline)]
-    pub date: Option<Date>,
+    pub date: Option<Day>,
 }
 
 fn reference(field: &str, kind: &str, v: Option<&str>) -> Result<Option<Uuid>, ApiError> {
@@ -238,8 +234,8 @@ pub async fn search_appointments(state: web::Data<AppState>, req: HttpRequest) -
             let from = q.date.map(|d| d.get().and_time(chrono::NaiveTime::MIN).and_utc().fixed_offset());
             let day = |t| Instant::new(t).map_err(|why| invalid("date", why));
             let aq = super::AppointmentQuery {
-                patient: reference("patient", "Patient", q.patient.as_deref())?,
-                clinician: reference("practitioner", "Practitioner", q.practitioner.as_deref())?,
+                patient: q.patient.map(|p| p.id()),
+                clinician: q.practitioner.map(|p| p.id()),
                 from: from.map(day).transpose()?,
                 to: from.map(|f| day(f + Duration::days(1))).transpose()?,
             };
@@ -272,6 +268,88 @@ fn slot_reference(v: &Value) -> Result<(Uuid, DateTime<Utc>), ApiError> {
 
 /// Most participants a `$book` Appointment may list.
 pub const MAX_PARTICIPANTS: usize = 2;
+
+/// The body of `$book`, as the schema states it (documentation): a FHIR `Appointment` whose
+/// `status` says book or hold, naming exactly one `Slot/{type id}-{epoch seconds}` (an id
+/// `GET /fhir/Slot` hands out) and at most a Patient and a Practitioner. Its other elements
+/// are the client's and are not read, but are JSON text all the same: every key one line,
+/// every string free of control and bidirectional formatting characters ([`FhirElement`]).
+pub struct BookRequest;
+
+/// Any JSON value whose keys and strings obey the character rule (the elements of a FHIR
+/// resource the server does not read).
+pub struct FhirElement;
+
+const ELEMENT_REF: &str = "#/components/schemas/FhirElement";
+
+fn element() -> Value {
+    json!({"$ref": ELEMENT_REF})
+}
+
+/// An object of the given properties whose other members are [`FhirElement`]s.
+fn open_object(required: &[&str], properties: Value) -> Value {
+    json!({
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "propertyNames": {"type": "string", "pattern": coherency_protocol::text::ONE_LINE_PATTERN},
+        "additionalProperties": element(),
+    })
+}
+
+fn doc_schema(v: Value) -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+    serde_json::from_value(v).unwrap_or_else(|e| unreachable!("static schema does not parse: {e}"))
+}
+
+impl utoipa::PartialSchema for BookRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        let uuid = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}";
+        let slot = open_object(
+            &["reference"],
+            json!({"reference": {"type": "string", "pattern": format!("^Slot/{uuid}-[0-9]{{1,11}}$"),
+                                 "description": "`Slot/{appointment type id}-{start, epoch seconds}` from `GET /fhir/Slot`"}}),
+        );
+        let actor = open_object(
+            &["reference"],
+            json!({"reference": {"type": "string", "pattern": format!("^(?:Patient|Practitioner)/{uuid}$")}}),
+        );
+        let mut book = open_object(
+            &["resourceType", "status", "slot"],
+            json!({
+                "resourceType": {"type": "string", "enum": ["Appointment"]},
+                "status": {"type": "string", "enum": ["booked", "proposed", "pending"],
+                           "description": "`booked` books the slot; `proposed` or `pending` holds it"},
+                "slot": {"type": "array", "items": slot, "minItems": 1, "maxItems": 1},
+                "participant": {"type": "array", "maxItems": MAX_PARTICIPANTS,
+                                "items": open_object(&["actor"], json!({"actor": actor})),
+                                "description": "`Patient/{id}` (default: the caller) and `Practitioner/{id}` (the slot's owner)"},
+            }),
+        );
+        book["description"] = json!("A FHIR R4 `Appointment` naming one slot; other elements are not read");
+        doc_schema(book)
+    }
+}
+
+impl utoipa::ToSchema for BookRequest {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::Schema>)>) {
+        schemas.push(("FhirElement".into(), <FhirElement as utoipa::PartialSchema>::schema()));
+    }
+}
+
+impl utoipa::PartialSchema for FhirElement {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        doc_schema(json!({
+            "description": "A JSON value whose keys are one line and whose strings hold no control (but tab and line breaks) or bidirectional formatting character",
+            "anyOf": [
+                {"type": ["null", "boolean", "number"]},
+                {"type": "string", "pattern": coherency_protocol::text::MANY_LINES_PATTERN},
+                {"type": "array", "items": element()},
+                {"type": "object", "propertyNames": {"type": "string", "pattern": coherency_protocol::text::ONE_LINE_PATTERN},
+                 "additionalProperties": element()},
+            ]
+        }))
+    }
+}
 
 /// The `Patient/{id}` and `Practitioner/{id}` participants named in an Appointment.
 fn participants(v: &Value) -> Result<(Option<Uuid>, Option<Uuid>), ApiError> {
@@ -306,7 +384,8 @@ fn participants(v: &Value) -> Result<(Option<Uuid>, Option<Uuid>), ApiError> {
 /// rules, audit and `Idempotency-Key` as `POST /v1/appointments`; a taken slot is a 409
 /// OperationOutcome with code `slot_taken`.
 #[utoipa::path(post, path = "/fhir/Appointment/$book", tag = "fhir", security(("bearer" = ["bookings:write"])),
-    request_body(content = Object, description = "FHIR Appointment with one slot reference", content_type = "application/fhir+json"),
+    request_body(content = BookRequest, description = "FHIR Appointment with one slot reference", content_type = "application/fhir+json"),
+    params(("Idempotency-Key" = inline(Option<crate::http::input::IdempotencyKey>), Header, nullable = false, description = "makes retries safe")),
     responses((status = 201, description = "Appointment (application/fhir+json)"), (status = 200, description = "idempotent replay"),
               (status = 400, description = "OperationOutcome invalid_field"), (status = 409, description = "OperationOutcome slot_taken")))]
 pub async fn book(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {

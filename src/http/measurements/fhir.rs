@@ -18,6 +18,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Permission, Principal, Require};
 use crate::error::ApiError;
 use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
+use crate::http::input::{invalid, FhirDateParam, Line, PatientRef};
 use crate::http::patients::{path_id, require_access};
 use crate::recon_hook::{auto_mesh_keys, list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 use crate::state::AppState;
@@ -191,25 +192,25 @@ pub fn parse_date(raw: &str) -> Option<DateBound> {
     })
 }
 
-fn patient_param(raw: &str) -> Result<Uuid, ApiError> {
-    raw.trim_start_matches("Patient/")
-        .parse()
-        .map_err(|_| ApiError::field(Code::InvalidField, "patient", "`patient` must be a patient id"))
-}
-
 /// Query of `GET /fhir/Observation` (documentation; the handler parses the query string
 /// itself because `date` may repeat).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ObservationSearch {
-    /// The patient's id (or `Patient/{id}`); required.
-    pub patient: Option<String>,
+    /// The patient's id (or `Patient/{id}`).
+    #[param(inline)]
+    pub patient: PatientRef,
     /// Effective time: `[eq|ge|gt|le|lt]` + `YYYY`, `YYYY-MM`, `YYYY-MM-DD` or an RFC 3339
     /// date-time; up to two (a range).
-    pub date: Option<String>,
-    /// `72287-6` or `http://loinc.org|72287-6` (the only code served).
-    pub code: Option<String>,
+    #[param(inline)]
+    pub date: Option<FhirDateParam>,
+    /// `72287-6` or `http://loinc.org|72287-6` (the only code served; any other finds nothing).
+    #[param(inline)]
+    pub code: Option<ObservationCode>,
 }
+
+/// A `code` search value: any one line up to 256 characters.
+pub type ObservationCode = Line<0, 256>;
 
 // ---------------------------------------------------------------------------------------------
 // Handlers
@@ -254,16 +255,18 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     let mut other_code = false;
     for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
-            "patient" | "subject" if patient.is_none() => patient = Some(patient_param(&v)?),
-            "date" if dates.len() < MAX_DATE_PARAMS => dates.push(parse_date(&v).ok_or_else(|| {
-                ApiError::field(
-                    Code::InvalidField,
-                    "date",
-                    "`date` must be [eq|ge|gt|le|lt]YYYY[-MM[-DD]] or a date-time",
-                )
-            })?),
-            "code" if matches!(v.as_ref(), "72287-6" | "http://loinc.org|72287-6") => {}
-            "code" => other_code = true,
+            "patient" | "subject" if patient.is_none() => {
+                patient = Some(PatientRef::new(v.as_ref()).map_err(|why| invalid(&k, why))?.id())
+            }
+            "date" if dates.len() < MAX_DATE_PARAMS => {
+                let bad = |why| invalid("date", why);
+                let v = FhirDateParam::new(v.as_ref()).map_err(bad)?;
+                dates.push(parse_date(&v).ok_or_else(|| bad(FhirDateParam::RULE))?)
+            }
+            "code" => {
+                ObservationCode::new(v.as_ref()).map_err(|why| invalid("code", why))?;
+                other_code |= !matches!(v.as_ref(), "72287-6" | "http://loinc.org|72287-6");
+            }
             other => {
                 return Err(ApiError::field(
                     Code::InvalidField,
@@ -345,7 +348,18 @@ async fn scan_mesh(
 #[into_params(parameter_in = Query)]
 pub struct MeshQuery {
     /// `glb` (binary glTF, default) or `ply`.
-    pub format: Option<String>,
+    #[param(inline)]
+    pub format: Option<MeshFormat>,
+}
+
+/// A mesh file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshFormat {
+    /// Binary glTF.
+    Glb,
+    /// Stanford PLY.
+    Ply,
 }
 
 /// `GET /v1/scans/{id}/mesh`: the reconstructed mesh (binary glTF or PLY) with its SHA-256.
@@ -363,11 +377,7 @@ pub async fn mesh(
     who: Require<perm::ScansRead>,
 ) -> Result<HttpResponse, ApiError> {
     let q: MeshQuery = crate::http::patients::parse_query(&req)?;
-    let glb = match q.format.as_deref() {
-        None | Some("glb") => true,
-        Some("ply") => false,
-        Some(_) => return Err(ApiError::field(Code::InvalidField, "format", "format must be `glb` or `ply`")),
-    };
+    let glb = q.format.unwrap_or(MeshFormat::Glb) == MeshFormat::Glb;
     let (scan, keys) = scan_mesh(&state, &req, &who, "scan.mesh.read").await?;
     let (key, sha, ct, name) = if glb {
         (&keys.glb_key, &keys.glb_sha256, "model/gltf-binary", "mesh.glb")

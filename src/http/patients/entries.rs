@@ -15,11 +15,13 @@ use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{etag, if_match, past_date, path_id, phone, require_access};
+use super::{etag, if_match, not_future, path_id, require_access};
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::error::ApiError;
-use crate::http::input::{invalid, Date, Email, Line, PersonName, Phone};
+use crate::http::input::{
+    Day, Email, EmailAddress, EntityTag, Line, PersonName, Phone, PhoneNumber, SnomedCode, TermsVersion,
+};
 use crate::state::AppState;
 
 /// The kinds of entry, with their table value and URL segment.
@@ -52,7 +54,7 @@ impl Kind {
 }
 
 /// Implemented by each entry body: its kind and its normalisation.
-pub trait Entry: DeserializeOwned + Serialize {
+pub trait Entry: DeserializeOwned + Serialize + utoipa::ToSchema {
     const KIND: Kind;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError>;
 }
@@ -85,8 +87,8 @@ pub struct Allergy {
     pub severity: Option<Severity>,
     #[serde(default)]
     pub status: AllergyStatus,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub onset_date: Option<NaiveDate>,
+    /// Not in the future.
+    pub onset_date: Option<Day>,
 }
 
 impl Entry for Allergy {
@@ -94,7 +96,7 @@ impl Entry for Allergy {
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
         Ok(Self {
             reaction: self.reaction.filter(|r| !r.is_empty()),
-            onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?,
+            onset_date: self.onset_date.map(|d| not_future(d, today, "onset_date")).transpose()?,
             ..self
         })
     }
@@ -132,11 +134,11 @@ pub struct Medication {
     pub dosage: Option<Line<0, 200>>,
     #[serde(default)]
     pub status: MedicationStatus,
-    pub start_date: Option<Date>,
-    pub end_date: Option<Date>,
+    pub start_date: Option<Day>,
+    pub end_date: Option<Day>,
 }
 
-fn period(start: Option<Date>, end: Option<Date>) -> Result<(), ApiError> {
+fn period(start: Option<Day>, end: Option<Day>) -> Result<(), ApiError> {
     if let (Some(s), Some(e)) = (start, end) {
         if e < s {
             return Err(ApiError::field(Code::InvalidField, "end_date", "`end_date` must not be before `start_date`"));
@@ -172,22 +174,17 @@ pub struct Condition {
     /// Human description (`Type 2 diabetes mellitus`).
     pub description: Line<1, 200>,
     /// Optional SNOMED CT concept id (6–18 digits).
-    pub snomed_code: Option<Line<6, 18>>,
+    pub snomed_code: Option<SnomedCode>,
     #[serde(default)]
     pub clinical_status: ConditionStatus,
-    #[schema(value_type = Option<String>, format = Date)]
-    pub onset_date: Option<NaiveDate>,
+    /// Not in the future.
+    pub onset_date: Option<Day>,
 }
 
 impl Entry for Condition {
     const KIND: Kind = Kind::Condition;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
-        if let Some(c) = &self.snomed_code {
-            if !(6..=18).contains(&c.len()) || !c.chars().all(|ch| ch.is_ascii_digit()) {
-                return Err(ApiError::field(Code::InvalidField, "snomed_code", "`snomed_code` must be 6-18 digits"));
-            }
-        }
-        Ok(Self { onset_date: self.onset_date.map(|d| past_date(d, today, "onset_date")).transpose()?, ..self })
+        Ok(Self { onset_date: self.onset_date.map(|d| not_future(d, today, "onset_date")).transpose()?, ..self })
     }
 }
 
@@ -210,8 +207,8 @@ pub struct Coverage {
     pub plan_name: Option<Line<0, 200>>,
     #[serde(default)]
     pub status: CoverageStatus,
-    pub start_date: Option<Date>,
-    pub end_date: Option<Date>,
+    pub start_date: Option<Day>,
+    pub end_date: Option<Day>,
 }
 
 impl Entry for Coverage {
@@ -257,16 +254,9 @@ impl Entry for Contact {
         if self.phone.is_none() && self.email.is_none() {
             return Err(ApiError::field(Code::InvalidField, "phone", "a contact needs a `phone` or an `email`"));
         }
-        fn relined<const MIN: usize, const MAX: usize>(field: &str, v: String) -> Result<Line<MIN, MAX>, ApiError> {
-            Line::new(v).map_err(|why| invalid(field, why))
-        }
         Ok(Self {
-            phone: self.phone.as_deref().map(|p| phone(p, "phone").and_then(|p| relined("phone", p))).transpose()?,
-            email: self
-                .email
-                .as_deref()
-                .map(|e| crate::http::auth::normalise_email(e, "email").and_then(|e| relined("email", e)))
-                .transpose()?,
+            phone: self.phone.map(PhoneNumber::normalise),
+            email: self.email.map(EmailAddress::normalise),
             ..self
         })
     }
@@ -294,23 +284,19 @@ pub struct Consent {
     pub status: ConsentStatus,
     /// The version of the consent text agreed to (`2026-01`): letters, digits, `.`, `_`, `-`.
     /// Not the record's `version`, which counts its edits (`If-Match`) like every other entry's.
-    pub terms_version: Line<1, 32>,
-    /// When it was given or withdrawn (default today).
-    #[schema(value_type = Option<String>, format = Date)]
-    pub date: Option<NaiveDate>,
+    pub terms_version: TermsVersion,
+    /// When it was given or withdrawn (default today; not in the future).
+    pub date: Option<Day>,
 }
 
 impl Entry for Consent {
     const KIND: Kind = Kind::Consent;
     fn validate(self, today: NaiveDate) -> Result<Self, ApiError> {
-        if !self.terms_version.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(ApiError::field(
-                Code::InvalidField,
-                "terms_version",
-                "`terms_version` must be 1-32 letters, digits, . _ or -",
-            ));
-        }
-        Ok(Self { date: Some(past_date(self.date.unwrap_or(today), today, "date")?), ..self })
+        let date = match self.date {
+            Some(d) => not_future(d, today, "date")?,
+            None => Day::try_from(today).map_err(ApiError::internal)?,
+        };
+        Ok(Self { date: Some(date), ..self })
     }
 }
 
@@ -550,6 +536,17 @@ fn merge(target: &mut serde_json::Value, patch: serde_json::Value) {
     }
 }
 
+/// Refuses a merge patch naming a field `T` does not have: `null` on it would otherwise vanish
+/// in the merge and be answered as a successful edit. The fields are those of `T`'s schema,
+/// which the patch schema lists.
+fn known_fields<T: Entry>(patch: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    let schema = serde_json::to_value(T::schema()).map_err(ApiError::internal)?;
+    match patch.keys().find(|k| schema["properties"].get(k.as_str()).is_none()) {
+        Some(k) => Err(ApiError::field(Code::UnknownField, k.as_str(), format!("unknown field `{k}`"))),
+        None => Ok(()),
+    }
+}
+
 async fn update_entry<T: Entry>(
     state: &AppState,
     req: &HttpRequest,
@@ -562,6 +559,7 @@ async fn update_entry<T: Entry>(
     let eid = path_id(req, "entry_id")?;
     may_write(who, T::KIND)?;
     let patch = body.parse()?;
+    known_fields::<T>(&patch)?;
     let expected = if_match(req)?;
     let now = state.clock.now();
     let mut tx = state.stores.pg.begin().await?;
@@ -664,7 +662,7 @@ macro_rules! entry_routes {
 
         #[doc = concat!("`PATCH ", $item, "`: merge-patches a ", $what, " (`If-Match` required).")]
         #[utoipa::path(patch, path = $item, tag = "patients", security(("bearer" = ["patients:write"])),
-            params(("id" = Uuid, Path), ("entry_id" = Uuid, Path), ("If-Match" = String, Header)),
+            params(("id" = Uuid, Path), ("entry_id" = Uuid, Path), ("If-Match" = inline(EntityTag), Header, description = "the ETag last read")),
             request_body = $patch, responses((status = 200, body = $record, headers(("ETag" = String, description = "the entry's new version"))),
             (status = 400, description = "invalid_field: the patched entry is not valid"), (status = 404),
             (status = 412, description = "precondition_failed: `If-Match` is not the current version"),

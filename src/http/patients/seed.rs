@@ -8,12 +8,17 @@ use super::entries::{
     CoverageStatus, Medication, MedicationStatus, Relationship, Severity,
 };
 use super::{Address, DEFAULT_ORG};
-use crate::http::input::{Date, Line};
+use crate::http::input::{Day, Line, PhoneNumber, SnomedCode, TermsVersion};
 use crate::state::AppState;
 
 /// Demo text held to the same bounds as text from a request.
 fn line<const MIN: usize, const MAX: usize>(s: impl Into<String>) -> anyhow::Result<Line<MIN, MAX>> {
     Line::new(s).map_err(|why| anyhow::anyhow!("demo text {why}"))
+}
+
+fn date(y: i32, m: u32, d: u32) -> anyhow::Result<Day> {
+    let day = NaiveDate::from_ymd_opt(y, m, d).ok_or_else(|| anyhow::anyhow!("demo date {y}-{m}-{d}"))?;
+    Day::try_from(day).map_err(anyhow::Error::msg)
 }
 
 struct Demo {
@@ -152,7 +157,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 .await?;
         }
         let e = |err: crate::error::ApiError| anyhow::anyhow!("{}: {}", err.code, err.message);
-        let since = NaiveDate::from_ymd_opt(2024, 2, 1);
+        let since = date(2024, 2, 1)?;
         entries::insert(
             pg,
             id,
@@ -161,7 +166,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 reaction: Some(line("Hives")?),
                 severity: Some(Severity::Moderate),
                 status: AllergyStatus::Active,
-                onset_date: NaiveDate::from_ymd_opt(2010, 6, 1),
+                onset_date: Some(date(2010, 6, 1)?),
             },
             None,
             now,
@@ -175,7 +180,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 name: line("Metformin")?,
                 dosage: Some(line("500 mg twice daily")?),
                 status: MedicationStatus::Active,
-                start_date: since.map(Date::try_from).transpose().map_err(anyhow::Error::msg)?,
+                start_date: Some(since),
                 end_date: None,
             },
             None,
@@ -188,9 +193,9 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             id,
             &Condition {
                 description: line("Venous leg ulcer")?,
-                snomed_code: Some(line("402863005")?),
+                snomed_code: Some(SnomedCode::new("402863005").map_err(anyhow::Error::msg)?),
                 clinical_status: ConditionStatus::Active,
-                onset_date: since,
+                onset_date: Some(since),
             },
             None,
             now,
@@ -206,10 +211,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 group_number: Some(line("GRP-42")?),
                 plan_name: Some(line("Standard")?),
                 status: CoverageStatus::Active,
-                start_date: NaiveDate::from_ymd_opt(2024, 1, 1)
-                    .map(Date::try_from)
-                    .transpose()
-                    .map_err(anyhow::Error::msg)?,
+                start_date: Some(date(2024, 1, 1)?),
                 end_date: None,
             },
             None,
@@ -224,7 +226,7 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 name: line(format!("Sam {}", d.family))?,
                 relationship: Relationship::Partner,
                 emergency: true,
-                phone: Some(line(format!("+4420790{:05}", 20000 + i))?),
+                phone: Some(PhoneNumber::new(format!("+4420790{:05}", 20000 + i)).map_err(anyhow::Error::msg)?),
                 email: None,
             },
             None,
@@ -239,8 +241,8 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
                 &Consent {
                     scope,
                     status: ConsentStatus::Granted,
-                    terms_version: line("2026-01")?,
-                    date: Some(now.date_naive()),
+                    terms_version: TermsVersion::new("2026-01").map_err(anyhow::Error::msg)?,
+                    date: Some(Day::try_from(now.date_naive()).map_err(anyhow::Error::msg)?),
                 },
                 None,
                 now,
