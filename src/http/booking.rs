@@ -345,9 +345,9 @@ pub async fn put_schedule(
     body: crate::http::Json<ScheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
+    require_manage(&state, &who, id).await?;
     let body = body.parse()?;
     let (horizon, notice) = check_schedule(&body, state.clock.now())?;
-    require_manage(&state, &who, id).await?;
     let now = state.clock.now();
     let mut tx = state.stores.pg.begin().await?;
     sqlx::query(
@@ -522,9 +522,9 @@ pub async fn create_type(
     body: crate::http::Json<TypeBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
+    require_manage(&state, &who, id).await?;
     let b = body.parse()?;
     let buffer = |v: Option<Int<0, 240>>| v.map_or(0, Int::get_i32);
-    require_manage(&state, &who, id).await?;
     let ty = sqlx::query_as::<_, AppointmentType>(
         "INSERT INTO appointment_types (id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, created_at)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
@@ -857,9 +857,9 @@ pub async fn cancel(
     body: crate::http::Json<CancelBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
+    let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
     let b = body.parse()?;
     let reason = b.reason.as_str();
-    let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
     let res = booking::cancel(&state, id, who.user_id, reason).await;
     finish(&state, &req, &who, "booking.cancel", &cur, res).await
 }
@@ -877,8 +877,8 @@ pub async fn reschedule(
     body: crate::http::Json<RescheduleBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
-    let b = body.parse()?;
     let cur = visible(&state, &req, &who, id, "booking.reschedule").await?;
+    let b = body.parse()?;
     let (sched, ty) = clinician_type(&state, cur.clinician_id, b.type_id.unwrap_or(cur.type_id)).await?;
     let start = b.start.get().with_timezone(&Utc);
     booking::require_slot(&sched, &ty, start, state.clock.now())?;

@@ -433,8 +433,8 @@ pub async fn invite(
     who: Require<perm::ConsultsHost>,
     body: crate::http::Json<InviteBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let b = body.parse()?;
     let c = hosted(&state, &req, &who, "consult.invite").await?;
+    let b = body.parse()?;
     let role = ParticipantRole::from(b.role);
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL)")
         .bind(b.user_id)

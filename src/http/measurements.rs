@@ -124,11 +124,12 @@ pub async fn remeasure(
     id: web::Path<Uuid>,
     body: crate::http::Json<PolygonRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.parse()?;
-    // The static bound (the largest frame) before anything is looked up; the keyframe's
-    // own size is checked once it is read, before the other frames are read or fused.
-    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT).map_err(polygon_error)?;
+    // Access first (a caller who may not see the scan learns nothing from the body's
+    // checks); then the static bound (the largest frame) before any frame is read; the
+    // keyframe's own size is checked once it is read, before the other frames are read or fused.
     let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
+    let body = body.parse()?;
+    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT).map_err(polygon_error)?;
     if !matches!(scan.status.as_str(), "processing" | "complete" | "failed") {
         return Err(ApiError::new(Code::Conflict, "the scan has not finished streaming"));
     }

@@ -105,7 +105,7 @@ fn schemathesis() -> PathBuf {
 
 /// Enrols TOTP for a signed-in user (patients may, staff must), which also marks the session
 /// verified.
-async fn enrol_mfa(app: &TestApp, user: &User) {
+pub(crate) async fn enrol_mfa(app: &TestApp, user: &User) {
     let res = app.post_auth("/v1/me/mfa/totp", &user.token, &json!({})).await;
     assert_eq!(res.status(), 200, "enrol: {}", res.text().await.unwrap_or_default());
     let secret = res.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_string();
@@ -127,22 +127,22 @@ fn id_of(v: &Value) -> String {
 
 /// Real ids the fuzzer may use, by the dictionary they fill.
 #[derive(Default)]
-struct Ids {
-    patients: Vec<String>,
+pub(crate) struct Ids {
+    pub(crate) patients: Vec<String>,
     /// Entry ids by list (`allergies`, …), so an entry route draws ids of its own kind.
-    entries: Vec<(&'static str, String)>,
-    scans: Vec<String>,
-    consults: Vec<String>,
-    clinicians: Vec<String>,
-    appointments: Vec<String>,
-    types: Vec<String>,
-    participants: Vec<String>,
-    waitlist: Vec<String>,
+    pub(crate) entries: Vec<(&'static str, String)>,
+    pub(crate) scans: Vec<String>,
+    pub(crate) consults: Vec<String>,
+    pub(crate) clinicians: Vec<String>,
+    pub(crate) appointments: Vec<String>,
+    pub(crate) types: Vec<String>,
+    pub(crate) participants: Vec<String>,
+    pub(crate) waitlist: Vec<String>,
 }
 
 /// A patient on the clinician's care team with one entry of every kind, a scan, a consult the
 /// patient checked in to, two appointments on the clinician's calendar and a waitlist entry.
-async fn objects(app: &TestApp, admin: &User, clin: &User, ty: Uuid, patient: &User) -> Ids {
+pub(crate) async fn objects(app: &TestApp, admin: &User, clin: &User, ty: Uuid, patient: &User) -> Ids {
     let pid = patient.patient_id.unwrap().to_string();
     let mut ids = Ids {
         patients: vec![pid.clone()],

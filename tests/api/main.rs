@@ -26,6 +26,7 @@ mod demo;
 mod errors;
 mod fhir;
 mod health;
+mod idor;
 mod loadtest;
 mod logs;
 mod measurements;
