@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -91,10 +91,10 @@ pub async fn record(pool: &PgPool, at: DateTime<Utc>, ev: &AuditEvent) -> Result
 /// chain's tail, one `INSERT … SELECT FROM UNNEST`, one commit. Answers their ids.
 async fn append(pool: &PgPool, events: &[(DateTime<Utc>, &AuditEvent)]) -> Result<Vec<i64>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(CHAIN_LOCK).execute(&mut *tx).await?;
-    let last = sqlx::query("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
+    sqlx::query!("SELECT pg_advisory_xact_lock($1)", CHAIN_LOCK).execute(&mut *tx).await?;
+    let last = sqlx::query!("SELECT id, hash FROM audit_log ORDER BY id DESC LIMIT 1").fetch_optional(&mut *tx).await?;
     let (mut id, mut prev) = match last {
-        Some(row) => (row.get::<i64, _>(0), row.get::<String, _>(1)),
+        Some(row) => (row.id, row.hash),
         None => (0, GENESIS.to_string()),
     };
     let n = events.len();
@@ -130,24 +130,24 @@ async fn append(pool: &PgPool, events: &[(DateTime<Utc>, &AuditEvent)]) -> Resul
         cols.prev_hash.push(std::mem::replace(&mut prev, hash.clone()));
         cols.hash.push(hash);
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO audit_log (id, at, actor_id, actor_role, action, target_type, target_id, outcome, ip, request_id, details, prev_hash, hash)
          SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[],
                               $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])",
+        &cols.ids,
+        &cols.at,
+        &cols.actor_id as &[Option<Uuid>],
+        &cols.actor_role as &[Option<String>],
+        &cols.action,
+        &cols.target_type as &[Option<String>],
+        &cols.target_id as &[Option<String>],
+        &cols.outcome,
+        &cols.ip as &[Option<String>],
+        &cols.request_id as &[Option<String>],
+        &cols.details,
+        &cols.prev_hash,
+        &cols.hash
     )
-    .bind(&cols.ids)
-    .bind(&cols.at)
-    .bind(&cols.actor_id)
-    .bind(&cols.actor_role)
-    .bind(&cols.action)
-    .bind(&cols.target_type)
-    .bind(&cols.target_id)
-    .bind(&cols.outcome)
-    .bind(&cols.ip)
-    .bind(&cols.request_id)
-    .bind(&cols.details)
-    .bind(&cols.prev_hash)
-    .bind(&cols.hash)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -304,40 +304,40 @@ pub async fn verify(pool: &PgPool) -> Result<Verdict, sqlx::Error> {
     let mut count = 0u64;
     let mut after = 0i64;
     loop {
-        let rows = sqlx::query(
+        let rows = sqlx::query!(
             "SELECT id, at, actor_id, actor_role, action, target_type, target_id, outcome, ip, request_id, details, prev_hash, hash
              FROM audit_log WHERE id > $1 ORDER BY id LIMIT 5000",
+            after
         )
-        .bind(after)
         .fetch_all(pool)
         .await?;
         if rows.is_empty() {
             return Ok(Verdict::Intact(count));
         }
         for r in rows {
-            let id: i64 = r.get("id");
+            let id = r.id;
             if id != expected_id {
                 return Ok(Verdict::Broken { id, reason: format!("row {expected_id} is missing") });
             }
-            let stored_prev: String = r.get("prev_hash");
+            let stored_prev = r.prev_hash;
             if stored_prev != prev {
                 return Ok(Verdict::Broken { id, reason: "link to the previous row does not match".into() });
             }
             let computed = row_hash(
                 id,
-                r.get("at"),
-                r.get("actor_id"),
-                r.get::<Option<String>, _>("actor_role").as_deref(),
-                r.get::<String, _>("action").as_str(),
-                r.get::<Option<String>, _>("target_type").as_deref(),
-                r.get::<Option<String>, _>("target_id").as_deref(),
-                r.get::<String, _>("outcome").as_str(),
-                r.get::<Option<String>, _>("ip").as_deref(),
-                r.get::<Option<String>, _>("request_id").as_deref(),
-                r.get::<String, _>("details").as_str(),
+                r.at,
+                r.actor_id,
+                r.actor_role.as_deref(),
+                &r.action,
+                r.target_type.as_deref(),
+                r.target_id.as_deref(),
+                &r.outcome,
+                r.ip.as_deref(),
+                r.request_id.as_deref(),
+                &r.details,
                 &stored_prev,
             );
-            let stored: String = r.get("hash");
+            let stored = r.hash;
             if computed != stored {
                 return Ok(Verdict::Broken { id, reason: "row contents do not match its hash".into() });
             }

@@ -15,7 +15,7 @@ use coherency_protocol::Code;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
 use sha2::Sha256;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -58,42 +58,28 @@ pub struct Consult {
     pub end_reason: Option<String>,
 }
 
-const CONSULT_COLS: &str =
-    "id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_at, started_at, ended_at, end_reason";
-
-fn consult_from(r: &sqlx::postgres::PgRow) -> Result<Consult, sqlx::Error> {
-    Ok(Consult {
-        id: r.try_get("id")?,
-        appointment_id: r.try_get("appointment_id")?,
-        clinician_id: r.try_get("clinician_id")?,
-        patient_id: r.try_get("patient_id")?,
-        status: r.try_get("status")?,
-        scheduled_start: r.try_get("scheduled_start")?,
-        created_at: r.try_get("created_at")?,
-        started_at: r.try_get("started_at")?,
-        ended_at: r.try_get("ended_at")?,
-        end_reason: r.try_get("end_reason")?,
-    })
-}
-
 pub async fn load(pg: &PgPool, id: Uuid) -> Result<Option<Consult>, ApiError> {
-    let row =
-        sqlx::query(&format!("SELECT {CONSULT_COLS} FROM consults WHERE id = $1")).bind(id).fetch_optional(pg).await?;
-    Ok(match row {
-        Some(r) => Some(consult_from(&r)?),
-        None => None,
-    })
+    Ok(sqlx::query_as!(
+        Consult,
+        "SELECT id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_at, started_at,
+                ended_at, end_reason
+         FROM consults WHERE id = $1",
+        id
+    )
+    .fetch_optional(pg)
+    .await?)
 }
 
 pub async fn by_appointment(pg: &PgPool, appointment_id: Uuid) -> Result<Option<Consult>, ApiError> {
-    let row = sqlx::query(&format!("SELECT {CONSULT_COLS} FROM consults WHERE appointment_id = $1"))
-        .bind(appointment_id)
-        .fetch_optional(pg)
-        .await?;
-    Ok(match row {
-        Some(r) => Some(consult_from(&r)?),
-        None => None,
-    })
+    Ok(sqlx::query_as!(
+        Consult,
+        "SELECT id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_at, started_at,
+                ended_at, end_reason
+         FROM consults WHERE appointment_id = $1",
+        appointment_id
+    )
+    .fetch_optional(pg)
+    .await?)
 }
 
 /// Creates a consult with its host and its `opened` event (seq 1).
@@ -108,17 +94,17 @@ pub async fn create(
     let now = state.clock.now();
     let id = Uuid::now_v7();
     let mut tx = state.stores.pg.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO consults (id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_by, created_at)
          VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
+        id,
+        appointment_id,
+        clinician_id,
+        patient_id,
+        scheduled_start,
+        created_by,
+        now
     )
-    .bind(id)
-    .bind(appointment_id)
-    .bind(clinician_id)
-    .bind(patient_id)
-    .bind(scheduled_start)
-    .bind(created_by)
-    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(|e| match &e {
@@ -162,11 +148,11 @@ pub async fn create(
 /// own commit: the scan exists (with its `consult_id`) whatever the room does.
 pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uuid) {
     let patient_user: Option<Uuid> = match c.patient_id {
-        Some(p) => sqlx::query_scalar("SELECT user_id FROM patients WHERE id = $1")
-            .bind(p)
+        Some(p) => sqlx::query_scalar!("SELECT user_id FROM patients WHERE id = $1", p)
             .fetch_optional(&state.stores.pg)
             .await
             .ok()
+            .flatten()
             .flatten(),
         None => None,
     };
@@ -237,24 +223,24 @@ async fn upsert_participant(
     p: &Participant,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO consult_participants
             (id, consult_id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (id) DO UPDATE SET role = $4, state = $5, invited_by = $6, checked_in_at = $7, admitted_at = $8,
             joined_at = $9, left_at = $10, updated_at = $11",
+        p.id,
+        consult_id,
+        p.user_id,
+        p.role.as_str(),
+        p.state.as_str(),
+        p.invited_by,
+        p.checked_in_at,
+        p.admitted_at,
+        p.joined_at,
+        p.left_at,
+        now
     )
-    .bind(p.id)
-    .bind(consult_id)
-    .bind(p.user_id)
-    .bind(p.role.as_str())
-    .bind(p.state.as_str())
-    .bind(p.invited_by)
-    .bind(p.checked_in_at)
-    .bind(p.admitted_at)
-    .bind(p.joined_at)
-    .bind(p.left_at)
-    .bind(now)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -267,17 +253,17 @@ async fn insert_event(
     webhooks: bool,
 ) -> Result<(), sqlx::Error> {
     let body = serde_json::to_value(ev).unwrap_or(serde_json::Value::Null);
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO consult_events (consult_id, seq, kind, body, at, webhook_next_at, webhook_done_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        ev.consult_id.as_uuid(),
+        ev.seq as i64,
+        ev.kind.as_str(),
+        body,
+        now,
+        webhooks.then_some(now),
+        (!webhooks).then_some(now)
     )
-    .bind(ev.consult_id.as_uuid())
-    .bind(ev.seq as i64)
-    .bind(ev.kind.as_str())
-    .bind(body)
-    .bind(now)
-    .bind(webhooks.then_some(now))
-    .bind((!webhooks).then_some(now))
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -318,24 +304,26 @@ impl RoomStore for PgRoomStore {
             }
             match ch.status {
                 Some(ConsultStatus::Live) => {
-                    sqlx::query(
+                    sqlx::query!(
                         "UPDATE consults SET status = 'live', started_at = coalesce(started_at, $2) WHERE id = $1",
+                        cid,
+                        now
                     )
-                    .bind(cid)
-                    .bind(now)
                     .execute(&mut *tx)
                     .await
                     .map_err(|e| e.to_string())?;
                 }
                 Some(ConsultStatus::Ended) => {
                     let reason = ch.event.data.get("reason").and_then(|r| r.as_str()).unwrap_or("ended").to_string();
-                    sqlx::query("UPDATE consults SET status = 'ended', ended_at = $2, end_reason = $3 WHERE id = $1")
-                        .bind(cid)
-                        .bind(now)
-                        .bind(reason)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    sqlx::query!(
+                        "UPDATE consults SET status = 'ended', ended_at = $2, end_reason = $3 WHERE id = $1",
+                        cid,
+                        now,
+                        reason
+                    )
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 }
                 _ => {}
             }
@@ -473,34 +461,34 @@ pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
     if let Some(r) = state.rooms.get(cid) {
         return Ok(RoomRef::Local(r));
     }
-    let rows = sqlx::query(
-        "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at
+    let rows = sqlx::query!(
+        "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, left_at
          FROM consult_participants WHERE consult_id = $1",
+        c.id
     )
-    .bind(c.id)
     .fetch_all(&state.stores.pg)
     .await?;
     let mut participants = Vec::new();
     for r in rows {
-        let role: String = r.try_get("role")?;
-        let st: String = r.try_get("state")?;
         participants.push(Participant {
-            id: r.try_get("id")?,
-            user_id: r.try_get("user_id")?,
-            role: ParticipantRole::parse(&role).ok_or_else(|| ApiError::internal("bad role"))?,
-            state: ParticipantState::parse(&st).ok_or_else(|| ApiError::internal("bad state"))?,
-            invited_by: r.try_get("invited_by")?,
-            checked_in_at: r.try_get("checked_in_at")?,
-            admitted_at: r.try_get("admitted_at")?,
+            id: r.id,
+            user_id: r.user_id,
+            role: ParticipantRole::parse(&r.role).ok_or_else(|| ApiError::internal("bad role"))?,
+            state: ParticipantState::parse(&r.state).ok_or_else(|| ApiError::internal("bad state"))?,
+            invited_by: r.invited_by,
+            checked_in_at: r.checked_in_at,
+            admitted_at: r.admitted_at,
             // A room that starts has no connections: nobody is joined.
             joined_at: None,
-            left_at: r.try_get("left_at")?,
+            left_at: r.left_at,
         });
     }
-    let last_seq: i64 = sqlx::query_scalar("SELECT coalesce(max(seq), 0) FROM consult_events WHERE consult_id = $1")
-        .bind(c.id)
-        .fetch_one(&state.stores.pg)
-        .await?;
+    let last_seq: i64 = sqlx::query_scalar!(
+        r#"SELECT coalesce(max(seq), 0) AS "last_seq!" FROM consult_events WHERE consult_id = $1"#,
+        c.id
+    )
+    .fetch_one(&state.stores.pg)
+    .await?;
     let snap = RoomSnapshot {
         consult_id: cid,
         clinician_id: c.clinician_id,
@@ -555,12 +543,13 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 /// wait up to `d` (or a wake-up).
 async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Option<Duration>, sqlx::Error> {
     let mut tx = state.stores.pg.begin().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(WEBHOOK_LOCK).fetch_one(&mut *tx).await?;
+    let locked: bool = sqlx::query_scalar!(r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#, WEBHOOK_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
     if !locked {
         return Ok(Some(Duration::from_secs(1)));
     }
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT id, consult_id, seq, kind, body, webhook_attempts, webhook_next_at FROM consult_events
          WHERE webhook_done_at IS NULL ORDER BY id LIMIT 1",
     )
@@ -568,18 +557,13 @@ async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Opti
     .await?;
     let Some(row) = row else { return Ok(Some(Duration::from_secs(5))) };
     let now = state.clock.now();
-    let next_at: Option<DateTime<Utc>> = row.try_get("webhook_next_at")?;
-    if let Some(n) = next_at {
+    if let Some(n) = row.webhook_next_at {
         if n > now {
             return Ok(Some((n - now).to_std().unwrap_or(Duration::from_millis(50))));
         }
     }
-    let id: i64 = row.try_get("id")?;
-    let consult_id: Uuid = row.try_get("consult_id")?;
-    let seq: i64 = row.try_get("seq")?;
-    let kind: String = row.try_get("kind")?;
-    let body: serde_json::Value = row.try_get("body")?;
-    let attempts: i32 = row.try_get("webhook_attempts")?;
+    let (id, consult_id, seq, kind, body, attempts) =
+        (row.id, row.consult_id, row.seq, row.kind, row.body, row.webhook_attempts);
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let ts = now.timestamp();
     let secret =
@@ -602,11 +586,14 @@ async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Opti
     };
     match outcome {
         Ok(()) => {
-            sqlx::query("UPDATE consult_events SET webhook_done_at = $2, webhook_attempts = webhook_attempts + 1, webhook_error = NULL WHERE id = $1")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE consult_events SET webhook_done_at = $2, webhook_attempts = webhook_attempts + 1,
+                    webhook_error = NULL WHERE id = $1",
+                id,
+                now
+            )
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(None)
         }
@@ -614,12 +601,15 @@ async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Opti
             let backoff =
                 (WEBHOOK_FIRST_BACKOFF * 2u32.saturating_pow(attempts.clamp(0, 16) as u32)).min(WEBHOOK_MAX_BACKOFF);
             let next = now + chrono::Duration::from_std(backoff).unwrap_or_default();
-            sqlx::query("UPDATE consult_events SET webhook_attempts = webhook_attempts + 1, webhook_next_at = $2, webhook_error = $3 WHERE id = $1")
-                .bind(id)
-                .bind(next)
-                .bind(why)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "UPDATE consult_events SET webhook_attempts = webhook_attempts + 1, webhook_next_at = $2,
+                    webhook_error = $3 WHERE id = $1",
+                id,
+                next,
+                why
+            )
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(Some(backoff))
         }

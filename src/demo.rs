@@ -3,7 +3,6 @@
 //! sets fresh random passwords and prints them, so no credential lives in the repository.
 
 use rand::Rng;
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::auth::{totp, Role};
@@ -31,40 +30,41 @@ async fn upsert_user(state: &AppState, email: &str, name: &str, role: Role) -> a
     let pw = password();
     let hash = state.hasher.hash(pw.clone()).await.map_err(|e| anyhow::anyhow!(e.message))?;
     let now = state.clock.now();
-    let id: Uuid = sqlx::query_scalar(
+    let id: Uuid = sqlx::query_scalar!(
         "INSERT INTO users (id, email, display_name, role, password_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)
          ON CONFLICT (email) DO UPDATE SET password_hash = EXCLUDED.password_hash, disabled_at = NULL, updated_at = EXCLUDED.updated_at
          RETURNING id",
+        Uuid::now_v7(),
+        email,
+        name,
+        role.as_str(),
+        hash,
+        now
     )
-    .bind(Uuid::now_v7())
-    .bind(email)
-    .bind(name)
-    .bind(role.as_str())
-    .bind(hash)
-    .bind(now)
     .fetch_one(&state.stores.pg)
     .await?;
     Ok((id, pw))
 }
 
 async fn enrol_totp(state: &AppState, user_id: Uuid) -> anyhow::Result<String> {
-    let row = sqlx::query("SELECT totp_secret, totp_enabled FROM users WHERE id = $1")
-        .bind(user_id)
+    let row = sqlx::query!("SELECT totp_secret, totp_enabled FROM users WHERE id = $1", user_id)
         .fetch_one(&state.stores.pg)
         .await?;
-    if row.get::<bool, _>("totp_enabled") {
-        if let Some(s) = row.get::<Option<String>, _>("totp_secret") {
+    if row.totp_enabled {
+        if let Some(s) = row.totp_secret {
             if let Ok(secret) = state.field_key.decrypt(&s) {
                 return Ok(secret);
             }
         }
     }
     let secret = totp::new_secret();
-    sqlx::query("UPDATE users SET totp_secret = $2, totp_enabled = true, totp_last_step = 0 WHERE id = $1")
-        .bind(user_id)
-        .bind(state.field_key.encrypt(&secret))
-        .execute(&state.stores.pg)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET totp_secret = $2, totp_enabled = true, totp_last_step = 0 WHERE id = $1",
+        user_id,
+        state.field_key.encrypt(&secret)
+    )
+    .execute(&state.stores.pg)
+    .await?;
     Ok(secret)
 }
 
@@ -89,21 +89,23 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
     });
     let (pat_user, pw) = upsert_user(state, "patient@demo.coherency.test", "Demo Patient", Role::Patient).await?;
     let now = state.clock.now();
-    let patient_id: Uuid = sqlx::query_scalar(
+    let patient_id: Uuid = sqlx::query_scalar!(
         "INSERT INTO patients (id, user_id, given_name, family_name, birth_date, created_at, updated_at) VALUES ($1,$2,'Demo','Patient','1970-05-04',$3,$3)
          ON CONFLICT (user_id) DO UPDATE SET updated_at = EXCLUDED.updated_at RETURNING id",
+        Uuid::now_v7(),
+        pat_user,
+        now
     )
-    .bind(Uuid::now_v7())
-    .bind(pat_user)
-    .bind(now)
     .fetch_one(&state.stores.pg)
     .await?;
-    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING")
-        .bind(patient_id)
-        .bind(clin)
-        .bind(now)
-        .execute(&state.stores.pg)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1,$2,$3) ON CONFLICT DO NOTHING",
+        patient_id,
+        clin,
+        now
+    )
+    .execute(&state.stores.pg)
+    .await?;
     out.push(DemoLogin {
         role: Role::Patient,
         email: "patient@demo.coherency.test".into(),

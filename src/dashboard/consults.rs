@@ -18,19 +18,21 @@ use chrono::{DateTime, Utc};
 use coherency_protocol::consult::{EventKind, RoomEvent};
 use coherency_protocol::dashboard::{Change, Item, Section};
 use serde_json::{Map, Value};
-use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-/// Consults on the board: not ended, someone besides the host admitted.
-/// Grouped by `c.id` (the key, so the other columns of `c` may be selected).
-const IN_PROGRESS: &str = "SELECT c.id, c.clinician_id, c.patient_id,
-        coalesce(c.started_at, min(p.admitted_at) FILTER (WHERE p.role <> 'host')) AS since,
-        max(p.updated_at) AS updated,
-        array_agg(p.role ORDER BY p.admitted_at, p.id) AS roles
-   FROM consults c
-   JOIN consult_participants p ON p.consult_id = c.id AND p.state = 'admitted'
-  WHERE c.status <> 'ended'";
+/// A consult on the board: not ended, someone admitted. Both queries below select it with
+/// the same text (grouped by `c.id`, the key, so the other columns of `c` may be selected);
+/// the one for a single consult filters on `c.id` before grouping, so it stays an index
+/// lookup on the hot path (an event).
+struct InProgress {
+    id: Uuid,
+    clinician_id: Uuid,
+    patient_id: Option<Uuid>,
+    since: Option<DateTime<Utc>>,
+    updated: Option<DateTime<Utc>>,
+    roles: Vec<String>,
+}
 
 /// The board changes `ev` makes.
 pub async fn changes(pg: &PgPool, ev: &RoomEvent, now_ms: i64) -> Result<Vec<Change>, sqlx::Error> {
@@ -39,14 +41,16 @@ pub async fn changes(pg: &PgPool, ev: &RoomEvent, now_ms: i64) -> Result<Vec<Cha
     let mut out = Vec::new();
     match (ev.kind, ev.participant_id) {
         (EventKind::CheckedIn, Some(pid)) => {
-            let row = sqlx::query("SELECT clinician_id, patient_id FROM consults WHERE id = $1 AND status <> 'ended'")
-                .bind(consult)
-                .fetch_optional(pg)
-                .await?;
+            let row = sqlx::query!(
+                "SELECT clinician_id, patient_id FROM consults WHERE id = $1 AND status <> 'ended'",
+                consult
+            )
+            .fetch_optional(pg)
+            .await?;
             if let Some(r) = row {
                 let role = ev.role.map(|r| r.as_str()).unwrap_or("patient");
                 out.push(Change::Upsert {
-                    item: waiting_item(pid, consult, r.get("clinician_id"), r.get("patient_id"), role, at_ms, at_ms),
+                    item: waiting_item(pid, consult, r.clinician_id, r.patient_id, role, at_ms, at_ms),
                 });
             }
         }
@@ -65,9 +69,21 @@ pub async fn changes(pg: &PgPool, ev: &RoomEvent, now_ms: i64) -> Result<Vec<Cha
             | EventKind::Ended
     );
     if consult_may_change {
-        let sql = format!("{IN_PROGRESS} AND c.id = $1 GROUP BY c.id");
-        let row = sqlx::query(&sql).bind(consult).fetch_optional(pg).await?;
-        out.push(match row.as_ref().and_then(|r| consult_item(r, at_ms)) {
+        let row = sqlx::query_as!(
+            InProgress,
+            r#"SELECT c.id, c.clinician_id, c.patient_id,
+                    coalesce(c.started_at, min(p.admitted_at) FILTER (WHERE p.role <> 'host')) AS since,
+                    max(p.updated_at) AS updated,
+                    array_agg(p.role ORDER BY p.admitted_at, p.id) AS "roles!"
+               FROM consults c
+               JOIN consult_participants p ON p.consult_id = c.id AND p.state = 'admitted'
+              WHERE c.status <> 'ended' AND c.id = $1
+              GROUP BY c.id"#,
+            consult
+        )
+        .fetch_optional(pg)
+        .await?;
+        out.push(match row.and_then(|r| consult_item(r, at_ms)) {
             Some(item) => Change::Upsert { item },
             None => Change::Remove { section: Section::Consults, id: consult },
         });
@@ -78,7 +94,7 @@ pub async fn changes(pg: &PgPool, ev: &RoomEvent, now_ms: i64) -> Result<Vec<Cha
 /// The waiting and consults sections as the database has them (for a reload).
 pub async fn reload(pg: &PgPool) -> Result<Vec<Item>, sqlx::Error> {
     let mut items = Vec::new();
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT p.id, p.consult_id, p.role, p.checked_in_at, p.updated_at, c.clinician_id, c.patient_id
            FROM consult_participants p JOIN consults c ON c.id = p.consult_id
           WHERE p.state = 'waiting' AND c.status <> 'ended'
@@ -87,23 +103,26 @@ pub async fn reload(pg: &PgPool) -> Result<Vec<Item>, sqlx::Error> {
     .fetch_all(pg)
     .await?;
     for r in rows {
-        let updated = r.get::<DateTime<Utc>, _>("updated_at").timestamp_millis();
-        let since = r.get::<Option<DateTime<Utc>>, _>("checked_in_at").map_or(updated, |t| t.timestamp_millis());
-        let role: String = r.get("role");
-        items.push(waiting_item(
-            r.get("id"),
-            r.get("consult_id"),
-            r.get("clinician_id"),
-            r.get("patient_id"),
-            &role,
-            since,
-            updated,
-        ));
+        let updated = r.updated_at.timestamp_millis();
+        let since = r.checked_in_at.map_or(updated, |t| t.timestamp_millis());
+        items.push(waiting_item(r.id, r.consult_id, r.clinician_id, r.patient_id, &r.role, since, updated));
     }
-    let sql = format!("{IN_PROGRESS} GROUP BY c.id LIMIT 5000");
-    for r in sqlx::query(&sql).fetch_all(pg).await? {
-        let updated = r.get::<Option<DateTime<Utc>>, _>("updated").map_or(0, |t| t.timestamp_millis());
-        items.extend(consult_item(&r, updated));
+    let rows = sqlx::query_as!(
+        InProgress,
+        r#"SELECT c.id, c.clinician_id, c.patient_id,
+                coalesce(c.started_at, min(p.admitted_at) FILTER (WHERE p.role <> 'host')) AS since,
+                max(p.updated_at) AS updated,
+                array_agg(p.role ORDER BY p.admitted_at, p.id) AS "roles!"
+           FROM consults c
+           JOIN consult_participants p ON p.consult_id = c.id AND p.state = 'admitted'
+          WHERE c.status <> 'ended'
+          GROUP BY c.id LIMIT 5000"#
+    )
+    .fetch_all(pg)
+    .await?;
+    for r in rows {
+        let updated = r.updated.map_or(0, |t| t.timestamp_millis());
+        items.extend(consult_item(r, updated));
     }
     Ok(items)
 }
@@ -133,20 +152,20 @@ fn waiting_item(
     }
 }
 
-/// The consult item of an [`IN_PROGRESS`] row, if someone besides the host is admitted.
-fn consult_item(r: &PgRow, updated_ms: i64) -> Option<Item> {
-    let roles: Vec<String> = r.get("roles");
+/// The consult item of an [`InProgress`] row, if someone besides the host is admitted.
+fn consult_item(r: InProgress, updated_ms: i64) -> Option<Item> {
+    let roles = r.roles;
     if roles.iter().all(|r| r == "host") {
         return None;
     }
-    let since_ms = r.get::<Option<DateTime<Utc>>, _>("since").map_or(updated_ms, |t| t.timestamp_millis());
+    let since_ms = r.since.map_or(updated_ms, |t| t.timestamp_millis());
     let mut data = Map::new();
     data.insert("participants".into(), Value::from(roles));
     Some(Item {
         section: Section::Consults,
-        id: r.get("id"),
-        patient_id: r.get("patient_id"),
-        clinician_id: Some(r.get("clinician_id")),
+        id: r.id,
+        patient_id: r.patient_id,
+        clinician_id: Some(r.clinician_id),
         status: "in_consult".into(),
         since_ms,
         updated_ms,

@@ -47,7 +47,7 @@ pub async fn migrate(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError
     let options = pool.connect_options();
     super::on_io(async move {
         let mut conn = PgConnection::connect_with(&options).await?;
-        sqlx::query("SET statement_timeout = 0").execute(&mut conn).await?;
+        sqlx::query!("SET statement_timeout = 0").execute(&mut conn).await?;
         let before: i64 = applied_count(&mut conn).await.unwrap_or(0);
         MIGRATOR.run_direct(&mut conn).await?;
         let after = applied_count(&mut conn).await.unwrap_or(0);
@@ -58,10 +58,10 @@ pub async fn migrate(pool: &PgPool) -> Result<usize, sqlx::migrate::MigrateError
 }
 
 async fn applied_count(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(conn).await
+    sqlx::query_scalar!(r#"SELECT count(*) AS "applied!" FROM _sqlx_migrations WHERE success"#).fetch_one(conn).await
 }
 
 /// `SELECT 1`.
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+    sqlx::query_scalar!("SELECT 1 AS one").fetch_one(pool).await.map(|_| ())
 }

@@ -11,7 +11,6 @@ use chrono::{DateTime, Datelike, Months, NaiveDate, SecondsFormat, Utc};
 use coherency_protocol::Code;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sqlx::Row;
 use uuid::Uuid;
 
 use crate::audit::AuditEvent;
@@ -132,21 +131,27 @@ fn mesh_resource(b: &str, scan_id: Uuid, patient_id: Uuid, effective: DateTime<U
 // ---------------------------------------------------------------------------------------------
 // Queries
 
-const OBSERVED: &str = "SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS effective
-     FROM scan_measurements m JOIN scans s ON s.id = m.scan_id";
+/// A measurement with its scan's patient and effective time (when the capture ended, else
+/// when the scan was created).
+struct ObservedRow {
+    id: Uuid,
+    scan_id: Uuid,
+    patient_id: Uuid,
+    effective: DateTime<Utc>,
+}
 
-/// Loads the rows of `(id, scan_id, patient, effective)` with their full records.
-async fn observed(state: &AppState, rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Observed>, ApiError> {
+/// Loads the rows with their full records.
+async fn observed(state: &AppState, rows: Vec<ObservedRow>) -> Result<Vec<Observed>, ApiError> {
     let mut out = Vec::with_capacity(rows.len());
     let mut cache: Vec<(Uuid, Vec<MeasurementRecord>)> = Vec::new();
     for r in rows {
-        let (id, scan_id): (Uuid, Uuid) = (r.get("id"), r.get("scan_id"));
+        let (id, scan_id) = (r.id, r.scan_id);
         if !cache.iter().any(|(s, _)| *s == scan_id) {
             cache.push((scan_id, list_measurements(&state.stores.pg, scan_id).await?));
         }
         let rec = cache.iter().find(|(s, _)| *s == scan_id).and_then(|(_, l)| l.iter().find(|m| m.id == id));
         if let Some(rec) = rec {
-            out.push(Observed { rec: rec.clone(), patient_id: r.get("patient_id"), effective: r.get("effective") });
+            out.push(Observed { rec: rec.clone(), patient_id: r.patient_id, effective: r.effective });
         }
     }
     Ok(out)
@@ -223,7 +228,15 @@ pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> H
         async {
             let who = principal(&req, &state, Permission::ScansRead).await?;
             let id = path_id(&req, "id")?;
-            let rows = sqlx::query(&format!("{OBSERVED} WHERE m.id = $1")).bind(id).fetch_all(&state.stores.pg).await?;
+            let rows = sqlx::query_as!(
+                ObservedRow,
+                r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!"
+                     FROM scan_measurements m JOIN scans s ON s.id = m.scan_id
+                    WHERE m.id = $1"#,
+                id
+            )
+            .fetch_all(&state.stores.pg)
+            .await?;
             let o = observed(&state, rows).await?.pop().ok_or_else(ApiError::not_found)?;
             require_access(&state, &req, &who, o.patient_id, "fhir.observation.read").await?;
             auth::audit(
@@ -278,18 +291,27 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     }
     let pid = patient.ok_or_else(|| ApiError::field(Code::InvalidField, "patient", "`patient` is required"))?;
     require_access(state, req, &who, pid, "fhir.observation.search").await?;
-    let mut q = sqlx::QueryBuilder::new(OBSERVED);
-    q.push(" WHERE s.patient_id = ").push_bind(pid);
-    for d in &dates {
-        if let Some(from) = d.from {
-            q.push(" AND COALESCE(s.finished_at, s.created_at) >= ").push_bind(from);
-        }
-        if let Some(to) = d.to {
-            q.push(" AND COALESCE(s.finished_at, s.created_at) < ").push_bind(to);
-        }
-    }
-    q.push(" ORDER BY COALESCE(s.finished_at, s.created_at) DESC, m.created_at, m.id");
-    let rows = if other_code { vec![] } else { q.build().fetch_all(&state.stores.pg).await? };
+    // Every bound must hold: the latest lower bound and the earliest upper one.
+    let from = dates.iter().filter_map(|d| d.from).max();
+    let to = dates.iter().filter_map(|d| d.to).min();
+    let rows = if other_code {
+        vec![]
+    } else {
+        sqlx::query_as!(
+            ObservedRow,
+            r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!"
+                 FROM scan_measurements m JOIN scans s ON s.id = m.scan_id
+                WHERE s.patient_id = $1
+                  AND ($2::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) >= $2)
+                  AND ($3::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) < $3)
+                ORDER BY COALESCE(s.finished_at, s.created_at) DESC, m.created_at, m.id"#,
+            pid,
+            from,
+            to
+        )
+        .fetch_all(&state.stores.pg)
+        .await?
+    };
     let found = observed(state, rows).await?;
     let ids: Vec<Uuid> = found.iter().map(|o| o.rec.id).collect();
     auth::audit(

@@ -11,7 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use coherency_protocol::Code;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -303,14 +303,15 @@ impl Entry for Consent {
 /// Whether the patient's newest scan-capture consent decision is a grant. The scan API
 /// refuses to start a capture without one.
 pub async fn has_scan_consent(pg: &PgPool, patient_id: Uuid) -> Result<bool, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar(
+    let status: Option<String> = sqlx::query_scalar!(
         "SELECT data->>'status' FROM patient_entries
          WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
          ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1",
+        patient_id
     )
-    .bind(patient_id)
     .fetch_optional(pg)
-    .await?;
+    .await?
+    .flatten();
     Ok(status.as_deref() == Some("granted"))
 }
 
@@ -419,28 +420,17 @@ entry_schemas! {
     Consent => ConsentRecord, ConsentPatch;
 }
 
-fn stored(r: &sqlx::postgres::PgRow) -> Stored {
-    Stored {
-        id: r.get("id"),
-        patient_id: r.get("patient_id"),
-        version: r.get("version"),
-        data: r.get("data"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-    }
-}
-
 /// Every entry of a kind for a patient, oldest first.
 pub async fn list_of(pg: &PgPool, patient_id: Uuid, kind: Kind) -> Result<Vec<Stored>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as!(
+        Stored,
         "SELECT id, patient_id, version, data, created_at, updated_at FROM patient_entries
          WHERE patient_id = $1 AND kind = $2 ORDER BY created_at, id",
+        patient_id,
+        kind.as_str()
     )
-    .bind(patient_id)
-    .bind(kind.as_str())
     .fetch_all(pg)
-    .await?;
-    Ok(rows.iter().map(stored).collect())
+    .await
 }
 
 /// Inserts a validated entry (also used by the demo seed).
@@ -451,19 +441,20 @@ pub async fn insert<T: Entry>(
     by: Option<Uuid>,
     now: DateTime<Utc>,
 ) -> Result<Stored, ApiError> {
-    let row = sqlx::query(
+    let data = serde_json::to_value(body).map_err(ApiError::internal)?;
+    Ok(sqlx::query_as!(
+        Stored,
         "INSERT INTO patient_entries (id, patient_id, kind, data, created_by, created_at, updated_at)
          VALUES ($1,$2,$3,$4,$5,$6,$6) RETURNING id, patient_id, version, data, created_at, updated_at",
+        Uuid::now_v7(),
+        patient_id,
+        T::KIND.as_str(),
+        data,
+        by,
+        now
     )
-    .bind(Uuid::now_v7())
-    .bind(patient_id)
-    .bind(T::KIND.as_str())
-    .bind(serde_json::to_value(body).map_err(ApiError::internal)?)
-    .bind(by)
-    .bind(now)
     .fetch_one(pg)
-    .await?;
-    Ok(stored(&row))
+    .await?)
 }
 
 fn may_write(who: &Principal, kind: Kind) -> Result<(), ApiError> {
@@ -563,17 +554,17 @@ async fn update_entry<T: Entry>(
     let expected = if_match(req)?;
     let now = state.clock.now();
     let mut tx = state.stores.pg.begin().await?;
-    let row = sqlx::query(
+    let current = sqlx::query_as!(
+        Stored,
         "SELECT id, patient_id, version, data, created_at, updated_at FROM patient_entries
          WHERE id = $1 AND patient_id = $2 AND kind = $3 FOR UPDATE",
+        eid,
+        pid,
+        T::KIND.as_str()
     )
-    .bind(eid)
-    .bind(pid)
-    .bind(T::KIND.as_str())
     .fetch_optional(&mut *tx)
     .await?
     .ok_or_else(ApiError::not_found)?;
-    let current = stored(&row);
     if current.version != expected {
         return Err(ApiError::new(Code::PreconditionFailed, "the entry changed since you read it; read it again"));
     }
@@ -581,17 +572,18 @@ async fn update_entry<T: Entry>(
     merge(&mut merged, serde_json::Value::Object(patch));
     let body: T = crate::http::json::parse(merged.to_string().as_bytes())?;
     let body = body.validate(now.date_naive())?;
-    let row = sqlx::query(
+    let data = serde_json::to_value(&body).map_err(ApiError::internal)?;
+    let e = sqlx::query_as!(
+        Stored,
         "UPDATE patient_entries SET data = $2, version = version + 1, updated_at = $3 WHERE id = $1
          RETURNING id, patient_id, version, data, created_at, updated_at",
+        eid,
+        data,
+        now
     )
-    .bind(eid)
-    .bind(serde_json::to_value(&body).map_err(ApiError::internal)?)
-    .bind(now)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
-    let e = stored(&row);
     auth::audit(
         state,
         req,
@@ -612,13 +604,15 @@ async fn delete_entry<T: Entry>(
     require_access(state, req, who, pid, &act).await?;
     let eid = path_id(req, "entry_id")?;
     may_write(who, T::KIND)?;
-    let n = sqlx::query("DELETE FROM patient_entries WHERE id = $1 AND patient_id = $2 AND kind = $3")
-        .bind(eid)
-        .bind(pid)
-        .bind(T::KIND.as_str())
-        .execute(&state.stores.pg)
-        .await?
-        .rows_affected();
+    let n = sqlx::query!(
+        "DELETE FROM patient_entries WHERE id = $1 AND patient_id = $2 AND kind = $3",
+        eid,
+        pid,
+        T::KIND.as_str()
+    )
+    .execute(&state.stores.pg)
+    .await?
+    .rows_affected();
     if n == 0 {
         return Err(ApiError::not_found());
     }
@@ -849,22 +843,14 @@ pub struct AddCareTeam {
 
 /// The care team of a patient.
 pub async fn care_team_of(pg: &PgPool, patient_id: Uuid) -> Result<Vec<CareTeamMember>, sqlx::Error> {
-    let rows = sqlx::query(
+    sqlx::query_as!(
+        CareTeamMember,
         "SELECT c.clinician_id, u.display_name, c.role, c.added_at FROM care_team c JOIN users u ON u.id = c.clinician_id
          WHERE c.patient_id = $1 ORDER BY c.added_at, c.clinician_id",
+        patient_id
     )
-    .bind(patient_id)
     .fetch_all(pg)
-    .await?;
-    Ok(rows
-        .iter()
-        .map(|r| CareTeamMember {
-            clinician_id: r.get("clinician_id"),
-            display_name: r.get("display_name"),
-            role: r.get("role"),
-            added_at: r.get("added_at"),
-        })
-        .collect())
+    .await
 }
 
 /// `GET /v1/patients/{id}/care-team`
@@ -900,23 +886,23 @@ pub async fn add_care_team(
     }
     let body = body.parse()?;
     let role = body.role.and_then(Line::non_empty).unwrap_or_else(|| "clinician".into());
-    let ok: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician' AND disabled_at IS NULL)",
+    let ok: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician' AND disabled_at IS NULL) AS "ok!""#,
+        body.clinician_id
     )
-    .bind(body.clinician_id)
     .fetch_one(&state.stores.pg)
     .await?;
     if !ok {
         return Err(ApiError::field(Code::InvalidField, "clinician_id", "`clinician_id` is not an active clinician"));
     }
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,$3,$4)
          ON CONFLICT (patient_id, clinician_id) DO UPDATE SET role = EXCLUDED.role",
+        pid,
+        body.clinician_id,
+        &role,
+        state.clock.now()
     )
-    .bind(pid)
-    .bind(body.clinician_id)
-    .bind(&role)
-    .bind(state.clock.now())
     .execute(&state.stores.pg)
     .await?;
     auth::audit(
@@ -945,9 +931,7 @@ pub async fn remove_care_team(
         return Err(ApiError::new(Code::Forbidden, "your care team is managed by the clinic"));
     }
     let cid = path_id(&req, "clinician_id")?;
-    let n = sqlx::query("DELETE FROM care_team WHERE patient_id = $1 AND clinician_id = $2")
-        .bind(pid)
-        .bind(cid)
+    let n = sqlx::query!("DELETE FROM care_team WHERE patient_id = $1 AND clinician_id = $2", pid, cid)
         .execute(&state.stores.pg)
         .await?
         .rows_affected();

@@ -102,18 +102,20 @@ const DEMO: &[Demo] = &[
 pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
     let pg = &state.stores.pg;
     let now = state.clock.now();
-    let clinicians: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM users WHERE role = 'clinician' AND disabled_at IS NULL ORDER BY created_at")
-            .fetch_all(pg)
-            .await?;
+    let clinicians: Vec<Uuid> = sqlx::query_scalar!(
+        "SELECT id FROM users WHERE role = 'clinician' AND disabled_at IS NULL ORDER BY created_at"
+    )
+    .fetch_all(pg)
+    .await?;
     let mut created = 0;
     for (i, d) in DEMO.iter().enumerate() {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM patients WHERE organization_id = $1 AND mrn = $2)")
-                .bind(DEFAULT_ORG)
-                .bind(d.mrn)
-                .fetch_one(pg)
-                .await?;
+        let exists: bool = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM patients WHERE organization_id = $1 AND mrn = $2) AS "exists!""#,
+            DEFAULT_ORG,
+            d.mrn
+        )
+        .fetch_one(pg)
+        .await?;
         if exists {
             continue;
         }
@@ -127,34 +129,37 @@ pub async fn seed_patients(state: &AppState) -> anyhow::Result<usize> {
             postal_code: Some(format!("D{:04}", 1000 + i)),
             country: Some(d.country.into()),
         };
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO patients (id, given_name, family_name, birth_date, sex, preferred_language, phone, email, address,
                  mrn, national_id_enc, notes_enc, organization_id, created_at, updated_at)
              VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$14)",
+            id,
+            d.given,
+            d.family,
+            birth,
+            d.sex,
+            d.lang,
+            format!("+4420790{:05}", 10000 + i),
+            format!("{}.{}@demo.example", i, d.mrn.to_lowercase()),
+            serde_json::to_value(&address)?,
+            d.mrn,
+            state.field_key.encrypt(&format!("DEMO-NID-{:06}", 100000 + i)),
+            state.field_key.encrypt("Demo record: chronic venous leg ulcer, weekly wound review by video."),
+            DEFAULT_ORG,
+            now
         )
-        .bind(id)
-        .bind(d.given)
-        .bind(d.family)
-        .bind(birth)
-        .bind(d.sex)
-        .bind(d.lang)
-        .bind(format!("+4420790{:05}", 10000 + i))
-        .bind(format!("{}.{}@demo.example", i, d.mrn.to_lowercase()))
-        .bind(serde_json::to_value(&address)?)
-        .bind(d.mrn)
-        .bind(state.field_key.encrypt(&format!("DEMO-NID-{:06}", 100000 + i)))
-        .bind(state.field_key.encrypt("Demo record: chronic venous leg ulcer, weekly wound review by video."))
-        .bind(DEFAULT_ORG)
-        .bind(now)
         .execute(pg)
         .await?;
         for c in &clinicians {
-            sqlx::query("INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'clinician',$3) ON CONFLICT DO NOTHING")
-                .bind(id)
-                .bind(c)
-                .bind(now)
-                .execute(pg)
-                .await?;
+            sqlx::query!(
+                "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'clinician',$3)
+                 ON CONFLICT DO NOTHING",
+                id,
+                c,
+                now
+            )
+            .execute(pg)
+            .await?;
         }
         let e = |err: crate::error::ApiError| anyhow::anyhow!("{}: {}", err.code, err.message);
         let since = date(2024, 2, 1)?;
