@@ -27,15 +27,15 @@ async fn audit_verify_detects_a_row_edited_directly_in_the_database() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
 
-    let err = sqlx::query("UPDATE audit_log SET outcome = 'success' WHERE id = 2").execute(&app.pg).await.unwrap_err();
+    let err = sqlx::query!("UPDATE audit_log SET outcome = 'success' WHERE id = 2").execute(&app.pg).await.unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    assert!(sqlx::query("DELETE FROM audit_log WHERE id = 2").execute(&app.pg).await.is_err());
+    assert!(sqlx::query!("DELETE FROM audit_log WHERE id = 2").execute(&app.pg).await.is_err());
 
     // Someone with superuser rights goes around the trigger.
     let mut tx = app.pg.begin().await.unwrap();
-    sqlx::query("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update").execute(&mut *tx).await.unwrap();
-    sqlx::query("UPDATE audit_log SET outcome = 'success' WHERE id = 3").execute(&mut *tx).await.unwrap();
-    sqlx::query("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update").execute(&mut *tx).await.unwrap();
+    sqlx::query!("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_update").execute(&mut *tx).await.unwrap();
+    sqlx::query!("UPDATE audit_log SET outcome = 'success' WHERE id = 3").execute(&mut *tx).await.unwrap();
+    sqlx::query!("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_update").execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     let out = verify(&app);
     assert!(!out.status.success());
@@ -49,17 +49,21 @@ async fn auth_events_are_audited_without_secrets() {
     let p = app.patient().await;
     app.login(&p.email, "not the password").await;
     app.post_auth("/v1/auth/logout", &p.token, &json!({})).await;
-    let rows: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT action, outcome, details FROM audit_log ORDER BY id").fetch_all(&app.pg).await.unwrap();
-    let actions: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    let rows =
+        sqlx::query!("SELECT action, outcome, details FROM audit_log ORDER BY id").fetch_all(&app.pg).await.unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
     for want in ["account.register", "auth.login", "auth.logout"] {
         assert!(actions.contains(&want), "{want} missing from {actions:?}");
     }
-    assert!(rows.iter().any(|r| r.0 == "auth.login" && r.1 == "failure"));
+    assert!(rows.iter().any(|r| r.action == "auth.login" && r.outcome == "failure"));
     for r in &rows {
-        assert!(!r.2.contains(&p.email) && !r.2.contains("not the password"), "audit details leak: {}", r.2);
+        assert!(
+            !r.details.contains(&p.email) && !r.details.contains("not the password"),
+            "audit details leak: {}",
+            r.details
+        );
     }
-    let ip: Option<String> = sqlx::query_scalar("SELECT ip FROM audit_log WHERE action = 'auth.login' LIMIT 1")
+    let ip: Option<String> = sqlx::query_scalar!("SELECT ip FROM audit_log WHERE action = 'auth.login' LIMIT 1")
         .fetch_one(&app.pg)
         .await
         .unwrap();
@@ -81,7 +85,7 @@ async fn concurrent_audited_requests_on_two_nodes_keep_one_intact_chain() {
     let unlimited = [("COHERENCY_API_RATE_PER_SEC", "100000"), ("COHERENCY_API_RATE_BURST", "100000")];
     let other = crate::helpers::NodeProcess::start(&app.config, &unlimited);
     let bases = [app.url(""), other.url("")];
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'patient.read'")
+    let before: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'patient.read'"#)
         .fetch_one(&app.pg)
         .await
         .unwrap();
@@ -95,20 +99,19 @@ async fn concurrent_audited_requests_on_two_nodes_keep_one_intact_chain() {
         assert_eq!(c.await.unwrap(), 200);
     }
     // Every answered read is on the record by the time it was answered.
-    let rows: Vec<(i64, Option<String>)> =
-        sqlx::query_as("SELECT id, request_id FROM audit_log WHERE action = 'patient.read' ORDER BY id")
-            .fetch_all(&app.pg)
-            .await
-            .unwrap();
+    let rows = sqlx::query!("SELECT id, request_id FROM audit_log WHERE action = 'patient.read' ORDER BY id")
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
     assert_eq!(rows.len() as i64 - before, N as i64);
-    let distinct: std::collections::HashSet<_> = rows.iter().filter_map(|r| r.1.clone()).collect();
+    let distinct: std::collections::HashSet<_> = rows.iter().filter_map(|r| r.request_id.clone()).collect();
     assert_eq!(distinct.len(), rows.len(), "one row per request");
     let out = verify(&app);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("intact"));
     // Some appends shared a transaction (rows of one transaction share its xmin).
-    let shared: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM (SELECT xmin::text FROM audit_log GROUP BY xmin::text HAVING count(*) > 1) t",
+    let shared: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM (SELECT xmin::text FROM audit_log GROUP BY xmin::text HAVING count(*) > 1) t"#,
     )
     .fetch_one(&app.pg)
     .await

@@ -30,12 +30,14 @@ pub struct Setup {
 pub async fn setup(app: &TestApp) -> Setup {
     let clin = app.staff(Role::Clinician, true).await;
     let patient = app.patient().await;
-    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())")
-        .bind(patient.patient_id.unwrap())
-        .bind(clin.id)
-        .execute(&app.pg)
-        .await
-        .unwrap();
+    sqlx::query!(
+        "INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())",
+        patient.patient_id.unwrap(),
+        clin.id
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
     let res = app.post_auth("/v1/consults", &clin.token, &json!({"patient_id": patient.patient_id})).await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
     let consult = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
@@ -176,10 +178,10 @@ async fn a_patient_waits_until_admitted_then_chats_and_the_events_are_ordered() 
         .unwrap();
     assert_eq!(n, 2);
     // Every decision is audited.
-    let audited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action IN ('consult.admit', 'consult.end') AND target_id = $1",
+    let audited: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action IN ('consult.admit', 'consult.end') AND target_id = $1"#,
+        s.consult.to_string()
     )
-    .bind(s.consult.to_string())
     .fetch_one(&app.pg)
     .await
     .unwrap();
@@ -246,12 +248,13 @@ async fn a_denied_patient_gets_nothing_and_cannot_come_back() {
     assert_eq!(res.status(), 403);
     let res = app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.patient.token).await;
     assert_eq!(res.status(), 403);
-    let audited: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'consult.deny' AND target_id = $1")
-            .bind(s.consult.to_string())
-            .fetch_one(&app.pg)
-            .await
-            .unwrap();
+    let audited: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'consult.deny' AND target_id = $1"#,
+        s.consult.to_string()
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
     assert_eq!(audited, 1);
 }
 
@@ -348,10 +351,10 @@ async fn an_invited_interpreter_is_admitted_on_connecting_and_can_be_removed() {
     assert_eq!(res.status(), 200);
     until(&mut ws, "removed").await;
     assert_eq!(connect(&app, s.consult, &interp).await.err(), Some(403));
-    let audited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action IN ('consult.invite', 'consult.remove') AND target_id = $1",
+    let audited: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action IN ('consult.invite', 'consult.remove') AND target_id = $1"#,
+        s.consult.to_string()
     )
-    .bind(s.consult.to_string())
     .fetch_one(&app.pg)
     .await
     .unwrap();
@@ -548,10 +551,10 @@ async fn a_scan_requested_in_a_consult_reaches_the_patients_app_and_is_measured_
     until_event(&mut pat, "scan_finished").await;
     let shared = until(&mut pat, "scan_result").await;
     assert_eq!(shared["scan_id"], scan.to_string());
-    let audited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'consult.scan_result.shared' AND target_id = $1",
+    let audited: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'consult.scan_result.shared' AND target_id = $1"#,
+        s.consult.to_string()
     )
-    .bind(s.consult.to_string())
     .fetch_one(&app.pg)
     .await
     .unwrap();
@@ -580,12 +583,14 @@ async fn a_scan_cannot_name_another_patients_or_an_ended_consult() {
     let s = setup(&app).await;
     let other = app.patient().await;
     crate::scan_stream::consent(&app, &other).await;
-    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())")
-        .bind(other.patient_id.unwrap())
-        .bind(s.clin.id)
-        .execute(&app.pg)
-        .await
-        .unwrap();
+    sqlx::query!(
+        "INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())",
+        other.patient_id.unwrap(),
+        s.clin.id
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
     let body = json!({"patient_id": other.patient_id, "consult_id": s.consult, "body_site": "left heel"});
     let res = app.post_auth("/v1/scans", &s.clin.token, &body).await;
     assert_eq!(res.status(), 409, "{}", res.text().await.unwrap());

@@ -409,16 +409,14 @@ async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() 
     assert_eq!(report["counts"]["deliveries"].as_f64(), Some(changes * 20.0), "every board saw every change");
     assert_eq!(report["latencies"]["delivery"]["count"].as_f64(), Some(changes * 20.0));
     // The driver's bookings and cancellations are real: all of them are in the database.
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments WHERE clinician_id = $1")
-        .bind(clin.id)
+    let n: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM appointments WHERE clinician_id = $1"#, clin.id)
         .fetch_one(&app.pg)
         .await
         .unwrap();
     assert!(n >= 1 && n as f64 <= changes, "{n} appointments for {changes} changes");
     // Two patients waited in the clinician's consults during the run, which then ended.
     assert_eq!(report["counts"]["waiting"], 2.0);
-    let ended: Vec<String> = sqlx::query_scalar("SELECT status FROM consults WHERE clinician_id = $1")
-        .bind(clin.id)
+    let ended: Vec<String> = sqlx::query_scalar!("SELECT status FROM consults WHERE clinician_id = $1", clin.id)
         .fetch_all(&app.pg)
         .await
         .unwrap();
@@ -445,11 +443,11 @@ async fn the_loadtest_booking_storm_never_double_books_and_leaves_every_slot_fre
     assert_eq!(c["attempts"], c["booked"].as_f64().unwrap() + c["refused_409"].as_f64().unwrap());
     // The database agrees: no two live bookings of this clinician ever overlap now, and
     // every win is a row.
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments WHERE clinician_id = $1")
-        .bind(clin.id)
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let rows: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM appointments WHERE clinician_id = $1"#, clin.id)
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
     assert_eq!(rows as f64, c["booked"].as_f64().unwrap());
 }
 

@@ -1,5 +1,4 @@
 use serde_json::{json, Value};
-use uuid::Uuid;
 
 use crate::helpers::spawn_app;
 
@@ -8,7 +7,7 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     let app = spawn_app().await;
     coherency::demo::seed(&app.state).await.unwrap();
     let logins = coherency::demo::seed(&app.state).await.unwrap();
-    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users").fetch_one(&app.pg).await.unwrap();
+    let users: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM users"#).fetch_one(&app.pg).await.unwrap();
     assert_eq!(users, 3);
     let mut patient_token = None;
     for l in logins {
@@ -25,12 +24,13 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     }
     // The demo patient can book the demo clinician: weekday hours and two appointment types,
     // seeded once however often seed-demo runs.
-    let (clinician, ty, types): (Uuid, Uuid, i64) = sqlx::query_as(
-        "SELECT clinician_id, min(id::text)::uuid, count(*) FROM appointment_types GROUP BY clinician_id",
+    let row = sqlx::query!(
+        r#"SELECT clinician_id, min(id::text)::uuid AS "ty!", count(*) AS "types!" FROM appointment_types GROUP BY clinician_id"#,
     )
     .fetch_one(&app.pg)
     .await
     .unwrap();
+    let (clinician, ty, types) = (row.clinician_id, row.ty, row.types);
     assert_eq!(types, 2);
     let now = app.clock.now();
     let q = [

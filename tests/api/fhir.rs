@@ -201,7 +201,7 @@ async fn patient_search_bundles_page_with_total_and_next_links() {
     validate(&bundles);
     // The searches are audited with the ids they returned.
     let rows: Vec<String> =
-        sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'fhir.patient.search' ORDER BY id")
+        sqlx::query_scalar!("SELECT details FROM audit_log WHERE action = 'fhir.patient.search' ORDER BY id")
             .fetch_all(&app.pg)
             .await
             .unwrap();

@@ -108,7 +108,7 @@ async fn readyz_names_postgres_when_its_port_closes() {
 async fn migrations_run_twice_are_a_no_op() {
     let app = spawn_app().await;
     let tables_before: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM information_schema.tables WHERE table_schema = 'public'"#)
             .fetch_one(&app.pg)
             .await
             .unwrap();
@@ -117,11 +117,12 @@ async fn migrations_run_twice_are_a_no_op() {
     let applied = coherency::store::pg::migrate(&app.pg).await.expect("third migrate");
     assert_eq!(applied, 0);
     let tables_after: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM information_schema.tables WHERE table_schema = 'public'"#)
             .fetch_one(&app.pg)
             .await
             .unwrap();
     assert_eq!(tables_before, tables_after);
-    let migrations: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(&app.pg).await.unwrap();
+    let migrations: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM _sqlx_migrations"#).fetch_one(&app.pg).await.unwrap();
     assert_eq!(migrations as usize, coherency::store::pg::MIGRATOR.iter().count());
 }

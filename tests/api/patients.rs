@@ -550,12 +550,14 @@ async fn every_phi_request_leaves_one_audit_row_and_searches_record_the_ids_retu
         let pg = app.pg.clone();
         let id = id.clone();
         async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM audit_log WHERE action = $1 AND target_id = $2")
-                .bind(action)
-                .bind(id)
-                .fetch_one(&pg)
-                .await
-                .unwrap()
+            sqlx::query_scalar!(
+                r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = $1 AND target_id = $2"#,
+                action,
+                id
+            )
+            .fetch_one(&pg)
+            .await
+            .unwrap()
         }
     };
     assert_eq!(count("patient.create").await, 1);
@@ -574,7 +576,7 @@ async fn every_phi_request_leaves_one_audit_row_and_searches_record_the_ids_retu
     )
     .await;
     assert_eq!(count("patient.update").await, 1);
-    let fields: String = sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'patient.update'")
+    let fields: String = sqlx::query_scalar!("SELECT details FROM audit_log WHERE action = 'patient.update'")
         .fetch_one(&app.pg)
         .await
         .unwrap();
@@ -593,7 +595,7 @@ async fn every_phi_request_leaves_one_audit_row_and_searches_record_the_ids_retu
         page["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(returned.len(), 1);
     let details: Vec<String> =
-        sqlx::query_scalar("SELECT details FROM audit_log WHERE action = 'patient.search' ORDER BY id")
+        sqlx::query_scalar!("SELECT details FROM audit_log WHERE action = 'patient.search' ORDER BY id")
             .fetch_all(&app.pg)
             .await
             .unwrap();
@@ -603,10 +605,10 @@ async fn every_phi_request_leaves_one_audit_row_and_searches_record_the_ids_retu
     // An access refused is audited too.
     let other = app.patient().await;
     send(&app, Method::GET, &format!("/v1/patients/{id}"), Some(&other.token), None, None).await;
-    let denied: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'patient.read' AND outcome = 'denied' AND target_id = $1",
+    let denied: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'patient.read' AND outcome = 'denied' AND target_id = $1"#,
+        &id
     )
-    .bind(&id)
     .fetch_one(&app.pg)
     .await
     .unwrap();
@@ -654,11 +656,14 @@ async fn national_id_and_notes_are_encrypted_at_rest_and_never_logged() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
-    let stored: (String, String) = sqlx::query_as("SELECT national_id_enc, notes_enc FROM patients WHERE id = $1")
-        .bind(Uuid::parse_str(id).unwrap())
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let stored = sqlx::query!(
+        r#"SELECT national_id_enc AS "national_id_enc!", notes_enc AS "notes_enc!" FROM patients WHERE id = $1"#,
+        Uuid::parse_str(id).unwrap()
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    let stored = (stored.national_id_enc, stored.notes_enc);
     assert!(stored.0.starts_with("v1:test:") && stored.1.starts_with("v1:test:"), "envelope with key id: {stored:?}");
     let out = std::process::Command::new("pg_dump")
         .arg("--dbname")
@@ -813,18 +818,18 @@ async fn the_migration_backfills_registered_patients_emails_and_renames_old_cons
     let a = app.patient().await;
     let pid = a.patient_id.unwrap();
     // A record and a consent as they were stored before the fix.
-    sqlx::query("UPDATE patients SET email = NULL WHERE id = $1").bind(pid).execute(&app.pg).await.unwrap();
-    sqlx::query(
+    sqlx::query!("UPDATE patients SET email = NULL WHERE id = $1", pid).execute(&app.pg).await.unwrap();
+    sqlx::query!(
         "INSERT INTO patient_entries (id, patient_id, kind, data, created_at, updated_at)
          VALUES ($1, $2, 'consent', '{\"scope\":\"scan_capture\",\"status\":\"granted\",\"version\":\"2025-07\",\"date\":\"2025-07-01\"}', now(), now())",
+        Uuid::now_v7(),
+        pid
     )
-    .bind(Uuid::now_v7())
-    .bind(pid)
     .execute(&app.pg)
     .await
     .unwrap();
     let before: i64 =
-        sqlx::query_scalar("SELECT version FROM patients WHERE id = $1").bind(pid).fetch_one(&app.pg).await.unwrap();
+        sqlx::query_scalar!("SELECT version FROM patients WHERE id = $1", pid).fetch_one(&app.pg).await.unwrap();
     sqlx::raw_sql(include_str!("../../migrations/20261215120000_patient_email_consent_terms_version.sql"))
         .execute(&app.pg)
         .await

@@ -97,7 +97,7 @@ async fn every_route_allows_exactly_the_roles_its_permission_names() {
         }
     }
     assert!(checked >= 30, "only {checked} cells checked");
-    let denied: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'access.denied'")
+    let denied: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'access.denied'"#)
         .fetch_one(&app.pg)
         .await
         .unwrap();
@@ -179,8 +179,8 @@ async fn staff_without_verified_mfa_reach_nothing_but_the_enrolment_routes() {
         assert!(doc["paths"][path].is_object(), "{path} is documented, so the walk above checked it");
     }
     // Every refusal is on the audit trail with its reason.
-    let denied: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'access.denied' AND details::jsonb->>'reason' = 'mfa_required'",
+    let denied: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'access.denied' AND details::jsonb->>'reason' = 'mfa_required'"#,
     )
     .fetch_one(&app.pg)
     .await
@@ -214,7 +214,7 @@ async fn an_admin_without_mfa_cannot_create_admins_disable_users_or_revoke_sessi
         assert_eq!(res.status(), 403, "{path}");
         assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "mfa_required", "{path}");
     }
-    let made: i64 = sqlx::query_scalar("SELECT count(*) FROM users WHERE email = 'sneaky@clinic.test'")
+    let made: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM users WHERE email = 'sneaky@clinic.test'"#)
         .fetch_one(&app.pg)
         .await
         .unwrap();
