@@ -21,10 +21,11 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A consult on the board: not ended, someone admitted. Both queries below select it with
-/// the same text (grouped by `c.id`, the key, so the other columns of `c` may be selected);
-/// the one for a single consult filters on `c.id` before grouping, so it stays an index
-/// lookup on the hot path (an event).
+/// A candidate for the board: a consult not ended with someone admitted ([`consult_item`]
+/// keeps it if that someone is not only the host). The two queries selecting it share
+/// their text (grouped by `c.id`, the key, so the other columns of `c` may be selected);
+/// they are two statements, not one with an optional filter, so the per-event one stays an
+/// index lookup by `c.id`.
 struct InProgress {
     id: Uuid,
     clinician_id: Uuid,
