@@ -48,12 +48,17 @@ pub const MAX_WARNINGS: usize = 16;
 pub const DEFAULT_WINDOW: u32 = 64;
 /// Largest window a server will grant.
 pub const MAX_WINDOW: u32 = 256;
-/// A side sends a `ping` when it has sent nothing for this long.
+/// A side sends a `ping` when it has sent nothing for this long. Every other socket (data
+/// channel signalling, consult signalling, the dashboard, the event socket) is pinged by
+/// the server at this interval too.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// A side that has received nothing (no message, no ping, no pong) for this long treats the
 /// connection as dead: the server closes it with 1001, the client reconnects and resumes.
+/// The same on every socket, so a client has one rule: answer pings, and reconnect after
+/// this long without hearing from the server.
 pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
-/// The server closes a socket that has not sent `hello` within this time of the upgrade.
+/// The server closes a socket that has not sent `hello` within this time of the upgrade
+/// (the scan stream and the dashboard).
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// While frames arrive, the server sends `progress` at least this often (≥ 5 Hz).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);

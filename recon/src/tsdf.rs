@@ -566,7 +566,8 @@ impl TsdfVolume {
             (false, true) => PixelLaw::row_dispatch::<false, true>,
             (false, false) => PixelLaw::row_dispatch::<false, false>,
         };
-        let avx2 = self.simd >= Simd::Avx2;
+        // The proof is taken once a frame (a cached flag), not per row.
+        let avx2 = if self.simd >= Simd::Avx2 { cpu::Avx2::detect() } else { None };
         let d = &depth.depth;
         let mut used = 0usize;
         // The one-pixel border is skipped: its normal cannot be estimated. Row slices run
@@ -939,7 +940,8 @@ struct PixelLaw {
 }
 
 impl PixelLaw {
-    /// [`PixelLaw::row`] with the widest vectors the CPU has (`avx2`: it has AVX2).
+    /// [`PixelLaw::row`] with the widest vectors the CPU has: the AVX2 build when given the
+    /// proof that the CPU has AVX2, the baseline otherwise.
     #[allow(clippy::too_many_arguments)]
     fn row_dispatch<const QUARTIC: bool, const VIEW_ANGLE: bool>(
         &self,
@@ -948,22 +950,25 @@ impl PixelLaw {
         ry: [f32; 3],
         conf: &[u8],
         out: &mut [f32],
-        avx2: bool,
+        avx2: Option<cpu::Avx2>,
     ) -> usize {
         #[cfg(target_arch = "x86_64")]
-        if avx2 {
-            // SAFETY: `avx2` is only set when the running CPU supports AVX2.
-            return unsafe { self.row_avx2::<QUARTIC, VIEW_ANGLE>(d, ray_x, ry, conf, out) };
+        if let Some(proof) = avx2 {
+            // SAFETY: `proof` exists only if runtime detection found AVX2 on this CPU.
+            return unsafe { self.row_avx2::<QUARTIC, VIEW_ANGLE>(proof, d, ray_x, ry, conf, out) };
         }
         let _ = avx2;
         self.row::<QUARTIC, VIEW_ANGLE>(d, ray_x, ry, conf, out)
     }
 
-    /// [`PixelLaw::row`] compiled for AVX2 (the same operations per value).
+    /// [`PixelLaw::row`] compiled for AVX2 (the same operations per value). The proof
+    /// argument costs nothing at run time; it makes the caller show where AVX2 was detected.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
     fn row_avx2<const QUARTIC: bool, const VIEW_ANGLE: bool>(
         &self,
+        _: cpu::Avx2,
         d: [&[f32]; 3],
         ray_x: &[f32],
         ry: [f32; 3],
@@ -1081,6 +1086,26 @@ fn floor_small(x: f32) -> f32 {
 #[inline(always)]
 fn small_int_bits(x: f32) -> u32 {
     (x + MAGIC).to_bits() & 0x7f_ffff
+}
+
+/// Proofs of CPU features. Only runtime detection makes one (the field is private to this
+/// module), so code outside it that holds a proof may run a build compiled for the feature.
+mod cpu {
+    /// The running CPU has AVX2.
+    #[derive(Clone, Copy, Debug)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(super) struct Avx2(());
+
+    impl Avx2 {
+        /// The proof, if this CPU has AVX2 (the standard library caches the answer).
+        pub(super) fn detect() -> Option<Self> {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Some(Self(()));
+            }
+            None
+        }
+    }
 }
 
 /// The builds of the kernels, narrowest first. All give the same numbers.

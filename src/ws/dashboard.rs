@@ -3,38 +3,32 @@
 //! Before the upgrade: Origin, credentials (ticket or bearer), `dashboard:view` (MFA for
 //! staff); the viewer's scope is resolved (admins: the clinic; clinicians: their calendar
 //! and their care-team patients; patients: themself) and the view is audited. After it,
-//! this task is a pump: it waits for `hello`, subscribes to the node's `DashboardHub`
-//! (snapshot, or the missed deltas when resuming) and writes what the hub sends, adding the
-//! patient's name for this viewer only. Heartbeats carry the resume position.
+//! the socket runs the text pump (`super::pump`): it waits for `hello`, subscribes to the
+//! node's `DashboardHub` (snapshot, or the missed deltas when resuming) and writes what the hub
+//! sends, adding the patient's name for this viewer only. Heartbeats carry the resume position;
+//! the session re-check also re-reads the viewer's scope.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use actix_ws::{CloseReason, Session};
 use coherency_actors::dashboard::{HubOut, Scope, SubId, Subscribe, Unsubscribe};
 use coherency_protocol::dashboard::{
-    Change, ClientMsg, Delta, Item, ServerMsg, DASHBOARD_PROTOCOL_VERSION, MAX_CLIENT_MESSAGES_PER_SEC,
+    Change, ClientMsg, Delta, Item, Position, ServerMsg, DASHBOARD_PROTOCOL_VERSION, MAX_CLIENT_MESSAGES_PER_SEC,
     MAX_CLIENT_MESSAGE_BYTES,
 };
 use coherency_protocol::Code;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::pump::{self, End, Step, TextSocket};
 use crate::audit::AuditEvent;
 use crate::auth::{self, Permission, Principal, Role};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// How often the server pings (with its resume position).
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A client silent this long is dropped.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
-/// Time allowed for `hello` after the upgrade.
-pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often the session and the viewer's scope are re-checked.
-pub const RECHECK: Duration = Duration::from_secs(30);
 /// Messages the hub may queue for one socket before it is dropped as too slow.
 pub const OUTBOX: usize = 1024;
 /// Close code when the socket fell behind (the client resumes).
@@ -66,7 +60,10 @@ pub async fn socket(
         .max_frame_size(MAX_CLIENT_MESSAGE_BYTES)
         .aggregate_continuations()
         .max_continuation_size(MAX_CLIENT_MESSAGE_BYTES);
-    actix_web::rt::spawn(run(state.into_inner(), who, scope, session, messages));
+    let state = state.into_inner();
+    let board =
+        Board { state: state.clone(), who: who.clone(), scope, rx: None, sub: None, position: 0, rate: Rate::full() };
+    pump::spawn(state, &who, session, messages, board);
     Ok(response)
 }
 
@@ -86,60 +83,6 @@ pub async fn scope_for(state: &AppState, who: &Principal) -> Result<Scope, ApiEr
     })
 }
 
-struct Pump {
-    state: Arc<AppState>,
-    session: Session,
-    /// Everything up to this hub seq has been sent (the client's resume position).
-    position: u64,
-    last_heard: Instant,
-}
-
-enum End {
-    Close(u16, &'static str),
-    Error(Code, &'static str, u16),
-    /// A client message refused before it was read: its `error` frame, then 1008.
-    Refused(super::Refused),
-}
-
-async fn run(
-    state: Arc<AppState>,
-    who: Principal,
-    scope: Scope,
-    session: Session,
-    mut messages: actix_ws::AggregatedMessageStream,
-) {
-    let gauge = state.metrics.websockets_open.with_label_values(&["dashboard"]);
-    gauge.inc();
-    let mut guard = state.sockets.register(who.user_id, who.session_id);
-    let mut shutdown = state.lifecycle.subscribe();
-    let mut pump = Pump { state: state.clone(), session, position: 0, last_heard: Instant::now() };
-    let mut sub = None;
-    let end = pump.pump(&who, scope, &mut messages, &mut guard.closed, &mut shutdown, &mut sub).await;
-    if let Some(id) = sub {
-        state.dashboard.do_send(Unsubscribe(id));
-    }
-    let (code, reason) = match end {
-        End::Close(code, reason) => (code, reason),
-        End::Error(code, message, close) => {
-            let msg = ServerMsg::Error { code: code.as_str().to_string(), message: message.to_string() };
-            let _ = pump.session.text(msg.to_json()).await;
-            (close, message)
-        }
-        End::Refused(r) => {
-            let msg = ServerMsg::Error { code: r.code.as_str().to_string(), message: r.message };
-            let _ = pump.session.text(msg.to_json()).await;
-            (1008, "refused message")
-        }
-    };
-    let _ = pump
-        .session
-        .clone()
-        .close(Some(CloseReason { code: CloseCode::from(code), description: Some(reason.into()) }))
-        .await;
-    gauge.dec();
-    drop(guard);
-}
-
 /// A token bucket over client messages.
 struct Rate {
     tokens: f64,
@@ -147,6 +90,10 @@ struct Rate {
 }
 
 impl Rate {
+    fn full() -> Self {
+        Self { tokens: f64::from(MAX_CLIENT_MESSAGES_PER_SEC), at: Instant::now() }
+    }
+
     fn allow(&mut self) -> bool {
         let rate = f64::from(MAX_CLIENT_MESSAGES_PER_SEC);
         self.tokens = (self.tokens + self.at.elapsed().as_secs_f64() * rate).min(rate);
@@ -205,14 +152,41 @@ impl PatientNames {
     }
 }
 
-enum Read {
-    Msg(ClientMsg),
-    Control,
+/// One viewer's board: before `hello` it waits for it; after, it carries the hub's messages.
+struct Board {
+    state: Arc<AppState>,
+    who: Principal,
+    scope: Scope,
+    /// The hub's messages for this board, once subscribed.
+    rx: Option<mpsc::Receiver<HubOut>>,
+    sub: Option<SubId>,
+    /// Everything up to this hub seq has been sent (the client's resume position).
+    position: u64,
+    rate: Rate,
 }
 
-impl Pump {
-    async fn send(&mut self, msg: &ServerMsg) -> bool {
-        self.session.text(msg.to_json()).await.is_ok()
+/// The board's goodbye: an `error` frame, then the close.
+fn refuse(code: Code, message: &str, close: u16) -> End {
+    let msg = ServerMsg::Error { code: code.as_str().to_string(), message: message.to_string() };
+    End::close(close, message).after(msg.to_json())
+}
+
+impl Board {
+    async fn send(&mut self, session: &mut Session, msg: &ServerMsg) -> Step {
+        session.text(msg.to_json()).await.map_err(|_| End::close(pump::CLOSE_GOING_AWAY, "socket closed"))
+    }
+
+    /// Subscribes to the hub in the current scope; `resume` asks for the missed deltas.
+    async fn subscribe(&mut self, resume: Option<Position>) -> Step {
+        let (tx, rx) = mpsc::channel(OUTBOX);
+        match self.state.dashboard.send(Subscribe { scope: self.scope.clone(), resume, tx }).await {
+            Ok(Some(id)) => {
+                self.sub = Some(id);
+                self.rx = Some(rx);
+                Ok(())
+            }
+            Ok(None) | Err(_) => Err(refuse(Code::Unavailable, "the dashboard is unavailable; retry", CLOSE_TRY_AGAIN)),
+        }
     }
 
     /// Adds the patient's name to an item (from the node's cache).
@@ -222,14 +196,35 @@ impl Pump {
         }
         item
     }
+}
 
-    async fn forward(&mut self, out: HubOut) -> bool {
+impl TextSocket for Board {
+    const KIND: &'static str = "dashboard";
+    type Out = HubOut;
+
+    fn is_open(&self) -> bool {
+        self.rx.is_some()
+    }
+
+    fn late(&mut self) -> End {
+        refuse(Code::MalformedMessage, "no hello in time", 1008)
+    }
+
+    async fn outbound(&mut self) -> Option<HubOut> {
+        match &mut self.rx {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn forward(&mut self, session: &mut Session, out: Option<HubOut>) -> Step {
         let msg = match out {
-            HubOut::Position(seq) => {
+            Some(HubOut::Position(seq)) => {
                 self.position = self.position.max(seq);
-                return true;
+                return Ok(());
             }
-            HubOut::Msg(m) => m,
+            Some(HubOut::Msg(m)) => m,
+            None => return Err(refuse(Code::Unavailable, "the board fell behind; resume", CLOSE_TRY_AGAIN)),
         };
         let msg = match &*msg {
             ServerMsg::Snapshot(s) => {
@@ -257,132 +252,69 @@ impl Pump {
             }
             other => other.clone(),
         };
-        self.send(&msg).await
+        self.send(session, &msg).await
     }
 
-    fn read(
-        &mut self,
-        m: Option<Result<AggregatedMessage, actix_ws::ProtocolError>>,
-        rate: &mut Rate,
-    ) -> Result<Read, End> {
-        self.last_heard = Instant::now();
-        match m {
-            None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Close(1000, "closed by the client")),
-            Some(Ok(AggregatedMessage::Text(t))) => {
-                if !rate.allow() {
-                    return Err(End::Error(Code::RateLimited, "too many messages", 1008));
+    async fn text(&mut self, session: &mut Session, text: &str) -> Step {
+        if !self.rate.allow() {
+            return Err(refuse(Code::RateLimited, "too many messages", 1008));
+        }
+        let msg = super::parse_text::<ClientMsg>(text, "unreadable message").map_err(|r| {
+            let error = ServerMsg::Error { code: r.code.as_str().to_string(), message: r.message };
+            End::close(1008, "refused message").after(error.to_json())
+        })?;
+        match (msg, self.is_open()) {
+            (ClientMsg::Hello { v, resume }, false) => {
+                if v != DASHBOARD_PROTOCOL_VERSION {
+                    return Err(refuse(Code::UnsupportedVersion, "unsupported dashboard protocol version", 1008));
                 }
-                super::parse_text::<ClientMsg>(&t, "unreadable message").map(Read::Msg).map_err(End::Refused)
+                self.subscribe(resume).await
             }
-            Some(Ok(AggregatedMessage::Binary(_))) => {
-                Err(End::Error(Code::MalformedMessage, "binary messages are not part of this protocol", 1003))
-            }
-            Some(Ok(AggregatedMessage::Ping(_) | AggregatedMessage::Pong(_))) => Ok(Read::Control),
-            Some(Err(_)) => Err(End::Error(Code::FrameTooLarge, "message too large or malformed", 1009)),
+            (_, false) => Err(refuse(Code::MalformedMessage, "the first message must be hello", 1008)),
+            (ClientMsg::Ping, true) => self.send(session, &ServerMsg::Pong).await,
+            (ClientMsg::Pong, true) => Ok(()),
+            (ClientMsg::Hello { .. }, true) => Err(refuse(Code::MalformedMessage, "hello was already received", 1008)),
         }
     }
 
-    async fn pump(
-        &mut self,
-        who: &Principal,
-        mut scope: Scope,
-        messages: &mut actix_ws::AggregatedMessageStream,
-        revoked: &mut tokio::sync::watch::Receiver<Option<u16>>,
-        shutdown: &mut tokio::sync::watch::Receiver<bool>,
-        sub: &mut Option<SubId>,
-    ) -> End {
-        let mut rate = Rate { tokens: f64::from(MAX_CLIENT_MESSAGES_PER_SEC), at: Instant::now() };
-        let deadline = tokio::time::Instant::now() + HELLO_TIMEOUT;
-        let resume = loop {
-            tokio::select! {
-                m = tokio::time::timeout_at(deadline, messages.recv()) => {
-                    let Ok(m) = m else { return End::Error(Code::MalformedMessage, "no hello in time", 1008) };
-                    match self.read(m, &mut rate) {
-                        Err(end) => return end,
-                        Ok(Read::Control) => {}
-                        Ok(Read::Msg(ClientMsg::Hello { v, resume })) => {
-                            if v != DASHBOARD_PROTOCOL_VERSION {
-                                return End::Error(Code::UnsupportedVersion, "unsupported dashboard protocol version", 1008);
-                            }
-                            break resume;
-                        }
-                        Ok(Read::Msg(_)) => return End::Error(Code::MalformedMessage, "the first message must be hello", 1008),
-                    }
-                }
-                _ = shutdown.changed() => return End::Close(1001, "server going away"),
-                _ = revoked.changed() => return End::Error(Code::TokenRevoked, "the session has ended", 4002),
-            }
-        };
-        let (tx, mut rx) = mpsc::channel(OUTBOX);
-        match self.state.dashboard.send(Subscribe { scope: scope.clone(), resume, tx }).await {
-            Ok(Some(id)) => *sub = Some(id),
-            Ok(None) | Err(_) => {
-                return End::Error(Code::Unavailable, "the dashboard is unavailable; retry", CLOSE_TRY_AGAIN)
-            }
+    fn binary(&mut self) -> Step {
+        Err(refuse(Code::MalformedMessage, "binary messages are not part of this protocol", 1003))
+    }
+
+    fn broken(&mut self) -> End {
+        refuse(Code::FrameTooLarge, "message too large or malformed", 1009)
+    }
+
+    fn closed(&mut self, _: Option<CloseReason>) -> End {
+        End::close(1000, "closed by the client")
+    }
+
+    /// The heartbeat is the board's own `ping`, carrying the resume position.
+    async fn ping(&mut self, session: &mut Session) -> bool {
+        let seq = self.position;
+        session.text(ServerMsg::Ping { seq }.to_json()).await.is_ok()
+    }
+
+    fn session_ended(&mut self, code: Code) -> End {
+        refuse(code, "the session has ended", crate::auth::sockets::CLOSE_SESSION_ENDED)
+    }
+
+    /// A care team that changed: a fresh snapshot in the new scope.
+    async fn recheck(&mut self) -> Step {
+        let Ok(now) = scope_for(&self.state, &self.who).await else { return Ok(()) };
+        if now == self.scope {
+            return Ok(());
         }
-        let mut beat = tokio::time::interval(HEARTBEAT);
-        beat.tick().await;
-        let mut recheck = tokio::time::interval(RECHECK);
-        recheck.tick().await;
-        loop {
-            tokio::select! {
-                out = rx.recv() => match out {
-                    Some(out) => {
-                        if !self.forward(out).await {
-                            return End::Close(1001, "socket closed");
-                        }
-                    }
-                    None => return End::Error(Code::Unavailable, "the board fell behind; resume", CLOSE_TRY_AGAIN),
-                },
-                m = messages.recv() => match self.read(m, &mut rate) {
-                    Err(end) => return end,
-                    Ok(Read::Control) => {}
-                    Ok(Read::Msg(ClientMsg::Ping)) => {
-                        if !self.send(&ServerMsg::Pong).await {
-                            return End::Close(1001, "socket closed");
-                        }
-                    }
-                    Ok(Read::Msg(ClientMsg::Pong)) => {}
-                    Ok(Read::Msg(ClientMsg::Hello { .. })) => {
-                        return End::Error(Code::MalformedMessage, "hello was already received", 1008)
-                    }
-                },
-                _ = beat.tick() => {
-                    if self.last_heard.elapsed() > CLIENT_TIMEOUT {
-                        return End::Close(1001, "heartbeat timeout");
-                    }
-                    let seq = self.position;
-                    if !self.send(&ServerMsg::Ping { seq }).await {
-                        return End::Close(1001, "socket closed");
-                    }
-                }
-                _ = recheck.tick() => {
-                    if let Err(e) = crate::auth::sessions::principal_for_session(&self.state, who.session_id).await {
-                        if matches!(e.code, Code::TokenRevoked | Code::TokenExpired | Code::Unauthenticated) {
-                            return End::Error(e.code, "the session has ended", 4002);
-                        }
-                    }
-                    // A care team that changed: a fresh snapshot in the new scope.
-                    if let Ok(now) = scope_for(&self.state, who).await {
-                        if now != scope {
-                            if let Some(id) = sub.take() {
-                                self.state.dashboard.do_send(Unsubscribe(id));
-                            }
-                            scope = now;
-                            let (tx, new_rx) = mpsc::channel(OUTBOX);
-                            rx = new_rx;
-                            match self.state.dashboard.send(Subscribe { scope: scope.clone(), resume: None, tx }).await {
-                                Ok(Some(id)) => *sub = Some(id),
-                                Ok(None) | Err(_) => {
-                                    return End::Error(Code::Unavailable, "the dashboard is unavailable; retry", CLOSE_TRY_AGAIN)
-                                }
-                            }
-                        }
-                    }
-                }
-                _ = shutdown.changed() => return End::Close(1001, "server going away"),
-                _ = revoked.changed() => return End::Error(Code::TokenRevoked, "the session has ended", 4002),
-            }
+        if let Some(id) = self.sub.take() {
+            self.state.dashboard.do_send(Unsubscribe(id));
+        }
+        self.scope = now;
+        self.subscribe(None).await
+    }
+
+    async fn leave(&mut self) {
+        if let Some(id) = self.sub.take() {
+            self.state.dashboard.do_send(Unsubscribe(id));
         }
     }
 }

@@ -1,25 +1,20 @@
-//! `GET /v1/ws`: the per-user event socket (JSON text frames). It greets, keeps a heartbeat,
-//! and carries notifications addressed to the user; it closes with 4002 when the session
-//! ends anywhere, and with 1001 when the node drains.
-
-use std::time::{Duration, Instant};
+//! `GET /v1/ws`: the per-user event socket (JSON text frames), run by the text pump
+//! (`super::pump`). It greets, keeps a heartbeat, and answers the client's `ping`; it closes
+//! with 4002 when the session ends anywhere, and with 1001 when the node drains.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{CloseCode, CloseReason, Message};
-use futures_util::StreamExt;
+use actix_ws::Session;
+use coherency_protocol::Code;
 use serde_json::json;
+use uuid::Uuid;
 
+use super::pump::{self, End, Step, TextSocket};
+use crate::auth::Role;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// How often the server pings.
-pub const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A client silent this long is dropped.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Largest text frame a client may send.
+/// Largest text message a client may send.
 pub const MAX_FRAME: usize = 4 * 1024;
-/// How often the session behind the socket is re-checked (a backstop to the bus).
-pub const RECHECK: Duration = Duration::from_secs(30);
 
 /// Opens the caller's event socket: a websocket of JSON text frames that carries the events
 /// addressed to the user.
@@ -49,61 +44,55 @@ pub async fn socket(
 ) -> Result<HttpResponse, ApiError> {
     let who = super::authenticate(&req, &state).await?;
     crate::auth::authorize(&state, &req, &who, crate::auth::Permission::SelfService).await?;
-    let (response, mut session, stream) =
+    let (response, session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::new(coherency_protocol::Code::BadRequest, e.to_string()))?;
-    let mut stream = stream.max_frame_size(MAX_FRAME);
-    let mut guard = state.sockets.register(who.user_id, who.session_id);
-    let mut shutdown = state.lifecycle.subscribe();
-    let gauge = state.metrics.websockets_open.with_label_values(&["events"]);
-    gauge.inc();
-    let state2 = state.clone();
-    actix_web::rt::spawn(async move {
-        let _ = session.text(json!({"type": "welcome", "user_id": who.user_id, "role": who.role}).to_string()).await;
-        let mut beat = tokio::time::interval(HEARTBEAT);
-        let mut recheck = tokio::time::interval(RECHECK);
-        recheck.tick().await;
-        let mut last_heard = Instant::now();
-        let reason: Option<CloseReason> = loop {
-            tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(Message::Ping(b))) => { last_heard = Instant::now(); let _ = session.pong(&b).await; }
-                    Some(Ok(Message::Pong(_))) => last_heard = Instant::now(),
-                    Some(Ok(Message::Text(t))) => {
-                        last_heard = Instant::now();
-                        let reply = match coherency_protocol::text::check(&t, coherency_protocol::text::Lines::Many) {
-                            Ok(()) if t.trim() == "ping" => json!({"type": "pong"}),
-                            Ok(()) => json!({"type": "error", "code": "malformed_message", "message": "the only client message is ping"}),
-                            Err(why) => json!({"type": "error", "code": "invalid_field", "message": format!("the message {why}")}),
-                        };
-                        let _ = session.text(reply.to_string()).await;
-                    }
-                    Some(Ok(Message::Close(r))) => break r,
-                    Some(Ok(_)) => last_heard = Instant::now(),
-                    Some(Err(_)) => break Some(CloseReason { code: CloseCode::Size, description: Some("frame too large".into()) }),
-                    None => break None,
-                },
-                _ = guard.closed.changed() => {
-                    let code = guard.closed.borrow().unwrap_or(4002);
-                    let _ = session.text(json!({"type":"session_ended"}).to_string()).await;
-                    break Some(CloseReason { code: CloseCode::Other(code), description: Some("session ended".into()) });
-                }
-                _ = shutdown.changed() => break Some(CloseReason { code: CloseCode::Away, description: Some("server going away".into()) }),
-                _ = recheck.tick() => {
-                    if crate::auth::sessions::principal_for_session(&state2, who.session_id).await.is_err() {
-                        break Some(CloseReason { code: CloseCode::Other(4002), description: Some("session ended".into()) });
-                    }
-                }
-                _ = beat.tick() => {
-                    if last_heard.elapsed() > CLIENT_TIMEOUT {
-                        break Some(CloseReason { code: CloseCode::Away, description: Some("heartbeat timeout".into()) });
-                    }
-                    if session.ping(b"").await.is_err() { break None; }
-                }
-            }
-        };
-        let _ = session.close(reason).await;
-        gauge.dec();
-        drop(guard);
-    });
+    let messages = stream.max_frame_size(MAX_FRAME).aggregate_continuations().max_continuation_size(MAX_FRAME);
+    let socket = Events { user_id: who.user_id, role: who.role };
+    pump::spawn(state.into_inner(), &who, session, messages, socket);
     Ok(response)
+}
+
+/// The event socket of one user's session.
+struct Events {
+    user_id: Uuid,
+    role: Role,
+}
+
+impl TextSocket for Events {
+    const KIND: &'static str = "events";
+    /// Nothing is addressed to the socket by an actor yet.
+    type Out = std::convert::Infallible;
+
+    fn greeting(&self) -> Option<String> {
+        Some(json!({"type": "welcome", "user_id": self.user_id, "role": self.role}).to_string())
+    }
+
+    async fn outbound(&mut self) -> Option<Self::Out> {
+        std::future::pending().await
+    }
+
+    async fn forward(&mut self, _: &mut Session, out: Option<Self::Out>) -> Step {
+        match out {
+            Some(never) => match never {},
+            None => Ok(()),
+        }
+    }
+
+    async fn text(&mut self, session: &mut Session, text: &str) -> Step {
+        let reply = match coherency_protocol::text::check(text, coherency_protocol::text::Lines::Many) {
+            Ok(()) if text.trim() == "ping" => json!({"type": "pong"}),
+            Ok(()) => {
+                json!({"type": "error", "code": "malformed_message", "message": "the only client message is ping"})
+            }
+            Err(why) => json!({"type": "error", "code": "invalid_field", "message": format!("the message {why}")}),
+        };
+        let _ = session.text(reply.to_string()).await;
+        Ok(())
+    }
+
+    fn session_ended(&mut self, _: Code) -> End {
+        pump::session_ended().after(json!({"type": "session_ended"}).to_string())
+    }
+
+    async fn leave(&mut self) {}
 }

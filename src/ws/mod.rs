@@ -1,11 +1,14 @@
 //! Socket pumps. A socket task decodes, forwards to the owning actor and writes back; it
-//! holds no domain state. Shared here: authentication of the upgrade request, and the parse of
+//! holds no domain state. The JSON text sockets (consult signalling, events, the board) run
+//! one loop, [`pump`]; the scan stream runs its own over two transports with the same timing
+//! constants. Shared here: authentication of the upgrade request, and the parse of
 //! a client's JSON text frame ([`parse_text`]), which holds it to the character rule of every
 //! other input before anything reads it.
 
 pub mod consult;
 pub mod dashboard;
 pub mod events;
+mod pump;
 pub mod scan;
 pub mod scan_rtc;
 

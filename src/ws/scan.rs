@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::pump::{CLIENT_TIMEOUT, HEARTBEAT, HELLO_TIMEOUT, RECHECK};
 use crate::audit::AuditEvent;
 use crate::auth::{self, Permission, Principal};
 use crate::clock::Clock;
@@ -49,9 +50,8 @@ use crate::store::Stores;
 /// How long after sending an error the pump waits for the session's close before closing
 /// by itself.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// How often the session behind the socket is re-checked (a backstop to the revocation bus).
-const RECHECK: Duration = Duration::from_secs(30);
-/// How often the heartbeat timer ticks.
+/// How often the heartbeat timer ticks: the stream pings only after [`HEARTBEAT`] without
+/// sending, so it checks each second rather than pinging on a fixed beat.
 const TICK: Duration = Duration::from_secs(1);
 
 type Pending = Pin<Box<dyn Future<Output = Result<Result<(), CaptureError>, MailboxError>>>>;
@@ -298,7 +298,7 @@ impl<W: Wire> Pump<W> {
         session_addr: &mut Option<Addr<coherency_actors::CaptureSession>>,
     ) -> End {
         // 1. `hello`, within HELLO_TIMEOUT.
-        let hello_deadline = Instant::now() + limits::HELLO_TIMEOUT;
+        let hello_deadline = Instant::now() + HELLO_TIMEOUT;
         let hello = loop {
             tokio::select! {
                 m = tokio::time::timeout_at(hello_deadline, self.wire.recv()) => {
@@ -405,7 +405,7 @@ impl<W: Wire> Pump<W> {
                     if pending.is_some() {
                         self.last_heard = Instant::now();
                     }
-                    if self.last_heard.elapsed() > limits::HEARTBEAT_TIMEOUT {
+                    if self.last_heard.elapsed() > CLIENT_TIMEOUT {
                         return End::close(close::GOING_AWAY, "heartbeat timeout");
                     }
                     if session_addr.is_some() {
@@ -413,7 +413,7 @@ impl<W: Wire> Pump<W> {
                             return End::superseded();
                         }
                     }
-                    if self.last_sent.elapsed() >= limits::HEARTBEAT_INTERVAL {
+                    if self.last_sent.elapsed() >= HEARTBEAT {
                         self.ping_n += 1;
                         let n = self.ping_n;
                         if !self.send(&ServerMsg::Ping(Heartbeat { n })).await {

@@ -44,6 +44,9 @@ use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 
+// The signalling socket keeps the heartbeat of every socket; a silent one is closed (an open
+// data channel lives on).
+use super::pump::{CLIENT_TIMEOUT, HEARTBEAT};
 use super::scan::{Wire, WireIn};
 use crate::audit::AuditEvent;
 use crate::auth::{self, Principal};
@@ -52,10 +55,6 @@ use crate::state::AppState;
 
 /// How long the phone has, from the upgrade, to get its data channel open.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
-/// How often the server pings the signalling socket.
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// A signalling socket silent this long is closed (an open data channel lives on).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// The channel reader's buffer: Chromium's largest `max-message-size`, so that a message
 /// over [`dcp::MAX_DC_MESSAGE_BYTES`] is answered with `frame_too_large` rather than
 /// breaking the SCTP stream.

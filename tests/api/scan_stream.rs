@@ -33,7 +33,7 @@ pub fn frame(seq: u64) -> DepthFrame {
     let mut metres = Vec::with_capacity((W * H) as usize);
     for y in 0..H {
         for x in 0..W {
-            let hole = (x + y + seq as u32) % 97 == 0;
+            let hole = (x + y + seq as u32).is_multiple_of(97);
             metres.push(if hole { 0.0 } else { 0.3 + 0.0002 * x as f32 + 0.0001 * y as f32 });
         }
     }
