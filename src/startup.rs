@@ -266,5 +266,5 @@ async fn envelope_mw(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let res = next.call(req).await?;
-    crate::error::envelope(res).await
+    crate::http::envelope::envelope(res).await
 }

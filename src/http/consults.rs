@@ -118,10 +118,6 @@ pub struct CheckInView {
     pub position: u32,
 }
 
-fn room_error(e: room::RoomError) -> ApiError {
-    ApiError::new(e.code(), e.to_string())
-}
-
 fn mailbox(_: MailboxError) -> ApiError {
     ApiError::new(Code::ConsultEnded, "the consult has ended")
 }
@@ -319,7 +315,7 @@ pub async fn check_in(
     let (pid, st, position) = r
         .call(&state, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
         .await?
-        .map_err(room_error)?;
+        .map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
     Ok(HttpResponse::Ok().json(CheckInView { participant_id: pid, state: st.as_str().into(), position }))
 }
@@ -381,7 +377,7 @@ async fn decide(
                 serde_json::json!({"participant_id": participant_id, "code": e.code().as_str()}),
             )
             .await?;
-            Err(room_error(e))
+            Err(e.into())
         }
     }
 }
@@ -470,7 +466,7 @@ pub async fn invite(
                 serde_json::json!({"user_id": b.user_id, "code": e.code().as_str()}),
             )
             .await?;
-            Err(room_error(e))
+            Err(e.into())
         }
     }
 }
@@ -493,7 +489,7 @@ pub async fn end(
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
     let r = consults::room(&state, &c).await?;
-    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(room_error)?;
+    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
