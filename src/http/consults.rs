@@ -12,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use coherency_actors::room::{self, Decision, Participant};
 use coherency_protocol::consult::{ParticipantRole, RoomEvent};
+use coherency_protocol::ids::ConsultId;
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -25,6 +26,7 @@ use crate::error::ApiError;
 use crate::http::input::{Line, NonNegative};
 use crate::http::patients::{can_access_patient, path_id};
 use crate::http::resource;
+use crate::services::consults::Consults;
 use crate::state::AppState;
 
 /// `POST /v1/consults`
@@ -123,7 +125,7 @@ fn mailbox(_: MailboxError) -> ApiError {
 }
 
 fn is_host(who: &Principal, c: &Consult) -> bool {
-    who.user_id == c.clinician_id || who.role == Role::Admin
+    Consults::is_host(who, c)
 }
 
 async fn audit_consult(
@@ -146,23 +148,8 @@ pub async fn visible(
     who: &Principal,
     id: Uuid,
 ) -> Result<(Consult, Option<ParticipantRole>), ApiError> {
-    let c = consults::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    if is_host(who, &c) {
-        return Ok((c, Some(ParticipantRole::Host)));
-    }
-    if who.role == Role::Patient && who.patient_id.is_some() && who.patient_id == c.patient_id {
-        return Ok((c, Some(ParticipantRole::Patient)));
-    }
-    let role: Option<String> =
-        sqlx::query_scalar("SELECT role FROM consult_participants WHERE consult_id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(who.user_id)
-            .fetch_optional(&state.stores.pg)
-            .await?;
-    match role.and_then(|r| ParticipantRole::parse(&r)) {
-        Some(r) => Ok((c, Some(r))),
-        None => Err(ApiError::not_found()),
-    }
+    let v = state.consults.visible(who, ConsultId::from_uuid(id)).await?;
+    Ok((v.consult, Some(v.role)))
 }
 
 async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &str) -> Result<Consult, ApiError> {
@@ -287,12 +274,7 @@ pub async fn get(
 
 /// Whether check-in is open for `c` at `now`.
 pub fn check_in_open(c: &Consult, now: DateTime<Utc>) -> Result<(), ApiError> {
-    if let Some(start) = c.scheduled_start {
-        if now < start - consults::CHECK_IN_OPENS_BEFORE {
-            return Err(ApiError::new(Code::CheckInTooEarly, "check-in opens 15 minutes before the appointment"));
-        }
-    }
-    Ok(())
+    Ok(Consults::check_in_open(c, now)?)
 }
 
 /// The consult's patient checks in: they enter the host's waiting room.

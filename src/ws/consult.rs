@@ -12,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseCode, CloseReason, Message};
 use coherency_actors::room::Outbound;
 use coherency_protocol::consult::{ClientSignal, ParticipantRole, ServerSignal, MAX_SIGNAL_FRAME};
+use coherency_protocol::ids::ConsultId;
 use coherency_protocol::Code;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::auth::{self, Permission};
 use crate::error::ApiError;
+use crate::services::consults::{Consults, VisibleConsult};
 use crate::state::AppState;
 
 /// How often the server pings.
@@ -45,12 +47,11 @@ pub async fn signal(
 ) -> Result<HttpResponse, ApiError> {
     let who = super::authenticate(&req, &state).await?;
     auth::authorize(&state, &req, &who, Permission::ConsultsJoin).await?;
-    let id = crate::http::patients::path_id(&req, "id")?;
+    let id: ConsultId = req.match_info().get("id").and_then(|s| s.parse().ok()).ok_or_else(ApiError::not_found)?;
     tracing::Span::current().record("room_id", tracing::field::display(id));
-    let (c, role) = crate::http::consults::visible(&state, &who, id).await?;
-    let role = role.unwrap_or(ParticipantRole::Patient);
+    let VisibleConsult { consult: c, role } = state.consults.visible(&who, id).await?;
     if role == ParticipantRole::Patient {
-        crate::http::consults::check_in_open(&c, state.clock.now())?;
+        Consults::check_in_open(&c, state.clock.now())?;
     }
     if state.lifecycle.is_draining() {
         return Err(ApiError::unavailable("the server is draining; reconnect"));
@@ -119,7 +120,7 @@ pub async fn signal(
                 }
                 _ = shutdown.changed() => break Some(CloseReason { code: CloseCode::Away, description: Some("server going away".into()) }),
                 _ = recheck.tick() => {
-                    if crate::auth::sessions::principal_for_session(&state2, who.session_id).await.is_err() {
+                    if crate::auth::session_principal(&state2, who.session_id).await.is_err() {
                         break Some(CloseReason { code: CloseCode::Other(4002), description: Some("session ended".into()) });
                     }
                 }

@@ -357,7 +357,7 @@ impl Pump {
                     }
                 }
                 _ = recheck.tick() => {
-                    if let Err(e) = crate::auth::sessions::principal_for_session(&self.state, who.session_id).await {
+                    if let Err(e) = crate::auth::session_principal(&self.state, who.session_id).await {
                         if matches!(e.code, Code::TokenRevoked | Code::TokenExpired | Code::Unauthenticated) {
                             return End::Error(e.code, "the session has ended", 4002);
                         }

@@ -89,7 +89,7 @@ pub async fn socket(
                 }
                 _ = shutdown.changed() => break Some(CloseReason { code: CloseCode::Away, description: Some("server going away".into()) }),
                 _ = recheck.tick() => {
-                    if crate::auth::sessions::principal_for_session(&state2, who.session_id).await.is_err() {
+                    if crate::auth::session_principal(&state2, who.session_id).await.is_err() {
                         break Some(CloseReason { code: CloseCode::Other(4002), description: Some("session ended".into()) });
                     }
                 }
