@@ -90,6 +90,8 @@ impl Application {
                     let max_body = state.config.max_body_bytes;
                     App::new()
                         .app_data(state.clone())
+                        // The metrics middleware and `/metrics` need the metrics only.
+                        .app_data(web::Data::from(state.metrics.clone()))
                         .app_data(limiter.clone())
                         .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
                         .app_data(web::PayloadConfig::new(max_body))

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Require, Role};
 use crate::error::ApiError;
-use crate::services::identity::NewStaff;
 use crate::http::input::{Email, NewPassword, PersonName, Text};
+use crate::services::identity::NewStaff;
 use crate::state::AppState;
 
 /// `POST /v1/admin/users` body.

@@ -13,8 +13,8 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, limits, password, sessions, totp, Authenticated, Principal, Role};
 use crate::error::ApiError;
-use crate::services::identity::IdentityError;
 use crate::http::input::{invalid, Day, Email, EmailAddress, Line, NewPassword, Password, PersonName};
+use crate::services::identity::IdentityError;
 use crate::state::AppState;
 
 pub const MAX_EMAIL: usize = EmailAddress::MAX;
@@ -78,23 +78,24 @@ pub async fn register(
     password::validate(body.password.expose(), "password")?;
     let hash = state.identity.hasher().hash(body.password.into_inner()).await?;
     let mut tx = state.stores.pg.begin().await?;
-    let user_id = match state.identity.insert_user(&mut tx, &email, &format!("{given} {family}"), Role::Patient, &hash).await
-    {
-        Ok(id) => id.as_uuid(),
-        Err(e @ IdentityError::EmailTaken) => {
-            tx.rollback().await?;
-            limits::hit(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await?;
-            auth::audit(
-                &state,
-                &req,
-                None,
-                AuditEvent::new("account.register", "failure").details(serde_json::json!({"reason": "email_taken"})),
-            )
-            .await?;
-            return Err(e.into());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let user_id =
+        match state.identity.insert_user(&mut tx, &email, &format!("{given} {family}"), Role::Patient, &hash).await {
+            Ok(id) => id.as_uuid(),
+            Err(e @ IdentityError::EmailTaken) => {
+                tx.rollback().await?;
+                limits::hit(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await?;
+                auth::audit(
+                    &state,
+                    &req,
+                    None,
+                    AuditEvent::new("account.register", "failure")
+                        .details(serde_json::json!({"reason": "email_taken"})),
+                )
+                .await?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
     let patient_id = Uuid::now_v7();
     // The sign-in email is also the record's contact email until the patient changes it.
     sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7)")

@@ -107,4 +107,3 @@ async fn rewrite<B: MessageBody + 'static>(
     resp.extensions_mut().insert(Rendered);
     Ok(ServiceResponse::new(req, resp).map_into_right_body())
 }
-

@@ -104,7 +104,12 @@ impl Access {
 
     /// The caller's grant to the patient, or [`AccessError::NotFound`] with the refusal
     /// audited under `action`.
-    pub async fn patient(&self, caller: &Caller, patient: PatientId, action: &str) -> Result<PatientGrant, AccessError> {
+    pub async fn patient(
+        &self,
+        caller: &Caller,
+        patient: PatientId,
+        action: &str,
+    ) -> Result<PatientGrant, AccessError> {
         if self.can_see_patient(&caller.who, patient).await? {
             return Ok(PatientGrant(patient));
         }

@@ -87,8 +87,10 @@ impl Consults {
     /// The consult if the caller has any part in it (host, its patient, a participant); else
     /// [`ConsultError::NotFound`], as for a consult that does not exist.
     pub async fn visible(&self, who: &Principal, id: ConsultId) -> Result<VisibleConsult, ConsultError> {
-        let consult =
-            crate::consults::load(&self.pg, id.as_uuid()).await.map_err(ConsultError::Store)?.ok_or(ConsultError::NotFound)?;
+        let consult = crate::consults::load(&self.pg, id.as_uuid())
+            .await
+            .map_err(ConsultError::Store)?
+            .ok_or(ConsultError::NotFound)?;
         if Self::is_host(who, &consult) {
             return Ok(VisibleConsult { consult, role: ParticipantRole::Host });
         }

@@ -63,7 +63,8 @@ fn live_principal(row: &sqlx::postgres::PgRow, now: DateTime<Utc>) -> Result<Res
     if now - last_seen >= IDLE_TIMEOUT {
         return Ok(Err(Dead::Expired("idle")));
     }
-    let role = Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
+    let role =
+        Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
     Ok(Ok(Principal {
         user_id: row.get("user_id"),
         role,
