@@ -317,3 +317,68 @@ pub fn path_error(_err: actix_web::error::PathError, _req: &HttpRequest) -> acti
 pub fn mark_rendered(resp: &mut HttpResponse) {
     resp.extensions_mut().insert(Rendered);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coherency_actors::room::RoomError;
+
+    /// A service error as services write them: a field for validation, a hidden cause for
+    /// an internal failure.
+    #[derive(Debug, thiserror::Error)]
+    enum Probe {
+        #[error("{why}")]
+        Weak { why: &'static str },
+        #[error("the pool closed at {0}")]
+        Broken(&'static str),
+    }
+
+    impl ErrorCode for Probe {
+        fn code(&self) -> Code {
+            match self {
+                Probe::Weak { .. } => Code::WeakPassword,
+                Probe::Broken(_) => Code::Internal,
+            }
+        }
+    }
+
+    impl DomainError for Probe {
+        fn field(&self) -> Option<&str> {
+            matches!(self, Probe::Weak { .. }).then_some("password")
+        }
+        fn retry_after(&self) -> Option<u64> {
+            matches!(self, Probe::Weak { .. }).then_some(7)
+        }
+    }
+
+    #[test]
+    fn a_domain_error_reaches_the_client_with_its_code_message_and_field() {
+        let e = ApiError::from(RoomError::Full);
+        assert_eq!((e.code, e.message.as_str(), e.field), (Code::RoomFull, "the room is full", None));
+        assert_eq!(e.status_code(), StatusCode::CONFLICT);
+
+        let e = ApiError::from(Probe::Weak { why: "too short" });
+        assert_eq!(
+            (e.code, e.message.as_str(), e.field.as_deref()),
+            (Code::WeakPassword, "too short", Some("password"))
+        );
+        assert_eq!((e.status_code(), e.retry_after), (StatusCode::BAD_REQUEST, Some(7)));
+    }
+
+    #[test]
+    fn an_internal_domain_error_tells_the_client_nothing_of_its_cause() {
+        let e = ApiError::from(Probe::Broken("0x7f"));
+        assert_eq!((e.code, e.message.as_str(), e.field), (Code::Internal, "internal error", None));
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn storage_failures_answer_as_before() {
+        let e = ApiError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!((e.code, e.message.as_str()), (Code::Unavailable, "the database is not answering; try again"));
+        let e = ApiError::from(crate::audit::AppendError::TimedOut);
+        assert_eq!((e.code, e.message.as_str()), (Code::Unavailable, "the audit trail is not answering; try again"));
+        let e = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!((e.code, e.message.as_str()), (Code::Internal, "internal error"));
+    }
+}
