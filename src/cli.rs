@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
+use crate::http::input::{invalid, EmailAddress, PersonName};
+use crate::services::identity::NewStaff;
 
 #[derive(Parser, Debug)]
 #[command(name = "coherency", version, about = "Telehealth and LiDAR wound-scan streaming server")]
@@ -91,14 +93,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             std::io::stdin().read_line(&mut password)?;
             let password = password.trim_end_matches(['\r', '\n']).to_string();
             let state = crate::startup::tool_state(config).await?;
-            let id = crate::http::admin::create_staff(
-                &state,
-                crate::http::admin::CreateUser { email, password, display_name: name, role: crate::auth::Role::Admin },
-            )
-            .await
-            .map_err(|e| {
+            let shown = |e: crate::error::ApiError| {
                 anyhow::anyhow!("{}: {}{}", e.code, e.field.map(|f| format!("{f} ")).unwrap_or_default(), e.message)
-            })?;
+            };
+            // The same rules as the body of `POST /v1/admin/users`: parsed here, checked by
+            // the identity service.
+            let email = EmailAddress::new(email.trim()).map_err(|why| shown(invalid("email", why)))?;
+            let display_name = PersonName::new(name).map_err(|why| shown(invalid("display_name", why)))?;
+            let staff = NewStaff {
+                email: email.normalise().into_inner(),
+                password,
+                display_name: display_name.into_inner(),
+                role: crate::auth::Role::Admin,
+            };
+            let id = state.identity.create_staff(staff).await.map_err(|e| shown(e.into()))?.as_uuid();
             crate::audit::record(
                 &state.stores.pg,
                 state.clock.now(),

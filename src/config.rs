@@ -276,6 +276,12 @@ pub enum LogFormat {
     Auto,
 }
 
+/// Default of `login_per_address_per_min` (the limit itself is `crate::auth::limits`, which
+/// reads this: configuration sits below the modules it configures).
+pub const DEFAULT_LOGIN_PER_ADDRESS_PER_MIN: u32 = 100;
+/// Default of `register_per_address_per_min`.
+pub const DEFAULT_REGISTER_PER_ADDRESS_PER_MIN: u32 = 1000;
+
 /// The whole configuration, validated.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -370,8 +376,8 @@ impl Default for Config {
             trust_forwarded_for: false,
             api_rate_per_sec: 50,
             api_rate_burst: 200,
-            login_per_address_per_min: crate::auth::limits::LOGIN_PER_IP.max,
-            register_per_address_per_min: crate::auth::limits::REGISTER_PER_IP.max,
+            login_per_address_per_min: DEFAULT_LOGIN_PER_ADDRESS_PER_MIN,
+            register_per_address_per_min: DEFAULT_REGISTER_PER_ADDRESS_PER_MIN,
             booking_view_max_age_ms: 1000,
             node_id: None,
             web_dir: "web".into(),

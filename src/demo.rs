@@ -28,7 +28,7 @@ fn password() -> String {
 
 async fn upsert_user(state: &AppState, email: &str, name: &str, role: Role) -> anyhow::Result<(Uuid, String)> {
     let pw = password();
-    let hash = state.hasher.hash(pw.clone()).await.map_err(|e| anyhow::anyhow!(e.message))?;
+    let hash = state.identity.hasher().hash(pw.clone()).await.map_err(|e| anyhow::anyhow!(e.to_string()))?;
     let now = state.clock.now();
     let id: Uuid = sqlx::query_scalar!(
         "INSERT INTO users (id, email, display_name, role, password_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)

@@ -1,14 +1,17 @@
 //! The HTTP face of the error catalogue: [`ApiError`] carries a [`Code`], a message safe to
-//! show and optionally the field it concerns; every error response, including those actix
-//! produces itself (404, 405, 413, 415, bad JSON), leaves as the same JSON envelope.
+//! show and optionally the field it concerns; `crate::http::envelope` gives every error
+//! response, including those actix produces itself (404, 405, 413, 415, bad JSON), the same
+//! JSON envelope.
+//!
+//! Services and actors return their own `thiserror` errors; each implements the catalogue's
+//! [`ErrorCode`] and this module's [`DomainError`], and one blanket conversion turns any of
+//! them into an [`ApiError`] (the shape of Meilisearch's `ResponseError`). `ApiError` itself
+//! implements neither trait: it is where errors end, not one more domain error.
 
-use actix_web::body::{BoxBody, EitherBody, MessageBody};
-use actix_web::dev::ServiceResponse;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use coherency_protocol::error::{Code, ErrorBody, ErrorCode, ErrorDetail};
-use tracing_actix_web::RequestId;
 
 /// An error answered to a client.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +24,10 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-/// Marks a response whose body is already the JSON error envelope.
+/// Marks a response whose body is already final (the JSON error envelope, or a FHIR
+/// `OperationOutcome`), so the envelope middleware (`crate::http::envelope`) leaves it alone.
 #[derive(Clone, Copy)]
-struct Rendered;
+pub struct Rendered;
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
@@ -63,11 +67,37 @@ impl ApiError {
     }
 }
 
-impl ErrorCode for ApiError {
-    fn code(&self) -> Code {
-        self.code
+/// An error a client may see: its catalogue entry ([`ErrorCode`]), a message safe to show
+/// (its `Display`, for client errors) and optionally the field it is about or when to retry.
+/// Implemented by every service's and actor's error; [`ApiError`] converts from any of them.
+pub trait DomainError: ErrorCode + std::error::Error {
+    /// The request field the error is about, when there is one.
+    fn field(&self) -> Option<&str> {
+        None
+    }
+
+    /// Seconds for a `Retry-After` header.
+    fn retry_after(&self) -> Option<u64> {
+        None
     }
 }
+
+/// The one conversion from a domain error to the HTTP envelope: the code decides the status;
+/// a client error shows its message; an internal error is logged with its cause and answers
+/// the bare "internal error", as [`ApiError::internal`] does.
+impl<E: DomainError> From<E> for ApiError {
+    fn from(e: E) -> Self {
+        let code = e.code();
+        let mut out = if code == Code::Internal { ApiError::internal(&e) } else { ApiError::new(code, e.to_string()) };
+        out.field = e.field().map(str::to_string);
+        out.retry_after = e.retry_after();
+        out
+    }
+}
+
+impl DomainError for coherency_actors::room::RoomError {}
+impl DomainError for coherency_actors::store::StoreError {}
+impl DomainError for coherency_actors::CaptureError {}
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
@@ -93,22 +123,107 @@ impl ResponseError for ApiError {
     }
 }
 
+/// Transitional: handlers that still run SQL themselves answer its failures through this
+/// conversion. Services wrap `sqlx::Error` in their own error (through [`StorageError`]) and
+/// reach the client by the [`DomainError`] conversion instead.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+/// Transitional, as `From<sqlx::Error>`: for handlers that append to the audit trail themselves.
+impl From<crate::audit::AppendError> for ApiError {
+    fn from(e: crate::audit::AppendError) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+/// Transitional, as `From<sqlx::Error>`.
+impl From<redis::RedisError> for ApiError {
+    fn from(e: redis::RedisError) -> Self {
+        StorageError::from(e).into()
+    }
+}
+
+/// A backing store failed: the database, the audit trail or Redis. Classified once, when it
+/// happens, into what the client is told: try again (503), a value the database refused (400),
+/// or an internal error whose cause is logged and never shown. Services wrap it in their own
+/// errors (`#[error(transparent)] Storage(#[from] StorageError)`).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("the database is not answering; try again")]
+    DatabaseBusy,
+    #[error("the database did not answer in time; try again")]
+    DatabaseTimedOut,
+    #[error("the audit trail is not answering; try again")]
+    AuditTimedOut,
+    #[error("a backing service is not answering; try again")]
+    BackingService,
+    #[error("the request holds a value that cannot be stored")]
+    RefusedValue,
+    #[error("{0}")]
+    Database(sqlx::Error),
+    #[error("{0}")]
+    Audit(crate::audit::AppendError),
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::PoolTimedOut = e {
-            return Self::unavailable("the database is not answering; try again");
+            return Self::DatabaseBusy;
         }
         if let sqlx::Error::Database(d) = &e {
             if d.code().as_deref() == Some(crate::store::pg::QUERY_CANCELED) {
-                return Self::unavailable("the database did not answer in time; try again");
+                return Self::DatabaseTimedOut;
             }
         }
-        if let Some(refused) = refused_value(&e) {
-            return refused;
+        if refused_value(&e) {
+            return Self::RefusedValue;
         }
-        Self::internal(e)
+        Self::Database(e)
     }
 }
+
+impl From<crate::audit::AppendError> for StorageError {
+    fn from(e: crate::audit::AppendError) -> Self {
+        use crate::audit::AppendError;
+        match e {
+            AppendError::Database(db) => {
+                if matches!(*db, sqlx::Error::PoolTimedOut) {
+                    Self::DatabaseBusy
+                } else if refused_value(&db) {
+                    Self::RefusedValue
+                } else {
+                    Self::Audit(AppendError::Database(db))
+                }
+            }
+            AppendError::TimedOut => Self::AuditTimedOut,
+            e => Self::Audit(e),
+        }
+    }
+}
+
+impl From<redis::RedisError> for StorageError {
+    fn from(e: redis::RedisError) -> Self {
+        tracing::warn!(error = %e, "redis error");
+        Self::BackingService
+    }
+}
+
+impl ErrorCode for StorageError {
+    fn code(&self) -> Code {
+        match self {
+            Self::DatabaseBusy | Self::DatabaseTimedOut | Self::AuditTimedOut | Self::BackingService => {
+                Code::Unavailable
+            }
+            Self::RefusedValue => Code::BadRequest,
+            Self::Database(_) | Self::Audit(_) => Code::Internal,
+        }
+    }
+}
+
+impl DomainError for StorageError {}
 
 /// SQLSTATEs by which PostgreSQL refuses a value a statement was given (rather than failing
 /// itself): bad characters or encoding (22021, 22P05), text too long for its column (22001), a
@@ -120,137 +235,20 @@ const REFUSED_VALUE_STATES: &[&str] =
 /// The backstop for input the boundary should have refused but did not: PostgreSQL refusing a
 /// value answers 400, not 500. It is logged as a warning, by SQLSTATE only (the database's
 /// message may quote the value), because each one is a missing bound to add at the boundary.
-fn refused_value(e: &sqlx::Error) -> Option<ApiError> {
-    let sqlx::Error::Database(db) = e else { return None };
-    let state = db.code()?;
+fn refused_value(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else { return false };
+    let Some(state) = db.code() else { return false };
     if !REFUSED_VALUE_STATES.contains(&state.as_ref()) {
-        return None;
+        return false;
     }
     tracing::warn!(sqlstate = %state, "the database refused a value from a request; a bound is missing at the boundary");
-    Some(ApiError::new(Code::BadRequest, "the request holds a value that cannot be stored"))
-}
-
-impl From<crate::audit::AppendError> for ApiError {
-    fn from(e: crate::audit::AppendError) -> Self {
-        match e {
-            crate::audit::AppendError::Database(db) => {
-                if matches!(*db, sqlx::Error::PoolTimedOut) {
-                    return Self::unavailable("the database is not answering; try again");
-                }
-                refused_value(&db).unwrap_or_else(|| Self::internal(crate::audit::AppendError::Database(db)))
-            }
-            crate::audit::AppendError::TimedOut => Self::unavailable("the audit trail is not answering; try again"),
-            e => Self::internal(e),
-        }
-    }
-}
-
-impl From<redis::RedisError> for ApiError {
-    fn from(e: redis::RedisError) -> Self {
-        tracing::warn!(error = %e, "redis error");
-        Self::unavailable("a backing service is not answering; try again")
-    }
+    true
 }
 
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         Self::internal(e)
     }
-}
-
-/// The code for a status actix produced without our help.
-fn code_for_status(status: StatusCode) -> Code {
-    match status.as_u16() {
-        400 => Code::BadRequest,
-        401 => Code::Unauthenticated,
-        403 => Code::Forbidden,
-        404 => Code::NotFound,
-        405 => Code::MethodNotAllowed,
-        409 => Code::Conflict,
-        412 => Code::PreconditionFailed,
-        413 => Code::PayloadTooLarge,
-        415 => Code::UnsupportedMediaType,
-        428 => Code::PreconditionRequired,
-        429 => Code::RateLimited,
-        503 => Code::Unavailable,
-        _ => Code::Internal,
-    }
-}
-
-fn default_message(code: Code) -> &'static str {
-    match code {
-        Code::NotFound => "no such resource",
-        Code::MethodNotAllowed => "method not allowed for this resource",
-        Code::PayloadTooLarge => "request body too large",
-        Code::UnsupportedMediaType => "unsupported content type",
-        Code::Unauthenticated => "authentication required",
-        Code::Forbidden => "forbidden",
-        Code::Unavailable => "service unavailable",
-        Code::Internal => "internal error",
-        _ => "bad request",
-    }
-}
-
-/// Middleware body: gives every error response the JSON envelope with the request id, and a
-/// request id header to every response.
-pub async fn envelope<B: MessageBody + 'static>(
-    res: ServiceResponse<B>,
-) -> Result<ServiceResponse<EitherBody<B, BoxBody>>, actix_web::Error> {
-    let request_id = res.request().extensions().get::<RequestId>().map(|r| r.to_string());
-    let status = res.status();
-    let mut res = if status.is_client_error() || status.is_server_error() {
-        if res.response().extensions().get::<Rendered>().is_some() {
-            res.map_into_left_body()
-        } else {
-            rewrite(res, request_id.as_deref()).await?
-        }
-    } else {
-        res.map_into_left_body()
-    };
-    if let Some(id) = request_id {
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            res.headers_mut().insert(header::HeaderName::from_static("x-request-id"), v);
-        }
-    }
-    Ok(res)
-}
-
-async fn rewrite<B: MessageBody + 'static>(
-    res: ServiceResponse<B>,
-    request_id: Option<&str>,
-) -> Result<ServiceResponse<EitherBody<B, BoxBody>>, actix_web::Error> {
-    let status = res.status();
-    let known = res.response().extensions().get::<Code>().copied();
-    let (req, resp) = res.into_parts();
-    let headers = resp.headers().clone();
-    let body_bytes = actix_web::body::to_bytes(resp.into_body()).await.unwrap_or_default();
-    let mut detail = serde_json::from_slice::<ErrorBody>(&body_bytes).ok().map(|b| b.error).unwrap_or_else(|| {
-        let code = known.unwrap_or_else(|| code_for_status(status));
-        ErrorDetail { code: code.as_str().into(), message: default_message(code).into(), request_id: None, field: None }
-    });
-    if status.is_server_error() && detail.code != Code::Unavailable.as_str() {
-        detail.message = "internal error".into();
-        detail.code = Code::Internal.as_str().into();
-        detail.field = None;
-    }
-    detail.request_id = request_id.map(str::to_string);
-    let mut out = HttpResponse::build(status);
-    for (name, value) in headers.iter() {
-        if name != header::CONTENT_LENGTH && name != header::CONTENT_TYPE {
-            out.append_header((name.clone(), value.clone()));
-        }
-    }
-    // FHIR clients get FHIR errors, also from the middleware in front of the FHIR handlers
-    // (rate limit, body size, unknown method): the OpenAPI contract promises it.
-    let mut resp = if req.path().starts_with("/fhir/") {
-        let code = Code::ALL.iter().copied().find(|c| c.as_str() == detail.code).unwrap_or(Code::Internal);
-        let body = crate::http::fhir::outcome_json(code, &detail.message, detail.field.as_deref());
-        out.content_type(crate::http::fhir::FHIR_JSON).body(body.to_string())
-    } else {
-        out.json(ErrorBody { error: detail })
-    };
-    resp.extensions_mut().insert(Rendered);
-    Ok(ServiceResponse::new(req, resp).map_into_right_body())
 }
 
 /// Maps actix's JSON extractor failures onto the catalogue.
@@ -318,4 +316,69 @@ pub fn path_error(_err: actix_web::error::PathError, _req: &HttpRequest) -> acti
 /// middleware leaves it alone.
 pub fn mark_rendered(resp: &mut HttpResponse) {
     resp.extensions_mut().insert(Rendered);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coherency_actors::room::RoomError;
+
+    /// A service error as services write them: a field for validation, a hidden cause for
+    /// an internal failure.
+    #[derive(Debug, thiserror::Error)]
+    enum Probe {
+        #[error("{why}")]
+        Weak { why: &'static str },
+        #[error("the pool closed at {0}")]
+        Broken(&'static str),
+    }
+
+    impl ErrorCode for Probe {
+        fn code(&self) -> Code {
+            match self {
+                Probe::Weak { .. } => Code::WeakPassword,
+                Probe::Broken(_) => Code::Internal,
+            }
+        }
+    }
+
+    impl DomainError for Probe {
+        fn field(&self) -> Option<&str> {
+            matches!(self, Probe::Weak { .. }).then_some("password")
+        }
+        fn retry_after(&self) -> Option<u64> {
+            matches!(self, Probe::Weak { .. }).then_some(7)
+        }
+    }
+
+    #[test]
+    fn a_domain_error_reaches_the_client_with_its_code_message_and_field() {
+        let e = ApiError::from(RoomError::Full);
+        assert_eq!((e.code, e.message.as_str(), e.field), (Code::RoomFull, "the room is full", None));
+        assert_eq!(e.status_code(), StatusCode::CONFLICT);
+
+        let e = ApiError::from(Probe::Weak { why: "too short" });
+        assert_eq!(
+            (e.code, e.message.as_str(), e.field.as_deref()),
+            (Code::WeakPassword, "too short", Some("password"))
+        );
+        assert_eq!((e.status_code(), e.retry_after), (StatusCode::BAD_REQUEST, Some(7)));
+    }
+
+    #[test]
+    fn an_internal_domain_error_tells_the_client_nothing_of_its_cause() {
+        let e = ApiError::from(Probe::Broken("0x7f"));
+        assert_eq!((e.code, e.message.as_str(), e.field), (Code::Internal, "internal error", None));
+        assert_eq!(e.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn storage_failures_answer_as_before() {
+        let e = ApiError::from(sqlx::Error::PoolTimedOut);
+        assert_eq!((e.code, e.message.as_str()), (Code::Unavailable, "the database is not answering; try again"));
+        let e = ApiError::from(crate::audit::AppendError::TimedOut);
+        assert_eq!((e.code, e.message.as_str()), (Code::Unavailable, "the audit trail is not answering; try again"));
+        let e = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!((e.code, e.message.as_str()), (Code::Internal, "internal error"));
+    }
 }

@@ -20,6 +20,7 @@ pub mod http;
 pub mod metrics;
 pub mod openapi;
 pub mod recon_hook;
+pub mod services;
 pub mod startup;
 pub mod state;
 pub mod store;

@@ -11,8 +11,6 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::state::AppState;
-
 /// Every metric the server exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -89,14 +87,14 @@ pub async fn record(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let start = Instant::now();
     let method = req.method().to_string();
-    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
     let account = crate::alloc::Account::new();
     let res = crate::alloc::track(account.clone(), next.call(req)).await?;
-    if let Some(state) = state {
+    if let Some(metrics) = metrics {
         let route = res.request().match_pattern().unwrap_or_else(|| "unmatched".into());
         if account.allocations() > 0 {
             let peak = account.peak_bytes();
-            state.metrics.request_alloc_peak.with_label_values(&[&method, &route]).observe(peak as f64);
+            metrics.request_alloc_peak.with_label_values(&[&method, &route]).observe(peak as f64);
             if peak > crate::alloc::REQUEST_ALLOC_BUDGET_BYTES {
                 tracing::warn!(
                     method = %method,
@@ -108,14 +106,14 @@ pub async fn record(
             }
         }
         let status = res.status().as_u16().to_string();
-        state.metrics.http_requests.with_label_values(&[&method, &route, &status]).inc();
-        state.metrics.http_duration.with_label_values(&[&method, &route]).observe(start.elapsed().as_secs_f64());
+        metrics.http_requests.with_label_values(&[&method, &route, &status]).inc();
+        metrics.http_duration.with_label_values(&[&method, &route]).observe(start.elapsed().as_secs_f64());
     }
     Ok(res)
 }
 
 /// `GET /metrics`
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics.render())
 }

@@ -22,6 +22,10 @@ use crate::config::Config;
 use crate::crypto::FieldKey;
 use crate::error::{json_error, path_error, query_error};
 use crate::metrics::Metrics;
+use crate::services::access::Access;
+use crate::services::consults::Consults;
+use crate::services::identity::sockets::SocketRegistry;
+use crate::services::identity::Identity;
 use crate::state::{AppState, Lifecycle};
 use crate::store::Stores;
 
@@ -60,7 +64,7 @@ impl Application {
         let port =
             listener.local_addr().map_err(|source| StartError::Bind { addr: config.http_addr.clone(), source })?.port();
         let state = app_state(config, stores, Node::Serving)?;
-        actix_web::rt::spawn(crate::auth::sockets::listen(state.clone()));
+        actix_web::rt::spawn(state.identity.clone().listen_for_revocations());
         let (bus_ready, bus_up) = tokio::sync::oneshot::channel();
         actix_web::rt::spawn(crate::cluster::bus::listen(state.clone(), bus_ready));
         if tokio::time::timeout(std::time::Duration::from_secs(5), bus_up).await.is_err() {
@@ -86,6 +90,8 @@ impl Application {
                     let max_body = state.config.max_body_bytes;
                     App::new()
                         .app_data(state.clone())
+                        // The metrics middleware and `/metrics` need the metrics only.
+                        .app_data(web::Data::from(state.metrics.clone()))
                         .app_data(limiter.clone())
                         .app_data(web::JsonConfig::default().limit(max_body).error_handler(json_error))
                         .app_data(web::PayloadConfig::new(max_body))
@@ -171,7 +177,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         Some(k) => FieldKey::parse(k.expose_secret()).map_err(StartError::Config)?,
         None => return Err(StartError::Config("encryption_key (COHERENCY_ENCRYPTION_KEY) is required".into())),
     };
-    crate::auth::password::Hasher::warm_up();
+    crate::services::identity::password::Hasher::warm_up();
     let clock = Clock::default();
     let webhook_wake = Arc::new(tokio::sync::Notify::new());
     let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
@@ -183,6 +189,18 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         Node::Tool => crate::ws::scan::Recovery::Off,
     };
     let capture = crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone(), recovery);
+    let audit = crate::audit::AuditLog::start(stores.pg.clone());
+    let sockets = Arc::new(SocketRegistry::default());
+    let identity = Arc::new(Identity::new(
+        stores.pg.clone(),
+        stores.redis.clone(),
+        clock.clone(),
+        token_secret,
+        Default::default(),
+        sockets.clone(),
+    ));
+    let access = Access::new(stores.pg.clone(), clock.clone(), audit.clone());
+    let consults = Consults::new(stores.pg.clone());
     Ok(web::Data::new(AppState {
         leases,
         bus,
@@ -196,7 +214,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         calendars: Arc::new(crate::booking::view::Calendars::new(std::time::Duration::from_millis(
             config.booking_view_max_age_ms,
         ))),
-        audit: crate::audit::AuditLog::start(stores.pg.clone()),
+        audit,
         dashboard: crate::dashboard::start_hub(),
         patient_names: Default::default(),
         config: Arc::new(config),
@@ -205,10 +223,11 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         lifecycle: Lifecycle::default(),
         node,
         clock,
-        hasher: Default::default(),
-        token_secret,
+        identity,
+        access,
+        consults,
         field_key,
-        sockets: Default::default(),
+        sockets,
     }))
 }
 
@@ -266,5 +285,5 @@ async fn envelope_mw(
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
     let res = next.call(req).await?;
-    crate::error::envelope(res).await
+    crate::http::envelope::envelope(res).await
 }

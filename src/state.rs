@@ -1,18 +1,20 @@
-//! What every handler can reach: config, backing services, metrics, lifecycle.
+//! What every handler can reach: config, the domain services (`crate::services`), backing
+//! stores, this node's actors, metrics, lifecycle. Lower layers (services, stores, actors)
+//! never take the whole state: each gets the parts it needs when it is built.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use secrecy::SecretString;
-
-use crate::auth::password::Hasher;
-use crate::auth::sockets::SocketRegistry;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::crypto::FieldKey;
 use crate::metrics::Metrics;
+use crate::services::access::Access;
+use crate::services::consults::Consults;
+use crate::services::identity::sockets::SocketRegistry;
+use crate::services::identity::Identity;
 use crate::store::Stores;
 
 /// Shared application state (cheap to clone: everything inside is shared).
@@ -23,12 +25,15 @@ pub struct AppState {
     pub lifecycle: Lifecycle,
     pub node: String,
     pub clock: Clock,
-    pub hasher: Hasher,
-    /// Keys token hashes and tickets; shared by every node.
-    pub token_secret: SecretString,
+    /// Accounts, passwords, sessions, tickets, revocation.
+    pub identity: Arc<Identity>,
+    /// The caller's right to a patient's records.
+    pub access: Access,
+    /// Which consults a caller may see, and check-in.
+    pub consults: Consults,
     /// Encrypts the most sensitive fields at rest.
     pub field_key: FieldKey,
-    /// Sockets open on this node, for revocation.
+    /// Sockets open on this node, for revocation (the same registry [`Identity`] closes).
     pub sockets: Arc<SocketRegistry>,
     /// This node's scan capture sessions (`crate::ws::scan`).
     pub capture: actix::Addr<coherency_actors::CaptureRegistry>,

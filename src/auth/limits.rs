@@ -17,11 +17,13 @@ pub struct Limit {
 /// Failed logins per account.
 pub const LOGIN_FAILURES_PER_ACCOUNT: Limit = Limit { name: "login-fail", max: 5, window_secs: 15 * 60 };
 /// Login attempts per IP (the default of `login_per_address_per_min`).
-pub const LOGIN_PER_IP: Limit = Limit { name: "login-ip", max: 100, window_secs: 60 };
+pub const LOGIN_PER_IP: Limit =
+    Limit { name: "login-ip", max: crate::config::DEFAULT_LOGIN_PER_ADDRESS_PER_MIN, window_secs: 60 };
 /// `email_taken` answers per IP (enumeration through registration).
 pub const EMAIL_TAKEN_PER_IP: Limit = Limit { name: "email-taken-ip", max: 5, window_secs: 15 * 60 };
 /// Registrations per IP (the default of `register_per_address_per_min`).
-pub const REGISTER_PER_IP: Limit = Limit { name: "register-ip", max: 1000, window_secs: 60 };
+pub const REGISTER_PER_IP: Limit =
+    Limit { name: "register-ip", max: crate::config::DEFAULT_REGISTER_PER_ADDRESS_PER_MIN, window_secs: 60 };
 
 /// A per-minute limit with the configured maximum.
 pub fn per_minute(base: Limit, max: u32) -> Limit {

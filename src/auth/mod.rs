@@ -3,167 +3,36 @@
 //! permission its extractor names.
 
 pub mod limits;
-pub mod password;
-pub mod sessions;
-pub mod sockets;
 pub mod totp;
+
+pub use crate::services::identity::{
+    new_token, password, perm, sessions, sockets, token_hash, Perm, Permission, Principal, Role,
+};
 
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use base64::Engine;
+use coherency_protocol::ids::SessionId;
 use coherency_protocol::Code;
-use hmac::{Hmac, Mac};
-use rand::RngCore;
-use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tracing_actix_web::RequestId;
-use uuid::Uuid;
 
 use crate::audit::AuditEvent;
 use crate::error::ApiError;
+use crate::services::Caller;
 use crate::state::AppState;
 
-/// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Patient,
-    Clinician,
-    Admin,
+/// The caller of this request as the services see it: the principal and where the request
+/// came from, for the audit rows they write.
+pub fn caller_of(req: &HttpRequest, state: &AppState, who: &Principal) -> Caller {
+    let (ip, request_id) = request_meta(req, state);
+    Caller { who: who.clone(), ip, request_id }
 }
 
-impl Role {
-    pub const ALL: [Role; 3] = [Role::Patient, Role::Clinician, Role::Admin];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Patient => "patient",
-            Role::Clinician => "clinician",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "patient" => Some(Role::Patient),
-            "clinician" => Some(Role::Clinician),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
-
-    /// Clinicians and admins must enrol TOTP, and verify it in the session, before any route
-    /// but the enrolment ones.
-    pub fn requires_mfa(self) -> bool {
-        !matches!(self, Role::Patient)
-    }
-}
-
-macro_rules! permissions {
-    ($( $name:ident = $text:literal, phi = $phi:literal, roles = [$($role:ident),*]; )*) => {
-        /// Everything a route can require. The role table below is the whole policy;
-        /// object-level rules (whose record) are checked by the resource on top.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum Permission { $($name),* }
-
-        impl Permission {
-            pub const ALL: &'static [Permission] = &[$(Permission::$name),*];
-
-            /// The scope string used in the OpenAPI document.
-            pub fn as_str(self) -> &'static str {
-                match self { $(Permission::$name => $text),* }
-            }
-
-            pub fn parse(s: &str) -> Option<Self> {
-                match s { $($text => Some(Permission::$name),)* _ => None }
-            }
-
-            /// Whether the route exposes protected health information.
-            pub fn is_phi(self) -> bool {
-                match self { $(Permission::$name => $phi),* }
-            }
-
-            /// The roles granted this permission.
-            pub fn roles(self) -> &'static [Role] {
-                match self { $(Permission::$name => &[$(Role::$role),*]),* }
-            }
-        }
-
-        /// Zero-sized markers naming a permission in a handler's signature.
-        pub mod perm {
-            $(
-                #[doc = concat!("Requires `", $text, "`.")]
-                pub struct $name;
-                impl super::Perm for $name {
-                    const P: super::Permission = super::Permission::$name;
-                }
-            )*
-        }
-    };
-}
-
-permissions! {
-    SelfService = "self", phi = false, roles = [Patient, Clinician, Admin];
-    PatientsRead = "patients:read", phi = true, roles = [Patient, Clinician, Admin];
-    PatientsWrite = "patients:write", phi = true, roles = [Patient, Clinician, Admin];
-    PatientsCreate = "patients:create", phi = true, roles = [Clinician, Admin];
-    PatientsSearch = "patients:search", phi = true, roles = [Clinician, Admin];
-    PatientsDeactivate = "patients:deactivate", phi = true, roles = [Admin];
-    EmergencyAccess = "emergency-access", phi = true, roles = [Clinician];
-    UsersManage = "users:manage", phi = false, roles = [Admin];
-    AuditRead = "audit:read", phi = true, roles = [Admin];
-    ScansCreate = "scans:create", phi = true, roles = [Patient, Clinician, Admin];
-    ScansRead = "scans:read", phi = true, roles = [Patient, Clinician, Admin];
-    ScansMeasure = "scans:measure", phi = true, roles = [Clinician, Admin];
-    ScheduleManage = "schedule:manage", phi = false, roles = [Clinician, Admin];
-    BookingsRead = "bookings:read", phi = true, roles = [Patient, Clinician, Admin];
-    BookingsWrite = "bookings:write", phi = true, roles = [Patient, Clinician, Admin];
-    ConsultsJoin = "consults:join", phi = true, roles = [Patient, Clinician, Admin];
-    ConsultsHost = "consults:host", phi = true, roles = [Clinician, Admin];
-    DashboardView = "dashboard:view", phi = true, roles = [Patient, Clinician, Admin];
-}
-
-/// Implemented by the markers in [`perm`].
-pub trait Perm {
-    const P: Permission;
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    pub user_id: Uuid,
-    pub role: Role,
-    pub session_id: Uuid,
-    pub mfa_enrolled: bool,
-    pub mfa_verified: bool,
-    /// The caller's own patient record, for patients.
-    pub patient_id: Option<Uuid>,
-}
-
-impl Principal {
-    pub fn has(&self, p: Permission) -> bool {
-        p.roles().contains(&self.role)
-    }
-}
-
-type HmacSha256 = Hmac<Sha256>;
-
-/// A new random token with a readable prefix (`cha_` access, `chr_` refresh, `cht_` ticket).
-pub fn new_token(prefix: &str) -> String {
-    let mut raw = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut raw);
-    format!("{prefix}{}", B64URL.encode(raw))
-}
-
-/// The keyed hash stored in place of a token.
-pub fn token_hash(secret: &[u8], token: &str) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(token.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+/// The principal of a live session, for sockets that re-check theirs while open.
+pub async fn session_principal(state: &AppState, session_id: uuid::Uuid) -> Result<Principal, ApiError> {
+    Ok(state.identity.principal_for_session(SessionId::from_uuid(session_id)).await?)
 }
 
 /// Facts about the request for the audit trail.
@@ -219,7 +88,7 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
 async fn caller(req: &HttpRequest) -> Result<(web::Data<AppState>, Principal), ApiError> {
     let state = req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("no state"))?;
     let token = bearer(req).ok_or_else(ApiError::unauthenticated)?.to_string();
-    let p = sessions::authenticate(&state, &token).await?;
+    let p = state.identity.authenticate(&token).await?;
     Ok((state, p))
 }
 

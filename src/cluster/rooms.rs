@@ -173,7 +173,7 @@ impl RoomRef {
                     .send(room::Connect { user_id, role, ice_servers, tx })
                     .await
                     .map_err(|_| ended())?
-                    .map_err(|e| ApiError::new(coherency_protocol::ErrorCode::code(&e), e.to_string()))?;
+                    .map_err(ApiError::from)?;
                 Ok(Conn::Local { room: a.clone(), conn_id })
             }
             RoomRef::Remote { node, consult } => {

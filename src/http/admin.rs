@@ -3,6 +3,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
+use coherency_protocol::ids::UserId;
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -10,10 +11,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::AuditEvent;
-use crate::auth::{self, password, perm, sessions, Require, Role};
+use crate::auth::{self, perm, Require, Role};
 use crate::error::ApiError;
-use crate::http::auth::{insert_user, normalise_email};
-use crate::http::input::{invalid, Email, NewPassword, PersonName, Text};
+use crate::http::input::{Email, NewPassword, PersonName, Text};
+use crate::services::identity::NewStaff;
 use crate::state::AppState;
 
 /// `POST /v1/admin/users` body.
@@ -44,19 +45,10 @@ impl From<StaffRole> for Role {
     }
 }
 
-/// A staff account to create, from the API or the CLI's `create-admin`; [`create_staff`]
-/// holds it to the same rules as the request body.
-pub struct CreateUser {
-    pub email: String,
-    pub password: String,
-    pub display_name: String,
-    pub role: Role,
-}
-
-impl From<CreateUserBody> for CreateUser {
+impl From<CreateUserBody> for NewStaff {
     fn from(b: CreateUserBody) -> Self {
         Self {
-            email: b.email.into_inner(),
+            email: b.email.normalise().into_inner(),
             password: b.password.into_inner(),
             display_name: b.display_name.into_inner(),
             role: b.role.into(),
@@ -67,25 +59,6 @@ impl From<CreateUserBody> for CreateUser {
 #[derive(Serialize, ToSchema)]
 pub struct Created {
     pub id: Uuid,
-}
-
-/// Creates a staff account (the CLI's `create-admin` uses the same path).
-pub async fn create_staff(state: &AppState, body: CreateUser) -> Result<Uuid, ApiError> {
-    if body.role == Role::Patient {
-        return Err(ApiError::field(
-            Code::InvalidField,
-            "role",
-            "patients register themselves; use clinician or admin",
-        ));
-    }
-    let email = normalise_email(&body.email, "email")?;
-    let display = PersonName::new(body.display_name).map_err(|why| invalid("display_name", why))?.into_inner();
-    password::validate(&body.password, "password")?;
-    let hash = state.hasher.hash(body.password).await?;
-    let mut tx = state.stores.pg.begin().await?;
-    let id = insert_user(state, &mut tx, &email, &display, body.role, &hash).await?;
-    tx.commit().await?;
-    Ok(id)
 }
 
 /// `POST /v1/admin/users`
@@ -99,7 +72,7 @@ pub async fn create_user(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
     let role = Role::from(body.role);
-    let id = create_staff(&state, body.into()).await?;
+    let id = state.identity.create_staff(body.into()).await?.as_uuid();
     auth::audit(
         &state,
         &req,
@@ -137,7 +110,7 @@ pub async fn revoke_sessions(
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     user_exists(&state, id).await?;
-    let n = sessions::end_all(&state, id, "admin-revoke").await?;
+    let n = state.identity.end_all(UserId::from_uuid(id), "admin-revoke").await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("user.revoke_sessions", "success").target("user", id))
         .await?;
     Ok(HttpResponse::Ok().json(Revoked { sessions_revoked: n }))
@@ -163,7 +136,7 @@ pub async fn disable_user(
         .bind(now)
         .execute(&state.stores.pg)
         .await?;
-    let n = sessions::end_all(&state, id, "disabled").await?;
+    let n = state.identity.end_all(UserId::from_uuid(id), "disabled").await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("user.disable", "success").target("user", id)).await?;
     Ok(HttpResponse::Ok().json(Revoked { sessions_revoked: n }))
 }

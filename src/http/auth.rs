@@ -2,8 +2,8 @@
 //! `/v1/me`, MFA enrolment, and single-use socket tickets.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use coherency_protocol::ids::{SessionId, UserId};
 use coherency_protocol::Code;
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -14,6 +14,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, limits, password, sessions, totp, Authenticated, Principal, Role};
 use crate::error::ApiError;
 use crate::http::input::{invalid, Day, Email, EmailAddress, Line, NewPassword, Password, PersonName};
+use crate::services::identity::IdentityError;
 use crate::state::AppState;
 
 pub const MAX_EMAIL: usize = EmailAddress::MAX;
@@ -43,35 +44,6 @@ pub struct RegisterRequest {
 pub struct Registered {
     pub user_id: Uuid,
     pub patient_id: Uuid,
-}
-
-/// Inserts a user; `email_taken` on a duplicate.
-pub async fn insert_user(
-    state: &AppState,
-    tx: &mut sqlx::PgConnection,
-    email: &str,
-    display_name: &str,
-    role: Role,
-    password_hash: &str,
-) -> Result<Uuid, ApiError> {
-    let id = Uuid::now_v7();
-    let now = state.clock.now();
-    let res = sqlx::query(
-        "INSERT INTO users (id, email, display_name, role, password_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)
-         ON CONFLICT (email) DO NOTHING",
-    )
-    .bind(id)
-    .bind(email)
-    .bind(display_name)
-    .bind(role.as_str())
-    .bind(password_hash)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    if res.rows_affected() == 0 {
-        return Err(ApiError::field(Code::EmailTaken, "email", "an account with this email already exists"));
-    }
-    Ok(id)
 }
 
 /// `POST /v1/auth/register`: a patient creates their account and patient record.
@@ -104,24 +76,26 @@ pub async fn register(
     let today = now.date_naive();
     let birth_date = crate::http::patients::birth_date(body.birth_date, today, "birth_date")?;
     password::validate(body.password.expose(), "password")?;
-    let hash = state.hasher.hash(body.password.into_inner()).await?;
+    let hash = state.identity.hasher().hash(body.password.into_inner()).await?;
     let mut tx = state.stores.pg.begin().await?;
-    let user_id = match insert_user(&state, &mut tx, &email, &format!("{given} {family}"), Role::Patient, &hash).await {
-        Ok(id) => id,
-        Err(e) if e.code == Code::EmailTaken => {
-            tx.rollback().await?;
-            limits::hit(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await?;
-            auth::audit(
-                &state,
-                &req,
-                None,
-                AuditEvent::new("account.register", "failure").details(serde_json::json!({"reason": "email_taken"})),
-            )
-            .await?;
-            return Err(e);
-        }
-        Err(e) => return Err(e),
-    };
+    let user_id =
+        match state.identity.insert_user(&mut tx, &email, &format!("{given} {family}"), Role::Patient, &hash).await {
+            Ok(id) => id.as_uuid(),
+            Err(e @ IdentityError::EmailTaken) => {
+                tx.rollback().await?;
+                limits::hit(&state.stores.redis, &limits::EMAIL_TAKEN_PER_IP, &ip, now).await?;
+                auth::audit(
+                    &state,
+                    &req,
+                    None,
+                    AuditEvent::new("account.register", "failure")
+                        .details(serde_json::json!({"reason": "email_taken"})),
+                )
+                .await?;
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
     let patient_id = Uuid::now_v7();
     // The sign-in email is also the record's contact email until the patient changes it.
     sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7)")
@@ -216,7 +190,8 @@ pub async fn login(
         .fetch_optional(&state.stores.pg)
         .await?;
     let ok = state
-        .hasher
+        .identity
+        .hasher()
         .verify(body.password.into_inner(), row.as_ref().map(|r| r.get::<String, _>("password_hash")))
         .await?;
     let Some(row) = row.filter(|_| ok) else {
@@ -278,7 +253,7 @@ pub async fn login(
     }
     limits::clear(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject).await?;
     let ua = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let tokens = sessions::create(&state, user_id, mfa_verified, Some(ip), ua).await?;
+    let tokens = state.identity.create(UserId::from_uuid(user_id), mfa_verified, Some(ip), ua).await?;
     let who = Principal { session_id: tokens.session_id, mfa_verified, ..who };
     auth::audit(
         &state,
@@ -309,7 +284,7 @@ async fn use_totp(state: &AppState, user_id: Uuid, secret: &str, code: &str) -> 
 }
 
 async fn use_recovery_code(state: &AppState, user_id: Uuid, code: &str) -> Result<bool, ApiError> {
-    let hash = auth::token_hash(state.token_secret.expose_secret().as_bytes(), &totp::normalise_recovery(code));
+    let hash = state.identity.token_hash(&totp::normalise_recovery(code));
     let n =
         sqlx::query("UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
             .bind(user_id)
@@ -335,7 +310,7 @@ pub async fn refresh(
     body: crate::http::Json<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
-    Ok(HttpResponse::Ok().json(sessions::refresh(&state, &body.refresh_token).await?))
+    Ok(HttpResponse::Ok().json(state.identity.refresh(&body.refresh_token).await?))
 }
 
 /// `POST /v1/auth/logout`: ends this session.
@@ -345,7 +320,7 @@ pub async fn logout(
     req: HttpRequest,
     who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::end(&state, who.0.session_id, "logout").await?;
+    state.identity.end(SessionId::from_uuid(who.0.session_id), "logout").await?;
     auth::audit(
         &state,
         &req,
@@ -363,7 +338,7 @@ pub async fn logout_all(
     req: HttpRequest,
     who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
-    sessions::end_all(&state, who.0.user_id, "logout-all").await?;
+    state.identity.end_all(UserId::from_uuid(who.0.user_id), "logout-all").await?;
     auth::audit(
         &state,
         &req,
@@ -501,7 +476,7 @@ pub async fn totp_confirm(
     for c in &codes {
         sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
             .bind(who.0.user_id)
-            .bind(auth::token_hash(state.token_secret.expose_secret().as_bytes(), &totp::normalise_recovery(c)))
+            .bind(state.identity.token_hash(&totp::normalise_recovery(c)))
             .execute(&mut *tx)
             .await?;
     }
@@ -528,6 +503,6 @@ pub async fn ws_ticket(
     state: web::Data<AppState>,
     who: auth::Require<auth::perm::SelfService>,
 ) -> Result<HttpResponse, ApiError> {
-    let ticket = sessions::issue_ticket(&state, who.session_id).await?;
+    let ticket = state.identity.issue_ticket(SessionId::from_uuid(who.session_id)).await?;
     Ok(HttpResponse::Ok().json(Ticket { ticket, expires_in_secs: sessions::TICKET_TTL_SECS }))
 }

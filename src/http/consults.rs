@@ -12,6 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use coherency_actors::room::{self, Decision, Participant};
 use coherency_protocol::consult::{ParticipantRole, RoomEvent};
+use coherency_protocol::ids::ConsultId;
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
@@ -25,6 +26,7 @@ use crate::error::ApiError;
 use crate::http::input::{Line, NonNegative};
 use crate::http::patients::{can_access_patient, path_id};
 use crate::http::resource;
+use crate::services::consults::Consults;
 use crate::state::AppState;
 
 /// `POST /v1/consults`
@@ -118,16 +120,12 @@ pub struct CheckInView {
     pub position: u32,
 }
 
-fn room_error(e: room::RoomError) -> ApiError {
-    ApiError::new(e.code(), e.to_string())
-}
-
 fn mailbox(_: MailboxError) -> ApiError {
     ApiError::new(Code::ConsultEnded, "the consult has ended")
 }
 
 fn is_host(who: &Principal, c: &Consult) -> bool {
-    who.user_id == c.clinician_id || who.role == Role::Admin
+    Consults::is_host(who, c)
 }
 
 async fn audit_consult(
@@ -150,23 +148,8 @@ pub async fn visible(
     who: &Principal,
     id: Uuid,
 ) -> Result<(Consult, Option<ParticipantRole>), ApiError> {
-    let c = consults::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    if is_host(who, &c) {
-        return Ok((c, Some(ParticipantRole::Host)));
-    }
-    if who.role == Role::Patient && who.patient_id.is_some() && who.patient_id == c.patient_id {
-        return Ok((c, Some(ParticipantRole::Patient)));
-    }
-    let role: Option<String> =
-        sqlx::query_scalar("SELECT role FROM consult_participants WHERE consult_id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(who.user_id)
-            .fetch_optional(&state.stores.pg)
-            .await?;
-    match role.and_then(|r| ParticipantRole::parse(&r)) {
-        Some(r) => Ok((c, Some(r))),
-        None => Err(ApiError::not_found()),
-    }
+    let v = state.consults.visible(who, ConsultId::from_uuid(id)).await?;
+    Ok((v.consult, Some(v.role)))
 }
 
 async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &str) -> Result<Consult, ApiError> {
@@ -291,12 +274,7 @@ pub async fn get(
 
 /// Whether check-in is open for `c` at `now`.
 pub fn check_in_open(c: &Consult, now: DateTime<Utc>) -> Result<(), ApiError> {
-    if let Some(start) = c.scheduled_start {
-        if now < start - consults::CHECK_IN_OPENS_BEFORE {
-            return Err(ApiError::new(Code::CheckInTooEarly, "check-in opens 15 minutes before the appointment"));
-        }
-    }
-    Ok(())
+    Ok(Consults::check_in_open(c, now)?)
 }
 
 /// The consult's patient checks in: they enter the host's waiting room.
@@ -319,7 +297,7 @@ pub async fn check_in(
     let (pid, st, position) = r
         .call(&state, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
         .await?
-        .map_err(room_error)?;
+        .map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
     Ok(HttpResponse::Ok().json(CheckInView { participant_id: pid, state: st.as_str().into(), position }))
 }
@@ -381,7 +359,7 @@ async fn decide(
                 serde_json::json!({"participant_id": participant_id, "code": e.code().as_str()}),
             )
             .await?;
-            Err(room_error(e))
+            Err(e.into())
         }
     }
 }
@@ -470,7 +448,7 @@ pub async fn invite(
                 serde_json::json!({"user_id": b.user_id, "code": e.code().as_str()}),
             )
             .await?;
-            Err(room_error(e))
+            Err(e.into())
         }
     }
 }
@@ -493,7 +471,7 @@ pub async fn end(
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
     let r = consults::room(&state, &c).await?;
-    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(room_error)?;
+    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub mod booking;
 pub mod consults;
+pub mod envelope;
 pub mod fhir;
 pub mod health;
 pub mod input;

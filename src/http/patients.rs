@@ -14,6 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::{Deserialize, Deserializer, Serialize};
 use sqlx::postgres::PgRow;
@@ -487,35 +488,10 @@ fn mrn_conflict(e: sqlx::Error) -> ApiError {
 // ---------------------------------------------------------------------------------------------
 // Access
 
-/// Whether `who` may see patient `patient_id`: a patient their own record, a clinician
-/// patients on their care team or under an unexpired emergency-access grant, an admin every
-/// record. `false` also when the record does not exist.
+/// Whether `who` may see patient `patient_id` (`crate::services::access`); `false` also when
+/// the record does not exist.
 pub async fn can_access_patient(state: &AppState, who: &Principal, patient_id: Uuid) -> Result<bool, ApiError> {
-    let pg = &state.stores.pg;
-    let ok = match who.role {
-        // A patient's own record: the session's principal was read joined to it, and
-        // patient rows are never deleted.
-        Role::Patient => who.patient_id == Some(patient_id),
-        Role::Admin => {
-            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM patients WHERE id = $1)")
-                .bind(patient_id)
-                .fetch_one(pg)
-                .await?
-        }
-        Role::Clinician => {
-            sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM care_team WHERE patient_id = $1 AND clinician_id = $2)
-                     OR EXISTS (SELECT 1 FROM emergency_access WHERE patient_id = $1 AND clinician_id = $2
-                                AND granted_at <= $3 AND expires_at > $3)",
-            )
-            .bind(patient_id)
-            .bind(who.user_id)
-            .bind(state.clock.now())
-            .fetch_one(pg)
-            .await?
-        }
-    };
-    Ok(ok)
+    Ok(state.access.can_see_patient(who, PatientId::from_uuid(patient_id)).await?)
 }
 
 /// Answers 404 (audited as a denial under `action`) unless `who` may see the patient: a
@@ -527,11 +503,9 @@ pub async fn require_access(
     patient_id: Uuid,
     action: &str,
 ) -> Result<(), ApiError> {
-    if can_access_patient(state, who, patient_id).await? {
-        return Ok(());
-    }
-    auth::audit(state, req, Some(who), AuditEvent::new(action, "denied").target("patient", patient_id)).await?;
-    Err(ApiError::not_found())
+    let caller = auth::caller_of(req, state, who);
+    state.access.patient(&caller, PatientId::from_uuid(patient_id), action).await?;
+    Ok(())
 }
 
 /// A uuid path segment, parsed after authorisation; malformed ids are missing resources.

@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::Session;
 use coherency_actors::room::Outbound;
 use coherency_protocol::consult::{ClientSignal, ParticipantRole, ServerSignal, MAX_SIGNAL_FRAME};
+use coherency_protocol::ids::ConsultId;
 use coherency_protocol::Code;
 use tokio::sync::mpsc;
 
@@ -17,6 +18,7 @@ use super::pump::{self, End, Step, TextSocket};
 use crate::auth::{self, Permission};
 use crate::cluster::rooms::Conn;
 use crate::error::ApiError;
+use crate::services::consults::{Consults, VisibleConsult};
 use crate::state::AppState;
 
 /// Opens the consult's signalling socket.
@@ -36,12 +38,11 @@ pub async fn signal(
 ) -> Result<HttpResponse, ApiError> {
     let who = super::authenticate(&req, &state).await?;
     auth::authorize(&state, &req, &who, Permission::ConsultsJoin).await?;
-    let id = crate::http::patients::path_id(&req, "id")?;
+    let id: ConsultId = req.match_info().get("id").and_then(|s| s.parse().ok()).ok_or_else(ApiError::not_found)?;
     tracing::Span::current().record("room_id", tracing::field::display(id));
-    let (c, role) = crate::http::consults::visible(&state, &who, id).await?;
-    let role = role.unwrap_or(ParticipantRole::Patient);
+    let VisibleConsult { consult: c, role } = state.consults.visible(&who, id).await?;
     if role == ParticipantRole::Patient {
-        crate::http::consults::check_in_open(&c, state.clock.now())?;
+        Consults::check_in_open(&c, state.clock.now())?;
     }
     if state.lifecycle.is_draining() {
         return Err(ApiError::unavailable("the server is draining; reconnect"));

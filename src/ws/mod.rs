@@ -17,7 +17,7 @@ use coherency_protocol::Code;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::auth::{sessions, Principal};
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -44,10 +44,10 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
     }
     let q = web::Query::<TicketQuery>::from_query(req.query_string()).map_err(|_| ApiError::unauthenticated())?;
     if let Some(ticket) = q.ticket.as_deref() {
-        return sessions::redeem_ticket(state, ticket).await;
+        return Ok(state.identity.redeem_ticket(ticket).await?);
     }
     let token = crate::auth::bearer(req).ok_or_else(ApiError::unauthenticated)?;
-    sessions::authenticate(state, token).await
+    Ok(state.identity.authenticate(token).await?)
 }
 
 /// A client's text frame refused before it was used: what the socket's `error` frame says.

@@ -218,7 +218,7 @@ async fn run<S: TextSocket>(
                 }
             }
             _ = recheck.tick(), if open => {
-                if let Err(e) = crate::auth::sessions::principal_for_session(state, session_id).await {
+                if let Err(e) = crate::auth::session_principal(state, session_id).await {
                     // A database hiccup is not a reason to drop the client; a dead session is.
                     if matches!(e.code, Code::TokenRevoked | Code::TokenExpired | Code::Unauthenticated) {
                         return Err(socket.session_ended(e.code));

@@ -25,7 +25,7 @@ use coherency_actors::capture::{Detach, Finish, Frame, LiveSessions, Outbound};
 use coherency_actors::metrics::SessionMetrics;
 use coherency_actors::store::StoreKind;
 use coherency_actors::{CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry};
-use coherency_protocol::ids::ScanId;
+use coherency_protocol::ids::{PatientId, ScanId};
 use coherency_protocol::scan::{
     close, decode_client, encode_server, ClientMsg, DecodeError, ErrorMsg, Heartbeat, ServerMsg,
 };
@@ -103,8 +103,9 @@ pub(crate) async fn authorize_stream(
     tracing::Span::current().record("scan_id", tracing::field::display(scan_uuid));
     let (patient_id, status) =
         crate::store::scans::owner_and_status(&state.stores.pg, scan_uuid).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::patients::require_access(state, req, &who, patient_id, "scan.stream").await?;
-    crate::http::scans::require_scan_consent(state, patient_id).await?;
+    let caller = auth::caller_of(req, state, &who);
+    let grant = state.access.patient(&caller, PatientId::from_uuid(patient_id), "scan.stream").await?;
+    state.access.require_scan_consent(grant).await?;
     if matches!(status.as_str(), "failed" | "cancelled") {
         return Err(ApiError::new(Code::ScanNotStreamable, "the scan failed or was cancelled"));
     }
@@ -422,7 +423,7 @@ impl<W: Wire> Pump<W> {
                     }
                 }
                 _ = recheck.tick() => {
-                    if let Err(e) = crate::auth::sessions::principal_for_session(&self.state, self.who.session_id).await {
+                    if let Err(e) = crate::auth::session_principal(&self.state, self.who.session_id).await {
                         if matches!(e.code, Code::TokenRevoked | Code::TokenExpired | Code::Unauthenticated) {
                             return End::protocol(e.code, "the session has ended");
                         }

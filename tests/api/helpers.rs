@@ -326,17 +326,16 @@ impl TestApp {
     /// unless `enrol` is false.
     pub async fn staff(&self, role: coherency::auth::Role, enrol: bool) -> User {
         let email = format!("{}-{}@clinic.test", role.as_str(), Uuid::new_v4().simple());
-        coherency::http::admin::create_staff(
-            &self.state,
-            coherency::http::admin::CreateUser {
+        self.state
+            .identity
+            .create_staff(coherency::services::identity::NewStaff {
                 email: email.clone(),
                 password: PASSWORD.into(),
                 display_name: "Dr Test".into(),
                 role,
-            },
-        )
-        .await
-        .expect("create staff");
+            })
+            .await
+            .expect("create staff");
         let mut u = self.sign_in(&email, PASSWORD).await;
         if enrol {
             let res = self.post_auth("/v1/me/mfa/totp", &u.token, &serde_json::json!({})).await;

@@ -9,6 +9,7 @@ mod helpers;
 #[global_allocator]
 static ALLOC: coherency::alloc::CountingAlloc = coherency::alloc::CountingAlloc;
 
+mod architecture;
 mod audit;
 mod auth;
 mod bad_input;

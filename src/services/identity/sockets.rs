@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::state::AppState;
+use crate::store::redis::Redis;
 
 /// Close code sent when the session behind a socket ends.
 pub const CLOSE_SESSION_ENDED: u16 = 4002;
@@ -107,15 +107,15 @@ impl SocketRegistry {
     }
 }
 
-fn channel(state: &AppState) -> String {
-    state.stores.redis.key("bus:revocations")
+fn channel(redis: &Redis) -> String {
+    redis.key("bus:revocations")
 }
 
 /// Closes matching sockets here and publishes the revocation to every other node.
-pub async fn announce(state: &AppState, rev: Revocation) {
-    state.sockets.apply(rev);
-    let mut c = state.stores.redis.conn.clone();
-    let res: Result<i64, _> = redis::cmd("PUBLISH").arg(channel(state)).arg(rev.encode()).query_async(&mut c).await;
+pub async fn announce(registry: &SocketRegistry, redis: &Redis, rev: Revocation) {
+    registry.apply(rev);
+    let mut c = redis.conn.clone();
+    let res: Result<i64, _> = redis::cmd("PUBLISH").arg(channel(redis)).arg(rev.encode()).query_async(&mut c).await;
     if let Err(e) = res {
         // Requests are still refused (the database is the authority); only remote sockets
         // close later, at their periodic session re-check.
@@ -125,10 +125,10 @@ pub async fn announce(state: &AppState, rev: Revocation) {
 
 /// Listens on the revocation channel for as long as the node runs, reconnecting with
 /// backoff.
-pub async fn listen(state: actix_web::web::Data<AppState>) {
+pub async fn listen(registry: Arc<SocketRegistry>, redis: Redis) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match subscribe_once(&state).await {
+        match subscribe_once(&registry, &redis).await {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => tracing::warn!(error = %e, "revocation bus disconnected"),
         }
@@ -137,14 +137,14 @@ pub async fn listen(state: actix_web::web::Data<AppState>) {
     }
 }
 
-async fn subscribe_once(state: &AppState) -> Result<(), redis::RedisError> {
-    let mut pubsub = state.stores.redis.client.get_async_pubsub().await?;
-    pubsub.subscribe(channel(state)).await?;
+async fn subscribe_once(registry: &SocketRegistry, redis: &Redis) -> Result<(), redis::RedisError> {
+    let mut pubsub = redis.client.get_async_pubsub().await?;
+    pubsub.subscribe(channel(redis)).await?;
     let mut stream = pubsub.on_message();
     while let Some(msg) = stream.next().await {
         let payload: String = msg.get_payload()?;
         if let Some(rev) = Revocation::decode(&payload) {
-            state.sockets.apply(rev);
+            registry.apply(rev);
         }
     }
     Ok(())

@@ -9,10 +9,9 @@ use std::sync::{Arc, LazyLock};
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use coherency_protocol::Code;
 use tokio::sync::Semaphore;
 
-use crate::error::ApiError;
+use super::IdentityError;
 
 pub const MIN_LEN: usize = 8;
 pub const MAX_LEN: usize = 128;
@@ -38,16 +37,17 @@ fn hash_now(password: &str) -> String {
 }
 
 /// Checks a new password against the rules; the error names the field.
-pub fn validate(password: &str, field: &str) -> Result<(), ApiError> {
+pub fn validate(password: &str, field: &str) -> Result<(), IdentityError> {
+    let weak = |why: String| IdentityError::WeakPassword { field: field.to_string(), why };
     let n = password.chars().count();
     if n < MIN_LEN {
-        return Err(ApiError::field(Code::WeakPassword, field, format!("must be at least {MIN_LEN} characters")));
+        return Err(weak(format!("must be at least {MIN_LEN} characters")));
     }
     if n > MAX_LEN {
-        return Err(ApiError::field(Code::WeakPassword, field, format!("must be at most {MAX_LEN} characters")));
+        return Err(weak(format!("must be at most {MAX_LEN} characters")));
     }
     if COMMON.contains(password) || COMMON.contains(password.to_lowercase().as_str()) {
-        return Err(ApiError::field(Code::WeakPassword, field, "is one of the most common passwords; choose another"));
+        return Err(weak("is one of the most common passwords; choose another".into()));
     }
     Ok(())
 }
@@ -66,14 +66,14 @@ impl Default for Hasher {
 }
 
 impl Hasher {
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _permit = self.permits.acquire().await.map_err(ApiError::internal)?;
-        tokio::task::spawn_blocking(move || hash_now(&password)).await.map_err(ApiError::internal)
+    pub async fn hash(&self, password: String) -> Result<String, IdentityError> {
+        let _permit = self.permits.acquire().await.map_err(IdentityError::internal)?;
+        tokio::task::spawn_blocking(move || hash_now(&password)).await.map_err(IdentityError::internal)
     }
 
     /// Verifies `password` against `hash`, or against a dummy hash when there is no account.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, ApiError> {
-        let _permit = self.permits.acquire().await.map_err(ApiError::internal)?;
+    pub async fn verify(&self, password: String, hash: Option<String>) -> Result<bool, IdentityError> {
+        let _permit = self.permits.acquire().await.map_err(IdentityError::internal)?;
         tokio::task::spawn_blocking(move || {
             let real = hash.is_some();
             let stored = hash.unwrap_or_else(|| DUMMY_HASH.clone());
@@ -83,7 +83,7 @@ impl Hasher {
             ok && real
         })
         .await
-        .map_err(ApiError::internal)
+        .map_err(IdentityError::internal)
     }
 
     /// Builds the dummy hash ahead of the first login.

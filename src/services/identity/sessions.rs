@@ -1,0 +1,293 @@
+//! Sessions: opaque access tokens (idle 15 min, absolute 12 h) and single-use, rotating
+//! refresh tokens. A refresh token presented twice revokes its whole family (the session).
+//! Revocation is a database fact checked on every request, and is announced on the Redis
+//! bus so every node closes the affected sockets.
+
+use chrono::{DateTime, Duration, Utc};
+use coherency_protocol::ids::{SessionId, UserId};
+use redis::AsyncCommands;
+use serde::Serialize;
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::sockets::{announce, Revocation};
+use super::{new_token, Identity, IdentityError, Principal, Role};
+
+pub const IDLE_TIMEOUT: Duration = Duration::minutes(15);
+pub const ABSOLUTE_LIFETIME: Duration = Duration::hours(12);
+/// `last_seen_at` is refreshed at most this often per session.
+const TOUCH_EVERY: Duration = Duration::seconds(5);
+/// Socket tickets live this long and work once.
+pub const TICKET_TTL_SECS: u64 = 30;
+
+/// What login and refresh hand out.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TokenPair {
+    pub access_token: String,
+    pub refresh_token: String,
+    pub token_type: &'static str,
+    /// Seconds of inactivity after which the session ends.
+    pub idle_timeout_secs: i64,
+    pub session_expires_at: DateTime<Utc>,
+    pub session_id: Uuid,
+}
+
+/// The columns a principal is built from; `{where}` selects the session.
+const PRINCIPAL_SELECT: &str =
+    "SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
+        u.role, u.disabled_at, u.totp_enabled, p.id AS patient_id
+ FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id";
+
+/// Why a session row no longer authenticates anyone.
+enum Dead {
+    Revoked,
+    Disabled,
+    /// `idle` or `absolute`.
+    Expired(&'static str),
+}
+
+/// The one liveness rule (revocation, disabled account, both timeouts) and the principal
+/// of a live session row.
+fn live_principal(row: &sqlx::postgres::PgRow, now: DateTime<Utc>) -> Result<Result<Principal, Dead>, IdentityError> {
+    if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some() {
+        return Ok(Err(Dead::Revoked));
+    }
+    if row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some() {
+        return Ok(Err(Dead::Disabled));
+    }
+    let last_seen: DateTime<Utc> = row.get("last_seen_at");
+    let absolute: DateTime<Utc> = row.get("absolute_expires_at");
+    if now >= absolute {
+        return Ok(Err(Dead::Expired("absolute")));
+    }
+    if now - last_seen >= IDLE_TIMEOUT {
+        return Ok(Err(Dead::Expired("idle")));
+    }
+    let role =
+        Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
+    Ok(Ok(Principal {
+        user_id: row.get("user_id"),
+        role,
+        session_id: row.get("id"),
+        mfa_enrolled: row.get("totp_enabled"),
+        mfa_verified: row.get("mfa_verified"),
+        patient_id: row.get("patient_id"),
+    }))
+}
+
+impl Identity {
+    /// Starts a session for `user_id`.
+    pub async fn create(
+        &self,
+        user_id: UserId,
+        mfa_verified: bool,
+        ip: Option<String>,
+        user_agent: Option<String>,
+    ) -> Result<TokenPair, IdentityError> {
+        let now = self.clock.now();
+        let id = Uuid::now_v7();
+        let access = new_token("cha_");
+        let refresh = new_token("chr_");
+        let expires = now + ABSOLUTE_LIFETIME;
+        let mut tx = self.pg.begin().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, access_hash, created_at, last_seen_at, absolute_expires_at, mfa_verified, ip, user_agent)
+             VALUES ($1,$2,$3,$4,$4,$5,$6,$7,$8)",
+        )
+        .bind(id)
+        .bind(user_id.as_uuid())
+        .bind(self.token_hash(&access))
+        .bind(now)
+        .bind(expires)
+        .bind(mfa_verified)
+        .bind(ip)
+        .bind(user_agent.map(|u| u.chars().take(200).collect::<String>()))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)")
+            .bind(self.token_hash(&refresh))
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(TokenPair {
+            access_token: access,
+            refresh_token: refresh,
+            token_type: "Bearer",
+            idle_timeout_secs: IDLE_TIMEOUT.num_seconds(),
+            session_expires_at: expires,
+            session_id: id,
+        })
+    }
+
+    /// Resolves an access token to its principal, enforcing revocation, disabled accounts and
+    /// both timeouts.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
+        if token.len() > 100 {
+            return Err(IdentityError::Unauthenticated("authentication required"));
+        }
+        let now = self.clock.now();
+        let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE s.access_hash = $1"))
+            .bind(self.token_hash(token))
+            .fetch_optional(&self.pg)
+            .await?
+            .ok_or_else(|| IdentityError::Unauthenticated("authentication required"))?;
+        let principal = match live_principal(&row, now)? {
+            Ok(p) => p,
+            Err(Dead::Revoked) => return Err(IdentityError::TokenRevoked("this session has ended; log in again")),
+            Err(Dead::Disabled) => return Err(IdentityError::AccountDisabled),
+            Err(Dead::Expired(reason)) => {
+                self.end(SessionId::from_uuid(row.get("id")), reason).await?;
+                return Err(IdentityError::TokenExpired("this session has expired; log in again"));
+            }
+        };
+        let last_seen: DateTime<Utc> = row.get("last_seen_at");
+        if now - last_seen >= TOUCH_EVERY {
+            sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND revoked_at IS NULL")
+                .bind(principal.session_id)
+                .bind(now)
+                .execute(&self.pg)
+                .await?;
+        }
+        Ok(principal)
+    }
+
+    /// Rotates a refresh token. A used token revokes its family.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenPair, IdentityError> {
+        let now = self.clock.now();
+        let hash = self.token_hash(refresh_token);
+        let mut tx = self.pg.begin().await?;
+        let row = sqlx::query(
+            "SELECT r.session_id, r.used_at, s.revoked_at, s.last_seen_at, s.absolute_expires_at, s.user_id, u.disabled_at
+             FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
+             WHERE r.token_hash = $1 FOR UPDATE OF r, s",
+        )
+        .bind(&hash)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| IdentityError::Unauthenticated("unknown refresh token"))?;
+        let session_id: Uuid = row.get("session_id");
+        let user_id: Uuid = row.get("user_id");
+        if row.get::<Option<DateTime<Utc>>, _>("used_at").is_some() {
+            tx.rollback().await?;
+            self.end(SessionId::from_uuid(session_id), "refresh-reuse").await?;
+            crate::audit::record(
+                &self.pg,
+                now,
+                &crate::audit::AuditEvent::new("session.refresh_reuse", "denied")
+                    .target("session", session_id)
+                    .details(serde_json::json!({ "user_id": user_id })),
+            )
+            .await?;
+            return Err(IdentityError::TokenRevoked("refresh token reused; the session has been revoked"));
+        }
+        if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some() {
+            return Err(IdentityError::TokenRevoked("this session has ended; log in again"));
+        }
+        if row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some() {
+            return Err(IdentityError::AccountDisabled);
+        }
+        let last_seen: DateTime<Utc> = row.get("last_seen_at");
+        let absolute: DateTime<Utc> = row.get("absolute_expires_at");
+        if now >= absolute || now - last_seen >= IDLE_TIMEOUT {
+            tx.rollback().await?;
+            self.end(SessionId::from_uuid(session_id), "expired").await?;
+            return Err(IdentityError::TokenExpired("this session has expired; log in again"));
+        }
+        let access = new_token("cha_");
+        let next = new_token("chr_");
+        sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1")
+            .bind(&hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)")
+            .bind(self.token_hash(&next))
+            .bind(session_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE sessions SET access_hash = $2, last_seen_at = $3 WHERE id = $1")
+            .bind(session_id)
+            .bind(self.token_hash(&access))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(TokenPair {
+            access_token: access,
+            refresh_token: next,
+            token_type: "Bearer",
+            idle_timeout_secs: IDLE_TIMEOUT.num_seconds(),
+            session_expires_at: absolute,
+            session_id,
+        })
+    }
+
+    /// Ends one session and tells every node.
+    pub async fn end(&self, session: SessionId, reason: &str) -> Result<(), IdentityError> {
+        let session_id = session.as_uuid();
+        sqlx::query("UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
+            .bind(session_id)
+            .bind(self.clock.now())
+            .bind(reason)
+            .execute(&self.pg)
+            .await?;
+        announce(&self.sockets, &self.redis, Revocation::Session(session_id)).await;
+        Ok(())
+    }
+
+    /// Ends every session of a user and tells every node.
+    pub async fn end_all(&self, user: UserId, reason: &str) -> Result<u64, IdentityError> {
+        let user_id = user.as_uuid();
+        let n = sqlx::query(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE user_id = $1 AND revoked_at IS NULL",
+        )
+        .bind(user_id)
+        .bind(self.clock.now())
+        .bind(reason)
+        .execute(&self.pg)
+        .await?
+        .rows_affected();
+        announce(&self.sockets, &self.redis, Revocation::User(user_id)).await;
+        Ok(n)
+    }
+
+    /// Issues a single-use socket ticket for this session.
+    pub async fn issue_ticket(&self, session: SessionId) -> Result<String, IdentityError> {
+        let ticket = new_token("cht_");
+        let mut c = self.redis.conn.clone();
+        let key = self.redis.key(&format!("ticket:{}", self.token_hash(&ticket)));
+        let _: () = c.set_ex(key, session.to_string(), TICKET_TTL_SECS).await?;
+        Ok(ticket)
+    }
+
+    /// Redeems a ticket (once) and resolves the session behind it.
+    pub async fn redeem_ticket(&self, ticket: &str) -> Result<Principal, IdentityError> {
+        if ticket.len() > 100 {
+            return Err(IdentityError::Unauthenticated("authentication required"));
+        }
+        let mut c = self.redis.conn.clone();
+        let key = self.redis.key(&format!("ticket:{}", self.token_hash(ticket)));
+        let session: Option<String> = redis::cmd("GETDEL").arg(&key).query_async(&mut c).await?;
+        let session_id: Uuid = session
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| IdentityError::Unauthenticated("invalid or used ticket"))?;
+        self.principal_for_session(SessionId::from_uuid(session_id)).await
+    }
+
+    /// The principal of a live session (tickets and socket re-checks).
+    pub async fn principal_for_session(&self, session: SessionId) -> Result<Principal, IdentityError> {
+        let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE s.id = $1"))
+            .bind(session.as_uuid())
+            .fetch_optional(&self.pg)
+            .await?
+            .ok_or_else(|| IdentityError::Unauthenticated("authentication required"))?;
+        match live_principal(&row, self.clock.now())? {
+            Ok(p) => Ok(p),
+            Err(Dead::Revoked | Dead::Disabled) => Err(IdentityError::TokenRevoked("this session has ended")),
+            Err(Dead::Expired(_)) => Err(IdentityError::TokenExpired("this session has expired")),
+        }
+    }
+}
