@@ -343,3 +343,6 @@ pub trait BookingStore: Send + Sync + 'static {
 pub trait EventBus: Send + Sync + 'static {
     fn publish(&self, events: Vec<BookingEvent>);
 }
+
+#[cfg(test)]
+mod tests;
