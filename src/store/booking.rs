@@ -364,6 +364,15 @@ pub async fn search(
     Ok(rows.into_iter().map(Into::into).collect())
 }
 
+/// The clinician an appointment type belongs to (active or not).
+pub async fn type_clinician(pg: &PgPool, type_id: Uuid) -> Result<Option<Uuid>> {
+    sqlx::query_scalar("SELECT clinician_id FROM appointment_types WHERE id = $1")
+        .bind(type_id)
+        .fetch_optional(pg)
+        .await
+        .map_err(db)
+}
+
 /// Whether `id` is a clinician's user id.
 pub async fn is_clinician(pg: &PgPool, id: Uuid) -> Result<bool> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician')")
