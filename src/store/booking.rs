@@ -217,7 +217,10 @@ pub async fn load_schedule(pg: &PgPool, clinician_id: Uuid) -> Result<Option<Sch
         return Ok(None);
     };
     let tz: String = row.get("tz");
-    let tz: Tz = tz.parse().map_err(|_| db(sqlx::Error::Decode("stored time zone does not parse".into())))?;
+    let tz: Tz = tz.parse().map_err(|_| {
+        tracing::error!("stored time zone does not parse");
+        BookingError::internal()
+    })?;
     let weekdays: Vec<i16> = row.get("r_weekday");
     let starts: Vec<NaiveTime> = row.get("r_start");
     let ends: Vec<NaiveTime> = row.get("r_end");
