@@ -26,7 +26,9 @@ use serde_json::{Map, Value};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::booking::BookingEvent;
 use crate::clock::Clock;
+use crate::cluster::bus::BookingBus;
 use crate::state::AppState;
 use crate::store::redis::Redis;
 
@@ -63,37 +65,28 @@ pub struct BusEvent {
     pub data: Map<String, Value>,
 }
 
-/// The booking channel's message (`crate::booking::publish`), adapted to a [`BusEvent`].
-#[derive(Debug, Deserialize)]
-struct BookingMsg {
-    kind: String,
-    appointment_id: Uuid,
-    clinician_id: Uuid,
-    #[serde(default)]
-    patient_id: Option<Uuid>,
-    start_at: DateTime<Utc>,
-    end_at: DateTime<Utc>,
-    status: String,
-}
-
 /// Parses a message from `channel` (the name without prefix).
 pub fn parse(channel: &str, payload: &str, now_ms: i64) -> Option<BusEvent> {
-    if channel == "booking.events" {
-        let m: BookingMsg = serde_json::from_str(payload).ok()?;
-        let mut data = Map::new();
-        data.insert("status".into(), m.status.into());
-        data.insert("end_ms".into(), m.end_at.timestamp_millis().into());
-        return Some(BusEvent {
-            kind: format!("booking.{}", m.kind),
-            id: m.appointment_id,
-            patient_id: m.patient_id,
-            clinician_id: Some(m.clinician_id),
-            at_ms: now_ms,
-            since_ms: Some(m.start_at.timestamp_millis()),
-            data,
-        });
+    if channel == BookingBus::CHANNEL {
+        return Some(booking_event(&serde_json::from_str(payload).ok()?, now_ms));
     }
     serde_json::from_str(payload).ok()
+}
+
+/// A booking event as the board sees it.
+fn booking_event(m: &BookingEvent, now_ms: i64) -> BusEvent {
+    let mut data = Map::new();
+    data.insert("status".into(), m.status.clone().into());
+    data.insert("end_ms".into(), m.end_at.timestamp_millis().into());
+    BusEvent {
+        kind: format!("booking.{}", m.kind.as_str()),
+        id: m.appointment_id,
+        patient_id: Some(m.patient_id),
+        clinician_id: Some(m.clinician_id),
+        at_ms: now_ms,
+        since_ms: Some(m.start_at.timestamp_millis()),
+        data,
+    }
 }
 
 fn item(section: Section, ev: &BusEvent, status: &str) -> Item {
@@ -201,10 +194,18 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
             }
             continue;
         }
-        if channel == "booking.events" {
-            if let Ok(c) = serde_json::from_str::<crate::booking::view::Change>(&payload) {
-                state.calendars.apply(&[c]);
+        if channel == BookingBus::CHANNEL {
+            // Every node's changes (this one's too: applying one twice changes nothing) go to
+            // the calendars running here, then to the board.
+            let Ok(b) = serde_json::from_str::<BookingEvent>(&payload) else {
+                tracing::debug!(channel, "unreadable booking event");
+                continue;
+            };
+            state.calendars.apply(std::slice::from_ref(&b));
+            if let Some(change) = change_for(&booking_event(&b, now_ms)) {
+                hub.do_send(Apply(vec![change]));
             }
+            continue;
         }
         let Some(ev) = parse(&channel, &payload, now_ms) else {
             tracing::debug!(channel, "unreadable dashboard event");
@@ -461,16 +462,28 @@ mod tests {
     #[test]
     fn booking_messages_become_board_items_and_cancellations_removals() {
         let id = Uuid::now_v7();
-        let msg = serde_json::json!({"kind": "booked", "appointment_id": id, "clinician_id": Uuid::nil(),
-            "patient_id": Uuid::nil(), "start_at": "2027-01-05T10:00:00Z", "end_at": "2027-01-05T10:30:00Z",
-            "status": "booked"});
-        let ev = parse("booking.events", &msg.to_string(), 5).unwrap();
+        let (start, end): (DateTime<Utc>, DateTime<Utc>) =
+            ("2027-01-05T10:00:00Z".parse().unwrap(), "2027-01-05T10:30:00Z".parse().unwrap());
+        let mut msg = BookingEvent {
+            kind: crate::booking::EventKind::Booked,
+            appointment_id: id,
+            clinician_id: Uuid::nil(),
+            patient_id: Uuid::nil(),
+            start_at: start,
+            end_at: end,
+            status: "booked".into(),
+            block_start: start,
+            block_end: end,
+            expires_at: None,
+            waitlist_id: None,
+            version: 1,
+        };
+        let ev = parse("booking.events", &serde_json::to_string(&msg).unwrap(), 5).unwrap();
         let Some(Change::Upsert { item }) = change_for(&ev) else { panic!("no upsert") };
         assert_eq!((item.section, item.status.as_str(), item.updated_ms), (Section::Bookings, "booked", 5));
         assert_eq!(item.data["end_ms"], 1_799_145_000_000i64);
-        let mut msg = msg;
-        msg["status"] = "cancelled".into();
-        let ev = parse("booking.events", &msg.to_string(), 6).unwrap();
+        msg.status = "cancelled".into();
+        let ev = parse("booking.events", &serde_json::to_string(&msg).unwrap(), 6).unwrap();
         assert_eq!(change_for(&ev), Some(Change::Remove { section: Section::Bookings, id }));
     }
 

@@ -210,10 +210,12 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         webhook_wake,
         capture,
         capture_live,
-        booking_locks: Default::default(),
-        calendars: Arc::new(crate::booking::view::Calendars::new(std::time::Duration::from_millis(
-            config.booking_view_max_age_ms,
-        ))),
+        calendars: crate::booking::calendars(
+            stores.pg.clone(),
+            Arc::new(crate::cluster::bus::BookingBus::new(stores.redis.clone())),
+            clock.clone(),
+            std::time::Duration::from_millis(config.booking_view_max_age_ms),
+        ),
         audit,
         dashboard: crate::dashboard::start_hub(),
         patient_names: Default::default(),

@@ -37,10 +37,8 @@ pub struct AppState {
     pub sockets: Arc<SocketRegistry>,
     /// This node's scan capture sessions (`crate::ws::scan`).
     pub capture: actix::Addr<coherency_actors::CaptureRegistry>,
-    /// This node's per-clinician booking locks (`crate::http::booking`).
-    pub booking_locks: Arc<coherency_actors::BookingLocks>,
-    /// This node's picture of the calendars it books on (`crate::booking::view`).
-    pub calendars: Arc<crate::booking::view::Calendars>,
+    /// This node's calendar actors, one per clinician booked here (`crate::booking`).
+    pub calendars: Arc<coherency_actors::Calendars>,
     /// This node's dashboard hub (`crate::dashboard`, `crate::ws::dashboard`).
     pub dashboard: actix::Addr<coherency_actors::DashboardHub>,
     /// Patient names for this node's boards (`crate::ws::dashboard`).

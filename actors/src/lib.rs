@@ -31,8 +31,8 @@ pub mod testing;
 
 pub use capture::{attach, CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry, CaptureSession};
 
-pub mod booking;
-pub use booking::{BookingLock, BookingLocks};
+pub mod calendar;
+pub use calendar::{BookingError, Calendar, Calendars};
 
 pub mod dashboard;
 pub use dashboard::DashboardHub;

@@ -287,3 +287,342 @@ impl QualitySink for MemQualitySink {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Booking: an in-memory calendar store and event bus for the calendar actor's tests.
+
+pub use booking_fakes::{FakeBookingStore, FakeEventBus};
+
+mod booking_fakes {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use chrono::{DateTime, NaiveTime, Utc};
+    use uuid::Uuid;
+
+    use super::lock;
+    use crate::calendar::{
+        slots, Appointment, AppointmentType, BookingError, BookingEvent, BookingStore, Done, EventBus, EventKind,
+        NewHold, Occupied, Schedule, Snapshot, HOLD_TTL, LIVE, MAX_ACTIVE_HOLDS,
+    };
+
+    #[derive(Default)]
+    struct Calendar {
+        schedules: Vec<Schedule>,
+        types: Vec<AppointmentType>,
+        rows: Vec<Appointment>,
+    }
+
+    /// Appointments in memory, with the exclusion constraint's rule (no two live rows of one
+    /// clinician overlap) checked on every write. Counts its writes and calendar loads, so a
+    /// test can tell an answer from the view from one from the store.
+    #[derive(Default)]
+    pub struct FakeBookingStore {
+        cal: Mutex<Calendar>,
+        writes: AtomicU64,
+        loads: AtomicU64,
+    }
+
+    impl FakeBookingStore {
+        /// A clinician open 08:00–18:00 UTC every day (no notice, 60-day horizon) and a
+        /// 30-minute type without buffers.
+        pub fn with_clinician(clinician_id: Uuid) -> (Self, AppointmentType) {
+            let hm = |h| NaiveTime::from_hms_opt(h, 0, 0).unwrap_or_default();
+            let schedule = Schedule {
+                clinician_id,
+                tz: chrono_tz::UTC,
+                horizon_days: 60,
+                min_notice_min: 0,
+                rules: (1..=7).map(|weekday| slots::Rule { weekday, start: hm(8), end: hm(18) }).collect(),
+                exceptions: Vec::new(),
+            };
+            let ty = AppointmentType {
+                id: Uuid::now_v7(),
+                clinician_id,
+                name: "review".into(),
+                duration_min: 30,
+                buffer_before_min: 0,
+                buffer_after_min: 0,
+                modality: "telehealth".into(),
+                active: true,
+            };
+            let store = FakeBookingStore::default();
+            {
+                let mut c = lock(&store.cal);
+                c.schedules.push(schedule);
+                c.types.push(ty.clone());
+            }
+            (store, ty)
+        }
+
+        /// Writes (hold, confirm, cancel, reschedule, no-show) that reached the store.
+        pub fn writes(&self) -> u64 {
+            self.writes.load(Ordering::SeqCst)
+        }
+
+        /// Calendar loads (view reloads).
+        pub fn loads(&self) -> u64 {
+            self.loads.load(Ordering::SeqCst)
+        }
+
+        /// Every appointment row.
+        pub fn rows(&self) -> Vec<Appointment> {
+            lock(&self.cal).rows.clone()
+        }
+
+        /// Books `ty` at `start` directly, as another node would: nothing on this node hears
+        /// of it. Answers the event that node would publish.
+        pub fn book_elsewhere(&self, ty: &AppointmentType, start: DateTime<Utc>, now: DateTime<Utc>) -> BookingEvent {
+            let h = NewHold {
+                clinician_id: ty.clinician_id,
+                patient_id: Uuid::now_v7(),
+                type_id: ty.id,
+                start,
+                confirm: true,
+                created_by: Uuid::now_v7(),
+                idempotency_key: None,
+            };
+            let a = row(&h, ty, now);
+            lock(&self.cal).rows.push(a.clone());
+            BookingEvent::of(EventKind::Booked, &a)
+        }
+
+        fn write(&self) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn change(
+            &self,
+            id: Uuid,
+            now: DateTime<Utc>,
+            f: impl FnOnce(&mut Appointment) -> Result<Option<EventKind>, BookingError>,
+        ) -> Result<Done, BookingError> {
+            self.write();
+            let mut c = lock(&self.cal);
+            let a = c.rows.iter_mut().find(|a| a.id == id).ok_or(BookingError::NotFound)?;
+            let Some(kind) = f(a)? else { return Ok(Done { appointment: a.clone(), events: Vec::new() }) };
+            a.version += 1;
+            a.updated_at = now;
+            Ok(Done { appointment: a.clone(), events: vec![BookingEvent::of(kind, a)] })
+        }
+    }
+
+    fn live_at(a: &Appointment, now: DateTime<Utc>) -> bool {
+        LIVE.contains(&a.status.as_str()) && !(a.status == "held" && a.expires_at.is_some_and(|e| e <= now))
+    }
+
+    fn row(h: &NewHold, ty: &AppointmentType, now: DateTime<Utc>) -> Appointment {
+        let (start, end, bs, be) = ty.block(h.start);
+        Appointment {
+            id: Uuid::now_v7(),
+            clinician_id: h.clinician_id,
+            patient_id: h.patient_id,
+            type_id: ty.id,
+            modality: ty.modality.clone(),
+            start_at: start,
+            end_at: end,
+            status: if h.confirm { "booked" } else { "held" }.into(),
+            expires_at: (!h.confirm).then_some(now + HOLD_TTL),
+            cancel_reason: None,
+            rescheduled_from: None,
+            waitlist_id: None,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+            block_start: bs,
+            block_end: be,
+        }
+    }
+
+    #[async_trait]
+    impl BookingStore for FakeBookingStore {
+        async fn load_calendar(&self, clinician_id: Uuid, now: DateTime<Utc>) -> Result<Snapshot, BookingError> {
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            let c = lock(&self.cal);
+            Ok(Snapshot {
+                schedule: c.schedules.iter().find(|s| s.clinician_id == clinician_id).cloned(),
+                types: c.types.iter().filter(|t| t.clinician_id == clinician_id && t.active).cloned().collect(),
+                occupied: c
+                    .rows
+                    .iter()
+                    .filter(|a| {
+                        a.clinician_id == clinician_id && LIVE.contains(&a.status.as_str()) && a.block_end > now
+                    })
+                    .map(|a| Occupied {
+                        appointment_id: a.id,
+                        status: a.status.clone(),
+                        block_start: a.block_start,
+                        block_end: a.block_end,
+                        expires_at: a.expires_at,
+                        version: a.version,
+                    })
+                    .collect(),
+            })
+        }
+
+        async fn load_schedule(&self, clinician_id: Uuid) -> Result<Option<Schedule>, BookingError> {
+            Ok(lock(&self.cal).schedules.iter().find(|s| s.clinician_id == clinician_id).cloned())
+        }
+
+        async fn load_type(&self, type_id: Uuid) -> Result<Option<AppointmentType>, BookingError> {
+            Ok(lock(&self.cal).types.iter().find(|t| t.id == type_id).cloned())
+        }
+
+        async fn taken(
+            &self,
+            clinician_id: Uuid,
+            bs: DateTime<Utc>,
+            be: DateTime<Utc>,
+            now: DateTime<Utc>,
+        ) -> Result<bool, BookingError> {
+            let c = lock(&self.cal);
+            Ok(c.rows.iter().any(|a| a.clinician_id == clinician_id && live_at(a, now) && a.blocks(bs, be)))
+        }
+
+        async fn by_idempotency_key(&self, _: Uuid, _: &str) -> Result<Option<Appointment>, BookingError> {
+            Ok(None)
+        }
+
+        async fn hold(&self, h: &NewHold, ty: &AppointmentType, now: DateTime<Utc>) -> Result<Done, BookingError> {
+            self.write();
+            let mut c = lock(&self.cal);
+            let a = row(h, ty, now);
+            let mut events = Vec::new();
+            for o in
+                c.rows.iter_mut().filter(|o| o.clinician_id == h.clinician_id && o.blocks(a.block_start, a.block_end))
+            {
+                if o.status == "held" && !live_at(o, now) {
+                    o.status = "expired".into();
+                    o.version += 1;
+                    events.push(BookingEvent::of(EventKind::Expired, o));
+                }
+            }
+            if c.rows
+                .iter()
+                .any(|o| o.clinician_id == h.clinician_id && live_at(o, now) && o.blocks(a.block_start, a.block_end))
+            {
+                return Err(BookingError::SlotTaken);
+            }
+            let holds =
+                c.rows.iter().filter(|o| o.patient_id == h.patient_id && o.status == "held" && live_at(o, now)).count();
+            if !h.confirm && holds as i64 >= MAX_ACTIVE_HOLDS {
+                return Err(BookingError::TooManyHolds);
+            }
+            c.rows.push(a.clone());
+            events.push(BookingEvent::of(if h.confirm { EventKind::Booked } else { EventKind::Held }, &a));
+            Ok(Done { appointment: a, events })
+        }
+
+        async fn confirm(&self, id: Uuid, now: DateTime<Utc>) -> Result<Done, BookingError> {
+            self.change(id, now, |a| match a.status.as_str() {
+                "booked" => Ok(None),
+                "held" if live_at(a, now) => {
+                    a.status = "booked".into();
+                    a.expires_at = None;
+                    Ok(Some(EventKind::Booked))
+                }
+                "held" | "expired" => Err(BookingError::HoldExpired),
+                s => Err(BookingError::NotLive(s.into())),
+            })
+        }
+
+        async fn cancel(&self, id: Uuid, _: Uuid, reason: &str, now: DateTime<Utc>) -> Result<Done, BookingError> {
+            self.change(id, now, |a| match a.status.as_str() {
+                "cancelled" => Ok(None),
+                "held" | "booked" => {
+                    a.status = "cancelled".into();
+                    a.cancel_reason = Some(reason.into());
+                    a.expires_at = None;
+                    Ok(Some(EventKind::Cancelled))
+                }
+                s => Err(BookingError::NotLive(s.into())),
+            })
+        }
+
+        async fn reschedule(
+            &self,
+            id: Uuid,
+            by: Uuid,
+            ty: &AppointmentType,
+            start: DateTime<Utc>,
+            now: DateTime<Utc>,
+        ) -> Result<Done, BookingError> {
+            self.write();
+            let mut c = lock(&self.cal);
+            let cur = c.rows.iter().find(|a| a.id == id).cloned().ok_or(BookingError::NotFound)?;
+            if !live_at(&cur, now) {
+                return Err(BookingError::NotLive(cur.status));
+            }
+            let h = NewHold {
+                clinician_id: cur.clinician_id,
+                patient_id: cur.patient_id,
+                type_id: ty.id,
+                start,
+                confirm: cur.status != "held",
+                created_by: by,
+                idempotency_key: None,
+            };
+            let mut new = row(&h, ty, now);
+            new.rescheduled_from = Some(id);
+            let clash = c.rows.iter().any(|o| {
+                o.id != id
+                    && o.clinician_id == cur.clinician_id
+                    && live_at(o, now)
+                    && o.blocks(new.block_start, new.block_end)
+            });
+            if clash {
+                return Err(BookingError::SlotTaken);
+            }
+            if let Some(old) = c.rows.iter_mut().find(|a| a.id == id) {
+                old.status = "cancelled".into();
+                old.cancel_reason = Some("rescheduled".into());
+                old.version += 1;
+            }
+            c.rows.push(new.clone());
+            Ok(Done { events: vec![BookingEvent::of(EventKind::Rescheduled, &new)], appointment: new })
+        }
+
+        async fn no_show(&self, id: Uuid, now: DateTime<Utc>) -> Result<Done, BookingError> {
+            self.change(id, now, |a| match a.status.as_str() {
+                "no_show" => Ok(None),
+                "booked" if a.start_at <= now => {
+                    a.status = "no_show".into();
+                    Ok(Some(EventKind::NoShow))
+                }
+                "booked" => Err(BookingError::NotStarted),
+                s => Err(BookingError::NotLive(s.into())),
+            })
+        }
+
+        async fn sweep(&self, now: DateTime<Utc>) -> Result<Vec<BookingEvent>, BookingError> {
+            let mut c = lock(&self.cal);
+            let mut events = Vec::new();
+            for a in c.rows.iter_mut().filter(|a| a.status == "held" && a.expires_at.is_some_and(|e| e <= now)) {
+                a.status = "expired".into();
+                a.version += 1;
+                events.push(BookingEvent::of(EventKind::Expired, a));
+            }
+            Ok(events)
+        }
+    }
+
+    /// Records what a calendar published, in order.
+    #[derive(Default)]
+    pub struct FakeEventBus {
+        published: Mutex<Vec<BookingEvent>>,
+    }
+
+    impl FakeEventBus {
+        /// The kinds published so far.
+        pub fn kinds(&self) -> Vec<EventKind> {
+            lock(&self.published).iter().map(|e| e.kind).collect()
+        }
+    }
+
+    impl EventBus for FakeEventBus {
+        fn publish(&self, events: Vec<BookingEvent>) {
+            lock(&self.published).extend(events);
+        }
+    }
+}

@@ -10,7 +10,7 @@
 //!
 //! With several `--target`s the attempts are dealt round-robin over the nodes in the order
 //! they start (attempt `k` goes to node `k mod n`, its cancel to the same node), so the
-//! nodes' booking locks contend on one calendar; patients register round-robin too.
+//! nodes' calendar actors contend on one calendar; patients register round-robin too.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

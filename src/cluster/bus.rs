@@ -183,3 +183,46 @@ async fn listen_once(
     }
     Ok(())
 }
+
+/// Broadcasts committed booking events to every node on `<prefix>booking.events` (each
+/// node's dashboard listener hands them to its calendars and its dashboard hub). Best
+/// effort: the outbox is the durable record.
+pub struct BookingBus {
+    redis: Redis,
+}
+
+impl BookingBus {
+    /// The channel's name under the deployment's prefix.
+    pub const CHANNEL: &'static str = "booking.events";
+
+    pub fn new(redis: Redis) -> Self {
+        Self { redis }
+    }
+}
+
+impl coherency_actors::calendar::EventBus for BookingBus {
+    fn publish(&self, events: Vec<coherency_actors::calendar::BookingEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut conn = self.redis.conn.clone();
+        let channel = self.redis.key(Self::CHANNEL);
+        // In order, from one task: a later change never overtakes an earlier one.
+        tokio::spawn(async move {
+            for ev in events {
+                let msg = match serde_json::to_string(&ev) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "booking event does not encode");
+                        continue;
+                    }
+                };
+                let r: Result<i64, _> = redis::cmd("PUBLISH").arg(&channel).arg(msg).query_async(&mut conn).await;
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "booking event publish failed");
+                    return;
+                }
+            }
+        });
+    }
+}

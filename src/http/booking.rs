@@ -6,27 +6,27 @@
 //! Who: patients book for themselves; clinicians and admins for patients they may see
 //! (`patients::can_access_patient`); a clinician also sees and manages appointments in their
 //! own calendar. What the caller may not see answers 404. Every action is audited.
-//! Attempts that take calendar time (hold, reschedule) run under the clinician's
-//! `BookingLock` on this node; across nodes the constraint alone decides.
+//! Handlers parse, authorise, send the change to the clinician's calendar actor
+//! (`state.calendars`) and audit; the SQL is `crate::store::booking`.
 
 pub mod fhir;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-use coherency_protocol::Code;
+use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
-use crate::booking::view::{Change, Verdict};
-use crate::booking::{self, Appointment, AppointmentType, NewHold, WaitlistEntry};
+use crate::booking::{self, slots, Appointment, AppointmentType, BookingError, NewHold, WaitlistEntry};
 use crate::error::ApiError;
 use crate::http::input::{ClockTime, Day, IdempotencyKey, Instant, Int, Line, Text, TimeZone};
 use crate::http::patients::{can_access_patient, parse_query, path_id};
 use crate::state::AppState;
+use crate::store::booking as store;
 
 /// Longest waitlist window (`to` − `from`), in days.
 pub const MAX_WAITLIST_DAYS: i64 = 366;
@@ -273,7 +273,7 @@ async fn visible(
     id: Uuid,
     action: &str,
 ) -> Result<Appointment, ApiError> {
-    let a = booking::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    let a = store::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
     if !may_see(state, who, &a).await? {
         audit(state, req, who, action, "denied", Some(&a), serde_json::json!({})).await?;
         return Err(ApiError::not_found());
@@ -303,23 +303,17 @@ async fn clinician_type(
     clinician_id: Uuid,
     type_id: Uuid,
 ) -> Result<(booking::Schedule, AppointmentType), ApiError> {
-    let sched = booking::load_schedule(&state.stores.pg, clinician_id)
-        .await?
-        .ok_or_else(|| ApiError::field(Code::NotFound, "clinician", "no schedule for that clinician"))?;
-    let ty = booking::load_type(&state.stores.pg, type_id)
+    let sched = store::load_schedule(&state.stores.pg, clinician_id).await?.ok_or(BookingError::NoSchedule)?;
+    let ty = store::load_type(&state.stores.pg, type_id)
         .await?
         .filter(|t| t.clinician_id == clinician_id && t.active)
-        .ok_or_else(|| ApiError::field(Code::NotFound, "type", "no such appointment type for that clinician"))?;
+        .ok_or(BookingError::NoType)?;
     Ok((sched, ty))
 }
 
 /// A clinician manages their own schedule; admins any clinician's. Others see 404.
 async fn require_manage(state: &AppState, who: &Principal, clinician_id: Uuid) -> Result<(), ApiError> {
-    let is_clinician: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician')")
-            .bind(clinician_id)
-            .fetch_one(&state.stores.pg)
-            .await?;
+    let is_clinician = store::is_clinician(&state.stores.pg, clinician_id).await?;
     if !is_clinician || !(who.role == Role::Admin || who.user_id == clinician_id) {
         return Err(ApiError::not_found());
     }
@@ -348,48 +342,28 @@ pub async fn put_schedule(
     require_manage(&state, &who, id).await?;
     let body = body.parse()?;
     let (horizon, notice) = check_schedule(&body, state.clock.now())?;
-    let now = state.clock.now();
-    let mut tx = state.stores.pg.begin().await?;
-    sqlx::query(
-        "INSERT INTO schedules (clinician_id, tz, horizon_days, min_notice_min, updated_at) VALUES ($1,$2,$3,$4,$5)
-         ON CONFLICT (clinician_id) DO UPDATE SET tz = $2, horizon_days = $3, min_notice_min = $4, updated_at = $5",
-    )
-    .bind(id)
-    .bind(body.time_zone.get().name())
-    .bind(horizon)
-    .bind(notice)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM schedule_rules WHERE clinician_id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM schedule_exceptions WHERE clinician_id = $1").bind(id).execute(&mut *tx).await?;
-    for w in &body.weekly {
-        sqlx::query(
-            "INSERT INTO schedule_rules (id, clinician_id, weekday, start_time, end_time) VALUES ($1,$2,$3,$4,$5)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(id)
-        .bind(w.weekday.get() as i16)
-        .bind(w.start.get())
-        .bind(w.end.get())
-        .execute(&mut *tx)
-        .await?;
-    }
-    for e in &body.exceptions {
-        sqlx::query("INSERT INTO schedule_exceptions (id, clinician_id, day, kind, start_time, end_time) VALUES ($1,$2,$3,$4,$5,$6)")
-            .bind(Uuid::now_v7())
-            .bind(id)
-            .bind(e.date.get())
-            .bind(match e.kind {
-                ExceptionKind::Off => "off",
-                ExceptionKind::Extra => "extra",
-            })
-            .bind(e.start.map(ClockTime::get))
-            .bind(e.end.map(ClockTime::get))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
+    let rules: Vec<slots::Rule> = body
+        .weekly
+        .iter()
+        .map(|w| slots::Rule { weekday: w.weekday.get() as u32, start: w.start.get(), end: w.end.get() })
+        .collect();
+    let exceptions: Vec<slots::Exception> = body
+        .exceptions
+        .iter()
+        .map(|e| slots::Exception {
+            day: e.date.get(),
+            extra: e.kind == ExceptionKind::Extra,
+            hours: e.start.map(ClockTime::get).zip(e.end.map(ClockTime::get)),
+        })
+        .collect();
+    let schedule = store::NewSchedule {
+        tz: body.time_zone.get(),
+        horizon_days: horizon,
+        min_notice_min: notice,
+        rules: &rules,
+        exceptions: &exceptions,
+    };
+    store::put_schedule(&state.stores.pg, id, schedule, state.clock.now()).await?;
     state.calendars.invalidate(id);
     auth::audit(&state, &req, Some(&who), AuditEvent::new("schedule.update", "success").target("clinician", id))
         .await?;
@@ -463,7 +437,7 @@ fn check_schedule(body: &ScheduleBody, now: DateTime<Utc>) -> Result<(i32, i32),
 }
 
 async fn schedule_view(state: &AppState, id: Uuid) -> Result<ScheduleView, ApiError> {
-    let s = booking::load_schedule(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
+    let s = store::load_schedule(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
     let mut weekly = s
         .rules
         .iter()
@@ -493,7 +467,7 @@ async fn schedule_view(state: &AppState, id: Uuid) -> Result<ScheduleView, ApiEr
         min_notice_minutes: s.min_notice_min,
         weekly,
         exceptions,
-        appointment_types: booking::list_types(&state.stores.pg, id).await?,
+        appointment_types: store::list_types(&state.stores.pg, id).await?,
     })
 }
 
@@ -525,21 +499,14 @@ pub async fn create_type(
     require_manage(&state, &who, id).await?;
     let b = body.parse()?;
     let buffer = |v: Option<Int<0, 240>>| v.map_or(0, Int::get_i32);
-    let ty = sqlx::query_as::<_, AppointmentType>(
-        "INSERT INTO appointment_types (id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, created_at)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
-         RETURNING id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, active",
-    )
-    .bind(Uuid::now_v7())
-    .bind(id)
-    .bind(b.name.as_str())
-    .bind(b.duration_minutes.get_i32())
-    .bind(buffer(b.buffer_before_minutes))
-    .bind(buffer(b.buffer_after_minutes))
-    .bind(b.modality.as_str())
-    .bind(state.clock.now())
-    .fetch_one(&state.stores.pg)
-    .await?;
+    let new = store::NewType {
+        name: b.name.as_str(),
+        duration_min: b.duration_minutes.get_i32(),
+        buffer_before_min: buffer(b.buffer_before_minutes),
+        buffer_after_min: buffer(b.buffer_after_minutes),
+        modality: b.modality.as_str(),
+    };
+    let ty = store::create_type(&state.stores.pg, id, new, state.clock.now()).await?;
     state.calendars.invalidate(id);
     auth::audit(
         &state,
@@ -639,85 +606,34 @@ pub(crate) async fn place(
 ) -> Result<(Appointment, bool), ApiError> {
     let start = b.start.get().with_timezone(&Utc);
     if let Some(k) = &key {
-        if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
+        if let Some(a) = store::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
             if a.clinician_id != b.clinician_id || a.start_at != start {
-                return Err(ApiError::new(Code::Conflict, "Idempotency-Key was used for a different request"));
+                return Err(BookingError::KeyReused.into());
             }
             return Ok((a, true));
         }
     }
     let patient_id = patient_for(state, req, who, b.patient_id, "booking.hold").await?;
-    // Most attempts at a hot time lose. This node's calendar view answers those from memory;
-    // what it does not know to be taken goes the full way (fresh schedule, a read, the
-    // clinician's lock, the constraint).
-    let views = state.calendars.clone();
-    let res = if views.verdict(&state.stores.pg, b.clinician_id, b.type_id, start, state.clock.now()).await?
-        == Verdict::Taken
-    {
-        Err(booking::slot_taken())
-    } else {
-        let (sched, ty) = clinician_type(state, b.clinician_id, b.type_id).await?;
-        booking::require_slot(&sched, &ty, start, state.clock.now())?;
-        let hold = NewHold {
-            clinician_id: b.clinician_id,
-            patient_id,
-            ty,
-            start,
-            confirm: b.confirm,
-            created_by: who.user_id,
-            idempotency_key: key.clone(),
-        };
-        let (_, _, bs, be) = hold.ty.block(start);
-        if booking::taken(&state.stores.pg, b.clinician_id, bs, be, state.clock.now()).await? {
-            Err(booking::slot_taken())
-        } else {
-            // Under the lock the view is asked again: when a time frees up, every attempt
-            // that saw it free queues here, and once the first one has booked it (applied to
-            // the view before the next attempt runs) the rest lose without a round trip.
-            let (st, clinician, type_id) = (state.clone(), b.clinician_id, b.type_id);
-            state
-                .booking_locks
-                .run(b.clinician_id, async move {
-                    let now = st.clock.now();
-                    if views.verdict(&st.stores.pg, clinician, type_id, start, now).await? == Verdict::Taken
-                        || booking::taken(&st.stores.pg, clinician, bs, be, now).await?
-                    {
-                        return Err(booking::slot_taken());
-                    }
-                    let done = booking::hold(&st, hold).await?;
-                    views.apply(&done.1.iter().map(|(_, a)| Change::of(a)).collect::<Vec<_>>());
-                    Ok(done)
-                })
-                .await
-                .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?
-        }
+    let hold = NewHold {
+        clinician_id: b.clinician_id,
+        patient_id,
+        type_id: b.type_id,
+        start,
+        confirm: b.confirm,
+        created_by: who.user_id,
+        idempotency_key: key,
     };
     let action = if b.confirm { "booking.book" } else { "booking.hold" };
-    match res {
-        Ok((a, events)) => {
-            booking::publish(state, events);
-            audit(state, req, who, action, "success", Some(&a), serde_json::json!({})).await?;
-            Ok((a, false))
+    match state.calendars.hold(hold).await {
+        Ok(held) if held.replayed => Ok((held.appointment, true)),
+        Ok(held) => {
+            audit(state, req, who, action, "success", Some(&held.appointment), serde_json::json!({})).await?;
+            Ok((held.appointment, false))
         }
         Err(e) => {
-            if let (Some(k), true) = (&key, matches!(e.code, Code::Internal | Code::Conflict | Code::SlotTaken)) {
-                // A concurrent replay of the same key got there first (its row blocks the
-                // time, or won the unique index).
-                if let Some(a) = booking::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
-                    return Ok((a, true));
-                }
-            }
-            audit(
-                state,
-                req,
-                who,
-                action,
-                "failure",
-                None,
-                serde_json::json!({"code": e.code.as_str(), "clinician_id": b.clinician_id, "patient_id": patient_id}),
-            )
-            .await?;
-            Err(e)
+            let details = serde_json::json!({"code": e.code().as_str(), "clinician_id": b.clinician_id, "patient_id": patient_id});
+            audit(state, req, who, action, "failure", None, details).await?;
+            Err(e.into())
         }
     }
 }
@@ -767,20 +683,7 @@ pub async fn search(
             return Err(ApiError::field(Code::InvalidField, "to", "to must be after from"));
         }
     }
-    let sql = format!(
-        "SELECT {} FROM appointments
-          WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
-            AND ($3::timestamptz IS NULL OR end_at > $3) AND ($4::timestamptz IS NULL OR start_at < $4)
-          ORDER BY start_at, id LIMIT 500",
-        booking::COLS
-    );
-    Ok(sqlx::query_as::<_, Appointment>(&sql)
-        .bind(patient)
-        .bind(clinician)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&state.stores.pg)
-        .await?)
+    Ok(store::search(&state.stores.pg, patient, clinician, from, to).await?)
 }
 
 /// `GET /v1/appointments?patient=&clinician=&from=&to=`
@@ -817,11 +720,9 @@ pub async fn confirm(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
     let cur = visible(&state, &req, &who, id, "booking.confirm").await?;
-    finish(&state, &req, &who, "booking.confirm", &cur, booking::confirm(&state, id).await).await
+    let res = state.calendars.confirm(cur.clinician_id, id).await;
+    finish(&state, &req, &who, "booking.confirm", &cur, res).await
 }
-
-/// A booking transition's outcome: the appointment and the events to publish.
-type Transition = Result<(Appointment, Vec<(&'static str, Appointment)>), ApiError>;
 
 async fn finish(
     state: &AppState,
@@ -829,17 +730,17 @@ async fn finish(
     who: &Principal,
     action: &str,
     cur: &Appointment,
-    res: Transition,
+    res: Result<Appointment, BookingError>,
 ) -> Result<HttpResponse, ApiError> {
     match res {
-        Ok((a, events)) => {
-            booking::publish(state, events);
+        Ok(a) => {
             audit(state, req, who, action, "success", Some(&a), serde_json::json!({"from": cur.id})).await?;
             Ok(ok_json(&a))
         }
         Err(e) => {
-            audit(state, req, who, action, "failure", Some(cur), serde_json::json!({"code": e.code.as_str()})).await?;
-            Err(e)
+            audit(state, req, who, action, "failure", Some(cur), serde_json::json!({"code": e.code().as_str()}))
+                .await?;
+            Err(e.into())
         }
     }
 }
@@ -859,8 +760,8 @@ pub async fn cancel(
     let id = path_id(&req, "id")?;
     let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
     let b = body.parse()?;
-    let reason = b.reason.as_str();
-    let res = booking::cancel(&state, id, who.user_id, reason).await;
+    let msg = booking::Cancel { id, by: who.user_id, reason: b.reason.as_str().to_string() };
+    let res = state.calendars.cancel(cur.clinician_id, msg).await;
     finish(&state, &req, &who, "booking.cancel", &cur, res).await
 }
 
@@ -879,16 +780,13 @@ pub async fn reschedule(
     let id = path_id(&req, "id")?;
     let cur = visible(&state, &req, &who, id, "booking.reschedule").await?;
     let b = body.parse()?;
-    let (sched, ty) = clinician_type(&state, cur.clinician_id, b.type_id.unwrap_or(cur.type_id)).await?;
-    let start = b.start.get().with_timezone(&Utc);
-    booking::require_slot(&sched, &ty, start, state.clock.now())?;
-    let st = state.clone();
-    let by = who.user_id;
-    let res = state
-        .booking_locks
-        .run(cur.clinician_id, async move { booking::reschedule(&st, id, by, &ty, start).await })
-        .await
-        .map_err(|_| ApiError::unavailable("booking is restarting; try again"))?;
+    let msg = booking::Reschedule {
+        id,
+        by: who.user_id,
+        type_id: b.type_id.unwrap_or(cur.type_id),
+        start: b.start.get().with_timezone(&Utc),
+    };
+    let res = state.calendars.reschedule(cur.clinician_id, msg).await;
     finish(&state, &req, &who, "booking.reschedule", &cur, res).await
 }
 
@@ -907,7 +805,7 @@ pub async fn no_show(
         audit(&state, &req, &who, "booking.no_show", "denied", Some(&cur), serde_json::json!({})).await?;
         return Err(ApiError::forbidden());
     }
-    let res = booking::no_show(&state, id).await;
+    let res = state.calendars.no_show(cur.clinician_id, id).await;
     finish(&state, &req, &who, "booking.no_show", &cur, res).await
 }
 
@@ -940,20 +838,7 @@ pub async fn join_waitlist(
     booking::check_instant("to", to, now)?;
     let patient_id = patient_for(&state, &req, &who, b.patient_id, "waitlist.join").await?;
     clinician_type(&state, b.clinician_id, b.type_id).await?;
-    let w = sqlx::query_as::<_, WaitlistEntry>(&format!(
-        "INSERT INTO waitlist (id, clinician_id, patient_id, type_id, from_at, to_at, status, created_at, updated_at)
-         VALUES ($1,$2,$3,$4,$5,$6,'waiting',$7,$7) RETURNING {}",
-        booking::WAITLIST_COLS
-    ))
-    .bind(Uuid::now_v7())
-    .bind(b.clinician_id)
-    .bind(patient_id)
-    .bind(b.type_id)
-    .bind(from)
-    .bind(to)
-    .bind(now)
-    .fetch_one(&state.stores.pg)
-    .await?;
+    let w = store::join_waitlist(&state.stores.pg, b.clinician_id, patient_id, b.type_id, (from, to), now).await?;
     auth::audit(
         &state,
         &req,
@@ -976,12 +861,7 @@ pub async fn get_waitlist(
     who: Require<perm::BookingsRead>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
-    let w =
-        sqlx::query_as::<_, WaitlistEntry>(&format!("SELECT {} FROM waitlist WHERE id = $1", booking::WAITLIST_COLS))
-            .bind(id)
-            .fetch_optional(&state.stores.pg)
-            .await?
-            .ok_or_else(ApiError::not_found)?;
+    let w = store::waitlist_entry(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
     crate::http::patients::require_access(&state, &req, &who, w.patient_id, "waitlist.read").await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("waitlist.read", "success").target("waitlist", w.id)).await?;
     Ok(ok_json(&w))

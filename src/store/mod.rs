@@ -9,6 +9,7 @@
 //! thread was busy (CPU starvation, a long synchronous step).
 
 pub mod blob;
+pub mod booking;
 pub mod mongo;
 pub mod pg;
 pub mod redis;

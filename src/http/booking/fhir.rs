@@ -405,11 +405,9 @@ pub async fn book(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes
             };
             let (type_id, start) = slot_reference(&v)?;
             let (patient_id, practitioner) = participants(&v)?;
-            let clinician_id: Uuid =
-                sqlx::query_scalar!("SELECT clinician_id FROM appointment_types WHERE id = $1", type_id)
-                    .fetch_optional(&state.stores.pg)
-                    .await?
-                    .ok_or_else(|| ApiError::field(Code::InvalidField, "slot", "no such slot"))?;
+            let clinician_id = crate::store::booking::type_clinician(&state.stores.pg, type_id)
+                .await?
+                .ok_or_else(|| ApiError::field(Code::InvalidField, "slot", "no such slot"))?;
             if practitioner.is_some_and(|p| p != clinician_id) {
                 return Err(ApiError::field(
                     Code::InvalidField,
