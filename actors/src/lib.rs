@@ -1,5 +1,7 @@
 //! Actors for the live entities of a Coherency node, with their messages and the small
-//! traits they need from storage. So far: scan capture ([`capture`]).
+//! traits they need from storage: scan capture ([`capture`]), reconstruction
+//! ([`reconstruction`]), consult rooms ([`room`]), the dashboard hub ([`dashboard`]) and
+//! booking locks ([`booking`]).
 //!
 //! Actors never import the server crate: storage comes in through the traits in [`store`]
 //! (implemented by the server in `src/store`, and in memory by [`testing`]), metrics go out

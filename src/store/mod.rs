@@ -9,8 +9,10 @@
 //! thread was busy (CPU starvation, a long synchronous step).
 
 pub mod blob;
+pub mod measurements;
 pub mod mongo;
 pub mod pg;
+pub mod reconstruction;
 pub mod redis;
 pub mod scans;
 
