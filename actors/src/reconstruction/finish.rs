@@ -157,6 +157,8 @@ impl std::fmt::Debug for Reconstructor {
 /// A finish for a scan's actor to run.
 pub(crate) struct FinishJob {
     recon: Reconstructor,
+    /// Where the finish step runs (the caller's runtime, at normal priority).
+    pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) scan_id: ScanId,
     last_seq: u64,
     quality_dropped: u64,
@@ -377,6 +379,7 @@ impl FinishHook for Reconstructor {
         };
         let job = FinishJob {
             recon: self.clone(),
+            runtime: tokio::runtime::Handle::current(),
             scan_id: scan.scan_id,
             last_seq: scan.last_seq,
             quality_dropped: scan.quality_dropped,
@@ -404,7 +407,7 @@ struct Built {
 
 /// The finish step of one scan (see the module docs), with its live fusion if it has one.
 pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), StoreError> {
-    let FinishJob { recon, scan_id, last_seq, quality_dropped } = job;
+    let FinishJob { recon, scan_id, last_seq, quality_dropped, .. } = job;
     let inner = &recon.0;
     let sink = &inner.sink;
     let started = sink.now();

@@ -1,7 +1,9 @@
 //! The [`Reconstruction`] actor: one per scan, on a [`ReconstructionPool`] arbiter. While
 //! the phone streams it fuses each frame the capture session hands it ([`LiveScan::push`])
-//! through the scan's [`ScanFusion`]; at finish ([`Finish`]) it runs the finish step
-//! (`super::finish`) with that volume and stops once the result is stored.
+//! through the scan's [`ScanFusion`]; at finish ([`Finish`]) it hands that volume to the
+//! finish step (`super::finish`), stays busy until the result is stored, then stops. The
+//! finish step's waits and I/O run on the finishing caller's runtime and its CPU work on a
+//! thread of its own, both at normal priority: the arbiter runs at the live-fusion priority.
 //!
 //! **Bounded mailbox, frame selection under load.** The mailbox holds at most
 //! [`QUEUE_CAP`] frames; a frame pushed to a full one is skipped (counted) and never waits:
@@ -356,10 +358,15 @@ impl Handler<Finish> for Reconstruction {
     #[tracing::instrument(skip_all, fields(scan_id = %msg.0.scan_id))]
     fn handle(&mut self, msg: Finish, _: &mut Context<Self>) -> Self::Result {
         let live = self.take_live();
-        let fut = super::finish::run(msg.0, live);
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|r, _, ctx| {
+        // The finish step's waits and I/O run on the finishing caller's runtime, at normal
+        // priority: this arbiter runs at the live-fusion priority, and a finish waiting
+        // behind busy processes there would be starved. The actor stays busy (and keeps the
+        // scan) until the result is stored.
+        let job = msg.0;
+        let task = job.runtime.clone().spawn(super::finish::run(job, live));
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(task).map(|r, _, ctx: &mut Context<Self>| {
             ctx.stop();
-            r
+            r.unwrap_or_else(|_| Err(StoreError::Permanent("reconstruction: the finish step panicked".into())))
         })))
     }
 }
