@@ -188,7 +188,7 @@ pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, stat
     // webhooks), and the disclosure is audited.
     let mut broadcast = None;
     if status == "complete" {
-        match crate::recon_hook::list_measurements(&state.stores.pg, scan_id).await {
+        match crate::store::measurements::list(&state.stores.pg, scan_id).await {
             Ok(m) => {
                 let measurements = serde_json::to_value(&m).unwrap_or(serde_json::Value::Null);
                 broadcast = Some(ServerSignal::ScanResult { scan_id, measurements });

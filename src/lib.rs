@@ -19,7 +19,6 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
-pub mod recon_hook;
 pub mod services;
 pub mod startup;
 pub mod state;

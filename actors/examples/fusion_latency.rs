@@ -1,7 +1,7 @@
 //! Frame arrival → fused latency of live fusion under a steady load: `scans` scans each
 //! push a 256×192 phantom frame (iPhone noise, zstd-compressed u16 depth + confidence, as
 //! phones send them) every `1/fps` s, staggered evenly, into the real [`LiveScan`] /
-//! [`FusionPool`] path, with the pool limited to `threads` workers. Reports the latency
+//! [`Reconstruction`](coherency_actors::reconstruction::Reconstruction) actors, on a [`ReconstructionPool`] of `threads` arbiters. Reports the latency
 //! percentiles (push → that frame's fusion finished: decode, quality gate, integration,
 //! plus the time queued behind other scans), frames skipped on a full queue, and the CPU
 //! time the fusion workers used per frame (from `/proc/self/task/*/schedstat`, so it holds
@@ -22,7 +22,7 @@
 
 use std::time::{Duration, Instant};
 
-use coherency_actors::reconstruction::{FuseLag, FusionPool, LiveScan};
+use coherency_actors::reconstruction::{FuseLag, LiveScan, ReconstructionPool};
 use coherency_protocol::scan::{Compression, ConfidencePlane, DepthFormat, DepthFrame, DepthPlane};
 use coherency_recon::phantom::{presets, Phantom, ScanConfig};
 
@@ -49,8 +49,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: usize = arg(&args, 3, 1).clamp(1, 64);
     let nice: i32 = arg(&args, 4, 0);
     let trajectory: usize = arg(&args, 5, 60).clamp(2, 10_000);
-    FusionPool::set_threads(threads);
-    FusionPool::set_worker_nice(nice);
+    // The actors live in an actor system; this thread drives them from outside it.
+    let system = actix::System::new();
+    let pool = ReconstructionPool::new(threads, nice);
 
     let rendered =
         Phantom::new(presets::spherical_cap(false)).scan(&ScanConfig { frames: trajectory, ..ScanConfig::iphone(1) });
@@ -83,7 +84,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
-    let live: Vec<LiveScan> = (0..scans).map(|_| LiveScan::new(true)).collect();
+    let live: Vec<LiveScan> = system
+        .block_on(async { (0..scans).map(|_| pool.start_live(true, usize::MAX)).collect::<Option<Vec<_>>>() })
+        .ok_or("no reconstruction arbiter")?;
     let per_scan = (seconds * fps).round() as usize;
     let period = Duration::from_secs_f64(1.0 / fps);
     let stagger = period / scans as u32;
@@ -105,21 +108,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let wall = start.elapsed();
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut finished = Vec::new();
     for scan in &live {
-        finished.push(rt.block_on(scan.finish()).ok_or("no fusion result")?);
+        finished.push(system.block_on(scan.take()).ok_or("no fusion result")?);
     }
     let cpu_ms = (fusion_cpu_ns() - cpu0) as f64 / 1e6;
     let mut lag = FuseLag::default();
     let (mut fused, mut rejected, mut redundant, mut skipped, mut fuse_ms) = (0u64, 0usize, 0usize, 0u64, 0.0f64);
     for (scan, r) in live.iter().zip(&finished) {
         lag.merge(&scan.fuse_lag());
-        fused += r.fused;
-        redundant += r.rejected.iter().filter(|(_, code)| *code == "redundant").count();
-        rejected += r.rejected.len();
+        fused += r.fusion.fused();
+        redundant += r.fusion.rejected().iter().filter(|(_, code)| *code == "redundant").count();
+        rejected += r.fusion.rejected().len();
         skipped += r.skipped_load;
-        fuse_ms += r.fuse_ms;
+        fuse_ms += r.fusion.fuse_ms();
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(

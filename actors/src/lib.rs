@@ -11,7 +11,8 @@
 //! - [`room`]: one [`Room`] per live consult (participants, admission, ordered events, chat,
 //!   signalling outboxes) with its selective forwarding unit ([`room::sfu`]), and the waiting
 //!   room of each clinician ([`room::waiting`]).
-//! - [`booking`]: each hot clinician's calendar on this node.
+//! - [`calendar`]: one `Calendar` actor per clinician booked on this node, owning its view of
+//!   the calendar; the booking domain's types, `BookingError` and `BookingEvent`.
 //! - [`dashboard`]: the node's [`DashboardHub`], the live board fanned out to dashboard sockets
 //!   by viewer scope.
 //! - [`store`]: the storage traits (implemented by the server in `src/store`, and in memory

@@ -231,6 +231,15 @@ pub trait ScanIndex: Send + Sync + 'static {
     /// Moves the scan to `status`. Idempotent. Setting `processing` records that the stream
     /// finished with every frame up to `acked_seq` durable.
     async fn set_status(&self, scan_id: ScanId, status: ScanStatus) -> Result<(), StoreError>;
+
+    /// Moves a `processing` scan's `updated_at` to now, so it does not look abandoned while
+    /// this node is still finishing it. Does nothing to a scan in another status.
+    async fn touch_processing(&self, scan_id: ScanId) -> Result<(), StoreError>;
+
+    /// Claims one scan left `processing` for longer than `stale` (the node finishing it
+    /// stopped): its `updated_at` moves to now, so no other node claims it again before
+    /// `stale` has passed once more. Answers the scan and its last durable seq.
+    async fn claim_stale(&self, stale: std::time::Duration) -> Result<Option<(ScanId, u64)>, StoreError>;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -360,8 +369,9 @@ pub async fn process_finished(
     outcome
 }
 
-/// What happens after the stream finishes. The reconstruction issue replaces the default
-/// with one that runs fusion, surface extraction and measurement.
+/// What happens after the stream finishes: [`crate::reconstruction::Reconstructor`] on a
+/// serving node (fusion, surface extraction and measurement), [`NoReconstruction`] in tests
+/// of the capture path alone.
 #[async_trait]
 pub trait FinishHook: Send + Sync + 'static {
     /// Runs once per finished stream (per capture session). `Ok` moves the scan to

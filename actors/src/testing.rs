@@ -14,6 +14,10 @@ use bytes::Bytes;
 use coherency_protocol::ids::ScanId;
 use sha2::{Digest, Sha256};
 
+use crate::reconstruction::{
+    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, ReconstructionDoc,
+    ReconstructionSink, StoredMesh,
+};
 use crate::store::{
     ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus,
     StoreError, StoredChunk,
@@ -155,6 +159,9 @@ struct IndexInner {
     row_inserts: u64,
     violations: Vec<String>,
     statuses: HashMap<ScanId, Vec<ScanStatus>>,
+    touches: u64,
+    /// Scans [`ScanIndex::claim_stale`] hands out, last first.
+    stale: Vec<ScanId>,
 }
 
 /// A scan index in memory. Checks the invariants the real one relies on and records
@@ -195,6 +202,17 @@ impl MemScanIndex {
     /// Rows actually inserted (conflicts not counted).
     pub fn row_inserts(&self) -> u64 {
         lock(&self.inner).row_inserts
+    }
+
+    /// Marks a scan as left `processing` by a stopped node: the next
+    /// [`ScanIndex::claim_stale`] hands it out.
+    pub fn leave_stale(&self, scan_id: ScanId) {
+        lock(&self.inner).stale.push(scan_id);
+    }
+
+    /// How often a processing scan was touched.
+    pub fn touches(&self) -> u64 {
+        lock(&self.inner).touches
     }
 
     /// Invariant violations seen (a commit that would leave a hole, rows out of order, …).
@@ -244,6 +262,19 @@ impl ScanIndex for MemScanIndex {
         inner.statuses.entry(scan_id).or_default().push(status);
         Ok(())
     }
+
+    async fn touch_processing(&self, _scan_id: ScanId) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        lock(&self.inner).touches += 1;
+        Ok(())
+    }
+
+    async fn claim_stale(&self, _stale: Duration) -> Result<Option<(ScanId, u64)>, StoreError> {
+        self.faults.check().await?;
+        let mut inner = lock(&self.inner);
+        let found = inner.stale.pop();
+        Ok(found.and_then(|id| inner.scans.get(&id).map(|s| (id, s.acked_seq))))
+    }
 }
 
 /// A quality sink in memory.
@@ -284,6 +315,144 @@ impl QualitySink for MemQualitySink {
             e.1 += 1;
         }
         lock(&self.writes).push(records.iter().map(|r| r.seq).collect());
+        Ok(())
+    }
+}
+
+/// Reads frames back from the in-memory stores the capture path wrote to.
+pub struct MemFrameReader {
+    /// Fault injection.
+    pub faults: Faults,
+    index: std::sync::Arc<MemScanIndex>,
+    frames: std::sync::Arc<MemFrameStore>,
+    quality: std::sync::Arc<MemQualitySink>,
+}
+
+impl MemFrameReader {
+    /// A reader over the stores a capture session wrote to.
+    pub fn new(
+        index: std::sync::Arc<MemScanIndex>,
+        frames: std::sync::Arc<MemFrameStore>,
+        quality: std::sync::Arc<MemQualitySink>,
+    ) -> Self {
+        Self { faults: Faults::default(), index, frames, quality }
+    }
+}
+
+#[async_trait]
+impl FrameReader for MemFrameReader {
+    async fn locate(&self, scan_id: ScanId) -> Result<Vec<FrameLocation>, StoreError> {
+        self.faults.check().await?;
+        Ok(self
+            .index
+            .frames(scan_id)
+            .into_iter()
+            .map(|(chunk_key, r)| FrameLocation { seq: r.seq, chunk_key, offset: r.offset, length: r.length })
+            .collect())
+    }
+
+    async fn read_chunk(&self, key: &str) -> Result<Bytes, StoreError> {
+        self.faults.check().await?;
+        self.frames.get(key).ok_or_else(|| StoreError::Permanent("no such chunk".into()))
+    }
+
+    async fn quality_seqs(&self, scan_id: ScanId) -> Result<Vec<u64>, StoreError> {
+        Ok(self.quality.records(scan_id).iter().map(|r| r.seq).collect())
+    }
+}
+
+/// A stored measurement in [`MemReconstructionSink`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemMeasurement {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// What was written.
+    pub measurement: NewMeasurement,
+    /// How often it was written (the automatic one is replaced in place).
+    pub writes: u32,
+}
+
+#[derive(Debug, Default)]
+struct SinkInner {
+    meshes: BTreeMap<String, Bytes>,
+    measurements: Vec<MemMeasurement>,
+    documents: HashMap<ScanId, (ReconstructionDoc, u32)>,
+}
+
+/// Where reconstructions store their results, in memory.
+#[derive(Debug, Default)]
+pub struct MemReconstructionSink {
+    /// Fault injection (every write).
+    pub faults: Faults,
+    inner: Mutex<SinkInner>,
+}
+
+impl MemReconstructionSink {
+    /// A scan's measurements, in write order.
+    pub fn measurements(&self, scan_id: ScanId) -> Vec<MemMeasurement> {
+        lock(&self.inner).measurements.iter().filter(|m| m.measurement.scan_id == scan_id).cloned().collect()
+    }
+
+    /// A scan's reconstruction document and how often it was written.
+    pub fn document(&self, scan_id: ScanId) -> Option<(ReconstructionDoc, u32)> {
+        lock(&self.inner).documents.get(&scan_id).cloned()
+    }
+
+    /// The mesh stored at `key`.
+    pub fn mesh(&self, key: &str) -> Option<Bytes> {
+        lock(&self.inner).meshes.get(key).cloned()
+    }
+}
+
+#[async_trait]
+impl ReconstructionSink for MemReconstructionSink {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+
+    async fn put_mesh(&self, scan_id: ScanId, format: MeshFormat, bytes: Bytes) -> Result<StoredMesh, StoreError> {
+        self.faults.check().await?;
+        let key = format!("scans/{scan_id}/mesh.{}", format.extension());
+        let sha256 = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        let size = bytes.len() as u64;
+        lock(&self.inner).meshes.insert(key.clone(), bytes);
+        Ok(StoredMesh { key, sha256, size })
+    }
+
+    async fn write_measurement(&self, m: &NewMeasurement) -> Result<uuid::Uuid, StoreError> {
+        self.faults.check().await?;
+        let mut inner = lock(&self.inner);
+        if m.method == MeasureMethod::Auto {
+            let existing = inner
+                .measurements
+                .iter_mut()
+                .find(|x| x.measurement.scan_id == m.scan_id && x.measurement.method == MeasureMethod::Auto);
+            if let Some(x) = existing {
+                x.measurement = m.clone();
+                x.writes += 1;
+                return Ok(x.id);
+            }
+        }
+        let id = uuid::Uuid::now_v7();
+        inner.measurements.push(MemMeasurement { id, measurement: m.clone(), writes: 1 });
+        Ok(id)
+    }
+
+    async fn auto_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError> {
+        let inner = lock(&self.inner);
+        Ok(inner
+            .measurements
+            .iter()
+            .find(|x| x.measurement.scan_id == scan_id && x.measurement.method == MeasureMethod::Auto)
+            .and_then(|x| x.measurement.mesh.clone()))
+    }
+
+    async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        let mut inner = lock(&self.inner);
+        let e = inner.documents.entry(scan_id).or_insert_with(|| (doc.clone(), 0));
+        e.0 = doc;
+        e.1 += 1;
         Ok(())
     }
 }

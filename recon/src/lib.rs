@@ -16,6 +16,7 @@
 //! tests, the benches and the load tester. [`io`] reads and writes the simple frame
 //! dump format used to compare against other fusion libraries.
 
+pub mod fusion;
 pub mod geometry;
 pub mod io;
 mod linalg;
@@ -26,6 +27,7 @@ pub mod phantom;
 pub mod quality;
 pub mod tsdf;
 
+pub use fusion::{FusedScan, Measured, Offer, ScanFusion};
 pub use geometry::{DepthImage, Frame, Intrinsics, Pose, Vec3};
 pub use measure::{measure_auto, measure_polygon, MeasureConfig, Measurement, WoundMeasurements};
 pub use mesh::{Mesh, MeshExtractor};

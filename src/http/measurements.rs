@@ -6,12 +6,13 @@
 
 pub mod fhir;
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
+use coherency_actors::reconstruction::{check_outline, RemeasureError, RemeasureRequest, WorkBudget};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::limits::{MAX_HEIGHT, MAX_WIDTH};
-use coherency_protocol::Code;
-use coherency_recon::measure::check_outline;
-use coherency_recon::ReconError;
+use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -19,11 +20,11 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Require};
 use crate::error::ApiError;
-use crate::recon_hook::{list_measurements, MeasurementRecord, ReconstructionHook, RemeasureError};
 use crate::state::AppState;
+use crate::store::measurements::{list as list_measurements, MeasurementRecord};
 
 /// Most vertices a drawn outline may have.
-pub const MAX_POLYGON_POINTS: usize = coherency_recon::measure::MAX_OUTLINE_POINTS;
+pub const MAX_POLYGON_POINTS: usize = coherency_actors::reconstruction::MAX_OUTLINE_POINTS;
 
 /// `GET /v1/scans/{id}/measurements` answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -129,26 +130,23 @@ pub async fn remeasure(
     // keyframe's own size is checked once it is read, before the other frames are read or fused.
     let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
     let body = body.parse()?;
-    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT).map_err(polygon_error)?;
+    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT)?;
     if !matches!(scan.status.as_str(), "processing" | "complete" | "failed") {
         return Err(ApiError::new(Code::Conflict, "the scan has not finished streaming"));
     }
-    let hook = ReconstructionHook::new(&state.stores, state.clock.clone());
-    let rec = hook
-        .remeasure_polygon(
-            ScanId::from_uuid(scan.id),
-            body.keyframe_seq.get().unsigned_abs(),
-            body.polygon,
-            who.user_id,
-        )
-        .await
-        .map_err(|e| match e {
-            RemeasureError::NoKeyframe => ApiError::field(Code::InvalidField, "keyframe_seq", "no frame with that seq"),
-            RemeasureError::NoFrames => ApiError::new(Code::Conflict, "the scan has no frames"),
-            RemeasureError::Recon(e) => polygon_error(e),
-            RemeasureError::TooLarge(e) => ApiError::new(Code::PayloadTooLarge, e.to_string()),
-            RemeasureError::Store(e) => ApiError::internal(e),
-        })?;
+    let request = RemeasureRequest {
+        scan_id: ScanId::from_uuid(scan.id),
+        keyframe_seq: body.keyframe_seq.get().unsigned_abs(),
+        polygon: body.polygon,
+        created_by: who.user_id,
+        budget: Some(Arc::new(RequestBudget(crate::alloc::current()))),
+    };
+    let id = coherency_actors::capture::remeasure(&state.capture, request).await?;
+    let rec = list_measurements(&state.stores.pg, scan.id)
+        .await?
+        .into_iter()
+        .find(|r| r.id == id)
+        .ok_or_else(|| ApiError::internal("the new measurement was not found"))?;
     auth::audit(
         &state,
         &req,
@@ -161,7 +159,30 @@ pub async fn remeasure(
     Ok(HttpResponse::Created().json(rec))
 }
 
-/// A polygon that cannot be measured answers 400 `invalid_field` naming `polygon`.
-fn polygon_error(e: ReconError) -> ApiError {
-    ApiError::field(Code::InvalidField, "polygon", e.to_string())
+/// A re-measurement's error as the API answers it: the field at fault named for a 400, a
+/// 500 that says nothing of the store.
+impl From<RemeasureError> for ApiError {
+    fn from(e: RemeasureError) -> Self {
+        match &e {
+            RemeasureError::NoKeyframe => ApiError::field(e.code(), "keyframe_seq", e.to_string()),
+            RemeasureError::Outline(_) => ApiError::field(e.code(), "polygon", e.to_string()),
+            RemeasureError::NoFrames | RemeasureError::TooLarge(_) => ApiError::new(e.code(), e.to_string()),
+            RemeasureError::Unavailable => ApiError::new(e.code(), e.to_string()),
+            RemeasureError::Store(s) => ApiError::internal(s),
+        }
+    }
+}
+
+/// The request's allocation account, carried to the thread that re-fuses the scan, and its
+/// budget.
+struct RequestBudget(Option<Arc<crate::alloc::Account>>);
+
+impl WorkBudget for RequestBudget {
+    fn enter(&self) -> Box<dyn std::any::Any> {
+        Box::new(self.0.as_ref().map(crate::alloc::enter))
+    }
+
+    fn check(&self, what: &'static str, bytes: usize) -> Result<(), String> {
+        crate::alloc::check(what, bytes).map_err(|e| e.to_string())
+    }
 }

@@ -10,8 +10,10 @@
 
 pub mod blob;
 pub mod booking;
+pub mod measurements;
 pub mod mongo;
 pub mod pg;
+pub mod reconstruction;
 pub mod redis;
 pub mod scans;
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use coherency_actors::reconstruction::FrameLocation;
 use coherency_actors::store::{
     quality_bucket, ChunkSpec, FrameCommit, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus,
     StoreError, StoredChunk,
@@ -390,6 +391,58 @@ impl ScanIndex for PgScanIndex {
             let _ = tokio::time::timeout(EVENT_TIMEOUT, ev.status(scan_id, status.as_str())).await;
         }
         Ok(())
+    }
+
+    async fn touch_processing(&self, scan_id: ScanId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE scans SET updated_at = $2 WHERE id = $1 AND status = 'processing'")
+            .bind(scan_id.as_uuid())
+            .bind(self.clock.now())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(())
+    }
+
+    async fn claim_stale(&self, stale: std::time::Duration) -> Result<Option<(ScanId, u64)>, StoreError> {
+        let now = self.clock.now();
+        let cutoff = now - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
+        let row = sqlx::query(
+            "UPDATE scans SET updated_at = $1
+             WHERE id = (SELECT id FROM scans WHERE status = 'processing' AND updated_at < $2
+                         ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, acked_seq",
+        )
+        .bind(now)
+        .bind(cutoff)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| pg_error(&e))?;
+        Ok(row.map(|r| {
+            let last = u64::try_from(r.get::<i64, _>("acked_seq")).unwrap_or(0);
+            (ScanId::from_uuid(r.get("id")), last)
+        }))
+    }
+}
+
+impl PgScanIndex {
+    /// Where the scan's stored `frame` messages are, in seq order (`scan_frames`).
+    pub async fn locate_frames(&self, scan_id: ScanId) -> Result<Vec<FrameLocation>, StoreError> {
+        let rows =
+            sqlx::query(r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#)
+                .bind(scan_id.as_uuid())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| pg_error(&e))?;
+        let unsigned = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+        Ok(rows
+            .iter()
+            .map(|r| FrameLocation {
+                seq: u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0),
+                chunk_key: r.get("chunk_key"),
+                offset: unsigned(r.get("offset")),
+                length: unsigned(r.get("length")),
+            })
+            .collect())
     }
 }
 

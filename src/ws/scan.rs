@@ -23,6 +23,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use coherency_actors::capture::{Detach, Finish, Frame, LiveSessions, Outbound};
 use coherency_actors::metrics::SessionMetrics;
+use coherency_actors::reconstruction::ReconstructionPool;
 use coherency_actors::store::StoreKind;
 use coherency_actors::{CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry};
 use coherency_protocol::ids::{PatientId, ScanId};
@@ -496,30 +497,27 @@ pub fn start_registry(
     live: LiveSessions,
     recovery: Recovery,
 ) -> Addr<CaptureRegistry> {
-    coherency_actors::reconstruction::FusionPool::set_worker_nice(config.fusion_nice);
     let events = crate::dashboard::ScanEvents::new(stores.redis.clone(), stores.pg.clone(), clock.clone());
     let index = Arc::new(PgScanIndex::new(stores.pg.clone(), clock.clone()).with_events(events.clone()));
-    let hook = Arc::new(
-        crate::recon_hook::ReconstructionHook::new(stores, clock.clone())
-            .with_finish_defer(Duration::from_millis(config.scan_finish_defer_max_ms))
-            .with_stale_after(Duration::from_secs(config.scan_processing_stale_secs)),
+    let quality = Arc::new(MongoQualitySink::new(stores.mongo.clone()));
+    let stale = Duration::from_secs(config.scan_processing_stale_secs);
+    let recon = crate::store::reconstruction::reconstructor(
+        stores,
+        clock,
+        index.clone(),
+        quality.clone(),
+        ReconstructionPool::new(0, config.fusion_nice),
+        Duration::from_millis(config.scan_finish_defer_max_ms),
+        stale,
     );
     if recovery == Recovery::Run {
-        crate::recon_hook::spawn_recovery(
-            hook.clone(),
-            index.clone(),
-            Duration::from_secs(config.scan_processing_stale_secs),
-        );
+        recon.spawn_recovery(stale, CaptureConfig::default().quality_retry);
     }
-    let deps = CaptureDeps::new(
-        Arc::new(BlobFrameStore::new(stores.blobs.clone())),
-        index,
-        Arc::new(MongoQualitySink::new(stores.mongo.clone())),
-    )
-    .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
-    .with_observer(Arc::new(events))
-    .with_finish_hook(hook)
-    .with_config(capture_config(config));
+    let deps = CaptureDeps::new(Arc::new(BlobFrameStore::new(stores.blobs.clone())), index, quality)
+        .with_metrics(Arc::new(CaptureMetrics::new(metrics)))
+        .with_observer(Arc::new(events))
+        .with_reconstructor(recon)
+        .with_config(capture_config(config));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8);
     let arbiters = (0..cores).map(|_| actix::Arbiter::new().handle()).collect();
     CaptureRegistry::new(deps).with_arbiters(arbiters).with_live(live).start()

@@ -27,9 +27,6 @@ const KNOWN_HTTP_IMPORTS: &[(&str, &str)] = &[
     ("src/cli.rs", "crate::http::input"),
 ];
 
-/// The server still depends on `coherency-recon` until reconstruction is an actor.
-const RECON_DEPENDENCY_KNOWN: bool = true;
-
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -286,11 +283,7 @@ fn the_server_does_not_depend_on_the_reconstruction_crate() {
             depends = true;
         }
     }
-    if RECON_DEPENDENCY_KNOWN {
-        assert!(depends, "the server no longer depends on coherency-recon: set RECON_DEPENDENCY_KNOWN to false");
-    } else {
-        assert!(!depends, "the server depends on coherency-recon; reach it through the actors");
-    }
+    assert!(!depends, "the server depends on coherency-recon; reach it through the actors");
 }
 
 #[test]

@@ -17,7 +17,7 @@ pub use messages::{
     SessionPhase, SessionSnapshot, Shutdown,
 };
 pub use registry::{
-    attach, CaptureDeps, CaptureRegistry, Drain, GetOrStart, HandOverScan, HandOverScanFor, ListSessions, LiveSessions,
-    SessionStopped, StopSession,
+    attach, remeasure, CaptureDeps, CaptureRegistry, Drain, GetOrStart, GetReconstructor, HandOverScan,
+    HandOverScanFor, ListSessions, LiveSessions, SessionStopped, StopSession,
 };
 pub use session::CaptureSession;

@@ -18,6 +18,7 @@ use super::error::CaptureError;
 use super::messages::{Attach, AttachOutcome, ConnId, HandOver, HandOverReason, Outbox, Shutdown};
 use super::session::CaptureSession;
 use crate::metrics::{NoMetrics, SessionMetrics};
+use crate::reconstruction::{ReconstructionPool, Reconstructor};
 use crate::store::{FinishHook, FrameStore, NoObserver, NoReconstruction, ProgressObserver, QualitySink, ScanIndex};
 
 /// Everything capture sessions need from the outside world.
@@ -31,6 +32,10 @@ pub struct CaptureDeps {
     pub quality: Arc<dyn QualitySink>,
     /// What runs once a stream has finished (reconstruction).
     pub finish: Arc<dyn FinishHook>,
+    /// The arbiters live fusion runs on.
+    pub reconstruction: ReconstructionPool,
+    /// The node's reconstructions, when it runs them (also the finish hook then).
+    pub reconstructor: Option<Reconstructor>,
     /// Where queue depths, lag and retries are reported.
     pub metrics: Arc<dyn SessionMetrics>,
     /// Who else hears live progress (the dashboard).
@@ -47,6 +52,8 @@ impl CaptureDeps {
             index,
             quality,
             finish: Arc::new(NoReconstruction),
+            reconstruction: ReconstructionPool::default(),
+            reconstructor: None,
             metrics: Arc::new(NoMetrics),
             observer: Arc::new(NoObserver),
             config: CaptureConfig::default(),
@@ -56,6 +63,20 @@ impl CaptureDeps {
     /// Replaces the finish hook.
     pub fn with_finish_hook(mut self, hook: Arc<dyn FinishHook>) -> Self {
         self.finish = hook;
+        self
+    }
+
+    /// Reconstructs finished scans with `r`, fusing live on its pool.
+    pub fn with_reconstructor(mut self, r: Reconstructor) -> Self {
+        self.reconstruction = r.pool().clone();
+        self.finish = Arc::new(r.clone());
+        self.reconstructor = Some(r);
+        self
+    }
+
+    /// Replaces the pool live fusion runs on.
+    pub fn with_reconstruction_pool(mut self, pool: ReconstructionPool) -> Self {
+        self.reconstruction = pool;
         self
     }
 
@@ -334,6 +355,33 @@ impl Handler<ListSessions> for CaptureRegistry {
 
     fn handle(&mut self, _msg: ListSessions, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.sessions.keys().copied().collect())
+    }
+}
+
+/// The node's reconstructions (`None` when the registry runs none): what a re-measurement
+/// goes through.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<crate::reconstruction::Reconstructor>")]
+pub struct GetReconstructor;
+
+impl Handler<GetReconstructor> for CaptureRegistry {
+    type Result = MessageResult<GetReconstructor>;
+
+    fn handle(&mut self, _msg: GetReconstructor, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.deps.reconstructor.clone())
+    }
+}
+
+/// Re-measures a finished scan with a clinician's outline through the registry's
+/// reconstructions; a stopped registry, or one running none, is
+/// [`RemeasureError::Unavailable`](crate::reconstruction::RemeasureError::Unavailable).
+pub async fn remeasure(
+    registry: &Addr<CaptureRegistry>,
+    req: crate::reconstruction::RemeasureRequest,
+) -> Result<uuid::Uuid, crate::reconstruction::RemeasureError> {
+    match registry.send(GetReconstructor).await {
+        Ok(Some(r)) => r.remeasure(req).await,
+        Ok(None) | Err(_) => Err(crate::reconstruction::RemeasureError::Unavailable),
     }
 }
 

@@ -327,15 +327,15 @@ impl CaptureSession {
         self.try_flush(ctx);
     }
 
-    /// Judges a frame once and hands it to the scan's live fusion (which decodes and fuses
-    /// it on the fusion pool, never here).
+    /// Judges a frame once and hands it to the scan's reconstruction actor (which decodes
+    /// and fuses it on its own arbiter, never here).
     fn observe(&mut self, frame: &coherency_protocol::scan::DepthFrame) {
         let v = self.stats.observe_frame(frame);
         if self.deps.config.live_fusion && self.fusion.is_none() && !self.live_refused {
             // Earlier frames were received by another session: this one cannot fuse them.
             let from_start = self.fused_seq == 0;
             let max = self.deps.config.live_fusion_max_scans;
-            self.fusion = crate::reconstruction::LiveScan::try_new(from_start, max);
+            self.fusion = self.deps.reconstruction.start_live(from_start, max);
             self.live_refused = self.fusion.is_none();
         }
         if let Some(fusion) = &self.fusion {

@@ -19,8 +19,8 @@ use crate::error::ApiError;
 use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
 use crate::http::input::{invalid, FhirDateParam, Line, PatientRef};
 use crate::http::patients::{path_id, require_access};
-use crate::recon_hook::{auto_mesh_keys, list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 use crate::state::AppState;
+use crate::store::measurements::{auto_mesh_keys, list as list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";

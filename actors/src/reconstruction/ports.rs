@@ -1,0 +1,174 @@
+//! What the reconstruction actor needs from storage: a [`FrameReader`] to read a scan's
+//! stored frames back, and a [`ReconstructionSink`] to store what it made (mesh, wound
+//! measurements, the reconstruction document). The server implements both over its stores
+//! (`src/store/reconstruction.rs`); [`crate::testing`] has in-memory ones.
+//!
+//! The types here are the actor's own, so the server needs nothing of `coherency-recon`.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use coherency_protocol::ids::ScanId;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::store::StoreError;
+
+/// Where one stored `frame` message is: a slice of a chunk object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameLocation {
+    /// The frame's seq.
+    pub seq: u64,
+    /// The chunk object holding it.
+    pub chunk_key: String,
+    /// Byte offset of its message inside the chunk.
+    pub offset: u64,
+    /// Length of its message.
+    pub length: u64,
+}
+
+/// Reads a scan's stored frames back (the frame index and the blob store).
+#[async_trait]
+pub trait FrameReader: Send + Sync + 'static {
+    /// Where the scan's stored frames are, in seq order (empty: none stored).
+    async fn locate(&self, scan_id: ScanId) -> Result<Vec<FrameLocation>, StoreError>;
+
+    /// A whole chunk object.
+    async fn read_chunk(&self, key: &str) -> Result<Bytes, StoreError>;
+
+    /// The seqs that have a per-frame quality record.
+    async fn quality_seqs(&self, scan_id: ScanId) -> Result<Vec<u64>, StoreError>;
+}
+
+/// A mesh file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeshFormat {
+    /// Stanford PLY.
+    Ply,
+    /// Binary glTF.
+    Glb,
+}
+
+impl MeshFormat {
+    /// The file extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            MeshFormat::Ply => "ply",
+            MeshFormat::Glb => "glb",
+        }
+    }
+}
+
+/// A stored mesh file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMesh {
+    /// Its blob key.
+    pub key: String,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// Where a scan's mesh is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshKeys {
+    /// Blob key of the PLY mesh.
+    pub ply_key: String,
+    /// Its SHA-256 (hex).
+    pub ply_sha256: String,
+    /// Blob key of the binary glTF mesh.
+    pub glb_key: String,
+    /// Its SHA-256 (hex).
+    pub glb_sha256: String,
+}
+
+/// A value and its uncertainty: the true value lies in `value ± uncertainty`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ValuePm {
+    pub value: f64,
+    pub uncertainty: f64,
+}
+
+/// How a wound's outline was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureMethod {
+    /// Segmented automatically at finish (one per scan, replaced on a re-run).
+    Auto,
+    /// Drawn by a clinician on a keyframe.
+    Polygon,
+}
+
+impl MeasureMethod {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeasureMethod::Auto => "auto",
+            MeasureMethod::Polygon => "polygon",
+        }
+    }
+}
+
+/// One wound's figures (mm, mm², mm³).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WoundFigures {
+    pub outline_area_mm2: ValuePm,
+    pub bed_area_mm2: ValuePm,
+    pub perimeter_mm: ValuePm,
+    pub length_mm: ValuePm,
+    pub width_mm: ValuePm,
+    pub max_depth_mm: ValuePm,
+    pub mean_depth_mm: ValuePm,
+    pub volume_mm3: ValuePm,
+    /// `quadratic` or `quartic`.
+    pub skin_model: &'static str,
+    pub skin_residual_mm: f64,
+    pub missing_fraction: f64,
+}
+
+/// A measurement to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMeasurement {
+    pub scan_id: ScanId,
+    pub method: MeasureMethod,
+    /// Polygon only: the keyframe the outline was drawn on.
+    pub keyframe_seq: Option<u64>,
+    /// Polygon only: the outline in the keyframe's image coordinates.
+    pub polygon: Option<Vec<[f64; 2]>>,
+    pub figures: WoundFigures,
+    pub mesh: Option<MeshKeys>,
+    /// Who drew the outline (polygon only).
+    pub created_by: Option<Uuid>,
+}
+
+/// The reconstruction document of a scan: inputs, parameters, target, quality, mesh,
+/// measurements, timings, outcome (see `docs/measurement.md`). One per scan, replaced on a
+/// re-run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconstructionDoc {
+    /// When the finish step started.
+    pub started_at: DateTime<Utc>,
+    /// Every other field.
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Where a reconstruction's results go.
+#[async_trait]
+pub trait ReconstructionSink: Send + Sync + 'static {
+    /// The time to stamp results with (the server's clock).
+    fn now(&self) -> DateTime<Utc>;
+
+    /// Stores a mesh file of the scan durably (`scans/{id}/mesh.{ext}`; written again on a
+    /// re-run).
+    async fn put_mesh(&self, scan_id: ScanId, format: MeshFormat, bytes: Bytes) -> Result<StoredMesh, StoreError>;
+
+    /// Stores a measurement and answers its id. The automatic measurement of a scan is
+    /// replaced, never duplicated, when written again.
+    async fn write_measurement(&self, m: &NewMeasurement) -> Result<Uuid, StoreError>;
+
+    /// The mesh of the scan's automatic measurement, if any.
+    async fn auto_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError>;
+
+    /// Upserts the scan's reconstruction document.
+    async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError>;
+}
