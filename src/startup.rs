@@ -71,7 +71,7 @@ impl Application {
             tracing::warn!("node bus not subscribed yet; requests from other nodes wait until it is");
         }
         state.leases.spawn_renewer();
-        crate::booking::spawn_sweeper(state.clone());
+        crate::booking::spawn_sweeper(state.calendars.clone(), state.lifecycle.subscribe());
         let limiter = web::Data::new(crate::http::ratelimit::RateLimiter::new(
             state.config.api_rate_per_sec,
             state.config.api_rate_burst,

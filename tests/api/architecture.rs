@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
     ("cluster", "state", "room and scan relays take the whole state"),
     ("consults", "state", "room wiring in consults.rs takes the whole state"),
-    ("booking", "state", "booking takes the whole state; the calendar actor replaces this"),
     ("state", "ws", "PatientNames belongs to the dashboard, not its socket"),
     ("store", "dashboard", "store/scans.rs announces new scans to the dashboard"),
     ("http", "openapi", "Allow headers come from the OpenAPI document"),
