@@ -17,6 +17,7 @@ pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod input;
 pub mod metrics;
 pub mod openapi;
 pub mod recon_hook;

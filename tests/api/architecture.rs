@@ -15,16 +15,11 @@ const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
     ("state", "ws", "PatientNames belongs to the dashboard, not its socket"),
     ("store", "dashboard", "store/scans.rs announces new scans to the dashboard"),
     ("http", "openapi", "Allow headers come from the OpenAPI document"),
-    ("ws", "http", "the JSON frame rule (http::json::check) belongs below both"),
     ("config", "store", "blob_url is checked by the blob store's parser, which belongs to config"),
 ];
 
 /// `crate::http` paths that sockets, the CLI or services still use (file, path prefix).
-const KNOWN_HTTP_IMPORTS: &[(&str, &str)] = &[
-    ("src/ws/mod.rs", "crate::http::json"),
-    // The boundary vocabulary (validated text types) the CLI parses with.
-    ("src/cli.rs", "crate::http::input"),
-];
+const KNOWN_HTTP_IMPORTS: &[(&str, &str)] = &[];
 
 /// The server still depends on `coherency-recon` until reconstruction is an actor.
 const RECON_DEPENDENCY_KNOWN: bool = true;
