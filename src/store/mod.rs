@@ -11,6 +11,7 @@
 pub mod blob;
 pub mod booking;
 pub mod mongo;
+pub mod patient_names;
 pub mod pg;
 pub mod redis;
 pub mod scans;
