@@ -13,7 +13,6 @@ const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
     ("cluster", "state", "room and scan relays take the whole state"),
     ("consults", "state", "room wiring in consults.rs takes the whole state"),
     ("store", "dashboard", "store/scans.rs announces new scans to the dashboard"),
-    ("config", "store", "blob_url is checked by the blob store's parser, which belongs to config"),
 ];
 
 /// `crate::http` paths that sockets, the CLI or services still use (file, path prefix).
