@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
-use crate::http::input::{invalid, EmailAddress, PersonName};
+use crate::input::{invalid, EmailAddress, PersonName};
 use crate::services::identity::NewStaff;
 
 #[derive(Parser, Debug)]

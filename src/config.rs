@@ -475,7 +475,7 @@ impl Config {
         if self.mongo_database.is_empty() || self.mongo_database.contains(['/', '.', ' ', '$']) {
             return Err(Self::invalid("mongo_database", "must be a plain database name"));
         }
-        crate::store::blob::BlobLocation::parse(&self.blob_url).map_err(|e| Self::invalid("blob_url", e))?;
+        BlobLocation::parse(&self.blob_url).map_err(|e| Self::invalid("blob_url", e))?;
         if self.max_body_bytes < 1024 {
             return Err(Self::invalid("max_body_bytes", "must be at least 1024"));
         }
@@ -644,6 +644,50 @@ pub fn mask_url(raw: &str) -> String {
             u.to_string()
         }
         Err(_) => "(unparseable url)".into(),
+    }
+}
+
+/// Where blobs live, parsed from `blob_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobLocation {
+    /// A local folder (created if missing).
+    Local(std::path::PathBuf),
+    /// `s3://bucket/prefix`; credentials from the standard AWS environment.
+    S3 { bucket: String, prefix: String },
+    /// `az://container/prefix`; credentials from the standard Azure environment.
+    Azure { container: String, prefix: String },
+}
+
+impl BlobLocation {
+    /// Parses `blob_url`; the message says what the URL lacks.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(rest) = url.strip_prefix("file://") {
+            if rest.is_empty() {
+                return Err("file:// needs a folder".into());
+            }
+            return Ok(Self::Local(std::path::PathBuf::from(rest)));
+        }
+        let split = |rest: &str| {
+            let mut it = rest.splitn(2, '/');
+            let name = it.next().unwrap_or_default().to_string();
+            let prefix = it.next().unwrap_or_default().trim_matches('/').to_string();
+            (name, prefix)
+        };
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = split(rest);
+            if bucket.is_empty() {
+                return Err("s3:// needs a bucket".into());
+            }
+            return Ok(Self::S3 { bucket, prefix });
+        }
+        if let Some(rest) = url.strip_prefix("az://") {
+            let (container, prefix) = split(rest);
+            if container.is_empty() {
+                return Err("az:// needs a container".into());
+            }
+            return Ok(Self::Azure { container, prefix });
+        }
+        Err(format!("`{url}` must start with file://, s3:// or az://"))
     }
 }
 

@@ -112,6 +112,6 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
         password: pw,
         totp_secret: None,
     });
-    crate::booking::seed_schedules(state).await?;
+    crate::booking::seed_schedules(&state.stores.pg, state.clock.now()).await?;
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! them into an [`ApiError`] (the shape of Meilisearch's `ResponseError`). `ApiError` itself
 //! implements neither trait: it is where errors end, not one more domain error.
 
+use crate::store::pg::DbFailure;
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
@@ -152,15 +153,15 @@ impl From<redis::RedisError> for ApiError {
 /// errors (`#[error(transparent)] Storage(#[from] StorageError)`).
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("the database is not answering; try again")]
+    #[error("{}", DbFailure::Busy.message())]
     DatabaseBusy,
-    #[error("the database did not answer in time; try again")]
+    #[error("{}", DbFailure::TimedOut.message())]
     DatabaseTimedOut,
     #[error("the audit trail is not answering; try again")]
     AuditTimedOut,
     #[error("a backing service is not answering; try again")]
     BackingService,
-    #[error("the request holds a value that cannot be stored")]
+    #[error("{}", DbFailure::RefusedValue.message())]
     RefusedValue,
     #[error("{0}")]
     Database(sqlx::Error),
@@ -170,18 +171,12 @@ pub enum StorageError {
 
 impl From<sqlx::Error> for StorageError {
     fn from(e: sqlx::Error) -> Self {
-        if let sqlx::Error::PoolTimedOut = e {
-            return Self::DatabaseBusy;
+        match DbFailure::of(&e) {
+            DbFailure::Busy => Self::DatabaseBusy,
+            DbFailure::TimedOut => Self::DatabaseTimedOut,
+            DbFailure::RefusedValue => Self::RefusedValue,
+            DbFailure::Internal => Self::Database(e),
         }
-        if let sqlx::Error::Database(d) = &e {
-            if d.code().as_deref() == Some(crate::store::pg::QUERY_CANCELED) {
-                return Self::DatabaseTimedOut;
-            }
-        }
-        if refused_value(&e) {
-            return Self::RefusedValue;
-        }
-        Self::Database(e)
     }
 }
 
@@ -190,12 +185,12 @@ impl From<crate::audit::AppendError> for StorageError {
         use crate::audit::AppendError;
         match e {
             AppendError::Database(db) => {
-                if matches!(*db, sqlx::Error::PoolTimedOut) {
-                    Self::DatabaseBusy
-                } else if refused_value(&db) {
-                    Self::RefusedValue
-                } else {
-                    Self::Audit(AppendError::Database(db))
+                // A cancelled audit statement stays internal: the audit wait has its own
+                // deadline (`AppendError::TimedOut`).
+                match DbFailure::of(&db) {
+                    DbFailure::Busy => Self::DatabaseBusy,
+                    DbFailure::RefusedValue => Self::RefusedValue,
+                    DbFailure::TimedOut | DbFailure::Internal => Self::Audit(AppendError::Database(db)),
                 }
             }
             AppendError::TimedOut => Self::AuditTimedOut,
@@ -224,26 +219,6 @@ impl ErrorCode for StorageError {
 }
 
 impl DomainError for StorageError {}
-
-/// SQLSTATEs by which PostgreSQL refuses a value a statement was given (rather than failing
-/// itself): bad characters or encoding (22021, 22P05), text too long for its column (22001), a
-/// number or date out of range (22003, 22008), text that does not parse as its type (22P02,
-/// 22007), a bad LIKE escape (22025, 22019), and a value too large to index (54000).
-const REFUSED_VALUE_STATES: &[&str] =
-    &["22021", "22P05", "22001", "22003", "22008", "22P02", "22007", "22025", "22019", "54000"];
-
-/// The backstop for input the boundary should have refused but did not: PostgreSQL refusing a
-/// value answers 400, not 500. It is logged as a warning, by SQLSTATE only (the database's
-/// message may quote the value), because each one is a missing bound to add at the boundary.
-fn refused_value(e: &sqlx::Error) -> bool {
-    let sqlx::Error::Database(db) = e else { return false };
-    let Some(state) = db.code() else { return false };
-    if !REFUSED_VALUE_STATES.contains(&state.as_ref()) {
-        return false;
-    }
-    tracing::warn!(sqlstate = %state, "the database refused a value from a request; a bound is missing at the boundary");
-    true
-}
 
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {

@@ -17,8 +17,10 @@ pub mod dashboard;
 pub mod demo;
 pub mod error;
 pub mod http;
+pub mod input;
 pub mod metrics;
-pub mod openapi;
+/// The OpenAPI document describes the HTTP routes, so `http` owns it; this keeps its path.
+pub use http::openapi;
 pub mod services;
 pub mod startup;
 pub mod state;

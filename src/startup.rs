@@ -71,7 +71,7 @@ impl Application {
             tracing::warn!("node bus not subscribed yet; requests from other nodes wait until it is");
         }
         state.leases.spawn_renewer();
-        crate::booking::spawn_sweeper(state.clone());
+        crate::booking::spawn_sweeper(state.calendars.clone(), state.lifecycle.subscribe());
         let limiter = web::Data::new(crate::http::ratelimit::RateLimiter::new(
             state.config.api_rate_per_sec,
             state.config.api_rate_burst,
@@ -98,7 +98,10 @@ impl Application {
                         .app_data(web::QueryConfig::default().error_handler(query_error))
                         .app_data(web::PathConfig::default().error_handler(path_error))
                         .configure(crate::http::configure)
-                        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", crate::openapi::ApiDoc::openapi()))
+                        .service(
+                            SwaggerUi::new("/docs/{_:.*}")
+                                .url("/openapi.json", crate::http::openapi::ApiDoc::openapi()),
+                        )
                         .default_service(web::to(crate::http::not_found))
                         .wrap(from_fn(crate::transport::body::deadline))
                         // Refuses a path or query string with a forbidden character (input bounds).

@@ -41,8 +41,8 @@ pub struct AppState {
     pub calendars: Arc<coherency_actors::Calendars>,
     /// This node's dashboard hub (`crate::dashboard`, `crate::ws::dashboard`).
     pub dashboard: actix::Addr<coherency_actors::DashboardHub>,
-    /// Patient names for this node's boards (`crate::ws::dashboard`).
-    pub patient_names: Arc<crate::ws::dashboard::PatientNames>,
+    /// Patient names for this node's boards (read by `crate::ws::dashboard`).
+    pub patient_names: Arc<crate::store::patient_names::PatientNames>,
     /// This node's consult rooms (`crate::consults`).
     pub rooms: Arc<coherency_actors::Rooms>,
     /// What every room of this node shares (storage, limits, clock, waiting rooms).

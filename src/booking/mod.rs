@@ -23,8 +23,6 @@ pub use coherency_actors::calendar::{
     MAX_ACTIVE_HOLDS, MAX_FUTURE_DAYS, MAX_HORIZON_DAYS, MAX_PAST_DAYS, MAX_SLOT_RANGE_DAYS, OFFER_TTL,
 };
 
-use crate::state::AppState;
-
 /// Most weekly windows in one schedule (ten a day): each booking attempt and slot query
 /// walks all of them for every day it covers.
 pub const MAX_WEEKLY_WINDOWS: usize = 70;
@@ -60,18 +58,17 @@ pub fn calendars(
 
 /// Free slots: candidates whose blocked range overlaps nothing live.
 pub async fn free_slots(
-    state: &AppState,
+    pg: &PgPool,
+    now: DateTime<Utc>,
     sched: &Schedule,
     ty: &AppointmentType,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Vec<(DateTime<Utc>, DateTime<Utc>)>, BookingError> {
-    let now = state.clock.now();
     let cands = candidate_slots(sched, ty, from, to, now);
     let (Some(first), Some(last)) = (cands.first(), cands.last()) else { return Ok(Vec::new()) };
     let s = ty.shape();
-    let taken =
-        busy(&state.stores.pg, sched.clinician_id, first.0 - s.buffer_before, last.1 + s.buffer_after, now).await?;
+    let taken = busy(pg, sched.clinician_id, first.0 - s.buffer_before, last.1 + s.buffer_after, now).await?;
     Ok(cands
         .into_iter()
         .filter(|(st, en)| {
@@ -84,20 +81,19 @@ pub async fn free_slots(
 /// Expires every lapsed hold (this node's share: rows locked by another sweeper are
 /// skipped), returns waitlist offers to the queue and offers each freed slot on; the
 /// changes reach this node's calendars and every other node's. Answers how many expired.
-pub async fn sweep(state: &AppState) -> Result<usize, BookingError> {
-    state.calendars.sweep().await
+pub async fn sweep(calendars: &Calendars) -> Result<usize, BookingError> {
+    calendars.sweep().await
 }
 
-/// Runs [`sweep`] every [`SWEEP_EVERY`] until shutdown.
-pub fn spawn_sweeper(state: actix_web::web::Data<AppState>) {
-    let mut stop = state.lifecycle.subscribe();
+/// Runs [`sweep`] every [`SWEEP_EVERY`] until `stop` turns (shutdown).
+pub fn spawn_sweeper(calendars: Arc<Calendars>, mut stop: tokio::sync::watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if let Err(e) = sweep(&state).await {
+                    if let Err(e) = sweep(&calendars).await {
                         tracing::warn!(code = e.code().as_str(), "booking sweep failed");
                     }
                 }
@@ -110,6 +106,6 @@ pub fn spawn_sweeper(state: actix_web::web::Data<AppState>) {
 /// `seed-demo`: gives every clinician without a schedule weekday hours (09:00–17:00 in
 /// Europe/London) and two appointment types (30 min telehealth; 45 min in person with
 /// 10 min buffers). Idempotent.
-pub async fn seed_schedules(state: &AppState) -> anyhow::Result<()> {
-    Ok(crate::store::booking::seed_schedules(&state.stores.pg, state.clock.now()).await?)
+pub async fn seed_schedules(pg: &PgPool, now: DateTime<Utc>) -> anyhow::Result<()> {
+    Ok(crate::store::booking::seed_schedules(pg, now).await?)
 }

@@ -546,7 +546,7 @@ pub async fn slots(
     booking::check_instant("to", to, now)?;
     let (sched, ty) = clinician_type(&state, q.clinician, q.type_id).await?;
     let out_tz: Tz = q.tz.map_or(sched.tz, TimeZone::get);
-    let free = booking::free_slots(&state, &sched, &ty, from, to).await?;
+    let free = booking::free_slots(&state.stores.pg, state.clock.now(), &sched, &ty, from, to).await?;
     Ok(ok_json(&SlotList {
         clinician_id: q.clinician,
         type_id: q.type_id,

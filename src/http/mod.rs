@@ -10,6 +10,7 @@ pub mod health;
 pub mod input;
 pub mod json;
 pub mod measurements;
+pub mod openapi;
 pub mod pages;
 pub mod patients;
 pub mod ratelimit;
@@ -86,7 +87,7 @@ fn allowed_methods(pattern: &str) -> String {
     static BY_PATH: std::sync::OnceLock<std::collections::HashMap<String, String>> = std::sync::OnceLock::new();
     let by_path = BY_PATH.get_or_init(|| {
         use utoipa::OpenApi;
-        let doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap_or_default();
+        let doc = serde_json::to_value(crate::http::openapi::ApiDoc::openapi()).unwrap_or_default();
         doc["paths"]
             .as_object()
             .map(|paths| {

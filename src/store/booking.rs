@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::ApiError;
+use crate::store::pg::DbFailure;
 
 /// The appointment columns every query answers, in [`AppointmentRow`]'s order.
 macro_rules! appt_cols {
@@ -139,8 +139,11 @@ pub struct WaitlistEntry {
 /// A database failure in the catalogue's terms (the same codes and messages every other
 /// route answers; the cause is logged, never sent).
 pub fn db(e: sqlx::Error) -> BookingError {
-    let api = ApiError::from(e);
-    BookingError::Store { code: api.code, message: api.message }
+    let failure = DbFailure::of(&e);
+    if failure == DbFailure::Internal {
+        tracing::error!(error = %e, "booking store failed");
+    }
+    BookingError::Store { code: failure.code(), message: failure.message().into() }
 }
 
 /// [`db`], except that the exclusion-constraint violation is [`BookingError::SlotTaken`].

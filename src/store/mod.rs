@@ -12,6 +12,7 @@ pub mod blob;
 pub mod booking;
 pub mod measurements;
 pub mod mongo;
+pub mod patient_names;
 pub mod pg;
 pub mod reconstruction;
 pub mod redis;

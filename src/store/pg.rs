@@ -25,6 +25,66 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// SQLSTATE of a statement cancelled by `statement_timeout` (`query_canceled`).
 pub const QUERY_CANCELED: &str = "57014";
 
+/// What a failed statement means for the caller, decided once for every caller (the error
+/// envelope's `StorageError`, the booking store): the pool or the server is busy, the statement
+/// ran out of time, the database refused a value it was given, or something is wrong inside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbFailure {
+    Busy,
+    TimedOut,
+    RefusedValue,
+    Internal,
+}
+
+impl DbFailure {
+    pub fn of(e: &sqlx::Error) -> Self {
+        if let sqlx::Error::PoolTimedOut = e {
+            return Self::Busy;
+        }
+        let sqlx::Error::Database(db) = e else { return Self::Internal };
+        let Some(state) = db.code() else { return Self::Internal };
+        if state == QUERY_CANCELED {
+            return Self::TimedOut;
+        }
+        if REFUSED_VALUE_STATES.contains(&state.as_ref()) {
+            // The backstop for input the boundary should have refused: logged by SQLSTATE
+            // only (the database's message may quote the value), because each one is a
+            // missing bound to add at the boundary.
+            tracing::warn!(sqlstate = %state, "the database refused a value from a request; a bound is missing at the boundary");
+            return Self::RefusedValue;
+        }
+        Self::Internal
+    }
+
+    /// The catalogue code a client gets.
+    pub fn code(self) -> coherency_protocol::Code {
+        use coherency_protocol::Code;
+        match self {
+            Self::Busy | Self::TimedOut => Code::Unavailable,
+            Self::RefusedValue => Code::BadRequest,
+            Self::Internal => Code::Internal,
+        }
+    }
+
+    /// The message a client gets (an internal failure's cause is logged, never sent).
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Busy => "the database is not answering; try again",
+            Self::TimedOut => "the database did not answer in time; try again",
+            Self::RefusedValue => "the request holds a value that cannot be stored",
+            Self::Internal => "internal error",
+        }
+    }
+}
+
+/// SQLSTATEs by which PostgreSQL refuses a value a statement was given (rather than failing
+/// itself): bad characters or encoding (22021, 22P05), text too long for its column (22001), a
+/// number or date out of range (22003, 22008), text that does not parse as its type (22P02,
+/// 22007), a bad LIKE escape (22025, 22019), and a value too large to index (54000). They
+/// answer 400, not 500.
+const REFUSED_VALUE_STATES: &[&str] =
+    &["22021", "22P05", "22001", "22003", "22008", "22P02", "22007", "22025", "22019", "54000"];
+
 /// Opens the pool and checks one connection works.
 pub async fn connect(config: &Config) -> Result<PgPool, Unreachable> {
     let unreachable = |reason: String| Unreachable { service: "postgres", url: config.database_url.masked(), reason };

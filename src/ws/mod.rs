@@ -58,14 +58,14 @@ pub struct Refused {
 }
 
 /// Parses a client's JSON text frame into a message of the socket's protocol. First the rule
-/// every JSON body obeys (`http::json::check`): one JSON object, every string free of control
+/// every JSON body obeys (`crate::input::json::check`): one JSON object, every string free of control
 /// characters (but tab and line breaks) and of bidirectional formatting characters, every key
 /// one line and given once, nesting bounded; a frame breaking it is `invalid_field`, its
 /// message naming the field (`` `text`: must not contain control characters (U+0000) ``).
 /// Then the message type: anything else is `malformed_message`, worded `not_a_message`.
 pub fn parse_text<T: DeserializeOwned>(text: &str, not_a_message: &str) -> Result<T, Refused> {
     let malformed = || Refused { code: Code::MalformedMessage, message: not_a_message.to_string() };
-    if let Err(e) = crate::http::json::check(text.as_bytes()) {
+    if let Err(e) = crate::input::json::check(text.as_bytes()) {
         // A refusal that names a field is about the content; one that does not is about the
         // frame (not JSON, not an object, two documents).
         return Err(match e.field {

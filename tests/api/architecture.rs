@@ -12,20 +12,11 @@ use std::path::{Path, PathBuf};
 const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
     ("cluster", "state", "room and scan relays take the whole state"),
     ("consults", "state", "room wiring in consults.rs takes the whole state"),
-    ("booking", "state", "booking takes the whole state; the calendar actor replaces this"),
-    ("state", "ws", "PatientNames belongs to the dashboard, not its socket"),
     ("store", "dashboard", "store/scans.rs announces new scans to the dashboard"),
-    ("http", "openapi", "Allow headers come from the OpenAPI document"),
-    ("ws", "http", "the JSON frame rule (http::json::check) belongs below both"),
-    ("config", "store", "blob_url is checked by the blob store's parser, which belongs to config"),
 ];
 
 /// `crate::http` paths that sockets, the CLI or services still use (file, path prefix).
-const KNOWN_HTTP_IMPORTS: &[(&str, &str)] = &[
-    ("src/ws/mod.rs", "crate::http::json"),
-    // The boundary vocabulary (validated text types) the CLI parses with.
-    ("src/cli.rs", "crate::http::input"),
-];
+const KNOWN_HTTP_IMPORTS: &[(&str, &str)] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -376,7 +376,7 @@ async fn the_waitlist_offers_a_freed_slot_and_passes_on_an_unclaimed_offer() {
     assert_eq!(book(&app, &p1, &c, c.ty, &at("09:00"), true).await.0, 409);
     // p2 lets the offer lapse; the sweeper passes it to p3.
     app.clock.advance(Duration::from_secs(301));
-    coherency::booking::sweep(&app.state).await.unwrap();
+    coherency::booking::sweep(&app.state.calendars).await.unwrap();
     let w2: Value = app.get_auth(&format!("/v1/waitlist/{}", entries[0]), &p2.token).await.json().await.unwrap();
     assert_eq!(w2["status"], "waiting");
     let w3: Value = app.get_auth(&format!("/v1/waitlist/{}", entries[1]), &p3.token).await.json().await.unwrap();

@@ -108,7 +108,7 @@ fn served_resources() -> &'static [Value] {
     static RESOURCES: OnceLock<Vec<Value>> = OnceLock::new();
     RESOURCES.get_or_init(|| {
         use utoipa::OpenApi;
-        resources(&serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap_or_default())
+        resources(&serde_json::to_value(crate::http::openapi::ApiDoc::openapi()).unwrap_or_default())
     })
 }
 
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn every_fhir_search_parameter_has_a_type_and_every_operation_a_definition() {
         use utoipa::OpenApi;
-        let doc = serde_json::to_value(crate::openapi::ApiDoc::openapi()).unwrap();
+        let doc = serde_json::to_value(crate::http::openapi::ApiDoc::openapi()).unwrap();
         let rs = resources(&doc);
         assert!(rs.iter().any(|r| r["type"] == "Patient"), "{rs:?}");
         for r in &rs {
