@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
-use chrono::{DateTime, Utc};
 use coherency_actors::dashboard::{Apply, DashboardHub, HubConfig, Reload, RemoveWhere};
 use coherency_protocol::consult::RoomEvent;
 use coherency_protocol::dashboard::{Change, Item, Section};
@@ -23,7 +22,7 @@ use coherency_protocol::ids::ScanId;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::booking::BookingEvent;
@@ -228,52 +227,50 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
 pub async fn reload(pg: &PgPool, clock: &Clock) -> Result<Reload, sqlx::Error> {
     let now = clock.now();
     let mut items = Vec::new();
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT id, clinician_id, patient_id, status, start_at, end_at, updated_at FROM appointments
           WHERE status IN ('held', 'booked', 'no_show') AND end_at > $1 AND start_at < $2
           ORDER BY start_at LIMIT 5000",
+        now - BOOKINGS_AFTER_END,
+        now + BOOKINGS_AHEAD,
     )
-    .bind(now - BOOKINGS_AFTER_END)
-    .bind(now + BOOKINGS_AHEAD)
     .fetch_all(pg)
     .await?;
     for r in rows {
-        let end: DateTime<Utc> = r.get("end_at");
         let mut data = Map::new();
-        data.insert("end_ms".into(), end.timestamp_millis().into());
+        data.insert("end_ms".into(), r.end_at.timestamp_millis().into());
         items.push(Item {
             section: Section::Bookings,
-            id: r.get("id"),
-            patient_id: Some(r.get("patient_id")),
-            clinician_id: Some(r.get("clinician_id")),
-            status: r.get("status"),
-            since_ms: r.get::<DateTime<Utc>, _>("start_at").timestamp_millis(),
-            updated_ms: r.get::<DateTime<Utc>, _>("updated_at").timestamp_millis(),
+            id: r.id,
+            patient_id: Some(r.patient_id),
+            clinician_id: Some(r.clinician_id),
+            status: r.status,
+            since_ms: r.start_at.timestamp_millis(),
+            updated_ms: r.updated_at.timestamp_millis(),
             data,
             patient_name: None,
         });
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT s.id, s.patient_id, s.status, s.acked_seq, s.created_at, s.updated_at, u.role, s.created_by
            FROM scans s JOIN users u ON u.id = s.created_by
           WHERE s.status IN ('created', 'streaming', 'processing') OR s.updated_at > $1
           ORDER BY s.created_at DESC LIMIT 2000",
+        now - FINISHED_SCANS_KEPT,
     )
-    .bind(now - FINISHED_SCANS_KEPT)
     .fetch_all(pg)
     .await?;
     for r in rows {
-        let role: String = r.get("role");
         let mut data = Map::new();
-        data.insert("frames".into(), r.get::<i64, _>("acked_seq").into());
+        data.insert("frames".into(), r.acked_seq.into());
         items.push(Item {
             section: Section::Scans,
-            id: r.get("id"),
-            patient_id: Some(r.get("patient_id")),
-            clinician_id: (role == "clinician").then(|| r.get("created_by")),
-            status: r.get("status"),
-            since_ms: r.get::<DateTime<Utc>, _>("created_at").timestamp_millis(),
-            updated_ms: r.get::<DateTime<Utc>, _>("updated_at").timestamp_millis(),
+            id: r.id,
+            patient_id: Some(r.patient_id),
+            clinician_id: (r.role == "clinician").then_some(r.created_by),
+            status: r.status,
+            since_ms: r.created_at.timestamp_millis(),
+            updated_ms: r.updated_at.timestamp_millis(),
             data,
             patient_name: None,
         });
@@ -295,8 +292,7 @@ pub async fn publish(redis: &Redis, channel: &str, ev: &BusEvent) {
 
 /// Announces a scan created through the API.
 pub async fn scan_created(state: &AppState, scan: &crate::store::scans::ScanRecord) {
-    let clinician = sqlx::query_scalar::<_, String>("SELECT role FROM users WHERE id = $1")
-        .bind(scan.created_by)
+    let clinician = sqlx::query_scalar!("SELECT role FROM users WHERE id = $1", scan.created_by)
         .fetch_optional(&state.stores.pg)
         .await
         .ok()
@@ -354,22 +350,21 @@ impl ScanEvents {
         if self.live.lock().ok()?.contains_key(&scan) {
             return Some(());
         }
-        let r = sqlx::query(
+        let r = sqlx::query!(
             "SELECT s.patient_id, s.consult_id, s.created_at, s.status, s.acked_seq, s.created_by, u.role
                FROM scans s JOIN users u ON u.id = s.created_by WHERE s.id = $1",
+            scan.as_uuid(),
         )
-        .bind(scan.as_uuid())
         .fetch_optional(&self.pg)
         .await
         .ok()??;
-        let role: String = r.get("role");
         let meta = ScanMeta {
-            patient_id: r.get("patient_id"),
-            consult_id: r.get("consult_id"),
-            clinician_id: (role == "clinician").then(|| r.get("created_by")),
-            since_ms: r.get::<DateTime<Utc>, _>("created_at").timestamp_millis(),
-            status: r.get("status"),
-            frames: u64::try_from(r.get::<i64, _>("acked_seq")).unwrap_or(0),
+            patient_id: r.patient_id,
+            consult_id: r.consult_id,
+            clinician_id: (r.role == "clinician").then_some(r.created_by),
+            since_ms: r.created_at.timestamp_millis(),
+            status: r.status,
+            frames: u64::try_from(r.acked_seq).unwrap_or(0),
             fused: None,
             coverage: None,
             last_sent: None,
@@ -458,6 +453,7 @@ impl coherency_actors::store::ProgressObserver for ScanEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Utc};
 
     #[test]
     fn booking_messages_become_board_items_and_cancellations_removals() {

@@ -15,7 +15,7 @@ use coherency_protocol::ErrorCode;
 use sqlx::PgPool;
 
 pub use crate::store::booking::{
-    busy, by_idempotency_key, list_types, load, load_schedule, load_type, overlaps, taken, WaitlistEntry, OVERLAP_QUERY,
+    busy, by_idempotency_key, list_types, load, load_schedule, load_type, overlaps, taken, WaitlistEntry,
 };
 pub use coherency_actors::calendar::{
     calendar_bounds, candidate_slots, check_day, check_instant, require_slot, slots, Appointment, AppointmentType,

@@ -6,7 +6,6 @@ use chrono::{DateTime, Duration, Utc};
 use coherency_protocol::ids::UserId;
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -86,8 +85,7 @@ pub async fn create_user(
 }
 
 async fn user_exists(state: &AppState, id: Uuid) -> Result<(), ApiError> {
-    sqlx::query("SELECT 1 FROM users WHERE id = $1")
-        .bind(id)
+    sqlx::query_scalar!(r#"SELECT 1 AS "found!" FROM users WHERE id = $1"#, id)
         .fetch_optional(&state.stores.pg)
         .await?
         .map(|_| ())
@@ -131,9 +129,7 @@ pub async fn disable_user(
     }
     user_exists(&state, id).await?;
     let now = state.clock.now();
-    sqlx::query("UPDATE users SET disabled_at = $2, updated_at = $2 WHERE id = $1 AND disabled_at IS NULL")
-        .bind(id)
-        .bind(now)
+    sqlx::query!("UPDATE users SET disabled_at = $2, updated_at = $2 WHERE id = $1 AND disabled_at IS NULL", id, now)
         .execute(&state.stores.pg)
         .await?;
     let n = state.identity.end_all(UserId::from_uuid(id), "disabled").await?;
@@ -174,8 +170,7 @@ pub async fn emergency_access(
 ) -> Result<HttpResponse, ApiError> {
     let patient_id = id.into_inner();
     let reason = body.parse()?.reason.into_inner();
-    sqlx::query("SELECT 1 FROM patients WHERE id = $1")
-        .bind(patient_id)
+    sqlx::query_scalar!(r#"SELECT 1 AS "found!" FROM patients WHERE id = $1"#, patient_id)
         .fetch_optional(&state.stores.pg)
         .await?
         .ok_or_else(ApiError::not_found)?;
@@ -188,15 +183,17 @@ pub async fn emergency_access(
         granted_at: now,
         expires_at: now + Duration::minutes(EMERGENCY_MINUTES),
     };
-    sqlx::query("INSERT INTO emergency_access (id, clinician_id, patient_id, reason, granted_at, expires_at) VALUES ($1,$2,$3,$4,$5,$6)")
-        .bind(grant.id)
-        .bind(grant.clinician_id)
-        .bind(grant.patient_id)
-        .bind(&grant.reason)
-        .bind(grant.granted_at)
-        .bind(grant.expires_at)
-        .execute(&state.stores.pg)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO emergency_access (id, clinician_id, patient_id, reason, granted_at, expires_at) VALUES ($1,$2,$3,$4,$5,$6)",
+        grant.id,
+        grant.clinician_id,
+        grant.patient_id,
+        &grant.reason,
+        grant.granted_at,
+        grant.expires_at,
+    )
+    .execute(&state.stores.pg)
+    .await?;
     auth::audit(
         &state,
         &req,
@@ -216,20 +213,12 @@ pub async fn list_emergency_access(
     req: HttpRequest,
     who: Require<perm::AuditRead>,
 ) -> Result<HttpResponse, ApiError> {
-    let rows = sqlx::query("SELECT id, clinician_id, patient_id, reason, granted_at, expires_at FROM emergency_access ORDER BY granted_at DESC LIMIT 1000")
-        .fetch_all(&state.stores.pg)
-        .await?;
-    let out: Vec<EmergencyGrant> = rows
-        .iter()
-        .map(|r| EmergencyGrant {
-            id: r.get("id"),
-            clinician_id: r.get("clinician_id"),
-            patient_id: r.get("patient_id"),
-            reason: r.get("reason"),
-            granted_at: r.get("granted_at"),
-            expires_at: r.get("expires_at"),
-        })
-        .collect();
+    let out: Vec<EmergencyGrant> = sqlx::query_as!(
+        EmergencyGrant,
+        "SELECT id, clinician_id, patient_id, reason, granted_at, expires_at FROM emergency_access ORDER BY granted_at DESC LIMIT 1000"
+    )
+    .fetch_all(&state.stores.pg)
+    .await?;
     auth::audit(
         &state,
         &req,

@@ -6,7 +6,6 @@ use coherency_protocol::ids::{SessionId, UserId};
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -98,16 +97,18 @@ pub async fn register(
         };
     let patient_id = Uuid::now_v7();
     // The sign-in email is also the record's contact email until the patient changes it.
-    sqlx::query("INSERT INTO patients (id, user_id, given_name, family_name, birth_date, email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7)")
-        .bind(patient_id)
-        .bind(user_id)
-        .bind(&given)
-        .bind(&family)
-        .bind(birth_date)
-        .bind(&email)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO patients (id, user_id, given_name, family_name, birth_date, email, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$7)",
+        patient_id,
+        user_id,
+        &given,
+        &family,
+        birth_date,
+        &email,
+        now,
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     let who = Principal {
         user_id,
@@ -185,14 +186,16 @@ pub async fn login(
             ApiError::new(Code::AccountLocked, "too many failed attempts; try again later").with_retry_after(wait)
         );
     }
-    let row = sqlx::query("SELECT id, password_hash, role, disabled_at IS NOT NULL AS disabled, totp_enabled, totp_secret, totp_last_step FROM users WHERE email = $1")
-        .bind(&email)
-        .fetch_optional(&state.stores.pg)
-        .await?;
+    let row = sqlx::query!(
+        r#"SELECT id, password_hash, role, disabled_at IS NOT NULL AS "disabled!", totp_enabled, totp_secret FROM users WHERE email = $1"#,
+        &email,
+    )
+    .fetch_optional(&state.stores.pg)
+    .await?;
     let ok = state
         .identity
         .hasher()
-        .verify(body.password.into_inner(), row.as_ref().map(|r| r.get::<String, _>("password_hash")))
+        .verify(body.password.into_inner(), row.as_ref().map(|r| r.password_hash.clone()))
         .await?;
     let Some(row) = row.filter(|_| ok) else {
         limits::hit(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject, now).await?;
@@ -205,17 +208,17 @@ pub async fn login(
         .await?;
         return Err(invalid_credentials());
     };
-    let user_id: Uuid = row.get("id");
-    let role = Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| ApiError::internal("bad role"))?;
+    let user_id: Uuid = row.id;
+    let role = Role::parse(row.role.as_str()).ok_or_else(|| ApiError::internal("bad role"))?;
     let who = Principal {
         user_id,
         role,
         session_id: Uuid::nil(),
-        mfa_enrolled: row.get("totp_enabled"),
+        mfa_enrolled: row.totp_enabled,
         mfa_verified: false,
         patient_id: None,
     };
-    if row.get::<bool, _>("disabled") {
+    if row.disabled {
         auth::audit(
             &state,
             &req,
@@ -227,7 +230,7 @@ pub async fn login(
     }
     let mut mfa_verified = false;
     if who.mfa_enrolled {
-        let secret = decrypt_totp(&state, row.get("totp_secret"))?;
+        let secret = decrypt_totp(&state, row.totp_secret)?;
         let verdict = if let Some(code) = body.totp_code.as_deref() {
             use_totp(&state, user_id, &secret, code).await?
         } else if let Some(code) = body.recovery_code.as_deref() {
@@ -274,9 +277,7 @@ fn decrypt_totp(state: &AppState, stored: Option<String>) -> Result<String, ApiE
 /// Accepts a TOTP code once: its step must be newer than the last one used.
 async fn use_totp(state: &AppState, user_id: Uuid, secret: &str, code: &str) -> Result<bool, ApiError> {
     let Some(step) = totp::matching_step(secret, code.trim(), state.clock.now()) else { return Ok(false) };
-    let n = sqlx::query("UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2")
-        .bind(user_id)
-        .bind(step)
+    let n = sqlx::query!("UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2", user_id, step)
         .execute(&state.stores.pg)
         .await?
         .rows_affected();
@@ -285,14 +286,15 @@ async fn use_totp(state: &AppState, user_id: Uuid, secret: &str, code: &str) -> 
 
 async fn use_recovery_code(state: &AppState, user_id: Uuid, code: &str) -> Result<bool, ApiError> {
     let hash = state.identity.token_hash(&totp::normalise_recovery(code));
-    let n =
-        sqlx::query("UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL")
-            .bind(user_id)
-            .bind(hash)
-            .bind(state.clock.now())
-            .execute(&state.stores.pg)
-            .await?
-            .rows_affected();
+    let n = sqlx::query!(
+        "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
+        user_id,
+        hash,
+        state.clock.now(),
+    )
+    .execute(&state.stores.pg)
+    .await?
+    .rows_affected();
     Ok(n == 1)
 }
 
@@ -361,17 +363,20 @@ pub struct Me {
 }
 
 pub async fn me_of(state: &AppState, user_id: Uuid) -> Result<Me, ApiError> {
-    let r = sqlx::query("SELECT u.id, u.email, u.display_name, u.role, u.totp_enabled, p.id AS patient_id FROM users u LEFT JOIN patients p ON p.user_id = u.id WHERE u.id = $1")
-        .bind(user_id)
-        .fetch_one(&state.stores.pg)
-        .await?;
+    let r = sqlx::query!(
+        r#"SELECT u.id, u.email, u.display_name, u.role, u.totp_enabled, p.id AS "patient_id?"
+           FROM users u LEFT JOIN patients p ON p.user_id = u.id WHERE u.id = $1"#,
+        user_id,
+    )
+    .fetch_one(&state.stores.pg)
+    .await?;
     Ok(Me {
-        id: r.get("id"),
-        email: r.get("email"),
-        display_name: r.get("display_name"),
-        role: Role::parse(r.get::<String, _>("role").as_str()).unwrap_or(Role::Patient),
-        mfa_enrolled: r.get("totp_enabled"),
-        patient_id: r.get("patient_id"),
+        id: r.id,
+        email: r.email,
+        display_name: r.display_name,
+        role: Role::parse(r.role.as_str()).unwrap_or(Role::Patient),
+        mfa_enrolled: r.totp_enabled,
+        patient_id: r.patient_id,
     })
 }
 
@@ -402,12 +407,14 @@ pub async fn totp_enrol(
         return Err(ApiError::new(Code::Conflict, "TOTP is already enrolled"));
     }
     let secret = totp::new_secret();
-    sqlx::query("UPDATE users SET totp_secret = $2, updated_at = $3 WHERE id = $1")
-        .bind(who.0.user_id)
-        .bind(state.field_key.encrypt(&secret))
-        .bind(state.clock.now())
-        .execute(&state.stores.pg)
-        .await?;
+    sqlx::query!(
+        "UPDATE users SET totp_secret = $2, updated_at = $3 WHERE id = $1",
+        who.0.user_id,
+        state.field_key.encrypt(&secret),
+        state.clock.now(),
+    )
+    .execute(&state.stores.pg)
+    .await?;
     let issuer = "Coherency";
     let otpauth_uri = totp::uri(&secret, &me.email, issuer).ok_or_else(|| ApiError::internal("otpauth uri"))?;
     auth::audit(
@@ -450,14 +457,13 @@ pub async fn totp_confirm(
     if let Some(wait) = limits::blocked(&state.stores.redis, &limits::TOTP_FAILURES, &subject, now).await? {
         return Err(ApiError::new(Code::RateLimited, "too many wrong codes").with_retry_after(wait));
     }
-    let row = sqlx::query("SELECT totp_secret, totp_enabled FROM users WHERE id = $1")
-        .bind(who.0.user_id)
+    let row = sqlx::query!("SELECT totp_secret, totp_enabled FROM users WHERE id = $1", who.0.user_id)
         .fetch_one(&state.stores.pg)
         .await?;
-    if row.get::<bool, _>("totp_enabled") {
+    if row.totp_enabled {
         return Err(ApiError::new(Code::Conflict, "TOTP is already enrolled"));
     }
-    let Some(stored) = row.get::<Option<String>, _>("totp_secret") else {
+    let Some(stored) = row.totp_secret else {
         return Err(ApiError::new(Code::Conflict, "start enrolment first (POST /v1/me/mfa/totp)"));
     };
     let secret = state.field_key.decrypt(&stored).map_err(ApiError::internal)?;
@@ -467,23 +473,20 @@ pub async fn totp_confirm(
     }
     let codes = totp::new_recovery_codes();
     let mut tx = state.stores.pg.begin().await?;
-    sqlx::query("UPDATE users SET totp_enabled = true, updated_at = $2 WHERE id = $1")
-        .bind(who.0.user_id)
-        .bind(now)
+    sqlx::query!("UPDATE users SET totp_enabled = true, updated_at = $2 WHERE id = $1", who.0.user_id, now)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM recovery_codes WHERE user_id = $1").bind(who.0.user_id).execute(&mut *tx).await?;
+    sqlx::query!("DELETE FROM recovery_codes WHERE user_id = $1", who.0.user_id).execute(&mut *tx).await?;
     for c in &codes {
-        sqlx::query("INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)")
-            .bind(who.0.user_id)
-            .bind(state.identity.token_hash(&totp::normalise_recovery(c)))
-            .execute(&mut *tx)
-            .await?;
-    }
-    sqlx::query("UPDATE sessions SET mfa_verified = true WHERE id = $1")
-        .bind(who.0.session_id)
+        sqlx::query!(
+            "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)",
+            who.0.user_id,
+            state.identity.token_hash(&totp::normalise_recovery(c)),
+        )
         .execute(&mut *tx)
         .await?;
+    }
+    sqlx::query!("UPDATE sessions SET mfa_verified = true WHERE id = $1", who.0.session_id).execute(&mut *tx).await?;
     tx.commit().await?;
     auth::audit(&state, &req, Some(&who.0), AuditEvent::new("mfa.enrolled", "success").target("user", who.0.user_id))
         .await?;

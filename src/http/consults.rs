@@ -15,7 +15,6 @@ use coherency_protocol::consult::{ParticipantRole, RoomEvent};
 use coherency_protocol::ids::ConsultId;
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -179,32 +178,30 @@ async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participan
             return Ok(ps);
         }
     }
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, joined_at, left_at
          FROM consult_participants WHERE consult_id = $1 ORDER BY id",
+        c.id,
     )
-    .bind(c.id)
     .fetch_all(&state.stores.pg)
     .await?;
     let mut out = Vec::new();
     for r in rows {
-        let role: String = r.try_get("role")?;
-        let st: String = r.try_get("state")?;
         let (Some(role), Some(st)) =
-            (ParticipantRole::parse(&role), coherency_protocol::consult::ParticipantState::parse(&st))
+            (ParticipantRole::parse(&r.role), coherency_protocol::consult::ParticipantState::parse(&r.state))
         else {
             continue;
         };
         out.push(Participant {
-            id: r.try_get("id")?,
-            user_id: r.try_get("user_id")?,
+            id: r.id,
+            user_id: r.user_id,
             role,
             state: st,
-            invited_by: r.try_get("invited_by")?,
-            checked_in_at: r.try_get("checked_in_at")?,
-            admitted_at: r.try_get("admitted_at")?,
-            joined_at: r.try_get("joined_at")?,
-            left_at: r.try_get("left_at")?,
+            invited_by: r.invited_by,
+            checked_in_at: r.checked_in_at,
+            admitted_at: r.admitted_at,
+            joined_at: r.joined_at,
+            left_at: r.left_at,
         });
     }
     Ok(out)
@@ -414,10 +411,12 @@ pub async fn invite(
     let c = hosted(&state, &req, &who, "consult.invite").await?;
     let b = body.parse()?;
     let role = ParticipantRole::from(b.role);
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL)")
-        .bind(b.user_id)
-        .fetch_one(&state.stores.pg)
-        .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND disabled_at IS NULL) AS "exists!""#,
+        b.user_id,
+    )
+    .fetch_one(&state.stores.pg)
+    .await?;
     if !exists {
         return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
     }
@@ -500,12 +499,12 @@ pub async fn events(
 ) -> Result<HttpResponse, ApiError> {
     let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
     if !is_host(&who, &c) {
-        let ever_admitted: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM consult_participants WHERE consult_id = $1 AND user_id = $2 AND admitted_at IS NOT NULL
-                            AND state NOT IN ('denied', 'removed'))",
+        let ever_admitted: bool = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM consult_participants WHERE consult_id = $1 AND user_id = $2 AND admitted_at IS NOT NULL
+                              AND state NOT IN ('denied', 'removed')) AS "ever_admitted!""#,
+            c.id,
+            who.user_id,
         )
-        .bind(c.id)
-        .bind(who.user_id)
         .fetch_one(&state.stores.pg)
         .await?;
         if !ever_admitted {
@@ -513,11 +512,11 @@ pub async fn events(
         }
     }
     let q: AfterQuery = crate::http::input::query(&req)?;
-    let rows: Vec<serde_json::Value> = sqlx::query_scalar(
+    let rows: Vec<serde_json::Value> = sqlx::query_scalar!(
         "SELECT body FROM consult_events WHERE consult_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000",
+        c.id,
+        q.after.map_or(0, |a| a.get()),
     )
-    .bind(c.id)
-    .bind(q.after.map_or(0, |a| a.get()))
     .fetch_all(&state.stores.pg)
     .await?;
     let events: Vec<RoomEvent> = rows.into_iter().filter_map(|v| serde_json::from_value(v).ok()).collect();
@@ -572,11 +571,11 @@ pub async fn waiting_room(
     who: Require<perm::ConsultsHost>,
 ) -> Result<HttpResponse, ApiError> {
     // Rooms with waiting patients that this node has not started yet are started first.
-    let open: Vec<Uuid> = sqlx::query_scalar(
+    let open: Vec<Uuid> = sqlx::query_scalar!(
         "SELECT DISTINCT c.id FROM consults c JOIN consult_participants p ON p.consult_id = c.id
          WHERE c.clinician_id = $1 AND c.status <> 'ended' AND p.state = 'waiting'",
+        who.user_id,
     )
-    .bind(who.user_id)
     .fetch_all(&state.stores.pg)
     .await?;
     // Rooms another node runs are asked for their queues.

@@ -17,7 +17,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::{Deserialize, Deserializer, Serialize};
-use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -276,50 +275,78 @@ pub struct PatientPage {
     pub next_cursor: Option<String>,
 }
 
-const COLS: &str = "id, user_id, active, organization_id, mrn, name_prefix, given_name, middle_name, family_name, \
-    name_suffix, birth_date, sex, gender_identity, preferred_language, phone, email, address, national_id_enc, \
-    notes_enc, version, created_at, updated_at, deactivated_at";
+/// A patients row as stored (protected fields still encrypted).
+struct PatientRow {
+    id: Uuid,
+    user_id: Option<Uuid>,
+    active: bool,
+    organization_id: String,
+    mrn: Option<String>,
+    name_prefix: Option<String>,
+    given_name: String,
+    middle_name: Option<String>,
+    family_name: String,
+    name_suffix: Option<String>,
+    birth_date: NaiveDate,
+    sex: String,
+    gender_identity: Option<String>,
+    preferred_language: Option<String>,
+    phone: Option<String>,
+    email: Option<String>,
+    address: Option<serde_json::Value>,
+    national_id_enc: Option<String>,
+    notes_enc: Option<String>,
+    version: i64,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deactivated_at: Option<DateTime<Utc>>,
+}
 
 fn decrypt_opt(state: &AppState, v: Option<String>) -> Result<Option<String>, ApiError> {
     v.map(|c| state.field_key.decrypt(&c).map_err(ApiError::internal)).transpose()
 }
 
-fn from_row(state: &AppState, r: &PgRow) -> Result<Patient, ApiError> {
-    let address: Option<serde_json::Value> = r.get("address");
+fn from_row(state: &AppState, r: PatientRow) -> Result<Patient, ApiError> {
     Ok(Patient {
-        id: r.get("id"),
-        user_id: r.get("user_id"),
-        active: r.get("active"),
-        organization_id: r.get("organization_id"),
-        mrn: r.get("mrn"),
-        prefix: r.get("name_prefix"),
-        given_name: r.get("given_name"),
-        middle_name: r.get("middle_name"),
-        family_name: r.get("family_name"),
-        suffix: r.get("name_suffix"),
-        birth_date: r.get("birth_date"),
-        sex: Sex::parse(r.get::<&str, _>("sex")),
-        gender_identity: r.get("gender_identity"),
-        preferred_language: r.get("preferred_language"),
-        phone: r.get("phone"),
-        email: r.get("email"),
-        address: address.map(serde_json::from_value).transpose().map_err(ApiError::internal)?,
-        national_id: decrypt_opt(state, r.get("national_id_enc"))?,
-        notes: decrypt_opt(state, r.get("notes_enc"))?,
-        version: r.get("version"),
-        created_at: r.get("created_at"),
-        updated_at: r.get("updated_at"),
-        deactivated_at: r.get("deactivated_at"),
+        id: r.id,
+        user_id: r.user_id,
+        active: r.active,
+        organization_id: r.organization_id,
+        mrn: r.mrn,
+        prefix: r.name_prefix,
+        given_name: r.given_name,
+        middle_name: r.middle_name,
+        family_name: r.family_name,
+        suffix: r.name_suffix,
+        birth_date: r.birth_date,
+        sex: Sex::parse(&r.sex),
+        gender_identity: r.gender_identity,
+        preferred_language: r.preferred_language,
+        phone: r.phone,
+        email: r.email,
+        address: r.address.map(serde_json::from_value).transpose().map_err(ApiError::internal)?,
+        national_id: decrypt_opt(state, r.national_id_enc)?,
+        notes: decrypt_opt(state, r.notes_enc)?,
+        version: r.version,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        deactivated_at: r.deactivated_at,
     })
 }
 
 /// Loads a record (no access check).
 pub async fn load(state: &AppState, id: Uuid) -> Result<Option<Patient>, ApiError> {
-    let row = sqlx::query(&format!("SELECT {COLS} FROM patients WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(&state.stores.pg)
-        .await?;
-    row.as_ref().map(|r| from_row(state, r)).transpose()
+    let row = sqlx::query_as!(
+        PatientRow,
+        "SELECT id, user_id, active, organization_id, mrn, name_prefix, given_name, middle_name, family_name,
+                name_suffix, birth_date, sex, gender_identity, preferred_language, phone, email, address,
+                national_id_enc, notes_enc, version, created_at, updated_at, deactivated_at
+         FROM patients WHERE id = $1",
+        id,
+    )
+    .fetch_optional(&state.stores.pg)
+    .await?;
+    row.map(|r| from_row(state, r)).transpose()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -539,29 +566,20 @@ fn stale() -> ApiError {
     ApiError::new(Code::PreconditionFailed, "the record changed since you read it; read it again")
 }
 
-/// Binds a profile's columns, in the order `given_name … notes_enc` of the patients table
-/// ($2–$16 after the id), encrypting the protected fields.
-trait BindProfile<'q> {
-    fn bind_profile(self, state: &AppState, p: &'q Profile) -> Self;
+/// A profile's columns as stored: the address as JSON, the protected fields encrypted.
+struct Stored {
+    address: Option<serde_json::Value>,
+    national_id_enc: Option<String>,
+    notes_enc: Option<String>,
 }
 
-impl<'q> BindProfile<'q> for sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-    fn bind_profile(self, state: &AppState, p: &'q Profile) -> Self {
-        self.bind(&p.given_name)
-            .bind(&p.family_name)
-            .bind(&p.middle_name)
-            .bind(&p.prefix)
-            .bind(&p.suffix)
-            .bind(p.birth_date)
-            .bind(p.sex.as_str())
-            .bind(&p.gender_identity)
-            .bind(&p.preferred_language)
-            .bind(&p.phone)
-            .bind(&p.email)
-            .bind(p.address.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()))
-            .bind(&p.mrn)
-            .bind(p.national_id.as_deref().map(|v| state.field_key.encrypt(v)))
-            .bind(p.notes.as_deref().map(|v| state.field_key.encrypt(v)))
+impl Profile {
+    fn stored(&self, state: &AppState) -> Stored {
+        Stored {
+            address: self.address.as_ref().map(|a| serde_json::to_value(a).unwrap_or_default()),
+            national_id_enc: self.national_id.as_deref().map(|v| state.field_key.encrypt(v)),
+            notes_enc: self.notes.as_deref().map(|v| state.field_key.encrypt(v)),
+        }
     }
 }
 
@@ -587,27 +605,44 @@ pub async fn create(
     let p = Profile::from_create(body, now.date_naive())?;
     let id = Uuid::now_v7();
     let mut tx = state.stores.pg.begin().await?;
-    sqlx::query(
+    let enc = p.stored(&state);
+    sqlx::query!(
         "INSERT INTO patients (id, given_name, family_name, middle_name, name_prefix, name_suffix, birth_date, sex,
              gender_identity, preferred_language, phone, email, address, mrn, national_id_enc, notes_enc,
              organization_id, created_by, created_at, updated_at)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$19)",
+        id,
+        &p.given_name,
+        &p.family_name,
+        p.middle_name.as_deref(),
+        p.prefix.as_deref(),
+        p.suffix.as_deref(),
+        p.birth_date,
+        p.sex.as_str(),
+        p.gender_identity.as_deref(),
+        p.preferred_language.as_deref(),
+        p.phone.as_deref(),
+        p.email.as_deref(),
+        enc.address,
+        p.mrn.as_deref(),
+        enc.national_id_enc,
+        enc.notes_enc,
+        DEFAULT_ORG,
+        who.user_id,
+        now,
     )
-    .bind(id)
-    .bind_profile(&state, &p)
-    .bind(DEFAULT_ORG)
-    .bind(who.user_id)
-    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(mrn_conflict)?;
     if who.role == Role::Clinician {
-        sqlx::query("INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'primary',$3)")
-            .bind(id)
-            .bind(who.user_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'primary',$3)",
+            id,
+            who.user_id,
+            now,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("patient.create", "success").target("patient", id)).await?;
@@ -651,26 +686,47 @@ pub async fn update(
     let expected = if_match(&req)?;
     let now = state.clock.now();
     let mut tx = state.stores.pg.begin().await?;
-    let row = sqlx::query(&format!("SELECT {COLS} FROM patients WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    let current = from_row(&state, &row)?;
+    let row = sqlx::query_as!(
+        PatientRow,
+        "SELECT id, user_id, active, organization_id, mrn, name_prefix, given_name, middle_name, family_name,
+                name_suffix, birth_date, sex, gender_identity, preferred_language, phone, email, address,
+                national_id_enc, notes_enc, version, created_at, updated_at, deactivated_at
+         FROM patients WHERE id = $1 FOR UPDATE",
+        id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(ApiError::not_found)?;
+    let current = from_row(&state, row)?;
     if current.version != expected {
         return Err(stale());
     }
     let mut p = Profile::from_patient(&current);
     p.apply(patch, now.date_naive())?;
-    sqlx::query(
+    let enc = p.stored(&state);
+    sqlx::query!(
         "UPDATE patients SET given_name=$2, family_name=$3, middle_name=$4, name_prefix=$5, name_suffix=$6, birth_date=$7,
              sex=$8, gender_identity=$9, preferred_language=$10, phone=$11, email=$12, address=$13, mrn=$14,
              national_id_enc=$15, notes_enc=$16, version = version + 1, updated_at=$17
          WHERE id = $1",
+        id,
+        &p.given_name,
+        &p.family_name,
+        p.middle_name.as_deref(),
+        p.prefix.as_deref(),
+        p.suffix.as_deref(),
+        p.birth_date,
+        p.sex.as_str(),
+        p.gender_identity.as_deref(),
+        p.preferred_language.as_deref(),
+        p.phone.as_deref(),
+        p.email.as_deref(),
+        enc.address,
+        p.mrn.as_deref(),
+        enc.national_id_enc,
+        enc.notes_enc,
+        now,
     )
-    .bind(id)
-    .bind_profile(&state, &p)
-    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(mrn_conflict)?;
@@ -699,12 +755,12 @@ pub async fn deactivate(
     let id = path_id(&req, "id")?;
     require_access(&state, &req, &who, id, "patient.deactivate").await?;
     let now = state.clock.now();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE patients SET active = false, deactivated_at = $2, version = version + 1, updated_at = $2
          WHERE id = $1 AND active",
+        id,
+        now,
     )
-    .bind(id)
-    .bind(now)
     .execute(&state.stores.pg)
     .await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("patient.deactivate", "success").target("patient", id))
@@ -819,7 +875,7 @@ pub async fn search(
 ) -> Result<(Vec<PatientSummary>, Option<(String, Uuid)>), sqlx::Error> {
     // One-letter typos in six-letter names score about 0.57; the default (0.6) misses them.
     let mut tx = pg.begin().await?;
-    sqlx::query("SET LOCAL pg_trgm.word_similarity_threshold = 0.5").execute(&mut *tx).await?;
+    sqlx::query!("SET LOCAL pg_trgm.word_similarity_threshold = 0.5").execute(&mut *tx).await?;
     let rows = search_query(p, scope).build().fetch_all(&mut *tx).await?;
     tx.commit().await?;
     let more = rows.len() as i64 > p.limit;
@@ -847,7 +903,7 @@ pub async fn count(pg: &PgPool, p: &SearchParams, scope: &Scope) -> Result<i64, 
     let mut qb = QueryBuilder::new("SELECT count(*) FROM patients p");
     push_filters(&mut qb, p, scope);
     let mut tx = pg.begin().await?;
-    sqlx::query("SET LOCAL pg_trgm.word_similarity_threshold = 0.5").execute(&mut *tx).await?;
+    sqlx::query!("SET LOCAL pg_trgm.word_similarity_threshold = 0.5").execute(&mut *tx).await?;
     let n = qb.build_query_scalar::<i64>().fetch_one(&mut *tx).await?;
     tx.commit().await?;
     Ok(n)

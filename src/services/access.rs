@@ -81,20 +81,19 @@ impl Access {
             // patient rows are never deleted.
             Role::Patient => who.patient_id == Some(patient_id),
             Role::Admin => {
-                sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM patients WHERE id = $1)")
-                    .bind(patient_id)
+                sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM patients WHERE id = $1) AS "exists!""#, patient_id)
                     .fetch_one(&self.pg)
                     .await?
             }
             Role::Clinician => {
-                sqlx::query_scalar::<_, bool>(
-                    "SELECT EXISTS (SELECT 1 FROM care_team WHERE patient_id = $1 AND clinician_id = $2)
-                         OR EXISTS (SELECT 1 FROM emergency_access WHERE patient_id = $1 AND clinician_id = $2
-                                    AND granted_at <= $3 AND expires_at > $3)",
+                sqlx::query_scalar!(
+                    r#"SELECT (EXISTS (SELECT 1 FROM care_team WHERE patient_id = $1 AND clinician_id = $2)
+                           OR EXISTS (SELECT 1 FROM emergency_access WHERE patient_id = $1 AND clinician_id = $2
+                                      AND granted_at <= $3 AND expires_at > $3)) AS "visible!""#,
+                    patient_id,
+                    who.user_id,
+                    self.clock.now(),
                 )
-                .bind(patient_id)
-                .bind(who.user_id)
-                .bind(self.clock.now())
                 .fetch_one(&self.pg)
                 .await?
             }
@@ -121,12 +120,13 @@ impl Access {
     /// Scans of a patient need their scan-capture consent on file: the latest consent entry
     /// for `scan_capture` says `granted`.
     pub async fn require_scan_consent(&self, grant: PatientGrant) -> Result<(), AccessError> {
-        let status: Option<String> = sqlx::query_scalar(
-            "SELECT data->>'status' FROM patient_entries
+        // `!` decodes as before: a consent entry without a status is an error, not "no consent".
+        let status: Option<String> = sqlx::query_scalar!(
+            r#"SELECT data->>'status' AS "status!" FROM patient_entries
              WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
-             ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1",
+             ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1"#,
+            grant.patient_id().as_uuid(),
         )
-        .bind(grant.patient_id().as_uuid())
         .fetch_optional(&self.pg)
         .await?;
         if status.as_deref() == Some("granted") {

@@ -97,12 +97,13 @@ impl Consults {
         if who.role == Role::Patient && who.patient_id.is_some() && who.patient_id == consult.patient_id {
             return Ok(VisibleConsult { consult, role: ParticipantRole::Patient });
         }
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM consult_participants WHERE consult_id = $1 AND user_id = $2")
-                .bind(id.as_uuid())
-                .bind(who.user_id)
-                .fetch_optional(&self.pg)
-                .await?;
+        let role: Option<String> = sqlx::query_scalar!(
+            "SELECT role FROM consult_participants WHERE consult_id = $1 AND user_id = $2",
+            id.as_uuid(),
+            who.user_id,
+        )
+        .fetch_optional(&self.pg)
+        .await?;
         match role.and_then(|r| ParticipantRole::parse(&r)) {
             Some(role) => Ok(VisibleConsult { consult, role }),
             None => Err(ConsultError::NotFound),

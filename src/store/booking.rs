@@ -10,45 +10,24 @@
 //! freed slots to the waitlist.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 use coherency_actors::calendar::{
     slots, Appointment, AppointmentType, BookingError, BookingEvent, BookingStore, Done, EventKind, NewHold, Occupied,
     Schedule, Snapshot, HOLD_TTL, LIVE, MAX_ACTIVE_HOLDS, OFFER_TTL,
 };
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::store::pg::DbFailure;
 
-/// The appointment columns every query answers, in [`AppointmentRow`]'s order.
-macro_rules! appt_cols {
-    () => {
-        "id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason, \
-         rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end"
-    };
-}
+// Every statement is written out in full so the build checks it (`sqlx::query!`): the
+// appointment queries all answer the columns of [`AppointmentRow`], and the live-overlap
+// condition (clinician `$1`, blocked range overlapping `[$2, $3)`, expired holds at time `$4`
+// excluded) appears in [`busy`] and [`taken`] alike.
 
-/// The waitlist columns, in [`WaitlistEntry`]'s order.
-macro_rules! waitlist_cols {
-    () => {
-        "id, clinician_id, patient_id, type_id, from_at, to_at, status, offered_appointment_id, offers_made, created_at"
-    };
-}
-
-/// Live rows (expired holds excluded) of clinician `$1` whose blocked range overlaps
-/// `[$2, $3)`, at time `$4`.
-macro_rules! live_overlap {
-    () => {
-        "clinician_id = $1 AND status IN ('held','booked','no_show')
-            AND NOT (status = 'held' AND expires_at <= $4)
-            AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')"
-    };
-}
-
-#[derive(sqlx::FromRow)]
 struct AppointmentRow {
     id: Uuid,
     clinician_id: Uuid,
@@ -93,7 +72,6 @@ impl From<AppointmentRow> for Appointment {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct TypeRow {
     id: Uuid,
     clinician_id: Uuid,
@@ -121,7 +99,7 @@ impl From<TypeRow> for AppointmentType {
 }
 
 /// A waitlist entry.
-#[derive(Debug, Clone, Serialize, ToSchema, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct WaitlistEntry {
     pub id: Uuid,
     pub clinician_id: Uuid,
@@ -162,20 +140,26 @@ type Result<T, E = BookingError> = std::result::Result<T, E>;
 // Reads
 
 pub async fn load(pg: &PgPool, id: Uuid) -> Result<Option<Appointment>> {
-    let row = sqlx::query_as::<_, AppointmentRow>(concat!("SELECT ", appt_cols!(), " FROM appointments WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pg)
-        .await
-        .map_err(db)?;
+    let row = sqlx::query_as!(
+        AppointmentRow,
+        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end
+           FROM appointments WHERE id = $1",
+        id,
+    )
+    .fetch_optional(pg)
+    .await
+    .map_err(db)?;
     Ok(row.map(Into::into))
 }
 
 pub async fn load_type(pg: &PgPool, id: Uuid) -> Result<Option<AppointmentType>> {
-    let row = sqlx::query_as::<_, TypeRow>(
+    let row = sqlx::query_as!(
+        TypeRow,
         "SELECT id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, active
            FROM appointment_types WHERE id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(pg)
     .await
     .map_err(db)?;
@@ -184,11 +168,12 @@ pub async fn load_type(pg: &PgPool, id: Uuid) -> Result<Option<AppointmentType>>
 
 /// The clinician's active appointment types, oldest first.
 pub async fn list_types(pg: &PgPool, clinician_id: Uuid) -> Result<Vec<AppointmentType>> {
-    let rows = sqlx::query_as::<_, TypeRow>(
+    let rows = sqlx::query_as!(
+        TypeRow,
         "SELECT id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, active
            FROM appointment_types WHERE clinician_id = $1 AND active ORDER BY created_at, id",
+        clinician_id,
     )
-    .bind(clinician_id)
     .fetch_all(pg)
     .await
     .map_err(db)?;
@@ -200,53 +185,49 @@ pub async fn list_types(pg: &PgPool, clinician_id: Uuid) -> Result<Vec<Appointme
 pub async fn load_schedule(pg: &PgPool, clinician_id: Uuid) -> Result<Option<Schedule>> {
     // Each array is sorted on every column of its table, so the arrays of one table line up
     // row by row even where rows share a weekday or a day.
-    let Some(row) = sqlx::query(
-        "SELECT s.tz, s.horizon_days, s.min_notice_min,
-                ARRAY(SELECT weekday FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS r_weekday,
-                ARRAY(SELECT start_time FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS r_start,
-                ARRAY(SELECT end_time FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS r_end,
-                ARRAY(SELECT day FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_day,
-                ARRAY(SELECT kind FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_kind,
-                ARRAY(SELECT start_time FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_start,
-                ARRAY(SELECT end_time FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS e_end
-           FROM schedules s WHERE s.clinician_id = $1",
+    // `ARRAY(subquery)` is never NULL (an empty array when no row matches); the exception
+    // times are NULL on whole-day exceptions.
+    let Some(row) = sqlx::query!(
+        r#"SELECT s.tz, s.horizon_days, s.min_notice_min,
+                ARRAY(SELECT weekday FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS "r_weekday!",
+                ARRAY(SELECT start_time FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS "r_start!",
+                ARRAY(SELECT end_time FROM schedule_rules r WHERE r.clinician_id = $1 ORDER BY weekday, start_time, end_time) AS "r_end!",
+                ARRAY(SELECT day FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS "e_day!",
+                ARRAY(SELECT kind FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS "e_kind!",
+                ARRAY(SELECT start_time FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS "e_start!: Vec<Option<NaiveTime>>",
+                ARRAY(SELECT end_time FROM schedule_exceptions e WHERE e.clinician_id = $1 ORDER BY day, kind, start_time, end_time) AS "e_end!: Vec<Option<NaiveTime>>"
+           FROM schedules s WHERE s.clinician_id = $1"#,
+        clinician_id,
     )
-    .bind(clinician_id)
     .fetch_optional(pg)
     .await
     .map_err(db)?
     else {
         return Ok(None);
     };
-    let tz: String = row.get("tz");
-    let tz: Tz = tz.parse().map_err(|_| {
+    let tz: Tz = row.tz.parse().map_err(|_| {
         tracing::error!("stored time zone does not parse");
         BookingError::internal()
     })?;
-    let weekdays: Vec<i16> = row.get("r_weekday");
-    let starts: Vec<NaiveTime> = row.get("r_start");
-    let ends: Vec<NaiveTime> = row.get("r_end");
-    let rules = weekdays
+    let rules = row
+        .r_weekday
         .into_iter()
-        .zip(starts)
-        .zip(ends)
+        .zip(row.r_start)
+        .zip(row.r_end)
         .map(|((weekday, start), end)| slots::Rule { weekday: weekday as u32, start, end })
         .collect();
-    let days: Vec<NaiveDate> = row.get("e_day");
-    let kinds: Vec<String> = row.get("e_kind");
-    let e_starts: Vec<Option<NaiveTime>> = row.get("e_start");
-    let e_ends: Vec<Option<NaiveTime>> = row.get("e_end");
-    let exceptions = days
+    let exceptions = row
+        .e_day
         .into_iter()
-        .zip(kinds)
-        .zip(e_starts.into_iter().zip(e_ends))
+        .zip(row.e_kind)
+        .zip(row.e_start.into_iter().zip(row.e_end))
         .map(|((day, kind), (s, e))| slots::Exception { day, extra: kind == "extra", hours: s.zip(e) })
         .collect();
     Ok(Some(Schedule {
         clinician_id,
         tz,
-        horizon_days: row.get("horizon_days"),
-        min_notice_min: row.get("min_notice_min"),
+        horizon_days: row.horizon_days,
+        min_notice_min: row.min_notice_min,
         rules,
         exceptions,
     }))
@@ -261,17 +242,20 @@ pub async fn busy(
     to: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Vec<Appointment>> {
-    let rows = sqlx::query_as::<_, AppointmentRow>(concat!(
-        "SELECT ",
-        appt_cols!(),
-        " FROM appointments WHERE ",
-        live_overlap!(),
-        " ORDER BY block_start"
-    ))
-    .bind(clinician_id)
-    .bind(from)
-    .bind(to)
-    .bind(now)
+    let rows = sqlx::query_as!(
+        AppointmentRow,
+        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end
+           FROM appointments
+          WHERE clinician_id = $1 AND status IN ('held','booked','no_show')
+            AND NOT (status = 'held' AND expires_at <= $4)
+            AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')
+          ORDER BY block_start",
+        clinician_id,
+        from,
+        to,
+        now,
+    )
     .fetch_all(pg)
     .await
     .map_err(db)?;
@@ -289,25 +273,31 @@ pub async fn taken(
     be: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    sqlx::query_scalar(concat!("SELECT EXISTS (SELECT 1 FROM appointments WHERE ", live_overlap!(), ")"))
-        .bind(clinician_id)
-        .bind(bs)
-        .bind(be)
-        .bind(now)
-        .fetch_one(pg)
-        .await
-        .map_err(db)
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM appointments
+          WHERE clinician_id = $1 AND status IN ('held','booked','no_show')
+            AND NOT (status = 'held' AND expires_at <= $4)
+            AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')) AS "taken!""#,
+        clinician_id,
+        bs,
+        be,
+        now,
+    )
+    .fetch_one(pg)
+    .await
+    .map_err(db)
 }
 
 /// The existing appointment a (caller, idempotency key) pair created, if any.
 pub async fn by_idempotency_key(pg: &PgPool, created_by: Uuid, key: &str) -> Result<Option<Appointment>> {
-    let row = sqlx::query_as::<_, AppointmentRow>(concat!(
-        "SELECT ",
-        appt_cols!(),
-        " FROM appointments WHERE created_by = $1 AND idempotency_key = $2"
-    ))
-    .bind(created_by)
-    .bind(key)
+    let row = sqlx::query_as!(
+        AppointmentRow,
+        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end
+           FROM appointments WHERE created_by = $1 AND idempotency_key = $2",
+        created_by,
+        key,
+    )
     .fetch_optional(pg)
     .await
     .map_err(db)?;
@@ -318,25 +308,25 @@ pub async fn by_idempotency_key(pg: &PgPool, created_by: Uuid, key: &str) -> Res
 pub async fn load_calendar(pg: &PgPool, clinician_id: Uuid, now: DateTime<Utc>) -> Result<Snapshot> {
     let schedule = load_schedule(pg, clinician_id).await?;
     let types = list_types(pg, clinician_id).await?;
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         "SELECT id, block_start, block_end, status, expires_at, version FROM appointments
           WHERE clinician_id = $1 AND status = ANY($3) AND block_end > $2",
+        clinician_id,
+        now,
+        LIVE as &[&str],
     )
-    .bind(clinician_id)
-    .bind(now)
-    .bind(LIVE)
     .fetch_all(pg)
     .await
     .map_err(db)?;
     let occupied = rows
         .into_iter()
         .map(|r| Occupied {
-            appointment_id: r.get("id"),
-            status: r.get("status"),
-            block_start: r.get("block_start"),
-            block_end: r.get("block_end"),
-            expires_at: r.get("expires_at"),
-            version: r.get("version"),
+            appointment_id: r.id,
+            status: r.status,
+            block_start: r.block_start,
+            block_end: r.block_end,
+            expires_at: r.expires_at,
+            version: r.version,
         })
         .collect();
     Ok(Snapshot { schedule, types, occupied })
@@ -351,18 +341,19 @@ pub async fn search(
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
 ) -> Result<Vec<Appointment>> {
-    let rows = sqlx::query_as::<_, AppointmentRow>(concat!(
-        "SELECT ",
-        appt_cols!(),
-        " FROM appointments
+    let rows = sqlx::query_as!(
+        AppointmentRow,
+        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end
+           FROM appointments
           WHERE ($1::uuid IS NULL OR patient_id = $1) AND ($2::uuid IS NULL OR clinician_id = $2)
             AND ($3::timestamptz IS NULL OR end_at > $3) AND ($4::timestamptz IS NULL OR start_at < $4)
-          ORDER BY start_at, id LIMIT 500"
-    ))
-    .bind(patient)
-    .bind(clinician)
-    .bind(from)
-    .bind(to)
+          ORDER BY start_at, id LIMIT 500",
+        patient,
+        clinician,
+        from,
+        to,
+    )
     .fetch_all(pg)
     .await
     .map_err(db)?;
@@ -371,8 +362,7 @@ pub async fn search(
 
 /// The clinician an appointment type belongs to (active or not).
 pub async fn type_clinician(pg: &PgPool, type_id: Uuid) -> Result<Option<Uuid>> {
-    sqlx::query_scalar("SELECT clinician_id FROM appointment_types WHERE id = $1")
-        .bind(type_id)
+    sqlx::query_scalar!("SELECT clinician_id FROM appointment_types WHERE id = $1", type_id)
         .fetch_optional(pg)
         .await
         .map_err(db)
@@ -380,22 +370,25 @@ pub async fn type_clinician(pg: &PgPool, type_id: Uuid) -> Result<Option<Uuid>> 
 
 /// Whether `id` is a clinician's user id.
 pub async fn is_clinician(pg: &PgPool, id: Uuid) -> Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician')")
-        .bind(id)
-        .fetch_one(pg)
-        .await
-        .map_err(db)
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM users WHERE id = $1 AND role = 'clinician') AS "clinician!""#,
+        id
+    )
+    .fetch_one(pg)
+    .await
+    .map_err(db)
 }
 
-/// Rows that break the invariant (two live rows of one clinician overlapping); always zero.
-pub const OVERLAP_QUERY: &str = "SELECT count(*) FROM appointments a JOIN appointments b
-    ON a.clinician_id = b.clinician_id AND a.id < b.id
-   AND tstzrange(a.block_start, a.block_end, '[)') && tstzrange(b.block_start, b.block_end, '[)')
- WHERE a.status IN ('held','booked','no_show') AND b.status IN ('held','booked','no_show')";
-
-/// Whether `pg` holds any overlap (the invariant query).
+/// How many pairs of live rows of one clinician overlap (the invariant query): always zero.
 pub async fn overlaps(pg: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(OVERLAP_QUERY).fetch_one(pg).await
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM appointments a JOIN appointments b
+            ON a.clinician_id = b.clinician_id AND a.id < b.id
+           AND tstzrange(a.block_start, a.block_end, '[)') && tstzrange(b.block_start, b.block_end, '[)')
+         WHERE a.status IN ('held','booked','no_show') AND b.status IN ('held','booked','no_show')"#
+    )
+    .fetch_one(pg)
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -413,52 +406,52 @@ pub struct NewSchedule<'a> {
 /// Replaces the clinician's schedule, rules and exceptions in one transaction.
 pub async fn put_schedule(pg: &PgPool, clinician_id: Uuid, s: NewSchedule<'_>, now: DateTime<Utc>) -> Result<()> {
     let mut tx = pg.begin().await.map_err(db)?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO schedules (clinician_id, tz, horizon_days, min_notice_min, updated_at) VALUES ($1,$2,$3,$4,$5)
          ON CONFLICT (clinician_id) DO UPDATE SET tz = $2, horizon_days = $3, min_notice_min = $4, updated_at = $5",
+        clinician_id,
+        s.tz.name(),
+        s.horizon_days,
+        s.min_notice_min,
+        now,
     )
-    .bind(clinician_id)
-    .bind(s.tz.name())
-    .bind(s.horizon_days)
-    .bind(s.min_notice_min)
-    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(db)?;
-    sqlx::query("DELETE FROM schedule_rules WHERE clinician_id = $1")
-        .bind(clinician_id)
+    sqlx::query!("DELETE FROM schedule_rules WHERE clinician_id = $1", clinician_id)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-    sqlx::query("DELETE FROM schedule_exceptions WHERE clinician_id = $1")
-        .bind(clinician_id)
+    sqlx::query!("DELETE FROM schedule_exceptions WHERE clinician_id = $1", clinician_id)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
     for r in s.rules {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO schedule_rules (id, clinician_id, weekday, start_time, end_time) VALUES ($1,$2,$3,$4,$5)",
+            Uuid::now_v7(),
+            clinician_id,
+            r.weekday as i16,
+            r.start,
+            r.end,
         )
-        .bind(Uuid::now_v7())
-        .bind(clinician_id)
-        .bind(r.weekday as i16)
-        .bind(r.start)
-        .bind(r.end)
         .execute(&mut *tx)
         .await
         .map_err(db)?;
     }
     for e in s.exceptions {
-        sqlx::query("INSERT INTO schedule_exceptions (id, clinician_id, day, kind, start_time, end_time) VALUES ($1,$2,$3,$4,$5,$6)")
-            .bind(Uuid::now_v7())
-            .bind(clinician_id)
-            .bind(e.day)
-            .bind(if e.extra { "extra" } else { "off" })
-            .bind(e.hours.map(|h| h.0))
-            .bind(e.hours.map(|h| h.1))
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        sqlx::query!(
+            "INSERT INTO schedule_exceptions (id, clinician_id, day, kind, start_time, end_time) VALUES ($1,$2,$3,$4,$5,$6)",
+            Uuid::now_v7(),
+            clinician_id,
+            e.day,
+            if e.extra { "extra" } else { "off" },
+            e.hours.map(|h| h.0),
+            e.hours.map(|h| h.1),
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
     }
     tx.commit().await.map_err(db)
 }
@@ -478,19 +471,20 @@ pub async fn create_type(
     t: NewType<'_>,
     now: DateTime<Utc>,
 ) -> Result<AppointmentType> {
-    let row = sqlx::query_as::<_, TypeRow>(
+    let row = sqlx::query_as!(
+        TypeRow,
         "INSERT INTO appointment_types (id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, created_at)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8)
          RETURNING id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, active",
+        Uuid::now_v7(),
+        clinician_id,
+        t.name,
+        t.duration_min,
+        t.buffer_before_min,
+        t.buffer_after_min,
+        t.modality,
+        now,
     )
-    .bind(Uuid::now_v7())
-    .bind(clinician_id)
-    .bind(t.name)
-    .bind(t.duration_min)
-    .bind(t.buffer_before_min)
-    .bind(t.buffer_after_min)
-    .bind(t.modality)
-    .bind(now)
     .fetch_one(pg)
     .await
     .map_err(db)?;
@@ -506,27 +500,32 @@ pub async fn join_waitlist(
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     now: DateTime<Utc>,
 ) -> Result<WaitlistEntry> {
-    sqlx::query_as::<_, WaitlistEntry>(concat!(
+    sqlx::query_as!(
+        WaitlistEntry,
         "INSERT INTO waitlist (id, clinician_id, patient_id, type_id, from_at, to_at, status, created_at, updated_at)
-         VALUES ($1,$2,$3,$4,$5,$6,'waiting',$7,$7) RETURNING ",
-        waitlist_cols!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(clinician_id)
-    .bind(patient_id)
-    .bind(type_id)
-    .bind(from)
-    .bind(to)
-    .bind(now)
+         VALUES ($1,$2,$3,$4,$5,$6,'waiting',$7,$7)
+         RETURNING id, clinician_id, patient_id, type_id, from_at, to_at, status, offered_appointment_id, offers_made, created_at",
+        Uuid::now_v7(),
+        clinician_id,
+        patient_id,
+        type_id,
+        from,
+        to,
+        now,
+    )
     .fetch_one(pg)
     .await
     .map_err(db)
 }
 
 pub async fn waitlist_entry(pg: &PgPool, id: Uuid) -> Result<Option<WaitlistEntry>> {
-    sqlx::query_as::<_, WaitlistEntry>(concat!("SELECT ", waitlist_cols!(), " FROM waitlist WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pg)
+    sqlx::query_as!(
+        WaitlistEntry,
+        "SELECT id, clinician_id, patient_id, type_id, from_at, to_at, status, offered_appointment_id, offers_made, created_at
+           FROM waitlist WHERE id = $1",
+        id,
+    )
+    .fetch_optional(pg)
         .await
         .map_err(db)
 }
@@ -535,44 +534,44 @@ pub async fn waitlist_entry(pg: &PgPool, id: Uuid) -> Result<Option<WaitlistEntr
 /// Europe/London) and two appointment types (30 min telehealth; 45 min in person with
 /// 10 min buffers). Idempotent.
 pub async fn seed_schedules(pg: &PgPool, now: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    let clinicians: Vec<Uuid> = sqlx::query_scalar(
+    let clinicians: Vec<Uuid> = sqlx::query_scalar!(
         "SELECT u.id FROM users u WHERE u.role = 'clinician' AND NOT EXISTS (SELECT 1 FROM schedules s WHERE s.clinician_id = u.id)",
     )
     .fetch_all(pg)
     .await?;
     for c in clinicians {
         let mut tx = pg.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO schedules (clinician_id, tz, horizon_days, min_notice_min, updated_at) VALUES ($1, 'Europe/London', 60, 60, $2)",
+            c,
+            now,
         )
-        .bind(c)
-        .bind(now)
         .execute(&mut *tx)
         .await?;
         for wd in 1..=5i16 {
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO schedule_rules (id, clinician_id, weekday, start_time, end_time) VALUES ($1,$2,$3,'09:00','17:00')",
+                Uuid::now_v7(),
+                c,
+                wd,
             )
-            .bind(Uuid::now_v7())
-            .bind(c)
-            .bind(wd)
             .execute(&mut *tx)
             .await?;
         }
         for (name, dur, buf, modality) in
             [("Wound review (video)", 30, 0, "telehealth"), ("Dressing change", 45, 10, "in_person")]
         {
-            sqlx::query(
+            sqlx::query!(
                 "INSERT INTO appointment_types (id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, created_at)
                  VALUES ($1,$2,$3,$4,$5,$5,$6,$7)",
+                Uuid::now_v7(),
+                c,
+                name,
+                dur,
+                buf,
+                modality,
+                now,
             )
-            .bind(Uuid::now_v7())
-            .bind(c)
-            .bind(name)
-            .bind(dur)
-            .bind(buf)
-            .bind(modality)
-            .bind(now)
             .execute(&mut *tx)
             .await?;
         }
@@ -591,15 +590,15 @@ async fn emit(conn: &mut PgConnection, now: DateTime<Utc>, kind: EventKind, a: &
         tracing::error!(error = %e, "booking event does not encode");
         BookingError::internal()
     })?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO booking_outbox (at, kind, appointment_id, clinician_id, patient_id, payload) VALUES ($1,$2,$3,$4,$5,$6)",
+        now,
+        kind.as_str(),
+        a.id,
+        a.clinician_id,
+        a.patient_id,
+        payload,
     )
-    .bind(now)
-    .bind(kind.as_str())
-    .bind(a.id)
-    .bind(a.clinician_id)
-    .bind(a.patient_id)
-    .bind(payload)
     .execute(conn)
     .await
     .map_err(db)?;
@@ -618,23 +617,27 @@ const CALENDAR_LOCK_CLASS: i32 = 0x6361_6c31;
 async fn lock_calendar(conn: &mut PgConnection, clinician_id: Uuid) -> Result<()> {
     let b = clinician_id.as_bytes();
     let key = (0..4).fold(0i32, |k, i| k ^ i32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]));
-    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-        .bind(CALENDAR_LOCK_CLASS)
-        .bind(key)
-        .execute(conn)
+    // In FROM: the function returns `void`, which has no Rust type to check against.
+    sqlx::query!(r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock($1, $2)"#, CALENDAR_LOCK_CLASS, key)
+        .fetch_one(conn)
         .await
         .map_err(db)?;
     Ok(())
 }
 
 async fn lock_row(conn: &mut PgConnection, id: Uuid) -> Result<Appointment> {
-    sqlx::query_as::<_, AppointmentRow>(concat!("SELECT ", appt_cols!(), " FROM appointments WHERE id = $1 FOR UPDATE"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await
-        .map_err(db)?
-        .map(Into::into)
-        .ok_or(BookingError::NotFound)
+    sqlx::query_as!(
+        AppointmentRow,
+        "SELECT id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end
+           FROM appointments WHERE id = $1 FOR UPDATE",
+        id,
+    )
+    .fetch_optional(conn)
+    .await
+    .map_err(db)?
+    .map(Into::into)
+    .ok_or(BookingError::NotFound)
 }
 
 fn not_live(a: &Appointment, now: DateTime<Utc>) -> BookingError {
@@ -647,21 +650,23 @@ fn not_live(a: &Appointment, now: DateTime<Utc>) -> BookingError {
 
 async fn requeue_offer(conn: &mut PgConnection, a: &Appointment, now: DateTime<Utc>) -> Result<()> {
     if let Some(w) = a.waitlist_id {
-        sqlx::query(
+        sqlx::query!(
             "UPDATE waitlist SET status = 'waiting', offered_appointment_id = NULL, updated_at = $2
               WHERE id = $1 AND status = 'offered'",
+            w,
+            now,
         )
-        .bind(w)
-        .bind(now)
         .execute(&mut *conn)
         .await
         .map_err(db)?;
-        sqlx::query("INSERT INTO waitlist_declined (waitlist_id, start_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(w)
-            .bind(a.start_at)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        sqlx::query!(
+            "INSERT INTO waitlist_declined (waitlist_id, start_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            w,
+            a.start_at,
+        )
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     }
     Ok(())
 }
@@ -675,17 +680,18 @@ async fn expire_overlapping(
     be: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<Vec<BookingEvent>> {
-    let expired = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let expired = sqlx::query_as!(
+        AppointmentRow,
         "UPDATE appointments SET status = 'expired', updated_at = $4, version = version + 1
           WHERE clinician_id = $1 AND status = 'held' AND expires_at <= $4
             AND tstzrange(block_start, block_end, '[)') && tstzrange($2, $3, '[)')
-          RETURNING ",
-        appt_cols!()
-    ))
-    .bind(clinician_id)
-    .bind(bs)
-    .bind(be)
-    .bind(now)
+          RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        clinician_id,
+        bs,
+        be,
+        now,
+    )
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
@@ -707,16 +713,15 @@ pub async fn hold(pg: &PgPool, h: &NewHold, ty: &AppointmentType, now: DateTime<
     if !h.confirm {
         // One patient's holds are counted under the patient row's lock, so concurrent holds
         // from one patient cannot all pass the cap.
-        sqlx::query("SELECT 1 FROM patients WHERE id = $1 FOR UPDATE")
-            .bind(h.patient_id)
-            .execute(&mut *tx)
+        sqlx::query!(r#"SELECT 1 AS "locked!" FROM patients WHERE id = $1 FOR UPDATE"#, h.patient_id)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db)?;
-        let live: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM appointments WHERE patient_id = $1 AND status = 'held' AND expires_at > $2",
+        let live: i64 = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "n!" FROM appointments WHERE patient_id = $1 AND status = 'held' AND expires_at > $2"#,
+            h.patient_id,
+            now,
         )
-        .bind(h.patient_id)
-        .bind(now)
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
@@ -725,26 +730,28 @@ pub async fn hold(pg: &PgPool, h: &NewHold, ty: &AppointmentType, now: DateTime<
         }
     }
     let (status, expires) = if h.confirm { ("booked", None) } else { ("held", Some(now + HOLD_TTL)) };
-    let a: Appointment = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let a: Appointment = sqlx::query_as!(
+        AppointmentRow,
         "INSERT INTO appointments (id, clinician_id, patient_id, type_id, modality, start_at, end_at, block_start, block_end,
                                    status, expires_at, idempotency_key, created_by, created_at, updated_at)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$14) RETURNING ",
-        appt_cols!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(h.clinician_id)
-    .bind(h.patient_id)
-    .bind(ty.id)
-    .bind(&ty.modality)
-    .bind(start)
-    .bind(end)
-    .bind(bs)
-    .bind(be)
-    .bind(status)
-    .bind(expires)
-    .bind(&h.idempotency_key)
-    .bind(h.created_by)
-    .bind(now)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$14)
+         RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        Uuid::now_v7(),
+        h.clinician_id,
+        h.patient_id,
+        ty.id,
+        &ty.modality,
+        start,
+        end,
+        bs,
+        be,
+        status,
+        expires,
+        h.idempotency_key.as_deref(),
+        h.created_by,
+        now,
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(db_write)?
@@ -765,21 +772,21 @@ pub async fn confirm(pg: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Done> 
     if cur.status != "held" || cur.expires_at.is_some_and(|e| e <= now) {
         return Err(not_live(&cur, now));
     }
-    let a: Appointment = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let a: Appointment = sqlx::query_as!(
+        AppointmentRow,
         "UPDATE appointments SET status = 'booked', expires_at = NULL, updated_at = $2, version = version + 1
-          WHERE id = $1 RETURNING ",
-        appt_cols!()
-    ))
-    .bind(id)
-    .bind(now)
+          WHERE id = $1
+          RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        id,
+        now,
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?
     .into();
     if let Some(w) = a.waitlist_id {
-        sqlx::query("UPDATE waitlist SET status = 'claimed', updated_at = $2 WHERE id = $1")
-            .bind(w)
-            .bind(now)
+        sqlx::query!("UPDATE waitlist SET status = 'claimed', updated_at = $2 WHERE id = $1", w, now)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
@@ -800,16 +807,18 @@ pub async fn cancel(pg: &PgPool, id: Uuid, by: Uuid, reason: &str, now: DateTime
     if !matches!(cur.status.as_str(), "held" | "booked") {
         return Err(BookingError::NotLive(cur.status));
     }
-    let a: Appointment = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let a: Appointment = sqlx::query_as!(
+        AppointmentRow,
         "UPDATE appointments SET status = 'cancelled', cancel_reason = $2, cancelled_by = $3, expires_at = NULL,
                 updated_at = $4, version = version + 1
-          WHERE id = $1 RETURNING ",
-        appt_cols!()
-    ))
-    .bind(id)
-    .bind(reason)
-    .bind(by)
-    .bind(now)
+          WHERE id = $1
+          RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        id,
+        reason,
+        by,
+        now,
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?
@@ -838,8 +847,7 @@ pub async fn reschedule(
     let mut tx = pg.begin().await.map_err(db)?;
     // The calendar lock before the row lock, in the same order as a hold takes them (an
     // appointment's clinician never changes, so a plain read names the calendar).
-    let clinician: Option<Uuid> = sqlx::query_scalar("SELECT clinician_id FROM appointments WHERE id = $1")
-        .bind(id)
+    let clinician: Option<Uuid> = sqlx::query_scalar!("SELECT clinician_id FROM appointments WHERE id = $1", id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db)?;
@@ -851,40 +859,44 @@ pub async fn reschedule(
         return Err(not_live(&cur, now));
     }
     let mut events = expire_overlapping(&mut tx, cur.clinician_id, bs, be, now).await?;
-    let old: Appointment = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let old: Appointment = sqlx::query_as!(
+        AppointmentRow,
         "UPDATE appointments SET status = 'cancelled', cancel_reason = 'rescheduled', cancelled_by = $2,
                 expires_at = NULL, updated_at = $3, version = version + 1
-          WHERE id = $1 RETURNING ",
-        appt_cols!()
-    ))
-    .bind(id)
-    .bind(by)
-    .bind(now)
+          WHERE id = $1
+          RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        id,
+        by,
+        now,
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?
     .into();
     let expires = if cur.status == "held" { Some(now + HOLD_TTL) } else { None };
-    let new: Appointment = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let new: Appointment = sqlx::query_as!(
+        AppointmentRow,
         "INSERT INTO appointments (id, clinician_id, patient_id, type_id, modality, start_at, end_at, block_start, block_end,
                                    status, expires_at, created_by, rescheduled_from, created_at, updated_at)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$14) RETURNING ",
-        appt_cols!()
-    ))
-    .bind(Uuid::now_v7())
-    .bind(cur.clinician_id)
-    .bind(cur.patient_id)
-    .bind(ty.id)
-    .bind(&ty.modality)
-    .bind(start)
-    .bind(end)
-    .bind(bs)
-    .bind(be)
-    .bind(&cur.status)
-    .bind(expires)
-    .bind(by)
-    .bind(cur.id)
-    .bind(now)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$14)
+         RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        Uuid::now_v7(),
+        cur.clinician_id,
+        cur.patient_id,
+        ty.id,
+        &ty.modality,
+        start,
+        end,
+        bs,
+        be,
+        &cur.status,
+        expires,
+        by,
+        cur.id,
+        now,
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(db_write)?
@@ -908,12 +920,15 @@ pub async fn no_show(pg: &PgPool, id: Uuid, now: DateTime<Utc>) -> Result<Done> 
     if cur.start_at > now {
         return Err(BookingError::NotStarted);
     }
-    let a: Appointment = sqlx::query_as::<_, AppointmentRow>(concat!(
-        "UPDATE appointments SET status = 'no_show', updated_at = $2, version = version + 1 WHERE id = $1 RETURNING ",
-        appt_cols!()
-    ))
-    .bind(id)
-    .bind(now)
+    let a: Appointment = sqlx::query_as!(
+        AppointmentRow,
+        "UPDATE appointments SET status = 'no_show', updated_at = $2, version = version + 1
+          WHERE id = $1
+          RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        id,
+        now,
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(db)?
@@ -929,29 +944,28 @@ async fn offer_freed(conn: &mut PgConnection, freed: &Appointment, now: DateTime
     if freed.start_at <= now {
         return Ok(None);
     }
-    let cands = sqlx::query(
+    let cands = sqlx::query!(
         "SELECT w.id, w.patient_id, w.type_id FROM waitlist w
           WHERE w.clinician_id = $1 AND w.status = 'waiting' AND w.from_at <= $2 AND w.to_at >= $3
             AND NOT EXISTS (SELECT 1 FROM waitlist_declined d WHERE d.waitlist_id = w.id AND d.start_at = $2)
           ORDER BY w.created_at, w.id
           LIMIT 5
           FOR UPDATE SKIP LOCKED",
+        freed.clinician_id,
+        freed.start_at,
+        freed.end_at,
     )
-    .bind(freed.clinician_id)
-    .bind(freed.start_at)
-    .bind(freed.end_at)
     .fetch_all(&mut *conn)
     .await
     .map_err(db)?;
     for row in cands {
-        let wid: Uuid = row.get("id");
-        let patient: Uuid = row.get("patient_id");
-        let type_id: Uuid = row.get("type_id");
-        let Some(ty) = sqlx::query_as::<_, TypeRow>(
+        let (wid, patient, type_id) = (row.id, row.patient_id, row.type_id);
+        let Some(ty) = sqlx::query_as!(
+            TypeRow,
             "SELECT id, clinician_id, name, duration_min, buffer_before_min, buffer_after_min, modality, active
                FROM appointment_types WHERE id = $1",
+            type_id,
         )
-        .bind(type_id)
         .fetch_optional(&mut *conn)
         .await
         .map_err(db)?
@@ -961,40 +975,41 @@ async fn offer_freed(conn: &mut PgConnection, freed: &Appointment, now: DateTime
         let (start, end, bs, be) = ty.block(freed.start_at);
         // A savepoint: if this patient's type does not fit, try the next.
         let mut sp = sqlx::Connection::begin(&mut *conn).await.map_err(db)?;
-        let res = sqlx::query_as::<_, AppointmentRow>(concat!(
+        let res = sqlx::query_as!(
+            AppointmentRow,
             "INSERT INTO appointments (id, clinician_id, patient_id, type_id, modality, start_at, end_at, block_start, block_end,
                                        status, expires_at, created_by, waitlist_id, created_at, updated_at)
              SELECT $1,$2,$3,$4,$5,$6,$7,$8,$9,'held',$10, u.user_id, $11, $12, $12
                FROM (SELECT coalesce(p.user_id, $13) AS user_id FROM patients p WHERE p.id = $3) u
-             RETURNING ",
-            appt_cols!()
-        ))
-        .bind(Uuid::now_v7())
-        .bind(freed.clinician_id)
-        .bind(patient)
-        .bind(ty.id)
-        .bind(&ty.modality)
-        .bind(start)
-        .bind(end)
-        .bind(bs)
-        .bind(be)
-        .bind(now + OFFER_TTL)
-        .bind(wid)
-        .bind(now)
-        .bind(freed.clinician_id)
+             RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+            Uuid::now_v7(),
+            freed.clinician_id,
+            patient,
+            ty.id,
+            &ty.modality,
+            start,
+            end,
+            bs,
+            be,
+            now + OFFER_TTL,
+            wid,
+            now,
+            freed.clinician_id,
+        )
         .fetch_optional(&mut *sp)
         .await;
         match res {
             Ok(Some(a)) => {
                 let a = Appointment::from(a);
                 sp.commit().await.map_err(db)?;
-                sqlx::query(
+                sqlx::query!(
                     "UPDATE waitlist SET status = 'offered', offered_appointment_id = $2, offers_made = offers_made + 1,
                             updated_at = $3 WHERE id = $1",
+                    wid,
+                    a.id,
+                    now,
                 )
-                .bind(wid)
-                .bind(a.id)
-                .bind(now)
                 .execute(&mut *conn)
                 .await
                 .map_err(db)?;
@@ -1017,14 +1032,15 @@ async fn offer_freed(conn: &mut PgConnection, freed: &Appointment, now: DateTime
 /// skipped), returns waitlist offers to the queue and offers each freed slot on.
 pub async fn sweep(pg: &PgPool, now: DateTime<Utc>) -> Result<Vec<BookingEvent>> {
     let mut tx = pg.begin().await.map_err(db)?;
-    let expired = sqlx::query_as::<_, AppointmentRow>(concat!(
+    let expired = sqlx::query_as!(
+        AppointmentRow,
         "UPDATE appointments SET status = 'expired', updated_at = $1, version = version + 1
           WHERE id IN (SELECT id FROM appointments WHERE status = 'held' AND expires_at <= $1
                         ORDER BY expires_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-          RETURNING ",
-        appt_cols!()
-    ))
-    .bind(now)
+          RETURNING id, clinician_id, patient_id, type_id, modality, start_at, end_at, status, expires_at, cancel_reason,
+                rescheduled_from, waitlist_id, version, created_at, updated_at, block_start, block_end",
+        now,
+    )
     .fetch_all(&mut *tx)
     .await
     .map_err(db)?;

@@ -41,11 +41,10 @@ impl PatientNames {
         };
         let looked_up = cell
             .get_or_try_init(|| async {
-                sqlx::query_as::<_, (String, String)>("SELECT given_name, family_name FROM patients WHERE id = $1")
-                    .bind(patient)
+                sqlx::query!("SELECT given_name, family_name FROM patients WHERE id = $1", patient)
                     .fetch_optional(pg)
                     .await
-                    .map(|r| r.map(|(g, f)| format!("{g} {f}")))
+                    .map(|r| r.map(|r| format!("{} {}", r.given_name, r.family_name)))
             })
             .await;
         // A failed lookup is not kept: the next board asks again.

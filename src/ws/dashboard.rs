@@ -73,11 +73,12 @@ pub async fn scope_for(state: &AppState, who: &Principal) -> Result<Scope, ApiEr
         Role::Admin => Scope::Clinic,
         Role::Patient => Scope::Patient { id: who.patient_id.ok_or_else(ApiError::forbidden)? },
         Role::Clinician => {
-            let patients: Vec<Uuid> =
-                sqlx::query_scalar("SELECT patient_id FROM care_team WHERE clinician_id = $1 LIMIT 100000")
-                    .bind(who.user_id)
-                    .fetch_all(&state.stores.pg)
-                    .await?;
+            let patients: Vec<Uuid> = sqlx::query_scalar!(
+                "SELECT patient_id FROM care_team WHERE clinician_id = $1 LIMIT 100000",
+                who.user_id
+            )
+            .fetch_all(&state.stores.pg)
+            .await?;
             Scope::Clinician { id: who.user_id, patients: patients.into_iter().collect::<HashSet<_>>() }
         }
     })

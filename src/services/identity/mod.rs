@@ -305,16 +305,16 @@ impl Identity {
         password_hash: &str,
     ) -> Result<UserId, IdentityError> {
         let id = UserId::new();
-        let res = sqlx::query(
+        let res = sqlx::query!(
             "INSERT INTO users (id, email, display_name, role, password_hash, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$6)
              ON CONFLICT (email) DO NOTHING",
+            id.as_uuid(),
+            email,
+            display_name,
+            role.as_str(),
+            password_hash,
+            self.clock.now(),
         )
-        .bind(id.as_uuid())
-        .bind(email)
-        .bind(display_name)
-        .bind(role.as_str())
-        .bind(password_hash)
-        .bind(self.clock.now())
         .execute(&mut *tx)
         .await?;
         if res.rows_affected() == 0 {

@@ -7,7 +7,6 @@ use chrono::{DateTime, Duration, Utc};
 use coherency_protocol::ids::{SessionId, UserId};
 use redis::AsyncCommands;
 use serde::Serialize;
-use sqlx::Row;
 use uuid::Uuid;
 
 use super::sockets::{announce, Revocation};
@@ -32,11 +31,19 @@ pub struct TokenPair {
     pub session_id: Uuid,
 }
 
-/// The columns a principal is built from; `{where}` selects the session.
-const PRINCIPAL_SELECT: &str =
-    "SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
-        u.role, u.disabled_at, u.totp_enabled, p.id AS patient_id
- FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id";
+/// The columns a principal is built from (a session, its user and the user's patient record).
+struct PrincipalRow {
+    id: Uuid,
+    user_id: Uuid,
+    last_seen_at: DateTime<Utc>,
+    absolute_expires_at: DateTime<Utc>,
+    revoked_at: Option<DateTime<Utc>>,
+    mfa_verified: bool,
+    role: String,
+    disabled_at: Option<DateTime<Utc>>,
+    totp_enabled: bool,
+    patient_id: Option<Uuid>,
+}
 
 /// Why a session row no longer authenticates anyone.
 enum Dead {
@@ -48,30 +55,29 @@ enum Dead {
 
 /// The one liveness rule (revocation, disabled account, both timeouts) and the principal
 /// of a live session row.
-fn live_principal(row: &sqlx::postgres::PgRow, now: DateTime<Utc>) -> Result<Result<Principal, Dead>, IdentityError> {
-    if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some() {
+fn live_principal(row: &PrincipalRow, now: DateTime<Utc>) -> Result<Result<Principal, Dead>, IdentityError> {
+    if row.revoked_at.is_some() {
         return Ok(Err(Dead::Revoked));
     }
-    if row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some() {
+    if row.disabled_at.is_some() {
         return Ok(Err(Dead::Disabled));
     }
-    let last_seen: DateTime<Utc> = row.get("last_seen_at");
-    let absolute: DateTime<Utc> = row.get("absolute_expires_at");
+    let last_seen = row.last_seen_at;
+    let absolute = row.absolute_expires_at;
     if now >= absolute {
         return Ok(Err(Dead::Expired("absolute")));
     }
     if now - last_seen >= IDLE_TIMEOUT {
         return Ok(Err(Dead::Expired("idle")));
     }
-    let role =
-        Role::parse(row.get::<String, _>("role").as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
+    let role = Role::parse(row.role.as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
     Ok(Ok(Principal {
-        user_id: row.get("user_id"),
+        user_id: row.user_id,
         role,
-        session_id: row.get("id"),
-        mfa_enrolled: row.get("totp_enabled"),
-        mfa_verified: row.get("mfa_verified"),
-        patient_id: row.get("patient_id"),
+        session_id: row.id,
+        mfa_enrolled: row.totp_enabled,
+        mfa_verified: row.mfa_verified,
+        patient_id: row.patient_id,
     }))
 }
 
@@ -90,26 +96,28 @@ impl Identity {
         let refresh = new_token("chr_");
         let expires = now + ABSOLUTE_LIFETIME;
         let mut tx = self.pg.begin().await?;
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO sessions (id, user_id, access_hash, created_at, last_seen_at, absolute_expires_at, mfa_verified, ip, user_agent)
              VALUES ($1,$2,$3,$4,$4,$5,$6,$7,$8)",
+            id,
+            user_id.as_uuid(),
+            self.token_hash(&access),
+            now,
+            expires,
+            mfa_verified,
+            ip,
+            user_agent.map(|u| u.chars().take(200).collect::<String>()),
         )
-        .bind(id)
-        .bind(user_id.as_uuid())
-        .bind(self.token_hash(&access))
-        .bind(now)
-        .bind(expires)
-        .bind(mfa_verified)
-        .bind(ip)
-        .bind(user_agent.map(|u| u.chars().take(200).collect::<String>()))
         .execute(&mut *tx)
         .await?;
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)")
-            .bind(self.token_hash(&refresh))
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)",
+            self.token_hash(&refresh),
+            id,
+            now,
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(TokenPair {
             access_token: access,
@@ -128,27 +136,34 @@ impl Identity {
             return Err(IdentityError::Unauthenticated("authentication required"));
         }
         let now = self.clock.now();
-        let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE s.access_hash = $1"))
-            .bind(self.token_hash(token))
-            .fetch_optional(&self.pg)
-            .await?
-            .ok_or_else(|| IdentityError::Unauthenticated("authentication required"))?;
+        let row = sqlx::query_as!(
+            PrincipalRow,
+            r#"SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
+                      u.role, u.disabled_at, u.totp_enabled, p.id AS "patient_id?"
+               FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id
+               WHERE s.access_hash = $1"#,
+            self.token_hash(token),
+        )
+        .fetch_optional(&self.pg)
+        .await?
+        .ok_or_else(|| IdentityError::Unauthenticated("authentication required"))?;
         let principal = match live_principal(&row, now)? {
             Ok(p) => p,
             Err(Dead::Revoked) => return Err(IdentityError::TokenRevoked("this session has ended; log in again")),
             Err(Dead::Disabled) => return Err(IdentityError::AccountDisabled),
             Err(Dead::Expired(reason)) => {
-                self.end(SessionId::from_uuid(row.get("id")), reason).await?;
+                self.end(SessionId::from_uuid(row.id), reason).await?;
                 return Err(IdentityError::TokenExpired("this session has expired; log in again"));
             }
         };
-        let last_seen: DateTime<Utc> = row.get("last_seen_at");
-        if now - last_seen >= TOUCH_EVERY {
-            sqlx::query("UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-                .bind(principal.session_id)
-                .bind(now)
-                .execute(&self.pg)
-                .await?;
+        if now - row.last_seen_at >= TOUCH_EVERY {
+            sqlx::query!(
+                "UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                principal.session_id,
+                now,
+            )
+            .execute(&self.pg)
+            .await?;
         }
         Ok(principal)
     }
@@ -158,18 +173,18 @@ impl Identity {
         let now = self.clock.now();
         let hash = self.token_hash(refresh_token);
         let mut tx = self.pg.begin().await?;
-        let row = sqlx::query(
+        let row = sqlx::query!(
             "SELECT r.session_id, r.used_at, s.revoked_at, s.last_seen_at, s.absolute_expires_at, s.user_id, u.disabled_at
              FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
              WHERE r.token_hash = $1 FOR UPDATE OF r, s",
+            &hash,
         )
-        .bind(&hash)
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| IdentityError::Unauthenticated("unknown refresh token"))?;
-        let session_id: Uuid = row.get("session_id");
-        let user_id: Uuid = row.get("user_id");
-        if row.get::<Option<DateTime<Utc>>, _>("used_at").is_some() {
+        let session_id: Uuid = row.session_id;
+        let user_id: Uuid = row.user_id;
+        if row.used_at.is_some() {
             tx.rollback().await?;
             self.end(SessionId::from_uuid(session_id), "refresh-reuse").await?;
             crate::audit::record(
@@ -182,14 +197,14 @@ impl Identity {
             .await?;
             return Err(IdentityError::TokenRevoked("refresh token reused; the session has been revoked"));
         }
-        if row.get::<Option<DateTime<Utc>>, _>("revoked_at").is_some() {
+        if row.revoked_at.is_some() {
             return Err(IdentityError::TokenRevoked("this session has ended; log in again"));
         }
-        if row.get::<Option<DateTime<Utc>>, _>("disabled_at").is_some() {
+        if row.disabled_at.is_some() {
             return Err(IdentityError::AccountDisabled);
         }
-        let last_seen: DateTime<Utc> = row.get("last_seen_at");
-        let absolute: DateTime<Utc> = row.get("absolute_expires_at");
+        let last_seen = row.last_seen_at;
+        let absolute = row.absolute_expires_at;
         if now >= absolute || now - last_seen >= IDLE_TIMEOUT {
             tx.rollback().await?;
             self.end(SessionId::from_uuid(session_id), "expired").await?;
@@ -197,23 +212,25 @@ impl Identity {
         }
         let access = new_token("cha_");
         let next = new_token("chr_");
-        sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1")
-            .bind(&hash)
-            .bind(now)
+        sqlx::query!("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1", &hash, now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)")
-            .bind(self.token_hash(&next))
-            .bind(session_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE sessions SET access_hash = $2, last_seen_at = $3 WHERE id = $1")
-            .bind(session_id)
-            .bind(self.token_hash(&access))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)",
+            self.token_hash(&next),
+            session_id,
+            now,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE sessions SET access_hash = $2, last_seen_at = $3 WHERE id = $1",
+            session_id,
+            self.token_hash(&access),
+            now,
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(TokenPair {
             access_token: access,
@@ -228,12 +245,14 @@ impl Identity {
     /// Ends one session and tells every node.
     pub async fn end(&self, session: SessionId, reason: &str) -> Result<(), IdentityError> {
         let session_id = session.as_uuid();
-        sqlx::query("UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL")
-            .bind(session_id)
-            .bind(self.clock.now())
-            .bind(reason)
-            .execute(&self.pg)
-            .await?;
+        sqlx::query!(
+            "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE id = $1 AND revoked_at IS NULL",
+            session_id,
+            self.clock.now(),
+            reason,
+        )
+        .execute(&self.pg)
+        .await?;
         announce(&self.sockets, &self.redis, Revocation::Session(session_id)).await;
         Ok(())
     }
@@ -241,12 +260,12 @@ impl Identity {
     /// Ends every session of a user and tells every node.
     pub async fn end_all(&self, user: UserId, reason: &str) -> Result<u64, IdentityError> {
         let user_id = user.as_uuid();
-        let n = sqlx::query(
+        let n = sqlx::query!(
             "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 WHERE user_id = $1 AND revoked_at IS NULL",
+            user_id,
+            self.clock.now(),
+            reason,
         )
-        .bind(user_id)
-        .bind(self.clock.now())
-        .bind(reason)
         .execute(&self.pg)
         .await?
         .rows_affected();
@@ -279,11 +298,17 @@ impl Identity {
 
     /// The principal of a live session (tickets and socket re-checks).
     pub async fn principal_for_session(&self, session: SessionId) -> Result<Principal, IdentityError> {
-        let row = sqlx::query(&format!("{PRINCIPAL_SELECT} WHERE s.id = $1"))
-            .bind(session.as_uuid())
-            .fetch_optional(&self.pg)
-            .await?
-            .ok_or_else(|| IdentityError::Unauthenticated("authentication required"))?;
+        let row = sqlx::query_as!(
+            PrincipalRow,
+            r#"SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
+                      u.role, u.disabled_at, u.totp_enabled, p.id AS "patient_id?"
+               FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id
+               WHERE s.id = $1"#,
+            session.as_uuid(),
+        )
+        .fetch_optional(&self.pg)
+        .await?
+        .ok_or_else(|| IdentityError::Unauthenticated("authentication required"))?;
         match live_principal(&row, self.clock.now())? {
             Ok(p) => Ok(p),
             Err(Dead::Revoked | Dead::Disabled) => Err(IdentityError::TokenRevoked("this session has ended")),
