@@ -406,13 +406,19 @@ async fn one_address_holds_at_most_its_share_of_connections_and_a_closed_one_fre
         s.write_all(b"GET /livez HTTP/1.1\r\n").await.unwrap();
         held.push(s);
     }
-    // ...so one more is refused at once, in the envelope, and closed.
-    let started = Instant::now();
-    let (got, closed) = exchange(&app, b"GET /livez HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    // ...so one more is refused at once, in the envelope, and closed. The server's workers
+    // take the three up asynchronously; until the last is counted a fourth may still be served
+    // (and closed), so the refusal is awaited, not assumed on the first try.
+    let (got, closed, took) = eventually(BOUND, "the fourth connection refused", || async {
+        let started = Instant::now();
+        let (got, closed) = exchange(&app, b"GET /livez HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+        (got.first().map(|a| a.status) != Some(200)).then(|| (got, closed, started.elapsed()))
+    })
+    .await;
     assert_eq!(got.len(), 1, "{got:?}");
     got[0].assert_envelope(429, "too_many_connections", "the fourth connection");
     assert_eq!(got[0].header("retry-after"), Some("1"));
-    assert!(closed && started.elapsed() < Duration::from_secs(3), "refused at once: {:?}", started.elapsed());
+    assert!(closed && took < Duration::from_secs(3), "refused at once: {took:?}");
 
     // One slow client finishes its request: its connection stays (keep-alive) and still counts.
     held[0].write_all(b"Host: a\r\n\r\n").await.unwrap();
