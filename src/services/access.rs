@@ -5,6 +5,7 @@
 use coherency_protocol::ids::PatientId;
 use coherency_protocol::{Code, ErrorCode};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use super::identity::{Principal, Role};
 use super::Caller;
@@ -117,22 +118,28 @@ impl Access {
         Err(AccessError::NotFound)
     }
 
-    /// Scans of a patient need their scan-capture consent on file: the latest consent entry
-    /// for `scan_capture` says `granted`.
+    /// Scans of a patient need their scan-capture consent on file ([`has_scan_consent`]).
     pub async fn require_scan_consent(&self, grant: PatientGrant) -> Result<(), AccessError> {
-        // `!` decodes as before: a consent entry without a status is an error, not "no consent".
-        let status: Option<String> = sqlx::query_scalar!(
-            r#"SELECT data->>'status' AS "status!" FROM patient_entries
-             WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
-             ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1"#,
-            grant.patient_id().as_uuid(),
-        )
-        .fetch_optional(&self.pg)
-        .await?;
-        if status.as_deref() == Some("granted") {
+        if has_scan_consent(&self.pg, grant.patient_id().as_uuid()).await.map_err(StorageError::from)? {
             Ok(())
         } else {
             Err(AccessError::ConsentRequired)
         }
     }
+}
+
+/// Whether the patient's newest scan-capture consent decision is a grant (the latest consent
+/// entry for `scan_capture` says `granted`). The one place the rule is written: the scan API,
+/// the scan socket and the patient record all ask here.
+pub async fn has_scan_consent(pg: &PgPool, patient_id: Uuid) -> Result<bool, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar!(
+        "SELECT data->>'status' FROM patient_entries
+         WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
+         ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1",
+        patient_id
+    )
+    .fetch_optional(pg)
+    .await?
+    .flatten();
+    Ok(status.as_deref() == Some("granted"))
 }

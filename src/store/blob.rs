@@ -106,24 +106,6 @@ impl BlobStore {
     pub async fn get(&self, key: &str) -> Result<Bytes, object_store::Error> {
         self.store.get(&self.path(key)).await?.bytes().await
     }
-
-    /// Reads a whole blob from a thread that is not one of the runtime's: directly from the
-    /// file for a local folder (the I/O then runs at the calling thread's priority), else
-    /// through `rt`.
-    pub fn get_blocking(&self, key: &str, rt: &tokio::runtime::Handle) -> Result<Bytes, object_store::Error> {
-        let path = self.path(key);
-        match &self.local_root {
-            Some(root) => match std::fs::read(root.join(path.as_ref())) {
-                Ok(data) => Ok(Bytes::from(data)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    Err(object_store::Error::NotFound { path: path.to_string(), source: Box::new(e) })
-                }
-                Err(e) => Err(object_store::Error::Generic { store: "local", source: Box::new(e) }),
-            },
-            None => rt.block_on(self.get(key)),
-        }
-    }
-
     /// Deletes a blob (missing is fine).
     pub async fn delete(&self, key: &str) -> Result<(), object_store::Error> {
         match self.store.delete(&self.path(key)).await {

@@ -300,21 +300,6 @@ impl Entry for Consent {
     }
 }
 
-/// Whether the patient's newest scan-capture consent decision is a grant. The scan API
-/// refuses to start a capture without one.
-pub async fn has_scan_consent(pg: &PgPool, patient_id: Uuid) -> Result<bool, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar!(
-        "SELECT data->>'status' FROM patient_entries
-         WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
-         ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1",
-        patient_id
-    )
-    .fetch_optional(pg)
-    .await?
-    .flatten();
-    Ok(status.as_deref() == Some("granted"))
-}
-
 /// A stored entry.
 #[derive(Debug, Clone)]
 pub struct Stored {

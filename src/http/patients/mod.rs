@@ -30,7 +30,7 @@ use crate::http::input::{
 };
 use crate::state::AppState;
 
-pub use entries::has_scan_consent;
+pub use crate::services::access::has_scan_consent;
 pub use seed::seed_patients;
 
 /// Search page size when none is asked for (the bound is [`PageSize`]).
