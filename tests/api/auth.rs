@@ -287,6 +287,95 @@ async fn the_event_socket_answers_ping_and_refuses_other_text_without_closing() 
     }
 }
 
+/// Opens `/v1/ws` by hand on a plain TCP connection that will never answer anything (a
+/// websocket library would answer pings by itself); returns it with the bytes read past the
+/// handshake.
+async fn unanswering_socket(port: u16, token: &str) -> (tokio::net::TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    let head = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Authorization: Bearer {token}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.expect("handshake").unwrap();
+        assert!(n > 0, "closed during the handshake");
+        got.extend_from_slice(&buf[..n]);
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got[..end]));
+    (s, got.split_off(end))
+}
+
+/// Reads server frames (unmasked) until a close frame and answers its code; `None` when
+/// none came within `limit`, 1006 when the connection ended without one.
+async fn close_code_of(s: &mut tokio::net::TcpStream, pending: &mut Vec<u8>, limit: Duration) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        // One whole frame at the front of `pending`?
+        if pending.len() >= 2 {
+            let (op, short) = (pending[0] & 0x0f, usize::from(pending[1] & 0x7f));
+            let (len, at) = match short {
+                126 if pending.len() >= 4 => (usize::from(u16::from_be_bytes([pending[2], pending[3]])), 4),
+                127 if pending.len() >= 10 => {
+                    (usize::try_from(u64::from_be_bytes(pending[2..10].try_into().unwrap())).unwrap(), 10)
+                }
+                126 | 127 => (usize::MAX, 0),
+                n => (n, 2),
+            };
+            if len != usize::MAX && pending.len() >= at + len {
+                if op == 0x8 {
+                    let payload = &pending[at..at + len];
+                    return Some(if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 });
+                }
+                pending.drain(..at + len);
+                continue;
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(1006),
+            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A client that vanished without closing (a phone out of coverage, a laptop lid shut) is let go
+/// once it has missed three heartbeats: closed with 1001 between `HEARTBEAT_TIMEOUT` and one
+/// heartbeat later. One that answers the server's pings stays, however long it says nothing
+/// else. The event socket runs the pump every JSON socket (consult, board) shares.
+#[actix_web::test]
+async fn a_socket_whose_client_falls_silent_is_closed_and_one_that_answers_pings_stays() {
+    use coherency_protocol::limits::{HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT};
+    let app = spawn_app().await;
+    let p = app.patient().await;
+    let opened = tokio::time::Instant::now();
+    let mut answering = open_socket(app.port, &p.token).await;
+    let (mut silent, mut read) = unanswering_socket(app.port, &p.token).await;
+    // The answering client reads (tungstenite answers each ping with a pong); the silent one
+    // reads nothing but what is already there: not closed before its time...
+    let early = HEARTBEAT_TIMEOUT - Duration::from_secs(3);
+    assert_eq!(closed_within(&mut answering, early).await, None, "a client answering pings is kept");
+    assert_eq!(close_code_of(&mut silent, &mut read, Duration::from_millis(200)).await, None, "closed too early");
+    // ...and closed by one heartbeat after the timeout, while the other is kept on.
+    let gone_by = HEARTBEAT_TIMEOUT + HEARTBEAT_INTERVAL + Duration::from_millis(1500);
+    let left = (opened + gone_by).saturating_duration_since(tokio::time::Instant::now());
+    assert_eq!(closed_within(&mut answering, left).await, None, "a client answering pings is kept");
+    assert_eq!(
+        close_code_of(&mut silent, &mut read, Duration::from_secs(2)).await,
+        Some(1001),
+        "a silent client is closed as going away"
+    );
+}
+
 #[actix_web::test]
 async fn logging_out_everywhere_closes_sockets_on_every_node_of_three_within_5_seconds() {
     let app = spawn_app().await;

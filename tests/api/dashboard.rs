@@ -385,6 +385,11 @@ pub async fn run_loadtest_on(targets: &[&str], args: &[&str], env: &[(&str, &str
     let out = tokio::time::timeout(Duration::from_secs(120), out).await.expect("loadtest finishes").unwrap();
     let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap_or_default()).unwrap_or(Value::Null);
     let _ = std::fs::remove_file(&json);
+    // What the loadtest said (a failed part's cause, even with -q) goes to the test's own
+    // output, which the runner shows when the test fails on the report.
+    if !out.stderr.is_empty() {
+        eprintln!("loadtest stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
     assert!(
         out.status.success(),
         "loadtest failed: {}\n{}",
