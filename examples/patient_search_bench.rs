@@ -39,7 +39,7 @@ async fn run(url: &str, rows: i64, runs: usize) -> anyhow::Result<()> {
     coherency::store::pg::migrate(&pool).await?;
     let t = Instant::now();
     // Names from small pools with accents, combined so most names are rare but not unique.
-    sqlx::query(
+    sqlx::query!(
         r#"
         WITH given(g) AS (SELECT unnest(ARRAY['Ada','Zoë','José','Amara','Hiroshi','Noor','Grace','Łukasz','Søren','Chloé',
                                                'Mohammed','Priya','Olusegun','Ingrid','François','Mei','Diego','Aoife','Kwame','Elif'])),
@@ -53,10 +53,10 @@ async fn run(url: &str, rows: i64, runs: usize) -> anyhow::Result<()> {
                (ARRAY['male','female','other','unknown'])[1 + i % 4],
                'MRN' || lpad(i::text, 7, '0'),
                now(), now()
-        FROM generate_series(1, $1) AS s(i)
+        FROM generate_series(1, $1::bigint) AS s(i)
         "#,
+        rows,
     )
-    .bind(rows)
     .execute(&pool)
     .await?;
     sqlx::query("VACUUM ANALYZE patients").execute(&pool).await?;

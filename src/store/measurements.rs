@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use coherency_actors::reconstruction::{MeasureMethod, NewMeasurement};
 use coherency_actors::store::StoreError;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::scans::pg_error;
@@ -25,83 +25,93 @@ pub struct MeshKeys {
     pub glb_sha256: String,
 }
 
-/// Inserts a polygon measurement.
-const INSERT_POLYGON: &str = "INSERT INTO scan_measurements (id, scan_id, method, keyframe_seq, polygon,
-        outline_area_mm2, outline_area_mm2_pm, bed_area_mm2, bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm,
-        length_mm, length_mm_pm, width_mm, width_mm_pm, max_depth_mm, max_depth_mm_pm,
-        mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
-        skin_model, skin_residual_mm, missing_fraction,
-        mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_by, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-             $22, $23, $24, $25, $26, $27, $28, $29, $30)
-     RETURNING id";
-
-/// Inserts the automatic measurement, replacing the scan's earlier one (a re-run of the
-/// finish step converges).
-const UPSERT_AUTO: &str = "INSERT INTO scan_measurements (id, scan_id, method, keyframe_seq, polygon,
-        outline_area_mm2, outline_area_mm2_pm, bed_area_mm2, bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm,
-        length_mm, length_mm_pm, width_mm, width_mm_pm, max_depth_mm, max_depth_mm_pm,
-        mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
-        skin_model, skin_residual_mm, missing_fraction,
-        mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_by, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
-             $22, $23, $24, $25, $26, $27, $28, $29, $30)
-     ON CONFLICT (scan_id) WHERE method = 'auto' DO UPDATE SET
-        outline_area_mm2 = EXCLUDED.outline_area_mm2, outline_area_mm2_pm = EXCLUDED.outline_area_mm2_pm,
-        bed_area_mm2 = EXCLUDED.bed_area_mm2, bed_area_mm2_pm = EXCLUDED.bed_area_mm2_pm,
-        perimeter_mm = EXCLUDED.perimeter_mm, perimeter_mm_pm = EXCLUDED.perimeter_mm_pm,
-        length_mm = EXCLUDED.length_mm, length_mm_pm = EXCLUDED.length_mm_pm,
-        width_mm = EXCLUDED.width_mm, width_mm_pm = EXCLUDED.width_mm_pm,
-        max_depth_mm = EXCLUDED.max_depth_mm, max_depth_mm_pm = EXCLUDED.max_depth_mm_pm,
-        mean_depth_mm = EXCLUDED.mean_depth_mm, mean_depth_mm_pm = EXCLUDED.mean_depth_mm_pm,
-        volume_mm3 = EXCLUDED.volume_mm3, volume_mm3_pm = EXCLUDED.volume_mm3_pm,
-        skin_model = EXCLUDED.skin_model, skin_residual_mm = EXCLUDED.skin_residual_mm,
-        missing_fraction = EXCLUDED.missing_fraction,
-        mesh_ply_key = EXCLUDED.mesh_ply_key, mesh_ply_sha256 = EXCLUDED.mesh_ply_sha256,
-        mesh_glb_key = EXCLUDED.mesh_glb_key, mesh_glb_sha256 = EXCLUDED.mesh_glb_sha256,
-        created_at = EXCLUDED.created_at
-     RETURNING id";
-
-/// Inserts a measurement row (the automatic one of a scan replaced, see [`UPSERT_AUTO`]);
-/// returns the row's id.
+/// Inserts a measurement row (the automatic one of a scan replaced, so that a re-run of the
+/// finish step converges); returns the row's id.
 pub async fn insert(pg: &PgPool, n: &NewMeasurement, at: DateTime<Utc>) -> Result<Uuid, StoreError> {
-    let sql = match n.method {
-        MeasureMethod::Auto => UPSERT_AUTO,
-        MeasureMethod::Polygon => INSERT_POLYGON,
-    };
     let m = &n.figures;
     let mesh = n.mesh.as_ref();
     let polygon = n.polygon.as_ref().map(|p| serde_json::to_value(p).unwrap_or_default());
-    let mut q = sqlx::query_scalar::<_, Uuid>(sql)
-        .bind(Uuid::now_v7())
-        .bind(n.scan_id.as_uuid())
-        .bind(n.method.as_str())
-        .bind(n.keyframe_seq.map(to_i64))
-        .bind(polygon);
-    for x in [
-        m.outline_area_mm2,
-        m.bed_area_mm2,
-        m.perimeter_mm,
-        m.length_mm,
-        m.width_mm,
-        m.max_depth_mm,
-        m.mean_depth_mm,
-        m.volume_mm3,
-    ] {
-        q = q.bind(x.value).bind(x.uncertainty);
+    // The two statements share their columns and arguments; each is written out in full so
+    // the build checks it (`sqlx::query_scalar!` takes a literal).
+    macro_rules! insert_returning_id {
+        ($sql:literal) => {
+            sqlx::query_scalar!(
+                $sql,
+                Uuid::now_v7(),
+                n.scan_id.as_uuid(),
+                n.method.as_str(),
+                n.keyframe_seq.map(to_i64),
+                polygon,
+                m.outline_area_mm2.value,
+                m.outline_area_mm2.uncertainty,
+                m.bed_area_mm2.value,
+                m.bed_area_mm2.uncertainty,
+                m.perimeter_mm.value,
+                m.perimeter_mm.uncertainty,
+                m.length_mm.value,
+                m.length_mm.uncertainty,
+                m.width_mm.value,
+                m.width_mm.uncertainty,
+                m.max_depth_mm.value,
+                m.max_depth_mm.uncertainty,
+                m.mean_depth_mm.value,
+                m.mean_depth_mm.uncertainty,
+                m.volume_mm3.value,
+                m.volume_mm3.uncertainty,
+                m.skin_model,
+                m.skin_residual_mm,
+                m.missing_fraction,
+                mesh.map(|k| k.ply_key.as_str()),
+                mesh.map(|k| k.ply_sha256.as_str()),
+                mesh.map(|k| k.glb_key.as_str()),
+                mesh.map(|k| k.glb_sha256.as_str()),
+                n.created_by,
+                at,
+            )
+            .fetch_one(pg)
+            .await
+        };
     }
-    q.bind(m.skin_model)
-        .bind(m.skin_residual_mm)
-        .bind(m.missing_fraction)
-        .bind(mesh.map(|k| k.ply_key.clone()))
-        .bind(mesh.map(|k| k.ply_sha256.clone()))
-        .bind(mesh.map(|k| k.glb_key.clone()))
-        .bind(mesh.map(|k| k.glb_sha256.clone()))
-        .bind(n.created_by)
-        .bind(at)
-        .fetch_one(pg)
-        .await
-        .map_err(|e| pg_error(&e))
+    let id = match n.method {
+        MeasureMethod::Polygon => insert_returning_id!(
+            "INSERT INTO scan_measurements (id, scan_id, method, keyframe_seq, polygon,
+                outline_area_mm2, outline_area_mm2_pm, bed_area_mm2, bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm,
+                length_mm, length_mm_pm, width_mm, width_mm_pm, max_depth_mm, max_depth_mm_pm,
+                mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
+                skin_model, skin_residual_mm, missing_fraction,
+                mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_by, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                     $22, $23, $24, $25, $26, $27, $28, $29, $30)
+             RETURNING id"
+        ),
+        // The automatic measurement replaces the scan's earlier one.
+        MeasureMethod::Auto => insert_returning_id!(
+            "INSERT INTO scan_measurements (id, scan_id, method, keyframe_seq, polygon,
+                outline_area_mm2, outline_area_mm2_pm, bed_area_mm2, bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm,
+                length_mm, length_mm_pm, width_mm, width_mm_pm, max_depth_mm, max_depth_mm_pm,
+                mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
+                skin_model, skin_residual_mm, missing_fraction,
+                mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_by, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21,
+                     $22, $23, $24, $25, $26, $27, $28, $29, $30)
+             ON CONFLICT (scan_id) WHERE method = 'auto' DO UPDATE SET
+                outline_area_mm2 = EXCLUDED.outline_area_mm2, outline_area_mm2_pm = EXCLUDED.outline_area_mm2_pm,
+                bed_area_mm2 = EXCLUDED.bed_area_mm2, bed_area_mm2_pm = EXCLUDED.bed_area_mm2_pm,
+                perimeter_mm = EXCLUDED.perimeter_mm, perimeter_mm_pm = EXCLUDED.perimeter_mm_pm,
+                length_mm = EXCLUDED.length_mm, length_mm_pm = EXCLUDED.length_mm_pm,
+                width_mm = EXCLUDED.width_mm, width_mm_pm = EXCLUDED.width_mm_pm,
+                max_depth_mm = EXCLUDED.max_depth_mm, max_depth_mm_pm = EXCLUDED.max_depth_mm_pm,
+                mean_depth_mm = EXCLUDED.mean_depth_mm, mean_depth_mm_pm = EXCLUDED.mean_depth_mm_pm,
+                volume_mm3 = EXCLUDED.volume_mm3, volume_mm3_pm = EXCLUDED.volume_mm3_pm,
+                skin_model = EXCLUDED.skin_model, skin_residual_mm = EXCLUDED.skin_residual_mm,
+                missing_fraction = EXCLUDED.missing_fraction,
+                mesh_ply_key = EXCLUDED.mesh_ply_key, mesh_ply_sha256 = EXCLUDED.mesh_ply_sha256,
+                mesh_glb_key = EXCLUDED.mesh_glb_key, mesh_glb_sha256 = EXCLUDED.mesh_glb_sha256,
+                created_at = EXCLUDED.created_at
+             RETURNING id"
+        ),
+    };
+    id.map_err(|e| pg_error(&e))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -110,19 +120,23 @@ fn to_i64(v: u64) -> i64 {
 
 /// The mesh of the scan's automatic measurement, if it has one.
 pub async fn auto_mesh_keys(pg: &PgPool, scan_id: Uuid) -> Result<Option<MeshKeys>, StoreError> {
-    let row = sqlx::query(
-        "SELECT mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256 FROM scan_measurements
-         WHERE scan_id = $1 AND method = 'auto' AND mesh_ply_key IS NOT NULL",
+    // The blob keys and digests are written together (the finish step's mesh): the row
+    // that has a PLY key has the other three.
+    let row = sqlx::query!(
+        r#"SELECT mesh_ply_key AS "mesh_ply_key!", mesh_ply_sha256 AS "mesh_ply_sha256!",
+                  mesh_glb_key AS "mesh_glb_key!", mesh_glb_sha256 AS "mesh_glb_sha256!"
+             FROM scan_measurements
+            WHERE scan_id = $1 AND method = 'auto' AND mesh_ply_key IS NOT NULL"#,
+        scan_id,
     )
-    .bind(scan_id)
     .fetch_optional(pg)
     .await
     .map_err(|e| pg_error(&e))?;
     Ok(row.map(|r| MeshKeys {
-        ply_key: r.get("mesh_ply_key"),
-        ply_sha256: r.get("mesh_ply_sha256"),
-        glb_key: r.get("mesh_glb_key"),
-        glb_sha256: r.get("mesh_glb_sha256"),
+        ply_key: r.mesh_ply_key,
+        ply_sha256: r.mesh_ply_sha256,
+        glb_key: r.mesh_glb_key,
+        glb_sha256: r.mesh_glb_sha256,
     }))
 }
 
@@ -165,44 +179,46 @@ pub struct MeasurementRecord {
 
 /// The scan's measurements, oldest first.
 pub async fn list(pg: &PgPool, scan_id: Uuid) -> Result<Vec<MeasurementRecord>, sqlx::Error> {
-    let rows = sqlx::query("SELECT * FROM scan_measurements WHERE scan_id = $1 ORDER BY created_at, id")
-        .bind(scan_id)
-        .fetch_all(pg)
-        .await?;
-    let pm = |r: &sqlx::postgres::PgRow, c: &str| ValuePm {
-        value: r.get(c),
-        uncertainty: r.get(format!("{c}_pm").as_str()),
-    };
+    let rows = sqlx::query!(
+        "SELECT id, scan_id, method, keyframe_seq, polygon,
+                outline_area_mm2, outline_area_mm2_pm, bed_area_mm2, bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm,
+                length_mm, length_mm_pm, width_mm, width_mm_pm, max_depth_mm, max_depth_mm_pm,
+                mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
+                skin_model, skin_residual_mm, missing_fraction,
+                mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_by, created_at
+           FROM scan_measurements WHERE scan_id = $1 ORDER BY created_at, id",
+        scan_id,
+    )
+    .fetch_all(pg)
+    .await?;
+    let pm = |value, uncertainty| ValuePm { value, uncertainty };
     Ok(rows
-        .iter()
-        .map(|r| {
-            let ply_key: Option<String> = r.get("mesh_ply_key");
-            MeasurementRecord {
-                id: r.get("id"),
-                scan_id: r.get("scan_id"),
-                method: r.get("method"),
-                keyframe_seq: r.get("keyframe_seq"),
-                polygon: r.get("polygon"),
-                outline_area_mm2: pm(r, "outline_area_mm2"),
-                bed_area_mm2: pm(r, "bed_area_mm2"),
-                perimeter_mm: pm(r, "perimeter_mm"),
-                length_mm: pm(r, "length_mm"),
-                width_mm: pm(r, "width_mm"),
-                max_depth_mm: pm(r, "max_depth_mm"),
-                mean_depth_mm: pm(r, "mean_depth_mm"),
-                volume_mm3: pm(r, "volume_mm3"),
-                skin_model: r.get("skin_model"),
-                skin_residual_mm: r.get("skin_residual_mm"),
-                missing_fraction: r.get("missing_fraction"),
-                mesh: ply_key.map(|ply_key| MeshKeys {
-                    ply_key,
-                    ply_sha256: r.get::<Option<String>, _>("mesh_ply_sha256").unwrap_or_default(),
-                    glb_key: r.get::<Option<String>, _>("mesh_glb_key").unwrap_or_default(),
-                    glb_sha256: r.get::<Option<String>, _>("mesh_glb_sha256").unwrap_or_default(),
-                }),
-                created_by: r.get("created_by"),
-                created_at: r.get("created_at"),
-            }
+        .into_iter()
+        .map(|r| MeasurementRecord {
+            id: r.id,
+            scan_id: r.scan_id,
+            method: r.method,
+            keyframe_seq: r.keyframe_seq,
+            polygon: r.polygon,
+            outline_area_mm2: pm(r.outline_area_mm2, r.outline_area_mm2_pm),
+            bed_area_mm2: pm(r.bed_area_mm2, r.bed_area_mm2_pm),
+            perimeter_mm: pm(r.perimeter_mm, r.perimeter_mm_pm),
+            length_mm: pm(r.length_mm, r.length_mm_pm),
+            width_mm: pm(r.width_mm, r.width_mm_pm),
+            max_depth_mm: pm(r.max_depth_mm, r.max_depth_mm_pm),
+            mean_depth_mm: pm(r.mean_depth_mm, r.mean_depth_mm_pm),
+            volume_mm3: pm(r.volume_mm3, r.volume_mm3_pm),
+            skin_model: r.skin_model,
+            skin_residual_mm: r.skin_residual_mm,
+            missing_fraction: r.missing_fraction,
+            mesh: r.mesh_ply_key.map(|ply_key| MeshKeys {
+                ply_key,
+                ply_sha256: r.mesh_ply_sha256.unwrap_or_default(),
+                glb_key: r.mesh_glb_key.unwrap_or_default(),
+                glb_sha256: r.mesh_glb_sha256.unwrap_or_default(),
+            }),
+            created_by: r.created_by,
+            created_at: r.created_at,
         })
         .collect())
 }

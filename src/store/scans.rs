@@ -22,7 +22,7 @@ use coherency_actors::store::{
 use coherency_protocol::ids::ScanId;
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 use uuid::Uuid;
 
@@ -275,45 +275,46 @@ async fn commit_batch(pool: &PgPool, clock: &Clock, commits: &[&FrameCommit]) ->
     let (acked_ids, acked_seqs): (Vec<Uuid>, Vec<i64>) = acked.into_iter().unzip();
     let now = clock.now();
     let mut tx = pool.begin().await.map_err(|e| pg_error(&e))?;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO scan_chunks (key, scan_id, sha256, size)
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::text[], $4::bigint[])
          ON CONFLICT (key) DO UPDATE SET sha256 = EXCLUDED.sha256, size = EXCLUDED.size",
+        chunk_keys_u.as_slice() as &[&str],
+        &chunk_scans,
+        &chunk_hashes,
+        &chunk_sizes,
     )
-    .bind(&chunk_keys_u)
-    .bind(&chunk_scans)
-    .bind(&chunk_hashes)
-    .bind(&chunk_sizes)
     .execute(&mut *tx)
     .await
     .map_err(|e| pg_error(&e))?;
-    sqlx::query(
+    sqlx::query!(
         r#"INSERT INTO scan_frames (scan_id, seq, chunk_key, "offset", length, sha256, captured_us, captured_at)
            SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[], $6::text[],
                                 $7::bigint[], $8::timestamptz[])
            ON CONFLICT (scan_id, seq) DO NOTHING"#,
+        &scan_ids,
+        &seqs,
+        chunk_keys.as_slice() as &[&str],
+        &offsets,
+        &lengths,
+        &hashes,
+        &captured_us,
+        // `captured_at` is NULL where the phone's clock is implausible
+        captured_at.as_slice() as &[Option<DateTime<Utc>>],
     )
-    .bind(&scan_ids)
-    .bind(&seqs)
-    .bind(&chunk_keys)
-    .bind(&offsets)
-    .bind(&lengths)
-    .bind(&hashes)
-    .bind(&captured_us)
-    .bind(&captured_at)
     .execute(&mut *tx)
     .await
     .map_err(|e| pg_error(&e))?;
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE scans AS s SET acked_seq = GREATEST(s.acked_seq, u.acked),
                 status = CASE WHEN s.status = 'created' THEN 'streaming' ELSE s.status END,
                 updated_at = $3
          FROM UNNEST($1::uuid[], $2::bigint[]) AS u(id, acked)
          WHERE s.id = u.id",
+        &acked_ids,
+        &acked_seqs,
+        now,
     )
-    .bind(&acked_ids)
-    .bind(&acked_seqs)
-    .bind(now)
     .execute(&mut *tx)
     .await
     .map_err(|e| pg_error(&e))?;
@@ -343,15 +344,12 @@ fn to_i64(v: u64) -> i64 {
 #[async_trait]
 impl ScanIndex for PgScanIndex {
     async fn load_scan(&self, scan_id: ScanId) -> Result<ScanState, StoreError> {
-        let row = sqlx::query("SELECT status, acked_seq FROM scans WHERE id = $1")
-            .bind(scan_id.as_uuid())
+        let row = sqlx::query!("SELECT status, acked_seq FROM scans WHERE id = $1", scan_id.as_uuid())
             .fetch_optional(&self.pool)
             .await
             .map_err(|e| pg_error(&e))?
             .ok_or_else(|| StoreError::Permanent("postgres: no such scan".into()))?;
-        let status: String = row.get("status");
-        let acked: i64 = row.get("acked_seq");
-        Ok(ScanState { status: parse_status(&status)?, acked_seq: u64::try_from(acked).unwrap_or(0) })
+        Ok(ScanState { status: parse_status(&row.status)?, acked_seq: u64::try_from(row.acked_seq).unwrap_or(0) })
     }
 
     async fn commit_frames(&self, commit: &FrameCommit) -> Result<(), StoreError> {
@@ -372,15 +370,15 @@ impl ScanIndex for PgScanIndex {
     async fn set_status(&self, scan_id: ScanId, status: ScanStatus) -> Result<(), StoreError> {
         let now = self.clock.now();
         let finished = matches!(status, ScanStatus::Processing);
-        let res = sqlx::query(
+        let res = sqlx::query!(
             "UPDATE scans SET status = $2, updated_at = $3,
                     finished_at = CASE WHEN $4 THEN coalesce(finished_at, $3) ELSE finished_at END
              WHERE id = $1",
+            scan_id.as_uuid(),
+            status.as_str(),
+            now,
+            finished,
         )
-        .bind(scan_id.as_uuid())
-        .bind(status.as_str())
-        .bind(now)
-        .bind(finished)
         .execute(&self.pool)
         .await
         .map_err(|e| pg_error(&e))?;
@@ -394,53 +392,53 @@ impl ScanIndex for PgScanIndex {
     }
 
     async fn touch_processing(&self, scan_id: ScanId) -> Result<(), StoreError> {
-        sqlx::query("UPDATE scans SET updated_at = $2 WHERE id = $1 AND status = 'processing'")
-            .bind(scan_id.as_uuid())
-            .bind(self.clock.now())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| pg_error(&e))?;
+        sqlx::query!(
+            "UPDATE scans SET updated_at = $2 WHERE id = $1 AND status = 'processing'",
+            scan_id.as_uuid(),
+            self.clock.now(),
+        )
+        .execute(&self.pool)
+        .await
+        .map_err(|e| pg_error(&e))?;
         Ok(())
     }
 
     async fn claim_stale(&self, stale: std::time::Duration) -> Result<Option<(ScanId, u64)>, StoreError> {
         let now = self.clock.now();
         let cutoff = now - chrono::Duration::from_std(stale).unwrap_or(chrono::Duration::MAX);
-        let row = sqlx::query(
+        let row = sqlx::query!(
             "UPDATE scans SET updated_at = $1
              WHERE id = (SELECT id FROM scans WHERE status = 'processing' AND updated_at < $2
                          ORDER BY updated_at LIMIT 1 FOR UPDATE SKIP LOCKED)
              RETURNING id, acked_seq",
+            now,
+            cutoff,
         )
-        .bind(now)
-        .bind(cutoff)
         .fetch_optional(&self.pool)
         .await
         .map_err(|e| pg_error(&e))?;
-        Ok(row.map(|r| {
-            let last = u64::try_from(r.get::<i64, _>("acked_seq")).unwrap_or(0);
-            (ScanId::from_uuid(r.get("id")), last)
-        }))
+        Ok(row.map(|r| (ScanId::from_uuid(r.id), u64::try_from(r.acked_seq).unwrap_or(0))))
     }
 }
 
 impl PgScanIndex {
     /// Where the scan's stored `frame` messages are, in seq order (`scan_frames`).
     pub async fn locate_frames(&self, scan_id: ScanId) -> Result<Vec<FrameLocation>, StoreError> {
-        let rows =
-            sqlx::query(r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#)
-                .bind(scan_id.as_uuid())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| pg_error(&e))?;
+        let rows = sqlx::query!(
+            r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#,
+            scan_id.as_uuid(),
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| pg_error(&e))?;
         let unsigned = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
         Ok(rows
-            .iter()
+            .into_iter()
             .map(|r| FrameLocation {
-                seq: u64::try_from(r.get::<i64, _>("seq")).unwrap_or(0),
-                chunk_key: r.get("chunk_key"),
-                offset: unsigned(r.get("offset")),
-                length: unsigned(r.get("length")),
+                seq: u64::try_from(r.seq).unwrap_or(0),
+                chunk_key: r.chunk_key,
+                offset: unsigned(r.offset),
+                length: unsigned(r.length),
             })
             .collect())
     }
@@ -630,26 +628,6 @@ pub struct ScanRecord {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-const SCAN_COLUMNS: &str = "s.id, s.patient_id, s.consult_id, s.body_site, s.status, s.acked_seq, s.created_by,
-     s.created_at, s.updated_at, s.finished_at,
-     (SELECT count(*) FROM scan_frames f WHERE f.scan_id = s.id) AS frames";
-
-fn record(row: &sqlx::postgres::PgRow) -> ScanRecord {
-    ScanRecord {
-        id: row.get("id"),
-        patient_id: row.get("patient_id"),
-        consult_id: row.get("consult_id"),
-        body_site: row.get("body_site"),
-        status: row.get("status"),
-        acked_seq: row.get("acked_seq"),
-        frames: row.get("frames"),
-        created_by: row.get("created_by"),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
-        finished_at: row.get("finished_at"),
-    }
-}
-
 /// What `POST /v1/scans` stores.
 pub struct NewScan {
     pub id: Uuid,
@@ -661,43 +639,53 @@ pub struct NewScan {
 }
 
 pub async fn insert(pool: &PgPool, s: &NewScan) -> Result<ScanRecord, sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO scans (id, patient_id, consult_id, body_site, status, acked_seq, created_by, created_at, updated_at)
          VALUES ($1, $2, $3, $4, 'created', 0, $5, $6, $6)",
+        s.id,
+        s.patient_id,
+        s.consult_id,
+        s.body_site,
+        s.created_by,
+        s.at,
     )
-    .bind(s.id)
-    .bind(s.patient_id)
-    .bind(s.consult_id)
-    .bind(&s.body_site)
-    .bind(s.created_by)
-    .bind(s.at)
     .execute(pool)
     .await?;
     get(pool, s.id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
+// `get` and `list_for_patient` select the same columns into `ScanRecord`, each statement
+// written out so the build checks it (`sqlx::query_as!`); `frames` is a count, never NULL.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScanRecord>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {SCAN_COLUMNS} FROM scans s WHERE s.id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.as_ref().map(record))
+    sqlx::query_as!(
+        ScanRecord,
+        r#"SELECT s.id, s.patient_id, s.consult_id, s.body_site, s.status, s.acked_seq, s.created_by,
+                  s.created_at, s.updated_at, s.finished_at,
+                  (SELECT count(*) FROM scan_frames f WHERE f.scan_id = s.id) AS "frames!"
+             FROM scans s WHERE s.id = $1"#,
+        id,
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// The patient's scans, newest first, at most `limit`.
 pub async fn list_for_patient(pool: &PgPool, patient_id: Uuid, limit: i64) -> Result<Vec<ScanRecord>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {SCAN_COLUMNS} FROM scans s WHERE s.patient_id = $1 ORDER BY s.created_at DESC, s.id DESC LIMIT $2"
-    ))
-    .bind(patient_id)
-    .bind(limit)
+    sqlx::query_as!(
+        ScanRecord,
+        r#"SELECT s.id, s.patient_id, s.consult_id, s.body_site, s.status, s.acked_seq, s.created_by,
+                  s.created_at, s.updated_at, s.finished_at,
+                  (SELECT count(*) FROM scan_frames f WHERE f.scan_id = s.id) AS "frames!"
+             FROM scans s WHERE s.patient_id = $1 ORDER BY s.created_at DESC, s.id DESC LIMIT $2"#,
+        patient_id,
+        limit,
+    )
     .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(record).collect())
+    .await
 }
 
 /// The patient a scan belongs to, and its status (the stream route's pre-upgrade check).
 pub async fn owner_and_status(pool: &PgPool, id: Uuid) -> Result<Option<(Uuid, String)>, sqlx::Error> {
-    let row = sqlx::query("SELECT patient_id, status FROM scans WHERE id = $1").bind(id).fetch_optional(pool).await?;
-    Ok(row.map(|r| (r.get("patient_id"), r.get("status"))))
+    let row = sqlx::query!("SELECT patient_id, status FROM scans WHERE id = $1", id).fetch_optional(pool).await?;
+    Ok(row.map(|r| (r.patient_id, r.status)))
 }

@@ -12,11 +12,8 @@ use crate::helpers::{spawn_app, NodeProcess, PASSWORD};
 async fn the_stored_password_hash_is_argon2id_with_the_agreed_parameters() {
     let app = spawn_app().await;
     let p = app.patient().await;
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1")
-        .bind(p.id)
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let hash: String =
+        sqlx::query_scalar!("SELECT password_hash FROM users WHERE id = $1", p.id).fetch_one(&app.pg).await.unwrap();
     assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{hash}");
 }
 
@@ -133,10 +130,10 @@ async fn sessions_end_after_12_hours_however_active() {
         let res = app.get_auth("/v1/me", &p.token).await;
         if res.status() == 401 {
             assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "token_expired");
-            let elapsed: i64 = sqlx::query_scalar(
-                "SELECT extract(epoch FROM revoked_at - created_at)::bigint FROM sessions WHERE user_id = $1",
+            let elapsed: i64 = sqlx::query_scalar!(
+                r#"SELECT extract(epoch FROM revoked_at - created_at)::bigint AS "s!" FROM sessions WHERE user_id = $1"#,
+                p.id,
             )
-            .bind(p.id)
             .fetch_one(&app.pg)
             .await
             .unwrap();
@@ -162,8 +159,7 @@ async fn a_totp_code_works_once_and_a_recovery_code_works_once() {
     let codes: Vec<String> =
         serde_json::from_value(res.json::<Value>().await.unwrap()["recovery_codes"].clone()).unwrap();
     assert_eq!(codes.len(), 10);
-    let stored: Vec<String> = sqlx::query_scalar("SELECT code_hash FROM recovery_codes WHERE user_id = $1")
-        .bind(c.id)
+    let stored: Vec<String> = sqlx::query_scalar!("SELECT code_hash FROM recovery_codes WHERE user_id = $1", c.id)
         .fetch_all(&app.pg)
         .await
         .unwrap();

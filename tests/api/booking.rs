@@ -130,10 +130,11 @@ async fn two_hundred_attempts_at_one_slot_over_three_nodes_book_it_once() {
     }
     assert_eq!((won, lost), (1, 199));
     assert_eq!(overlaps(&app).await, 0);
-    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM appointments WHERE status IN ('held','booked')")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let live: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM appointments WHERE status IN ('held','booked')"#)
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
     assert_eq!(live, 1);
 }
 
@@ -265,8 +266,8 @@ async fn two_reschedules_racing_into_one_slot_one_wins() {
     let mut statuses = [ra.status().as_u16(), rb.status().as_u16()];
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 409]);
-    let booked: Vec<String> = sqlx::query_scalar(
-        "SELECT to_char(start_at AT TIME ZONE 'UTC', 'HH24:MI') FROM appointments WHERE status = 'booked' ORDER BY start_at",
+    let booked: Vec<String> = sqlx::query_scalar!(
+        r#"SELECT to_char(start_at AT TIME ZONE 'UTC', 'HH24:MI') AS "t!" FROM appointments WHERE status = 'booked' ORDER BY start_at"#,
     )
     .fetch_all(&app.pg)
     .await
@@ -320,13 +321,14 @@ async fn a_cancelled_time_can_be_booked_again() {
     assert_eq!((v["status"].as_str(), v["cancel_reason"].as_str()), (Some("cancelled"), Some("feeling better")));
     assert_eq!(book(&app, &p2, &c, c.ty, &at("09:00"), true).await.0, 201);
     let kinds: Vec<String> =
-        sqlx::query_scalar("SELECT kind FROM booking_outbox ORDER BY seq").fetch_all(&app.pg).await.unwrap();
+        sqlx::query_scalar!("SELECT kind FROM booking_outbox ORDER BY seq").fetch_all(&app.pg).await.unwrap();
     assert_eq!(kinds, ["booked", "cancelled", "booked"]);
-    let audited: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action IN ('booking.book','booking.cancel')")
-            .fetch_one(&app.pg)
-            .await
-            .unwrap();
+    let audited: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action IN ('booking.book','booking.cancel')"#
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
     assert_eq!(audited, 3);
 }
 
@@ -387,7 +389,7 @@ async fn the_waitlist_offers_a_freed_slot_and_passes_on_an_unclaimed_offer() {
     assert_eq!(res.json::<Value>().await.unwrap()["status"], "booked");
     let w3: Value = app.get_auth(&format!("/v1/waitlist/{}", entries[1]), &p3.token).await.json().await.unwrap();
     assert_eq!(w3["status"], "claimed");
-    let offered: i64 = sqlx::query_scalar("SELECT count(*) FROM booking_outbox WHERE kind = 'offered'")
+    let offered: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM booking_outbox WHERE kind = 'offered'"#)
         .fetch_one(&app.pg)
         .await
         .unwrap();

@@ -202,16 +202,15 @@ fn weekdays(start: &str, end: &str) -> Vec<Value> {
 }
 
 async fn stored_rules(app: &TestApp, clin: Uuid) -> (i64, i64) {
-    let rules = sqlx::query_scalar("SELECT count(*) FROM schedule_rules WHERE clinician_id = $1")
-        .bind(clin)
+    let rules = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM schedule_rules WHERE clinician_id = $1"#, clin)
         .fetch_one(&app.pg)
         .await
         .unwrap();
-    let exceptions = sqlx::query_scalar("SELECT count(*) FROM schedule_exceptions WHERE clinician_id = $1")
-        .bind(clin)
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let exceptions =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM schedule_exceptions WHERE clinician_id = $1"#, clin)
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
     (rules, exceptions)
 }
 
@@ -315,7 +314,8 @@ async fn slot_and_waitlist_windows_are_bounded() {
         let status = res.status().as_u16();
         assert_invalid(status, &res.json().await.unwrap(), field);
     }
-    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM waitlist").fetch_one(&app.pg).await.unwrap();
+    let waiting: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM waitlist"#).fetch_one(&app.pg).await.unwrap();
     assert_eq!(waiting, 0);
 
     // Appointment listing: `to` before `from` is refused.

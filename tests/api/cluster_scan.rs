@@ -190,8 +190,7 @@ async fn a_draining_node_makes_its_scans_durable_before_it_lets_go_of_their_leas
     tokio::time::timeout(Duration::from_secs(30), app.shutdown.drain()).await.expect("the drain ends");
     // Released, not left to expire (a lease outlives its renewals by seconds).
     assert_eq!(holder(&app, scan).await, None, "the node let go of the scan");
-    let acked: i64 = sqlx::query_scalar("SELECT acked_seq FROM scans WHERE id = $1")
-        .bind(scan.as_uuid())
+    let acked: i64 = sqlx::query_scalar!("SELECT acked_seq FROM scans WHERE id = $1", scan.as_uuid())
         .fetch_one(&app.pg)
         .await
         .unwrap();

@@ -48,8 +48,7 @@ pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration
     eventually(Duration::from_secs(180), "the scan to complete", || {
         let pg = pg.clone();
         async move {
-            let s: String = sqlx::query_scalar("SELECT status FROM scans WHERE id = $1")
-                .bind(scan.as_uuid())
+            let s: String = sqlx::query_scalar!("SELECT status FROM scans WHERE id = $1", scan.as_uuid())
                 .fetch_one(&pg)
                 .await
                 .ok()?;
@@ -75,12 +74,14 @@ async fn token(app: &TestApp, u: &User) -> String {
 }
 
 async fn add_to_care_team(app: &TestApp, patient: Uuid, clinician: Uuid) {
-    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1, $2, 'primary', now())")
-        .bind(patient)
-        .bind(clinician)
-        .execute(&app.pg)
-        .await
-        .unwrap();
+    sqlx::query!(
+        "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1, $2, 'primary', now())",
+        patient,
+        clinician,
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
 }
 
 /// The next line from the browser script starting with `what`.

@@ -31,7 +31,19 @@ const SOCKETS: &[&str] = &["/v1/scans/{id}/stream", "/v1/scans/{id}/rtc", "/v1/c
 
 /// A digest of every row that holds the patient's data or its bookings and consults.
 async fn digest(pg: &PgPool) -> Vec<(&'static str, Option<String>)> {
-    let tables = [
+    // One statement per table, each checked at build time (`+` joins literals in the macro).
+    macro_rules! digests {
+        ($($t:literal),* $(,)?) => {
+            vec![$((
+                $t,
+                sqlx::query_scalar!("SELECT md5(string_agg(r::text, '|' ORDER BY r::text)) FROM " + $t + " r")
+                    .fetch_one(pg)
+                    .await
+                    .unwrap(),
+            )),*]
+        };
+    }
+    digests![
         "patients",
         "patient_entries",
         "care_team",
@@ -45,13 +57,7 @@ async fn digest(pg: &PgPool) -> Vec<(&'static str, Option<String>)> {
         "schedule_rules",
         "appointment_types",
         "users",
-    ];
-    let mut out = Vec::new();
-    for t in tables {
-        let sql = format!("SELECT md5(string_agg(r::text, '|' ORDER BY r::text)) FROM {t} r");
-        out.push((t, sqlx::query_scalar::<_, Option<String>>(&sql).fetch_one(pg).await.unwrap()));
-    }
-    out
+    ]
 }
 
 /// The id the owner's objects give to one path parameter of `path`.

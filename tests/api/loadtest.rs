@@ -19,8 +19,7 @@ async fn app() -> TestApp {
 }
 
 async fn consult_statuses(app: &TestApp, clinician: uuid::Uuid) -> Vec<String> {
-    sqlx::query_scalar("SELECT status FROM consults WHERE clinician_id = $1")
-        .bind(clinician)
+    sqlx::query_scalar!("SELECT status FROM consults WHERE clinician_id = $1", clinician)
         .fetch_all(&app.pg)
         .await
         .unwrap()

@@ -262,10 +262,11 @@ async fn fhir_views_of_the_scan(
     }
     let res = app.get_auth(&format!("/v1/scans/{scan}/mesh?format=ply"), &stranger.token).await;
     assert_eq!(res.status(), 404);
-    let reads: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action LIKE 'fhir.observation.%'")
-        .fetch_one(&app.pg)
-        .await
-        .unwrap();
+    let reads: i64 =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM audit_log WHERE action LIKE 'fhir.observation.%'"#)
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
     assert!(reads >= 9, "observation reads are audited ({reads})");
 }
 

@@ -14,7 +14,6 @@ use coherency_protocol::scan::{
     decode_server, encode_client, ClientMsg, Compression, DepthFormat, DepthPlane, Hello, ServerMsg,
 };
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 
 use crate::helpers::{spawn_app_with, TestApp, User};
 use crate::scan_stream::{
@@ -170,15 +169,15 @@ async fn malformed_and_oversize_channel_messages_get_error_codes_and_the_server_
         client.send_frame(f).await.unwrap();
     }
     assert_eq!(client.finish().await.unwrap().last_seq, 5);
-    let rows = sqlx::query("SELECT seq, length, sha256 FROM scan_frames WHERE scan_id = $1 ORDER BY seq")
-        .bind(scan.as_uuid())
-        .fetch_all(&app.pg)
-        .await
-        .unwrap();
+    let rows =
+        sqlx::query!("SELECT seq, length, sha256 FROM scan_frames WHERE scan_id = $1 ORDER BY seq", scan.as_uuid())
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
     assert_eq!(rows.len(), 5, "nothing of the refused messages was stored");
     for (r, bytes) in rows.iter().zip(&sent) {
-        assert_eq!(r.get::<i64, _>("length") as usize, bytes.len());
-        assert_eq!(r.get::<String, _>("sha256"), hex::encode(Sha256::digest(bytes)));
+        assert_eq!(r.length as usize, bytes.len());
+        assert_eq!(r.sha256, hex::encode(Sha256::digest(bytes)));
     }
 }
 
@@ -225,8 +224,7 @@ async fn a_browser_streams_a_phantom_scan_over_a_data_channel_and_it_is_measured
     let scan_id = scan.to_string();
     crate::browser::run_page_script(&app, "scan_datachannel.mjs", &[("SCAN", &scan_id), ("TOKEN", &patient.token)])
         .await;
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM scan_frames WHERE scan_id = $1")
-        .bind(scan.as_uuid())
+    let n: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM scan_frames WHERE scan_id = $1"#, scan.as_uuid())
         .fetch_one(&app.pg)
         .await
         .unwrap();

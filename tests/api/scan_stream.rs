@@ -17,7 +17,6 @@ use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
@@ -107,40 +106,39 @@ pub async fn reconstruction_doc(app: &TestApp, scan: ScanId) -> mongodb::bson::D
 }
 
 pub async fn scan_status(app: &TestApp, scan: ScanId) -> String {
-    sqlx::query_scalar("SELECT status FROM scans WHERE id = $1").bind(scan.as_uuid()).fetch_one(&app.pg).await.unwrap()
+    sqlx::query_scalar!("SELECT status FROM scans WHERE id = $1", scan.as_uuid()).fetch_one(&app.pg).await.unwrap()
 }
 
 /// Every frame `1..=n` is indexed exactly once, and its bytes in the blob store are exactly
 /// what the client sent (hash checked against the index, the chunk and a recomputation).
 pub async fn assert_stored_exactly(app: &TestApp, scan: ScanId, n: u64) {
-    let rows = sqlx::query(
+    let rows = sqlx::query!(
         r#"SELECT f.seq, f.chunk_key, f."offset", f.length, f.sha256, c.sha256 AS chunk_sha, c.size
            FROM scan_frames f JOIN scan_chunks c ON c.key = f.chunk_key WHERE f.scan_id = $1 ORDER BY f.seq"#,
+        scan.as_uuid(),
     )
-    .bind(scan.as_uuid())
     .fetch_all(&app.pg)
     .await
     .unwrap();
-    let seqs: Vec<i64> = rows.iter().map(|r| r.get("seq")).collect();
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     assert_eq!(seqs, (1..=n as i64).collect::<Vec<_>>(), "every frame indexed once, in order");
     let mut chunks = std::collections::HashMap::new();
     for r in &rows {
-        let key: String = r.get("chunk_key");
-        if !chunks.contains_key(&key) {
-            let bytes = app.state.stores.blobs.get(&key).await.expect("chunk in the blob store");
-            assert_eq!(bytes.len() as i64, r.get::<i64, _>("size"), "chunk size");
-            assert_eq!(hex::encode(Sha256::digest(&bytes)), r.get::<String, _>("chunk_sha"), "chunk hash");
+        let key = &r.chunk_key;
+        if !chunks.contains_key(key) {
+            let bytes = app.state.stores.blobs.get(key).await.expect("chunk in the blob store");
+            assert_eq!(bytes.len() as i64, r.size, "chunk size");
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), r.chunk_sha, "chunk hash");
             chunks.insert(key.clone(), bytes);
         }
-        let chunk = &chunks[&key];
-        let (off, len) = (r.get::<i64, _>("offset") as usize, r.get::<i64, _>("length") as usize);
+        let chunk = &chunks[key];
+        let (off, len) = (r.offset as usize, r.length as usize);
         let stored = &chunk[off..off + len];
-        let seq = r.get::<i64, _>("seq") as u64;
-        assert_eq!(hex::encode(Sha256::digest(stored)), r.get::<String, _>("sha256"), "frame {seq} hash");
+        let seq = r.seq as u64;
+        assert_eq!(hex::encode(Sha256::digest(stored)), r.sha256, "frame {seq} hash");
         assert!(stored == frame_bytes(seq).as_slice(), "frame {seq} is byte-exact");
     }
-    let acked: i64 = sqlx::query_scalar("SELECT acked_seq FROM scans WHERE id = $1")
-        .bind(scan.as_uuid())
+    let acked: i64 = sqlx::query_scalar!("SELECT acked_seq FROM scans WHERE id = $1", scan.as_uuid())
         .fetch_one(&app.pg)
         .await
         .unwrap();
@@ -570,10 +568,10 @@ async fn a_patient_cannot_stream_to_another_patients_scan() {
     let (status, body) = rejected_status(err);
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("not_found"));
-    let denied: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action = 'scan.stream' AND outcome = 'denied' AND actor_id = $1",
+    let denied: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log WHERE action = 'scan.stream' AND outcome = 'denied' AND actor_id = $1"#,
+        other.id,
     )
-    .bind(other.id)
     .fetch_one(&app.pg)
     .await
     .unwrap();

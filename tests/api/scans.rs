@@ -8,12 +8,14 @@ use crate::scan_stream::{consent, create_scan, patient_with_scan};
 use coherency::auth::Role;
 
 async fn on_care_team(app: &TestApp, clinician: &User, patient_id: Uuid) {
-    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())")
-        .bind(patient_id)
-        .bind(clinician.id)
-        .execute(&app.pg)
-        .await
-        .unwrap();
+    sqlx::query!(
+        "INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())",
+        patient_id,
+        clinician.id,
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
 }
 
 #[actix_web::test]
@@ -37,10 +39,11 @@ async fn a_patient_creates_reads_and_lists_their_own_scans() {
     let ids: Vec<&str> = v["scans"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert_eq!(ids, vec![second.to_string(), scan.to_string()], "newest first");
 
-    let audited: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM audit_log WHERE action IN ('scan.create', 'scan.read', 'scan.list') AND actor_id = $1",
+    let audited: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM audit_log
+            WHERE action IN ('scan.create', 'scan.read', 'scan.list') AND actor_id = $1"#,
+        patient.id,
     )
-    .bind(patient.id)
     .fetch_one(&app.pg)
     .await
     .unwrap();

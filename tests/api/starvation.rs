@@ -403,11 +403,11 @@ async fn a_lapsed_lease_is_taken_back_unless_another_node_claimed_it_and_one_not
 
 /// The scan's status and `updated_at`.
 async fn scan_row(app: &TestApp, scan: ScanId) -> (String, chrono::DateTime<chrono::Utc>) {
-    sqlx::query_as("SELECT status, updated_at FROM scans WHERE id = $1")
-        .bind(scan.as_uuid())
+    let r = sqlx::query!("SELECT status, updated_at FROM scans WHERE id = $1", scan.as_uuid())
         .fetch_one(&app.pg)
         .await
-        .unwrap()
+        .unwrap();
+    (r.status, r.updated_at)
 }
 
 #[actix_web::test]
