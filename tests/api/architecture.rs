@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
     ("cluster", "state", "room and scan relays take the whole state"),
     ("consults", "state", "room wiring in consults.rs takes the whole state"),
-    ("store", "dashboard", "store/scans.rs announces new scans to the dashboard"),
 ];
 
 /// `crate::http` paths that sockets, the CLI or services still use (file, path prefix).
