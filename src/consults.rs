@@ -164,7 +164,9 @@ pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uu
         broadcast: None,
     };
     let res = match room(state, c).await {
-        Ok(r) => r.call(state, raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+        Ok(r) => {
+            r.call(&state.cluster, raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+        }
         Err(e) => Err(e.to_string()),
     };
     if let Err(e) = res {
@@ -183,7 +185,7 @@ pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, stat
         "complete" | "failed" | "cancelled" => coherency_protocol::consult::EventKind::ScanFinished,
         _ => return,
     };
-    let Some(r) = state.rooms.get(ConsultId::from_uuid(consult_id)) else { return };
+    let Some(r) = state.cluster.rooms.get(ConsultId::from_uuid(consult_id)) else { return };
     // The measurements go live to the admitted participants only (not into the log or
     // webhooks), and the disclosure is audited.
     let mut broadcast = None;
@@ -425,29 +427,29 @@ pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
         return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
     }
     let key = crate::cluster::room_key(c.id);
-    if let Some(r) = state.rooms.get(cid) {
-        if state.leases.holds(&key) {
+    if let Some(r) = state.cluster.rooms.get(cid) {
+        if state.cluster.leases.holds(&key) {
             return Ok(RoomRef::Local(r));
         }
     }
     // Kept while the room runs here; a just-claimed lease survives the start-up.
-    let rooms = state.rooms.clone();
+    let rooms = state.cluster.rooms.clone();
     let claimed = std::time::Instant::now();
     let alive = move || claimed.elapsed() < crate::cluster::lease::RENEW_EVERY * 2 || rooms.get(cid).is_some();
     // Another node holds (or held) the lease while the room runs here: the room retires
     // (participants reconnect to the holder's room). An expired lease (Redis unreachable)
     // keeps the room, as a claim that fails does: no other node can claim it either.
-    let rooms = state.rooms.clone();
+    let rooms = state.cluster.rooms.clone();
     let retire = move |end: &crate::cluster::lease::LeaseEnd| {
         if let (crate::cluster::lease::LeaseEnd::Lost { .. }, Some(r)) = (end, rooms.get(cid)) {
             tracing::warn!(consult_id = %cid, "room lease lost; retiring the room here");
             r.do_send(coherency_actors::room::Retire);
         }
     };
-    match state.leases.claim_or_stop(&key, alive, retire).await {
+    match state.cluster.leases.claim_or_stop(&key, alive, retire).await {
         Ok(Claim::Ours) => {}
         Ok(Claim::Theirs(node)) => {
-            if let Some(r) = state.rooms.get(cid) {
+            if let Some(r) = state.cluster.rooms.get(cid) {
                 // This node lost the lease (it stalled): the other node's room is the room.
                 r.do_send(coherency_actors::room::Retire);
             }
@@ -458,7 +460,7 @@ pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
             tracing::warn!(error = %e, "room lease not claimed; serving the room on this node");
         }
     }
-    if let Some(r) = state.rooms.get(cid) {
+    if let Some(r) = state.cluster.rooms.get(cid) {
         return Ok(RoomRef::Local(r));
     }
     let rows = sqlx::query!(
@@ -496,7 +498,7 @@ pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
         last_seq: last_seq as u64,
         participants,
     };
-    Ok(RoomRef::Local(state.rooms.get_or_start(snap, &state.room_deps)))
+    Ok(RoomRef::Local(state.cluster.rooms.get_or_start(snap, &state.room_deps)))
 }
 
 /// Delivers consult events to the configured webhook, in order, for as long as the node

@@ -164,17 +164,17 @@ async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &s
 async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participant>, ApiError> {
     // A running room (here or on its owner) knows who is joined right now; otherwise the
     // stored rows do.
-    let running = match state.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
+    let running = match state.cluster.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
         Some(a) => Some(consults::RoomRef::Local(a)),
         // An ended consult has no room anywhere: no need to ask Redis.
         None if c.status == "ended" => None,
-        None => match state.leases.owner(&crate::cluster::room_key(c.id)).await {
+        None => match state.cluster.leases.owner(&crate::cluster::room_key(c.id)).await {
             Ok(Some(node)) if node != state.node => Some(consults::RoomRef::Remote { node, consult: c.id }),
             _ => None,
         },
     };
     if let Some(r) = running {
-        if let Ok(ps) = r.call(state, room::Participants).await {
+        if let Ok(ps) = r.call(&state.cluster, room::Participants).await {
             return Ok(ps);
         }
     }
@@ -292,7 +292,7 @@ pub async fn check_in(
     check_in_open(&c, state.clock.now())?;
     let r = consults::room(&state, &c).await?;
     let (pid, st, position) = r
-        .call(&state, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
+        .call(&state.cluster, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
         .await?
         .map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
@@ -311,7 +311,7 @@ pub async fn queue(
 ) -> Result<HttpResponse, ApiError> {
     let c = hosted(&state, &req, &who, "consult.queue").await?;
     let r = consults::room(&state, &c).await?;
-    let q = r.call(&state, room::Queue).await?;
+    let q = r.call(&state.cluster, room::Queue).await?;
     let v: Vec<ParticipantView> = q.iter().map(ParticipantView::from).collect();
     Ok(HttpResponse::Ok().json(v))
 }
@@ -330,7 +330,7 @@ async fn decide(
     let c = hosted(&state, &req, &who, action).await?;
     let participant_id = path_id(&req, "pid")?;
     let r = consults::room(&state, &c).await?;
-    let res = r.call(&state, room::Decide { participant_id, by: who.user_id, decision }).await?;
+    let res = r.call(&state.cluster, room::Decide { participant_id, by: who.user_id, decision }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -421,7 +421,7 @@ pub async fn invite(
         return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
     }
     let r = consults::room(&state, &c).await?;
-    let res = r.call(&state, room::Invite { user_id: b.user_id, role, by: who.user_id }).await?;
+    let res = r.call(&state.cluster, room::Invite { user_id: b.user_id, role, by: who.user_id }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -470,7 +470,7 @@ pub async fn end(
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
     let r = consults::room(&state, &c).await?;
-    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
+    r.call(&state.cluster, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
@@ -583,7 +583,7 @@ pub async fn waiting_room(
     for id in open {
         if let Some(c) = consults::load(&state.stores.pg, id).await? {
             if let r @ consults::RoomRef::Remote { .. } = consults::room(&state, &c).await? {
-                for p in r.call(&state, room::Queue).await? {
+                for p in r.call(&state.cluster, room::Queue).await? {
                     v.push(WaitingEntryView {
                         consult_id: c.id,
                         participant_id: p.id,
