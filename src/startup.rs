@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::consults::ConsultRooms;
 use crate::crypto::FieldKey;
 use crate::error::{json_error, path_error, query_error};
 use crate::metrics::Metrics;
@@ -77,7 +78,7 @@ impl Application {
             state.config.api_rate_burst,
         ));
         crate::dashboard::spawn_inputs(state.clone());
-        crate::consults::spawn_webhooks(state.clone());
+        state.consult_rooms.spawn_webhooks(&state.config);
         let serving = crate::transport::Serving {
             limits: crate::transport::Limits::from_config(&state.config),
             grace_secs: state.config.shutdown_grace_secs,
@@ -182,8 +183,6 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     };
     crate::services::identity::password::Hasher::warm_up();
     let clock = Clock::default();
-    let webhook_wake = Arc::new(tokio::sync::Notify::new());
-    let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
     let capture_live = coherency_actors::capture::LiveSessions::default();
     let recovery = match role {
         Node::Serving => crate::ws::scan::Recovery::Run,
@@ -192,6 +191,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     let capture = crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone(), recovery);
     let audit = crate::audit::AuditLog::start(stores.pg.clone());
     let cluster = Arc::new(crate::cluster::Node::new(&stores.redis, node.clone(), capture.clone(), capture_live));
+    let consult_rooms = ConsultRooms::new(&config, &stores, &clock, cluster.clone(), audit.clone());
     let sockets = Arc::new(SocketRegistry::default());
     let identity = Arc::new(Identity::new(
         stores.pg.clone(),
@@ -205,8 +205,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     let consults = Consults::new(stores.pg.clone());
     Ok(web::Data::new(AppState {
         cluster,
-        room_deps,
-        webhook_wake,
+        consult_rooms,
         capture,
         calendars: crate::booking::calendars(
             stores.pg.clone(),

@@ -216,7 +216,7 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
         if let Some(consult) = ev.data.get("consult_id").and_then(Value::as_str).and_then(|c| c.parse().ok()) {
             // A scan taken inside a consult: its status changes are room events too.
             if let Some(status) = ev.kind.strip_prefix("scan.") {
-                crate::consults::scan_status(state, consult, ev.id, status).await;
+                state.consult_rooms.scan_status(consult, ev.id, status).await;
             }
         }
     }

@@ -164,16 +164,7 @@ async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &s
 async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participant>, ApiError> {
     // A running room (here or on its owner) knows who is joined right now; otherwise the
     // stored rows do.
-    let running = match state.cluster.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
-        Some(a) => Some(consults::RoomRef::Local(a)),
-        // An ended consult has no room anywhere: no need to ask Redis.
-        None if c.status == "ended" => None,
-        None => match state.cluster.leases.owner(&crate::cluster::room_key(c.id)).await {
-            Ok(Some(node)) if node != state.node => Some(consults::RoomRef::Remote { node, consult: c.id }),
-            _ => None,
-        },
-    };
-    if let Some(r) = running {
+    if let Some(r) = state.consult_rooms.running(c).await {
         if let Ok(ps) = r.call(&state.cluster, room::Participants).await {
             return Ok(ps);
         }
@@ -241,14 +232,14 @@ pub async fn create(
         if a.status != "booked" {
             return Err(ApiError::new(Code::Conflict, "only a booked appointment can have a consult"));
         }
-        consults::create(&state, Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id).await?
+        state.consult_rooms.create(Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id).await?
     } else {
         if let Some(pid) = b.patient_id {
             if !can_access_patient(&state, &who, pid).await? {
                 return Err(ApiError::not_found());
             }
         }
-        consults::create(&state, None, who.user_id, b.patient_id, None, who.user_id).await?
+        state.consult_rooms.create(None, who.user_id, b.patient_id, None, who.user_id).await?
     };
     audit_consult(&state, &req, &who, "consult.create", "success", &c, serde_json::json!({})).await?;
     let v = view(&state, &who, c).await?;
@@ -290,7 +281,7 @@ pub async fn check_in(
         return Err(ApiError::new(Code::Conflict, "only the consult's patient checks in"));
     }
     check_in_open(&c, state.clock.now())?;
-    let r = consults::room(&state, &c).await?;
+    let r = state.consult_rooms.room(&c).await?;
     let (pid, st, position) = r
         .call(&state.cluster, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
         .await?
@@ -310,7 +301,7 @@ pub async fn queue(
     who: Require<perm::ConsultsHost>,
 ) -> Result<HttpResponse, ApiError> {
     let c = hosted(&state, &req, &who, "consult.queue").await?;
-    let r = consults::room(&state, &c).await?;
+    let r = state.consult_rooms.room(&c).await?;
     let q = r.call(&state.cluster, room::Queue).await?;
     let v: Vec<ParticipantView> = q.iter().map(ParticipantView::from).collect();
     Ok(HttpResponse::Ok().json(v))
@@ -329,7 +320,7 @@ async fn decide(
     };
     let c = hosted(&state, &req, &who, action).await?;
     let participant_id = path_id(&req, "pid")?;
-    let r = consults::room(&state, &c).await?;
+    let r = state.consult_rooms.room(&c).await?;
     let res = r.call(&state.cluster, room::Decide { participant_id, by: who.user_id, decision }).await?;
     match res {
         Ok(p) => {
@@ -420,7 +411,7 @@ pub async fn invite(
     if !exists {
         return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
     }
-    let r = consults::room(&state, &c).await?;
+    let r = state.consult_rooms.room(&c).await?;
     let res = r.call(&state.cluster, room::Invite { user_id: b.user_id, role, by: who.user_id }).await?;
     match res {
         Ok(p) => {
@@ -469,7 +460,7 @@ pub async fn end(
     };
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
-    let r = consults::room(&state, &c).await?;
+    let r = state.consult_rooms.room(&c).await?;
     r.call(&state.cluster, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
@@ -582,7 +573,7 @@ pub async fn waiting_room(
     let mut v: Vec<WaitingEntryView> = Vec::new();
     for id in open {
         if let Some(c) = consults::load(&state.stores.pg, id).await? {
-            if let r @ consults::RoomRef::Remote { .. } = consults::room(&state, &c).await? {
+            if let r @ consults::RoomRef::Remote { .. } = state.consult_rooms.room(&c).await? {
                 for p in r.call(&state.cluster, room::Queue).await? {
                     v.push(WaitingEntryView {
                         consult_id: c.id,
@@ -595,7 +586,7 @@ pub async fn waiting_room(
             }
         }
     }
-    let list = state.room_deps.waiting.of(who.user_id).send(room::waiting::List).await.map_err(mailbox)?;
+    let list = state.consult_rooms.waiting().of(who.user_id).send(room::waiting::List).await.map_err(mailbox)?;
     v.extend(list.into_iter().map(|e| WaitingEntryView {
         consult_id: e.consult_id.as_uuid(),
         participant_id: e.participant_id,

@@ -126,7 +126,7 @@ pub async fn create(
     .await?;
     crate::dashboard::scan_created(&state, &scan).await;
     if let Some(c) = consult {
-        crate::consults::scan_requested(&state, &c, scan.id, who.user_id).await;
+        state.consult_rooms.scan_requested(&c, scan.id, who.user_id).await;
     }
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
 }

@@ -47,7 +47,7 @@ pub async fn signal(
     if state.lifecycle.is_draining() {
         return Err(ApiError::unavailable("the server is draining; reconnect"));
     }
-    let room = crate::consults::room(&state, &c).await?;
+    let room = state.consult_rooms.room(&c).await?;
     let (tx, rx) = mpsc::unbounded_channel::<Outbound>();
     let ice_servers = crate::consults::ice_servers_for(&state.config, who.user_id, state.clock.now());
     let conn = room.connect(&state.cluster, who.user_id, role, ice_servers, tx).await?;
