@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use coherency_actors::room::{self, Decision, Participant};
 use coherency_protocol::consult::{ParticipantRole, RoomEvent};
-use coherency_protocol::ids::ConsultId;
+use coherency_protocol::ids::{ConsultId, PatientId};
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,9 +23,9 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::consults::{self, Consult};
 use crate::error::ApiError;
 use crate::http::input::{Line, NonNegative};
-use crate::http::patients::{can_access_patient, path_id};
+use crate::http::patients::path_id;
 use crate::http::resource;
-use crate::services::consults::Consults;
+use crate::services::consults::{Consults, VisibleConsult};
 use crate::state::AppState;
 
 /// `POST /v1/consults`
@@ -141,19 +141,9 @@ async fn audit_consult(
     auth::audit(state, req, Some(who), AuditEvent::new(action, outcome).target("consult", c.id).details(details)).await
 }
 
-/// The consult if the caller has any part in it (host, its patient, a participant); else 404.
-pub async fn visible(
-    state: &AppState,
-    who: &Principal,
-    id: Uuid,
-) -> Result<(Consult, Option<ParticipantRole>), ApiError> {
-    let v = state.consults.visible(who, ConsultId::from_uuid(id)).await?;
-    Ok((v.consult, Some(v.role)))
-}
-
 async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &str) -> Result<Consult, ApiError> {
-    let id = path_id(req, "id")?;
-    let (c, _) = visible(state, who, id).await?;
+    let id = ConsultId::from_uuid(path_id(req, "id")?);
+    let c = state.consults.visible(who, id).await?.consult;
     if !is_host(who, &c) {
         audit_consult(state, req, who, action, "denied", &c, serde_json::json!({})).await?;
         return Err(ApiError::forbidden());
@@ -235,7 +225,7 @@ pub async fn create(
         state.consult_rooms.create(Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id).await?
     } else {
         if let Some(pid) = b.patient_id {
-            if !can_access_patient(&state, &who, pid).await? {
+            if !state.access.can_see_patient(&who, PatientId::from_uuid(pid)).await? {
                 return Err(ApiError::not_found());
             }
         }
@@ -255,14 +245,9 @@ pub async fn get(
     req: HttpRequest,
     who: Require<perm::ConsultsJoin>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
+    let c = state.consults.visible(&who, ConsultId::from_uuid(path_id(&req, "id")?)).await?.consult;
     audit_consult(&state, &req, &who, "consult.read", "success", &c, serde_json::json!({})).await?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
-}
-
-/// Whether check-in is open for `c` at `now`.
-pub fn check_in_open(c: &Consult, now: DateTime<Utc>) -> Result<(), ApiError> {
-    Ok(Consults::check_in_open(c, now)?)
 }
 
 /// The consult's patient checks in: they enter the host's waiting room.
@@ -276,11 +261,12 @@ pub async fn check_in(
     req: HttpRequest,
     who: Require<perm::ConsultsJoin>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, role) = visible(&state, &who, path_id(&req, "id")?).await?;
-    if role != Some(ParticipantRole::Patient) {
+    let VisibleConsult { consult: c, role } =
+        state.consults.visible(&who, ConsultId::from_uuid(path_id(&req, "id")?)).await?;
+    if role != ParticipantRole::Patient {
         return Err(ApiError::new(Code::Conflict, "only the consult's patient checks in"));
     }
-    check_in_open(&c, state.clock.now())?;
+    Consults::check_in_open(&c, state.clock.now())?;
     let r = state.consult_rooms.room(&c).await?;
     let (pid, st, position) = r
         .call(&state.cluster, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
@@ -488,7 +474,7 @@ pub async fn events(
     req: HttpRequest,
     who: Require<perm::ConsultsJoin>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
+    let c = state.consults.visible(&who, ConsultId::from_uuid(path_id(&req, "id")?)).await?.consult;
     if !is_host(&who, &c) {
         let ever_admitted: bool = sqlx::query_scalar!(
             r#"SELECT EXISTS (SELECT 1 FROM consult_participants WHERE consult_id = $1 AND user_id = $2 AND admitted_at IS NOT NULL

@@ -1,11 +1,12 @@
 //! Wound scans over HTTP: create a scan (then stream it on `GET /v1/scans/{id}/stream`,
 //! `crate::ws::scan`), read one, list a patient's. Object access follows the patient
-//! record (`crate::http::patients::can_access_patient`): the patient themself, a clinician
-//! on their care team (or with a live break-glass grant), an admin. A scan the caller may
-//! not see answers 404, as if it did not exist. Creating and streaming need the patient's
-//! scan-capture consent. Every read and write is audited.
+//! record (`crate::services::access`): the patient themself, a clinician on their care team
+//! (or with a live break-glass grant), an admin. A scan the caller may not see answers 404,
+//! as if it did not exist. Creating and streaming need the patient's scan-capture consent.
+//! Every read and write is audited.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -66,7 +67,7 @@ pub async fn visible_scan(
     action: &str,
 ) -> Result<ScanRecord, ApiError> {
     let scan = scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::patients::require_access(state, req, who, scan.patient_id, action).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(scan.patient_id), action).await?;
     Ok(scan)
 }
 
@@ -100,7 +101,10 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
     let site = body.body_site.into_inner();
-    crate::http::patients::require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
+    state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(body.patient_id), "scan.create")
+        .await?;
     require_scan_consent(&state, body.patient_id).await?;
     let consult = match body.consult_id {
         Some(cid) => Some(scan_consult(&state, cid, body.patient_id).await?),
@@ -159,7 +163,7 @@ pub async fn list_for_patient(
     let patient_id = id.into_inner();
     let query: ListQuery = crate::http::input::query(&req)?;
     let limit = query.limit.map_or(50, |l| l.get());
-    crate::http::patients::require_access(&state, &req, &who, patient_id, "scan.list").await?;
+    state.access.patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(patient_id), "scan.list").await?;
     let list = scans::list_for_patient(&state.stores.pg, patient_id, limit).await?;
     auth::audit(
         &state,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use coherency::auth::Role;
+use coherency_protocol::ids::PatientId;
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -233,35 +234,18 @@ async fn emergency_access_ends_when_it_expires() {
     let pa = c.a.patient_id.unwrap();
     let (s, _, _) = send(&app, Method::GET, &format!("/v1/patients/{pa}"), Some(&c.emergency.token), None, None).await;
     assert_eq!(s, 200);
-    assert!(coherency::http::patients::can_access_patient(
-        &app.state,
-        &coherency::auth::Principal {
-            user_id: c.emergency.id,
-            role: Role::Clinician,
-            session_id: Uuid::nil(),
-            mfa_enrolled: true,
-            mfa_verified: true,
-            patient_id: None,
-        },
-        pa
-    )
-    .await
-    .unwrap());
+    let clinician = coherency::auth::Principal {
+        user_id: c.emergency.id,
+        role: Role::Clinician,
+        session_id: Uuid::nil(),
+        mfa_enrolled: true,
+        mfa_verified: true,
+        patient_id: None,
+    };
+    let patient = PatientId::from_uuid(pa);
+    assert!(app.state.access.can_see_patient(&clinician, patient).await.unwrap());
     app.clock.advance(Duration::from_secs(61 * 60));
-    let grant_over = coherency::http::patients::can_access_patient(
-        &app.state,
-        &coherency::auth::Principal {
-            user_id: c.emergency.id,
-            role: Role::Clinician,
-            session_id: Uuid::nil(),
-            mfa_enrolled: true,
-            mfa_verified: true,
-            patient_id: None,
-        },
-        pa,
-    )
-    .await
-    .unwrap();
+    let grant_over = app.state.access.can_see_patient(&clinician, patient).await.unwrap();
     assert!(!grant_over, "break-glass access lasts 60 minutes");
 }
 

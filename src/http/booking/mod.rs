@@ -4,7 +4,7 @@
 //! R4 face (`Schedule`, `Slot`, `Appointment`) is [`fhir`].
 //!
 //! Who: patients book for themselves; clinicians and admins for patients they may see
-//! (`patients::can_access_patient`); a clinician also sees and manages appointments in their
+//! (`services::access`); a clinician also sees and manages appointments in their
 //! own calendar. What the caller may not see answers 404. Every action is audited.
 //! Handlers parse, authorise, send the change to the clinician's calendar actor
 //! (`state.calendars`) and audit; the SQL is `crate::store::booking`.
@@ -14,6 +14,7 @@ pub mod fhir;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +25,7 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::booking::{self, slots, Appointment, AppointmentType, BookingError, NewHold, WaitlistEntry};
 use crate::error::ApiError;
 use crate::http::input::{ClockTime, Day, IdempotencyKey, Instant, Int, Line, Text, TimeZone};
-use crate::http::patients::{can_access_patient, parse_query, path_id};
+use crate::http::patients::{parse_query, path_id};
 use crate::state::AppState;
 use crate::store::booking as store;
 
@@ -263,7 +264,7 @@ async fn audit(
 
 /// Whether `who` may see appointment `a`.
 pub async fn may_see(state: &AppState, who: &Principal, a: &Appointment) -> Result<bool, ApiError> {
-    Ok(who.user_id == a.clinician_id || can_access_patient(state, who, a.patient_id).await?)
+    Ok(who.user_id == a.clinician_id || state.access.can_see_patient(who, PatientId::from_uuid(a.patient_id)).await?)
 }
 
 async fn visible(
@@ -294,7 +295,7 @@ async fn patient_for(
         (_, Some(p), _) => p,
         _ => return Err(ApiError::field(Code::InvalidField, "patient_id", "patient_id is required")),
     };
-    crate::http::patients::require_access(state, req, who, pid, action).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(pid), action).await?;
     Ok(pid)
 }
 
@@ -666,7 +667,7 @@ pub async fn search(
         (_, p) => p,
     };
     if let Some(p) = patient {
-        crate::http::patients::require_access(state, req, who, p, "booking.search").await?;
+        state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(p), "booking.search").await?;
     }
     let clinician = match (who.role, patient, q.clinician) {
         (Role::Clinician, None, None) => Some(who.user_id),
@@ -862,7 +863,10 @@ pub async fn get_waitlist(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
     let w = store::waitlist_entry(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::patients::require_access(&state, &req, &who, w.patient_id, "waitlist.read").await?;
+    state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(w.patient_id), "waitlist.read")
+        .await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("waitlist.read", "success").target("waitlist", w.id)).await?;
     Ok(ok_json(&w))
 }
