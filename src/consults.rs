@@ -10,7 +10,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use coherency_actors::room::{Change, ConsultStatus, Participant, RoomDeps, RoomSnapshot, RoomStore, WaitingRooms};
 use coherency_protocol::consult::{IceServer, ParticipantRole, ParticipantState, RoomEvent, ServerSignal};
-use coherency_protocol::ids::ConsultId;
+use coherency_protocol::ids::{ConsultId, UserId};
 use coherency_protocol::Code;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
@@ -552,7 +552,7 @@ fn split_list(s: &str) -> Vec<String> {
 /// The ICE servers for `user_id`: STUN as configured, TURN with credentials valid for
 /// `turn_ttl_secs` (the TURN REST API scheme: username `expiry:user`, password
 /// base64(HMAC-SHA1(secret, username))).
-pub fn ice_servers_for(config: &Config, user_id: Uuid, now: DateTime<Utc>) -> Vec<IceServer> {
+pub fn ice_servers_for(config: &Config, user_id: UserId, now: DateTime<Utc>) -> Vec<IceServer> {
     let mut out = Vec::new();
     let stun = split_list(&config.stun_urls);
     if !stun.is_empty() {

@@ -190,7 +190,7 @@ async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participan
 
 async fn view(state: &AppState, who: &Principal, c: Consult) -> Result<ConsultView, ApiError> {
     let ps = participants_of(state, &c).await?;
-    let me = ps.iter().find(|p| p.user_id == who.user_id).map(ParticipantView::from);
+    let me = ps.iter().find(|p| p.user_id == who.user_id.as_uuid()).map(ParticipantView::from);
     let host = is_host(who, &c);
     let participants = if host { ps.iter().map(ParticipantView::from).collect() } else { Vec::new() };
     Ok(ConsultView { consult: c, participants, me })
@@ -212,7 +212,7 @@ pub async fn create(
     let b = body.parse()?;
     let c = if let Some(aid) = b.appointment_id {
         let a = crate::booking::load(&state.stores.pg, aid).await?.ok_or_else(ApiError::not_found)?;
-        if a.clinician_id != who.user_id && who.role != Role::Admin {
+        if a.clinician_id != who.user_id.as_uuid() && who.role != Role::Admin {
             return Err(ApiError::not_found());
         }
         if let Some(existing) = consults::by_appointment(&state.stores.pg, aid).await? {
@@ -222,14 +222,17 @@ pub async fn create(
         if a.status != "booked" {
             return Err(ApiError::new(Code::Conflict, "only a booked appointment can have a consult"));
         }
-        state.consult_rooms.create(Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id).await?
+        state
+            .consult_rooms
+            .create(Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id.as_uuid())
+            .await?
     } else {
         if let Some(pid) = b.patient_id {
             if !state.access.can_see_patient(&who, PatientId::from_uuid(pid)).await? {
                 return Err(ApiError::not_found());
             }
         }
-        state.consult_rooms.create(None, who.user_id, b.patient_id, None, who.user_id).await?
+        state.consult_rooms.create(None, who.user_id.as_uuid(), b.patient_id, None, who.user_id.as_uuid()).await?
     };
     audit_consult(&state, &req, &who, "consult.create", "success", &c, serde_json::json!({})).await?;
     let v = view(&state, &who, c).await?;
@@ -269,7 +272,7 @@ pub async fn check_in(
     Consults::check_in_open(&c, state.clock.now())?;
     let r = state.consult_rooms.room(&c).await?;
     let (pid, st, position) = r
-        .call(&state.cluster, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
+        .call(&state.cluster, room::CheckIn { user_id: who.user_id.as_uuid(), role: ParticipantRole::Patient })
         .await?
         .map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
@@ -307,7 +310,7 @@ async fn decide(
     let c = hosted(&state, &req, &who, action).await?;
     let participant_id = path_id(&req, "pid")?;
     let r = state.consult_rooms.room(&c).await?;
-    let res = r.call(&state.cluster, room::Decide { participant_id, by: who.user_id, decision }).await?;
+    let res = r.call(&state.cluster, room::Decide { participant_id, by: who.user_id.as_uuid(), decision }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -398,7 +401,7 @@ pub async fn invite(
         return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
     }
     let r = state.consult_rooms.room(&c).await?;
-    let res = r.call(&state.cluster, room::Invite { user_id: b.user_id, role, by: who.user_id }).await?;
+    let res = r.call(&state.cluster, room::Invite { user_id: b.user_id, role, by: who.user_id.as_uuid() }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -447,7 +450,7 @@ pub async fn end(
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
     let r = state.consult_rooms.room(&c).await?;
-    r.call(&state.cluster, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
+    r.call(&state.cluster, room::End { by: who.user_id.as_uuid(), reason }).await?.map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
@@ -480,7 +483,7 @@ pub async fn events(
             r#"SELECT EXISTS (SELECT 1 FROM consult_participants WHERE consult_id = $1 AND user_id = $2 AND admitted_at IS NOT NULL
                               AND state NOT IN ('denied', 'removed')) AS "ever_admitted!""#,
             c.id,
-            who.user_id,
+            who.user_id.as_uuid(),
         )
         .fetch_one(&state.stores.pg)
         .await?;
@@ -551,7 +554,7 @@ pub async fn waiting_room(
     let open: Vec<Uuid> = sqlx::query_scalar!(
         "SELECT DISTINCT c.id FROM consults c JOIN consult_participants p ON p.consult_id = c.id
          WHERE c.clinician_id = $1 AND c.status <> 'ended' AND p.state = 'waiting'",
-        who.user_id,
+        who.user_id.as_uuid(),
     )
     .fetch_all(&state.stores.pg)
     .await?;
@@ -572,7 +575,8 @@ pub async fn waiting_room(
             }
         }
     }
-    let list = state.consult_rooms.waiting().of(who.user_id).send(room::waiting::List).await.map_err(mailbox)?;
+    let list =
+        state.consult_rooms.waiting().of(who.user_id.as_uuid()).send(room::waiting::List).await.map_err(mailbox)?;
     v.extend(list.into_iter().map(|e| WaitingEntryView {
         consult_id: e.consult_id.as_uuid(),
         participant_id: e.participant_id,

@@ -48,16 +48,6 @@ pub struct ListQuery {
     pub limit: Option<Int<1, 200>>,
 }
 
-/// Refuses with `consent_required` unless the patient's newest scan-capture consent
-/// decision is a grant.
-pub async fn require_scan_consent(state: &AppState, patient_id: Uuid) -> Result<(), ApiError> {
-    if crate::http::patients::has_scan_consent(&state.stores.pg, patient_id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::new(Code::ConsentRequired, "the patient's scan-capture consent is not on file"))
-    }
-}
-
 /// The scan `id` if `who` may see its patient; otherwise 404, the refusal audited as `action`.
 pub async fn visible_scan(
     state: &AppState,
@@ -101,11 +91,11 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
     let site = body.body_site.into_inner();
-    state
+    let grant = state
         .access
         .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(body.patient_id), "scan.create")
         .await?;
-    require_scan_consent(&state, body.patient_id).await?;
+    state.access.require_scan_consent(grant).await?;
     let consult = match body.consult_id {
         Some(cid) => Some(scan_consult(&state, cid, body.patient_id).await?),
         None => None,
@@ -115,7 +105,7 @@ pub async fn create(
         patient_id: body.patient_id,
         consult_id: body.consult_id,
         body_site: site,
-        created_by: who.user_id,
+        created_by: who.user_id.as_uuid(),
         at: state.clock.now(),
     };
     let scan = scans::insert(&state.stores.pg, &new).await?;
@@ -130,7 +120,7 @@ pub async fn create(
     .await?;
     crate::dashboard::scan_created(&state, &scan).await;
     if let Some(c) = consult {
-        state.consult_rooms.scan_requested(&c, scan.id, who.user_id).await;
+        state.consult_rooms.scan_requested(&c, scan.id, who.user_id.as_uuid()).await;
     }
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
 }

@@ -50,7 +50,7 @@ pub async fn signal(
     let room = state.consult_rooms.room(&c).await?;
     let (tx, rx) = mpsc::unbounded_channel::<Outbound>();
     let ice_servers = crate::consults::ice_servers_for(&state.config, who.user_id, state.clock.now());
-    let conn = room.connect(&state.cluster, who.user_id, role, ice_servers, tx).await?;
+    let conn = room.connect(&state.cluster, who.user_id.as_uuid(), role, ice_servers, tx).await?;
     let (response, session, stream) = match actix_ws::handle(&req, body) {
         Ok(x) => x,
         Err(_) => {

@@ -264,7 +264,8 @@ async fn audit(
 
 /// Whether `who` may see appointment `a`.
 pub async fn may_see(state: &AppState, who: &Principal, a: &Appointment) -> Result<bool, ApiError> {
-    Ok(who.user_id == a.clinician_id || state.access.can_see_patient(who, PatientId::from_uuid(a.patient_id)).await?)
+    Ok(who.user_id.as_uuid() == a.clinician_id
+        || state.access.can_see_patient(who, PatientId::from_uuid(a.patient_id)).await?)
 }
 
 async fn visible(
@@ -292,11 +293,11 @@ async fn patient_for(
 ) -> Result<Uuid, ApiError> {
     let pid = match (who.role, given, who.patient_id) {
         (Role::Patient, None, Some(own)) => own,
-        (_, Some(p), _) => p,
+        (_, Some(p), _) => PatientId::from_uuid(p),
         _ => return Err(ApiError::field(Code::InvalidField, "patient_id", "patient_id is required")),
     };
-    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(pid), action).await?;
-    Ok(pid)
+    state.access.patient(&auth::caller_of(req, state, who), pid, action).await?;
+    Ok(pid.as_uuid())
 }
 
 async fn clinician_type(
@@ -315,7 +316,7 @@ async fn clinician_type(
 /// A clinician manages their own schedule; admins any clinician's. Others see 404.
 async fn require_manage(state: &AppState, who: &Principal, clinician_id: Uuid) -> Result<(), ApiError> {
     let is_clinician = store::is_clinician(&state.stores.pg, clinician_id).await?;
-    if !is_clinician || !(who.role == Role::Admin || who.user_id == clinician_id) {
+    if !is_clinician || !(who.role == Role::Admin || who.user_id.as_uuid() == clinician_id) {
         return Err(ApiError::not_found());
     }
     Ok(())
@@ -607,7 +608,7 @@ pub(crate) async fn place(
 ) -> Result<(Appointment, bool), ApiError> {
     let start = b.start.get().with_timezone(&Utc);
     if let Some(k) = &key {
-        if let Some(a) = store::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
+        if let Some(a) = store::by_idempotency_key(&state.stores.pg, who.user_id.as_uuid(), k).await? {
             if a.clinician_id != b.clinician_id || a.start_at != start {
                 return Err(BookingError::KeyReused.into());
             }
@@ -621,7 +622,7 @@ pub(crate) async fn place(
         type_id: b.type_id,
         start,
         confirm: b.confirm,
-        created_by: who.user_id,
+        created_by: who.user_id.as_uuid(),
         idempotency_key: key,
     };
     let action = if b.confirm { "booking.book" } else { "booking.hold" };
@@ -664,14 +665,15 @@ pub async fn search(
 ) -> Result<Vec<Appointment>, ApiError> {
     let patient = match (who.role, q.patient) {
         (Role::Patient, None) => who.patient_id,
-        (_, p) => p,
+        (_, p) => p.map(PatientId::from_uuid),
     };
     if let Some(p) = patient {
-        state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(p), "booking.search").await?;
+        state.access.patient(&auth::caller_of(req, state, who), p, "booking.search").await?;
     }
+    let patient = patient.map(|p| p.as_uuid());
     let clinician = match (who.role, patient, q.clinician) {
-        (Role::Clinician, None, None) => Some(who.user_id),
-        (Role::Clinician, None, Some(c)) if c != who.user_id => return Err(ApiError::not_found()),
+        (Role::Clinician, None, None) => Some(who.user_id.as_uuid()),
+        (Role::Clinician, None, Some(c)) if c != who.user_id.as_uuid() => return Err(ApiError::not_found()),
         (Role::Admin, None, None) => {
             return Err(ApiError::field(Code::InvalidField, "patient", "name a patient or a clinician"))
         }
@@ -761,7 +763,7 @@ pub async fn cancel(
     let id = path_id(&req, "id")?;
     let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
     let b = body.parse()?;
-    let msg = booking::Cancel { id, by: who.user_id, reason: b.reason.as_str().to_string() };
+    let msg = booking::Cancel { id, by: who.user_id.as_uuid(), reason: b.reason.as_str().to_string() };
     let res = state.calendars.cancel(cur.clinician_id, msg).await;
     finish(&state, &req, &who, "booking.cancel", &cur, res).await
 }
@@ -783,7 +785,7 @@ pub async fn reschedule(
     let b = body.parse()?;
     let msg = booking::Reschedule {
         id,
-        by: who.user_id,
+        by: who.user_id.as_uuid(),
         type_id: b.type_id.unwrap_or(cur.type_id),
         start: b.start.get().with_timezone(&Utc),
     };

@@ -486,7 +486,7 @@ async fn create_entry<T: Entry>(
     may_write(who, T::KIND)?;
     let now = state.clock.now();
     let body = body.parse()?.validate(now.date_naive())?;
-    let e = insert(&state.stores.pg, pid, &body, Some(who.user_id), now).await?;
+    let e = insert(&state.stores.pg, pid, &body, Some(who.user_id.as_uuid()), now).await?;
     auth::audit(
         state,
         req,

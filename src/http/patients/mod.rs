@@ -31,7 +31,6 @@ use crate::http::input::{
 };
 use crate::state::AppState;
 
-pub use crate::services::access::has_scan_consent;
 pub use seed::seed_patients;
 
 /// Search page size when none is asked for (the bound is [`PageSize`]).
@@ -606,7 +605,7 @@ pub async fn create(
         enc.national_id_enc,
         enc.notes_enc,
         DEFAULT_ORG,
-        who.user_id,
+        who.user_id.as_uuid(),
         now,
     )
     .execute(&mut *tx)
@@ -616,7 +615,7 @@ pub async fn create(
         sqlx::query!(
             "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'primary',$3)",
             id,
-            who.user_id,
+            who.user_id.as_uuid(),
             now,
         )
         .execute(&mut *tx)
@@ -763,7 +762,7 @@ impl Scope {
     pub fn of(who: &Principal, now: DateTime<Utc>) -> Self {
         match who.role {
             Role::Admin => Scope::All,
-            _ => Scope::Clinician { id: who.user_id, now },
+            _ => Scope::Clinician { id: who.user_id.as_uuid(), now },
         }
     }
 }
