@@ -1,16 +1,16 @@
-//! Consults on the server side: loading a consult and starting its `Room`, the storage the
-//! rooms write through (Postgres event log and participants, Mongo chat activity stream,
-//! Redis bus), the webhook dispatcher, and ICE server lists with time-limited TURN
-//! credentials.
+//! Consults on the server side: loading a consult and starting its `Room` ([`ConsultRooms`]),
+//! the storage the rooms write through (Postgres event log and participants, Mongo chat
+//! activity stream, Redis bus), the webhook dispatcher, and ICE server lists with
+//! time-limited TURN credentials.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use coherency_actors::room::{Change, ConsultStatus, Participant, RoomDeps, RoomSnapshot, RoomStore};
+use coherency_actors::room::{Change, ConsultStatus, Participant, RoomDeps, RoomSnapshot, RoomStore, WaitingRooms};
 use coherency_protocol::consult::{IceServer, ParticipantRole, ParticipantState, RoomEvent, ServerSignal};
-use coherency_protocol::ids::ConsultId;
+use coherency_protocol::ids::{ConsultId, UserId};
 use coherency_protocol::Code;
 use hmac::{Hmac, Mac};
 use secrecy::ExposeSecret;
@@ -19,13 +19,14 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::audit::AuditLog;
 use crate::clock::Clock;
 pub use crate::cluster::rooms::RoomRef;
-use crate::cluster::Claim;
+use crate::cluster::{Claim, Node};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::state::AppState;
 use crate::store::redis::Redis;
+use crate::store::Stores;
 
 /// Patients may check in from this long before the appointment starts.
 pub const CHECK_IN_OPENS_BEFORE: chrono::Duration = chrono::Duration::minutes(15);
@@ -82,135 +83,296 @@ pub async fn by_appointment(pg: &PgPool, appointment_id: Uuid) -> Result<Option<
     .await?)
 }
 
-/// Creates a consult with its host and its `opened` event (seq 1).
-pub async fn create(
-    state: &AppState,
-    appointment_id: Option<Uuid>,
-    clinician_id: Uuid,
-    patient_id: Option<Uuid>,
-    scheduled_start: Option<DateTime<Utc>>,
-    created_by: Uuid,
-) -> Result<Consult, ApiError> {
-    let now = state.clock.now();
-    let id = Uuid::now_v7();
-    let mut tx = state.stores.pg.begin().await?;
-    sqlx::query!(
-        "INSERT INTO consults (id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_by, created_at)
-         VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
-        id,
-        appointment_id,
-        clinician_id,
-        patient_id,
-        scheduled_start,
-        created_by,
-        now
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => {
-            ApiError::new(Code::Conflict, "this appointment already has a consult")
-        }
-        _ => ApiError::from(e),
-    })?;
-    let host = Participant {
-        id: Uuid::now_v7(),
-        user_id: clinician_id,
-        role: ParticipantRole::Host,
-        state: ParticipantState::Admitted,
-        invited_by: None,
-        checked_in_at: None,
-        admitted_at: Some(now),
-        joined_at: None,
-        left_at: None,
-    };
-    upsert_participant(&mut tx, id, &host, now).await?;
-    let ev = RoomEvent {
-        consult_id: ConsultId::from_uuid(id),
-        seq: 1,
-        kind: coherency_protocol::consult::EventKind::Opened,
-        participant_id: None,
-        user_id: None,
-        role: None,
-        by: Some(created_by),
-        data: serde_json::json!({ "appointment_id": appointment_id }),
-        at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    };
-    insert_event(&mut tx, &ev, now, webhooks_on(&state.config)).await?;
-    tx.commit().await?;
-    publish(&state.stores.redis, std::slice::from_ref(&ev)).await;
-    state.webhook_wake.notify_one();
-    load(&state.stores.pg, id).await?.ok_or_else(|| ApiError::internal("consult vanished"))
+/// This node's consults: the storage their rooms write through, and the rooms themselves,
+/// here or on the node holding a room's lease (`crate::cluster`). Built once at start
+/// (`startup::app_state`) and reached as `state.consult_rooms`.
+pub struct ConsultRooms {
+    store: Arc<PgRoomStore>,
+    deps: RoomDeps,
+    cluster: Arc<Node>,
+    audit: AuditLog,
 }
 
-/// A scan was asked for inside consult `c`: the room records `scan_requested` and, unless
-/// the patient asked themself, their app gets `scan_request`. Best effort after the scan's
-/// own commit: the scan exists (with its `consult_id`) whatever the room does.
-pub async fn scan_requested(state: &AppState, c: &Consult, scan_id: Uuid, by: Uuid) {
-    let patient_user: Option<Uuid> = match c.patient_id {
-        Some(p) => sqlx::query_scalar!("SELECT user_id FROM patients WHERE id = $1", p)
-            .fetch_optional(&state.stores.pg)
-            .await
-            .ok()
-            .flatten()
-            .flatten(),
-        None => None,
-    };
-    let raise = coherency_actors::room::Raise {
-        kind: coherency_protocol::consult::EventKind::ScanRequested,
-        by: Some(by),
-        data: serde_json::json!({ "scan_id": scan_id }),
-        notify: patient_user.filter(|u| *u != by).map(|u| (u, ServerSignal::ScanRequest { scan_id })),
-        broadcast: None,
-    };
-    let res = match room(state, c).await {
-        Ok(r) => r.call(state, raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = res {
-        tracing::warn!(consult_id = %c.id, %scan_id, error = %e, "scan request not recorded in the room");
+impl ConsultRooms {
+    pub fn new(config: &Config, stores: &Stores, clock: &Clock, cluster: Arc<Node>, audit: AuditLog) -> Self {
+        let store = Arc::new(PgRoomStore {
+            pg: stores.pg.clone(),
+            redis: stores.redis.clone(),
+            mongo: stores.mongo.clone(),
+            clock: clock.clone(),
+            webhooks: webhooks_on(config),
+            wake: Arc::new(Notify::new()),
+        });
+        let deps = room_deps(config, store.clone(), clock);
+        Self { store, deps, cluster, audit }
     }
-}
 
-/// A scan of consult `consult_id` changed status: if its room runs on this node, the room
-/// records `scan_progress` (streaming, processing) or `scan_finished` (complete, failed,
-/// cancelled); other statuses (created, progress) are ignored. Every node hears the scan
-/// bus; only the room's node records the event. The room is not awaited (its mailbox keeps
-/// the order), so the bus listener is not held up by the room's commit.
-pub async fn scan_status(state: &AppState, consult_id: Uuid, scan_id: Uuid, status: &str) {
-    let kind = match status {
-        "streaming" | "processing" => coherency_protocol::consult::EventKind::ScanProgress,
-        "complete" | "failed" | "cancelled" => coherency_protocol::consult::EventKind::ScanFinished,
-        _ => return,
-    };
-    let Some(r) = state.rooms.get(ConsultId::from_uuid(consult_id)) else { return };
-    // The measurements go live to the admitted participants only (not into the log or
-    // webhooks), and the disclosure is audited.
-    let mut broadcast = None;
-    if status == "complete" {
-        match crate::store::measurements::list(&state.stores.pg, scan_id).await {
-            Ok(m) => {
-                let measurements = serde_json::to_value(&m).unwrap_or(serde_json::Value::Null);
-                broadcast = Some(ServerSignal::ScanResult { scan_id, measurements });
-                let ev = crate::audit::AuditEvent::new("consult.scan_result.shared", "success")
-                    .target("consult", consult_id)
-                    .details(serde_json::json!({ "scan_id": scan_id, "measurements": m.len() }));
-                if let Err(e) = state.audit.append(state.clock.now(), ev).await {
-                    tracing::error!(%consult_id, error = %e, "scan result not audited, not shared");
-                    broadcast = None;
+    /// The waiting rooms of this node's clinicians.
+    pub fn waiting(&self) -> &WaitingRooms {
+        &self.deps.waiting
+    }
+
+    /// Creates a consult with its host and its `opened` event (seq 1).
+    pub async fn create(
+        &self,
+        appointment_id: Option<Uuid>,
+        clinician_id: Uuid,
+        patient_id: Option<Uuid>,
+        scheduled_start: Option<DateTime<Utc>>,
+        created_by: Uuid,
+    ) -> Result<Consult, ApiError> {
+        let now = self.store.clock.now();
+        let id = Uuid::now_v7();
+        let mut tx = self.store.pg.begin().await?;
+        sqlx::query!(
+            "INSERT INTO consults (id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_by, created_at)
+             VALUES ($1, $2, $3, $4, 'open', $5, $6, $7)",
+            id,
+            appointment_id,
+            clinician_id,
+            patient_id,
+            scheduled_start,
+            created_by,
+            now
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                ApiError::new(Code::Conflict, "this appointment already has a consult")
+            }
+            _ => ApiError::from(e),
+        })?;
+        let host = Participant {
+            id: Uuid::now_v7(),
+            user_id: clinician_id,
+            role: ParticipantRole::Host,
+            state: ParticipantState::Admitted,
+            invited_by: None,
+            checked_in_at: None,
+            admitted_at: Some(now),
+            joined_at: None,
+            left_at: None,
+        };
+        upsert_participant(&mut tx, id, &host, now).await?;
+        let ev = RoomEvent {
+            consult_id: ConsultId::from_uuid(id),
+            seq: 1,
+            kind: coherency_protocol::consult::EventKind::Opened,
+            participant_id: None,
+            user_id: None,
+            role: None,
+            by: Some(created_by),
+            data: serde_json::json!({ "appointment_id": appointment_id }),
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        insert_event(&mut tx, &ev, now, self.store.webhooks).await?;
+        tx.commit().await?;
+        publish(&self.store.redis, std::slice::from_ref(&ev)).await;
+        self.store.wake.notify_one();
+        load(&self.store.pg, id).await?.ok_or_else(|| ApiError::internal("consult vanished"))
+    }
+
+    /// A scan was asked for inside consult `c`: the room records `scan_requested` and, unless
+    /// the patient asked themself, their app gets `scan_request`. Best effort after the scan's
+    /// own commit: the scan exists (with its `consult_id`) whatever the room does.
+    pub async fn scan_requested(&self, c: &Consult, scan_id: Uuid, by: Uuid) {
+        let patient_user: Option<Uuid> = match c.patient_id {
+            Some(p) => sqlx::query_scalar!("SELECT user_id FROM patients WHERE id = $1", p)
+                .fetch_optional(&self.store.pg)
+                .await
+                .ok()
+                .flatten()
+                .flatten(),
+            None => None,
+        };
+        let raise = coherency_actors::room::Raise {
+            kind: coherency_protocol::consult::EventKind::ScanRequested,
+            by: Some(by),
+            data: serde_json::json!({ "scan_id": scan_id }),
+            notify: patient_user.filter(|u| *u != by).map(|u| (u, ServerSignal::ScanRequest { scan_id })),
+            broadcast: None,
+        };
+        let res = match self.room(c).await {
+            Ok(r) => {
+                r.call(&self.cluster, raise).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = res {
+            tracing::warn!(consult_id = %c.id, %scan_id, error = %e, "scan request not recorded in the room");
+        }
+    }
+
+    /// A scan of consult `consult_id` changed status: if its room runs on this node, the room
+    /// records `scan_progress` (streaming, processing) or `scan_finished` (complete, failed,
+    /// cancelled); other statuses (created, progress) are ignored. Every node hears the scan
+    /// bus; only the room's node records the event. The room is not awaited (its mailbox keeps
+    /// the order), so the bus listener is not held up by the room's commit.
+    pub async fn scan_status(&self, consult_id: Uuid, scan_id: Uuid, status: &str) {
+        let kind = match status {
+            "streaming" | "processing" => coherency_protocol::consult::EventKind::ScanProgress,
+            "complete" | "failed" | "cancelled" => coherency_protocol::consult::EventKind::ScanFinished,
+            _ => return,
+        };
+        let Some(r) = self.cluster.rooms.get(ConsultId::from_uuid(consult_id)) else { return };
+        // The measurements go live to the admitted participants only (not into the log or
+        // webhooks), and the disclosure is audited.
+        let mut broadcast = None;
+        if status == "complete" {
+            match crate::store::measurements::list(&self.store.pg, scan_id).await {
+                Ok(m) => {
+                    let measurements = serde_json::to_value(&m).unwrap_or(serde_json::Value::Null);
+                    broadcast = Some(ServerSignal::ScanResult { scan_id, measurements });
+                    let ev = crate::audit::AuditEvent::new("consult.scan_result.shared", "success")
+                        .target("consult", consult_id)
+                        .details(serde_json::json!({ "scan_id": scan_id, "measurements": m.len() }));
+                    if let Err(e) = self.audit.append(self.store.clock.now(), ev).await {
+                        tracing::error!(%consult_id, error = %e, "scan result not audited, not shared");
+                        broadcast = None;
+                    }
+                }
+                Err(e) => tracing::warn!(%consult_id, %scan_id, error = %e, "measurements not loaded for the room"),
+            }
+        }
+        let raise = coherency_actors::room::Raise {
+            kind,
+            by: None,
+            data: serde_json::json!({ "scan_id": scan_id, "status": status }),
+            notify: None,
+            broadcast,
+        };
+        r.do_send(raise);
+    }
+
+    /// The consult's room: on this node if this node holds (or now claims) its lease, started
+    /// from the database if it is not running; otherwise a handle on the owner's room.
+    pub async fn room(&self, c: &Consult) -> Result<RoomRef, ApiError> {
+        let cid = ConsultId::from_uuid(c.id);
+        if c.status == "ended" {
+            return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
+        }
+        let key = crate::cluster::room_key(c.id);
+        if let Some(r) = self.cluster.rooms.get(cid) {
+            if self.cluster.leases.holds(&key) {
+                return Ok(RoomRef::Local(r));
+            }
+        }
+        // Kept while the room runs here; a just-claimed lease survives the start-up.
+        let rooms = self.cluster.rooms.clone();
+        let claimed = std::time::Instant::now();
+        let alive = move || claimed.elapsed() < crate::cluster::lease::RENEW_EVERY * 2 || rooms.get(cid).is_some();
+        // Another node holds (or held) the lease while the room runs here: the room retires
+        // (participants reconnect to the holder's room). An expired lease (Redis unreachable)
+        // keeps the room, as a claim that fails does: no other node can claim it either.
+        let rooms = self.cluster.rooms.clone();
+        let retire = move |end: &crate::cluster::lease::LeaseEnd| {
+            if let (crate::cluster::lease::LeaseEnd::Lost { .. }, Some(r)) = (end, rooms.get(cid)) {
+                tracing::warn!(consult_id = %cid, "room lease lost; retiring the room here");
+                r.do_send(coherency_actors::room::Retire);
+            }
+        };
+        match self.cluster.leases.claim_or_stop(&key, alive, retire).await {
+            Ok(Claim::Ours) => {}
+            Ok(Claim::Theirs(node)) => {
+                if let Some(r) = self.cluster.rooms.get(cid) {
+                    // This node lost the lease (it stalled): the other node's room is the room.
+                    r.do_send(coherency_actors::room::Retire);
+                }
+                return Ok(RoomRef::Remote { node, consult: c.id });
+            }
+            Err(e) => {
+                // Without Redis there is no other node to ask: serve the room here.
+                tracing::warn!(error = %e, "room lease not claimed; serving the room on this node");
+            }
+        }
+        if let Some(r) = self.cluster.rooms.get(cid) {
+            return Ok(RoomRef::Local(r));
+        }
+        let rows = sqlx::query!(
+            "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, left_at
+             FROM consult_participants WHERE consult_id = $1",
+            c.id
+        )
+        .fetch_all(&self.store.pg)
+        .await?;
+        let mut participants = Vec::new();
+        for r in rows {
+            participants.push(Participant {
+                id: r.id,
+                user_id: r.user_id,
+                role: ParticipantRole::parse(&r.role).ok_or_else(|| ApiError::internal("bad role"))?,
+                state: ParticipantState::parse(&r.state).ok_or_else(|| ApiError::internal("bad state"))?,
+                invited_by: r.invited_by,
+                checked_in_at: r.checked_in_at,
+                admitted_at: r.admitted_at,
+                // A room that starts has no connections: nobody is joined.
+                joined_at: None,
+                left_at: r.left_at,
+            });
+        }
+        let last_seq: i64 = sqlx::query_scalar!(
+            r#"SELECT coalesce(max(seq), 0) AS "last_seq!" FROM consult_events WHERE consult_id = $1"#,
+            c.id
+        )
+        .fetch_one(&self.store.pg)
+        .await?;
+        let snap = RoomSnapshot {
+            consult_id: cid,
+            clinician_id: c.clinician_id,
+            status: ConsultStatus::parse(&c.status).unwrap_or(ConsultStatus::Open),
+            last_seq: last_seq as u64,
+            participants,
+        };
+        Ok(RoomRef::Local(self.cluster.rooms.get_or_start(snap, &self.deps)))
+    }
+
+    /// The consult's room if it runs, here or on the node holding its lease (never starting
+    /// one).
+    pub async fn running(&self, c: &Consult) -> Option<RoomRef> {
+        match self.cluster.rooms.get(ConsultId::from_uuid(c.id)) {
+            Some(a) => Some(RoomRef::Local(a)),
+            // An ended consult has no room anywhere: no need to ask Redis.
+            None if c.status == "ended" => None,
+            None => match self.cluster.leases.owner(&crate::cluster::room_key(c.id)).await {
+                Ok(Some(node)) if node != self.cluster.name => Some(RoomRef::Remote { node, consult: c.id }),
+                _ => None,
+            },
+        }
+    }
+
+    /// Delivers consult events to the configured webhook, in order, for as long as the node
+    /// runs. Only one node delivers at a time (advisory lock), so order holds across nodes.
+    pub fn spawn_webhooks(&self, config: &Config) {
+        if !self.store.webhooks {
+            return;
+        }
+        let store = self.store.clone();
+        let url = config.webhook_url.clone();
+        let secret = config.webhook_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()).unwrap_or_default();
+        actix_web::rt::spawn(async move {
+            let client = match reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook client");
+                    return;
+                }
+            };
+            loop {
+                let wait = match deliver_next(&store, &client, &url, &secret).await {
+                    Ok(Some(w)) => w,
+                    Ok(None) => Duration::ZERO,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhook delivery");
+                        Duration::from_secs(1)
+                    }
+                };
+                if wait > Duration::ZERO {
+                    let _ = tokio::time::timeout(wait, store.wake.notified()).await;
                 }
             }
-            Err(e) => tracing::warn!(%consult_id, %scan_id, error = %e, "measurements not loaded for the room"),
-        }
+        });
     }
-    let raise = coherency_actors::room::Raise {
-        kind,
-        by: None,
-        data: serde_json::json!({ "scan_id": scan_id, "status": status }),
-        notify: None,
-        broadcast,
-    };
-    r.do_send(raise);
 }
 
 fn webhooks_on(config: &Config) -> bool {
@@ -358,20 +520,12 @@ impl RoomStore for PgRoomStore {
     }
 }
 
-/// The room deps of a node.
-pub fn room_deps(config: &Config, stores: &crate::store::Stores, clock: &Clock, wake: Arc<Notify>) -> RoomDeps {
-    let store = PgRoomStore {
-        pg: stores.pg.clone(),
-        redis: stores.redis.clone(),
-        mongo: stores.mongo.clone(),
-        clock: clock.clone(),
-        webhooks: webhooks_on(config),
-        wake,
-    };
+/// What every room of the node shares.
+fn room_deps(config: &Config, store: Arc<PgRoomStore>, clock: &Clock) -> RoomDeps {
     let clock2 = clock.clone();
     let stun: Vec<String> = split_list(&config.stun_urls);
     RoomDeps {
-        store: Arc::new(store),
+        store,
         config: coherency_actors::room::RoomConfig {
             max_participants: config.consult_max_participants,
             empty_timeout: Duration::from_secs(config.consult_empty_timeout_secs),
@@ -398,7 +552,7 @@ fn split_list(s: &str) -> Vec<String> {
 /// The ICE servers for `user_id`: STUN as configured, TURN with credentials valid for
 /// `turn_ttl_secs` (the TURN REST API scheme: username `expiry:user`, password
 /// base64(HMAC-SHA1(secret, username))).
-pub fn ice_servers_for(config: &Config, user_id: Uuid, now: DateTime<Utc>) -> Vec<IceServer> {
+pub fn ice_servers_for(config: &Config, user_id: UserId, now: DateTime<Utc>) -> Vec<IceServer> {
     let mut out = Vec::new();
     let stun = split_list(&config.stun_urls);
     if !stun.is_empty() {
@@ -417,118 +571,6 @@ pub fn ice_servers_for(config: &Config, user_id: Uuid, now: DateTime<Utc>) -> Ve
     out
 }
 
-/// The consult's room: on this node if this node holds (or now claims) its lease, started
-/// from the database if it is not running; otherwise a handle on the owner's room.
-pub async fn room(state: &AppState, c: &Consult) -> Result<RoomRef, ApiError> {
-    let cid = ConsultId::from_uuid(c.id);
-    if c.status == "ended" {
-        return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
-    }
-    let key = crate::cluster::room_key(c.id);
-    if let Some(r) = state.rooms.get(cid) {
-        if state.leases.holds(&key) {
-            return Ok(RoomRef::Local(r));
-        }
-    }
-    // Kept while the room runs here; a just-claimed lease survives the start-up.
-    let rooms = state.rooms.clone();
-    let claimed = std::time::Instant::now();
-    let alive = move || claimed.elapsed() < crate::cluster::lease::RENEW_EVERY * 2 || rooms.get(cid).is_some();
-    // Another node holds (or held) the lease while the room runs here: the room retires
-    // (participants reconnect to the holder's room). An expired lease (Redis unreachable)
-    // keeps the room, as a claim that fails does: no other node can claim it either.
-    let rooms = state.rooms.clone();
-    let retire = move |end: &crate::cluster::lease::LeaseEnd| {
-        if let (crate::cluster::lease::LeaseEnd::Lost { .. }, Some(r)) = (end, rooms.get(cid)) {
-            tracing::warn!(consult_id = %cid, "room lease lost; retiring the room here");
-            r.do_send(coherency_actors::room::Retire);
-        }
-    };
-    match state.leases.claim_or_stop(&key, alive, retire).await {
-        Ok(Claim::Ours) => {}
-        Ok(Claim::Theirs(node)) => {
-            if let Some(r) = state.rooms.get(cid) {
-                // This node lost the lease (it stalled): the other node's room is the room.
-                r.do_send(coherency_actors::room::Retire);
-            }
-            return Ok(RoomRef::Remote { node, consult: c.id });
-        }
-        Err(e) => {
-            // Without Redis there is no other node to ask: serve the room here.
-            tracing::warn!(error = %e, "room lease not claimed; serving the room on this node");
-        }
-    }
-    if let Some(r) = state.rooms.get(cid) {
-        return Ok(RoomRef::Local(r));
-    }
-    let rows = sqlx::query!(
-        "SELECT id, user_id, role, state, invited_by, checked_in_at, admitted_at, left_at
-         FROM consult_participants WHERE consult_id = $1",
-        c.id
-    )
-    .fetch_all(&state.stores.pg)
-    .await?;
-    let mut participants = Vec::new();
-    for r in rows {
-        participants.push(Participant {
-            id: r.id,
-            user_id: r.user_id,
-            role: ParticipantRole::parse(&r.role).ok_or_else(|| ApiError::internal("bad role"))?,
-            state: ParticipantState::parse(&r.state).ok_or_else(|| ApiError::internal("bad state"))?,
-            invited_by: r.invited_by,
-            checked_in_at: r.checked_in_at,
-            admitted_at: r.admitted_at,
-            // A room that starts has no connections: nobody is joined.
-            joined_at: None,
-            left_at: r.left_at,
-        });
-    }
-    let last_seq: i64 = sqlx::query_scalar!(
-        r#"SELECT coalesce(max(seq), 0) AS "last_seq!" FROM consult_events WHERE consult_id = $1"#,
-        c.id
-    )
-    .fetch_one(&state.stores.pg)
-    .await?;
-    let snap = RoomSnapshot {
-        consult_id: cid,
-        clinician_id: c.clinician_id,
-        status: ConsultStatus::parse(&c.status).unwrap_or(ConsultStatus::Open),
-        last_seq: last_seq as u64,
-        participants,
-    };
-    Ok(RoomRef::Local(state.rooms.get_or_start(snap, &state.room_deps)))
-}
-
-/// Delivers consult events to the configured webhook, in order, for as long as the node
-/// runs. Only one node delivers at a time (advisory lock), so order holds across nodes.
-pub fn spawn_webhooks(state: actix_web::web::Data<AppState>) {
-    if !webhooks_on(&state.config) {
-        return;
-    }
-    actix_web::rt::spawn(async move {
-        let client = match reqwest::Client::builder().timeout(WEBHOOK_TIMEOUT).build() {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "webhook client");
-                return;
-            }
-        };
-        loop {
-            let wait = match deliver_next(&state, &client).await {
-                Ok(Some(w)) => w,
-                Ok(None) => Duration::ZERO,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhook delivery");
-                    Duration::from_secs(1)
-                }
-            };
-            if wait > Duration::ZERO {
-                let _ = tokio::time::timeout(wait, state.webhook_wake.notified()).await;
-            }
-        }
-    });
-}
-
 /// The signature header value for `body` sent at `timestamp`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     let mut mac =
@@ -541,8 +583,13 @@ pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 
 /// Attempts the oldest undelivered event. `Ok(None)`: try the next one now; `Ok(Some(d))`:
 /// wait up to `d` (or a wake-up).
-async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Option<Duration>, sqlx::Error> {
-    let mut tx = state.stores.pg.begin().await?;
+async fn deliver_next(
+    store: &PgRoomStore,
+    client: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+) -> Result<Option<Duration>, sqlx::Error> {
+    let mut tx = store.pg.begin().await?;
     let locked: bool = sqlx::query_scalar!(r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#, WEBHOOK_LOCK)
         .fetch_one(&mut *tx)
         .await?;
@@ -556,7 +603,7 @@ async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Opti
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else { return Ok(Some(Duration::from_secs(5))) };
-    let now = state.clock.now();
+    let now = store.clock.now();
     if let Some(n) = row.webhook_next_at {
         if n > now {
             return Ok(Some((n - now).to_std().unwrap_or(Duration::from_millis(50))));
@@ -566,16 +613,14 @@ async fn deliver_next(state: &AppState, client: &reqwest::Client) -> Result<Opti
         (row.id, row.consult_id, row.seq, row.kind, row.body, row.webhook_attempts);
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let ts = now.timestamp();
-    let secret =
-        state.config.webhook_secret.as_ref().map(|s| s.expose_secret().as_bytes().to_vec()).unwrap_or_default();
     let res = client
-        .post(&state.config.webhook_url)
+        .post(url)
         .header("content-type", "application/json")
         .header("idempotency-key", format!("{consult_id}:{seq}"))
         .header("x-coherency-event", kind)
         .header("x-coherency-delivery", id.to_string())
         .header("x-coherency-timestamp", ts.to_string())
-        .header("x-coherency-signature", sign(&secret, ts, &body))
+        .header("x-coherency-signature", sign(secret, ts, &body))
         .body(body)
         .send()
         .await;

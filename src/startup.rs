@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::consults::ConsultRooms;
 use crate::crypto::FieldKey;
 use crate::error::{json_error, path_error, query_error};
 use crate::metrics::Metrics;
@@ -66,18 +67,18 @@ impl Application {
         let state = app_state(config, stores, Node::Serving)?;
         actix_web::rt::spawn(state.identity.clone().listen_for_revocations());
         let (bus_ready, bus_up) = tokio::sync::oneshot::channel();
-        actix_web::rt::spawn(crate::cluster::bus::listen(state.clone(), bus_ready));
+        actix_web::rt::spawn(crate::cluster::bus::listen(state.cluster.clone(), bus_ready));
         if tokio::time::timeout(std::time::Duration::from_secs(5), bus_up).await.is_err() {
             tracing::warn!("node bus not subscribed yet; requests from other nodes wait until it is");
         }
-        state.leases.spawn_renewer();
+        state.cluster.leases.spawn_renewer();
         crate::booking::spawn_sweeper(state.calendars.clone(), state.lifecycle.subscribe());
         let limiter = web::Data::new(crate::http::ratelimit::RateLimiter::new(
             state.config.api_rate_per_sec,
             state.config.api_rate_burst,
         ));
         crate::dashboard::spawn_inputs(state.clone());
-        crate::consults::spawn_webhooks(state.clone());
+        state.consult_rooms.spawn_webhooks(&state.config);
         let serving = crate::transport::Serving {
             limits: crate::transport::Limits::from_config(&state.config),
             grace_secs: state.config.shutdown_grace_secs,
@@ -182,10 +183,6 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     };
     crate::services::identity::password::Hasher::warm_up();
     let clock = Clock::default();
-    let webhook_wake = Arc::new(tokio::sync::Notify::new());
-    let room_deps = crate::consults::room_deps(&config, &stores, &clock, webhook_wake.clone());
-    let leases = Arc::new(crate::cluster::Leases::new(stores.redis.clone(), node.clone()));
-    let bus = Arc::new(crate::cluster::Bus::new(stores.redis.clone(), node.clone()));
     let capture_live = coherency_actors::capture::LiveSessions::default();
     let recovery = match role {
         Node::Serving => crate::ws::scan::Recovery::Run,
@@ -193,6 +190,8 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     };
     let capture = crate::ws::scan::start_registry(&config, &stores, &clock, &metrics, capture_live.clone(), recovery);
     let audit = crate::audit::AuditLog::start(stores.pg.clone());
+    let cluster = Arc::new(crate::cluster::Node::new(&stores.redis, node.clone(), capture.clone(), capture_live));
+    let consult_rooms = ConsultRooms::new(&config, &stores, &clock, cluster.clone(), audit.clone());
     let sockets = Arc::new(SocketRegistry::default());
     let identity = Arc::new(Identity::new(
         stores.pg.clone(),
@@ -205,14 +204,9 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     let access = Access::new(stores.pg.clone(), clock.clone(), audit.clone());
     let consults = Consults::new(stores.pg.clone());
     Ok(web::Data::new(AppState {
-        leases,
-        bus,
-        relay: Default::default(),
-        rooms: Default::default(),
-        room_deps,
-        webhook_wake,
+        cluster,
+        consult_rooms,
         capture,
-        capture_live,
         calendars: crate::booking::calendars(
             stores.pg.clone(),
             Arc::new(crate::cluster::bus::BookingBus::new(stores.redis.clone())),
@@ -253,14 +247,14 @@ impl ShutdownHandle {
         tokio::time::sleep(Duration::from_millis(self.state.config.drain_delay_ms)).await;
         self.state.lifecycle.close_sockets();
         // Rooms move: participants reconnect (1001) to another node, which claims them.
-        self.state.rooms.retire_all();
-        self.state.leases.release_prefix("lease:room:").await;
+        self.state.cluster.rooms.retire_all();
+        self.state.cluster.leases.release_prefix("lease:room:").await;
         // Capture sessions hand over (what they received made durable) before their leases
         // go, so the node a phone resumes on starts from everything acked here.
         if self.state.capture.send(coherency_actors::capture::Drain).await.is_err() {
             tracing::warn!("capture registry gone before the drain");
         }
-        self.state.leases.release_prefix("lease:scan:").await;
+        self.state.cluster.leases.release_prefix("lease:scan:").await;
         self.server.stop(true).await;
         tracing::info!("stopped");
     }

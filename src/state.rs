@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::consults::ConsultRooms;
 use crate::crypto::FieldKey;
 use crate::metrics::Metrics;
 use crate::services::access::Access;
@@ -43,23 +44,13 @@ pub struct AppState {
     pub dashboard: actix::Addr<coherency_actors::DashboardHub>,
     /// Patient names for this node's boards (read by `crate::ws::dashboard`).
     pub patient_names: Arc<crate::store::patient_names::PatientNames>,
-    /// This node's consult rooms (`crate::consults`).
-    pub rooms: Arc<coherency_actors::Rooms>,
-    /// What every room of this node shares (storage, limits, clock, waiting rooms).
-    pub room_deps: coherency_actors::RoomDeps,
+    /// This node's consults and their rooms (`crate::consults`).
+    pub consult_rooms: ConsultRooms,
     /// This node's audit writer (group commit; `crate::audit`).
     pub audit: crate::audit::AuditLog,
-    /// Leases this node holds on rooms and capture sessions (`crate::cluster`).
-    pub leases: Arc<crate::cluster::Leases>,
-    /// The scans whose capture session runs on this node (kept by `capture`; the scan
-    /// leases' renewer reads it).
-    pub capture_live: coherency_actors::capture::LiveSessions,
-    /// This node's end of the node bus (`crate::cluster::bus`).
-    pub bus: Arc<crate::cluster::Bus>,
-    /// Signalling sockets here whose room runs on another node.
-    pub relay: Arc<crate::cluster::rooms::Relay>,
-    /// Wakes the webhook dispatcher when events are written.
-    pub webhook_wake: Arc<tokio::sync::Notify>,
+    /// This node in the deployment: its bus, leases, rooms, capture sessions and relayed
+    /// sockets (`crate::cluster`).
+    pub cluster: Arc<crate::cluster::Node>,
 }
 
 /// Draining and shutdown signals.

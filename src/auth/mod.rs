@@ -31,8 +31,8 @@ pub fn caller_of(req: &HttpRequest, state: &AppState, who: &Principal) -> Caller
 }
 
 /// The principal of a live session, for sockets that re-check theirs while open.
-pub async fn session_principal(state: &AppState, session_id: uuid::Uuid) -> Result<Principal, ApiError> {
-    Ok(state.identity.principal_for_session(SessionId::from_uuid(session_id)).await?)
+pub async fn session_principal(state: &AppState, session: SessionId) -> Result<Principal, ApiError> {
+    Ok(state.identity.principal_for_session(session).await?)
 }
 
 /// Facts about the request for the audit trail.
@@ -67,7 +67,7 @@ pub async fn audit(
     ev.ip = ip;
     ev.request_id = rid;
     if let Some(p) = who {
-        ev.actor_id = Some(p.user_id);
+        ev.actor_id = Some(p.user_id.as_uuid());
         ev.actor_role = Some(p.role.as_str().into());
     }
     state.audit.append(state.clock.now(), ev).await?;

@@ -6,15 +6,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::web;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::state::AppState;
+use super::Node;
 use crate::store::redis::Redis;
 
 /// How long a request waits for its reply (an owner that does not answer is gone).
@@ -125,11 +124,11 @@ impl Bus {
 
 /// Listens on this node's channel for as long as the node runs, reconnecting with backoff.
 /// `ready` fires once the first subscription is in place.
-pub async fn listen(state: web::Data<AppState>, ready: oneshot::Sender<()>) {
+pub async fn listen(here: Arc<Node>, ready: oneshot::Sender<()>) {
     let mut ready = Some(ready);
     let mut backoff = Duration::from_millis(200);
     loop {
-        match listen_once(&state, &mut ready).await {
+        match listen_once(&here, &mut ready).await {
             Ok(()) => backoff = Duration::from_millis(200),
             Err(e) => tracing::warn!(error = %e, "node bus disconnected"),
         }
@@ -138,12 +137,9 @@ pub async fn listen(state: web::Data<AppState>, ready: oneshot::Sender<()>) {
     }
 }
 
-async fn listen_once(
-    state: &web::Data<AppState>,
-    ready: &mut Option<oneshot::Sender<()>>,
-) -> Result<(), redis::RedisError> {
-    let bus = &state.bus;
-    let mut pubsub = state.stores.redis.client.get_async_pubsub().await?;
+async fn listen_once(here: &Arc<Node>, ready: &mut Option<oneshot::Sender<()>>) -> Result<(), redis::RedisError> {
+    let bus = &here.bus;
+    let mut pubsub = bus.redis.client.get_async_pubsub().await?;
     pubsub.subscribe(bus.channel(&bus.node)).await?;
     if let Some(r) = ready.take() {
         let _ = r.send(());
@@ -165,16 +161,16 @@ async fn listen_once(
                 }
             }
             Body::Push { push } => match push {
-                Push::Room(p) => super::rooms::on_push(state, &env.from, p),
+                Push::Room(p) => super::rooms::on_push(here, &env.from, p),
             },
             Body::Request { id, req } => {
-                let state = state.clone();
+                let here = here.clone();
                 actix_web::rt::spawn(async move {
                     let value = match req {
-                        Request::Room(r) => super::rooms::serve(&state, &env.from, *r).await,
-                        Request::Scan(r) => super::scans::serve(&state, r).await,
+                        Request::Room(r) => super::rooms::serve(&here, &env.from, *r).await,
+                        Request::Scan(r) => super::scans::serve(&here, r).await,
                     };
-                    if let Err(e) = state.bus.publish(&env.from, Body::Reply { id, value }).await {
+                    if let Err(e) = here.bus.publish(&env.from, Body::Reply { id, value }).await {
                         tracing::warn!(error = %e, "node bus reply lost");
                     }
                 });

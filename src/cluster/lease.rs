@@ -21,7 +21,8 @@
 //!   [`LEASE_TTL`] ago): the lease has *expired* as far as this node can prove.
 //!
 //! Either way the lease is forgotten and its claim's stop hook runs: a scan's session hands
-//! over (`super::scans`), a room retires when the lease was lost (`crate::consults::room`).
+//! over (`super::scans`), a room retires when the lease was lost
+//! (`crate::consults::ConsultRooms::room`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::{Addr, Handler, Message};
@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::bus::{Push, Request};
+use super::{Leases, Node};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// How often an edge checks that the room's owner still holds the lease, and an owner
 /// checks that a relayed connection's edge still listens.
@@ -143,7 +143,7 @@ pub enum RoomRef {
 
 impl RoomRef {
     /// Sends `msg` to the room and waits for its answer.
-    pub async fn call<M: RoomCall>(&self, state: &AppState, msg: M) -> Result<M::Out, ApiError>
+    pub async fn call<M: RoomCall>(&self, here: &Node, msg: M) -> Result<M::Out, ApiError>
     where
         Room: Handler<M>,
         M::Result: Send,
@@ -152,7 +152,7 @@ impl RoomRef {
             RoomRef::Local(a) => a.send(msg).await.map_err(|_| ended()),
             RoomRef::Remote { node, consult } => {
                 let req = Request::Room(Box::new(RoomRequest { consult: *consult, op: msg.op() }));
-                let r: Result<M::Out, WireError> = state.bus.request(node, req).await.map_err(owner_gone)?;
+                let r: Result<M::Out, WireError> = here.bus.request(node, req).await.map_err(owner_gone)?;
                 r.map_err(ApiError::from)
             }
         }
@@ -161,7 +161,7 @@ impl RoomRef {
     /// Seats a signalling connection whose outbox is `tx`.
     pub async fn connect(
         &self,
-        state: &AppState,
+        here: &Node,
         user_id: Uuid,
         role: ParticipantRole,
         ice_servers: Vec<IceServer>,
@@ -177,23 +177,23 @@ impl RoomRef {
                 Ok(Conn::Local { room: a.clone(), conn_id })
             }
             RoomRef::Remote { node, consult } => {
-                let edge = state.relay.add(tx);
+                let edge = here.relay.add(tx);
                 let req = Request::Room(Box::new(RoomRequest {
                     consult: *consult,
                     op: RoomOp::Connect { user_id, role, ice_servers, edge },
                 }));
-                let r: Result<Result<u64, WireError>, _> = state.bus.request(node, req).await;
+                let r: Result<Result<u64, WireError>, _> = here.bus.request(node, req).await;
                 match r {
                     Ok(Ok(conn_id)) => {
-                        state.relay.watch(state, edge, node.clone(), *consult);
+                        here.relay.watch(&here.leases, edge, node.clone(), *consult);
                         Ok(Conn::Remote { node: node.clone(), consult: *consult, conn_id, edge })
                     }
                     Ok(Err(e)) => {
-                        state.relay.remove(edge);
+                        here.relay.remove(edge);
                         Err(e.into())
                     }
                     Err(e) => {
-                        state.relay.remove(edge);
+                        here.relay.remove(edge);
                         Err(owner_gone(e))
                     }
                 }
@@ -210,12 +210,12 @@ pub enum Conn {
 
 impl Conn {
     /// Forwards a client frame (in order).
-    pub async fn send(&self, state: &AppState, msg: ClientSignal) {
+    pub async fn send(&self, here: &Node, msg: ClientSignal) {
         match self {
             Conn::Local { room, conn_id } => room.do_send(room::FromClient { conn_id: *conn_id, msg }),
             Conn::Remote { node, consult, conn_id, .. } => {
                 let p = RoomPush::FromClient { consult: *consult, conn_id: *conn_id, msg };
-                if let Err(e) = state.bus.push(node, Push::Room(p)).await {
+                if let Err(e) = here.bus.push(node, Push::Room(p)).await {
                     tracing::warn!(error = %e, "relayed signal lost");
                 }
             }
@@ -223,13 +223,13 @@ impl Conn {
     }
 
     /// Tells the room the socket closed.
-    pub async fn disconnect(&self, state: &AppState) {
+    pub async fn disconnect(&self, here: &Node) {
         match self {
             Conn::Local { room, conn_id } => room.do_send(room::Disconnect { conn_id: *conn_id }),
             Conn::Remote { node, consult, conn_id, edge } => {
-                state.relay.remove(*edge);
+                here.relay.remove(*edge);
                 let p = RoomPush::Disconnect { consult: *consult, conn_id: *conn_id };
-                if let Err(e) = state.bus.push(node, Push::Room(p)).await {
+                if let Err(e) = here.bus.push(node, Push::Room(p)).await {
                     tracing::warn!(error = %e, "relayed disconnect lost; the owner notices by itself");
                 }
             }
@@ -276,9 +276,9 @@ impl Relay {
     }
 
     /// Closes the socket with 1001 once the owner no longer holds the room's lease.
-    fn watch(&self, state: &AppState, edge: u64, node: String, consult: Uuid) {
-        let leases = state.leases.clone();
-        let relay = state.relay.clone();
+    fn watch(self: &Arc<Self>, leases: &Arc<Leases>, edge: u64, node: String, consult: Uuid) {
+        let leases = leases.clone();
+        let relay = self.clone();
         actix_web::rt::spawn(async move {
             let key = super::room_key(consult);
             let mut tick = tokio::time::interval(WATCH_EVERY);
@@ -303,35 +303,35 @@ impl Relay {
 }
 
 /// Handles a push from `from` (called in arrival order).
-pub fn on_push(state: &actix_web::web::Data<AppState>, from: &str, p: RoomPush) {
+pub fn on_push(here: &Node, from: &str, p: RoomPush) {
     match p {
         RoomPush::FromClient { consult, conn_id, msg } => {
-            if let Some(r) = state.rooms.get(ConsultId::from_uuid(consult)) {
+            if let Some(r) = here.rooms.get(ConsultId::from_uuid(consult)) {
                 r.do_send(room::FromClient { conn_id, msg });
             }
         }
         RoomPush::Disconnect { consult, conn_id } => {
-            if let Some(r) = state.rooms.get(ConsultId::from_uuid(consult)) {
+            if let Some(r) = here.rooms.get(ConsultId::from_uuid(consult)) {
                 r.do_send(room::Disconnect { conn_id });
             }
         }
         RoomPush::Signal { edge, signal } => {
-            if !state.relay.deliver(edge, Outbound::Signal(signal)) {
+            if !here.relay.deliver(edge, Outbound::Signal(signal)) {
                 tracing::debug!(from, edge, "signal for a relayed socket that is gone");
             }
         }
         RoomPush::Close { edge, code, reason: r } => {
-            state.relay.deliver(edge, Outbound::Close(code, r.into()));
-            state.relay.remove(edge);
+            here.relay.deliver(edge, Outbound::Close(code, r.into()));
+            here.relay.remove(edge);
         }
-        RoomPush::Gone { edge } => state.relay.remove(edge),
+        RoomPush::Gone { edge } => here.relay.remove(edge),
     }
 }
 
 /// Answers a room request on the owner.
-pub async fn serve(state: &actix_web::web::Data<AppState>, from: &str, req: RoomRequest) -> serde_json::Value {
+pub async fn serve(here: &Arc<Node>, from: &str, req: RoomRequest) -> serde_json::Value {
     let cid = ConsultId::from_uuid(req.consult);
-    let Some(r) = state.rooms.get(cid).filter(|_| state.leases.holds(&super::room_key(req.consult))) else {
+    let Some(r) = here.rooms.get(cid).filter(|_| here.leases.holds(&super::room_key(req.consult))) else {
         // The room stopped here (or moved): the caller starts or finds it again.
         return answer::<()>(Err(WireError {
             code: Code::Unavailable,
@@ -351,7 +351,7 @@ pub async fn serve(state: &actix_web::web::Data<AppState>, from: &str, req: Room
             let res = r.send(room::Connect { user_id, role, ice_servers, tx }).await;
             match res {
                 Ok(Ok(conn_id)) => {
-                    forward(state.clone(), from.to_string(), r.clone(), conn_id, edge, rx);
+                    forward(here.clone(), from.to_string(), r.clone(), conn_id, edge, rx);
                     answer::<u64>(Ok(conn_id))
                 }
                 Ok(Err(e)) => answer::<u64>(Err(WireError {
@@ -386,7 +386,7 @@ fn answer<T: Serialize>(r: Result<T, WireError>) -> serde_json::Value {
 /// Owner side of a relayed connection: the room's outbox goes to the edge, in order. If
 /// the edge node stops listening, the connection is dropped from the room.
 fn forward(
-    state: actix_web::web::Data<AppState>,
+    here: Arc<Node>,
     edge_node: String,
     room: Addr<Room>,
     conn_id: u64,
@@ -404,7 +404,7 @@ fn forward(
                     None => RoomPush::Gone { edge },
                 },
                 _ = tick.tick() => {
-                    if !state.bus.listening(&edge_node).await {
+                    if !here.bus.listening(&edge_node).await {
                         room.do_send(room::Disconnect { conn_id });
                         return;
                     }
@@ -412,7 +412,7 @@ fn forward(
                 }
             };
             let last = matches!(push, RoomPush::Gone { .. } | RoomPush::Close { .. });
-            if let Err(e) = state.bus.push(&edge_node, Push::Room(push)).await {
+            if let Err(e) = here.bus.push(&edge_node, Push::Room(push)).await {
                 tracing::warn!(error = %e, "relayed signal not delivered");
             }
             if last {

@@ -30,9 +30,8 @@ use uuid::Uuid;
 
 use super::bus::Request;
 use super::lease::LeaseEnd;
-use super::Claim;
+use super::{Claim, Node};
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// Longest an upgrade waits for the scan's lease: a dead holder's lease expires within
 /// `LEASE_TTL` (6 s) after its last renewal, a live one answers within the bus timeout.
@@ -65,10 +64,10 @@ pub struct Released {
 }
 
 /// Answers a [`ScanRequest`] on the lease holder.
-pub async fn serve(state: &AppState, req: ScanRequest) -> serde_json::Value {
+pub async fn serve(here: &Node, req: ScanRequest) -> serde_json::Value {
     match req {
         ScanRequest::Release { scan_id } => {
-            let r = release(state, ScanId::from_uuid(scan_id)).await;
+            let r = release(here, ScanId::from_uuid(scan_id)).await;
             serde_json::to_value(r).unwrap_or(serde_json::Value::Null)
         }
     }
@@ -76,14 +75,14 @@ pub async fn serve(state: &AppState, req: ScanRequest) -> serde_json::Value {
 
 /// Hands the scan's session here over and gives up its lease.
 #[tracing::instrument(skip_all, fields(scan_id = %scan_id))]
-async fn release(state: &AppState, scan_id: ScanId) -> Released {
-    let durable = state.capture.send(HandOverScan { scan_id }).await.ok().flatten();
+async fn release(here: &Node, scan_id: ScanId) -> Released {
+    let durable = here.capture.send(HandOverScan { scan_id }).await.ok().flatten();
     // A session the registry had already let go of (draining) may still be writing.
     let deadline = tokio::time::Instant::now() + STOP_WAIT;
-    while state.capture_live.contains(scan_id) && tokio::time::Instant::now() < deadline {
+    while here.capture_live.contains(scan_id) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    state.leases.release(&super::scan_key(scan_id.as_uuid())).await;
+    here.leases.release(&super::scan_key(scan_id.as_uuid())).await;
     tracing::info!(?durable, "scan released to another node");
     Released { released: true, durable }
 }
@@ -109,9 +108,9 @@ fn stop(capture: Addr<CaptureRegistry>, scan_id: ScanId) -> impl Fn(&LeaseEnd) +
 }
 
 /// Claims the scan's lease for this node (see [`alive`] and [`stop`]).
-async fn claim(state: &AppState, key: &str, scan_id: ScanId) -> Result<Claim, redis::RedisError> {
-    let (live, capture) = (state.capture_live.clone(), state.capture.clone());
-    state.leases.claim_or_stop(key, alive(live, scan_id), stop(capture, scan_id)).await
+async fn claim(here: &Node, key: &str, scan_id: ScanId) -> Result<Claim, redis::RedisError> {
+    let (live, capture) = (here.capture_live.clone(), here.capture.clone());
+    here.leases.claim_or_stop(key, alive(live, scan_id), stop(capture, scan_id)).await
 }
 
 fn moving() -> ApiError {
@@ -123,17 +122,17 @@ fn moving() -> ApiError {
 /// Another holder is asked to let go; one that does not answer is waited out until its
 /// lease expires, for at most [`TAKEOVER_WAIT`]. Fails with 503 `unavailable`.
 #[tracing::instrument(skip_all, fields(scan_id = %scan_id))]
-pub async fn acquire(state: &AppState, scan_id: ScanId) -> Result<(), ApiError> {
+pub async fn acquire(here: &Node, scan_id: ScanId) -> Result<(), ApiError> {
     let key = super::scan_key(scan_id.as_uuid());
     let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
     // Holders that did not answer: their lease is waited out, not asked for again.
     let mut silent: HashSet<String> = HashSet::new();
     loop {
-        match claim(state, &key, scan_id).await {
+        match claim(here, &key, scan_id).await {
             Ok(Claim::Ours) => return Ok(()),
             Ok(Claim::Theirs(node)) => {
                 if !silent.contains(&node) {
-                    if ask_release(state, &node, scan_id).await {
+                    if ask_release(here, &node, scan_id).await {
                         continue;
                     }
                     silent.insert(node);
@@ -153,13 +152,13 @@ pub async fn acquire(state: &AppState, scan_id: ScanId) -> Result<(), ApiError> 
 }
 
 /// Asks `node` to let go of the scan; true once it has.
-async fn ask_release(state: &AppState, node: &str, scan_id: ScanId) -> bool {
-    if !state.bus.listening(node).await {
+async fn ask_release(here: &Node, node: &str, scan_id: ScanId) -> bool {
+    if !here.bus.listening(node).await {
         tracing::info!(holder = node, "the scan's node is gone; waiting for its lease to expire");
         return false;
     }
     let req = Request::Scan(ScanRequest::Release { scan_id: scan_id.as_uuid() });
-    match state.bus.request::<Released>(node, req).await {
+    match here.bus.request::<Released>(node, req).await {
         Ok(r) => {
             tracing::info!(holder = node, durable = ?r.durable, "the scan's node let go of it");
             r.released
@@ -184,16 +183,16 @@ pub enum Standing {
 /// Checks that this node still holds the scan's lease, claiming it again if nobody does
 /// (never waiting). On [`Standing::Lost`] the local session is stopped: the scan runs on
 /// another node now.
-pub async fn standing(state: &AppState, scan_id: ScanId) -> Standing {
+pub async fn standing(here: &Node, scan_id: ScanId) -> Standing {
     let key = super::scan_key(scan_id.as_uuid());
-    if state.leases.holds(&key) {
+    if here.leases.holds(&key) {
         return Standing::Held;
     }
-    match claim(state, &key, scan_id).await {
+    match claim(here, &key, scan_id).await {
         Ok(Claim::Ours) => Standing::Held,
         Ok(Claim::Theirs(holder)) => {
             tracing::warn!(holder = %holder, "the scan's lease is another node's; stopping the session here");
-            state.capture.do_send(StopSession { scan_id });
+            here.capture.do_send(StopSession { scan_id });
             Standing::Lost
         }
         Err(e) => {

@@ -216,7 +216,7 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
         if let Some(consult) = ev.data.get("consult_id").and_then(Value::as_str).and_then(|c| c.parse().ok()) {
             // A scan taken inside a consult: its status changes are room events too.
             if let Some(status) = ev.kind.strip_prefix("scan.") {
-                crate::consults::scan_status(state, consult, ev.id, status).await;
+                state.consult_rooms.scan_status(consult, ev.id, status).await;
             }
         }
     }
@@ -373,46 +373,6 @@ impl ScanEvents {
         Some(())
     }
 
-    /// Frames up to `acked` are durable.
-    pub async fn progress(&self, scan: ScanId, acked: u64) {
-        if self.meta(scan).await.is_none() {
-            return;
-        }
-        let ev = {
-            let Ok(mut live) = self.live.lock() else { return };
-            let Some(m) = live.get_mut(&scan) else { return };
-            m.frames = m.frames.max(acked);
-            let due = m.last_sent.is_none_or(|t| t.elapsed() >= SCAN_PROGRESS_EVERY);
-            if m.status == "created" {
-                m.status = "streaming".into();
-            } else if !due {
-                return;
-            }
-            m.last_sent = Some(Instant::now());
-            self.event(scan, m, "scan.progress")
-        };
-        publish(&self.redis, "scan.events", &ev).await;
-    }
-
-    /// The scan moved to `status`.
-    pub async fn status(&self, scan: ScanId, status: &str) {
-        if self.meta(scan).await.is_none() {
-            return;
-        }
-        let ev = {
-            let Ok(mut live) = self.live.lock() else { return };
-            let Some(m) = live.get_mut(&scan) else { return };
-            m.status = status.to_string();
-            m.last_sent = Some(Instant::now());
-            let ev = self.event(scan, m, &format!("scan.{status}"));
-            if matches!(status, "complete" | "failed" | "cancelled") {
-                live.remove(&scan);
-            }
-            ev
-        };
-        publish(&self.redis, "scan.events", &ev).await;
-    }
-
     fn event(&self, scan: ScanId, m: &ScanMeta, kind: &str) -> BusEvent {
         let mut data = Map::new();
         data.insert("status".into(), m.status.clone().into());
@@ -435,6 +395,48 @@ impl ScanEvents {
             since_ms: Some(m.since_ms),
             data,
         }
+    }
+}
+
+/// What the scan index stores is published for the boards.
+#[async_trait::async_trait]
+impl crate::store::scans::ScanLifecycle for ScanEvents {
+    async fn progress(&self, scan: ScanId, acked: u64) {
+        if self.meta(scan).await.is_none() {
+            return;
+        }
+        let ev = {
+            let Ok(mut live) = self.live.lock() else { return };
+            let Some(m) = live.get_mut(&scan) else { return };
+            m.frames = m.frames.max(acked);
+            let due = m.last_sent.is_none_or(|t| t.elapsed() >= SCAN_PROGRESS_EVERY);
+            if m.status == "created" {
+                m.status = "streaming".into();
+            } else if !due {
+                return;
+            }
+            m.last_sent = Some(Instant::now());
+            self.event(scan, m, "scan.progress")
+        };
+        publish(&self.redis, "scan.events", &ev).await;
+    }
+
+    async fn status(&self, scan: ScanId, status: &str) {
+        if self.meta(scan).await.is_none() {
+            return;
+        }
+        let ev = {
+            let Ok(mut live) = self.live.lock() else { return };
+            let Some(m) = live.get_mut(&scan) else { return };
+            m.status = status.to_string();
+            m.last_sent = Some(Instant::now());
+            let ev = self.event(scan, m, &format!("scan.{status}"));
+            if matches!(status, "complete" | "failed" | "cancelled") {
+                live.remove(&scan);
+            }
+            ev
+        };
+        publish(&self.redis, "scan.events", &ev).await;
     }
 }
 

@@ -124,7 +124,7 @@ pub async fn disable_user(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
-    if id == who.user_id {
+    if id == who.user_id.as_uuid() {
         return Err(ApiError::new(Code::Conflict, "you cannot disable your own account"));
     }
     user_exists(&state, id).await?;
@@ -177,7 +177,7 @@ pub async fn emergency_access(
     let now = state.clock.now();
     let grant = EmergencyGrant {
         id: Uuid::now_v7(),
-        clinician_id: who.user_id,
+        clinician_id: who.user_id.as_uuid(),
         patient_id,
         reason,
         granted_at: now,

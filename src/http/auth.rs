@@ -2,7 +2,7 @@
 //! `/v1/me`, MFA enrolment, and single-use socket tickets.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use coherency_protocol::ids::{SessionId, UserId};
+use coherency_protocol::ids::{PatientId, SessionId, UserId};
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -111,12 +111,12 @@ pub async fn register(
     .await?;
     tx.commit().await?;
     let who = Principal {
-        user_id,
+        user_id: UserId::from_uuid(user_id),
         role: Role::Patient,
-        session_id: Uuid::nil(),
+        session_id: SessionId::nil(),
         mfa_enrolled: false,
         mfa_verified: false,
-        patient_id: Some(patient_id),
+        patient_id: Some(PatientId::from_uuid(patient_id)),
     };
     auth::audit(&state, &req, Some(&who), AuditEvent::new("account.register", "success").target("patient", patient_id))
         .await?;
@@ -208,12 +208,12 @@ pub async fn login(
         .await?;
         return Err(invalid_credentials());
     };
-    let user_id: Uuid = row.id;
+    let user_id = UserId::from_uuid(row.id);
     let role = Role::parse(row.role.as_str()).ok_or_else(|| ApiError::internal("bad role"))?;
     let who = Principal {
         user_id,
         role,
-        session_id: Uuid::nil(),
+        session_id: SessionId::nil(),
         mfa_enrolled: row.totp_enabled,
         mfa_verified: false,
         patient_id: None,
@@ -256,7 +256,7 @@ pub async fn login(
     }
     limits::clear(&state.stores.redis, &limits::LOGIN_FAILURES_PER_ACCOUNT, &subject).await?;
     let ua = req.headers().get("user-agent").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let tokens = state.identity.create(UserId::from_uuid(user_id), mfa_verified, Some(ip), ua).await?;
+    let tokens = state.identity.create(user_id, mfa_verified, Some(ip), ua).await?;
     let who = Principal { session_id: tokens.session_id, mfa_verified, ..who };
     auth::audit(
         &state,
@@ -275,20 +275,24 @@ fn decrypt_totp(state: &AppState, stored: Option<String>) -> Result<String, ApiE
 }
 
 /// Accepts a TOTP code once: its step must be newer than the last one used.
-async fn use_totp(state: &AppState, user_id: Uuid, secret: &str, code: &str) -> Result<bool, ApiError> {
+async fn use_totp(state: &AppState, user: UserId, secret: &str, code: &str) -> Result<bool, ApiError> {
     let Some(step) = totp::matching_step(secret, code.trim(), state.clock.now()) else { return Ok(false) };
-    let n = sqlx::query!("UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2", user_id, step)
-        .execute(&state.stores.pg)
-        .await?
-        .rows_affected();
+    let n = sqlx::query!(
+        "UPDATE users SET totp_last_step = $2 WHERE id = $1 AND totp_last_step < $2",
+        user.as_uuid(),
+        step
+    )
+    .execute(&state.stores.pg)
+    .await?
+    .rows_affected();
     Ok(n == 1)
 }
 
-async fn use_recovery_code(state: &AppState, user_id: Uuid, code: &str) -> Result<bool, ApiError> {
+async fn use_recovery_code(state: &AppState, user: UserId, code: &str) -> Result<bool, ApiError> {
     let hash = state.identity.token_hash(&totp::normalise_recovery(code));
     let n = sqlx::query!(
         "UPDATE recovery_codes SET used_at = $3 WHERE user_id = $1 AND code_hash = $2 AND used_at IS NULL",
-        user_id,
+        user.as_uuid(),
         hash,
         state.clock.now(),
     )
@@ -322,7 +326,7 @@ pub async fn logout(
     req: HttpRequest,
     who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
-    state.identity.end(SessionId::from_uuid(who.0.session_id), "logout").await?;
+    state.identity.end(who.0.session_id, "logout").await?;
     auth::audit(
         &state,
         &req,
@@ -340,7 +344,7 @@ pub async fn logout_all(
     req: HttpRequest,
     who: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
-    state.identity.end_all(UserId::from_uuid(who.0.user_id), "logout-all").await?;
+    state.identity.end_all(who.0.user_id, "logout-all").await?;
     auth::audit(
         &state,
         &req,
@@ -362,11 +366,11 @@ pub struct Me {
     pub patient_id: Option<Uuid>,
 }
 
-pub async fn me_of(state: &AppState, user_id: Uuid) -> Result<Me, ApiError> {
+pub async fn me_of(state: &AppState, user: UserId) -> Result<Me, ApiError> {
     let r = sqlx::query!(
         r#"SELECT u.id, u.email, u.display_name, u.role, u.totp_enabled, p.id AS "patient_id?"
            FROM users u LEFT JOIN patients p ON p.user_id = u.id WHERE u.id = $1"#,
-        user_id,
+        user.as_uuid(),
     )
     .fetch_one(&state.stores.pg)
     .await?;
@@ -409,7 +413,7 @@ pub async fn totp_enrol(
     let secret = totp::new_secret();
     sqlx::query!(
         "UPDATE users SET totp_secret = $2, updated_at = $3 WHERE id = $1",
-        who.0.user_id,
+        who.0.user_id.as_uuid(),
         state.field_key.encrypt(&secret),
         state.clock.now(),
     )
@@ -457,7 +461,7 @@ pub async fn totp_confirm(
     if let Some(wait) = limits::blocked(&state.stores.redis, &limits::TOTP_FAILURES, &subject, now).await? {
         return Err(ApiError::new(Code::RateLimited, "too many wrong codes").with_retry_after(wait));
     }
-    let row = sqlx::query!("SELECT totp_secret, totp_enabled FROM users WHERE id = $1", who.0.user_id)
+    let row = sqlx::query!("SELECT totp_secret, totp_enabled FROM users WHERE id = $1", who.0.user_id.as_uuid())
         .fetch_one(&state.stores.pg)
         .await?;
     if row.totp_enabled {
@@ -473,20 +477,22 @@ pub async fn totp_confirm(
     }
     let codes = totp::new_recovery_codes();
     let mut tx = state.stores.pg.begin().await?;
-    sqlx::query!("UPDATE users SET totp_enabled = true, updated_at = $2 WHERE id = $1", who.0.user_id, now)
+    sqlx::query!("UPDATE users SET totp_enabled = true, updated_at = $2 WHERE id = $1", who.0.user_id.as_uuid(), now)
         .execute(&mut *tx)
         .await?;
-    sqlx::query!("DELETE FROM recovery_codes WHERE user_id = $1", who.0.user_id).execute(&mut *tx).await?;
+    sqlx::query!("DELETE FROM recovery_codes WHERE user_id = $1", who.0.user_id.as_uuid()).execute(&mut *tx).await?;
     for c in &codes {
         sqlx::query!(
             "INSERT INTO recovery_codes (user_id, code_hash) VALUES ($1, $2)",
-            who.0.user_id,
+            who.0.user_id.as_uuid(),
             state.identity.token_hash(&totp::normalise_recovery(c)),
         )
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query!("UPDATE sessions SET mfa_verified = true WHERE id = $1", who.0.session_id).execute(&mut *tx).await?;
+    sqlx::query!("UPDATE sessions SET mfa_verified = true WHERE id = $1", who.0.session_id.as_uuid())
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     auth::audit(&state, &req, Some(&who.0), AuditEvent::new("mfa.enrolled", "success").target("user", who.0.user_id))
         .await?;
@@ -506,6 +512,6 @@ pub async fn ws_ticket(
     state: web::Data<AppState>,
     who: auth::Require<auth::perm::SelfService>,
 ) -> Result<HttpResponse, ApiError> {
-    let ticket = state.identity.issue_ticket(SessionId::from_uuid(who.session_id)).await?;
+    let ticket = state.identity.issue_ticket(who.session_id).await?;
     Ok(HttpResponse::Ok().json(Ticket { ticket, expires_in_secs: sessions::TICKET_TTL_SECS }))
 }

@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
 use coherency_actors::room::{self, Decision, Participant};
 use coherency_protocol::consult::{ParticipantRole, RoomEvent};
-use coherency_protocol::ids::ConsultId;
+use coherency_protocol::ids::{ConsultId, PatientId};
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -23,9 +23,9 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::consults::{self, Consult};
 use crate::error::ApiError;
 use crate::http::input::{Line, NonNegative};
-use crate::http::patients::{can_access_patient, path_id};
+use crate::http::patients::path_id;
 use crate::http::resource;
-use crate::services::consults::Consults;
+use crate::services::consults::{Consults, VisibleConsult};
 use crate::state::AppState;
 
 /// `POST /v1/consults`
@@ -141,19 +141,9 @@ async fn audit_consult(
     auth::audit(state, req, Some(who), AuditEvent::new(action, outcome).target("consult", c.id).details(details)).await
 }
 
-/// The consult if the caller has any part in it (host, its patient, a participant); else 404.
-pub async fn visible(
-    state: &AppState,
-    who: &Principal,
-    id: Uuid,
-) -> Result<(Consult, Option<ParticipantRole>), ApiError> {
-    let v = state.consults.visible(who, ConsultId::from_uuid(id)).await?;
-    Ok((v.consult, Some(v.role)))
-}
-
 async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &str) -> Result<Consult, ApiError> {
-    let id = path_id(req, "id")?;
-    let (c, _) = visible(state, who, id).await?;
+    let id = ConsultId::from_uuid(path_id(req, "id")?);
+    let c = state.consults.visible(who, id).await?.consult;
     if !is_host(who, &c) {
         audit_consult(state, req, who, action, "denied", &c, serde_json::json!({})).await?;
         return Err(ApiError::forbidden());
@@ -164,17 +154,8 @@ async fn hosted(state: &AppState, req: &HttpRequest, who: &Principal, action: &s
 async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participant>, ApiError> {
     // A running room (here or on its owner) knows who is joined right now; otherwise the
     // stored rows do.
-    let running = match state.rooms.get(coherency_protocol::ids::ConsultId::from_uuid(c.id)) {
-        Some(a) => Some(consults::RoomRef::Local(a)),
-        // An ended consult has no room anywhere: no need to ask Redis.
-        None if c.status == "ended" => None,
-        None => match state.leases.owner(&crate::cluster::room_key(c.id)).await {
-            Ok(Some(node)) if node != state.node => Some(consults::RoomRef::Remote { node, consult: c.id }),
-            _ => None,
-        },
-    };
-    if let Some(r) = running {
-        if let Ok(ps) = r.call(state, room::Participants).await {
+    if let Some(r) = state.consult_rooms.running(c).await {
+        if let Ok(ps) = r.call(&state.cluster, room::Participants).await {
             return Ok(ps);
         }
     }
@@ -209,7 +190,7 @@ async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participan
 
 async fn view(state: &AppState, who: &Principal, c: Consult) -> Result<ConsultView, ApiError> {
     let ps = participants_of(state, &c).await?;
-    let me = ps.iter().find(|p| p.user_id == who.user_id).map(ParticipantView::from);
+    let me = ps.iter().find(|p| p.user_id == who.user_id.as_uuid()).map(ParticipantView::from);
     let host = is_host(who, &c);
     let participants = if host { ps.iter().map(ParticipantView::from).collect() } else { Vec::new() };
     Ok(ConsultView { consult: c, participants, me })
@@ -231,7 +212,7 @@ pub async fn create(
     let b = body.parse()?;
     let c = if let Some(aid) = b.appointment_id {
         let a = crate::booking::load(&state.stores.pg, aid).await?.ok_or_else(ApiError::not_found)?;
-        if a.clinician_id != who.user_id && who.role != Role::Admin {
+        if a.clinician_id != who.user_id.as_uuid() && who.role != Role::Admin {
             return Err(ApiError::not_found());
         }
         if let Some(existing) = consults::by_appointment(&state.stores.pg, aid).await? {
@@ -241,14 +222,17 @@ pub async fn create(
         if a.status != "booked" {
             return Err(ApiError::new(Code::Conflict, "only a booked appointment can have a consult"));
         }
-        consults::create(&state, Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id).await?
+        state
+            .consult_rooms
+            .create(Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id.as_uuid())
+            .await?
     } else {
         if let Some(pid) = b.patient_id {
-            if !can_access_patient(&state, &who, pid).await? {
+            if !state.access.can_see_patient(&who, PatientId::from_uuid(pid)).await? {
                 return Err(ApiError::not_found());
             }
         }
-        consults::create(&state, None, who.user_id, b.patient_id, None, who.user_id).await?
+        state.consult_rooms.create(None, who.user_id.as_uuid(), b.patient_id, None, who.user_id.as_uuid()).await?
     };
     audit_consult(&state, &req, &who, "consult.create", "success", &c, serde_json::json!({})).await?;
     let v = view(&state, &who, c).await?;
@@ -264,14 +248,9 @@ pub async fn get(
     req: HttpRequest,
     who: Require<perm::ConsultsJoin>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
+    let c = state.consults.visible(&who, ConsultId::from_uuid(path_id(&req, "id")?)).await?.consult;
     audit_consult(&state, &req, &who, "consult.read", "success", &c, serde_json::json!({})).await?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
-}
-
-/// Whether check-in is open for `c` at `now`.
-pub fn check_in_open(c: &Consult, now: DateTime<Utc>) -> Result<(), ApiError> {
-    Ok(Consults::check_in_open(c, now)?)
 }
 
 /// The consult's patient checks in: they enter the host's waiting room.
@@ -285,14 +264,15 @@ pub async fn check_in(
     req: HttpRequest,
     who: Require<perm::ConsultsJoin>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, role) = visible(&state, &who, path_id(&req, "id")?).await?;
-    if role != Some(ParticipantRole::Patient) {
+    let VisibleConsult { consult: c, role } =
+        state.consults.visible(&who, ConsultId::from_uuid(path_id(&req, "id")?)).await?;
+    if role != ParticipantRole::Patient {
         return Err(ApiError::new(Code::Conflict, "only the consult's patient checks in"));
     }
-    check_in_open(&c, state.clock.now())?;
-    let r = consults::room(&state, &c).await?;
+    Consults::check_in_open(&c, state.clock.now())?;
+    let r = state.consult_rooms.room(&c).await?;
     let (pid, st, position) = r
-        .call(&state, room::CheckIn { user_id: who.user_id, role: ParticipantRole::Patient })
+        .call(&state.cluster, room::CheckIn { user_id: who.user_id.as_uuid(), role: ParticipantRole::Patient })
         .await?
         .map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.check_in", "success", &c, serde_json::json!({})).await?;
@@ -310,8 +290,8 @@ pub async fn queue(
     who: Require<perm::ConsultsHost>,
 ) -> Result<HttpResponse, ApiError> {
     let c = hosted(&state, &req, &who, "consult.queue").await?;
-    let r = consults::room(&state, &c).await?;
-    let q = r.call(&state, room::Queue).await?;
+    let r = state.consult_rooms.room(&c).await?;
+    let q = r.call(&state.cluster, room::Queue).await?;
     let v: Vec<ParticipantView> = q.iter().map(ParticipantView::from).collect();
     Ok(HttpResponse::Ok().json(v))
 }
@@ -329,8 +309,8 @@ async fn decide(
     };
     let c = hosted(&state, &req, &who, action).await?;
     let participant_id = path_id(&req, "pid")?;
-    let r = consults::room(&state, &c).await?;
-    let res = r.call(&state, room::Decide { participant_id, by: who.user_id, decision }).await?;
+    let r = state.consult_rooms.room(&c).await?;
+    let res = r.call(&state.cluster, room::Decide { participant_id, by: who.user_id.as_uuid(), decision }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -420,8 +400,8 @@ pub async fn invite(
     if !exists {
         return Err(ApiError::field(Code::InvalidField, "user_id", "no such user"));
     }
-    let r = consults::room(&state, &c).await?;
-    let res = r.call(&state, room::Invite { user_id: b.user_id, role, by: who.user_id }).await?;
+    let r = state.consult_rooms.room(&c).await?;
+    let res = r.call(&state.cluster, room::Invite { user_id: b.user_id, role, by: who.user_id.as_uuid() }).await?;
     match res {
         Ok(p) => {
             audit_consult(
@@ -469,8 +449,8 @@ pub async fn end(
     };
     let c = hosted(&state, &req, &who, "consult.end").await?;
     let reason = b.reason.and_then(Line::non_empty).unwrap_or_else(|| "host_ended".into());
-    let r = consults::room(&state, &c).await?;
-    r.call(&state, room::End { by: who.user_id, reason }).await?.map_err(ApiError::from)?;
+    let r = state.consult_rooms.room(&c).await?;
+    r.call(&state.cluster, room::End { by: who.user_id.as_uuid(), reason }).await?.map_err(ApiError::from)?;
     audit_consult(&state, &req, &who, "consult.end", "success", &c, serde_json::json!({})).await?;
     let c = consults::load(&state.stores.pg, c.id).await?.ok_or_else(ApiError::not_found)?;
     Ok(HttpResponse::Ok().json(view(&state, &who, c).await?))
@@ -497,13 +477,13 @@ pub async fn events(
     req: HttpRequest,
     who: Require<perm::ConsultsJoin>,
 ) -> Result<HttpResponse, ApiError> {
-    let (c, _) = visible(&state, &who, path_id(&req, "id")?).await?;
+    let c = state.consults.visible(&who, ConsultId::from_uuid(path_id(&req, "id")?)).await?.consult;
     if !is_host(&who, &c) {
         let ever_admitted: bool = sqlx::query_scalar!(
             r#"SELECT EXISTS (SELECT 1 FROM consult_participants WHERE consult_id = $1 AND user_id = $2 AND admitted_at IS NOT NULL
                               AND state NOT IN ('denied', 'removed')) AS "ever_admitted!""#,
             c.id,
-            who.user_id,
+            who.user_id.as_uuid(),
         )
         .fetch_one(&state.stores.pg)
         .await?;
@@ -574,7 +554,7 @@ pub async fn waiting_room(
     let open: Vec<Uuid> = sqlx::query_scalar!(
         "SELECT DISTINCT c.id FROM consults c JOIN consult_participants p ON p.consult_id = c.id
          WHERE c.clinician_id = $1 AND c.status <> 'ended' AND p.state = 'waiting'",
-        who.user_id,
+        who.user_id.as_uuid(),
     )
     .fetch_all(&state.stores.pg)
     .await?;
@@ -582,8 +562,8 @@ pub async fn waiting_room(
     let mut v: Vec<WaitingEntryView> = Vec::new();
     for id in open {
         if let Some(c) = consults::load(&state.stores.pg, id).await? {
-            if let r @ consults::RoomRef::Remote { .. } = consults::room(&state, &c).await? {
-                for p in r.call(&state, room::Queue).await? {
+            if let r @ consults::RoomRef::Remote { .. } = state.consult_rooms.room(&c).await? {
+                for p in r.call(&state.cluster, room::Queue).await? {
                     v.push(WaitingEntryView {
                         consult_id: c.id,
                         participant_id: p.id,
@@ -595,7 +575,8 @@ pub async fn waiting_room(
             }
         }
     }
-    let list = state.room_deps.waiting.of(who.user_id).send(room::waiting::List).await.map_err(mailbox)?;
+    let list =
+        state.consult_rooms.waiting().of(who.user_id.as_uuid()).send(room::waiting::List).await.map_err(mailbox)?;
     v.extend(list.into_iter().map(|e| WaitingEntryView {
         consult_id: e.consult_id.as_uuid(),
         participant_id: e.participant_id,

@@ -1,11 +1,12 @@
 //! Wound scans over HTTP: create a scan (then stream it on `GET /v1/scans/{id}/stream`,
 //! `crate::ws::scan`), read one, list a patient's. Object access follows the patient
-//! record (`crate::http::patients::can_access_patient`): the patient themself, a clinician
-//! on their care team (or with a live break-glass grant), an admin. A scan the caller may
-//! not see answers 404, as if it did not exist. Creating and streaming need the patient's
-//! scan-capture consent. Every read and write is audited.
+//! record (`crate::services::access`): the patient themself, a clinician on their care team
+//! (or with a live break-glass grant), an admin. A scan the caller may not see answers 404,
+//! as if it did not exist. Creating and streaming need the patient's scan-capture consent.
+//! Every read and write is audited.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -47,16 +48,6 @@ pub struct ListQuery {
     pub limit: Option<Int<1, 200>>,
 }
 
-/// Refuses with `consent_required` unless the patient's newest scan-capture consent
-/// decision is a grant.
-pub async fn require_scan_consent(state: &AppState, patient_id: Uuid) -> Result<(), ApiError> {
-    if crate::http::patients::has_scan_consent(&state.stores.pg, patient_id).await? {
-        Ok(())
-    } else {
-        Err(ApiError::new(Code::ConsentRequired, "the patient's scan-capture consent is not on file"))
-    }
-}
-
 /// The scan `id` if `who` may see its patient; otherwise 404, the refusal audited as `action`.
 pub async fn visible_scan(
     state: &AppState,
@@ -66,7 +57,7 @@ pub async fn visible_scan(
     action: &str,
 ) -> Result<ScanRecord, ApiError> {
     let scan = scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::patients::require_access(state, req, who, scan.patient_id, action).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(scan.patient_id), action).await?;
     Ok(scan)
 }
 
@@ -100,8 +91,11 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
     let site = body.body_site.into_inner();
-    crate::http::patients::require_access(&state, &req, &who, body.patient_id, "scan.create").await?;
-    require_scan_consent(&state, body.patient_id).await?;
+    let grant = state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(body.patient_id), "scan.create")
+        .await?;
+    state.access.require_scan_consent(grant).await?;
     let consult = match body.consult_id {
         Some(cid) => Some(scan_consult(&state, cid, body.patient_id).await?),
         None => None,
@@ -111,7 +105,7 @@ pub async fn create(
         patient_id: body.patient_id,
         consult_id: body.consult_id,
         body_site: site,
-        created_by: who.user_id,
+        created_by: who.user_id.as_uuid(),
         at: state.clock.now(),
     };
     let scan = scans::insert(&state.stores.pg, &new).await?;
@@ -126,7 +120,7 @@ pub async fn create(
     .await?;
     crate::dashboard::scan_created(&state, &scan).await;
     if let Some(c) = consult {
-        crate::consults::scan_requested(&state, &c, scan.id, who.user_id).await;
+        state.consult_rooms.scan_requested(&c, scan.id, who.user_id.as_uuid()).await;
     }
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
 }
@@ -159,7 +153,7 @@ pub async fn list_for_patient(
     let patient_id = id.into_inner();
     let query: ListQuery = crate::http::input::query(&req)?;
     let limit = query.limit.map_or(50, |l| l.get());
-    crate::http::patients::require_access(&state, &req, &who, patient_id, "scan.list").await?;
+    state.access.patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(patient_id), "scan.list").await?;
     let list = scans::list_for_patient(&state.stores.pg, patient_id, limit).await?;
     auth::audit(
         &state,

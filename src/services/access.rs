@@ -5,7 +5,6 @@
 use coherency_protocol::ids::PatientId;
 use coherency_protocol::{Code, ErrorCode};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::identity::{Principal, Role};
 use super::Caller;
@@ -80,7 +79,7 @@ impl Access {
         let ok = match who.role {
             // A patient's own record: the session's principal was read joined to it, and
             // patient rows are never deleted.
-            Role::Patient => who.patient_id == Some(patient_id),
+            Role::Patient => who.patient_id == Some(patient),
             Role::Admin => {
                 sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM patients WHERE id = $1) AS "exists!""#, patient_id)
                     .fetch_one(&self.pg)
@@ -92,7 +91,7 @@ impl Access {
                            OR EXISTS (SELECT 1 FROM emergency_access WHERE patient_id = $1 AND clinician_id = $2
                                       AND granted_at <= $3 AND expires_at > $3)) AS "visible!""#,
                     patient_id,
-                    who.user_id,
+                    who.user_id.as_uuid(),
                     self.clock.now(),
                 )
                 .fetch_one(&self.pg)
@@ -120,7 +119,7 @@ impl Access {
 
     /// Scans of a patient need their scan-capture consent on file ([`has_scan_consent`]).
     pub async fn require_scan_consent(&self, grant: PatientGrant) -> Result<(), AccessError> {
-        if has_scan_consent(&self.pg, grant.patient_id().as_uuid()).await.map_err(StorageError::from)? {
+        if has_scan_consent(&self.pg, grant.patient_id()).await.map_err(StorageError::from)? {
             Ok(())
         } else {
             Err(AccessError::ConsentRequired)
@@ -131,12 +130,12 @@ impl Access {
 /// Whether the patient's newest scan-capture consent decision is a grant (the latest consent
 /// entry for `scan_capture` says `granted`). The one place the rule is written: the scan API,
 /// the scan socket and the patient record all ask here.
-pub async fn has_scan_consent(pg: &PgPool, patient_id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn has_scan_consent(pg: &PgPool, patient: PatientId) -> Result<bool, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar!(
         "SELECT data->>'status' FROM patient_entries
          WHERE patient_id = $1 AND kind = 'consent' AND data->>'scope' = 'scan_capture'
          ORDER BY data->>'date' DESC, created_at DESC, id DESC LIMIT 1",
-        patient_id
+        patient.as_uuid()
     )
     .fetch_optional(pg)
     .await?

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use coherency_protocol::consult::ParticipantRole;
-use coherency_protocol::ids::ConsultId;
+use coherency_protocol::ids::{ConsultId, PatientId};
 use coherency_protocol::{Code, ErrorCode};
 use sqlx::PgPool;
 
@@ -81,7 +81,7 @@ impl Consults {
 
     /// Whether `who` hosts `c`: its clinician, or an admin (who may act as host).
     pub fn is_host(who: &Principal, c: &Consult) -> bool {
-        who.user_id == c.clinician_id || who.role == Role::Admin
+        who.user_id.as_uuid() == c.clinician_id || who.role == Role::Admin
     }
 
     /// The consult if the caller has any part in it (host, its patient, a participant); else
@@ -94,13 +94,16 @@ impl Consults {
         if Self::is_host(who, &consult) {
             return Ok(VisibleConsult { consult, role: ParticipantRole::Host });
         }
-        if who.role == Role::Patient && who.patient_id.is_some() && who.patient_id == consult.patient_id {
+        if who.role == Role::Patient
+            && who.patient_id.is_some()
+            && who.patient_id == consult.patient_id.map(PatientId::from_uuid)
+        {
             return Ok(VisibleConsult { consult, role: ParticipantRole::Patient });
         }
         let role: Option<String> = sqlx::query_scalar!(
             "SELECT role FROM consult_participants WHERE consult_id = $1 AND user_id = $2",
             id.as_uuid(),
-            who.user_id,
+            who.user_id.as_uuid(),
         )
         .fetch_optional(&self.pg)
         .await?;

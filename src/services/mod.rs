@@ -26,7 +26,7 @@ impl Caller {
     pub fn attribute(&self, mut ev: AuditEvent) -> AuditEvent {
         ev.ip = self.ip.clone();
         ev.request_id = self.request_id.clone();
-        ev.actor_id = Some(self.who.user_id);
+        ev.actor_id = Some(self.who.user_id.as_uuid());
         ev.actor_role = Some(self.who.role.as_str().into());
         ev
     }

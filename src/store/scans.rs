@@ -147,6 +147,16 @@ impl FrameStore for BlobFrameStore {
 /// Most frame commits merged into one transaction by the group-commit task.
 const GROUP_COMMIT_MAX: usize = 256;
 
+/// Hears a scan's progress and status changes as the index stores them (the dashboard's
+/// publisher), so the store does not depend on who listens.
+#[async_trait]
+pub trait ScanLifecycle: Send + Sync {
+    /// Frames up to `acked` are durable.
+    async fn progress(&self, scan: ScanId, acked: u64);
+    /// The scan moved to `status`.
+    async fn status(&self, scan: ScanId, status: &str);
+}
+
 /// The frame index and scan status in PostgreSQL.
 ///
 /// Frame commits from every capture session of the node go through one group-commit task:
@@ -159,7 +169,7 @@ pub struct PgScanIndex {
     pool: PgPool,
     clock: Clock,
     commits: mpsc::Sender<PendingCommit>,
-    events: Option<Arc<crate::dashboard::ScanEvents>>,
+    events: Option<Arc<dyn ScanLifecycle>>,
 }
 
 /// A frame commit waiting for the group-commit task, and who to tell.
@@ -182,7 +192,7 @@ impl PgScanIndex {
     }
 
     /// Also publishes progress and status changes for the dashboard.
-    pub fn with_events(mut self, events: crate::dashboard::ScanEvents) -> Self {
+    pub fn with_events(mut self, events: impl ScanLifecycle + 'static) -> Self {
         self.events = Some(Arc::new(events));
         self
     }

@@ -47,14 +47,14 @@ pub async fn signal(
     if state.lifecycle.is_draining() {
         return Err(ApiError::unavailable("the server is draining; reconnect"));
     }
-    let room = crate::consults::room(&state, &c).await?;
+    let room = state.consult_rooms.room(&c).await?;
     let (tx, rx) = mpsc::unbounded_channel::<Outbound>();
     let ice_servers = crate::consults::ice_servers_for(&state.config, who.user_id, state.clock.now());
-    let conn = room.connect(&state, who.user_id, role, ice_servers, tx).await?;
+    let conn = room.connect(&state.cluster, who.user_id.as_uuid(), role, ice_servers, tx).await?;
     let (response, session, stream) = match actix_ws::handle(&req, body) {
         Ok(x) => x,
         Err(_) => {
-            conn.disconnect(&state).await;
+            conn.disconnect(&state.cluster).await;
             return Err(ApiError::new(Code::BadRequest, "expected a websocket upgrade"));
         }
     };
@@ -100,7 +100,7 @@ impl TextSocket for Signalling {
 
     async fn text(&mut self, session: &mut Session, text: &str) -> Step {
         match super::parse_text::<ClientSignal>(text, "not a signalling message") {
-            Ok(m) => self.conn.send(&self.state, m).await,
+            Ok(m) => self.conn.send(&self.state.cluster, m).await,
             Err(r) => {
                 let error = ServerSignal::Error { code: r.code.as_str().into(), message: r.message };
                 let _ = session.text(serde_json::to_string(&error).unwrap_or_default()).await;
@@ -115,6 +115,6 @@ impl TextSocket for Signalling {
 
     /// The room keeps the seat for the reconnect grace period, then releases it.
     async fn leave(&mut self) {
-        self.conn.disconnect(&self.state).await;
+        self.conn.disconnect(&self.state.cluster).await;
     }
 }

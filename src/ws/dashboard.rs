@@ -71,15 +71,15 @@ pub async fn socket(
 pub async fn scope_for(state: &AppState, who: &Principal) -> Result<Scope, ApiError> {
     Ok(match who.role {
         Role::Admin => Scope::Clinic,
-        Role::Patient => Scope::Patient { id: who.patient_id.ok_or_else(ApiError::forbidden)? },
+        Role::Patient => Scope::Patient { id: who.patient_id.ok_or_else(ApiError::forbidden)?.as_uuid() },
         Role::Clinician => {
             let patients: Vec<Uuid> = sqlx::query_scalar!(
                 "SELECT patient_id FROM care_team WHERE clinician_id = $1 LIMIT 100000",
-                who.user_id
+                who.user_id.as_uuid()
             )
             .fetch_all(&state.stores.pg)
             .await?;
-            Scope::Clinician { id: who.user_id, patients: patients.into_iter().collect::<HashSet<_>>() }
+            Scope::Clinician { id: who.user_id.as_uuid(), patients: patients.into_iter().collect::<HashSet<_>>() }
         }
     })
 }

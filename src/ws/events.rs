@@ -47,7 +47,7 @@ pub async fn socket(
     let (response, session, stream) =
         actix_ws::handle(&req, body).map_err(|e| ApiError::new(coherency_protocol::Code::BadRequest, e.to_string()))?;
     let messages = stream.max_frame_size(MAX_FRAME).aggregate_continuations().max_continuation_size(MAX_FRAME);
-    let socket = Events { user_id: who.user_id, role: who.role };
+    let socket = Events { user_id: who.user_id.as_uuid(), role: who.role };
     pump::spawn(state.into_inner(), &who, session, messages, socket);
     Ok(response)
 }

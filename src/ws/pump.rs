@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use coherency_protocol::ids::SessionId;
 use coherency_protocol::{limits, Code};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -169,7 +170,7 @@ pub(crate) fn spawn<S: TextSocket + 'static>(
 
 async fn run<S: TextSocket>(
     state: &AppState,
-    session_id: uuid::Uuid,
+    session_id: SessionId,
     session: &mut Session,
     messages: &mut AggregatedMessageStream,
     socket: &mut S,

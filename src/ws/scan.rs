@@ -77,7 +77,7 @@ pub async fn stream(
     let (who, scan_id) = authorize_stream(&state, &req, &path).await?;
     let (response, session, messages) =
         actix_ws::handle(&req, body).map_err(|_| ApiError::new(Code::BadRequest, "expected a websocket upgrade"))?;
-    scans::acquire(&state, scan_id).await?;
+    scans::acquire(&state.cluster, scan_id).await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.stream", "success").target("scan", scan_id.as_uuid()))
         .await?;
     // A single websocket frame is refused by its header; a fragmented message by its sum.
@@ -326,7 +326,7 @@ impl<W: Wire> Pump<W> {
         }
         // The lease was taken before the upgrade; a newer connection elsewhere may have
         // moved the scan since.
-        if let Standing::Lost = scans::standing(&self.state, self.scan_id).await {
+        if let Standing::Lost = scans::standing(&self.state.cluster, self.scan_id).await {
             return End::superseded();
         }
         let registry = self.state.capture.clone();
@@ -411,7 +411,7 @@ impl<W: Wire> Pump<W> {
                         return End::close(close::GOING_AWAY, "heartbeat timeout");
                     }
                     if session_addr.is_some() {
-                        if let Standing::Lost = scans::standing(&self.state, self.scan_id).await {
+                        if let Standing::Lost = scans::standing(&self.state.cluster, self.scan_id).await {
                             return End::superseded();
                         }
                     }

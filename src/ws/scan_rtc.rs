@@ -82,7 +82,7 @@ pub async fn signal(
     let (who, scan_id) = super::scan::authorize_stream(&state, &req, &path).await?;
     let (response, session, messages) =
         actix_ws::handle(&req, body).map_err(|_| ApiError::new(Code::BadRequest, "expected a websocket upgrade"))?;
-    crate::cluster::scans::acquire(&state, scan_id).await?;
+    crate::cluster::scans::acquire(&state.cluster, scan_id).await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.stream", "success").target("scan", scan_id.as_uuid()))
         .await?;
     let messages = messages.max_frame_size(MAX_SIGNAL_FRAME);

@@ -22,7 +22,7 @@ use crate::scan_stream::{
 };
 
 async fn holder(app: &TestApp, scan: ScanId) -> Option<String> {
-    app.state.leases.owner(&scan_key(scan.as_uuid())).await.expect("redis answers")
+    app.state.cluster.leases.owner(&scan_key(scan.as_uuid())).await.expect("redis answers")
 }
 
 /// Waits until the in-process node's session of `scan` has received `seq`; answers its
@@ -127,7 +127,7 @@ async fn a_phone_moving_to_another_node_closes_its_old_socket_with_4001_and_lose
     assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Error(e) if e.code == "superseded")), "{msgs:?}");
     assert_eq!(code, Some(4001));
     eventually(Duration::from_secs(5), "node A no longer runs the scan", || async {
-        (!app.state.capture_live.contains(scan)).then_some(())
+        (!app.state.cluster.capture_live.contains(scan)).then_some(())
     })
     .await;
     let b = holder(&app, scan).await.expect("node B holds the scan");
@@ -196,7 +196,7 @@ async fn a_draining_node_makes_its_scans_durable_before_it_lets_go_of_their_leas
         .unwrap();
     assert_eq!(acked, 20, "every frame received was made durable before the lease went");
     eventually(Duration::from_secs(5), "no session left after the drain", || async {
-        app.state.capture_live.is_empty().then_some(())
+        app.state.cluster.capture_live.is_empty().then_some(())
     })
     .await;
     drop(client);

@@ -317,8 +317,7 @@ async fn check_in_opens_fifteen_minutes_before_the_appointment() {
     let clin = app.staff(Role::Clinician, true).await;
     let patient = app.patient().await;
     let start = app.clock.now() + chrono::Duration::minutes(20);
-    let c =
-        coherency::consults::create(&app.state, None, clin.id, patient.patient_id, Some(start), clin.id).await.unwrap();
+    let c = app.state.consult_rooms.create(None, clin.id, patient.patient_id, Some(start), clin.id).await.unwrap();
     let res = app.post_auth(&format!("/v1/consults/{}/check-in", c.id), &patient.token, &json!({})).await;
     assert_eq!(res.status(), 409);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "check_in_too_early");

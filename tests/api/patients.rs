@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use coherency::auth::Role;
+use coherency_protocol::ids::{PatientId, SessionId, UserId};
 use reqwest::Method;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -233,35 +234,18 @@ async fn emergency_access_ends_when_it_expires() {
     let pa = c.a.patient_id.unwrap();
     let (s, _, _) = send(&app, Method::GET, &format!("/v1/patients/{pa}"), Some(&c.emergency.token), None, None).await;
     assert_eq!(s, 200);
-    assert!(coherency::http::patients::can_access_patient(
-        &app.state,
-        &coherency::auth::Principal {
-            user_id: c.emergency.id,
-            role: Role::Clinician,
-            session_id: Uuid::nil(),
-            mfa_enrolled: true,
-            mfa_verified: true,
-            patient_id: None,
-        },
-        pa
-    )
-    .await
-    .unwrap());
+    let clinician = coherency::auth::Principal {
+        user_id: UserId::from_uuid(c.emergency.id),
+        role: Role::Clinician,
+        session_id: SessionId::nil(),
+        mfa_enrolled: true,
+        mfa_verified: true,
+        patient_id: None,
+    };
+    let patient = PatientId::from_uuid(pa);
+    assert!(app.state.access.can_see_patient(&clinician, patient).await.unwrap());
     app.clock.advance(Duration::from_secs(61 * 60));
-    let grant_over = coherency::http::patients::can_access_patient(
-        &app.state,
-        &coherency::auth::Principal {
-            user_id: c.emergency.id,
-            role: Role::Clinician,
-            session_id: Uuid::nil(),
-            mfa_enrolled: true,
-            mfa_verified: true,
-            patient_id: None,
-        },
-        pa,
-    )
-    .await
-    .unwrap();
+    let grant_over = app.state.access.can_see_patient(&clinician, patient).await.unwrap();
     assert!(!grant_over, "break-glass access lasts 60 minutes");
 }
 
@@ -685,7 +669,7 @@ async fn scan_consent_follows_the_newest_decision() {
     let app = spawn_app().await;
     let a = app.patient().await;
     let pid = a.patient_id.unwrap();
-    let has = || coherency::http::patients::has_scan_consent(&app.pg, pid);
+    let has = || coherency::services::access::has_scan_consent(&app.pg, PatientId::from_uuid(pid));
     assert!(!has().await.unwrap());
     let path = format!("/v1/patients/{pid}/consents");
     let (s, v, _) = send(
@@ -809,7 +793,7 @@ async fn seed_demo_patients_have_full_profiles_and_are_idempotent() {
             send(&app, Method::GET, &format!("/v1/patients/{id}/{kind}"), Some(&clin.token), None, None).await;
         assert!(!list.as_array().unwrap().is_empty(), "{kind}");
     }
-    assert!(coherency::http::patients::has_scan_consent(&app.pg, id.parse().unwrap()).await.unwrap());
+    assert!(coherency::services::access::has_scan_consent(&app.pg, id.parse().unwrap()).await.unwrap());
 }
 
 #[actix_web::test]
@@ -844,7 +828,7 @@ async fn the_migration_backfills_registered_patients_emails_and_renames_old_cons
     assert_eq!(s, 200, "{list}");
     assert_eq!((&list[0]["terms_version"], &list[0]["version"]), (&json!("2025-07"), &json!(1)), "{list}");
     assert!(
-        coherency::http::patients::has_scan_consent(&app.pg, pid).await.unwrap(),
+        coherency::services::access::has_scan_consent(&app.pg, PatientId::from_uuid(pid)).await.unwrap(),
         "the decision itself is unchanged"
     );
 }

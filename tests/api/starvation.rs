@@ -267,7 +267,7 @@ async fn under_a_cpu_hog_requests_answer_the_node_keeps_its_leases_and_a_finishe
     assert!(waited >= ran, "the node waited only {waited:?} for a CPU and ran {ran:?}");
     assert_requests_answered(&seen, &["readyz", "scan"], true);
     assert_held_throughout(&seen, &app.state.node, streaming_from, finished_at);
-    assert_leases_kept(app.state.leases.stats());
+    assert_leases_kept(app.state.cluster.leases.stats());
     assert_eq!(reconnects, 0, "the phone was never moved");
     let doc = reconstruction_doc(&app, scan).await;
     assert_eq!(doc.get_document("quality").unwrap().get_str("fusion").unwrap(), "at_finish");
@@ -306,12 +306,12 @@ async fn a_node_whose_main_runtime_stalls_keeps_its_leases_and_answers_within_it
     eprintln!(
         "main runtime stalled {:?}: leases {:?}; slowest readyz {:?}, read {:?}",
         stalled_to - stalled_from,
-        app.state.leases.stats(),
+        app.state.cluster.leases.stats(),
         seen.samples.iter().filter(|s| s.what == "readyz").map(|s| (s.took, s.status)).max(),
         seen.samples.iter().filter(|s| s.what == "scan").map(|s| (s.took, s.status)).max(),
     );
     assert_held_throughout(&seen, &app.state.node, stalled_from, stalled_to);
-    assert_leases_kept(app.state.leases.stats());
+    assert_leases_kept(app.state.cluster.leases.stats());
     // Readiness bounds each dependency (503 naming a slow one); a read can still wait for
     // the stalled thread when the pool hands it a connection that thread opened
     // (`docs/operations.md`, CPU starvation).
@@ -360,7 +360,7 @@ async fn a_lapsed_lease_is_taken_back_unless_another_node_claimed_it_and_one_not
     assert_eq!(claim("lease:test:a").await, Claim::Ours);
     redis_do(&app, redis::cmd("DEL").arg(key("lease:test:a"))).await;
     stats_reach("the lapsed lease taken back", |s| s.retaken == 1).await;
-    assert_eq!(app.state.leases.owner("lease:test:a").await.unwrap().as_deref(), Some("node-a"));
+    assert_eq!(app.state.cluster.leases.owner("lease:test:a").await.unwrap().as_deref(), Some("node-a"));
     assert!(leases.holds("lease:test:a") && ends.lock().unwrap().is_empty());
 
     // Another node holds it: lost, the entity is stopped and told who holds it.
@@ -380,7 +380,7 @@ async fn a_lapsed_lease_is_taken_back_unless_another_node_claimed_it_and_one_not
     .await;
     stats_reach("the lease lost to a claim in between", |s| s.lost == 2).await;
     assert_eq!(ends.lock().unwrap()[1], LeaseEnd::Lost { holder: None });
-    assert_eq!(app.state.leases.owner("lease:test:a").await.unwrap(), None, "not taken back");
+    assert_eq!(app.state.cluster.leases.owner("lease:test:a").await.unwrap(), None, "not taken back");
 
     // Redis cannot be reached: the lease stays valid until its TTL has passed since its last
     // confirmed renewal, then it has expired and the entity is stopped.

@@ -4,7 +4,7 @@
 //! R4 face (`Schedule`, `Slot`, `Appointment`) is [`fhir`].
 //!
 //! Who: patients book for themselves; clinicians and admins for patients they may see
-//! (`patients::can_access_patient`); a clinician also sees and manages appointments in their
+//! (`services::access`); a clinician also sees and manages appointments in their
 //! own calendar. What the caller may not see answers 404. Every action is audited.
 //! Handlers parse, authorise, send the change to the clinician's calendar actor
 //! (`state.calendars`) and audit; the SQL is `crate::store::booking`.
@@ -14,6 +14,7 @@ pub mod fhir;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::{Code, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -24,7 +25,7 @@ use crate::auth::{self, perm, Principal, Require, Role};
 use crate::booking::{self, slots, Appointment, AppointmentType, BookingError, NewHold, WaitlistEntry};
 use crate::error::ApiError;
 use crate::http::input::{ClockTime, Day, IdempotencyKey, Instant, Int, Line, Text, TimeZone};
-use crate::http::patients::{can_access_patient, parse_query, path_id};
+use crate::http::patients::{parse_query, path_id};
 use crate::state::AppState;
 use crate::store::booking as store;
 
@@ -263,7 +264,8 @@ async fn audit(
 
 /// Whether `who` may see appointment `a`.
 pub async fn may_see(state: &AppState, who: &Principal, a: &Appointment) -> Result<bool, ApiError> {
-    Ok(who.user_id == a.clinician_id || can_access_patient(state, who, a.patient_id).await?)
+    Ok(who.user_id.as_uuid() == a.clinician_id
+        || state.access.can_see_patient(who, PatientId::from_uuid(a.patient_id)).await?)
 }
 
 async fn visible(
@@ -291,11 +293,11 @@ async fn patient_for(
 ) -> Result<Uuid, ApiError> {
     let pid = match (who.role, given, who.patient_id) {
         (Role::Patient, None, Some(own)) => own,
-        (_, Some(p), _) => p,
+        (_, Some(p), _) => PatientId::from_uuid(p),
         _ => return Err(ApiError::field(Code::InvalidField, "patient_id", "patient_id is required")),
     };
-    crate::http::patients::require_access(state, req, who, pid, action).await?;
-    Ok(pid)
+    state.access.patient(&auth::caller_of(req, state, who), pid, action).await?;
+    Ok(pid.as_uuid())
 }
 
 async fn clinician_type(
@@ -314,7 +316,7 @@ async fn clinician_type(
 /// A clinician manages their own schedule; admins any clinician's. Others see 404.
 async fn require_manage(state: &AppState, who: &Principal, clinician_id: Uuid) -> Result<(), ApiError> {
     let is_clinician = store::is_clinician(&state.stores.pg, clinician_id).await?;
-    if !is_clinician || !(who.role == Role::Admin || who.user_id == clinician_id) {
+    if !is_clinician || !(who.role == Role::Admin || who.user_id.as_uuid() == clinician_id) {
         return Err(ApiError::not_found());
     }
     Ok(())
@@ -606,7 +608,7 @@ pub(crate) async fn place(
 ) -> Result<(Appointment, bool), ApiError> {
     let start = b.start.get().with_timezone(&Utc);
     if let Some(k) = &key {
-        if let Some(a) = store::by_idempotency_key(&state.stores.pg, who.user_id, k).await? {
+        if let Some(a) = store::by_idempotency_key(&state.stores.pg, who.user_id.as_uuid(), k).await? {
             if a.clinician_id != b.clinician_id || a.start_at != start {
                 return Err(BookingError::KeyReused.into());
             }
@@ -620,7 +622,7 @@ pub(crate) async fn place(
         type_id: b.type_id,
         start,
         confirm: b.confirm,
-        created_by: who.user_id,
+        created_by: who.user_id.as_uuid(),
         idempotency_key: key,
     };
     let action = if b.confirm { "booking.book" } else { "booking.hold" };
@@ -663,14 +665,15 @@ pub async fn search(
 ) -> Result<Vec<Appointment>, ApiError> {
     let patient = match (who.role, q.patient) {
         (Role::Patient, None) => who.patient_id,
-        (_, p) => p,
+        (_, p) => p.map(PatientId::from_uuid),
     };
     if let Some(p) = patient {
-        crate::http::patients::require_access(state, req, who, p, "booking.search").await?;
+        state.access.patient(&auth::caller_of(req, state, who), p, "booking.search").await?;
     }
+    let patient = patient.map(|p| p.as_uuid());
     let clinician = match (who.role, patient, q.clinician) {
-        (Role::Clinician, None, None) => Some(who.user_id),
-        (Role::Clinician, None, Some(c)) if c != who.user_id => return Err(ApiError::not_found()),
+        (Role::Clinician, None, None) => Some(who.user_id.as_uuid()),
+        (Role::Clinician, None, Some(c)) if c != who.user_id.as_uuid() => return Err(ApiError::not_found()),
         (Role::Admin, None, None) => {
             return Err(ApiError::field(Code::InvalidField, "patient", "name a patient or a clinician"))
         }
@@ -760,7 +763,7 @@ pub async fn cancel(
     let id = path_id(&req, "id")?;
     let cur = visible(&state, &req, &who, id, "booking.cancel").await?;
     let b = body.parse()?;
-    let msg = booking::Cancel { id, by: who.user_id, reason: b.reason.as_str().to_string() };
+    let msg = booking::Cancel { id, by: who.user_id.as_uuid(), reason: b.reason.as_str().to_string() };
     let res = state.calendars.cancel(cur.clinician_id, msg).await;
     finish(&state, &req, &who, "booking.cancel", &cur, res).await
 }
@@ -782,7 +785,7 @@ pub async fn reschedule(
     let b = body.parse()?;
     let msg = booking::Reschedule {
         id,
-        by: who.user_id,
+        by: who.user_id.as_uuid(),
         type_id: b.type_id.unwrap_or(cur.type_id),
         start: b.start.get().with_timezone(&Utc),
     };
@@ -862,7 +865,10 @@ pub async fn get_waitlist(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
     let w = store::waitlist_entry(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    crate::http::patients::require_access(&state, &req, &who, w.patient_id, "waitlist.read").await?;
+    state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(w.patient_id), "waitlist.read")
+        .await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("waitlist.read", "success").target("waitlist", w.id)).await?;
     Ok(ok_json(&w))
 }

@@ -7,6 +7,7 @@
 use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -360,7 +361,10 @@ pub async fn read_patient(state: web::Data<AppState>, req: HttpRequest) -> HttpR
         async {
             let who = principal(&req, &state, Permission::PatientsRead).await?;
             let id = patients::path_id(&req, "id")?;
-            patients::require_access(&state, &req, &who, id, "fhir.patient.read").await?;
+            state
+                .access
+                .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(id), "fhir.patient.read")
+                .await?;
             let p = patients::load(&state, id).await?.ok_or_else(ApiError::not_found)?;
             auth::audit(
                 &state,
@@ -491,7 +495,7 @@ async fn by_patient(
     let q: ByPatient = patients::parse_query(req)?;
     let pid = q.patient.id();
     let action = format!("fhir.{}.search", name.to_lowercase());
-    patients::require_access(state, req, &who, pid, &action).await?;
+    state.access.patient(&auth::caller_of(req, state, &who), PatientId::from_uuid(pid), &action).await?;
     let mut resources = vec![];
     match kind {
         Some(k) => {
@@ -546,7 +550,10 @@ pub async fn everything(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
         async {
             let who = principal(&req, &state, Permission::PatientsRead).await?;
             let id = patients::path_id(&req, "id")?;
-            patients::require_access(&state, &req, &who, id, "patient.export").await?;
+            state
+                .access
+                .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(id), "patient.export")
+                .await?;
             let p = patients::load(&state, id).await?.ok_or_else(ApiError::not_found)?;
             let mut resources = vec![("Patient", patient_resource(&p))];
             for k in [Kind::Allergy, Kind::Medication, Kind::Condition, Kind::Coverage, Kind::Contact] {

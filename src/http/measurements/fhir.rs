@@ -8,6 +8,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Datelike, Months, NaiveDate, SecondsFormat, Utc};
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -18,7 +19,7 @@ use crate::auth::{self, perm, Permission, Principal, Require};
 use crate::error::ApiError;
 use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
 use crate::http::input::{invalid, FhirDateParam, Line, PatientRef};
-use crate::http::patients::{path_id, require_access};
+use crate::http::patients::path_id;
 use crate::state::AppState;
 use crate::store::measurements::{auto_mesh_keys, list as list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 
@@ -238,7 +239,14 @@ pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> H
             .fetch_all(&state.stores.pg)
             .await?;
             let o = observed(&state, rows).await?.pop().ok_or_else(ApiError::not_found)?;
-            require_access(&state, &req, &who, o.patient_id, "fhir.observation.read").await?;
+            state
+                .access
+                .patient(
+                    &auth::caller_of(&req, &state, &who),
+                    PatientId::from_uuid(o.patient_id),
+                    "fhir.observation.read",
+                )
+                .await?;
             auth::audit(
                 &state,
                 &req,
@@ -290,7 +298,10 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
         }
     }
     let pid = patient.ok_or_else(|| ApiError::field(Code::InvalidField, "patient", "`patient` is required"))?;
-    require_access(state, req, &who, pid, "fhir.observation.search").await?;
+    state
+        .access
+        .patient(&auth::caller_of(req, state, &who), PatientId::from_uuid(pid), "fhir.observation.search")
+        .await?;
     // Every bound must hold: the latest lower bound and the earliest upper one.
     let from = dates.iter().filter_map(|d| d.from).max();
     let to = dates.iter().filter_map(|d| d.to).min();

@@ -138,7 +138,7 @@ pub async fn remeasure(
         scan_id: ScanId::from_uuid(scan.id),
         keyframe_seq: body.keyframe_seq.get().unsigned_abs(),
         polygon: body.polygon,
-        created_by: who.user_id,
+        created_by: who.user_id.as_uuid(),
         budget: Some(Arc::new(RequestBudget(crate::alloc::current()))),
     };
     let id = coherency_actors::capture::remeasure(&state.capture, request).await?;

@@ -8,6 +8,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, NaiveDate, Utc};
+use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{etag, if_match, not_future, path_id, require_access};
+use super::{etag, if_match, not_future, path_id};
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::error::ApiError;
@@ -460,7 +461,7 @@ async fn list_entries<T: Entry>(
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(req, "id")?;
     let act = action(T::KIND, "read");
-    require_access(state, req, who, pid, &act).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(pid), &act).await?;
     let items = list_of(&state.stores.pg, pid, T::KIND).await?;
     let ids: Vec<Uuid> = items.iter().map(|e| e.id).collect();
     auth::audit(
@@ -481,11 +482,11 @@ async fn create_entry<T: Entry>(
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(req, "id")?;
     let act = action(T::KIND, "create");
-    require_access(state, req, who, pid, &act).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(pid), &act).await?;
     may_write(who, T::KIND)?;
     let now = state.clock.now();
     let body = body.parse()?.validate(now.date_naive())?;
-    let e = insert(&state.stores.pg, pid, &body, Some(who.user_id), now).await?;
+    let e = insert(&state.stores.pg, pid, &body, Some(who.user_id.as_uuid()), now).await?;
     auth::audit(
         state,
         req,
@@ -531,7 +532,7 @@ async fn update_entry<T: Entry>(
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(req, "id")?;
     let act = action(T::KIND, "update");
-    require_access(state, req, who, pid, &act).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(pid), &act).await?;
     let eid = path_id(req, "entry_id")?;
     may_write(who, T::KIND)?;
     let patch = body.parse()?;
@@ -586,7 +587,7 @@ async fn delete_entry<T: Entry>(
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(req, "id")?;
     let act = action(T::KIND, "delete");
-    require_access(state, req, who, pid, &act).await?;
+    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(pid), &act).await?;
     let eid = path_id(req, "entry_id")?;
     may_write(who, T::KIND)?;
     let n = sqlx::query!(
@@ -847,7 +848,10 @@ pub async fn care_team(
     who: Require<perm::PatientsRead>,
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(&req, "id")?;
-    require_access(&state, &req, &who, pid, "patient.care_team.read").await?;
+    state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(pid), "patient.care_team.read")
+        .await?;
     let team = care_team_of(&state.stores.pg, pid).await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("patient.care_team.read", "success").target("patient", pid))
         .await?;
@@ -865,7 +869,10 @@ pub async fn add_care_team(
     body: crate::http::Json<AddCareTeam>,
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(&req, "id")?;
-    require_access(&state, &req, &who, pid, "patient.care_team.add").await?;
+    state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(pid), "patient.care_team.add")
+        .await?;
     if who.role == Role::Patient {
         return Err(ApiError::new(Code::Forbidden, "your care team is managed by the clinic"));
     }
@@ -911,7 +918,10 @@ pub async fn remove_care_team(
     who: Require<perm::PatientsWrite>,
 ) -> Result<HttpResponse, ApiError> {
     let pid = path_id(&req, "id")?;
-    require_access(&state, &req, &who, pid, "patient.care_team.remove").await?;
+    state
+        .access
+        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(pid), "patient.care_team.remove")
+        .await?;
     if who.role == Role::Patient {
         return Err(ApiError::new(Code::Forbidden, "your care team is managed by the clinic"));
     }

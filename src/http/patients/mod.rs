@@ -1,7 +1,8 @@
 //! Patient records: the profile (demographics, identifiers, encrypted national id and notes),
-//! optimistic concurrency (`ETag` / `If-Match`), deactivation, keyset-paginated search, the
-//! object-level access rule every patient-scoped feature reuses ([`can_access_patient`]),
-//! and the audit row every PHI read, search, write and export leaves.
+//! optimistic concurrency (`ETag` / `If-Match`), deactivation, keyset-paginated search, and
+//! the audit row every PHI read, search, write and export leaves. Who may see a record is
+//! decided once, by `crate::services::access` (`state.access.patient`, which audits a
+//! refusal, and `state.access.can_see_patient`); every patient-scoped feature calls it.
 //!
 //! Sub-resources (clinical lists, contacts, coverages, consents, care team) live in
 //! [`entries`]; the FHIR R4 face is `crate::http::fhir`.
@@ -30,7 +31,6 @@ use crate::http::input::{
 };
 use crate::state::AppState;
 
-pub use crate::services::access::has_scan_consent;
 pub use seed::seed_patients;
 
 /// Search page size when none is asked for (the bound is [`PageSize`]).
@@ -512,29 +512,6 @@ fn mrn_conflict(e: sqlx::Error) -> ApiError {
     e.into()
 }
 
-// ---------------------------------------------------------------------------------------------
-// Access
-
-/// Whether `who` may see patient `patient_id` (`crate::services::access`); `false` also when
-/// the record does not exist.
-pub async fn can_access_patient(state: &AppState, who: &Principal, patient_id: Uuid) -> Result<bool, ApiError> {
-    Ok(state.access.can_see_patient(who, PatientId::from_uuid(patient_id)).await?)
-}
-
-/// Answers 404 (audited as a denial under `action`) unless `who` may see the patient: a
-/// record the caller may not see is indistinguishable from one that does not exist.
-pub async fn require_access(
-    state: &AppState,
-    req: &HttpRequest,
-    who: &Principal,
-    patient_id: Uuid,
-    action: &str,
-) -> Result<(), ApiError> {
-    let caller = auth::caller_of(req, state, who);
-    state.access.patient(&caller, PatientId::from_uuid(patient_id), action).await?;
-    Ok(())
-}
-
 /// A uuid path segment, parsed after authorisation; malformed ids are missing resources.
 pub fn path_id(req: &HttpRequest, name: &str) -> Result<Uuid, ApiError> {
     req.match_info().get(name).and_then(|s| s.parse().ok()).ok_or_else(ApiError::not_found)
@@ -628,7 +605,7 @@ pub async fn create(
         enc.national_id_enc,
         enc.notes_enc,
         DEFAULT_ORG,
-        who.user_id,
+        who.user_id.as_uuid(),
         now,
     )
     .execute(&mut *tx)
@@ -638,7 +615,7 @@ pub async fn create(
         sqlx::query!(
             "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1,$2,'primary',$3)",
             id,
-            who.user_id,
+            who.user_id.as_uuid(),
             now,
         )
         .execute(&mut *tx)
@@ -659,7 +636,7 @@ pub async fn read(
     who: Require<perm::PatientsRead>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
-    require_access(&state, &req, &who, id, "patient.read").await?;
+    state.access.patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(id), "patient.read").await?;
     let p = load(&state, id).await?.ok_or_else(ApiError::not_found)?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("patient.read", "success").target("patient", id)).await?;
     Ok(with_etag(HttpResponse::Ok(), &p))
@@ -679,7 +656,7 @@ pub async fn update(
     body: crate::http::Json<UpdatePatient>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
-    require_access(&state, &req, &who, id, "patient.update").await?;
+    state.access.patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(id), "patient.update").await?;
     let patch = body.parse()?;
     let fields = patch.fields();
     check_writable(&who, &fields)?;
@@ -753,7 +730,7 @@ pub async fn deactivate(
     who: Require<perm::PatientsDeactivate>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(&req, "id")?;
-    require_access(&state, &req, &who, id, "patient.deactivate").await?;
+    state.access.patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(id), "patient.deactivate").await?;
     let now = state.clock.now();
     sqlx::query!(
         "UPDATE patients SET active = false, deactivated_at = $2, version = version + 1, updated_at = $2
@@ -785,7 +762,7 @@ impl Scope {
     pub fn of(who: &Principal, now: DateTime<Utc>) -> Self {
         match who.role {
             Role::Admin => Scope::All,
-            _ => Scope::Clinician { id: who.user_id, now },
+            _ => Scope::Clinician { id: who.user_id.as_uuid(), now },
         }
     }
 }

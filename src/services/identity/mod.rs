@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use coherency_protocol::ids::UserId;
+use coherency_protocol::ids::{PatientId, SessionId, UserId};
 use coherency_protocol::{Code, ErrorCode};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -19,7 +19,6 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::{DomainError, StorageError};
@@ -135,13 +134,13 @@ pub trait Perm {
 /// The authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub role: Role,
-    pub session_id: Uuid,
+    pub session_id: SessionId,
     pub mfa_enrolled: bool,
     pub mfa_verified: bool,
     /// The caller's own patient record, for patients.
-    pub patient_id: Option<Uuid>,
+    pub patient_id: Option<PatientId>,
 }
 
 impl Principal {

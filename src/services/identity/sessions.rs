@@ -4,7 +4,7 @@
 //! bus so every node closes the affected sockets.
 
 use chrono::{DateTime, Duration, Utc};
-use coherency_protocol::ids::{SessionId, UserId};
+use coherency_protocol::ids::{PatientId, SessionId, UserId};
 use redis::AsyncCommands;
 use serde::Serialize;
 use uuid::Uuid;
@@ -28,7 +28,8 @@ pub struct TokenPair {
     /// Seconds of inactivity after which the session ends.
     pub idle_timeout_secs: i64,
     pub session_expires_at: DateTime<Utc>,
-    pub session_id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub session_id: SessionId,
 }
 
 /// The columns a principal is built from (a session, its user and the user's patient record).
@@ -72,12 +73,12 @@ fn live_principal(row: &PrincipalRow, now: DateTime<Utc>) -> Result<Result<Princ
     }
     let role = Role::parse(row.role.as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
     Ok(Ok(Principal {
-        user_id: row.user_id,
+        user_id: UserId::from_uuid(row.user_id),
         role,
-        session_id: row.id,
+        session_id: SessionId::from_uuid(row.id),
         mfa_enrolled: row.totp_enabled,
         mfa_verified: row.mfa_verified,
-        patient_id: row.patient_id,
+        patient_id: row.patient_id.map(PatientId::from_uuid),
     }))
 }
 
@@ -91,7 +92,7 @@ impl Identity {
         user_agent: Option<String>,
     ) -> Result<TokenPair, IdentityError> {
         let now = self.clock.now();
-        let id = Uuid::now_v7();
+        let id = SessionId::new();
         let access = new_token("cha_");
         let refresh = new_token("chr_");
         let expires = now + ABSOLUTE_LIFETIME;
@@ -99,7 +100,7 @@ impl Identity {
         sqlx::query!(
             "INSERT INTO sessions (id, user_id, access_hash, created_at, last_seen_at, absolute_expires_at, mfa_verified, ip, user_agent)
              VALUES ($1,$2,$3,$4,$4,$5,$6,$7,$8)",
-            id,
+            id.as_uuid(),
             user_id.as_uuid(),
             self.token_hash(&access),
             now,
@@ -113,7 +114,7 @@ impl Identity {
         sqlx::query!(
             "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)",
             self.token_hash(&refresh),
-            id,
+            id.as_uuid(),
             now,
         )
         .execute(&mut *tx)
@@ -159,7 +160,7 @@ impl Identity {
         if now - row.last_seen_at >= TOUCH_EVERY {
             sqlx::query!(
                 "UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                principal.session_id,
+                principal.session_id.as_uuid(),
                 now,
             )
             .execute(&self.pg)
@@ -182,16 +183,16 @@ impl Identity {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| IdentityError::Unauthenticated("unknown refresh token"))?;
-        let session_id: Uuid = row.session_id;
+        let session = SessionId::from_uuid(row.session_id);
         let user_id: Uuid = row.user_id;
         if row.used_at.is_some() {
             tx.rollback().await?;
-            self.end(SessionId::from_uuid(session_id), "refresh-reuse").await?;
+            self.end(session, "refresh-reuse").await?;
             crate::audit::record(
                 &self.pg,
                 now,
                 &crate::audit::AuditEvent::new("session.refresh_reuse", "denied")
-                    .target("session", session_id)
+                    .target("session", session)
                     .details(serde_json::json!({ "user_id": user_id })),
             )
             .await?;
@@ -207,7 +208,7 @@ impl Identity {
         let absolute = row.absolute_expires_at;
         if now >= absolute || now - last_seen >= IDLE_TIMEOUT {
             tx.rollback().await?;
-            self.end(SessionId::from_uuid(session_id), "expired").await?;
+            self.end(session, "expired").await?;
             return Err(IdentityError::TokenExpired("this session has expired; log in again"));
         }
         let access = new_token("cha_");
@@ -218,14 +219,14 @@ impl Identity {
         sqlx::query!(
             "INSERT INTO refresh_tokens (token_hash, session_id, issued_at) VALUES ($1,$2,$3)",
             self.token_hash(&next),
-            session_id,
+            session.as_uuid(),
             now,
         )
         .execute(&mut *tx)
         .await?;
         sqlx::query!(
             "UPDATE sessions SET access_hash = $2, last_seen_at = $3 WHERE id = $1",
-            session_id,
+            session.as_uuid(),
             self.token_hash(&access),
             now,
         )
@@ -238,7 +239,7 @@ impl Identity {
             token_type: "Bearer",
             idle_timeout_secs: IDLE_TIMEOUT.num_seconds(),
             session_expires_at: absolute,
-            session_id,
+            session_id: session,
         })
     }
 
@@ -253,7 +254,7 @@ impl Identity {
         )
         .execute(&self.pg)
         .await?;
-        announce(&self.sockets, &self.redis, Revocation::Session(session_id)).await;
+        announce(&self.sockets, &self.redis, Revocation::Session(session)).await;
         Ok(())
     }
 
@@ -269,7 +270,7 @@ impl Identity {
         .execute(&self.pg)
         .await?
         .rows_affected();
-        announce(&self.sockets, &self.redis, Revocation::User(user_id)).await;
+        announce(&self.sockets, &self.redis, Revocation::User(user)).await;
         Ok(n)
     }
 
@@ -289,11 +290,11 @@ impl Identity {
         }
         let mut c = self.redis.conn.clone();
         let key = self.redis.key(&format!("ticket:{}", self.token_hash(ticket)));
-        let session: Option<String> = redis::cmd("GETDEL").arg(&key).query_async(&mut c).await?;
-        let session_id: Uuid = session
+        let stored: Option<String> = redis::cmd("GETDEL").arg(&key).query_async(&mut c).await?;
+        let session: SessionId = stored
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| IdentityError::Unauthenticated("invalid or used ticket"))?;
-        self.principal_for_session(SessionId::from_uuid(session_id)).await
+        self.principal_for_session(session).await
     }
 
     /// The principal of a live session (tickets and socket re-checks).

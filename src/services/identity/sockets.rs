@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use coherency_protocol::ids::{SessionId, UserId};
 use futures_util::StreamExt;
 use tokio::sync::watch;
-use uuid::Uuid;
 
 use crate::store::redis::Redis;
 
@@ -19,8 +19,8 @@ pub const CLOSE_SESSION_ENDED: u16 = 4002;
 /// What was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Revocation {
-    Session(Uuid),
-    User(Uuid),
+    Session(SessionId),
+    User(UserId),
 }
 
 impl Revocation {
@@ -32,18 +32,17 @@ impl Revocation {
     }
     fn decode(s: &str) -> Option<Self> {
         let (kind, id) = s.split_once(':')?;
-        let id = id.parse().ok()?;
         match kind {
-            "session" => Some(Revocation::Session(id)),
-            "user" => Some(Revocation::User(id)),
+            "session" => id.parse().ok().map(Revocation::Session),
+            "user" => id.parse().ok().map(Revocation::User),
             _ => None,
         }
     }
 }
 
 struct Entry {
-    user_id: Uuid,
-    session_id: Uuid,
+    user_id: UserId,
+    session_id: SessionId,
     close: watch::Sender<Option<u16>>,
 }
 
@@ -72,7 +71,7 @@ impl Drop for SocketGuard {
 
 impl SocketRegistry {
     /// Registers a socket owned by `user_id` through `session_id`.
-    pub fn register(self: &Arc<Self>, user_id: Uuid, session_id: Uuid) -> SocketGuard {
+    pub fn register(self: &Arc<Self>, user_id: UserId, session_id: SessionId) -> SocketGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (close, closed) = watch::channel(None);
         if let Ok(mut e) = self.entries.lock() {
