@@ -59,8 +59,8 @@ pub struct Consult {
     pub end_reason: Option<String>,
 }
 
-pub async fn load(pg: &PgPool, id: Uuid) -> Result<Option<Consult>, ApiError> {
-    Ok(sqlx::query_as!(
+pub async fn load(pg: &PgPool, id: Uuid) -> Result<Option<Consult>, sqlx::Error> {
+    sqlx::query_as!(
         Consult,
         "SELECT id, appointment_id, clinician_id, patient_id, status, scheduled_start, created_at, started_at,
                 ended_at, end_reason
@@ -68,7 +68,7 @@ pub async fn load(pg: &PgPool, id: Uuid) -> Result<Option<Consult>, ApiError> {
         id
     )
     .fetch_optional(pg)
-    .await?)
+    .await
 }
 
 pub async fn by_appointment(pg: &PgPool, appointment_id: Uuid) -> Result<Option<Consult>, ApiError> {

@@ -27,6 +27,7 @@ use crate::services::access::Access;
 use crate::services::consults::Consults;
 use crate::services::identity::sockets::SocketRegistry;
 use crate::services::identity::Identity;
+use crate::services::scans::Scans;
 use crate::state::{AppState, Lifecycle};
 use crate::store::Stores;
 
@@ -203,6 +204,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     ));
     let access = Access::new(stores.pg.clone(), clock.clone(), audit.clone());
     let consults = Consults::new(stores.pg.clone());
+    let scans = Scans::new(stores.pg.clone(), clock.clone(), access.clone());
     Ok(web::Data::new(AppState {
         cluster,
         consult_rooms,
@@ -225,6 +227,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         identity,
         access,
         consults,
+        scans,
         field_key,
         sockets,
     }))

@@ -16,6 +16,7 @@ use crate::services::access::Access;
 use crate::services::consults::Consults;
 use crate::services::identity::sockets::SocketRegistry;
 use crate::services::identity::Identity;
+use crate::services::scans::Scans;
 use crate::store::Stores;
 
 /// Shared application state (cheap to clone: everything inside is shared).
@@ -32,6 +33,8 @@ pub struct AppState {
     pub access: Access,
     /// Which consults a caller may see, and check-in.
     pub consults: Consults,
+    /// Which scans a caller may see, create, list and stream.
+    pub scans: Scans,
     /// Encrypts the most sensitive fields at rest.
     pub field_key: FieldKey,
     /// Sockets open on this node, for revocation (the same registry [`Identity`] closes).

@@ -1,23 +1,22 @@
 //! Wound scans over HTTP: create a scan (then stream it on `GET /v1/scans/{id}/stream`,
-//! `crate::ws::scan`), read one, list a patient's. Object access follows the patient
-//! record (`crate::services::access`): the patient themself, a clinician on their care team
-//! (or with a live break-glass grant), an admin. A scan the caller may not see answers 404,
+//! `crate::ws::scan`), read one, list a patient's, through `crate::services::scans`. Object
+//! access follows the patient record (`crate::services::access`): the patient themself, a
+//! clinician on their care team (or with a live break-glass grant), an admin. A scan the caller may not see answers 404,
 //! as if it did not exist. Creating and streaming need the patient's scan-capture consent.
 //! Every read and write is audited.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use coherency_protocol::ids::PatientId;
-use coherency_protocol::Code;
+use coherency_protocol::ids::{ConsultId, PatientId, ScanId};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::audit::AuditEvent;
-use crate::auth::{self, perm, Principal, Require};
+use crate::auth::{self, perm, Require};
 use crate::error::ApiError;
 use crate::http::input::{Int, Line};
 use crate::state::AppState;
-use crate::store::scans::{self, NewScan, ScanRecord};
+use crate::store::scans::ScanRecord;
 
 /// `POST /v1/scans` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -48,32 +47,6 @@ pub struct ListQuery {
     pub limit: Option<Int<1, 200>>,
 }
 
-/// The scan `id` if `who` may see its patient; otherwise 404, the refusal audited as `action`.
-pub async fn visible_scan(
-    state: &AppState,
-    req: &HttpRequest,
-    who: &Principal,
-    id: Uuid,
-    action: &str,
-) -> Result<ScanRecord, ApiError> {
-    let scan = scans::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(scan.patient_id), action).await?;
-    Ok(scan)
-}
-
-/// The consult a new scan names: it must exist (404), be with the scan's patient and not
-/// have ended (409 `conflict`, `consult_ended`).
-async fn scan_consult(state: &AppState, id: Uuid, patient_id: Uuid) -> Result<crate::consults::Consult, ApiError> {
-    let c = crate::consults::load(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
-    if c.patient_id != Some(patient_id) {
-        return Err(ApiError::new(Code::Conflict, "the consult is with another patient"));
-    }
-    if c.status == "ended" {
-        return Err(ApiError::new(Code::ConsultEnded, "the consult has ended"));
-    }
-    Ok(c)
-}
-
 /// `POST /v1/scans`: creates a scan in `created`; the phone then streams it. With a
 /// `consult_id`, the scan is asked for inside that consult: the room records
 /// `scan_requested` and the patient's app is sent `scan_request` (`docs/consults.md`).
@@ -90,25 +63,16 @@ pub async fn create(
     body: crate::http::Json<CreateScan>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
-    let site = body.body_site.into_inner();
-    let grant = state
-        .access
-        .patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(body.patient_id), "scan.create")
+    let (scan, consult) = state
+        .scans
+        .create(
+            &auth::caller_of(&req, &state, &who),
+            PatientId::from_uuid(body.patient_id),
+            body.body_site.into_inner(),
+            body.consult_id.map(ConsultId::from_uuid),
+            who.user_id,
+        )
         .await?;
-    state.access.require_scan_consent(grant).await?;
-    let consult = match body.consult_id {
-        Some(cid) => Some(scan_consult(&state, cid, body.patient_id).await?),
-        None => None,
-    };
-    let new = NewScan {
-        id: Uuid::now_v7(),
-        patient_id: body.patient_id,
-        consult_id: body.consult_id,
-        body_site: site,
-        created_by: who.user_id.as_uuid(),
-        at: state.clock.now(),
-    };
-    let scan = scans::insert(&state.stores.pg, &new).await?;
     auth::audit(
         &state,
         &req,
@@ -135,7 +99,8 @@ pub async fn get(
     who: Require<perm::ScansRead>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let scan = visible_scan(&state, &req, &who, id.into_inner(), "scan.read").await?;
+    let caller = auth::caller_of(&req, &state, &who);
+    let scan = state.scans.visible(&caller, ScanId::from_uuid(id.into_inner()), "scan.read").await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.read", "success").target("scan", scan.id)).await?;
     Ok(HttpResponse::Ok().json(scan))
 }
@@ -153,8 +118,8 @@ pub async fn list_for_patient(
     let patient_id = id.into_inner();
     let query: ListQuery = crate::http::input::query(&req)?;
     let limit = query.limit.map_or(50, |l| l.get());
-    state.access.patient(&auth::caller_of(&req, &state, &who), PatientId::from_uuid(patient_id), "scan.list").await?;
-    let list = scans::list_for_patient(&state.stores.pg, patient_id, limit).await?;
+    let caller = auth::caller_of(&req, &state, &who);
+    let list = state.scans.list_for_patient(&caller, PatientId::from_uuid(patient_id), limit).await?;
     auth::audit(
         &state,
         &req,

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use super::identity::{Principal, Role};
 use crate::consults::{Consult, CHECK_IN_OPENS_BEFORE};
-use crate::error::{ApiError, DomainError, StorageError};
+use crate::error::{DomainError, StorageError};
 
 /// Why a consult was refused.
 #[derive(Debug, thiserror::Error)]
@@ -22,10 +22,6 @@ pub enum ConsultError {
     CheckInTooEarly,
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// Transitional: `crate::consults` still answers in the HTTP envelope; its code and
-    /// message pass through unchanged until it returns an error of its own.
-    #[error("{}", .0.message)]
-    Store(ApiError),
 }
 
 impl From<sqlx::Error> for ConsultError {
@@ -40,26 +36,11 @@ impl ErrorCode for ConsultError {
             Self::NotFound => Code::NotFound,
             Self::CheckInTooEarly => Code::CheckInTooEarly,
             Self::Storage(e) => e.code(),
-            Self::Store(e) => e.code,
         }
     }
 }
 
-impl DomainError for ConsultError {
-    fn field(&self) -> Option<&str> {
-        match self {
-            Self::Store(e) => e.field.as_deref(),
-            _ => None,
-        }
-    }
-
-    fn retry_after(&self) -> Option<u64> {
-        match self {
-            Self::Store(e) => e.retry_after,
-            _ => None,
-        }
-    }
-}
+impl DomainError for ConsultError {}
 
 /// A consult the caller may see, and their part in it.
 #[derive(Debug, Clone)]
@@ -87,10 +68,7 @@ impl Consults {
     /// The consult if the caller has any part in it (host, its patient, a participant); else
     /// [`ConsultError::NotFound`], as for a consult that does not exist.
     pub async fn visible(&self, who: &Principal, id: ConsultId) -> Result<VisibleConsult, ConsultError> {
-        let consult = crate::consults::load(&self.pg, id.as_uuid())
-            .await
-            .map_err(ConsultError::Store)?
-            .ok_or(ConsultError::NotFound)?;
+        let consult = crate::consults::load(&self.pg, id.as_uuid()).await?.ok_or(ConsultError::NotFound)?;
         if Self::is_host(who, &consult) {
             return Ok(VisibleConsult { consult, role: ParticipantRole::Host });
         }

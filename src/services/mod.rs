@@ -7,6 +7,7 @@
 pub mod access;
 pub mod consults;
 pub mod identity;
+pub mod scans;
 
 use crate::audit::AuditEvent;
 use identity::Principal;

@@ -26,7 +26,7 @@ use coherency_actors::metrics::SessionMetrics;
 use coherency_actors::reconstruction::ReconstructionPool;
 use coherency_actors::store::StoreKind;
 use coherency_actors::{CaptureConfig, CaptureDeps, CaptureError, CaptureRegistry};
-use coherency_protocol::ids::{PatientId, ScanId};
+use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{
     close, decode_client, encode_server, ClientMsg, DecodeError, ErrorMsg, Heartbeat, ServerMsg,
 };
@@ -102,18 +102,12 @@ pub(crate) async fn authorize_stream(
     auth::authorize(state, req, &who, Permission::ScansCreate).await?;
     let scan_uuid: Uuid = path.parse().map_err(|_| ApiError::not_found())?;
     tracing::Span::current().record("scan_id", tracing::field::display(scan_uuid));
-    let (patient_id, status) =
-        crate::store::scans::owner_and_status(&state.stores.pg, scan_uuid).await?.ok_or_else(ApiError::not_found)?;
-    let caller = auth::caller_of(req, state, &who);
-    let grant = state.access.patient(&caller, PatientId::from_uuid(patient_id), "scan.stream").await?;
-    state.access.require_scan_consent(grant).await?;
-    if matches!(status.as_str(), "failed" | "cancelled") {
-        return Err(ApiError::new(Code::ScanNotStreamable, "the scan failed or was cancelled"));
-    }
+    let scan_id = ScanId::from_uuid(scan_uuid);
+    state.scans.streamable(&auth::caller_of(req, state, &who), scan_id).await?;
     if state.lifecycle.is_draining() {
         return Err(ApiError::unavailable("the server is draining; reconnect"));
     }
-    Ok((who, ScanId::from_uuid(scan_uuid)))
+    Ok((who, scan_id))
 }
 
 /// What one read from a transport gave the pump.

@@ -8,7 +8,7 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Datelike, Months, NaiveDate, SecondsFormat, Utc};
-use coherency_protocol::ids::PatientId;
+use coherency_protocol::ids::{PatientId, ScanId};
 use coherency_protocol::Code;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -369,7 +369,7 @@ async fn scan_mesh(
     action: &str,
 ) -> Result<(crate::store::scans::ScanRecord, MeshKeys), ApiError> {
     let id = path_id(req, "id")?;
-    let scan = crate::http::scans::visible_scan(state, req, who, id, action).await?;
+    let scan = state.scans.visible(&auth::caller_of(req, state, who), ScanId::from_uuid(id), action).await?;
     let mesh =
         auto_mesh_keys(&state.stores.pg, id).await.map_err(ApiError::internal)?.ok_or_else(ApiError::not_found)?;
     Ok((scan, mesh))

@@ -2,7 +2,7 @@
 //! measurement written when reconstruction finishes, and every clinician re-measurement)
 //! and `POST /v1/scans/{id}/measurements` (re-measure with a clinician-drawn outline on a
 //! keyframe, from the stored frames: no re-streaming). Object access is the scan's
-//! (`crate::http::scans`): a scan the caller may not see answers 404. Audited.
+//! (`crate::services::scans`): a scan the caller may not see answers 404. Audited.
 
 pub mod fhir;
 
@@ -93,7 +93,8 @@ pub async fn list(
     who: Require<perm::ScansRead>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
+    let caller = auth::caller_of(&req, &state, &who);
+    let scan = state.scans.visible(&caller, ScanId::from_uuid(id.into_inner()), "scan.measurements.read").await?;
     let measurements = list_measurements(&state.stores.pg, scan.id).await?;
     auth::audit(
         &state,
@@ -128,7 +129,8 @@ pub async fn remeasure(
     // Access first (a caller who may not see the scan learns nothing from the body's
     // checks); then the static bound (the largest frame) before any frame is read; the
     // keyframe's own size is checked once it is read, before the other frames are read or fused.
-    let scan = crate::http::scans::visible_scan(&state, &req, &who, id.into_inner(), "scan.measurements.read").await?;
+    let caller = auth::caller_of(&req, &state, &who);
+    let scan = state.scans.visible(&caller, ScanId::from_uuid(id.into_inner()), "scan.measurements.read").await?;
     let body = body.parse()?;
     check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT)?;
     if !matches!(scan.status.as_str(), "processing" | "complete" | "failed") {
