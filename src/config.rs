@@ -157,6 +157,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "An idle connection between requests is closed after this long. 0: one request per connection.",
     },
     Setting {
+        key: "socket_recheck_secs",
+        default: "30",
+        help: "How often an open socket re-checks its session in the database (a backstop to the revocation bus; 1–3600). A consult or scan socket whose client is active also keeps its session from going idle at this pace.",
+    },
+    Setting {
         key: "max_header_bytes",
         default: "32768",
         help: "Largest request line plus headers accepted (1024–65536). Over it: `431 headers_too_large`, connection closed.",
@@ -313,6 +318,7 @@ pub struct Config {
     pub client_body_min_rate: u64,
     pub client_disconnect_timeout_ms: u64,
     pub keep_alive_secs: u64,
+    pub socket_recheck_secs: u64,
     pub max_header_bytes: usize,
     pub connections_per_address: usize,
     pub shutdown_grace_secs: u64,
@@ -369,6 +375,7 @@ impl Default for Config {
             client_body_min_rate: 16 * 1024,
             client_disconnect_timeout_ms: 1000,
             keep_alive_secs: 5,
+            socket_recheck_secs: 30,
             max_header_bytes: 32 * 1024,
             connections_per_address: 256,
             shutdown_grace_secs: 30,
@@ -499,6 +506,9 @@ impl Config {
         }
         if self.keep_alive_secs > 3600 {
             return Err(Self::invalid("keep_alive_secs", "must be at most 3600"));
+        }
+        if !(1..=3600).contains(&self.socket_recheck_secs) {
+            return Err(Self::invalid("socket_recheck_secs", "must be 1–3600"));
         }
         // The HTTP/1 parser itself refuses heads over 128 KiB with a bare 431; staying well
         // under it means every oversized head is answered by the guard, with the envelope.
@@ -799,6 +809,7 @@ mod tests {
                 | "client_body_min_rate"
                 | "client_disconnect_timeout_ms"
                 | "keep_alive_secs"
+                | "socket_recheck_secs"
                 | "max_header_bytes"
                 | "connections_per_address"
                 | "shutdown_grace_secs"

@@ -30,9 +30,14 @@ pub fn caller_of(req: &HttpRequest, state: &AppState, who: &Principal) -> Caller
     Caller { who: who.clone(), ip, request_id }
 }
 
-/// The principal of a live session, for sockets that re-check theirs while open.
-pub async fn session_principal(state: &AppState, session: SessionId) -> Result<Principal, ApiError> {
-    Ok(state.identity.principal_for_session(session).await?)
+/// The principal of a live session, for sockets that re-check theirs while open; `active`
+/// (a consult or scan socket whose client is at work) also keeps the session from idling.
+pub async fn session_principal(state: &AppState, session: SessionId, active: bool) -> Result<Principal, ApiError> {
+    if active {
+        Ok(state.identity.keep_alive(session).await?)
+    } else {
+        Ok(state.identity.principal_for_session(session).await?)
+    }
 }
 
 /// Facts about the request for the audit trail.

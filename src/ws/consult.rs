@@ -83,6 +83,12 @@ impl TextSocket for Signalling {
     const KIND: &'static str = "consult";
     type Out = Outbound;
 
+    /// A participant in a consult is in a call: the session lives as long as the socket
+    /// answers (up to the session's absolute limit).
+    fn keeps_session_alive(&self) -> bool {
+        true
+    }
+
     async fn outbound(&mut self) -> Option<Outbound> {
         self.rx.recv().await
     }

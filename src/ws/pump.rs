@@ -28,10 +28,9 @@ pub(crate) const HEARTBEAT: Duration = limits::HEARTBEAT_INTERVAL;
 pub(crate) const CLIENT_TIMEOUT: Duration = limits::HEARTBEAT_TIMEOUT;
 /// Time a socket that opens with a `hello` (the board, the scan stream) allows for it.
 pub(crate) const HELLO_TIMEOUT: Duration = limits::HELLO_TIMEOUT;
-/// How often the session behind a socket is re-checked in the database: a backstop to the
-/// revocation bus, which closes sockets at once but misses what is published while a node's
-/// subscription is reconnecting.
-pub(crate) const RECHECK: Duration = Duration::from_secs(30);
+// How often the session behind a socket is re-checked in the database (a backstop to the
+// revocation bus, which closes sockets at once but misses what is published while a node's
+// subscription is reconnecting) is the `socket_recheck_secs` setting, 30 s by default.
 /// Close code for "going away": the node drains, the client fell silent, the actor left.
 pub(crate) const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -86,6 +85,14 @@ pub(crate) trait TextSocket {
     /// start when it does.
     fn is_open(&self) -> bool {
         true
+    }
+
+    /// Whether a client that keeps answering on this socket is at work, so that its session
+    /// must not go idle while the socket is open (a call in a consult: the media flows
+    /// elsewhere, and the page may make no request for the whole call). Listening sockets
+    /// (the event socket, the board) say no: an unattended tab still times out.
+    fn keeps_session_alive(&self) -> bool {
+        false
     }
 
     /// The handshake did not complete in time.
@@ -187,7 +194,9 @@ async fn run<S: TextSocket>(
     // An open socket pings at once (a client sees the heartbeat from the start); a socket in
     // its handshake starts both timers when the handshake completes.
     let mut beat = tokio::time::interval(HEARTBEAT);
-    let mut recheck = tokio::time::interval(RECHECK);
+    let mut recheck = tokio::time::interval(Duration::from_secs(state.config.socket_recheck_secs));
+    // The client was heard since the last re-check.
+    let mut heard = false;
     recheck.reset();
     let mut open = socket.is_open();
     loop {
@@ -195,6 +204,7 @@ async fn run<S: TextSocket>(
             out = socket.outbound() => socket.forward(session, out).await?,
             m = messages.recv() => {
                 last_heard = Instant::now();
+                heard = true;
                 match m {
                     Some(Ok(AggregatedMessage::Text(t))) => socket.text(session, &t).await?,
                     Some(Ok(AggregatedMessage::Binary(_))) => socket.binary()?,
@@ -219,7 +229,8 @@ async fn run<S: TextSocket>(
                 }
             }
             _ = recheck.tick(), if open => {
-                if let Err(e) = crate::auth::session_principal(state, session_id).await {
+                let active = std::mem::take(&mut heard) && socket.keeps_session_alive();
+                if let Err(e) = crate::auth::session_principal(state, session_id, active).await {
                     // A database hiccup is not a reason to drop the client; a dead session is.
                     if matches!(e.code, Code::TokenRevoked | Code::TokenExpired | Code::Unauthenticated) {
                         return Err(socket.session_ended(e.code));

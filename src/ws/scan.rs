@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::pump::{CLIENT_TIMEOUT, HEARTBEAT, HELLO_TIMEOUT, RECHECK};
+use super::pump::{CLIENT_TIMEOUT, HEARTBEAT, HELLO_TIMEOUT};
 use crate::audit::AuditEvent;
 use crate::auth::{self, Permission, Principal};
 use crate::clock::Clock;
@@ -338,8 +338,11 @@ impl<W: Wire> Pump<W> {
         let mut closing_since: Option<Instant> = if session_addr.is_none() { Some(Instant::now()) } else { None };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut recheck = tokio::time::interval(RECHECK);
+        let mut recheck = tokio::time::interval(Duration::from_secs(self.state.config.socket_recheck_secs));
         recheck.tick().await;
+        // Frames since the last session re-check: a phone streaming keeps its session from
+        // idling, as requests would.
+        let mut streamed = false;
         loop {
             let reading = pending.is_none() && closing_since.is_none();
             tokio::select! {
@@ -376,6 +379,7 @@ impl<W: Wire> Pump<W> {
                     let Some(addr) = session_addr.as_ref() else { continue };
                     match msg {
                         (ClientMsg::Frame(frame), raw) => {
+                            streamed = true;
                             pending = Some(Box::pin(addr.send(Frame { conn_id: self.conn_id, frame, raw })));
                         }
                         (ClientMsg::Finish(f), _) => {
@@ -418,7 +422,8 @@ impl<W: Wire> Pump<W> {
                     }
                 }
                 _ = recheck.tick() => {
-                    if let Err(e) = crate::auth::session_principal(&self.state, self.who.session_id).await {
+                    let active = std::mem::take(&mut streamed);
+                    if let Err(e) = crate::auth::session_principal(&self.state, self.who.session_id, active).await {
                         if matches!(e.code, Code::TokenRevoked | Code::TokenExpired | Code::Unauthenticated) {
                             return End::protocol(e.code, "the session has ended");
                         }

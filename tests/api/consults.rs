@@ -605,3 +605,33 @@ async fn a_scan_cannot_name_another_patients_or_an_ended_consult() {
     assert_eq!(res.status(), 409);
     assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "consult_ended");
 }
+
+/// A video call can outlast the session's idle timeout without one request from the page (the
+/// media flows elsewhere): while a participant's consult socket is heard from, its session
+/// re-checks keep the session alive. A session used for nothing still goes idle.
+#[actix_web::test]
+async fn a_call_longer_than_the_idle_timeout_keeps_the_session_of_a_participant_still_in_it() {
+    let app = spawn_app_with(|mut c| {
+        c.socket_recheck_secs = 1;
+        c
+    })
+    .await;
+    let s = setup(&app).await;
+    let unused = app.staff(Role::Clinician, true).await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    until(&mut pat, "welcome").await;
+    // Twenty minutes in steps of five: the client is heard in each, then re-checked.
+    for _ in 0..4 {
+        app.clock.advance(Duration::from_secs(5 * 60));
+        send(&mut pat, json!({"type": "ping"})).await;
+        until(&mut pat, "pong").await;
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+    }
+    assert_eq!(app.get_auth("/v1/me", &s.patient.token).await.status(), 200, "the participant is still signed in");
+    let res = app.get_auth("/v1/me", &unused.token).await;
+    assert_eq!(res.status(), 401, "a session used for nothing for 20 minutes has gone idle");
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "token_expired");
+    // The call itself is still up.
+    send(&mut pat, json!({"type": "ping"})).await;
+    until(&mut pat, "pong").await;
+}

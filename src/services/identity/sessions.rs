@@ -297,6 +297,24 @@ impl Identity {
         self.principal_for_session(session).await
     }
 
+    /// The re-check of a socket whose user is active on it (in a consult's call, streaming a
+    /// scan): the principal of the live session, which this also keeps from going idle, as a
+    /// request would. A session already idle or past its absolute limit is not revived.
+    pub async fn keep_alive(&self, session: SessionId) -> Result<Principal, IdentityError> {
+        let principal = self.principal_for_session(session).await?;
+        let now = self.clock.now();
+        sqlx::query!(
+            "UPDATE sessions SET last_seen_at = $2
+             WHERE id = $1 AND revoked_at IS NULL AND last_seen_at <= $3",
+            session.as_uuid(),
+            now,
+            now - TOUCH_EVERY,
+        )
+        .execute(&self.pg)
+        .await?;
+        Ok(principal)
+    }
+
     /// The principal of a live session (tickets and socket re-checks).
     pub async fn principal_for_session(&self, session: SessionId) -> Result<Principal, IdentityError> {
         let row = sqlx::query_as!(
