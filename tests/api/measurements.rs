@@ -398,7 +398,7 @@ async fn a_node_fuses_live_only_up_to_its_cap_and_measures_the_other_scans_at_fi
     assert!(peak(&seen_a) > 0.5, "A had the live preview: coverage peaked at {}", peak(&seen_a));
     assert!(!seen_b.is_empty() && peak(&seen_b) == 0.0, "B streamed without it: coverage peaked at {}", peak(&seen_b));
 
-    for (who, scan, fusion) in [(&pa, a, "live"), (&pb, b, "at_finish")] {
+    for (who, scan, route) in [(&pa, a, "live"), (&pb, b, "at_finish")] {
         let path = format!("/v1/scans/{scan}/measurements");
         let list: Value = eventually(Duration::from_secs(120), "automatic measurements", || async {
             let v: Value = app.get_auth(&path, &who.token).await.json().await.unwrap();
@@ -406,8 +406,14 @@ async fn a_node_fuses_live_only_up_to_its_cap_and_measures_the_other_scans_at_fi
             (v["status"] == "complete").then_some(v)
         })
         .await;
-        check(&list["measurements"][0], &truth, 0.035, 1.25, fusion);
+        check(&list["measurements"][0], &truth, 0.035, 1.25, route);
         let doc = crate::scan_stream::reconstruction_doc(&app, scan).await;
-        assert_eq!(doc.get_document("quality").unwrap().get_str("fusion").unwrap(), fusion);
+        let quality = doc.get_document("quality").unwrap();
+        // A live volume that fell behind (frames skipped on its full mailbox: the machine was
+        // busy) is fused again from the stored frames, by design; it says so, and only then
+        // may the scan with the live place be measured at finish.
+        let skipped = quality.get_i64("live_skipped_load").unwrap_or(0);
+        let expected = if route == "live" && skipped > 0 { "at_finish" } else { route };
+        assert_eq!(quality.get_str("fusion").unwrap(), expected, "{quality}");
     }
 }
