@@ -158,13 +158,7 @@ impl Identity {
             }
         };
         if now - row.last_seen_at >= TOUCH_EVERY {
-            sqlx::query!(
-                "UPDATE sessions SET last_seen_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-                principal.session_id.as_uuid(),
-                now,
-            )
-            .execute(&self.pg)
-            .await?;
+            self.touch(principal.session_id, now).await?;
         }
         Ok(principal)
     }
@@ -302,7 +296,13 @@ impl Identity {
     /// request would. A session already idle or past its absolute limit is not revived.
     pub async fn keep_alive(&self, session: SessionId) -> Result<Principal, IdentityError> {
         let principal = self.principal_for_session(session).await?;
-        let now = self.clock.now();
+        self.touch(session, self.clock.now()).await?;
+        Ok(principal)
+    }
+
+    /// Marks the session seen at `now`, unless it was within [`TOUCH_EVERY`] (one write per
+    /// session per interval, however many requests and sockets use it).
+    async fn touch(&self, session: SessionId, now: DateTime<Utc>) -> Result<(), IdentityError> {
         sqlx::query!(
             "UPDATE sessions SET last_seen_at = $2
              WHERE id = $1 AND revoked_at IS NULL AND last_seen_at <= $3",
@@ -312,7 +312,7 @@ impl Identity {
         )
         .execute(&self.pg)
         .await?;
-        Ok(principal)
+        Ok(())
     }
 
     /// The principal of a live session (tickets and socket re-checks).
