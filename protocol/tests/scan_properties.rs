@@ -52,7 +52,8 @@ prop_compose! {
         conf_max in 1u8..=255,
         fx in 1.0f32..2000.0,
         fy in 1.0f32..2000.0,
-        skew in -1.0f32..1.0,
+        // Within the accepted tolerance (a larger skew is an invalid frame).
+        skew_of_fx in -1e-3f32..1e-3,
         cxf in 0.0f32..=1.0,
         cyf in 0.0f32..=1.0,
         axis in prop::array::uniform3(-1.0f32..1.0),
@@ -79,7 +80,7 @@ prop_compose! {
             height: h,
             depth: DepthPlane::encode(fmt, comp, &metres),
             confidence: with_conf.then(|| ConfidencePlane::encode(conf_comp, conf_max, &conf)),
-            intrinsics: [fx, skew, cxf * w as f32, 0.0, fy, cyf * h as f32, 0.0, 0.0, 1.0],
+            intrinsics: [fx, skew_of_fx * fx, cxf * w as f32, 0.0, fy, cyf * h as f32, 0.0, 0.0, 1.0],
             pose: [
                 r[0][0], r[0][1], r[0][2], t[0],
                 r[1][0], r[1][1], r[1][2], t[1],

@@ -24,7 +24,7 @@ pub use codec::{DecodeError, CLIENT_TYPES, SERVER_TYPES};
 pub use plane::{
     quantise_metres, raw_depth_to_metres, Compression, ConfidencePlane, DepthFormat, DepthPlane, ZSTD_LEVEL,
 };
-pub use validate::ROTATION_TOLERANCE;
+pub use validate::{ROTATION_TOLERANCE, SKEW_TOLERANCE};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;

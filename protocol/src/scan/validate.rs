@@ -15,6 +15,13 @@ use crate::limits::{MAX_HEIGHT, MAX_JPEG_BYTES, MAX_WIDTH};
 /// or sheared matrix is far outside this.
 pub const ROTATION_TOLERANCE: f32 = 1e-2;
 
+/// Largest accepted skew `s` of the intrinsics, as a fraction of `fx`. Fusion casts
+/// separable rays (x from `u`, y from `v`), so skew cannot be honoured: `s` MUST be 0, and
+/// a value this small (float noise from a scaled or converted matrix: 1e-3·fx moves a pixel
+/// at the image edge by well under a tenth of a pixel on a 256-wide image) is accepted and
+/// ignored; anything larger is an `invalid_frame` rather than a silently wrong geometry.
+pub const SKEW_TOLERANCE: f32 = 1e-3;
+
 fn invalid(seq: u64, reason: impl Into<String>) -> DecodeError {
     DecodeError::InvalidFrame { seq, reason: reason.into() }
 }
@@ -88,6 +95,9 @@ fn check_intrinsics(seq: u64, k: &[f32; 9], width: u32, height: u32) -> Result<(
     }
     if k[0] <= 0.0 || k[4] <= 0.0 {
         return Err(invalid(seq, "focal lengths fx and fy must be positive"));
+    }
+    if k[1].abs() > SKEW_TOLERANCE * k[0] {
+        return Err(invalid(seq, "intrinsics skew s must be 0 (at most 1e-3·fx is accepted and ignored)"));
     }
     let (cx, cy) = (k[2], k[5]);
     if !(0.0..=width as f32).contains(&cx) || !(0.0..=height as f32).contains(&cy) {
@@ -181,6 +191,29 @@ pub(crate) fn unpack(
                 Ok(n) => Err(invalid(seq, format!("{what} plane decompresses to {n} bytes, expected {expected}"))),
                 Err(e) => Err(invalid(seq, format!("{what} plane does not decompress to {expected} bytes: {e}"))),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(fx: f32, s: f32) -> [f32; 9] {
+        [fx, s, 128.0, 0.0, fx, 96.0, 0.0, 0.0, 1.0]
+    }
+
+    #[test]
+    fn skew_up_to_a_thousandth_of_fx_is_accepted_and_more_is_an_invalid_frame() {
+        for (fx, s) in [(212.0, 0.0), (212.0, 0.212), (212.0, -0.212), (1500.0, 1.4)] {
+            assert!(check_intrinsics(7, &k(fx, s), 256, 192).is_ok(), "fx {fx}, s {s}");
+        }
+        for (fx, s) in [(212.0, 0.22), (212.0, -0.3), (212.0, 5.0), (1.0, 0.01)] {
+            let err = check_intrinsics(7, &k(fx, s), 256, 192).expect_err("refused");
+            assert!(
+                matches!(&err, DecodeError::InvalidFrame { seq: 7, reason } if reason.contains("skew")),
+                "fx {fx}, s {s}: {err}"
+            );
         }
     }
 }
