@@ -32,6 +32,10 @@ use crate::store::{
 
 /// Progress is sent while a frame arrived within this long.
 const FLOWING: std::time::Duration = std::time::Duration::from_secs(1);
+/// Longest wait at finish for live fusion to process the frames still queued, before the
+/// final `progress` goes out with the figures it has (a full mailbox is about 24 frames
+/// of fusion, well under this on an idle node).
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 struct Conn {
     id: ConnId,
@@ -371,7 +375,7 @@ impl CaptureSession {
             coverage: fusion.as_ref().map_or(0.0, |f| f.coverage),
             quality: self.live.quality.unwrap_or(0.0),
             valid_fraction: last.map_or(0.0, |v| v.depth.valid_fraction),
-            distance_m: last.and_then(|v| v.depth.median_m),
+            distance_m: last.and_then(|v| v.depth.region_median_m),
             pose_jump_m: last.and_then(|v| v.jump).map(|j| j.translation_mm / 1000.0),
             warnings,
         }
@@ -555,7 +559,7 @@ impl CaptureSession {
         ctx.spawn(mark.into_actor(self).map(move |res, act, ctx| {
             act.finalizing = false;
             match res {
-                Ok(()) => act.finish_stream(last),
+                Ok(()) => act.finish_stream(last, ctx),
                 Err(e) => {
                     tracing::error!(error = %e, "could not mark the scan processing");
                     if matches!(act.phase, SessionPhase::Finishing { .. }) {
@@ -569,10 +573,35 @@ impl CaptureSession {
         }));
     }
 
-    fn finish_stream(&mut self, last: u64) {
+    /// Every frame is durable and the scan is `processing`: acks the last frame, lets live
+    /// fusion process what is still queued (at most [`SETTLE_TIMEOUT`]), then sends the one
+    /// final `progress` (final fused count, coverage and guidance) and `finished`, and
+    /// starts the finish hook. The session stays `finalizing` meanwhile, so a handover
+    /// waits for the hook to start.
+    fn finish_stream(&mut self, last: u64, ctx: &mut Context<Self>) {
         self.phase = SessionPhase::Finished;
         self.status = Some(ScanStatus::Processing);
         self.send(ServerMsg::Ack(Ack { up_to: last }));
+        self.finalizing = true;
+        let fusion = self.fusion.clone();
+        let settle = async move {
+            if let Some(f) = fusion {
+                if tokio::time::timeout(SETTLE_TIMEOUT, f.settle()).await.is_err() {
+                    tracing::debug!("live fusion did not settle in time; final progress from the latest figures");
+                }
+            }
+        };
+        ctx.spawn(settle.into_actor(self).map(move |(), act, ctx| {
+            act.finalizing = false;
+            act.end_stream(last);
+            act.check_handed_over(ctx);
+        }));
+    }
+
+    fn end_stream(&mut self, last: u64) {
+        let p = self.progress();
+        self.deps.observer.progress(self.scan_id, &p);
+        self.send(ServerMsg::Progress(p));
         self.send(ServerMsg::Finished(self.finished_msg()));
         if let Some(conn) = self.conn.take() {
             let _ = conn.outbox.try_send(Outbound::Close(close::NORMAL));

@@ -166,6 +166,14 @@ impl LiveScan {
         lock(&self.shared.progress).clone()
     }
 
+    /// The figures once every frame pushed so far has been processed, with the coverage
+    /// recomputed: the scan's final progress (the session sends it before `finished`).
+    /// Frames still queued are fused first, so this waits up to a full mailbox of fusion
+    /// work; callers bound the wait. `None` when the actor has stopped.
+    pub async fn settle(&self) -> Option<LiveProgress> {
+        self.addr.send(Settle).await.ok()
+    }
+
     /// Push → fused latencies of the frames processed so far (fused or rejected by the
     /// quality gate; frames skipped on a full mailbox are not in it, see `skipped_load`).
     pub fn fuse_lag(&self) -> FuseLag {
@@ -243,7 +251,7 @@ impl Handler<FuseFrame> for Reconstruction {
         let lag = pushed.elapsed();
         // Published before it counts as processed: whoever sees the frame counted (a test, the
         // benchmark) sees its figures too.
-        self.publish(skipped);
+        self.publish(skipped, false);
         lock(&self.shared.lag).record(lag);
         self.since_yield += 1;
         if self.since_yield >= BATCH {
@@ -278,11 +286,12 @@ impl Reconstruction {
         }
     }
 
-    fn publish(&mut self, skipped: u64) {
+    /// Publishes the figures; the coverage only every [`COVERAGE_EVERY`] unless `force`.
+    fn publish(&mut self, skipped: u64, force: bool) {
         let Some(fusion) = self.fusion.as_ref() else { return };
         let now = Instant::now();
         let mut coverage = None;
-        if self.last_coverage.is_none_or(|t| now.duration_since(t) >= COVERAGE_EVERY) {
+        if force || self.last_coverage.is_none_or(|t| now.duration_since(t) >= COVERAGE_EVERY) {
             if let Some(c) = fusion.live_coverage() {
                 coverage = Some(c as f32);
                 self.last_coverage = Some(now);
@@ -331,6 +340,24 @@ fn recent_warnings(rejected: &[(u64, &'static str)], last_seq: u64) -> Vec<&'sta
         }
     }
     out
+}
+
+/// Publishes the final figures ([`LiveScan::settle`]); the mailbox is first in, first out,
+/// so every frame pushed before has been processed.
+struct Settle;
+
+impl Message for Settle {
+    type Result = LiveProgress;
+}
+
+impl Handler<Settle> for Reconstruction {
+    type Result = MessageResult<Settle>;
+
+    fn handle(&mut self, _: Settle, _: &mut Context<Self>) -> Self::Result {
+        let skipped = self.shared.skipped.load(Ordering::Acquire);
+        self.publish(skipped, true);
+        MessageResult(lock(&self.shared.progress).clone())
+    }
 }
 
 /// Hands out the live fusion ([`LiveScan::take`]).
