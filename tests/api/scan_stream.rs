@@ -685,3 +685,244 @@ async fn quality_records_lost_before_finish_are_rebuilt_from_the_stored_frames()
     let doc = reconstruction_doc(&app, scan).await;
     assert_eq!(doc.get_document("inputs").unwrap().get_i64("quality_rebuilt").unwrap(), 100);
 }
+
+// ---------------------------------------------------------------------------------------
+// capture quality and the settled corners of the spec (docs/capture-quality.md)
+// ---------------------------------------------------------------------------------------
+
+/// A heel-sized body part (an ellipsoid of 45 × 35 × 40 mm semi-axes around the world
+/// origin) on a floor 0.9 m below the camera, seen from 0.25 m along an arc of ±30° over its
+/// top, in `n` frames of 256×192 (`u16_0.1mm`, zstd). The heel fills about a tenth of each
+/// frame; the floor is the rest.
+fn heel_on_the_floor(n: u64) -> Vec<DepthFrame> {
+    use coherency_recon::{Intrinsics, Pose, Vec3};
+    let k = Intrinsics::iphone_256x192();
+    let semi = Vec3::new(0.045, 0.035, 0.04);
+    let floor_z = semi.z + 0.25 - 0.9;
+    let hit = |o: Vec3, d: Vec3| -> f32 {
+        let (os, ds) =
+            (Vec3::new(o.x / semi.x, o.y / semi.y, o.z / semi.z), Vec3::new(d.x / semi.x, d.y / semi.y, d.z / semi.z));
+        let (a, b, c) = (ds.dot(ds), 2.0 * os.dot(ds), os.dot(os) - 1.0);
+        let disc = b * b - 4.0 * a * c;
+        let heel = (disc >= 0.0).then(|| (-b - disc.sqrt()) / (2.0 * a)).filter(|t| *t > 0.0);
+        let floor = ((floor_z - o.z) / d.z).max(0.0);
+        heel.map_or(floor, |t| t.min(floor)) as f32
+    };
+    (1..=n)
+        .map(|seq| {
+            let tilt = (-30.0 + 60.0 * (seq - 1) as f64 / (n - 1).max(1) as f64).to_radians();
+            let top = Vec3::new(0.0, 0.0, semi.z);
+            let eye = top + Vec3::new(0.25 * tilt.sin(), 0.0, 0.25 * tilt.cos());
+            let pose = Pose::look_at(eye, top, Vec3::new(0.0, 1.0, 0.0));
+            let metres: Vec<f32> = (0..k.height)
+                .flat_map(|j| (0..k.width).map(move |i| (i, j)))
+                .map(|(i, j)| hit(eye, pose.rotate(k.ray(f64::from(i), f64::from(j)))))
+                .collect();
+            DepthFrame {
+                seq,
+                captured_at_us: captured_at_us(seq),
+                width: k.width,
+                height: k.height,
+                depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &metres),
+                confidence: None,
+                intrinsics: k.to_row_major_f32(),
+                pose: pose.to_row_major_f32(),
+                colour_jpeg: None,
+            }
+        })
+        .collect()
+}
+
+/// A heel or a finger fills little of the frame and the floor behind it sets the frame's
+/// median depth: the gate judges the wound region instead, so the scan is fused and completes
+/// (it failed with "no frame passed the quality gate" when the whole frame was judged).
+#[actix_web::test]
+async fn a_small_body_part_with_the_floor_behind_it_is_fused_and_the_scan_completes() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let frames = heel_on_the_floor(40);
+    for f in &frames {
+        let m = f.depth_metres().unwrap();
+        let mut valid: Vec<f32> = m.into_iter().filter(|d| *d > 0.0).collect();
+        let mid = valid.len() / 2;
+        let whole_median = *valid.select_nth_unstable_by(mid, f32::total_cmp).1;
+        assert!(whole_median > 0.5, "frame {}: the floor sets the whole frame's median ({whole_median} m)", f.seq);
+    }
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    let mut events = client.take_events().unwrap();
+    for f in frames {
+        client.send_frame(f).await.unwrap();
+    }
+    assert_eq!(client.finish().await.unwrap().last_seq, 40);
+    let status = eventually(Duration::from_secs(60), "scan processed", || async {
+        let s = scan_status(&app, scan).await;
+        (s != "processing" && s != "streaming").then_some(s)
+    })
+    .await;
+    assert_eq!(status, "complete");
+    let doc = reconstruction_doc(&app, scan).await;
+    let quality = doc.get_document("quality").unwrap();
+    let fused = quality.get_i64("frames_fused").unwrap();
+    assert!(fused >= 35, "the heel's frames are fused: {fused} of 40; rejected {:?}", quality.get("frames_rejected"));
+    // The phone was told the distance to the heel, not to the floor.
+    let mut distances = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        if let ClientEvent::Progress(p) = ev {
+            assert!(!p.warnings.iter().any(|w| w == "too_far"), "{p:?}");
+            distances.extend(p.distance_m);
+        }
+    }
+    assert!(!distances.is_empty() && distances.iter().all(|d| (0.2..0.3).contains(d)), "{distances:?}");
+}
+
+fn hello_with(scan: ScanId, resume_from: Option<u64>) -> Message {
+    Message::Binary(
+        encode_client(&ClientMsg::Hello(Hello { version: 1, scan_id: scan, resume_from, agent: None })).into(),
+    )
+}
+
+async fn next_msg(ws: &mut Raw) -> ServerMsg {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a message in time");
+        if let Some(Ok(Message::Binary(b))) = m {
+            return decode_server(&b).expect("server message decodes");
+        }
+        assert!(matches!(m, Some(Ok(_))), "the socket ended: {m:?}");
+    }
+}
+
+async fn welcome_for(app: &TestApp, user: &User, scan: ScanId, resume_from: Option<u64>) -> (Raw, ServerMsg) {
+    let mut ws = raw_connect(app, &user.token, scan).await;
+    ws.send(hello_with(scan, resume_from)).await.unwrap();
+    let welcome = next_msg(&mut ws).await;
+    (ws, welcome)
+}
+
+/// `hello.resume` 0 and absent mean the same, before any frame and after some: the resume
+/// position is advisory and `welcome` says where the stream continues.
+#[actix_web::test]
+async fn a_resume_position_of_0_is_the_same_as_none() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let (ws, zero) = welcome_for(&app, &patient, scan, Some(0)).await;
+    drop(ws);
+    let (ws, absent) = welcome_for(&app, &patient, scan, None).await;
+    drop(ws);
+    assert_eq!(zero, absent);
+    let ServerMsg::Welcome(w) = &zero else { panic!("expected welcome, got {zero:?}") };
+    assert_eq!((w.acked, w.next), (0, 1));
+    let mut client = ScanStreamClient::connect_with(config(&app, &patient, scan)).await.unwrap();
+    stream(&mut client, 1, 3).await;
+    eventually(Duration::from_secs(10), "three frames durable", || async {
+        let acked: i64 = sqlx::query_scalar!("SELECT acked_seq FROM scans WHERE id = $1", scan.as_uuid())
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+        (acked == 3).then_some(())
+    })
+    .await;
+    let (ws, zero) = welcome_for(&app, &patient, scan, Some(0)).await;
+    drop(ws);
+    let (mut ws, absent) = welcome_for(&app, &patient, scan, None).await;
+    assert_eq!(zero, absent);
+    let ServerMsg::Welcome(w) = &zero else { panic!("expected welcome, got {zero:?}") };
+    assert_eq!((w.acked, w.next), (3, 4));
+    // The stream goes on from there.
+    ws.send(Message::Binary(frame_bytes(4).into())).await.unwrap();
+    ws.send(Message::Binary(
+        encode_client(&ClientMsg::Finish(coherency_protocol::scan::Finish { last_seq: 4 })).into(),
+    ))
+    .await
+    .unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert!(matches!(msgs.last(), Some(ServerMsg::Finished(f)) if f.last_seq == 4), "{msgs:?}");
+    assert_eq!(code, Some(1000));
+}
+
+/// The last message before `finished` is one final `progress` with every frame received and
+/// the final fused count, the one the reconstruction records.
+#[actix_web::test]
+async fn the_final_progress_comes_right_before_finished_with_the_final_figures() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut ws = welcomed(&app, &patient, scan).await;
+    for seq in 1..=30 {
+        ws.send(Message::Binary(frame_bytes(seq).into())).await.unwrap();
+    }
+    ws.send(Message::Binary(
+        encode_client(&ClientMsg::Finish(coherency_protocol::scan::Finish { last_seq: 30 })).into(),
+    ))
+    .await
+    .unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(code, Some(1000));
+    let n = msgs.len();
+    assert!(n >= 3, "{msgs:?}");
+    let ServerMsg::Finished(fin) = &msgs[n - 1] else { panic!("finished last: {msgs:?}") };
+    assert_eq!(fin.last_seq, 30);
+    let ServerMsg::Progress(last) = &msgs[n - 2] else { panic!("a progress right before finished: {msgs:?}") };
+    assert!(matches!(msgs[n - 3], ServerMsg::Ack(a) if a.up_to == 30), "the last ack before it: {msgs:?}");
+    assert_eq!(last.frames_received, 30);
+    eventually(Duration::from_secs(60), "scan complete", || async {
+        (scan_status(&app, scan).await == "complete").then_some(())
+    })
+    .await;
+    let doc = reconstruction_doc(&app, scan).await;
+    let quality = doc.get_document("quality").unwrap();
+    let fused = quality.get_i64("frames_fused").unwrap() as u64;
+    // The camera moves 0.5 mm a frame: frame selection keeps about every other one.
+    assert!((10..30).contains(&fused), "{fused} fused of 30");
+    if quality.get_str("fusion").unwrap() == "live" {
+        assert_eq!(last.frames_fused, fused, "{last:?}");
+        assert!(last.coverage > 0.0, "{last:?}");
+    } else {
+        // Live fusion skipped frames under load and the stored frames were fused at finish.
+        assert!(last.frames_fused <= fused, "{last:?}");
+    }
+}
+
+/// `ts` going backwards is not an error: the frames are stored and the scan finishes.
+#[actix_web::test]
+async fn capture_times_going_backwards_are_accepted() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut ws = welcomed(&app, &patient, scan).await;
+    for seq in 1..=6u64 {
+        let mut f = frame(seq);
+        f.captured_at_us = captured_at_us(10 - seq);
+        ws.send(Message::Binary(encode_client(&ClientMsg::Frame(Box::new(f))).into())).await.unwrap();
+    }
+    ws.send(Message::Binary(
+        encode_client(&ClientMsg::Finish(coherency_protocol::scan::Finish { last_seq: 6 })).into(),
+    ))
+    .await
+    .unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs), None, "{msgs:?}");
+    assert!(matches!(msgs.last(), Some(ServerMsg::Finished(f)) if f.frames == 6), "{msgs:?}");
+    assert_eq!(code, Some(1000));
+    let stored: Vec<i64> = sqlx::query_scalar("SELECT captured_us FROM scan_frames WHERE scan_id = $1 ORDER BY seq")
+        .bind(scan.as_uuid())
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(stored, (1..=6).map(|s| captured_at_us(10 - s) as i64).collect::<Vec<_>>());
+}
+
+/// A skew within rounding of 0 is accepted and ignored; a real skew is an invalid frame.
+#[actix_web::test]
+async fn a_skewed_camera_is_an_invalid_frame_and_a_rounding_skew_is_ignored() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut ws = welcomed(&app, &patient, scan).await;
+    let mut f = frame(1);
+    f.intrinsics[1] = 0.001 * f.intrinsics[0];
+    ws.send(Message::Binary(encode_client(&ClientMsg::Frame(Box::new(f))).into())).await.unwrap();
+    let mut f = frame(2);
+    f.intrinsics[1] = 0.01 * f.intrinsics[0];
+    ws.send(Message::Binary(encode_client(&ClientMsg::Frame(Box::new(f))).into())).await.unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(error_code(&msgs).map(|e| (e.0, e.1)), Some(("invalid_frame".into(), Some(2))), "{msgs:?}");
+    assert_eq!(code, Some(1008));
+    assert!(msgs.iter().any(|m| matches!(m, ServerMsg::Ack(a) if a.up_to == 1)), "frame 1 is stored: {msgs:?}");
+}
