@@ -489,8 +489,11 @@ async fn a_scan_the_automatic_measurement_fails_on_says_why_serves_its_mesh_and_
     assert_eq!((key["width"].as_u64(), key["height"].as_u64()), (Some(256), Some(192)));
     let k: Vec<f64> = serde_json::from_value(key["k"].clone()).unwrap();
     let pose: Vec<f64> = serde_json::from_value(key["pose"].clone()).unwrap();
-    assert_eq!(k, sent.intrinsics.to_row_major_f32().map(f64::from).to_vec(), "the camera as sent");
-    assert_eq!(pose, sent.pose.to_row_major_f32().map(f64::from).to_vec(), "the pose as sent");
+    // As sent (f32 on the wire; JSON numbers to within float parsing).
+    let same =
+        |a: &[f64], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - f64::from(*y)).abs() <= 1e-7);
+    assert!(same(&k, &sent.intrinsics.to_row_major_f32()), "the camera as sent: {k:?}");
+    assert!(same(&pose, &sent.pose.to_row_major_f32()), "the pose as sent: {pose:?}");
     // The whole true outline is inside the suggested frame.
     let outline = phantom.outline_in_image(&sent.intrinsics, &rendered.true_poses[seq as usize - 1], 64);
     assert_eq!(outline.len(), 64);

@@ -349,7 +349,9 @@ async function scanPage(id) {
         el('p', { class: 'muted', text: m ? 'A clinician drew the outline.' : 'A clinician can draw the outline on the scan.' }))
       : null;
     const tool = el('div', { 'data-testid': 'outline-tool' });
-    const draw = needsOutline && outcome.mesh && outcome.suggested_keyframe
+    // Drawing needs `scans:measure` (clinicians and admins); patients see the reason only.
+    const mayMeasure = (auth.user?.role || 'patient') !== 'patient';
+    const draw = needsOutline && outcome.mesh && outcome.suggested_keyframe && mayMeasure
       ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: 'Draw the outline' })
       : null;
     side.replaceChildren(
