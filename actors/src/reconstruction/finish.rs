@@ -551,7 +551,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
             // `needs_outline`, with its mesh, the reason and a suggested keyframe, so a
             // clinician can draw the outline.
             let reason = failure_reason(&e);
-            let keyframe = recon.suggested_keyframe(scan_id, &fused).await;
+            let keyframe = recon.suggested_keyframe(scan_id, &fused).await.map(Box::new);
             doc.insert("status".into(), json!("complete"));
             doc.insert("outcome".into(), json!("needs_outline"));
             doc.insert("measurement_error".into(), json!(e.to_string()));

@@ -175,7 +175,7 @@ pub enum ReconOutcome {
     Measured,
     /// The surface was built but the automatic measurement failed: a clinician should draw
     /// the outline, on `keyframe` if one could be suggested.
-    NeedsOutline { reason: FailureReason, keyframe: Option<SuggestedKeyframe> },
+    NeedsOutline { reason: FailureReason, keyframe: Option<Box<SuggestedKeyframe>> },
 }
 
 impl ReconOutcome {
