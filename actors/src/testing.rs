@@ -15,7 +15,7 @@ use coherency_protocol::ids::ScanId;
 use sha2::{Digest, Sha256};
 
 use crate::reconstruction::{
-    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
+    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, ReconOutcome,
     ReconstructionDoc, ReconstructionSink, StoredMesh,
 };
 use crate::store::{
@@ -447,6 +447,11 @@ impl ReconstructionSink for MemReconstructionSink {
     async fn write_reconstruction(&self, r: &NewReconstruction) -> Result<(), StoreError> {
         self.faults.check().await?;
         let mut inner = lock(&self.inner);
+        if matches!(r.outcome, ReconOutcome::NeedsOutline { .. }) {
+            inner
+                .measurements
+                .retain(|m| !(m.measurement.scan_id == r.scan_id && m.measurement.method == MeasureMethod::Auto));
+        }
         let e = inner.reconstructions.entry(r.scan_id).or_insert_with(|| (r.clone(), 0));
         e.0 = r.clone();
         e.1 += 1;

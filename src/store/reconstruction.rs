@@ -121,7 +121,9 @@ impl ReconstructionSink for StoreReconstructionSink {
 }
 
 /// Stores a scan's reconstruction outcome and mesh, replacing an earlier one (a re-run of
-/// the finish converges on one row).
+/// the finish converges on one row). A `needs_outline` outcome removes an automatic
+/// measurement an earlier run stored, in the same transaction, so the outcome and the
+/// measurements never disagree.
 pub async fn upsert_outcome(pg: &PgPool, r: &NewReconstruction, at: DateTime<Utc>) -> Result<(), StoreError> {
     let (reason_code, reason, keyframe) = match &r.outcome {
         ReconOutcome::Measured => (None, None, None),
@@ -132,6 +134,13 @@ pub async fn upsert_outcome(pg: &PgPool, r: &NewReconstruction, at: DateTime<Utc
         ),
     };
     let m = &r.mesh;
+    let mut tx = pg.begin().await.map_err(|e| pg_error(&e))?;
+    if matches!(r.outcome, ReconOutcome::NeedsOutline { .. }) {
+        sqlx::query!("DELETE FROM scan_measurements WHERE scan_id = $1 AND method = 'auto'", r.scan_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| pg_error(&e))?;
+    }
     sqlx::query!(
         "INSERT INTO scan_reconstructions (scan_id, outcome, reason_code, reason, suggested_keyframe,
                 mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_at)
@@ -153,10 +162,10 @@ pub async fn upsert_outcome(pg: &PgPool, r: &NewReconstruction, at: DateTime<Utc
         m.glb_sha256,
         at,
     )
-    .execute(pg)
+    .execute(&mut *tx)
     .await
     .map_err(|e| pg_error(&e))?;
-    Ok(())
+    tx.commit().await.map_err(|e| pg_error(&e))
 }
 
 /// A scan's stored reconstruction outcome.

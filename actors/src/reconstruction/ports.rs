@@ -222,7 +222,8 @@ pub trait ReconstructionSink: Send + Sync + 'static {
     /// replaced, never duplicated, when written again.
     async fn write_measurement(&self, m: &NewMeasurement) -> Result<Uuid, StoreError>;
 
-    /// Stores the scan's reconstruction outcome and mesh, replacing an earlier one.
+    /// Stores the scan's reconstruction outcome and mesh, replacing an earlier one; a
+    /// `needs_outline` outcome removes an automatic measurement an earlier run stored.
     async fn write_reconstruction(&self, r: &NewReconstruction) -> Result<(), StoreError>;
 
     /// The scan's mesh as its reconstruction stored it (measured or not), if any.
