@@ -334,15 +334,16 @@ impl Reconstructor {
         let raw =
             raw.map_err(|e| tracing::warn!(%scan_id, error = %e, "no keyframe suggested: frames not read")).ok()?;
         let rejected: HashSet<u64> = fused.rejected.iter().map(|&(seq, _)| seq).collect();
-        let mut cameras = Vec::new();
-        for (seq, msg) in raw {
-            if rejected.contains(&seq) {
-                continue;
-            }
-            if let Some(camera) = keyframe_camera(seq, &msg) {
-                cameras.push(camera);
-            }
-        }
+        // Decoding the messages is CPU work: off the I/O threads.
+        let decoded = tokio::task::spawn_blocking(move || {
+            raw.into_iter()
+                .filter(|(seq, _)| !rejected.contains(seq))
+                .filter_map(|(seq, msg)| keyframe_camera(seq, &msg))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut cameras =
+            decoded.map_err(|e| tracing::warn!(%scan_id, error = %e, "no keyframe suggested: decoding failed")).ok()?;
         let candidates: Vec<Candidate> = cameras.iter().map(|(c, _)| *c).collect();
         let normal = surface_normal(&fused.vol, fused.target).or_else(|| mean_view(&candidates, fused.target))?;
         let at = suggest(&candidates, fused.target, normal)?;
