@@ -15,8 +15,8 @@ use coherency_protocol::ids::ScanId;
 use sha2::{Digest, Sha256};
 
 use crate::reconstruction::{
-    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, ReconstructionDoc,
-    ReconstructionSink, StoredMesh,
+    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, ReconOutcome,
+    ReconstructionDoc, ReconstructionSink, StoredMesh,
 };
 use crate::store::{
     ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus,
@@ -377,6 +377,7 @@ struct SinkInner {
     meshes: BTreeMap<String, Bytes>,
     measurements: Vec<MemMeasurement>,
     documents: HashMap<ScanId, (ReconstructionDoc, u32)>,
+    reconstructions: HashMap<ScanId, (NewReconstruction, u32)>,
 }
 
 /// Where reconstructions store their results, in memory.
@@ -396,6 +397,11 @@ impl MemReconstructionSink {
     /// A scan's reconstruction document and how often it was written.
     pub fn document(&self, scan_id: ScanId) -> Option<(ReconstructionDoc, u32)> {
         lock(&self.inner).documents.get(&scan_id).cloned()
+    }
+
+    /// A scan's reconstruction outcome and how often it was written.
+    pub fn reconstruction(&self, scan_id: ScanId) -> Option<(NewReconstruction, u32)> {
+        lock(&self.inner).reconstructions.get(&scan_id).cloned()
     }
 
     /// The mesh stored at `key`.
@@ -438,13 +444,22 @@ impl ReconstructionSink for MemReconstructionSink {
         Ok(id)
     }
 
-    async fn auto_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError> {
-        let inner = lock(&self.inner);
-        Ok(inner
-            .measurements
-            .iter()
-            .find(|x| x.measurement.scan_id == scan_id && x.measurement.method == MeasureMethod::Auto)
-            .and_then(|x| x.measurement.mesh.clone()))
+    async fn write_reconstruction(&self, r: &NewReconstruction) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        let mut inner = lock(&self.inner);
+        if matches!(r.outcome, ReconOutcome::NeedsOutline { .. }) {
+            inner
+                .measurements
+                .retain(|m| !(m.measurement.scan_id == r.scan_id && m.measurement.method == MeasureMethod::Auto));
+        }
+        let e = inner.reconstructions.entry(r.scan_id).or_insert_with(|| (r.clone(), 0));
+        e.0 = r.clone();
+        e.1 += 1;
+        Ok(())
+    }
+
+    async fn reconstruction_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError> {
+        Ok(lock(&self.inner).reconstructions.get(&scan_id).map(|(r, _)| r.mesh.clone()))
     }
 
     async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError> {

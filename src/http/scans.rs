@@ -89,9 +89,19 @@ pub async fn create(
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/scans/{}", scan.id))).json(scan))
 }
 
+/// A scan with its reconstruction outcome (`GET /v1/scans/{id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ScanView {
+    #[serde(flatten)]
+    pub scan: ScanRecord,
+    /// What its reconstruction came to (`pending` until it is done; see
+    /// `GET /v1/scans/{id}/measurements`).
+    pub outcome: crate::http::measurements::ScanOutcome,
+}
+
 /// `GET /v1/scans/{id}`
 #[utoipa::path(get, path = "/v1/scans/{id}", tag = "scans", security(("bearer" = ["scans:read"])),
-    params(("id" = Uuid, Path)), responses((status = 200, body = ScanRecord), (status = 404)))]
+    params(("id" = Uuid, Path)), responses((status = 200, body = ScanView), (status = 404)))]
 #[tracing::instrument(skip_all)]
 pub async fn get(
     state: web::Data<AppState>,
@@ -101,8 +111,9 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let caller = auth::caller_of(&req, &state, &who);
     let scan = state.scans.visible(&caller, ScanId::from_uuid(id.into_inner()), "scan.read").await?;
+    let outcome = crate::http::measurements::outcome_of(&state, &scan).await?;
     auth::audit(&state, &req, Some(&who), AuditEvent::new("scan.read", "success").target("scan", scan.id)).await?;
-    Ok(HttpResponse::Ok().json(scan))
+    Ok(HttpResponse::Ok().json(ScanView { scan, outcome }))
 }
 
 /// `GET /v1/patients/{id}/scans`: the patient's scans, newest first.

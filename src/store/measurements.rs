@@ -118,28 +118,6 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The mesh of the scan's automatic measurement, if it has one.
-pub async fn auto_mesh_keys(pg: &PgPool, scan_id: Uuid) -> Result<Option<MeshKeys>, StoreError> {
-    // The blob keys and digests are written together (the finish step's mesh): the row
-    // that has a PLY key has the other three.
-    let row = sqlx::query!(
-        r#"SELECT mesh_ply_key AS "mesh_ply_key!", mesh_ply_sha256 AS "mesh_ply_sha256!",
-                  mesh_glb_key AS "mesh_glb_key!", mesh_glb_sha256 AS "mesh_glb_sha256!"
-             FROM scan_measurements
-            WHERE scan_id = $1 AND method = 'auto' AND mesh_ply_key IS NOT NULL"#,
-        scan_id,
-    )
-    .fetch_optional(pg)
-    .await
-    .map_err(|e| pg_error(&e))?;
-    Ok(row.map(|r| MeshKeys {
-        ply_key: r.mesh_ply_key,
-        ply_sha256: r.mesh_ply_sha256,
-        glb_key: r.mesh_glb_key,
-        glb_sha256: r.mesh_glb_sha256,
-    }))
-}
-
 /// A value and its uncertainty: the true value lies in `value ± uncertainty`.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct ValuePm {

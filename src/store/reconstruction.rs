@@ -3,7 +3,10 @@
 //! and its quality records from MongoDB; [`StoreReconstructionSink`] writes meshes to the
 //! blob store (`scans/{id}/mesh.ply|glb`), measurements to PostgreSQL
 //! (`scan_measurements`, see [`super::measurements`]) and one reconstruction document per
-//! scan to MongoDB ([`RECONSTRUCTIONS`]). [`reconstructor`] puts them together for a node.
+//! scan to MongoDB ([`RECONSTRUCTIONS`]), and each scan's reconstruction outcome and mesh to
+//! PostgreSQL (`scan_reconstructions`: `measured` or `needs_outline` with its reason and
+//! suggested keyframe; [`upsert_outcome`], [`outcome`], [`mesh_keys`]). [`reconstructor`]
+//! puts them together for a node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +15,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coherency_actors::reconstruction::{
-    FrameLocation, FrameReader, MeshFormat, MeshKeys, NewMeasurement, ReconstructionDoc, ReconstructionPool,
-    ReconstructionSink, Reconstructor, StoredMesh,
+    FrameLocation, FrameReader, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, ReconOutcome,
+    ReconstructionDoc, ReconstructionPool, ReconstructionSink, Reconstructor, StoredMesh, SuggestedKeyframe,
 };
 use coherency_actors::store::{QualitySink, ScanIndex, StoreError};
 use coherency_protocol::ids::ScanId;
@@ -22,7 +25,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::blob::BlobStore;
-use super::scans::{blob_error, mongo_error, PgScanIndex};
+use super::scans::{blob_error, mongo_error, pg_error, PgScanIndex};
 use crate::clock::Clock;
 
 /// The MongoDB collection holding one reconstruction document per scan.
@@ -90,8 +93,12 @@ impl ReconstructionSink for StoreReconstructionSink {
         super::measurements::insert(&self.pg, m, self.clock.now()).await
     }
 
-    async fn auto_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError> {
-        Ok(super::measurements::auto_mesh_keys(&self.pg, scan_id.as_uuid()).await?.map(|k| MeshKeys {
+    async fn write_reconstruction(&self, r: &NewReconstruction) -> Result<(), StoreError> {
+        upsert_outcome(&self.pg, r, self.clock.now()).await
+    }
+
+    async fn reconstruction_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError> {
+        Ok(mesh_keys(&self.pg, scan_id.as_uuid()).await?.map(|k| MeshKeys {
             ply_key: k.ply_key,
             ply_sha256: k.ply_sha256,
             glb_key: k.glb_key,
@@ -111,6 +118,109 @@ impl ReconstructionSink for StoreReconstructionSink {
         self.mongo.run_command(cmd).await.map_err(|e| mongo_error(&e))?;
         Ok(())
     }
+}
+
+/// Stores a scan's reconstruction outcome and mesh, replacing an earlier one (a re-run of
+/// the finish converges on one row). A `needs_outline` outcome removes an automatic
+/// measurement an earlier run stored, in the same transaction, so the outcome and the
+/// measurements never disagree.
+pub async fn upsert_outcome(pg: &PgPool, r: &NewReconstruction, at: DateTime<Utc>) -> Result<(), StoreError> {
+    let (reason_code, reason, keyframe) = match &r.outcome {
+        ReconOutcome::Measured => (None, None, None),
+        ReconOutcome::NeedsOutline { reason, keyframe } => (
+            Some(reason.code),
+            Some(reason.message.as_str()),
+            keyframe.as_ref().map(|k| serde_json::to_value(k).unwrap_or_default()),
+        ),
+    };
+    let m = &r.mesh;
+    let mut tx = pg.begin().await.map_err(|e| pg_error(&e))?;
+    if matches!(r.outcome, ReconOutcome::NeedsOutline { .. }) {
+        sqlx::query!("DELETE FROM scan_measurements WHERE scan_id = $1 AND method = 'auto'", r.scan_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| pg_error(&e))?;
+    }
+    sqlx::query!(
+        "INSERT INTO scan_reconstructions (scan_id, outcome, reason_code, reason, suggested_keyframe,
+                mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (scan_id) DO UPDATE SET
+            outcome = EXCLUDED.outcome, reason_code = EXCLUDED.reason_code, reason = EXCLUDED.reason,
+            suggested_keyframe = EXCLUDED.suggested_keyframe,
+            mesh_ply_key = EXCLUDED.mesh_ply_key, mesh_ply_sha256 = EXCLUDED.mesh_ply_sha256,
+            mesh_glb_key = EXCLUDED.mesh_glb_key, mesh_glb_sha256 = EXCLUDED.mesh_glb_sha256,
+            created_at = EXCLUDED.created_at",
+        r.scan_id.as_uuid(),
+        r.outcome.as_str(),
+        reason_code,
+        reason,
+        keyframe,
+        m.ply_key,
+        m.ply_sha256,
+        m.glb_key,
+        m.glb_sha256,
+        at,
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    tx.commit().await.map_err(|e| pg_error(&e))
+}
+
+/// A scan's stored reconstruction outcome.
+#[derive(Debug, Clone)]
+pub struct StoredOutcome {
+    /// `measured` or `needs_outline`.
+    pub outcome: String,
+    /// `needs_outline` only: the stable reason code and its words.
+    pub reason: Option<(String, String)>,
+    /// `needs_outline` only: the frame to draw the outline on (when one could be chosen).
+    pub suggested_keyframe: Option<SuggestedKeyframe>,
+    pub mesh: super::measurements::MeshKeys,
+}
+
+/// The scan's reconstruction outcome, if its reconstruction stored one.
+pub async fn outcome(pg: &PgPool, scan_id: Uuid) -> Result<Option<StoredOutcome>, StoreError> {
+    let row = sqlx::query!(
+        "SELECT outcome, reason_code, reason, suggested_keyframe,
+                mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256
+           FROM scan_reconstructions WHERE scan_id = $1",
+        scan_id,
+    )
+    .fetch_optional(pg)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    Ok(row.map(|r| StoredOutcome {
+        outcome: r.outcome,
+        reason: r.reason_code.zip(r.reason),
+        // A keyframe that no longer parses (never written so) is left out rather than failing the read.
+        suggested_keyframe: r.suggested_keyframe.and_then(|v| serde_json::from_value(v).ok()),
+        mesh: super::measurements::MeshKeys {
+            ply_key: r.mesh_ply_key,
+            ply_sha256: r.mesh_ply_sha256,
+            glb_key: r.mesh_glb_key,
+            glb_sha256: r.mesh_glb_sha256,
+        },
+    }))
+}
+
+/// The scan's mesh as its reconstruction stored it, measured or not.
+pub async fn mesh_keys(pg: &PgPool, scan_id: Uuid) -> Result<Option<super::measurements::MeshKeys>, StoreError> {
+    let row = sqlx::query!(
+        "SELECT mesh_ply_key, mesh_ply_sha256, mesh_glb_key, mesh_glb_sha256
+           FROM scan_reconstructions WHERE scan_id = $1",
+        scan_id,
+    )
+    .fetch_optional(pg)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    Ok(row.map(|r| super::measurements::MeshKeys {
+        ply_key: r.mesh_ply_key,
+        ply_sha256: r.mesh_ply_sha256,
+        glb_key: r.mesh_glb_key,
+        glb_sha256: r.mesh_glb_sha256,
+    }))
 }
 
 /// The node's reconstructions over its stores: actors on `pool`, frames read through

@@ -177,3 +177,117 @@ async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers
     assert!(status.success(), "the browser checks failed (see the output above)");
     assert!(artifacts.join("dashboard-viewer.png").is_file());
 }
+
+/// The vertex positions of a binary little-endian PLY as the server writes it
+/// (`coherency_recon::mesh`: x, y, z, nx, ny, nz as f32).
+fn ply_vertices(ply: &[u8]) -> Vec<[f64; 3]> {
+    let end = ply.windows(11).position(|w| w == b"end_header\n").expect("a PLY header") + 11;
+    let header = std::str::from_utf8(&ply[..end]).unwrap();
+    let n: usize = header
+        .lines()
+        .find_map(|l| l.strip_prefix("element vertex "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a vertex count");
+    let f = |at: usize| f64::from(f32::from_le_bytes(ply[at..at + 4].try_into().unwrap()));
+    (0..n).map(|i| end + i * 24).map(|at| [f(at), f(at + 4), f(at + 8)]).collect()
+}
+
+/// The pixels of a `width × height` frame that the mesh's vertices project to (row-major,
+/// `1` hit, `0` not) and their centroid.
+fn silhouette(
+    vertices: &[[f64; 3]],
+    k: &coherency_recon::Intrinsics,
+    pose: &coherency_recon::Pose,
+) -> (String, [f64; 2]) {
+    let (w, h) = (k.width as usize, k.height as usize);
+    let mut hit = vec![false; w * h];
+    for v in vertices {
+        let p = pose.inverse_transform(coherency_recon::Vec3::new(v[0], v[1], v[2]));
+        if let Some((u, v)) = k.project(p) {
+            let (x, y) = (u.round(), v.round());
+            if x >= 0.0 && y >= 0.0 && (x as usize) < w && (y as usize) < h {
+                hit[y as usize * w + x as usize] = true;
+            }
+        }
+    }
+    let (mut n, mut sx, mut sy) = (0.0, 0.0, 0.0);
+    for (i, _) in hit.iter().enumerate().filter(|(_, h)| **h) {
+        n += 1.0;
+        sx += (i % w) as f64;
+        sy += (i / w) as f64;
+    }
+    (hit.iter().map(|&h| if h { '1' } else { '0' }).collect(), [sx / n, sy / n])
+}
+
+/// A scan whose automatic measurement fails (a cap 10 µm deep): the scan page says why, the
+/// outline tool draws the mesh from the suggested keyframe's camera, and a clinician's clicks
+/// at the true outline's pixels (`web/tests/dashboard.outline.mjs`) become a polygon
+/// measurement whose vertices are those pixels and whose area is the wound's.
+#[actix_rt::test]
+async fn a_clinician_draws_the_outline_of_a_scan_the_automatic_measurement_failed_on() {
+    let web = web_dir();
+    assert!(
+        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
+        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = spawn_app_with(|mut c| {
+        c.http_addr = format!("127.0.0.1:{port}");
+        c.public_url = format!("http://127.0.0.1:{port}");
+        c.web_dir = web.display().to_string();
+        c
+    })
+    .await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    add_to_care_team(&app, ada_id, alice.id).await;
+    consent(&app, &ada).await;
+    let scan = create_scan(&app, &ada, ada_id).await;
+    let phantom = crate::measurements::flat_wound();
+    let truth = *phantom.truth();
+    let rendered = phantom.scan(&ScanConfig::iphone(1));
+    let list = crate::measurements::stream_until_complete(&app, &ada, scan, &rendered).await;
+    let outcome = &list["outcome"];
+    assert_eq!(outcome["state"], "needs_outline", "{list}");
+    let seq = outcome["suggested_keyframe"]["seq"].as_u64().expect("a suggested keyframe") as usize;
+    // The frame as sent: the viewer renders the mesh with this camera.
+    let frame = &rendered.frames[seq - 1];
+    let outline = phantom.outline_in_image(&frame.intrinsics, &frame.pose, 24);
+    assert_eq!(outline.len(), 24);
+    let centre = outline.iter().fold([0.0, 0.0], |a, p| [a[0] + p[0] / 24.0, a[1] + p[1] / 24.0]);
+    let ply = app.get_auth(&format!("/v1/scans/{scan}/mesh?format=ply"), &alice.token).await.bytes().await.unwrap();
+    let (mask, mesh_centre) = silhouette(&ply_vertices(&ply), &frame.intrinsics, &frame.pose);
+
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let params = json!({
+        "base": app.address, "artifacts": artifacts, "token": alice.token, "scan": scan,
+        "reason_code": outcome["reason"]["code"],
+        "keyframe": outcome["suggested_keyframe"], "outline": outline,
+        "centre": centre, "mesh_centre": mesh_centre, "mask": mask,
+    });
+    let script = web.join("tests/dashboard.outline.mjs");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).env("OUTLINE_TEST", params.to_string()).stderr(Stdio::inherit()).output()
+    });
+    let out =
+        tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser script ends").unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+
+    let v: Value = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token).await.json().await.unwrap();
+    let ms = v["measurements"].as_array().unwrap();
+    assert_eq!(ms.len(), 1, "{v}");
+    let m = &ms[0];
+    assert_eq!((m["method"].as_str(), m["keyframe_seq"].as_u64()), (Some("polygon"), Some(seq as u64)));
+    let drawn: Vec<[f64; 2]> = serde_json::from_value(m["polygon"].clone()).unwrap();
+    assert_eq!(drawn.len(), outline.len());
+    for (d, t) in drawn.iter().zip(&outline) {
+        assert!((d[0] - t[0]).hypot(d[1] - t[1]) <= 0.5, "a click at {t:?} became {d:?}");
+    }
+    let area = m["outline_area_mm2"]["value"].as_f64().unwrap();
+    assert!((area / truth.outline_area_mm2 - 1.0).abs() <= 0.03, "area {area} vs {}", truth.outline_area_mm2);
+    assert!(artifacts.join("dashboard-outline-keyframe.png").is_file());
+}

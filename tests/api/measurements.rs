@@ -417,3 +417,187 @@ async fn a_node_fuses_live_only_up_to_its_cap_and_measures_the_other_scans_at_fi
         assert_eq!(quality.get_str("fusion").unwrap(), expected, "{quality}");
     }
 }
+
+/// A phantom whose "wound" is a cap 10 µm deep: nothing an automatic segmentation can find,
+/// while the skin and the true outline are those of the usual spherical-cap phantom.
+pub fn flat_wound() -> Phantom {
+    let mut spec = presets::spherical_cap(false);
+    spec.cavity = coherency_recon::phantom::CavityShape::SphericalCap { radius: 0.015, depth: 1e-5 };
+    Phantom::new(spec)
+}
+
+/// Streams `rendered` as scan `scan` of `who` and waits until the scan is complete; answers
+/// its measurement list.
+pub async fn stream_until_complete(
+    app: &TestApp,
+    who: &User,
+    scan: ScanId,
+    rendered: &coherency_recon::phantom::PhantomScan,
+) -> Value {
+    let mut client =
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), who.token.clone(), scan)).await.unwrap();
+    for (i, f) in rendered.frames.iter().enumerate() {
+        client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+    }
+    client.finish().await.unwrap();
+    let path = format!("/v1/scans/{scan}/measurements");
+    eventually(Duration::from_secs(120), "the scan to complete", || async {
+        let v: Value = app.get_auth(&path, &who.token).await.json().await.unwrap();
+        assert_ne!(v["status"], "failed", "reconstruction failed: {v}");
+        (v["status"] == "complete").then_some(v)
+    })
+    .await
+}
+
+/// The mesh route's answer: status, its `x-content-sha256` and the SHA-256 of its body.
+async fn mesh_digest(app: &TestApp, token: &str, scan: ScanId, format: &str) -> (u16, String, String) {
+    let res = app.get_auth(&format!("/v1/scans/{scan}/mesh?format={format}"), token).await;
+    let status = res.status().as_u16();
+    let header = res.headers().get("x-content-sha256").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let bytes = res.bytes().await.unwrap();
+    use sha2::Digest;
+    (status, header, hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+#[actix_web::test]
+async fn a_scan_the_automatic_measurement_fails_on_says_why_serves_its_mesh_and_takes_a_drawn_outline() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let path = format!("/v1/scans/{scan}/measurements");
+
+    // Before reconstruction: pending, and no mesh (404).
+    let before: Value = app.get_auth(&path, &patient.token).await.json().await.unwrap();
+    assert_eq!(before["outcome"], json!({"state": "pending", "mesh": false}), "{before}");
+    assert_eq!(mesh_digest(&app, &patient.token, scan, "glb").await.0, 404);
+    let (s, _) = fhir_get(&app, Some(&patient.token), &format!("/fhir/DocumentReference/{scan}")).await;
+    assert_eq!(s, 404);
+
+    let phantom = flat_wound();
+    let truth = *phantom.truth();
+    let rendered = phantom.scan(&ScanConfig::iphone(1));
+    let list = stream_until_complete(&app, &patient, scan, &rendered).await;
+    assert_eq!(list["measurements"], json!([]), "no automatic measurement: {list}");
+    let outcome = &list["outcome"];
+    assert_eq!(outcome["state"], "needs_outline", "{list}");
+    assert_eq!(outcome["mesh"], true);
+    assert_eq!(outcome["reason"]["code"], "no_depression", "{outcome}");
+    assert!(outcome["reason"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{outcome}");
+    let key = &outcome["suggested_keyframe"];
+    let seq = key["seq"].as_u64().expect("a suggested keyframe");
+    assert!((1..=rendered.frames.len() as u64).contains(&seq), "{key}");
+    let sent = &rendered.frames[seq as usize - 1];
+    assert_eq!((key["width"].as_u64(), key["height"].as_u64()), (Some(256), Some(192)));
+    let k: Vec<f64> = serde_json::from_value(key["k"].clone()).unwrap();
+    let pose: Vec<f64> = serde_json::from_value(key["pose"].clone()).unwrap();
+    // As sent (f32 on the wire; JSON numbers to within float parsing).
+    let same =
+        |a: &[f64], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - f64::from(*y)).abs() <= 1e-7);
+    assert!(same(&k, &sent.intrinsics.to_row_major_f32()), "the camera as sent: {k:?}");
+    assert!(same(&pose, &sent.pose.to_row_major_f32()), "the pose as sent: {pose:?}");
+    // The whole true outline is inside the suggested frame.
+    let outline = phantom.outline_in_image(&sent.intrinsics, &rendered.true_poses[seq as usize - 1], 64);
+    assert_eq!(outline.len(), 64);
+    assert!(outline.iter().all(|[u, v]| (0.0..=255.0).contains(u) && (0.0..=191.0).contains(v)), "{outline:?}");
+
+    // The scan says the same; the mesh is served in both formats with its SHA-256, and as a
+    // DocumentReference.
+    let got: Value = app.get_auth(&format!("/v1/scans/{scan}"), &patient.token).await.json().await.unwrap();
+    assert_eq!((got["status"].as_str(), got["outcome"]["state"].as_str()), (Some("complete"), Some("needs_outline")));
+    for fmt in ["glb", "ply"] {
+        let (status, header, digest) = mesh_digest(&app, &patient.token, scan, fmt).await;
+        assert_eq!((status, header.len()), (200, 64), "{fmt}");
+        assert_eq!(header, digest, "{fmt}: the body has the announced SHA-256");
+    }
+    let (s, doc) = fhir_get(&app, Some(&patient.token), &format!("/fhir/DocumentReference/{scan}")).await;
+    assert_eq!(s, 200, "{doc}");
+    let doc_sha: Vec<&str> = doc["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["attachment"]["extension"][0]["valueString"].as_str().unwrap())
+        .collect();
+    assert_eq!(doc_sha.len(), 2);
+    let glb_digest = mesh_digest(&app, &patient.token, scan, "glb").await.2;
+    assert!(doc_sha.contains(&glb_digest.as_str()), "{doc}");
+
+    // A clinician draws the true outline on the suggested frame: it is measured, and its
+    // Observation is derived from the scan's mesh.
+    let admin = app.staff(Role::Admin, true).await;
+    let res = app.post_auth(&path, &admin.token, &json!({"keyframe_seq": seq, "polygon": outline})).await;
+    assert_eq!(res.status(), 201, "remeasure: {}", res.text().await.unwrap_or_default());
+    let poly: Value = res.json().await.unwrap();
+    assert_eq!(poly["method"], "polygon");
+    assert_eq!(poly["mesh"]["glb_sha256"], glb_digest.as_str(), "the outline refers to the scan's mesh");
+    let (area, pm) = value(&poly, "outline_area_mm2");
+    assert!((area / truth.outline_area_mm2 - 1.0).abs() <= 0.03, "area {area} vs {}", truth.outline_area_mm2);
+    assert!((area - truth.outline_area_mm2).abs() <= pm, "area {area} ± {pm} vs {}", truth.outline_area_mm2);
+    let (s, obs) =
+        fhir_get(&app, Some(&patient.token), &format!("/fhir/Observation/{}", poly["id"].as_str().unwrap())).await;
+    assert_eq!(s, 200, "{obs}");
+    assert_eq!(obs["derivedFrom"][0]["reference"], format!("DocumentReference/{scan}"), "{obs}");
+    crate::fhir::validate(&[obs, doc]);
+
+    let after: Value = app.get_auth(&path, &patient.token).await.json().await.unwrap();
+    assert_eq!(after["outcome"]["state"], "needs_outline", "the automatic measurement still failed");
+    assert_eq!(after["measurements"].as_array().map(Vec::len), Some(1));
+}
+
+/// The migration that adds `scan_reconstructions` gives every scan measured before it its
+/// `measured` outcome and mesh; a complete scan with no automatic row answers `needs_outline`
+/// without a mesh (its reason was only in MongoDB).
+#[actix_web::test]
+async fn the_outcome_migration_backfills_measured_scans_from_their_automatic_rows() {
+    let app = spawn_app().await;
+    let (patient, measured) = patient_with_scan(&app).await;
+    let unmeasured = crate::scan_stream::create_scan(&app, &patient, patient.patient_id.unwrap()).await;
+    let (ply, glb) = ("a".repeat(64), "b".repeat(64));
+    sqlx::query(
+        "INSERT INTO scan_measurements (id, scan_id, method, outline_area_mm2, outline_area_mm2_pm, bed_area_mm2,
+            bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm, length_mm, length_mm_pm, width_mm, width_mm_pm,
+            max_depth_mm, max_depth_mm_pm, mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
+            skin_model, skin_residual_mm, missing_fraction, mesh_ply_key, mesh_ply_sha256, mesh_glb_key,
+            mesh_glb_sha256, created_at)
+         VALUES ($1, $2, 'auto', 700, 10, 800, 10, 94, 2, 30, 1, 30, 1, 5, 0.3, 2, 0.2, 1800, 90,
+                 'quadratic', 0.1, 0.01, $3, $4, $5, $6, now())",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(measured.as_uuid())
+    .bind(format!("scans/{measured}/mesh.ply"))
+    .bind(&ply)
+    .bind(format!("scans/{measured}/mesh.glb"))
+    .bind(&glb)
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE scans SET status = 'complete' WHERE id = ANY($1)")
+        .bind(vec![measured.as_uuid(), unmeasured.as_uuid()])
+        .execute(&app.pg)
+        .await
+        .unwrap();
+    // Back to the schema before the migration, with these rows in it; then migrate.
+    let migration = coherency::store::pg::MIGRATOR
+        .iter()
+        .find(|m| m.description.contains("scan reconstructions"))
+        .expect("the migration")
+        .version;
+    sqlx::query("DROP TABLE scan_reconstructions").execute(&app.pg).await.unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1").bind(migration).execute(&app.pg).await.unwrap();
+    coherency::store::pg::MIGRATOR.run(&app.pg).await.expect("the migration applies to existing rows");
+
+    let rows: Vec<(uuid::Uuid, String, String, String)> =
+        sqlx::query_as("SELECT scan_id, outcome, mesh_ply_sha256, mesh_glb_sha256 FROM scan_reconstructions")
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(rows, vec![(measured.as_uuid(), "measured".to_string(), ply, glb)]);
+    let v: Value =
+        app.get_auth(&format!("/v1/scans/{measured}/measurements"), &patient.token).await.json().await.unwrap();
+    assert_eq!(v["outcome"], json!({"state": "measured", "mesh": true}), "{v}");
+    let v: Value =
+        app.get_auth(&format!("/v1/scans/{unmeasured}/measurements"), &patient.token).await.json().await.unwrap();
+    assert_eq!(v["outcome"]["state"], "needs_outline", "{v}");
+    assert_eq!(
+        (v["outcome"]["mesh"].as_bool(), v["outcome"]["reason"]["code"].as_str()),
+        (Some(false), Some("measurement_failed"))
+    );
+}

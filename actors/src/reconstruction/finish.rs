@@ -23,9 +23,12 @@
 //! taken over. Quality records lost on the way (a full queue, a stopped node) are rebuilt
 //! from the stored frames.
 //!
-//! Outcomes: no usable frame fails the scan. When the surface is built but the automatic
-//! segmentation finds no wound near the target, the scan still completes, with its mesh and
-//! no automatic measurement (the document says why): a clinician can then draw the outline.
+//! Outcomes: no usable frame fails the scan. Otherwise the scan's reconstruction outcome is
+//! stored with its mesh ([`NewReconstruction`]): `measured` beside the automatic
+//! measurement, or, when the surface is built but the automatic segmentation finds no
+//! wound near the target, `needs_outline` with a stable reason code ([`failure_reason`]) and
+//! a suggested keyframe ([`super::keyframe`]): the scan still completes, its mesh is served,
+//! and a clinician can draw the outline.
 
 use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
@@ -39,18 +42,19 @@ use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_protocol::{Code, ErrorCode};
 use coherency_recon::fusion::{parameters, refuse_bytes, FusedScan, Measured};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
-use coherency_recon::{Frame, ReconError, ScanFusion, WoundMeasurements};
+use coherency_recon::{Frame, Intrinsics, ReconError, ScanFusion, WoundMeasurements};
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use super::keyframe::{mean_view, suggest, surface_normal, Candidate};
 use super::live::LiveResult;
 use super::pool::ReconstructionPool;
 use super::ports::{
-    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, ReconstructionDoc,
-    ReconstructionSink, ValuePm, WoundFigures,
+    FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
+    ReconOutcome, ReconstructionDoc, ReconstructionSink, SuggestedKeyframe, ValuePm, WoundFigures,
 };
-use super::{lower_priority_to, to_recon_frame};
+use super::{lower_priority_to, to_recon_frame, wire_pose};
 use crate::capture::activity::{since_last_frame, wait_for_quiet};
 use crate::retry::RetryPolicy;
 use crate::stats::CaptureStats;
@@ -266,7 +270,7 @@ impl Reconstructor {
         })
         .await
         .map_err(RemeasureError::Store)??;
-        let mesh = inner.sink.auto_mesh(scan_id).await.map_err(RemeasureError::Store)?;
+        let mesh = inner.sink.reconstruction_mesh(scan_id).await.map_err(RemeasureError::Store)?;
         let row = NewMeasurement {
             scan_id,
             method: MeasureMethod::Polygon,
@@ -315,6 +319,35 @@ impl Reconstructor {
             taken += 1;
         }
         taken
+    }
+
+    /// The keyframe to suggest for a clinician's outline of a scan whose automatic
+    /// measurement failed ([`super::keyframe`]): the stored frames' cameras are read back
+    /// (only their headers are used), those the gate turned away left out. `None` (with a
+    /// warning) when they cannot be read: the outcome is stored without one.
+    async fn suggested_keyframe(&self, scan_id: ScanId, fused: &FusedScan) -> Option<SuggestedKeyframe> {
+        let reader = &*self.0.reader;
+        let raw = match reader.locate(scan_id).await {
+            Ok(index) => read_raw(reader, &index).await,
+            Err(e) => Err(e),
+        };
+        let raw =
+            raw.map_err(|e| tracing::warn!(%scan_id, error = %e, "no keyframe suggested: frames not read")).ok()?;
+        let rejected: HashSet<u64> = fused.rejected.iter().map(|&(seq, _)| seq).collect();
+        // Decoding the messages is CPU work: off the I/O threads.
+        let decoded = tokio::task::spawn_blocking(move || {
+            raw.into_iter()
+                .filter(|(seq, _)| !rejected.contains(seq))
+                .filter_map(|(seq, msg)| keyframe_camera(seq, &msg))
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut cameras =
+            decoded.map_err(|e| tracing::warn!(%scan_id, error = %e, "no keyframe suggested: decoding failed")).ok()?;
+        let candidates: Vec<Candidate> = cameras.iter().map(|(c, _)| *c).collect();
+        let normal = surface_normal(&fused.vol, fused.target).or_else(|| mean_view(&candidates, fused.target))?;
+        let at = suggest(&candidates, fused.target, normal)?;
+        Some(cameras.swap_remove(at).1)
     }
 
     /// Touches the scan's `updated_at` every heartbeat for as long as the guard lives.
@@ -511,21 +544,32 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
             "glb": { "key": &glb.key, "sha256": &glb.sha256, "size": to_i64(glb.size) },
         }),
     );
+    let mesh = MeshKeys { ply_key: ply.key, ply_sha256: ply.sha256, glb_key: glb.key, glb_sha256: glb.sha256 };
     let m = match measured {
         Ok(m) => m,
         Err(e) => {
-            // The surface exists; only the automatic outline failed (no wound near the
-            // target). The scan completes without an automatic measurement and a clinician
-            // can draw the outline.
+            // The surface exists; only the automatic outline failed. The scan completes
+            // `needs_outline`, with its mesh, the reason and a suggested keyframe, so a
+            // clinician can draw the outline.
+            let reason = failure_reason(&e);
+            let keyframe = recon.suggested_keyframe(scan_id, &fused).await.map(Box::new);
             doc.insert("status".into(), json!("complete"));
+            doc.insert("outcome".into(), json!("needs_outline"));
             doc.insert("measurement_error".into(), json!(e.to_string()));
+            doc.insert("reason_code".into(), json!(reason.code));
+            doc.insert("suggested_keyframe_seq".into(), json!(keyframe.as_ref().map(|k| to_i64(k.seq))));
+            let row = NewReconstruction { scan_id, outcome: ReconOutcome::NeedsOutline { reason, keyframe }, mesh };
+            sink.write_reconstruction(&row).await?;
             doc.insert(
                 "timings_ms".into(),
                 json!({ "deferred": deferred_ms, "load": load_ms, "fuse": fused.fuse_ms, "mesh": mesh_ms,
                         "measure": measure_ms, "store_mesh": store_mesh_ms, "total": ms(t0) }),
             );
             sink.write_document(scan_id, ReconstructionDoc { started_at: started, body: doc }).await?;
-            tracing::info!(frames = fused.fused, "scan reconstructed; no automatic outline");
+            tracing::info!(
+                frames = fused.fused,
+                "scan reconstructed; no automatic outline, needs a clinician's outline"
+            );
             return Ok(());
         }
     };
@@ -536,12 +580,14 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         keyframe_seq: None,
         polygon: None,
         figures: figures(&m),
-        mesh: Some(MeshKeys { ply_key: ply.key, ply_sha256: ply.sha256, glb_key: glb.key, glb_sha256: glb.sha256 }),
+        mesh: Some(mesh.clone()),
         created_by: None,
     };
     let id = sink.write_measurement(&row).await?;
+    sink.write_reconstruction(&NewReconstruction { scan_id, outcome: ReconOutcome::Measured, mesh }).await?;
     let pg_ms = ms(t);
     doc.insert("status".into(), json!("complete"));
+    doc.insert("outcome".into(), json!("measured"));
     doc.insert("measurement_id".into(), json!(id.to_string()));
     doc.insert("measurements".into(), measurements_doc(&m));
     doc.insert(
@@ -669,6 +715,37 @@ fn decode_frames(
         }
     }
     Ok(Decoded { frames, quality })
+}
+
+/// A stored frame's camera, for the keyframe choice and as the API shows it (the wire's
+/// row-major `k` and pose); `None` for a frame whose camera is unusable.
+fn keyframe_camera(seq: u64, msg: &Bytes) -> Option<(Candidate, SuggestedKeyframe)> {
+    let Ok(ClientMsg::Frame(f)) = decode_client(msg) else { return None };
+    let pose = wire_pose(&f).ok()?;
+    let k = f.intrinsics.map(f64::from);
+    let intrinsics = Intrinsics { fx: k[0], fy: k[4], cx: k[2], cy: k[5], width: f.width, height: f.height };
+    intrinsics.validate().ok()?;
+    let shown = SuggestedKeyframe { seq, width: f.width, height: f.height, k, pose: f.pose.map(f64::from) };
+    Some((Candidate { seq, intrinsics, pose }, shown))
+}
+
+/// Most characters of a failure's words stored with its outcome.
+const MAX_REASON_CHARS: usize = 500;
+
+/// The stable code of an automatic measurement's failure (docs/api.md), from the
+/// reconstruction's error. Codes are ours: the recon crate's wording may change, and an
+/// unknown failure is `measurement_failed`.
+pub(crate) fn failure_reason(e: &ReconError) -> FailureReason {
+    let code = match e {
+        ReconError::NotEnoughData(_) => "not_enough_surface",
+        ReconError::SegmentationFailed(m) if m.contains("no depression") => "no_depression",
+        ReconError::SegmentationFailed(m) if m.contains("edge of the search area") || m.contains("search area") => {
+            "wound_exceeds_scan_region"
+        }
+        ReconError::SegmentationFailed(m) if m.contains("closed outline") || m.contains("rim") => "rim_not_seen",
+        _ => "measurement_failed",
+    };
+    FailureReason { code, message: e.to_string().chars().take(MAX_REASON_CHARS).collect() }
 }
 
 fn figures(m: &WoundMeasurements) -> WoundFigures {

@@ -21,6 +21,7 @@
 //! several scans at a fixed frame rate and reports its percentiles.
 
 pub mod finish;
+pub mod keyframe;
 pub mod lag;
 pub mod live;
 pub mod pool;
@@ -36,8 +37,8 @@ pub use lag::FuseLag;
 pub use live::{LiveProgress, LiveResult, LiveScan, Reconstruction, BATCH, QUEUE_CAP};
 pub use pool::ReconstructionPool;
 pub use ports::{
-    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, ReconstructionDoc,
-    ReconstructionSink, StoredMesh, ValuePm, WoundFigures,
+    FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
+    ReconOutcome, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe, ValuePm, WoundFigures,
 };
 
 /// Default niceness of the reconstruction threads: live fusion is a preview, acks are the

@@ -141,6 +141,62 @@ pub struct NewMeasurement {
     pub created_by: Option<Uuid>,
 }
 
+/// The frame a clinician is asked to draw the outline on when the automatic measurement
+/// failed: its seq, image size and camera exactly as the phone sent them, so a viewer can
+/// render the mesh from that camera and map its canvas pixels linearly to the frame's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuggestedKeyframe {
+    /// The frame's seq (the `keyframe_seq` of a polygon re-measure).
+    pub seq: u64,
+    /// Depth image width, pixels.
+    pub width: u32,
+    /// Depth image height, pixels.
+    pub height: u32,
+    /// Row-major 3×3 intrinsics `[fx, s, cx, 0, fy, cy, 0, 0, 1]` (depth-image pixels).
+    pub k: [f64; 9],
+    /// Row-major 4×4 world-from-camera pose (OpenCV axes: x right, y down, z forward).
+    pub pose: [f64; 16],
+}
+
+/// Why the automatic measurement of a scan failed, as a stable code and words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureReason {
+    /// `no_depression`, `wound_exceeds_scan_region`, `rim_not_seen`, `not_enough_surface` or
+    /// `measurement_failed`.
+    pub code: &'static str,
+    /// The reconstruction's own words (no patient data).
+    pub message: String,
+}
+
+/// What a scan's reconstruction came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReconOutcome {
+    /// The automatic measurement succeeded (its row is the scan's `auto` measurement).
+    Measured,
+    /// The surface was built but the automatic measurement failed: a clinician should draw
+    /// the outline, on `keyframe` if one could be suggested.
+    NeedsOutline { reason: FailureReason, keyframe: Option<Box<SuggestedKeyframe>> },
+}
+
+impl ReconOutcome {
+    /// The stored name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReconOutcome::Measured => "measured",
+            ReconOutcome::NeedsOutline { .. } => "needs_outline",
+        }
+    }
+}
+
+/// A scan's reconstruction outcome and its mesh, to store (one per scan, replaced when the
+/// finish runs again).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewReconstruction {
+    pub scan_id: ScanId,
+    pub outcome: ReconOutcome,
+    pub mesh: MeshKeys,
+}
+
 /// The reconstruction document of a scan: inputs, parameters, target, quality, mesh,
 /// measurements, timings, outcome (see `docs/measurement.md`). One per scan, replaced on a
 /// re-run.
@@ -166,8 +222,12 @@ pub trait ReconstructionSink: Send + Sync + 'static {
     /// replaced, never duplicated, when written again.
     async fn write_measurement(&self, m: &NewMeasurement) -> Result<Uuid, StoreError>;
 
-    /// The mesh of the scan's automatic measurement, if any.
-    async fn auto_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError>;
+    /// Stores the scan's reconstruction outcome and mesh, replacing an earlier one; a
+    /// `needs_outline` outcome removes an automatic measurement an earlier run stored.
+    async fn write_reconstruction(&self, r: &NewReconstruction) -> Result<(), StoreError>;
+
+    /// The scan's mesh as its reconstruction stored it (measured or not), if any.
+    async fn reconstruction_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError>;
 
     /// Upserts the scan's reconstruction document.
     async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError>;

@@ -240,6 +240,9 @@ async fn a_scan_fused_live_is_measured_from_its_live_volume_and_written_once() {
     let mesh = m[0].measurement.mesh.as_ref().expect("the mesh is referenced");
     assert!(node.sink.mesh(&mesh.glb_key).is_some_and(|b| !b.is_empty()));
     assert_eq!(node.sink.document(scan_id).map(|(_, n)| n), Some(1));
+    let (outcome, writes) = node.sink.reconstruction(scan_id).expect("the outcome is stored");
+    assert_eq!((outcome.outcome, &outcome.mesh, writes), (ReconOutcome::Measured, mesh, 1));
+    assert_eq!(node.doc_field(scan_id, &["outcome"]), "measured");
     assert_eq!(node.doc_field(scan_id, &["quality", "fusion"]), "live");
     assert_eq!(node.index.status_history(scan_id).last(), Some(&ScanStatus::Complete));
     // The actor stopped with its result stored: finishing again is an error, not a panic.
@@ -361,4 +364,89 @@ async fn a_polygon_remeasure_is_checked_against_its_keyframe_and_stored_beside_t
     let polygon = m.iter().find(|x| x.id == id).expect("stored");
     assert_eq!((polygon.measurement.method, polygon.measurement.keyframe_seq), (MeasureMethod::Polygon, Some(20)));
     assert_eq!(polygon.measurement.mesh, m.iter().find(|x| x.id != id).and_then(|x| x.measurement.mesh.clone()));
+}
+
+/// A phantom whose "wound" is a cap 10 µm deep: nothing an automatic segmentation can find.
+fn flat_wound() -> Phantom {
+    let mut spec = presets::spherical_cap(false);
+    spec.cavity = coherency_recon::phantom::CavityShape::SphericalCap { radius: 0.015, depth: 1e-5 };
+    Phantom::new(spec)
+}
+
+#[actix_rt::test]
+async fn a_scan_with_nothing_to_find_completes_needing_an_outline_on_a_keyframe_that_shows_the_wound() {
+    let node = Node::new();
+    let scan_id = ScanId::new();
+    let phantom = flat_wound();
+    let rendered = phantom.scan(&ScanConfig::iphone(1));
+    let sent: Vec<DepthFrame> =
+        rendered.frames.iter().take(40).enumerate().map(|(i, f)| wire(i as u64 + 1, f)).collect();
+    node.store(scan_id, &sent).await;
+    assert_eq!(node.finish(scan_id, 40, None).await, ScanStatus::Complete);
+    assert!(node.sink.measurements(scan_id).is_empty(), "no automatic measurement");
+    let (stored, writes) = node.sink.reconstruction(scan_id).expect("the outcome is stored");
+    assert_eq!(writes, 1);
+    let ReconOutcome::NeedsOutline { reason, keyframe } = stored.outcome.clone() else {
+        panic!("needs an outline: {:?}", stored.outcome)
+    };
+    assert_eq!(reason.code, "no_depression", "{reason:?}");
+    assert!(!reason.message.is_empty());
+    assert!(node.sink.mesh(&stored.mesh.glb_key).is_some_and(|b| !b.is_empty()), "the mesh is stored");
+    assert_eq!(node.doc_field(scan_id, &["outcome"]), "needs_outline");
+    assert_eq!(node.doc_field(scan_id, &["reason_code"]), "no_depression");
+
+    // The suggested frame is one that was sent, with its camera as sent, and the whole true
+    // outline projects inside its image.
+    let key = keyframe.expect("a keyframe is suggested");
+    let sent_frame = sent.iter().find(|f| f.seq == key.seq).expect("a frame that was sent");
+    assert_eq!((key.width, key.height), (sent_frame.width, sent_frame.height));
+    assert_eq!(key.k, sent_frame.intrinsics.map(f64::from));
+    assert_eq!(key.pose, sent_frame.pose.map(f64::from));
+    let at = (key.seq - 1) as usize;
+    let outline = phantom.outline_in_image(&rendered.frames[at].intrinsics, &rendered.frames[at].pose, 32);
+    assert_eq!(outline.len(), 32, "the outline is in front of the camera");
+    for [u, v] in &outline {
+        assert!(
+            (0.0..=f64::from(key.width - 1)).contains(u) && (0.0..=f64::from(key.height - 1)).contains(v),
+            "outline point ({u}, {v}) outside keyframe {}",
+            key.seq
+        );
+    }
+
+    // Finishing again (a scan taken over) converges on the same single outcome.
+    assert_eq!(node.finish(scan_id, 40, None).await, ScanStatus::Complete);
+    let (again, writes) = node.sink.reconstruction(scan_id).expect("the outcome is stored");
+    assert_eq!((again, writes), (stored.clone(), 2));
+    assert!(node.sink.measurements(scan_id).is_empty());
+
+    // The clinician's outline on that keyframe refers to the scan's mesh.
+    let polygon = phantom.outline_in_image(&rendered.frames[at].intrinsics, &rendered.frames[at].pose, 48);
+    let req =
+        RemeasureRequest { scan_id, keyframe_seq: key.seq, polygon, created_by: uuid::Uuid::now_v7(), budget: None };
+    let id = node.recon.remeasure(req).await.expect("the outline is measured");
+    let m = node.sink.measurements(scan_id);
+    assert_eq!(m.len(), 1);
+    assert_eq!((m[0].id, m[0].measurement.mesh.as_ref()), (id, Some(&stored.mesh)));
+}
+
+#[test]
+fn failures_map_to_stable_reason_codes() {
+    use coherency_recon::ReconError;
+    for (e, code) in [
+        (
+            ReconError::SegmentationFailed("no depression deeper than the threshold near the target".into()),
+            "no_depression",
+        ),
+        (
+            ReconError::SegmentationFailed("the depression reaches the edge of the search area".into()),
+            "wound_exceeds_scan_region",
+        ),
+        (ReconError::SegmentationFailed("no closed outline around the wound".into()), "rim_not_seen"),
+        (ReconError::NotEnoughData("no fused surface near the target".into()), "not_enough_surface"),
+        (ReconError::InvalidConfig("x".into()), "measurement_failed"),
+    ] {
+        assert_eq!(finish::failure_reason(&e).code, code, "{e}");
+    }
+    let long = ReconError::SegmentationFailed("x".repeat(2000));
+    assert_eq!(finish::failure_reason(&long).message.chars().count(), 500);
 }

@@ -21,7 +21,7 @@ use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
 use crate::http::input::{invalid, FhirDateParam, Line, PatientRef};
 use crate::http::patients::path_id;
 use crate::state::AppState;
-use crate::store::measurements::{auto_mesh_keys, list as list_measurements, MeasurementRecord, MeshKeys, ValuePm};
+use crate::store::measurements::{list as list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 
 const LOINC: &str = "http://loinc.org";
 const UCUM: &str = "http://unitsofmeasure.org";
@@ -370,8 +370,10 @@ async fn scan_mesh(
 ) -> Result<(crate::store::scans::ScanRecord, MeshKeys), ApiError> {
     let id = path_id(req, "id")?;
     let scan = state.scans.visible(&auth::caller_of(req, state, who), ScanId::from_uuid(id), action).await?;
-    let mesh =
-        auto_mesh_keys(&state.stores.pg, id).await.map_err(ApiError::internal)?.ok_or_else(ApiError::not_found)?;
+    let mesh = crate::store::reconstruction::mesh_keys(&state.stores.pg, id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(ApiError::not_found)?;
     Ok((scan, mesh))
 }
 

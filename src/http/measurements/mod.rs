@@ -3,6 +3,11 @@
 //! and `POST /v1/scans/{id}/measurements` (re-measure with a clinician-drawn outline on a
 //! keyframe, from the stored frames: no re-streaming). Object access is the scan's
 //! (`crate::services::scans`): a scan the caller may not see answers 404. Audited.
+//!
+//! Every answer carries the scan's reconstruction [`ScanOutcome`]: `pending` until the finish
+//! step is done, `measured`, `needs_outline` (the surface and its mesh exist but the
+//! automatic measurement failed: the reason, as a stable code, and the keyframe a clinician
+//! should draw the outline on) or `failed`. `GET /v1/scans/{id}` carries the same.
 
 pub mod fhir;
 
@@ -22,6 +27,8 @@ use crate::auth::{self, perm, Require};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::measurements::{list as list_measurements, MeasurementRecord};
+use crate::store::reconstruction::outcome as stored_outcome;
+use crate::store::scans::ScanRecord;
 
 /// Most vertices a drawn outline may have.
 pub const MAX_POLYGON_POINTS: usize = coherency_actors::reconstruction::MAX_OUTLINE_POINTS;
@@ -32,8 +39,110 @@ pub struct MeasurementList {
     pub scan_id: Uuid,
     /// The scan's status: measurements appear once it is `complete` (none if `failed`).
     pub status: String,
+    /// What the scan's reconstruction came to.
+    pub outcome: ScanOutcome,
     /// Oldest first: the automatic measurement, then clinician re-measurements.
     pub measurements: Vec<MeasurementRecord>,
+}
+
+/// Where a scan's reconstruction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeState {
+    /// Not reconstructed yet (created, streaming or processing).
+    Pending,
+    /// The wound was measured automatically.
+    Measured,
+    /// The surface was reconstructed (its mesh is served) but the automatic measurement
+    /// failed: a clinician should draw the outline (`POST /v1/scans/{id}/measurements`).
+    NeedsOutline,
+    /// The scan could not be reconstructed (or was cancelled): no mesh, no measurement.
+    Failed,
+}
+
+/// Why the automatic measurement failed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OutcomeReason {
+    /// Stable: `no_depression` (no depression deeper than the threshold near the target),
+    /// `wound_exceeds_scan_region` (the depression reaches the edge of the search area),
+    /// `rim_not_seen` (no closed outline around the wound), `not_enough_surface` (too little
+    /// fused surface near the target), `measurement_failed` (anything else).
+    pub code: String,
+    /// In words (no patient data).
+    pub message: String,
+}
+
+/// The frame suggested for drawing the outline: the accepted frame that faces the wound
+/// most squarely with the wound well inside it. Its camera is the phone's, as streamed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SuggestedKeyframe {
+    /// Its seq: the `keyframe_seq` of the polygon re-measure.
+    pub seq: u64,
+    /// Depth image width, pixels (the polygon's `u` range is `0..=width − 1`).
+    pub width: u32,
+    /// Depth image height, pixels.
+    pub height: u32,
+    /// Row-major 3×3 intrinsics `[fx, s, cx, 0, fy, cy, 0, 0, 1]`, depth-image pixels.
+    #[schema(min_items = 9, max_items = 9)]
+    pub k: Vec<f64>,
+    /// Row-major 4×4 world-from-camera pose, metres (OpenCV axes: x right, y down, z forward),
+    /// in the mesh's world frame.
+    #[schema(min_items = 16, max_items = 16)]
+    pub pose: Vec<f64>,
+}
+
+/// What a scan's reconstruction came to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ScanOutcome {
+    pub state: OutcomeState,
+    /// `needs_outline` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<OutcomeReason>,
+    /// `needs_outline` only, when a frame could be suggested.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_keyframe: Option<SuggestedKeyframe>,
+    /// Whether the mesh is served (`GET /v1/scans/{id}/mesh`, `DocumentReference/{id}`).
+    pub mesh: bool,
+}
+
+/// The scan's reconstruction outcome, from its status and its stored outcome row.
+pub async fn outcome_of(state: &AppState, scan: &ScanRecord) -> Result<ScanOutcome, ApiError> {
+    let pending = || ScanOutcome { state: OutcomeState::Pending, reason: None, suggested_keyframe: None, mesh: false };
+    let failed = || ScanOutcome { state: OutcomeState::Failed, reason: None, suggested_keyframe: None, mesh: false };
+    match scan.status.as_str() {
+        "complete" => {}
+        "failed" | "cancelled" => return Ok(failed()),
+        _ => return Ok(pending()),
+    }
+    let Some(row) = stored_outcome(&state.stores.pg, scan.id).await.map_err(ApiError::internal)? else {
+        // Complete before outcomes were stored, with no automatic measurement (the
+        // backfill made a row for every scan that had one): the reason was only in the
+        // reconstruction document.
+        return Ok(ScanOutcome {
+            state: OutcomeState::NeedsOutline,
+            reason: Some(OutcomeReason {
+                code: "measurement_failed".into(),
+                message: "the automatic measurement failed (reconstructed before outcomes were recorded)".into(),
+            }),
+            suggested_keyframe: None,
+            mesh: false,
+        });
+    };
+    if row.outcome == "measured" {
+        return Ok(ScanOutcome { state: OutcomeState::Measured, reason: None, suggested_keyframe: None, mesh: true });
+    }
+    Ok(ScanOutcome {
+        state: OutcomeState::NeedsOutline,
+        reason: row.reason.map(|(code, message)| OutcomeReason { code, message }),
+        suggested_keyframe: row.suggested_keyframe.map(|k| SuggestedKeyframe {
+            seq: k.seq,
+            width: k.width,
+            height: k.height,
+            k: k.k.to_vec(),
+            pose: k.pose.to_vec(),
+        }),
+        mesh: true,
+    })
 }
 
 /// `POST /v1/scans/{id}/measurements` body: an outline drawn on a keyframe.
@@ -96,6 +205,7 @@ pub async fn list(
     let caller = auth::caller_of(&req, &state, &who);
     let scan = state.scans.visible(&caller, ScanId::from_uuid(id.into_inner()), "scan.measurements.read").await?;
     let measurements = list_measurements(&state.stores.pg, scan.id).await?;
+    let outcome = outcome_of(&state, &scan).await?;
     auth::audit(
         &state,
         &req,
@@ -105,7 +215,7 @@ pub async fn list(
             .details(serde_json::json!({"count": measurements.len()})),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(MeasurementList { scan_id: scan.id, status: scan.status, measurements }))
+    Ok(HttpResponse::Ok().json(MeasurementList { scan_id: scan.id, status: scan.status, outcome, measurements }))
 }
 
 /// `POST /v1/scans/{id}/measurements`: re-measures a finished scan with a clinician-drawn

@@ -251,6 +251,84 @@ const ROWS = [
   ['mean_depth_mm', 'Mean depth', 'mm', 2], ['volume_mm3', 'Volume', 'mm³'],
 ];
 
+const REASONS = {
+  no_depression: 'No depression deeper than the threshold was found near the centre of the scan.',
+  wound_exceeds_scan_region: 'The depression reaches the edge of the region the scan measures.',
+  rim_not_seen: 'The rim of the wound was not seen all round.',
+  not_enough_surface: 'Too little of the surface around the wound was reconstructed.',
+  measurement_failed: 'The automatic measurement failed.',
+};
+
+/// The outline tool over the viewer: the mesh drawn from the suggested keyframe's camera,
+/// clicks add the outline's corners (in keyframe pixels), Measure posts them as a polygon
+/// re-measure. Resolves when the measurement is stored (or the tool is closed).
+function outlineTool(id, viewer, canvas, kf, panel) {
+  viewer.keyframeView(kf);
+  const wrap = canvas.parentElement;
+  wrap.style.position = 'relative';
+  const svgNs = 'http://www.w3.org/2000/svg';
+  const overlay = document.createElementNS(svgNs, 'svg');
+  overlay.setAttribute('viewBox', `0 0 ${kf.width} ${kf.height}`);
+  overlay.setAttribute('preserveAspectRatio', 'none');
+  overlay.setAttribute('data-testid', 'outline-overlay');
+  overlay.setAttribute('aria-hidden', 'true');
+  const place = () => {
+    overlay.style.cssText = `position:absolute;left:${canvas.offsetLeft}px;top:${canvas.offsetTop}px;width:${canvas.clientWidth}px;height:${canvas.clientHeight}px;pointer-events:none`;
+  };
+  const line = document.createElementNS(svgNs, 'polygon');
+  line.setAttribute('fill', 'rgba(255,210,0,0.15)');
+  line.setAttribute('stroke', '#ffd200');
+  line.setAttribute('stroke-width', String(Math.max(kf.width, kf.height) / 300));
+  overlay.append(line);
+  wrap.append(overlay);
+  place();
+  const points = [];
+  const redraw = () => {
+    line.setAttribute('points', points.map(([u, v]) => `${u + 0.5},${v + 0.5}`).join(' '));
+    count.textContent = `${points.length} point${points.length === 1 ? '' : 's'}`;
+    measure.disabled = points.length < 3;
+  };
+  const onClick = (e) => {
+    const r = canvas.getBoundingClientRect();
+    const u = ((e.clientX - r.left) / r.width) * kf.width - 0.5;
+    const v = ((e.clientY - r.top) / r.height) * kf.height - 0.5;
+    if (u < 0 || v < 0 || u > kf.width - 1 || v > kf.height - 1) return;
+    points.push([Math.round(u * 100) / 100, Math.round(v * 100) / 100]);
+    redraw();
+  };
+  canvas.addEventListener('click', onClick);
+  window.addEventListener('resize', place);
+  const err = el('p', { class: 'error', role: 'alert' });
+  const count = el('span', { class: 'muted', 'data-testid': 'outline-count', text: '0 points' });
+  const measure = el('button', { type: 'button', 'data-testid': 'outline-measure', text: 'Measure', disabled: '' });
+  const undo = el('button', { type: 'button', text: 'Undo point', onclick: () => { points.pop(); redraw(); } });
+  const cancel = el('button', { type: 'button', text: 'Cancel' });
+  panel.replaceChildren(
+    el('p', { text: `Click around the wound's edge on frame ${kf.seq}, then Measure.` }),
+    el('p', {}, count), el('p', {}, measure, ' ', undo, ' ', cancel), err);
+  return new Promise((resolve) => {
+    const close = (result) => {
+      canvas.removeEventListener('click', onClick);
+      window.removeEventListener('resize', place);
+      overlay.remove();
+      viewer.orbitView();
+      resolve(result);
+    };
+    cancel.addEventListener('click', () => close(null));
+    measure.addEventListener('click', async () => {
+      measure.disabled = true;
+      err.textContent = '';
+      try {
+        const m = await api(`/v1/scans/${id}/measurements`, { json: { keyframe_seq: kf.seq, polygon: points } });
+        close(m);
+      } catch (e) {
+        err.textContent = `Could not measure the outline: ${e.message}`;
+        measure.disabled = points.length < 3;
+      }
+    });
+  });
+}
+
 async function scanPage(id) {
   const canvas = el('canvas', { id: 'viewer', 'data-testid': 'viewer', tabindex: '0', 'aria-label': '3D wound surface: arrow keys rotate, + and - zoom' });
   const side = el('div', { class: 'card', 'data-testid': 'measurements' }, el('p', { text: 'Loading…' }));
@@ -260,21 +338,46 @@ async function scanPage(id) {
     const scan = await api(`/v1/scans/${id}`);
     head.textContent = `Scan · ${scan.body_site} · ${new Date(scan.created_at).toLocaleString()}`;
     const ms = await api(`/v1/scans/${id}/measurements`);
+    const outcome = ms.outcome || { state: ms.status === 'complete' ? 'measured' : 'pending', mesh: ms.status === 'complete' };
     const m = ms.measurements.find((x) => x.method === 'auto') || ms.measurements[ms.measurements.length - 1];
     const tbody = el('tbody');
     if (m) for (const [k, label, unit, d] of ROWS) tbody.append(el('tr', { 'data-testid': `m-${k}` }, el('th', { scope: 'row', text: label }), el('td', { text: pm(m[k], unit, d || 1) })));
+    const needsOutline = outcome.state === 'needs_outline';
+    const reason = needsOutline && outcome.reason
+      ? el('div', { 'data-testid': 'outcome-reason', 'data-code': outcome.reason.code },
+        el('p', { text: `No automatic measurement: ${REASONS[outcome.reason.code] || outcome.reason.message}` }),
+        el('p', { class: 'muted', text: m ? 'A clinician drew the outline.' : 'A clinician can draw the outline on the scan.' }))
+      : null;
+    const tool = el('div', { 'data-testid': 'outline-tool' });
+    // Drawing needs `scans:measure` (clinicians and admins); patients see the reason only.
+    const mayMeasure = (auth.user?.role || 'patient') !== 'patient';
+    const draw = needsOutline && outcome.mesh && outcome.suggested_keyframe && mayMeasure
+      ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: 'Draw the outline' })
+      : null;
     side.replaceChildren(
       el('h3', { text: 'Measurements' }),
-      el('p', {}, el('span', { class: `badge ${ms.status}`, text: ms.status }), ' ', el('a', { href: `#/patient/${scan.patient_id}`, text: 'History' })),
+      el('p', {}, el('span', { class: `badge ${ms.status}`, text: needsOutline ? 'needs outline' : ms.status }), ' ', el('a', { href: `#/patient/${scan.patient_id}`, text: 'History' })),
+      reason,
       m ? el('table', { class: 'm' }, tbody) : el('p', { class: 'empty', text: 'No measurement yet.' }),
-      m ? el('p', { class: 'muted', text: `± is the half-width of the interval the true value lies in (${m.method}).` }) : null);
-    if (ms.status === 'complete') {
+      m ? el('p', { class: 'muted', text: `± is the half-width of the interval the true value lies in (${m.method}).` }) : null,
+      draw, tool);
+    if (outcome.mesh) {
       const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
-      const info = await showMesh(canvas, await res.arrayBuffer());
-      document.getElementById('viewer-status').textContent = `${info.triangles} triangles; the wound region is highlighted.`;
+      const viewer = await showMesh(canvas, await res.arrayBuffer());
+      document.getElementById('viewer-status').textContent = `${viewer.triangles} triangles; the wound region is highlighted.`;
       canvas.dataset.ready = 'true';
+      if (draw) {
+        draw.addEventListener('click', async () => {
+          draw.hidden = true;
+          document.getElementById('viewer-status').textContent = `The scan as frame ${outcome.suggested_keyframe.seq} saw it.`;
+          const made = await outlineTool(id, viewer, canvas, outcome.suggested_keyframe, tool);
+          if (made) scanPage(id);
+          else { draw.hidden = false; tool.replaceChildren(); }
+        });
+      }
     } else {
-      document.getElementById('viewer-status').textContent = 'The mesh appears when the scan is complete.';
+      document.getElementById('viewer-status').textContent = outcome.state === 'pending'
+        ? 'The mesh appears when the scan is complete.' : 'This scan has no mesh.';
     }
   } catch (e) {
     side.replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the scan: ${e.message}` }));

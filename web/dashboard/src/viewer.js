@@ -3,6 +3,13 @@
 // variance through the mesh, and vertices more than 0.8 mm into the depression (the same
 // contour level the measurement uses, docs/measurement.md) are coloured.
 // Keyboard: arrows rotate, + / - zoom; the mouse orbits.
+//
+// Outline view (a scan whose automatic measurement failed, `needs_outline`): the mesh is
+// drawn from the suggested keyframe's camera, the phone's own intrinsics and pose, so the
+// canvas shows what that frame saw and a canvas pixel maps linearly to a keyframe pixel:
+// u = x / canvasWidth · width − 0.5 (pixel centres at integer coordinates, as the API's
+// polygon wants them). OpenCV camera axes (x right, y down, z forward) become three.js's
+// (x right, y up, z backward) by flipping y and z.
 
 import * as THREE from 'three';
 import { GLTFLoader } from 'three/addons/loaders/GLTFLoader.js';
@@ -57,7 +64,28 @@ function highlight(geom) {
   return { normal: nrm.multiplyScalar(-sign), centre: c, inWound };
 }
 
-/// Draws the GLB in `canvas`; resolves with facts about the mesh once the first frame is drawn.
+/// The three.js projection of a pinhole camera `k` (row-major 3×3, pixels) over a
+/// `width × height` image, near/far planes `n`/`f`: NDC ±1 at the image's outer pixel edges.
+export function keyframeProjection(k, width, height, n, f) {
+  const [fx, , cx, , fy, cy] = k;
+  return new THREE.Matrix4().set(
+    (2 * fx) / width, 0, 1 - (2 * (cx + 0.5)) / width, 0,
+    0, (2 * fy) / height, (2 * (cy + 0.5)) / height - 1, 0,
+    0, 0, -(f + n) / (f - n), (-2 * f * n) / (f - n),
+    0, 0, -1, 0,
+  );
+}
+
+/// The three.js camera matrix (world from GL camera) of a row-major world-from-camera pose in
+/// OpenCV axes.
+export function keyframeCameraMatrix(pose) {
+  const m = new THREE.Matrix4().set(...pose);
+  return m.multiply(new THREE.Matrix4().makeScale(1, -1, -1));
+}
+
+/// Draws the GLB in `canvas`; resolves once the first frame is drawn with facts about the
+/// mesh and `keyframeView(kf)` / `orbitView()` to switch between the suggested keyframe's
+/// camera (the outline view) and the orbit view.
 export async function showMesh(canvas, glb) {
   const gltf = await new GLTFLoader().parseAsync(glb, '');
   const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
@@ -92,15 +120,18 @@ export async function showMesh(canvas, glb) {
   const controls = new OrbitControls(camera, canvas);
   controls.target.copy(centre);
   controls.update();
+  // The outline view's camera (null: the orbit view).
+  let keyCamera = null;
   const resize = () => {
     const w = canvas.clientWidth || 640, h = canvas.clientHeight || 480;
     renderer.setSize(w, h, false);
     camera.aspect = w / h;
     camera.updateProjectionMatrix();
   };
-  const draw = () => { resize(); renderer.render(scene, camera); };
+  const draw = () => { resize(); renderer.render(scene, keyCamera || camera); };
   controls.addEventListener('change', draw);
   canvas.addEventListener('keydown', (e) => {
+    if (keyCamera) return;
     const step = 0.15;
     const off = camera.position.clone().sub(controls.target);
     const sph = new THREE.Spherical().setFromVector3(off);
@@ -118,5 +149,32 @@ export async function showMesh(canvas, glb) {
   });
   window.addEventListener('resize', draw);
   draw();
-  return { triangles, woundVertices: facts ? facts.inWound : 0, meshes: meshes.length };
+  const keyframeView = (kf) => {
+    // The canvas takes the keyframe's aspect so its pixels scale the keyframe's evenly.
+    canvas.style.height = 'auto';
+    canvas.style.aspectRatio = `${kf.width} / ${kf.height}`;
+    const near = 0.01, far = 5;
+    keyCamera = new THREE.PerspectiveCamera();
+    keyCamera.matrixAutoUpdate = false;
+    keyCamera.matrix.copy(keyframeCameraMatrix(kf.pose));
+    keyCamera.matrixWorld.copy(keyCamera.matrix);
+    keyCamera.matrixWorldInverse.copy(keyCamera.matrix).invert();
+    keyCamera.projectionMatrix.copy(keyframeProjection(kf.k, kf.width, kf.height, near, far));
+    keyCamera.projectionMatrixInverse.copy(keyCamera.projectionMatrix).invert();
+    sun.position.setFromMatrixPosition(keyCamera.matrix);
+    controls.enabled = false;
+    canvas.dataset.view = 'keyframe';
+    draw();
+  };
+  const orbitView = () => {
+    keyCamera = null;
+    canvas.style.height = '';
+    canvas.style.aspectRatio = '';
+    sun.position.copy(camera.position);
+    controls.enabled = true;
+    canvas.dataset.view = 'orbit';
+    draw();
+  };
+  canvas.dataset.view = 'orbit';
+  return { triangles, woundVertices: facts ? facts.inWound : 0, meshes: meshes.length, keyframeView, orbitView };
 }
