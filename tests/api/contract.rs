@@ -355,6 +355,13 @@ async fn fuzz(app: &TestApp, st: &Path, config_file: &Path, role: &str, who: &Us
     (out.status.success(), text)
 }
 
+/// Whether a failed run failed only because schemathesis itself crashed on CPython 3.11's
+/// AST recursion-depth bug (python/cpython#106905, seen on Debian's 3.11.2 when hypothesis
+/// describes a lambda): no check failed, the only errors are that `SystemError`.
+fn only_the_fuzzer_crashed(out: &str) -> bool {
+    out.contains("AST constructor recursion depth mismatch") && !out.contains("FAILURES")
+}
+
 #[actix_web::test]
 async fn the_server_keeps_its_openapi_contract_for_every_role_under_a_property_based_fuzzer() {
     let st = schemathesis();
@@ -383,7 +390,12 @@ async fn the_server_keeps_its_openapi_contract_for_every_role_under_a_property_b
     let mut failed = vec![];
     let mut report = String::new();
     for (role, who) in [("admin", &admin), ("clinician", &clin), ("patient", &patient)] {
-        let (ok, out) = fuzz(&app, &st, &config_file, role, who, examples).await;
+        let (mut ok, mut out) = fuzz(&app, &st, &config_file, role, who, examples).await;
+        if !ok && only_the_fuzzer_crashed(&out) {
+            // Not a finding about the server: run that role once more.
+            println!("{out}\n===== the fuzzer itself crashed (CPython 3.11 AST bug); running {role} again =====");
+            (ok, out) = fuzz(&app, &st, &config_file, role, who, examples).await;
+        }
         println!("{out}");
         if !ok {
             failed.push(role);
