@@ -174,11 +174,18 @@ fn family_report(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             let cfg = ScanConfig { frames, ..ScanConfig::iphone(seed) };
             let r = harness::run_phantom(&phantom, case, &cfg, encoding);
             let rejected: Vec<String> = r.rejected.iter().map(|(c, n)| format!("{c}×{n}")).collect();
+            let mut valid: Vec<f64> = r.frame_stats.iter().map(|s| s.valid_fraction).collect();
+            valid.sort_by(f64::total_cmp);
+            let mut far: Vec<f64> = r.frame_stats.iter().filter_map(|s| s.median_depth_m).collect();
+            far.sort_by(f64::total_cmp);
+            let mid = |v: &[f64]| v.get(v.len() / 2).copied().unwrap_or(0.0);
             println!(
-                "  seed {seed}: fused {}/{} (rejected {}), target {} | render {:.0} fuse {:.0} measure {:.0} polygon {:.0} ms",
+                "  seed {seed}: fused {}/{} (rejected {}; whole-frame valid {:.0}% median {:.2} m), target {} | render {:.0} fuse {:.0} measure {:.0} polygon {:.0} ms",
                 r.fused,
                 r.frames,
                 if rejected.is_empty() { "none".to_string() } else { rejected.join(" ") },
+                mid(&valid) * 100.0,
+                mid(&far),
                 r.target_error_mm.map_or("-".to_string(), |e| format!("{e:.1} mm off")),
                 r.timings.render_ms,
                 r.timings.fuse_ms,

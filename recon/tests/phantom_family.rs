@@ -295,3 +295,42 @@ fn a_small_body_part_fails_the_whole_frame_gate() {
     assert!(far >= heel.len() * 3 / 4, "{:?}", heel.iter().map(|s| s.median_depth_m).collect::<Vec<_>>());
     assert!(heel.iter().filter(|s| !gate.passes(s)).count() >= heel.len() * 3 / 4);
 }
+
+#[test]
+fn trajectory_options_move_the_aim_and_shorten_the_arc() {
+    let case = family::punch_forearm();
+    let p = WoundPhantom::new(case.spec.clone());
+    let to_phantom = case.spec.world_from_phantom.inverse();
+    // The default is the presets' arc (same placement, same seed).
+    let legacy = Phantom::new(presets::spherical_cap(false)).trajectory(3, 60);
+    assert_eq!(p.trajectory(3, 60, &TrajectoryOptions::default()), legacy);
+    let local = |pose: &Pose| {
+        let c = to_phantom.compose(pose);
+        let (o, dir) = (c.position(), c.rotate(Vec3::new(0.0, 0.0, 1.0)));
+        (o, o + dir * (-o.z / dir.z))
+    };
+    for pose in p.trajectory(3, 60, &TrajectoryOptions::off_centre(15.0)) {
+        let (_, hit) = local(&pose);
+        let r = hit.x.hypot(hit.y) * 1e3;
+        // The presets' aim wobbles by up to 6 mm along each tangent axis.
+        assert!((15.0 - 8.5..=15.0 + 8.5).contains(&r), "aim {r:.1} mm off");
+    }
+    let mut az: Vec<f64> = p
+        .trajectory(3, 60, &TrajectoryOptions::one_sided())
+        .iter()
+        .map(|pose| {
+            let (o, _) = local(pose);
+            o.y.atan2(o.x)
+        })
+        .collect();
+    for i in 1..az.len() {
+        while az[i] - az[i - 1] > PI {
+            az[i] -= 2.0 * PI;
+        }
+        while az[i] - az[i - 1] < -PI {
+            az[i] += 2.0 * PI;
+        }
+    }
+    let span = az.iter().cloned().fold(f64::MIN, f64::max) - az.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(span.to_degrees() <= 90.5 && span.to_degrees() >= 59.0, "arc {:.1}°", span.to_degrees());
+}

@@ -144,6 +144,8 @@ pub struct Carved {
     bound: f64,
     /// Distance beyond which the wall no longer limits the depth, metres.
     saturation: f64,
+    /// Bound on the slope of `D` (see [`Carved::slope_bound`]).
+    slope: f64,
     sdf: Option<Sdf>,
 }
 
@@ -161,7 +163,19 @@ impl Carved {
             Outline::Circle { .. } => None,
             _ => Some(Sdf::build(&cavity.outline, bound)),
         };
-        Carved { cavity, tan_wall, bound, saturation, sdf }
+        // The wall's slope, the bed's, and the fillet's (never steeper than the two).
+        let bed_slope = match cavity.bed {
+            Bed::Flat => 0.0,
+            Bed::Rounded { power } => power * cavity.depth_m / cavity.outline.min_radius().max(1e-6),
+            Bed::Sloped { tilt, .. } => tilt.abs() * cavity.depth_m / bound,
+        };
+        let slope = tan_wall.max(bed_slope);
+        Carved { cavity, tan_wall, bound, saturation, slope, sdf }
+    }
+
+    /// An upper bound on the slope of `D` over the tangent plane (∞ for a vertical wall).
+    pub fn slope_bound(&self) -> f64 {
+        self.slope
     }
 
     /// The cavity.

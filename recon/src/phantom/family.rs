@@ -83,11 +83,12 @@ pub fn punch_forearm() -> Case {
 }
 
 /// The sacrum: a lobed wound about 60 mm across, 2 mm deep with 25° walls, on
-/// gently doubly-curved skin (radii 90 × 140 mm).
+/// gently doubly-curved skin (radii 90 × 140 mm at the wound, on a body about 38 × 47 cm
+/// across, so it fills the frame as a back does).
 pub fn sacrum_lobed() -> Case {
     case(
         "sacrum-lobed",
-        ellipsoid_with_radii(90.0, 140.0, 60.0),
+        ellipsoid_with_radii(90.0, 140.0, 400.0),
         cavity(sacrum_outline(), 2.0, 25.0, Bed::Flat, 0.3),
         None,
     )

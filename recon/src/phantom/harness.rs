@@ -17,7 +17,7 @@ use super::{GroundTruth, ScanConfig};
 use crate::fusion::{FusedScan, ScanFusion};
 use crate::geometry::Frame;
 use crate::measure::WoundMeasurements;
-use crate::ReconError;
+use crate::{FrameStats, ReconError};
 
 /// How the phone encodes depth on the wire (`docs/protocol.md`, depth planes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +49,9 @@ pub struct Run {
     pub truth: GroundTruth,
     /// Frames rendered.
     pub frames: usize,
+    /// Each rendered frame's whole-frame statistics (valid fraction, median depth) as the
+    /// quality gate computes them, without the previous pose.
+    pub frame_stats: Vec<FrameStats>,
     /// Frames the gate accepted and fusion integrated (0 when fusion failed).
     pub fused: u64,
     /// Frames turned away, by reason code, in order of first appearance.
@@ -89,6 +92,7 @@ pub fn run_phantom(phantom: &WoundPhantom, case: &Case, config: &ScanConfig, enc
     let mut timings = Timings { render_ms: ms(t), ..Timings::default() };
     let truth = *phantom.truth();
     let frames: Vec<(u64, Frame)> = scan.frames.iter().cloned().enumerate().map(|(i, f)| (i as u64 + 1, f)).collect();
+    let frame_stats: Vec<FrameStats> = scan.frames.iter().map(|f| FrameStats::compute(f, None)).collect();
 
     let t = Instant::now();
     let fused = match ScanFusion::fuse_all(&frames, &mut || {}) {
@@ -101,6 +105,7 @@ pub fn run_phantom(phantom: &WoundPhantom, case: &Case, config: &ScanConfig, enc
             return Run {
                 truth,
                 frames: frames.len(),
+                frame_stats,
                 fused: 0,
                 rejected: Vec::new(),
                 target_error_mm: None,
@@ -124,6 +129,7 @@ pub fn run_phantom(phantom: &WoundPhantom, case: &Case, config: &ScanConfig, enc
     Run {
         truth,
         frames: frames.len(),
+        frame_stats,
         fused: fused.fused,
         rejected: tally(&fused.rejected),
         target_error_mm: Some((fused.target - truth.target_world).norm() * 1e3),

@@ -690,6 +690,19 @@ impl Default for TrajectoryOptions {
     }
 }
 
+impl TrajectoryOptions {
+    /// A short one-sided sweep (60–90° of arc): part of the rim behind a steep wall is
+    /// never seen (for guidance tests).
+    pub fn one_sided() -> Self {
+        TrajectoryOptions { arc_deg: (60.0, 90.0), ..TrajectoryOptions::default() }
+    }
+
+    /// The presets' arc aimed `mm` off the wound centre (up to 20 mm in the family).
+    pub fn off_centre(mm: f64) -> Self {
+        TrajectoryOptions { aim_offset_m: mm * 1e-3, ..TrajectoryOptions::default() }
+    }
+}
+
 /// A seeded hand-held trajectory around the origin of `world_from_phantom` (the wound
 /// centre, skin normal +z): an arc at the drawn distance, tilted from the skin normal with
 /// a wobble, aimed near (not exactly at) the wound. With the default options this is

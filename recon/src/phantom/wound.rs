@@ -119,15 +119,22 @@ impl WoundPhantom {
             let (x, y, depth) = body.foot(o + dir * t)?;
             Some(self.carved.depth(x, y) - depth)
         };
-        let step = MARCH_STEP_M / dir.norm();
+        let norm = dir.norm();
+        let step = MARCH_STEP_M / norm;
         let max_steps = ((4.0 * self.carved.bound() + 4.0 * self.max_depth + 0.004) / MARCH_STEP_M) as usize;
+        // Along the ray, `f` falls by at most (1 + slope of D)·(1 − κ·depth)⁻¹ per metre
+        // (≤ 2·(1 + slope) while the depth is under half the skin radius): a step of half
+        // f / (1 + slope) cannot jump over the surface. Never below the presets' fixed step.
+        let slope = self.carved.slope_bound();
+        let safe = |v: f64| if slope.is_finite() { 0.5 * v / (1.0 + slope) / norm } else { 0.0 };
         let mut lo = ts;
         let mut t = ts;
+        let mut v = f(ts).unwrap_or(0.0);
         for _ in 0..max_steps {
-            t += step;
+            t += step.max(safe(v));
             let p = o + dir * t;
             let Some((x, y, depth)) = body.foot(p) else { return Err(None) };
-            let v = self.carved.depth(x, y) - depth;
+            v = self.carved.depth(x, y) - depth;
             if v < 0.0 {
                 let mut hi = t;
                 for _ in 0..40 {
