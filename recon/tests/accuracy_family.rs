@@ -171,3 +171,50 @@ fn the_polygon_path_holds_on_the_crater() {
 fn the_polygon_path_holds_on_the_wide_flat_wound() {
     check_polygon("wide-flat");
 }
+
+/// The same frames sent as `f32_m` and as `u16_0.1mm` must give automatic areas within
+/// 0.3 % (issue #23). The sensor's own 0.25 mm quantisation is off here, so that ties
+/// under the 0.1 mm rounding neither hide nor fake the effect.
+fn check_encoding(name: &str) {
+    let case = family::by_name(name).expect("a named class");
+    let phantom = WoundPhantom::new(case.spec.clone());
+    let mut out = Vec::new();
+    for seed in 0..3 {
+        let mut cfg = ScanConfig::iphone(seed);
+        cfg.noise.quantisation_m = 0.0;
+        let f = harness::run_phantom(&phantom, &case, &cfg, Encoding::F32);
+        let u = harness::run_phantom(&phantom, &case, &cfg, Encoding::U16Tenth);
+        match (&f.auto, &u.auto) {
+            (Ok(a), Ok(b)) => {
+                let d = b.outline_area_mm2.value / a.outline_area_mm2.value - 1.0;
+                if d.abs() > 0.003 {
+                    out.push(format!("{name} seed {seed}: u16 area {:+.2}% from f32", d * 100.0));
+                }
+            }
+            (a, b) => out.push(format!(
+                "{name} seed {seed}: f32 {}, u16 {}",
+                a.as_ref().map_or_else(|e| e.to_string(), |_| "measured".into()),
+                b.as_ref().map_or_else(|e| e.to_string(), |_| "measured".into())
+            )),
+        }
+    }
+    assert!(out.is_empty(), "{}", out.join("\n"));
+}
+
+#[test]
+#[ignore = "until #23 P2 lands: the u16_0.1mm encoding moves the automatic area by up to 4.4 % (f32 vs u16 baseline, docs/phantoms.md)"]
+fn the_encoding_does_not_move_the_crater_area() {
+    check_encoding("crater");
+}
+
+#[test]
+#[ignore = "until #23 P2 lands: the u16_0.1mm encoding moves the automatic area by up to 5.8 % (f32 vs u16 baseline, docs/phantoms.md)"]
+fn the_encoding_does_not_move_the_saddle_area() {
+    check_encoding("saddle-oblique");
+}
+
+#[test]
+#[ignore = "until #23 P2 lands: the u16_0.1mm encoding moves the automatic area by up to 4.4 % (f32 vs u16 baseline, docs/phantoms.md)"]
+fn the_encoding_does_not_move_the_lobed_steep_area() {
+    check_encoding("lobed-steep");
+}
