@@ -231,7 +231,13 @@ impl Carved {
                 d * (1.0 + tilt * s)
             }
         };
-        let wall = if delta >= self.saturation { f64::INFINITY } else { delta * self.tan_wall };
+        // Past the saturation distance (and anywhere inside a vertical wall) the wall no
+        // longer limits the depth; this also keeps 0·∞ out.
+        let wall = if delta >= self.saturation || (self.tan_wall.is_infinite() && delta > 0.0) {
+            f64::INFINITY
+        } else {
+            delta * self.tan_wall.min(f64::MAX)
+        };
         smooth_min(bed.max(0.0), wall, self.cavity.fillet_m)
     }
 }
