@@ -92,7 +92,7 @@ fn check_polygon(name: &str) {
 }
 
 class_test!(
-    #[ignore = "until #23 P2 lands: 2 of 5 scans fail the whole-frame gate; auto area up to +5.8 %, volume to -12.8 %, area CV 4.2 %; polygon volume -10.9 %"]
+    #[ignore = "until #23 P2b/P3 land: 2 of 5 scans fail the whole-frame gate; the 3 fused are measured automatically: area up to +6.9 %, volume to -9.6 %, area CV 3.2 % (rim); polygon volume -11.6 %"]
     punch_forearm_meets_the_bars,
     "punch-forearm"
 );
@@ -102,7 +102,7 @@ class_test!(
     "punch-small"
 );
 class_test!(
-    #[ignore = "until #23 P2 lands: automatic segmentation finds no depression on any scan"]
+    #[ignore = "until #23 P2b lands: measured automatically on 5 of 5 scans; auto area to -5.0 %, L/W to -1.1 mm, area CV 1.8 %, 2 intervals miss (rim)"]
     sacrum_lobed_meets_the_bars,
     "sacrum-lobed"
 );
@@ -112,37 +112,33 @@ class_test!(
     "heel"
 );
 class_test!(
-    #[ignore = "until #23 P2 lands: automatic segmentation finds no depression on any scan"]
+    #[ignore = "until #23 P2b lands: measured automatically on 5 of 5 scans, 3 meet every bar; length to +1.2 mm (rim)"]
     abrasion_meets_the_bars,
     "abrasion"
 );
 class_test!(
-    #[ignore = "until #23 P2 lands: auto area -3 … -12.6 %, width to -1.46 mm, area CV 4.4 %, 6 intervals miss"]
+    #[ignore = "until #23 P2b lands: auto area to -11.1 %, L/W to -1.2 mm, area CV 4.9 %, 3 intervals miss (rim)"]
     crater_meets_the_bars,
     "crater"
 );
 class_test!(
-    #[ignore = "until #23 P2 lands: auto area to -19.5 %, area CV 7.3 %; polygon area to -2.4 % on 2 scans"]
+    #[ignore = "until #23 P2b lands: auto area to -10.5 %, area CV 3.9 % (rim); polygon area to -2.4 % on 2 scans"]
     saddle_oblique_meets_the_bars,
     "saddle-oblique"
 );
 class_test!(
-    #[ignore = "until #23 P2 lands: auto area to -6.6 %, volume to -6.2 %, 4 intervals miss; polygon volume to -7.2 %"]
+    #[ignore = "until #23 P2b lands: auto area to -8.9 %, volume to -5.7 %, 4 intervals miss (rim); polygon volume to -7.5 %"]
     lobed_steep_meets_the_bars,
     "lobed-steep"
 );
+class_test!(wide_flat_meets_the_bars, "wide-flat");
 class_test!(
-    #[ignore = "until #23 P2 lands: automatic segmentation fails on 4 of 5 scans (no depression), the fifth reads area -29.5 %"]
-    wide_flat_meets_the_bars,
-    "wide-flat"
-);
-class_test!(
-    #[ignore = "until #23 P2 lands: automatic segmentation finds no depression on any scan; polygon volume to -13.4 %"]
+    #[ignore = "until #23 P2b lands: measured automatically on 5 of 5 scans; auto area to +29.1 %, length to +2.2 mm, area CV 8.5 % (rim); polygon volume to -14.2 %"]
     small_shallow_meets_the_bars,
     "small-shallow"
 );
 class_test!(
-    #[ignore = "until #23 P2/P3 land: 4 of 5 scans fail the whole-frame gate; polygon volume -10.8 %"]
+    #[ignore = "until #23 P2b/P3 land: 4 of 5 scans fail the whole-frame gate (the fifth is measured automatically: area -3.5 %, length +1.0 mm); polygon volume -5.6 %"]
     wrap_meets_the_bars,
     "wrap"
 );
