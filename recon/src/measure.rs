@@ -902,6 +902,12 @@ fn measure_outline(
         sigma_h,
         voxel: vs,
         missing_fraction: p.missing_fraction,
+        roughness: {
+            let smooth = taubin(outline, 30);
+            (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
+                / outline.len() as f64)
+                .sqrt()
+        },
     };
     let hw = uncertainty::half_widths(boundary, &figures, cfg.coverage_factor);
     let to_mm = 1e3;

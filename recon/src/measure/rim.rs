@@ -57,7 +57,7 @@ fn basis(s: f64, s0: f64, w: f64, sigma: f64) -> [f64; 3] {
 
 /// Ridge on the bulge (per sample, mm⁴): a wall is only bent where the data clearly ask
 /// for it (a bowl's wall), never to let a wrong rim fit a straight wall.
-const BULGE_RIDGE_MM4: f64 = 1.0;
+const BULGE_RIDGE_MM4: f64 = 0.1;
 
 /// Penalty on the wall width (per sample, mm, per blur width): a blurred step and a
 /// blurred ramp narrower than about the blur are nearly the same profile (the ramp
@@ -308,15 +308,20 @@ pub(super) fn fit_blur(profiles: &[Vec<(f64, f64)>], fixed_s0: Option<f64>) -> (
 }
 
 /// Keeps a profile (sorted by inward distance) up to 2 mm past where it first reaches
-/// 95 % of its deepest value within `reach` mm inward: the window then spans the whole
-/// wall and a stretch of bed, whatever the wall's angle or depth.
+/// 95 % of its deepest value within `reach` mm inward — so the window spans a steep wall
+/// and a stretch of bed — but no further than 1.5 mm past where it first reaches
+/// `max(2.5 mm, 0.6 × deepest)`: on a bowl, whose wall never ends in a corner, the
+/// window stays near the rim, where a bent wall describes it.
 pub(super) fn wall_window(mut prof: Vec<(f64, f64)>, reach: f64) -> Vec<(f64, f64)> {
     prof.sort_by(|a, b| a.0.total_cmp(&b.0));
     let deepest = prof.iter().filter(|p| p.0 <= reach).map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
-    let Some(corner) = prof.iter().find(|p| p.0 >= 0.0 && p.1 >= 0.95 * deepest).map(|p| p.0) else {
+    let first = |level: f64| prof.iter().find(|p| p.0 >= 0.0 && p.1 >= level).map(|p| p.0);
+    let Some(corner) = first(0.95 * deepest) else {
         return prof;
     };
-    prof.retain(|p| p.0 <= corner + 2.0);
+    let level = first((0.6 * deepest).max(2.5)).unwrap_or(corner);
+    let end = (corner + 2.0).min(level + 1.5);
+    prof.retain(|p| p.0 <= end);
     prof
 }
 

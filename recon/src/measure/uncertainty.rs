@@ -55,6 +55,9 @@ pub(super) struct Figures {
     pub voxel: f64,
     /// Fraction of the wound without a fused surface.
     pub missing_fraction: f64,
+    /// RMS distance of the outline to a heavily smoothed copy, metres: the longest chord
+    /// picks the outline's extremes, so its roughness biases length and width upward.
+    pub roughness: f64,
 }
 
 /// Half-widths (SI units).
@@ -90,7 +93,12 @@ pub(super) fn half_widths(b: &Boundary, f: &Figures, coverage: f64) -> HalfWidth
 
     let sd_area = (ind.powi(2) + (f.perimeter * common).powi(2) + (2.0 * f.area * b.scale_sd).powi(2)).sqrt() * missing;
     let sd_len = |l: f64| {
-        (2.0 * end_sd.powi(2) + (2.0 * common).powi(2) + (l * b.scale_sd).powi(2) + 2.0 * b.rigid_sd_m.powi(2)).sqrt()
+        (2.0 * end_sd.powi(2)
+            + (2.0 * common).powi(2)
+            + (l * b.scale_sd).powi(2)
+            + 2.0 * b.rigid_sd_m.powi(2)
+            + (2.0 * f.roughness).powi(2))
+        .sqrt()
             * missing
     };
     let sd_depth = (f.sigma_skin.powi(2) + (0.5 * f.sigma_h).powi(2) + floor.powi(2)).sqrt() * missing;
