@@ -57,7 +57,7 @@ fn basis(s: f64, s0: f64, w: f64, sigma: f64) -> [f64; 3] {
 
 /// Ridge on the bulge (per sample, mm⁴): a wall is only bent where the data clearly ask
 /// for it (a bowl's wall), never to let a wrong rim fit a straight wall.
-const BULGE_RIDGE_MM4: f64 = 0.1;
+const BULGE_RIDGE_MM4: f64 = 1.0;
 
 /// Penalty on the wall width (per sample, mm, per blur width): a blurred step and a
 /// blurred ramp narrower than about the blur are nearly the same profile (the ramp

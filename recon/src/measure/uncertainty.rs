@@ -75,7 +75,7 @@ pub(super) struct HalfWidths {
 
 /// Coverage factors, per quantity, as calibrated on the phantom suite.
 const K_AREA: f64 = 3.0;
-const K_LENGTH: f64 = 3.0;
+const K_LENGTH: f64 = 3.6;
 const K_DEPTH: f64 = 3.0;
 const K_VOLUME: f64 = 3.0;
 
