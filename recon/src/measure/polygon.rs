@@ -3,7 +3,7 @@
 //! The drawn outline *is* the wound's edge, so its `±` covers the measurement given the
 //! outline: where each drawn point lands on the fused surface (a pixel's footprint and the
 //! surface noise along the ray) and the keyframe's pose. The pose moves the whole outline
-//! rigidly, which changes neither area nor volume to first order; only its depth error
+//! rigidly, which changes neither area, volume, length nor width to first order; only its depth error
 //! scales the outline.
 
 use super::rim::{fit_rim_with, RimFit};

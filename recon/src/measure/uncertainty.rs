@@ -8,8 +8,8 @@
 //!   every sector as moving together and is √N_sectors too wide. A common-mode part
 //!   (model bias, a tenth of a voxel of surface position) moves every sector together.
 //! - **Scale** (polygon only): a keyframe's depth error scales the whole outline.
-//!   A rigid shift of the outline (pose jitter) changes neither area nor volume to first
-//!   order (`∮ n dl = 0`), so it only enters length and width.
+//!   A rigid shift of the outline (pose jitter) changes neither area, volume (`∮ n dl =
+//!   0`), length nor width to first order.
 //! - **Skin** under the wound: the skin fit's residual over the parameters it spends,
 //!   inflated by `N/N_eff` (fused-surface noise is correlated over about 1.5 mm, three
 //!   cells), plus half the disagreement of the two skin models.
@@ -32,7 +32,9 @@ pub(super) struct Boundary {
     pub common_sd_m: f64,
     /// Relative standard deviation of the outline's scale.
     pub scale_sd: f64,
-    /// Rigid-shift standard deviation (moves length endpoints, not area), metres.
+    /// Rigid-shift standard deviation, metres: moves the whole outline, which changes
+    /// neither area, volume, length nor width to first order; kept for the record.
+    #[allow(dead_code)]
     pub rigid_sd_m: f64,
     /// Depth of the wall at the rim (bed-corner depth, length-weighted mean), metres.
     pub rim_depth_m: f64,
@@ -93,12 +95,7 @@ pub(super) fn half_widths(b: &Boundary, f: &Figures, coverage: f64) -> HalfWidth
 
     let sd_area = (ind.powi(2) + (f.perimeter * common).powi(2) + (2.0 * f.area * b.scale_sd).powi(2)).sqrt() * missing;
     let sd_len = |l: f64| {
-        (2.0 * end_sd.powi(2)
-            + (2.0 * common).powi(2)
-            + (l * b.scale_sd).powi(2)
-            + 2.0 * b.rigid_sd_m.powi(2)
-            + (2.0 * f.roughness).powi(2))
-        .sqrt()
+        (2.0 * end_sd.powi(2) + (2.0 * common).powi(2) + (l * b.scale_sd).powi(2) + (2.0 * f.roughness).powi(2)).sqrt()
             * missing
     };
     let sd_depth = (f.sigma_skin.powi(2) + (0.5 * f.sigma_h).powi(2) + floor.powi(2)).sqrt() * missing;
