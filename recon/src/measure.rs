@@ -30,6 +30,12 @@ use crate::linalg::{sym3_eigen, NormalEquations};
 use crate::phantom::length_width;
 use crate::tsdf::{TsdfVolume, BRICK};
 use crate::ReconError;
+use uncertainty::{Boundary, Figures};
+
+mod polygon;
+mod rim;
+mod uncertainty;
+mod volume;
 
 /// Segmentation and measurement settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -677,15 +683,6 @@ fn integrate_polygon(poly: &[[f64; 2]], step: f64, mut f: impl FnMut(f64, f64) -
     total
 }
 
-/// Position uncertainty of the outline on the skin.
-#[derive(Debug, Clone, Copy)]
-struct Boundary {
-    /// Random part (one standard deviation), metres.
-    sigma_m: f64,
-    /// Systematic bound, metres.
-    systematic_m: f64,
-}
-
 struct Prepared {
     field: HeightField,
     skin: SkinSurface,
@@ -855,7 +852,8 @@ fn normal_depth(p: &Prepared, x: f64, y: f64) -> f64 {
 fn measure_outline(
     p: &Prepared,
     outline: &[[f64; 2]],
-    boundary: Boundary,
+    boundary: &Boundary,
+    sigma_blur_m: f64,
     method: OutlineMethod,
     cfg: &MeasureConfig,
     vol: &TsdfVolume,
@@ -867,7 +865,8 @@ fn measure_outline(
         let (gx, gy) = skin.grad(x, y);
         (1.0 + gx * gx + gy * gy).sqrt()
     });
-    let volume = integrate_polygon(outline, step, |x, y| f.bilinear(&p.depth, x, y).max(0.0));
+    // Over the outline dilated by 3σ_blur, with the wall's blur spill put back.
+    let (volume, spill) = volume::spill_corrected(outline, sigma_blur_m, step, |x, y| f.bilinear(&p.depth, x, y));
     let bed_area = integrate_polygon(outline, step, |x, y| {
         let gx = f.bilinear(&p.grad_h.0, x, y);
         let gy = f.bilinear(&p.grad_h.1, x, y);
@@ -947,41 +946,46 @@ fn measure_outline(
         }
     }
 
-    let k = cfg.coverage_factor;
     let vs = vol.voxel_size();
-    // Skin surface uncertainty over the wound: fit noise extrapolated into the hole plus
-    // the disagreement between the two skin models.
+    // Skin prediction over the wound: the fit's residual over the parameters it spends,
+    // extrapolated into the hole (×4) and inflated by N/N_eff (fused-surface noise is
+    // correlated over about three cells, so nine cells carry one independent residual),
+    // plus half the disagreement between the two skin models.
     let p_terms = terms(skin.degree).len() as f64;
     let sigma_skin =
-        (skin.rms.powi(2) * 4.0 * p_terms / skin.n_points.max(1) as f64 + p.alt_skin_delta.powi(2) * 0.25).sqrt();
-    // Systematic sub-voxel floor of the fused surface position.
-    let floor = 0.1 * vs;
-    let delta_b = k * boundary.sigma_m + boundary.systematic_m + floor;
-    // Extremes (length, width) also pick up the outline's local roughness.
-    let smooth = taubin(outline, 30);
-    let rough = (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
-        / outline.len() as f64)
-        .sqrt();
-    let area_u = perimeter * delta_b + outline_area * 0.002;
-    let vol_u = outline_area * (k * sigma_skin + floor) + perimeter * delta_b * 1.0e-3 + volume * 0.01;
-    let depth_u = k * (sigma_h + sigma_skin) + floor + 0.05e-3;
+        (skin.rms.powi(2) * 4.0 * 9.0 * p_terms / skin.n_points.max(1) as f64 + p.alt_skin_delta.powi(2) * 0.25).sqrt();
+    let figures = Figures {
+        area: outline_area,
+        perimeter,
+        volume,
+        spill,
+        length,
+        width,
+        sigma_skin,
+        sigma_h,
+        voxel: vs,
+        missing_fraction: p.missing_fraction,
+        roughness: {
+            let smooth = taubin(outline, 30);
+            (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
+                / outline.len() as f64)
+                .sqrt()
+        },
+    };
+    let hw = uncertainty::half_widths(boundary, &figures, cfg.coverage_factor);
     let to_mm = 1e3;
     let to_mm2 = 1e6;
     let to_mm3 = 1e9;
     let mm = |v: f64, u: f64, s: f64| Measurement { value: v * s, uncertainty: u * s };
     WoundMeasurements {
-        outline_area_mm2: mm(outline_area, area_u, to_mm2),
-        bed_area_mm2: mm(bed_area, area_u * 1.2 + bed_area * 0.01, to_mm2),
-        perimeter_mm: mm(perimeter, std::f64::consts::TAU * delta_b + perimeter * 0.03, to_mm),
-        length_mm: mm(length, 2.0 * (delta_b + k * rough) + 0.2 * vs, to_mm),
-        width_mm: mm(width, 2.0 * (delta_b + k * rough) + 0.2 * vs, to_mm),
-        max_depth_mm: mm(max_depth, depth_u, to_mm),
-        mean_depth_mm: mm(
-            volume / outline_area.max(1e-12),
-            (vol_u / volume.max(1e-15) + area_u / outline_area.max(1e-12)) * volume / outline_area.max(1e-12),
-            to_mm,
-        ),
-        volume_mm3: mm(volume, vol_u, to_mm3),
+        outline_area_mm2: mm(outline_area, hw.area, to_mm2),
+        bed_area_mm2: mm(bed_area, hw.bed_area.max(hw.area * 1.2 + bed_area * 0.01), to_mm2),
+        perimeter_mm: mm(perimeter, hw.perimeter, to_mm),
+        length_mm: mm(length, hw.length, to_mm),
+        width_mm: mm(width, hw.width, to_mm),
+        max_depth_mm: mm(max_depth, hw.max_depth, to_mm),
+        mean_depth_mm: mm(volume / outline_area.max(1e-12), hw.mean_depth, to_mm),
+        volume_mm3: mm(volume, hw.volume, to_mm3),
         outline_world: outline3,
         centre_world: centre,
         normal_world: normal,
@@ -1044,208 +1048,6 @@ fn taubin(p: &[[f64; 2]], iterations: usize) -> Vec<[f64; 2]> {
     cur
 }
 
-/// Error function (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
-fn erf(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let y = 1.0
-        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t + 0.254_829_592)
-            * t
-            * (-x * x).exp();
-    if x >= 0.0 {
-        y
-    } else {
-        -y
-    }
-}
-
-/// Basis of the blurred rim model at inward distance `u` from the rim: the ramp
-/// `max(u, 0)` and the half parabola `max(u, 0)²`, each convolved with a Gaussian of
-/// standard deviation `sigma` (closed forms).
-fn blurred_basis(u: f64, sigma: f64) -> (f64, f64) {
-    let z = u / sigma;
-    let cdf = 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2));
-    let pdf = (-0.5 * z * z).exp() / (std::f64::consts::TAU).sqrt();
-    (u * cdf + sigma * pdf, (u * u + sigma * sigma) * cdf + u * sigma * pdf)
-}
-
-/// Least-squares fit of `b + m·R(s - s0) + c·Q(s - s0)` to a profile for a fixed rim
-/// position `s0` and blur `sigma`; returns the residual sum of squares (and the slope).
-fn rim_model_sse(profile: &[(f64, f64)], s0: f64, sigma: f64) -> (f64, f64) {
-    let mut ne = NormalEquations::new(3);
-    let mut rows = Vec::with_capacity(profile.len());
-    for &(s, d) in profile {
-        let (r, q) = blurred_basis(s - s0, sigma);
-        let row = [1.0, r, q];
-        ne.add(&row, d, 1.0);
-        rows.push((row, d));
-    }
-    let Some(c) = ne.solve() else { return (f64::INFINITY, 0.0) };
-    if c[1] <= 0.05 {
-        return (f64::INFINITY, c[1]);
-    }
-    let sse = rows.iter().map(|(r, d)| (r[0] * c[0] + r[1] * c[1] + r[2] * c[2] - d).powi(2)).sum();
-    (sse, c[1])
-}
-
-/// Best rim offset (outward, mm) for one profile and blur, by grid search refined by a parabola.
-fn best_rim_offset(profile: &[(f64, f64)], sigma: f64, lo: f64, hi: f64, step: f64) -> (f64, f64) {
-    let n = ((hi - lo) / step).round() as usize;
-    let sse: Vec<f64> = (0..=n).map(|k| rim_model_sse(profile, -(lo + step * k as f64), sigma).0).collect();
-    let (kbest, &best) = sse.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &f64::INFINITY));
-    let mut t = lo + step * kbest as f64;
-    if kbest > 0 && kbest < n {
-        let (a, b, c) = (sse[kbest - 1], best, sse[kbest + 1]);
-        let den = a - 2.0 * b + c;
-        if den > 0.0 && den.is_finite() {
-            t += step * (0.5 * (a - c) / den).clamp(-0.5, 0.5);
-        }
-    }
-    (t, best)
-}
-
-/// Keeps a profile `(inward distance, depth)` from the skin side up to where the wall
-/// first gets deeper than `cap` (mm).
-fn wall_window(mut prof: Vec<(f64, f64)>, cap: f64) -> Vec<(f64, f64)> {
-    prof.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut out = Vec::with_capacity(prof.len());
-    for &(s, d) in &prof {
-        if s > 0.0 && d > cap {
-            break;
-        }
-        out.push((s, d));
-    }
-    out
-}
-
-/// Locates the rim (where the wound wall meets the skin) along the outward normals of
-/// the `rim_level_m` contour by fitting a blurred-corner model to the depth profile.
-///
-/// Fusion blurs the rim crease (pixel footprint, noise, pose jitter, voxels), so the
-/// measured profile near the rim is the true profile — zero on the skin, a wall of
-/// slope `m` and curvature `c` inside — convolved with a Gaussian of width `σ`. With
-/// `s` the inward distance, the model `b + m·R(s − s0; σ) + c·Q(s − s0; σ)` (closed
-/// forms of the blurred ramp and half parabola) is linear in `b, m, c`; the rim `s0`
-/// and one `σ` for the whole outline are found by search. Profiles are averaged over
-/// a few millimetres of outline. Returns the rim, the scatter of the single offsets
-/// about their smoothed curve, the fitted `σ`, and the mean offset (metres).
-#[allow(clippy::needless_range_loop)] // per-vertex index across several parallel arrays
-fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64; 2]>, f64, f64, f64) {
-    let m = outline.len();
-    // Work in millimetres.
-    let (t_min, t_max, dt) = (-4.5f64, 4.0f64, 0.2f64);
-    let nt = ((t_max - t_min) / dt).round() as usize + 1;
-    let normals: Vec<[f64; 2]> = (0..m)
-        .map(|i| {
-            let (a, b) = (outline[(i + m - 2) % m], outline[(i + 2) % m]);
-            let (tx, ty) = (b[0] - a[0], b[1] - a[1]);
-            let tl = (tx * tx + ty * ty).sqrt().max(1e-12);
-            [ty / tl, -tx / tl]
-        })
-        .collect();
-    let raw: Vec<Vec<f64>> = (0..m)
-        .map(|i| {
-            (0..nt)
-                .map(|k| {
-                    let t = (t_min + dt * k as f64) * 1e-3;
-                    let (x, y) = (outline[i][0] + normals[i][0] * t, outline[i][1] + normals[i][1] * t);
-                    normal_depth(p, x, y) * 1e3
-                })
-                .collect()
-        })
-        .collect();
-    let perim: f64 = (0..m)
-        .map(|i| {
-            let (a, b) = (outline[i], outline[(i + 1) % m]);
-            ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt()
-        })
-        .sum();
-    let cap = cfg.rim_upper_m * 1e3;
-    // One blur for the whole outline, from the mean profiles of eight sectors (the
-    // mean over many vertices pins the blur far better than any single window).
-    let (lo, hi) = (-0.6, 3.0);
-    // Sectors of about 5 mm of outline: their mean profiles are averaged over ~10–15
-    // vertices, enough to pin the blurred-corner fit; vertices in between interpolate.
-    let sectors = ((perim / 5e-3).round() as usize).clamp(8, 64).min(m);
-    let sector_profiles: Vec<Vec<(f64, f64)>> = (0..sectors)
-        .map(|q| {
-            let (a, b) = (q * m / sectors, (q + 1) * m / sectors);
-            let mut prof = Vec::with_capacity(nt);
-            for k in 0..nt {
-                let (mut s, mut c) = (0.0, 0.0);
-                for r in &raw[a..b] {
-                    if r[k].is_finite() {
-                        s += r[k];
-                        c += 1.0;
-                    }
-                }
-                if c > 0.0 {
-                    prof.push((-(t_min + dt * k as f64), s / c));
-                }
-            }
-            wall_window(prof, cap)
-        })
-        .collect();
-    let whole: Vec<(f64, f64)> = {
-        let mut prof = Vec::with_capacity(nt);
-        for k in 0..nt {
-            let (mut s, mut c) = (0.0, 0.0);
-            for r in &raw {
-                if r[k].is_finite() {
-                    s += r[k];
-                    c += 1.0;
-                }
-            }
-            if c > 0.0 {
-                prof.push((-(t_min + dt * k as f64), s / c));
-            }
-        }
-        wall_window(prof, cap)
-    };
-    let mut best_sigma = (f64::INFINITY, 0.8);
-    let mut sigma = 0.3;
-    while sigma <= 2.0 + 1e-9 {
-        let total = best_rim_offset(&whole, sigma, lo, hi, 0.01).1;
-        if total < best_sigma.0 {
-            best_sigma = (total, sigma);
-        }
-        sigma += 0.025;
-    }
-    let sigma = best_sigma.1;
-    let sector_off: Vec<f64> = sector_profiles
-        .iter()
-        .map(|pr| if pr.len() < 8 { f64::NAN } else { best_rim_offset(pr, sigma, lo, hi, 0.01).0 * 1e-3 })
-        .collect();
-    let finite: Vec<f64> = sector_off.iter().copied().filter(|v| v.is_finite()).collect();
-    let fallback = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
-    let sector_off: Vec<f64> = sector_off.iter().map(|v| if v.is_finite() { *v } else { fallback }).collect();
-    // Per vertex: linear interpolation between (lightly smoothed) sector centres.
-    let sector_raw = sector_off;
-    let sector_off = smooth_closed(&sector_raw, 1);
-    let offsets: Vec<f64> = (0..m)
-        .map(|i| {
-            let pos = (i as f64 + 0.5) * sectors as f64 / m as f64 - 0.5;
-            let k0 = pos.floor();
-            let t = pos - k0;
-            let k0 = (k0 as i64).rem_euclid(sectors as i64) as usize;
-            sector_off[k0] * (1.0 - t) + sector_off[(k0 + 1) % sectors] * t
-        })
-        .collect();
-    let smooth = offsets.clone();
-    let sector_smooth = &sector_off;
-    let sector_scatter = (sector_raw.iter().zip(sector_smooth.iter()).map(|(a, b)| (a - b).powi(2)).sum::<f64>()
-        / sectors as f64)
-        .sqrt();
-    let resid = sector_scatter;
-    let rim: Vec<[f64; 2]> = (0..m)
-        .map(|i| [outline[i][0] + normals[i][0] * smooth[i], outline[i][1] + normals[i][1] * smooth[i]])
-        .collect();
-    let rim = taubin(&rim, 10);
-    let mean_offset = smooth.iter().sum::<f64>() / m as f64;
-    (rim, resid, sigma * 1e-3, mean_offset)
-}
-
-/// What the automatic segmentation saw, for diagnosing a scan it failed on (no patient
-/// data: geometry only). Filled as far as the segmentation got.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AutoTrace {
     /// Angle between the RANSAC plane's normal and the reweighted one, degrees.
@@ -1479,12 +1281,10 @@ fn auto(
     }
 
     let outline = taubin(&outline, 5);
-    let (rim, scatter, blur, _offset) = fit_rim(&prepared, &outline, cfg);
-    trace.blur_mm = blur * 1e3;
-    // The model's error (wall shape beyond a parabola, blur not exactly Gaussian or
-    // not the same all around) scales with the blur: a tenth of it, from the phantoms.
-    let boundary = Boundary { sigma_m: scatter, systematic_m: 0.1 * blur };
-    Ok(measure_outline(&prepared, &rim, boundary, OutlineMethod::Automatic, cfg, vol))
+    let fit = rim::fit_rim(&prepared, &outline);
+    trace.blur_mm = fit.sigma_blur_m * 1e3;
+    let boundary = fit.boundary();
+    Ok(measure_outline(&prepared, &fit.rim, &boundary, fit.sigma_blur_m, OutlineMethod::Automatic, cfg, vol))
 }
 
 /// Most vertices a clinician-drawn outline may have.
@@ -1676,12 +1476,24 @@ pub fn measure_polygon(
         outline.reverse();
     }
     let wound = rasterize(&field, &outline);
-    let prepared = prepare(field, &wound, cfg)?;
-    // A traced outline is only as good as its pixels: half a pixel on the surface.
+    let again = HeightField { h: field.h.clone(), w: field.w.clone(), ..field };
+    let mut prepared = prepare(field, &wound, cfg)?;
+    // The fused rim's blur along the drawn outline: it sets the skin guard (the blurred
+    // wall must stay out of the skin fit) and the volume's spill ring.
+    let mut blur = polygon::blur_at(&outline, |x, y| normal_depth(&prepared, x, y));
+    let margin = polygon::skin_margin(cfg.skin_margin_m, blur.sigma_blur_m);
+    if margin > cfg.skin_margin_m {
+        let wider = MeasureConfig { skin_margin_m: margin, ..*cfg };
+        prepared = prepare(again, &wound, &wider)?;
+        blur = polygon::blur_at(&outline, |x, y| normal_depth(&prepared, x, y));
+    }
     let dist = (centroid - o).norm();
-    let half_px = 0.5 * dist / intrinsics.fx;
-    let boundary = Boundary { sigma_m: half_px, systematic_m: 0.0 };
-    Ok(measure_outline(&prepared, &outline, boundary, OutlineMethod::ClinicianPolygon, cfg, vol))
+    let pixel = dist / intrinsics.fx;
+    // The fused surface's noise where the outline lies, from its fusion weight.
+    let weights: Vec<f64> = outline.iter().map(|q| prepared.field.bilinear(&prepared.field.w, q[0], q[1])).collect();
+    let sigma_h = weights.iter().map(|w| vol.sigma_for_weight(w.max(1.0))).sum::<f64>() / weights.len().max(1) as f64;
+    let boundary = polygon::boundary(&blur, dist, pixel, sigma_h);
+    Ok(measure_outline(&prepared, &outline, &boundary, blur.sigma_blur_m, OutlineMethod::ClinicianPolygon, cfg, vol))
 }
 
 #[cfg(test)]

@@ -220,7 +220,9 @@ fn sampled_case(name: String, u: &[f64; DIMS], rng: &mut StdRng) -> Case {
     let body = match pick(u[5], &[0, 1, 2, 3]) {
         0 => Body::Plane,
         1 => Body::Cylinder { radius: r1 * 1e-3, half_length: None },
-        2 => ellipsoid_with_radii(r1, r2, 0.6 * r1.min(r2)),
+        // The z semi-axis sets the body's size for the same radii at the wound: from a
+        // heel-sized part (0.6 × the smaller radius) to a back-sized one (4 ×).
+        2 => ellipsoid_with_radii(r1, r2, r1.min(r2) * rng.gen_range(0.6..4.0)),
         _ => Body::Saddle { r1: r1 * 1e-3, r2: -r2 * 1e-3 },
     };
     let orientation = u[8] * std::f64::consts::PI;
