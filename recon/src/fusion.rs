@@ -11,14 +11,16 @@
 //! Either way each frame passes the same [`QualityGate`] (against the previous accepted
 //! pose, with its redundancy check first), is integrated into a [`TsdfVolume`] with the
 //! default [`TsdfConfig`] limited to a [`ROI_HALF_M`] box, and a frame that would exceed the
-//! memory budget is rejected as `memory_budget`. The 12 cm box holds the wound wherever it
-//! was placed while the phone is held over it.
+//! memory budget is rejected as `memory_budget`. The 16 cm box holds the wound wherever it
+//! was placed while the phone is held over it, with the skin ring a 60 mm wound's
+//! measurement needs even 10 mm off-centre.
 //!
 //! [`ScanFusion::finish`] then finds the **target**: the protocol carries no wound position,
-//! so it is where the phone pointed in the middle of the scan, the ray through the principal
-//! point of the middle accepted frame (or the nearest one with depth at its centre), cast
-//! onto the fused surface; where the ray misses, the median depth of the 5×5 pixels at that
-//! point. [`FusedScan::mesh_and_measure`] meshes the volume and runs [`measure_auto`] there;
+//! so it is where the phone pointed: the rays through the principal points of all accepted
+//! frames are cast onto the fused surface and the hit nearest their component-wise median is
+//! taken (one frame's ray moves with the hand, the median is where the wound was kept); where
+//! no ray hits, the median depth of the 5×5 pixels at the principal point of the middle
+//! accepted frame (or the nearest one with depth at its centre). [`FusedScan::mesh_and_measure`] meshes the volume and runs [`measure_auto`] there;
 //! [`FusedScan::measure_polygon`] measures a clinician's outline instead.
 
 use std::collections::VecDeque;
@@ -29,8 +31,10 @@ use crate::mesh::extract_mesh;
 use crate::tsdf::{Aabb, Coverage, TsdfConfig, TsdfVolume};
 use crate::{Frame, GateRun, Intrinsics, Pose, QualityGate, ReconError, Vec3};
 
-/// Half the side of the region of interest around the target, metres (a 12 cm box).
-pub const ROI_HALF_M: f64 = 0.06;
+/// Half the side of the region of interest around the target, metres (a 16 cm box, the
+/// largest search area of [`measure_auto`]; about 7 MiB of bricks for a scan, within the
+/// 32 MiB budget).
+pub const ROI_HALF_M: f64 = 0.08;
 /// Radius of the disc around the target whose coverage is reported, metres.
 pub const COVERAGE_RADIUS_M: f64 = 0.025;
 /// Fusion weight below which mesh cubes are left out.
@@ -263,10 +267,7 @@ impl ScanFusion {
     pub fn finish(self) -> Result<FusedScan, ReconError> {
         let (key, p0) = middle_key(&self.accepted)?;
         let vol = self.vol.ok_or_else(|| ReconError::NotEnoughData("no depth at the centre of any frame".into()))?;
-        let k = &key.intrinsics;
-        let origin = key.pose.position();
-        let dir = key.pose.rotate(k.ray(k.cx, k.cy)).normalized();
-        let hit = vol.raycast(origin, dir, 0.05, 1.0).map(|t| origin + dir * t);
+        let hit = median_centre_hit(&vol, &self.accepted);
         Ok(FusedScan {
             target: hit.unwrap_or(p0),
             target_from_surface: hit.is_some(),
@@ -274,6 +275,7 @@ impl ScanFusion {
             vol,
             fused: self.fused,
             rejected: self.rejected,
+            accepted: self.accepted,
             fuse_ms: self.fuse_s * 1e3,
         })
     }
@@ -292,6 +294,39 @@ pub fn middle_key(accepted: &[Accepted]) -> Result<(Accepted, Vec3), ReconError>
         .ok_or_else(|| ReconError::NotEnoughData("no depth at the centre of any frame".into()))
 }
 
+/// Where the accepted frames' principal rays meet the fused surface: the component-wise
+/// median of every hit. One frame's ray moves with the hand (a jittered trajectory aims
+/// anywhere within several millimetres of the wound); the median of all of them is where
+/// the user kept the wound, and moves by little when one frame is added or dropped.
+fn median_centre_hit(vol: &TsdfVolume, accepted: &[Accepted]) -> Option<Vec3> {
+    let mut sampler = vol.sampler();
+    let hits: Vec<Vec3> = accepted
+        .iter()
+        .filter_map(|a| {
+            let k = &a.intrinsics;
+            let origin = a.pose.position();
+            let dir = a.pose.rotate(k.ray(k.cx, k.cy)).normalized();
+            sampler.raycast(origin, dir, 0.05, 1.0).map(|t| origin + dir * t)
+        })
+        .collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let median = |f: fn(&Vec3) -> f64| {
+        let mut v: Vec<f64> = hits.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            0.5 * (v[n / 2 - 1] + v[n / 2])
+        }
+    };
+    let m = Vec3::new(median(|p| p.x), median(|p| p.y), median(|p| p.z));
+    // The median point need not lie on the surface: take the hit nearest to it.
+    hits.iter().copied().min_by(|a, b| (*a - m).norm().total_cmp(&(*b - m).norm()))
+}
+
 /// A fused scan and where its wound is looked for.
 pub struct FusedScan {
     pub vol: TsdfVolume,
@@ -305,6 +340,8 @@ pub struct FusedScan {
     pub fused: u64,
     /// Frames turned away (seq, reason code).
     pub rejected: Vec<(u64, &'static str)>,
+    /// The frames the gate accepted, in the order they were judged.
+    accepted: Vec<Accepted>,
     /// Time spent fusing, ms.
     pub fuse_ms: f64,
 }
@@ -325,6 +362,12 @@ pub struct Measured {
 }
 
 impl FusedScan {
+    /// The frames the gate accepted (pose, intrinsics, centre point), in the order they
+    /// were judged: e.g. to choose the keyframe a clinician draws an outline on.
+    pub fn accepted(&self) -> &[Accepted] {
+        &self.accepted
+    }
+
     /// Meshes the volume and measures the wound at the target. `between` runs between the
     /// two stages.
     pub fn mesh_and_measure(&self, between: &mut dyn FnMut()) -> Measured {

@@ -71,6 +71,10 @@ pub enum ReconError {
     /// No wound could be segmented at the requested place.
     #[error("segmentation failed: {0}")]
     SegmentationFailed(String),
+    /// The automatic segmentation found no wound it could measure, and why (the scan
+    /// needs a clinician's outline).
+    #[error("segmentation failed: {0}")]
+    WoundNotFound(measure::WoundNotFound),
     /// A clinician-drawn outline refused before any work: outside its keyframe's image,
     /// too many points, too long, enclosing no area, or larger than a wound can be
     /// (see [`measure::check_outline`]).
@@ -82,4 +86,23 @@ pub enum ReconError {
     /// An I/O error while reading or writing frame dumps.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl ReconError {
+    /// A stable, machine-readable code for why reconstruction or measurement failed, for
+    /// the API's `outcome.reason.code` (the message may change, the code does not):
+    ///
+    /// - `no_depression`: no depression significantly below the skin near the target;
+    /// - `wound_exceeds_scan_region`: the depression (or the skin ring its measurement
+    ///   needs) reaches the edge of the largest search area the scan region allows;
+    /// - `rim_not_seen`: a depression was found but no closed outline around it;
+    /// - `not_enough_surface`: too little fused surface (at the target, or around the wound);
+    /// - `measurement_failed`: anything else (bad input, configuration, I/O).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ReconError::WoundNotFound(why) => why.code(),
+            ReconError::NotEnoughData(_) => "not_enough_surface",
+            _ => "measurement_failed",
+        }
+    }
 }

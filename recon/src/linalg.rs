@@ -46,6 +46,7 @@ pub(crate) fn solve(mut a: Array2<f64>, mut b: Array1<f64>) -> Option<Array1<f64
 }
 
 /// Accumulates the normal equations of a weighted linear least-squares problem.
+#[derive(Clone)]
 pub(crate) struct NormalEquations {
     ata: Array2<f64>,
     atb: Array1<f64>,
@@ -66,6 +67,17 @@ impl NormalEquations {
             }
             self.atb[i] += wi * rhs;
         }
+    }
+
+    /// A copy with the diagonal scaled by `1 + lambda` (Levenberg–Marquardt damping of a
+    /// Gauss–Newton step).
+    pub(crate) fn damped(&self, lambda: f64) -> NormalEquations {
+        let mut d = self.clone();
+        for i in 0..d.atb.len() {
+            let v = d.ata[[i, i]];
+            d.ata[[i, i]] = v * (1.0 + lambda) + 1e-30;
+        }
+        d
     }
 
     pub(crate) fn solve(mut self) -> Option<Array1<f64>> {

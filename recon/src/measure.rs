@@ -18,13 +18,24 @@
 //! Definitions of every measurement, and the uncertainty model behind each `±`, are in
 //! `docs/measurement.md`; the phantom's ground truth uses the same definitions.
 
+mod detect;
+mod frame;
+mod skin;
+
 use ndarray::Array2;
 
+use self::skin::SkinSurface;
 use crate::geometry::{Intrinsics, Pose, Vec3};
 use crate::linalg::{sym3_eigen, NormalEquations};
 use crate::phantom::length_width;
 use crate::tsdf::{TsdfVolume, BRICK};
 use crate::ReconError;
+use uncertainty::{Boundary, Figures};
+
+mod polygon;
+mod rim;
+mod uncertainty;
+mod volume;
 
 /// Segmentation and measurement settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,13 +107,56 @@ pub enum OutlineMethod {
     ClinicianPolygon,
 }
 
-/// The skin model fitted around the wound.
+/// The skin model fitted around the wound, by its class (the one with the largest weight
+/// when several are blended, see `docs/measurement.md`, *Finding the wound*). The stored
+/// values are these two; a plane and a cylinder count as quadratic (at most six
+/// parameters), the trace ([`AutoTrace::skin`]) names the exact models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SkinModel {
-    /// Quadratic polynomial height field.
+    /// A surface of at most six parameters: plane, quadratic polynomial or cylinder.
     Quadratic,
-    /// Quartic polynomial height field (curved limbs).
+    /// Quartic polynomial height field.
     Quartic,
+}
+
+/// Why the automatic segmentation found no wound it could measure. Each reason has a
+/// stable code ([`WoundNotFound::code`], also [`ReconError::code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WoundNotFound {
+    /// No depression significantly below the skin near the target.
+    NoDepression,
+    /// The depression, or the skin ring around it that its measurement needs, reaches the
+    /// edge of the largest search area.
+    ExceedsScanRegion,
+    /// A depression was found but no closed outline around it.
+    RimNotSeen,
+}
+
+impl WoundNotFound {
+    /// Stable code: `no_depression`, `wound_exceeds_scan_region` or `rim_not_seen`.
+    pub fn code(self) -> &'static str {
+        match self {
+            WoundNotFound::NoDepression => "no_depression",
+            WoundNotFound::ExceedsScanRegion => "wound_exceeds_scan_region",
+            WoundNotFound::RimNotSeen => "rim_not_seen",
+        }
+    }
+}
+
+impl std::fmt::Display for WoundNotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WoundNotFound::NoDepression => "no depression significantly below the skin near the target",
+            WoundNotFound::ExceedsScanRegion => "the depression reaches the edge of the largest search area",
+            WoundNotFound::RimNotSeen => "no closed outline around the wound",
+        })
+    }
+}
+
+impl From<WoundNotFound> for ReconError {
+    fn from(w: WoundNotFound) -> Self {
+        ReconError::WoundNotFound(w)
+    }
 }
 
 /// Wound measurements, in clinical units (mm, mm², mm³), each with its `±`.
@@ -142,9 +196,6 @@ pub struct WoundMeasurements {
     pub missing_fraction: f64,
 }
 
-/// The quartic skin model is used when its residual RMS is below this fraction of the quadratic's.
-const QUARTIC_GAIN: f64 = 0.95;
-
 /// Polynomial skin height field `s(x, y)` in the local frame (coordinates scaled by `scale`).
 #[derive(Debug, Clone)]
 struct Skin {
@@ -152,7 +203,6 @@ struct Skin {
     coef: Vec<f64>,
     scale: f64,
     rms: f64,
-    n_points: usize,
 }
 
 fn terms(degree: usize) -> Vec<(i32, i32)> {
@@ -202,13 +252,14 @@ impl Skin {
             ne.add(&row, p[2], 1.0);
         }
         let coef = ne.solve()?.to_vec();
-        let mut s = Skin { degree, coef, scale, rms: 0.0, n_points: points.len() };
+        let mut s = Skin { degree, coef, scale, rms: 0.0 };
         let ss: f64 = points.iter().map(|p| (p[2] - s.eval(p[0], p[1])).powi(2)).sum();
         s.rms = (ss / points.len() as f64).sqrt();
         Some(s)
     }
 
     /// Robust fit: iteratively drops points whose residual exceeds 3 robust sigmas.
+    #[cfg(test)]
     fn fit_robust(points: &[[f64; 3]], degree: usize, scale: f64) -> Option<Skin> {
         let mut s = Skin::fit(points, degree, scale)?;
         for _ in 0..5 {
@@ -226,6 +277,7 @@ impl Skin {
 }
 
 /// The fused surface resampled as heights along the local normal.
+#[derive(Clone)]
 struct HeightField {
     origin: Vec3,
     e1: Vec3,
@@ -258,6 +310,7 @@ impl HeightField {
     }
 
     fn build(vol: &TsdfVolume, origin: Vec3, n: Vec3, half_m: f64, cell: f64) -> HeightField {
+        // The grid axes follow `n` continuously (away from |n.x| = 0.9): `n × x̂`.
         let e1 = n.any_perpendicular();
         let e2 = n.cross(e1);
         let half = (half_m / cell).ceil() as usize;
@@ -630,74 +683,81 @@ fn integrate_polygon(poly: &[[f64; 2]], step: f64, mut f: impl FnMut(f64, f64) -
     total
 }
 
-/// Position uncertainty of the outline on the skin.
-#[derive(Debug, Clone, Copy)]
-struct Boundary {
-    /// Random part (one standard deviation), metres.
-    sigma_m: f64,
-    /// Systematic bound, metres.
-    systematic_m: f64,
-}
-
 struct Prepared {
     field: HeightField,
-    skin: Skin,
+    skin: SkinSurface,
     alt_skin_delta: f64,
     missing_fraction: f64,
     depth: Array2<f64>,
     grad_h: (Array2<f64>, Array2<f64>),
 }
 
-/// Fits the skin on the annulus around `wound` (grid mask) and prepares depth grids.
+/// The skin ring around a wound of `cells` grid cells: (inner guard, width), metres.
+/// The width grows with the wound (`0.6·r_eq`, from `skin_ring_m` up to 20 mm): a wide
+/// wound's skin model must hold across a wide hole, so it needs a wide ring to be pinned.
+fn ring_size(cells: usize, cell: f64, cfg: &MeasureConfig) -> (f64, f64) {
+    let r_eq = (cells as f64 * cell * cell / std::f64::consts::PI).sqrt();
+    (cfg.skin_margin_m, (0.6 * r_eq).clamp(cfg.skin_ring_m, cfg.skin_ring_m.max(0.02)))
+}
+
+/// Soft ring membership at distance `d` (metres) from the wound: 1 inside the ring,
+/// tapering linearly over [`RING_TAPER_M`] at both edges, so no cell flips in or out.
+fn ring_weight(d: f64, guard: f64, width: f64) -> f64 {
+    let up = ((d - guard) / RING_TAPER_M + 0.5).clamp(0.0, 1.0);
+    let down = ((guard + width - d) / RING_TAPER_M + 0.5).clamp(0.0, 1.0);
+    up * down
+}
+
+/// Taper of the skin ring's edges, metres.
+const RING_TAPER_M: f64 = 0.001;
+
+/// Fits the skin on the ring around `wound` (grid mask) and prepares depth grids. The
+/// skin model is chosen among plane, quadratic, quartic and cylinder by how well each
+/// predicts ring sectors it was not fitted to, and blended (see [`skin::choose`]).
 fn prepare(field: HeightField, wound: &Array2<bool>, cfg: &MeasureConfig) -> Result<Prepared, ReconError> {
     let dist = distance_to(wound);
     let side = field.side();
-    let (lo, hi) = (cfg.skin_margin_m / field.cell, (cfg.skin_margin_m + cfg.skin_ring_m) / field.cell);
+    let cells = wound.iter().filter(|&&v| v).count();
+    let (guard, width) = ring_size(cells, field.cell, cfg);
     let mut pts = Vec::new();
+    let mut weights = Vec::new();
+    let (mut cx, mut cy) = (0.0, 0.0);
     for j in 0..side {
         for i in 0..side {
-            let d = dist[[j, i]];
+            let (x, y) = field.xy(i, j);
+            if wound[[j, i]] {
+                cx += x / cells as f64;
+                cy += y / cells as f64;
+            }
+            let wgt = ring_weight(dist[[j, i]] * field.cell, guard, width);
             let h = field.h[[j, i]];
-            if d >= lo && d <= hi && h.is_finite() {
-                let (x, y) = field.xy(i, j);
+            if wgt > 0.0 && h.is_finite() {
                 pts.push([x, y, h]);
+                weights.push(wgt);
             }
         }
     }
-    let scale = 0.02;
-    let quad = Skin::fit_robust(&pts, 2, scale)
+    let (skin, runner_up) = skin::choose(&pts, &weights, [cx, cy])
         .ok_or_else(|| ReconError::NotEnoughData("too little skin around the wound".into()))?;
-    let quart = Skin::fit_robust(&pts, 4, scale);
-    // Prefer the quartic only when it explains clearly more (a curvature misfit).
-    // The quartic only when it explains clearly more than the quadratic: on flat skin
-    // its extra freedom follows low-frequency fusion noise and extrapolates it into the
-    // wound; on a limb the quadratic leaves a curvature misfit the quartic removes.
-    let (skin, alt) = match quart {
-        Some(q) if q.rms < QUARTIC_GAIN * quad.rms => (q, Some(quad)),
-        Some(q) => (quad, Some(q)),
-        None => (quad, None),
-    };
-    let mut alt_sq = 0.0;
-    let mut alt_n = 0usize;
     let mut missing = 0usize;
     let mut total = 0usize;
     let mut depth = Array2::from_elem((side, side), f64::NAN);
     let mut hfill = field.h.clone();
+    let mut inside = Vec::with_capacity(cells);
     for j in 0..side {
         for i in 0..side {
-            let (x, y) = field.xy(i, j);
             if wound[[j, i]] {
                 total += 1;
                 if !field.h[[j, i]].is_finite() {
                     missing += 1;
                 }
-                if let Some(a) = &alt {
-                    alt_sq += (a.eval(x, y) - skin.eval(x, y)).powi(2);
-                    alt_n += 1;
-                }
+                let (x, y) = field.xy(i, j);
+                inside.push([x, y]);
             }
         }
     }
+    // How far the two best models disagree across the hole.
+    let spread = runner_up.map_or(0.0, |r| skin.rms_difference(&r, &inside));
     // Fill holes in the height field by iterated neighbour averaging.
     for _ in 0..50 {
         let mut changed = false;
@@ -774,7 +834,7 @@ fn prepare(field: HeightField, wound: &Array2<bool>, cfg: &MeasureConfig) -> Res
     Ok(Prepared {
         field: f,
         skin,
-        alt_skin_delta: if alt_n > 0 { (alt_sq / alt_n as f64).sqrt() } else { 0.0 },
+        alt_skin_delta: spread,
         missing_fraction: if total > 0 { missing as f64 / total as f64 } else { 0.0 },
         depth,
         grad_h: (gx, gy),
@@ -792,7 +852,8 @@ fn normal_depth(p: &Prepared, x: f64, y: f64) -> f64 {
 fn measure_outline(
     p: &Prepared,
     outline: &[[f64; 2]],
-    boundary: Boundary,
+    boundary: &Boundary,
+    sigma_blur_m: f64,
     method: OutlineMethod,
     cfg: &MeasureConfig,
     vol: &TsdfVolume,
@@ -804,7 +865,8 @@ fn measure_outline(
         let (gx, gy) = skin.grad(x, y);
         (1.0 + gx * gx + gy * gy).sqrt()
     });
-    let volume = integrate_polygon(outline, step, |x, y| f.bilinear(&p.depth, x, y).max(0.0));
+    // Over the outline dilated by 3σ_blur, with the wall's blur spill put back.
+    let (volume, spill) = volume::spill_corrected(outline, sigma_blur_m, step, |x, y| f.bilinear(&p.depth, x, y));
     let bed_area = integrate_polygon(outline, step, |x, y| {
         let gx = f.bilinear(&p.grad_h.0, x, y);
         let gy = f.bilinear(&p.grad_h.1, x, y);
@@ -884,62 +946,74 @@ fn measure_outline(
         }
     }
 
-    let k = cfg.coverage_factor;
     let vs = vol.voxel_size();
-    // Skin surface uncertainty over the wound: fit noise extrapolated into the hole plus
-    // the disagreement between the two skin models.
+    // Skin prediction over the wound: the fit's residual over the parameters it spends,
+    // extrapolated into the hole (×4) and inflated by N/N_eff (fused-surface noise is
+    // correlated over about three cells, so nine cells carry one independent residual),
+    // plus half the disagreement between the two skin models.
     let p_terms = terms(skin.degree).len() as f64;
     let sigma_skin =
-        (skin.rms.powi(2) * 4.0 * p_terms / skin.n_points.max(1) as f64 + p.alt_skin_delta.powi(2) * 0.25).sqrt();
-    // Systematic sub-voxel floor of the fused surface position.
-    let floor = 0.1 * vs;
-    let delta_b = k * boundary.sigma_m + boundary.systematic_m + floor;
-    // Extremes (length, width) also pick up the outline's local roughness.
-    let smooth = taubin(outline, 30);
-    let rough = (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
-        / outline.len() as f64)
-        .sqrt();
-    let area_u = perimeter * delta_b + outline_area * 0.002;
-    let vol_u = outline_area * (k * sigma_skin + floor) + perimeter * delta_b * 1.0e-3 + volume * 0.01;
-    let depth_u = k * (sigma_h + sigma_skin) + floor + 0.05e-3;
+        (skin.rms.powi(2) * 4.0 * 9.0 * p_terms / skin.n_points.max(1) as f64 + p.alt_skin_delta.powi(2) * 0.25).sqrt();
+    let figures = Figures {
+        area: outline_area,
+        perimeter,
+        volume,
+        spill,
+        length,
+        width,
+        sigma_skin,
+        sigma_h,
+        voxel: vs,
+        missing_fraction: p.missing_fraction,
+        roughness: {
+            let smooth = taubin(outline, 30);
+            (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
+                / outline.len() as f64)
+                .sqrt()
+        },
+    };
+    let hw = uncertainty::half_widths(boundary, &figures, cfg.coverage_factor);
     let to_mm = 1e3;
     let to_mm2 = 1e6;
     let to_mm3 = 1e9;
     let mm = |v: f64, u: f64, s: f64| Measurement { value: v * s, uncertainty: u * s };
     WoundMeasurements {
-        outline_area_mm2: mm(outline_area, area_u, to_mm2),
-        bed_area_mm2: mm(bed_area, area_u * 1.2 + bed_area * 0.01, to_mm2),
-        perimeter_mm: mm(perimeter, std::f64::consts::TAU * delta_b + perimeter * 0.03, to_mm),
-        length_mm: mm(length, 2.0 * (delta_b + k * rough) + 0.2 * vs, to_mm),
-        width_mm: mm(width, 2.0 * (delta_b + k * rough) + 0.2 * vs, to_mm),
-        max_depth_mm: mm(max_depth, depth_u, to_mm),
-        mean_depth_mm: mm(
-            volume / outline_area.max(1e-12),
-            (vol_u / volume.max(1e-15) + area_u / outline_area.max(1e-12)) * volume / outline_area.max(1e-12),
-            to_mm,
-        ),
-        volume_mm3: mm(volume, vol_u, to_mm3),
+        outline_area_mm2: mm(outline_area, hw.area, to_mm2),
+        bed_area_mm2: mm(bed_area, hw.bed_area.max(hw.area * 1.2 + bed_area * 0.01), to_mm2),
+        perimeter_mm: mm(perimeter, hw.perimeter, to_mm),
+        length_mm: mm(length, hw.length, to_mm),
+        width_mm: mm(width, hw.width, to_mm),
+        max_depth_mm: mm(max_depth, hw.max_depth, to_mm),
+        mean_depth_mm: mm(volume / outline_area.max(1e-12), hw.mean_depth, to_mm),
+        volume_mm3: mm(volume, hw.volume, to_mm3),
         outline_world: outline3,
         centre_world: centre,
         normal_world: normal,
         length_endpoints_world: ends,
         method,
-        skin_model: if skin.degree == 2 { SkinModel::Quadratic } else { SkinModel::Quartic },
+        skin_model: skin.model,
         skin_residual_mm: skin.rms * 1e3,
         missing_fraction: p.missing_fraction,
     }
 }
 
-/// Local plane at `target` from the surrounding surface: (point on plane, outward normal).
-fn local_plane(vol: &TsdfVolume, target: Vec3, radius: f64) -> Result<(Vec3, Vec3), ReconError> {
+/// Local plane at `target` from the surrounding surface: (point on plane, outward normal,
+/// tilt in degrees between the RANSAC normal and the reweighted one, for the trace). The
+/// RANSAC plane seeds an IRLS refinement (see [`frame`]), which is a continuous function
+/// of the surface.
+fn local_plane(vol: &TsdfVolume, target: Vec3, radius: f64) -> Result<(Vec3, Vec3, f64), ReconError> {
     let (pts, grad) = surface_points(vol, target, radius);
     let (c, mut n) = ransac_plane(&pts, 1.5e-3)
         .ok_or_else(|| ReconError::NotEnoughData("no fused surface near the target".into()))?;
     if n.dot(grad) < 0.0 {
         n = -n;
     }
-    let origin = target - n * (target - c).dot(n);
-    Ok((origin, n))
+    // The plane is the skin's tangent at the target: points weigh by their distance
+    // from it (12 mm), so a tight limb's flanks do not tilt it.
+    let (c2, n2) = frame::irls_plane(&pts, (c, n), target, (0.5 * radius).min(0.012), 1e-4);
+    let tilt = n.dot(n2).clamp(-1.0, 1.0).acos().to_degrees();
+    let origin = target - n2 * (target - c2).dot(n2);
+    Ok((origin, n2, tilt))
 }
 
 fn smooth_closed(v: &[f64], half: usize) -> Vec<f64> {
@@ -974,299 +1048,215 @@ fn taubin(p: &[[f64; 2]], iterations: usize) -> Vec<[f64; 2]> {
     cur
 }
 
-/// Error function (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7).
-fn erf(x: f64) -> f64 {
-    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
-    let y = 1.0
-        - (((((1.061_405_429 * t - 1.453_152_027) * t) + 1.421_413_741) * t - 0.284_496_736) * t + 0.254_829_592)
-            * t
-            * (-x * x).exp();
-    if x >= 0.0 {
-        y
-    } else {
-        -y
-    }
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AutoTrace {
+    /// Angle between the RANSAC plane's normal and the reweighted one, degrees.
+    pub plane_tilt_deg: f64,
+    /// Half-side of each height field tried, mm (it grows when the wound or its skin ring
+    /// reaches the border).
+    pub field_half_mm: Vec<f64>,
+    /// First-pass skin model (upper envelope) and the weighted share of cells it kept.
+    pub first_model: &'static str,
+    pub first_kept: f64,
+    /// Robust sigma of the first-pass skin, mm.
+    pub first_sigma_mm: f64,
+    /// Deepest first-pass depth within 15 mm of the target, mm.
+    pub max_depth_near_target_mm: f64,
+    /// Candidate depressions, and the chosen one's significance and distance from the target (mm).
+    pub candidates: usize,
+    pub significance: f64,
+    pub distance_mm: f64,
+    /// Chosen region: area (mm²), robust depth (mm), median depth noise (mm).
+    pub region_area_mm2: f64,
+    pub region_depth_mm: f64,
+    pub sigma_d_mm: f64,
+    /// Final skin blend (model name, weight) and the contour level of the initial outline, mm.
+    pub skin: Vec<(&'static str, f64)>,
+    pub contour_mm: f64,
+    /// Fitted rim blur, mm.
+    pub blur_mm: f64,
+    /// Angle between the plane at the target and the first-pass skin's normal at the
+    /// wound, degrees (beyond 3° the field is rebuilt in the latter's frame).
+    pub reframe_deg: f64,
 }
 
-/// Basis of the blurred rim model at inward distance `u` from the rim: the ramp
-/// `max(u, 0)` and the half parabola `max(u, 0)²`, each convolved with a Gaussian of
-/// standard deviation `sigma` (closed forms).
-fn blurred_basis(u: f64, sigma: f64) -> (f64, f64) {
-    let z = u / sigma;
-    let cdf = 0.5 * (1.0 + erf(z / std::f64::consts::SQRT_2));
-    let pdf = (-0.5 * z * z).exp() / (std::f64::consts::TAU).sqrt();
-    (u * cdf + sigma * pdf, (u * u + sigma * sigma) * cdf + u * sigma * pdf)
-}
+/// Largest half-side the automatic search area grows to, metres: the server's region
+/// of interest ([`crate::fusion::ROI_HALF_M`]).
+pub const MAX_FIELD_HALF_M: f64 = crate::fusion::ROI_HALF_M;
 
-/// Least-squares fit of `b + m·R(s - s0) + c·Q(s - s0)` to a profile for a fixed rim
-/// position `s0` and blur `sigma`; returns the residual sum of squares (and the slope).
-fn rim_model_sse(profile: &[(f64, f64)], s0: f64, sigma: f64) -> (f64, f64) {
-    let mut ne = NormalEquations::new(3);
-    let mut rows = Vec::with_capacity(profile.len());
-    for &(s, d) in profile {
-        let (r, q) = blurred_basis(s - s0, sigma);
-        let row = [1.0, r, q];
-        ne.add(&row, d, 1.0);
-        rows.push((row, d));
-    }
-    let Some(c) = ne.solve() else { return (f64::INFINITY, 0.0) };
-    if c[1] <= 0.05 {
-        return (f64::INFINITY, c[1]);
-    }
-    let sse = rows.iter().map(|(r, d)| (r[0] * c[0] + r[1] * c[1] + r[2] * c[2] - d).powi(2)).sum();
-    (sse, c[1])
-}
-
-/// Best rim offset (outward, mm) for one profile and blur, by grid search refined by a parabola.
-fn best_rim_offset(profile: &[(f64, f64)], sigma: f64, lo: f64, hi: f64, step: f64) -> (f64, f64) {
-    let n = ((hi - lo) / step).round() as usize;
-    let sse: Vec<f64> = (0..=n).map(|k| rim_model_sse(profile, -(lo + step * k as f64), sigma).0).collect();
-    let (kbest, &best) = sse.iter().enumerate().min_by(|a, b| a.1.total_cmp(b.1)).unwrap_or((0, &f64::INFINITY));
-    let mut t = lo + step * kbest as f64;
-    if kbest > 0 && kbest < n {
-        let (a, b, c) = (sse[kbest - 1], best, sse[kbest + 1]);
-        let den = a - 2.0 * b + c;
-        if den > 0.0 && den.is_finite() {
-            t += step * (0.5 * (a - c) / den).clamp(-0.5, 0.5);
-        }
-    }
-    (t, best)
-}
-
-/// Keeps a profile `(inward distance, depth)` from the skin side up to where the wall
-/// first gets deeper than `cap` (mm).
-fn wall_window(mut prof: Vec<(f64, f64)>, cap: f64) -> Vec<(f64, f64)> {
-    prof.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut out = Vec::with_capacity(prof.len());
-    for &(s, d) in &prof {
-        if s > 0.0 && d > cap {
-            break;
-        }
-        out.push((s, d));
-    }
-    out
-}
-
-/// Locates the rim (where the wound wall meets the skin) along the outward normals of
-/// the `rim_level_m` contour by fitting a blurred-corner model to the depth profile.
-///
-/// Fusion blurs the rim crease (pixel footprint, noise, pose jitter, voxels), so the
-/// measured profile near the rim is the true profile — zero on the skin, a wall of
-/// slope `m` and curvature `c` inside — convolved with a Gaussian of width `σ`. With
-/// `s` the inward distance, the model `b + m·R(s − s0; σ) + c·Q(s − s0; σ)` (closed
-/// forms of the blurred ramp and half parabola) is linear in `b, m, c`; the rim `s0`
-/// and one `σ` for the whole outline are found by search. Profiles are averaged over
-/// a few millimetres of outline. Returns the rim, the scatter of the single offsets
-/// about their smoothed curve, the fitted `σ`, and the mean offset (metres).
-#[allow(clippy::needless_range_loop)] // per-vertex index across several parallel arrays
-fn fit_rim(p: &Prepared, outline: &[[f64; 2]], cfg: &MeasureConfig) -> (Vec<[f64; 2]>, f64, f64, f64) {
-    let m = outline.len();
-    // Work in millimetres.
-    let (t_min, t_max, dt) = (-4.5f64, 4.0f64, 0.2f64);
-    let nt = ((t_max - t_min) / dt).round() as usize + 1;
-    let normals: Vec<[f64; 2]> = (0..m)
-        .map(|i| {
-            let (a, b) = (outline[(i + m - 2) % m], outline[(i + 2) % m]);
-            let (tx, ty) = (b[0] - a[0], b[1] - a[1]);
-            let tl = (tx * tx + ty * ty).sqrt().max(1e-12);
-            [ty / tl, -tx / tl]
-        })
-        .collect();
-    let raw: Vec<Vec<f64>> = (0..m)
-        .map(|i| {
-            (0..nt)
-                .map(|k| {
-                    let t = (t_min + dt * k as f64) * 1e-3;
-                    let (x, y) = (outline[i][0] + normals[i][0] * t, outline[i][1] + normals[i][1] * t);
-                    normal_depth(p, x, y) * 1e3
-                })
-                .collect()
-        })
-        .collect();
-    let perim: f64 = (0..m)
-        .map(|i| {
-            let (a, b) = (outline[i], outline[(i + 1) % m]);
-            ((b[0] - a[0]).powi(2) + (b[1] - a[1]).powi(2)).sqrt()
-        })
-        .sum();
-    let cap = cfg.rim_upper_m * 1e3;
-    // One blur for the whole outline, from the mean profiles of eight sectors (the
-    // mean over many vertices pins the blur far better than any single window).
-    let (lo, hi) = (-0.6, 3.0);
-    // Sectors of about 5 mm of outline: their mean profiles are averaged over ~10–15
-    // vertices, enough to pin the blurred-corner fit; vertices in between interpolate.
-    let sectors = ((perim / 5e-3).round() as usize).clamp(8, 64).min(m);
-    let sector_profiles: Vec<Vec<(f64, f64)>> = (0..sectors)
-        .map(|q| {
-            let (a, b) = (q * m / sectors, (q + 1) * m / sectors);
-            let mut prof = Vec::with_capacity(nt);
-            for k in 0..nt {
-                let (mut s, mut c) = (0.0, 0.0);
-                for r in &raw[a..b] {
-                    if r[k].is_finite() {
-                        s += r[k];
-                        c += 1.0;
-                    }
-                }
-                if c > 0.0 {
-                    prof.push((-(t_min + dt * k as f64), s / c));
-                }
-            }
-            wall_window(prof, cap)
-        })
-        .collect();
-    let whole: Vec<(f64, f64)> = {
-        let mut prof = Vec::with_capacity(nt);
-        for k in 0..nt {
-            let (mut s, mut c) = (0.0, 0.0);
-            for r in &raw {
-                if r[k].is_finite() {
-                    s += r[k];
-                    c += 1.0;
-                }
-            }
-            if c > 0.0 {
-                prof.push((-(t_min + dt * k as f64), s / c));
-            }
-        }
-        wall_window(prof, cap)
-    };
-    let mut best_sigma = (f64::INFINITY, 0.8);
-    let mut sigma = 0.3;
-    while sigma <= 2.0 + 1e-9 {
-        let total = best_rim_offset(&whole, sigma, lo, hi, 0.01).1;
-        if total < best_sigma.0 {
-            best_sigma = (total, sigma);
-        }
-        sigma += 0.025;
-    }
-    let sigma = best_sigma.1;
-    let sector_off: Vec<f64> = sector_profiles
-        .iter()
-        .map(|pr| if pr.len() < 8 { f64::NAN } else { best_rim_offset(pr, sigma, lo, hi, 0.01).0 * 1e-3 })
-        .collect();
-    let finite: Vec<f64> = sector_off.iter().copied().filter(|v| v.is_finite()).collect();
-    let fallback = if finite.is_empty() { 0.0 } else { finite.iter().sum::<f64>() / finite.len() as f64 };
-    let sector_off: Vec<f64> = sector_off.iter().map(|v| if v.is_finite() { *v } else { fallback }).collect();
-    // Per vertex: linear interpolation between (lightly smoothed) sector centres.
-    let sector_raw = sector_off;
-    let sector_off = smooth_closed(&sector_raw, 1);
-    let offsets: Vec<f64> = (0..m)
-        .map(|i| {
-            let pos = (i as f64 + 0.5) * sectors as f64 / m as f64 - 0.5;
-            let k0 = pos.floor();
-            let t = pos - k0;
-            let k0 = (k0 as i64).rem_euclid(sectors as i64) as usize;
-            sector_off[k0] * (1.0 - t) + sector_off[(k0 + 1) % sectors] * t
-        })
-        .collect();
-    let smooth = offsets.clone();
-    let sector_smooth = &sector_off;
-    let sector_scatter = (sector_raw.iter().zip(sector_smooth.iter()).map(|(a, b)| (a - b).powi(2)).sum::<f64>()
-        / sectors as f64)
-        .sqrt();
-    let resid = sector_scatter;
-    let rim: Vec<[f64; 2]> = (0..m)
-        .map(|i| [outline[i][0] + normals[i][0] * smooth[i], outline[i][1] + normals[i][1] * smooth[i]])
-        .collect();
-    let rim = taubin(&rim, 10);
-    let mean_offset = smooth.iter().sum::<f64>() / m as f64;
-    (rim, resid, sigma * 1e-3, mean_offset)
-}
+/// Correlation area of fused-surface noise, in voxels² (neighbouring voxels share rays).
+const CORRELATION_VOXELS2: f64 = 4.0;
 
 /// Automatic segmentation and measurement of the wound at `target` (a world point on
 /// or near the wound, e.g. where the clinician tapped, or the centre of the scan).
 pub fn measure_auto(vol: &TsdfVolume, target: Vec3, cfg: &MeasureConfig) -> Result<WoundMeasurements, ReconError> {
-    let (origin, n) = local_plane(vol, target, cfg.max_radius_m * 0.6)?;
-    let field = HeightField::build(vol, origin, n, cfg.max_radius_m * 0.75, cfg.cell_m);
-    let side = field.side();
-    let c = field.half;
+    measure_auto_traced(vol, target, cfg).0
+}
 
-    // First pass: skin from everything within reach, excluding cells far below it.
-    let mut pts: Vec<[f64; 3]> = Vec::new();
-    for j in 0..side {
-        for i in 0..side {
-            let h = field.h[[j, i]];
-            if h.is_finite() {
-                let (x, y) = field.xy(i, j);
-                pts.push([x, y, h]);
-            }
-        }
-    }
-    if pts.len() < 100 {
-        return Err(ReconError::NotEnoughData("no fused surface near the target".into()));
-    }
-    let mut skin = Skin { degree: 0, coef: vec![0.0], scale: 0.02, rms: 0.0, n_points: 0 };
-    for _ in 0..8 {
-        let kept: Vec<[f64; 3]> =
-            pts.iter().copied().filter(|p| (p[2] - skin.eval(p[0], p[1])).abs() < 0.8e-3).collect();
-        if let Some(s) = Skin::fit(&kept, 2, 0.02) {
-            skin = s;
-        }
-    }
-    let mut d0 = Array2::from_elem((side, side), f64::NAN);
-    for j in 0..side {
-        for i in 0..side {
-            let (x, y) = field.xy(i, j);
-            d0[[j, i]] = skin.eval(x, y) - field.h[[j, i]];
-        }
-    }
-    let core_ok = d0.mapv(|d| d.is_finite() && d > cfg.core_depth_m);
-    // Seed: the core cell nearest to the target.
-    let mut seed = None;
-    let mut best = f64::INFINITY;
-    for j in 0..side {
-        for i in 0..side {
-            if core_ok[[j, i]] {
-                let r2 = (i as f64 - c as f64).powi(2) + (j as f64 - c as f64).powi(2);
-                if r2 < best {
-                    best = r2;
-                    seed = Some((i, j));
+/// [`measure_auto`] with a trace of what it saw.
+pub fn measure_auto_traced(
+    vol: &TsdfVolume,
+    target: Vec3,
+    cfg: &MeasureConfig,
+) -> (Result<WoundMeasurements, ReconError>, AutoTrace) {
+    let mut trace = AutoTrace::default();
+    let r = auto(vol, target, cfg, &mut trace);
+    (r, trace)
+}
+
+/// Whether the wound (or its skin ring, where there is surface to fit) reaches the
+/// border of the field: then a larger field is needed.
+fn needs_larger_field(field: &HeightField, region: &Array2<bool>, cfg: &MeasureConfig) -> bool {
+    let side = field.side();
+    let cells = region.iter().filter(|&&v| v).count();
+    let (guard, width) = ring_size(cells, field.cell, cfg);
+    let reach = (guard + width) / field.cell;
+    let dist = distance_to(region);
+    (0..side).any(|k| {
+        [(k, 0), (k, side - 1), (0, k), (side - 1, k)]
+            .iter()
+            .any(|&(i, j)| region[[j, i]] || (dist[[j, i]] <= reach && field.h[[j, i]].is_finite()))
+    })
+}
+
+/// The wound's height field and detection: the first-pass skin (upper envelope) over a
+/// field of half-side `half` in the frame `(origin, n)`, the depression nearest `target`,
+/// and the field grown ×1.5 (up to [`MAX_FIELD_HALF_M`]) while the wound or its skin ring
+/// reaches the border. Also returns the first-pass skin's normal at the region's centroid.
+fn search(
+    vol: &TsdfVolume,
+    (origin, n): (Vec3, Vec3),
+    target: Vec3,
+    mut half: f64,
+    cfg: &MeasureConfig,
+    trace: &mut AutoTrace,
+) -> Result<(HeightField, detect::Detection, Vec3, Vec3), ReconError> {
+    let a_c = CORRELATION_VOXELS2 * vol.voxel_size().powi(2);
+    loop {
+        trace.field_half_mm.push(half * 1e3);
+        let field = HeightField::build(vol, origin, n, half, cfg.cell_m);
+        let side = field.side();
+        let t = field.local(target);
+        // First pass: the upper envelope of the skin, cells weighted by their distance
+        // from the target (the skin far away may bend beyond any simple model).
+        let rho = 0.6 * half;
+        let mut pts = Vec::new();
+        let mut w0 = Vec::new();
+        for j in 0..side {
+            for i in 0..side {
+                let h = field.h[[j, i]];
+                if h.is_finite() {
+                    let (x, y) = field.xy(i, j);
+                    pts.push([x, y, h]);
+                    w0.push((-((x - t[0]).powi(2) + (y - t[1]).powi(2)) / (2.0 * rho * rho)).exp());
                 }
             }
         }
-    }
-    let seed = seed.filter(|_| best.sqrt() * cfg.cell_m < 0.015).ok_or_else(|| {
-        ReconError::SegmentationFailed("no depression deeper than the threshold near the target".into())
-    })?;
-    let core = flood(&core_ok, seed);
-    let grow_ok = d0.mapv(|d| d.is_finite() && d > cfg.rim_low_m);
-    // Grow from the core (hysteresis), then fill holes.
-    let mut region = Array2::from_elem((side, side), false);
-    let mut stack: Vec<(usize, usize)> = Vec::new();
-    for j in 0..side {
-        for i in 0..side {
-            if core[[j, i]] {
-                region[[j, i]] = true;
-                stack.push((i, j));
-            }
+        if pts.len() < 100 {
+            return Err(ReconError::NotEnoughData("no fused surface near the target".into()));
         }
-    }
-    while let Some((i, j)) = stack.pop() {
-        for (di, dj) in [(-1i64, 0i64), (1, 0), (0, -1), (0, 1)] {
-            let (ii, jj) = (i as i64 + di, j as i64 + dj);
-            if ii < 0 || jj < 0 || ii as usize >= side || jj as usize >= side {
-                continue;
+        let (skin0, kept) = skin::envelope(&pts, &w0)
+            .ok_or_else(|| ReconError::NotEnoughData("too little fused surface to fit the skin".into()))?;
+        trace.first_model = skin0.kind_name();
+        trace.first_kept = kept;
+        trace.first_sigma_mm = skin0.rms * 1e3;
+        let d0 = Array2::from_shape_fn((side, side), |(j, i)| {
+            let (x, y) = field.xy(i, j);
+            skin0.eval(x, y) - field.h[[j, i]]
+        });
+        trace.max_depth_near_target_mm = (0..side * side)
+            .filter_map(|k| {
+                let (i, j) = (k % side, k / side);
+                let (x, y) = field.xy(i, j);
+                ((x - t[0]).hypot(y - t[1]) <= 0.015 && d0[[j, i]].is_finite()).then_some(d0[[j, i]])
+            })
+            .fold(f64::NEG_INFINITY, f64::max)
+            * 1e3;
+        let sigma = detect::sigma_grid(&field, skin0.rms, vol);
+        let det = detect::detect(&field, &d0, &sigma, [t[0], t[1]], a_c)?;
+        trace.candidates = det.candidates;
+        trace.significance = det.significance;
+        trace.distance_mm = det.distance_m * 1e3;
+        trace.region_area_mm2 = det.region.iter().filter(|&&v| v).count() as f64 * field.cell * field.cell * 1e6;
+        trace.region_depth_mm = det.d_max * 1e3;
+        trace.sigma_d_mm = det.sigma_d * 1e3;
+        if !needs_larger_field(&field, &det.region, cfg) {
+            let (mut cx, mut cy, mut c) = (0.0, 0.0, 0.0f64);
+            for ((j, i), &v) in det.region.indexed_iter() {
+                if v {
+                    let (x, y) = field.xy(i, j);
+                    cx += x;
+                    cy += y;
+                    c += 1.0;
+                }
             }
-            let (ii, jj) = (ii as usize, jj as usize);
-            if grow_ok[[jj, ii]] && !region[[jj, ii]] {
-                region[[jj, ii]] = true;
-                stack.push((ii, jj));
-            }
+            let (cx, cy) = (cx / c.max(1.0), cy / c.max(1.0));
+            let (gx, gy) = skin0.grad(cx, cy);
+            let normal = (field.n - field.e1 * gx - field.e2 * gy).normalized();
+            let centre = field.world(cx, cy, skin0.eval(cx, cy));
+            return Ok((field, det, centre, normal));
         }
-    }
-    let outside = flood(&region.mapv(|v| !v), (0, 0));
-    let region = outside.mapv(|v| !v);
-    for j in 0..side {
-        if region[[j, 0]] || region[[j, side - 1]] || region[[0, j]] || region[[side - 1, j]] {
-            return Err(ReconError::SegmentationFailed("the depression reaches the edge of the search area".into()));
+        if half >= MAX_FIELD_HALF_M - 1e-9 {
+            return Err(WoundNotFound::ExceedsScanRegion.into());
         }
+        half = (half * 1.5).min(MAX_FIELD_HALF_M);
     }
+}
 
-    let prepared = prepare(field, &region, cfg)?;
+/// The skin normal at the wound may differ from the plane's at the target (a tight limb,
+/// a target off the wound): beyond this angle the field is rebuilt in the frame of the
+/// first-pass skin at the wound's centroid, degrees.
+const REFRAME_DEG: f64 = 3.0;
+
+fn auto(
+    vol: &TsdfVolume,
+    target: Vec3,
+    cfg: &MeasureConfig,
+    trace: &mut AutoTrace,
+) -> Result<WoundMeasurements, ReconError> {
+    let (origin, n, tilt) = local_plane(vol, target, cfg.max_radius_m * 0.6)?;
+    trace.plane_tilt_deg = tilt;
+    let a_c = CORRELATION_VOXELS2 * vol.voxel_size().powi(2);
+    let (mut field, mut det, centre, normal) = search(vol, (origin, n), target, cfg.max_radius_m * 0.75, cfg, trace)?;
+    let angle = normal.dot(n).clamp(-1.0, 1.0).acos().to_degrees();
+    trace.reframe_deg = angle;
+    if angle > REFRAME_DEG {
+        let half = field.half as f64 * field.cell;
+        if let Ok((f2, d2, _, _)) = search(vol, (centre, normal), target, half, cfg, trace) {
+            field = f2;
+            det = d2;
+        }
+    }
+    let side = field.side();
+    let seed = det.seed;
+    let mut region = det.region.clone();
+    let mut det = det;
+    let raw = field.clone();
+    let mut prepared = prepare(field, &region, cfg)?;
+    // Second pass: the region again from the final skin (fitted on the ring, chosen by
+    // evidence), which follows the skin better than the first-pass envelope; then the
+    // final skin from that region's ring. Kept only if it is still the same wound.
+    let sigma = detect::sigma_grid(&prepared.field, prepared.skin.rms, vol);
+    let (sx0, sy0) = prepared.field.xy(seed.0, seed.1);
+    if let Ok(d2) = detect::detect(&prepared.field, &prepared.depth, &sigma, [sx0, sy0], a_c) {
+        let changed = d2.region.iter().zip(region.iter()).filter(|(a, b)| a != b).count();
+        let cells = region.iter().filter(|&&v| v).count();
+        // Refit only when the region moved by more than 1 % of its cells.
+        if d2.region[[seed.1, seed.0]] && changed * 100 > cells && !needs_larger_field(&raw, &d2.region, cfg) {
+            region = d2.region.clone();
+            det = d2;
+            prepared = prepare(raw, &region, cfg)?;
+        }
+    }
+    trace.region_area_mm2 = region.iter().filter(|&&v| v).count() as f64 * prepared.field.cell.powi(2) * 1e6;
+    trace.region_depth_mm = det.d_max * 1e3;
+    trace.sigma_d_mm = det.sigma_d * 1e3;
+    trace.skin = prepared.skin.weights();
     let f = &prepared.field;
 
-    // Outline: contour of the normal depth, restricted to the region (dilated by 2 mm).
+    // Outline: contour of the normal depth, restricted to the region (dilated by 2 mm),
+    // at a level relative to the noise and the wound's depth (never deeper than
+    // `rim_level_m`: the rim fit starts from it and searches outward).
     let near = distance_to(&region).mapv(|d| d * f.cell <= 2e-3);
     let mut nd = Array2::from_elem((side, side), f64::NAN);
     for j in 0..side {
@@ -1277,23 +1267,24 @@ pub fn measure_auto(vol: &TsdfVolume, target: Vec3, cfg: &MeasureConfig) -> Resu
             }
         }
     }
+    let level = (3.0 * det.sigma_d).max(0.2 * det.d_max).min(cfg.rim_level_m);
+    trace.contour_mm = level * 1e3;
     let (sx, sy) = f.xy(seed.0, seed.1);
-    let loops = contours(f, &nd, cfg.rim_level_m);
+    let loops = contours(f, &nd, level);
     let mut outline = loops
         .into_iter()
         .filter(|l| point_in_polygon([sx, sy], l))
         .max_by(|a, b| shoelace(a).abs().total_cmp(&shoelace(b).abs()))
-        .ok_or_else(|| ReconError::SegmentationFailed("no closed outline around the wound".into()))?;
+        .ok_or(WoundNotFound::RimNotSeen)?;
     if shoelace(&outline) < 0.0 {
         outline.reverse();
     }
 
     let outline = taubin(&outline, 5);
-    let (rim, scatter, blur, _offset) = fit_rim(&prepared, &outline, cfg);
-    // The model's error (wall shape beyond a parabola, blur not exactly Gaussian or
-    // not the same all around) scales with the blur: a tenth of it, from the phantoms.
-    let boundary = Boundary { sigma_m: scatter, systematic_m: 0.1 * blur };
-    Ok(measure_outline(&prepared, &rim, boundary, OutlineMethod::Automatic, cfg, vol))
+    let fit = rim::fit_rim(&prepared, &outline);
+    trace.blur_mm = fit.sigma_blur_m * 1e3;
+    let boundary = fit.boundary();
+    Ok(measure_outline(&prepared, &fit.rim, &boundary, fit.sigma_blur_m, OutlineMethod::Automatic, cfg, vol))
 }
 
 /// Most vertices a clinician-drawn outline may have.
@@ -1485,12 +1476,24 @@ pub fn measure_polygon(
         outline.reverse();
     }
     let wound = rasterize(&field, &outline);
-    let prepared = prepare(field, &wound, cfg)?;
-    // A traced outline is only as good as its pixels: half a pixel on the surface.
+    let again = HeightField { h: field.h.clone(), w: field.w.clone(), ..field };
+    let mut prepared = prepare(field, &wound, cfg)?;
+    // The fused rim's blur along the drawn outline: it sets the skin guard (the blurred
+    // wall must stay out of the skin fit) and the volume's spill ring.
+    let mut blur = polygon::blur_at(&outline, |x, y| normal_depth(&prepared, x, y));
+    let margin = polygon::skin_margin(cfg.skin_margin_m, blur.sigma_blur_m);
+    if margin > cfg.skin_margin_m {
+        let wider = MeasureConfig { skin_margin_m: margin, ..*cfg };
+        prepared = prepare(again, &wound, &wider)?;
+        blur = polygon::blur_at(&outline, |x, y| normal_depth(&prepared, x, y));
+    }
     let dist = (centroid - o).norm();
-    let half_px = 0.5 * dist / intrinsics.fx;
-    let boundary = Boundary { sigma_m: half_px, systematic_m: 0.0 };
-    Ok(measure_outline(&prepared, &outline, boundary, OutlineMethod::ClinicianPolygon, cfg, vol))
+    let pixel = dist / intrinsics.fx;
+    // The fused surface's noise where the outline lies, from its fusion weight.
+    let weights: Vec<f64> = outline.iter().map(|q| prepared.field.bilinear(&prepared.field.w, q[0], q[1])).collect();
+    let sigma_h = weights.iter().map(|w| vol.sigma_for_weight(w.max(1.0))).sum::<f64>() / weights.len().max(1) as f64;
+    let boundary = polygon::boundary(&blur, dist, pixel, sigma_h);
+    Ok(measure_outline(&prepared, &outline, &boundary, blur.sigma_blur_m, OutlineMethod::ClinicianPolygon, cfg, vol))
 }
 
 #[cfg(test)]

@@ -21,8 +21,8 @@
 //! through the gate: on two limb trajectories it turns away all but 4–5 frames, see
 //! `docs/measurement.md`, *Frame selection and quality gating*.)
 
-use coherency_recon::measure::{measure_auto, measure_polygon, MeasureConfig, WoundMeasurements};
-use coherency_recon::phantom::{presets, GroundTruth, Phantom, PhantomSpec, ScanConfig};
+use coherency_recon::measure::{measure_auto, measure_auto_traced, measure_polygon, MeasureConfig, WoundMeasurements};
+use coherency_recon::phantom::{presets, CavityShape, GroundTruth, Phantom, PhantomSpec, ScanConfig, SkinShape};
 use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
 use coherency_recon::QualityGate;
 
@@ -188,4 +188,94 @@ fn a_60_fps_orbit_through_the_gate_with_frame_selection_meets_the_accuracy_bars(
     // The flat cap's arcs over 600 frames, about 0.5 mm and 0.2° a frame: selection keeps
     // about two frames in five, and the result must still meet every bar.
     check_with(presets::spherical_cap(false), "cap/plane 600 frames", 600, Some(QualityGate::default()));
+}
+
+// Wound classes the presets lack, built from the preset generator (until the phantom family
+// lands): the automatic path must find the wound on each, over three trajectories. The
+// area and length bars depend on the rim fit, so these check that the segmentation found
+// *the wound* (area within 25 %, max depth within 0.5 mm, volume within 12 %); the family
+// suite holds them to the product bars.
+
+fn hard(skin: SkinShape, cavity: CavityShape) -> PhantomSpec {
+    PhantomSpec { skin, cavity, orientation: 0.4, world_from_phantom: presets::default_placement() }
+}
+
+fn finds_the_wound(spec: PhantomSpec, label: &str) {
+    let phantom = Phantom::new(spec);
+    let t = *phantom.truth();
+    for seed in 0..3 {
+        let scan = phantom.scan(&ScanConfig::iphone(seed));
+        let cfg = TsdfConfig { roi: Some(Aabb::around(t.target_world, 0.08)), ..TsdfConfig::default() };
+        let mut vol = TsdfVolume::new(cfg).expect("valid config");
+        for f in &scan.frames {
+            vol.integrate(f).expect("frame integrates");
+        }
+        let (r, trace) = measure_auto_traced(&vol, t.target_world, &MeasureConfig::default());
+        let a = r.unwrap_or_else(|e| panic!("{label} seed {seed}: {} ({e}); {trace:?}", e.code()));
+        let tag = format!("{label} seed {seed} auto");
+        assert!(
+            rel(a.outline_area_mm2.value, t.outline_area_mm2) <= 0.25,
+            "{tag}: area {} vs {}",
+            a.outline_area_mm2,
+            t.outline_area_mm2
+        );
+        assert!(
+            (a.max_depth_mm.value - t.max_depth_mm).abs() <= 0.5,
+            "{tag}: depth {} vs {}",
+            a.max_depth_mm,
+            t.max_depth_mm
+        );
+        assert!(rel(a.volume_mm3.value, t.volume_mm3) <= 0.12, "{tag}: volume {} vs {}", a.volume_mm3, t.volume_mm3);
+    }
+}
+
+#[test]
+fn the_automatic_path_finds_a_steep_punch_on_a_forearm() {
+    let cavity = CavityShape::EllipsoidalCap { semi_major: 0.007, semi_minor: 0.007, depth: 0.003, wall: 0.02 };
+    finds_the_wound(hard(SkinShape::Cylinder { radius: 0.038 }, cavity), "punch/R38");
+}
+
+#[test]
+fn the_automatic_path_finds_a_wide_steep_punch_on_a_tight_limb() {
+    let cavity = CavityShape::EllipsoidalCap { semi_major: 0.013, semi_minor: 0.013, depth: 0.004, wall: 0.02 };
+    finds_the_wound(hard(SkinShape::Cylinder { radius: 0.035 }, cavity), "wide punch/R35");
+}
+
+#[test]
+fn the_automatic_path_finds_a_large_shallow_lobed_wound() {
+    let cavity = CavityShape::Irregular {
+        mean_radius: 0.025,
+        harmonics: vec![(3, 0.15, 0.4), (2, 0.1, 1.0)],
+        depth: 0.002,
+        wall: 0.6,
+        tilt: 0.0,
+        tilt_angle: 0.0,
+    };
+    finds_the_wound(hard(SkinShape::Cylinder { radius: 0.11 }, cavity), "lobed 2 mm/R110");
+}
+
+#[test]
+fn the_automatic_path_finds_a_wide_flat_wound() {
+    let cavity = CavityShape::EllipsoidalCap { semi_major: 0.03, semi_minor: 0.03, depth: 0.003, wall: 0.3 };
+    finds_the_wound(hard(SkinShape::Plane, cavity), "wide flat");
+}
+
+#[test]
+#[ignore = "#23 open: with the clipped-ramp rim fit an 8 mm, 1 mm deep dish reads up to +90 % area (the rim walks outward on the shallow rounded wall); the polygon path holds (docs/measurement.md, Known limits)"]
+fn the_automatic_path_finds_a_small_shallow_wound() {
+    finds_the_wound(hard(SkinShape::Plane, CavityShape::SphericalCap { radius: 0.004, depth: 0.001 }), "small shallow");
+}
+
+#[test]
+fn a_scan_without_a_wound_fails_with_no_depression() {
+    let phantom = Phantom::new(hard(SkinShape::Plane, CavityShape::SphericalCap { radius: 0.01, depth: 1e-5 }));
+    let t = *phantom.truth();
+    let scan = phantom.scan(&ScanConfig::iphone(2));
+    let cfg = TsdfConfig { roi: Some(Aabb::around(t.target_world, 0.08)), ..TsdfConfig::default() };
+    let mut vol = TsdfVolume::new(cfg).expect("valid config");
+    for f in &scan.frames {
+        vol.integrate(f).expect("frame integrates");
+    }
+    let err = measure_auto(&vol, t.target_world, &MeasureConfig::default()).expect_err("there is no wound");
+    assert_eq!(err.code(), "no_depression", "{err}");
 }

@@ -1,18 +1,33 @@
 //! Synthetic wound scans with known ground truth.
 //!
-//! A phantom is a skin surface (a flat plane or a cylindrical limb) with a cavity cut
-//! into it. The cavity is described in the skin's own developed coordinates `(u, v)`
-//! (arc length on the skin, so the cylinder is unrolled isometrically) as a star-shaped
-//! outline `r(φ)` and a depth profile along the inward skin normal. Frames are
-//! rendered by ray casting the exact geometry from a seeded camera trajectory, then
-//! degraded with an iPhone-LiDAR-like noise model (distance-dependent noise,
-//! quantisation, edge dropout, confidence levels, pose jitter).
+//! A phantom is a skin surface with a cavity cut into it, rendered by ray casting the
+//! exact geometry from a seeded camera trajectory, then degraded with an
+//! iPhone-LiDAR-like noise model (distance-dependent noise, quantisation, edge dropout,
+//! confidence levels, pose jitter). Ground truth is computed from the same analytic
+//! description by fine numerical integration; every measurement the `measure` module
+//! reports has its counterpart in [`GroundTruth`], with identical definitions (see
+//! `docs/measurement.md`). Everything is deterministic for a given seed.
 //!
-//! Ground truth is computed from the same analytic description by fine numerical
-//! integration; every measurement the `measure` module reports has its counterpart in
-//! [`GroundTruth`], with identical definitions (see `docs/measurement.md`).
+//! Two generations live here:
 //!
-//! Everything is deterministic for a given seed.
+//! - the **presets** ([`Phantom`], [`PhantomSpec`], [`presets`]): a flat plane or a
+//!   cylindrical limb, the cavity described in developed skin coordinates `(u, v)` (arc
+//!   length on the skin, so the cylinder unrolls isometrically) as a star-shaped outline
+//!   `r(φ)` and a cap depth profile along the inward skin normal. Their frames are fixed
+//!   bit for bit (`recon/tests/phantom_family.rs`);
+//! - the **family** ([`wound::WoundPhantom`], [`family`]): any [`body::Body`] (plane,
+//!   finite or infinite cylinder, ellipsoid, saddle; optionally a floor behind) with a
+//!   general [`cavity::Cavity`] (circle, ellipse or lobed outline in the tangent plane,
+//!   wall angle 20–90°, flat, rounded or sloped bed), its truth (`truth.rs`), and
+//!   [`harness::run`], which scans a family case through the server's own policy.
+//!   `docs/phantoms.md` documents the family.
+
+pub mod body;
+pub mod cavity;
+pub mod family;
+pub mod harness;
+mod truth;
+pub mod wound;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -524,135 +539,234 @@ impl Phantom {
 
     /// Renders the exact depth map (no noise) seen from `pose`; 0 where nothing is hit.
     pub fn render_clean(&self, intrinsics: &Intrinsics, pose: &Pose) -> Vec<f32> {
-        let (w, h) = (intrinsics.width as usize, intrinsics.height as usize);
-        let cam_in_phantom = self.phantom_from_world.compose(pose);
-        let o = cam_in_phantom.position();
-        let mut out = vec![0.0f32; w * h];
-        for j in 0..h {
-            for i in 0..w {
-                let r = intrinsics.ray(i as f64, j as f64);
-                let dir = cam_in_phantom.rotate(r);
-                if let Some(t) = self.intersect(o, dir) {
-                    // `r` has unit z, so the ray parameter is the camera-z depth.
-                    out[j * w + i] = t as f32;
-                }
-            }
-        }
-        out
+        render_clean(self, intrinsics, pose)
     }
 
     /// Renders a depth map from the true `pose` and applies the sensor model.
     pub fn render(&self, intrinsics: &Intrinsics, pose: &Pose, noise: &NoiseModel, rng: &mut StdRng) -> DepthImage {
-        let (w, h) = (intrinsics.width as usize, intrinsics.height as usize);
-        let clean = self.render_clean(intrinsics, pose);
-        let mut depth = vec![0.0f32; w * h];
-        let mut conf = vec![0u8; w * h];
-        let point = |i: usize, j: usize| -> Option<Vec3> {
-            let d = f64::from(clean[j * w + i]);
-            (d > 0.0).then(|| intrinsics.ray(i as f64, j as f64) * d)
-        };
-        for j in 0..h {
-            for i in 0..w {
-                let Some(p) = point(i, j) else { continue };
-                let z = p.z;
-                let nb = |di: isize, dj: isize| {
-                    let (ii, jj) = (i as isize + di, j as isize + dj);
-                    if ii < 0 || jj < 0 || ii >= w as isize || jj >= h as isize {
-                        None
-                    } else {
-                        point(ii as usize, jj as usize)
-                    }
-                };
-                let (l, r, u, d) = (nb(-1, 0), nb(1, 0), nb(0, -1), nb(0, 1));
-                let mut edge = false;
-                for q in [l, r, u, d].iter() {
-                    match q {
-                        Some(q) if (q.z - z).abs() <= noise.edge_threshold_m => {}
-                        _ => edge = true,
-                    }
-                }
-                let c = if edge {
-                    0
-                } else {
-                    let (Some(l), Some(r), Some(u), Some(d)) = (l, r, u, d) else {
-                        continue;
-                    };
-                    let n = (r - l).cross(d - u).normalized();
-                    let cos = n.dot(p.normalized()).abs();
-                    if cos < 0.3 {
-                        0
-                    } else if cos < 0.6 {
-                        1
-                    } else {
-                        2
-                    }
-                };
-                if edge && rng.gen::<f64>() < noise.edge_dropout {
-                    continue;
-                }
-                if rng.gen::<f64>() < noise.random_dropout {
-                    continue;
-                }
-                let mut zn = z + noise.sigma(z, c) * gaussian(rng);
-                if noise.quantisation_m > 0.0 {
-                    zn = (zn / noise.quantisation_m).round() * noise.quantisation_m;
-                }
-                depth[j * w + i] = zn as f32;
-                conf[j * w + i] = c;
-            }
-        }
-        DepthImage { width: intrinsics.width, height: intrinsics.height, depth, confidence: Some(conf) }
+        apply_sensor(&self.render_clean(intrinsics, pose), intrinsics, noise, rng)
     }
 
     /// A seeded hand-held trajectory: an arc around the wound at 0.2–0.35 m, tilted
     /// 10–40° from the skin normal, aimed near (not exactly at) the wound.
     pub fn trajectory(&self, seed: u64, frames: usize) -> Vec<Pose> {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x7261_6a65_6374_6f72);
-        let dist0 = rng.gen_range(0.22..0.30);
-        let span = rng.gen_range(100f64..200.0).to_radians();
-        let az0 = rng.gen_range(0.0..std::f64::consts::TAU);
-        let tilt_mid = rng.gen_range(18f64..28.0).to_radians();
-        let tilt_amp = rng.gen_range(5f64..10.0).to_radians();
-        let tilt_freq = rng.gen_range(1.0..2.0);
-        let dist_phase = rng.gen_range(0.0..std::f64::consts::TAU);
-        let roll = rng.gen_range(-0.3..0.3);
-        let w = &self.spec.world_from_phantom;
-        (0..frames)
-            .map(|i| {
-                let s = if frames > 1 { i as f64 / (frames - 1) as f64 } else { 0.5 };
-                let az = az0 + span * s;
-                let tilt = tilt_mid + tilt_amp * (std::f64::consts::TAU * tilt_freq * s).sin();
-                let dist = (dist0 + 0.03 * (std::f64::consts::TAU * s + dist_phase).sin()).clamp(0.2, 0.35);
-                let eye = Vec3::new(dist * tilt.sin() * az.cos(), dist * tilt.sin() * az.sin(), dist * tilt.cos());
-                let aim = Vec3::new(0.006 * (3.0 * az).sin(), 0.006 * (2.0 * az + 1.0).cos(), 0.0);
-                let up_angle = az + std::f64::consts::FRAC_PI_2 + roll;
-                let up = Vec3::new(up_angle.cos(), up_angle.sin(), 0.0);
-                let local = Pose::look_at(eye, aim, up);
-                w.compose(&local)
-            })
-            .collect()
+        trajectory(&self.spec.world_from_phantom, seed, frames, &TrajectoryOptions::default())
     }
 
     /// Renders a whole capture: seeded trajectory, noisy frames, jittered reported poses.
     pub fn scan(&self, config: &ScanConfig) -> PhantomScan {
-        let true_poses = self.trajectory(config.seed, config.frames);
-        let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 1);
-        let frames = true_poses
-            .iter()
-            .map(|pose| {
-                let depth = self.render(&config.intrinsics, pose, &config.noise, &mut rng);
-                let n = &config.noise;
-                let axis = Vec3::new(gaussian(&mut rng), gaussian(&mut rng), gaussian(&mut rng));
-                let angle = (n.pose_jitter_rotation_deg * gaussian(&mut rng)).to_radians();
-                let mut reported = pose.compose(&Pose::from_axis_angle(axis, angle));
-                let jitter =
-                    Vec3::new(gaussian(&mut rng), gaussian(&mut rng), gaussian(&mut rng)) * n.pose_jitter_translation_m;
-                reported.translation = (pose.position() + jitter).to_array();
-                Frame { depth, intrinsics: config.intrinsics, pose: reported }
-            })
-            .collect();
-        PhantomScan { frames, true_poses, truth: self.truth }
+        scan_along(self, self.trajectory(config.seed, config.frames), config, self.truth)
     }
+}
+
+impl Surface for Phantom {
+    fn phantom_from_world(&self) -> &Pose {
+        &self.phantom_from_world
+    }
+
+    fn intersect(&self, o: Vec3, dir: Vec3) -> Option<f64> {
+        Phantom::intersect(self, o, dir)
+    }
+}
+
+/// Something a camera can see: a ray cast in phantom coordinates.
+pub(crate) trait Surface {
+    /// The inverse of the phantom's placement.
+    fn phantom_from_world(&self) -> &Pose;
+    /// Ray parameter `t` of the first hit of `o + t·dir` (phantom frame), if any.
+    fn intersect(&self, o: Vec3, dir: Vec3) -> Option<f64>;
+}
+
+/// The exact depth map of `surface` seen from `pose`; 0 where nothing is hit.
+pub(crate) fn render_clean(surface: &impl Surface, intrinsics: &Intrinsics, pose: &Pose) -> Vec<f32> {
+    let (w, h) = (intrinsics.width as usize, intrinsics.height as usize);
+    let cam_in_phantom = surface.phantom_from_world().compose(pose);
+    let o = cam_in_phantom.position();
+    let mut out = vec![0.0f32; w * h];
+    for j in 0..h {
+        for i in 0..w {
+            let r = intrinsics.ray(i as f64, j as f64);
+            let dir = cam_in_phantom.rotate(r);
+            if let Some(t) = surface.intersect(o, dir) {
+                // `r` has unit z, so the ray parameter is the camera-z depth.
+                out[j * w + i] = t as f32;
+            }
+        }
+    }
+    out
+}
+
+/// Applies the sensor model to an exact depth map: confidence from the local surface
+/// slope, edge and random dropout, distance-dependent noise and quantisation.
+pub(crate) fn apply_sensor(clean: &[f32], intrinsics: &Intrinsics, noise: &NoiseModel, rng: &mut StdRng) -> DepthImage {
+    let (w, h) = (intrinsics.width as usize, intrinsics.height as usize);
+    let mut depth = vec![0.0f32; w * h];
+    let mut conf = vec![0u8; w * h];
+    let point = |i: usize, j: usize| -> Option<Vec3> {
+        let d = f64::from(clean[j * w + i]);
+        (d > 0.0).then(|| intrinsics.ray(i as f64, j as f64) * d)
+    };
+    for j in 0..h {
+        for i in 0..w {
+            let Some(p) = point(i, j) else { continue };
+            let z = p.z;
+            let nb = |di: isize, dj: isize| {
+                let (ii, jj) = (i as isize + di, j as isize + dj);
+                if ii < 0 || jj < 0 || ii >= w as isize || jj >= h as isize {
+                    None
+                } else {
+                    point(ii as usize, jj as usize)
+                }
+            };
+            let (l, r, u, d) = (nb(-1, 0), nb(1, 0), nb(0, -1), nb(0, 1));
+            let mut edge = false;
+            for q in [l, r, u, d].iter() {
+                match q {
+                    Some(q) if (q.z - z).abs() <= noise.edge_threshold_m => {}
+                    _ => edge = true,
+                }
+            }
+            let c = if edge {
+                0
+            } else {
+                let (Some(l), Some(r), Some(u), Some(d)) = (l, r, u, d) else {
+                    continue;
+                };
+                let n = (r - l).cross(d - u).normalized();
+                let cos = n.dot(p.normalized()).abs();
+                if cos < 0.3 {
+                    0
+                } else if cos < 0.6 {
+                    1
+                } else {
+                    2
+                }
+            };
+            if edge && rng.gen::<f64>() < noise.edge_dropout {
+                continue;
+            }
+            if rng.gen::<f64>() < noise.random_dropout {
+                continue;
+            }
+            let mut zn = z + noise.sigma(z, c) * gaussian(rng);
+            if noise.quantisation_m > 0.0 {
+                zn = (zn / noise.quantisation_m).round() * noise.quantisation_m;
+            }
+            depth[j * w + i] = zn as f32;
+            conf[j * w + i] = c;
+        }
+    }
+    DepthImage { width: intrinsics.width, height: intrinsics.height, depth, confidence: Some(conf) }
+}
+
+/// How the hand-held camera moves around the wound. The default is the arc every preset
+/// has always used; the family widens it (off-centre aim, short one-sided arcs, other
+/// distances) to exercise the server's target and gate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrajectoryOptions {
+    /// Range of the mean camera distance to the wound, metres.
+    pub distance_m: (f64, f64),
+    /// Range of the arc swept around the wound, degrees (≤ 90: one-sided, part of the rim
+    /// behind a steep wall is never seen).
+    pub arc_deg: (f64, f64),
+    /// Range of the mean tilt from the skin normal, degrees.
+    pub tilt_deg: (f64, f64),
+    /// Bounds the distance along the trajectory, metres.
+    pub clamp_m: (f64, f64),
+    /// The aim point's constant offset from the wound centre in the skin tangent plane,
+    /// metres (its direction is drawn from the seed); 0 aims at the wound as the presets do.
+    pub aim_offset_m: f64,
+}
+
+impl Default for TrajectoryOptions {
+    fn default() -> Self {
+        TrajectoryOptions {
+            distance_m: (0.22, 0.30),
+            arc_deg: (100.0, 200.0),
+            tilt_deg: (18.0, 28.0),
+            clamp_m: (0.2, 0.35),
+            aim_offset_m: 0.0,
+        }
+    }
+}
+
+impl TrajectoryOptions {
+    /// A short one-sided sweep (60–90° of arc): part of the rim behind a steep wall is
+    /// never seen (for guidance tests).
+    pub fn one_sided() -> Self {
+        TrajectoryOptions { arc_deg: (60.0, 90.0), ..TrajectoryOptions::default() }
+    }
+
+    /// The presets' arc aimed `mm` off the wound centre (up to 20 mm in the family).
+    pub fn off_centre(mm: f64) -> Self {
+        TrajectoryOptions { aim_offset_m: mm * 1e-3, ..TrajectoryOptions::default() }
+    }
+}
+
+/// A seeded hand-held trajectory around the origin of `world_from_phantom` (the wound
+/// centre, skin normal +z): an arc at the drawn distance, tilted from the skin normal with
+/// a wobble, aimed near (not exactly at) the wound. With the default options this is
+/// [`Phantom::trajectory`], bit for bit.
+pub fn trajectory(world_from_phantom: &Pose, seed: u64, frames: usize, o: &TrajectoryOptions) -> Vec<Pose> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7261_6a65_6374_6f72);
+    let dist0 = rng.gen_range(o.distance_m.0..o.distance_m.1);
+    let span = rng.gen_range(o.arc_deg.0..o.arc_deg.1).to_radians();
+    let az0 = rng.gen_range(0.0..std::f64::consts::TAU);
+    let tilt_mid = rng.gen_range(o.tilt_deg.0..o.tilt_deg.1).to_radians();
+    let tilt_amp = rng.gen_range(5f64..10.0).to_radians();
+    let tilt_freq = rng.gen_range(1.0..2.0);
+    let dist_phase = rng.gen_range(0.0..std::f64::consts::TAU);
+    let roll = rng.gen_range(-0.3..0.3);
+    let offset = if o.aim_offset_m > 0.0 {
+        let a = rng.gen_range(0.0..std::f64::consts::TAU);
+        Vec3::new(o.aim_offset_m * a.cos(), o.aim_offset_m * a.sin(), 0.0)
+    } else {
+        Vec3::ZERO
+    };
+    (0..frames)
+        .map(|i| {
+            let s = if frames > 1 { i as f64 / (frames - 1) as f64 } else { 0.5 };
+            let az = az0 + span * s;
+            let tilt = tilt_mid + tilt_amp * (std::f64::consts::TAU * tilt_freq * s).sin();
+            let dist = (dist0 + 0.03 * (std::f64::consts::TAU * s + dist_phase).sin()).clamp(o.clamp_m.0, o.clamp_m.1);
+            let eye = Vec3::new(dist * tilt.sin() * az.cos(), dist * tilt.sin() * az.sin(), dist * tilt.cos());
+            let mut aim = Vec3::new(0.006 * (3.0 * az).sin(), 0.006 * (2.0 * az + 1.0).cos(), 0.0);
+            if o.aim_offset_m > 0.0 {
+                aim = aim + offset;
+            }
+            let up_angle = az + std::f64::consts::FRAC_PI_2 + roll;
+            let up = Vec3::new(up_angle.cos(), up_angle.sin(), 0.0);
+            let local = Pose::look_at(eye + offset, aim, up);
+            world_from_phantom.compose(&local)
+        })
+        .collect()
+}
+
+/// Renders a capture of `surface` along `true_poses`: noisy frames and jittered reported
+/// poses, seeded by `config.seed`.
+pub(crate) fn scan_along(
+    surface: &impl Surface,
+    true_poses: Vec<Pose>,
+    config: &ScanConfig,
+    truth: GroundTruth,
+) -> PhantomScan {
+    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 1);
+    let frames = true_poses
+        .iter()
+        .map(|pose| {
+            let clean = render_clean(surface, &config.intrinsics, pose);
+            let depth = apply_sensor(&clean, &config.intrinsics, &config.noise, &mut rng);
+            let n = &config.noise;
+            let axis = Vec3::new(gaussian(&mut rng), gaussian(&mut rng), gaussian(&mut rng));
+            let angle = (n.pose_jitter_rotation_deg * gaussian(&mut rng)).to_radians();
+            let mut reported = pose.compose(&Pose::from_axis_angle(axis, angle));
+            let jitter =
+                Vec3::new(gaussian(&mut rng), gaussian(&mut rng), gaussian(&mut rng)) * n.pose_jitter_translation_m;
+            reported.translation = (pose.position() + jitter).to_array();
+            Frame { depth, intrinsics: config.intrinsics, pose: reported }
+        })
+        .collect();
+    PhantomScan { frames, true_poses, truth }
 }
 
 /// Longest chord of a closed outline, and the extent perpendicular to it within the
