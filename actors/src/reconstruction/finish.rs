@@ -733,19 +733,9 @@ fn keyframe_camera(seq: u64, msg: &Bytes) -> Option<(Candidate, SuggestedKeyfram
 const MAX_REASON_CHARS: usize = 500;
 
 /// The stable code of an automatic measurement's failure (docs/api.md), from the
-/// reconstruction's error. Codes are ours: the recon crate's wording may change, and an
-/// unknown failure is `measurement_failed`.
+/// reconstruction's error: recon owns the codes ([`ReconError::code`]), the words may change.
 pub(crate) fn failure_reason(e: &ReconError) -> FailureReason {
-    let code = match e {
-        ReconError::NotEnoughData(_) => "not_enough_surface",
-        ReconError::SegmentationFailed(m) if m.contains("no depression") => "no_depression",
-        ReconError::SegmentationFailed(m) if m.contains("edge of the search area") || m.contains("search area") => {
-            "wound_exceeds_scan_region"
-        }
-        ReconError::SegmentationFailed(m) if m.contains("closed outline") || m.contains("rim") => "rim_not_seen",
-        _ => "measurement_failed",
-    };
-    FailureReason { code, message: e.to_string().chars().take(MAX_REASON_CHARS).collect() }
+    FailureReason { code: e.code(), message: e.to_string().chars().take(MAX_REASON_CHARS).collect() }
 }
 
 fn figures(m: &WoundMeasurements) -> WoundFigures {

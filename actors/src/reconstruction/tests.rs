@@ -431,18 +431,16 @@ async fn a_scan_with_nothing_to_find_completes_needing_an_outline_on_a_keyframe_
 
 #[test]
 fn failures_map_to_stable_reason_codes() {
-    use coherency_recon::ReconError;
+    use coherency_recon::{measure::WoundNotFound, ReconError};
     for (e, code) in [
-        (
-            ReconError::SegmentationFailed("no depression deeper than the threshold near the target".into()),
-            "no_depression",
-        ),
-        (
-            ReconError::SegmentationFailed("the depression reaches the edge of the search area".into()),
-            "wound_exceeds_scan_region",
-        ),
-        (ReconError::SegmentationFailed("no closed outline around the wound".into()), "rim_not_seen"),
+        (ReconError::WoundNotFound(WoundNotFound::NoDepression), "no_depression"),
+        (ReconError::WoundNotFound(WoundNotFound::ExceedsScanRegion), "wound_exceeds_scan_region"),
+        (ReconError::WoundNotFound(WoundNotFound::RimNotSeen), "rim_not_seen"),
         (ReconError::NotEnoughData("no fused surface near the target".into()), "not_enough_surface"),
+        (
+            ReconError::SegmentationFailed("the outline does not lie on the reconstructed surface".into()),
+            "measurement_failed",
+        ),
         (ReconError::InvalidConfig("x".into()), "measurement_failed"),
     ] {
         assert_eq!(finish::failure_reason(&e).code, code, "{e}");
