@@ -281,19 +281,21 @@ fn gate_stats(case: &Case) -> Vec<FrameStats> {
     p.scan(&cfg, &TrajectoryOptions::default()).frames.iter().map(|f| FrameStats::compute(f, None)).collect()
 }
 
+/// The small-part classes are what the whole-frame rule failed on; the gate judged around the
+/// wound (docs/capture-quality.md) accepts them.
 #[test]
-fn a_small_body_part_fails_the_whole_frame_gate() {
+fn a_small_body_part_fails_the_whole_frame_rule_and_passes_the_gate_around_the_wound() {
     let gate = QualityGate::default();
     // A 50 mm finger fills under 30 % of the frame.
     let finger = gate_stats(&family::by_name("punch-small").expect("class"));
     let thin = finger.iter().filter(|s| s.valid_fraction < 0.30).count();
     assert!(thin >= finger.len() * 3 / 4, "{:?}", finger.iter().map(|s| s.valid_fraction).collect::<Vec<_>>());
-    assert!(finger.iter().filter(|s| !gate.passes(s)).count() >= finger.len() * 3 / 4);
+    assert!(finger.iter().filter(|s| gate.passes(s)).count() >= finger.len() * 3 / 4);
     // A heel over a floor: the frame is full, but its median is the floor's.
     let heel = gate_stats(&family::by_name("heel").expect("class"));
     let far = heel.iter().filter(|s| s.median_depth_m.is_some_and(|m| m > 0.5)).count();
     assert!(far >= heel.len() * 3 / 4, "{:?}", heel.iter().map(|s| s.median_depth_m).collect::<Vec<_>>());
-    assert!(heel.iter().filter(|s| !gate.passes(s)).count() >= heel.len() * 3 / 4);
+    assert!(heel.iter().filter(|s| gate.passes(s)).count() >= heel.len() * 3 / 4);
 }
 
 #[test]
