@@ -7,11 +7,11 @@
 //! misfit, as on a limb) fitted robustly to an annulus of skin around the wound; the
 //! wound depth is `D = s - h`.
 //!
-//! - [`measure_auto`]: the connected region deeper than `core_depth_m` around the
-//!   target point, grown to `rim_low_m`; its outline is the `rim_level_m` contour of
-//!   the normal depth, moved outward to where the wall meets the skin by fitting a
-//!   Gaussian-blurred corner (skin, wall of slope and curvature) to the depth profiles
-//!   along the outline's normals (sub-voxel rim, `fit_rim`).
+//! - [`measure_auto`]: the most significant depression near the target, with thresholds
+//!   relative to the local noise and the depression's own depth (`detect`); its outline is
+//!   a low contour of the normal depth (at most `rim_level_m`), moved to where the wall
+//!   meets the skin by fitting a blurred, clipped ramp to the depth profiles along the
+//!   outline's normals (`rim`).
 //! - [`measure_polygon`]: a clinician's outline in a keyframe image, ray cast onto the
 //!   fused surface.
 //!
@@ -44,14 +44,8 @@ pub struct MeasureConfig {
     pub cell_m: f64,
     /// Wounds are searched within this distance of the target, metres.
     pub max_radius_m: f64,
-    /// Core of the wound: connected region at least this deep, metres.
-    pub core_depth_m: f64,
-    /// The core is grown into cells at least this deep, metres.
-    pub rim_low_m: f64,
-    /// Outline contour level, metres (the rim is then fitted outward of it).
+    /// Deepest level of the first outline contour, metres (the rim is then fitted from it).
     pub rim_level_m: f64,
-    /// Deepest wall level used by the blurred-rim fit, metres.
-    pub rim_upper_m: f64,
     /// Gap between the wound outline and the skin annulus used for the skin fit, metres.
     pub skin_margin_m: f64,
     /// Width of that annulus, metres.
@@ -65,10 +59,7 @@ impl Default for MeasureConfig {
         MeasureConfig {
             cell_m: 0.0005,
             max_radius_m: 0.06,
-            core_depth_m: 0.0015,
-            rim_low_m: 0.0003,
             rim_level_m: 0.0008,
-            rim_upper_m: 0.0025,
             skin_margin_m: 0.002,
             skin_ring_m: 0.012,
             coverage_factor: 3.0,
