@@ -128,6 +128,43 @@ pub struct GroundTruth {
     pub normal_world: Vec3,
 }
 
+/// Geometry of a wound in SI units (metres, m², m³) in the phantom's frame, before it is
+/// turned into [`GroundTruth`].
+pub(crate) struct TruthSi {
+    pub area: f64,
+    pub bed_area: f64,
+    pub perimeter: f64,
+    pub length: f64,
+    pub width: f64,
+    pub max_depth: f64,
+    pub volume: f64,
+}
+
+impl GroundTruth {
+    /// The clinician's units, and the wound centre (the phantom's origin, normal +z) in
+    /// world coordinates.
+    pub(crate) fn from_si(t: TruthSi, world_from_phantom: &Pose) -> GroundTruth {
+        GroundTruth {
+            outline_area_mm2: t.area * 1e6,
+            bed_area_mm2: t.bed_area * 1e6,
+            perimeter_mm: t.perimeter * 1e3,
+            length_mm: t.length * 1e3,
+            width_mm: t.width * 1e3,
+            max_depth_mm: t.max_depth * 1e3,
+            mean_depth_mm: t.volume / t.area * 1e3,
+            volume_mm3: t.volume * 1e9,
+            target_world: world_from_phantom.transform(Vec3::ZERO),
+            normal_world: world_from_phantom.rotate(Vec3::new(0.0, 0.0, 1.0)),
+        }
+    }
+}
+
+/// World points projected into an image (what a clinician would trace); points behind
+/// the camera are skipped.
+pub(crate) fn project_outline(world: Vec<Vec3>, intrinsics: &Intrinsics, pose: &Pose) -> Vec<[f64; 2]> {
+    world.into_iter().filter_map(|p| intrinsics.project(pose.inverse_transform(p))).map(|(u, v)| [u, v]).collect()
+}
+
 /// Depth noise and artefacts of the simulated sensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NoiseModel {
@@ -378,11 +415,7 @@ impl Phantom {
     /// The true outline projected into an image: what a clinician would trace.
     /// Points behind the camera are skipped.
     pub fn outline_in_image(&self, intrinsics: &Intrinsics, pose: &Pose, n: usize) -> Vec<[f64; 2]> {
-        self.outline_world(n)
-            .into_iter()
-            .filter_map(|p| intrinsics.project(pose.inverse_transform(p)))
-            .map(|(u, v)| [u, v])
-            .collect()
+        project_outline(self.outline_world(n), intrinsics, pose)
     }
 
     fn compute_truth(&self) -> GroundTruth {
@@ -451,19 +484,10 @@ impl Phantom {
             .collect();
         let (length, width) = length_width(&outline, Vec3::new(0.0, 0.0, 1.0));
 
-        let w = &self.spec.world_from_phantom;
-        GroundTruth {
-            outline_area_mm2: area * 1e6,
-            bed_area_mm2: bed_area * 1e6,
-            perimeter_mm: perimeter * 1e3,
-            length_mm: length * 1e3,
-            width_mm: width * 1e3,
-            max_depth_mm: max_depth * 1e3,
-            mean_depth_mm: volume / area * 1e3,
-            volume_mm3: volume * 1e9,
-            target_world: w.transform(Vec3::ZERO),
-            normal_world: w.rotate(Vec3::new(0.0, 0.0, 1.0)),
-        }
+        GroundTruth::from_si(
+            TruthSi { area, bed_area, perimeter, length, width, max_depth, volume },
+            &self.spec.world_from_phantom,
+        )
     }
 
     /// Ray parameter `t` of the first hit of `o + t·dir` (phantom frame) with the surface.

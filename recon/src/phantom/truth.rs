@@ -13,7 +13,7 @@ use std::f64::consts::TAU;
 
 use super::body::Body;
 use super::cavity::Carved;
-use super::{length_width, GroundTruth};
+use super::{length_width, GroundTruth, TruthSi};
 use crate::geometry::{Pose, Vec3};
 
 /// Polar samples of the area and volume integrals (angle × normalised radius).
@@ -97,16 +97,5 @@ pub(crate) fn wound_truth(body: &Body, carved: &Carved, world_from_phantom: &Pos
     let perimeter: f64 = (0..fine.len()).map(|i| (fine[(i + 1) % fine.len()] - fine[i]).norm()).sum();
     let (length, width) = length_width(&lifted(2048), Vec3::new(0.0, 0.0, 1.0));
 
-    GroundTruth {
-        outline_area_mm2: area * 1e6,
-        bed_area_mm2: bed_area * 1e6,
-        perimeter_mm: perimeter * 1e3,
-        length_mm: length * 1e3,
-        width_mm: width * 1e3,
-        max_depth_mm: max_depth * 1e3,
-        mean_depth_mm: volume / area * 1e3,
-        volume_mm3: volume * 1e9,
-        target_world: world_from_phantom.transform(Vec3::ZERO),
-        normal_world: world_from_phantom.rotate(Vec3::new(0.0, 0.0, 1.0)),
-    }
+    GroundTruth::from_si(TruthSi { area, bed_area, perimeter, length, width, max_depth, volume }, world_from_phantom)
 }

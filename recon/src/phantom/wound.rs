@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use super::body::Body;
 use super::cavity::{Carved, Cavity};
 use super::{
-    apply_sensor, render_clean, scan_along, trajectory, GroundTruth, NoiseModel, PhantomScan, ScanConfig, Surface,
-    TrajectoryOptions,
+    apply_sensor, project_outline, render_clean, scan_along, trajectory, GroundTruth, NoiseModel, PhantomScan,
+    ScanConfig, Surface, TrajectoryOptions,
 };
 use crate::geometry::{DepthImage, Intrinsics, Pose, Vec3};
 
@@ -84,11 +84,7 @@ impl WoundPhantom {
     /// The true outline projected into an image: what a clinician would trace. Points
     /// behind the camera are skipped.
     pub fn outline_in_image(&self, intrinsics: &Intrinsics, pose: &Pose, n: usize) -> Vec<[f64; 2]> {
-        self.outline_world(n)
-            .into_iter()
-            .filter_map(|p| intrinsics.project(pose.inverse_transform(p)))
-            .map(|(u, v)| [u, v])
-            .collect()
+        project_outline(self.outline_world(n), intrinsics, pose)
     }
 
     /// Renders the exact depth map seen from `pose`; 0 where nothing is hit.
