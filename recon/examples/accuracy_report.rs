@@ -42,14 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => QualityGate::default(),
     };
     let (mut total_frames, mut total_fused) = (0usize, 0usize);
-    let cases: Vec<(&str, PhantomSpec)> = vec![
-        ("cap/plane", presets::spherical_cap(false)),
-        ("ellipsoid/plane", presets::ellipsoid(false)),
-        ("irregular/plane", presets::irregular(false)),
-        ("cap/limb", presets::spherical_cap(true)),
-        ("ellipsoid/limb", presets::ellipsoid(true)),
-        ("irregular/limb", presets::irregular(true)),
-    ];
+    let cases: Vec<(&str, PhantomSpec)> = presets::labelled();
     for (name, spec) in cases {
         if only.is_some_and(|o| !name.contains(o)) {
             continue;

@@ -23,13 +23,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let only: Option<&str> = args.get(2).map(|s| s.as_str()).filter(|s| *s != "-");
     let server = args.get(3).is_some_and(|s| s == "server");
     let cyl = |r: f64| SkinShape::Cylinder { radius: r };
-    let cases: Vec<(&str, PhantomSpec)> = vec![
-        ("cap/plane", presets::spherical_cap(false)),
-        ("ellipsoid/plane", presets::ellipsoid(false)),
-        ("irregular/plane", presets::irregular(false)),
-        ("cap/limb", presets::spherical_cap(true)),
-        ("ellipsoid/limb", presets::ellipsoid(true)),
-        ("irregular/limb", presets::irregular(true)),
+    let mut cases: Vec<(&str, PhantomSpec)> = presets::labelled();
+    cases.extend([
         (
             "punch-forearm~",
             case(
@@ -80,7 +75,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 CavityShape::EllipsoidalCap { semi_major: 0.02, semi_minor: 0.0125, depth: 0.001, wall: 0.7 },
             ),
         ),
-    ];
+    ]);
     for (name, spec) in cases {
         if only.is_some_and(|o| !name.contains(o)) {
             continue;

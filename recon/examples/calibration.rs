@@ -127,15 +127,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frames: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60);
     let only: Option<&str> = args.get(3).map(String::as_str).filter(|s| *s != "-");
     let u16 = args.get(4).is_some_and(|s| s == "u16");
-    let cases: Vec<(&str, PhantomSpec)> = vec![
-        ("cap/plane", presets::spherical_cap(false)),
-        ("ellipsoid/plane", presets::ellipsoid(false)),
-        ("irregular/plane", presets::irregular(false)),
-        ("cap/limb", presets::spherical_cap(true)),
-        ("ellipsoid/limb", presets::ellipsoid(true)),
-        ("irregular/limb", presets::irregular(true)),
-        ("punch/forearm", punch_forearm()),
-    ];
+    let mut cases: Vec<(&str, PhantomSpec)> = presets::labelled();
+    cases.extend([("punch/forearm", punch_forearm())]);
     let mut all = Vec::new();
     for (name, spec) in cases {
         if only.is_some_and(|o| !name.contains(o)) {

@@ -862,6 +862,19 @@ pub mod presets {
         }
     }
 
+    /// The six presets with the labels every report and test uses (`cap/plane` …
+    /// `irregular/limb`).
+    pub fn labelled() -> Vec<(&'static str, PhantomSpec)> {
+        vec![
+            ("cap/plane", spherical_cap(false)),
+            ("ellipsoid/plane", ellipsoid(false)),
+            ("irregular/plane", irregular(false)),
+            ("cap/limb", spherical_cap(true)),
+            ("ellipsoid/limb", ellipsoid(true)),
+            ("irregular/limb", irregular(true)),
+        ]
+    }
+
     /// Irregular lobed wound (~16 mm mean radius), 5 mm deep with a tilted bed.
     pub fn irregular(curved: bool) -> PhantomSpec {
         PhantomSpec {
