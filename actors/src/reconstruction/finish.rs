@@ -40,9 +40,9 @@ use bytes::Bytes;
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_protocol::{Code, ErrorCode};
-use coherency_recon::fusion::{parameters, refuse_bytes, FusedScan, Measured};
+use coherency_recon::fusion::{parameters, refuse_bytes, Accepted, FusedScan, Measured};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
-use coherency_recon::{Frame, Intrinsics, ReconError, ScanFusion, WoundMeasurements};
+use coherency_recon::{Frame, ReconError, ScanFusion, WoundMeasurements};
 use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -54,7 +54,7 @@ use super::ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
     ReconOutcome, ReconstructionDoc, ReconstructionSink, SuggestedKeyframe, ValuePm, WoundFigures,
 };
-use super::{lower_priority_to, to_recon_frame, wire_pose};
+use super::{lower_priority_to, to_recon_frame};
 use crate::capture::activity::{since_last_frame, wait_for_quiet};
 use crate::retry::RetryPolicy;
 use crate::stats::CaptureStats;
@@ -321,35 +321,6 @@ impl Reconstructor {
         taken
     }
 
-    /// The keyframe to suggest for a clinician's outline of a scan whose automatic
-    /// measurement failed ([`super::keyframe`]): the stored frames' cameras are read back
-    /// (only their headers are used), those the gate turned away left out. `None` (with a
-    /// warning) when they cannot be read: the outcome is stored without one.
-    async fn suggested_keyframe(&self, scan_id: ScanId, fused: &FusedScan) -> Option<SuggestedKeyframe> {
-        let reader = &*self.0.reader;
-        let raw = match reader.locate(scan_id).await {
-            Ok(index) => read_raw(reader, &index).await,
-            Err(e) => Err(e),
-        };
-        let raw =
-            raw.map_err(|e| tracing::warn!(%scan_id, error = %e, "no keyframe suggested: frames not read")).ok()?;
-        let rejected: HashSet<u64> = fused.rejected.iter().map(|&(seq, _)| seq).collect();
-        // Decoding the messages is CPU work: off the I/O threads.
-        let decoded = tokio::task::spawn_blocking(move || {
-            raw.into_iter()
-                .filter(|(seq, _)| !rejected.contains(seq))
-                .filter_map(|(seq, msg)| keyframe_camera(seq, &msg))
-                .collect::<Vec<_>>()
-        })
-        .await;
-        let mut cameras =
-            decoded.map_err(|e| tracing::warn!(%scan_id, error = %e, "no keyframe suggested: decoding failed")).ok()?;
-        let candidates: Vec<Candidate> = cameras.iter().map(|(c, _)| *c).collect();
-        let normal = surface_normal(&fused.vol, fused.target).or_else(|| mean_view(&candidates, fused.target))?;
-        let at = suggest(&candidates, fused.target, normal)?;
-        Some(cameras.swap_remove(at).1)
-    }
-
     /// Touches the scan's `updated_at` every heartbeat for as long as the guard lives.
     fn keep_fresh(&self, scan_id: ScanId) -> Option<AbortOnDrop> {
         let every = self.0.heartbeat;
@@ -552,7 +523,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
             // `needs_outline`, with its mesh, the reason and a suggested keyframe, so a
             // clinician can draw the outline.
             let reason = failure_reason(&e);
-            let keyframe = recon.suggested_keyframe(scan_id, &fused).await.map(Box::new);
+            let keyframe = suggested_keyframe(&fused).map(Box::new);
             doc.insert("status".into(), json!("complete"));
             doc.insert("outcome".into(), json!("needs_outline"));
             doc.insert("measurement_error".into(), json!(e.to_string()));
@@ -717,16 +688,27 @@ fn decode_frames(
     Ok(Decoded { frames, quality })
 }
 
-/// A stored frame's camera, for the keyframe choice and as the API shows it (the wire's
-/// row-major `k` and pose); `None` for a frame whose camera is unusable.
-fn keyframe_camera(seq: u64, msg: &Bytes) -> Option<(Candidate, SuggestedKeyframe)> {
-    let Ok(ClientMsg::Frame(f)) = decode_client(msg) else { return None };
-    let pose = wire_pose(&f).ok()?;
-    let k = f.intrinsics.map(f64::from);
-    let intrinsics = Intrinsics { fx: k[0], fy: k[4], cx: k[2], cy: k[5], width: f.width, height: f.height };
-    intrinsics.validate().ok()?;
-    let shown = SuggestedKeyframe { seq, width: f.width, height: f.height, k, pose: f.pose.map(f64::from) };
-    Some((Candidate { seq, intrinsics, pose }, shown))
+/// The keyframe to suggest for a clinician's outline of a scan whose automatic
+/// measurement failed ([`super::keyframe`]), among the frames the gate accepted: fusion kept
+/// their cameras, so nothing is read back. `None` when no camera sees the wound.
+fn suggested_keyframe(fused: &FusedScan) -> Option<SuggestedKeyframe> {
+    let mut cameras: Vec<(Candidate, SuggestedKeyframe)> =
+        fused.accepted().iter().filter_map(accepted_camera).collect();
+    let candidates: Vec<Candidate> = cameras.iter().map(|(c, _)| *c).collect();
+    let normal = surface_normal(&fused.vol, fused.target).or_else(|| mean_view(&candidates, fused.target))?;
+    let at = suggest(&candidates, fused.target, normal)?;
+    Some(cameras.swap_remove(at).1)
+}
+
+/// An accepted frame's camera, for the keyframe choice and as the API shows it (row-major
+/// `k` and pose, as on the wire; the skew is the 0 fusion used); `None` when unusable.
+fn accepted_camera(a: &Accepted) -> Option<(Candidate, SuggestedKeyframe)> {
+    let i = a.intrinsics;
+    i.validate().ok()?;
+    let k = [i.fx, 0.0, i.cx, 0.0, i.fy, i.cy, 0.0, 0.0, 1.0];
+    let pose: [f64; 16] = std::array::from_fn(|n| a.pose.matrix()[n / 4][n % 4]);
+    let shown = SuggestedKeyframe { seq: a.seq, width: i.width, height: i.height, k, pose };
+    Some((Candidate { seq: a.seq, intrinsics: i, pose: a.pose }, shown))
 }
 
 /// Most characters of a failure's words stored with its outcome.
