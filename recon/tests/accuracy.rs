@@ -261,7 +261,7 @@ fn the_automatic_path_finds_a_wide_flat_wound() {
 }
 
 #[test]
-#[ignore = "#23 open: with the clipped-ramp rim fit an 8 mm, 1 mm deep dish reads up to +90 % area (the rim walks outward on the shallow rounded wall); the polygon path holds (docs/measurement.md, Known limits)"]
+#[ignore = "#23 open: an 8 mm, 1 mm deep dish reads up to +26 % area (seed 1: 63.2 ± 9.1 mm² against 50.3; skin texture moves the rim on the shallow wall); the polygon path holds (docs/measurement.md, Known limits)"]
 fn the_automatic_path_finds_a_small_shallow_wound() {
     finds_the_wound(hard(SkinShape::Plane, CavityShape::SphericalCap { radius: 0.004, depth: 0.001 }), "small shallow");
 }

@@ -41,5 +41,6 @@ pub(super) fn boundary(rim: &RimFit, distance_m: f64, pixel_m: f64, sigma_h: f64
         scale_sd: POSE_TRANSLATION_SD_M / distance_m.max(1e-3),
         rigid_sd_m: (POSE_TRANSLATION_SD_M.powi(2) + (distance_m * POSE_ROTATION_SD_RAD).powi(2)).sqrt(),
         rim_depth_m: rim.rim_depth_m(),
+        hidden_wall_m2: rim.hidden_wall_m2,
     }
 }

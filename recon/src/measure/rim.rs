@@ -59,6 +59,9 @@ fn basis(s: f64, s0: f64, w: f64, sigma: f64) -> [f64; 3] {
 /// for it (a bowl's wall), never to let a wrong rim fit a straight wall.
 const BULGE_RIDGE_MM4: f64 = 1.0;
 
+/// Largest share of the wall's mean slope the bulge may take off the slope at the rim.
+const MAX_RIM_FLATTENING: f64 = 0.5;
+
 /// Penalty on the wall width (per sample, mm, per blur width): a blurred step and a
 /// blurred ramp narrower than about the blur are nearly the same profile (the ramp
 /// reads as a step blurred by `√(σ² + w²/12)`), so the rim would slide along that
@@ -91,7 +94,32 @@ fn fit_linear(profile: &[(f64, f64)], s0: f64, w: f64, sigma: f64) -> Option<Lin
         rows.push((f, d));
     }
     a[2][2] += profile.len() as f64 * BULGE_RIDGE_MM4;
-    let c = solve3(a, y)?;
+    let mut c = solve3(a, y)?;
+    // A wall that leaves the skin tangentially has no rim to find: any point of the skin
+    // could start it. The bulge may bend the wall, but its slope at the rim stays at least
+    // `1 − MAX_RIM_FLATTENING` of the wall's mean slope (`D/w − c·w ≥ …`), so the rim is
+    // where the profile departs from the skin.
+    let wc = w.max(MIN_WALL_MM);
+    if c[1] > 0.0 && c[2] * wc * wc > MAX_RIM_FLATTENING * c[1] {
+        let k = MAX_RIM_FLATTENING / (wc * wc);
+        let (mut a2, mut y2) = ([[0.0f64; 2]; 2], [0.0f64; 2]);
+        for (f, d) in &rows {
+            let g = [f[0], f[1] + k * f[2]];
+            for i in 0..2 {
+                for j in 0..2 {
+                    a2[i][j] += g[i] * g[j];
+                }
+                y2[i] += g[i] * d;
+            }
+        }
+        let det = a2[0][0] * a2[1][1] - a2[0][1] * a2[1][0];
+        if !det.is_finite() || det.abs() <= 1e-14 * (a2[0][0] * a2[1][1]).abs().max(1e-300) {
+            return None;
+        }
+        let b = (y2[0] * a2[1][1] - a2[0][1] * y2[1]) / det;
+        let dd = (a2[0][0] * y2[1] - a2[1][0] * y2[0]) / det;
+        c = [b, dd, k * dd];
+    }
     // A rim is a depression: the depth at the corner must be positive.
     if c[1] <= 0.0 {
         return None;
@@ -342,6 +370,9 @@ pub(super) struct RimFit {
     /// Rim ambiguity of walls too narrow to tell from a blurred step (length-weighted
     /// mean of [`narrow_wall_sd`]), metres; common to the whole outline.
     pub narrow_sd_m: f64,
+    /// Wall area the fused surface may not show, m² (sum of [`hidden_wall_area`] over
+    /// the sectors).
+    pub hidden_wall_m2: f64,
 }
 
 /// Systematic rim error per unit of blur (model mismatch: blur not exactly Gaussian nor
@@ -356,6 +387,44 @@ const RIM_BIAS_PER_BLUR: f64 = 0.05;
 pub(super) fn narrow_wall_sd(w_mm: f64, sigma_mm: f64) -> f64 {
     let se = (sigma_mm * sigma_mm + w_mm * w_mm / 12.0).sqrt();
     (2.5 - w_mm / se).clamp(0.0, 1.0) * se / 2.0
+}
+
+/// Apparent wall slope (width over depth) up to which a fused wall may be a vertical one
+/// smeared by the views' tilt, and where that reading has faded out.
+const STEEP_WALL_WD: (f64, f64) = (0.75, 1.0);
+
+/// Standard deviation of the rim of a wall that may be steeper than it looks (mm). Views
+/// tilted from the skin normal by θ see a wall's face from one side only, and fusion
+/// smears a vertical wall of depth `D` into one about `D·tan θ` wide (hand-held scans
+/// tilt 15–30°, so `w/D` of 0.3–0.6 for any wall steeper than about 60°). On such a wall
+/// the clipped ramp puts the rim at the foot of the smear, while a vertical wall's top
+/// sits up to one blur width inward (phantom family: 0.3–0.45 mm on 88–90° punches, none
+/// on 60–75° walls). The profile cannot tell the two apart, so the rim is stated as
+/// lying anywhere in that width: one third of the blur, so the coverage factor spans it.
+pub(super) fn steep_wall_sd(w_mm: f64, depth_mm: f64, sigma_mm: f64) -> f64 {
+    if depth_mm <= 0.0 {
+        return 0.0;
+    }
+    let (a, b) = STEEP_WALL_WD;
+    let fade = ((b - w_mm / depth_mm) / (b - a)).clamp(0.0, 1.0);
+    fade * sigma_mm / 3.0
+}
+
+/// Wall area per unit of outline a steep-looking wall may hide (mm): a vertical wall of
+/// depth `D` and a floor reaching its foot (`D + w` of surface across the wall's fused
+/// width `w`) against the straight slope fusion shows (`√(D² + w²)`), faded like
+/// [`steep_wall_sd`].
+/// The steepness is judged on the fitted wall, the width is the wall's fused width: its
+/// ramp and its blur together (a step blurred by
+/// `σ` spans about `√12·σ`, as wide as a ramp of the same variance).
+pub(super) fn hidden_wall_area(w_mm: f64, depth_mm: f64, sigma_mm: f64) -> f64 {
+    if depth_mm <= 0.0 {
+        return 0.0;
+    }
+    let (a, b) = STEEP_WALL_WD;
+    let fade = ((b - w_mm / depth_mm) / (b - a)).clamp(0.0, 1.0);
+    let w = w_mm.hypot(12f64.sqrt() * sigma_mm);
+    fade * (depth_mm + w - depth_mm.hypot(w))
 }
 
 impl RimFit {
@@ -378,6 +447,7 @@ impl RimFit {
             scale_sd: 0.0,
             rigid_sd_m: 0.0,
             rim_depth_m: self.rim_depth_m(),
+            hidden_wall_m2: self.hidden_wall_m2,
         }
     }
 }
@@ -494,10 +564,19 @@ pub(super) fn fit_rim_with(outline: &[[f64; 2]], depth: impl Fn(f64, f64) -> f64
         .collect();
     let sector_depth_m: Vec<f64> = fits.iter().map(|f| f.map_or(0.0, |f| f.depth * 1e-3)).collect();
     let total_len: f64 = sector_len_m.iter().sum::<f64>().max(1e-12);
-    let narrow_sd_m =
-        fits.iter().zip(&sector_len_m).map(|(f, l)| l * f.map_or(0.0, |f| narrow_wall_sd(f.w, sigma))).sum::<f64>()
-            / total_len
-            * 1e-3;
+    let narrow_sd_m = fits
+        .iter()
+        .zip(&sector_len_m)
+        .map(|(f, l)| l * f.map_or(0.0, |f| narrow_wall_sd(f.w, sigma).max(steep_wall_sd(f.w, f.depth, sigma))))
+        .sum::<f64>()
+        / total_len
+        * 1e-3;
+    let hidden_wall_m2 = fits
+        .iter()
+        .zip(&sector_len_m)
+        .map(|(f, l)| l * f.map_or(0.0, |f| hidden_wall_area(f.w, f.depth, sigma)))
+        .sum::<f64>()
+        * 1e-3;
     let off = smooth_closed(&raw_off, 1);
     let rim: Vec<[f64; 2]> = (0..m)
         .map(|i| {
@@ -509,7 +588,15 @@ pub(super) fn fit_rim_with(outline: &[[f64; 2]], depth: impl Fn(f64, f64) -> f64
             [outline[i][0] + nrm[i][0] * o, outline[i][1] + nrm[i][1] * o]
         })
         .collect();
-    RimFit { rim: taubin(&rim, 10), sigma_blur_m: sigma * 1e-3, sector_len_m, sector_sd_m, sector_depth_m, narrow_sd_m }
+    RimFit {
+        rim: taubin(&rim, 10),
+        sigma_blur_m: sigma * 1e-3,
+        sector_len_m,
+        sector_sd_m,
+        sector_depth_m,
+        narrow_sd_m,
+        hidden_wall_m2,
+    }
 }
 
 #[cfg(test)]
@@ -606,6 +693,43 @@ mod tests {
                 assert!(err <= amb + 0.05, "d {d} σ {sigma}: rim {:.3}, w {:.3}, ambiguity {amb:.3}", f.s0, f.w);
             }
         }
+    }
+
+    #[test]
+    fn a_skin_sloping_towards_the_wound_does_not_pull_the_rim_outward() {
+        // One sector of a fused 8 mm, 1 mm deep dish (small-shallow, seed 0), every 0.5 mm
+        // from 5 mm outside the first contour; the true rim is near -0.55 mm. The skin
+        // outside leans towards the wound by 0.16 mm over 3 mm (fusion texture): a wall
+        // allowed to leave the skin tangentially fitted it and put the rim at -4.0 mm.
+        let samples =
+            [0.16, 0.11, 0.08, 0.05, 0.02, 0.00, -0.00, -0.02, 0.02, 0.15, 0.37, 0.55, 0.65, 0.74, 0.80, 0.80, 0.80];
+        let prof: Vec<(f64, f64)> = (0..=(samples.len() - 1) * 5)
+            .map(|k| {
+                let (i, t) = (k / 5, (k % 5) as f64 / 5.0);
+                let v = samples[i] + (samples[(i + 1).min(samples.len() - 1)] - samples[i]) * t;
+                (-5.0 + PROFILE_STEP_MM * k as f64, v)
+            })
+            .collect();
+        let (_, fits) = fit_blur(&[prof], None);
+        let f = fits[0].expect("fits");
+        assert!((f.s0 + 0.55).abs() < 0.6, "rim {:.2} (w {:.2})", f.s0, f.w);
+    }
+
+    #[test]
+    fn a_wall_steeper_than_the_views_can_resolve_widens_the_rim_and_the_bed() {
+        // Fused 3 mm deep walls 1.2 mm wide (w/D 0.4: any wall from 60° to vertical).
+        assert!((steep_wall_sd(1.2, 3.0, 0.45) - 0.15).abs() < 1e-12);
+        assert!(hidden_wall_area(1.2, 3.0, 0.45) > 1.0);
+        // A 45° wall is resolved: nothing added.
+        assert_eq!(steep_wall_sd(3.0, 3.0, 0.45), 0.0);
+        assert_eq!(hidden_wall_area(3.0, 3.0, 0.45), 0.0);
+        // In between, the statement fades continuously.
+        let mid = steep_wall_sd(2.625, 3.0, 0.45);
+        assert!(mid > 0.0 && mid < 0.15, "{mid}");
+        // A blurred step (a drawn outline on a vertical wall) hides the corner its blur fills.
+        let step = hidden_wall_area(0.0, 3.0, 0.5);
+        assert!((step - (3.0 + 12f64.sqrt() * 0.5 - 3f64.hypot(12f64.sqrt() * 0.5))).abs() < 1e-12);
+        assert_eq!(steep_wall_sd(1.0, 0.0, 0.5), 0.0);
     }
 
     #[test]

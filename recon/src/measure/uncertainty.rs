@@ -38,6 +38,9 @@ pub(super) struct Boundary {
     pub rigid_sd_m: f64,
     /// Depth of the wall at the rim (bed-corner depth, length-weighted mean), metres.
     pub rim_depth_m: f64,
+    /// Wall surface the fused scan may not show (steep walls smeared by the views'
+    /// tilt), m²: the bed area may be short by up to this much.
+    pub hidden_wall_m2: f64,
 }
 
 /// Figures the intervals are built around (SI units).
@@ -112,7 +115,7 @@ pub(super) fn half_widths(b: &Boundary, f: &Figures, coverage: f64) -> HalfWidth
     let mean_depth = f.volume / f.area.max(1e-12);
     HalfWidths {
         area,
-        bed_area: 1.2 * area + 0.01 * f.area,
+        bed_area: 1.2 * area + 0.01 * f.area + b.hidden_wall_m2,
         perimeter: K_LENGTH * c * (std::f64::consts::TAU * common + f.perimeter * b.scale_sd) + 0.03 * f.perimeter,
         length: K_LENGTH * c * sd_len(f.length),
         width: K_LENGTH * c * sd_len(f.width),
