@@ -1,6 +1,9 @@
 //! Interval calibration: measured error against the reported `±` on every preset phantom
 //! plus a steep punch on a forearm-like limb, automatic and polygon outlines:
-//! `cargo run -p coherency-recon --example calibration -- [seeds] [frames] [phantom|-] [f32|u16]`.
+//! `cargo run -p coherency-recon --example calibration -- [seeds] [frames] [phantom|-] [f32|u16]`;
+//! the wound-phantom family through the server's policy, seeds `FROM..TO` (held-out seeds
+//! are any beyond the five the tests use):
+//! `cargo run --release -p coherency-recon --example calibration -- family FROM TO [f32|u16]`.
 //!
 //! Every frame is fused (as `recon/tests/accuracy.rs` does). Each run prints the signed
 //! error and the half-width of area, length, width, max depth and volume; the end prints
@@ -9,6 +12,9 @@
 //! With `u16`, frames are re-quantised to 0.1 mm as the protocol's `u16_0.1mm` decodes.
 
 use coherency_recon::measure::{measure_auto, measure_polygon, MeasureConfig, WoundMeasurements};
+use coherency_recon::phantom::family;
+use coherency_recon::phantom::harness::{self, Encoding};
+use coherency_recon::phantom::wound::WoundPhantom;
 use coherency_recon::phantom::{presets, CavityShape, GroundTruth, Phantom, PhantomSpec, ScanConfig, SkinShape};
 use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
 
@@ -121,8 +127,39 @@ fn table(all: &[Obs]) {
     }
 }
 
+/// The wound-phantom family through the server's policy (`harness::run_phantom`), seeds
+/// `from..to`: `calibration -- family FROM TO [f32|u16]`.
+fn family_table(args: &[String]) {
+    let from: u64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let to: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let encoding = if args.get(2).is_some_and(|s| s == "u16") { Encoding::U16Tenth } else { Encoding::F32 };
+    let mut all = Vec::new();
+    for case in family::named() {
+        let phantom = WoundPhantom::new(case.spec.clone());
+        println!("== {}", case.describe());
+        for seed in from..to {
+            let run = harness::run_phantom(&phantom, &case, &ScanConfig::iphone(seed), encoding);
+            for (path, r) in [("auto", &run.auto), ("polygon", &run.polygon)] {
+                match r {
+                    Ok(m) => {
+                        let o = observations(m, &run.truth, path);
+                        println!("  seed {seed} {path}: {}", line(&o));
+                        all.extend(o);
+                    }
+                    Err(e) => println!("  seed {seed} {path}: ERROR {e}"),
+                }
+            }
+        }
+    }
+    table(&all);
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("family") {
+        family_table(&args[2..]);
+        return Ok(());
+    }
     let seeds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(5);
     let frames: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60);
     let only: Option<&str> = args.get(3).map(String::as_str).filter(|s| *s != "-");

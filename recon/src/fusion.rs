@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::measure::{measure_auto, measure_polygon, MeasureConfig, WoundMeasurements};
+use crate::measure::{locate, measure_auto, measure_polygon, MeasureConfig, WoundMeasurements, WoundNotFound};
 use crate::mesh::extract_mesh;
 use crate::tsdf::{Aabb, Coverage, TsdfConfig, TsdfVolume};
 use crate::{Frame, GateRun, Intrinsics, Pose, QualityGate, ReconError, Vec3};
@@ -257,6 +257,31 @@ impl ScanFusion {
         Some(vol.coverage(anchor, COVERAGE_RADIUS_M).observed_fraction)
     }
 
+    /// Wound-level guidance from the volume as it stands ([`Guidance`]): the wound located
+    /// as [`measure_auto`]'s first pass finds it ([`locate`], [`PROBE_CELL_M`] cells) around
+    /// where the latest
+    /// [`PROBE_FRAMES`] accepted frames point. `None` before the region is placed or when
+    /// those frames' rays see no surface (the frame-level warnings say why). Tens of
+    /// milliseconds: callers rate-limit it.
+    pub fn probe(&self) -> Option<Guidance> {
+        let vol = self.vol.as_ref()?;
+        let recent = &self.accepted[self.accepted.len().saturating_sub(PROBE_FRAMES)..];
+        let target = median_centre_hit(vol, recent)?;
+        let cfg = MeasureConfig { cell_m: PROBE_CELL_M, ..MeasureConfig::default() };
+        Some(match locate(vol, target, &cfg) {
+            Ok(w) if (w.centre_world - target).norm() > OFF_CENTRE_M => Guidance::OffCentre,
+            Ok(w) if w.rim_unseen > PROBE_MAX_UNSEEN => Guidance::RimNotSeen,
+            Ok(_) => Guidance::Measurable,
+            Err(ReconError::WoundNotFound(w)) => match w {
+                WoundNotFound::NoDepression => Guidance::NotFound,
+                WoundNotFound::ExceedsScanRegion => Guidance::OffCentre,
+                WoundNotFound::RimNotSeen => Guidance::RimNotSeen,
+            },
+            // Too little surface near the target: not a wound-level matter.
+            Err(_) => Guidance::Unknown,
+        })
+    }
+
     /// Time spent in [`Self::offer`], ms.
     pub fn fuse_ms(&self) -> f64 {
         self.fuse_s * 1e3
@@ -279,6 +304,35 @@ impl ScanFusion {
             fuse_ms: self.fuse_s * 1e3,
         })
     }
+}
+
+/// Cell of the probe's height field, metres (four times fewer cells than a measurement's).
+pub const PROBE_CELL_M: f64 = 0.001;
+/// Accepted frames whose centre rays place the probe's target: the last two seconds or so
+/// of a scan, so the guidance follows where the phone points now.
+pub const PROBE_FRAMES: usize = 30;
+/// A wound whose centre lies further than this from where the phone points is off centre,
+/// metres.
+pub const OFF_CENTRE_M: f64 = 0.015;
+/// Largest share of the ring just outside the wound that may lack fused surface before
+/// the rim is reported not seen.
+pub const PROBE_MAX_UNSEEN: f64 = 0.2;
+
+/// What the live probe ([`ScanFusion::probe`]) says about the wound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guidance {
+    /// A wound is found where the phone points and its outline is seen all round.
+    Measurable,
+    /// No depression near where the phone points.
+    NotFound,
+    /// The wound found is more than [`OFF_CENTRE_M`] from where the phone points, or runs
+    /// past the largest search area.
+    OffCentre,
+    /// No closed outline, or more than [`PROBE_MAX_UNSEEN`] of the ring around the wound
+    /// without fused surface.
+    RimNotSeen,
+    /// Too little surface near the target to say.
+    Unknown,
 }
 
 /// The middle accepted frame, else the nearest one with depth at its centre, and that point.

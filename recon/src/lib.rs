@@ -27,9 +27,9 @@ pub mod phantom;
 pub mod quality;
 pub mod tsdf;
 
-pub use fusion::{FusedScan, Measured, Offer, ScanFusion};
+pub use fusion::{FusedScan, Guidance, Measured, Offer, ScanFusion};
 pub use geometry::{DepthImage, Frame, Intrinsics, Pose, Vec3};
-pub use measure::{measure_auto, measure_polygon, MeasureConfig, Measurement, WoundMeasurements};
+pub use measure::{locate, measure_auto, measure_polygon, Located, MeasureConfig, Measurement, WoundMeasurements};
 pub use mesh::{Mesh, MeshExtractor};
 pub use quality::{FrameStats, GateRun, QualityGate, QualityIssue};
 pub use tsdf::{Coverage, TsdfConfig, TsdfVolume};

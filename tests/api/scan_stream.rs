@@ -11,7 +11,8 @@ use coherency_protocol::client::{ClientConfig, ClientError, ClientEvent, ScanStr
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::limits;
 use coherency_protocol::scan::{
-    decode_server, encode_client, ClientMsg, Compression, DepthFormat, DepthFrame, DepthPlane, Hello, ServerMsg,
+    decode_server, encode_client, warning, ClientMsg, Compression, DepthFormat, DepthFrame, DepthPlane, Hello,
+    ServerMsg,
 };
 use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
@@ -878,6 +879,32 @@ async fn the_final_progress_comes_right_before_finished_with_the_final_figures()
     } else {
         // Live fusion skipped frames under load and the stored frames were fused at finish.
         assert!(last.frames_fused <= fused, "{last:?}");
+    }
+}
+
+/// The phone is told when there is no wound where it points: the frames show a plane, and
+/// the final progress (the live probe runs once more on the volume at the end) says
+/// `wound_not_found`.
+#[actix_web::test]
+async fn a_scan_of_skin_without_a_wound_is_told_the_wound_is_not_found() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let mut ws = welcomed(&app, &patient, scan).await;
+    for seq in 1..=30 {
+        ws.send(Message::Binary(frame_bytes(seq).into())).await.unwrap();
+    }
+    ws.send(Message::Binary(
+        encode_client(&ClientMsg::Finish(coherency_protocol::scan::Finish { last_seq: 30 })).into(),
+    ))
+    .await
+    .unwrap();
+    let (msgs, code) = until_close(&mut ws).await;
+    assert_eq!(code, Some(1000));
+    let n = msgs.len();
+    let ServerMsg::Progress(last) = &msgs[n - 2] else { panic!("a progress right before finished: {msgs:?}") };
+    // Coverage stays 0 only when the scan was not fused live at all (every live slot taken).
+    if last.coverage > 0.0 {
+        assert!(last.warnings.iter().any(|w| w == warning::WOUND_NOT_FOUND), "{last:?}");
     }
 }
 

@@ -20,6 +20,12 @@
 //! **Progress.** The session reads [`LiveScan::progress`] on its own tick without a message
 //! round trip: the actor publishes a copy after each frame. Coverage walks the bricks, so it
 //! is recomputed at most every [`COVERAGE_EVERY`].
+//!
+//! **Guidance.** When it has caught up with its mailbox, the actor runs the wound-level
+//! probe ([`ScanFusion::probe`]: where the wound is relative to where the phone points)
+//! every [`PROBE_EVERY`] — less often when a probe costs more than a tenth of that — and
+//! once more at [`LiveScan::settle`]; its answer becomes a progress warning
+//! (`wound_not_found`, `wound_off_centre`, `rim_not_seen`) until the next probe.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use coherency_protocol::scan::{warning, DepthFrame};
-use coherency_recon::ScanFusion;
+use coherency_recon::{Guidance, ScanFusion};
 
 use super::finish::FinishJob;
 use super::lag::FuseLag;
@@ -43,6 +49,15 @@ pub const BATCH: usize = 4;
 pub const COVERAGE_EVERY: Duration = Duration::from_millis(120);
 /// A gating reason stays in the progress warnings for this many frames after it happened.
 const REASON_FRAMES: u64 = 15;
+/// The wound-level probe ([`ScanFusion::probe`]) runs at most this often, and only when the
+/// actor has caught up with its mailbox.
+pub const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// ... once this many frames are fused (a volume of a few frames shows too little of the
+/// wound to judge) ...
+pub const PROBE_MIN_FUSED: u64 = 8;
+/// ... and never more than this share of the arbiter's time: the gap after a probe is at
+/// least its cost times this.
+const PROBE_GAP_PER_COST: u32 = 10;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -57,8 +72,11 @@ pub struct LiveProgress {
     pub coverage: f32,
     /// Frames skipped because fusion was behind.
     pub skipped_load: u64,
-    /// Warnings from recent quality-gate rejections (`warning::*` strings).
+    /// Warnings from recent quality-gate rejections and the latest wound-level probe
+    /// (`warning::*` strings).
     pub warnings: Vec<&'static str>,
+    /// The latest wound-level probe, if one has run.
+    pub guidance: Option<Guidance>,
 }
 
 /// What live fusion hands to the finish step.
@@ -79,6 +97,8 @@ struct Shared {
     progress: Mutex<LiveProgress>,
     lag: Mutex<FuseLag>,
     skipped: AtomicU64,
+    /// Frames pushed and not yet handled.
+    queued: AtomicUsize,
     /// Finishing: no more frames are taken.
     closed: AtomicBool,
 }
@@ -137,6 +157,7 @@ impl ReconstructionPool {
             last_seq: 0,
             since_yield: 0,
             last_coverage: None,
+            probe: ProbeClock::default(),
             load,
             live,
         });
@@ -151,13 +172,18 @@ impl LiveScan {
         if self.shared.closed.load(Ordering::Acquire) {
             return false;
         }
+        self.shared.queued.fetch_add(1, Ordering::AcqRel);
         match self.addr.try_send(FuseFrame(frame, Instant::now())) {
             Ok(()) => true,
             Err(SendError::Full(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
                 self.shared.skipped.fetch_add(1, Ordering::AcqRel);
                 false
             }
-            Err(SendError::Closed(_)) => false,
+            Err(SendError::Closed(_)) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                false
+            }
         }
     }
 
@@ -210,6 +236,7 @@ pub struct Reconstruction {
     last_seq: u64,
     since_yield: usize,
     last_coverage: Option<Instant>,
+    probe: ProbeClock,
     /// Actors on this actor's arbiter.
     load: Arc<AtomicUsize>,
     /// The pool's count of live scans, when this one is counted in it.
@@ -242,6 +269,7 @@ impl Handler<FuseFrame> for Reconstruction {
     type Result = ();
 
     fn handle(&mut self, FuseFrame(frame, pushed): FuseFrame, ctx: &mut Context<Self>) {
+        let behind = self.shared.queued.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
         let skipped = self.shared.skipped.load(Ordering::Acquire);
         if skipped > 0 && self.shared.closed.load(Ordering::Acquire) {
             // The volume misses frames and will not be used: fusing the rest is waste.
@@ -249,6 +277,10 @@ impl Handler<FuseFrame> for Reconstruction {
         }
         self.fuse_one(&frame);
         let lag = pushed.elapsed();
+        let enough = self.fusion.as_ref().is_some_and(|f| f.fused() >= PROBE_MIN_FUSED);
+        if behind == 0 && skipped == 0 && enough && self.probe.due(Instant::now()) {
+            self.run_probe();
+        }
         // Published before it counts as processed: whoever sees the frame counted (a test, the
         // benchmark) sees its figures too.
         self.publish(skipped, false);
@@ -286,6 +318,17 @@ impl Reconstruction {
         }
     }
 
+    /// Runs the wound-level probe on the volume as it stands and keeps its answer.
+    fn run_probe(&mut self) {
+        let Some(fusion) = self.fusion.as_ref() else { return };
+        let t = Instant::now();
+        let g = fusion.probe();
+        self.probe.ran(t, t.elapsed());
+        if g.is_some() {
+            self.probe.last = g;
+        }
+    }
+
     /// Publishes the figures; the coverage only every [`COVERAGE_EVERY`] unless `force`.
     fn publish(&mut self, skipped: u64, force: bool) {
         let Some(fusion) = self.fusion.as_ref() else { return };
@@ -297,11 +340,13 @@ impl Reconstruction {
                 self.last_coverage = Some(now);
             }
         }
-        let warnings = recent_warnings(fusion.rejected(), self.last_seq);
+        let mut warnings = recent_warnings(fusion.rejected(), self.last_seq);
+        warnings.extend(self.probe.last.and_then(guidance_warning));
         let mut p = lock(&self.shared.progress);
         p.frames_fused = fusion.fused();
         p.skipped_load = skipped;
         p.warnings = warnings;
+        p.guidance = self.probe.last;
         if let Some(c) = coverage {
             p.coverage = c;
         }
@@ -318,6 +363,35 @@ impl Reconstruction {
         let complete =
             self.complete && skipped_load == 0 && self.first_seq == Some(1) && fusion.holds_every_accepted_frame();
         Some(LiveResult { fusion, skipped_load, complete, last_seq: self.last_seq })
+    }
+}
+
+/// When the wound-level probe last ran, what it cost and what it said.
+#[derive(Debug, Default)]
+struct ProbeClock {
+    next: Option<Instant>,
+    last: Option<Guidance>,
+}
+
+impl ProbeClock {
+    /// Whether a probe may run now: the first one as soon as the actor is idle, then every
+    /// [`PROBE_EVERY`] (longer when probes are costly).
+    fn due(&self, now: Instant) -> bool {
+        self.next.is_none_or(|t| now >= t)
+    }
+
+    fn ran(&mut self, at: Instant, cost: Duration) {
+        self.next = Some(at + PROBE_EVERY.max(cost * PROBE_GAP_PER_COST));
+    }
+}
+
+/// The progress warning for a probe's answer (none when the wound is measurable).
+fn guidance_warning(g: Guidance) -> Option<&'static str> {
+    match g {
+        Guidance::NotFound => Some(warning::WOUND_NOT_FOUND),
+        Guidance::OffCentre => Some(warning::WOUND_OFF_CENTRE),
+        Guidance::RimNotSeen => Some(warning::RIM_NOT_SEEN),
+        Guidance::Measurable | Guidance::Unknown => None,
     }
 }
 
@@ -355,6 +429,9 @@ impl Handler<Settle> for Reconstruction {
 
     fn handle(&mut self, _: Settle, _: &mut Context<Self>) -> Self::Result {
         let skipped = self.shared.skipped.load(Ordering::Acquire);
+        // The final word on the wound from the live volume (guidance even when it missed
+        // frames under load and the stored frames are fused at finish instead).
+        self.run_probe();
         self.publish(skipped, true);
         MessageResult(lock(&self.shared.progress).clone())
     }

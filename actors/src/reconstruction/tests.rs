@@ -9,7 +9,7 @@ use coherency_protocol::scan::{
     encode_client, ClientMsg, Compression, ConfidencePlane, DepthFormat, DepthFrame, DepthPlane,
 };
 use coherency_recon::phantom::{presets, Phantom, ScanConfig};
-use coherency_recon::{Frame, QualityGate};
+use coherency_recon::{Frame, Guidance, QualityGate};
 use sha2::{Digest, Sha256};
 
 use super::*;
@@ -89,6 +89,26 @@ async fn frames_pushed_no_faster_than_the_actor_fuses_give_a_complete_volume() {
 }
 
 #[actix_rt::test]
+async fn the_probe_tells_a_wound_in_view_from_skin_without_one() {
+    let mut flat = presets::spherical_cap(false);
+    flat.cavity = coherency_recon::phantom::CavityShape::SphericalCap { radius: 0.015, depth: 1e-5 };
+    for (spec, want) in [(presets::spherical_cap(false), Guidance::Measurable), (flat, Guidance::NotFound)] {
+        let rendered = Phantom::new(spec).scan(&ScanConfig { frames: 40, ..ScanConfig::iphone(2) });
+        let pool = ReconstructionPool::new(1, 0);
+        let live = pool.start_live(true, usize::MAX).expect("live");
+        for (i, f) in rendered.frames.iter().enumerate() {
+            let seq = i as u64 + 1;
+            assert!(live.push(wire(seq, f)));
+            processed(&live, seq).await;
+        }
+        let p = live.settle().await.expect("settles");
+        assert_eq!(p.guidance, Some(want), "{p:?}");
+        let told = p.warnings.contains(&coherency_protocol::scan::warning::WOUND_NOT_FOUND);
+        assert_eq!(told, want == Guidance::NotFound, "{p:?}");
+    }
+}
+
+#[actix_rt::test]
 async fn a_burst_beyond_the_mailbox_is_skipped_and_marks_the_volume_incomplete() {
     let pool = ReconstructionPool::new(1, 0);
     let live = pool.start_live(true, usize::MAX).expect("live");
@@ -120,7 +140,7 @@ async fn live_fusion_keeps_exactly_the_frames_the_gate_keeps_on_the_stored_seque
         assert!(live.push(w));
         processed(&live, seq).await;
     }
-    assert!(live.progress().warnings.is_empty(), "holding still is not a problem to report");
+    assert!(live.progress().warnings.is_empty(), "holding still is not a problem to report: {:?}", live.progress());
     let r = live.take().await.expect("a result");
     assert!(r.complete);
     let rejected: Vec<u64> = r.fusion.rejected().iter().map(|(s, _)| *s).collect();

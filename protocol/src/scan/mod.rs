@@ -313,8 +313,26 @@ pub mod warning {
     /// The pose jumped implausibly: the phone's tracking was probably lost.
     pub const TRACKING_LOST: &str = "tracking_lost";
 
+    /// No wound (no depression below the skin) near where the phone points.
+    pub const WOUND_NOT_FOUND: &str = "wound_not_found";
+    /// The wound found lies more than 15 mm from where the phone points, or runs past the
+    /// largest area searched.
+    pub const WOUND_OFF_CENTRE: &str = "wound_off_centre";
+    /// The wound's rim has not been seen all round yet.
+    pub const RIM_NOT_SEEN: &str = "rim_not_seen";
+
     /// Every warning this version defines.
-    pub const ALL: &[&str] = &[TOO_CLOSE, TOO_FAR, MOVING_TOO_FAST, LOW_VALID_DEPTH, LOW_FRAME_RATE, TRACKING_LOST];
+    pub const ALL: &[&str] = &[
+        TOO_CLOSE,
+        TOO_FAR,
+        MOVING_TOO_FAST,
+        LOW_VALID_DEPTH,
+        LOW_FRAME_RATE,
+        TRACKING_LOST,
+        WOUND_NOT_FOUND,
+        WOUND_OFF_CENTRE,
+        RIM_NOT_SEEN,
+    ];
 }
 
 /// Websocket close codes used by the scan stream.
