@@ -39,7 +39,7 @@ pub struct CreateScan {
     pub wound_id: Option<Uuid>,
     /// A new wound to create with the scan (not with `wound_id`; needs `wounds:write`).
     #[serde(default)]
-    pub wound: Option<crate::services::wounds::NewWound>,
+    pub wound: Option<crate::http::wounds::NewWound>,
 }
 
 /// A scan list.
@@ -83,7 +83,7 @@ pub async fn create(
             if !who.has(Permission::WoundsWrite) {
                 return Err(ApiError::field(Code::Forbidden, "wound", "creating a wound needs `wounds:write`"));
             }
-            ScanWound::New(Box::new(w))
+            ScanWound::New(Box::new(w.validate(who.user_id.as_uuid(), state.clock.now())?))
         }
         (None, None) => ScanWound::BySite,
     };

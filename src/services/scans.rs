@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::access::{Access, AccessError};
-use super::wounds::{self, NewWound, WoundError};
+use super::wounds::{self, WoundError};
 use super::Caller;
 use crate::clock::Clock;
 use crate::consults::Consult;
@@ -77,8 +77,8 @@ pub enum ScanWound {
     BySite,
     /// An existing wound of the patient.
     Existing(Uuid),
-    /// A new wound, created with the scan.
-    New(Box<NewWound>),
+    /// A new wound (validated), created with the scan.
+    New(Box<crate::store::wounds::WoundFields>),
 }
 
 /// The scans service.
@@ -127,7 +127,7 @@ impl Scans {
                 wounds::of_patient(&self.pg, id, patient).await?;
                 (id, None)
             }
-            ScanWound::New(w) => (Uuid::now_v7(), Some(w.validate(created_by.as_uuid(), now)?)),
+            ScanWound::New(w) => (Uuid::now_v7(), Some(*w)),
             ScanWound::BySite => {
                 match crate::store::wounds::find_by_site(&self.pg, patient.as_uuid(), &body_site).await? {
                     Some(id) => (id, None),

@@ -1,6 +1,7 @@
 //! Wounds as records (issue #24): the vocabulary (aetiology, laterality, status, the stages an
-//! aetiology defines), the validated form of a new wound and of a merge patch, the record as
-//! answered, and the checks the scan service makes when a scan names or creates a wound.
+//! aetiology defines), the record as answered, its errors, and the checks the scan service
+//! makes when a scan names or creates a wound (the request bodies and their validation are the
+//! HTTP boundary's, `crate::http::wounds`).
 //! Access is the patient record's (`super::access`); the HTTP resource is `crate::http::wounds`,
 //! the healing arithmetic [`super::healing`].
 
@@ -13,7 +14,6 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::{DomainError, StorageError};
-use crate::input::{Day, Line, Patch, SnomedCode};
 use crate::store::wounds::{self, WoundFields, WoundRow};
 
 /// What caused the wound.
@@ -215,7 +215,7 @@ impl Wound {
     }
 
     /// The wound's writable columns, for a patch to start from.
-    fn fields(&self) -> WoundFields {
+    pub fn fields(&self) -> WoundFields {
         WoundFields {
             site_code: self.site_code.clone(),
             site_display: self.site_display.clone(),
@@ -228,78 +228,6 @@ impl Wound {
             status_date: self.status_date,
             status_history: serde_json::to_value(&self.status_history).unwrap_or_default(),
         }
-    }
-}
-
-/// `POST /v1/patients/{id}/wounds` body (and a scan's inline `wound`).
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewWound {
-    /// SNOMED CT body-structure concept id (`116315002` heel structure).
-    pub site_code: Option<SnomedCode>,
-    /// The site in words (`Left heel`).
-    pub site_display: Line<1, 200>,
-    /// Default `unspecified`.
-    pub laterality: Option<Laterality>,
-    pub body_map: Option<BodyMapPoint>,
-    pub aetiology: Aetiology,
-    /// `YYYY-MM-DD`, not after today.
-    pub onset_date: Option<Day>,
-    /// Only where the aetiology defines stages: pressure `1`–`4`, `unstageable`,
-    /// `deep_tissue`; diabetic_foot (Wagner) `0`–`5`; burn `superficial`,
-    /// `superficial_partial`, `deep_partial`, `full_thickness`.
-    #[schema(pattern = "^[a-z0-9_]{1,32}$", max_length = 32)]
-    pub stage: Option<String>,
-    /// Default `open`.
-    pub status: Option<WoundStatus>,
-    /// When the status took effect, `YYYY-MM-DD`, not after today (default today).
-    pub status_date: Option<Day>,
-}
-
-/// `PATCH /v1/wounds/{id}` body: a merge patch (absent keeps, `null` clears; `site_display`,
-/// `aetiology`, `status` and `status_date` cannot be cleared). A new `status` is added to the
-/// history with `status_date` (default today); `status_date` alone corrects the current one's.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct WoundPatch {
-    #[schema(value_type = Option<SnomedCode>)]
-    pub site_code: Patch<SnomedCode>,
-    #[schema(value_type = Line<1, 200>)]
-    pub site_display: Patch<Line<1, 200>>,
-    #[schema(value_type = Option<Laterality>)]
-    pub laterality: Patch<Laterality>,
-    #[schema(value_type = Option<BodyMapPoint>)]
-    pub body_map: Patch<BodyMapPoint>,
-    #[schema(value_type = Aetiology)]
-    pub aetiology: Patch<Aetiology>,
-    #[schema(value_type = Option<Day>)]
-    pub onset_date: Patch<Day>,
-    #[schema(value_type = Option<String>, pattern = "^[a-z0-9_]{1,32}$", max_length = 32)]
-    pub stage: Patch<String>,
-    #[schema(value_type = WoundStatus)]
-    pub status: Patch<WoundStatus>,
-    #[schema(value_type = Day)]
-    pub status_date: Patch<Day>,
-}
-
-impl WoundPatch {
-    /// The fields this patch touches (for the audit row: names, never values).
-    pub fn fields(&self) -> Vec<&'static str> {
-        [
-            ("site_code", self.site_code.is_set()),
-            ("site_display", self.site_display.is_set()),
-            ("laterality", self.laterality.is_set()),
-            ("body_map", self.body_map.is_set()),
-            ("aetiology", self.aetiology.is_set()),
-            ("onset_date", self.onset_date.is_set()),
-            ("stage", self.stage.is_set()),
-            ("status", self.status.is_set()),
-            ("status_date", self.status_date.is_set()),
-        ]
-        .into_iter()
-        .filter(|(_, set)| *set)
-        .map(|(f, _)| f)
-        .collect()
     }
 }
 
@@ -347,15 +275,9 @@ impl DomainError for WoundError {
     }
 }
 
-fn invalid(field: &'static str, message: impl Into<String>) -> WoundError {
+/// A refusal naming `field`.
+pub fn invalid(field: &'static str, message: impl Into<String>) -> WoundError {
     WoundError::Invalid { field, message: message.into() }
-}
-
-fn not_future(d: Day, today: NaiveDate, field: &'static str) -> Result<NaiveDate, WoundError> {
-    if d.get() > today {
-        return Err(invalid(field, format!("`{field}` must not be after today")));
-    }
-    Ok(d.get())
 }
 
 /// The stage rule: a stage the aetiology defines, or none where it defines none.
@@ -372,120 +294,6 @@ pub fn check_stage(aetiology: Aetiology, stage: Option<&str>) -> Result<(), Woun
         ));
     }
     Ok(())
-}
-
-fn check_body_map(p: &BodyMapPoint) -> Result<(), WoundError> {
-    if !(0.0..=1.0).contains(&p.x) {
-        return Err(invalid("body_map.x", "`body_map.x` must be between 0 and 1"));
-    }
-    if !(0.0..=1.0).contains(&p.y) {
-        return Err(invalid("body_map.y", "`body_map.y` must be between 0 and 1"));
-    }
-    Ok(())
-}
-
-impl NewWound {
-    /// The validated columns of the new wound, its first status recorded by `by` at `now`.
-    pub fn validate(self, by: Uuid, now: DateTime<Utc>) -> Result<WoundFields, WoundError> {
-        let today = now.date_naive();
-        check_stage(self.aetiology, self.stage.as_deref())?;
-        if let Some(p) = &self.body_map {
-            check_body_map(p)?;
-        }
-        let onset_date = self.onset_date.map(|d| not_future(d, today, "onset_date")).transpose()?;
-        let status = self.status.unwrap_or_default();
-        let status_date = self.status_date.map(|d| not_future(d, today, "status_date")).transpose()?.unwrap_or(today);
-        let history = vec![StatusChange { status, date: status_date, recorded_by: by, recorded_at: now }];
-        Ok(WoundFields {
-            site_code: self.site_code.map(SnomedCode::into_inner),
-            site_display: self.site_display.into_inner(),
-            laterality: self.laterality.unwrap_or_default().as_str().into(),
-            body_map: self.body_map.map(|p| (p.x, p.y)),
-            aetiology: self.aetiology.as_str().into(),
-            onset_date,
-            stage: self.stage,
-            status: status.as_str().into(),
-            status_date,
-            status_history: serde_json::to_value(history).unwrap_or_default(),
-        })
-    }
-}
-
-/// The wound's columns after `patch`, validated as a whole (a new aetiology must suit the
-/// stage it keeps).
-pub fn apply(current: &Wound, patch: WoundPatch, by: Uuid, now: DateTime<Utc>) -> Result<WoundFields, WoundError> {
-    fn required<T>(v: Patch<T>, field: &'static str) -> Result<Option<T>, WoundError> {
-        match v {
-            Patch::Absent => Ok(None),
-            Patch::Null => Err(invalid(field, format!("`{field}` cannot be cleared"))),
-            Patch::Value(v) => Ok(Some(v)),
-        }
-    }
-    let today = now.date_naive();
-    let mut f = current.fields();
-    let mut aetiology = current.aetiology;
-    match patch.site_code {
-        Patch::Absent => {}
-        Patch::Null => f.site_code = None,
-        Patch::Value(c) => f.site_code = Some(c.into_inner()),
-    }
-    if let Some(d) = required(patch.site_display, "site_display")? {
-        f.site_display = d.into_inner();
-    }
-    match patch.laterality {
-        Patch::Absent => {}
-        Patch::Null => f.laterality = Laterality::Unspecified.as_str().into(),
-        Patch::Value(l) => f.laterality = l.as_str().into(),
-    }
-    match patch.body_map {
-        Patch::Absent => {}
-        Patch::Null => f.body_map = None,
-        Patch::Value(p) => {
-            check_body_map(&p)?;
-            f.body_map = Some((p.x, p.y));
-        }
-    }
-    if let Some(a) = required(patch.aetiology, "aetiology")? {
-        aetiology = a;
-        f.aetiology = a.as_str().into();
-    }
-    match patch.onset_date {
-        Patch::Absent => {}
-        Patch::Null => f.onset_date = None,
-        Patch::Value(d) => f.onset_date = Some(not_future(d, today, "onset_date")?),
-    }
-    match patch.stage {
-        Patch::Absent => {}
-        Patch::Null => f.stage = None,
-        Patch::Value(s) => f.stage = Some(s),
-    }
-    check_stage(aetiology, f.stage.as_deref())?;
-    let status_date =
-        required(patch.status_date, "status_date")?.map(|d| not_future(d, today, "status_date")).transpose()?;
-    let mut history = current.status_history.clone();
-    match required(patch.status, "status")? {
-        Some(s) if s != current.status => {
-            let date = status_date.unwrap_or(today);
-            if date < current.status_date {
-                return Err(invalid("status_date", "`status_date` must not be before the current status's date"));
-            }
-            history.push(StatusChange { status: s, date, recorded_by: by, recorded_at: now });
-            f.status = s.as_str().into();
-            f.status_date = date;
-        }
-        _ => {
-            if let Some(date) = status_date {
-                if let Some(last) = history.last_mut() {
-                    last.date = date;
-                    last.recorded_by = by;
-                    last.recorded_at = now;
-                }
-                f.status_date = date;
-            }
-        }
-    }
-    f.status_history = serde_json::to_value(history).unwrap_or_default();
-    Ok(f)
 }
 
 /// The patient's wound `id`, for a scan of `patient`: a wound of another patient, or none,
