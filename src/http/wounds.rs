@@ -21,7 +21,7 @@ use crate::auth::{self, perm, Principal, Require};
 use crate::error::ApiError;
 use crate::http::input::{Day, EntityTag, Int, Line, Patch, SnomedCode, Text};
 use crate::http::patients::{etag, if_match, path_id};
-use crate::services::healing::{self, Assessment, Metrics, Role, Settings};
+use crate::services::healing::{self, Assessment, AssessmentRole, HealingMetrics, Settings};
 use crate::services::wounds::{
     check_stage, invalid, Aetiology, BodyMapPoint, Laterality, StatusChange, Wound, WoundError, WoundStatus,
 };
@@ -410,7 +410,7 @@ pub struct AssessmentView {
     pub volume_mm3: ValuePm,
     pub max_depth_mm: ValuePm,
     /// How it enters the healing metrics.
-    pub role: Role,
+    pub role: AssessmentRole,
     /// Present when a clinician excluded it.
     pub exclusion: Option<Exclusion>,
     pub days_since_baseline: Option<f64>,
@@ -432,11 +432,11 @@ pub struct Trajectory {
     pub wound_id: Uuid,
     /// Every assessment in time order, with its role and figures.
     pub points: Vec<AssessmentView>,
-    pub metrics: Metrics,
+    pub metrics: HealingMetrics,
 }
 
 /// The wound's assessments with their figures, and the metrics.
-async fn assess(state: &AppState, wound: &Wound) -> Result<(Vec<AssessmentView>, Metrics), ApiError> {
+async fn assess(state: &AppState, wound: &Wound) -> Result<(Vec<AssessmentView>, HealingMetrics), ApiError> {
     let rows = store::assessments(&state.stores.pg, wound.id).await?;
     let points: Vec<Assessment> = rows
         .iter()

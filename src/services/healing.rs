@@ -65,7 +65,7 @@ impl Default for Settings {
 /// How an assessment enters the metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Role {
+pub enum AssessmentRole {
     /// The baseline: day 0 of every figure.
     Baseline,
     /// Counted.
@@ -83,7 +83,7 @@ pub enum Role {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PointMetrics {
     pub id: Uuid,
-    pub role: Role,
+    pub role: AssessmentRole,
     /// Days from the baseline's scan to this one's (negative before it); absent without a baseline.
     pub days_since_baseline: Option<f64>,
     /// `(A₀ − A) / A₀ × 100`, counted points only.
@@ -115,7 +115,7 @@ pub struct LogLinearFit {
 /// The four-week verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum Verdict {
+pub enum HealingVerdict {
     OnTrack,
     NotOnTrack,
     /// No assessment reaches day 21 after the baseline yet.
@@ -125,7 +125,7 @@ pub enum Verdict {
 /// The four-week area reduction and what it says.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct FourWeek {
-    pub verdict: Verdict,
+    pub verdict: HealingVerdict,
     /// The area reduction at day 28 (the assessment nearest it within 21–35 days, else
     /// interpolated between the two around it).
     pub reduction_pct: Option<ValuePm>,
@@ -173,7 +173,7 @@ pub struct Trend {
 
 /// Everything computed for a wound.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Metrics {
+pub struct HealingMetrics {
     /// The baseline assessment (absent without counted assessments).
     pub baseline_id: Option<Uuid>,
     pub baseline_at: Option<DateTime<Utc>>,
@@ -192,19 +192,27 @@ pub struct Metrics {
 }
 
 /// The metrics of `points` (any order), and each point's figures in time order.
-pub fn compute(points: &[Assessment], baseline: Option<Uuid>, settings: Settings) -> (Vec<PointMetrics>, Metrics) {
+pub fn compute(
+    points: &[Assessment],
+    baseline: Option<Uuid>,
+    settings: Settings,
+) -> (Vec<PointMetrics>, HealingMetrics) {
     let mut order: Vec<&Assessment> = points.iter().collect();
     order.sort_by(|a, b| a.taken_at.cmp(&b.taken_at).then(a.measured_at.cmp(&b.measured_at)).then(a.id.cmp(&b.id)));
     let roles = roles(&order, baseline);
-    let base = order.iter().zip(&roles).find(|(_, r)| **r == Role::Baseline).map(|(p, _)| *p);
-    let used: Vec<&Assessment> =
-        order.iter().zip(&roles).filter(|(_, r)| matches!(r, Role::Baseline | Role::Used)).map(|(p, _)| *p).collect();
+    let base = order.iter().zip(&roles).find(|(_, r)| **r == AssessmentRole::Baseline).map(|(p, _)| *p);
+    let used: Vec<&Assessment> = order
+        .iter()
+        .zip(&roles)
+        .filter(|(_, r)| matches!(r, AssessmentRole::Baseline | AssessmentRole::Used))
+        .map(|(p, _)| *p)
+        .collect();
     let days = |p: &Assessment| base.map(|b| (p.taken_at - b.taken_at).num_milliseconds() as f64 / 86_400_000.0);
 
     let mut per_point = Vec::with_capacity(order.len());
     let mut previous: Option<&Assessment> = None;
     for (p, role) in order.iter().zip(&roles) {
-        let counted = matches!(role, Role::Baseline | Role::Used);
+        let counted = matches!(role, AssessmentRole::Baseline | AssessmentRole::Used);
         let from_base = if counted { base.and_then(|b| reduction(b.area, p.area)) } else { None };
         let from_prev = if counted { previous.and_then(|q| reduction(q.area, p.area)) } else { None };
         if counted {
@@ -243,7 +251,7 @@ pub fn compute(points: &[Assessment], baseline: Option<Uuid>, settings: Settings
             _ => None,
         },
     };
-    let metrics = Metrics {
+    let metrics = HealingMetrics {
         baseline_id: base.map(|b| b.id),
         baseline_at: base.map(|b| b.taken_at),
         points_used: used.len(),
@@ -260,7 +268,7 @@ pub fn compute(points: &[Assessment], baseline: Option<Uuid>, settings: Settings
 }
 
 /// Each point's role, `order` sorted by time.
-fn roles(order: &[&Assessment], baseline: Option<Uuid>) -> Vec<Role> {
+fn roles(order: &[&Assessment], baseline: Option<Uuid>) -> Vec<AssessmentRole> {
     let marked = baseline.and_then(|id| order.iter().find(|p| p.id == id && !p.excluded)).map(|p| p.id);
     // Per scan, the measurement that counts: the marked baseline, else the newest clinician
     // outline not excluded, else the automatic one not excluded.
@@ -283,15 +291,15 @@ fn roles(order: &[&Assessment], baseline: Option<Uuid>) -> Vec<Role> {
         .iter()
         .map(|p| {
             if p.excluded {
-                Role::Excluded
+                AssessmentRole::Excluded
             } else if !counts(p) {
-                Role::Superseded
+                AssessmentRole::Superseded
             } else if base.is_some_and(|b| b.id == p.id) {
-                Role::Baseline
+                AssessmentRole::Baseline
             } else if base.is_some_and(|b| p.taken_at < b.taken_at) {
-                Role::BeforeBaseline
+                AssessmentRole::BeforeBaseline
             } else {
-                Role::Used
+                AssessmentRole::Used
             }
         })
         .collect()
@@ -391,7 +399,7 @@ fn log_fit(weeks: &[f64], used: &[&Assessment]) -> Option<LogLinearFit> {
 /// The area reduction at day 28 and its verdict.
 fn four_week(used: &[&Assessment], weeks: &[f64], settings: Settings) -> FourWeek {
     let threshold_pct = settings.on_track_reduction_pct;
-    let early = FourWeek { verdict: Verdict::TooEarly, reduction_pct: None, day: None, threshold_pct };
+    let early = FourWeek { verdict: HealingVerdict::TooEarly, reduction_pct: None, day: None, threshold_pct };
     let (Some(base), true) = (used.first(), used.len() >= 2) else { return early };
     let days: Vec<f64> = weeks.iter().map(|w| w * 7.0).collect();
     let in_window =
@@ -412,7 +420,7 @@ fn four_week(used: &[&Assessment], weeks: &[f64], settings: Settings) -> FourWee
         (ValuePm { value, uncertainty }, VERDICT_DAY)
     };
     let Some(r) = reduction(base.area, area) else { return early };
-    let verdict = if r.value >= threshold_pct { Verdict::OnTrack } else { Verdict::NotOnTrack };
+    let verdict = if r.value >= threshold_pct { HealingVerdict::OnTrack } else { HealingVerdict::NotOnTrack };
     FourWeek { verdict, reduction_pct: Some(r), day: Some(day), threshold_pct }
 }
 
@@ -500,14 +508,14 @@ mod tests {
         let pts: Vec<Assessment> =
             (0..5).map(|w| point(w as u128 + 1, w * 7, 1000.0 - 125.0 * w as f64, 30.0)).collect();
         let (per, m) = compute(&pts, None, Settings::default());
-        assert_eq!(per[0].role, Role::Baseline);
+        assert_eq!(per[0].role, AssessmentRole::Baseline);
         assert_eq!(m.points_used, 5);
         let fit = m.area_linear.unwrap();
         assert!(close(fit.slope_per_week.value, -125.0), "{fit:?}");
         assert!(close(fit.at_baseline.value, 1000.0));
         // Equal weights, t = 0..4 weeks: Var(b) = σ²/Σ(t − 2)² = (30/3)²/10, no excess scatter.
         assert!(close(fit.slope_per_week.uncertainty, 3.0 * (100.0f64 / 10.0).sqrt()), "{fit:?}");
-        assert_eq!(m.four_week.verdict, Verdict::OnTrack);
+        assert_eq!(m.four_week.verdict, HealingVerdict::OnTrack);
         let r = m.four_week.reduction_pct.unwrap();
         assert!(close(r.value, 50.0) && m.four_week.day == Some(28.0));
         assert!(close(m.area_reduction_from_previous_pct.unwrap().value, 20.0), "625 → 500 is 20 %");
@@ -527,12 +535,12 @@ mod tests {
     fn a_wound_that_shrinks_by_a_fifth_in_four_weeks_is_not_on_track() {
         let pts = vec![point(1, 0, 1000.0, 20.0), point(2, 14, 900.0, 20.0), point(3, 27, 800.0, 20.0)];
         let (_, m) = compute(&pts, None, Settings::default());
-        assert_eq!(m.four_week.verdict, Verdict::NotOnTrack);
+        assert_eq!(m.four_week.verdict, HealingVerdict::NotOnTrack);
         assert!(close(m.four_week.reduction_pct.unwrap().value, 20.0));
         assert_eq!(m.four_week.day, Some(27.0));
         // The threshold is a setting.
         let (_, m) = compute(&pts, None, Settings { on_track_reduction_pct: 15.0 });
-        assert_eq!(m.four_week.verdict, Verdict::OnTrack);
+        assert_eq!(m.four_week.verdict, HealingVerdict::OnTrack);
         assert_eq!(m.four_week.threshold_pct, 15.0);
     }
 
@@ -543,7 +551,7 @@ mod tests {
         let (_, m) = compute(&pts, None, Settings::default());
         let r = m.four_week.reduction_pct.unwrap();
         assert!(close(r.value, 40.0), "{r:?}");
-        assert_eq!(m.four_week.verdict, Verdict::OnTrack);
+        assert_eq!(m.four_week.verdict, HealingVerdict::OnTrack);
         // A(28) = 600 ± √(20² + 20²); against 1000 ± 10.
         let a_pm = 20.0f64.hypot(20.0);
         assert!(close(r.uncertainty, 100.0 * (a_pm / 1000.0).hypot(600.0 * 10.0 / 1e6)), "{r:?}");
@@ -555,15 +563,15 @@ mod tests {
         assert!(per.is_empty() && m.baseline_id.is_none());
         assert_eq!(m.projection.state, ProjectionState::InsufficientData);
         let (per, m) = compute(&[point(1, 0, 800.0, 20.0)], None, Settings::default());
-        assert_eq!(per[0].role, Role::Baseline);
+        assert_eq!(per[0].role, AssessmentRole::Baseline);
         assert!(m.area_linear.is_none() && m.area_log_linear.is_none());
         assert!(m.area_reduction_from_baseline_pct.is_none() && m.area_reduction_from_previous_pct.is_none());
-        assert_eq!(m.four_week.verdict, Verdict::TooEarly);
+        assert_eq!(m.four_week.verdict, HealingVerdict::TooEarly);
         assert_eq!(m.projection.state, ProjectionState::InsufficientData);
         // Two points within three weeks: a rate, a projection, but too early for the verdict.
         let (_, m) = compute(&[point(1, 0, 800.0, 20.0), point(2, 7, 700.0, 20.0)], None, Settings::default());
         assert!(close(m.area_linear.unwrap().slope_per_week.value, -100.0));
-        assert_eq!(m.four_week.verdict, Verdict::TooEarly);
+        assert_eq!(m.four_week.verdict, HealingVerdict::TooEarly);
         assert_eq!(m.projection.date, Some((t0() + Duration::days(56)).date_naive()), "800 at −100/week");
     }
 
@@ -575,7 +583,7 @@ mod tests {
         assert!(m.projection.date.is_none());
         assert!(close(m.area_linear.unwrap().slope_per_week.value, 50.0));
         assert!(close(m.area_reduction_from_baseline_pct.unwrap().value, -40.0));
-        assert_eq!(m.four_week.verdict, Verdict::NotOnTrack);
+        assert_eq!(m.four_week.verdict, HealingVerdict::NotOnTrack);
         assert!(m.area_log_linear.unwrap().rate_pct_per_week.value > 0.0);
     }
 
@@ -588,7 +596,7 @@ mod tests {
         let mut with_bad = good.clone();
         with_bad.insert(1, bad);
         let (per, got) = compute(&with_bad, None, Settings::default());
-        assert_eq!(per[1].role, Role::Excluded);
+        assert_eq!(per[1].role, AssessmentRole::Excluded);
         assert!(per[1].area_reduction_from_baseline_pct.is_none());
         assert_eq!(got.points_used, 3);
         assert!(close(got.area_linear.unwrap().slope_per_week.value, want.area_linear.unwrap().slope_per_week.value));
@@ -611,14 +619,14 @@ mod tests {
         assert_eq!(first.baseline_id, Some(Uuid::from_u128(1)));
         assert!(close(first.four_week.reduction_pct.unwrap().value, 10.0));
         let (per, m) = compute(&pts, Some(Uuid::from_u128(2)), Settings::default());
-        assert_eq!(per[0].role, Role::BeforeBaseline);
-        assert_eq!(per[1].role, Role::Baseline);
+        assert_eq!(per[0].role, AssessmentRole::BeforeBaseline);
+        assert_eq!(per[1].role, AssessmentRole::Baseline);
         assert_eq!(per[0].days_since_baseline, Some(-14.0));
         assert_eq!(m.baseline_id, Some(Uuid::from_u128(2)));
         assert_eq!(m.points_used, 3);
         // Day 28 after the new baseline is the day-42 scan: (1200 − 600)/1200 = 50 %.
         assert!(close(m.four_week.reduction_pct.unwrap().value, 50.0));
-        assert_eq!(m.four_week.verdict, Verdict::OnTrack);
+        assert_eq!(m.four_week.verdict, HealingVerdict::OnTrack);
         assert!(close(m.area_linear.unwrap().slope_per_week.value, -150.0));
         // An excluded assessment cannot be the baseline: the first counted one is.
         let mut ex = pts.clone();
@@ -636,8 +644,8 @@ mod tests {
         outline.measured_at = auto.measured_at + Duration::days(1);
         let later = point(3, 28, 450.0, 10.0);
         let (per, m) = compute(&[auto, outline, later], None, Settings::default());
-        assert_eq!(per[0].role, Role::Superseded);
-        assert_eq!(per[1].role, Role::Baseline);
+        assert_eq!(per[0].role, AssessmentRole::Superseded);
+        assert_eq!(per[1].role, AssessmentRole::Baseline);
         assert!(close(m.four_week.reduction_pct.unwrap().value, 50.0));
     }
 
