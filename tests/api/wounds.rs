@@ -464,3 +464,42 @@ async fn the_scan_wound_migration_groups_older_scans_by_patient_and_site() {
     assert!(sites.contains(&"left heel") && sites.contains(&"sacrum"));
     assert!(list["wounds"].as_array().unwrap().iter().all(|w| w["aetiology"] == "other" && w["status"] == "open"));
 }
+
+#[actix_web::test]
+async fn a_status_change_is_dated_and_kept_in_the_history() {
+    let app = spawn_app().await;
+    let (clin, _patient, pid) = clinician_and_patient(&app).await;
+    let today = Utc::now().date_naive();
+    let mut body = heel();
+    body["status_date"] = json!((today - Duration::days(10)).to_string());
+    let w = new_wound(&app, &clin, pid, body).await;
+    let path = format!("/v1/wounds/{}", w["id"].as_str().unwrap());
+    for (change, field) in [
+        (json!({"status": "healed", "status_date": (today - Duration::days(11)).to_string()}), "status_date"),
+        (json!({"status": "healed", "status_date": (today + Duration::days(2)).to_string()}), "status_date"),
+        (json!({"status": null}), "status"),
+        (json!({"aetiology": null}), "aetiology"),
+    ] {
+        let res = patch(&app, &clin.token, &path, Some("\"1\""), &change).await;
+        assert_eq!(res.status(), 400, "{change}");
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["field"], field, "{change}");
+    }
+    // `status_date` alone corrects the current status's date; a weak ETag matches too.
+    let corrected = (today - Duration::days(9)).to_string();
+    let res = patch(&app, &clin.token, &path, Some("W/\"1\""), &json!({"status_date": corrected})).await;
+    assert_eq!(res.status(), 200);
+    let w: Value = res.json().await.unwrap();
+    assert_eq!(w["status_date"], corrected.as_str());
+    assert_eq!(w["status_history"][0]["date"], corrected.as_str());
+    let res = patch(&app, &clin.token, &path, Some("\"2\""), &json!({"status": "healed"})).await;
+    let w: Value = res.json().await.unwrap();
+    assert_eq!(w["status"], "healed");
+    assert_eq!(w["status_date"], today.to_string().as_str(), "a new status is dated today by default");
+    let history: Vec<(&str, &str)> = w["status_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["status"].as_str().unwrap(), h["date"].as_str().unwrap()))
+        .collect();
+    assert_eq!(history, [("open", corrected.as_str()), ("healed", today.to_string().as_str())]);
+}
