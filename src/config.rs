@@ -266,6 +266,11 @@ pub const SETTINGS: &[Setting] = &[
         help: "URL that receives every consult event (signed JSON POST, in order, retried); empty: none.",
     },
     Setting {
+        key: "healing_on_track_reduction_pct",
+        default: "40",
+        help: "Clinical setting: the wound-area reduction (%) at four weeks from baseline at or above which a wound is `on_track` (Sheehan et al., Diabetes Care 2003: 40 %; see docs/measurement.md, \"Healing metrics\"). 0 < value <= 100.",
+    },
+    Setting {
         key: "webhook_secret",
         default: "(none)",
         help: "HMAC-SHA256 key signing webhook bodies (`X-Coherency-Signature`). Secret.",
@@ -286,6 +291,9 @@ pub enum LogFormat {
 pub const DEFAULT_LOGIN_PER_ADDRESS_PER_MIN: u32 = 100;
 /// Default of `register_per_address_per_min`.
 pub const DEFAULT_REGISTER_PER_ADDRESS_PER_MIN: u32 = 1000;
+
+/// Default of `healing_on_track_reduction_pct` (`crate::services::healing`).
+pub const DEFAULT_HEALING_ON_TRACK_REDUCTION_PCT: f64 = 40.0;
 
 /// The whole configuration, validated.
 #[derive(Debug, Clone, Deserialize)]
@@ -343,6 +351,7 @@ pub struct Config {
     pub turn_ttl_secs: u64,
     pub webhook_url: String,
     pub webhook_secret: Option<SecretString>,
+    pub healing_on_track_reduction_pct: f64,
 }
 
 impl Default for Config {
@@ -400,6 +409,7 @@ impl Default for Config {
             turn_ttl_secs: 3600,
             webhook_url: String::new(),
             webhook_secret: None,
+            healing_on_track_reduction_pct: DEFAULT_HEALING_ON_TRACK_REDUCTION_PCT,
         }
     }
 }
@@ -475,6 +485,9 @@ impl Config {
         }
         if self.login_per_address_per_min == 0 || self.register_per_address_per_min == 0 {
             return Err(Self::invalid("login_per_address_per_min", "address limits must be at least 1"));
+        }
+        if !(self.healing_on_track_reduction_pct > 0.0 && self.healing_on_track_reduction_pct <= 100.0) {
+            return Err(Self::invalid("healing_on_track_reduction_pct", "must be above 0 and at most 100"));
         }
         if self.redis_prefix.is_empty() {
             return Err(Self::invalid("redis_prefix", "must not be empty"));
@@ -825,6 +838,7 @@ mod tests {
                 | "scan_finish_defer_max_ms"
                 | "scan_processing_stale_secs"
                 | "turn_ttl_secs" => "1024",
+                "healing_on_track_reduction_pct" => "50",
                 _ => "x",
             };
             let fig = Figment::new().merge(Serialized::default(s.key, value));

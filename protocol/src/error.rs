@@ -81,6 +81,8 @@ pub enum Code {
     NotAdmitted,
     /// The consult has ended.
     ConsultEnded,
+    /// A scan named a wound that is not one of its patient's (`wound_id`).
+    WoundOfAnotherPatient,
     /// Check-in opens 15 minutes before the appointment starts.
     CheckInTooEarly,
     /// The room has reached its participant limit.
@@ -106,8 +108,16 @@ impl Code {
             Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired | NotAdmitted => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
-            Conflict | EmailTaken | SlotTaken | HoldExpired | Superseded | ScanNotStreamable | ConsultEnded
-            | CheckInTooEarly | RoomFull => 409,
+            Conflict
+            | EmailTaken
+            | SlotTaken
+            | HoldExpired
+            | Superseded
+            | ScanNotStreamable
+            | ConsultEnded
+            | CheckInTooEarly
+            | RoomFull
+            | WoundOfAnotherPatient => 409,
             PreconditionFailed => 412,
             PayloadTooLarge | FrameTooLarge => 413,
             UnsupportedMediaType => 415,
@@ -165,6 +175,7 @@ impl Code {
             ConsentRequired => "consent_required",
             NotAdmitted => "not_admitted",
             ConsultEnded => "consult_ended",
+            WoundOfAnotherPatient => "wound_of_another_patient",
             CheckInTooEarly => "check_in_too_early",
             RoomFull => "room_full",
             RequestTimeout => "request_timeout",
@@ -215,6 +226,7 @@ impl Code {
         Code::ConsentRequired,
         Code::NotAdmitted,
         Code::ConsultEnded,
+        Code::WoundOfAnotherPatient,
         Code::CheckInTooEarly,
         Code::RoomFull,
         Code::RequestTimeout,

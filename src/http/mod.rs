@@ -15,6 +15,7 @@ pub mod pages;
 pub mod patients;
 pub mod ratelimit;
 pub mod scans;
+pub mod wounds;
 
 pub use json::Json;
 
@@ -62,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(patients::configure).configure(fhir::configure).configure(measurements::fhir::configure);
     cfg.configure(booking::configure);
     cfg.configure(consults::configure);
+    cfg.configure(wounds::configure);
 }
 
 /// A resource that answers 405 (not the app-wide 404) to methods it has no route for.

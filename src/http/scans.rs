@@ -15,8 +15,11 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Require};
 use crate::error::ApiError;
 use crate::http::input::{Int, Line};
+use crate::services::identity::Permission;
+use crate::services::scans::ScanWound;
 use crate::state::AppState;
 use crate::store::scans::ScanRecord;
+use coherency_protocol::Code;
 
 /// `POST /v1/scans` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -29,6 +32,14 @@ pub struct CreateScan {
     /// The consult the scan is taken in, if any.
     #[serde(default)]
     pub consult_id: Option<Uuid>,
+    /// The patient's wound the scan is of (else 409 `wound_of_another_patient`, field
+    /// `wound_id`). With neither `wound_id` nor `wound`, the scan joins the patient's wound
+    /// whose `site_display` reads `body_site`, or a new wound (aetiology `other`) is made from it.
+    #[serde(default)]
+    pub wound_id: Option<Uuid>,
+    /// A new wound to create with the scan (not with `wound_id`; needs `wounds:write`).
+    #[serde(default)]
+    pub wound: Option<crate::http::wounds::NewWound>,
 }
 
 /// A scan list.
@@ -51,10 +62,10 @@ pub struct ListQuery {
 /// `consult_id`, the scan is asked for inside that consult: the room records
 /// `scan_requested` and the patient's app is sent `scan_request` (`docs/consults.md`).
 #[utoipa::path(post, path = "/v1/scans", tag = "scans", security(("bearer" = ["scans:create"])), request_body = CreateScan,
-    responses((status = 201, body = ScanRecord), (status = 400, description = "invalid_field, unknown_field, malformed_json"),
-              (status = 403, description = "consent_required, mfa_required"),
+    responses((status = 201, body = ScanRecord), (status = 400, description = "invalid_field, unknown_field, malformed_json; invalid_field `wound` with both `wound_id` and `wound`, or a new wound breaking a rule (`stage`, dates)"),
+              (status = 403, description = "consent_required, mfa_required; forbidden (field `wound`) creating a wound without `wounds:write`"),
               (status = 404, description = "not_found: no such patient visible to the caller, or no such consult"),
-              (status = 409, description = "conflict: the consult is with another patient; consult_ended")))]
+              (status = 409, description = "conflict: the consult is with another patient; consult_ended; wound_of_another_patient (field `wound_id`): no wound of this patient has that id")))]
 #[tracing::instrument(skip_all)]
 pub async fn create(
     state: web::Data<AppState>,
@@ -63,12 +74,26 @@ pub async fn create(
     body: crate::http::Json<CreateScan>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.parse()?;
+    let wound = match (body.wound_id, body.wound) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::field(Code::InvalidField, "wound", "name `wound_id` or a new `wound`, not both"))
+        }
+        (Some(id), None) => ScanWound::Existing(id),
+        (None, Some(w)) => {
+            if !who.has(Permission::WoundsWrite) {
+                return Err(ApiError::field(Code::Forbidden, "wound", "creating a wound needs `wounds:write`"));
+            }
+            ScanWound::New(Box::new(w.validate(who.user_id.as_uuid(), state.clock.now())?))
+        }
+        (None, None) => ScanWound::BySite,
+    };
     let (scan, consult) = state
         .scans
         .create(
             &auth::caller_of(&req, &state, &who),
             PatientId::from_uuid(body.patient_id),
             body.body_site.into_inner(),
+            wound,
             body.consult_id.map(ConsultId::from_uuid),
             who.user_id,
         )

@@ -176,6 +176,37 @@ text_type!(
     "Text (tabs and line breaks allowed; no other control or bidirectional formatting characters)"
 );
 
+/// A field in a PATCH body: absent (unchanged), `null` (cleared) or a value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Patch<T> {
+    #[default]
+    Absent,
+    Null,
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Option::<T>::deserialize(d)?.map_or(Patch::Null, Patch::Value))
+    }
+}
+
+impl<T: Serialize> Serialize for Patch<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Patch::Value(v) => s.serialize_some(v),
+            _ => s.serialize_none(),
+        }
+    }
+}
+
+impl<T> Patch<T> {
+    /// Whether the patch names the field at all.
+    pub fn is_set(&self) -> bool {
+        !matches!(self, Patch::Absent)
+    }
+}
+
 /// A person's name part, a display name or a contact's name.
 pub type PersonName = Line<1, 100>;
 /// An email address as sent (stored lowercased by `auth::normalise_email`).

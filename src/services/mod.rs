@@ -6,8 +6,10 @@
 
 pub mod access;
 pub mod consults;
+pub mod healing;
 pub mod identity;
 pub mod scans;
+pub mod wounds;
 
 use crate::audit::AuditEvent;
 use identity::Principal;

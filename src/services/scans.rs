@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::access::{Access, AccessError};
+use super::wounds::{self, WoundError};
 use super::Caller;
 use crate::clock::Clock;
 use crate::consults::Consult;
@@ -33,6 +34,9 @@ pub enum ScanError {
     ConsultEnded,
     #[error("the scan failed or was cancelled")]
     NotStreamable,
+    /// The named wound is not the patient's, or the inline wound is invalid.
+    #[error(transparent)]
+    Wound(#[from] WoundError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -51,12 +55,31 @@ impl ErrorCode for ScanError {
             Self::ConsultOfAnotherPatient => Code::Conflict,
             Self::ConsultEnded => Code::ConsultEnded,
             Self::NotStreamable => Code::ScanNotStreamable,
+            Self::Wound(e) => e.code(),
             Self::Storage(e) => e.code(),
         }
     }
 }
 
-impl DomainError for ScanError {}
+impl DomainError for ScanError {
+    fn field(&self) -> Option<&str> {
+        match self {
+            Self::Wound(e) => e.field(),
+            _ => None,
+        }
+    }
+}
+
+/// The wound a new scan is of.
+#[derive(Debug)]
+pub enum ScanWound {
+    /// The patient's wound whose site reads the scan's body site, or a new one made from it.
+    BySite,
+    /// An existing wound of the patient.
+    Existing(Uuid),
+    /// A new wound (validated), created with the scan.
+    New(Box<crate::store::wounds::WoundFields>),
+}
 
 /// The scans service.
 #[derive(Clone)]
@@ -88,6 +111,7 @@ impl Scans {
         caller: &Caller,
         patient: PatientId,
         body_site: String,
+        wound: ScanWound,
         consult: Option<ConsultId>,
         created_by: UserId,
     ) -> Result<(ScanRecord, Option<Consult>), ScanError> {
@@ -97,13 +121,29 @@ impl Scans {
             Some(id) => Some(self.scan_consult(id, patient).await?),
             None => None,
         };
+        let now = self.clock.now();
+        let (wound_id, new_wound) = match wound {
+            ScanWound::Existing(id) => {
+                wounds::of_patient(&self.pg, id, patient).await?;
+                (id, None)
+            }
+            ScanWound::New(w) => (Uuid::now_v7(), Some(*w)),
+            ScanWound::BySite => {
+                match crate::store::wounds::find_by_site(&self.pg, patient.as_uuid(), &body_site).await? {
+                    Some(id) => (id, None),
+                    None => (Uuid::now_v7(), Some(wounds::from_body_site(&body_site, created_by.as_uuid(), now))),
+                }
+            }
+        };
         let new = NewScan {
             id: Uuid::now_v7(),
             patient_id: patient.as_uuid(),
             consult_id: consult.as_ref().map(|c| c.id),
+            wound_id,
+            new_wound,
             body_site,
             created_by: created_by.as_uuid(),
-            at: self.clock.now(),
+            at: now,
         };
         let scan = scans::insert(&self.pg, &new).await?;
         Ok((scan, consult))

@@ -625,6 +625,10 @@ pub struct ScanRecord {
     pub id: Uuid,
     pub patient_id: Uuid,
     pub consult_id: Option<Uuid>,
+    /// The wound the scan is of (`GET /v1/wounds/{id}`); every scan has one since wounds
+    /// exist (older scans were moved into one wound per patient and body site).
+    pub wound_id: Option<Uuid>,
+    /// Where the wound is, as the scan was created with it (free text).
     pub body_site: String,
     /// `created`, `streaming`, `processing`, `complete`, `failed` or `cancelled`.
     pub status: String,
@@ -643,24 +647,34 @@ pub struct NewScan {
     pub id: Uuid,
     pub patient_id: Uuid,
     pub consult_id: Option<Uuid>,
+    pub wound_id: Uuid,
+    /// A wound to create with the scan (its id is `wound_id`), in the same transaction.
+    pub new_wound: Option<super::wounds::WoundFields>,
     pub body_site: String,
     pub created_by: Uuid,
     pub at: DateTime<Utc>,
 }
 
 pub async fn insert(pool: &PgPool, s: &NewScan) -> Result<ScanRecord, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some(w) = &s.new_wound {
+        super::wounds::insert(&mut *tx, s.wound_id, s.patient_id, w, s.created_by, s.at).await?;
+    }
     sqlx::query!(
-        "INSERT INTO scans (id, patient_id, consult_id, body_site, status, acked_seq, created_by, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'created', 0, $5, $6, $6)",
+        "INSERT INTO scans (id, patient_id, consult_id, wound_id, body_site, status, acked_seq, created_by, created_at,
+             updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'created', 0, $6, $7, $7)",
         s.id,
         s.patient_id,
         s.consult_id,
+        s.wound_id,
         s.body_site,
         s.created_by,
         s.at,
     )
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     get(pool, s.id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
@@ -669,7 +683,7 @@ pub async fn insert(pool: &PgPool, s: &NewScan) -> Result<ScanRecord, sqlx::Erro
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScanRecord>, sqlx::Error> {
     sqlx::query_as!(
         ScanRecord,
-        r#"SELECT s.id, s.patient_id, s.consult_id, s.body_site, s.status, s.acked_seq, s.created_by,
+        r#"SELECT s.id, s.patient_id, s.consult_id, s.wound_id, s.body_site, s.status, s.acked_seq, s.created_by,
                   s.created_at, s.updated_at, s.finished_at,
                   (SELECT count(*) FROM scan_frames f WHERE f.scan_id = s.id) AS "frames!"
              FROM scans s WHERE s.id = $1"#,
@@ -683,7 +697,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<ScanRecord>, sqlx::Er
 pub async fn list_for_patient(pool: &PgPool, patient_id: Uuid, limit: i64) -> Result<Vec<ScanRecord>, sqlx::Error> {
     sqlx::query_as!(
         ScanRecord,
-        r#"SELECT s.id, s.patient_id, s.consult_id, s.body_site, s.status, s.acked_seq, s.created_by,
+        r#"SELECT s.id, s.patient_id, s.consult_id, s.wound_id, s.body_site, s.status, s.acked_seq, s.created_by,
                   s.created_at, s.updated_at, s.finished_at,
                   (SELECT count(*) FROM scan_frames f WHERE f.scan_id = s.id) AS "frames!"
              FROM scans s WHERE s.patient_id = $1 ORDER BY s.created_at DESC, s.id DESC LIMIT $2"#,

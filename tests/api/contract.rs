@@ -82,6 +82,16 @@ const RULES_NO_SCHEMA_STATES: &[(&str, &str)] = &[
     ("POST /v1/patients/{id}/coverages", "`end_date` not before `start_date`"),
     ("PATCH /v1/patients/{id}/coverages/{entry_id}", "`end_date` not before `start_date` (with the stored entry)"),
     ("PATCH /v1/patients/{id}/contacts/{entry_id}", "the merged contact keeps a phone or an email"),
+    ("POST /v1/patients/{id}/wounds", "`stage` is one the aetiology defines; `onset_date`, `status_date` not after today"),
+    (
+        "PATCH /v1/wounds/{id}",
+        "`stage` is one the (merged) aetiology defines; dates not after today, a new status not dated before the current one; required fields not cleared",
+    ),
+    (
+        "PATCH /v1/wounds/{id}/assessments/{assessment_id}",
+        "one of `baseline` or `excluded`; `reason` with `excluded: true` only",
+    ),
+    ("POST /v1/scans", "a new `wound`'s `stage` is one its aetiology defines, its dates not after today; not both `wound` and `wound_id`"),
 ];
 
 /// Statuses a schema-valid request may answer anywhere: success; 401/403 (who may do what is
@@ -138,6 +148,7 @@ pub(crate) struct Ids {
     pub(crate) types: Vec<String>,
     pub(crate) participants: Vec<String>,
     pub(crate) waitlist: Vec<String>,
+    pub(crate) wounds: Vec<String>,
 }
 
 /// A patient on the clinician's care team with one entry of every kind, a scan, a consult the
@@ -186,6 +197,17 @@ pub(crate) async fn objects(app: &TestApp, admin: &User, clin: &User, ty: Uuid, 
     )
     .await;
     ids.scans.push(id_of(&scan));
+    let wound = created(
+        app.post_auth(
+            &format!("/v1/patients/{pid}/wounds"),
+            &clin.token,
+            &json!({"site_code": "116315002", "site_display": "Heel", "laterality": "left", "aetiology": "pressure", "stage": "2"}),
+        )
+        .await,
+        "wound",
+    )
+    .await;
+    ids.wounds.push(id_of(&wound));
     let consult =
         created(app.post_auth("/v1/consults", &clin.token, &json!({"patient_id": pid})).await, "consult").await;
     ids.consults.push(id_of(&consult));
@@ -266,6 +288,7 @@ fn config(ids: &Ids) -> String {
         ("types", &ids.types),
         ("participants", &ids.participants),
         ("waitlist", &ids.waitlist),
+        ("wounds", &ids.wounds),
     ] {
         c += &format!("[dictionaries.{name}]\nvalues = {}\n\n", toml_list(values));
     }
@@ -280,6 +303,7 @@ fn config(ids: &Ids) -> String {
         ("^/v1/patients/\\\\{id\\\\}(/[a-z-]+)?$", &[("path.id", "patients"), ("header.If-Match", "versions")][..]),
         ("^/fhir/Patient/\\\\{id\\\\}", &[("path.id", "patients")][..]),
         ("^/v1/scans/\\\\{id\\\\}", &[("path.id", "scans")][..]),
+        ("^/v1/wounds/\\\\{id\\\\}", &[("path.id", "wounds"), ("header.If-Match", "versions")][..]),
         ("^/v1/consults/\\\\{id\\\\}", &[("path.id", "consults"), ("path.pid", "participants")][..]),
         ("^/v1/waitlist/\\\\{id\\\\}", &[("path.id", "waitlist")][..]),
         ("^/v1/clinicians/\\\\{id\\\\}", &[("path.id", "clinicians")][..]),

@@ -53,6 +53,8 @@ async fn digest(pg: &PgPool) -> Vec<(&'static str, Option<String>)> {
         "consult_participants",
         "scans",
         "scan_measurements",
+        "wounds",
+        "wound_assessment_exclusions",
         "schedules",
         "schedule_rules",
         "appointment_types",
@@ -73,6 +75,8 @@ fn fill(path: &str, ids: &Ids, owner_user: &str) -> String {
     } else if path.starts_with("/fhir/Observation/") {
         // A measurement's id; the scan of the fixture has none yet, so any id is unseen.
         id(&ids.scans)
+    } else if path.starts_with("/v1/wounds/") {
+        id(&ids.wounds)
     } else if path.starts_with("/v1/consults/") {
         id(&ids.consults)
     } else if path.starts_with("/v1/appointments/") || path.starts_with("/fhir/Appointment/") {
@@ -91,6 +95,8 @@ fn fill(path: &str, ids: &Ids, owner_user: &str) -> String {
         let entry = ids.entries.iter().find(|(k, _)| *k == l).map(|(_, v)| v.clone()).expect("entry");
         out = out.replace("{entry_id}", &entry);
     }
+    // A wound's assessment: the fixture's wound has none, and the wound is refused first.
+    out = out.replace("{assessment_id}", &id(&ids.scans));
     out = out.replace("{pid}", &id(&ids.participants)).replace("{clinician_id}", &id(&ids.clinicians));
     assert!(!out.contains('{'), "{path}: unfilled parameter in {out}");
     out

@@ -42,3 +42,4 @@ mod sfu;
 mod shutdown;
 mod starvation;
 mod transport;
+mod wounds;

@@ -17,7 +17,7 @@ use base64::Engine;
 use chrono::{DateTime, NaiveDate, Utc};
 use coherency_protocol::ids::PatientId;
 use coherency_protocol::Code;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -130,35 +130,7 @@ pub struct CreatePatient {
     pub notes: Option<Text<0, 4000>>,
 }
 
-/// A field in a PATCH body: absent (unchanged), `null` (cleared) or a value.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Patch<T> {
-    #[default]
-    Absent,
-    Null,
-    Value(T),
-}
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Option::<T>::deserialize(d)?.map_or(Patch::Null, Patch::Value))
-    }
-}
-
-impl<T: Serialize> Serialize for Patch<T> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Patch::Value(v) => s.serialize_some(v),
-            _ => s.serialize_none(),
-        }
-    }
-}
-
-impl<T> Patch<T> {
-    fn is_set(&self) -> bool {
-        !matches!(self, Patch::Absent)
-    }
-}
+pub use crate::input::Patch;
 
 /// `PATCH /v1/patients/{id}` body (a merge patch: absent keeps, `null` clears; the names and
 /// the birth date cannot be cleared, so they may not be `null`).

@@ -118,6 +118,7 @@ permissions! {
     ScansCreate = "scans:create", phi = true, roles = [Patient, Clinician, Admin];
     ScansRead = "scans:read", phi = true, roles = [Patient, Clinician, Admin];
     ScansMeasure = "scans:measure", phi = true, roles = [Clinician, Admin];
+    WoundsWrite = "wounds:write", phi = true, roles = [Clinician, Admin];
     ScheduleManage = "schedule:manage", phi = false, roles = [Clinician, Admin];
     BookingsRead = "bookings:read", phi = true, roles = [Patient, Clinician, Admin];
     BookingsWrite = "bookings:write", phi = true, roles = [Patient, Clinician, Admin];
