@@ -910,6 +910,11 @@ fn measure_outline(
     }
     let sigma_h = if sigma_n > 0.0 { sigma_sum / sigma_n } else { f64::from(vol.config().noise_sigma_at_reference_m) };
     let mut max_depth = best_d.max(0.0);
+    // Blur fills the bottom: Gaussian blur of a paraboloid lowers its vertex by
+    // `tr(H)/2·σ²`, a V-shaped bottom (a narrow bed between steep walls) by up to twice
+    // that. Stated in the interval, not added to the value: on a flat bed the curvature
+    // at the deepest cell is the noise's, and the vertex already reads high there.
+    let mut bottom_fill = 0.0;
     if let Some((x0, y0)) = best_cell {
         let r = 1.5e-3;
         let mut pts = Vec::new();
@@ -929,6 +934,8 @@ fn measure_outline(
                 let u = (e * cc - 2.0 * ff * b) / det;
                 let v = (e * b - 2.0 * d * cc) / det;
                 if u.abs() <= r / 0.001 && v.abs() <= r / 0.001 {
+                    let sigma_mm = sigma_blur_m * 1e3;
+                    bottom_fill = -(d + ff) * sigma_mm * sigma_mm;
                     max_depth = a + b * u + cc * v + d * u * u + e * u * v + ff * v * v;
                 }
             } else {
@@ -956,6 +963,7 @@ fn measure_outline(
         sigma_h,
         voxel: vs,
         missing_fraction: p.missing_fraction,
+        bottom_fill,
         roughness: {
             let smooth = taubin(outline, 30);
             (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()

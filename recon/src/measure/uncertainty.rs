@@ -60,6 +60,9 @@ pub(super) struct Figures {
     pub voxel: f64,
     /// Fraction of the wound without a fused surface.
     pub missing_fraction: f64,
+    /// Depth the blur may have taken off the deepest point (metres): `tr(H)/2·σ²` of the
+    /// fitted vertex, up to twice that for a V-shaped bottom.
+    pub bottom_fill: f64,
     /// RMS distance of the outline to a heavily smoothed copy, metres: the longest chord
     /// picks the outline's extremes, so its roughness biases length and width upward.
     pub roughness: f64,
@@ -101,7 +104,10 @@ pub(super) fn half_widths(b: &Boundary, f: &Figures, coverage: f64) -> HalfWidth
         (2.0 * end_sd.powi(2) + (2.0 * common).powi(2) + (l * b.scale_sd).powi(2) + (2.0 * f.roughness).powi(2)).sqrt()
             * missing
     };
-    let sd_depth = (f.sigma_skin.powi(2) + (0.5 * f.sigma_h).powi(2) + floor.powi(2)).sqrt() * missing;
+    let sd_depth =
+        (f.sigma_skin.powi(2) + (0.5 * f.sigma_h).powi(2) + floor.powi(2) + (2.0 * f.bottom_fill / K_DEPTH).powi(2))
+            .sqrt()
+            * missing;
     let sd_vol = ((f.area * f.sigma_skin).powi(2)
         + (b.rim_depth_m * ind).powi(2)
         + (b.rim_depth_m * f.perimeter * common).powi(2)
