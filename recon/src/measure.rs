@@ -870,7 +870,16 @@ fn measure_outline(
     let (gx, gy) = skin.grad(cx, cy);
     let normal = (f.n - f.e1 * gx - f.e2 * gy).normalized();
     let centre = f.world(cx, cy, skin.eval(cx, cy));
-    let (length, width) = length_width(&outline3, normal);
+    // The longest chord picks the outline's extremes: on a fitted rim, sector-to-sector
+    // scatter makes bumps it would measure, so length and width are taken on the rim
+    // smoothed as the roughness figure smooths it. A drawn outline is the definition.
+    let (length, width) = if method == OutlineMethod::Automatic {
+        let smooth: Vec<Vec3> =
+            taubin(outline, 30).iter().map(|q| f.world(q[0], q[1], skin.eval(q[0], q[1]))).collect();
+        length_width(&smooth, normal)
+    } else {
+        length_width(&outline3, normal)
+    };
     let mut ends = [outline3[0], outline3[0]];
     let mut best = 0.0;
     for a in &outline3 {
