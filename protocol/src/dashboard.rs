@@ -62,7 +62,7 @@ pub struct Item {
     pub patient_name: Option<String>,
     /// A scan's wound, filled in per viewer by the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wound: Option<WoundLabel>,
+    pub wound: Option<Box<WoundLabel>>,
 }
 
 /// The wound a scan item belongs to, as the board names it.

@@ -151,7 +151,7 @@ impl Board {
             item.patient_name = self.state.patient_names.get(&self.state.stores.pg, p).await;
         }
         if item.section == Section::Scans {
-            item.wound = self.state.patient_names.wound_of_scan(&self.state.stores.pg, item.id).await;
+            item.wound = self.state.patient_names.wound_of_scan(&self.state.stores.pg, item.id).await.map(Box::new);
         }
         item
     }
