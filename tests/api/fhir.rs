@@ -354,6 +354,15 @@ async fn wounds_are_conditions_and_their_measurements_observations_focused_on_th
         assert_eq!(o["focus"], json!([{"reference": format!("Condition/{want}")}]), "{o}");
     }
     emitted.push(b);
+    for (focus, want) in [(format!("Condition/{hid}"), hm), (sid.clone(), sm)] {
+        let (st, b) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation?patient={pid}&focus={focus}")).await;
+        assert_eq!((st, b["total"].as_u64()), (200, Some(1)), "{focus}: {b}");
+        assert_eq!(b["entry"][0]["resource"]["id"], want.to_string());
+        emitted.push(b);
+    }
+    let (st, o) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation?patient={pid}&focus=Patient/{pid}")).await;
+    assert_eq!((st, o["issue"][0]["expression"][0].as_str()), (400, Some("focus")), "{o}");
+    emitted.push(o);
     let (st, o) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation/{sm}")).await;
     assert_eq!(st, 200, "{o}");
     assert_eq!(o["focus"][0]["reference"], format!("Condition/{sid}"));

@@ -20,7 +20,7 @@ use crate::auth::{self, perm, Permission, Principal, Require};
 use crate::error::ApiError;
 use crate::http::fhir::wounds::body_site;
 use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
-use crate::http::input::{invalid, FhirDateParam, Line, PatientRef};
+use crate::http::input::{invalid, ConditionRef, FhirDateParam, Line, PatientRef};
 use crate::http::patients::path_id;
 use crate::services::wounds::Laterality;
 use crate::state::AppState;
@@ -238,6 +238,9 @@ pub struct ObservationSearch {
     /// `72287-6` or `http://loinc.org|72287-6` (the only code served; any other finds nothing).
     #[param(inline)]
     pub code: Option<ObservationCode>,
+    /// The wound: `Condition/{id}` or the id (its measurements only).
+    #[param(inline)]
+    pub focus: Option<ConditionRef>,
 }
 
 /// A `code` search value: any one line up to 256 characters.
@@ -302,6 +305,7 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     let mut patient = None;
     let mut dates = vec![];
     let mut other_code = false;
+    let mut focus = None;
     for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
             "patient" | "subject" if patient.is_none() => {
@@ -311,6 +315,9 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
                 let bad = |why| invalid("date", why);
                 let v = FhirDateParam::new(v.as_ref()).map_err(bad)?;
                 dates.push(parse_date(&v).ok_or_else(|| bad(FhirDateParam::RULE))?)
+            }
+            "focus" if focus.is_none() => {
+                focus = Some(ConditionRef::new(v.as_ref()).map_err(|why| invalid("focus", why))?.id())
             }
             "code" => {
                 ObservationCode::new(v.as_ref()).map_err(|why| invalid("code", why))?;
@@ -346,10 +353,12 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
                 WHERE s.patient_id = $1
                   AND ($2::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) >= $2)
                   AND ($3::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) < $3)
+                  AND ($4::uuid IS NULL OR s.wound_id = $4)
                 ORDER BY COALESCE(s.finished_at, s.created_at) DESC, m.created_at, m.id"#,
             pid,
             from,
-            to
+            to,
+            focus
         )
         .fetch_all(&state.stores.pg)
         .await?
