@@ -1,12 +1,17 @@
 //! `coherency seed-demo`: a small demo clinic (an admin, a clinician with TOTP enrolled, and
-//! a patient on the clinician's care team). Idempotent: accounts are created once; each run
-//! sets fresh random passwords and prints them, so no credential lives in the repository.
+//! a patient on the clinician's care team) whose patient has two wounds with weeks of dated
+//! assessments — one healing on track, one stalled — so the trajectory shows both verdicts at
+//! once. Idempotent: accounts and wounds are created once; each run sets fresh random
+//! passwords and prints them, so no credential lives in the repository.
 
+use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
 use uuid::Uuid;
 
 use crate::auth::{totp, Role};
+use crate::services::wounds::{Aetiology, Laterality, StatusChange, WoundStatus};
 use crate::state::AppState;
+use crate::store::wounds::{self, WoundFields};
 
 /// One printed demo login.
 pub struct DemoLogin {
@@ -113,5 +118,143 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
         totp_secret: None,
     });
     crate::booking::seed_schedules(&state.stores.pg, state.clock.now()).await?;
+    seed_wounds(state, patient_id, clin).await?;
     Ok(out)
+}
+
+/// One demo wound and its assessment history.
+struct DemoWound {
+    site_code: &'static str,
+    site_display: &'static str,
+    laterality: Laterality,
+    body_map: (f64, f64),
+    aetiology: Aetiology,
+    stage: &'static str,
+    /// (days after the baseline, outline area mm²), the baseline first.
+    areas: &'static [(i64, f64)],
+}
+
+/// A left-heel diabetic foot ulcer that shrinks by about 55 % in four weeks (on track at the
+/// default 40 % threshold), and a sacral pressure injury that stays within a few percent
+/// (stalled: not on track).
+const DEMO_WOUNDS: &[DemoWound] = &[
+    DemoWound {
+        site_code: "116315002",
+        site_display: "Left heel",
+        laterality: Laterality::Left,
+        body_map: (0.44, 0.97),
+        aetiology: Aetiology::DiabeticFoot,
+        stage: "2",
+        areas: &[(0, 612.0), (7, 520.0), (14, 431.0), (21, 346.0), (28, 274.0), (35, 218.0), (42, 171.0), (49, 133.0)],
+    },
+    DemoWound {
+        site_code: "54735007",
+        site_display: "Sacrum",
+        laterality: Laterality::Midline,
+        body_map: (0.5, 0.52),
+        aetiology: Aetiology::Pressure,
+        stage: "3",
+        areas: &[(0, 486.0), (7, 479.0), (14, 482.0), (21, 468.0), (28, 471.0), (35, 459.0), (42, 463.0)],
+    },
+];
+
+/// The demo wounds of `patient`, recorded by `clinician`, each with one completed scan and
+/// automatic measurement per assessment day, the last one two days ago. A wound already
+/// there (same site) is left as it is.
+pub async fn seed_wounds(state: &AppState, patient: Uuid, clinician: Uuid) -> anyhow::Result<()> {
+    let pg = &state.stores.pg;
+    let now = state.clock.now();
+    for d in DEMO_WOUNDS {
+        if wounds::find_by_site(pg, patient, d.site_display).await?.is_some() {
+            continue;
+        }
+        let last_day = d.areas.last().map_or(0, |(day, _)| *day);
+        let baseline = now - Duration::days(last_day + 2);
+        let onset = (baseline - Duration::days(10)).date_naive();
+        let history = vec![StatusChange {
+            status: WoundStatus::Open,
+            date: baseline.date_naive(),
+            recorded_by: clinician,
+            recorded_at: baseline,
+        }];
+        let fields = WoundFields {
+            site_code: Some(d.site_code.into()),
+            site_display: d.site_display.into(),
+            laterality: d.laterality.as_str().into(),
+            body_map: Some(d.body_map),
+            aetiology: d.aetiology.as_str().into(),
+            onset_date: Some(onset),
+            stage: Some(d.stage.into()),
+            status: WoundStatus::Open.as_str().into(),
+            status_date: baseline.date_naive(),
+            status_history: serde_json::to_value(history)?,
+        };
+        let wound = Uuid::now_v7();
+        let mut tx = pg.begin().await?;
+        wounds::insert(&mut *tx, wound, patient, &fields, clinician, baseline).await?;
+        for (day, area) in d.areas {
+            let taken = baseline + Duration::days(*day);
+            demo_assessment(&mut tx, patient, wound, d.site_display, clinician, taken, *area).await?;
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// A completed scan of the wound taken at `taken` with its automatic measurement of `area` mm²
+/// (the other figures in proportion, with `±` of the size the real pipeline reports).
+async fn demo_assessment(
+    tx: &mut sqlx::PgConnection,
+    patient: Uuid,
+    wound: Uuid,
+    site: &str,
+    clinician: Uuid,
+    taken: DateTime<Utc>,
+    area: f64,
+) -> anyhow::Result<()> {
+    let scan = Uuid::now_v7();
+    let finished = taken + Duration::minutes(2);
+    sqlx::query!(
+        "INSERT INTO scans (id, patient_id, body_site, status, created_by, created_at, updated_at, finished_at, wound_id)
+         VALUES ($1, $2, $3, 'complete', $4, $5, $6, $6, $7)",
+        scan,
+        patient,
+        site,
+        clinician,
+        taken,
+        finished,
+        wound,
+    )
+    .execute(&mut *tx)
+    .await?;
+    let side = area.sqrt();
+    let (length, width) = (side * 1.3, side * 0.98);
+    let depth = 1.5 + area / 400.0;
+    let volume = area * depth * 0.45;
+    sqlx::query!(
+        "INSERT INTO scan_measurements (id, scan_id, method, outline_area_mm2, outline_area_mm2_pm, bed_area_mm2,
+            bed_area_mm2_pm, perimeter_mm, perimeter_mm_pm, length_mm, length_mm_pm, width_mm, width_mm_pm,
+            max_depth_mm, max_depth_mm_pm, mean_depth_mm, mean_depth_mm_pm, volume_mm3, volume_mm3_pm,
+            skin_model, skin_residual_mm, missing_fraction, created_at)
+         VALUES ($1, $2, 'auto', $3, $4, $5, $6, $7, $8, $9, 0.6, $10, 0.6, $11, 0.3, $12, 0.2, $13, $14,
+                 'quadratic', 0.1, 0.01, $15)",
+        Uuid::now_v7(),
+        scan,
+        area,
+        area * 0.03 + 4.0,
+        area * 1.12,
+        area * 0.04 + 5.0,
+        (length + width) * 1.6,
+        1.5,
+        length,
+        width,
+        depth,
+        depth * 0.55,
+        volume,
+        volume * 0.08 + 10.0,
+        finished + Duration::minutes(1),
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }

@@ -439,6 +439,7 @@ mod tests {
             updated_ms: 0,
             data: Default::default(),
             patient_name: None,
+            wound: None,
         }
     }
 

@@ -36,7 +36,7 @@ pub enum Section {
 }
 
 /// One thing on the board. Items hold ids, times and a small non-PHI `data` map; names
-/// are added by the server for the authorised viewer only (`patient_name`).
+/// are added by the server for the authorised viewer only (`patient_name`, a scan's `wound`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Item {
     pub section: Section,
@@ -60,6 +60,21 @@ pub struct Item {
     /// The patient's display name, filled in per viewer by the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_name: Option<String>,
+    /// A scan's wound, filled in per viewer by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wound: Option<Box<WoundLabel>>,
+}
+
+/// The wound a scan item belongs to, as the board names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WoundLabel {
+    pub id: Uuid,
+    /// The site in words (`Left heel`).
+    pub site: String,
+    /// `left`, `right`, `bilateral`, `midline` or `unspecified`.
+    pub laterality: String,
+    /// `pressure`, `diabetic_foot`, `venous`, … (`docs/api.md`, "Wounds").
+    pub aetiology: String,
 }
 
 /// What a delta does.

@@ -150,6 +150,7 @@ fn waiting_item(
         updated_ms,
         data,
         patient_name: None,
+        wound: None,
     }
 }
 
@@ -172,5 +173,6 @@ fn consult_item(r: InProgress, updated_ms: i64) -> Option<Item> {
         updated_ms,
         data,
         patient_name: None,
+        wound: None,
     })
 }

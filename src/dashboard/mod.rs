@@ -101,6 +101,7 @@ fn item(section: Section, ev: &BusEvent, status: &str) -> Item {
         updated_ms: ev.at_ms,
         data,
         patient_name: None,
+        wound: None,
     }
 }
 
@@ -249,6 +250,7 @@ pub async fn reload(pg: &PgPool, clock: &Clock) -> Result<Reload, sqlx::Error> {
             updated_ms: r.updated_at.timestamp_millis(),
             data,
             patient_name: None,
+            wound: None,
         });
     }
     let rows = sqlx::query!(
@@ -273,6 +275,7 @@ pub async fn reload(pg: &PgPool, clock: &Clock) -> Result<Reload, sqlx::Error> {
             updated_ms: r.updated_at.timestamp_millis(),
             data,
             patient_name: None,
+            wound: None,
         });
     }
     items.extend(consults::reload(pg).await?);

@@ -72,6 +72,7 @@ use utoipa::OpenApi;
         crate::http::fhir::allergies,
         crate::http::fhir::medications,
         crate::http::fhir::conditions,
+        crate::http::fhir::wounds::read_wound_condition,
         crate::http::fhir::coverages,
         crate::http::fhir::related_persons,
         crate::http::fhir::care_teams,

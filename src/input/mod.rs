@@ -957,6 +957,11 @@ reference!(
     ScheduleRef,
     "Schedule"
 );
+reference!(
+    /// A FHIR reference to a wound's `Condition`: `Condition/{id}` or the id.
+    ConditionRef,
+    "Condition"
+);
 
 /// A patient-name search: up to 100 characters, blank for no filter, otherwise holding at
 /// least one character that is neither white space nor `%`, `_`, `\` (which the search ignores).
@@ -1329,6 +1334,7 @@ pub(crate) mod tests {
                 PatientRef::new(s).is_ok_and(|r| r.id().to_string() == s.trim_start_matches("Patient/").to_lowercase())
             }),
             (ScheduleRef::PATTERN, ScheduleRef::MAX, |s| ScheduleRef::new(s).is_ok()),
+            (ConditionRef::PATTERN, ConditionRef::MAX, |s| ConditionRef::new(s).is_ok()),
         ] {
             accepts_what_it_states_up_to(pattern, max, accepts);
         }

@@ -93,7 +93,8 @@ impl Laterality {
         }
     }
 
-    fn parse(s: &str) -> Self {
+    /// The stored value (anything unknown reads as unspecified).
+    pub fn parse(s: &str) -> Self {
         match s {
             "left" => Self::Left,
             "right" => Self::Right,

@@ -16,8 +16,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{CloseReason, Session};
 use coherency_actors::dashboard::{HubOut, Scope, SubId, Subscribe, Unsubscribe};
 use coherency_protocol::dashboard::{
-    Change, ClientMsg, Delta, Item, Position, ServerMsg, DASHBOARD_PROTOCOL_VERSION, MAX_CLIENT_MESSAGES_PER_SEC,
-    MAX_CLIENT_MESSAGE_BYTES,
+    Change, ClientMsg, Delta, Item, Position, Section, ServerMsg, DASHBOARD_PROTOCOL_VERSION,
+    MAX_CLIENT_MESSAGES_PER_SEC, MAX_CLIENT_MESSAGE_BYTES,
 };
 use coherency_protocol::Code;
 use tokio::sync::mpsc;
@@ -145,10 +145,13 @@ impl Board {
         }
     }
 
-    /// Adds the patient's name to an item (from the node's cache).
+    /// Adds the patient's name to an item, and a scan's wound (from the node's cache).
     async fn named(&self, mut item: Item) -> Item {
         if let Some(p) = item.patient_id {
             item.patient_name = self.state.patient_names.get(&self.state.stores.pg, p).await;
+        }
+        if item.section == Section::Scans {
+            item.wound = self.state.patient_names.wound_of_scan(&self.state.stores.pg, item.id).await.map(Box::new);
         }
         item
     }

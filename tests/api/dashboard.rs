@@ -262,6 +262,7 @@ async fn a_board_too_far_behind_gets_a_fresh_snapshot() {
                 updated_ms: n,
                 data: Default::default(),
                 patient_name: None,
+                wound: None,
             },
         })
         .collect();
@@ -333,6 +334,7 @@ async fn dashboard_delivery_p99_with_1000_sockets() {
             updated_ms: n as i64,
             data,
             patient_name: None,
+            wound: None,
         };
         app.state.dashboard.do_send(Apply(vec![Change::Upsert { item }]));
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -479,4 +481,42 @@ async fn a_board_message_breaking_the_character_rule_is_refused_naming_the_field
     .await
     .expect("the socket closes");
     assert_eq!(close, Some(1008));
+}
+
+#[actix_rt::test]
+async fn a_scan_on_the_board_names_its_wound_and_site_and_never_the_other_wound() {
+    use crate::wounds::{clinician_and_patient, heel, new_wound};
+    let app = spawn_app().await;
+    let (clin, patient, pid) = clinician_and_patient(&app).await;
+    let h = new_wound(&app, &clin, pid, heel()).await;
+    let s = new_wound(&app, &clin, pid, json!({"site_display": "Sacrum", "aetiology": "pressure", "stage": "3"})).await;
+    let mut board = Board::open(&app, &clin, None).await;
+    let mut scans = vec![];
+    for w in [&h, &s] {
+        let res = app
+            .post_auth("/v1/scans", &clin.token, &json!({"patient_id": pid, "body_site": "skin", "wound_id": w["id"]}))
+            .await;
+        assert_eq!(res.status(), 201, "scan: {}", res.text().await.unwrap_or_default());
+        let id: Uuid = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+        board.until("the scan", |m| has_upsert(m, id)).await;
+        scans.push((id, w["id"].as_str().unwrap().parse::<Uuid>().unwrap()));
+    }
+    for ((scan, wound), (site, lat, aetiology)) in
+        scans.iter().zip([("Heel", "left", "diabetic_foot"), ("Sacrum", "unspecified", "pressure")])
+    {
+        let item = board.mirror.items.values().find(|i| i.id == *scan).unwrap();
+        assert_eq!(item.section, Section::Scans);
+        let label = item.wound.as_ref().expect("the scan's wound is named");
+        assert_eq!(
+            (label.id, label.site.as_str(), label.laterality.as_str(), label.aetiology.as_str()),
+            (*wound, site, lat, aetiology)
+        );
+        assert_eq!(item.patient_name.as_deref(), Some("Ada Lovelace"));
+    }
+    // The patient's own board names the wound too; a stranger's board has no such item.
+    let own = Board::open(&app, &patient, None).await;
+    let item = own.mirror.items.values().find(|i| i.id == scans[0].0).expect("the patient sees their scan");
+    assert_eq!(item.wound.as_ref().map(|w| w.site.as_str()), Some("Heel"));
+    let stranger = Board::open(&app, &app.patient().await, None).await;
+    assert!(stranger.mirror.items.values().all(|i| i.wound.is_none() && i.patient_id != Some(pid)));
 }

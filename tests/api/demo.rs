@@ -9,6 +9,9 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     let logins = coherency::demo::seed(&app.state).await.unwrap();
     let users: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM users"#).fetch_one(&app.pg).await.unwrap();
     assert_eq!(users, 3);
+    let wounds: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM wounds"#).fetch_one(&app.pg).await.unwrap();
+    let scans: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM scans"#).fetch_one(&app.pg).await.unwrap();
+    assert_eq!((wounds, scans), (2, 15), "two demo wounds with 8 and 7 assessments, seeded once");
     let mut patient_token = None;
     for l in logins {
         let mut body = json!({"email": l.email, "password": l.password});
@@ -43,11 +46,57 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
         .client
         .get(app.url("/v1/slots"))
         .query(&q)
-        .bearer_auth(patient_token.expect("the patient logged in"))
+        .bearer_auth(patient_token.as_deref().expect("the patient logged in"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
     let v: Value = res.json().await.unwrap();
     assert!(v["slots"].as_array().unwrap().len() >= 5 * 8, "a week of weekday hours: {v}");
+}
+
+#[actix_web::test]
+async fn the_demo_patient_has_a_wound_on_track_and_a_stalled_one() {
+    let app = spawn_app().await;
+    coherency::demo::seed(&app.state).await.unwrap();
+    let logins = coherency::demo::seed(&app.state).await.unwrap();
+    let l = logins.iter().find(|l| l.role == coherency::auth::Role::Patient).unwrap();
+    let res = app.post_json("/v1/auth/login", &json!({"email": l.email, "password": l.password})).await;
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let pid: uuid::Uuid = sqlx::query_scalar!(
+        "SELECT p.id FROM patients p JOIN users u ON u.id = p.user_id WHERE u.email = 'patient@demo.coherency.test'"
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    let get = |path: String| {
+        let req = app.client.get(app.url(&path)).bearer_auth(&token);
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path}");
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let list = get(format!("/v1/patients/{pid}/wounds")).await;
+    let wounds = list["wounds"].as_array().unwrap();
+    assert_eq!(wounds.len(), 2, "{list}");
+    let mut verdicts = vec![];
+    for w in wounds {
+        let t = get(format!("/v1/wounds/{}/trajectory", w["id"].as_str().unwrap())).await;
+        let n = t["points"].as_array().unwrap().len();
+        assert!((6..=10).contains(&n), "6–10 assessments: {n}");
+        let first = t["points"][0]["taken_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let last = t["points"][n - 1]["taken_at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        assert!((last - first).num_days() >= 28, "several weeks of assessments");
+        let verdict = t["metrics"]["four_week"]["verdict"].as_str().unwrap().to_string();
+        let projection = t["metrics"]["projection"]["state"].as_str().unwrap().to_string();
+        verdicts.push((w["site_display"].as_str().unwrap().to_string(), verdict, projection));
+    }
+    verdicts.sort();
+    assert_eq!(verdicts[0].0, "Left heel");
+    assert_eq!(verdicts[0].1, "on_track", "{verdicts:?}");
+    assert_eq!(verdicts[0].2, "closing", "{verdicts:?}");
+    assert_eq!(verdicts[1].0, "Sacrum");
+    assert_eq!(verdicts[1].1, "not_on_track", "{verdicts:?}");
 }

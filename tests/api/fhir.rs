@@ -281,3 +281,119 @@ async fn the_capability_statement_lists_exactly_what_the_fhir_api_serves_and_pas
     assert_eq!(status, 404, "a resource the statement does not list is not served");
     assert_eq!(body["issue"][0]["details"]["text"], coherency::http::NO_ROUTE);
 }
+
+#[actix_web::test]
+async fn wounds_are_conditions_and_their_measurements_observations_focused_on_them() {
+    use crate::wounds::{clinician_and_patient, heel, measured_scan, new_wound};
+    let app = spawn_app().await;
+    let (clin, patient, pid) = clinician_and_patient(&app).await;
+    let h = new_wound(&app, &clin, pid, heel()).await;
+    let s = new_wound(
+        &app,
+        &clin,
+        pid,
+        json!({"site_display": "Sacrum", "aetiology": "pressure", "stage": "3", "status": "healed", "status_date": "2026-01-05"}),
+    )
+    .await;
+    let (hid, sid) = (h["id"].as_str().unwrap().to_string(), s["id"].as_str().unwrap().to_string());
+    let (_, hm) = measured_scan(&app, &clin, pid, &hid, 14, 400.0, 12.0).await;
+    let (_, sm) = measured_scan(&app, &clin, pid, &sid, 7, 100.0, 5.0).await;
+    let mut emitted = vec![];
+
+    let (st, c) = fhir_get(&app, Some(&clin), &format!("/fhir/Condition/{hid}")).await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["resourceType"], "Condition");
+    assert_eq!(c["id"], hid.as_str());
+    assert_eq!(c["subject"]["reference"], format!("Patient/{pid}"));
+    assert_eq!(c["recorder"]["reference"], format!("Practitioner/{}", clin.id));
+    assert_eq!(c["clinicalStatus"]["coding"][0]["code"], "active");
+    assert_eq!(c["verificationStatus"]["coding"][0]["code"], "confirmed");
+    assert_eq!(c["category"][0]["coding"][0]["code"], "problem-list-item");
+    assert_eq!(c["code"]["coding"][0]["code"], "280137006", "diabetic foot ulcer: {c}");
+    assert_eq!(c["onsetDateTime"], "2026-01-02");
+    let site = &c["bodySite"][0];
+    assert_eq!(
+        (site["coding"][0]["system"].as_str(), site["coding"][0]["code"].as_str()),
+        (Some("http://snomed.info/sct"), Some("116315002"))
+    );
+    assert_eq!(site["text"], "Heel");
+    let lat = site["extension"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["url"] == coherency::http::fhir::wounds::LATERALITY_EXTENSION)
+        .unwrap();
+    assert_eq!(lat["valueCodeableConcept"]["coding"][0]["code"], "7771000", "left: {c}");
+    assert_eq!(c["stage"][0]["summary"]["text"], "Wagner grade 2");
+    assert!(c.get("abatementDateTime").is_none());
+    emitted.push(c);
+    let (st, c) = fhir_get(&app, Some(&clin), &format!("/fhir/Condition/{sid}")).await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["clinicalStatus"]["coding"][0]["code"], "resolved");
+    assert_eq!(c["abatementDateTime"], "2026-01-05");
+    assert_eq!(c["code"]["coding"][0]["code"], "399912005");
+    assert!(c["bodySite"][0].get("extension").is_none(), "no laterality when unspecified: {c}");
+    emitted.push(c);
+
+    // The patient's Condition search and $everything hold both wounds.
+    let (st, b) = fhir_get(&app, Some(&clin), &format!("/fhir/Condition?patient={pid}")).await;
+    assert_eq!((st, b["total"].as_u64()), (200, Some(2)), "{b}");
+    emitted.push(b);
+    let (st, e) = fhir_get(&app, Some(&patient), &format!("/fhir/Patient/{pid}/$everything")).await;
+    assert_eq!(st, 200, "{e}");
+    let ids: Vec<&str> = e["entry"].as_array().unwrap().iter().map(|x| x["resource"]["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&hid.as_str()) && ids.contains(&sid.as_str()), "{ids:?}");
+    emitted.push(e);
+
+    // Each wound size panel points at its own wound, never the other.
+    let (st, b) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation?patient={pid}")).await;
+    assert_eq!((st, b["total"].as_u64()), (200, Some(2)), "{b}");
+    for entry in b["entry"].as_array().unwrap() {
+        let o = &entry["resource"];
+        let want = if o["id"] == hm.to_string() { &hid } else { &sid };
+        assert_eq!(o["focus"], json!([{"reference": format!("Condition/{want}")}]), "{o}");
+    }
+    emitted.push(b);
+    for (focus, want) in [(format!("Condition/{hid}"), hm), (sid.clone(), sm)] {
+        let (st, b) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation?patient={pid}&focus={focus}")).await;
+        assert_eq!((st, b["total"].as_u64()), (200, Some(1)), "{focus}: {b}");
+        assert_eq!(b["entry"][0]["resource"]["id"], want.to_string());
+        emitted.push(b);
+    }
+    let (st, o) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation?patient={pid}&focus=Patient/{pid}")).await;
+    assert_eq!((st, o["issue"][0]["expression"][0].as_str()), (400, Some("focus")), "{o}");
+    emitted.push(o);
+    let (st, o) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation/{sm}")).await;
+    assert_eq!(st, 200, "{o}");
+    assert_eq!(o["focus"][0]["reference"], format!("Condition/{sid}"));
+    assert_eq!(o["bodySite"]["text"], "Sacrum");
+    emitted.push(o);
+    let (st, o) = fhir_get(&app, Some(&clin), &format!("/fhir/Observation/{hm}")).await;
+    assert_eq!(st, 200, "{o}");
+    assert_eq!(o["bodySite"]["coding"][0]["code"], "116315002");
+    emitted.push(o);
+
+    // Access as for the patient record: another patient and a clinician outside the care team
+    // get a 404 OperationOutcome, audited as a refusal.
+    let other = app.patient().await;
+    let outsider = app.staff(Role::Clinician, true).await;
+    for who in [&other, &outsider] {
+        let (st, o) = fhir_get(&app, Some(who), &format!("/fhir/Condition/{hid}")).await;
+        assert_eq!((st, o["resourceType"].as_str()), (404, Some("OperationOutcome")), "{o}");
+        emitted.push(o);
+    }
+    let (st, o) = fhir_get(&app, Some(&clin), &format!("/fhir/Condition/{}", uuid::Uuid::new_v4())).await;
+    assert_eq!(st, 404, "{o}");
+    let (st, _) = fhir_get(&app, None, &format!("/fhir/Condition/{hid}")).await;
+    assert_eq!(st, 401);
+    validate(&emitted);
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT outcome, details FROM audit_log WHERE action = 'fhir.condition.read' ORDER BY id")
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
+    let outcomes: Vec<&str> = rows.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "success").count(), 2, "{rows:?}");
+    assert!(outcomes.iter().filter(|o| **o != "success").count() >= 2, "refusals audited: {rows:?}");
+    assert!(rows.iter().all(|(_, d)| !d.contains("Heel")), "no site text in audit details");
+}

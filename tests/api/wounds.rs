@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::helpers::{spawn_app, TestApp, User};
 
 /// A clinician, and a patient with a login on their care team with scan consent on file.
-async fn clinician_and_patient(app: &TestApp) -> (User, User, Uuid) {
+pub(crate) async fn clinician_and_patient(app: &TestApp) -> (User, User, Uuid) {
     let admin = app.staff(Role::Admin, true).await;
     let clin = app.staff(Role::Clinician, true).await;
     let patient = app.patient().await;
@@ -22,13 +22,13 @@ async fn clinician_and_patient(app: &TestApp) -> (User, User, Uuid) {
     (clin, patient, pid)
 }
 
-async fn new_wound(app: &TestApp, clin: &User, pid: Uuid, body: Value) -> Value {
+pub(crate) async fn new_wound(app: &TestApp, clin: &User, pid: Uuid, body: Value) -> Value {
     let res = app.post_auth(&format!("/v1/patients/{pid}/wounds"), &clin.token, &body).await;
     assert_eq!(res.status(), 201, "create wound: {}", res.text().await.unwrap_or_default());
     res.json().await.unwrap()
 }
 
-fn heel() -> Value {
+pub(crate) fn heel() -> Value {
     json!({"site_code": "116315002", "site_display": "Heel", "laterality": "left", "aetiology": "diabetic_foot",
            "stage": "2", "body_map": {"x": 0.4, "y": 0.97}, "onset_date": "2026-01-02"})
 }
@@ -46,7 +46,7 @@ async fn patch(app: &TestApp, token: &str, path: &str, if_match: Option<&str>, b
 }
 
 /// A scan of the wound taken `days_ago`, with an automatic measurement of `area ± pm` mm².
-async fn measured_scan(
+pub(crate) async fn measured_scan(
     app: &TestApp,
     clin: &User,
     pid: Uuid,

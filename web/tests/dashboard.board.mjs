@@ -60,6 +60,8 @@ try {
   await a.keyboard.press('Enter');
   await a.waitForSelector('#conn.live', { timeout: 15000 });
   check(await a.isVisible(`[data-testid="scans-${P.first_scan}"]`), 'the completed scan is on alice\'s board');
+  const wound = await a.locator(`[data-testid="scans-${P.first_scan}"] [data-testid="wound"]`).textContent({ timeout: 5000 });
+  check(wound === 'left heel · wound', `the board's scan row names the wound and its site (${wound})`);
 
   // A second board for Alice (phone-sized) that will lose its socket, and Bob's board.
   const b = await page({ width: 390, height: 844 }, P.alice.token);
@@ -160,6 +162,8 @@ try {
   check(points === 2, `the area chart has one point per completed scan (${points})`);
   const hrefs = await a.locator('[data-testid="chart-volume_mm3"] [data-testid="history-point"]').evaluateAll((els) => els.map((e) => e.getAttribute('href')));
   check(hrefs.includes(`#/scan/${P.first_scan}`) && hrefs.includes(`#/scan/${scan}`), 'each point links to its scan');
+  const listed = await a.locator('ul.items li a').allTextContents();
+  check(listed.length === 2 && listed.every((t) => t.endsWith(' · left heel · wound')), `the scan list names each scan's wound (${listed})`);
   await a.screenshot({ path: join(P.artifacts, 'dashboard-history.png') });
   say('DONE');
   await browser.close();

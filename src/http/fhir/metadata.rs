@@ -22,6 +22,7 @@ const PARAM_TYPES: &[(&str, &str)] = &[
     ("start", "date"),
     ("date", "date"),
     ("code", "token"),
+    ("focus", "reference"),
 ];
 
 /// The canonical definitions of the operations served.

@@ -1,7 +1,8 @@
 //! FHIR R4 (4.0.1) read and search over patient records, as `application/fhir+json`:
 //! `Patient` (read, search by `name`, `birthdate`, `identifier`, `_count`), the patient's
 //! `AllergyIntolerance`, `MedicationStatement`, `Condition`, `Coverage`, `RelatedPerson` and
-//! `CareTeam`, and `Patient/{id}/$everything` (the right-of-access export). The same access
+//! `CareTeam`, the patient's wounds as `Condition`s (`wounds`), and `Patient/{id}/$everything`
+//! (the right-of-access export). The same access
 //! rules and audit rows as `/v1/patients`; errors are `OperationOutcome` resources.
 
 use actix_web::http::header;
@@ -22,6 +23,7 @@ use crate::http::patients::{self, Patient, Scope, SearchParams};
 use crate::state::AppState;
 
 pub mod metadata;
+pub mod wounds;
 
 pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 
@@ -504,6 +506,9 @@ async fn by_patient(
                     resources.push(r);
                 }
             }
+            if k == Kind::Condition {
+                resources.extend(wounds::of_patient(state, pid).await?);
+            }
         }
         None => {
             let team = entries::care_team_of(&state.stores.pg, pid).await?;
@@ -563,6 +568,7 @@ pub async fn everything(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
                     }
                 }
             }
+            resources.extend(wounds::of_patient(&state, id).await?);
             let team = entries::care_team_of(&state.stores.pg, id).await?;
             resources.push(("CareTeam", care_team_resource(id, &team)));
             let ids: Vec<String> =
@@ -594,6 +600,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/fhir/AllergyIntolerance").route(web::get().to(allergies)))
         .service(resource("/fhir/MedicationStatement").route(web::get().to(medications)))
         .service(resource("/fhir/Condition").route(web::get().to(conditions)))
+        .service(resource("/fhir/Condition/{id}").route(web::get().to(wounds::read_wound_condition)))
         .service(resource("/fhir/Coverage").route(web::get().to(coverages)))
         .service(resource("/fhir/RelatedPerson").route(web::get().to(related_persons)))
         .service(resource("/fhir/CareTeam").route(web::get().to(care_teams)));

@@ -3,7 +3,8 @@
 //! as a `DocumentReference` (id = the scan's id) that each `Observation` is `derivedFrom`;
 //! its attachments point at `GET /v1/scans/{id}/mesh`, which serves the mesh itself. The
 //! same object-level access rules and audit rows as `/v1/scans/{id}/measurements`; errors
-//! are `OperationOutcome`s. Mapping decisions are in `docs/fhir.md`.
+//! are `OperationOutcome`s. A measurement of a wound's scan names the wound's `Condition` in
+//! `focus` and carries its body site. Mapping decisions are in `docs/fhir.md`.
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -17,9 +18,11 @@ use uuid::Uuid;
 use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Permission, Principal, Require};
 use crate::error::ApiError;
+use crate::http::fhir::wounds::body_site;
 use crate::http::fhir::{base, bundle, ok, principal, prune, reference, respond};
-use crate::http::input::{invalid, FhirDateParam, Line, PatientRef};
+use crate::http::input::{invalid, ConditionRef, FhirDateParam, Line, PatientRef};
 use crate::http::patients::path_id;
+use crate::services::wounds::Laterality;
 use crate::state::AppState;
 use crate::store::measurements::{list as list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 
@@ -43,6 +46,16 @@ struct Observed {
     patient_id: Uuid,
     /// When the capture ended (the stream finished), else when the scan was created.
     effective: DateTime<Utc>,
+    wound: Option<WoundSite>,
+}
+
+/// The wound a measured scan belongs to, as its `Observation` names it.
+#[derive(Clone)]
+struct WoundSite {
+    id: Uuid,
+    site_code: Option<String>,
+    site_display: String,
+    laterality: Laterality,
 }
 
 /// One panel component: LOINC code, text, the value converted from mm-based units.
@@ -90,6 +103,8 @@ fn observation_resource(o: &Observed) -> Value {
         "effectiveDateTime": instant(o.effective),
         "issued": instant(m.created_at),
         "performer": performer.into_iter().collect::<Vec<_>>(),
+        "focus": o.wound.as_ref().map(|w| vec![reference("Condition", w.id)]),
+        "bodySite": o.wound.as_ref().map(|w| body_site(w.site_code.as_deref(), &w.site_display, w.laterality, None)),
         "note": [{"text": note}],
         "method": {"text": method},
         "derivedFrom": m.mesh.as_ref().map(|_| vec![reference("DocumentReference", m.scan_id)]),
@@ -139,6 +154,10 @@ struct ObservedRow {
     scan_id: Uuid,
     patient_id: Uuid,
     effective: DateTime<Utc>,
+    wound_id: Option<Uuid>,
+    site_code: Option<String>,
+    site_display: Option<String>,
+    laterality: Option<String>,
 }
 
 /// Loads the rows with their full records.
@@ -152,7 +171,13 @@ async fn observed(state: &AppState, rows: Vec<ObservedRow>) -> Result<Vec<Observ
         }
         let rec = cache.iter().find(|(s, _)| *s == scan_id).and_then(|(_, l)| l.iter().find(|m| m.id == id));
         if let Some(rec) = rec {
-            out.push(Observed { rec: rec.clone(), patient_id: r.patient_id, effective: r.effective });
+            let wound = r.wound_id.map(|id| WoundSite {
+                id,
+                site_code: r.site_code.clone(),
+                site_display: r.site_display.clone().unwrap_or_default(),
+                laterality: r.laterality.as_deref().map_or(Laterality::Unspecified, Laterality::parse),
+            });
+            out.push(Observed { rec: rec.clone(), patient_id: r.patient_id, effective: r.effective, wound });
         }
     }
     Ok(out)
@@ -213,6 +238,9 @@ pub struct ObservationSearch {
     /// `72287-6` or `http://loinc.org|72287-6` (the only code served; any other finds nothing).
     #[param(inline)]
     pub code: Option<ObservationCode>,
+    /// The wound: `Condition/{id}` or the id (its measurements only).
+    #[param(inline)]
+    pub focus: Option<ConditionRef>,
 }
 
 /// A `code` search value: any one line up to 256 characters.
@@ -231,8 +259,11 @@ pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> H
             let id = path_id(&req, "id")?;
             let rows = sqlx::query_as!(
                 ObservedRow,
-                r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!"
+                r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!",
+                          w.id AS "wound_id?", w.site_code AS "site_code?", w.site_display AS "site_display?",
+                          w.laterality AS "laterality?"
                      FROM scan_measurements m JOIN scans s ON s.id = m.scan_id
+                     LEFT JOIN wounds w ON w.id = s.wound_id
                     WHERE m.id = $1"#,
                 id
             )
@@ -274,6 +305,7 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     let mut patient = None;
     let mut dates = vec![];
     let mut other_code = false;
+    let mut focus = None;
     for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
             "patient" | "subject" if patient.is_none() => {
@@ -283,6 +315,9 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
                 let bad = |why| invalid("date", why);
                 let v = FhirDateParam::new(v.as_ref()).map_err(bad)?;
                 dates.push(parse_date(&v).ok_or_else(|| bad(FhirDateParam::RULE))?)
+            }
+            "focus" if focus.is_none() => {
+                focus = Some(ConditionRef::new(v.as_ref()).map_err(|why| invalid("focus", why))?.id())
             }
             "code" => {
                 ObservationCode::new(v.as_ref()).map_err(|why| invalid("code", why))?;
@@ -310,15 +345,20 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     } else {
         sqlx::query_as!(
             ObservedRow,
-            r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!"
+            r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!",
+                      w.id AS "wound_id?", w.site_code AS "site_code?", w.site_display AS "site_display?",
+                      w.laterality AS "laterality?"
                  FROM scan_measurements m JOIN scans s ON s.id = m.scan_id
+                 LEFT JOIN wounds w ON w.id = s.wound_id
                 WHERE s.patient_id = $1
                   AND ($2::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) >= $2)
                   AND ($3::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) < $3)
+                  AND ($4::uuid IS NULL OR s.wound_id = $4)
                 ORDER BY COALESCE(s.finished_at, s.created_at) DESC, m.created_at, m.id"#,
             pid,
             from,
-            to
+            to,
+            focus
         )
         .fetch_all(&state.stores.pg)
         .await?

@@ -155,6 +155,9 @@ const fmtDay = (ms) => new Date(ms).toLocaleDateString([], { weekday: 'short', d
 const since = (ms) => { const m = Math.max(0, Math.round((Date.now() - ms) / 60000)); return m < 60 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`; };
 const pm = (v, unit, digits = 1) => (v ? `${v.value.toFixed(digits)} ± ${v.uncertainty.toFixed(digits)} ${unit}` : '—');
 const who = (i) => i.patient_name || `patient ${String(i.patient_id || '').slice(0, 8)}`;
+const AETIOLOGY = { pressure: 'pressure injury', diabetic_foot: 'diabetic foot ulcer', venous: 'venous ulcer', arterial: 'arterial ulcer', surgical: 'surgical wound', trauma: 'traumatic wound', burn: 'burn', other: 'wound' };
+// A wound as the board and the history name it: its site and what it is (`Left heel · diabetic foot ulcer`).
+const woundName = (w) => `${w.site || w.site_display} · ${AETIOLOGY[w.aetiology] || 'wound'}`;
 
 function patientLink(i) {
   return i.patient_id && auth.user?.role !== 'patient'
@@ -191,7 +194,9 @@ function renderItem(board, i) {
         right.append(' ', el('span', { class: 'muted', text: 'no automatic measurement' }));
       }
     }
-    li.append(el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` })), right);
+    const link = el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` }));
+    if (i.wound) link.append(' ', el('span', { class: 'muted', 'data-testid': 'wound', text: woundName(i.wound) }));
+    li.append(link, right);
   } else {
     const end = i.data?.end_ms;
     li.append(el('span', {}, el('time', { text: `${fmtDay(i.since_ms)} ${fmtTime(i.since_ms)}${end ? `–${fmtTime(end)}` : ''}` }), ' ', patientLink(i)),
@@ -418,6 +423,8 @@ async function patientPage(id) {
   $main().replaceChildren(el('h2', { text: 'Measurement history' }), el('p', { text: 'Loading…' }));
   try {
     const { scans } = await api(`/v1/patients/${id}/scans?limit=200`);
+    const { wounds } = await api(`/v1/patients/${id}/wounds`).catch(() => ({ wounds: [] }));
+    const woundOf = new Map(wounds.map((w) => [w.id, w]));
     const done = scans.filter((s) => s.status === 'complete');
     const points = [];
     for (const s of done) {
@@ -429,7 +436,7 @@ async function patientPage(id) {
     const body = points.length
       ? SERIES.map(([k, t]) => el('section', { class: 'card' }, chart(points, k, t)))
       : [el('p', { class: 'empty', text: 'No measured scans yet.' })];
-    const list = el('ul', { class: 'items' }, ...scans.map((s) => el('li', {}, el('a', { href: `#/scan/${s.id}`, text: `${new Date(s.created_at).toLocaleString()} · ${s.body_site}` }), el('span', { class: `badge ${s.status}`, text: s.status }))));
+    const list = el('ul', { class: 'items' }, ...scans.map((s) => el('li', {}, el('a', { href: `#/scan/${s.id}`, text: `${new Date(s.created_at).toLocaleString()} · ${woundOf.has(s.wound_id) ? woundName(woundOf.get(s.wound_id)) : s.body_site}` }), el('span', { class: `badge ${s.status}`, text: s.status }))));
     $main().replaceChildren(el('h2', { text: 'Measurement history' }), el('div', { 'data-testid': 'history', 'data-points': String(points.length) }, ...body), el('section', { class: 'card' }, el('h3', { text: 'Scans' }), list));
   } catch (e) {
     $main().replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the history: ${e.message}` }));
