@@ -75,7 +75,7 @@ fn fill(path: &str, ids: &Ids, owner_user: &str) -> String {
     } else if path.starts_with("/fhir/Observation/") {
         // A measurement's id; the scan of the fixture has none yet, so any id is unseen.
         id(&ids.scans)
-    } else if path.starts_with("/v1/wounds/") {
+    } else if path.starts_with("/v1/wounds/") || path.starts_with("/fhir/Condition/") {
         id(&ids.wounds)
     } else if path.starts_with("/v1/consults/") {
         id(&ids.consults)
