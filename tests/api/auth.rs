@@ -70,10 +70,11 @@ async fn unknown_email_and_wrong_password_are_indistinguishable() {
         assert_eq!(sa, sb);
         assert_eq!(ba, bb);
     }
-    unknown.sort();
-    wrong.sort();
-    let (mu, mw) = (unknown[2].as_secs_f64(), wrong[2].as_secs_f64());
-    assert!(mu / mw > 0.5 && mu / mw < 2.0, "median unknown {mu:.3}s vs wrong {mw:.3}s");
+    // The fastest of each: the work the server does is the floor, and a loaded machine
+    // (tests run side by side) only ever adds to it, unevenly between the two kinds.
+    let fastest = |v: &[std::time::Duration]| v.iter().min().map_or(0.0, std::time::Duration::as_secs_f64);
+    let (mu, mw) = (fastest(&unknown), fastest(&wrong));
+    assert!(mu / mw > 0.5 && mu / mw < 2.0, "fastest unknown {mu:.3}s vs wrong {mw:.3}s");
 }
 
 #[actix_web::test]
