@@ -873,10 +873,10 @@ fn measure_outline(
     // The longest chord picks the outline's extremes: on a fitted rim, sector-to-sector
     // scatter makes bumps it would measure, so length and width are taken on the rim
     // smoothed as the roughness figure smooths it. A drawn outline is the definition.
+    let smooth = taubin(outline, 30);
     let (length, width) = if method == OutlineMethod::Automatic {
-        let smooth: Vec<Vec3> =
-            taubin(outline, 30).iter().map(|q| f.world(q[0], q[1], skin.eval(q[0], q[1]))).collect();
-        length_width(&smooth, normal)
+        let smooth3: Vec<Vec3> = smooth.iter().map(|q| f.world(q[0], q[1], skin.eval(q[0], q[1]))).collect();
+        length_width(&smooth3, normal)
     } else {
         length_width(&outline3, normal)
     };
@@ -973,12 +973,13 @@ fn measure_outline(
         voxel: vs,
         missing_fraction: p.missing_fraction,
         bottom_fill,
-        roughness: {
-            let smooth = taubin(outline, 30);
-            (outline.iter().zip(&smooth).map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sum::<f64>()
-                / outline.len() as f64)
-                .sqrt()
-        },
+        roughness: (outline
+            .iter()
+            .zip(&smooth)
+            .map(|(a, b)| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2))
+            .sum::<f64>()
+            / outline.len() as f64)
+            .sqrt(),
     };
     let hw = uncertainty::half_widths(boundary, &figures, cfg.coverage_factor);
     let to_mm = 1e3;

@@ -418,12 +418,17 @@ const STEEP_WALL_WD: (f64, f64) = (0.75, 1.0);
 /// on 60–75° walls). The profile cannot tell the two apart, so the rim is stated as
 /// lying anywhere in that width: one third of the blur, so the coverage factor spans it.
 pub(super) fn steep_wall_sd(w_mm: f64, depth_mm: f64, sigma_mm: f64) -> f64 {
+    steepness(w_mm, depth_mm) * sigma_mm / 3.0
+}
+
+/// How far a fitted wall of width `w_mm` and depth `depth_mm` reads as steeper than the
+/// views resolve: 1 up to [`STEEP_WALL_WD`]`.0` of `w/D`, fading to 0 at `.1` (0 without depth).
+fn steepness(w_mm: f64, depth_mm: f64) -> f64 {
     if depth_mm <= 0.0 {
         return 0.0;
     }
     let (a, b) = STEEP_WALL_WD;
-    let fade = ((b - w_mm / depth_mm) / (b - a)).clamp(0.0, 1.0);
-    fade * sigma_mm / 3.0
+    ((b - w_mm / depth_mm) / (b - a)).clamp(0.0, 1.0)
 }
 
 /// Wall area per unit of outline a steep-looking wall may hide (mm): a vertical wall of
@@ -434,13 +439,8 @@ pub(super) fn steep_wall_sd(w_mm: f64, depth_mm: f64, sigma_mm: f64) -> f64 {
 /// ramp and its blur together (a step blurred by
 /// `σ` spans about `√12·σ`, as wide as a ramp of the same variance).
 pub(super) fn hidden_wall_area(w_mm: f64, depth_mm: f64, sigma_mm: f64) -> f64 {
-    if depth_mm <= 0.0 {
-        return 0.0;
-    }
-    let (a, b) = STEEP_WALL_WD;
-    let fade = ((b - w_mm / depth_mm) / (b - a)).clamp(0.0, 1.0);
     let w = w_mm.hypot(12f64.sqrt() * sigma_mm);
-    fade * (depth_mm + w - depth_mm.hypot(w))
+    steepness(w_mm, depth_mm) * (depth_mm + w - depth_mm.hypot(w))
 }
 
 impl RimFit {
