@@ -153,20 +153,12 @@ impl NewWound {
 /// stage it keeps).
 pub fn apply(current: &Wound, patch: WoundPatch, by: Uuid, now: DateTime<Utc>) -> Result<WoundFields, WoundError> {
     fn required<T>(v: Patch<T>, field: &'static str) -> Result<Option<T>, WoundError> {
-        match v {
-            Patch::Absent => Ok(None),
-            Patch::Null => Err(invalid(field, format!("`{field}` cannot be cleared"))),
-            Patch::Value(v) => Ok(Some(v)),
-        }
+        v.required(|| invalid(field, format!("`{field}` cannot be cleared")))
     }
     let today = now.date_naive();
     let mut f = current.fields();
     let mut aetiology = current.aetiology;
-    match patch.site_code {
-        Patch::Absent => {}
-        Patch::Null => f.site_code = None,
-        Patch::Value(c) => f.site_code = Some(c.into_inner()),
-    }
+    patch.site_code.apply(&mut f.site_code, |c| Some(c.into_inner()));
     if let Some(d) = required(patch.site_display, "site_display")? {
         f.site_display = d.into_inner();
     }
@@ -175,28 +167,16 @@ pub fn apply(current: &Wound, patch: WoundPatch, by: Uuid, now: DateTime<Utc>) -
         Patch::Null => f.laterality = Laterality::Unspecified.as_str().into(),
         Patch::Value(l) => f.laterality = l.as_str().into(),
     }
-    match patch.body_map {
-        Patch::Absent => {}
-        Patch::Null => f.body_map = None,
-        Patch::Value(p) => {
-            check_body_map(&p)?;
-            f.body_map = Some((p.x, p.y));
-        }
-    }
+    patch.body_map.try_apply(&mut f.body_map, |p| -> Result<_, WoundError> {
+        check_body_map(&p)?;
+        Ok(Some((p.x, p.y)))
+    })?;
     if let Some(a) = required(patch.aetiology, "aetiology")? {
         aetiology = a;
         f.aetiology = a.as_str().into();
     }
-    match patch.onset_date {
-        Patch::Absent => {}
-        Patch::Null => f.onset_date = None,
-        Patch::Value(d) => f.onset_date = Some(not_future(d, today, "onset_date")?),
-    }
-    match patch.stage {
-        Patch::Absent => {}
-        Patch::Null => f.stage = None,
-        Patch::Value(s) => f.stage = Some(s),
-    }
+    patch.onset_date.try_apply(&mut f.onset_date, |d| not_future(d, today, "onset_date").map(Some))?;
+    patch.stage.apply(&mut f.stage, Some);
     check_stage(aetiology, f.stage.as_deref())?;
     let status_date =
         required(patch.status_date, "status_date")?.map(|d| not_future(d, today, "status_date")).transpose()?;

@@ -205,6 +205,33 @@ impl<T> Patch<T> {
     pub fn is_set(&self) -> bool {
         !matches!(self, Patch::Absent)
     }
+
+    /// A field that cannot be cleared: the new value, `None` when absent, and `null` refused
+    /// with `cleared()`.
+    pub fn required<E>(self, cleared: impl FnOnce() -> E) -> Result<Option<T>, E> {
+        match self {
+            Patch::Absent => Ok(None),
+            Patch::Null => Err(cleared()),
+            Patch::Value(v) => Ok(Some(v)),
+        }
+    }
+
+    /// An optional field: absent keeps `slot`, `null` clears it, a value is turned by `f`
+    /// into what `slot` holds.
+    pub fn apply<U>(self, slot: &mut Option<U>, f: impl FnOnce(T) -> Option<U>) {
+        let never: Result<(), std::convert::Infallible> = self.try_apply(slot, |v| Ok(f(v)));
+        let Ok(()) = never;
+    }
+
+    /// [`Self::apply`] with a check that may refuse the value.
+    pub fn try_apply<U, E>(self, slot: &mut Option<U>, f: impl FnOnce(T) -> Result<Option<U>, E>) -> Result<(), E> {
+        match self {
+            Patch::Absent => {}
+            Patch::Null => *slot = None,
+            Patch::Value(v) => *slot = f(v)?,
+        }
+        Ok(())
+    }
 }
 
 /// A person's name part, a display name or a contact's name.

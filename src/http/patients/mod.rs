@@ -417,23 +417,7 @@ impl Profile {
     /// Applies a validated patch; `null` on a required field is refused naming it.
     fn apply(&mut self, p: UpdatePatient, today: NaiveDate) -> Result<(), ApiError> {
         fn required<T>(v: Patch<T>, field: &str) -> Result<Option<T>, ApiError> {
-            match v {
-                Patch::Absent => Ok(None),
-                Patch::Null => Err(ApiError::field(Code::InvalidField, field, format!("`{field}` cannot be cleared"))),
-                Patch::Value(v) => Ok(Some(v)),
-            }
-        }
-        fn optional<T, U>(
-            slot: &mut Option<U>,
-            v: Patch<T>,
-            f: impl FnOnce(T) -> Result<Option<U>, ApiError>,
-        ) -> Result<(), ApiError> {
-            match v {
-                Patch::Absent => {}
-                Patch::Null => *slot = None,
-                Patch::Value(v) => *slot = f(v)?,
-            }
-            Ok(())
+            v.required(|| ApiError::field(Code::InvalidField, field, format!("`{field}` cannot be cleared")))
         }
         if let Some(v) = required(p.given_name, "given_name")? {
             self.given_name = v.into_inner();
@@ -449,17 +433,17 @@ impl Profile {
             Patch::Null => self.sex = Sex::Unknown,
             Patch::Value(s) => self.sex = s,
         }
-        optional(&mut self.middle_name, p.middle_name, |s| Ok(Some(s.into_inner())))?;
-        optional(&mut self.prefix, p.prefix, |s| Ok(Some(s.into_inner())))?;
-        optional(&mut self.suffix, p.suffix, |s| Ok(Some(s.into_inner())))?;
-        optional(&mut self.gender_identity, p.gender_identity, |s| Ok(s.non_empty()))?;
-        optional(&mut self.preferred_language, p.preferred_language, |s| Ok(Some(s.into_inner())))?;
-        optional(&mut self.phone, p.phone, |s| Ok(Some(phone(s))))?;
-        optional(&mut self.email, p.email, |s| Ok(Some(s.normalise().into_inner())))?;
-        optional(&mut self.address, p.address, |a| Ok(Some(address(a))))?;
-        optional(&mut self.mrn, p.mrn, |s| Ok(Some(s.into_inner())))?;
-        optional(&mut self.national_id, p.national_id, |s| Ok(Some(s.trim().to_string())))?;
-        optional(&mut self.notes, p.notes, |s| Ok(s.non_empty()))?;
+        p.middle_name.apply(&mut self.middle_name, |s| Some(s.into_inner()));
+        p.prefix.apply(&mut self.prefix, |s| Some(s.into_inner()));
+        p.suffix.apply(&mut self.suffix, |s| Some(s.into_inner()));
+        p.gender_identity.apply(&mut self.gender_identity, |s| s.non_empty());
+        p.preferred_language.apply(&mut self.preferred_language, |s| Some(s.into_inner()));
+        p.phone.apply(&mut self.phone, |s| Some(phone(s)));
+        p.email.apply(&mut self.email, |s| Some(s.normalise().into_inner()));
+        p.address.apply(&mut self.address, |a| Some(address(a)));
+        p.mrn.apply(&mut self.mrn, |s| Some(s.into_inner()));
+        p.national_id.apply(&mut self.national_id, |s| Some(s.trim().to_string()));
+        p.notes.apply(&mut self.notes, |s| s.non_empty());
         Ok(())
     }
 }
