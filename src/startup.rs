@@ -230,6 +230,10 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         scans,
         field_key,
         sockets,
+        // One report per core: each takes a core for ~100 ms (docs/performance.md).
+        reports: crate::services::wound_report::Reports::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ),
     }))
 }
 

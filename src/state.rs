@@ -54,6 +54,8 @@ pub struct AppState {
     /// This node in the deployment: its bus, leases, rooms, capture sessions and relayed
     /// sockets (`crate::cluster`).
     pub cluster: Arc<crate::cluster::Node>,
+    /// Typesets reports (the wound report's PDF), a bounded number at once.
+    pub reports: crate::services::wound_report::Reports,
 }
 
 /// Draining and shutdown signals.

@@ -88,6 +88,7 @@ use utoipa::OpenApi;
         crate::http::wounds::assessments,
         crate::http::wounds::mark,
         crate::http::wounds::trajectory,
+        crate::http::wounds::report,
         crate::http::measurements::list,
         crate::http::measurements::remeasure,
         crate::http::measurements::fhir::mesh,

@@ -22,6 +22,7 @@ use crate::error::ApiError;
 use crate::http::input::{Day, EntityTag, Int, Line, Patch, SnomedCode, Text};
 use crate::http::patients::{etag, if_match, path_id};
 use crate::services::healing::{self, Assessment, AssessmentRole, HealingMetrics, Settings};
+use crate::services::wound_report::{self, PatientLine, ReportAssessment};
 use crate::services::wounds::{
     check_stage, invalid, Aetiology, BodyMapPoint, Laterality, StatusChange, Wound, WoundError, WoundStatus,
 };
@@ -434,10 +435,12 @@ async fn assess(state: &AppState, wound: &Wound) -> Result<(Vec<AssessmentView>,
         .collect();
     let settings = Settings { on_track_reduction_pct: state.config.healing_on_track_reduction_pct };
     let (per_point, metrics) = healing::compute(&points, wound.baseline_assessment_id, settings);
+    let by_id: std::collections::HashMap<Uuid, &store::AssessmentRow> =
+        rows.iter().map(|r| (r.measurement_id, r)).collect();
     let views = per_point
         .into_iter()
         .filter_map(|m| {
-            let r = rows.iter().find(|r| r.measurement_id == m.id)?;
+            let r = *by_id.get(&m.id)?;
             Some(AssessmentView {
                 id: r.measurement_id,
                 scan_id: r.scan_id,
@@ -611,6 +614,89 @@ pub async fn mark(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// `GET /v1/wounds/{id}/report.pdf`
+#[utoipa::path(get, path = "/v1/wounds/{id}/report.pdf", tag = "wounds", security(("bearer" = ["patients:read"])),
+    params(("id" = Uuid, Path)),
+    responses((status = 200, description = "the wound report (patient, wound, verdict and projection, chart, latest mesh, every assessment); audited as an export",
+                content((Vec<u8> = "application/pdf"))),
+              (status = 404, description = "no such wound, or not yours to see"),
+              (status = 503, description = "unavailable: reports are being generated for others; `Retry-After`")))]
+#[tracing::instrument(skip_all)]
+pub async fn report(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::PatientsRead>,
+) -> Result<HttpResponse, ApiError> {
+    let wound = visible(&state, &req, &who, "wound.report.export").await?;
+    let (views, metrics) = assess(&state, &wound).await?;
+    let patient = crate::http::patients::load(&state, wound.patient_id).await?.ok_or_else(ApiError::not_found)?;
+    let name = [
+        patient.prefix.as_deref(),
+        Some(patient.given_name.as_str()),
+        patient.middle_name.as_deref(),
+        Some(patient.family_name.as_str()),
+        patient.suffix.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|p| !p.is_empty())
+    .collect::<Vec<_>>()
+    .join(" ");
+    // The mesh of the newest counted assessment's scan (else the newest of any) that has one.
+    let mut newest: Vec<&AssessmentView> = views.iter().collect();
+    newest.sort_by_key(|v| (matches!(v.role, AssessmentRole::Baseline | AssessmentRole::Used), v.taken_at));
+    let mut mesh = None;
+    for v in newest.iter().rev() {
+        if let Some(keys) = crate::store::reconstruction::mesh_keys(&state.stores.pg, v.scan_id).await? {
+            let glb = state.stores.blobs.get(&keys.glb_key).await.map_err(ApiError::internal)?;
+            mesh = Some((glb.to_vec(), v.taken_at));
+            break;
+        }
+    }
+    let assessments: Vec<ReportAssessment> = views
+        .iter()
+        .map(|v| ReportAssessment {
+            taken_at: v.taken_at,
+            clinician: v.method == "polygon",
+            area_mm2: v.area_mm2,
+            volume_mm3: v.volume_mm3,
+            max_depth_mm: v.max_depth_mm,
+            role: v.role,
+            days_since_baseline: v.days_since_baseline,
+            area_reduction_from_baseline_pct: v.area_reduction_from_baseline_pct,
+            exclusion: v.exclusion.as_ref().map(|e| e.reason.clone()),
+        })
+        .collect();
+    let who_line = PatientLine {
+        name,
+        birth_date: Some(patient.birth_date),
+        sex: Some(patient.sex.as_str().to_string()),
+        mrn: patient.mrn.clone(),
+    };
+    let content = wound_report::compose(state.clock.now(), &who_line, &wound, &assessments, &metrics, mesh);
+    let rendered = state.reports.render(content).await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("wound.report.export", "success").target("wound", wound.id).details(serde_json::json!({
+            "patient_id": wound.patient_id,
+            "assessments": assessments.len(),
+            "pages": rendered.pages,
+            "bytes": rendered.pdf.len(),
+        })),
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/pdf")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{}\"", wound_report::file_name(wound.id)),
+        ))
+        .insert_header((header::CACHE_CONTROL, "private, no-store"))
+        .body(rendered.pdf))
+}
+
 /// Registers the wound routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     use crate::http::resource;
@@ -618,5 +704,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/wounds/{id}").route(web::get().to(read)).route(web::patch().to(update)))
         .service(resource("/v1/wounds/{id}/assessments").route(web::get().to(assessments)))
         .service(resource("/v1/wounds/{id}/assessments/{assessment_id}").route(web::patch().to(mark)))
-        .service(resource("/v1/wounds/{id}/trajectory").route(web::get().to(trajectory)));
+        .service(resource("/v1/wounds/{id}/trajectory").route(web::get().to(trajectory)))
+        .service(resource("/v1/wounds/{id}/report.pdf").route(web::get().to(report)));
 }

@@ -9,6 +9,7 @@ pub mod consults;
 pub mod healing;
 pub mod identity;
 pub mod scans;
+pub mod wound_report;
 pub mod wounds;
 
 use crate::audit::AuditEvent;

@@ -42,4 +42,5 @@ mod sfu;
 mod shutdown;
 mod starvation;
 mod transport;
+mod wound_report;
 mod wounds;
