@@ -1,8 +1,10 @@
-//! `coherency seed-demo`: a small demo clinic (an admin, a clinician with TOTP enrolled, and
-//! a patient on the clinician's care team) whose patient has two wounds with weeks of dated
-//! assessments — one healing on track, one stalled — so the trajectory shows both verdicts at
-//! once. Idempotent: accounts and wounds are created once; each run sets fresh random
-//! passwords and prints them, so no credential lives in the repository.
+//! `coherency seed-demo`: a small demo clinic (an admin, a clinician with TOTP enrolled, a
+//! patient with a login on the clinician's care team, and the demo patient records
+//! `DEMO-0001`… of `crate::http::patients::seed_patients`) where every patient has two wounds
+//! with weeks of dated assessments — one healing on track, one stalled — so the trajectory
+//! shows both verdicts at once. Idempotent: accounts, patients and wounds are created once;
+//! each run sets fresh random passwords and prints them, so no credential lives in the
+//! repository.
 
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
@@ -119,6 +121,16 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
     });
     crate::booking::seed_schedules(&state.stores.pg, state.clock.now()).await?;
     seed_wounds(state, patient_id, clin).await?;
+    crate::http::patients::seed_patients(state).await?;
+    let records: Vec<Uuid> = sqlx::query_scalar!(
+        "SELECT id FROM patients WHERE organization_id = $1 AND mrn LIKE 'DEMO-%' ORDER BY mrn",
+        crate::http::patients::DEFAULT_ORG
+    )
+    .fetch_all(&state.stores.pg)
+    .await?;
+    for (i, record) in records.into_iter().enumerate() {
+        seed_wounds_as(state, record, clin, Variant::of(i + 1)).await?;
+    }
     Ok(out)
 }
 
@@ -158,18 +170,64 @@ const DEMO_WOUNDS: &[DemoWound] = &[
     },
 ];
 
+/// How one demo patient's wounds differ from the first's, so the records do not look copied:
+/// sizes, the side of the heel ulcer, and how long ago the last scan was. The verdicts stay
+/// (a scale changes no percentage; the wobble is a few percent).
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    /// Every area times this.
+    scale: f64,
+    /// The heel ulcer is on the right heel.
+    right: bool,
+    /// Days from the last assessment to now.
+    days_ago: i64,
+    /// Seed of a ± 2 % wobble per assessment (0: none).
+    wobble: u32,
+}
+
+impl Variant {
+    const FIRST: Variant = Variant { scale: 1.0, right: false, days_ago: 2, wobble: 0 };
+
+    /// The `n`th demo patient's (`0`: the first, as `DEMO_WOUNDS` has it).
+    fn of(n: usize) -> Variant {
+        if n == 0 {
+            return Self::FIRST;
+        }
+        Variant {
+            scale: [0.7, 1.25, 0.85, 1.4, 0.6, 1.1][n % 6],
+            right: n % 2 == 1,
+            days_ago: 1 + (n as i64 * 5) % 7,
+            wobble: n as u32,
+        }
+    }
+
+    /// The `k`th assessment's area.
+    fn area(&self, k: usize, area: f64) -> f64 {
+        let wobble = if self.wobble == 0 { 0.0 } else { 0.02 * (f64::from(self.wobble) * 1.7 + k as f64 * 2.3).sin() };
+        (area * self.scale * (1.0 + wobble)).round()
+    }
+}
+
 /// The demo wounds of `patient`, recorded by `clinician`, each with one completed scan and
 /// automatic measurement per assessment day, the last one two days ago. A wound already
 /// there (same site) is left as it is.
 pub async fn seed_wounds(state: &AppState, patient: Uuid, clinician: Uuid) -> anyhow::Result<()> {
+    seed_wounds_as(state, patient, clinician, Variant::FIRST).await
+}
+
+async fn seed_wounds_as(state: &AppState, patient: Uuid, clinician: Uuid, v: Variant) -> anyhow::Result<()> {
     let pg = &state.stores.pg;
     let now = state.clock.now();
     for d in DEMO_WOUNDS {
-        if wounds::find_by_site(pg, patient, d.site_display).await?.is_some() {
+        let (site_display, laterality, body_map) = match (v.right, d.laterality) {
+            (true, Laterality::Left) => ("Right heel", Laterality::Right, (1.0 - d.body_map.0, d.body_map.1)),
+            _ => (d.site_display, d.laterality, d.body_map),
+        };
+        if wounds::find_by_site(pg, patient, site_display).await?.is_some() {
             continue;
         }
         let last_day = d.areas.last().map_or(0, |(day, _)| *day);
-        let baseline = now - Duration::days(last_day + 2);
+        let baseline = now - Duration::days(last_day + v.days_ago);
         let onset = (baseline - Duration::days(10)).date_naive();
         let history = vec![StatusChange {
             status: WoundStatus::Open,
@@ -179,9 +237,9 @@ pub async fn seed_wounds(state: &AppState, patient: Uuid, clinician: Uuid) -> an
         }];
         let fields = WoundFields {
             site_code: Some(d.site_code.into()),
-            site_display: d.site_display.into(),
-            laterality: d.laterality.as_str().into(),
-            body_map: Some(d.body_map),
+            site_display: site_display.into(),
+            laterality: laterality.as_str().into(),
+            body_map: Some(body_map),
             aetiology: d.aetiology.as_str().into(),
             onset_date: Some(onset),
             stage: Some(d.stage.into()),
@@ -192,9 +250,9 @@ pub async fn seed_wounds(state: &AppState, patient: Uuid, clinician: Uuid) -> an
         let wound = Uuid::now_v7();
         let mut tx = pg.begin().await?;
         wounds::insert(&mut *tx, wound, patient, &fields, clinician, baseline).await?;
-        for (day, area) in d.areas {
+        for (k, (day, area)) in d.areas.iter().enumerate() {
             let taken = baseline + Duration::days(*day);
-            demo_assessment(&mut tx, patient, wound, d.site_display, clinician, taken, *area).await?;
+            demo_assessment(&mut tx, patient, wound, site_display, clinician, taken, v.area(k, *area)).await?;
         }
         tx.commit().await?;
     }

@@ -11,7 +11,9 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     assert_eq!(users, 3);
     let wounds: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM wounds"#).fetch_one(&app.pg).await.unwrap();
     let scans: i64 = sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM scans"#).fetch_one(&app.pg).await.unwrap();
-    assert_eq!((wounds, scans), (2, 15), "two demo wounds with 8 and 7 assessments, seeded once");
+    // The patient with a login and the six demo records: two wounds each, with 8 and 7
+    // assessments, seeded once.
+    assert_eq!((wounds, scans), (14, 105), "two demo wounds per patient, seeded once");
     let mut patient_token = None;
     for l in logins {
         let mut body = json!({"email": l.email, "password": l.password});
@@ -55,30 +57,21 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     assert!(v["slots"].as_array().unwrap().len() >= 5 * 8, "a week of weekday hours: {v}");
 }
 
-#[actix_web::test]
-async fn the_demo_patient_has_a_wound_on_track_and_a_stalled_one() {
-    let app = spawn_app().await;
-    coherency::demo::seed(&app.state).await.unwrap();
-    let logins = coherency::demo::seed(&app.state).await.unwrap();
-    let l = logins.iter().find(|l| l.role == coherency::auth::Role::Patient).unwrap();
-    let res = app.post_json("/v1/auth/login", &json!({"email": l.email, "password": l.password})).await;
-    assert_eq!(res.status(), 200);
-    let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
-    let pid: uuid::Uuid = sqlx::query_scalar!(
-        "SELECT p.id FROM patients p JOIN users u ON u.id = p.user_id WHERE u.email = 'patient@demo.coherency.test'"
-    )
-    .fetch_one(&app.pg)
-    .await
-    .unwrap();
+/// Each wound's (site, four-week verdict, projection state), sorted by site.
+async fn wound_verdicts(
+    app: &crate::helpers::TestApp,
+    token: &str,
+    patient: uuid::Uuid,
+) -> Vec<(String, String, String)> {
     let get = |path: String| {
-        let req = app.client.get(app.url(&path)).bearer_auth(&token);
+        let req = app.client.get(app.url(&path)).bearer_auth(token);
         async move {
             let res = req.send().await.unwrap();
             assert_eq!(res.status(), 200, "{path}");
             res.json::<Value>().await.unwrap()
         }
     };
-    let list = get(format!("/v1/patients/{pid}/wounds")).await;
+    let list = get(format!("/v1/patients/{patient}/wounds")).await;
     let wounds = list["wounds"].as_array().unwrap();
     assert_eq!(wounds.len(), 2, "{list}");
     let mut verdicts = vec![];
@@ -94,9 +87,46 @@ async fn the_demo_patient_has_a_wound_on_track_and_a_stalled_one() {
         verdicts.push((w["site_display"].as_str().unwrap().to_string(), verdict, projection));
     }
     verdicts.sort();
+    verdicts
+}
+
+#[actix_web::test]
+async fn the_demo_patient_has_a_wound_on_track_and_a_stalled_one() {
+    let app = spawn_app().await;
+    coherency::demo::seed(&app.state).await.unwrap();
+    let logins = coherency::demo::seed(&app.state).await.unwrap();
+    let l = logins.iter().find(|l| l.role == coherency::auth::Role::Patient).unwrap();
+    let res = app.post_json("/v1/auth/login", &json!({"email": l.email, "password": l.password})).await;
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let pid: uuid::Uuid = sqlx::query_scalar!(
+        "SELECT p.id FROM patients p JOIN users u ON u.id = p.user_id WHERE u.email = 'patient@demo.coherency.test'"
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    let verdicts = wound_verdicts(&app, &token, pid).await;
     assert_eq!(verdicts[0].0, "Left heel");
     assert_eq!(verdicts[0].1, "on_track", "{verdicts:?}");
     assert_eq!(verdicts[0].2, "closing", "{verdicts:?}");
     assert_eq!(verdicts[1].0, "Sacrum");
     assert_eq!(verdicts[1].1, "not_on_track", "{verdicts:?}");
+
+    // The demo clinician sees the same two kinds of wound on every demo patient record.
+    let c = logins.iter().find(|l| l.role == coherency::auth::Role::Clinician).unwrap();
+    let code = coherency::auth::totp::code_at(c.totp_secret.as_deref().unwrap(), app.clock.now()).unwrap();
+    let res =
+        app.post_json("/v1/auth/login", &json!({"email": c.email, "password": c.password, "totp_code": code})).await;
+    assert_eq!(res.status(), 200);
+    let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let records: Vec<uuid::Uuid> = sqlx::query_scalar!("SELECT id FROM patients WHERE mrn LIKE 'DEMO-%' ORDER BY mrn")
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 6);
+    for record in records {
+        let v = wound_verdicts(&app, &token, record).await;
+        assert!(v[0].0.ends_with(" heel") && v[0].1 == "on_track" && v[0].2 == "closing", "{v:?}");
+        assert_eq!((v[1].0.as_str(), v[1].1.as_str()), ("Sacrum", "not_on_track"), "{v:?}");
+    }
 }

@@ -155,14 +155,16 @@ try {
   await a.focus('#viewer');
   await a.keyboard.press('ArrowLeft');
 
-  // The patient page: one history point per completed scan (two), each linking to its scan.
+  // The patient page: the scans' wound (both scans are of the left heel) with one chart point
+  // per completed scan, each linking to its scan.
   await a.goto(`${P.base}/web/dashboard/#/patient/${P.ada}`);
-  await a.waitForSelector('[data-testid="history"]', { timeout: 15000 });
-  const points = await a.locator('[data-testid="chart-outline_area_mm2"] [data-testid="history-point"]').count();
-  check(points === 2, `the area chart has one point per completed scan (${points})`);
-  const hrefs = await a.locator('[data-testid="chart-volume_mm3"] [data-testid="history-point"]').evaluateAll((els) => els.map((e) => e.getAttribute('href')));
+  await a.waitForSelector('[data-testid="history"] [data-testid="chart-area"]', { timeout: 15000 });
+  const cards = await a.locator('[data-testid="wound-card"]').count();
+  check(cards === 1, `one wound card (${cards})`);
+  const hrefs = await a.locator('[data-testid="wound-card"] [data-testid="chart-area"] [data-testid="history-point"]').evaluateAll((els) => els.map((e) => e.getAttribute('href')));
+  check(hrefs.length === 2, `the wound's area chart has one point per completed scan (${hrefs.length})`);
   check(hrefs.includes(`#/scan/${P.first_scan}`) && hrefs.includes(`#/scan/${scan}`), 'each point links to its scan');
-  const listed = await a.locator('ul.items li a').allTextContents();
+  const listed = await a.locator('[data-testid="scan-list"] li a').allTextContents();
   check(listed.length === 2 && listed.every((t) => t.endsWith(' · left heel · wound')), `the scan list names each scan's wound (${listed})`);
   await a.screenshot({ path: join(P.artifacts, 'dashboard-history.png') });
   say('DONE');

@@ -1,9 +1,11 @@
 // Coherency dashboard: sign-in through the API, the live board (socket /v1/dashboard/ws),
-// the scan page (3D mesh + measurements) and the patient page (measurement history).
-// Hash routes: #/board, #/scan/<id>, #/patient/<id>. No data is kept beyond the tab's
+// the scan page (3D mesh + measurements), the patient page (their wounds on a body map, each
+// with its area chart) and the wound page (its healing chart, verdict and projection).
+// Hash routes: #/board, #/scan/<id>, #/patient/<id>, #/wound/<id>. No data is kept beyond the tab's
 // session storage (the access token).
 
 import { showMesh } from './viewer.js';
+import { bodyMap, dayOf, healingChart } from './wounds.js';
 
 const $main = () => document.getElementById('main');
 const el = (tag, attrs = {}, ...kids) => {
@@ -195,7 +197,11 @@ function renderItem(board, i) {
       }
     }
     const link = el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` }));
-    if (i.wound) link.append(' ', el('span', { class: 'muted', 'data-testid': 'wound', text: woundName(i.wound) }));
+    if (i.wound) {
+      link.append(' ', i.wound.id && auth.user?.role !== 'patient'
+        ? el('a', { class: 'muted', href: `#/wound/${i.wound.id}`, 'data-testid': 'wound', text: woundName(i.wound) })
+        : el('span', { class: 'muted', 'data-testid': 'wound', text: woundName(i.wound) }));
+    }
     li.append(link, right);
   } else {
     const end = i.data?.end_ms;
@@ -389,57 +395,170 @@ async function scanPage(id) {
   }
 }
 
-// ---- patient page ------------------------------------------------------------------------
+// ---- patient and wound pages ---------------------------------------------------------------
 
-const SERIES = [['outline_area_mm2', 'Area (mm²)'], ['max_depth_mm', 'Max depth (mm)'], ['volume_mm3', 'Volume (mm³)']];
+const VERDICT = { on_track: 'on track', not_on_track: 'not on track', too_early: 'too early' };
+const TONE = { on_track: 'good', not_on_track: 'bad' };
+const fmtDate = (d) => new Date(d.length === 10 ? `${d}T00:00:00Z` : d).toLocaleDateString([], { day: 'numeric', month: 'short', year: 'numeric', timeZone: d.length === 10 ? 'UTC' : undefined });
+const pmPct = (v) => (v ? `${v.value.toFixed(1)} ± ${v.uncertainty.toFixed(1)} %` : '—');
+const patientName = (p, id) => (p ? [p.given_name, p.family_name].filter(Boolean).join(' ') : `patient ${String(id).slice(0, 8)}`);
+const statusWord = (s) => String(s || '').replace(/_/g, ' ');
+/// A wound's details after its name: stage, status, laterality.
+const woundDetails = (w) => [w.stage ? `stage ${w.stage}` : null, `${statusWord(w.status)} since ${fmtDate(w.status_date)}`,
+  w.laterality && w.laterality !== 'unspecified' ? w.laterality : null].filter(Boolean).join(' · ');
 
-function chart(points, key, title) {
-  const W = 640, H = 200, P = 40;
-  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
-  svg.setAttribute('viewBox', `0 0 ${W} ${H}`); svg.setAttribute('class', 'chart'); svg.setAttribute('role', 'group'); svg.setAttribute('aria-label', title);
-  svg.dataset.testid = `chart-${key}`;
-  const ns = (t, a) => { const e = document.createElementNS('http://www.w3.org/2000/svg', t); for (const [k, v] of Object.entries(a)) e.setAttribute(k, v); return e; };
-  const vals = points.map((p) => p.m[key]);
-  const t0 = Math.min(...points.map((p) => p.t)), t1 = Math.max(...points.map((p) => p.t));
-  const hi = Math.max(...vals.map((v) => v.value + v.uncertainty), 1e-9), lo = 0;
-  const x = (t) => (t1 === t0 ? W / 2 : P + ((t - t0) / (t1 - t0)) * (W - 2 * P));
-  const y = (v) => H - P + ((lo - v) / (hi - lo)) * (H - 2 * P);
-  svg.append(ns('text', { x: 4, y: 14, 'font-size': 12 })); svg.lastChild.textContent = title;
-  svg.append(ns('line', { x1: P, y1: H - P, x2: W - P, y2: H - P, stroke: '#999' }));
-  const tick = ns('text', { x: 4, y: y(hi) + 4, 'font-size': 10, fill: '#555' }); tick.textContent = hi.toFixed(1); svg.append(tick);
-  if (points.length > 1) svg.append(ns('polyline', { points: points.map((p) => `${x(p.t)},${y(p.m[key].value)}`).join(' '), fill: 'none', stroke: '#0b5cad', 'stroke-width': 2 }));
-  for (const p of points) {
-    const v = p.m[key];
-    const a = ns('a', { href: `#/scan/${p.scan}`, 'data-testid': 'history-point', 'aria-label': `${new Date(p.t).toLocaleDateString()}: ${v.value.toFixed(1)} ± ${v.uncertainty.toFixed(1)}` });
-    a.append(ns('line', { x1: x(p.t), x2: x(p.t), y1: y(v.value - v.uncertainty), y2: y(v.value + v.uncertainty), stroke: '#8aa' }));
-    a.append(ns('circle', { cx: x(p.t), cy: y(v.value), r: 6, fill: '#0b5cad' }));
-    const lbl = ns('text', { x: x(p.t), y: H - P + 16, 'font-size': 10, 'text-anchor': 'middle' }); lbl.textContent = new Date(p.t).toLocaleDateString([], { day: 'numeric', month: 'short' });
-    svg.append(a, lbl);
+/// The width a chart inside `host` is drawn at (ticks are chosen for it).
+const chartWidth = (host, fallback = 720) => Math.max(280, Math.floor(host?.clientWidth || fallback) - 2);
+
+/// The healing chart's inputs from a trajectory, for one series (`area_mm2`, `volume_mm3`,
+/// `max_depth_mm`): days since baseline, and for the area the four-week target and the
+/// projection.
+function series(t, key, unit) {
+  const base = t.metrics.baseline_at ? Date.parse(t.metrics.baseline_at) : (t.points[0] ? Date.parse(t.points[0].taken_at) : 0);
+  const points = t.points.map((p) => {
+    const v = p[key];
+    const day = p.days_since_baseline ?? (Date.parse(p.taken_at) - base) / 86400000;
+    const why = p.exclusion ? ` — excluded: ${p.exclusion.reason}` : (p.role === 'used' || p.role === 'baseline' ? '' : ` — ${statusWord(p.role)}`);
+    return { day, value: v.value, uncertainty: v.uncertainty, role: p.role, href: `#/scan/${p.scan_id}`,
+      label: `${fmtDate(p.taken_at)} (day ${Math.round(day)}): ${v.value.toFixed(1)} ± ${v.uncertainty.toFixed(1)} ${unit}${why}` };
+  });
+  if (key !== 'area_mm2') return { points };
+  const m = t.metrics;
+  const baseline = t.points.find((p) => p.role === 'baseline');
+  const threshold = baseline ? { value: baseline.area_mm2.value * (1 - m.four_week.threshold_pct / 100), pct: m.four_week.threshold_pct } : null;
+  const fit = m.area_linear ? { a: m.area_linear.at_baseline.value, perDay: m.area_linear.slope_per_week.value / 7 } : null;
+  const pr = m.projection;
+  const projection = { state: pr.state, day: dayOf(pr.date, base), earliest: dayOf(pr.earliest, base), latest: dayOf(pr.latest, base),
+    date: pr.date && fmtDate(pr.date), earliestDate: pr.earliest && fmtDate(pr.earliest), latestDate: pr.latest && fmtDate(pr.latest) };
+  return { points, threshold, fit, projection };
+}
+
+/// The four-week verdict in words.
+function verdictText(fw) {
+  const v = VERDICT[fw.verdict] || fw.verdict;
+  if (fw.verdict === 'too_early') return { v, more: 'no assessment near four weeks after the baseline yet' };
+  const r = fw.reduction_pct;
+  if (!r) return { v, more: 'no reduction could be read' };
+  return { v, more: `area ${r.value >= 0 ? 'reduced' : 'grew'} ${pmPct({ value: Math.abs(r.value), uncertainty: r.uncertainty })} by day ${Math.round(fw.day)} (on track from ${fw.threshold_pct} %)` };
+}
+
+/// The projected closure in words.
+function projectionText(p) {
+  if (p.state === 'closing') {
+    return `Closing by ${fmtDate(p.date)} (earliest ${fmtDate(p.earliest)}, latest ${p.latest ? fmtDate(p.latest) : 'not bounded: the slowest trend within the ± is flat'})`;
   }
-  return svg;
+  if (p.state === 'not_closing') return 'Not closing: the area trend is flat or growing';
+  return 'Not enough data to project closure (fewer than two counted assessments)';
 }
 
 async function patientPage(id) {
-  $main().replaceChildren(el('h2', { text: 'Measurement history' }), el('p', { text: 'Loading…' }));
+  $main().replaceChildren(el('h2', { text: 'Wounds' }), el('p', { text: 'Loading…' }));
   try {
-    const { scans } = await api(`/v1/patients/${id}/scans?limit=200`);
-    const { wounds } = await api(`/v1/patients/${id}/wounds`).catch(() => ({ wounds: [] }));
+    const [patient, { wounds }, { scans }] = await Promise.all([
+      api(`/v1/patients/${id}`).catch(() => null),
+      api(`/v1/patients/${id}/wounds`),
+      api(`/v1/patients/${id}/scans?limit=200`),
+    ]);
+    const trajectories = await Promise.all(wounds.map((w) => api(`/v1/wounds/${w.id}/trajectory`).catch(() => null)));
     const woundOf = new Map(wounds.map((w) => [w.id, w]));
-    const done = scans.filter((s) => s.status === 'complete');
-    const points = [];
-    for (const s of done) {
-      const ms = await api(`/v1/scans/${s.id}/measurements`);
-      const m = ms.measurements.find((x) => x.method === 'auto') || ms.measurements[ms.measurements.length - 1];
-      if (m) points.push({ scan: s.id, t: Date.parse(s.created_at), m });
-    }
-    points.sort((a, b) => a.t - b.t);
-    const body = points.length
-      ? SERIES.map(([k, t]) => el('section', { class: 'card' }, chart(points, k, t)))
-      : [el('p', { class: 'empty', text: 'No measured scans yet.' })];
-    const list = el('ul', { class: 'items' }, ...scans.map((s) => el('li', {}, el('a', { href: `#/scan/${s.id}`, text: `${new Date(s.created_at).toLocaleString()} · ${woundOf.has(s.wound_id) ? woundName(woundOf.get(s.wound_id)) : s.body_site}` }), el('span', { class: `badge ${s.status}`, text: s.status }))));
-    $main().replaceChildren(el('h2', { text: 'Measurement history' }), el('div', { 'data-testid': 'history', 'data-points': String(points.length) }, ...body), el('section', { class: 'card' }, el('h3', { text: 'Scans' }), list));
+    const grid = el('div', { class: 'wound-grid' });
+    const mapCard = el('section', { class: 'card body-card', 'aria-labelledby': 'h-map' }, el('h3', { id: 'h-map', text: 'Body map' }));
+    const cards = el('div', { class: 'wound-cards', 'data-testid': 'history' });
+    grid.append(mapCard, cards);
+    $main().replaceChildren(
+      el('h2', { 'data-testid': 'patient-heading', text: `${patientName(patient, id)} · wounds` }),
+      grid,
+      el('section', { class: 'card' }, el('h3', { text: 'Scans' }),
+        scans.length
+          ? el('ul', { class: 'items', 'data-testid': 'scan-list' }, ...scans.map((s) => el('li', {},
+            el('a', { href: `#/scan/${s.id}`, text: `${new Date(s.created_at).toLocaleString()} · ${woundOf.has(s.wound_id) ? woundName(woundOf.get(s.wound_id)) : s.body_site}` }),
+            el('span', { class: `badge ${s.status}`, text: s.status }))))
+          : el('p', { class: 'empty', text: 'No scans yet.' })));
+    mapCard.append(bodyMap(wounds.map((w, i) => ({ id: w.id, body_map: w.body_map, name: woundName(w), tone: TONE[trajectories[i]?.metrics.four_week.verdict] }))),
+      el('p', { class: 'muted', text: wounds.some((w) => !w.body_map) ? 'Wounds without a place on the map are listed beside it.' : 'Pick a wound.' }));
+    if (!wounds.length) cards.append(el('p', { class: 'empty', text: 'No wounds recorded.' }));
+    let points = 0;
+    wounds.forEach((w, i) => {
+      const t = trajectories[i];
+      const card = el('section', { class: 'card wound-card', 'data-testid': 'wound-card', 'data-wound': w.id },
+        el('h3', {}, el('a', { href: `#/wound/${w.id}`, text: woundName(w) })),
+        el('p', { class: 'muted', text: woundDetails(w) }));
+      cards.append(card);
+      if (!t) { card.append(el('p', { class: 'empty', text: 'The trajectory could not be loaded.' })); return; }
+      const fw = verdictText(t.metrics.four_week);
+      card.append(el('p', {}, el('span', { class: `badge verdict ${t.metrics.four_week.verdict}`, 'data-testid': 'verdict', text: fw.v }), ' ', el('span', { class: 'muted', text: `${t.points.length} assessment${t.points.length === 1 ? '' : 's'}` })));
+      if (t.points.length) {
+        points += t.points.length;
+        card.append(healingChart({ ...series(t, 'area_mm2', 'mm²'), title: 'Area (mm²)', unit: 'mm²', testid: 'chart-area', width: chartWidth(card, 420), compact: true }));
+      }
+    });
+    cards.dataset.points = String(points);
   } catch (e) {
-    $main().replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the history: ${e.message}` }));
+    $main().replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the patient's wounds: ${e.message}` }));
+  }
+}
+
+async function woundPage(id) {
+  $main().replaceChildren(el('h2', { text: 'Wound' }), el('p', { text: 'Loading…' }));
+  try {
+    const w = await api(`/v1/wounds/${id}`);
+    const [patient, t, others] = await Promise.all([
+      api(`/v1/patients/${w.patient_id}`).catch(() => null),
+      api(`/v1/wounds/${id}/trajectory`),
+      api(`/v1/patients/${w.patient_id}/wounds`).then((r) => r.wounds).catch(() => [w]),
+    ]);
+    const m = t.metrics;
+    const fw = verdictText(m.four_week);
+    const rate = m.area_linear ? `${m.area_linear.slope_per_week.value.toFixed(1)} ± ${m.area_linear.slope_per_week.uncertainty.toFixed(1)} mm²/week` : '—';
+    const heading = el('h2', { 'data-testid': 'wound-heading' },
+      el('a', { href: `#/patient/${w.patient_id}`, 'data-testid': 'patient-name', text: patientName(patient, w.patient_id) }), ' · ',
+      el('span', { 'data-testid': 'wound-name', text: woundName(w) }));
+    const summary = el('section', { class: 'card wound-summary' },
+      el('p', { class: 'muted', text: woundDetails(w) }),
+      el('p', { class: 'verdict-line' }, 'Four-week verdict: ', el('strong', { class: `verdict ${m.four_week.verdict}`, 'data-testid': 'verdict', text: fw.v }), ` — ${fw.more}.`),
+      el('p', { 'data-testid': 'projection' }, `${projectionText(m.projection)}.`),
+      el('p', { class: 'muted' }, `Area trend ${rate}; ${m.points_used} of ${t.points.length} assessments counted; latest reduction from baseline ${pmPct(m.area_reduction_from_baseline_pct)}.`));
+    const chartCard = el('section', { class: 'card', 'data-testid': 'wound-chart' });
+    const smallCards = el('div', { class: 'grid' });
+    const tbody = el('tbody');
+    for (const p of t.points) {
+      tbody.append(el('tr', { 'data-testid': 'assessment-row', 'data-role': p.role },
+        el('td', {}, el('a', { href: `#/scan/${p.scan_id}`, text: fmtDate(p.taken_at) })),
+        el('td', { text: p.days_since_baseline == null ? '—' : String(Math.round(p.days_since_baseline)) }),
+        el('td', { text: p.method === 'polygon' ? 'clinician outline' : 'automatic' }),
+        el('td', { text: pm(p.area_mm2, 'mm²') }),
+        el('td', { text: pmPct(p.area_reduction_from_baseline_pct) }),
+        el('td', { text: statusWord(p.role) + (p.exclusion ? ` (${p.exclusion.reason})` : '') })));
+    }
+    const table = el('section', { class: 'card' }, el('h3', { text: 'Assessments' }),
+      el('div', { class: 'table-wrap' }, el('table', { class: 'm', 'data-testid': 'assessments' },
+        el('thead', {}, el('tr', {}, ...['Date', 'Day', 'Method', 'Area', 'Reduction from baseline', 'Role'].map((h) => el('th', { scope: 'col', text: h })))),
+        tbody)));
+    const map = el('section', { class: 'card body-card' }, el('h3', { text: 'Body map' }),
+      bodyMap(others.map((o) => ({ id: o.id, body_map: o.body_map, name: woundName(o), tone: o.id === id ? TONE[m.four_week.verdict] : null })), { current: id, height: 240 }));
+    $main().replaceChildren(heading, el('div', { class: 'wound-layout' }, el('div', {}, summary, chartCard), map), smallCards, table);
+    const legend = el('p', { class: 'muted legend', text: '● counted assessment with its ± (shaded band) · ○ not counted · orange dashes: the four-week target and day 28 · purple dashes: the area trend to closure, the bar on the axis its earliest–latest dates.' });
+    const draw = () => {
+      chartCard.replaceChildren(
+        healingChart({ ...series(t, 'area_mm2', 'mm²'), title: `Area (mm²) · ${woundName(w)}`, unit: 'mm²', testid: 'chart-area', width: chartWidth(chartCard) }),
+        legend);
+      // Placed first so each chart is drawn for the width its card has.
+      const small = [['volume_mm3', 'Volume (mm³)', 'mm³'], ['max_depth_mm', 'Max depth (mm)', 'mm']].map((s) => [el('section', { class: 'card' }), ...s]);
+      smallCards.replaceChildren(...small.map(([card]) => card));
+      for (const [card, k, title, unit] of small) {
+        card.append(healingChart({ ...series(t, k, unit), title, unit, testid: `chart-${k}`, width: chartWidth(card, 560), height: 220 }));
+      }
+    };
+    draw();
+    let pending = null;
+    const onResize = () => {
+      if (!document.body.contains(chartCard)) { window.removeEventListener('resize', onResize); return; }
+      clearTimeout(pending);
+      pending = setTimeout(draw, 150);
+    };
+    window.addEventListener('resize', onResize);
+  } catch (e) {
+    $main().replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the wound: ${e.message}` }));
   }
 }
 
@@ -453,6 +572,7 @@ function route() {
   const [, page, id] = (location.hash || '#/board').split('/');
   if (page === 'scan' && id) return scanPage(id);
   if (page === 'patient' && id) return patientPage(id);
+  if (page === 'wound' && id) return woundPage(id);
   return boardPage();
 }
 
