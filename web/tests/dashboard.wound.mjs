@@ -38,7 +38,7 @@ const tickFacts = (p, chart) => p.evaluate((sel) => {
 }, chart);
 
 try {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
   await ctx.addInitScript(([t]) => {
     sessionStorage.setItem('coherency.token', t);
     sessionStorage.setItem('coherency.user', JSON.stringify({ role: 'clinician' }));
@@ -96,6 +96,15 @@ try {
   check(hrefs.every((s) => P.stalled.scans.includes(s)) && !hrefs.some((s) => P.other.scans.includes(s)), 'none of the other wound\'s assessments');
   const rows = await p.locator('[data-testid="assessment-row"]').count();
   check(rows === P.stalled.points, `the table lists ${rows} assessments`);
+
+  // The report: one click downloads the PDF, named without patient data.
+  const [download] = await Promise.all([p.waitForEvent('download', { timeout: 15000 }), p.click('[data-testid="wound-report"]')]);
+  const pdfPath = join(P.artifacts, 'dashboard-wound-report.pdf');
+  await download.saveAs(pdfPath);
+  const { readFileSync } = await import('node:fs');
+  const head = readFileSync(pdfPath).subarray(0, 5).toString();
+  check(/^wound-report-[0-9a-f]{8}\.pdf$/.test(download.suggestedFilename()) && head === '%PDF-',
+    `the report downloads as ${download.suggestedFilename()} (${head})`);
 
   const wide = await tickFacts(p, chart);
   check(wide.x.length >= 4 && wide.y.length >= 3, `ticks on both axes (x ${wide.x.join(' ')}; y ${wide.y.join(' ')})`);

@@ -498,6 +498,28 @@ async function patientPage(id) {
   }
 }
 
+/// "Download the report (PDF)": the API wants the bearer token, so the PDF is fetched and
+/// handed to the browser as a file (named by the server, no patient data in the name).
+function reportButton(id) {
+  const status = el('span', { class: 'muted', role: 'status' });
+  const button = el('button', { type: 'button', 'data-testid': 'wound-report', text: 'Download the report (PDF)' });
+  button.addEventListener('click', async () => {
+    button.disabled = true; status.textContent = ' Preparing…';
+    try {
+      const res = await api(`/v1/wounds/${id}/report.pdf`, { raw: true });
+      const name = /filename="([^"]+)"/.exec(res.headers.get('content-disposition') || '')?.[1] || 'wound-report.pdf';
+      const url = URL.createObjectURL(await res.blob());
+      const a = el('a', { href: url, download: name });
+      document.body.append(a); a.click(); a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+      status.textContent = '';
+    } catch (e) {
+      status.textContent = ` Could not make the report: ${e.message}`;
+    } finally { button.disabled = false; }
+  });
+  return el('p', {}, button, status);
+}
+
 async function woundPage(id) {
   $main().replaceChildren(el('h2', { text: 'Wound' }), el('p', { text: 'Loading…' }));
   try {
@@ -517,7 +539,8 @@ async function woundPage(id) {
       el('p', { class: 'muted', text: woundDetails(w) }),
       el('p', { class: 'verdict-line' }, 'Four-week verdict: ', el('strong', { class: `verdict ${m.four_week.verdict}`, 'data-testid': 'verdict', text: fw.v }), ` — ${fw.more}.`),
       el('p', { 'data-testid': 'projection' }, `${projectionText(m.projection)}.`),
-      el('p', { class: 'muted' }, `Area trend ${rate}; ${m.points_used} of ${t.points.length} assessments counted; latest reduction from baseline ${pmPct(m.area_reduction_from_baseline_pct)}.`));
+      el('p', { class: 'muted' }, `Area trend ${rate}; ${m.points_used} of ${t.points.length} assessments counted; latest reduction from baseline ${pmPct(m.area_reduction_from_baseline_pct)}.`),
+      reportButton(id));
     const chartCard = el('section', { class: 'card', 'data-testid': 'wound-chart' });
     const smallCards = el('div', { class: 'grid' });
     const tbody = el('tbody');
