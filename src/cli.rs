@@ -1,5 +1,6 @@
 //! The command line: `coherency [--config FILE] serve | migrate | create-admin | seed-demo |
-//! audit verify`. Each command loads the layered config, then calls into the library. Only
+//! audit verify | totp-code`. Each command loads the layered config, then calls into the
+//! library (`totp-code` needs none: it only does arithmetic on the secret it is given). Only
 //! `serve` binds the HTTP port and starts a node's background work; the others run beside a
 //! running server.
 
@@ -43,6 +44,12 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Print the authenticator code a TOTP secret gives now (what an authenticator app would
+    /// show), and how long it stays valid; for the demo logins `seed-demo` prints.
+    TotpCode {
+        /// The base32 secret.
+        secret: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -58,6 +65,9 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
+    if let Command::TotpCode { secret } = &cli.command {
+        return totp_code(secret);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -72,6 +82,23 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("coherency: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn totp_code(secret: &str) -> ExitCode {
+    let now = chrono::Utc::now();
+    match crate::auth::totp::code_at(secret.trim(), now) {
+        Some(code) => {
+            println!(
+                "{code}  (valid for {} more seconds; each code signs in once)",
+                30 - now.timestamp().rem_euclid(30)
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprintln!("coherency: not a base32 TOTP secret");
+            ExitCode::from(2)
         }
     }
 }
@@ -119,13 +146,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let state = crate::startup::tool_state(config).await?;
             let logins = crate::demo::seed(&state).await?;
             println!("Demo logins (passwords are new on every seed-demo run):");
+            let me = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "coherency".into());
             for l in logins {
-                match l.totp_secret {
-                    Some(s) => println!("  {:<10} {:<34} {}   TOTP secret {}", l.role.as_str(), l.email, l.password, s),
-                    None => println!("  {:<10} {:<34} {}", l.role.as_str(), l.email, l.password),
+                println!("  {:<10} {:<34} {}", l.role.as_str(), l.email, l.password);
+                if let Some(s) = l.totp_secret {
+                    // Staff sign in with a code: add the secret to an authenticator app, or make one here.
+                    if let Some(uri) = crate::auth::totp::uri(&s, &l.email, "Coherency") {
+                        println!("  {:<10} authenticator app: {uri}", "");
+                    }
+                    println!("  {:<10} a code now: {me} totp-code {s}", "");
                 }
             }
         }
+        // Answered in `main` before any configuration is read.
+        Command::TotpCode { .. } => {}
         Command::Audit { command: AuditCommand::Verify } => {
             let pool = crate::store::pg::connect(&config).await?;
             match crate::audit::verify(&pool).await? {

@@ -120,6 +120,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
         totp_secret: None,
     });
     crate::booking::seed_schedules(&state.stores.pg, state.clock.now()).await?;
+    grant_scan_consent(state, patient_id, pat_user).await?;
     seed_wounds(state, patient_id, clin).await?;
     crate::http::patients::seed_patients(state).await?;
     let records: Vec<Uuid> = sqlx::query_scalar!(
@@ -129,6 +130,7 @@ pub async fn seed(state: &AppState) -> anyhow::Result<Vec<DemoLogin>> {
     .fetch_all(&state.stores.pg)
     .await?;
     for (i, record) in records.into_iter().enumerate() {
+        grant_scan_consent(state, record, clin).await?;
         seed_wounds_as(state, record, clin, Variant::of(i + 1)).await?;
     }
     Ok(out)
@@ -206,6 +208,31 @@ impl Variant {
         let wobble = if self.wobble == 0 { 0.0 } else { 0.02 * (f64::from(self.wobble) * 1.7 + k as f64 * 2.3).sin() };
         (area * self.scale * (1.0 + wobble)).round()
     }
+}
+
+/// A scan-capture consent on file for `patient` (recorded by `by`), unless one is already
+/// granted: a clinician can ask the demo patients for a scan at once.
+async fn grant_scan_consent(state: &AppState, patient: Uuid, by: Uuid) -> anyhow::Result<()> {
+    let pg = &state.stores.pg;
+    if crate::services::access::has_scan_consent(pg, coherency_protocol::ids::PatientId::from_uuid(patient)).await? {
+        return Ok(());
+    }
+    let now = state.clock.now();
+    let data = serde_json::json!({
+        "scope": "scan_capture", "status": "granted", "terms_version": "demo", "date": now.date_naive(),
+    });
+    sqlx::query!(
+        "INSERT INTO patient_entries (id, patient_id, kind, data, created_by, created_at, updated_at)
+         VALUES ($1, $2, 'consent', $3, $4, $5, $5)",
+        Uuid::now_v7(),
+        patient,
+        data,
+        by,
+        now
+    )
+    .execute(pg)
+    .await?;
+    Ok(())
 }
 
 /// The demo wounds of `patient`, recorded by `clinician`, each with one completed scan and

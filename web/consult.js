@@ -6,17 +6,85 @@
 const C = (window.coherency = {
   token: null, consultId: null, role: null, state: 'signed-out', participantId: null,
   ws: null, pc: null, events: [], chats: [], errors: [], localStream: null, ending: false,
-  // Other admitted participants (host view): id → { role, muted: { audio, video } }.
+  // Other admitted participants (host view): id → { role, user, muted: { audio, video } }.
   people: {},
+  // Display names by user id, from the API (the clinician for everyone; every participant for the host).
+  names: {},
+  // The caller's own user id (from the API), to tell their chat lines.
+  userId: null,
+  clinicianId: null,
 });
 const $ = (id) => document.getElementById(id);
 const show = (id, on) => { $(id).hidden = !on; };
 
+// What the header says for each state.
+const STATE_WORDS = {
+  'signed-out': 'Signed out', 'signed-in': 'Signed in', waiting: 'In the waiting room', admitted: 'In the consult',
+  denied: 'Not admitted', removed: 'Removed from the consult', left: 'You left', ended: 'Ended',
+};
+
 function setState(s) {
   C.state = s;
   if (s !== 'admitted') pollQueue(false);
-  $('status').textContent = s;
+  $('status').textContent = STATE_WORDS[s] || (s.startsWith('closed:') ? 'Disconnected' : s);
   $('status').dataset.state = s;
+}
+
+// Sign-in failures in words (the API's stable codes).
+const LOGIN_ERRORS = {
+  invalid_credentials: 'The email or password is not right.',
+  invalid_totp: 'That authenticator code is not right, or was already used. Wait for the next one.',
+  account_locked: 'Too many failed attempts: the account is locked for a while.',
+  account_disabled: 'This account is disabled. Ask the clinic.',
+  rate_limited: 'Too many attempts. Wait a moment and try again.',
+};
+// Why a consult ended, in words.
+const END_REASONS = { host_ended: 'The clinician ended the consult.', ended: 'The consult has ended.' };
+const ROLE_WORDS = { host: 'the clinician', patient: 'the patient', interpreter: 'the interpreter', family: 'a family member', clinician: 'a clinician' };
+
+/// A participant's name: their display name when the API gave it, else their role in words.
+function nameOf(userId, role) {
+  return (userId && C.names[userId]) || ROLE_WORDS[role] || 'someone';
+}
+
+/// The consult's people as the caller may see them (the clinician for everyone; the whole
+/// roster for the host), kept in `C.names`.
+async function loadNames() {
+  try {
+    const v = await api('GET', `/v1/consults/${C.consultId}`);
+    C.clinicianId = v.clinician_id;
+    if (v.clinician_name) C.names[v.clinician_id] = v.clinician_name;
+    if (v.me) C.userId = v.me.user_id;
+    for (const p of [...(v.participants || []), ...(v.me ? [v.me] : [])]) if (p.display_name) C.names[p.user_id] = p.display_name;
+    $('with').textContent = v.clinician_name && C.role !== 'host' ? `With ${v.clinician_name} ·` : '';
+    renderPeople();
+  } catch (err) { C.errors.push(`consult: ${err.message}`); }
+}
+
+/// One event as a sentence (`track_published` → "Ada Lovelace started sharing video").
+function eventText(e) {
+  const who = nameOf(e.user_id, e.role);
+  const kind = e.data && e.data.kind;
+  switch (e.kind) {
+    case 'opened': return 'The consult room opened';
+    case 'checked_in': return `${who} checked in`;
+    case 'admitted': return `${who} was admitted`;
+    case 'denied': return `${who} was not admitted`;
+    case 'invited': return `${who} was invited`;
+    case 'joined': return `${who} joined`;
+    case 'left': return `${who} left`;
+    case 'left_before_joined': return `${who} left before joining`;
+    case 'removed': return `${who} was removed`;
+    case 'track_published': return `${who} started sharing ${kind || 'media'}`;
+    case 'track_unpublished': return `${who} stopped sharing ${kind || 'media'}`;
+    case 'scan_requested': return 'A wound scan was requested';
+    case 'scan_progress': return 'The wound scan is in progress';
+    case 'scan_finished': return 'The wound scan finished';
+    case 'muted': return `${who}'s ${kind || 'media'} was muted`;
+    case 'unmuted': return `${who}'s ${kind || 'media'} was unmuted`;
+    case 'ended': return END_REASONS[e.data && e.data.reason] || 'The consult ended';
+    default: return e.kind.replace(/_/g, ' ');
+  }
 }
 
 async function api(method, path, body) {
@@ -33,6 +101,7 @@ async function api(method, path, body) {
 
 $('login-form').addEventListener('submit', async (e) => {
   e.preventDefault();
+  $('login-error').textContent = '';
   try {
     const body = { email: $('email').value, password: $('password').value };
     if ($('totp').value) body.totp_code = $('totp').value;
@@ -41,16 +110,22 @@ $('login-form').addEventListener('submit', async (e) => {
     if (!res.ok && json.error.code === 'mfa_code_required') {
       // The password was right; this account also needs its authenticator code.
       $('totp').focus();
-      throw new Error('enter the code from your authenticator app, then sign in again');
+      throw new Error('Enter the code from your authenticator app, then sign in again.');
     }
-    if (!res.ok) throw new Error(json.error.code);
+    if (!res.ok) throw new Error(LOGIN_ERRORS[json.error && json.error.code] || (json.error && json.error.message) || `Sign-in failed (${res.status}).`);
     C.token = json.access_token;
+    sessionStorage.setItem('coherency.token', json.access_token);
+    sessionStorage.setItem('coherency.user', JSON.stringify(json.user));
+    $('password').value = '';
     signedIn();
-  } catch (err) { $('join-error').textContent = String(err.message || err); }
+    if ($('consult-id').value) join($('consult-id').value.trim());
+  } catch (err) { $('login-error').textContent = String(err.message || err); }
 });
 
 function signedIn() {
   setState('signed-in');
+  $('login-error').textContent = '';
+  $('join-error').textContent = '';
   show('login', false);
   show('join', true);
 }
@@ -139,6 +214,7 @@ async function onSignal(m) {
   switch (m.type) {
     case 'welcome':
       C.role = m.role; C.participantId = m.participant_id; C.iceServers = m.ice_servers;
+      loadNames();
       if (m.state === 'admitted') admitted(); else { setState('waiting'); show('waiting', true); }
       break;
     case 'waiting': $('position').textContent = m.position; break;
@@ -154,21 +230,32 @@ async function onSignal(m) {
     case 'chat': {
       C.chats.push(m);
       const li = document.createElement('li');
-      li.textContent = `${m.role}: ${m.text}`;
+      // `from` is the sender's user id.
+      const mine = C.userId && m.from === C.userId;
+      li.textContent = `${mine ? 'You' : nameOf(m.from, m.role)}: ${m.text}`;
       $('chat').appendChild(li);
       break;
     }
     case 'event': {
       C.events.push(m.event);
+      // Someone new to the host: their name first (the roster is the host's to read).
+      if (C.role === 'host' && m.event.user_id && !C.names[m.event.user_id]) await loadNames();
       const li = document.createElement('li');
-      li.textContent = `#${m.event.seq} ${m.event.kind}${m.event.role ? ` (${m.event.role})` : ''}`;
+      li.dataset.seq = m.event.seq;
+      li.dataset.kind = m.event.kind;
+      const t = document.createElement('time');
+      const at = new Date(m.event.at);
+      t.dateTime = m.event.at;
+      t.textContent = Number.isNaN(at.getTime()) ? '' : at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+      li.append(t, eventText(m.event));
       $('events').appendChild(li);
+      $('events').scrollTop = $('events').scrollHeight;
       if (C.role === 'host') { if (m.event.kind !== 'ended') refreshQueue(); trackPeople(m.event); }
       break;
     }
     case 'ended':
       setState('ended'); show('room', false); show('waiting', false); show('ended', true);
-      $('ended-reason').textContent = m.reason;
+      $('ended-reason').textContent = END_REASONS[m.reason] || m.reason;
       if (C.localStream) C.localStream.getTracks().forEach((t) => t.stop());
       break;
     case 'error': C.errors.push(`${m.code}: ${m.message}`); break;
@@ -184,7 +271,7 @@ function trackPeople(e) {
   const p = C.people[id];
   switch (e.kind) {
     case 'admitted': case 'joined':
-      if (!p) C.people[id] = { role: e.role, muted: { audio: false, video: false } };
+      if (!p) C.people[id] = { role: e.role, user: e.user_id, muted: { audio: false, video: false } };
       break;
     case 'left': case 'removed': case 'denied': case 'left_before_joined':
       delete C.people[id];
@@ -203,7 +290,7 @@ function renderPeople() {
   for (const [id, p] of Object.entries(C.people)) {
     const li = document.createElement('li');
     li.dataset.participant = id;
-    li.append(`${p.role || 'participant'} `);
+    li.append(`${nameOf(p.user, p.role)} `);
     for (const kind of ['audio', 'video']) {
       const b = document.createElement('button');
       const muted = p.muted[kind];
@@ -243,7 +330,7 @@ async function loadQueue() {
     for (const p of q) {
       const li = document.createElement('li');
       li.dataset.participant = p.id;
-      li.textContent = `${p.role} since ${new Date(p.checked_in_at).toLocaleTimeString()} `;
+      li.textContent = `${p.display_name || ROLE_WORDS[p.role] || p.role}, waiting since ${new Date(p.checked_in_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })} `;
       const admit = document.createElement('button');
       admit.textContent = 'Admit'; admit.className = 'admit';
       admit.onclick = () => api('POST', `/v1/consults/${C.consultId}/participants/${p.id}/admit`, {}).then(refreshQueue);
@@ -279,13 +366,19 @@ $('hangup').addEventListener('click', async () => {
   }
 });
 
-// `#token=…&consult=…` signs in and joins at once (links from the app, tests).
+// `#token=…&consult=…` signs in and joins at once (links from the app, tests). Without a
+// token in the fragment, the dashboard's sign-in in this tab is used (one sign-in for both
+// pages: the dashboard keeps its token in this origin's session storage), so the board's
+// "Open consult" and "Join" links carry only `#consult=…`.
 (function fromFragment() {
   const f = new URLSearchParams(location.hash.slice(1));
-  if (f.get('token')) {
-    C.token = f.get('token');
+  const token = f.get('token') || sessionStorage.getItem('coherency.token');
+  if (token) {
+    C.token = token;
     history.replaceState(null, '', location.pathname);
     signedIn();
     if (f.get('consult')) { $('consult-id').value = f.get('consult'); join(f.get('consult')); }
+  } else if (f.get('consult')) {
+    $('consult-id').value = f.get('consult');
   }
 })();

@@ -7,7 +7,9 @@
 //!   `since_ms` is the check-in, `data.consult_id` the consult.
 //! - **Consults**: one item per consult (id = consult id) while someone besides the host
 //!   is admitted and the consult has not ended; `data.participants` lists the roles of
-//!   everyone admitted, `since_ms` is the first join (or, before that, the first admission).
+//!   everyone admitted, `data.connected` the roles of those whose signalling connection is in
+//!   the room now (joined, not left), `since_ms` is the first join (or, before that, the first
+//!   admission).
 //!
 //! A consult item is recomputed from PostgreSQL on every event that can change it: the room
 //! writes each event in the transaction that makes the change, so the rows are at least as
@@ -33,6 +35,8 @@ struct InProgress {
     since: Option<DateTime<Utc>>,
     updated: Option<DateTime<Utc>>,
     roles: Vec<String>,
+    /// The roles of those admitted whose signalling connection is in the room now.
+    connected: Vec<String>,
 }
 
 /// The board changes `ev` makes.
@@ -75,7 +79,9 @@ pub async fn changes(pg: &PgPool, ev: &RoomEvent, now_ms: i64) -> Result<Vec<Cha
             r#"SELECT c.id, c.clinician_id, c.patient_id,
                     coalesce(c.started_at, min(p.admitted_at) FILTER (WHERE p.role <> 'host')) AS since,
                     max(p.updated_at) AS updated,
-                    array_agg(p.role ORDER BY p.admitted_at, p.id) AS "roles!"
+                    array_agg(p.role ORDER BY p.admitted_at, p.id) AS "roles!",
+                    coalesce(array_agg(p.role ORDER BY p.admitted_at, p.id)
+                               FILTER (WHERE p.joined_at IS NOT NULL AND p.left_at IS NULL), '{}') AS "connected!"
                FROM consults c
                JOIN consult_participants p ON p.consult_id = c.id AND p.state = 'admitted'
               WHERE c.status <> 'ended' AND c.id = $1
@@ -113,7 +119,9 @@ pub async fn reload(pg: &PgPool) -> Result<Vec<Item>, sqlx::Error> {
         r#"SELECT c.id, c.clinician_id, c.patient_id,
                 coalesce(c.started_at, min(p.admitted_at) FILTER (WHERE p.role <> 'host')) AS since,
                 max(p.updated_at) AS updated,
-                array_agg(p.role ORDER BY p.admitted_at, p.id) AS "roles!"
+                array_agg(p.role ORDER BY p.admitted_at, p.id) AS "roles!",
+                coalesce(array_agg(p.role ORDER BY p.admitted_at, p.id)
+                           FILTER (WHERE p.joined_at IS NOT NULL AND p.left_at IS NULL), '{}') AS "connected!"
            FROM consults c
            JOIN consult_participants p ON p.consult_id = c.id AND p.state = 'admitted'
           WHERE c.status <> 'ended'
@@ -163,6 +171,7 @@ fn consult_item(r: InProgress, updated_ms: i64) -> Option<Item> {
     let since_ms = r.since.map_or(updated_ms, |t| t.timestamp_millis());
     let mut data = Map::new();
     data.insert("participants".into(), Value::from(roles));
+    data.insert("connected".into(), Value::from(r.connected));
     Some(Item {
         section: Section::Consults,
         id: r.id,

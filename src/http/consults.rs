@@ -84,6 +84,8 @@ pub struct ParticipantView {
     pub checked_in_at: Option<DateTime<Utc>>,
     pub admitted_at: Option<DateTime<Utc>>,
     pub joined: bool,
+    /// The person's display name (`users.display_name`), shown in the room instead of a role.
+    pub display_name: Option<String>,
 }
 
 impl From<&Participant> for ParticipantView {
@@ -96,8 +98,23 @@ impl From<&Participant> for ParticipantView {
             checked_in_at: p.checked_in_at,
             admitted_at: p.admitted_at,
             joined: p.joined_at.is_some(),
+            display_name: None,
         }
     }
+}
+
+/// `views` with their people's display names.
+async fn named(state: &AppState, mut views: Vec<ParticipantView>) -> Result<Vec<ParticipantView>, ApiError> {
+    let ids: Vec<Uuid> = views.iter().map(|v| v.user_id).collect();
+    let names = crate::store::users::display_names(&state.stores.pg, &ids).await?;
+    for v in &mut views {
+        v.display_name = names.get(&v.user_id).cloned();
+    }
+    Ok(views)
+}
+
+async fn named_one(state: &AppState, p: &Participant) -> Result<ParticipantView, ApiError> {
+    Ok(named(state, vec![ParticipantView::from(p)]).await?.pop().unwrap_or_else(|| ParticipantView::from(p)))
 }
 
 /// A consult and its participants.
@@ -108,6 +125,8 @@ pub struct ConsultView {
     pub participants: Vec<ParticipantView>,
     /// The caller's own part, when they have one.
     pub me: Option<ParticipantView>,
+    /// The clinician's display name (everyone with a part in the consult sees who it is with).
+    pub clinician_name: Option<String>,
 }
 
 /// `POST /v1/consults/{id}/check-in` answer.
@@ -190,10 +209,16 @@ async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participan
 
 async fn view(state: &AppState, who: &Principal, c: Consult) -> Result<ConsultView, ApiError> {
     let ps = participants_of(state, &c).await?;
-    let me = ps.iter().find(|p| p.user_id == who.user_id.as_uuid()).map(ParticipantView::from);
+    let me = match ps.iter().find(|p| p.user_id == who.user_id.as_uuid()) {
+        Some(p) => Some(named_one(state, p).await?),
+        None => None,
+    };
     let host = is_host(who, &c);
-    let participants = if host { ps.iter().map(ParticipantView::from).collect() } else { Vec::new() };
-    Ok(ConsultView { consult: c, participants, me })
+    let participants =
+        if host { named(state, ps.iter().map(ParticipantView::from).collect()).await? } else { Vec::new() };
+    let clinician_name =
+        crate::store::users::display_names(&state.stores.pg, &[c.clinician_id]).await?.remove(&c.clinician_id);
+    Ok(ConsultView { consult: c, participants, me, clinician_name })
 }
 
 /// Opens a consult for an appointment (idempotent per appointment) or ad hoc.
@@ -235,6 +260,47 @@ pub async fn create(
         state.consult_rooms.create(None, who.user_id.as_uuid(), b.patient_id, None, who.user_id.as_uuid()).await?
     };
     audit_consult(&state, &req, &who, "consult.create", "success", &c, serde_json::json!({})).await?;
+    let v = view(&state, &who, c).await?;
+    Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/consults/{}", v.consult.id))).json(v))
+}
+
+/// The consult of an appointment, opened if need be: the clinician's "Start consult" and the
+/// patient's "Join" on the board. The patient may open it from [`consults::CHECK_IN_OPENS_BEFORE`]
+/// before the start (the check-in window) while the appointment is booked; the clinician (or
+/// an admin) at any time. Anyone else, or an appointment that does not exist: 404.
+#[utoipa::path(post, path = "/v1/appointments/{id}/consult", tag = "consults", security(("bearer" = ["consults:join"])),
+    params(("id" = Uuid, Path)),
+    responses((status = 201, body = ConsultView, description = "opened now"), (status = 200, body = ConsultView, description = "the appointment's consult"),
+              (status = 404, description = "no such appointment of the caller's"),
+              (status = 409, description = "check_in_too_early (the patient, more than 15 minutes before the start), conflict (the appointment is not booked)")))]
+#[tracing::instrument(skip_all)]
+pub async fn for_appointment(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsJoin>,
+) -> Result<HttpResponse, ApiError> {
+    let aid = path_id(&req, "id")?;
+    let a = crate::booking::load(&state.stores.pg, aid).await?.ok_or_else(ApiError::not_found)?;
+    let is_patient = who.role == Role::Patient && who.patient_id == Some(PatientId::from_uuid(a.patient_id));
+    let is_clinician = a.clinician_id == who.user_id.as_uuid() || who.role == Role::Admin;
+    if !is_patient && !is_clinician {
+        return Err(ApiError::not_found());
+    }
+    if let Some(existing) = consults::by_appointment(&state.stores.pg, aid).await? {
+        return Ok(HttpResponse::Ok().json(view(&state, &who, existing).await?));
+    }
+    if a.status != "booked" {
+        return Err(ApiError::new(Code::Conflict, "only a booked appointment can have a consult"));
+    }
+    if !is_clinician && state.clock.now() < a.start_at - consults::CHECK_IN_OPENS_BEFORE {
+        return Err(ApiError::new(Code::CheckInTooEarly, "the consult opens 15 minutes before the appointment"));
+    }
+    let c = state
+        .consult_rooms
+        .create(Some(aid), a.clinician_id, Some(a.patient_id), Some(a.start_at), who.user_id.as_uuid())
+        .await?;
+    audit_consult(&state, &req, &who, "consult.create", "success", &c, serde_json::json!({"appointment_id": aid}))
+        .await?;
     let v = view(&state, &who, c).await?;
     Ok(HttpResponse::Created().insert_header(("Location", format!("/v1/consults/{}", v.consult.id))).json(v))
 }
@@ -292,7 +358,7 @@ pub async fn queue(
     let c = hosted(&state, &req, &who, "consult.queue").await?;
     let r = state.consult_rooms.room(&c).await?;
     let q = r.call(&state.cluster, room::Queue).await?;
-    let v: Vec<ParticipantView> = q.iter().map(ParticipantView::from).collect();
+    let v = named(&state, q.iter().map(ParticipantView::from).collect()).await?;
     Ok(HttpResponse::Ok().json(v))
 }
 
@@ -323,7 +389,7 @@ async fn decide(
                 serde_json::json!({"participant_id": p.id, "user_id": p.user_id}),
             )
             .await?;
-            Ok(HttpResponse::Ok().json(ParticipantView::from(&p)))
+            Ok(HttpResponse::Ok().json(named_one(&state, &p).await?))
         }
         Err(e) => {
             audit_consult(
@@ -414,7 +480,7 @@ pub async fn invite(
                 serde_json::json!({"participant_id": p.id, "user_id": p.user_id, "role": role.as_str()}),
             )
             .await?;
-            Ok(HttpResponse::Created().json(ParticipantView::from(&p)))
+            Ok(HttpResponse::Created().json(named_one(&state, &p).await?))
         }
         Err(e) => {
             audit_consult(
@@ -594,6 +660,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v1/consults").route(web::post().to(create)))
         .service(resource("/v1/waiting-room").route(web::get().to(waiting_room)))
         .service(resource("/v1/consults/{id}").route(web::get().to(get)))
+        .service(resource("/v1/appointments/{id}/consult").route(web::post().to(for_appointment)))
         .service(resource("/v1/consults/{id}/check-in").route(web::post().to(check_in)))
         .service(resource("/v1/consults/{id}/queue").route(web::get().to(queue)))
         .service(resource("/v1/consults/{id}/participants/{pid}/admit").route(web::post().to(admit)))

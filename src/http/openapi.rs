@@ -97,6 +97,7 @@ use utoipa::OpenApi;
         crate::http::measurements::fhir::read_mesh_document,
         crate::http::consults::create,
         crate::http::consults::get,
+        crate::http::consults::for_appointment,
         crate::http::consults::check_in,
         crate::http::consults::queue,
         crate::http::consults::admit,

@@ -17,6 +17,7 @@ pub mod pg;
 pub mod reconstruction;
 pub mod redis;
 pub mod scans;
+pub mod users;
 pub mod wounds;
 
 use std::time::Duration;

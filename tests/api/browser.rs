@@ -47,7 +47,26 @@ async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_and
     let app = page_app().await;
     let s = setup(&app).await;
     let consult = s.consult.to_string();
-    let env = [("CONSULT", consult.as_str()), ("PATIENT_TOKEN", &s.patient.token), ("CLINICIAN_TOKEN", &s.clin.token)];
+    let name_of = |id| {
+        let pg = app.pg.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT display_name FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pg)
+                .await
+                .unwrap()
+        }
+    };
+    let (patient_name, clinician_name) = (name_of(s.patient.id).await, name_of(s.clin.id).await);
+    let env = [
+        ("CONSULT", consult.as_str()),
+        ("PATIENT_TOKEN", &s.patient.token),
+        ("CLINICIAN_TOKEN", &s.clin.token),
+        ("PATIENT_EMAIL", &s.patient.email),
+        ("PATIENT_PASSWORD", &s.patient.password),
+        ("PATIENT_NAME", &patient_name),
+        ("CLINICIAN_NAME", &clinician_name),
+    ];
     run_page_script(&app, "consult.mjs", &env).await;
     let evs: Vec<serde_json::Value> =
         app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();

@@ -132,5 +132,26 @@ async fn create_admin_and_seed_demo_run_beside_a_server_holding_the_port() {
     assert!(out.status.success(), "seed-demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("admin@demo.coherency.test"), "{stdout}");
     assert!(!stderr.contains("Address already in use") && !stdout.contains("listening"), "{stdout}\n{stderr}");
+    // A newcomer signs in as the demo clinician with what seed-demo printed: the password, and
+    // a code from the printed one-line command (an authenticator app's URI beside it).
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at = lines.iter().position(|l| l.trim_start().starts_with("clinician ")).expect("a clinician line");
+    let words: Vec<&str> = lines[at].split_whitespace().collect();
+    let (email, password) = (words[1], words[2]);
+    assert!(lines[at + 1].contains("authenticator app: otpauth://totp/"), "{stdout}");
+    let cmd = lines[at + 2].split_once("a code now: ").expect("a code command").1;
+    let parts: Vec<&str> = cmd.split_whitespace().collect();
+    assert_eq!(parts[1], "totp-code", "{cmd}");
+    let out = std::process::Command::new(parts[0]).args(&parts[1..]).output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{printed}");
+    let code = printed.split_whitespace().next().unwrap_or_default().to_string();
+    assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{printed}");
+    let res = app
+        .post_json("/v1/auth/login", &serde_json::json!({"email": email, "password": password, "totp_code": code}))
+        .await;
+    assert_eq!(res.status(), 200, "the demo clinician signs in with the printed code");
+    let bad = std::process::Command::new(parts[0]).args(["totp-code", "not base32!"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "a secret that is not base32 is refused by name");
     assert_eq!(app.get("/readyz").await.status(), 200, "the server serves on");
 }

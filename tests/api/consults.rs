@@ -635,3 +635,69 @@ async fn a_call_longer_than_the_idle_timeout_keeps_the_session_of_a_participant_
     send(&mut pat, json!({"type": "ping"})).await;
     until(&mut pat, "pong").await;
 }
+
+#[actix_web::test]
+async fn an_appointments_consult_opens_for_its_clinician_at_once_and_for_its_patient_from_fifteen_minutes_before() {
+    let app = spawn_app().await;
+    let (clin, ty) = crate::dashboard::clinician_with_calendar(&app).await;
+    let patient = app.patient().await;
+    let appointment = crate::dashboard::book(&app, &patient, &clin, ty, 10).await;
+    let path = format!("/v1/appointments/{appointment}/consult");
+
+    // The patient, two days early: not yet, by name.
+    let res = app.post_auth(&path, &patient.token, &json!({})).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "check_in_too_early");
+    // Nobody else's appointment: as if it did not exist.
+    let stranger = app.patient().await;
+    assert_eq!(app.post_auth(&path, &stranger.token, &json!({})).await.status(), 404);
+    let other_clinician = app.staff(Role::Clinician, true).await;
+    assert_eq!(app.post_auth(&path, &other_clinician.token, &json!({})).await.status(), 404);
+
+    // Fourteen minutes before the start the patient opens it, and sees who it is with.
+    let start = (app.clock.now() + chrono::Duration::days(2)).date_naive().and_hms_opt(10, 0, 0).unwrap().and_utc();
+    let until = (start - chrono::Duration::minutes(14) - app.clock.now()).to_std().unwrap();
+    app.clock.advance(until);
+    // Two days on, both sign in again (their sessions of two days ago have expired).
+    let (patient, clin) = (relogin(&app, patient).await, relogin(&app, clin).await);
+    let res = app.post_auth(&path, &patient.token, &json!({})).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+    let opened: Value = res.json().await.unwrap();
+    assert_eq!(opened["appointment_id"], appointment.to_string());
+    assert_eq!(opened["clinician_name"], "Dr Test");
+    // The clinician's "Start consult" finds the same consult; so does the patient again.
+    let res = app.post_auth(&path, &clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["id"], opened["id"]);
+    let res = app.post_auth(&path, &patient.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+
+    // The clinician may open a later appointment's consult at any time; a cancelled one has none.
+    let later = crate::dashboard::book(&app, &patient, &clin, ty, 15).await;
+    let res = app.post_auth(&format!("/v1/appointments/{later}/consult"), &clin.token, &json!({})).await;
+    assert_eq!(res.status(), 201);
+    let cancelled = crate::dashboard::book(&app, &patient, &clin, ty, 16).await;
+    let res =
+        app.post_auth(&format!("/v1/appointments/{cancelled}/cancel"), &patient.token, &json!({"reason": "ill"})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    let res = app.post_auth(&format!("/v1/appointments/{cancelled}/consult"), &clin.token, &json!({})).await;
+    assert_eq!(res.status(), 409);
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'consult.create' AND outcome = 'success'")
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(audited, 2);
+}
+
+/// `u` signed in again at the app's (moved) clock, with an authenticator code when enrolled.
+async fn relogin(app: &TestApp, mut u: User) -> User {
+    let mut body = json!({"email": u.email, "password": u.password});
+    if let Some(secret) = &u.totp_secret {
+        body["totp_code"] = json!(coherency::auth::totp::code_at(secret, app.clock.now()).unwrap());
+    }
+    let res = app.post_json("/v1/auth/login", &body).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
+    u.token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    u
+}

@@ -101,7 +101,7 @@ pub async fn clinician_with_calendar(app: &TestApp) -> (User, Uuid) {
 
 /// Books `patient` with `clin` the day after tomorrow at `hour`:00 UTC (inside the board's
 /// window, clear of any notice).
-async fn book(app: &TestApp, patient: &User, clin: &User, ty: Uuid, hour: u32) -> Uuid {
+pub(crate) async fn book(app: &TestApp, patient: &User, clin: &User, ty: Uuid, hour: u32) -> Uuid {
     let day = (app.clock.now() + chrono::Duration::days(2)).date_naive();
     let start = format!("{day}T{hour:02}:00:00Z");
     let res = app
@@ -184,6 +184,7 @@ async fn a_checked_in_patient_waits_on_their_clinicians_board_then_moves_to_in_c
     assert_eq!(sections, vec![(Section::Consults, "in_consult")], "the patient moved from waiting to in consult");
     let consult = board.mirror.items.values().next().unwrap();
     assert_eq!(consult.data["participants"], json!(["host", "patient"]));
+    assert_eq!(consult.data["connected"], json!([]), "admitted, but nobody's connection is in the room");
 
     // A board opened now (snapshot from the hub) and one rebuilt from the database agree.
     let admin_board = Board::open(&app, &admin, None).await;
@@ -192,6 +193,15 @@ async fn a_checked_in_patient_waits_on_their_clinicians_board_then_moves_to_in_c
     let live: Vec<&Item> = reloaded.items.iter().filter(|i| i.id == s.consult || i.id == pid).collect();
     assert_eq!(live.len(), 1, "the database has the consult in progress and nobody waiting");
     assert_eq!(live[0].data["participants"], consult.data["participants"]);
+
+    // Her signalling connection joins the room: now she is in the call.
+    let _ws = crate::consults::connect(&app, s.consult, &s.patient).await.expect("the admitted patient connects");
+    board
+        .until("her connection in the room", |m| {
+            matches!(m, ServerMsg::Delta(d) if matches!(&d.change,
+                Change::Upsert { item } if item.id == s.consult && item.data["connected"] == json!(["patient"])))
+        })
+        .await;
 
     // Ending the consult takes it off the board.
     let res = app.post_auth(&format!("/v1/consults/{}/end", s.consult), &s.clin.token, &json!({})).await;

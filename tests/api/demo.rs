@@ -15,6 +15,7 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
     // assessments, seeded once.
     assert_eq!((wounds, scans), (14, 105), "two demo wounds per patient, seeded once");
     let mut patient_token = None;
+    let mut clinician_token = None;
     for l in logins {
         let mut body = json!({"email": l.email, "password": l.password});
         if let Some(secret) = &l.totp_secret {
@@ -26,7 +27,31 @@ async fn seed_demo_is_idempotent_and_its_logins_work() {
         if l.role == coherency::auth::Role::Patient {
             patient_token = v["access_token"].as_str().map(str::to_string);
         }
+        if l.role == coherency::auth::Role::Clinician {
+            clinician_token = v["access_token"].as_str().map(str::to_string);
+        }
     }
+    // Every demo patient has scan consent on file, once: the clinician can ask for a scan at once.
+    let consents: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM patient_entries WHERE kind = 'consent' AND data->>'scope' = 'scan_capture'"#
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(consents, 7, "one scan consent per demo patient, seeded once");
+    let demo_patient: uuid::Uuid =
+        sqlx::query_scalar!("SELECT id FROM patients WHERE given_name = 'Demo' AND family_name = 'Patient'")
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+    let res = app
+        .post_auth(
+            "/v1/scans",
+            clinician_token.as_deref().expect("the clinician logged in"),
+            &json!({"patient_id": demo_patient, "body_site": "left heel"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "a scan of the demo patient: {}", res.text().await.unwrap_or_default());
     // The demo patient can book the demo clinician: weekday hours and two appointment types,
     // seeded once however often seed-demo runs.
     let row = sqlx::query!(

@@ -2,12 +2,16 @@
 // waits, the clinician admits, each page decodes the other's video (framesDecoded rising in
 // getStats), a chat message arrives, the clinician mutes and unmutes the patient's video,
 // hanging up ends the room, and the events came in order. Neither page gets an error answer
-// (no 404 for an icon, no 409 from a poll still running after the consult ended).
+// (no 404 for an icon, no 409 from a poll still running after the consult ended). People are
+// named, events read as sentences (no raw codes), the room panel stays hidden until admitted,
+// and a wrong password says so (and a good sign-in clears it).
 // Run by tests/api/browser.rs, which starts the server and passes BASE, CONSULT,
-// PATIENT_TOKEN and CLINICIAN_TOKEN. Prints one JSON line; exits non-zero on failure.
+// PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME and
+// CLINICIAN_NAME. Prints one JSON line; exits non-zero on failure.
 import { chromium } from 'playwright-core';
 
-const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN } = process.env;
+const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME, CLINICIAN_NAME } = process.env;
+const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); };
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP = 30_000;
 
@@ -58,13 +62,36 @@ try {
       if (n === 'clinician' && r.url().includes('/queue')) queuePolls.push(Date.now());
     });
   }
+  // Signing in by hand: a wrong password is named and nothing of the room shows; the right
+  // one clears the message.
+  const login = await (await browser.newContext()).newPage();
+  await login.goto(`${BASE}/consult`);
+  check(!(await login.isVisible('#room')) && !(await login.isVisible('#hangup')), 'no room panel while signed out');
+  await login.fill('#email', PATIENT_EMAIL);
+  await login.fill('#password', `${PATIENT_PASSWORD}-wrong`);
+  await login.click('#login-form button[type="submit"]');
+  await login.waitForFunction(() => document.getElementById('login-error').textContent.length > 0, null, { timeout: STEP });
+  const wrong = await login.textContent('#login-error');
+  check(/not right/.test(wrong) && !/invalid_credentials/.test(wrong), `a wrong password is said in words ("${wrong}")`);
+  await login.fill('#password', PATIENT_PASSWORD);
+  await login.click('#login-form button[type="submit"]');
+  await login.waitForSelector('#join:not([hidden])', { timeout: STEP });
+  check((await login.textContent('#login-error')) === '' && (await login.textContent('#join-error')) === '', 'a good sign-in clears the error');
+  check(!(await login.isVisible('#room')), 'no room panel before joining');
+  await login.context().close();
+  result.login = true;
+
   await clinician.goto(`${BASE}/consult#token=${CLINICIAN_TOKEN}&consult=${CONSULT}`);
   await clinician.waitForFunction(() => window.coherency.state === 'admitted', null, { timeout: STEP });
 
   await patient.goto(`${BASE}/consult#token=${PATIENT_TOKEN}&consult=${CONSULT}`);
   await patient.waitForFunction(() => window.coherency.state === 'waiting', null, { timeout: STEP });
   await patient.waitForSelector('#waiting:not([hidden])', { timeout: STEP });
+  check(!(await patient.isVisible('#room')), 'the waiting patient sees no room panel');
+  await patient.waitForFunction((n) => document.getElementById('with').textContent.includes(n), CLINICIAN_NAME, { timeout: STEP });
   result.waited = true;
+  // The host's queue names the patient.
+  await clinician.waitForFunction((n) => [...document.querySelectorAll('#queue li')].some((li) => li.textContent.includes(n)), PATIENT_NAME, { timeout: STEP });
 
   await clinician.click('#queue button.admit', { timeout: STEP });
   await patient.waitForFunction(() => window.coherency.state === 'admitted', null, { timeout: STEP });
@@ -118,6 +145,15 @@ try {
     at = i;
   }
   result.events = kinds;
+  // The timeline reads as sentences with names, every event (past 9 too) whole.
+  const lines = await clinician.$$eval('#events li', (els) => els.map((e) => e.textContent));
+  check(lines.length === events.length, `one line per event (${lines.length} of ${events.length})`);
+  check(lines.some((l) => l.includes(`${PATIENT_NAME} was admitted`)), `the patient is named in the timeline (${lines.join(' | ')})`);
+  check(!lines.some((l) => /track_published|checked_in|host_ended|left_before_joined/.test(l)), `no raw codes in the timeline (${lines.join(' | ')})`);
+  const reason = await patient.textContent('#ended-reason');
+  check(reason === 'The clinician ended the consult.', `the patient reads why it ended ("${reason}")`);
+  const chatLine = await clinician.textContent('#chat li');
+  check(chatLine.startsWith(`${PATIENT_NAME}: `), `chat names the sender ("${chatLine}")`);
   result.ok = true;
 } catch (e) {
   result.error = String(e && e.stack || e);

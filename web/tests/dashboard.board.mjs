@@ -125,14 +125,21 @@ try {
   const waited = Date.now() - t0;
   check(waited <= 1000, `the checked-in patient is on the clinician's board after ${waited} ms`);
   check(/waiting/.test(await a.textContent(`[data-testid="waiting-${pid}"]`)), 'shown as waiting');
-  await call(`/v1/consults/${P.consult}/participants/${pid}/admit`, P.alice.token);
+  // The row's own action admits her (the board's Admit button, not the API by hand).
+  const openHref = await a.getAttribute(`[data-testid="waiting-${pid}"] [data-testid="open-consult"]`, 'href');
+  check(openHref === `/consult#consult=${P.consult}`, `the waiting row opens its consult (${openHref})`);
+  await a.click(`[data-testid="waiting-${pid}"] [data-testid="admit"]`);
   await a.waitForSelector(`[data-testid="consults-${P.consult}"][data-status="in_consult"]`, { timeout: 5000 });
   await a.waitForSelector(`[data-testid="waiting-${pid}"]`, { state: 'detached', timeout: 5000 });
   const inCall = await a.textContent(`[data-testid="consults-${P.consult}"]`);
-  check(/2 in call/.test(inCall), `admitting moved her to "in consult": ${inCall}`);
+  check(/2 admitted, nobody connected/.test(inCall), `admitting moved her to "in consult", not yet in the call: ${inCall}`);
   await b.waitForSelector(`[data-testid="consults-${P.consult}"]`, { timeout: 5000 });
   check((await c.locator(`[data-testid="consults-${P.consult}"], [data-testid="waiting-${pid}"]`).count()) === 0,
     'bob\'s board shows neither her wait nor her consult');
+  // Her record is not Bob's to open: his page says why rather than "not found".
+  await c.goto(`${P.base}/web/dashboard/#/patient/${P.ada}`);
+  const refused = await (await c.waitForSelector('[data-testid="patient-error"]', { timeout: 5000 })).textContent();
+  check(/not on their care team/.test(refused), `bob is told the record is not open to him: ${refused}`);
 
   // The scan page: the 3D viewer draws the mesh, measurements beside it.
   await a.click(`${row} a[href^="#/scan/"]`);

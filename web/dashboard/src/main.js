@@ -167,13 +167,38 @@ function patientLink(i) {
     : el('span', { text: who(i) });
 }
 
+/// The consult page for `id`: same origin and tab, so it signs in with this page's session.
+const consultHref = (id) => `/consult#consult=${encodeURIComponent(id)}`;
+
+/// A board action: disabled while it runs, its failure said beside it.
+function actionButton(label, testid, run) {
+  const b = el('button', { type: 'button', class: 'small', 'data-testid': testid, text: label });
+  b.addEventListener('click', async () => {
+    b.disabled = true;
+    try { await run(); } catch (e) {
+      b.after(el('span', { class: 'error', role: 'alert', text: ` ${e.message}` }));
+    } finally { b.disabled = false; }
+  });
+  return b;
+}
+
 function renderItem(board, i) {
   const li = el('li', { 'data-testid': `${i.section}-${i.id}`, 'data-status': i.status });
+  const staff = auth.user?.role && auth.user.role !== 'patient';
   if (i.section === 'waiting') {
-    li.append(patientLink(i), el('span', { class: 'muted', text: `waiting ${since(i.since_ms)}` }));
+    const cid = i.data?.consult_id;
+    const actions = staff && cid ? el('span', { class: 'actions' },
+      actionButton('Admit', 'admit', () => api(`/v1/consults/${cid}/participants/${i.id}/admit`, { json: {} })),
+      actionButton('Deny', 'deny', () => api(`/v1/consults/${cid}/participants/${i.id}/deny`, { json: {} })),
+      el('a', { href: consultHref(cid), 'data-testid': 'open-consult', text: 'Open consult' })) : null;
+    li.append(patientLink(i), el('span', {}, el('span', { class: 'muted', text: `waiting ${since(i.since_ms)} ` }), actions));
   } else if (i.section === 'consults') {
-    const n = Array.isArray(i.data?.participants) ? i.data.participants.length : i.data?.participants;
-    li.append(patientLink(i), el('span', { class: 'muted', text: `${n ?? '?'} in call · ${since(i.since_ms)}` }));
+    // Admitted is not connected: the call counts those whose connection is in the room.
+    const admitted = Array.isArray(i.data?.participants) ? i.data.participants.length : 0;
+    const live = Array.isArray(i.data?.connected) ? i.data.connected.length : 0;
+    const call = live ? `${live} in call` : `${admitted} admitted, nobody connected`;
+    li.append(patientLink(i), el('span', {}, el('span', { class: 'muted', 'data-testid': 'in-call', text: `${call} · ${since(i.since_ms)} ` }),
+      el('a', { href: consultHref(i.id), 'data-testid': 'open-consult', text: staff ? 'Open consult' : 'Join' })));
   } else if (i.section === 'scans') {
     const frames = i.data?.frames ?? 0;
     const right = el('span', {},
@@ -196,7 +221,9 @@ function renderItem(board, i) {
         right.append(' ', el('span', { class: 'muted', text: 'no automatic measurement' }));
       }
     }
-    const link = el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` }));
+    // Two scans of one patient differ by when (and by wound, below).
+    const link = el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` }), ' ',
+      el('time', { class: 'muted', 'data-testid': 'scan-time', datetime: new Date(i.since_ms).toISOString(), text: `${fmtDay(i.since_ms)} ${fmtTime(i.since_ms)}` }));
     if (i.wound) {
       link.append(' ', i.wound.id && auth.user?.role !== 'patient'
         ? el('a', { class: 'muted', href: `#/wound/${i.wound.id}`, 'data-testid': 'wound', text: woundName(i.wound) })
@@ -205,8 +232,16 @@ function renderItem(board, i) {
     li.append(link, right);
   } else {
     const end = i.data?.end_ms;
+    // The clinician starts the appointment's consult; the patient joins it from 15 minutes
+    // before the start until its end (the server holds the same window).
+    const now = Date.now();
+    const joinable = i.status === 'booked' && (staff || (now >= i.since_ms - 15 * 60000 && (!end || now <= end)));
+    const go = joinable ? actionButton(staff ? 'Start consult' : 'Join', 'start-consult', async () => {
+      const c = await api(`/v1/appointments/${i.id}/consult`, { json: {} });
+      location.assign(consultHref(c.id));
+    }) : null;
     li.append(el('span', {}, el('time', { text: `${fmtDay(i.since_ms)} ${fmtTime(i.since_ms)}${end ? `–${fmtTime(end)}` : ''}` }), ' ', patientLink(i)),
-      el('span', { class: `badge ${i.status}`, text: i.status }));
+      el('span', {}, el('span', { class: `badge ${i.status}`, text: i.status }), go ? ' ' : null, go));
   }
   return li;
 }
@@ -494,7 +529,12 @@ async function patientPage(id) {
     });
     cards.dataset.points = String(points);
   } catch (e) {
-    $main().replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the patient's wounds: ${e.message}` }));
+    // A 404 here is the access rule, not a missing patient: say so (a booking alone does not
+    // open a patient's record; the care team does).
+    const why = e.status === 404
+      ? "This patient's record is not open to you: you are not on their care team. An administrator can add you to it."
+      : `Could not load the patient's wounds: ${e.message}`;
+    $main().replaceChildren(el('p', { class: 'error', role: 'alert', 'data-testid': 'patient-error', text: why }));
   }
 }
 
@@ -589,7 +629,8 @@ async function woundPage(id) {
 
 function route() {
   const user = auth.user;
-  document.getElementById('who').textContent = user ? `${user.role}` : '';
+  // The signed-in person, then their role (`Dr Alice Ng · clinician`).
+  document.getElementById('who').textContent = user ? [user.display_name || user.email, user.role].filter(Boolean).join(' · ') : '';
   document.getElementById('logout').hidden = !user;
   if (!auth.token) { window.coherencyBoard?.stop(); return loginPage(); }
   const [, page, id] = (location.hash || '#/board').split('/');
