@@ -12,6 +12,9 @@ const C = (window.coherency = {
   names: {},
   // The caller's own user id (from the API), to tell their chat lines.
   userId: null,
+  patientId: null,
+  // The wound scan asked for in this consult: { id, status, measurements }.
+  scan: null,
   clinicianId: null,
 });
 const $ = (id) => document.getElementById(id);
@@ -55,6 +58,7 @@ async function loadNames() {
     C.clinicianId = v.clinician_id;
     if (v.clinician_name) C.names[v.clinician_id] = v.clinician_name;
     if (v.me) C.userId = v.me.user_id;
+    C.patientId = v.patient_id;
     for (const p of [...(v.participants || []), ...(v.me ? [v.me] : [])]) if (p.display_name) C.names[p.user_id] = p.display_name;
     $('with').textContent = v.clinician_name && C.role !== 'host' ? `With ${v.clinician_name} ·` : '';
     renderPeople();
@@ -204,6 +208,7 @@ function admitted() {
   setState('admitted');
   show('waiting', false);
   show('room', true);
+  if (C.role === 'host') loadWounds();
   show('queue-panel', C.role === 'host');
   show('people-panel', C.role === 'host');
   if (C.role === 'host') { refreshQueue(); pollQueue(true); }
@@ -251,12 +256,23 @@ async function onSignal(m) {
       $('events').appendChild(li);
       $('events').scrollTop = $('events').scrollHeight;
       if (C.role === 'host') { if (m.event.kind !== 'ended') refreshQueue(); trackPeople(m.event); }
+      if (['scan_requested', 'scan_progress', 'scan_finished'].includes(m.event.kind) && m.event.data && m.event.data.scan_id) {
+        scanChanged(m.event.data.scan_id, m.event.data.status || 'requested');
+      }
       break;
     }
     case 'ended':
       setState('ended'); show('room', false); show('waiting', false); show('ended', true);
       $('ended-reason').textContent = END_REASONS[m.reason] || m.reason;
       if (C.localStream) C.localStream.getTracks().forEach((t) => t.stop());
+      break;
+    case 'scan_request':
+      // The clinician asked this patient for a scan: the phone app takes it from here.
+      scanChanged(m.scan_id, 'requested');
+      show('scan-prompt', true);
+      break;
+    case 'scan_result':
+      scanChanged(m.scan_id, 'complete', m.measurements);
       break;
     case 'error': C.errors.push(`${m.code}: ${m.message}`); break;
     default: break;
@@ -345,6 +361,98 @@ async function loadQueue() {
     C.errors.push(`queue: ${err.message}`);
   }
 }
+
+// --- the wound scan asked for inside the consult ------------------------------------------
+
+const SCAN_WORDS = {
+  requested: 'Requested: waiting for the phone.',
+  created: 'Requested: waiting for the phone.',
+  streaming: 'The phone is scanning…',
+  processing: 'Scanned: measuring the wound…',
+  complete: 'Measured.',
+  failed: 'The scan failed. Ask for another.',
+  cancelled: 'The scan was cancelled.',
+};
+const ROWS = [['outline_area_mm2', 'Area', 'mm²', 1], ['length_mm', 'Length', 'mm', 1], ['width_mm', 'Width', 'mm', 1],
+  ['max_depth_mm', 'Max depth', 'mm', 2], ['volume_mm3', 'Volume', 'mm³', 0]];
+
+/// The scan's newest state, shown to both sides: status in words, then the measurements.
+function scanChanged(id, status, measurements) {
+  if (!C.scan || C.scan.id !== id) C.scan = { id, status: null, measurements: null };
+  // A late progress event never takes a finished scan back.
+  if (!(C.scan.status === 'complete' && status !== 'complete')) C.scan.status = status;
+  if (measurements) C.scan.measurements = measurements;
+  show('scan-panel', true);
+  $('scan-status').textContent = SCAN_WORDS[C.scan.status] || C.scan.status;
+  $('scan-status').dataset.status = C.scan.status;
+  const list = Array.isArray(C.scan.measurements) ? C.scan.measurements : [];
+  const m = list.find((x) => x.method === 'auto') || list[list.length - 1];
+  if (m) {
+    const body = $('scan-result').tBodies[0];
+    body.replaceChildren();
+    for (const [k, label, unit, d] of ROWS) {
+      const v = m[k];
+      if (!v) continue;
+      const tr = document.createElement('tr');
+      tr.dataset.key = k;
+      const th = document.createElement('th'); th.scope = 'row'; th.textContent = label;
+      const td = document.createElement('td'); td.textContent = `${v.value.toFixed(d)} ± ${v.uncertainty.toFixed(d)} ${unit}`;
+      tr.append(th, td);
+      body.appendChild(tr);
+    }
+    show('scan-result', true);
+  } else if (C.scan.status === 'complete') {
+    $('scan-status').textContent = 'Scanned, but no automatic measurement: the clinician can draw the outline on the scan page.';
+  }
+  if (C.role === 'host' && C.scan.status === 'complete' && !$('scan-open')) {
+    const a = document.createElement('a');
+    a.id = 'scan-open'; a.href = `/web/dashboard/#/scan/${id}`; a.textContent = 'Open the scan (3D, outline)';
+    $('scan-status').after(a);
+  }
+}
+
+/// The host's wound list for "Request scan": the patient's wounds, or a new one by site.
+async function loadWounds() {
+  if (!C.patientId) await loadNames();
+  if (!C.patientId) return;
+  try {
+    const { wounds } = await api('GET', `/v1/patients/${C.patientId}/wounds`);
+    const sel = $('scan-wound');
+    sel.replaceChildren();
+    for (const w of wounds.filter((x) => x.status === 'open' || x.status === 'healing')) {
+      const o = document.createElement('option');
+      o.value = w.id; o.dataset.site = w.site_display; o.textContent = `${w.site_display} (${w.aetiology.replace(/_/g, ' ')})`;
+      sel.appendChild(o);
+    }
+    const fresh = document.createElement('option');
+    fresh.value = ''; fresh.textContent = 'A new wound…';
+    sel.appendChild(fresh);
+    sel.onchange = () => show('scan-site-label', sel.value === '');
+    sel.onchange();
+    show('scan-form', true);
+    show('scan-panel', true);
+  } catch (err) { $('scan-error').textContent = `The patient's wounds could not be loaded (${err.message}).`; show('scan-panel', true); }
+}
+
+$('scan-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  $('scan-error').textContent = '';
+  const wound = $('scan-wound').value;
+  const site = $('scan-site').value.trim();
+  if (!wound && !site) { $('scan-error').textContent = 'Name the site of the new wound.'; $('scan-site').focus(); return; }
+  // `body_site` always; with a wound, the wound's own site.
+  const chosen = $('scan-wound').selectedOptions[0];
+  const body = { patient_id: C.patientId, consult_id: C.consultId, body_site: wound ? chosen.dataset.site.slice(0, 100) : site };
+  if (wound) body.wound_id = wound;
+  $('request-scan').disabled = true;
+  try {
+    const scan = await api('POST', '/v1/scans', body);
+    scanChanged(scan.id, 'requested');
+  } catch (err) {
+    const why = { consent_required: 'The patient has not consented to scans.', consult_ended: 'The consult has ended.' }[err.message];
+    $('scan-error').textContent = why || `The scan could not be requested (${err.message}).`;
+  } finally { $('request-scan').disabled = false; }
+});
 
 $('chat-form').addEventListener('submit', (e) => {
   e.preventDefault();

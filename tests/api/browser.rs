@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use coherency_protocol::ids::ScanId;
+
 use crate::consults::setup;
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{eventually, spawn_app_with, TestApp};
 
 /// The whole browser scenario may take this long.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(200);
@@ -43,7 +45,7 @@ pub async fn run_page_script(app: &TestApp, script: &str, env: &[(&str, &str)]) 
 
 #[actix_web::test]
 #[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
-async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_and_hangs_up_in_order() {
+async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_is_scanned_and_hangs_up_in_order() {
     let app = page_app().await;
     let s = setup(&app).await;
     let consult = s.consult.to_string();
@@ -67,7 +69,25 @@ async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_and
         ("PATIENT_NAME", &patient_name),
         ("CLINICIAN_NAME", &clinician_name),
     ];
-    run_page_script(&app, "consult.mjs", &env).await;
+    // The patient's phone: once the clinician asks for a scan in the consult, a phantom scan is
+    // streamed into it with the patient's own token.
+    crate::scan_stream::consent(&app, &s.patient).await;
+    let phone = async {
+        let scan = eventually(Duration::from_secs(120), "the clinician to ask for a scan", || {
+            let pg = app.pg.clone();
+            async move {
+                sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM scans WHERE consult_id = $1")
+                    .bind(s.consult)
+                    .fetch_optional(&pg)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        })
+        .await;
+        crate::dashboard_browser::stream_scan(&app, &s.patient, ScanId::from_uuid(scan), Duration::ZERO).await;
+    };
+    tokio::join!(run_page_script(&app, "consult.mjs", &env), phone);
     let evs: Vec<serde_json::Value> =
         app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
     for (i, e) in evs.iter().enumerate() {

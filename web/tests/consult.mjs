@@ -104,6 +104,26 @@ try {
   await clinician.waitForFunction(() => window.coherency.chats.some((c) => c.text === 'Hello from the patient'), null, { timeout: STEP });
   result.chat = true;
 
+  // The clinician asks for a scan of a new wound; the patient's page says so; the test's Rust
+  // side streams a phantom scan into it (as the phone would); both pages then show the
+  // measurements, and the clinician a link to the scan.
+  await clinician.waitForSelector('#scan-form:not([hidden])', { timeout: STEP });
+  await clinician.selectOption('#scan-wound', '');
+  await clinician.fill('#scan-site', 'Left heel');
+  await clinician.click('#request-scan');
+  await patient.waitForSelector('#scan-prompt:not([hidden])', { timeout: STEP });
+  const SCAN_WAIT = 150_000;
+  for (const [p, n] of [[clinician, 'clinician'], [patient, 'patient']]) {
+    await p.waitForFunction(() => document.querySelector('#scan-result tr[data-key="outline_area_mm2"]'), null, { timeout: SCAN_WAIT })
+      .catch(async (e) => { throw new Error(`${n}: no measurements (${await p.textContent('#scan-status')}; ${e})`); });
+    const area = await p.textContent('#scan-result tr[data-key="outline_area_mm2"] td');
+    check(/^\d+(\.\d)? ± \d+(\.\d)? mm²$/.test(area), `${n} reads the area with its ± ("${area}")`);
+  }
+  check(/#\/scan\//.test(await clinician.getAttribute('#scan-open', 'href')), 'the clinician can open the scan');
+  const timeline = await clinician.$$eval('#events li', (els) => els.map((e) => e.textContent).join(' | '));
+  check(/A wound scan was requested/.test(timeline) && /The wound scan finished/.test(timeline), `the scan is in the timeline (${timeline})`);
+  result.scan = true;
+
   // The clinician mutes the patient's video: the server stops forwarding it, so the
   // clinician's decoder stops counting frames; unmuting brings the video back.
   await clinician.click('#people li button.mute-video', { timeout: STEP });
