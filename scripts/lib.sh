@@ -17,8 +17,15 @@ have() { command -v "$1" >/dev/null 2>&1; }
 
 # demo_login ROLE FILE
 # Prints "EMAIL PASSWORD TOTP_SECRET" of that role's login in `coherency seed-demo` output
-# (lines: role email password [TOTP secret SECRET]).
-demo_login() { awk -v r="$1" '$1 == r { print $2, $3, $6; exit }' "$2"; }
+# (a line "role email password", for staff followed by "authenticator app: otpauth://…" and
+# "a code now: …/coherency totp-code SECRET"; the secret is empty for a login without one).
+demo_login() {
+  awk -v r="$1" '
+    $1 == r && !e { e = $2; p = $3; next }
+    e && /totp-code/ { print e, p, $NF; done = 1; exit }
+    e && $1 != "authenticator" { print e, p, ""; done = 1; exit }
+    END { if (e && !done) print e, p, "" }' "$2"
+}
 
 # ---------------------------------------------------------------------------------------------
 # URLs

@@ -216,8 +216,18 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let mut held: Vec<Option<Uuid>> = vec![None; PATIENTS];
     let mut turn = 0usize;
     let mut change_call = Latencies::new();
+    // Ctrl-C stops the driving early; the waiting patients' consults are still ended below
+    // (unless --keep-waiting), so an interrupted demo leaves nobody in the waiting room.
+    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut interrupted = false;
     while driving.elapsed() < duration {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut interrupt => {
+                interrupted = true;
+                break;
+            }
+        }
         let (p, at) = (turn % PATIENTS, api::target_for(&common.target, turn));
         turn += 1;
         let (token, _) = &patients[p];
@@ -272,6 +282,13 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
                 errors.add(e.code.replacen("setup_", "end_", 1));
             }
         }
+    }
+    if interrupted {
+        for w in &watchers {
+            w.abort();
+        }
+        let left = if args.keep_waiting { "left waiting" } else { "ended" };
+        anyhow::bail!("interrupted after {driven:.1} s ({} waiting patients' consults {left})", waiting.len());
     }
 
     // Join what the boards saw with what was made.

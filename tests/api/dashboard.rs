@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestApp, User};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp, User};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -433,6 +433,53 @@ async fn the_loadtest_dashboard_scenario_delivers_every_change_to_every_board() 
     assert!(n >= 1 && n as f64 <= changes, "{n} appointments for {changes} changes");
     // Two patients waited in the clinician's consults during the run, which then ended.
     assert_eq!(report["counts"]["waiting"], 2.0);
+    let ended: Vec<String> = sqlx::query_scalar!("SELECT status FROM consults WHERE clinician_id = $1", clin.id)
+        .fetch_all(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(ended, vec!["ended".to_string(); 2]);
+}
+
+#[actix_rt::test]
+async fn an_interrupted_loadtest_leaves_nobody_in_the_waiting_room() {
+    let app = spawn_app().await;
+    let (clin, _) = clinician_with_calendar(&app).await;
+    let admin = app.staff(Role::Admin, true).await;
+    let child = tokio::process::Command::new(loadtest_bin())
+        .args(["dashboard", "-q", "--sockets", "2", "--rate", "1", "--duration", "120s", "--waiting", "2"])
+        .args(["--target", &app.address])
+        .env("LOADTEST_STAFF_TOKEN", &clin.token)
+        .env("LOADTEST_ADMIN_TOKEN", &admin.token)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pg = app.pg.clone();
+    let waiting = || {
+        let pg = pg.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM consult_participants p JOIN consults c ON c.id = p.consult_id
+                  WHERE c.clinician_id = $1 AND p.state = 'waiting'",
+            )
+            .bind(clin.id)
+            .fetch_one(&pg)
+            .await
+            .unwrap()
+        }
+    };
+    eventually(Duration::from_secs(60), "two patients waiting", || {
+        let w = waiting();
+        async move { (w.await == 2).then_some(()) }
+    })
+    .await;
+    // Ctrl-C, as in a terminal running scripts/demo-load.
+    let pid = nix::unistd::Pid::from_raw(child.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output()).await.expect("it stops").unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(waiting().await, 0, "nobody is left waiting: {stderr}");
     let ended: Vec<String> = sqlx::query_scalar!("SELECT status FROM consults WHERE clinician_id = $1", clin.id)
         .fetch_all(&app.pg)
         .await
