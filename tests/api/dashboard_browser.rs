@@ -353,3 +353,61 @@ async fn browser_wound_page_shows_the_stalled_wounds_chart_threshold_and_project
     assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
     assert!(artifacts.join("dashboard-wound.png").is_file());
 }
+
+/// The clinician's calendar in Chromium (`web/tests/dashboard.calendar.mjs`): a booked
+/// appointment and a hold on Alice's calendar, each at its day and time with the patient named
+/// and its state in words (the hold with when it lapses), free slots around them and none over
+/// them, the day view, and nothing of Alice's on Bob's calendar.
+#[actix_rt::test]
+#[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
+async fn browser_calendar_shows_bookings_holds_and_free_slots_where_they_fall() {
+    let web = web_dir();
+    assert!(
+        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
+        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = spawn_app_with(|mut c| {
+        c.http_addr = format!("127.0.0.1:{port}");
+        c.public_url = format!("http://127.0.0.1:{port}");
+        c.web_dir = web.display().to_string();
+        c
+    })
+    .await;
+    let (alice, ty) = crate::dashboard::clinician_with_calendar(&app).await;
+    let (bob, _) = crate::dashboard::clinician_with_calendar(&app).await;
+    let ada = app.patient().await;
+    let bea = app.patient().await;
+    add_to_care_team(&app, ada.patient_id.unwrap(), alice.id).await;
+    add_to_care_team(&app, bea.patient_id.unwrap(), alice.id).await;
+    let booked = crate::dashboard::book(&app, &ada, &alice, ty, 10).await;
+    // Bea holds 11:00 the same day (not confirmed).
+    let day = (app.clock.now() + chrono::Duration::days(2)).date_naive();
+    let res = app
+        .post_auth(
+            "/v1/appointments",
+            &bea.token,
+            &json!({"clinician_id": alice.id, "type_id": ty, "start": format!("{day}T11:00:00Z")}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+    let held: Value = res.json().await.unwrap();
+    assert_eq!(held["status"], "held");
+
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let params = json!({
+        "base": app.address, "artifacts": artifacts, "alice": {"token": alice.token, "id": alice.id},
+        "bob": {"token": bob.token, "id": bob.id}, "day": day.to_string(),
+        "booked": booked, "held": held["id"], "booked_name": "Ada Lovelace",
+    });
+    let script = web.join("tests/dashboard.calendar.mjs");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).env("CALENDAR_TEST", params.to_string()).stderr(Stdio::inherit()).output()
+    });
+    let out =
+        tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser script ends").unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+}

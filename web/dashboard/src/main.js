@@ -1,10 +1,11 @@
 // Coherency dashboard: sign-in through the API, the live board (socket /v1/dashboard/ws),
 // the scan page (3D mesh + measurements), the patient page (their wounds on a body map, each
 // with its area chart) and the wound page (its healing chart, verdict and projection).
-// Hash routes: #/board, #/scan/<id>, #/patient/<id>, #/wound/<id>. No data is kept beyond the tab's
+// Hash routes: #/board, #/calendar[/<clinician>], #/scan/<id>, #/patient/<id>, #/wound/<id>. No data is kept beyond the tab's
 // session storage (the access token).
 
 import { showMesh } from './viewer.js';
+import { calendarPage } from './calendar.js';
 import { bodyMap, dayOf, healingChart } from './wounds.js';
 
 const $main = () => document.getElementById('main');
@@ -632,8 +633,12 @@ function route() {
   // The signed-in person, then their role (`Dr Alice Ng · clinician`).
   document.getElementById('who').textContent = user ? [user.display_name || user.email, user.role].filter(Boolean).join(' · ') : '';
   document.getElementById('logout').hidden = !user;
+  document.getElementById('nav-calendar').hidden = !user || user.role === 'patient';
   if (!auth.token) { window.coherencyBoard?.stop(); return loginPage(); }
   const [, page, id] = (location.hash || '#/board').split('/');
+  if (page === 'calendar' && auth.user?.role !== 'patient') {
+    return calendarPage($main(), { api, el, clinician: id || null, me: auth.user?.id });
+  }
   if (page === 'scan' && id) return scanPage(id);
   if (page === 'patient' && id) return patientPage(id);
   if (page === 'wound' && id) return woundPage(id);
