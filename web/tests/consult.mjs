@@ -9,6 +9,7 @@
 // PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME and
 // CLINICIAN_NAME. Prints one JSON line; exits non-zero on failure.
 import { chromium } from 'playwright-core';
+import { seriousViolations } from './axe.mjs';
 
 const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME, CLINICIAN_NAME } = process.env;
 const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); };
@@ -66,6 +67,8 @@ try {
   // one clears the message.
   const login = await (await browser.newContext()).newPage();
   await login.goto(`${BASE}/consult`);
+  const axeLogin = await seriousViolations(login);
+  check(axeLogin.length === 0, `axe: no serious or critical violations signing in (${axeLogin.join('; ')})`);
   check(!(await login.isVisible('#room')) && !(await login.isVisible('#hangup')), 'no room panel while signed out');
   await login.fill('#email', PATIENT_EMAIL);
   await login.fill('#password', `${PATIENT_PASSWORD}-wrong`);
@@ -123,6 +126,10 @@ try {
   const timeline = await clinician.$$eval('#events li', (els) => els.map((e) => e.textContent).join(' | '));
   check(/A wound scan was requested/.test(timeline) && /The wound scan finished/.test(timeline), `the scan is in the timeline (${timeline})`);
   result.scan = true;
+  for (const [p, n] of [[clinician, 'clinician'], [patient, 'patient']]) {
+    const v = await seriousViolations(p);
+    check(v.length === 0, `axe: no serious or critical violations in the ${n}'s consult (${v.join('; ')})`);
+  }
 
   // The clinician mutes the patient's video: the server stops forwarding it, so the
   // clinician's decoder stops counting frames; unmuting brings the video back.

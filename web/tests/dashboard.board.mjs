@@ -7,6 +7,7 @@
 import { chromium } from 'playwright-core';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
+import { seriousViolations } from './axe.mjs';
 
 const P = JSON.parse(process.env.DASHBOARD_TEST);
 const lines = createInterface({ input: process.stdin });
@@ -112,6 +113,9 @@ try {
   const aliceItems = (await boardState(a)).items;
   check(!aliceItems.some((i) => i.patient_id === P.bea), 'alice\'s board has none of bob\'s patients');
 
+  const axeBoard = await seriousViolations(a);
+  check(axeBoard.length === 0, `axe: no serious or critical violations on the board (${axeBoard.join('; ')})`);
+
   // Ada checks in through the API: she is in Alice's waiting room within 1 s; admitting
   // her moves her to the consults in progress. Bob's board never shows her.
   const call = async (path, token) => {
@@ -141,9 +145,14 @@ try {
   const refused = await (await c.waitForSelector('[data-testid="patient-error"]', { timeout: 5000 })).textContent();
   check(/not on their care team/.test(refused), `bob is told the record is not open to him: ${refused}`);
 
+  const axeWaiting = await seriousViolations(a);
+  check(axeWaiting.length === 0, `axe: no serious or critical violations with someone in consult (${axeWaiting.join('; ')})`);
+
   // The scan page: the 3D viewer draws the mesh, measurements beside it.
   await a.click(`${row} a[href^="#/scan/"]`);
   await a.waitForSelector('#viewer[data-ready="true"]', { timeout: 30000 });
+  const axeScan = await seriousViolations(a);
+  check(axeScan.length === 0, `axe: no serious or critical violations on the scan page (${axeScan.join('; ')})`);
   await a.waitForSelector('[data-testid="m-outline_area_mm2"]');
   const shot = join(P.artifacts, 'dashboard-viewer.png');
   await a.locator('#viewer').screenshot({ path: shot });

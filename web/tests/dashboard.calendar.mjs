@@ -7,6 +7,7 @@
 
 import { chromium } from 'playwright-core';
 import { join } from 'node:path';
+import { seriousViolations } from './axe.mjs';
 
 const P = JSON.parse(process.env.CALENDAR_TEST);
 const say = (s) => console.log(s);
@@ -64,6 +65,8 @@ try {
   check(!slots.some((s) => s.startsWith(at(10, 0)) || s.startsWith(at(11, 0))), `none over the booking or the hold (${slots.join(' ')})`);
   check(slots.some((s) => s.startsWith(at(10, 30))) && slots.some((s) => s.startsWith(at(9, 0))), 'free slots around them');
   await a.screenshot({ path: join(P.artifacts, 'dashboard-calendar.png'), fullPage: true });
+  const axeCal = await seriousViolations(a);
+  check(axeCal.length === 0, `axe: no serious or critical violations on the calendar (${axeCal.join('; ')})`);
 
   // The day view: that day alone (moving from the week's Monday to the day by "Later").
   await a.click('[data-testid="cal-day"]');
@@ -73,6 +76,13 @@ try {
     await a.waitForTimeout(200);
   }
   check(await a.locator('.cal-col').count() === 1 && await a.locator(`${col} [data-testid="cal-appt"]`).count() === 2, 'the day view shows the day with both');
+
+  // The sign-in page, as a new visitor sees it.
+  const guest = await (await browser.newContext({ timezoneId: 'UTC' })).newPage();
+  await guest.goto(`${P.base}/web/dashboard/`);
+  await guest.waitForSelector('form.login', { timeout: 10000 });
+  const axeLogin = await seriousViolations(guest);
+  check(axeLogin.length === 0, `axe: no serious or critical violations on the sign-in page (${axeLogin.join('; ')})`);
 
   const b = await open(P.bob);
   await b.goto(`${P.base}/web/dashboard/#/calendar`);

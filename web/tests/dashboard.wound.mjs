@@ -6,6 +6,7 @@
 
 import { chromium } from 'playwright-core';
 import { join } from 'node:path';
+import { seriousViolations } from './axe.mjs';
 
 const P = JSON.parse(process.env.WOUND_TEST);
 const say = (s) => console.log(s);
@@ -63,6 +64,9 @@ try {
       `the ${w.site} card charts its own ${w.points} assessments only (${hrefs.length})`);
   }
 
+  const axePatient = await seriousViolations(p);
+  check(axePatient.length === 0, `axe: no serious or critical violations on the patient page (${axePatient.join('; ')})`);
+
   // Pick the stalled wound on the body map.
   await p.click(`[data-testid="body-map-marker"][data-wound="${P.stalled.id}"]`);
   await p.waitForFunction((id) => location.hash === `#/wound/${id}`, P.stalled.id, { timeout: 5000 });
@@ -109,6 +113,8 @@ try {
   const wide = await tickFacts(p, chart);
   check(wide.x.length >= 4 && wide.y.length >= 3, `ticks on both axes (x ${wide.x.join(' ')}; y ${wide.y.join(' ')})`);
   check(wide.overlaps.length === 0, `no tick labels overlap at ${Math.round(wide.width)} px (${wide.overlaps.join(', ')})`);
+  const axeWound = await seriousViolations(p);
+  check(axeWound.length === 0, `axe: no serious or critical violations on the wound page (${axeWound.join('; ')})`);
   const shot = join(P.artifacts, 'dashboard-wound.png');
   await p.screenshot({ path: shot, fullPage: true });
   say(`SCREENSHOT ${shot}`);

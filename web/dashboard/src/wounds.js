@@ -93,7 +93,7 @@ export function healingChart({ points, title, unit, testid, width = 720, height 
   const fs = compact ? 10 : 11;
   const M = { l: compact ? 40 : 58, r: compact ? 10 : 20, t: compact ? 22 : 30, b: compact ? 26 : 44 };
   const pw = W - M.l - M.r, ph = H - M.t - M.b;
-  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart wound-chart', role: 'img', 'data-testid': testid, 'aria-label': title });
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'chart wound-chart', role: 'group', 'data-testid': testid, 'aria-label': title });
   root.style.width = `${W}px`;
   root.style.maxWidth = '100%';
   root.style.height = 'auto';
