@@ -126,7 +126,9 @@ impl ReconstructionSink for StoreReconstructionSink {
 /// measurements never disagree.
 pub async fn upsert_outcome(pg: &PgPool, r: &NewReconstruction, at: DateTime<Utc>) -> Result<(), StoreError> {
     let (reason_code, reason, keyframe) = match &r.outcome {
-        ReconOutcome::Measured => (None, None, None),
+        ReconOutcome::Measured { keyframe } => {
+            (None, None, keyframe.as_ref().map(|k| serde_json::to_value(k).unwrap_or_default()))
+        }
         ReconOutcome::NeedsOutline { reason, keyframe } => (
             Some(reason.code),
             Some(reason.message.as_str()),

@@ -103,6 +103,10 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
     let auto = &ms[0];
     assert_eq!(auto["method"], "auto");
     check(auto, &truth, 0.035, 1.25, "auto");
+    // A measured scan still names the frame a clinician adjusts the outline on.
+    assert_eq!(list["outcome"]["state"], "measured", "{list}");
+    let kf = &list["outcome"]["suggested_keyframe"];
+    assert!(kf["seq"].as_u64().is_some_and(|s| (1..=n).contains(&s)), "a keyframe for the measured scan: {list}");
 
     // The mesh is in the blob store under the recorded hashes.
     for fmt in ["ply", "glb"] {

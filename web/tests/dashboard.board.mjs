@@ -154,6 +154,7 @@ try {
   const axeScan = await seriousViolations(a);
   check(axeScan.length === 0, `axe: no serious or critical violations on the scan page (${axeScan.join('; ')})`);
   await a.waitForSelector('[data-testid="m-outline_area_mm2"]');
+  check((await a.textContent('[data-testid="draw-outline"]')) === 'Adjust the outline', 'a measured scan offers to adjust its outline');
   const shot = join(P.artifacts, 'dashboard-viewer.png');
   await a.locator('#viewer').screenshot({ path: shot });
   const drawn = await a.evaluate(() => {

@@ -516,6 +516,10 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         }),
     );
     let mesh = MeshKeys { ply_key: ply.key, ply_sha256: ply.sha256, glb_key: glb.key, glb_sha256: glb.sha256 };
+    // The frame a clinician draws (or adjusts) an outline on, whether or not the automatic
+    // measurement succeeded.
+    let keyframe = suggested_keyframe(&fused).map(Box::new);
+    doc.insert("suggested_keyframe_seq".into(), json!(keyframe.as_ref().map(|k| to_i64(k.seq))));
     let m = match measured {
         Ok(m) => m,
         Err(e) => {
@@ -523,12 +527,10 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
             // `needs_outline`, with its mesh, the reason and a suggested keyframe, so a
             // clinician can draw the outline.
             let reason = failure_reason(&e);
-            let keyframe = suggested_keyframe(&fused).map(Box::new);
             doc.insert("status".into(), json!("complete"));
             doc.insert("outcome".into(), json!("needs_outline"));
             doc.insert("measurement_error".into(), json!(e.to_string()));
             doc.insert("reason_code".into(), json!(reason.code));
-            doc.insert("suggested_keyframe_seq".into(), json!(keyframe.as_ref().map(|k| to_i64(k.seq))));
             let row = NewReconstruction { scan_id, outcome: ReconOutcome::NeedsOutline { reason, keyframe }, mesh };
             sink.write_reconstruction(&row).await?;
             doc.insert(
@@ -555,7 +557,8 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         created_by: None,
     };
     let id = sink.write_measurement(&row).await?;
-    sink.write_reconstruction(&NewReconstruction { scan_id, outcome: ReconOutcome::Measured, mesh }).await?;
+    sink.write_reconstruction(&NewReconstruction { scan_id, outcome: ReconOutcome::Measured { keyframe }, mesh })
+        .await?;
     let pg_ms = ms(t);
     doc.insert("status".into(), json!("complete"));
     doc.insert("outcome".into(), json!("measured"));
@@ -688,8 +691,8 @@ fn decode_frames(
     Ok(Decoded { frames, quality })
 }
 
-/// The keyframe to suggest for a clinician's outline of a scan whose automatic
-/// measurement failed ([`super::keyframe`]), among the frames the gate accepted: fusion kept
+/// The keyframe to suggest for a clinician's outline (drawn where the automatic measurement
+/// failed, adjusted where it did not; [`super::keyframe`]), among the frames the gate accepted: fusion kept
 /// their cameras, so nothing is read back. `None` when no camera sees the wound.
 fn suggested_keyframe(fused: &FusedScan) -> Option<SuggestedKeyframe> {
     let mut cameras: Vec<(Candidate, SuggestedKeyframe)> =

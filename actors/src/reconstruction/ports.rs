@@ -171,8 +171,9 @@ pub struct FailureReason {
 /// What a scan's reconstruction came to.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReconOutcome {
-    /// The automatic measurement succeeded (its row is the scan's `auto` measurement).
-    Measured,
+    /// The automatic measurement succeeded (its row is the scan's `auto` measurement);
+    /// `keyframe` is the frame a clinician would draw or adjust an outline on.
+    Measured { keyframe: Option<Box<SuggestedKeyframe>> },
     /// The surface was built but the automatic measurement failed: a clinician should draw
     /// the outline, on `keyframe` if one could be suggested.
     NeedsOutline { reason: FailureReason, keyframe: Option<Box<SuggestedKeyframe>> },
@@ -182,7 +183,7 @@ impl ReconOutcome {
     /// The stored name.
     pub fn as_str(&self) -> &'static str {
         match self {
-            ReconOutcome::Measured => "measured",
+            ReconOutcome::Measured { .. } => "measured",
             ReconOutcome::NeedsOutline { .. } => "needs_outline",
         }
     }

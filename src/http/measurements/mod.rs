@@ -98,7 +98,8 @@ pub struct ScanOutcome {
     /// `needs_outline` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<OutcomeReason>,
-    /// `needs_outline` only, when a frame could be suggested.
+    /// The frame to draw an outline on (`needs_outline`) or to adjust the automatic one on
+    /// (`measured`, scans reconstructed since 2026-12-07), when a camera saw the wound.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suggested_keyframe: Option<SuggestedKeyframe>,
     /// Whether the mesh is served (`GET /v1/scans/{id}/mesh`, `DocumentReference/{id}`).
@@ -128,19 +129,20 @@ pub async fn outcome_of(state: &AppState, scan: &ScanRecord) -> Result<ScanOutco
             mesh: false,
         });
     };
+    let suggested_keyframe = row.suggested_keyframe.map(|k| SuggestedKeyframe {
+        seq: k.seq,
+        width: k.width,
+        height: k.height,
+        k: k.k.to_vec(),
+        pose: k.pose.to_vec(),
+    });
     if row.outcome == "measured" {
-        return Ok(ScanOutcome { state: OutcomeState::Measured, reason: None, suggested_keyframe: None, mesh: true });
+        return Ok(ScanOutcome { state: OutcomeState::Measured, reason: None, suggested_keyframe, mesh: true });
     }
     Ok(ScanOutcome {
         state: OutcomeState::NeedsOutline,
         reason: row.reason.map(|(code, message)| OutcomeReason { code, message }),
-        suggested_keyframe: row.suggested_keyframe.map(|k| SuggestedKeyframe {
-            seq: k.seq,
-            width: k.width,
-            height: k.height,
-            k: k.k.to_vec(),
-            pose: k.pose.to_vec(),
-        }),
+        suggested_keyframe,
         mesh: true,
     })
 }

@@ -387,8 +387,18 @@ async function scanPage(id) {
     const ms = await api(`/v1/scans/${id}/measurements`);
     const outcome = ms.outcome || { state: ms.status === 'complete' ? 'measured' : 'pending', mesh: ms.status === 'complete' };
     const m = ms.measurements.find((x) => x.method === 'auto') || ms.measurements[ms.measurements.length - 1];
+    // Every measurement side by side: the automatic one, then the clinician's outlines (newest
+    // last), so an adjusted outline never hides what the scan measured by itself.
+    const shown = [...ms.measurements.filter((x) => x.method === 'auto'), ...ms.measurements.filter((x) => x.method !== 'auto')];
     const tbody = el('tbody');
-    if (m) for (const [k, label, unit, d] of ROWS) tbody.append(el('tr', { 'data-testid': `m-${k}` }, el('th', { scope: 'row', text: label }), el('td', { text: pm(m[k], unit, d || 1) })));
+    const thead = el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: '' }),
+      ...shown.map((x, i) => el('th', { scope: 'col', 'data-testid': `m-col-${x.method}`, text: x.method === 'auto' ? 'Automatic' : `Outline${shown.length > 2 ? ` ${i}` : ''}` }))));
+    if (m) {
+      for (const [k, label, unit, d] of ROWS) {
+        tbody.append(el('tr', { 'data-testid': `m-${k}` }, el('th', { scope: 'row', text: label }),
+          ...shown.map((x) => el('td', { text: pm(x[k], unit, d || 1) }))));
+      }
+    }
     const needsOutline = outcome.state === 'needs_outline';
     const reason = needsOutline && outcome.reason
       ? el('div', { 'data-testid': 'outcome-reason', 'data-code': outcome.reason.code },
@@ -398,15 +408,15 @@ async function scanPage(id) {
     const tool = el('div', { 'data-testid': 'outline-tool' });
     // Drawing needs `scans:measure` (clinicians and admins); patients see the reason only.
     const mayMeasure = (auth.user?.role || 'patient') !== 'patient';
-    const draw = needsOutline && outcome.mesh && outcome.suggested_keyframe && mayMeasure
-      ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: 'Draw the outline' })
+    const draw = outcome.mesh && outcome.suggested_keyframe && mayMeasure
+      ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: needsOutline ? 'Draw the outline' : 'Adjust the outline' })
       : null;
     side.replaceChildren(
       el('h3', { text: 'Measurements' }),
       el('p', {}, el('span', { class: `badge ${ms.status}`, text: needsOutline ? 'needs outline' : ms.status }), ' ', el('a', { href: `#/patient/${scan.patient_id}`, text: 'History' })),
       reason,
-      m ? el('table', { class: 'm' }, tbody) : el('p', { class: 'empty', text: 'No measurement yet.' }),
-      m ? el('p', { class: 'muted', text: `± is the half-width of the interval the true value lies in (${m.method}).` }) : null,
+      m ? el('table', { class: 'm' }, thead, tbody) : el('p', { class: 'empty', text: 'No measurement yet.' }),
+      m ? el('p', { class: 'muted', text: '± is the half-width of the interval the true value lies in.' }) : null,
       draw, tool);
     if (outcome.mesh) {
       const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
