@@ -1,10 +1,12 @@
-//! PDF reports the Coherency server typesets itself (issue #24: the wound report). Data in,
+//! PDF reports the Coherency server typesets itself (issue #24: the wound report), and the
+//! pictures it draws for clinicians (a keyframe's depth as relief, `depth`). Data in,
 //! bytes out: no storage, no clock, no I/O. The server decides what a report says (the words of
 //! the verdict, the figures, the table's cells); this crate decides where it goes on the page.
 //! krilla writes the PDF (fonts embedded and subset, text shaped); the faces are DejaVu Sans,
 //! compiled in from `report/fonts/`, so a report renders alike on every machine.
 
 mod chart;
+pub mod depth;
 mod doc;
 pub mod mesh;
 mod wound;

@@ -78,6 +78,7 @@ use utoipa::OpenApi;
         crate::http::fhir::care_teams,
         crate::http::scans::create,
         crate::http::scans::get,
+        crate::http::scans::keyframe_png,
         crate::http::scans::list_for_patient,
         crate::ws::scan::stream,
         crate::ws::scan_rtc::signal,

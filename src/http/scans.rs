@@ -167,3 +167,64 @@ pub async fn list_for_patient(
     .await?;
     Ok(HttpResponse::Ok().json(ScanList { scans: list }))
 }
+
+/// `GET /v1/scans/{id}/keyframes/{seq}.png`: frame `seq` of the scan as the phone's depth
+/// camera saw it, shaded as relief (`coherency_report::depth`), at the frame's own resolution:
+/// a pixel of the picture is a pixel of the frame, as the outline re-measure's keyframe
+/// coordinates are.
+#[utoipa::path(get, path = "/v1/scans/{id}/keyframes/{seq}.png", tag = "scans", security(("bearer" = ["scans:read"])),
+    params(("id" = Uuid, Path), ("seq" = u64, Path, description = "the frame's seq (e.g. the outcome's `suggested_keyframe.seq`)")),
+    responses((status = 200, description = "greyscale PNG, the frame's width and height", content((Vec<u8> = "image/png"))),
+              (status = 400, description = "invalid_field (seq)"),
+              (status = 404, description = "no such scan visible to the caller, or no such frame stored")))]
+#[tracing::instrument(skip_all)]
+pub async fn keyframe_png(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansRead>,
+    path: web::Path<(Uuid, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, seq) = path.into_inner();
+    let seq: u64 = seq.parse().map_err(|_| {
+        ApiError::field(coherency_protocol::Code::InvalidField, "seq", "seq is a frame number (0 or more)")
+    })?;
+    let caller = auth::caller_of(&req, &state, &who);
+    let scan = state.scans.visible(&caller, ScanId::from_uuid(id), "scan.keyframe.read").await?;
+    let (key, offset, length) = crate::store::scans::frame_location(&state.stores.pg, ScanId::from_uuid(scan.id), seq)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let chunk = state.stores.blobs.get(&key).await.map_err(ApiError::internal)?;
+    let range = usize::try_from(offset)
+        .ok()
+        .zip(usize::try_from(length).ok())
+        .and_then(|(a, n)| a.checked_add(n).map(|b| a..b))
+        .filter(|r| r.end <= chunk.len())
+        .ok_or_else(|| ApiError::internal("stored frame outside its chunk"))?;
+    let frame = match coherency_protocol::scan::decode_client(&chunk[range]) {
+        Ok(coherency_protocol::scan::ClientMsg::Frame(f)) => f,
+        _ => return Err(ApiError::internal("stored frame does not decode")),
+    };
+    let depth = frame.depth_metres().map_err(ApiError::internal)?;
+    let k = &frame.intrinsics;
+    let pinhole = coherency_report::depth::Pinhole {
+        fx: f64::from(k[0]),
+        fy: f64::from(k[4]),
+        cx: f64::from(k[2]),
+        cy: f64::from(k[5]),
+    };
+    let png =
+        coherency_report::depth::depth_png(&depth, frame.width, frame.height, pinhole).map_err(ApiError::internal)?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("scan.keyframe.read", "success")
+            .target("scan", scan.id)
+            .details(serde_json::json!({"seq": seq})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("image/png")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "private, no-store"))
+        .body(png))
+}

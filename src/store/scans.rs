@@ -454,6 +454,21 @@ impl PgScanIndex {
     }
 }
 
+/// Where one stored `frame` message of the scan is: (chunk key, offset, length).
+pub async fn frame_location(pg: &PgPool, scan_id: ScanId, seq: u64) -> Result<Option<(String, u64, u64)>, StoreError> {
+    let Ok(seq) = i64::try_from(seq) else { return Ok(None) };
+    let row = sqlx::query!(
+        r#"SELECT chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 AND seq = $2"#,
+        scan_id.as_uuid(),
+        seq,
+    )
+    .fetch_optional(pg)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    let unsigned = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+    Ok(row.map(|r| (r.chunk_key, unsigned(r.offset), unsigned(r.length))))
+}
+
 // ---------------------------------------------------------------------------------------
 // QualitySink over MongoDB
 // ---------------------------------------------------------------------------------------

@@ -98,6 +98,8 @@ fn fill(path: &str, ids: &Ids, owner_user: &str) -> String {
     // A wound's assessment: the fixture's wound has none, and the wound is refused first.
     out = out.replace("{assessment_id}", &id(&ids.scans));
     out = out.replace("{pid}", &id(&ids.participants)).replace("{clinician_id}", &id(&ids.clinicians));
+    // A scan's first frame: the scan is refused before any frame is looked up.
+    out = out.replace("{seq}", "1");
     assert!(!out.contains('{'), "{path}: unfilled parameter in {out}");
     out
 }

@@ -107,6 +107,31 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
     assert_eq!(list["outcome"]["state"], "measured", "{list}");
     let kf = &list["outcome"]["suggested_keyframe"];
     assert!(kf["seq"].as_u64().is_some_and(|s| (1..=n).contains(&s)), "a keyframe for the measured scan: {list}");
+    // That frame as a picture to draw on: the frame's size, depth shaded as relief.
+    let seq = kf["seq"].as_u64().unwrap();
+    let res = app.get_auth(&format!("/v1/scans/{scan}/keyframes/{seq}.png"), &patient.token).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    let bytes = res.bytes().await.unwrap();
+    let mut reader = png::Decoder::new(std::io::Cursor::new(bytes.to_vec())).read_info().unwrap();
+    let mut px = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut px).unwrap();
+    assert_eq!(
+        (info.width, info.height),
+        (kf["width"].as_u64().unwrap() as u32, kf["height"].as_u64().unwrap() as u32)
+    );
+    let lit = px.iter().filter(|p| **p > 0).count();
+    assert!(lit * 10 > px.len() * 8, "most of the frame has depth: {lit} of {}", px.len());
+    let (lo, hi) = (px.iter().filter(|p| **p > 0).min().unwrap(), px.iter().max().unwrap());
+    assert!(hi - lo > 30, "relief, not a flat grey: {lo}..{hi}");
+    for (path, want) in [
+        (format!("/v1/scans/{scan}/keyframes/{}.png", n + 1), 404),
+        (format!("/v1/scans/{scan}/keyframes/first.png"), 400),
+    ] {
+        assert_eq!(app.get_auth(&path, &patient.token).await.status(), want, "{path}");
+    }
+    let stranger = app.patient().await;
+    assert_eq!(app.get_auth(&format!("/v1/scans/{scan}/keyframes/{seq}.png"), &stranger.token).await.status(), 404);
 
     // The mesh is in the blob store under the recorded hashes.
     for fmt in ["ply", "glb"] {

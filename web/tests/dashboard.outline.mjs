@@ -94,6 +94,13 @@ try {
   check(facts.onMesh === P.outline.length, `every true outline pixel lies on the drawn mesh (${facts.onMesh} of ${P.outline.length})`);
   check(facts.recall > 0.9 && facts.precision > 0.9,
     `the drawn mesh covers the pixels its vertices project to with the keyframe's camera (recall ${facts.recall.toFixed(3)}, precision ${facts.precision.toFixed(3)})`);
+  // The frame itself, as the depth camera saw it, under the outline: its own pixels.
+  await p.click('[data-testid="keyframe-toggle"]');
+  await p.waitForFunction(() => { const i = document.querySelector('[data-testid="keyframe-image"]'); return i && !i.hidden && i.complete && i.naturalWidth > 0; }, null, { timeout: 10000 });
+  const img = await p.evaluate(() => { const i = document.querySelector('[data-testid="keyframe-image"]'); const c = document.getElementById('viewer'); return { w: i.naturalWidth, h: i.naturalHeight, cw: i.clientWidth, ch: i.clientHeight, vw: c.clientWidth, vh: c.clientHeight }; });
+  check(img.w === kf.width && img.h === kf.height && Math.abs(img.cw - img.vw) <= 1 && Math.abs(img.ch - img.vh) <= 1,
+    `the depth image is the frame (${img.w}×${img.h}) laid over the canvas (${img.cw}×${img.ch} on ${img.vw}×${img.vh})`);
+  await p.click('[data-testid="keyframe-toggle"]');
   const [cu, cv] = P.centre;
   const off = Math.hypot(facts.centroid[0] - P.mesh_centre[0], facts.centroid[1] - P.mesh_centre[1]);
   check(off < 6, `the drawn mesh sits where the keyframe saw the scanned region (centroid (${facts.centroid.map((x) => x.toFixed(1))}) vs (${P.mesh_centre.map((x) => x.toFixed(1))}), ${off.toFixed(1)} px; wound centre (${cu.toFixed(1)}, ${cv.toFixed(1)}))`);

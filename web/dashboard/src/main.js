@@ -319,15 +319,20 @@ function outlineTool(id, viewer, canvas, kf, panel) {
   overlay.setAttribute('preserveAspectRatio', 'none');
   overlay.setAttribute('data-testid', 'outline-overlay');
   overlay.setAttribute('aria-hidden', 'true');
+  // The frame's own depth picture (GET /v1/scans/{id}/keyframes/{seq}.png), under the outline
+  // on request: the same pixels as the canvas, so the outline drawn on either is the same.
+  const picture = el('img', { alt: `Frame ${kf.seq} as the depth camera saw it`, 'data-testid': 'keyframe-image', hidden: '' });
   const place = () => {
-    overlay.style.cssText = `position:absolute;left:${canvas.offsetLeft}px;top:${canvas.offsetTop}px;width:${canvas.clientWidth}px;height:${canvas.clientHeight}px;pointer-events:none`;
+    const box = `position:absolute;left:${canvas.offsetLeft}px;top:${canvas.offsetTop}px;width:${canvas.clientWidth}px;height:${canvas.clientHeight}px;pointer-events:none`;
+    overlay.style.cssText = box;
+    picture.style.cssText = box;
   };
   const line = document.createElementNS(svgNs, 'polygon');
   line.setAttribute('fill', 'rgba(255,210,0,0.15)');
   line.setAttribute('stroke', '#ffd200');
   line.setAttribute('stroke-width', String(Math.max(kf.width, kf.height) / 300));
   overlay.append(line);
-  wrap.append(overlay);
+  wrap.append(picture, overlay);
   place();
   const points = [];
   const redraw = () => {
@@ -350,14 +355,27 @@ function outlineTool(id, viewer, canvas, kf, panel) {
   const measure = el('button', { type: 'button', 'data-testid': 'outline-measure', text: 'Measure', disabled: '' });
   const undo = el('button', { type: 'button', text: 'Undo point', onclick: () => { points.pop(); redraw(); } });
   const cancel = el('button', { type: 'button', text: 'Cancel' });
+  const toggle = el('button', { type: 'button', 'data-testid': 'keyframe-toggle', text: 'Show the depth image' });
+  toggle.addEventListener('click', async () => {
+    try {
+      if (!picture.src) {
+        const res = await api(`/v1/scans/${id}/keyframes/${kf.seq}.png`, { raw: true });
+        picture.src = URL.createObjectURL(await res.blob());
+      }
+      picture.hidden = !picture.hidden;
+      toggle.textContent = picture.hidden ? 'Show the depth image' : 'Show the 3D surface';
+    } catch (e) { err.textContent = `Could not load the frame: ${e.message}`; }
+  });
   panel.replaceChildren(
     el('p', { text: `Click around the wound's edge on frame ${kf.seq}, then Measure.` }),
-    el('p', {}, count), el('p', {}, measure, ' ', undo, ' ', cancel), err);
+    el('p', {}, count), el('p', {}, measure, ' ', undo, ' ', cancel), el('p', {}, toggle), err);
   return new Promise((resolve) => {
     const close = (result) => {
       canvas.removeEventListener('click', onClick);
       window.removeEventListener('resize', place);
       overlay.remove();
+      if (picture.src) URL.revokeObjectURL(picture.src);
+      picture.remove();
       viewer.orbitView();
       resolve(result);
     };
