@@ -82,8 +82,8 @@ function eventText(e) {
     case 'track_published': return `${who} started sharing ${kind || 'media'}`;
     case 'track_unpublished': return `${who} stopped sharing ${kind || 'media'}`;
     case 'scan_requested': return 'A wound scan was requested';
-    case 'scan_progress': return 'The wound scan is in progress';
-    case 'scan_finished': return 'The wound scan finished';
+    case 'scan_progress': return e.data && e.data.status === 'processing' ? 'The wound scan is being measured' : 'The phone is scanning the wound';
+    case 'scan_finished': return { failed: 'The wound scan failed', cancelled: 'The wound scan was cancelled' }[e.data && e.data.status] || 'The wound scan finished';
     case 'muted': return `${who}'s ${kind || 'media'} was muted`;
     case 'unmuted': return `${who}'s ${kind || 'media'} was unmuted`;
     case 'ended': return END_REASONS[e.data && e.data.reason] || 'The consult ended';
@@ -208,7 +208,7 @@ function admitted() {
   setState('admitted');
   show('waiting', false);
   show('room', true);
-  if (C.role === 'host') loadWounds();
+  if (C.role === 'host') { loadWounds(); loadSummary(); }
   show('queue-panel', C.role === 'host');
   show('people-panel', C.role === 'host');
   if (C.role === 'host') { refreshQueue(); pollQueue(true); }
@@ -409,6 +409,38 @@ function scanChanged(id, status, measurements) {
     a.id = 'scan-open'; a.href = `/web/dashboard/#/scan/${id}`; a.textContent = 'Open the scan (3D, outline)';
     $('scan-status').after(a);
   }
+}
+
+const VERDICT_WORDS = { on_track: 'on track', not_on_track: 'not on track', too_early: 'too early to judge' };
+
+/// The host's summary of the patient beside the video: who, their allergies, and each open
+/// wound with its latest measurement and four-week verdict.
+async function loadSummary() {
+  if (!C.patientId) await loadNames();
+  if (!C.patientId) return;
+  const li = (text) => { const e = document.createElement('li'); e.textContent = text; return e; };
+  try {
+    const [p, allergies, { wounds }] = await Promise.all([
+      api('GET', `/v1/patients/${C.patientId}`),
+      api('GET', `/v1/patients/${C.patientId}/allergies`),
+      api('GET', `/v1/patients/${C.patientId}/wounds`),
+    ]);
+    $('summary-who').textContent = `${p.given_name} ${p.family_name}, born ${p.birth_date}${p.mrn ? ` · ${p.mrn}` : ''}`;
+    const active = allergies.filter((a) => !a.status || a.status === 'active');
+    $('summary-allergies').replaceChildren(...(active.length
+      ? active.map((a) => li(`${a.substance}${a.severity ? ` (${a.severity})` : ''}${a.reaction ? `: ${a.reaction}` : ''}`))
+      : [li('None recorded')]));
+    const open = wounds.filter((w) => w.status === 'open' || w.status === 'healing');
+    const items = await Promise.all(open.map(async (w) => {
+      const t = await api('GET', `/v1/wounds/${w.id}/trajectory`).catch(() => null);
+      const last = t && [...t.points].reverse().find((x) => x.role === 'baseline' || x.role === 'used');
+      const e = li(`${w.site_display}: ${last ? `${last.area_mm2.value.toFixed(0)} ± ${last.area_mm2.uncertainty.toFixed(0)} mm² on ${new Date(last.taken_at).toLocaleDateString()}` : 'not measured yet'}${t ? `, ${VERDICT_WORDS[t.metrics.four_week.verdict] || t.metrics.four_week.verdict}` : ''}`);
+      e.dataset.wound = w.id;
+      return e;
+    }));
+    $('summary-wounds').replaceChildren(...(items.length ? items : [li('No open wound')]));
+    show('summary-panel', true);
+  } catch (err) { C.errors.push(`summary: ${err.message}`); }
 }
 
 /// The host's wound list for "Request scan": the patient's wounds, or a new one by site.

@@ -60,7 +60,10 @@ async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_is_
         }
     };
     let (patient_name, clinician_name) = (name_of(s.patient.id).await, name_of(s.clin.id).await);
+    let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/test-artifacts");
+    std::fs::create_dir_all(artifacts).unwrap();
     let env = [
+        ("ARTIFACTS", artifacts),
         ("CONSULT", consult.as_str()),
         ("PATIENT_TOKEN", &s.patient.token),
         ("CLINICIAN_TOKEN", &s.clin.token),
@@ -72,6 +75,15 @@ async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_is_
     // The patient's phone: once the clinician asks for a scan in the consult, a phantom scan is
     // streamed into it with the patient's own token.
     crate::scan_stream::consent(&app, &s.patient).await;
+    // Something for the clinician's summary beside the video.
+    let res = app
+        .post_auth(
+            &format!("/v1/patients/{}/allergies", s.patient.patient_id.unwrap()),
+            &s.clin.token,
+            &serde_json::json!({"substance": "penicillin", "severity": "severe", "reaction": "hives"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
     let phone = async {
         let scan = eventually(Duration::from_secs(120), "the clinician to ask for a scan", || {
             let pg = app.pg.clone();

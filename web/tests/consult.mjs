@@ -13,6 +13,8 @@ import { seriousViolations } from './axe.mjs';
 
 const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME, CLINICIAN_NAME } = process.env;
 const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); };
+// A screenshot of each step of the visit, kept as a test artefact (ARTIFACTS, when given).
+const shot = async (page, name) => { if (process.env.ARTIFACTS) await page.screenshot({ path: `${process.env.ARTIFACTS}/consult-${name}.png`, fullPage: true }); };
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const STEP = 30_000;
 
@@ -93,12 +95,20 @@ try {
   check(!(await patient.isVisible('#room')), 'the waiting patient sees no room panel');
   await patient.waitForFunction((n) => document.getElementById('with').textContent.includes(n), CLINICIAN_NAME, { timeout: STEP });
   result.waited = true;
+  await shot(patient, '1-patient-waiting');
   // The host's queue names the patient.
   await clinician.waitForFunction((n) => [...document.querySelectorAll('#queue li')].some((li) => li.textContent.includes(n)), PATIENT_NAME, { timeout: STEP });
 
   await clinician.click('#queue button.admit', { timeout: STEP });
   await patient.waitForFunction(() => window.coherency.state === 'admitted', null, { timeout: STEP });
 
+  // Beside the video, the clinician reads who the patient is and what they are allergic to.
+  await clinician.waitForSelector('#summary-panel:not([hidden])', { timeout: STEP });
+  const summary = await clinician.textContent('#summary-panel');
+  check(summary.includes(PATIENT_NAME) && /penicillin \(severe\): hives/.test(summary) && /No open wound/.test(summary),
+    `the patient's summary is beside the video ("${summary.replace(/\s+/g, ' ').trim()}")`);
+  check(!(await patient.isVisible('#summary-panel')), 'the patient does not get the clinician\'s summary');
+  await shot(clinician, '2-clinician-in-the-call');
   result.clinicianFrames = await rising(clinician, 'clinician');
   result.patientFrames = await rising(patient, 'patient');
 
@@ -126,6 +136,8 @@ try {
   const timeline = await clinician.$$eval('#events li', (els) => els.map((e) => e.textContent).join(' | '));
   check(/A wound scan was requested/.test(timeline) && /The wound scan finished/.test(timeline), `the scan is in the timeline (${timeline})`);
   result.scan = true;
+  await shot(clinician, '3-clinician-scan-measured');
+  await shot(patient, '3-patient-scan-measured');
   for (const [p, n] of [[clinician, 'clinician'], [patient, 'patient']]) {
     const v = await seriousViolations(p);
     check(v.length === 0, `axe: no serious or critical violations in the ${n}'s consult (${v.join('; ')})`);
@@ -148,6 +160,7 @@ try {
   await clinician.click('#hangup');
   await patient.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
   await clinician.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
+  await shot(patient, '4-patient-ended');
   // The host's queue poll (every second while in the room) stops with the consult.
   const endedAt = Date.now();
   await clinician.waitForTimeout(2500);
