@@ -98,7 +98,9 @@ async function api(method, path, body) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   const text = await res.text();
-  const json = text ? JSON.parse(text) : null;
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { /* not JSON */ }
+  if (res.status === 401) signedOut('Your session has ended. Sign in again.');
   if (!res.ok) throw new Error((json && json.error && json.error.code) || `HTTP ${res.status}`);
   return json;
 }
@@ -126,6 +128,18 @@ $('login-form').addEventListener('submit', async (e) => {
   } catch (err) { $('login-error').textContent = String(err.message || err); }
 });
 
+/// Back to the sign-in form, saying why (an expired or revoked session).
+function signedOut(why) {
+  C.token = null;
+  sessionStorage.removeItem('coherency.token');
+  sessionStorage.removeItem('coherency.user');
+  if (C.ws) C.ws.close();
+  setState('signed-out');
+  for (const id of ['join', 'waiting', 'room']) show(id, false);
+  show('login', true);
+  $('login-error').textContent = why;
+}
+
 function signedIn() {
   setState('signed-in');
   $('login-error').textContent = '';
@@ -136,8 +150,24 @@ function signedIn() {
 
 $('join-form').addEventListener('submit', (e) => { e.preventDefault(); join($('consult-id').value.trim()); });
 
+// Why a consult cannot be joined, in words (the API's codes).
+const JOIN_ERRORS = {
+  not_found: 'No consult with this link is open to you. Check the link, or ask the clinic for a new one.',
+  consult_ended: 'This consult has ended.',
+  check_in_too_early: 'The consult opens 15 minutes before the appointment. Come back then.',
+};
+
 async function join(consultId) {
   C.consultId = consultId;
+  $('join-error').textContent = '';
+  try {
+    // Asked first, so a wrong or foreign link gets words, not a closed socket.
+    await api('GET', `/v1/consults/${consultId}`);
+  } catch (err) {
+    $('join-error').textContent = JOIN_ERRORS[err.message] || `The consult could not be opened (${err.message}).`;
+    show('join', !!C.token);
+    return;
+  }
   try {
     const { ticket } = await api('POST', '/v1/auth/ws-ticket', {});
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
@@ -150,7 +180,7 @@ async function join(consultId) {
       if (C.pc) { C.pc.close(); C.pc = null; }
     };
     show('join', false);
-  } catch (err) { $('join-error').textContent = String(err.message || err); }
+  } catch (err) { $('join-error').textContent = JOIN_ERRORS[err.message] || String(err.message || err); }
 }
 
 function send(msg) { if (C.ws && C.ws.readyState === WebSocket.OPEN) C.ws.send(JSON.stringify(msg)); }

@@ -60,10 +60,12 @@ async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_is_
         }
     };
     let (patient_name, clinician_name) = (name_of(s.patient.id).await, name_of(s.clin.id).await);
+    let stranger = app.patient().await;
     let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/test-artifacts");
     std::fs::create_dir_all(artifacts).unwrap();
     let env = [
         ("ARTIFACTS", artifacts),
+        ("STRANGER_TOKEN", &stranger.token),
         ("CONSULT", consult.as_str()),
         ("PATIENT_TOKEN", &s.patient.token),
         ("CLINICIAN_TOKEN", &s.clin.token),

@@ -11,7 +11,7 @@
 import { chromium } from 'playwright-core';
 import { seriousViolations } from './axe.mjs';
 
-const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME, CLINICIAN_NAME } = process.env;
+const { BASE, CONSULT, PATIENT_TOKEN, CLINICIAN_TOKEN, PATIENT_EMAIL, PATIENT_PASSWORD, PATIENT_NAME, CLINICIAN_NAME, STRANGER_TOKEN } = process.env;
 const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); };
 // A screenshot of each step of the visit, kept as a test artefact (ARTIFACTS, when given).
 const shot = async (page, name) => { if (process.env.ARTIFACTS) await page.screenshot({ path: `${process.env.ARTIFACTS}/consult-${name}.png`, fullPage: true }); };
@@ -85,6 +85,25 @@ try {
   check(!(await login.isVisible('#room')), 'no room panel before joining');
   await login.context().close();
   result.login = true;
+
+  // Another patient with this consult's link: words, no room, nothing of whose consult it is.
+  const stranger = await (await browser.newContext()).newPage();
+  await stranger.goto(`${BASE}/consult#token=${STRANGER_TOKEN}&consult=${CONSULT}`);
+  await stranger.waitForFunction(() => document.getElementById('join-error').textContent.length > 0, null, { timeout: STEP });
+  const refused = await stranger.textContent('body');
+  check(/No consult with this link is open to you/.test(refused), 'another patient is told the link is not theirs');
+  check(!(await stranger.isVisible('#room')) && !refused.includes(PATIENT_NAME) && !refused.includes(CLINICIAN_NAME),
+    'and sees no room and no one\'s name');
+  await stranger.context().close();
+
+  // A session that has ended: back to signing in, saying so.
+  const stale = await (await browser.newContext()).newPage();
+  await stale.goto(`${BASE}/consult#token=not-a-session&consult=${CONSULT}`);
+  await stale.waitForSelector('#login:not([hidden])', { timeout: STEP });
+  await stale.waitForFunction(() => /session has ended/.test(document.getElementById('login-error').textContent), null, { timeout: STEP });
+  check(!(await stale.isVisible('#room')), 'an ended session is sent back to sign in, told why');
+  await stale.context().close();
+  result.refusals = true;
 
   await clinician.goto(`${BASE}/consult#token=${CLINICIAN_TOKEN}&consult=${CONSULT}`);
   await clinician.waitForFunction(() => window.coherency.state === 'admitted', null, { timeout: STEP });
