@@ -32,23 +32,17 @@ pub fn shade(depth: &[f32], width: u32, height: u32, k: Pinhole) -> Vec<u8> {
         for u in 0..w {
             let Some(p) = at(u, v) else { continue };
             // Central differences where both neighbours exist, else one-sided.
-            let du = match (u.checked_sub(1).and_then(|a| at(a, v)), at(u + 1, v).filter(|_| u + 1 < w)) {
-                (Some(a), Some(b)) => [b[0] - a[0], b[1] - a[1], b[2] - a[2]],
-                (None, Some(b)) => [b[0] - p[0], b[1] - p[1], b[2] - p[2]],
-                (Some(a), None) => [p[0] - a[0], p[1] - a[1], p[2] - a[2]],
-                (None, None) => {
-                    out[v * w + u] = 128;
-                    continue;
-                }
+            let diff = |before: Option<[f64; 3]>, after: Option<[f64; 3]>| match (before, after) {
+                (Some(a), Some(b)) => Some([b[0] - a[0], b[1] - a[1], b[2] - a[2]]),
+                (None, Some(b)) => Some([b[0] - p[0], b[1] - p[1], b[2] - p[2]]),
+                (Some(a), None) => Some([p[0] - a[0], p[1] - a[1], p[2] - a[2]]),
+                (None, None) => None,
             };
-            let dv = match (v.checked_sub(1).and_then(|a| at(u, a)), at(u, v + 1).filter(|_| v + 1 < h)) {
-                (Some(a), Some(b)) => [b[0] - a[0], b[1] - a[1], b[2] - a[2]],
-                (None, Some(b)) => [b[0] - p[0], b[1] - p[1], b[2] - p[2]],
-                (Some(a), None) => [p[0] - a[0], p[1] - a[1], p[2] - a[2]],
-                (None, None) => {
-                    out[v * w + u] = 128;
-                    continue;
-                }
+            let du = diff(u.checked_sub(1).and_then(|a| at(a, v)), at(u + 1, v).filter(|_| u + 1 < w));
+            let dv = diff(v.checked_sub(1).and_then(|a| at(u, a)), at(u, v + 1).filter(|_| v + 1 < h));
+            let (Some(du), Some(dv)) = (du, dv) else {
+                out[v * w + u] = 128;
+                continue;
             };
             let n = [du[1] * dv[2] - du[2] * dv[1], du[2] * dv[0] - du[0] * dv[2], du[0] * dv[1] - du[1] * dv[0]];
             let len = (n[0] * n[0] + n[1] * n[1] + n[2] * n[2]).sqrt();

@@ -111,6 +111,22 @@ pub enum Align {
     Centre,
 }
 
+/// The path through `pts` (closed back to the first when `close`); `None` for no points.
+fn path_through(pts: &[(f32, f32)], close: bool) -> Option<krilla::geom::Path> {
+    let mut pb = PathBuilder::new();
+    for (i, (x, y)) in pts.iter().enumerate() {
+        if i == 0 {
+            pb.move_to(*x, *y);
+        } else {
+            pb.line_to(*x, *y);
+        }
+    }
+    if close {
+        pb.close();
+    }
+    pb.finish()
+}
+
 /// A text style: size in points, weight, colour.
 #[derive(Debug, Clone, Copy)]
 pub struct Style(pub f32, pub Weight, pub (u8, u8, u8));
@@ -153,15 +169,7 @@ impl Canvas<'_, '_> {
 
     /// An open polyline.
     pub fn polyline(&mut self, pts: &[(f32, f32)], width: f32, c: (u8, u8, u8), dash: Option<&[f32]>) {
-        let mut pb = PathBuilder::new();
-        for (i, (x, y)) in pts.iter().enumerate() {
-            if i == 0 {
-                pb.move_to(*x, *y);
-            } else {
-                pb.line_to(*x, *y);
-            }
-        }
-        let Some(path) = pb.finish() else { return };
+        let Some(path) = path_through(pts, false) else { return };
         self.surface.set_fill(None);
         self.surface.set_stroke(Some(Stroke {
             paint: colour(c).into(),
@@ -175,16 +183,7 @@ impl Canvas<'_, '_> {
 
     /// A filled polygon at `opacity`.
     pub fn polygon(&mut self, pts: &[(f32, f32)], c: (u8, u8, u8), opacity: f32) {
-        let mut pb = PathBuilder::new();
-        for (i, (x, y)) in pts.iter().enumerate() {
-            if i == 0 {
-                pb.move_to(*x, *y);
-            } else {
-                pb.line_to(*x, *y);
-            }
-        }
-        pb.close();
-        let Some(path) = pb.finish() else { return };
+        let Some(path) = path_through(pts, true) else { return };
         self.surface.set_stroke(None);
         self.surface.set_fill(Some(Fill {
             paint: colour(c).into(),

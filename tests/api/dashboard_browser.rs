@@ -30,6 +30,26 @@ fn web_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web")
 }
 
+/// The `web/` folder (its Playwright and bundle checked) and an app serving it from its
+/// `public_url`, the port chosen first: sockets accept no other browser origin.
+async fn web_app() -> (PathBuf, TestApp) {
+    let web = web_dir();
+    assert!(
+        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
+        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = web.display().to_string();
+    let app = spawn_app_with(move |mut c| {
+        c.http_addr = format!("127.0.0.1:{port}");
+        c.public_url = format!("http://127.0.0.1:{port}");
+        c.web_dir = dir;
+        c
+    })
+    .await;
+    (web, app)
+}
+
 /// Streams a phantom wound scan of `patient`, `pace` between frames, and waits for it to
 /// complete.
 pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
@@ -99,20 +119,7 @@ async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &st
 
 #[actix_rt::test]
 async fn the_dashboard_pages_show_live_scans_meshes_history_and_only_the_viewers_patients() {
-    let web = web_dir();
-    assert!(
-        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
-        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
-    );
-    // The pages are served from `public_url`: sockets accept no other browser origin.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app_with(|mut c| {
-        c.http_addr = format!("127.0.0.1:{port}");
-        c.public_url = format!("http://127.0.0.1:{port}");
-        c.web_dir = web.display().to_string();
-        c
-    })
-    .await;
+    let (web, app) = web_app().await;
     let alice = app.staff(Role::Clinician, true).await;
     let bob = app.staff(Role::Clinician, true).await;
     let ada = app.patient().await; // Alice's patient
@@ -225,19 +232,7 @@ fn silhouette(
 /// measurement whose vertices are those pixels and whose area is the wound's.
 #[actix_rt::test]
 async fn a_clinician_draws_the_outline_of_a_scan_the_automatic_measurement_failed_on() {
-    let web = web_dir();
-    assert!(
-        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
-        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app_with(|mut c| {
-        c.http_addr = format!("127.0.0.1:{port}");
-        c.public_url = format!("http://127.0.0.1:{port}");
-        c.web_dir = web.display().to_string();
-        c
-    })
-    .await;
+    let (web, app) = web_app().await;
     let alice = app.staff(Role::Clinician, true).await;
     let ada = app.patient().await;
     let ada_id = ada.patient_id.unwrap();
@@ -300,19 +295,7 @@ async fn a_clinician_draws_the_outline_of_a_scan_the_automatic_measurement_faile
 #[actix_rt::test]
 #[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
 async fn browser_wound_page_shows_the_stalled_wounds_chart_threshold_and_projection() {
-    let web = web_dir();
-    assert!(
-        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
-        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app_with(|mut c| {
-        c.http_addr = format!("127.0.0.1:{port}");
-        c.public_url = format!("http://127.0.0.1:{port}");
-        c.web_dir = web.display().to_string();
-        c
-    })
-    .await;
+    let (web, app) = web_app().await;
     let alice = app.staff(Role::Clinician, true).await;
     let ada = app.patient().await;
     let ada_id = ada.patient_id.unwrap();
@@ -361,19 +344,7 @@ async fn browser_wound_page_shows_the_stalled_wounds_chart_threshold_and_project
 #[actix_rt::test]
 #[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
 async fn browser_calendar_shows_bookings_holds_and_free_slots_where_they_fall() {
-    let web = web_dir();
-    assert!(
-        web.join("node_modules/playwright-core").is_dir() && web.join("dashboard/dist/app.js").is_file(),
-        "run scripts/browser-setup first (Chromium, web/node_modules, the dashboard bundle)"
-    );
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let app = spawn_app_with(|mut c| {
-        c.http_addr = format!("127.0.0.1:{port}");
-        c.public_url = format!("http://127.0.0.1:{port}");
-        c.web_dir = web.display().to_string();
-        c
-    })
-    .await;
+    let (web, app) = web_app().await;
     let (alice, ty) = crate::dashboard::clinician_with_calendar(&app).await;
     let (bob, _) = crate::dashboard::clinician_with_calendar(&app).await;
     let ada = app.patient().await;

@@ -4,7 +4,7 @@
 // "COMPLETE <id>" when it has completed, prints DONE at the end. Any failed check exits 1.
 // Playwright gives each launch a fresh temporary profile.
 
-import { chromium } from 'playwright-core';
+import { check, launch, say } from './common.mjs';
 import { createInterface } from 'node:readline';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
@@ -15,15 +15,8 @@ const waiting = [];
 const queue = [];
 lines.on('line', (l) => (waiting.length ? waiting.shift()(l) : queue.push(l)));
 const nextLine = () => new Promise((r) => (queue.length ? r(queue.shift()) : waiting.push(r)));
-const say = (s) => console.log(s);
-const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); say(`PASS ${what}`); };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
-});
+const browser = await launch();
 
 async function page(viewport, token) {
   const ctx = await browser.newContext({ viewport });

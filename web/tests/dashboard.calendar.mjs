@@ -5,20 +5,13 @@
 // Times are UTC (the browser context's time zone). Prints PASS lines, then DONE; any failed
 // check exits 1.
 
-import { chromium } from 'playwright-core';
+import { check, launch, say } from './common.mjs';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
 
 const P = JSON.parse(process.env.CALENDAR_TEST);
-const say = (s) => console.log(s);
-const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); say(`PASS ${what}`); };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 
 async function open(who) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, timezoneId: 'UTC' });

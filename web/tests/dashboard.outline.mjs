@@ -5,19 +5,12 @@
 // with that frame's camera) and measures. Prints PASS lines, then DONE; any failed check
 // exits 1.
 
-import { chromium } from 'playwright-core';
+import { check, launch, say } from './common.mjs';
 import { join } from 'node:path';
 
 const P = JSON.parse(process.env.OUTLINE_TEST);
-const say = (s) => console.log(s);
-const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); say(`PASS ${what}`); };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
-});
+const browser = await launch();
 
 /// Pixels of the viewer's drawing buffer that are not the background, and which of the
 /// given keyframe pixels land on the mesh.

@@ -4,20 +4,13 @@
 // picks the stalled wound on the body map and reads its healing chart. Prints PASS lines,
 // then DONE; any failed check exits 1.
 
-import { chromium } from 'playwright-core';
+import { check, launch, say } from './common.mjs';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
 
 const P = JSON.parse(process.env.WOUND_TEST);
-const say = (s) => console.log(s);
-const check = (ok, what) => { if (!ok) throw new Error(`check failed: ${what}`); say(`PASS ${what}`); };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 
 /// Pairs of the chart's tick labels (per axis) whose boxes on screen overlap, and how many
 /// labels each axis has.
