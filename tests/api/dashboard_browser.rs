@@ -382,3 +382,32 @@ async fn browser_calendar_shows_bookings_holds_and_free_slots_where_they_fall() 
     println!("{stdout}");
     assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
 }
+
+/// Staff without two-step sign-in are taken to set it up on the dashboard
+/// (`web/tests/dashboard.enrol.mjs`): a QR code, the key beside it, a wrong code refused in
+/// words, the right one confirms, recovery codes once, then the live board.
+#[actix_rt::test]
+#[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
+async fn browser_staff_without_two_step_sign_in_set_it_up_and_reach_the_board() {
+    let (web, app) = web_app().await;
+    let newcomer = app.staff(Role::Clinician, false).await;
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let params =
+        json!({"base": app.address, "email": newcomer.email, "password": newcomer.password, "artifacts": artifacts});
+    let script = web.join("tests/dashboard.enrol.mjs");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).env("ENROL_TEST", params.to_string()).stderr(Stdio::inherit()).output()
+    });
+    let out =
+        tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser script ends").unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    let enrolled: bool = sqlx::query_scalar("SELECT totp_enabled FROM users WHERE id = $1")
+        .bind(newcomer.id)
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert!(enrolled, "the account has two-step sign-in now");
+}

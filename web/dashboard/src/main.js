@@ -6,6 +6,7 @@
 
 import { showMesh } from './viewer.js';
 import { calendarPage } from './calendar.js';
+import { enrolPage } from './enrol.js';
 import { bodyMap, dayOf, healingChart } from './wounds.js';
 
 const $main = () => document.getElementById('main');
@@ -35,10 +36,11 @@ async function api(path, opts = {}) {
   if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
   if (opts.json !== undefined) { headers['Content-Type'] = 'application/json'; opts.body = JSON.stringify(opts.json); }
   const res = await fetch(path, { method: opts.method || (opts.json !== undefined ? 'POST' : 'GET'), headers, body: opts.body });
-  if (res.status === 401 && path !== '/v1/auth/login') { auth.clear(); route(); throw new Error('signed out'); }
   if (!res.ok) {
     let msg = `${res.status}`, code = null;
     try { const b = await res.json(); code = b.error?.code ?? null; msg = b.error?.message || code || msg; } catch { /* not json */ }
+    // A 401 about the session signs out; one about a code typed (`invalid_totp`) does not.
+    if (res.status === 401 && path !== '/v1/auth/login' && code !== 'invalid_totp') { auth.clear(); route(); throw new Error('signed out'); }
     const err = new Error(msg); err.status = res.status; err.code = code; throw err;
   }
   return opts.raw ? res : res.json();
@@ -663,6 +665,10 @@ function route() {
   document.getElementById('logout').hidden = !user;
   document.getElementById('nav-calendar').hidden = !user || user.role === 'patient';
   if (!auth.token) { window.coherencyBoard?.stop(); return loginPage(); }
+  // Staff without two-step sign-in set it up first (the API refuses them everything else).
+  if (user && user.role !== 'patient' && user.mfa_enrolled === false) {
+    return enrolPage($main(), { api, el, done: () => { auth.set(auth.token, { ...auth.user, mfa_enrolled: true }); location.hash = '#/board'; route(); } });
+  }
   const [, page, id] = (location.hash || '#/board').split('/');
   if (page === 'calendar' && auth.user?.role !== 'patient') {
     return calendarPage($main(), { api, el, clinician: id || null, me: auth.user?.id });
