@@ -153,6 +153,9 @@ async fn check_in_patients(
 }
 
 pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
+    // Ctrl-C is caught from the start (a handler installed later would let an early one kill
+    // the run before its waiting patients' consults are ended).
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let common = &args.common;
     let (target, http, staff) = api::start_as_clinician(common, &args.staff).await?;
     let (type_id, slots) = api::calendar(&http, &target, &staff, PATIENTS).await?;
@@ -218,12 +221,11 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let mut change_call = Latencies::new();
     // Ctrl-C stops the driving early; the waiting patients' consults are still ended below
     // (unless --keep-waiting), so an interrupted demo leaves nobody in the waiting room.
-    let mut interrupt = std::pin::pin!(tokio::signal::ctrl_c());
     let mut interrupted = false;
     while driving.elapsed() < duration {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = &mut interrupt => {
+            _ = interrupt.recv() => {
                 interrupted = true;
                 break;
             }

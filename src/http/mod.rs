@@ -47,7 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/patients/{id}/emergency-access").route(web::post().to(admin::emergency_access)))
         .service(resource("/v1/scans").route(web::post().to(scans::create)))
         .service(resource("/v1/scans/{id}").route(web::get().to(scans::get)))
-        .service(resource("/v1/scans/{id}/keyframes/{seq}.png").route(web::get().to(scans::keyframe_png)))
+        .service(resource("/v1/scans/{id}/keyframes/{seq}").route(web::get().to(scans::keyframe_png)))
         .service(resource("/v1/scans/{id}/stream").route(web::get().to(crate::ws::scan::stream)))
         .service(resource("/v1/scans/{id}/rtc").route(web::get().to(crate::ws::scan_rtc::signal)))
         .service(

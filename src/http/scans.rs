@@ -168,12 +168,12 @@ pub async fn list_for_patient(
     Ok(HttpResponse::Ok().json(ScanList { scans: list }))
 }
 
-/// `GET /v1/scans/{id}/keyframes/{seq}.png`: frame `seq` of the scan as the phone's depth
+/// `GET /v1/scans/{id}/keyframes/{seq}`: frame `seq` of the scan as the phone's depth
 /// camera saw it, shaded as relief (`coherency_report::depth`), at the frame's own resolution:
 /// a pixel of the picture is a pixel of the frame, as the outline re-measure's keyframe
 /// coordinates are.
-#[utoipa::path(get, path = "/v1/scans/{id}/keyframes/{seq}.png", tag = "scans", security(("bearer" = ["scans:read"])),
-    params(("id" = Uuid, Path), ("seq" = u64, Path, description = "the frame's seq (e.g. the outcome's `suggested_keyframe.seq`)")),
+#[utoipa::path(get, path = "/v1/scans/{id}/keyframes/{seq}", tag = "scans", security(("bearer" = ["scans:read"])),
+    params(("id" = Uuid, Path), ("seq" = inline(crate::http::input::NonNegative), Path, description = "the frame's seq (e.g. the outcome's `suggested_keyframe.seq`)")),
     responses((status = 200, description = "greyscale PNG, the frame's width and height", content((Vec<u8> = "image/png"))),
               (status = 400, description = "invalid_field (seq)"),
               (status = 404, description = "no such scan visible to the caller, or no such frame stored")))]
@@ -185,7 +185,7 @@ pub async fn keyframe_png(
     path: web::Path<(Uuid, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, seq) = path.into_inner();
-    let seq: u64 = seq.parse().map_err(|_| {
+    let seq: u64 = seq.parse::<i64>().ok().and_then(|v| u64::try_from(v).ok()).ok_or_else(|| {
         ApiError::field(coherency_protocol::Code::InvalidField, "seq", "seq is a frame number (0 or more)")
     })?;
     let caller = auth::caller_of(&req, &state, &who);

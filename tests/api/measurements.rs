@@ -109,7 +109,7 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
     assert!(kf["seq"].as_u64().is_some_and(|s| (1..=n).contains(&s)), "a keyframe for the measured scan: {list}");
     // That frame as a picture to draw on: the frame's size, depth shaded as relief.
     let seq = kf["seq"].as_u64().unwrap();
-    let res = app.get_auth(&format!("/v1/scans/{scan}/keyframes/{seq}.png"), &patient.token).await;
+    let res = app.get_auth(&format!("/v1/scans/{scan}/keyframes/{seq}"), &patient.token).await;
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "image/png");
     let bytes = res.bytes().await.unwrap();
@@ -124,14 +124,13 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
     assert!(lit * 10 > px.len() * 8, "most of the frame has depth: {lit} of {}", px.len());
     let (lo, hi) = (px.iter().filter(|p| **p > 0).min().unwrap(), px.iter().max().unwrap());
     assert!(hi - lo > 30, "relief, not a flat grey: {lo}..{hi}");
-    for (path, want) in [
-        (format!("/v1/scans/{scan}/keyframes/{}.png", n + 1), 404),
-        (format!("/v1/scans/{scan}/keyframes/first.png"), 400),
-    ] {
+    for (path, want) in
+        [(format!("/v1/scans/{scan}/keyframes/{}", n + 1), 404), (format!("/v1/scans/{scan}/keyframes/first"), 400)]
+    {
         assert_eq!(app.get_auth(&path, &patient.token).await.status(), want, "{path}");
     }
     let stranger = app.patient().await;
-    assert_eq!(app.get_auth(&format!("/v1/scans/{scan}/keyframes/{seq}.png"), &stranger.token).await.status(), 404);
+    assert_eq!(app.get_auth(&format!("/v1/scans/{scan}/keyframes/{seq}"), &stranger.token).await.status(), 404);
 
     // The mesh is in the blob store under the recorded hashes.
     for fmt in ["ply", "glb"] {

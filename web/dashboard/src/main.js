@@ -321,7 +321,7 @@ function outlineTool(id, viewer, canvas, kf, panel) {
   overlay.setAttribute('preserveAspectRatio', 'none');
   overlay.setAttribute('data-testid', 'outline-overlay');
   overlay.setAttribute('aria-hidden', 'true');
-  // The frame's own depth picture (GET /v1/scans/{id}/keyframes/{seq}.png), under the outline
+  // The frame's own depth picture (GET /v1/scans/{id}/keyframes/{seq}), under the outline
   // on request: the same pixels as the canvas, so the outline drawn on either is the same.
   const picture = el('img', { alt: `Frame ${kf.seq} as the depth camera saw it`, 'data-testid': 'keyframe-image', hidden: '' });
   const place = () => {
@@ -361,7 +361,7 @@ function outlineTool(id, viewer, canvas, kf, panel) {
   toggle.addEventListener('click', async () => {
     try {
       if (!picture.src) {
-        const res = await api(`/v1/scans/${id}/keyframes/${kf.seq}.png`, { raw: true });
+        const res = await api(`/v1/scans/${id}/keyframes/${kf.seq}`, { raw: true });
         picture.src = URL.createObjectURL(await res.blob());
       }
       picture.hidden = !picture.hidden;
