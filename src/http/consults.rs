@@ -209,15 +209,19 @@ async fn participants_of(state: &AppState, c: &Consult) -> Result<Vec<Participan
 
 async fn view(state: &AppState, who: &Principal, c: Consult) -> Result<ConsultView, ApiError> {
     let ps = participants_of(state, &c).await?;
-    let me = match ps.iter().find(|p| p.user_id == who.user_id.as_uuid()) {
-        Some(p) => Some(named_one(state, p).await?),
-        None => None,
-    };
     let host = is_host(who, &c);
-    let participants =
-        if host { named(state, ps.iter().map(ParticipantView::from).collect()).await? } else { Vec::new() };
-    let clinician_name =
-        crate::store::users::display_names(&state.stores.pg, &[c.clinician_id]).await?.remove(&c.clinician_id);
+    // Every name the answer carries, in one query: the clinician's, the caller's own, and
+    // for the host everyone's.
+    let mut ids: Vec<Uuid> = vec![c.clinician_id, who.user_id.as_uuid()];
+    if host {
+        ids.extend(ps.iter().map(|p| p.user_id));
+    }
+    let mut names = crate::store::users::display_names(&state.stores.pg, &ids).await?;
+    let shown =
+        |p: &Participant| ParticipantView { display_name: names.get(&p.user_id).cloned(), ..ParticipantView::from(p) };
+    let me = ps.iter().find(|p| p.user_id == who.user_id.as_uuid()).map(shown);
+    let participants = if host { ps.iter().map(shown).collect() } else { Vec::new() };
+    let clinician_name = names.remove(&c.clinician_id);
     Ok(ConsultView { consult: c, participants, me, clinician_name })
 }
 

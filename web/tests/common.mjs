@@ -16,3 +16,17 @@ export function launch() {
       '--disable-component-update', '--disable-sync', '--use-angle=swiftshader', '--enable-unsafe-swiftshader'],
   });
 }
+
+/// Runs a script's checks: DONE when they all pass, else FAIL with the stack and exit code 1;
+/// the browser closes either way.
+export async function run(browser, checks) {
+  try {
+    await checks();
+    say('DONE');
+  } catch (e) {
+    say(`FAIL ${e.stack || e}`);
+    process.exitCode = 1;
+  } finally {
+    await browser.close().catch(() => {});
+  }
+}

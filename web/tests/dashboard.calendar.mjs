@@ -5,7 +5,7 @@
 // Times are UTC (the browser context's time zone). Prints PASS lines, then DONE; any failed
 // check exits 1.
 
-import { check, launch, say } from './common.mjs';
+import { check, launch, run, say } from './common.mjs';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
 
@@ -35,7 +35,7 @@ async function toDay(p) {
   throw new Error(`the week of ${P.day} never showed`);
 }
 
-try {
+await run(browser, async () => {
   const a = await open(P.alice);
   await a.goto(`${P.base}/web/dashboard/#/calendar`);
   check(await a.isVisible('#nav-calendar'), 'the header links to the calendar');
@@ -82,10 +82,4 @@ try {
   await toDay(b);
   check(await b.locator('[data-testid="cal-appt"]').count() === 0, "bob's calendar has none of alice's appointments");
   check(await b.locator(`${col} [data-testid="cal-slot"][data-start^="${at(10, 0)}"]`).count() === 1, 'bob is free at 10:00');
-  say('DONE');
-  await browser.close();
-} catch (e) {
-  say(`FAIL ${e.stack || e}`);
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
+});

@@ -6,7 +6,7 @@
 
 import { createHmac } from 'node:crypto';
 import { join } from 'node:path';
-import { check, launch, say } from './common.mjs';
+import { check, launch, run, say } from './common.mjs';
 import { seriousViolations } from './axe.mjs';
 
 const P = JSON.parse(process.env.ENROL_TEST);
@@ -25,7 +25,7 @@ function totp(secret) {
 }
 
 const browser = await launch();
-try {
+await run(browser, async () => {
   const p = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
   p.on('pageerror', (e) => say(`page error: ${e.message}`));
   await p.goto(`${P.base}/web/dashboard/`);
@@ -51,10 +51,4 @@ try {
   await p.click('[data-testid="enrol-done"]');
   await p.waitForSelector('#conn.live', { timeout: 15000 });
   say('PASS the verified session reaches the live board');
-  say('DONE');
-  await browser.close();
-} catch (e) {
-  say(`FAIL ${e.stack || e}`);
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
+});

@@ -4,7 +4,7 @@
 // picks the stalled wound on the body map and reads its healing chart. Prints PASS lines,
 // then DONE; any failed check exits 1.
 
-import { check, launch, say } from './common.mjs';
+import { check, launch, run, say } from './common.mjs';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
 
@@ -31,7 +31,7 @@ const tickFacts = (p, chart) => p.evaluate((sel) => {
   return { x: x.map((b) => b.text), y: y.map((b) => b.text), overlaps: [...overlaps(x), ...overlaps(y)], width: svg.getBoundingClientRect().width };
 }, chart);
 
-try {
+await run(browser, async () => {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
   await ctx.addInitScript(([t]) => {
     sessionStorage.setItem('coherency.token', t);
@@ -119,10 +119,4 @@ try {
   const narrow = await tickFacts(p, chart);
   check(narrow.x.length >= 3 && narrow.overlaps.length === 0, `no tick labels overlap at ${Math.round(narrow.width)} px (x ${narrow.x.join(' ')}; ${narrow.overlaps.join(', ')})`);
   await p.screenshot({ path: join(P.artifacts, 'dashboard-wound-narrow.png'), fullPage: true });
-  say('DONE');
-  await browser.close();
-} catch (e) {
-  say(`FAIL ${e.stack || e}`);
-  await browser.close().catch(() => {});
-  process.exit(1);
-}
+});
