@@ -1,5 +1,5 @@
-//! The browser pages: files under `web_dir` served at `/web/…` (the dashboard at
-//! `/web/dashboard/`), `/` redirecting there, the consult page at `/consult`, the icon at
+//! The browser pages: files under `web_dir` served at `/web/…` (the workspace at
+//! `/web/dashboard/`), `/` and `/consult` redirecting there, the icon at
 //! `/favicon.ico`, and `/docs` redirecting to the API docs. Only files inside `web_dir` with a known
 //! type are served; everything else is the ordinary 404. The pages hold no data: they log
 //! in through the API like any client.
@@ -64,9 +64,12 @@ pub async fn file(state: web::Data<AppState>, tail: web::Path<String>) -> Result
         .body(body))
 }
 
-/// `GET /consult`: the consult page.
-pub async fn consult_page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    file(state, web::Path::from("consult.html".to_string())).await
+/// `GET /consult`: consult links made before the consult became a view of the workspace
+/// (`/consult#consult=<id>`, `#token=…`) go to the workspace. The fragment stays with the
+/// browser across the redirect (the Location names none), and the workspace turns it into
+/// `#/consult/<id>`.
+pub async fn consult_page() -> HttpResponse {
+    HttpResponse::Found().insert_header(("Location", "/web/dashboard/")).finish()
 }
 
 /// `GET /favicon.ico`: the icon browsers ask for on every page that names none

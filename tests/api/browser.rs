@@ -1,14 +1,15 @@
-//! Real browsers on the consult page: runs `web/tests/consult.mjs` (Playwright driving the
+//! Real browsers in the workspace's consult: runs `web/tests/visit.mjs` (Playwright driving the
 //! system Chromium) against a server started here. Ignored by a plain `cargo test` because
 //! it needs Chromium and `web/node_modules` (`scripts/browser-setup`); `scripts/test-browser` installs them and
 //! runs it with `--run-ignored only`.
 
 use std::time::Duration;
 
+use coherency::auth::Role;
 use coherency_protocol::ids::ScanId;
+use serde_json::{json, Value};
 
-use crate::consults::setup;
-use crate::helpers::{eventually, spawn_app_with, TestApp};
+use crate::helpers::{spawn_app_with, TestApp, User};
 
 /// The whole browser scenario may take this long.
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(200);
@@ -43,69 +44,161 @@ pub async fn run_page_script(app: &TestApp, script: &str, env: &[(&str, &str)]) 
     assert!(out.status.success(), "browser scenario failed:\n{stdout}\n{stderr}");
 }
 
-#[actix_web::test]
-#[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
-async fn two_browsers_consult_the_patient_waits_is_admitted_sees_video_chats_is_scanned_and_hangs_up_in_order() {
-    let app = page_app().await;
-    let s = setup(&app).await;
-    let consult = s.consult.to_string();
-    let name_of = |id| {
-        let pg = app.pg.clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT display_name FROM users WHERE id = $1")
-                .bind(id)
-                .fetch_one(&pg)
-                .await
-                .unwrap()
-        }
-    };
-    let (patient_name, clinician_name) = (name_of(s.patient.id).await, name_of(s.clin.id).await);
-    let stranger = app.patient().await;
-    let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/test-artifacts");
-    std::fs::create_dir_all(artifacts).unwrap();
-    let env = [
-        ("ARTIFACTS", artifacts),
-        ("STRANGER_TOKEN", &stranger.token),
-        ("CONSULT", consult.as_str()),
-        ("PATIENT_TOKEN", &s.patient.token),
-        ("CLINICIAN_TOKEN", &s.clin.token),
-        ("PATIENT_EMAIL", &s.patient.email),
-        ("PATIENT_PASSWORD", &s.patient.password),
-        ("PATIENT_NAME", &patient_name),
-        ("CLINICIAN_NAME", &clinician_name),
-    ];
-    // The patient's phone: once the clinician asks for a scan in the consult, a phantom scan is
-    // streamed into it with the patient's own token.
-    crate::scan_stream::consent(&app, &s.patient).await;
-    // Something for the clinician's summary beside the video.
+/// The display name of user `id`.
+async fn display_name(app: &TestApp, id: uuid::Uuid) -> String {
+    sqlx::query_scalar::<_, String>("SELECT display_name FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(&app.pg)
+        .await
+        .unwrap()
+}
+
+/// A clinician whose hours cover the whole day, every day, with a 5-minute appointment type:
+/// whenever the test runs, a slot starts within minutes (inside the patient's 15-minute
+/// window to join). Answers the clinician and the next free start of that type.
+async fn clinician_open_all_day(app: &TestApp) -> (User, uuid::Uuid) {
+    let clin = app.staff(Role::Clinician, true).await;
+    let weekly: Vec<Value> = (1..=7).map(|d| json!({"weekday": d, "start": "00:00", "end": "23:59"})).collect();
+    let res = app
+        .client
+        .put(app.url(&format!("/v1/clinicians/{}/schedule", clin.id)))
+        .bearer_auth(&clin.token)
+        .json(&json!({"time_zone": "UTC", "horizon_days": 30, "min_notice_minutes": 0, "weekly": weekly}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
     let res = app
         .post_auth(
-            &format!("/v1/patients/{}/allergies", s.patient.patient_id.unwrap()),
-            &s.clin.token,
-            &serde_json::json!({"substance": "penicillin", "severity": "severe", "reaction": "hives"}),
+            &format!("/v1/clinicians/{}/appointment-types", clin.id),
+            &clin.token,
+            &json!({"name": "Dressing check", "duration_minutes": 5, "buffer_before_minutes": 0,
+                    "buffer_after_minutes": 0, "modality": "telehealth"}),
         )
         .await;
     assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
-    let phone = async {
-        let scan = eventually(Duration::from_secs(120), "the clinician to ask for a scan", || {
-            let pg = app.pg.clone();
-            async move {
-                sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM scans WHERE consult_id = $1")
-                    .bind(s.consult)
-                    .fetch_optional(&pg)
-                    .await
-                    .ok()
-                    .flatten()
-            }
-        })
+    let ty = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+    (clin, ty)
+}
+
+/// Books `patient` with `clin` at the first 5-minute mark at least a minute ahead of the app's clock.
+async fn book_soon(app: &TestApp, patient: &User, clin: &User, ty: uuid::Uuid) -> uuid::Uuid {
+    let now = app.clock.now().timestamp();
+    let start = ((now + 60 + 299) / 300) * 300;
+    let start = chrono::DateTime::from_timestamp(start, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let res = app
+        .post_auth(
+            "/v1/appointments",
+            &patient.token,
+            &json!({"clinician_id": clin.id, "type_id": ty, "start": start, "confirm": true}),
+        )
         .await;
-        crate::dashboard_browser::stream_scan(&app, &s.patient, ScanId::from_uuid(scan), Duration::ZERO).await;
-    };
-    tokio::join!(run_page_script(&app, "consult.mjs", &env), phone);
-    let evs: Vec<serde_json::Value> =
-        app.get_auth(&format!("/v1/consults/{}/events", s.consult), &s.clin.token).await.json().await.unwrap();
+    assert_eq!(res.status(), 201, "book: {}", res.text().await.unwrap_or_default());
+    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// A whole visit in two browsers (`web/tests/visit.mjs`): board → waiting room → admitted from
+/// the board → video both ways → a scan requested, streamed by the phone from the patient's
+/// capture link, followed live, measured, outlined and confirmed → the end; with a wrong
+/// password, an expired session, a stranger's link and a denied patient on the way.
+#[actix_web::test]
+#[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
+async fn a_whole_visit_runs_in_the_browser_from_the_board_to_the_end_of_the_consult() {
+    let app = page_app().await;
+    let (clin, ty) = clinician_open_all_day(&app).await;
+    let patient = app.patient().await;
+    let other = app.patient().await;
+    let stranger = app.patient().await;
+    for p in [&patient, &other] {
+        crate::dashboard_browser::add_to_care_team(&app, p.patient_id.unwrap(), clin.id).await;
+    }
+    crate::scan_stream::consent(&app, &patient).await;
+    let res = app
+        .post_auth(
+            &format!("/v1/patients/{}/allergies", patient.patient_id.unwrap()),
+            &clin.token,
+            &json!({"substance": "penicillin", "severity": "severe", "reaction": "hives"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+    // The second patient's own consult with this clinician, which they will be denied.
+    let res = app.post_auth("/v1/consults", &clin.token, &json!({"patient_id": other.patient_id})).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+    let consult2 = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // A fresh authenticator step for the clinician's sign-in in the page (moves the app clock
+    // 31 s; the booking is made after, at the moved clock).
+    let code = crate::dashboard_browser::next_code(&app, &clin);
+    let appointment = book_soon(&app, &patient, &clin, ty).await;
+    let artifacts = concat!(env!("CARGO_MANIFEST_DIR"), "/test-artifacts");
+    std::fs::create_dir_all(artifacts).unwrap();
+    let params = json!({
+        "base": app.address, "artifacts": artifacts, "appointment": appointment,
+        "clinician": {"email": clin.email, "password": clin.password, "code": code, "name": display_name(&app, clin.id).await},
+        "patient": {"email": patient.email, "password": patient.password, "name": display_name(&app, patient.id).await},
+        "patient2": {"token": other.token, "name": display_name(&app, other.id).await},
+        "consult2": consult2, "stranger": stranger.token,
+    });
+    let mut child = std::process::Command::new("node")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/web/tests/visit.mjs"))
+        .env("VISIT_TEST", params.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("node runs");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("browser: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The phone: the patient's capture link, redeemed for a session that streams that scan.
+    let line = crate::dashboard_browser::expect(&mut rx, "CAPTURE ").await;
+    let url = line.trim_start_matches("CAPTURE ").trim();
+    let code = url.split_once("#code=").map(|(_, c)| c).expect("the link carries its code in the fragment");
+    let res = app.post_json("/v1/capture/redeem", &json!({"code": code})).await;
+    assert_eq!(res.status(), 200, "redeem: {}", res.text().await.unwrap_or_default());
+    let phone: Value = res.json().await.unwrap();
+    let scan = ScanId::from_uuid(phone["scan_id"].as_str().unwrap().parse().unwrap());
+    crate::dashboard_browser::stream_scan_as(
+        &app,
+        phone["access_token"].as_str().unwrap(),
+        scan,
+        Duration::from_millis(40),
+    )
+    .await;
+    crate::dashboard_browser::expect(&mut rx, "DONE").await;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "the browser checks failed (see above)");
+    // Server side: the consult's log is gapless and ends; the outline was previewed, then stored once.
+    let consult: uuid::Uuid = sqlx::query_scalar("SELECT id FROM consults WHERE appointment_id = $1")
+        .bind(appointment)
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    let evs: Vec<Value> =
+        app.get_auth(&format!("/v1/consults/{consult}/events"), &patient.token).await.json().await.unwrap();
     for (i, e) in evs.iter().enumerate() {
         assert_eq!(e["seq"].as_u64().unwrap(), i as u64 + 1);
     }
     assert_eq!(evs.last().unwrap()["kind"], "ended");
+    let methods: Vec<String> =
+        sqlx::query_scalar("SELECT method FROM scan_measurements WHERE scan_id = $1 ORDER BY created_at")
+            .bind(scan.as_uuid())
+            .fetch_all(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(methods, ["auto", "polygon"], "the automatic measurement and the one confirmed outline");
+    for action in ["scan.measurements.preview", "scan.measurements.create"] {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = $1")
+            .bind(action)
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "{action} audited once");
+    }
 }

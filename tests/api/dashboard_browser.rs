@@ -53,10 +53,15 @@ async fn web_app() -> (PathBuf, TestApp) {
 /// Streams a phantom wound scan of `patient`, `pace` between frames, and waits for it to
 /// complete.
 pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
+    stream_scan_as(app, &who.token, scan, pace).await;
+}
+
+/// [`stream_scan`] with any bearer `token` that may stream `scan` (a phone's capture session).
+pub async fn stream_scan_as(app: &TestApp, token: &str, scan: ScanId, pace: Duration) {
     let phantom = Phantom::new(presets::spherical_cap(false));
     let rendered = phantom.scan(&ScanConfig::iphone(1));
     let mut client =
-        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), who.token.clone(), scan)).await.unwrap();
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), token.to_string(), scan)).await.unwrap();
     for (i, f) in rendered.frames.iter().enumerate() {
         client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
         if !pace.is_zero() {
@@ -80,7 +85,7 @@ pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration
 }
 
 /// A fresh TOTP step for `u` (codes are single-use per step), moving the app clock.
-fn next_code(app: &TestApp, u: &User) -> String {
+pub(crate) fn next_code(app: &TestApp, u: &User) -> String {
     app.clock.advance(Duration::from_secs(31));
     coherency::auth::totp::code_at(u.totp_secret.as_deref().unwrap(), app.clock.now()).unwrap()
 }
@@ -93,7 +98,7 @@ async fn token(app: &TestApp, u: &User) -> String {
     res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string()
 }
 
-async fn add_to_care_team(app: &TestApp, patient: Uuid, clinician: Uuid) {
+pub(crate) async fn add_to_care_team(app: &TestApp, patient: Uuid, clinician: Uuid) {
     sqlx::query!(
         "INSERT INTO care_team (patient_id, clinician_id, role, added_at) VALUES ($1, $2, 'primary', now())",
         patient,
@@ -105,7 +110,7 @@ async fn add_to_care_team(app: &TestApp, patient: Uuid, clinician: Uuid) {
 }
 
 /// The next line from the browser script starting with `what`.
-async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> String {
+pub(crate) async fn expect(rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> String {
     loop {
         let line = tokio::time::timeout(Duration::from_secs(240), rx.recv())
             .await

@@ -26,6 +26,17 @@ async fn docs_without_the_slash_redirects_to_the_api_docs() {
 }
 
 #[actix_web::test]
+async fn an_old_consult_link_lands_in_the_workspace() {
+    let app = pages_app().await;
+    // `/consult#consult=…`: the fragment never reaches the server; the browser keeps it
+    // across a redirect whose Location has none.
+    let res = app.get("/consult").await;
+    assert_eq!(res.status(), 302);
+    assert_eq!(res.headers()["location"], "/web/dashboard/");
+    assert_eq!(app.get("/web/consult.html").await.status(), 404, "the old page is gone");
+}
+
+#[actix_web::test]
 async fn the_icon_browsers_ask_for_is_served() {
     let app = pages_app().await;
     let res = app.get("/favicon.ico").await;
@@ -47,7 +58,7 @@ fn attr_values<'a>(html: &'a str, attr: &str) -> Vec<&'a str> {
 #[actix_web::test]
 async fn no_page_uses_inline_styles_or_scripts_the_csp_blocks_and_what_they_link_is_served() {
     let app = pages_app().await;
-    for page in ["consult.html", "scan-rtc.html", "dashboard/index.html"] {
+    for page in ["scan-rtc.html", "dashboard/index.html"] {
         let res = app.get(&format!("/web/{page}")).await;
         assert_eq!(res.status(), 200, "{page}");
         let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();

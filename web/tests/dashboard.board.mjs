@@ -124,7 +124,7 @@ try {
   check(/waiting/.test(await a.textContent(`[data-testid="waiting-${pid}"]`)), 'shown as waiting');
   // The row's own action admits her (the board's Admit button, not the API by hand).
   const openHref = await a.getAttribute(`[data-testid="waiting-${pid}"] [data-testid="open-consult"]`, 'href');
-  check(openHref === `/consult#consult=${P.consult}`, `the waiting row opens its consult (${openHref})`);
+  check(openHref === `#/consult/${P.consult}`, `the waiting row opens its consult in the workspace (${openHref})`);
   await a.click(`[data-testid="waiting-${pid}"] [data-testid="admit"]`);
   await a.waitForSelector(`[data-testid="consults-${P.consult}"][data-status="in_consult"]`, { timeout: 5000 });
   await a.waitForSelector(`[data-testid="waiting-${pid}"]`, { state: 'detached', timeout: 5000 });

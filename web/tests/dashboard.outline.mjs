@@ -105,8 +105,16 @@ try {
   }
   check((await p.textContent('[data-testid="outline-count"]')) === `${P.outline.length} points`, `${P.outline.length} points placed`);
   await p.click('[data-testid="outline-measure"]');
-  await p.waitForSelector('[data-testid="m-outline_area_mm2"]', { timeout: 120000 });
-  const area = await p.textContent('[data-testid="m-outline_area_mm2"] td');
+  // First the values the outline gives, with nothing stored; then the clinician confirms.
+  await p.waitForSelector('[data-testid="outline-preview"]:not([hidden]) [data-testid="m-outline_area_mm2"]', { timeout: 120000 });
+  const previewed = await p.textContent('[data-testid="outline-preview"] [data-testid="m-outline_area_mm2"] td:last-child');
+  check(/^\d+(\.\d)? ± \d+(\.\d)? mm²$/.test(previewed), `the outline's area is previewed with its ± ("${previewed}")`);
+  const stored = await p.evaluate(async (id) => (await (await fetch(`/v1/scans/${id}/measurements`, { headers: { Authorization: `Bearer ${sessionStorage.getItem('coherency.token')}` } })).json()).measurements.length, P.scan);
+  check(stored === 0, `nothing is stored before the clinician confirms (${stored} measurements)`);
+  await p.click('[data-testid="outline-confirm"]');
+  await p.waitForSelector('[data-testid="m-col-polygon"]', { timeout: 120000 });
+  const area = await p.textContent('[data-testid="measurements"] [data-testid="m-outline_area_mm2"] td:last-child');
+  check(area === previewed, `the stored outline measures what the preview said ("${area}" vs "${previewed}")`);
   say(`AREA ${area}`);
   await p.waitForSelector('#viewer[data-ready="true"][data-view="orbit"]', { timeout: 30000 });
   check(true, 'the measurement is shown and the 3D orbit view is back');

@@ -4,53 +4,29 @@
 // Hash routes: #/board, #/calendar[/<clinician>], #/scan/<id>, #/patient/<id>, #/wound/<id>. No data is kept beyond the tab's
 // session storage (the access token).
 
-import { showMesh } from './viewer.js';
+import { $main, api, auth, el, isStaff, onSignedOut, pm, session, woundName } from './core.js';
 import { calendarPage } from './calendar.js';
+import { consultPage, leaveConsult } from './consult.js';
 import { enrolPage } from './enrol.js';
+import { scanView } from './scan.js';
 import { bodyMap, dayOf, healingChart } from './wounds.js';
-
-const $main = () => document.getElementById('main');
-const el = (tag, attrs = {}, ...kids) => {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v == null) continue;
-    if (k === 'text') e.textContent = v;
-    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-};
-
-// ---- API ---------------------------------------------------------------------------
-
-const auth = {
-  get token() { return sessionStorage.getItem('coherency.token'); },
-  get user() { try { return JSON.parse(sessionStorage.getItem('coherency.user')); } catch { return null; } },
-  set(token, user) { sessionStorage.setItem('coherency.token', token); sessionStorage.setItem('coherency.user', JSON.stringify(user)); },
-  clear() { sessionStorage.removeItem('coherency.token'); sessionStorage.removeItem('coherency.user'); },
-};
-
-async function api(path, opts = {}) {
-  const headers = { ...(opts.headers || {}) };
-  if (auth.token) headers.Authorization = `Bearer ${auth.token}`;
-  if (opts.json !== undefined) { headers['Content-Type'] = 'application/json'; opts.body = JSON.stringify(opts.json); }
-  const res = await fetch(path, { method: opts.method || (opts.json !== undefined ? 'POST' : 'GET'), headers, body: opts.body });
-  if (!res.ok) {
-    let msg = `${res.status}`, code = null;
-    try { const b = await res.json(); code = b.error?.code ?? null; msg = b.error?.message || code || msg; } catch { /* not json */ }
-    // A 401 about the session signs out; one about a code typed (`invalid_totp`) does not.
-    if (res.status === 401 && path !== '/v1/auth/login' && code !== 'invalid_totp') { auth.clear(); route(); throw new Error('signed out'); }
-    const err = new Error(msg); err.status = res.status; err.code = code; throw err;
-  }
-  return opts.raw ? res : res.json();
-}
 
 // ---- sign-in ---------------------------------------------------------------------------
 
+// Sign-in failures in words (the API's stable codes).
+const LOGIN_ERRORS = {
+  invalid_credentials: 'The email or password is not right.',
+  invalid_totp: 'That authenticator code is not right, or was already used. Wait for the next one.',
+  account_locked: 'Too many failed attempts: the account is locked for a while.',
+  account_disabled: 'This account is disabled. Ask the clinic.',
+  rate_limited: 'Too many attempts. Wait a moment and try again.',
+};
+
+/// The one sign-in of the workspace. After it, the view the address names opens (a consult
+/// link opened while signed out lands in its consult).
 function loginPage() {
-  const err = el('p', { class: 'error', role: 'alert' });
-  const form = el('form', { class: 'login', 'aria-label': 'Sign in' },
+  const err = el('p', { class: 'error', role: 'alert', id: 'login-error', text: session.endedWhy });
+  const form = el('form', { class: 'login', id: 'login-form', 'aria-label': 'Sign in' },
     el('h2', { text: 'Sign in' }),
     el('label', { for: 'email', text: 'Email' }), el('input', { id: 'email', type: 'email', autocomplete: 'username', required: '' }),
     el('label', { for: 'password', text: 'Password' }), el('input', { id: 'password', type: 'password', autocomplete: 'current-password', required: '' }),
@@ -65,13 +41,17 @@ function loginPage() {
     try {
       const r = await api('/v1/auth/login', { json: body });
       auth.set(r.access_token, r.user);
+      session.endedWhy = '';
       route();
     } catch (e) {
       if (e.code === 'mfa_code_required') {
         // The password was right; this account also needs its authenticator code.
         err.textContent = 'Enter the code from your authenticator app, then sign in again.';
         form.querySelector('#totp').focus();
-      } else err.textContent = `Sign-in failed: ${e.message}`;
+      } else {
+        err.textContent = LOGIN_ERRORS[e.code] || `Sign-in failed: ${e.message}`;
+        form.querySelector('#password').value = '';
+      }
     }
   });
   $main().replaceChildren(form);
@@ -158,11 +138,7 @@ class Board {
 const fmtTime = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
 const fmtDay = (ms) => new Date(ms).toLocaleDateString([], { weekday: 'short', day: 'numeric', month: 'short' });
 const since = (ms) => { const m = Math.max(0, Math.round((Date.now() - ms) / 60000)); return m < 60 ? `${m} min` : `${Math.floor(m / 60)} h ${m % 60} min`; };
-const pm = (v, unit, digits = 1) => (v ? `${v.value.toFixed(digits)} ± ${v.uncertainty.toFixed(digits)} ${unit}` : '—');
 const who = (i) => i.patient_name || `patient ${String(i.patient_id || '').slice(0, 8)}`;
-const AETIOLOGY = { pressure: 'pressure injury', diabetic_foot: 'diabetic foot ulcer', venous: 'venous ulcer', arterial: 'arterial ulcer', surgical: 'surgical wound', trauma: 'traumatic wound', burn: 'burn', other: 'wound' };
-// A wound as the board and the history name it: its site and what it is (`Left heel · diabetic foot ulcer`).
-const woundName = (w) => `${w.site || w.site_display} · ${AETIOLOGY[w.aetiology] || 'wound'}`;
 
 function patientLink(i) {
   return i.patient_id && auth.user?.role !== 'patient'
@@ -170,8 +146,8 @@ function patientLink(i) {
     : el('span', { text: who(i) });
 }
 
-/// The consult page for `id`: same origin and tab, so it signs in with this page's session.
-const consultHref = (id) => `/consult#consult=${encodeURIComponent(id)}`;
+/// The consult view for `id` (this app, this tab's session).
+const consultHref = (id) => `#/consult/${encodeURIComponent(id)}`;
 
 /// A board action: disabled while it runs, its failure said beside it.
 function actionButton(label, testid, run) {
@@ -185,6 +161,37 @@ function actionButton(label, testid, run) {
   return b;
 }
 
+/// A message to someone in the waiting room ("Running 5 minutes late"): a dialog of its own, so
+/// the board's live updates never take the text being typed.
+function messageDialog(consultId, participantId, name) {
+  document.getElementById('message-dialog')?.remove();
+  const text = el('textarea', { id: 'message-text', maxlength: '500', rows: '3', required: '' });
+  const err = el('p', { class: 'error', role: 'alert' });
+  const cancel = el('button', { type: 'button', text: 'Cancel' });
+  const form = el('form', { method: 'dialog' },
+    el('h2', { id: 'message-h', text: `Message ${name}` }),
+    el('label', { for: 'message-text', text: 'They read it while they wait.' }), text,
+    el('p', {}, el('button', { type: 'submit', 'data-testid': 'message-send', text: 'Send' }), ' ', cancel), err);
+  const dialog = el('dialog', { id: 'message-dialog', 'aria-labelledby': 'message-h' }, form);
+  cancel.addEventListener('click', () => dialog.close());
+  dialog.addEventListener('close', () => dialog.remove());
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    err.textContent = '';
+    const body = text.value.trim();
+    if (!body) { err.textContent = 'Write the message first.'; text.focus(); return; }
+    try {
+      await api(`/v1/consults/${consultId}/participants/${participantId}/message`, { json: { text: body } });
+      dialog.close();
+    } catch (e) {
+      err.textContent = e.status === 409 ? 'They are no longer waiting.' : `The message was not sent: ${e.message}`;
+    }
+  });
+  document.body.append(dialog);
+  dialog.showModal();
+  text.focus();
+}
+
 function renderItem(board, i) {
   const li = el('li', { 'data-testid': `${i.section}-${i.id}`, 'data-status': i.status });
   const staff = auth.user?.role && auth.user.role !== 'patient';
@@ -193,6 +200,7 @@ function renderItem(board, i) {
     const actions = staff && cid ? el('span', { class: 'actions' },
       actionButton('Admit', 'admit', () => api(`/v1/consults/${cid}/participants/${i.id}/admit`, { json: {} })),
       actionButton('Deny', 'deny', () => api(`/v1/consults/${cid}/participants/${i.id}/deny`, { json: {} })),
+      el('button', { type: 'button', class: 'small', 'data-testid': 'message', text: 'Message', onclick: () => messageDialog(cid, i.id, who(i)) }),
       el('a', { href: consultHref(cid), 'data-testid': 'open-consult', text: 'Open consult' })) : null;
     li.append(patientLink(i), el('span', {}, el('span', { class: 'muted', text: `waiting ${since(i.since_ms)} ` }), actions));
   } else if (i.section === 'consults') {
@@ -241,7 +249,7 @@ function renderItem(board, i) {
     const joinable = i.status === 'booked' && (staff || (now >= i.since_ms - 15 * 60000 && (!end || now <= end)));
     const go = joinable ? actionButton(staff ? 'Start consult' : 'Join', 'start-consult', async () => {
       const c = await api(`/v1/appointments/${i.id}/consult`, { json: {} });
-      location.assign(consultHref(c.id));
+      location.hash = consultHref(c.id);
     }) : null;
     li.append(el('span', {}, el('time', { text: `${fmtDay(i.since_ms)} ${fmtTime(i.since_ms)}${end ? `–${fmtTime(end)}` : ''}` }), ' ', patientLink(i)),
       el('span', {}, el('span', { class: `badge ${i.status}`, text: i.status }), go ? ' ' : null, go));
@@ -290,175 +298,6 @@ function boardPage() {
   // Wait times and durations tick.
   clearInterval(window.coherencyTick);
   window.coherencyTick = setInterval(render, 30000);
-}
-
-// ---- scan page ---------------------------------------------------------------------------
-
-const ROWS = [
-  ['outline_area_mm2', 'Area', 'mm²'], ['bed_area_mm2', 'Bed area', 'mm²'], ['length_mm', 'Length', 'mm'],
-  ['width_mm', 'Width', 'mm'], ['perimeter_mm', 'Perimeter', 'mm'], ['max_depth_mm', 'Max depth', 'mm', 2],
-  ['mean_depth_mm', 'Mean depth', 'mm', 2], ['volume_mm3', 'Volume', 'mm³'],
-];
-
-const REASONS = {
-  no_depression: 'No depression deeper than the threshold was found near the centre of the scan.',
-  wound_exceeds_scan_region: 'The depression reaches the edge of the region the scan measures.',
-  rim_not_seen: 'The rim of the wound was not seen all round.',
-  not_enough_surface: 'Too little of the surface around the wound was reconstructed.',
-  measurement_failed: 'The automatic measurement failed.',
-};
-
-/// The outline tool over the viewer: the mesh drawn from the suggested keyframe's camera,
-/// clicks add the outline's corners (in keyframe pixels), Measure posts them as a polygon
-/// re-measure. Resolves when the measurement is stored (or the tool is closed).
-function outlineTool(id, viewer, canvas, kf, panel) {
-  viewer.keyframeView(kf);
-  const wrap = canvas.parentElement;
-  wrap.style.position = 'relative';
-  const svgNs = 'http://www.w3.org/2000/svg';
-  const overlay = document.createElementNS(svgNs, 'svg');
-  overlay.setAttribute('viewBox', `0 0 ${kf.width} ${kf.height}`);
-  overlay.setAttribute('preserveAspectRatio', 'none');
-  overlay.setAttribute('data-testid', 'outline-overlay');
-  overlay.setAttribute('aria-hidden', 'true');
-  // The frame's own depth picture (GET /v1/scans/{id}/keyframes/{seq}), under the outline
-  // on request: the same pixels as the canvas, so the outline drawn on either is the same.
-  const picture = el('img', { alt: `Frame ${kf.seq} as the depth camera saw it`, 'data-testid': 'keyframe-image', hidden: '' });
-  const place = () => {
-    const box = `position:absolute;left:${canvas.offsetLeft}px;top:${canvas.offsetTop}px;width:${canvas.clientWidth}px;height:${canvas.clientHeight}px;pointer-events:none`;
-    overlay.style.cssText = box;
-    picture.style.cssText = box;
-  };
-  const line = document.createElementNS(svgNs, 'polygon');
-  line.setAttribute('fill', 'rgba(255,210,0,0.15)');
-  line.setAttribute('stroke', '#ffd200');
-  line.setAttribute('stroke-width', String(Math.max(kf.width, kf.height) / 300));
-  overlay.append(line);
-  wrap.append(picture, overlay);
-  place();
-  const points = [];
-  const redraw = () => {
-    line.setAttribute('points', points.map(([u, v]) => `${u + 0.5},${v + 0.5}`).join(' '));
-    count.textContent = `${points.length} point${points.length === 1 ? '' : 's'}`;
-    measure.disabled = points.length < 3;
-  };
-  const onClick = (e) => {
-    const r = canvas.getBoundingClientRect();
-    const u = ((e.clientX - r.left) / r.width) * kf.width - 0.5;
-    const v = ((e.clientY - r.top) / r.height) * kf.height - 0.5;
-    if (u < 0 || v < 0 || u > kf.width - 1 || v > kf.height - 1) return;
-    points.push([Math.round(u * 100) / 100, Math.round(v * 100) / 100]);
-    redraw();
-  };
-  canvas.addEventListener('click', onClick);
-  window.addEventListener('resize', place);
-  const err = el('p', { class: 'error', role: 'alert' });
-  const count = el('span', { class: 'muted', 'data-testid': 'outline-count', text: '0 points' });
-  const measure = el('button', { type: 'button', 'data-testid': 'outline-measure', text: 'Measure', disabled: '' });
-  const undo = el('button', { type: 'button', text: 'Undo point', onclick: () => { points.pop(); redraw(); } });
-  const cancel = el('button', { type: 'button', text: 'Cancel' });
-  const toggle = el('button', { type: 'button', 'data-testid': 'keyframe-toggle', text: 'Show the depth image' });
-  toggle.addEventListener('click', async () => {
-    try {
-      if (!picture.src) {
-        const res = await api(`/v1/scans/${id}/keyframes/${kf.seq}`, { raw: true });
-        picture.src = URL.createObjectURL(await res.blob());
-      }
-      picture.hidden = !picture.hidden;
-      toggle.textContent = picture.hidden ? 'Show the depth image' : 'Show the 3D surface';
-    } catch (e) { err.textContent = `Could not load the frame: ${e.message}`; }
-  });
-  panel.replaceChildren(
-    el('p', { text: `Click around the wound's edge on frame ${kf.seq}, then Measure.` }),
-    el('p', {}, count), el('p', {}, measure, ' ', undo, ' ', cancel), el('p', {}, toggle), err);
-  return new Promise((resolve) => {
-    const close = (result) => {
-      canvas.removeEventListener('click', onClick);
-      window.removeEventListener('resize', place);
-      overlay.remove();
-      if (picture.src) URL.revokeObjectURL(picture.src);
-      picture.remove();
-      viewer.orbitView();
-      resolve(result);
-    };
-    cancel.addEventListener('click', () => close(null));
-    measure.addEventListener('click', async () => {
-      measure.disabled = true;
-      err.textContent = '';
-      try {
-        const m = await api(`/v1/scans/${id}/measurements`, { json: { keyframe_seq: kf.seq, polygon: points } });
-        close(m);
-      } catch (e) {
-        err.textContent = `Could not measure the outline: ${e.message}`;
-        measure.disabled = points.length < 3;
-      }
-    });
-  });
-}
-
-async function scanPage(id) {
-  const canvas = el('canvas', { id: 'viewer', 'data-testid': 'viewer', tabindex: '0', 'aria-label': '3D wound surface: arrow keys rotate, + and - zoom' });
-  const side = el('div', { class: 'card', 'data-testid': 'measurements' }, el('p', { text: 'Loading…' }));
-  const head = el('h2', { text: 'Scan' });
-  $main().replaceChildren(head, el('div', { class: 'scan-layout' }, el('section', { class: 'card' }, canvas, el('p', { class: 'muted', id: 'viewer-status', role: 'status' })), side));
-  try {
-    const scan = await api(`/v1/scans/${id}`);
-    head.textContent = `Scan · ${scan.body_site} · ${new Date(scan.created_at).toLocaleString()}`;
-    const ms = await api(`/v1/scans/${id}/measurements`);
-    const outcome = ms.outcome || { state: ms.status === 'complete' ? 'measured' : 'pending', mesh: ms.status === 'complete' };
-    const m = ms.measurements.find((x) => x.method === 'auto') || ms.measurements[ms.measurements.length - 1];
-    // Every measurement side by side: the automatic one, then the clinician's outlines (newest
-    // last), so an adjusted outline never hides what the scan measured by itself.
-    const shown = [...ms.measurements.filter((x) => x.method === 'auto'), ...ms.measurements.filter((x) => x.method !== 'auto')];
-    const tbody = el('tbody');
-    const thead = el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: '' }),
-      ...shown.map((x, i) => el('th', { scope: 'col', 'data-testid': `m-col-${x.method}`, text: x.method === 'auto' ? 'Automatic' : `Outline${shown.length > 2 ? ` ${i}` : ''}` }))));
-    if (m) {
-      for (const [k, label, unit, d] of ROWS) {
-        tbody.append(el('tr', { 'data-testid': `m-${k}` }, el('th', { scope: 'row', text: label }),
-          ...shown.map((x) => el('td', { text: pm(x[k], unit, d || 1) }))));
-      }
-    }
-    const needsOutline = outcome.state === 'needs_outline';
-    const reason = needsOutline && outcome.reason
-      ? el('div', { 'data-testid': 'outcome-reason', 'data-code': outcome.reason.code },
-        el('p', { text: `No automatic measurement: ${REASONS[outcome.reason.code] || outcome.reason.message}` }),
-        el('p', { class: 'muted', text: m ? 'A clinician drew the outline.' : 'A clinician can draw the outline on the scan.' }))
-      : null;
-    const tool = el('div', { 'data-testid': 'outline-tool' });
-    // Drawing needs `scans:measure` (clinicians and admins); patients see the reason only.
-    const mayMeasure = (auth.user?.role || 'patient') !== 'patient';
-    const draw = outcome.mesh && outcome.suggested_keyframe && mayMeasure
-      ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: needsOutline ? 'Draw the outline' : 'Adjust the outline' })
-      : null;
-    side.replaceChildren(
-      el('h3', { text: 'Measurements' }),
-      el('p', {}, el('span', { class: `badge ${ms.status}`, text: needsOutline ? 'needs outline' : ms.status }), ' ', el('a', { href: `#/patient/${scan.patient_id}`, text: 'History' })),
-      reason,
-      m ? el('table', { class: 'm' }, thead, tbody) : el('p', { class: 'empty', text: 'No measurement yet.' }),
-      m ? el('p', { class: 'muted', text: '± is the half-width of the interval the true value lies in.' }) : null,
-      draw, tool);
-    if (outcome.mesh) {
-      const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
-      const viewer = await showMesh(canvas, await res.arrayBuffer());
-      document.getElementById('viewer-status').textContent = `${viewer.triangles} triangles; the wound region is highlighted.`;
-      canvas.dataset.ready = 'true';
-      if (draw) {
-        draw.addEventListener('click', async () => {
-          draw.hidden = true;
-          document.getElementById('viewer-status').textContent = `The scan as frame ${outcome.suggested_keyframe.seq} saw it.`;
-          const made = await outlineTool(id, viewer, canvas, outcome.suggested_keyframe, tool);
-          if (made) scanPage(id);
-          else { draw.hidden = false; tool.replaceChildren(); }
-        });
-      }
-    } else {
-      document.getElementById('viewer-status').textContent = outcome.state === 'pending'
-        ? 'The mesh appears when the scan is complete.' : 'This scan has no mesh.';
-    }
-  } catch (e) {
-    side.replaceChildren(el('p', { class: 'error', role: 'alert', text: `Could not load the scan: ${e.message}` }));
-  }
 }
 
 // ---- patient and wound pages ---------------------------------------------------------------
@@ -517,6 +356,15 @@ function projectionText(p) {
   return 'Not enough data to project closure (fewer than two counted assessments)';
 }
 
+/// "Start a consult now" for a patient the clinician may see (no appointment needed): the
+/// consult opens here, and the patient finds it on their board under consults in progress.
+function adHocConsult(patientId) {
+  return actionButton('Start a consult now', 'ad-hoc-consult', async () => {
+    const c = await api('/v1/consults', { json: { patient_id: patientId } });
+    location.hash = consultHref(c.id);
+  });
+}
+
 async function patientPage(id) {
   $main().replaceChildren(el('h2', { text: 'Wounds' }), el('p', { text: 'Loading…' }));
   try {
@@ -533,6 +381,7 @@ async function patientPage(id) {
     grid.append(mapCard, cards);
     $main().replaceChildren(
       el('h2', { 'data-testid': 'patient-heading', text: `${patientName(patient, id)} · wounds` }),
+      isStaff() ? el('p', {}, adHocConsult(id)) : null,
       grid,
       el('section', { class: 'card' }, el('h3', { text: 'Scans' }),
         scans.length
@@ -664,26 +513,47 @@ function route() {
   document.getElementById('who').textContent = user ? [user.display_name || user.email, user.role].filter(Boolean).join(' · ') : '';
   document.getElementById('logout').hidden = !user;
   document.getElementById('nav-calendar').hidden = !user || user.role === 'patient';
+  const [, page, id] = (location.hash || '#/board').split('/');
+  // Leaving a consult's view leaves its room (the consult itself goes on).
+  if (page !== 'consult' || !auth.token) leaveConsult();
   if (!auth.token) { window.coherencyBoard?.stop(); return loginPage(); }
   // Staff without two-step sign-in set it up first (the API refuses them everything else).
   if (user && user.role !== 'patient' && user.mfa_enrolled === false) {
     return enrolPage($main(), { api, el, done: () => { auth.set(auth.token, { ...auth.user, mfa_enrolled: true }); location.hash = '#/board'; route(); } });
   }
-  const [, page, id] = (location.hash || '#/board').split('/');
-  if (page === 'calendar' && auth.user?.role !== 'patient') {
+  if (page === 'calendar' && isStaff()) {
     return calendarPage($main(), { api, el, clinician: id || null, me: auth.user?.id });
   }
-  if (page === 'scan' && id) return scanPage(id);
+  if (page === 'consult') return consultPage($main(), id ? decodeURIComponent(id) : null);
+  if (page === 'scan' && id) return scanView($main(), id);
   if (page === 'patient' && id) return patientPage(id);
   if (page === 'wound' && id) return woundPage(id);
   return boardPage();
 }
 
+/// Links from outside the app (`/consult#consult=<id>`, and `#token=…` from the phone app and
+/// the tests) become this app's routes: the token is this tab's session, the consult its view.
+/// The fragment never reaches the server, and is replaced before anything is fetched.
+async function adoptLink() {
+  const h = location.hash.slice(1);
+  if (!h || h.startsWith('/')) return;
+  const f = new URLSearchParams(h);
+  const token = f.get('token');
+  const consult = f.get('consult');
+  history.replaceState(null, '', `${location.pathname}${consult ? `#/consult/${encodeURIComponent(consult)}` : '#/board'}`);
+  if (!token) return;
+  auth.set(token, null);
+  try { auth.set(token, await api('/v1/me')); } catch { /* a 401 has signed out already */ }
+}
+
+onSignedOut(() => route());
 window.addEventListener('hashchange', route);
-window.addEventListener('DOMContentLoaded', () => {
+window.addEventListener('DOMContentLoaded', async () => {
   document.getElementById('logout').addEventListener('click', async () => {
+    leaveConsult();
     try { await api('/v1/auth/logout', { json: {} }); } catch { /* already gone */ }
     auth.clear(); window.coherencyBoard?.stop(); location.hash = '#/board'; route();
   });
+  await adoptLink();
   route();
 });
