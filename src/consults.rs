@@ -245,6 +245,16 @@ impl ConsultRooms {
         r.do_send(raise);
     }
 
+    /// Live figures of a scan of consult `consult_id`: if its room runs on this node, it sends
+    /// them to everyone admitted and connected (`scan_live`), neither logged nor sent to
+    /// webhooks. Every node hears the scan bus, as for [`Self::scan_status`]; the room is not
+    /// awaited.
+    pub fn scan_live(&self, consult_id: Uuid, live: coherency_actors::room::ScanLive) {
+        if let Some(r) = self.cluster.rooms.get(ConsultId::from_uuid(consult_id)) {
+            r.do_send(live);
+        }
+    }
+
     /// The consult's room: on this node if this node holds (or now claims) its lease, started
     /// from the database if it is not running; otherwise a handle on the owner's room.
     pub async fn room(&self, c: &Consult) -> Result<RoomRef, ApiError> {

@@ -289,6 +289,25 @@ pub enum ServerSignal {
         scan_id: Uuid,
         measurements: serde_json::Value,
     },
+    /// Live figures of a scan taken in this consult while the phone streams it and while it
+    /// is processed (about two a second at most), to everyone admitted and connected.
+    /// Ephemeral: not in the event log, not sent to webhooks. `frames` never goes back for a
+    /// scan, and none follows the scan's `scan_result`.
+    ScanLive {
+        scan_id: Uuid,
+        status: ScanLiveStatus,
+        /// Frames received and durable.
+        frames: u64,
+        /// Frames fused into the live reconstruction; `null` until the capture session has
+        /// reported.
+        fused: Option<u64>,
+        /// Estimated fraction of the wound region observed, 0..=1 (0 while the scan is not
+        /// fused live); `null` until the capture session has reported.
+        coverage: Option<f64>,
+        /// Active capture warnings (`docs/protocol.md` §5.3: `too_far`, `moving_too_fast`,
+        /// `wound_not_found`, `wound_off_centre`, `rim_not_seen`, …); unknown ones are ignored.
+        warnings: Vec<String>,
+    },
     /// The room ended; the socket closes.
     Ended {
         reason: String,
@@ -298,6 +317,26 @@ pub enum ServerSignal {
         message: String,
     },
     Pong,
+}
+
+/// Where a scan sending [`ServerSignal::ScanLive`] stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanLiveStatus {
+    /// The phone is sending frames.
+    Streaming,
+    /// Every frame is in; the scan is being reconstructed and measured.
+    Processing,
+}
+
+impl ScanLiveStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "streaming" => Some(ScanLiveStatus::Streaming),
+            "processing" => Some(ScanLiveStatus::Processing),
+            _ => None,
+        }
+    }
 }
 
 /// Close codes of the signalling socket (4000–4999 are the application's).
@@ -332,6 +371,26 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(m, ClientSignal::Ice { candidate } if candidate.sdp_mline_index == Some(0)));
+    }
+
+    #[test]
+    fn live_scan_figures_are_tagged_json_with_nulls_until_reported() {
+        let id = Uuid::nil();
+        let live = ServerSignal::ScanLive {
+            scan_id: id,
+            status: ScanLiveStatus::Streaming,
+            frames: 12,
+            fused: None,
+            coverage: None,
+            warnings: vec!["too_far".into()],
+        };
+        assert_eq!(
+            serde_json::to_value(&live).unwrap(),
+            serde_json::json!({"type": "scan_live", "scan_id": id, "status": "streaming", "frames": 12,
+                "fused": null, "coverage": null, "warnings": ["too_far"]})
+        );
+        assert_eq!(ScanLiveStatus::parse("processing"), Some(ScanLiveStatus::Processing));
+        assert_eq!(ScanLiveStatus::parse("complete"), None);
     }
 
     #[test]

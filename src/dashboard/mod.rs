@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
 use coherency_actors::dashboard::{Apply, DashboardHub, HubConfig, Reload, RemoveWhere};
-use coherency_protocol::consult::RoomEvent;
+use coherency_actors::room::ScanLive;
+use coherency_protocol::consult::{RoomEvent, ScanLiveStatus};
 use coherency_protocol::dashboard::{Change, Item, Section};
 use coherency_protocol::ids::ScanId;
 use futures_util::StreamExt;
@@ -43,6 +44,11 @@ pub const FINISHED_SCANS_KEPT: chrono::Duration = chrono::Duration::hours(12);
 pub const SCAN_PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How often past items are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Longest a scan event's publication may take before it is given up (the board reloads on
+/// reconnect; the next progress event follows).
+const PUBLISH_TIMEOUT: Duration = Duration::from_millis(250);
+/// Longest capture warning passed on (they are short names such as `wound_off_centre`).
+const MAX_WARNING_CHARS: usize = 64;
 
 /// One domain event on the bus. `kind` is `<domain>.<what>`; ids scope it; `data` holds a
 /// few small values (counts, fractions, times, statuses), never names or free text.
@@ -118,6 +124,36 @@ pub fn change_for(ev: &BusEvent) -> Option<Change> {
         ("scan", _) if !status.is_empty() => Some(Change::Upsert { item: item(Section::Scans, ev, &status) }),
         _ => None,
     }
+}
+
+/// The live figures a scan event carries for the room of its consult: `scan.progress`,
+/// `scan.streaming` and `scan.processing` while the scan streams or is processed.
+pub fn live_figures(ev: &BusEvent) -> Option<ScanLive> {
+    if !matches!(ev.kind.as_str(), "scan.progress" | "scan.streaming" | "scan.processing") {
+        return None;
+    }
+    let status = ScanLiveStatus::parse(ev.data.get("status")?.as_str()?)?;
+    Some(ScanLive {
+        scan_id: ev.id,
+        status,
+        frames: ev.data.get("frames").and_then(Value::as_u64).unwrap_or(0),
+        fused: ev.data.get("fused").and_then(Value::as_u64),
+        coverage: ev.data.get("coverage").and_then(Value::as_f64).map(|c| c.clamp(0.0, 1.0)),
+        warnings: ev
+            .data
+            .get("warnings")
+            .and_then(Value::as_array)
+            .map_or_else(Vec::new, |w| bounded_warnings(w.iter().filter_map(Value::as_str))),
+    })
+}
+
+/// At most `MAX_WARNINGS` warnings, each a short name.
+fn bounded_warnings<'a>(w: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    w.into_iter()
+        .filter(|w| w.len() <= MAX_WARNING_CHARS)
+        .take(coherency_protocol::limits::MAX_WARNINGS)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Starts the node's hub.
@@ -215,9 +251,13 @@ async fn subscribe_once(state: &AppState, hub: &Addr<DashboardHub>) -> Result<()
             hub.do_send(Apply(vec![change]));
         }
         if let Some(consult) = ev.data.get("consult_id").and_then(Value::as_str).and_then(|c| c.parse().ok()) {
-            // A scan taken inside a consult: its status changes are room events too.
+            // A scan taken inside a consult: its status changes are room events too, and its
+            // live figures go to the people in the room (not logged).
             if let Some(status) = ev.kind.strip_prefix("scan.") {
                 state.consult_rooms.scan_status(consult, ev.id, status).await;
+            }
+            if let Some(live) = live_figures(&ev) {
+                state.consult_rooms.scan_live(consult, live);
             }
         }
     }
@@ -317,7 +357,7 @@ pub async fn scan_created(state: &AppState, scan: &crate::store::scans::ScanReco
         since_ms: Some(scan.created_at.timestamp_millis()),
         data,
     };
-    let _ = tokio::time::timeout(Duration::from_millis(250), publish(&state.stores.redis, "scan.events", &ev)).await;
+    let _ = tokio::time::timeout(PUBLISH_TIMEOUT, publish(&state.stores.redis, "scan.events", &ev)).await;
 }
 
 /// What the publisher remembers of a live scan.
@@ -331,6 +371,8 @@ struct ScanMeta {
     /// Live fusion figures from the capture session, once it has reported them.
     fused: Option<u64>,
     coverage: Option<f32>,
+    /// The capture warnings of the latest progress (names only, no PHI).
+    warnings: Vec<String>,
     last_sent: Option<Instant>,
 }
 
@@ -370,6 +412,7 @@ impl ScanEvents {
             frames: u64::try_from(r.acked_seq).unwrap_or(0),
             fused: None,
             coverage: None,
+            warnings: Vec::new(),
             last_sent: None,
         };
         self.live.lock().ok()?.entry(scan).or_insert(meta);
@@ -389,6 +432,7 @@ impl ScanEvents {
         if let Some(c) = m.coverage {
             data.insert("coverage".into(), ((f64::from(c) * 1000.0).round() / 1000.0).into());
         }
+        data.insert("warnings".into(), m.warnings.clone().into());
         BusEvent {
             kind: kind.to_string(),
             id: scan.as_uuid(),
@@ -443,15 +487,34 @@ impl crate::store::scans::ScanLifecycle for ScanEvents {
     }
 }
 
-/// The capture session's live figures ride along on the next progress event (they are
-/// only recorded here: publishing stays at the ack-driven, rate-limited pace).
+/// The capture session's live figures ride along on the next progress event: while the
+/// scan streams they are only recorded here (publishing stays at the ack-driven,
+/// rate-limited pace). Once it is `processing` no ack follows, so figures that changed —
+/// the final `progress`, with the final fused count, coverage and guidance — go out at once
+/// as a `scan.progress` (never blocking the session: the publication is spawned).
 impl coherency_actors::store::ProgressObserver for ScanEvents {
     fn progress(&self, scan: ScanId, p: &coherency_protocol::scan::Progress) {
-        let Ok(mut live) = self.live.lock() else { return };
-        if let Some(m) = live.get_mut(&scan) {
-            m.fused = Some(p.frames_fused);
-            m.coverage = Some(p.coverage.clamp(0.0, 1.0));
-        }
+        let ev = {
+            let Ok(mut live) = self.live.lock() else { return };
+            let Some(m) = live.get_mut(&scan) else { return };
+            let fused = Some(p.frames_fused);
+            let coverage = Some(if p.coverage.is_finite() { p.coverage.clamp(0.0, 1.0) } else { 0.0 });
+            let warnings = bounded_warnings(p.warnings.iter().map(String::as_str));
+            let changed = (m.fused, m.coverage, &m.warnings) != (fused, coverage, &warnings);
+            m.fused = fused;
+            m.coverage = coverage;
+            m.warnings = warnings;
+            if m.status != "processing" || !changed {
+                return;
+            }
+            m.last_sent = Some(Instant::now());
+            self.event(scan, m, "scan.progress")
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let redis = self.redis.clone();
+        rt.spawn(async move {
+            let _ = tokio::time::timeout(PUBLISH_TIMEOUT, publish(&redis, "scan.events", &ev)).await;
+        });
     }
 }
 
@@ -486,6 +549,49 @@ mod tests {
         msg.status = "cancelled".into();
         let ev = parse("booking.events", &serde_json::to_string(&msg).unwrap(), 6).unwrap();
         assert_eq!(change_for(&ev), Some(Change::Remove { section: Section::Bookings, id }));
+    }
+
+    #[test]
+    fn progress_of_a_scan_becomes_live_figures_for_its_room_and_finished_ones_do_not() {
+        let mut data = Map::new();
+        data.insert("status".into(), "streaming".into());
+        data.insert("frames".into(), 42.into());
+        data.insert("fused".into(), 40.into());
+        data.insert("coverage".into(), 0.625.into());
+        data.insert("warnings".into(), serde_json::json!(["wound_off_centre", "x".repeat(65), 7]));
+        let mut ev = BusEvent {
+            kind: "scan.progress".into(),
+            id: Uuid::now_v7(),
+            patient_id: None,
+            clinician_id: None,
+            at_ms: 1,
+            since_ms: None,
+            data,
+        };
+        let live = live_figures(&ev).unwrap();
+        assert_eq!(
+            live,
+            ScanLive {
+                scan_id: ev.id,
+                status: ScanLiveStatus::Streaming,
+                frames: 42,
+                fused: Some(40),
+                coverage: Some(0.625),
+                warnings: vec!["wound_off_centre".into()],
+            }
+        );
+        ev.data.remove("fused");
+        ev.data.remove("coverage");
+        ev.kind = "scan.processing".into();
+        ev.data.insert("status".into(), "processing".into());
+        let live = live_figures(&ev).unwrap();
+        assert_eq!((live.status, live.fused, live.coverage), (ScanLiveStatus::Processing, None, None));
+        ev.kind = "scan.complete".into();
+        ev.data.insert("status".into(), "complete".into());
+        assert_eq!(live_figures(&ev), None);
+        ev.kind = "scan.created".into();
+        ev.data.insert("status".into(), "created".into());
+        assert_eq!(live_figures(&ev), None);
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(measurements::list))
                 .route(web::post().to(measurements::remeasure)),
         )
+        .service(resource("/v1/scans/{id}/measurements/preview").route(web::post().to(measurements::preview)))
         .service(resource("/").route(web::get().to(pages::to_dashboard)))
         .service(resource("/docs").route(web::get().to(pages::to_docs)))
         .service(resource("/favicon.ico").route(web::get().to(pages::favicon)))

@@ -92,6 +92,7 @@ use utoipa::OpenApi;
         crate::http::wounds::report,
         crate::http::measurements::list,
         crate::http::measurements::remeasure,
+        crate::http::measurements::preview,
         crate::http::measurements::fhir::mesh,
         crate::http::measurements::fhir::read_observation,
         crate::http::measurements::fhir::search_observations,

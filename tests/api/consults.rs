@@ -576,6 +576,156 @@ async fn a_scan_requested_in_a_consult_reaches_the_patients_app_and_is_measured_
     }
 }
 
+/// The `scan_live` frames of `scan` on `ws` until its `scan_result` (panics on close or a
+/// long silence: reconstruction takes a while, but not this long).
+async fn live_until_result(ws: &mut Ws, scan: Uuid) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let f = next(ws, Duration::from_secs(120)).await.expect("closed or silent before scan_result");
+        match f["type"].as_str() {
+            Some("scan_live") if f["scan_id"] == scan.to_string() => seen.push(f),
+            Some("scan_result") if f["scan_id"] == scan.to_string() => return seen,
+            _ => {}
+        }
+    }
+}
+
+/// What a participant is shown of a scan's live figures: well-formed, never going back.
+fn assert_live_figures(who: &str, lives: &[Value]) {
+    assert!(lives.iter().any(|f| f["frames"].as_u64() > Some(0)), "{who}: no figures with frames: {lives:?}");
+    let mut last = (0, 0);
+    for f in lives {
+        let keys: Vec<&str> = f.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys = keys;
+        keys.sort_unstable();
+        assert_eq!(keys, ["coverage", "frames", "fused", "scan_id", "status", "type", "warnings"], "{who}: {f}");
+        let status = match f["status"].as_str() {
+            Some("streaming") => 0,
+            Some("processing") => 1,
+            other => panic!("{who}: status {other:?} in {f}"),
+        };
+        let frames = f["frames"].as_u64().unwrap();
+        assert!((status, frames) >= last, "{who}: went back from {last:?} to {f}");
+        last = (status, frames);
+        assert!(f["fused"].is_null() || f["fused"].as_u64().is_some_and(|n| n <= 60), "{who}: {f}");
+        assert!(f["coverage"].is_null() || f["coverage"].as_f64().is_some_and(|c| (0.0..=1.0).contains(&c)), "{f}");
+        assert!(f["warnings"].as_array().unwrap().iter().all(Value::is_string), "{who}: {f}");
+    }
+    assert!(
+        lives.iter().any(|f| f["fused"].as_u64().is_some() && f["coverage"].as_f64().is_some()),
+        "{who}: the capture session's figures arrive: {lives:?}"
+    );
+}
+
+/// A scan taken in a consult is watched live by everyone admitted: `scan_live` with the frames,
+/// the fused count, coverage and the capture guidance, never going back, the final figures
+/// last and then the result. A participant still waiting sees none of it, and none of it is
+/// in the event log.
+#[actix_web::test]
+async fn the_people_in_a_consult_see_a_scan_live_as_the_phone_streams_it_but_not_while_waiting_nor_in_the_log() {
+    use coherency_protocol::client::{ClientConfig, ScanStreamClient};
+    use coherency_recon::phantom::{presets, Phantom, ScanConfig};
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    crate::scan_stream::consent(&app, &s.patient).await;
+    let mut host = connect(&app, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    until(&mut pat, "waiting").await;
+
+    let body = json!({"patient_id": s.patient.patient_id, "consult_id": s.consult, "body_site": "left heel"});
+    let res = app.post_auth("/v1/scans", &s.clin.token, &body).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let scan: Uuid = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+
+    // The phone sends the first half of the scan at a hand-held pace while the patient waits.
+    // The skin it scans has no wound to find (a cap 10 µm deep): the guidance says so.
+    let mut skin = presets::spherical_cap(false);
+    skin.cavity = coherency_recon::phantom::CavityShape::SphericalCap { radius: 0.015, depth: 1e-5 };
+    let rendered = Phantom::new(skin).scan(&ScanConfig::iphone(1));
+    let config = ClientConfig::new(app.address.clone(), s.patient.token.clone(), ScanId::from_uuid(scan));
+    let mut phone = ScanStreamClient::connect_with(config).await.unwrap();
+    let mut told = phone.take_events().unwrap();
+    let phone_saw = tokio::spawn(async move {
+        let mut last = None;
+        while let Some(e) = told.recv().await {
+            if let coherency_protocol::client::ClientEvent::Progress(p) = e {
+                last = Some(p);
+            }
+        }
+        last
+    });
+    let half = rendered.frames.len() / 2;
+    for (i, f) in rendered.frames.iter().enumerate().take(half) {
+        phone.send_frame(crate::measurements::wire_frame(i as u64 + 1, f)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    // The host sees it live...
+    let mut host_lives = Vec::new();
+    while host_lives.last().is_none_or(|f: &Value| f["frames"].as_u64() == Some(0)) {
+        let f = until(&mut host, "scan_live").await;
+        assert_eq!(f["scan_id"], scan.to_string());
+        assert_eq!(f["status"], "streaming", "{f}");
+        host_lives.push(f);
+    }
+    // ...the waiting patient does not (everything it was sent before its admission).
+    let res =
+        app.post_auth(&format!("/v1/consults/{}/participants/{pid}/admit", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    loop {
+        let f = next(&mut pat, FRAME_WAIT).await.expect("admitted");
+        assert_ne!(f["type"], "scan_live", "a waiting participant saw live figures: {f}");
+        if f["type"] == "admitted" {
+            break;
+        }
+    }
+
+    // Admitted, the patient sees the rest; both see the figures before the measurements.
+    for (i, f) in rendered.frames.iter().enumerate().skip(half) {
+        phone.send_frame(crate::measurements::wire_frame(i as u64 + 1, f)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    phone.finish().await.unwrap();
+    host_lives.extend(live_until_result(&mut host, scan).await);
+    let pat_lives = live_until_result(&mut pat, scan).await;
+    assert_live_figures("host", &host_lives);
+    assert_live_figures("patient", &pat_lives);
+    // The last figures are the final ones: the phone's final `progress` (after every queued
+    // frame was fused, with the final probe's guidance), and the skin has no wound to find.
+    let fin = tokio::time::timeout(FRAME_WAIT, phone_saw).await.unwrap().unwrap().expect("a final progress");
+    assert!(fin.warnings.iter().any(|w| w == "wound_not_found"), "{fin:?}");
+    for lives in [&host_lives, &pat_lives] {
+        let last = lives.last().unwrap();
+        let (frames, fused) = (rendered.frames.len(), fin.frames_fused);
+        assert_eq!(
+            (&last["status"], &last["frames"], &last["fused"], &last["warnings"]),
+            (&json!("processing"), &json!(frames), &json!(fused), &json!(fin.warnings)),
+            "the phone's final figures {fin:?}, the room's {lives:?}"
+        );
+    }
+    assert!(host_lives.len() > pat_lives.len(), "the host saw the first half too");
+    // Nothing follows the measurements.
+    while let Some(f) = next(&mut host, Duration::from_millis(500)).await {
+        assert_ne!(f["type"], "scan_live", "live figures after the result: {f}");
+    }
+
+    // The log and its webhook rows hold the scan's statuses, never its live figures.
+    let evs = events(&app, s.consult, &s.clin).await;
+    assert_gapless(&evs);
+    let k = kinds(&evs);
+    assert!(k.contains(&"scan_progress".to_string()) && k.contains(&"scan_finished".to_string()), "{k:?}");
+    assert!(!k.iter().any(|x| x == "scan_live"), "{k:?}");
+    let stored: i64 = sqlx::query_scalar(
+        r#"SELECT count(*) FROM consult_events WHERE consult_id = $1 AND (kind = 'scan_live' OR body::text LIKE '%"frames"%')"#,
+    )
+    .bind(s.consult)
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0, "no live figures in the stored events");
+}
+
 #[actix_web::test]
 async fn a_scan_cannot_name_another_patients_or_an_ended_consult() {
     let app = spawn_app().await;

@@ -169,6 +169,120 @@ async fn a_streamed_phantom_scan_is_measured_at_finish_and_can_be_remeasured_wit
     fhir_views_of_the_scan(&app, &patient, scan, &truth, auto, &poly).await;
 }
 
+/// The figures of a measurement as a clinician reads them (no id, author or time).
+const FIGURES: [&str; 14] = [
+    "method",
+    "keyframe_seq",
+    "polygon",
+    "outline_area_mm2",
+    "bed_area_mm2",
+    "perimeter_mm",
+    "length_mm",
+    "width_mm",
+    "max_depth_mm",
+    "mean_depth_mm",
+    "volume_mm3",
+    "skin_model",
+    "skin_residual_mm",
+    "missing_fraction",
+];
+
+/// A clinician sees what an outline measures, with every ±, before anything is stored; posting
+/// the same outline stores exactly what was shown. Refusals match the stored route's.
+#[actix_web::test]
+async fn a_drawn_outline_is_previewed_with_its_uncertainties_unstored_then_confirmed_as_shown() {
+    let app = spawn_app().await;
+    let (patient, scan) = patient_with_scan(&app).await;
+    let clinician = app.staff(Role::Clinician, true).await;
+    sqlx::query("INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())")
+        .bind(patient.patient_id.unwrap())
+        .bind(clinician.id)
+        .execute(&app.pg)
+        .await
+        .unwrap();
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let truth = *phantom.truth();
+    let rendered = phantom.scan(&ScanConfig::iphone(1));
+    let k = rendered.frames.len() / 2;
+    let outline = phantom.outline_in_image(&rendered.frames[k].intrinsics, &rendered.true_poses[k], 64);
+    let body = json!({"keyframe_seq": k as u64 + 1, "polygon": outline});
+    let preview = format!("/v1/scans/{scan}/measurements/preview");
+    let path = format!("/v1/scans/{scan}/measurements");
+
+    // While the phone is still streaming there is nothing to measure yet.
+    let mut client =
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), patient.token.clone(), scan))
+            .await
+            .unwrap();
+    for (i, f) in rendered.frames.iter().enumerate().take(10) {
+        client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+    }
+    let res = app.post_auth(&preview, &clinician.token, &body).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "conflict");
+    for (i, f) in rendered.frames.iter().enumerate().skip(10) {
+        client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
+    }
+    client.finish().await.unwrap();
+    let before: Value = eventually(Duration::from_secs(120), "the scan to complete", || async {
+        let v: Value = app.get_auth(&path, &clinician.token).await.json().await.unwrap();
+        assert_ne!(v["status"], "failed", "reconstruction failed: {v}");
+        (v["status"] == "complete").then_some(v)
+    })
+    .await;
+    assert_eq!(before["measurements"].as_array().unwrap().len(), 1, "{before}");
+
+    // The preview: the values, each with its ±, as a stored measurement would hold them.
+    let res = app.post_auth(&preview, &clinician.token, &body).await;
+    assert_eq!(res.status(), 200, "preview: {}", res.text().await.unwrap_or_default());
+    let shown: Value = res.json().await.unwrap();
+    assert_eq!(
+        (&shown["stored"], &shown["method"], &shown["scan_id"]),
+        (&json!(false), &json!("polygon"), &json!(scan))
+    );
+    assert_eq!(shown["keyframe_seq"], k as u64 + 1);
+    assert!(shown.get("id").is_none() && shown.get("created_at").is_none(), "a preview has no id: {shown}");
+    check(&shown, &truth, 0.02, 1.0, "preview");
+    for name in &FIGURES[3..11] {
+        assert!(value(&shown, name).1 > 0.0, "{name} has its ± in {shown}");
+    }
+    assert_eq!(shown["mesh"], before["measurements"][0]["mesh"], "it refers to the scan's mesh");
+    // Nothing was stored; the preview was audited.
+    let after: Value = app.get_auth(&path, &clinician.token).await.json().await.unwrap();
+    assert_eq!(after["measurements"], before["measurements"], "a preview changes no measurement");
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'scan.measurements.preview' AND target_id = $1",
+    )
+    .bind(scan.to_string())
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(audited, 1);
+
+    // The stored route's refusals: a bad outline names `polygon`, a patient may not measure.
+    for polygon in [json!([[1, 1], [5, 1]]), json!([[300.0, 10.0], [310.0, 10.0], [305.0, 20.0]])] {
+        let res =
+            app.post_auth(&preview, &clinician.token, &json!({"keyframe_seq": k as u64 + 1, "polygon": polygon})).await;
+        assert_eq!(res.status(), 400);
+        let e: Value = res.json().await.unwrap();
+        assert_eq!((&e["error"]["code"], &e["error"]["field"]), (&json!("invalid_field"), &json!("polygon")), "{e}");
+    }
+    assert_eq!(app.post_auth(&preview, &patient.token, &body).await.status(), 403);
+    let stranger = app.staff(Role::Clinician, true).await;
+    assert_eq!(app.post_auth(&preview, &stranger.token, &body).await.status(), 404);
+
+    // Confirming posts the same outline: what is stored is what was shown.
+    let res = app.post_auth(&path, &clinician.token, &body).await;
+    assert_eq!(res.status(), 201, "confirm: {}", res.text().await.unwrap_or_default());
+    let stored: Value = res.json().await.unwrap();
+    for name in FIGURES {
+        assert_eq!(stored[name], shown[name], "{name}: stored {stored} previewed {shown}");
+    }
+    let list: Value = app.get_auth(&path, &clinician.token).await.json().await.unwrap();
+    assert_eq!(list["measurements"].as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list["measurements"][1]["id"], stored["id"]);
+}
+
 async fn fhir_get(app: &TestApp, token: Option<&str>, path: &str) -> (u16, Value) {
     let mut req = app.client.get(app.url(path));
     if let Some(t) = token {

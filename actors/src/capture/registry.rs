@@ -373,12 +373,13 @@ impl Handler<GetReconstructor> for CaptureRegistry {
 }
 
 /// Re-measures a finished scan with a clinician's outline through the registry's
-/// reconstructions; a stopped registry, or one running none, is
+/// reconstructions (stored, or only answered for a preview: `req.mode`); a stopped registry,
+/// or one running none, is
 /// [`RemeasureError::Unavailable`](crate::reconstruction::RemeasureError::Unavailable).
 pub async fn remeasure(
     registry: &Addr<CaptureRegistry>,
     req: crate::reconstruction::RemeasureRequest,
-) -> Result<uuid::Uuid, crate::reconstruction::RemeasureError> {
+) -> Result<crate::reconstruction::Remeasured, crate::reconstruction::RemeasureError> {
     match registry.send(GetReconstructor).await {
         Ok(Some(r)) => r.remeasure(req).await,
         Ok(None) | Err(_) => Err(crate::reconstruction::RemeasureError::Unavailable),

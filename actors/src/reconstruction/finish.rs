@@ -87,6 +87,26 @@ pub struct RemeasureRequest {
     pub created_by: Uuid,
     /// The request's allocation budget, if it has one.
     pub budget: Option<Arc<dyn WorkBudget>>,
+    /// Store the measurement, or only answer it.
+    pub mode: RemeasureMode,
+}
+
+/// What becomes of a re-measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemeasureMode {
+    /// Stored as a new measurement of the scan.
+    Store,
+    /// Computed exactly as [`RemeasureMode::Store`] computes it, stored nowhere: the
+    /// clinician sees it before confirming (storing the same outline).
+    Preview,
+}
+
+/// A re-measurement: the measurement, and the id it was stored under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remeasured {
+    /// `None` for a [`RemeasureMode::Preview`].
+    pub id: Option<Uuid>,
+    pub measurement: NewMeasurement,
 }
 
 /// Why a re-measurement could not be done.
@@ -231,12 +251,14 @@ impl Reconstructor {
 
     /// Re-measures a scan with a clinician-drawn outline on one of its frames, fusing the
     /// stored frames again (the volume is not kept: it is cheap to rebuild and this keeps
-    /// the result reproducible), and stores the measurement; answers its id.
+    /// the result reproducible), and stores the measurement unless the request is a
+    /// preview; answers the measurement and, once stored, its id. A preview and the stored
+    /// measurement of the same outline are computed by this one path, so they are equal.
     ///
     /// The keyframe is read alone first and the outline checked against its image, and
     /// the whole re-fusion sized against the request's budget, before the scan's other
     /// frames are read or fused.
-    pub async fn remeasure(&self, req: RemeasureRequest) -> Result<Uuid, RemeasureError> {
+    pub async fn remeasure(&self, req: RemeasureRequest) -> Result<Remeasured, RemeasureError> {
         let inner = &self.0;
         let index = inner.reader.locate(req.scan_id).await.map_err(RemeasureError::Store)?;
         if index.is_empty() {
@@ -280,7 +302,11 @@ impl Reconstructor {
             mesh,
             created_by: Some(req.created_by),
         };
-        inner.sink.write_measurement(&row).await.map_err(RemeasureError::Store)
+        let id = match req.mode {
+            RemeasureMode::Store => Some(inner.sink.write_measurement(&row).await.map_err(RemeasureError::Store)?),
+            RemeasureMode::Preview => None,
+        };
+        Ok(Remeasured { id, measurement: row })
     }
 
     /// Reconstructs the scans other nodes left `processing` for longer than `stale`, every

@@ -31,7 +31,8 @@ use coherency_protocol::scan::DepthFrame;
 use coherency_recon::{DepthImage, Frame, Intrinsics, Pose, ReconError};
 
 pub use finish::{
-    check_outline, Reconstructor, RemeasureError, RemeasureRequest, WorkBudget, FINISH_QUIET, MAX_OUTLINE_POINTS,
+    check_outline, Reconstructor, RemeasureError, RemeasureMode, RemeasureRequest, Remeasured, WorkBudget,
+    FINISH_QUIET, MAX_OUTLINE_POINTS,
 };
 pub use lag::FuseLag;
 pub use live::{LiveProgress, LiveResult, LiveScan, Reconstruction, BATCH, QUEUE_CAP};

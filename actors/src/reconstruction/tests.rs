@@ -368,20 +368,30 @@ async fn a_polygon_remeasure_is_checked_against_its_keyframe_and_stored_beside_t
     let sent = frames(40);
     node.store(scan_id, &sent).await;
     assert_eq!(node.finish(scan_id, 40, None).await, ScanStatus::Complete);
+    let clinician = uuid::Uuid::now_v7();
     let req = |keyframe_seq: u64, polygon: Vec<[f64; 2]>| RemeasureRequest {
         scan_id,
         keyframe_seq,
         polygon,
-        created_by: uuid::Uuid::now_v7(),
+        created_by: clinician,
         budget: None,
+        mode: RemeasureMode::Store,
     };
     let square = |c: f64, r: f64| vec![[c - r, 96.0 - r], [c + r, 96.0 - r], [c + r, 96.0 + r], [c - r, 96.0 + r]];
     assert!(matches!(node.recon.remeasure(req(999, square(128.0, 20.0))).await, Err(RemeasureError::NoKeyframe)));
     let outside = vec![[0.0, 0.0], [5000.0, 0.0], [0.0, 10.0]];
     assert!(matches!(node.recon.remeasure(req(20, outside)).await, Err(RemeasureError::Outline(_))));
-    let id = node.recon.remeasure(req(20, square(128.0, 20.0))).await.expect("measured");
+    // A preview stores nothing; storing the same outline then stores exactly what it showed.
+    let preview = RemeasureRequest { mode: RemeasureMode::Preview, ..req(20, square(128.0, 20.0)) };
+    let shown = node.recon.remeasure(preview).await.expect("previewed");
+    assert_eq!(shown.id, None);
+    assert_eq!(node.sink.measurements(scan_id).len(), 1, "a preview is not stored");
+    let stored = node.recon.remeasure(req(20, square(128.0, 20.0))).await.expect("measured");
+    assert_eq!(stored.measurement, shown.measurement);
+    let id = stored.id.expect("stored");
     let m = node.sink.measurements(scan_id);
     assert_eq!(m.len(), 2);
+    assert_eq!(m.iter().find(|x| x.id == id).map(|x| &x.measurement), Some(&shown.measurement));
     let polygon = m.iter().find(|x| x.id == id).expect("stored");
     assert_eq!((polygon.measurement.method, polygon.measurement.keyframe_seq), (MeasureMethod::Polygon, Some(20)));
     assert_eq!(polygon.measurement.mesh, m.iter().find(|x| x.id != id).and_then(|x| x.measurement.mesh.clone()));
@@ -442,9 +452,15 @@ async fn a_scan_with_nothing_to_find_completes_needing_an_outline_on_a_keyframe_
 
     // The clinician's outline on that keyframe refers to the scan's mesh.
     let polygon = phantom.outline_in_image(&rendered.frames[at].intrinsics, &rendered.frames[at].pose, 48);
-    let req =
-        RemeasureRequest { scan_id, keyframe_seq: key.seq, polygon, created_by: uuid::Uuid::now_v7(), budget: None };
-    let id = node.recon.remeasure(req).await.expect("the outline is measured");
+    let req = RemeasureRequest {
+        scan_id,
+        keyframe_seq: key.seq,
+        polygon,
+        created_by: uuid::Uuid::now_v7(),
+        budget: None,
+        mode: RemeasureMode::Store,
+    };
+    let id = node.recon.remeasure(req).await.expect("the outline is measured").id.expect("stored");
     let m = node.sink.measurements(scan_id);
     assert_eq!(m.len(), 1);
     assert_eq!((m[0].id, m[0].measurement.mesh.as_ref()), (id, Some(&stored.mesh)));

@@ -19,8 +19,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use coherency_protocol::consult::{
-    close, ClientSignal, EventKind, IceServer, MediaKind, ParticipantRole, ParticipantState, RoomEvent, ServerSignal,
-    MAX_CHAT_CHARS, SIGNAL_VERSION,
+    close, ClientSignal, EventKind, IceServer, MediaKind, ParticipantRole, ParticipantState, RoomEvent, ScanLiveStatus,
+    ServerSignal, MAX_CHAT_CHARS, SIGNAL_VERSION,
 };
 use coherency_protocol::ids::ConsultId;
 use coherency_protocol::Code;
@@ -195,6 +195,20 @@ type Item = (EventKind, Option<Participant>, Option<Uuid>, serde_json::Value, Op
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// Most scans a room keeps live figures for at once (a consult has one or two).
+const MAX_LIVE_SCANS: usize = 32;
+
+/// What a room last sent of a scan's live figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LiveScan {
+    Sent {
+        status: ScanLiveStatus,
+        frames: u64,
+    },
+    /// The room recorded `scan_finished`: no more live figures.
+    Finished,
+}
+
 struct Conn {
     participant_id: Uuid,
     tx: Outbox,
@@ -219,6 +233,8 @@ pub struct Room {
     /// (participant, kind) pairs the host muted; applied to the SFU whenever it starts, so a
     /// mute given before anyone sent media holds once media flows.
     muted: HashSet<(Uuid, MediaKind)>,
+    /// Scans of this consult whose live figures went out, so none goes backwards.
+    live_scans: HashMap<Uuid, LiveScan>,
 }
 
 impl Room {
@@ -237,6 +253,7 @@ impl Room {
             rooms,
             sfu: None,
             muted: HashSet::new(),
+            live_scans: HashMap::new(),
         }
     }
 
@@ -1142,6 +1159,11 @@ impl Handler<Raise> for Room {
         if self.status == ConsultStatus::Ended {
             return err(RoomError::Ended);
         }
+        if msg.kind == EventKind::ScanFinished {
+            if let Some(scan) = msg.data.get("scan_id").and_then(|s| s.as_str()).and_then(|s| s.parse().ok()) {
+                self.live_scans.insert(scan, LiveScan::Finished);
+            }
+        }
         let changes = self.changes(vec![(msg.kind, None, msg.by, msg.data, None)]);
         let (notify, everyone) = (msg.notify, msg.broadcast);
         self.commit(changes, move |act, _| {
@@ -1155,6 +1177,56 @@ impl Handler<Raise> for Room {
             }
             Ok(act.last_seq)
         })
+    }
+}
+
+/// Live figures of a scan taken in this consult (from the scan bus), sent to everyone admitted
+/// and connected as [`ServerSignal::ScanLive`]. Ephemeral: nothing is persisted or numbered.
+/// Figures older than what was already sent (fewer frames, or `streaming` after
+/// `processing`: bus messages can overtake each other) and figures of a scan the room has
+/// recorded as finished are dropped.
+#[derive(Message, Debug, Clone, PartialEq)]
+#[rtype(result = "()")]
+pub struct ScanLive {
+    pub scan_id: Uuid,
+    pub status: ScanLiveStatus,
+    pub frames: u64,
+    pub fused: Option<u64>,
+    pub coverage: Option<f64>,
+    pub warnings: Vec<String>,
+}
+
+impl Handler<ScanLive> for Room {
+    type Result = ();
+
+    fn handle(&mut self, msg: ScanLive, _: &mut Context<Self>) {
+        if self.status == ConsultStatus::Ended {
+            return;
+        }
+        match self.live_scans.get(&msg.scan_id) {
+            Some(LiveScan::Finished) => return,
+            Some(LiveScan::Sent { status, frames }) if msg.status < *status || msg.frames < *frames => return,
+            Some(_) => {}
+            None => {
+                if self.live_scans.len() >= MAX_LIVE_SCANS {
+                    self.live_scans.retain(|_, l| *l != LiveScan::Finished);
+                }
+                if self.live_scans.len() >= MAX_LIVE_SCANS {
+                    tracing::debug!(consult_id = %self.consult_id, "too many live scans; figures dropped");
+                    return;
+                }
+            }
+        }
+        self.live_scans.insert(msg.scan_id, LiveScan::Sent { status: msg.status, frames: msg.frames });
+        let signal = ServerSignal::ScanLive {
+            scan_id: msg.scan_id,
+            status: msg.status,
+            frames: msg.frames,
+            fused: msg.fused,
+            coverage: msg.coverage,
+            warnings: msg.warnings,
+        };
+        self.broadcast(&signal, None);
     }
 }
 
@@ -1205,5 +1277,111 @@ impl Rooms {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Storage that keeps nothing (the live figures never reach it).
+    struct NoStore(Mutex<Vec<EventKind>>);
+
+    #[async_trait::async_trait]
+    impl RoomStore for NoStore {
+        async fn record(&self, changes: &[Change]) -> Result<(), String> {
+            self.0.lock().unwrap().extend(changes.iter().map(|c| c.event.kind));
+            Ok(())
+        }
+        async fn chat(
+            &self,
+            _: ConsultId,
+            _: Uuid,
+            _: ParticipantRole,
+            _: &str,
+            _: DateTime<Utc>,
+        ) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn live(scan_id: Uuid, status: ScanLiveStatus, frames: u64) -> ScanLive {
+        ScanLive { scan_id, status, frames, fused: Some(frames), coverage: Some(0.5), warnings: vec!["too_far".into()] }
+    }
+
+    /// The live figures a connection received so far.
+    fn lives(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(ScanLiveStatus, u64)> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            if let Outbound::Signal(ServerSignal::ScanLive { status, frames, .. }) = m {
+                out.push((status, frames));
+            }
+        }
+        out
+    }
+
+    #[actix_rt::test]
+    async fn live_figures_reach_the_admitted_only_never_go_backwards_and_stop_when_the_scan_finishes() {
+        let store = Arc::new(NoStore(Mutex::new(Vec::new())));
+        let deps = RoomDeps {
+            store: store.clone(),
+            config: RoomConfig::default(),
+            now: Arc::new(Utc::now),
+            waiting: Default::default(),
+        };
+        let (host, patient) = (Uuid::now_v7(), Uuid::now_v7());
+        let snap = RoomSnapshot {
+            consult_id: ConsultId::from_uuid(Uuid::now_v7()),
+            clinician_id: host,
+            status: ConsultStatus::Open,
+            last_seq: 1,
+            participants: Vec::new(),
+        };
+        let room = Arc::new(Rooms::default()).get_or_start(snap, &deps);
+        let connect = |user_id, role| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Connect { user_id, role, ice_servers: Vec::new(), tx }, rx)
+        };
+        let (c, mut host_rx) = connect(host, ParticipantRole::Host);
+        room.send(c).await.unwrap().unwrap();
+        let (c, mut patient_rx) = connect(patient, ParticipantRole::Patient);
+        room.send(c).await.unwrap().unwrap();
+
+        let scan = Uuid::now_v7();
+        room.send(live(scan, ScanLiveStatus::Streaming, 5)).await.unwrap();
+        assert_eq!(lives(&mut host_rx), [(ScanLiveStatus::Streaming, 5)]);
+        assert_eq!(lives(&mut patient_rx), [], "a waiting participant gets no live figures");
+
+        let pid = room.send(Participants).await.unwrap().into_iter().find(|p| p.user_id == patient).unwrap().id;
+        room.send(Decide { participant_id: pid, by: host, decision: Decision::Admit }).await.unwrap().unwrap();
+        for (status, frames) in [
+            (ScanLiveStatus::Streaming, 9),
+            (ScanLiveStatus::Streaming, 7),
+            (ScanLiveStatus::Processing, 9),
+            (ScanLiveStatus::Streaming, 9),
+        ] {
+            room.send(live(scan, status, frames)).await.unwrap();
+        }
+        let want = [(ScanLiveStatus::Streaming, 9), (ScanLiveStatus::Processing, 9)];
+        assert_eq!(lives(&mut host_rx), want, "older figures are dropped");
+        assert_eq!(lives(&mut patient_rx), want);
+
+        let finished = Raise {
+            kind: EventKind::ScanFinished,
+            by: None,
+            data: serde_json::json!({ "scan_id": scan, "status": "complete" }),
+            notify: None,
+            broadcast: None,
+        };
+        room.send(finished).await.unwrap().unwrap();
+        room.send(live(scan, ScanLiveStatus::Processing, 10)).await.unwrap();
+        assert_eq!(lives(&mut host_rx), [], "nothing after the scan finished");
+        let other = Uuid::now_v7();
+        room.send(live(other, ScanLiveStatus::Streaming, 1)).await.unwrap();
+        assert_eq!(lives(&mut patient_rx), [(ScanLiveStatus::Streaming, 1)], "another scan of the consult goes on");
+        let recorded = store.0.lock().unwrap().clone();
+        let persisted =
+            [EventKind::Joined, EventKind::CheckedIn, EventKind::Admitted, EventKind::Joined, EventKind::ScanFinished];
+        assert_eq!(recorded, persisted, "live figures are never persisted");
     }
 }

@@ -1,8 +1,11 @@
 //! Wound measurements of a scan: `GET /v1/scans/{id}/measurements` (the automatic
 //! measurement written when reconstruction finishes, and every clinician re-measurement)
 //! and `POST /v1/scans/{id}/measurements` (re-measure with a clinician-drawn outline on a
-//! keyframe, from the stored frames: no re-streaming). Object access is the scan's
-//! (`crate::services::scans`): a scan the caller may not see answers 404. Audited.
+//! keyframe, from the stored frames: no re-streaming). `POST /v1/scans/{id}/measurements/preview`
+//! answers what that outline measures without storing it, so a clinician sees the values
+//! and their ± before confirming (posting the same outline to the first route); both go
+//! through one handler path and one actor path (`RemeasureMode`). Object access is the
+//! scan's (`crate::services::scans`): a scan the caller may not see answers 404. Audited.
 //!
 //! Every answer carries the scan's reconstruction [`ScanOutcome`]: `pending` until the finish
 //! step is done, `measured`, `needs_outline` (the surface and its mesh exist but the
@@ -14,7 +17,9 @@ pub mod fhir;
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use coherency_actors::reconstruction::{check_outline, RemeasureError, RemeasureRequest, WorkBudget};
+use coherency_actors::reconstruction::{
+    check_outline, NewMeasurement, RemeasureError, RemeasureMode, RemeasureRequest, Remeasured, WorkBudget,
+};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::limits::{MAX_HEIGHT, MAX_WIDTH};
 use coherency_protocol::{Code, ErrorCode};
@@ -26,7 +31,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Require};
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::store::measurements::{list as list_measurements, MeasurementRecord};
+use crate::store::measurements::{list as list_measurements, MeasurementRecord, MeshKeys, ValuePm};
 use crate::store::reconstruction::outcome as stored_outcome;
 use crate::store::scans::ScanRecord;
 
@@ -221,7 +226,7 @@ pub async fn list(
 }
 
 /// `POST /v1/scans/{id}/measurements`: re-measures a finished scan with a clinician-drawn
-/// outline (`scans:measure`: clinicians and admins).
+/// outline and stores the measurement (`scans:measure`: clinicians and admins).
 #[utoipa::path(post, path = "/v1/scans/{id}/measurements", tag = "scans", security(("bearer" = ["scans:measure"])),
     params(("id" = Uuid, Path)), request_body = PolygonRequest,
     responses((status = 201, body = MeasurementRecord),
@@ -238,24 +243,8 @@ pub async fn remeasure(
     id: web::Path<Uuid>,
     body: crate::http::Json<PolygonRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    // Access first (a caller who may not see the scan learns nothing from the body's
-    // checks); then the static bound (the largest frame) before any frame is read; the
-    // keyframe's own size is checked once it is read, before the other frames are read or fused.
-    let caller = auth::caller_of(&req, &state, &who);
-    let scan = state.scans.visible(&caller, ScanId::from_uuid(id.into_inner()), "scan.measurements.read").await?;
-    let body = body.parse()?;
-    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT)?;
-    if !matches!(scan.status.as_str(), "processing" | "complete" | "failed") {
-        return Err(ApiError::new(Code::Conflict, "the scan has not finished streaming"));
-    }
-    let request = RemeasureRequest {
-        scan_id: ScanId::from_uuid(scan.id),
-        keyframe_seq: body.keyframe_seq.get().unsigned_abs(),
-        polygon: body.polygon,
-        created_by: who.user_id.as_uuid(),
-        budget: Some(Arc::new(RequestBudget(crate::alloc::current()))),
-    };
-    let id = coherency_actors::capture::remeasure(&state.capture, request).await?;
+    let (scan, body, done) = measure_outline(&state, &req, &who, id.into_inner(), body, RemeasureMode::Store).await?;
+    let id = done.id.ok_or_else(|| ApiError::internal("the measurement was not stored"))?;
     let rec = list_measurements(&state.stores.pg, scan.id)
         .await?
         .into_iter()
@@ -271,6 +260,136 @@ pub async fn remeasure(
     )
     .await?;
     Ok(HttpResponse::Created().json(rec))
+}
+
+/// `POST /v1/scans/{id}/measurements/preview` answer: what the outline measures, computed
+/// exactly as `POST /v1/scans/{id}/measurements` computes what it stores, with the same
+/// fields as a stored [`MeasurementRecord`] but no `id`, `created_by` or `created_at`:
+/// **nothing is stored**. Posting the same body to `POST /v1/scans/{id}/measurements`
+/// stores a measurement with these values.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeasurementPreview {
+    pub scan_id: Uuid,
+    /// Always `false`: a preview is not stored (confirm with `POST /v1/scans/{id}/measurements`).
+    pub stored: bool,
+    /// Always `polygon`.
+    pub method: String,
+    /// The keyframe the outline was drawn on.
+    pub keyframe_seq: i64,
+    /// The outline in the keyframe's image coordinates, as posted.
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub polygon: Vec<[f64; 2]>,
+    /// Area enclosed by the outline on the skin surface (the clinical wound area).
+    pub outline_area_mm2: ValuePm,
+    pub bed_area_mm2: ValuePm,
+    pub perimeter_mm: ValuePm,
+    pub length_mm: ValuePm,
+    pub width_mm: ValuePm,
+    pub max_depth_mm: ValuePm,
+    pub mean_depth_mm: ValuePm,
+    pub volume_mm3: ValuePm,
+    /// `quadratic` or `quartic`.
+    pub skin_model: String,
+    pub skin_residual_mm: f64,
+    pub missing_fraction: f64,
+    /// The scan's mesh the measurement refers to.
+    pub mesh: Option<MeshKeys>,
+}
+
+impl MeasurementPreview {
+    fn of(m: NewMeasurement) -> Self {
+        let f = m.figures;
+        let pm = |v: coherency_actors::reconstruction::ValuePm| ValuePm { value: v.value, uncertainty: v.uncertainty };
+        Self {
+            scan_id: m.scan_id.as_uuid(),
+            stored: false,
+            method: m.method.as_str().to_string(),
+            keyframe_seq: m.keyframe_seq.map_or(0, |k| i64::try_from(k).unwrap_or(i64::MAX)),
+            polygon: m.polygon.unwrap_or_default(),
+            outline_area_mm2: pm(f.outline_area_mm2),
+            bed_area_mm2: pm(f.bed_area_mm2),
+            perimeter_mm: pm(f.perimeter_mm),
+            length_mm: pm(f.length_mm),
+            width_mm: pm(f.width_mm),
+            max_depth_mm: pm(f.max_depth_mm),
+            mean_depth_mm: pm(f.mean_depth_mm),
+            volume_mm3: pm(f.volume_mm3),
+            skin_model: f.skin_model.to_string(),
+            skin_residual_mm: f.skin_residual_mm,
+            missing_fraction: f.missing_fraction,
+            mesh: m.mesh.map(|k| MeshKeys {
+                ply_key: k.ply_key,
+                ply_sha256: k.ply_sha256,
+                glb_key: k.glb_key,
+                glb_sha256: k.glb_sha256,
+            }),
+        }
+    }
+}
+
+/// `POST /v1/scans/{id}/measurements/preview`: what a clinician-drawn outline measures,
+/// computed as the stored re-measurement is but not stored, for the clinician to check the
+/// values and their ± before confirming (`scans:measure`). Same checks, errors and work
+/// bounds as `POST /v1/scans/{id}/measurements`.
+#[utoipa::path(post, path = "/v1/scans/{id}/measurements/preview", tag = "scans", security(("bearer" = ["scans:measure"])),
+    params(("id" = Uuid, Path)), request_body = PolygonRequest,
+    responses((status = 200, body = MeasurementPreview),
+              (status = 400, description = "invalid_field (polygon, keyframe_seq), unknown_field, malformed_json"),
+              (status = 403, description = "forbidden, mfa_required"),
+              (status = 404, description = "not_found: no such scan visible to the caller"),
+              (status = 409, description = "conflict: the scan has not finished streaming"),
+              (status = 413, description = "payload_too_large: re-fusing the scan would exceed the per-request allocation budget")))]
+#[tracing::instrument(skip_all)]
+pub async fn preview(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ScansMeasure>,
+    id: web::Path<Uuid>,
+    body: crate::http::Json<PolygonRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (scan, body, done) = measure_outline(&state, &req, &who, id.into_inner(), body, RemeasureMode::Preview).await?;
+    auth::audit(
+        &state,
+        &req,
+        Some(&who),
+        AuditEvent::new("scan.measurements.preview", "success")
+            .target("scan", scan.id)
+            .details(serde_json::json!({"keyframe_seq": body.keyframe_seq.get()})),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(MeasurementPreview::of(done.measurement)))
+}
+
+/// The one path of a re-measurement, stored or previewed: access, the body's checks, the
+/// scan's state, then the actor (which re-fuses within the request's allocation budget).
+async fn measure_outline(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &auth::Principal,
+    scan_id: Uuid,
+    body: crate::http::Json<PolygonRequest>,
+    mode: RemeasureMode,
+) -> Result<(ScanRecord, PolygonRequest, Remeasured), ApiError> {
+    // Access first (a caller who may not see the scan learns nothing from the body's
+    // checks); then the static bound (the largest frame) before any frame is read; the
+    // keyframe's own size is checked once it is read, before the other frames are read or fused.
+    let caller = auth::caller_of(req, state, who);
+    let scan = state.scans.visible(&caller, ScanId::from_uuid(scan_id), "scan.measurements.read").await?;
+    let body = body.parse()?;
+    check_outline(&body.polygon, MAX_WIDTH, MAX_HEIGHT)?;
+    if !matches!(scan.status.as_str(), "processing" | "complete" | "failed") {
+        return Err(ApiError::new(Code::Conflict, "the scan has not finished streaming"));
+    }
+    let request = RemeasureRequest {
+        scan_id: ScanId::from_uuid(scan.id),
+        keyframe_seq: body.keyframe_seq.get().unsigned_abs(),
+        polygon: body.polygon.clone(),
+        created_by: who.user_id.as_uuid(),
+        budget: Some(Arc::new(RequestBudget(crate::alloc::current()))),
+        mode,
+    };
+    let done = coherency_actors::capture::remeasure(&state.capture, request).await?;
+    Ok((scan, body, done))
 }
 
 /// A re-measurement's error as the API answers it: the field at fault named for a 400, a
