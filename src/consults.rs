@@ -515,9 +515,10 @@ impl RoomStore for PgRoomStore {
         role: ParticipantRole,
         text: &str,
         at: DateTime<Utc>,
+        to: Option<&Participant>,
     ) -> Result<(), String> {
         use mongodb::bson::{doc, Bson};
-        let d = doc! {
+        let mut d = doc! {
             "_id": Uuid::now_v7().to_string(),
             "consult_id": consult_id.as_uuid().to_string(),
             "type": "Create",
@@ -525,6 +526,19 @@ impl RoomStore for PgRoomStore {
             "object": { "type": "Note", "content": text },
             "published": Bson::DateTime(mongodb::bson::DateTime::from_millis(at.timestamp_millis())),
         };
+        // A private message names its one recipient (ActivityStreams `to`), with the state
+        // they were in, so the record says who could read it and from where.
+        if let Some(p) = to {
+            d.insert(
+                "to",
+                vec![doc! {
+                    "id": p.user_id.to_string(),
+                    "participant_id": p.id.to_string(),
+                    "role": p.role.as_str(),
+                    "state": p.state.as_str(),
+                }],
+            );
+        }
         self.mongo.collection::<mongodb::bson::Document>(ACTIVITY).insert_one(d).await.map_err(|e| e.to_string())?;
         Ok(())
     }

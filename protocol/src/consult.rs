@@ -14,6 +14,9 @@ pub const SIGNAL_VERSION: u32 = 1;
 pub const MAX_SIGNAL_FRAME: usize = 64 * 1024;
 /// Longest chat message, in characters.
 pub const MAX_CHAT_CHARS: usize = 2000;
+/// Longest private message from the host to one participant
+/// (`POST /v1/consults/{id}/participants/{pid}/message`), in characters.
+pub const MAX_MESSAGE_CHARS: usize = 500;
 
 /// A participant's part in a consult.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -269,11 +272,17 @@ pub enum ServerSignal {
     Ice {
         candidate: IceCandidate,
     },
+    /// A chat line: `from` is the sender's user id. With `to`, it is the host's private
+    /// message to that participant (the one receiving it; a waiting participant gets these
+    /// too) and nobody else has it.
     Chat {
         from: Uuid,
         role: ParticipantRole,
         text: String,
         at: String,
+        /// The recipient's participant id, when the message is private.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<Uuid>,
     },
     Event {
         event: RoomEvent,

@@ -87,6 +87,9 @@ pub enum Code {
     CheckInTooEarly,
     /// The room has reached its participant limit.
     RoomFull,
+    /// The participant is neither waiting nor in the call (denied, removed, left, or invited
+    /// and not yet arrived).
+    ParticipantNotPresent,
 
     // --- connections (answered by the transport before any route runs) ---
     /// The request head or body did not arrive within its time limit.
@@ -117,6 +120,7 @@ impl Code {
             | ConsultEnded
             | CheckInTooEarly
             | RoomFull
+            | ParticipantNotPresent
             | WoundOfAnotherPatient => 409,
             PreconditionFailed => 412,
             PayloadTooLarge | FrameTooLarge => 413,
@@ -178,6 +182,7 @@ impl Code {
             WoundOfAnotherPatient => "wound_of_another_patient",
             CheckInTooEarly => "check_in_too_early",
             RoomFull => "room_full",
+            ParticipantNotPresent => "participant_not_present",
             RequestTimeout => "request_timeout",
             HeadersTooLarge => "headers_too_large",
             TooManyConnections => "too_many_connections",
@@ -229,6 +234,7 @@ impl Code {
         Code::WoundOfAnotherPatient,
         Code::CheckInTooEarly,
         Code::RoomFull,
+        Code::ParticipantNotPresent,
         Code::RequestTimeout,
         Code::HeadersTooLarge,
         Code::TooManyConnections,

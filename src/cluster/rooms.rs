@@ -51,6 +51,7 @@ pub enum RoomOp {
     Queue(room::Queue),
     Participants(room::Participants),
     Raise(Box<room::Raise>),
+    PrivateMessage(room::PrivateMessage),
     /// A signalling socket on the sender's node, known there as `edge`.
     Connect {
         user_id: Uuid,
@@ -125,6 +126,7 @@ room_call! {
     End => Result<u64, room::RoomError>,
     Queue => Vec<room::Participant>,
     Participants => Vec<room::Participant>,
+    PrivateMessage => Result<room::MessageSent, room::RoomError>,
 }
 
 impl RoomCall for room::Raise {
@@ -346,6 +348,7 @@ pub async fn serve(here: &Arc<Node>, from: &str, req: RoomRequest) -> serde_json
         RoomOp::Queue(m) => run(&r, m).await,
         RoomOp::Participants(m) => run(&r, m).await,
         RoomOp::Raise(m) => run(&r, *m).await,
+        RoomOp::PrivateMessage(m) => run(&r, m).await,
         RoomOp::Connect { user_id, role, ice_servers, edge } => {
             let (tx, rx) = mpsc::unbounded_channel();
             let res = r.send(room::Connect { user_id, role, ice_servers, tx }).await;

@@ -1,11 +1,12 @@
 //! Consults over HTTP: create (from an appointment, or ad hoc by a clinician), read, patient
-//! check-in, the host's queue and decisions (admit, deny, remove), invitations, ending, the
-//! event log and the clinician's waiting room. Live state lives in the consult's `Room`
-//! (`coherency_actors::room`); this module authorises, audits and forwards.
+//! check-in, the host's queue and decisions (admit, deny, remove), private messages to a
+//! participant, invitations, ending, the event log and the clinician's waiting room. Live
+//! state lives in the consult's `Room` (`coherency_actors::room`); this module authorises,
+//! audits and forwards.
 //!
 //! Who: the consult's clinician is its host (admins may act as host); the patient is the
 //! consult's patient; invited users are participants with the role the host gave them.
-//! Anyone else gets 404. Every admit, deny, invite, remove and end is audited.
+//! Anyone else gets 404. Every admit, deny, message, invite, remove and end is audited.
 
 use actix::MailboxError;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -22,7 +23,7 @@ use crate::audit::AuditEvent;
 use crate::auth::{self, perm, Principal, Require, Role};
 use crate::consults::{self, Consult};
 use crate::error::ApiError;
-use crate::http::input::{Line, NonNegative};
+use crate::http::input::{Line, NonNegative, Text};
 use crate::http::patients::path_id;
 use crate::http::resource;
 use crate::services::consults::{Consults, VisibleConsult};
@@ -72,6 +73,33 @@ pub struct EndBody {
     /// Why, in a few words (default `host_ended`); shown to everyone in the room.
     #[serde(default)]
     pub reason: Option<Line<0, 100>>,
+}
+
+/// `POST /v1/consults/{id}/participants/{pid}/message`
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessageBody {
+    /// What the participant reads ("Running 5 minutes late"); line breaks allowed.
+    pub text: Text<1, { coherency_protocol::consult::MAX_MESSAGE_CHARS }>,
+}
+
+/// A private message the host sent to one participant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageView {
+    /// The recipient.
+    pub participant_id: Uuid,
+    /// The recipient's user.
+    pub user_id: Uuid,
+    /// The recipient's state when it was sent: `waiting` or `admitted`.
+    pub state: String,
+    /// The sender's user id (as `from` in the `chat` signal).
+    pub from: Uuid,
+    /// The text as stored and sent (trimmed).
+    pub text: String,
+    pub at: DateTime<Utc>,
+    /// Whether the recipient was connected and it was sent to them now (a participant with
+    /// no open connection does not receive it later; it is kept in the consult's record).
+    pub delivered: bool,
 }
 
 /// A participant as the API shows it.
@@ -447,6 +475,50 @@ pub async fn remove(
     decide(state, req, who, Decision::Remove).await
 }
 
+/// Sends a private message to one participant who is waiting or in the call: only their
+/// connection receives it (`chat` with `to`), a waiting participant included.
+#[utoipa::path(post, path = "/v1/consults/{id}/participants/{pid}/message", tag = "consults", security(("bearer" = ["consults:host"])),
+    params(("id" = Uuid, Path), ("pid" = Uuid, Path)), request_body = MessageBody,
+    responses((status = 201, body = MessageView), (status = 400, description = "invalid_field (`text`), unknown_field"), (status = 403), (status = 404, description = "no such participant in a consult the caller hosts"),
+              (status = 409, description = "participant_not_present (denied, removed, left, or not yet arrived), consult_ended, conflict (the host)")))]
+#[tracing::instrument(skip_all)]
+pub async fn message(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    who: Require<perm::ConsultsHost>,
+    body: crate::http::Json<MessageBody>,
+) -> Result<HttpResponse, ApiError> {
+    let c = hosted(&state, &req, &who, "consult.message").await?;
+    let participant_id = path_id(&req, "pid")?;
+    let text = body.parse()?.text.into_inner();
+    let r = state.consult_rooms.room(&c).await?;
+    let by = who.user_id.as_uuid();
+    let res = r.call(&state.cluster, room::PrivateMessage { participant_id, by, text: text.clone() }).await?;
+    // The text is PHI: the audit row names who and whom, never what.
+    match res {
+        Ok(sent) => {
+            let p = &sent.participant;
+            let details =
+                serde_json::json!({"participant_id": p.id, "user_id": p.user_id, "delivered": sent.delivered});
+            audit_consult(&state, &req, &who, "consult.message", "success", &c, details).await?;
+            Ok(HttpResponse::Created().json(MessageView {
+                participant_id: p.id,
+                user_id: p.user_id,
+                state: p.state.as_str().into(),
+                from: by,
+                text,
+                at: sent.at,
+                delivered: sent.delivered,
+            }))
+        }
+        Err(e) => {
+            let details = serde_json::json!({"participant_id": participant_id, "code": e.code().as_str()});
+            audit_consult(&state, &req, &who, "consult.message", "failure", &c, details).await?;
+            Err(e.into())
+        }
+    }
+}
+
 /// Invites another user (interpreter, family member, clinician); they are admitted when they connect.
 #[utoipa::path(post, path = "/v1/consults/{id}/invite", tag = "consults", security(("bearer" = ["consults:host"])),
     params(("id" = Uuid, Path)), request_body = InviteBody,
@@ -670,6 +742,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/consults/{id}/participants/{pid}/admit").route(web::post().to(admit)))
         .service(resource("/v1/consults/{id}/participants/{pid}/deny").route(web::post().to(deny)))
         .service(resource("/v1/consults/{id}/participants/{pid}/remove").route(web::post().to(remove)))
+        .service(resource("/v1/consults/{id}/participants/{pid}/message").route(web::post().to(message)))
         .service(resource("/v1/consults/{id}/invite").route(web::post().to(invite)))
         .service(resource("/v1/consults/{id}/end").route(web::post().to(end)))
         .service(resource("/v1/consults/{id}/events").route(web::get().to(events)))

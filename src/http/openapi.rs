@@ -105,6 +105,7 @@ use utoipa::OpenApi;
         crate::http::consults::admit,
         crate::http::consults::deny,
         crate::http::consults::remove,
+        crate::http::consults::message,
         crate::http::consults::invite,
         crate::http::consults::end,
         crate::http::consults::events,

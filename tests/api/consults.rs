@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::helpers::{eventually, spawn_app, spawn_app_with, TestApp, User};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, NodeProcess, TestApp, User};
 
 pub type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 type Ws = WsStream;
@@ -850,4 +850,290 @@ async fn relogin(app: &TestApp, mut u: User) -> User {
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
     u.token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
     u
+}
+
+/// `POST …/participants/{pid}/message` as `who`.
+async fn message(app: &TestApp, consult: Uuid, pid: &str, who: &User, body: Value) -> reqwest::Response {
+    app.post_auth(&format!("/v1/consults/{consult}/participants/{pid}/message"), &who.token, &body).await
+}
+
+/// Frames on `ws` until `last` (a type), failing on a `chat` carrying `text` before it.
+async fn no_chat_before(ws: &mut Ws, text: &str, last: &str, who: &str) {
+    loop {
+        let f = next(ws, FRAME_WAIT).await.unwrap_or_else(|| panic!("{who}: closed or timed out waiting for {last}"));
+        assert!(!(f["type"] == "chat" && f["text"] == text), "{who} received the private message: {f}");
+        if f["type"] == last {
+            return;
+        }
+    }
+}
+
+/// A user given a place in the consult's waiting room as a checked-in companion of the
+/// patient (the row the room keeps for someone who checked in and left: they check in again
+/// by connecting). No route makes one yet; the room treats them as any waiting participant.
+async fn companion(app: &TestApp, consult: Uuid) -> User {
+    let u = app.patient().await;
+    sqlx::query(
+        "INSERT INTO consult_participants (id, consult_id, user_id, role, state, updated_at)
+         VALUES ($1, $2, $3, 'family', 'left', now())",
+    )
+    .bind(Uuid::now_v7())
+    .bind(consult)
+    .bind(u.id)
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    u
+}
+
+/// The stored chat documents of `consult` carrying `text`.
+async fn stored_with(app: &TestApp, consult: Uuid, text: &str) -> Vec<mongodb::bson::Document> {
+    app.state
+        .stores
+        .mongo
+        .collection::<mongodb::bson::Document>("consult_activity")
+        .find(mongodb::bson::doc! {"consult_id": consult.to_string(), "object.content": text})
+        .await
+        .unwrap()
+        .map(|d| d.unwrap())
+        .collect()
+        .await
+}
+
+#[actix_web::test]
+async fn the_clinician_messages_a_waiting_patient_who_alone_receives_it_and_an_admitted_participant_privately_too() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let fam = companion(&app, s.consult).await;
+    let interp = app.staff(Role::Clinician, true).await;
+    let res = app
+        .post_auth(
+            &format!("/v1/consults/{}/invite", s.consult),
+            &s.clin.token,
+            &json!({"user_id": interp.id, "role": "interpreter"}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+    let interp_pid = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_string();
+    // A patient of the same clinician waiting in another consult (the same waiting room).
+    let other = app.patient().await;
+    sqlx::query!(
+        "INSERT INTO care_team (patient_id, clinician_id, added_at) VALUES ($1, $2, now())",
+        other.patient_id.unwrap(),
+        s.clin.id
+    )
+    .execute(&app.pg)
+    .await
+    .unwrap();
+    let res = app.post_auth("/v1/consults", &s.clin.token, &json!({"patient_id": other.patient_id})).await;
+    let other_consult: Uuid = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+
+    let mut host = connect(&app, s.consult, &s.clin).await.unwrap();
+    until(&mut host, "welcome").await;
+    let mut int = connect(&app, s.consult, &interp).await.unwrap();
+    until(&mut int, "admitted").await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let w = until(&mut pat, "welcome").await;
+    assert_eq!(w["state"], "waiting");
+    let pid = w["participant_id"].as_str().unwrap().to_string();
+    let mut fam_ws = connect(&app, s.consult, &fam).await.unwrap();
+    assert_eq!(until(&mut fam_ws, "welcome").await["state"], "waiting");
+    let mut oth = connect(&app, other_consult, &other).await.unwrap();
+    let other_pid = until(&mut oth, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    let wr: Vec<Value> = app.get_auth("/v1/waiting-room", &s.clin.token).await.json().await.unwrap();
+    assert_eq!(wr.len(), 3, "the board lists three waiting: {wr:?}");
+
+    // The waiting patient reads it at once, from the clinician, marked private.
+    let text = "Running 5 minutes late, sorry";
+    let res = message(&app, s.consult, &pid, &s.clin, json!({"text": format!("  {text}\n")})).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let sent: Value = res.json().await.unwrap();
+    assert_eq!(
+        (&sent["participant_id"], &sent["user_id"], &sent["state"], &sent["from"], &sent["text"], &sent["delivered"]),
+        (&json!(pid), &json!(s.patient.id), &json!("waiting"), &json!(s.clin.id), &json!(text), &json!(true))
+    );
+    let got = until(&mut pat, "chat").await;
+    assert_eq!(
+        (&got["from"], &got["role"], &got["text"], &got["to"]),
+        (&json!(s.clin.id), &json!("host"), &json!(text), &json!(pid)),
+        "{got}"
+    );
+    assert!(got["at"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().is_ok(), "{got}");
+    // Still waiting: they can read it, not answer in the room.
+    send(&mut pat, json!({"type": "chat", "text": "ok"})).await;
+    assert_eq!(until(&mut pat, "error").await["code"], "not_admitted");
+
+    // Nobody else has it. The room sends in order, so a frame each of them gets after the
+    // message (a pong, or the host's next chat line) proves nothing came before it.
+    send(&mut fam_ws, json!({"type": "ping"})).await;
+    no_chat_before(&mut fam_ws, text, "pong", "the other waiting participant").await;
+    send(&mut oth, json!({"type": "ping"})).await;
+    no_chat_before(&mut oth, text, "pong", "the patient waiting in another consult").await;
+    send(&mut host, json!({"type": "chat", "text": "marker one"})).await;
+    no_chat_before(&mut int, text, "chat", "the admitted interpreter").await;
+    no_chat_before(&mut host, text, "chat", "the host's own socket").await;
+    // A participant of another consult is not this consult's: 404, as for none.
+    assert_eq!(message(&app, s.consult, &other_pid, &s.clin, json!({"text": "hello"})).await.status(), 404);
+    assert_eq!(
+        message(&app, s.consult, &Uuid::now_v7().to_string(), &s.clin, json!({"text": "x"})).await.status(),
+        404
+    );
+
+    // An admitted participant gets one privately too; the patient (still waiting) does not.
+    let private = "Please stay on after the patient leaves";
+    let res = message(&app, s.consult, &interp_pid, &s.clin, json!({"text": private})).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    assert_eq!(res.json::<Value>().await.unwrap()["state"], "admitted");
+    let got = until(&mut int, "chat").await;
+    assert_eq!((&got["text"], &got["to"], &got["from"]), (&json!(private), &json!(interp_pid), &json!(s.clin.id)));
+    send(&mut pat, json!({"type": "ping"})).await;
+    no_chat_before(&mut pat, private, "pong", "the waiting patient").await;
+    send(&mut host, json!({"type": "chat", "text": "marker two"})).await;
+    no_chat_before(&mut host, private, "chat", "the host's own socket").await;
+
+    // Kept with its recipient; audited without its text.
+    let docs = stored_with(&app, s.consult, text).await;
+    assert_eq!(docs.len(), 1, "{docs:?}");
+    let to = docs[0].get_array("to").unwrap()[0].as_document().unwrap().clone();
+    assert_eq!(to.get_str("participant_id").unwrap(), pid);
+    assert_eq!(to.get_str("id").unwrap(), s.patient.id.to_string());
+    assert_eq!(to.get_str("state").unwrap(), "waiting");
+    assert_eq!(docs[0].get_document("actor").unwrap().get_str("id").unwrap(), s.clin.id.to_string());
+    assert_eq!(stored_with(&app, s.consult, private).await.len(), 1);
+    let audited: Vec<Value> = sqlx::query_scalar::<_, String>(
+        "SELECT details FROM audit_log WHERE action = 'consult.message' AND outcome = 'success'
+           AND target_id = $1 ORDER BY id",
+    )
+    .bind(s.consult.to_string())
+    .fetch_all(&app.pg)
+    .await
+    .unwrap()
+    .iter()
+    .map(|d| serde_json::from_str(d).unwrap())
+    .collect();
+    assert_eq!(audited.len(), 2, "{audited:?}");
+    assert_eq!(audited[0]["participant_id"], json!(pid));
+    assert_eq!(audited[1]["participant_id"], json!(interp_pid));
+    let leaked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log a WHERE a::text LIKE '%Running 5 minutes%' OR a::text LIKE '%stay on after%'",
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(leaked, 0, "a message's text reached the audit trail");
+}
+
+#[actix_web::test]
+async fn a_message_needs_good_text_the_consults_host_and_someone_still_there() {
+    let app = spawn_app().await;
+    let s = setup(&app).await;
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+
+    // The text: 1 to 500 characters of the text rule, and nothing else in the body.
+    for (body, code) in [
+        (json!({"text": ""}), "invalid_field"),
+        (json!({"text": " \n\t "}), "invalid_field"),
+        (json!({"text": "x".repeat(501)}), "invalid_field"),
+        (json!({"text": "late\u{0}"}), "invalid_field"),
+        (json!({"text": "see \u{1B}[2J"}), "invalid_field"),
+        (json!({"text": "invoice_\u{202E}fdp.exe"}), "invalid_field"),
+        (json!({"text": 5}), "invalid_field"),
+        (json!({"text": "hello", "urgent": true}), "unknown_field"),
+    ] {
+        let res = message(&app, s.consult, &pid, &s.clin, body.clone()).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let e: Value = res.json().await.unwrap();
+        assert_eq!(e["error"]["code"], code, "{body}: {e}");
+        if code == "invalid_field" {
+            assert_eq!(e["error"]["field"], "text", "{body}: {e}");
+        }
+    }
+    let longest = "y".repeat(500);
+    assert_eq!(message(&app, s.consult, &pid, &s.clin, json!({"text": longest})).await.status(), 201);
+    assert_eq!(until(&mut pat, "chat").await["text"], longest);
+
+    // Another clinician does not learn the consult exists; the patient cannot message.
+    let other = app.staff(Role::Clinician, true).await;
+    assert_eq!(message(&app, s.consult, &pid, &other, json!({"text": "hi"})).await.status(), 404);
+    assert_eq!(message(&app, s.consult, &pid, &s.patient, json!({"text": "hi"})).await.status(), 403);
+
+    // Gone from the waiting room: refused by name; back again: allowed.
+    send(&mut pat, json!({"type": "leave"})).await;
+    eventually(Duration::from_secs(10), "the patient has left", || async {
+        kinds(&events(&app, s.consult, &s.clin).await).contains(&"left_before_joined".to_string()).then_some(())
+    })
+    .await;
+    let res = message(&app, s.consult, &pid, &s.clin, json!({"text": "are you there?"})).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "participant_not_present");
+    let mut pat = connect(&app, s.consult, &s.patient).await.unwrap();
+    assert_eq!(until(&mut pat, "welcome").await["state"], "waiting");
+    assert_eq!(message(&app, s.consult, &pid, &s.clin, json!({"text": "Welcome back"})).await.status(), 201);
+    assert_eq!(until(&mut pat, "chat").await["text"], "Welcome back");
+
+    // Denied: refused by name, and nothing reaches them.
+    let res =
+        app.post_auth(&format!("/v1/consults/{}/participants/{pid}/deny", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    let res = message(&app, s.consult, &pid, &s.clin, json!({"text": "Sorry"})).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "participant_not_present");
+    assert!(stored_with(&app, s.consult, "Sorry").await.is_empty(), "a refused message was kept");
+
+    // Ended: the consult's own code.
+    let res = app.post_auth(&format!("/v1/consults/{}/end", s.consult), &s.clin.token, &json!({})).await;
+    assert_eq!(res.status(), 200);
+    let res = message(&app, s.consult, &pid, &s.clin, json!({"text": "Goodbye"})).await;
+    assert_eq!(res.status(), 409);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "consult_ended");
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'consult.message' AND outcome = 'failure' AND target_id = $1",
+    )
+    .bind(s.consult.to_string())
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert!(failures >= 2, "refusals are audited ({failures})");
+}
+
+/// The room runs on one node, the clinician's request lands on another (the bus request admit
+/// takes); the text is in neither node's log, at debug level.
+#[actix_web::test]
+async fn a_message_through_another_node_reaches_the_waiting_patient_and_no_log_line() {
+    let app = spawn_app().await;
+    let debug = [("COHERENCY_LOG_LEVEL", "debug")];
+    let (room_node, api_node) = (NodeProcess::start(&app.config, &debug), NodeProcess::start(&app.config, &debug));
+    let s = setup(&app).await;
+    let mut pat = crate::consults::connect_at(room_node.port, s.consult, &s.patient).await.unwrap();
+    let pid = until(&mut pat, "welcome").await["participant_id"].as_str().unwrap().to_string();
+    let text = format!("Please find a quiet room {}", Uuid::new_v4().simple());
+    let res = app
+        .client
+        .post(api_node.url(&format!("/v1/consults/{}/participants/{pid}/message", s.consult)))
+        .bearer_auth(&s.clin.token)
+        .json(&json!({"text": text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    assert_eq!(res.json::<Value>().await.unwrap()["delivered"], true);
+    let got = until(&mut pat, "chat").await;
+    assert_eq!((&got["text"], &got["from"], &got["to"]), (&json!(text), &json!(s.clin.id), &json!(pid)));
+    // A refusal through the other node keeps its code.
+    let res = app
+        .client
+        .post(api_node.url(&format!("/v1/consults/{}/participants/{}/message", s.consult, Uuid::now_v7())))
+        .bearer_auth(&s.clin.token)
+        .json(&json!({"text": text}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert!(api_node.log.lock().unwrap().iter().any(|l| l.contains("/message")), "requests are logged by route");
+    for (name, node) in [("room node", &room_node), ("api node", &api_node)] {
+        let logs = node.log.lock().unwrap().join("\n");
+        assert!(!logs.contains(&text), "{name}: a message's text reached the logs");
+        assert!(!logs.contains("quiet room"), "{name}: a message's text reached the logs");
+    }
 }

@@ -5,7 +5,8 @@
 //! clients, the bus and the webhooks see are the ones in the database, with no gaps.
 //!
 //! Admission is decided here, not in a client: only `admitted` participants get media, chat
-//! and events; a waiting participant gets its queue position and nothing else.
+//! and events; a waiting participant gets its queue position and the host's private messages
+//! to it ([`PrivateMessage`]), nothing else.
 
 pub mod sfu;
 pub mod waiting;
@@ -123,7 +124,8 @@ pub struct Change {
 pub trait RoomStore: Send + Sync + 'static {
     /// Writes the changes atomically, in order (and announces them on the bus once written).
     async fn record(&self, changes: &[Change]) -> Result<(), String>;
-    /// Appends a chat message to the room's activity stream.
+    /// Appends a chat message to the room's activity stream; `to` is the recipient of a
+    /// private message (the host's message to one participant), `None` for the room's chat.
     async fn chat(
         &self,
         consult_id: ConsultId,
@@ -131,6 +133,7 @@ pub trait RoomStore: Send + Sync + 'static {
         role: ParticipantRole,
         text: &str,
         at: DateTime<Utc>,
+        to: Option<&Participant>,
     ) -> Result<(), String>;
 }
 
@@ -170,6 +173,8 @@ pub enum RoomError {
     Ended,
     #[error("the room is full")]
     Full,
+    #[error("the participant is not waiting or in the call (they are {})", .0.as_str())]
+    NotPresent(ParticipantState),
     #[error("not allowed in this state: {0}")]
     State(String),
     #[error("storage failed")]
@@ -183,6 +188,7 @@ impl coherency_protocol::ErrorCode for RoomError {
             RoomError::Denied | RoomError::Removed => Code::Forbidden,
             RoomError::Ended => Code::ConsultEnded,
             RoomError::Full => Code::RoomFull,
+            RoomError::NotPresent(_) => Code::ParticipantNotPresent,
             RoomError::State(_) => Code::Conflict,
             RoomError::Storage => Code::Unavailable,
         }
@@ -713,6 +719,70 @@ impl Handler<Decide> for Room {
     }
 }
 
+/// The host's private message to one participant who is waiting or in the call ("Running 5
+/// minutes late"): stored with its recipient, then sent to that participant's connection
+/// only, as `chat` with `to`. A waiting participant gets it although they cannot chat.
+#[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
+#[rtype(result = "Result<MessageSent, RoomError>")]
+pub struct PrivateMessage {
+    pub participant_id: Uuid,
+    /// The sender's user id (the host, or an admin acting as host).
+    pub by: Uuid,
+    /// Already checked at the boundary (character rule, 1..=`MAX_MESSAGE_CHARS`).
+    pub text: String,
+}
+
+/// A private message the room stored and sent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MessageSent {
+    /// The recipient as they were when it was sent.
+    pub participant: Participant,
+    pub at: DateTime<Utc>,
+    /// Whether the recipient had a connection to send it down.
+    pub delivered: bool,
+}
+
+impl Handler<PrivateMessage> for Room {
+    type Result = AtomicResponse<Self, Result<MessageSent, RoomError>>;
+
+    fn handle(&mut self, msg: PrivateMessage, _: &mut Context<Self>) -> Self::Result {
+        if self.status == ConsultStatus::Ended {
+            return err(RoomError::Ended);
+        }
+        let Some(p) = self.participants.get(&msg.participant_id).cloned() else { return err(RoomError::NoParticipant) };
+        if p.role == ParticipantRole::Host {
+            return err(RoomError::State("the host does not message themself".into()));
+        }
+        if !matches!(p.state, ParticipantState::Waiting | ParticipantState::Admitted) {
+            return err(RoomError::NotPresent(p.state));
+        }
+        // Milliseconds, as the signal and the activity stream carry it.
+        let at = chrono::SubsecRound::trunc_subsecs(self.now(), 3);
+        let store = self.deps.store.clone();
+        let cid = self.consult_id;
+        let PrivateMessage { participant_id: pid, by, text } = msg;
+        let stored = p.clone();
+        let t2 = text.clone();
+        let fut = async move { store.chat(cid, by, ParticipantRole::Host, &t2, at, Some(&stored)).await };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |res, act, _| {
+            if let Err(e) = res {
+                tracing::error!(error = %e, "private message not stored");
+                return Err(RoomError::Storage);
+            }
+            let delivered = act.seats.get(&pid).is_some_and(|c| act.conns.contains_key(c));
+            let signal = ServerSignal::Chat {
+                from: by,
+                role: ParticipantRole::Host,
+                text,
+                at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                to: Some(pid),
+            };
+            act.send_to(pid, Outbound::Signal(signal));
+            Ok(MessageSent { participant: p, at, delivered })
+        })))
+    }
+}
+
 /// The host invites another user with a role; they are admitted when they connect.
 #[derive(Message, Debug, serde::Serialize, serde::Deserialize)]
 #[rtype(result = "Result<Participant, RoomError>")]
@@ -990,7 +1060,7 @@ impl Handler<FromClient> for Room {
                 let role = p.role;
                 let user = p.user_id;
                 let t2 = text.clone();
-                ctx.wait(async move { store.chat(cid, user, role, &t2, at).await }.into_actor(self).map(
+                ctx.wait(async move { store.chat(cid, user, role, &t2, at, None).await }.into_actor(self).map(
                     move |res, act, _| match res {
                         Ok(()) => act.broadcast(
                             &ServerSignal::Chat {
@@ -998,6 +1068,7 @@ impl Handler<FromClient> for Room {
                                 role,
                                 text,
                                 at: at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                                to: None,
                             },
                             None,
                         ),

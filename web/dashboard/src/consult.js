@@ -455,13 +455,12 @@ const ROWS = [['outline_area_mm2', 'Area', 'mm²', 1], ['length_mm', 'Length', '
 const GUIDANCE = {
   wound_not_found: 'No wound found yet: point the phone at the wound.',
   wound_off_centre: 'The wound is off-centre: move the phone so the wound is in the middle.',
-  rim_not_seen: 'The wound\'s edge is not seen all round: move round the wound.',
+  rim_not_seen: "The wound's edge is not seen all round: move round the wound.",
   too_far: 'Too far: bring the phone closer.',
   too_close: 'Too close: move the phone back.',
-  moving_fast: 'Moving too fast: slow down.',
-  too_fast: 'Moving too fast: slow down.',
-  low_confidence: 'The depth is unsure here: more light or a steadier hand helps.',
-  low_light: 'Too dark: more light helps.',
+  moving_too_fast: 'Moving too fast: slow down.',
+  low_valid_depth: 'The phone sees little depth here: more light, or hold it square to the skin.',
+  low_frame_rate: 'The phone is sending few frames: keep the app in front and close other apps.',
   tracking_lost: 'The phone lost track: hold still a moment.',
 };
 
