@@ -88,6 +88,12 @@ pub enum Code {
     /// The room has reached its participant limit.
     RoomFull,
 
+    // --- capture links ---
+    /// A capture code that is unknown or expired (the two answer alike).
+    InvalidCaptureCode,
+    /// A capture code that was already redeemed (the session it gave has been revoked).
+    CaptureCodeUsed,
+
     // --- connections (answered by the transport before any route runs) ---
     /// The request head or body did not arrive within its time limit.
     RequestTimeout,
@@ -104,7 +110,8 @@ impl Code {
         match self {
             BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | MalformedMessage
             | InvalidFrame | SequenceGap => 400,
-            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp | MfaCodeRequired => 401,
+            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp | MfaCodeRequired
+            | InvalidCaptureCode => 401,
             Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired | NotAdmitted => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
@@ -117,7 +124,8 @@ impl Code {
             | ConsultEnded
             | CheckInTooEarly
             | RoomFull
-            | WoundOfAnotherPatient => 409,
+            | WoundOfAnotherPatient
+            | CaptureCodeUsed => 409,
             PreconditionFailed => 412,
             PayloadTooLarge | FrameTooLarge => 413,
             UnsupportedMediaType => 415,
@@ -178,6 +186,8 @@ impl Code {
             WoundOfAnotherPatient => "wound_of_another_patient",
             CheckInTooEarly => "check_in_too_early",
             RoomFull => "room_full",
+            InvalidCaptureCode => "invalid_capture_code",
+            CaptureCodeUsed => "capture_code_used",
             RequestTimeout => "request_timeout",
             HeadersTooLarge => "headers_too_large",
             TooManyConnections => "too_many_connections",
@@ -229,6 +239,8 @@ impl Code {
         Code::WoundOfAnotherPatient,
         Code::CheckInTooEarly,
         Code::RoomFull,
+        Code::InvalidCaptureCode,
+        Code::CaptureCodeUsed,
         Code::RequestTimeout,
         Code::HeadersTooLarge,
         Code::TooManyConnections,

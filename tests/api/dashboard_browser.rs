@@ -53,10 +53,16 @@ async fn web_app() -> (PathBuf, TestApp) {
 /// Streams a phantom wound scan of `patient`, `pace` between frames, and waits for it to
 /// complete.
 pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
+    stream_scan_with_token(app, &who.token, scan, pace).await;
+}
+
+/// [`stream_scan`] with any bearer token that may stream the scan (a user's, or a capture
+/// link's session: `crate::capture_link`).
+pub async fn stream_scan_with_token(app: &TestApp, token: &str, scan: ScanId, pace: Duration) {
     let phantom = Phantom::new(presets::spherical_cap(false));
     let rendered = phantom.scan(&ScanConfig::iphone(1));
     let mut client =
-        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), who.token.clone(), scan)).await.unwrap();
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), token.to_string(), scan)).await.unwrap();
     for (i, f) in rendered.frames.iter().enumerate() {
         client.send_frame(wire_frame(i as u64 + 1, f)).await.unwrap();
         if !pace.is_zero() {
