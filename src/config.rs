@@ -208,6 +208,26 @@ pub const SETTINGS: &[Setting] = &[
         help: "Patient registrations one client address may make per minute.",
     },
     Setting {
+        key: "capture_redeem_per_address_per_min",
+        default: "30",
+        help: "Capture-link redemptions (`POST /v1/capture/redeem`) one client address may attempt per minute, successful or not.",
+    },
+    Setting {
+        key: "ios_app_ids",
+        default: "",
+        help: "Comma-separated iOS app ids (`TEAMID.bundle.id`) that open capture links (`/capture`): served in /.well-known/apple-app-site-association, which answers 404 while this is empty.",
+    },
+    Setting {
+        key: "android_app_package",
+        default: "",
+        help: "Android package name that opens capture links (`/capture`): served in /.well-known/assetlinks.json (with android_cert_fingerprints), which answers 404 while this is empty.",
+    },
+    Setting {
+        key: "android_cert_fingerprints",
+        default: "",
+        help: "Comma-separated SHA-256 fingerprints (`AB:CD:…`, 32 bytes) of the Android app's signing certificates; required with android_app_package.",
+    },
+    Setting {
         key: "booking_view_max_age_ms",
         default: "1000",
         help: "Longest a node answers `slot_taken` from its in-memory calendar before rereading it (changes arrive on the bus in between); 0 rereads on every attempt.",
@@ -291,6 +311,8 @@ pub enum LogFormat {
 pub const DEFAULT_LOGIN_PER_ADDRESS_PER_MIN: u32 = 100;
 /// Default of `register_per_address_per_min`.
 pub const DEFAULT_REGISTER_PER_ADDRESS_PER_MIN: u32 = 1000;
+/// Default of `capture_redeem_per_address_per_min`.
+pub const DEFAULT_CAPTURE_REDEEM_PER_ADDRESS_PER_MIN: u32 = 30;
 
 /// Default of `healing_on_track_reduction_pct` (`crate::services::healing`).
 pub const DEFAULT_HEALING_ON_TRACK_REDUCTION_PCT: f64 = 40.0;
@@ -336,6 +358,10 @@ pub struct Config {
     pub api_rate_burst: u32,
     pub login_per_address_per_min: u32,
     pub register_per_address_per_min: u32,
+    pub capture_redeem_per_address_per_min: u32,
+    pub ios_app_ids: String,
+    pub android_app_package: String,
+    pub android_cert_fingerprints: String,
     pub booking_view_max_age_ms: u64,
     pub node_id: Option<String>,
     pub web_dir: String,
@@ -394,6 +420,10 @@ impl Default for Config {
             api_rate_burst: 200,
             login_per_address_per_min: DEFAULT_LOGIN_PER_ADDRESS_PER_MIN,
             register_per_address_per_min: DEFAULT_REGISTER_PER_ADDRESS_PER_MIN,
+            capture_redeem_per_address_per_min: DEFAULT_CAPTURE_REDEEM_PER_ADDRESS_PER_MIN,
+            ios_app_ids: String::new(),
+            android_app_package: String::new(),
+            android_cert_fingerprints: String::new(),
             booking_view_max_age_ms: 1000,
             node_id: None,
             web_dir: "web".into(),
@@ -485,6 +515,32 @@ impl Config {
         }
         if self.login_per_address_per_min == 0 || self.register_per_address_per_min == 0 {
             return Err(Self::invalid("login_per_address_per_min", "address limits must be at least 1"));
+        }
+        if self.capture_redeem_per_address_per_min == 0 {
+            return Err(Self::invalid("capture_redeem_per_address_per_min", "must be at least 1"));
+        }
+        for id in self.ios_app_ids() {
+            if !is_ios_app_id(id) {
+                return Err(Self::invalid("ios_app_ids", format!("`{id}` is not TEAMID.bundle.id")));
+            }
+        }
+        let package = self.android_app_package.trim();
+        if !package.is_empty() && !is_android_package(package) {
+            return Err(Self::invalid("android_app_package", format!("`{package}` is not a package name")));
+        }
+        for f in self.android_cert_fingerprints() {
+            if !is_cert_fingerprint(f) {
+                return Err(Self::invalid(
+                    "android_cert_fingerprints",
+                    format!("`{f}` is not a SHA-256 fingerprint (32 hex bytes separated by colons)"),
+                ));
+            }
+        }
+        if package.is_empty() != self.android_cert_fingerprints().is_empty() {
+            return Err(Self::invalid(
+                "android_cert_fingerprints",
+                "android_app_package and android_cert_fingerprints are set together",
+            ));
         }
         if !(self.healing_on_track_reduction_pct > 0.0 && self.healing_on_track_reduction_pct <= 100.0) {
             return Err(Self::invalid("healing_on_track_reduction_pct", "must be above 0 and at most 100"));
@@ -589,6 +645,22 @@ impl Config {
         out
     }
 
+    /// The iOS app ids of `ios_app_ids`.
+    pub fn ios_app_ids(&self) -> Vec<&str> {
+        self.ios_app_ids.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// The Android signing-certificate fingerprints of `android_cert_fingerprints`, as
+    /// written (upper-cased where they are served).
+    pub fn android_cert_fingerprints(&self) -> Vec<&str> {
+        self.android_cert_fingerprints.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+    }
+
+    /// `public_url` without a trailing slash, to which paths (`/capture`) are appended.
+    pub fn public_base(&self) -> &str {
+        self.public_url.trim_end_matches('/')
+    }
+
     /// This node's name.
     pub fn node_name(&self) -> String {
         self.node_id.clone().unwrap_or_else(|| {
@@ -605,6 +677,33 @@ impl Config {
         }
         s
     }
+}
+
+/// `TEAMID.bundle.id`: a 10-character team id, a dot, a reverse-DNS bundle id.
+fn is_ios_app_id(s: &str) -> bool {
+    let Some((team, bundle)) = s.split_once('.') else { return false };
+    team.len() == 10
+        && team.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        && !bundle.is_empty()
+        && bundle.len() <= 155
+        && bundle.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+/// A Java package name of two or more segments (`health.coherency.app`).
+fn is_android_package(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    s.len() <= 150
+        && parts.len() >= 2
+        && parts.iter().all(|p| {
+            p.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        })
+}
+
+/// 32 hex bytes separated by colons.
+fn is_cert_fingerprint(s: &str) -> bool {
+    let bytes: Vec<&str> = s.split(':').collect();
+    bytes.len() == 32 && bytes.iter().all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Turns a figment error into one line naming the key and the source.
@@ -781,6 +880,50 @@ mod tests {
     }
 
     #[test]
+    fn app_link_ids_are_checked_and_the_android_pair_goes_together() {
+        let fp = ["AB"; 32].join(":");
+        let ok = Config {
+            ios_app_ids: "ABCDE12345.health.coherency.app, ZYXWV98765.health.coherency.beta".into(),
+            android_app_package: "health.coherency.app".into(),
+            android_cert_fingerprints: format!("{fp},{}", fp.to_lowercase()),
+            ..Config::default()
+        };
+        ok.validate().unwrap();
+        assert_eq!(ok.ios_app_ids(), ["ABCDE12345.health.coherency.app", "ZYXWV98765.health.coherency.beta"]);
+        for (c, key) in [
+            (Config { ios_app_ids: "health.coherency.app".into(), ..Config::default() }, "ios_app_ids"),
+            (Config { ios_app_ids: "abcde12345.x".into(), ..Config::default() }, "ios_app_ids"),
+            (
+                Config {
+                    android_app_package: "coherency".into(),
+                    android_cert_fingerprints: fp.clone(),
+                    ..Config::default()
+                },
+                "android_app_package",
+            ),
+            (
+                Config {
+                    android_app_package: "health.coherency.app".into(),
+                    android_cert_fingerprints: "AB:CD".into(),
+                    ..Config::default()
+                },
+                "android_cert_fingerprints",
+            ),
+            (
+                Config { android_app_package: "health.coherency.app".into(), ..Config::default() },
+                "android_cert_fingerprints",
+            ),
+            (
+                Config { capture_redeem_per_address_per_min: 0, ..Config::default() },
+                "capture_redeem_per_address_per_min",
+            ),
+        ] {
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
+    #[test]
     fn an_unknown_key_is_rejected_with_its_name() {
         let err = with("http_adress", "127.0.0.1:1").unwrap_err().to_string();
         assert!(err.contains("http_adress"), "{err}");
@@ -834,6 +977,7 @@ mod tests {
                 | "consult_max_duration_secs"
                 | "consult_reconnect_grace_secs"
                 | "booking_view_max_age_ms"
+                | "capture_redeem_per_address_per_min"
                 | "scan_live_fusion_max_scans"
                 | "scan_finish_defer_max_ms"
                 | "scan_processing_stale_secs"

@@ -205,6 +205,8 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     let access = Access::new(stores.pg.clone(), clock.clone(), audit.clone());
     let consults = Consults::new(stores.pg.clone());
     let scans = Scans::new(stores.pg.clone(), clock.clone(), access.clone());
+    let capture_links =
+        crate::services::capture::CaptureLinks::new(stores.pg.clone(), clock.clone(), scans.clone(), identity.clone());
     Ok(web::Data::new(AppState {
         cluster,
         consult_rooms,
@@ -228,6 +230,7 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         access,
         consults,
         scans,
+        capture_links,
         field_key,
         sockets,
         // One report per core: each takes a core for ~100 ms (docs/performance.md).

@@ -35,6 +35,8 @@ pub struct AppState {
     pub consults: Consults,
     /// Which scans a caller may see, create, list and stream.
     pub scans: Scans,
+    /// Capture links: single-use codes that open a scan on the patient's phone.
+    pub capture_links: crate::services::capture::CaptureLinks,
     /// Encrypts the most sensitive fields at rest.
     pub field_key: FieldKey,
     /// Sockets open on this node, for revocation (the same registry [`Identity`] closes).

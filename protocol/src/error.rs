@@ -91,6 +91,12 @@ pub enum Code {
     /// and not yet arrived).
     ParticipantNotPresent,
 
+    // --- capture links ---
+    /// A capture code that is unknown or expired (the two answer alike).
+    InvalidCaptureCode,
+    /// A capture code that was already redeemed (the session it gave has been revoked).
+    CaptureCodeUsed,
+
     // --- connections (answered by the transport before any route runs) ---
     /// The request head or body did not arrive within its time limit.
     RequestTimeout,
@@ -107,7 +113,8 @@ impl Code {
         match self {
             BadRequest | MalformedJson | UnknownField | InvalidField | WeakPassword | MalformedMessage
             | InvalidFrame | SequenceGap => 400,
-            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp | MfaCodeRequired => 401,
+            Unauthenticated | InvalidCredentials | TokenExpired | TokenRevoked | InvalidTotp | MfaCodeRequired
+            | InvalidCaptureCode => 401,
             Forbidden | MfaRequired | AccountDisabled | OriginNotAllowed | ConsentRequired | NotAdmitted => 403,
             NotFound => 404,
             MethodNotAllowed => 405,
@@ -121,7 +128,8 @@ impl Code {
             | CheckInTooEarly
             | RoomFull
             | ParticipantNotPresent
-            | WoundOfAnotherPatient => 409,
+            | WoundOfAnotherPatient
+            | CaptureCodeUsed => 409,
             PreconditionFailed => 412,
             PayloadTooLarge | FrameTooLarge => 413,
             UnsupportedMediaType => 415,
@@ -183,6 +191,8 @@ impl Code {
             CheckInTooEarly => "check_in_too_early",
             RoomFull => "room_full",
             ParticipantNotPresent => "participant_not_present",
+            InvalidCaptureCode => "invalid_capture_code",
+            CaptureCodeUsed => "capture_code_used",
             RequestTimeout => "request_timeout",
             HeadersTooLarge => "headers_too_large",
             TooManyConnections => "too_many_connections",
@@ -235,6 +245,8 @@ impl Code {
         Code::CheckInTooEarly,
         Code::RoomFull,
         Code::ParticipantNotPresent,
+        Code::InvalidCaptureCode,
+        Code::CaptureCodeUsed,
         Code::RequestTimeout,
         Code::HeadersTooLarge,
         Code::TooManyConnections,

@@ -25,6 +25,14 @@ pub const EMAIL_TAKEN_PER_IP: Limit = Limit { name: "email-taken-ip", max: 5, wi
 pub const REGISTER_PER_IP: Limit =
     Limit { name: "register-ip", max: crate::config::DEFAULT_REGISTER_PER_ADDRESS_PER_MIN, window_secs: 60 };
 
+/// Capture-code redemptions per IP, successful or not (the default of
+/// `capture_redeem_per_address_per_min`).
+pub const CAPTURE_REDEEM_PER_IP: Limit = Limit {
+    name: "capture-redeem-ip",
+    max: crate::config::DEFAULT_CAPTURE_REDEEM_PER_ADDRESS_PER_MIN,
+    window_secs: 60,
+};
+
 /// A per-minute limit with the configured maximum.
 pub fn per_minute(base: Limit, max: u32) -> Limit {
     Limit { max, ..base }

@@ -1,6 +1,7 @@
 //! Who is asking and what they may do: roles, the permission table, opaque session tokens,
 //! and the extractors every protected route takes — a route cannot run without the
-//! permission its extractor names.
+//! permission its extractor names. A capture session is further confined to its scan's
+//! stream ([`confine`]), on every route and socket alike.
 
 pub mod limits;
 pub mod totp;
@@ -89,12 +90,39 @@ pub(crate) fn bearer(req: &HttpRequest) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Resolves the bearer token of `req` to its principal.
+/// Resolves the bearer token of `req` to its principal, refusing a capture session outside
+/// the routes it may reach.
 async fn caller(req: &HttpRequest) -> Result<(web::Data<AppState>, Principal), ApiError> {
     let state = req.app_data::<web::Data<AppState>>().cloned().ok_or_else(|| ApiError::internal("no state"))?;
     let token = bearer(req).ok_or_else(ApiError::unauthenticated)?.to_string();
     let p = state.identity.authenticate(&token).await?;
+    confine(&state, req, &p).await?;
     Ok((state, p))
+}
+
+/// The routes a capture session (`Principal::capture_scan`) reaches: its scan's stream and
+/// RTC signalling (the `{id}` must be that scan), a socket ticket for them, and ending
+/// itself. Every other route and socket answers it `403 forbidden`, audited as
+/// `access.denied` with reason `capture_scope`. A session that is not a capture session
+/// passes untouched. Called wherever a principal is resolved: [`Authenticated`],
+/// [`Require`] and the socket upgrades (`crate::ws::authenticate`).
+pub async fn confine(state: &AppState, req: &HttpRequest, p: &Principal) -> Result<(), ApiError> {
+    let Some(scan) = p.capture_scan else { return Ok(()) };
+    let route = req.match_pattern();
+    let allowed = match route.as_deref() {
+        Some("/v1/auth/ws-ticket" | "/v1/auth/logout") => true,
+        Some("/v1/scans/{id}/stream" | "/v1/scans/{id}/rtc") => {
+            req.match_info().get("id").and_then(|id| id.parse::<uuid::Uuid>().ok()) == Some(scan.as_uuid())
+        }
+        _ => false,
+    };
+    if allowed {
+        return Ok(());
+    }
+    let ev = AuditEvent::new("access.denied", "denied")
+        .details(serde_json::json!({ "route": route, "reason": "capture_scope", "scan_id": scan }));
+    audit(state, req, Some(p), ev).await?;
+    Err(ApiError::new(Code::Forbidden, "a capture link's session may only stream its own scan"))
 }
 
 /// Any authenticated caller, with no permission and no MFA check: only for the routes a staff

@@ -117,6 +117,7 @@ pub async fn register(
         mfa_enrolled: false,
         mfa_verified: false,
         patient_id: Some(PatientId::from_uuid(patient_id)),
+        capture_scan: None,
     };
     auth::audit(&state, &req, Some(&who), AuditEvent::new("account.register", "success").target("patient", patient_id))
         .await?;
@@ -217,6 +218,7 @@ pub async fn login(
         mfa_enrolled: row.totp_enabled,
         mfa_verified: false,
         patient_id: None,
+        capture_scan: None,
     };
     if row.disabled {
         auth::audit(

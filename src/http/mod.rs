@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod booking;
+pub mod capture;
 pub mod consults;
 pub mod envelope;
 pub mod fhir;
@@ -50,6 +51,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/v1/scans/{id}/keyframes/{seq}").route(web::get().to(scans::keyframe_png)))
         .service(resource("/v1/scans/{id}/stream").route(web::get().to(crate::ws::scan::stream)))
         .service(resource("/v1/scans/{id}/rtc").route(web::get().to(crate::ws::scan_rtc::signal)))
+        .service(resource("/v1/scans/{id}/capture-link").route(web::post().to(capture::create_link)))
+        .service(resource("/v1/capture/redeem").route(web::post().to(capture::redeem)))
+        .service(resource("/capture").route(web::get().to(pages::capture_page)))
+        .service(
+            resource("/.well-known/apple-app-site-association").route(web::get().to(pages::apple_app_site_association)),
+        )
+        .service(resource("/.well-known/assetlinks.json").route(web::get().to(pages::assetlinks)))
         .service(
             resource("/v1/scans/{id}/measurements")
                 .route(web::get().to(measurements::list))

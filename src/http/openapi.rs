@@ -82,6 +82,8 @@ use utoipa::OpenApi;
         crate::http::scans::list_for_patient,
         crate::ws::scan::stream,
         crate::ws::scan_rtc::signal,
+        crate::http::capture::create_link,
+        crate::http::capture::redeem,
         crate::http::wounds::list,
         crate::http::wounds::create,
         crate::http::wounds::read,

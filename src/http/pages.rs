@@ -1,8 +1,12 @@
 //! The browser pages: files under `web_dir` served at `/web/…` (the workspace at
-//! `/web/dashboard/`), `/` and `/consult` redirecting there, the icon at
-//! `/favicon.ico`, and `/docs` redirecting to the API docs. Only files inside `web_dir` with a known
-//! type are served; everything else is the ordinary 404. The pages hold no data: they log
-//! in through the API like any client.
+//! `/web/dashboard/`), `/` and `/consult` redirecting there, the capture-link page at
+//! `/capture`, the icon at `/favicon.ico`, and `/docs` redirecting to the API docs. Only files
+//! inside `web_dir` with a known type are served; everything else is the ordinary 404. The
+//! pages hold no data: they log in through the API like any client.
+//!
+//! Also here: the two files by which the phone apps claim `/capture` links
+//! (`/.well-known/apple-app-site-association`, `/.well-known/assetlinks.json`), written from
+//! the configured app ids and answering 404 while none are configured.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -70,6 +74,71 @@ pub async fn file(state: web::Data<AppState>, tail: web::Path<String>) -> Result
 /// `#/consult/<id>`.
 pub async fn consult_page() -> HttpResponse {
     HttpResponse::Found().insert_header(("Location", "/web/dashboard/")).finish()
+}
+
+/// `GET /capture`: what a capture link (`<public_url>/capture#code=…`) shows in a browser — on
+/// a phone with the Coherency app the app opens the link instead. The page holds no data and
+/// runs no script: it never reads the code in the fragment.
+pub async fn capture_page(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let mut res = file(state, web::Path::from("capture.html".to_string())).await?;
+    res.headers_mut().insert(
+        actix_web::http::header::REFERRER_POLICY,
+        actix_web::http::header::HeaderValue::from_static("no-referrer"),
+    );
+    Ok(res)
+}
+
+/// Where the apps may open links: `/capture` only.
+const APP_LINK_PATH: &str = "/capture";
+
+/// `GET /.well-known/apple-app-site-association`: the iOS apps of `ios_app_ids` open
+/// `/capture` links (universal links, the `applinks` format of iOS 13 and later). 404 while no
+/// app id is configured.
+pub async fn apple_app_site_association(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ids = state.config.ios_app_ids();
+    if ids.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    let body = serde_json::json!({
+        "applinks": {
+            "details": [{
+                "appIDs": ids,
+                "components": [{ "/": APP_LINK_PATH, "comment": "capture links: open the requested scan" }],
+            }],
+        },
+    });
+    Ok(well_known(body))
+}
+
+/// `GET /.well-known/assetlinks.json`: the Android app `android_app_package`, signed with one
+/// of `android_cert_fingerprints`, handles this site's links (Android App Links; the app's
+/// manifest narrows them to `/capture`). 404 while no package is configured.
+pub async fn assetlinks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let package = state.config.android_app_package.trim();
+    if package.is_empty() {
+        return Err(ApiError::not_found());
+    }
+    let fingerprints: Vec<String> =
+        state.config.android_cert_fingerprints().iter().map(|f| f.to_ascii_uppercase()).collect();
+    let body = serde_json::json!([{
+        "relation": ["delegate_permission/common.handle_all_urls"],
+        "target": {
+            "namespace": "android_app",
+            "package_name": package,
+            "sha256_cert_fingerprints": fingerprints,
+        },
+    }]);
+    Ok(well_known(body))
+}
+
+/// A `.well-known` JSON document: served as is, without redirects (both platforms refuse
+/// them), cacheable for an hour.
+fn well_known(body: serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .insert_header(("X-Content-Type-Options", "nosniff"))
+        .body(body.to_string())
 }
 
 /// `GET /favicon.ico`: the icon browsers ask for on every page that names none

@@ -882,6 +882,18 @@ shaped!(
 );
 
 shaped!(
+    /// A capture code as the server writes it in a capture link (`chc_` and 43 base64url
+    /// characters: 256 random bits). Only a code the server issued, unused and unexpired, is
+    /// redeemed (`401 invalid_capture_code` otherwise): the schema can state its shape only.
+    /// `Debug` shows its size, never the code.
+    CaptureCode,
+    max = 47,
+    pattern = "^chc_[A-Za-z0-9_-]{43}$",
+    rule = "is not a capture code (chc_ and 43 letters, digits, - or _)",
+    describe = "The `code` of a capture link (`…/capture#code=…`), as given"
+);
+
+shaped!(
     /// A FHIR `date` search value: a prefix (`eq` by default, `ge`, `gt`, `le`, `lt`) and a year,
     /// month, day or RFC 3339 date-time, from year 1900.
     FhirDateParam,
@@ -1357,6 +1369,7 @@ pub(crate) mod tests {
             (TermsVersion::PATTERN, TermsVersion::MAX, |s| TermsVersion::new(s).is_ok()),
             (IdempotencyKey::PATTERN, IdempotencyKey::MAX, |s| IdempotencyKey::new(s).is_ok()),
             (Cursor::PATTERN, Cursor::MAX, |s| Cursor::new(s).is_ok()),
+            (CaptureCode::PATTERN, CaptureCode::MAX, |s| CaptureCode::new(s).is_ok()),
             (PatientRef::PATTERN, PatientRef::MAX, |s| {
                 PatientRef::new(s).is_ok_and(|r| r.id().to_string() == s.trim_start_matches("Patient/").to_lowercase())
             }),

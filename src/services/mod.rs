@@ -5,6 +5,7 @@
 //! `docs/architecture.md` § Services and errors.
 
 pub mod access;
+pub mod capture;
 pub mod consults;
 pub mod healing;
 pub mod identity;

@@ -173,6 +173,17 @@ impl Scans {
         Ok(())
     }
 
+    /// The scan a capture link is asked for (`super::capture`), if the caller may see its
+    /// patient (the refusal audited as `scan.capture_link.create`) and the patient's
+    /// scan-capture consent is on file: the phone it opens will need both to stream.
+    pub async fn for_capture_link(&self, caller: &Caller, id: ScanId) -> Result<ScanRecord, ScanError> {
+        let scan = scans::get(&self.pg, id.as_uuid()).await?.ok_or(ScanError::NotFound)?;
+        let grant =
+            self.access.patient(caller, PatientId::from_uuid(scan.patient_id), "scan.capture_link.create").await?;
+        self.access.require_scan_consent(grant).await?;
+        Ok(scan)
+    }
+
     /// The consult a new scan names: it must exist, be with the scan's patient and not have ended.
     async fn scan_consult(&self, id: ConsultId, patient: PatientId) -> Result<Consult, ScanError> {
         let c = crate::consults::load(&self.pg, id.as_uuid()).await?.ok_or(ScanError::NotFound)?;

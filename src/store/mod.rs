@@ -10,6 +10,7 @@
 
 pub mod blob;
 pub mod booking;
+pub mod capture_codes;
 pub mod measurements;
 pub mod mongo;
 pub mod patient_names;

@@ -31,7 +31,8 @@ struct TicketQuery {
 /// anything else — including an origin that merely equals the request's own `Host`, which the
 /// client chooses — is `403 origin_not_allowed` before any credential is looked at. A request
 /// without `Origin` (a native app) is not a browser and is judged on its credentials alone:
-/// a single-use `?ticket=` or an `Authorization: Bearer` header.
+/// a single-use `?ticket=` or an `Authorization: Bearer` header. A capture session is refused
+/// (403) on every socket but its scan's stream and RTC signalling (`crate::auth::confine`).
 pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
     if let Some(origin) = req.headers().get("origin") {
         let allowed = origin.to_str().is_ok_and(|o| {
@@ -43,11 +44,15 @@ pub async fn authenticate(req: &HttpRequest, state: &AppState) -> Result<Princip
         }
     }
     let q = web::Query::<TicketQuery>::from_query(req.query_string()).map_err(|_| ApiError::unauthenticated())?;
-    if let Some(ticket) = q.ticket.as_deref() {
-        return Ok(state.identity.redeem_ticket(ticket).await?);
-    }
-    let token = crate::auth::bearer(req).ok_or_else(ApiError::unauthenticated)?;
-    Ok(state.identity.authenticate(token).await?)
+    let who = if let Some(ticket) = q.ticket.as_deref() {
+        state.identity.redeem_ticket(ticket).await?
+    } else {
+        let token = crate::auth::bearer(req).ok_or_else(ApiError::unauthenticated)?;
+        state.identity.authenticate(token).await?
+    };
+    // A capture session opens its own scan's stream and nothing else.
+    crate::auth::confine(state, req, &who).await?;
+    Ok(who)
 }
 
 /// A client's text frame refused before it was used: what the socket's `error` frame says.

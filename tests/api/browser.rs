@@ -164,7 +164,7 @@ async fn a_whole_visit_runs_in_the_browser_from_the_board_to_the_end_of_the_cons
     assert_eq!(res.status(), 200, "redeem: {}", res.text().await.unwrap_or_default());
     let phone: Value = res.json().await.unwrap();
     let scan = ScanId::from_uuid(phone["scan_id"].as_str().unwrap().parse().unwrap());
-    crate::dashboard_browser::stream_scan_as(
+    crate::dashboard_browser::stream_scan_with_token(
         &app,
         phone["access_token"].as_str().unwrap(),
         scan,

@@ -53,11 +53,12 @@ async fn web_app() -> (PathBuf, TestApp) {
 /// Streams a phantom wound scan of `patient`, `pace` between frames, and waits for it to
 /// complete.
 pub async fn stream_scan(app: &TestApp, who: &User, scan: ScanId, pace: Duration) {
-    stream_scan_as(app, &who.token, scan, pace).await;
+    stream_scan_with_token(app, &who.token, scan, pace).await;
 }
 
-/// [`stream_scan`] with any bearer `token` that may stream `scan` (a phone's capture session).
-pub async fn stream_scan_as(app: &TestApp, token: &str, scan: ScanId, pace: Duration) {
+/// [`stream_scan`] with any bearer token that may stream the scan (a user's, or a capture
+/// link's session: `crate::capture_link`).
+pub async fn stream_scan_with_token(app: &TestApp, token: &str, scan: ScanId, pace: Duration) {
     let phantom = Phantom::new(presets::spherical_cap(false));
     let rendered = phantom.scan(&ScanConfig::iphone(1));
     let mut client =

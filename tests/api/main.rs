@@ -16,6 +16,7 @@ mod bad_input;
 mod booking;
 mod bounded_work;
 mod browser;
+mod capture_link;
 mod cluster_consult;
 mod cluster_scan;
 mod config_cli;

@@ -58,7 +58,7 @@ fn attr_values<'a>(html: &'a str, attr: &str) -> Vec<&'a str> {
 #[actix_web::test]
 async fn no_page_uses_inline_styles_or_scripts_the_csp_blocks_and_what_they_link_is_served() {
     let app = pages_app().await;
-    for page in ["scan-rtc.html", "dashboard/index.html"] {
+    for page in ["scan-rtc.html", "capture.html", "dashboard/index.html"] {
         let res = app.get(&format!("/web/{page}")).await;
         assert_eq!(res.status(), 200, "{page}");
         let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();

@@ -241,6 +241,7 @@ async fn emergency_access_ends_when_it_expires() {
         mfa_enrolled: true,
         mfa_verified: true,
         patient_id: None,
+        capture_scan: None,
     };
     let patient = PatientId::from_uuid(pa);
     assert!(app.state.access.can_see_patient(&clinician, patient).await.unwrap());

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine;
-use coherency_protocol::ids::{PatientId, SessionId, UserId};
+use coherency_protocol::ids::{PatientId, ScanId, SessionId, UserId};
 use coherency_protocol::{Code, ErrorCode};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
@@ -142,6 +142,10 @@ pub struct Principal {
     pub mfa_verified: bool,
     /// The caller's own patient record, for patients.
     pub patient_id: Option<PatientId>,
+    /// Set for a capture session (a redeemed capture link, `crate::services::capture`): the one scan
+    /// it may stream. Such a session reaches that scan's stream, RTC signalling and socket
+    /// tickets and nothing else (`crate::auth::confine`).
+    pub capture_scan: Option<ScanId>,
 }
 
 impl Principal {
@@ -152,7 +156,8 @@ impl Principal {
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A new random token with a readable prefix (`cha_` access, `chr_` refresh, `cht_` ticket).
+/// A new random token with a readable prefix (`cha_` access, `chr_` refresh, `cht_` ticket,
+/// `chc_` capture code): 256 random bits, unpadded base64url.
 pub fn new_token(prefix: &str) -> String {
     let mut raw = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut raw);

@@ -2,9 +2,14 @@
 //! refresh tokens. A refresh token presented twice revokes its whole family (the session).
 //! Revocation is a database fact checked on every request, and is announced on the Redis
 //! bus so every node closes the affected sockets.
+//!
+//! A capture session (a redeemed capture link, `crate::services::capture`) is a session of
+//! the scan's patient confined to one scan: no refresh token, at most
+//! [`CAPTURE_SESSION_LIFETIME`], and dead once its scan is over (complete, failed or
+//! cancelled) — the same rule, read from the same row, as every other session's liveness.
 
 use chrono::{DateTime, Duration, Utc};
-use coherency_protocol::ids::{PatientId, SessionId, UserId};
+use coherency_protocol::ids::{PatientId, ScanId, SessionId, UserId};
 use redis::AsyncCommands;
 use serde::Serialize;
 use uuid::Uuid;
@@ -18,6 +23,18 @@ pub const ABSOLUTE_LIFETIME: Duration = Duration::hours(12);
 const TOUCH_EVERY: Duration = Duration::seconds(5);
 /// Socket tickets live this long and work once.
 pub const TICKET_TTL_SECS: u64 = 30;
+/// A capture session's absolute lifetime (its idle limit is every session's).
+pub const CAPTURE_SESSION_LIFETIME: Duration = Duration::minutes(30);
+
+/// Why a capture session stopped working once its scan was over.
+const SCAN_OVER: &str = "this capture link's scan is over; the link's session has ended";
+
+/// A capture session as it was started: the access token is shown once.
+pub struct CaptureSession {
+    pub session_id: SessionId,
+    pub access_token: String,
+    pub expires_at: DateTime<Utc>,
+}
 
 /// What login and refresh hand out.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -44,6 +61,9 @@ struct PrincipalRow {
     disabled_at: Option<DateTime<Utc>>,
     totp_enabled: bool,
     patient_id: Option<Uuid>,
+    /// A capture session's scan, and that scan's status.
+    capture_scan_id: Option<Uuid>,
+    capture_scan_status: Option<String>,
 }
 
 /// Why a session row no longer authenticates anyone.
@@ -52,6 +72,16 @@ enum Dead {
     Disabled,
     /// `idle` or `absolute`.
     Expired(&'static str),
+    /// A capture session whose scan is over.
+    ScanOver,
+}
+
+/// Whether a capture session's scan still lets it in: while the scan waits for frames or
+/// streams, and while it is processing — so a phone that lost the connection after `finish`
+/// can still reconnect and read `finished` (`docs/protocol.md` §6.6) — but not once the scan
+/// is complete, failed or cancelled.
+fn capture_scan_open(status: Option<&str>) -> bool {
+    matches!(status, Some("created" | "streaming" | "processing"))
 }
 
 /// The one liveness rule (revocation, disabled account, both timeouts) and the principal
@@ -71,6 +101,9 @@ fn live_principal(row: &PrincipalRow, now: DateTime<Utc>) -> Result<Result<Princ
     if now - last_seen >= IDLE_TIMEOUT {
         return Ok(Err(Dead::Expired("idle")));
     }
+    if row.capture_scan_id.is_some() && !capture_scan_open(row.capture_scan_status.as_deref()) {
+        return Ok(Err(Dead::ScanOver));
+    }
     let role = Role::parse(row.role.as_str()).ok_or_else(|| IdentityError::internal("unknown role"))?;
     Ok(Ok(Principal {
         user_id: UserId::from_uuid(row.user_id),
@@ -79,6 +112,7 @@ fn live_principal(row: &PrincipalRow, now: DateTime<Utc>) -> Result<Result<Princ
         mfa_enrolled: row.totp_enabled,
         mfa_verified: row.mfa_verified,
         patient_id: row.patient_id.map(PatientId::from_uuid),
+        capture_scan: row.capture_scan_id.map(ScanId::from_uuid),
     }))
 }
 
@@ -130,6 +164,39 @@ impl Identity {
         })
     }
 
+    /// Starts a capture session for `user_id` confined to `scan`, in `tx` (the caller marks the
+    /// capture code used in the same transaction): an access token and no refresh token,
+    /// ending [`CAPTURE_SESSION_LIFETIME`] from now. Never MFA-verified: it acts for a patient.
+    pub async fn create_capture(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        user_id: UserId,
+        scan: ScanId,
+        ip: Option<String>,
+        user_agent: Option<String>,
+    ) -> Result<CaptureSession, IdentityError> {
+        let now = self.clock.now();
+        let id = SessionId::new();
+        let access = new_token("cha_");
+        let expires = now + CAPTURE_SESSION_LIFETIME;
+        sqlx::query!(
+            "INSERT INTO sessions (id, user_id, access_hash, created_at, last_seen_at, absolute_expires_at, mfa_verified,
+                                   ip, user_agent, capture_scan_id)
+             VALUES ($1,$2,$3,$4,$4,$5,false,$6,$7,$8)",
+            id.as_uuid(),
+            user_id.as_uuid(),
+            self.token_hash(&access),
+            now,
+            expires,
+            ip,
+            user_agent.map(|u| u.chars().take(200).collect::<String>()),
+            scan.as_uuid(),
+        )
+        .execute(&mut *tx)
+        .await?;
+        Ok(CaptureSession { session_id: id, access_token: access, expires_at: expires })
+    }
+
     /// Resolves an access token to its principal, enforcing revocation, disabled accounts and
     /// both timeouts.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, IdentityError> {
@@ -140,8 +207,10 @@ impl Identity {
         let row = sqlx::query_as!(
             PrincipalRow,
             r#"SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
-                      u.role, u.disabled_at, u.totp_enabled, p.id AS "patient_id?"
+                      u.role, u.disabled_at, u.totp_enabled, p.id AS "patient_id?",
+                      s.capture_scan_id, cs.status AS "capture_scan_status?"
                FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id
+                    LEFT JOIN scans cs ON cs.id = s.capture_scan_id
                WHERE s.access_hash = $1"#,
             self.token_hash(token),
         )
@@ -155,6 +224,10 @@ impl Identity {
             Err(Dead::Expired(reason)) => {
                 self.end(SessionId::from_uuid(row.id), reason).await?;
                 return Err(IdentityError::TokenExpired("this session has expired; log in again"));
+            }
+            Err(Dead::ScanOver) => {
+                self.end(SessionId::from_uuid(row.id), "capture_scan_over").await?;
+                return Err(IdentityError::TokenRevoked(SCAN_OVER));
             }
         };
         if now - row.last_seen_at >= TOUCH_EVERY {
@@ -320,8 +393,10 @@ impl Identity {
         let row = sqlx::query_as!(
             PrincipalRow,
             r#"SELECT s.id, s.user_id, s.last_seen_at, s.absolute_expires_at, s.revoked_at, s.mfa_verified,
-                      u.role, u.disabled_at, u.totp_enabled, p.id AS "patient_id?"
+                      u.role, u.disabled_at, u.totp_enabled, p.id AS "patient_id?",
+                      s.capture_scan_id, cs.status AS "capture_scan_status?"
                FROM sessions s JOIN users u ON u.id = s.user_id LEFT JOIN patients p ON p.user_id = u.id
+                    LEFT JOIN scans cs ON cs.id = s.capture_scan_id
                WHERE s.id = $1"#,
             session.as_uuid(),
         )
@@ -332,6 +407,7 @@ impl Identity {
             Ok(p) => Ok(p),
             Err(Dead::Revoked | Dead::Disabled) => Err(IdentityError::TokenRevoked("this session has ended")),
             Err(Dead::Expired(_)) => Err(IdentityError::TokenExpired("this session has expired")),
+            Err(Dead::ScanOver) => Err(IdentityError::TokenRevoked(SCAN_OVER)),
         }
     }
 }
