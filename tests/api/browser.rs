@@ -107,8 +107,9 @@ async fn a_whole_visit_runs_in_the_browser_from_the_board_to_the_end_of_the_cons
     let app = page_app().await;
     let (clin, ty) = clinician_open_all_day(&app).await;
     let patient = app.patient().await;
-    let other = app.patient().await;
-    let stranger = app.patient().await;
+    // Names of their own, so the board's rows are told apart by name as a clinician would.
+    let other = app.patient_named("Bea", "Okafor").await;
+    let stranger = app.patient_named("Cy", "Stranger").await;
     for p in [&patient, &other] {
         crate::dashboard_browser::add_to_care_team(&app, p.patient_id.unwrap(), clin.id).await;
     }

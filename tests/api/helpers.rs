@@ -291,13 +291,18 @@ impl TestApp {
         self.post_json("/v1/auth/login", &serde_json::json!({"email": email, "password": password})).await
     }
 
-    /// Registers a patient and logs them in.
+    /// Registers a patient (Ada Lovelace) and logs them in.
     pub async fn patient(&self) -> User {
+        self.patient_named("Ada", "Lovelace").await
+    }
+
+    /// Registers a patient with this name and logs them in.
+    pub async fn patient_named(&self, given: &str, family: &str) -> User {
         let email = format!("p-{}@example.test", Uuid::new_v4().simple());
         let res = self
             .post_json(
                 "/v1/auth/register",
-                &serde_json::json!({"email": email, "password": PASSWORD, "given_name": "Ada", "family_name": "Lovelace", "birth_date": "1985-12-10"}),
+                &serde_json::json!({"email": email, "password": PASSWORD, "given_name": given, "family_name": family, "birth_date": "1985-12-10"}),
             )
             .await;
         assert_eq!(res.status(), 201, "register: {}", res.text().await.unwrap_or_default());

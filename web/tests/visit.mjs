@@ -75,6 +75,14 @@ async function rising(page, name) {
   throw new Error(`${name}: framesDecoded did not rise (errors: ${JSON.stringify(await page.evaluate(() => window.coherency?.errors))})`);
 }
 
+/// Waits for the consult view of `page` to reach `state`; on time-out says where it is instead.
+async function inState(page, state, name) {
+  await page.waitForFunction((s) => window.coherency?.state === s, state, { timeout: STEP }).catch(async (e) => {
+    const where = await page.evaluate(() => ({ hash: location.hash, state: window.coherency?.state, errors: window.coherency?.errors, text: document.getElementById('main')?.innerText.slice(0, 300) }));
+    throw new Error(`${name} is not ${state}: ${JSON.stringify(where)} (${e.message.split('\n')[0]})`);
+  });
+}
+
 async function signIn(page, email, password, code) {
   await page.fill('#email', email);
   await page.fill('#password', password);
@@ -110,7 +118,7 @@ await run(browser, async () => {
   check((await patient.textContent(`${booking} [data-testid="start-consult"]`)) === 'Join', 'the patient has "Join" on the appointment');
   await axe(patient, "the patient's board");
   await patient.click(`${booking} [data-testid="start-consult"]`);
-  await patient.waitForFunction(() => window.coherency?.state === 'waiting', null, { timeout: STEP });
+  await inState(patient, 'waiting', 'patient');
   check(!(await patient.isVisible('#room')), 'the waiting patient sees no room panel');
   await patient.waitForFunction((n) => document.getElementById('with').textContent.includes(n), P.clinician.name, { timeout: STEP });
   const consult = await patient.evaluate(() => window.coherency.consultId);
@@ -121,11 +129,11 @@ await run(browser, async () => {
   // A second patient waits in their own consult with this clinician, and is denied from the board.
   const other = await open('other patient');
   await other.goto(`${P.base}/consult#token=${P.patient2.token}&consult=${P.consult2}`);
-  await other.waitForFunction(() => window.coherency?.state === 'waiting', null, { timeout: STEP });
+  await inState(other, 'waiting', 'other');
   const otherRow = `[data-testid="section-waiting"] li:has-text("${P.patient2.name}")`;
   await clinician.waitForSelector(`${otherRow} [data-testid="deny"]`, { timeout: STEP });
   await clinician.click(`${otherRow} [data-testid="deny"]`);
-  await other.waitForFunction(() => window.coherency.state === 'denied', null, { timeout: STEP });
+  await inState(other, 'denied', 'other');
   check(/could not admit you/.test(await other.textContent('#ended-reason')) && !(await other.isVisible('#room')),
     'the denied patient is told, and sees no room');
   await shot(other, '3-denied');
@@ -144,10 +152,10 @@ await run(browser, async () => {
   check((await patient.textContent('#waiting-messages')).startsWith(`${P.clinician.name}: `), 'the waiting patient reads the message, from the clinician by name');
   await shot(patient, '4-patient-message');
   await clinician.click(`${row} [data-testid="admit"]`);
-  await patient.waitForFunction(() => window.coherency.state === 'admitted', null, { timeout: STEP });
+  await inState(patient, 'admitted', 'patient');
   // …and opens the consult from its row.
   await clinician.click(`[data-testid="consults-${consult}"] [data-testid="open-consult"]`, { timeout: STEP });
-  await clinician.waitForFunction(() => window.coherency?.state === 'admitted', null, { timeout: STEP });
+  await inState(clinician, 'admitted', 'clinician');
   await clinician.waitForSelector('#summary-panel:not([hidden])', { timeout: STEP });
   const summary = await clinician.textContent('#summary-panel');
   check(summary.includes(P.patient.name) && /penicillin \(severe\): hives/.test(summary),
@@ -227,8 +235,8 @@ await run(browser, async () => {
   await axe(clinician, "the clinician's consult");
   await axe(patient, "the patient's consult");
   await clinician.click('#hangup');
-  await patient.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
-  await clinician.waitForFunction(() => window.coherency.state === 'ended', null, { timeout: STEP });
+  await inState(patient, 'ended', 'patient');
+  await inState(clinician, 'ended', 'clinician');
   check((await patient.textContent('#ended-reason')) === 'The clinician ended the consult.', 'the patient reads why it ended');
   await axe(patient, 'the end of the consult');
   await shot(patient, '11-patient-ended');

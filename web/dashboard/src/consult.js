@@ -116,6 +116,13 @@ async function loadNames() {
     if (v.me) C.userId = v.me.user_id;
     C.patientId = v.patient_id;
     for (const p of [...(v.participants || []), ...(v.me ? [v.me] : [])]) if (p.display_name) C.names[p.user_id] = p.display_name;
+    // The host's list of who is in the call starts from the roster (people admitted before the
+    // host's own connection, from the board say); the room's events keep it from then on.
+    for (const p of v.participants || []) {
+      if (p.state === 'admitted' && p.role !== 'host' && p.id !== C.participantId && !C.people[p.id]) {
+        C.people[p.id] = { role: p.role, user: p.user_id, muted: { audio: false, video: false } };
+      }
+    }
     $('with').textContent = v.clinician_name && C.role !== 'host' ? `with ${v.clinician_name} ·` : '';
     renderPeople();
   } catch (err) { C.errors.push(`consult: ${err.message}`); }
@@ -304,6 +311,7 @@ function admitted() {
   show('queue-panel', host);
   show('people-panel', host);
   if (host) { refreshQueue(); pollQueue(true); }
+  loadHistory();
   startMedia(C.iceServers || []);
 }
 
@@ -342,18 +350,12 @@ async function onSignal(m) {
       break;
     }
     case 'event': {
-      C.events.push(m.event);
       // Someone new to the host: their name first (the roster is the host's to read).
       if (C.role === 'host' && m.event.user_id && !C.names[m.event.user_id]) await loadNames();
-      if (!C) return;
-      const at = new Date(m.event.at);
-      const t = el('time', { datetime: m.event.at, text: Number.isNaN(at.getTime()) ? '' : at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' }) });
-      $('events').appendChild(el('li', { 'data-seq': m.event.seq, 'data-kind': m.event.kind }, t, eventText(m.event)));
-      $('events').scrollTop = $('events').scrollHeight;
+      if (!C || !addEvent(m.event)) return;
+      renderEvents();
       if (C.role === 'host') { if (m.event.kind !== 'ended') refreshQueue(); trackPeople(m.event); }
-      if (['scan_requested', 'scan_progress', 'scan_finished'].includes(m.event.kind) && m.event.data && m.event.data.scan_id) {
-        scanChanged(m.event.data.scan_id, m.event.data.status || 'requested');
-      }
+      scanEvent(m.event);
       break;
     }
     case 'ended': over('ended', END_REASONS[m.reason] || m.reason); break;
@@ -367,6 +369,44 @@ async function onSignal(m) {
     case 'error': C.errors.push(`${m.code}: ${m.message}`); break;
     default: break;
   }
+}
+
+/// Keeps `e` in the timeline (in `seq` order, once): false when it was there already.
+function addEvent(e) {
+  if (C.events.some((x) => x.seq === e.seq)) return false;
+  C.events.push(e);
+  C.events.sort((a, b) => a.seq - b.seq);
+  return true;
+}
+
+/// The timeline, one sentence per event with its time.
+function renderEvents() {
+  $('events').replaceChildren(...C.events.map((e) => {
+    const at = new Date(e.at);
+    const t = el('time', { datetime: e.at, text: Number.isNaN(at.getTime()) ? '' : at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' }) });
+    return el('li', { 'data-seq': e.seq, 'data-kind': e.kind }, t, eventText(e));
+  }));
+  $('events').scrollTop = $('events').scrollHeight;
+}
+
+/// A scan event of the room moves the scan panel on.
+function scanEvent(e) {
+  if (['scan_requested', 'scan_progress', 'scan_finished'].includes(e.kind) && e.data && e.data.scan_id) {
+    scanChanged(e.data.scan_id, e.data.status || 'requested');
+  }
+}
+
+/// What happened before this connection (someone admitted from the board before the host
+/// opened the consult, a scan asked for before a rejoin): the log, merged with the live events.
+async function loadHistory() {
+  const me = C;
+  try {
+    const evs = await api(`/v1/consults/${C.consultId}/events`);
+    if (me !== C) return;
+    const fresh = evs.filter(addEvent);
+    renderEvents();
+    for (const e of fresh) scanEvent(e);
+  } catch (err) { me.errors.push(`events: ${err.message}`); }
 }
 
 // The host's list of who is in the call, kept from the room's events, with a mute toggle
