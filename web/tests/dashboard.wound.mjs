@@ -1,8 +1,8 @@
 // Browser half of the wound page test in tests/api/dashboard_browser.rs (parameters in the
 // WOUND_TEST environment variable as JSON: the patient, the stalled wound and the other one,
 // each with its assessments' scans as the API gives them). A clinician opens the patient,
-// picks the stalled wound on the body map and reads its healing chart. Prints PASS lines,
-// then DONE; any failed check exits 1.
+// picks the stalled wound on the body map and reads its healing chart; then starts a consult
+// with the patient from their page. Prints PASS lines, then DONE; any failed check exits 1.
 
 import { check, launch, run, say } from './common.mjs';
 import { join } from 'node:path';
@@ -119,4 +119,13 @@ await run(browser, async () => {
   const narrow = await tickFacts(p, chart);
   check(narrow.x.length >= 3 && narrow.overlaps.length === 0, `no tick labels overlap at ${Math.round(narrow.width)} px (x ${narrow.x.join(' ')}; ${narrow.overlaps.join(', ')})`);
   await p.screenshot({ path: join(P.artifacts, 'dashboard-wound-narrow.png'), fullPage: true });
+
+  // From the patient's page, a consult without an appointment: the clinician lands in its room.
+  await p.setViewportSize({ width: 1280, height: 900 });
+  await p.goto(`${P.base}/web/dashboard/#/patient/${P.patient}`);
+  await p.click('[data-testid="ad-hoc-consult"]', { timeout: 15000 });
+  await p.waitForFunction(() => window.coherency?.state === 'admitted' && window.coherency.role === 'host', null, { timeout: 15000 });
+  check(/^#\/consult\//.test(await p.evaluate(() => location.hash)), 'the ad hoc consult opens in the workspace with the clinician as its host');
+  await p.waitForSelector('#queue li.empty', { timeout: 15000 });
+  check((await p.textContent('#queue')).includes('Nobody is waiting'), 'its waiting list says nobody is waiting yet');
 });

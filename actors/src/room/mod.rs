@@ -1371,6 +1371,7 @@ mod tests {
             _: ParticipantRole,
             _: &str,
             _: DateTime<Utc>,
+            _: Option<&Participant>,
         ) -> Result<(), String> {
             Ok(())
         }

@@ -468,6 +468,7 @@ async function loadQueue() {
   try {
     const q = await api(`/v1/consults/${C.consultId}/queue`);
     if (me !== C) return;
+    if (!q.length) { $('queue').replaceChildren(el('li', { class: 'empty', text: 'Nobody is waiting.' })); return; }
     $('queue').replaceChildren(...q.map((p) => el('li', { 'data-participant': p.id },
       `${p.display_name || ROLE_WORDS[p.role] || p.role}, waiting since ${new Date(p.checked_in_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })} `,
       el('button', { type: 'button', class: 'small admit', text: 'Admit', onclick: () => call(`/v1/consults/${me.consultId}/participants/${p.id}/admit`, {}).then(refreshQueue) }),

@@ -381,7 +381,7 @@ async function patientPage(id) {
     grid.append(mapCard, cards);
     $main().replaceChildren(
       el('h2', { 'data-testid': 'patient-heading', text: `${patientName(patient, id)} · wounds` }),
-      isStaff() ? el('p', {}, adHocConsult(id)) : null,
+      el('p', { hidden: isStaff() ? null : '' }, isStaff() ? adHocConsult(id) : null),
       grid,
       el('section', { class: 'card' }, el('h3', { text: 'Scans' }),
         scans.length

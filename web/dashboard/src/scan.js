@@ -182,7 +182,8 @@ export async function scanView(root, id, opts = {}) {
     const draw = outcome.mesh && outcome.suggested_keyframe && mayMeasure
       ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: needsOutline ? 'Draw the outline' : 'Adjust the outline' })
       : null;
-    side.replaceChildren(
+    // (replaceChildren would write a null as the text "null": the absent parts are left out.)
+    side.replaceChildren(...[
       el('h3', { text: 'Measurements' }),
       el('p', {}, el('span', { class: `badge ${ms.status}`, text: needsOutline ? 'needs outline' : ms.status }),
         opts.heading === false || !mayMeasure ? null : ' ',
@@ -190,7 +191,7 @@ export async function scanView(root, id, opts = {}) {
       reason,
       columns.length ? measurementTable(columns) : el('p', { class: 'empty', text: 'No measurement yet.' }),
       columns.length ? el('p', { class: 'muted', text: '± is the half-width of the interval the true value lies in.' }) : null,
-      draw, tool);
+      draw, tool].filter(Boolean));
     if (outcome.mesh) {
       const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
       const viewer = await showMesh(canvas, await res.arrayBuffer());
