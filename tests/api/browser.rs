@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use coherency::auth::Role;
 use coherency_protocol::ids::ScanId;
 use serde_json::{json, Value};
 
@@ -53,34 +52,6 @@ async fn display_name(app: &TestApp, id: uuid::Uuid) -> String {
         .unwrap()
 }
 
-/// A clinician whose hours cover the whole day, every day, with a 5-minute appointment type:
-/// whenever the test runs, a slot starts within minutes (inside the patient's 15-minute
-/// window to join). Answers the clinician and the next free start of that type.
-async fn clinician_open_all_day(app: &TestApp) -> (User, uuid::Uuid) {
-    let clin = app.staff(Role::Clinician, true).await;
-    let weekly: Vec<Value> = (1..=7).map(|d| json!({"weekday": d, "start": "00:00", "end": "23:59"})).collect();
-    let res = app
-        .client
-        .put(app.url(&format!("/v1/clinicians/{}/schedule", clin.id)))
-        .bearer_auth(&clin.token)
-        .json(&json!({"time_zone": "UTC", "horizon_days": 30, "min_notice_minutes": 0, "weekly": weekly}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap_or_default());
-    let res = app
-        .post_auth(
-            &format!("/v1/clinicians/{}/appointment-types", clin.id),
-            &clin.token,
-            &json!({"name": "Dressing check", "duration_minutes": 5, "buffer_before_minutes": 0,
-                    "buffer_after_minutes": 0, "modality": "telehealth"}),
-        )
-        .await;
-    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
-    let ty = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
-    (clin, ty)
-}
-
 /// Books `patient` with `clin` at the first 5-minute mark at least a minute ahead of the app's clock.
 async fn book_soon(app: &TestApp, patient: &User, clin: &User, ty: uuid::Uuid) -> uuid::Uuid {
     let now = app.clock.now().timestamp();
@@ -105,7 +76,9 @@ async fn book_soon(app: &TestApp, patient: &User, clin: &User, ty: uuid::Uuid) -
 #[ignore = "needs Chromium and playwright-core; run by scripts/test-browser"]
 async fn a_whole_visit_runs_in_the_browser_from_the_board_to_the_end_of_the_consult() {
     let app = page_app().await;
-    let (clin, ty) = clinician_open_all_day(&app).await;
+    // Hours covering the whole day and a 5-minute type: whenever the test runs, a slot starts
+    // within minutes (inside the patient's 15-minute window to join).
+    let (clin, ty) = crate::dashboard::clinician_with_hours(&app, "00:00", "23:59", 5).await;
     let patient = app.patient().await;
     // Names of their own, so the board's rows are told apart by name as a clinician would.
     let other = app.patient_named("Bea", "Okafor").await;

@@ -73,10 +73,16 @@ impl Board {
     }
 }
 
-/// A clinician with weekday hours and a 30-minute telehealth type.
+/// A clinician with hours 08:00–18:00 UTC every day and a 30-minute telehealth type.
 pub async fn clinician_with_calendar(app: &TestApp) -> (User, Uuid) {
+    clinician_with_hours(app, "08:00", "18:00", 30).await
+}
+
+/// A clinician working `start`–`end` UTC every day, with one telehealth appointment type of
+/// `minutes` (no buffers, no notice).
+pub async fn clinician_with_hours(app: &TestApp, start: &str, end: &str, minutes: u32) -> (User, Uuid) {
     let clin = app.staff(Role::Clinician, true).await;
-    let weekly: Vec<Value> = (1..=7).map(|d| json!({"weekday": d, "start": "08:00", "end": "18:00"})).collect();
+    let weekly: Vec<Value> = (1..=7).map(|d| json!({"weekday": d, "start": start, "end": end})).collect();
     let res = app
         .client
         .put(app.url(&format!("/v1/clinicians/{}/schedule", clin.id)))
@@ -90,7 +96,7 @@ pub async fn clinician_with_calendar(app: &TestApp) -> (User, Uuid) {
         .post_auth(
             &format!("/v1/clinicians/{}/appointment-types", clin.id),
             &clin.token,
-            &json!({"name": "Wound review", "duration_minutes": 30, "buffer_before_minutes": 0,
+            &json!({"name": "Wound review", "duration_minutes": minutes, "buffer_before_minutes": 0,
                     "buffer_after_minutes": 0, "modality": "telehealth"}),
         )
         .await;
