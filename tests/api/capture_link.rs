@@ -75,7 +75,6 @@ pub async fn redeem(app: &TestApp, code: &str) -> Redeemed {
 
 /// The phone opening a capture link: redeems its code, streams a phantom wound scan into the
 /// link's scan with the capture session and waits until the scan is complete. Answers the scan.
-#[allow(dead_code)] // the browser harness's phone (`crate::browser`); the tests here take each step
 pub async fn phone_opens_link(app: &TestApp, url: &str) -> ScanId {
     let phone = redeem(app, code_of(url)).await;
     crate::dashboard_browser::stream_scan_with_token(app, &phone.access_token, phone.scan_id, Duration::ZERO).await;
@@ -454,6 +453,32 @@ async fn a_browser_shows_the_capture_page_and_the_apps_claim_capture_links_once_
     assert_eq!(links[0]["relation"], json!(["delegate_permission/common.handle_all_urls"]), "{links}");
     assert_eq!(links[0]["target"]["package_name"], "health.coherency.app");
     assert_eq!(links[0]["target"]["sha256_cert_fingerprints"], json!([fingerprint.to_uppercase()]));
+}
+
+/// The consult's case, through the helpers the browser harness uses: the clinician asks for a
+/// scan in the consult and a link for it; the phone opens the link and streams; the scan
+/// completes, measured, in that consult.
+#[actix_web::test]
+async fn in_a_consult_the_clinicians_link_is_opened_by_the_phone_and_the_scan_is_measured() {
+    let app = spawn_app().await;
+    let s = crate::consults::setup(&app).await;
+    consent(&app, &s.patient).await;
+    let res = app
+        .post_auth(
+            "/v1/scans",
+            &s.clin.token,
+            &json!({"patient_id": s.patient.patient_id, "body_site": "left heel", "consult_id": s.consult}),
+        )
+        .await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap());
+    let scan: ScanId = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap();
+    let url = capture_link(&app, &s.clin.token, scan).await;
+    assert_eq!(phone_opens_link(&app, &url).await, scan);
+    let list: Value =
+        app.get_auth(&format!("/v1/scans/{scan}/measurements"), &s.clin.token).await.json().await.unwrap();
+    assert_eq!((&list["status"], &list["outcome"]["state"]), (&json!("complete"), &json!("measured")), "{list}");
+    let view: Value = app.get_auth(&format!("/v1/scans/{scan}"), &s.clin.token).await.json().await.unwrap();
+    assert_eq!(view["consult_id"], json!(s.consult), "{view}");
 }
 
 /// A patient without consent gets no link: the phone could not stream.
