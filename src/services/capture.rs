@@ -212,7 +212,6 @@ mod tests {
         let body = a.strip_prefix(CODE_PREFIX).unwrap();
         assert_eq!(B64URL.decode(body).unwrap().len(), 32);
         assert!(body.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{a}");
-        assert!(crate::input::CaptureCode::new(a.clone()).is_ok(), "the redeem body's shape admits {a}");
         assert_eq!(code_hash(&a).len(), 64);
         assert_ne!(code_hash(&a), code_hash(&b));
     }
