@@ -77,7 +77,7 @@ const MARKUP = `
     <ul id="events" tabindex="0" aria-label="What happened in the consult"></ul>
   </aside>
 </section>
-<section id="ended" class="card" hidden><h3>The consult has ended</h3><p id="ended-reason"></p><p><a href="#/board">Back to the board</a></p></section>`;
+<section id="ended" class="card" hidden><h3 id="ended-title">The consult has ended</h3><p id="ended-reason"></p><p><a href="#/board">Back to the board</a></p></section>`;
 
 // What the heading says for each state.
 const STATE_WORDS = {
@@ -316,8 +316,11 @@ function admitted() {
 }
 
 /// The room is over for this view: say why, stop the camera.
+const OVER_TITLES = { denied: 'You were not admitted', removed: 'You were removed from the consult', left: 'You left the consult' };
+
 function over(state, why) {
   setState(state);
+  $('ended-title').textContent = OVER_TITLES[state] || 'The consult has ended';
   show('room', false); show('waiting', false); show('ended', true);
   $('ended-reason').textContent = why;
   if (C.localStream) C.localStream.getTracks().forEach((t) => t.stop());
