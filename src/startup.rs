@@ -234,6 +234,12 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
         field_key,
         sockets,
         // One report per core: each takes a core for ~100 ms (docs/performance.md).
+        photos: crate::services::photos::Photos::new(
+            stores.pg.clone(),
+            stores.blobs.clone(),
+            stores.mongo.clone(),
+            clock.clone(),
+        ),
         reports: crate::services::wound_report::Reports::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         ),

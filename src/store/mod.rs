@@ -14,6 +14,7 @@ pub mod capture_codes;
 pub mod measurements;
 pub mod mongo;
 pub mod patient_names;
+pub mod photos;
 pub mod pg;
 pub mod reconstruction;
 pub mod redis;

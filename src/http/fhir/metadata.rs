@@ -16,6 +16,7 @@ const PARAM_TYPES: &[(&str, &str)] = &[
     ("birthdate", "date"),
     ("identifier", "token"),
     ("patient", "reference"),
+    ("subject", "reference"),
     ("practitioner", "reference"),
     ("schedule", "reference"),
     ("service-type", "token"),
