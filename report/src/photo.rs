@@ -129,7 +129,7 @@ pub struct Candidate {
 /// `first..=last`: an eighth of the span (so the [`MAX_PHOTOS`] photos come from different
 /// moments of the sweep), at least 1.
 pub fn min_seq_gap(first: u64, last: u64) -> u64 {
-    ((last.saturating_sub(first)) / (2 * MAX_PHOTOS as u64)).max(1)
+    (last.saturating_sub(first) / (2 * MAX_PHOTOS as u64)).max(1)
 }
 
 /// Chooses up to [`MAX_PHOTOS`] frames: each frame's quality is its sharpness relative to

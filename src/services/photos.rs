@@ -159,10 +159,12 @@ impl Photos {
             let Some(jpeg) = frame.colour_jpeg else { continue };
             colour_frames += 1;
             last_run = Some(run);
-            let scored = tokio::task::spawn_blocking(move || photo::score(&jpeg))
-                .await
-                .map_err(|_| PhotoError::Image("worker stopped".into()))?;
-            // A colour frame that does not decode is left out, as a blurred one would be.
+            // A frame is a candidate only if it can also be served (its markers walk).
+            let scored =
+                tokio::task::spawn_blocking(move || photo::strip_metadata(&jpeg).and_then(|_| photo::score(&jpeg)))
+                    .await
+                    .map_err(|_| PhotoError::Image("worker stopped".into()))?;
+            // A colour frame that does not decode or walk is left out.
             if let Ok(score) = scored {
                 candidates.push(Candidate { seq: frame.seq, score });
                 times.push((frame.seq, frame.captured_at_us));
@@ -238,4 +240,44 @@ pub fn taken_at(scan: &ScanRecord, captured_at_us: u64) -> DateTime<Utc> {
 
 fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn scan() -> ScanRecord {
+        ScanRecord {
+            id: uuid::Uuid::nil(),
+            patient_id: uuid::Uuid::nil(),
+            consult_id: None,
+            wound_id: None,
+            body_site: "left heel".into(),
+            status: "complete".into(),
+            acked_seq: 10,
+            frames: 10,
+            created_by: uuid::Uuid::nil(),
+            created_at: t("2026-12-07T10:00:00Z"),
+            updated_at: t("2026-12-07T10:05:00Z"),
+            finished_at: Some(t("2026-12-07T10:02:00Z")),
+        }
+    }
+
+    fn us(s: &str) -> u64 {
+        u64::try_from(t(s).timestamp_micros()).unwrap()
+    }
+
+    #[test]
+    fn a_frame_time_within_the_scans_lifetime_is_the_photos_and_a_far_one_is_not() {
+        let s = scan();
+        assert_eq!(taken_at(&s, us("2026-12-07T10:01:30Z")), t("2026-12-07T10:01:30Z"));
+        assert_eq!(taken_at(&s, us("2026-12-07T09:30:00Z")), t("2026-12-07T09:30:00Z"), "within the slack");
+        for far in [0, 16_667, us("2025-11-24T00:00:00Z"), us("2026-12-07T11:02:01Z"), u64::MAX] {
+            assert_eq!(taken_at(&s, far), s.created_at, "{far}");
+        }
+    }
 }

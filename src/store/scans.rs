@@ -469,7 +469,7 @@ pub fn frame_in_chunk(chunk: &[u8], offset: u64, length: u64) -> Result<DepthFra
         .filter(|r| r.end <= chunk.len())
         .ok_or_else(|| StoreError::Permanent("blob: stored frame outside its chunk".into()))?;
     match coherency_protocol::scan::decode_client(&chunk[range]) {
-        Ok(coherency_protocol::scan::ClientMsg::Frame(f)) => Ok(f),
+        Ok(coherency_protocol::scan::ClientMsg::Frame(f)) => Ok(*f),
         _ => Err(StoreError::Permanent("blob: stored frame does not decode".into())),
     }
 }

@@ -1,6 +1,6 @@
 //! FHIR R4 `Media`: each wound photo of a scan (`crate::services::photos`) as an image
 //! `Media` whose `content.url` is the photo endpoint (`GET /v1/scans/{id}/photos/{seq}`, no
-//! inline data), `reasonReference` the wound's `Condition`, `bodySite` the wound's site,
+//! inline data), `partOf` the wound's `Condition`, `bodySite` the wound's site,
 //! `createdDateTime` the photo's time. Id: `{scan id}-{seq}`. Read and search by
 //! `patient`/`subject`; the same access rules and audit rows as the scan; errors are
 //! `OperationOutcome`s. `docs/fhir.md`, *Media*.
@@ -36,7 +36,8 @@ fn media_resource(b: &str, scan: &ScanRecord, wound: Option<&Wound>, p: &StoredP
         "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/media-type", "code": "image", "display": "Image"}]},
         "subject": reference("Patient", scan.patient_id),
         "createdDateTime": p.taken_at.to_rfc3339_opts(SecondsFormat::Millis, true),
-        "reasonReference": wound.map(|w| vec![reference("Condition", w.id)]),
+        // R4 `Media` has no `reasonReference`; `partOf` (Reference(Any)) carries the link.
+        "partOf": wound.map(|w| vec![reference("Condition", w.id)]),
         "bodySite": wound.map(|w| body_site(w.site_code.as_deref(), &w.site_display, w.laterality, w.body_map.map(|m| (m.x, m.y)))),
         "width": p.width,
         "height": p.height,
