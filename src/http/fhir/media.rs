@@ -71,7 +71,7 @@ pub struct MediaSearch {
 
 /// `GET /fhir/Media/{id}`: one wound photo (id = `{scan id}-{seq}`).
 #[utoipa::path(get, path = "/fhir/Media/{id}", tag = "fhir", security(("bearer" = ["scans:read"])),
-    params(("id" = String, Path, description = "`{scan id}-{seq}`")),
+    params(("id" = String, Path, pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}-[0-9]{1,19}$", max_length = 56, description = "`{scan id}-{seq}`")),
     responses((status = 200, description = "Media (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
 pub async fn read_media(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     respond(
