@@ -48,7 +48,7 @@ fn picture(seq: u64, look: Look) -> Vec<u8> {
         for x in 0..w {
             let (dx, dy) = (x as f64 - 80.0 - shift as f64, y as f64 - 60.0);
             let bed = dx * dx / 45.0_f64.powi(2) + dy * dy / 30.0_f64.powi(2) < 1.0;
-            let grain: f64 = if ((x + shift) / 2 + y / 2) % 2 == 0 { 28.0 } else { -28.0 };
+            let grain: f64 = if ((x + shift) / 2 + y / 2).is_multiple_of(2) { 28.0 } else { -28.0 };
             let fleck = if bed && (x * 7 + y * 13) % 23 < 3 { 60.0 } else { 0.0 };
             let (r, g, b) = if bed { (170.0, 60.0 + fleck, 55.0) } else { (200.0, 150.0, 135.0) };
             let px = &mut rgb[(y * w + x) * 3..][..3];
