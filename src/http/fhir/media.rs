@@ -61,12 +61,10 @@ async fn wound_of(state: &AppState, scan: &ScanRecord) -> Result<Option<Wound>, 
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct MediaSearch {
-    /// The patient: `Patient/{id}` or the id (this or `subject` is required).
+    /// The patient: `Patient/{id}` or the id. `subject` is accepted in its place (one of the
+    /// two, once).
     #[param(inline)]
-    pub patient: Option<PatientRef>,
-    /// The same as `patient`.
-    #[param(inline)]
-    pub subject: Option<PatientRef>,
+    pub patient: PatientRef,
 }
 
 /// `GET /fhir/Media/{id}`: one wound photo (id = `{scan id}-{seq}`).

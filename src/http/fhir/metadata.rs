@@ -16,7 +16,6 @@ const PARAM_TYPES: &[(&str, &str)] = &[
     ("birthdate", "date"),
     ("identifier", "token"),
     ("patient", "reference"),
-    ("subject", "reference"),
     ("practitioner", "reference"),
     ("schedule", "reference"),
     ("service-type", "token"),
