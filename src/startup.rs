@@ -207,7 +207,14 @@ fn app_state(config: Config, stores: Stores, role: Node) -> Result<web::Data<App
     let scans = Scans::new(stores.pg.clone(), clock.clone(), access.clone());
     let capture_links =
         crate::services::capture::CaptureLinks::new(stores.pg.clone(), clock.clone(), scans.clone(), identity.clone());
+    let photos = crate::services::photos::Photos::new(
+        stores.pg.clone(),
+        stores.blobs.clone(),
+        stores.mongo.clone(),
+        clock.clone(),
+    );
     Ok(web::Data::new(AppState {
+        photos,
         cluster,
         consult_rooms,
         capture,

@@ -56,6 +56,8 @@ pub struct AppState {
     /// This node in the deployment: its bus, leases, rooms, capture sessions and relayed
     /// sockets (`crate::cluster`).
     pub cluster: Arc<crate::cluster::Node>,
+    /// Wound photos from scans' colour frames: chosen once per scan, served without metadata.
+    pub photos: crate::services::photos::Photos,
     /// Typesets reports (the wound report's PDF), a bounded number at once.
     pub reports: crate::services::wound_report::Reports,
 }

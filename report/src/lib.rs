@@ -1,5 +1,6 @@
 //! PDF reports the Coherency server typesets itself (issue #24: the wound report), and the
-//! pictures it draws for clinicians (a keyframe's depth as relief, `depth`). Data in,
+//! pictures it draws for clinicians (a keyframe's depth as relief, `depth`; wound photos chosen
+//! from a scan's colour frames and stripped of their metadata, `photo`). Data in,
 //! bytes out: no storage, no clock, no I/O. The server decides what a report says (the words of
 //! the verdict, the figures, the table's cells); this crate decides where it goes on the page.
 //! krilla writes the PDF (fonts embedded and subset, text shaped); the faces are DejaVu Sans,
@@ -8,7 +9,9 @@
 mod chart;
 pub mod depth;
 mod doc;
+pub mod jpeg_encode;
 pub mod mesh;
+pub mod photo;
 mod wound;
 
 pub use chart::{day_axis, nice_axis, Axis, ChartData, ChartLayout, ChartPoint};

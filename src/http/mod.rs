@@ -14,6 +14,7 @@ pub mod measurements;
 pub mod openapi;
 pub mod pages;
 pub mod patients;
+pub mod photos;
 pub mod ratelimit;
 pub mod scans;
 pub mod wounds;
@@ -74,6 +75,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(booking::configure);
     cfg.configure(consults::configure);
     cfg.configure(wounds::configure);
+    cfg.configure(photos::configure);
 }
 
 /// A resource that answers 405 (not the app-wide 404) to methods it has no route for.

@@ -190,20 +190,9 @@ pub async fn keyframe_png(
     })?;
     let caller = auth::caller_of(&req, &state, &who);
     let scan = state.scans.visible(&caller, ScanId::from_uuid(id), "scan.keyframe.read").await?;
-    let (key, offset, length) = crate::store::scans::frame_location(&state.stores.pg, ScanId::from_uuid(scan.id), seq)
+    let frame = crate::store::scans::read_frame(&state.stores.pg, &state.stores.blobs, ScanId::from_uuid(scan.id), seq)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let chunk = state.stores.blobs.get(&key).await.map_err(ApiError::internal)?;
-    let range = usize::try_from(offset)
-        .ok()
-        .zip(usize::try_from(length).ok())
-        .and_then(|(a, n)| a.checked_add(n).map(|b| a..b))
-        .filter(|r| r.end <= chunk.len())
-        .ok_or_else(|| ApiError::internal("stored frame outside its chunk"))?;
-    let frame = match coherency_protocol::scan::decode_client(&chunk[range]) {
-        Ok(coherency_protocol::scan::ClientMsg::Frame(f)) => f,
-        _ => return Err(ApiError::internal("stored frame does not decode")),
-    };
     let depth = frame.depth_metres().map_err(ApiError::internal)?;
     let k = &frame.intrinsics;
     let pinhole = coherency_report::depth::Pinhole {

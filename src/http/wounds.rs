@@ -233,7 +233,12 @@ fn with_etag(mut b: actix_web::HttpResponseBuilder, w: &Wound) -> HttpResponse {
 
 /// The wound `id` if the caller may see its patient (the refusal audited as `action`); a
 /// wound that does not exist answers the same 404.
-async fn visible(state: &AppState, req: &HttpRequest, who: &Principal, action: &str) -> Result<Wound, ApiError> {
+pub(crate) async fn visible(
+    state: &AppState,
+    req: &HttpRequest,
+    who: &Principal,
+    action: &str,
+) -> Result<Wound, ApiError> {
     let id = path_id(req, "id")?;
     let row = store::get(&state.stores.pg, id).await?.ok_or_else(ApiError::not_found)?;
     state.access.patient(&auth::caller_of(req, state, who), PatientId::from_uuid(row.patient_id), action).await?;

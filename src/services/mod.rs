@@ -9,6 +9,7 @@ pub mod capture;
 pub mod consults;
 pub mod healing;
 pub mod identity;
+pub mod photos;
 pub mod scans;
 pub mod wound_report;
 pub mod wounds;

@@ -15,6 +15,7 @@ pub mod measurements;
 pub mod mongo;
 pub mod patient_names;
 pub mod pg;
+pub mod photos;
 pub mod reconstruction;
 pub mod redis;
 pub mod scans;

@@ -20,6 +20,7 @@ use coherency_actors::store::{
     StoreError, StoredChunk,
 };
 use coherency_protocol::ids::ScanId;
+use coherency_protocol::scan::DepthFrame;
 use mongodb::bson::{doc, Document};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -434,24 +435,56 @@ impl ScanIndex for PgScanIndex {
 impl PgScanIndex {
     /// Where the scan's stored `frame` messages are, in seq order (`scan_frames`).
     pub async fn locate_frames(&self, scan_id: ScanId) -> Result<Vec<FrameLocation>, StoreError> {
-        let rows = sqlx::query!(
-            r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#,
-            scan_id.as_uuid(),
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| pg_error(&e))?;
-        let unsigned = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
-        Ok(rows
-            .into_iter()
-            .map(|r| FrameLocation {
-                seq: u64::try_from(r.seq).unwrap_or(0),
-                chunk_key: r.chunk_key,
-                offset: unsigned(r.offset),
-                length: unsigned(r.length),
-            })
-            .collect())
+        locate_frames(&self.pool, scan_id).await
     }
+}
+
+/// Where the scan's stored `frame` messages are, in seq order (`scan_frames`).
+pub async fn locate_frames(pool: &PgPool, scan_id: ScanId) -> Result<Vec<FrameLocation>, StoreError> {
+    let rows = sqlx::query!(
+        r#"SELECT seq, chunk_key, "offset", length FROM scan_frames WHERE scan_id = $1 ORDER BY seq"#,
+        scan_id.as_uuid(),
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(|e| pg_error(&e))?;
+    let unsigned = |v: i64| u64::try_from(v).unwrap_or(u64::MAX);
+    Ok(rows
+        .into_iter()
+        .map(|r| FrameLocation {
+            seq: u64::try_from(r.seq).unwrap_or(0),
+            chunk_key: r.chunk_key,
+            offset: unsigned(r.offset),
+            length: unsigned(r.length),
+        })
+        .collect())
+}
+
+/// One stored `frame` message cut from its chunk object and decoded.
+pub fn frame_in_chunk(chunk: &[u8], offset: u64, length: u64) -> Result<DepthFrame, StoreError> {
+    let range = usize::try_from(offset)
+        .ok()
+        .zip(usize::try_from(length).ok())
+        .and_then(|(a, n)| a.checked_add(n).map(|b| a..b))
+        .filter(|r| r.end <= chunk.len())
+        .ok_or_else(|| StoreError::Permanent("blob: stored frame outside its chunk".into()))?;
+    match coherency_protocol::scan::decode_client(&chunk[range]) {
+        Ok(coherency_protocol::scan::ClientMsg::Frame(f)) => Ok(*f),
+        _ => Err(StoreError::Permanent("blob: stored frame does not decode".into())),
+    }
+}
+
+/// Frame `seq` of the scan as the phone sent it (`None` when no such frame is stored):
+/// one index row, one chunk read.
+pub async fn read_frame(
+    pg: &PgPool,
+    blobs: &BlobStore,
+    scan_id: ScanId,
+    seq: u64,
+) -> Result<Option<DepthFrame>, StoreError> {
+    let Some((key, offset, length)) = frame_location(pg, scan_id, seq).await? else { return Ok(None) };
+    let chunk = blobs.get(&key).await.map_err(|e| blob_error(&e))?;
+    frame_in_chunk(&chunk, offset, length).map(Some)
 }
 
 /// Where one stored `frame` message of the scan is: (chunk key, offset, length).

@@ -242,6 +242,7 @@ async fn the_capability_statement_lists_exactly_what_the_fhir_api_serves_and_pas
         "Condition",
         "Coverage",
         "DocumentReference",
+        "Media",
         "MedicationStatement",
         "Observation",
         "Patient",

@@ -35,6 +35,7 @@ mod measurements;
 mod metrics;
 mod pages;
 mod patients;
+mod photos;
 mod rbac;
 mod scan_datachannel;
 mod scan_stream;

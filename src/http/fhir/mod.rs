@@ -1,8 +1,8 @@
 //! FHIR R4 (4.0.1) read and search over patient records, as `application/fhir+json`:
 //! `Patient` (read, search by `name`, `birthdate`, `identifier`, `_count`), the patient's
 //! `AllergyIntolerance`, `MedicationStatement`, `Condition`, `Coverage`, `RelatedPerson` and
-//! `CareTeam`, the patient's wounds as `Condition`s (`wounds`), and `Patient/{id}/$everything`
-//! (the right-of-access export). The same access
+//! `CareTeam`, the patient's wounds as `Condition`s (`wounds`), wound photos as `Media`
+//! (`media`), and `Patient/{id}/$everything` (the right-of-access export). The same access
 //! rules and audit rows as `/v1/patients`; errors are `OperationOutcome` resources.
 
 use actix_web::http::header;
@@ -22,6 +22,7 @@ use crate::http::patients::entries::{self, Kind, Stored};
 use crate::http::patients::{self, Patient, Scope, SearchParams};
 use crate::state::AppState;
 
+pub mod media;
 pub mod metadata;
 pub mod wounds;
 
@@ -603,5 +604,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/fhir/Condition/{id}").route(web::get().to(wounds::read_wound_condition)))
         .service(resource("/fhir/Coverage").route(web::get().to(coverages)))
         .service(resource("/fhir/RelatedPerson").route(web::get().to(related_persons)))
-        .service(resource("/fhir/CareTeam").route(web::get().to(care_teams)));
+        .service(resource("/fhir/CareTeam").route(web::get().to(care_teams)))
+        .service(resource("/fhir/Media").route(web::get().to(media::search_media)))
+        .service(resource("/fhir/Media/{id}").route(web::get().to(media::read_media)));
 }
