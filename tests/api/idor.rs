@@ -75,6 +75,9 @@ fn fill(path: &str, ids: &Ids, owner_user: &str) -> String {
     } else if path.starts_with("/fhir/Observation/") {
         // A measurement's id; the scan of the fixture has none yet, so any id is unseen.
         id(&ids.scans)
+    } else if path.starts_with("/fhir/Media/") {
+        // A photo is `<scan id>-<frame seq>`: the owner's scan, its first frame.
+        format!("{}-1", id(&ids.scans))
     } else if path.starts_with("/v1/wounds/") || path.starts_with("/fhir/Condition/") {
         id(&ids.wounds)
     } else if path.starts_with("/v1/consults/") {
