@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// A candidate for the board: a consult not ended with someone admitted ([`consult_item`]
-/// keeps it if that someone is not only the host). The two queries selecting it share
+/// keeps it if that someone is not only the host, or the host is in the room). The two queries selecting it share
 /// their text (grouped by `c.id`, the key, so the other columns of `c` may be selected);
 /// they are two statements, not one with an optional filter, so the per-event one stays an
 /// index lookup by `c.id`.
@@ -165,7 +165,11 @@ fn waiting_item(
 /// The consult item of an [`InProgress`] row, if someone besides the host is admitted.
 fn consult_item(r: InProgress, updated_ms: i64) -> Option<Item> {
     let roles = r.roles;
-    if roles.iter().all(|r| r == "host") {
+    // A consult only its host is admitted to shows while the host is in the room (an ad hoc
+    // consult, or an appointment's opened early, the patient can join from their board); one
+    // opened and left is not in progress.
+    let host_only = roles.iter().all(|r| r == "host");
+    if host_only && !r.connected.iter().any(|c| c == "host") {
         return None;
     }
     let since_ms = r.since.map_or(updated_ms, |t| t.timestamp_millis());
@@ -177,7 +181,7 @@ fn consult_item(r: InProgress, updated_ms: i64) -> Option<Item> {
         id: r.id,
         patient_id: r.patient_id,
         clinician_id: Some(r.clinician_id),
-        status: "in_consult".into(),
+        status: if host_only { "open" } else { "in_consult" }.into(),
         since_ms,
         updated_ms,
         data,

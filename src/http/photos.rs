@@ -115,9 +115,7 @@ pub async fn photo(
     path: web::Path<(Uuid, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, seq) = path.into_inner();
-    let seq: u64 = seq.parse::<i64>().ok().and_then(|v| u64::try_from(v).ok()).ok_or_else(|| {
-        ApiError::field(coherency_protocol::Code::InvalidField, "seq", "seq is a frame number (0 or more)")
-    })?;
+    let seq = crate::http::scans::frame_seq(&seq)?;
     let caller = auth::caller_of(&req, &state, &who);
     let scan = state.scans.visible(&caller, ScanId::from_uuid(id), "scan.photo.read").await?;
     let photo = state.photos.bytes(&scan, seq).await?;

@@ -168,6 +168,14 @@ pub async fn list_for_patient(
     Ok(HttpResponse::Ok().json(ScanList { scans: list }))
 }
 
+/// A frame number from a path (`…/keyframes/{seq}`, `…/photos/{seq}`): 0 or more, else
+/// 400 `invalid_field` naming `seq`.
+pub(crate) fn frame_seq(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<i64>().ok().and_then(|v| u64::try_from(v).ok()).ok_or_else(|| {
+        ApiError::field(coherency_protocol::Code::InvalidField, "seq", "seq is a frame number (0 or more)")
+    })
+}
+
 /// `GET /v1/scans/{id}/keyframes/{seq}`: frame `seq` of the scan as the phone's depth
 /// camera saw it, shaded as relief (`coherency_report::depth`), at the frame's own resolution:
 /// a pixel of the picture is a pixel of the frame, as the outline re-measure's keyframe
@@ -185,9 +193,7 @@ pub async fn keyframe_png(
     path: web::Path<(Uuid, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (id, seq) = path.into_inner();
-    let seq: u64 = seq.parse::<i64>().ok().and_then(|v| u64::try_from(v).ok()).ok_or_else(|| {
-        ApiError::field(coherency_protocol::Code::InvalidField, "seq", "seq is a frame number (0 or more)")
-    })?;
+    let seq = frame_seq(&seq)?;
     let caller = auth::caller_of(&req, &state, &who);
     let scan = state.scans.visible(&caller, ScanId::from_uuid(id), "scan.keyframe.read").await?;
     let frame = crate::store::scans::read_frame(&state.stores.pg, &state.stores.blobs, ScanId::from_uuid(scan.id), seq)

@@ -57,15 +57,7 @@ async fn book_soon(app: &TestApp, patient: &User, clin: &User, ty: uuid::Uuid) -
     let now = app.clock.now().timestamp();
     let start = ((now + 60 + 299) / 300) * 300;
     let start = chrono::DateTime::from_timestamp(start, 0).unwrap().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let res = app
-        .post_auth(
-            "/v1/appointments",
-            &patient.token,
-            &json!({"clinician_id": clin.id, "type_id": ty, "start": start, "confirm": true}),
-        )
-        .await;
-    assert_eq!(res.status(), 201, "book: {}", res.text().await.unwrap_or_default());
-    res.json::<Value>().await.unwrap()["id"].as_str().unwrap().parse().unwrap()
+    crate::dashboard::book_at(app, patient, clin, ty, &start).await
 }
 
 /// A whole visit in two browsers (`web/tests/visit.mjs`): board → waiting room → admitted from

@@ -109,7 +109,11 @@ pub async fn clinician_with_hours(app: &TestApp, start: &str, end: &str, minutes
 /// window, clear of any notice).
 pub(crate) async fn book(app: &TestApp, patient: &User, clin: &User, ty: Uuid, hour: u32) -> Uuid {
     let day = (app.clock.now() + chrono::Duration::days(2)).date_naive();
-    let start = format!("{day}T{hour:02}:00:00Z");
+    book_at(app, patient, clin, ty, &format!("{day}T{hour:02}:00:00Z")).await
+}
+
+/// Books (and confirms) `patient` with `clin` at `start` (RFC 3339).
+pub(crate) async fn book_at(app: &TestApp, patient: &User, clin: &User, ty: Uuid, start: &str) -> Uuid {
     let res = app
         .post_auth(
             "/v1/appointments",
@@ -157,6 +161,31 @@ async fn a_booking_reaches_its_clinicians_board_and_never_another_clinicians() {
     let stranger = app.patient().await;
     let stranger_board = Board::open(&app, &stranger, None).await;
     assert!(stranger_board.bookings().is_empty());
+}
+
+/// A consult only its host is in (ad hoc, or an appointment's opened early) is on the
+/// patient's board while the host is in the room, for them to join; once the host leaves it
+/// is gone again.
+#[actix_rt::test]
+async fn a_consult_the_host_waits_in_is_on_the_patients_board_until_the_host_leaves() {
+    let app = spawn_app().await;
+    let s = crate::consults::setup(&app).await;
+    let mut board = Board::open(&app, &s.patient, None).await;
+    board.catch_up(&app).await;
+    assert!(!board.mirror.items.values().any(|i| i.id == s.consult), "a consult nobody is in is not in progress");
+    let mut host = crate::consults::connect(&app, s.consult, &s.clin).await.expect("the host connects");
+    crate::consults::until(&mut host, "welcome").await;
+    board.until("the open consult", |m| has_upsert(m, s.consult)).await;
+    let item = board.mirror.items.values().find(|i| i.id == s.consult).unwrap();
+    assert_eq!((item.section, item.status.as_str()), (Section::Consults, "open"));
+    assert_eq!(item.patient_id, s.patient.patient_id);
+    crate::consults::send(&mut host, json!({"type": "leave"})).await;
+    board
+        .until(
+            "the consult gone once the host left",
+            |m| matches!(m, ServerMsg::Delta(d) if matches!(&d.change, Change::Remove { id, .. } if *id == s.consult)),
+        )
+        .await;
 }
 
 #[actix_rt::test]

@@ -128,4 +128,10 @@ await run(browser, async () => {
   check(/^#\/consult\//.test(await p.evaluate(() => location.hash)), 'the ad hoc consult opens in the workspace with the clinician as its host');
   await p.waitForSelector('#queue li.empty', { timeout: 15000 });
   check((await p.textContent('#queue')).includes('Nobody is waiting'), 'its waiting list says nobody is waiting yet');
+  // Leaving the view leaves the room (the socket closes); the consult itself goes on.
+  const consult = await p.evaluate(() => window.coherency.consultId);
+  await p.evaluate(() => { location.hash = '#/board'; });
+  await p.waitForFunction(() => window.coherency.ws.readyState === WebSocket.CLOSED, null, { timeout: 15000 });
+  const status = await p.evaluate(async (id) => (await (await fetch(`/v1/consults/${id}`, { headers: { Authorization: `Bearer ${sessionStorage.getItem('coherency.token')}` } })).json()).status, consult);
+  check(status && status !== 'ended', `leaving the consult's view closes its socket, and the consult goes on (${status})`);
 });

@@ -161,9 +161,8 @@ await run(browser, async () => {
   check(summary.includes(P.patient.name) && /penicillin \(severe\): hives/.test(summary),
     `the patient's summary is beside the video ("${summary.replace(/\s+/g, ' ').trim()}")`);
   check(!(await patient.isVisible('#summary-panel')), "the patient does not get the clinician's summary");
-  await rising(clinician, 'clinician');
-  await rising(patient, 'patient');
-  check(true, 'video flows both ways');
+  const decoded = [await rising(clinician, 'clinician'), await rising(patient, 'patient')];
+  check(decoded.every((n) => n > 5), `video flows both ways (${decoded.join(' and ')} frames decoded)`);
   await patient.fill('#chat-text', 'Hello from the patient');
   await patient.click('#chat-form button');
   await clinician.waitForFunction(() => window.coherency.chats.some((c) => c.text === 'Hello from the patient'), null, { timeout: STEP });
@@ -180,18 +179,20 @@ await run(browser, async () => {
   await axe(patient, "the patient's scan request");
   await shot(patient, '6-patient-scan-requested');
   say(`CAPTURE ${await patient.getAttribute('[data-testid="capture-link"]', 'href')}`);
+  const live = [];
   for (const [p, n] of [[clinician, 'clinician'], [patient, 'patient']]) {
     await p.waitForFunction(() => (window.coherency.scan?.live?.frames || 0) > 0, null, { timeout: 120_000 })
       .catch(async (e) => { throw new Error(`${n}: no live figures (${await p.textContent('#scan-status')}; ${e})`); });
+    live.push(await p.evaluate(() => window.coherency.scan.live.frames));
   }
-  check(true, 'both views follow the scan live (frames)');
+  check(live.every((n) => n > 0), `both views follow the scan live (${live.join(' and ')} frames)`);
   await shot(clinician, '7-clinician-scan-live');
   const SCAN_WAIT = 150_000;
   for (const [p, n] of [[clinician, 'clinician'], [patient, 'patient']]) {
     await p.waitForSelector('#scan-view canvas[data-ready="true"]', { timeout: SCAN_WAIT })
       .catch(async (e) => { throw new Error(`${n}: no mesh (${await p.textContent('#scan-status')}; ${e})`); });
-    await p.waitForSelector('#scan-result tr[data-key="outline_area_mm2"]', { timeout: STEP });
-    const area = await p.textContent('#scan-result tr[data-key="outline_area_mm2"] td');
+    await p.waitForSelector('#scan-view [data-testid="m-outline_area_mm2"]', { timeout: STEP });
+    const area = await p.textContent('#scan-view [data-testid="m-outline_area_mm2"] td');
     check(/^\d+(\.\d)? ± \d+(\.\d)? mm²$/.test(area), `${n} reads the area with its ± ("${area}") beside the mesh`);
   }
   await shot(patient, '8-patient-scan-measured');
@@ -200,7 +201,7 @@ await run(browser, async () => {
 
   // The clinician outlines the wound on the keyframe, checks what it measures, confirms.
   await clinician.click('#scan-view [data-testid="draw-outline"]');
-  await clinician.waitForSelector('#viewer[data-view="keyframe"]', { timeout: STEP }).catch(() => {});
+  await clinician.waitForSelector('#viewer[data-view="keyframe"]', { timeout: STEP });
   const box = await clinician.locator('#viewer').boundingBox();
   const r = Math.min(box.width, box.height) * 0.16;
   for (let i = 0; i < 12; i++) {

@@ -55,7 +55,6 @@ const MARKUP = `
         · <span id="scan-frames">0 frames</span></p>
         <ul id="scan-guidance" aria-live="polite"></ul>
       </div>
-      <table id="scan-result" class="m" hidden><tbody></tbody></table>
       <p id="scan-error" class="error" role="alert"></p>
       <div id="scan-view"></div>
     </section>
@@ -154,11 +153,6 @@ function eventText(e) {
   }
 }
 
-/// The API for this view: a failure is recorded (for the tests) and rethrown with its code.
-async function call(path, json) {
-  return api(path, json === undefined ? {} : { json });
-}
-
 /// Leaves the room this view is in (its socket and camera), if any. The consult goes on.
 export function leaveConsult() {
   if (!C) return;
@@ -232,7 +226,7 @@ async function join(consultId) {
     return;
   }
   try {
-    const { ticket } = await call('/v1/auth/ws-ticket', {});
+    const { ticket } = await api('/v1/auth/ws-ticket', { json: {} });
     if (me !== C) return;
     const proto = location.protocol === 'https:' ? 'wss' : 'ws';
     const ws = new WebSocket(`${proto}://${location.host}/v1/consults/${consultId}/signal?ticket=${encodeURIComponent(ticket)}`);
@@ -368,7 +362,7 @@ async function onSignal(m) {
       promptPhone(m.scan_id);
       break;
     case 'scan_live': scanLive(m); break;
-    case 'scan_result': scanChanged(m.scan_id, 'complete', m.measurements); break;
+    case 'scan_result': scanChanged(m.scan_id, 'complete'); break;
     case 'error': C.errors.push(`${m.code}: ${m.message}`); break;
     default: break;
   }
@@ -474,8 +468,8 @@ async function loadQueue() {
     if (!q.length) { $('queue').replaceChildren(el('li', { class: 'empty', text: 'Nobody is waiting.' })); return; }
     $('queue').replaceChildren(...q.map((p) => el('li', { 'data-participant': p.id },
       `${p.display_name || ROLE_WORDS[p.role] || p.role}, waiting since ${new Date(p.checked_in_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })} `,
-      el('button', { type: 'button', class: 'small admit', text: 'Admit', onclick: () => call(`/v1/consults/${me.consultId}/participants/${p.id}/admit`, {}).then(refreshQueue) }),
-      el('button', { type: 'button', class: 'small deny', text: 'Deny', onclick: () => call(`/v1/consults/${me.consultId}/participants/${p.id}/deny`, {}).then(refreshQueue) }))));
+      el('button', { type: 'button', class: 'small admit', text: 'Admit', onclick: () => api(`/v1/consults/${me.consultId}/participants/${p.id}/admit`, { json: {} }).then(refreshQueue) }),
+      el('button', { type: 'button', class: 'small deny', text: 'Deny', onclick: () => api(`/v1/consults/${me.consultId}/participants/${p.id}/deny`, { json: {} }).then(refreshQueue) }))));
   } catch (err) {
     if (err.code === 'consult_ended') { pollQueue(false); return; }
     me.errors.push(`queue: ${err.message}`);
@@ -489,12 +483,10 @@ const SCAN_WORDS = {
   created: 'Requested: waiting for the phone.',
   streaming: 'The phone is scanning…',
   processing: 'Scanned: measuring the wound…',
-  complete: 'Measured.',
+  complete: 'Scanned: the surface and its measurements are below.',
   failed: 'The scan failed. Ask for another.',
   cancelled: 'The scan was cancelled.',
 };
-const ROWS = [['outline_area_mm2', 'Area', 'mm²', 1], ['length_mm', 'Length', 'mm', 1], ['width_mm', 'Width', 'mm', 1],
-  ['max_depth_mm', 'Max depth', 'mm', 2], ['volume_mm3', 'Volume', 'mm³', 0]];
 // What the phone is told while it scans, in words for the people watching (docs/protocol.md §5).
 const GUIDANCE = {
   wound_not_found: 'No wound found yet: point the phone at the wound.',
@@ -509,36 +501,22 @@ const GUIDANCE = {
 };
 
 /// The scan's newest state, shown to both sides: status in words, the live figures while it
-/// streams, then the measurements and (once complete) the mesh with the outline tool.
-function scanChanged(id, status, measurements) {
-  if (!C.scan || C.scan.id !== id) C.scan = { id, status: null, measurements: null, live: null, shown: false };
+/// streams, then (once complete) the scan itself — mesh, every measurement with its ±, why
+/// there is no automatic one when there is not, and the outline tool for the clinician.
+function scanChanged(id, status) {
+  if (!C.scan || C.scan.id !== id) C.scan = { id, status: null, live: null, shown: false };
   const finished = ['complete', 'failed', 'cancelled'];
   // A late progress event never takes a finished scan back.
   if (!(finished.includes(C.scan.status) && !finished.includes(status))) C.scan.status = status;
-  if (measurements) C.scan.measurements = measurements;
   show('scan-panel', true);
   $('scan-status').textContent = SCAN_WORDS[C.scan.status] || C.scan.status;
   $('scan-status').dataset.status = C.scan.status;
   show('scan-live', C.scan.status === 'streaming' || C.scan.status === 'processing');
   if (finished.includes(C.scan.status)) show('scan-prompt', false);
-  const list = Array.isArray(C.scan.measurements) ? C.scan.measurements : [];
-  const m = list.find((x) => x.method === 'auto') || list[list.length - 1];
-  if (m) {
-    const rows = ROWS.filter(([k]) => m[k]).map(([k, label, unit, d]) => el('tr', { 'data-key': k },
-      el('th', { scope: 'row', text: label }), el('td', { text: pm(m[k], unit, d) })));
-    $('scan-result').tBodies[0].replaceChildren(...rows);
-    show('scan-result', true);
-  } else if (C.scan.status === 'complete') {
-    $('scan-status').textContent = C.role === 'host'
-      ? 'Scanned, but no automatic measurement: draw the outline on the scan below.'
-      : 'Scanned. The clinician is measuring the wound.';
-  }
   if (C.scan.status === 'complete' && !C.scan.shown) {
-    // The mesh and every measurement, and for the clinician the outline tool, in the consult.
     C.scan.shown = true;
     const me = C;
-    scanView($('scan-view'), id, { heading: false, onMeasured: () => { if (me === C) me.scan.outlined = (me.scan.outlined || 0) + 1; } })
-      .catch((e) => me.errors.push(`scan view: ${e.message}`));
+    scanView($('scan-view'), id, { heading: false }).catch((e) => me.errors.push(`scan view: ${e.message}`));
   }
 }
 
@@ -567,7 +545,7 @@ async function promptPhone(scanId) {
   show('scan-prompt', true);
   const me = C;
   try {
-    const link = await call(`/v1/scans/${scanId}/capture-link`, {});
+    const link = await api(`/v1/scans/${scanId}/capture-link`, { json: {} });
     if (me !== C) return;
     const until = new Date(link.expires_at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
     $('scan-link').replaceChildren(qrSvg(link.url, 'Code that opens the scan on your phone'),
@@ -642,7 +620,7 @@ async function requestScan(e) {
   $('request-scan').disabled = true;
   const me = C;
   try {
-    const scan = await call('/v1/scans', body);
+    const scan = await api('/v1/scans', { json: body });
     if (me === C) scanChanged(scan.id, 'requested');
   } catch (err) {
     const why = { consent_required: 'The patient has not consented to scans.', consult_ended: 'The consult has ended.' }[err.code];
@@ -655,7 +633,7 @@ async function hangUp() {
     C.ending = true;
     pollQueue(false);
     await Promise.allSettled([...queueRequests]);
-    await call(`/v1/consults/${C.consultId}/end`, {}).catch((e) => C.errors.push(String(e)));
+    await api(`/v1/consults/${C.consultId}/end`, { json: {} }).catch((e) => C.errors.push(String(e)));
   } else {
     send({ type: 'leave' });
     over('left', 'You left the consult.');

@@ -141,7 +141,7 @@ const since = (ms) => { const m = Math.max(0, Math.round((Date.now() - ms) / 600
 const who = (i) => i.patient_name || `patient ${String(i.patient_id || '').slice(0, 8)}`;
 
 function patientLink(i) {
-  return i.patient_id && auth.user?.role !== 'patient'
+  return i.patient_id && isStaff()
     ? el('a', { href: `#/patient/${i.patient_id}`, text: who(i) })
     : el('span', { text: who(i) });
 }
@@ -194,7 +194,7 @@ function messageDialog(consultId, participantId, name) {
 
 function renderItem(board, i) {
   const li = el('li', { 'data-testid': `${i.section}-${i.id}`, 'data-status': i.status });
-  const staff = auth.user?.role && auth.user.role !== 'patient';
+  const staff = isStaff();
   if (i.section === 'waiting') {
     const cid = i.data?.consult_id;
     const actions = staff && cid ? el('span', { class: 'actions' },
@@ -236,7 +236,7 @@ function renderItem(board, i) {
     const link = el('span', {}, el('a', { href: `#/scan/${i.id}`, text: `Scan · ${who(i)}` }), ' ',
       el('time', { class: 'muted', 'data-testid': 'scan-time', datetime: new Date(i.since_ms).toISOString(), text: `${fmtDay(i.since_ms)} ${fmtTime(i.since_ms)}` }));
     if (i.wound) {
-      link.append(' ', i.wound.id && auth.user?.role !== 'patient'
+      link.append(' ', i.wound.id && staff
         ? el('a', { class: 'muted', href: `#/wound/${i.wound.id}`, 'data-testid': 'wound', text: woundName(i.wound) })
         : el('span', { class: 'muted', 'data-testid': 'wound', text: woundName(i.wound) }));
     }
@@ -357,7 +357,8 @@ function projectionText(p) {
 }
 
 /// "Start a consult now" for a patient the clinician may see (no appointment needed): the
-/// consult opens here, and the patient finds it on their board under consults in progress.
+/// consult opens here, and while the clinician is in its room the patient finds it on their
+/// board under consults in progress (status `open`).
 function adHocConsult(patientId) {
   return actionButton('Start a consult now', 'ad-hoc-consult', async () => {
     const c = await api('/v1/consults', { json: { patient_id: patientId } });

@@ -5,7 +5,7 @@
 // their ± before anything is stored, and confirms. Used by the scan page (#/scan/<id>) and
 // inside the consult, once the scan asked for there is measured.
 
-import { api, auth, el, pm } from './core.js';
+import { api, el, isStaff, pm } from './core.js';
 import { showMesh } from './viewer.js';
 
 const ROWS = [
@@ -178,7 +178,7 @@ export async function scanView(root, id, opts = {}) {
       : null;
     const tool = el('div', { 'data-testid': 'outline-tool' });
     // Drawing needs `scans:measure` (clinicians and admins); patients see the reason only.
-    const mayMeasure = (auth.user?.role || 'patient') !== 'patient';
+    const mayMeasure = isStaff();
     const draw = outcome.mesh && outcome.suggested_keyframe && mayMeasure
       ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: needsOutline ? 'Draw the outline' : 'Adjust the outline' })
       : null;
@@ -202,7 +202,7 @@ export async function scanView(root, id, opts = {}) {
           draw.hidden = true;
           status.textContent = `The scan as frame ${outcome.suggested_keyframe.seq} saw it.`;
           const made = await outlineTool(id, viewer, canvas, outcome.suggested_keyframe, tool, auto);
-          if (made) { await scanView(root, id, opts); opts.onMeasured?.(made); } else { draw.hidden = false; tool.replaceChildren(); }
+          if (made) scanView(root, id, opts); else { draw.hidden = false; tool.replaceChildren(); }
         });
       }
     } else {
