@@ -23,6 +23,50 @@ const CLIP: u8 = 4;
 /// Frames whose exposure score is below this are only chosen when no frame reaches it.
 pub const MIN_EXPOSURE: f64 = 0.35;
 
+/// Exif tag 0x0112, Orientation.
+const ORIENTATION_TAG: u16 = 0x0112;
+
+/// The Exif orientation (2…8) an APP1 body carries, if any other than 1 (upright) and well
+/// formed: IFD0's Orientation entry, type SHORT, count 1.
+fn exif_orientation(body: &[u8]) -> Option<u16> {
+    let tiff = body.strip_prefix(b"Exif\0\0")?;
+    let big = match tiff.get(..4)? {
+        b"MM\0\x2a" => true,
+        b"II\x2a\0" => false,
+        _ => return None,
+    };
+    let u16_at = |at: usize| {
+        let b: [u8; 2] = tiff.get(at..at + 2)?.try_into().ok()?;
+        Some(if big { u16::from_be_bytes(b) } else { u16::from_le_bytes(b) })
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = tiff.get(at..at + 4)?.try_into().ok()?;
+        Some(if big { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
+    };
+    let ifd = usize::try_from(u32_at(4)?).ok()?;
+    let entries = usize::from(u16_at(ifd)?);
+    (0..entries.min(512)).find_map(|e| {
+        let at = ifd + 2 + 12 * e;
+        (u16_at(at)? == ORIENTATION_TAG && u16_at(at + 2)? == 3 && u32_at(at + 4)? == 1)
+            .then(|| u16_at(at + 8))
+            .flatten()
+    })
+    .filter(|o| (2..=8).contains(o))
+}
+
+/// An APP1 segment whose Exif holds only the orientation: a big-endian TIFF header and an
+/// IFD0 of one entry.
+fn orientation_only(orientation: u16) -> Vec<u8> {
+    let mut seg = vec![0xFF, 0xE1, 0, 34];
+    seg.extend_from_slice(b"Exif\0\0MM\0\x2a\0\0\0\x08\0\x01");
+    seg.extend_from_slice(&ORIENTATION_TAG.to_be_bytes());
+    seg.extend_from_slice(&[0, 3, 0, 0, 0, 1]);
+    seg.extend_from_slice(&orientation.to_be_bytes());
+    seg.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    debug_assert_eq!(seg.len(), 36);
+    seg
+}
+
 /// Why a JPEG could not be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PhotoError {
@@ -165,8 +209,10 @@ pub fn select(candidates: &[Candidate], min_gap: u64) -> Vec<Candidate> {
 /// The JPEG with only what decoding needs: SOI, APP0 `JFIF`, APP2 `ICC_PROFILE`, APP14
 /// `Adobe`, DQT, SOFn, DHT, DAC, DRI, DNL, each SOS with its entropy-coded data, EOI.
 /// Everything else goes: APP1 (Exif with its GPS tags, XMP), every other APPn, COM, and
-/// anything after EOI. Lossless: the kept bytes are copied unchanged, so the picture decodes
-/// to the same pixels.
+/// anything after EOI — except an Exif orientation other than "upright", which a viewer
+/// needs to show the photo the right way up: it is kept as a new Exif segment holding that
+/// one tag and nothing else. Lossless: the kept bytes are copied unchanged, so the picture
+/// decodes to the same pixels.
 pub fn strip_metadata(jpeg: &[u8]) -> Result<Vec<u8>, PhotoError> {
     if !jpeg.starts_with(&[0xFF, 0xD8]) {
         return Err(malformed("no start-of-image marker"));
@@ -213,6 +259,8 @@ pub fn strip_metadata(jpeg: &[u8]) -> Result<Vec<u8>, PhotoError> {
                 if keep {
                     out.extend_from_slice(&[0xFF, marker]);
                     out.extend_from_slice(&jpeg[i..i + len]);
+                } else if let Some(o) = (marker == 0xE1).then(|| exif_orientation(body)).flatten() {
+                    out.extend_from_slice(&orientation_only(o));
                 }
                 i += len;
                 if marker == 0xDA {
@@ -429,6 +477,49 @@ mod tests {
         assert_eq!(decode_luma(&stripped).expect("decodes"), decode_luma(&tagged).expect("decodes"));
         let rgb = |b: &[u8]| JpegDecoder::new(Cursor::new(b)).decode().expect("decodes");
         assert_eq!(rgb(&stripped), rgb(&tagged));
+    }
+
+    /// An APP1 Exif segment (little-endian, as iPhones write) with a make, the orientation
+    /// and a GPS pointer in IFD0.
+    fn exif_with_orientation(orientation: u16) -> Vec<u8> {
+        let mut body = b"Exif\0\0II\x2a\0\x08\0\0\0".to_vec();
+        body.extend_from_slice(&[3, 0]);
+        body.extend_from_slice(&[0x0F, 0x01, 2, 0, 6, 0, 0, 0, 50, 0, 0, 0]); // Make → offset 50
+        body.extend_from_slice(&[0x12, 0x01, 3, 0, 1, 0, 0, 0]);
+        body.extend_from_slice(&orientation.to_le_bytes());
+        body.extend_from_slice(&[0, 0]);
+        body.extend_from_slice(&[0x25, 0x88, 4, 0, 1, 0, 0, 0, 56, 0, 0, 0]); // GPSInfo → 56
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        body.extend_from_slice(b"Apple\0");
+        body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        let mut seg = vec![0xFF, 0xE1];
+        seg.extend_from_slice(&u16::try_from(body.len() + 2).expect("small").to_be_bytes());
+        seg.extend(body);
+        seg
+    }
+
+    #[test]
+    fn a_rotated_photo_keeps_its_orientation_and_nothing_else_of_its_exif() {
+        let plain = colour_jpeg();
+        for (orientation, kept) in [(6u16, true), (8, true), (3, true), (1, false), (9, false)] {
+            let mut tagged = plain[..2].to_vec();
+            tagged.extend(exif_with_orientation(orientation));
+            tagged.extend_from_slice(&plain[2..]);
+            assert_eq!(exif_orientation(&tagged[6..]), kept.then_some(orientation));
+            let stripped = strip_metadata(&tagged).expect("strips");
+            assert!(!stripped.windows(5).any(|w| w == b"Apple"), "{orientation}");
+            assert_eq!(decode_luma(&stripped).expect("decodes"), decode_luma(&plain).expect("decodes"));
+            let app1: Vec<(u8, Vec<u8>)> = markers(&stripped).expect("walks").into_iter().filter(|(m, _)| *m == 0xE1).collect();
+            if kept {
+                assert_eq!(app1.len(), 1, "{orientation}");
+                let at = stripped.windows(6).position(|w| w == b"Exif\0\0").expect("an Exif segment");
+                assert_eq!(exif_orientation(&stripped[at..]), Some(orientation));
+                assert_eq!(u16::from_be_bytes([stripped[at - 2], stripped[at - 1]]), 34);
+            } else {
+                assert!(app1.is_empty(), "{orientation}: {app1:?}");
+                assert_eq!(stripped, plain);
+            }
+        }
     }
 
     #[test]

@@ -110,6 +110,27 @@ pub async fn search_media(state: web::Data<AppState>, req: HttpRequest) -> HttpR
     respond(search(&state, &req).await)
 }
 
+/// The photos of the patient's newest `max_scans` scans as `Media`, newest scan first (the
+/// caller has checked access and audits).
+pub async fn of_patient(
+    state: &AppState,
+    b: &str,
+    pid: Uuid,
+    max_scans: usize,
+) -> Result<Vec<(&'static str, Value)>, ApiError> {
+    let limit = i64::try_from(max_scans).unwrap_or(i64::MAX);
+    let mut out = Vec::new();
+    for scan in crate::store::scans::list_for_patient(&state.stores.pg, pid, limit).await? {
+        let choice = state.photos.choice(&scan).await?;
+        if choice.photos.is_empty() {
+            continue;
+        }
+        let wound = wound_of(state, &scan).await?;
+        out.extend(choice.photos.iter().map(|p| ("Media", media_resource(b, &scan, wound.as_ref(), p))));
+    }
+    Ok(out)
+}
+
 async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, ApiError> {
     let who = principal(req, state, Permission::ScansRead).await?;
     let mut patient = None;
@@ -129,21 +150,9 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     }
     let pid = patient.ok_or_else(|| ApiError::field(Code::InvalidField, "patient", "`patient` is required"))?;
     state.access.patient(&auth::caller_of(req, state, &who), PatientId::from_uuid(pid), "fhir.media.search").await?;
-    let scans = crate::store::scans::list_for_patient(&state.stores.pg, pid, MAX_GALLERY_SCANS as i64).await?;
     let b = base(req);
-    let mut resources = Vec::new();
-    let mut ids = Vec::new();
-    for scan in &scans {
-        let choice = state.photos.choice(scan).await?;
-        if choice.photos.is_empty() {
-            continue;
-        }
-        let wound = wound_of(state, scan).await?;
-        for p in &choice.photos {
-            ids.push(format!("{}-{}", scan.id, p.seq));
-            resources.push(("Media", media_resource(&b, scan, wound.as_ref(), p)));
-        }
-    }
+    let resources = of_patient(state, &b, pid, MAX_GALLERY_SCANS).await?;
+    let ids: Vec<&str> = resources.iter().filter_map(|(_, r)| r["id"].as_str()).collect();
     auth::audit(
         state,
         req,

@@ -572,6 +572,9 @@ pub async fn everything(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
             resources.extend(wounds::of_patient(&state, id).await?);
             let team = entries::care_team_of(&state.stores.pg, id).await?;
             resources.push(("CareTeam", care_team_resource(id, &team)));
+            let b = base(&req);
+            resources.extend(crate::http::measurements::fhir::of_patient(&state, &b, id).await?);
+            resources.extend(media::of_patient(&state, &b, id, usize::MAX).await?);
             let ids: Vec<String> =
                 resources.iter().map(|(k, r)| format!("{k}/{}", r["id"].as_str().unwrap_or_default())).collect();
             auth::audit(
@@ -583,7 +586,6 @@ pub async fn everything(state: web::Data<AppState>, req: HttpRequest) -> HttpRes
                     .details(json!({"format": "fhir", "resources": ids})),
             )
             .await?;
-            let b = base(&req);
             let n = resources.len();
             Ok::<_, ApiError>(ok(bundle(&b, resources, n, vec![("self", format!("{b}/Patient/{id}/$everything"))])))
         }

@@ -340,10 +340,32 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     // Every bound must hold: the latest lower bound and the earliest upper one.
     let from = dates.iter().filter_map(|d| d.from).max();
     let to = dates.iter().filter_map(|d| d.to).min();
-    let rows = if other_code {
-        vec![]
-    } else {
-        sqlx::query_as!(
+    let rows = if other_code { vec![] } else { patient_rows(state, pid, from, to, focus).await? };
+    let found = observed(state, rows).await?;
+    let ids: Vec<Uuid> = found.iter().map(|o| o.rec.id).collect();
+    auth::audit(
+        state,
+        req,
+        Some(&who),
+        AuditEvent::new("fhir.observation.search", "success").target("patient", pid).details(json!({"ids": ids})),
+    )
+    .await?;
+    let b = base(req);
+    let resources: Vec<(&str, Value)> = found.iter().map(|o| ("Observation", observation_resource(o))).collect();
+    let n = resources.len();
+    Ok(ok(bundle(&b, resources, n, vec![("self", format!("{b}/Observation?{}", req.query_string()))])))
+}
+
+/// The patient's measurements, effective in `[from, to)` and of wound `focus` when given,
+/// newest first.
+async fn patient_rows(
+    state: &AppState,
+    pid: Uuid,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    focus: Option<Uuid>,
+) -> Result<Vec<ObservedRow>, ApiError> {
+    Ok(sqlx::query_as!(
             ObservedRow,
             r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!",
                       w.id AS "wound_id?", w.site_code AS "site_code?", w.site_display AS "site_display?",
@@ -361,21 +383,22 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
             focus
         )
         .fetch_all(&state.stores.pg)
-        .await?
-    };
-    let found = observed(state, rows).await?;
-    let ids: Vec<Uuid> = found.iter().map(|o| o.rec.id).collect();
-    auth::audit(
-        state,
-        req,
-        Some(&who),
-        AuditEvent::new("fhir.observation.search", "success").target("patient", pid).details(json!({"ids": ids})),
-    )
-    .await?;
-    let b = base(req);
-    let resources: Vec<(&str, Value)> = found.iter().map(|o| ("Observation", observation_resource(o))).collect();
-    let n = resources.len();
-    Ok(ok(bundle(&b, resources, n, vec![("self", format!("{b}/Observation?{}", req.query_string()))])))
+        .await?)
+}
+
+/// Every measurement `Observation` of the patient and every mesh `DocumentReference` of
+/// their scans, for `$everything` (the caller has checked access and audits the export).
+pub async fn of_patient(state: &AppState, b: &str, pid: Uuid) -> Result<Vec<(&'static str, Value)>, ApiError> {
+    let found = observed(state, patient_rows(state, pid, None, None, None).await?).await?;
+    let mut out: Vec<(&'static str, Value)> = found.iter().map(|o| ("Observation", observation_resource(o))).collect();
+    for scan in crate::store::scans::list_for_patient(&state.stores.pg, pid, i64::MAX).await? {
+        let keys = crate::store::reconstruction::mesh_keys(&state.stores.pg, scan.id).await.map_err(ApiError::internal)?;
+        if let Some(mesh) = keys {
+            let effective = scan.finished_at.unwrap_or(scan.created_at);
+            out.push(("DocumentReference", mesh_resource(b, scan.id, scan.patient_id, effective, &mesh)));
+        }
+    }
+    Ok(out)
 }
 
 /// `GET /fhir/DocumentReference/{id}`: the mesh of scan `id` (once reconstructed).
