@@ -382,7 +382,21 @@ async fn fhir_views_of_the_scan(
         assert_eq!(hex::encode(sha2::Sha256::digest(&bytes)), sha, "{path}");
         assert_eq!(content["attachment"]["extension"][0]["valueString"], sha.as_str());
     }
+    // The patient's export holds the same Observations and DocumentReference.
+    let (s, everything) = fhir_get(app, tok, &format!("/fhir/Patient/{pid}/$everything")).await;
+    assert_eq!(s, 200, "{everything}");
+    let exported = |kind: &str| -> Vec<Value> {
+        let entries = everything["entry"].as_array().unwrap().iter().map(|e| &e["resource"]);
+        entries.filter(|r| r["resourceType"] == kind).cloned().collect()
+    };
+    assert_eq!(exported("DocumentReference"), vec![doc.clone()], "{everything}");
+    let observations = exported("Observation");
+    assert_eq!(observations.len(), 2, "{everything}");
+    for o in &emitted[1..] {
+        assert!(observations.contains(o), "{o} not exported: {everything}");
+    }
     emitted.push(doc);
+    emitted.push(everything);
     crate::fhir::validate(&emitted);
 
     // The same access rules as the patient's record: 404 for other patients and for

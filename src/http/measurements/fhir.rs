@@ -440,6 +440,82 @@ async fn scan_mesh(
     Ok((scan, mesh))
 }
 
+/// LOINC "Appearance of Wound base": the HL7 Skin and Wound Assessment IG's
+/// `WoundBedAppearance` profile (`http://hl7.org/fhir/us/lower-extremity-skin-wound-assessment/
+/// StructureDefinition/WoundBedAppearance`) fixes `Observation.code` to it, the tissue as
+/// `valueCodeableConcept` from its `woundBedAppearanceVS`, and the share of the wound bed as
+/// a component with LOINC [`BED_AREA_SHARE`] in `%`.
+pub const BED_APPEARANCE: &str = "72371-8";
+/// LOINC "Area of identified wound bed appearance/Area of wound bed of Wound base".
+pub const BED_AREA_SHARE: &str = "72370-0";
+
+/// The IG value set's SNOMED CT concept for a tissue class (`other` has none and is not
+/// exported as an `Observation`).
+fn tissue_concept(class: &str) -> Option<(&'static str, &'static str)> {
+    Some(match class {
+        "granulation" => ("225541009", "Granulation of tissue"),
+        "slough" => ("449746002", "Wound slough"),
+        "eschar" => ("421306004", "Necrotic eschar"),
+        "epithelial" => ("449743005", "Wound epithelialization"),
+        _ => return None,
+    })
+}
+
+/// One stored tissue share as the FHIR view reads it.
+#[derive(Debug, Deserialize)]
+struct ShareIn {
+    class: String,
+    percent: f64,
+    percent_pm: f64,
+}
+
+/// The `Observation` id of a measurement's tissue class: `{measurement id}-{class}`.
+fn tissue_id(measurement: Uuid, class: &str) -> String {
+    format!("{measurement}-{class}")
+}
+
+/// The wound bed appearance `Observation`s of one measurement (one per tissue class the IG
+/// codes, `other` left out), from its stored tissue composition (`shares`); none without one.
+fn tissue_resources(o: &Observed, tissue: Option<&Value>) -> Vec<Value> {
+    let m = &o.rec;
+    let Some(tissue) = tissue else { return vec![] };
+    let shares: Vec<ShareIn> = serde_json::from_value(tissue["shares"].clone()).unwrap_or_default();
+    let classifier = tissue["classifier"].as_str().unwrap_or("unknown");
+    let pct = |x: f64| json!({"value": (x * 10.0).round() / 10.0, "unit": "%", "system": UCUM, "code": "%"});
+    shares
+        .iter()
+        .filter_map(|s| {
+            let (code, display) = tissue_concept(&s.class)?;
+            Some(prune(json!({
+                "resourceType": "Observation",
+                "id": tissue_id(m.id, &s.class),
+                "meta": {"lastUpdated": instant(m.created_at)},
+                "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                          "code": "exam", "display": "Exam"}]}],
+                "code": {"coding": [{"system": LOINC, "code": BED_APPEARANCE, "display": "Appearance of Wound base"}],
+                         "text": "Wound bed appearance"},
+                "subject": reference("Patient", o.patient_id),
+                "effectiveDateTime": instant(o.effective),
+                "issued": instant(m.created_at),
+                "focus": o.wound.as_ref().map(|w| vec![reference("Condition", w.id)]),
+                "bodySite": o.wound.as_ref().map(|w| body_site(w.site_code.as_deref(), &w.site_display, w.laterality, None)),
+                "method": {"text": format!("Colour classification of the wound surface on the fused 3D mesh of a LiDAR scan \
+                                            ({classifier}), inside the {} outline", if m.method == "polygon" { "clinician's" } else { "automatic" })},
+                "derivedFrom": [reference("Observation", m.id)],
+                "valueCodeableConcept": {"coding": [{"system": "http://snomed.info/sct", "code": code, "display": display}]},
+                "component": [{
+                    "extension": [{"url": INTERVAL_EXTENSION, "valueRange": {
+                        "low": pct((s.percent - s.percent_pm).max(0.0)), "high": pct((s.percent + s.percent_pm).min(100.0))}}],
+                    "code": {"coding": [{"system": LOINC, "code": BED_AREA_SHARE,
+                                         "display": "Area of identified wound bed appearance/Area of wound bed of Wound base"}]},
+                    "valueQuantity": pct(s.percent),
+                }],
+            })))
+        })
+        .collect()
+}
+
 /// Query of `GET /v1/scans/{id}/mesh`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
