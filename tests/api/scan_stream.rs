@@ -48,6 +48,8 @@ pub fn frame(seq: u64) -> DepthFrame {
         intrinsics: [200.0, 0.0, 128.0, 0.0, 200.0, 96.0, 0.0, 0.0, 1.0],
         pose: [1.0, 0.0, 0.0, tx, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     }
 }
 
@@ -729,6 +731,8 @@ fn heel_on_the_floor(n: u64) -> Vec<DepthFrame> {
                 intrinsics: k.to_row_major_f32(),
                 pose: pose.to_row_major_f32(),
                 colour_jpeg: None,
+                colour_intrinsics: None,
+                colour_pose: None,
             }
         })
         .collect()
