@@ -419,7 +419,7 @@ pub async fn until_close(ws: &mut Raw) -> (Vec<ServerMsg>, Option<u16>) {
     (msgs, res)
 }
 
-fn error_code(msgs: &[ServerMsg]) -> Option<(String, Option<u64>, Option<Vec<u32>>)> {
+pub fn error_code(msgs: &[ServerMsg]) -> Option<(String, Option<u64>, Option<Vec<u32>>)> {
     msgs.iter().find_map(|m| match m {
         ServerMsg::Error(e) => Some((e.code.clone(), e.seq, e.supported_versions.clone())),
         _ => None,
