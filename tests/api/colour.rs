@@ -267,3 +267,42 @@ async fn a_colour_camera_of_its_own_is_checked_like_the_depth_camera() {
         assert!(message.contains(says), "`{message}` says {says}");
     }
 }
+
+/// Runs the Khronos glTF validator (`web/tests/gltf_validate.mjs`) over `glb`; answers its
+/// report. Needs `web/node_modules` (`scripts/browser-setup`, which `scripts/test` runs).
+pub fn khronos_report(glb: &[u8]) -> Value {
+    let web = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("web");
+    assert!(web.join("node_modules/gltf-validator").is_dir(), "run scripts/browser-setup first (web/node_modules)");
+    let path = std::env::temp_dir().join(format!("coherency-{}.glb", uuid::Uuid::now_v7()));
+    std::fs::write(&path, glb).unwrap();
+    let out = std::process::Command::new("node")
+        .arg(web.join("tests/gltf_validate.mjs"))
+        .arg(&path)
+        .output()
+        .expect("node runs");
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("validator report: {e}: {stdout} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The GLB the server stores for a colour scan, with `COLOR_0`, passes the Khronos glTF
+/// validator with no error (and the colourless one too).
+#[actix_web::test]
+async fn the_coloured_glb_passes_the_khronos_gltf_validator() {
+    let app = spawn_app().await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    for every in [6, 0] {
+        let (patient, scan) = patient_with_scan(&app).await;
+        stream_colour_scan(&app, &patient, scan, &phantom, every).await;
+        let glb =
+            app.get_auth(&format!("/v1/scans/{scan}/mesh?format=glb"), &patient.token).await.bytes().await.unwrap();
+        let (json, _) = glb_chunks(&glb);
+        let coloured = json["meshes"][0]["primitives"][0]["attributes"].get("COLOR_0").is_some();
+        assert_eq!(coloured, every > 0, "{json}");
+        let report = khronos_report(&glb);
+        assert_eq!(report["numErrors"], 0, "coloured {coloured}: {report}");
+        assert!(report["info"]["totalVertexCount"].as_u64().unwrap() > 100, "{report}");
+        println!("coloured {coloured}: {report}");
+    }
+}
