@@ -81,6 +81,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             intrinsics: f.intrinsics.to_row_major_f32(),
             pose: f.pose.to_row_major_f32(),
             colour_jpeg: None,
+            colour_intrinsics: None,
+            colour_pose: None,
         }
     };
 

@@ -279,6 +279,8 @@ mod tests {
                 intrinsics: [100., 0., 100., 0., 100., 50., 0., 0., 1.],
                 pose: I,
                 colour_jpeg: None,
+                colour_intrinsics: None,
+                colour_pose: None,
             };
             let s = frame_depth_stats(&frame);
             assert!((s.valid_fraction - 0.75).abs() < 0.01, "{format:?}: {s:?}");
@@ -351,6 +353,8 @@ mod tests {
             intrinsics: [212., 0., 127.5, 0., 212., 95.5, 0., 0., 1.],
             pose: I,
             colour_jpeg: None,
+            colour_intrinsics: None,
+            colour_pose: None,
         }
     }
 

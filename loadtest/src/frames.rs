@@ -73,6 +73,8 @@ pub fn ring(n: usize, encoding: Encoding, confidence: bool, seed: u64) -> Vec<De
             intrinsics: f.intrinsics.to_row_major_f32(),
             pose: f.pose.to_row_major_f32(),
             colour_jpeg: None,
+            colour_intrinsics: None,
+            colour_pose: None,
         })
         .collect()
 }

@@ -296,6 +296,8 @@ fn frame(i: u64) -> DepthFrame {
         intrinsics: [12.0, 0.0, 8.0, 0.0, 12.0, 6.0, 0.0, 0.0, 1.0],
         pose: [1.0, 0.0, 0.0, 0.01 * i as f32, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     }
 }
 

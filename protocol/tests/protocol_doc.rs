@@ -47,6 +47,8 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         intrinsics: [2.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0, 1.0],
         pose: [0.0, -1.0, 0.0, 0.25, 1.0, 0.0, 0.0, -0.5, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     };
     let frame_f32 = DepthFrame {
         seq: 43,
@@ -58,6 +60,8 @@ fn examples() -> Vec<(&'static str, Vec<u8>)> {
         intrinsics: [2.0, 0.0, 1.0, 0.0, 2.0, 0.5, 0.0, 0.0, 1.0],
         pose: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: Some(vec![0xff, 0xd8, 0xff, 0xe0, 0xff, 0xd9].into()),
+        colour_intrinsics: None,
+        colour_pose: None,
     };
     let mut unsupported = ErrorMsg::new(Code::UnsupportedVersion, "protocol version 2 is not supported");
     unsupported.supported_versions = Some(vec![1]);

@@ -29,6 +29,8 @@ fn frame(w: u32, h: u32) -> DepthFrame {
         intrinsics: [w as f32, 0.0, w as f32 / 2.0, 0.0, w as f32, h as f32 / 2.0, 0.0, 0.0, 1.0],
         pose: IDENTITY,
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     }
 }
 
@@ -218,6 +220,116 @@ fn jpeg_must_look_like_jpeg_and_fit_its_limit() {
     big.resize(MAX_JPEG_BYTES + 1, 0);
     f.colour_jpeg = Some(big.into());
     refused_with(decode_frame(f), Code::FrameTooLarge);
+}
+
+/// The start of a JPEG of `w × h`: SOI, an APP0 JFIF segment, SOF0, EOI (enough for the
+/// server to read its size; the image data does not matter to the decoder).
+fn jpeg_header(w: u16, h: u16) -> Vec<u8> {
+    let mut j = vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0];
+    j.extend([0xFF, 0xC0, 0, 17, 8]);
+    j.extend(h.to_be_bytes());
+    j.extend(w.to_be_bytes());
+    j.extend([3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1, 0xFF, 0xD9]);
+    j
+}
+
+fn with_colour(w: u32, h: u32, jw: u16, jh: u16) -> DepthFrame {
+    let mut f = frame(w, h);
+    f.colour_jpeg = Some(jpeg_header(jw, jh).into());
+    f
+}
+
+/// A 1920×1440 colour camera's intrinsics (ARKit's `capturedImage`).
+const JK: [f32; 9] = [1500.0, 0.0, 960.0, 0.0, 1500.0, 720.0, 0.0, 0.0, 1.0];
+
+#[test]
+fn a_colour_camera_is_the_depth_camera_scaled_to_the_jpeg_unless_jk_and_jpose_say_otherwise() {
+    let f = with_colour(256, 192, 1920, 1440);
+    assert_eq!(coherency_protocol::scan::jpeg_dimensions(f.colour_jpeg.as_ref().unwrap()), Some((1920, 1440)));
+    let ClientMsg::Frame(f) = decode_frame(f).unwrap() else { panic!("a frame") };
+    let cam = f.colour_camera().expect("a colour camera");
+    assert_eq!((cam.width, cam.height), (1920, 1440));
+    // k of the 256×192 depth image is [256, 0, 128, 0, 256, 96, 0, 0, 1]; ×7.5 both ways.
+    assert_eq!(cam.intrinsics, [1920.0, 0.0, 960.0, 0.0, 1920.0, 720.0, 0.0, 0.0, 1.0]);
+    assert_eq!(cam.pose, IDENTITY);
+
+    let mut f = with_colour(256, 192, 1920, 1440);
+    let mut jpose = IDENTITY;
+    jpose[3] = 0.012;
+    f.colour_intrinsics = Some(JK);
+    f.colour_pose = Some(jpose);
+    let ClientMsg::Frame(f) = decode_frame(f).unwrap() else { panic!("a frame") };
+    let cam = f.colour_camera().expect("a colour camera");
+    assert_eq!((cam.intrinsics, cam.pose), (JK, jpose));
+    // No jpeg, no colour camera.
+    assert_eq!(frame(4, 4).colour_camera(), None);
+}
+
+#[test]
+fn jk_or_jpose_without_a_jpeg_is_an_invalid_frame() {
+    let mut f = frame(4, 4);
+    f.colour_intrinsics = Some(JK);
+    let err = refused_with(decode_frame(f), Code::InvalidFrame);
+    assert!(err.to_string().contains("only allowed with a jpeg"), "{err}");
+    let mut f = frame(4, 4);
+    f.colour_pose = Some(IDENTITY);
+    refused_with(decode_frame(f), Code::InvalidFrame);
+}
+
+#[test]
+fn jk_is_checked_like_k_against_the_jpegs_own_size() {
+    // In pixels of the depth image (256×192), not of the 1920×1440 JPEG: accepted, since its
+    // principal point lies inside the JPEG too; in pixels of a larger image: refused.
+    let mut f = with_colour(256, 192, 640, 480);
+    f.colour_intrinsics = Some(JK);
+    let err = refused_with(decode_frame(f), Code::InvalidFrame);
+    let text = err.to_string();
+    assert!(text.contains("jk") && text.contains("640×480") && text.contains("JPEG"), "{text}");
+    for bad in [
+        [f32::NAN, 0.0, 960.0, 0.0, 1500.0, 720.0, 0.0, 0.0, 1.0],
+        [0.0, 0.0, 960.0, 0.0, 1500.0, 720.0, 0.0, 0.0, 1.0],
+        [1500.0, 30.0, 960.0, 0.0, 1500.0, 720.0, 0.0, 0.0, 1.0],
+        [1500.0, 0.0, 0.0, 0.0, 1500.0, 0.0, 960.0, 720.0, 1.0],
+    ] {
+        let mut f = with_colour(256, 192, 1920, 1440);
+        f.colour_intrinsics = Some(bad);
+        let err = refused_with(decode_frame(f), Code::InvalidFrame);
+        assert!(err.to_string().contains("jk"), "{err}");
+    }
+}
+
+#[test]
+fn jk_with_a_jpeg_whose_size_cannot_be_read_is_an_invalid_frame() {
+    let mut f = frame(4, 4);
+    f.colour_jpeg = Some(vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xD9].into());
+    f.colour_intrinsics = Some(JK);
+    let err = refused_with(decode_frame(f), Code::InvalidFrame);
+    assert!(err.to_string().contains("SOF"), "{err}");
+    // Without jk the same jpeg is accepted (the server only needs its size for jk).
+    let mut f = frame(4, 4);
+    f.colour_jpeg = Some(vec![0xFF, 0xD8, 0xFF, 0xE0, 0, 4, 0, 0, 0xFF, 0xD9].into());
+    decode_frame(f).unwrap();
+}
+
+#[test]
+fn a_jpose_is_checked_like_a_pose() {
+    let mut f = with_colour(4, 4, 64, 48);
+    let mut m = IDENTITY;
+    m[12] = 0.1;
+    f.colour_pose = Some(m);
+    let err = refused_with(decode_frame(f), Code::InvalidFrame);
+    assert!(err.to_string().contains("jpose") && err.to_string().contains("row-major"), "{err}");
+    let mut f = with_colour(4, 4, 64, 48);
+    let mut m = IDENTITY;
+    m[0] = -1.0;
+    f.colour_pose = Some(m);
+    let err = refused_with(decode_frame(f), Code::InvalidFrame);
+    assert!(err.to_string().contains("jpose") && err.to_string().contains("reflection"), "{err}");
+    let mut f = with_colour(4, 4, 64, 48);
+    let mut m = IDENTITY;
+    m[5] = f32::INFINITY;
+    f.colour_pose = Some(m);
+    refused_with(decode_frame(f), Code::InvalidFrame);
 }
 
 #[test]

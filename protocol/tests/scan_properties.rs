@@ -60,6 +60,9 @@ prop_compose! {
         angle in -3.1f32..3.1,
         t in prop::array::uniform3(-10.0f32..10.0),
         jpeg in prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
+        // With a jpeg: a colour camera of its own (`jk` against the JPEG's SOF size, and
+        // `jpose` when the flag is set).
+        colour in prop::option::of((1u16..=4000, 1u16..=3000, 0.0f32..=1.0, 0.0f32..=1.0, any::<bool>())),
         seed in any::<u64>(),
     ) -> DepthFrame {
         let n = (w * h) as usize;
@@ -87,11 +90,29 @@ prop_compose! {
                 r[2][0], r[2][1], r[2][2], t[2],
                 0.0, 0.0, 0.0, 1.0,
             ],
-            colour_jpeg: jpeg.map(|tail| {
-                let mut j = vec![0xFF, 0xD8, 0xFF];
+            colour_jpeg: jpeg.as_ref().map(|tail| {
+                let mut j = vec![0xFF, 0xD8];
+                if let Some((jw, jh, ..)) = colour {
+                    // SOF0: length 17, precision 8, height, width, 3 components.
+                    j.extend([0xFF, 0xC0, 0, 17, 8]);
+                    j.extend(jh.to_be_bytes());
+                    j.extend(jw.to_be_bytes());
+                    j.extend([3, 1, 0x22, 0, 2, 0x11, 1, 3, 0x11, 1]);
+                } else {
+                    j.push(0xFF);
+                }
                 j.extend(tail);
                 j.into()
             }),
+            colour_intrinsics: jpeg.as_ref().and(colour).map(|(jw, jh, cxj, cyj, _)| {
+                [fx * 4.0, 0.0, cxj * f32::from(jw), 0.0, fy * 4.0, cyj * f32::from(jh), 0.0, 0.0, 1.0]
+            }),
+            colour_pose: jpeg.as_ref().and(colour).filter(|c| c.4).map(|_| [
+                r[0][0], r[0][1], r[0][2], t[0] + 0.01,
+                r[1][0], r[1][1], r[1][2], t[1],
+                r[2][0], r[2][1], r[2][2], t[2],
+                0.0, 0.0, 0.0, 1.0,
+            ]),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use crate::measure::{locate, measure_auto, measure_polygon, MeasureConfig, WoundMeasurements, WoundNotFound};
-use crate::mesh::extract_mesh;
+use crate::mesh::{extract_mesh, Mesh};
 use crate::tsdf::{Aabb, Coverage, TsdfConfig, TsdfVolume};
 use crate::{Frame, GateRun, Intrinsics, Pose, QualityGate, ReconError, Vec3};
 
@@ -404,8 +404,10 @@ pub struct FusedScan {
 pub struct Measured {
     /// The mesh as PLY.
     pub ply: Vec<u8>,
-    /// The mesh as binary glTF.
+    /// The mesh as binary glTF (no vertex colours).
     pub glb: Vec<u8>,
+    /// The mesh itself (to colour it, and write the GLB again with its colours).
+    pub mesh: Mesh,
     pub triangles: usize,
     pub mesh_ms: f64,
     /// Coverage of the disc around the target.
@@ -422,11 +424,16 @@ impl FusedScan {
         &self.accepted
     }
 
+    /// The surface of the volume, as [`FusedScan::mesh_and_measure`] meshes it.
+    pub fn mesh(&self) -> Mesh {
+        extract_mesh(&self.vol, MESH_MIN_WEIGHT)
+    }
+
     /// Meshes the volume and measures the wound at the target. `between` runs between the
     /// two stages.
     pub fn mesh_and_measure(&self, between: &mut dyn FnMut()) -> Measured {
         let t = Instant::now();
-        let mesh = extract_mesh(&self.vol, MESH_MIN_WEIGHT);
+        let mesh = self.mesh();
         let (ply, glb) = (mesh.to_ply(), mesh.to_glb());
         let triangles = mesh.triangle_count();
         let mesh_ms = ms(t);
@@ -434,7 +441,7 @@ impl FusedScan {
         let t = Instant::now();
         let coverage = self.vol.coverage(self.target, COVERAGE_RADIUS_M);
         let measured = measure_auto(&self.vol, self.target, &MeasureConfig::default());
-        Measured { ply, glb, triangles, mesh_ms, coverage, measured, measure_ms: ms(t) }
+        Measured { ply, glb, mesh, triangles, mesh_ms, coverage, measured, measure_ms: ms(t) }
     }
 
     /// Measures a clinician's outline drawn on a keyframe taken with `intrinsics` from

@@ -12,10 +12,14 @@
 //! 4. [`measure::measure_auto`] or [`measure::measure_polygon`] segment the wound and
 //!    return measurements with honest uncertainties.
 //!
+//! 5. [`colour`] colours the mesh from the colour frames, calibrates, and reports the
+//!    wound bed's tissue composition on the mesh.
+//!
 //! [`phantom`] renders synthetic scans of wounds with known ground truth, used by the
 //! tests, the benches and the load tester. [`io`] reads and writes the simple frame
 //! dump format used to compare against other fusion libraries.
 
+pub mod colour;
 pub mod fusion;
 pub mod geometry;
 pub mod io;

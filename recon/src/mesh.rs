@@ -354,9 +354,21 @@ impl Mesh {
 
     /// Binary glTF 2.0 (`.glb`): one mesh with POSITION, NORMAL and u32 indices.
     pub fn to_glb(&self) -> Vec<u8> {
+        self.to_glb_coloured(None)
+    }
+
+    /// Binary glTF 2.0 (`.glb`) as [`Mesh::to_glb`], plus a `COLOR_0` attribute when
+    /// `srgb8` holds one sRGB colour per vertex (`[r, g, b, a]`, 8-bit sRGB; alpha is
+    /// coverage and is written as given). glTF vertex colours are linear multipliers, so each
+    /// channel is converted from sRGB to linear and stored as a normalized unsigned short
+    /// (`VEC4`, componentType 5123): 16 bits keep the dark tones that 8 linear bits would
+    /// band. Colours of the wrong length are ignored (the mesh is written without them).
+    pub fn to_glb_coloured(&self, srgb8: Option<&[[u8; 4]]>) -> Vec<u8> {
         let n = self.positions.len();
         let has_mesh = n > 0 && !self.indices.is_empty();
-        let mut bin = Vec::with_capacity(n * 24 + self.indices.len() * 4);
+        let colours = srgb8.filter(|c| has_mesh && c.len() == n);
+        let cb = if colours.is_some() { n * 8 } else { 0 };
+        let mut bin = Vec::with_capacity(n * 24 + cb + self.indices.len() * 4);
         let mut json = String::new();
         if has_mesh {
             for p in &self.positions {
@@ -364,6 +376,15 @@ impl Mesh {
             }
             for p in &self.normals {
                 p.iter().for_each(|v| bin.extend_from_slice(&v.to_le_bytes()));
+            }
+            if let Some(colours) = colours {
+                let lut = srgb_to_linear_u16();
+                for c in colours {
+                    for v in [lut[usize::from(c[0])], lut[usize::from(c[1])], lut[usize::from(c[2])]] {
+                        bin.extend_from_slice(&v.to_le_bytes());
+                    }
+                    bin.extend_from_slice(&(u16::from(c[3]) * 257).to_le_bytes());
+                }
             }
             for i in &self.indices {
                 bin.extend_from_slice(&i.to_le_bytes());
@@ -378,25 +399,42 @@ impl Mesh {
             }
             let vb = n * 12;
             let ib = self.indices.len() * 4;
+            // Views: 0 positions, 1 normals, then colours (if any), then indices.
+            let (colour_attr, colour_view, colour_accessor, iview) = match colours {
+                Some(_) => (
+                    ",\"COLOR_0\":3".to_string(),
+                    format!("{{\"buffer\":0,\"byteOffset\":{},\"byteLength\":{cb},\"target\":34962}},", 2 * vb),
+                    format!(
+                        ",{{\"bufferView\":2,\"componentType\":5123,\"normalized\":true,\"count\":{n},\"type\":\"VEC4\"}}"
+                    ),
+                    3,
+                ),
+                None => (String::new(), String::new(), String::new(), 2),
+            };
             let _ = write!(
                 json,
                 concat!(
                     "{{\"asset\":{{\"version\":\"2.0\",\"generator\":\"coherency-recon\"}},",
                     "\"scene\":0,\"scenes\":[{{\"nodes\":[0]}}],\"nodes\":[{{\"mesh\":0}}],",
-                    "\"meshes\":[{{\"primitives\":[{{\"attributes\":{{\"POSITION\":0,\"NORMAL\":1}},\"indices\":2,\"mode\":4}}]}}],",
+                    "\"meshes\":[{{\"primitives\":[{{\"attributes\":{{\"POSITION\":0,\"NORMAL\":1{colour_attr}}},\"indices\":2,\"mode\":4}}]}}],",
                     "\"buffers\":[{{\"byteLength\":{total}}}],",
                     "\"bufferViews\":[",
                     "{{\"buffer\":0,\"byteOffset\":0,\"byteLength\":{vb},\"target\":34962}},",
                     "{{\"buffer\":0,\"byteOffset\":{vb},\"byteLength\":{vb},\"target\":34962}},",
+                    "{colour_view}",
                     "{{\"buffer\":0,\"byteOffset\":{ioff},\"byteLength\":{ib},\"target\":34963}}],",
                     "\"accessors\":[",
                     "{{\"bufferView\":0,\"componentType\":5126,\"count\":{n},\"type\":\"VEC3\",\"min\":[{a},{b},{c}],\"max\":[{d},{e},{f}]}},",
                     "{{\"bufferView\":1,\"componentType\":5126,\"count\":{n},\"type\":\"VEC3\"}},",
-                    "{{\"bufferView\":2,\"componentType\":5125,\"count\":{ni},\"type\":\"SCALAR\"}}]}}"
+                    "{{\"bufferView\":{iview},\"componentType\":5125,\"count\":{ni},\"type\":\"SCALAR\"}}{colour_accessor}]}}"
                 ),
+                colour_attr = colour_attr,
+                colour_view = colour_view,
+                colour_accessor = colour_accessor,
+                iview = iview,
                 total = bin.len(),
                 vb = vb,
-                ioff = 2 * vb,
+                ioff = 2 * vb + cb,
                 ib = ib,
                 n = n,
                 ni = self.indices.len(),
@@ -434,6 +472,15 @@ impl Mesh {
         }
         out
     }
+}
+
+/// 8-bit sRGB → linear, as a normalized unsigned short (the sRGB transfer function).
+fn srgb_to_linear_u16() -> [u16; 256] {
+    std::array::from_fn(|i| {
+        let c = i as f64 / 255.0;
+        let lin = if c <= 0.04045 { c / 12.92 } else { ((c + 0.055) / 1.055).powf(2.4) };
+        (lin * 65535.0).round() as u16
+    })
 }
 
 impl PointCloud {
@@ -562,6 +609,25 @@ mod tests {
         let blen = u32::from_le_bytes(glb[20 + jlen..24 + jlen].try_into().unwrap()) as usize;
         assert_eq!(blen, m.positions.len() * 24 + m.indices.len() * 4);
         assert!(glb.len().is_multiple_of(4));
+
+        let colours: Vec<[u8; 4]> = (0..m.positions.len()).map(|i| [200, (i % 256) as u8, 0, 255]).collect();
+        let glb = m.to_glb_coloured(Some(&colours));
+        assert_eq!(u32::from_le_bytes(glb[8..12].try_into().unwrap()) as usize, glb.len());
+        let jlen = u32::from_le_bytes(glb[12..16].try_into().unwrap()) as usize;
+        let json = std::str::from_utf8(&glb[20..20 + jlen]).unwrap();
+        assert!(
+            json.contains("\"COLOR_0\":3") && json.contains("\"componentType\":5123,\"normalized\":true"),
+            "{json}"
+        );
+        let blen = u32::from_le_bytes(glb[20 + jlen..24 + jlen].try_into().unwrap()) as usize;
+        assert_eq!(blen, m.positions.len() * 32 + m.indices.len() * 4);
+        // The first vertex's colour, linear: sRGB 200 → 0.578, 0 → 0, alpha 1.
+        let at = 28 + jlen + m.positions.len() * 24;
+        let c: Vec<u16> = glb[at..at + 8].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+        assert!((f64::from(c[0]) / 65535.0 - 0.578).abs() < 0.002, "{c:?}");
+        assert_eq!((c[1], c[2], c[3]), (0, 0, 65535));
+        // Colours for another mesh are ignored.
+        assert_eq!(m.to_glb_coloured(Some(&colours[1..])), m.to_glb());
 
         let empty = Mesh::default().to_glb();
         assert_eq!(&empty[0..4], b"glTF");

@@ -110,6 +110,66 @@ pub fn decode_luma(jpeg: &[u8]) -> Result<(usize, usize, Vec<u8>), PhotoError> {
     Ok((w, h, pixels))
 }
 
+/// A colour frame decoded to 8-bit sRGB and box-averaged down by an integer factor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallRgb {
+    /// Size after the reduction.
+    pub width: usize,
+    pub height: usize,
+    /// The JPEG's own size.
+    pub full_width: usize,
+    pub full_height: usize,
+    /// Each output pixel averages `factor × factor` pixels of the JPEG (1: full size); a
+    /// pinhole camera of the JPEG maps to this image by `f' = f / factor`,
+    /// `c' = (c + 0.5) / factor − 0.5` (pixel centres at integers).
+    pub factor: usize,
+    /// `width · height · 3` bytes, R G B, rows top first.
+    pub data: Vec<u8>,
+}
+
+/// Decodes a JPEG to sRGB with its long side at most `long_side` pixels: the smallest
+/// integer box factor that fits (averaging in the sRGB bytes, as a camera's own downscaler
+/// does). The full-size RGB exists only during the call.
+pub fn decode_rgb_at_most(jpeg: &[u8], long_side: usize) -> Result<SmallRgb, PhotoError> {
+    let options = DecoderOptions::default()
+        .set_max_width(MAX_DECODE_SIDE)
+        .set_max_height(MAX_DECODE_SIDE)
+        .jpeg_set_out_colorspace(ColorSpace::RGB);
+    let mut decoder = JpegDecoder::new_with_options(Cursor::new(jpeg), options);
+    let px = decoder.decode().map_err(|e| PhotoError::Malformed(e.to_string().to_ascii_lowercase()))?;
+    let (w, h) = decoder.dimensions().ok_or_else(|| malformed("no frame header"))?;
+    if w == 0 || h == 0 || px.len() < w * h * 3 {
+        return Err(malformed("image smaller than its header says"));
+    }
+    let f = w.max(h).div_ceil(long_side.max(1)).max(1);
+    let (dw, dh) = (w / f, h / f);
+    if f == 1 || dw == 0 || dh == 0 {
+        let mut data = px;
+        data.truncate(w * h * 3);
+        return Ok(SmallRgb { width: w, height: h, full_width: w, full_height: h, factor: 1, data });
+    }
+    let mut data = vec![0u8; dw * dh * 3];
+    let area = (f * f) as u32;
+    for y in 0..dh {
+        for x in 0..dw {
+            let mut s = [0u32; 3];
+            for yy in y * f..(y + 1) * f {
+                for xx in x * f..(x + 1) * f {
+                    let i = (yy * w + xx) * 3;
+                    s[0] += u32::from(px[i]);
+                    s[1] += u32::from(px[i + 1]);
+                    s[2] += u32::from(px[i + 2]);
+                }
+            }
+            let o = (y * dw + x) * 3;
+            for c in 0..3 {
+                data[o + c] = ((s[c] + area / 2) / area) as u8;
+            }
+        }
+    }
+    Ok(SmallRgb { width: dw, height: dh, full_width: w, full_height: h, factor: f, data })
+}
+
 /// Box-averages the luma down so its long side is at most [`SCORE_LONG_SIDE`].
 fn downscale(w: usize, h: usize, px: &[u8]) -> (usize, usize, Vec<f64>) {
     let f = w.max(h).div_ceil(SCORE_LONG_SIDE).max(1);
@@ -173,7 +233,12 @@ pub struct Candidate {
 /// `first..=last`: an eighth of the span (so the [`MAX_PHOTOS`] photos come from different
 /// moments of the sweep), at least 1.
 pub fn min_seq_gap(first: u64, last: u64) -> u64 {
-    (last.saturating_sub(first) / (2 * MAX_PHOTOS as u64)).max(1)
+    min_seq_gap_for(first, last, MAX_PHOTOS)
+}
+
+/// [`min_seq_gap`] for choosing up to `count` frames: the span over `2 · count`, at least 1.
+pub fn min_seq_gap_for(first: u64, last: u64, count: usize) -> u64 {
+    (last.saturating_sub(first) / (2 * count.max(1) as u64)).max(1)
 }
 
 /// Chooses up to [`MAX_PHOTOS`] frames: each frame's quality is its sharpness relative to
@@ -182,6 +247,12 @@ pub fn min_seq_gap(first: u64, last: u64) -> u64 {
 /// than `min_gap` seqs to a frame already taken. Returns the chosen candidates in seq order.
 /// Ties go to the earlier seq, so the choice is deterministic.
 pub fn select(candidates: &[Candidate], min_gap: u64) -> Vec<Candidate> {
+    select_up_to(candidates, min_gap, MAX_PHOTOS)
+}
+
+/// [`select`] choosing up to `max` frames (the colour views of a scan's mesh take more
+/// than its photos).
+pub fn select_up_to(candidates: &[Candidate], min_gap: u64, max: usize) -> Vec<Candidate> {
     let top = candidates.iter().map(|c| c.score.sharpness).fold(0.0, f64::max);
     let quality = |c: &Candidate| {
         let sharp = if top > 0.0 { c.score.sharpness / top } else { 0.0 };
@@ -193,9 +264,9 @@ pub fn select(candidates: &[Candidate], min_gap: u64) -> Vec<Candidate> {
         let (qa, qb) = (quality(a), quality(b));
         qb.0.cmp(&qa.0).then(qb.1.total_cmp(&qa.1)).then(a.seq.cmp(&b.seq))
     });
-    let mut chosen: Vec<Candidate> = Vec::with_capacity(MAX_PHOTOS);
+    let mut chosen: Vec<Candidate> = Vec::with_capacity(max);
     for c in ranked {
-        if chosen.len() == MAX_PHOTOS {
+        if chosen.len() == max {
             break;
         }
         if chosen.iter().all(|p| p.seq.abs_diff(c.seq) >= min_gap) {
@@ -450,6 +521,34 @@ mod tests {
         for pair in chosen.windows(2) {
             assert!(pair[1].seq - pair[0].seq >= gap, "{chosen:?}");
         }
+    }
+
+    #[test]
+    fn a_colour_frame_decodes_to_rgb_reduced_by_an_integer_factor() {
+        let full = decode_rgb_at_most(&colour_jpeg(), 1000).expect("decodes");
+        assert_eq!((full.width, full.height, full.factor), (usize::from(W), usize::from(H), 1));
+        assert_eq!(full.data.len(), full.width * full.height * 3);
+        let small = decode_rgb_at_most(&colour_jpeg(), 40).expect("decodes");
+        // 96 × 64 with a long side of at most 40: factor 3, 32 × 21.
+        assert_eq!((small.width, small.height, small.factor, small.full_width), (32, 21, 3, 96));
+        assert_eq!(small.data.len(), 32 * 21 * 3);
+        let mean = |d: &[u8], c: usize| d.chunks_exact(3).map(|p| f64::from(p[c])).sum::<f64>() / (d.len() / 3) as f64;
+        for c in 0..3 {
+            assert!((mean(&small.data, c) - mean(&full.data[..96 * 63 * 3], c)).abs() < 4.0, "channel {c}");
+        }
+        assert!(decode_rgb_at_most(b"not a jpeg", 640).is_err());
+    }
+
+    #[test]
+    fn selecting_up_to_more_frames_keeps_the_rules() {
+        let sharp = score(&jpeg(&scene(1.0, 128.0))).expect("scores");
+        let c: Vec<Candidate> = (1..=60).map(|seq| Candidate { seq, score: sharp }).collect();
+        let gap = min_seq_gap_for(1, 60, 12);
+        assert_eq!(gap, 2);
+        let chosen = select_up_to(&c, gap, 12);
+        assert_eq!(chosen.len(), 12);
+        assert!(chosen.windows(2).all(|p| p[1].seq - p[0].seq >= gap));
+        assert_eq!(select(&c, min_seq_gap(1, 60)).len(), MAX_PHOTOS);
     }
 
     #[test]

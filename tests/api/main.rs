@@ -19,6 +19,7 @@ mod browser;
 mod capture_link;
 mod cluster_consult;
 mod cluster_scan;
+mod colour;
 mod config_cli;
 mod consults;
 mod contract;

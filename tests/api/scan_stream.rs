@@ -48,6 +48,8 @@ pub fn frame(seq: u64) -> DepthFrame {
         intrinsics: [200.0, 0.0, 128.0, 0.0, 200.0, 96.0, 0.0, 0.0, 1.0],
         pose: [1.0, 0.0, 0.0, tx, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     }
 }
 
@@ -417,7 +419,7 @@ pub async fn until_close(ws: &mut Raw) -> (Vec<ServerMsg>, Option<u16>) {
     (msgs, res)
 }
 
-fn error_code(msgs: &[ServerMsg]) -> Option<(String, Option<u64>, Option<Vec<u32>>)> {
+pub fn error_code(msgs: &[ServerMsg]) -> Option<(String, Option<u64>, Option<Vec<u32>>)> {
     msgs.iter().find_map(|m| match m {
         ServerMsg::Error(e) => Some((e.code.clone(), e.seq, e.supported_versions.clone())),
         _ => None,
@@ -729,6 +731,8 @@ fn heel_on_the_floor(n: u64) -> Vec<DepthFrame> {
                 intrinsics: k.to_row_major_f32(),
                 pose: pose.to_row_major_f32(),
                 colour_jpeg: None,
+                colour_intrinsics: None,
+                colour_pose: None,
             }
         })
         .collect()

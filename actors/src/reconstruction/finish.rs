@@ -14,9 +14,13 @@
 //!    priority while no phone streams to this node and at the live-fusion priority from the
 //!    moment one does (a thread cannot raise its priority again, hence a thread per job):
 //!    decodes the frames and fuses them, or takes the live volume, through the one fusion
-//!    policy ([`coherency_recon::fusion`]), then meshes and measures;
-//! 3. stores the mesh (PLY and GLB), the automatic measurement (idempotent) and the
-//!    reconstruction document through the [`ReconstructionSink`].
+//!    policy ([`coherency_recon::fusion`]), then meshes and measures; then colours the mesh
+//!    from a bounded choice of the colour frames and analyses the tissue inside the
+//!    automatic outline ([`super::colour`]; the live path reads the stored frames for
+//!    their colour only);
+//! 3. stores the mesh (PLY, and GLB with `COLOR_0` when it was coloured), the automatic
+//!    measurement with its tissue composition or the reason there is none (idempotent) and
+//!    the reconstruction document through the [`ReconstructionSink`].
 //!
 //! While a scan is here its `updated_at` is touched every quarter of the stale bound
 //! ([`Reconstructor::with_stale_after`]), so a node that is merely slow never has its scan
@@ -40,6 +44,7 @@ use bytes::Bytes;
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_protocol::{Code, ErrorCode};
+use coherency_recon::colour::TissueComposition;
 use coherency_recon::fusion::{parameters, refuse_bytes, Accepted, FusedScan, Measured};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
 use coherency_recon::{Frame, ReconError, ScanFusion, WoundMeasurements};
@@ -47,6 +52,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+use super::colour::{self, ColourFrames};
 use super::keyframe::{mean_view, suggest, surface_normal, Candidate};
 use super::live::LiveResult;
 use super::pool::ReconstructionPool;
@@ -283,12 +289,21 @@ impl Reconstructor {
         }
         let raw = read_raw(&*inner.reader, &index).await.map_err(RemeasureError::Store)?;
         let (scan_id, polygon, nice) = (req.scan_id, req.polygon.clone(), inner.pool.nice());
-        let m = on_cpu(inner.pool.cpu(), req.budget.clone(), nice, move || {
+        let (m, tissue) = on_cpu(inner.pool.cpu(), req.budget.clone(), nice, move || {
             let mut step = || step_aside_if_streaming(nice);
             let frames =
-                decode_frames(scan_id, raw, &BTreeSet::new(), &mut step).map_err(RemeasureError::Store)?.frames;
+                decode_frames(scan_id, raw.clone(), &BTreeSet::new(), &mut step).map_err(RemeasureError::Store)?.frames;
             let fused = ScanFusion::fuse_all(&frames, &mut step).map_err(|e| RemeasureError::Outline(e.to_string()))?;
-            fused.measure_polygon(&polygon, &k, &pose).map_err(|e| RemeasureError::Outline(e.to_string()))
+            drop(frames);
+            let m = fused.measure_polygon(&polygon, &k, &pose).map_err(|e| RemeasureError::Outline(e.to_string()))?;
+            // The tissue inside the clinician's outline, on the same mesh the finish coloured.
+            let colour = ColourFrames::choose(&raw, &mut step);
+            drop(raw);
+            let mesh = fused.mesh();
+            drop(fused);
+            let coloured = colour.colour(&mesh);
+            let tissue = colour::tissue(&mesh, coloured.as_ref(), colour.unavailable(), &m, &[]);
+            Ok::<_, RemeasureError>((m, colour::outcome(&tissue)))
         })
         .await
         .map_err(RemeasureError::Store)??;
@@ -301,6 +316,7 @@ impl Reconstructor {
             figures: figures(&m),
             mesh,
             created_by: Some(req.created_by),
+            tissue,
         };
         let id = match req.mode {
             RemeasureMode::Store => Some(inner.sink.write_measurement(&row).await.map_err(RemeasureError::Store)?),
@@ -433,6 +449,14 @@ struct Built {
     measured: Measured,
     /// `live` (fused while streaming) or `at_finish` (fused from the stored frames).
     mode: &'static str,
+    /// The colour frames chosen to colour the mesh.
+    colour: ColourFrames,
+    /// Choosing and decoding them, colouring the mesh and the tissue analysis.
+    colour_ms: f64,
+    /// The GLB with its vertex colours (`None`: nothing coloured it; the plain one stands).
+    glb_coloured: Option<Vec<u8>>,
+    /// The automatic measurement's tissue composition (`None`: no automatic measurement).
+    tissue: Option<Result<TissueComposition, String>>,
 }
 
 /// The finish step of one scan (see the module docs), with its live fusion if it has one.
@@ -458,17 +482,20 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
     let (nice, cpu) = (inner.pool.nice(), inner.pool.cpu());
     let (work, n_frames, load_ms, rebuilt) = match live {
         Some(fusion) if missing.is_empty() => {
+            // Live fusion holds the geometry; the stored frames are read for their colour.
+            let index = inner.reader.locate(scan_id).await?;
+            let raw = read_raw(&*inner.reader, &index).await?;
             let load_ms = ms(t0);
-            let work = on_cpu(cpu, None, nice, move || finish_work(Some(fusion), &[], nice)).await?;
+            let work = on_cpu(cpu, None, nice, move || finish_work(Some(fusion), &[], &raw, nice)).await?;
             (work, usize::try_from(last_seq).unwrap_or(usize::MAX), load_ms, Vec::new())
         }
         live => {
             let index = inner.reader.locate(scan_id).await?;
             let raw = read_raw(&*inner.reader, &index).await?;
             on_cpu(cpu, None, nice, move || {
-                let decoded = decode_frames(scan_id, raw, &missing, &mut || step_aside_if_streaming(nice))?;
+                let decoded = decode_frames(scan_id, raw.clone(), &missing, &mut || step_aside_if_streaming(nice))?;
                 let (n, load_ms) = (decoded.frames.len(), ms(t0));
-                Ok::<_, StoreError>((finish_work(live, &decoded.frames, nice), n, load_ms, decoded.quality))
+                Ok::<_, StoreError>((finish_work(live, &decoded.frames, &raw, nice), n, load_ms, decoded.quality))
             })
             .await??
         }
@@ -494,7 +521,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
                 "quality_dropped": to_i64(quality_dropped), "quality_rebuilt": to_i64(quality_rebuilt as u64) }),
     );
     doc.insert("parameters".into(), parameters_doc());
-    let Built { fused, measured, mode } = match work {
+    let Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue } = match work {
         Ok(w) => w,
         Err(e) => {
             doc.insert("status".into(), json!("failed"));
@@ -504,7 +531,9 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
             return Err(StoreError::Permanent(format!("recon: {e}")));
         }
     };
-    let Measured { ply, glb, triangles, mesh_ms, coverage, measured, measure_ms } = measured;
+    let Measured { ply, glb, triangles, mesh_ms, coverage, measured, measure_ms, .. } = measured;
+    let coloured = glb_coloured.is_some();
+    let glb = glb_coloured.unwrap_or(glb);
     let t = Instant::now();
     let ply = sink.put_mesh(scan_id, MeshFormat::Ply, Bytes::from(ply)).await?;
     let glb = sink.put_mesh(scan_id, MeshFormat::Glb, Bytes::from(glb)).await?;
@@ -534,8 +563,24 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         }),
     );
     doc.insert(
+        "colour".into(),
+        json!({
+            "frames": colour.doc(),
+            "vertex_colours": coloured,
+            "unavailable": colour.unavailable(),
+            "tissue": match &tissue {
+                Some(Ok(t)) => json!({ "classifier": t.classifier, "coloured_fraction": t.coloured_fraction,
+                                      "calibration": t.calibration.source.as_str() }),
+                Some(Err(code)) => json!({ "unavailable": code }),
+                None => Value::Null,
+            },
+            "ms": colour_ms,
+        }),
+    );
+    doc.insert(
         "mesh".into(),
         json!({
+            "colour_0": coloured,
             "triangles": to_i64(triangles as u64),
             "ply": { "key": &ply.key, "sha256": &ply.sha256, "size": to_i64(ply.size) },
             "glb": { "key": &glb.key, "sha256": &glb.sha256, "size": to_i64(glb.size) },
@@ -581,6 +626,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         figures: figures(&m),
         mesh: Some(mesh.clone()),
         created_by: None,
+        tissue: colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned()))),
     };
     let id = sink.write_measurement(&row).await?;
     sink.write_reconstruction(&NewReconstruction { scan_id, outcome: ReconOutcome::Measured { keyframe }, mesh })
@@ -601,8 +647,14 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
 }
 
 /// The CPU part of a finish: the live fusion (else fusion of `frames`), its mesh, coverage
-/// and automatic measurement.
-fn finish_work(live: Option<ScanFusion>, frames: &[(u64, Frame)], nice: i32) -> Result<Built, ReconError> {
+/// and automatic measurement; then the mesh's colours from the colour frames among `raw`
+/// (the stored messages) and the automatic measurement's tissue composition.
+fn finish_work(
+    live: Option<ScanFusion>,
+    frames: &[(u64, Frame)],
+    raw: &[(u64, Bytes)],
+    nice: i32,
+) -> Result<Built, ReconError> {
     let mut step = || step_aside_if_streaming(nice);
     let (fused, mode) = match live {
         Some(f) => (f.finish()?, "live"),
@@ -610,7 +662,18 @@ fn finish_work(live: Option<ScanFusion>, frames: &[(u64, Frame)], nice: i32) -> 
     };
     step();
     let measured = fused.mesh_and_measure(&mut step);
-    Ok(Built { fused, measured, mode })
+    let t = Instant::now();
+    let colour = ColourFrames::choose(raw, &mut step);
+    let coloured = colour.colour(&measured.mesh);
+    let tissue = measured
+        .measured
+        .as_ref()
+        .ok()
+        .map(|m| colour::tissue(&measured.mesh, coloured.as_ref(), colour.unavailable(), m, &[]));
+    let glb_coloured = colour::coloured_glb(&measured.mesh, coloured.as_ref(), tissue.as_ref());
+    drop(coloured);
+    let colour_ms = ms(t);
+    Ok(Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue })
 }
 
 /// Runs `f` once a core is free, on a thread of its own: at normal priority while no phone

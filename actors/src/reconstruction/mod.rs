@@ -20,6 +20,7 @@
 //! `cargo run --release -p coherency-actors --example fusion_latency` drives the actors with
 //! several scans at a fixed frame rate and reports its percentiles.
 
+mod colour;
 pub mod finish;
 pub mod keyframe;
 pub mod lag;
@@ -37,6 +38,7 @@ pub use finish::{
 pub use lag::FuseLag;
 pub use live::{LiveProgress, LiveResult, LiveScan, Reconstruction, BATCH, QUEUE_CAP};
 pub use pool::ReconstructionPool;
+pub use ports::{CalibrationFigures, TissueFigures, TissueOutcome, TissueShareFigures};
 pub use ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
     ReconOutcome, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe, ValuePm, WoundFigures,

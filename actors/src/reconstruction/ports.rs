@@ -139,6 +139,81 @@ pub struct NewMeasurement {
     pub mesh: Option<MeshKeys>,
     /// Who drew the outline (polygon only).
     pub created_by: Option<Uuid>,
+    /// The wound bed's tissue composition inside this measurement's outline, or why there
+    /// is none.
+    pub tissue: TissueOutcome,
+}
+
+/// A measurement's tissue composition, or the stable code of why it has none.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TissueOutcome {
+    /// Computed from the scan's colour frames.
+    Composition(TissueFigures),
+    /// Not computed: `no_colour_frames` (the scan has none), `no_usable_colour_frames` (none
+    /// decodes), or the analysis's own code (`no_colour`, `too_little_colour`,
+    /// `no_periwound`, `periwound_too_dark`, `no_wound_surface`).
+    Unavailable(String),
+}
+
+impl TissueOutcome {
+    /// The composition, if there is one.
+    pub fn composition(&self) -> Option<&TissueFigures> {
+        match self {
+            TissueOutcome::Composition(t) => Some(t),
+            TissueOutcome::Unavailable(_) => None,
+        }
+    }
+
+    /// Why there is none, if there is none.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            TissueOutcome::Composition(_) => None,
+            TissueOutcome::Unavailable(code) => Some(code),
+        }
+    }
+}
+
+/// Tissue composition of a wound bed, as stored with its measurement (`docs/measurement.md`,
+/// "Tissue composition"): this JSON shape is the API's `tissue`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TissueFigures {
+    /// One entry per class, in the fixed order granulation, slough, eschar, epithelial, other.
+    pub shares: Vec<TissueShareFigures>,
+    /// The wound surface classified, mm² (true 3D area on the mesh).
+    pub wound_area_mm2: f64,
+    /// Share of that surface seen in colour, 0..=1.
+    pub coloured_fraction: f64,
+    /// How the colours were normalised before classifying.
+    pub calibration: CalibrationFigures,
+    /// The classifier's name and version.
+    pub classifier: String,
+}
+
+/// One tissue class's share of the wound bed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TissueShareFigures {
+    /// `granulation`, `slough`, `eschar`, `epithelial` or `other`.
+    pub class: String,
+    /// Area of the class on the wound surface, mm².
+    pub area_mm2: f64,
+    /// Share of the classified wound surface, percent (the shares add up to 100).
+    pub percent: f64,
+    /// Uncertainty of `percent`, ± percentage points.
+    pub percent_pm: f64,
+}
+
+/// A scan's colour calibration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CalibrationFigures {
+    /// `periwound` (the skin around the outline) or `colour_checker` (a reference card seen).
+    pub source: String,
+    /// Per-channel linear gains (R, G, B) applied to every colour.
+    pub gains: [f64; 3],
+    /// Samples the gains came from (vertices or card patches).
+    pub samples: usize,
 }
 
 /// The frame a clinician is asked to draw the outline on when the automatic measurement

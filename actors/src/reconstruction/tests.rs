@@ -31,6 +31,8 @@ fn wire(seq: u64, f: &Frame) -> DepthFrame {
         intrinsics: f.intrinsics.to_row_major_f32(),
         pose: f.pose.to_row_major_f32(),
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     }
 }
 

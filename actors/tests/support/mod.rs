@@ -168,6 +168,8 @@ pub fn make_frames(n: u64, w: u32, h: u32) -> Vec<SentFrame> {
                 intrinsics: [200., 0., w as f32 / 2., 0., 200., h as f32 / 2., 0., 0., 1.],
                 pose,
                 colour_jpeg: None,
+                colour_intrinsics: None,
+                colour_pose: None,
             };
             let raw = Bytes::from(encode_client(&ClientMsg::Frame(Box::new(frame))));
             let ClientMsg::Frame(frame) = decode_client(&raw).expect("valid frame") else { panic!("not a frame") };

@@ -31,6 +31,8 @@ pub fn phone_frame() -> Vec<u8> {
         intrinsics: [210.0, 0.0, 127.5, 0.0, 210.0, 95.5, 0.0, 0.0, 1.0],
         pose: [1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0],
         colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
     };
     encode_client(&ClientMsg::Frame(Box::new(frame)))
 }

@@ -24,7 +24,7 @@ pub use codec::{DecodeError, CLIENT_TYPES, SERVER_TYPES};
 pub use plane::{
     quantise_metres, raw_depth_to_metres, Compression, ConfidencePlane, DepthFormat, DepthPlane, ZSTD_LEVEL,
 };
-pub use validate::{ROTATION_TOLERANCE, SKEW_TOLERANCE};
+pub use validate::{jpeg_dimensions, ROTATION_TOLERANCE, SKEW_TOLERANCE};
 
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -114,6 +114,33 @@ pub struct DepthFrame {
     /// [`crate::limits::MAX_JPEG_BYTES`].
     #[serde(rename = "jpeg", default, skip_serializing_if = "Option::is_none", with = "opt_bin")]
     pub colour_jpeg: Option<bytes::Bytes>,
+    /// `"jk"`: optional pinhole intrinsics of the colour image, in pixels of the JPEG (its
+    /// own width and height, from its SOF header), row-major like `"k"`. Only with `"jpeg"`.
+    /// Absent: the colour image comes from the depth camera (ARKit's `capturedImage` and
+    /// `sceneDepth`), so its intrinsics are `"k"` scaled by the JPEG's size over the depth
+    /// image's ([`DepthFrame::colour_camera`]).
+    #[serde(rename = "jk", default, skip_serializing_if = "Option::is_none")]
+    pub colour_intrinsics: Option<[f32; 9]>,
+    /// `"jpose"`: optional world-from-colour-camera transform, row-major 4×4 like `"pose"`.
+    /// Only with `"jpeg"`. Absent: the colour camera sits where the depth camera does
+    /// (`"pose"`).
+    #[serde(rename = "jpose", default, skip_serializing_if = "Option::is_none")]
+    pub colour_pose: Option<[f32; 16]>,
+}
+
+/// The camera a frame's colour image was taken with, after the frame convention
+/// (`docs/protocol.md` §4.2, *Colour camera*): the JPEG's own size, its intrinsics (`"jk"`,
+/// else `"k"` scaled to the JPEG) and its world-from-camera pose (`"jpose"`, else `"pose"`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ColourCamera {
+    /// Width of the JPEG in pixels (its SOF header).
+    pub width: u32,
+    /// Height of the JPEG in pixels.
+    pub height: u32,
+    /// Row-major `[fx, s, cx, 0, fy, cy, 0, 0, 1]` in pixels of the JPEG.
+    pub intrinsics: [f32; 9],
+    /// World-from-colour-camera, row-major 4×4, metres.
+    pub pose: [f32; 16],
 }
 
 /// Ends the scan: no frame will follow.

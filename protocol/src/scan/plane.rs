@@ -290,6 +290,22 @@ impl DepthFrame {
         super::validate::unpack(self.seq, "confidence", conf.compression, &conf.data, self.pixel_count()).map(Some)
     }
 
+    /// The camera of the frame's colour image, after the frame convention: `None` without a
+    /// `"jpeg"` or when its SOF header cannot be read. With neither `"jk"` nor `"jpose"`, the
+    /// colour image is the depth camera's (ARKit delivers `capturedImage` and `sceneDepth`
+    /// from one camera, depth registered to colour): `fx, s, cx` scale by
+    /// `jpeg width / w` and `fy, cy` by `jpeg height / h`, and the pose is `"pose"`.
+    pub fn colour_camera(&self) -> Option<super::ColourCamera> {
+        let jpeg = self.colour_jpeg.as_ref()?;
+        let (width, height) = super::validate::jpeg_dimensions(jpeg)?;
+        let intrinsics = self.colour_intrinsics.unwrap_or_else(|| {
+            let (sx, sy) = (width as f32 / self.width as f32, height as f32 / self.height as f32);
+            let k = self.intrinsics;
+            [k[0] * sx, k[1] * sx, k[2] * sx, 0.0, k[4] * sy, k[5] * sy, 0.0, 0.0, 1.0]
+        });
+        Some(super::ColourCamera { width, height, intrinsics, pose: self.colour_pose.unwrap_or(self.pose) })
+    }
+
     /// Runs every check the server's decoder runs on a frame (a client can call this before
     /// sending).
     pub fn validate(&self) -> Result<(), DecodeError> {

@@ -64,8 +64,9 @@ pub(crate) fn check_frame(f: &DepthFrame) -> Result<(Bytes, Option<Bytes>), Deco
             return Err(invalid(seq, "jpeg does not start with a JPEG SOI marker (FF D8 FF)"));
         }
     }
-    check_intrinsics(seq, &f.intrinsics, f.width, f.height)?;
-    check_pose(seq, &f.pose)?;
+    check_intrinsics(seq, &f.intrinsics, f.width, f.height, &DEPTH_K)?;
+    check_pose(seq, &f.pose, "pose")?;
+    check_colour_camera(f)?;
 
     let pixels = f.pixel_count();
     let depth =
@@ -86,36 +87,114 @@ pub(crate) fn check_frame(f: &DepthFrame) -> Result<(Bytes, Option<Bytes>), Deco
     Ok((depth, confidence))
 }
 
-fn check_intrinsics(seq: u64, k: &[f32; 9], width: u32, height: u32) -> Result<(), DecodeError> {
+/// How the intrinsics of one image are named in refusals.
+struct IntrinsicsOf {
+    /// The key and what it is, leading each message (`"intrinsics"`, `"jk (colour intrinsics)"`).
+    key: &'static str,
+    /// The image they must be in pixels of.
+    image: &'static str,
+}
+
+const DEPTH_K: IntrinsicsOf = IntrinsicsOf { key: "intrinsics", image: "depth image" };
+const COLOUR_K: IntrinsicsOf = IntrinsicsOf { key: "jk (colour intrinsics)", image: "JPEG (its SOF header's size)" };
+
+fn check_intrinsics(seq: u64, k: &[f32; 9], width: u32, height: u32, of: &IntrinsicsOf) -> Result<(), DecodeError> {
+    let key = of.key;
     if k.iter().any(|v| !v.is_finite()) {
-        return Err(invalid(seq, "intrinsics contain NaN or infinity"));
+        return Err(invalid(seq, format!("{key} contain NaN or infinity")));
     }
     if k[3] != 0.0 || k[6] != 0.0 || k[7] != 0.0 || k[8] != 1.0 {
-        return Err(invalid(seq, "intrinsics must be row-major [fx, s, cx, 0, fy, cy, 0, 0, 1]"));
+        return Err(invalid(seq, format!("{key} must be row-major [fx, s, cx, 0, fy, cy, 0, 0, 1]")));
     }
     if k[0] <= 0.0 || k[4] <= 0.0 {
-        return Err(invalid(seq, "focal lengths fx and fy must be positive"));
+        return Err(invalid(seq, format!("{key}: focal lengths fx and fy must be positive")));
     }
     if k[1].abs() > SKEW_TOLERANCE * k[0] {
-        return Err(invalid(seq, "intrinsics skew s must be 0 (at most 1e-3·fx is accepted and ignored)"));
+        return Err(invalid(seq, format!("{key} skew s must be 0 (at most 1e-3·fx is accepted and ignored)")));
     }
     let (cx, cy) = (k[2], k[5]);
     if !(0.0..=width as f32).contains(&cx) || !(0.0..=height as f32).contains(&cy) {
+        let image = of.image;
         return Err(invalid(
             seq,
-            "principal point lies outside the depth image: intrinsics must be scaled to the \
-             depth image size",
+            format!(
+                "{key}: principal point lies outside the {image}, {width}×{height}: they must be \
+                 scaled to that size"
+            ),
         ));
     }
     Ok(())
 }
 
-fn check_pose(seq: u64, m: &[f32; 16]) -> Result<(), DecodeError> {
+/// `"jk"` and `"jpose"`: only with a `"jpeg"`; `"jk"` checked like `"k"` against the JPEG's
+/// own size (read from its SOF header), `"jpose"` like `"pose"`.
+fn check_colour_camera(f: &DepthFrame) -> Result<(), DecodeError> {
+    let seq = f.seq;
+    if f.colour_intrinsics.is_none() && f.colour_pose.is_none() {
+        return Ok(());
+    }
+    let Some(jpeg) = &f.colour_jpeg else {
+        return Err(invalid(seq, "jk and jpose describe the colour image: they are only allowed with a jpeg"));
+    };
+    if let Some(k) = &f.colour_intrinsics {
+        let Some((w, h)) = jpeg_dimensions(jpeg) else {
+            return Err(invalid(
+                seq,
+                "jk needs the JPEG's size, but the jpeg has no readable SOF header before its image data",
+            ));
+        };
+        check_intrinsics(seq, k, w, h, &COLOUR_K)?;
+    }
+    if let Some(m) = &f.colour_pose {
+        check_pose(seq, m, "jpose (colour pose)")?;
+    }
+    Ok(())
+}
+
+/// A JPEG's width and height from its frame header (SOF0…SOF15, not DHT/JPG/DAC), walking
+/// the marker segments from SOI; `None` when the bytes end, break the segment structure,
+/// reach the image data or end-of-image before a frame header, or declare a zero size.
+/// Reads only segment headers: cost bounded by the number of segments, no decoding.
+pub fn jpeg_dimensions(jpeg: &[u8]) -> Option<(u32, u32)> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut i = 2usize;
+    loop {
+        if *jpeg.get(i)? != 0xFF {
+            return None;
+        }
+        while jpeg.get(i) == Some(&0xFF) {
+            i += 1;
+        }
+        let marker = *jpeg.get(i)?;
+        i += 1;
+        match marker {
+            0x01 | 0xD0..=0xD7 => continue,
+            0xD8 | 0xD9 | 0xDA | 0x00 => return None,
+            _ => {}
+        }
+        let len = usize::from(u16::from_be_bytes([*jpeg.get(i)?, *jpeg.get(i + 1)?]));
+        if len < 2 {
+            return None;
+        }
+        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            // length (2), precision (1), height (2), width (2)
+            let body = jpeg.get(i + 2..i + 7)?;
+            let height = u32::from(u16::from_be_bytes([body[1], body[2]]));
+            let width = u32::from(u16::from_be_bytes([body[3], body[4]]));
+            return (width > 0 && height > 0).then_some((width, height));
+        }
+        i = i.checked_add(len)?;
+    }
+}
+
+fn check_pose(seq: u64, m: &[f32; 16], key: &str) -> Result<(), DecodeError> {
     if m.iter().any(|v| !v.is_finite()) {
-        return Err(invalid(seq, "pose contains NaN or infinity"));
+        return Err(invalid(seq, format!("{key} contains NaN or infinity")));
     }
     if m[12] != 0.0 || m[13] != 0.0 || m[14] != 0.0 || m[15] != 1.0 {
-        return Err(invalid(seq, "pose must be row-major with bottom row [0, 0, 0, 1]"));
+        return Err(invalid(seq, format!("{key} must be row-major with bottom row [0, 0, 0, 1]")));
     }
     let r = |i: usize, j: usize| m[i * 4 + j];
     for i in 0..3 {
@@ -123,14 +202,14 @@ fn check_pose(seq: u64, m: &[f32; 16]) -> Result<(), DecodeError> {
             let dot: f32 = (0..3).map(|c| r(i, c) * r(j, c)).sum();
             let want = if i == j { 1.0 } else { 0.0 };
             if (dot - want).abs() > ROTATION_TOLERANCE {
-                return Err(invalid(seq, "pose rotation is not orthonormal (scaled or sheared matrix)"));
+                return Err(invalid(seq, format!("{key} rotation is not orthonormal (scaled or sheared matrix)")));
             }
         }
     }
     let det = r(0, 0) * (r(1, 1) * r(2, 2) - r(1, 2) * r(2, 1)) - r(0, 1) * (r(1, 0) * r(2, 2) - r(1, 2) * r(2, 0))
         + r(0, 2) * (r(1, 0) * r(2, 1) - r(1, 1) * r(2, 0));
     if det <= 0.0 {
-        return Err(invalid(seq, "pose rotation is a reflection (determinant < 0)"));
+        return Err(invalid(seq, format!("{key} rotation is a reflection (determinant < 0)")));
     }
     Ok(())
 }
@@ -206,10 +285,10 @@ mod tests {
     #[test]
     fn skew_up_to_a_thousandth_of_fx_is_accepted_and_more_is_an_invalid_frame() {
         for (fx, s) in [(212.0, 0.0), (212.0, 0.212), (212.0, -0.212), (1500.0, 1.4)] {
-            assert!(check_intrinsics(7, &k(fx, s), 256, 192).is_ok(), "fx {fx}, s {s}");
+            assert!(check_intrinsics(7, &k(fx, s), 256, 192, &DEPTH_K).is_ok(), "fx {fx}, s {s}");
         }
         for (fx, s) in [(212.0, 0.22), (212.0, -0.3), (212.0, 5.0), (1.0, 0.01)] {
-            let err = check_intrinsics(7, &k(fx, s), 256, 192).expect_err("refused");
+            let err = check_intrinsics(7, &k(fx, s), 256, 192, &DEPTH_K).expect_err("refused");
             assert!(
                 matches!(&err, DecodeError::InvalidFrame { seq: 7, reason } if reason.contains("skew")),
                 "fx {fx}, s {s}: {err}"

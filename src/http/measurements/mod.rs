@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use coherency_actors::reconstruction::{
-    check_outline, NewMeasurement, RemeasureError, RemeasureMode, RemeasureRequest, Remeasured, WorkBudget,
+    check_outline, NewMeasurement, RemeasureError, RemeasureMode, RemeasureRequest, Remeasured, TissueFigures,
+    WorkBudget,
 };
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::limits::{MAX_HEIGHT, MAX_WIDTH};
@@ -294,6 +295,11 @@ pub struct MeasurementPreview {
     pub missing_fraction: f64,
     /// The scan's mesh the measurement refers to.
     pub mesh: Option<MeshKeys>,
+    /// The wound bed's tissue composition inside this outline; `null` when there is none,
+    /// and then `tissue_unavailable` says why (as on a stored measurement).
+    pub tissue: Option<TissueFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tissue_unavailable: Option<String>,
 }
 
 impl MeasurementPreview {
@@ -323,6 +329,8 @@ impl MeasurementPreview {
                 glb_key: k.glb_key,
                 glb_sha256: k.glb_sha256,
             }),
+            tissue_unavailable: m.tissue.reason().map(str::to_owned),
+            tissue: m.tissue.composition().cloned(),
         }
     }
 }

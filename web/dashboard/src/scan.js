@@ -195,7 +195,23 @@ export async function scanView(root, id, opts = {}) {
     if (outcome.mesh) {
       const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
       const viewer = await showMesh(canvas, await res.arrayBuffer());
-      status.textContent = `${viewer.triangles} triangles; the wound region is highlighted.`;
+      const said = () => {
+        status.textContent = canvas.dataset.paint === 'colour'
+          ? `${viewer.triangles} triangles in the scan's own colours.`
+          : `${viewer.triangles} triangles; the wound region is highlighted.`;
+      };
+      said();
+      if (viewer.hasColour) {
+        // One toggle between the scan's colours (pressed, the default) and the height-coded view.
+        const toggle = el('button', { type: 'button', class: 'paint-toggle', 'data-testid': 'paint-toggle', 'aria-pressed': 'true', 'aria-controls': 'viewer', text: 'Scan colours' });
+        toggle.addEventListener('click', () => {
+          const colour = toggle.getAttribute('aria-pressed') !== 'true';
+          viewer.paint(colour ? 'colour' : 'height');
+          toggle.setAttribute('aria-pressed', String(colour));
+          said();
+        });
+        status.before(toggle);
+      }
       canvas.dataset.ready = 'true';
       if (draw) {
         draw.addEventListener('click', async () => {

@@ -1,7 +1,9 @@
 // The 3D wound viewer: the scan's GLB mesh (GET /v1/scans/{id}/mesh) in three.js, bundled
-// at build time (no CDN). The wound is highlighted: the skin is the plane of least
-// variance through the mesh, and vertices more than 0.8 mm into the depression (the same
-// contour level the measurement uses, docs/measurement.md) are coloured.
+// at build time (no CDN). Two ways to paint it: the scan's own colours (the GLB's COLOR_0,
+// blended from the phone's colour frames and calibrated, docs/measurement.md), the default
+// when the mesh has them; and the height-coded view, where the wound is highlighted: the
+// skin is the plane of least variance through the mesh, and vertices more than 0.8 mm into
+// the depression (the same contour level the measurement uses) are coloured.
 // Keyboard: arrows rotate, + / - zoom; the mouse orbits.
 //
 // Outline view (a scan whose automatic measurement failed, `needs_outline`): the mesh is
@@ -60,8 +62,7 @@ function highlight(geom) {
     if (depth > WOUND_LEVEL_M) inWound++;
     colors.set([col.r, col.g, col.b], i * 3);
   }
-  geom.setAttribute('color', new THREE.BufferAttribute(colors, 3));
-  return { normal: nrm.multiplyScalar(-sign), centre: c, inWound };
+  return { normal: nrm.multiplyScalar(-sign), centre: c, inWound, colours: new THREE.BufferAttribute(colors, 3) };
 }
 
 /// The three.js projection of a pinhole camera `k` (row-major 3×3, pixels) over a
@@ -84,8 +85,10 @@ export function keyframeCameraMatrix(pose) {
 }
 
 /// Draws the GLB in `canvas`; resolves once the first frame is drawn with facts about the
-/// mesh and `keyframeView(kf)` / `orbitView()` to switch between the suggested keyframe's
-/// camera (the outline view) and the orbit view.
+/// mesh, `keyframeView(kf)` / `orbitView()` to switch between the suggested keyframe's
+/// camera (the outline view) and the orbit view, and `paint('colour' | 'height')` to switch
+/// between the scan's colours (`hasColour`: the mesh has them; the first view then) and the
+/// height-coded view. `canvas.dataset.paint` says which is shown.
 export async function showMesh(canvas, glb) {
   const gltf = await new GLTFLoader().parseAsync(glb, '');
   const renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
@@ -102,11 +105,23 @@ export async function showMesh(canvas, glb) {
     if (!o.isMesh) return;
     const g = o.geometry;
     triangles += (g.index ? g.index.count : g.getAttribute('position').count) / 3;
+    // GLTFLoader names COLOR_0 `color`: the scan's colours, linear, as glTF defines them.
+    const scanned = g.getAttribute('color') || null;
     facts = highlight(g);
     if (!g.getAttribute('normal')) g.computeVertexNormals();
     o.material = new THREE.MeshStandardMaterial({ vertexColors: true, roughness: 0.8, side: THREE.DoubleSide });
-    meshes.push(o);
+    meshes.push({ mesh: o, scanned, height: facts.colours });
   });
+  const hasColour = meshes.length > 0 && meshes.every((m) => m.scanned);
+  const setPaint = (how) => {
+    const colour = how === 'colour' && hasColour;
+    for (const m of meshes) {
+      m.mesh.geometry.setAttribute('color', colour ? m.scanned : m.height);
+      m.mesh.material.needsUpdate = true;
+    }
+    canvas.dataset.paint = colour ? 'colour' : 'height';
+  };
+  setPaint('colour');
   scene.add(gltf.scene);
   const box = new THREE.Box3().setFromObject(gltf.scene);
   const size = box.getSize(new THREE.Vector3()).length() || 0.1;
@@ -175,6 +190,7 @@ export async function showMesh(canvas, glb) {
     canvas.dataset.view = 'orbit';
     draw();
   };
+  const paint = (how) => { setPaint(how); draw(); };
   canvas.dataset.view = 'orbit';
-  return { triangles, woundVertices: facts ? facts.inWound : 0, meshes: meshes.length, keyframeView, orbitView };
+  return { triangles, woundVertices: facts ? facts.inWound : 0, meshes: meshes.length, hasColour, paint, keyframeView, orbitView };
 }

@@ -1,0 +1,239 @@
+//! Colour at finish: which of a scan's colour frames colour its mesh, each decoded and
+//! reduced to a [`ColourView`] with its own camera (the frame convention of
+//! `docs/protocol.md` §4.2, *Colour camera*), the mesh's vertex colours, and the tissue
+//! composition inside a measurement's outline (`coherency_recon::colour`).
+//!
+//! Runs on the finish thread, never on the ack path, and is bounded: at most
+//! [`MAX_SCORED`] colour frames are scored and at most [`MAX_VIEWS`] kept, one JPEG
+//! decoded at a time, each kept image at most [`LONG_SIDE`] pixels on its long side
+//! (12 × 640 × 480 × 3 B ≈ 11 MB, plus their depth frames). The choice reuses the wound
+//! photos' scoring (`coherency_report::photo`): sharp, well-exposed frames spread over the
+//! scan. `docs/measurement.md` ("Vertex colours and tissue composition") documents it.
+
+use bytes::Bytes;
+use coherency_protocol::scan::{decode_client, ClientMsg, DepthFrame};
+use coherency_recon::colour::{
+    colour_vertices, default_classifier, tissue_composition, ColourView, RgbImage, TissueComposition, TissueCorrection,
+    VertexColours,
+};
+use coherency_recon::mesh::Mesh;
+use coherency_recon::{Frame, Intrinsics, Pose, WoundMeasurements};
+use coherency_report::photo;
+use serde_json::{json, Value};
+
+use super::ports::{CalibrationFigures, TissueFigures, TissueOutcome, TissueShareFigures};
+use super::to_recon_frame;
+
+/// Most colour frames that colour a mesh.
+pub(crate) const MAX_VIEWS: usize = 12;
+/// Most colour frames scored to choose them (spread evenly over the scan's colour frames).
+pub(crate) const MAX_SCORED: usize = 24;
+/// Long side of a colour image once reduced, pixels.
+pub(crate) const LONG_SIDE: usize = 640;
+/// The scan has no colour frame.
+pub(crate) const NO_COLOUR_FRAMES: &str = "no_colour_frames";
+/// The scan has colour frames, but none could be decoded and placed.
+pub(crate) const NO_USABLE_COLOUR_FRAMES: &str = "no_usable_colour_frames";
+
+/// One chosen colour frame, decoded and reduced, with its camera and depth frame.
+struct OwnedView {
+    seq: u64,
+    image: RgbImage,
+    intrinsics: Intrinsics,
+    pose: Pose,
+    depth: Option<Frame>,
+}
+
+/// A scan's chosen colour frames.
+pub(crate) struct ColourFrames {
+    views: Vec<OwnedView>,
+    /// Frames of the scan that carry a JPEG.
+    colour_frames: usize,
+    /// Frames scored to choose.
+    scored: usize,
+}
+
+/// A mesh's vertex colours and the views they came from.
+pub(crate) struct Coloured<'a> {
+    pub(crate) colours: VertexColours,
+    pub(crate) views: Vec<ColourView<'a>>,
+}
+
+impl ColourFrames {
+    /// Chooses and decodes the colour frames among a scan's stored `frame` messages (in seq
+    /// order); `between` runs between frames (the finish thread's step aside).
+    pub(crate) fn choose(raw: &[(u64, Bytes)], between: &mut dyn FnMut()) -> Self {
+        let frame_of = |msg: &Bytes| match decode_client(msg) {
+            Ok(ClientMsg::Frame(f)) => Some(f),
+            _ => None,
+        };
+        let with_colour: Vec<usize> = raw
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, msg))| frame_of(msg).is_some_and(|f| f.colour_jpeg.is_some()))
+            .map(|(i, _)| i)
+            .collect();
+        let n = with_colour.len();
+        let mut candidates = Vec::new();
+        let mut last_pick = None;
+        for run in 0..MAX_SCORED.min(n) {
+            let at = with_colour[run * n / MAX_SCORED.min(n)];
+            if last_pick == Some(at) {
+                continue;
+            }
+            last_pick = Some(at);
+            between();
+            let Some(jpeg) = frame_of(&raw[at].1).and_then(|f| f.colour_jpeg) else { continue };
+            if let Ok(score) = photo::score(&jpeg) {
+                candidates.push((at, photo::Candidate { seq: raw[at].0, score }));
+            }
+        }
+        let scored = candidates.len();
+        let only: Vec<photo::Candidate> = candidates.iter().map(|(_, c)| *c).collect();
+        let gap = match (only.first(), only.last()) {
+            (Some(a), Some(b)) => photo::min_seq_gap_for(a.seq, b.seq, MAX_VIEWS),
+            _ => 1,
+        };
+        let mut views = Vec::new();
+        for chosen in photo::select_up_to(&only, gap, MAX_VIEWS) {
+            between();
+            let Some(&(at, _)) = candidates.iter().find(|(_, c)| c.seq == chosen.seq) else { continue };
+            match frame_of(&raw[at].1).and_then(|f| view_of(&f)) {
+                Some(v) => views.push(v),
+                None => tracing::warn!(seq = chosen.seq, "colour frame not usable for the mesh's colours"),
+            }
+        }
+        ColourFrames { views, colour_frames: n, scored }
+    }
+
+    /// Why nothing can be coloured, when nothing can.
+    pub(crate) fn unavailable(&self) -> Option<&'static str> {
+        match (self.colour_frames, self.views.is_empty()) {
+            (0, _) => Some(NO_COLOUR_FRAMES),
+            (_, true) => Some(NO_USABLE_COLOUR_FRAMES),
+            _ => None,
+        }
+    }
+
+    /// Colours `mesh` from the chosen views (`None` when there are none).
+    pub(crate) fn colour(&self, mesh: &Mesh) -> Option<Coloured<'_>> {
+        if self.views.is_empty() || mesh.positions.is_empty() {
+            return None;
+        }
+        let views: Vec<ColourView<'_>> = self
+            .views
+            .iter()
+            .map(|v| ColourView { image: &v.image, intrinsics: v.intrinsics, pose: v.pose, depth: v.depth.as_ref() })
+            .collect();
+        let colours = colour_vertices(mesh, &views);
+        Some(Coloured { colours, views })
+    }
+
+    /// What the reconstruction document records of the choice.
+    pub(crate) fn doc(&self) -> Value {
+        json!({
+            "colour_frames": self.colour_frames,
+            "scored": self.scored,
+            "views": self.views.iter().map(|v| json!({
+                "seq": i64::try_from(v.seq).unwrap_or(i64::MAX),
+                "width": v.image.width,
+                "height": v.image.height,
+            })).collect::<Vec<_>>(),
+            "max_views": MAX_VIEWS,
+            "long_side_px": LONG_SIDE,
+        })
+    }
+}
+
+/// The colour frame of `f` as a view: its JPEG decoded and reduced, its camera (the frame
+/// convention) scaled to the reduced image, and its depth frame; `None` when it does not
+/// decode or its size disagrees with its header.
+fn view_of(f: &DepthFrame) -> Option<OwnedView> {
+    let cam = f.colour_camera()?;
+    let jpeg = f.colour_jpeg.as_ref()?;
+    let small = photo::decode_rgb_at_most(jpeg, LONG_SIDE).ok()?;
+    if (small.full_width, small.full_height) != (cam.width as usize, cam.height as usize) {
+        return None;
+    }
+    let s = small.factor as f64;
+    let k = cam.intrinsics.map(f64::from);
+    let intrinsics = Intrinsics {
+        fx: k[0] / s,
+        fy: k[4] / s,
+        cx: (k[2] + 0.5) / s - 0.5,
+        cy: (k[5] + 0.5) / s - 0.5,
+        width: u32::try_from(small.width).ok()?,
+        height: u32::try_from(small.height).ok()?,
+    };
+    intrinsics.validate().ok()?;
+    let p = cam.pose.map(f64::from);
+    let pose = Pose::from_matrix([
+        [p[0], p[1], p[2], p[3]],
+        [p[4], p[5], p[6], p[7]],
+        [p[8], p[9], p[10], p[11]],
+        [p[12], p[13], p[14], p[15]],
+    ])
+    .ok()?;
+    let image = RgbImage { width: small.width, height: small.height, data: small.data };
+    Some(OwnedView { seq: f.seq, image, intrinsics, pose, depth: to_recon_frame(f).ok() })
+}
+
+/// The tissue composition inside `wound`'s outline on the coloured mesh, with the
+/// clinician's `corrections` (none at finish), or the stable code of why there is none.
+pub(crate) fn tissue(
+    mesh: &Mesh,
+    coloured: Option<&Coloured<'_>>,
+    unavailable: Option<&'static str>,
+    wound: &WoundMeasurements,
+    corrections: &[TissueCorrection],
+) -> Result<TissueComposition, String> {
+    let Some(c) = coloured else {
+        return Err(unavailable.unwrap_or(NO_COLOUR_FRAMES).to_owned());
+    };
+    tissue_composition(mesh, &c.colours, &c.views, wound, default_classifier(), corrections)
+        .map_err(|e| e.code().to_owned())
+}
+
+/// The composition as stored with its measurement.
+pub(crate) fn outcome(tissue: &Result<TissueComposition, String>) -> TissueOutcome {
+    match tissue {
+        Ok(t) => TissueOutcome::Composition(TissueFigures {
+            shares: t
+                .shares
+                .iter()
+                .map(|s| TissueShareFigures {
+                    class: s.class.as_str().to_owned(),
+                    area_mm2: round(s.area_mm2, 2),
+                    percent: round(s.percent, 1),
+                    percent_pm: round(s.percent_pm, 1),
+                })
+                .collect(),
+            wound_area_mm2: round(t.wound_area_mm2, 2),
+            coloured_fraction: round(t.coloured_fraction, 3),
+            calibration: CalibrationFigures {
+                source: t.calibration.source.as_str().to_owned(),
+                gains: t.calibration.gains.map(|g| round(g, 4)),
+                samples: t.calibration.samples,
+            },
+            classifier: t.classifier.clone(),
+        }),
+        Err(code) => TissueOutcome::Unavailable(code.clone()),
+    }
+}
+
+/// The mesh's GLB with its vertex colours (calibrated with the composition's gains when
+/// there is one), or without colour when nothing coloured it.
+pub(crate) fn coloured_glb(
+    mesh: &Mesh,
+    coloured: Option<&Coloured<'_>>,
+    tissue: Option<&Result<TissueComposition, String>>,
+) -> Option<Vec<u8>> {
+    let c = coloured?;
+    let calibration = tissue.and_then(|t| t.as_ref().ok()).map(|t| &t.calibration);
+    Some(mesh.to_glb_coloured(Some(&c.colours.to_srgb8(calibration))))
+}
+
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}

@@ -1,0 +1,291 @@
+//! Tissue composition on the mesh.
+//!
+//! 1. The wound surface and the periwound ring (`region.rs`).
+//! 2. Calibration: a colour checker seen in a view, else the periwound ring
+//!    (`calibrate.rs`).
+//! 3. Each seen wound vertex becomes a [`TissueSample`] (calibrated colour, its CIELAB,
+//!    and L*a*b* mean and spread over its two-ring neighbourhood) and gets the
+//!    classifier's probabilities, then averaged over its one-ring (area-weighted), which
+//!    removes isolated single-vertex labels; the class is the most probable.
+//! 4. Unseen wound vertices take the class of the nearest seen one along the mesh
+//!    (breadth-first); a wound patch no seen vertex reaches keeps no class and its area is
+//!    shared out in proportion.
+//! 5. Corrections: a vertex inside a correction's outline takes its class.
+//! 6. Areas are sums of vertex areas (a third of each wound triangle's 3D area).
+//!
+//! Uncertainty of a share `p` (percent): `±` is [`PM_FLOOR`] points plus
+//! `PM_SOFT · 100 · Σ aᵢ·(1 − max probᵢ) / A` (the area-weighted ambiguity of the
+//! samples, which is largest at class boundaries) scaled by `√(p/100)` plus the unseen
+//! area in points; the constants were set on the training phantoms (`docs/measurement.md`).
+
+use std::collections::VecDeque;
+
+use super::calibrate::{periwound_gains, trimmed_mean, Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
+use super::checker::{detect_checker, CHECKER_SRGB};
+use super::region::{components, periwound_ring, wound_region, TangentFrame};
+use super::{
+    linear_to_lab, srgb_to_linear, ColourView, TissueClass, TissueClassifier, TissueComposition, TissueCorrection,
+    TissueError, TissueSample, TissueShare, VertexColours,
+};
+use crate::measure::WoundMeasurements;
+use crate::mesh::Mesh;
+
+/// Least share of the wound surface that must be seen in colour.
+pub const MIN_COLOURED_FRACTION: f64 = 0.5;
+/// Floor of every share's `±`, percentage points.
+pub const PM_FLOOR: f64 = 2.0;
+/// Weight of the samples' ambiguity in the `±`.
+pub const PM_SOFT: f64 = 1.0;
+
+/// Tissue composition and the per-vertex classes it was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TissueAnalysis {
+    /// The composition.
+    pub composition: TissueComposition,
+    /// Per mesh vertex (same order as `Mesh::positions`): its class on the wound surface,
+    /// `None` off the wound (or on a wound patch no seen vertex reaches).
+    pub vertex_classes: Vec<Option<TissueClass>>,
+}
+
+/// Classifies the wound surface inside `wound.outline_world` on the mesh: triangles whose
+/// projection on the skin tangent plane lies inside the outline and that belong to the
+/// wound (not some unrelated surface behind); areas are true 3D triangle areas.
+/// Calibrates from the periwound skin ring (or a colour checker if detected in a view),
+/// classifies each vertex, applies corrections (a vertex inside a correction's outline
+/// takes its class), and reports shares.
+pub fn tissue_composition(
+    mesh: &Mesh,
+    colours: &VertexColours,
+    views: &[ColourView<'_>],
+    wound: &WoundMeasurements,
+    classifier: &dyn TissueClassifier,
+    corrections: &[TissueCorrection],
+) -> Result<TissueComposition, TissueError> {
+    tissue_analysis(mesh, colours, views, wound, classifier, corrections).map(|a| a.composition)
+}
+
+/// Per mesh vertex, its class on the wound surface (`None` off the wound), from the same
+/// analysis as [`tissue_composition`] (for a tissue map or a GLB coloured by class, e.g.
+/// with [`TissueClass::display_srgb`]).
+pub fn classify_vertices(
+    mesh: &Mesh,
+    colours: &VertexColours,
+    views: &[ColourView<'_>],
+    wound: &WoundMeasurements,
+    classifier: &dyn TissueClassifier,
+    corrections: &[TissueCorrection],
+) -> Result<Vec<Option<TissueClass>>, TissueError> {
+    tissue_analysis(mesh, colours, views, wound, classifier, corrections).map(|a| a.vertex_classes)
+}
+
+/// [`tissue_composition`] and [`classify_vertices`] in one pass.
+pub fn tissue_analysis(
+    mesh: &Mesh,
+    colours: &VertexColours,
+    views: &[ColourView<'_>],
+    wound: &WoundMeasurements,
+    classifier: &dyn TissueClassifier,
+    corrections: &[TissueCorrection],
+) -> Result<TissueAnalysis, TissueError> {
+    let n = mesh.positions.len();
+    let seen = |i: usize| colours.weight.get(i).is_some_and(|w| *w > 0.0);
+    let frame = TangentFrame::new(wound.centre_world, wound.normal_world);
+    let polygon = frame.polygon(&wound.outline_world);
+    if !polygon.is_usable() || colours.linear_rgb.len() != n || colours.weight.len() != n {
+        return Err(TissueError::NoWoundSurface);
+    }
+    let labels = components(mesh);
+    let region = wound_region(mesh, &frame, &polygon, &labels).ok_or(TissueError::NoWoundSurface)?;
+    if region.area_m2 <= 0.0 {
+        return Err(TissueError::NoWoundSurface);
+    }
+    let wound_vertices: Vec<usize> = (0..n).filter(|&i| region.vertex_area[i] > 0.0).collect();
+    let seen_area: f64 = wound_vertices.iter().filter(|&&i| seen(i)).map(|&i| region.vertex_area[i]).sum();
+    let coloured_fraction = seen_area / region.area_m2;
+    if seen_area <= 0.0 {
+        return Err(TissueError::NoColour);
+    }
+    if coloured_fraction < MIN_COLOURED_FRACTION {
+        return Err(TissueError::TooLittleColour { coloured_fraction });
+    }
+
+    // Calibration: the periwound is needed in any case (it sets the classifier's scale).
+    let ring = periwound_ring(mesh, &frame, &polygon, &labels, region.component);
+    let ring_colours: Vec<[f32; 3]> =
+        ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
+    let periwound = periwound_gains(&ring_colours)?;
+    let (calibration, classifier_gains) = match checker_calibration(views) {
+        Some(card) => {
+            // Colour balance from the card, brightness relative to the skin: the
+            // classifier's inputs keep the periwound's luminance scale.
+            let skin = trimmed_mean(&ring_colours).map(|m| m.0).unwrap_or([1.0; 3]);
+            let y = |c: [f64; 3]| 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+            let skin_card = [0, 1, 2].map(|c| skin[c] * card.gains[c]);
+            let s = y(REFERENCE_SKIN_LINEAR) / y(skin_card).max(1e-9);
+            (card, card.gains.map(|g| g * s))
+        }
+        None => (periwound, periwound.gains),
+    };
+    let cal_for_classifier = Calibration { gains: classifier_gains, ..calibration };
+
+    // Adjacency among wound vertices.
+    let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for &t in &region.triangles {
+        let tri = &mesh.indices[3 * t..3 * t + 3];
+        for a in 0..3 {
+            for b in 0..3 {
+                if a != b && !adjacency[tri[a] as usize].contains(&tri[b]) {
+                    adjacency[tri[a] as usize].push(tri[b]);
+                }
+            }
+        }
+    }
+
+    // Samples: calibrated colour and its Lab, then neighbourhood statistics.
+    let mut lab = vec![[0.0f32; 3]; n];
+    let mut rgb = vec![[0.0f32; 3]; n];
+    for &i in &wound_vertices {
+        if seen(i) {
+            rgb[i] = cal_for_classifier.apply(colours.linear_rgb[i]);
+            lab[i] = linear_to_lab(rgb[i]);
+        }
+    }
+    let mut stamp = vec![u32::MAX; n];
+    let mut probs = vec![[0.0f32; 5]; n];
+    let mut hood: Vec<u32> = Vec::new();
+    for &i in &wound_vertices {
+        if !seen(i) {
+            continue;
+        }
+        hood.clear();
+        stamp[i] = i as u32;
+        hood.push(i as u32);
+        for &a in &adjacency[i] {
+            for &b in std::iter::once(&a).chain(adjacency[a as usize].iter()) {
+                if stamp[b as usize] != i as u32 && seen(b as usize) {
+                    stamp[b as usize] = i as u32;
+                    hood.push(b);
+                }
+            }
+        }
+        let m = hood.len() as f32;
+        let mut mean = [0.0f32; 3];
+        for &v in &hood {
+            for c in 0..3 {
+                mean[c] += lab[v as usize][c] / m;
+            }
+        }
+        let mut var = [0.0f32; 3];
+        for &v in &hood {
+            for c in 0..3 {
+                var[c] += (lab[v as usize][c] - mean[c]).powi(2) / m;
+            }
+        }
+        let sample =
+            TissueSample { rgb: rgb[i], lab: lab[i], neighbourhood_mean: mean, neighbourhood_std: var.map(f32::sqrt) };
+        probs[i] = classifier.classify(&sample);
+    }
+
+    // One-ring smoothing of the probabilities, then the most probable class.
+    let mut class: Vec<Option<TissueClass>> = vec![None; n];
+    let mut ambiguity = 0.0;
+    for &i in &wound_vertices {
+        if !seen(i) {
+            continue;
+        }
+        let mut acc = probs[i].map(|p| p * region.vertex_area[i] as f32);
+        let mut w = region.vertex_area[i] as f32;
+        for &a in &adjacency[i] {
+            if seen(a as usize) {
+                let wa = region.vertex_area[a as usize] as f32;
+                for k in 0..5 {
+                    acc[k] += wa * probs[a as usize][k];
+                }
+                w += wa;
+            }
+        }
+        let p = acc.map(|v| v / w.max(1e-20));
+        let (best, pmax) = (0..5).map(|k| (k, p[k])).fold((0, f32::MIN), |a, b| if b.1 > a.1 { b } else { a });
+        class[i] = Some(TissueClass::ALL[best]);
+        ambiguity += region.vertex_area[i] * f64::from(1.0 - pmax);
+    }
+    ambiguity /= seen_area;
+
+    // Unseen wound vertices: nearest seen class along the mesh.
+    let mut queue: VecDeque<u32> = wound_vertices.iter().filter(|&&i| class[i].is_some()).map(|&i| i as u32).collect();
+    while let Some(v) = queue.pop_front() {
+        let c = class[v as usize];
+        for &a in &adjacency[v as usize] {
+            if class[a as usize].is_none() {
+                class[a as usize] = c;
+                queue.push_back(a);
+            }
+        }
+    }
+
+    // Corrections.
+    for corr in corrections {
+        let poly = frame.polygon(&corr.outline_world);
+        if !poly.is_usable() {
+            continue;
+        }
+        for &i in &wound_vertices {
+            if poly.contains(frame.project(super::region::pos(mesh, i as u32))) {
+                class[i] = Some(corr.class);
+            }
+        }
+    }
+
+    let mut area = [0.0f64; 5];
+    for &i in &wound_vertices {
+        if let Some(c) = class[i] {
+            area[c.index()] += region.vertex_area[i];
+        }
+    }
+    let classified: f64 = area.iter().sum();
+    let scale = if classified > 0.0 { region.area_m2 / classified } else { 0.0 };
+    let unseen_pts = (1.0 - coloured_fraction) * 100.0;
+    let shares = TissueClass::ALL
+        .iter()
+        .map(|&c| {
+            let frac = area[c.index()] * scale / region.area_m2;
+            let percent = frac * 100.0;
+            let percent_pm = PM_FLOOR + PM_SOFT * 100.0 * ambiguity * frac.sqrt() + unseen_pts;
+            TissueShare { class: c, area_mm2: area[c.index()] * scale * 1e6, percent, percent_pm }
+        })
+        .collect();
+    let vertex_classes = (0..n).map(|i| if region.vertex_area[i] > 0.0 { class[i] } else { None }).collect();
+    Ok(TissueAnalysis {
+        composition: TissueComposition {
+            shares,
+            wound_area_mm2: region.area_m2 * 1e6,
+            coloured_fraction,
+            calibration,
+            classifier: classifier.name().to_string(),
+        },
+        vertex_classes,
+    })
+}
+
+/// Gains from the neutral patches of the first colour checker found in a view: the
+/// least-squares diagonal map from measured to published linear values over the four
+/// middle neutrals (white and black clip or drown in noise).
+fn checker_calibration(views: &[ColourView<'_>]) -> Option<Calibration> {
+    for v in views {
+        let Some(det) = detect_checker(v.image) else { continue };
+        let mut num = [0.0f64; 3];
+        let mut den = [0.0f64; 3];
+        for (published, measured) in CHECKER_SRGB.iter().zip(&det.patches_linear).skip(19).take(4) {
+            let want = published.map(|x| srgb_to_linear(f32::from(x) / 255.0));
+            for c in 0..3 {
+                num[c] += f64::from(measured[c]) * f64::from(want[c]);
+                den[c] += f64::from(measured[c]).powi(2);
+            }
+        }
+        if den.iter().all(|d| *d > 1e-9) {
+            let gains = [0, 1, 2].map(|c| num[c] / den[c]);
+            return Some(Calibration { source: CalibrationSource::ColourChecker, gains, samples: 4 });
+        }
+    }
+    None
+}
