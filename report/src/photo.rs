@@ -45,13 +45,14 @@ fn exif_orientation(body: &[u8]) -> Option<u16> {
     };
     let ifd = usize::try_from(u32_at(4)?).ok()?;
     let entries = usize::from(u16_at(ifd)?);
-    (0..entries.min(512)).find_map(|e| {
-        let at = ifd + 2 + 12 * e;
-        (u16_at(at)? == ORIENTATION_TAG && u16_at(at + 2)? == 3 && u32_at(at + 4)? == 1)
-            .then(|| u16_at(at + 8))
-            .flatten()
-    })
-    .filter(|o| (2..=8).contains(o))
+    (0..entries.min(512))
+        .find_map(|e| {
+            let at = ifd + 2 + 12 * e;
+            (u16_at(at)? == ORIENTATION_TAG && u16_at(at + 2)? == 3 && u32_at(at + 4)? == 1)
+                .then(|| u16_at(at + 8))
+                .flatten()
+        })
+        .filter(|o| (2..=8).contains(o))
 }
 
 /// An APP1 segment whose Exif holds only the orientation: a big-endian TIFF header and an
@@ -608,7 +609,8 @@ mod tests {
             let stripped = strip_metadata(&tagged).expect("strips");
             assert!(!stripped.windows(5).any(|w| w == b"Apple"), "{orientation}");
             assert_eq!(decode_luma(&stripped).expect("decodes"), decode_luma(&plain).expect("decodes"));
-            let app1: Vec<(u8, Vec<u8>)> = markers(&stripped).expect("walks").into_iter().filter(|(m, _)| *m == 0xE1).collect();
+            let app1: Vec<(u8, Vec<u8>)> =
+                markers(&stripped).expect("walks").into_iter().filter(|(m, _)| *m == 0xE1).collect();
             if kept {
                 assert_eq!(app1.len(), 1, "{orientation}");
                 let at = stripped.windows(6).position(|w| w == b"Exif\0\0").expect("an Exif segment");

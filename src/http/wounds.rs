@@ -27,9 +27,10 @@ use crate::services::wounds::{
     check_stage, invalid, Aetiology, BodyMapPoint, Laterality, StatusChange, Wound, WoundError, WoundStatus,
 };
 use crate::state::AppState;
-use crate::store::measurements::ValuePm;
+use crate::store::measurements::{tissue_of, ValuePm};
 use crate::store::wounds as store;
 use crate::store::wounds::WoundFields;
+use coherency_actors::reconstruction::TissueFigures;
 
 // ---------------------------------------------------------------------------------------------
 // Bodies and their validation
@@ -402,6 +403,20 @@ pub struct AssessmentView {
     pub days_since_baseline: Option<f64>,
     pub area_reduction_from_baseline_pct: Option<ValuePm>,
     pub area_reduction_from_previous_pct: Option<ValuePm>,
+    /// The wound bed's tissue composition inside this outline (`docs/measurement.md`,
+    /// *Tissue composition*); `null` when there is none, and then `tissue_unavailable` says why.
+    pub tissue: Option<TissueFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tissue_unavailable: Option<String>,
+    /// The granulation share of the wound bed, percent ± points (from `tissue`): the series
+    /// a chart of the bed's healing follows.
+    pub granulation_pct: Option<ValuePm>,
+}
+
+/// The share of `class` in a tissue composition, percent ± points.
+pub fn tissue_share(t: &TissueFigures, class: &str) -> Option<ValuePm> {
+    let s = t.shares.iter().find(|s| s.class == class)?;
+    Some(ValuePm { value: s.percent, uncertainty: s.percent_pm })
 }
 
 /// `GET /v1/wounds/{id}/assessments` answer.
@@ -446,6 +461,7 @@ async fn assess(state: &AppState, wound: &Wound) -> Result<(Vec<AssessmentView>,
         .into_iter()
         .filter_map(|m| {
             let r = *by_id.get(&m.id)?;
+            let (tissue, tissue_unavailable) = tissue_of(r.tissue.clone(), r.tissue_reason.clone());
             Some(AssessmentView {
                 id: r.measurement_id,
                 scan_id: r.scan_id,
@@ -465,6 +481,9 @@ async fn assess(state: &AppState, wound: &Wound) -> Result<(Vec<AssessmentView>,
                 days_since_baseline: m.days_since_baseline,
                 area_reduction_from_baseline_pct: m.area_reduction_from_baseline_pct,
                 area_reduction_from_previous_pct: m.area_reduction_from_previous_pct,
+                granulation_pct: tissue.as_ref().and_then(|t| tissue_share(t, "granulation")),
+                tissue,
+                tissue_unavailable,
             })
         })
         .collect();
@@ -670,6 +689,12 @@ pub async fn report(
             days_since_baseline: v.days_since_baseline,
             area_reduction_from_baseline_pct: v.area_reduction_from_baseline_pct,
             exclusion: v.exclusion.as_ref().map(|e| e.reason.clone()),
+            tissue: v
+                .tissue
+                .iter()
+                .flat_map(|t| &t.shares)
+                .map(|s| (s.class.clone(), ValuePm { value: s.percent, uncertainty: s.percent_pm }))
+                .collect(),
         })
         .collect();
     let who_line = PatientLine {

@@ -45,6 +45,9 @@ pub struct ReportAssessment {
     pub area_reduction_from_baseline_pct: Option<ValuePm>,
     /// Why a clinician excluded it.
     pub exclusion: Option<String>,
+    /// The wound bed's tissue shares inside the outline (class, percent ± points), in the
+    /// classes' fixed order; empty without a composition.
+    pub tissue: Vec<(String, ValuePm)>,
 }
 
 /// Why a report was not produced.
@@ -279,9 +282,43 @@ fn row(a: &ReportAssessment) -> Row {
                 .unwrap_or_else(|| "–".into()),
             role(a.role).into(),
         ],
-        note: a.exclusion.as_ref().map(|why| format!("Excluded: {why}")),
+        note: note(a),
         muted: !counted,
     }
+}
+
+/// Printed under an assessment's row: its wound bed's tissue shares, and why it is excluded.
+fn note(a: &ReportAssessment) -> Option<String> {
+    let bed = (!a.tissue.is_empty()).then(|| {
+        let shares: Vec<String> =
+            a.tissue.iter().map(|(class, v)| format!("{class} {:.0} ± {:.0} %", v.value, v.uncertainty)).collect();
+        format!("Wound bed: {}.", shares.join(", "))
+    });
+    let excluded = a.exclusion.as_ref().map(|why| format!("Excluded: {why}"));
+    let lines: Vec<String> = bed.into_iter().chain(excluded).collect();
+    (!lines.is_empty()).then(|| lines.join(" "))
+}
+
+/// The granulation share of the wound bed at the first and the latest counted assessments
+/// that have a tissue composition.
+fn granulation_figure(assessments: &[ReportAssessment]) -> Option<String> {
+    let counted = |a: &&ReportAssessment| matches!(a.role, AssessmentRole::Baseline | AssessmentRole::Used);
+    let share = |a: &ReportAssessment| a.tissue.iter().find(|(c, _)| c == "granulation").map(|(_, v)| *v);
+    let with: Vec<(&ReportAssessment, ValuePm)> =
+        assessments.iter().filter(counted).filter_map(|a| Some((a, share(a)?))).collect();
+    let (first, last) = (with.first()?, with.last()?);
+    let at = |a: &ReportAssessment| day(a.taken_at.date_naive());
+    Some(if with.len() == 1 {
+        format!("Granulation: {} % of the wound bed ({}).", pm(&first.1, 0), at(first.0))
+    } else {
+        format!(
+            "Granulation: {} % of the wound bed on {}, {} % on {}.",
+            pm(&first.1, 0),
+            at(first.0),
+            pm(&last.1, 0),
+            at(last.0)
+        )
+    })
 }
 
 /// What the report of `wound` says, generated at `now`.
@@ -311,7 +348,7 @@ pub fn compose(
             ("Wound id".into(), wound.id.to_string()),
         ],
         verdict: verdict(metrics),
-        figures: figures(metrics, now.date_naive()),
+        figures: figures(metrics, now.date_naive()).into_iter().chain(granulation_figure(assessments)).collect(),
         chart: chart(assessments, metrics),
         rows: assessments.iter().map(row).collect(),
         mesh: mesh.map(|(glb, taken)| LatestMesh { glb, taken: day(taken.date_naive()) }),

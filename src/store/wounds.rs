@@ -178,6 +178,9 @@ pub struct AssessmentRow {
     pub excluded_reason: Option<String>,
     pub excluded_by: Option<Uuid>,
     pub excluded_at: Option<DateTime<Utc>>,
+    /// The stored tissue composition and why there is none (`scan_measurements`).
+    pub tissue: Option<serde_json::Value>,
+    pub tissue_reason: Option<String>,
 }
 
 /// Every measurement of the wound's scans, in time order (scan time, then measurement time).
@@ -187,7 +190,8 @@ pub async fn assessments(pg: &PgPool, wound_id: Uuid) -> Result<Vec<AssessmentRo
         r#"SELECT m.id AS measurement_id, m.scan_id, m.method, s.created_at AS taken_at, m.created_at AS measured_at,
                   m.outline_area_mm2 AS area_mm2, m.outline_area_mm2_pm AS area_mm2_pm,
                   m.volume_mm3, m.volume_mm3_pm, m.max_depth_mm, m.max_depth_mm_pm,
-                  x.reason AS "excluded_reason?", x.excluded_by AS "excluded_by?", x.excluded_at AS "excluded_at?"
+                  x.reason AS "excluded_reason?", x.excluded_by AS "excluded_by?", x.excluded_at AS "excluded_at?",
+                  m.tissue, m.tissue_reason
              FROM scans s
              JOIN scan_measurements m ON m.scan_id = s.id
              LEFT JOIN wound_assessment_exclusions x ON x.measurement_id = m.id

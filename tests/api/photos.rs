@@ -248,13 +248,22 @@ async fn a_scan_with_colour_frames_serves_its_sharpest_well_exposed_frames_witho
     assert_eq!(res.status(), 200);
     let everything: Value = res.json().await.unwrap();
     let exported = |kind: &str| -> Vec<Value> {
-        everything["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).filter(|r| r["resourceType"] == kind).cloned().collect()
+        everything["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| &e["resource"])
+            .filter(|r| r["resourceType"] == kind)
+            .cloned()
+            .collect()
     };
     let media_ids: Vec<Value> = exported("Media").iter().map(|r| r["id"].clone()).collect();
     let served_ids: Vec<Value> = entries.iter().map(|e| e["resource"]["id"].clone()).collect();
     assert_eq!(media_ids, served_ids, "{everything}");
-    let measured: Value = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &patient.token).await.json().await.unwrap();
-    let measurement_ids: Vec<Value> = measured["measurements"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+    let measured: Value =
+        app.get_auth(&format!("/v1/scans/{scan}/measurements"), &patient.token).await.json().await.unwrap();
+    let measurement_ids: Vec<Value> =
+        measured["measurements"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
     let observation_ids: Vec<Value> = exported("Observation").iter().map(|r| r["id"].clone()).collect();
     assert_eq!(observation_ids, measurement_ids, "{everything}");
     crate::fhir::validate(&[bundle, read, everything]);

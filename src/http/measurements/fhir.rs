@@ -108,6 +108,7 @@ fn observation_resource(o: &Observed) -> Value {
         "note": [{"text": note}],
         "method": {"text": method},
         "derivedFrom": m.mesh.as_ref().map(|_| vec![reference("DocumentReference", m.scan_id)]),
+        "hasMember": tissue_members(m),
         "component": [
             component("39126-8", "Length of wound", m.length_mm, 0.1, "cm"),
             component("39125-0", "Width of wound", m.width_mm, 0.1, "cm"),
@@ -235,7 +236,8 @@ pub struct ObservationSearch {
     /// date-time; up to two (a range).
     #[param(inline)]
     pub date: Option<FhirDateParam>,
-    /// `72287-6` or `http://loinc.org|72287-6` (the only code served; any other finds nothing).
+    /// `72287-6` (wound size panels) or `72371-8` (wound bed appearances), bare or as
+    /// `http://loinc.org|…`; comma-separated values are alternatives; any other finds nothing.
     #[param(inline)]
     pub code: Option<ObservationCode>,
     /// The wound: `Condition/{id}` or the id (its measurements only).
@@ -249,14 +251,23 @@ pub type ObservationCode = Line<0, 256>;
 // ---------------------------------------------------------------------------------------------
 // Handlers
 
-/// `GET /fhir/Observation/{id}`: one wound size panel (id = the measurement's id).
-#[utoipa::path(get, path = "/fhir/Observation/{id}", tag = "fhir", security(("bearer" = ["scans:read"])), params(("id" = Uuid, Path)),
+/// `GET /fhir/Observation/{id}`: one wound size panel (id = the measurement's id) or one
+/// wound bed appearance (id = `{measurement id}-{class}`).
+#[utoipa::path(get, path = "/fhir/Observation/{id}", tag = "fhir", security(("bearer" = ["scans:read"])),
+    params(("id" = String, Path, max_length = 64, description = "`{measurement id}` or `{measurement id}-{granulation|slough|eschar|epithelial}`")),
     responses((status = 200, description = "Observation (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
 pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     respond(
         async {
             let who = principal(&req, &state, Permission::ScansRead).await?;
-            let id = path_id(&req, "id")?;
+            // `{measurement id}` (the panel) or `{measurement id}-{class}` (a tissue share).
+            let raw = req.match_info().get("id").unwrap_or_default();
+            let (id, class) = match raw.get(36..) {
+                Some(rest) if rest.starts_with('-') => {
+                    (raw[..36].parse::<Uuid>().map_err(|_| ApiError::not_found())?, Some(&rest[1..]))
+                }
+                _ => (path_id(&req, "id")?, None),
+            };
             let rows = sqlx::query_as!(
                 ObservedRow,
                 r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!",
@@ -284,16 +295,27 @@ pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> H
                 Some(&who),
                 AuditEvent::new("fhir.observation.read", "success")
                     .target("patient", o.patient_id)
-                    .details(json!({"observation": id, "scan": o.rec.scan_id})),
+                    .details(json!({"observation": raw, "scan": o.rec.scan_id})),
             )
             .await?;
-            Ok::<_, ApiError>(ok(observation_resource(&o)))
+            let resource = match class {
+                None => observation_resource(&o),
+                Some(class) => {
+                    let want = tissue_id(o.rec.id, class);
+                    tissue_resources(&o)
+                        .into_iter()
+                        .find(|r| r["id"] == want.as_str())
+                        .ok_or_else(ApiError::not_found)?
+                }
+            };
+            Ok::<_, ApiError>(ok(resource))
         }
         .await,
     )
 }
 
-/// `GET /fhir/Observation?patient=&date=`: the patient's wound size panels, newest first.
+/// `GET /fhir/Observation?patient=&date=`: the patient's wound size panels, each followed by
+/// its wound bed appearances, newest scan first.
 #[utoipa::path(get, path = "/fhir/Observation", tag = "fhir", security(("bearer" = ["scans:read"])), params(ObservationSearch),
     responses((status = 200, description = "Bundle searchset (application/fhir+json)"), (status = 400, description = "OperationOutcome naming the parameter"), (status = 404)))]
 pub async fn search_observations(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
@@ -304,7 +326,9 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     let who = principal(req, state, Permission::ScansRead).await?;
     let mut patient = None;
     let mut dates = vec![];
-    let mut other_code = false;
+    // Which kinds the `code` parameters allow: comma-separated values are alternatives, a
+    // repeated parameter must hold as well.
+    let mut kinds = PANEL | TISSUE;
     let mut focus = None;
     for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
         match k.as_ref() {
@@ -321,7 +345,7 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
             }
             "code" => {
                 ObservationCode::new(v.as_ref()).map_err(|why| invalid("code", why))?;
-                other_code |= !matches!(v.as_ref(), "72287-6" | "http://loinc.org|72287-6");
+                kinds &= v.split(',').map(code_kind).fold(0, |a, k| a | k);
             }
             other => {
                 return Err(ApiError::field(
@@ -340,9 +364,10 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     // Every bound must hold: the latest lower bound and the earliest upper one.
     let from = dates.iter().filter_map(|d| d.from).max();
     let to = dates.iter().filter_map(|d| d.to).min();
-    let rows = if other_code { vec![] } else { patient_rows(state, pid, from, to, focus).await? };
+    let rows = if kinds == 0 { vec![] } else { patient_rows(state, pid, from, to, focus).await? };
     let found = observed(state, rows).await?;
-    let ids: Vec<Uuid> = found.iter().map(|o| o.rec.id).collect();
+    let resources = observation_resources(&found, kinds);
+    let ids: Vec<&str> = resources.iter().filter_map(|(_, r)| r["id"].as_str()).collect();
     auth::audit(
         state,
         req,
@@ -351,9 +376,35 @@ async fn search(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, Api
     )
     .await?;
     let b = base(req);
-    let resources: Vec<(&str, Value)> = found.iter().map(|o| ("Observation", observation_resource(o))).collect();
     let n = resources.len();
     Ok(ok(bundle(&b, resources, n, vec![("self", format!("{b}/Observation?{}", req.query_string()))])))
+}
+
+/// `code` search kinds: the wound size panel, the wound bed appearances.
+const PANEL: u8 = 1;
+const TISSUE: u8 = 2;
+
+/// The kind a `code` search value names (0: none served).
+fn code_kind(code: &str) -> u8 {
+    match code.strip_prefix("http://loinc.org|").unwrap_or(code) {
+        "72287-6" => PANEL,
+        BED_APPEARANCE => TISSUE,
+        _ => 0,
+    }
+}
+
+/// Each measurement's panel and then its wound bed appearances, as `kinds` allows.
+fn observation_resources(found: &[Observed], kinds: u8) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    for o in found {
+        if kinds & PANEL != 0 {
+            out.push(("Observation", observation_resource(o)));
+        }
+        if kinds & TISSUE != 0 {
+            out.extend(tissue_resources(o).into_iter().map(|r| ("Observation", r)));
+        }
+    }
+    out
 }
 
 /// The patient's measurements, effective in `[from, to)` and of wound `focus` when given,
@@ -366,8 +417,8 @@ async fn patient_rows(
     focus: Option<Uuid>,
 ) -> Result<Vec<ObservedRow>, ApiError> {
     Ok(sqlx::query_as!(
-            ObservedRow,
-            r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!",
+        ObservedRow,
+        r#"SELECT m.id, m.scan_id, s.patient_id, COALESCE(s.finished_at, s.created_at) AS "effective!",
                       w.id AS "wound_id?", w.site_code AS "site_code?", w.site_display AS "site_display?",
                       w.laterality AS "laterality?"
                  FROM scan_measurements m JOIN scans s ON s.id = m.scan_id
@@ -377,22 +428,23 @@ async fn patient_rows(
                   AND ($3::timestamptz IS NULL OR COALESCE(s.finished_at, s.created_at) < $3)
                   AND ($4::uuid IS NULL OR s.wound_id = $4)
                 ORDER BY COALESCE(s.finished_at, s.created_at) DESC, m.created_at, m.id"#,
-            pid,
-            from,
-            to,
-            focus
-        )
-        .fetch_all(&state.stores.pg)
-        .await?)
+        pid,
+        from,
+        to,
+        focus
+    )
+    .fetch_all(&state.stores.pg)
+    .await?)
 }
 
 /// Every measurement `Observation` of the patient and every mesh `DocumentReference` of
 /// their scans, for `$everything` (the caller has checked access and audits the export).
 pub async fn of_patient(state: &AppState, b: &str, pid: Uuid) -> Result<Vec<(&'static str, Value)>, ApiError> {
     let found = observed(state, patient_rows(state, pid, None, None, None).await?).await?;
-    let mut out: Vec<(&'static str, Value)> = found.iter().map(|o| ("Observation", observation_resource(o))).collect();
+    let mut out = observation_resources(&found, PANEL | TISSUE);
     for scan in crate::store::scans::list_for_patient(&state.stores.pg, pid, i64::MAX).await? {
-        let keys = crate::store::reconstruction::mesh_keys(&state.stores.pg, scan.id).await.map_err(ApiError::internal)?;
+        let keys =
+            crate::store::reconstruction::mesh_keys(&state.stores.pg, scan.id).await.map_err(ApiError::internal)?;
         if let Some(mesh) = keys {
             let effective = scan.finished_at.unwrap_or(scan.created_at);
             out.push(("DocumentReference", mesh_resource(b, scan.id, scan.patient_id, effective, &mesh)));
@@ -461,12 +513,14 @@ fn tissue_concept(class: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// One stored tissue share as the FHIR view reads it.
-#[derive(Debug, Deserialize)]
-struct ShareIn {
-    class: String,
-    percent: f64,
-    percent_pm: f64,
+/// References to the measurement's wound bed appearance `Observation`s.
+fn tissue_members(m: &MeasurementRecord) -> Vec<Value> {
+    let shares = m.tissue.as_ref().map(|t| t.shares.as_slice()).unwrap_or_default();
+    shares
+        .iter()
+        .filter(|s| tissue_concept(&s.class).is_some())
+        .map(|s| json!({"reference": format!("Observation/{}", tissue_id(m.id, &s.class))}))
+        .collect()
 }
 
 /// The `Observation` id of a measurement's tissue class: `{measurement id}-{class}`.
@@ -475,14 +529,14 @@ fn tissue_id(measurement: Uuid, class: &str) -> String {
 }
 
 /// The wound bed appearance `Observation`s of one measurement (one per tissue class the IG
-/// codes, `other` left out), from its stored tissue composition (`shares`); none without one.
-fn tissue_resources(o: &Observed, tissue: Option<&Value>) -> Vec<Value> {
+/// codes, `other` left out), from its tissue composition; none without one.
+fn tissue_resources(o: &Observed) -> Vec<Value> {
     let m = &o.rec;
-    let Some(tissue) = tissue else { return vec![] };
-    let shares: Vec<ShareIn> = serde_json::from_value(tissue["shares"].clone()).unwrap_or_default();
-    let classifier = tissue["classifier"].as_str().unwrap_or("unknown");
+    let Some(tissue) = &m.tissue else { return vec![] };
+    let classifier = &tissue.classifier;
     let pct = |x: f64| json!({"value": (x * 10.0).round() / 10.0, "unit": "%", "system": UCUM, "code": "%"});
-    shares
+    tissue
+        .shares
         .iter()
         .filter_map(|s| {
             let (code, display) = tissue_concept(&s.class)?;
