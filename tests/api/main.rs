@@ -44,6 +44,7 @@ mod scans;
 mod sfu;
 mod shutdown;
 mod starvation;
+mod tissue_views;
 mod transport;
 mod wound_report;
 mod wounds;

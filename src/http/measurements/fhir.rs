@@ -289,15 +289,6 @@ pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> H
                     "fhir.observation.read",
                 )
                 .await?;
-            auth::audit(
-                &state,
-                &req,
-                Some(&who),
-                AuditEvent::new("fhir.observation.read", "success")
-                    .target("patient", o.patient_id)
-                    .details(json!({"observation": raw, "scan": o.rec.scan_id})),
-            )
-            .await?;
             let resource = match class {
                 None => observation_resource(&o),
                 Some(class) => {
@@ -308,6 +299,15 @@ pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> H
                         .ok_or_else(ApiError::not_found)?
                 }
             };
+            auth::audit(
+                &state,
+                &req,
+                Some(&who),
+                AuditEvent::new("fhir.observation.read", "success")
+                    .target("patient", o.patient_id)
+                    .details(json!({"observation": raw, "scan": o.rec.scan_id})),
+            )
+            .await?;
             Ok::<_, ApiError>(ok(resource))
         }
         .await,

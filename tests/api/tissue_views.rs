@@ -1,0 +1,194 @@
+//! A wound's tissue composition followed over time (issue #26): the trajectory's points carry
+//! each measurement's tissue and granulation share, FHIR carries them as the Skin and Wound
+//! Assessment IG's wound bed appearance `Observation`s (LOINC 72371-8, a SNOMED CT tissue,
+//! the share as LOINC 72370-0 in %), and the wound report prints them. The compositions are
+//! written into the measurements as the finish step stores them (`tests/api/colour.rs`
+//! streams a real colour scan end to end).
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::helpers::{spawn_app, TestApp};
+use crate::wounds::{clinician_and_patient, measured_scan, new_wound};
+
+const CLASSES: [&str; 5] = ["granulation", "slough", "eschar", "epithelial", "other"];
+
+/// A stored composition: the shares (percent, ± points) of the five classes in order.
+fn composition(shares: [(f64, f64); 5], area: f64) -> Value {
+    let shares: Vec<Value> = CLASSES
+        .iter()
+        .zip(shares)
+        .map(|(c, (p, pm))| json!({"class": c, "area_mm2": area * p / 100.0, "percent": p, "percent_pm": pm}))
+        .collect();
+    json!({
+        "shares": shares,
+        "wound_area_mm2": area,
+        "coloured_fraction": 0.97,
+        "calibration": {"source": "periwound", "gains": [1.02, 0.98, 1.05], "samples": 812},
+        "classifier": "coherency-lab-logistic@1",
+    })
+}
+
+async fn set_tissue(app: &TestApp, measurement: Uuid, tissue: Option<&Value>, reason: Option<&str>) {
+    sqlx::query("UPDATE scan_measurements SET tissue = $2, tissue_reason = $3, tissue_at = now() WHERE id = $1")
+        .bind(measurement)
+        .bind(tissue)
+        .bind(reason)
+        .execute(&app.pg)
+        .await
+        .unwrap();
+}
+
+async fn fhir(app: &TestApp, token: &str, path: &str) -> (u16, Value) {
+    let res = app.get_auth(path, token).await;
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn resources(bundle: &Value) -> Vec<Value> {
+    bundle["entry"].as_array().map(|e| e.iter().map(|e| e["resource"].clone()).collect()).unwrap_or_default()
+}
+
+#[actix_web::test]
+async fn a_wounds_tissue_is_followed_in_its_trajectory_in_fhir_and_in_its_report() {
+    let app = spawn_app().await;
+    let (clin, patient, pid) = clinician_and_patient(&app).await;
+    let wound = new_wound(
+        &app,
+        &clin,
+        pid,
+        json!({"site_code": "116315002", "site_display": "Heel", "laterality": "left", "aetiology": "diabetic_foot"}),
+    )
+    .await;
+    let wid = wound["id"].as_str().unwrap().to_string();
+    // The bed granulates over four weeks; the last scan had no colour.
+    let stages = [
+        (28, 510.0, [(40.0, 5.0), (35.0, 5.0), (20.0, 4.0), (0.0, 1.0), (5.0, 2.0)]),
+        (14, 430.0, [(55.0, 4.0), (30.0, 4.0), (8.0, 3.0), (2.0, 1.0), (5.0, 2.0)]),
+        (3, 350.0, [(72.0, 4.0), (18.0, 4.0), (0.0, 1.0), (7.0, 2.0), (3.0, 2.0)]),
+    ];
+    let mut measured = Vec::new();
+    for (days_ago, area, shares) in stages {
+        let (_, m) = measured_scan(&app, &clin, pid, &wid, days_ago, area, 12.0).await;
+        set_tissue(&app, m, Some(&composition(shares, area * 1.1)), None).await;
+        measured.push((m, shares));
+    }
+    let (_, colourless) = measured_scan(&app, &clin, pid, &wid, 1, 340.0, 12.0).await;
+    set_tissue(&app, colourless, None, Some("no_colour_frames")).await;
+
+    // The trajectory: each point's tissue, and the granulation series.
+    let t: Value = app.get_auth(&format!("/v1/wounds/{wid}/trajectory"), &clin.token).await.json().await.unwrap();
+    let points = t["points"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "{t}");
+    for (p, (m, shares)) in points.iter().zip(&measured) {
+        assert_eq!(p["id"], m.to_string());
+        assert_eq!(p["granulation_pct"], json!({"value": shares[0].0, "uncertainty": shares[0].1}), "{p}");
+        let got: Vec<f64> =
+            p["tissue"]["shares"].as_array().unwrap().iter().map(|s| s["percent"].as_f64().unwrap()).collect();
+        assert_eq!(got, shares.map(|s| s.0).to_vec(), "{p}");
+        assert!(p.get("tissue_unavailable").is_none(), "{p}");
+    }
+    assert!(points[3]["tissue"].is_null() && points[3]["granulation_pct"].is_null(), "{}", points[3]);
+    assert_eq!(points[3]["tissue_unavailable"], "no_colour_frames");
+    let assessments: Value =
+        app.get_auth(&format!("/v1/wounds/{wid}/assessments"), &clin.token).await.json().await.unwrap();
+    assert_eq!(assessments["assessments"][2]["tissue"], points[2]["tissue"]);
+
+    // FHIR: each panel is followed by its four coded tissue shares (`other` has no code).
+    let (s, all) = fhir(&app, &patient.token, &format!("/fhir/Observation?patient={pid}")).await;
+    assert_eq!(s, 200, "{all}");
+    let all = resources(&all);
+    assert_eq!(all.len(), 4 + 3 * 4, "{all:?}");
+    let (latest, shares) = measured[2];
+    let panel = all.iter().find(|r| r["id"] == latest.to_string()).unwrap();
+    let members: Vec<&str> =
+        panel["hasMember"].as_array().unwrap().iter().map(|m| m["reference"].as_str().unwrap()).collect();
+    let want: Vec<String> = CLASSES[..4].iter().map(|c| format!("Observation/{latest}-{c}")).collect();
+    assert_eq!(members, want, "{panel}");
+    let colourless_panel = all.iter().find(|r| r["id"] == colourless.to_string()).unwrap();
+    assert!(colourless_panel.get("hasMember").is_none(), "{colourless_panel}");
+    for (class, snomed, (percent, pm)) in [
+        ("granulation", "225541009", shares[0]),
+        ("slough", "449746002", shares[1]),
+        ("eschar", "421306004", shares[2]),
+        ("epithelial", "449743005", shares[3]),
+    ] {
+        let (s, obs) = fhir(&app, &patient.token, &format!("/fhir/Observation/{latest}-{class}")).await;
+        assert_eq!(s, 200, "{obs}");
+        assert!(all.contains(&obs), "the read equals the searched: {obs}");
+        assert_eq!(
+            obs["code"]["coding"][0],
+            json!({"system": "http://loinc.org", "code": "72371-8", "display": "Appearance of Wound base"})
+        );
+        assert_eq!(obs["valueCodeableConcept"]["coding"][0]["system"], "http://snomed.info/sct");
+        assert_eq!(obs["valueCodeableConcept"]["coding"][0]["code"], snomed);
+        let c = &obs["component"][0];
+        assert_eq!(c["code"]["coding"][0]["code"], "72370-0");
+        assert_eq!(
+            c["valueQuantity"],
+            json!({"value": percent, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"})
+        );
+        let range = &c["extension"][0]["valueRange"];
+        assert_eq!(range["low"]["value"].as_f64().unwrap(), (percent - pm).max(0.0));
+        assert_eq!(range["high"]["value"].as_f64().unwrap(), (percent + pm).min(100.0));
+        assert_eq!(obs["focus"][0]["reference"], format!("Condition/{wid}"));
+        assert_eq!(obs["derivedFrom"][0]["reference"], format!("Observation/{latest}"));
+        assert_eq!(obs["subject"]["reference"], format!("Patient/{pid}"));
+    }
+    for bad in ["other", "bogus", "granulation-x"] {
+        let (s, outcome) = fhir(&app, &patient.token, &format!("/fhir/Observation/{latest}-{bad}")).await;
+        assert_eq!((s, outcome["resourceType"].as_str()), (404, Some("OperationOutcome")), "{bad}");
+    }
+    for (code, n) in [
+        ("72371-8", 12),
+        ("http://loinc.org|72371-8", 12),
+        ("72287-6", 4),
+        ("72287-6,72371-8", 16),
+        ("72287-6&code=72371-8", 0),
+        ("12345-6", 0),
+    ] {
+        let (s, b) = fhir(&app, &clin.token, &format!("/fhir/Observation?patient={pid}&code={code}")).await;
+        assert_eq!((s, b["total"].as_u64()), (200, Some(n)), "code={code}: {b}");
+    }
+    let (_, everything) = fhir(&app, &patient.token, &format!("/fhir/Patient/{pid}/$everything")).await;
+    let exported: Vec<Value> =
+        resources(&everything).into_iter().filter(|r| r["resourceType"] == "Observation").collect();
+    assert_eq!(exported.len(), all.len(), "{everything}");
+    let stranger = app.patient().await;
+    let (s, _) = fhir(&app, &stranger.token, &format!("/fhir/Observation/{latest}-granulation")).await;
+    assert_eq!(s, 404);
+    let read_audits: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'fhir.observation.read' AND details LIKE $1")
+            .bind(format!("%{latest}-%"))
+            .fetch_one(&app.pg)
+            .await
+            .unwrap();
+    assert_eq!(read_audits, 4, "each read is audited, a 404 is not");
+    let mut emitted = all.clone();
+    emitted.push(everything);
+    crate::fhir::validate(&emitted);
+
+    // The report: each assessment's wound bed, and the granulation share over time.
+    let res = app.get_auth(&format!("/v1/wounds/{wid}/report.pdf"), &clin.token).await;
+    assert_eq!(res.status(), 200);
+    let pdf = res.bytes().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("coherency-tissue-report-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("report.pdf");
+    std::fs::write(&file, &pdf).unwrap();
+    let out = Command::new("pdftotext").args([file.to_str().unwrap(), "-"]).output().expect("pdftotext (poppler)");
+    let text = String::from_utf8(out.stdout).unwrap().split_whitespace().collect::<Vec<_>>().join(" ");
+    std::fs::remove_dir_all(&dir).ok();
+    let day = |i: usize| points[i]["taken_at"].as_str().unwrap()[..10].to_string();
+    for needle in [
+        format!("Granulation: 40 ± 5 % of the wound bed on {}, 72 ± 4 % on {}.", day(0), day(2)),
+        "Wound bed: granulation 40 ± 5 %, slough 35 ± 5 %, eschar 20 ± 4 %, epithelial 0 ± 1 %, other 5 ± 2 %."
+            .to_string(),
+        "Wound bed: granulation 72 ± 4 %, slough 18 ± 4 %, eschar 0 ± 1 %, epithelial 7 ± 2 %, other 3 ± 2 %."
+            .to_string(),
+    ] {
+        assert!(text.contains(&needle), "{needle:?} not in the report: {text}");
+    }
+}
