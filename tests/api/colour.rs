@@ -42,13 +42,18 @@ fn inside(poly: &[[f64; 2]], u: f64, v: f64) -> bool {
 /// convention (the depth camera, scaled): the wound bed inside the phantom's outline red,
 /// the skin around it skin-toned, both with a little texture.
 pub fn colour_jpeg(phantom: &Phantom, f: &Frame) -> Vec<u8> {
+    colour_jpeg_of(phantom, f, BED_SRGB, SKIN_SRGB)
+}
+
+/// [`colour_jpeg`] with the bed and skin colours given.
+pub fn colour_jpeg_of(phantom: &Phantom, f: &Frame, bed: [u8; 3], skin: [u8; 3]) -> Vec<u8> {
     let (w, h) = (f.intrinsics.width * COLOUR_SCALE, f.intrinsics.height * COLOUR_SCALE);
     let k = f.intrinsics.scaled(w, h);
     let outline = phantom.outline_in_image(&k, &f.pose, 96);
     let mut rgb = Vec::with_capacity((w * h * 3) as usize);
     for v in 0..h {
         for u in 0..w {
-            let base = if inside(&outline, f64::from(u), f64::from(v)) { BED_SRGB } else { SKIN_SRGB };
+            let base = if inside(&outline, f64::from(u), f64::from(v)) { bed } else { skin };
             let n = ((u.wrapping_mul(7919) ^ v.wrapping_mul(104_729)) % 13) as i32 - 6;
             rgb.extend(base.map(|c| (i32::from(c) + n).clamp(0, 255) as u8));
         }
@@ -65,20 +70,32 @@ pub async fn stream_colour_scan(
     phantom: &Phantom,
     colour_every: usize,
 ) -> Value {
+    stream_colour_scan_of(app, &who.token, scan, phantom, colour_every, SKIN_SRGB).await
+}
+
+/// [`stream_colour_scan`] with `token` and the skin's colour given.
+pub async fn stream_colour_scan_of(
+    app: &TestApp,
+    token: &str,
+    scan: ScanId,
+    phantom: &Phantom,
+    colour_every: usize,
+    skin: [u8; 3],
+) -> Value {
     let rendered = phantom.scan(&ScanConfig::iphone(3));
     let mut client =
-        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), who.token.clone(), scan)).await.unwrap();
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), token.to_owned(), scan)).await.unwrap();
     for (i, f) in rendered.frames.iter().enumerate() {
         let mut frame = wire_frame(i as u64 + 1, f);
         if colour_every > 0 && i % colour_every == 0 {
-            frame.colour_jpeg = Some(colour_jpeg(phantom, f).into());
+            frame.colour_jpeg = Some(colour_jpeg_of(phantom, f, BED_SRGB, skin).into());
         }
         client.send_frame(frame).await.unwrap();
     }
     client.finish().await.unwrap();
     let path = format!("/v1/scans/{scan}/measurements");
     eventually(Duration::from_secs(180), "the scan to complete", || async {
-        let v: Value = app.get_auth(&path, &who.token).await.json().await.unwrap();
+        let v: Value = app.get_auth(&path, token).await.json().await.unwrap();
         assert_ne!(v["status"], "failed", "reconstruction failed: {v}");
         (v["status"] == "complete").then_some(v)
     })
