@@ -323,3 +323,40 @@ async fn the_coloured_glb_passes_the_khronos_gltf_validator() {
         println!("coloured {coloured}: {report}");
     }
 }
+
+/// A clinician's outline of a colour scan is analysed inside that outline: the preview
+/// carries a tissue composition, and the stored measurement the same one.
+#[actix_web::test]
+async fn a_clinicians_outline_gets_the_tissue_inside_it_in_the_preview_and_when_stored() {
+    use coherency::auth::Role;
+    let app = spawn_app().await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
+    crate::scan_stream::consent(&app, &ada).await;
+    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let list = stream_colour_scan(&app, &ada, scan, &phantom, 6).await;
+    let seq = list["outcome"]["suggested_keyframe"]["seq"].as_u64().expect("a suggested keyframe");
+    let rendered = phantom.scan(&ScanConfig::iphone(3));
+    let f = &rendered.frames[seq as usize - 1];
+    let outline = phantom.outline_in_image(&f.intrinsics, &f.pose, 32);
+    let body = serde_json::json!({ "keyframe_seq": seq, "polygon": outline });
+    let res = app.post_auth(&format!("/v1/scans/{scan}/measurements/preview"), &alice.token, &body).await;
+    assert_eq!(res.status(), 200);
+    let preview: Value = res.json().await.unwrap();
+    let tissue = &preview["tissue"];
+    assert!(tissue.is_object(), "{preview}");
+    let shares = tissue["shares"].as_array().unwrap();
+    assert_eq!(shares[0]["class"], "granulation");
+    assert!(
+        shares.iter().all(|s| s["percent"].as_f64().unwrap() <= shares[0]["percent"].as_f64().unwrap()),
+        "{tissue}"
+    );
+    let res = app.post_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token, &body).await;
+    assert_eq!(res.status(), 201);
+    let stored: Value = res.json().await.unwrap();
+    assert_eq!(stored["method"], "polygon");
+    assert_eq!(&stored["tissue"], tissue, "the stored outline's tissue is the preview's");
+}
