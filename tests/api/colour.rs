@@ -39,13 +39,8 @@ fn inside(poly: &[[f64; 2]], u: f64, v: f64) -> bool {
 }
 
 /// Frame `f`'s colour image as the phone's colour camera would take it under the frame
-/// convention (the depth camera, scaled): the wound bed inside the phantom's outline red,
-/// the skin around it skin-toned, both with a little texture.
-pub fn colour_jpeg(phantom: &Phantom, f: &Frame) -> Vec<u8> {
-    colour_jpeg_of(phantom, f, BED_SRGB, SKIN_SRGB)
-}
-
-/// [`colour_jpeg`] with the bed and skin colours given.
+/// convention (the depth camera, scaled): the wound bed inside the phantom's outline `bed`,
+/// the skin around it `skin`, both with a little texture.
 pub fn colour_jpeg_of(phantom: &Phantom, f: &Frame, bed: [u8; 3], skin: [u8; 3]) -> Vec<u8> {
     let (w, h) = (f.intrinsics.width * COLOUR_SCALE, f.intrinsics.height * COLOUR_SCALE);
     let k = f.intrinsics.scaled(w, h);
@@ -257,7 +252,8 @@ async fn a_colour_camera_of_its_own_is_checked_like_the_depth_camera() {
     assert_eq!(client.send_frame(good).await.unwrap(), 1);
     drop(client);
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut DepthFrame)>)> = vec![
+    type Change = Box<dyn Fn(&mut DepthFrame)>;
+    let cases: Vec<(&str, Change)> = vec![
         ("only allowed with a jpeg", Box::new(|f| f.colour_intrinsics = Some(f.intrinsics))),
         ("only allowed with a jpeg", Box::new(|f| f.colour_pose = Some(f.pose))),
         (
