@@ -185,10 +185,12 @@ struct Variant {
     days_ago: i64,
     /// Seed of a ± 2 % wobble per assessment (0: none).
     wobble: u32,
+    /// The first wound's newest scan gets a coloured mesh and a tissue composition.
+    coloured: bool,
 }
 
 impl Variant {
-    const FIRST: Variant = Variant { scale: 1.0, right: false, days_ago: 2, wobble: 0 };
+    const FIRST: Variant = Variant { scale: 1.0, right: false, days_ago: 2, wobble: 0, coloured: true };
 
     /// The `n`th demo patient's (`0`: the first, as `DEMO_WOUNDS` has it).
     fn of(n: usize) -> Variant {
@@ -200,6 +202,7 @@ impl Variant {
             right: n % 2 == 1,
             days_ago: 1 + (n as i64 * 5) % 7,
             wobble: n as u32,
+            coloured: false,
         }
     }
 
@@ -277,17 +280,60 @@ async fn seed_wounds_as(state: &AppState, patient: Uuid, clinician: Uuid, v: Var
         let wound = Uuid::now_v7();
         let mut tx = pg.begin().await?;
         wounds::insert(&mut *tx, wound, patient, &fields, clinician, baseline).await?;
+        let mut newest = None;
         for (k, (day, area)) in d.areas.iter().enumerate() {
             let taken = baseline + Duration::days(*day);
-            demo_assessment(&mut tx, patient, wound, site_display, clinician, taken, v.area(k, *area)).await?;
+            newest =
+                Some(demo_assessment(&mut tx, patient, wound, site_display, clinician, taken, v.area(k, *area)).await?);
         }
         tx.commit().await?;
+        // The demo login's first wound: its newest scan gets a reconstructed, coloured mesh and
+        // a tissue composition (the other demo records stay rows only: the seed stays fast).
+        if v.coloured && std::ptr::eq(d, &DEMO_WOUNDS[0]) {
+            if let Some(scan) = newest {
+                colour_demo_scan(state, scan).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives demo scan `scan` the coloured mesh and tissue composition of a colour phantom scan
+/// reconstructed in process (`coherency_actors::reconstruction::demo`): the mesh is stored
+/// as the scan's reconstruction, the tissue on its automatic measurement (whose figures stay
+/// the demo history's).
+async fn colour_demo_scan(state: &AppState, scan: Uuid) -> anyhow::Result<()> {
+    use coherency_actors::reconstruction::{MeshFormat, MeshKeys, NewReconstruction, ReconOutcome, ReconstructionSink};
+    let made = tokio::task::spawn_blocking(coherency_actors::reconstruction::demo::demo_scan)
+        .await?
+        .map_err(|e| anyhow::anyhow!("demo scan: {e}"))?;
+    let stores = &state.stores;
+    let sink = crate::store::reconstruction::StoreReconstructionSink::new(
+        stores.blobs.clone(),
+        stores.pg.clone(),
+        stores.mongo.clone(),
+        state.clock.clone(),
+    );
+    let id = coherency_protocol::ids::ScanId::from_uuid(scan);
+    let ply = sink.put_mesh(id, MeshFormat::Ply, made.ply.into()).await?;
+    let glb = sink.put_mesh(id, MeshFormat::Glb, made.glb.into()).await?;
+    let mesh = MeshKeys { ply_key: ply.key, ply_sha256: ply.sha256, glb_key: glb.key, glb_sha256: glb.sha256 };
+    sink.write_reconstruction(&NewReconstruction {
+        scan_id: id,
+        outcome: ReconOutcome::Measured { keyframe: None },
+        mesh,
+    })
+    .await?;
+    let measurements = crate::store::measurements::list(&stores.pg, scan).await?;
+    if let Some(m) = measurements.iter().find(|m| m.method == "auto") {
+        crate::store::measurements::replace_tissue(&stores.pg, m.id, &made.tissue, state.clock.now()).await?;
     }
     Ok(())
 }
 
 /// A completed scan of the wound taken at `taken` with its automatic measurement of `area` mm²
-/// (the other figures in proportion, with `±` of the size the real pipeline reports).
+/// (the other figures in proportion, with `±` of the size the real pipeline reports); answers
+/// the scan's id.
 async fn demo_assessment(
     tx: &mut sqlx::PgConnection,
     patient: Uuid,
@@ -296,7 +342,7 @@ async fn demo_assessment(
     clinician: Uuid,
     taken: DateTime<Utc>,
     area: f64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Uuid> {
     let scan = Uuid::now_v7();
     let finished = taken + Duration::minutes(2);
     sqlx::query!(
@@ -341,5 +387,5 @@ async fn demo_assessment(
     )
     .execute(&mut *tx)
     .await?;
-    Ok(())
+    Ok(scan)
 }

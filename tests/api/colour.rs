@@ -39,16 +39,16 @@ fn inside(poly: &[[f64; 2]], u: f64, v: f64) -> bool {
 }
 
 /// Frame `f`'s colour image as the phone's colour camera would take it under the frame
-/// convention (the depth camera, scaled): the wound bed inside the phantom's outline red,
-/// the skin around it skin-toned, both with a little texture.
-pub fn colour_jpeg(phantom: &Phantom, f: &Frame) -> Vec<u8> {
+/// convention (the depth camera, scaled): the wound bed inside the phantom's outline `bed`,
+/// the skin around it `skin`, both with a little texture.
+pub fn colour_jpeg_of(phantom: &Phantom, f: &Frame, bed: [u8; 3], skin: [u8; 3]) -> Vec<u8> {
     let (w, h) = (f.intrinsics.width * COLOUR_SCALE, f.intrinsics.height * COLOUR_SCALE);
     let k = f.intrinsics.scaled(w, h);
     let outline = phantom.outline_in_image(&k, &f.pose, 96);
     let mut rgb = Vec::with_capacity((w * h * 3) as usize);
     for v in 0..h {
         for u in 0..w {
-            let base = if inside(&outline, f64::from(u), f64::from(v)) { BED_SRGB } else { SKIN_SRGB };
+            let base = if inside(&outline, f64::from(u), f64::from(v)) { bed } else { skin };
             let n = ((u.wrapping_mul(7919) ^ v.wrapping_mul(104_729)) % 13) as i32 - 6;
             rgb.extend(base.map(|c| (i32::from(c) + n).clamp(0, 255) as u8));
         }
@@ -65,20 +65,32 @@ pub async fn stream_colour_scan(
     phantom: &Phantom,
     colour_every: usize,
 ) -> Value {
+    stream_colour_scan_of(app, &who.token, scan, phantom, colour_every, SKIN_SRGB).await
+}
+
+/// [`stream_colour_scan`] with `token` and the skin's colour given.
+pub async fn stream_colour_scan_of(
+    app: &TestApp,
+    token: &str,
+    scan: ScanId,
+    phantom: &Phantom,
+    colour_every: usize,
+    skin: [u8; 3],
+) -> Value {
     let rendered = phantom.scan(&ScanConfig::iphone(3));
     let mut client =
-        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), who.token.clone(), scan)).await.unwrap();
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), token.to_owned(), scan)).await.unwrap();
     for (i, f) in rendered.frames.iter().enumerate() {
         let mut frame = wire_frame(i as u64 + 1, f);
         if colour_every > 0 && i % colour_every == 0 {
-            frame.colour_jpeg = Some(colour_jpeg(phantom, f).into());
+            frame.colour_jpeg = Some(colour_jpeg_of(phantom, f, BED_SRGB, skin).into());
         }
         client.send_frame(frame).await.unwrap();
     }
     client.finish().await.unwrap();
     let path = format!("/v1/scans/{scan}/measurements");
     eventually(Duration::from_secs(180), "the scan to complete", || async {
-        let v: Value = app.get_auth(&path, &who.token).await.json().await.unwrap();
+        let v: Value = app.get_auth(&path, token).await.json().await.unwrap();
         assert_ne!(v["status"], "failed", "reconstruction failed: {v}");
         (v["status"] == "complete").then_some(v)
     })
@@ -240,7 +252,8 @@ async fn a_colour_camera_of_its_own_is_checked_like_the_depth_camera() {
     assert_eq!(client.send_frame(good).await.unwrap(), 1);
     drop(client);
 
-    let cases: Vec<(&str, Box<dyn Fn(&mut DepthFrame)>)> = vec![
+    type Change = Box<dyn Fn(&mut DepthFrame)>;
+    let cases: Vec<(&str, Change)> = vec![
         ("only allowed with a jpeg", Box::new(|f| f.colour_intrinsics = Some(f.intrinsics))),
         ("only allowed with a jpeg", Box::new(|f| f.colour_pose = Some(f.pose))),
         (
@@ -305,4 +318,41 @@ async fn the_coloured_glb_passes_the_khronos_gltf_validator() {
         assert!(report["info"]["totalVertexCount"].as_u64().unwrap() > 100, "{report}");
         println!("coloured {coloured}: {report}");
     }
+}
+
+/// A clinician's outline of a colour scan is analysed inside that outline: the preview
+/// carries a tissue composition, and the stored measurement the same one.
+#[actix_web::test]
+async fn a_clinicians_outline_gets_the_tissue_inside_it_in_the_preview_and_when_stored() {
+    use coherency::auth::Role;
+    let app = spawn_app().await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
+    crate::scan_stream::consent(&app, &ada).await;
+    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let list = stream_colour_scan(&app, &ada, scan, &phantom, 6).await;
+    let seq = list["outcome"]["suggested_keyframe"]["seq"].as_u64().expect("a suggested keyframe");
+    let rendered = phantom.scan(&ScanConfig::iphone(3));
+    let f = &rendered.frames[seq as usize - 1];
+    let outline = phantom.outline_in_image(&f.intrinsics, &f.pose, 32);
+    let body = serde_json::json!({ "keyframe_seq": seq, "polygon": outline });
+    let res = app.post_auth(&format!("/v1/scans/{scan}/measurements/preview"), &alice.token, &body).await;
+    assert_eq!(res.status(), 200);
+    let preview: Value = res.json().await.unwrap();
+    let tissue = &preview["tissue"];
+    assert!(tissue.is_object(), "{preview}");
+    let shares = tissue["shares"].as_array().unwrap();
+    assert_eq!(shares[0]["class"], "granulation");
+    assert!(
+        shares.iter().all(|s| s["percent"].as_f64().unwrap() <= shares[0]["percent"].as_f64().unwrap()),
+        "{tissue}"
+    );
+    let res = app.post_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token, &body).await;
+    assert_eq!(res.status(), 201);
+    let stored: Value = res.json().await.unwrap();
+    assert_eq!(stored["method"], "polygon");
+    assert_eq!(&stored["tissue"], tissue, "the stored outline's tissue is the preview's");
 }

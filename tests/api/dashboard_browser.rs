@@ -417,3 +417,34 @@ async fn browser_staff_without_two_step_sign_in_set_it_up_and_reach_the_board() 
         .unwrap();
     assert!(enrolled, "the account has two-step sign-in now");
 }
+
+/// Issue #26, the viewer: a clinician opens a scan whose GLB carries vertex colours (a red bed
+/// on darker skin, `crate::colour`); the canvas shows the scan's colours by default, reddish
+/// where the wound is, and the labelled toggle switches to the height-coded view and back,
+/// changing the canvas's colours (`web/tests/dashboard.colour.mjs`).
+#[actix_rt::test]
+async fn browser_viewer_shows_the_scan_colours_by_default_and_toggles_to_the_height_view() {
+    let (web, app) = web_app().await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    add_to_care_team(&app, ada_id, alice.id).await;
+    consent(&app, &ada).await;
+    let scan = create_scan(&app, &ada, ada_id).await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let list = crate::colour::stream_colour_scan_of(&app, &ada.token, scan, &phantom, 6, [150, 100, 75]).await;
+    assert!(list["measurements"][0]["tissue"].is_object(), "{list}");
+    let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let params = json!({ "base": app.address, "artifacts": artifacts, "token": alice.token, "scan": scan });
+    let script = web.join("tests/dashboard.colour.mjs");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).env("COLOUR_TEST", params.to_string()).stderr(Stdio::inherit()).output()
+    });
+    let out =
+        tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser script ends").unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    assert!(artifacts.join("dashboard-colour.png").is_file() && artifacts.join("dashboard-height.png").is_file());
+}

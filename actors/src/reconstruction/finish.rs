@@ -676,6 +676,20 @@ fn finish_work(
     Ok(Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue })
 }
 
+/// Reconstructs `frames` (their stored messages `raw`) on the calling thread as a finish
+/// does, for the demo scan ([`super::demo`]): the mesh as PLY and as GLB (with its colours),
+/// the automatic measurement's figures and its tissue.
+pub(crate) fn reconstruct_in_process(
+    frames: &[(u64, Frame)],
+    raw: &[(u64, Bytes)],
+) -> Result<super::demo::DemoScan, String> {
+    let built = finish_work(None, frames, raw, 0).map_err(|e| e.to_string())?;
+    let Built { measured, glb_coloured, tissue, .. } = built;
+    let figures = measured.measured.as_ref().ok().map(figures);
+    let tissue = colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())));
+    Ok(super::demo::DemoScan { ply: measured.ply, glb: glb_coloured.unwrap_or(measured.glb), figures, tissue })
+}
+
 /// Runs `f` once a core is free, on a thread of its own: at normal priority while no phone
 /// streams to this node, at the live-fusion priority as soon as one does
 /// ([`step_aside_if_streaming`]). The thread ends with the work, so a lowered priority never

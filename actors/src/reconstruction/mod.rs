@@ -21,6 +21,7 @@
 //! several scans at a fixed frame rate and reports its percentiles.
 
 mod colour;
+pub mod demo;
 pub mod finish;
 pub mod keyframe;
 pub mod lag;
