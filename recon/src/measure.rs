@@ -626,7 +626,11 @@ fn shoelace(p: &[[f64; 2]]) -> f64 {
         / 2.0
 }
 
-fn point_in_polygon(p: [f64; 2], poly: &[[f64; 2]]) -> bool {
+/// Whether `p` lies inside the polygon `poly` (even-odd rule; an empty polygon has no inside).
+pub fn point_in_polygon(p: [f64; 2], poly: &[[f64; 2]]) -> bool {
+    if poly.is_empty() {
+        return false;
+    }
     let mut inside = false;
     let n = poly.len();
     let mut j = n - 1;

@@ -72,6 +72,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/web/{tail:.*}").route(web::get().to(pages::file)))
         .service(resource("/v1/patients/{id}/scans").route(web::get().to(scans::list_for_patient)));
     cfg.configure(patients::configure).configure(fhir::configure).configure(measurements::fhir::configure);
+    cfg.configure(measurements::corrections::configure);
     cfg.configure(booking::configure);
     cfg.configure(consults::configure);
     cfg.configure(wounds::configure);

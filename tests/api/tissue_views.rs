@@ -192,3 +192,143 @@ async fn a_wounds_tissue_is_followed_in_its_trajectory_in_fhir_and_in_its_report
         assert!(text.contains(&needle), "{needle:?} not in the report: {text}");
     }
 }
+
+/// The bounding box of `outline` grown by `margin` pixels, cut at `u_max`, as a polygon.
+fn box_around(outline: &[[f64; 2]], margin: f64, u_max: Option<f64>) -> Vec<[f64; 2]> {
+    let (mut lo, mut hi) = ([f64::MAX; 2], [f64::MIN; 2]);
+    for p in outline {
+        for k in 0..2 {
+            lo[k] = lo[k].min(p[k] - margin);
+            hi[k] = hi[k].max(p[k] + margin);
+        }
+    }
+    let (lo, hi) = (lo.map(|v| v.max(0.0)), [hi[0].min(255.0), hi[1].min(191.0)]);
+    let right = u_max.map_or(hi[0], |u| u.min(hi[0]));
+    vec![[lo[0], lo[1]], [right, lo[1]], [right, hi[1]], [lo[0], hi[1]]]
+}
+
+fn share(tissue: &Value, class: &str) -> f64 {
+    tissue["shares"].as_array().unwrap().iter().find(|s| s["class"] == class).unwrap()["percent"].as_f64().unwrap()
+}
+
+#[actix_web::test]
+async fn a_clinician_corrects_a_regions_tissue_class_and_the_corrections_are_kept_audited_and_exported() {
+    use coherency::auth::Role;
+    use coherency_recon::phantom::{presets, Phantom, ScanConfig};
+    let app = spawn_app().await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let admin = app.staff(Role::Admin, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
+    crate::scan_stream::consent(&app, &ada).await;
+    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let phantom = Phantom::new(presets::spherical_cap(false));
+    let list = crate::colour::stream_colour_scan(&app, &ada, scan, &phantom, 6).await;
+    let m = &list["measurements"][0];
+    let mid = m["id"].as_str().unwrap().to_string();
+    assert!(share(&m["tissue"], "granulation") > 80.0, "the red bed reads as granulation: {m}");
+    let seq = list["outcome"]["suggested_keyframe"]["seq"].as_u64().expect("a keyframe");
+    let rendered = phantom.scan(&ScanConfig::iphone(3));
+    let f = &rendered.frames[seq as usize - 1];
+    let outline = phantom.outline_in_image(&f.intrinsics, &f.pose, 32);
+    let centre_u = outline.iter().map(|p| p[0]).sum::<f64>() / outline.len() as f64;
+    let path = format!("/v1/scans/{scan}/measurements/{mid}/tissue-corrections");
+
+    // The whole bed is slough, says the clinician; then the left half is granulation after all.
+    let whole = json!({"keyframe_seq": seq, "polygon": box_around(&outline, 6.0, None), "class": "slough"});
+    let res = app.post_auth(&path, &alice.token, &whole).await;
+    assert_eq!(res.status(), 201, "{}", res.text().await.unwrap_or_default());
+    let first: Value = res.json().await.unwrap();
+    assert_eq!(first["correction"]["class"], "slough");
+    assert!(share(&first["tissue"], "slough") > 95.0, "{first}");
+    let half =
+        json!({"keyframe_seq": seq, "polygon": box_around(&outline, 6.0, Some(centre_u)), "class": "granulation"});
+    let res = app.post_auth(&path, &alice.token, &half).await;
+    assert_eq!(res.status(), 201);
+    let second: Value = res.json().await.unwrap();
+    let (g, s) = (share(&second["tissue"], "granulation"), share(&second["tissue"], "slough"));
+    assert!(
+        (30.0..70.0).contains(&g) && (30.0..70.0).contains(&s) && g + s > 97.0,
+        "a later correction wins: {second}"
+    );
+
+    // The measurement carries the corrected composition; both corrections are listed in order.
+    let now: Value = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token).await.json().await.unwrap();
+    assert_eq!(now["measurements"][0]["tissue"], second["tissue"]);
+    assert_eq!(now["measurements"][0]["outline_area_mm2"], m["outline_area_mm2"], "the figures stay");
+    let listed: Value = app.get_auth(&path, &ada.token).await.json().await.unwrap();
+    let classes: Vec<&str> =
+        listed["corrections"].as_array().unwrap().iter().map(|c| c["class"].as_str().unwrap()).collect();
+    assert_eq!(classes, ["slough", "granulation"], "{listed}");
+    assert_eq!(listed["corrections"][0]["created_by"], alice.id.to_string());
+
+    // Refusals: a patient may not correct, a stranger sees nothing, bad bodies name the field.
+    let res = app.post_auth(&path, &ada.token, &whole).await;
+    assert_eq!(res.status(), 403);
+    let stranger = app.staff(Role::Clinician, true).await;
+    assert_eq!(app.post_auth(&path, &stranger.token, &whole).await.status(), 404);
+    assert_eq!(app.get_auth(&path, &stranger.token).await.status(), 404);
+    for (body, field) in [
+        (json!({"keyframe_seq": seq, "polygon": box_around(&outline, 6.0, None), "class": "necrosis"}), "class"),
+        (json!({"keyframe_seq": seq, "polygon": [[1, 1], [2, 1]], "class": "slough"}), "polygon"),
+        (json!({"keyframe_seq": seq, "polygon": [[1, 1], [900, 1], [900, 900]], "class": "slough"}), "polygon"),
+        (
+            json!({"keyframe_seq": 100_000, "polygon": box_around(&outline, 6.0, None), "class": "slough"}),
+            "keyframe_seq",
+        ),
+    ] {
+        let res = app.post_auth(&path, &alice.token, &body).await;
+        assert_eq!(res.status(), 400, "{body}");
+        let e: Value = res.json().await.unwrap();
+        assert_eq!(e["error"]["field"], field, "{e}");
+    }
+    let other = format!("/v1/scans/{scan}/measurements/{}/tissue-corrections", Uuid::now_v7());
+    assert_eq!(app.post_auth(&other, &alice.token, &whole).await.status(), 404);
+    let corrected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action = 'scan.tissue.correct' AND outcome = 'success'",
+    )
+    .fetch_one(&app.pg)
+    .await
+    .unwrap();
+    assert_eq!(corrected, 2);
+
+    // The export: one line per correction, the classifier's view of the region inside it.
+    let res = app.get_auth("/v1/admin/tissue-corrections.ndjson", &admin.token).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-ndjson");
+    let text = res.text().await.unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["class"], "slough");
+    assert_eq!(lines[0]["scan_id"], scan.to_string());
+    assert!(!text.contains(&ada_id.to_string()), "no patient id in the export");
+    let samples = lines[0]["samples"].as_array().unwrap();
+    assert!(samples.len() > 20, "{}", lines[0]);
+    let red = samples.iter().filter(|s| s["lab"][1].as_f64().unwrap() > 20.0).count();
+    assert!(red * 2 > samples.len(), "the region's samples are the red bed: {red} of {}", samples.len());
+    assert!(lines[0]["region_world"].as_array().unwrap().len() >= 4);
+    let first_id = lines[0]["correction_id"].as_str().unwrap();
+    let page: String = app
+        .get_auth(&format!("/v1/admin/tissue-corrections.ndjson?after={first_id}"), &admin.token)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(page.lines().count(), 1);
+    assert_eq!(app.get_auth("/v1/admin/tissue-corrections.ndjson", &alice.token).await.status(), 403);
+    let exported: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'tissue.corrections.export'")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(exported, 2);
+
+    // A measurement without a composition has nothing to correct.
+    let bare = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let bare_list = crate::colour::stream_colour_scan(&app, &ada, bare, &phantom, 0).await;
+    let bare_m = bare_list["measurements"][0]["id"].as_str().unwrap();
+    let res = app
+        .post_auth(&format!("/v1/scans/{bare}/measurements/{bare_m}/tissue-corrections"), &alice.token, &whole)
+        .await;
+    assert_eq!(res.status(), 409);
+}

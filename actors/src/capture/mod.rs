@@ -17,7 +17,7 @@ pub use messages::{
     SessionPhase, SessionSnapshot, Shutdown,
 };
 pub use registry::{
-    attach, remeasure, CaptureDeps, CaptureRegistry, Drain, GetOrStart, GetReconstructor, HandOverScan,
+    attach, remeasure, retissue, CaptureDeps, CaptureRegistry, Drain, GetOrStart, GetReconstructor, HandOverScan,
     HandOverScanFor, ListSessions, LiveSessions, SessionStopped, StopSession,
 };
 pub use session::CaptureSession;

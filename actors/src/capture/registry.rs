@@ -386,6 +386,19 @@ pub async fn remeasure(
     }
 }
 
+/// Re-analyses a measurement's tissue with a clinician's corrections on the node's
+/// reconstructions; a stopped registry, or one running none, is
+/// [`RemeasureError::Unavailable`](crate::reconstruction::RemeasureError::Unavailable).
+pub async fn retissue(
+    registry: &Addr<CaptureRegistry>,
+    req: crate::reconstruction::RetissueRequest,
+) -> Result<crate::reconstruction::Retissued, crate::reconstruction::RemeasureError> {
+    match registry.send(GetReconstructor).await {
+        Ok(Some(r)) => r.retissue(req).await,
+        Ok(None) | Err(_) => Err(crate::reconstruction::RemeasureError::Unavailable),
+    }
+}
+
 /// Gets (or starts) the scan's session and attaches a connection to it: what a pump calls
 /// after `hello`. Retries when it catches a session that is just stopping (or handing
 /// over).

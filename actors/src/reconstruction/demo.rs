@@ -8,6 +8,7 @@ use bytes::Bytes;
 use coherency_protocol::scan::{
     encode_client, ClientMsg, Compression, ConfidencePlane, DepthFormat, DepthFrame, DepthPlane,
 };
+use coherency_recon::measure::point_in_polygon;
 use coherency_recon::phantom::{presets, Phantom, ScanConfig};
 use coherency_recon::Frame;
 use coherency_report::jpeg_encode::encode_rgb;
@@ -35,19 +36,6 @@ pub struct DemoScan {
     pub tissue: TissueOutcome,
 }
 
-fn inside(poly: &[[f64; 2]], u: f64, v: f64) -> bool {
-    let mut c = false;
-    let mut j = poly.len() - 1;
-    for i in 0..poly.len() {
-        let (a, b) = (poly[i], poly[j]);
-        if (a[1] > v) != (b[1] > v) && u < (b[0] - a[0]) * (v - a[1]) / (b[1] - a[1]) + a[0] {
-            c = !c;
-        }
-        j = i;
-    }
-    c
-}
-
 /// Frame `f`'s colour JPEG: the bed inside the phantom's outline, slough over a third of it
 /// (the sector facing the image's right), skin outside, with a little texture.
 fn colour_jpeg(phantom: &Phantom, f: &Frame) -> Option<Vec<u8>> {
@@ -60,7 +48,7 @@ fn colour_jpeg(phantom: &Phantom, f: &Frame) -> Option<Vec<u8>> {
     for v in 0..h {
         for u in 0..w {
             let (x, y) = (f64::from(u), f64::from(v));
-            let base = if !inside(&outline, x, y) {
+            let base = if !point_in_polygon([x, y], &outline) {
                 SKIN
             } else if x - centre[0] > 0.35 * (y - centre[1]).abs() + 4.0 {
                 SLOUGH

@@ -160,9 +160,9 @@ pub fn check_outline(polygon: &[[f64; 2]], width: u32, height: u32) -> Result<()
 /// Most vertices an outline may have.
 pub const MAX_OUTLINE_POINTS: usize = coherency_recon::measure::MAX_OUTLINE_POINTS;
 
-struct Inner {
-    pool: ReconstructionPool,
-    reader: Arc<dyn FrameReader>,
+pub(super) struct Inner {
+    pub(super) pool: ReconstructionPool,
+    pub(super) reader: Arc<dyn FrameReader>,
     sink: Arc<dyn ReconstructionSink>,
     quality: Arc<dyn QualitySink>,
     index: Arc<dyn ScanIndex>,
@@ -251,6 +251,10 @@ impl Reconstructor {
     }
 
     /// The arbiters the scans' actors run on.
+    pub(super) fn inner(&self) -> &Inner {
+        &self.0
+    }
+
     pub fn pool(&self) -> &ReconstructionPool {
         &self.0.pool
     }
@@ -694,7 +698,7 @@ pub(crate) fn reconstruct_in_process(
 /// streams to this node, at the live-fusion priority as soon as one does
 /// ([`step_aside_if_streaming`]). The thread ends with the work, so a lowered priority never
 /// reaches other work. A request waiting on the work counts its allocations there.
-async fn on_cpu<T: Send + 'static>(
+pub(super) async fn on_cpu<T: Send + 'static>(
     cpu: &Arc<Semaphore>,
     budget: Option<Arc<dyn WorkBudget>>,
     nice: i32,
@@ -719,7 +723,7 @@ async fn on_cpu<T: Send + 'static>(
 /// make way for, and at the lower priority a reconstruction competing with busy processes
 /// outside the node runs many times slower. Once lowered it stays lowered until the thread
 /// ends with its work.
-fn step_aside_if_streaming(nice: i32) {
+pub(super) fn step_aside_if_streaming(nice: i32) {
     thread_local! {
         static LOWERED: Cell<bool> = const { Cell::new(false) };
     }
@@ -731,7 +735,10 @@ fn step_aside_if_streaming(nice: i32) {
 
 /// Reads the stored `frame` messages at `index` (slices of their chunks, each chunk read
 /// once).
-async fn read_raw(reader: &dyn FrameReader, index: &[FrameLocation]) -> Result<Vec<(u64, Bytes)>, StoreError> {
+pub(super) async fn read_raw(
+    reader: &dyn FrameReader,
+    index: &[FrameLocation],
+) -> Result<Vec<(u64, Bytes)>, StoreError> {
     let mut out = Vec::with_capacity(index.len());
     let mut chunk: Option<(&str, Bytes)> = None;
     for row in index {
@@ -755,8 +762,8 @@ async fn read_raw(reader: &dyn FrameReader, index: &[FrameLocation]) -> Result<V
 }
 
 /// Stored frames decoded for reconstruction, and the quality records rebuilt on the way.
-struct Decoded {
-    frames: Vec<(u64, Frame)>,
+pub(super) struct Decoded {
+    pub(super) frames: Vec<(u64, Frame)>,
     quality: Vec<QualityRecord>,
 }
 
@@ -764,7 +771,7 @@ struct Decoded {
 /// cannot be used (its depth or pose is unusable) is left out with a warning. The quality
 /// records of the seqs in `rebuild` are computed again (every frame goes through one
 /// `CaptureStats` in seq order, so pose jumps are measured as during capture).
-fn decode_frames(
+pub(super) fn decode_frames(
     scan_id: ScanId,
     raw: Vec<(u64, Bytes)>,
     rebuild: &BTreeSet<u64>,

@@ -21,6 +21,7 @@
 //! several scans at a fixed frame rate and reports its percentiles.
 
 mod colour;
+pub mod corrections;
 pub mod demo;
 pub mod finish;
 pub mod keyframe;
@@ -32,6 +33,7 @@ pub mod ports;
 use coherency_protocol::scan::DepthFrame;
 use coherency_recon::{DepthImage, Frame, Intrinsics, Pose, ReconError};
 
+pub use corrections::{CorrectedRegion, CorrectionRegion, MeasuredOutline, RetissueRequest, Retissued};
 pub use finish::{
     check_outline, Reconstructor, RemeasureError, RemeasureMode, RemeasureRequest, Remeasured, WorkBudget,
     FINISH_QUIET, MAX_OUTLINE_POINTS,

@@ -12,6 +12,7 @@
 //! automatic measurement failed: the reason, as a stable code, and the keyframe a clinician
 //! should draw the outline on) or `failed`. `GET /v1/scans/{id}` carries the same.
 
+pub mod corrections;
 pub mod fhir;
 
 use std::sync::Arc;
@@ -169,7 +170,7 @@ pub struct PolygonRequest {
 
 /// The `polygon` schema: 3..=2000 `[u, v]` pairs, each coordinate within the largest
 /// depth frame (`protocol::limits::MAX_WIDTH × MAX_HEIGHT`).
-fn polygon_schema() -> utoipa::openapi::schema::Array {
+pub(crate) fn polygon_schema() -> utoipa::openapi::schema::Array {
     use utoipa::openapi::schema::{ArrayBuilder, ArrayItems, ObjectBuilder, Type};
     let coordinate = |max: u32, what: &str| {
         ObjectBuilder::new()
@@ -416,7 +417,7 @@ impl From<RemeasureError> for ApiError {
 
 /// The request's allocation account, carried to the thread that re-fuses the scan, and its
 /// budget.
-struct RequestBudget(Option<Arc<crate::alloc::Account>>);
+pub(crate) struct RequestBudget(pub(crate) Option<Arc<crate::alloc::Account>>);
 
 impl WorkBudget for RequestBudget {
     fn enter(&self) -> Box<dyn std::any::Any> {
