@@ -69,6 +69,10 @@ const RULES_NO_SCHEMA_STATES: &[(&str, &str)] = &[
         "POST /v1/scans/{id}/measurements/preview",
         "the keyframe exists and the outline lies inside it, enclosing at least one pixel",
     ),
+    (
+        "POST /v1/scans/{id}/measurements/{measurement_id}/tissue-corrections",
+        "the keyframe exists and the region lies inside it, enclosing at least one pixel",
+    ),
     ("POST /v1/patients/{id}/care-team", "`clinician_id` is an active clinician"),
     ("POST /v1/consults/{id}/invite", "`user_id` is an active user"),
     ("POST /v1/auth/register", "`birth_date` not after today; the password is not one of the 10,000 most common"),

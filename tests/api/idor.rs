@@ -55,6 +55,7 @@ async fn digest(pg: &PgPool) -> Vec<(&'static str, Option<String>)> {
         "scan_measurements",
         "wounds",
         "wound_assessment_exclusions",
+        "tissue_corrections",
         "schedules",
         "schedule_rules",
         "appointment_types",
@@ -100,6 +101,8 @@ fn fill(path: &str, ids: &Ids, owner_user: &str) -> String {
     }
     // A wound's assessment: the fixture's wound has none, and the wound is refused first.
     out = out.replace("{assessment_id}", &id(&ids.scans));
+    // A scan's measurement: the fixture's scan has none, and the scan is refused first.
+    out = out.replace("{measurement_id}", &id(&ids.scans));
     out = out.replace("{pid}", &id(&ids.participants)).replace("{clinician_id}", &id(&ids.clinicians));
     // A scan's first frame: the scan is refused before any frame is looked up.
     out = out.replace("{seq}", "1");
