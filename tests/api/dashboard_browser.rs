@@ -324,12 +324,35 @@ async fn browser_wound_page_shows_the_stalled_wounds_chart_threshold_and_project
     let stalled = wounds.iter().find(|w| w["site"] == "Sacrum").unwrap().clone();
     let other = wounds.iter().find(|w| w["site"] != "Sacrum").unwrap().clone();
     assert_eq!(stalled["verdict"], "not_on_track", "{stalled}");
+    // All but the first of the stalled wound's scans had colour: a granulation series.
+    let t: Value = app
+        .get_auth(&format!("/v1/wounds/{}/trajectory", stalled["id"].as_str().unwrap()), &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let measured: Vec<Uuid> = t["points"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().parse().unwrap()).collect();
+    for (i, m) in measured.iter().enumerate().skip(1) {
+        let g = 30.0 + 5.0 * i as f64;
+        let shares: Vec<Value> = [("granulation", g), ("slough", 90.0 - g), ("eschar", 5.0), ("epithelial", 3.0), ("other", 2.0)]
+            .iter()
+            .map(|(c, p)| json!({"class": c, "area_mm2": p * 4.0, "percent": p, "percent_pm": 4.0}))
+            .collect();
+        let tissue = json!({"shares": shares, "wound_area_mm2": 400.0, "coloured_fraction": 0.95,
+            "calibration": {"source": "periwound", "gains": [1.0, 1.0, 1.0], "samples": 500}, "classifier": "test@1"});
+        sqlx::query("UPDATE scan_measurements SET tissue = $2, tissue_reason = NULL WHERE id = $1")
+            .bind(m)
+            .bind(tissue)
+            .execute(&app.pg)
+            .await
+            .unwrap();
+    }
 
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let params = json!({
         "base": app.address, "artifacts": artifacts, "token": alice.token, "patient": ada_id,
-        "patient_name": "Ada Lovelace", "stalled": stalled, "other": other,
+        "patient_name": "Ada Lovelace", "stalled": stalled, "other": other, "granulation_points": measured.len() - 1,
     });
     let script = web.join("tests/dashboard.wound.mjs");
     let run = tokio::task::spawn_blocking(move || {

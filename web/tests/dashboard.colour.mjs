@@ -64,6 +64,14 @@ await run(browser, async () => {
   check(Math.abs(cx - 0.5) < 0.25 && Math.abs(cy - 0.5) < 0.25, `the red sits in the middle of the view, where the wound is (${cx.toFixed(2)}, ${cy.toFixed(2)})`);
   check(/colours/.test(await p.textContent('#viewer-status')), 'the status says the scan colours are shown');
 
+  // The wound bed's tissue beside the measurements: the red bed reads as granulation.
+  const tissue = p.locator('[data-testid="tissue"]');
+  check(await tissue.isVisible(), 'the scan shows its wound bed tissue');
+  const granulation = await p.textContent('[data-testid="t-granulation"] td');
+  const pct = Number((granulation.match(/^(\d+)/) || [])[1]);
+  check(pct >= 80, `granulation leads the red bed ("${granulation.trim()}")`);
+  check(/±/.test(granulation), 'each share carries its ±');
+
   await toggle.click();
   await p.waitForSelector('#viewer[data-paint="height"]', { timeout: 10000 });
   check((await toggle.getAttribute('aria-pressed')) === 'false', 'pressed again: aria-pressed="false"');

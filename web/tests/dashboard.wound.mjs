@@ -93,6 +93,9 @@ await run(browser, async () => {
   check(hrefs.every((s) => P.stalled.scans.includes(s)) && !hrefs.some((s) => P.other.scans.includes(s)), 'none of the other wound\'s assessments');
   const rows = await p.locator('[data-testid="assessment-row"]').count();
   check(rows === P.stalled.points, `the table lists ${rows} assessments`);
+  // The wound bed's granulation share, for the scans that had colour.
+  const gran = await p.locator('[data-testid="chart-granulation_pct"] [data-testid="history-point"]').count();
+  check(gran === P.granulation_points, `the granulation chart has the ${P.granulation_points} scans with colour (${gran})`);
 
   // The report: one click downloads the PDF, named without patient data.
   const [download] = await Promise.all([p.waitForEvent('download', { timeout: 15000 }), p.click('[data-testid="wound-report"]')]);

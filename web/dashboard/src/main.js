@@ -316,11 +316,12 @@ const woundDetails = (w) => [w.stage ? `stage ${w.stage}` : null, `${statusWord(
 const chartWidth = (host, fallback = 720) => Math.max(280, Math.floor(host?.clientWidth || fallback) - 2);
 
 /// The healing chart's inputs from a trajectory, for one series (`area_mm2`, `volume_mm3`,
-/// `max_depth_mm`): days since baseline, and for the area the four-week target and the
+/// `max_depth_mm`, `granulation_pct`): days since baseline, and for the area the four-week target and the
 /// projection.
 function series(t, key, unit) {
   const base = t.metrics.baseline_at ? Date.parse(t.metrics.baseline_at) : (t.points[0] ? Date.parse(t.points[0].taken_at) : 0);
-  const points = t.points.map((p) => {
+  // A series a point lacks (no tissue composition, for one) leaves that point out.
+  const points = t.points.filter((p) => p[key]).map((p) => {
     const v = p[key];
     const day = p.days_since_baseline ?? (Date.parse(p.taken_at) - base) / 86400000;
     const why = p.exclusion ? ` — excluded: ${p.exclusion.reason}` : (p.role === 'used' || p.role === 'baseline' ? '' : ` — ${statusWord(p.role)}`);
@@ -487,7 +488,9 @@ async function woundPage(id) {
         healingChart({ ...series(t, 'area_mm2', 'mm²'), title: `Area (mm²) · ${woundName(w)}`, unit: 'mm²', testid: 'chart-area', width: chartWidth(chartCard) }),
         legend);
       // Placed first so each chart is drawn for the width its card has.
-      const small = [['volume_mm3', 'Volume (mm³)', 'mm³'], ['max_depth_mm', 'Max depth (mm)', 'mm']].map((s) => [el('section', { class: 'card' }), ...s]);
+      // The bed's granulation share, once a scan had colour: the tissue side of healing.
+      const tissue = t.points.some((p) => p.granulation_pct) ? [['granulation_pct', 'Granulation (% of the wound bed)', '%']] : [];
+      const small = [['volume_mm3', 'Volume (mm³)', 'mm³'], ['max_depth_mm', 'Max depth (mm)', 'mm'], ...tissue].map((s) => [el('section', { class: 'card' }), ...s]);
       smallCards.replaceChildren(...small.map(([card]) => card));
       for (const [card, k, title, unit] of small) {
         card.append(healingChart({ ...series(t, k, unit), title, unit, testid: `chart-${k}`, width: chartWidth(card, 560), height: 220 }));

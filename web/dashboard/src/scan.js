@@ -22,6 +22,39 @@ const REASONS = {
   measurement_failed: 'The automatic measurement failed.',
 };
 
+const TISSUE = [['granulation', 'Granulation'], ['slough', 'Slough'], ['eschar', 'Eschar'],
+  ['epithelial', 'Epithelial'], ['other', 'Other']];
+
+const TISSUE_REASONS = {
+  no_colour_frames: 'the scan has no colour frames',
+  no_usable_colour_frames: 'none of its colour frames could be used',
+  no_colour: 'no colour frame saw the wound',
+  too_little_colour: 'too little of the wound was seen in colour',
+  no_periwound: 'the skin around the wound was not seen in colour',
+  periwound_too_dark: 'the skin around the wound was too dark to calibrate the colours',
+  no_wound_surface: 'no wound surface was found inside the outline',
+  not_analysed: 'it was measured before tissue was analysed',
+};
+
+/// The wound bed's tissue shares of each measurement (same columns as the measurements), or
+/// why there are none.
+function tissueTable(columns) {
+  if (!columns.some(([, x]) => x.tissue)) {
+    const why = columns.map(([, x]) => x.tissue_unavailable).find(Boolean);
+    return why ? el('p', { class: 'muted', 'data-testid': 'tissue-unavailable', 'data-code': why, text: `No tissue composition: ${TISSUE_REASONS[why] || why}.` }) : null;
+  }
+  const thead = el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: '' }),
+    ...columns.map(([label]) => el('th', { scope: 'col', text: label }))));
+  const share = (x, cls) => x.tissue && x.tissue.shares.find((s) => s.class === cls);
+  const tbody = el('tbody', {}, ...TISSUE.map(([cls, label]) => el('tr', { 'data-testid': `t-${cls}` },
+    el('th', { scope: 'row', text: label }),
+    ...columns.map(([, x]) => {
+      const s = share(x, cls);
+      return el('td', { text: s ? `${s.percent.toFixed(0)} ± ${s.percent_pm.toFixed(0)} %` : '–' });
+    }))));
+  return el('table', { class: 'm', 'data-testid': 'tissue' }, el('caption', { text: 'Wound bed tissue (share of the bed)' }), thead, tbody);
+}
+
 /// The measurements as a table, one column each (`[label, measurement]` pairs).
 function measurementTable(columns) {
   const thead = el('thead', {}, el('tr', {}, el('th', { scope: 'col', text: '' }),
@@ -191,6 +224,7 @@ export async function scanView(root, id, opts = {}) {
       reason,
       columns.length ? measurementTable(columns) : el('p', { class: 'empty', text: 'No measurement yet.' }),
       columns.length ? el('p', { class: 'muted', text: '± is the half-width of the interval the true value lies in.' }) : null,
+      columns.length ? tissueTable(columns) : null,
       draw, tool].filter(Boolean));
     if (outcome.mesh) {
       const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
