@@ -248,7 +248,7 @@ pub async fn seed_wounds(state: &AppState, patient: Uuid, clinician: Uuid) -> an
 async fn seed_wounds_as(state: &AppState, patient: Uuid, clinician: Uuid, v: Variant) -> anyhow::Result<()> {
     let pg = &state.stores.pg;
     let now = state.clock.now();
-    for d in DEMO_WOUNDS {
+    for (n, d) in DEMO_WOUNDS.iter().enumerate() {
         let (site_display, laterality, body_map) = match (v.right, d.laterality) {
             (true, Laterality::Left) => ("Right heel", Laterality::Right, (1.0 - d.body_map.0, d.body_map.1)),
             _ => (d.site_display, d.laterality, d.body_map),
@@ -289,7 +289,7 @@ async fn seed_wounds_as(state: &AppState, patient: Uuid, clinician: Uuid, v: Var
         tx.commit().await?;
         // The demo login's first wound: its newest scan gets a reconstructed, coloured mesh and
         // a tissue composition (the other demo records stay rows only: the seed stays fast).
-        if v.coloured && std::ptr::eq(d, &DEMO_WOUNDS[0]) {
+        if v.coloured && n == 0 {
             if let Some(scan) = newest {
                 colour_demo_scan(state, scan).await?;
             }

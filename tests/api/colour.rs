@@ -356,3 +356,73 @@ async fn a_clinicians_outline_gets_the_tissue_inside_it_in_the_preview_and_when_
     assert_eq!(stored["method"], "polygon");
     assert_eq!(&stored["tissue"], tissue, "the stored outline's tissue is the preview's");
 }
+
+/// A colour phantom of `coherency_recon::phantom::colour` (a known tissue map, textured,
+/// lit) streamed end to end as a phone would send it — JPEG colour frames from the depth
+/// camera at 2× its size, no `jk`/`jpose` — and outlined by a clinician on its middle frame:
+/// the measurement's tissue shares come within 15 percentage points of the map's truth per
+/// class, and the GLB carries `COLOR_0`. (The classifier's own accuracy is measured in
+/// `recon/tests/tissue.rs`; this checks the server path keeps it.)
+#[actix_web::test]
+async fn a_colour_phantom_streamed_end_to_end_gets_tissue_shares_near_its_truth() {
+    use coherency::auth::Role;
+    use coherency_recon::colour::TissueClass;
+    use coherency_recon::phantom::colour::{ColourPhantom, Lighting};
+    use coherency_recon::phantom::tissue::evaluation_cases;
+    use coherency_recon::phantom::TrajectoryOptions;
+
+    let app = spawn_app().await;
+    let alice = app.staff(Role::Clinician, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
+    crate::scan_stream::consent(&app, &ada).await;
+    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+
+    let case = evaluation_cases(1).into_iter().next().expect("a case");
+    let phantom = ColourPhantom::new(case.spec.clone(), case.appearance.clone());
+    let config = ScanConfig { frames: 40, ..ScanConfig::iphone(case.seed) };
+    let scan_r = phantom.scan(&config, &TrajectoryOptions::default(), 4, 2.0);
+    let images = scan_r.images(&Lighting::NEUTRAL, 7);
+    let mut client =
+        ScanStreamClient::connect_with(ClientConfig::new(app.address.clone(), ada.token.clone(), scan)).await.unwrap();
+    for (i, f) in scan_r.scan.frames.iter().enumerate() {
+        let mut frame = wire_frame(i as u64 + 1, f);
+        if let Some((_, img)) = images.iter().find(|(at, _)| *at == i) {
+            let jpeg = encode_rgb(&img.data, u16::try_from(img.width).unwrap(), u16::try_from(img.height).unwrap(), 3)
+                .expect("encodes");
+            frame.colour_jpeg = Some(jpeg.into());
+        }
+        client.send_frame(frame).await.unwrap();
+    }
+    client.finish().await.unwrap();
+    let path = format!("/v1/scans/{scan}/measurements");
+    eventually(Duration::from_secs(180), "the scan to complete", || async {
+        let v: Value = app.get_auth(&path, &ada.token).await.json().await.unwrap();
+        assert_ne!(v["status"], "failed", "reconstruction failed: {v}");
+        (v["status"] == "complete").then_some(v)
+    })
+    .await;
+
+    let k = scan_r.scan.frames.len() / 2;
+    let key = &scan_r.scan.frames[k];
+    let outline = phantom.wound.outline_in_image(&key.intrinsics, &scan_r.scan.true_poses[k], 48);
+    let body = serde_json::json!({ "keyframe_seq": k + 1, "polygon": outline });
+    let res = app.post_auth(&path, &alice.token, &body).await;
+    assert_eq!(res.status(), 201);
+    let m: Value = res.json().await.unwrap();
+    let tissue = &m["tissue"];
+    assert!(tissue.is_object(), "{m}");
+    let truth = phantom.tissue_truth();
+    let mut report = Vec::new();
+    for s in tissue["shares"].as_array().unwrap() {
+        let class = TissueClass::parse(s["class"].as_str().unwrap()).expect("a class");
+        let (got, want) = (s["percent"].as_f64().unwrap(), truth.percent(class));
+        report.push(format!("{}: {got:.1} vs {want:.1}", class.as_str()));
+        assert!((got - want).abs() <= 15.0, "{} {got} vs truth {want}: {tissue}", class.as_str());
+    }
+    println!("{} — {}", case.name, report.join(", "));
+    let glb = app.get_auth(&format!("/v1/scans/{scan}/mesh?format=glb"), &ada.token).await.bytes().await.unwrap();
+    let (json, _) = glb_chunks(&glb);
+    assert!(json["meshes"][0]["primitives"][0]["attributes"].get("COLOR_0").is_some(), "{json}");
+}

@@ -155,3 +155,35 @@ async fn the_demo_patient_has_a_wound_on_track_and_a_stalled_one() {
         assert_eq!((v[1].0.as_str(), v[1].1.as_str()), ("Sacrum", "not_on_track"), "{v:?}");
     }
 }
+
+/// Issue #26: the demo patient's newest heel scan shows colour: its GLB has `COLOR_0` and its
+/// automatic measurement a tissue composition led by granulation; the other scans are rows
+/// without a mesh and say `not_analysed`.
+#[actix_web::test]
+async fn the_demo_patients_newest_heel_scan_carries_colour_and_tissue() {
+    let app = spawn_app().await;
+    let logins = coherency::demo::seed(&app.state).await.unwrap();
+    let l = logins.iter().find(|l| l.role == coherency::auth::Role::Patient).unwrap();
+    let res = app.post_json("/v1/auth/login", &json!({"email": l.email, "password": l.password})).await;
+    let token = res.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_string();
+    let scans: Vec<uuid::Uuid> = sqlx::query_scalar!(
+        "SELECT s.id FROM scans s JOIN patients p ON p.id = s.patient_id JOIN users u ON u.id = p.user_id
+          WHERE u.email = 'patient@demo.coherency.test' AND s.body_site = 'Left heel' ORDER BY s.created_at DESC"
+    )
+    .fetch_all(&app.pg)
+    .await
+    .unwrap();
+    let newest: Value =
+        app.get_auth(&format!("/v1/scans/{}/measurements", scans[0]), &token).await.json().await.unwrap();
+    let tissue = &newest["measurements"][0]["tissue"];
+    assert_eq!(tissue["shares"][0]["class"], "granulation", "{newest}");
+    let shares = tissue["shares"].as_array().unwrap();
+    assert!(shares.iter().all(|s| s["percent"].as_f64() <= shares[0]["percent"].as_f64()), "{tissue}");
+    let glb = app.get_auth(&format!("/v1/scans/{}/mesh?format=glb", scans[0]), &token).await.bytes().await.unwrap();
+    let (json, _) = crate::colour::glb_chunks(&glb);
+    assert!(json["meshes"][0]["primitives"][0]["attributes"].get("COLOR_0").is_some(), "{json}");
+    let older: Value =
+        app.get_auth(&format!("/v1/scans/{}/measurements", scans[1]), &token).await.json().await.unwrap();
+    assert!(older["measurements"][0]["tissue"].is_null(), "{older}");
+    assert_eq!(older["measurements"][0]["tissue_unavailable"], "not_analysed", "{older}");
+}

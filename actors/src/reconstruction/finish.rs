@@ -16,8 +16,8 @@
 //!    decodes the frames and fuses them, or takes the live volume, through the one fusion
 //!    policy ([`coherency_recon::fusion`]), then meshes and measures; then colours the mesh
 //!    from a bounded choice of the colour frames and analyses the tissue inside the
-//!    automatic outline ([`super::colour`]; the live path reads the stored frames for
-//!    their colour only);
+//!    automatic outline ([`super::colour`]; after live fusion only the stored frames that
+//!    carry a colour image are read back, for their colour);
 //! 3. stores the mesh (PLY, and GLB with `COLOR_0` when it was coloured), the automatic
 //!    measurement with its tissue composition or the reason there is none (idempotent) and
 //!    the reconstruction document through the [`ReconstructionSink`].
@@ -475,7 +475,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
     // Frames live fusion skipped because it was behind (None: no live fusion).
     let live_skipped = live.as_ref().map(|l| l.skipped_load);
     let live = match live {
-        Some(l) if l.complete && l.last_seq == last_seq => Some(l.fusion),
+        Some(l) if l.complete && l.last_seq == last_seq => Some((l.fusion, l.colour_seqs)),
         Some(l) => {
             tracing::info!(skipped = l.skipped_load, "live fusion incomplete; fusing the stored frames");
             None
@@ -485,15 +485,24 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
     let missing = recon.missing_quality(scan_id, last_seq).await;
     let (nice, cpu) = (inner.pool.nice(), inner.pool.cpu());
     let (work, n_frames, load_ms, rebuilt) = match live {
-        Some(fusion) if missing.is_empty() => {
-            // Live fusion holds the geometry; the stored frames are read for their colour.
-            let index = inner.reader.locate(scan_id).await?;
-            let raw = read_raw(&*inner.reader, &index).await?;
+        Some((fusion, colour_seqs)) if missing.is_empty() => {
+            // Live fusion holds the geometry; only the frames with a colour image are read
+            // back, for the mesh's colours (none: nothing is read).
+            let raw = match colour_seqs.is_empty() {
+                true => Vec::new(),
+                false => {
+                    let wanted: HashSet<u64> = colour_seqs.into_iter().collect();
+                    let mut index = inner.reader.locate(scan_id).await?;
+                    index.retain(|r| wanted.contains(&r.seq));
+                    read_raw(&*inner.reader, &index).await?
+                }
+            };
             let load_ms = ms(t0);
             let work = on_cpu(cpu, None, nice, move || finish_work(Some(fusion), &[], &raw, nice)).await?;
             (work, usize::try_from(last_seq).unwrap_or(usize::MAX), load_ms, Vec::new())
         }
         live => {
+            let live = live.map(|(fusion, _)| fusion);
             let index = inner.reader.locate(scan_id).await?;
             let raw = read_raw(&*inner.reader, &index).await?;
             on_cpu(cpu, None, nice, move || {

@@ -89,6 +89,9 @@ pub struct LiveResult {
     pub complete: bool,
     /// Highest seq seen.
     pub last_seq: u64,
+    /// The seqs of the frames that carried a colour image, in the order they came: the
+    /// finish reads only these back for the mesh's colours (none: nothing is read).
+    pub colour_seqs: Vec<u64>,
 }
 
 /// What the actor and its handles share: figures it publishes, counts they keep.
@@ -155,6 +158,7 @@ impl ReconstructionPool {
             complete,
             first_seq: None,
             last_seq: 0,
+            colour_seqs: Vec::new(),
             since_yield: 0,
             last_coverage: None,
             probe: ProbeClock::default(),
@@ -234,6 +238,8 @@ pub struct Reconstruction {
     complete: bool,
     first_seq: Option<u64>,
     last_seq: u64,
+    /// Frames that carried a colour image.
+    colour_seqs: Vec<u64>,
     since_yield: usize,
     last_coverage: Option<Instant>,
     probe: ProbeClock,
@@ -301,6 +307,9 @@ impl Reconstruction {
             self.complete = false;
         }
         self.last_seq = self.last_seq.max(seq);
+        if wire.colour_jpeg.is_some() {
+            self.colour_seqs.push(seq);
+        }
         let Some(fusion) = self.fusion.as_mut() else { return };
         // Frame selection first, on the pose alone: a redundant frame is never fused, so its
         // depth need not be decoded.
@@ -362,7 +371,8 @@ impl Reconstruction {
         }
         let complete =
             self.complete && skipped_load == 0 && self.first_seq == Some(1) && fusion.holds_every_accepted_frame();
-        Some(LiveResult { fusion, skipped_load, complete, last_seq: self.last_seq })
+        let colour_seqs = std::mem::take(&mut self.colour_seqs);
+        Some(LiveResult { fusion, skipped_load, complete, last_seq: self.last_seq, colour_seqs })
     }
 }
 

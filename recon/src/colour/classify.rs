@@ -12,13 +12,12 @@ pub const FEATURES: usize = 15;
 
 /// The classifier's inputs for one sample: L*, a*, b* (÷100), chroma (÷100), the hue
 /// direction `(a*, b*) / (C* + 5)`, log chromaticities `ln(R/G)`, `ln(B/G)`, `ln Y`, the
-/// neighbourhood mean L*, a*, b* (÷100) and standard deviation (÷20).
+/// neighbourhood mean L*, a*, b* (÷100) and the neighbourhood spread of `ln Y`, `ln(R/G)`,
+/// `ln(B/G)` (×5). The Lab spreads are not used: they grow with the calibration gains.
 pub fn features(s: &TissueSample) -> [f32; FEATURES] {
     let [l, a, b] = s.lab;
     let c = (a * a + b * b).sqrt();
-    let eps = 1e-3;
-    let [r, g, bl] = s.rgb.map(|v| v.max(0.0) + eps);
-    let y = super::luminance(s.rgb).max(0.0) + eps;
+    let [ly, lrg, lbg] = super::log_chroma(s.rgb);
     [
         l / 100.0,
         a / 100.0,
@@ -26,15 +25,15 @@ pub fn features(s: &TissueSample) -> [f32; FEATURES] {
         c / 100.0,
         a / (c + 5.0),
         b / (c + 5.0),
-        (r / g).ln(),
-        (bl / g).ln(),
-        y.ln(),
+        lrg,
+        lbg,
+        ly,
         s.neighbourhood_mean[0] / 100.0,
         s.neighbourhood_mean[1] / 100.0,
         s.neighbourhood_mean[2] / 100.0,
-        s.neighbourhood_std[0] / 20.0,
-        s.neighbourhood_std[1] / 20.0,
-        s.neighbourhood_std[2] / 20.0,
+        s.neighbourhood_log_std[0] * 5.0,
+        s.neighbourhood_log_std[1] * 5.0,
+        s.neighbourhood_log_std[2] * 5.0,
     ]
 }
 
@@ -153,7 +152,13 @@ mod tests {
     fn sample(srgb: [u8; 3]) -> TissueSample {
         let rgb = srgb.map(|v| super::super::srgb_to_linear(f32::from(v) / 255.0));
         let lab = linear_to_lab(rgb);
-        TissueSample { rgb, lab, neighbourhood_mean: lab, neighbourhood_std: [3.0, 3.0, 3.0] }
+        TissueSample {
+            rgb,
+            lab,
+            neighbourhood_mean: lab,
+            neighbourhood_std: [3.0, 3.0, 3.0],
+            neighbourhood_log_std: [0.05, 0.05, 0.05],
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use blend::colour_vertices;
 pub use calibrate::{Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
 pub use checker::{detect_checker, CheckerDetection, CHECKER_SRGB};
 pub use classify::{default_classifier, features, LearnedClassifier, FEATURES};
-pub use tissue::{classify_vertices, tissue_analysis, tissue_composition, TissueAnalysis};
+pub use tissue::{classify_vertices, tissue_analysis, tissue_composition, wound_samples, TissueAnalysis};
 
 use crate::geometry::{Frame, Intrinsics, Pose, Vec3};
 
@@ -255,6 +255,10 @@ pub struct TissueSample {
     pub neighbourhood_mean: [f32; 3],
     /// Standard deviation of L*, a*, b* over the same neighbourhood.
     pub neighbourhood_std: [f32; 3],
+    /// Standard deviation of `ln Y`, `ln(R/G)` and `ln(B/G)` over the same neighbourhood:
+    /// texture contrast that per-channel gains leave unchanged (the Lab spreads grow with
+    /// the gains, so a dark skin's amplified noise would read as texture).
+    pub neighbourhood_log_std: [f32; 3],
 }
 
 /// Classifies calibrated surface samples into tissue classes.
@@ -305,6 +309,14 @@ impl TissueError {
             TissueError::NoWoundSurface => "no_wound_surface",
         }
     }
+}
+
+/// `ln Y`, `ln(R/G)`, `ln(B/G)` of a calibrated linear colour (offset by 10⁻³, about a
+/// thousandth of the calibrated skin's level).
+pub fn log_chroma(rgb: [f32; 3]) -> [f32; 3] {
+    let eps = 1e-3;
+    let [r, g, b] = rgb.map(|v| v.max(0.0) + eps);
+    [(luminance(rgb).max(0.0) + eps).ln(), (r / g).ln(), (b / g).ln()]
 }
 
 /// sRGB byte → linear, by table.

@@ -22,10 +22,10 @@ use std::collections::VecDeque;
 
 use super::calibrate::{periwound_gains, trimmed_mean, Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
 use super::checker::{detect_checker, CHECKER_SRGB};
-use super::region::{components, periwound_ring, wound_region, TangentFrame};
+use super::region::{components, periwound_ring, wound_region, TangentFrame, WoundRegion};
 use super::{
-    linear_to_lab, srgb_to_linear, ColourView, TissueClass, TissueClassifier, TissueComposition, TissueCorrection,
-    TissueError, TissueSample, TissueShare, VertexColours,
+    linear_to_lab, log_chroma, srgb_to_linear, ColourView, TissueClass, TissueClassifier, TissueComposition,
+    TissueCorrection, TissueError, TissueSample, TissueShare, VertexColours,
 };
 use crate::measure::WoundMeasurements;
 use crate::mesh::Mesh;
@@ -89,101 +89,11 @@ pub fn tissue_analysis(
 ) -> Result<TissueAnalysis, TissueError> {
     let n = mesh.positions.len();
     let seen = |i: usize| colours.weight.get(i).is_some_and(|w| *w > 0.0);
-    let frame = TangentFrame::new(wound.centre_world, wound.normal_world);
-    let polygon = frame.polygon(&wound.outline_world);
-    if !polygon.is_usable() || colours.linear_rgb.len() != n || colours.weight.len() != n {
-        return Err(TissueError::NoWoundSurface);
-    }
-    let labels = components(mesh);
-    let region = wound_region(mesh, &frame, &polygon, &labels).ok_or(TissueError::NoWoundSurface)?;
-    if region.area_m2 <= 0.0 {
-        return Err(TissueError::NoWoundSurface);
-    }
-    let wound_vertices: Vec<usize> = (0..n).filter(|&i| region.vertex_area[i] > 0.0).collect();
-    let seen_area: f64 = wound_vertices.iter().filter(|&&i| seen(i)).map(|&i| region.vertex_area[i]).sum();
-    let coloured_fraction = seen_area / region.area_m2;
-    if seen_area <= 0.0 {
-        return Err(TissueError::NoColour);
-    }
-    if coloured_fraction < MIN_COLOURED_FRACTION {
-        return Err(TissueError::TooLittleColour { coloured_fraction });
-    }
-
-    // Calibration: the periwound is needed in any case (it sets the classifier's scale).
-    let ring = periwound_ring(mesh, &frame, &polygon, &labels, region.component);
-    let ring_colours: Vec<[f32; 3]> =
-        ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
-    let periwound = periwound_gains(&ring_colours)?;
-    let (calibration, classifier_gains) = match checker_calibration(views) {
-        Some(card) => {
-            // Colour balance from the card, brightness relative to the skin: the
-            // classifier's inputs keep the periwound's luminance scale.
-            let skin = trimmed_mean(&ring_colours).map(|m| m.0).unwrap_or([1.0; 3]);
-            let y = |c: [f64; 3]| 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
-            let skin_card = [0, 1, 2].map(|c| skin[c] * card.gains[c]);
-            let s = y(REFERENCE_SKIN_LINEAR) / y(skin_card).max(1e-9);
-            (card, card.gains.map(|g| g * s))
-        }
-        None => (periwound, periwound.gains),
-    };
-    let cal_for_classifier = Calibration { gains: classifier_gains, ..calibration };
-
-    // Adjacency among wound vertices.
-    let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
-    for &t in &region.triangles {
-        let tri = &mesh.indices[3 * t..3 * t + 3];
-        for a in 0..3 {
-            for b in 0..3 {
-                if a != b && !adjacency[tri[a] as usize].contains(&tri[b]) {
-                    adjacency[tri[a] as usize].push(tri[b]);
-                }
-            }
-        }
-    }
-
-    // Samples: calibrated colour and its Lab, then neighbourhood statistics.
-    let mut lab = vec![[0.0f32; 3]; n];
-    let mut rgb = vec![[0.0f32; 3]; n];
-    for &i in &wound_vertices {
-        if seen(i) {
-            rgb[i] = cal_for_classifier.apply(colours.linear_rgb[i]);
-            lab[i] = linear_to_lab(rgb[i]);
-        }
-    }
-    let mut stamp = vec![u32::MAX; n];
+    let Samples { frame, region, calibration, adjacency, wound_vertices, seen_area, coloured_fraction, samples } =
+        wound_samples_inner(mesh, colours, views, wound)?;
     let mut probs = vec![[0.0f32; 5]; n];
-    let mut hood: Vec<u32> = Vec::new();
-    for &i in &wound_vertices {
-        if !seen(i) {
-            continue;
-        }
-        hood.clear();
-        stamp[i] = i as u32;
-        hood.push(i as u32);
-        for &a in &adjacency[i] {
-            for &b in std::iter::once(&a).chain(adjacency[a as usize].iter()) {
-                if stamp[b as usize] != i as u32 && seen(b as usize) {
-                    stamp[b as usize] = i as u32;
-                    hood.push(b);
-                }
-            }
-        }
-        let m = hood.len() as f32;
-        let mut mean = [0.0f32; 3];
-        for &v in &hood {
-            for c in 0..3 {
-                mean[c] += lab[v as usize][c] / m;
-            }
-        }
-        let mut var = [0.0f32; 3];
-        for &v in &hood {
-            for c in 0..3 {
-                var[c] += (lab[v as usize][c] - mean[c]).powi(2) / m;
-            }
-        }
-        let sample =
-            TissueSample { rgb: rgb[i], lab: lab[i], neighbourhood_mean: mean, neighbourhood_std: var.map(f32::sqrt) };
-        probs[i] = classifier.classify(&sample);
+    for (i, sample) in &samples {
+        probs[*i as usize] = classifier.classify(sample);
     }
 
     // One-ring smoothing of the probabilities, then the most probable class.
@@ -267,6 +177,23 @@ pub fn tissue_analysis(
     })
 }
 
+/// Mean and standard deviation of `values` over the vertices `hood` (`m` of them).
+fn mean_sd(hood: &[u32], values: &[[f32; 3]], m: f32) -> ([f32; 3], [f32; 3]) {
+    let mut mean = [0.0f32; 3];
+    for &v in hood {
+        for (acc, x) in mean.iter_mut().zip(values[v as usize]) {
+            *acc += x / m;
+        }
+    }
+    let mut var = [0.0f32; 3];
+    for &v in hood {
+        for c in 0..3 {
+            var[c] += (values[v as usize][c] - mean[c]).powi(2) / m;
+        }
+    }
+    (mean, var.map(f32::sqrt))
+}
+
 /// Gains from the neutral patches of the first colour checker found in a view: the
 /// least-squares diagonal map from measured to published linear values over the four
 /// middle neutrals (white and black clip or drown in noise).
@@ -288,4 +215,131 @@ fn checker_calibration(views: &[ColourView<'_>]) -> Option<Calibration> {
         }
     }
     None
+}
+
+/// What the classifier is given: every seen wound vertex's [`TissueSample`] (vertex
+/// index, sample), after calibration. Used by the training-data dump
+/// (`recon/examples/tissue_samples.rs`) and by [`tissue_analysis`].
+pub fn wound_samples(
+    mesh: &Mesh,
+    colours: &VertexColours,
+    views: &[ColourView<'_>],
+    wound: &WoundMeasurements,
+) -> Result<(Calibration, Vec<(u32, TissueSample)>), TissueError> {
+    wound_samples_inner(mesh, colours, views, wound).map(|s| (s.calibration, s.samples))
+}
+
+struct Samples {
+    frame: TangentFrame,
+    region: WoundRegion,
+    calibration: Calibration,
+    adjacency: Vec<Vec<u32>>,
+    wound_vertices: Vec<usize>,
+    seen_area: f64,
+    coloured_fraction: f64,
+    samples: Vec<(u32, TissueSample)>,
+}
+
+fn wound_samples_inner(
+    mesh: &Mesh,
+    colours: &VertexColours,
+    views: &[ColourView<'_>],
+    wound: &WoundMeasurements,
+) -> Result<Samples, TissueError> {
+    let n = mesh.positions.len();
+    let seen = |i: usize| colours.weight.get(i).is_some_and(|w| *w > 0.0);
+    let frame = TangentFrame::new(wound.centre_world, wound.normal_world);
+    let polygon = frame.polygon(&wound.outline_world);
+    if !polygon.is_usable() || colours.linear_rgb.len() != n || colours.weight.len() != n {
+        return Err(TissueError::NoWoundSurface);
+    }
+    let labels = components(mesh);
+    let region = wound_region(mesh, &frame, &polygon, &labels).ok_or(TissueError::NoWoundSurface)?;
+    if region.area_m2 <= 0.0 {
+        return Err(TissueError::NoWoundSurface);
+    }
+    let wound_vertices: Vec<usize> = (0..n).filter(|&i| region.vertex_area[i] > 0.0).collect();
+    let seen_area: f64 = wound_vertices.iter().filter(|&&i| seen(i)).map(|&i| region.vertex_area[i]).sum();
+    let coloured_fraction = seen_area / region.area_m2;
+    if seen_area <= 0.0 {
+        return Err(TissueError::NoColour);
+    }
+    if coloured_fraction < MIN_COLOURED_FRACTION {
+        return Err(TissueError::TooLittleColour { coloured_fraction });
+    }
+
+    // Calibration: the periwound is needed in any case (it sets the classifier's scale).
+    let ring = periwound_ring(mesh, &frame, &polygon, &labels, region.component);
+    let ring_colours: Vec<[f32; 3]> =
+        ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
+    let periwound = periwound_gains(&ring_colours)?;
+    let (calibration, classifier_gains) = match checker_calibration(views) {
+        Some(card) => {
+            // Colour balance from the card, brightness relative to the skin: the
+            // classifier's inputs keep the periwound's luminance scale.
+            let skin = trimmed_mean(&ring_colours).map(|m| m.0).unwrap_or([1.0; 3]);
+            let y = |c: [f64; 3]| 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
+            let skin_card = [0, 1, 2].map(|c| skin[c] * card.gains[c]);
+            let s = y(REFERENCE_SKIN_LINEAR) / y(skin_card).max(1e-9);
+            (card, card.gains.map(|g| g * s))
+        }
+        None => (periwound, periwound.gains),
+    };
+    let cal_for_classifier = Calibration { gains: classifier_gains, ..calibration };
+
+    // Adjacency among wound vertices.
+    let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for &t in &region.triangles {
+        let tri = &mesh.indices[3 * t..3 * t + 3];
+        for a in 0..3 {
+            for b in 0..3 {
+                if a != b && !adjacency[tri[a] as usize].contains(&tri[b]) {
+                    adjacency[tri[a] as usize].push(tri[b]);
+                }
+            }
+        }
+    }
+
+    // Samples: calibrated colour and its Lab, then neighbourhood statistics.
+    let mut lab = vec![[0.0f32; 3]; n];
+    let mut logc = vec![[0.0f32; 3]; n];
+    let mut rgb = vec![[0.0f32; 3]; n];
+    for &i in &wound_vertices {
+        if seen(i) {
+            rgb[i] = cal_for_classifier.apply(colours.linear_rgb[i]);
+            lab[i] = linear_to_lab(rgb[i]);
+            logc[i] = log_chroma(rgb[i]);
+        }
+    }
+    let mut stamp = vec![u32::MAX; n];
+    let mut samples = Vec::new();
+    let mut hood: Vec<u32> = Vec::new();
+    for &i in &wound_vertices {
+        if !seen(i) {
+            continue;
+        }
+        hood.clear();
+        stamp[i] = i as u32;
+        hood.push(i as u32);
+        for &a in &adjacency[i] {
+            for &b in std::iter::once(&a).chain(adjacency[a as usize].iter()) {
+                if stamp[b as usize] != i as u32 && seen(b as usize) {
+                    stamp[b as usize] = i as u32;
+                    hood.push(b);
+                }
+            }
+        }
+        let m = hood.len() as f32;
+        let (mean, sd) = mean_sd(&hood, &lab, m);
+        let (_, log_sd) = mean_sd(&hood, &logc, m);
+        let sample = TissueSample {
+            rgb: rgb[i],
+            lab: lab[i],
+            neighbourhood_mean: mean,
+            neighbourhood_std: sd,
+            neighbourhood_log_std: log_sd,
+        };
+        samples.push((i as u32, sample));
+    }
+    Ok(Samples { frame, region, calibration, adjacency, wound_vertices, seen_area, coloured_fraction, samples })
 }

@@ -24,8 +24,10 @@
 
 pub mod body;
 pub mod cavity;
+pub mod colour;
 pub mod family;
 pub mod harness;
+pub mod tissue;
 mod truth;
 pub mod wound;
 

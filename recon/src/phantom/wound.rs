@@ -64,6 +64,11 @@ impl WoundPhantom {
         &self.truth
     }
 
+    /// The carved cavity (its depth function and outline).
+    pub fn carved(&self) -> &Carved {
+        &self.carved
+    }
+
     /// Depth below the skin at tangent-plane point `(x, y)` (phantom frame), metres.
     pub fn depth_at(&self, x: f64, y: f64) -> f64 {
         self.carved.depth(x, y)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Trains the tissue classifier shipped in recon/src/colour/weights.json.
+#
+#   recon/train/train.sh [CASES] [SEED]
+#
+# 1. `tissue_samples` renders CASES training colour phantoms (random geometry, tissue map,
+#    skin tone and lighting; seeds disjoint from the evaluation phantoms of
+#    recon/tests/tissue.rs), runs each through fusion, vertex colouring and periwound
+#    calibration, and writes one CSV row per seen wound vertex (features + true class);
+# 2. `train_tissue` fits the MLP and writes the weights with their provenance.
+# Pure Rust, nothing downloaded; deterministic for CASES and SEED. Pass CARGO=... to use a
+# cargo wrapper (e.g. CARGO="env WT_CGU=255 /work/bin/wtcargo"); SAMPLES=path keeps the CSV
+# there and reuses it when it exists (to try training settings without re-rendering).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CASES="${1:-48}"
+SEED="${2:-1}"
+HIDDEN="${HIDDEN:-16}"
+EPOCHS="${EPOCHS:-40}"
+CARGO="${CARGO:-cargo}"
+OUT="${OUT:-recon/src/colour/weights.json}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+SAMPLES="${SAMPLES:-$WORK/samples.csv}"
+$CARGO build --release -p coherency-recon --example tissue_samples --example train_tissue
+TARGET="${CARGO_TARGET_DIR:-target}"
+[ -s "$SAMPLES" ] || "$TARGET/release/examples/tissue_samples" "$CASES" "$SEED" "$SAMPLES"
+PROV=$(printf '{"name":"coherency-tissue-mlp@1","generator":"phantom::tissue::training_cases(%s, %s)","command":"recon/train/train.sh %s %s (HIDDEN=%s EPOCHS=%s)","date":"%s"}' \
+  "$CASES" "$SEED" "$CASES" "$SEED" "$HIDDEN" "$EPOCHS" "$(date -u +%Y-%m-%d)")
+"$TARGET/release/examples/train_tissue" "$SAMPLES" "$OUT" "$HIDDEN" "$EPOCHS" "$SEED" "$PROV"
+echo "wrote $OUT"
