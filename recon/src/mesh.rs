@@ -354,6 +354,17 @@ impl Mesh {
 
     /// Binary glTF 2.0 (`.glb`): one mesh with POSITION, NORMAL and u32 indices.
     pub fn to_glb(&self) -> Vec<u8> {
+        self.glb(None)
+    }
+
+    /// [`Mesh::to_glb`] with per-vertex sRGB colours as `COLOR_0` (normalised unsigned
+    /// bytes, RGBA, e.g. from `colour::VertexColours::to_srgb8`). Colours of the wrong
+    /// length are left out.
+    pub fn to_glb_coloured(&self, colours: &[[u8; 4]]) -> Vec<u8> {
+        self.glb((colours.len() == self.positions.len()).then_some(colours))
+    }
+
+    fn glb(&self, colours: Option<&[[u8; 4]]>) -> Vec<u8> {
         let n = self.positions.len();
         let has_mesh = n > 0 && !self.indices.is_empty();
         let mut bin = Vec::with_capacity(n * 24 + self.indices.len() * 4);
@@ -367,6 +378,9 @@ impl Mesh {
             }
             for i in &self.indices {
                 bin.extend_from_slice(&i.to_le_bytes());
+            }
+            if let Some(c) = colours {
+                c.iter().for_each(|rgba| bin.extend_from_slice(rgba));
             }
             let mut min = [f32::INFINITY; 3];
             let mut max = [f32::NEG_INFINITY; 3];
@@ -383,17 +397,28 @@ impl Mesh {
                 concat!(
                     "{{\"asset\":{{\"version\":\"2.0\",\"generator\":\"coherency-recon\"}},",
                     "\"scene\":0,\"scenes\":[{{\"nodes\":[0]}}],\"nodes\":[{{\"mesh\":0}}],",
-                    "\"meshes\":[{{\"primitives\":[{{\"attributes\":{{\"POSITION\":0,\"NORMAL\":1}},\"indices\":2,\"mode\":4}}]}}],",
+                    "\"meshes\":[{{\"primitives\":[{{\"attributes\":{{\"POSITION\":0,\"NORMAL\":1{colour_attr}}},\"indices\":2,\"mode\":4}}]}}],",
                     "\"buffers\":[{{\"byteLength\":{total}}}],",
                     "\"bufferViews\":[",
                     "{{\"buffer\":0,\"byteOffset\":0,\"byteLength\":{vb},\"target\":34962}},",
                     "{{\"buffer\":0,\"byteOffset\":{vb},\"byteLength\":{vb},\"target\":34962}},",
-                    "{{\"buffer\":0,\"byteOffset\":{ioff},\"byteLength\":{ib},\"target\":34963}}],",
+                    "{{\"buffer\":0,\"byteOffset\":{ioff},\"byteLength\":{ib},\"target\":34963}}{colour_view}],",
                     "\"accessors\":[",
                     "{{\"bufferView\":0,\"componentType\":5126,\"count\":{n},\"type\":\"VEC3\",\"min\":[{a},{b},{c}],\"max\":[{d},{e},{f}]}},",
                     "{{\"bufferView\":1,\"componentType\":5126,\"count\":{n},\"type\":\"VEC3\"}},",
-                    "{{\"bufferView\":2,\"componentType\":5125,\"count\":{ni},\"type\":\"SCALAR\"}}]}}"
+                    "{{\"bufferView\":2,\"componentType\":5125,\"count\":{ni},\"type\":\"SCALAR\"}}{colour_accessor}]}}"
                 ),
+                colour_attr = if colours.is_some() { ",\"COLOR_0\":3" } else { "" },
+                colour_view = if colours.is_some() {
+                    format!(",{{\"buffer\":0,\"byteOffset\":{},\"byteLength\":{},\"target\":34962}}", 2 * vb + ib, n * 4)
+                } else {
+                    String::new()
+                },
+                colour_accessor = if colours.is_some() {
+                    format!(",{{\"bufferView\":3,\"componentType\":5121,\"normalized\":true,\"count\":{n},\"type\":\"VEC4\"}}")
+                } else {
+                    String::new()
+                },
                 total = bin.len(),
                 vb = vb,
                 ioff = 2 * vb,
@@ -480,6 +505,25 @@ mod tests {
         };
         vol.integrate(&f).unwrap();
         vol
+    }
+
+    #[test]
+    fn a_coloured_glb_carries_color_0() {
+        let m = Mesh {
+            positions: vec![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],
+            normals: vec![[0.0, 0.0, 1.0]; 3],
+            indices: vec![0, 1, 2],
+        };
+        let glb = m.to_glb_coloured(&[[255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]]);
+        let json_len = u32::from_le_bytes([glb[12], glb[13], glb[14], glb[15]]) as usize;
+        let json: serde_json::Value = serde_json::from_slice(&glb[20..20 + json_len]).expect("json");
+        assert_eq!(json["meshes"][0]["primitives"][0]["attributes"]["COLOR_0"], 3);
+        assert_eq!(json["accessors"][3]["componentType"], 5121);
+        assert_eq!(json["buffers"][0]["byteLength"], 3 * 24 + 12 + 12);
+        assert_eq!(glb.len() as u32, u32::from_le_bytes([glb[8], glb[9], glb[10], glb[11]]));
+        assert_eq!(&glb[glb.len() - 12..glb.len() - 9], &[255, 0, 0]);
+        // Wrong length: plain GLB.
+        assert_eq!(m.to_glb_coloured(&[[0; 4]]), m.to_glb());
     }
 
     #[test]
