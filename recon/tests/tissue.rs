@@ -22,8 +22,11 @@ use coherency_recon::colour::{
     classify_vertices, colour_vertices, default_classifier, tissue_composition, TissueClass, TissueCorrection,
     TissueError, VertexColours,
 };
-use coherency_recon::phantom::colour::{Illuminant, Lighting};
-use coherency_recon::phantom::tissue::{evaluation_cases, prepare, ColourCase, ColourScanConfig, Prepared};
+use coherency_recon::phantom::colour::{ColourPhantom, Illuminant, Lighting};
+use coherency_recon::phantom::tissue::{
+    evaluation_cases, prepare, prepare_phantom, ColourCase, ColourScanConfig, Prepared,
+};
+use coherency_recon::phantom::wound::{WoundPhantom, WoundSpec};
 
 const TRAJECTORIES: u64 = 5;
 
@@ -38,9 +41,16 @@ fn lights() -> [Lighting; 3] {
     ]
 }
 
-/// Prepares cases on two threads.
+/// Prepares cases on two threads, each geometry built once.
 fn prepare_all(cases: &[ColourCase]) -> Vec<Prepared> {
     let threads = 2;
+    let mut geometries: Vec<(WoundSpec, WoundPhantom)> = Vec::new();
+    for c in cases {
+        if !geometries.iter().any(|(s, _)| *s == c.spec) {
+            geometries.push((c.spec.clone(), WoundPhantom::new(c.spec.clone())));
+        }
+    }
+    let geometries = &geometries;
     let mut out: Vec<(usize, Prepared)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
@@ -51,7 +61,11 @@ fn prepare_all(cases: &[ColourCase]) -> Vec<Prepared> {
                         .skip(t)
                         .step_by(threads)
                         .map(|(i, c)| {
-                            (i, prepare(c, &ColourScanConfig::default()).expect("the scan fuses and measures"))
+                            let wound =
+                                geometries.iter().find(|(s, _)| *s == c.spec).map(|g| g.1.clone()).expect("built");
+                            let phantom = ColourPhantom::from_wound(wound, c.appearance.clone());
+                            let config = ColourScanConfig::default();
+                            (i, prepare_phantom(phantom, c, &config).expect("the scan fuses and measures"))
                         })
                         .collect::<Vec<_>>()
                 })

@@ -13,7 +13,7 @@
 # there and reuses it when it exists (to try training settings without re-rendering).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CASES="${1:-48}"
+CASES="${1:-96}"
 SEED="${2:-1}"
 HIDDEN="${HIDDEN:-16}"
 EPOCHS="${EPOCHS:-40}"

@@ -459,7 +459,11 @@ impl ColourScan {
 impl ColourPhantom {
     /// Prepares the phantom and its tissue truth.
     pub fn new(spec: WoundSpec, appearance: Appearance) -> Self {
-        let wound = WoundPhantom::new(spec);
+        Self::from_wound(WoundPhantom::new(spec), appearance)
+    }
+
+    /// The same from an already built geometry (its truth is computed once per geometry).
+    pub fn from_wound(wound: WoundPhantom, appearance: Appearance) -> Self {
         let palette = Palette::draw(&appearance);
         let mut p =
             ColourPhantom { wound, appearance, palette, truth: TissueTruth { area_mm2: [0.0; 5], total_mm2: 0.0 } };

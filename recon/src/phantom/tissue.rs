@@ -215,7 +215,16 @@ impl Default for ColourScanConfig {
 
 /// Renders, fuses, meshes and measures a case.
 pub fn prepare(case: &ColourCase, config: &ColourScanConfig) -> Result<Prepared, ReconError> {
-    let phantom = ColourPhantom::new(case.spec.clone(), case.appearance.clone());
+    prepare_phantom(ColourPhantom::new(case.spec.clone(), case.appearance.clone()), case, config)
+}
+
+/// [`prepare`] with the phantom already built (e.g. from a geometry shared by several cases
+/// with [`ColourPhantom::from_wound`]).
+pub fn prepare_phantom(
+    phantom: ColourPhantom,
+    case: &ColourCase,
+    config: &ColourScanConfig,
+) -> Result<Prepared, ReconError> {
     let scan_config = ScanConfig { frames: config.frames, ..ScanConfig::iphone(case.seed) };
     let scan = phantom.scan(&scan_config, &TrajectoryOptions::default(), config.colour_every, config.colour_scale);
     let frames: Vec<(u64, Frame)> =
