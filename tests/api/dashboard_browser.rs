@@ -331,13 +331,15 @@ async fn browser_wound_page_shows_the_stalled_wounds_chart_threshold_and_project
         .json()
         .await
         .unwrap();
-    let measured: Vec<Uuid> = t["points"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().parse().unwrap()).collect();
+    let measured: Vec<Uuid> =
+        t["points"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().parse().unwrap()).collect();
     for (i, m) in measured.iter().enumerate().skip(1) {
         let g = 30.0 + 5.0 * i as f64;
-        let shares: Vec<Value> = [("granulation", g), ("slough", 90.0 - g), ("eschar", 5.0), ("epithelial", 3.0), ("other", 2.0)]
-            .iter()
-            .map(|(c, p)| json!({"class": c, "area_mm2": p * 4.0, "percent": p, "percent_pm": 4.0}))
-            .collect();
+        let shares: Vec<Value> =
+            [("granulation", g), ("slough", 90.0 - g), ("eschar", 5.0), ("epithelial", 3.0), ("other", 2.0)]
+                .iter()
+                .map(|(c, p)| json!({"class": c, "area_mm2": p * 4.0, "percent": p, "percent_pm": 4.0}))
+                .collect();
         let tissue = json!({"shares": shares, "wound_area_mm2": 400.0, "coloured_fraction": 0.95,
             "calibration": {"source": "periwound", "gains": [1.0, 1.0, 1.0], "samples": 500}, "classifier": "test@1"});
         sqlx::query("UPDATE scan_measurements SET tissue = $2, tissue_reason = NULL WHERE id = $1")
