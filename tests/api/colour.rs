@@ -97,6 +97,18 @@ pub async fn stream_colour_scan_of(
     .await
 }
 
+/// A clinician on the care team of a consenting patient with a new scan: (clinician,
+/// patient, scan).
+pub async fn clinician_and_scan(app: &TestApp) -> (User, User, ScanId) {
+    let alice = app.staff(coherency::auth::Role::Clinician, true).await;
+    let ada = app.patient().await;
+    let ada_id = ada.patient_id.unwrap();
+    crate::dashboard_browser::add_to_care_team(app, ada_id, alice.id).await;
+    crate::scan_stream::consent(app, &ada).await;
+    let scan = crate::scan_stream::create_scan(app, &ada, ada_id).await;
+    (alice, ada, scan)
+}
+
 /// The GLB's JSON chunk and binary chunk.
 pub fn glb_chunks(glb: &[u8]) -> (Value, Vec<u8>) {
     assert_eq!(&glb[0..4], b"glTF");
@@ -324,14 +336,8 @@ async fn the_coloured_glb_passes_the_khronos_gltf_validator() {
 /// carries a tissue composition, and the stored measurement the same one.
 #[actix_web::test]
 async fn a_clinicians_outline_gets_the_tissue_inside_it_in_the_preview_and_when_stored() {
-    use coherency::auth::Role;
     let app = spawn_app().await;
-    let alice = app.staff(Role::Clinician, true).await;
-    let ada = app.patient().await;
-    let ada_id = ada.patient_id.unwrap();
-    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
-    crate::scan_stream::consent(&app, &ada).await;
-    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let (alice, ada, scan) = clinician_and_scan(&app).await;
     let phantom = Phantom::new(presets::spherical_cap(false));
     let list = stream_colour_scan(&app, &ada, scan, &phantom, 6).await;
     let seq = list["outcome"]["suggested_keyframe"]["seq"].as_u64().expect("a suggested keyframe");
@@ -365,19 +371,13 @@ async fn a_clinicians_outline_gets_the_tissue_inside_it_in_the_preview_and_when_
 /// `recon/tests/tissue.rs`; this checks the server path keeps it.)
 #[actix_web::test]
 async fn a_colour_phantom_streamed_end_to_end_gets_tissue_shares_near_its_truth() {
-    use coherency::auth::Role;
     use coherency_recon::colour::TissueClass;
     use coherency_recon::phantom::colour::{ColourPhantom, Lighting};
     use coherency_recon::phantom::tissue::evaluation_cases;
     use coherency_recon::phantom::TrajectoryOptions;
 
     let app = spawn_app().await;
-    let alice = app.staff(Role::Clinician, true).await;
-    let ada = app.patient().await;
-    let ada_id = ada.patient_id.unwrap();
-    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
-    crate::scan_stream::consent(&app, &ada).await;
-    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let (alice, ada, scan) = clinician_and_scan(&app).await;
 
     let case = evaluation_cases(1).into_iter().next().expect("a case");
     let phantom = ColourPhantom::new(case.spec.clone(), case.appearance.clone());

@@ -216,13 +216,9 @@ async fn a_clinician_corrects_a_regions_tissue_class_and_the_corrections_are_kep
     use coherency::auth::Role;
     use coherency_recon::phantom::{presets, Phantom, ScanConfig};
     let app = spawn_app().await;
-    let alice = app.staff(Role::Clinician, true).await;
-    let admin = app.staff(Role::Admin, true).await;
-    let ada = app.patient().await;
+    let (alice, ada, scan) = crate::colour::clinician_and_scan(&app).await;
     let ada_id = ada.patient_id.unwrap();
-    crate::dashboard_browser::add_to_care_team(&app, ada_id, alice.id).await;
-    crate::scan_stream::consent(&app, &ada).await;
-    let scan = crate::scan_stream::create_scan(&app, &ada, ada_id).await;
+    let admin = app.staff(Role::Admin, true).await;
     let phantom = Phantom::new(presets::spherical_cap(false));
     let list = crate::colour::stream_colour_scan(&app, &ada, scan, &phantom, 6).await;
     let m = &list["measurements"][0];
