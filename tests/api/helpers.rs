@@ -100,6 +100,9 @@ pub async fn spawn_app_with(adjust: impl FnOnce(Config) -> Config) -> TestApp {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
+        // Below the server's 5 s keep-alive: a pooled connection the server is closing at that
+        // moment is never reused (a request on it fails with an incomplete message).
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .expect("client");
     TestApp {

@@ -254,7 +254,9 @@ pub type ObservationCode = Line<0, 256>;
 /// `GET /fhir/Observation/{id}`: one wound size panel (id = the measurement's id) or one
 /// wound bed appearance (id = `{measurement id}-{class}`).
 #[utoipa::path(get, path = "/fhir/Observation/{id}", tag = "fhir", security(("bearer" = ["scans:read"])),
-    params(("id" = String, Path, max_length = 64, description = "`{measurement id}` or `{measurement id}-{granulation|slough|eschar|epithelial}`")),
+    params(("id" = String, Path, max_length = 48,
+        pattern = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(-(granulation|slough|eschar|epithelial))?$",
+        description = "`{measurement id}` or `{measurement id}-{granulation|slough|eschar|epithelial}`")),
     responses((status = 200, description = "Observation (application/fhir+json)"), (status = 404, description = "OperationOutcome")))]
 pub async fn read_observation(state: web::Data<AppState>, req: HttpRequest) -> HttpResponse {
     respond(
