@@ -119,6 +119,11 @@ pub struct ScanArgs {
     /// Distinct pre-rendered frames, cycled.
     #[arg(long, default_value_t = 30)]
     pub ring: usize,
+    /// Attach a colour JPEG to every Nth frame sent, the first included (30 at 30 fps: one a
+    /// second), as the app attaches ARKit's `capturedImage`: a 1920×1440 close-up of a wound
+    /// on skin, made once at start-up, at most 400 kB. 0: no colour.
+    #[arg(long, default_value_t = 0)]
+    pub colour_every: u64,
 }
 
 /// The clinician a scenario runs as: a login, or a token they already hold.
@@ -388,6 +393,8 @@ mod tests {
             "2s",
             "--encoding",
             "f32",
+            "--colour-every",
+            "30",
             "--slo",
             "ack_p99_ms=50",
             "--slo",
@@ -397,7 +404,7 @@ mod tests {
         ]);
         let Ok(Cli { scenario: Scenario::Scan(a) }) = cli else { panic!("{cli:?}") };
         assert_eq!(a.common.target.len(), 2);
-        assert_eq!((a.scans, a.fps, a.encoding), (8, 60.0, Encoding::F32));
+        assert_eq!((a.scans, a.fps, a.encoding, a.colour_every), (8, 60.0, Encoding::F32, 30));
         assert_eq!(a.common.slo.len(), 2);
         assert_eq!(a.common.ramp_up.0, Duration::from_secs(2));
         let two = Cli::try_parse_from(["loadtest", "booking", "--target", "http://127.0.0.1:1,http://127.0.0.1:2"]);

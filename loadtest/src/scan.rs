@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use coherency_protocol::client::{ClientConfig, ClientError, ScanStreamClient, Transport};
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::DepthFrame;
@@ -52,6 +53,12 @@ struct Live {
 #[derive(Default)]
 struct PhoneResult {
     ack: Latencies,
+    /// With colour: the acks of the frames that carried it, and of the others.
+    ack_colour: Latencies,
+    ack_depth_only: Latencies,
+    /// Ack latencies taken so far: the next one is frame `acks_taken` (0-based), since the
+    /// client reports them in seq order.
+    acks_taken: u64,
     send_wait: Latencies,
     sent: u64,
     acked: u64,
@@ -70,6 +77,9 @@ struct Plan {
     duration: Option<Duration>,
     window: u32,
     transport: Transport,
+    /// The colour JPEG and every how many frames it goes out (0: never).
+    colour: Option<Bytes>,
+    colour_every: u64,
 }
 
 /// Whether the server URL names a loopback host.
@@ -82,10 +92,18 @@ fn unix_us() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
 }
 
-fn drain(client: &ScanStreamClient, out: &mut PhoneResult, live: &Live, t0: Instant) {
+fn drain(client: &ScanStreamClient, out: &mut PhoneResult, live: &Live, t0: Instant, colour_every: u64) {
     let now = Instant::now();
     for l in client.take_ack_latencies() {
         out.ack.record(l);
+        if colour_every > 0 {
+            if out.acks_taken % colour_every == 0 {
+                out.ack_colour.record(l);
+            } else {
+                out.ack_depth_only.record(l);
+            }
+        }
+        out.acks_taken += 1;
         let second = (now - l).saturating_duration_since(t0).as_secs() as usize;
         if second < MAX_TIMELINE_SECONDS {
             if out.timeline.len() <= second {
@@ -140,6 +158,9 @@ async fn phone(
             break;
         }
         let mut frame = ring[(i as usize) % ring.len()].clone();
+        if let Some(jpeg) = plan.colour.as_ref().filter(|_| plan.colour_every > 0 && i % plan.colour_every == 0) {
+            frame = frames::with_colour(frame, jpeg);
+        }
         frame.captured_at_us = ts0 + (i as f64 * 1e6 / plan.fps) as u64;
         let before = Instant::now();
         match client.send_frame(frame).await {
@@ -156,17 +177,17 @@ async fn phone(
             }
         }
         if i % 8 == 7 {
-            drain(&client, &mut out, &live, t0);
+            drain(&client, &mut out, &live, t0, plan.colour_every);
         }
     }
     // Wait (bounded) for every frame's ack so its latency is recorded before `finish`
     // consumes the client.
     let wait_until = Instant::now() + Duration::from_secs(30);
     while !failed && client.last_ack() + 1 < client.next_seq() && Instant::now() < wait_until {
-        drain(&client, &mut out, &live, t0);
+        drain(&client, &mut out, &live, t0, plan.colour_every);
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    drain(&client, &mut out, &live, t0);
+    drain(&client, &mut out, &live, t0, plan.colour_every);
     out.last_activity = Some(Instant::now());
     out.reconnects = u64::from(client.reconnects());
     if failed {
@@ -219,7 +240,26 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
     say(format!("rendering and encoding {} phantom frames ({})…", args.ring, args.encoding.name()));
     let (enc, conf, n) = (args.encoding, args.confidence, args.ring);
     let ring = tokio::task::spawn_blocking(move || frames::ring(n, enc, conf, 42)).await?;
-    let frame_bytes = frames::mean_message_bytes(&ring);
+    let colour = if args.colour_every > 0 {
+        let (w, h) = frames::COLOUR_SIZE;
+        say(format!("painting and encoding the {w}×{h} colour image…"));
+        let img = tokio::task::spawn_blocking(move || frames::colour_jpeg(w, h, frames::COLOUR_BUDGET_BYTES, 42))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the colour image does not fit {} B", frames::COLOUR_BUDGET_BYTES))?;
+        say(format!(
+            "colour: {}×{} JPEG, {} B (quantiser step {}), on every {}th frame",
+            img.width,
+            img.height,
+            img.jpeg.len(),
+            img.q,
+            args.colour_every
+        ));
+        Some(img.jpeg)
+    } else {
+        None
+    };
+    let frame_bytes = frames::mean_message_bytes_with_colour(&ring, colour.as_ref(), args.colour_every);
+    let colour_jpeg_bytes = colour.as_ref().map_or(0, |j| j.len() as u64);
     let ring = Arc::new(ring);
 
     // Setup: accounts, patients, consents, scans — bounded concurrency, round-robin targets.
@@ -259,7 +299,15 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
         crate::Transport::Ws => Transport::WebSocket,
         crate::Transport::Datachannel => Transport::DataChannel,
     };
-    let plan = Arc::new(Plan { fps: args.fps, frames, duration, window: args.window, transport });
+    let plan = Arc::new(Plan {
+        fps: args.fps,
+        frames,
+        duration,
+        window: args.window,
+        transport,
+        colour,
+        colour_every: args.colour_every,
+    });
     let live = Arc::new(Live::default());
     let n = provisioned.len();
     let expected = n as u64 * frames;
@@ -313,6 +361,7 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
     let end = results.iter().filter_map(|r| r.last_activity).max().unwrap_or_else(Instant::now);
     let elapsed = end.saturating_duration_since(t0).as_secs_f64().max(0.001);
     let mut ack = Latencies::new();
+    let (mut ack_colour, mut ack_depth_only) = (Latencies::new(), Latencies::new());
     let mut send_wait = Latencies::new();
     let (mut sent, mut acked, mut reconnects, mut completed) = (0, 0, 0, 0);
     let mut timeline: Vec<AckSecond> = Vec::new();
@@ -324,6 +373,8 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
             t.merge(s);
         }
         ack.merge(&r.ack);
+        ack_colour.merge(&r.ack_colour);
+        ack_depth_only.merge(&r.ack_depth_only);
         send_wait.merge(&r.send_wait);
         errors.merge(&r.errors);
         sent += r.sent;
@@ -341,12 +392,16 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
             Transport::DataChannel => "datachannel".into(),
         },
         frame_message_bytes: frame_bytes,
+        colour_every: args.colour_every,
+        colour_jpeg_bytes,
         frames_sent: sent,
         frames_acked: acked,
         throughput_fps: (throughput * 10.0).round() / 10.0,
         offered_fps: args.scans as f64 * args.fps,
         throughput_mb_s: ((throughput * frame_bytes as f64 / 1e6) * 100.0).round() / 100.0,
         ack_latency: ack.summary(),
+        ack_latency_colour: (args.colour_every > 0).then(|| ack_colour.summary()),
+        ack_latency_depth_only: (args.colour_every > 0).then(|| ack_depth_only.summary()),
         send_wait: send_wait.summary(),
         scans_completed: completed,
         scans_failed: args.scans as u64 - completed,

@@ -175,8 +175,12 @@ pub struct ScanFigures {
     pub encoding: String,
     /// `ws`.
     pub transport: String,
-    /// Mean size of one encoded `frame` message, bytes.
+    /// Mean size of one encoded `frame` message, bytes (the colour JPEG's share included).
     pub frame_message_bytes: u64,
+    /// One frame in this many carried the colour JPEG, the first included (0: none).
+    pub colour_every: u64,
+    /// That JPEG's size, bytes (0: none).
+    pub colour_jpeg_bytes: u64,
     /// Frames handed to the socket.
     pub frames_sent: u64,
     /// Frames acknowledged as durable.
@@ -189,6 +193,12 @@ pub struct ScanFigures {
     pub throughput_mb_s: f64,
     /// Frame→durable-ack latency, from the frame's first transmission.
     pub ack_latency: LatencySummary,
+    /// With colour (`colour_every` > 0): `ack_latency` of the frames that carried the JPEG,
+    /// and of the others. Latencies are matched to frames by order (the client reports them
+    /// in seq order), which holds while no frame is skipped: trust the split when
+    /// `reconnects` is 0.
+    pub ack_latency_colour: Option<LatencySummary>,
+    pub ack_latency_depth_only: Option<LatencySummary>,
     /// Time `send_frame` waited for window space or a `resume` (backpressure).
     pub send_wait: LatencySummary,
     /// Streams that ended `finished`.
@@ -285,6 +295,9 @@ impl Report {
                 "scans × fps",
                 format!("{} × {} ({}, {}, {} B/frame)", f.scans, f.fps, f.encoding, f.transport, f.frame_message_bytes),
             );
+            if f.colour_every > 0 {
+                row(&mut s, "colour", format!("a {} B JPEG on every {}th frame", f.colour_jpeg_bytes, f.colour_every));
+            }
             row(&mut s, "frames sent / acked", format!("{} / {}", f.frames_sent, f.frames_acked));
             row(
                 &mut s,
@@ -295,6 +308,10 @@ impl Report {
                 ),
             );
             lat(&mut s, "frame→ack latency", &f.ack_latency);
+            if let (Some(c), Some(d)) = (&f.ack_latency_colour, &f.ack_latency_depth_only) {
+                lat(&mut s, "  frames with colour", c);
+                lat(&mut s, "  frames without", d);
+            }
             lat(&mut s, "send wait (backpressure)", &f.send_wait);
             row(
                 &mut s,
