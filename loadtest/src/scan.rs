@@ -97,7 +97,7 @@ fn drain(client: &ScanStreamClient, out: &mut PhoneResult, live: &Live, t0: Inst
     for l in client.take_ack_latencies() {
         out.ack.record(l);
         if colour_every > 0 {
-            if out.acks_taken % colour_every == 0 {
+            if out.acks_taken.is_multiple_of(colour_every) {
                 out.ack_colour.record(l);
             } else {
                 out.ack_depth_only.record(l);
