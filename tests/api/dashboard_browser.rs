@@ -232,6 +232,19 @@ fn silhouette(
     (hit.iter().map(|&h| if h { '1' } else { '0' }).collect(), [sx / n, sy / n])
 }
 
+/// Runs `web/tests/<script>` in Node with `params` as JSON in the environment variable `var`,
+/// for at most `limit`; the script prints its checks and `DONE` when every one held.
+async fn run_page_script(web: &std::path::Path, script: &str, var: &str, params: Value, limit: Duration) {
+    let (script, var) = (web.join("tests").join(script), var.to_owned());
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(script).env(var, params.to_string()).stderr(Stdio::inherit()).output()
+    });
+    let out = tokio::time::timeout(limit, run).await.expect("the browser script ends").unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+}
+
 /// A scan whose automatic measurement fails (a cap 10 µm deep): the scan page says why, the
 /// outline tool draws the mesh from the suggested keyframe's camera, and a clinician's clicks
 /// at the true outline's pixels (`web/tests/dashboard.outline.mjs`) become a polygon
@@ -239,12 +252,7 @@ fn silhouette(
 #[actix_rt::test]
 async fn a_clinician_draws_the_outline_of_a_scan_the_automatic_measurement_failed_on() {
     let (web, app) = web_app().await;
-    let alice = app.staff(Role::Clinician, true).await;
-    let ada = app.patient().await;
-    let ada_id = ada.patient_id.unwrap();
-    add_to_care_team(&app, ada_id, alice.id).await;
-    consent(&app, &ada).await;
-    let scan = create_scan(&app, &ada, ada_id).await;
+    let (alice, ada, scan) = crate::colour::clinician_and_scan(&app).await;
     let phantom = crate::measurements::flat_wound();
     let truth = *phantom.truth();
     let rendered = phantom.scan(&ScanConfig::iphone(1));
@@ -268,15 +276,7 @@ async fn a_clinician_draws_the_outline_of_a_scan_the_automatic_measurement_faile
         "keyframe": outcome["suggested_keyframe"], "outline": outline,
         "centre": centre, "mesh_centre": mesh_centre, "mask": mask,
     });
-    let script = web.join("tests/dashboard.outline.mjs");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(script).env("OUTLINE_TEST", params.to_string()).stderr(Stdio::inherit()).output()
-    });
-    let out =
-        tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser script ends").unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    run_page_script(&web, "dashboard.outline.mjs", "OUTLINE_TEST", params, Duration::from_secs(300)).await;
 
     let v: Value = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token).await.json().await.unwrap();
     let ms = v["measurements"].as_array().unwrap();
@@ -356,15 +356,7 @@ async fn browser_wound_page_shows_the_stalled_wounds_chart_threshold_and_project
         "base": app.address, "artifacts": artifacts, "token": alice.token, "patient": ada_id,
         "patient_name": "Ada Lovelace", "stalled": stalled, "other": other, "granulation_points": measured.len() - 1,
     });
-    let script = web.join("tests/dashboard.wound.mjs");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(script).env("WOUND_TEST", params.to_string()).stderr(Stdio::inherit()).output()
-    });
-    let out =
-        tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser script ends").unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    run_page_script(&web, "dashboard.wound.mjs", "WOUND_TEST", params, Duration::from_secs(180)).await;
     assert!(artifacts.join("dashboard-wound.png").is_file());
 }
 
@@ -403,15 +395,7 @@ async fn browser_calendar_shows_bookings_holds_and_free_slots_where_they_fall() 
         "bob": {"token": bob.token, "id": bob.id}, "day": day.to_string(),
         "booked": booked, "held": held["id"], "booked_name": "Ada Lovelace",
     });
-    let script = web.join("tests/dashboard.calendar.mjs");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(script).env("CALENDAR_TEST", params.to_string()).stderr(Stdio::inherit()).output()
-    });
-    let out =
-        tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser script ends").unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    run_page_script(&web, "dashboard.calendar.mjs", "CALENDAR_TEST", params, Duration::from_secs(180)).await;
 }
 
 /// Staff without two-step sign-in are taken to set it up on the dashboard
@@ -426,15 +410,7 @@ async fn browser_staff_without_two_step_sign_in_set_it_up_and_reach_the_board() 
     std::fs::create_dir_all(&artifacts).unwrap();
     let params =
         json!({"base": app.address, "email": newcomer.email, "password": newcomer.password, "artifacts": artifacts});
-    let script = web.join("tests/dashboard.enrol.mjs");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(script).env("ENROL_TEST", params.to_string()).stderr(Stdio::inherit()).output()
-    });
-    let out =
-        tokio::time::timeout(Duration::from_secs(180), run).await.expect("the browser script ends").unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    run_page_script(&web, "dashboard.enrol.mjs", "ENROL_TEST", params, Duration::from_secs(180)).await;
     let enrolled: bool = sqlx::query_scalar("SELECT totp_enabled FROM users WHERE id = $1")
         .bind(newcomer.id)
         .fetch_one(&app.pg)
@@ -450,26 +426,13 @@ async fn browser_staff_without_two_step_sign_in_set_it_up_and_reach_the_board() 
 #[actix_rt::test]
 async fn browser_viewer_shows_the_scan_colours_by_default_and_toggles_to_the_height_view() {
     let (web, app) = web_app().await;
-    let alice = app.staff(Role::Clinician, true).await;
-    let ada = app.patient().await;
-    let ada_id = ada.patient_id.unwrap();
-    add_to_care_team(&app, ada_id, alice.id).await;
-    consent(&app, &ada).await;
-    let scan = create_scan(&app, &ada, ada_id).await;
+    let (alice, ada, scan) = crate::colour::clinician_and_scan(&app).await;
     let phantom = Phantom::new(presets::spherical_cap(false));
     let list = crate::colour::stream_colour_scan_of(&app, &ada.token, scan, &phantom, 6, [150, 100, 75]).await;
     assert!(list["measurements"][0]["tissue"].is_object(), "{list}");
     let artifacts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     let params = json!({ "base": app.address, "artifacts": artifacts, "token": alice.token, "scan": scan });
-    let script = web.join("tests/dashboard.colour.mjs");
-    let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").arg(script).env("COLOUR_TEST", params.to_string()).stderr(Stdio::inherit()).output()
-    });
-    let out =
-        tokio::time::timeout(Duration::from_secs(300), run).await.expect("the browser script ends").unwrap().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}");
-    assert!(out.status.success() && stdout.lines().any(|l| l == "DONE"), "the browser checks failed (see above)");
+    run_page_script(&web, "dashboard.colour.mjs", "COLOUR_TEST", params, Duration::from_secs(300)).await;
     assert!(artifacts.join("dashboard-colour.png").is_file() && artifacts.join("dashboard-height.png").is_file());
 }

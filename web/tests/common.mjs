@@ -17,6 +17,20 @@ export function launch() {
   });
 }
 
+/// A page of a new browser context already signed in with `token` as `user` (what the
+/// workspace keeps in sessionStorage), saying page errors and failed requests.
+export async function signedInPage(browser, token, user = { role: 'clinician' }, contextOptions = {}) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...contextOptions });
+  await ctx.addInitScript(([t, u]) => {
+    sessionStorage.setItem('coherency.token', t);
+    sessionStorage.setItem('coherency.user', JSON.stringify(u));
+  }, [token, user]);
+  const p = await ctx.newPage();
+  p.on('pageerror', (e) => say(`page error: ${e.message}`));
+  p.on('response', (r) => { if (r.status() >= 400) say(`http ${r.status()} ${r.url()}`); });
+  return p;
+}
+
 /// Runs a script's checks: DONE when they all pass, else FAIL with the stack and exit code 1;
 /// the browser closes either way.
 export async function run(browser, checks) {

@@ -5,7 +5,7 @@
 // Times are UTC (the browser context's time zone). Prints PASS lines, then DONE; any failed
 // check exits 1.
 
-import { check, launch, run, say } from './common.mjs';
+import { check, launch, run, signedInPage } from './common.mjs';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
 
@@ -14,14 +14,8 @@ const P = JSON.parse(process.env.CALENDAR_TEST);
 const browser = await launch();
 
 async function open(who) {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, timezoneId: 'UTC' });
-  await ctx.addInitScript(([t, id]) => {
-    sessionStorage.setItem('coherency.token', t);
-    sessionStorage.setItem('coherency.user', JSON.stringify({ role: 'clinician', id, display_name: 'Dr Test' }));
-  }, [who.token, who.id]);
-  const p = await ctx.newPage();
-  p.on('pageerror', (e) => say(`page error: ${e.message}`));
-  return p;
+  return signedInPage(browser, who.token, { role: 'clinician', id: who.id, display_name: 'Dr Test' },
+    { viewport: { width: 1280, height: 1000 }, timezoneId: 'UTC' });
 }
 
 /// Clicks "Later" until the test's day is on screen (at most three weeks).

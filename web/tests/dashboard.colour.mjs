@@ -5,7 +5,7 @@
 // height-coded view, and the canvas's colours change; pressing it again brings them back.
 // Prints PASS lines, then DONE; any failed check exits 1.
 
-import { check, launch, run, say } from './common.mjs';
+import { check, launch, run, signedInPage } from './common.mjs';
 import { join } from 'node:path';
 
 const P = JSON.parse(process.env.COLOUR_TEST);
@@ -40,14 +40,7 @@ const canvasFacts = (p) => p.evaluate(() => {
 });
 
 await run(browser, async () => {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  await ctx.addInitScript(([t]) => {
-    sessionStorage.setItem('coherency.token', t);
-    sessionStorage.setItem('coherency.user', JSON.stringify({ role: 'clinician' }));
-  }, [P.token]);
-  const p = await ctx.newPage();
-  p.on('pageerror', (e) => say(`page error: ${e.message}`));
-  p.on('response', (r) => { if (r.status() >= 400) say(`http ${r.status()} ${r.url()}`); });
+  const p = await signedInPage(browser, P.token);
   await p.goto(`${P.base}/web/dashboard/#/scan/${P.scan}`);
   await p.waitForSelector('#viewer[data-ready="true"]', { timeout: 60000 });
 

@@ -5,7 +5,7 @@
 // with that frame's camera) and measures. Prints PASS lines, then DONE; any failed check
 // exits 1.
 
-import { check, launch, say } from './common.mjs';
+import { check, launch, say, signedInPage } from './common.mjs';
 import { join } from 'node:path';
 
 const P = JSON.parse(process.env.OUTLINE_TEST);
@@ -54,15 +54,8 @@ const canvasFacts = (p, kf, points, mask) => p.evaluate(([kf, points, mask]) => 
 }, [kf, points, mask]);
 
 try {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  await ctx.addInitScript(([t]) => {
-    sessionStorage.setItem('coherency.token', t);
-    sessionStorage.setItem('coherency.user', JSON.stringify({ role: 'clinician' }));
-  }, [P.token]);
-  const p = await ctx.newPage();
-  p.on('pageerror', (e) => say(`page error: ${e.message}`));
+  const p = await signedInPage(browser, P.token);
   p.on('console', (m) => say(`console: ${m.text()}`));
-  p.on('response', (r) => { if (r.status() >= 400) say(`http ${r.status()} ${r.url()}`); });
   await p.goto(`${P.base}/web/dashboard/#/scan/${P.scan}`);
 
   // Why there is no automatic measurement, and the mesh in the orbit view.

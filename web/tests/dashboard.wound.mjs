@@ -4,7 +4,7 @@
 // picks the stalled wound on the body map and reads its healing chart; then starts a consult
 // with the patient from their page. Prints PASS lines, then DONE; any failed check exits 1.
 
-import { check, launch, run, say } from './common.mjs';
+import { check, launch, run, say, signedInPage } from './common.mjs';
 import { join } from 'node:path';
 import { seriousViolations } from './axe.mjs';
 
@@ -32,14 +32,7 @@ const tickFacts = (p, chart) => p.evaluate((sel) => {
 }, chart);
 
 await run(browser, async () => {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
-  await ctx.addInitScript(([t]) => {
-    sessionStorage.setItem('coherency.token', t);
-    sessionStorage.setItem('coherency.user', JSON.stringify({ role: 'clinician' }));
-  }, [P.token]);
-  const p = await ctx.newPage();
-  p.on('pageerror', (e) => say(`page error: ${e.message}`));
-  p.on('response', (r) => { if (r.status() >= 400) say(`http ${r.status()} ${r.url()}`); });
+  const p = await signedInPage(browser, P.token, { role: 'clinician' }, { viewport: { width: 1280, height: 1000 }, acceptDownloads: true });
 
   // The patient page: named, one body-map marker and one card per wound, each card's chart
   // holding that wound's assessments only.
