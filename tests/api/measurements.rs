@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use coherency::auth::Role;
 use coherency_protocol::client::{ClientConfig, ScanStreamClient};
-use coherency_protocol::scan::{Compression, ConfidencePlane, DepthFormat, DepthFrame, DepthPlane};
+use coherency_protocol::scan::DepthFrame;
 use coherency_recon::phantom::{presets, GroundTruth, Phantom, ScanConfig};
 use coherency_recon::Frame;
 use serde_json::{json, Value};
@@ -23,19 +23,7 @@ use crate::scan_stream::patient_with_scan;
 /// A phantom frame as the phone sends it: uint16 0.1 mm depth + zstd, confidence 0..=2,
 /// row-major intrinsics and world-from-camera pose.
 pub fn wire_frame(seq: u64, f: &Frame) -> DepthFrame {
-    DepthFrame {
-        seq,
-        captured_at_us: 1_764_000_000_000_000 + seq * 16_667,
-        width: f.depth.width,
-        height: f.depth.height,
-        depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &f.depth.depth),
-        confidence: f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(Compression::Zstd, 2, c)),
-        intrinsics: f.intrinsics.to_row_major_f32(),
-        pose: f.pose.to_row_major_f32(),
-        colour_jpeg: None,
-        colour_intrinsics: None,
-        colour_pose: None,
-    }
+    coherency_actors::reconstruction::to_wire_frame(seq, 1_764_000_000_000_000 + seq * 16_667, f)
 }
 
 fn value(m: &Value, name: &str) -> (f64, f64) {

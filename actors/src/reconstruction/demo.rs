@@ -5,9 +5,7 @@
 //! shows a coloured mesh and its tissue without a phone streaming.
 
 use bytes::Bytes;
-use coherency_protocol::scan::{
-    encode_client, ClientMsg, Compression, ConfidencePlane, DepthFormat, DepthFrame, DepthPlane,
-};
+use coherency_protocol::scan::{encode_client, ClientMsg};
 use coherency_recon::measure::point_in_polygon;
 use coherency_recon::phantom::{presets, Phantom, ScanConfig};
 use coherency_recon::Frame;
@@ -70,19 +68,10 @@ pub fn demo_scan() -> Result<DemoScan, String> {
     let mut frames = Vec::with_capacity(rendered.frames.len());
     for (i, f) in rendered.frames.iter().enumerate() {
         let seq = i as u64 + 1;
-        let wire = DepthFrame {
-            seq,
-            captured_at_us: 1_764_000_000_000_000 + seq * 33_333,
-            width: f.depth.width,
-            height: f.depth.height,
-            depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &f.depth.depth),
-            confidence: f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(Compression::Zstd, 2, c)),
-            intrinsics: f.intrinsics.to_row_major_f32(),
-            pose: f.pose.to_row_major_f32(),
-            colour_jpeg: if i % COLOUR_EVERY == 0 { colour_jpeg(&phantom, f).map(Bytes::from) } else { None },
-            colour_intrinsics: None,
-            colour_pose: None,
-        };
+        let mut wire = super::to_wire_frame(seq, 1_764_000_000_000_000 + seq * 33_333, f);
+        if i % COLOUR_EVERY == 0 {
+            wire.colour_jpeg = colour_jpeg(&phantom, f).map(Bytes::from);
+        }
         raw.push((seq, Bytes::from(encode_client(&ClientMsg::Frame(Box::new(wire))))));
         frames.push((seq, f.clone()));
     }

@@ -52,6 +52,26 @@ pub use ports::{
 /// nice 0).
 pub const DEFAULT_WORKER_NICE: i32 = 10;
 
+/// A reconstruction frame as a phone sends it (the inverse of [`to_recon_frame`]): depth as
+/// uint16 0.1 mm + zstd, confidence 0..=2 + zstd, row-major intrinsics and world-from-camera
+/// pose, no colour. For phantom scans (the demo, tests).
+pub fn to_wire_frame(seq: u64, captured_at_us: u64, f: &Frame) -> DepthFrame {
+    use coherency_protocol::scan::{Compression, ConfidencePlane, DepthFormat, DepthPlane};
+    DepthFrame {
+        seq,
+        captured_at_us,
+        width: f.depth.width,
+        height: f.depth.height,
+        depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &f.depth.depth),
+        confidence: f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(Compression::Zstd, 2, c)),
+        intrinsics: f.intrinsics.to_row_major_f32(),
+        pose: f.pose.to_row_major_f32(),
+        colour_jpeg: None,
+        colour_intrinsics: None,
+        colour_pose: None,
+    }
+}
+
 /// Converts a decoded protocol frame to a reconstruction frame: depth in f32 metres,
 /// intrinsics from the row-major `k` (skew ignored), the row-major world-from-camera pose
 /// (OpenCV axes), confidence rescaled from `0..=max` to ARKit's `0..=2`.

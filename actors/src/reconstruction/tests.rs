@@ -5,9 +5,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use coherency_protocol::ids::ScanId;
-use coherency_protocol::scan::{
-    encode_client, ClientMsg, Compression, ConfidencePlane, DepthFormat, DepthFrame, DepthPlane,
-};
+use coherency_protocol::scan::{encode_client, ClientMsg, DepthFrame};
 use coherency_recon::phantom::{presets, Phantom, ScanConfig};
 use coherency_recon::{Frame, Guidance, QualityGate};
 use sha2::{Digest, Sha256};
@@ -21,19 +19,7 @@ use crate::store::{
 use crate::testing::{MemFrameReader, MemFrameStore, MemQualitySink, MemReconstructionSink, MemScanIndex};
 
 fn wire(seq: u64, f: &Frame) -> DepthFrame {
-    DepthFrame {
-        seq,
-        captured_at_us: seq * 16_667,
-        width: f.depth.width,
-        height: f.depth.height,
-        depth: DepthPlane::encode(DepthFormat::U16TenthMillimetres, Compression::Zstd, &f.depth.depth),
-        confidence: f.depth.confidence.as_deref().map(|c| ConfidencePlane::encode(Compression::Zstd, 2, c)),
-        intrinsics: f.intrinsics.to_row_major_f32(),
-        pose: f.pose.to_row_major_f32(),
-        colour_jpeg: None,
-        colour_intrinsics: None,
-        colour_pose: None,
-    }
+    super::to_wire_frame(seq, seq * 16_667, f)
 }
 
 fn frames(n: usize) -> Vec<DepthFrame> {
