@@ -125,7 +125,7 @@ pub async fn insert(pg: &PgPool, n: &NewMeasurement, at: DateTime<Utc>) -> Resul
 /// after a clinician corrected a region's class: the measurement's figures stay. Answers
 /// whether the measurement exists.
 pub async fn replace_tissue(
-    pg: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     measurement_id: Uuid,
     tissue: &TissueOutcome,
     at: DateTime<Utc>,
@@ -138,7 +138,7 @@ pub async fn replace_tissue(
         tissue.reason(),
         at,
     )
-    .execute(pg)
+    .execute(db)
     .await
     .map_err(|e| pg_error(&e))?;
     Ok(done.rows_affected() == 1)

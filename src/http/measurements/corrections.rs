@@ -169,7 +169,7 @@ fn polygon_of(v: &Value) -> Vec<[f64; 2]> {
               (status = 400, description = "invalid_field (polygon, keyframe_seq, class), unknown_field, malformed_json"),
               (status = 403, description = "forbidden, mfa_required"),
               (status = 404, description = "not_found: no such scan or measurement visible to the caller"),
-              (status = 409, description = "conflict: the measurement has no tissue composition to correct, or already has the most corrections"),
+              (status = 409, description = "conflict: the measurement has no tissue composition to correct, already has the most corrections, or another correction of it was made meanwhile"),
               (status = 413, description = "payload_too_large: re-fusing the scan would exceed the per-request allocation budget")))]
 #[tracing::instrument(skip_all)]
 pub async fn create(
@@ -217,7 +217,20 @@ pub async fn create(
     let samples: Vec<Value> = mine.samples.iter().map(sample_json).collect();
     let now = state.clock.now();
     let id = Uuid::now_v7();
+    // One measurement's corrections are stored one at a time, and its composition must be the
+    // one of every stored correction: a correction made meanwhile sends this one back.
     let mut tx = state.stores.pg.begin().await?;
+    sqlx::query_scalar!("SELECT id FROM scan_measurements WHERE id = $1 FOR UPDATE", m.id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    let now_stored =
+        sqlx::query_scalar!(r#"SELECT count(*) AS "n!" FROM tissue_corrections WHERE measurement_id = $1"#, m.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if usize::try_from(now_stored).ok() != Some(earlier.len()) {
+        return Err(ApiError::new(Code::Conflict, "another correction of this measurement was made meanwhile; retry"));
+    }
     sqlx::query!(
         "INSERT INTO tissue_corrections (id, measurement_id, scan_id, keyframe_seq, polygon, class, region_world,
                                          samples, classifier, created_by, created_at)
@@ -236,8 +249,8 @@ pub async fn create(
     )
     .execute(&mut *tx)
     .await?;
+    replace_tissue(&mut *tx, m.id, &done.tissue, now).await.map_err(ApiError::internal)?;
     tx.commit().await?;
-    replace_tissue(&state.stores.pg, m.id, &done.tissue, now).await.map_err(ApiError::internal)?;
     auth::audit(
         &state,
         &req,
