@@ -22,7 +22,7 @@ use coherency_recon::{Frame, ScanFusion, Vec3, WoundMeasurements};
 
 use super::colour::{self, ColourFrames};
 use super::finish::{
-    check_outline, decode_frames, on_cpu, read_raw, step_aside_if_streaming, Reconstructor, RemeasureError, WorkBudget,
+    check_outline, decode_frames, on_cpu, step_aside_if_streaming, Reconstructor, RemeasureError, WorkBudget,
 };
 use super::ports::TissueOutcome;
 
@@ -86,20 +86,15 @@ impl Reconstructor {
         if req.corrections.len() > MAX_CORRECTIONS {
             return Err(RemeasureError::Outline(format!("at most {MAX_CORRECTIONS} corrections per measurement")));
         }
-        let inner = self.inner();
-        let index = inner.reader.locate(req.scan_id).await.map_err(RemeasureError::Store)?;
-        if index.is_empty() {
-            return Err(RemeasureError::NoFrames);
+        let first = req.corrections.first().ok_or_else(|| RemeasureError::Outline("no correction".into()))?;
+        let (index, key) = self.read_keyframe(req.scan_id, first.keyframe_seq).await?;
+        if req.corrections.iter().any(|c| !index.iter().any(|r| r.seq == c.keyframe_seq)) {
+            return Err(RemeasureError::NoKeyframe);
         }
-        let raw = read_raw(&*inner.reader, &index).await.map_err(RemeasureError::Store)?;
+        let raw = self.read_within_budget(&index, key.intrinsics.pixel_count(), req.budget.as_ref()).await?;
+        let inner = self.inner();
         let (scan_id, nice) = (req.scan_id, inner.pool.nice());
         let (outline, corrections) = (req.outline, req.corrections);
-        if let Some(budget) = &req.budget {
-            let stored = raw.iter().map(|(_, b)| b.len()).fold(0, usize::saturating_add);
-            budget
-                .check("re-fusing the scan", coherency_recon::fusion::refuse_bytes(stored, raw.len(), 256 * 192))
-                .map_err(RemeasureError::TooLarge)?;
-        }
         on_cpu(inner.pool.cpu(), req.budget.clone(), nice, move || {
             let mut step = || step_aside_if_streaming(nice);
             let frames =
@@ -139,7 +134,7 @@ impl Reconstructor {
             let tissue = colour::tissue(&mesh, coloured.as_ref(), colour.unavailable(), &wound, &applied);
             let samples = coloured
                 .as_ref()
-                .and_then(|c| wound_samples(&mesh, &c.colours, &c.views, &wound).ok())
+                .and_then(|c| wound_samples(&mesh, c, &wound).ok())
                 .map(|(_, s)| s)
                 .unwrap_or_default();
             let regions = applied

@@ -162,7 +162,7 @@ pub const MAX_OUTLINE_POINTS: usize = coherency_recon::measure::MAX_OUTLINE_POIN
 
 pub(super) struct Inner {
     pub(super) pool: ReconstructionPool,
-    pub(super) reader: Arc<dyn FrameReader>,
+    reader: Arc<dyn FrameReader>,
     sink: Arc<dyn ReconstructionSink>,
     quality: Arc<dyn QualitySink>,
     index: Arc<dyn ScanIndex>,
@@ -259,6 +259,47 @@ impl Reconstructor {
         &self.0.pool
     }
 
+    /// The scan's stored frame index and frame `seq` read and decoded alone: the first step
+    /// of every re-fusion, before the other frames are read.
+    pub(super) async fn read_keyframe(
+        &self,
+        scan_id: ScanId,
+        seq: u64,
+    ) -> Result<(Vec<FrameLocation>, Frame), RemeasureError> {
+        let reader = &*self.0.reader;
+        let index = reader.locate(scan_id).await.map_err(RemeasureError::Store)?;
+        if index.is_empty() {
+            return Err(RemeasureError::NoFrames);
+        }
+        let at = index.iter().position(|r| r.seq == seq).ok_or(RemeasureError::NoKeyframe)?;
+        let raw = read_raw(reader, &index[at..=at]).await.map_err(RemeasureError::Store)?;
+        let key = decode_frames(scan_id, raw, &BTreeSet::new(), &mut || {})
+            .map_err(RemeasureError::Store)?
+            .frames
+            .pop()
+            .ok_or(RemeasureError::NoKeyframe)?
+            .1;
+        Ok((index, key))
+    }
+
+    /// Every stored frame of `index`, once the re-fusion of frames of `pixels` pixels each
+    /// is sized against the request's `budget` (refused before anything more is read).
+    pub(super) async fn read_within_budget(
+        &self,
+        index: &[FrameLocation],
+        pixels: usize,
+        budget: Option<&Arc<dyn WorkBudget>>,
+    ) -> Result<Vec<(u64, Bytes)>, RemeasureError> {
+        if let Some(budget) = budget {
+            let stored =
+                index.iter().map(|r| usize::try_from(r.length).unwrap_or(usize::MAX)).fold(0, usize::saturating_add);
+            budget
+                .check("re-fusing the scan", refuse_bytes(stored, index.len(), pixels))
+                .map_err(RemeasureError::TooLarge)?;
+        }
+        read_raw(&*self.0.reader, index).await.map_err(RemeasureError::Store)
+    }
+
     /// Re-measures a scan with a clinician-drawn outline on one of its frames, fusing the
     /// stored frames again (the volume is not kept: it is cheap to rebuild and this keeps
     /// the result reproducible), and stores the measurement unless the request is a
@@ -270,28 +311,10 @@ impl Reconstructor {
     /// frames are read or fused.
     pub async fn remeasure(&self, req: RemeasureRequest) -> Result<Remeasured, RemeasureError> {
         let inner = &self.0;
-        let index = inner.reader.locate(req.scan_id).await.map_err(RemeasureError::Store)?;
-        if index.is_empty() {
-            return Err(RemeasureError::NoFrames);
-        }
-        let key_at = index.iter().position(|r| r.seq == req.keyframe_seq).ok_or(RemeasureError::NoKeyframe)?;
-        let key_raw = read_raw(&*inner.reader, &index[key_at..=key_at]).await.map_err(RemeasureError::Store)?;
-        let key = decode_frames(req.scan_id, key_raw, &BTreeSet::new(), &mut || {})
-            .map_err(RemeasureError::Store)?
-            .frames
-            .pop()
-            .ok_or(RemeasureError::NoKeyframe)?
-            .1;
+        let (index, key) = self.read_keyframe(req.scan_id, req.keyframe_seq).await?;
         let (k, pose) = (key.intrinsics, key.pose);
         check_outline(&req.polygon, k.width, k.height)?;
-        if let Some(budget) = &req.budget {
-            let stored =
-                index.iter().map(|r| usize::try_from(r.length).unwrap_or(usize::MAX)).fold(0, usize::saturating_add);
-            budget
-                .check("re-fusing the scan", refuse_bytes(stored, index.len(), k.pixel_count()))
-                .map_err(RemeasureError::TooLarge)?;
-        }
-        let raw = read_raw(&*inner.reader, &index).await.map_err(RemeasureError::Store)?;
+        let raw = self.read_within_budget(&index, k.pixel_count(), req.budget.as_ref()).await?;
         let (scan_id, polygon, nice) = (req.scan_id, req.polygon.clone(), inner.pool.nice());
         let (m, tissue) = on_cpu(inner.pool.cpu(), req.budget.clone(), nice, move || {
             let mut step = || step_aside_if_streaming(nice);
