@@ -27,8 +27,7 @@ fn main() {
         let colours = colour_vertices(&p.mesh, &views);
         colour_ms.push(t.elapsed().as_secs_f64() * 1e3);
         let t = Instant::now();
-        let c =
-            tissue_composition(&p.mesh, &colours, &views, &p.wound, default_classifier(), &[]).expect("composition");
+        let c = tissue_composition(&p.mesh, &colours, &p.wound, default_classifier(), &[]).expect("composition");
         tissue_ms.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(c);
     }

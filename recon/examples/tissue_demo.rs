@@ -50,9 +50,8 @@ fn main() {
                         }
                     }
                     println!("confusion (row = truth, vertices): {confusion:?}");
-                    let views = prepared.views(&a.images);
                     let (_, samples) =
-                        coherency_recon::colour::wound_samples(&prepared.mesh, &a.colours, &views, &prepared.wound)
+                        coherency_recon::colour::wound_samples(&prepared.mesh, &a.colours, &prepared.wound)
                             .expect("samples");
                     let mut groups: std::collections::BTreeMap<(usize, usize), (usize, [f64; 9])> = Default::default();
                     for (v, smp) in &samples {

@@ -32,7 +32,7 @@ fn rows(case: &ColourCase) -> Vec<String> {
         let images = p.scan.images(&lighting, case.seed * 10 + k);
         let views = p.views(&images);
         let colours = coherency_recon::colour::colour_vertices(&p.mesh, &views);
-        let Ok((_, samples)) = wound_samples(&p.mesh, &colours, &views, &p.wound) else { continue };
+        let Ok((_, samples)) = wound_samples(&p.mesh, &colours, &p.wound) else { continue };
         for (v, s) in samples {
             let q = p.mesh.positions[v as usize];
             let Some(class) = p.phantom.class_at_world(Vec3::new(f64::from(q[0]), f64::from(q[1]), f64::from(q[2])))

@@ -19,7 +19,7 @@
 use std::sync::OnceLock;
 
 use coherency_recon::colour::{
-    classify_vertices, colour_vertices, default_classifier, tissue_composition, TissueClass, TissueCorrection,
+    colour_vertices, default_classifier, tissue_analysis, tissue_composition, TissueClass, TissueCorrection,
     TissueError, VertexColours,
 };
 use coherency_recon::phantom::colour::{ColourPhantom, Illuminant, Lighting};
@@ -242,7 +242,7 @@ fn one() -> &'static Prepared {
 fn no_colour_is_a_clear_error() {
     let p = one();
     let colours = colour_vertices(&p.mesh, &[]);
-    let err = tissue_composition(&p.mesh, &colours, &[], &p.wound, default_classifier(), &[]).expect_err("no colour");
+    let err = tissue_composition(&p.mesh, &colours, &p.wound, default_classifier(), &[]).expect_err("no colour");
     assert_eq!(err, TissueError::NoColour);
     assert_eq!(err.code(), "no_colour");
 }
@@ -252,7 +252,8 @@ fn with_periwound(p: &Prepared, f: impl Fn(&mut [f32; 3], &mut f32)) -> VertexCo
     let images = p.scan.images(&Lighting::NEUTRAL, 3);
     let views = p.views(&images);
     let mut colours = colour_vertices(&p.mesh, &views);
-    let wound = classify_vertices(&p.mesh, &colours, &views, &p.wound, default_classifier(), &[]).expect("classes");
+    let wound =
+        tissue_analysis(&p.mesh, &colours, &p.wound, default_classifier(), &[]).expect("classes").vertex_classes;
     for (i, class) in wound.iter().enumerate() {
         if class.is_none() {
             f(&mut colours.linear_rgb[i], &mut colours.weight[i]);
@@ -264,13 +265,11 @@ fn with_periwound(p: &Prepared, f: impl Fn(&mut [f32; 3], &mut f32)) -> VertexCo
 #[test]
 fn a_periwound_never_seen_or_covered_dark_is_a_clear_error() {
     let p = one();
-    let images = p.scan.images(&Lighting::NEUTRAL, 3);
-    let views = p.views(&images);
     let unseen = with_periwound(p, |_, w| *w = 0.0);
-    let err = tissue_composition(&p.mesh, &unseen, &views, &p.wound, default_classifier(), &[]).expect_err("no skin");
+    let err = tissue_composition(&p.mesh, &unseen, &p.wound, default_classifier(), &[]).expect_err("no skin");
     assert_eq!(err.code(), "no_periwound");
     let dark = with_periwound(p, |c, _| *c = [0.001, 0.001, 0.001]);
-    let err = tissue_composition(&p.mesh, &dark, &views, &p.wound, default_classifier(), &[]).expect_err("dark skin");
+    let err = tissue_composition(&p.mesh, &dark, &p.wound, default_classifier(), &[]).expect_err("dark skin");
     assert_eq!(err.code(), "periwound_too_dark", "{err}");
 }
 
@@ -281,11 +280,11 @@ fn corrections_override_the_classes_inside_their_region() {
     let views = p.views(&images);
     let colours = colour_vertices(&p.mesh, &views);
     let classifier = default_classifier();
-    let before = tissue_composition(&p.mesh, &colours, &views, &p.wound, classifier, &[]).expect("composition");
+    let before = tissue_composition(&p.mesh, &colours, &p.wound, classifier, &[]).expect("composition");
     assert!(before.share(TissueClass::Other).percent < 1.0);
     // The whole wound called "other".
     let all = TissueCorrection { outline_world: p.wound.outline_world.clone(), class: TissueClass::Other };
-    let after = tissue_composition(&p.mesh, &colours, &views, &p.wound, classifier, &[all]).expect("composition");
+    let after = tissue_composition(&p.mesh, &colours, &p.wound, classifier, &[all]).expect("composition");
     // Up to the rim: a rim triangle inside the outline can have a vertex just outside.
     assert!(after.share(TissueClass::Other).percent > 97.0, "{:?}", after.share(TissueClass::Other));
     // A disc around the centre (a third of the outline's radius) called eschar: the
@@ -302,8 +301,8 @@ fn corrections_override_the_classes_inside_their_region() {
         })
         .collect();
     let corr = TissueCorrection { outline_world: disc, class: TissueClass::Eschar };
-    let base = classify_vertices(&p.mesh, &colours, &views, &p.wound, classifier, &[]).expect("classes");
-    let corrected = classify_vertices(&p.mesh, &colours, &views, &p.wound, classifier, &[corr]).expect("classes");
+    let base = tissue_analysis(&p.mesh, &colours, &p.wound, classifier, &[]).expect("classes").vertex_classes;
+    let corrected = tissue_analysis(&p.mesh, &colours, &p.wound, classifier, &[corr]).expect("classes").vertex_classes;
     let (mut inside, mut changed_outside) = (0, 0);
     for (i, (b, a)) in base.iter().zip(&corrected).enumerate() {
         let q = p.mesh.positions[i];

@@ -53,12 +53,6 @@ pub(crate) struct ColourFrames {
     scored: usize,
 }
 
-/// A mesh's vertex colours and the views they came from.
-pub(crate) struct Coloured<'a> {
-    pub(crate) colours: VertexColours,
-    pub(crate) views: Vec<ColourView<'a>>,
-}
-
 impl ColourFrames {
     /// Chooses and decodes the colour frames among a scan's stored `frame` messages (in seq
     /// order); `between` runs between frames (the finish thread's step aside).
@@ -116,7 +110,7 @@ impl ColourFrames {
     }
 
     /// Colours `mesh` from the chosen views (`None` when there are none).
-    pub(crate) fn colour(&self, mesh: &Mesh) -> Option<Coloured<'_>> {
+    pub(crate) fn colour(&self, mesh: &Mesh) -> Option<VertexColours> {
         if self.views.is_empty() || mesh.positions.is_empty() {
             return None;
         }
@@ -125,8 +119,7 @@ impl ColourFrames {
             .iter()
             .map(|v| ColourView { image: &v.image, intrinsics: v.intrinsics, pose: v.pose, depth: v.depth.as_ref() })
             .collect();
-        let colours = colour_vertices(mesh, &views);
-        Some(Coloured { colours, views })
+        Some(colour_vertices(mesh, &views))
     }
 
     /// What the reconstruction document records of the choice.
@@ -182,7 +175,7 @@ fn view_of(f: &DepthFrame) -> Option<OwnedView> {
 /// clinician's `corrections` (none at finish), or the stable code of why there is none.
 pub(crate) fn tissue(
     mesh: &Mesh,
-    coloured: Option<&Coloured<'_>>,
+    coloured: Option<&VertexColours>,
     unavailable: Option<&'static str>,
     wound: &WoundMeasurements,
     corrections: &[TissueCorrection],
@@ -190,8 +183,7 @@ pub(crate) fn tissue(
     let Some(c) = coloured else {
         return Err(unavailable.unwrap_or(NO_COLOUR_FRAMES).to_owned());
     };
-    tissue_composition(mesh, &c.colours, &c.views, wound, default_classifier(), corrections)
-        .map_err(|e| e.code().to_owned())
+    tissue_composition(mesh, c, wound, default_classifier(), corrections).map_err(|e| e.code().to_owned())
 }
 
 /// The composition as stored with its measurement.
@@ -225,12 +217,12 @@ pub(crate) fn outcome(tissue: &Result<TissueComposition, String>) -> TissueOutco
 /// there is one), or without colour when nothing coloured it.
 pub(crate) fn coloured_glb(
     mesh: &Mesh,
-    coloured: Option<&Coloured<'_>>,
+    coloured: Option<&VertexColours>,
     tissue: Option<&Result<TissueComposition, String>>,
 ) -> Option<Vec<u8>> {
     let c = coloured?;
     let calibration = tissue.and_then(|t| t.as_ref().ok()).map(|t| &t.calibration);
-    Some(mesh.to_glb_coloured(Some(&c.colours.to_srgb8(calibration))))
+    Some(mesh.to_glb_coloured(Some(&c.to_srgb8(calibration))))
 }
 
 fn round(v: f64, places: i32) -> f64 {

@@ -208,7 +208,7 @@ pub struct TissueShareFigures {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CalibrationFigures {
-    /// `periwound` (the skin around the outline) or `colour_checker` (a reference card seen).
+    /// `periwound` (the skin around the outline; the only source so far).
     pub source: String,
     /// Per-channel linear gains (R, G, B) applied to every colour.
     pub gains: [f64; 3],

@@ -1,6 +1,6 @@
 //! Per-scan colour calibration: diagonal (von Kries) gains in linear RGB.
 //!
-//! **Periwound** (default): the skin ring just outside the outline is assumed to have a
+//! **Periwound** (the only source): the skin ring just outside the outline is assumed to have a
 //! fixed reference colour ([`REFERENCE_SKIN_LINEAR`]). Its robust mean (luminance-trimmed:
 //! the darkest and brightest [`TRIM`] of the ring's vertices are left out, which drops
 //! shadows, highlights, hair and small erythematous patches) is mapped to the reference
@@ -8,12 +8,7 @@
 //! and also normalises the patient's skin tone: tissue is judged relative to the skin
 //! around it. Limits: erythema or maceration over much of the ring biases the gains (a red
 //! ring makes the bed look less red), and a very dark skin multiplies sensor noise.
-//!
-//! **Colour checker**: when a ColorChecker Classic card is detected in a view
-//! (`checker.rs`), the gains map its measured neutral patches to their published
-//! reflectances instead, so the skin's own colour is kept; the classifier's inputs are then
-//! shifted by the periwound/reference ratio so that they stay on the scale the classifier
-//! was trained on (see `docs/measurement.md`).
+//! A reference card in view (a ColorChecker) is not detected yet (`docs/measurement.md`).
 
 use super::luminance;
 
@@ -29,18 +24,16 @@ pub const MIN_PERIWOUND_LUMINANCE: f64 = 0.004;
 /// Where the gains came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibrationSource {
-    /// The skin ring around the outline mapped to the reference skin colour.
+    /// The skin ring around the outline mapped to the reference skin colour (the only
+    /// source so far: a reference card in view is not detected yet, `docs/measurement.md`).
     Periwound,
-    /// The neutral patches of a ColorChecker Classic card seen in a view.
-    ColourChecker,
 }
 
 impl CalibrationSource {
-    /// Stable lowercase name (`periwound`, `colour_checker`).
+    /// Stable lowercase name (`periwound`).
     pub fn as_str(self) -> &'static str {
         match self {
             CalibrationSource::Periwound => "periwound",
-            CalibrationSource::ColourChecker => "colour_checker",
         }
     }
 }

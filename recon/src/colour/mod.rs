@@ -8,8 +8,8 @@
 //!    (`blend.rs`: view angle, distance, visibility against the depth frame, specular
 //!    rejection);
 //! 2. [`tissue_composition`] selects the wound surface inside the outline (`region.rs`),
-//!    calibrates white balance and exposure from the periwound skin or a colour checker
-//!    (`calibrate.rs`, `checker.rs`), classifies each vertex with a [`TissueClassifier`]
+//!    calibrates white balance and exposure from the periwound skin (`calibrate.rs`),
+//!    classifies each vertex with a [`TissueClassifier`]
 //!    (`classify.rs`, default a small learned model shipped in `weights.json`), applies a
 //!    clinician's [`TissueCorrection`]s and reports per-class 3D areas with an uncertainty
 //!    (`tissue.rs`).
@@ -19,16 +19,14 @@
 
 mod blend;
 mod calibrate;
-mod checker;
 mod classify;
 mod region;
 mod tissue;
 
 pub use blend::colour_vertices;
 pub use calibrate::{Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
-pub use checker::{detect_checker, CheckerDetection, CHECKER_SRGB};
 pub use classify::{default_classifier, features, LearnedClassifier, FEATURES};
-pub use tissue::{classify_vertices, tissue_analysis, tissue_composition, wound_samples, TissueAnalysis};
+pub use tissue::{tissue_analysis, tissue_composition, wound_samples, TissueAnalysis};
 
 use crate::geometry::{Frame, Intrinsics, Pose, Vec3};
 

@@ -1,8 +1,7 @@
 //! Tissue composition on the mesh.
 //!
 //! 1. The wound surface and the periwound ring (`region.rs`).
-//! 2. Calibration: a colour checker seen in a view, else the periwound ring
-//!    (`calibrate.rs`).
+//! 2. Calibration from the periwound ring (`calibrate.rs`).
 //! 3. Each seen wound vertex becomes a [`TissueSample`] (calibrated colour, its CIELAB,
 //!    and L*a*b* mean and spread over its two-ring neighbourhood) and gets the
 //!    classifier's probabilities, then averaged over its one-ring (area-weighted), which
@@ -20,12 +19,11 @@
 
 use std::collections::VecDeque;
 
-use super::calibrate::{periwound_gains, trimmed_mean, Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
-use super::checker::{detect_checker, CHECKER_SRGB};
+use super::calibrate::{periwound_gains, Calibration};
 use super::region::{components, periwound_ring, wound_region, TangentFrame, WoundRegion};
 use super::{
-    linear_to_lab, log_chroma, srgb_to_linear, ColourView, TissueClass, TissueClassifier, TissueComposition,
-    TissueCorrection, TissueError, TissueSample, TissueShare, VertexColours,
+    linear_to_lab, log_chroma, TissueClass, TissueClassifier, TissueComposition, TissueCorrection, TissueError,
+    TissueSample, TissueShare, VertexColours,
 };
 use crate::measure::WoundMeasurements;
 use crate::mesh::Mesh;
@@ -50,39 +48,25 @@ pub struct TissueAnalysis {
 /// Classifies the wound surface inside `wound.outline_world` on the mesh: triangles whose
 /// projection on the skin tangent plane lies inside the outline and that belong to the
 /// wound (not some unrelated surface behind); areas are true 3D triangle areas.
-/// Calibrates from the periwound skin ring (or a colour checker if detected in a view),
+/// Calibrates from the periwound skin ring,
 /// classifies each vertex, applies corrections (a vertex inside a correction's outline
 /// takes its class), and reports shares.
 pub fn tissue_composition(
     mesh: &Mesh,
     colours: &VertexColours,
-    views: &[ColourView<'_>],
     wound: &WoundMeasurements,
     classifier: &dyn TissueClassifier,
     corrections: &[TissueCorrection],
 ) -> Result<TissueComposition, TissueError> {
-    tissue_analysis(mesh, colours, views, wound, classifier, corrections).map(|a| a.composition)
+    tissue_analysis(mesh, colours, wound, classifier, corrections).map(|a| a.composition)
 }
 
-/// Per mesh vertex, its class on the wound surface (`None` off the wound), from the same
-/// analysis as [`tissue_composition`] (for a tissue map or a GLB coloured by class, e.g.
-/// with [`TissueClass::display_srgb`]).
-pub fn classify_vertices(
-    mesh: &Mesh,
-    colours: &VertexColours,
-    views: &[ColourView<'_>],
-    wound: &WoundMeasurements,
-    classifier: &dyn TissueClassifier,
-    corrections: &[TissueCorrection],
-) -> Result<Vec<Option<TissueClass>>, TissueError> {
-    tissue_analysis(mesh, colours, views, wound, classifier, corrections).map(|a| a.vertex_classes)
-}
-
-/// [`tissue_composition`] and [`classify_vertices`] in one pass.
+/// [`tissue_composition`] with, per mesh vertex, its class on the wound surface (`None` off
+/// the wound): for a tissue map or a GLB coloured by class (e.g. with
+/// [`TissueClass::display_srgb`]).
 pub fn tissue_analysis(
     mesh: &Mesh,
     colours: &VertexColours,
-    views: &[ColourView<'_>],
     wound: &WoundMeasurements,
     classifier: &dyn TissueClassifier,
     corrections: &[TissueCorrection],
@@ -90,7 +74,7 @@ pub fn tissue_analysis(
     let n = mesh.positions.len();
     let seen = |i: usize| colours.weight.get(i).is_some_and(|w| *w > 0.0);
     let Samples { frame, region, calibration, adjacency, wound_vertices, seen_area, coloured_fraction, samples } =
-        wound_samples_inner(mesh, colours, views, wound)?;
+        wound_samples_inner(mesh, colours, wound)?;
     let mut probs = vec![[0.0f32; 5]; n];
     for (i, sample) in &samples {
         probs[*i as usize] = classifier.classify(sample);
@@ -194,39 +178,15 @@ fn mean_sd(hood: &[u32], values: &[[f32; 3]], m: f32) -> ([f32; 3], [f32; 3]) {
     (mean, var.map(f32::sqrt))
 }
 
-/// Gains from the neutral patches of the first colour checker found in a view: the
-/// least-squares diagonal map from measured to published linear values over the four
-/// middle neutrals (white and black clip or drown in noise).
-fn checker_calibration(views: &[ColourView<'_>]) -> Option<Calibration> {
-    for v in views {
-        let Some(det) = detect_checker(v.image) else { continue };
-        let mut num = [0.0f64; 3];
-        let mut den = [0.0f64; 3];
-        for (published, measured) in CHECKER_SRGB.iter().zip(&det.patches_linear).skip(19).take(4) {
-            let want = published.map(|x| srgb_to_linear(f32::from(x) / 255.0));
-            for c in 0..3 {
-                num[c] += f64::from(measured[c]) * f64::from(want[c]);
-                den[c] += f64::from(measured[c]).powi(2);
-            }
-        }
-        if den.iter().all(|d| *d > 1e-9) {
-            let gains = [0, 1, 2].map(|c| num[c] / den[c]);
-            return Some(Calibration { source: CalibrationSource::ColourChecker, gains, samples: 4 });
-        }
-    }
-    None
-}
-
 /// What the classifier is given: every seen wound vertex's [`TissueSample`] (vertex
 /// index, sample), after calibration. Used by the training-data dump
 /// (`recon/examples/tissue_samples.rs`) and by [`tissue_analysis`].
 pub fn wound_samples(
     mesh: &Mesh,
     colours: &VertexColours,
-    views: &[ColourView<'_>],
     wound: &WoundMeasurements,
 ) -> Result<(Calibration, Vec<(u32, TissueSample)>), TissueError> {
-    wound_samples_inner(mesh, colours, views, wound).map(|s| (s.calibration, s.samples))
+    wound_samples_inner(mesh, colours, wound).map(|s| (s.calibration, s.samples))
 }
 
 struct Samples {
@@ -243,7 +203,6 @@ struct Samples {
 fn wound_samples_inner(
     mesh: &Mesh,
     colours: &VertexColours,
-    views: &[ColourView<'_>],
     wound: &WoundMeasurements,
 ) -> Result<Samples, TissueError> {
     let n = mesh.positions.len();
@@ -272,20 +231,7 @@ fn wound_samples_inner(
     let ring = periwound_ring(mesh, &frame, &polygon, &labels, region.component);
     let ring_colours: Vec<[f32; 3]> =
         ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
-    let periwound = periwound_gains(&ring_colours)?;
-    let (calibration, classifier_gains) = match checker_calibration(views) {
-        Some(card) => {
-            // Colour balance from the card, brightness relative to the skin: the
-            // classifier's inputs keep the periwound's luminance scale.
-            let skin = trimmed_mean(&ring_colours).map(|m| m.0).unwrap_or([1.0; 3]);
-            let y = |c: [f64; 3]| 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2];
-            let skin_card = [0, 1, 2].map(|c| skin[c] * card.gains[c]);
-            let s = y(REFERENCE_SKIN_LINEAR) / y(skin_card).max(1e-9);
-            (card, card.gains.map(|g| g * s))
-        }
-        None => (periwound, periwound.gains),
-    };
-    let cal_for_classifier = Calibration { gains: classifier_gains, ..calibration };
+    let calibration = periwound_gains(&ring_colours)?;
 
     // Adjacency among wound vertices.
     let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -306,7 +252,7 @@ fn wound_samples_inner(
     let mut rgb = vec![[0.0f32; 3]; n];
     for &i in &wound_vertices {
         if seen(i) {
-            rgb[i] = cal_for_classifier.apply(colours.linear_rgb[i]);
+            rgb[i] = calibration.apply(colours.linear_rgb[i]);
             lab[i] = linear_to_lab(rgb[i]);
             logc[i] = log_chroma(rgb[i]);
         }

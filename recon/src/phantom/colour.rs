@@ -30,7 +30,7 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use super::wound::{WoundPhantom, WoundSpec};
 use super::{gaussian, PhantomScan, ScanConfig, Surface, TrajectoryOptions};
-use crate::colour::{linear_to_srgb8, srgb_to_linear, RgbImage, TissueClass, CHECKER_SRGB};
+use crate::colour::{linear_to_srgb8, srgb_to_linear, RgbImage, TissueClass};
 use crate::geometry::{Intrinsics, Pose, Vec3};
 
 /// One layered region of a tissue map, in normalised wound coordinates.
@@ -240,18 +240,6 @@ impl TissueMap {
 /// Skin tones from light to dark (sRGB), the Fitzpatrick range.
 pub const SKIN_TONES: [[u8; 3]; 5] = [[233, 196, 172], [214, 166, 134], [184, 136, 102], [140, 98, 70], [92, 64, 48]];
 
-/// A ColorChecker Classic card lying on the skin.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CheckerCard {
-    /// Centre on the tangent plane, metres.
-    pub centre: [f64; 2],
-    /// Rotation of the card's rows from the x axis, radians.
-    pub rotation: f64,
-    /// Patch pitch, metres (a patch plus its gap; the real card's is ~ 10 mm, a mini card
-    /// ~ 6 mm).
-    pub pitch_m: f64,
-}
-
 /// How a colour phantom looks.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Appearance {
@@ -261,8 +249,6 @@ pub struct Appearance {
     pub map: TissueMap,
     /// Seed of the colours drawn within each class, the textures and the light rig.
     pub seed: u64,
-    /// A colour checker card on the skin, if any.
-    pub checker: Option<CheckerCard>,
 }
 
 /// Colours (linear) of one phantom's classes and its light rig.
@@ -545,11 +531,6 @@ impl ColourPhantom {
     fn material(&self, x: f64, y: f64) -> ([f64; 3], f64, [f64; 2]) {
         let seed = self.appearance.seed;
         let pal = &self.palette;
-        if let Some(card) = &self.appearance.checker {
-            if let Some(rgb) = checker_albedo(card, x, y) {
-                return (rgb, 0.02, [0.0, 0.0]);
-            }
-        }
         let Some(class) = self.class_at(x, y) else {
             // Skin: low-frequency mottling and fine pores.
             let m =
@@ -675,30 +656,6 @@ impl ColourPhantom {
     }
 }
 
-/// Albedo of the card at tangent-plane point `(x, y)`, if it is on the card.
-fn checker_albedo(card: &CheckerCard, x: f64, y: f64) -> Option<[f64; 3]> {
-    let (s, c) = card.rotation.sin_cos();
-    let (dx, dy) = (x - card.centre[0], y - card.centre[1]);
-    let (u, v) = (dx * c + dy * s, -dx * s + dy * c);
-    let p = card.pitch_m;
-    let (half_w, half_h) = (3.0 * p + 0.5 * p, 2.0 * p + 0.5 * p);
-    if u.abs() > half_w || v.abs() > half_h {
-        return None;
-    }
-    let (col, row) = (((u + 3.0 * p) / p).floor(), ((v + 2.0 * p) / p).floor());
-    let (fu, fv) = ((u + 3.0 * p) / p - col, (v + 2.0 * p) / p - row);
-    let border = [0.012, 0.012, 0.012];
-    if !(0.0..6.0).contains(&col)
-        || !(0.0..4.0).contains(&row)
-        || !(0.1..0.9).contains(&fu)
-        || !(0.1..0.9).contains(&fv)
-    {
-        return Some(border);
-    }
-    let patch = CHECKER_SRGB[row as usize * 6 + col as usize];
-    Some(lin(patch.map(f64::from)))
-}
-
 /// 4096 standard normal deviates (a fixed seed): sensor noise draws from it by a random
 /// index, which is much cheaper than Box–Muller per channel.
 fn gaussian_table() -> &'static [f64; 4096] {
@@ -750,7 +707,7 @@ mod tests {
     fn phantom(map: TissueMap) -> ColourPhantom {
         let case = family::punch_forearm();
         let spec = WoundSpec { cavity: super::super::cavity::Cavity { ..case.spec.cavity.clone() }, ..case.spec };
-        ColourPhantom::new(spec, Appearance { skin_srgb: SKIN_TONES[1], map, seed: 1, checker: None })
+        ColourPhantom::new(spec, Appearance { skin_srgb: SKIN_TONES[1], map, seed: 1 })
     }
 
     #[test]

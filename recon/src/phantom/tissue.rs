@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 
 use super::body::Body;
 use super::cavity::{Bed, Cavity, Outline};
-use super::colour::{maps, Appearance, CheckerCard, ColourPhantom, ColourScan, Lighting, TissueMap, SKIN_TONES};
+use super::colour::{maps, Appearance, ColourPhantom, ColourScan, Lighting, TissueMap, SKIN_TONES};
 use super::family::FILLET_M;
 use super::presets::default_placement;
 use super::wound::WoundSpec;
@@ -100,12 +100,7 @@ pub fn evaluation_cases(trajectories: u64) -> Vec<ColourCase> {
             out.push(ColourCase {
                 name: format!("{geo}/{}/skin{}/t{s}", map.name, s % 5),
                 spec: spec.clone(),
-                appearance: Appearance {
-                    skin_srgb: tone,
-                    map: map.clone(),
-                    seed: 1000 + 10 * m as u64 + s,
-                    checker: None,
-                },
+                appearance: Appearance { skin_srgb: tone, map: map.clone(), seed: 1000 + 10 * m as u64 + s },
                 seed: 500 + s,
             });
         }
@@ -170,17 +165,11 @@ pub fn training_cases(n: usize, seed: u64) -> Vec<ColourCase> {
                     skin_srgb: tone,
                     map: TissueMap::random(seed.wrapping_mul(7919).wrapping_add(i as u64)),
                     seed: 900_000 + seed * 1000 + i as u64,
-                    checker: None,
                 },
                 seed: 700_000 + seed * 1000 + i as u64,
             }
         })
         .collect()
-}
-
-/// A card beside the wound: 6 mm pitch, 30 mm from the centre along x (the mini card).
-pub fn checker_beside(outline_radius_m: f64) -> CheckerCard {
-    CheckerCard { centre: [outline_radius_m + 0.03, 0.0], rotation: 0.3, pitch_m: 0.006 }
 }
 
 /// A case scanned, fused, meshed and measured, ready for colour.
@@ -271,7 +260,7 @@ impl Prepared {
         let images = self.scan.images(lighting, seed);
         let views = self.views(&images);
         let colours = colour_vertices(&self.mesh, &views);
-        let analysis = tissue_analysis(&self.mesh, &colours, &views, &self.wound, classifier, corrections);
+        let analysis = tissue_analysis(&self.mesh, &colours, &self.wound, classifier, corrections);
         Analysed { images, colours, analysis }
     }
 }
