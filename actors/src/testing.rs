@@ -15,8 +15,8 @@ use coherency_protocol::ids::ScanId;
 use sha2::{Digest, Sha256};
 
 use crate::reconstruction::{
-    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, ReconOutcome,
-    ReconstructionDoc, ReconstructionSink, StoredMesh,
+    FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, PhotoPick,
+    ReconOutcome, ReconstructionDoc, ReconstructionSink, StoredMesh,
 };
 use crate::store::{
     ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus,
@@ -378,6 +378,7 @@ struct SinkInner {
     measurements: Vec<MemMeasurement>,
     documents: HashMap<ScanId, (ReconstructionDoc, u32)>,
     reconstructions: HashMap<ScanId, (NewReconstruction, u32)>,
+    photos: HashMap<ScanId, PhotoPick>,
 }
 
 /// Where reconstructions store their results, in memory.
@@ -402,6 +403,11 @@ impl MemReconstructionSink {
     /// A scan's reconstruction outcome and how often it was written.
     pub fn reconstruction(&self, scan_id: ScanId) -> Option<(NewReconstruction, u32)> {
         lock(&self.inner).reconstructions.get(&scan_id).cloned()
+    }
+
+    /// A scan's photo choice as its finish stored it.
+    pub fn photos(&self, scan_id: ScanId) -> Option<PhotoPick> {
+        lock(&self.inner).photos.get(&scan_id).cloned()
     }
 
     /// The mesh stored at `key`.
@@ -460,6 +466,12 @@ impl ReconstructionSink for MemReconstructionSink {
 
     async fn reconstruction_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError> {
         Ok(lock(&self.inner).reconstructions.get(&scan_id).map(|(r, _)| r.mesh.clone()))
+    }
+
+    async fn write_photos(&self, scan_id: ScanId, pick: &PhotoPick) -> Result<(), StoreError> {
+        self.faults.check().await?;
+        lock(&self.inner).photos.insert(scan_id, pick.clone());
+        Ok(())
     }
 
     async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError> {

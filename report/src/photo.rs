@@ -237,6 +237,16 @@ pub fn min_seq_gap(first: u64, last: u64) -> u64 {
     min_seq_gap_for(first, last, MAX_PHOTOS)
 }
 
+/// A scan's photos among `candidates` (in seq order): [`select`] with the [`min_seq_gap`] of
+/// their own span.
+pub fn select_photos(candidates: &[Candidate]) -> Vec<Candidate> {
+    let gap = match (candidates.first(), candidates.last()) {
+        (Some(a), Some(b)) => min_seq_gap(a.seq, b.seq),
+        _ => 1,
+    };
+    select(candidates, gap)
+}
+
 /// [`min_seq_gap`] for choosing up to `count` frames: the span over `2 · count`, at least 1.
 pub fn min_seq_gap_for(first: u64, last: u64, count: usize) -> u64 {
     (last.saturating_sub(first) / (2 * count.max(1) as u64)).max(1)

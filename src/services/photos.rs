@@ -4,17 +4,19 @@
 //! stripping are `coherency_report::photo`'s; this service decides when they run and bounds
 //! the work. Callers check access first (the scan's patient, as for reading the scan).
 //!
-//! When: on the first request for a finished scan's photos (the frame ack path and the
-//! finish stay as they are), then stored, so later requests read one small document. Frames
-//! are read one chunk object at a time and at most [`MAX_SCORED`] colour frames are scored,
-//! one JPEG in memory at a time, on the blocking pool, [`SCORING_AT_ONCE`] scans at once.
-//! `docs/measurement.md`, "Wound photos".
+//! When: the scan's finish chooses them among the colour frames it scores for the mesh's
+//! colours and stores the choice (`coherency_actors::reconstruction::pick_photos`). A scan
+//! finished before finishes chose (or whose stored choice is gone) gets its choice on the
+//! first request for its photos, here, then stored, so later requests read one small
+//! document: frames are read one chunk object at a time and at most [`MAX_SCORED`] colour
+//! frames are scored, one JPEG in memory at a time, on the blocking pool,
+//! [`SCORING_AT_ONCE`] scans at once. `docs/measurement.md`, "Wound photos".
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, TimeDelta, Utc};
+use coherency_actors::reconstruction::pick_photos;
 use coherency_actors::store::StoreError;
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::{Code, ErrorCode};
@@ -25,7 +27,7 @@ use tokio::sync::Semaphore;
 use crate::clock::Clock;
 use crate::error::DomainError;
 use crate::store::blob::BlobStore;
-use crate::store::photos::{PhotoChoice, StoredPhoto};
+use crate::store::photos::PhotoChoice;
 use crate::store::scans::{self as scan_store, ScanRecord};
 
 /// At most this many colour frames are scored per scan: the scan is cut into this many
@@ -36,18 +38,14 @@ pub const MAX_SCORED: usize = 60;
 pub const SCORING_AT_ONCE: usize = 1;
 /// How long a request waits for its turn to choose before it is told to retry.
 pub const WAIT: Duration = Duration::from_secs(20);
-/// A frame's capture time is its photo's time when it lies within this of the scan's
-/// lifetime (created .. finished); else the scan's creation time is (a phone clock far off).
-pub const CLOCK_SLACK: TimeDelta = TimeDelta::hours(1);
 
 /// A wound's gallery looks at its newest this many scans.
 pub const MAX_GALLERY_SCANS: usize = 20;
 /// The patient scans a wound's gallery searches for the wound's (newest first).
 const GALLERY_PATIENT_SCANS: i64 = 200;
 
-/// Why there are no photos.
-pub const NO_COLOUR_FRAMES: &str = "no_colour_frames";
-pub const NO_USABLE_COLOUR_FRAMES: &str = "no_usable_colour_frames";
+/// Why there are no photos yet (the reasons a choice stores are the finish's,
+/// `coherency_actors::reconstruction::PhotoPick`).
 pub const SCAN_NOT_FINISHED: &str = "scan_not_finished";
 
 /// Why photos could not be served.
@@ -138,9 +136,8 @@ impl Photos {
         let located = scan_store::locate_frames(&self.pg, id).await?;
         let runs = MAX_SCORED.min(located.len()).max(1);
         let mut chunk: Option<(String, Bytes)> = None;
-        let mut candidates = Vec::new();
-        let mut times = Vec::new();
-        let mut colour_frames = 0u64;
+        let mut servable = Vec::new();
+        let mut colour_frames = 0usize;
         let mut last_run = None;
         for (i, loc) in located.iter().enumerate() {
             let run = i * runs / located.len();
@@ -166,36 +163,12 @@ impl Photos {
                     .map_err(|_| PhotoError::Image("worker stopped".into()))?;
             // A colour frame that does not decode or walk is left out.
             if let Ok(score) = scored {
-                candidates.push(Candidate { seq: frame.seq, score });
-                times.push((frame.seq, frame.captured_at_us));
+                servable.push((Candidate { seq: frame.seq, score }, frame.captured_at_us));
             }
         }
-        let reason = if colour_frames == 0 {
-            Some(NO_COLOUR_FRAMES.to_string())
-        } else if candidates.is_empty() {
-            Some(NO_USABLE_COLOUR_FRAMES.to_string())
-        } else {
-            None
-        };
-        let gap = match (candidates.first(), candidates.last()) {
-            (Some(a), Some(b)) => photo::min_seq_gap(a.seq, b.seq),
-            _ => 1,
-        };
-        let photos = photo::select(&candidates, gap)
-            .into_iter()
-            .map(|c| {
-                let us = times.iter().find(|(s, _)| *s == c.seq).map_or(0, |(_, t)| *t);
-                StoredPhoto {
-                    seq: c.seq,
-                    taken_at: taken_at(scan, us),
-                    width: c.score.width,
-                    height: c.score.height,
-                    sharpness: round3(c.score.sharpness),
-                    exposure: round3(c.score.exposure),
-                }
-            })
-            .collect();
-        Ok(PhotoChoice { photos, reason, scored: candidates.len() as u64, chosen_at: self.clock.now() })
+        let pick = pick_photos(&servable, colour_frames, servable.len());
+        let ended = scan.finished_at.unwrap_or(scan.updated_at);
+        Ok(PhotoChoice::of_pick(&pick, scan.created_at, ended, self.clock.now()))
     }
 
     /// The wound's newest `limit` scans (the caller has checked the wound is theirs to see).
@@ -224,60 +197,5 @@ impl Photos {
         let jpeg = frame.colour_jpeg.ok_or(PhotoError::NotFound)?;
         let jpeg = photo::strip_metadata(&jpeg).map_err(|e| PhotoError::Image(e.to_string()))?;
         Ok(PhotoBytes { jpeg })
-    }
-}
-
-/// The frame's capture time if it falls within the scan's lifetime (give or take
-/// [`CLOCK_SLACK`]), else the scan's creation time.
-pub fn taken_at(scan: &ScanRecord, captured_at_us: u64) -> DateTime<Utc> {
-    let end = scan.finished_at.unwrap_or(scan.updated_at);
-    i64::try_from(captured_at_us)
-        .ok()
-        .and_then(DateTime::<Utc>::from_timestamp_micros)
-        .filter(|t| *t >= scan.created_at - CLOCK_SLACK && *t <= end + CLOCK_SLACK)
-        .unwrap_or(scan.created_at)
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1000.0).round() / 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    fn scan() -> ScanRecord {
-        ScanRecord {
-            id: uuid::Uuid::nil(),
-            patient_id: uuid::Uuid::nil(),
-            consult_id: None,
-            wound_id: None,
-            body_site: "left heel".into(),
-            status: "complete".into(),
-            acked_seq: 10,
-            frames: 10,
-            created_by: uuid::Uuid::nil(),
-            created_at: t("2026-12-07T10:00:00Z"),
-            updated_at: t("2026-12-07T10:05:00Z"),
-            finished_at: Some(t("2026-12-07T10:02:00Z")),
-        }
-    }
-
-    fn us(s: &str) -> u64 {
-        u64::try_from(t(s).timestamp_micros()).unwrap()
-    }
-
-    #[test]
-    fn a_frame_time_within_the_scans_lifetime_is_the_photos_and_a_far_one_is_not() {
-        let s = scan();
-        assert_eq!(taken_at(&s, us("2026-12-07T10:01:30Z")), t("2026-12-07T10:01:30Z"));
-        assert_eq!(taken_at(&s, us("2026-12-07T09:30:00Z")), t("2026-12-07T09:30:00Z"), "within the slack");
-        for far in [0, 16_667, us("2025-11-24T00:00:00Z"), us("2026-12-07T11:02:01Z"), u64::MAX] {
-            assert_eq!(taken_at(&s, far), s.created_at, "{far}");
-        }
     }
 }

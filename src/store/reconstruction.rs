@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coherency_actors::reconstruction::{
-    FrameLocation, FrameReader, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, ReconOutcome,
+    FrameLocation, FrameReader, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, PhotoPick, ReconOutcome,
     ReconstructionDoc, ReconstructionPool, ReconstructionSink, Reconstructor, StoredMesh, SuggestedKeyframe,
 };
 use coherency_actors::store::{QualitySink, ScanIndex, StoreError};
@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::blob::BlobStore;
+use super::photos::PhotoChoice;
 use super::scans::{blob_error, mongo_error, pg_error, PgScanIndex};
 use crate::clock::Clock;
 
@@ -104,6 +105,17 @@ impl ReconstructionSink for StoreReconstructionSink {
             glb_key: k.glb_key,
             glb_sha256: k.glb_sha256,
         }))
+    }
+
+    async fn write_photos(&self, scan_id: ScanId, pick: &PhotoPick) -> Result<(), StoreError> {
+        let Some(scan) = super::scans::get(&self.pg, scan_id.as_uuid()).await.map_err(|e| pg_error(&e))? else {
+            // Nothing to show them on: a scan's row precedes its frames.
+            tracing::warn!(%scan_id, "photos of a scan without a row not stored");
+            return Ok(());
+        };
+        let now = self.clock.now();
+        let choice = PhotoChoice::of_pick(pick, scan.created_at, scan.finished_at.unwrap_or(now), now);
+        super::photos::put(&self.mongo, scan_id, &choice).await
     }
 
     async fn write_document(&self, scan_id: ScanId, d: ReconstructionDoc) -> Result<(), StoreError> {

@@ -152,7 +152,21 @@ async fn a_scan_with_colour_frames_serves_its_sharpest_well_exposed_frames_witho
     let (patient, scan) = patient_with_scan(&app).await;
     let frames = 30;
     stream(&app, &patient, scan, frames, true).await;
+    // The finish chooses the photos (among the frames it scores for the mesh's colours) and
+    // stores the choice: it is there before anybody asks for the photos.
+    let path = format!("/v1/scans/{scan}/measurements");
+    eventually(Duration::from_secs(120), "the finish", || async {
+        let v: Value = app.get_auth(&path, &patient.token).await.json().await.unwrap();
+        assert_ne!(v["status"], "failed", "reconstruction failed");
+        (v["status"] == "complete").then_some(())
+    })
+    .await;
+    let stored = coherency::store::photos::get(&app.state.stores.mongo, scan).await.unwrap();
+    let stored = stored.expect("the finish stored the photo choice");
+    assert!(!stored.photos.is_empty() && stored.reason.is_none(), "{stored:?}");
     let list = photos_when_finished(&app, &patient, scan).await;
+    let listed: Vec<u64> = list["photos"].as_array().unwrap().iter().map(|p| p["seq"].as_u64().unwrap()).collect();
+    assert_eq!(listed, stored.photos.iter().map(|p| p.seq).collect::<Vec<_>>(), "served as the finish chose");
 
     assert_eq!(list["scan_id"], scan.to_string());
     assert!(list["reason"].is_null(), "{list}");
@@ -280,6 +294,21 @@ async fn a_scan_with_colour_frames_serves_its_sharpest_well_exposed_frames_witho
         assert_eq!(res.status(), 404, "{path}");
         assert_ne!(res.headers().get("content-type").map(|v| v.to_str().unwrap()), Some("image/jpeg"));
     }
+
+    // A scan finished before finishes chose its photos (no stored choice): the first request
+    // chooses them from the stored frames, by the same rule, and stores the choice.
+    let mongo = &app.state.stores.mongo;
+    mongo
+        .collection::<mongodb::bson::Document>(coherency::store::photos::PHOTOS_COLLECTION)
+        .delete_many(mongodb::bson::doc! { "scan_id": scan.to_string() })
+        .await
+        .unwrap();
+    assert!(coherency::store::photos::get(mongo, scan).await.unwrap().is_none());
+    let chosen: Value = app.get_auth(&format!("/v1/scans/{scan}/photos"), &patient.token).await.json().await.unwrap();
+    let chosen = chosen["photos"].as_array().unwrap();
+    assert!((2..=4).contains(&chosen.len()), "{chosen:?}");
+    assert!(chosen.iter().all(|p| look(p["seq"].as_u64().unwrap()) == Look::Sharp), "{chosen:?}");
+    assert!(coherency::store::photos::get(mongo, scan).await.unwrap().is_some(), "the choice is stored");
 }
 
 #[actix_web::test]

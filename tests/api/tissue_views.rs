@@ -327,4 +327,35 @@ async fn a_clinician_corrects_a_regions_tissue_class_and_the_corrections_are_kep
         .post_auth(&format!("/v1/scans/{bare}/measurements/{bare_m}/tissue-corrections"), &alice.token, &whole)
         .await;
     assert_eq!(res.status(), 409);
+
+    // Two corrections at once (two clinicians): each is either stored with the composition of
+    // every stored correction, or sent back 409 to retry; none is lost silently and the
+    // measurement never shows a composition without the correction that made it.
+    let body = |class: &str| json!({"keyframe_seq": seq, "polygon": box_around(&outline, 6.0, None), "class": class});
+    let (eschar, granulation) = (body("eschar"), body("granulation"));
+    let (ra, rb) =
+        tokio::join!(app.post_auth(&path, &alice.token, &eschar), app.post_auth(&path, &alice.token, &granulation));
+    let mut stored = 0;
+    for (res, class) in [(ra, "eschar"), (rb, "granulation")] {
+        let status = res.status().as_u16();
+        let v: Value = res.json().await.unwrap();
+        match status {
+            201 => stored += 1,
+            409 => {
+                assert_eq!(v["error"]["code"], "conflict", "{v}");
+                // Its retry is stored on top of the one that won.
+                let res = app.post_auth(&path, &alice.token, &body(class)).await;
+                assert_eq!(res.status(), 201, "the retry of a correction sent back");
+                stored += 1;
+            }
+            other => panic!("a concurrent correction answered {other}: {v}"),
+        }
+    }
+    assert_eq!(stored, 2);
+    let listed: Value = app.get_auth(&path, &alice.token).await.json().await.unwrap();
+    let listed = listed["corrections"].as_array().unwrap();
+    assert_eq!(listed.len(), 4, "every correction stored once: {listed:?}");
+    let last = listed[3]["class"].as_str().unwrap();
+    let now: Value = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token).await.json().await.unwrap();
+    assert!(share(&now["measurements"][0]["tissue"], last) > 95.0, "the newest correction ({last}) shows: {now}");
 }

@@ -6,9 +6,11 @@
 //! Runs on the finish thread, never on the ack path, and is bounded: at most
 //! [`MAX_SCORED`] colour frames are scored and at most [`MAX_VIEWS`] kept, one JPEG
 //! decoded at a time, each kept image at most [`LONG_SIDE`] pixels on its long side
-//! (12 × 640 × 480 × 3 B ≈ 11 MB, plus their depth frames). The choice reuses the wound
+//! (12 × 640 × 480 × 3 B ≈ 11 MB, plus their depth frames). The choice uses the wound
 //! photos' scoring (`coherency_report::photo`): sharp, well-exposed frames spread over the
-//! scan. `docs/measurement.md` ("Vertex colours and tissue composition") documents it.
+//! scan; the same scores choose the scan's wound photos ([`PhotoPick`]), stored by the
+//! finish. `docs/measurement.md` ("Vertex colours and tissue composition", "Wound photos")
+//! documents both.
 
 use bytes::Bytes;
 use coherency_protocol::scan::{decode_client, ClientMsg, DepthFrame};
@@ -21,7 +23,7 @@ use coherency_recon::{Frame, Intrinsics, Pose, WoundMeasurements};
 use coherency_report::photo;
 use serde_json::{json, Value};
 
-use super::ports::{CalibrationFigures, TissueFigures, TissueOutcome, TissueShareFigures};
+use super::ports::{CalibrationFigures, PhotoPick, PickedPhoto, TissueFigures, TissueOutcome, TissueShareFigures};
 use super::to_recon_frame;
 
 /// Most colour frames that colour a mesh.
@@ -51,6 +53,8 @@ pub(crate) struct ColourFrames {
     colour_frames: usize,
     /// Frames scored to choose.
     scored: usize,
+    /// The scan's wound photos, chosen among the same scored frames.
+    photos: PhotoPick,
 }
 
 impl ColourFrames {
@@ -69,6 +73,8 @@ impl ColourFrames {
             .collect();
         let n = with_colour.len();
         let mut candidates = Vec::new();
+        // Scored frames a photo can be served from (their markers walk), with capture times.
+        let mut servable = Vec::new();
         let mut last_pick = None;
         for run in 0..MAX_SCORED.min(n) {
             let at = with_colour[run * n / MAX_SCORED.min(n)];
@@ -77,12 +83,18 @@ impl ColourFrames {
             }
             last_pick = Some(at);
             between();
-            let Some(jpeg) = frame_of(&raw[at].1).and_then(|f| f.colour_jpeg) else { continue };
-            if let Ok(score) = photo::score(&jpeg) {
-                candidates.push((at, photo::Candidate { seq: raw[at].0, score }));
+            let Some(f) = frame_of(&raw[at].1) else { continue };
+            let Some(jpeg) = f.colour_jpeg.as_ref() else { continue };
+            if let Ok(score) = photo::score(jpeg) {
+                let candidate = photo::Candidate { seq: raw[at].0, score };
+                if photo::strip_metadata(jpeg).is_ok() {
+                    servable.push((candidate, f.captured_at_us));
+                }
+                candidates.push((at, candidate));
             }
         }
         let scored = candidates.len();
+        let photos = pick_photos(&servable, n, scored);
         let only: Vec<photo::Candidate> = candidates.iter().map(|(_, c)| *c).collect();
         let gap = match (only.first(), only.last()) {
             (Some(a), Some(b)) => photo::min_seq_gap_for(a.seq, b.seq, MAX_VIEWS),
@@ -97,7 +109,12 @@ impl ColourFrames {
                 None => tracing::warn!(seq = chosen.seq, "colour frame not usable for the mesh's colours"),
             }
         }
-        ColourFrames { views, colour_frames: n, scored }
+        ColourFrames { views, colour_frames: n, scored, photos }
+    }
+
+    /// The scan's wound photos.
+    pub(crate) fn photos(&self) -> &PhotoPick {
+        &self.photos
     }
 
     /// Why nothing can be coloured, when nothing can.
@@ -136,6 +153,30 @@ impl ColourFrames {
             "long_side_px": LONG_SIDE,
         })
     }
+}
+
+/// The wound photos among the scored frames a photo can be served from (`servable`, in seq
+/// order, with their capture times; `coherency_report::photo::select_photos`), or why there
+/// are none: the finish's choice, and the server's for a scan finished before finishes chose.
+pub fn pick_photos(servable: &[(photo::Candidate, u64)], colour_frames: usize, scored: usize) -> PhotoPick {
+    let only: Vec<photo::Candidate> = servable.iter().map(|(c, _)| *c).collect();
+    let photos: Vec<PickedPhoto> = photo::select_photos(&only)
+        .into_iter()
+        .map(|c| PickedPhoto {
+            seq: c.seq,
+            captured_at_us: servable.iter().find(|(s, _)| s.seq == c.seq).map_or(0, |(_, t)| *t),
+            width: c.score.width,
+            height: c.score.height,
+            sharpness: c.score.sharpness,
+            exposure: c.score.exposure,
+        })
+        .collect();
+    let reason = match (colour_frames, photos.is_empty()) {
+        (0, _) => Some(NO_COLOUR_FRAMES),
+        (_, true) => Some(NO_USABLE_COLOUR_FRAMES),
+        _ => None,
+    };
+    PhotoPick { photos, reason, scored: scored as u64 }
 }
 
 /// The colour frame of `f` as a view: its JPEG decoded and reduced, its camera (the frame

@@ -568,6 +568,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         }
     };
     let Measured { ply, glb, triangles, mesh_ms, coverage, measured, measure_ms, .. } = measured;
+    sink.write_photos(scan_id, colour.photos()).await?;
     let coloured = glb_coloured.is_some();
     let glb = glb_coloured.unwrap_or(glb);
     let t = Instant::now();

@@ -33,6 +33,7 @@ pub mod ports;
 use coherency_protocol::scan::DepthFrame;
 use coherency_recon::{DepthImage, Frame, Intrinsics, Pose, ReconError};
 
+pub use colour::pick_photos;
 pub use corrections::{CorrectedRegion, CorrectionRegion, MeasuredOutline, RetissueRequest, Retissued};
 pub use finish::{
     check_outline, Reconstructor, RemeasureError, RemeasureMode, RemeasureRequest, Remeasured, WorkBudget,
@@ -44,7 +45,8 @@ pub use pool::ReconstructionPool;
 pub use ports::{CalibrationFigures, TissueFigures, TissueOutcome, TissueShareFigures};
 pub use ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
-    ReconOutcome, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe, ValuePm, WoundFigures,
+    PhotoPick, PickedPhoto, ReconOutcome, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe,
+    ValuePm, WoundFigures,
 };
 
 /// Default niceness of the reconstruction threads: live fusion is a preview, acks are the

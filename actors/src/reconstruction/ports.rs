@@ -284,6 +284,31 @@ pub struct ReconstructionDoc {
     pub body: serde_json::Map<String, serde_json::Value>,
 }
 
+/// A scan's wound photos as its finish chose them from the colour frames it scored (the
+/// sharpest, best-exposed, spread over the scan; `coherency_report::photo`), or why there
+/// are none. Only frames whose JPEG can also be served (its markers walk) are chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhotoPick {
+    /// In seq order.
+    pub photos: Vec<PickedPhoto>,
+    /// `no_colour_frames` or `no_usable_colour_frames` when `photos` is empty.
+    pub reason: Option<&'static str>,
+    /// Colour frames scored to choose.
+    pub scored: u64,
+}
+
+/// One chosen photo: its frame and score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PickedPhoto {
+    pub seq: u64,
+    /// The frame's capture time as the phone stamped it (µs since the epoch).
+    pub captured_at_us: u64,
+    pub width: u32,
+    pub height: u32,
+    pub sharpness: f64,
+    pub exposure: f64,
+}
+
 /// Where a reconstruction's results go.
 #[async_trait]
 pub trait ReconstructionSink: Send + Sync + 'static {
@@ -304,6 +329,9 @@ pub trait ReconstructionSink: Send + Sync + 'static {
 
     /// The scan's mesh as its reconstruction stored it (measured or not), if any.
     async fn reconstruction_mesh(&self, scan_id: ScanId) -> Result<Option<MeshKeys>, StoreError>;
+
+    /// Stores the scan's photo choice, replacing an earlier one.
+    async fn write_photos(&self, scan_id: ScanId, pick: &PhotoPick) -> Result<(), StoreError>;
 
     /// Upserts the scan's reconstruction document.
     async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError>;
