@@ -276,10 +276,25 @@ async fn a_scan_with_colour_frames_serves_its_sharpest_well_exposed_frames_witho
     assert_eq!(media_ids, served_ids, "{everything}");
     let measured: Value =
         app.get_auth(&format!("/v1/scans/{scan}/measurements"), &patient.token).await.json().await.unwrap();
-    let measurement_ids: Vec<Value> =
-        measured["measurements"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
-    let observation_ids: Vec<Value> = exported("Observation").iter().map(|r| r["id"].clone()).collect();
-    assert_eq!(observation_ids, measurement_ids, "{everything}");
+    // Each measurement's Observation, then one per coded tissue class of its composition
+    // (whether the synthetic pictures give one depends on the mesh; `other` is not coded).
+    let expected: Vec<String> = measured["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| {
+            let id = m["id"].as_str().unwrap().to_owned();
+            let classes: Vec<String> = m["tissue"]["shares"]
+                .as_array()
+                .map(|s| s.iter().map(|s| s["class"].as_str().unwrap().to_owned()).collect())
+                .unwrap_or_default();
+            std::iter::once(id.clone())
+                .chain(classes.into_iter().filter(|c| c != "other").map(move |c| format!("{id}-{c}")))
+        })
+        .collect();
+    let observation_ids: Vec<String> =
+        exported("Observation").iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(observation_ids, expected, "{everything}");
     crate::fhir::validate(&[bundle, read, everything]);
 
     // Another patient sees none of it, and it is not served to them.
