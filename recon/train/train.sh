@@ -25,7 +25,7 @@ SAMPLES="${SAMPLES:-$WORK/samples.csv}"
 $CARGO build --release -p coherency-recon --example tissue_samples --example train_tissue
 TARGET="${CARGO_TARGET_DIR:-target}"
 [ -s "$SAMPLES" ] || "$TARGET/release/examples/tissue_samples" "$CASES" "$SEED" "$SAMPLES"
-PROV=$(printf '{"name":"coherency-tissue-mlp@1","generator":"phantom::tissue::training_cases(%s, %s)","command":"recon/train/train.sh %s %s (HIDDEN=%s EPOCHS=%s)","date":"%s"}' \
+PROV=$(printf '{"name":"coherency-tissue-mlp@2","generator":"phantom::tissue::training_cases(%s, %s)","command":"recon/train/train.sh %s %s (HIDDEN=%s EPOCHS=%s)","date":"%s"}' \
   "$CASES" "$SEED" "$CASES" "$SEED" "$HIDDEN" "$EPOCHS" "$(date -u +%Y-%m-%d)")
 "$TARGET/release/examples/train_tissue" "$SAMPLES" "$OUT" "$HIDDEN" "$EPOCHS" "$SEED" "$PROV"
 echo "wrote $OUT"
