@@ -114,13 +114,7 @@ fn main() {
             w1[j * FEATURES + i] = 0.0;
         }
     }
-    let mut net = Net {
-        h,
-        w1,
-        b1: vec![0.0; h],
-        w2: init(&mut rng, K * h, h),
-        b2: vec![0.0; K],
-    };
+    let mut net = Net { h, w1, b1: vec![0.0; h], w2: init(&mut rng, K * h, h), b2: vec![0.0; K] };
     let sizes = [h * FEATURES, h, K * h, K];
     let mut m: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();
     let mut v: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();

@@ -252,8 +252,7 @@ fn wound_samples_inner(
     let ring_colours: Vec<[f32; 3]> =
         ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
     let calibration = periwound_gains(&ring_colours)?;
-    let periwound_log = trimmed_mean(&ring_colours)
-        .map_or([0.0; 3], |(mean, _)| log_chroma(mean.map(|v| v as f32)));
+    let periwound_log = trimmed_mean(&ring_colours).map_or([0.0; 3], |(mean, _)| log_chroma(mean.map(|v| v as f32)));
 
     // Adjacency among wound vertices.
     let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
