@@ -79,6 +79,18 @@ fn main() {
     }
     let sd: Vec<f64> = sd.iter().map(|v| v.sqrt().max(1e-6)).collect();
     let norm = |x: &[f64]| -> Vec<f64> { (0..FEATURES).map(|i| (x[i] - mean[i]) / sd[i]).collect() };
+    // DROP=i,j,…: features left out (held at their mean, weights 0), to compare feature sets
+    // on one sample dump.
+    let drop: Vec<usize> = std::env::var("DROP")
+        .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).filter(|i| *i < FEATURES).collect())
+        .unwrap_or_default();
+    let norm = |x: &[f64]| -> Vec<f64> {
+        let mut v = norm(x);
+        for &i in &drop {
+            v[i] = 0.0;
+        }
+        v
+    };
     let train: Vec<(Vec<f64>, usize)> = train.iter().map(|(x, c)| (norm(x), *c)).collect();
     let val: Vec<(Vec<f64>, usize)> = val.iter().map(|(x, c)| (norm(x), *c)).collect();
     let mut counts = [0.0f64; K];
@@ -96,13 +108,13 @@ fn main() {
     let init = |rng: &mut StdRng, n: usize, fan: usize| -> Vec<f64> {
         (0..n).map(|_| rng.gen_range(-1.0..1.0) * (3.0 / fan as f64).sqrt()).collect()
     };
-    let mut net = Net {
-        h,
-        w1: init(&mut rng, h * FEATURES, FEATURES),
-        b1: vec![0.0; h],
-        w2: init(&mut rng, K * h, h),
-        b2: vec![0.0; K],
-    };
+    let mut w1 = init(&mut rng, h * FEATURES, FEATURES);
+    for j in 0..h {
+        for &i in &drop {
+            w1[j * FEATURES + i] = 0.0;
+        }
+    }
+    let mut net = Net { h, w1, b1: vec![0.0; h], w2: init(&mut rng, K * h, h), b2: vec![0.0; K] };
     let sizes = [h * FEATURES, h, K * h, K];
     let mut m: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();
     let mut v: Vec<Vec<f64>> = sizes.iter().map(|s| vec![0.0; *s]).collect();
@@ -174,6 +186,9 @@ fn main() {
     prov["held_out_rows"] = serde_json::json!(val.len());
     prov["held_out_accuracy"] = serde_json::json!((correct as f64 / val.len().max(1) as f64 * 1000.0).round() / 1000.0);
     prov["model"] = serde_json::json!(format!("MLP {FEATURES}-{h}-{K} tanh/softmax, Adam lr {lr}, batch {batch}, {epochs} epochs, L2 {l2}, class weights 1/sqrt(freq) capped at {cap}, seed {seed}"));
+    if !drop.is_empty() {
+        prov["features_left_out"] = serde_json::json!(drop);
+    }
     let out = serde_json::json!({
         "name": prov["name"].clone(),
         "provenance": prov,

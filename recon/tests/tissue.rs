@@ -5,13 +5,13 @@
 //! - 4 tissue maps × 5 trajectories (skin tones light to dark) × 3 lights (neutral, warm
 //!   ~3000 K, cold ~7000 K): mean absolute error per class, the worst error and the scans
 //!   that miss the issue's ±5-point bar printed (`--nocapture`). The bar is not met on every
-//!   scan yet (granulation/epithelial at thin margins and on the darkest and lightest skin,
-//!   `docs/measurement.md`); the test holds today's state: at most 4 of 20 scans miss it,
-//!   mean absolute error ≤ 4 points per class, worst ≤ 25 points;
+//!   scan yet (the 1.8 mm epithelial margin on the lightest skin reads about 6 points low,
+//!   `docs/measurement.md`); the test holds today's state: at most 1 of 20 scans misses it,
+//!   mean absolute error ≤ 2 points per class, worst ≤ 7 points;
 //! - the same scans at −1, 0, +1 EV under the three lights: shares within ±3 points of
 //!   each other;
 //! - the `±` intervals contain the truth in most cases (the fraction is printed and held
-//!   to ≥ 80 %);
+//!   to ≥ 90 %);
 //! - errors (no colour, an unseen or dark periwound) and clinicians' corrections.
 //!
 //! The classifier was trained on other phantoms (`recon/train/`, `training_cases`).
@@ -217,16 +217,16 @@ fn tissue_shares_match_the_truth_and_agree_across_lighting_and_exposure() {
     );
     assert!(misses.is_empty(), "{} consistency misses:\n{}", misses.len(), misses.join("\n"));
     assert!(
-        scans_missing.len() <= 4,
-        "±5 points missed on {} scans (4 at most today):\n{}",
+        scans_missing.len() <= 1,
+        "±5 points missed on {} scans (1 at most today):\n{}",
         scans_missing.len(),
         accuracy_misses.join("\n")
     );
     for (k, e) in TissueClass::ALL.iter().zip(abs_err) {
-        assert!(e / n as f64 <= 4.0, "{} mean absolute error {:.2} points", k.as_str(), e / n as f64);
+        assert!(e / n as f64 <= 2.0, "{} mean absolute error {:.2} points", k.as_str(), e / n as f64);
     }
-    assert!(worst.0 <= 25.0, "worst error {:.1} points", worst.0);
-    assert!(covered as f64 >= 0.8 * intervals as f64, "± intervals hold the truth in only {covered} of {intervals}");
+    assert!(worst.0 <= 7.0, "worst error {:.1} points", worst.0);
+    assert!(covered as f64 >= 0.9 * intervals as f64, "± intervals hold the truth in only {covered} of {intervals}");
 }
 
 /// One small scan for the error and correction tests.

@@ -10,12 +10,13 @@
 # 2. `train_tissue` fits the MLP and writes the weights with their provenance.
 # Pure Rust, nothing downloaded; deterministic for CASES and SEED. Pass CARGO=... to use a
 # cargo wrapper (e.g. CARGO="env WT_CGU=255 /work/bin/wtcargo"); SAMPLES=path keeps the CSV
-# there and reuses it when it exists (to try training settings without re-rendering).
+# there and reuses it when it exists (to try training settings without re-rendering);
+# HIDDEN, EPOCHS, CLASS_CAP and DROP (features left out, `train_tissue`) are passed through.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-CASES="${1:-96}"
+CASES="${1:-160}"
 SEED="${2:-1}"
-HIDDEN="${HIDDEN:-16}"
+HIDDEN="${HIDDEN:-24}"
 EPOCHS="${EPOCHS:-40}"
 CARGO="${CARGO:-cargo}"
 OUT="${OUT:-recon/src/colour/weights.json}"
@@ -25,7 +26,7 @@ SAMPLES="${SAMPLES:-$WORK/samples.csv}"
 $CARGO build --release -p coherency-recon --example tissue_samples --example train_tissue
 TARGET="${CARGO_TARGET_DIR:-target}"
 [ -s "$SAMPLES" ] || "$TARGET/release/examples/tissue_samples" "$CASES" "$SEED" "$SAMPLES"
-PROV=$(printf '{"name":"coherency-tissue-mlp@1","generator":"phantom::tissue::training_cases(%s, %s)","command":"recon/train/train.sh %s %s (HIDDEN=%s EPOCHS=%s)","date":"%s"}' \
+PROV=$(printf '{"name":"coherency-tissue-mlp@2","generator":"phantom::tissue::training_cases(%s, %s)","command":"recon/train/train.sh %s %s (HIDDEN=%s EPOCHS=%s)","date":"%s"}' \
   "$CASES" "$SEED" "$CASES" "$SEED" "$HIDDEN" "$EPOCHS" "$(date -u +%Y-%m-%d)")
 "$TARGET/release/examples/train_tissue" "$SAMPLES" "$OUT" "$HIDDEN" "$EPOCHS" "$SEED" "$PROV"
 echo "wrote $OUT"

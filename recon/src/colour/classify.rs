@@ -8,12 +8,16 @@ use std::sync::OnceLock;
 use super::{TissueClassifier, TissueSample};
 
 /// Number of features [`features`] computes.
-pub const FEATURES: usize = 15;
+pub const FEATURES: usize = 18;
 
 /// The classifier's inputs for one sample: L*, a*, b* (÷100), chroma (÷100), the hue
 /// direction `(a*, b*) / (C* + 5)`, log chromaticities `ln(R/G)`, `ln(B/G)`, `ln Y`, the
-/// neighbourhood mean L*, a*, b* (÷100) and the neighbourhood spread of `ln Y`, `ln(R/G)`,
-/// `ln(B/G)` (×5). The Lab spreads are not used: they grow with the calibration gains.
+/// neighbourhood median L*, a*, b* (÷100), the neighbourhood median absolute deviation of
+/// `ln Y`, `ln(R/G)`, `ln(B/G)` (×5), and the periwound's uncalibrated `ln Y`, `ln(R/G)`,
+/// `ln(B/G)` (the skin tone under the scan's light). The neighbourhood's robust statistics
+/// (not its mean and standard deviation) keep a boundary from reading as texture or
+/// blending the two tissues' colours; the Lab spreads are not used: they grow with the
+/// calibration gains.
 pub fn features(s: &TissueSample) -> [f32; FEATURES] {
     let [l, a, b] = s.lab;
     let c = (a * a + b * b).sqrt();
@@ -28,12 +32,15 @@ pub fn features(s: &TissueSample) -> [f32; FEATURES] {
         lrg,
         lbg,
         ly,
-        s.neighbourhood_mean[0] / 100.0,
-        s.neighbourhood_mean[1] / 100.0,
-        s.neighbourhood_mean[2] / 100.0,
-        s.neighbourhood_log_std[0] * 5.0,
-        s.neighbourhood_log_std[1] * 5.0,
-        s.neighbourhood_log_std[2] * 5.0,
+        s.neighbourhood_median[0] / 100.0,
+        s.neighbourhood_median[1] / 100.0,
+        s.neighbourhood_median[2] / 100.0,
+        s.neighbourhood_log_mad[0] * 5.0,
+        s.neighbourhood_log_mad[1] * 5.0,
+        s.neighbourhood_log_mad[2] * 5.0,
+        s.periwound_log[0],
+        s.periwound_log[1],
+        s.periwound_log[2],
     ]
 }
 
@@ -157,7 +164,10 @@ mod tests {
             lab,
             neighbourhood_mean: lab,
             neighbourhood_std: [3.0, 3.0, 3.0],
-            neighbourhood_log_std: [0.05, 0.05, 0.05],
+            neighbourhood_median: lab,
+            neighbourhood_log_mad: [0.05, 0.05, 0.05],
+            // A medium skin at the colour phantoms' nominal exposure (half scale).
+            periwound_log: super::super::log_chroma(super::super::REFERENCE_SKIN_LINEAR.map(|v| (v * 0.5) as f32)),
         }
     }
 

@@ -253,10 +253,21 @@ pub struct TissueSample {
     pub neighbourhood_mean: [f32; 3],
     /// Standard deviation of L*, a*, b* over the same neighbourhood.
     pub neighbourhood_std: [f32; 3],
-    /// Standard deviation of `ln Y`, `ln(R/G)` and `ln(B/G)` over the same neighbourhood:
-    /// texture contrast that per-channel gains leave unchanged (the Lab spreads grow with
-    /// the gains, so a dark skin's amplified noise would read as texture).
-    pub neighbourhood_log_std: [f32; 3],
+    /// Median of L*, a*, b* over the same neighbourhood (per channel): the colour of the
+    /// tissue the vertex sits in, which a boundary within the neighbourhood does not move
+    /// while the vertex's own tissue holds most of it (the mean blends both sides).
+    pub neighbourhood_median: [f32; 3],
+    /// Median absolute deviation of `ln Y`, `ln(R/G)` and `ln(B/G)` over the same
+    /// neighbourhood (×1.4826, a standard deviation for normal data): texture contrast that
+    /// per-channel gains leave unchanged (Lab spreads grow with the gains, so a dark skin's
+    /// amplified noise would read as texture) and that a boundary does not inflate (the
+    /// standard deviation of a smooth tissue next to a textured one reads as texture).
+    pub neighbourhood_log_mad: [f32; 3],
+    /// `ln Y`, `ln(R/G)`, `ln(B/G)` of the periwound ring's luminance-trimmed mean before
+    /// calibration: the skin tone under the scan's light and exposure. Calibration divides
+    /// the skin out of every colour; this tells the classifier which skin it was, as far as
+    /// the light's cast and the exposure let it (`docs/measurement.md`, *Classification*).
+    pub periwound_log: [f32; 3],
 }
 
 /// Classifies calibrated surface samples into tissue classes.

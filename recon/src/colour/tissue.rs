@@ -3,9 +3,10 @@
 //! 1. The wound surface and the periwound ring (`region.rs`).
 //! 2. Calibration from the periwound ring (`calibrate.rs`).
 //! 3. Each seen wound vertex becomes a [`TissueSample`] (calibrated colour, its CIELAB,
-//!    and L*a*b* mean and spread over its two-ring neighbourhood) and gets the
-//!    classifier's probabilities, then averaged over its one-ring (area-weighted), which
-//!    removes isolated single-vertex labels; the class is the most probable.
+//!    robust statistics of its two-ring neighbourhood, the periwound's uncalibrated colour)
+//!    and gets the classifier's probabilities, then averaged over its one-ring
+//!    (area-weighted), which removes isolated single-vertex labels; the class is the most
+//!    probable.
 //! 4. Unseen wound vertices take the class of the nearest seen one along the mesh
 //!    (breadth-first); a wound patch no seen vertex reaches keeps no class and its area is
 //!    shared out in proportion.
@@ -19,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use super::calibrate::{periwound_gains, Calibration};
+use super::calibrate::{periwound_gains, trimmed_mean, Calibration};
 use super::region::{components, periwound_ring, wound_region, TangentFrame, WoundRegion};
 use super::{
     linear_to_lab, log_chroma, TissueClass, TissueClassifier, TissueComposition, TissueCorrection, TissueError,
@@ -178,6 +179,25 @@ fn mean_sd(hood: &[u32], values: &[[f32; 3]], m: f32) -> ([f32; 3], [f32; 3]) {
     (mean, var.map(f32::sqrt))
 }
 
+/// Per channel, the median of `values` over the vertices `hood` and the median absolute
+/// deviation from it (×1.4826); `scratch` is reused between calls.
+fn median_mad(hood: &[u32], values: &[[f32; 3]], scratch: &mut Vec<f32>) -> ([f32; 3], [f32; 3]) {
+    let mut median = [0.0f32; 3];
+    let mut mad = [0.0f32; 3];
+    for c in 0..3 {
+        scratch.clear();
+        scratch.extend(hood.iter().map(|&v| values[v as usize][c]));
+        let mid = scratch.len() / 2;
+        let m = *scratch.select_nth_unstable_by(mid, f32::total_cmp).1;
+        for x in scratch.iter_mut() {
+            *x = (*x - m).abs();
+        }
+        mad[c] = 1.4826 * *scratch.select_nth_unstable_by(mid, f32::total_cmp).1;
+        median[c] = m;
+    }
+    (median, mad)
+}
+
 /// What the classifier is given: every seen wound vertex's [`TissueSample`] (vertex
 /// index, sample), after calibration. Used by the training-data dump
 /// (`recon/examples/tissue_samples.rs`) and by [`tissue_analysis`].
@@ -232,6 +252,7 @@ fn wound_samples_inner(
     let ring_colours: Vec<[f32; 3]> =
         ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
     let calibration = periwound_gains(&ring_colours)?;
+    let periwound_log = trimmed_mean(&ring_colours).map_or([0.0; 3], |(mean, _)| log_chroma(mean.map(|v| v as f32)));
 
     // Adjacency among wound vertices.
     let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -260,6 +281,7 @@ fn wound_samples_inner(
     let mut stamp = vec![u32::MAX; n];
     let mut samples = Vec::new();
     let mut hood: Vec<u32> = Vec::new();
+    let mut scratch: Vec<f32> = Vec::new();
     for &i in &wound_vertices {
         if !seen(i) {
             continue;
@@ -277,13 +299,16 @@ fn wound_samples_inner(
         }
         let m = hood.len() as f32;
         let (mean, sd) = mean_sd(&hood, &lab, m);
-        let (_, log_sd) = mean_sd(&hood, &logc, m);
+        let (median, _) = median_mad(&hood, &lab, &mut scratch);
+        let (_, log_mad) = median_mad(&hood, &logc, &mut scratch);
         let sample = TissueSample {
             rgb: rgb[i],
             lab: lab[i],
             neighbourhood_mean: mean,
             neighbourhood_std: sd,
-            neighbourhood_log_std: log_sd,
+            neighbourhood_median: median,
+            neighbourhood_log_mad: log_mad,
+            periwound_log,
         };
         samples.push((i as u32, sample));
     }

@@ -302,7 +302,9 @@ pub async fn list(
 }
 
 fn sample_json(s: &TissueSample) -> Value {
-    json!({"rgb": s.rgb, "lab": s.lab, "neighbourhood_mean": s.neighbourhood_mean, "neighbourhood_std": s.neighbourhood_std})
+    json!({"rgb": s.rgb, "lab": s.lab, "neighbourhood_mean": s.neighbourhood_mean, "neighbourhood_std": s.neighbourhood_std,
+           "neighbourhood_median": s.neighbourhood_median, "neighbourhood_log_mad": s.neighbourhood_log_mad,
+           "periwound_log": s.periwound_log})
 }
 
 /// Query of the export.
