@@ -212,8 +212,9 @@ pub fn delta_e2000(a: [f64; 3], b: [f64; 3]) -> f64 {
     } else {
         (h1p + h2p - 2.0 * PI) / 2.0
     };
-    let t = 1.0 - 0.17 * (hp_bar - PI / 6.0).cos() + 0.24 * (2.0 * hp_bar).cos() + 0.32 * (3.0 * hp_bar + PI / 30.0).cos()
-        - 0.20 * (4.0 * hp_bar - 63f64.to_radians()).cos();
+    let t =
+        1.0 - 0.17 * (hp_bar - PI / 6.0).cos() + 0.24 * (2.0 * hp_bar).cos() + 0.32 * (3.0 * hp_bar + PI / 30.0).cos()
+            - 0.20 * (4.0 * hp_bar - 63f64.to_radians()).cos();
     let d_theta = 30f64.to_radians() * (-((hp_bar.to_degrees() - 275.0) / 25.0).powi(2)).exp();
     let rc = 2.0 * (cp_bar.powi(7) / (cp_bar.powi(7) + 25f64.powi(7))).sqrt();
     let sl = 1.0 + 0.015 * (l_bar - 50.0).powi(2) / (20.0 + (l_bar - 50.0).powi(2)).sqrt();
@@ -370,9 +371,8 @@ impl Homography {
     fn map(&self, u: f64, v: f64) -> Option<[f64; 2]> {
         let m = &self.0;
         let z = m[2][0] * u + m[2][1] * v + m[2][2];
-        (z.abs() > 1e-12).then(|| {
-            [(m[0][0] * u + m[0][1] * v + m[0][2]) / z, (m[1][0] * u + m[1][1] * v + m[1][2]) / z]
-        })
+        (z.abs() > 1e-12)
+            .then(|| [(m[0][0] * u + m[0][1] * v + m[0][2]) / z, (m[1][0] * u + m[1][1] * v + m[1][2]) / z])
     }
 
     fn inverse(&self) -> Option<Homography> {
@@ -412,10 +412,8 @@ impl Homography {
         for (cell, pt) in pairs {
             let (u, v) = ((cell[0] - ux) * us, (cell[1] - uy) * us);
             let (x, y) = ((pt[0] - xx) * xs, (pt[1] - xy) * xs);
-            let rows = [
-                ([u, v, 1.0, 0.0, 0.0, 0.0, -u * x, -v * x], x),
-                ([0.0, 0.0, 0.0, u, v, 1.0, -u * y, -v * y], y),
-            ];
+            let rows =
+                [([u, v, 1.0, 0.0, 0.0, 0.0, -u * x, -v * x], x), ([0.0, 0.0, 0.0, u, v, 1.0, -u * y, -v * y], y)];
             for (row, rhs) in rows {
                 for a in 0..unknowns {
                     atb[a] += row[a] * rhs;
@@ -952,7 +950,11 @@ mod tests {
                 // At the card's centre the light is 1.0 (0.85 + 0.3 · ½): the green gain
                 // undoes the exposure.
                 let want = 1.0 / (0.5 * 2f64.powf(ev) * cast[1]);
-                assert!((det.gains[1] / want - 1.0).abs() < 0.06, "{name} {ev:+}: green gain {} vs {want}", det.gains[1]);
+                assert!(
+                    (det.gains[1] / want - 1.0).abs() < 0.06,
+                    "{name} {ev:+}: green gain {} vs {want}",
+                    det.gains[1]
+                );
             }
         }
     }

@@ -363,7 +363,12 @@ impl CheckerCard {
         // Reach of the card towards the wound, from its centre, for this turn.
         let (s, c) = (turn_rad - std::f64::consts::FRAC_PI_2).sin_cos();
         let reach = (CARD_HALF[0] * c.abs() + CARD_HALF[1] * s.abs()) * pitch_m;
-        CheckerCard { distance_m: r + Self::CLEARANCE_M + reach, direction_rad, turn_rad: turn_rad - std::f64::consts::FRAC_PI_2, pitch_m }
+        CheckerCard {
+            distance_m: r + Self::CLEARANCE_M + reach,
+            direction_rad,
+            turn_rad: turn_rad - std::f64::consts::FRAC_PI_2,
+            pitch_m,
+        }
     }
 
     /// Chart coordinates (pitches: columns, rows from the card centre) of tangent-plane point
