@@ -9,14 +9,16 @@
 //! (12 × 640 × 480 × 3 B ≈ 11 MB, plus their depth frames). The choice uses the wound
 //! photos' scoring (`coherency_report::photo`): sharp, well-exposed frames spread over the
 //! scan; the same scores choose the scan's wound photos ([`PhotoPick`]), stored by the
-//! finish. `docs/measurement.md` ("Vertex colours and tissue composition", "Wound photos")
-//! documents both.
+//! finish. A ColorChecker Classic seen whole in the chosen views calibrates the displayed
+//! colours and is reported (`colour_checker`); the tissue classifier keeps the periwound
+//! calibration. `docs/measurement.md` ("Vertex colours and tissue composition", "Wound
+//! photos", "Calibration") documents them.
 
 use bytes::Bytes;
 use coherency_protocol::scan::{decode_client, ClientMsg, DepthFrame};
 use coherency_recon::colour::{
-    colour_vertices, default_classifier, tissue_composition, ColourView, RgbImage, TissueComposition, TissueCorrection,
-    VertexColours,
+    card_calibration, colour_vertices, default_classifier, linear_to_srgb8, skin_tone, tissue_composition,
+    CardCalibration, ColourView, RgbImage, TissueComposition, TissueCorrection, VertexColours,
 };
 use coherency_recon::mesh::Mesh;
 use coherency_recon::{Frame, Intrinsics, Pose, WoundMeasurements};
@@ -126,17 +128,25 @@ impl ColourFrames {
         }
     }
 
+    fn views(&self) -> Vec<ColourView<'_>> {
+        self.views
+            .iter()
+            .map(|v| ColourView { image: &v.image, intrinsics: v.intrinsics, pose: v.pose, depth: v.depth.as_ref() })
+            .collect()
+    }
+
     /// Colours `mesh` from the chosen views (`None` when there are none).
     pub(crate) fn colour(&self, mesh: &Mesh) -> Option<VertexColours> {
         if self.views.is_empty() || mesh.positions.is_empty() {
             return None;
         }
-        let views: Vec<ColourView<'_>> = self
-            .views
-            .iter()
-            .map(|v| ColourView { image: &v.image, intrinsics: v.intrinsics, pose: v.pose, depth: v.depth.as_ref() })
-            .collect();
-        Some(colour_vertices(mesh, &views))
+        Some(colour_vertices(mesh, &self.views()))
+    }
+
+    /// The calibration of a ColorChecker card seen whole in the chosen views, if one is
+    /// (`coherency_recon::colour::card_calibration`: views that disagree give none).
+    pub(crate) fn card(&self) -> Option<CardCalibration> {
+        card_calibration(&self.views())
     }
 
     /// What the reconstruction document records of the choice.
@@ -227,8 +237,10 @@ pub(crate) fn tissue(
     tissue_composition(mesh, c, wound, default_classifier(), corrections).map_err(|e| e.code().to_owned())
 }
 
-/// The composition as stored with its measurement.
-pub(crate) fn outcome(tissue: &Result<TissueComposition, String>) -> TissueOutcome {
+/// The composition as stored with its measurement; with a `card`, its calibration is the
+/// one reported (the displayed colours' source), with the periwound gains the classifier
+/// used and the skin's own tone beside it.
+pub(crate) fn outcome(tissue: &Result<TissueComposition, String>, card: Option<&CardCalibration>) -> TissueOutcome {
     match tissue {
         Ok(t) => TissueOutcome::Composition(TissueFigures {
             shares: t
@@ -243,10 +255,22 @@ pub(crate) fn outcome(tissue: &Result<TissueComposition, String>) -> TissueOutco
                 .collect(),
             wound_area_mm2: round(t.wound_area_mm2, 2),
             coloured_fraction: round(t.coloured_fraction, 3),
-            calibration: CalibrationFigures {
-                source: t.calibration.source.as_str().to_owned(),
-                gains: t.calibration.gains.map(|g| round(g, 4)),
-                samples: t.calibration.samples,
+            calibration: match card {
+                Some(card) => CalibrationFigures {
+                    source: card.calibration.source.as_str().to_owned(),
+                    gains: card.calibration.gains.map(|g| round(g, 4)),
+                    samples: card.calibration.samples,
+                    periwound_gains: Some(t.calibration.gains.map(|g| round(g, 4))),
+                    skin_srgb: skin_tone(&t.calibration, &card.calibration)
+                        .map(|s| s.map(|v| linear_to_srgb8(v as f32))),
+                },
+                None => CalibrationFigures {
+                    source: t.calibration.source.as_str().to_owned(),
+                    gains: t.calibration.gains.map(|g| round(g, 4)),
+                    samples: t.calibration.samples,
+                    periwound_gains: None,
+                    skin_srgb: None,
+                },
             },
             classifier: t.classifier.clone(),
         }),
@@ -254,15 +278,18 @@ pub(crate) fn outcome(tissue: &Result<TissueComposition, String>) -> TissueOutco
     }
 }
 
-/// The mesh's GLB with its vertex colours (calibrated with the composition's gains when
-/// there is one), or without colour when nothing coloured it.
+/// The mesh's GLB with its vertex colours, calibrated with the card's gains when a card was
+/// seen, else with the composition's (periwound) gains when there is one, or without colour
+/// when nothing coloured it.
 pub(crate) fn coloured_glb(
     mesh: &Mesh,
     coloured: Option<&VertexColours>,
     tissue: Option<&Result<TissueComposition, String>>,
+    card: Option<&CardCalibration>,
 ) -> Option<Vec<u8>> {
     let c = coloured?;
-    let calibration = tissue.and_then(|t| t.as_ref().ok()).map(|t| &t.calibration);
+    let calibration =
+        card.map(|k| &k.calibration).or_else(|| tissue.and_then(|t| t.as_ref().ok()).map(|t| &t.calibration));
     Some(mesh.to_glb_coloured(Some(&c.to_srgb8(calibration))))
 }
 

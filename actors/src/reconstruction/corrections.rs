@@ -144,7 +144,7 @@ impl Reconstructor {
                     samples: samples_inside(&mesh, &samples, &wound, &a.outline_world),
                 })
                 .collect();
-            Ok::<_, RemeasureError>(Retissued { tissue: colour::outcome(&tissue), regions })
+            Ok::<_, RemeasureError>(Retissued { tissue: colour::outcome(&tissue, colour.card().as_ref()), regions })
         })
         .await
         .map_err(RemeasureError::Store)?

@@ -44,7 +44,7 @@ use bytes::Bytes;
 use coherency_protocol::ids::ScanId;
 use coherency_protocol::scan::{decode_client, ClientMsg};
 use coherency_protocol::{Code, ErrorCode};
-use coherency_recon::colour::TissueComposition;
+use coherency_recon::colour::{CardCalibration, TissueComposition};
 use coherency_recon::fusion::{parameters, refuse_bytes, Accepted, FusedScan, Measured};
 use coherency_recon::measure::{OutlineMethod, SkinModel};
 use coherency_recon::{Frame, ReconError, ScanFusion, WoundMeasurements};
@@ -330,7 +330,7 @@ impl Reconstructor {
             drop(fused);
             let coloured = colour.colour(&mesh);
             let tissue = colour::tissue(&mesh, coloured.as_ref(), colour.unavailable(), &m, &[]);
-            Ok::<_, RemeasureError>((m, colour::outcome(&tissue)))
+            Ok::<_, RemeasureError>((m, colour::outcome(&tissue, colour.card().as_ref())))
         })
         .await
         .map_err(RemeasureError::Store)??;
@@ -484,6 +484,8 @@ struct Built {
     glb_coloured: Option<Vec<u8>>,
     /// The automatic measurement's tissue composition (`None`: no automatic measurement).
     tissue: Option<Result<TissueComposition, String>>,
+    /// A colour checker's calibration, when one was seen in the colour frames.
+    card: Option<CardCalibration>,
 }
 
 /// The finish step of one scan (see the module docs), with its live fusion if it has one.
@@ -557,7 +559,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
                 "quality_dropped": to_i64(quality_dropped), "quality_rebuilt": to_i64(quality_rebuilt as u64) }),
     );
     doc.insert("parameters".into(), parameters_doc());
-    let Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue } = match work {
+    let Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue, card } = match work {
         Ok(w) => w,
         Err(e) => {
             doc.insert("status".into(), json!("failed"));
@@ -611,6 +613,9 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
                 Some(Err(code)) => json!({ "unavailable": code }),
                 None => Value::Null,
             },
+            "card": card.as_ref().map(|c| json!({ "views_detected": c.views_detected, "best_view": c.view,
+                                                  "median_delta_e00": c.median_delta_e,
+                                                  "gains": c.calibration.gains })),
             "ms": colour_ms,
         }),
     );
@@ -663,7 +668,7 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         figures: figures(&m),
         mesh: Some(mesh.clone()),
         created_by: None,
-        tissue: colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned()))),
+        tissue: colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())), card.as_ref()),
     };
     let id = sink.write_measurement(&row).await?;
     sink.write_reconstruction(&NewReconstruction { scan_id, outcome: ReconOutcome::Measured { keyframe }, mesh })
@@ -707,10 +712,11 @@ fn finish_work(
         .as_ref()
         .ok()
         .map(|m| colour::tissue(&measured.mesh, coloured.as_ref(), colour.unavailable(), m, &[]));
-    let glb_coloured = colour::coloured_glb(&measured.mesh, coloured.as_ref(), tissue.as_ref());
+    let card = colour.card();
+    let glb_coloured = colour::coloured_glb(&measured.mesh, coloured.as_ref(), tissue.as_ref(), card.as_ref());
     drop(coloured);
     let colour_ms = ms(t);
-    Ok(Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue })
+    Ok(Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue, card })
 }
 
 /// Reconstructs `frames` (their stored messages `raw`) on the calling thread as a finish
@@ -721,9 +727,9 @@ pub(crate) fn reconstruct_in_process(
     raw: &[(u64, Bytes)],
 ) -> Result<super::demo::DemoScan, String> {
     let built = finish_work(None, frames, raw, 0).map_err(|e| e.to_string())?;
-    let Built { measured, glb_coloured, tissue, .. } = built;
+    let Built { measured, glb_coloured, tissue, card, .. } = built;
     let figures = measured.measured.as_ref().ok().map(figures);
-    let tissue = colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())));
+    let tissue = colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())), card.as_ref());
     Ok(super::demo::DemoScan { ply: measured.ply, glb: glb_coloured.unwrap_or(measured.glb), figures, tissue })
 }
 

@@ -208,12 +208,21 @@ pub struct TissueShareFigures {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CalibrationFigures {
-    /// `periwound` (the skin around the outline; the only source so far).
+    /// `periwound` (the skin around the outline mapped to a reference skin colour) or
+    /// `colour_checker` (a ColorChecker Classic seen whole in a colour frame).
     pub source: String,
-    /// Per-channel linear gains (R, G, B) applied to every colour.
+    /// Per-channel linear gains (R, G, B) applied to the displayed colours (the GLB's
+    /// `COLOR_0`); with `periwound` also to the classifier's inputs.
     pub gains: [f64; 3],
-    /// Samples the gains came from (vertices or card patches).
+    /// Samples the gains came from (periwound vertices, or the card's neutral patches).
     pub samples: usize,
+    /// With `colour_checker`: the periwound gains the classifier's inputs were normalised
+    /// with (the classifier always sees periwound-normalised colours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub periwound_gains: Option<[f64; 3]>,
+    /// With `colour_checker`: the periwound skin's own tone, sRGB, under the card's light.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skin_srgb: Option<[u8; 3]>,
 }
 
 /// The frame a clinician is asked to draw the outline on when the automatic measurement

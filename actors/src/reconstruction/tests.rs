@@ -473,3 +473,73 @@ fn failures_map_to_stable_reason_codes() {
     let long = ReconError::SegmentationFailed("x".repeat(2000));
     assert_eq!(finish::failure_reason(&long).message.chars().count(), 500);
 }
+
+/// A colour phantom's scan as the phone sends it (24 depth frames, a JPEG colour frame at
+/// twice the depth resolution on every other one, warm light), with a ColorChecker on the
+/// skin beside the wound when `card`.
+fn colour_scan(card: bool) -> Vec<DepthFrame> {
+    use coherency_recon::phantom::colour::{CheckerCard, ColourPhantom, Illuminant, Lighting};
+    use coherency_recon::phantom::tissue::evaluation_cases;
+    use coherency_recon::phantom::TrajectoryOptions;
+    let case = evaluation_cases(1).remove(0);
+    let mut phantom = ColourPhantom::new(case.spec.clone(), case.appearance.clone());
+    if card {
+        let beside = CheckerCard::beside(&phantom.wound, 0.8, 0.0);
+        phantom = phantom.with_card(beside);
+    }
+    let config = ScanConfig { frames: 24, ..ScanConfig::iphone(case.seed) };
+    let scan = phantom.scan(&config, &TrajectoryOptions::default(), 2, 2.0);
+    let images = scan.images(&Lighting { illuminant: Illuminant::Warm, ev: 0.0 }, 1);
+    scan.scan
+        .frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let mut w = wire(i as u64 + 1, f);
+            if let Some((_, im)) = images.iter().find(|(k, _)| *k == i) {
+                let (width, height) =
+                    (u16::try_from(im.width).expect("width"), u16::try_from(im.height).expect("height"));
+                w.colour_jpeg = coherency_report::jpeg_encode::encode_rgb(&im.data, width, height, 2).map(Bytes::from);
+            }
+            w
+        })
+        .collect()
+}
+
+/// The stored automatic measurement's tissue calibration and the reconstruction document's
+/// `colour.card`.
+async fn finished_calibration(card: bool) -> (CalibrationFigures, serde_json::Value) {
+    let node = Node::new();
+    let scan_id = ScanId::new();
+    let sent = colour_scan(card);
+    node.store(scan_id, &sent).await;
+    assert_eq!(node.finish(scan_id, sent.len() as u64, None).await, ScanStatus::Complete);
+    let m = node.sink.measurements(scan_id);
+    let tissue = &m.first().expect("an automatic measurement").measurement.tissue;
+    let TissueOutcome::Composition(t) = tissue else { panic!("no tissue composition: {tissue:?}") };
+    (t.calibration.clone(), node.doc_field(scan_id, &["colour", "card"]))
+}
+
+#[actix_rt::test]
+async fn a_scan_with_a_colour_checker_in_view_reports_it_beside_the_periwound_gains() {
+    let (with, card_doc) = finished_calibration(true).await;
+    let (without, no_card_doc) = finished_calibration(false).await;
+    assert_eq!(with.source, "colour_checker");
+    assert_eq!(without.source, "periwound");
+    assert!(no_card_doc.is_null(), "{no_card_doc}");
+    assert!(card_doc["views_detected"].as_u64().is_some_and(|n| n >= 1), "{card_doc}");
+    // The classifier's inputs are the same with and without the card (up to the JPEG blocks
+    // that hold both the card and skin near the ring).
+    let periwound = with.periwound_gains.expect("the periwound gains beside the card's");
+    for (a, b) in periwound.iter().zip(without.gains) {
+        assert!((a / b - 1.0).abs() < 1e-3, "{periwound:?} vs {:?}", without.gains);
+    }
+    assert_eq!(without.periwound_gains, None);
+    // Under the warm light the card's gains lift blue over red; its skin tone is the
+    // phantom's lightest tone (sRGB 233 196 172) within a few units.
+    assert!(with.gains[2] > 2.0 * with.gains[0], "{:?}", with.gains);
+    let skin = with.skin_srgb.expect("the skin's tone");
+    for (got, want) in skin.iter().zip([233u8, 196, 172]) {
+        assert!((i32::from(*got) - i32::from(want)).abs() <= 25, "skin {skin:?}");
+    }
+}

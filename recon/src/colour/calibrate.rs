@@ -8,7 +8,12 @@
 //! and also normalises the patient's skin tone: tissue is judged relative to the skin
 //! around it. Limits: erythema or maceration over much of the ring biases the gains (a red
 //! ring makes the bed look less red), and a very dark skin multiplies sensor noise.
-//! A reference card in view (a ColorChecker) is not detected yet (`docs/measurement.md`).
+//!
+//! **Colour checker** (`checker.rs`): when a ColorChecker Classic is seen whole in a colour
+//! view, its neutral patches give gains that map the camera's colours to true reflectance
+//! colours. They calibrate the *displayed* colours (the mesh's `COLOR_0`) and measure the
+//! skin's own tone ([`skin_tone`]); the classifier's inputs stay periwound-normalised, as it
+//! was trained (`docs/measurement.md`, "Calibration").
 
 use super::luminance;
 
@@ -24,16 +29,19 @@ pub const MIN_PERIWOUND_LUMINANCE: f64 = 0.004;
 /// Where the gains came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CalibrationSource {
-    /// The skin ring around the outline mapped to the reference skin colour (the only
-    /// source so far: a reference card in view is not detected yet, `docs/measurement.md`).
+    /// The skin ring around the outline mapped to the reference skin colour.
     Periwound,
+    /// The neutral patches of a ColorChecker Classic card seen in a colour view mapped to
+    /// their published colours.
+    ColourChecker,
 }
 
 impl CalibrationSource {
-    /// Stable lowercase name (`periwound`).
+    /// Stable lowercase name (`periwound`, `colour_checker`).
     pub fn as_str(self) -> &'static str {
         match self {
             CalibrationSource::Periwound => "periwound",
+            CalibrationSource::ColourChecker => "colour_checker",
         }
     }
 }
@@ -54,6 +62,15 @@ impl Calibration {
     pub fn apply(&self, rgb: [f32; 3]) -> [f32; 3] {
         [0, 1, 2].map(|c| rgb[c] * self.gains[c] as f32)
     }
+}
+
+/// The periwound skin's own colour (linear RGB, reflectance scale) under a card's
+/// calibration: the ring's trimmed mean that `periwound`'s gains map to
+/// [`REFERENCE_SKIN_LINEAR`], through `card`'s gains. `None` unless `periwound` is a periwound
+/// calibration.
+pub fn skin_tone(periwound: &Calibration, card: &Calibration) -> Option<[f64; 3]> {
+    (periwound.source == CalibrationSource::Periwound && periwound.gains.iter().all(|g| *g > 0.0))
+        .then(|| [0, 1, 2].map(|c| REFERENCE_SKIN_LINEAR[c] / periwound.gains[c] * card.gains[c]))
 }
 
 /// The luminance-trimmed mean of linear colours, and how many went into it.

@@ -12,19 +12,27 @@
 //!    classifies each vertex with a [`TissueClassifier`]
 //!    (`classify.rs`, default a small learned model shipped in `weights.json`), applies a
 //!    clinician's [`TissueCorrection`]s and reports per-class 3D areas with an uncertainty
-//!    (`tissue.rs`).
+//!    (`tissue.rs`);
+//! 3. [`card_calibration`] finds a ColorChecker Classic in the views (`checker.rs`); when there
+//!    is one, its gains calibrate the displayed vertex colours and give the skin's own tone
+//!    ([`skin_tone`]), while the classifier keeps the periwound calibration.
 //!
 //! `docs/measurement.md` ("Tissue composition") documents the method, its figures and
 //! its limits.
 
 mod blend;
 mod calibrate;
+mod checker;
 mod classify;
 mod region;
 mod tissue;
 
 pub use blend::colour_vertices;
-pub use calibrate::{Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
+pub use calibrate::{skin_tone, Calibration, CalibrationSource, REFERENCE_SKIN_LINEAR};
+pub use checker::{
+    card_calibration, checker_reference_linear, delta_e2000, detect_checker, CardCalibration, CheckerDetection,
+    CHECKER_LAB_D50,
+};
 pub use classify::{default_classifier, features, LearnedClassifier, FEATURES};
 pub use tissue::{tissue_analysis, tissue_composition, wound_samples, TissueAnalysis};
 

@@ -20,6 +20,15 @@
 //! - **Truth**: per-class 3D area of the wound surface inside the outline, by a fine polar
 //!   triangulation of the cavity surface (as `truth.rs` integrates the bed area).
 //!
+//! - **Colour checker** (optional, [`ColourPhantom::with_card`]): a ColorChecker Classic
+//!   ([`CheckerCard`], Mini-sized by default) lying on the skin tangent plane at the wound,
+//!   beside it and wholly outside the periwound ring (3–12 mm from the outline), so it never
+//!   enters the periwound calibration. Its patches' reflectances are the published colours
+//!   (`colour::checker_reference_linear`), its surround black, matte; it is lit by the same key
+//!   light, ambient, gradient and vignetting as the skin, and exposed with the same cast, EV and
+//!   noise. It exists in the colour rendering only: the depth frames do not see it (on a curved
+//!   body it floats tangent to the skin at the wound centre).
+//!
 //! Colour frames share the depth frame's pose (as ARKit delivers them) and use the depth
 //! intrinsics scaled to the colour resolution.
 
@@ -30,7 +39,7 @@ use rand::{Rng, RngCore, SeedableRng};
 
 use super::wound::{WoundPhantom, WoundSpec};
 use super::{gaussian, PhantomScan, ScanConfig, Surface, TrajectoryOptions};
-use crate::colour::{linear_to_srgb8, srgb_to_linear, RgbImage, TissueClass};
+use crate::colour::{checker_reference_linear, linear_to_srgb8, srgb_to_linear, RgbImage, TissueClass};
 use crate::geometry::{Intrinsics, Pose, Vec3};
 
 /// One layered region of a tissue map, in normalised wound coordinates.
@@ -317,6 +326,86 @@ impl TissueTruth {
     }
 }
 
+/// A ColorChecker Classic lying on the skin tangent plane beside the wound (colour frames
+/// only). Chart coordinates: columns along `direction_rad + turn_rad`, rows 90° clockwise
+/// from it seen from the skin's outside, so the card shows its front to the camera.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckerCard {
+    /// Distance of the card's centre from the wound centre in the tangent plane, metres.
+    pub distance_m: f64,
+    /// Direction of the card's centre from the wound centre (phantom frame), radians.
+    pub direction_rad: f64,
+    /// In-plane turn of the card's columns from that direction, radians.
+    pub turn_rad: f64,
+    /// Patch pitch, metres (patches are 0.8 pitch wide; the card 6.8 × 4.8 pitches).
+    pub pitch_m: f64,
+}
+
+/// Reflectance of the card's black surround.
+const CARD_SURROUND: f64 = 0.012;
+/// Height of the card's face above the tangent plane, metres.
+const CARD_THICKNESS_M: f64 = 0.0003;
+/// Half-extents of the card, pitches.
+const CARD_HALF: [f64; 2] = [3.4, 2.4];
+
+impl CheckerCard {
+    /// Nearest distance from the outline to the card: beyond the 12 mm periwound ring with a
+    /// 4 mm margin.
+    pub const CLEARANCE_M: f64 = 0.016;
+
+    /// A ColorChecker Classic Mini (pitch 12 mm: 82 × 58 mm) with its long side across the
+    /// direction `direction_rad`, its near edge [`CheckerCard::CLEARANCE_M`] beyond the
+    /// outline's farthest point, turned `turn_rad` off the across position (a turn brings a
+    /// corner nearer: the card moves out so the clearance holds).
+    pub fn beside(wound: &WoundPhantom, direction_rad: f64, turn_rad: f64) -> CheckerCard {
+        let pitch_m = 0.012;
+        let r = wound.carved().cavity().outline.max_radius();
+        // Reach of the card towards the wound, from its centre, for this turn.
+        let (s, c) = (turn_rad - std::f64::consts::FRAC_PI_2).sin_cos();
+        let reach = (CARD_HALF[0] * c.abs() + CARD_HALF[1] * s.abs()) * pitch_m;
+        CheckerCard {
+            distance_m: r + Self::CLEARANCE_M + reach,
+            direction_rad,
+            turn_rad: turn_rad - std::f64::consts::FRAC_PI_2,
+            pitch_m,
+        }
+    }
+
+    /// Chart coordinates (pitches: columns, rows from the card centre) of tangent-plane point
+    /// `(x, y)`.
+    fn chart(&self, x: f64, y: f64) -> [f64; 2] {
+        let (cx, cy) = (self.distance_m * self.direction_rad.cos(), self.distance_m * self.direction_rad.sin());
+        let a = self.direction_rad + self.turn_rad;
+        let (dx, dy) = (x - cx, y - cy);
+        let col = (dx * a.cos() + dy * a.sin()) / self.pitch_m;
+        let row = (dx * a.sin() - dy * a.cos()) / self.pitch_m;
+        [col, row]
+    }
+
+    /// The card's reflectance at tangent-plane point `(x, y)`; `None` off the card.
+    pub fn reflectance(&self, x: f64, y: f64) -> Option<[f64; 3]> {
+        let [u, v] = self.chart(x, y);
+        if u.abs() > CARD_HALF[0] || v.abs() > CARD_HALF[1] {
+            return None;
+        }
+        let (col, row) = ((u + 2.5).round(), (v + 1.5).round());
+        let on_patch = (0.0..6.0).contains(&col)
+            && (0.0..4.0).contains(&row)
+            && (u - (col - 2.5)).abs() <= 0.4
+            && (v - (row - 1.5)).abs() <= 0.4;
+        Some(if on_patch { checker_reference_linear()[row as usize * 6 + col as usize] } else { [CARD_SURROUND; 3] })
+    }
+
+    /// The centre of chart patch `k` (chart order) on the tangent plane, metres.
+    pub fn patch_centre(&self, k: usize) -> (f64, f64) {
+        let (u, v) = ((k % 6) as f64 - 2.5, (k / 6) as f64 - 1.5);
+        let (cx, cy) = (self.distance_m * self.direction_rad.cos(), self.distance_m * self.direction_rad.sin());
+        let a = self.direction_rad + self.turn_rad;
+        let p = self.pitch_m;
+        (cx + p * (u * a.cos() + v * a.sin()), cy + p * (u * a.sin() - v * a.cos()))
+    }
+}
+
 /// A colour phantom: geometry, appearance, and truth.
 #[derive(Debug, Clone)]
 pub struct ColourPhantom {
@@ -326,6 +415,7 @@ pub struct ColourPhantom {
     pub appearance: Appearance,
     palette: Palette,
     truth: TissueTruth,
+    card: Option<CheckerCard>,
 }
 
 /// Illuminant colour casts on the camera's output (linear RGB multipliers, brightest
@@ -451,8 +541,13 @@ impl ColourPhantom {
     /// The same from an already built geometry (its truth is computed once per geometry).
     pub fn from_wound(wound: WoundPhantom, appearance: Appearance) -> Self {
         let palette = Palette::draw(&appearance);
-        let mut p =
-            ColourPhantom { wound, appearance, palette, truth: TissueTruth { area_mm2: [0.0; 5], total_mm2: 0.0 } };
+        let mut p = ColourPhantom {
+            wound,
+            appearance,
+            palette,
+            truth: TissueTruth { area_mm2: [0.0; 5], total_mm2: 0.0 },
+            card: None,
+        };
         p.truth = p.compute_truth();
         p
     }
@@ -460,6 +555,22 @@ impl ColourPhantom {
     /// Per-class truth.
     pub fn tissue_truth(&self) -> &TissueTruth {
         &self.truth
+    }
+
+    /// The same phantom with a colour checker on the skin beside the wound.
+    pub fn with_card(self, card: CheckerCard) -> Self {
+        ColourPhantom { card: Some(card), ..self }
+    }
+
+    /// The card, if any.
+    pub fn card(&self) -> Option<&CheckerCard> {
+        self.card.as_ref()
+    }
+
+    /// The skin's true colour (linear RGB reflectance, before mottling): what a calibration
+    /// that keeps the skin's tone should find on the periwound skin.
+    pub fn skin_linear(&self) -> [f64; 3] {
+        self.palette.skin
     }
 
     /// Normalised polar coordinates `(t, φ)` of tangent-plane point `(x, y)`.
@@ -598,13 +709,17 @@ impl ColourPhantom {
         for j in 0..h {
             for i in 0..w {
                 let dir = cam_in_phantom.rotate(k.ray(i as f64, j as f64));
-                let Some(t) = self.wound.intersect(o, dir) else { continue };
+                let surface = self.wound.intersect(o, dir);
+                let card = self.card_hit(o, dir).filter(|(t, _)| surface.is_none_or(|ts| *t <= ts + 1e-4));
+                let Some(t) = card.map(|c| c.0).or(surface) else { continue };
                 let p = o + dir * t;
                 let to_cam = (o - p).normalized();
                 let vignette = 1.0 - 0.25 * (((i as f64 - cxn).powi(2) + (j as f64 - cyn).powi(2)) / rmax2);
                 let foot = body.foot(p).filter(|f| f.2 > -0.002);
-                let (albedo, spec, n) = match foot {
-                    Some((x, y, _)) => {
+                let (albedo, spec, n) = match (card, foot) {
+                    // The card: matte, facing up from the tangent plane.
+                    (Some((_, albedo)), _) => (albedo, 0.0, Vec3::new(0.0, 0.0, 1.0)),
+                    (None, Some((x, y, _))) => {
                         let (albedo, spec, bump) = self.material(x, y);
                         let hh = 5e-5;
                         let dx = self.surface(x + hh, y) - self.surface(x - hh, y);
@@ -619,7 +734,7 @@ impl ColourPhantom {
                         (albedo, spec, n)
                     }
                     // The floor behind.
-                    None => ([0.25, 0.24, 0.22], 0.0, Vec3::new(0.0, 0.0, 1.0)),
+                    (None, None) => ([0.25, 0.24, 0.22], 0.0, Vec3::new(0.0, 0.0, 1.0)),
                 };
                 let grad = (1.0 + pal.gradient * p.dot(pal.gradient_dir) / 0.04).clamp(0.6, 1.4);
                 let ndl = n.dot(pal.key_dir).max(0.0);
@@ -630,6 +745,21 @@ impl ColourPhantom {
             }
         }
         RadianceImage { width: w, height: h, data }
+    }
+
+    /// Where the ray from `o` along `dir` (phantom frame) meets the card's face, and the
+    /// reflectance there.
+    fn card_hit(&self, o: Vec3, dir: Vec3) -> Option<(f64, [f64; 3])> {
+        let card = self.card.as_ref()?;
+        if dir.z.abs() < 1e-9 {
+            return None;
+        }
+        let t = (CARD_THICKNESS_M - o.z) / dir.z;
+        if t <= 0.0 {
+            return None;
+        }
+        let p = o + dir * t;
+        card.reflectance(p.x, p.y).map(|r| (t, r))
     }
 
     /// Renders a whole capture: the depth scan along the seeded trajectory, and the
