@@ -162,6 +162,13 @@ pub async fn staff_of_token(http: &reqwest::Client, target: &str, token: &str) -
     Ok(Staff { token: token.to_owned(), user_id, role })
 }
 
+/// A fresh tag for one part's accounts (`loadtest-{tag}-{i}@example.test`): 12 random hex
+/// digits. Not a time-ordered id's prefix: the parts of a mixed run start in the same
+/// millisecond, and a v7 id's first 12 digits are its millisecond.
+pub fn run_tag() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
 /// Registers and signs in a patient account; returns (token, patient id).
 pub async fn patient(
     http: &reqwest::Client,

@@ -130,8 +130,8 @@ pub async fn run(args: &BookingArgs) -> anyhow::Result<Report> {
     let (type_id, mut slots) = api::calendar(&http, &target, &staff, args.slots.max(1) + args.skip_slots).await?;
     slots.drain(..args.skip_slots);
     slots.truncate(args.slots.max(1));
-    let tag = uuid::Uuid::now_v7().simple().to_string();
-    let tag = &tag[..12];
+    let tag = api::run_tag();
+    let tag = tag.as_str();
 
     let mut errors = Errors::default();
     let mut tokens = Vec::with_capacity(args.concurrency);

@@ -34,7 +34,6 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
-use uuid::Uuid;
 use webrtc::api::interceptor_registry::register_default_interceptors;
 use webrtc::api::media_engine::{MediaEngine, MIME_TYPE_VP8};
 use webrtc::api::setting_engine::SettingEngine;
@@ -700,7 +699,7 @@ pub async fn run(args: &ConsultArgs) -> anyhow::Result<Report> {
         fps: args.video_fps,
         ping_every: args.ping_every.0,
     });
-    let tag = Uuid::now_v7().simple().to_string()[..12].to_owned();
+    let tag = api::run_tag();
     let ctx = Arc::new(Ctx { http, targets: common.target.clone(), staff, admin, tag, run: run.clone() });
 
     // Set the rooms up, spread over the ramp-up, a few at a time.

@@ -159,11 +159,11 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
     let common = &args.common;
     let (target, http, staff) = api::start_as_clinician(common, &args.staff).await?;
     let (type_id, slots) = api::calendar(&http, &target, &staff, PATIENTS).await?;
-    let tag = Uuid::now_v7().simple().to_string();
+    let tag = api::run_tag();
     let mut patients = Vec::new();
     for i in 0..PATIENTS {
         let at = api::target_for(&common.target, i);
-        patients.push(api::patient(&http, at, &tag[..12], i).await.map_err(|e| e.error)?);
+        patients.push(api::patient(&http, at, &tag, i).await.map_err(|e| e.error)?);
     }
     let mut waiting = Vec::new();
     if args.waiting > 0 {
@@ -172,7 +172,7 @@ pub async fn run(args: &DashboardArgs) -> anyhow::Result<Report> {
             .await
             .context("--waiting needs an administrator: --admin-email and --admin-password, or --admin-token")?
             .map_err(|e| e.error.context("admin sign-in"))?;
-        waiting = check_in_patients(&http, &target, &staff, &admin, &tag[..12], args.waiting).await?;
+        waiting = check_in_patients(&http, &target, &staff, &admin, &tag, args.waiting).await?;
     }
 
     // Open the boards, spread over the ramp-up and the targets.

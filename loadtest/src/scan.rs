@@ -264,7 +264,7 @@ pub async fn run(args: &ScanArgs) -> anyhow::Result<Report> {
 
     // Setup: accounts, patients, consents, scans — bounded concurrency, round-robin targets.
     say(format!("creating {} patients, consents and scans…", args.scans));
-    let run_tag = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let run_tag = api::run_tag();
     let mut errors = Errors::default();
     let mut provisioned = Vec::with_capacity(args.scans);
     let sem = Arc::new(tokio::sync::Semaphore::new(SETUP_CONCURRENCY));

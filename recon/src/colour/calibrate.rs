@@ -62,6 +62,12 @@ impl Calibration {
     pub fn apply(&self, rgb: [f32; 3]) -> [f32; 3] {
         [0, 1, 2].map(|c| rgb[c] * self.gains[c] as f32)
     }
+
+    /// The camera colour (linear RGB) these gains map to [`REFERENCE_SKIN_LINEAR`]: for a
+    /// periwound calibration, the ring's trimmed mean as the camera saw it.
+    pub fn ring_colour(&self) -> [f64; 3] {
+        [0, 1, 2].map(|c| REFERENCE_SKIN_LINEAR[c] / self.gains[c])
+    }
 }
 
 /// The periwound skin's own colour (linear RGB, reflectance scale) under a card's
@@ -70,7 +76,10 @@ impl Calibration {
 /// calibration.
 pub fn skin_tone(periwound: &Calibration, card: &Calibration) -> Option<[f64; 3]> {
     (periwound.source == CalibrationSource::Periwound && periwound.gains.iter().all(|g| *g > 0.0))
-        .then(|| [0, 1, 2].map(|c| REFERENCE_SKIN_LINEAR[c] / periwound.gains[c] * card.gains[c]))
+        .then(|| {
+            let ring = periwound.ring_colour();
+            [0, 1, 2].map(|c| ring[c] * card.gains[c])
+        })
 }
 
 /// The luminance-trimmed mean of linear colours, and how many went into it.

@@ -20,7 +20,7 @@
 
 use std::collections::VecDeque;
 
-use super::calibrate::{periwound_gains, trimmed_mean, Calibration};
+use super::calibrate::{periwound_gains, Calibration};
 use super::region::{components, periwound_ring, wound_region, TangentFrame, WoundRegion};
 use super::{
     linear_to_lab, log_chroma, TissueClass, TissueClassifier, TissueComposition, TissueCorrection, TissueError,
@@ -252,7 +252,7 @@ fn wound_samples_inner(
     let ring_colours: Vec<[f32; 3]> =
         ring.iter().filter(|&&i| seen(i as usize)).map(|&i| colours.linear_rgb[i as usize]).collect();
     let calibration = periwound_gains(&ring_colours)?;
-    let periwound_log = trimmed_mean(&ring_colours).map_or([0.0; 3], |(mean, _)| log_chroma(mean.map(|v| v as f32)));
+    let periwound_log = log_chroma(calibration.ring_colour().map(|v| v as f32));
 
     // Adjacency among wound vertices.
     let mut adjacency: Vec<Vec<u32>> = vec![Vec::new(); n];
