@@ -23,7 +23,7 @@ fn main() {
         eprintln!("case index 0..{}", cases.len());
         std::process::exit(2);
     };
-    let p = prepare(case, &ColourScanConfig::default()).expect("the scan fuses and measures");
+    let p = prepare(case, &ColourScanConfig::server_resolution()).expect("the scan fuses and measures");
     let lighting = Lighting { illuminant, ev: 0.0 };
     // The seed recon/tests/tissue.rs uses for this case.
     let a = p.analyse(&lighting, 17 + i as u64, default_classifier(), &[]);

@@ -1,7 +1,7 @@
 //! The tissue classifier on training-distribution phantoms it was not trained on:
 //! `tissue_heldout CASES SEED` (SEED other than the training run's, 1). Each case
 //! (`phantom::tissue::training_cases`: random geometry, map, skin tone) is scanned under
-//! two random lights (neutral, warm or cold; −1…+1 EV); prints each class's mean signed
+//! two random lights (neutral, warm or cold; −1…+1 EV), colour at the server's 640×480; prints each class's mean signed
 //! and mean absolute error, the analyses with a class outside ±5 points, and how many.
 use coherency_recon::colour::{colour_vertices, default_classifier, tissue_composition, TissueClass};
 use coherency_recon::phantom::colour::{Illuminant, Lighting};
@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 /// Per analysis: its label and each class's (reported, true) percent.
 fn analyses(case: &ColourCase) -> Vec<(String, [(f64, f64); 5])> {
-    let Ok(p) = prepare(case, &ColourScanConfig::default()) else { return Vec::new() };
+    let Ok(p) = prepare(case, &ColourScanConfig::server_resolution()) else { return Vec::new() };
     let mut rng = StdRng::seed_from_u64(case.seed ^ 0x6269);
     let mut out = Vec::new();
     for k in 0..2u64 {

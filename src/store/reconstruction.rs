@@ -16,7 +16,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coherency_actors::reconstruction::{
     FrameLocation, FrameReader, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, PhotoPick, ReconOutcome,
-    ReconstructionDoc, ReconstructionPool, ReconstructionSink, Reconstructor, StoredMesh, SuggestedKeyframe,
+    RecordedCard, ReconstructionDoc, ReconstructionPool, ReconstructionSink, Reconstructor, StoredMesh, SuggestedKeyframe,
 };
 use coherency_actors::store::{QualitySink, ScanIndex, StoreError};
 use coherency_protocol::ids::ScanId;
@@ -129,6 +129,21 @@ impl ReconstructionSink for StoreReconstructionSink {
         };
         self.mongo.run_command(cmd).await.map_err(|e| mongo_error(&e))?;
         Ok(())
+    }
+
+    async fn recorded_card(&self, scan_id: ScanId) -> Result<RecordedCard, StoreError> {
+        let found = self
+            .mongo
+            .collection::<mongodb::bson::Document>(RECONSTRUCTIONS)
+            .find_one(doc! { "scan_id": scan_id.to_string() })
+            .projection(doc! { "colour.card": 1 })
+            .await
+            .map_err(|e| mongo_error(&e))?;
+        let Some(d) = found else { return Ok(RecordedCard::NotRecorded) };
+        Ok(match mongodb::bson::Bson::Document(d).into_relaxed_extjson() {
+            serde_json::Value::Object(body) => RecordedCard::of_document(&body),
+            _ => RecordedCard::NotRecorded,
+        })
     }
 }
 

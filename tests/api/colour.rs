@@ -368,11 +368,13 @@ async fn a_clinicians_outline_gets_the_tissue_inside_it_in_the_preview_and_when_
 /// camera at 2× its size, no `jk`/`jpose` — and outlined by a clinician on its middle frame:
 /// the measurement's tissue shares come within 15 percentage points of the map's truth per
 /// class, and the GLB carries `COLOR_0`. (The classifier's own accuracy is measured in
-/// `recon/tests/tissue.rs`; this checks the server path keeps it.)
+/// `recon/tests/tissue.rs`; this checks the server path keeps it.) A ColorChecker lies
+/// beside the wound: the finish records its calibration in the reconstruction document,
+/// and the clinician's outline reports the recorded one (not a second detection).
 #[actix_web::test]
 async fn a_colour_phantom_streamed_end_to_end_gets_tissue_shares_near_its_truth() {
     use coherency_recon::colour::TissueClass;
-    use coherency_recon::phantom::colour::{ColourPhantom, Lighting};
+    use coherency_recon::phantom::colour::{CheckerCard, ColourPhantom, Lighting};
     use coherency_recon::phantom::tissue::evaluation_cases;
     use coherency_recon::phantom::TrajectoryOptions;
 
@@ -381,6 +383,8 @@ async fn a_colour_phantom_streamed_end_to_end_gets_tissue_shares_near_its_truth(
 
     let case = evaluation_cases(1).into_iter().next().expect("a case");
     let phantom = ColourPhantom::new(case.spec.clone(), case.appearance.clone());
+    let card = CheckerCard::beside(&phantom.wound, 0.8, 0.0);
+    let phantom = phantom.with_card(card);
     let config = ScanConfig { frames: 40, ..ScanConfig::iphone(case.seed) };
     let scan_r = phantom.scan(&config, &TrajectoryOptions::default(), 4, 2.0);
     let images = scan_r.images(&Lighting::NEUTRAL, 7);
@@ -404,6 +408,16 @@ async fn a_colour_phantom_streamed_end_to_end_gets_tissue_shares_near_its_truth(
     })
     .await;
 
+    // The finish's record of the card, replaced by other gains: the outline below must
+    // report these, which it can only have read back from the document.
+    let docs = app.state.stores.mongo.collection::<mongodb::bson::Document>("reconstructions");
+    let filter = mongodb::bson::doc! { "scan_id": scan.to_string() };
+    let recorded = docs.find_one(filter.clone()).await.unwrap().expect("a reconstruction document");
+    let card = recorded.get_document("colour").and_then(|c| c.get_document("card")).expect("the card recorded");
+    assert!(card.get_array("gains").is_ok_and(|g| g.len() == 3), "{card}");
+    let set = mongodb::bson::doc! { "$set": { "colour.card.gains": [1.5, 1.25, 2.0] } };
+    docs.update_one(filter, set).await.unwrap();
+
     let k = scan_r.scan.frames.len() / 2;
     let key = &scan_r.scan.frames[k];
     let outline = phantom.wound.outline_in_image(&key.intrinsics, &scan_r.scan.true_poses[k], 48);
@@ -422,6 +436,9 @@ async fn a_colour_phantom_streamed_end_to_end_gets_tissue_shares_near_its_truth(
         assert!((got - want).abs() <= 15.0, "{} {got} vs truth {want}: {tissue}", class.as_str());
     }
     println!("{} — {}", case.name, report.join(", "));
+    let calibration = &tissue["calibration"];
+    assert_eq!(calibration["source"], "colour_checker", "{calibration}");
+    assert_eq!(calibration["gains"], serde_json::json!([1.5, 1.25, 2.0]), "{calibration}");
     let glb = app.get_auth(&format!("/v1/scans/{scan}/mesh?format=glb"), &ada.token).await.bytes().await.unwrap();
     let (json, _) = glb_chunks(&glb);
     assert!(json["meshes"][0]["primitives"][0]["attributes"].get("COLOR_0").is_some(), "{json}");

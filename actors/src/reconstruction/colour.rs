@@ -17,15 +17,17 @@
 use bytes::Bytes;
 use coherency_protocol::scan::{decode_client, ClientMsg, DepthFrame};
 use coherency_recon::colour::{
-    card_calibration, colour_vertices, default_classifier, linear_to_srgb8, skin_tone, tissue_composition,
-    CardCalibration, ColourView, RgbImage, TissueComposition, TissueCorrection, VertexColours,
+    card_calibration, colour_vertices, default_classifier, linear_to_srgb8, skin_tone, tissue_composition, Calibration,
+    CalibrationSource, CardCalibration, ColourView, RgbImage, TissueComposition, TissueCorrection, VertexColours,
 };
 use coherency_recon::mesh::Mesh;
 use coherency_recon::{Frame, Intrinsics, Pose, WoundMeasurements};
 use coherency_report::photo;
 use serde_json::{json, Value};
 
-use super::ports::{CalibrationFigures, PhotoPick, PickedPhoto, TissueFigures, TissueOutcome, TissueShareFigures};
+use super::ports::{
+    CalibrationFigures, PhotoPick, PickedPhoto, RecordedCard, TissueFigures, TissueOutcome, TissueShareFigures,
+};
 use super::to_recon_frame;
 
 /// Most colour frames that colour a mesh.
@@ -55,14 +57,24 @@ pub(crate) struct ColourFrames {
     colour_frames: usize,
     /// Frames scored to choose.
     scored: usize,
-    /// The scan's wound photos, chosen among the same scored frames.
-    photos: PhotoPick,
+    /// The scan's wound photos, chosen among the same scored frames (at the finish only).
+    photos: Option<PhotoPick>,
+}
+
+/// What a choice of colour frames is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Choosing {
+    /// The finish: the mesh's colours and the scan's wound photos.
+    ColoursAndPhotos,
+    /// A remeasure or a correction: the mesh's colours only (the photos were chosen).
+    Colours,
 }
 
 impl ColourFrames {
     /// Chooses and decodes the colour frames among a scan's stored `frame` messages (in seq
-    /// order); `between` runs between frames (the finish thread's step aside).
-    pub(crate) fn choose(raw: &[(u64, Bytes)], between: &mut dyn FnMut()) -> Self {
+    /// order), and the wound photos when `choosing` says so; `between` runs between frames
+    /// (the finish thread's step aside).
+    pub(crate) fn choose(raw: &[(u64, Bytes)], choosing: Choosing, between: &mut dyn FnMut()) -> Self {
         let frame_of = |msg: &Bytes| match decode_client(msg) {
             Ok(ClientMsg::Frame(f)) => Some(f),
             _ => None,
@@ -89,14 +101,14 @@ impl ColourFrames {
             let Some(jpeg) = f.colour_jpeg.as_ref() else { continue };
             if let Ok(score) = photo::score(jpeg) {
                 let candidate = photo::Candidate { seq: raw[at].0, score };
-                if photo::strip_metadata(jpeg).is_ok() {
+                if choosing == Choosing::ColoursAndPhotos && photo::strip_metadata(jpeg).is_ok() {
                     servable.push((candidate, f.captured_at_us));
                 }
                 candidates.push((at, candidate));
             }
         }
         let scored = candidates.len();
-        let photos = pick_photos(&servable, n, scored);
+        let photos = (choosing == Choosing::ColoursAndPhotos).then(|| pick_photos(&servable, n, scored));
         let only: Vec<photo::Candidate> = candidates.iter().map(|(_, c)| *c).collect();
         let gap = match (only.first(), only.last()) {
             (Some(a), Some(b)) => photo::min_seq_gap_for(a.seq, b.seq, MAX_VIEWS),
@@ -114,9 +126,9 @@ impl ColourFrames {
         ColourFrames { views, colour_frames: n, scored, photos }
     }
 
-    /// The scan's wound photos.
-    pub(crate) fn photos(&self) -> &PhotoPick {
-        &self.photos
+    /// The scan's wound photos (`None` unless chosen with [`Choosing::ColoursAndPhotos`]).
+    pub(crate) fn photos(&self) -> Option<&PhotoPick> {
+        self.photos.as_ref()
     }
 
     /// Why nothing can be coloured, when nothing can.
@@ -147,6 +159,18 @@ impl ColourFrames {
     /// (`coherency_recon::colour::card_calibration`: views that disagree give none).
     pub(crate) fn card(&self) -> Option<CardCalibration> {
         card_calibration(&self.views())
+    }
+
+    /// The card calibration a remeasure or a correction reports: the finish's record, or,
+    /// for a scan finished before cards were recorded, a detection in these views.
+    pub(crate) fn recorded_card(&self, recorded: RecordedCard) -> Option<Calibration> {
+        match recorded {
+            RecordedCard::Seen { gains, samples } => {
+                Some(Calibration { source: CalibrationSource::ColourChecker, gains, samples })
+            }
+            RecordedCard::Absent => None,
+            RecordedCard::NotRecorded => self.card().map(|c| c.calibration),
+        }
     }
 
     /// What the reconstruction document records of the choice.
@@ -237,10 +261,10 @@ pub(crate) fn tissue(
     tissue_composition(mesh, c, wound, default_classifier(), corrections).map_err(|e| e.code().to_owned())
 }
 
-/// The composition as stored with its measurement; with a `card`, its calibration is the
+/// The composition as stored with its measurement; with a `card` calibration, it is the
 /// one reported (the displayed colours' source), with the periwound gains the classifier
 /// used and the skin's own tone beside it.
-pub(crate) fn outcome(tissue: &Result<TissueComposition, String>, card: Option<&CardCalibration>) -> TissueOutcome {
+pub(crate) fn outcome(tissue: &Result<TissueComposition, String>, card: Option<&Calibration>) -> TissueOutcome {
     match tissue {
         Ok(t) => TissueOutcome::Composition(TissueFigures {
             shares: t
@@ -257,11 +281,11 @@ pub(crate) fn outcome(tissue: &Result<TissueComposition, String>, card: Option<&
             coloured_fraction: round(t.coloured_fraction, 3),
             calibration: match card {
                 Some(card) => CalibrationFigures {
-                    source: card.calibration.source.as_str().to_owned(),
-                    gains: card.calibration.gains.map(|g| round(g, 4)),
-                    samples: card.calibration.samples,
+                    source: card.source.as_str().to_owned(),
+                    gains: card.gains.map(|g| round(g, 4)),
+                    samples: card.samples,
                     periwound_gains: Some(t.calibration.gains.map(|g| round(g, 4))),
-                    skin_srgb: skin_tone(&t.calibration, &card.calibration)
+                    skin_srgb: skin_tone(&t.calibration, card)
                         .map(|s| s.map(|v| linear_to_srgb8(v as f32))),
                 },
                 None => CalibrationFigures {
@@ -285,11 +309,10 @@ pub(crate) fn coloured_glb(
     mesh: &Mesh,
     coloured: Option<&VertexColours>,
     tissue: Option<&Result<TissueComposition, String>>,
-    card: Option<&CardCalibration>,
+    card: Option<&Calibration>,
 ) -> Option<Vec<u8>> {
     let c = coloured?;
-    let calibration =
-        card.map(|k| &k.calibration).or_else(|| tissue.and_then(|t| t.as_ref().ok()).map(|t| &t.calibration));
+    let calibration = card.or_else(|| tissue.and_then(|t| t.as_ref().ok()).map(|t| &t.calibration));
     Some(mesh.to_glb_coloured(Some(&c.to_srgb8(calibration))))
 }
 

@@ -20,7 +20,7 @@ use coherency_recon::measure::point_in_polygon;
 use coherency_recon::mesh::Mesh;
 use coherency_recon::{Frame, ScanFusion, Vec3, WoundMeasurements};
 
-use super::colour::{self, ColourFrames};
+use super::colour::{self, Choosing, ColourFrames};
 use super::finish::{
     check_outline, decode_frames, on_cpu, step_aside_if_streaming, Reconstructor, RemeasureError, WorkBudget,
 };
@@ -93,6 +93,7 @@ impl Reconstructor {
         }
         let raw = self.read_within_budget(&index, key.intrinsics.pixel_count(), req.budget.as_ref()).await?;
         let inner = self.inner();
+        let card = self.recorded_card(req.scan_id).await?;
         let (scan_id, nice) = (req.scan_id, inner.pool.nice());
         let (outline, corrections) = (req.outline, req.corrections);
         on_cpu(inner.pool.cpu(), req.budget.clone(), nice, move || {
@@ -126,7 +127,7 @@ impl Reconstructor {
                 })
                 .collect();
             drop(frames);
-            let colour = ColourFrames::choose(&raw, &mut step);
+            let colour = ColourFrames::choose(&raw, Choosing::Colours, &mut step);
             drop(raw);
             let mesh = fused.mesh();
             drop(fused);
@@ -144,7 +145,7 @@ impl Reconstructor {
                     samples: samples_inside(&mesh, &samples, &wound, &a.outline_world),
                 })
                 .collect();
-            Ok::<_, RemeasureError>(Retissued { tissue: colour::outcome(&tissue, colour.card().as_ref()), regions })
+            Ok::<_, RemeasureError>(Retissued { tissue: colour::outcome(&tissue, colour.recorded_card(card).as_ref()), regions })
         })
         .await
         .map_err(RemeasureError::Store)?

@@ -52,13 +52,13 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use super::colour::{self, ColourFrames};
+use super::colour::{self, Choosing, ColourFrames};
 use super::keyframe::{mean_view, suggest, surface_normal, Candidate};
 use super::live::LiveResult;
 use super::pool::ReconstructionPool;
 use super::ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
-    ReconOutcome, ReconstructionDoc, ReconstructionSink, SuggestedKeyframe, ValuePm, WoundFigures,
+    ReconOutcome, RecordedCard, ReconstructionDoc, ReconstructionSink, SuggestedKeyframe, ValuePm, WoundFigures,
 };
 use super::{lower_priority_to, to_recon_frame};
 use crate::capture::activity::{since_last_frame, wait_for_quiet};
@@ -300,6 +300,12 @@ impl Reconstructor {
         read_raw(&*self.0.reader, index).await.map_err(RemeasureError::Store)
     }
 
+    /// What the scan's finish recorded of a colour checker (a remeasure reports the finish's
+    /// card calibration rather than detecting the card again).
+    pub(crate) async fn recorded_card(&self, scan_id: ScanId) -> Result<RecordedCard, RemeasureError> {
+        self.0.sink.recorded_card(scan_id).await.map_err(RemeasureError::Store)
+    }
+
     /// Re-measures a scan with a clinician-drawn outline on one of its frames, fusing the
     /// stored frames again (the volume is not kept: it is cheap to rebuild and this keeps
     /// the result reproducible), and stores the measurement unless the request is a
@@ -316,6 +322,7 @@ impl Reconstructor {
         check_outline(&req.polygon, k.width, k.height)?;
         let raw = self.read_within_budget(&index, k.pixel_count(), req.budget.as_ref()).await?;
         let (scan_id, polygon, nice) = (req.scan_id, req.polygon.clone(), inner.pool.nice());
+        let card = self.recorded_card(scan_id).await?;
         let (m, tissue) = on_cpu(inner.pool.cpu(), req.budget.clone(), nice, move || {
             let mut step = || step_aside_if_streaming(nice);
             let frames =
@@ -324,13 +331,13 @@ impl Reconstructor {
             drop(frames);
             let m = fused.measure_polygon(&polygon, &k, &pose).map_err(|e| RemeasureError::Outline(e.to_string()))?;
             // The tissue inside the clinician's outline, on the same mesh the finish coloured.
-            let colour = ColourFrames::choose(&raw, &mut step);
+            let colour = ColourFrames::choose(&raw, Choosing::Colours, &mut step);
             drop(raw);
             let mesh = fused.mesh();
             drop(fused);
             let coloured = colour.colour(&mesh);
             let tissue = colour::tissue(&mesh, coloured.as_ref(), colour.unavailable(), &m, &[]);
-            Ok::<_, RemeasureError>((m, colour::outcome(&tissue, colour.card().as_ref())))
+            Ok::<_, RemeasureError>((m, colour::outcome(&tissue, colour.recorded_card(card).as_ref())))
         })
         .await
         .map_err(RemeasureError::Store)??;
@@ -570,7 +577,9 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         }
     };
     let Measured { ply, glb, triangles, mesh_ms, coverage, measured, measure_ms, .. } = measured;
-    sink.write_photos(scan_id, colour.photos()).await?;
+    if let Some(photos) = colour.photos() {
+        sink.write_photos(scan_id, photos).await?;
+    }
     let coloured = glb_coloured.is_some();
     let glb = glb_coloured.unwrap_or(glb);
     let t = Instant::now();
@@ -615,7 +624,8 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
             },
             "card": card.as_ref().map(|c| json!({ "views_detected": c.views_detected, "best_view": c.view,
                                                   "median_delta_e00": c.median_delta_e,
-                                                  "gains": c.calibration.gains })),
+                                                  "gains": c.calibration.gains,
+                                                  "samples": c.calibration.samples })),
             "ms": colour_ms,
         }),
     );
@@ -668,7 +678,10 @@ pub(crate) async fn run(job: FinishJob, live: Option<LiveResult>) -> Result<(), 
         figures: figures(&m),
         mesh: Some(mesh.clone()),
         created_by: None,
-        tissue: colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())), card.as_ref()),
+        tissue: colour::outcome(
+            &tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())),
+            card.as_ref().map(|c| &c.calibration),
+        ),
     };
     let id = sink.write_measurement(&row).await?;
     sink.write_reconstruction(&NewReconstruction { scan_id, outcome: ReconOutcome::Measured { keyframe }, mesh })
@@ -705,7 +718,7 @@ fn finish_work(
     step();
     let measured = fused.mesh_and_measure(&mut step);
     let t = Instant::now();
-    let colour = ColourFrames::choose(raw, &mut step);
+    let colour = ColourFrames::choose(raw, Choosing::ColoursAndPhotos, &mut step);
     let coloured = colour.colour(&measured.mesh);
     let tissue = measured
         .measured
@@ -713,7 +726,8 @@ fn finish_work(
         .ok()
         .map(|m| colour::tissue(&measured.mesh, coloured.as_ref(), colour.unavailable(), m, &[]));
     let card = colour.card();
-    let glb_coloured = colour::coloured_glb(&measured.mesh, coloured.as_ref(), tissue.as_ref(), card.as_ref());
+    let glb_coloured =
+        colour::coloured_glb(&measured.mesh, coloured.as_ref(), tissue.as_ref(), card.as_ref().map(|c| &c.calibration));
     drop(coloured);
     let colour_ms = ms(t);
     Ok(Built { fused, measured, mode, colour, colour_ms, glb_coloured, tissue, card })
@@ -729,7 +743,10 @@ pub(crate) fn reconstruct_in_process(
     let built = finish_work(None, frames, raw, 0).map_err(|e| e.to_string())?;
     let Built { measured, glb_coloured, tissue, card, .. } = built;
     let figures = measured.measured.as_ref().ok().map(figures);
-    let tissue = colour::outcome(&tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())), card.as_ref());
+    let tissue = colour::outcome(
+        &tissue.unwrap_or_else(|| Err(colour::NO_COLOUR_FRAMES.to_owned())),
+        card.as_ref().map(|c| &c.calibration),
+    );
     Ok(super::demo::DemoScan { ply: measured.ply, glb: glb_coloured.unwrap_or(measured.glb), figures, tissue })
 }
 

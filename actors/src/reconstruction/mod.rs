@@ -45,7 +45,7 @@ pub use pool::ReconstructionPool;
 pub use ports::{CalibrationFigures, TissueFigures, TissueOutcome, TissueShareFigures};
 pub use ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
-    PhotoPick, PickedPhoto, ReconOutcome, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe,
+    PhotoPick, PickedPhoto, ReconOutcome, RecordedCard, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe,
     ValuePm, WoundFigures,
 };
 

@@ -318,6 +318,38 @@ pub struct PickedPhoto {
     pub exposure: f64,
 }
 
+/// What a scan's finish recorded of a ColorChecker card in its colour views
+/// (`colour.card` of the reconstruction document), read back so that a remeasure or a
+/// correction reports the finish's calibration without detecting the card again.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordedCard {
+    /// No document, or one written before cards were recorded: detect again.
+    NotRecorded,
+    /// The finish saw no card.
+    Absent,
+    /// The card's gains (linear, per channel) and the neutral patches they came from.
+    Seen { gains: [f64; 3], samples: usize },
+}
+
+impl RecordedCard {
+    /// Reads `colour.card` of a reconstruction document's body; anything malformed counts
+    /// as not recorded (the card is then detected again).
+    pub fn of_document(body: &serde_json::Map<String, serde_json::Value>) -> Self {
+        let Some(card) = body.get("colour").and_then(|c| c.get("card")) else { return RecordedCard::NotRecorded };
+        if card.is_null() {
+            return RecordedCard::Absent;
+        }
+        let gains: Option<Vec<f64>> = card.get("gains").and_then(|g| g.as_array()).map(|g| {
+            g.iter().filter_map(serde_json::Value::as_f64).filter(|v| v.is_finite() && *v > 0.0).collect()
+        });
+        let samples = card.get("samples").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        match gains.as_deref() {
+            Some(&[r, g, b]) => RecordedCard::Seen { gains: [r, g, b], samples: usize::try_from(samples).unwrap_or(0) },
+            _ => RecordedCard::NotRecorded,
+        }
+    }
+}
+
 /// Where a reconstruction's results go.
 #[async_trait]
 pub trait ReconstructionSink: Send + Sync + 'static {
@@ -344,4 +376,7 @@ pub trait ReconstructionSink: Send + Sync + 'static {
 
     /// Upserts the scan's reconstruction document.
     async fn write_document(&self, scan_id: ScanId, doc: ReconstructionDoc) -> Result<(), StoreError>;
+
+    /// What the scan's reconstruction document records of a colour checker.
+    async fn recorded_card(&self, scan_id: ScanId) -> Result<RecordedCard, StoreError>;
 }

@@ -476,8 +476,8 @@ fn failures_map_to_stable_reason_codes() {
 
 /// A colour phantom's scan as the phone sends it (24 depth frames, a JPEG colour frame at
 /// twice the depth resolution on every other one, warm light), with a ColorChecker on the
-/// skin beside the wound when `card`.
-fn colour_scan(card: bool) -> Vec<DepthFrame> {
+/// skin beside the wound when `card`; and the wound's true outline on frame 13.
+fn colour_scan(card: bool) -> (Vec<DepthFrame>, Vec<[f64; 2]>) {
     use coherency_recon::phantom::colour::{CheckerCard, ColourPhantom, Illuminant, Lighting};
     use coherency_recon::phantom::tissue::evaluation_cases;
     use coherency_recon::phantom::TrajectoryOptions;
@@ -490,7 +490,9 @@ fn colour_scan(card: bool) -> Vec<DepthFrame> {
     let config = ScanConfig { frames: 24, ..ScanConfig::iphone(case.seed) };
     let scan = phantom.scan(&config, &TrajectoryOptions::default(), 2, 2.0);
     let images = scan.images(&Lighting { illuminant: Illuminant::Warm, ev: 0.0 }, 1);
-    scan.scan
+    let outline = phantom.wound.outline_in_image(&scan.scan.frames[12].intrinsics, &scan.scan.true_poses[12], 48);
+    let frames = scan
+        .scan
         .frames
         .iter()
         .enumerate()
@@ -503,7 +505,8 @@ fn colour_scan(card: bool) -> Vec<DepthFrame> {
             }
             w
         })
-        .collect()
+        .collect();
+    (frames, outline)
 }
 
 /// The stored automatic measurement's tissue calibration and the reconstruction document's
@@ -511,7 +514,7 @@ fn colour_scan(card: bool) -> Vec<DepthFrame> {
 async fn finished_calibration(card: bool) -> (CalibrationFigures, serde_json::Value) {
     let node = Node::new();
     let scan_id = ScanId::new();
-    let sent = colour_scan(card);
+    let (sent, _) = colour_scan(card);
     node.store(scan_id, &sent).await;
     assert_eq!(node.finish(scan_id, sent.len() as u64, None).await, ScanStatus::Complete);
     let m = node.sink.measurements(scan_id);
@@ -541,5 +544,65 @@ async fn a_scan_with_a_colour_checker_in_view_reports_it_beside_the_periwound_ga
     let skin = with.skin_srgb.expect("the skin's tone");
     for (got, want) in skin.iter().zip([233u8, 196, 172]) {
         assert!((i32::from(*got) - i32::from(want)).abs() <= 25, "skin {skin:?}");
+    }
+}
+
+/// The tissue calibration a polygon remeasure (a preview) of the scan reports.
+async fn remeasured_calibration(node: &Node, scan_id: ScanId, outline: &[[f64; 2]]) -> CalibrationFigures {
+    let req = RemeasureRequest {
+        scan_id,
+        keyframe_seq: 13,
+        polygon: outline.to_vec(),
+        created_by: uuid::Uuid::now_v7(),
+        budget: None,
+        mode: RemeasureMode::Preview,
+    };
+    let shown = node.recon.remeasure(req).await.expect("the outline is measured");
+    let TissueOutcome::Composition(t) = shown.measurement.tissue else { panic!("no tissue composition") };
+    t.calibration
+}
+
+#[actix_rt::test]
+async fn a_remeasure_reports_the_card_calibration_the_finish_recorded() {
+    let node = Node::new();
+    let scan_id = ScanId::new();
+    let (sent, outline) = colour_scan(true);
+    node.store(scan_id, &sent).await;
+    assert_eq!(node.finish(scan_id, sent.len() as u64, None).await, ScanStatus::Complete);
+    let card = node.doc_field(scan_id, &["colour", "card"]);
+    assert!(card["samples"].as_u64().is_some_and(|n| n >= 4), "{card}");
+    let finished = &node.sink.measurements(scan_id)[0].measurement.tissue;
+    let TissueOutcome::Composition(finished) = finished else { panic!("no tissue at the finish") };
+    let again = remeasured_calibration(&node, scan_id, &outline).await;
+    assert_eq!(again.source, "colour_checker");
+    assert_eq!((again.gains, again.samples), (finished.calibration.gains, finished.calibration.samples));
+    assert!(again.skin_srgb.is_some() && again.periwound_gains.is_some(), "{again:?}");
+
+    // The remeasure reads the record (it does not detect the card again): a record of other
+    // gains is what it reports, and a record of no card gives the periwound calibration.
+    let (mut doc, _) = node.sink.document(scan_id).expect("a document");
+    doc.body["colour"]["card"]["gains"] = serde_json::json!([1.5, 1.25, 2.0]);
+    node.sink.write_document(scan_id, doc.clone()).await.expect("written");
+    assert_eq!(remeasured_calibration(&node, scan_id, &outline).await.gains, [1.5, 1.25, 2.0]);
+    doc.body["colour"]["card"] = serde_json::Value::Null;
+    node.sink.write_document(scan_id, doc).await.expect("written");
+    let without = remeasured_calibration(&node, scan_id, &outline).await;
+    assert_eq!((without.source.as_str(), without.periwound_gains), ("periwound", None));
+}
+
+#[test]
+fn a_recorded_card_is_read_back_from_the_reconstruction_document() {
+    let body = |v: serde_json::Value| v.as_object().cloned().expect("an object");
+    let of = |v| RecordedCard::of_document(&body(v));
+    assert_eq!(of(serde_json::json!({})), RecordedCard::NotRecorded);
+    assert_eq!(of(serde_json::json!({"colour": {"frames": {}}})), RecordedCard::NotRecorded);
+    assert_eq!(of(serde_json::json!({"colour": {"card": null}})), RecordedCard::Absent);
+    assert_eq!(
+        of(serde_json::json!({"colour": {"card": {"gains": [1.0, 2.0, 3.0], "samples": 6}}})),
+        RecordedCard::Seen { gains: [1.0, 2.0, 3.0], samples: 6 }
+    );
+    // Malformed gains: detected again rather than trusted.
+    for bad in [serde_json::json!([1.0, 2.0]), serde_json::json!([1.0, -2.0, 3.0]), serde_json::json!("x")] {
+        assert_eq!(of(serde_json::json!({"colour": {"card": {"gains": bad}}})), RecordedCard::NotRecorded);
     }
 }

@@ -196,9 +196,19 @@ pub struct ColourScanConfig {
 }
 
 impl Default for ColourScanConfig {
-    /// 24 depth frames, 12 colour frames at 512×384.
+    /// 24 depth frames, 12 colour frames at 512×384 (what the shipped classifier was trained
+    /// on: `recon/train/`).
     fn default() -> Self {
         ColourScanConfig { frames: 24, colour_every: 2, colour_scale: 2.0 }
+    }
+}
+
+impl ColourScanConfig {
+    /// [`Default`] with the colour frames at 640×480: the size the server reduces a phone's
+    /// colour image to before colouring the mesh (its long side to 640 px; ARKit's
+    /// 1920×1440 `capturedImage` becomes 640×480), so what a scan's finish works from.
+    pub fn server_resolution() -> Self {
+        ColourScanConfig { colour_scale: 2.5, ..ColourScanConfig::default() }
     }
 }
 
