@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::reconstruction::{
     FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, PhotoPick,
-    ReconOutcome, RecordedCard, ReconstructionDoc, ReconstructionSink, StoredMesh,
+    ReconOutcome, ReconstructionDoc, ReconstructionSink, RecordedCard, StoredMesh,
 };
 use crate::store::{
     ChunkSpec, FrameCommit, FrameRow, FrameStore, QualityRecord, QualitySink, ScanIndex, ScanState, ScanStatus,
@@ -485,9 +485,10 @@ impl ReconstructionSink for MemReconstructionSink {
 
     async fn recorded_card(&self, scan_id: ScanId) -> Result<RecordedCard, StoreError> {
         self.faults.check().await?;
-        Ok(lock(&self.inner).documents.get(&scan_id).map_or(RecordedCard::NotRecorded, |(d, _)| {
-            RecordedCard::of_document(&d.body)
-        }))
+        Ok(lock(&self.inner)
+            .documents
+            .get(&scan_id)
+            .map_or(RecordedCard::NotRecorded, |(d, _)| RecordedCard::of_document(&d.body)))
     }
 }
 

@@ -45,7 +45,10 @@ fn main() {
         }
     }
     println!("{} {}", case.name, lighting.label());
-    println!("{:<12} {:>6} {:>12}  vertices given [gran, slough, eschar, epith, other]", "true class", "truth", "reported");
+    println!(
+        "{:<12} {:>6} {:>12}  vertices given [gran, slough, eschar, epith, other]",
+        "true class", "truth", "reported"
+    );
     let truth = p.phantom.tissue_truth();
     for k in TissueClass::ALL {
         let s = analysis.composition.share(k);

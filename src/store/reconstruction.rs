@@ -16,7 +16,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coherency_actors::reconstruction::{
     FrameLocation, FrameReader, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction, PhotoPick, ReconOutcome,
-    RecordedCard, ReconstructionDoc, ReconstructionPool, ReconstructionSink, Reconstructor, StoredMesh, SuggestedKeyframe,
+    ReconstructionDoc, ReconstructionPool, ReconstructionSink, Reconstructor, RecordedCard, StoredMesh,
+    SuggestedKeyframe,
 };
 use coherency_actors::store::{QualitySink, ScanIndex, StoreError};
 use coherency_protocol::ids::ScanId;

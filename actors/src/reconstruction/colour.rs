@@ -285,8 +285,7 @@ pub(crate) fn outcome(tissue: &Result<TissueComposition, String>, card: Option<&
                     gains: card.gains.map(|g| round(g, 4)),
                     samples: card.samples,
                     periwound_gains: Some(t.calibration.gains.map(|g| round(g, 4))),
-                    skin_srgb: skin_tone(&t.calibration, card)
-                        .map(|s| s.map(|v| linear_to_srgb8(v as f32))),
+                    skin_srgb: skin_tone(&t.calibration, card).map(|s| s.map(|v| linear_to_srgb8(v as f32))),
                 },
                 None => CalibrationFigures {
                     source: t.calibration.source.as_str().to_owned(),

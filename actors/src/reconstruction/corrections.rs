@@ -145,7 +145,10 @@ impl Reconstructor {
                     samples: samples_inside(&mesh, &samples, &wound, &a.outline_world),
                 })
                 .collect();
-            Ok::<_, RemeasureError>(Retissued { tissue: colour::outcome(&tissue, colour.recorded_card(card).as_ref()), regions })
+            Ok::<_, RemeasureError>(Retissued {
+                tissue: colour::outcome(&tissue, colour.recorded_card(card).as_ref()),
+                regions,
+            })
         })
         .await
         .map_err(RemeasureError::Store)?

@@ -58,7 +58,7 @@ use super::live::LiveResult;
 use super::pool::ReconstructionPool;
 use super::ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
-    ReconOutcome, RecordedCard, ReconstructionDoc, ReconstructionSink, SuggestedKeyframe, ValuePm, WoundFigures,
+    ReconOutcome, ReconstructionDoc, ReconstructionSink, RecordedCard, SuggestedKeyframe, ValuePm, WoundFigures,
 };
 use super::{lower_priority_to, to_recon_frame};
 use crate::capture::activity::{since_last_frame, wait_for_quiet};

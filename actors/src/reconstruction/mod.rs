@@ -45,8 +45,8 @@ pub use pool::ReconstructionPool;
 pub use ports::{CalibrationFigures, TissueFigures, TissueOutcome, TissueShareFigures};
 pub use ports::{
     FailureReason, FrameLocation, FrameReader, MeasureMethod, MeshFormat, MeshKeys, NewMeasurement, NewReconstruction,
-    PhotoPick, PickedPhoto, ReconOutcome, RecordedCard, ReconstructionDoc, ReconstructionSink, StoredMesh, SuggestedKeyframe,
-    ValuePm, WoundFigures,
+    PhotoPick, PickedPhoto, ReconOutcome, ReconstructionDoc, ReconstructionSink, RecordedCard, StoredMesh,
+    SuggestedKeyframe, ValuePm, WoundFigures,
 };
 
 /// Default niceness of the reconstruction threads: live fusion is a preview, acks are the

@@ -339,9 +339,10 @@ impl RecordedCard {
         if card.is_null() {
             return RecordedCard::Absent;
         }
-        let gains: Option<Vec<f64>> = card.get("gains").and_then(|g| g.as_array()).map(|g| {
-            g.iter().filter_map(serde_json::Value::as_f64).filter(|v| v.is_finite() && *v > 0.0).collect()
-        });
+        let gains: Option<Vec<f64>> = card
+            .get("gains")
+            .and_then(|g| g.as_array())
+            .map(|g| g.iter().filter_map(serde_json::Value::as_f64).filter(|v| v.is_finite() && *v > 0.0).collect());
         let samples = card.get("samples").and_then(serde_json::Value::as_u64).unwrap_or(0);
         match gains.as_deref() {
             Some(&[r, g, b]) => RecordedCard::Seen { gains: [r, g, b], samples: usize::try_from(samples).unwrap_or(0) },

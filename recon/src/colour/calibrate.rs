@@ -75,11 +75,10 @@ impl Calibration {
 /// [`REFERENCE_SKIN_LINEAR`], through `card`'s gains. `None` unless `periwound` is a periwound
 /// calibration.
 pub fn skin_tone(periwound: &Calibration, card: &Calibration) -> Option<[f64; 3]> {
-    (periwound.source == CalibrationSource::Periwound && periwound.gains.iter().all(|g| *g > 0.0))
-        .then(|| {
-            let ring = periwound.ring_colour();
-            [0, 1, 2].map(|c| ring[c] * card.gains[c])
-        })
+    (periwound.source == CalibrationSource::Periwound && periwound.gains.iter().all(|g| *g > 0.0)).then(|| {
+        let ring = periwound.ring_colour();
+        [0, 1, 2].map(|c| ring[c] * card.gains[c])
+    })
 }
 
 /// The luminance-trimmed mean of linear colours, and how many went into it.
