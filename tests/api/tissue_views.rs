@@ -304,6 +304,13 @@ async fn a_clinician_corrects_a_regions_tissue_class_and_the_corrections_are_kep
     let red = samples.iter().filter(|s| s["lab"][1].as_f64().unwrap() > 20.0).count();
     assert!(red * 2 > samples.len(), "the region's samples are the red bed: {red} of {}", samples.len());
     assert!(lines[0]["region_world"].as_array().unwrap().len() >= 4);
+    // What the export is for: every sample becomes a training row with its correction's class
+    // (`recon/train/train.sh` with `CORRECTIONS`), the classifier's own features of it.
+    let rows = coherency_recon::colour::correction_rows(&text);
+    let sent: usize = lines.iter().map(|l| l["samples"].as_array().unwrap().len()).sum();
+    assert_eq!((rows.rows.len(), rows.skipped_corrections, rows.skipped_samples), (sent, 0, 0));
+    let first = coherency_recon::colour::sample_of_json(&samples[0]).expect("a sample");
+    assert_eq!(rows.rows[0], (coherency_recon::colour::features(&first), coherency_recon::colour::TissueClass::Slough));
     let first_id = lines[0]["correction_id"].as_str().unwrap();
     let page: String = app
         .get_auth(&format!("/v1/admin/tissue-corrections.ndjson?after={first_id}"), &admin.token)

@@ -24,6 +24,7 @@ mod blend;
 mod calibrate;
 mod checker;
 mod classify;
+mod corrections;
 mod region;
 mod tissue;
 
@@ -34,6 +35,7 @@ pub use checker::{
     CHECKER_LAB_D50,
 };
 pub use classify::{default_classifier, features, LearnedClassifier, FEATURES};
+pub use corrections::{correction_rows, sample_of_json, CorrectionRows};
 pub use tissue::{tissue_analysis, tissue_composition, wound_samples, TissueAnalysis};
 
 use crate::geometry::{Frame, Intrinsics, Pose, Vec3};
