@@ -3,11 +3,10 @@
 //! (`phantom::tissue::training_cases`: random geometry, map, skin tone) is scanned under
 //! two random lights (neutral, warm or cold; −1…+1 EV), colour at the server's 640×480; prints each class's mean signed
 //! and mean absolute error, the analyses with a class outside ±5 points, and how many.
-use coherency_recon::colour::{colour_vertices, default_classifier, tissue_composition, TissueClass};
-use coherency_recon::phantom::colour::{Illuminant, Lighting};
-use coherency_recon::phantom::tissue::{prepare, training_cases, ColourCase, ColourScanConfig};
+use coherency_recon::colour::TissueClass;
+use coherency_recon::phantom::tissue::{prepare, random_lighting, training_cases, ColourCase, ColourScanConfig};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// Per analysis: its label and each class's (reported, true) percent.
 fn analyses(case: &ColourCase) -> Vec<(String, [(f64, f64); 5])> {
@@ -15,15 +14,8 @@ fn analyses(case: &ColourCase) -> Vec<(String, [(f64, f64); 5])> {
     let mut rng = StdRng::seed_from_u64(case.seed ^ 0x6269);
     let mut out = Vec::new();
     for k in 0..2u64 {
-        let illuminant = match rng.gen_range(0..3) {
-            0 => Illuminant::Neutral,
-            1 => Illuminant::Warm,
-            _ => Illuminant::Cold,
-        };
-        let lighting = Lighting { illuminant, ev: rng.gen_range(-1.0..1.0) };
-        let images = p.scan.images(&lighting, case.seed * 10 + k);
-        let colours = colour_vertices(&p.mesh, &p.views(&images));
-        let Ok(c) = tissue_composition(&p.mesh, &colours, &p.wound, default_classifier(), &[]) else { continue };
+        let lighting = random_lighting(&mut rng);
+        let Ok(c) = p.composition(&lighting, case.seed * 10 + k) else { continue };
         let truth = p.phantom.tissue_truth();
         let shares = TissueClass::ALL.map(|k| (c.share(k).percent, truth.percent(k)));
         out.push((format!("{} {}", case.name, lighting.label()), shares));

@@ -5,11 +5,10 @@
 //! `±` into the floor, the ambiguity term and the unseen share, and prints the coverage
 //! of the truth for a range of weights and the smallest weight that holds 95 %.
 
-use coherency_recon::colour::{colour_vertices, default_classifier, tissue_composition, TissueClass};
-use coherency_recon::phantom::colour::{Illuminant, Lighting};
-use coherency_recon::phantom::tissue::{prepare, training_cases, ColourCase, ColourScanConfig};
+use coherency_recon::colour::TissueClass;
+use coherency_recon::phantom::tissue::{prepare, random_lighting, training_cases, ColourCase, ColourScanConfig};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 
 /// The `±` floor of `colour::tissue` (`PM_FLOOR`), points.
 const FLOOR: f64 = 2.0;
@@ -22,15 +21,8 @@ fn shares(case: &ColourCase) -> Vec<(f64, f64, f64)> {
     let mut rng = StdRng::seed_from_u64(case.seed ^ 0x7063);
     let mut out = Vec::new();
     for k in 0..2u64 {
-        let illuminant = match rng.gen_range(0..3) {
-            0 => Illuminant::Neutral,
-            1 => Illuminant::Warm,
-            _ => Illuminant::Cold,
-        };
-        let lighting = Lighting { illuminant, ev: rng.gen_range(-1.0..1.0) };
-        let images = p.scan.images(&lighting, case.seed * 10 + k);
-        let colours = colour_vertices(&p.mesh, &p.views(&images));
-        let Ok(c) = tissue_composition(&p.mesh, &colours, &p.wound, default_classifier(), &[]) else { continue };
+        let lighting = random_lighting(&mut rng);
+        let Ok(c) = p.composition(&lighting, case.seed * 10 + k) else { continue };
         let unseen = (1.0 - c.coloured_fraction) * 100.0;
         for class in TissueClass::ALL {
             let s = c.share(class);

@@ -13,14 +13,14 @@ use rand::{Rng, SeedableRng};
 
 use super::body::Body;
 use super::cavity::{Bed, Cavity, Outline};
-use super::colour::{maps, Appearance, ColourPhantom, ColourScan, Lighting, TissueMap, SKIN_TONES};
+use super::colour::{maps, Appearance, ColourPhantom, ColourScan, Illuminant, Lighting, TissueMap, SKIN_TONES};
 use super::family::FILLET_M;
 use super::presets::default_placement;
 use super::wound::WoundSpec;
 use super::{ScanConfig, TrajectoryOptions};
 use crate::colour::{
-    colour_vertices, tissue_analysis, ColourView, RgbImage, TissueAnalysis, TissueClassifier, TissueCorrection,
-    TissueError, VertexColours,
+    colour_vertices, default_classifier, tissue_analysis, tissue_composition, ColourView, RgbImage, TissueAnalysis,
+    TissueClassifier, TissueComposition, TissueCorrection, TissueError, VertexColours,
 };
 use crate::fusion::{ScanFusion, MESH_MIN_WEIGHT};
 use crate::geometry::Frame;
@@ -237,6 +237,17 @@ pub fn prepare_phantom(
     Ok(Prepared { phantom, scan, mesh, wound })
 }
 
+/// A random light of the held-out runs (`recon/examples/tissue_heldout.rs`,
+/// `tissue_interval.rs`): neutral, warm or cold, −1…+1 EV.
+pub fn random_lighting(rng: &mut impl Rng) -> Lighting {
+    let illuminant = match rng.gen_range(0..3) {
+        0 => Illuminant::Neutral,
+        1 => Illuminant::Warm,
+        _ => Illuminant::Cold,
+    };
+    Lighting { illuminant, ev: rng.gen_range(-1.0..1.0) }
+}
+
 /// One lighting condition's result.
 pub struct Analysed {
     /// The colour images.
@@ -257,6 +268,14 @@ impl Prepared {
                 ColourView { image: im, intrinsics: self.scan.colour_intrinsics, pose: f.pose, depth: Some(f) }
             })
             .collect()
+    }
+
+    /// The composition under `lighting` (noise seed `seed`) with the shipped classifier and
+    /// no corrections.
+    pub fn composition(&self, lighting: &Lighting, seed: u64) -> Result<TissueComposition, TissueError> {
+        let images = self.scan.images(lighting, seed);
+        let colours = colour_vertices(&self.mesh, &self.views(&images));
+        tissue_composition(&self.mesh, &colours, &self.wound, default_classifier(), &[])
     }
 
     /// Colours the mesh and analyses the tissue under `lighting` (noise seed `seed`).
