@@ -422,7 +422,9 @@ async fn browser_staff_without_two_step_sign_in_set_it_up_and_reach_the_board() 
 /// Issue #26, the viewer: a clinician opens a scan whose GLB carries vertex colours (a red bed
 /// on darker skin, `crate::colour`); the canvas shows the scan's colours by default, reddish
 /// where the wound is, and the labelled toggle switches to the height-coded view and back,
-/// changing the canvas's colours (`web/tests/dashboard.colour.mjs`).
+/// changing the canvas's colours (`web/tests/dashboard.colour.mjs`). Then the clinician draws a
+/// tissue correction over the bed in the page and names it slough: the correction is stored
+/// with the 12 clicked corners, audited, and the measurement's shares now lead with slough.
 #[actix_rt::test]
 async fn browser_viewer_shows_the_scan_colours_by_default_and_toggles_to_the_height_view() {
     let (web, app) = web_app().await;
@@ -435,4 +437,27 @@ async fn browser_viewer_shows_the_scan_colours_by_default_and_toggles_to_the_hei
     let params = json!({ "base": app.address, "artifacts": artifacts, "token": alice.token, "scan": scan });
     run_page_script(&web, "dashboard.colour.mjs", "COLOUR_TEST", params, Duration::from_secs(300)).await;
     assert!(artifacts.join("dashboard-colour.png").is_file() && artifacts.join("dashboard-height.png").is_file());
+    // The correction drawn in the browser is stored, audited and applied to the measurement.
+    let list: Value = app.get_auth(&format!("/v1/scans/{scan}/measurements"), &alice.token).await.json().await.unwrap();
+    let m = list["measurements"][0].clone();
+    let id = m["id"].as_str().unwrap();
+    let v: Value = app
+        .get_auth(&format!("/v1/scans/{scan}/measurements/{id}/tissue-corrections"), &alice.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let corrections = v["corrections"].as_array().unwrap();
+    assert_eq!(corrections.len(), 1, "{v}");
+    assert_eq!(
+        (corrections[0]["class"].as_str(), corrections[0]["polygon"].as_array().map(Vec::len)),
+        (Some("slough"), Some(12))
+    );
+    let slough = m["tissue"]["shares"].as_array().unwrap().iter().find(|s| s["class"] == "slough").unwrap().clone();
+    assert!(slough["percent"].as_f64().unwrap() >= 50.0, "{m}");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'scan.tissue.correct'")
+        .fetch_one(&app.pg)
+        .await
+        .unwrap();
+    assert_eq!(audited, 1);
 }

@@ -3,6 +3,9 @@
 // wound bed on darker skin). The viewer shows the scan's colours first: reddish pixels where
 // the wound is, in the middle of the mesh. The labelled toggle (aria-pressed) switches to the
 // height-coded view, and the canvas's colours change; pressing it again brings them back.
+// Then the clinician corrects the bed's tissue: "Correct the tissue" shows the scan from its
+// keyframe, clicks around the middle of the view mark a region, the region is named slough,
+// and once stored the page shows the shares computed again with the correction.
 // Prints PASS lines, then DONE; any failed check exits 1.
 
 import { check, launch, run, signedInPage } from './common.mjs';
@@ -79,4 +82,33 @@ await run(browser, async () => {
   const back = await canvasFacts(p);
   const again = Math.hypot(...back.mean.map((v, i) => v - colour.mean[i]));
   check(again < 3, `toggled back, the scan colours return (${again.toFixed(1)} from the first view)`);
+
+  // A tissue correction drawn in the browser.
+  const correct = p.locator('[data-testid="correct-tissue"]');
+  check(await correct.isVisible(), 'a clinician is offered to correct the tissue');
+  await correct.click();
+  const select = p.locator('[data-testid="correct-class"]');
+  await select.waitFor({ timeout: 10000 });
+  check(await p.locator('label[for="correct-class"]').isVisible(), 'the class choice is labelled');
+  const submit = p.locator('[data-testid="correct-submit"]');
+  check(await submit.isDisabled(), 'Correct waits for a region of at least three points');
+  const box = await p.locator('#viewer').boundingBox();
+  const r = 0.42 * Math.min(box.width, box.height);
+  for (let k = 0; k < 12; k++) {
+    const a = (2 * Math.PI * k) / 12;
+    await p.mouse.click(box.x + box.width / 2 + r * Math.cos(a), box.y + box.height / 2 + r * Math.sin(a));
+  }
+  check((await p.textContent('[data-testid="outline-count"]')).trim() === '12 points', 'each click adds a corner of the region');
+  await select.selectOption('slough');
+  await submit.click();
+  // The page is drawn again with the corrected shares once the server has recomputed them.
+  await p.waitForFunction(() => {
+    const cell = document.querySelector('[data-testid="t-slough"] td');
+    return cell && /^\d+/.test(cell.textContent) && Number(cell.textContent.match(/^(\d+)/)[1]) >= 50;
+  }, null, { timeout: 120000 });
+  const slough = await p.textContent('[data-testid="t-slough"] td');
+  const gran = await p.textContent('[data-testid="t-granulation"] td');
+  check(Number(slough.match(/^(\d+)/)[1]) >= 50, `the corrected region now reads as slough ("${slough.trim()}")`);
+  check(Number(gran.match(/^(\d+)/)[1]) < pct, `granulation gave way ("${gran.trim()}", was ${pct} %)`);
+  await p.locator('[data-testid="measurements"]').screenshot({ path: join(P.artifacts, 'dashboard-tissue-corrected.png') });
 });

@@ -72,8 +72,11 @@ function measurementTable(columns) {
 /// outline's corners (in keyframe pixels). Measure asks the server for the values the outline
 /// gives (`…/measurements/preview`, nothing stored) and shows them beside the automatic ones;
 /// Confirm stores that outline (`POST …/measurements`), Keep drawing goes back to the points.
-/// Resolves with the stored measurement, or null when the tool is closed.
-function outlineTool(id, viewer, canvas, kf, panel, auto) {
+/// With `correcting` (a measurement with a tissue composition) the same drawing marks a region
+/// of the wound bed instead: the clinician names its tissue and Correct stores the correction
+/// (`POST …/tissue-corrections`), after which the measurement's shares are computed again.
+/// Resolves with the stored measurement or correction, or null when the tool is closed.
+function outlineTool(id, viewer, canvas, kf, panel, auto, correcting = null) {
   viewer.keyframeView(kf);
   const wrap = canvas.parentElement;
   wrap.style.position = 'relative';
@@ -102,7 +105,12 @@ function outlineTool(id, viewer, canvas, kf, panel, auto) {
   // While a preview is shown the outline is frozen: Keep drawing unfreezes it.
   let frozen = false;
   const count = el('span', { class: 'muted', 'data-testid': 'outline-count', text: '0 points' });
-  const measure = el('button', { type: 'button', 'data-testid': 'outline-measure', text: 'Measure', disabled: '' });
+  const measure = correcting
+    ? el('button', { type: 'button', 'data-testid': 'correct-submit', text: 'Correct', disabled: '' })
+    : el('button', { type: 'button', 'data-testid': 'outline-measure', text: 'Measure', disabled: '' });
+  const classLabel = el('label', { for: 'correct-class', text: 'This region is ' });
+  const classSelect = el('select', { id: 'correct-class', 'data-testid': 'correct-class' },
+    ...TISSUE.map(([cls, label]) => el('option', { value: cls, text: label.toLowerCase() })));
   const redraw = () => {
     line.setAttribute('points', points.map(([u, v]) => `${u + 0.5},${v + 0.5}`).join(' '));
     count.textContent = `${points.length} point${points.length === 1 ? '' : 's'}`;
@@ -134,9 +142,12 @@ function outlineTool(id, viewer, canvas, kf, panel, auto) {
     } catch (e) { err.textContent = `Could not load the frame: ${e.message}`; }
   });
   const preview = el('div', { 'data-testid': 'outline-preview', hidden: '' });
-  const instructions = el('p', { text: `Click around the wound's edge on frame ${kf.seq}, then Measure.` });
+  const instructions = el('p', { text: correcting
+    ? `Click around a region of the wound bed on frame ${kf.seq}, say what tissue it is, then Correct.`
+    : `Click around the wound's edge on frame ${kf.seq}, then Measure.` });
   const drawing = el('p', {}, measure, ' ', undo, ' ', cancel);
-  panel.replaceChildren(instructions, el('p', {}, count), drawing, el('p', {}, toggle), preview, err);
+  panel.replaceChildren(...[instructions, el('p', {}, count), correcting ? el('p', {}, classLabel, classSelect) : null,
+    drawing, el('p', {}, toggle), preview, err].filter(Boolean));
   return new Promise((resolve) => {
     const close = (result) => {
       canvas.removeEventListener('click', onClick);
@@ -149,6 +160,23 @@ function outlineTool(id, viewer, canvas, kf, panel, auto) {
     };
     const body = () => ({ keyframe_seq: kf.seq, polygon: points });
     cancel.addEventListener('click', () => close(null));
+    if (correcting) {
+      // A correction is stored at once: the server recomputes the shares with it (seconds).
+      measure.addEventListener('click', async () => {
+        frozen = true; redraw();
+        err.textContent = '';
+        instructions.textContent = 'Computing the tissue shares again with your correction…';
+        try {
+          close(await api(`/v1/scans/${id}/measurements/${correcting.id}/tissue-corrections`,
+            { json: { ...body(), class: classSelect.value } }));
+        } catch (e) {
+          err.textContent = `Could not store the correction: ${e.message}`;
+          instructions.textContent = `Click around a region of the wound bed on frame ${kf.seq}, say what tissue it is, then Correct.`;
+          frozen = false; redraw();
+        }
+      });
+      return;
+    }
     measure.addEventListener('click', async () => {
       frozen = true; redraw();
       err.textContent = '';
@@ -215,6 +243,12 @@ export async function scanView(root, id, opts = {}) {
     const draw = outcome.mesh && outcome.suggested_keyframe && mayMeasure
       ? el('button', { type: 'button', 'data-testid': 'draw-outline', text: needsOutline ? 'Draw the outline' : 'Adjust the outline' })
       : null;
+    // The tissue of the newest measurement that has a composition (a clinician's outline
+    // before the automatic one) can be corrected region by region.
+    const corrected = [...columns].reverse().find(([, x]) => x.tissue);
+    const correct = draw && corrected
+      ? el('button', { type: 'button', 'data-testid': 'correct-tissue', text: `Correct the tissue (${corrected[0].toLowerCase()})` })
+      : null;
     // (replaceChildren would write a null as the text "null": the absent parts are left out.)
     side.replaceChildren(...[
       el('h3', { text: 'Measurements' }),
@@ -225,7 +259,7 @@ export async function scanView(root, id, opts = {}) {
       columns.length ? measurementTable(columns) : el('p', { class: 'empty', text: 'No measurement yet.' }),
       columns.length ? el('p', { class: 'muted', text: '± is the half-width of the interval the true value lies in.' }) : null,
       columns.length ? tissueTable(columns) : null,
-      draw, tool].filter(Boolean));
+      draw, correct ? ' ' : null, correct, tool].filter(Boolean));
     if (outcome.mesh) {
       const res = await api(`/v1/scans/${id}/mesh?format=glb`, { raw: true });
       const viewer = await showMesh(canvas, await res.arrayBuffer());
@@ -247,14 +281,19 @@ export async function scanView(root, id, opts = {}) {
         status.before(toggle);
       }
       canvas.dataset.ready = 'true';
-      if (draw) {
-        draw.addEventListener('click', async () => {
-          draw.hidden = true;
-          status.textContent = `The scan as frame ${outcome.suggested_keyframe.seq} saw it.`;
-          const made = await outlineTool(id, viewer, canvas, outcome.suggested_keyframe, tool, auto);
-          if (made) scanView(root, id, opts); else { draw.hidden = false; tool.replaceChildren(); }
-        });
-      }
+      const open = async (correcting) => {
+        draw.hidden = true;
+        if (correct) correct.hidden = true;
+        status.textContent = `The scan as frame ${outcome.suggested_keyframe.seq} saw it.`;
+        const made = await outlineTool(id, viewer, canvas, outcome.suggested_keyframe, tool, auto, correcting);
+        if (made) scanView(root, id, opts); else {
+          draw.hidden = false;
+          if (correct) correct.hidden = false;
+          tool.replaceChildren();
+        }
+      };
+      if (draw) draw.addEventListener('click', () => open(null));
+      if (correct) correct.addEventListener('click', () => open(corrected[1]));
     } else {
       status.textContent = outcome.state === 'pending' ? 'The mesh appears when the scan is complete.' : 'This scan has no mesh.';
     }
