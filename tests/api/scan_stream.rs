@@ -628,10 +628,19 @@ async fn a_finished_scan_is_processed_once_other_phones_stop_streaming_or_the_bo
     let mut phone_b = ScanStreamClient::connect_with(config(&app, &pb, b)).await.unwrap();
     let mut phone_a = ScanStreamClient::connect_with(config(&app, &pa, a)).await.unwrap();
     stream(&mut phone_a, 1, 20).await;
+    // B is streaming before A finishes and for 4 s: A waits, still processing. (Had B
+    // started only once A's finish was acked, a slow flush of A's frames could leave the
+    // node quiet for the 1 s the finish looks for before B's first frame.)
+    let streaming = tokio::spawn(async move {
+        stream_for(&mut phone_b, 1, 20, 4).await;
+        phone_b
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
     phone_a.finish().await.unwrap();
-    // B streams for 3 s: A waits, still processing.
-    stream_for(&mut phone_b, 1, 20, 3).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!streaming.is_finished(), "B still streams");
     assert_eq!(scan_status(&app, a).await, "processing", "A waited while B streamed");
+    let phone_b = streaming.await.unwrap();
     // B pauses (its phone still connected): A is processed.
     eventually(Duration::from_secs(30), "A complete once B paused", || async {
         (scan_status(&app, a).await == "complete").then_some(())
@@ -642,12 +651,13 @@ async fn a_finished_scan_is_processed_once_other_phones_stop_streaming_or_the_bo
     let (pc, c) = patient_with_scan(&app).await;
     let mut phone_c = ScanStreamClient::connect_with(config(&app, &pc, c)).await.unwrap();
     stream(&mut phone_c, 1, 5).await;
-    phone_b.finish().await.unwrap();
-    let finished_b = std::time::Instant::now();
     let streaming = tokio::spawn(async move {
         stream_for(&mut phone_c, 6, 20, 12).await;
         phone_c
     });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let finished_b = std::time::Instant::now();
+    phone_b.finish().await.unwrap();
     eventually(Duration::from_secs(30), "B complete while C streams", || async {
         (scan_status(&app, b).await == "complete").then_some(())
     })
