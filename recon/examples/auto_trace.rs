@@ -101,7 +101,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 (vol, truth.target_world)
             };
             let t1 = std::time::Instant::now();
-            let (r, tr) = measure_auto_traced(&vol, target, &MeasureConfig::default());
+            let (r, tr) = measure_auto_traced(&vol, target, &[], &MeasureConfig::default());
             let ms = t1.elapsed().as_secs_f64() * 1e3;
             let _ = t0;
             match r {

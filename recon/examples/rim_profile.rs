@@ -36,8 +36,9 @@ fn main() {
                 cfg.noise.quantisation_m = 0.0;
             }
             t if t.starts_with("tilt:") => {
-                let mut it = t[5..].split(',').map(|x| x.parse::<f64>().unwrap());
-                case.trajectory.tilt_deg = (it.next().unwrap(), it.next().unwrap());
+                let v: Vec<f64> = t[5..].split(',').filter_map(|x| x.parse().ok()).collect();
+                let [a, b] = v[..] else { panic!("tilt:A,B in degrees") };
+                case.trajectory.tilt_deg = (a, b);
             }
             _ => {}
         }

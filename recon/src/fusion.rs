@@ -26,7 +26,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use crate::measure::{locate, measure_auto, measure_polygon, MeasureConfig, WoundMeasurements, WoundNotFound};
+use crate::measure::{
+    locate, measure_auto_with_views, measure_polygon, MeasureConfig, View, WoundMeasurements, WoundNotFound,
+};
 use crate::mesh::{extract_mesh, Mesh};
 use crate::tsdf::{Aabb, Coverage, TsdfConfig, TsdfVolume};
 use crate::{Frame, GateRun, Intrinsics, Pose, QualityGate, ReconError, Vec3};
@@ -440,7 +442,8 @@ impl FusedScan {
         between();
         let t = Instant::now();
         let coverage = self.vol.coverage(self.target, COVERAGE_RADIUS_M);
-        let measured = measure_auto(&self.vol, self.target, &MeasureConfig::default());
+        let views: Vec<View> = self.accepted.iter().map(|a| View { intrinsics: a.intrinsics, pose: a.pose }).collect();
+        let measured = measure_auto_with_views(&self.vol, self.target, &views, &MeasureConfig::default());
         Measured { ply, glb, mesh, triangles, mesh_ms, coverage, measured, measure_ms: ms(t) }
     }
 

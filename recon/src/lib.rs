@@ -33,7 +33,10 @@ pub mod tsdf;
 
 pub use fusion::{FusedScan, Guidance, Measured, Offer, ScanFusion};
 pub use geometry::{DepthImage, Frame, Intrinsics, Pose, Vec3};
-pub use measure::{locate, measure_auto, measure_polygon, Located, MeasureConfig, Measurement, WoundMeasurements};
+pub use measure::{
+    locate, measure_auto, measure_auto_with_views, measure_polygon, Located, MeasureConfig, Measurement,
+    WoundMeasurements,
+};
 pub use mesh::{Mesh, MeshExtractor};
 pub use quality::{FrameStats, GateRun, QualityGate, QualityIssue};
 pub use tsdf::{Coverage, TsdfConfig, TsdfVolume};

@@ -30,10 +30,12 @@ use crate::linalg::{sym3_eigen, NormalEquations};
 use crate::phantom::length_width;
 use crate::tsdf::{TsdfVolume, BRICK};
 use crate::ReconError;
+pub use synth::View;
 use uncertainty::{Boundary, Figures};
 
 mod polygon;
 mod rim;
+mod synth;
 mod uncertainty;
 mod volume;
 
@@ -1088,6 +1090,8 @@ pub struct AutoTrace {
     pub contour_mm: f64,
     /// Fitted rim blur, mm.
     pub blur_mm: f64,
+    /// Blur of a wall in this scan's views, measured by synthesis, mm (0 without views).
+    pub synth_blur_mm: f64,
     /// Angle between the plane at the target and the first-pass skin's normal at the
     /// wound, degrees (beyond 3° the field is rebuilt in the latter's frame).
     pub reframe_deg: f64,
@@ -1103,7 +1107,19 @@ const CORRELATION_VOXELS2: f64 = 4.0;
 /// Automatic segmentation and measurement of the wound at `target` (a world point on
 /// or near the wound, e.g. where the clinician tapped, or the centre of the scan).
 pub fn measure_auto(vol: &TsdfVolume, target: Vec3, cfg: &MeasureConfig) -> Result<WoundMeasurements, ReconError> {
-    measure_auto_traced(vol, target, cfg).0
+    measure_auto_traced(vol, target, &[], cfg).0
+}
+
+/// [`measure_auto`] knowing the views the volume was fused from: the rim is then fitted at
+/// the blur a wall gets from those views (measured by synthesis, `measure/synth.rs`)
+/// instead of a blur fitted to the wound's own profiles.
+pub fn measure_auto_with_views(
+    vol: &TsdfVolume,
+    target: Vec3,
+    views: &[View],
+    cfg: &MeasureConfig,
+) -> Result<WoundMeasurements, ReconError> {
+    measure_auto_traced(vol, target, views, cfg).0
 }
 
 /// Where the wound near `target` is, without measuring it: the first pass of
@@ -1147,10 +1163,11 @@ pub fn locate(vol: &TsdfVolume, target: Vec3, cfg: &MeasureConfig) -> Result<Loc
 pub fn measure_auto_traced(
     vol: &TsdfVolume,
     target: Vec3,
+    views: &[View],
     cfg: &MeasureConfig,
 ) -> (Result<WoundMeasurements, ReconError>, AutoTrace) {
     let mut trace = AutoTrace::default();
-    let r = auto(vol, target, cfg, &mut trace);
+    let r = auto(vol, target, views, cfg, &mut trace);
     (r, trace)
 }
 
@@ -1261,6 +1278,7 @@ const REFRAME_DEG: f64 = 3.0;
 fn auto(
     vol: &TsdfVolume,
     target: Vec3,
+    views: &[View],
     cfg: &MeasureConfig,
     trace: &mut AutoTrace,
 ) -> Result<WoundMeasurements, ReconError> {
@@ -1331,7 +1349,20 @@ fn auto(
     }
 
     let outline = taubin(&outline, 5);
-    let fit = rim::fit_rim(&prepared, &outline);
+    let mut fit = rim::fit_rim(&prepared, &outline, None);
+    // The blur a wall gets from these views is a floor: a fit that found less traded blur
+    // for wall width, and its rim lies outside the wall (`measure/synth.rs`).
+    let mut depths: Vec<f64> = fit.sector_depth_m.iter().copied().filter(|d| *d > 0.0).collect();
+    depths.sort_by(f64::total_cmp);
+    if let Some(&depth) = depths.get(depths.len() / 2) {
+        let skin = |x: f64, y: f64| prepared.skin.eval(x, y);
+        if let Some(blur) = synth::step_blur(&prepared.field, &skin, &fit.rim, depth, views, vol) {
+            trace.synth_blur_mm = blur * 1e3;
+            if blur > fit.sigma_blur_m {
+                fit = rim::fit_rim(&prepared, &outline, Some(blur));
+            }
+        }
+    }
     trace.blur_mm = fit.sigma_blur_m * 1e3;
     let boundary = fit.boundary();
     Ok(measure_outline(&prepared, &fit.rim, &boundary, fit.sigma_blur_m, OutlineMethod::Automatic, cfg, vol))

@@ -210,7 +210,7 @@ fn finds_the_wound(spec: PhantomSpec, label: &str) {
         for f in &scan.frames {
             vol.integrate(f).expect("frame integrates");
         }
-        let (r, trace) = measure_auto_traced(&vol, t.target_world, &MeasureConfig::default());
+        let (r, trace) = measure_auto_traced(&vol, t.target_world, &[], &MeasureConfig::default());
         let a = r.unwrap_or_else(|e| panic!("{label} seed {seed}: {} ({e}); {trace:?}", e.code()));
         let tag = format!("{label} seed {seed} auto");
         assert!(

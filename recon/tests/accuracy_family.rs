@@ -92,54 +92,50 @@ fn check_polygon(name: &str) {
 }
 
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 0/5 meet every bar (polygon 3/5); worst auto area +13.3 %, volume -4.4 %, L/W +1.3 mm, area CV 2.1 %, intervals missing auto/polygon 0/2"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 3/5 meet every bar (polygon 3/5); worst auto area +2.7 %, volume -4.4 %, L/W +0.6 mm, area CV 0.9 %; polygon: the bed area ± misses on 2"]
     punch_forearm_meets_the_bars,
     "punch-forearm"
 );
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 0/5 meet every bar (polygon 2/5); worst auto area +26.8 %, volume -6.2 %, L/W +1.4 mm, area CV 2.2 %, intervals missing auto/polygon 3/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 0/5 meet every bar (polygon 2/5); worst auto area +13.8 %, volume -6.3 %, L/W +0.8 mm, area CV 4.3 %; polygon volume to -6.0 % (the fused wall sits 0.1 mm inside)"]
     punch_small_meets_the_bars,
     "punch-small"
 );
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 4/5 meet every bar (polygon 5/5); worst auto area +1.5 %, volume +2.2 %, L/W +1.2 mm, area CV 0.8 %, intervals missing auto/polygon 2/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 4/5 meet every bar (polygon 5/5); worst auto area +1.1 %, width +1.04 mm on one scan, perimeter ± misses on one"]
     sacrum_lobed_meets_the_bars,
     "sacrum-lobed"
 );
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 1/5 meet every bar (polygon 5/5); worst auto area -4.4 %, volume +2.6 %, L/W +0.6 mm, area CV 1.1 %, intervals missing auto/polygon 0/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 1/5 meet every bar (polygon 5/5); worst auto area -4.4 % (a 60° wall on a sloped bed), volume +2.6 %, area CV 1.1 %"]
     heel_meets_the_bars,
     "heel"
 );
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 0/5 meet every bar (polygon 5/5); worst auto area +4.3 %, volume +1.7 %, L/W +2.2 mm, area CV 3.2 %, intervals missing auto/polygon 6/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 0/5 meet every bar (polygon 5/5); worst auto area -4.2 %, L/W +2.1 mm (a 1 mm deep 20° wall), area CV 2.8 %, intervals missing 5"]
     abrasion_meets_the_bars,
     "abrasion"
 );
 class_test!(crater_meets_the_bars, "crater");
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 3/5 meet every bar (polygon 3/5); worst auto area -2.9 %, volume +2.0 %, max depth -0.7 mm (the blur fills the V-shaped bottom; now inside its ±), area CV 0.9 %, intervals missing auto/polygon 1/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 3/5 meet every bar (polygon 3/5); worst auto area -2.9 %, max depth -0.75 mm (the blur fills the V-shaped bottom; inside its ± on 4 of 5)"]
     saddle_oblique_meets_the_bars,
     "saddle-oblique"
 );
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 1/5 meet every bar (polygon 4/5); worst auto area +5.8 %, volume -1.6 %, L/W +0.8 mm, area CV 1.5 %, intervals missing auto/polygon 0/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 3/5 meet every bar (polygon 4/5); worst auto area -2.7 %, volume -1.7 %, L/W +0.6 mm, area CV 2.1 %"]
     lobed_steep_meets_the_bars,
     "lobed-steep"
 );
 class_test!(wide_flat_meets_the_bars, "wide-flat");
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 0/5 meet every bar (polygon 4/5); worst auto area +19.4 %, volume -8.5 %, L/W +1.3 mm, area CV 9.3 %, intervals missing auto/polygon 5/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 1/5 meet every bar (polygon 4/5); worst auto area +12.3 % (an 8 mm, 1 mm deep dish), volume -12.9 %, area CV 8.0 %"]
     small_shallow_meets_the_bars,
     "small-shallow"
 );
+class_test!(wrap_meets_the_bars, "wrap");
 class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 3/5 meet every bar (polygon 5/5); worst auto area +2.8 %, volume -3.2 %, L/W +0.9 mm, area CV 1.7 %, intervals missing auto/polygon 0/0"]
-    wrap_meets_the_bars,
-    "wrap"
-);
-class_test!(
-    #[ignore = "#23 open (rim): all 5 scans measured automatically, 0/5 meet every bar (polygon 3/5); worst auto area -5.1 %, volume +7.5 %, L/W +1.1 mm, area CV 3.7 %, intervals missing auto/polygon 0/0"]
+    #[ignore = "#23 open: all 5 scans measured automatically, 0/5 meet every bar (polygon 3/5); worst auto area -5.3 %, volume +7.7 %, max depth +0.63 mm, area CV 2.8 %"]
     heel_tight_meets_the_bars,
     "heel-tight"
 );
@@ -169,9 +165,26 @@ fn the_polygon_path_holds_on_the_wide_flat_wound() {
     check_polygon("wide-flat");
 }
 
+/// Steep walls (88° punch, 80° lobed wound): the automatic area within 3 % on every scan.
+/// The rim fit used to trade blur for wall width and put the rim outside the wall (+13 %,
+/// +6 %); it now fits at no less blur than a wall gets from the scan's own views.
 #[test]
-fn the_polygon_path_holds_on_the_wrap() {
-    check_polygon("wrap");
+fn the_automatic_area_of_steep_walls_is_within_three_percent() {
+    let mut out = Vec::new();
+    for name in ["punch-forearm", "lobed-steep"] {
+        for (seed, r) in runs(name, Encoding::F32).iter().enumerate() {
+            match &r.auto {
+                Ok(m) => {
+                    let e = m.outline_area_mm2.value / r.truth.outline_area_mm2 - 1.0;
+                    if e.abs() > 0.03 {
+                        out.push(format!("{name} seed {seed}: area {:+.2} %", e * 100.0));
+                    }
+                }
+                Err(e) => out.push(format!("{name} seed {seed}: {e}")),
+            }
+        }
+    }
+    assert!(out.is_empty(), "{}", out.join("\n"));
 }
 
 /// The same frames sent as `f32_m` and as `u16_0.1mm` must give automatic areas within

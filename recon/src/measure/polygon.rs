@@ -18,7 +18,7 @@ pub(super) const POSE_ROTATION_SD_RAD: f64 = 0.03 * std::f64::consts::PI / 180.0
 /// The blur of the fused rim along a drawn outline: a rim fit whose rim stays on the
 /// outline (only the blur and the walls are fitted).
 pub(super) fn blur_at(outline: &[[f64; 2]], depth: impl Fn(f64, f64) -> f64) -> RimFit {
-    fit_rim_with(outline, depth, true)
+    fit_rim_with(outline, depth, true, None)
 }
 
 /// Skin guard outside the outline: the fixed margin, or three blur widths where the

@@ -290,7 +290,14 @@ fn fit_profile(profile: &[(f64, f64)], sigma: f64) -> Option<ProfileFit> {
 /// Blur that minimises the summed SSE of every profile's own rim fit (golden section,
 /// warm-started per profile). With `fixed_s0` every rim stays there (a drawn outline)
 /// and only the wall and the blur are fitted. Returns `(σ, fits)`.
-pub(super) fn fit_blur(profiles: &[Vec<(f64, f64)>], fixed_s0: Option<f64>) -> (f64, Vec<Option<ProfileFit>>) {
+pub(super) fn fit_blur(
+    profiles: &[Vec<(f64, f64)>],
+    fixed_s0: Option<f64>,
+    fixed_sigma: Option<f64>,
+) -> (f64, Vec<Option<ProfileFit>>) {
+    if let Some(sigma) = fixed_sigma {
+        return (sigma, fits_at(profiles, sigma, fixed_s0));
+    }
     let usable: Vec<&Vec<(f64, f64)>> = profiles.iter().filter(|p| p.len() >= 12).collect();
     let total = |sigma: f64, starts: &mut Vec<Option<(f64, f64)>>, fresh: bool| -> f64 {
         let mut sum = 0.0;
@@ -338,7 +345,12 @@ pub(super) fn fit_blur(profiles: &[Vec<(f64, f64)>], fixed_s0: Option<f64>) -> (
         }
     }
     let sigma = 0.5 * (a + b);
-    let fits = profiles
+    (sigma, fits_at(profiles, sigma, fixed_s0))
+}
+
+/// Every usable profile's rim fit at blur `sigma` (mm), with its spread.
+fn fits_at(profiles: &[Vec<(f64, f64)>], sigma: f64, fixed_s0: Option<f64>) -> Vec<Option<ProfileFit>> {
+    profiles
         .iter()
         .map(|p| {
             if p.len() >= 12 {
@@ -347,8 +359,7 @@ pub(super) fn fit_blur(profiles: &[Vec<(f64, f64)>], fixed_s0: Option<f64>) -> (
                 None
             }
         })
-        .collect();
-    (sigma, fits)
+        .collect()
 }
 
 /// Keeps a profile (sorted by inward distance) up to 2 mm past where it first reaches
@@ -518,13 +529,18 @@ fn sector_profile(raw: &[Vec<f64>], a: usize, b: usize, s_out: f64) -> Vec<(f64,
 /// one blur for the whole outline; a rim offset per sector, lightly smoothed and
 /// interpolated between sector centres.
 #[allow(clippy::needless_range_loop)] // per-vertex index across parallel arrays
-pub(super) fn fit_rim(p: &Prepared, outline: &[[f64; 2]]) -> RimFit {
-    fit_rim_with(outline, |x, y| normal_depth(p, x, y), false)
+pub(super) fn fit_rim(p: &Prepared, outline: &[[f64; 2]], blur_m: Option<f64>) -> RimFit {
+    fit_rim_with(outline, |x, y| normal_depth(p, x, y), false, blur_m)
 }
 
 /// [`fit_rim`] on any depth function; with `rim_fixed` the rim stays on `outline` (a
 /// drawn outline is the definition) and only the blur and the walls are fitted.
-pub(super) fn fit_rim_with(outline: &[[f64; 2]], depth: impl Fn(f64, f64) -> f64, rim_fixed: bool) -> RimFit {
+pub(super) fn fit_rim_with(
+    outline: &[[f64; 2]],
+    depth: impl Fn(f64, f64) -> f64,
+    rim_fixed: bool,
+    blur_m: Option<f64>,
+) -> RimFit {
     let m = outline.len();
     let nrm = normals(outline);
     let perim: f64 = (0..m)
@@ -551,7 +567,7 @@ pub(super) fn fit_rim_with(outline: &[[f64; 2]], depth: impl Fn(f64, f64) -> f64
     let secs = sectors(m, perim);
     let profiles: Vec<Vec<(f64, f64)>> =
         secs.iter().map(|&(a, b)| wall_window(sector_profile(&raw, a, b, s_out), reach)).collect();
-    let (sigma, fits) = fit_blur(&profiles, rim_fixed.then_some(0.0));
+    let (sigma, fits) = fit_blur(&profiles, rim_fixed.then_some(0.0), blur_m.map(|b| b * 1e3));
     let n = secs.len();
     let found: Vec<f64> = fits.iter().flatten().map(|f| f.s0).collect();
     let fallback = if found.is_empty() { 0.0 } else { found.iter().sum::<f64>() / found.len() as f64 };
@@ -680,7 +696,7 @@ mod tests {
                 for &sigma in &[0.5, 0.8] {
                     let shift = -1.3;
                     let prof = profile(d, angle, sigma, shift, 0.0, 1);
-                    let (blur, fits) = fit_blur(&[prof], None);
+                    let (blur, fits) = fit_blur(&[prof], None, None);
                     let f = fits[0].expect("fits");
                     let err = (f.s0 - shift).abs();
                     if err > worst.0 {
@@ -703,7 +719,7 @@ mod tests {
         for &d in &[1.0, 3.0, 10.0] {
             for &sigma in &[0.5, 0.8] {
                 let prof = profile(d, 90.0, sigma, -1.3, 0.0, 1);
-                let (blur, fits) = fit_blur(&[prof], None);
+                let (blur, fits) = fit_blur(&[prof], None, None);
                 let f = fits[0].expect("fits");
                 let amb = narrow_wall_sd(f.w, blur) * 2.0 * 3f64.sqrt();
                 let err = (f.s0 + 1.3).abs();
@@ -727,7 +743,7 @@ mod tests {
                 (-5.0 + 0.1 * k as f64, v)
             })
             .collect();
-        let (_, fits) = fit_blur(&[prof], None);
+        let (_, fits) = fit_blur(&[prof], None, None);
         let f = fits[0].expect("fits");
         assert!((f.s0 + 0.55).abs() < 0.6, "rim {:.2} (w {:.2})", f.s0, f.w);
     }
