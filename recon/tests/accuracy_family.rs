@@ -222,7 +222,7 @@ fn the_encoding_does_not_move_the_crater_area() {
 }
 
 #[test]
-#[ignore = "#23 open: the u16_0.1mm encoding moves the automatic area by 0.44 % on seed 0 (bar 0.3 %)"]
+#[ignore = "#23 open: the u16_0.1mm encoding moves the automatic area by 0.50 % on seed 0 (bar 0.3 %)"]
 fn the_encoding_does_not_move_the_saddle_area() {
     check_encoding("saddle-oblique");
 }
