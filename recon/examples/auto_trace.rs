@@ -9,7 +9,7 @@
 //! Prints the trace and the area / volume errors, or the failure code.
 
 use coherency_recon::fusion::ScanFusion;
-use coherency_recon::measure::{measure_auto_traced, MeasureConfig};
+use coherency_recon::measure::{measure_auto_traced, MeasureConfig, View};
 use coherency_recon::phantom::{presets, CavityShape, Phantom, PhantomSpec, ScanConfig, SkinShape};
 use coherency_recon::tsdf::{Aabb, TsdfConfig, TsdfVolume};
 
@@ -86,22 +86,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for seed in 0..seeds {
             let scan = phantom.scan(&ScanConfig::iphone(seed));
             let t0 = std::time::Instant::now();
-            let (vol, target) = if server {
+            let (vol, target, views) = if server {
                 let frames: Vec<_> = scan.frames.into_iter().enumerate().map(|(i, f)| (i as u64 + 1, f)).collect();
                 let fused = ScanFusion::fuse_all(&frames, &mut || {})?;
                 let miss = (fused.target - truth.target_world).norm() * 1e3;
                 println!("  target {miss:.1} mm from the wound centre, {} fused", fused.fused);
-                (fused.vol, fused.target)
+                let views: Vec<View> =
+                    fused.accepted().iter().map(|a| View { intrinsics: a.intrinsics, pose: a.pose }).collect();
+                (fused.vol, fused.target, views)
             } else {
                 let cfg = TsdfConfig { roi: Some(Aabb::around(truth.target_world, 0.08)), ..TsdfConfig::default() };
                 let mut vol = TsdfVolume::new(cfg)?;
                 for f in &scan.frames {
                     vol.integrate(f)?;
                 }
-                (vol, truth.target_world)
+                let views: Vec<View> =
+                    scan.frames.iter().map(|f| View { intrinsics: f.intrinsics, pose: f.pose }).collect();
+                (vol, truth.target_world, views)
             };
             let t1 = std::time::Instant::now();
-            let (r, tr) = measure_auto_traced(&vol, target, &[], &MeasureConfig::default());
+            let (r, tr) = measure_auto_traced(&vol, target, &views, &MeasureConfig::default());
             let ms = t1.elapsed().as_secs_f64() * 1e3;
             let _ = t0;
             match r {

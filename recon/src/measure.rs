@@ -647,6 +647,20 @@ pub fn point_in_polygon(p: [f64; 2], poly: &[[f64; 2]]) -> bool {
 }
 
 /// Integrates `f(x, y)` over a polygon by scanlines (rows `dy` apart, samples `dx` apart).
+/// Where the horizontal line at `y` crosses the closed polygon `poly`, sorted (pairs of
+/// entries and exits), into `xs`.
+fn row_crossings(poly: &[[f64; 2]], y: f64, xs: &mut Vec<f64>) {
+    xs.clear();
+    let n = poly.len();
+    for i in 0..n {
+        let (a, b) = (poly[i], poly[(i + 1) % n]);
+        if (a[1] > y) != (b[1] > y) {
+            xs.push(a[0] + (y - a[1]) * (b[0] - a[0]) / (b[1] - a[1]));
+        }
+    }
+    xs.sort_by(f64::total_cmp);
+}
+
 fn integrate_polygon(poly: &[[f64; 2]], step: f64, mut f: impl FnMut(f64, f64) -> f64) -> f64 {
     let (mut ymin, mut ymax) = (f64::INFINITY, f64::NEG_INFINITY);
     for p in poly {
@@ -655,19 +669,11 @@ fn integrate_polygon(poly: &[[f64; 2]], step: f64, mut f: impl FnMut(f64, f64) -
     }
     let rows = ((ymax - ymin) / step).ceil().max(1.0) as usize;
     let dy = (ymax - ymin) / rows as f64;
-    let n = poly.len();
     let mut xs = Vec::new();
     let mut total = 0.0;
     for r in 0..rows {
         let y = ymin + (r as f64 + 0.5) * dy;
-        xs.clear();
-        for i in 0..n {
-            let (a, b) = (poly[i], poly[(i + 1) % n]);
-            if (a[1] > y) != (b[1] > y) {
-                xs.push(a[0] + (y - a[1]) * (b[0] - a[0]) / (b[1] - a[1]));
-            }
-        }
-        xs.sort_by(f64::total_cmp);
+        row_crossings(poly, y, &mut xs);
         for pair in xs.chunks_exact(2) {
             let (x0, x1) = (pair[0], pair[1]);
             let k = ((x1 - x0) / step).ceil().max(1.0) as usize;
@@ -840,8 +846,12 @@ fn prepare(field: HeightField, wound: &Array2<bool>, cfg: &MeasureConfig) -> Res
 
 /// Normal depth (depth along the skin normal) at local `(x, y)`.
 fn normal_depth(p: &Prepared, x: f64, y: f64) -> f64 {
-    let d = p.field.bilinear(&p.depth, x, y);
-    let (gx, gy) = p.skin.grad(x, y);
+    along_normal(&p.skin, p.field.bilinear(&p.depth, x, y), x, y)
+}
+
+/// Vertical depth `d` below `skin` at local `(x, y)` as depth along the skin's normal.
+fn along_normal(skin: &SkinSurface, d: f64, x: f64, y: f64) -> f64 {
+    let (gx, gy) = skin.grad(x, y);
     d / (1.0 + gx * gx + gy * gy).sqrt()
 }
 
@@ -1355,8 +1365,7 @@ fn auto(
     let mut depths: Vec<f64> = fit.sector_depth_m.iter().copied().filter(|d| *d > 0.0).collect();
     depths.sort_by(f64::total_cmp);
     if let Some(&depth) = depths.get(depths.len() / 2) {
-        let skin = |x: f64, y: f64| prepared.skin.eval(x, y);
-        if let Some(blur) = synth::step_blur(&prepared.field, &skin, &fit.rim, depth, views, vol) {
+        if let Some(blur) = synth::step_blur(&prepared.field, &prepared.skin, &fit.rim, depth, views, vol) {
             trace.synth_blur_mm = blur * 1e3;
             if blur > fit.sigma_blur_m {
                 fit = rim::fit_rim(&prepared, &outline, Some(blur));

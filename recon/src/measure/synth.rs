@@ -9,7 +9,8 @@
 //! step blurred by `√(σ² + w²/12)`; docs/measurement.md, *Rim*).
 
 use super::rim::fit_rim_with;
-use super::HeightField;
+use super::skin::SkinSurface;
+use super::{along_normal, row_crossings, HeightField};
 use crate::geometry::{DepthImage, Frame, Intrinsics, Pose};
 use crate::tsdf::{Aabb, TsdfVolume};
 
@@ -118,7 +119,7 @@ impl Scene {
 /// fused like `vol`; `None` when too little of it could be rendered or fitted.
 pub(super) fn step_blur(
     field: &HeightField,
-    skin: &dyn Fn(f64, f64) -> f64,
+    skin: &SkinSurface,
     rim: &[[f64; 2]],
     depth_m: f64,
     views: &[View],
@@ -140,16 +141,9 @@ pub(super) fn step_blur(
     let ny = (bh / cell).ceil() as usize + 1;
     let mut inside = vec![false; nx * ny];
     // Scanline fill: each row's crossings with the rim.
-    let m = rim.len();
+    let mut xs = Vec::new();
     for j in 0..ny {
-        let y = y0 + (j as f64 + 0.5) * cell;
-        let mut xs: Vec<f64> = (0..m)
-            .filter_map(|k| {
-                let (a, b) = (rim[k], rim[(k + 1) % m]);
-                ((a[1] <= y) != (b[1] <= y)).then(|| a[0] + (y - a[1]) / (b[1] - a[1]) * (b[0] - a[0]))
-            })
-            .collect();
-        xs.sort_by(f64::total_cmp);
+        row_crossings(rim, y0 + (j as f64 + 0.5) * cell, &mut xs);
         for pair in xs.chunks_exact(2) {
             let (i0, i1) = (((pair[0] - x0) / cell - 0.5).ceil(), ((pair[1] - x0) / cell - 0.5).floor());
             let (i0, i1) = (i0.max(0.0) as usize, (i1.max(-1.0) + 1.0) as usize);
@@ -162,7 +156,7 @@ pub(super) fn step_blur(
     let mut skin_grid = Vec::with_capacity(sx * sy);
     for j in 0..sy {
         for i in 0..sx {
-            skin_grid.push(skin(x0 + i as f64 * SKIN_CELL_M, y0 + j as f64 * SKIN_CELL_M));
+            skin_grid.push(skin.eval(x0 + i as f64 * SKIN_CELL_M, y0 + j as f64 * SKIN_CELL_M));
         }
     }
     let (mut zmin, mut zmax, mut slope) = (f64::MAX, f64::MIN, 0.0f64);
@@ -195,7 +189,7 @@ pub(super) fn step_blur(
     };
 
     let centre = [0.5 * (xmin + xmax), 0.5 * (ymin + ymax)];
-    let centre_world = field.world(centre[0], centre[1], skin(centre[0], centre[1]));
+    let centre_world = field.world(centre[0], centre[1], skin.eval(centre[0], centre[1]));
     let half = 0.5 * (xmax - xmin).max(ymax - ymin) + MARGIN_M + 0.004 + depth_m;
     let mut cfg = *vol.config();
     cfg.roi = Some(Aabb::around(centre_world, half));
@@ -207,14 +201,17 @@ pub(super) fn step_blur(
     for view in views.iter().step_by(stride) {
         let (intr, pose) = (&view.intrinsics, &view.pose);
         let (w, h) = (intr.width as usize, intr.height as usize);
-        // The pixels the box can project to (its corners at the skin's extremes).
+        // The pixels the box can project to (its corners at the skin's extremes); a view
+        // with a corner behind it is passed over.
+        let projected: Option<Vec<(f64, f64)>> = corners
+            .iter()
+            .flat_map(|c| [scene.z_top, scene.z_bottom].map(|z| field.world(c[0], c[1], z)))
+            .map(|p| intr.project(pose.inverse_transform(p)))
+            .collect();
+        let Some(projected) = projected else { continue };
         let (mut umin, mut umax, mut vmin, mut vmax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for c in corners {
-            for z in [scene.z_top, scene.z_bottom] {
-                let p = pose.inverse_transform(field.world(c[0], c[1], z));
-                let (u, v) = intr.project(p)?;
-                (umin, umax, vmin, vmax) = (umin.min(u), umax.max(u), vmin.min(v), vmax.max(v));
-            }
+        for (u, v) in projected {
+            (umin, umax, vmin, vmax) = (umin.min(u), umax.max(u), vmin.min(v), vmax.max(v));
         }
         let (i0, i1) = ((umin.floor().max(0.0)) as usize, (umax.ceil().max(0.0) as usize + 1).min(w));
         let (j0, j1) = ((vmin.floor().max(0.0)) as usize, (vmax.ceil().max(0.0) as usize + 1).min(h));
@@ -234,7 +231,8 @@ pub(super) fn step_blur(
         if !any {
             continue;
         }
-        let image = DepthImage::new(intr.width, intr.height, depth, Some(vec![2u8; w * h])).ok()?;
+        // No confidence map: fusion weighs every pixel as confidence 2.
+        let image = DepthImage::new(intr.width, intr.height, depth, None).ok()?;
         synth.integrate(&Frame { depth: image, intrinsics: *intr, pose: *pose }).ok()?;
         rendered += 1;
     }
@@ -247,11 +245,7 @@ pub(super) fn step_blur(
         if !hs.is_finite() {
             return 0.0;
         }
-        let (gx, gy) = {
-            let e = 1e-4;
-            ((skin(x + e, y) - skin(x - e, y)) / (2.0 * e), (skin(x, y + e) - skin(x, y - e)) / (2.0 * e))
-        };
-        (skin(x, y) - hs) / (1.0 + gx * gx + gy * gy).sqrt()
+        along_normal(skin, skin.eval(x, y) - hs, x, y)
     };
     // Enough of the step must have been seen for its fit to mean anything.
     let seen = rim.iter().filter(|p| sf.bilinear(&sf.h, p[0], p[1]).is_finite()).count();
